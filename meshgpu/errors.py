@@ -1,0 +1,62 @@
+"""The one error hierarchy of meshgpu.
+
+Every error meshgpu raises on purpose is a :class:`MeshError`. Each subclass names a kind
+of failure; the message says what was wrong and, where it can, what to do about it.
+Modelled on h11's ``LocalProtocolError`` / ``RemoteProtocolError`` split: errors caused by
+what a peer sent are :class:`RemoteProtocolError`, errors caused by our own caller are the
+others.
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Base class of every error meshgpu raises deliberately."""
+
+
+class ConfigError(MeshError):
+    """A configuration value or scenario file is invalid."""
+
+
+class RemoteProtocolError(MeshError):
+    """A peer sent something we cannot accept (malformed, oversized, unknown version)."""
+
+
+class DecodeError(RemoteProtocolError):
+    """A datagram or frame could not be decoded into a known message."""
+
+
+class AuthenticationError(RemoteProtocolError):
+    """A datagram or frame failed authentication or was a replay."""
+
+
+class TaskError(MeshError):
+    """A task could not be accepted, run or delivered."""
+
+
+class PermanentTaskError(TaskError):
+    """A task failed for a reason that retrying cannot fix (bad model, bad input)."""
+
+
+class InferenceError(MeshError):
+    """Base class of inference-engine errors."""
+
+
+class ModelError(InferenceError, PermanentTaskError):
+    """The model is corrupt, truncated, or otherwise cannot be loaded."""
+
+
+class InputError(InferenceError, PermanentTaskError):
+    """A feed is missing, or has the wrong shape or dtype."""
+
+
+class UnsupportedOperatorError(InferenceError, PermanentTaskError):
+    """The model uses an operator (or an attribute of one) this backend cannot run."""
+
+
+class DeviceError(InferenceError):
+    """A device is missing, out of memory, or failed while running."""
+
+
+class ClientError(MeshError):
+    """The client could not reach the mesh or the mesh refused a request."""
