@@ -60,3 +60,31 @@ class DeviceError(InferenceError):
 
 class ClientError(MeshError):
     """The client could not reach the mesh or the mesh refused a request."""
+
+
+class FrameTooLargeError(DecodeError):
+    """A peer announced a TCP frame larger than the configured limit."""
+
+
+class DigestMismatchError(RemoteProtocolError):
+    """Bytes fetched from a peer do not hash to the sha256 digest they were asked for."""
+
+
+class StorageError(MeshError):
+    """The daemon's data dir (journal, payloads, model cache) could not be read or written."""
+
+
+class DiskFullError(StorageError):
+    """A write to the data dir failed because the disk is full (ENOSPC/EDQUOT)."""
+
+
+class IdentityError(MeshError):
+    """This node's identity cannot be used: its data dir is in use or its id is taken."""
+
+
+class DataDirLockedError(IdentityError):
+    """Another daemon already runs on this data dir."""
+
+
+class DuplicateIdentityError(IdentityError):
+    """Another live node uses this node's id (usually a data dir copied between machines)."""
