@@ -55,9 +55,7 @@ def export_mlp(
             activated = f"relu{index}"
             nodes.append(helper.make_node("Relu", [current], [activated], name=activated))
             current = activated
-    nodes.append(
-        helper.make_node("Softmax", [current], ["probabilities"], axis=-1, name="softmax")
-    )
+    nodes.append(helper.make_node("Softmax", [current], ["probabilities"], axis=-1, name="softmax"))
     graph = helper.make_graph(
         nodes,
         "digits_mlp",

@@ -1,0 +1,234 @@
+"""The devices this machine can run inference on, described as plain data.
+
+Every OpenCL device of every platform is listed (PoCL's CPU device comes with
+``pyopencl[pocl]``, so a bare ``pip install`` always has one), followed by onnxruntime's CPU
+provider. Each is a frozen :class:`DeviceInfo` so it can be compared, gossiped (the daemon
+turns it into load-vector capabilities) and printed without holding OpenCL handles.
+
+Device identifiers are stable strings: ``"opencl:<index>"`` numbers the OpenCL devices in
+platform order then device order, and ``"onnxruntime:cpu"`` is the onnxruntime CPU provider.
+:func:`select_device` also accepts a case-insensitive piece of a device name
+(``"opencl:pthread"``, ``"opencl:nvidia"``) so that scripts need not depend on the order.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from meshgpu.errors import DeviceError
+
+BackendName = Literal["opencl", "onnxruntime"]
+ONNXRUNTIME_CPU_ID = "onnxruntime:cpu"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device and what it can do.
+
+    Memory sizes are in bytes. ``max_allocation_bytes`` is the largest single buffer the
+    device accepts (OpenCL's ``CL_DEVICE_MAX_MEM_ALLOC_SIZE``); for onnxruntime it equals
+    ``global_memory_bytes``. ``platform_index``/``device_index`` locate an OpenCL device in
+    ``pyopencl.get_platforms()``; they are -1 for onnxruntime.
+    """
+
+    id: str
+    backend: BackendName
+    name: str
+    vendor: str
+    type: str  # "CPU", "GPU", "ACCELERATOR", "DEFAULT" or "CUSTOM"
+    platform: str
+    compute_units: int
+    global_memory_bytes: int
+    local_memory_bytes: int
+    max_allocation_bytes: int
+    fp16: bool
+    fp64: bool
+    driver_version: str
+    version: str  # the OpenCL version the device reports, or onnxruntime's version
+    platform_index: int = -1
+    device_index: int = -1
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (used by ``meshgpu devices --json`` and the daemon's gossip)."""
+        return {field: getattr(self, field) for field in self.__dataclass_fields__}
+
+
+def _opencl_type_name(device_type: int) -> str:
+    import pyopencl as cl
+
+    names = []
+    for flag, name in (
+        (cl.device_type.GPU, "GPU"),
+        (cl.device_type.CPU, "CPU"),
+        (cl.device_type.ACCELERATOR, "ACCELERATOR"),
+        (cl.device_type.CUSTOM, "CUSTOM"),
+    ):
+        if device_type & flag:
+            names.append(name)
+    return "+".join(names) or "DEFAULT"
+
+
+def _opencl_devices() -> list[DeviceInfo]:
+    """Every OpenCL device; an empty list when no platform is installed."""
+    try:
+        import pyopencl as cl
+    except ImportError:
+        return []
+    try:
+        platforms = cl.get_platforms()
+    except cl.Error:  # no ICD loader entry at all: CL_PLATFORM_NOT_FOUND_KHR
+        return []
+    found: list[DeviceInfo] = []
+    for platform_index, cl_platform in enumerate(platforms):
+        try:
+            cl_devices = cl_platform.get_devices()
+        except cl.Error:  # a platform with no device reports DEVICE_NOT_FOUND
+            continue
+        for device_index, device in enumerate(cl_devices):
+            extensions = device.extensions.split()
+            found.append(
+                DeviceInfo(
+                    id=f"opencl:{len(found)}",
+                    backend="opencl",
+                    name=device.name.strip(),
+                    vendor=device.vendor.strip(),
+                    type=_opencl_type_name(device.type),
+                    platform=cl_platform.name.strip(),
+                    compute_units=int(device.max_compute_units),
+                    global_memory_bytes=int(device.global_mem_size),
+                    local_memory_bytes=int(device.local_mem_size),
+                    max_allocation_bytes=int(device.max_mem_alloc_size),
+                    fp16="cl_khr_fp16" in extensions,
+                    fp64="cl_khr_fp64" in extensions or bool(device.double_fp_config),
+                    driver_version=device.driver_version.strip(),
+                    version=device.version.strip(),
+                    platform_index=platform_index,
+                    device_index=device_index,
+                )
+            )
+    return found
+
+
+def _cpuinfo_field(field: str, fallback: str) -> str:
+    """A field of the first CPU in /proc/cpuinfo (``model name``, ``vendor_id``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return fallback
+
+
+def _physical_memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _onnxruntime_cpu() -> DeviceInfo | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    memory = _physical_memory_bytes()
+    return DeviceInfo(
+        id=ONNXRUNTIME_CPU_ID,
+        backend="onnxruntime",
+        name=_cpuinfo_field("model name", platform.processor() or platform.machine() or "CPU"),
+        vendor=_cpuinfo_field("vendor_id", platform.machine()),
+        type="CPU",
+        platform="onnxruntime CPUExecutionProvider",
+        compute_units=os.cpu_count() or 1,
+        global_memory_bytes=memory,
+        local_memory_bytes=0,
+        max_allocation_bytes=memory,
+        fp16=False,  # the CPU provider runs few kernels in fp16; do not advertise it
+        fp64=True,
+        driver_version=str(onnxruntime.__version__),
+        version=str(onnxruntime.__version__),
+    )
+
+
+@functools.cache
+def devices() -> tuple[DeviceInfo, ...]:
+    """Every device on this machine: the OpenCL ones first, then onnxruntime's CPU.
+
+    Enumerated once per process (drivers do not appear while a process runs).
+    """
+    found = _opencl_devices()
+    onnxruntime_cpu = _onnxruntime_cpu()
+    if onnxruntime_cpu is not None:
+        found.append(onnxruntime_cpu)
+    return tuple(found)
+
+
+def default_device(backend: BackendName) -> DeviceInfo:
+    """The device a backend uses when none is named: the first GPU, else the first device."""
+    candidates = [device for device in devices() if device.backend == backend]
+    if not candidates:
+        if backend == "opencl":
+            raise DeviceError(
+                "no OpenCL device found: install pyopencl with PoCL "
+                "(pip install 'pyopencl[pocl]') or a vendor OpenCL driver, "
+                "or use backend='onnxruntime'"
+            )
+        raise DeviceError("onnxruntime is not installed: pip install onnxruntime")
+    gpus = [device for device in candidates if "GPU" in device.type]
+    return (gpus or candidates)[0]
+
+
+def select_device(spec: str | DeviceInfo) -> DeviceInfo:
+    """Resolve ``"opencl:0"``, ``"opencl:<name piece>"``, ``"opencl"``, ``"onnxruntime:cpu"``.
+
+    A bare backend name picks that backend's :func:`default_device`. Raises
+    :class:`DeviceError` listing the available ids when nothing matches.
+    """
+    if isinstance(spec, DeviceInfo):
+        return spec
+    text = spec.strip()
+    known = devices()
+    if text in ("opencl", "onnxruntime"):
+        return default_device(text)
+    for device in known:
+        if device.id == text:
+            return device
+    backend, _, selector = text.partition(":")
+    if backend in ("opencl", "onnxruntime") and selector:
+        matches = [
+            device
+            for device in known
+            if device.backend == backend and selector.lower() in device.name.lower()
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise DeviceError(
+                f"device {spec!r} is ambiguous: it matches "
+                + ", ".join(f"{device.id} ({device.name})" for device in matches)
+                + "; use the numeric id"
+            )
+    available = ", ".join(f"{device.id} ({device.name})" for device in known) or "none"
+    raise DeviceError(
+        f"no device {spec!r}; available: {available}. "
+        "Use 'opencl:<index>', 'opencl:<part of the name>' or 'onnxruntime:cpu'"
+    )
+
+
+def opencl_device(info: DeviceInfo) -> Any:
+    """The ``pyopencl.Device`` an OpenCL :class:`DeviceInfo` describes."""
+    if info.backend != "opencl":
+        raise DeviceError(f"{info.id} is not an OpenCL device")
+    import pyopencl as cl
+
+    try:
+        return cl.get_platforms()[info.platform_index].get_devices()[info.device_index]
+    except (cl.Error, IndexError) as error:
+        raise DeviceError(f"OpenCL device {info.id} ({info.name}) is gone: {error}") from error

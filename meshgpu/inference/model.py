@@ -1,0 +1,304 @@
+"""Loading an ONNX model and checking feeds against it, before any device sees either.
+
+Everything here is backend-neutral and touches no device: a model is read, decoded,
+checked (``onnx.checker`` plus strict shape inference) and digested (sha256 of its bytes,
+the content address the mesh uses to fetch and cache models); feeds are checked against the
+model's declared inputs. Both happen before a session is built or run, so a bad model or a
+bad feed is a clear :class:`ModelError` or :class:`InputError` naming the culprit, never an
+OpenCL or onnxruntime failure halfway through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from meshgpu.errors import InputError, ModelError
+
+# A dimension is a fixed size (int), a named symbolic size shared between inputs (str), or
+# unknown (None): any size is accepted and it is not tied to other dimensions.
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+InputSpec = dict[str, tuple[Shape, np.dtype[Any]]]
+
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "models"
+SHIPPED_MODELS = {"digits": SHIPPED_MODELS_DIR / "digits.onnx"}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A decoded, checked model and its identity.
+
+    ``digest`` is the hex sha256 of the serialized bytes as given (the file's bytes for a
+    path), so the same file has the same digest on every machine.
+    """
+
+    proto: onnx.ModelProto
+    digest: str
+    size_bytes: int
+    source: str  # the path, "<bytes>" or "<ModelProto>", for error messages
+
+    @property
+    def inputs(self) -> InputSpec:
+        """The feeds the model needs (graph inputs that are not initializers)."""
+        return graph_inputs(self.proto)
+
+    @property
+    def outputs(self) -> list[str]:
+        """The names of the model's outputs, in graph order."""
+        return [output.name for output in self.proto.graph.output]
+
+
+def _describe_source(model: object) -> str:
+    if isinstance(model, str | os.PathLike):
+        return os.fspath(model)
+    if isinstance(model, bytes | bytearray | memoryview):
+        return "<bytes>"
+    return "<ModelProto>"
+
+
+def resolve_model_path(model: str | os.PathLike[str]) -> Path:
+    """A path to a model file; the bare word ``digits`` names the shipped classifier."""
+    text = os.fspath(model)
+    if text in SHIPPED_MODELS and not Path(text).exists():
+        return SHIPPED_MODELS[text]
+    return Path(text)
+
+
+def load_model(model: str | os.PathLike[str] | bytes | onnx.ModelProto) -> LoadedModel:
+    """Read, decode and check a model given as a path, raw bytes or a ``ModelProto``.
+
+    Raises :class:`ModelError` saying what is wrong (missing file, not protobuf, truncated,
+    fails the ONNX checker, inconsistent types) and which model it was.
+    """
+    source = _describe_source(model)
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+        data = model.SerializeToString(deterministic=True)
+    else:
+        if isinstance(model, bytes | bytearray | memoryview):
+            data = bytes(model)
+        elif isinstance(model, str | os.PathLike):
+            path = resolve_model_path(model)
+            source = os.fspath(path)
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise ModelError(f"model file {source} does not exist") from None
+            except OSError as error:
+                raise ModelError(f"cannot read model file {source}: {error}") from error
+        else:
+            raise ModelError(
+                f"a model is a path, bytes or onnx.ModelProto, not {type(model).__name__}"
+            )
+        if not data:
+            raise ModelError(f"model {source} is empty (0 bytes)")
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(data)
+        except (ProtobufDecodeError, RuntimeError, ValueError) as error:
+            raise ModelError(
+                f"model {source} is not a valid ONNX file (corrupt or truncated: {error}); "
+                "re-download or re-export it"
+            ) from error
+    check_model(proto, source)
+    return LoadedModel(
+        proto=proto,
+        digest=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        source=source,
+    )
+
+
+def check_model(proto: onnx.ModelProto, source: str) -> None:
+    """Raise :class:`ModelError` unless ``proto`` is a structurally sound ONNX model.
+
+    A file cut at a protobuf field boundary decodes without error into a model with missing
+    pieces; the checker, strict shape inference and the check that every output is produced
+    catch those.
+    """
+    if not proto.HasField("graph") or not proto.graph.node:
+        raise ModelError(f"model {source} has no graph (empty, truncated or not ONNX)")
+    if any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in proto.graph.initializer):
+        raise ModelError(
+            f"model {source} keeps weights in external data files; "
+            "embed them (onnx.save_model(..., save_as_external_data=False)) first"
+        )
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "invalid"
+        raise ModelError(f"model {source} fails the ONNX checker: {first_line}") from error
+    try:
+        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as error:
+        raise ModelError(f"model {source} has inconsistent types or shapes: {error}") from error
+    produced = {name for node in proto.graph.node for name in node.output}
+    produced |= {value.name for value in proto.graph.input}
+    produced |= {tensor.name for tensor in proto.graph.initializer}
+    missing = [output.name for output in proto.graph.output if output.name not in produced]
+    if missing:
+        raise ModelError(
+            f"model {source} declares outputs {missing} that no node produces "
+            "(the file is probably truncated)"
+        )
+
+
+def _dims(value: onnx.ValueInfoProto) -> Shape:
+    dims: list[Dim] = []
+    for dim in value.type.tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def graph_inputs(proto: onnx.ModelProto) -> InputSpec:
+    """Name -> (shape, numpy dtype) of each graph input that is not an initializer.
+
+    Models exported before IR version 4 list their weights among the inputs too; those have
+    a value already and are not feeds.
+    """
+    initialized = {tensor.name for tensor in proto.graph.initializer}
+    spec: InputSpec = {}
+    for value in proto.graph.input:
+        if value.name in initialized:
+            continue
+        if not value.type.HasField("tensor_type"):
+            raise ModelError(f"input {value.name!r} is not a tensor; only tensor inputs are run")
+        elem_type = value.type.tensor_type.elem_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+        spec[value.name] = (_dims(value), dtype)
+    return spec
+
+
+def format_shape(shape: Shape) -> str:
+    """``[N, 64]`` style, with ``?`` for an unknown dimension."""
+    return "[" + ", ".join("?" if dim is None else str(dim) for dim in shape) + "]"
+
+
+def validate_feeds(spec: InputSpec, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Check ``feeds`` against the model's inputs; return them as contiguous arrays.
+
+    Every input must be fed, with a numpy array of exactly the declared dtype (no silent
+    casts: a float64 array fed to a float32 model is a mistake worth hearing about), the
+    declared rank, the fixed sizes, and the same size for a symbolic dimension wherever it
+    appears. Unknown feed names are errors too. Raises :class:`InputError` naming the input
+    with the expected and the received shape or dtype.
+    """
+    if not isinstance(feeds, Mapping):
+        raise InputError(f"feeds must be a dict of input name -> numpy array, not {type(feeds)}")
+    unknown = sorted(set(feeds) - set(spec))
+    if unknown:
+        raise InputError(f"unknown input(s) {unknown}; the model's inputs are {sorted(spec)}")
+    symbols: dict[str, tuple[int, str]] = {}
+    checked: dict[str, np.ndarray] = {}
+    for name, (shape, dtype) in spec.items():
+        expected = f"{dtype} {format_shape(shape)}"
+        if name not in feeds:
+            raise InputError(
+                f"missing input {name!r}: expected {expected}; got feeds for {sorted(feeds)}"
+            )
+        array = feeds[name]
+        if not isinstance(array, np.ndarray):
+            raise InputError(
+                f"input {name!r}: expected a numpy array ({expected}), got "
+                f"{type(array).__name__}; convert with numpy.asarray(value, dtype='{dtype}')"
+            )
+        got = f"{array.dtype} {list(array.shape)}"
+        if array.dtype != dtype:
+            raise InputError(
+                f"input {name!r} has dtype {array.dtype}, expected {dtype} "
+                f"(expected {expected}, got {got}); cast it with .astype('{dtype}')"
+            )
+        if array.ndim != len(shape):
+            raise InputError(
+                f"input {name!r} has rank {array.ndim}, expected {len(shape)} "
+                f"(expected {expected}, got {got})"
+            )
+        for axis, (want, size) in enumerate(zip(shape, array.shape, strict=True)):
+            if isinstance(want, int) and want != size:
+                raise InputError(
+                    f"input {name!r} has size {size} on axis {axis}, expected {want} "
+                    f"(expected {expected}, got {got})"
+                )
+            if isinstance(want, str):
+                bound = symbols.setdefault(want, (size, name))
+                if bound[0] != size:
+                    raise InputError(
+                        f"input {name!r} has {want}={size} on axis {axis}, but input "
+                        f"{bound[1]!r} has {want}={bound[0]}; a symbolic dimension must "
+                        f"agree across inputs (expected {expected}, got {got})"
+                    )
+        checked[name] = np.ascontiguousarray(array)
+    return checked
+
+
+def initializer_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes of every weight, including those a ConstantOfShape or Constant node makes."""
+    total = 0
+    for tensor in proto.graph.initializer:
+        total += _tensor_bytes(tensor)
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    total += _tensor_bytes(attribute.t)
+    return total
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int:
+    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return count * itemsize
+
+
+def largest_tensor(
+    proto: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> tuple[str, int]:
+    """(name, bytes) of the largest tensor shape inference can size, given input shapes.
+
+    Symbolic input dimensions without a given shape count as 1, so the estimate is a lower
+    bound: every execution plan needs at least this much memory at once.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    fixed = dict(input_shapes or {})
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        given = fixed.get(value.name)
+        for axis, dim in enumerate(dims):
+            if given is not None and axis < len(given):
+                dim.dim_value = int(given[axis])
+            elif not dim.HasField("dim_value"):
+                dim.dim_value = 1
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError):
+        return ("", 0)
+    best = ("", 0)
+    graph = inferred.graph
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor_type = value.type.tensor_type
+        dims = tensor_type.shape.dim
+        if not dims or not all(dim.HasField("dim_value") for dim in dims):
+            continue
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        except (KeyError, TypeError, ValueError):
+            continue
+        size = int(np.prod([dim.dim_value for dim in dims], dtype=np.int64)) * itemsize.itemsize
+        if size > best[1]:
+            best = (value.name, size)
+    return best
