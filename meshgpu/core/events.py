@@ -16,8 +16,13 @@ Contract for drivers:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from meshgpu.core.types import Address, NodeId
+
+if TYPE_CHECKING:
+    from meshgpu.core.tasks.records import TaskRecord
+    from meshgpu.core.tasks.spec import TaskId, TaskSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +49,82 @@ class PeerDiscovered:
 @dataclass(frozen=True, slots=True)
 class LeaveRequested:
     """The operator asked this node to leave the mesh gracefully."""
+
+
+# --- Task queue events (meshgpu.core.tasks; docs/task-queue.md) --------------------------
+# The core moves only task metadata; the driver moves tensors, models and results over its
+# own TCP data plane (design.md "Data plane") and reports back with these events.
+
+TaskOutcome = Literal["ok", "transient_error", "permanent_error"]
+"""How an attempt ended, as the worker's driver saw it: ``ok`` (result stored on at least
+one holder), ``transient_error`` (device error, out of memory, inputs unreachable: retried
+elsewhere) or ``permanent_error`` (bad model, bad input shape: failed at once, no retry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitTask:
+    """A client submitted ``spec`` to this node (which becomes the task's origin).
+
+    Precondition: the driver has already stored the inputs locally, content-addressed by
+    ``spec.input_digest`` (the origin is the first holder). ``client_ref`` is the driver's
+    own correlation key; it comes back in ``TaskAccepted`` / ``TaskRejected``.
+    """
+
+    client_ref: str
+    spec: TaskSpec
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadStored:
+    """After a ``FetchPayload``: the inputs of ``task_id`` are now stored (and fsynced) here."""
+
+    task_id: TaskId
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadFetchFailed:
+    """After a ``FetchPayload``: no listed node could supply the inputs; this node will not
+    hold the task (the origin picks another holder or acknowledges with fewer copies)."""
+
+    task_id: TaskId
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished:
+    """After a ``RunTask`` on the worker: the attempt ended.
+
+    For ``ok`` the driver has already pushed the result to the nodes in ``result_holders``
+    (those that confirmed storing it). ``run_s`` is the measured execution time, used for
+    the worker's published latency estimate.
+    """
+
+    task_id: TaskId
+    attempt: int
+    outcome: TaskOutcome
+    reason: str = ""
+    result_holders: tuple[NodeId, ...] = ()
+    run_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRequested:
+    """A client (typically one whose entry node died) asks this node for ``task_id``'s
+    outcome; answered with ``TaskResolved`` once the task is terminal and undelivered."""
+
+    task_id: TaskId
+
+
+@dataclass(frozen=True, slots=True)
+class ResultCollected:
+    """The client confirmed it received ``task_id``'s outcome: mark it delivered, mesh-wide."""
+
+    task_id: TaskId
+
+
+@dataclass(frozen=True, slots=True)
+class JournalReplayed:
+    """At start-up, before any other task event: the records this node's journal holds
+    (every ``Persist`` it executed before it stopped, oldest first)."""
+
+    records: tuple[TaskRecord, ...]

@@ -1,0 +1,102 @@
+"""The immutable part of a task: its id and its spec.
+
+A task id is ``(origin, sequence)``: the node that accepted the submission and a number that
+node never hands out twice. A spec never changes once the task exists; everything that does
+change (who runs it, whether it finished) lives in :mod:`meshgpu.core.tasks.state`.
+
+Inputs are content-addressed: ``input_digest`` is the sha256 of the encoded input tensors,
+so a holder or a worker can fetch them from any node that has them and check what it got.
+The core never sees the tensors themselves (design.md, "Data plane").
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from meshgpu.core.tasks.retry import RetryPolicy
+from meshgpu.core.types import NodeId
+from meshgpu.errors import TaskError
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TaskId:
+    """Globally unique task id: the accepting node and its sequence number there."""
+
+    origin: NodeId
+    sequence: int
+
+    def __str__(self) -> str:
+        return f"{self.origin}/{self.sequence}"
+
+    @classmethod
+    def parse(cls, text: str) -> TaskId:
+        """Inverse of ``str()``: ``"n-1/42"`` -> ``TaskId("n-1", 42)``."""
+        origin, _, sequence = text.rpartition("/")
+        if not origin or not sequence.isdigit():
+            raise TaskError(f"bad task id {text!r}: expected '<origin node>/<sequence>'")
+        return cls(origin, int(sequence))
+
+
+class Priority(enum.IntEnum):
+    """Queue priority: higher values are assigned first, FIFO within one priority."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+    CRITICAL = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Priority:
+        """``"high"`` -> ``Priority.HIGH``; raises :class:`TaskError` naming the choices."""
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            choices = ", ".join(p.name.lower() for p in cls)
+            raise TaskError(f"unknown priority {text!r}: choose one of {choices}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRequirements:
+    """What a worker must offer to run the task (hard constraints for every strategy).
+
+    ``device_type`` is ``None`` (anything), ``"gpu"`` or ``"cpu"`` (matched against the
+    ``device_types`` in the worker's gossiped capabilities); ``min_memory`` is bytes of device
+    memory; ``fp16`` asks for half-precision support.
+    """
+
+    device_type: str | None = None
+    min_memory: int = 0
+    fp16: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """Everything about a task that is fixed at submission.
+
+    ``deadline_s`` is relative (seconds after submission), because nodes share no clock: every
+    node measures it from the moment it first learned of the task, which is never earlier
+    than the submission, so a deadline fires at most one gossip delay late and never early.
+    ``replicas`` is how many nodes must hold the spec and the inputs before the submission
+    is acknowledged. ``strategy`` overrides the mesh's balancing strategy for this task.
+    """
+
+    model_digest: str
+    input_digest: str
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    priority: Priority = Priority.NORMAL
+    requirements: DeviceRequirements = field(default_factory=DeviceRequirements)
+    deadline_s: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    replicas: int = 2
+    strategy: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.model_digest:
+            raise TaskError("task spec has no model digest: pass the sha256 of the model")
+        if not self.input_digest:
+            raise TaskError("task spec has no input digest: pass the sha256 of the inputs")
+        if self.replicas < 1:
+            raise TaskError(f"replicas must be at least 1, got {self.replicas}")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise TaskError(f"deadline_s must be positive, got {self.deadline_s}")

@@ -1,0 +1,193 @@
+"""The state of one task: a join-semilattice, and its legal local transitions as data.
+
+The lattice (design.md section 3) is
+
+    PENDING < ASSIGNED(attempt, view, worker) < RETRYING(attempt) < ASSIGNED(attempt + 1) ...
+            < FAILED(reason) < DONE
+
+States are totally ordered by :attr:`TaskState.order_key`, so the join of two states is
+simply the larger one: two leaders that assign the same task concurrently (a partition, a
+rotation) end up agreeing on the one with the higher (attempt, view, worker) and a task can
+never regress or vanish. ``RETRYING`` is the "attempt n failed transiently, waiting for
+attempt n + 1" sub-state of ASSIGNED: it must sit above ASSIGNED(n) so the failure report
+wins over the assignment it ends, and below ASSIGNED(n + 1) so the retry wins over it.
+
+DONE is above FAILED: when a task both failed on one side of a partition (deadline, retries
+exhausted) and succeeded on the other, the result exists, so the merge keeps it. Delivery
+is once per task id regardless (``table.py``'s ``delivered`` mark), so a client told
+"failed" is not told again.
+
+Local transitions (the ones a node makes itself, as opposed to merges) must appear in
+:data:`TRANSITIONS` and must strictly increase the order key; anything else raises
+:class:`~meshgpu.errors.TaskError`, a bug in the caller (as h11's ``_state.py`` does).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from meshgpu.core.types import NodeId
+from meshgpu.errors import TaskError
+
+
+class Phase(enum.Enum):
+    """Coarse state of a task."""
+
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    DONE = "done"
+
+    @property
+    def terminal(self) -> bool:
+        """DONE and FAILED take no further local transition."""
+        return self in (Phase.DONE, Phase.FAILED)
+
+
+class Cause(enum.Enum):
+    """Why a node moves a task's state itself."""
+
+    ASSIGN = "assign"  # the leader gives the task (again) to a worker
+    COMPLETE = "complete"  # the worker ran it and stored the result on the holders
+    RETRY = "retry"  # the attempt failed transiently; another attempt will follow
+    FAIL = "fail"  # a permanent error, or transient failures exhausted the retry policy
+    EXPIRE = "expire"  # the task's deadline passed before it finished
+
+
+TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
+    (Phase.PENDING, Cause.ASSIGN): Phase.ASSIGNED,
+    (Phase.ASSIGNED, Cause.ASSIGN): Phase.ASSIGNED,  # reassignment: worker dead or timed out
+    (Phase.RETRYING, Cause.ASSIGN): Phase.ASSIGNED,
+    (Phase.ASSIGNED, Cause.COMPLETE): Phase.DONE,
+    (Phase.RETRYING, Cause.COMPLETE): Phase.DONE,  # a superseded attempt still finished
+    (Phase.ASSIGNED, Cause.RETRY): Phase.RETRYING,
+    (Phase.PENDING, Cause.FAIL): Phase.FAILED,  # e.g. no worker can ever meet the spec
+    (Phase.ASSIGNED, Cause.FAIL): Phase.FAILED,
+    (Phase.RETRYING, Cause.FAIL): Phase.FAILED,
+    (Phase.PENDING, Cause.EXPIRE): Phase.FAILED,
+    (Phase.ASSIGNED, Cause.EXPIRE): Phase.FAILED,
+    (Phase.RETRYING, Cause.EXPIRE): Phase.FAILED,
+}
+"""Every legal local transition: ``(from phase, cause) -> to phase``. Terminal phases have
+none; only a merge can lift FAILED to DONE."""
+
+_RANK: dict[Phase, tuple[int, int]] = {
+    Phase.PENDING: (0, 0),
+    Phase.ASSIGNED: (1, 0),
+    Phase.RETRYING: (1, 1),
+    Phase.FAILED: (2, 0),
+    Phase.DONE: (3, 0),
+}
+
+OrderKey: TypeAlias = tuple[int, int, int, int, str, int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskState:
+    """One point of the lattice.
+
+    ``attempt`` counts assignments (1 for the first); ``failures`` counts attempts that
+    failed transiently (what the retry policy's ``max_attempts`` limits); ``view`` is the
+    leader's view when it assigned; ``worker`` the node assigned (or that finished it);
+    ``reason`` says why a task is RETRYING or FAILED.
+    """
+
+    phase: Phase = Phase.PENDING
+    attempt: int = 0
+    view: int = 0
+    worker: NodeId | None = None
+    failures: int = 0
+    reason: str = ""
+
+    @property
+    def order_key(self) -> OrderKey:
+        """Total order of the lattice; the join keeps the state with the larger key."""
+        rank, sub = _RANK[self.phase]
+        if self.phase is Phase.PENDING:
+            return (0, 0, 0, 0, "", 0, "")
+        if rank == 1:
+            return (
+                rank,
+                self.attempt,
+                sub,
+                self.view,
+                self.worker or "",
+                self.failures,
+                self.reason,
+            )
+        return (rank, self.attempt, 0, self.view, self.worker or "", self.failures, self.reason)
+
+    @property
+    def terminal(self) -> bool:
+        """DONE or FAILED."""
+        return self.phase.terminal
+
+    def __str__(self) -> str:
+        if self.phase is Phase.PENDING:
+            return "pending"
+        text = f"{self.phase.value}(attempt {self.attempt}, view {self.view}, {self.worker})"
+        return f"{text}: {self.reason}" if self.reason else text
+
+
+PENDING = TaskState()
+
+
+def join(a: TaskState, b: TaskState) -> TaskState:
+    """The least upper bound of two states: the larger one (commutative, associative,
+    idempotent because the order is total)."""
+    return a if a.order_key >= b.order_key else b
+
+
+def _checked(current: TaskState, cause: Cause, new: TaskState) -> TaskState:
+    target = TRANSITIONS.get((current.phase, cause))
+    if target is None or target is not new.phase:
+        legal = sorted(k[1].value for k in TRANSITIONS if k[0] is current.phase)
+        raise TaskError(
+            f"illegal task transition {current.phase.value} --{cause.value}--> "
+            f"{new.phase.value}: only {legal} "
+            "are legal from there; this is a bug in the caller"
+        )
+    if new.order_key <= current.order_key:
+        raise TaskError(
+            f"task transition {current} -> {new} does not move up the lattice; "
+            "this is a bug in the caller"
+        )
+    return new
+
+
+def assign(current: TaskState, view: int, worker: NodeId) -> TaskState:
+    """The leader of ``view`` gives the task to ``worker`` as the next attempt."""
+    new = TaskState(Phase.ASSIGNED, current.attempt + 1, view, worker, current.failures)
+    return _checked(current, Cause.ASSIGN, new)
+
+
+def complete(current: TaskState, attempt: int, view: int, worker: NodeId) -> TaskState:
+    """``worker`` finished ``attempt`` and stored the result on the holders."""
+    new = TaskState(Phase.DONE, attempt, view, worker, current.failures)
+    return _checked(current, Cause.COMPLETE, new)
+
+
+def retry(current: TaskState, reason: str) -> TaskState:
+    """The current attempt failed transiently; one more failure is counted."""
+    new = TaskState(
+        Phase.RETRYING, current.attempt, current.view, current.worker, current.failures + 1, reason
+    )
+    return _checked(current, Cause.RETRY, new)
+
+
+def fail(current: TaskState, reason: str, *, count_failure: bool = True) -> TaskState:
+    """The task fails for good with ``reason`` (permanent error, or retries exhausted)."""
+    failures = current.failures + (1 if count_failure and current.attempt else 0)
+    new = TaskState(Phase.FAILED, current.attempt, current.view, current.worker, failures, reason)
+    return _checked(current, Cause.FAIL, new)
+
+
+def expire(current: TaskState, reason: str = "deadline exceeded") -> TaskState:
+    """The task's deadline passed before it finished."""
+    new = TaskState(
+        Phase.FAILED, current.attempt, current.view, current.worker, current.failures, reason
+    )
+    return _checked(current, Cause.EXPIRE, new)

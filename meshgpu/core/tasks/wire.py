@@ -1,0 +1,160 @@
+"""Plain-data forms of task ids, specs and entries, for messages and the journal.
+
+Everything becomes lists of msgpack-native values (str, int, float, bool, None, lists) in
+a fixed field order; decoding validates every field and raises only
+:class:`~meshgpu.errors.DecodeError`, so a malformed datagram from a peer is rejected and
+counted, never crashes a node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshgpu.core.tasks.retry import BackoffKind, RetryPolicy
+from meshgpu.core.tasks.spec import DeviceRequirements, Priority, TaskId, TaskSpec
+from meshgpu.core.tasks.state import Phase, TaskState
+from meshgpu.core.tasks.table import TaskEntry
+from meshgpu.errors import DecodeError, MeshError
+
+Wire = list[Any]
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise DecodeError(f"malformed task data: {what}")
+
+
+def _number(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise DecodeError("malformed task data: not a number")
+    return float(value)
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DecodeError("malformed task data: not an integer")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise DecodeError("malformed task data: not a string")
+    return value
+
+
+def _list(value: object, length: int | None = None) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise DecodeError("malformed task data: not a list")
+    items: list[Any] = list(value)
+    _expect(length is None or len(items) == length, f"expected {length} fields")
+    return items
+
+
+def task_id_to_wire(task_id: TaskId) -> Wire:
+    return [task_id.origin, task_id.sequence]
+
+
+def task_id_from_wire(origin: object, sequence: object) -> TaskId:
+    return TaskId(_str(origin), _int(sequence))
+
+
+def spec_to_wire(spec: TaskSpec) -> Wire:
+    req = spec.requirements
+    retry = spec.retry
+    return [
+        spec.model_digest,
+        spec.input_digest,
+        [[name, list(shape)] for name, shape in spec.input_shapes],
+        int(spec.priority),
+        [req.device_type, req.min_memory, req.fp16],
+        spec.deadline_s,
+        [retry.kind.value, retry.base_s, retry.max_s, retry.max_attempts, retry.jitter],
+        spec.replicas,
+        spec.strategy,
+    ]
+
+
+def spec_from_wire(value: object) -> TaskSpec:
+    fields = _list(value, 9)
+    shapes = tuple(
+        (_str(pair[0]), tuple(_int(d) for d in _list(pair[1])))
+        for pair in (_list(p, 2) for p in _list(fields[2]))
+    )
+    req = _list(fields[4], 3)
+    retry = _list(fields[6], 5)
+    try:
+        return TaskSpec(
+            model_digest=_str(fields[0]),
+            input_digest=_str(fields[1]),
+            input_shapes=shapes,
+            priority=Priority(_int(fields[3])),
+            requirements=DeviceRequirements(
+                None if req[0] is None else _str(req[0]), _int(req[1]), bool(req[2])
+            ),
+            deadline_s=None if fields[5] is None else _number(fields[5]),
+            retry=RetryPolicy(
+                BackoffKind(_str(retry[0])),
+                _number(retry[1]),
+                _number(retry[2]),
+                _int(retry[3]),
+                _number(retry[4]),
+            ),
+            replicas=_int(fields[7]),
+            strategy=None if fields[8] is None else _str(fields[8]),
+        )
+    except (ValueError, MeshError) as error:
+        if isinstance(error, DecodeError):
+            raise
+        raise DecodeError(f"malformed task spec: {error}") from error
+
+
+def state_to_wire(state: TaskState) -> Wire:
+    return [
+        state.phase.value,
+        state.attempt,
+        state.view,
+        state.worker,
+        state.failures,
+        state.reason,
+    ]
+
+
+def state_from_wire(value: object) -> TaskState:
+    fields = _list(value, 6)
+    try:
+        phase = Phase(_str(fields[0]))
+    except ValueError as error:
+        raise DecodeError(f"malformed task state: {error}") from error
+    return TaskState(
+        phase,
+        _int(fields[1]),
+        _int(fields[2]),
+        None if fields[3] is None else _str(fields[3]),
+        _int(fields[4]),
+        _str(fields[5]),
+    )
+
+
+def entry_to_wire(entry: TaskEntry) -> Wire:
+    return [
+        entry.task_id.origin,
+        entry.task_id.sequence,
+        spec_to_wire(entry.spec),
+        state_to_wire(entry.state),
+        sorted(entry.holders),
+        sorted(entry.result_holders),
+        entry.delivered,
+    ]
+
+
+def entry_from_wire(value: object) -> TaskEntry:
+    fields = _list(value, 7)
+    _expect(isinstance(fields[6], bool), "delivered is not a bool")
+    return TaskEntry(
+        task_id=task_id_from_wire(fields[0], fields[1]),
+        spec=spec_from_wire(fields[2]),
+        state=state_from_wire(fields[3]),
+        holders=frozenset(_str(n) for n in _list(fields[4])),
+        result_holders=frozenset(_str(n) for n in _list(fields[5])),
+        delivered=bool(fields[6]),
+    )
