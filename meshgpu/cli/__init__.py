@@ -12,7 +12,9 @@ import importlib
 import click
 
 # command name -> "module:attribute" of its click command
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "keygen": "meshgpu.cli.keygen:keygen",
+}
 
 
 class LazyGroup(click.Group):

@@ -1,0 +1,230 @@
+"""Finding peers: mDNS (zeroconf) bridged into trio, and static ``--peer`` seeds.
+
+Each daemon registers ``<node-id>._meshgpu._udp.local.`` with its gossip port and a TXT
+record ``mesh=<name> id=<node-id> v=1`` and browses for the same type. Only services
+whose ``mesh`` matches ours become :class:`Sighting`\\s; others are counted and ignored.
+The daemon turns sightings into ``PeerDiscovered`` events; the core decides what to do.
+
+Threads: zeroconf runs its own threads (an asyncio loop and the browser thread). The
+browser's callback resolves the service there (a blocking call, fine on that thread)
+and hands the result to trio with ``TrioToken.run_sync_soon`` + ``send_nowait`` on a
+bounded memory channel, which never blocks the zeroconf thread; a full channel drops
+the sighting (mDNS re-announces) and counts it. Construction, registration and
+shutdown block for up to a second or two (probing, goodbye packets), so they run in
+trio worker threads; shutdown is shielded from cancellation so goodbyes still go out.
+
+A second live node with our id is caught here too: registering a name another host
+already answers for fails mDNS probing (RFC 6762 section 8.1), which we report as a
+:class:`~meshgpu.errors.DuplicateIdentityError`.
+
+``--interface`` pins zeroconf to that interface's IPv4 address (users' most common
+mDNS failure is a node announcing a container bridge address no peer can reach).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from meshgpu.core.types import Address, NodeId
+from meshgpu.errors import ConfigError, DuplicateIdentityError
+
+SERVICE_TYPE = "_meshgpu._udp.local."
+PROTOCOL_VERSION = "1"
+DEFAULT_PORT = 7946
+"""Gossip (UDP) and the TCP API share one port number (memberlist's port)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """mDNS says node ``node_id`` of our mesh gossips at ``address``."""
+
+    node_id: NodeId
+    address: Address
+
+
+def parse_peer(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``HOST``, or ``[V6]:PORT``) as a (host, port) pair."""
+    host, separator, port_text = text.rpartition(":")
+    if not separator or "]" in port_text:
+        host, port_text = text, str(default_port)
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"--peer {text!r}: port {port_text!r} is not a number") from None
+    if not host or not 0 < port < 65536:
+        raise ConfigError(f"--peer {text!r} must look like HOST:PORT, e.g. 10.0.0.5:7946")
+    return host, port
+
+
+async def resolve_peer(host: str, port: int) -> Address:
+    """The IPv4 gossip address of a seed (DNS names resolved without blocking the loop)."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError as error:
+        raise ConfigError(f"cannot resolve peer {host}: {error}") from None
+    return (str(infos[0][4][0]), port)
+
+
+def interface_address(name: str) -> str:
+    """The IPv4 address of network interface ``name`` (for ``--interface``)."""
+    import ifaddr
+
+    names = []
+    for adapter in ifaddr.get_adapters():
+        names.append(adapter.nice_name)
+        if adapter.nice_name == name or adapter.name == name:
+            for ip in adapter.ips:
+                if isinstance(ip.ip, str):
+                    return ip.ip
+            raise ConfigError(f"interface {name} has no IPv4 address")
+    raise ConfigError(f"no interface named {name}; interfaces here: {', '.join(names)}")
+
+
+def local_ipv4_addresses() -> list[str]:
+    """Every non-loopback IPv4 address of this host (what we advertise when bound to *)."""
+    import ifaddr
+
+    found = [
+        ip.ip
+        for adapter in ifaddr.get_adapters()
+        for ip in adapter.ips
+        if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
+    ]
+    return found or ["127.0.0.1"]
+
+
+class MdnsDiscovery:
+    """Advertise this node and report same-mesh peers, for the life of :meth:`run`."""
+
+    def __init__(
+        self,
+        mesh: str,
+        node_id: NodeId,
+        gossip_port: int,
+        advertise: list[str],
+        interface: str | None = None,
+        queue_size: int = 256,
+    ) -> None:
+        self.mesh = mesh
+        self.node_id = node_id
+        self.gossip_port = gossip_port
+        self.advertise = advertise
+        self.interface = interface
+        self.queue_size = queue_size
+        self.counters: dict[str, int] = {}
+        self._zeroconf: Any = None
+        self._browser: Any = None
+
+    async def run(
+        self,
+        deliver: Callable[[Sighting], None],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Register, browse and call ``deliver`` (in trio) per sighting until cancelled."""
+        sender, receiver = trio.open_memory_channel[Sighting](self.queue_size)
+        token = trio.lowlevel.current_trio_token()
+        try:
+            await trio.to_thread.run_sync(self._start, token, sender)
+            task_status.started()
+            async with receiver:
+                async for sighting in receiver:
+                    deliver(sighting)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await trio.to_thread.run_sync(self._stop)
+
+    def _start(
+        self, token: trio.lowlevel.TrioToken, sender: trio.MemorySendChannel[Sighting]
+    ) -> None:
+        """In a worker thread: open zeroconf, register ourselves, start browsing."""
+        from zeroconf import (
+            InterfaceChoice,
+            IPVersion,
+            NonUniqueNameException,
+            ServiceBrowser,
+            ServiceInfo,
+            ServiceStateChange,
+            Zeroconf,
+        )
+
+        interfaces: Any = [self.interface] if self.interface else InterfaceChoice.All
+        self._zeroconf = zc = Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
+        info = ServiceInfo(
+            SERVICE_TYPE,
+            f"{self.node_id}.{SERVICE_TYPE}",
+            addresses=[socket.inet_aton(address) for address in self.advertise],
+            port=self.gossip_port,
+            properties={"mesh": self.mesh, "id": self.node_id, "v": PROTOCOL_VERSION},
+            server=f"{self.node_id}.local.",
+        )
+        try:
+            zc.register_service(info)
+        except NonUniqueNameException:
+            raise DuplicateIdentityError(
+                f"mDNS: another host already announces node id {self.node_id} on this "
+                "network: its data dir was probably copied from this one; delete "
+                "identity.json in one of them so it makes a new id"
+            ) from None
+
+        def on_change(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
+            if state_change is ServiceStateChange.Removed:
+                return  # the gossip layer, not mDNS, decides when a node is gone
+            info = zeroconf.get_service_info(service_type, name, timeout=2000)
+            sighting = self._sighting(info, IPVersion.V4Only)
+            if sighting is None:
+                return
+            # RunFinishedError: trio has gone, we are shutting down.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._hand_over, sender, sighting)
+
+        self._browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
+
+    def _sighting(self, info: Any, version: Any) -> Sighting | None:
+        if info is None:
+            self._count("unresolved")
+            return None
+        properties = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in (info.properties or {}).items()
+        }
+        if properties.get("mesh") != self.mesh:
+            self._count("other_mesh")
+            return None
+        node_id = properties.get("id")
+        addresses = info.parsed_addresses(version)
+        if not node_id or not addresses or not info.port:
+            self._count("incomplete")
+            return None
+        if node_id == self.node_id:
+            return None  # ourselves (a twin cannot register our name, see module doc)
+        return Sighting(node_id=node_id, address=(addresses[0], int(info.port)))
+
+    def _hand_over(self, sender: trio.MemorySendChannel[Sighting], sighting: Sighting) -> None:
+        """Runs in trio (scheduled from the zeroconf thread): never blocks."""
+        try:
+            sender.send_nowait(sighting)
+            self._count("sightings")
+        except trio.WouldBlock:
+            self._count("dropped_queue_full")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def _stop(self) -> None:
+        """In a worker thread: cancel browsing, say goodbye, close zeroconf."""
+        if self._browser is not None:
+            self._browser.cancel()
+            self._browser = None
+        if self._zeroconf is not None:
+            self._zeroconf.unregister_all_services()
+            self._zeroconf.close()
+            self._zeroconf = None
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1

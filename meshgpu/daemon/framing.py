@@ -1,0 +1,133 @@
+"""Length-prefixed msgpack frames over a trio byte stream.
+
+Every TCP connection of meshgpu (client API, task payloads, model transfer, results)
+carries a sequence of frames::
+
+    length (4 bytes, big-endian, unsigned) | envelope (see auth.py) around msgpack bytes
+
+The length is checked against ``max_frame_bytes`` *before* any body is read, so a
+garbage or hostile peer cannot make us buffer gigabytes: the first four bytes of
+``GET / HTTP/1.1`` announce a 1.2 GB frame and are refused at once. Any error here
+(oversized, truncated, not msgpack, failed authentication) is a
+:class:`~meshgpu.errors.RemoteProtocolError`; the caller closes that one connection and
+the daemon goes on serving everybody else.
+
+Rejected alternatives: msgpack's own streaming ``Unpacker`` needs no length prefix but
+cannot authenticate a message before parsing it, and its size limits are per object,
+not per message; newline-delimited JSON cannot carry tensors without base64.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+import trio
+
+from meshgpu.daemon.auth import Authenticator, Channel, Sealer
+from meshgpu.errors import DecodeError, FrameTooLargeError
+
+LENGTH = struct.Struct("!I")
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+"""Largest frame accepted; model transfers are chunked well below it."""
+
+_RECEIVE_CHUNK = 256 * 1024
+
+
+def pack(message: Any) -> bytes:
+    """msgpack bytes of a message (bytes stay bytes, str stays str)."""
+    return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    """The message in ``data``; raises :class:`DecodeError` for anything but one msgpack value."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
+        raise DecodeError(f"frame is not a msgpack message: {error}") from None
+
+
+class FrameStream:
+    """Sends and receives whole messages on one connection.
+
+    Not safe for two tasks sending at once; give each connection one sender (or guard it
+    with a ``trio.Lock``, as the daemon's peer connections do).
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        authenticator: Authenticator,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.stream = stream
+        self.authenticator = authenticator
+        self.max_frame_bytes = max_frame_bytes
+        self._sealer: Sealer = authenticator.new_session(Channel.FRAME)
+        self._buffer = bytearray()
+        self.peer_sender: str | None = None
+        """The sender id of the first frame received (who is at the other end)."""
+
+    async def send(self, message: Any) -> None:
+        sealed = self._sealer.seal(pack(message))
+        if len(sealed) > self.max_frame_bytes:
+            raise FrameTooLargeError(
+                f"refusing to send a {len(sealed)}-byte frame, the limit is "
+                f"{self.max_frame_bytes}; send large data in chunks"
+            )
+        await self.stream.send_all(LENGTH.pack(len(sealed)) + sealed)
+
+    async def receive(self) -> Any | None:
+        """The next message, or None when the peer closed cleanly between frames."""
+        header = await self._receive_exactly(LENGTH.size, at_boundary=True)
+        if header is None:
+            return None
+        (length,) = LENGTH.unpack(header)
+        if length > self.max_frame_bytes:
+            raise FrameTooLargeError(
+                f"peer announced a {length}-byte frame, the limit is {self.max_frame_bytes} "
+                "(is something other than a meshgpu peer talking to this port?)"
+            )
+        body = await self._receive_exactly(length, at_boundary=False)
+        assert body is not None
+        envelope = self.authenticator.open(body, Channel.FRAME)
+        if self.peer_sender is None:
+            self.peer_sender = envelope.sender
+        elif envelope.sender != self.peer_sender:
+            raise DecodeError(
+                f"sender changed mid-connection from {self.peer_sender} to {envelope.sender}"
+            )
+        return unpack(envelope.payload)
+
+    async def request(self, message: Any) -> Any:
+        """Send one message and wait for one reply (the client API's request/response)."""
+        await self.send(message)
+        reply = await self.receive()
+        if reply is None:
+            raise DecodeError("peer closed the connection before replying")
+        return reply
+
+    async def aclose(self) -> None:
+        self.authenticator.end_session(self._sealer)
+        await self.stream.aclose()
+
+    async def _receive_exactly(self, count: int, *, at_boundary: bool) -> bytes | None:
+        while len(self._buffer) < count:
+            try:
+                chunk = await self.stream.receive_some(
+                    max(_RECEIVE_CHUNK, count - len(self._buffer))
+                )
+            except trio.BrokenResourceError as error:
+                raise DecodeError(f"connection broken: {error}") from None
+            if not chunk:
+                if at_boundary and not self._buffer:
+                    return None
+                raise DecodeError(
+                    f"connection closed mid-frame ({len(self._buffer)} of {count} bytes read)"
+                )
+            self._buffer += chunk
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data

@@ -1,0 +1,166 @@
+"""Who this node is: its id and incarnation, kept in the data dir, and guarded.
+
+Three guards against the identity mix-ups users of peer-to-peer tools hit most:
+
+* **Made once, kept.** The node id is generated on first start and stored in
+  ``identity.json``; a restart is the same node (its journal and its tasks follow it).
+  The incarnation (SWIM's counter a node raises to refute its own death) is stored too
+  and bumped at every start, so a restarted node outranks what the mesh remembers of it.
+* **One daemon per data dir.** ``daemon.lock`` is held with ``flock`` for the life of
+  the process (the kernel drops it when the process dies, even by SIGKILL, so there are
+  no stale locks to clean); a second daemon on the same dir is refused and told the
+  pid of the first.
+* **One live node per id.** If the data dir was copied to another machine, two live
+  nodes share an id. Every envelope names its sender and a random per-process session
+  (see auth.py), so a datagram that carries our id but not our session comes from such
+  a twin. :class:`DuplicateIdentityGuard` decides: a node still in its start-up grace
+  period is the newcomer and refuses to go on; an established node keeps serving,
+  counts the event and reports it loudly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from meshgpu.core.types import Address, NodeId
+from meshgpu.errors import DataDirLockedError, DuplicateIdentityError, StorageError
+
+IDENTITY_NAME = "identity.json"
+LOCK_NAME = "daemon.lock"
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """A node id and the incarnation this run starts with."""
+
+    node_id: NodeId
+    incarnation: int
+
+
+def new_node_id() -> NodeId:
+    return f"n-{secrets.token_hex(4)}"
+
+
+class IdentityStore:
+    """Reads and writes ``identity.json`` in a data dir (atomically, fsynced)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / IDENTITY_NAME
+
+    def start(self, name: str | None = None) -> NodeIdentity:
+        """Load (or make) the identity and bump its incarnation for this run.
+
+        ``name`` is used as the id the first time only; an existing id is never changed
+        by a flag, since the id is what other nodes and the journal know us by.
+        """
+        stored = self.load()
+        if stored is None:
+            identity = NodeIdentity(name or new_node_id(), 0)
+        else:
+            identity = NodeIdentity(stored.node_id, stored.incarnation + 1)
+        self.save(identity)
+        return identity
+
+    def load(self) -> NodeIdentity | None:
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+            return NodeIdentity(str(record["node_id"]), int(record["incarnation"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise StorageError(
+                f"{self.path} is unreadable ({error}); restore it, or delete it to make this "
+                "machine a new node (its journaled tasks are then orphaned)"
+            ) from None
+
+    def save(self, identity: NodeIdentity) -> None:
+        """Persist ``identity`` (also called when the node raises its incarnation)."""
+        scratch = self.path.with_name(IDENTITY_NAME + ".tmp")
+        text = json.dumps({"node_id": identity.node_id, "incarnation": identity.incarnation})
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(scratch, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(scratch, self.path)
+        except OSError as error:
+            raise StorageError(f"cannot write {self.path}: {error}") from None
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``daemon.lock``: one daemon per data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_NAME
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held for life)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise DataDirLockedError(
+                f"another meshgpu daemon (pid {holder}) already uses data dir "
+                f"{self.path.parent}; stop it, or give this one its own --data-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> DataDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class DuplicateIdentityGuard:
+    """Spots a second live node using our id, and decides who must yield.
+
+    ``observe`` is called for every envelope received; it returns quietly for anything
+    but a twin. For a twin it raises :class:`DuplicateIdentityError` while we are within
+    ``grace`` seconds of starting (we are the newcomer: the copy), and otherwise counts
+    the sighting in ``sightings`` and returns a message for the log.
+    """
+
+    def __init__(self, node_id: NodeId, started: float, grace: float = 15.0) -> None:
+        self.node_id = node_id
+        self._started = started
+        self._grace = grace
+        self.sightings = 0
+        self.last_twin: Address | None = None
+
+    def observe(self, sender: str, from_self: bool, source: Address, now: float) -> str | None:
+        if sender != self.node_id or from_self:
+            return None
+        self.sightings += 1
+        self.last_twin = source
+        message = (
+            f"another live node at {source[0]}:{source[1]} uses this node's id "
+            f"{self.node_id}: its data dir was probably copied from this machine. "
+            f"Stop one of them, or delete {IDENTITY_NAME} in the copy's data dir so it "
+            "makes a new id"
+        )
+        if now - self._started < self._grace:
+            raise DuplicateIdentityError(message)
+        return message

@@ -1,0 +1,148 @@
+"""The envelope: authentication, replay window, freshness, channels, twins."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from meshgpu.daemon.auth import Authenticator, Channel, MeshKey, load_mesh_key
+from meshgpu.errors import AuthenticationError, ConfigError, DecodeError
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def key() -> MeshKey:
+    return MeshKey.generate()
+
+
+def test_keyed_roundtrip_names_sender_and_payload(key: MeshKey) -> None:
+    alice, bob = Authenticator(key, "alice"), Authenticator(key, "bob")
+    sealer = alice.new_session(Channel.DATAGRAM)
+    envelope = bob.open(sealer.seal(b"hello"), Channel.DATAGRAM)
+    assert (envelope.sender, envelope.payload, envelope.from_self) == ("alice", b"hello", False)
+    assert envelope.session == sealer.session
+
+
+def test_wrong_key_is_refused_and_counted(key: MeshKey) -> None:
+    alice = Authenticator(key, "alice")
+    mallory = Authenticator(MeshKey.generate(), "mallory")
+    data = mallory.new_session(Channel.DATAGRAM).seal(b"join me")
+    with pytest.raises(AuthenticationError, match="wrong mesh key"):
+        alice.open(data, Channel.DATAGRAM)
+    assert alice.counters["bad_tag"] == 1
+    assert alice.counters["rejected"] == 1
+
+
+def test_unkeyed_sender_is_refused_by_keyed_node(key: MeshKey) -> None:
+    keyed = Authenticator(key, "alice")
+    data = Authenticator(None, "open-node").new_session(Channel.DATAGRAM).seal(b"x")
+    with pytest.raises(AuthenticationError, match="without a mesh key"):
+        keyed.open(data, Channel.DATAGRAM)
+    assert keyed.counters["unauthenticated"] == 1
+
+
+def test_open_node_refuses_keyed_peer_with_a_hint(key: MeshKey) -> None:
+    data = Authenticator(key, "alice").new_session(Channel.DATAGRAM).seal(b"x")
+    with pytest.raises(AuthenticationError, match="--key-file"):
+        Authenticator(None, "open-node").open(data, Channel.DATAGRAM)
+
+
+def test_every_flipped_bit_is_refused(key: MeshKey) -> None:
+    alice, bob = Authenticator(key, "alice"), Authenticator(key, "bob")
+    data = alice.new_session(Channel.DATAGRAM).seal(b"payload")
+    for index in range(len(data)):
+        altered = bytearray(data)
+        altered[index] ^= 0x01
+        with pytest.raises((AuthenticationError, DecodeError)):
+            bob.open(bytes(altered), Channel.DATAGRAM)
+
+
+def test_replay_is_refused_but_reordering_is_not(key: MeshKey) -> None:
+    alice, bob = Authenticator(key, "alice"), Authenticator(key, "bob")
+    sealer = alice.new_session(Channel.DATAGRAM)
+    first, second, third = (sealer.seal(bytes([n])) for n in range(3))
+    bob.open(third, Channel.DATAGRAM)
+    bob.open(first, Channel.DATAGRAM)  # late but new: accepted
+    with pytest.raises(AuthenticationError, match="replayed"):
+        bob.open(first, Channel.DATAGRAM)
+    bob.open(second, Channel.DATAGRAM)
+    with pytest.raises(AuthenticationError, match="replayed"):
+        bob.open(third, Channel.DATAGRAM)
+    assert bob.counters["replayed"] == 2
+
+
+def test_counter_older_than_window_is_refused(key: MeshKey) -> None:
+    alice, bob = Authenticator(key, "alice"), Authenticator(key, "bob", window=8)
+    sealer = alice.new_session(Channel.DATAGRAM)
+    sealed = [sealer.seal(b"x") for _ in range(10)]
+    bob.open(sealed[9], Channel.DATAGRAM)
+    with pytest.raises(AuthenticationError, match="window"):
+        bob.open(sealed[0], Channel.DATAGRAM)
+    bob.open(sealed[2], Channel.DATAGRAM)
+
+
+def test_stale_envelope_is_refused_even_by_a_fresh_receiver(key: MeshKey) -> None:
+    clock = FakeClock()
+    data = Authenticator(key, "alice", clock=clock).new_session(Channel.DATAGRAM).seal(b"x")
+    clock.now += 121
+    restarted = Authenticator(key, "bob", clock=clock, max_clock_skew=120)
+    with pytest.raises(AuthenticationError, match="NTP"):
+        restarted.open(data, Channel.DATAGRAM)
+    assert restarted.counters["stale"] == 1
+
+
+def test_datagram_cannot_be_used_as_frame(key: MeshKey) -> None:
+    data = Authenticator(key, "alice").new_session(Channel.DATAGRAM).seal(b"x")
+    with pytest.raises(DecodeError, match="channel"):
+        Authenticator(key, "bob").open(data, Channel.FRAME)
+
+
+def test_own_session_is_marked_from_self(key: MeshKey) -> None:
+    alice = Authenticator(key, "alice")
+    sealer = alice.new_session(Channel.DATAGRAM)
+    assert alice.open(sealer.seal(b"x"), Channel.DATAGRAM).from_self
+    twin = Authenticator(key, "alice")  # same id, another process
+    assert not alice.open(twin.new_session(Channel.DATAGRAM).seal(b"x"), Channel.DATAGRAM).from_self
+
+
+@pytest.mark.parametrize("garbage", [b"", b"M", b"GET / HTTP/1.1\r\n", os.urandom(200)])
+def test_garbage_is_a_decode_error(key: MeshKey, garbage: bytes) -> None:
+    bob = Authenticator(key, "bob")
+    with pytest.raises((DecodeError, AuthenticationError)):
+        bob.open(garbage, Channel.DATAGRAM)
+    assert bob.counters["rejected"] == 1
+
+
+def test_overhead_matches_sealed_size(key: MeshKey) -> None:
+    for k in (key, None):
+        alice = Authenticator(k, "n-0011aabb")
+        assert len(alice.new_session(Channel.DATAGRAM).seal(b"abc")) == 3 + alice.overhead()
+
+
+def test_key_file_roundtrip_is_private(tmp_path: Path, key: MeshKey) -> None:
+    path = tmp_path / "mesh.key"
+    key.write(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_mesh_key(path, {}) == key
+    assert load_mesh_key(None, {"MESHGPU_KEY": key.secret.hex()}) == key
+    assert load_mesh_key(None, {}) is None
+    assert load_mesh_key(path, {"MESHGPU_KEY": MeshKey.generate().secret.hex()}) == key
+
+
+def test_bad_key_material_says_how_to_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="meshgpu keygen"):
+        load_mesh_key(None, {"MESHGPU_KEY": "not hex"})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_mesh_key(tmp_path / "missing", {})
+    with pytest.raises(ConfigError, match="32"):
+        load_mesh_key(None, {"MESHGPU_KEY": "abcd"})

@@ -1,0 +1,115 @@
+"""Frames over a byte stream: round trips, limits, garbage, truncation, authentication."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from meshgpu.daemon.auth import Authenticator, MeshKey
+from meshgpu.daemon.framing import FrameStream, pack
+from meshgpu.errors import AuthenticationError, DecodeError, FrameTooLargeError
+
+KEY = MeshKey.generate()
+
+
+def pair(
+    left_key: MeshKey | None = KEY, right_key: MeshKey | None = KEY, limit: int = 1 << 20
+) -> tuple[FrameStream, FrameStream, trio.abc.Stream]:
+    left_stream, right_stream = trio.testing.memory_stream_pair()
+    left = FrameStream(left_stream, Authenticator(left_key, "left"), max_frame_bytes=limit)
+    right = FrameStream(right_stream, Authenticator(right_key, "right"), max_frame_bytes=limit)
+    return left, right, left_stream
+
+
+async def test_messages_roundtrip_in_order() -> None:
+    left, right, _ = pair()
+    messages = [{"type": "status"}, {"blob": b"\x00" * 100_000, "n": [1, 2, 3]}, "x"]
+    for message in messages:
+        await left.send(message)
+    assert [await right.receive() for _ in messages] == messages
+    assert right.peer_sender == "left"
+
+
+async def test_clean_close_between_frames_is_none() -> None:
+    left, right, _ = pair()
+    await left.send({"a": 1})
+    await left.aclose()
+    assert await right.receive() == {"a": 1}
+    assert await right.receive() is None
+
+
+async def test_oversized_announcement_is_refused_before_reading_body() -> None:
+    _left, right, raw = pair(limit=1024)
+    await raw.send_all(struct.pack("!I", 10_000_000))
+    with pytest.raises(FrameTooLargeError, match="limit is 1024"):
+        await right.receive()
+
+
+async def test_http_request_is_refused_as_oversized() -> None:
+    _, right, raw = pair()
+    await raw.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(FrameTooLargeError, match="other than a meshgpu peer"):
+        await right.receive()
+
+
+async def test_sending_oversized_frame_is_refused_locally() -> None:
+    left, _, _ = pair(limit=1024)
+    with pytest.raises(FrameTooLargeError, match="chunks"):
+        await left.send(b"x" * 2000)
+
+
+async def test_truncated_frame_is_a_decode_error() -> None:
+    left, right, raw = pair()
+    sealed = left._sealer.seal(pack({"a": 1}))
+    await raw.send_all(struct.pack("!I", len(sealed)) + sealed[:5])
+    await raw.aclose()
+    with pytest.raises(DecodeError, match="mid-frame"):
+        await right.receive()
+
+
+async def test_authenticated_garbage_is_a_decode_error() -> None:
+    left, right, raw = pair()
+    sealed = left._sealer.seal(b"\xc1\xc1 not msgpack")
+    await raw.send_all(struct.pack("!I", len(sealed)) + sealed)
+    with pytest.raises(DecodeError, match="msgpack"):
+        await right.receive()
+
+
+async def test_random_bytes_in_frame_are_refused() -> None:
+    _, right, raw = pair()
+    await raw.send_all(struct.pack("!I", 64) + bytes(range(64)))
+    with pytest.raises(DecodeError):
+        await right.receive()
+
+
+async def test_wrong_key_frame_is_refused() -> None:
+    left, right, _ = pair(left_key=MeshKey.generate())
+    await left.send({"type": "status"})
+    with pytest.raises(AuthenticationError):
+        await right.receive()
+    assert right.authenticator.counters["bad_tag"] == 1
+
+
+async def test_replayed_frame_is_refused() -> None:
+    left, right, raw = pair()
+    sealed = left._sealer.seal(pack({"op": "submit"}))
+    frame = struct.pack("!I", len(sealed)) + sealed
+    await raw.send_all(frame + frame)
+    assert await right.receive() == {"op": "submit"}
+    with pytest.raises(AuthenticationError, match="replayed"):
+        await right.receive()
+
+
+async def test_request_gets_reply() -> None:
+    left, right, _ = pair(left_key=None, right_key=None)
+
+    async def echo() -> None:
+        message = await right.receive()
+        await right.send({"echo": message})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        assert await left.request("ping") == {"echo": "ping"}

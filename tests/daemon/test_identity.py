@@ -1,0 +1,96 @@
+"""Identity: kept across restarts, one daemon per data dir, twins refused."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshgpu.daemon.auth import Authenticator, Channel, MeshKey
+from meshgpu.daemon.identity import (
+    DataDirLock,
+    DuplicateIdentityGuard,
+    IdentityStore,
+    NodeIdentity,
+)
+from meshgpu.errors import DataDirLockedError, DuplicateIdentityError, StorageError
+
+
+def test_id_is_made_once_and_incarnation_rises(tmp_path: Path) -> None:
+    first = IdentityStore(tmp_path).start()
+    second = IdentityStore(tmp_path).start(name="ignored-later")
+    assert second.node_id == first.node_id
+    assert second.incarnation == first.incarnation + 1
+    IdentityStore(tmp_path).save(NodeIdentity(first.node_id, 41))
+    assert IdentityStore(tmp_path).start().incarnation == 42
+
+
+def test_name_is_used_the_first_time(tmp_path: Path) -> None:
+    assert IdentityStore(tmp_path).start(name="gpu-box-3").node_id == "gpu-box-3"
+
+
+def test_corrupt_identity_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "identity.json").write_text("{not json")
+    with pytest.raises(StorageError, match="delete it"):
+        IdentityStore(tmp_path).start()
+
+
+def test_second_daemon_on_same_dir_is_refused_with_pid(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; "
+                "from meshgpu.daemon.identity import DataDirLock; "
+                f"lock = DataDirLock(Path({str(tmp_path)!r})); lock.acquire(); "
+                "print('held', flush=True); sys.stdin.read()"
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(DataDirLockedError, match=f"pid {holder.pid}"):
+            DataDirLock(tmp_path).acquire()
+    finally:
+        holder.communicate("", timeout=10)
+    with DataDirLock(tmp_path):  # released when its holder exited
+        pass
+
+
+def test_copied_data_dir_twin_is_refused_by_the_newcomer(tmp_path: Path) -> None:
+    original = tmp_path / "original"
+    identity = IdentityStore(original).start()
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    twin_identity = IdentityStore(copy).start()
+    assert twin_identity.node_id == identity.node_id
+
+    key = MeshKey.generate()
+    old_node, new_node = Authenticator(key, identity.node_id), Authenticator(key, identity.node_id)
+    old_sealer = old_node.new_session(Channel.DATAGRAM)
+    new_sealer = new_node.new_session(Channel.DATAGRAM)
+
+    newcomer = DuplicateIdentityGuard(identity.node_id, started=100.0, grace=15.0)
+    heard = new_node.open(old_sealer.seal(b"gossip"), Channel.DATAGRAM)
+    with pytest.raises(DuplicateIdentityError, match="copied"):
+        newcomer.observe(heard.sender, heard.from_self, ("10.0.0.7", 7946), now=101.0)
+
+    established = DuplicateIdentityGuard(identity.node_id, started=0.0, grace=15.0)
+    heard = old_node.open(new_sealer.seal(b"gossip"), Channel.DATAGRAM)
+    message = established.observe(heard.sender, heard.from_self, ("10.0.0.8", 7946), now=500.0)
+    assert message is not None and "10.0.0.8:7946" in message
+    assert established.sightings == 1
+
+
+def test_own_datagrams_and_other_ids_are_not_twins() -> None:
+    guard = DuplicateIdentityGuard("n-1", started=0.0)
+    assert guard.observe("n-1", True, ("127.0.0.1", 1), now=1.0) is None
+    assert guard.observe("n-2", False, ("127.0.0.1", 1), now=1.0) is None
+    assert guard.sightings == 0

@@ -1,0 +1,61 @@
+"""Task payloads: tensor encoding and the per-task store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from meshgpu.daemon.framing import pack, unpack
+from meshgpu.daemon.payloads import PayloadStore, decode_tensors, encode_tensors, task_file_stem
+from meshgpu.errors import DecodeError
+
+
+def test_tensors_roundtrip_through_msgpack() -> None:
+    tensors = {
+        "x": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "big_endian": np.arange(3, dtype=">i4"),
+        "flag": np.array(True),
+        "empty": np.zeros((0, 5), dtype=np.float64),
+    }
+    back = decode_tensors(unpack(pack(encode_tensors(tensors))))
+    assert back.keys() == tensors.keys()
+    for name, array in tensors.items():
+        assert back[name].shape == array.shape
+        np.testing.assert_array_equal(back[name], array)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        [],
+        {"x": {"dtype": "<f4", "shape": [2], "data": b"\x00" * 7}},
+        {"x": {"dtype": "|O", "shape": [1], "data": b"\x00" * 8}},
+        {"x": {"shape": [1], "data": b""}},
+        {"x": {"dtype": "<f4", "shape": [-1], "data": b""}},
+    ],
+)
+def test_malformed_tensors_are_decode_errors(encoded: object) -> None:
+    with pytest.raises(DecodeError):
+        decode_tensors(encoded)
+
+
+def test_store_keeps_inputs_and_results_per_task(tmp_path: Path) -> None:
+    store = PayloadStore(tmp_path)
+    task = ("n-a1", 7)
+    store.put(task, "inputs", {"x": np.ones(3, dtype=np.float32)})
+    store.put(task, "result", {"y": np.zeros(2, dtype=np.int64)})
+    store.put(("n-a1", 70), "inputs", {"x": np.ones(1)})
+    np.testing.assert_array_equal(PayloadStore(tmp_path).get(task, "inputs")["x"], np.ones(3))
+    store.delete(task, "inputs")
+    assert not store.has(task, "inputs") and store.has(task, "result")
+    store.delete(task)
+    assert store.get(task, "result") is None
+    assert store.has(("n-a1", 70), "inputs")
+
+
+def test_task_stems_are_safe_and_distinct() -> None:
+    stems = {task_file_stem(t) for t in [("a", 1), ("a", 11), ("a~1", 1), "../x", ("a/b", 1)]}
+    assert len(stems) == 5
+    assert all("/" not in stem for stem in stems)
