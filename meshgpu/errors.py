@@ -88,3 +88,15 @@ class DataDirLockedError(IdentityError):
 
 class DuplicateIdentityError(IdentityError):
     """Another live node uses this node's id (usually a data dir copied between machines)."""
+
+
+class SimulationError(MeshError):
+    """A simulated run could not go on (a node raised, or the scenario cannot be applied)."""
+
+
+class RequestFailedError(ClientError):
+    """A peer answered a request with an error; ``kind`` names the error class it raised."""
+
+    def __init__(self, message: str, kind: str = "MeshError") -> None:
+        super().__init__(message)
+        self.kind = kind
