@@ -1,0 +1,443 @@
+"""The discrete-event loop that drives N real ``Node`` cores over a simulated network.
+
+The model (design.md sections 2 and 6): one virtual clock; one heap of pending events
+ordered by ``(time, sequence)``, the sequence number breaking ties in insertion order so
+equal-time events always run in the same order; every randomness from one seed through
+named streams (:mod:`meshgpu.sim.randomness`). Nodes interact only through the bytes of
+``SendDatagram`` effects, which :class:`meshgpu.sim.network.Network` delays, drops,
+duplicates or reorders. A node's timers are honoured exactly as the driver contract in
+``meshgpu.core.events`` says: ``Tick`` when ``now >= node.next_deadline()``.
+
+Composition (how checkers and extensions plug in): a :class:`Simulation` holds a list of
+:class:`meshgpu.sim.observers.Observer`; the built-in invariant checkers
+(:func:`meshgpu.sim.invariants.default_checkers`) are observers, and so is anything a
+scenario's extension table builds (``scenario.EXTENSION_SECTIONS``), or what a caller
+passes as ``observers=``. Observers see node life-cycle changes, faults, every non-datagram
+effect, periodic samples and the end; they may schedule work with :meth:`Simulation.call_at`
+and feed events with :meth:`Simulation.inject`. A custom ``node_factory`` lets an extension
+wrap or configure nodes (e.g. device profiles) while keeping the real core.
+
+The event trace (invariant 10) is one JSON line per processed event; ``trace_sha256`` is
+the SHA-256 of exactly the bytes ``--trace`` writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+from meshgpu.core.effects import SendDatagram
+from meshgpu.core.events import DatagramReceived, LeaveRequested, PeerDiscovered, Tick
+from meshgpu.core.types import Address, NodeId
+from meshgpu.errors import SimulationError
+from meshgpu.sim.faults import Fault, Reversal, Slow
+from meshgpu.sim.network import Network
+from meshgpu.sim.observers import Observer, overrides
+from meshgpu.sim.randomness import node_stream, stream
+from meshgpu.sim.scenario import Scenario, mesh_config_for
+
+DELIVER, HANDLE, TICK, INJECT, FAULT, CALL, SAMPLE = range(7)
+INFINITY = float("inf")
+PROGRESS_EVERY = 20_000
+TRACE_FLUSH_LINES = 4096
+
+
+class SimulatedNode(Protocol):
+    """What the simulator needs of a node: the Node API contract's driver half."""
+
+    node_id: NodeId
+
+    @property
+    def incarnation(self) -> int: ...
+
+    def handle(self, event: Any, now: float) -> list[Any]: ...
+
+    def next_deadline(self) -> float: ...
+
+    def live_members(self) -> list[NodeId]: ...
+
+    def leader(self) -> NodeId | None: ...
+
+    @property
+    def view(self) -> int: ...
+
+
+NodeFactory = Callable[[NodeId, Address, Any, float, int], SimulatedNode]
+"""``factory(node_id, address, rng, now, incarnation) -> node``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunTotals:
+    """Counts of what the loop did, for the report."""
+
+    events: int
+    virtual_s: float
+    trace_sha256: str
+
+
+def node_id_for(index: int, node_count: int) -> NodeId:
+    """Stable, sortable ids: ``n-0000`` ... in index order."""
+    return f"n-{index:0{max(4, len(str(node_count - 1)))}d}"
+
+
+def address_for(index: int) -> Address:
+    """A private-LAN address per node (one /24 per 250 nodes), gossip port 7946."""
+    return (f"10.0.{index // 250}.{index % 250 + 1}", 7946)
+
+
+class Simulation:
+    """One run of one scenario. Build it, :meth:`run` it, read the observers' results."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        observers: Iterable[Observer] = (),
+        node_factory: NodeFactory | None = None,
+        trace: IO[str] | None = None,
+        progress: Callable[[float, float], None] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.seed = scenario.seed
+        self.node_count = n = scenario.nodes
+        self.node_ids = [node_id_for(i, n) for i in range(n)]
+        self.addresses = [address_for(i) for i in range(n)]
+        self.index_of_address = {a: i for i, a in enumerate(self.addresses)}
+        self.index_of_id = {node_id: i for i, node_id in enumerate(self.node_ids)}
+        self.node_factory = node_factory or _core_node_factory(scenario)
+        self.nodes: list[SimulatedNode | None] = [None] * n
+        self.up = [False] * n
+        self.lives = [0] * n
+        self.persisted_incarnation = [0] * n
+        self.reset_incarnation = [False] * n
+        self.config = mesh_config_for(scenario)
+        self.slow: list[Slow | None] = [None] * n
+        self.counters: dict[str, int] = {"unroutable": 0, "to_down_node": 0}
+        self.network = Network(
+            n,
+            scenario.network,
+            {p: stream(self.seed, p) for p in ("latency", "loss", "duplicate", "reorder")},
+        )
+        self.now = 0.0
+        self.events = 0
+        self._heap: list[tuple[Any, ...]] = []
+        self._sequence = 0
+        self._tick_at = [INFINITY] * n
+        self._tick_token = [0] * n
+        self._inbox_free = [0.0] * n
+        self._slow_random = stream(self.seed, "slow")
+        self._bootstrap_random = stream(self.seed, "bootstrap")
+        self.schedule_random = stream(self.seed, "schedule")
+        self._trace = trace
+        self._trace_lines: list[str] = []
+        self._trace_hash = hashlib.sha256()
+        self._progress = progress
+        self.observers: list[Observer] = list(observers)
+        self._effect_observers: list[Observer] = []
+        self._faults = _FaultApplier(self)
+        self.finished = False
+
+    # -- public API for observers and extensions ---------------------------------------
+
+    def random_stream(self, purpose: str) -> Any:
+        """A random stream of this run for an extension's own ``purpose``."""
+        return stream(self.seed, f"extension:{purpose}")
+
+    def call_at(self, time: float, callback: Callable[[Simulation], None]) -> None:
+        """Run ``callback(sim)`` at virtual ``time`` (in scheduling order among equals)."""
+        self._push(time, CALL, -1, callback, None)
+
+    def schedule_fault(self, fault: Fault | Reversal) -> None:
+        """Apply ``fault`` at its ``at_s`` (used for reversals and by extensions)."""
+        self._push(fault.at_s, FAULT, -1, fault, None)
+
+    def inject(self, index: int, event: Any, time: float) -> None:
+        """Feed ``event`` to node ``index`` at ``time`` if that node life is still up then."""
+        self._push(time, INJECT, index, self.lives[index], event)
+
+    def trace_event(self, kind: str, **fields: Any) -> None:
+        """Append an extension's own line to the event trace (and to the hash)."""
+        self._emit(_json_line(self.now, kind, fields))
+
+    def up_indices(self) -> list[int]:
+        return [i for i in range(self.node_count) if self.up[i]]
+
+    def index_of(self, node_id: NodeId | None) -> int | None:
+        return None if node_id is None else self.index_of_id.get(node_id)
+
+    def majority_leader(self) -> int | None:
+        """The node most up nodes name as leader now (ties: the lowest index)."""
+        votes: dict[int, int] = {}
+        for i in self.up_indices():
+            node = self.nodes[i]
+            assert node is not None
+            leader = self.index_of(node.leader())
+            if leader is not None:
+                votes[leader] = votes.get(leader, 0) + 1
+        if not votes:
+            return None
+        return min(votes, key=lambda i: (-votes[i], i))
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self) -> RunTotals:
+        """Run to ``scenario.duration_s``; returns totals. Observers hold the findings."""
+        scenario = self.scenario
+        for observer in self.observers:
+            observer.on_start(self)
+        self._effect_observers = [o for o in self.observers if overrides(o, "on_effect")]
+        for index in range(self.node_count):
+            self._start_node(index, incarnation=0)
+        self._bootstrap_all()
+        for fault in scenario.faults:
+            self.schedule_fault(fault)
+        if any(overrides(o, "on_sample") for o in self.observers):
+            self._push(scenario.sample_interval_s, SAMPLE, -1, None, None)
+        self._loop(scenario.duration_s)
+        self.now = scenario.duration_s
+        for observer in self.observers:
+            observer.on_finish(self, self.now)
+        self._flush_trace()
+        self.finished = True
+        return RunTotals(self.events, self.now, self._trace_hash.hexdigest())
+
+    def _loop(self, until: float) -> None:
+        heap = self._heap
+        pop = heapq.heappop
+        nodes = self.nodes
+        up = self.up
+        next_progress = PROGRESS_EVERY
+        while heap and heap[0][0] <= until:
+            time, _, kind, index, first, second = pop(heap)
+            self.now = time
+            if kind == DELIVER:
+                if not up[index]:
+                    self.counters["to_down_node"] += 1
+                    continue
+                slow = self.slow[index]
+                if slow is not None:
+                    start = max(time, self._inbox_free[index])
+                    done = start + slow.delay_s + slow.delay_jitter_s * self._slow_random.random()
+                    self._inbox_free[index] = done
+                    self._push(done, HANDLE, index, (self.lives[index], first), second)
+                    continue
+                self._receive(index, first, second)
+            elif kind == TICK:
+                if second != self._tick_token[index] or not up[index]:
+                    continue
+                self._tick_at[index] = INFINITY
+                node = nodes[index]
+                assert node is not None
+                if time >= node.next_deadline():
+                    self._emit(f'{{"t":{time!r},"e":"tick","n":{index}}}')
+                    self._call(index, Tick())
+                else:
+                    self._schedule_tick(index, node.next_deadline())
+            elif kind == HANDLE:
+                life, source = first
+                if up[index] and life == self.lives[index]:
+                    self._receive(index, source, second)
+            elif kind == INJECT:
+                if up[index] and first == self.lives[index]:
+                    self._emit(_json_line(time, "inject", {"n": index, "event": _describe(second)}))
+                    self._call(index, second)
+            elif kind == FAULT:
+                self._faults.apply(first)
+            elif kind == CALL:
+                first(self)
+            elif kind == SAMPLE:
+                for observer in self.observers:
+                    observer.on_sample(self, time)
+                self._push(time + self.scenario.sample_interval_s, SAMPLE, -1, None, None)
+            if self._progress is not None and self.events >= next_progress:
+                next_progress = self.events + PROGRESS_EVERY
+                self._progress(time, until)
+
+    def _receive(self, index: int, source: int, payload: bytes) -> None:
+        self._emit(
+            f'{{"t":{self.now!r},"e":"recv","n":{index},"src":{source},'
+            f'"len":{len(payload)},"crc":{zlib.crc32(payload)}}}'
+        )
+        self._call(index, DatagramReceived(self.addresses[source], payload))
+
+    def _call(self, index: int, event: Any) -> None:
+        """Hand ``event`` to node ``index``, execute its effects in order, re-arm its timer."""
+        node = self.nodes[index]
+        assert node is not None
+        now = self.now
+        try:
+            effects = node.handle(event, now)
+        except Exception as error:
+            raise SimulationError(
+                f"node {self.node_ids[index]} raised {type(error).__name__}: {error} while "
+                f"handling {_describe(event)} at virtual time {now!r} (seed {self.seed}, scenario "
+                f"{self.scenario.source}); rerun with the same seed to reproduce"
+            ) from error
+        for effect in effects:
+            if type(effect) is SendDatagram:
+                destination = self.index_of_address.get(effect.destination)
+                if destination is None:
+                    self.counters["unroutable"] += 1
+                    continue
+                for delay in self.network.transmit(index, destination):
+                    self._push(now + delay, DELIVER, destination, index, effect.payload)
+            else:
+                for observer in self._effect_observers:
+                    observer.on_effect(self, index, effect, now)
+            if not self.up[index]:
+                return  # an observer stopped this node; the rest of its effects are lost
+        deadline = node.next_deadline()
+        if deadline < self._tick_at[index]:
+            self._schedule_tick(index, deadline)
+
+    def _schedule_tick(self, index: int, deadline: float) -> None:
+        slow = self.slow[index]
+        time = max(deadline, self.now)
+        if slow is not None and slow.tick_delay_s:
+            time += slow.tick_delay_s
+        self._tick_at[index] = time
+        self._tick_token[index] += 1
+        self._push(time, TICK, index, None, self._tick_token[index])
+
+    def _push(self, time: float, kind: int, index: int, first: Any, second: Any) -> None:
+        self._sequence += 1
+        heapq.heappush(self._heap, (time, self._sequence, kind, index, first, second))
+
+    # -- node life cycle ---------------------------------------------------------------
+
+    def _start_node(self, index: int, incarnation: int) -> None:
+        life = self.lives[index]
+        node = self.node_factory(
+            self.node_ids[index],
+            self.addresses[index],
+            node_stream(self.seed, index, life),
+            self.now,
+            incarnation,
+        )
+        self.nodes[index] = node
+        self.up[index] = True
+        self._tick_at[index] = INFINITY
+        self._tick_token[index] += 1
+        self._inbox_free[index] = self.now
+        self._emit(_json_line(self.now, "up", {"n": index, "life": life, "inc": incarnation}))
+        for observer in self.observers:
+            observer.on_node_up(self, index, self.now)
+        self._schedule_tick(index, node.next_deadline())
+
+    def stop_node(self, index: int, reason: str) -> None:
+        """Stop node ``index`` now (crash or end of a leave); its pending events die with it."""
+        node = self.nodes[index]
+        if node is None or not self.up[index]:
+            return
+        self.persisted_incarnation[index] = node.incarnation
+        self.up[index] = False
+        self.lives[index] += 1
+        self._tick_token[index] += 1
+        self._tick_at[index] = INFINITY
+        self._emit(_json_line(self.now, "down", {"n": index, "reason": reason}))
+        for observer in self.observers:
+            observer.on_node_down(self, index, self.now, reason)
+
+    def restart_node(self, index: int, keep_incarnation: bool) -> None:
+        """Start a crashed node again with the same id (and incarnation, if persisted)."""
+        if self.up[index]:
+            return
+        incarnation = self.persisted_incarnation[index] if keep_incarnation else 0
+        self.reset_incarnation[index] = self.reset_incarnation[index] or not keep_incarnation
+        self._start_node(index, incarnation)
+        self._discover_for(index, others_learn=True)
+
+    def request_leave(self, index: int, linger_s: float) -> None:
+        self.inject(index, LeaveRequested(), self.now)
+        life = self.lives[index]
+
+        def finish_leave(sim: Simulation) -> None:
+            if sim.up[index] and sim.lives[index] == life:
+                sim.stop_node(index, "leave")
+
+        self.call_at(self.now + linger_s, finish_leave)
+
+    # -- bootstrap (simulated mDNS / seed list) --------------------------------------------
+
+    def _bootstrap_all(self) -> None:
+        for index in range(self.node_count):
+            self._discover_for(index, others_learn=False)
+
+    def _discover_for(self, index: int, others_learn: bool) -> None:
+        bootstrap = self.scenario.bootstrap
+        rng = self._bootstrap_random
+        others = [j for j in range(self.node_count) if j != index and self.up[j]]
+        if bootstrap.mode == "seeds":
+            others = rng.sample(others, min(bootstrap.seeds, len(others)))
+        for j in others:
+            self.inject(index, self._discovery(j), self.now + bootstrap.spread_s * rng.random())
+            if others_learn and bootstrap.mode == "mdns":
+                self.inject(j, self._discovery(index), self.now + bootstrap.spread_s * rng.random())
+
+    def _discovery(self, index: int) -> PeerDiscovered:
+        return PeerDiscovered(self.addresses[index], self.node_ids[index])
+
+    # -- the trace -------------------------------------------------------------------------
+
+    def _emit(self, line: str) -> None:
+        self.events += 1
+        lines = self._trace_lines
+        lines.append(line)
+        if len(lines) >= TRACE_FLUSH_LINES:
+            self._flush_trace()
+
+    def _flush_trace(self) -> None:
+        if not self._trace_lines:
+            return
+        chunk = "\n".join(self._trace_lines) + "\n"
+        self._trace_lines = []
+        self._trace_hash.update(chunk.encode())
+        if self._trace is not None:
+            self._trace.write(chunk)
+
+
+class _FaultApplier:
+    """Applies scenario faults to a simulation and schedules their reversals."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def apply(self, fault: Fault | Reversal) -> None:
+        from meshgpu.sim.fault_actions import apply_fault
+
+        sim = self.sim
+        targets = apply_fault(sim, fault)
+        fields: dict[str, Any] = {"kind": fault.kind, "targets": targets}
+        if isinstance(fault, Reversal):
+            fields["of"] = fault.fault.kind
+        sim._emit(_json_line(sim.now, "fault", fields))
+        for observer in sim.observers:
+            observer.on_fault(sim, fault, targets, sim.now)
+
+
+def _core_node_factory(scenario: Scenario) -> NodeFactory:
+    from meshgpu.core.node import Node
+
+    config = mesh_config_for(scenario)
+
+    def build(node_id: NodeId, address: Address, rng: Any, now: float, incarnation: int) -> Any:
+        return Node(node_id, address, config, rng, now, incarnation)
+
+    return build
+
+
+def _describe(event: Any) -> str:
+    name = type(event).__name__
+    node_id = getattr(event, "node_id", None)
+    return f"{name}({node_id})" if node_id is not None else name
+
+
+def _json_line(time: float, kind: str, fields: dict[str, Any]) -> str:
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    if not fields:
+        return f'{{"t":{time!r},"e":"{kind}"}}'
+    return f'{{"t":{time!r},"e":"{kind}",{body[1:]}'
