@@ -82,7 +82,7 @@ _RANK: dict[Phase, tuple[int, int]] = {
     Phase.DONE: (3, 0),
 }
 
-OrderKey: TypeAlias = tuple[int, int, int, int, str, int, str]
+OrderKey: TypeAlias = tuple[int, int, int, int, tuple[bool, str], int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,21 +104,14 @@ class TaskState:
 
     @property
     def order_key(self) -> OrderKey:
-        """Total order of the lattice; the join keeps the state with the larger key."""
+        """Total order of the lattice; the join keeps the state with the larger key.
+
+        Every field takes part (after the phase rank, attempt and sub-state that carry the
+        meaning), so two different states never compare equal and the join is
+        well-defined even for states no legal run would produce."""
         rank, sub = _RANK[self.phase]
-        if self.phase is Phase.PENDING:
-            return (0, 0, 0, 0, "", 0, "")
-        if rank == 1:
-            return (
-                rank,
-                self.attempt,
-                sub,
-                self.view,
-                self.worker or "",
-                self.failures,
-                self.reason,
-            )
-        return (rank, self.attempt, 0, self.view, self.worker or "", self.failures, self.reason)
+        worker = (self.worker is not None, self.worker or "")
+        return (rank, self.attempt, sub, self.view, worker, self.failures, self.reason)
 
     @property
     def terminal(self) -> bool:

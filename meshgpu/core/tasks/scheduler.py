@@ -1,0 +1,94 @@
+"""One scheduling round of the leader: walk the queue in order, ask each task's strategy for
+a worker, and never hand a worker more than its free slots.
+
+Priority is strict with backfilling: when a task of priority P cannot be placed now (no
+capable worker has a free slot, or its strategy chose to wait), every worker capable of it
+is *reserved* against tasks of lower priority for the rest of the round; lower-priority
+tasks may still use workers that could never run it. This is what makes design.md
+invariant 9 hold ("a higher-priority task is never assigned after a lower one that was
+queued later on the same leader", read as: never on a worker that could have taken it),
+without idling CPU workers behind a GPU-only task. Tasks of the same priority are
+considered in FIFO order and do not block each other.
+
+A task that has just failed on a worker avoids that worker when any other can take it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from meshgpu.core.tasks.spec import Priority, TaskId, TaskSpec
+from meshgpu.core.tasks.strategies import (
+    STRATEGIES,
+    SelectionContext,
+    WorkerView,
+    capable,
+    strategy_named,
+)
+from meshgpu.core.types import NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """A task ready for assignment, with the worker it should avoid (last failure)."""
+
+    task_id: TaskId
+    spec: TaskSpec
+    avoid: NodeId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The round's decision for one task."""
+
+    task_id: TaskId
+    worker: NodeId
+
+
+def plan_round(
+    tasks: Sequence[QueuedTask],
+    workers: Sequence[WorkerView],
+    default_strategy: str,
+    context: SelectionContext,
+) -> list[Assignment]:
+    """Assignments for this round, in queue order. ``tasks`` must come highest priority
+    first, FIFO within a priority. Updates ``context.rotation`` after each assignment."""
+    views: dict[NodeId, WorkerView] = {
+        w.node_id: w for w in sorted(workers, key=lambda w: w.node_id)
+    }
+    order = list(views)
+    reserved_below: dict[NodeId, Priority] = {}  # worker -> highest blocked priority
+    assignments: list[Assignment] = []
+    context.deferred.clear()
+    for task in tasks:
+        if not any(v.free_slots > 0 and v.admits for v in views.values()):
+            break
+        priority = task.spec.priority
+        allowed = [
+            v
+            for v in views.values()
+            if v.node_id not in reserved_below or reserved_below[v.node_id] <= priority
+        ]
+        name = task.spec.strategy or default_strategy
+        # A spec is validated where it is submitted; a name this node does not know
+        # (a newer peer) falls back to the mesh default rather than stalling the queue.
+        strategy = STRATEGIES.get(name) or strategy_named(default_strategy)
+        choice: NodeId | None = None
+        if task.avoid is not None:
+            others = [v for v in allowed if v.node_id != task.avoid]
+            choice = strategy(task.spec, others, context)
+        if choice is None:
+            choice = strategy(task.spec, allowed, context)
+        if choice is None:
+            for v in views.values():
+                if capable(v, task.spec.requirements):
+                    held = reserved_below.get(v.node_id)
+                    if held is None or held < priority:
+                        reserved_below[v.node_id] = priority
+            continue
+        chosen = views[choice]
+        views[choice] = replace(chosen, in_flight=chosen.in_flight + 1)
+        context.rotation = order.index(choice) + 1
+        assignments.append(Assignment(task.task_id, choice))
+    return assignments
