@@ -1,0 +1,169 @@
+"""OpenCLSession: run an ONNX model on one OpenCL device.
+
+Construction does every check before touching the device (unsupported operators, broken
+graph, weights larger than the device's memory), folds the constants that do not depend on
+input shapes, and, when every input dimension is fixed, builds the plan at once so weights
+are uploaded and kernels compiled before the first ``run``. Plans are cached per input-shape
+signature. ``run`` uploads the feeds, enqueues every launch on the session's one command
+queue, and downloads only the graph outputs.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import onnx
+import pyopencl as cl
+
+from meshgpu.errors import DeviceError, InputError, ModelError
+from meshgpu.inference.opencl import lower_linear, lower_tensor, programs  # noqa: F401
+from meshgpu.inference.opencl.graph import Graph, read_graph
+from meshgpu.inference.opencl.plan import DeviceTensor, Plan, PlanBuilder
+
+
+def _static_constants(graph: Graph) -> dict[str, np.ndarray]:
+    """Fold every node that depends on initializers and constants only (no input shapes)."""
+    from meshgpu.inference.opencl.folding import fold_node
+
+    values = dict(graph.constants)
+    for node in graph.nodes:
+        names = [n for n in node.inputs if n]
+        if node.op == "Shape" or not all(n in values for n in names):
+            continue
+        results = fold_node(node, [values[n] if n else None for n in node.inputs])
+        for name, value in zip(node.outputs, results, strict=False):
+            if name:
+                values[name] = value
+    return values
+
+
+class OpenCLSession:
+    """An ONNX model prepared for one OpenCL device.
+
+    ``inputs`` maps each runtime input (graph inputs that are not initializers) to its
+    declared shape (symbolic dimensions as strings) and dtype; ``outputs`` lists the graph
+    outputs. ``peak_device_bytes`` is the device memory the session holds after the last
+    run: weights plus the activation buffers of the plans built so far.
+    """
+
+    def __init__(self, model: onnx.ModelProto, device: cl.Device | None = None) -> None:
+        self._graph = read_graph(model)
+        self.inputs: dict[str, tuple[tuple[int | str, ...], np.dtype[Any]]] = dict(
+            self._graph.inputs
+        )
+        self.outputs: list[str] = list(self._graph.outputs)
+        for name, (_, dtype) in self.inputs.items():
+            if dtype != np.float32:
+                raise ModelError(
+                    f"input {name!r} has dtype {dtype}; the OpenCL backend runs float32 "
+                    "inputs only (use backend='onnxruntime')"
+                )
+        try:
+            self._static = _static_constants(self._graph)
+        except (ValueError, IndexError, TypeError, KeyError) as error:
+            raise ModelError(f"the model's constants cannot be evaluated: {error}") from error
+        self._device = device if device is not None else programs.default_device()
+        weight_bytes = sum(v.size * 4 for v in self._static.values() if v.dtype.kind == "f")
+        capacity = int(self._device.global_mem_size)
+        if weight_bytes > capacity:
+            raise DeviceError(
+                f"the model's weights need {weight_bytes} bytes but {self._device.name} has "
+                f"{capacity} bytes of global memory; use a larger device or onnxruntime"
+            )
+        self._context = programs.context_for(self._device)
+        self._queue = cl.CommandQueue(self._context)
+        self._weights: dict[Any, cl.Buffer] = {}
+        self._plans: dict[tuple[tuple[str, tuple[int, ...]], ...], Plan] = {}
+        self._lock = threading.Lock()
+        self.peak_device_bytes = 0
+        static_shapes = {
+            name: shape
+            for name, (shape, _) in self.inputs.items()
+            if all(isinstance(d, int) for d in shape)
+        }
+        if len(static_shapes) == len(self.inputs):
+            self._plan({n: tuple(int(d) for d in s) for n, s in static_shapes.items()})
+
+    @property
+    def device(self) -> cl.Device:
+        return self._device
+
+    def _plan(self, shapes: dict[str, tuple[int, ...]]) -> Plan:
+        signature = tuple(sorted(shapes.items()))
+        plan = self._plans.get(signature)
+        if plan is None:
+            builder = PlanBuilder(self._graph, self._static, shapes, self._device, self._weights)
+            plan = builder.build()
+            self._plans[signature] = plan
+            weights = sum(b.size for b in self._weights.values())
+            activations = max(p.activation_bytes for p in self._plans.values())
+            self.peak_device_bytes = max(self.peak_device_bytes, weights + activations)
+        return plan
+
+    def plan_statistics(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+        """Launch count and activation bytes with and without liveness reuse (for docs)."""
+        plan = self._plan(shapes)
+        return {
+            "launches": len(plan.launches),
+            "activation_bytes": plan.activation_bytes,
+            "activation_bytes_without_reuse": plan.activation_bytes_without_reuse,
+            "weight_bytes": sum(b.size for b in self._weights.values()),
+        }
+
+    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        checked: dict[str, np.ndarray] = {}
+        for name, (shape, dtype) in self.inputs.items():
+            if name not in feeds:
+                raise InputError(
+                    f"missing input {name!r}: expected shape {shape} of {np.dtype(dtype).name}"
+                )
+            array = np.asarray(feeds[name])
+            if array.dtype != dtype:
+                raise InputError(
+                    f"input {name!r} has dtype {array.dtype.name}, expected {np.dtype(dtype).name}"
+                )
+            if len(array.shape) != len(shape) or any(
+                isinstance(d, int) and d != a for d, a in zip(shape, array.shape, strict=True)
+            ):
+                raise InputError(f"input {name!r} has shape {array.shape}, expected {shape}")
+            checked[name] = np.ascontiguousarray(array, dtype=np.float32)
+        unknown = set(feeds) - set(self.inputs)
+        if unknown:
+            raise InputError(
+                f"unknown inputs {sorted(unknown)}; the model's inputs are {sorted(self.inputs)}"
+            )
+        return checked
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on ``feeds``; returns every graph output as a numpy array."""
+        checked = self._check_feeds(feeds)
+        with self._lock:
+            plan = self._plan({name: tuple(a.shape) for name, a in checked.items()})
+            buffers = plan.buffers
+            queue = self._queue
+            try:
+                for name, array in checked.items():
+                    if array.size:
+                        storage = plan.input_storages[name]
+                        cl.enqueue_copy(queue, buffers[storage.slot], array, is_blocking=False)
+                for launch in plan.launches:
+                    cl.enqueue_nd_range_kernel(
+                        queue, launch.kernel, launch.global_size, launch.local_size
+                    )
+                results: dict[str, np.ndarray] = {}
+                for name, value in plan.outputs.items():
+                    if isinstance(value, DeviceTensor):
+                        host = np.empty(value.shape, dtype=np.float32)
+                        if host.size:
+                            cl.enqueue_copy(
+                                queue, host, buffers[value.storage.slot], is_blocking=False
+                            )
+                        results[name] = host
+                    else:
+                        results[name] = np.array(value)
+                queue.finish()
+            except cl.Error as error:
+                raise DeviceError(f"the OpenCL device failed while running: {error}") from error
+        return {name: results[name] for name in self.outputs}

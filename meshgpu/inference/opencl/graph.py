@@ -1,0 +1,264 @@
+"""An ONNX model read into a small, checked, topologically ordered graph.
+
+Everything here is host-side and happens before any device work: a broken graph raises
+:class:`ModelError`, an operator this backend cannot run raises
+:class:`UnsupportedOperatorError` naming op, opset and node. The executor never sees an
+``onnx.NodeProto``: it sees :class:`Node` with attributes already decoded to Python values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from meshgpu.errors import ModelError, UnsupportedOperatorError
+
+#: ONNX operators this backend runs, with the lowest default-domain opset whose semantics the
+#: implementation follows. Binary arithmetic before opset 7 used a legacy ``broadcast``/``axis``
+#: scheme, and Gemm before 7 had a ``broadcast`` flag, so they start at 7.
+SUPPORTED_OPERATORS: Mapping[str, int] = {
+    "Abs": 6,
+    "Add": 7,
+    "AveragePool": 7,
+    "BatchNormalization": 7,
+    "Cast": 6,
+    "Ceil": 6,
+    "Clip": 6,
+    "Concat": 4,
+    "Constant": 1,
+    "ConstantOfShape": 9,
+    "Conv": 1,
+    "Div": 7,
+    "Dropout": 7,
+    "Exp": 6,
+    "Expand": 8,
+    "Flatten": 1,
+    "Floor": 6,
+    "Gather": 1,
+    "Gemm": 7,
+    "GlobalAveragePool": 1,
+    "GlobalMaxPool": 1,
+    "Identity": 1,
+    "LeakyRelu": 6,
+    "Log": 6,
+    "LogSoftmax": 1,
+    "LRN": 1,
+    "MatMul": 1,
+    "Max": 8,
+    "MaxPool": 1,
+    "Mean": 8,
+    "Min": 8,
+    "Mul": 7,
+    "Neg": 6,
+    "Pad": 2,
+    "Pow": 7,
+    "Reciprocal": 6,
+    "Relu": 6,
+    "Reshape": 5,
+    "Shape": 1,
+    "Sigmoid": 6,
+    "Softmax": 1,
+    "Sqrt": 6,
+    "Squeeze": 1,
+    "Sub": 7,
+    "Sum": 8,
+    "Tanh": 6,
+    "Transpose": 1,
+    "Unsqueeze": 1,
+}
+
+#: Highest default-domain opset the implementation has been checked against.
+MAX_OPSET = 21
+
+
+@dataclass(frozen=True)
+class Node:
+    """One ONNX node, attributes decoded; ``opset`` is the model's default-domain version."""
+
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: Mapping[str, Any]
+    name: str
+    opset: int
+
+    def describe(self) -> str:
+        """How error messages name this node."""
+        return f"{self.op} (opset {self.opset}) node {self.name!r}"
+
+
+@dataclass
+class Graph:
+    """A validated graph: nodes in execution order, runtime inputs, outputs, constants."""
+
+    nodes: list[Node]
+    inputs: dict[str, tuple[tuple[int | str, ...], np.dtype[Any]]]
+    outputs: list[str]
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    opset: int = 0
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (``ai.onnx``) opset version; raises ModelError if absent."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise ModelError("the model imports no default-domain (ai.onnx) opset; it cannot be run")
+
+
+def _node_label(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"#{index} ({node.op_type} -> {', '.join(node.output)})"
+
+
+def unsupported_operators(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
+    """(op_type, opset, node name) of every node this backend cannot run, in graph order."""
+    try:
+        opset = default_opset(model)
+    except ModelError:
+        opset = 0
+    found: list[tuple[str, int, str]] = []
+    for index, node in enumerate(model.graph.node):
+        if not _is_supported(node, opset):
+            domain_opset = opset
+            if node.domain not in ("", "ai.onnx"):
+                domain_opset = next(
+                    (int(e.version) for e in model.opset_import if e.domain == node.domain), 0
+                )
+            found.append((node.op_type, domain_opset, _node_label(node, index)))
+    return found
+
+
+def _is_supported(node: onnx.NodeProto, opset: int) -> bool:
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    minimum = SUPPORTED_OPERATORS.get(node.op_type)
+    return minimum is not None and minimum <= opset <= MAX_OPSET
+
+
+def _decode_attribute(attribute: onnx.AttributeProto) -> Any:
+    value = onnx.helper.get_attribute_value(attribute)
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8", errors="replace") for v in value]
+    return value
+
+
+def _tensor_type(value: onnx.ValueInfoProto) -> tuple[tuple[int | str, ...], np.dtype[Any]]:
+    tensor = value.type.tensor_type
+    if not value.type.HasField("tensor_type"):
+        raise UnsupportedOperatorError(
+            f"graph input {value.name!r} is not a tensor; the OpenCL backend runs tensors only"
+        )
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+    except (KeyError, ValueError) as error:
+        raise ModelError(f"graph input {value.name!r} has unknown element type") from error
+    dims: list[int | str] = []
+    for index, dim in enumerate(tensor.shape.dim):
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        else:
+            dims.append(dim.dim_param or f"{value.name}_dim{index}")
+    return tuple(dims), dtype
+
+
+def read_graph(model: onnx.ModelProto) -> Graph:
+    """Check ``model`` and return its graph in execution order.
+
+    Raises UnsupportedOperatorError (first unsupported node: op, opset, node name) or
+    ModelError (no opset, a tensor used before any node produces it, a cycle, an output
+    nobody produces).
+    """
+    if not isinstance(model, onnx.ModelProto):
+        raise ModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
+    opset = default_opset(model)
+    unsupported = unsupported_operators(model)
+    if unsupported:
+        op, op_opset, name = unsupported[0]
+        more = (
+            f" (and {len(unsupported) - 1} more unsupported nodes)" if len(unsupported) > 1 else ""
+        )
+        raise UnsupportedOperatorError(
+            f"the OpenCL backend cannot run operator {op} (opset {op_opset}) at node {name!r}"
+            f"{more}; use backend='onnxruntime' or allow fallback"
+        )
+    graph = model.graph
+    constants: dict[str, np.ndarray] = {}
+    for initializer in graph.initializer:
+        try:
+            constants[initializer.name] = numpy_helper.to_array(initializer)
+        except Exception as error:  # onnx raises bare Exception types for corrupt tensors
+            raise ModelError(f"initializer {initializer.name!r} cannot be read: {error}") from error
+    inputs = {
+        value.name: _tensor_type(value) for value in graph.input if value.name not in constants
+    }
+    nodes = [
+        Node(
+            op=node.op_type,
+            inputs=tuple(node.input),
+            outputs=tuple(node.output),
+            attrs={a.name: _decode_attribute(a) for a in node.attribute},
+            name=_node_label(node, index),
+            opset=opset,
+        )
+        for index, node in enumerate(graph.node)
+    ]
+    ordered = _topological_order(nodes, set(inputs) | set(constants))
+    outputs = [value.name for value in graph.output]
+    produced = set(inputs) | set(constants) | {o for n in nodes for o in n.outputs if o}
+    for name in outputs:
+        if name not in produced:
+            raise ModelError(f"graph output {name!r} is produced by no node, input or initializer")
+    return Graph(nodes=ordered, inputs=inputs, outputs=outputs, constants=constants, opset=opset)
+
+
+def _topological_order(nodes: list[Node], available: set[str]) -> list[Node]:
+    """Kahn's algorithm, stable with respect to the file order."""
+    producer: dict[str, int] = {}
+    for index, node in enumerate(nodes):
+        for output in node.outputs:
+            if not output:
+                continue
+            if output in producer or output in available:
+                raise ModelError(f"tensor {output!r} is produced twice (again by {node.name!r})")
+            producer[output] = index
+    waiting_on: list[set[int]] = []
+    dependants: dict[int, list[int]] = {}
+    for index, node in enumerate(nodes):
+        needs: set[int] = set()
+        for name in node.inputs:
+            if not name or name in available:
+                continue
+            if name not in producer:
+                raise ModelError(
+                    f"node {node.name!r} reads {name!r}, which no node, input or initializer "
+                    "provides; the model is broken or truncated"
+                )
+            needs.add(producer[name])
+        waiting_on.append(needs)
+        for source in needs:
+            dependants.setdefault(source, []).append(index)
+    ready = [i for i, needs in enumerate(waiting_on) if not needs]
+    order: list[int] = []
+    import heapq
+
+    heapq.heapify(ready)
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for dependant in dependants.get(index, []):
+            waiting_on[dependant].discard(index)
+            if not waiting_on[dependant]:
+                heapq.heappush(ready, dependant)
+    if len(order) != len(nodes):
+        stuck = next(nodes[i].name for i, needs in enumerate(waiting_on) if needs)
+        raise ModelError(f"the graph has a cycle (node {stuck!r} waits on itself)")
+    return [nodes[i] for i in order]

@@ -1,0 +1,148 @@
+"""Matrix-multiply kernels: packing (im2col included) and an 8x8 register-blocked GEMM.
+
+Why this shape (numbers in docs/opencl-engine.md): on PoCL's CPU device a work-group of one
+work-item that keeps an 8x8 tile of C in eight ``float8`` registers and streams *packed*
+panels of A and B (each k step reads 8 contiguous floats of A and 8 of B) compiles to
+broadcast + FMA over ymm registers and runs close to numpy's BLAS. Tiling through ``__local``
+memory buys nothing on a CPU (local memory is ordinary cache) and costs barriers, which PoCL
+turns into work-item loop splits.
+
+Layouts (``PANEL`` = 8):
+
+* packed A: ``[batch][ceil(M/8)][K][8]``: row block, then k, then the 8 rows of the block;
+* packed B: ``[batch][ceil(N/8)][K][8]``: column block, then k, then the 8 columns;
+* C is written element by element through an index map (image, channel, pixel strides) so
+  one kernel serves convolution (NCHW output, possibly a slice of a concatenation), Gemm
+  (transposed output) and batched MatMul.
+
+``mad()`` is deliberately not used: PoCL 3.0 emits it as an out-of-line call; ``a*b+c`` with
+``-cl-mad-enable`` becomes a fused multiply-add.
+"""
+
+from __future__ import annotations
+
+PANEL = 8
+
+GEMM_SOURCE = r"""
+#ifndef ACT
+#define ACT(v) (v)
+#endif
+
+/* Pack rows of a strided matrix into [batch][ceil(rows/8)][cols][8] panels.
+   Element (r, c) of batch b is src[offsets[b] + r*s_row + c*s_col]; rows past `rows` are 0. */
+__kernel void pack_panels(__global const float* restrict src, __global float* restrict dst,
+                          __global const int* restrict offsets,
+                          int rows, int cols, int s_row, int s_col, int blocks, int total) {
+  int f = get_global_id(0);
+  if (f >= total) return;
+  int c = f % cols;
+  int t = f / cols;
+  int rb = t % blocks;
+  int b = t / blocks;
+  const __global float* s = src + offsets[b] + c * s_col;
+  float v[8];
+  for (int j = 0; j < 8; j++) {
+    int r = rb * 8 + j;
+    v[j] = r < rows ? s[r * s_row] : 0.0f;
+  }
+  vstore8((float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), f, dst);
+}
+
+/* im2col straight into packed-B panels: [group][ceil(N/8)][K][8] with K = Cg*KH*KW and
+   N = batch*OH*OW. Column n is output pixel (image n / (OH*OW), pixel n % (OH*OW)). */
+__kernel void im2col_panels(__global const float* restrict x, __global float* restrict col,
+                            int Cg, int H, int W, int OH, int OW, int KH, int KW,
+                            int SH, int SW, int PH, int PW, int DH, int DW,
+                            int K, int N, int blocks, int x_image_stride, int total) {
+  int f = get_global_id(0);
+  if (f >= total) return;
+  int k = f % K;
+  int t = f / K;
+  int nb = t % blocks;
+  int g = t / blocks;
+  int ci = k / (KH * KW);
+  int r = k - ci * (KH * KW);
+  int ky = r / KW;
+  int kx = r - ky * KW;
+  int P = OH * OW;
+  const __global float* xc = x + (g * Cg + ci) * H * W;
+  float v[8];
+  for (int j = 0; j < 8; j++) {
+    int n = nb * 8 + j;
+    float value = 0.0f;
+    if (n < N) {
+      int img = n / P;
+      int p = n - img * P;
+      int oy = p / OW;
+      int ox = p - oy * OW;
+      int iy = oy * SH - PH + ky * DH;
+      int ix = ox * SW - PW + kx * DW;
+      if (iy >= 0 && iy < H && ix >= 0 && ix < W)
+        value = xc[img * x_image_stride + iy * W + ix];
+    }
+    v[j] = value;
+  }
+  vstore8((float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), f, col);
+}
+
+/* C = ACT(alpha * A.B + beta * bias [+ residual]).  Grid: (ceil(N/8), ceil(M/8), batch),
+   work-group (1,1,1).  Column n maps to (image n / P, pixel n % P); output element (m, n) of
+   batch b lives at out_offset + b*s_batch + image*s_image + m*s_m + pixel*s_p. */
+__kernel void gemm_8x8(__global const float* restrict A, __global const float* restrict B,
+                       __global float* restrict C,
+                       __global const float* restrict bias,
+                       __global const float* restrict residual,
+                       int M, int N, int K, int a_batch_stride, int b_batch_stride,
+                       int P, int out_offset, int s_batch, int s_image, int s_m, int s_p,
+                       int bias_batch_stride, int bias_s_m, int bias_s_n,
+                       float alpha, float beta) {
+  int nb = get_global_id(0);
+  int mb = get_global_id(1);
+  int b = get_global_id(2);
+  const __global float8* a = (const __global float8*)(A + (size_t)b * a_batch_stride
+                                                       + (size_t)mb * K * 8);
+  const __global float8* bp = (const __global float8*)(B + (size_t)b * b_batch_stride
+                                                        + (size_t)nb * K * 8);
+  float8 c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f, c4 = 0.0f, c5 = 0.0f, c6 = 0.0f,
+         c7 = 0.0f;
+  for (int k = 0; k < K; k++) {
+    float8 bv = bp[k];
+    float8 av = a[k];
+    c0 = (float8)(av.s0) * bv + c0;
+    c1 = (float8)(av.s1) * bv + c1;
+    c2 = (float8)(av.s2) * bv + c2;
+    c3 = (float8)(av.s3) * bv + c3;
+    c4 = (float8)(av.s4) * bv + c4;
+    c5 = (float8)(av.s5) * bv + c5;
+    c6 = (float8)(av.s6) * bv + c6;
+    c7 = (float8)(av.s7) * bv + c7;
+  }
+  float acc[64];
+  vstore8(c0, 0, acc); vstore8(c1, 1, acc); vstore8(c2, 2, acc); vstore8(c3, 3, acc);
+  vstore8(c4, 4, acc); vstore8(c5, 5, acc); vstore8(c6, 6, acc); vstore8(c7, 7, acc);
+  int base = out_offset + b * s_batch;
+  int col_index[8];
+  int columns = min(8, N - nb * 8);
+  for (int j = 0; j < columns; j++) {
+    int n = nb * 8 + j;
+    int img = n / P;
+    int pix = n - img * P;
+    col_index[j] = base + img * s_image + pix * s_p;
+  }
+  int rows = min(8, M - mb * 8);
+  for (int i = 0; i < rows; i++) {
+    int m = mb * 8 + i;
+    for (int j = 0; j < columns; j++) {
+      float v = alpha * acc[i * 8 + j];
+#ifdef HAS_BIAS
+      v += beta * bias[b * bias_batch_stride + m * bias_s_m + (nb * 8 + j) * bias_s_n];
+#endif
+      int index = col_index[j] + m * s_m;
+#ifdef HAS_RESIDUAL
+      v += residual[index];
+#endif
+      C[index] = ACT(v);
+    }
+  }
+}
+"""

@@ -1,0 +1,175 @@
+"""Kernels with a spatial or reduction window: pooling, softmax, LRN, direct convolution.
+
+All take NCHW float32 tensors and one work-item per output element (or per reduced row),
+in 64-wide work-groups.
+"""
+
+from __future__ import annotations
+
+POOL_SOURCE = r"""
+/* 2-D MaxPool / AveragePool (ONNX operator spec).  Windows start at o*S - P_begin and step by
+   the dilation; positions outside the input are skipped.  For averages, count_include_pad
+   divides by the positions inside the padded extent [-P_begin, size + P_end), otherwise by
+   the positions inside the input. */
+__kernel void pool2d(__global const float* restrict x, __global float* restrict y,
+                     int H, int W, int OH, int OW, int KH, int KW, int SH, int SW,
+                     int PH, int PW, int PH_END, int PW_END, int DH, int DW, int total) {
+  int i = get_global_id(0);
+  if (i >= total) return;
+  int ox = i % OW;
+  int t = i / OW;
+  int oy = t % OH;
+  int nc = t / OH;
+  const __global float* xc = x + (size_t)nc * H * W;
+  int y0 = oy * SH - PH;
+  int x0 = ox * SW - PW;
+#ifdef POOL_MAX
+  float acc = -INFINITY;
+#else
+  float acc = 0.0f;
+  int counted = 0;
+#endif
+  for (int ky = 0; ky < KH; ky++) {
+    int iy = y0 + ky * DH;
+#if defined(POOL_AVG) && defined(COUNT_PAD)
+    if (iy >= -PH && iy < H + PH_END) {
+      for (int kx = 0; kx < KW; kx++) {
+        int ix = x0 + kx * DW;
+        if (ix >= -PW && ix < W + PW_END) counted++;
+      }
+    }
+#endif
+    if (iy < 0 || iy >= H) continue;
+    for (int kx = 0; kx < KW; kx++) {
+      int ix = x0 + kx * DW;
+      if (ix < 0 || ix >= W) continue;
+      float v = xc[iy * W + ix];
+#ifdef POOL_MAX
+      acc = fmax(acc, v);
+#else
+      acc += v;
+#ifndef COUNT_PAD
+      counted++;
+#endif
+#endif
+    }
+  }
+#ifdef POOL_MAX
+  y[i] = acc;
+#else
+  y[i] = counted > 0 ? acc / (float)counted : 0.0f;
+#endif
+}
+
+/* GlobalAveragePool / GlobalMaxPool: one work-item per (n, c) plane. */
+__kernel void global_pool(__global const float* restrict x, __global float* restrict y,
+                          int plane, int total) {
+  int i = get_global_id(0);
+  if (i >= total) return;
+  const __global float* xc = x + (size_t)i * plane;
+#ifdef POOL_MAX
+  float acc = -INFINITY;
+  for (int p = 0; p < plane; p++) acc = fmax(acc, xc[p]);
+  y[i] = acc;
+#else
+  float acc = 0.0f;
+  for (int p = 0; p < plane; p++) acc += xc[p];
+  y[i] = acc / (float)plane;
+#endif
+}
+"""
+
+SOFTMAX_SOURCE = r"""
+/* Softmax over `length` elements spaced `inner` apart; one work-item per (outer, inner) row.
+   Opset < 13 coerces to 2-D (inner = 1, length = product of dims from axis); opset >= 13
+   reduces along one axis. LOG_SOFTMAX gives LogSoftmax. */
+__kernel void softmax(__global const float* restrict x, __global float* restrict y,
+                      int length, int inner, int total) {
+  int i = get_global_id(0);
+  if (i >= total) return;
+  int o = i / inner;
+  int in = i - o * inner;
+  size_t base = (size_t)o * length * inner + in;
+  float peak = -INFINITY;
+  for (int k = 0; k < length; k++) peak = fmax(peak, x[base + (size_t)k * inner]);
+  float sum = 0.0f;
+  for (int k = 0; k < length; k++) sum += exp(x[base + (size_t)k * inner] - peak);
+#ifdef LOG_SOFTMAX
+  float log_sum = log(sum);
+  for (int k = 0; k < length; k++)
+    y[base + (size_t)k * inner] = x[base + (size_t)k * inner] - peak - log_sum;
+#else
+  float scale = 1.0f / sum;
+  for (int k = 0; k < length; k++)
+    y[base + (size_t)k * inner] = exp(x[base + (size_t)k * inner] - peak) * scale;
+#endif
+}
+"""
+
+LRN_SOURCE = r"""
+/* LRN (ONNX spec): square_sum over channels [c - floor((size-1)/2), c + ceil((size-1)/2)],
+   y = x / (bias + alpha / size * square_sum) ^ beta. */
+__kernel void lrn(__global const float* restrict x, __global float* restrict y,
+                  int C, int plane, int size, float alpha, float beta, float bias, int total) {
+  int i = get_global_id(0);
+  if (i >= total) return;
+  int p = i % plane;
+  int t = i / plane;
+  int c = t % C;
+  int n = t / C;
+  int lo = max(0, c - (size - 1) / 2);
+  int hi = min(C - 1, c + size / 2);
+  const __global float* xn = x + (size_t)n * C * plane + p;
+  float sum = 0.0f;
+  for (int k = lo; k <= hi; k++) {
+    float v = xn[(size_t)k * plane];
+    sum += v * v;
+  }
+  y[i] = x[i] / pow(bias + alpha / (float)size * sum, beta);
+}
+"""
+
+DIRECT_CONV_SOURCE = r"""
+#ifndef ACT
+#define ACT(v) (v)
+#endif
+/* Direct 2-D convolution, one work-item per output element.  Used where the GEMM path wastes
+   its 8-row register tile: groups with fewer than 8 output channels (depthwise). */
+__kernel void conv2d_direct(__global const float* restrict x, __global const float* restrict w,
+                            __global const float* restrict bias,
+                            __global const float* restrict residual, __global float* restrict y,
+                            int C, int H, int W, int M, int OH, int OW, int KH, int KW,
+                            int SH, int SW, int PH, int PW, int DH, int DW,
+                            int Cg, int Mg, int total) {
+  int i = get_global_id(0);
+  if (i >= total) return;
+  int ox = i % OW;
+  int t = i / OW;
+  int oy = t % OH;
+  t /= OH;
+  int m = t % M;
+  int n = t / M;
+  int g = m / Mg;
+  float acc = 0.0f;
+  const __global float* wm = w + (size_t)m * Cg * KH * KW;
+  for (int ci = 0; ci < Cg; ci++) {
+    const __global float* xc = x + ((size_t)n * C + g * Cg + ci) * H * W;
+    for (int ky = 0; ky < KH; ky++) {
+      int iy = oy * SH - PH + ky * DH;
+      if (iy < 0 || iy >= H) continue;
+      for (int kx = 0; kx < KW; kx++) {
+        int ix = ox * SW - PW + kx * DW;
+        if (ix < 0 || ix >= W) continue;
+        acc += xc[iy * W + ix] * wm[(ci * KH + ky) * KW + kx];
+      }
+    }
+  }
+#ifdef HAS_BIAS
+  acc += bias[m];
+#endif
+#ifdef HAS_RESIDUAL
+  acc += residual[i];
+#endif
+  y[i] = ACT(acc);
+}
+"""

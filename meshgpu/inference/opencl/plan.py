@@ -1,0 +1,380 @@
+"""Build an execution plan for one input-shape signature.
+
+A plan is the list of kernel launches for a graph at fixed input shapes, with every device
+buffer already assigned. Building it walks the graph in topological order; a node whose
+inputs are all known on the host is folded with numpy (:mod:`.folding`), any other node is
+*lowered* to kernel launches by the function registered for its operator
+(:mod:`.lower_linear`, :mod:`.lower_tensor`). Lowering functions may absorb the nodes that
+follow (BatchNormalization, per-channel Mul/Add, activations, residual Add into a Conv).
+
+Buffers: every tensor a kernel writes gets a :class:`Storage`; view-like operators
+(Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout) alias their input's storage. When
+all launches are known, storages are packed into device buffers by liveness (interval
+greedy, best fit), so two tensors share a buffer when their lifetimes do not overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyopencl as cl
+
+from meshgpu.errors import DeviceError, ModelError, UnsupportedOperatorError
+from meshgpu.inference.opencl import programs
+from meshgpu.inference.opencl.folding import fold_node
+from meshgpu.inference.opencl.graph import Graph, Node
+
+FLOAT_BYTES = 4
+ELEMENTWISE_GROUP = 64
+
+
+@dataclass(eq=False)
+class Storage:
+    """A run of device memory for one tensor (and the views aliasing it)."""
+
+    nbytes: int
+    label: str
+    first: int = 1 << 30
+    last: int = -1
+    slot: int = -1
+
+
+@dataclass(frozen=True)
+class DeviceTensor:
+    """A tensor that lives on the device: its storage and its (row-major) shape."""
+
+    storage: Storage
+    shape: tuple[int, ...]
+
+
+KernelArg = Storage | cl.Buffer | np.generic | None
+
+
+@dataclass
+class Launch:
+    """One kernel launch with its arguments; storages are bound to buffers after allocation."""
+
+    program: cl.Program
+    kernel_name: str
+    global_size: tuple[int, ...]
+    local_size: tuple[int, ...]
+    args: list[KernelArg]
+    node: str
+    kernel: cl.Kernel | None = None
+
+
+@dataclass
+class Plan:
+    """Everything :meth:`OpenCLSession.run` needs for one input-shape signature."""
+
+    launches: list[Launch]
+    input_storages: dict[str, Storage]
+    outputs: dict[str, DeviceTensor | np.ndarray]
+    buffers: list[cl.Buffer]
+    activation_bytes: int
+    activation_bytes_without_reuse: int
+
+
+Lowering = Callable[["PlanBuilder", Node], None]
+LOWERINGS: dict[str, Lowering] = {}
+
+
+def lowers(*ops: str) -> Callable[[Lowering], Lowering]:
+    """Register a lowering function for ``ops``."""
+
+    def register(function: Lowering) -> Lowering:
+        for op in ops:
+            LOWERINGS[op] = function
+        return function
+
+    return register
+
+
+def float_literal(value: float) -> str:
+    """``value`` as an OpenCL float literal (spliced into kernel sources)."""
+    if math.isinf(value):
+        return "INFINITY" if value > 0 else "(-INFINITY)"
+    return f"{float(np.float32(value))!r}f"
+
+
+class PlanBuilder:
+    """The state lowering functions work on while a plan is built.
+
+    ``weights`` is the session's cache of uploaded constants, keyed by what was derived from
+    which initializer, so a second plan (another input shape) uploads nothing again.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        static_constants: dict[str, np.ndarray],
+        input_shapes: dict[str, tuple[int, ...]],
+        device: cl.Device,
+        weights: dict[Any, cl.Buffer],
+    ) -> None:
+        self.graph = graph
+        self.device = device
+        self.context = programs.context_for(device)
+        self.weights = weights
+        self.static = static_constants
+        self.values: dict[str, np.ndarray] = dict(static_constants)
+        self.tensors: dict[str, DeviceTensor] = {}
+        self.launches: list[Launch] = []
+        self.absorbed: set[int] = set()
+        self.consumers: dict[str, list[Node]] = {}
+        for node in graph.nodes:
+            for name in node.inputs:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+        self.graph_outputs = set(graph.outputs)
+        self.input_storages: dict[str, Storage] = {}
+        for name, shape in input_shapes.items():
+            storage = Storage(max(FLOAT_BYTES, _count(shape) * FLOAT_BYTES), f"input {name}")
+            storage.first = -1
+            self.input_storages[name] = storage
+            self.tensors[name] = DeviceTensor(storage, shape)
+
+    # -- queries ------------------------------------------------------------------------
+    def is_host(self, name: str) -> bool:
+        return name in self.values
+
+    def host(self, name: str) -> np.ndarray:
+        return self.values[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self.values:
+            return tuple(int(d) for d in self.values[name].shape)
+        return self.tensors[name].shape
+
+    def tensor(self, node: Node, name: str) -> DeviceTensor:
+        """The device tensor ``name``; host constants are uploaded on demand."""
+        if name in self.tensors:
+            return self.tensors[name]
+        if name in self.values:
+            array = np.ascontiguousarray(self.values[name], dtype=np.float32)
+            buffer = self.weight(("raw", name), lambda: array) if name in self.static else None
+            storage = Storage(max(FLOAT_BYTES, array.nbytes), f"constant {name}")
+            if buffer is None:
+                buffer = self._upload(array)
+            tensor = DeviceTensor(storage, tuple(array.shape))
+            self._bound_constants[storage] = buffer
+            self.tensors[name] = tensor
+            return tensor
+        raise ModelError(f"{node.describe()} reads {name!r} before it is computed")
+
+    _bound_constants: dict[Storage, cl.Buffer]
+
+    def sole_consumer(self, name: str) -> Node | None:
+        """The only node reading ``name`` when it is not a graph output, else None."""
+        readers = self.consumers.get(name, [])
+        if len(readers) != 1 or name in self.graph_outputs:
+            return None
+        return readers[0]
+
+    # -- production ---------------------------------------------------------------------
+    def new_tensor(self, name: str, shape: Sequence[int]) -> DeviceTensor:
+        shape = tuple(int(d) for d in shape)
+        storage = Storage(max(FLOAT_BYTES, _count(shape) * FLOAT_BYTES), name)
+        tensor = DeviceTensor(storage, shape)
+        self.tensors[name] = tensor
+        return tensor
+
+    def alias(self, name: str, source: DeviceTensor, shape: Sequence[int]) -> None:
+        self.tensors[name] = DeviceTensor(source.storage, tuple(int(d) for d in shape))
+
+    def workspace(self, nbytes: int, label: str) -> Storage:
+        return Storage(max(FLOAT_BYTES, nbytes), label)
+
+    def weight(self, key: Any, make: Callable[[], np.ndarray]) -> cl.Buffer:
+        """Device copy of a derived constant, uploaded once per session under ``key``."""
+        buffer = self.weights.get(key)
+        if buffer is None:
+            array = make()
+            dtype = np.int32 if array.dtype == np.int32 else np.float32
+            buffer = self._upload(np.ascontiguousarray(array, dtype=dtype))
+            self.weights[key] = buffer
+        return buffer
+
+    def _upload(self, array: np.ndarray) -> cl.Buffer:
+        flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+        if array.nbytes == 0:
+            array = np.zeros(1, dtype=np.float32)
+        try:
+            return cl.Buffer(self.context, flags, hostbuf=array)
+        except cl.Error as error:
+            raise DeviceError(
+                f"could not allocate {array.nbytes} bytes of constants on {self.device.name}: "
+                f"{error}"
+            ) from error
+
+    def launch(
+        self,
+        node: Node,
+        source: str,
+        kernel_name: str,
+        args: Iterable[KernelArg],
+        *,
+        total: int | None = None,
+        grid: tuple[int, ...] | None = None,
+        local: tuple[int, ...] | None = None,
+    ) -> None:
+        """Queue a launch: ``total`` work-items in 64-wide groups, or an explicit grid."""
+        if grid is None:
+            assert total is not None
+            if total <= 0:
+                return
+            grid = (-(-total // ELEMENTWISE_GROUP) * ELEMENTWISE_GROUP,)
+            local = (ELEMENTWISE_GROUP,)
+        if any(g <= 0 for g in grid):
+            return
+        program = programs.program_for(self.device, source)
+        self.launches.append(
+            Launch(program, kernel_name, grid, local or (1,) * len(grid), list(args), node.name)
+        )
+
+    # -- the walk -----------------------------------------------------------------------
+    def build(self) -> Plan:
+        self._bound_constants = {}
+        for index, node in enumerate(self.graph.nodes):
+            if index in self.absorbed:
+                continue
+            self.current_index = index
+            known = [name for name in node.inputs if name]
+            if node.op == "Shape" or all(self.is_host(name) for name in known):
+                self._fold(node)
+                continue
+            lowering = LOWERINGS.get(node.op)
+            if lowering is None:
+                raise UnsupportedOperatorError(
+                    f"the OpenCL backend cannot run {node.describe()} on device tensors"
+                )
+            lowering(self, node)
+        return self._finish()
+
+    def absorb(self, node: Node) -> None:
+        """Mark a later node as computed by the current launch (fusion)."""
+        self.absorbed.add(self.graph.nodes.index(node))
+
+    def _fold(self, node: Node) -> None:
+        if node.op == "Shape":
+            values: list[np.ndarray | None] = [np.empty(self.shape(node.inputs[0]), np.float32)]
+        else:
+            values = [self.values[name] if name else None for name in node.inputs]
+        try:
+            results = fold_node(node, values)
+        except (ValueError, IndexError, TypeError) as error:
+            raise ModelError(f"{node.describe()} cannot be evaluated: {error}") from error
+        for name, value in zip(node.outputs, results, strict=False):
+            if name:
+                self.values[name] = value
+
+    def _finish(self) -> Plan:
+        outputs: dict[str, DeviceTensor | np.ndarray] = {}
+        end = len(self.launches)
+        for name in self.graph.outputs:
+            if name in self.tensors and name not in self.values:
+                tensor = self.tensors[name]
+                tensor.storage.last = end
+                outputs[name] = tensor
+            elif name in self.values:
+                outputs[name] = self.values[name]
+            else:
+                raise ModelError(f"graph output {name!r} was never computed")
+        for index, launch in enumerate(self.launches):
+            for arg in launch.args:
+                if isinstance(arg, Storage) and arg not in self._bound_constants:
+                    arg.first = min(arg.first, index)
+                    arg.last = max(arg.last, index)
+        for storage in self.input_storages.values():
+            storage.first = -1
+            storage.last = max(storage.last, -1)
+        storages = {
+            arg
+            for launch in self.launches
+            for arg in launch.args
+            if isinstance(arg, Storage) and arg not in self._bound_constants
+        }
+        storages |= set(self.input_storages.values())
+        storages |= {t.storage for t in outputs.values() if isinstance(t, DeviceTensor)}
+        slot_sizes = _assign_slots(sorted(storages, key=lambda s: (s.first, s.label)))
+        try:
+            buffers = [
+                cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size) for size in slot_sizes
+            ]
+        except cl.Error as error:
+            raise DeviceError(
+                f"could not allocate {sum(slot_sizes)} bytes of activations on "
+                f"{self.device.name}: {error}"
+            ) from error
+        for launch in self.launches:
+            resolved = [self._resolve(arg, buffers) for arg in launch.args]
+            kernel = cl.Kernel(launch.program, launch.kernel_name)
+            kernel.set_args(*resolved)
+            launch.kernel = kernel
+        return Plan(
+            launches=self.launches,
+            input_storages=self.input_storages,
+            outputs=outputs,
+            buffers=buffers,
+            activation_bytes=sum(slot_sizes),
+            activation_bytes_without_reuse=sum(s.nbytes for s in storages),
+        )
+
+    def _resolve(self, arg: KernelArg, buffers: list[cl.Buffer]) -> Any:
+        if isinstance(arg, Storage):
+            bound = self._bound_constants.get(arg)
+            return bound if bound is not None else buffers[arg.slot]
+        return arg
+
+
+def _assign_slots(storages: list[Storage]) -> list[int]:
+    """Interval-greedy buffer sharing: a storage takes the best-fitting free slot."""
+    slot_sizes: list[int] = []
+    active: list[Storage] = []
+    free: list[int] = []
+    for storage in storages:
+        still_active = []
+        for other in active:
+            if other.last < storage.first:
+                free.append(other.slot)
+            else:
+                still_active.append(other)
+        active = still_active
+        fitting = [s for s in free if slot_sizes[s] >= storage.nbytes]
+        if fitting:
+            slot = min(fitting, key=lambda s: slot_sizes[s])
+        elif free:
+            slot = max(free, key=lambda s: slot_sizes[s])
+            slot_sizes[slot] = storage.nbytes
+        else:
+            slot = len(slot_sizes)
+            slot_sizes.append(storage.nbytes)
+        if slot in free:
+            free.remove(slot)
+        storage.slot = slot
+        active.append(storage)
+    return slot_sizes
+
+
+def _count(shape: Sequence[int]) -> int:
+    total = 1
+    for dim in shape:
+        total *= int(dim)
+    return total
+
+
+def int_array(values: Sequence[int]) -> np.ndarray:
+    """Host int32 array for kernel meta buffers."""
+    return np.asarray(list(values), dtype=np.int32)
+
+
+def i32(value: int) -> np.int32:
+    return np.int32(value)
+
+
+def f32(value: float) -> np.float32:
+    return np.float32(value)
