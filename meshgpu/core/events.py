@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
+    from meshgpu.core.load import LoadVector
     from meshgpu.core.tasks.records import TaskRecord
     from meshgpu.core.tasks.spec import TaskId, TaskSpec
 
@@ -49,6 +50,14 @@ class PeerDiscovered:
 @dataclass(frozen=True, slots=True)
 class LeaveRequested:
     """The operator asked this node to leave the mesh gracefully."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadChanged:
+    """This node's load changed; the core stamps the next version and gossips it
+    (``load.version`` as given is ignored: versions are the node's own counter)."""
+
+    load: LoadVector
 
 
 # --- Task queue events (meshgpu.core.tasks; docs/task-queue.md) --------------------------

@@ -1,0 +1,148 @@
+"""How a :class:`~meshgpu.core.node.Node` is composed: components and their shared context.
+
+A node is a small set of components (membership, load gossip, leadership, and later the
+task queue). Each one owns its state and its message types; the node decodes datagrams,
+dispatches each body and each piggybacked update to the component that registered its
+type, asks every component for its next deadline, and collects the effects they emit.
+
+Components talk to the world only through the :class:`NodeContext`:
+
+* ``send(address, body)`` encodes a datagram with this node's header (id, incarnation,
+  view) and fills the remaining space with queued updates (piggybacking);
+* ``broadcast(key, update)`` queues an update for gossip (newer replaces older by key);
+* ``emit(effect)`` returns a notification or an instruction to the driver;
+* ``member_changed`` fan-out: every component hears about membership changes.
+
+To add a component (the task queue does): subclass :class:`Component`, list the body and
+update types it handles in ``message_types`` / ``update_types`` (register them with
+``messages.register_message``), and pass it to ``Node.add_component``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from meshgpu.core.broadcast import BroadcastQueue
+from meshgpu.core.config import MeshConfig
+from meshgpu.core.effects import SendDatagram
+from meshgpu.core.messages import (
+    Envelope,
+    Message,
+    encode_head,
+    encode_item,
+    finish_datagram,
+)
+from meshgpu.core.types import Address, NodeId
+
+if TYPE_CHECKING:
+    from meshgpu.core.membership import MemberInfo
+
+
+class NodeContext:
+    """What every component of one node shares: identity, config, rng, queues, effects."""
+
+    def __init__(
+        self, node_id: NodeId, address: Address, config: MeshConfig, rng: random.Random
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.config = config
+        self.rng = rng
+        self.now = 0.0
+        self.incarnation = 0
+        """This node's incarnation, stamped on every datagram (owned by membership)."""
+        self.view = 0
+        """This node's leader view, stamped on every datagram (owned by the leader)."""
+        self.cluster_size = 1
+        """Live members including self (owned by membership); sizes retransmit limits."""
+        self.effects: list[Any] = []
+        self.counters: dict[str, int] = {}
+        self.member_queue = BroadcastQueue()
+        """Membership updates: piggybacked first."""
+        self.update_queue = BroadcastQueue()
+        """Every other component's updates: fill the space membership leaves."""
+        self.member_listeners: list[Callable[[MemberInfo, MemberInfo | None], None]] = []
+        self.on_broadcast: Callable[[], None] = lambda: None
+        """Called when an update is queued (membership schedules a gossip round)."""
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a named counter (exposed as ``Node.counters``)."""
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    def emit(self, effect: Any) -> None:
+        """Hand an effect to the driver (in order)."""
+        self.effects.append(effect)
+
+    def send(self, address: Address, body: Message, extra_items: Sequence[bytes] = ()) -> None:
+        """Send ``body`` to ``address``, with ``extra_items`` (pre-encoded, always included)
+        and as many queued updates as fit under the datagram size."""
+        config = self.config
+        head = encode_head(self.node_id, self.incarnation, self.view, body)
+        budget = config.max_datagram_bytes - len(head) - 3
+        max_items = config.max_piggyback_updates
+        items = list(extra_items)
+        for item in items:
+            budget -= len(item)
+        limit = config.retransmit_limit(self.cluster_size)
+        if len(items) < max_items and budget > 8:
+            if self.member_queue:
+                taken = self.member_queue.take(budget, limit, max_items - len(items))
+                items.extend(taken)
+                budget -= sum(len(i) for i in taken)
+            if self.update_queue and len(items) < max_items and budget > 8:
+                items.extend(self.update_queue.take(budget, limit, max_items - len(items)))
+        self.effects.append(SendDatagram(address, finish_datagram(head, items)))
+        self.counters["datagrams_sent"] = self.counters.get("datagrams_sent", 0) + 1
+
+    def broadcast(self, key: Hashable, update: Message, membership: bool = False) -> None:
+        """Queue ``update`` for piggybacking, replacing any queued update under ``key``."""
+        queue = self.member_queue if membership else self.update_queue
+        queue.enqueue(key, encode_item(update))
+        self.on_broadcast()
+
+    def has_pending_updates(self) -> bool:
+        """Whether either queue still holds something to gossip."""
+        return bool(self.member_queue) or bool(self.update_queue)
+
+    def member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
+        """Tell every component that this node's view of a member changed."""
+        for listener in self.member_listeners:
+            listener(info, previous)
+
+
+class Component:
+    """Base class of node components: override what you need; defaults do nothing."""
+
+    message_types: ClassVar[tuple[type[Message], ...]] = ()
+    """Body types this component handles (each type has exactly one owner in a node)."""
+
+    update_types: ClassVar[tuple[type[Message], ...]] = ()
+    """Piggybacked update types this component handles."""
+
+    def on_message(self, envelope: Envelope, message: Message, source: Address, now: float) -> None:
+        """A datagram from a known member whose body is one of ``message_types``."""
+
+    def on_update(self, envelope: Envelope, update: Message, source: Address, now: float) -> None:
+        """A piggybacked update of one of ``update_types`` (sender is a known member)."""
+
+    def on_event(self, event: object, now: float) -> bool:
+        """A driver event; return True if this component consumed it."""
+        return False
+
+    def on_tick(self, now: float) -> None:
+        """Timers may be due: do whatever is due at ``now``."""
+
+    def next_deadline(self) -> float:
+        """Absolute time this component next needs a Tick (+inf for never)."""
+        return math.inf
+
+    def on_member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
+        """This node's view of a member changed (``previous`` is None for a new member)."""
+
+    def anti_entropy_updates(self) -> list[Message]:
+        """Updates describing this component's whole replicated state, sent with each
+        push-pull exchange so a peer that missed gossip catches up (may be empty)."""
+        return []

@@ -1,0 +1,178 @@
+"""All timing and sizing parameters of the mesh core, in one frozen object.
+
+Defaults are tuned for a lab LAN (sub-millisecond RTT, a few dozen machines): probes are
+five times faster than HashiCorp memberlist's LAN profile (1 s probes, suspicion 4-24 s at
+ten nodes) so that every live node agrees on a death within 2 s. docs/protocol.md explains
+each value and the arithmetic behind the 2 s budget.
+
+``MeshConfig.from_mapping`` builds one from a TOML table (``[mesh]`` in a scenario or the
+daemon's config file) and rejects unknown keys and wrong types with :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from meshgpu.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    """Timing and sizing of membership, gossip and leadership. Times are seconds."""
+
+    probe_interval: float = 0.2
+    """SWIM protocol period: each node probes one member per period (scaled by local health)."""
+
+    probe_timeout: float = 0.1
+    """How long to wait for a direct ack before asking ``indirect_checks`` peers to probe;
+    the rest of the period is the indirect window (scaled by local health)."""
+
+    indirect_checks: int = 3
+    """SWIM's k: how many peers relay a probe when the direct ping got no ack."""
+
+    suspicion_multiplier: float = 1.5
+    """Lifeguard/memberlist alpha: the minimum suspicion timeout is
+    ``alpha * max(1, log10(n)) * probe_interval`` (0.3 s at 10 nodes, 0.51 s at 50)."""
+
+    suspicion_max_multiplier: float = 3.0
+    """Lifeguard beta: a suspicion with no independent confirmation lasts
+    ``beta * minimum`` before the member is declared dead."""
+
+    suspicion_confirmations: int = 3
+    """Lifeguard K: independent confirmations after which the suspicion timeout has shrunk
+    to its minimum (capped at n - 2 in small meshes)."""
+
+    probe_suspects_first: bool = True
+    """Probe a member as soon as it becomes suspect (before the round-robin order): speeds
+    up both the independent confirmations of a real failure and the refutation of a false
+    one (the probe carries the suspicion to the suspect)."""
+
+    awareness_max_multiplier: int = 8
+    """Lifeguard local health: the most a node's own probe interval and timeouts are
+    stretched (as ``1 + health score``) when it sees signs that it is itself slow."""
+
+    retransmit_multiplier: int = 4
+    """Lambda: each piggybacked update is sent ``lambda * ceil(log10(n + 1))`` times."""
+
+    gossip_interval: float = 0.1
+    """How often pending updates are pushed to ``gossip_fanout`` random peers (only while
+    there is something to send: an idle mesh sends no gossip datagrams)."""
+
+    gossip_fanout: int = 3
+    """Peers per gossip round, and peers a death is pushed to at once when declared."""
+
+    push_pull_interval: float = 10.0
+    """Anti-entropy: how often a node exchanges its full state with one random peer;
+    stretched by ``1 + ceil(log2(n / 32))`` above 32 nodes, as memberlist does."""
+
+    reconnect_interval: float = 0.5
+    """How often a node pings one random remembered-dead member, so that the two sides of
+    a healed partition find each other again."""
+
+    dead_retention: float = 60.0
+    """How long a dead or departed member is remembered (so stale gossip cannot revive it,
+    and so a healed partition can reconnect) before it is forgotten."""
+
+    leader_rotation_interval: float = 30.0
+    """How long a leader keeps a view before it hands over by bumping the view number."""
+
+    max_datagram_bytes: int = 1400
+    """Largest datagram sent or accepted (fits an Ethernet MTU with IP/UDP headers)."""
+
+    max_piggyback_updates: int = 24
+    """Most piggybacked updates per datagram (bounds per-message work)."""
+
+    lifeguard: bool = True
+    """False turns off all three Lifeguard refinements (local health, shrinking suspicion
+    timeouts, telling the suspect directly): plain SWIM with a fixed suspicion timeout."""
+
+    def __post_init__(self) -> None:
+        positive = (
+            "probe_interval",
+            "probe_timeout",
+            "suspicion_multiplier",
+            "gossip_interval",
+            "push_pull_interval",
+            "reconnect_interval",
+            "leader_rotation_interval",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"mesh config: {name} must be a positive number, got {value!r}")
+        if self.probe_timeout >= self.probe_interval:
+            raise ConfigError(
+                "mesh config: probe_timeout must be shorter than probe_interval "
+                f"({self.probe_timeout} >= {self.probe_interval}); the rest of the period "
+                "is the indirect-probe window"
+            )
+        if self.suspicion_max_multiplier < 1:
+            raise ConfigError("mesh config: suspicion_max_multiplier must be >= 1")
+        if self.dead_retention < 0:
+            raise ConfigError("mesh config: dead_retention must be >= 0")
+        if self.max_datagram_bytes < 512:
+            raise ConfigError("mesh config: max_datagram_bytes must be at least 512")
+        at_least = {
+            "indirect_checks": 0,
+            "suspicion_confirmations": 0,
+            "awareness_max_multiplier": 0,
+            "retransmit_multiplier": 1,
+            "gossip_fanout": 1,
+            "max_piggyback_updates": 1,
+        }
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"mesh config: {name} must be an integer >= {low}")
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, object]) -> MeshConfig:
+        """Build a config from a TOML table; unknown keys and wrong types are ConfigErrors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(table) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"mesh config: unknown key(s) {', '.join(unknown)}; "
+                f"known keys are {', '.join(sorted(fields))}"
+            )
+        values: dict[str, object] = {}
+        for name, raw in table.items():
+            default = getattr(cls(), name)
+            if isinstance(default, bool):
+                if not isinstance(raw, bool):
+                    raise ConfigError(f"mesh config: {name} must be true or false, got {raw!r}")
+                values[name] = raw
+            elif isinstance(default, int):
+                if not isinstance(raw, int) or isinstance(raw, bool):
+                    raise ConfigError(f"mesh config: {name} must be an integer, got {raw!r}")
+                values[name] = raw
+            else:
+                if not isinstance(raw, int | float) or isinstance(raw, bool):
+                    raise ConfigError(f"mesh config: {name} must be a number, got {raw!r}")
+                values[name] = float(raw)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def node_scale(self, members: int) -> float:
+        """memberlist's ``max(1, log10(n))``: how timeouts grow with the mesh size."""
+        return max(1.0, math.log10(max(1, members)))
+
+    def suspicion_min(self, members: int) -> float:
+        """Shortest suspicion timeout for a mesh of ``members`` nodes (all confirmations in)."""
+        return self.suspicion_multiplier * self.node_scale(members) * self.probe_interval
+
+    def suspicion_max(self, members: int) -> float:
+        """Suspicion timeout with no independent confirmation (Lifeguard only)."""
+        return self.suspicion_max_multiplier * self.suspicion_min(members)
+
+    def retransmit_limit(self, members: int) -> int:
+        """How many times one update is piggybacked by each node that holds it."""
+        return self.retransmit_multiplier * max(1, math.ceil(math.log10(members + 1)))
+
+    def push_pull_period(self, members: int) -> float:
+        """The anti-entropy interval, stretched for large meshes (memberlist's pushPullScale)."""
+        if members <= 32:
+            return self.push_pull_interval
+        return self.push_pull_interval * (1 + math.ceil(math.log2(members) - math.log2(32)))

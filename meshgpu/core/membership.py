@@ -1,0 +1,351 @@
+"""Membership: who is in the mesh, and in which state, by SWIM's merge rules.
+
+Das, Gupta and Motivala, "SWIM: Scalable Weakly-consistent Infection-style Process Group
+Membership Protocol" (2002), with the Lifeguard refinements and memberlist's rules.
+
+State of a member and how it may move (the "state table")::
+
+    ALIVE   -> SUSPECT  on Suspect(inc >= ours)           (a probe failed somewhere)
+    ALIVE/SUSPECT -> ALIVE  on Alive(inc > ours)          (join / refutation)
+    ALIVE/SUSPECT -> DEAD   on Dead(inc >= ours)          (a suspicion timed out)
+    any but LEFT  -> LEFT   on Left(inc >= ours)          (it left on purpose)
+    DEAD/LEFT -> ALIVE      on Alive(inc > ours) only     (stale gossip cannot revive)
+    DEAD/LEFT -> forgotten  after ``dead_retention``
+
+Anything said about *this* node with an incarnation at least ours is refuted by bumping
+our incarnation past it and gossiping ``Alive``; incarnations only ever grow.
+
+This module holds the table and those rules (:class:`MemberTable`); probing, gossip and
+anti-entropy that feed it live in :mod:`meshgpu.core.swim`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from meshgpu.core.component import NodeContext
+from meshgpu.core.messages import Alive, Dead, Left, MemberRecord, Suspect
+from meshgpu.core.suspicion import LocalHealth, Suspicion
+from meshgpu.core.types import Address, NodeId
+
+
+class MemberState(enum.Enum):
+    """A member's state in this node's view."""
+
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+LIVE_STATES = (MemberState.ALIVE, MemberState.SUSPECT)
+GONE_STATES = (MemberState.DEAD, MemberState.LEFT)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """One member as this node sees it (immutable; replaced on every change)."""
+
+    node_id: NodeId
+    address: Address
+    state: MemberState
+    incarnation: int
+    state_since: float
+    reason: str
+
+    def to_record(self) -> MemberRecord:
+        """The push-pull form of this entry."""
+        return MemberRecord(self.node_id, self.address, self.state.value, self.incarnation)
+
+
+class MemberTable:
+    """The member table of one node and SWIM's merge rules for updates about members.
+
+    Every ``apply_*`` method returns whether the update changed the table (and was
+    therefore queued for gossip, memberlist-style: news is re-gossiped by each node that
+    learns it). Changes are announced through ``context.member_changed``.
+    """
+
+    def __init__(self, context: NodeContext, health: LocalHealth, now: float) -> None:
+        self.context = context
+        self.health = health
+        self.node_id = context.node_id
+        self.leaving = False
+        self.members: dict[NodeId, MemberInfo] = {
+            self.node_id: MemberInfo(
+                self.node_id,
+                context.address,
+                MemberState.ALIVE,
+                context.incarnation,
+                now,
+                "self",
+            )
+        }
+        self.live: list[NodeId] = []
+        """Other members that are alive or suspect, in no particular order (for sampling)."""
+        self._live_index: dict[NodeId, int] = {}
+        self.gone: dict[NodeId, None] = {}
+        """Dead or departed members still remembered (insertion-ordered, deterministic)."""
+        self.suspicions: dict[NodeId, Suspicion] = {}
+        self.on_suspicion_scheduled: Callable[[NodeId, float], None] = lambda n, d: None
+        self.on_suspicion_cleared: Callable[[NodeId], None] = lambda n: None
+        self.on_new_suspect: Callable[[NodeId], None] = lambda n: None
+        self.on_death: Callable[[NodeId], None] = lambda n: None
+        self.on_new_member: Callable[[NodeId], None] = lambda n: None
+        self._sorted_live: list[NodeId] | None = None
+
+    # --- queries --------------------------------------------------------------------------
+
+    @property
+    def incarnation(self) -> int:
+        return self.context.incarnation
+
+    def size(self) -> int:
+        """Live members including self (n in every log(n) of the protocol)."""
+        return len(self.live) + 1
+
+    def sorted_live(self) -> list[NodeId]:
+        """Live members including self (unless it left), sorted; cached between changes."""
+        if self._sorted_live is None:
+            ids = list(self.live)
+            if not self.leaving:
+                ids.append(self.node_id)
+            ids.sort()
+            self._sorted_live = ids
+        return list(self._sorted_live)
+
+    # --- bookkeeping ------------------------------------------------------------------------
+
+    def _set(self, info: MemberInfo, broadcast: object | None) -> None:
+        previous = self.members.get(info.node_id)
+        self.members[info.node_id] = info
+        node_id = info.node_id
+        if node_id != self.node_id:
+            was_live = node_id in self._live_index
+            is_live = info.state in LIVE_STATES
+            if is_live and not was_live:
+                self._live_index[node_id] = len(self.live)
+                self.live.append(node_id)
+                self.gone.pop(node_id, None)
+                self._sorted_live = None
+            elif was_live and not is_live:
+                index = self._live_index.pop(node_id)
+                last = self.live.pop()
+                if last != node_id:
+                    self.live[index] = last
+                    self._live_index[last] = index
+                self.gone[node_id] = None
+                self._sorted_live = None
+            self.context.cluster_size = len(self.live) + 1
+        if broadcast is not None:
+            self.context.broadcast(("member", node_id), broadcast, membership=True)  # type: ignore[arg-type]
+        self.context.member_changed(info, previous)
+
+    def forget(self, node_id: NodeId) -> None:
+        """Drop a dead or departed member entirely (its retention has passed)."""
+        info = self.members.get(node_id)
+        if info is None or info.state not in GONE_STATES:
+            return
+        del self.members[node_id]
+        self.gone.pop(node_id, None)
+        self.context.member_queue.discard(("member", node_id))
+        self.context.count("members_forgotten")
+
+    def _clear_suspicion(self, node_id: NodeId) -> None:
+        if self.suspicions.pop(node_id, None) is not None:
+            self.on_suspicion_cleared(node_id)
+
+    def _refute(self, incarnation: int, now: float) -> None:
+        """Someone thinks we are suspect or dead at ``incarnation``: outbid it."""
+        if self.leaving:
+            return
+        self.context.incarnation = max(self.context.incarnation, incarnation) + 1
+        me = self.members[self.node_id]
+        info = replace(me, incarnation=self.context.incarnation, state_since=now, reason="refuted")
+        self.context.count("refutations")
+        if self.context.config.lifeguard:
+            # Lifeguard: having to refute is a sign our own messages are late.
+            self.health.apply(1)
+        self._set(info, self.self_alive())
+
+    def self_alive(self) -> Alive:
+        """Our own Alive update at our current incarnation."""
+        return Alive(self.node_id, self.context.address, self.context.incarnation)
+
+    # --- the merge rules ------------------------------------------------------------------
+
+    def apply_alive(self, update: Alive, now: float, reason: str) -> bool:
+        """A join or a refutation. Returns True if the table changed."""
+        node_id = update.node_id
+        if node_id == self.node_id:
+            if update.incarnation > self.context.incarnation:
+                # Someone has us at a newer incarnation than we know (we restarted).
+                self._refute(update.incarnation, now)
+                return True
+            return False
+        info = self.members.get(node_id)
+        if info is None:
+            self.context.count("members_joined")
+            self._set(
+                MemberInfo(
+                    node_id, update.address, MemberState.ALIVE, update.incarnation, now, reason
+                ),
+                update,
+            )
+            self.on_new_member(node_id)
+            return True
+        if update.incarnation <= info.incarnation:
+            return False
+        revived = info.state in GONE_STATES
+        self._clear_suspicion(node_id)
+        if revived:
+            self.context.count("members_revived")
+        self._set(
+            MemberInfo(node_id, update.address, MemberState.ALIVE, update.incarnation, now, reason),
+            update,
+        )
+        if revived:
+            self.on_new_member(node_id)
+        return True
+
+    def apply_suspect(self, update: Suspect, now: float, reason: str) -> bool:
+        """A suspicion or an independent confirmation of one. True if anything changed."""
+        node_id = update.node_id
+        if node_id == self.node_id:
+            if update.incarnation >= self.context.incarnation:
+                self._refute(update.incarnation, now)
+                return True
+            return False
+        info = self.members.get(node_id)
+        if info is None or update.incarnation < info.incarnation:
+            return False
+        suspicion = self.suspicions.get(node_id)
+        if suspicion is not None:
+            if suspicion.confirm(update.accuser):
+                self.on_suspicion_scheduled(node_id, suspicion.deadline())
+                self.context.broadcast(
+                    ("suspect", node_id, update.accuser), update, membership=True
+                )
+                self.context.count("confirmations")
+                return True
+            return False
+        if info.state is not MemberState.ALIVE:
+            return False
+        config = self.context.config
+        members = self.size()
+        expected = 0
+        if config.lifeguard:
+            expected = config.suspicion_confirmations
+            if members - 2 < expected:
+                expected = 0
+        minimum = config.suspicion_min(members)
+        maximum = config.suspicion_max(members) if config.lifeguard else minimum
+        if config.lifeguard:
+            minimum = self.health.scale(minimum)
+            maximum = self.health.scale(maximum)
+        suspicion = Suspicion(update.accuser, update.incarnation, now, expected, minimum, maximum)
+        self.suspicions[node_id] = suspicion
+        self.context.count("suspicions")
+        self._set(
+            replace(
+                info,
+                state=MemberState.SUSPECT,
+                incarnation=update.incarnation,
+                state_since=now,
+                reason=reason,
+            ),
+            None,
+        )
+        self.context.broadcast(("suspect", node_id, update.accuser), update, membership=True)
+        self.on_suspicion_scheduled(node_id, suspicion.deadline())
+        self.on_new_suspect(node_id)
+        return True
+
+    def apply_dead(self, update: Dead, now: float, reason: str) -> bool:
+        """A death (from a suspicion timeout here or elsewhere). True if the table changed."""
+        node_id = update.node_id
+        if node_id == self.node_id:
+            if update.incarnation >= self.context.incarnation:
+                self._refute(update.incarnation, now)
+                return True
+            return False
+        info = self.members.get(node_id)
+        if info is None or update.incarnation < info.incarnation or info.state in GONE_STATES:
+            return False
+        self._clear_suspicion(node_id)
+        self.context.count("deaths")
+        self._set(
+            replace(
+                info,
+                state=MemberState.DEAD,
+                incarnation=update.incarnation,
+                state_since=now,
+                reason=reason,
+            ),
+            update,
+        )
+        self.on_death(node_id)
+        return True
+
+    def apply_left(self, update: Left, now: float, reason: str) -> bool:
+        """A member's own announcement that it left. True if the table changed."""
+        node_id = update.node_id
+        if node_id == self.node_id:
+            return False
+        info = self.members.get(node_id)
+        if info is None or update.incarnation < info.incarnation:
+            return False
+        if info.state is MemberState.LEFT:
+            return False
+        self._clear_suspicion(node_id)
+        self.context.count("departures")
+        self._set(
+            replace(
+                info,
+                state=MemberState.LEFT,
+                incarnation=update.incarnation,
+                state_since=now,
+                reason=reason,
+            ),
+            update,
+        )
+        return True
+
+    def apply_record(self, record: MemberRecord, sender: NodeId, now: float) -> bool:
+        """Merge one push-pull entry (memberlist's mergeRemoteState rules).
+
+        A remote *dead* becomes a local *suspicion*: the member gets a chance to refute
+        (this is what lets a node on the far side of a healed partition come back).
+        """
+        reason = f"push-pull from {sender}"
+        if record.state == "alive":
+            return self.apply_alive(
+                Alive(record.node_id, record.address, record.incarnation), now, reason
+            )
+        if record.state == "left":
+            return self.apply_left(Left(record.node_id, record.incarnation), now, reason)
+        return self.apply_suspect(Suspect(record.node_id, record.incarnation, sender), now, reason)
+
+    def leave(self, now: float) -> Left:
+        """Mark ourselves as departed; returns the announcement to gossip."""
+        self.leaving = True
+        me = self.members[self.node_id]
+        update = Left(self.node_id, self.context.incarnation)
+        self._sorted_live = None
+        self._set(
+            replace(me, state=MemberState.LEFT, state_since=now, reason="leave requested"), update
+        )
+        return update
+
+    def expire_suspicion(self, node_id: NodeId, now: float) -> Dead | None:
+        """A suspicion timer fired: the member is declared dead by us (if still suspect)."""
+        suspicion = self.suspicions.get(node_id)
+        info = self.members.get(node_id)
+        if suspicion is None or info is None or info.state is not MemberState.SUSPECT:
+            return None
+        update = Dead(node_id, info.incarnation, self.node_id)
+        confirmations = suspicion.confirmations
+        self.apply_dead(update, now, f"suspicion timeout ({confirmations} confirmations)")
+        return update

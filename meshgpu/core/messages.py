@@ -1,0 +1,486 @@
+"""Wire messages of the mesh: typed, versioned, msgpack-encoded, with an open registry.
+
+Every datagram is one :class:`Envelope`, encoded as a compact msgpack array::
+
+    [PROTOCOL_VERSION, sender_id, sender_incarnation, view, body, piggyback]
+    body      = [tag, *fields]            one message, dispatched by its tag
+    piggyback = [[tag, *fields], ...]     gossiped updates riding along (SWIM piggybacking)
+
+The header carries the sender's id and incarnation (so a refutation spreads with every
+datagram a node sends) and its leader view (so the highest view spreads the same way).
+
+Message types are frozen dataclasses registered by tag with :func:`register_message`.
+Core tags are 1-31 (membership) and 32-47 (load); the task queue uses 64-127. Each type
+turns itself into a list of msgpack-native fields (``to_fields``) and back
+(``from_fields``), validating every field with the ``expect_*`` functions below.
+
+:func:`decode` is the trust boundary: it raises only :class:`DecodeError`, for anything
+truncated, oversized, of another protocol version, with an unknown tag or a malformed
+field. Nothing decoded is trusted further than its types.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import msgpack
+
+from meshgpu.core.types import Address, NodeId
+from meshgpu.errors import DecodeError
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible wire change; other versions are rejected and counted."""
+
+MAX_DATAGRAM_BYTES = 1400
+"""Hard ceiling for any datagram accepted by :func:`decode`."""
+
+MAX_PIGGYBACK_ITEMS = 64
+"""Most piggybacked updates accepted in one datagram."""
+
+MAX_ID_LENGTH = 64
+"""Longest node id (or other identifier) accepted on the wire."""
+
+MAX_INT = 2**63 - 1
+
+
+class Message(Protocol):
+    """What a registered message type provides (a frozen dataclass in practice)."""
+
+    TAG: ClassVar[int]
+
+    def to_fields(self) -> list[Any]:
+        """The message as msgpack-native values, in a fixed order (without the tag)."""
+        ...
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Message:
+        """Rebuild the message from ``to_fields`` output; raise DecodeError if malformed."""
+        ...
+
+
+M = TypeVar("M", bound=Message)
+
+_REGISTRY: dict[int, type[Message]] = {}
+
+
+def register_message(cls: type[M]) -> type[M]:
+    """Register ``cls`` under ``cls.TAG`` (use as a class decorator).
+
+    Registering the same class twice is harmless (module reloads in tests); two different
+    classes on one tag is a programming error and raises ValueError at import time.
+    """
+    tag = cls.TAG
+    if not isinstance(tag, int) or not 0 < tag < 256:
+        raise ValueError(f"message tag must be an int in 1..255, got {tag!r} for {cls}")
+    existing = _REGISTRY.get(tag)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"message tag {tag} already used by {existing.__qualname__}")
+    _REGISTRY[tag] = cls
+    return cls
+
+
+def registered_messages() -> dict[int, type[Message]]:
+    """A copy of the registry: tag -> message type."""
+    return dict(_REGISTRY)
+
+
+# --- field validation (used by every message type, including other modules') -----------
+
+
+def expect_int(value: object, what: str, low: int = 0, high: int = MAX_INT) -> int:
+    """An integer in ``[low, high]`` (bools are not integers on the wire)."""
+    if type(value) is not int or not low <= value <= high:
+        raise DecodeError(f"malformed message: {what} must be an integer in [{low}, {high}]")
+    return value
+
+
+def expect_float(value: object, what: str, low: float = 0.0, high: float = math.inf) -> float:
+    """A finite number in ``[low, high]`` (msgpack may carry it as int or float)."""
+    if type(value) is int:
+        value = float(value)
+    if type(value) is not float or not math.isfinite(value) or not low <= value <= high:
+        raise DecodeError(f"malformed message: {what} must be a finite number in [{low}, {high}]")
+    return value
+
+
+def expect_bool(value: object, what: str) -> bool:
+    """A msgpack boolean."""
+    if type(value) is not bool:
+        raise DecodeError(f"malformed message: {what} must be a boolean")
+    return value
+
+
+def expect_str(value: object, what: str, max_length: int = MAX_ID_LENGTH) -> str:
+    """A non-empty string of at most ``max_length`` characters."""
+    if type(value) is not str or not 0 < len(value) <= max_length:
+        raise DecodeError(
+            f"malformed message: {what} must be a string of 1..{max_length} characters"
+        )
+    return value
+
+
+def expect_list(value: object, what: str, length: int | None = None) -> list[Any]:
+    """A list (of exactly ``length`` items when given)."""
+    if type(value) is not list or (length is not None and len(value) != length):
+        wanted = "a list" if length is None else f"a list of {length} items"
+        raise DecodeError(f"malformed message: {what} must be {wanted}")
+    return value
+
+
+def expect_address(value: object, what: str) -> Address:
+    """``[host, port]`` as a tuple."""
+    pair = expect_list(value, what, 2)
+    return (expect_str(pair[0], f"{what} host", 255), expect_int(pair[1], f"{what} port", 0, 65535))
+
+
+# --- the envelope and the codec -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One decoded datagram: who sent it, their incarnation and view, the body, the updates."""
+
+    sender: NodeId
+    incarnation: int
+    view: int
+    body: Message
+    piggyback: tuple[Message, ...] = ()
+
+
+def encode_item(message: Message) -> bytes:
+    """Encode one message as ``[tag, *fields]``: the unit of piggybacking (encoded once,
+    then spliced into as many datagrams as it is retransmitted in)."""
+    packed: bytes = msgpack.packb([message.TAG, *message.to_fields()], use_bin_type=True)
+    return packed
+
+
+def encode_head(sender: NodeId, incarnation: int, view: int, body: Message) -> bytes:
+    """The envelope without its piggyback list; finish it with :func:`finish_datagram`."""
+    packed: bytes = msgpack.packb(
+        [PROTOCOL_VERSION, sender, incarnation, view, [body.TAG, *body.to_fields()]],
+        use_bin_type=True,
+    )
+    return packed
+
+
+def finish_datagram(head: bytes, items: Sequence[bytes]) -> bytes:
+    """Splice pre-encoded piggyback items onto a head from :func:`encode_head`.
+
+    The head is a 5-element msgpack fixarray (first byte 0x95); the datagram is the same
+    array grown to 6 elements with the piggyback array appended, without re-encoding.
+    """
+    count = len(items)
+    short = count <= 15
+    array_header = bytes((0x90 | count,)) if short else b"\xdc" + count.to_bytes(2, "big")
+    return b"\x96" + head[1:] + array_header + b"".join(items)
+
+
+def piggyback_overhead(count: int) -> int:
+    """Bytes :func:`finish_datagram` adds beyond the head and the items themselves."""
+    return 1 if count <= 15 else 3
+
+
+def encode(envelope: Envelope) -> bytes:
+    """Encode a whole envelope (convenience for tests and one-off messages)."""
+    head = encode_head(envelope.sender, envelope.incarnation, envelope.view, envelope.body)
+    return finish_datagram(head, [encode_item(item) for item in envelope.piggyback])
+
+
+def _decode_message(raw: object, what: str) -> Message:
+    parts = expect_list(raw, what)
+    if not parts:
+        raise DecodeError(f"malformed message: {what} is empty")
+    tag = parts[0]
+    if type(tag) is not int:
+        raise DecodeError(f"malformed message: {what} tag must be an integer")
+    cls = _REGISTRY.get(tag)
+    if cls is None:
+        raise DecodeError(f"unknown message tag {tag} in {what}")
+    try:
+        return cls.from_fields(parts[1:])
+    except DecodeError:
+        raise
+    except Exception as exc:  # a message type's validation missed a case: still rejected
+        raise DecodeError(f"malformed {cls.__name__} in {what}: {exc!r}") from exc
+
+
+def decode(data: bytes) -> Envelope:
+    """Decode and validate one datagram. Raises only :class:`DecodeError`."""
+    if len(data) > MAX_DATAGRAM_BYTES:
+        raise DecodeError(f"datagram of {len(data)} bytes exceeds {MAX_DATAGRAM_BYTES}")
+    try:
+        raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"not a msgpack datagram: {exc!r}") from exc
+    if type(raw) is not list or not raw:
+        raise DecodeError("malformed datagram: not a non-empty msgpack array")
+    version = raw[0]
+    if type(version) is not int:
+        raise DecodeError("malformed datagram: protocol version is not an integer")
+    if version != PROTOCOL_VERSION:
+        newer = "a newer" if version > PROTOCOL_VERSION else "an older"
+        raise DecodeError(
+            f"datagram of {newer} protocol version {version} (this node speaks "
+            f"{PROTOCOL_VERSION}); upgrade the older node"
+        )
+    if len(raw) != 6:
+        raise DecodeError("malformed datagram: envelope must have 6 fields")
+    sender = expect_str(raw[1], "sender")
+    incarnation = expect_int(raw[2], "incarnation")
+    view = expect_int(raw[3], "view")
+    body = _decode_message(raw[4], "body")
+    items = expect_list(raw[5], "piggyback")
+    if len(items) > MAX_PIGGYBACK_ITEMS:
+        raise DecodeError(f"datagram carries {len(items)} updates (max {MAX_PIGGYBACK_ITEMS})")
+    piggyback = tuple(_decode_message(item, "piggyback item") for item in items)
+    return Envelope(sender, incarnation, view, body, piggyback)
+
+
+# --- membership messages (SWIM) -------------------------------------------------------------
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """SWIM direct probe of ``target``; answered with :class:`Ack` of the same ``seq``."""
+
+    TAG: ClassVar[int] = 1
+    seq: int
+    target: NodeId
+
+    def to_fields(self) -> list[Any]:
+        return [self.seq, self.target]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Ping:
+        expect_list(fields, "Ping", 2)
+        return cls(expect_int(fields[0], "seq"), expect_str(fields[1], "target"))
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Answer to a :class:`Ping` (or a relayed one) with the prober's ``seq``."""
+
+    TAG: ClassVar[int] = 2
+    seq: int
+
+    def to_fields(self) -> list[Any]:
+        return [self.seq]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Ack:
+        expect_list(fields, "Ack", 1)
+        return cls(expect_int(fields[0], "seq"))
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """SWIM indirect probe: "please ping ``target`` for me and forward its ack"."""
+
+    TAG: ClassVar[int] = 3
+    seq: int
+    target: NodeId
+    target_address: Address
+    want_nack: bool
+
+    def to_fields(self) -> list[Any]:
+        return [self.seq, self.target, list(self.target_address), self.want_nack]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> PingReq:
+        expect_list(fields, "PingReq", 4)
+        return cls(
+            expect_int(fields[0], "seq"),
+            expect_str(fields[1], "target"),
+            expect_address(fields[2], "target address"),
+            expect_bool(fields[3], "want_nack"),
+        )
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Lifeguard: a relay heard nothing from the target. A prober that gets neither ack nor
+    nack from its relays learns that the trouble is likely its own (local health)."""
+
+    TAG: ClassVar[int] = 4
+    seq: int
+
+    def to_fields(self) -> list[Any]:
+        return [self.seq]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Nack:
+        expect_list(fields, "Nack", 1)
+        return cls(expect_int(fields[0], "seq"))
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    """A datagram whose only purpose is its piggybacked updates."""
+
+    TAG: ClassVar[int] = 5
+
+    def to_fields(self) -> list[Any]:
+        return []
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Gossip:
+        expect_list(fields, "Gossip", 0)
+        return cls()
+
+
+MEMBER_STATE_CODES = ("alive", "suspect", "dead", "left")
+"""Wire codes of member states: the index in this tuple."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """One member as a push-pull exchange reports it."""
+
+    node_id: NodeId
+    address: Address
+    state: str
+    incarnation: int
+
+    def to_fields(self) -> list[Any]:
+        host, port = self.address
+        return [self.node_id, host, port, MEMBER_STATE_CODES.index(self.state), self.incarnation]
+
+    @classmethod
+    def from_fields(cls, raw: object) -> MemberRecord:
+        fields = expect_list(raw, "member record", 5)
+        return cls(
+            expect_str(fields[0], "member id"),
+            (expect_str(fields[1], "member host", 255), expect_int(fields[2], "port", 0, 65535)),
+            MEMBER_STATE_CODES[expect_int(fields[3], "member state", 0, 3)],
+            expect_int(fields[4], "member incarnation"),
+        )
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class PushPull:
+    """Anti-entropy: part ``part`` of ``parts`` of the sender's full member table.
+
+    A request (``reply`` false) is answered by the receiver's own table, once per exchange
+    (on part 0). A push-pull from an unknown sender is how a new node joins.
+    """
+
+    TAG: ClassVar[int] = 6
+    reply: bool
+    part: int
+    parts: int
+    members: tuple[MemberRecord, ...]
+
+    def to_fields(self) -> list[Any]:
+        return [self.reply, self.part, self.parts, [m.to_fields() for m in self.members]]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> PushPull:
+        expect_list(fields, "PushPull", 4)
+        parts = expect_int(fields[2], "parts", 1, 65535)
+        return cls(
+            expect_bool(fields[0], "reply"),
+            expect_int(fields[1], "part", 0, parts - 1),
+            parts,
+            tuple(MemberRecord.from_fields(m) for m in expect_list(fields[3], "members")),
+        )
+
+
+# --- membership updates (piggybacked) -----------------------------------------------------
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """``node_id`` is alive at ``incarnation`` and listens at ``address``: a join or a
+    refutation (a higher incarnation overrides any suspicion or death)."""
+
+    TAG: ClassVar[int] = 16
+    node_id: NodeId
+    address: Address
+    incarnation: int
+
+    def to_fields(self) -> list[Any]:
+        return [self.node_id, self.address[0], self.address[1], self.incarnation]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Alive:
+        expect_list(fields, "Alive", 4)
+        return cls(
+            expect_str(fields[0], "node id"),
+            (expect_str(fields[1], "host", 255), expect_int(fields[2], "port", 0, 65535)),
+            expect_int(fields[3], "incarnation"),
+        )
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    """``accuser`` suspects ``node_id`` at ``incarnation`` (each distinct accuser is one
+    Lifeguard confirmation)."""
+
+    TAG: ClassVar[int] = 17
+    node_id: NodeId
+    incarnation: int
+    accuser: NodeId
+
+    def to_fields(self) -> list[Any]:
+        return [self.node_id, self.incarnation, self.accuser]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Suspect:
+        expect_list(fields, "Suspect", 3)
+        return cls(
+            expect_str(fields[0], "node id"),
+            expect_int(fields[1], "incarnation"),
+            expect_str(fields[2], "accuser"),
+        )
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """``accuser`` declared ``node_id`` dead at ``incarnation``."""
+
+    TAG: ClassVar[int] = 18
+    node_id: NodeId
+    incarnation: int
+    accuser: NodeId
+
+    def to_fields(self) -> list[Any]:
+        return [self.node_id, self.incarnation, self.accuser]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Dead:
+        expect_list(fields, "Dead", 3)
+        return cls(
+            expect_str(fields[0], "node id"),
+            expect_int(fields[1], "incarnation"),
+            expect_str(fields[2], "accuser"),
+        )
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Left:
+    """``node_id`` left the mesh on purpose at ``incarnation`` (only it may say so)."""
+
+    TAG: ClassVar[int] = 19
+    node_id: NodeId
+    incarnation: int
+
+    def to_fields(self) -> list[Any]:
+        return [self.node_id, self.incarnation]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Left:
+        expect_list(fields, "Left", 2)
+        return cls(expect_str(fields[0], "node id"), expect_int(fields[1], "incarnation"))

@@ -1,0 +1,250 @@
+"""One mesh node, sans-IO: ``effects = node.handle(event, now)``.
+
+A :class:`Node` composes components (see :mod:`meshgpu.core.component`):
+
+* :class:`~meshgpu.core.swim.Swim`: membership table, SWIM probing with Lifeguard,
+  gossip rounds, push-pull anti-entropy, reconnection after partitions;
+* :class:`~meshgpu.core.load.LoadGossip`: versioned load vectors;
+* :class:`~meshgpu.core.leader.Leadership`: the view and its leader.
+
+Handling a datagram: decode (anything malformed is counted in ``datagrams_rejected`` and
+changes nothing); drop it if the sender is this node or unknown (``datagrams_unknown_
+sender``), except a ``Ping`` (answered statelessly, so a member that heard of us before
+we heard of it is not suspected) and a ``PushPull`` (how a new node joins); read the
+header (incarnation, view); apply the piggybacked updates *first* (so an ack to a ping
+that carried a suspicion of us already carries our refutation); then the body.
+
+Adding a component (how the task queue plugs in)::
+
+    class TaskQueue(Component):
+        message_types = (TaskOffer, ...)       # bodies it owns (register_message'd)
+        update_types = (TaskEntryUpdate, ...)  # piggybacked updates it owns
+        def on_message(self, envelope, message, source, now): ...
+        def on_update(self, envelope, update, source, now): ...
+        def on_event(self, event, now) -> bool: ...      # its own driver events
+        def on_tick(self, now): ...; def next_deadline(self): ...
+        def on_member_changed(self, info, previous): ...
+        def anti_entropy_updates(self): ...   # full state, sent with push-pull
+
+    node.add_component(TaskQueue(node.context, ...))
+
+A component sends with ``context.send(address, body)``, gossips with
+``context.broadcast(key, update)``, emits effects with ``context.emit(effect)``, reads
+``node.leader()``/``node.live_members()``/``node.loads()`` through the node it was given.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from meshgpu.core.component import Component, NodeContext
+from meshgpu.core.config import MeshConfig
+from meshgpu.core.effects import LeaderChanged, MemberChanged
+from meshgpu.core.events import (
+    DatagramReceived,
+    LeaveRequested,
+    LoadChanged,
+    PeerDiscovered,
+    Tick,
+)
+from meshgpu.core.leader import Leadership
+from meshgpu.core.load import LoadGossip, LoadVector
+from meshgpu.core.membership import GONE_STATES, LIVE_STATES, MemberInfo
+from meshgpu.core.messages import Message, Ping, PushPull, decode
+from meshgpu.core.swim import Swim
+from meshgpu.core.types import Address, NodeId
+from meshgpu.errors import DecodeError
+
+Event = Any
+"""Any event of :mod:`meshgpu.core.events` (components may accept their own)."""
+
+Effect = Any
+"""Any effect of :mod:`meshgpu.core.effects`."""
+
+
+class Node:
+    """A mesh node's whole protocol state, driven by events and time passed in."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        address: Address,
+        config: MeshConfig,
+        rng: random.Random,
+        now: float,
+        incarnation: int = 0,
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.config = config
+        self.context = NodeContext(node_id, address, config, rng)
+        self.context.now = now
+        self.context.incarnation = incarnation
+        self.counters = self.context.counters
+        self.swim = Swim(self.context, now)
+        self.table = self.swim.table
+        self.load_gossip = LoadGossip(self.context, self.table.members)
+        self.leadership = Leadership(self.context, self.table, now)
+        self.components: list[Component] = []
+        self._message_owner: dict[type[Message], Component] = {}
+        self._update_owner: dict[type[Message], Component] = {}
+        self.context.member_listeners.append(self._member_changed)
+        for component in (self.swim, self.load_gossip, self.leadership):
+            self.add_component(component)
+        self._announced: tuple[int, NodeId | None] | None = None
+
+    def add_component(self, component: Component) -> None:
+        """Plug in a component: it owns its message and update types, gets ticks, hears of
+        membership changes and contributes to anti-entropy."""
+        for cls in component.message_types:
+            if cls in self._message_owner:
+                raise ValueError(f"{cls.__name__} is already handled by another component")
+            self._message_owner[cls] = component
+        for cls in component.update_types:
+            if cls in self._update_owner:
+                raise ValueError(f"{cls.__name__} is already handled by another component")
+            self._update_owner[cls] = component
+        self.components.append(component)
+        if component is not self.swim:
+            self.context.member_listeners.append(component.on_member_changed)
+            self.swim.anti_entropy_source.append(component)
+
+    # --- the contract ------------------------------------------------------------------------
+
+    @property
+    def incarnation(self) -> int:
+        """This node's incarnation (only ever grows; bumped to refute suspicions)."""
+        return self.context.incarnation
+
+    @property
+    def view(self) -> int:
+        """The leader view this node is in."""
+        return self.leadership.view
+
+    def leader(self) -> NodeId | None:
+        """Who this node believes leads its current view."""
+        return self.leadership.leader
+
+    def members(self) -> dict[NodeId, MemberInfo]:
+        """Every member this node knows or remembers, itself included."""
+        return dict(self.table.members)
+
+    def live_members(self) -> list[NodeId]:
+        """Alive and suspect members, sorted, this node included (unless it left)."""
+        return self.table.sorted_live()
+
+    def loads(self) -> dict[NodeId, LoadVector]:
+        """The newest load vector of every live member, this node's included."""
+        return self.load_gossip.loads()
+
+    def next_deadline(self) -> float:
+        """Absolute time at which the driver must deliver the next :class:`Tick`."""
+        deadline = math.inf
+        for component in self.components:
+            candidate = component.next_deadline()
+            if candidate < deadline:
+                deadline = candidate
+        return deadline
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        """Process one event at time ``now``; return the effects, in order. Never raises
+        on bad input: a malformed datagram is counted and changes nothing."""
+        context = self.context
+        context.now = now
+        context.effects = []
+        if isinstance(event, DatagramReceived):
+            self._on_datagram(event, now)
+        elif isinstance(event, Tick):
+            for component in self.components:
+                if component.next_deadline() <= now:
+                    component.on_tick(now)
+        elif isinstance(event, PeerDiscovered):
+            self._on_peer_discovered(event)
+        elif isinstance(event, LoadChanged):
+            self.load_gossip.set_own(event.load)
+        elif isinstance(event, LeaveRequested):
+            self.swim.leave(now)
+        else:
+            for component in self.components:
+                if component.on_event(event, now):
+                    break
+            else:
+                context.count("events_ignored")
+        self.leadership.settle(now)
+        announced = (self.leadership.view, self.leadership.leader)
+        if announced != self._announced:
+            if self._announced is None or announced[1] != self._announced[1]:
+                context.count("leader_changes")
+            self._announced = announced
+            context.emit(LeaderChanged(announced[0], announced[1]))
+        effects = context.effects
+        context.effects = []
+        return effects
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
+        self.context.emit(
+            MemberChanged(
+                info.node_id, info.address, info.state.value, info.incarnation, info.reason
+            )
+        )
+
+    def _on_peer_discovered(self, event: PeerDiscovered) -> None:
+        if event.address == self.address or event.node_id == self.node_id:
+            return
+        if event.node_id is not None:
+            info = self.table.members.get(event.node_id)
+            if info is not None and info.state in LIVE_STATES:
+                return
+        else:
+            for info in self.table.members.values():
+                if info.address == event.address and info.state not in GONE_STATES:
+                    return
+        self.swim.join(event.address)
+
+    def _on_datagram(self, event: DatagramReceived, now: float) -> None:
+        counters = self.counters
+        counters["datagrams_received"] = counters.get("datagrams_received", 0) + 1
+        try:
+            envelope = decode(event.payload)
+        except DecodeError:
+            counters["datagrams_rejected"] = counters.get("datagrams_rejected", 0) + 1
+            return
+        sender = envelope.sender
+        body = envelope.body
+        if sender == self.node_id:
+            self.context.count("datagrams_rejected")
+            self.context.count("datagrams_from_self")
+            return
+        owner = self._message_owner.get(type(body))
+        if owner is None:
+            self.context.count("datagrams_rejected")
+            return
+        if sender not in self.table.members:
+            if isinstance(body, Ping):
+                self.context.count("datagrams_unknown_sender")
+                self.swim.answer_unknown_ping(body, event.source, now)
+                return
+            if not (
+                isinstance(body, PushPull)
+                and body.part == 0
+                and body.members
+                and body.members[0].node_id == sender
+                and body.members[0].state == "alive"
+            ):
+                self.context.count("datagrams_rejected")
+                self.context.count("datagrams_unknown_sender")
+                return
+        else:
+            self.swim.observe_sender(envelope, event.source, now)
+        self.leadership.observe_view(envelope.view, now)
+        source = event.source
+        update_owner = self._update_owner
+        for update in envelope.piggyback:
+            handler = update_owner.get(type(update))
+            if handler is not None:
+                handler.on_update(envelope, update, source, now)
+        owner.on_message(envelope, body, source, now)

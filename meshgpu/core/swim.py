@@ -1,0 +1,484 @@
+"""SWIM failure detection and dissemination as a node component (with Lifeguard).
+
+Each protocol period (``probe_interval``, stretched by local health) the node pings one
+member, in a shuffled round-robin order (suspects first, when ``probe_suspects_first``).
+No ack within ``probe_timeout`` -> ``indirect_checks`` random peers are asked to ping it
+(``PingReq``); they forward its ack, or (Lifeguard) send a ``Nack`` when they heard
+nothing. No ack by the end of the period -> the member is suspected. A prober that got
+neither ack nor nacks raises its own health score: probably it is the slow one.
+
+Dissemination: every datagram piggybacks queued updates; while updates are queued, a
+gossip round every ``gossip_interval`` sends them to ``gossip_fanout`` random members.
+A death is pushed to ``gossip_fanout`` peers at once, by the node that declares it and by
+each node that first hears of it. Anti-entropy: every ``push_pull_interval`` a full member
+table goes to one random member, which answers with its own.
+
+Reconnection: every ``reconnect_interval`` one remembered-dead member is pinged. Any
+datagram from a member we hold dead (or suspect, with Lifeguard) gets it told so at once,
+directly; it refutes with a higher incarnation, which revives it everywhere. Both sides of
+a healed partition thus find each other without any external help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshgpu.core.component import Component, NodeContext
+from meshgpu.core.membership import GONE_STATES, MemberState, MemberTable
+from meshgpu.core.messages import (
+    Ack,
+    Alive,
+    Dead,
+    Envelope,
+    Gossip,
+    Left,
+    MemberRecord,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+    encode_item,
+)
+from meshgpu.core.suspicion import LocalHealth
+from meshgpu.core.timers import Timers
+from meshgpu.core.types import Address, NodeId
+
+_REAP_INTERVAL = 1.0
+"""How often remembered-dead members are checked for expiry (cheap; dead set only)."""
+
+_PUSH_PULL_RECORD_BUDGET = 1150
+"""Bytes of member records per push-pull datagram (leaves room for header and updates)."""
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: NodeId
+    seq: int
+    started: float
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Relay:
+    requester: Address
+    seq: int
+    want_nack: bool
+
+
+class Swim(Component):
+    """Probing, gossip rounds, push-pull and reconnection around a :class:`MemberTable`."""
+
+    message_types = (Ping, Ack, PingReq, Nack, Gossip, PushPull)
+    update_types = (Alive, Suspect, Dead, Left)
+
+    def __init__(self, context: NodeContext, now: float) -> None:
+        self.context = context
+        self.config = context.config
+        self.rng = context.rng
+        self.health = LocalHealth(self.config.awareness_max_multiplier)
+        self.table = MemberTable(context, self.health, now)
+        self.timers = Timers()
+        self._seq = 0
+        self._probe: _Probe | None = None
+        self._probe_order: list[NodeId] = []
+        self._probe_index = 0
+        self._priority: dict[NodeId, None] = {}
+        self._relays: dict[int, _Relay] = {}
+        self._last_notice: dict[NodeId, float] = {}
+        self._last_unknown_join = -1e18
+        self.anti_entropy_source: list[Component] = []
+        """Components whose ``anti_entropy_updates`` travel with our push-pull exchanges."""
+        table = self.table
+        table.on_suspicion_scheduled = self._schedule_suspicion
+        table.on_suspicion_cleared = lambda node_id: self.timers.cancel(("suspicion", node_id))
+        table.on_new_suspect = self._on_new_suspect
+        table.on_death = self._on_death
+        table.on_new_member = self._on_new_member
+        context.on_broadcast = self._wake_gossip
+        # Announce ourselves with the first datagrams we send (memberlist does the same).
+        context.broadcast(("member", context.node_id), self.table.self_alive(), membership=True)
+        # Spread the first probe over one period so nodes started together do not beat in step.
+        self.timers.schedule("probe", now + self.rng.random() * self.config.probe_interval)
+        self.timers.schedule("push_pull", now + self.rng.random() * self.config.push_pull_interval)
+        self.timers.schedule("reconnect", now + self.config.reconnect_interval)
+        self.timers.schedule("reap", now + _REAP_INTERVAL)
+
+    # --- timers ---------------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        return self.timers.next_deadline()
+
+    def on_tick(self, now: float) -> None:
+        for key in self.timers.pop_due(now):
+            if key == "probe":
+                self._probe_tick(now)
+            elif key == "probe_direct":
+                self._probe_direct_timeout(now)
+            elif key == "gossip":
+                self._gossip_round(now)
+            elif key == "push_pull":
+                self._push_pull_tick(now)
+            elif key == "reconnect":
+                self._reconnect_tick(now)
+            elif key == "reap":
+                self._reap(now)
+            elif isinstance(key, tuple) and key[0] == "suspicion":
+                self._suspicion_expired(key[1], now)
+            elif isinstance(key, tuple) and key[0] == "relay":
+                self._relay_expired(key[1])
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _wake_gossip(self) -> None:
+        if "gossip" not in self.timers:
+            self.timers.schedule("gossip", self.context.now + self.config.gossip_interval)
+
+    def _schedule_suspicion(self, node_id: NodeId, deadline: float) -> None:
+        self.timers.schedule(("suspicion", node_id), deadline)
+
+    def _on_new_suspect(self, node_id: NodeId) -> None:
+        if self.config.probe_suspects_first:
+            self._priority[node_id] = None
+
+    def _on_new_member(self, node_id: NodeId) -> None:
+        # memberlist: a new member goes at a random place in the remaining probe order.
+        order = self._probe_order
+        position = self.rng.randint(min(self._probe_index, len(order)), len(order))
+        order.insert(position, node_id)
+
+    def _on_death(self, node_id: NodeId) -> None:
+        # Push the news at once rather than waiting for the next gossip round.
+        self._gossip_round(self.context.now, reschedule=False)
+
+    # --- probing ---------------------------------------------------------------------------
+
+    def _scaled(self, duration: float) -> float:
+        return self.health.scale(duration) if self.config.lifeguard else duration
+
+    def _next_target(self) -> NodeId | None:
+        members = self.table.members
+        while self._priority:
+            node_id = next(iter(self._priority))
+            del self._priority[node_id]
+            info = members.get(node_id)
+            if info is not None and info.state is MemberState.SUSPECT:
+                return node_id
+        for _ in range(2):
+            order = self._probe_order
+            while self._probe_index < len(order):
+                node_id = order[self._probe_index]
+                self._probe_index += 1
+                info = members.get(node_id)
+                live = info is not None and info.state in (MemberState.ALIVE, MemberState.SUSPECT)
+                if live and node_id != self.table.node_id:
+                    return node_id
+            self._probe_order = list(self.table.live)
+            self.rng.shuffle(self._probe_order)
+            self._probe_index = 0
+        return None
+
+    def _probe_tick(self, now: float) -> None:
+        if self._probe is not None:
+            self._probe_failed(self._probe, now)
+            self._probe = None
+        self.timers.cancel("probe_direct")
+        if self.table.leaving:
+            return
+        self.timers.schedule("probe", now + self._scaled(self.config.probe_interval))
+        target = self._next_target()
+        if target is None:
+            return
+        info = self.table.members[target]
+        seq = self._next_seq()
+        self._probe = _Probe(target, seq, now)
+        extra: list[bytes] = []
+        if self.config.lifeguard and info.state is MemberState.SUSPECT:
+            # Lifeguard's buddy system: tell the suspect directly so it can refute at once.
+            extra.append(encode_item(Suspect(target, info.incarnation, self.table.node_id)))
+        self.context.count("probes")
+        self.context.send(info.address, Ping(seq, target), extra)
+        self.timers.schedule("probe_direct", now + self._scaled(self.config.probe_timeout))
+
+    def _probe_direct_timeout(self, now: float) -> None:
+        probe = self._probe
+        if probe is None:
+            return
+        candidates = [
+            n for n in self._sample_live(self.config.indirect_checks + 1) if n != probe.target
+        ]
+        candidates = candidates[: self.config.indirect_checks]
+        target_info = self.table.members.get(probe.target)
+        if target_info is None or not candidates:
+            return
+        want_nack = self.config.lifeguard
+        for relay in candidates:
+            self.context.send(
+                self.table.members[relay].address,
+                PingReq(probe.seq, probe.target, target_info.address, want_nack),
+            )
+        self.context.count("indirect_probes")
+        if want_nack:
+            probe.expected_nacks = len(candidates)
+
+    def _probe_failed(self, probe: _Probe, now: float) -> None:
+        self.context.count("probe_failures")
+        if self.config.lifeguard:
+            # Relays that answered with nacks are reachable: the fault is probably the
+            # target's. Missing nacks point at us (Lifeguard, memberlist probeNode).
+            if probe.expected_nacks > 0:
+                self.health.apply(probe.expected_nacks - probe.nacks)
+            else:
+                self.health.apply(1)
+        info = self.table.members.get(probe.target)
+        if info is None or info.state in GONE_STATES:
+            return
+        self.table.apply_suspect(
+            Suspect(probe.target, info.incarnation, self.table.node_id), now, "probe failed"
+        )
+
+    def _probe_acked(self) -> None:
+        self._probe = None
+        self.timers.cancel("probe_direct")
+        if self.config.lifeguard:
+            self.health.apply(-1)
+
+    def _sample_live(self, count: int) -> list[NodeId]:
+        live = self.table.live
+        if len(live) <= count:
+            chosen = list(live)
+            self.rng.shuffle(chosen)
+            return chosen
+        return self.rng.sample(live, count)
+
+    # --- messages --------------------------------------------------------------------------
+
+    def on_message(self, envelope: Envelope, message: Message, source: Address, now: float) -> None:
+        if isinstance(message, Ping):
+            self.answer_ping(message, source)
+        elif isinstance(message, Ack):
+            self._on_ack(message)
+        elif isinstance(message, PingReq):
+            seq = self._next_seq()
+            self._relays[seq] = _Relay(source, message.seq, message.want_nack)
+            self.timers.schedule(("relay", seq), now + self.config.probe_timeout)
+            self.context.send(message.target_address, Ping(seq, message.target))
+        elif isinstance(message, Nack):
+            if self._probe is not None and self._probe.seq == message.seq:
+                self._probe.nacks += 1
+        elif isinstance(message, PushPull):
+            self.on_push_pull(envelope, message, source, now)
+
+    def answer_unknown_ping(self, ping: Ping, source: Address, now: float) -> None:
+        """A ping from a node we do not know: ack it statelessly (so it does not suspect
+        us), and, at most once per probe period, ask it for its table (a join from our
+        side): its reply introduces it, so gossip missed during start-up heals at once."""
+        self.answer_ping(ping, source)
+        addressed_to_us = ping.target == self.table.node_id and not self.table.leaving
+        if addressed_to_us and now - self._last_unknown_join >= self.config.probe_interval:
+            self._last_unknown_join = now
+            self.join(source)
+
+    def answer_ping(self, ping: Ping, source: Address) -> None:
+        """Ack a ping addressed to us (also done, statelessly, for unknown senders)."""
+        if ping.target != self.table.node_id:
+            self.context.count("pings_misdirected")
+            return
+        self.context.send(source, Ack(ping.seq))
+
+    def _on_ack(self, ack: Ack) -> None:
+        if self._probe is not None and self._probe.seq == ack.seq:
+            self._probe_acked()
+            return
+        relay = self._relays.pop(ack.seq, None)
+        if relay is not None:
+            self.timers.cancel(("relay", ack.seq))
+            self.context.send(relay.requester, Ack(relay.seq))
+
+    def _relay_expired(self, seq: int) -> None:
+        relay = self._relays.pop(seq, None)
+        if relay is not None and relay.want_nack:
+            self.context.send(relay.requester, Nack(relay.seq))
+
+    def on_update(self, envelope: Envelope, update: Message, source: Address, now: float) -> None:
+        table = self.table
+        via = f"gossip from {envelope.sender}"
+        if isinstance(update, Alive):
+            table.apply_alive(update, now, via)
+        elif isinstance(update, Suspect):
+            about_me = update.node_id == table.node_id
+            table.apply_suspect(update, now, via)
+            if about_me and envelope.sender == update.accuser:
+                self._answer_accuser(source)
+        elif isinstance(update, Dead):
+            about_me = update.node_id == table.node_id
+            table.apply_dead(update, now, f"declared dead by {update.accuser}")
+            if about_me:
+                self._answer_accuser(source)
+        elif isinstance(update, Left):
+            table.apply_left(update, now, "left the mesh")
+
+    def _answer_accuser(self, source: Address) -> None:
+        """We were told directly that we are suspect or dead: answer with our Alive at once,
+        so the teller revives us without waiting for gossip."""
+        if not self.table.leaving:
+            self.context.send(source, Gossip(), [encode_item(self.table.self_alive())])
+
+    def observe_sender(self, envelope: Envelope, source: Address, now: float) -> None:
+        """Use the header of a datagram from a known member.
+
+        A higher incarnation than we hold proves the sender alive (refutation, re-join after
+        a partition). A sender we hold dead (or suspect, with Lifeguard) at its current
+        incarnation is told so directly, so it refutes at once.
+        """
+        table = self.table
+        info = table.members[envelope.sender]
+        if envelope.incarnation > info.incarnation:
+            revived = info.state in GONE_STATES
+            table.apply_alive(
+                Alive(envelope.sender, info.address, envelope.incarnation),
+                now,
+                "newer incarnation seen",
+            )
+            if revived:
+                # Direct contact across a healed partition: exchange full state at once.
+                self.send_push_pull(info.address, reply=False)
+            return
+        if info.state is MemberState.ALIVE:
+            return
+        if info.state is MemberState.SUSPECT and not self.config.lifeguard:
+            return
+        last = self._last_notice.get(envelope.sender)
+        if last is not None and now - last < self.config.probe_interval:
+            return
+        self._last_notice[envelope.sender] = now
+        notice: Message
+        if info.state is MemberState.SUSPECT:
+            notice = Suspect(envelope.sender, info.incarnation, table.node_id)
+        else:
+            notice = Dead(envelope.sender, info.incarnation, table.node_id)
+        self.context.count("notices_sent")
+        self.context.send(source, Gossip(), [encode_item(notice)])
+
+    # --- gossip rounds --------------------------------------------------------------------
+
+    def _gossip_round(self, now: float, reschedule: bool = True) -> None:
+        context = self.context
+        if context.has_pending_updates():
+            for node_id in self._sample_live(self.config.gossip_fanout):
+                if not context.has_pending_updates():
+                    break
+                context.send(self.table.members[node_id].address, Gossip())
+        if reschedule and context.has_pending_updates():
+            self.timers.schedule("gossip", now + self.config.gossip_interval)
+
+    # --- anti-entropy ----------------------------------------------------------------------
+
+    def _push_pull_tick(self, now: float) -> None:
+        period = self.config.push_pull_period(self.table.size())
+        self.timers.schedule("push_pull", now + period)
+        if self.table.leaving:
+            return
+        peers = self._sample_live(1)
+        if peers:
+            self.context.count("push_pulls")
+            self.send_push_pull(self.table.members[peers[0]].address, reply=False)
+
+    def send_push_pull(
+        self, address: Address, reply: bool, extra: list[Message] | None = None
+    ) -> None:
+        """Send our whole member table to ``address``, in as many datagrams as it takes,
+        followed by the components' anti-entropy updates (``extra``)."""
+        me = self.table.members[self.table.node_id]
+        records: list[MemberRecord] = [me.to_record()]
+        records.extend(
+            info.to_record()
+            for node_id, info in self.table.members.items()
+            if node_id != me.node_id
+        )
+        chunks: list[list[MemberRecord]] = [[]]
+        used = 0
+        for record in records:
+            size = len(record.node_id) + len(record.address[0]) + 16
+            if used + size > _PUSH_PULL_RECORD_BUDGET and chunks[-1]:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(record)
+            used += size
+        for part, chunk in enumerate(chunks):
+            self.context.send(address, PushPull(reply, part, len(chunks), tuple(chunk)))
+        self._send_items(address, [encode_item(m) for m in extra or []])
+
+    def _send_items(self, address: Address, items: list[bytes]) -> None:
+        budget = _PUSH_PULL_RECORD_BUDGET
+        batch: list[bytes] = []
+        used = 0
+        for item in items:
+            if batch and (
+                used + len(item) > budget or len(batch) >= self.config.max_piggyback_updates
+            ):
+                self.context.send(address, Gossip(), batch)
+                batch, used = [], 0
+            batch.append(item)
+            used += len(item)
+        if batch:
+            self.context.send(address, Gossip(), batch)
+
+    def on_push_pull(
+        self, envelope: Envelope, message: PushPull, source: Address, now: float
+    ) -> None:
+        """Merge a peer's table; answer a request (part 0) with ours."""
+        for record in message.members:
+            self.table.apply_record(record, envelope.sender, now)
+        if not message.reply and message.part == 0:
+            extra: list[Message] = []
+            for component in self.anti_entropy_source:
+                extra.extend(component.anti_entropy_updates())
+            self.send_push_pull(source, reply=True, extra=extra)
+
+    def join(self, address: Address) -> None:
+        """Introduce ourselves to a peer found by mDNS or a seed list."""
+        self.context.count("join_attempts")
+        extra: list[Message] = []
+        for component in self.anti_entropy_source:
+            extra.extend(component.anti_entropy_updates())
+        self.send_push_pull(address, reply=False, extra=extra)
+
+    # --- reconnection, expiry, leaving ---------------------------------------------------
+
+    def _reconnect_tick(self, now: float) -> None:
+        self.timers.schedule("reconnect", now + self.config.reconnect_interval)
+        if self.table.leaving:
+            return
+        dead = [n for n in self.table.gone if self.table.members[n].state is MemberState.DEAD]
+        if not dead:
+            return
+        node_id = dead[self.rng.randrange(len(dead))]
+        self.context.count("reconnect_pings")
+        self.context.send(self.table.members[node_id].address, Ping(self._next_seq(), node_id))
+
+    def _reap(self, now: float) -> None:
+        self.timers.schedule("reap", now + _REAP_INTERVAL)
+        retention = self.config.dead_retention
+        members = self.table.members
+        expired = [n for n in self.table.gone if now - members[n].state_since >= retention]
+        for node_id in expired:
+            self.table.forget(node_id)
+            self._last_notice.pop(node_id, None)
+
+    def _suspicion_expired(self, node_id: NodeId, now: float) -> None:
+        self.table.expire_suspicion(node_id, now)
+
+    def leave(self, now: float) -> None:
+        """Announce our departure to a few peers at once, then only answer and gossip."""
+        if self.table.leaving:
+            return
+        self.table.leave(now)
+        self._probe = None
+        self.timers.cancel("probe")
+        self.timers.cancel("probe_direct")
+        self._gossip_round(now)
