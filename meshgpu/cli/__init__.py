@@ -15,6 +15,8 @@ import click
 COMMANDS: dict[str, str] = {
     "simulate": "meshgpu.cli.simulate:simulate",
     "keygen": "meshgpu.cli.keygen:keygen",
+    "run": "meshgpu.cli.inference:run",
+    "devices": "meshgpu.cli.inference:devices",
 }
 
 

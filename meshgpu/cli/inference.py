@@ -1,0 +1,200 @@
+"""``meshgpu run`` and ``meshgpu devices``: standalone inference on this machine.
+
+``meshgpu run`` is the first of meshgpu's three operating modes (standalone, mesh,
+simulation): it loads a model with :func:`meshgpu.inference.load`, feeds it ``.npy`` files,
+and prints or saves the outputs. ``meshgpu devices`` lists what this machine can run on.
+Both are thin: parsing and rendering here, everything else in :mod:`meshgpu.inference`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+BACKENDS = ("auto", "opencl", "onnxruntime")
+PREVIEW_VALUES = 10
+
+
+def _format_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{count} B"
+
+
+def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``NAME=FILE.npy`` pairs -> arrays; raises click.BadParameter naming the bad pair."""
+    import numpy as np
+
+    feeds: dict[str, Any] = {}
+    for pair in pairs:
+        name, separator, path = pair.partition("=")
+        if not separator or not name or not path:
+            raise click.BadParameter(f"{pair!r} is not NAME=FILE.npy", param_hint="--input")
+        if name in feeds:
+            raise click.BadParameter(f"input {name!r} given twice", param_hint="--input")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise click.BadParameter(
+                f"cannot read {path} for input {name!r}: {error}", param_hint="--input"
+            ) from error
+    return feeds
+
+
+@click.command("run")
+@click.argument("model")
+@click.option(
+    "--input",
+    "-i",
+    "inputs",
+    multiple=True,
+    metavar="NAME=FILE.npy",
+    help="A model input and the .npy file holding it; repeat for each input.",
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), help="Write every output to this .npz."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="auto",
+    show_default=True,
+    help="auto: OpenCL when it supports every operator, else onnxruntime.",
+)
+@click.option("--device", help="A device id from `meshgpu devices`, e.g. opencl:0.")
+@click.option(
+    "--allow-fallback", is_flag=True, help="Let --backend opencl fall back to onnxruntime."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def run(
+    model: str,
+    inputs: tuple[str, ...],
+    output: str | None,
+    backend: str,
+    device: str | None,
+    allow_fallback: bool,
+    as_json: bool,
+) -> None:
+    """Run MODEL (a .onnx path, or `digits` for the shipped classifier) on this machine."""
+    import numpy as np
+
+    from meshgpu import inference
+    from meshgpu.errors import MeshError
+
+    feeds = _parse_inputs(inputs)
+    try:
+        session = inference.load(
+            model,
+            backend=backend,  # type: ignore[arg-type]
+            device=device,
+            allow_fallback=allow_fallback,
+        )
+        results = session.run(feeds)
+    except MeshError as error:
+        raise click.ClickException(f"{type(error).__name__}: {error}") from error
+    if output is not None:
+        np.savez(output, **results)
+    summary = {
+        "model": session.model.source,
+        "sha256": session.digest,
+        "backend": session.backend,
+        "backend_reason": session.backend_reason,
+        "device": session.device.id,
+        "device_name": session.device.name,
+        "latency_ms": round(session.last_run_seconds * 1000, 3),
+        "output_file": output,
+        "outputs": {
+            name: {
+                "shape": list(value.shape),
+                "dtype": str(value.dtype),
+                **({} if output is not None else {"values": value.tolist()}),
+            }
+            for name, value in results.items()
+        },
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    _render_run(summary, results)
+
+
+def _render_run(summary: dict[str, Any], results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(
+        f"[bold]{summary['model']}[/] (sha256 {summary['sha256'][:16]}…) ran on "
+        f"[bold]{summary['backend']}[/] / {summary['device']} ({summary['device_name']}) "
+        f"in {summary['latency_ms']:.2f} ms"
+    )
+    console.print(f"backend: {summary['backend_reason']}")
+    table = Table("output", "shape", "dtype", "min", "max", "first values / argmax")
+    for name, value in results.items():
+        flat = value.reshape(-1)
+        if value.ndim == 2 and value.shape[1] > 1 and value.dtype.kind == "f":
+            preview = "argmax " + " ".join(str(i) for i in value.argmax(axis=1)[:PREVIEW_VALUES])
+        else:
+            preview = " ".join(f"{v:.4g}" for v in flat[:PREVIEW_VALUES].tolist())
+        if flat.size > PREVIEW_VALUES:
+            preview += " …"
+        table.add_row(
+            name,
+            str(list(value.shape)),
+            str(value.dtype),
+            f"{flat.min():.4g}" if flat.size else "-",
+            f"{flat.max():.4g}" if flat.size else "-",
+            preview,
+        )
+    console.print(table)
+    if summary["output_file"]:
+        console.print(f"wrote {summary['output_file']}")
+
+
+@click.command("devices")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def devices(as_json: bool) -> None:
+    """List every device this machine can run inference on."""
+    from meshgpu import inference
+
+    found = inference.devices()
+    if as_json:
+        click.echo(json.dumps({"devices": [device.as_dict() for device in found]}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    # One column per device and a row per property: readable in 80 columns, where a row
+    # per device with twelve properties is not.
+    table = Table("property", *(device.id for device in found), title="inference devices")
+    rows: list[tuple[str, list[str]]] = [
+        ("name", [device.name for device in found]),
+        ("vendor", [device.vendor for device in found]),
+        ("type", [device.type for device in found]),
+        ("platform", [device.platform for device in found]),
+        ("compute units", [str(device.compute_units) for device in found]),
+        ("global memory", [_format_bytes(device.global_memory_bytes) for device in found]),
+        ("local memory", [_format_bytes(device.local_memory_bytes) for device in found]),
+        ("max allocation", [_format_bytes(device.max_allocation_bytes) for device in found]),
+        ("fp16", ["yes" if device.fp16 else "no" for device in found]),
+        ("fp64", ["yes" if device.fp64 else "no" for device in found]),
+        ("driver", [device.driver_version for device in found]),
+        ("version", [device.version for device in found]),
+    ]
+    for label, values in rows:
+        table.add_row(label, *values)
+    Console().print(table)
+    if not any(device.backend == "opencl" for device in found):
+        print(
+            "no OpenCL device: install pyopencl with PoCL (pip install 'pyopencl[pocl]')",
+            file=sys.stderr,
+        )
+
+
+__all__ = ["devices", "run"]
