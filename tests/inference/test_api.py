@@ -1,0 +1,130 @@
+"""The public inference API: load(), backend choice, sessions, and `meshgpu run`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from meshgpu import inference
+from meshgpu.cli import main
+from meshgpu.errors import DeviceError, InferenceError, UnsupportedOperatorError
+from meshgpu.inference.model import SHIPPED_MODELS
+
+from .tiny_models import two_input_model, unsupported_op_model
+
+DIGITS = SHIPPED_MODELS["digits"]
+
+
+@pytest.fixture(scope="module")
+def digits_batch() -> np.ndarray:
+    with np.load(DIGITS.with_name("digits_test.npz")) as data:
+        return np.asarray(data["pixels"][:16])
+
+
+@pytest.mark.parametrize("backend", ["opencl", "onnxruntime"])
+def test_session_describes_the_model(backend: str, digits_batch: np.ndarray) -> None:
+    session = inference.load("digits", backend=backend)  # type: ignore[arg-type]
+    assert session.backend == backend
+    assert session.device.backend == backend
+    assert session.inputs == {"pixels": (("N", 64), np.dtype("float32"))}
+    assert session.outputs == ["probabilities"]
+    results = session.run({"pixels": digits_batch})
+    assert list(results) == ["probabilities"]
+    assert results["probabilities"].shape == (16, 10)
+    np.testing.assert_allclose(results["probabilities"].sum(axis=1), 1.0, rtol=1e-5)
+    assert session.peak_device_bytes >= 0
+
+
+def test_auto_picks_opencl_when_every_operator_is_supported() -> None:
+    session = inference.load(DIGITS)
+    assert session.backend == "opencl"
+    assert "every operator is supported" in session.backend_reason
+
+
+def test_auto_falls_back_and_says_which_operator() -> None:
+    session = inference.load(unsupported_op_model(), backend="auto")
+    assert session.backend == "onnxruntime"
+    assert "Det" in session.backend_reason and "determinant" in session.backend_reason
+    value = session.run({"x": np.eye(3, dtype=np.float32) * 2})["y"]
+    assert float(value) == pytest.approx(8.0)
+
+
+def test_explicit_opencl_never_silently_falls_back() -> None:
+    with pytest.raises(UnsupportedOperatorError) as raised:
+        inference.load(unsupported_op_model(), backend="opencl")
+    assert "Det (opset 13, node 'determinant')" in str(raised.value)
+    session = inference.load(unsupported_op_model(), backend="opencl", allow_fallback=True)
+    assert session.backend == "onnxruntime"
+    assert "allow_fallback=True" in session.backend_reason
+
+
+def test_path_bytes_and_proto_give_the_same_digest() -> None:
+    data = DIGITS.read_bytes()
+    expected = hashlib.sha256(data).hexdigest()
+    assert inference.load(DIGITS, backend="onnxruntime").digest == expected
+    assert inference.load(data, backend="onnxruntime").digest == expected
+    assert inference.load("digits", backend="onnxruntime").digest == expected
+
+
+def test_device_implies_backend_and_conflicts_are_errors() -> None:
+    assert inference.load("digits", device="onnxruntime:cpu").backend == "onnxruntime"
+    assert inference.load("digits", device="opencl:0").backend == "opencl"
+    with pytest.raises(DeviceError, match="onnxruntime:cpu"):
+        inference.load("digits", backend="opencl", device="onnxruntime:cpu")
+    with pytest.raises(DeviceError, match="opencl:0"):
+        inference.load("digits", backend="onnxruntime", device="opencl:0")
+    with pytest.raises(InferenceError, match="unknown backend 'cuda'"):
+        inference.load("digits", backend="cuda")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["opencl", "onnxruntime"])
+def test_symbolic_batch_shared_between_inputs(backend: str) -> None:
+    session = inference.load(two_input_model(), backend=backend)  # type: ignore[arg-type]
+    a = np.arange(15, dtype=np.float32).reshape(5, 3)
+    result = session.run({"a": a, "b": a * 2})["sum"]
+    np.testing.assert_array_equal(result, a * 3)
+
+
+def test_cli_run_prints_json_and_writes_npz(tmp_path: Path, digits_batch: np.ndarray) -> None:
+    pixels = tmp_path / "pixels.npy"
+    np.save(pixels, digits_batch)
+    output = tmp_path / "out.npz"
+    result = CliRunner().invoke(
+        main,
+        ["run", "digits", "--input", f"pixels={pixels}", "--output", str(output), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["backend"] in ("opencl", "onnxruntime") and summary["backend_reason"]
+    assert summary["outputs"]["probabilities"]["shape"] == [16, 10]
+    with np.load(output) as saved:
+        expected = inference.load("digits", backend="onnxruntime").run({"pixels": digits_batch})
+        np.testing.assert_allclose(
+            saved["probabilities"], expected["probabilities"], rtol=1e-4, atol=1e-6
+        )
+
+
+def test_cli_run_table_shows_predictions(tmp_path: Path, digits_batch: np.ndarray) -> None:
+    pixels = tmp_path / "pixels.npy"
+    np.save(pixels, digits_batch[:3])
+    result = CliRunner().invoke(
+        main, ["run", "digits", "-i", f"pixels={pixels}", "--backend", "onnxruntime"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "probabilities" in result.output and "argmax" in result.output
+
+
+def test_cli_run_reports_errors_without_a_traceback(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((2, 63), np.float32))
+    result = CliRunner().invoke(main, ["run", "digits", "--input", f"pixels={wrong}"])
+    assert result.exit_code == 1
+    assert "InputError" in result.output and "'pixels'" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["run", "digits", "--input", "pixels"])
+    assert result.exit_code == 2 and "NAME=FILE.npy" in result.output

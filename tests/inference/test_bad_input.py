@@ -1,0 +1,127 @@
+"""Bad input is a clear error naming the culprit, raised before any device work.
+
+"Before device work" is checked by replacing the backend's run (or the OpenCL session
+constructor) with a trap that fails the test if it is reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from meshgpu import inference
+from meshgpu.errors import DeviceError, InputError, ModelError, UnsupportedOperatorError
+from meshgpu.inference import opencl
+from meshgpu.inference.model import SHIPPED_MODELS
+from meshgpu.inference.session import check_fits
+
+from .tiny_models import huge_model, two_input_model, unsupported_op_model
+
+DIGITS = SHIPPED_MODELS["digits"]
+BACKENDS = ["opencl", "onnxruntime"]
+
+
+def _trap(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("device work started although the input was invalid")
+
+
+@pytest.fixture(params=BACKENDS)
+def trapped_digits(request: pytest.FixtureRequest) -> inference.Session:
+    session = inference.load("digits", backend=request.param)
+    session._implementation.run = _trap  # type: ignore[method-assign]
+    return session
+
+
+@pytest.mark.parametrize(
+    ("feeds", "fragments"),
+    [
+        ({}, ["missing input 'pixels'", "float32 [N, 64]"]),
+        ({"pixel": np.zeros((1, 64), np.float32)}, ["unknown input", "'pixel'", "pixels"]),
+        ({"pixels": np.zeros((2, 64), np.float64)}, ["'pixels'", "float64", "float32"]),
+        ({"pixels": np.zeros((2, 63), np.float32)}, ["'pixels'", "axis 1", "expected 64", "63"]),
+        ({"pixels": np.zeros((64,), np.float32)}, ["'pixels'", "rank 1", "expected 2"]),
+        ({"pixels": [[0.0] * 64]}, ["'pixels'", "numpy array", "list"]),
+    ],
+    ids=["missing", "unknown-name", "dtype", "size", "rank", "not-an-array"],
+)
+def test_bad_feeds_name_the_input(
+    trapped_digits: inference.Session, feeds: dict[str, Any], fragments: list[str]
+) -> None:
+    with pytest.raises(InputError) as raised:
+        trapped_digits.run(feeds)
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_symbolic_dimension_must_agree(backend: str) -> None:
+    session = inference.load(two_input_model(), backend=backend)  # type: ignore[arg-type]
+    session._implementation.run = _trap  # type: ignore[method-assign]
+    with pytest.raises(InputError, match=r"'b' has N=4 .* input 'a' has N=5"):
+        session.run({"a": np.zeros((5, 3), np.float32), "b": np.zeros((4, 3), np.float32)})
+
+
+def _corruptions() -> list[tuple[str, bytes]]:
+    data = DIGITS.read_bytes()
+    rng = np.random.default_rng(7)
+    flipped = bytearray(data)
+    flipped[10:400] = rng.integers(0, 256, 390, dtype=np.uint8).tobytes()
+    cases = [("empty", b""), ("text", b"this is not an onnx model\n"), ("flipped", bytes(flipped))]
+    for fraction in (0.05, 0.3, 0.5, 0.9, 0.999):
+        cases.append((f"truncated-{fraction}", data[: int(len(data) * fraction)]))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("label", "content"), _corruptions(), ids=[label for label, _ in _corruptions()]
+)
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+def test_corrupt_or_truncated_file_names_the_file(
+    tmp_path: Path, label: str, content: bytes, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(opencl, "OpenCLSession", _trap)
+    path = tmp_path / f"{label}.onnx"
+    path.write_bytes(content)
+    with pytest.raises(ModelError) as raised:
+        inference.load(path, backend=backend)  # type: ignore[arg-type]
+    assert str(path) in str(raised.value)
+
+
+def test_missing_file_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        inference.load(tmp_path / "absent.onnx")
+
+
+def test_unsupported_operator_names_op_opset_and_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(opencl, "OpenCLSession", _trap)
+    with pytest.raises(UnsupportedOperatorError) as raised:
+        inference.load(unsupported_op_model(), backend="opencl")
+    assert "Det (opset 13, node 'determinant')" in str(raised.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_model_larger_than_the_device(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(opencl, "OpenCLSession", _trap)
+    device = inference.select_device(backend)
+    side = int(np.sqrt(device.global_memory_bytes / 4)) + 1024  # one tensor beyond memory
+    with pytest.raises(DeviceError) as raised:
+        inference.load(huge_model(side), backend=backend)  # type: ignore[arg-type]
+    message = str(raised.value)
+    assert f"{side * side * 4}" in message and str(device.global_memory_bytes) in message
+    assert "'big'" in message
+
+
+def test_weights_beyond_a_small_device() -> None:
+    model = inference.load_model(DIGITS)
+    small = dataclasses.replace(
+        inference.select_device("opencl"), global_memory_bytes=16_384, max_allocation_bytes=8192
+    )
+    with pytest.raises(DeviceError, match="16384 bytes of memory"):
+        check_fits(model, small)
+    roomy = dataclasses.replace(small, global_memory_bytes=1 << 30)
+    with pytest.raises(DeviceError, match="allocates at most 8192 bytes"):
+        check_fits(model, roomy)
