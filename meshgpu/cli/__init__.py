@@ -13,6 +13,7 @@ import click
 
 # command name -> "module:attribute" of its click command
 COMMANDS: dict[str, str] = {
+    "join": "meshgpu.cli.join:join",
     "simulate": "meshgpu.cli.simulate:simulate",
     "keygen": "meshgpu.cli.keygen:keygen",
     "run": "meshgpu.cli.inference:run",

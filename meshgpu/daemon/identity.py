@@ -28,8 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import trio
+
 from meshgpu.core.types import Address, NodeId
-from meshgpu.errors import DataDirLockedError, DuplicateIdentityError, StorageError
+from meshgpu.daemon.auth import Authenticator
+from meshgpu.errors import (
+    DataDirLockedError,
+    DuplicateIdentityError,
+    MeshError,
+    StorageError,
+)
 
 IDENTITY_NAME = "identity.json"
 LOCK_NAME = "daemon.lock"
@@ -164,3 +172,34 @@ class DuplicateIdentityGuard:
         if now - self._started < self._grace:
             raise DuplicateIdentityError(message)
         return message
+
+
+async def find_live_twin(
+    node_id: NodeId, own_address: Address, seed: Address, authenticator: Authenticator
+) -> Address | None:
+    """Ask ``seed`` where it believes ``node_id`` lives; if that is not us and something
+    there answers to our id, return its address (a live twin). A stale record of our own
+    previous run (nothing answers there) or an unreachable seed gives None."""
+    from meshgpu.daemon.rpc import open_rpc
+
+    try:
+        async with open_rpc(seed, authenticator, connect_timeout=2.0) as rpc:
+            with trio.fail_after(5.0):
+                info = await rpc.call("member", node_id=node_id)
+    except (MeshError, trio.TooSlowError):
+        return None
+    if not info.get("known") or info.get("state") not in ("alive", "suspect"):
+        return None
+    address = info.get("address")
+    if not isinstance(address, list) or len(address) != 2:
+        return None
+    where = (str(address[0]), int(address[1]))
+    if where == own_address:
+        return None
+    try:
+        async with open_rpc(where, authenticator, connect_timeout=2.0) as rpc:
+            with trio.fail_after(5.0):
+                reply = await rpc.call("ping")
+    except (MeshError, trio.TooSlowError):
+        return None
+    return where if reply.get("node_id") == node_id else None

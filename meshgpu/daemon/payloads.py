@@ -70,6 +70,21 @@ def decode_tensors(encoded: Any) -> Tensors:
     return tensors
 
 
+def canonical_tensor_bytes(tensors: Mapping[str, np.ndarray]) -> bytes:
+    """The one byte form of named tensors (names sorted) whose sha256 is the input digest."""
+    ordered = {name: tensors[name] for name in sorted(tensors)}
+    return msgpack.packb(encode_tensors(ordered), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def tensors_from_bytes(data: bytes) -> Tensors:
+    """Inverse of :func:`canonical_tensor_bytes`; raises DecodeError on malformed bytes."""
+    try:
+        encoded = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
+        raise DecodeError(f"tensor payload is not msgpack: {error}") from None
+    return decode_tensors(encoded)
+
+
 def task_file_stem(task_id: Any) -> str:
     """A file-name-safe, unambiguous stem for a task id (a string or (origin, seq))."""
     parts = task_id if isinstance(task_id, (tuple, list)) else (task_id,)
@@ -88,11 +103,10 @@ class PayloadStore:
     def _path(self, task_id: Any, kind: str) -> Path:
         return self.directory / f"{task_file_stem(task_id)}.{kind}"
 
-    def put_encoded(self, task_id: Any, kind: str, encoded: Mapping[str, Any]) -> None:
-        """Store already-encoded tensors durably (fsynced before returning)."""
+    def put_bytes(self, task_id: Any, kind: str, data: bytes) -> None:
+        """Store a payload durably (written to a scratch name, fsynced, renamed)."""
         path = self._path(task_id, kind)
         scratch = path.with_name(path.name + ".tmp")
-        data: bytes = msgpack.packb(dict(encoded), use_bin_type=True)
         try:
             with open(scratch, "wb") as handle:
                 handle.write(data)
@@ -103,16 +117,25 @@ class PayloadStore:
             scratch.unlink(missing_ok=True)
             raise storage_error(error, f"storing {kind} of task {task_id}") from None
 
-    def put(self, task_id: Any, kind: str, tensors: Mapping[str, np.ndarray]) -> None:
-        self.put_encoded(task_id, kind, encode_tensors(tensors))
-
-    def get_encoded(self, task_id: Any, kind: str) -> dict[str, Any] | None:
+    def get_bytes(self, task_id: Any, kind: str) -> bytes | None:
         try:
-            data = self._path(task_id, kind).read_bytes()
+            return self._path(task_id, kind).read_bytes()
         except FileNotFoundError:
             return None
         except OSError as error:
             raise StorageError(f"cannot read {kind} of task {task_id}: {error}") from None
+
+    def put_encoded(self, task_id: Any, kind: str, encoded: Mapping[str, Any]) -> None:
+        """Store already-encoded tensors durably (fsynced before returning)."""
+        self.put_bytes(task_id, kind, msgpack.packb(dict(encoded), use_bin_type=True))
+
+    def put(self, task_id: Any, kind: str, tensors: Mapping[str, np.ndarray]) -> None:
+        self.put_encoded(task_id, kind, encode_tensors(tensors))
+
+    def get_encoded(self, task_id: Any, kind: str) -> dict[str, Any] | None:
+        data = self.get_bytes(task_id, kind)
+        if data is None:
+            return None
         try:
             encoded = msgpack.unpackb(data, raw=False)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError) as error:

@@ -59,3 +59,14 @@ def test_task_stems_are_safe_and_distinct() -> None:
     stems = {task_file_stem(t) for t in [("a", 1), ("a", 11), ("a~1", 1), "../x", ("a/b", 1)]}
     assert len(stems) == 5
     assert all("/" not in stem for stem in stems)
+
+
+def test_canonical_bytes_ignore_name_order() -> None:
+    from meshgpu.daemon.payloads import canonical_tensor_bytes, tensors_from_bytes
+
+    a, b = np.ones(2, dtype=np.float32), np.zeros(3, dtype=np.int8)
+    assert canonical_tensor_bytes({"a": a, "b": b}) == canonical_tensor_bytes({"b": b, "a": a})
+    back = tensors_from_bytes(canonical_tensor_bytes({"a": a, "b": b}))
+    np.testing.assert_array_equal(back["b"], b)
+    with pytest.raises(DecodeError):
+        tensors_from_bytes(b"\xc1garbage")

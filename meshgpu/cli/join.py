@@ -1,0 +1,163 @@
+"""``meshgpu join``: run this machine's daemon in the foreground."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+DEFAULT_DATA_DIR = Path(
+    os.environ.get("MESHGPU_DATA_DIR")
+    or Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "meshgpu"
+)
+STATE_FILE = "daemon.json"
+"""Written in the data dir while the daemon runs: how local clients find it."""
+
+
+@click.command("join")
+@click.option("--name", help="Node id to use the first time (kept in the data dir after).")
+@click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=int,
+    default=7946,
+    show_default=True,
+    help="UDP gossip and TCP API port (0: any free port).",
+)
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Static seed peer (repeatable), for networks without multicast.",
+)
+@click.option("--no-mdns", is_flag=True, help="Do not announce or browse with mDNS.")
+@click.option("--mesh", default="default", show_default=True, help="Mesh name (mDNS TXT).")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Mesh key from `meshgpu keygen` (or set MESHGPU_KEY).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    help="Identity, journal, payloads and model cache.",
+)
+@click.option("--device", help="Device id to run on (see `meshgpu devices`).")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "opencl", "onnxruntime"]),
+    default="auto",
+    show_default=True,
+    help="Inference backend.",
+)
+@click.option(
+    "--slots", type=click.IntRange(min=1), default=1, show_default=True, help="Tasks run at once."
+)
+@click.option("--interface", help="Pin mDNS and gossip to this network interface (e.g. eth0).")
+@click.option("--advertise", help="Address peers should use to reach this node.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="TOML file with a [mesh] table of protocol timings.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def join(
+    name: str | None,
+    bind: str,
+    port: int,
+    peers: tuple[str, ...],
+    no_mdns: bool,
+    mesh: str,
+    key_file: Path | None,
+    data_dir: Path,
+    device: str | None,
+    backend: str,
+    slots: int,
+    interface: str | None,
+    advertise: str | None,
+    config_file: Path | None,
+    verbose: int,
+) -> None:
+    """Join (or start) a mesh: run this machine's meshgpu daemon until SIGINT/SIGTERM.
+
+    Peers are found by mDNS on the LAN and by --peer seeds. The first signal leaves
+    gracefully (running tasks finish or are handed back); a second stops at once.
+    """
+    import logging
+    import tomllib
+
+    import trio
+
+    from meshgpu.core.config import MeshConfig
+    from meshgpu.daemon.auth import load_mesh_key
+    from meshgpu.daemon.runtime import Daemon, DaemonSettings, serve_until_signalled
+    from meshgpu.errors import MeshError
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if verbose < 2:
+        logging.getLogger("zeroconf").setLevel(logging.WARNING)
+    try:
+        mesh_config = MeshConfig()
+        if config_file is not None:
+            table = tomllib.loads(config_file.read_text()).get("mesh", {})
+            mesh_config = MeshConfig.from_mapping(table)
+        settings = DaemonSettings(
+            data_dir=data_dir.expanduser(),
+            name=name,
+            bind=bind,
+            port=port,
+            peers=peers,
+            mdns=not no_mdns,
+            mesh=mesh,
+            key=load_mesh_key(key_file, os.environ),
+            slots=slots,
+            backend=backend,
+            device=device,
+            interface=interface,
+            advertise=advertise,
+            mesh_config=mesh_config,
+        )
+    except (MeshError, OSError, tomllib.TOMLDecodeError) as error:
+        raise click.ClickException(str(error)) from None
+
+    state_path = settings.data_dir / STATE_FILE
+    wrote_state: list[Path] = []
+
+    def started(daemon: Daemon) -> None:
+        host, bound_port = daemon.address
+        key = settings.key
+        click.echo(
+            f"meshgpu node {daemon.node_id} listening on {host}:{bound_port} "
+            f"(udp gossip + tcp api), mesh {settings.mesh!r}, "
+            + (f"mesh key {key.fingerprint}" if key else "NO MESH KEY (open mesh)"),
+        )
+        state_path.write_text(
+            json.dumps(
+                {
+                    "node_id": daemon.node_id,
+                    "host": host,
+                    "port": bound_port,
+                    "pid": os.getpid(),
+                    "mesh": settings.mesh,
+                }
+            )
+            + "\n"
+        )
+        wrote_state.append(state_path)
+
+    try:
+        trio.run(serve_until_signalled, settings, started)
+    except MeshError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        for path in wrote_state:  # never another daemon's file (a refused second start)
+            path.unlink(missing_ok=True)

@@ -1,0 +1,171 @@
+"""The answering side of the TCP API: one task per request, errors as answers.
+
+The daemon registers one async handler per ``op``; each handler gets the request and a
+:class:`Responder`, may send partial responses (a stream), and returns the fields of its
+final response. What reaches the peer:
+
+* a handler's :class:`~meshgpu.errors.MeshError` becomes ``{"ok": false, "error":
+  message, "kind": class name}``; the connection stays open;
+* any other exception is a bug: it is logged with its traceback, counted
+  (``api_internal_errors``) and answered as an internal error; the daemon goes on;
+* a frame that cannot be read (oversized, garbage, wrong key, replayed) is answered
+  with one connection-level error (no ``id``) if the connection still works, counted
+  (``frames_rejected``), and the connection is closed; other connections are untouched.
+
+Request shapes are in docs/client-api.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import trio
+
+from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES, FrameStream
+from meshgpu.errors import MeshError, RemoteProtocolError
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+
+
+class Responder:
+    """Sends the responses of one request (serialised with the connection's other sends)."""
+
+    def __init__(self, frames: FrameStream, lock: trio.Lock, request_id: int) -> None:
+        self._frames = frames
+        self._lock = lock
+        self.request_id = request_id
+        self.peer: str | None = frames.peer_sender
+
+    async def partial(self, fields: Message) -> None:
+        """One response of a stream (the final one is the handler's return value)."""
+        await self._send({**fields, "ok": True, "more": True})
+
+    async def _send(self, message: Message) -> None:
+        async with self._lock:
+            await self._frames.send({"id": self.request_id, **message})
+
+
+Handler = Callable[[Message, Responder], Awaitable[Message]]
+
+
+class ApiServer:
+    """Serves requests on accepted TCP streams with the registered ``handlers``."""
+
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        authenticator: Authenticator,
+        counters: dict[str, int],
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.handlers = handlers
+        self.authenticator = authenticator
+        self.counters = counters
+        self.max_frame_bytes = max_frame_bytes
+        self.on_reject: Callable[[], None] | None = None
+        """Called after a connection was dropped for an unreadable frame."""
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        """Handle one connection until the peer closes it or sends something unreadable."""
+        self._count("api_connections")
+        frames = FrameStream(stream, self.authenticator, max_frame_bytes=self.max_frame_bytes)
+        lock = trio.Lock()
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        message = await frames.receive()
+                    except RemoteProtocolError as error:
+                        self._count("frames_rejected")
+                        if self.on_reject is not None:
+                            self.on_reject()
+                        logger.warning("dropping connection from %s: %s", _peer(stream), error)
+                        await _try_send(
+                            frames,
+                            lock,
+                            {"ok": False, "error": str(error), "kind": type(error).__name__},
+                        )
+                        break
+                    if message is None:
+                        break
+                    request_id = message.get("id") if isinstance(message, dict) else None
+                    if not isinstance(request_id, int) or not isinstance(message.get("op"), str):
+                        self._count("frames_rejected")
+                        await _try_send(
+                            frames,
+                            lock,
+                            {
+                                "ok": False,
+                                "error": "a request must be a map with an integer 'id' and a "
+                                "string 'op' (see docs/client-api.md)",
+                                "kind": "DecodeError",
+                            },
+                        )
+                        break
+                    nursery.start_soon(self._answer, frames, lock, message)
+                nursery.cancel_scope.cancel()  # the peer is gone: stop its streams
+        finally:
+            with trio.CancelScope(shield=True):
+                await frames.aclose()
+
+    async def _answer(self, frames: FrameStream, lock: trio.Lock, request: Message) -> None:
+        responder = Responder(frames, lock, request["id"])
+        handler = self.handlers.get(request["op"])
+        try:
+            if handler is None:
+                raise RemoteProtocolError(
+                    f"unknown op {request['op']!r}; known ops: {', '.join(sorted(self.handlers))}"
+                )
+            result = await handler(request, responder)
+            response: Message = {**result, "ok": True, "more": False}
+        except MeshError as error:
+            response = {"ok": False, "error": str(error), "kind": type(error).__name__}
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the peer went away mid-stream
+        except Exception as error:
+            self._count("api_internal_errors")
+            logger.exception("internal error answering %r", request.get("op"))
+            response = {"ok": False, "error": f"internal error: {error!r}", "kind": "InternalError"}
+        try:
+            await responder._send(response)
+        except MeshError as error:  # e.g. the answer is larger than a frame may be
+            self._count("api_unsendable_answers")
+            await _try_send(
+                frames,
+                lock,
+                {
+                    "id": request["id"],
+                    "ok": False,
+                    "error": str(error),
+                    "kind": type(error).__name__,
+                },
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # nobody left to tell
+
+
+async def _try_send(frames: FrameStream, lock: trio.Lock, message: Message) -> None:
+    """Best effort: tell the peer why its connection is being closed."""
+    try:
+        with trio.move_on_after(1):
+            async with lock:
+                await frames.send(message)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, MeshError, OSError):
+        pass
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "a peer"

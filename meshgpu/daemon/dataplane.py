@@ -1,0 +1,318 @@
+"""The data plane: moving inputs, models and results between nodes, and running tasks.
+
+The core moves task metadata over gossip; it asks the daemon to move bytes with
+``FetchPayload`` (become a holder of a task's inputs), ``RunTask`` (fetch inputs and
+model, run, push the result to the holders) and ``DropPayload`` (the client has its
+result). Each becomes a trio task in the daemon's nursery, so the effect queue never
+waits for a transfer or a model; each ends by feeding the node the event the effect
+promised (``PayloadStored``/``PayloadFetchFailed``, ``TaskFinished``).
+
+Transfers are requests on the peer's TCP API (rpc.py): ``get_inputs``, ``get_model``
+(a stream of chunks), ``put_result``, ``get_result``. Everything fetched is checked
+against its sha256 before it is used or stored.
+
+Inputs are stored content-addressed (by ``input_digest``) so that two tasks with equal
+inputs share one file; ``DropPayload`` deletes it only once no task this node knows of
+still refers to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshgpu.core import effects as fx
+from meshgpu.core.events import PayloadFetchFailed, PayloadStored, TaskFinished
+from meshgpu.core.tasks import TaskId
+from meshgpu.core.types import Address, NodeId
+from meshgpu.daemon.execution import is_permanent
+from meshgpu.daemon.payloads import tensors_from_bytes
+from meshgpu.daemon.rpc import open_rpc
+from meshgpu.errors import DigestMismatchError, MeshError, StorageError
+
+if TYPE_CHECKING:
+    from meshgpu.daemon.runtime import Daemon
+
+logger = logging.getLogger("meshgpu.daemon")
+
+INPUTS = "inputs"
+RESULT = "result"
+MODEL_CHUNK_BYTES = 1 << 20
+TRANSFER_TIMEOUT = 30.0
+
+
+def task_key(task_id: TaskId) -> tuple[str, int]:
+    return (task_id.origin, task_id.sequence)
+
+
+class DataPlane:
+    """Executes the data-plane effects of one daemon."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.running: dict[tuple[TaskId, int], trio.CancelScope] = {}
+        self._fetching: set[tuple[TaskId, int]] = set()
+        self._idle = trio.Event()
+        self._idle.set()
+        self.input_refs: dict[str, set[TaskId]] = defaultdict(set)
+        self.completed = 0
+        self.failed = 0
+
+    # --- effect dispatch ----------------------------------------------------------
+
+    def execute(self, effect: Any) -> None:
+        nursery = self.daemon._nursery
+        assert nursery is not None
+        if isinstance(effect, fx.FetchPayload):
+            self.input_refs[effect.input_digest].add(effect.task_id)
+            nursery.start_soon(self._fetch_payload, effect)
+        elif isinstance(effect, fx.RunTask):
+            key = (effect.task_id, effect.attempt)
+            if key in self.running:
+                return  # the same attempt twice: already on it
+            self.input_refs[effect.spec.input_digest].add(effect.task_id)
+            scope = trio.CancelScope()
+            self.running[key] = scope
+            self._idle = trio.Event()
+            nursery.start_soon(self._run_task, effect, scope)
+        elif isinstance(effect, fx.CancelTask):
+            key = (effect.task_id, effect.attempt)
+            if key in self._fetching:  # a run already on the device finishes normally
+                self.running[key].cancel()
+        elif isinstance(effect, fx.DropPayload):
+            self._drop(effect.task_id, effect.input_digest)
+
+    def note_inputs(self, task_id: TaskId, input_digest: str) -> None:
+        """A task this node holds refers to ``input_digest`` (submissions, journal replay)."""
+        self.input_refs[input_digest].add(task_id)
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def hand_back(self) -> list[tuple[TaskId, int]]:
+        """Cancel every running attempt (the daemon is leaving); returns them."""
+        attempts = list(self.running)
+        for scope in self.running.values():
+            scope.cancel()
+        return attempts
+
+    # --- peers ---------------------------------------------------------------------
+
+    def _address_of(self, node_id: NodeId) -> Address | None:
+        info = self.daemon.node.members().get(node_id)
+        return None if info is None else info.address
+
+    def _live(self, node_ids: Iterable[NodeId]) -> list[NodeId]:
+        """``node_ids`` with ourselves first and then live members, unknown ones dropped."""
+        live = set(self.daemon.node.live_members())
+        ordered = sorted(set(node_ids), key=lambda n: (n != self.daemon.node_id, n not in live))
+        return [n for n in ordered if n == self.daemon.node_id or n in live]
+
+    async def _request(self, node_id: NodeId, op: str, **fields: Any) -> dict[str, Any]:
+        address = self._address_of(node_id)
+        if address is None:
+            raise MeshError(f"no address known for {node_id}")
+        with trio.fail_after(TRANSFER_TIMEOUT):
+            async with open_rpc(
+                address,
+                self.daemon.authenticator,
+                max_frame_bytes=self.daemon.settings.max_frame_bytes,
+            ) as rpc:
+                return await rpc.call(op, **fields)
+
+    # --- inputs ----------------------------------------------------------------------
+
+    async def obtain_inputs(self, digest: str, sources: Iterable[NodeId]) -> bytes:
+        """The input blob ``digest``: from our disk, else from the first source that has it."""
+        local = await trio.to_thread.run_sync(self.daemon.payloads.get_bytes, digest, INPUTS)
+        if local is not None:
+            return local
+        errors = []
+        for node_id in self._live(sources):
+            if node_id == self.daemon.node_id:
+                continue
+            try:
+                reply = await self._request(node_id, "get_inputs", digest=digest)
+                data = reply["data"]
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise DigestMismatchError(f"inputs from {node_id} do not match {digest[:12]}")
+                return bytes(data)
+            except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
+                errors.append(f"{node_id}: {error or type(error).__name__}")
+        raise MeshError(
+            f"inputs {digest[:12]} unavailable: " + ("; ".join(errors) or "no live holder")
+        )
+
+    async def _fetch_payload(self, effect: fx.FetchPayload) -> None:
+        try:
+            data = await self.obtain_inputs(effect.input_digest, effect.from_nodes)
+            await trio.to_thread.run_sync(
+                self.daemon.payloads.put_bytes, effect.input_digest, INPUTS, data
+            )
+        except StorageError as error:
+            self.daemon.feed(PayloadFetchFailed(effect.task_id, str(error)))
+            return
+        except MeshError as error:
+            self.daemon.feed(PayloadFetchFailed(effect.task_id, str(error)))
+            return
+        self.daemon.feed(PayloadStored(effect.task_id))
+
+    # --- models ------------------------------------------------------------------------
+
+    async def obtain_model(self, digest: str, sources: Iterable[NodeId]) -> None:
+        """Make sure model ``digest`` is in our cache, fetching it (verified) if not."""
+        if self.daemon.models.has(digest):
+            return
+        candidates = self._live([*sources, *self.daemon.node.live_members()])
+        errors = []
+        for node_id in candidates:
+            if node_id == self.daemon.node_id:
+                continue
+            address = self._address_of(node_id)
+            if address is None:
+                continue
+            writer = self.daemon.models.writer(digest)
+            try:
+                with trio.fail_after(TRANSFER_TIMEOUT * 4):
+                    async with open_rpc(
+                        address,
+                        self.daemon.authenticator,
+                        max_frame_bytes=self.daemon.settings.max_frame_bytes,
+                    ) as rpc:
+                        async for chunk in rpc.stream("get_model", digest=digest):
+                            writer.write(chunk["data"])
+                await trio.to_thread.run_sync(writer.commit)
+                self.daemon._count("models_fetched")
+                return
+            except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
+                writer.abort()
+                errors.append(f"{node_id}: {error or type(error).__name__}")
+        raise MeshError(
+            f"model {digest[:12]} is on no reachable peer: " + ("; ".join(errors) or "none live")
+        )
+
+    # --- running -----------------------------------------------------------------------
+
+    async def _run_task(self, effect: fx.RunTask, scope: trio.CancelScope) -> None:
+        key = (effect.task_id, effect.attempt)
+        spec = effect.spec
+        outcome, reason, run_s = "transient_error", "cancelled", 0.0
+        holders: tuple[NodeId, ...] = ()
+        try:
+            with scope:
+                self._fetching.add(key)
+                try:
+                    sources = [effect.task_id.origin, *effect.holders]
+                    blob = await self.obtain_inputs(spec.input_digest, effect.holders)
+                    await self.obtain_model(spec.model_digest, sources)
+                finally:
+                    self._fetching.discard(key)
+                feeds = tensors_from_bytes(blob)
+                with self.daemon.models.pinned(spec.model_digest) as model_path:
+                    outputs, run_s = await self.daemon.executor.run(
+                        spec.model_digest, model_path, feeds
+                    )
+                result = pack_result(outputs)
+                holders = await self._push_result(
+                    effect.task_id, effect.attempt, result, effect.holders
+                )
+                if holders:
+                    outcome, reason = "ok", ""
+                else:
+                    reason = "the result could not be stored on any holder"
+            if scope.cancelled_caught and self.daemon.leaving:
+                return  # handed back by _leave, which feeds the TaskFinished
+            if scope.cancelled_caught:
+                return  # CancelTask: the attempt no longer matters
+        except Exception as error:  # every failure of a run is reported, never raised
+            outcome = "permanent_error" if is_permanent(error) else "transient_error"
+            reason = f"{type(error).__name__}: {error}"
+            if not isinstance(error, MeshError | OSError):
+                logger.exception("unexpected error running %s", effect.task_id)
+        finally:
+            self.running.pop(key, None)
+            if not self.running:
+                self._idle.set()
+        if outcome == "ok":
+            self.completed += 1
+        else:
+            self.failed += 1
+            logger.warning(
+                "task %s attempt %d: %s (%s)", effect.task_id, effect.attempt, outcome, reason
+            )
+        self.daemon.feed(
+            TaskFinished(
+                effect.task_id,
+                effect.attempt,
+                outcome,  # type: ignore[arg-type]
+                reason=reason,
+                result_holders=tuple(holders),
+                run_s=run_s,
+            )
+        )
+
+    async def _push_result(
+        self, task_id: TaskId, attempt: int, result: bytes, holders: Iterable[NodeId]
+    ) -> tuple[NodeId, ...]:
+        """Store the result on every live holder; returns those that confirmed."""
+        stored: list[NodeId] = []
+
+        async def push(node_id: NodeId) -> None:
+            try:
+                if node_id == self.daemon.node_id:
+                    await trio.to_thread.run_sync(
+                        self.daemon.payloads.put_bytes, task_key(task_id), RESULT, result
+                    )
+                else:
+                    await self._request(
+                        node_id, "put_result", task_id=str(task_id), attempt=attempt, data=result
+                    )
+                stored.append(node_id)
+            except (MeshError, OSError, trio.TooSlowError) as error:
+                logger.warning("could not store result of %s on %s: %s", task_id, node_id, error)
+
+        async with trio.open_nursery() as nursery:
+            for node_id in self._live(holders):
+                nursery.start_soon(push, node_id)
+        return tuple(sorted(stored))
+
+    async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes:
+        """The result blob of ``task_id`` from our disk or any live result holder."""
+        local = await trio.to_thread.run_sync(
+            self.daemon.payloads.get_bytes, task_key(task_id), RESULT
+        )
+        if local is not None:
+            return local
+        errors = []
+        for node_id in self._live(holders):
+            if node_id == self.daemon.node_id:
+                continue
+            try:
+                reply = await self._request(node_id, "get_result", task_id=str(task_id))
+                return bytes(reply["data"])
+            except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
+                errors.append(f"{node_id}: {error or type(error).__name__}")
+        raise MeshError(
+            f"result of {task_id} unavailable: " + ("; ".join(errors) or "no live result holder")
+        )
+
+    def _drop(self, task_id: TaskId, input_digest: str) -> None:
+        self.daemon.payloads.delete(task_key(task_id), RESULT)
+        refs = self.input_refs.get(input_digest)
+        if refs is not None:
+            refs.discard(task_id)
+            if refs:
+                return
+            del self.input_refs[input_digest]
+        self.daemon.payloads.delete(input_digest, INPUTS)
+
+
+def pack_result(outputs: dict[str, Any]) -> bytes:
+    from meshgpu.daemon.payloads import canonical_tensor_bytes
+
+    return canonical_tensor_bytes(outputs)

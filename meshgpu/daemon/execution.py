@@ -1,0 +1,121 @@
+"""Running models on this node's devices without blocking the trio loop.
+
+Inference is blocking (OpenCL queue waits, onnxruntime's ``run``), so each run goes to a
+worker thread through ``trio.to_thread.run_sync`` with a ``CapacityLimiter`` of the
+node's ``slots``: at most ``slots`` runs at once, the loop keeps gossiping meanwhile.
+Loading a model is also blocking (parsing, compiling kernels), so it happens in a thread
+too, once per (model digest) while the session stays in a small cache.
+
+Sessions are shared between runs of the same model. onnxruntime's ``run`` is safe to
+call from several threads; our OpenCL executor keeps one command queue per session, so
+its runs are serialised with a per-session lock.
+
+The error classes decide retries (design, fault tolerance): a
+:class:`~meshgpu.errors.PermanentTaskError` (bad model, bad input) fails the task at
+once; anything else is transient and retried elsewhere.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from meshgpu.errors import PermanentTaskError
+
+
+@dataclass
+class _CachedSession:
+    session: Any
+    lock: threading.Lock | None
+
+
+class Executor:
+    """Loads and runs models for assigned tasks, ``slots`` at a time."""
+
+    def __init__(
+        self,
+        slots: int,
+        *,
+        backend: str = "auto",
+        device: str | None = None,
+        cache_size: int = 8,
+    ) -> None:
+        self.slots = slots
+        self.limiter = trio.CapacityLimiter(slots)
+        self.backend = backend
+        self.device = device
+        self.cache_size = cache_size
+        self._sessions: OrderedDict[str, _CachedSession] = OrderedDict()
+        self._loading: dict[str, trio.Event] = {}
+        self.active = 0
+        self.busy_seconds = 0.0
+        """Thread time spent running models (for the utilisation in the load vector)."""
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.slots - self.active)
+
+    async def session(self, digest: str, model_path: Path) -> _CachedSession:
+        """The cached session of model ``digest``, loading it (in a thread) if needed."""
+        while digest not in self._sessions:
+            loading = self._loading.get(digest)
+            if loading is not None:
+                await loading.wait()
+                continue
+            self._loading[digest] = event = trio.Event()
+            try:
+                session = await trio.to_thread.run_sync(self._load, model_path)
+                lock = None if session.backend == "onnxruntime" else threading.Lock()
+                self._sessions[digest] = _CachedSession(session, lock)
+                while len(self._sessions) > self.cache_size:
+                    self._sessions.popitem(last=False)
+            finally:
+                del self._loading[digest]
+                event.set()
+        self._sessions.move_to_end(digest)
+        return self._sessions[digest]
+
+    def _load(self, model_path: Path) -> Any:
+        from meshgpu import inference
+
+        return inference.load(model_path, backend=self.backend, device=self.device)  # type: ignore[arg-type]
+
+    async def run(
+        self, digest: str, model_path: Path, feeds: Mapping[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], float]:
+        """Run the model on ``feeds`` in a worker thread; returns (outputs, seconds)."""
+        self.active += 1
+        try:
+            cached = await self.session(digest, model_path)
+            async with self.limiter:
+                outputs, elapsed = await trio.to_thread.run_sync(
+                    self._run_blocking, cached, dict(feeds)
+                )
+            self.busy_seconds += elapsed
+            return outputs, elapsed
+        finally:
+            self.active -= 1
+
+    def _run_blocking(
+        self, cached: _CachedSession, feeds: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], float]:
+        started = time.perf_counter()
+        if cached.lock is None:
+            outputs = cached.session.run(feeds)
+        else:
+            with cached.lock:
+                outputs = cached.session.run(feeds)
+        return dict(outputs), time.perf_counter() - started
+
+
+def is_permanent(error: BaseException) -> bool:
+    """True when retrying cannot help (the task fails at once, with the reason)."""
+    return isinstance(error, PermanentTaskError)

@@ -1,0 +1,316 @@
+"""The ops of the TCP API: what clients and peer daemons can ask of a daemon.
+
+Each op is one method ``op_<name>(request, responder) -> final response fields``; the
+shapes are documented in docs/client-api.md. Client ops turn into core events
+(``SubmitTask``, ``ResultRequested``, ``ResultCollected``) and wait for the effects that
+answer them (``TaskAccepted``/``TaskRejected``, ``TaskResolved``); peer ops serve the data
+plane from this node's stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshgpu.core import effects as fx
+from meshgpu.core.events import ResultCollected, ResultRequested, SubmitTask
+from meshgpu.core.tasks import DeviceRequirements, Priority, TaskId, TaskSpec
+from meshgpu.daemon.api import Handler, Message, Responder
+from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES, RESULT, task_key
+from meshgpu.daemon.framing import unpack
+from meshgpu.daemon.modelstore import ModelWriter, check_digest
+from meshgpu.daemon.payloads import (
+    canonical_tensor_bytes,
+    decode_tensors,
+    tensors_from_bytes,
+)
+from meshgpu.errors import DecodeError, MeshError, StorageError, TaskError
+
+if TYPE_CHECKING:
+    from meshgpu.daemon.runtime import Daemon
+
+SUBMIT_TIMEOUT = 120.0
+"""Longest a submit waits for its acknowledgement (the core answers well before)."""
+
+
+@dataclass
+class _Pending:
+    """A submission waiting for ``TaskAccepted``/``TaskRejected``."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: Any = None
+
+
+def _field(request: Message, name: str, kind: type | tuple[type, ...]) -> Any:
+    value = request.get(name)
+    if not isinstance(value, kind):
+        raise DecodeError(f"request field {name!r} is missing or not a {kind}")
+    return value
+
+
+def _task_id(text: Any) -> TaskId:
+    if not isinstance(text, str):
+        raise DecodeError("task ids are strings like 'n-1a2b3c4d/42'")
+    return TaskId.parse(text)
+
+
+class ClientHandlers:
+    """The API ops of one daemon, and the state that connects answers to waiters."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._refs = itertools.count(1)
+        self._pending: dict[str, _Pending] = {}
+        self.resolved: dict[TaskId, fx.TaskResolved] = {}
+        self._resolution = trio.Event()
+        self._uploads: dict[tuple[str | None, str], ModelWriter] = {}
+        self.submitted = 0
+
+    def table(self) -> dict[str, Handler]:
+        return {
+            name.removeprefix("op_"): getattr(self, name)
+            for name in dir(self)
+            if name.startswith("op_")
+        }
+
+    # --- effects that answer clients ----------------------------------------------
+
+    def execute(self, effect: Any) -> None:
+        if isinstance(effect, fx.TaskAccepted | fx.TaskRejected):
+            pending = self._pending.pop(effect.client_ref, None)
+            if pending is not None:
+                pending.answer = effect
+                pending.done.set()
+        elif isinstance(effect, fx.TaskResolved):
+            self.resolved[effect.task_id] = effect
+            self._resolution.set()
+            self._resolution = trio.Event()
+
+    # --- client ops --------------------------------------------------------------------
+
+    async def op_ping(self, request: Message, responder: Responder) -> Message:
+        return {"node_id": self.daemon.node_id}
+
+    async def op_status(self, request: Message, responder: Responder) -> Message:
+        from meshgpu.daemon.status import status_snapshot
+
+        return status_snapshot(self.daemon)
+
+    async def op_member(self, request: Message, responder: Responder) -> Message:
+        """What this node knows of one member (used by a starting node to spot a twin)."""
+        info = self.daemon.node.members().get(_field(request, "node_id", str))
+        if info is None:
+            return {"known": False}
+        return {
+            "known": True,
+            "address": list(info.address),
+            "state": getattr(info.state, "value", str(info.state)),
+            "incarnation": info.incarnation,
+        }
+
+    async def op_wait(self, request: Message, responder: Responder) -> Message:
+        """Answer with the status once it satisfies the request (for tests and the demo).
+
+        ``alive``: at least that many live members; ``after_generation``: a membership or
+        leader change after that generation; ``counter``: ``[group, name, at_least]``.
+        Re-checked whenever something changes; fails after ``timeout`` seconds.
+        """
+        from meshgpu.daemon.status import status_snapshot
+
+        alive = request.get("alive")
+        generation = request.get("after_generation")
+        counter = request.get("counter")
+        timeout = float(request.get("timeout", 30.0))
+
+        def satisfied(status: Message) -> bool:
+            live = sum(1 for m in status["members"] if m["state"] in ("alive", "suspect"))
+            if isinstance(alive, int) and live < alive:
+                return False
+            if isinstance(generation, int) and status["generation"] <= generation:
+                return False
+            if isinstance(counter, list) and len(counter) == 3:
+                group, name, at_least = counter
+                if status["counters"].get(group, {}).get(name, 0) < at_least:
+                    return False
+            return True
+
+        with trio.move_on_after(timeout):
+            while True:
+                changed = self.daemon.changed
+                status = status_snapshot(self.daemon)
+                if satisfied(status):
+                    return status
+                await changed.wait()
+        raise TaskError(f"condition not reached within {timeout} s: {request}")
+
+    async def op_tasks(self, request: Message, responder: Responder) -> Message:
+        from meshgpu.daemon.status import task_rows
+
+        state = request.get("state")
+        return {"tasks": task_rows(self.daemon, state if isinstance(state, str) else None)}
+
+    async def op_has_model(self, request: Message, responder: Responder) -> Message:
+        digest = check_digest(_field(request, "digest", str))
+        return {"has": self.daemon.models.has(digest)}
+
+    async def op_put_model(self, request: Message, responder: Responder) -> Message:
+        """Upload a model, whole or in chunks (``more: true`` on all but the last)."""
+        digest = check_digest(_field(request, "digest", str))
+        data = _field(request, "data", bytes)
+        more = bool(request.get("more", False))
+        slot = (responder.peer, digest)
+        if self.daemon.models.has(digest) and slot not in self._uploads:
+            return {"digest": digest, "stored": False}
+        writer = self._uploads.get(slot)
+        if writer is None:
+            writer = self._uploads[slot] = self.daemon.models.writer(digest)
+        try:
+            writer.write(data)
+            if more:
+                return {"digest": digest, "received": writer.size}
+            del self._uploads[slot]
+            await trio.to_thread.run_sync(writer.commit)
+        except MeshError:
+            self._uploads.pop(slot, None)
+            raise
+        return {"digest": digest, "stored": True}
+
+    async def op_submit(self, request: Message, responder: Responder) -> Message:
+        """Store the inputs, hand the task to the core, answer when it is acknowledged."""
+        daemon = self.daemon
+        if daemon.leaving:
+            raise TaskError(f"node {daemon.node_id} is leaving the mesh; submit to another peer")
+        model_digest = check_digest(_field(request, "model_digest", str))
+        if not daemon.models.has(model_digest):
+            raise TaskError(
+                f"model {model_digest[:12]} is not on node {daemon.node_id}: upload it first "
+                "with put_model (the client library does this for you)"
+            )
+        tensors = decode_tensors(_field(request, "inputs", dict))
+        if not tensors:
+            raise TaskError("a task needs at least one input tensor")
+        blob = canonical_tensor_bytes(tensors)
+        input_digest = hashlib.sha256(blob).hexdigest()
+        await trio.to_thread.run_sync(daemon.payloads.put_bytes, input_digest, INPUTS, blob)
+        spec = TaskSpec(
+            model_digest=model_digest,
+            input_digest=input_digest,
+            input_shapes=tuple(sorted((name, tuple(a.shape)) for name, a in tensors.items())),
+            priority=Priority.parse(str(request.get("priority", "normal"))),
+            requirements=DeviceRequirements(
+                device_type=request.get("device_type"),
+                min_memory=int(request.get("min_memory", 0)),
+                fp16=bool(request.get("fp16", False)),
+            ),
+            deadline_s=request.get("deadline_s"),
+            replicas=int(request.get("replicas", 2)),
+        )
+        client_ref = f"c{next(self._refs)}"
+        pending = self._pending[client_ref] = _Pending()
+        daemon.feed(SubmitTask(client_ref, spec))
+        try:
+            with trio.fail_after(SUBMIT_TIMEOUT):
+                await pending.done.wait()
+        except trio.TooSlowError:
+            raise TaskError("the mesh did not acknowledge the task in time; retry") from None
+        finally:
+            self._pending.pop(client_ref, None)
+        answer = pending.answer
+        if isinstance(answer, fx.TaskRejected):
+            raise TaskError(f"task refused: {answer.reason}")
+        daemon.dataplane.note_inputs(answer.task_id, input_digest)
+        self.submitted += 1
+        return {
+            "task_id": str(answer.task_id),
+            "copies": answer.copies,
+            "replicas": answer.replicas,
+        }
+
+    async def op_results(self, request: Message, responder: Responder) -> Message:
+        """Stream one response per task id as each is resolved (done or failed)."""
+        wanted = {_task_id(text) for text in _field(request, "task_ids", list)}
+        include = bool(request.get("outputs", True))
+        for task_id in wanted:
+            if task_id not in self.resolved:
+                self.daemon.feed(ResultRequested(task_id))
+        while wanted:
+            ready = [task_id for task_id in wanted if task_id in self.resolved]
+            if not ready:
+                await self._resolution.wait()
+                continue
+            for task_id in ready:
+                wanted.discard(task_id)
+                await responder.partial(await self._outcome(self.resolved[task_id], include))
+        return {"task_id": None}
+
+    async def _outcome(self, resolved: fx.TaskResolved, include: bool) -> Message:
+        from meshgpu.daemon.status import worker_of
+
+        message: Message = {
+            "task_id": str(resolved.task_id),
+            "state": resolved.state,
+            "reason": resolved.reason,
+            "worker": worker_of(self.daemon, resolved.task_id),
+            "outputs": None,
+        }
+        if resolved.state == "done" and include:
+            try:
+                blob = await self.daemon.dataplane.obtain_result(
+                    resolved.task_id, resolved.result_holders
+                )
+                tensors_from_bytes(blob)  # never hand a client a corrupt result
+                message["outputs"] = unpack(blob)
+            except MeshError as error:
+                message["state"] = "unavailable"
+                message["reason"] = f"done, but the result cannot be fetched now: {error}"
+        return message
+
+    async def op_collected(self, request: Message, responder: Responder) -> Message:
+        """The client has these outcomes: mark them delivered mesh-wide."""
+        task_ids = [_task_id(text) for text in _field(request, "task_ids", list)]
+        for task_id in task_ids:
+            self.resolved.pop(task_id, None)
+            self.daemon.feed(ResultCollected(task_id))
+        return {"collected": len(task_ids)}
+
+    # --- peer (data plane) ops -----------------------------------------------------------
+
+    async def op_get_inputs(self, request: Message, responder: Responder) -> Message:
+        digest = check_digest(_field(request, "digest", str))
+        data = await trio.to_thread.run_sync(self.daemon.payloads.get_bytes, digest, INPUTS)
+        if data is None:
+            raise StorageError(f"inputs {digest[:12]} are not on node {self.daemon.node_id}")
+        return {"data": data}
+
+    async def op_get_model(self, request: Message, responder: Responder) -> Message:
+        digest = check_digest(_field(request, "digest", str))
+        path = self.daemon.models.path(digest)
+        if path is None:
+            raise StorageError(f"model {digest[:12]} is not on node {self.daemon.node_id}")
+        data = await trio.to_thread.run_sync(path.read_bytes)
+        chunks = [data[i : i + MODEL_CHUNK_BYTES] for i in range(0, len(data), MODEL_CHUNK_BYTES)]
+        for chunk in chunks[:-1]:
+            await responder.partial({"data": chunk})
+        return {"data": chunks[-1] if chunks else b"", "size": len(data)}
+
+    async def op_put_result(self, request: Message, responder: Responder) -> Message:
+        task_id = _task_id(request.get("task_id"))
+        data = _field(request, "data", bytes)
+        tensors_from_bytes(data)  # refuse garbage before it reaches the disk
+        await trio.to_thread.run_sync(
+            self.daemon.payloads.put_bytes, task_key(task_id), RESULT, data
+        )
+        return {"stored": True}
+
+    async def op_get_result(self, request: Message, responder: Responder) -> Message:
+        task_id = _task_id(request.get("task_id"))
+        data = await trio.to_thread.run_sync(
+            self.daemon.payloads.get_bytes, task_key(task_id), RESULT
+        )
+        if data is None:
+            raise StorageError(f"result of {task_id} is not on node {self.daemon.node_id}")
+        return {"data": data}

@@ -1,0 +1,142 @@
+"""Requests and responses over one frame stream, many in flight at once.
+
+Every TCP connection to a daemon (from a client, or from another daemon moving payloads)
+speaks the same shape, documented in docs/client-api.md:
+
+* request:  ``{"id": int, "op": str, ...fields}``
+* response: ``{"id": int, "ok": true, "more": bool, ...fields}`` or
+  ``{"id": int, "ok": false, "error": str, "kind": str}``
+
+A request gets one response, or a stream of them (``"more": true`` on all but the last).
+Ids are chosen by the requester and only need to be unique among its requests in flight
+on that connection, so one connection carries a ``results`` stream and any number of
+``submit`` calls at the same time.
+
+:class:`RpcConnection` is the requesting side (used by the daemon for peer transfers and
+by the Python client); the answering side is :mod:`meshgpu.daemon.api`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from meshgpu.core.types import Address
+from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES, FrameStream
+from meshgpu.errors import ClientError, DecodeError, RemoteProtocolError, RequestFailedError
+
+Message = dict[str, Any]
+
+
+class RpcConnection:
+    """The requesting side of one connection; open it with :func:`open_rpc`."""
+
+    def __init__(self, frames: FrameStream, peer: str) -> None:
+        self.frames = frames
+        self.peer = peer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, trio.MemorySendChannel[Message]] = {}
+        self._send_lock = trio.Lock()
+        self._broken: str | None = None
+
+    async def call(self, op: str, **fields: Any) -> Message:
+        """Send one request and return its (single, final) response."""
+        last: Message = {}
+        async for response in self.stream(op, **fields):
+            last = response
+        return last
+
+    async def stream(self, op: str, **fields: Any) -> AsyncIterator[Message]:
+        """Send one request and yield each response until the final one (``more`` false)."""
+        if self._broken is not None:
+            raise ClientError(f"connection to {self.peer} is broken: {self._broken}")
+        request_id = next(self._ids)
+        sender, receiver = trio.open_memory_channel[Message](math.inf)
+        self._pending[request_id] = sender
+        try:
+            async with self._send_lock:
+                try:
+                    await self.frames.send({"id": request_id, "op": op, **fields})
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+                    raise ClientError(f"cannot send to {self.peer}: {error}") from None
+            async with receiver:
+                async for response in receiver:
+                    if not response.get("ok", False):
+                        raise RequestFailedError(
+                            f"{self.peer}: {response.get('error', 'request failed')}",
+                            kind=str(response.get("kind", "MeshError")),
+                        )
+                    yield response
+                    if not response.get("more", False):
+                        return
+            raise ClientError(
+                f"connection to {self.peer} closed before answering {op!r}"
+                + (f": {self._broken}" if self._broken else "")
+            )
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def _read_responses(self) -> None:
+        try:
+            while True:
+                message = await self.frames.receive()
+                if message is None:
+                    self._broken = "closed by peer"
+                    break
+                if not isinstance(message, dict) or not isinstance(message.get("id"), int):
+                    if isinstance(message, dict) and message.get("ok") is False:
+                        self._broken = str(message.get("error"))  # connection-level error
+                        break
+                    raise DecodeError(f"response without an id from {self.peer}")
+                channel = self._pending.get(message["id"])
+                if channel is not None:
+                    channel.send_nowait(message)
+        except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            self._broken = str(error)
+        finally:
+            for channel in list(self._pending.values()):
+                channel.close()
+
+
+@asynccontextmanager
+async def open_rpc(
+    address: Address,
+    authenticator: Authenticator,
+    *,
+    connect_timeout: float = 5.0,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> AsyncIterator[RpcConnection]:
+    """Connect to a daemon's TCP port and yield a connection for requests."""
+    host, port = address
+    try:
+        with trio.fail_after(connect_timeout):
+            stream = await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError) as error:
+        raise ClientError(
+            f"cannot connect to meshgpu at {host}:{port}: {error or 'timed out'}; "
+            "is `meshgpu join` running there, and is the port open?"
+        ) from None
+    frames = FrameStream(stream, authenticator, max_frame_bytes=max_frame_bytes)
+    connection = RpcConnection(frames, f"{host}:{port}")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(connection._read_responses)
+            try:
+                yield connection
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The reader never raises, so a group holds the caller's own error: unwrap it
+        # so callers can `except ClientError` as with any other call.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            await frames.aclose()

@@ -1,0 +1,579 @@
+"""The daemon: one trio nursery that drives a :class:`~meshgpu.core.node.Node`.
+
+The daemon holds no protocol logic. It turns the world into events (datagrams, timer
+ticks, mDNS sightings, client submissions, finished transfers and runs) and executes the
+node's effects, in order, with real sockets, disks and devices:
+
+=====================  ==============================================================
+effect                 what the daemon does
+=====================  ==============================================================
+SendDatagram           seal (auth.py) and send on the UDP socket
+Persist                append to the journal and fsync (in a worker thread) before the
+                       next effect runs; consecutive Persists share one fsync
+FetchPayload/RunTask   start a data-plane task (dataplane.py); the effect queue moves on
+CancelTask             cancel that attempt if it is still fetching
+TaskAccepted/Rejected  answer the waiting ``submit`` request
+TaskResolved           hand the outcome to ``results`` waiters (handlers.py)
+DropPayload            delete that task's stored inputs and result
+MemberChanged etc.     log; remembered for ``status`` (who left when, and why)
+=====================  ==============================================================
+
+Tasks in the nursery: the effect executor, the UDP receiver, the timer (sleeps until
+``node.next_deadline()``, woken early when a handled event moved the deadline), the TCP
+server, mDNS discovery, static seeds, and the load reporter. Stopping (SIGINT/SIGTERM or
+``request_stop``) refuses new submissions, lets running tasks finish for up to
+``drain_timeout`` and hands the rest back (a transient failure, so the leader reassigns
+them), then sends the leave and closes everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from meshgpu.core.config import MeshConfig
+from meshgpu.core.effects import LeaderChanged, MemberChanged, SendDatagram
+from meshgpu.core.events import (
+    DatagramReceived,
+    JournalReplayed,
+    LeaveRequested,
+    LoadChanged,
+    PeerDiscovered,
+    TaskFinished,
+    Tick,
+)
+from meshgpu.core.load import LoadVector
+from meshgpu.core.node import Node
+from meshgpu.core.tasks import TaskRecord, record_from_bytes, record_to_bytes
+from meshgpu.core.types import Address, NodeId
+from meshgpu.daemon.api import ApiServer
+from meshgpu.daemon.auth import MAX_SENDER_BYTES, TAG_BYTES, Authenticator, Channel, MeshKey
+from meshgpu.daemon.dataplane import DataPlane
+from meshgpu.daemon.discovery import (
+    MdnsDiscovery,
+    Sighting,
+    interface_address,
+    local_ipv4_addresses,
+    parse_peer,
+    resolve_peer,
+)
+from meshgpu.daemon.execution import Executor
+from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES
+from meshgpu.daemon.handlers import ClientHandlers
+from meshgpu.daemon.identity import (
+    DataDirLock,
+    DuplicateIdentityGuard,
+    IdentityStore,
+    NodeIdentity,
+    find_live_twin,
+)
+from meshgpu.daemon.journal import Journal
+from meshgpu.daemon.modelstore import ModelStore
+from meshgpu.daemon.payloads import PayloadStore
+from meshgpu.daemon.status import LoadMeter, device_capabilities
+from meshgpu.errors import ConfigError, DuplicateIdentityError, MeshError, StorageError
+
+logger = logging.getLogger("meshgpu.daemon")
+
+UDP_MTU_BUDGET = 1400
+"""Bytes a gossip datagram may take on the wire, envelope included."""
+ENVELOPE_MAX_OVERHEAD = 6 + MAX_SENDER_BYTES + 24 + TAG_BYTES
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """How one daemon runs; ``meshgpu join`` builds this from its flags."""
+
+    data_dir: Path
+    name: str | None = None
+    bind: str = "0.0.0.0"
+    port: int = 7946
+    peers: tuple[str, ...] = ()
+    mdns: bool = True
+    mesh: str = "default"
+    key: MeshKey | None = None
+    slots: int = 1
+    backend: str = "auto"
+    device: str | None = None
+    interface: str | None = None
+    advertise: str | None = None
+    mesh_config: MeshConfig = field(default_factory=MeshConfig)
+    model_cache_bytes: int = 4 << 30
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    seed_interval: float = 2.0
+    load_interval: float = 0.5
+    drain_timeout: float = 30.0
+    duplicate_grace: float = 15.0
+    max_clock_skew: float = 120.0
+
+
+class Daemon:
+    """A running meshgpu node; use ``await nursery.start(daemon.run)``."""
+
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.counters: dict[str, int] = {}
+        self.member_history: dict[NodeId, dict[str, Any]] = {}
+        self.leaving = False
+        self.stopped_because: BaseException | None = None
+        self.address: Address = ("0.0.0.0", 0)
+        self.started_wall = time.time()
+        self._stop = trio.Event()
+        self.generation = 0
+        """Counts membership and leader changes (``status`` and the ``wait`` op use it)."""
+        self.changed = trio.Event()
+        """Replaced (after being set) whenever something observable changes."""
+        self.ready = trio.Event()
+        """Set once the daemon listens and serves (just before ``task_status.started``)."""
+        self._deadline_moved = trio.Event()
+        self._effects: deque[Any] = deque()
+        self._effects_ready = trio.Event()
+        self._idle = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._udp: trio.socket.SocketType | None = None
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+        settings = self.settings
+        with DataDirLock(settings.data_dir):
+            self.identity_store = IdentityStore(settings.data_dir)
+            identity = self.identity_store.start(settings.name)
+            self.node_id: NodeId = identity.node_id
+            self.journal = await trio.to_thread.run_sync(
+                Journal.open, settings.data_dir / "journal"
+            )
+            try:
+                await self._run(identity.incarnation, task_status)
+            finally:
+                self.journal.close()
+
+    async def _run(self, incarnation: int, task_status: trio.TaskStatus[Daemon]) -> None:
+        settings = self.settings
+        self.authenticator = Authenticator(
+            settings.key, self.node_id, max_clock_skew=settings.max_clock_skew
+        )
+        self._udp_sealer = self.authenticator.new_session(Channel.DATAGRAM)
+        self.models = ModelStore(settings.data_dir / "models", settings.model_cache_bytes)
+        self.payloads = PayloadStore(settings.data_dir / "payloads")
+        self.executor = Executor(settings.slots, backend=settings.backend, device=settings.device)
+        self.guard = DuplicateIdentityGuard(
+            self.node_id, trio.current_time(), grace=settings.duplicate_grace
+        )
+        pin = interface_address(settings.interface) if settings.interface else None
+        bind = pin if pin is not None and settings.bind == "0.0.0.0" else settings.bind
+        udp, listeners = await _bind_sockets(bind, settings.port)
+        self._udp = udp
+        port = udp.getsockname()[1]
+        advertised = (
+            settings.advertise or pin or (bind if bind != "0.0.0.0" else local_ipv4_addresses()[0])
+        )
+        self.address = (advertised, port)
+        config = dataclasses.replace(
+            settings.mesh_config,
+            max_datagram_bytes=min(settings.mesh_config.max_datagram_bytes, UDP_MTU_BUDGET)
+            - ENVELOPE_MAX_OVERHEAD,
+        )
+        self.node = Node(
+            self.node_id,
+            self.address,
+            config,
+            random.Random(),
+            trio.current_time(),
+            incarnation=incarnation,
+        )
+        self.dataplane = DataPlane(self)
+        self.handlers = ClientHandlers(self)
+        self.api = ApiServer(
+            self.handlers.table(),
+            self.authenticator,
+            self.counters,
+            max_frame_bytes=settings.max_frame_bytes,
+        )
+        self.api.on_reject = self.pulse
+        records = [record_from_bytes(value) for _, value in self.journal.items()]
+        if self.journal.torn_bytes:
+            logger.warning(
+                "journal had a torn tail of %d bytes (a crash mid-write); cut and kept aside",
+                self.journal.torn_bytes,
+            )
+        for record in records:
+            if record.entry is not None:
+                self.dataplane.note_inputs(record.task_id, record.entry.spec.input_digest)
+        self.feed(JournalReplayed(tuple(records)))
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._execute_effects)
+                nursery.start_soon(self._receive_datagrams)
+                nursery.start_soon(self._run_timers)
+                await nursery.start(trio.serve_listeners, self.api.serve, listeners)
+                if settings.mdns:
+                    nursery.start_soon(self._discover, advertised, pin)
+                nursery.start_soon(self._seed_peers)
+                nursery.start_soon(self._report_load)
+                self._announce(len(records))
+                self.ready.set()
+                task_status.started(self)
+                await self._stop.wait()
+                await self._leave()
+                nursery.cancel_scope.cancel()
+        finally:
+            udp.close()
+            # Keep the highest incarnation reached (refutations raise it while running).
+            incarnation = max(incarnation, self.node.incarnation)
+            self.identity_store.save(NodeIdentity(self.node_id, incarnation))
+        if self.stopped_because is not None:
+            raise self.stopped_because
+
+    def request_stop(self, because: BaseException | None = None) -> None:
+        """Leave gracefully (from a signal handler task, a test, or a fatal error)."""
+        if because is not None and self.stopped_because is None:
+            self.stopped_because = because
+        self._stop.set()
+
+    def _announce(self, replayed: int) -> None:
+        settings = self.settings
+        host, port = self.address
+        logger.info(
+            "meshgpu node %s (incarnation %d) in mesh %r: gossip udp %s:%d, api tcp %s:%d",
+            self.node_id,
+            self.node.incarnation,
+            settings.mesh,
+            host,
+            port,
+            host,
+            port,
+        )
+        if settings.key is None:
+            logger.warning(
+                "NO MESH KEY: this mesh is OPEN; anyone who can reach port %d can join it, "
+                "read tasks and submit work. Make a key with `meshgpu keygen` and start every "
+                "node with --key-file",
+                port,
+            )
+        else:
+            logger.info(
+                "mesh key set (fingerprint %s): traffic is authenticated", settings.key.fingerprint
+            )
+        if replayed:
+            logger.info("resumed %d task records from the journal", replayed)
+
+    async def _leave(self) -> None:
+        """Hand back or finish running work, tell the mesh we leave, flush the effects."""
+        self.leaving = True
+        logger.info("leaving: %d task(s) running", len(self.dataplane.running))
+        with trio.move_on_after(self.settings.drain_timeout):
+            await self.dataplane.wait_idle()
+        for task_id, attempt in self.dataplane.hand_back():
+            self.feed(TaskFinished(task_id, attempt, "transient_error", reason="worker left"))
+        self.feed(LeaveRequested())
+        with trio.move_on_after(2.0):
+            await self.flushed()
+        # Let the timer loop send the leave's gossip for a few rounds (best effort).
+        await trio.sleep(3 * self.settings.mesh_config.gossip_interval)
+
+    # --- events in, effects out --------------------------------------------------
+
+    def feed(self, event: Any) -> None:
+        """Hand ``event`` to the node now; its effects are queued for the executor."""
+        effects = self.node.handle(event, trio.current_time())
+        if effects:
+            self._effects.extend(effects)
+            self._idle = trio.Event()
+            self._effects_ready.set()
+        self._deadline_moved.set()
+
+    async def flushed(self) -> None:
+        """Wait until every queued effect has been executed."""
+        while self._effects:
+            await self._idle.wait()
+
+    async def _execute_effects(self) -> None:
+        while True:
+            if not self._effects:
+                self._idle.set()
+                self._effects_ready = trio.Event()
+                await self._effects_ready.wait()
+                continue
+            effect = self._effects.popleft()
+            try:
+                await self._execute(effect)
+            except StorageError as error:
+                # Acknowledging what is not on disk would break the contract: stop.
+                logger.error("%s; this node stops rather than acknowledge unjournaled work", error)
+                self.request_stop(error)
+                return
+
+    async def _execute(self, effect: Any) -> None:
+        from meshgpu.core import effects as fx
+
+        if isinstance(effect, SendDatagram):
+            await self._send_datagram(effect.destination, effect.payload)
+        elif isinstance(effect, fx.Persist):
+            batch = [effect.record]
+            while self._effects and isinstance(self._effects[0], fx.Persist):
+                batch.append(self._effects.popleft().record)
+            await self._persist(batch)
+        elif isinstance(effect, MemberChanged):
+            self._member_changed(effect)
+        elif isinstance(effect, LeaderChanged):
+            logger.info("view %d: leader is %s", effect.view, effect.leader)
+            self.generation += 1
+            self.pulse()
+        elif isinstance(effect, fx.FetchPayload | fx.RunTask | fx.CancelTask | fx.DropPayload):
+            self.dataplane.execute(effect)
+        elif isinstance(effect, fx.TaskAccepted | fx.TaskRejected | fx.TaskResolved):
+            self.handlers.execute(effect)
+        else:
+            self._count("effects_unknown")
+            logger.warning("no driver action for effect %r", effect)
+
+    async def _persist(self, records: list[TaskRecord]) -> None:
+        puts: list[tuple[Hashable, bytes]] = [
+            ((r.task_id.origin, r.task_id.sequence), record_to_bytes(r)) for r in records
+        ]
+        await trio.to_thread.run_sync(self.journal.append, puts)
+        self._count("journal_appends")
+        if self.journal.needs_compaction():
+            await trio.to_thread.run_sync(self.journal.compact)
+            self._count("journal_compactions")
+
+    def _member_changed(self, effect: MemberChanged) -> None:
+        self.member_history[effect.node_id] = {
+            "state": effect.state,
+            "reason": effect.reason,
+            "incarnation": effect.incarnation,
+            "since": time.time(),
+        }
+        self.generation += 1
+        self.pulse()
+        log = logger.info if effect.state in ("alive", "ALIVE") else logger.warning
+        log(
+            "member %s at %s:%d is %s (%s)",
+            effect.node_id,
+            *effect.address,
+            effect.state,
+            effect.reason,
+        )
+
+    # --- UDP ---------------------------------------------------------------------
+
+    async def _send_datagram(self, destination: Address, payload: bytes) -> None:
+        assert self._udp is not None
+        try:
+            await self._udp.sendto(self._udp_sealer.seal(payload), destination)
+            self._count("datagrams_sent")
+        except OSError as error:
+            self._count("datagram_send_errors")
+            logger.debug("sending to %s failed: %s", destination, error)
+
+    async def _receive_datagrams(self) -> None:
+        assert self._udp is not None
+        while True:
+            try:
+                data, source = await self._udp.recvfrom(65536)
+            except OSError as error:  # e.g. ICMP port unreachable surfacing on Linux
+                self._count("datagram_receive_errors")
+                logger.debug("udp receive error: %s", error)
+                continue
+            source = (source[0], source[1])
+            self._count("datagrams_received")
+            try:
+                envelope = self.authenticator.open(data, Channel.DATAGRAM)
+            except MeshError as error:
+                self._count("datagrams_rejected")
+                self.pulse()
+                logger.debug("dropped datagram from %s:%d: %s", *source, error)
+                continue
+            if envelope.from_self:
+                self._count("datagrams_from_self")
+                continue
+            self._check_twin(envelope.sender, source)
+            self.feed(DatagramReceived(source, envelope.payload))
+
+    def _check_twin(self, sender: str, source: Address) -> None:
+        try:
+            message = self.guard.observe(sender, False, source, trio.current_time())
+        except DuplicateIdentityError as error:
+            logger.error("%s", error)
+            self.request_stop(error)
+            return
+        if message is not None:
+            self._count("duplicate_identity")
+            if self.guard.sightings in (1, 10, 100) or self.guard.sightings % 1000 == 0:
+                logger.error("%s", message)
+
+    # --- timers, discovery, seeds, load -----------------------------------------------
+
+    async def _run_timers(self) -> None:
+        while True:
+            self._deadline_moved = trio.Event()
+            deadline = self.node.next_deadline()
+            if trio.current_time() >= deadline:
+                self.feed(Tick())
+                await trio.sleep(0)  # let the executor and receivers run
+                continue
+            with trio.move_on_at(deadline):
+                await self._deadline_moved.wait()
+
+    async def _discover(self, advertised: str, pin: str | None) -> None:
+        discovery = MdnsDiscovery(
+            self.settings.mesh, self.node_id, self.address[1], [advertised], interface=pin
+        )
+        self.discovery = discovery
+
+        def sighted(sighting: Sighting) -> None:
+            self._count("mdns_sightings")
+            self.feed(PeerDiscovered(sighting.address, sighting.node_id))
+
+        try:
+            await discovery.run(sighted)
+        except DuplicateIdentityError as error:
+            logger.error("%s", error)
+            self.request_stop(error)
+        except OSError as error:
+            logger.error(
+                "mDNS discovery failed (%s); use --peer HOST:PORT seeds or "
+                "--interface to pick the LAN interface",
+                error,
+            )
+
+    async def _seed_peers(self) -> None:
+        """Offer static ``--peer`` seeds to the node, again whenever one is not a member.
+
+        Before the first offer to a seed, ask it whether a live node already uses our id
+        (a copied data dir): if one answers at another address, refuse to start.
+        """
+        seeds = [parse_peer(text, self.address[1]) for text in self.settings.peers]
+        checked: set[Address] = set()
+        while seeds:
+            known = {
+                info.address
+                for info in self.node.members().values()
+                if getattr(info.state, "value", info.state) in ("alive", "suspect")
+            }
+            for host, port in seeds:
+                try:
+                    address = await resolve_peer(host, port)
+                except ConfigError as error:
+                    logger.warning("%s", error)
+                    continue
+                if address in known or address == self.address:
+                    continue
+                if address not in checked:
+                    twin = await find_live_twin(
+                        self.node_id, self.address, address, self.authenticator
+                    )
+                    if twin is not None:
+                        self.request_stop(DuplicateIdentityError(_twin_message(self, twin)))
+                        return
+                    checked.add(address)
+                self.feed(PeerDiscovered(address))
+            await trio.sleep(self.settings.seed_interval)
+
+    async def _report_load(self) -> None:
+        """Feed ``LoadChanged`` whenever what we measure changes (checked every interval)."""
+        capabilities = await trio.to_thread.run_sync(
+            device_capabilities, self.settings.backend, self.settings.device
+        )
+        meter = LoadMeter(capabilities)
+        last: LoadVector | None = None
+        while True:
+            load = meter.measure(self)
+            if load != last:
+                self.feed(LoadChanged(load))
+                last = load
+            await trio.sleep(self.settings.load_interval)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def pulse(self) -> None:
+        """Wake everything waiting for a change (the ``wait`` op)."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+def _twin_message(daemon: Daemon, twin: Address) -> str:
+    return (
+        f"node id {daemon.node_id} is already used by a live node at {twin[0]}:{twin[1]}: "
+        f"this data dir ({daemon.settings.data_dir}) was probably copied from that machine. "
+        "Delete identity.json here to make this node a new one, or stop the other"
+    )
+
+
+async def _bind_sockets(
+    host: str, port: int
+) -> tuple[trio.socket.SocketType, list[trio.SocketListener]]:
+    """A UDP socket and TCP listeners on the same port number (ephemeral if port is 0)."""
+    last_error: OSError | None = None
+    for _ in range(20):
+        udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            await udp.bind((host, port))
+            chosen = udp.getsockname()[1]
+            listeners = await trio.open_tcp_listeners(chosen, host=host)
+            return udp, listeners
+        except OSError as error:
+            udp.close()
+            last_error = error
+            if port != 0:
+                break
+    raise ConfigError(
+        f"cannot listen on {host}:{port}: {last_error}; another daemon may be using the "
+        "port (pick another with --port) or the address is not on this machine (--bind)"
+    )
+
+
+async def serve_until_signalled(
+    settings: DaemonSettings, started: Callable[[Daemon], None] = lambda daemon: None
+) -> None:
+    """Run a daemon in the foreground: the first SIGINT/SIGTERM leaves gracefully, a
+    second one stops at once. Raises the daemon's fatal error (a MeshError), if any."""
+    daemon = Daemon(settings)
+    failures: list[MeshError] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def run_daemon() -> None:
+                try:
+                    await daemon.run()
+                except MeshError as error:
+                    failures.append(error)
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            async def announce() -> None:
+                await daemon.ready.wait()
+                started(daemon)
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if daemon.leaving or daemon._stop.is_set():
+                        logger.warning("second signal: stopping now, without draining")
+                        nursery.cancel_scope.cancel()
+                        return
+                    logger.info(
+                        "%s: leaving the mesh gracefully (again to force)",
+                        signal.Signals(signum).name,
+                    )
+                    daemon.request_stop()
+
+            nursery.start_soon(run_daemon)
+            nursery.start_soon(announce)
+            nursery.start_soon(watch_signals)
+    if failures:
+        raise failures[0]

@@ -1,0 +1,189 @@
+"""What a daemon says about itself: the ``status`` and ``tasks`` answers, and its load.
+
+Everything here reads the node (members, leader, view, loads, task table) and the
+daemon's own counters; nothing changes state. The shapes are documented in
+docs/client-api.md and are what ``meshgpu status --json`` prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshgpu.core.load import DeviceCapabilities, LoadVector
+from meshgpu.core.tasks import TaskEntry, TaskId, TaskTable
+
+if TYPE_CHECKING:
+    from meshgpu.daemon.runtime import Daemon
+
+QUEUED_PHASES = ("pending", "retrying")
+
+
+def task_table(daemon: Daemon) -> TaskTable | None:
+    """The node's task table, wherever the task component keeps it (None without one)."""
+    for component in getattr(daemon.node, "components", ()):
+        for value in vars(component).values() if hasattr(component, "__dict__") else ():
+            if isinstance(value, TaskTable):
+                return value
+        for name in getattr(type(component), "__slots__", ()):
+            value = getattr(component, name, None)
+            if isinstance(value, TaskTable):
+                return value
+    return None
+
+
+def _entries(daemon: Daemon) -> list[TaskEntry]:
+    table = task_table(daemon)
+    return [] if table is None else list(table)
+
+
+def worker_of(daemon: Daemon, task_id: TaskId) -> str | None:
+    table = task_table(daemon)
+    entry = None if table is None else table.get(task_id)
+    return None if entry is None else entry.state.worker
+
+
+def _load_fields(load: LoadVector | None) -> dict[str, Any] | None:
+    if load is None:
+        return None
+    return {
+        "version": load.version,
+        "active_tasks": load.active_tasks,
+        "free_slots": load.free_slots,
+        "queue_length": load.queue_length,
+        "utilisation": load.utilisation,
+        "memory_used": load.memory_used,
+        "memory_total": load.memory_total,
+        "devices": list(load.capabilities.device_types),
+        "fp16": load.capabilities.fp16,
+    }
+
+
+def status_snapshot(daemon: Daemon) -> dict[str, Any]:
+    """The ``status`` answer: this node, every member it knows, leader, queue, counters."""
+    node = daemon.node
+    now = trio.current_time()
+    loads = node.loads()
+    members = []
+    for info in sorted(node.members().values(), key=lambda i: i.node_id):
+        state = getattr(info.state, "value", str(info.state))
+        members.append(
+            {
+                "node_id": info.node_id,
+                "address": list(info.address),
+                "state": state,
+                "incarnation": info.incarnation,
+                "since_s": round(max(0.0, now - info.state_since), 3),
+                "reason": info.reason,
+                "load": _load_fields(loads.get(info.node_id)),
+            }
+        )
+    entries = _entries(daemon)
+    phases = Counter(entry.state.phase.value for entry in entries)
+    settings = daemon.settings
+    return {
+        "node": {
+            "node_id": daemon.node_id,
+            "address": list(daemon.address),
+            "mesh": settings.mesh,
+            "incarnation": node.incarnation,
+            "uptime_s": round(time.time() - daemon.started_wall, 3),
+            "keyed": settings.key is not None,
+            "key_fingerprint": settings.key.fingerprint if settings.key else None,
+            "leaving": daemon.leaving,
+            "slots": settings.slots,
+            "running": len(daemon.dataplane.running),
+            "data_dir": str(settings.data_dir),
+        },
+        "generation": daemon.generation,
+        "leader": node.leader(),
+        "view": node.view,
+        "members": members,
+        "queue_length": sum(phases[p] for p in QUEUED_PHASES),
+        "tasks": dict(sorted(phases.items())),
+        "counters": {
+            "node": dict(node.counters),
+            "daemon": dict(daemon.counters),
+            "auth": dict(daemon.authenticator.counters),
+            "mdns": dict(getattr(getattr(daemon, "discovery", None), "counters", {})),
+        },
+        "duplicate_identity": {
+            "sightings": daemon.guard.sightings,
+            "last_twin": list(daemon.guard.last_twin) if daemon.guard.last_twin else None,
+        },
+    }
+
+
+def task_rows(daemon: Daemon, state: str | None = None) -> list[dict[str, Any]]:
+    """The ``tasks`` answer: one row per task in this node's table, oldest id first."""
+    rows = []
+    for entry in sorted(_entries(daemon), key=lambda e: e.task_id):
+        phase = entry.state.phase.value
+        if state is not None and phase != state:
+            continue
+        rows.append(
+            {
+                "task_id": str(entry.task_id),
+                "state": phase,
+                "attempt": entry.state.attempt,
+                "worker": entry.state.worker,
+                "reason": entry.state.reason,
+                "priority": entry.spec.priority.name.lower(),
+                "model_digest": entry.spec.model_digest,
+                "holders": sorted(entry.holders),
+                "result_holders": sorted(entry.result_holders),
+                "delivered": entry.delivered,
+            }
+        )
+    return rows
+
+
+def device_capabilities(backend: str, device: str | None) -> DeviceCapabilities:
+    """What this node's devices offer (blocking: OpenCL enumeration; call in a thread)."""
+    import os
+
+    if backend == "onnxruntime":  # no need to wake OpenCL drivers for a CPU-only node
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return DeviceCapabilities(device_types=("cpu",), fp16=False, memory_total=memory)
+    from meshgpu import inference
+
+    found = inference.devices()
+    if device is not None:
+        found = tuple(d for d in found if d.id == device) or found
+    types = sorted({("gpu" if "GPU" in d.type else "cpu") for d in found})
+    return DeviceCapabilities(
+        device_types=tuple(types),
+        fp16=any(d.fp16 for d in found),
+        memory_total=max((d.global_memory_bytes for d in found), default=0),
+    )
+
+
+class LoadMeter:
+    """Turns the executor's counters into the load vector the daemon reports."""
+
+    def __init__(self, capabilities: DeviceCapabilities) -> None:
+        self.capabilities = capabilities
+        self._last_busy = 0.0
+        self._last_time: float | None = None
+
+    def measure(self, daemon: Daemon) -> LoadVector:
+        executor = daemon.executor
+        now = trio.current_time()
+        utilisation = 0.0
+        if self._last_time is not None and now > self._last_time:
+            busy = executor.busy_seconds - self._last_busy
+            utilisation = busy / ((now - self._last_time) * executor.slots)
+        self._last_busy, self._last_time = executor.busy_seconds, now
+        queued = sum(1 for e in _entries(daemon) if e.state.phase.value in QUEUED_PHASES)
+        return LoadVector(
+            active_tasks=len(daemon.dataplane.running),
+            free_slots=max(0, executor.slots - len(daemon.dataplane.running)),
+            queue_length=queued,
+            utilisation=round(min(1.0, max(0.0, utilisation)), 1),
+            memory_used=0,
+            memory_total=self.capabilities.memory_total,
+            capabilities=self.capabilities,
+        )

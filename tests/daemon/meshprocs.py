@@ -1,0 +1,115 @@
+"""Real `meshgpu join` processes on 127.0.0.1 for the daemon's integration tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshgpu.daemon.auth import Authenticator, MeshKey
+from meshgpu.daemon.rpc import open_rpc
+
+LISTENING = re.compile(rb"meshgpu node (\S+) listening on ([\d.]+):(\d+)")
+START_TIMEOUT = 60.0
+
+
+@dataclass
+class MeshProcess:
+    process: subprocess.Popen[bytes]
+    node_id: str
+    port: int
+    data_dir: Path
+    log: Path
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def join_command(data_dir: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "from meshgpu.cli import main; main()",
+        "join",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-mdns",
+        "--backend",
+        "onnxruntime",
+        "--data-dir",
+        str(data_dir),
+        *args,
+    ]
+
+
+def start_node(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> MeshProcess:
+    """Start a daemon and wait (bounded) for its 'listening on' line."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir.with_suffix(".log")
+    environment = {k: v for k, v in os.environ.items() if k != "MESHGPU_KEY"}
+    environment.update(env or {})
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            join_command(data_dir, *args),
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            env=environment,
+        )
+    assert process.stdout is not None
+    deadline = time.monotonic() + START_TIMEOUT
+    buffer = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 0.5)
+        if ready:
+            chunk = os.read(process.stdout.fileno(), 4096)
+            buffer += chunk
+            match = LISTENING.search(buffer)
+            if match:
+                return MeshProcess(
+                    process, match.group(1).decode(), int(match.group(3)), data_dir, log
+                )
+            if not chunk:
+                break
+        elif process.poll() is not None:
+            break
+    process.kill()
+    process.wait()
+    raise AssertionError(
+        f"daemon did not start (exit {process.returncode}):\n{log.read_text()[-3000:]}"
+    )
+
+
+def run_to_exit(
+    data_dir: Path, *args: str, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `meshgpu join` expecting it to refuse to start; returns its outcome."""
+    env = {k: v for k, v in os.environ.items() if k != "MESHGPU_KEY"}
+    return subprocess.run(
+        join_command(data_dir, *args), capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+async def call(node: MeshProcess, key: MeshKey | None, op: str, **fields: Any) -> dict[str, Any]:
+    """One API request to ``node`` as a test client."""
+    async with open_rpc(node.address, Authenticator(key, "test-client")) as rpc:
+        return await rpc.call(op, **fields)

@@ -1,0 +1,168 @@
+"""Three real daemons on 127.0.0.1: a keyed mesh forms by static peers, agrees on its
+leader, refuses a wrong-key peer and a copied identity, and survives garbage."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from meshgpu.daemon.auth import MeshKey
+from meshgpu.errors import ClientError
+from tests.daemon.meshprocs import MeshProcess, call, run_to_exit, start_node
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WAIT_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshKey, list[MeshProcess]]]:
+    root = tmp_path_factory.mktemp("mesh")
+    key = MeshKey.generate()
+    key_file = root / "mesh.key"
+    key.write(key_file)
+    nodes: list[MeshProcess] = []
+    try:
+        first = start_node(root / "a", "--key-file", str(key_file), "--name", "node-a")
+        nodes.append(first)
+        seed = f"127.0.0.1:{first.port}"
+        for name in ("b", "c"):
+            nodes.append(
+                start_node(
+                    root / name,
+                    "--key-file",
+                    str(key_file),
+                    "--peer",
+                    seed,
+                    "--name",
+                    f"node-{name}",
+                )
+            )
+        yield key, nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def wait(node: MeshProcess, key: MeshKey, **condition: object) -> dict:
+    return await call(node, key, "wait", timeout=WAIT_S, **condition)
+
+
+async def agreed_leader(key: MeshKey, nodes: list[MeshProcess]) -> str:
+    """The leader all nodes name, waiting (on change events) while they disagree."""
+    for _ in range(20):
+        statuses = [await call(node, key, "status") for node in nodes]
+        leaders = {status["leader"] for status in statuses}
+        if len(leaders) == 1 and None not in leaders:
+            return leaders.pop()
+        laggard = nodes[0]
+        await wait(laggard, key, after_generation=statuses[0]["generation"])
+    raise AssertionError(f"nodes never agreed on a leader: {leaders}")
+
+
+async def test_three_daemons_form_a_mesh_and_agree_on_leader(mesh) -> None:
+    key, nodes = mesh
+    ids = {node.node_id for node in nodes}
+    assert ids == {"node-a", "node-b", "node-c"}
+    for node in nodes:
+        status = await wait(node, key, alive=3)
+        alive = {m["node_id"] for m in status["members"] if m["state"] == "alive"}
+        assert alive == ids
+        assert status["node"]["keyed"] and status["node"]["key_fingerprint"] == key.fingerprint
+    assert await agreed_leader(key, nodes) in ids
+
+
+async def test_wrong_key_peer_is_refused_and_counted(mesh, tmp_path: Path) -> None:
+    key, nodes = mesh
+    before = (await call(nodes[0], key, "status"))["counters"]["auth"].get("bad_tag", 0)
+    stranger_key = tmp_path / "other.key"
+    MeshKey.generate().write(stranger_key)
+    stranger = start_node(
+        tmp_path / "stranger",
+        "--key-file",
+        str(stranger_key),
+        "--peer",
+        f"127.0.0.1:{nodes[0].port}",
+        "--name",
+        "stranger",
+    )
+    try:
+        status = await wait(nodes[0], key, counter=["auth", "bad_tag", before + 1])
+        assert "stranger" not in {m["node_id"] for m in status["members"]}
+        with pytest.raises(ClientError, match="authentication"):
+            await call(nodes[0], MeshKey.generate(), "status")
+        alone = await call(stranger, MeshKey.from_file(stranger_key), "status")
+        assert [m["node_id"] for m in alone["members"]] == ["stranger"]
+    finally:
+        stranger.stop()
+
+
+async def test_unkeyed_client_is_refused(mesh) -> None:
+    _, nodes = mesh
+    with pytest.raises(ClientError, match="mesh key"):
+        await call(nodes[1], None, "status")
+
+
+async def test_garbage_datagram_and_frame_are_dropped_and_mesh_keeps_serving(mesh) -> None:
+    key, nodes = mesh
+    target = nodes[1]
+    counters = (await call(target, key, "status"))["counters"]["daemon"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.sendto(b"\x00garbage\xff" * 10, target.address)
+    await wait(
+        target,
+        key,
+        counter=["daemon", "datagrams_rejected", counters.get("datagrams_rejected", 0) + 1],
+    )
+    stream = await trio.open_tcp_stream(*target.address)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        with trio.fail_after(WAIT_S):
+            while chunk := await stream.receive_some(65536):
+                reply += chunk
+    assert b"limit" in reply  # told why, then closed
+    stream = await trio.open_tcp_stream(*target.address)
+    async with stream:
+        await stream.send_all(struct.pack("!I", 12) + b"\x01" * 12)
+        with trio.fail_after(WAIT_S):
+            while await stream.receive_some(65536):
+                pass
+    status = await wait(
+        target,
+        key,
+        alive=3,
+        counter=["daemon", "frames_rejected", counters.get("frames_rejected", 0) + 2],
+    )
+    assert status["counters"]["daemon"]["frames_rejected"] >= 2
+
+
+async def test_copied_data_dir_is_refused_naming_the_cause(mesh, tmp_path: Path) -> None:
+    key, nodes = mesh
+    copy = tmp_path / "copy"
+    shutil.copytree(nodes[1].data_dir, copy, ignore=shutil.ignore_patterns("daemon.lock"))
+    key_file = tmp_path / "mesh.key"
+    key.write(key_file)
+    outcome = await trio.to_thread.run_sync(
+        lambda: run_to_exit(
+            copy, "--key-file", str(key_file), "--peer", f"127.0.0.1:{nodes[0].port}"
+        )
+    )
+    assert outcome.returncode != 0
+    assert "node-b" in outcome.stderr and "copied" in outcome.stderr
+    status = await wait(nodes[0], key, alive=3)
+    node_b = next(m for m in status["members"] if m["node_id"] == "node-b")
+    assert node_b["address"] == ["127.0.0.1", nodes[1].port]
+
+
+def test_second_daemon_on_same_data_dir_is_refused(mesh) -> None:
+    _, nodes = mesh
+    outcome = run_to_exit(nodes[0].data_dir)
+    assert outcome.returncode != 0
+    assert f"pid {nodes[0].process.pid}" in outcome.stderr
