@@ -1,0 +1,248 @@
+"""Inference latency: the OpenCL executor against onnxruntime, same machine, same run.
+
+For the shipped digits model and each of the nine architectures onnx ships (seeded
+He-scaled weights, see meshgpu/inference/architectures.py), at batch 1 and 8:
+
+- p50 latency of OpenCL and of onnxruntime (after warm-up runs), and their ratio
+  (OpenCL / onnxruntime: below 1 means OpenCL is faster);
+- OpenCL session load time (graph planning, weight upload, kernel compilation or cache hit);
+- peak device memory: OpenCL's own accounting (weights + activation buffers); for
+  onnxruntime, the process's resident high-water mark during a run above what it held before
+  the session existed (Linux /proc; an estimate);
+- the largest error of OpenCL against onnxruntime relative to max(1, |reference|), so a fast
+  but wrong result cannot hide in the table.
+
+Usage::
+
+    python bench/inference.py              # full run, rich table
+    python bench/inference.py --quick      # fewer repetitions, batch 1 only
+    python bench/inference.py --json       # one JSON object on stdout
+    python bench/inference.py --models digits,resnet50 --batches 1
+
+Benchmarks are not tests: this prints numbers and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from meshgpu import inference
+from meshgpu.inference.architectures import ARCHITECTURES, architecture_feeds, seeded_architecture
+from meshgpu.inference.model import SHIPPED_MODELS
+from meshgpu.inference.onnxruntime_backend import OnnxRuntimeSession
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One model at one batch size on both backends (latencies in milliseconds)."""
+
+    model: str
+    batch: int
+    opencl_p50_ms: float | None
+    onnxruntime_p50_ms: float
+    ratio: float | None
+    opencl_load_s: float | None
+    opencl_peak_bytes: int | None
+    onnxruntime_peak_bytes: int
+    max_relative_error: float | None
+    repeats: int
+    error: str | None = None
+
+
+def _digits(batch: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    model = onnx.load(str(SHIPPED_MODELS["digits"]))
+    with np.load(SHIPPED_MODELS["digits"].with_name("digits_test.npz")) as data:
+        pixels = np.ascontiguousarray(data["pixels"][:batch])
+    return model, {"pixels": pixels}
+
+
+def _architecture(name: str, batch: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    model = seeded_architecture(name, seed=0, batch=batch, expose_logits=False)
+    return model, architecture_feeds(model, seed=1)
+
+
+def _p50(run: Callable[[], Any], warmup: int, repeats: int, budget_s: float) -> tuple[float, int]:
+    """Median wall time of ``run`` in ms, over ``repeats`` runs or until ``budget_s``."""
+    for _ in range(warmup):
+        run()
+    times = []
+    started = time.perf_counter()
+    while len(times) < repeats:
+        begin = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - begin) * 1000)
+        if len(times) >= 3 and time.perf_counter() - started > budget_s:
+            break
+    return statistics.median(times), len(times)
+
+
+def _relative_error(output: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+    worst = 0.0
+    for name, expected in reference.items():
+        got = output[name].astype(np.float64)
+        allowed = np.maximum(1.0, np.abs(expected.astype(np.float64)))
+        worst = max(worst, float((np.abs(got - expected) / allowed).max()))
+    return worst
+
+
+def measure(model_name: str, batch: int, warmup: int, repeats: int, budget_s: float) -> Measurement:
+    """Time one model at one batch on onnxruntime, then on OpenCL."""
+    if model_name == "digits":
+        model, feeds = _digits(batch)
+    else:
+        model, feeds = _architecture(model_name, batch)
+    reference_session: OnnxRuntimeSession | None = OnnxRuntimeSession(model)
+    assert reference_session is not None
+    reference = reference_session.run(feeds)
+    ort_p50, ort_repeats = _p50(lambda: reference_session.run(feeds), warmup, repeats, budget_s)
+    ort_peak = reference_session.peak_device_bytes
+    reference_session = None  # free onnxruntime's copy of the weights before OpenCL's
+    gc.collect()
+    try:
+        started = time.perf_counter()
+        session = inference.load(model, backend="opencl")
+        load_s = time.perf_counter() - started
+        output = session.run(feeds)
+        error = _relative_error(output, reference)
+        ocl_p50, ocl_repeats = _p50(lambda: session.run(feeds), warmup, repeats, budget_s)
+        peak = session.peak_device_bytes
+    except Exception as failure:  # a benchmark reports a failing model and goes on
+        return Measurement(
+            model_name,
+            batch,
+            None,
+            ort_p50,
+            None,
+            None,
+            None,
+            ort_peak,
+            None,
+            ort_repeats,
+            error=f"{type(failure).__name__}: {failure}",
+        )
+    finally:
+        gc.collect()
+    return Measurement(
+        model=model_name,
+        batch=batch,
+        opencl_p50_ms=ocl_p50,
+        onnxruntime_p50_ms=ort_p50,
+        ratio=ocl_p50 / ort_p50,
+        opencl_load_s=load_s,
+        opencl_peak_bytes=peak,
+        onnxruntime_peak_bytes=ort_peak,
+        max_relative_error=error,
+        repeats=min(ocl_repeats, ort_repeats),
+    )
+
+
+def _mib(count: int | None) -> str:
+    return "-" if count is None else f"{count / 2**20:.1f}"
+
+
+def render(results: list[Measurement], machine: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        "model",
+        "batch",
+        "OpenCL p50 ms",
+        "onnxruntime p50 ms",
+        "ratio",
+        "OpenCL load s",
+        "OpenCL peak MiB",
+        "ORT peak MiB",
+        "max rel err",
+        title=f"inference latency on {machine['opencl_device']} vs onnxruntime "
+        f"({machine['cpu_count']} CPUs)",
+    )
+    for result in results:
+        if result.error:
+            table.add_row(
+                result.model,
+                str(result.batch),
+                "[red]failed[/]",
+                f"{result.onnxruntime_p50_ms:.2f}",
+                "-",
+                "-",
+                "-",
+                _mib(result.onnxruntime_peak_bytes),
+                result.error[:60],
+            )
+            continue
+        assert result.opencl_p50_ms is not None and result.ratio is not None
+        table.add_row(
+            result.model,
+            str(result.batch),
+            f"{result.opencl_p50_ms:.2f}",
+            f"{result.onnxruntime_p50_ms:.2f}",
+            f"{result.ratio:.2f}x",
+            f"{result.opencl_load_s:.2f}",
+            _mib(result.opencl_peak_bytes),
+            _mib(result.onnxruntime_peak_bytes),
+            f"{result.max_relative_error:.1e}",
+        )
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 repeats, batch 1 only")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--models", default="digits," + ",".join(ARCHITECTURES))
+    parser.add_argument("--batches", default=None, help="comma-separated, default 1,8")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = [name for name in models if name != "digits" and name not in ARCHITECTURES]
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from digits, {', '.join(ARCHITECTURES)}")
+    batches = [int(b) for b in (args.batches or ("1" if args.quick else "1,8")).split(",")]
+    repeats = args.repeats or (3 if args.quick else 10)
+    warmup = 1 if args.quick else 2
+    budget_s = 5.0 if args.quick else 20.0
+
+    opencl = inference.select_device("opencl")
+    machine = {
+        "opencl_device": f"{opencl.name} ({opencl.platform}, driver {opencl.driver_version})",
+        "onnxruntime": inference.select_device("onnxruntime:cpu").driver_version,
+        "cpu": inference.select_device("onnxruntime:cpu").name,
+        "cpu_count": inference.select_device("onnxruntime:cpu").compute_units,
+        "python": platform.python_version(),
+    }
+    results = []
+    for model_name in models:
+        for batch in batches:
+            result = measure(model_name, batch, warmup, repeats, budget_s)
+            results.append(result)
+            if not args.json:
+                print(
+                    f"{model_name} batch {batch}: OpenCL {result.opencl_p50_ms} ms, "
+                    f"onnxruntime {result.onnxruntime_p50_ms:.2f} ms"
+                    + (f" ({result.error})" if result.error else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+    if args.json:
+        print(json.dumps({"machine": machine, "results": [asdict(r) for r in results]}))
+    else:
+        render(results, machine)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
