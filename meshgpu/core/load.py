@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from meshgpu.core.component import Component, NodeContext
 from meshgpu.core.membership import LIVE_STATES, MemberInfo
 from meshgpu.core.messages import (
+    AntiEntropy,
     Envelope,
     Message,
     encode_item,
@@ -155,7 +156,8 @@ class LoadGossip(Component):
         if known is not None and known.version >= update.load.version:
             return
         self._loads[node_id] = update.load
-        self.context.broadcast(("load", node_id), update)
+        if not isinstance(envelope.body, AntiEntropy):
+            self.context.broadcast(("load", node_id), update)
 
     def on_member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
         if info.state not in LIVE_STATES and info.node_id != self.context.node_id:
@@ -167,4 +169,5 @@ class LoadGossip(Component):
         self._loads.pop(node_id, None)
 
     def anti_entropy_updates(self) -> list[Message]:
-        return [LoadUpdate(node_id, load) for node_id, load in self._loads.items()]
+        # Version 0 is "never reported": nothing worth sending.
+        return [LoadUpdate(n, load) for n, load in self._loads.items() if load.version > 0]

@@ -336,6 +336,24 @@ class Gossip:
         return cls()
 
 
+@register_message
+@dataclass(frozen=True, slots=True)
+class AntiEntropy:
+    """Like :class:`Gossip`, but the piggybacked updates are a peer's full state sent with a
+    push-pull exchange: receivers apply them and do not re-gossip them (pairwise repair
+    must not turn into a flood)."""
+
+    TAG: ClassVar[int] = 7
+
+    def to_fields(self) -> list[Any]:
+        return []
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> AntiEntropy:
+        expect_list(fields, "AntiEntropy", 0)
+        return cls()
+
+
 MEMBER_STATE_CODES = ("alive", "suspect", "dead", "left")
 """Wire codes of member states: the index in this tuple."""
 

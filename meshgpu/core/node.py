@@ -51,7 +51,7 @@ from meshgpu.core.events import (
 )
 from meshgpu.core.leader import Leadership
 from meshgpu.core.load import LoadGossip, LoadVector
-from meshgpu.core.membership import GONE_STATES, LIVE_STATES, MemberInfo
+from meshgpu.core.membership import MemberInfo
 from meshgpu.core.messages import Message, Ping, PushPull, decode
 from meshgpu.core.swim import Swim
 from meshgpu.core.types import Address, NodeId
@@ -161,7 +161,7 @@ class Node:
                 if component.next_deadline() <= now:
                     component.on_tick(now)
         elif isinstance(event, PeerDiscovered):
-            self._on_peer_discovered(event)
+            self.swim.discover(event.address, event.node_id, now)
         elif isinstance(event, LoadChanged):
             self.load_gossip.set_own(event.load)
         elif isinstance(event, LeaveRequested):
@@ -191,19 +191,6 @@ class Node:
                 info.node_id, info.address, info.state.value, info.incarnation, info.reason
             )
         )
-
-    def _on_peer_discovered(self, event: PeerDiscovered) -> None:
-        if event.address == self.address or event.node_id == self.node_id:
-            return
-        if event.node_id is not None:
-            info = self.table.members.get(event.node_id)
-            if info is not None and info.state in LIVE_STATES:
-                return
-        else:
-            for info in self.table.members.values():
-                if info.address == event.address and info.state not in GONE_STATES:
-                    return
-        self.swim.join(event.address)
 
     def _on_datagram(self, event: DatagramReceived, now: float) -> None:
         counters = self.counters

@@ -28,6 +28,7 @@ from meshgpu.core.membership import GONE_STATES, MemberState, MemberTable
 from meshgpu.core.messages import (
     Ack,
     Alive,
+    AntiEntropy,
     Dead,
     Envelope,
     Gossip,
@@ -71,7 +72,7 @@ class _Relay:
 class Swim(Component):
     """Probing, gossip rounds, push-pull and reconnection around a :class:`MemberTable`."""
 
-    message_types = (Ping, Ack, PingReq, Nack, Gossip, PushPull)
+    message_types = (Ping, Ack, PingReq, Nack, Gossip, AntiEntropy, PushPull)
     update_types = (Alive, Suspect, Dead, Left)
 
     def __init__(self, context: NodeContext, now: float) -> None:
@@ -89,6 +90,7 @@ class Swim(Component):
         self._relays: dict[int, _Relay] = {}
         self._last_notice: dict[NodeId, float] = {}
         self._last_unknown_join = -1e18
+        self._discovered: dict[Address, NodeId | None] = {}
         self.anti_entropy_source: list[Component] = []
         """Components whose ``anti_entropy_updates`` travel with our push-pull exchanges."""
         table = self.table
@@ -125,6 +127,8 @@ class Swim(Component):
                 self._reconnect_tick(now)
             elif key == "reap":
                 self._reap(now)
+            elif key == "discover":
+                self._discover_tick(now)
             elif isinstance(key, tuple) and key[0] == "suspicion":
                 self._suspicion_expired(key[1], now)
             elif isinstance(key, tuple) and key[0] == "relay":
@@ -421,12 +425,12 @@ class Swim(Component):
             if batch and (
                 used + len(item) > budget or len(batch) >= self.config.max_piggyback_updates
             ):
-                self.context.send(address, Gossip(), batch)
+                self.context.send(address, AntiEntropy(), batch)
                 batch, used = [], 0
             batch.append(item)
             used += len(item)
         if batch:
-            self.context.send(address, Gossip(), batch)
+            self.context.send(address, AntiEntropy(), batch)
 
     def on_push_pull(
         self, envelope: Envelope, message: PushPull, source: Address, now: float
@@ -447,6 +451,41 @@ class Swim(Component):
         for component in self.anti_entropy_source:
             extra.extend(component.anti_entropy_updates())
         self.send_push_pull(address, reply=False, extra=extra)
+
+    def discover(self, address: Address, node_id: NodeId | None, now: float) -> None:
+        """A peer was found (mDNS, seed list). With no live peer we join it at once;
+        otherwise discoveries are queued and at most one unknown one is joined per probe
+        period (mDNS on a LAN reports every node to every node: n^2 discoveries, nearly all
+        of which gossip has made known by the time their turn comes)."""
+        if self._is_known(address, node_id):
+            return
+        if not self.table.live:
+            self.join(address)
+            return
+        self._discovered[address] = node_id
+        if "discover" not in self.timers:
+            self.timers.schedule("discover", now + self.config.probe_interval)
+
+    def _is_known(self, address: Address, node_id: NodeId | None) -> bool:
+        if address == self.context.address or node_id == self.table.node_id:
+            return True
+        if node_id is not None:
+            info = self.table.members.get(node_id)
+            return info is not None and info.state in (MemberState.ALIVE, MemberState.SUSPECT)
+        return any(
+            info.address == address and info.state not in GONE_STATES
+            for info in self.table.members.values()
+        )
+
+    def _discover_tick(self, now: float) -> None:
+        while self._discovered:
+            address = next(iter(self._discovered))
+            node_id = self._discovered.pop(address)
+            if not self._is_known(address, node_id):
+                self.join(address)
+                break
+        if self._discovered:
+            self.timers.schedule("discover", now + self.config.probe_interval)
 
     # --- reconnection, expiry, leaving ---------------------------------------------------
 

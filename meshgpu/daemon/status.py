@@ -23,16 +23,10 @@ QUEUED_PHASES = ("pending", "retrying")
 
 
 def task_table(daemon: Daemon) -> TaskTable | None:
-    """The node's task table, wherever the task component keeps it (None without one)."""
-    for component in getattr(daemon.node, "components", ()):
-        for value in vars(component).values() if hasattr(component, "__dict__") else ():
-            if isinstance(value, TaskTable):
-                return value
-        for name in getattr(type(component), "__slots__", ()):
-            value = getattr(component, name, None)
-            if isinstance(value, TaskTable):
-                return value
-    return None
+    """The node's task table (None if the node runs without the task component)."""
+    tasks = getattr(daemon.node, "tasks", None)
+    table = getattr(tasks, "table", None)
+    return table if isinstance(table, TaskTable) else None
 
 
 def _entries(daemon: Daemon) -> list[TaskEntry]:
