@@ -20,7 +20,7 @@ import pyopencl as cl
 from meshgpu.errors import DeviceError, InputError, ModelError
 from meshgpu.inference.opencl import lower_linear, lower_tensor, programs  # noqa: F401
 from meshgpu.inference.opencl.graph import Graph, read_graph
-from meshgpu.inference.opencl.plan import DeviceTensor, Plan, PlanBuilder
+from meshgpu.inference.opencl.plan import DeviceTensor, Plan, build_plan
 
 
 def _static_constants(graph: Graph) -> dict[str, np.ndarray]:
@@ -94,8 +94,7 @@ class OpenCLSession:
         signature = tuple(sorted(shapes.items()))
         plan = self._plans.get(signature)
         if plan is None:
-            builder = PlanBuilder(self._graph, self._static, shapes, self._device, self._weights)
-            plan = builder.build()
+            plan = build_plan(self._graph, self._static, shapes, self._device, self._weights)
             self._plans[signature] = plan
             weights = sum(b.size for b in self._weights.values())
             activations = max(p.activation_bytes for p in self._plans.values())

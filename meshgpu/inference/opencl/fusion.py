@@ -41,7 +41,7 @@ class Epilogue:
 def activation_expression(builder: PlanBuilder, node: Node) -> str | None:
     """The OpenCL expression in ``v`` for an activation node, or None if not fusable."""
     if node.op == "Relu":
-        return "fmax(v, 0.0f)"
+        return "(v > 0.0f ? v : 0.0f)"
     if node.op == "LeakyRelu":
         alpha = float_literal(float(node.attrs.get("alpha", 0.01)))
         return f"(v >= 0.0f ? v : {alpha} * v)"
@@ -54,7 +54,7 @@ def activation_expression(builder: PlanBuilder, node: Node) -> str | None:
         if bounds is None:
             return None
         low, high = bounds
-        return f"fmin(fmax(v, {float_literal(low)}), {float_literal(high)})"
+        return f"(v < {float_literal(low)} ? {float_literal(low)} : (v > {float_literal(high)} ? {float_literal(high)} : v))"
     return None
 
 

@@ -15,7 +15,7 @@ from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
-from meshgpu.inference.opencl.kernels.gemm import GEMM_SOURCE, PANEL
+from meshgpu.inference.opencl.kernels.gemm import GEMM_SOURCE, IM2COL_K_CHUNK, PANEL
 from meshgpu.inference.opencl.kernels.spatial import DIRECT_CONV_SOURCE
 from meshgpu.inference.opencl.plan import (
     DeviceTensor,
@@ -99,6 +99,7 @@ def gemm_launch(
     bias_strides: tuple[int, int, int] = (0, 0, 0),
     alpha: float = 1.0,
     beta: float = 1.0,
+    out_offset: int = 0,
 ) -> None:
     """Queue the GEMM with its fused epilogue (bias, residual, activation)."""
     defines = epilogue.act_define()
@@ -123,7 +124,7 @@ def gemm_launch(
             i32(a_batch_stride),
             i32(b_batch_stride),
             i32(pixels),
-            i32(0),
+            i32(out_offset),
             i32(s_batch),
             i32(s_image),
             i32(s_m),
@@ -197,18 +198,18 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
     )
     scale = epilogue.scale.astype(np.float32)
     folded_bias = builder.weight((*key, "bias"), lambda: epilogue.shift.astype(np.float32))
-    output = builder.new_tensor(epilogue.output, declared_shape)
     groups_out = out_channels // groups
     (pad_top, pad_left), _ = geometry.pads_begin, geometry.pads_end
     stride_h, stride_w = geometry.strides
     dilation_h, dilation_w = geometry.dilations
     if groups_out < DIRECT_CONV_MAX_CHANNELS_PER_GROUP:
+        output = builder.new_tensor(epilogue.output, declared_shape)
         weights = builder.weight((*key, "direct"), lambda: weight * scale[:, None, None, None])
         defines = epilogue.act_define() + "#define HAS_BIAS 1\n"
         residual = epilogue.residual.storage if epilogue.residual is not None else None
         if residual is not None:
             defines += "#define HAS_RESIDUAL 1\n"
-        total = batch * out_channels * out_h * out_w
+        rows = batch * out_channels * out_h
         builder.launch(
             node,
             defines + DIRECT_CONV_SOURCE,
@@ -238,11 +239,12 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
                         dilation_w,
                         group_channels,
                         groups_out,
-                        total,
+                        rows,
                     )
                 ),
             ],
-            total=total,
+            total=rows,
+            local=(8,),
         )
         return
     depth = group_channels * kernel_h * kernel_w
@@ -253,7 +255,8 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
         lambda: pack_host((weight * scale[:, None, None, None]).reshape(groups, groups_out, depth)),
     )
     im2col = builder.workspace(groups * column_blocks * depth * PANEL * 4, f"{node.name} im2col")
-    total = groups * column_blocks * depth
+    k_chunks = -(-depth // IM2COL_K_CHUNK)
+    total = groups * column_blocks * k_chunks
     builder.launch(
         node,
         GEMM_SOURCE,
@@ -281,13 +284,27 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
                     columns,
                     column_blocks,
                     channels * height * width,
+                    k_chunks,
                     total,
                 )
             ),
         ],
         total=total,
+        local=(8,),
     )
     pixels = out_h * out_w
+    # Write straight into this output's slice of a channel Concat when the plan placed it.
+    target = None
+    if not one_d:
+        builder.slice_writers.add(epilogue.output)
+        if epilogue.residual is None:
+            target = builder.slice_target(epilogue.output, declared_shape)
+    if target is not None:
+        output, channel_offset = target
+        image_stride = output.shape[1] * pixels
+    else:
+        output = builder.new_tensor(epilogue.output, declared_shape)
+        channel_offset, image_stride = 0, out_channels * pixels
     gemm_launch(
         builder,
         node,
@@ -304,10 +321,11 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
         b_batch_stride=column_blocks * PANEL * depth,
         pixels=pixels,
         s_batch=groups_out * pixels,
-        s_image=out_channels * pixels,
+        s_image=image_stride,
         s_m=pixels,
         s_p=1,
         bias_strides=(groups_out, 1, 0),
+        out_offset=channel_offset * pixels,
     )
 
 

@@ -17,13 +17,19 @@ from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.elementwise import (
     AFFINE_SOURCE,
+    CHUNK,
     BINARY_EXPRESSIONS,
     BINARY_SOURCE,
     COPY_SOURCE,
     UNARY_EXPRESSIONS,
     UNARY_SOURCE,
 )
-from meshgpu.inference.opencl.kernels.spatial import LRN_SOURCE, POOL_SOURCE, SOFTMAX_SOURCE
+from meshgpu.inference.opencl.kernels.spatial import (
+    GLOBAL_POOL_SOURCE,
+    LRN_SOURCE,
+    POOL_SOURCE,
+    SOFTMAX_SOURCE,
+)
 from meshgpu.inference.opencl.plan import (
     DeviceTensor,
     PlanBuilder,
@@ -103,6 +109,7 @@ def strided_copy(
         "strided_copy",
         [source, target, meta, i32(source_offset), i32(target_offset), i32(total)],
         total=total,
+        per_item=CHUNK,
     )
 
 
@@ -129,6 +136,7 @@ def lower_unary(builder: PlanBuilder, node: Node) -> None:
         "unary",
         [x.storage, output.storage, f32(0.0), f32(0.0), i32(total)],
         total=total,
+        per_item=CHUNK,
     )
 
 
@@ -168,6 +176,7 @@ def _binary(
         "binary",
         [a.storage, b.storage, output.storage, meta, i32(total)],
         total=total,
+        per_item=CHUNK,
     )
     return output
 
@@ -211,6 +220,7 @@ def lower_variadic(builder: PlanBuilder, node: Node) -> None:
             "unary",
             [partial.storage, output.storage, f32(1.0 / len(names)), f32(0), i32(total)],
             total=total,
+            per_item=CHUNK,
         )
 
 
@@ -260,6 +270,7 @@ def _affine(
             i32(total),
         ],
         total=total,
+        per_item=CHUNK,
     )
 
 
@@ -369,11 +380,16 @@ def lower_concat(builder: PlanBuilder, node: Node) -> None:
     axis = axis + rank if axis < 0 else axis
     out_shape = list(shapes[0])
     out_shape[axis] = sum(s[axis] for s in shapes)
-    output = builder.new_tensor(node.outputs[0], out_shape)
+    output = builder.tensors.get(node.outputs[0]) or builder.new_tensor(
+        node.outputs[0], out_shape
+    )
     out_strides = contiguous_strides(out_shape)
     offset = 0
     for name, shape in zip(names, shapes, strict=True):
         if _count(shape) == 0:
+            continue
+        if name in builder.placed:  # its producer already wrote into this slice
+            offset += shape[axis]
             continue
         source = builder.tensor(node, name)
         strided_copy(
@@ -478,6 +494,7 @@ def lower_pad(builder: PlanBuilder, node: Node) -> None:
         "fill",
         [output.storage, f32(value), i32(total)],
         total=total,
+        per_item=CHUNK,
     )
     out_strides = contiguous_strides(out_shape)
     offset = sum(pads[i] * out_strides[i] for i in range(rank))
@@ -529,7 +546,12 @@ def lower_pool(builder: PlanBuilder, node: Node) -> None:
         defines = "#define POOL_AVG 1\n"
         if int(node.attrs.get("count_include_pad", 0)):
             defines += "#define COUNT_PAD 1\n"
-    total = _count(out_shape_4d)
+    (stride_h, stride_w), (dilation_h, dilation_w) = geometry.strides, geometry.dilations
+    defines += (
+        f"#define KH {kernel[0]}\n#define KW {kernel[1]}\n#define SH {stride_h}\n"
+        f"#define SW {stride_w}\n#define DH {dilation_h}\n#define DW {dilation_w}\n"
+    )
+    rows = out_shape_4d[0] * out_shape_4d[1] * out_h  # one work-item per output row
     builder.launch(
         node,
         defines + POOL_SOURCE,
@@ -544,17 +566,13 @@ def lower_pool(builder: PlanBuilder, node: Node) -> None:
                     x_shape[3],
                     out_h,
                     out_w,
-                    kernel[0],
-                    kernel[1],
-                    *geometry.strides,
                     *geometry.pads_begin,
                     *geometry.pads_end,
-                    *geometry.dilations,
-                    total,
+                    rows,
                 )
             ),
         ],
-        total=total,
+        total=rows,
     )
 
 
@@ -569,7 +587,7 @@ def lower_global_pool(builder: PlanBuilder, node: Node) -> None:
     total = x.shape[0] * x.shape[1]
     builder.launch(
         node,
-        defines + POOL_SOURCE,
+        defines + GLOBAL_POOL_SOURCE,
         "global_pool",
         [x.storage, output.storage, i32(_count(x.shape[2:])), i32(total)],
         total=total,
@@ -622,4 +640,5 @@ def lower_lrn(builder: PlanBuilder, node: Node) -> None:
             i32(total),
         ],
         total=total,
+        per_item=64,
     )

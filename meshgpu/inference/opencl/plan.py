@@ -29,7 +29,7 @@ from meshgpu.inference.opencl.folding import fold_node
 from meshgpu.inference.opencl.graph import Graph, Node
 
 FLOAT_BYTES = 4
-ELEMENTWISE_GROUP = 64
+ELEMENTWISE_GROUP = 8
 
 
 @dataclass(eq=False)
@@ -115,8 +115,20 @@ class PlanBuilder:
         input_shapes: dict[str, tuple[int, ...]],
         device: cl.Device,
         weights: dict[Any, cl.Buffer],
+        *,
+        dry: bool = False,
+        placements: dict[str, tuple[str, tuple[int, ...], int]] | None = None,
     ) -> None:
         self.graph = graph
+        #: A dry builder only infers shapes and fusion decisions: no uploads, no compiles.
+        self.dry = dry
+        #: tensor -> (concat output, concat shape, channel offset) for producers that write
+        #: straight into their slice of a channel concatenation.
+        self.placements = placements or {}
+        self.placed: dict[str, tuple[int, ...]] = {}
+        self.slice_writers: set[str] = set()
+        self._node_index = {id(node): index for index, node in enumerate(graph.nodes)}
+        self._bound_constants: dict[Storage, cl.Buffer] = {}
         self.device = device
         self.context = programs.context_for(device)
         self.weights = weights
@@ -148,6 +160,8 @@ class PlanBuilder:
     def shape(self, name: str) -> tuple[int, ...]:
         if name in self.values:
             return tuple(int(d) for d in self.values[name].shape)
+        if name in self.placed:
+            return self.placed[name]
         return self.tensors[name].shape
 
     def tensor(self, node: Node, name: str) -> DeviceTensor:
@@ -156,17 +170,16 @@ class PlanBuilder:
             return self.tensors[name]
         if name in self.values:
             array = np.ascontiguousarray(self.values[name], dtype=np.float32)
-            buffer = self.weight(("raw", name), lambda: array) if name in self.static else None
             storage = Storage(max(FLOAT_BYTES, array.nbytes), f"constant {name}")
-            if buffer is None:
-                buffer = self._upload(array)
+            if name in self.static:
+                buffer = self.weight(("raw", name), lambda: array)
+            else:
+                buffer = None if self.dry else self._upload(array)
             tensor = DeviceTensor(storage, tuple(array.shape))
             self._bound_constants[storage] = buffer
             self.tensors[name] = tensor
             return tensor
         raise ModelError(f"{node.describe()} reads {name!r} before it is computed")
-
-    _bound_constants: dict[Storage, cl.Buffer]
 
     def sole_consumer(self, name: str) -> Node | None:
         """The only node reading ``name`` when it is not a graph output, else None."""
@@ -193,6 +206,8 @@ class PlanBuilder:
         """Device copy of a derived constant, uploaded once per session under ``key``."""
         buffer = self.weights.get(key)
         if buffer is None:
+            if self.dry:
+                return None
             array = make()
             dtype = np.int32 if array.dtype == np.int32 else np.float32
             buffer = self._upload(np.ascontiguousarray(array, dtype=dtype))
@@ -221,15 +236,19 @@ class PlanBuilder:
         total: int | None = None,
         grid: tuple[int, ...] | None = None,
         local: tuple[int, ...] | None = None,
+        per_item: int = 1,
     ) -> None:
-        """Queue a launch: ``total`` work-items in 64-wide groups, or an explicit grid."""
+        """Queue a launch over ``total`` work-items (each handling ``per_item`` elements) in
+        ``local``-sized groups (default 8), or over an explicit ``grid``."""
         if grid is None:
             assert total is not None
             if total <= 0:
                 return
-            grid = (-(-total // ELEMENTWISE_GROUP) * ELEMENTWISE_GROUP,)
-            local = (ELEMENTWISE_GROUP,)
-        if any(g <= 0 for g in grid):
+            items = -(-total // per_item)
+            group = local[0] if local else ELEMENTWISE_GROUP
+            grid = (-(-items // group) * group,)
+            local = (group,)
+        if any(g <= 0 for g in grid) or self.dry:
             return
         program = programs.program_for(self.device, source)
         self.launches.append(
@@ -237,8 +256,18 @@ class PlanBuilder:
         )
 
     # -- the walk -----------------------------------------------------------------------
-    def build(self) -> Plan:
-        self._bound_constants = {}
+    def slice_target(self, name: str, shape: tuple[int, ...]) -> tuple[DeviceTensor, int] | None:
+        """For a placed tensor: (concat tensor, channel offset) to write into, else None."""
+        placement = self.placements.get(name)
+        if placement is None:
+            return None
+        concat_name, concat_shape, offset = placement
+        target = self.tensors.get(concat_name) or self.new_tensor(concat_name, concat_shape)
+        self.placed[name] = shape
+        return target, offset
+
+    def walk(self) -> None:
+        """Fold or lower every node in order (the shared part of dry and real builds)."""
         for index, node in enumerate(self.graph.nodes):
             if index in self.absorbed:
                 continue
@@ -253,11 +282,14 @@ class PlanBuilder:
                     f"the OpenCL backend cannot run {node.describe()} on device tensors"
                 )
             lowering(self, node)
+
+    def build(self) -> Plan:
+        self.walk()
         return self._finish()
 
     def absorb(self, node: Node) -> None:
         """Mark a later node as computed by the current launch (fusion)."""
-        self.absorbed.add(self.graph.nodes.index(node))
+        self.absorbed.add(self._node_index[id(node)])
 
     def _fold(self, node: Node) -> None:
         if node.op == "Shape":
@@ -378,3 +410,38 @@ def i32(value: int) -> np.int32:
 
 def f32(value: float) -> np.float32:
     return np.float32(value)
+
+
+def build_plan(
+    graph: Graph,
+    static_constants: dict[str, np.ndarray],
+    input_shapes: dict[str, tuple[int, ...]],
+    device: cl.Device,
+    weights: dict[Any, cl.Buffer],
+) -> Plan:
+    """Dry walk for shapes, choose concat placements, then the real build."""
+    dry = PlanBuilder(graph, static_constants, input_shapes, device, weights, dry=True)
+    dry.walk()
+    shapes = {name: tensor.shape for name, tensor in dry.tensors.items()}
+    placements: dict[str, tuple[str, tuple[int, ...], int]] = {}
+    for index, node in enumerate(graph.nodes):
+        if node.op != "Concat" or index in dry.absorbed or node.outputs[0] not in shapes:
+            continue
+        names = [n for n in node.inputs if n]
+        out_shape = shapes[node.outputs[0]]
+        axis = int(node.attrs.get("axis", 1))
+        if len(out_shape) != 4 or axis not in (1, -3) or len(set(names)) != len(names):
+            continue
+        offset = 0
+        for name in names:
+            if (
+                name in dry.slice_writers
+                and dry.sole_consumer(name) is node
+                and name not in dry.input_storages
+            ):
+                placements[name] = (node.outputs[0], out_shape, offset)
+            offset += dry.shape(name)[1]
+    real = PlanBuilder(
+        graph, static_constants, input_shapes, device, weights, placements=placements
+    )
+    return real.build()

@@ -14,7 +14,7 @@ scalar) run with one to three dimensions.
 from __future__ import annotations
 
 UNARY_EXPRESSIONS: dict[str, str] = {
-    "Relu": "fmax(x, 0.0f)",
+    "Relu": "x > 0.0f ? x : 0.0f",
     "Sigmoid": "1.0f / (1.0f + exp(-x))",
     "Tanh": "tanh(x)",
     "Exp": "exp(x)",
@@ -33,82 +33,119 @@ BINARY_EXPRESSIONS: dict[str, str] = {
     "Mul": "a * b",
     "Div": "a / b",
     "Pow": "pow(a, b)",
-    "Max": "fmax(a, b)",
-    "Min": "fmin(a, b)",
+    "Max": "a > b ? a : b",
+    "Min": "a < b ? a : b",
 }
 
-UNARY_SOURCE = r"""
+#: Elements each work-item handles. PoCL runs one work-item per loop iteration of a
+#: work-group function, so a work-item per element costs ~1 ns of overhead; looping over a
+#: contiguous chunk inside the work-item is 5-8x faster (numbers in docs/opencl-engine.md).
+CHUNK = 256
+
+UNARY_SOURCE = f"#define CHUNK {CHUNK}\n" + r"""
 __kernel void unary(__global const float* restrict input, __global float* restrict output,
                     float alpha, float beta, int total) {
-  int i = get_global_id(0);
-  if (i >= total) return;
-  float x = input[i];
-  output[i] = EXPRESSION;
+  int start = get_global_id(0) * CHUNK;
+  int stop = min(start + CHUNK, total);
+  for (int i = start; i < stop; i++) {
+    float x = input[i];
+    output[i] = EXPRESSION;
+  }
 }
 """
 
-BINARY_SOURCE = r"""
+ODOMETER = r"""
+/* Walk `count` consecutive flat output indices from `start` over dims meta[0..NDIM), keeping
+   two strided offsets (strides meta[NDIM..2NDIM) and meta[2NDIM..3NDIM)) in step. */
+#define ODOMETER_BEGIN(start, first, second)                                      \
+  int coord[NDIM];                                                                \
+  {                                                                               \
+    int rest = (start);                                                           \
+    for (int d = NDIM - 1; d >= 0; d--) {                                         \
+      coord[d] = rest % meta[d];                                                  \
+      rest /= meta[d];                                                            \
+      first += coord[d] * meta[NDIM + d];                                         \
+      second += coord[d] * meta[2 * NDIM + d];                                    \
+    }                                                                             \
+  }
+#define ODOMETER_STEP(first, second)                                              \
+  {                                                                               \
+    int d = NDIM - 1;                                                             \
+    coord[d]++;                                                                   \
+    first += meta[NDIM + d];                                                      \
+    second += meta[2 * NDIM + d];                                                 \
+    while (d > 0 && coord[d] == meta[d]) {                                        \
+      first -= meta[d] * meta[NDIM + d];                                          \
+      second -= meta[d] * meta[2 * NDIM + d];                                     \
+      coord[d] = 0;                                                               \
+      d--;                                                                        \
+      coord[d]++;                                                                 \
+      first += meta[NDIM + d];                                                    \
+      second += meta[2 * NDIM + d];                                               \
+    }                                                                             \
+  }
+"""
+
+BINARY_SOURCE = f"#define CHUNK {CHUNK}\n" + ODOMETER + r"""
 /* meta: dims[NDIM], a_strides[NDIM], b_strides[NDIM] (row-major, last dim fastest). */
 __kernel void binary(__global const float* restrict A, __global const float* restrict B,
                      __global float* restrict output, __global const int* restrict meta,
                      int total) {
-  int i = get_global_id(0);
-  if (i >= total) return;
-  int rest = i;
+  int start = get_global_id(0) * CHUNK;
+  if (start >= total) return;
+  int stop = min(start + CHUNK, total);
   int ia = 0;
   int ib = 0;
-  for (int d = NDIM - 1; d >= 0; d--) {
-    int c = rest % meta[d];
-    rest /= meta[d];
-    ia += c * meta[NDIM + d];
-    ib += c * meta[2 * NDIM + d];
+  ODOMETER_BEGIN(start, ia, ib)
+  for (int i = start; i < stop; i++) {
+    float a = A[ia];
+    float b = B[ib];
+    float v = EXPRESSION;
+    output[i] = ACT(v);
+    ODOMETER_STEP(ia, ib)
   }
-  float a = A[ia];
-  float b = B[ib];
-  float v = EXPRESSION;
-  output[i] = ACT(v);
 }
 """
 
-AFFINE_SOURCE = r"""
+AFFINE_SOURCE = f"#define CHUNK {CHUNK}\n" + r"""
 /* Per-channel y = ACT(x * scale[c] + shift[c]) over an NC... tensor: BatchNormalization in
    inference mode, and Mul/Add by per-channel constants merged into it. */
 __kernel void channel_affine(__global const float* restrict x, __global float* restrict y,
                              __global const float* restrict scale,
                              __global const float* restrict shift,
                              int channels, int inner, int total) {
-  int i = get_global_id(0);
-  if (i >= total) return;
-  int c = (i / inner) % channels;
-  float v = x[i] * scale[c] + shift[c];
-  y[i] = ACT(v);
+  int start = get_global_id(0) * CHUNK;
+  int stop = min(start + CHUNK, total);
+  for (int i = start; i < stop; i++) {
+    int c = (i / inner) % channels;
+    float v = x[i] * scale[c] + shift[c];
+    y[i] = ACT(v);
+  }
 }
 """
 
-COPY_SOURCE = r"""
+COPY_SOURCE = f"#define CHUNK {CHUNK}\n" + ODOMETER + r"""
 /* dst[dst_offset + sum c_d*dst_stride_d] = src[src_offset + sum c_d*src_stride_d] over an
    iteration shape; meta: dims[NDIM], src_strides[NDIM], dst_strides[NDIM].
-   Serves Transpose, Concat (one launch per input), Slice, Expand and Pad's interior. */
+   Serves Transpose, Concat (one launch per input), Gather, Expand and Pad's interior. */
 __kernel void strided_copy(__global const float* restrict src, __global float* restrict dst,
                            __global const int* restrict meta, int src_offset, int dst_offset,
                            int total) {
-  int i = get_global_id(0);
-  if (i >= total) return;
-  int rest = i;
+  int start = get_global_id(0) * CHUNK;
+  if (start >= total) return;
+  int stop = min(start + CHUNK, total);
   int s = src_offset;
-  int d_index = dst_offset;
-  for (int d = NDIM - 1; d >= 0; d--) {
-    int c = rest % meta[d];
-    rest /= meta[d];
-    s += c * meta[NDIM + d];
-    d_index += c * meta[2 * NDIM + d];
+  int t = dst_offset;
+  ODOMETER_BEGIN(start, s, t)
+  for (int i = start; i < stop; i++) {
+    dst[t] = src[s];
+    ODOMETER_STEP(s, t)
   }
-  dst[d_index] = src[s];
 }
 
 __kernel void fill(__global float* restrict dst, float value, int total) {
-  int i = get_global_id(0);
-  if (i >= total) return;
-  dst[i] = value;
+  int start = get_global_id(0) * CHUNK;
+  int stop = min(start + CHUNK, total);
+  for (int i = start; i < stop; i++) dst[i] = value;
 }
 """

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 PANEL = 8
 
+#: k values one im2col work-item fills (K_CHUNK in the kernel source).
+IM2COL_K_CHUNK = 32
+
 GEMM_SOURCE = r"""
 #ifndef ACT
 #define ACT(v) (v)
@@ -49,40 +52,68 @@ __kernel void pack_panels(__global const float* restrict src, __global float* re
 }
 
 /* im2col straight into packed-B panels: [group][ceil(N/8)][K][8] with K = Cg*KH*KW and
-   N = batch*OH*OW. Column n is output pixel (image n / (OH*OW), pixel n % (OH*OW)). */
+   N = batch*OH*OW. Column n is output pixel (image n / (OH*OW), pixel n % (OH*OW)).
+   One work-item fills K_CHUNK consecutive k of one 8-column block: the pixel coordinates
+   are decoded once, (ci, ky, kx) advance incrementally, and writes are contiguous. */
+#define K_CHUNK 32
 __kernel void im2col_panels(__global const float* restrict x, __global float* restrict col,
                             int Cg, int H, int W, int OH, int OW, int KH, int KW,
                             int SH, int SW, int PH, int PW, int DH, int DW,
-                            int K, int N, int blocks, int x_image_stride, int total) {
+                            int K, int N, int blocks, int x_image_stride, int k_chunks,
+                            int total) {
   int f = get_global_id(0);
   if (f >= total) return;
-  int k = f % K;
-  int t = f / K;
+  int kc = f % k_chunks;
+  int t = f / k_chunks;
   int nb = t % blocks;
   int g = t / blocks;
-  int ci = k / (KH * KW);
-  int r = k - ci * (KH * KW);
-  int ky = r / KW;
-  int kx = r - ky * KW;
   int P = OH * OW;
-  const __global float* xc = x + (g * Cg + ci) * H * W;
-  float v[8];
+  int base[8];
+  int iy0[8];
+  int ix0[8];
   for (int j = 0; j < 8; j++) {
     int n = nb * 8 + j;
-    float value = 0.0f;
     if (n < N) {
       int img = n / P;
       int p = n - img * P;
       int oy = p / OW;
       int ox = p - oy * OW;
-      int iy = oy * SH - PH + ky * DH;
-      int ix = ox * SW - PW + kx * DW;
-      if (iy >= 0 && iy < H && ix >= 0 && ix < W)
-        value = xc[img * x_image_stride + iy * W + ix];
+      iy0[j] = oy * SH - PH;
+      ix0[j] = ox * SW - PW;
+      base[j] = img * x_image_stride + g * Cg * H * W;
+    } else {
+      iy0[j] = -(1 << 28);
+      ix0[j] = 0;
+      base[j] = 0;
     }
-    v[j] = value;
   }
-  vstore8((float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), f, col);
+  int k0 = kc * K_CHUNK;
+  int k1 = min(k0 + K_CHUNK, K);
+  int ci = k0 / (KH * KW);
+  int r = k0 - ci * (KH * KW);
+  int ky = r / KW;
+  int kx = r - ky * KW;
+  __global float* out = col + ((size_t)(g * blocks + nb) * K + k0) * 8;
+  for (int k = k0; k < k1; k++) {
+    float v[8];
+    int plane = ci * H * W;
+    for (int j = 0; j < 8; j++) {
+      int iy = iy0[j] + ky * DH;
+      int ix = ix0[j] + kx * DW;
+      v[j] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[base[j] + plane + iy * W + ix] : 0.0f;
+    }
+    vstore8((float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), 0, out);
+    out += 8;
+    kx++;
+    if (kx == KW) {
+      kx = 0;
+      ky++;
+      if (ky == KH) {
+        ky = 0;
+        ci++;
+      }
+    }
+  }
 }
 
 /* C = ACT(alpha * A.B + beta * bias [+ residual]).  Grid: (ceil(N/8), ceil(M/8), batch),

@@ -11,56 +11,61 @@ POOL_SOURCE = r"""
    the dilation; positions outside the input are skipped.  For averages, count_include_pad
    divides by the positions inside the padded extent [-P_begin, size + P_end), otherwise by
    the positions inside the input. */
+/* The window (KH, KW, SH, SW, DH, DW) is compiled in as constants so the loops unroll. */
 __kernel void pool2d(__global const float* restrict x, __global float* restrict y,
-                     int H, int W, int OH, int OW, int KH, int KW, int SH, int SW,
-                     int PH, int PW, int PH_END, int PW_END, int DH, int DW, int total) {
-  int i = get_global_id(0);
-  if (i >= total) return;
-  int ox = i % OW;
-  int t = i / OW;
-  int oy = t % OH;
-  int nc = t / OH;
+                     int H, int W, int OH, int OW,
+                     int PH, int PW, int PH_END, int PW_END, int rows) {
+  int row = get_global_id(0);   /* one work-item per output row (n, c, oy) */
+  if (row >= rows) return;
+  int oy = row % OH;
+  int nc = row / OH;
   const __global float* xc = x + (size_t)nc * H * W;
+  __global float* yr = y + (size_t)row * OW;
   int y0 = oy * SH - PH;
-  int x0 = ox * SW - PW;
+  for (int ox = 0; ox < OW; ox++) {
+    int x0 = ox * SW - PW;
 #ifdef POOL_MAX
-  float acc = -INFINITY;
+    float acc = -INFINITY;
 #else
-  float acc = 0.0f;
-  int counted = 0;
+    float acc = 0.0f;
+    int counted = 0;
 #endif
-  for (int ky = 0; ky < KH; ky++) {
-    int iy = y0 + ky * DH;
+    for (int ky = 0; ky < KH; ky++) {
+      int iy = y0 + ky * DH;
 #if defined(POOL_AVG) && defined(COUNT_PAD)
-    if (iy >= -PH && iy < H + PH_END) {
+      if (iy >= -PH && iy < H + PH_END) {
+        for (int kx = 0; kx < KW; kx++) {
+          int ix = x0 + kx * DW;
+          if (ix >= -PW && ix < W + PW_END) counted++;
+        }
+      }
+#endif
+      if (iy < 0 || iy >= H) continue;
       for (int kx = 0; kx < KW; kx++) {
         int ix = x0 + kx * DW;
-        if (ix >= -PW && ix < W + PW_END) counted++;
+        if (ix < 0 || ix >= W) continue;
+        float v = xc[iy * W + ix];
+#ifdef POOL_MAX
+        acc = v > acc ? v : acc;
+#else
+        acc += v;
+#ifndef COUNT_PAD
+        counted++;
+#endif
+#endif
       }
     }
-#endif
-    if (iy < 0 || iy >= H) continue;
-    for (int kx = 0; kx < KW; kx++) {
-      int ix = x0 + kx * DW;
-      if (ix < 0 || ix >= W) continue;
-      float v = xc[iy * W + ix];
 #ifdef POOL_MAX
-      acc = fmax(acc, v);
+    yr[ox] = acc;
 #else
-      acc += v;
-#ifndef COUNT_PAD
-      counted++;
+    yr[ox] = counted > 0 ? acc / (float)counted : 0.0f;
 #endif
-#endif
-    }
   }
-#ifdef POOL_MAX
-  y[i] = acc;
-#else
-  y[i] = counted > 0 ? acc / (float)counted : 0.0f;
-#endif
 }
 
+"""
+
+GLOBAL_POOL_SOURCE = r"""
 /* GlobalAveragePool / GlobalMaxPool: one work-item per (n, c) plane. */
 __kernel void global_pool(__global const float* restrict x, __global float* restrict y,
                           int plane, int total) {
@@ -69,7 +74,7 @@ __kernel void global_pool(__global const float* restrict x, __global float* rest
   const __global float* xc = x + (size_t)i * plane;
 #ifdef POOL_MAX
   float acc = -INFINITY;
-  for (int p = 0; p < plane; p++) acc = fmax(acc, xc[p]);
+  for (int p = 0; p < plane; p++) acc = xc[p] > acc ? xc[p] : acc;
   y[i] = acc;
 #else
   float acc = 0.0f;
@@ -91,7 +96,10 @@ __kernel void softmax(__global const float* restrict x, __global float* restrict
   int in = i - o * inner;
   size_t base = (size_t)o * length * inner + in;
   float peak = -INFINITY;
-  for (int k = 0; k < length; k++) peak = fmax(peak, x[base + (size_t)k * inner]);
+  for (int k = 0; k < length; k++) {
+    float v = x[base + (size_t)k * inner];
+    peak = v > peak ? v : peak;
+  }
   float sum = 0.0f;
   for (int k = 0; k < length; k++) sum += exp(x[base + (size_t)k * inner] - peak);
 #ifdef LOG_SOFTMAX
@@ -111,21 +119,23 @@ LRN_SOURCE = r"""
    y = x / (bias + alpha / size * square_sum) ^ beta. */
 __kernel void lrn(__global const float* restrict x, __global float* restrict y,
                   int C, int plane, int size, float alpha, float beta, float bias, int total) {
-  int i = get_global_id(0);
-  if (i >= total) return;
-  int p = i % plane;
-  int t = i / plane;
-  int c = t % C;
-  int n = t / C;
-  int lo = max(0, c - (size - 1) / 2);
-  int hi = min(C - 1, c + size / 2);
-  const __global float* xn = x + (size_t)n * C * plane + p;
-  float sum = 0.0f;
-  for (int k = lo; k <= hi; k++) {
-    float v = xn[(size_t)k * plane];
-    sum += v * v;
+  int start = get_global_id(0) * 64;
+  int stop = min(start + 64, total);
+  for (int i = start; i < stop; i++) {
+    int p = i % plane;
+    int t = i / plane;
+    int c = t % C;
+    int n = t / C;
+    int lo = max(0, c - (size - 1) / 2);
+    int hi = min(C - 1, c + size / 2);
+    const __global float* xn = x + (size_t)n * C * plane + p;
+    float sum = 0.0f;
+    for (int k = lo; k <= hi; k++) {
+      float v = xn[(size_t)k * plane];
+      sum += v * v;
+    }
+    y[i] = x[i] / pow(bias + alpha / (float)size * sum, beta);
   }
-  y[i] = x[i] / pow(bias + alpha / (float)size * sum, beta);
 }
 """
 
@@ -140,36 +150,37 @@ __kernel void conv2d_direct(__global const float* restrict x, __global const flo
                             __global const float* restrict residual, __global float* restrict y,
                             int C, int H, int W, int M, int OH, int OW, int KH, int KW,
                             int SH, int SW, int PH, int PW, int DH, int DW,
-                            int Cg, int Mg, int total) {
-  int i = get_global_id(0);
-  if (i >= total) return;
-  int ox = i % OW;
-  int t = i / OW;
-  int oy = t % OH;
-  t /= OH;
+                            int Cg, int Mg, int rows) {
+  int row = get_global_id(0);   /* one work-item per output row (n, m, oy) */
+  if (row >= rows) return;
+  int oy = row % OH;
+  int t = row / OH;
   int m = t % M;
   int n = t / M;
   int g = m / Mg;
-  float acc = 0.0f;
   const __global float* wm = w + (size_t)m * Cg * KH * KW;
-  for (int ci = 0; ci < Cg; ci++) {
-    const __global float* xc = x + ((size_t)n * C + g * Cg + ci) * H * W;
-    for (int ky = 0; ky < KH; ky++) {
-      int iy = oy * SH - PH + ky * DH;
-      if (iy < 0 || iy >= H) continue;
-      for (int kx = 0; kx < KW; kx++) {
-        int ix = ox * SW - PW + kx * DW;
-        if (ix < 0 || ix >= W) continue;
-        acc += xc[iy * W + ix] * wm[(ci * KH + ky) * KW + kx];
+  for (int ox = 0; ox < OW; ox++) {
+    float acc = 0.0f;
+    for (int ci = 0; ci < Cg; ci++) {
+      const __global float* xc = x + ((size_t)n * C + g * Cg + ci) * H * W;
+      for (int ky = 0; ky < KH; ky++) {
+        int iy = oy * SH - PH + ky * DH;
+        if (iy < 0 || iy >= H) continue;
+        for (int kx = 0; kx < KW; kx++) {
+          int ix = ox * SW - PW + kx * DW;
+          if (ix < 0 || ix >= W) continue;
+          acc += xc[iy * W + ix] * wm[(ci * KH + ky) * KW + kx];
+        }
       }
     }
-  }
+    int i = row * OW + ox;
 #ifdef HAS_BIAS
-  acc += bias[m];
+    acc += bias[m];
 #endif
 #ifdef HAS_RESIDUAL
-  acc += residual[i];
+    acc += residual[i];
 #endif
-  y[i] = ACT(acc);
+    y[i] = ACT(acc);
+  }
 }
 """
