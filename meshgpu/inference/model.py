@@ -109,13 +109,57 @@ def load_model(model: str | os.PathLike[str] | bytes | onnx.ModelProto) -> Loade
                 f"model {source} is not a valid ONNX file (corrupt or truncated: {error}); "
                 "re-download or re-export it"
             ) from error
-    check_model(proto, source)
+    check_model(skeleton(proto), source)
     return LoadedModel(
         proto=proto,
         digest=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
         source=source,
     )
+
+
+_SKELETON_MIN_ELEMENTS = 1024
+_FLOATING = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+}
+
+
+def skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with its large weights reduced to their dims: what checks need, cheaply.
+
+    The ONNX checker and shape inference read a weight's type and dims, not its values
+    (except small integer tensors such as Reshape targets, which are kept whole). Running them
+    on the full model would serialize every weight several times: half a minute for VGG-19's
+    575 MB. Each large floating-point weight becomes a graph input of the same type and
+    shape instead (the checker would reject a tensor whose data is missing).
+    """
+    light = onnx.ModelProto()
+    light.ir_version = proto.ir_version
+    light.opset_import.extend(proto.opset_import)
+    light.functions.extend(proto.functions)
+    graph = light.graph
+    graph.name = proto.graph.name
+    graph.node.extend(proto.graph.node)
+    graph.input.extend(proto.graph.input)
+    graph.output.extend(proto.graph.output)
+    graph.value_info.extend(proto.graph.value_info)
+    graph.sparse_initializer.extend(proto.graph.sparse_initializer)
+    declared = {value.name for value in proto.graph.input}
+    for tensor in proto.graph.initializer:
+        count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+        if tensor.data_type in _FLOATING and count >= _SKELETON_MIN_ELEMENTS:
+            if tensor.name not in declared:
+                graph.input.append(
+                    onnx.helper.make_tensor_value_info(
+                        tensor.name, tensor.data_type, list(tensor.dims)
+                    )
+                )
+        else:
+            graph.initializer.append(tensor)
+    return light
 
 
 def check_model(proto: onnx.ModelProto, source: str) -> None:
@@ -272,8 +316,7 @@ def largest_tensor(
     Symbolic input dimensions without a given shape count as 1, so the estimate is a lower
     bound: every execution plan needs at least this much memory at once.
     """
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
+    model = skeleton(proto)
     fixed = dict(input_shapes or {})
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
@@ -289,7 +332,10 @@ def largest_tensor(
         return ("", 0)
     best = ("", 0)
     graph = inferred.graph
+    weights = {tensor.name for tensor in proto.graph.initializer}
     for value in [*graph.input, *graph.value_info, *graph.output]:
+        if value.name in weights:
+            continue  # counted by initializer_bytes
         tensor_type = value.type.tensor_type
         dims = tensor_type.shape.dim
         if not dims or not all(dim.HasField("dim_value") for dim in dims):
