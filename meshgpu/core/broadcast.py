@@ -37,6 +37,9 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return len(self._where)
 
+    def __bool__(self) -> bool:
+        return bool(self._where)
+
     def __contains__(self, key: Hashable) -> bool:
         return key in self._where
 

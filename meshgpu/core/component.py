@@ -31,6 +31,7 @@ from meshgpu.core.effects import SendDatagram
 from meshgpu.core.messages import (
     Envelope,
     Message,
+    encode_bare,
     encode_head,
     encode_item,
     finish_datagram,
@@ -64,6 +65,8 @@ class NodeContext:
         """Membership updates: piggybacked first."""
         self.update_queue = BroadcastQueue()
         """Every other component's updates: fill the space membership leaves."""
+        self._limit_size = 0
+        self._limit = 1
         self.member_listeners: list[Callable[[MemberInfo, MemberInfo | None], None]] = []
         self.on_broadcast: Callable[[], None] = lambda: None
         """Called when an update is queued (membership schedules a gossip round)."""
@@ -79,6 +82,15 @@ class NodeContext:
     def send(self, address: Address, body: Message, extra_items: Sequence[bytes] = ()) -> None:
         """Send ``body`` to ``address``, with ``extra_items`` (pre-encoded, always included)
         and as many queued updates as fit under the datagram size."""
+        counters = self.counters
+        counters["datagrams_sent"] = counters.get("datagrams_sent", 0) + 1
+        member_queue = self.member_queue
+        update_queue = self.update_queue
+        if not extra_items and not member_queue and not update_queue:
+            # Fast path (most pings and acks in a quiet mesh): nothing to piggyback.
+            payload = encode_bare(self.node_id, self.incarnation, self.view, body)
+            self.effects.append(SendDatagram(address, payload))
+            return
         config = self.config
         head = encode_head(self.node_id, self.incarnation, self.view, body)
         budget = config.max_datagram_bytes - len(head) - 3
@@ -86,16 +98,20 @@ class NodeContext:
         items = list(extra_items)
         for item in items:
             budget -= len(item)
-        limit = config.retransmit_limit(self.cluster_size)
+        size = self.cluster_size
+        if self._limit_size != size:
+            self._limit_size = size
+            self._limit = config.retransmit_limit(size)
+        limit = self._limit
         if len(items) < max_items and budget > 8:
-            if self.member_queue:
-                taken = self.member_queue.take(budget, limit, max_items - len(items))
+            if member_queue:
+                taken = member_queue.take(budget, limit, max_items - len(items))
                 items.extend(taken)
-                budget -= sum(len(i) for i in taken)
-            if self.update_queue and len(items) < max_items and budget > 8:
-                items.extend(self.update_queue.take(budget, limit, max_items - len(items)))
+                for item in taken:
+                    budget -= len(item)
+            if update_queue and len(items) < max_items and budget > 8:
+                items.extend(update_queue.take(budget, limit, max_items - len(items)))
         self.effects.append(SendDatagram(address, finish_datagram(head, items)))
-        self.counters["datagrams_sent"] = self.counters.get("datagrams_sent", 0) + 1
 
     def broadcast(self, key: Hashable, update: Message, membership: bool = False) -> None:
         """Queue ``update`` for piggybacking, replacing any queued update under ``key``."""

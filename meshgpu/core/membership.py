@@ -92,7 +92,8 @@ class MemberTable:
         self.on_suspicion_scheduled: Callable[[NodeId, float], None] = lambda n, d: None
         self.on_suspicion_cleared: Callable[[NodeId], None] = lambda n: None
         self.on_new_suspect: Callable[[NodeId], None] = lambda n: None
-        self.on_death: Callable[[NodeId], None] = lambda n: None
+        self.on_gone: Callable[[NodeId], None] = lambda n: None
+        """Called when a member is declared dead or departs."""
         self.on_new_member: Callable[[NodeId], None] = lambda n: None
         self._sorted_live: list[NodeId] | None = None
 
@@ -286,7 +287,7 @@ class MemberTable:
             ),
             update,
         )
-        self.on_death(node_id)
+        self.on_gone(node_id)
         return True
 
     def apply_left(self, update: Left, now: float, reason: str) -> bool:
@@ -311,6 +312,7 @@ class MemberTable:
             ),
             update,
         )
+        self.on_gone(node_id)
         return True
 
     def apply_record(self, record: MemberRecord, sender: NodeId, now: float) -> bool:

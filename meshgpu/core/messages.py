@@ -166,6 +166,15 @@ def encode_head(sender: NodeId, incarnation: int, view: int, body: Message) -> b
     return packed
 
 
+def encode_bare(sender: NodeId, incarnation: int, view: int, body: Message) -> bytes:
+    """A whole datagram with nothing piggybacked (the common case), in one packb call."""
+    packed: bytes = msgpack.packb(
+        [PROTOCOL_VERSION, sender, incarnation, view, [body.TAG, *body.to_fields()], []],
+        use_bin_type=True,
+    )
+    return packed
+
+
 def finish_datagram(head: bytes, items: Sequence[bytes]) -> bytes:
     """Splice pre-encoded piggyback items onto a head from :func:`encode_head`.
 
@@ -190,21 +199,34 @@ def encode(envelope: Envelope) -> bytes:
 
 
 def _decode_message(raw: object, what: str) -> Message:
-    parts = expect_list(raw, what)
-    if not parts:
-        raise DecodeError(f"malformed message: {what} is empty")
-    tag = parts[0]
-    if type(tag) is not int:
-        raise DecodeError(f"malformed message: {what} tag must be an integer")
-    cls = _REGISTRY.get(tag)
+    if type(raw) is not list or not raw:
+        raise DecodeError(f"malformed message: {what} must be a non-empty list")
+    tag = raw[0]
+    cls = _REGISTRY.get(tag) if type(tag) is int else None
     if cls is None:
-        raise DecodeError(f"unknown message tag {tag} in {what}")
+        raise DecodeError(f"unknown message tag {tag!r} in {what}")
     try:
-        return cls.from_fields(parts[1:])
+        return cls.from_fields(raw[1:])
     except DecodeError:
         raise
     except Exception as exc:  # a message type's validation missed a case: still rejected
         raise DecodeError(f"malformed {cls.__name__} in {what}: {exc!r}") from exc
+
+
+def _envelope_error(raw: object) -> DecodeError:
+    """Say precisely why ``raw`` is not a valid envelope (off the fast path)."""
+    if type(raw) is not list or not raw:
+        return DecodeError("malformed datagram: not a non-empty msgpack array")
+    version = raw[0]
+    if type(version) is not int:
+        return DecodeError("malformed datagram: protocol version is not an integer")
+    if version != PROTOCOL_VERSION:
+        newer = "a newer" if version > PROTOCOL_VERSION else "an older"
+        return DecodeError(
+            f"datagram of {newer} protocol version {version} (this node speaks "
+            f"{PROTOCOL_VERSION}); upgrade the older node"
+        )
+    return DecodeError("malformed datagram: envelope must have 6 fields")
 
 
 def decode(data: bytes) -> Envelope:
@@ -212,30 +234,28 @@ def decode(data: bytes) -> Envelope:
     if len(data) > MAX_DATAGRAM_BYTES:
         raise DecodeError(f"datagram of {len(data)} bytes exceeds {MAX_DATAGRAM_BYTES}")
     try:
-        raw = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise DecodeError(f"not a msgpack datagram: {exc!r}") from exc
-    if type(raw) is not list or not raw:
-        raise DecodeError("malformed datagram: not a non-empty msgpack array")
-    version = raw[0]
-    if type(version) is not int:
-        raise DecodeError("malformed datagram: protocol version is not an integer")
+    if type(raw) is not list or len(raw) != 6 or type(raw[0]) is not int:
+        raise _envelope_error(raw)
+    version, sender, incarnation, view, body_raw, items = raw
     if version != PROTOCOL_VERSION:
-        newer = "a newer" if version > PROTOCOL_VERSION else "an older"
-        raise DecodeError(
-            f"datagram of {newer} protocol version {version} (this node speaks "
-            f"{PROTOCOL_VERSION}); upgrade the older node"
-        )
-    if len(raw) != 6:
-        raise DecodeError("malformed datagram: envelope must have 6 fields")
-    sender = expect_str(raw[1], "sender")
-    incarnation = expect_int(raw[2], "incarnation")
-    view = expect_int(raw[3], "view")
-    body = _decode_message(raw[4], "body")
-    items = expect_list(raw[5], "piggyback")
+        raise _envelope_error(raw)
+    if type(sender) is not str or not 0 < len(sender) <= MAX_ID_LENGTH:
+        expect_str(sender, "sender")
+    if type(incarnation) is not int or not 0 <= incarnation <= MAX_INT:
+        expect_int(incarnation, "incarnation")
+    if type(view) is not int or not 0 <= view <= MAX_INT:
+        expect_int(view, "view")
+    body = _decode_message(body_raw, "body")
+    if type(items) is not list:
+        raise DecodeError("malformed datagram: piggyback must be a list")
+    if not items:
+        return Envelope(sender, incarnation, view, body, ())
     if len(items) > MAX_PIGGYBACK_ITEMS:
         raise DecodeError(f"datagram carries {len(items)} updates (max {MAX_PIGGYBACK_ITEMS})")
-    piggyback = tuple(_decode_message(item, "piggyback item") for item in items)
+    piggyback = tuple([_decode_message(item, "piggyback item") for item in items])
     return Envelope(sender, incarnation, view, body, piggyback)
 
 

@@ -88,6 +88,7 @@ class Node:
         self.load_gossip = LoadGossip(self.context, self.table.members)
         self.leadership = Leadership(self.context, self.table, now)
         self.components: list[Component] = []
+        self._deadline = math.inf
         self._message_owner: dict[type[Message], Component] = {}
         self._update_owner: dict[type[Message], Component] = {}
         self.context.member_listeners.append(self._member_changed)
@@ -107,6 +108,7 @@ class Node:
                 raise ValueError(f"{cls.__name__} is already handled by another component")
             self._update_owner[cls] = component
         self.components.append(component)
+        self._deadline = self._compute_deadline()
         if component is not self.swim:
             self.context.member_listeners.append(component.on_member_changed)
             self.swim.anti_entropy_source.append(component)
@@ -140,7 +142,13 @@ class Node:
         return self.load_gossip.loads()
 
     def next_deadline(self) -> float:
-        """Absolute time at which the driver must deliver the next :class:`Tick`."""
+        """Absolute time at which the driver must deliver the next :class:`Tick`.
+
+        Cached: components' deadlines change only inside ``handle`` (and
+        ``add_component``), which recompute it, so drivers may call this freely."""
+        return self._deadline
+
+    def _compute_deadline(self) -> float:
         deadline = math.inf
         for component in self.components:
             candidate = component.next_deadline()
@@ -179,6 +187,7 @@ class Node:
                 context.count("leader_changes")
             self._announced = announced
             context.emit(LeaderChanged(announced[0], announced[1]))
+        self._deadline = self._compute_deadline()
         effects = context.effects
         context.effects = []
         return effects

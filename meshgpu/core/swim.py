@@ -97,7 +97,7 @@ class Swim(Component):
         table.on_suspicion_scheduled = self._schedule_suspicion
         table.on_suspicion_cleared = lambda node_id: self.timers.cancel(("suspicion", node_id))
         table.on_new_suspect = self._on_new_suspect
-        table.on_death = self._on_death
+        table.on_gone = self._on_gone
         table.on_new_member = self._on_new_member
         context.on_broadcast = self._wake_gossip
         # Announce ourselves with the first datagrams we send (memberlist does the same).
@@ -105,8 +105,6 @@ class Swim(Component):
         # Spread the first probe over one period so nodes started together do not beat in step.
         self.timers.schedule("probe", now + self.rng.random() * self.config.probe_interval)
         self.timers.schedule("push_pull", now + self.rng.random() * self.config.push_pull_interval)
-        self.timers.schedule("reconnect", now + self.config.reconnect_interval)
-        self.timers.schedule("reap", now + _REAP_INTERVAL)
 
     # --- timers ---------------------------------------------------------------------------
 
@@ -155,9 +153,18 @@ class Swim(Component):
         position = self.rng.randint(min(self._probe_index, len(order)), len(order))
         order.insert(position, node_id)
 
-    def _on_death(self, node_id: NodeId) -> None:
+    def _on_gone(self, node_id: NodeId) -> None:
         # Push the news at once rather than waiting for the next gossip round.
-        self._gossip_round(self.context.now, reschedule=False)
+        now = self.context.now
+        self._gossip_round(now, reschedule=False)
+        self._watch_gone(now)
+
+    def _watch_gone(self, now: float) -> None:
+        """Reconnection and expiry timers run only while someone is remembered dead."""
+        if "reconnect" not in self.timers:
+            self.timers.schedule("reconnect", now + self.config.reconnect_interval)
+        if "reap" not in self.timers:
+            self.timers.schedule("reap", now + _REAP_INTERVAL)
 
     # --- probing ---------------------------------------------------------------------------
 
@@ -262,10 +269,11 @@ class Swim(Component):
     # --- messages --------------------------------------------------------------------------
 
     def on_message(self, envelope: Envelope, message: Message, source: Address, now: float) -> None:
-        if isinstance(message, Ping):
-            self.answer_ping(message, source)
-        elif isinstance(message, Ack):
-            self._on_ack(message)
+        kind = type(message)
+        if kind is Ping:
+            self.answer_ping(message, source)  # type: ignore[arg-type]
+        elif kind is Ack:
+            self._on_ack(message)  # type: ignore[arg-type]
         elif isinstance(message, PingReq):
             seq = self._next_seq()
             self._relays[seq] = _Relay(source, message.seq, message.want_nack)
@@ -490,24 +498,25 @@ class Swim(Component):
     # --- reconnection, expiry, leaving ---------------------------------------------------
 
     def _reconnect_tick(self, now: float) -> None:
-        self.timers.schedule("reconnect", now + self.config.reconnect_interval)
         if self.table.leaving:
             return
         dead = [n for n in self.table.gone if self.table.members[n].state is MemberState.DEAD]
         if not dead:
             return
+        self.timers.schedule("reconnect", now + self.config.reconnect_interval)
         node_id = dead[self.rng.randrange(len(dead))]
         self.context.count("reconnect_pings")
         self.context.send(self.table.members[node_id].address, Ping(self._next_seq(), node_id))
 
     def _reap(self, now: float) -> None:
-        self.timers.schedule("reap", now + _REAP_INTERVAL)
         retention = self.config.dead_retention
         members = self.table.members
         expired = [n for n in self.table.gone if now - members[n].state_since >= retention]
         for node_id in expired:
             self.table.forget(node_id)
             self._last_notice.pop(node_id, None)
+        if self.table.gone:
+            self.timers.schedule("reap", now + _REAP_INTERVAL)
 
     def _suspicion_expired(self, node_id: NodeId, now: float) -> None:
         self.table.expire_suspicion(node_id, now)
