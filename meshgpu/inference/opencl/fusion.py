@@ -53,8 +53,8 @@ def activation_expression(builder: PlanBuilder, node: Node) -> str | None:
         bounds = clip_bounds(builder, node)
         if bounds is None:
             return None
-        low, high = bounds
-        return f"(v < {float_literal(low)} ? {float_literal(low)} : (v > {float_literal(high)} ? {float_literal(high)} : v))"
+        low, high = (float_literal(bound) for bound in bounds)
+        return f"(v < {low} ? {low} : (v > {high} ? {high} : v))"
     return None
 
 

@@ -149,7 +149,7 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
             f"{node.describe()}: convolution weights computed at run time are not supported"
         )
     weight = np.asarray(builder.host(weight_name), dtype=np.float32)
-    if x.shape and len(x.shape) not in (3, 4) or weight.ndim != len(x.shape):
+    if (x.shape and len(x.shape) not in (3, 4)) or weight.ndim != len(x.shape):
         raise UnsupportedOperatorError(
             f"{node.describe()}: only 1-D and 2-D convolutions are supported "
             f"(input shape {x.shape}, weight shape {weight.shape})"

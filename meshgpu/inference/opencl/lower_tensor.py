@@ -17,9 +17,9 @@ from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.elementwise import (
     AFFINE_SOURCE,
-    CHUNK,
     BINARY_EXPRESSIONS,
     BINARY_SOURCE,
+    CHUNK,
     COPY_SOURCE,
     UNARY_EXPRESSIONS,
     UNARY_SOURCE,
@@ -35,7 +35,6 @@ from meshgpu.inference.opencl.plan import (
     PlanBuilder,
     Storage,
     f32,
-    float_literal,
     i32,
     int_array,
     lowers,
@@ -380,9 +379,7 @@ def lower_concat(builder: PlanBuilder, node: Node) -> None:
     axis = axis + rank if axis < 0 else axis
     out_shape = list(shapes[0])
     out_shape[axis] = sum(s[axis] for s in shapes)
-    output = builder.tensors.get(node.outputs[0]) or builder.new_tensor(
-        node.outputs[0], out_shape
-    )
+    output = builder.tensors.get(node.outputs[0]) or builder.new_tensor(node.outputs[0], out_shape)
     out_strides = contiguous_strides(out_shape)
     offset = 0
     for name, shape in zip(names, shapes, strict=True):

@@ -281,7 +281,10 @@ class PlanBuilder:
                 raise UnsupportedOperatorError(
                     f"the OpenCL backend cannot run {node.describe()} on device tensors"
                 )
-            lowering(self, node)
+            try:
+                lowering(self, node)
+            except (ValueError, IndexError, KeyError) as error:
+                raise ModelError(f"{node.describe()} cannot be planned: {error}") from error
 
     def build(self) -> Plan:
         self.walk()

@@ -42,7 +42,9 @@ BINARY_EXPRESSIONS: dict[str, str] = {
 #: contiguous chunk inside the work-item is 5-8x faster (numbers in docs/opencl-engine.md).
 CHUNK = 256
 
-UNARY_SOURCE = f"#define CHUNK {CHUNK}\n" + r"""
+UNARY_SOURCE = (
+    f"#define CHUNK {CHUNK}\n"
+    + r"""
 __kernel void unary(__global const float* restrict input, __global float* restrict output,
                     float alpha, float beta, int total) {
   int start = get_global_id(0) * CHUNK;
@@ -53,6 +55,7 @@ __kernel void unary(__global const float* restrict input, __global float* restri
   }
 }
 """
+)
 
 ODOMETER = r"""
 /* Walk `count` consecutive flat output indices from `start` over dims meta[0..NDIM), keeping
@@ -86,7 +89,10 @@ ODOMETER = r"""
   }
 """
 
-BINARY_SOURCE = f"#define CHUNK {CHUNK}\n" + ODOMETER + r"""
+BINARY_SOURCE = (
+    f"#define CHUNK {CHUNK}\n"
+    + ODOMETER
+    + r"""
 /* meta: dims[NDIM], a_strides[NDIM], b_strides[NDIM] (row-major, last dim fastest). */
 __kernel void binary(__global const float* restrict A, __global const float* restrict B,
                      __global float* restrict output, __global const int* restrict meta,
@@ -106,8 +112,11 @@ __kernel void binary(__global const float* restrict A, __global const float* res
   }
 }
 """
+)
 
-AFFINE_SOURCE = f"#define CHUNK {CHUNK}\n" + r"""
+AFFINE_SOURCE = (
+    f"#define CHUNK {CHUNK}\n"
+    + r"""
 /* Per-channel y = ACT(x * scale[c] + shift[c]) over an NC... tensor: BatchNormalization in
    inference mode, and Mul/Add by per-channel constants merged into it. */
 __kernel void channel_affine(__global const float* restrict x, __global float* restrict y,
@@ -123,8 +132,12 @@ __kernel void channel_affine(__global const float* restrict x, __global float* r
   }
 }
 """
+)
 
-COPY_SOURCE = f"#define CHUNK {CHUNK}\n" + ODOMETER + r"""
+COPY_SOURCE = (
+    f"#define CHUNK {CHUNK}\n"
+    + ODOMETER
+    + r"""
 /* dst[dst_offset + sum c_d*dst_stride_d] = src[src_offset + sum c_d*src_stride_d] over an
    iteration shape; meta: dims[NDIM], src_strides[NDIM], dst_strides[NDIM].
    Serves Transpose, Concat (one launch per input), Gather, Expand and Pad's interior. */
@@ -149,3 +162,4 @@ __kernel void fill(__global float* restrict dst, float value, int total) {
   for (int i = start; i < stop; i++) dst[i] = value;
 }
 """
+)
