@@ -1,0 +1,193 @@
+"""A small lab of Linux network namespaces on a bridge, for real-network daemon tests.
+
+Topology (everything lives in namespaces this module creates; the root namespace, where
+the CI machine's real network is, is never touched)::
+
+    netns mgn<sfx>sw:  br0 (and br1 while partitioned), no addresses, snooping off
+                         |  v0   |  v1   |  v2   | ...       (bridge ends of veth pairs)
+    netns mgn<sfx>h0:  eth0 10.213.X.10/24, lo up, route 224.0.0.0/4 dev eth0
+    netns mgn<sfx>h1:  eth0 10.213.X.11/24, ...
+
+``<sfx>`` is random per lab, and so is the third octet ``X``, so two labs (two CI jobs
+on one runner) never share a name or an address. :meth:`NetnsLab.close` kills what was
+started in the lab and deletes its namespaces; the veths and bridges go with them.
+
+Partitions move bridge ports: ``partition([[0, 1], [2, 3]])`` puts hosts 2 and 3 on a
+second bridge, so each side stays a connected LAN (mDNS included) and the sides cannot
+reach each other; ``heal()`` puts every port back on ``br0``. Taking a link down would
+isolate each host on its own instead, and the kernel here has no netem qdisc.
+
+The test process talks to a host's daemon from *inside* that host's namespace:
+:func:`in_namespace` runs a function on a fresh thread that first joins the namespace
+with ``setns(2)`` (which moves only the calling thread), so every socket the function
+opens is a socket of that host. The thread is never reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = "/var/run/netns"
+SUBNET_PREFIX = "10.213"
+
+
+class NamespacesUnavailable(Exception):
+    """This machine cannot build the lab (not root, no `ip`, or `ip netns add` fails)."""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"`ip {' '.join(args)}` failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+def check_available() -> None:
+    """Raise :class:`NamespacesUnavailable` with the reason if the lab cannot be built."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        raise NamespacesUnavailable("network namespaces need root (run the netns tests as root)")
+    if shutil.which("ip") is None:
+        raise NamespacesUnavailable("no `ip` binary (install iproute2)")
+    probe = f"mgnprobe{secrets.token_hex(3)}"
+    result = _ip("netns", "add", probe, check=False)
+    if result.returncode != 0:
+        raise NamespacesUnavailable(f"`ip netns add` fails here: {result.stderr.strip()}")
+    _ip("netns", "del", probe, check=False)
+
+
+@dataclass
+class Host:
+    """One machine of the lab: a namespace with ``eth0`` on the bridge."""
+
+    index: int
+    namespace: str
+    address: str
+    port_name: str
+    """The bridge-side end of its veth (in the switch namespace)."""
+
+
+@dataclass
+class NetnsLab:
+    """Hosts in namespaces on one bridge; build with :meth:`create`, end with :meth:`close`."""
+
+    suffix: str
+    switch: str
+    hosts: list[Host] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    partitioned: bool = False
+
+    @classmethod
+    def create(cls, count: int) -> NetnsLab:
+        """Build ``count`` hosts; on any failure, tear down what was built and re-raise."""
+        suffix = secrets.token_hex(3)
+        subnet = f"{SUBNET_PREFIX}.{secrets.randbelow(250) + 1}"
+        lab = cls(suffix=suffix, switch=f"mgn{suffix}sw")
+        try:
+            _ip("netns", "add", lab.switch)
+            sw = ("-n", lab.switch)
+            _ip(*sw, "link", "set", "lo", "up")
+            for bridge in ("br0", "br1"):
+                _ip(*sw, "link", "add", bridge, "type", "bridge", "mcast_snooping", "0")
+                _ip(*sw, "link", "set", bridge, "up")
+            for index in range(count):
+                host = Host(index, f"mgn{suffix}h{index}", f"{subnet}.{10 + index}", f"v{index}")
+                _ip("netns", "add", host.namespace)
+                lab.hosts.append(host)
+                _ip(*sw, "link", "add", host.port_name, "type", "veth",
+                    "peer", "name", "eth0", "netns", host.namespace)  # fmt: skip
+                _ip(*sw, "link", "set", host.port_name, "master", "br0", "up")
+                inside = ("-n", host.namespace)
+                _ip(*inside, "link", "set", "lo", "up")
+                _ip(*inside, "addr", "add", f"{host.address}/24", "dev", "eth0")
+                _ip(*inside, "link", "set", "eth0", "up")
+                _ip(*inside, "route", "add", "224.0.0.0/4", "dev", "eth0")
+        except BaseException:
+            lab.close()
+            raise
+        return lab
+
+    def popen(self, host: Host, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        """Start ``argv`` inside ``host``'s namespace; the lab kills it on close.
+
+        ``ip netns exec`` execs the command in place, so the returned process *is* the
+        command (a signal to it reaches the program, not a wrapper).
+        """
+        process = subprocess.Popen(  # type: ignore[call-overload]
+            ["ip", "netns", "exec", host.namespace, *argv], **kwargs
+        )
+        self.processes.append(process)
+        return process  # type: ignore[no-any-return]
+
+    def partition(self, groups: Sequence[Sequence[int]]) -> None:
+        """Split the LAN: the first group stays on br0, every other host moves to br1.
+
+        Two groups at most (one spare bridge); the hosts of a group still see each other.
+        """
+        if len(groups) != 2:
+            raise ValueError("the lab partitions into exactly two sides")
+        for index in groups[1]:
+            _ip("-n", self.switch, "link", "set", self.hosts[index].port_name, "master", "br1")
+        self.partitioned = True
+
+    def heal(self) -> None:
+        """Every host back on br0: one LAN again."""
+        for host in self.hosts:
+            _ip("-n", self.switch, "link", "set", host.port_name, "master", "br0")
+        self.partitioned = False
+
+    def close(self) -> None:
+        """Kill the lab's processes and delete its namespaces (safe to call twice)."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(10)
+        for host in self.hosts:
+            _ip("netns", "del", host.namespace, check=False)
+        _ip("netns", "del", self.switch, check=False)
+        self.hosts.clear()
+
+    def leftovers(self) -> list[str]:
+        """Namespaces of this lab that still exist (for a test of the teardown itself)."""
+        listed = _ip("netns", "list", check=False).stdout
+        return [line.split()[0] for line in listed.splitlines() if self.suffix in line]
+
+
+def in_namespace(namespace: str, function: Callable[[], T]) -> T:
+    """Run ``function`` on a new thread that has joined ``namespace``; return its result.
+
+    Exceptions propagate to the caller. Only that thread changes namespace.
+    """
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            with open(os.path.join(NETNS_DIR, namespace)) as handle:
+                if libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
+                    error = ctypes.get_errno()
+                    raise OSError(error, f"setns into {namespace}: {os.strerror(error)}")
+            outcome.append(function())
+        except BaseException as error:  # handed to the caller's thread below
+            failure.append(error)
+
+    thread = threading.Thread(target=body, name=f"netns-{namespace}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]

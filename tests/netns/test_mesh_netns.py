@@ -1,0 +1,181 @@
+"""Four hosts in network namespaces on a bridge, each running `meshgpu join` with mDNS only.
+
+What only a real network shows: daemons that find each other by multicast DNS with no
+seed, a partition that splits the LAN in two (each side keeps working and takes tasks),
+a heal after which nothing is lost and every view agrees, and a process killed with
+SIGKILL that every survivor declares dead. The tests share one lab and run in file
+order; the last one kills a daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from meshgpu.daemon.payloads import decode_tensors, encode_tensors
+from tests.netns.daemons import Daemon, Fleet, Status, agree, describe, live_view
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+MODELS = Path(__file__).parents[2] / "meshgpu" / "inference" / "models"
+MODEL = (MODELS / "digits.onnx").read_bytes()
+DIGEST = hashlib.sha256(MODEL).hexdigest()
+TASKS_PER_SIDE = 6
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[np.ndarray, np.ndarray]:
+    """Test pixels and the probabilities local onnxruntime gives for them."""
+    from meshgpu import inference
+
+    pixels = np.load(MODELS / "digits_test.npz")["pixels"][: 2 * TASKS_PER_SIDE]
+    session = inference.load(MODEL, backend="onnxruntime")
+    return pixels, session.run({"pixels": pixels})["probabilities"]
+
+
+def everyone(fleet: Fleet) -> set[str]:
+    return {daemon.node_id for daemon in fleet.daemons}
+
+
+def submit(fleet: Fleet, entry: Daemon, rows: np.ndarray) -> list[dict[str, Any]]:
+    """Upload the model if needed and submit one task per row at ``entry``; the answers."""
+
+    async def session(rpc: Any) -> list[dict[str, Any]]:
+        if not (await rpc.call("has_model", digest=DIGEST))["has"]:
+            await rpc.call("put_model", digest=DIGEST, data=MODEL)
+        return [
+            await rpc.call(
+                "submit",
+                model_digest=DIGEST,
+                inputs=encode_tensors({"pixels": row[None, :]}),
+                replicas=2,
+            )
+            for row in rows
+        ]
+
+    return fleet.run_in(entry, session)  # type: ignore[no-any-return]
+
+
+def results(fleet: Fleet, entry: Daemon, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Every task's outcome as ``entry`` relays it (retrying 'unavailable' ones), then
+    marks them collected. Fails if a task id is delivered twice in one stream."""
+
+    async def session(rpc: Any) -> dict[str, dict[str, Any]]:
+        outcomes: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + 60
+        while len(outcomes) < len(task_ids):
+            assert time.monotonic() < deadline, f"results missing: {set(task_ids) - set(outcomes)}"
+            missing = [task_id for task_id in task_ids if task_id not in outcomes]
+            streamed: set[str] = set()
+            async for outcome in rpc.stream("results", task_ids=missing):
+                task_id = outcome["task_id"]
+                if task_id is None:
+                    break
+                assert task_id not in streamed, f"{task_id} delivered twice"
+                streamed.add(task_id)
+                if outcome["state"] != "unavailable":
+                    outcomes[task_id] = outcome
+        await rpc.call("collected", task_ids=list(outcomes))
+        return outcomes
+
+    return fleet.run_in(entry, session)  # type: ignore[no-any-return]
+
+
+def test_four_hosts_find_each_other_by_mdns_alone(fleet: Fleet) -> None:
+    members = everyone(fleet)
+    statuses = fleet.until(fleet.daemons, agree(members), "all 4 to agree (mDNS only)")
+
+    addresses = {daemon.node_id: [daemon.host.address, 7946] for daemon in fleet.daemons}
+    for node_id, status in statuses.items():
+        # No --peer was given: mDNS is the only way they could have met.
+        assert status["counters"]["mdns"].get("sightings", 0) >= 1, (node_id, status["counters"])
+        assert status["node"]["address"] == addresses[node_id]
+        assert status["node"]["keyed"] and status["node"]["key_fingerprint"]
+        for member in status["members"]:
+            assert member["address"] == addresses[member["node_id"]], (node_id, member)
+        assert status["counters"]["auth"].get("bad_tag", 0) == 0
+    views = {status["view"] for status in statuses.values()}
+    assert len(views) == 1, describe(dict(statuses))
+
+
+def test_partition_then_heal_loses_nothing(
+    fleet: Fleet, reference: tuple[np.ndarray, np.ndarray]
+) -> None:
+    pixels, expected = reference
+    members = everyone(fleet)
+    fleet.until(fleet.daemons, agree(members), "all 4 to agree before the partition")
+    left, right = fleet.daemons[:2], fleet.daemons[2:]
+
+    fleet.lab.partition([[0, 1], [2, 3]])
+    for side in (left, right):
+        ids = {daemon.node_id for daemon in side}
+        fleet.until(side, agree(ids), f"side {sorted(ids)} to agree on itself alone")
+
+    submitted: dict[str, list[str]] = {}
+    for side, rows in ((left, pixels[:TASKS_PER_SIDE]), (right, pixels[TASKS_PER_SIDE:])):
+        side_ids = {daemon.node_id for daemon in side}
+        answers = submit(fleet, side[0], rows)
+        for answer in answers:
+            # Both replicas are on the submitter's side: the other side is unreachable.
+            assert answer["copies"] == 2, answer
+        task_ids = [answer["task_id"] for answer in answers]
+        submitted[side[0].node_id] = task_ids
+        rows_by_id = {row["task_id"]: row for row in fleet.call(side[0], "tasks")["tasks"]}
+        for task_id in task_ids:
+            assert set(rows_by_id[task_id]["holders"]) <= side_ids, rows_by_id[task_id]
+
+    fleet.lab.heal()
+    statuses = fleet.until(fleet.daemons, agree(members), "all 4 to agree after the heal")
+    assert len({status["view"] for status in statuses.values()}) == 1, describe(dict(statuses))
+
+    # Each side's tasks are collected through a node of the *other* side.
+    all_ids = submitted[left[0].node_id] + submitted[right[0].node_id]
+    outcomes = results(fleet, right[1], submitted[left[0].node_id])
+    outcomes |= results(fleet, left[1], submitted[right[0].node_id])
+    assert set(outcomes) == set(all_ids), "tasks lost"
+    for index, task_id in enumerate(all_ids):
+        outcome = outcomes[task_id]
+        assert outcome["state"] == "done", outcome
+        got = decode_tensors(outcome["outputs"])["probabilities"][0]
+        np.testing.assert_allclose(got, expected[index], rtol=1e-5, atol=1e-6)
+
+    # Every node's task table converges to the same verdict on every task.
+    def tables_agree(statuses: dict[str, Status]) -> bool:
+        return all(status["tasks"].get("done", 0) >= len(all_ids) for status in statuses.values())
+
+    fleet.until(fleet.daemons, tables_agree, "every task table to hold all tasks done")
+    for daemon in fleet.daemons:
+        rows = {row["task_id"]: row for row in fleet.call(daemon, "tasks")["tasks"]}
+        for task_id in all_ids:
+            assert rows[task_id]["state"] == "done", (daemon.node_id, rows[task_id])
+
+
+def test_kill_9_is_declared_dead_by_every_survivor(fleet: Fleet) -> None:
+    members = everyone(fleet)
+    statuses = fleet.until(fleet.daemons, agree(members), "all 4 to agree before the kill")
+    leader = live_view(next(iter(statuses.values())))[1]
+    victim = next(daemon for daemon in fleet.daemons if daemon.node_id == leader)
+    survivors = [daemon for daemon in fleet.daemons if daemon is not victim]
+
+    killed_at = time.monotonic()
+    victim.kill()
+
+    def declared_dead(statuses: dict[str, Status]) -> bool:
+        for status in statuses.values():
+            states = {m["node_id"]: m["state"] for m in status["members"]}
+            if states.get(victim.node_id) != "dead":
+                return False
+        return agree(members - {victim.node_id})(statuses)
+
+    statuses = fleet.until(survivors, declared_dead, f"survivors to declare {victim.node_id} dead")
+    took = time.monotonic() - killed_at
+    print(f"{victim.node_id} (leader) killed: survivors agreed on its death in {took:.2f} s")
+    for status in statuses.values():
+        assert status["leader"] != victim.node_id
+        record = next(m for m in status["members"] if m["node_id"] == victim.node_id)
+        assert record["reason"], record  # status says why it is gone
