@@ -92,9 +92,12 @@ class Fleet:
         self.key_file = key_file
         self.mesh = f"netns-{lab.suffix}"
         self.daemons: list[Daemon] = []
+        self.started_at = 0.0
+        """When the daemons were launched (time.monotonic), for the printed timings."""
 
     def start_all(self) -> None:
         """Start a daemon on every host (all at once) and wait for each to listen."""
+        self.started_at = time.monotonic()
         launched = [self._launch(host) for host in self.lab.hosts]
         self.daemons = [self._await_listening(*started) for started in launched]
 
