@@ -7,8 +7,8 @@ nothing, so :func:`seeded_architecture` swaps each one for a seeded random initi
 same shape, scaled by the role its consumer gives it so that activations neither vanish nor
 explode through 50+ layers:
 
-- convolution and fully-connected weights: He-normal, std = sqrt(2 / fan_in) (He et al.
-  2015, "Delving Deep into Rectifiers"), the init these ReLU networks were trained from;
+- convolution and fully-connected weights: He init, variance 2 / fan_in (He et al. 2015,
+  "Delving Deep into Rectifiers"), drawn uniformly;
 - biases, BatchNormalization shifts and means: uniform in [-0.1, 0.1];
 - BatchNormalization scales and variances, and the per-channel scales of the models that
   spell BatchNormalization as Unsqueeze/Mul/Add: uniform in [0.8, 1.2].
@@ -75,23 +75,30 @@ def _role(
     return ("unknown", None)
 
 
-def _he_std(fan_in: int) -> float:
-    return float(np.sqrt(2.0 / max(fan_in, 1)))
+def _he_uniform(shape: tuple[int, ...], fan_in: int, rng: np.random.Generator) -> np.ndarray:
+    """He init with a uniform draw: U(-a, a), a = sqrt(6 / fan_in), variance 2 / fan_in.
+
+    Uniform rather than normal because drawing VGG-19's 143 M weights is several times
+    faster, with the same variance (PyTorch's ``kaiming_uniform_`` makes the same choice).
+    """
+    bound = np.float32(np.sqrt(6.0 / max(fan_in, 1)))
+    weight = rng.random(shape, dtype=np.float32)
+    weight *= 2 * bound
+    weight -= bound
+    return weight
 
 
 def _random_weight(
     shape: tuple[int, ...], role: str, node: onnx.NodeProto | None, rng: np.random.Generator
 ) -> np.ndarray:
     if role == "Conv:1":
-        fan_in = int(np.prod(shape[1:]))
-        return rng.standard_normal(shape, dtype=np.float32) * np.float32(_he_std(fan_in))
+        return _he_uniform(shape, int(np.prod(shape[1:])), rng)
     if role == "Gemm:1" and node is not None:
         trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
         # B is [K, N], or [N, K] with transB; some exports store it 4-D and Reshape it
-        fan_in = shape[-1] if trans_b else shape[-2]
-        return rng.standard_normal(shape, dtype=np.float32) * np.float32(_he_std(fan_in))
+        return _he_uniform(shape, shape[-1] if trans_b else shape[-2], rng)
     if role == "MatMul:1":
-        return rng.standard_normal(shape, dtype=np.float32) * np.float32(_he_std(shape[0]))
+        return _he_uniform(shape, shape[-2], rng)
     if role in ("BatchNormalization:1", "BatchNormalization:4", "Mul:1", "Mul:0"):
         return rng.uniform(0.8, 1.2, shape).astype(np.float32)
     return rng.uniform(-0.1, 0.1, shape).astype(np.float32)
@@ -174,7 +181,7 @@ def seeded_architecture(
     damped = _residual_branch_scales(graph)
 
     kept_nodes: list[onnx.NodeProto] = []
-    weights: dict[str, onnx.TensorProto] = {}
+    weights: dict[str, np.ndarray] = {}
     shape_tensors: set[str] = set()
     for node in graph.node:
         source = node.input[0] if node.input else ""
@@ -199,7 +206,15 @@ def seeded_architecture(
     del graph.node[:]
     graph.node.extend(kept_nodes)
     del graph.initializer[:]
-    graph.initializer.extend([*remaining, *weights.values()])
+    graph.initializer.extend(remaining)
+    for weight_name, weight in weights.items():
+        # Filled in place: building TensorProtos first and extending would copy every
+        # weight twice more (seconds for VGG-19).
+        tensor = graph.initializer.add()
+        tensor.name = weight_name
+        tensor.data_type = onnx.TensorProto.FLOAT
+        tensor.dims.extend(weight.shape)
+        tensor.raw_data = weight.tobytes()
     # IR 3 lists every initializer among the inputs; IR 4 (still opset 9) lets weights be
     # plain constants, which is what they are here.
     model.ir_version = max(model.ir_version, 4)
@@ -223,12 +238,12 @@ def _seeded_weight(
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]],
     damped: set[str],
     rng: np.random.Generator,
-) -> onnx.TensorProto:
+) -> np.ndarray:
     role, consumer = _role(name, consumers)
     weight = _random_weight(shape, role, consumer, rng)
     if name in damped:
         weight *= RESIDUAL_DAMPING
-    return numpy_helper.from_array(weight, name)
+    return weight
 
 
 def _logits_value_info(model: onnx.ModelProto, logits: str, batch: int) -> onnx.ValueInfoProto:
