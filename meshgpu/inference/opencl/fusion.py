@@ -26,6 +26,8 @@ class Epilogue:
     scale: np.ndarray
     shift: np.ndarray
     activation: str = ""
+    #: The activation as (code, a, b) for kernels that take it at run time (see ACTIVATIONS).
+    activation_code: tuple[int, float, float] = (0, 0.0, 0.0)
     residual: DeviceTensor | None = None
     absorbed: list[Node] = field(default_factory=list)
 
@@ -36,6 +38,20 @@ class Epilogue:
     def act_define(self) -> str:
         """``#define ACT(v)`` line for the kernel source (identity when no activation)."""
         return f"#define ACT(v) ({self.activation or 'v'})\n"
+
+
+#: Run-time activation codes understood by ``apply_activation`` in the GEMM source.
+ACTIVATIONS = {"": 0, "Relu": 1, "LeakyRelu": 2, "Clip": 3, "Sigmoid": 4, "Tanh": 5}
+
+
+def activation_code(builder: PlanBuilder, node: Node) -> tuple[int, float, float]:
+    """(code, a, b) for an activation node that activation_expression accepted."""
+    if node.op == "LeakyRelu":
+        return ACTIVATIONS["LeakyRelu"], float(node.attrs.get("alpha", 0.01)), 0.0
+    if node.op == "Clip":
+        low, high = clip_bounds(builder, node) or (-np.inf, np.inf)
+        return ACTIVATIONS["Clip"], low, high
+    return ACTIVATIONS[node.op], 0.0, 0.0
 
 
 def activation_expression(builder: PlanBuilder, node: Node) -> str | None:
@@ -173,6 +189,7 @@ def collect(
             expression = activation_expression(builder, consumer)
             if expression is not None:
                 epilogue.activation = expression
+                epilogue.activation_code = activation_code(builder, consumer)
                 fused = True
         if not fused:
             break

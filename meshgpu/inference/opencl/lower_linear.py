@@ -15,7 +15,11 @@ from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
-from meshgpu.inference.opencl.kernels.gemm import GEMM_SOURCE, IM2COL_K_CHUNK, PANEL
+from meshgpu.inference.opencl.kernels.gemm import (
+    GEMM_SOURCE,
+    IM2COL_K_CHUNK,
+    PANEL,
+)
 from meshgpu.inference.opencl.kernels.spatial import DIRECT_CONV_SOURCE
 from meshgpu.inference.opencl.plan import (
     DeviceTensor,
@@ -102,15 +106,11 @@ def gemm_launch(
     out_offset: int = 0,
 ) -> None:
     """Queue the GEMM with its fused epilogue (bias, residual, activation)."""
-    defines = epilogue.act_define()
-    if bias is not None:
-        defines += "#define HAS_BIAS 1\n"
     residual = epilogue.residual.storage if epilogue.residual is not None else None
-    if residual is not None:
-        defines += "#define HAS_RESIDUAL 1\n"
+    code, act_a, act_b = epilogue.activation_code
     builder.launch(
         node,
-        defines + GEMM_SOURCE,
+        GEMM_SOURCE,
         "gemm_8x8",
         [
             a_panels,
@@ -134,6 +134,11 @@ def gemm_launch(
             i32(bias_strides[2]),
             f32(alpha),
             f32(beta),
+            i32(bias is not None),
+            i32(residual is not None),
+            i32(code),
+            f32(act_a),
+            f32(act_b),
         ],
         grid=(-(-n // PANEL), -(-m // PANEL), batch),
         local=(1, 1, 1),

@@ -543,11 +543,6 @@ def lower_pool(builder: PlanBuilder, node: Node) -> None:
         defines = "#define POOL_AVG 1\n"
         if int(node.attrs.get("count_include_pad", 0)):
             defines += "#define COUNT_PAD 1\n"
-    (stride_h, stride_w), (dilation_h, dilation_w) = geometry.strides, geometry.dilations
-    defines += (
-        f"#define KH {kernel[0]}\n#define KW {kernel[1]}\n#define SH {stride_h}\n"
-        f"#define SW {stride_w}\n#define DH {dilation_h}\n#define DW {dilation_w}\n"
-    )
     rows = out_shape_4d[0] * out_shape_4d[1] * out_h  # one work-item per output row
     builder.launch(
         node,
@@ -563,8 +558,12 @@ def lower_pool(builder: PlanBuilder, node: Node) -> None:
                     x_shape[3],
                     out_h,
                     out_w,
+                    kernel[0],
+                    kernel[1],
+                    *geometry.strides,
                     *geometry.pads_begin,
                     *geometry.pads_end,
+                    *geometry.dilations,
                     rows,
                 )
             ),

@@ -348,7 +348,10 @@ class PlanBuilder:
         for launch in self.launches:
             resolved = [self._resolve(arg, buffers) for arg in launch.args]
             kernel = cl.Kernel(launch.program, launch.kernel_name)
-            kernel.set_args(*resolved)
+            # set_arg one by one: set_args would generate (and disk-cache) an invoker per
+            # kernel object, which costs more than the whole plan at session start.
+            for position, value in enumerate(resolved):
+                kernel.set_arg(position, value)
             launch.kernel = kernel
         return Plan(
             launches=self.launches,

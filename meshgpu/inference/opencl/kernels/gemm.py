@@ -26,31 +26,7 @@ PANEL = 8
 #: k values one im2col work-item fills (K_CHUNK in the kernel source).
 IM2COL_K_CHUNK = 32
 
-GEMM_SOURCE = r"""
-#ifndef ACT
-#define ACT(v) (v)
-#endif
-
-/* Pack rows of a strided matrix into [batch][ceil(rows/8)][cols][8] panels.
-   Element (r, c) of batch b is src[offsets[b] + r*s_row + c*s_col]; rows past `rows` are 0. */
-__kernel void pack_panels(__global const float* restrict src, __global float* restrict dst,
-                          __global const int* restrict offsets,
-                          int rows, int cols, int s_row, int s_col, int blocks, int total) {
-  int f = get_global_id(0);
-  if (f >= total) return;
-  int c = f % cols;
-  int t = f / cols;
-  int rb = t % blocks;
-  int b = t / blocks;
-  const __global float* s = src + offsets[b] + c * s_col;
-  float v[8];
-  for (int j = 0; j < 8; j++) {
-    int r = rb * 8 + j;
-    v[j] = r < rows ? s[r * s_row] : 0.0f;
-  }
-  vstore8((float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), f, dst);
-}
-
+IM2COL_SOURCE = r"""
 /* im2col straight into packed-B panels: [group][ceil(N/8)][K][8] with K = Cg*KH*KW and
    N = batch*OH*OW. Column n is output pixel (image n / (OH*OW), pixel n % (OH*OW)).
    One work-item fills K_CHUNK consecutive k of one 8-column block: the pixel coordinates
@@ -89,14 +65,55 @@ __kernel void im2col_panels(__global const float* restrict x, __global float* re
   }
   int k0 = kc * K_CHUNK;
   int k1 = min(k0 + K_CHUNK, K);
+  /* Pointwise convolution: a column block inside one image is 8 consecutive pixels. */
+  int n0 = nb * 8;
+  if (KH == 1 && KW == 1 && SH == 1 && SW == 1 && PH == 0 && PW == 0 && n0 + 8 <= N
+      && n0 / P == (n0 + 7) / P) {
+    int img = n0 / P;
+    const __global float* xs = x + img * x_image_stride + (g * Cg + k0) * P + (n0 - img * P);
+    __global float* o = col + ((size_t)(g * blocks + nb) * K + k0) * 8;
+    for (int k = k0; k < k1; k++) {
+      vstore8(vload8(0, xs), 0, o);
+      xs += P;
+      o += 8;
+    }
+    return;
+  }
   int ci = k0 / (KH * KW);
   int r = k0 - ci * (KH * KW);
   int ky = r / KW;
   int kx = r - ky * KW;
   __global float* out = col + ((size_t)(g * blocks + nb) * K + k0) * 8;
+  /* Unit horizontal stride: a block on one output row reads 8 consecutive input pixels. */
+  int one_row = SW == 1 && DW == 1 && nb * 8 + 7 < N && iy0[0] == iy0[7] && base[0] == base[7];
   for (int k = k0; k < k1; k++) {
     float v[8];
     int plane = ci * H * W;
+    if (one_row) {
+      int iy = iy0[0] + ky * DH;
+      int ix = ix0[0] + kx;
+      if (iy < 0 || iy >= H) {
+        vstore8((float8)(0.0f), 0, out);
+      } else if (ix >= 0 && ix + 7 < W) {
+        vstore8(vload8(0, x + base[0] + plane + iy * W + ix), 0, out);
+      } else {
+        const __global float* row = x + base[0] + plane + iy * W;
+        for (int j = 0; j < 8; j++)
+          v[j] = (ix + j >= 0 && ix + j < W) ? row[ix + j] : 0.0f;
+        vstore8((float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), 0, out);
+      }
+      out += 8;
+      kx++;
+      if (kx == KW) {
+        kx = 0;
+        ky++;
+        if (ky == KH) {
+          ky = 0;
+          ci++;
+        }
+      }
+      continue;
+    }
     for (int j = 0; j < 8; j++) {
       int iy = iy0[j] + ky * DH;
       int ix = ix0[j] + kx * DW;
@@ -116,6 +133,44 @@ __kernel void im2col_panels(__global const float* restrict x, __global float* re
   }
 }
 
+"""
+
+GEMM_SOURCE = (
+    IM2COL_SOURCE
+    + r"""
+/* Activation chosen at run time (codes: fusion.ACTIVATIONS), so one program serves every
+   Conv/Gemm/MatMul of every model: fewer programs means a faster session start. */
+inline float apply_activation(float v, int code, float a, float b) {
+  switch (code) {
+    case 1: return v > 0.0f ? v : 0.0f;
+    case 2: return v >= 0.0f ? v : a * v;
+    case 3: return v < a ? a : (v > b ? b : v);
+    case 4: return 1.0f / (1.0f + exp(-v));
+    case 5: return tanh(v);
+    default: return v;
+  }
+}
+
+/* Pack rows of a strided matrix into [batch][ceil(rows/8)][cols][8] panels.
+   Element (r, c) of batch b is src[offsets[b] + r*s_row + c*s_col]; rows past `rows` are 0. */
+__kernel void pack_panels(__global const float* restrict src, __global float* restrict dst,
+                          __global const int* restrict offsets,
+                          int rows, int cols, int s_row, int s_col, int blocks, int total) {
+  int f = get_global_id(0);
+  if (f >= total) return;
+  int c = f % cols;
+  int t = f / cols;
+  int rb = t % blocks;
+  int b = t / blocks;
+  const __global float* s = src + offsets[b] + c * s_col;
+  float v[8];
+  for (int j = 0; j < 8; j++) {
+    int r = rb * 8 + j;
+    v[j] = r < rows ? s[r * s_row] : 0.0f;
+  }
+  vstore8((float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), f, dst);
+}
+
 /* C = ACT(alpha * A.B + beta * bias [+ residual]).  Grid: (ceil(N/8), ceil(M/8), batch),
    work-group (1,1,1).  Column n maps to (image n / P, pixel n % P); output element (m, n) of
    batch b lives at out_offset + b*s_batch + image*s_image + m*s_m + pixel*s_p. */
@@ -126,7 +181,8 @@ __kernel void gemm_8x8(__global const float* restrict A, __global const float* r
                        int M, int N, int K, int a_batch_stride, int b_batch_stride,
                        int P, int out_offset, int s_batch, int s_image, int s_m, int s_p,
                        int bias_batch_stride, int bias_s_m, int bias_s_n,
-                       float alpha, float beta) {
+                       float alpha, float beta, int has_bias, int has_residual,
+                       int act, float act_a, float act_b) {
   int nb = get_global_id(0);
   int mb = get_global_id(1);
   int b = get_global_id(2);
@@ -165,15 +221,13 @@ __kernel void gemm_8x8(__global const float* restrict A, __global const float* r
     int m = mb * 8 + i;
     for (int j = 0; j < columns; j++) {
       float v = alpha * acc[i * 8 + j];
-#ifdef HAS_BIAS
-      v += beta * bias[b * bias_batch_stride + m * bias_s_m + (nb * 8 + j) * bias_s_n];
-#endif
+      if (has_bias)
+        v += beta * bias[b * bias_batch_stride + m * bias_s_m + (nb * 8 + j) * bias_s_n];
       int index = col_index[j] + m * s_m;
-#ifdef HAS_RESIDUAL
-      v += residual[index];
-#endif
-      C[index] = ACT(v);
+      if (has_residual) v += residual[index];
+      C[index] = apply_activation(v, act, act_a, act_b);
     }
   }
 }
 """
+)

@@ -11,10 +11,9 @@ POOL_SOURCE = r"""
    the dilation; positions outside the input are skipped.  For averages, count_include_pad
    divides by the positions inside the padded extent [-P_begin, size + P_end), otherwise by
    the positions inside the input. */
-/* The window (KH, KW, SH, SW, DH, DW) is compiled in as constants so the loops unroll. */
 __kernel void pool2d(__global const float* restrict x, __global float* restrict y,
-                     int H, int W, int OH, int OW,
-                     int PH, int PW, int PH_END, int PW_END, int rows) {
+                     int H, int W, int OH, int OW, int KH, int KW, int SH, int SW,
+                     int PH, int PW, int PH_END, int PW_END, int DH, int DW, int rows) {
   int row = get_global_id(0);   /* one work-item per output row (n, c, oy) */
   if (row >= rows) return;
   int oy = row % OH;
