@@ -229,14 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         for batch in batches:
             result = measure(model_name, batch, warmup, repeats, budget_s)
             results.append(result)
-            if not args.json:
-                print(
-                    f"{model_name} batch {batch}: OpenCL {result.opencl_p50_ms} ms, "
-                    f"onnxruntime {result.onnxruntime_p50_ms:.2f} ms"
-                    + (f" ({result.error})" if result.error else ""),
-                    file=sys.stderr,
-                    flush=True,
-                )
+            print(  # progress on stderr, so --json output stays one object on stdout
+                f"{model_name} batch {batch}: OpenCL {result.opencl_p50_ms} ms, "
+                f"onnxruntime {result.onnxruntime_p50_ms:.2f} ms"
+                + (f" ({result.error})" if result.error else ""),
+                file=sys.stderr,
+                flush=True,
+            )
     if args.json:
         print(json.dumps({"machine": machine, "results": [asdict(r) for r in results]}))
     else:
