@@ -98,13 +98,17 @@ class Fleet:
     def start_all(self) -> None:
         """Start a daemon on every host (all at once) and wait for each to listen."""
         self.started_at = time.monotonic()
-        launched = [self._launch(host) for host in self.lab.hosts]
+        launched = [self.launch(host) for host in self.lab.hosts]
         self.daemons = [self._await_listening(*started) for started in launched]
 
-    def _launch(self, host: Host) -> tuple[Host, subprocess.Popen[bytes], Path, Path]:
-        data_dir = self.root / f"h{host.index}"
+    def launch(
+        self, host: Host, data_dir: Path | None = None
+    ) -> tuple[Host, subprocess.Popen[bytes], Path, Path]:
+        """Start a daemon on ``host`` (with ``data_dir``, default ``<root>/h<index>``);
+        stdout is a pipe (the 'listening on' line), stderr goes to ``<data_dir>.log``."""
+        data_dir = data_dir or self.root / f"h{host.index}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.root / f"h{host.index}.log"
+        log = data_dir.with_suffix(".log")
         env = {k: v for k, v in os.environ.items() if k not in ("MESHGPU_KEY", "MESHGPU_PEER")}
         with open(log, "ab") as log_file:
             process = self.lab.popen(
