@@ -99,7 +99,7 @@ def run(
     except MeshError as error:
         raise click.ClickException(f"{type(error).__name__}: {error}") from error
     if output is not None:
-        np.savez(output, **results)
+        np.savez(output, **results)  # type: ignore[arg-type]
     summary = {
         "model": session.model.source,
         "sha256": session.digest,

@@ -195,8 +195,10 @@ def select_device(spec: str | DeviceInfo) -> DeviceInfo:
         return spec
     text = spec.strip()
     known = devices()
-    if text in ("opencl", "onnxruntime"):
-        return default_device(text)
+    if text == "opencl":
+        return default_device("opencl")
+    if text == "onnxruntime":
+        return default_device("onnxruntime")
     for device in known:
         if device.id == text:
             return device

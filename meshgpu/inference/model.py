@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import DecodeError as ProtobufDecodeError  # type: ignore[import-untyped]
 
 from meshgpu.errors import InputError, ModelError
 
