@@ -276,10 +276,22 @@ class DataPlane:
             except (MeshError, OSError, trio.TooSlowError) as error:
                 logger.warning("could not store result of %s on %s: %s", task_id, node_id, error)
 
+        # The holders named by RunTask are those known at assignment; replication may
+        # have added one since, so push to the table's current holders as well. The
+        # worker keeps a copy too (and says so): a task assigned before its replication
+        # finished would otherwise have its result on the origin alone.
+        targets = set(holders) | self._current_holders(task_id) | {self.daemon.node_id}
         async with trio.open_nursery() as nursery:
-            for node_id in self._live(holders):
+            for node_id in self._live(targets):
                 nursery.start_soon(push, node_id)
         return tuple(sorted(stored))
+
+    def _current_holders(self, task_id: TaskId) -> set[NodeId]:
+        from meshgpu.daemon.status import task_table
+
+        table = task_table(self.daemon)
+        entry = None if table is None else table.get(task_id)
+        return set() if entry is None else set(entry.holders)
 
     async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes:
         """The result blob of ``task_id`` from our disk or any live result holder."""
@@ -300,6 +312,27 @@ class DataPlane:
         raise MeshError(
             f"result of {task_id} unavailable: " + ("; ".join(errors) or "no live result holder")
         )
+
+    async def sweep_results(self, interval: float = 30.0) -> None:
+        """Delete result copies this node keeps without being a holder (the worker's
+        copy) once the task is delivered or forgotten; holders get DropPayload instead."""
+        from meshgpu.daemon.status import task_table
+
+        while True:
+            await trio.sleep(interval)
+            table = task_table(self.daemon)
+            if table is None:
+                continue
+            for parts in self.daemon.payloads.keys(RESULT):
+                if len(parts) != 2 or not parts[1].isdigit():
+                    continue
+                task_id = TaskId(parts[0], int(parts[1]))
+                entry = table.get(task_id)
+                if entry is not None and self.daemon.node_id in entry.holders:
+                    continue
+                if entry is None or entry.delivered:
+                    self.daemon.payloads.delete(task_key(task_id), RESULT)
+                    self.daemon._count("result_copies_swept")
 
     def _drop(self, task_id: TaskId, input_digest: str) -> None:
         self.daemon.payloads.delete(task_key(task_id), RESULT)

@@ -91,6 +91,14 @@ def task_file_stem(task_id: Any) -> str:
     return "~".join(_SAFE_NAME.sub(lambda m: f"%{ord(m.group()):02x}", str(p)) for p in parts)
 
 
+def parse_task_file_stem(stem: str) -> tuple[str, ...]:
+    """Inverse of :func:`task_file_stem`: the parts of the key, as strings."""
+    return tuple(
+        re.sub(r"%([0-9a-f]{2})", lambda m: chr(int(m.group(1), 16)), part)
+        for part in stem.split("~")
+    )
+
+
 class PayloadStore:
     """Input and result tensors of the tasks this node holds, one file per (task, kind)."""
 
@@ -147,6 +155,13 @@ class PayloadStore:
     def get(self, task_id: Any, kind: str) -> Tensors | None:
         encoded = self.get_encoded(task_id, kind)
         return None if encoded is None else decode_tensors(encoded)
+
+    def keys(self, kind: str) -> list[tuple[str, ...]]:
+        """The keys (as string parts) of every stored payload of ``kind``."""
+        return [
+            parse_task_file_stem(path.name.removesuffix(f".{kind}"))
+            for path in self.directory.glob(f"*.{kind}")
+        ]
 
     def has(self, task_id: Any, kind: str) -> bool:
         return self._path(task_id, kind).exists()

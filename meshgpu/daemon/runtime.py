@@ -223,6 +223,7 @@ class Daemon:
                     nursery.start_soon(self._discover, advertised, pin)
                 nursery.start_soon(self._seed_peers)
                 nursery.start_soon(self._report_load)
+                nursery.start_soon(self.dataplane.sweep_results)
                 self._announce(len(records))
                 self.ready.set()
                 task_status.started(self)
@@ -288,6 +289,8 @@ class Daemon:
 
     def feed(self, event: Any) -> None:
         """Hand ``event`` to the node now; its effects are queued for the executor."""
+        if logger.isEnabledFor(logging.DEBUG) and not isinstance(event, Tick | DatagramReceived):
+            logger.debug("event %s", type(event).__name__)
         effects = self.node.handle(event, trio.current_time())
         if effects:
             self._effects.extend(effects)
@@ -319,6 +322,8 @@ class Daemon:
     async def _execute(self, effect: Any) -> None:
         from meshgpu.core import effects as fx
 
+        if logger.isEnabledFor(logging.DEBUG) and not isinstance(effect, SendDatagram):
+            logger.debug("effect %s", type(effect).__name__)
         if isinstance(effect, SendDatagram):
             await self._send_datagram(effect.destination, effect.payload)
         elif isinstance(effect, fx.Persist):

@@ -32,6 +32,12 @@ class MeshProcess:
     def address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.port)
 
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no flush (a crash)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self, timeout: float = 20.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

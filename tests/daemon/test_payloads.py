@@ -55,6 +55,14 @@ def test_store_keeps_inputs_and_results_per_task(tmp_path: Path) -> None:
     assert store.has(("n-a1", 70), "inputs")
 
 
+def test_keys_come_back_from_the_directory(tmp_path: Path) -> None:
+    store = PayloadStore(tmp_path)
+    store.put_bytes(("n/1~x", 7), "result", b"r")
+    store.put_bytes("abc", "inputs", b"i")
+    assert store.keys("result") == [("n/1~x", "7")]
+    assert store.keys("inputs") == [("abc",)]
+
+
 def test_task_stems_are_safe_and_distinct() -> None:
     stems = {task_file_stem(t) for t in [("a", 1), ("a", 11), ("a~1", 1), "../x", ("a/b", 1)]}
     assert len(stems) == 5
