@@ -48,12 +48,37 @@ def test_unsupported_domain_and_old_opset(device) -> None:
     )
     custom.opset_import.append(helper.make_opsetid("com.example", 3))
     assert unsupported_operators(custom)[0][:2] == ("Relu", 3)
-    legacy_add = make_model(
-        [helper.make_node("Add", ["x", "x"], ["y"])], {"x": randn(2)}, ["y"], opset=6
+    old_cast = make_model(
+        [helper.make_node("Cast", ["x"], ["y"], to="FLOAT")], {"x": randn(2)}, ["y"], opset=5
     )
-    assert [op for op, _, _ in unsupported_operators(legacy_add)] == ["Add"]
-    with pytest.raises(UnsupportedOperatorError, match="Add"):
-        OpenCLSession(legacy_add, device=device)
+    assert [op for op, _, _ in unsupported_operators(old_cast)] == ["Cast"]
+    with pytest.raises(UnsupportedOperatorError, match=r"Cast \(opset 5\)"):
+        OpenCLSession(old_cast, device=device)
+
+
+def test_integer_inputs_name_their_consumer(device) -> None:
+    model = make_model(
+        [helper.make_node("Cast", ["ids"], ["y"], to=1, name="to_float")],
+        {"ids": np.arange(4, dtype=np.int64)},
+        ["y"],
+    )
+    assert unsupported_operators(model) == [("Cast", 17, "to_float")]
+    with pytest.raises(UnsupportedOperatorError, match=r"Cast \(opset 17\).*to_float.*int64"):
+        OpenCLSession(model, device=device)
+
+
+def test_legacy_broadcast_of_opset_6_arithmetic(device) -> None:
+    """Add-6 with broadcast=1, axis=1 aligns B with A's dimension 1 (not numpy's suffix)."""
+    model = make_model(
+        [helper.make_node("Add", ["x", "b"], ["y"], broadcast=1, axis=1)],
+        {"x": randn(2, 3, 4, 5)},
+        ["y"],
+        initializers={"b": randn(3, seed=1)},
+        opset=6,
+    )
+    x = randn(2, 3, 4, 5)
+    got = OpenCLSession(model, device=device).run({"x": x})["y"]
+    np.testing.assert_allclose(got, x + randn(3, seed=1).reshape(3, 1, 1), atol=1e-6)
 
 
 def test_nine_architecture_operators_are_supported() -> None:

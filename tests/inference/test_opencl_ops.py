@@ -246,6 +246,17 @@ def test_binary_broadcasting(session, op, shapes) -> None:
     check_against_reference(session, [node], {"a": a, "b": b}, ["y"], opset=13)
 
 
+def test_prelu_with_per_channel_slope(session) -> None:
+    node = helper.make_node("PRelu", ["x", "slope"], ["y"])
+    check_against_reference(
+        session,
+        [node],
+        {"x": randn(2, 3, 4, 5)},
+        ["y"],
+        initializers={"slope": randn(3, 1, 1, seed=3)},
+    )
+
+
 def test_binary_with_constant_operand_first(session) -> None:
     node = helper.make_node("Sub", ["c", "x"], ["y"])
     check_against_reference(
@@ -273,6 +284,15 @@ def test_variadic(session, op) -> None:
         ("Sqrt", {}),
         ("Log", {}),
         ("Reciprocal", {}),
+        ("Elu", {"alpha": 0.7}),
+        ("Selu", {}),
+        ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
+        ("Softplus", {}),
+        ("Softsign", {}),
+        ("Sign", {}),
+        ("Erf", {}),
+        ("Sin", {}),
+        ("Cos", {}),
     ],
 )
 def test_unary(session, op, attrs) -> None:

@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from meshgpu.errors import ModelError
-from meshgpu.inference.opencl.graph import Node
+from meshgpu.inference.opencl.graph import Node, legacy_broadcast_shape
 
 Folder = Callable[[Node, list[np.ndarray | None]], list[np.ndarray]]
 
@@ -95,8 +95,9 @@ def _cast(node: Node, values: list[np.ndarray | None]) -> list[np.ndarray]:
 
 
 def _binary(function: Callable[[Any, Any], Any]) -> Folder:
-    def fold(_: Node, values: list[np.ndarray | None]) -> list[np.ndarray]:
+    def fold(node: Node, values: list[np.ndarray | None]) -> list[np.ndarray]:
         a, b = np.asarray(values[0]), np.asarray(values[1])
+        b = b.reshape(legacy_broadcast_shape(node, a.ndim, b.shape))
         return [np.asarray(function(a, b)).astype(np.result_type(a, b))]
 
     return fold

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from meshgpu.inference.opencl.graph import Node
+from meshgpu.inference.opencl.graph import Node, legacy_broadcast_shape
 from meshgpu.inference.opencl.plan import DeviceTensor, PlanBuilder, float_literal
 
 
@@ -106,6 +106,8 @@ def per_channel(value: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndar
 def _batchnorm_affine(builder: PlanBuilder, node: Node) -> tuple[np.ndarray, np.ndarray] | None:
     if len([o for o in node.outputs if o]) != 1:
         return None
+    if node.opset < 9 and int(node.attrs.get("spatial", 1)) == 0:
+        return None  # per-activation statistics (spatial=0) are not a per-channel affine
     params = node.inputs[1:5]
     if len(params) != 4 or not all(builder.is_host(name) for name in params):
         return None
@@ -156,8 +158,14 @@ def collect(
             and len(others) == 1
             and builder.is_host(others[0])
         ):
-            vector = per_channel(builder.host(others[0]), shape, axis)
             first = consumer.inputs[0] == current
+            constant = np.asarray(builder.host(others[0]))
+            legacy = consumer.opset < 7 and int(consumer.attrs.get("broadcast", 0))
+            if legacy and first:
+                constant = constant.reshape(
+                    legacy_broadcast_shape(consumer, len(shape), constant.shape)
+                )
+            vector = None if legacy and not first else per_channel(constant, shape, axis)
             if vector is not None:
                 fused = True
                 if consumer.op == "Mul":

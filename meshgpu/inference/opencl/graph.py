@@ -19,55 +19,67 @@ from onnx import numpy_helper
 from meshgpu.errors import ModelError, UnsupportedOperatorError
 
 #: ONNX operators this backend runs, with the lowest default-domain opset whose semantics the
-#: implementation follows. Binary arithmetic before opset 7 used a legacy ``broadcast``/``axis``
-#: scheme, and Gemm before 7 had a ``broadcast`` flag, so they start at 7.
+#: implementation follows. Versions before opset 7 are accepted where their semantics are a
+#: subset of the current ones or are translated: the legacy ``broadcast``/``axis`` scheme of
+#: binary arithmetic (:func:`legacy_broadcast_shape`), Reshape's ``shape`` attribute before 5,
+#: BatchNormalization's ``spatial`` (only 1 is run), ``consumed_inputs`` (ignored).
 SUPPORTED_OPERATORS: Mapping[str, int] = {
-    "Abs": 6,
-    "Add": 7,
-    "AveragePool": 7,
-    "BatchNormalization": 7,
+    "Abs": 1,
+    "Add": 1,
+    "AveragePool": 1,
+    "BatchNormalization": 1,
     "Cast": 6,
-    "Ceil": 6,
-    "Clip": 6,
-    "Concat": 4,
+    "Ceil": 1,
+    "Clip": 1,
+    "Concat": 1,
     "Constant": 1,
     "ConstantOfShape": 9,
     "Conv": 1,
-    "Div": 7,
-    "Dropout": 7,
-    "Exp": 6,
+    "Div": 1,
+    "Dropout": 1,
+    "Exp": 1,
     "Expand": 8,
     "Flatten": 1,
-    "Floor": 6,
+    "Floor": 1,
     "Gather": 1,
-    "Gemm": 7,
+    "Gemm": 1,
     "GlobalAveragePool": 1,
     "GlobalMaxPool": 1,
     "Identity": 1,
-    "LeakyRelu": 6,
-    "Log": 6,
+    "LeakyRelu": 1,
+    "Log": 1,
     "LogSoftmax": 1,
     "LRN": 1,
     "MatMul": 1,
-    "Max": 8,
+    "Max": 1,
     "MaxPool": 1,
-    "Mean": 8,
-    "Min": 8,
-    "Mul": 7,
-    "Neg": 6,
-    "Pad": 2,
-    "Pow": 7,
-    "Reciprocal": 6,
-    "Relu": 6,
-    "Reshape": 5,
+    "Mean": 1,
+    "Min": 1,
+    "Mul": 1,
+    "Neg": 1,
+    "Pad": 1,
+    "Pow": 1,
+    "PRelu": 7,
+    "Softplus": 1,
+    "Softsign": 1,
+    "Sign": 9,
+    "Erf": 9,
+    "Sin": 7,
+    "Cos": 7,
+    "Elu": 1,
+    "Selu": 1,
+    "HardSigmoid": 1,
+    "Reciprocal": 1,
+    "Relu": 1,
+    "Reshape": 1,
     "Shape": 1,
-    "Sigmoid": 6,
+    "Sigmoid": 1,
     "Softmax": 1,
-    "Sqrt": 6,
+    "Sqrt": 1,
     "Squeeze": 1,
-    "Sub": 7,
-    "Sum": 8,
-    "Tanh": 6,
+    "Sub": 1,
+    "Sum": 1,
+    "Tanh": 1,
     "Transpose": 1,
     "Unsqueeze": 1,
 }
@@ -103,6 +115,20 @@ class Graph:
     opset: int = 0
 
 
+def legacy_broadcast_shape(node: Node, a_rank: int, b_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The numpy-broadcast shape of operand B of a binary op before opset 7.
+
+    With ``broadcast=1`` and ``axis``, B's dimensions line up with A's starting at ``axis``
+    (ONNX Add-6 spec), so trailing ones are appended; otherwise numpy's suffix alignment
+    already gives the same answer.
+    """
+    if node.opset >= 7 or not int(node.attrs.get("broadcast", 0)) or "axis" not in node.attrs:
+        return b_shape
+    axis = int(node.attrs["axis"])
+    axis = axis + a_rank if axis < 0 else axis
+    return (*b_shape, *([1] * (a_rank - axis - len(b_shape))))
+
+
 def default_opset(model: onnx.ModelProto) -> int:
     """The model's default-domain (``ai.onnx``) opset version; raises ModelError if absent."""
     for entry in model.opset_import:
@@ -122,8 +148,9 @@ def unsupported_operators(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
     except ModelError:
         opset = 0
     found: list[tuple[str, int, str]] = []
+    non_float = _non_float_inputs(model)
     for index, node in enumerate(model.graph.node):
-        if not _is_supported(node, opset):
+        if not _is_supported(node, opset) or non_float.intersection(node.input):
             domain_opset = opset
             if node.domain not in ("", "ai.onnx"):
                 domain_opset = next(
@@ -131,6 +158,18 @@ def unsupported_operators(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
                 )
             found.append((node.op_type, domain_opset, _node_label(node, index)))
     return found
+
+
+def _non_float_inputs(model: onnx.ModelProto) -> set[str]:
+    """Runtime graph inputs that are not float32 (device tensors are float32 only)."""
+    initializers = {i.name for i in model.graph.initializer}
+    return {
+        value.name
+        for value in model.graph.input
+        if value.name not in initializers
+        and value.type.HasField("tensor_type")
+        and value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT
+    }
 
 
 def _is_supported(node: onnx.NodeProto, opset: int) -> bool:
@@ -181,6 +220,18 @@ def read_graph(model: onnx.ModelProto) -> Graph:
         raise ModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
     opset = default_opset(model)
     unsupported = unsupported_operators(model)
+    non_float = _non_float_inputs(model)
+    for index, node in enumerate(model.graph.node):
+        read = sorted(non_float.intersection(node.input))
+        if read and _is_supported(node, opset):
+            value = next(v for v in model.graph.input if v.name == read[0])
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+            raise UnsupportedOperatorError(
+                f"the OpenCL backend cannot run {node.op_type} (opset {opset}) at node "
+                f"{_node_label(node, index)!r}: it reads input {read[0]!r} of type "
+                f"{np.dtype(dtype).name}, and device tensors are float32 only; use "
+                "backend='onnxruntime' or allow fallback"
+            )
     if unsupported:
         op, op_opset, name = unsupported[0]
         more = (

@@ -14,7 +14,7 @@ from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.folding import _axes
 from meshgpu.inference.opencl.geometry import window_geometry
-from meshgpu.inference.opencl.graph import Node
+from meshgpu.inference.opencl.graph import Node, legacy_broadcast_shape
 from meshgpu.inference.opencl.kernels.elementwise import (
     AFFINE_SOURCE,
     BINARY_EXPRESSIONS,
@@ -22,6 +22,7 @@ from meshgpu.inference.opencl.kernels.elementwise import (
     CHUNK,
     COPY_SOURCE,
     UNARY_EXPRESSIONS,
+    UNARY_PARAMETERS,
     UNARY_SOURCE,
 )
 from meshgpu.inference.opencl.kernels.spatial import (
@@ -116,6 +117,11 @@ def strided_copy(
 @lowers(*UNARY_EXPRESSIONS, "LeakyRelu", "Clip")
 def lower_unary(builder: PlanBuilder, node: Node) -> None:
     x = builder.tensor(node, node.inputs[0])
+    (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
+        node.op, (("", 0.0), ("", 0.0))
+    )
+    alpha = float(node.attrs.get(alpha_name, alpha_default))
+    beta = float(node.attrs.get(beta_name, beta_default))
     if node.op in UNARY_EXPRESSIONS:
         base = f"#define BASE(x) ({UNARY_EXPRESSIONS[node.op]})\n"
     else:
@@ -133,7 +139,7 @@ def lower_unary(builder: PlanBuilder, node: Node) -> None:
         node,
         prefix + UNARY_SOURCE,
         "unary",
-        [x.storage, output.storage, f32(0.0), f32(0.0), i32(total)],
+        [x.storage, output.storage, f32(alpha), f32(beta), i32(total)],
         total=total,
         per_item=CHUNK,
     )
@@ -148,7 +154,8 @@ def _binary(
     output_name: str,
     activation: str = "",
 ) -> DeviceTensor:
-    a_shape, b_shape = builder.shape(a_name), builder.shape(b_name)
+    a_shape = builder.shape(a_name)
+    b_shape = legacy_broadcast_shape(node, len(a_shape), builder.shape(b_name))
     try:
         out_shape = tuple(int(d) for d in np.broadcast_shapes(a_shape, b_shape))
     except ValueError as error:
@@ -183,7 +190,9 @@ def _binary(
 @lowers(*BINARY_EXPRESSIONS)
 def lower_binary(builder: PlanBuilder, node: Node) -> None:
     a_name, b_name = node.inputs[0], node.inputs[1]
-    out_shape = tuple(np.broadcast_shapes(builder.shape(a_name), builder.shape(b_name)))
+    a_shape = builder.shape(a_name)
+    b_shape = legacy_broadcast_shape(node, len(a_shape), builder.shape(b_name))
+    out_shape = tuple(np.broadcast_shapes(a_shape, b_shape))
     epilogue = fusion.collect(
         builder, node.outputs[0], out_shape, 0, allow_affine=False, allow_residual=False
     )
@@ -233,7 +242,9 @@ def lower_batchnorm(builder: PlanBuilder, node: Node) -> None:
         raise ModelError(f"{node.describe()}: input needs a channel axis, got {x.shape}")
     affine = fusion._batchnorm_affine(builder, node)
     if affine is None:
-        raise UnsupportedOperatorError(f"{node.describe()}: run-time statistics")
+        raise UnsupportedOperatorError(
+            f"{node.describe()}: run-time statistics or spatial=0 are not supported"
+        )
     epilogue = fusion.collect(builder, node.outputs[0], x.shape, 1, allow_residual=False)
     scale = affine[0] * epilogue.scale
     shift = affine[1] * epilogue.scale + epilogue.shift
@@ -308,9 +319,12 @@ def lower_cast(builder: PlanBuilder, node: Node) -> None:
 @lowers("Reshape")
 def lower_reshape(builder: PlanBuilder, node: Node) -> None:
     shape_in = builder.shape(node.inputs[0])
-    if node.opset < 5 or not builder.is_host(node.inputs[1]):
+    if node.opset < 5:
+        requested = [int(d) for d in node.attrs.get("shape", [])]
+    elif builder.is_host(node.inputs[1]):
+        requested = [int(d) for d in np.asarray(builder.host(node.inputs[1])).reshape(-1)]
+    else:
         raise UnsupportedOperatorError(f"{node.describe()}: the target shape must be constant")
-    requested = [int(d) for d in np.asarray(builder.host(node.inputs[1])).reshape(-1)]
     allow_zero = int(node.attrs.get("allowzero", 0))
     shape = [shape_in[i] if d == 0 and not allow_zero else d for i, d in enumerate(requested)]
     if -1 in shape:

@@ -25,6 +25,23 @@ UNARY_EXPRESSIONS: dict[str, str] = {
     "Reciprocal": "1.0f / x",
     "Floor": "floor(x)",
     "Ceil": "ceil(x)",
+    "Softplus": "log(1.0f + exp(x))",
+    "Softsign": "x / (1.0f + fabs(x))",
+    "Sign": "(float)((x > 0.0f) - (x < 0.0f))",
+    "Erf": "erf(x)",
+    "Sin": "sin(x)",
+    "Cos": "cos(x)",
+    # alpha/beta/gamma come from the node's attributes as kernel arguments (see lowering)
+    "Elu": "x >= 0.0f ? x : alpha * (exp(x) - 1.0f)",
+    "Selu": "beta * (x > 0.0f ? x : alpha * (exp(x) - 1.0f))",
+    "HardSigmoid": "fmax(0.0f, fmin(1.0f, alpha * x + beta))",
+}
+
+#: Default (alpha, beta) of the unary operators that take attributes, per the ONNX spec.
+UNARY_PARAMETERS: dict[str, tuple[tuple[str, float], tuple[str, float]]] = {
+    "Elu": (("alpha", 1.0), ("", 0.0)),
+    "Selu": (("alpha", 1.67326319217681884765625), ("gamma", 1.05070102214813232421875)),
+    "HardSigmoid": (("alpha", 0.2), ("beta", 0.5)),
 }
 
 BINARY_EXPRESSIONS: dict[str, str] = {
@@ -35,6 +52,7 @@ BINARY_EXPRESSIONS: dict[str, str] = {
     "Pow": "pow(a, b)",
     "Max": "a > b ? a : b",
     "Min": "a < b ? a : b",
+    "PRelu": "a >= 0.0f ? a : a * b",
 }
 
 #: Elements each work-item handles. PoCL runs one work-item per loop iteration of a
