@@ -1,0 +1,149 @@
+"""One daemon in-process: the API's answers and errors, and a task through a lone node."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.framing import FrameStream
+from meshgpu.daemon.payloads import decode_tensors, encode_tensors
+from meshgpu.daemon.rpc import RpcConnection, open_rpc
+from meshgpu.daemon.runtime import Daemon, DaemonSettings
+from meshgpu.errors import DataDirLockedError, RequestFailedError
+
+MODELS = Path(__file__).parents[2] / "meshgpu" / "inference" / "models"
+MODEL = (MODELS / "digits.onnx").read_bytes()
+DIGEST = hashlib.sha256(MODEL).hexdigest()
+
+
+def settings(data_dir: Path) -> DaemonSettings:
+    return DaemonSettings(
+        data_dir=data_dir,
+        bind="127.0.0.1",
+        port=0,
+        mdns=False,
+        backend="onnxruntime",
+        name="solo",
+        drain_timeout=5.0,
+    )
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    async with trio.open_nursery() as nursery:
+        running: Daemon = await nursery.start(Daemon(settings(tmp_path / "solo")).run)
+        yield running
+        running.request_stop()
+
+
+@pytest.fixture
+async def rpc(daemon: Daemon) -> AsyncIterator[RpcConnection]:
+    async with open_rpc(daemon.address, Authenticator(None, "client-test")) as connection:
+        yield connection
+
+
+async def test_status_of_a_lone_node(rpc: RpcConnection) -> None:
+    status = await rpc.call("status")
+    assert status["node"]["node_id"] == "solo"
+    assert status["leader"] == "solo"
+    assert [(m["node_id"], m["state"]) for m in status["members"]] == [("solo", "alive")]
+    assert status["node"]["keyed"] is False and status["queue_length"] == 0
+
+
+async def test_unknown_op_and_bad_fields_are_answered_not_fatal(rpc: RpcConnection) -> None:
+    with pytest.raises(RequestFailedError, match="unknown op") as error:
+        await rpc.call("launch_missiles")
+    assert error.value.kind == "RemoteProtocolError"
+    with pytest.raises(RequestFailedError, match="digest") as error:
+        await rpc.call("has_model", digest="../../etc/passwd")
+    with pytest.raises(RequestFailedError, match="put_model"):
+        await rpc.call("submit", model_digest=DIGEST, inputs={})
+    await rpc.call("put_model", digest=DIGEST, data=MODEL)
+    with pytest.raises(RequestFailedError, match="needs 256 bytes") as error:
+        await rpc.call(
+            "submit",
+            model_digest=DIGEST,
+            inputs={"pixels": {"dtype": "<f4", "shape": [1, 64], "data": b"x"}},
+        )
+    assert error.value.kind == "DecodeError"
+    assert (await rpc.call("ping"))["node_id"] == "solo"  # the connection still serves
+
+
+async def test_model_upload_is_verified(rpc: RpcConnection) -> None:
+    with pytest.raises(RequestFailedError, match="hashes to") as error:
+        await rpc.call("put_model", digest=hashlib.sha256(b"other").hexdigest(), data=MODEL)
+    assert error.value.kind == "DigestMismatchError"
+    half = len(MODEL) // 2
+    partial = await rpc.call("put_model", digest=DIGEST, data=MODEL[:half], more=True)
+    assert partial["received"] == half
+    assert (await rpc.call("put_model", digest=DIGEST, data=MODEL[half:]))["stored"]
+    assert (await rpc.call("has_model", digest=DIGEST))["has"]
+
+
+async def test_request_without_id_closes_only_that_connection(daemon: Daemon) -> None:
+    stream = await trio.open_tcp_stream(*daemon.address)
+    frames = FrameStream(stream, Authenticator(None, "rude-client"))
+    await frames.send({"op": "status"})
+    reply = await frames.receive()
+    assert reply["ok"] is False and "integer 'id'" in reply["error"]
+    assert await frames.receive() is None  # closed by the daemon
+    async with open_rpc(daemon.address, Authenticator(None, "client-test")) as rpc:
+        status = await rpc.call("status")
+    assert status["counters"]["daemon"]["frames_rejected"] == 1
+
+
+async def test_truncated_frame_is_counted(daemon: Daemon) -> None:
+    stream = await trio.open_tcp_stream(*daemon.address)
+    async with stream:
+        await stream.send_all(struct.pack("!I", 100) + b"\x00" * 10)
+    async with open_rpc(daemon.address, Authenticator(None, "client-test")) as rpc:
+        await rpc.call("wait", counter=["daemon", "frames_rejected", 1], timeout=10)
+
+
+async def run_one(rpc: RpcConnection, inputs: dict[str, np.ndarray], digest: str = DIGEST):
+    reply = await rpc.call("submit", model_digest=digest, inputs=encode_tensors(inputs))
+    assert reply["copies"] == 1 and reply["replicas"] == 2  # a lone node holds the only copy
+    outcomes = [o async for o in rpc.stream("results", task_ids=[reply["task_id"]])]
+    assert outcomes[-1]["task_id"] is None
+    await rpc.call("collected", task_ids=[reply["task_id"]])
+    return outcomes[0]
+
+
+async def test_a_task_runs_on_a_lone_node(rpc: RpcConnection) -> None:
+    from meshgpu import inference
+
+    await rpc.call("put_model", digest=DIGEST, data=MODEL)
+    pixels = np.load(MODELS / "digits_test.npz")["pixels"][:3]
+    outcome = await run_one(rpc, {"pixels": pixels})
+    assert outcome["state"] == "done" and outcome["worker"] == "solo"
+    expected = inference.load(MODEL, backend="onnxruntime").run({"pixels": pixels})
+    got = decode_tensors(outcome["outputs"])
+    np.testing.assert_allclose(got["probabilities"], expected["probabilities"], rtol=1e-6)
+
+
+async def test_wrong_input_shape_fails_the_task_with_the_reason(rpc: RpcConnection) -> None:
+    await rpc.call("put_model", digest=DIGEST, data=MODEL)
+    outcome = await run_one(rpc, {"pixels": np.zeros((1, 63), dtype=np.float32)})
+    assert outcome["state"] == "failed"
+    assert "pixels" in outcome["reason"] and outcome["outputs"] is None
+
+
+async def test_malformed_model_fails_the_task_with_the_reason(rpc: RpcConnection) -> None:
+    garbage = b"this is not an onnx model" * 10
+    digest = hashlib.sha256(garbage).hexdigest()
+    await rpc.call("put_model", digest=digest, data=garbage)
+    outcome = await run_one(rpc, {"pixels": np.zeros((1, 64), dtype=np.float32)}, digest)
+    assert outcome["state"] == "failed" and "Model" in outcome["reason"]
+    assert (await rpc.call("ping"))["node_id"] == "solo"
+
+
+async def test_second_daemon_on_the_same_dir_is_refused(daemon: Daemon) -> None:
+    with pytest.raises(DataDirLockedError, match="another meshgpu daemon"):
+        await Daemon(settings(daemon.settings.data_dir)).run()
