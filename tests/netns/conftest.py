@@ -17,6 +17,9 @@ from tests.netns.daemons import Fleet
 from tests.netns.lab import NamespacesUnavailable, NetnsLab, check_available
 
 HOSTS = 4
+DECOY = 3
+"""This host also has a container-bridge-like interface listed first; its daemon runs
+with ``--interface eth0`` (docs/operations.md, peers that never meet)."""
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def lab() -> Iterator[NetnsLab]:
         check_available()
     except NamespacesUnavailable as reason:
         pytest.skip(f"network namespaces unavailable: {reason}")
-    built = NetnsLab.create(HOSTS)
+    built = NetnsLab.create(HOSTS, decoys=[DECOY])
     try:
         yield built
     finally:

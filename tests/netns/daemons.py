@@ -63,14 +63,16 @@ class Daemon:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def join_argv(data_dir: Path, mesh: str, key_file: Path, name: str) -> list[str]:
+def join_argv(data_dir: Path, mesh: str, key_file: Path, host: Host) -> list[str]:
+    """The daemon's command line; a host with a decoy interface pins eth0 (--interface)."""
+    pin = ["--interface", "eth0"] if host.decoy_address else []
     return [
         sys.executable,
         "-c",
         "from meshgpu.cli import main; main()",
         "join",
         "--name",
-        name,
+        f"h{host.index}",
         "--mesh",
         mesh,
         "--key-file",
@@ -79,6 +81,7 @@ def join_argv(data_dir: Path, mesh: str, key_file: Path, name: str) -> list[str]
         "onnxruntime",
         "--data-dir",
         str(data_dir),
+        *pin,
     ]
 
 
@@ -113,7 +116,7 @@ class Fleet:
         with open(log, "ab") as log_file:
             process = self.lab.popen(
                 host,
-                join_argv(data_dir, self.mesh, self.key_file, f"h{host.index}"),
+                join_argv(data_dir, self.mesh, self.key_file, host),
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 env=env,

@@ -7,6 +7,8 @@ the CI machine's real network is, is never touched)::
                          |  v0   |  v1   |  v2   | ...       (bridge ends of veth pairs)
     netns mgn<sfx>h0:  eth0 10.213.X.10/24, lo up, route 224.0.0.0/4 dev eth0
     netns mgn<sfx>h1:  eth0 10.213.X.11/24, ...
+    (a "decoy" host also has docker0 172.31.X.1/24, a bridge listed *before* eth0, the
+     container-bridge address a daemon must not advertise)
 
 ``<sfx>`` is random per lab, and so is the third octet ``X``, so two labs (two CI jobs
 on one runner) never share a name or an address. :meth:`NetnsLab.close` kills what was
@@ -76,6 +78,8 @@ class Host:
     address: str
     port_name: str
     """The bridge-side end of its veth (in the switch namespace)."""
+    decoy_address: str | None = None
+    """Address of its ``docker0`` bridge, if it has one (see :meth:`create`)."""
 
 
 @dataclass
@@ -89,10 +93,16 @@ class NetnsLab:
     partitioned: bool = False
 
     @classmethod
-    def create(cls, count: int) -> NetnsLab:
-        """Build ``count`` hosts; on any failure, tear down what was built and re-raise."""
+    def create(cls, count: int, decoys: Sequence[int] = ()) -> NetnsLab:
+        """Build ``count`` hosts; on any failure, tear down what was built and re-raise.
+
+        Hosts whose index is in ``decoys`` get a ``docker0`` bridge (as Docker makes), made before
+        ``eth0`` so that address enumeration lists it first (like a machine running
+        Docker): the trap ``--interface`` exists for.
+        """
         suffix = secrets.token_hex(3)
-        subnet = f"{SUBNET_PREFIX}.{secrets.randbelow(250) + 1}"
+        third = secrets.randbelow(250) + 1
+        subnet = f"{SUBNET_PREFIX}.{third}"
         lab = cls(suffix=suffix, switch=f"mgn{suffix}sw")
         try:
             _ip("netns", "add", lab.switch)
@@ -105,6 +115,12 @@ class NetnsLab:
                 host = Host(index, f"mgn{suffix}h{index}", f"{subnet}.{10 + index}", f"v{index}")
                 _ip("netns", "add", host.namespace)
                 lab.hosts.append(host)
+                if index in decoys:
+                    host.decoy_address = f"172.31.{third}.1"
+                    decoy = ("-n", host.namespace)
+                    _ip(*decoy, "link", "add", "docker0", "type", "bridge")
+                    _ip(*decoy, "addr", "add", f"{host.decoy_address}/24", "dev", "docker0")
+                    _ip(*decoy, "link", "set", "docker0", "up")
                 _ip(*sw, "link", "add", host.port_name, "type", "veth",
                     "peer", "name", "eth0", "netns", host.namespace)  # fmt: skip
                 _ip(*sw, "link", "set", host.port_name, "master", "br0", "up")

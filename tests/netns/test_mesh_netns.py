@@ -21,6 +21,7 @@ import pytest
 
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors
 from tests.netns.daemons import Daemon, Fleet, Status, agree, describe, live_view
+from tests.netns.lab import in_namespace
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -115,6 +116,20 @@ def test_four_hosts_find_each_other_by_mdns_alone(fleet: Fleet) -> None:
         assert status["counters"]["auth"].get("bad_tag", 0) == 0
     views = {status["view"] for status in statuses.values()}
     assert len(views) == 1, describe(dict(statuses))
+
+
+def test_interface_pins_the_lan_address_past_a_container_bridge(fleet: Fleet) -> None:
+    """The decoy host lists docker0 first; unpinned it would advertise that address."""
+    from meshgpu.daemon.discovery import local_ipv4_addresses
+
+    decoyed = next(daemon for daemon in fleet.daemons if daemon.host.decoy_address)
+    first = in_namespace(decoyed.host.namespace, local_ipv4_addresses)[0]
+    assert first == decoyed.host.decoy_address, "the trap is not set: docker0 is not first"
+
+    statuses = fleet.until(fleet.daemons, agree(everyone(fleet)), "all 4 to agree")
+    for status in statuses.values():
+        record = next(m for m in status["members"] if m["node_id"] == decoyed.node_id)
+        assert record["address"] == [decoyed.host.address, 7946], record
 
 
 def test_partition_then_heal_loses_nothing(
