@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +60,9 @@ class DataPlane:
         self._idle = trio.Event()
         self._idle.set()
         self.input_refs: dict[str, set[TaskId]] = defaultdict(set)
+        self.submitting: Counter[str] = Counter()
+        """Input digests of submissions not yet acknowledged (no task id to refer to yet):
+        an equal input of a finished task must not be dropped under them."""
         self.completed = 0
         self.failed = 0
 
@@ -342,6 +345,8 @@ class DataPlane:
             if refs:
                 return
             del self.input_refs[input_digest]
+        if self.submitting[input_digest]:
+            return  # a submission being acknowledged stored the same bytes
         self.daemon.payloads.delete(input_digest, INPUTS)
 
 

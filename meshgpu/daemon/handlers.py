@@ -195,6 +195,19 @@ class ClientHandlers:
             raise TaskError("a task needs at least one input tensor")
         blob = canonical_tensor_bytes(tensors)
         input_digest = hashlib.sha256(blob).hexdigest()
+        daemon.dataplane.submitting[input_digest] += 1
+        try:
+            return await self._submit(request, tensors, input_digest, blob)
+        finally:
+            daemon.dataplane.submitting[input_digest] -= 1
+            if not daemon.dataplane.submitting[input_digest]:
+                del daemon.dataplane.submitting[input_digest]
+
+    async def _submit(
+        self, request: Message, tensors: dict[str, Any], input_digest: str, blob: bytes
+    ) -> Message:
+        daemon = self.daemon
+        model_digest = request["model_digest"]
         await trio.to_thread.run_sync(daemon.payloads.put_bytes, input_digest, INPUTS, blob)
         spec = TaskSpec(
             model_digest=model_digest,
