@@ -100,3 +100,20 @@ class RequestFailedError(ClientError):
     def __init__(self, message: str, kind: str = "MeshError") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class TaskFailedError(TaskError):
+    """A submitted task ended FAILED; ``reason`` is the mesh's explanation (e.g. the
+    inference engine's message for a bad model or input), ``worker`` the node that ran it."""
+
+    def __init__(self, task_id: str, reason: str, worker: str | None = None) -> None:
+        where = f" on {worker}" if worker else ""
+        super().__init__(f"task {task_id} failed{where}: {reason}")
+        self.task_id = task_id
+        self.reason = reason
+        self.worker = worker
+
+
+class ResultTimeoutError(ClientError, TimeoutError):
+    """A result did not arrive within the caller's timeout; the task goes on in the mesh
+    and its result can still be collected later by task id."""

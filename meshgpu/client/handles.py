@@ -1,0 +1,117 @@
+"""What a submission gives back: a handle that waits for its task's one outcome.
+
+An outcome arrives from the mesh at least once (several after a failover); the client
+keeps the first per task id and drops the rest, so each handle resolves exactly once
+and every later ``result()`` returns the same arrays (or raises the same error).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import trio
+
+from meshgpu.daemon.payloads import decode_tensors
+from meshgpu.errors import MeshError, ResultTimeoutError, TaskFailedError
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one task as the client received it."""
+
+    task_id: str
+    state: str
+    """``done`` or ``failed`` (mesh outcomes), or ``lost`` when the client lost the mesh."""
+    worker: str | None
+    outputs: Outputs | None = field(default=None, repr=False)
+    error: MeshError | None = None
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Outcome:
+        """From one ``results`` response (docs/client-api.md, section 3)."""
+        task_id = str(message["task_id"])
+        worker = message.get("worker")
+        if message.get("state") == "done":
+            try:
+                # Copies: the decoded arrays would be read-only views of frame bytes.
+                decoded = decode_tensors(message.get("outputs"))
+                outputs = {name: array.copy() for name, array in decoded.items()}
+            except MeshError as error:
+                return cls(task_id, "failed", worker, error=TaskFailedError(task_id, str(error)))
+            return cls(task_id, "done", worker, outputs=outputs)
+        reason = str(message.get("reason") or "no reason given")
+        return cls(task_id, "failed", worker, error=TaskFailedError(task_id, reason, worker))
+
+
+class AsyncTaskHandle:
+    """One submitted task: ``await handle.result(timeout)`` for its outputs.
+
+    ``copies`` is how many nodes journaled the task before the acknowledgement (fewer
+    than ``replicas`` when fewer nodes were alive).
+    """
+
+    def __init__(self, task_id: str, copies: int = 0, replicas: int = 0) -> None:
+        self.task_id = task_id
+        self.copies = copies
+        self.replicas = replicas
+        self._outcome: Outcome | None = None
+        self._resolved = trio.Event()
+
+    def __repr__(self) -> str:
+        state = self._outcome.state if self._outcome else "waiting"
+        return f"<task {self.task_id} {state}>"
+
+    def done(self) -> bool:
+        return self._outcome is not None
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return self._outcome
+
+    @property
+    def worker(self) -> str | None:
+        """The node that ran the task (known once it is done)."""
+        return None if self._outcome is None else self._outcome.worker
+
+    def resolve(self, outcome: Outcome) -> bool:
+        """Record the first outcome; False (and nothing changes) for any later one."""
+        if self._outcome is not None:
+            return False
+        self._outcome = outcome
+        self._resolved.set()
+        return True
+
+    async def wait(self, timeout: float | None = None) -> Outcome:
+        """The outcome, waiting up to ``timeout`` seconds (forever if None)."""
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            await self._resolved.wait()
+        if self._outcome is None:
+            raise ResultTimeoutError(
+                f"task {self.task_id} has no result after {timeout} s; it goes on in the "
+                "mesh: wait again, or collect it later with client.attach(task_id)"
+            )
+        return self._outcome
+
+    async def result(self, timeout: float | None = None) -> Outputs:
+        """The task's outputs by name; raises the task's error (with the mesh's reason)."""
+        outcome = await self.wait(timeout)
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.outputs is not None
+        return outcome.outputs
+
+
+@dataclass(frozen=True)
+class Completed:
+    """One item of ``map``: which input (``index``), its task and its outputs or error."""
+
+    index: int
+    task_id: str | None
+    outputs: Outputs | None = field(default=None, repr=False)
+    worker: str | None = None
+    error: MeshError | None = None

@@ -1,0 +1,63 @@
+"""The model a client submits: its bytes and its sha256 digest, read once.
+
+Models are content-addressed in the mesh: a submission names the model by digest, and
+the client uploads the bytes only to a peer that says (``has_model``) it lacks them.
+The client does not parse or check the model; the worker does, and a malformed model
+fails its tasks permanently with the inference engine's message as the reason. That
+keeps the client light (no onnx import) and the rule in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshgpu.errors import ConfigError
+
+SHIPPED = {"digits": Path(__file__).resolve().parents[1] / "inference" / "models" / "digits.onnx"}
+"""Models that ship with meshgpu, usable by name (``meshgpu submit digits ...``)."""
+
+
+@dataclass(frozen=True)
+class ModelBlob:
+    """A serialized ONNX model and its sha256 (hex); ``name`` is for messages only."""
+
+    data: bytes = field(repr=False)
+    digest: str
+    name: str
+
+    @classmethod
+    def of(cls, model: Any) -> ModelBlob:
+        """From a path, a shipped model's name, raw bytes, a ``ModelProto`` or a ModelBlob."""
+        if isinstance(model, ModelBlob):
+            return model
+        if isinstance(model, bytes | bytearray | memoryview):
+            data = bytes(model)
+            name = "<bytes>"
+        elif isinstance(model, str | os.PathLike):
+            path = Path(model)
+            if str(model) in SHIPPED and not path.exists():
+                path = SHIPPED[str(model)]
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                shipped = ", ".join(sorted(SHIPPED))
+                hint = f"; shipped models: {shipped}" if "/" not in str(model) else ""
+                raise ConfigError(
+                    f"cannot read model {str(model)!r}: {error.strerror}{hint}"
+                ) from None
+            name = path.name
+        elif hasattr(model, "SerializeToString"):
+            data = model.SerializeToString()
+            name = getattr(getattr(model, "graph", None), "name", "") or "<ModelProto>"
+        else:
+            raise ConfigError(
+                f"a model is a path, a shipped model name, bytes or an onnx.ModelProto, "
+                f"not {type(model).__name__}"
+            )
+        if not data:
+            raise ConfigError(f"model {name} is empty")
+        return cls(data, hashlib.sha256(data).hexdigest(), name)

@@ -1,0 +1,554 @@
+"""The trio client: one connection to one peer, with failover to any other.
+
+Use it as ``async with AsyncClient(peer) as client``. Inside, one supervisor task holds
+a connection (a *link*) to one daemon and, while it lives, three link tasks:
+
+* a watchdog that asks ``status`` every ``status_interval`` seconds: it learns the
+  member list (where to fail over to) and notices a peer that stopped answering;
+* the result requester: one ``results`` stream per batch of newly submitted task ids;
+* the acknowledger: ``collected`` for every outcome the client has stored, so the mesh
+  can drop inputs and results.
+
+When the link breaks (the peer was killed, the watchdog timed out, the peer is leaving)
+the supervisor connects to the next candidate (alive members first, see
+:func:`~meshgpu.client.peers.failover_order`), re-requests every task id still without
+an outcome and re-sends unsent acknowledgements. Results are pulled by task id from any
+node, so nothing is lost with the entry node. Outcomes are kept per task id once, so the
+caller sees each exactly once however often the mesh sends it.
+
+A ``submit`` cut off by a broken link is sent again to the next peer. If the first peer
+had journaled it before dying, that copy runs too (at-least-once execution, as the design
+allows) but the caller gets one handle and one result; the orphan's result stays in the
+mesh uncollected. Rejected: deduplicating submissions mesh-wide by a client-chosen key,
+which would need a change to the task table's spec.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome
+from meshgpu.client.models import ModelBlob
+from meshgpu.client.peers import (
+    PEER_ENV,
+    Address,
+    Candidate,
+    browse_mdns,
+    failover_order,
+    initial_candidates,
+)
+from meshgpu.daemon.auth import Authenticator, MeshKey, load_mesh_key
+from meshgpu.daemon.payloads import encode_tensors
+from meshgpu.daemon.rpc import RpcConnection, open_rpc
+from meshgpu.errors import ClientError, ConfigError, MeshError, RequestFailedError
+
+logger = logging.getLogger("meshgpu.client")
+
+UPLOAD_CHUNK_BYTES = 16 << 20
+"""Model upload chunk (frames may be up to 64 MiB)."""
+ACK_BATCH = 512
+SUBMITS_IN_FLIGHT = 8
+"""Submissions waiting for their acknowledgement at once. Each one makes the mesh copy
+inputs to a second holder and fsync on both; more in flight only lengthens every
+acknowledgement (and, on a loaded machine, pushes replication past its timeout)."""
+
+
+class _Signal:
+    """Wakes every waiter when something changed (an Event replaced after each fire)."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+@dataclass
+class _Link:
+    """One live connection to one daemon."""
+
+    rpc: RpcConnection
+    candidate: Candidate
+    node_id: str
+    models: set[str] = field(default_factory=set)
+    upload_locks: dict[str, trio.Lock] = field(default_factory=dict)
+    requested: set[str] = field(default_factory=set)
+    broken: trio.Event = field(default_factory=trio.Event)
+    why: str = ""
+    nursery: trio.Nursery | None = None
+
+    def fail(self, why: str) -> None:
+        if not self.broken.is_set():
+            self.why = why
+            self.broken.set()
+
+
+@dataclass(frozen=True)
+class Failover:
+    """The client lost ``from_node`` and resumed on ``to_node`` after ``seconds``."""
+
+    from_node: str
+    to_node: str
+    why: str
+    seconds: float
+
+
+class AsyncClient:
+    """A client of a meshgpu mesh for trio code (the sync :class:`Client` wraps it).
+
+    ``peer``: ``"HOST:PORT"``, a (host, port) pair or a list of them; None finds one
+    (``MESHGPU_PEER``, a local daemon, then mDNS). ``key_file``: the mesh key (else
+    ``MESHGPU_KEY``; none for an open mesh).
+    """
+
+    def __init__(
+        self,
+        peer: str | Address | Iterable[str | Address] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        *,
+        key: MeshKey | None = None,
+        mesh: str | None = None,
+        connect_timeout: float = 3.0,
+        status_interval: float = 2.0,
+        failover_timeout: float = 60.0,
+        mdns_timeout: float = 2.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        environ = os.environ if environ is None else environ
+        self.key = key if key is not None else load_mesh_key(_path(key_file), environ)
+        self.name = f"client-{secrets.token_hex(6)}"
+        self._authenticator = Authenticator(self.key, self.name)
+        peers = list(peer) if peer is not None and not isinstance(peer, str | tuple) else peer
+        self._seeds = initial_candidates(peers, environ)
+        self._may_browse = peer is None and not environ.get(PEER_ENV)
+        self.mesh = mesh
+        self.connect_timeout = connect_timeout
+        self.status_interval = status_interval
+        self.failover_timeout = failover_timeout
+        self.mdns_timeout = mdns_timeout
+        self.members: list[dict[str, Any]] = []
+        self.failovers: list[Failover] = []
+        self.duplicates = 0
+        """Outcomes received again for a task that already had one (dropped)."""
+        self._handles: dict[str, AsyncTaskHandle] = {}
+        self._unresolved: set[str] = set()
+        self._to_ack: set[str] = set()
+        self._link: _Link | None = None
+        self._link_changed = _Signal()
+        self._work = _Signal()
+        self._fatal: ClientError | None = None
+        self._nursery: trio.Nursery | None = None
+        self._nursery_manager: Any = None
+        self._submit_slots = trio.CapacityLimiter(SUBMITS_IN_FLIGHT)
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncClient:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        try:
+            await self._nursery.start(self._supervise)
+        except BaseException as error:
+            await self._nursery_manager.__aexit__(type(error), error, error.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        assert self._nursery is not None
+        if self._to_ack and self._fatal is None:
+            with trio.move_on_after(2.0):  # best effort: tell the mesh what we have
+                while self._to_ack and self._fatal is None:
+                    await self._work.wait()
+        self._nursery.cancel_scope.cancel()
+        return await self._nursery_manager.__aexit__(*exc_info)  # type: ignore[no-any-return]
+
+    @property
+    def peer(self) -> tuple[str, Address] | None:
+        """The node id and address the client talks to now (None while failing over)."""
+        link = self._link
+        return None if link is None else (link.node_id, link.candidate.address)
+
+    # --- the public API --------------------------------------------------------------
+
+    async def submit(
+        self,
+        model: Any,
+        inputs: Mapping[str, Any],
+        *,
+        priority: str = "normal",
+        replicas: int = 2,
+        deadline_s: float | None = None,
+        device_type: str | None = None,
+        min_memory: int = 0,
+        fp16: bool = False,
+    ) -> AsyncTaskHandle:
+        """Submit one task; returns once the mesh acknowledged it (journaled on
+        ``copies`` nodes). ``model``: a path, ``"digits"``, bytes or a ModelProto."""
+        blob = ModelBlob.of(model)
+        fields: dict[str, Any] = {
+            "model_digest": blob.digest,
+            "inputs": _encode_inputs(inputs),
+            "priority": priority,
+            "replicas": int(replicas),
+            "min_memory": int(min_memory),
+            "fp16": bool(fp16),
+        }
+        if deadline_s is not None:
+            fields["deadline_s"] = float(deadline_s)
+        if device_type is not None:
+            fields["device_type"] = device_type
+        while True:
+            link = await self._current_link()
+            try:
+                await self._ensure_model(link, blob)
+                async with self._submit_slots:
+                    reply = await link.rpc.call("submit", **fields)
+            except RequestFailedError as error:
+                if "leaving the mesh" in str(error):
+                    link.fail(str(error))
+                    continue
+                if "upload it first" in str(error):  # evicted from its cache since
+                    link.models.discard(blob.digest)
+                    continue
+                raise
+            except ClientError as error:
+                link.fail(str(error))
+                continue
+            return self._track(
+                AsyncTaskHandle(reply["task_id"], reply.get("copies", 0), reply.get("replicas", 0))
+            )
+
+    def attach(self, task_id: str) -> AsyncTaskHandle:
+        """A handle for a task submitted earlier (e.g. ``meshgpu submit --no-wait``)."""
+        handle = self._handles.get(task_id)
+        return handle if handle is not None else self._track(AsyncTaskHandle(task_id))
+
+    async def map(
+        self,
+        model: Any,
+        many_inputs: Iterable[Mapping[str, Any]],
+        *,
+        window: int = 64,
+        raise_errors: bool = True,
+        **options: Any,
+    ) -> AsyncIterator[Completed]:
+        """Submit one task per input map (at most ``window`` unfinished at once) and
+        yield a :class:`Completed` per task as each finishes, in completion order. A
+        failed task raises its error unless ``raise_errors`` is False."""
+        assert self._nursery is not None
+        blob = ModelBlob.of(model)
+        send, receive = trio.open_memory_channel[Completed](math.inf)
+        scope = trio.CancelScope()
+
+        async def one(index: int, inputs: Mapping[str, Any], free: trio.Semaphore) -> None:
+            try:
+                try:
+                    handle = await self.submit(blob, inputs, **options)
+                except MeshError as error:
+                    send.send_nowait(Completed(index, None, error=error))
+                    return
+                outcome = await handle.wait()
+                send.send_nowait(
+                    Completed(index, handle.task_id, outcome.outputs, outcome.worker, outcome.error)
+                )
+            finally:
+                free.release()
+
+        async def produce() -> None:
+            with scope, send:
+                free = trio.Semaphore(window)
+                async with trio.open_nursery() as nursery:
+                    for index, inputs in enumerate(many_inputs):
+                        await free.acquire()
+                        nursery.start_soon(one, index, inputs, free)
+
+        self._nursery.start_soon(produce)
+        try:
+            async with receive:
+                async for item in receive:
+                    if item.error is not None and raise_errors:
+                        raise item.error
+                    yield item
+        finally:
+            scope.cancel()
+
+    async def status(self) -> dict[str, Any]:
+        """The entry peer's ``status`` (members, leader, view, queue, counters)."""
+        status = await self._call("status")
+        self.members = list(status.get("members", []))
+        return status
+
+    async def tasks(self, state: str | None = None) -> list[dict[str, Any]]:
+        """The entry peer's task table rows, optionally only those in ``state``."""
+        fields = {} if state is None else {"state": state}
+        return list((await self._call("tasks", **fields))["tasks"])
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Any other API op (docs/client-api.md), retried on another peer if the link breaks."""
+        return await self._call(op, **fields)
+
+    # --- requests over the current link ----------------------------------------------
+
+    async def _current_link(self) -> _Link:
+        while True:
+            if self._fatal is not None:
+                raise self._fatal
+            link = self._link
+            if link is not None and not link.broken.is_set():
+                return link
+            await self._link_changed.wait()
+
+    async def _call(self, op: str, **fields: Any) -> dict[str, Any]:
+        while True:
+            link = await self._current_link()
+            try:
+                return await link.rpc.call(op, **fields)
+            except RequestFailedError:
+                raise
+            except ClientError as error:
+                link.fail(str(error))
+
+    async def _ensure_model(self, link: _Link, blob: ModelBlob) -> None:
+        """Upload ``blob`` to the link's peer unless it has it (once per link and model)."""
+        if blob.digest in link.models:
+            return
+        lock = link.upload_locks.setdefault(blob.digest, trio.Lock())
+        async with lock:
+            if blob.digest in link.models:
+                return
+            if not (await link.rpc.call("has_model", digest=blob.digest))["has"]:
+                chunks = range(0, len(blob.data), UPLOAD_CHUNK_BYTES)
+                for start in chunks:
+                    end = start + UPLOAD_CHUNK_BYTES
+                    await link.rpc.call(
+                        "put_model",
+                        digest=blob.digest,
+                        data=blob.data[start:end],
+                        more=end < len(blob.data),
+                    )
+                logger.info(
+                    "uploaded model %s (%s) to %s", blob.name, blob.digest[:12], link.node_id
+                )
+            link.models.add(blob.digest)
+
+    def _track(self, handle: AsyncTaskHandle) -> AsyncTaskHandle:
+        self._handles[handle.task_id] = handle
+        if self._fatal is not None:
+            handle.resolve(Outcome(handle.task_id, "lost", None, error=self._fatal))
+        elif not handle.done():
+            self._unresolved.add(handle.task_id)
+            self._work.fire()
+        return handle
+
+    def _deliver(self, outcome: Outcome) -> None:
+        handle = self._handles.get(outcome.task_id)
+        if handle is None or not handle.resolve(outcome):
+            self.duplicates += 1
+        self._unresolved.discard(outcome.task_id)
+        self._to_ack.add(outcome.task_id)
+        self._work.fire()
+
+    # --- the supervisor and its link tasks ---------------------------------------------
+
+    async def _supervise(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+        browsed = False
+        lost: tuple[Candidate, str, str, float] | None = None  # what failed, why, when
+        tried: list[str] = []
+        while True:
+            exclude = [] if lost is None else [lost[0].address]
+            candidates = failover_order(self.members, self._seeds, exclude)
+            served = None
+            for candidate in candidates:
+                served = await self._serve(candidate, lost, task_status if not started else None)
+                if isinstance(served, _Link):
+                    started = True
+                    lost = (candidate, served.node_id, served.why, trio.current_time())
+                    tried.clear()
+                    break
+                tried.append(f"{candidate}: {served}")
+            if isinstance(served, _Link):
+                continue
+            if not started and not browsed and self._may_browse:
+                browsed = True
+                found = await trio.to_thread.run_sync(browse_mdns, self.mdns_timeout, self.mesh)
+                self._seeds = [*self._seeds, *found]
+                if found:
+                    continue
+                tried.append(f"mDNS: no daemon answered within {self.mdns_timeout} s")
+            if not started:
+                raise ClientError(
+                    "no meshgpu daemon answered; tried " + "; ".join(tried) + ". Start one "
+                    "with `meshgpu join`, or name a peer (--peer HOST:PORT or MESHGPU_PEER)"
+                )
+            assert lost is not None
+            if trio.current_time() - lost[3] > self.failover_timeout:
+                self._give_up(
+                    f"lost node {lost[1]} ({lost[2]}) and no other peer answered within "
+                    f"{self.failover_timeout} s; tried " + "; ".join(tried[-6:])
+                )
+                return
+            await trio.sleep(0.2)
+
+    async def _serve(
+        self,
+        candidate: Candidate,
+        lost: tuple[Candidate, str, str, float] | None,
+        task_status: trio.TaskStatus[None] | None,
+    ) -> _Link | str:
+        """Connect to ``candidate`` and serve the link until it breaks. Returns the broken
+        link, or why no link was made."""
+        link: _Link | None = None
+        try:
+            async with open_rpc(
+                candidate.address, self._authenticator, connect_timeout=self.connect_timeout
+            ) as rpc:
+                with trio.fail_after(self.connect_timeout * 2):
+                    pong = await rpc.call("ping")
+                    status = await rpc.call("status")
+                if self.mesh is not None and status.get("node", {}).get("mesh") != self.mesh:
+                    return f"in mesh {status.get('node', {}).get('mesh')!r}, not {self.mesh!r}"
+                self.members = list(status.get("members", []))
+                link = _Link(rpc, candidate, str(pong.get("node_id")))
+                if lost is not None:
+                    self.failovers.append(
+                        Failover(lost[1], link.node_id, lost[2], trio.current_time() - lost[3])
+                    )
+                    logger.warning(
+                        "lost %s (%s); now talking to %s", lost[1], lost[2], link.node_id
+                    )
+                if task_status is not None:
+                    task_status.started()
+                await self._run_link(link)
+        except (ClientError, trio.TooSlowError) as error:
+            if link is None:
+                return str(error) or "timed out"
+            link.fail(str(error) or "timed out")
+        return link if link is not None else "no answer"
+
+    async def _run_link(self, link: _Link) -> None:
+        self._link = link
+        self._link_changed.fire()
+        try:
+            async with trio.open_nursery() as nursery:
+                link.nursery = nursery
+                nursery.start_soon(self._watch, link)
+                nursery.start_soon(self._request_results, link)
+                nursery.start_soon(self._acknowledge, link)
+                await link.broken.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._link = None
+            self._link_changed.fire()
+
+    async def _watch(self, link: _Link) -> None:
+        """Refresh the member list; a peer that does not answer in time is dropped."""
+        while True:
+            await trio.sleep(self.status_interval)
+            try:
+                with trio.fail_after(max(5.0, 3 * self.status_interval)):
+                    status = await link.rpc.call("status")
+            except (ClientError, trio.TooSlowError) as error:
+                link.fail(str(error) or "status timed out")
+                return
+            self.members = list(status.get("members", []))
+            if status.get("node", {}).get("leaving"):
+                link.fail(f"node {link.node_id} is leaving the mesh")
+                return
+
+    async def _request_results(self, link: _Link) -> None:
+        """Open a ``results`` stream for every task id this link has not asked for yet."""
+        assert link.nursery is not None
+        while True:
+            wanted = sorted(self._unresolved - link.requested)
+            if wanted:
+                link.requested.update(wanted)
+                link.nursery.start_soon(self._stream_results, link, wanted)
+            await self._work.wait()
+
+    async def _stream_results(self, link: _Link, task_ids: list[str]) -> None:
+        retry: list[str] = []
+        try:
+            async for message in link.rpc.stream("results", task_ids=task_ids):
+                task_id = message.get("task_id")
+                if task_id is None:
+                    break
+                if message.get("state") == "unavailable":
+                    logger.info("%s: %s; asking again", task_id, message.get("reason"))
+                    retry.append(task_id)
+                    continue
+                self._deliver(Outcome.from_message(message))
+        except RequestFailedError as error:
+            # The peer refuses these ids (not ours to fix by reconnecting): fail them.
+            for task_id in task_ids:
+                if task_id in self._unresolved:
+                    self._deliver(Outcome(task_id, "failed", None, error=error))
+            return
+        except ClientError as error:
+            link.fail(str(error))
+            return
+        if retry:
+            await trio.sleep(0.5)
+            link.requested.difference_update(retry)
+            self._work.fire()
+
+    async def _acknowledge(self, link: _Link) -> None:
+        """Tell the mesh which outcomes the client has (``collected``), in batches."""
+        while True:
+            if not self._to_ack:
+                await self._work.wait()
+                continue
+            await trio.sleep(0.01)  # let a burst of outcomes share one request
+            batch = sorted(self._to_ack)[:ACK_BATCH]
+            try:
+                await link.rpc.call("collected", task_ids=batch)
+            except RequestFailedError as error:
+                logger.warning("peer refused to mark %d results collected: %s", len(batch), error)
+            except ClientError as error:
+                link.fail(str(error))
+                return
+            self._to_ack.difference_update(batch)
+            self._work.fire()
+
+    def _give_up(self, why: str) -> None:
+        self._fatal = ClientError(why)
+        for task_id in list(self._unresolved):
+            handle = self._handles[task_id]
+            handle.resolve(Outcome(task_id, "lost", None, error=self._fatal))
+        self._unresolved.clear()
+        self._link_changed.fire()
+        self._work.fire()
+
+
+def _encode_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(inputs, Mapping) or not inputs:
+        raise ConfigError("inputs must be a non-empty mapping of input name to array")
+    arrays = {}
+    for name, value in inputs.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"input names are strings, not {name!r}")
+        array = np.asarray(value)
+        if array.dtype.kind not in "biufc":
+            raise ConfigError(f"input {name!r} has dtype {array.dtype}; use a numeric array")
+        arrays[name] = array
+    return encode_tensors(arrays)
+
+
+def _path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else Path(value)

@@ -1,0 +1,192 @@
+"""The blocking client: an :class:`AsyncClient` on a trio loop in a background thread.
+
+Decision: one long-lived trio loop per :class:`Client`, in a daemon thread, reached with
+``trio.from_thread.run``. The connection, its ``results`` streams, the watchdog and the
+failover machinery keep running between the caller's calls, so ``result()`` after
+``submit()`` costs no reconnection and a failover can happen while the caller is busy
+elsewhere. Rejected: ``trio.run`` per call. It is simpler, but each call would open a new
+TCP connection, ask ``status`` and ``has_model`` again and re-request every pending
+result; measured on loopback that is several milliseconds per call against a fraction
+of a millisecond for a call into a running loop, and the mesh's per-task budget is 2 ms.
+
+Calls are thread-safe: any thread may call any method; they all run on the one loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import trio
+
+from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome, Outputs
+from meshgpu.client.session import AsyncClient
+from meshgpu.errors import ClientError
+
+T = TypeVar("T")
+_DONE = object()
+
+
+class TaskHandle:
+    """One submitted task (blocking form): ``handle.result(timeout)``."""
+
+    def __init__(self, client: Client, handle: AsyncTaskHandle) -> None:
+        self._client = client
+        self._handle = handle
+
+    @property
+    def task_id(self) -> str:
+        return self._handle.task_id
+
+    @property
+    def copies(self) -> int:
+        return self._handle.copies
+
+    @property
+    def worker(self) -> str | None:
+        return self._handle.worker
+
+    def done(self) -> bool:
+        return self._handle.done()
+
+    def wait(self, timeout: float | None = None) -> Outcome:
+        return self._client._run(self._handle.wait, timeout)
+
+    def result(self, timeout: float | None = None) -> Outputs:
+        """The outputs by name; raises the task's error, or ResultTimeoutError."""
+        return self._client._run(self._handle.result, timeout)
+
+    def __repr__(self) -> str:
+        return repr(self._handle)
+
+
+class Client:
+    """A blocking client of a meshgpu mesh; arguments as :class:`AsyncClient`.
+
+    >>> with meshgpu.Client() as client:                       # doctest: +SKIP
+    ...     handle = client.submit("digits", {"pixels": batch})
+    ...     handle.result(timeout=30)["probabilities"]
+    """
+
+    def __init__(self, peer: Any = None, key_file: Any = None, **options: Any) -> None:
+        self._async = AsyncClient(peer, key_file, **options)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="meshgpu-client", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+
+    def _loop(self) -> None:
+        async def main() -> None:
+            self._stop = trio.Event()
+            self._token = trio.lowlevel.current_trio_token()
+            async with self._async:
+                self._ready.set()
+                await self._stop.wait()
+
+        try:
+            trio.run(main)
+        except BaseException as error:  # handed to the caller's thread, not lost
+            self._error = error
+        finally:
+            self._ready.set()
+
+    def _run(self, function: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if self._token is None or not self._thread.is_alive():
+            raise ClientError("this meshgpu client is closed")
+        return trio.from_thread.run(function, *args, trio_token=self._token)
+
+    # --- the public API (see AsyncClient for the arguments) ---------------------------
+
+    def submit(self, model: Any, inputs: Mapping[str, Any], **options: Any) -> TaskHandle:
+        """Submit one task; returns once the mesh acknowledged it."""
+
+        async def submit() -> AsyncTaskHandle:
+            return await self._async.submit(model, inputs, **options)
+
+        return TaskHandle(self, self._run(submit))
+
+    def attach(self, task_id: str) -> TaskHandle:
+        """A handle for a task submitted earlier (e.g. by ``meshgpu submit --no-wait``)."""
+
+        async def attach() -> AsyncTaskHandle:
+            return self._async.attach(task_id)
+
+        return TaskHandle(self, self._run(attach))
+
+    def map(
+        self, model: Any, many_inputs: Iterable[Mapping[str, Any]], **options: Any
+    ) -> Iterator[Completed]:
+        """One task per input map; yields :class:`Completed` items as tasks finish."""
+        items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        scope = trio.CancelScope()
+
+        async def pump() -> None:
+            try:
+                with scope:
+                    async for item in self._async.map(model, many_inputs, **options):
+                        items.put(item)
+            except BaseException as error:
+                items.put(error)
+                raise
+            finally:
+                items.put(_DONE)
+
+        async def start() -> None:
+            assert self._async._nursery is not None
+            self._async._nursery.start_soon(_swallow, pump)
+
+        self._run(start)
+        try:
+            while (item := items.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if self._thread.is_alive() and self._token is not None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(scope.cancel, trio_token=self._token)
+
+    def status(self) -> dict[str, Any]:
+        return self._run(self._async.status)
+
+    def tasks(self, state: str | None = None) -> list[dict[str, Any]]:
+        return self._run(self._async.tasks, state)
+
+    @property
+    def peer(self) -> Any:
+        return self._async.peer
+
+    @property
+    def failovers(self) -> list[Any]:
+        return list(self._async.failovers)
+
+    def close(self) -> None:
+        """Send outstanding acknowledgements, close the connection, stop the loop."""
+        if self._stop is not None and self._token is not None and self._thread.is_alive():
+            with contextlib.suppress(trio.RunFinishedError):  # already stopped
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join()
+        if self._error is not None and not isinstance(self._error, trio.Cancelled):
+            error, self._error = self._error, None
+            raise error
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+async def _swallow(function: Callable[[], Awaitable[None]]) -> None:
+    """Run ``function``; its error already went to the sync caller through the queue."""
+    with contextlib.suppress(Exception):
+        await function()
