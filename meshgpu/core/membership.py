@@ -94,6 +94,8 @@ class MemberTable:
         self.on_new_suspect: Callable[[NodeId], None] = lambda n: None
         self.on_gone: Callable[[NodeId], None] = lambda n: None
         """Called when a member is declared dead or departs."""
+        self.on_hearsay: Callable[[NodeId], None] = lambda n: None
+        """Called when another node's accusation of a member we hold alive reached us."""
         self.on_new_member: Callable[[NodeId], None] = lambda n: None
         self._sorted_live: list[NodeId] | None = None
 
@@ -211,8 +213,13 @@ class MemberTable:
             self.on_new_member(node_id)
         return True
 
-    def apply_suspect(self, update: Suspect, now: float, reason: str) -> bool:
-        """A suspicion or an independent confirmation of one. True if anything changed."""
+    def apply_suspect(
+        self, update: Suspect, now: float, reason: str, confirmed: bool = False
+    ) -> bool:
+        """A suspicion or an independent confirmation of one. True if anything changed.
+
+        ``confirmed``: start the suspicion at its shortest timeout (a death reported by
+        another node, see :meth:`apply_dead`)."""
         node_id = update.node_id
         if node_id == self.node_id:
             if update.incarnation >= self.context.incarnation:
@@ -246,6 +253,8 @@ class MemberTable:
         if config.lifeguard:
             minimum = self.health.scale(minimum)
             maximum = self.health.scale(maximum)
+        if confirmed:
+            maximum = minimum
         suspicion = Suspicion(update.accuser, update.incarnation, now, expected, minimum, maximum)
         self.suspicions[node_id] = suspicion
         self.context.count("suspicions")
@@ -275,6 +284,23 @@ class MemberTable:
         info = self.members.get(node_id)
         if info is None or update.incarnation < info.incarnation or info.state in GONE_STATES:
             return False
+        if update.accuser != self.node_id and self.context.config.lifeguard:
+            # Hearsay (Lifeguard on): another node's death verdict only shortens our own
+            # suspicion to its minimum and the member is told at once, so one that is
+            # alive (typically on the far side of a partition that just healed) refutes
+            # before anyone here declares it dead. A real crash was suspect here for a
+            # while already (suspicions spread before deaths), so this costs little.
+            if info.state is MemberState.ALIVE:
+                self.context.count("deaths_to_suspicions")
+                suspect = Suspect(node_id, update.incarnation, update.accuser)
+                self.apply_suspect(suspect, now, reason, confirmed=True)
+                self.on_hearsay(node_id)
+                return True
+            suspicion = self.suspicions.get(node_id)
+            if suspicion is not None and suspicion.started + suspicion.minimum > now:
+                if suspicion.confirm_fully():
+                    self.on_suspicion_scheduled(node_id, suspicion.deadline())
+                return False
         self._clear_suspicion(node_id)
         self.context.count("deaths")
         self._set(
@@ -319,7 +345,9 @@ class MemberTable:
         """Merge one push-pull entry (memberlist's mergeRemoteState rules).
 
         A remote *dead* becomes a local *suspicion*: the member gets a chance to refute
-        (this is what lets a node on the far side of a healed partition come back).
+        (this is what lets a node on the far side of a healed partition come back). With
+        Lifeguard, a remote suspicion or death of a member we hold alive is not believed
+        at all: the member is told (``on_hearsay``) and refutes, which fixes the remote.
         """
         reason = f"push-pull from {sender}"
         if record.state == "alive":
@@ -328,6 +356,16 @@ class MemberTable:
             )
         if record.state == "left":
             return self.apply_left(Left(record.node_id, record.incarnation), now, reason)
+        info = self.members.get(record.node_id)
+        if (
+            self.context.config.lifeguard
+            and info is not None
+            and info.state is MemberState.ALIVE
+            and record.node_id != self.node_id
+        ):
+            if record.incarnation >= info.incarnation:
+                self.on_hearsay(record.node_id)
+            return False
         return self.apply_suspect(Suspect(record.node_id, record.incarnation, sender), now, reason)
 
     def leave(self, now: float) -> Left:

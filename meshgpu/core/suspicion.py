@@ -63,6 +63,14 @@ class Suspicion:
         self.accusers[accuser] = None
         return True
 
+    def confirm_fully(self) -> bool:
+        """Another node declared the member dead: shrink to the minimum timeout at once.
+        True if that moved the deadline."""
+        if self.confirmations >= self.expected and self.maximum <= self.minimum:
+            return False
+        self.maximum = self.minimum
+        return True
+
     def deadline(self) -> float:
         """When the member is declared dead unless it refutes first."""
         timeout = suspicion_timeout(self.confirmations, self.expected, self.minimum, self.maximum)

@@ -49,6 +49,9 @@ from meshgpu.core.types import Address, NodeId
 _REAP_INTERVAL = 1.0
 """How often remembered-dead members are checked for expiry (cheap; dead set only)."""
 
+_RELAY_NACK_FRACTION = 0.7
+"""A relay that heard no ack sends its nack after this fraction of ``probe_timeout``."""
+
 _PUSH_PULL_RECORD_BUDGET = 1150
 """Bytes of member records per push-pull datagram (leaves room for header and updates)."""
 
@@ -90,6 +93,7 @@ class Swim(Component):
         self._relays: dict[int, _Relay] = {}
         self._last_notice: dict[NodeId, float] = {}
         self._last_unknown_join = -1e18
+        self._last_revival_sync = -1e18
         self._discovered: dict[Address, NodeId | None] = {}
         self.anti_entropy_source: list[Component] = []
         """Components whose ``anti_entropy_updates`` travel with our push-pull exchanges."""
@@ -99,6 +103,7 @@ class Swim(Component):
         table.on_new_suspect = self._on_new_suspect
         table.on_gone = self._on_gone
         table.on_new_member = self._on_new_member
+        table.on_hearsay = self._tell_accused
         context.on_broadcast = self._wake_gossip
         # Announce ourselves with the first datagrams we send (memberlist does the same).
         context.broadcast(("member", context.node_id), self.table.self_alive(), membership=True)
@@ -146,6 +151,19 @@ class Swim(Component):
     def _on_new_suspect(self, node_id: NodeId) -> None:
         if self.config.probe_suspects_first:
             self._priority[node_id] = None
+
+    def _tell_accused(self, node_id: NodeId) -> None:
+        """Lifeguard, generalised: a member others accuse is told directly (at most once
+        per probe period), so that if it is alive it refutes at once."""
+        now = self.context.now
+        last = self._last_notice.get(node_id)
+        if last is not None and now - last < self.config.probe_interval:
+            return
+        self._last_notice[node_id] = now
+        info = self.table.members[node_id]
+        notice = Suspect(node_id, info.incarnation, self.table.node_id)
+        self.context.count("notices_sent")
+        self.context.send(info.address, Gossip(), [encode_item(notice)])
 
     def _on_new_member(self, node_id: NodeId) -> None:
         # memberlist: a new member goes at a random place in the remaining probe order.
@@ -277,7 +295,11 @@ class Swim(Component):
         elif isinstance(message, PingReq):
             seq = self._next_seq()
             self._relays[seq] = _Relay(source, message.seq, message.want_nack)
-            self.timers.schedule(("relay", seq), now + self.config.probe_timeout)
+            # Nack early enough to reach the prober before its period ends (it asked at
+            # probe_timeout into the period; a late nack reads as "the prober is slow").
+            self.timers.schedule(
+                ("relay", seq), now + _RELAY_NACK_FRACTION * self.config.probe_timeout
+            )
             self.context.send(message.target_address, Ping(seq, message.target))
         elif isinstance(message, Nack):
             if self._probe is not None and self._probe.seq == message.seq:
@@ -356,8 +378,12 @@ class Swim(Component):
                 now,
                 "newer incarnation seen",
             )
-            if revived:
-                # Direct contact across a healed partition: exchange full state at once.
+            if revived and now - self._last_revival_sync >= self.config.reconnect_interval:
+                # Direct contact across a healed partition: exchange full state at once
+                # (at most once per reconnect interval: a flapping slow member must not
+                # make every node ship its table on every comeback).
+                self._last_revival_sync = now
+                self.context.count("revival_push_pulls")
                 self.send_push_pull(info.address, reply=False)
             return
         if info.state is MemberState.ALIVE:

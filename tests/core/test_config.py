@@ -1,0 +1,63 @@
+"""MeshConfig: defaults, validation, TOML mapping, derived timeouts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from meshgpu.core.config import MeshConfig
+from meshgpu.errors import ConfigError
+
+
+def test_defaults_are_the_documented_lan_profile() -> None:
+    config = MeshConfig()
+    assert config.probe_interval == 0.2
+    assert config.probe_timeout == 0.1
+    assert config.lifeguard is True
+
+
+def test_from_mapping_overrides_and_converts_ints_to_floats() -> None:
+    config = MeshConfig.from_mapping({"probe_interval": 1, "lifeguard": False, "gossip_fanout": 4})
+    assert config.probe_interval == 1.0
+    assert isinstance(config.probe_interval, float)
+    assert config.lifeguard is False
+    assert config.gossip_fanout == 4
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {"probe_intervall": 0.2},
+        {"lifeguard": "yes"},
+        {"gossip_fanout": 2.5},
+        {"probe_interval": True},
+        {"probe_interval": -1.0},
+        {"probe_timeout": 0.5},
+        {"indirect_checks": -1},
+    ],
+)
+def test_bad_tables_are_config_errors_naming_the_key(table: dict[str, object]) -> None:
+    with pytest.raises(ConfigError) as info:
+        MeshConfig.from_mapping(table)
+    assert next(iter(table)) in str(info.value)
+
+
+def test_suspicion_bounds_follow_memberlist_formula() -> None:
+    config = MeshConfig()
+    assert config.suspicion_min(5) == pytest.approx(1.5 * 1.0 * 0.2)
+    assert config.suspicion_min(50) == pytest.approx(1.5 * math.log10(50) * 0.2)
+    assert config.suspicion_max(50) == pytest.approx(3 * config.suspicion_min(50))
+
+
+def test_retransmit_limit_grows_with_log_n() -> None:
+    config = MeshConfig()
+    assert config.retransmit_limit(9) == 4
+    assert config.retransmit_limit(50) == 8
+    assert config.retransmit_limit(1000) == 16
+
+
+def test_push_pull_period_stretches_above_32_nodes() -> None:
+    config = MeshConfig()
+    assert config.push_pull_period(32) == config.push_pull_interval
+    assert config.push_pull_period(1000) > config.push_pull_period(100) > config.push_pull_interval

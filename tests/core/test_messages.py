@@ -1,0 +1,145 @@
+"""Wire codec: round trips, strict rejection, registry rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+import pytest
+
+from meshgpu.core.load import DeviceCapabilities, LoadUpdate, LoadVector
+from meshgpu.core.messages import (
+    MAX_DATAGRAM_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    Alive,
+    AntiEntropy,
+    Dead,
+    Envelope,
+    Gossip,
+    Left,
+    MemberRecord,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+    decode,
+    encode,
+    encode_bare,
+    encode_head,
+    encode_item,
+    finish_datagram,
+    register_message,
+)
+from meshgpu.errors import DecodeError
+
+LOAD = LoadVector(
+    version=3,
+    active_tasks=1,
+    free_slots=2,
+    queue_length=4,
+    utilisation=0.5,
+    memory_used=10,
+    memory_total=100,
+    capabilities=DeviceCapabilities(("gpu", "cpu"), True, 100),
+    latency_estimates=(("abc", 0.25),),
+)
+
+BODIES = [
+    Ping(1, "n1"),
+    Ack(2),
+    PingReq(3, "n2", ("10.0.0.2", 7946), True),
+    Nack(4),
+    Gossip(),
+    AntiEntropy(),
+    PushPull(False, 0, 2, (MemberRecord("n1", ("h", 1), "dead", 7),)),
+]
+UPDATES = [
+    Alive("n1", ("10.0.0.1", 7946), 3),
+    Suspect("n1", 3, "n2"),
+    Dead("n1", 3, "n2"),
+    Left("n1", 4),
+    LoadUpdate("n1", LOAD),
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_every_body_round_trips_with_piggyback(body: Any) -> None:
+    envelope = Envelope("sender", 5, 9, body, tuple(UPDATES))
+    data = encode(envelope)
+    assert len(data) < MAX_DATAGRAM_BYTES
+    assert decode(data) == envelope
+
+
+def test_spliced_datagram_equals_plain_encoding() -> None:
+    head = encode_head("s", 1, 2, Ping(7, "t"))
+    items = [encode_item(u) for u in UPDATES]
+    assert finish_datagram(head, items) == encode(Envelope("s", 1, 2, Ping(7, "t"), tuple(UPDATES)))
+    many = [encode_item(Ack(i)) for i in range(20)]  # array16 header path
+    assert decode(finish_datagram(head, many)).piggyback == tuple(Ack(i) for i in range(20))
+    assert encode_bare("s", 1, 2, Ack(1)) == encode(Envelope("s", 1, 2, Ack(1)))
+
+
+def _raw(*envelope: object) -> bytes:
+    packed: bytes = msgpack.packb(list(envelope), use_bin_type=True)
+    return packed
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"", "msgpack"),
+        (b"\x96\x01", "msgpack"),
+        (_raw(PROTOCOL_VERSION + 1, "s", 0, 0, [2, 1], []), "newer protocol version"),
+        (_raw(0, "s", 0, 0, [2, 1], []), "older protocol version"),
+        (_raw(PROTOCOL_VERSION, "s", 0, 0, [200, 1], []), "unknown message tag"),
+        (_raw(PROTOCOL_VERSION, "s", -1, 0, [2, 1], []), "incarnation"),
+        (_raw(PROTOCOL_VERSION, "", 0, 0, [2, 1], []), "sender"),
+        (_raw(PROTOCOL_VERSION, "s", 0, 0, [2, True], []), "seq"),
+        (_raw(PROTOCOL_VERSION, "s", 0, 0, [2, 1, 2], []), "Ack"),
+        (_raw(PROTOCOL_VERSION, "s", 0, 0, [2, 1], [[17, "x", 1]]), "Suspect"),
+        (_raw(PROTOCOL_VERSION, "s", 0, 0, [2, 1]), "6 fields"),
+        (_raw(True, "s", 0, 0, [2, 1], []), "version"),
+        (b"\x00" * (MAX_DATAGRAM_BYTES + 1), "exceeds"),
+        (msgpack.packb({"a": 1}), "array"),
+    ],
+)
+def test_malformed_datagrams_are_rejected_with_a_reason(data: bytes, fragment: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(data)
+    assert fragment in str(info.value)
+
+
+def test_registry_refuses_a_second_class_on_a_used_tag() -> None:
+    with pytest.raises(ValueError, match="already used"):
+
+        @register_message
+        @dataclass(frozen=True)
+        class Impostor:
+            TAG: ClassVar[int] = Ping.TAG
+
+            def to_fields(self) -> list[Any]:
+                return []
+
+            @classmethod
+            def from_fields(cls, fields: list[Any]) -> Impostor:
+                return cls()
+
+
+def test_a_registered_type_that_raises_oddly_is_still_a_decode_error() -> None:
+    @register_message
+    @dataclass(frozen=True)
+    class Fragile:
+        TAG: ClassVar[int] = 250
+
+        def to_fields(self) -> list[Any]:
+            return []
+
+        @classmethod
+        def from_fields(cls, fields: list[Any]) -> Fragile:
+            raise AttributeError("oops")
+
+    with pytest.raises(DecodeError, match="Fragile"):
+        decode(_raw(PROTOCOL_VERSION, "s", 0, 0, [250], []))
