@@ -27,10 +27,11 @@ class MeshProcess:
     port: int
     data_dir: Path
     log: Path
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.port)
+        return (self.host, self.port)
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, no flush (a crash)."""
@@ -49,17 +50,16 @@ class MeshProcess:
         return self.process.returncode
 
 
-def join_command(data_dir: Path, *args: str) -> list[str]:
+def join_command(data_dir: Path, *args: str, mdns: bool = False) -> list[str]:
+    network = [] if mdns else ["--bind", "127.0.0.1", "--no-mdns"]
     return [
         sys.executable,
         "-c",
         "from meshgpu.cli import main; main()",
         "join",
-        "--bind",
-        "127.0.0.1",
+        *network,
         "--port",
         "0",
-        "--no-mdns",
         "--backend",
         "onnxruntime",
         "--data-dir",
@@ -68,7 +68,9 @@ def join_command(data_dir: Path, *args: str) -> list[str]:
     ]
 
 
-def start_node(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> MeshProcess:
+def start_node(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, mdns: bool = False
+) -> MeshProcess:
     """Start a daemon and wait (bounded) for its 'listening on' line."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.with_suffix(".log")
@@ -76,7 +78,7 @@ def start_node(data_dir: Path, *args: str, env: dict[str, str] | None = None) ->
     environment.update(env or {})
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
-            join_command(data_dir, *args),
+            join_command(data_dir, *args, mdns=mdns),
             stdout=subprocess.PIPE,
             stderr=log_file,
             env=environment,
@@ -92,7 +94,12 @@ def start_node(data_dir: Path, *args: str, env: dict[str, str] | None = None) ->
             match = LISTENING.search(buffer)
             if match:
                 return MeshProcess(
-                    process, match.group(1).decode(), int(match.group(3)), data_dir, log
+                    process,
+                    match.group(1).decode(),
+                    int(match.group(3)),
+                    data_dir,
+                    log,
+                    host=match.group(2).decode(),
                 )
             if not chunk:
                 break
@@ -111,7 +118,11 @@ def run_to_exit(
     """Run `meshgpu join` expecting it to refuse to start; returns its outcome."""
     env = {k: v for k, v in os.environ.items() if k != "MESHGPU_KEY"}
     return subprocess.run(
-        join_command(data_dir, *args), capture_output=True, text=True, timeout=timeout, env=env
+        join_command(data_dir, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 

@@ -166,3 +166,42 @@ def test_second_daemon_on_same_data_dir_is_refused(mesh) -> None:
     outcome = run_to_exit(nodes[0].data_dir)
     assert outcome.returncode != 0
     assert f"pid {nodes[0].process.pid}" in outcome.stderr
+
+
+async def test_three_daemons_find_each_other_by_mdns_alone(tmp_path: Path) -> None:
+    from meshgpu.daemon.discovery import local_ipv4_addresses
+
+    if local_ipv4_addresses()[0].startswith("127."):
+        pytest.skip("no non-loopback IPv4 interface for multicast DNS here")
+    import ifaddr
+
+    interface = next(
+        adapter.nice_name
+        for adapter in ifaddr.get_adapters()
+        if any(isinstance(ip.ip, str) and not ip.ip.startswith("127.") for ip in adapter.ips)
+    )
+    mesh_name = f"test-{tmp_path.name[-12:]}"
+    nodes = []
+    try:
+        for name in ("m0", "m1", "m2"):
+            nodes.append(
+                start_node(
+                    tmp_path / name,
+                    "--name",
+                    name,
+                    "--mesh",
+                    mesh_name,
+                    "--interface",
+                    interface,
+                    mdns=True,
+                )
+            )
+        sightings = 0
+        for node in nodes:  # no --peer: only mDNS can have introduced them
+            status = await call(node, None, "wait", alive=3, timeout=WAIT_S)
+            assert {m["node_id"] for m in status["members"]} == {"m0", "m1", "m2"}
+            sightings += status["counters"]["daemon"].get("mdns_sightings", 0)
+        assert sightings >= 2
+    finally:
+        for node in nodes:
+            node.stop()

@@ -178,3 +178,23 @@ async def test_restarted_node_rejoins_with_its_journal(mesh, reference) -> None:
     assert sum(status["tasks"].values()) > 0  # the journal came back
     outcomes = await collect(mesh[:2], ids)
     assert all(outcome["state"] == "done" for outcome in outcomes.values())
+
+
+async def test_sigterm_leaves_gracefully_and_loses_nothing(mesh, reference) -> None:
+    pixels, expected = reference
+    await ready(mesh)
+    ids = await submit_all(mesh[0], pixels)
+    leaver = mesh[2]
+    exit_codes: list[int] = []
+
+    async def stop_at_a_third(done: int) -> None:
+        if done >= len(ids) // 3 and not exit_codes:
+            exit_codes.append(await trio.to_thread.run_sync(leaver.stop))
+
+    outcomes = await collect(mesh[:2], ids, on_progress=stop_at_a_third)
+    assert exit_codes == [0]
+    check(outcomes, ids, expected)
+    status = await call(mesh[0], None, "status")
+    gone = next(m for m in status["members"] if m["node_id"] == leaver.node_id)
+    assert gone["state"] == "left", gone
+    assert gone["reason"]  # says why (e.g. "leave requested")
