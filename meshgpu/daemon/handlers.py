@@ -247,18 +247,21 @@ class ClientHandlers:
         """Stream one response per task id as each is resolved (done or failed)."""
         wanted = {_task_id(text) for text in _field(request, "task_ids", list)}
         include = bool(request.get("outputs", True))
+        timeout = request.get("timeout")
         for task_id in wanted:
             if task_id not in self.resolved:
                 self.daemon.feed(ResultRequested(task_id))
-        while wanted:
-            ready = [task_id for task_id in wanted if task_id in self.resolved]
-            if not ready:
-                await self._resolution.wait()
-                continue
-            for task_id in ready:
-                wanted.discard(task_id)
-                await responder.partial(await self._outcome(self.resolved[task_id], include))
-        return {"task_id": None}
+        with trio.move_on_after(float(timeout) if timeout is not None else float("inf")):
+            while wanted:
+                ready = [task_id for task_id in wanted if task_id in self.resolved]
+                if not ready:
+                    await self._resolution.wait()
+                    continue
+                for task_id in ready:
+                    wanted.discard(task_id)
+                    outcome = await self._outcome(self.resolved[task_id], include)
+                    await responder.partial(outcome)
+        return {"task_id": None, "pending": sorted(str(task_id) for task_id in wanted)}
 
     async def _outcome(self, resolved: fx.TaskResolved, include: bool) -> Message:
         from meshgpu.daemon.status import worker_of

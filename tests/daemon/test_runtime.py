@@ -147,3 +147,16 @@ async def test_malformed_model_fails_the_task_with_the_reason(rpc: RpcConnection
 async def test_second_daemon_on_the_same_dir_is_refused(daemon: Daemon) -> None:
     with pytest.raises(DataDirLockedError, match="another meshgpu daemon"):
         await Daemon(settings(daemon.settings.data_dir)).run()
+
+
+async def test_results_for_an_unknown_task_end_at_the_timeout(rpc: RpcConnection) -> None:
+    responses = [r async for r in rpc.stream("results", task_ids=["nobody/1"], timeout=0.2)]
+    assert responses == [
+        {
+            "id": responses[0]["id"],
+            "task_id": None,
+            "pending": ["nobody/1"],
+            "ok": True,
+            "more": False,
+        }
+    ]
