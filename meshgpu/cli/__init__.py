@@ -18,6 +18,10 @@ COMMANDS: dict[str, str] = {
     "keygen": "meshgpu.cli.keygen:keygen",
     "run": "meshgpu.cli.inference:run",
     "devices": "meshgpu.cli.inference:devices",
+    "submit": "meshgpu.cli.submit:submit",
+    "status": "meshgpu.cli.status:status",
+    "tasks": "meshgpu.cli.status:tasks",
+    "demo": "meshgpu.cli.demo:demo",
 }
 
 

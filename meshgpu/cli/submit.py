@@ -1,0 +1,258 @@
+"""``meshgpu submit``: send inference tasks to the mesh and save their outputs.
+
+Thin: the input files are expanded by :mod:`meshgpu.client.inputs`, the tasks go through
+:class:`meshgpu.client.AsyncClient` (which finds a peer, uploads the model only where it
+is missing, fails over and delivers each result once), and this module renders a
+progress bar on stderr and writes ``<output>/<stem>.npz`` per task.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+PRIORITIES = ("low", "normal", "high", "critical")
+
+
+def connection_options(command: F) -> F:
+    """``--peer`` and ``--key-file``, shared by every command that talks to a daemon."""
+    command = click.option(
+        "--key-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Mesh key from `meshgpu keygen` (else MESHGPU_KEY; none for an open mesh).",
+    )(command)
+    return click.option(
+        "--peer",
+        metavar="HOST:PORT",
+        help="Daemon to talk to. Default: MESHGPU_PEER, else the daemon on this machine "
+        "(its data dir's daemon.json, then 127.0.0.1:7946), else one found by mDNS.",
+    )(command)
+
+
+def model_input_names(model: Any) -> list[str]:
+    """The graph inputs of a model that are not initializers (for a bare ``--input PATH``)."""
+    import onnx
+
+    from meshgpu.client.models import ModelBlob
+
+    try:
+        proto = onnx.load_model_from_string(ModelBlob.of(model).data)
+    except Exception:  # not an ONNX file: the mesh will say so with the engine's message
+        return []
+    constants = {init.name for init in proto.graph.initializer}
+    return [value.name for value in proto.graph.input if value.name not in constants]
+
+
+@click.command("submit")
+@click.argument("model")
+@click.option(
+    "--input",
+    "-i",
+    "input_specs",
+    multiple=True,
+    required=True,
+    metavar="NAME=PATH",
+    help="A model input: NAME=PATH where PATH is a .npy file, a directory of .npy files, "
+    "or a glob ('data/*.npy'). Each file is one task; several inputs pair up by file "
+    "name. NAME= may be left out when the model has one input. Repeat per input.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory for the outputs: one <stem>.npz per task (arrays by output name).",
+)
+@connection_options
+@click.option(
+    "--priority",
+    type=click.Choice(PRIORITIES),
+    default="normal",
+    show_default=True,
+    help="Queue priority: critical > high > normal > low, first come first served within.",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Nodes that must journal each task (and its inputs) before it is acknowledged.",
+)
+@click.option("--deadline", type=float, metavar="SECONDS", help="Fail a task not done by then.")
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Print the task ids once the mesh has acknowledged them, and exit without results.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this.")
+def submit(
+    model: str,
+    input_specs: tuple[str, ...],
+    output: Path,
+    peer: str | None,
+    key_file: Path | None,
+    priority: str,
+    replicas: int,
+    deadline: float | None,
+    no_wait: bool,
+    as_json: bool,
+    timeout: float | None,
+) -> None:
+    """Run MODEL (an .onnx file, or `digits` for the shipped example) on the mesh.
+
+    \b
+    Examples:
+      meshgpu submit digits --input pixels=sample.npy
+      meshgpu submit model.onnx --input x=batches/ --output results/
+      meshgpu submit model.onnx -i a='left/*.npy' -i b=right/ --priority high
+
+    One task per input file; its outputs are saved as OUTPUT/<stem>.npz. A progress bar
+    goes to stderr. The exit status is 0 only if every task succeeded; a failed task
+    is reported with the reason the mesh gave (a bad model, a wrong input shape).
+    """
+    import trio
+
+    from meshgpu.client.inputs import expand_inputs, parse_input_spec
+    from meshgpu.errors import MeshError
+
+    try:
+        names = model_input_names(model)
+        default_name = names[0] if len(names) == 1 else None
+        tasks = expand_inputs([parse_input_spec(spec, default_name) for spec in input_specs])
+        options = {"priority": priority, "replicas": replicas, "deadline_s": deadline}
+        report = trio.run(_run, model, tasks, output, peer, key_file, options, no_wait, timeout)
+    except MeshError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=None))
+    elif no_wait:
+        for row in report["tasks"]:
+            click.echo(f"{row['task_id']}\t{row['stem']}")
+    failed = [row for row in report["tasks"] if row.get("state") not in ("done", "submitted")]
+    for row in failed:
+        click.echo(f"error: {row['stem']}: {row.get('error')}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _load(paths: dict[str, Path]) -> dict[str, Any]:
+    import numpy as np
+
+    from meshgpu.errors import ConfigError
+
+    arrays = {}
+    for name, path in paths.items():
+        try:
+            arrays[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"cannot read {path} for input {name!r}: {error}") from None
+    return arrays
+
+
+async def _run(
+    model: str,
+    tasks: list[Any],
+    output: Path,
+    peer: str | None,
+    key_file: Path | None,
+    options: dict[str, Any],
+    no_wait: bool,
+    timeout: float | None,
+) -> dict[str, Any]:
+    import dataclasses
+    import math
+
+    import numpy as np
+    import trio
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from meshgpu.client import AsyncClient
+    from meshgpu.client.models import ModelBlob
+
+    blob = ModelBlob.of(model)
+    rows: list[dict[str, Any]] = [{"stem": task.stem} for task in tasks]
+    console = Console(stderr=True)
+    _log_to(console)
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        "{task.fields[note]}",
+        console=console,
+        transient=False,
+    )
+    if not no_wait:
+        output.mkdir(parents=True, exist_ok=True)
+    async with AsyncClient(peer, key_file) as client:
+        node_id, (host, port) = client.peer or ("?", ("?", 0))
+        console.print(
+            f"[dim]submitting {len(tasks)} task(s) of {blob.name} to {node_id} "
+            f"at {host}:{port}[/dim]"
+        )
+        with progress:
+            bar = progress.add_task("tasks", total=len(tasks), note="")
+            if no_wait:
+                async with trio.open_nursery() as nursery:
+                    for index, task in enumerate(tasks):
+                        nursery.start_soon(_submit_only, client, blob, task, rows[index], options)
+                        progress.advance(bar)
+                return {"tasks": rows, "submitted": len(rows)}
+            failures = 0
+            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                many = (_load(task.paths) for task in tasks)
+                async for item in client.map(blob, many, raise_errors=False, **options):
+                    row = rows[item.index]
+                    row.update(task_id=item.task_id, worker=item.worker)
+                    if item.error is None and item.outputs is not None:
+                        target = output / f"{tasks[item.index].stem}.npz"
+                        np.savez(target, **item.outputs)
+                        row.update(state="done", output=str(target))
+                    else:
+                        failures += 1
+                        row.update(state="failed", error=str(item.error))
+                    progress.update(
+                        bar, advance=1, note=f"[red]{failures} failed[/red]" if failures else ""
+                    )
+            if scope.cancelled_caught:
+                for row in rows:
+                    row.setdefault("state", "timeout")
+                    row.setdefault("error", f"no result within {timeout} s")
+    done = sum(1 for row in rows if row.get("state") == "done")
+    return {
+        "tasks": rows,
+        "done": done,
+        "failed": len(rows) - done,
+        "failovers": [dataclasses.asdict(f) for f in client.failovers],
+    }
+
+
+def _log_to(console: Any) -> None:
+    """Client warnings (a failover) go above the progress bar instead of through it."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=console, show_time=False, show_path=False)
+    logging.getLogger("meshgpu.client").addHandler(handler)
+
+
+async def _submit_only(
+    client: Any, blob: Any, task: Any, row: dict[str, Any], options: dict[str, Any]
+) -> None:
+    from meshgpu.errors import MeshError
+
+    try:
+        handle = await client.submit(blob, _load(task.paths), **options)
+        row.update(task_id=handle.task_id, copies=handle.copies, state="submitted")
+    except MeshError as error:
+        row.update(state="failed", error=str(error))
