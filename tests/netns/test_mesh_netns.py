@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import trio
 
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors
-from tests.netns.daemons import Daemon, Fleet, Status, agree, describe, live_view
+from tests.netns.daemons import PORT, Daemon, Fleet, Status, agree, describe, live_view
 from tests.netns.lab import in_namespace
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -216,6 +217,42 @@ def test_kill_9_is_declared_dead_by_every_survivor(fleet: Fleet) -> None:
         assert status["leader"] != victim.node_id
         record = next(m for m in status["members"] if m["node_id"] == victim.node_id)
         assert record["reason"], record  # status says why it is gone
+
+
+def test_client_fails_over_when_its_entry_node_is_killed(
+    fleet: Fleet, reference: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """meshgpu.Client, entering through one host's LAN address, loses that node to
+    ``kill -9`` after its first submission: the rest go to a peer it learned from the
+    mesh, and every result arrives once and equals onnxruntime's."""
+    from meshgpu.client import AsyncClient
+
+    pixels, expected = reference
+    alive = [daemon for daemon in fleet.daemons if daemon.alive]
+    statuses = fleet.until(alive, agree({d.node_id for d in alive}), "the survivors to agree")
+    leader = live_view(next(iter(statuses.values())))[1]
+    entry = next(daemon for daemon in alive if daemon.node_id != leader)
+    client_host = next(daemon for daemon in alive if daemon is not entry).host
+
+    async def session() -> tuple[list[Any], list[Any], list[Any], int]:
+        async with AsyncClient(f"{entry.host.address}:{PORT}", key=fleet.key) as client:
+            handles = [await client.submit(MODEL, {"pixels": pixels[:1]}, replicas=2)]
+            entry.kill()
+            for row in pixels[1:]:
+                handles.append(await client.submit(MODEL, {"pixels": row[None, :]}, replicas=2))
+            outputs = [await handle.result(timeout=60) for handle in handles]
+            return handles, outputs, list(client.failovers), client.duplicates
+
+    handles, outputs, failovers, duplicates = in_namespace(
+        client_host.namespace, lambda: trio.run(session)
+    )
+    print(f"client failovers: {failovers}; duplicates dropped: {duplicates}")
+    assert failovers and failovers[0].from_node == entry.node_id, failovers
+    assert len({handle.task_id for handle in handles}) == len(pixels)
+    for index, produced in enumerate(outputs):
+        np.testing.assert_allclose(
+            produced["probabilities"][0], expected[index], rtol=1e-5, atol=1e-6
+        )
 
 
 def test_copied_data_dir_on_another_host_is_refused(fleet: Fleet) -> None:
