@@ -148,6 +148,7 @@ class OpenCLSession:
                         storage = plan.input_storages[name]
                         cl.enqueue_copy(queue, buffers[storage.slot], array, is_blocking=False)
                 for launch in plan.launches:
+                    assert launch.kernel is not None  # bound when the plan was finished
                     cl.enqueue_nd_range_kernel(
                         queue, launch.kernel, launch.global_size, launch.local_size
                     )

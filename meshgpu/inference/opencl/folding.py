@@ -24,6 +24,7 @@ Folder = Callable[[Node, list[np.ndarray | None]], list[np.ndarray]]
 
 def _axes(node: Node, values: Sequence[np.ndarray | None], rank: int) -> list[int]:
     """Squeeze/Unsqueeze axes (attribute before opset 13, input from 13), made non-negative."""
+    raw: Any
     if node.opset >= 13:
         raw = [] if len(values) < 2 or values[1] is None else np.asarray(values[1]).reshape(-1)
     else:
@@ -59,7 +60,7 @@ def _constant_of_shape(node: Node, values: list[np.ndarray | None]) -> list[np.n
 
 
 def _shape(node: Node, values: list[np.ndarray | None]) -> list[np.ndarray]:
-    shape = np.asarray(np.shape(values[0]), dtype=np.int64)
+    shape = np.asarray(np.shape(np.asarray(values[0])), dtype=np.int64)
     start = int(node.attrs.get("start", 0))
     end = node.attrs.get("end")
     return [shape[start : None if end is None else int(end)]]

@@ -9,6 +9,8 @@ packing *is* im2col). Convolutions whose groups have fewer than 8 output channel
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
@@ -160,6 +162,7 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
             f"(input shape {x.shape}, weight shape {weight.shape})"
         )
     one_d = len(x.shape) == 3
+    x_shape: tuple[int, ...]
     if one_d:
         x_shape = (x.shape[0], x.shape[1], 1, x.shape[2])
         weight = weight.reshape(weight.shape[0], weight.shape[1], 1, weight.shape[2])
@@ -175,9 +178,9 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
         )
     attrs = dict(node.attrs)
     if one_d:
-        for key in ("strides", "dilations", "kernel_shape"):
-            if key in attrs:
-                attrs[key] = [1, *attrs[key]]
+        for attribute in ("strides", "dilations", "kernel_shape"):
+            if attribute in attrs:
+                attrs[attribute] = [1, *attrs[attribute]]
         if "pads" in attrs:
             pads = list(attrs["pads"])
             attrs["pads"] = [0, pads[0], 0, pads[1]]
@@ -424,10 +427,11 @@ def _panels(
             ]
             return pack_host(np.stack(matrices))
 
-        key = ("panels", name, rows, depth, strides, tuple(offsets))
-        if name in builder.static:
-            return builder.weight(key, make)
-        return builder.weight((*key, id(builder)), make)
+        key: tuple[Any, ...] = ("panels", name, rows, depth, strides, tuple(offsets))
+        if name not in builder.static:
+            key = (*key, id(builder))  # a per-plan constant: never shared between plans
+        panels: KernelArg = builder.weight(key, make)
+        return panels
     tensor = builder.tensor(node, name)
     return pack_device(builder, node, tensor, offsets, rows, depth, strides[0], strides[1])
 

@@ -454,8 +454,8 @@ def lower_gather(builder: PlanBuilder, node: Node) -> None:
     in_strides = contiguous_strides(data.shape)
     flat_out = [*data.shape[:axis], max(indices.size, 1), *data.shape[axis + 1 :]]
     out_strides = contiguous_strides(flat_out)
-    for position, index in enumerate(indices.reshape(-1)):
-        index = int(index) + size if index < 0 else int(index)
+    for position, raw_index in enumerate(indices.reshape(-1)):
+        index = int(raw_index) + size if raw_index < 0 else int(raw_index)
         if not 0 <= index < size:
             raise ModelError(f"{node.describe()}: index {index} out of range for {size}")
         strided_copy(

@@ -128,7 +128,7 @@ class PlanBuilder:
         self.placed: dict[str, tuple[int, ...]] = {}
         self.slice_writers: set[str] = set()
         self._node_index = {id(node): index for index, node in enumerate(graph.nodes)}
-        self._bound_constants: dict[Storage, cl.Buffer] = {}
+        self._bound_constants: dict[Storage, cl.Buffer | None] = {}
         self.device = device
         self.context = programs.context_for(device)
         self.weights = weights
@@ -171,6 +171,7 @@ class PlanBuilder:
         if name in self.values:
             array = np.ascontiguousarray(self.values[name], dtype=np.float32)
             storage = Storage(max(FLOAT_BYTES, array.nbytes), f"constant {name}")
+            buffer: cl.Buffer | None
             if name in self.static:
                 buffer = self.weight(("raw", name), lambda: array)
             else:
@@ -202,8 +203,9 @@ class PlanBuilder:
     def workspace(self, nbytes: int, label: str) -> Storage:
         return Storage(max(FLOAT_BYTES, nbytes), label)
 
-    def weight(self, key: Any, make: Callable[[], np.ndarray]) -> cl.Buffer:
-        """Device copy of a derived constant, uploaded once per session under ``key``."""
+    def weight(self, key: Any, make: Callable[[], np.ndarray]) -> Any:
+        """Device copy (a ``cl.Buffer``) of a derived constant, uploaded once per session
+        under ``key``; None during a dry walk, which never touches the device."""
         buffer = self.weights.get(key)
         if buffer is None:
             if self.dry:
