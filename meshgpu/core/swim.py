@@ -259,10 +259,14 @@ class Swim(Component):
         if self.config.lifeguard:
             # Relays that answered with nacks are reachable: the fault is probably the
             # target's. Missing nacks point at us (Lifeguard, memberlist probeNode).
-            if probe.expected_nacks > 0:
-                self.health.apply(probe.expected_nacks - probe.nacks)
-            else:
+            # Unlike memberlist (+1 per missing nack), one nack is enough to clear us: a
+            # relay answered in time, so our own messages flow; missing nacks then mean
+            # unreachable relays (a partition), not slowness, and must not stretch our
+            # timeouts (else the minority side of a partition detects nothing for seconds).
+            if probe.expected_nacks == 0:
                 self.health.apply(1)
+            elif probe.nacks == 0:
+                self.health.apply(probe.expected_nacks)
         info = self.table.members.get(probe.target)
         if info is None or info.state in GONE_STATES:
             return

@@ -1,0 +1,98 @@
+"""The leader rule and load gossip."""
+
+from __future__ import annotations
+
+import random
+
+from meshgpu.core.component import NodeContext
+from meshgpu.core.config import MeshConfig
+from meshgpu.core.leader import Leadership, leader_for_view, leader_score
+from meshgpu.core.load import LoadGossip, LoadUpdate, LoadVector
+from meshgpu.core.membership import MemberTable
+from meshgpu.core.messages import Alive, Envelope, Gossip, Left, Suspect, encode_item
+from meshgpu.core.suspicion import LocalHealth
+
+IDS = [f"n{i:02d}" for i in range(20)]
+
+
+def test_leader_is_a_pure_function_of_view_and_members() -> None:
+    assert leader_for_view(7, IDS) == leader_for_view(7, list(reversed(IDS)))
+    assert leader_for_view(7, []) is None
+    assert leader_score(3, "a") == leader_score(3, "a")
+
+
+def test_removing_a_non_leader_never_moves_leadership() -> None:
+    for view in range(50):
+        leader = leader_for_view(view, IDS)
+        others = [n for n in IDS if n != leader]
+        assert leader_for_view(view, [n for n in IDS if n != others[view % len(others)]]) == leader
+
+
+def test_rotation_spreads_leadership_over_members() -> None:
+    leaders = {leader_for_view(view, IDS) for view in range(200)}
+    assert len(leaders) >= 15
+
+
+def _leadership(now: float = 0.0) -> tuple[MemberTable, Leadership]:
+    context = NodeContext("me", ("h", 1), MeshConfig(), random.Random(1))
+    table = MemberTable(context, LocalHealth(8), now)
+    leadership = Leadership(context, table, now)
+    context.member_listeners.append(leadership.on_member_changed)
+    for node_id in IDS:
+        table.apply_alive(Alive(node_id, ("h", 2), 0), now, "join")
+    leadership.settle(now)
+    return table, leadership
+
+
+def test_incremental_leader_matches_the_rule() -> None:
+    table, leadership = _leadership()
+    assert leadership.leader == leader_for_view(leadership.view, table.sorted_live())
+
+
+def test_suspected_leader_bumps_the_view_at_once() -> None:
+    table, leadership = _leadership()
+    old_leader, old_view = leadership.leader, leadership.view
+    assert old_leader is not None and old_leader != "me"
+    table.apply_suspect(Suspect(old_leader, 0, "me"), 1.0, "probe failed")
+    leadership.settle(1.0)
+    assert leadership.view > old_view
+    assert leadership.leader != old_leader
+    assert leadership.leader == leader_for_view(leadership.view, table.sorted_live())
+
+
+def test_max_view_wins_and_leader_rotates_on_its_interval() -> None:
+    _, leadership = _leadership()
+    leadership.observe_view(41, 2.0)
+    leadership.observe_view(40, 2.1)
+    assert leadership.view == 41
+    leadership.leader = "me"  # pretend we lead: we must hand over after the interval
+    deadline = leadership.next_deadline()
+    assert deadline == 2.0 + MeshConfig().leader_rotation_interval
+    leadership.on_tick(deadline)
+    assert leadership.view == 42
+
+
+def test_load_newest_version_wins_and_dead_members_are_dropped() -> None:
+    context = NodeContext("me", ("h", 1), MeshConfig(), random.Random(1))
+    table = MemberTable(context, LocalHealth(8), 0.0)
+    loads = LoadGossip(context, table.members)
+    context.member_listeners.append(loads.on_member_changed)
+    table.apply_alive(Alive("x", ("h", 2), 0), 0.0, "join")
+    envelope = Envelope("x", 0, 0, Gossip())
+    loads.on_update(envelope, LoadUpdate("x", LoadVector(version=2, active_tasks=5)), ("h", 2), 0)
+    loads.on_update(envelope, LoadUpdate("x", LoadVector(version=1, active_tasks=9)), ("h", 2), 0)
+    assert loads.loads()["x"].active_tasks == 5
+    table.apply_left(Left("x", 0), 1.0, "left")
+    assert "x" not in loads.loads()
+
+
+def test_own_load_is_versioned_by_the_node_and_trimmed_to_fit() -> None:
+    context = NodeContext("me", ("h", 1), MeshConfig(), random.Random(1))
+    loads = LoadGossip(context, {})
+    estimates = tuple((f"{i:064x}", 0.1) for i in range(40))
+    loads.set_own(LoadVector(version=99, latency_estimates=estimates))
+    loads.set_own(LoadVector(version=0, active_tasks=1, latency_estimates=estimates))
+    own = loads.loads()["me"]
+    assert own.version == 2
+    assert 0 < len(own.latency_estimates) < 40
+    assert len(encode_item(LoadUpdate("me", own))) <= 600
