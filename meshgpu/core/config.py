@@ -16,6 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.errors import ConfigError
 
 
@@ -89,6 +90,9 @@ class MeshConfig:
     """False turns off all three Lifeguard refinements (local health, shrinking suspicion
     timeouts, telling the suspect directly): plain SWIM with a fixed suspicion timeout."""
 
+    tasks: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    """Task-queue settings (the ``[tasks]`` sub-table; see :class:`TaskConfig`)."""
+
     def __post_init__(self) -> None:
         positive = (
             "probe_interval",
@@ -140,6 +144,11 @@ class MeshConfig:
             )
         values: dict[str, object] = {}
         for name, raw in table.items():
+            if name == "tasks":
+                if not isinstance(raw, Mapping):
+                    raise ConfigError(f"mesh config: tasks must be a table, got {raw!r}")
+                values[name] = TaskConfig.from_mapping(raw)
+                continue
             default = getattr(cls(), name)
             if isinstance(default, bool):
                 if not isinstance(raw, bool):

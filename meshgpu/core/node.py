@@ -54,6 +54,7 @@ from meshgpu.core.load import LoadGossip, LoadVector
 from meshgpu.core.membership import MemberInfo
 from meshgpu.core.messages import Message, Ping, PushPull, decode
 from meshgpu.core.swim import Swim
+from meshgpu.core.tasks.component import NodeMeshView, TaskComponent
 from meshgpu.core.types import Address, NodeId
 from meshgpu.errors import DecodeError
 
@@ -94,6 +95,8 @@ class Node:
         self.context.member_listeners.append(self._member_changed)
         for component in (self.swim, self.load_gossip, self.leadership):
             self.add_component(component)
+        self.tasks = TaskComponent(self.context, NodeMeshView(self), config.tasks, now)
+        self.add_component(self.tasks)
         self._announced: tuple[int, NodeId | None] | None = None
 
     def add_component(self, component: Component) -> None:
@@ -171,7 +174,7 @@ class Node:
         elif isinstance(event, PeerDiscovered):
             self.swim.discover(event.address, event.node_id, now)
         elif isinstance(event, LoadChanged):
-            self.load_gossip.set_own(event.load)
+            self.tasks.on_driver_load(event.load, now)  # adds the task fields, then gossips
         elif isinstance(event, LeaveRequested):
             self.swim.leave(now)
         else:

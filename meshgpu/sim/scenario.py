@@ -34,7 +34,7 @@ from meshgpu.sim.faults import (
 )
 from meshgpu.sim.network import LINK_PARAMETER_NAMES, LinkParams
 
-EXTENSION_SECTIONS: dict[str, str] = {}
+EXTENSION_SECTIONS: dict[str, str] = {"tasks": "meshgpu.sim.task_driver:build"}
 """Extra top-level tables: name -> ``"module:factory"`` building an Observer from it."""
 
 BOOTSTRAP_MODES = ("mdns", "seeds")

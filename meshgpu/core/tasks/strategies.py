@@ -65,6 +65,9 @@ class SelectionContext:
     rotation: int = 0
     learned: LatencyModel = field(default_factory=LatencyModel)
     deferred: dict[NodeId, int] = field(default_factory=dict)
+    assigned: dict[NodeId, int] = field(default_factory=dict)
+    """Assignments to each worker that this node has seen in the table (every node sees
+    all of them, so a new leader continues the same fairness)."""
 
 
 Strategy = Callable[[TaskSpec, Sequence[WorkerView], SelectionContext], NodeId | None]
@@ -95,9 +98,12 @@ def _rotated(workers: Sequence[WorkerView], rotation: int) -> list[WorkerView]:
     return ordered[start:] + ordered[:start]
 
 
-def _lowest(candidates: list[WorkerView], score: Callable[[WorkerView], float]) -> NodeId:
-    # min() keeps the first of equal scores: candidates come in rotated order.
-    return min(candidates, key=score).node_id
+def _lowest(
+    candidates: list[WorkerView], score: Callable[[WorkerView], float], ctx: SelectionContext
+) -> NodeId:
+    """The best-scoring candidate; ties go to the worker given the fewest tasks so far, then
+    to the first in rotated order (min() keeps the first of equal keys)."""
+    return min(candidates, key=lambda w: (score(w), ctx.assigned.get(w.node_id, 0))).node_id
 
 
 def round_robin(
@@ -126,7 +132,7 @@ def least_loaded(
     if not candidates:
         return None
     max_queue = max(w.queue_length for w in workers)
-    return _lowest(candidates, lambda w: least_loaded_score(w, max_queue))
+    return _lowest(candidates, lambda w: least_loaded_score(w, max_queue), ctx)
 
 
 def device_match(
@@ -140,13 +146,14 @@ def device_match(
     wanted = spec.requirements.device_type or "gpu"
     max_queue = max(w.queue_length for w in workers)
 
-    def fit(w: WorkerView) -> tuple[int, float, int, float]:
+    def fit(w: WorkerView) -> tuple[int, float, int, float, int]:
         free_memory = (w.memory_total - w.memory_used) / w.memory_total if w.memory_total else 0
         return (
             0 if wanted in w.device_types else 1,
             -free_memory,
             0 if w.fp16 or not spec.requirements.fp16 else 1,
             least_loaded_score(w, max_queue),
+            ctx.assigned.get(w.node_id, 0),
         )
 
     return min(candidates, key=fit).node_id
@@ -172,7 +179,7 @@ def latency_based(
         base = fallback if published is None else published
         return base * (1.0 + 0.01 * (w.in_flight / w.capacity if w.capacity else 1.0))
 
-    return _lowest(candidates, expected)
+    return _lowest(candidates, expected, ctx)
 
 
 def adaptive_cost(worker: WorkerView, model: str, ctx: SelectionContext, fallback: float) -> float:

@@ -74,7 +74,25 @@ def spec_to_wire(spec: TaskSpec) -> Wire:
     ]
 
 
+_SPEC_CACHE: dict[str, TaskSpec] = {}
+_SPEC_CACHE_LIMIT = 8192
+
+
 def spec_from_wire(value: object) -> TaskSpec:
+    """Decode a spec. Specs are immutable and arrive many times (every update of a task
+    carries it), so decoded specs are memoised by their exact wire form."""
+    key = repr(value)
+    cached = _SPEC_CACHE.get(key)
+    if cached is not None:
+        return cached
+    spec = _decode_spec(value)
+    if len(_SPEC_CACHE) >= _SPEC_CACHE_LIMIT:
+        _SPEC_CACHE.clear()
+    _SPEC_CACHE[key] = spec
+    return spec
+
+
+def _decode_spec(value: object) -> TaskSpec:
     fields = _list(value, 9)
     shapes = tuple(
         (_str(pair[0]), tuple(_int(d) for d in _list(pair[1])))

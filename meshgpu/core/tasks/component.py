@@ -1,0 +1,704 @@
+"""The task queue as a node component: every role a node plays for a task.
+
+One class, because every role reacts to the same thing, a change of an entry of the local
+table (``_on_change``), whether it came from a local action, a peer's update, or the
+journal:
+
+* **origin**: accepts a submission, replicates it to ``replicas`` holders, acknowledges;
+* **holder**: fetches and keeps the inputs, journals the entry (``Persist``), drops the
+  payload once delivered;
+* **leader** (:mod:`meshgpu.core.tasks.leading`): expires deadlines, times out and
+  reassigns, runs scheduling rounds;
+* **worker**: runs what is assigned to it, reports the outcome;
+* **client side**: resolves a task to its client once, marks it delivered.
+
+Every local change is sent to every live member at the end of the handler that made it
+(batched, ``TaskUpdate``); a push-pull anti-entropy exchange with one random peer every
+``sync_interval_s`` repairs lost datagrams and partitions. See docs/task-queue.md.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import msgpack
+
+from meshgpu.core.component import Component, NodeContext
+from meshgpu.core.effects import (
+    CancelTask,
+    DropPayload,
+    FetchPayload,
+    Persist,
+    RunTask,
+    TaskAccepted,
+    TaskRejected,
+    TaskResolved,
+)
+from meshgpu.core.events import (
+    JournalReplayed,
+    PayloadFetchFailed,
+    PayloadStored,
+    ResultCollected,
+    ResultRequested,
+    SubmitTask,
+    TaskFinished,
+)
+from meshgpu.core.load import LoadVector
+from meshgpu.core.membership import LIVE_STATES, MemberInfo
+from meshgpu.core.messages import Envelope, Message
+from meshgpu.core.tasks import state as st
+from meshgpu.core.tasks.adaptive import LatencyModel
+from meshgpu.core.tasks.breaker import BreakerBoard
+from meshgpu.core.tasks.config import TaskConfig
+from meshgpu.core.tasks.leading import AssignmentRecord, Leading
+from meshgpu.core.tasks.messages import HoldRequest, TaskUpdate
+from meshgpu.core.tasks.queue import TaskQueue
+from meshgpu.core.tasks.records import TaskRecord
+from meshgpu.core.tasks.spec import TaskId
+from meshgpu.core.tasks.state import Phase, TaskState
+from meshgpu.core.tasks.strategies import STRATEGIES, SelectionContext
+from meshgpu.core.tasks.table import TaskEntry, TaskTable
+from meshgpu.core.tasks.wire import entry_to_wire
+from meshgpu.core.types import Address, NodeId
+
+SEQUENCE_BASE_BITS = 40
+"""Each start draws its first sequence number from [0, 2**40) x 2**20: a restarted node
+(with or without its journal) never reuses a task id still alive elsewhere."""
+
+BODY_BUDGET_MARGIN = 160
+"""Bytes of a datagram left for the envelope header and piggybacked membership updates."""
+
+MAX_RUNS_PER_SYNC = 16
+"""Tombstone intervals carried by one anti-entropy message (rotating)."""
+
+
+class MeshView(Protocol):
+    """What the task queue reads from its node (:class:`meshgpu.core.node.Node`)."""
+
+    @property
+    def view(self) -> int: ...
+
+    def leader(self) -> NodeId | None: ...
+
+    def live_members(self) -> list[NodeId]: ...
+
+    def members(self) -> dict[NodeId, MemberInfo]: ...
+
+    def loads(self) -> dict[NodeId, LoadVector]: ...
+
+    def publish_load(self, load: LoadVector) -> None: ...
+
+
+@dataclass(slots=True)
+class _Replication:
+    """The origin's bookkeeping while it waits for holders."""
+
+    client_ref: str
+    target: int
+    outstanding: dict[NodeId, float] = field(default_factory=dict)
+    tried: set[NodeId] = field(default_factory=set)
+
+
+class TaskComponent(Component):
+    """The task queue of one node."""
+
+    message_types = (TaskUpdate, HoldRequest)
+
+    def __init__(
+        self, context: NodeContext, mesh: MeshView, config: TaskConfig, now: float
+    ) -> None:
+        self.context = context
+        self.mesh = mesh
+        self.config = config
+        self.node_id = context.node_id
+        self.rng = random.Random(context.rng.getrandbits(64))
+        self.table = TaskTable()
+        self.queue = TaskQueue()
+        self.breakers = BreakerBoard(config.breaker)
+        self.learned = LatencyModel(config.adaptive_alpha)
+        self.selection = SelectionContext(learned=self.learned)
+        self.leading = Leading(self)
+        self.active: set[TaskId] = set()
+        self.first_seen: dict[TaskId, float] = {}
+        self.state_since: dict[TaskId, float] = {}
+        self.retry_at: dict[TaskId, float] = {}
+        self.assigned_seen: dict[TaskId, dict[int, float]] = {}
+        self.running: dict[TaskId, tuple[int, int]] = {}
+        self._next_sequence = self.rng.getrandbits(SEQUENCE_BASE_BITS) << 20
+        self._replications: dict[TaskId, _Replication] = {}
+        self._fetching: set[TaskId] = set()
+        self._resolved: set[TaskId] = set()
+        self._watched: set[TaskId] = set()
+        self._dropped: set[TaskId] = set()
+        self._gc_at: dict[TaskId, float] = {}
+        self._outbox: dict[TaskId, TaskEntry] = {}
+        self._replaying = False
+        self._sync_cursor = 0
+        self._runs_cursor = 0
+        self._sync_at = now + self.rng.uniform(0.0, config.sync_interval_s)
+        self._tick_at = math.inf
+        self.schedule_at = math.inf
+        self._driver_load = LoadVector()
+        self._driver_reported = False
+        self._latency: dict[str, float] = {}
+        self._load_dirty = False
+        self._load_published_at = -math.inf
+        self.assignment_log: list[AssignmentRecord] = []
+
+    # --- Component interface ------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        deadline = min(self._tick_at, self.schedule_at)
+        if len(self.table) or self.table.collected.run_count():
+            deadline = min(deadline, self._sync_at)
+        return deadline
+
+    def on_tick(self, now: float) -> None:
+        if now >= self._sync_at:
+            self._sync_at = now + self.config.sync_interval_s
+            self._send_sync()
+        if now >= self._tick_at or now >= self.schedule_at:
+            self._housekeeping(now)
+        self._finish(now)
+
+    def on_event(self, event: object, now: float) -> bool:
+        handler = _EVENT_HANDLERS.get(type(event))
+        if handler is None:
+            return False
+        handler(self, event, now)
+        self._finish(now)
+        return True
+
+    def on_message(self, envelope: Envelope, message: Message, source: Address, now: float) -> None:
+        if isinstance(message, TaskUpdate):
+            self._on_task_update(message, source, now)
+        elif isinstance(message, HoldRequest):
+            self._on_hold_request(message, source, now)
+        self._finish(now)
+
+    def on_member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
+        now = self.context.now
+        if info.state in LIVE_STATES:
+            self.schedule_at = min(self.schedule_at, now)
+            return
+        for tid in list(self.active):
+            entry = self.table.get(tid)
+            if entry and entry.state.phase is Phase.ASSIGNED and entry.state.worker == info.node_id:
+                self.queue.push(tid, entry.spec.priority)
+        for replication in self._replications.values():
+            replication.outstanding.pop(info.node_id, None)
+        self.schedule_at = min(self.schedule_at, now)
+        self._arm_tick(now)
+
+    def on_driver_load(self, load: LoadVector, now: float) -> None:
+        """The driver's own measurements (utilisation, memory, capabilities, and capacity
+        as ``active_tasks + free_slots``); the task fields are filled in before gossip."""
+        self._driver_load = load
+        self._driver_reported = True
+        self._load_dirty = True
+        self._publish_load(now, force=True)
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _submit(self, event: SubmitTask, now: float) -> None:
+        spec = event.spec
+        if spec.strategy is not None and spec.strategy not in STRATEGIES:
+            choices = ", ".join(sorted(STRATEGIES))
+            self.context.emit(
+                TaskRejected(event.client_ref, f"unknown strategy {spec.strategy!r}: use {choices}")
+            )
+            return
+        task_id = TaskId(self.node_id, self._next_sequence)
+        self._next_sequence += 1
+        self.context.count("tasks_submitted")
+        self._merge(TaskEntry(task_id, spec, holders=frozenset({self.node_id})), now, local=True)
+        replication = _Replication(event.client_ref, spec.replicas)
+        self._replications[task_id] = replication
+        self._replicate(task_id, replication, now)
+
+    def _payload_stored(self, event: PayloadStored, now: float) -> None:
+        self._fetching.discard(event.task_id)
+        if event.task_id in self.table:
+            self._update(event.task_id, now, holders=frozenset({self.node_id}))
+
+    def _payload_fetch_failed(self, event: PayloadFetchFailed, now: float) -> None:
+        self._fetching.discard(event.task_id)
+        self.context.count("payload_fetch_failures")
+
+    def _task_finished(self, event: TaskFinished, now: float) -> None:
+        tid = event.task_id
+        attempt, view = self.running.get(tid, (event.attempt, 0))
+        if attempt == event.attempt:
+            self.running.pop(tid, None)
+            self._load_dirty = True
+        entry = self.table.get(tid)
+        if entry is None:
+            return
+        current = entry.state
+        if event.outcome == "ok" and event.result_holders:
+            self._learn_own_latency(entry.spec.model_digest, event.run_s)
+            holders = frozenset(event.result_holders)
+            if current.terminal:
+                self.context.count(
+                    "late_results" if current.phase is Phase.FAILED else "duplicate_results"
+                )
+                self._update(
+                    tid, now, result_holders=holders if current.phase is Phase.DONE else frozenset()
+                )
+                return
+            if current.phase is Phase.ASSIGNED and current.attempt == event.attempt:
+                view = current.view
+            done = st.complete(current, event.attempt, view, self.node_id)
+            self._update(tid, now, state=done, result_holders=holders)
+            return
+        if current.terminal:
+            return
+        if event.outcome == "permanent_error":
+            self._update(tid, now, state=st.fail(current, event.reason or "permanent error"))
+            return
+        reason = event.reason or "result could not be stored on any holder"
+        mine = (
+            current.phase is Phase.ASSIGNED
+            and current.attempt == event.attempt
+            and current.worker == self.node_id
+        )
+        if mine:
+            self._update(tid, now, state=self.failure_state(entry, reason))
+
+    def failure_state(self, entry: TaskEntry, reason: str) -> TaskState:
+        """The state after the current attempt failed transiently: RETRYING, or FAILED once
+        the retry policy is exhausted."""
+        current = entry.state
+        if entry.spec.retry.exhausted(current.failures + 1):
+            attempts = current.failures + 1
+            return st.fail(current, f"gave up after {attempts} failed attempts: {reason}")
+        return st.retry(current, reason)
+
+    def _result_requested(self, event: ResultRequested, now: float) -> None:
+        tid = event.task_id
+        self._watched.add(tid)
+        entry = self.table.get(tid)
+        if entry is not None and entry.state.terminal and not entry.delivered:
+            self._resolve(entry)
+
+    def _result_collected(self, event: ResultCollected, now: float) -> None:
+        self._watched.discard(event.task_id)
+        if event.task_id in self.table:
+            self._update(event.task_id, now, delivered=True)
+
+    def _journal_replayed(self, event: JournalReplayed, now: float) -> None:
+        self._replaying = True
+        try:
+            for record in event.records:
+                if record.entry is None:
+                    self._collect(record.task_id, persist=False)
+                else:
+                    self._merge(record.entry, now, local=False)
+        finally:
+            self._replaying = False
+        self.context.count("journal_records_replayed", len(event.records))
+
+    # --- messages ---------------------------------------------------------------------------
+
+    def _on_task_update(self, message: TaskUpdate, source: Address, now: float) -> None:
+        if message.collected:
+            for dropped in self.table.merge_collected(list(message.collected)):
+                self._forget(dropped, persist=True)
+        newer: list[TaskEntry] = []
+        for entry in message.entries:
+            self._merge(entry, now, local=False)
+            mine = self.table.get(entry.task_id)
+            if message.reply and mine is not None and mine != entry:
+                newer.append(mine)
+        if message.reply:
+            runs = list(self.table.collected.runs())[:MAX_RUNS_PER_SYNC]
+            if newer or runs:
+                self._send_entries(source, newer, runs, reply=False)
+
+    def _on_hold_request(self, message: HoldRequest, source: Address, now: float) -> None:
+        entry = message.entry
+        self._merge(entry, now, local=False)
+        mine = self.table.get(entry.task_id)
+        if mine is None:
+            return
+        if self.node_id in mine.holders:
+            self._send_entries(source, [mine], [], reply=False)
+        elif entry.task_id not in self._fetching:
+            self._fetching.add(entry.task_id)
+            origin = entry.task_id.origin
+            sources = sorted(mine.holders, key=lambda n: (n != origin, n))
+            self.context.emit(FetchPayload(entry.task_id, entry.spec.input_digest, tuple(sources)))
+
+    # --- the table and reactions to its changes -------------------------------------------
+
+    def _merge(self, entry: TaskEntry, now: float, local: bool) -> TaskEntry | None:
+        outcome = self.table.merge(entry)
+        if outcome.after is not None and outcome.changed:
+            self._on_change(outcome.before, outcome.after, now, local)
+        return outcome.after
+
+    def _update(self, tid: TaskId, now: float, **changes: Any) -> None:
+        outcome = self.table.update(tid, **changes)
+        if outcome.after is not None and outcome.changed:
+            self._on_change(outcome.before, outcome.after, now, local=True)
+
+    def set_state(self, tid: TaskId, state: TaskState, now: float) -> None:
+        """A local state transition (used by the leader role)."""
+        self._update(tid, now, state=state)
+
+    def _on_change(
+        self, before: TaskEntry | None, after: TaskEntry, now: float, local: bool
+    ) -> None:
+        tid = after.task_id
+        if local:
+            self._outbox[tid] = after
+        if before is None:
+            self.first_seen[tid] = now
+        state = after.state
+        if before is None or before.state != state:
+            self.state_since[tid] = now
+            self._observe_outcome(before, after, now)
+            self._requeue(after, now)
+            self._worker_role(after)
+            if before is not None and before.state.phase is Phase.ASSIGNED:
+                self.schedule_at = min(self.schedule_at, now)  # a slot may have freed
+        if self.node_id in after.holders and not self._replaying:
+            self.context.emit(Persist(TaskRecord(tid, after)))
+        if after.delivered and self.node_id in after.holders and tid not in self._dropped:
+            self._dropped.add(tid)
+            self.context.emit(DropPayload(tid, after.spec.input_digest))
+        replication = self._replications.get(tid)
+        if replication is not None and len(after.holders) >= replication.target:
+            self._accept(tid, replication, len(after.holders))
+        self._maybe_resolve(after)
+        if after.collectable and tid not in self._gc_at:
+            self._gc_at[tid] = now + self.config.gc_delay_s
+        self._arm_tick(now)
+
+    def _observe_outcome(self, before: TaskEntry | None, after: TaskEntry, now: float) -> None:
+        """Feed breakers and the adaptive model from state changes this node sees."""
+        state = after.state
+        model = after.spec.model_digest
+        if state.phase is Phase.ASSIGNED:
+            attempts = self.assigned_seen.setdefault(after.task_id, {})
+            if state.attempt not in attempts and state.worker is not None:
+                attempts[state.attempt] = now
+                counts = self.selection.assigned
+                counts[state.worker] = counts.get(state.worker, 0) + 1
+            return
+        if state.worker is None or state.phase not in (Phase.DONE, Phase.RETRYING):
+            return
+        started = self.assigned_seen.get(after.task_id, {}).get(state.attempt)
+        elapsed = None if started is None else now - started
+        if state.phase is Phase.DONE:
+            self.breakers[state.worker].on_success(now)
+            if elapsed is not None:
+                self.learned.observe_success(state.worker, model, elapsed)
+        else:
+            self.breakers[state.worker].on_failure(now)
+            self.learned.observe_failure(state.worker, model, elapsed or 0.0)
+
+    def _requeue(self, entry: TaskEntry, now: float) -> None:
+        tid = entry.task_id
+        state = entry.state
+        if state.terminal:
+            self.queue.forget(tid)
+            self.active.discard(tid)
+            self.retry_at.pop(tid, None)
+            self.assigned_seen.pop(tid, None)
+            return
+        self.active.add(tid)
+        if state.phase is Phase.ASSIGNED:
+            self.retry_at.pop(tid, None)
+            if state.worker in self.mesh.live_members():
+                self.queue.remove(tid)
+                return
+        elif state.phase is Phase.RETRYING:
+            self.retry_at[tid] = now + entry.spec.retry.delay(state.failures, self.rng)
+        self.queue.push(tid, entry.spec.priority)
+        self.schedule_at = min(self.schedule_at, now)
+
+    def _worker_role(self, entry: TaskEntry) -> None:
+        tid = entry.task_id
+        state = entry.state
+        running = self.running.get(tid)
+        if running is not None:
+            attempt = running[0]
+            superseded = (
+                state.terminal
+                or state.attempt > attempt
+                or (state.attempt == attempt and state.phase is Phase.RETRYING)
+            )
+            if superseded:
+                del self.running[tid]
+                self._load_dirty = True
+                self.context.emit(CancelTask(tid, attempt))
+                running = None
+        if state.phase is Phase.ASSIGNED and state.worker == self.node_id and running is None:
+            self.running[tid] = (state.attempt, state.view)
+            self._load_dirty = True
+            origin = tid.origin
+            holders = tuple(sorted(entry.holders, key=lambda n: (n != origin, n)))
+            self.context.count("tasks_started")
+            self.context.emit(RunTask(tid, state.attempt, entry.spec, holders))
+
+    def _maybe_resolve(self, entry: TaskEntry) -> None:
+        """Tell this node's client about a finished task, once, and never before the
+        submission was acknowledged (the client learns the id from the acknowledgement)."""
+        tid = entry.task_id
+        if (
+            entry.state.terminal
+            and not entry.delivered
+            and tid not in self._resolved
+            and tid not in self._replications
+            and (tid.origin == self.node_id or tid in self._watched)
+        ):
+            self._resolve(entry)
+
+    def _resolve(self, entry: TaskEntry) -> None:
+        self._resolved.add(entry.task_id)
+        origin = entry.task_id.origin
+        holders = tuple(sorted(entry.result_holders, key=lambda n: (n != origin, n)))
+        self.context.emit(
+            TaskResolved(entry.task_id, entry.state.phase.value, entry.state.reason, holders)
+        )
+
+    def _accept(self, tid: TaskId, replication: _Replication, copies: int) -> None:
+        del self._replications[tid]
+        self.context.count("tasks_acknowledged")
+        if copies < replication.target:
+            self.context.count("tasks_acknowledged_short")
+        self.context.emit(TaskAccepted(replication.client_ref, tid, copies, replication.target))
+        entry = self.table.get(tid)
+        if entry is not None:
+            self._maybe_resolve(entry)
+
+    def _replicate(self, tid: TaskId, replication: _Replication, now: float) -> None:
+        """Ask more holder candidates, or acknowledge with what exists when nobody is left."""
+        entry = self.table.get(tid)
+        if entry is None:
+            return
+        missing = replication.target - len(entry.holders) - len(replication.outstanding)
+        if missing > 0:
+            candidates = [
+                n
+                for n in self.mesh.live_members()
+                if n not in entry.holders and n not in replication.tried
+            ]
+            self.rng.shuffle(candidates)
+            members = self.mesh.members()
+            for node_id in candidates[:missing]:
+                replication.tried.add(node_id)
+                replication.outstanding[node_id] = now
+                self.context.send(members[node_id].address, HoldRequest(entry))
+        if len(entry.holders) >= replication.target or not replication.outstanding:
+            self._accept(tid, replication, len(entry.holders))
+
+    # --- periodic work --------------------------------------------------------------------
+
+    def _arm_tick(self, now: float) -> None:
+        if self._tick_at == math.inf and (
+            self.active or self._replications or self._gc_at or self._load_dirty
+        ):
+            self._tick_at = now + self.config.tick_interval_s
+
+    def _housekeeping(self, now: float) -> None:
+        if now >= self._tick_at:
+            self._tick_at = math.inf
+            timeout = self.config.replication_timeout_s
+            for tid, replication in list(self._replications.items()):
+                late = [n for n, sent in replication.outstanding.items() if now - sent >= timeout]
+                for node_id in late:
+                    del replication.outstanding[node_id]
+                if late or not replication.outstanding:
+                    self._replicate(tid, replication, now)
+            for tid, due in list(self._gc_at.items()):
+                if now >= due:
+                    self._collect(tid, persist=True)
+        self.schedule_at = math.inf
+        self.leading.run(now)
+        self._publish_load(now)
+        self._arm_tick(now)
+
+    def _collect(self, tid: TaskId, persist: bool) -> None:
+        entry = self.table.collect(tid)
+        if entry is not None:
+            self._forget(entry, persist)
+
+    def _forget(self, entry: TaskEntry, persist: bool) -> None:
+        tid = entry.task_id
+        self.context.count("tasks_collected")
+        if persist and self.node_id in entry.holders and not self._replaying:
+            self.context.emit(Persist(TaskRecord(tid, None)))
+        if self.node_id in entry.holders and tid not in self._dropped:
+            self.context.emit(DropPayload(tid, entry.spec.input_digest))
+        for index in (self.first_seen, self.state_since, self.retry_at, self.assigned_seen):
+            index.pop(tid, None)
+        for group in (self.active, self._resolved, self._watched, self._dropped, self._fetching):
+            group.discard(tid)
+        self._gc_at.pop(tid, None)
+        self._outbox.pop(tid, None)
+        self.queue.forget(tid)
+        if tid in self.running:
+            self.context.emit(CancelTask(tid, self.running.pop(tid)[0]))
+
+    def _learn_own_latency(self, model: str, run_s: float) -> None:
+        previous = self._latency.get(model)
+        alpha = self.config.adaptive_alpha
+        self._latency[model] = run_s if previous is None else previous + alpha * (run_s - previous)
+        self._load_dirty = True
+
+    def capacity(self) -> int:
+        """How many tasks this node runs at once (driver's figure, else the config's)."""
+        load = self._driver_load
+        if self._driver_reported:
+            return load.active_tasks + load.free_slots
+        return self.config.slots
+
+    def _publish_load(self, now: float, force: bool = False) -> None:
+        if not self._load_dirty:
+            return
+        due = self._load_published_at + self.config.load_publish_interval_s
+        if not force and now < due:
+            self._tick_at = min(self._tick_at, due)
+            return
+        capacity = self.capacity()
+        running = len(self.running)
+        load = replace(
+            self._driver_load,
+            active_tasks=running,
+            free_slots=max(0, capacity - running),
+            queue_length=max(0, running - capacity),
+            latency_estimates=tuple(sorted(self._latency.items())),
+        )
+        self._load_dirty = False
+        self._load_published_at = now
+        self.mesh.publish_load(load)
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def _finish(self, now: float) -> None:
+        """End of a handler: send what changed here to every live member."""
+        if (
+            self._load_dirty
+            and now >= self._load_published_at + self.config.load_publish_interval_s
+        ):
+            self._publish_load(now)
+        if not self._outbox:
+            return
+        entries = list(self._outbox.values())
+        self._outbox.clear()
+        members = self.mesh.members()
+        for node_id in self.mesh.live_members():
+            if node_id != self.node_id and node_id in members:
+                self._send_entries(members[node_id].address, entries, [], reply=False)
+
+    def _send_sync(self) -> None:
+        peers = [n for n in self.mesh.live_members() if n != self.node_id]
+        if not peers:
+            return
+        peer = self.rng.choice(peers)
+        address = self.mesh.members()[peer].address
+        ids = self.table.ids()
+        budget = self._body_budget()
+        chosen: list[TaskEntry] = []
+        if ids:
+            start = self._sync_cursor % len(ids)
+            for tid in ids[start:] + ids[:start]:
+                entry = self.table.get(tid)
+                assert entry is not None
+                size = _size(entry)
+                if chosen and size > budget:
+                    break
+                chosen.append(entry)
+                budget -= size
+            self._sync_cursor = start + len(chosen)
+        runs = list(self.table.collected.runs())
+        if len(runs) > MAX_RUNS_PER_SYNC:
+            start = self._runs_cursor % len(runs)
+            runs = (runs[start:] + runs[:start])[:MAX_RUNS_PER_SYNC]
+            self._runs_cursor = start + MAX_RUNS_PER_SYNC
+        self.context.count("task_syncs_sent")
+        self.context.send(address, TaskUpdate(tuple(chosen), tuple(runs), reply=True))
+
+    def _body_budget(self) -> int:
+        return self.context.config.max_datagram_bytes - BODY_BUDGET_MARGIN
+
+    def _send_entries(
+        self,
+        address: Address,
+        entries: list[TaskEntry],
+        runs: list[tuple[NodeId, int, int]],
+        reply: bool,
+    ) -> None:
+        """Send ``entries`` in as few datagrams as fit under the size limit."""
+        budget = self._body_budget() - 20 * len(runs)
+        batch: list[TaskEntry] = []
+        used = 0
+        for entry in entries:
+            size = _size(entry)
+            if batch and used + size > budget:
+                self.context.send(address, TaskUpdate(tuple(batch), tuple(runs), reply))
+                runs = []
+                batch, used = [], 0
+            batch.append(entry)
+            used += size
+        if batch or runs:
+            self.context.send(address, TaskUpdate(tuple(batch), tuple(runs), reply))
+
+    # --- read-only views for drivers, status and checkers ---------------------------------
+
+    def entries(self) -> dict[TaskId, TaskEntry]:
+        """A copy of the local table."""
+        return self.table.snapshot()
+
+
+def _size(entry: TaskEntry) -> int:
+    packed: bytes = msgpack.packb(entry_to_wire(entry), use_bin_type=True)
+    return len(packed) + 2
+
+
+_EVENT_HANDLERS: dict[type, Any] = {
+    SubmitTask: TaskComponent._submit,
+    PayloadStored: TaskComponent._payload_stored,
+    PayloadFetchFailed: TaskComponent._payload_fetch_failed,
+    TaskFinished: TaskComponent._task_finished,
+    ResultRequested: TaskComponent._result_requested,
+    ResultCollected: TaskComponent._result_collected,
+    JournalReplayed: TaskComponent._journal_replayed,
+}
+
+
+class NodeMeshView:
+    """Adapts a :class:`meshgpu.core.node.Node` to :class:`MeshView` (no import cycle:
+    the node is only duck-typed)."""
+
+    def __init__(self, node: Any) -> None:
+        self._node = node
+
+    @property
+    def view(self) -> int:
+        view: int = self._node.view
+        return view
+
+    def leader(self) -> NodeId | None:
+        leader: NodeId | None = self._node.leader()
+        return leader
+
+    def live_members(self) -> list[NodeId]:
+        live: list[NodeId] = self._node.live_members()
+        return live
+
+    def members(self) -> dict[NodeId, MemberInfo]:
+        members: dict[NodeId, MemberInfo] = self._node.table.members
+        return members
+
+    def loads(self) -> dict[NodeId, LoadVector]:
+        loads: dict[NodeId, LoadVector] = self._node.loads()
+        return loads
+
+    def publish_load(self, load: LoadVector) -> None:
+        self._node.load_gossip.set_own(load)

@@ -1,0 +1,107 @@
+"""Task-queue settings, with LAN defaults; the ``[tasks]`` table of the node config."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from meshgpu.core.tasks.breaker import BreakerSettings
+from meshgpu.core.tasks.strategies import STRATEGIES
+from meshgpu.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class TaskConfig:
+    """Every task-queue parameter. Times are seconds on the driver's clock."""
+
+    strategy: str = "least_loaded"
+    """Mesh-wide balancing strategy (a task may name its own): round_robin, least_loaded,
+    device_match, latency, adaptive."""
+
+    slots: int = 2
+    """Tasks this node runs at once when the driver's load vector does not say (its
+    ``active_tasks + free_slots``)."""
+
+    replication_timeout_s: float = 1.0
+    """How long the origin waits for a holder candidate before trying another one (and,
+    once every live member was tried, acknowledging with the copies that exist)."""
+
+    sync_interval_s: float = 0.5
+    """Period of the task-table anti-entropy exchange with one random peer."""
+
+    tick_interval_s: float = 0.1
+    """Housekeeping period while there is task work: deadlines, assignment timeouts,
+    retry back-offs, replication timeouts, garbage collection."""
+
+    assignment_timeout_s: float = 30.0
+    """An assignment older than this (since this node first saw it) counts as a failed
+    attempt and is retried elsewhere."""
+
+    gc_delay_s: float = 5.0
+    """How long a delivered, terminal entry is kept (so the delivered mark spreads) before
+    it becomes a tombstone."""
+
+    load_publish_interval_s: float = 1.0
+    """Least time between two task-driven updates of this node's gossiped load vector."""
+
+    breaker_failure_threshold: int = 3
+    """Consecutive failures of a worker that open its circuit breaker."""
+
+    breaker_open_s: float = 10.0
+    """How long an open breaker keeps work away before letting a trial through."""
+
+    breaker_half_open_trials: int = 1
+    """Assignments let through while half-open, until one reports."""
+
+    adaptive_alpha: float = 0.2
+    """EWMA weight of a new observation in the adaptive strategy's model."""
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            choices = ", ".join(sorted(STRATEGIES))
+            raise ConfigError(
+                f"tasks.strategy {self.strategy!r} is unknown: choose one of {choices}"
+            )
+        if self.slots < 0:
+            raise ConfigError(f"tasks.slots must be >= 0, got {self.slots}")
+        for name in (
+            "replication_timeout_s",
+            "sync_interval_s",
+            "tick_interval_s",
+            "assignment_timeout_s",
+            "breaker_open_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"tasks.{name} must be positive, got {getattr(self, name)}")
+        if self.breaker_failure_threshold < 1 or self.breaker_half_open_trials < 1:
+            raise ConfigError("tasks.breaker_failure_threshold and half_open_trials must be >= 1")
+        if not 0.0 < self.adaptive_alpha <= 1.0:
+            raise ConfigError(f"tasks.adaptive_alpha must be in (0, 1], got {self.adaptive_alpha}")
+
+    @property
+    def breaker(self) -> BreakerSettings:
+        return BreakerSettings(
+            self.breaker_failure_threshold, self.breaker_open_s, self.breaker_half_open_trials
+        )
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, object]) -> TaskConfig:
+        """Build from a TOML ``[tasks]`` table; unknown keys and wrong types are errors."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, object] = {}
+        for key, value in table.items():
+            field = fields.get(key)
+            if field is None:
+                raise ConfigError(
+                    f"unknown [tasks] setting {key!r}; known: {', '.join(sorted(fields))}"
+                )
+            default = field.default
+            if isinstance(default, bool) or not isinstance(value, type(default)):
+                if not (isinstance(default, float) and isinstance(value, int)):
+                    raise ConfigError(
+                        f"[tasks] {key} must be {type(default).__name__}, got {value!r}"
+                    )
+                value = float(value)
+            values[key] = value
+        return cls(**values)  # type: ignore[arg-type]

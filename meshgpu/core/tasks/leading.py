@@ -1,0 +1,185 @@
+"""The leader's duties for the task queue.
+
+Only the node that believes it leads the current view acts here; every other node keeps
+the same queue and indices (see ``component.py``), so leadership moves with no hand-over
+message and nothing to rebuild: the new leader's first round (at most ``tick_interval_s``
+after it learns it leads) assigns from its own replica of the table.
+
+Each round:
+
+1. deadlines: a task older than ``spec.deadline_s`` (since this node first saw it) fails
+   with "deadline exceeded";
+2. assignment timeouts: an assignment older than ``assignment_timeout_s`` counts as a
+   failed attempt (retried, or FAILED once the retry policy is exhausted);
+3. orphans: a task ASSIGNED to a worker that is no longer live is queued again (done when
+   the member change arrives, see ``TaskComponent.on_member_changed``);
+4. assignment: queued tasks whose retry back-off has passed go through
+   :func:`~meshgpu.core.tasks.scheduler.plan_round` with a view of every live worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from meshgpu.core.tasks import state as st
+from meshgpu.core.tasks.scheduler import QueuedTask, plan_round
+from meshgpu.core.tasks.spec import DeviceRequirements, Priority, TaskId
+from meshgpu.core.tasks.state import Phase
+from meshgpu.core.tasks.strategies import WorkerView
+from meshgpu.core.types import NodeId
+
+if TYPE_CHECKING:
+    from meshgpu.core.tasks.component import TaskComponent
+
+MAX_ASSIGNMENT_LOG = 100_000
+"""Assignment records kept for invariant checkers and status (oldest dropped first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentRecord:
+    """One assignment this node made as leader (what invariant 9 is checked against)."""
+
+    time: float
+    view: int
+    task_id: TaskId
+    priority: Priority
+    requirements: DeviceRequirements
+    worker: NodeId
+    ready_since: float
+
+
+class Leading:
+    """Leader-side logic over a :class:`TaskComponent`'s state."""
+
+    def __init__(self, component: TaskComponent) -> None:
+        self.component = component
+
+    def run(self, now: float) -> None:
+        """One leader round at ``now`` (does nothing unless this node leads)."""
+        tasks = self.component
+        mesh = tasks.mesh
+        if mesh.leader() != tasks.node_id:
+            return
+        live = set(mesh.live_members())
+        self._expire_and_time_out(now, live)
+        queued, ready_since = self._ready_tasks(now, live)
+        if not queued:
+            return
+        workers = self._worker_views(now, live)
+        view = mesh.view
+        plan = plan_round(queued, workers, tasks.config.strategy, tasks.selection)
+        for assignment in plan:
+            entry = tasks.table.get(assignment.task_id)
+            if entry is None or entry.state.terminal:
+                continue
+            tasks.set_state(
+                assignment.task_id, st.assign(entry.state, view, assignment.worker), now
+            )
+            tasks.breakers[assignment.worker].on_assigned(now)
+            tasks.context.count("tasks_assigned")
+            log = tasks.assignment_log
+            log.append(
+                AssignmentRecord(
+                    now,
+                    view,
+                    assignment.task_id,
+                    entry.spec.priority,
+                    entry.spec.requirements,
+                    assignment.worker,
+                    ready_since[assignment.task_id],
+                )
+            )
+            if len(log) > MAX_ASSIGNMENT_LOG:
+                del log[: len(log) - MAX_ASSIGNMENT_LOG]
+
+    def _expire_and_time_out(self, now: float, live: set[NodeId]) -> None:
+        tasks = self.component
+        timeout = tasks.config.assignment_timeout_s
+        for tid in sorted(tasks.active):
+            entry = tasks.table.get(tid)
+            if entry is None or entry.state.terminal:
+                continue
+            state = entry.state
+            deadline = entry.spec.deadline_s
+            if deadline is not None and now - tasks.first_seen.get(tid, now) >= deadline:
+                tasks.context.count("tasks_expired")
+                tasks.set_state(tid, st.expire(state), now)
+            elif (
+                state.phase is Phase.ASSIGNED
+                and state.worker in live
+                and now - tasks.state_since.get(tid, now) >= timeout
+            ):
+                tasks.context.count("assignment_timeouts")
+                reason = f"assignment timed out on {state.worker} after {timeout:g} s"
+                tasks.set_state(tid, tasks.failure_state(entry, reason), now)
+
+    def _ready_tasks(
+        self, now: float, live: set[NodeId]
+    ) -> tuple[list[QueuedTask], dict[TaskId, float]]:
+        tasks = self.component
+        queued: list[QueuedTask] = []
+        ready_since: dict[TaskId, float] = {}
+        next_retry = float("inf")
+        for tid in tasks.queue:
+            entry = tasks.table.get(tid)
+            if entry is None or entry.state.terminal:
+                tasks.queue.forget(tid)
+                continue
+            state = entry.state
+            since = tasks.state_since.get(tid, now)
+            if state.phase is Phase.RETRYING:
+                ready = tasks.retry_at.get(tid, now)
+                if ready > now:
+                    next_retry = min(next_retry, ready)
+                    continue
+                since = ready
+            elif state.phase is Phase.ASSIGNED and state.worker in live:
+                tasks.queue.remove(tid)
+                continue
+            queued.append(QueuedTask(tid, entry.spec, avoid=state.worker))
+            ready_since[tid] = since
+        tasks.schedule_at = min(tasks.schedule_at, next_retry)
+        return queued, ready_since
+
+    def _worker_views(self, now: float, live: set[NodeId]) -> list[WorkerView]:
+        tasks = self.component
+        in_flight: dict[NodeId, int] = {}
+        for tid in tasks.active:
+            entry = tasks.table.get(tid)
+            if entry is not None and entry.state.phase is Phase.ASSIGNED:
+                worker = entry.state.worker
+                if worker is not None:
+                    in_flight[worker] = in_flight.get(worker, 0) + 1
+        loads = tasks.mesh.loads()
+        views: list[WorkerView] = []
+        for node_id in sorted(live):
+            load = loads.get(node_id)
+            if load is None or load.version == 0:
+                capacity = tasks.capacity() if node_id == tasks.node_id else tasks.config.slots
+                views.append(
+                    WorkerView(
+                        node_id,
+                        capacity,
+                        in_flight.get(node_id, 0),
+                        admits=tasks.breakers[node_id].admits(now),
+                    )
+                )
+                continue
+            caps = load.capabilities
+            views.append(
+                WorkerView(
+                    node_id,
+                    load.active_tasks + load.free_slots,
+                    in_flight.get(node_id, 0),
+                    utilisation=load.utilisation,
+                    memory_used=load.memory_used,
+                    memory_total=max(load.memory_total, caps.memory_total),
+                    queue_length=load.queue_length,
+                    device_types=caps.device_types,
+                    fp16=caps.fp16,
+                    latency_estimates=load.latency_estimates,
+                    admits=tasks.breakers[node_id].admits(now),
+                )
+            )
+        return views

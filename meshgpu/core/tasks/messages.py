@@ -1,0 +1,67 @@
+"""The task queue's wire messages (tags 64-127 of the core registry).
+
+* :class:`TaskUpdate` carries entry snapshots and tombstone intervals. Sent to every live
+  member after a local change, and as the push half of the anti-entropy exchange
+  (``reply=True``: answer with your own version of any of these entries you know more
+  about).
+* :class:`HoldRequest` asks a node to become a holder of a task (fetch its inputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from meshgpu.core.messages import expect_bool, expect_int, expect_list, expect_str, register_message
+from meshgpu.core.tasks.table import TaskEntry
+from meshgpu.core.tasks.wire import entry_from_wire, entry_to_wire
+from meshgpu.core.types import NodeId
+
+CollectedRun = tuple[NodeId, int, int]
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class TaskUpdate:
+    """Entries and tombstones from the sender's table."""
+
+    TAG: ClassVar[int] = 64
+    entries: tuple[TaskEntry, ...]
+    collected: tuple[CollectedRun, ...] = ()
+    reply: bool = False
+
+    def to_fields(self) -> list[Any]:
+        return [
+            [entry_to_wire(e) for e in self.entries],
+            [[origin, low, high] for origin, low, high in self.collected],
+            self.reply,
+        ]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> TaskUpdate:
+        expect_list(fields, "TaskUpdate", 3)
+        entries = tuple(entry_from_wire(e) for e in expect_list(fields[0], "task entries"))
+        runs: list[CollectedRun] = []
+        for raw in expect_list(fields[1], "collected runs"):
+            run = expect_list(raw, "collected run", 3)
+            low = expect_int(run[1], "run low")
+            high = expect_int(run[2], "run high", low)
+            runs.append((expect_str(run[0], "run origin"), low, high))
+        return cls(entries, tuple(runs), expect_bool(fields[2], "reply"))
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    """The origin asks the receiver to hold ``entry``'s task: fetch and keep its inputs."""
+
+    TAG: ClassVar[int] = 65
+    entry: TaskEntry
+
+    def to_fields(self) -> list[Any]:
+        return [entry_to_wire(self.entry)]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> HoldRequest:
+        expect_list(fields, "HoldRequest", 1)
+        return cls(entry_from_wire(fields[0]))

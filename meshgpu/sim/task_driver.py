@@ -1,0 +1,460 @@
+"""The simulator's task driver: clients, the data plane, device execution and journals.
+
+This is the simulated counterpart of what the daemon does around the core's task effects
+(docs/task-queue.md section 2), built as an :class:`~meshgpu.sim.observers.Observer` that
+joins a run through the scenario's ``[tasks]`` table:
+
+* **clients** submit the workload (:mod:`meshgpu.sim.workload`) to a random live node,
+  receive ``TaskAccepted`` / ``TaskResolved``, confirm receipt (``ResultCollected``) and,
+  when their entry node dies, reconnect to another live node after ``reconnect_s`` and ask
+  for their results by id (``ResultRequested``);
+* **data plane**: ``FetchPayload`` and the input/result transfers of ``RunTask`` take
+  ``data_latency_s + bytes / bandwidth_bps`` and fail if no listed node is up, connected and
+  holding the bytes (a partition cuts the data plane too);
+* **devices**: a ``RunTask`` occupies one of the worker's slots for a service time drawn
+  from its device profile (:mod:`meshgpu.sim.devices`), plus a one-off model fetch;
+* **journal and payload store** per node: ``Persist`` records and stored inputs survive a
+  crash; a restart with ``keep_incarnation = false`` models a wiped data dir (both lost).
+
+Checks and metrics live in :mod:`meshgpu.sim.task_metrics`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from meshgpu.core.effects import (
+    CancelTask,
+    DropPayload,
+    FetchPayload,
+    Persist,
+    RunTask,
+    TaskAccepted,
+    TaskRejected,
+    TaskResolved,
+)
+from meshgpu.core.events import (
+    JournalReplayed,
+    LoadChanged,
+    PayloadFetchFailed,
+    PayloadStored,
+    ResultCollected,
+    ResultRequested,
+    SubmitTask,
+    TaskFinished,
+)
+from meshgpu.core.tasks import TaskId, TaskRecord, TaskSpec
+from meshgpu.core.tasks.config import TaskConfig
+from meshgpu.errors import ConfigError
+from meshgpu.sim.devices import DeviceClass, device_classes, lab_layout
+from meshgpu.sim.faults import Crash, Restart, Reversal
+from meshgpu.sim.observers import Observer
+from meshgpu.sim.task_metrics import TaskMetrics
+from meshgpu.sim.workload import Workload
+
+DRIVER_KEYS = {
+    "workload",
+    "lab",
+    "profiles",
+    "strategy",
+    "config",
+    "data_latency_s",
+    "bandwidth_bps",
+    "model_fetch_s",
+    "reconnect_s",
+    "client_rtt_s",
+    "balance_tolerance",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSimSettings:
+    """The ``[tasks]`` table of a scenario."""
+
+    workload: Workload
+    layout: tuple[DeviceClass, ...]
+    task_config: Mapping[str, object]
+    data_latency_s: float = 0.002
+    bandwidth_bps: float = 100e6
+    model_fetch_s: float = 0.5
+    reconnect_s: float = 1.0
+    client_rtt_s: float = 0.001
+    balance_tolerance: float | None = None
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any], node_count: int) -> TaskSimSettings:
+        where = "[tasks]"
+        unknown = sorted(set(table) - DRIVER_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(DRIVER_KEYS)}")
+        workload = Workload.from_mapping(table.get("workload", {}), f"{where}.workload")
+        classes = device_classes(table.get("profiles", {}), where)
+        layout = lab_layout(table.get("lab", {}), node_count, classes, where)
+        config = dict(table.get("config", {}))
+        if "strategy" in table:
+            config["strategy"] = table["strategy"]
+        TaskConfig.from_mapping(config)  # validate now, with a clear error
+        numbers = {
+            key: float(table[key])
+            for key in ("data_latency_s", "bandwidth_bps", "model_fetch_s", "reconnect_s",
+                        "client_rtt_s", "balance_tolerance")
+            if key in table
+        }  # fmt: skip
+        return cls(workload, tuple(layout), config, **numbers)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class Submission:
+    """One client submission and everything the client saw of it."""
+
+    number: int
+    spec: TaskSpec
+    bad: bool
+    submitted_at: float
+    entry: int
+    client_ref: str
+    attached: int | None = None
+    task_id: TaskId | None = None
+    acked_at: float | None = None
+    copies: int | None = None
+    rejected: str | None = None
+    outcome: str | None = None
+    reason: str = ""
+    delivered_at: float | None = None
+    deliveries: int = 0
+
+
+@dataclass(slots=True)
+class Job:
+    """One execution on a simulated device."""
+
+    task_id: TaskId
+    attempt: int
+    spec: TaskSpec
+    holders: tuple[int, ...]
+    worker: int
+    life: int
+    started: bool = False
+    cancelled: bool = False
+    finished: bool = False
+
+
+@dataclass(slots=True)
+class NodeDisk:
+    """What survives a crash of one node: its task journal and its payload store."""
+
+    journal: dict[TaskId, TaskRecord] = field(default_factory=dict)
+    payloads: set[str] = field(default_factory=set)
+
+
+class TaskDriver(Observer):
+    """Drives the task queue of every simulated node (see the module docstring)."""
+
+    name = "tasks"
+
+    def __init__(self, settings: TaskSimSettings) -> None:
+        self.settings = settings
+        self.metrics_observer = TaskMetrics(self)
+        self.submissions: list[Submission] = []
+        self.by_ref: dict[str, Submission] = {}
+        self.by_task: dict[TaskId, Submission] = {}
+        self.digest_model: dict[str, str] = {}
+        self.bad_digests: set[str] = set()
+        self.disks: list[NodeDisk] = []
+        self.models: list[set[str]] = []
+        self.running: list[list[Job]] = []
+        self.waiting: list[list[Job]] = []
+        self.keep_state: dict[int, bool] = {}
+        self.executions: dict[TaskId, int] = {}
+        self.executions_by_worker: dict[int, int] = {}
+        self.busy_s: list[float] = []
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def on_start(self, sim: Any) -> None:
+        n = sim.node_count
+        self.disks = [NodeDisk() for _ in range(n)]
+        self.models = [set() for _ in range(n)]
+        self.running = [[] for _ in range(n)]
+        self.waiting = [[] for _ in range(n)]
+        self.busy_s = [0.0] * n
+        self._service_rng: random.Random = sim.random_stream("task-service")
+        self._entry_rng: random.Random = sim.random_stream("task-entry")
+        spec_rng: random.Random = sim.random_stream("task-specs")
+        times = self.settings.workload.arrival_times(
+            sim.scenario.duration_s, sim.random_stream("task-arrivals")
+        )
+        self._install_node_factory(sim)
+        for number, at in enumerate(times):
+            spec, bad = self.settings.workload.make_spec(number, spec_rng)
+            sim.call_at(
+                at, lambda s, number=number, spec=spec, bad=bad: self._submit(s, number, spec, bad)
+            )
+        self.metrics_observer.on_start(sim)
+
+    def _install_node_factory(self, sim: Any) -> None:
+        """Nodes get the scenario's task settings (strategy, timeouts) in their config."""
+        from meshgpu.core.node import Node
+
+        base = sim.config
+        merged = {**_task_config_mapping(base.tasks), **self.settings.task_config}
+        config = replace(base, tasks=TaskConfig.from_mapping(merged))
+        sim.config = config
+
+        def build(node_id: str, address: Any, rng: Any, now: float, incarnation: int) -> Any:
+            return Node(node_id, address, config, rng, now, incarnation)
+
+        sim.node_factory = build
+
+    def on_node_up(self, sim: Any, index: int, now: float) -> None:
+        life = sim.lives[index]
+        # Decided after on_fault has told us whether this restart keeps the data dir.
+        sim.call_at(now, lambda s: self._boot(s, index, life))
+
+    def on_fault(self, sim: Any, fault: Any, targets: list[int], now: float) -> None:
+        if isinstance(fault, Restart):
+            for index in targets:
+                self.keep_state[index] = fault.keep_incarnation
+        elif isinstance(fault, Reversal) and isinstance(fault.fault, Crash):
+            for index in targets:
+                self.keep_state[index] = fault.fault.keep_incarnation
+        self.metrics_observer.on_fault(sim, fault, targets, now)
+
+    def _boot(self, sim: Any, index: int, life: int) -> None:
+        if not sim.up[index] or sim.lives[index] != life:
+            return
+        disk = self.disks[index]
+        if not self.keep_state.pop(index, True):
+            disk.journal.clear()
+            disk.payloads.clear()
+            self.models[index].clear()
+        now = sim.now
+        sim.inject(index, JournalReplayed(tuple(disk.journal.values())), now)
+        sim.inject(index, LoadChanged(self.settings.layout[index].load_vector()), now)
+
+    def on_node_down(self, sim: Any, index: int, now: float, reason: str) -> None:
+        for job in self.running[index] + self.waiting[index]:
+            job.cancelled = True
+        self.running[index] = []
+        self.waiting[index] = []
+        for sub in self.submissions:
+            if sub.attached == index and sub.delivered_at is None:
+                sub.attached = None
+                if sub.task_id is not None:
+                    sim.call_at(
+                        now + self.settings.reconnect_s, lambda s, sub=sub: self._reconnect(s, sub)
+                    )
+        self.metrics_observer.on_node_down(sim, index, now, reason)
+
+    # --- clients --------------------------------------------------------------------------
+
+    def _submit(self, sim: Any, number: int, spec: TaskSpec, bad: bool) -> None:
+        up = sim.up_indices()
+        if not up:
+            return
+        entry = self._entry_rng.choice(up)
+        sub = Submission(number, spec, bad, sim.now, entry, f"client-{number}", attached=entry)
+        self.submissions.append(sub)
+        self.by_ref[sub.client_ref] = sub
+        self.digest_model[spec.input_digest] = spec.model_digest
+        if bad:
+            self.bad_digests.add(spec.input_digest)
+        self.disks[entry].payloads.add(spec.input_digest)  # the upload precedes SubmitTask
+        sim.inject(entry, SubmitTask(sub.client_ref, spec), sim.now)
+
+    def _reconnect(self, sim: Any, sub: Submission) -> None:
+        if sub.delivered_at is not None or sub.attached is not None or sub.task_id is None:
+            return
+        up = sim.up_indices()
+        if not up:
+            sim.call_at(sim.now + self.settings.reconnect_s, lambda s: self._reconnect(s, sub))
+            return
+        sub.attached = self._entry_rng.choice(up)
+        sim.inject(sub.attached, ResultRequested(sub.task_id), sim.now + self.settings.client_rtt_s)
+
+    # --- effects ----------------------------------------------------------------------------
+
+    def on_effect(self, sim: Any, index: int, effect: Any, now: float) -> None:
+        kind = type(effect)
+        if kind is Persist:
+            self.disks[index].journal[effect.record.task_id] = effect.record
+        elif kind is RunTask:
+            self._run(sim, index, effect)
+        elif kind is FetchPayload:
+            self._fetch(sim, index, effect)
+        elif kind is CancelTask:
+            self._cancel(sim, index, effect)
+        elif kind is DropPayload:
+            self.disks[index].payloads.discard(effect.input_digest)
+        elif kind is TaskAccepted:
+            self._accepted(index, effect, now)
+        elif kind is TaskRejected:
+            sub = self.by_ref.get(effect.client_ref)
+            if sub is not None:
+                sub.rejected = effect.reason
+        elif kind is TaskResolved:
+            self._resolved(sim, index, effect, now)
+        self.metrics_observer.on_effect(sim, index, effect, now)
+
+    def _accepted(self, index: int, effect: TaskAccepted, now: float) -> None:
+        sub = self.by_ref.get(effect.client_ref)
+        if sub is None or sub.attached != index:
+            return  # the client gave up on this entry node
+        sub.task_id = effect.task_id
+        sub.acked_at = now
+        sub.copies = effect.copies
+        self.by_task[effect.task_id] = sub
+
+    def _resolved(self, sim: Any, index: int, effect: TaskResolved, now: float) -> None:
+        sub = self.by_task.get(effect.task_id)
+        if sub is None or sub.attached != index:
+            return  # no client of this task is connected to that node
+        sub.deliveries += 1
+        if sub.delivered_at is None:
+            sub.delivered_at = now
+            sub.outcome = effect.state
+            sub.reason = effect.reason
+        sim.inject(index, ResultCollected(effect.task_id), now + self.settings.client_rtt_s)
+
+    def _transfer_s(self, model: str) -> float:
+        size = self.settings.workload.input_size(model)
+        return self.settings.data_latency_s + size * 8 / self.settings.bandwidth_bps
+
+    def _source(self, sim: Any, index: int, candidates: Any, digest: str) -> int | None:
+        for node_id in candidates:
+            source = sim.index_of(node_id) if isinstance(node_id, str) else node_id
+            if source is None or not sim.up[source]:
+                continue
+            if digest not in self.disks[source].payloads:
+                continue
+            if source == index or sim.network.connected(source, index):
+                return int(source)
+        return None
+
+    def _fetch(self, sim: Any, index: int, effect: FetchPayload) -> None:
+        life = sim.lives[index]
+        source = self._source(sim, index, effect.from_nodes, effect.input_digest)
+        if source is None:
+            sim.inject(
+                index,
+                PayloadFetchFailed(effect.task_id, "no listed holder reachable"),
+                sim.now + self.settings.data_latency_s,
+            )
+            return
+        model = self.digest_model.get(effect.input_digest, "")
+
+        def stored(s: Any) -> None:
+            if s.up[index] and s.lives[index] == life:
+                self.disks[index].payloads.add(effect.input_digest)
+                s.inject(index, PayloadStored(effect.task_id), s.now)
+
+        sim.call_at(sim.now + self._transfer_s(model), stored)
+
+    def _run(self, sim: Any, index: int, effect: RunTask) -> None:
+        holders = tuple(i for i in (sim.index_of(h) for h in effect.holders) if i is not None)
+        job = Job(effect.task_id, effect.attempt, effect.spec, holders, index, sim.lives[index])
+        if len(self.running[index]) < self.settings.layout[index].slots:
+            self._start(sim, job)
+        else:
+            self.waiting[index].append(job)
+
+    def _start(self, sim: Any, job: Job) -> None:
+        index = job.worker
+        job.started = True
+        self.running[index].append(job)
+        device = self.settings.layout[index]
+        spec = job.spec
+        model = spec.model_digest
+        digest = spec.input_digest
+        source = self._source(sim, index, job.holders, digest)
+        if source is None:
+            self._finish_later(sim, job, self.settings.data_latency_s, "transient_error",
+                               "inputs unreachable on every holder", 0.0)  # fmt: skip
+            return
+        delay = self._transfer_s(model)
+        if model not in self.models[index]:
+            self.models[index].add(model)
+            delay += self.settings.model_fetch_s
+        if digest in self.bad_digests:
+            self._finish_later(sim, job, delay + 0.001, "permanent_error",
+                               "input has the wrong shape for the model", 0.001)  # fmt: skip
+            return
+        service = device.service_time(model, self._service_rng)
+        failed = self._service_rng.random() < device.failure_rate
+        outcome = "transient_error" if failed else "ok"
+        reason = f"device error on {device.name}" if failed else ""
+        self._finish_later(sim, job, delay + service, outcome, reason, service)
+
+    def _finish_later(
+        self, sim: Any, job: Job, delay: float, outcome: str, reason: str, service: float
+    ) -> None:
+        def finish(s: Any) -> None:
+            index = job.worker
+            if job.cancelled or not s.up[index] or s.lives[index] != job.life:
+                return
+            job.finished = True
+            self.running[index].remove(job)
+            self.busy_s[index] += service
+            self._start_waiting(s, index)
+            result_holders: tuple[str, ...] = ()
+            final_outcome, final_reason = outcome, reason
+            if outcome == "ok":
+                self.executions[job.task_id] = self.executions.get(job.task_id, 0) + 1
+                self.executions_by_worker[index] = self.executions_by_worker.get(index, 0) + 1
+                result_holders = tuple(
+                    s.node_ids[h]
+                    for h in job.holders
+                    if s.up[h] and (h == index or s.network.connected(index, h))
+                )
+                if not result_holders:
+                    final_outcome, final_reason = (
+                        "transient_error",
+                        "no holder reachable for the result",
+                    )
+            event = TaskFinished(job.task_id, job.attempt, final_outcome, final_reason,  # type: ignore[arg-type]
+                                 result_holders, service)  # fmt: skip
+            s.inject(index, event, s.now)
+
+        sim.call_at(sim.now + delay, finish)
+
+    def _start_waiting(self, sim: Any, index: int) -> None:
+        slots = self.settings.layout[index].slots
+        while self.waiting[index] and len(self.running[index]) < slots:
+            self._start(sim, self.waiting[index].pop(0))
+
+    def _cancel(self, sim: Any, index: int, effect: CancelTask) -> None:
+        for queue in (self.waiting[index], self.running[index]):
+            for job in list(queue):
+                if job.task_id == effect.task_id and job.attempt == effect.attempt:
+                    job.cancelled = True
+                    queue.remove(job)
+        self._start_waiting(sim, index)
+
+    # --- reporting (delegated) ------------------------------------------------------------
+
+    def on_sample(self, sim: Any, now: float) -> None:
+        self.metrics_observer.on_sample(sim, now)
+
+    def on_finish(self, sim: Any, now: float) -> None:
+        self.metrics_observer.on_finish(sim, now)
+
+    def invariants(self) -> dict[str, str]:
+        return self.metrics_observer.invariants()
+
+    def skipped(self) -> dict[str, str]:
+        return self.metrics_observer.skipped()
+
+    def metrics(self) -> dict[str, Any]:
+        return self.metrics_observer.metrics()
+
+
+def _task_config_mapping(config: TaskConfig) -> dict[str, object]:
+    return {name: getattr(config, name) for name in TaskConfig.__dataclass_fields__}
+
+
+def build(table: Mapping[str, Any], scenario: Any) -> TaskDriver:
+    """Factory named in ``meshgpu.sim.scenario.EXTENSION_SECTIONS["tasks"]``."""
+    return TaskDriver(TaskSimSettings.from_mapping(table, scenario.nodes))
