@@ -162,19 +162,24 @@ class AsyncClient:
         self._nursery = await self._nursery_manager.__aenter__()
         try:
             await self._nursery.start(self._supervise)
-        except BaseException as error:
-            await self._nursery_manager.__aexit__(type(error), error, error.__traceback__)
+        except BaseException:
+            await self._close_nursery()
             raise
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
+    async def __aexit__(self, *exc_info: Any) -> None:
         assert self._nursery is not None
         if self._to_ack and self._fatal is None:
             with trio.move_on_after(2.0):  # best effort: tell the mesh what we have
                 while self._to_ack and self._fatal is None:
                     await self._work.wait()
+        await self._close_nursery()
+        # The caller's own exception, if any, propagates as it is (not in a group).
+
+    async def _close_nursery(self) -> None:
+        assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
-        return await self._nursery_manager.__aexit__(*exc_info)  # type: ignore[no-any-return]
+        await self._nursery_manager.__aexit__(None, None, None)
 
     @property
     def peer(self) -> tuple[str, Address] | None:

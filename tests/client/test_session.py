@@ -1,0 +1,195 @@
+"""The trio client against in-process fake peers (the daemon's real ApiServer with
+scripted handlers): model upload by digest, exactly-once delivery, failover with
+results collected by task id on the next peer."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from meshgpu.client import AsyncClient
+from meshgpu.daemon.api import ApiServer, Responder
+from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.payloads import decode_tensors, encode_tensors
+from meshgpu.errors import ClientError, TaskFailedError
+
+MODEL = b"not really onnx, the fake mesh does not parse it"
+
+
+class FakeMesh:
+    """Shared task state behind several fake peers; tasks finish when ``release``d."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, set[str]] = {}
+        self.uploads: list[str] = []
+        self.inputs: dict[str, np.ndarray] = {}
+        self.finished: dict[str, dict[str, Any]] = {}
+        self.collected: list[str] = []
+        self.changed = trio.Event()
+        self.sequence = itertools.count(1)
+        self.repeat_outcomes = False
+
+    def release(self, task_id: str, fail: str | None = None) -> None:
+        x = self.inputs[task_id]
+        self.finished[task_id] = {
+            "task_id": task_id,
+            "state": "failed" if fail else "done",
+            "reason": fail,
+            "worker": "fake",
+            "outputs": None if fail else encode_tensors({"y": x * 2}),
+        }
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class FakePeer:
+    def __init__(self, mesh: FakeMesh, node_id: str) -> None:
+        self.mesh = mesh
+        self.node_id = node_id
+        self.port = 0
+        self.scope = trio.CancelScope()
+        self.mesh.models[node_id] = set()
+
+    def handlers(self) -> dict[str, Any]:
+        mesh, me = self.mesh, self.node_id
+
+        async def ping(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
+            return {"node_id": me}
+
+        async def status(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
+            members = [
+                {"node_id": p.node_id, "address": ["127.0.0.1", p.port], "state": "alive"}
+                for p in PEERS
+            ]
+            return {"node": {"node_id": me, "mesh": "m"}, "members": members, "leader": me}
+
+        async def has_model(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
+            return {"has": request["digest"] in mesh.models[me]}
+
+        async def put_model(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
+            mesh.models[me].add(request["digest"])
+            mesh.uploads.append(me)
+            return {"digest": request["digest"], "stored": True}
+
+        async def submit(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
+            assert request["model_digest"] in mesh.models[me]
+            task_id = f"{me}/{next(mesh.sequence)}"
+            mesh.inputs[task_id] = decode_tensors(request["inputs"])["x"]
+            return {"task_id": task_id, "copies": 2, "replicas": 2}
+
+        async def results(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
+            wanted = set(request["task_ids"])
+            while wanted:
+                for task_id in sorted(wanted & set(mesh.finished)):
+                    await responder.partial(mesh.finished[task_id])
+                    if mesh.repeat_outcomes:
+                        await responder.partial(mesh.finished[task_id])
+                    wanted.discard(task_id)
+                if wanted:
+                    await mesh.changed.wait()
+            return {"task_id": None}
+
+        async def collected(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
+            mesh.collected.extend(request["task_ids"])
+            return {"collected": len(request["task_ids"])}
+
+        return {
+            "ping": ping,
+            "status": status,
+            "has_model": has_model,
+            "put_model": put_model,
+            "submit": submit,
+            "results": results,
+            "collected": collected,
+        }
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        server = ApiServer(self.handlers(), Authenticator(None, self.node_id), {})
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        with self.scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, server.serve, listeners)
+                task_status.started()
+                await trio.sleep_forever()
+
+
+PEERS: list[FakePeer] = []
+
+
+@pytest.fixture
+async def fake_mesh(nursery: trio.Nursery) -> tuple[FakeMesh, list[FakePeer]]:
+    mesh = FakeMesh()
+    PEERS[:] = [FakePeer(mesh, "p1"), FakePeer(mesh, "p2")]
+    for peer in PEERS:
+        await nursery.start(peer.serve)
+    return mesh, list(PEERS)
+
+
+async def test_submit_uploads_the_model_once_and_delivers_the_result(fake_mesh) -> None:
+    mesh, peers = fake_mesh
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+        first = await client.submit(MODEL, {"x": np.arange(3, dtype=np.float32)})
+        second = await client.submit(MODEL, {"x": np.ones(2, np.float32)})
+        assert mesh.uploads == ["p1"]
+        mesh.release(first.task_id)
+        mesh.release(second.task_id, fail="InputError: input 'x' has the wrong shape")
+        outputs = await first.result(timeout=10)
+        np.testing.assert_array_equal(outputs["y"], [0, 2, 4])
+        with pytest.raises(TaskFailedError, match="wrong shape"):
+            await second.result(timeout=10)
+        outputs["y"][0] = 7  # the caller owns writable copies
+    assert sorted(mesh.collected) == sorted([first.task_id, second.task_id])
+
+
+async def test_an_outcome_sent_twice_is_delivered_once(fake_mesh) -> None:
+    mesh, peers = fake_mesh
+    mesh.repeat_outcomes = True
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+        inputs = [{"x": np.full(1, i, np.float32)} for i in range(5)]
+        seen = []
+
+        async def release_all() -> None:
+            while len(mesh.inputs) < 5:
+                await trio.sleep(0.01)
+            for task_id in list(mesh.inputs):
+                mesh.release(task_id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(release_all)
+            async for item in client.map(MODEL, inputs):
+                seen.append((item.index, float(item.outputs["y"][0])))
+        assert sorted(seen) == [(i, 2.0 * i) for i in range(5)]
+        assert client.duplicates >= 1
+
+
+async def test_client_fails_over_and_collects_results_by_task_id(fake_mesh) -> None:
+    mesh, peers = fake_mesh
+    async with AsyncClient(
+        f"127.0.0.1:{peers[0].port}", environ={}, status_interval=0.05
+    ) as client:
+        await client.status()  # learn the members
+        handles = [await client.submit(MODEL, {"x": np.full(1, i, np.float32)}) for i in range(4)]
+        assert client.peer is not None and client.peer[0] == "p1"
+        peers[0].scope.cancel()  # the entry peer dies with the results pending
+        for handle in handles:
+            mesh.release(handle.task_id)
+        values = [float((await h.result(timeout=10))["y"][0]) for h in handles]
+        assert values == [0.0, 2.0, 4.0, 6.0]
+        assert [(f.from_node, f.to_node) for f in client.failovers] == [("p1", "p2")]
+        late = await client.submit(MODEL, {"x": np.ones(1, np.float32)})
+        assert late.task_id.startswith("p2/")
+        assert mesh.uploads == ["p1", "p2"]  # the new peer lacked the model
+
+
+async def test_no_peer_answering_is_a_clear_error() -> None:
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ClientError, match=r"no meshgpu daemon answered.*meshgpu join"):
+        async with AsyncClient(f"127.0.0.1:{port}", environ={}, connect_timeout=1):
+            pass
