@@ -60,6 +60,7 @@ class DataPlane:
         self._idle = trio.Event()
         self._idle.set()
         self.input_refs: dict[str, set[TaskId]] = defaultdict(set)
+        self._model_fetches: dict[str, trio.Lock] = defaultdict(trio.Lock)
         self.submitting: Counter[str] = Counter()
         """Input digests of submissions not yet acknowledged (no task id to refer to yet):
         an equal input of a finished task must not be dropped under them."""
@@ -169,8 +170,11 @@ class DataPlane:
 
     async def obtain_model(self, digest: str, sources: Iterable[NodeId]) -> None:
         """Make sure model ``digest`` is in our cache, fetching it (verified) if not."""
-        if self.daemon.models.has(digest):
-            return
+        async with self._model_fetches[digest]:  # concurrent tasks fetch a model once
+            if not self.daemon.models.has(digest):
+                await self._fetch_model(digest, sources)
+
+    async def _fetch_model(self, digest: str, sources: Iterable[NodeId]) -> None:
         candidates = self._live([*sources, *self.daemon.node.live_members()])
         errors = []
         for node_id in candidates:

@@ -176,10 +176,10 @@ class DuplicateIdentityGuard:
 
 async def find_live_twin(
     node_id: NodeId, own_address: Address, seed: Address, authenticator: Authenticator
-) -> Address | None:
+) -> tuple[bool, Address | None]:
     """Ask ``seed`` where it believes ``node_id`` lives; if that is not us and something
-    there answers to our id, return its address (a live twin). A stale record of our own
-    previous run (nothing answers there) or an unreachable seed gives None."""
+    there answers to our id, that is a live twin. Returns (seed answered, twin address).
+    A stale record of our own previous run (nothing answers there) is no twin."""
     from meshgpu.daemon.rpc import open_rpc
 
     try:
@@ -187,19 +187,19 @@ async def find_live_twin(
             with trio.fail_after(5.0):
                 info = await rpc.call("member", node_id=node_id)
     except (MeshError, trio.TooSlowError):
-        return None
+        return False, None
     if not info.get("known") or info.get("state") not in ("alive", "suspect"):
-        return None
+        return True, None
     address = info.get("address")
     if not isinstance(address, list) or len(address) != 2:
-        return None
+        return True, None
     where = (str(address[0]), int(address[1]))
     if where == own_address:
-        return None
+        return True, None
     try:
         async with open_rpc(where, authenticator, connect_timeout=2.0) as rpc:
             with trio.fail_after(5.0):
                 reply = await rpc.call("ping")
     except (MeshError, trio.TooSlowError):
-        return None
-    return where if reply.get("node_id") == node_id else None
+        return True, None
+    return True, (where if reply.get("node_id") == node_id else None)

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import re
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -49,7 +50,7 @@ class ModelWriter:
     def __init__(self, store: ModelStore, digest: str) -> None:
         self._store = store
         self.digest = digest
-        self.path = store.directory / f"{digest}.partial"
+        self.path = store.directory / f"{digest}.{secrets.token_hex(4)}.partial"
         self._handle = open(self.path, "wb")  # noqa: SIM115 (closed in commit/abort)
         self._hash = hashlib.sha256()
         self.size = 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,9 @@ class PayloadStore:
     def put_bytes(self, task_id: Any, kind: str, data: bytes) -> None:
         """Store a payload durably (written to a scratch name, fsynced, renamed)."""
         path = self._path(task_id, kind)
-        scratch = path.with_name(path.name + ".tmp")
+        # A scratch name of its own: two writers of one payload (equal inputs submitted
+        # at once, a result pushed twice) must not interleave in one file.
+        scratch = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
         try:
             with open(scratch, "wb") as handle:
                 handle.write(data)

@@ -228,13 +228,22 @@ class Daemon:
                 self.ready.set()
                 task_status.started(self)
                 await self._stop.wait()
-                await self._leave()
+                if self.stopped_because is None:
+                    await self._leave()
+                # else: a full disk or a twin identity. A twin must not gossip a leave
+                # (it would mark the real owner of the id as left); a node that cannot
+                # journal must not send anything more. Both just stop.
                 nursery.cancel_scope.cancel()
         finally:
             udp.close()
-            # Keep the highest incarnation reached (refutations raise it while running).
-            incarnation = max(incarnation, self.node.incarnation)
-            self.identity_store.save(NodeIdentity(self.node_id, incarnation))
+            # Keep the highest incarnation reached (refutations raise it while running);
+            # a twin leaves the copied identity as it found it.
+            if not isinstance(self.stopped_because, DuplicateIdentityError):
+                incarnation = max(incarnation, self.node.incarnation)
+                try:
+                    self.identity_store.save(NodeIdentity(self.node_id, incarnation))
+                except StorageError as error:
+                    logger.error("%s", error)
         if self.stopped_because is not None:
             raise self.stopped_because
 
@@ -291,7 +300,14 @@ class Daemon:
         """Hand ``event`` to the node now; its effects are queued for the executor."""
         if logger.isEnabledFor(logging.DEBUG) and not isinstance(event, Tick | DatagramReceived):
             logger.debug("event %s", type(event).__name__)
-        effects = self.node.handle(event, trio.current_time())
+        try:
+            effects = self.node.handle(event, trio.current_time())
+        except Exception:
+            # A core bug must not take the node's sockets down with it: log it loudly,
+            # count it (status shows core_errors) and go on serving.
+            self._count("core_errors")
+            logger.exception("the core failed to handle %s", type(event).__name__)
+            return
         if effects:
             self._effects.extend(effects)
             self._idle = trio.Event()
@@ -314,10 +330,15 @@ class Daemon:
             try:
                 await self._execute(effect)
             except StorageError as error:
-                # Acknowledging what is not on disk would break the contract: stop.
+                # Acknowledging what is not on disk would break the contract: execute
+                # nothing more and stop, as if crashed (the mesh declares us dead).
                 logger.error("%s; this node stops rather than acknowledge unjournaled work", error)
+                self._effects.clear()
                 self.request_stop(error)
                 return
+            except Exception:
+                self._count("effect_errors")
+                logger.exception("executing %s failed", type(effect).__name__)
 
     async def _execute(self, effect: Any) -> None:
         from meshgpu.core import effects as fx
@@ -405,20 +426,24 @@ class Daemon:
             if envelope.from_self:
                 self._count("datagrams_from_self")
                 continue
-            self._check_twin(envelope.sender, source)
+            if not self._check_twin(envelope.sender, source):
+                continue
             self.feed(DatagramReceived(source, envelope.payload))
 
-    def _check_twin(self, sender: str, source: Address) -> None:
+    def _check_twin(self, sender: str, source: Address) -> bool:
+        """False when the datagram comes from a twin of ours (it is then not fed)."""
         try:
             message = self.guard.observe(sender, False, source, trio.current_time())
         except DuplicateIdentityError as error:
             logger.error("%s", error)
             self.request_stop(error)
-            return
-        if message is not None:
-            self._count("duplicate_identity")
-            if self.guard.sightings in (1, 10, 100) or self.guard.sightings % 1000 == 0:
-                logger.error("%s", message)
+            return False
+        if message is None:
+            return True
+        self._count("duplicate_identity")
+        if self.guard.sightings in (1, 10, 100) or self.guard.sightings % 1000 == 0:
+            logger.error("%s", message)
+        return False
 
     # --- timers, discovery, seeds, load -----------------------------------------------
 
@@ -448,9 +473,10 @@ class Daemon:
         except DuplicateIdentityError as error:
             logger.error("%s", error)
             self.request_stop(error)
-        except OSError as error:
+        except Exception as error:  # discovery failing must not stop the node
+            self._count("mdns_failures")
             logger.error(
-                "mDNS discovery failed (%s); use --peer HOST:PORT seeds or "
+                "mDNS discovery failed (%r); use --peer HOST:PORT seeds or "
                 "--interface to pick the LAN interface",
                 error,
             )
@@ -478,13 +504,16 @@ class Daemon:
                 if address in known or address == self.address:
                     continue
                 if address not in checked:
-                    twin = await find_live_twin(
+                    reached, twin = await find_live_twin(
                         self.node_id, self.address, address, self.authenticator
                     )
                     if twin is not None:
-                        self.request_stop(DuplicateIdentityError(_twin_message(self, twin)))
+                        twin_error = DuplicateIdentityError(_twin_message(self, twin))
+                        logger.error("%s", twin_error)
+                        self.request_stop(twin_error)
                         return
-                    checked.add(address)
+                    if reached:
+                        checked.add(address)
                 self.feed(PeerDiscovered(address))
             await trio.sleep(self.settings.seed_interval)
 
