@@ -217,6 +217,22 @@ __kernel void gemm_8x8(__global const float* restrict A, __global const float* r
     col_index[j] = base + img * s_image + pix * s_p;
   }
   int rows = min(8, M - mb * 8);
+  /* Fast path: 8 output columns contiguous in memory (NCHW pixels of one image) and a bias
+     constant along n: whole rows as float8. Matters for layers with small K, where the
+     epilogue costs as much as the k loop. */
+  if (columns == 8 && s_p == 1 && col_index[7] - col_index[0] == 7 && bias_s_n == 0
+      && (act == 0 || act == 1)) {
+    for (int i = 0; i < rows; i++) {
+      int m = mb * 8 + i;
+      float8 v = vload8(i, acc) * alpha;
+      if (has_bias) v += (float8)(beta * bias[b * bias_batch_stride + m * bias_s_m]);
+      int index = col_index[0] + m * s_m;
+      if (has_residual) v += vload8(0, residual + index);
+      if (act == 1) v = v > (float8)(0.0f) ? v : (float8)(0.0f);
+      vstore8(v, 0, C + index);
+    }
+    return;
+  }
   for (int i = 0; i < rows; i++) {
     int m = mb * 8 + i;
     for (int j = 0; j < columns; j++) {

@@ -21,7 +21,41 @@ __kernel void pool2d(__global const float* restrict x, __global float* restrict 
   const __global float* xc = x + (size_t)nc * H * W;
   __global float* yr = y + (size_t)row * OW;
   int y0 = oy * SH - PH;
-  for (int ox = 0; ox < OW; ox++) {
+  int ox = 0;
+#ifdef POOL_MAX
+  /* Interior columns (window inside the row horizontally): no per-element x checks. */
+  int first = min(OW, max(0, (PW + SW - 1) / SW));
+  for (; ox < first; ox++) {
+    int x0 = ox * SW - PW;
+    float acc = -INFINITY;
+    for (int ky = 0; ky < KH; ky++) {
+      int iy = y0 + ky * DH;
+      if (iy < 0 || iy >= H) continue;
+      for (int kx = 0; kx < KW; kx++) {
+        int ix = x0 + kx * DW;
+        if (ix < 0 || ix >= W) continue;
+        float v = xc[iy * W + ix];
+        acc = v > acc ? v : acc;
+      }
+    }
+    yr[ox] = acc;
+  }
+  for (; ox < OW && ox * SW - PW + (KW - 1) * DW < W; ox++) {
+    const __global float* xw = xc + ox * SW - PW;
+    float acc = -INFINITY;
+    for (int ky = 0; ky < KH; ky++) {
+      int iy = y0 + ky * DH;
+      if (iy < 0 || iy >= H) continue;
+      const __global float* xr = xw + iy * W;
+      for (int kx = 0; kx < KW; kx++) {
+        float v = xr[kx * DW];
+        acc = v > acc ? v : acc;
+      }
+    }
+    yr[ox] = acc;
+  }
+#endif
+  for (; ox < OW; ox++) {
     int x0 = ox * SW - PW;
 #ifdef POOL_MAX
     float acc = -INFINITY;
