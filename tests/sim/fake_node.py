@@ -32,11 +32,12 @@ class HeartbeatNode:
     ) -> None:
         self.node_id = node_id
         self.address = address
-        self._incarnation = incarnation
+        self._incarnation = incarnation + 1  # a (re)start bumps it, as a refutation would
         self.rng = rng
         self.peers: dict[NodeId, Address] = {}
         self.heard: dict[NodeId, float] = {}
         self.state: dict[NodeId, str] = {}
+        self.incarnations: dict[NodeId, int] = {}
         self.next_beat = now + rng.random() * self.period
         self.now = now
         self.current_leader: NodeId | None = node_id
@@ -82,7 +83,11 @@ class HeartbeatNode:
             for peer in sorted(self.peers):
                 if self.state[peer] == "alive" and now - self.heard[peer] > self.timeout:
                     self.state[peer] = "dead"
-                    effects.append(MemberChanged(peer, self.peers[peer], "dead", 0, "timeout"))
+                    effects.append(
+                        MemberChanged(
+                            peer, self.peers[peer], "dead", self.incarnations[peer], "timeout"
+                        )
+                    )
         leader = self.leader()
         if leader != self.current_leader:
             self.current_leader = leader
@@ -101,6 +106,8 @@ class HeartbeatNode:
             return
         self.peers[node_id] = address
         self.heard[node_id] = now
+        incarnation = max(incarnation, self.incarnations.get(node_id, 0))
+        self.incarnations[node_id] = incarnation
         if self.state.get(node_id) != "alive":
             self.state[node_id] = "alive"
             effects.append(MemberChanged(node_id, address, "alive", incarnation, "heard"))
