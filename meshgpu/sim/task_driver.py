@@ -78,7 +78,7 @@ class TaskSimSettings:
     layout: tuple[DeviceClass, ...]
     task_config: Mapping[str, object]
     data_latency_s: float = 0.002
-    bandwidth_bps: float = 100e6
+    bandwidth_bps: float = 1e9
     model_fetch_s: float = 0.5
     reconnect_s: float = 1.0
     client_rtt_s: float = 0.001

@@ -125,6 +125,7 @@ class TaskComponent(Component):
         self.first_seen: dict[TaskId, float] = {}
         self.state_since: dict[TaskId, float] = {}
         self.retry_at: dict[TaskId, float] = {}
+        self.orphaned_at: dict[TaskId, float] = {}
         self.assigned_seen: dict[TaskId, dict[int, float]] = {}
         self.running: dict[TaskId, tuple[int, int]] = {}
         self._next_sequence = self.rng.getrandbits(SEQUENCE_BASE_BITS) << 20
@@ -188,6 +189,7 @@ class TaskComponent(Component):
             entry = self.table.get(tid)
             if entry and entry.state.phase is Phase.ASSIGNED and entry.state.worker == info.node_id:
                 self.queue.push(tid, entry.spec.priority)
+                self.orphaned_at.setdefault(tid, now)
         for replication in self._replications.values():
             replication.outstanding.pop(info.node_id, None)
         self.schedule_at = min(self.schedule_at, now)
@@ -408,14 +410,17 @@ class TaskComponent(Component):
             self.queue.forget(tid)
             self.active.discard(tid)
             self.retry_at.pop(tid, None)
+            self.orphaned_at.pop(tid, None)
             self.assigned_seen.pop(tid, None)
             return
         self.active.add(tid)
+        self.orphaned_at.pop(tid, None)
         if state.phase is Phase.ASSIGNED:
             self.retry_at.pop(tid, None)
             if state.worker in self.mesh.live_members():
                 self.queue.remove(tid)
                 return
+            self.orphaned_at[tid] = now
         elif state.phase is Phase.RETRYING:
             self.retry_at[tid] = now + entry.spec.retry.delay(state.failures, self.rng)
         self.queue.push(tid, entry.spec.priority)
@@ -535,7 +540,13 @@ class TaskComponent(Component):
             self.context.emit(Persist(TaskRecord(tid, None)))
         if self.node_id in entry.holders and tid not in self._dropped:
             self.context.emit(DropPayload(tid, entry.spec.input_digest))
-        for index in (self.first_seen, self.state_since, self.retry_at, self.assigned_seen):
+        for index in (
+            self.first_seen,
+            self.state_since,
+            self.retry_at,
+            self.assigned_seen,
+            self.orphaned_at,
+        ):
             index.pop(tid, None)
         for group in (self.active, self._resolved, self._watched, self._dropped, self._fetching):
             group.discard(tid)

@@ -134,9 +134,11 @@ class Leading:
                     next_retry = min(next_retry, ready)
                     continue
                 since = ready
-            elif state.phase is Phase.ASSIGNED and state.worker in live:
-                tasks.queue.remove(tid)
-                continue
+            elif state.phase is Phase.ASSIGNED:
+                if state.worker in live:
+                    tasks.queue.remove(tid)
+                    continue
+                since = tasks.orphaned_at.get(tid, since)
             queued.append(QueuedTask(tid, entry.spec, avoid=state.worker))
             ready_since[tid] = since
         tasks.schedule_at = min(tasks.schedule_at, next_retry)
