@@ -43,8 +43,17 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=True))
         return 0
-    columns = ["latency_p50_s", "latency_p99_s", "done", "failed", "lost",
-               "duplicate_deliveries", "duplicate_executions", "balance_spread", "invariants_ok"]  # fmt: skip
+    columns = [
+        "latency_p50_s",
+        "latency_p99_s",
+        "done",
+        "failed",
+        "lost",
+        "duplicate_deliveries",
+        "duplicate_executions",
+        "balance_spread",
+        "invariants_ok",
+    ]
     print(f"{'strategy':<14}" + "".join(f"{c:>22}" for c in columns))
     for name, summary in results.items():
         print(f"{name:<14}" + "".join(f"{summary[c]!s:>22}" for c in columns))
