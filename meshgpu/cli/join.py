@@ -96,7 +96,9 @@ def join(
 
     from meshgpu.core.config import MeshConfig
     from meshgpu.daemon.auth import load_mesh_key
-    from meshgpu.daemon.runtime import Daemon, DaemonSettings, serve_until_signalled
+    from meshgpu.daemon.foreground import serve_until_signalled
+    from meshgpu.daemon.runtime import Daemon
+    from meshgpu.daemon.settings import DaemonSettings
     from meshgpu.errors import MeshError
 
     logging.basicConfig(

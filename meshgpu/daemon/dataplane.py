@@ -194,7 +194,7 @@ class DataPlane:
                         async for chunk in rpc.stream("get_model", digest=digest):
                             writer.write(chunk["data"])
                 await trio.to_thread.run_sync(writer.commit)
-                self.daemon._count("models_fetched")
+                self.daemon.count("models_fetched")
                 return
             except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
                 writer.abort()
@@ -339,7 +339,7 @@ class DataPlane:
                     continue
                 if entry is None or entry.delivered:
                     self.daemon.payloads.delete(task_key(task_id), RESULT)
-                    self.daemon._count("result_copies_swept")
+                    self.daemon.count("result_copies_swept")
 
     def _drop(self, task_id: TaskId, input_digest: str) -> None:
         self.daemon.payloads.delete(task_key(task_id), RESULT)

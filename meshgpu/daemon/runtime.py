@@ -31,25 +31,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Hashable
 from typing import Any
 
 import trio
 
-from meshgpu.core.config import MeshConfig
 from meshgpu.core.effects import LeaderChanged, MemberChanged, SendDatagram
 from meshgpu.core.events import (
     DatagramReceived,
     JournalReplayed,
     LeaveRequested,
     LoadChanged,
-    PeerDiscovered,
     TaskFinished,
     Tick,
 )
@@ -58,29 +53,22 @@ from meshgpu.core.node import Node
 from meshgpu.core.tasks import TaskRecord, record_from_bytes, record_to_bytes
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.api import ApiServer
-from meshgpu.daemon.auth import MAX_SENDER_BYTES, TAG_BYTES, Authenticator, Channel, MeshKey
+from meshgpu.daemon.auth import MAX_SENDER_BYTES, TAG_BYTES, Authenticator, Channel
 from meshgpu.daemon.dataplane import DataPlane
-from meshgpu.daemon.discovery import (
-    MdnsDiscovery,
-    Sighting,
-    interface_address,
-    local_ipv4_addresses,
-    parse_peer,
-    resolve_peer,
-)
+from meshgpu.daemon.discovery import MdnsDiscovery, interface_address, local_ipv4_addresses
 from meshgpu.daemon.execution import Executor
-from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES
 from meshgpu.daemon.handlers import ClientHandlers
 from meshgpu.daemon.identity import (
     DataDirLock,
     DuplicateIdentityGuard,
     IdentityStore,
     NodeIdentity,
-    find_live_twin,
 )
 from meshgpu.daemon.journal import Journal
 from meshgpu.daemon.modelstore import ModelStore
 from meshgpu.daemon.payloads import PayloadStore
+from meshgpu.daemon.peer_finding import find_peers_by_mdns, offer_seed_peers
+from meshgpu.daemon.settings import DaemonSettings
 from meshgpu.daemon.status import LoadMeter, device_capabilities
 from meshgpu.errors import ConfigError, DuplicateIdentityError, MeshError, StorageError
 
@@ -89,33 +77,6 @@ logger = logging.getLogger("meshgpu.daemon")
 UDP_MTU_BUDGET = 1400
 """Bytes a gossip datagram may take on the wire, envelope included."""
 ENVELOPE_MAX_OVERHEAD = 6 + MAX_SENDER_BYTES + 24 + TAG_BYTES
-
-
-@dataclass(frozen=True)
-class DaemonSettings:
-    """How one daemon runs; ``meshgpu join`` builds this from its flags."""
-
-    data_dir: Path
-    name: str | None = None
-    bind: str = "0.0.0.0"
-    port: int = 7946
-    peers: tuple[str, ...] = ()
-    mdns: bool = True
-    mesh: str = "default"
-    key: MeshKey | None = None
-    slots: int = 1
-    backend: str = "auto"
-    device: str | None = None
-    interface: str | None = None
-    advertise: str | None = None
-    mesh_config: MeshConfig = field(default_factory=MeshConfig)
-    model_cache_bytes: int = 4 << 30
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    seed_interval: float = 2.0
-    load_interval: float = 0.5
-    drain_timeout: float = 30.0
-    duplicate_grace: float = 15.0
-    max_clock_skew: float = 120.0
 
 
 class Daemon:
@@ -142,6 +103,7 @@ class Daemon:
         self._idle = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._udp: trio.socket.SocketType | None = None
+        self.discovery: MdnsDiscovery | None = None
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -220,8 +182,8 @@ class Daemon:
                 nursery.start_soon(self._run_timers)
                 await nursery.start(trio.serve_listeners, self.api.serve, listeners)
                 if settings.mdns:
-                    nursery.start_soon(self._discover, advertised, pin)
-                nursery.start_soon(self._seed_peers)
+                    nursery.start_soon(find_peers_by_mdns, self, advertised, pin)
+                nursery.start_soon(offer_seed_peers, self)
                 nursery.start_soon(self._report_load)
                 nursery.start_soon(self.dataplane.sweep_results)
                 self._announce(len(records))
@@ -305,7 +267,7 @@ class Daemon:
         except Exception:
             # A core bug must not take the node's sockets down with it: log it loudly,
             # count it (status shows core_errors) and go on serving.
-            self._count("core_errors")
+            self.count("core_errors")
             logger.exception("the core failed to handle %s", type(event).__name__)
             return
         if effects:
@@ -337,7 +299,7 @@ class Daemon:
                 self.request_stop(error)
                 return
             except Exception:
-                self._count("effect_errors")
+                self.count("effect_errors")
                 logger.exception("executing %s failed", type(effect).__name__)
 
     async def _execute(self, effect: Any) -> None:
@@ -363,7 +325,7 @@ class Daemon:
         elif isinstance(effect, fx.TaskAccepted | fx.TaskRejected | fx.TaskResolved):
             self.handlers.execute(effect)
         else:
-            self._count("effects_unknown")
+            self.count("effects_unknown")
             logger.warning("no driver action for effect %r", effect)
 
     async def _persist(self, records: list[TaskRecord]) -> None:
@@ -371,10 +333,10 @@ class Daemon:
             ((r.task_id.origin, r.task_id.sequence), record_to_bytes(r)) for r in records
         ]
         await trio.to_thread.run_sync(self.journal.append, puts)
-        self._count("journal_appends")
+        self.count("journal_appends")
         if self.journal.needs_compaction():
             await trio.to_thread.run_sync(self.journal.compact)
-            self._count("journal_compactions")
+            self.count("journal_compactions")
 
     def _member_changed(self, effect: MemberChanged) -> None:
         self.member_history[effect.node_id] = {
@@ -400,9 +362,9 @@ class Daemon:
         assert self._udp is not None
         try:
             await self._udp.sendto(self._udp_sealer.seal(payload), destination)
-            self._count("datagrams_sent")
+            self.count("datagrams_sent")
         except OSError as error:
-            self._count("datagram_send_errors")
+            self.count("datagram_send_errors")
             logger.debug("sending to %s failed: %s", destination, error)
 
     async def _receive_datagrams(self) -> None:
@@ -411,20 +373,20 @@ class Daemon:
             try:
                 data, source = await self._udp.recvfrom(65536)
             except OSError as error:  # e.g. ICMP port unreachable surfacing on Linux
-                self._count("datagram_receive_errors")
+                self.count("datagram_receive_errors")
                 logger.debug("udp receive error: %s", error)
                 continue
             source = (source[0], source[1])
-            self._count("datagrams_received")
+            self.count("datagrams_received")
             try:
                 envelope = self.authenticator.open(data, Channel.DATAGRAM)
             except MeshError as error:
-                self._count("datagrams_rejected")
+                self.count("datagrams_rejected")
                 self.pulse()
                 logger.debug("dropped datagram from %s:%d: %s", *source, error)
                 continue
             if envelope.from_self:
-                self._count("datagrams_from_self")
+                self.count("datagrams_from_self")
                 continue
             if not self._check_twin(envelope.sender, source):
                 continue
@@ -440,7 +402,7 @@ class Daemon:
             return False
         if message is None:
             return True
-        self._count("duplicate_identity")
+        self.count("duplicate_identity")
         if self.guard.sightings in (1, 10, 100) or self.guard.sightings % 1000 == 0:
             logger.error("%s", message)
         return False
@@ -458,65 +420,6 @@ class Daemon:
             with trio.move_on_at(deadline):
                 await self._deadline_moved.wait()
 
-    async def _discover(self, advertised: str, pin: str | None) -> None:
-        discovery = MdnsDiscovery(
-            self.settings.mesh, self.node_id, self.address[1], [advertised], interface=pin
-        )
-        self.discovery = discovery
-
-        def sighted(sighting: Sighting) -> None:
-            self._count("mdns_sightings")
-            self.feed(PeerDiscovered(sighting.address, sighting.node_id))
-
-        try:
-            await discovery.run(sighted)
-        except DuplicateIdentityError as error:
-            logger.error("%s", error)
-            self.request_stop(error)
-        except Exception as error:  # discovery failing must not stop the node
-            self._count("mdns_failures")
-            logger.error(
-                "mDNS discovery failed (%r); use --peer HOST:PORT seeds or "
-                "--interface to pick the LAN interface",
-                error,
-            )
-
-    async def _seed_peers(self) -> None:
-        """Offer static ``--peer`` seeds to the node, again whenever one is not a member.
-
-        Before the first offer to a seed, ask it whether a live node already uses our id
-        (a copied data dir): if one answers at another address, refuse to start.
-        """
-        seeds = [parse_peer(text, self.address[1]) for text in self.settings.peers]
-        checked: set[Address] = set()
-        while seeds:
-            known = {
-                info.address
-                for info in self.node.members().values()
-                if getattr(info.state, "value", info.state) in ("alive", "suspect")
-            }
-            for host, port in seeds:
-                try:
-                    address = await resolve_peer(host, port)
-                except ConfigError as error:
-                    logger.warning("%s", error)
-                    continue
-                if address in known or address == self.address:
-                    continue
-                if address not in checked:
-                    reached, twin = await find_live_twin(
-                        self.node_id, self.address, address, self.authenticator
-                    )
-                    if twin is not None:
-                        twin_error = DuplicateIdentityError(_twin_message(self, twin))
-                        logger.error("%s", twin_error)
-                        self.request_stop(twin_error)
-                        return
-                    if reached:
-                        checked.add(address)
-                self.feed(PeerDiscovered(address))
-            await trio.sleep(self.settings.seed_interval)
-
     async def _report_load(self) -> None:
         """Feed ``LoadChanged`` whenever what we measure changes (checked every interval)."""
         capabilities = await trio.to_thread.run_sync(
@@ -531,21 +434,14 @@ class Daemon:
                 last = load
             await trio.sleep(self.settings.load_interval)
 
-    def _count(self, name: str) -> None:
+    def count(self, name: str) -> None:
+        """Add one to daemon counter ``name`` (shown by ``status``)."""
         self.counters[name] = self.counters.get(name, 0) + 1
 
     def pulse(self) -> None:
         """Wake everything waiting for a change (the ``wait`` op)."""
         self.changed.set()
         self.changed = trio.Event()
-
-
-def _twin_message(daemon: Daemon, twin: Address) -> str:
-    return (
-        f"node id {daemon.node_id} is already used by a live node at {twin[0]}:{twin[1]}: "
-        f"this data dir ({daemon.settings.data_dir}) was probably copied from that machine. "
-        "Delete identity.json here to make this node a new one, or stop the other"
-    )
 
 
 async def _bind_sockets(
@@ -570,44 +466,3 @@ async def _bind_sockets(
         f"cannot listen on {host}:{port}: {last_error}; another daemon may be using the "
         "port (pick another with --port) or the address is not on this machine (--bind)"
     )
-
-
-async def serve_until_signalled(
-    settings: DaemonSettings, started: Callable[[Daemon], None] = lambda daemon: None
-) -> None:
-    """Run a daemon in the foreground: the first SIGINT/SIGTERM leaves gracefully, a
-    second one stops at once. Raises the daemon's fatal error (a MeshError), if any."""
-    daemon = Daemon(settings)
-    failures: list[MeshError] = []
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def run_daemon() -> None:
-                try:
-                    await daemon.run()
-                except MeshError as error:
-                    failures.append(error)
-                finally:
-                    nursery.cancel_scope.cancel()
-
-            async def announce() -> None:
-                await daemon.ready.wait()
-                started(daemon)
-
-            async def watch_signals() -> None:
-                async for signum in signals:
-                    if daemon.leaving or daemon._stop.is_set():
-                        logger.warning("second signal: stopping now, without draining")
-                        nursery.cancel_scope.cancel()
-                        return
-                    logger.info(
-                        "%s: leaving the mesh gracefully (again to force)",
-                        signal.Signals(signum).name,
-                    )
-                    daemon.request_stop()
-
-            nursery.start_soon(run_daemon)
-            nursery.start_soon(announce)
-            nursery.start_soon(watch_signals)
-    if failures:
-        raise failures[0]

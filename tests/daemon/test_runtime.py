@@ -15,7 +15,8 @@ from meshgpu.daemon.auth import Authenticator
 from meshgpu.daemon.framing import FrameStream
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors
 from meshgpu.daemon.rpc import RpcConnection, open_rpc
-from meshgpu.daemon.runtime import Daemon, DaemonSettings
+from meshgpu.daemon.runtime import Daemon
+from meshgpu.daemon.settings import DaemonSettings
 from meshgpu.errors import DataDirLockedError, RequestFailedError
 
 MODELS = Path(__file__).parents[2] / "meshgpu" / "inference" / "models"

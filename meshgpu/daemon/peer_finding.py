@@ -1,0 +1,97 @@
+"""How a daemon meets its peers: mDNS sightings and static ``--peer`` seeds.
+
+Both end as ``PeerDiscovered`` events; what to do with a peer is the core's business.
+Seeds are offered again every ``seed_interval`` while they are not live members, so a
+mesh whose nodes all restarted finds itself again. Before a seed is first offered, it is
+asked where it believes our node id lives (:func:`~meshgpu.daemon.identity.find_live_twin`):
+a live node answering to our id elsewhere means this data dir was copied, and this node
+refuses to go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from meshgpu.core.events import PeerDiscovered
+from meshgpu.core.types import Address
+from meshgpu.daemon.discovery import MdnsDiscovery, Sighting, parse_peer, resolve_peer
+from meshgpu.daemon.identity import find_live_twin
+from meshgpu.errors import ConfigError, DuplicateIdentityError
+
+if TYPE_CHECKING:
+    from meshgpu.daemon.runtime import Daemon
+
+logger = logging.getLogger("meshgpu.daemon")
+
+
+async def find_peers_by_mdns(daemon: Daemon, advertised: str, pin: str | None) -> None:
+    """Announce the node by mDNS and feed every same-mesh sighting as ``PeerDiscovered``."""
+    discovery = MdnsDiscovery(
+        daemon.settings.mesh, daemon.node_id, daemon.address[1], [advertised], interface=pin
+    )
+    daemon.discovery = discovery
+
+    def sighted(sighting: Sighting) -> None:
+        daemon.count("mdns_sightings")
+        daemon.feed(PeerDiscovered(sighting.address, sighting.node_id))
+
+    try:
+        await discovery.run(sighted)
+    except DuplicateIdentityError as error:
+        logger.error("%s", error)
+        daemon.request_stop(error)
+    except Exception as error:  # discovery failing must not stop the node
+        daemon.count("mdns_failures")
+        logger.error(
+            "mDNS discovery failed (%r); use --peer HOST:PORT seeds or "
+            "--interface to pick the LAN interface",
+            error,
+        )
+
+
+async def offer_seed_peers(daemon: Daemon) -> None:
+    """Offer static ``--peer`` seeds to the node, again whenever one is not a member.
+
+    Before the first offer to a seed, ask it whether a live node already uses our id
+    (a copied data dir): if one answers at another address, refuse to start.
+    """
+    seeds = [parse_peer(text, daemon.address[1]) for text in daemon.settings.peers]
+    checked: set[Address] = set()
+    while seeds:
+        known = {
+            info.address
+            for info in daemon.node.members().values()
+            if getattr(info.state, "value", info.state) in ("alive", "suspect")
+        }
+        for host, port in seeds:
+            try:
+                address = await resolve_peer(host, port)
+            except ConfigError as error:
+                logger.warning("%s", error)
+                continue
+            if address in known or address == daemon.address:
+                continue
+            if address not in checked:
+                reached, twin = await find_live_twin(
+                    daemon.node_id, daemon.address, address, daemon.authenticator
+                )
+                if twin is not None:
+                    twin_error = DuplicateIdentityError(_twin_message(daemon, twin))
+                    logger.error("%s", twin_error)
+                    daemon.request_stop(twin_error)
+                    return
+                if reached:
+                    checked.add(address)
+            daemon.feed(PeerDiscovered(address))
+        await trio.sleep(daemon.settings.seed_interval)
+
+
+def _twin_message(daemon: Daemon, twin: Address) -> str:
+    return (
+        f"node id {daemon.node_id} is already used by a live node at {twin[0]}:{twin[1]}: "
+        f"this data dir ({daemon.settings.data_dir}) was probably copied from that machine. "
+        "Delete identity.json here to make this node a new one, or stop the other"
+    )
