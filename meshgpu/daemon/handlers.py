@@ -208,20 +208,25 @@ class ClientHandlers:
     ) -> Message:
         daemon = self.daemon
         model_digest = request["model_digest"]
+        deadline = request.get("deadline_s")
+        device_type = request.get("device_type")
+        try:
+            spec = TaskSpec(
+                model_digest=model_digest,
+                input_digest=input_digest,
+                input_shapes=tuple(sorted((n, tuple(a.shape)) for n, a in tensors.items())),
+                priority=Priority.parse(str(request.get("priority", "normal"))),
+                requirements=DeviceRequirements(
+                    device_type=None if device_type is None else str(device_type),
+                    min_memory=int(request.get("min_memory", 0)),
+                    fp16=bool(request.get("fp16", False)),
+                ),
+                deadline_s=None if deadline is None else float(deadline),
+                replicas=int(request.get("replicas", 2)),
+            )
+        except (TypeError, ValueError) as error:
+            raise DecodeError(f"submit has a malformed field: {error}") from None
         await trio.to_thread.run_sync(daemon.payloads.put_bytes, input_digest, INPUTS, blob)
-        spec = TaskSpec(
-            model_digest=model_digest,
-            input_digest=input_digest,
-            input_shapes=tuple(sorted((name, tuple(a.shape)) for name, a in tensors.items())),
-            priority=Priority.parse(str(request.get("priority", "normal"))),
-            requirements=DeviceRequirements(
-                device_type=request.get("device_type"),
-                min_memory=int(request.get("min_memory", 0)),
-                fp16=bool(request.get("fp16", False)),
-            ),
-            deadline_s=request.get("deadline_s"),
-            replicas=int(request.get("replicas", 2)),
-        )
         client_ref = f"c{next(self._refs)}"
         pending = self._pending[client_ref] = _Pending()
         daemon.feed(SubmitTask(client_ref, spec))

@@ -74,6 +74,11 @@ async def test_unknown_op_and_bad_fields_are_answered_not_fatal(rpc: RpcConnecti
             inputs={"pixels": {"dtype": "<f4", "shape": [1, 64], "data": b"x"}},
         )
     assert error.value.kind == "DecodeError"
+    pixels = encode_tensors({"pixels": np.zeros((1, 64), dtype=np.float32)})
+    with pytest.raises(RequestFailedError, match="malformed field"):
+        await rpc.call("submit", model_digest=DIGEST, inputs=pixels, replicas="two")
+    with pytest.raises(RequestFailedError, match="priority"):
+        await rpc.call("submit", model_digest=DIGEST, inputs=pixels, priority="urgent")
     assert (await rpc.call("ping"))["node_id"] == "solo"  # the connection still serves
 
 
