@@ -17,8 +17,8 @@ from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
+from meshgpu.inference.opencl.kernels import CORE_SOURCE
 from meshgpu.inference.opencl.kernels.gemm import (
-    GEMM_SOURCE,
     IM2COL_K_CHUNK,
     PANEL,
 )
@@ -64,7 +64,7 @@ def pack_device(
     offsets_buffer = builder.weight(("offsets", tuple(offsets)), lambda: int_array(offsets))
     builder.launch(
         node,
-        GEMM_SOURCE,
+        CORE_SOURCE,
         "pack_panels",
         [
             source.storage,
@@ -112,7 +112,7 @@ def gemm_launch(
     code, act_a, act_b = epilogue.activation_code
     builder.launch(
         node,
-        GEMM_SOURCE,
+        CORE_SOURCE,
         "gemm_8x8",
         [
             a_panels,
@@ -267,7 +267,7 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
     total = groups * column_blocks * k_chunks
     builder.launch(
         node,
-        GEMM_SOURCE,
+        CORE_SOURCE,
         "im2col_panels",
         [
             x.storage,

@@ -15,6 +15,7 @@ from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.folding import _axes
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node, legacy_broadcast_shape
+from meshgpu.inference.opencl.kernels import CORE_SOURCE
 from meshgpu.inference.opencl.kernels.elementwise import (
     AFFINE_SOURCE,
     BINARY_EXPRESSIONS,
@@ -24,12 +25,6 @@ from meshgpu.inference.opencl.kernels.elementwise import (
     UNARY_EXPRESSIONS,
     UNARY_PARAMETERS,
     UNARY_SOURCE,
-)
-from meshgpu.inference.opencl.kernels.spatial import (
-    GLOBAL_POOL_SOURCE,
-    LRN_SOURCE,
-    POOL_SOURCE,
-    SOFTMAX_SOURCE,
 )
 from meshgpu.inference.opencl.plan import (
     DeviceTensor,
@@ -552,16 +547,16 @@ def lower_pool(builder: PlanBuilder, node: Node) -> None:
     out_shape = out_shape_4d if len(x.shape) == 4 else (x_shape[0], x_shape[1], out_w)
     output = builder.new_tensor(node.outputs[0], out_shape)
     if node.op == "MaxPool":
-        defines = "#define POOL_MAX 1\n"
+        kernel_name = "pool2d_max"
+    elif int(node.attrs.get("count_include_pad", 0)):
+        kernel_name = "pool2d_avg_pad"
     else:
-        defines = "#define POOL_AVG 1\n"
-        if int(node.attrs.get("count_include_pad", 0)):
-            defines += "#define COUNT_PAD 1\n"
+        kernel_name = "pool2d_avg"
     rows = out_shape_4d[0] * out_shape_4d[1] * out_h  # one work-item per output row
     builder.launch(
         node,
-        defines + POOL_SOURCE,
-        "pool2d",
+        CORE_SOURCE,
+        kernel_name,
         [
             x.storage,
             output.storage,
@@ -593,12 +588,12 @@ def lower_global_pool(builder: PlanBuilder, node: Node) -> None:
         raise ModelError(f"{node.describe()}: needs N, C and spatial dims, got {x.shape}")
     out_shape = (x.shape[0], x.shape[1]) + (1,) * (len(x.shape) - 2)
     output = builder.new_tensor(node.outputs[0], out_shape)
-    defines = "#define POOL_MAX 1\n" if node.op == "GlobalMaxPool" else ""
+    kernel_name = "global_pool_max" if node.op == "GlobalMaxPool" else "global_pool_avg"
     total = x.shape[0] * x.shape[1]
     builder.launch(
         node,
-        defines + GLOBAL_POOL_SOURCE,
-        "global_pool",
+        CORE_SOURCE,
+        kernel_name,
         [x.storage, output.storage, i32(_count(x.shape[2:])), i32(total)],
         total=total,
     )
@@ -617,12 +612,12 @@ def lower_softmax(builder: PlanBuilder, node: Node) -> None:
         length, inner = x.shape[axis], _count(x.shape[axis + 1 :])
     outer = _count(x.shape[:axis])
     output = builder.new_tensor(node.outputs[0], x.shape)
-    defines = "#define LOG_SOFTMAX 1\n" if node.op == "LogSoftmax" else ""
+    kernel_name = "log_softmax" if node.op == "LogSoftmax" else "softmax"
     total = outer * inner
     builder.launch(
         node,
-        defines + SOFTMAX_SOURCE,
-        "softmax",
+        CORE_SOURCE,
+        kernel_name,
         [x.storage, output.storage, i32(length), i32(inner), i32(total)],
         total=total,
     )
@@ -636,7 +631,7 @@ def lower_lrn(builder: PlanBuilder, node: Node) -> None:
     total = _count(x.shape)
     builder.launch(
         node,
-        LRN_SOURCE,
+        CORE_SOURCE,
         "lrn",
         [
             x.storage,

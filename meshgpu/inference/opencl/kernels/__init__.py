@@ -1,0 +1,12 @@
+"""OpenCL C sources of the engine's kernels, as Python strings (no package data to ship).
+
+``CORE_SOURCE`` is the one program every CNN needs (packing, im2col, GEMM, pooling,
+softmax, LRN), built once per device; element-wise kernels are specialised per expression.
+"""
+
+from meshgpu.inference.opencl.kernels.gemm import GEMM_SOURCE
+from meshgpu.inference.opencl.kernels.spatial import SPATIAL_SOURCE
+
+CORE_SOURCE = GEMM_SOURCE + "\n" + SPATIAL_SOURCE
+
+__all__ = ["CORE_SOURCE"]

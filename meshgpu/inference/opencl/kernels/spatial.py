@@ -217,3 +217,26 @@ __kernel void conv2d_direct(__global const float* restrict x, __global const flo
   }
 }
 """
+
+
+def _variant(source: str, kernel: str, name: str, defines: tuple[str, ...]) -> str:
+    """``source`` with ``kernel`` renamed to ``name`` and compiled under ``defines``."""
+    on = "".join(f"#define {d} 1\n" for d in defines)
+    off = "".join(f"#undef {d}\n" for d in defines)
+    return on + source.replace(f"void {kernel}(", f"void {name}(") + off
+
+
+#: Every pooling, softmax and LRN variant in one program: building a program costs ~0.1 s
+#: even from the binary cache, so fewer programs means a faster session start.
+SPATIAL_SOURCE = "\n".join(
+    [
+        _variant(POOL_SOURCE, "pool2d", "pool2d_max", ("POOL_MAX",)),
+        _variant(POOL_SOURCE, "pool2d", "pool2d_avg", ("POOL_AVG",)),
+        _variant(POOL_SOURCE, "pool2d", "pool2d_avg_pad", ("POOL_AVG", "COUNT_PAD")),
+        _variant(GLOBAL_POOL_SOURCE, "global_pool", "global_pool_max", ("POOL_MAX",)),
+        _variant(GLOBAL_POOL_SOURCE, "global_pool", "global_pool_avg", ()),
+        _variant(SOFTMAX_SOURCE, "softmax", "softmax", ()),
+        _variant(SOFTMAX_SOURCE, "softmax", "log_softmax", ("LOG_SOFTMAX",)),
+        LRN_SOURCE,
+    ]
+)
