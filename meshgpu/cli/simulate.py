@@ -77,7 +77,7 @@ def simulate(
         if check_determinism or scenario.invariants.determinism:
             replay_check(report, scenario)
     except (MeshError, OSError) as error:
-        errors.print(f"[bold red]meshgpu simulate:[/] {error}", highlight=False)
+        click.echo(f"meshgpu simulate: {error}", err=True)
         sys.exit(EXIT_ERROR)
     data = report.as_dict()
     if as_json:

@@ -19,7 +19,7 @@ from array import array
 from typing import TYPE_CHECKING, Any
 
 from meshgpu.core.effects import LeaderChanged, MemberChanged
-from meshgpu.sim.faults import Reversal, Slow
+from meshgpu.sim.faults import Crash, Leave, Restart, Reversal, Slow
 from meshgpu.sim.observers import Observer
 from meshgpu.sim.views import LIVE_STATES, ViewTracker, state_name
 
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from meshgpu.sim.scenario import Scenario
 
 GONE_STATES = frozenset({"dead", "left"})
+HEALING_KINDS = frozenset({"start", "restart", "heal", "crash", "leave"})
+"""Last disturbances after which views must agree (a crash or leave: once detected)."""
 DETECTION_GOAL_S = 2.0
 
 
@@ -240,9 +242,12 @@ class LeaderChecker(_Checker):
 
 
 class ConvergenceChecker(_Checker):
-    """Invariant 5: after the last fault (or its end), every live node's view equals its
-    reachable component within :func:`convergence_bound` (plus the detection bound when
-    the last fault was a crash, which must be detected first)."""
+    """Invariant 5: after the last fault heals (or the start, or a restart), every live
+    node's view equals its reachable component within :func:`convergence_bound` (plus the
+    detection bound when the last fault was a crash or leave, which must be detected
+    first). When the last fault is still in force at the end (a partition, lossy links or
+    slow nodes that never end), there was no heal: the time to agree is measured and
+    reported, not enforced."""
 
     invariant = "convergence"
 
@@ -258,16 +263,22 @@ class ConvergenceChecker(_Checker):
         views = self.views
         since = views.last_disturbance
         allowed = self.bound_s
-        if views.last_disturbance_kind in ("crash", "leave"):
+        kind = views.last_disturbance_kind
+        if kind in ("crash", "leave"):
             allowed += self.detection_bound_s
         self.allowed_s = allowed
+        healed = kind in HEALING_KINDS or kind.startswith("end of ")
         if views.agreed_at is not None:
             self.convergence_s = views.agreed_at - since
-            if self.convergence_s > allowed:
+            if not healed:
+                self.skip_reason = f"the last fault ({kind} at {since:.3f}s) never healed"
+            elif self.convergence_s > allowed:
                 self.violate(
                     f"views agreed only {self.convergence_s:.3f}s after the last fault "
                     f"({views.last_disturbance_kind} at {since:.3f}s); bound {allowed:.3f}s"
                 )
+        elif not healed:
+            self.skip_reason = f"the last fault ({kind} at {since:.3f}s) never healed"
         elif now - since > allowed:
             self.violate(
                 f"views still disagree ({views.total_wrong} wrong beliefs) {now - since:.3f}s "
@@ -290,7 +301,13 @@ class ConvergenceChecker(_Checker):
 
 class DetectionChecker(_Checker):
     """Invariant 6: a crashed node is declared dead by every live node that believed it
-    live, within ``bound_s``. Measures every (observer, crash) detection delay."""
+    live, within ``bound_s``. Measures every (observer, crash) detection delay.
+
+    The bound is the design's promise for a *settled* mesh: it is enforced for crashes
+    that hit a mesh whose views agreed, and that no partition, link change or slow node
+    disturbs before the bound has passed. Others (a crash during a partition, when every
+    node is busy suspecting the far side and Lifeguard's local health has stretched its
+    probes) are still measured, and counted in ``detection_unsettled``."""
 
     invariant = "detection"
 
@@ -299,8 +316,10 @@ class DetectionChecker(_Checker):
         self.views = views
         self.bound_s = bound_s
         self.open: dict[int, tuple[float, set[int]]] = {}
+        self.excused: set[int] = set()
         self.delays: list[float] = []
         self.crashes = 0
+        self.unsettled = 0
 
     def on_node_down(self, sim: Simulation, index: int, now: float, reason: str) -> None:
         for _, pending in self.open.values():
@@ -316,6 +335,21 @@ class DetectionChecker(_Checker):
         }
         self.crashes += 1
         self.open[index] = (now, watchers)
+        if not self.views.settled_before_down or sim.network.partitioned:
+            self._excuse(index)
+
+    def on_fault(
+        self, sim: Simulation, fault: Fault | Reversal, targets: list[int], now: float
+    ) -> None:
+        underlying = fault.fault if isinstance(fault, Reversal) else fault
+        if not isinstance(underlying, Crash | Restart | Leave):
+            for target in self.open:
+                self._excuse(target)
+
+    def _excuse(self, target: int) -> None:
+        if target not in self.excused:
+            self.excused.add(target)
+            self.unsettled += 1
 
     def on_node_up(self, sim: Simulation, index: int, now: float) -> None:
         self._close(sim, index, now)
@@ -330,7 +364,7 @@ class DetectionChecker(_Checker):
         record[1].discard(index)
         delay = now - record[0]
         self.delays.append(delay)
-        if delay > self.bound_s:
+        if delay > self.bound_s and target not in self.excused:
             self.violate(
                 f"{sim.node_ids[index]} declared {effect.node_id} dead {delay:.3f}s after it "
                 f"crashed at {record[0]:.3f}s; bound {self.bound_s:.3f}s"
@@ -341,13 +375,19 @@ class DetectionChecker(_Checker):
             self._close(sim, target, now)
         if self.crashes == 0:
             self.skip_reason = "no node crashed in this run"
+        elif self.unsettled == self.crashes:
+            self.skip_reason = (
+                "every crash hit an unsettled mesh (partition, link fault, slow node)"
+            )
 
     def _close(self, sim: Simulation, target: int, now: float) -> None:
         record = self.open.pop(target, None)
         if record is None:
             return
         crashed_at, pending = record
-        if pending and now - crashed_at > self.bound_s:
+        excused = target in self.excused
+        self.excused.discard(target)
+        if pending and now - crashed_at > self.bound_s and not excused:
             names = sorted(sim.node_ids[j] for j in pending)
             self.violate(
                 f"{sim.node_ids[target]} crashed at {crashed_at:.3f}s and {len(names)} live "
@@ -357,14 +397,16 @@ class DetectionChecker(_Checker):
 
     def metrics(self) -> dict[str, Any]:
         ordered = sorted(self.delays)
+        unsettled = {"detection_unsettled": self.unsettled}
         if not ordered:
-            return {"detection_s": {"p50": None, "max": None, "count": 0}}
+            return {"detection_s": {"p50": None, "max": None, "count": 0}, **unsettled}
         return {
             "detection_s": {
                 "p50": round(ordered[(len(ordered) - 1) // 2], 6),
                 "max": round(ordered[-1], 6),
                 "count": len(ordered),
-            }
+            },
+            **unsettled,
         }
 
 

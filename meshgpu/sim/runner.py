@@ -220,8 +220,9 @@ class Simulation:
                     continue
                 slow = self.slow[index]
                 if slow is not None:
-                    start = max(time, self._inbox_free[index])
-                    done = start + slow.delay_s + slow.delay_jitter_s * self._slow_random.random()
+                    # late but in arrival order: a starved process drains its socket FIFO
+                    late = time + slow.delay_s + slow.delay_jitter_s * self._slow_random.random()
+                    done = max(late, self._inbox_free[index])
                     self._inbox_free[index] = done
                     self._push(done, HANDLE, index, (self.lives[index], first), second)
                     continue

@@ -31,6 +31,7 @@ from meshgpu.sim.faults import (
     Partition,
     Restart,
     Slow,
+    schedule_to_toml,
 )
 from meshgpu.sim.network import LINK_PARAMETER_NAMES, LinkParams
 
@@ -419,3 +420,51 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{self.source}: {where}.{key} must be a number, got {value!r}")
         return float(value)
+
+
+def scenario_to_toml(scenario: Scenario) -> str:
+    """The scenario as TOML that :func:`parse_scenario` reads back to an equal scenario
+    (extension tables excepted): what a failing property test prints to reproduce."""
+    lines = [
+        "[scenario]",
+        f"name = {_toml_value(scenario.name)}",
+        f"description = {_toml_value(scenario.description)}",
+        f"nodes = {scenario.nodes}",
+        f"duration_s = {scenario.duration_s!r}",
+        f"seed = {scenario.seed}",
+        f"sample_interval_s = {scenario.sample_interval_s!r}",
+    ]
+    if scenario.timing:
+        lines += ["", "[timing]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in scenario.timing.items()]
+    defaults = LinkParams()
+    changed = [
+        n for n in LINK_PARAMETER_NAMES if getattr(scenario.network, n) != getattr(defaults, n)
+    ]
+    if changed:
+        lines += ["", "[network]"]
+        lines += [f"{n} = {_toml_value(getattr(scenario.network, n))}" for n in changed]
+    boot = scenario.bootstrap
+    lines += ["", "[bootstrap]", f'mode = "{boot.mode}"', f"seeds = {boot.seeds}"]
+    lines.append(f"spread_s = {boot.spread_s!r}")
+    checks = scenario.invariants
+    lines += ["", "[invariants]"]
+    lines += [f"{n} = {_toml_value(n in checks.enabled)}" for n in INVARIANT_NAMES]
+    if checks.detection_bound_s is not None:
+        lines.append(f"detection_bound_s = {checks.detection_bound_s!r}")
+    lines.append(f"convergence_c = {checks.convergence_c!r}")
+    lines.append(f"max_false_deaths = {checks.max_false_deaths}")
+    lines.append(f"quiet_periods = {checks.quiet_periods!r}")
+    lines.append(f"determinism = {_toml_value(checks.determinism)}")
+    text = "\n".join(lines) + "\n"
+    if scenario.faults:
+        text += "\n" + schedule_to_toml(scenario.faults) + "\n"
+    return text
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

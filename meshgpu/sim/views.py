@@ -51,6 +51,7 @@ class ViewTracker(Observer):
         self.last_disturbance = 0.0
         self.last_disturbance_kind = "start"
         self.agreed_at: float | None = None
+        self.settled_before_down = False
         self.down_since: list[float | None] = []
         self.down_intervals: list[list[tuple[float, float]]] = []
         self.partitions: list[tuple[float, float, list[int]]] = []
@@ -89,6 +90,12 @@ class ViewTracker(Observer):
         self._disturbed(now, "restart" if now > 0.0 else "start")
 
     def on_node_down(self, sim: Simulation, index: int, now: float, reason: str) -> None:
+        # Were views agreed just before this stop? (Stops at the same instant chain: a
+        # crash of three nodes at once happens to a settled mesh if the first did.)
+        simultaneous = self.last_disturbance == now and self.last_disturbance_kind == reason
+        self.settled_before_down = self.agreed_at is not None or (
+            simultaneous and self.settled_before_down
+        )
         self.down_since[index] = now
         self.total_wrong -= self.wrong[index]
         self.wrong[index] = 0
