@@ -76,6 +76,7 @@ def test_a_healed_partition_reconverges() -> None:
     assert falsely_dead == []
 
 
+@pytest.mark.slow
 def test_no_false_deaths_at_five_percent_loss() -> None:
     harness = MeshHarness(12, seed=6, loss=0.05)
     harness.run_until(60.0)
@@ -93,6 +94,7 @@ def _false_deaths_with_slow_node(lifeguard: bool) -> int:
     )
 
 
+@pytest.mark.slow
 def test_lifeguard_stops_a_slow_node_from_killing_healthy_ones() -> None:
     with_lifeguard = _false_deaths_with_slow_node(True)
     without = _false_deaths_with_slow_node(False)
