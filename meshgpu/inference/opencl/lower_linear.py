@@ -258,9 +258,9 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
     depth = group_channels * kernel_h * kernel_w
     columns = batch * out_h * out_w
     column_blocks = -(-columns // PANEL)
-    panels = builder.weight(
+    panels = builder.packed_weight(
         (*key, "panels"),
-        lambda: pack_host((weight * scale[:, None, None, None]).reshape(groups, groups_out, depth)),
+        lambda: (weight * scale[:, None, None, None]).reshape(groups, groups_out, depth),
     )
     im2col = builder.workspace(groups * column_blocks * depth * PANEL * 4, f"{node.name} im2col")
     k_chunks = -(-depth // IM2COL_K_CHUNK)

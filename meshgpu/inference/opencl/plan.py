@@ -129,6 +129,7 @@ class PlanBuilder:
         self.slice_writers: set[str] = set()
         self._node_index = {id(node): index for index, node in enumerate(graph.nodes)}
         self._bound_constants: dict[Storage, cl.Buffer | None] = {}
+        self._queue: cl.CommandQueue | None = None
         self.device = device
         self.context = programs.context_for(device)
         self.weights = weights
@@ -215,6 +216,45 @@ class PlanBuilder:
             buffer = self._upload(np.ascontiguousarray(array, dtype=dtype))
             self.weights[key] = buffer
         return buffer
+
+    def packed_weight(self, key: Any, make: Callable[[], np.ndarray]) -> Any:
+        """Panels ``[batch][ceil(rows/8)][K][8]`` of a constant ``[batch, rows, K]`` matrix,
+        packed on the device (the transposing copy is several times faster there than in
+        numpy, and it is most of a session's start-up); cached like :meth:`weight`."""
+        buffer = self.weights.get(key)
+        if buffer is not None or self.dry:
+            return buffer
+        from meshgpu.inference.opencl.kernels import CORE_SOURCE
+
+        matrix = np.ascontiguousarray(make(), dtype=np.float32)
+        batch, rows, depth = matrix.shape
+        blocks = -(-rows // 8)
+        total = batch * blocks * depth
+        raw = self._upload(matrix)
+        offsets = self._upload(np.arange(batch, dtype=np.int32) * rows * depth)
+        try:
+            buffer = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(4, total * 8 * 4))
+        except cl.Error as error:
+            raise DeviceError(
+                f"could not allocate {total * 32} bytes of weights: {error}"
+            ) from error
+        kernel = cl.Kernel(programs.program_for(self.device, CORE_SOURCE), "pack_panels")
+        for position, value in enumerate(
+            (raw, buffer, offsets, *(np.int32(v) for v in (rows, depth, depth, 1, blocks, total)))
+        ):
+            kernel.set_arg(position, value)
+        queue = self._setup_queue()
+        cl.enqueue_nd_range_kernel(queue, kernel, (-(-total // 8) * 8,), (8,))
+        queue.finish()
+        raw.release()
+        offsets.release()
+        self.weights[key] = buffer
+        return buffer
+
+    def _setup_queue(self) -> cl.CommandQueue:
+        if self._queue is None:
+            self._queue = cl.CommandQueue(self.context)
+        return self._queue
 
     def _upload(self, array: np.ndarray) -> cl.Buffer:
         flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
