@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors
+from meshgpu.errors import ResultTimeoutError
 from tests.netns.daemons import PORT, Daemon, Fleet, Status, agree, describe, live_view
 from tests.netns.lab import in_namespace
 
@@ -243,9 +244,20 @@ def test_client_fails_over_when_its_entry_node_is_killed(
             outputs = [await handle.result(timeout=60) for handle in handles]
             return handles, outputs, list(client.failovers), client.duplicates
 
-    handles, outputs, failovers, duplicates = in_namespace(
-        client_host.namespace, lambda: trio.run(session)
-    )
+    try:
+        handles, outputs, failovers, duplicates = in_namespace(
+            client_host.namespace, lambda: trio.run(session)
+        )
+    except ResultTimeoutError as error:
+        survivors = [daemon for daemon in fleet.daemons if daemon.alive]
+        rows = {d.node_id: fleet.call(d, "tasks")["tasks"] for d in survivors}
+        undelivered = [
+            (node, row) for node, table in rows.items() for row in table if not row["delivered"]
+        ]
+        raise AssertionError(
+            f"{error}\nundelivered task rows on the survivors: {undelivered}\n"
+            + describe(fleet.statuses(survivors))
+        ) from None
     print(f"client failovers: {failovers}; duplicates dropped: {duplicates}")
     assert failovers and failovers[0].from_node == entry.node_id, failovers
     assert len({handle.task_id for handle in handles}) == len(pixels)
