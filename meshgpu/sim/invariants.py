@@ -88,6 +88,7 @@ class NoRegressionChecker(_Checker):
     the incarnation is persisted), and no node sees another's incarnation decrease."""
 
     invariant = "no_regression"
+    effect_types = (MemberChanged,)
 
     def on_start(self, sim: Simulation) -> None:
         n = sim.node_count
@@ -150,6 +151,7 @@ class LeaderChecker(_Checker):
     time from a leader's crash until all live nodes agree on a live successor."""
 
     invariant = "leader"
+    effect_types = (LeaderChanged,)
 
     def __init__(self, views: ViewTracker, quiet_s: float) -> None:
         super().__init__()
@@ -310,6 +312,7 @@ class DetectionChecker(_Checker):
     probes) are still measured, and counted in ``detection_unsettled``."""
 
     invariant = "detection"
+    effect_types = (MemberChanged,)
 
     def __init__(self, views: ViewTracker, bound_s: float) -> None:
         super().__init__()
@@ -417,6 +420,7 @@ class AccuracyChecker(_Checker):
     the healthy ones, which slow nodes must stop accusing."""
 
     invariant = "accuracy"
+    effect_types = (MemberChanged,)
 
     def __init__(self, views: ViewTracker, window_s: float, max_false_deaths: int) -> None:
         super().__init__()

@@ -29,6 +29,9 @@ class Observer:
     """Base class of checkers and extensions; override the hooks you need."""
 
     name = "observer"
+    effect_types: tuple[type, ...] | None = None
+    """The effect types :meth:`on_effect` wants (None: all). Declaring them spares the
+    runner a call per effect of other types, which matters at 1,000 nodes."""
 
     def on_start(self, sim: Simulation) -> None:
         """Before the first event; every node is up and none has been bootstrapped yet."""

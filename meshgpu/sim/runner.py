@@ -123,7 +123,7 @@ class Simulation:
             {p: stream(self.seed, p) for p in ("latency", "loss", "duplicate", "reorder")},
         )
         self.now = 0.0
-        self.events = 0
+        self._flushed_lines = 0
         self._heap: list[tuple[Any, ...]] = []
         self._sequence = 0
         self._tick_at = [INFINITY] * n
@@ -136,8 +136,10 @@ class Simulation:
         self._trace_lines: list[str] = []
         self._trace_hash = hashlib.sha256()
         self._progress = progress
+        self._next_progress = PROGRESS_EVERY
         self.observers: list[Observer] = list(observers)
         self._effect_observers: list[Observer] = []
+        self._effect_handlers: dict[type, list[Callable[..., None]]] = {}
         self._faults = _FaultApplier(self)
         self.finished = False
 
@@ -205,12 +207,19 @@ class Simulation:
         self.finished = True
         return RunTotals(self.events, self.now, self._trace_hash.hexdigest())
 
+    @property
+    def events(self) -> int:
+        """Events processed so far: the lines of the trace."""
+        return self._flushed_lines + len(self._trace_lines)
+
     def _loop(self, until: float) -> None:
         heap = self._heap
         pop = heapq.heappop
         nodes = self.nodes
         up = self.up
-        next_progress = PROGRESS_EVERY
+        lines = self._trace_lines
+        emit = lines.append
+        next_check = 0
         while heap and heap[0][0] <= until:
             time, _, kind, index, first, second = pop(heap)
             self.now = time
@@ -233,11 +242,12 @@ class Simulation:
                 self._tick_at[index] = INFINITY
                 node = nodes[index]
                 assert node is not None
-                if time >= node.next_deadline():
-                    self._emit(f'{{"t":{time!r},"e":"tick","n":{index}}}')
+                deadline = node.next_deadline()
+                if time >= deadline:
+                    emit(f'{{"t":{time!r},"e":"tick","n":{index}}}')
                     self._call(index, Tick())
                 else:
-                    self._schedule_tick(index, node.next_deadline())
+                    self._schedule_tick(index, deadline)
             elif kind == HANDLE:
                 life, source = first
                 if up[index] and life == self.lives[index]:
@@ -254,12 +264,21 @@ class Simulation:
                 for observer in self.observers:
                     observer.on_sample(self, time)
                 self._push(time + self.scenario.sample_interval_s, SAMPLE, -1, None, None)
-            if self._progress is not None and self.events >= next_progress:
-                next_progress = self.events + PROGRESS_EVERY
+            if len(lines) >= next_check:
+                next_check = self._periodic(time, until)
+
+    def _periodic(self, time: float, until: float) -> int:
+        """Hash the buffered trace and report progress; returns the next buffer size to
+        call this at (keeping the per-event cost of the loop to one ``len``)."""
+        if len(self._trace_lines) >= TRACE_FLUSH_LINES:
+            self._flush_trace()
+            if self._progress is not None and self._flushed_lines >= self._next_progress:
+                self._next_progress = self._flushed_lines + PROGRESS_EVERY
                 self._progress(time, until)
+        return TRACE_FLUSH_LINES
 
     def _receive(self, index: int, source: int, payload: bytes) -> None:
-        self._emit(
+        self._trace_lines.append(
             f'{{"t":{self.now!r},"e":"recv","n":{index},"src":{source},'
             f'"len":{len(payload)},"crc":{zlib.crc32(payload)}}}'
         )
@@ -287,13 +306,25 @@ class Simulation:
                 for delay in self.network.transmit(index, destination):
                     self._push(now + delay, DELIVER, destination, index, effect.payload)
             else:
-                for observer in self._effect_observers:
-                    observer.on_effect(self, index, effect, now)
+                handlers = self._effect_handlers.get(type(effect))
+                if handlers is None:
+                    handlers = self._handlers_for(type(effect))
+                for handler in handlers:
+                    handler(self, index, effect, now)
             if not self.up[index]:
                 return  # an observer stopped this node; the rest of its effects are lost
         deadline = node.next_deadline()
         if deadline < self._tick_at[index]:
             self._schedule_tick(index, deadline)
+
+    def _handlers_for(self, effect_type: type) -> list[Callable[..., None]]:
+        handlers = [
+            observer.on_effect
+            for observer in self._effect_observers
+            if observer.effect_types is None or effect_type in observer.effect_types
+        ]
+        self._effect_handlers[effect_type] = handlers
+        return handlers
 
     def _schedule_tick(self, index: int, deadline: float) -> None:
         slow = self.slow[index]
@@ -385,17 +416,15 @@ class Simulation:
     # -- the trace -------------------------------------------------------------------------
 
     def _emit(self, line: str) -> None:
-        self.events += 1
-        lines = self._trace_lines
-        lines.append(line)
-        if len(lines) >= TRACE_FLUSH_LINES:
-            self._flush_trace()
+        self._trace_lines.append(line)
 
     def _flush_trace(self) -> None:
-        if not self._trace_lines:
+        lines = self._trace_lines
+        if not lines:
             return
-        chunk = "\n".join(self._trace_lines) + "\n"
-        self._trace_lines = []
+        chunk = "\n".join(lines) + "\n"
+        self._flushed_lines += len(lines)
+        lines.clear()  # in place: the loop holds a reference to the list
         self._trace_hash.update(chunk.encode())
         if self._trace is not None:
             self._trace.write(chunk)

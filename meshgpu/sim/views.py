@@ -41,6 +41,7 @@ class ViewTracker(Observer):
     """Beliefs vs truth, disagreement counts, and the fault history of the run."""
 
     name = "views"
+    effect_types = (MemberChanged,)
 
     def __init__(self) -> None:
         self.live: list[set[int]] = []
