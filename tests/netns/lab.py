@@ -12,7 +12,10 @@ the CI machine's real network is, is never touched)::
 
 ``<sfx>`` is random per lab, and so is the third octet ``X``, so two labs (two CI jobs
 on one runner) never share a name or an address. :meth:`NetnsLab.close` kills what was
-started in the lab and deletes its namespaces; the veths and bridges go with them.
+started in the lab and deletes its namespaces; the veths and bridges go with them. Should
+the test process itself be killed (a CI timeout), its daemons die with it (parent-death
+signal), and the next lab deletes namespaces left by a process that no longer exists
+(their names carry the creator's pid).
 
 Partitions move bridge ports: ``partition([[0, 1], [2, 3]])`` puts hosts 2 and 3 on a
 second bridge, so each side stays a connected LAN (mDNS included) and the sides cannot
@@ -30,8 +33,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import secrets
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -41,6 +46,8 @@ from typing import TypeVar
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+STALE = re.compile(r"^(mgn[0-9a-f]{6}p(\d+)(?:sw|h\d+))\b")
 NETNS_DIR = "/var/run/netns"
 SUBNET_PREFIX = "10.213"
 
@@ -100,7 +107,8 @@ class NetnsLab:
         ``eth0`` so that address enumeration lists it first (like a machine running
         Docker): the trap ``--interface`` exists for.
         """
-        suffix = secrets.token_hex(3)
+        sweep_stale()
+        suffix = f"{secrets.token_hex(3)}p{os.getpid()}"
         third = secrets.randbelow(250) + 1
         subnet = f"{SUBNET_PREFIX}.{third}"
         lab = cls(suffix=suffix, switch=f"mgn{suffix}sw")
@@ -141,7 +149,7 @@ class NetnsLab:
         command (a signal to it reaches the program, not a wrapper).
         """
         process = subprocess.Popen(  # type: ignore[call-overload]
-            ["ip", "netns", "exec", host.namespace, *argv], **kwargs
+            ["ip", "netns", "exec", host.namespace, *argv], preexec_fn=die_with_parent, **kwargs
         )
         self.processes.append(process)
         return process  # type: ignore[no-any-return]
@@ -182,6 +190,29 @@ class NetnsLab:
         return [line.split()[0] for line in listed.splitlines() if self.suffix in line]
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+"""Loaded once, in the parent: the forked child must not dlopen (other threads' locks)."""
+
+
+def die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the test process dies (prctl(2))."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def sweep_stale() -> None:
+    """Delete labs whose creating process is gone (and kill what still runs in them)."""
+    listed = _ip("netns", "list", check=False).stdout
+    for line in listed.splitlines():
+        match = STALE.match(line)
+        if match is None or os.path.exists(f"/proc/{match.group(2)}"):
+            continue
+        name = match.group(1)
+        for pid in _ip("netns", "pids", name, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        _ip("netns", "del", name, check=False)
+
+
 def in_namespace(namespace: str, function: Callable[[], T]) -> T:
     """Run ``function`` on a new thread that has joined ``namespace``; return its result.
 
@@ -192,9 +223,8 @@ def in_namespace(namespace: str, function: Callable[[], T]) -> T:
 
     def body() -> None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
             with open(os.path.join(NETNS_DIR, namespace)) as handle:
-                if libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
+                if _LIBC.setns(handle.fileno(), CLONE_NEWNET) != 0:
                     error = ctypes.get_errno()
                     raise OSError(error, f"setns into {namespace}: {os.strerror(error)}")
             outcome.append(function())

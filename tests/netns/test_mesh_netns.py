@@ -172,8 +172,20 @@ def test_partition_then_heal_loses_nothing(
     print(f"heal: all 4 views agreed again in {time.monotonic() - healed_at:.2f} s")
     assert len({status["view"] for status in statuses.values()}) == 1, describe(dict(statuses))
 
-    # Each side's tasks are collected through a node of the *other* side.
+    # Every node's table (the CRDT) holds every task of both sides, done, before any
+    # is collected (collected tasks are dropped from the tables, leaving a tombstone).
     all_ids = submitted[left[0].node_id] + submitted[right[0].node_id]
+
+    def tables_hold_all_done(statuses: dict[str, Status]) -> bool:
+        return all(status["tasks"].get("done", 0) >= len(all_ids) for status in statuses.values())
+
+    fleet.until(fleet.daemons, tables_hold_all_done, "every task table to hold all tasks done")
+    for daemon in fleet.daemons:
+        rows = {row["task_id"]: row for row in fleet.call(daemon, "tasks")["tasks"]}
+        for task_id in all_ids:
+            assert rows[task_id]["state"] == "done", (daemon.node_id, rows[task_id])
+
+    # Each side's tasks are collected through a node of the *other* side.
     outcomes = results(fleet, right[1], submitted[left[0].node_id])
     outcomes |= results(fleet, left[1], submitted[right[0].node_id])
     assert set(outcomes) == set(all_ids), "tasks lost"
@@ -183,15 +195,15 @@ def test_partition_then_heal_loses_nothing(
         got = decode_tensors(outcome["outputs"])["probabilities"][0]
         np.testing.assert_allclose(got, expected[index], rtol=1e-5, atol=1e-6)
 
-    # Every node's task table converges to the same verdict on every task.
-    def tables_agree(statuses: dict[str, Status]) -> bool:
-        return all(status["tasks"].get("done", 0) >= len(all_ids) for status in statuses.values())
+    # The collection reaches every node: no table keeps one of them undelivered.
+    def nowhere_undelivered(statuses: dict[str, Status]) -> bool:
+        for daemon in fleet.daemons:
+            for row in fleet.call(daemon, "tasks")["tasks"]:
+                if row["task_id"] in outcomes and not row["delivered"]:
+                    return False
+        return True
 
-    fleet.until(fleet.daemons, tables_agree, "every task table to hold all tasks done")
-    for daemon in fleet.daemons:
-        rows = {row["task_id"]: row for row in fleet.call(daemon, "tasks")["tasks"]}
-        for task_id in all_ids:
-            assert rows[task_id]["state"] == "done", (daemon.node_id, rows[task_id])
+    fleet.until(fleet.daemons, nowhere_undelivered, "every node to know the tasks collected")
 
 
 def test_kill_9_is_declared_dead_by_every_survivor(fleet: Fleet) -> None:
@@ -273,8 +285,11 @@ def test_copied_data_dir_on_another_host_is_refused(fleet: Fleet) -> None:
     original = next(daemon for daemon in fleet.daemons if daemon.alive)
     before = fleet.call(original, "status")
 
+    # identity.json is what makes the twin (the rest of a live data dir changes under a
+    # copy: payloads are deleted as results are collected).
     copy = fleet.root / "copied"
-    shutil.copytree(original.data_dir, copy, ignore=shutil.ignore_patterns("daemon.*"))
+    copy.mkdir()
+    shutil.copy2(original.data_dir / "identity.json", copy / "identity.json")
     _, process, _, log = fleet.launch(free_host, copy)
     try:
         exit_code = process.wait(60)
