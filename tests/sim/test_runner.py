@@ -248,3 +248,68 @@ def test_a_node_that_raises_stops_the_run_with_seed_and_time() -> None:
 
     with pytest.raises(SimulationError, match=r"raised KeyError.*seed 4"):
         run_scenario(scenario(3, 3, seed=4), node_factory=Broken)
+
+
+class SelfishLeader(HeartbeatNode):
+    """Names itself leader: two leaders for one view in any stable component."""
+
+    def leader(self) -> str | None:
+        return self.node_id
+
+
+class Shrinking(HeartbeatNode):
+    """Its incarnation drops at 3 s: a regression the checker must see."""
+
+    @property
+    def incarnation(self) -> int:
+        return 0 if self.now > 3.0 else self._incarnation
+
+
+class Grudging(HeartbeatNode):
+    """Never takes back a death: after a partition heals, views never agree again."""
+
+    def _heard(
+        self, node_id: str, address: Any, now: float, effects: list[Any], incarnation: int = 0
+    ) -> None:
+        if self.state.get(node_id) != "dead":
+            super()._heard(node_id, address, now, effects, incarnation)
+
+
+def test_two_leaders_for_one_view_violate_invariant_4() -> None:
+    report = run_scenario(scenario(4, 5), node_factory=SelfishLeader)
+    assert "view 0 has 4 leaders" in report.invariants["leader"]
+
+
+def test_a_falling_incarnation_violates_invariant_3() -> None:
+    report = run_scenario(scenario(3, 5), node_factory=Shrinking)
+    assert "own incarnation went from 1 down to 0" in report.invariants["no_regression"]
+
+
+def test_views_that_never_agree_after_a_heal_violate_invariant_5() -> None:
+    faults = '[[fault]]\nkind = "partition"\nat_s = 2\nfractions = [0.5, 0.5]\nuntil_s = 5\n'
+    report = run_scenario(scenario(4, 10, faults), node_factory=Grudging)
+    assert "views still disagree (8 wrong beliefs)" in report.invariants["convergence"]
+    assert report.invariants["accuracy"] == "ok"  # deaths across a cut are explained
+
+
+def test_a_slow_node_handles_datagrams_late_and_in_order() -> None:
+    received: list[tuple[float, str]] = []
+
+    class Recording(HeartbeatNode):
+        def handle(self, event: Any, now: float) -> list[Any]:
+            if self.node_id == "n-0000" and type(event).__name__ == "DatagramReceived":
+                received.append((now, event.payload.decode().split("|")[1]))
+            return super().handle(event, now)
+
+    faults = (
+        '[[fault]]\nkind = "slow"\nat_s = 2\nnodes = [0]\n'
+        "delay_s = 0.5\ndelay_jitter_s = 0.4\nuntil_s = 4\n"
+    )
+    run_scenario(
+        scenario(3, 6, faults, extra="[invariants]\naccuracy = false"), node_factory=Recording
+    )
+    times = [t for t, _ in received]
+    assert times == sorted(times)
+    # from 2.5 s on, nothing sent after 2 s arrives sooner than 0.5 s: a gap opens at 2 s
+    assert not any(2.0 + 0.01 < t < 2.5 for t in times)
+    assert any(t > 4.0 for t in times)
