@@ -61,6 +61,7 @@ def test_json_has_every_documented_field_and_trace_matches_hash(tmp_path: Path) 
     assert sum(1 for _ in trace.open()) == data["events"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_trace_in_two_processes_other_seed_differs() -> None:
     scenario = str(SIMULATIONS / "partition-3-2.toml")
     first = simulate_in_subprocess(scenario, "--json", hash_seed="1")

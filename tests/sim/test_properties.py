@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -34,6 +35,10 @@ from meshgpu.sim.scenario import INVARIANT_NAMES, InvariantSettings, Scenario, s
 FAULT_WINDOW = (2.0, 10.0)
 SETTLE_S = 8.0
 EXAMPLES = int(os.environ.get("MESHGPU_PROPERTY_EXAMPLES", "12"))
+"""12 examples keep the suite's share to about half a minute; set the variable to search
+harder (a few hundred examples is a good overnight run)."""
+
+pytestmark = pytest.mark.slow
 
 
 def _time(draw: st.DrawFn, low: float, high: float) -> float:
