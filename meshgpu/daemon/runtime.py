@@ -310,9 +310,18 @@ class Daemon:
         if isinstance(effect, SendDatagram):
             await self._send_datagram(effect.destination, effect.payload)
         elif isinstance(effect, fx.Persist):
+            # Group commit: every Persist already queued joins this write and its one
+            # fsync. Making a record durable earlier than asked never breaks "Persist
+            # before the send that depends on it"; the other effects keep their order.
             batch = [effect.record]
-            while self._effects and isinstance(self._effects[0], fx.Persist):
-                batch.append(self._effects.popleft().record)
+            others: deque[Any] = deque()
+            for queued in self._effects:
+                if isinstance(queued, fx.Persist):
+                    batch.append(queued.record)
+                else:
+                    others.append(queued)
+            self._effects.clear()
+            self._effects.extend(others)
             await self._persist(batch)
         elif isinstance(effect, MemberChanged):
             self._member_changed(effect)
