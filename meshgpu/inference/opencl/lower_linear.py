@@ -19,6 +19,7 @@ from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
 from meshgpu.inference.opencl.kernels.gemm import (
+    GEMM_COLUMN_BLOCKS,
     IM2COL_K_CHUNK,
     PANEL,
 )
@@ -108,6 +109,7 @@ def gemm_launch(
     out_offset: int = 0,
 ) -> None:
     """Queue the GEMM with its fused epilogue (bias, residual, activation)."""
+    column_blocks = -(-n // PANEL)
     residual = epilogue.residual.storage if epilogue.residual is not None else None
     code, act_a, act_b = epilogue.activation_code
     builder.launch(
@@ -142,7 +144,7 @@ def gemm_launch(
             f32(act_a),
             f32(act_b),
         ],
-        grid=(-(-n // PANEL), -(-m // PANEL), batch),
+        grid=(-(-column_blocks // GEMM_COLUMN_BLOCKS), -(-m // PANEL), batch),
         local=(1, 1, 1),
     )
 

@@ -26,6 +26,9 @@ PANEL = 8
 #: k values one im2col work-item fills (K_CHUNK in the kernel source).
 IM2COL_K_CHUNK = 32
 
+#: 8x8 column blocks per GEMM work-item (COLUMN_BLOCKS in the kernel source).
+GEMM_COLUMN_BLOCKS = 4
+
 IM2COL_SOURCE = r"""
 /* im2col straight into packed-B panels: [group][ceil(N/8)][K][8] with K = Cg*KH*KW and
    N = batch*OH*OW. Column n is output pixel (image n / (OH*OW), pixel n % (OH*OW)).
@@ -174,7 +177,7 @@ __kernel void pack_panels(__global const float* restrict src, __global float* re
 /* C = ACT(alpha * A.B + beta * bias [+ residual]).  Grid: (ceil(N/8), ceil(M/8), batch),
    work-group (1,1,1).  Column n maps to (image n / P, pixel n % P); output element (m, n) of
    batch b lives at out_offset + b*s_batch + image*s_image + m*s_m + pixel*s_p. */
-__kernel void gemm_8x8(__global const float* restrict A, __global const float* restrict B,
+inline void gemm_block(__global const float* restrict A, __global const float* restrict B,
                        __global float* restrict C,
                        __global const float* restrict bias,
                        __global const float* restrict residual,
@@ -182,10 +185,7 @@ __kernel void gemm_8x8(__global const float* restrict A, __global const float* r
                        int P, int out_offset, int s_batch, int s_image, int s_m, int s_p,
                        int bias_batch_stride, int bias_s_m, int bias_s_n,
                        float alpha, float beta, int has_bias, int has_residual,
-                       int act, float act_a, float act_b) {
-  int nb = get_global_id(0);
-  int mb = get_global_id(1);
-  int b = get_global_id(2);
+                       int act, float act_a, float act_b, int nb, int mb, int b) {
   const __global float8* a = (const __global float8*)(A + (size_t)b * a_batch_stride
                                                        + (size_t)mb * K * 8);
   const __global float8* bp = (const __global float8*)(B + (size_t)b * b_batch_stride
@@ -244,6 +244,28 @@ __kernel void gemm_8x8(__global const float* restrict A, __global const float* r
       C[index] = apply_activation(v, act, act_a, act_b);
     }
   }
+}
+
+/* Each work-item computes COLUMN_BLOCKS consecutive 8x8 blocks of one row block: fewer,
+   larger work-groups amortise PoCL's per-work-group cost, and the A panel stays in L1. */
+#define COLUMN_BLOCKS 4
+__kernel void gemm_8x8(__global const float* restrict A, __global const float* restrict B,
+                       __global float* restrict C,
+                       __global const float* restrict bias,
+                       __global const float* restrict residual,
+                       int M, int N, int K, int a_batch_stride, int b_batch_stride,
+                       int P, int out_offset, int s_batch, int s_image, int s_m, int s_p,
+                       int bias_batch_stride, int bias_s_m, int bias_s_n,
+                       float alpha, float beta, int has_bias, int has_residual,
+                       int act, float act_a, float act_b) {
+  int mb = get_global_id(1);
+  int b = get_global_id(2);
+  int first = get_global_id(0) * COLUMN_BLOCKS;
+  int last = min(first + COLUMN_BLOCKS, (N + 7) / 8);
+  for (int nb = first; nb < last; nb++)
+    gemm_block(A, B, C, bias, residual, M, N, K, a_batch_stride, b_batch_stride, P,
+               out_offset, s_batch, s_image, s_m, s_p, bias_batch_stride, bias_s_m, bias_s_n,
+               alpha, beta, has_bias, has_residual, act, act_a, act_b, nb, mb, b);
 }
 """
 )
