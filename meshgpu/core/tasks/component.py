@@ -384,6 +384,18 @@ class TaskComponent(Component):
         """Feed breakers and the adaptive model from state changes this node sees."""
         state = after.state
         model = after.spec.model_digest
+        previous = None if before is None else before.state
+        if (
+            previous is not None
+            and previous.phase is Phase.ASSIGNED
+            and previous.worker is not None
+            and previous.worker != state.worker
+            and state.phase is Phase.ASSIGNED
+        ):
+            # Reassigned away (the worker died or timed out): a failure of that worker for
+            # the breaker and the adaptive model, though not for the task's retry budget.
+            self.breakers[previous.worker].on_failure(now)
+            self.learned.observe_failure(previous.worker, model)
         if state.phase is Phase.ASSIGNED:
             attempts = self.assigned_seen.setdefault(after.task_id, {})
             if state.attempt not in attempts and state.worker is not None:
@@ -401,7 +413,7 @@ class TaskComponent(Component):
                 self.learned.observe_success(state.worker, model, elapsed)
         else:
             self.breakers[state.worker].on_failure(now)
-            self.learned.observe_failure(state.worker, model, elapsed or 0.0)
+            self.learned.observe_failure(state.worker, model)
 
     def _requeue(self, entry: TaskEntry, now: float) -> None:
         tid = entry.task_id

@@ -182,13 +182,26 @@ def latency_based(
     return _lowest(candidates, expected, ctx)
 
 
+PUBLISHED_WEIGHT = 2.0
+"""How many learned samples the worker's own published estimate is worth in the blend."""
+
+
 def adaptive_cost(worker: WorkerView, model: str, ctx: SelectionContext, fallback: float) -> float:
-    """Expected seconds to complete on ``worker`` once it runs: learned end-to-end latency
-    (else its published estimate, else ``fallback``) inflated by its learned failure rate."""
+    """Expected seconds to complete on ``worker`` once it runs, inflated by its learned
+    failure rate. The latency is the learned end-to-end latency blended with the worker's
+    own published (warm) execution estimate, weighted by how many samples were learned:
+    a first observation that paid a model download does not condemn a worker for good."""
     learned = ctx.learned.latency(worker.node_id, model)
-    if learned is None:
-        learned = worker.published_latency(model)
-    base = fallback if learned is None else learned
+    samples = ctx.learned.samples(worker.node_id, model)
+    published = worker.published_latency(model)
+    if learned is None and published is None:
+        base = fallback
+    elif learned is None:
+        base = published  # type: ignore[assignment]
+    elif published is None:
+        base = learned
+    else:
+        base = (samples * learned + PUBLISHED_WEIGHT * published) / (samples + PUBLISHED_WEIGHT)
     return base / (1.0 - min(ctx.learned.failure_rate(worker.node_id, model), 0.9))
 
 

@@ -195,7 +195,7 @@ def test_adaptive_avoids_a_failing_worker() -> None:
     learned.observe_success("a", "model-a", 0.1)
     learned.observe_success("b", "model-a", 0.15)
     for _ in range(4):
-        learned.observe_failure("a", "model-a", 0.1)
+        learned.observe_failure("a", "model-a")
     ctx = SelectionContext(learned=learned)
     assert adaptive(SPEC, [worker("a"), worker("b")], ctx) == "b"
 
