@@ -16,8 +16,12 @@ after examining ``scan_limit`` items, so a long queue never makes one send expen
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+
+_MAX_MISFITS = 6
+"""Stop looking for items that fit after this many that did not, in one ``take``."""
 
 
 @dataclass(slots=True)
@@ -30,7 +34,9 @@ class BroadcastQueue:
     """Keyed, transmit-limited queue of pre-encoded piggyback items."""
 
     def __init__(self, scan_limit: int = 96) -> None:
-        self._buckets: list[dict[Hashable, _Queued]] = [{}]
+        # OrderedDict, not dict: items leave from the front and join at the back; a plain
+        # dict keeps the deleted slots and every scan would walk over all of them.
+        self._buckets: list[OrderedDict[Hashable, _Queued]] = [OrderedDict()]
         self._where: dict[Hashable, int] = {}
         self._scan_limit = scan_limit
 
@@ -67,6 +73,8 @@ class BroadcastQueue:
             return picked
         moved: list[tuple[Hashable, _Queued]] = []
         examined = 0
+        misses = 0
+        done = False
         for bucket in self._buckets:
             for key, item in bucket.items():
                 examined += 1
@@ -75,11 +83,15 @@ class BroadcastQueue:
                     picked.append(item.payload)
                     budget -= size
                     moved.append((key, item))
-                    if len(picked) >= max_items or budget < 8:
-                        break
-                if examined >= self._scan_limit:
+                    done = len(picked) >= max_items or budget < 8
+                else:
+                    # A few misfits in a row: the space left is smaller than what is queued.
+                    misses += 1
+                    done = misses >= _MAX_MISFITS
+                if done or examined >= self._scan_limit:
+                    done = True
                     break
-            if len(picked) >= max_items or budget < 8 or examined >= self._scan_limit:
+            if done:
                 break
         for key, item in moved:
             del self._buckets[item.transmits][key]
@@ -88,7 +100,7 @@ class BroadcastQueue:
                 del self._where[key]
                 continue
             while len(self._buckets) <= item.transmits:
-                self._buckets.append({})
+                self._buckets.append(OrderedDict())
             self._buckets[item.transmits][key] = item
             self._where[key] = item.transmits
         return picked
