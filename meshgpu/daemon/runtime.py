@@ -349,10 +349,12 @@ class Daemon:
 
     def _member_changed(self, effect: MemberChanged) -> None:
         self.member_history[effect.node_id] = {
+            "node_id": effect.node_id,
+            "address": list(effect.address),
             "state": effect.state,
             "reason": effect.reason,
             "incarnation": effect.incarnation,
-            "since": time.time(),
+            "at": time.time(),
         }
         self.generation += 1
         self.pulse()

@@ -104,6 +104,11 @@ def status_snapshot(daemon: Daemon) -> dict[str, Any]:
             "auth": dict(daemon.authenticator.counters),
             "mdns": dict(getattr(getattr(daemon, "discovery", None), "counters", {})),
         },
+        "gone": [
+            dict(record)
+            for _, record in sorted(daemon.member_history.items())
+            if record["state"] in ("dead", "left")
+        ],
         "duplicate_identity": {
             "sightings": daemon.guard.sightings,
             "last_twin": list(daemon.guard.last_twin) if daemon.guard.last_twin else None,

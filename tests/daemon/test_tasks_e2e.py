@@ -198,3 +198,5 @@ async def test_sigterm_leaves_gracefully_and_loses_nothing(mesh, reference) -> N
     gone = next(m for m in status["members"] if m["node_id"] == leaver.node_id)
     assert gone["state"] == "left", gone
     assert gone["reason"]  # says why (e.g. "leave requested")
+    remembered = next(g for g in status["gone"] if g["node_id"] == leaver.node_id)
+    assert remembered["state"] == "left" and remembered["at"] > 0
