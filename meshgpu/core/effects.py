@@ -116,7 +116,8 @@ class TaskResolved:
     client, whose result can be fetched from any of ``result_holders``. Emitted once per
     task id by the node the client is attached to (the origin, or one asked by
     ``ResultRequested``); once the client confirms with ``ResultCollected`` no node emits
-    it again."""
+    it again. Answering a ``ResultRequested`` for a task already delivered and collected,
+    ``state`` is ``"collected"`` (no result is kept any more)."""
 
     task_id: TaskId
     state: str

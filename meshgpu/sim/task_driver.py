@@ -55,6 +55,10 @@ from meshgpu.sim.observers import Observer
 from meshgpu.sim.task_metrics import TaskMetrics
 from meshgpu.sim.workload import Workload
 
+CONFIRM_WINDOW_S = 1.0
+"""A client whose entry node dies within this long after it received an outcome confirms
+again through another node (its first confirmation may have died with the node)."""
+
 DRIVER_KEYS = {
     "workload",
     "lab",
@@ -241,7 +245,8 @@ class TaskDriver(Observer):
         self.running[index] = []
         self.waiting[index] = []
         for sub in self.submissions:
-            if sub.attached == index and sub.delivered_at is None:
+            recent = sub.delivered_at is None or now - sub.delivered_at < CONFIRM_WINDOW_S
+            if sub.attached == index and recent:
                 sub.attached = None
                 if sub.task_id is not None:
                     sim.call_at(
@@ -266,7 +271,17 @@ class TaskDriver(Observer):
         sim.inject(entry, SubmitTask(sub.client_ref, spec), sim.now)
 
     def _reconnect(self, sim: Any, sub: Submission) -> None:
-        if sub.delivered_at is not None or sub.attached is not None or sub.task_id is None:
+        if sub.attached is not None or sub.task_id is None:
+            return
+        if sub.delivered_at is not None:
+            # Received, but the confirmation may have died with the entry node: confirm
+            # again through another node (idempotent), so the task can be collected.
+            up = sim.up_indices()
+            if up:
+                confirm = ResultCollected(sub.task_id)
+                sim.inject(
+                    self._entry_rng.choice(up), confirm, sim.now + self.settings.client_rtt_s
+                )
             return
         up = sim.up_indices()
         if not up:

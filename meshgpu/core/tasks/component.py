@@ -281,6 +281,10 @@ class TaskComponent(Component):
 
     def _result_requested(self, event: ResultRequested, now: float) -> None:
         tid = event.task_id
+        if tid in self.table.collected:
+            # Delivered and garbage-collected: say so rather than leave the client waiting.
+            self.context.emit(TaskResolved(tid, "collected", "outcome already delivered", ()))
+            return
         self._watched.add(tid)
         entry = self.table.get(tid)
         if entry is not None and entry.state.terminal and not entry.delivered:
