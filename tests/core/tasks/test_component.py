@@ -198,3 +198,30 @@ def test_journal_replay_restores_held_entries() -> None:
     entry = node.tasks.table.get(task_id)
     assert entry is not None and entry.state.phase is not Phase.DONE
     assert "n001" in entry.holders
+
+
+def test_deadline_fails_a_task_nobody_finishes() -> None:
+    h = settled(3)
+    task_id = submit(h, "n000", TaskSpec("model-a", "input-2", deadline_s=1.0))
+    h.run_until(h.now + 2.0)  # assigned, but the worker never reports
+    (resolved,) = effects(h, TaskResolved)
+    assert (resolved.task_id, resolved.state, resolved.reason) == (
+        task_id,
+        "failed",
+        "deadline exceeded",
+    )
+
+
+def test_load_vector_carries_the_task_fields() -> None:
+    h = settled(3)
+    submit(h, "n000", SPEC)
+    for _ in range(40):
+        running = [n for n, node in h.nodes.items() if node.tasks.running]
+        if running:
+            break
+        h.run_until(h.now + 0.05)
+    (worker,) = running
+    h.run_until(h.now + 1.5)  # past the load publishing interval
+    load = h.nodes["n000"].loads()[worker]
+    capacity = CONFIG.tasks.slots
+    assert (load.active_tasks, load.free_slots) == (1, capacity - 1)
