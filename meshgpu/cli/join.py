@@ -107,7 +107,11 @@ def join(
     )
     if verbose < 2:
         logging.getLogger("zeroconf").setLevel(logging.WARNING)
+    from meshgpu.daemon.discovery import parse_peer
+
     try:
+        for peer in peers:
+            parse_peer(peer)  # refuse a malformed seed before anything starts
         mesh_config = MeshConfig()
         if config_file is not None:
             table = tomllib.loads(config_file.read_text()).get("mesh", {})

@@ -58,7 +58,12 @@ async def offer_seed_peers(daemon: Daemon) -> None:
     Before the first offer to a seed, ask it whether a live node already uses our id
     (a copied data dir): if one answers at another address, refuse to start.
     """
-    seeds = [parse_peer(text, daemon.address[1]) for text in daemon.settings.peers]
+    seeds = []
+    for text in daemon.settings.peers:
+        try:
+            seeds.append(parse_peer(text, daemon.address[1]))
+        except ConfigError as error:
+            logger.error("ignoring seed: %s", error)
     checked: set[Address] = set()
     while seeds:
         known = {
