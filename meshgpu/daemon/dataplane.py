@@ -28,12 +28,12 @@ import trio
 
 from meshgpu.core import effects as fx
 from meshgpu.core.events import PayloadFetchFailed, PayloadStored, TaskFinished
-from meshgpu.core.tasks import TaskId
+from meshgpu.core.tasks import TaskId, TaskTable
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import tensors_from_bytes
 from meshgpu.daemon.rpc import open_rpc
-from meshgpu.errors import DigestMismatchError, MeshError, StorageError
+from meshgpu.errors import DigestMismatchError, MeshError
 
 if TYPE_CHECKING:
     from meshgpu.daemon.runtime import Daemon
@@ -158,11 +158,10 @@ class DataPlane:
             await trio.to_thread.run_sync(
                 self.daemon.payloads.put_bytes, effect.input_digest, INPUTS, data
             )
-        except StorageError as error:
-            self.daemon.feed(PayloadFetchFailed(effect.task_id, str(error)))
-            return
-        except MeshError as error:
-            self.daemon.feed(PayloadFetchFailed(effect.task_id, str(error)))
+        except Exception as error:  # every failure is reported to the core, never raised
+            if not isinstance(error, MeshError):
+                logger.exception("unexpected error fetching inputs of %s", effect.task_id)
+            self.daemon.feed(PayloadFetchFailed(effect.task_id, f"{error}"))
             return
         self.daemon.feed(PayloadStored(effect.task_id))
 
@@ -330,16 +329,22 @@ class DataPlane:
             table = task_table(self.daemon)
             if table is None:
                 continue
-            for parts in self.daemon.payloads.keys(RESULT):
-                if len(parts) != 2 or not parts[1].isdigit():
-                    continue
-                task_id = TaskId(parts[0], int(parts[1]))
-                entry = table.get(task_id)
-                if entry is not None and self.daemon.node_id in entry.holders:
-                    continue
-                if entry is None or entry.delivered:
-                    self.daemon.payloads.delete(task_key(task_id), RESULT)
-                    self.daemon.count("result_copies_swept")
+            try:
+                self._sweep_once(table)
+            except (OSError, MeshError) as error:
+                logger.warning("sweeping result copies failed: %s", error)
+
+    def _sweep_once(self, table: TaskTable) -> None:
+        for parts in self.daemon.payloads.keys(RESULT):
+            if len(parts) != 2 or not parts[1].isdigit():
+                continue
+            task_id = TaskId(parts[0], int(parts[1]))
+            entry = table.get(task_id)
+            if entry is not None and self.daemon.node_id in entry.holders:
+                continue
+            if entry is None or entry.delivered:
+                self.daemon.payloads.delete(task_key(task_id), RESULT)
+                self.daemon.count("result_copies_swept")
 
     def _drop(self, task_id: TaskId, input_digest: str) -> None:
         self.daemon.payloads.delete(task_key(task_id), RESULT)

@@ -48,7 +48,7 @@ from meshgpu.core.events import (
     TaskFinished,
     Tick,
 )
-from meshgpu.core.load import LoadVector
+from meshgpu.core.load import DeviceCapabilities, LoadVector
 from meshgpu.core.node import Node
 from meshgpu.core.tasks import TaskRecord, record_from_bytes, record_to_bytes
 from meshgpu.core.types import Address, NodeId
@@ -433,9 +433,13 @@ class Daemon:
 
     async def _report_load(self) -> None:
         """Feed ``LoadChanged`` whenever what we measure changes (checked every interval)."""
-        capabilities = await trio.to_thread.run_sync(
-            device_capabilities, self.settings.backend, self.settings.device
-        )
+        try:
+            capabilities = await trio.to_thread.run_sync(
+                device_capabilities, self.settings.backend, self.settings.device
+            )
+        except Exception as error:  # a broken driver must not stop gossip
+            logger.error("cannot list devices (%r); advertising no capabilities", error)
+            capabilities = DeviceCapabilities()
         meter = LoadMeter(capabilities)
         last: LoadVector | None = None
         while True:
