@@ -237,7 +237,10 @@ class TaskComponent(Component):
             self.running.pop(tid, None)
             self._load_dirty = True
         entry = self.table.get(tid)
-        if entry is None:
+        if entry is None or entry.state.phase is Phase.PENDING:
+            # Collected already, or a report for an attempt this node never saw assigned
+            # (a confused driver): nothing to record.
+            self.context.count("task_reports_ignored")
             return
         current = entry.state
         if event.outcome == "ok" and event.result_holders:
