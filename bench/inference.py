@@ -176,7 +176,7 @@ def second_process_start(model_name: str = "resnet50") -> float:
 
 
 def _mib(count: int | None) -> str:
-    return "-" if count is None else f"{count / 2**20:.1f}"
+    return "-" if count is None else f"{count / 2**20:.2f}"
 
 
 def render(results: list[Measurement], machine: dict[str, Any]) -> None:
