@@ -237,7 +237,12 @@ def test_client_fails_over_when_its_entry_node_is_killed(
 ) -> None:
     """meshgpu.Client, entering through one host's LAN address, loses that node to
     ``kill -9`` after its first submission: the rest go to a peer it learned from the
-    mesh, and every result arrives once and equals onnxruntime's."""
+    mesh, and every result arrives once and equals onnxruntime's.
+
+    The kill comes milliseconds after the first acknowledgement, while the killed node
+    may itself be running that task: the window in which a result stored on the worker
+    alone (``result_holders`` = the dead node) would be lost although the task is done.
+    """
     from meshgpu.client import AsyncClient
 
     pixels, expected = reference
@@ -253,7 +258,7 @@ def test_client_fails_over_when_its_entry_node_is_killed(
             entry.kill()
             for row in pixels[1:]:
                 handles.append(await client.submit(MODEL, {"pixels": row[None, :]}, replicas=2))
-            outputs = [await handle.result(timeout=60) for handle in handles]
+            outputs = [await handle.result(timeout=30) for handle in handles]
             return handles, outputs, list(client.failovers), client.duplicates
 
     try:
