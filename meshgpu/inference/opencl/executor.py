@@ -18,7 +18,14 @@ import onnx
 import pyopencl as cl
 
 from meshgpu.errors import DeviceError, InputError, ModelError
-from meshgpu.inference.opencl import lower_linear, lower_tensor, programs  # noqa: F401
+from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the lowerings)
+    lower_conv,
+    lower_elementwise,
+    lower_linear,
+    lower_tensor,
+    lower_window,
+    programs,
+)
 from meshgpu.inference.opencl.graph import Graph, read_graph
 from meshgpu.inference.opencl.plan import DeviceTensor, Plan, build_plan
 

@@ -1,0 +1,148 @@
+"""Lowering of windowed and reducing operators: MaxPool, AveragePool, global pools,
+Softmax/LogSoftmax (opset-dependent axis semantics) and LRN."""
+
+from __future__ import annotations
+
+from meshgpu.errors import ModelError, UnsupportedOperatorError
+from meshgpu.inference.opencl.geometry import window_geometry
+from meshgpu.inference.opencl.graph import Node
+from meshgpu.inference.opencl.kernels import CORE_SOURCE
+from meshgpu.inference.opencl.lower_tensor import _count
+from meshgpu.inference.opencl.plan import (
+    PlanBuilder,
+    f32,
+    i32,
+    lowers,
+)
+
+
+# -- windows and reductions ---------------------------------------------------------------
+@lowers("MaxPool", "AveragePool")
+def lower_pool(builder: PlanBuilder, node: Node) -> None:
+    if len(node.outputs) > 1 and node.outputs[1]:
+        raise UnsupportedOperatorError(f"{node.describe()}: the Indices output")
+    x = builder.tensor(node, node.inputs[0])
+    kernel = [int(k) for k in node.attrs["kernel_shape"]]
+    attrs = dict(node.attrs)
+    if len(x.shape) == 3 and len(kernel) == 1:
+        x_shape = (x.shape[0], x.shape[1], 1, x.shape[2])
+        kernel = [1, kernel[0]]
+        for key in ("strides", "dilations"):
+            if key in attrs:
+                attrs[key] = [1, *attrs[key]]
+        if "pads" in attrs:
+            attrs["pads"] = [0, attrs["pads"][0], 0, attrs["pads"][1]]
+    elif len(x.shape) == 4 and len(kernel) == 2:
+        x_shape = x.shape
+    else:
+        raise UnsupportedOperatorError(f"{node.describe()}: only 1-D and 2-D pooling")
+    if node.op == "MaxPool" and int(node.attrs.get("storage_order", 0)):
+        pass  # storage_order only affects the Indices output, which is rejected above
+    geometry = window_geometry(
+        node, x_shape[2:], kernel, attrs, ceil_mode=bool(int(node.attrs.get("ceil_mode", 0)))
+    )
+    out_h, out_w = geometry.output
+    out_shape_4d = (x_shape[0], x_shape[1], out_h, out_w)
+    out_shape = out_shape_4d if len(x.shape) == 4 else (x_shape[0], x_shape[1], out_w)
+    output = builder.new_tensor(node.outputs[0], out_shape)
+    if node.op == "MaxPool":
+        kernel_name = "pool2d_max"
+    elif int(node.attrs.get("count_include_pad", 0)):
+        kernel_name = "pool2d_avg_pad"
+    else:
+        kernel_name = "pool2d_avg"
+    rows = out_shape_4d[0] * out_shape_4d[1] * out_h  # one work-item per output row
+    builder.launch(
+        node,
+        CORE_SOURCE,
+        kernel_name,
+        [
+            x.storage,
+            output.storage,
+            *(
+                i32(v)
+                for v in (
+                    x_shape[2],
+                    x_shape[3],
+                    out_h,
+                    out_w,
+                    kernel[0],
+                    kernel[1],
+                    *geometry.strides,
+                    *geometry.pads_begin,
+                    *geometry.pads_end,
+                    *geometry.dilations,
+                    rows,
+                )
+            ),
+        ],
+        total=rows,
+    )
+
+
+@lowers("GlobalAveragePool", "GlobalMaxPool")
+def lower_global_pool(builder: PlanBuilder, node: Node) -> None:
+    x = builder.tensor(node, node.inputs[0])
+    if len(x.shape) < 3:
+        raise ModelError(f"{node.describe()}: needs N, C and spatial dims, got {x.shape}")
+    out_shape = (x.shape[0], x.shape[1]) + (1,) * (len(x.shape) - 2)
+    output = builder.new_tensor(node.outputs[0], out_shape)
+    kernel_name = "global_pool_max" if node.op == "GlobalMaxPool" else "global_pool_avg"
+    total = x.shape[0] * x.shape[1]
+    builder.launch(
+        node,
+        CORE_SOURCE,
+        kernel_name,
+        [x.storage, output.storage, i32(_count(x.shape[2:])), i32(total)],
+        total=total,
+    )
+
+
+@lowers("Softmax", "LogSoftmax")
+def lower_softmax(builder: PlanBuilder, node: Node) -> None:
+    """Opset < 13: coerce to 2-D at ``axis`` (default 1); opset >= 13: one axis (default -1)."""
+    x = builder.tensor(node, node.inputs[0])
+    rank = len(x.shape)
+    axis = int(node.attrs.get("axis", 1 if node.opset < 13 else -1))
+    axis = axis + rank if axis < 0 else axis
+    if node.opset < 13:
+        length, inner = _count(x.shape[axis:]), 1
+    else:
+        length, inner = x.shape[axis], _count(x.shape[axis + 1 :])
+    outer = _count(x.shape[:axis])
+    output = builder.new_tensor(node.outputs[0], x.shape)
+    kernel_name = "log_softmax" if node.op == "LogSoftmax" else "softmax"
+    total = outer * inner
+    builder.launch(
+        node,
+        CORE_SOURCE,
+        kernel_name,
+        [x.storage, output.storage, i32(length), i32(inner), i32(total)],
+        total=total,
+    )
+
+
+@lowers("LRN")
+def lower_lrn(builder: PlanBuilder, node: Node) -> None:
+    x = builder.tensor(node, node.inputs[0])
+    size = int(node.attrs["size"])
+    output = builder.new_tensor(node.outputs[0], x.shape)
+    total = _count(x.shape)
+    builder.launch(
+        node,
+        CORE_SOURCE,
+        "lrn",
+        [
+            x.storage,
+            output.storage,
+            i32(x.shape[1]),
+            i32(_count(x.shape[2:])),
+            i32(size),
+            f32(float(node.attrs.get("alpha", 1e-4))),
+            f32(float(node.attrs.get("beta", 0.75))),
+            f32(float(node.attrs.get("bias", 1.0))),
+            i32(total),
+        ],
+        total=total,
+        per_item=64,
+    )
