@@ -123,12 +123,15 @@ def submit(
     from meshgpu.client.inputs import expand_inputs, parse_input_spec
     from meshgpu.errors import MeshError
 
+    from meshgpu.client.models import ModelBlob
+
     try:
-        names = model_input_names(model)
+        blob = ModelBlob.of(model)  # an unreadable model is reported before the inputs
+        names = model_input_names(blob)
         default_name = names[0] if len(names) == 1 else None
         tasks = expand_inputs([parse_input_spec(spec, default_name) for spec in input_specs])
         options = {"priority": priority, "replicas": replicas, "deadline_s": deadline}
-        report = trio.run(_run, model, tasks, output, peer, key_file, options, no_wait, timeout)
+        report = trio.run(_run, blob, tasks, output, peer, key_file, options, no_wait, timeout)
     except MeshError as error:
         raise click.ClickException(str(error)) from None
     if as_json:
@@ -215,7 +218,7 @@ async def _run(
                     row.update(task_id=item.task_id, worker=item.worker)
                     if item.error is None and item.outputs is not None:
                         target = output / f"{tasks[item.index].stem}.npz"
-                        np.savez(target, **item.outputs)
+                        np.savez(target, **item.outputs)  # type: ignore[arg-type]
                         row.update(state="done", output=str(target))
                     else:
                         failures += 1

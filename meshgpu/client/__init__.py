@@ -19,9 +19,10 @@ task's outcome exactly once. Usage and decisions: docs/client.md.
 """
 
 from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome
+from meshgpu.client.link import Failover
 from meshgpu.client.models import ModelBlob
 from meshgpu.client.peers import Candidate, browse_mdns, failover_order, initial_candidates
-from meshgpu.client.session import AsyncClient, Failover
+from meshgpu.client.session import AsyncClient
 from meshgpu.client.sync import Client, TaskHandle
 
 __all__ = [

@@ -83,18 +83,18 @@ def expand_inputs(specs: Sequence[tuple[str, str]]) -> list[TaskInputs]:
         first = next(iter(shared.values()))
         return [TaskInputs(first.stem, dict(shared))]
     names = list(varying)
-    stems = set(varying[names[0]])
+    common = set(varying[names[0]])
     for name in names[1:]:
         other = set(varying[name])
-        if other != stems:
-            only = sorted(stems ^ other)[:5]
+        if other != common:
+            only = sorted(common ^ other)[:5]
             raise ConfigError(
                 f"inputs {names[0]!r} and {name!r} do not pair up by file name: "
                 f"{', '.join(only)} present for only one of them"
             )
     return [
         TaskInputs(stem, {**shared, **{name: varying[name][stem] for name in names}})
-        for stem in sorted(stems, key=_natural)
+        for stem in sorted(common, key=_natural)
     ]
 
 

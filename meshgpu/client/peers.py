@@ -90,8 +90,11 @@ def initial_candidates(
 ) -> list[Candidate]:
     """The peers to try, best first, before mDNS (see the module docstring)."""
     if peer is not None:
-        given: Sequence[str | Address]
-        given = [peer] if isinstance(peer, str) or _is_address(peer) else peer  # type: ignore[list-item]
+        given: list[str | Address] = []
+        if isinstance(peer, str) or _is_address(peer):
+            given.append(peer)  # type: ignore[arg-type]
+        else:
+            given.extend(peer)  # type: ignore[arg-type]
         return [Candidate(_as_address(item), "given") for item in given]
     found: list[Candidate] = []
     from_env = environ.get(PEER_ENV, "").strip()

@@ -30,7 +30,6 @@ import math
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ import numpy as np
 import trio
 
 from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome
+from meshgpu.client.link import Failover, Link, Signal
 from meshgpu.client.models import ModelBlob
 from meshgpu.client.peers import (
     PEER_ENV,
@@ -49,7 +49,7 @@ from meshgpu.client.peers import (
 )
 from meshgpu.daemon.auth import Authenticator, MeshKey, load_mesh_key
 from meshgpu.daemon.payloads import encode_tensors
-from meshgpu.daemon.rpc import RpcConnection, open_rpc
+from meshgpu.daemon.rpc import open_rpc
 from meshgpu.errors import ClientError, ConfigError, MeshError, RequestFailedError
 
 logger = logging.getLogger("meshgpu.client")
@@ -61,50 +61,6 @@ SUBMITS_IN_FLIGHT = 8
 """Submissions waiting for their acknowledgement at once. Each one makes the mesh copy
 inputs to a second holder and fsync on both; more in flight only lengthens every
 acknowledgement (and, on a loaded machine, pushes replication past its timeout)."""
-
-
-class _Signal:
-    """Wakes every waiter when something changed (an Event replaced after each fire)."""
-
-    def __init__(self) -> None:
-        self._event = trio.Event()
-
-    def fire(self) -> None:
-        self._event.set()
-        self._event = trio.Event()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-
-
-@dataclass
-class _Link:
-    """One live connection to one daemon."""
-
-    rpc: RpcConnection
-    candidate: Candidate
-    node_id: str
-    models: set[str] = field(default_factory=set)
-    upload_locks: dict[str, trio.Lock] = field(default_factory=dict)
-    requested: set[str] = field(default_factory=set)
-    broken: trio.Event = field(default_factory=trio.Event)
-    why: str = ""
-    nursery: trio.Nursery | None = None
-
-    def fail(self, why: str) -> None:
-        if not self.broken.is_set():
-            self.why = why
-            self.broken.set()
-
-
-@dataclass(frozen=True)
-class Failover:
-    """The client lost ``from_node`` and resumed on ``to_node`` after ``seconds``."""
-
-    from_node: str
-    to_node: str
-    why: str
-    seconds: float
 
 
 class AsyncClient:
@@ -147,9 +103,9 @@ class AsyncClient:
         self._handles: dict[str, AsyncTaskHandle] = {}
         self._unresolved: set[str] = set()
         self._to_ack: set[str] = set()
-        self._link: _Link | None = None
-        self._link_changed = _Signal()
-        self._work = _Signal()
+        self._link: Link | None = None
+        self._link_changed = Signal()
+        self._work = Signal()
         self._fatal: ClientError | None = None
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
@@ -308,7 +264,7 @@ class AsyncClient:
 
     # --- requests over the current link ----------------------------------------------
 
-    async def _current_link(self) -> _Link:
+    async def _current_link(self) -> Link:
         while True:
             if self._fatal is not None:
                 raise self._fatal
@@ -327,7 +283,7 @@ class AsyncClient:
             except ClientError as error:
                 link.fail(str(error))
 
-    async def _ensure_model(self, link: _Link, blob: ModelBlob) -> None:
+    async def _ensure_model(self, link: Link, blob: ModelBlob) -> None:
         """Upload ``blob`` to the link's peer unless it has it (once per link and model)."""
         if blob.digest in link.models:
             return
@@ -382,13 +338,13 @@ class AsyncClient:
             served = None
             for candidate in candidates:
                 served = await self._serve(candidate, lost, task_status if not started else None)
-                if isinstance(served, _Link):
+                if isinstance(served, Link):
                     started = True
                     lost = (candidate, served.node_id, served.why, trio.current_time())
                     tried.clear()
                     break
                 tried.append(f"{candidate}: {served}")
-            if isinstance(served, _Link):
+            if isinstance(served, Link):
                 continue
             if not started and not browsed and self._may_browse:
                 browsed = True
@@ -416,10 +372,10 @@ class AsyncClient:
         candidate: Candidate,
         lost: tuple[Candidate, str, str, float] | None,
         task_status: trio.TaskStatus[None] | None,
-    ) -> _Link | str:
+    ) -> Link | str:
         """Connect to ``candidate`` and serve the link until it breaks. Returns the broken
         link, or why no link was made."""
-        link: _Link | None = None
+        link: Link | None = None
         try:
             async with open_rpc(
                 candidate.address, self._authenticator, connect_timeout=self.connect_timeout
@@ -430,7 +386,7 @@ class AsyncClient:
                 if self.mesh is not None and status.get("node", {}).get("mesh") != self.mesh:
                     return f"in mesh {status.get('node', {}).get('mesh')!r}, not {self.mesh!r}"
                 self.members = list(status.get("members", []))
-                link = _Link(rpc, candidate, str(pong.get("node_id")))
+                link = Link(rpc, candidate, str(pong.get("node_id")))
                 if lost is not None:
                     self.failovers.append(
                         Failover(lost[1], link.node_id, lost[2], trio.current_time() - lost[3])
@@ -447,7 +403,7 @@ class AsyncClient:
             link.fail(str(error) or "timed out")
         return link if link is not None else "no answer"
 
-    async def _run_link(self, link: _Link) -> None:
+    async def _run_link(self, link: Link) -> None:
         self._link = link
         self._link_changed.fire()
         try:
@@ -462,7 +418,7 @@ class AsyncClient:
             self._link = None
             self._link_changed.fire()
 
-    async def _watch(self, link: _Link) -> None:
+    async def _watch(self, link: Link) -> None:
         """Refresh the member list; a peer that does not answer in time is dropped."""
         while True:
             await trio.sleep(self.status_interval)
@@ -477,7 +433,7 @@ class AsyncClient:
                 link.fail(f"node {link.node_id} is leaving the mesh")
                 return
 
-    async def _request_results(self, link: _Link) -> None:
+    async def _request_results(self, link: Link) -> None:
         """Open a ``results`` stream for every task id this link has not asked for yet."""
         assert link.nursery is not None
         while True:
@@ -487,7 +443,7 @@ class AsyncClient:
                 link.nursery.start_soon(self._stream_results, link, wanted)
             await self._work.wait()
 
-    async def _stream_results(self, link: _Link, task_ids: list[str]) -> None:
+    async def _stream_results(self, link: Link, task_ids: list[str]) -> None:
         retry: list[str] = []
         try:
             async for message in link.rpc.stream("results", task_ids=task_ids):
@@ -513,7 +469,7 @@ class AsyncClient:
             link.requested.difference_update(retry)
             self._work.fire()
 
-    async def _acknowledge(self, link: _Link) -> None:
+    async def _acknowledge(self, link: Link) -> None:
         """Tell the mesh which outcomes the client has (``collected``), in batches."""
         while True:
             if not self._to_ack:
