@@ -121,9 +121,8 @@ def submit(
     import trio
 
     from meshgpu.client.inputs import expand_inputs, parse_input_spec
-    from meshgpu.errors import MeshError
-
     from meshgpu.client.models import ModelBlob
+    from meshgpu.errors import MeshError
 
     try:
         blob = ModelBlob.of(model)  # an unreadable model is reported before the inputs
