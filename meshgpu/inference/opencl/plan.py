@@ -239,9 +239,9 @@ class PlanBuilder:
                 f"could not allocate {total * 32} bytes of weights: {error}"
             ) from error
         kernel = cl.Kernel(programs.program_for(self.device, CORE_SOURCE), "pack_panels")
-        for position, value in enumerate(
-            (raw, buffer, offsets, *(np.int32(v) for v in (rows, depth, depth, 1, blocks, total)))
-        ):
+        arguments: list[Any] = [raw, buffer, offsets]
+        arguments += [np.int32(v) for v in (rows, depth, depth, 1, blocks, total)]
+        for position, value in enumerate(arguments):
             kernel.set_arg(position, value)
         queue = self._setup_queue()
         cl.enqueue_nd_range_kernel(queue, kernel, (-(-total // 8) * 8,), (8,))
