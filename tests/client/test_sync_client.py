@@ -1,0 +1,79 @@
+"""The blocking Client: its trio loop in a thread, errors handed to the caller's thread,
+and a clean close after a failed map (fake peers in a server thread)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import trio
+
+from meshgpu.client import Client
+from meshgpu.errors import TaskFailedError
+from tests.client import test_session as fakes
+
+
+@pytest.fixture
+def fake_peer() -> Iterator[tuple[fakes.FakeMesh, fakes.FakePeer]]:
+    """One fake peer served by its own trio loop; tasks fail if their input is negative."""
+    mesh = fakes.FakeMesh()
+    peer = fakes.FakePeer(mesh, "p1")
+    fakes.PEERS[:] = [peer]
+    ready = threading.Event()
+    token: list[trio.lowlevel.TrioToken] = []
+    stop = trio.CancelScope()
+
+    async def serve() -> None:
+        token.append(trio.lowlevel.current_trio_token())
+
+        async def finish_tasks() -> None:
+            done: set[str] = set()
+            while True:
+                for task_id in list(mesh.inputs):
+                    if task_id not in done:
+                        done.add(task_id)
+                        bad = float(mesh.inputs[task_id].min()) < 0
+                        mesh.release(task_id, fail="InputError: negative" if bad else None)
+                await trio.sleep(0.01)
+
+        with stop:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(peer.serve)
+                nursery.start_soon(finish_tasks)
+                ready.set()
+
+    thread = threading.Thread(target=lambda: trio.run(serve), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield mesh, peer
+    finally:
+        trio.from_thread.run_sync(stop.cancel, trio_token=token[0])
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def test_sync_submit_result_and_map(fake_peer) -> None:
+    _, peer = fake_peer
+    with Client(f"127.0.0.1:{peer.port}", environ={}) as client:
+        handle = client.submit(fakes.MODEL, {"x": np.arange(2, dtype=np.float32)})
+        np.testing.assert_array_equal(handle.result(timeout=10)["y"], [0, 2])
+        items = list(client.map(fakes.MODEL, [{"x": np.full(1, i, np.float32)} for i in range(6)]))
+        assert sorted(item.index for item in items) == list(range(6))
+        assert all(float(i.outputs["y"][0]) == 2 * i.index for i in items)
+        assert client.peer is not None and client.peer[0] == "p1"
+
+
+def test_a_failed_task_in_map_raises_and_the_client_still_closes_cleanly(fake_peer) -> None:
+    _, peer = fake_peer
+    client = Client(f"127.0.0.1:{peer.port}", environ={})
+    inputs = [{"x": np.full(1, value, np.float32)} for value in (1, -1, 2)]
+    with pytest.raises(TaskFailedError, match="negative"):
+        for _ in client.map(fakes.MODEL, inputs):
+            pass
+    handle = client.submit(fakes.MODEL, {"x": np.ones(1, np.float32)})  # still usable
+    assert float(handle.result(timeout=10)["y"][0]) == 2.0
+    client.close()
+    assert not client._thread.is_alive()
