@@ -185,7 +185,7 @@ class TaskComponent(Component):
         if info.state in LIVE_STATES:
             self.schedule_at = min(self.schedule_at, now)
             return
-        for tid in list(self.active):
+        for tid in sorted(self.active):  # sorted: set order varies between processes
             entry = self.table.get(tid)
             if entry and entry.state.phase is Phase.ASSIGNED and entry.state.worker == info.node_id:
                 self.queue.push(tid, entry.spec.priority)
