@@ -157,7 +157,7 @@ async def test_killing_the_entry_node_client_collects_elsewhere(mesh, reference)
     entry = mesh[2]
     ids = await submit_all(entry, pixels[:20])
     entry.kill()
-    outcomes = await collect(mesh[:2], ids, timeout=30.0)
+    outcomes = await collect(mesh[:2], ids, timeout=15.0)
     check(outcomes, ids, {"probabilities": expected["probabilities"][:20]})
 
 
