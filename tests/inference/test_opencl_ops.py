@@ -475,3 +475,74 @@ def test_symbolic_batch_plans_per_shape(session) -> None:
 
         assert_close(opencl.run({"x": x})["y"], reference(model, {"x": x})[0])
     assert len(opencl._plans) == 2
+
+
+@pytest.mark.parametrize(
+    "starts, ends, axes, steps",
+    [
+        ([1, 0], [3, 10], [0, 2], [1, 2]),
+        ([-1], [-100], [1], [-1]),
+        ([0, 2], [2**62, -1], [-1, 1], None),
+    ],
+)
+def test_slice(session, starts, ends, axes, steps) -> None:
+    initializers = {
+        "starts": np.array(starts, np.int64),
+        "ends": np.array(ends, np.int64),
+        "axes": np.array(axes, np.int64),
+    }
+    names = ["x", "starts", "ends", "axes"]
+    if steps is not None:
+        initializers["steps"] = np.array(steps, np.int64)
+        names.append("steps")
+    node = helper.make_node("Slice", names, ["y"])
+    check_against_reference(
+        session, [node], {"x": randn(4, 5, 6)}, ["y"], initializers=initializers, opset=13
+    )
+
+
+def test_slice_attribute_form_opset_9(session) -> None:
+    node = helper.make_node("Slice", ["x"], ["y"], starts=[1, -3], ends=[100, -1], axes=[0, 2])
+    check_against_reference(session, [node], {"x": randn(3, 4, 5)}, ["y"], opset=9)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_split(session, opset) -> None:
+    if opset < 13:
+        node = helper.make_node("Split", ["x"], ["a", "b", "c"], axis=1, split=[1, 3, 2])
+        initializers = {}
+    else:
+        node = helper.make_node("Split", ["x", "split"], ["a", "b", "c"], axis=-1)
+        initializers = {"split": np.array([2, 2, 1], np.int64)}
+    check_against_reference(
+        session,
+        [node],
+        {"x": randn(2, 6, 5)},
+        ["a", "b", "c"],
+        initializers=initializers,
+        opset=opset,
+    )
+
+
+@pytest.mark.parametrize(
+    "op", ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2"]
+)
+@pytest.mark.parametrize("axes, keepdims", [([1], 1), ([0, 2], 0), ([], 1), ([-1], 0)])
+def test_reductions(session, op, axes, keepdims) -> None:
+    attrs = {"keepdims": keepdims}
+    if axes:
+        attrs["axes"] = axes
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    check_against_reference(session, [node], {"x": randn(3, 4, 5) * 0.5 + 1.0}, ["y"], opset=11)
+
+
+def test_reduce_sum_axes_input_opset_13(session) -> None:
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)
+    check_against_reference(
+        session,
+        [node],
+        {"x": randn(3, 4, 5)},
+        ["y"],
+        initializers={"axes": np.array([0, -1], np.int64)},
+        opset=13,
+    )

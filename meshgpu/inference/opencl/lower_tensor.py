@@ -336,3 +336,96 @@ def lower_pad(builder: PlanBuilder, node: Node) -> None:
         0,
         offset,
     )
+
+
+def _host_ints(builder: PlanBuilder, node: Node, position: int) -> list[int] | None:
+    """Constant int input ``position`` as a list, None when absent."""
+    if len(node.inputs) <= position or not node.inputs[position]:
+        return None
+    name = node.inputs[position]
+    if not builder.is_host(name):
+        raise UnsupportedOperatorError(f"{node.describe()}: input {name!r} must be constant")
+    return [int(v) for v in np.asarray(builder.host(name)).reshape(-1)]
+
+
+@lowers("Slice")
+def lower_slice(builder: PlanBuilder, node: Node) -> None:
+    """numpy slicing per axis (ONNX clamps starts/ends the way Python's slices do)."""
+    x = builder.tensor(node, node.inputs[0])
+    rank = len(x.shape)
+    if node.opset < 10:
+        starts = [int(v) for v in node.attrs["starts"]]
+        ends = [int(v) for v in node.attrs["ends"]]
+        axes = [int(v) for v in node.attrs.get("axes", range(len(starts)))]
+        steps = [1] * len(starts)
+    else:
+        starts = _host_ints(builder, node, 1) or []
+        ends = _host_ints(builder, node, 2) or []
+        axes = _host_ints(builder, node, 3) or list(range(len(starts)))
+        steps = _host_ints(builder, node, 4) or [1] * len(starts)
+    in_strides = contiguous_strides(x.shape)
+    out_shape = list(x.shape)
+    strides = list(in_strides)
+    offset = 0
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+        axis = axis + rank if axis < 0 else axis
+        if step == 0:
+            raise ModelError(f"{node.describe()}: a step of 0")
+        limit = 2**62
+        picked = range(x.shape[axis])[
+            slice(max(min(start, limit), -limit), max(min(end, limit), -limit), step)
+        ]
+        out_shape[axis] = len(picked)
+        strides[axis] = in_strides[axis] * step
+        if len(picked):
+            offset += picked[0] * in_strides[axis]
+    output = builder.new_tensor(node.outputs[0], out_shape)
+    strided_copy(
+        builder,
+        node,
+        x.storage,
+        output.storage,
+        out_shape,
+        strides,
+        contiguous_strides(out_shape),
+        offset,
+        0,
+    )
+
+
+@lowers("Split")
+def lower_split(builder: PlanBuilder, node: Node) -> None:
+    x = builder.tensor(node, node.inputs[0])
+    rank = len(x.shape)
+    axis = int(node.attrs.get("axis", 0))
+    axis = axis + rank if axis < 0 else axis
+    outputs = list(node.outputs)
+    sizes = (
+        [int(v) for v in node.attrs["split"]]
+        if node.opset < 13 and "split" in node.attrs
+        else (_host_ints(builder, node, 1) if node.opset >= 13 else None)
+    )
+    if sizes is None:
+        parts = int(node.attrs.get("num_outputs", len(outputs)))
+        chunk = -(-x.shape[axis] // parts)
+        sizes = [min(chunk, x.shape[axis] - i * chunk) for i in range(parts)]
+    if sum(sizes) != x.shape[axis] or len(sizes) != len(outputs):
+        raise ModelError(f"{node.describe()}: split {sizes} does not cover {x.shape[axis]}")
+    in_strides = contiguous_strides(x.shape)
+    start = 0
+    for name, size in zip(outputs, sizes, strict=True):
+        shape = [*x.shape[:axis], size, *x.shape[axis + 1 :]]
+        if name:
+            output = builder.new_tensor(name, shape)
+            strided_copy(
+                builder,
+                node,
+                x.storage,
+                output.storage,
+                shape,
+                in_strides,
+                contiguous_strides(shape),
+                start * in_strides[axis],
+                0,
+            )
+        start += size

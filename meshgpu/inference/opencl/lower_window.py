@@ -1,17 +1,21 @@
 """Lowering of windowed and reducing operators: MaxPool, AveragePool, global pools,
-Softmax/LogSoftmax (opset-dependent axis semantics) and LRN."""
+Softmax/LogSoftmax (opset-dependent axis semantics), LRN and the Reduce* family."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
-from meshgpu.inference.opencl.lower_tensor import _count
+from meshgpu.inference.opencl.kernels.spatial import REDUCE_SOURCE, REDUCTIONS
+from meshgpu.inference.opencl.lower_tensor import _count, contiguous_strides
 from meshgpu.inference.opencl.plan import (
     PlanBuilder,
     f32,
     i32,
+    int_array,
     lowers,
 )
 
@@ -145,4 +149,55 @@ def lower_lrn(builder: PlanBuilder, node: Node) -> None:
         ],
         total=total,
         per_item=64,
+    )
+
+
+# -- reductions ----------------------------------------------------------------------------
+@lowers(*REDUCTIONS)
+def lower_reduce(builder: PlanBuilder, node: Node) -> None:
+    """Reduce* with ``axes`` as attribute (ReduceSum before 13, the others before 18) or
+    input, ``keepdims`` and ``noop_with_empty_axes``."""
+    x = builder.tensor(node, node.inputs[0])
+    rank = len(x.shape)
+    axes_from_input = node.opset >= (13 if node.op == "ReduceSum" else 18)
+    if axes_from_input and len(node.inputs) > 1 and node.inputs[1]:
+        if not builder.is_host(node.inputs[1]):
+            raise UnsupportedOperatorError(f"{node.describe()}: axes must be constant")
+        axes = [int(a) for a in np.asarray(builder.host(node.inputs[1])).reshape(-1)]
+    else:
+        axes = [int(a) for a in node.attrs.get("axes", [])] if not axes_from_input else []
+    if not axes:
+        if int(node.attrs.get("noop_with_empty_axes", 0)):
+            builder.alias(node.outputs[0], x, x.shape)
+            return
+        axes = list(range(rank))
+    axes = sorted({a + rank if a < 0 else a for a in axes})
+    keep = int(node.attrs.get("keepdims", 1))
+    strides = contiguous_strides(x.shape)
+    kept = [d for d in range(rank) if d not in axes]
+    out_dims = [x.shape[d] for d in kept] or [1]
+    out_strides = [strides[d] for d in kept] or [0]
+    reduced_dims = [x.shape[d] for d in axes]
+    reduced_strides = [strides[d] for d in axes]
+    out_shape = (
+        [1 if d in axes else x.shape[d] for d in range(rank)]
+        if keep
+        else [x.shape[d] for d in kept]
+    )
+    meta_values = [*out_dims, *out_strides, *reduced_dims, *reduced_strides]
+    meta = builder.weight(("meta", "reduce", tuple(meta_values)), lambda: int_array(meta_values))
+    output = builder.new_tensor(node.outputs[0], out_shape)
+    init, combine, final = REDUCTIONS[node.op]
+    source = (
+        f"#define NOUT {len(out_dims)}\n#define NRED {len(reduced_dims)}\n"
+        f"#define INIT ({init})\n#define COMBINE(acc, v) ({combine})\n"
+        f"#define FINAL(acc, count) ({final})\n" + REDUCE_SOURCE
+    )
+    total = _count(out_shape)
+    builder.launch(
+        node,
+        source,
+        "reduce",
+        [x.storage, output.storage, meta, i32(_count(reduced_dims)), i32(total)],
+        total=total,
     )

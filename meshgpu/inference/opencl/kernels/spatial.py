@@ -240,3 +240,48 @@ SPATIAL_SOURCE = "\n".join(
         LRN_SOURCE,
     ]
 )
+
+
+REDUCE_SOURCE = r"""
+/* Reduce* operators: one work-item per output element. meta: out dims[NOUT], their input
+   strides[NOUT], reduced dims[NRED], their input strides[NRED]. COMBINE(acc, v), INIT and
+   FINAL(acc, count) are spliced in per operator. */
+__kernel void reduce(__global const float* restrict x, __global float* restrict y,
+                     __global const int* restrict meta, int count, int total) {
+  int i = get_global_id(0);
+  if (i >= total) return;
+  int rest = i;
+  int base = 0;
+  for (int d = NOUT - 1; d >= 0; d--) {
+    int c = rest % meta[d];
+    rest /= meta[d];
+    base += c * meta[NOUT + d];
+  }
+  float acc = INIT;
+  for (int r = 0; r < count; r++) {
+    int left = r;
+    int offset = base;
+    for (int d = NRED - 1; d >= 0; d--) {
+      int c = left % meta[2 * NOUT + d];
+      left /= meta[2 * NOUT + d];
+      offset += c * meta[2 * NOUT + NRED + d];
+    }
+    float v = x[offset];
+    acc = COMBINE(acc, v);
+  }
+  y[i] = FINAL(acc, count);
+}
+"""
+
+#: (INIT, COMBINE(acc, v), FINAL(acc, count)) per ONNX Reduce operator.
+REDUCTIONS: dict[str, tuple[str, str, str]] = {
+    "ReduceSum": ("0.0f", "acc + v", "acc"),
+    "ReduceMean": ("0.0f", "acc + v", "acc / (float)count"),
+    "ReduceMax": ("-INFINITY", "(v > acc ? v : acc)", "acc"),
+    "ReduceMin": ("INFINITY", "(v < acc ? v : acc)", "acc"),
+    "ReduceProd": ("1.0f", "acc * v", "acc"),
+    "ReduceSumSquare": ("0.0f", "acc + v * v", "acc"),
+    "ReduceL1": ("0.0f", "acc + fabs(v)", "acc"),
+    "ReduceL2": ("0.0f", "acc + v * v", "sqrt(acc)"),
+    "ReduceLogSumExp": ("0.0f", "acc + exp(v)", "log(acc)"),
+}
