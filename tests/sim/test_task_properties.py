@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,8 @@ FAULT_WINDOW = (3.0, 11.0)
 ARRIVALS = (2.0, 13.0)
 DURATION_S = 24.0
 EXAMPLES = int(os.environ.get("MESHGPU_TASK_PROPERTY_EXAMPLES", "8"))
+pytestmark = pytest.mark.slow
+
 TASK_INVARIANTS = ("task_no_loss", "task_exactly_once_delivery", "task_no_regression")
 
 
