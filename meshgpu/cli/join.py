@@ -47,7 +47,11 @@ STATE_FILE = "daemon.json"
     show_default=True,
     help="Identity, journal, payloads and model cache.",
 )
-@click.option("--device", help="Device id to run on (see `meshgpu devices`).")
+@click.option(
+    "--device",
+    help="Device id to run on (see `meshgpu devices`). synthetic:MS (benchmarks and tests "
+    "only) holds a slot for MS milliseconds and runs no inference.",
+)
 @click.option(
     "--backend",
     type=click.Choice(["auto", "opencl", "onnxruntime"]),

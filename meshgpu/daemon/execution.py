@@ -28,7 +28,11 @@ from typing import Any
 import numpy as np
 import trio
 
+from meshgpu.daemon.synthetic import SyntheticSession, is_synthetic, service_seconds
 from meshgpu.errors import PermanentTaskError
+
+_THREAD_SAFE = frozenset({"onnxruntime", "synthetic"})
+"""Backends whose sessions may run from several threads at once (no per-session lock)."""
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Executor:
         self.limiter = trio.CapacityLimiter(slots)
         self.backend = backend
         self.device = device
+        if is_synthetic(device):
+            service_seconds(device)  # a malformed one fails at start
         self.cache_size = cache_size
         self._sessions: OrderedDict[str, _CachedSession] = OrderedDict()
         self._loading: dict[str, trio.Event] = {}
@@ -73,7 +79,7 @@ class Executor:
             self._loading[digest] = event = trio.Event()
             try:
                 session = await trio.to_thread.run_sync(self._load, model_path)
-                lock = None if session.backend == "onnxruntime" else threading.Lock()
+                lock = None if session.backend in _THREAD_SAFE else threading.Lock()
                 self._sessions[digest] = _CachedSession(session, lock)
                 while len(self._sessions) > self.cache_size:
                     self._sessions.popitem(last=False)
@@ -84,6 +90,8 @@ class Executor:
         return self._sessions[digest]
 
     def _load(self, model_path: Path) -> Any:
+        if is_synthetic(self.device):
+            return SyntheticSession(self.device, model_path)
         from meshgpu import inference
 
         return inference.load(model_path, backend=self.backend, device=self.device)  # type: ignore[arg-type]

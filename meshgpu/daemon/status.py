@@ -15,6 +15,7 @@ import trio
 
 from meshgpu.core.load import DeviceCapabilities, LoadVector
 from meshgpu.core.tasks import TaskEntry, TaskId, TaskTable
+from meshgpu.daemon.synthetic import is_synthetic
 
 if TYPE_CHECKING:
     from meshgpu.daemon.runtime import Daemon
@@ -144,7 +145,7 @@ def device_capabilities(backend: str, device: str | None) -> DeviceCapabilities:
     """What this node's devices offer (blocking: OpenCL enumeration; call in a thread)."""
     import os
 
-    if backend == "onnxruntime":  # no need to wake OpenCL drivers for a CPU-only node
+    if backend == "onnxruntime" or is_synthetic(device):  # no OpenCL drivers to wake
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return DeviceCapabilities(device_types=("cpu",), fp16=False, memory_total=memory)
     from meshgpu import inference

@@ -1,0 +1,67 @@
+"""The synthetic device ``synthetic:MS``: a slot held for MS milliseconds, no inference.
+
+For benchmarks and tests only (``meshgpu join --device synthetic:20``). It lets a loopback
+mesh of many daemons on a small machine measure the mesh itself (dispatch, scaling,
+failover) with a known, fixed service time: a run sleeps in its worker thread, so it
+occupies one of the node's ``slots`` exactly like a real run would, but costs no CPU. The
+model file is never parsed; the "outputs" are the inputs, returned as they came, so a
+caller can check that the right task's data went through.
+
+Why a device and not a backend: the device is what holds a slot for a service time, and
+``--device`` is already the per-node knob that benchmarks vary; the backend choice
+(``--backend``) stays about real engines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeGuard
+
+import numpy as np
+
+from meshgpu.errors import DeviceError
+
+PREFIX = "synthetic:"
+
+
+def is_synthetic(device: str | None) -> TypeGuard[str]:
+    """True when ``device`` names the synthetic device (``synthetic:MS``)."""
+    return device is not None and device.startswith(PREFIX)
+
+
+def service_seconds(device: str) -> float:
+    """The service time of ``synthetic:MS`` in seconds; raises DeviceError if malformed."""
+    text = device[len(PREFIX) :]
+    try:
+        milliseconds = float(text)
+    except ValueError:
+        milliseconds = -1.0
+    if not milliseconds >= 0.0 or milliseconds > 3_600_000:
+        raise DeviceError(
+            f"synthetic device {device!r} needs a service time in milliseconds, "
+            "0 to 3600000: write e.g. 'synthetic:20'"
+        )
+    return milliseconds / 1000.0
+
+
+class SyntheticSession:
+    """Session interface of the real backends (``backend``, ``run``), minus the model.
+
+    Thread-safe: ``run`` only sleeps, so the executor runs it without a lock and up to
+    ``slots`` runs overlap, as on a device with ``slots`` queues.
+    """
+
+    backend = "synthetic"
+
+    def __init__(self, device: str, model_path: Path | None = None) -> None:
+        del model_path  # never read: the service time is all this device models
+        self.device = device
+        self.seconds = service_seconds(device)
+        self.peak_device_bytes = 0
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Hold the calling thread for the service time; return the inputs as outputs."""
+        time.sleep(self.seconds)
+        return dict(feeds)

@@ -1,0 +1,70 @@
+"""The synthetic device (``--device synthetic:MS``): parsing, runs, slots, capabilities."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from meshgpu.daemon import synthetic
+from meshgpu.daemon.execution import Executor
+from meshgpu.daemon.status import device_capabilities
+from meshgpu.errors import DeviceError
+
+
+@pytest.mark.parametrize(("device", "seconds"), [("synthetic:20", 0.02), ("synthetic:0", 0.0)])
+def test_service_time_is_read_in_milliseconds(device: str, seconds: float) -> None:
+    assert synthetic.is_synthetic(device)
+    assert synthetic.service_seconds(device) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("device", ["synthetic:", "synthetic:abc", "synthetic:-1", "synthetic:nan"])
+def test_malformed_service_time_is_refused_when_the_executor_is_built(device: str) -> None:
+    with pytest.raises(DeviceError, match="synthetic:20"):
+        Executor(1, device=device)
+
+
+def test_other_devices_are_not_synthetic() -> None:
+    assert not synthetic.is_synthetic(None)
+    assert not synthetic.is_synthetic("opencl:0")
+
+
+async def test_a_run_returns_its_inputs_without_reading_the_model(tmp_path: Path) -> None:
+    executor = Executor(1, device="synthetic:0")
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    missing = tmp_path / "never-written.onnx"
+    outputs, _ = await executor.run("digest", missing, feeds)
+    assert list(outputs) == ["x"]
+    np.testing.assert_array_equal(outputs["x"], feeds["x"])
+
+
+async def test_runs_overlap_up_to_the_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two slots: both runs must be inside ``run`` at once (a per-session lock would
+    serialise them and the barrier would break after its timeout)."""
+    barrier = threading.Barrier(2, timeout=20)
+    monkeypatch.setattr(synthetic.time, "sleep", lambda seconds: barrier.wait())
+    executor = Executor(2, device="synthetic:5")
+    finished: list[int] = []
+
+    async def one(index: int) -> None:
+        await executor.run("digest", Path("unused.onnx"), {"x": np.zeros(1)})
+        finished.append(index)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, 0)
+        nursery.start_soon(one, 1)
+    assert sorted(finished) == [0, 1]
+
+
+def test_capabilities_do_not_wake_opencl(monkeypatch: pytest.MonkeyPatch) -> None:
+    import meshgpu.inference
+
+    def refuse() -> None:
+        raise AssertionError("the synthetic device must not enumerate OpenCL devices")
+
+    monkeypatch.setattr(meshgpu.inference, "devices", refuse)
+    capabilities = device_capabilities("auto", "synthetic:20")
+    assert capabilities.device_types == ("cpu",)
