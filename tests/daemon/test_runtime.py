@@ -166,3 +166,43 @@ async def test_results_for_an_unknown_task_end_at_the_timeout(rpc: RpcConnection
             "more": False,
         }
     ]
+
+
+async def test_a_datagram_from_a_twin_stops_a_newcomer(tmp_path: Path) -> None:
+    from meshgpu.daemon.auth import Channel
+    from meshgpu.errors import DuplicateIdentityError
+
+    daemon = Daemon(settings(tmp_path / "newcomer"))
+    refused: list[DuplicateIdentityError] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            twin = Authenticator(None, "solo").new_session(Channel.DATAGRAM)  # same id
+            with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as udp:
+                await udp.sendto(twin.seal(b"gossip"), daemon.address)
+            with trio.fail_after(10):
+                await daemon._stop.wait()
+    except* DuplicateIdentityError as group:
+        refused.extend(group.exceptions)  # type: ignore[arg-type]
+    assert len(refused) == 1 and "copied" in str(refused[0])
+    # The twin stopped without gossiping a leave in the real owner's name.
+    assert daemon.member_history.get("solo", {}).get("state") != "left"
+
+
+async def test_an_established_node_counts_a_twin_and_keeps_serving(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from meshgpu.daemon.auth import Channel
+
+    established = replace(settings(tmp_path / "old"), duplicate_grace=0.0)
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(Daemon(established).run)
+        twin = Authenticator(None, "solo").new_session(Channel.DATAGRAM)
+        with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as udp:
+            await udp.sendto(twin.seal(b"gossip"), daemon.address)
+        async with open_rpc(daemon.address, Authenticator(None, "client-test")) as rpc:
+            status = await rpc.call("wait", counter=["daemon", "datagrams_received", 1], timeout=10)
+        assert not daemon._stop.is_set()
+        assert status["duplicate_identity"]["sightings"] == 1
+        assert status["counters"]["daemon"]["duplicate_identity"] == 1
+        daemon.request_stop()
