@@ -17,7 +17,7 @@ from meshgpu.daemon.payloads import decode_tensors, encode_tensors
 from meshgpu.daemon.rpc import RpcConnection, open_rpc
 from meshgpu.daemon.runtime import Daemon
 from meshgpu.daemon.settings import DaemonSettings
-from meshgpu.errors import DataDirLockedError, RequestFailedError
+from meshgpu.errors import ClientError, DataDirLockedError, RequestFailedError
 
 MODELS = Path(__file__).parents[2] / "meshgpu" / "inference" / "models"
 MODEL = (MODELS / "digits.onnx").read_bytes()
@@ -206,3 +206,32 @@ async def test_an_established_node_counts_a_twin_and_keeps_serving(tmp_path: Pat
         assert status["duplicate_identity"]["sightings"] == 1
         assert status["counters"]["daemon"]["duplicate_identity"] == 1
         daemon.request_stop()
+
+
+async def test_a_full_disk_stops_the_node_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from meshgpu.daemon import journal as journal_module
+    from meshgpu.errors import DiskFullError
+
+    def disk_full(descriptor: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    daemon = Daemon(settings(tmp_path / "full"))
+    stopped: list[DiskFullError] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            monkeypatch.setattr(journal_module, "_write_all", disk_full)
+            async with open_rpc(daemon.address, Authenticator(None, "client-test")) as rpc:
+                await rpc.call("put_model", digest=DIGEST, data=MODEL)
+                pixels = encode_tensors({"pixels": np.zeros((1, 64), dtype=np.float32)})
+                with pytest.raises(ClientError):  # the node stopped before answering
+                    with trio.fail_after(20):
+                        await rpc.call("submit", model_digest=DIGEST, inputs=pixels)
+    except* DiskFullError as group:
+        stopped.extend(group.exceptions)  # type: ignore[arg-type]
+    assert len(stopped) == 1 and "disk full" in str(stopped[0])
+    assert daemon.handlers.submitted == 0  # nothing was acknowledged
