@@ -125,6 +125,8 @@ def demo(
         )
     root = Path(tempfile.mkdtemp(prefix="meshgpu-demo-"))
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM is delivered as SIGINT, so SIGINT must not be ignored (it is for `cmd &`).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     try:
         with LocalMesh(root, nodes, prefix="demo", backend=backend) as mesh:
@@ -132,13 +134,16 @@ def demo(
                 _run, mesh, test_set["pixels"], test_set["labels"], tasks, batch, kill_choice,
                 timeout, started,
             )  # fmt: skip
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BaseExceptionGroup) as error:
+        if isinstance(error, BaseExceptionGroup) and error.split(KeyboardInterrupt)[0] is None:
+            raise
         click.echo("interrupted: every demo daemon stopped, temporary files removed", err=True)
         sys.exit(130)
     except MeshError as error:
         raise click.ClickException(f"{error} (logs in {root})" if keep else str(error)) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         if keep:
             click.echo(f"demo files kept in {root}", err=True)
         else:
@@ -152,7 +157,9 @@ def demo(
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+    """SIGTERM does what Ctrl-C does: re-sent as SIGINT, trio turns it into a
+    KeyboardInterrupt at a safe point (raising here could land inside trio's machinery)."""
+    signal.raise_signal(signal.SIGINT)
 
 
 async def _run(
