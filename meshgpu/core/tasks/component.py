@@ -142,6 +142,7 @@ class TaskComponent(Component):
         self._sync_at = now + self.rng.uniform(0.0, config.sync_interval_s)
         self._tick_at = math.inf
         self.schedule_at = math.inf
+        self.repair_at = math.inf
         self._driver_load = LoadVector()
         self._driver_reported = False
         self._latency: dict[str, float] = {}
@@ -192,6 +193,7 @@ class TaskComponent(Component):
                 self.orphaned_at.setdefault(tid, now)
         for replication in self._replications.values():
             replication.outstanding.pop(info.node_id, None)
+        self.repair_at = min(self.repair_at, now)
         self.schedule_at = min(self.schedule_at, now)
         self._arm_tick(now)
 
@@ -523,9 +525,19 @@ class TaskComponent(Component):
 
     # --- periodic work --------------------------------------------------------------------
 
+    def hold_request(self, node_id: NodeId, entry: TaskEntry) -> None:
+        """Ask ``node_id`` to become a holder of ``entry`` (used by the leader's repair)."""
+        member = self.mesh.members().get(node_id)
+        if member is not None:
+            self.context.send(member.address, HoldRequest(entry))
+
     def _arm_tick(self, now: float) -> None:
         if self._tick_at == math.inf and (
-            self.active or self._replications or self._gc_at or self._load_dirty
+            self.active
+            or self._replications
+            or self._gc_at
+            or self._load_dirty
+            or (self.repair_at < math.inf and self.mesh.leader() == self.node_id)
         ):
             self._tick_at = now + self.config.tick_interval_s
 

@@ -62,6 +62,8 @@ class Leading:
         if mesh.leader() != tasks.node_id:
             return
         live = set(mesh.live_members())
+        if now >= tasks.repair_at:
+            self._repair_replicas(now, live)
         self._expire_and_time_out(now, live)
         queued, ready_since = self._ready_tasks(now, live)
         if not queued:
@@ -92,6 +94,31 @@ class Leading:
             )
             if len(log) > MAX_ASSIGNMENT_LOG:
                 del log[: len(log) - MAX_ASSIGNMENT_LOG]
+
+    def _repair_replicas(self, now: float, live: set[NodeId]) -> None:
+        """After a member died: ask live nodes to hold the undelivered tasks that are down
+        to fewer live holders than their ``replicas`` (never below one surviving holder:
+        with none, there is nothing left to copy). Checked again after
+        ``replication_timeout_s`` until every such task is back to strength."""
+        tasks = self.component
+        tasks.repair_at = float("inf")
+        short = False
+        for task_id in tasks.table.ids():
+            entry = tasks.table.get(task_id)
+            if entry is None or entry.delivered:
+                continue
+            holding = entry.holders & live
+            wanted = min(entry.spec.replicas, len(live))
+            if not holding or len(holding) >= wanted:
+                continue
+            short = True
+            candidates = sorted(live - entry.holders)
+            tasks.rng.shuffle(candidates)
+            for node_id in candidates[: wanted - len(holding)]:
+                tasks.context.count("replica_repairs")
+                tasks.hold_request(node_id, entry)
+        if short:
+            tasks.repair_at = now + tasks.config.replication_timeout_s
 
     def _expire_and_time_out(self, now: float, live: set[NodeId]) -> None:
         tasks = self.component

@@ -225,3 +225,19 @@ def test_load_vector_carries_the_task_fields() -> None:
     load = h.nodes["n000"].loads()[worker]
     capacity = CONFIG.tasks.slots
     assert (load.active_tasks, load.free_slots) == (1, capacity - 1)
+
+
+def test_a_dead_holder_is_replaced() -> None:
+    h = settled(5)
+    task_id = submit(h, "n000", SPEC)
+    entry = h.nodes["n000"].tasks.table.get(task_id)
+    assert entry is not None
+    (second,) = entry.holders - {"n000"}
+    h.crash(second)
+    for _ in range(80):
+        h.run_until(h.now + 0.1)
+        serve_fetches(h)
+    entry = h.nodes["n000"].tasks.table.get(task_id)
+    assert entry is not None
+    live_holders = entry.holders - {second}
+    assert len(live_holders) == 2 and "n000" in live_holders
