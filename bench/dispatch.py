@@ -1,0 +1,254 @@
+"""Moving work: a 3-node meshgpu loopback mesh beside a Dask distributed LocalCluster of
+3 worker processes (1 thread each), the same workloads, in one run, taking turns.
+
+    python bench/dispatch.py [--quick] [--json] [--rounds 1]
+
+* ``noop``: N tasks of Identity on a float32 [1, 16] tensor (onnxruntime on both sides),
+  submitted in bulk (meshgpu ``Client.map``, window 64; Dask ``client.map`` + ``gather``):
+  tasks per second;
+* ``rtt``: M sequential round trips of the same task (submit, wait for the result):
+  p50 / p99 latency;
+* ``ms1``: K tasks of a ~1 ms model (two 256x256 MatMul+Relu on [16, 256]), in bulk:
+  tasks per second, and efficiency = that throughput / a plain loop's in one process.
+
+Both systems run the model through ``meshgpu.inference.load(..., backend="onnxruntime")``
+(the Dask workers cache one session per model). Each phase is bounded in count and in
+time (``--phase-timeout``): what finished by then is what is reported. The meshgpu
+daemons run ``--slots 1`` so both sides have three single-threaded executors. Ratio =
+meshgpu / dask (throughput: higher is better; latency: lower is better). Dask is a
+benchmark extra (``pip install -e .[bench]``), not a dependency of meshgpu.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from loopback import (
+    conditions,
+    identity_model,
+    matmul_model,
+    percentile,
+    show_table,
+    wait_formed,
+)
+
+from meshgpu import inference
+from meshgpu.client import Client
+from meshgpu.client.localmesh import LocalMesh
+
+NODES = 3
+
+
+def run_on_worker(model_path: str, x: np.ndarray) -> np.ndarray:
+    """The Dask task: the model's output for ``x``, with one cached session per worker."""
+    from distributed import get_worker
+
+    from meshgpu import inference as engine
+
+    worker = get_worker()
+    sessions = worker.__dict__.setdefault("_bench_sessions", {})
+    if model_path not in sessions:
+        sessions[model_path] = engine.load(Path(model_path), backend="onnxruntime")
+    return sessions[model_path].run({"x": x})["y"]
+
+
+class MeshSide:
+    """The meshgpu side: one client on the first daemon."""
+
+    name = "meshgpu"
+
+    def __init__(self, mesh: LocalMesh, models: dict[str, Path]) -> None:
+        self.client = Client(mesh.nodes[0].peer, environ={})
+        self.models = {key: path.read_bytes() for key, path in models.items()}
+
+    def bulk(self, model: str, inputs: list[np.ndarray], deadline: float) -> int:
+        def until_deadline() -> Any:
+            for x in inputs:
+                if time.monotonic() > deadline:
+                    return
+                yield {"x": x}
+
+        return sum(1 for _ in self.client.map(self.models[model], until_deadline()))
+
+    def one(self, model: str, x: np.ndarray) -> None:
+        self.client.submit(self.models[model], {"x": x}).result(60)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class DaskSide:
+    """The Dask side: a LocalCluster of NODES processes, one thread each, on 127.0.0.1."""
+
+    name = "dask"
+
+    def __init__(self, models: dict[str, Path]) -> None:
+        from distributed import Client as DaskClient
+        from distributed import LocalCluster
+
+        self.cluster = LocalCluster(
+            n_workers=NODES,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=40,
+        )
+        self.client = DaskClient(self.cluster)
+        self.models = {key: str(path) for key, path in models.items()}
+
+    def bulk(self, model: str, inputs: list[np.ndarray], deadline: float) -> int:
+        from distributed import wait
+
+        futures = self.client.map(
+            run_on_worker, [self.models[model]] * len(inputs), inputs, pure=False
+        )
+        done, _ = wait(
+            futures, timeout=max(1.0, deadline - time.monotonic()), return_when="ALL_COMPLETED"
+        )
+        finished = sum(1 for f in done if f.status == "finished")
+        self.client.cancel(futures)
+        return finished
+
+    def one(self, model: str, x: np.ndarray) -> None:
+        self.client.submit(run_on_worker, self.models[model], x, pure=False).result(60)
+
+    def close(self) -> None:
+        """Close the client and the cluster; on a loaded machine the nannies can miss
+        Dask's shutdown timeout, so that error is swallowed and the workers terminated."""
+        try:
+            self.client.close(timeout=30)
+            self.cluster.close(timeout=30)
+        except Exception as error:  # distributed raises bare TimeoutError/OSError here
+            print(f"dask shutdown: {type(error).__name__}: {error}", file=sys.stderr)
+        for process in multiprocessing.active_children():
+            process.terminate()
+            process.join(10)
+
+
+def throughput(side: Any, model: str, inputs: list[np.ndarray], timeout: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    done = side.bulk(model, inputs, time.monotonic() + timeout)
+    seconds = time.perf_counter() - started
+    return {"tasks": done, "seconds": round(seconds, 3), "tps": done / seconds}
+
+
+def round_trips(side: Any, model: str, inputs: list[np.ndarray], timeout: float) -> dict[str, Any]:
+    side.one(model, inputs[0])  # warm: model uploaded / session built
+    deadline = time.monotonic() + timeout
+    times = []
+    for x in inputs:
+        if time.monotonic() > deadline:
+            break
+        started = time.perf_counter()
+        side.one(model, x)
+        times.append(time.perf_counter() - started)
+    return {
+        "count": len(times),
+        "p50_ms": percentile(times, 0.5) * 1e3,
+        "p99_ms": percentile(times, 0.99) * 1e3,
+    }
+
+
+def local_loop(model: Path, inputs: list[np.ndarray]) -> float:
+    """Tasks per second of the model in a plain loop in this process."""
+    session = inference.load(model, backend="onnxruntime")
+    for x in inputs[:20]:
+        session.run({"x": x})
+    started = time.perf_counter()
+    for x in inputs:
+        session.run({"x": x})
+    return len(inputs) / (time.perf_counter() - started)
+
+
+def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    models = {"noop": root / "noop.onnx", "ms1": root / "ms1.onnx"}
+    models["noop"].write_bytes(identity_model())
+    models["ms1"].write_bytes(matmul_model(2))
+    rng = np.random.default_rng(1)
+    small = [rng.standard_normal((1, 16)).astype(np.float32) for _ in range(args.noop)]
+    wide = [rng.standard_normal((16, 256)).astype(np.float32) for _ in range(args.ms1)]
+    report: dict[str, Any] = {"meshgpu": {}, "dask": {}, "conditions": [conditions()]}
+    loop_tps = local_loop(models["ms1"], wide[: min(len(wide), 500)])
+    with LocalMesh(root / "mesh", NODES, prefix="dispatch", slots=1) as mesh:
+        wait_formed(mesh)
+        sides = [MeshSide(mesh, models), DaskSide(models)]
+        try:
+            for side in sides:  # warm both: models delivered, sessions built everywhere
+                side.bulk("noop", small[:30], time.monotonic() + 120)
+                side.bulk("ms1", wide[:30], time.monotonic() + 120)
+            phases: list[tuple[str, Callable[[Any], dict[str, Any]]]] = [
+                ("noop", lambda s: throughput(s, "noop", small, args.phase_timeout)),
+                ("rtt", lambda s: round_trips(s, "noop", small[: args.rtt], args.phase_timeout)),
+                ("ms1", lambda s: throughput(s, "ms1", wide, args.phase_timeout)),
+            ]
+            for round_index in range(args.rounds):
+                for phase, run in phases:
+                    order = sides if round_index % 2 == 0 else sides[::-1]
+                    for side in order:  # alternating: each phase on both, then the next
+                        result = run(side)
+                        result["loadavg_1m"] = conditions()["loadavg"][0]
+                        report[side.name].setdefault(phase, []).append(result)
+                        print(f"{side.name:8} {phase:5} {result}", file=sys.stderr)
+        finally:
+            for side in sides:
+                side.close()
+    report["conditions"].append(conditions())
+    for name in ("meshgpu", "dask"):
+        ms1 = report[name]["ms1"]
+        for entry in ms1:
+            entry["efficiency_vs_loop"] = entry["tps"] / loop_tps
+    report["local_loop_ms1_tps"] = loop_tps
+    report["ratio"] = {
+        "noop_tps": _best(report, "noop", "tps") / _best(report, "noop", "tps", "dask"),
+        "rtt_p50": _best(report, "rtt", "p50_ms") / _best(report, "rtt", "p50_ms", "dask"),
+        "ms1_tps": _best(report, "ms1", "tps") / _best(report, "ms1", "tps", "dask"),
+    }
+    return report
+
+
+def _best(report: dict[str, Any], phase: str, key: str, side: str = "meshgpu") -> float:
+    """The median over rounds of one figure."""
+    return float(np.median([entry[key] for entry in report[side][phase]]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="500 / 100 / 300 tasks")
+    parser.add_argument("--json", action="store_true", help="end with the JSON object")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (median)")
+    parser.add_argument("--phase-timeout", type=float, default=300.0, help="seconds per phase")
+    args = parser.parse_args()
+    args.noop, args.rtt, args.ms1 = (500, 100, 300) if args.quick else (5000, 500, 2000)
+    with tempfile.TemporaryDirectory(prefix="meshgpu-dispatch-") as root:
+        report = measure(args, Path(root))
+    rows = []
+    for phase, key, unit in (
+        ("noop", "tps", "tasks/s"),
+        ("rtt", "p50_ms", "ms"),
+        ("rtt", "p99_ms", "ms"),
+        ("ms1", "tps", "tasks/s"),
+        ("ms1", "efficiency_vs_loop", "fraction"),
+    ):
+        mesh, dask = _best(report, phase, key), _best(report, phase, key, "dask")
+        rows.append((f"{phase} {key} ({unit})", mesh, dask, mesh / dask))
+    show_table(
+        f"dispatch, {NODES} nodes, loadavg {report['conditions'][0]['loadavg']}",
+        ["figure", "meshgpu", "dask", "meshgpu/dask"],
+        rows,
+    )
+    if args.json:
+        print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
