@@ -121,13 +121,7 @@ class DataPlane:
         address = self._address_of(node_id)
         if address is None:
             raise MeshError(f"no address known for {node_id}")
-        with trio.fail_after(TRANSFER_TIMEOUT):
-            async with open_rpc(
-                address,
-                self.daemon.authenticator,
-                max_frame_bytes=self.daemon.settings.max_frame_bytes,
-            ) as rpc:
-                return await rpc.call(op, **fields)
+        return await self.daemon.peers.call(address, op, timeout=TRANSFER_TIMEOUT, **fields)
 
     # --- inputs ----------------------------------------------------------------------
 

@@ -44,6 +44,12 @@ class RpcConnection:
         self._pending: dict[int, trio.MemorySendChannel[Message]] = {}
         self._send_lock = trio.Lock()
         self._broken: str | None = None
+        self.closed = trio.Event()
+        """Set when the connection can carry no more responses."""
+
+    @property
+    def usable(self) -> bool:
+        return self._broken is None and not self.closed.is_set()
 
     async def call(self, op: str, **fields: Any) -> Message:
         """Send one request and return its (single, final) response."""
@@ -100,6 +106,8 @@ class RpcConnection:
         except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
             self._broken = str(error)
         finally:
+            self._broken = self._broken or "closed"
+            self.closed.set()
             for channel in list(self._pending.values()):
                 channel.close()
 
@@ -140,3 +148,86 @@ async def open_rpc(
     finally:
         with trio.CancelScope(shield=True):
             await frames.aclose()
+
+
+class ConnectionPool:
+    """One long-lived connection per peer for small, frequent requests (the data plane's
+    inputs and results), so a task does not pay a TCP handshake per transfer.
+
+    A call first tries the pooled connection with a short timeout; if that connection is
+    broken or silent (a peer restarted, a partition), it is closed and the call is made
+    once more on a fresh connection with the full timeout. Error *answers* from the peer
+    (:class:`RequestFailedError`) are not retried. Run the pool with
+    ``await nursery.start(pool.run)``; cancelling that nursery closes every connection.
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        first_try_timeout: float = 5.0,
+    ) -> None:
+        self.authenticator = authenticator
+        self.max_frame_bytes = max_frame_bytes
+        self.first_try_timeout = first_try_timeout
+        self._links: dict[Address, RpcConnection] = {}
+        self._scopes: dict[Address, trio.CancelScope] = {}
+        self._opening: dict[Address, trio.Lock] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def call(self, address: Address, op: str, *, timeout: float, **fields: Any) -> Message:
+        link = self._links.get(address)
+        if link is not None and link.usable:
+            try:
+                with trio.fail_after(min(timeout, self.first_try_timeout)):
+                    return await link.call(op, **fields)
+            except RequestFailedError:
+                raise
+            except (ClientError, trio.TooSlowError):
+                self._close(address, link)
+        with trio.fail_after(timeout):
+            link = await self._connect(address)
+            return await link.call(op, **fields)
+
+    async def _connect(self, address: Address) -> RpcConnection:
+        lock = self._opening.setdefault(address, trio.Lock())
+        async with lock:
+            link = self._links.get(address)
+            if link is not None and link.usable:
+                return link
+            assert self._nursery is not None, "run the pool before calling through it"
+            try:
+                started: RpcConnection = await self._nursery.start(self._hold, address)
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) == 1:
+                    raise group.exceptions[0] from None
+                raise
+            return started
+
+    async def _hold(self, address: Address, *, task_status: trio.TaskStatus[RpcConnection]) -> None:
+        with trio.CancelScope() as scope:
+            async with open_rpc(
+                address, self.authenticator, max_frame_bytes=self.max_frame_bytes
+            ) as link:
+                self._links[address] = link
+                self._scopes[address] = scope
+                task_status.started(link)
+                try:
+                    await link.closed.wait()
+                finally:
+                    if self._links.get(address) is link:
+                        del self._links[address]
+                        del self._scopes[address]
+
+    def _close(self, address: Address, link: RpcConnection) -> None:
+        if self._links.get(address) is link:
+            self._scopes[address].cancel()
+            del self._links[address]
+            del self._scopes[address]

@@ -68,6 +68,7 @@ from meshgpu.daemon.journal import Journal
 from meshgpu.daemon.modelstore import ModelStore
 from meshgpu.daemon.payloads import PayloadStore
 from meshgpu.daemon.peer_finding import find_peers_by_mdns, offer_seed_peers
+from meshgpu.daemon.rpc import ConnectionPool
 from meshgpu.daemon.settings import DaemonSettings
 from meshgpu.daemon.status import LoadMeter, device_capabilities
 from meshgpu.errors import ConfigError, DuplicateIdentityError, MeshError, StorageError
@@ -155,6 +156,7 @@ class Daemon:
             trio.current_time(),
             incarnation=incarnation,
         )
+        self.peers = ConnectionPool(self.authenticator, max_frame_bytes=settings.max_frame_bytes)
         self.dataplane = DataPlane(self)
         self.handlers = ClientHandlers(self)
         self.api = ApiServer(
@@ -177,6 +179,7 @@ class Daemon:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self.peers.run)
                 nursery.start_soon(self._execute_effects)
                 nursery.start_soon(self._receive_datagrams)
                 nursery.start_soon(self._run_timers)

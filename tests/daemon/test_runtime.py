@@ -235,3 +235,26 @@ async def test_a_full_disk_stops_the_node_with_a_clear_error(
         stopped.extend(group.exceptions)  # type: ignore[arg-type]
     assert len(stopped) == 1 and "disk full" in str(stopped[0])
     assert daemon.handlers.submitted == 0  # nothing was acknowledged
+
+
+async def test_connection_pool_reuses_one_connection_and_reconnects(daemon: Daemon) -> None:
+    from meshgpu.daemon.rpc import ConnectionPool
+
+    async def connections() -> int:
+        return int(daemon.counters.get("api_connections", 0))
+
+    async with trio.open_nursery() as nursery:
+        pool = ConnectionPool(Authenticator(None, "pool-test"))
+        await nursery.start(pool.run)
+        before = await connections()
+        for _ in range(3):
+            assert (await pool.call(daemon.address, "ping", timeout=10))["node_id"] == "solo"
+        with pytest.raises(RequestFailedError, match="unknown op"):
+            await pool.call(daemon.address, "nonsense", timeout=10)
+        assert (await pool.call(daemon.address, "ping", timeout=10))["node_id"] == "solo"
+        assert await connections() == before + 1  # one connection carried all five
+        link = pool._links[daemon.address]
+        await link.frames.stream.aclose()  # the connection dies under the pool
+        assert (await pool.call(daemon.address, "ping", timeout=10))["node_id"] == "solo"
+        assert await connections() == before + 2
+        nursery.cancel_scope.cancel()
