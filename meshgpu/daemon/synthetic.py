@@ -7,6 +7,11 @@ occupies one of the node's ``slots`` exactly like a real run would, but costs no
 model file is never parsed; the "outputs" are the inputs, returned as they came, so a
 caller can check that the right task's data went through.
 
+With ``MESHGPU_SYNTHETIC_RUN_LOG`` set to a file path (in the daemon's environment), each
+finished run appends one line, ``<first element of the first input> <pid>``, to that file
+(opened in append mode, one small write per line). Benchmarks and tests that number their
+inputs count executions with it, duplicates included, across daemons that were SIGKILLed.
+
 Why a device and not a backend: the device is what holds a slot for a service time, and
 ``--device`` is already the per-node knob that benchmarks vary; the backend choice
 (``--backend``) stays about real engines.
@@ -14,6 +19,7 @@ Why a device and not a backend: the device is what holds a slot for a service ti
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +30,7 @@ import numpy as np
 from meshgpu.errors import DeviceError
 
 PREFIX = "synthetic:"
+RUN_LOG_VARIABLE = "MESHGPU_SYNTHETIC_RUN_LOG"
 
 
 def is_synthetic(device: str | None) -> TypeGuard[str]:
@@ -60,8 +67,22 @@ class SyntheticSession:
         self.device = device
         self.seconds = service_seconds(device)
         self.peak_device_bytes = 0
+        self.run_log = os.environ.get(RUN_LOG_VARIABLE) or None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Hold the calling thread for the service time; return the inputs as outputs."""
         time.sleep(self.seconds)
+        if self.run_log is not None:
+            self._log_run(self.run_log, feeds)
         return dict(feeds)
+
+    @staticmethod
+    def _log_run(path: str, feeds: Mapping[str, np.ndarray]) -> None:
+        first = next(iter(feeds.values()), None)
+        label = repr(float(first.flat[0])) if first is not None and first.size else "-"
+        line = f"{label} {os.getpid()}\n".encode()
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line)
+        finally:
+            os.close(descriptor)

@@ -68,3 +68,13 @@ def test_capabilities_do_not_wake_opencl(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(meshgpu.inference, "devices", refuse)
     capabilities = device_capabilities("auto", "synthetic:20")
     assert capabilities.device_types == ("cpu",)
+
+
+async def test_runs_are_logged_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "runs.log"
+    monkeypatch.setenv(synthetic.RUN_LOG_VARIABLE, str(log))
+    executor = Executor(1, device="synthetic:0")
+    for index in (3.0, 4.0, 3.0):
+        await executor.run("digest", Path("unused.onnx"), {"x": np.full((1, 2), index)})
+    labels = [line.split()[0] for line in log.read_text().splitlines()]
+    assert labels == ["3.0", "4.0", "3.0"]
