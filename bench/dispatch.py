@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from loopback import (
     conditions,
+    exit_on_sigterm,
     identity_model,
     matmul_model,
     percentile,
@@ -228,6 +229,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (median)")
     parser.add_argument("--phase-timeout", type=float, default=300.0, help="seconds per phase")
     args = parser.parse_args()
+    exit_on_sigterm()
     args.noop, args.rtt, args.ms1 = (500, 100, 300) if args.quick else (5000, 500, 2000)
     with tempfile.TemporaryDirectory(prefix="meshgpu-dispatch-") as root:
         report = measure(args, Path(root))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +25,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from meshgpu.client import AsyncClient
 from meshgpu.client.localmesh import LocalMesh
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (``timeout``, a CI runner) into SystemExit, so the ``with LocalMesh``
+    blocks run and every daemon is stopped instead of orphaned."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def conditions() -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from loopback import conditions, identity_model, show_table, wait_formed
+from loopback import conditions, exit_on_sigterm, identity_model, show_table, wait_formed
 
 from meshgpu.client import Client
 from meshgpu.client.localmesh import LocalMesh
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="timed part per point")
     parser.add_argument("--max-tasks", type=int, default=5000)
     args = parser.parse_args()
+    exit_on_sigterm()
     if args.quick:
         args.seconds = 5.0
     points = []
