@@ -179,6 +179,7 @@ class TaskDriver(Observer):
     # --- set-up -------------------------------------------------------------------------
 
     def on_start(self, sim: Any) -> None:
+        self._sim = sim
         n = sim.node_count
         self.disks = [NodeDisk() for _ in range(n)]
         self.models = [set() for _ in range(n)]

@@ -84,7 +84,8 @@ class TaskMetrics:
     def on_node_down(self, sim: Any, index: int, now: float, reason: str) -> None:
         node = sim.nodes[index]
         if node is not None:
-            self._check_regression(sim, index)
+            # The runner has already counted the next life: check the one that just ended.
+            self._check_regression(sim, index, sim.lives[index] - 1)
             self.logs.append((index, list(node.tasks.assignment_log)))
 
     def on_effect(self, sim: Any, index: int, effect: Any, now: float) -> None:
@@ -104,11 +105,11 @@ class TaskMetrics:
         for index in sim.up_indices():
             self._check_regression(sim, index)
 
-    def _check_regression(self, sim: Any, index: int) -> None:
+    def _check_regression(self, sim: Any, index: int, life: int | None = None) -> None:
         if "task_no_regression" in self.violations:
             return
         tasks = sim.nodes[index].tasks
-        seen = self.seen.setdefault((index, sim.lives[index]), {})
+        seen = self.seen.setdefault((index, sim.lives[index] if life is None else life), {})
         for entry in tasks.table:
             key = entry.state.order_key
             previous = seen.get(entry.task_id)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -54,7 +55,7 @@ from meshgpu.core.tasks.adaptive import LatencyModel
 from meshgpu.core.tasks.breaker import BreakerBoard
 from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.core.tasks.leading import AssignmentRecord, Leading
-from meshgpu.core.tasks.messages import HoldRequest, TaskUpdate
+from meshgpu.core.tasks.messages import HoldRequest, TaskDigest, TaskUpdate, TaskWant
 from meshgpu.core.tasks.queue import TaskQueue
 from meshgpu.core.tasks.records import TaskRecord
 from meshgpu.core.tasks.spec import TaskId
@@ -73,6 +74,9 @@ BODY_BUDGET_MARGIN = 160
 
 MAX_RUNS_PER_SYNC = 16
 """Tombstone intervals carried by one anti-entropy message (rotating)."""
+
+DIGEST_ITEM_BYTES = 20
+"""Room a digest item takes besides its origin's characters (sequence, crc, headers)."""
 
 
 class MeshView(Protocol):
@@ -105,7 +109,7 @@ class _Replication:
 class TaskComponent(Component):
     """The task queue of one node."""
 
-    message_types = (TaskUpdate, HoldRequest)
+    message_types = (TaskUpdate, HoldRequest, TaskDigest, TaskWant)
 
     def __init__(
         self, context: NodeContext, mesh: MeshView, config: TaskConfig, now: float
@@ -149,6 +153,7 @@ class TaskComponent(Component):
         self._load_dirty = False
         self._load_published_at = -math.inf
         self.assignment_log: list[AssignmentRecord] = []
+        self._checksums: dict[TaskId, int] = {}
 
     # --- Component interface ------------------------------------------------------------
 
@@ -179,6 +184,10 @@ class TaskComponent(Component):
             self._on_task_update(message, source, now)
         elif isinstance(message, HoldRequest):
             self._on_hold_request(message, source, now)
+        elif isinstance(message, TaskDigest):
+            self._on_digest(message, source, now)
+        elif isinstance(message, TaskWant):
+            self._on_want(message, source)
         self._finish(now)
 
     def on_member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
@@ -364,6 +373,7 @@ class TaskComponent(Component):
         self, before: TaskEntry | None, after: TaskEntry, now: float, local: bool
     ) -> None:
         tid = after.task_id
+        self._checksums[tid] = _checksum(after)
         if local:
             self._outbox[tid] = after
         if before is None:
@@ -583,6 +593,7 @@ class TaskComponent(Component):
             group.discard(tid)
         self._gc_at.pop(tid, None)
         self._outbox.pop(tid, None)
+        self._checksums.pop(tid, None)
         self.queue.forget(tid)
         if tid in self.running:
             self.context.emit(CancelTask(tid, self.running.pop(tid)[0]))
@@ -639,32 +650,64 @@ class TaskComponent(Component):
                 self._send_entries(members[node_id].address, entries, [], reply=False)
 
     def _send_sync(self) -> None:
+        """Anti-entropy: checksums of the next slice of the table to one random peer."""
         peers = [n for n in self.mesh.live_members() if n != self.node_id]
         if not peers:
             return
         peer = self.rng.choice(peers)
         address = self.mesh.members()[peer].address
-        ids = self.table.ids()
-        budget = self._body_budget()
-        chosen: list[TaskEntry] = []
-        if ids:
-            start = self._sync_cursor % len(ids)
-            for tid in ids[start:] + ids[:start]:
-                entry = self.table.get(tid)
-                assert entry is not None
-                size = _size(entry)
-                if chosen and size > budget:
-                    break
-                chosen.append(entry)
-                budget -= size
-            self._sync_cursor = start + len(chosen)
         runs = list(self.table.collected.runs())
         if len(runs) > MAX_RUNS_PER_SYNC:
             start = self._runs_cursor % len(runs)
             runs = (runs[start:] + runs[:start])[:MAX_RUNS_PER_SYNC]
             self._runs_cursor = start + MAX_RUNS_PER_SYNC
+        budget = self._body_budget() - sum(len(origin) + 24 for origin, _, _ in runs)
+        ids = self.table.ids()
+        items: list[tuple[NodeId, int, int]] = []
+        if ids:
+            start = self._sync_cursor % len(ids)
+            for tid in ids[start:] + ids[:start]:
+                budget -= len(tid.origin) + DIGEST_ITEM_BYTES
+                if budget < 0 and items:
+                    break
+                checksum = self._checksums.get(tid)
+                if checksum is None:
+                    entry = self.table.get(tid)
+                    assert entry is not None
+                    checksum = self._checksums[tid] = _checksum(entry)
+                items.append((tid.origin, tid.sequence, checksum))
+            self._sync_cursor = start + len(items)
         self.context.count("task_syncs_sent")
-        self.context.send(address, TaskUpdate(tuple(chosen), tuple(runs), reply=True))
+        self.context.send(address, TaskDigest(tuple(items), tuple(runs)))
+
+    def _on_digest(self, message: TaskDigest, source: Address, now: float) -> None:
+        if message.collected:
+            for dropped in self.table.merge_collected(list(message.collected)):
+                self._forget(dropped, persist=True)
+        differing: list[TaskEntry] = []
+        wanted: list[tuple[NodeId, int]] = []
+        for origin, sequence, checksum in message.items:
+            tid = TaskId(origin, sequence)
+            mine = self.table.get(tid)
+            if mine is None:
+                if tid not in self.table.collected:
+                    wanted.append((origin, sequence))
+            elif self._checksums.get(tid) != checksum:
+                differing.append(mine)
+        runs = list(self.table.collected.runs())[:MAX_RUNS_PER_SYNC]
+        if differing or runs:
+            self._send_entries(source, differing, runs, reply=True)
+        if wanted:
+            self.context.send(source, TaskWant(tuple(wanted)))
+
+    def _on_want(self, message: TaskWant, source: Address) -> None:
+        entries = [
+            entry
+            for origin, sequence in message.ids
+            if (entry := self.table.get(TaskId(origin, sequence))) is not None
+        ]
+        if entries:
+            self._send_entries(source, entries, [], reply=False)
 
     def _body_budget(self) -> int:
         return self.context.config.max_datagram_bytes - BODY_BUDGET_MARGIN
@@ -696,6 +739,12 @@ class TaskComponent(Component):
     def entries(self) -> dict[TaskId, TaskEntry]:
         """A copy of the local table."""
         return self.table.snapshot()
+
+
+def _checksum(entry: TaskEntry) -> int:
+    """CRC-32 of the entry's wire form: equal entries, equal checksums, on every node."""
+    packed: bytes = msgpack.packb(entry_to_wire(entry), use_bin_type=True)
+    return zlib.crc32(packed)
 
 
 def _size(entry: TaskEntry) -> int:
