@@ -11,7 +11,7 @@ from hypothesis import strategies as hs
 
 from meshgpu.core.tasks import TaskEntry, TaskId, TaskSpec
 from meshgpu.core.tasks import state as st
-from meshgpu.core.tasks.messages import HoldRequest, TaskUpdate
+from meshgpu.core.tasks.messages import HoldRequest, TaskDigest, TaskUpdate, TaskWant
 from meshgpu.core.tasks.wire import entry_to_wire
 from meshgpu.errors import DecodeError
 
@@ -29,6 +29,10 @@ def test_round_trips() -> None:
     assert TaskUpdate.from_fields(update.to_fields()) == update
     hold = HoldRequest(ENTRY)
     assert HoldRequest.from_fields(hold.to_fields()) == hold
+    digest = TaskDigest((("n-0001", 2**45, 2**32 - 1),), (("n-0002", 1, 1),))
+    assert TaskDigest.from_fields(digest.to_fields()) == digest
+    want = TaskWant((("n-0001", 7),))
+    assert TaskWant.from_fields(want.to_fields()) == want
 
 
 json_like = hs.recursive(
@@ -55,7 +59,7 @@ def test_mutated_updates_raise_only_decode_error(fields: Any) -> None:
 
 @given(json_like)
 def test_garbage_raises_only_decode_error(fields: Any) -> None:
-    for cls in (TaskUpdate, HoldRequest):
+    for cls in (TaskUpdate, HoldRequest, TaskDigest, TaskWant):
         with contextlib.suppress(DecodeError):
             cls.from_fields(fields if isinstance(fields, list) else [fields])
 
