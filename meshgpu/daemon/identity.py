@@ -153,7 +153,7 @@ class DuplicateIdentityGuard:
 
     def __init__(self, node_id: NodeId, started: float, grace: float = 15.0) -> None:
         self.node_id = node_id
-        self._started = started
+        self.started = started
         self._grace = grace
         self.sightings = 0
         self.last_twin: Address | None = None
@@ -169,7 +169,7 @@ class DuplicateIdentityGuard:
             f"Stop one of them, or delete {IDENTITY_NAME} in the copy's data dir so it "
             "makes a new id"
         )
-        if now - self._started < self._grace:
+        if now - self.started < self._grace:
             raise DuplicateIdentityError(message)
         return message
 

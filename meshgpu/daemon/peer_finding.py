@@ -34,9 +34,23 @@ async def find_peers_by_mdns(daemon: Daemon, advertised: str, pin: str | None) -
     )
     daemon.discovery = discovery
 
+    checked: set[Address] = set()
+
+    async def check_then_offer(sighting: Sighting) -> None:
+        verdict = await refuse_if_twin(daemon, sighting.address)
+        if verdict:
+            return
+        if verdict is False:
+            checked.add(sighting.address)
+        daemon.feed(PeerDiscovered(sighting.address, sighting.node_id))
+
     def sighted(sighting: Sighting) -> None:
         daemon.count("mdns_sightings")
-        daemon.feed(PeerDiscovered(sighting.address, sighting.node_id))
+        if sighting.address in checked or not daemon.newcomer:
+            daemon.feed(PeerDiscovered(sighting.address, sighting.node_id))
+        else:  # first contact while starting: make sure no live twin is out there
+            assert daemon._nursery is not None
+            daemon._nursery.start_soon(check_then_offer, sighting)
 
     try:
         await discovery.run(sighted)
@@ -79,19 +93,31 @@ async def offer_seed_peers(daemon: Daemon) -> None:
                 continue
             if address in known or address == daemon.address:
                 continue
-            if address not in checked:
-                reached, twin = await find_live_twin(
-                    daemon.node_id, daemon.address, address, daemon.authenticator
-                )
-                if twin is not None:
-                    twin_error = DuplicateIdentityError(_twin_message(daemon, twin))
-                    logger.error("%s", twin_error)
-                    daemon.request_stop(twin_error)
+            if address not in checked and daemon.newcomer:
+                verdict = await refuse_if_twin(daemon, address)
+                if verdict:
                     return
-                if reached:
+                if verdict is False:
                     checked.add(address)
             daemon.feed(PeerDiscovered(address))
         await trio.sleep(daemon.settings.seed_interval)
+
+
+async def refuse_if_twin(daemon: Daemon, peer: Address) -> bool | None:
+    """Ask ``peer`` whether a live node already uses our id; if one answers elsewhere,
+    stop this node (it is the copy) and return True. False: no twin; None: the peer did
+    not answer (ask again at the next contact).
+
+    Only a newcomer asks (see ``Daemon.newcomer``): an established node that asked a new
+    peer could hear of the copy that just joined, and must not be the one to yield.
+    """
+    reached, twin = await find_live_twin(daemon.node_id, daemon.address, peer, daemon.authenticator)
+    if twin is None:
+        return False if reached else None
+    error = DuplicateIdentityError(_twin_message(daemon, twin))
+    logger.error("%s", error)
+    daemon.request_stop(error)
+    return True
 
 
 def _twin_message(daemon: Daemon, twin: Address) -> str:

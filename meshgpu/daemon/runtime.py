@@ -452,6 +452,11 @@ class Daemon:
                 last = load
             await trio.sleep(self.settings.load_interval)
 
+    @property
+    def newcomer(self) -> bool:
+        """Still within ``duplicate_grace`` of starting: the node that yields to a twin."""
+        return trio.current_time() - self.guard.started < self.settings.duplicate_grace
+
     def count(self, name: str) -> None:
         """Add one to daemon counter ``name`` (shown by ``status``)."""
         self.counters[name] = self.counters.get(name, 0) + 1
