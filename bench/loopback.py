@@ -113,7 +113,7 @@ def show_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
         table.add_column(column, justify="right" if column != columns[0] else "left")
     for row in rows:
         table.add_row(*(_shown(value) for value in row))
-    Console(stderr=True).print(table)
+    Console(stderr=True, width=160).print(table)
 
 
 def _shown(value: Any) -> str:
