@@ -192,8 +192,11 @@ class TaskComponent(Component):
 
     def on_member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
         now = self.context.now
+        if not len(self.table):
+            return  # nothing queued, assigned or held: membership changes cost nothing
         if info.state in LIVE_STATES:
-            self.schedule_at = min(self.schedule_at, now)
+            if self.queue:
+                self.schedule_at = min(self.schedule_at, now)
             return
         for tid in sorted(self.active):  # sorted: set order varies between processes
             entry = self.table.get(tid)
