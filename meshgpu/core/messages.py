@@ -136,6 +136,16 @@ def expect_address(value: object, what: str) -> Address:
     return (expect_str(pair[0], f"{what} host", 255), expect_int(pair[1], f"{what} port", 0, 65535))
 
 
+def _is_count(value: object) -> bool:
+    """``expect_int(value, ...)`` would accept it (hot-path check, no exception)."""
+    return type(value) is int and 0 <= value <= MAX_INT
+
+
+def _is_id(value: object) -> bool:
+    """``expect_str(value, ...)`` would accept it (hot-path check, no exception)."""
+    return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH
+
+
 # --- the envelope and the codec -----------------------------------------------------------
 
 
@@ -276,6 +286,10 @@ class Ping:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Ping:
+        if len(fields) == 2:  # hot path: the same checks as below, inline
+            seq, target = fields
+            if _is_count(seq) and _is_id(target):
+                return cls(seq, target)
         expect_list(fields, "Ping", 2)
         return cls(expect_int(fields[0], "seq"), expect_str(fields[1], "target"))
 
@@ -293,6 +307,8 @@ class Ack:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Ack:
+        if len(fields) == 1 and _is_count(fields[0]):  # hot path
+            return cls(fields[0])
         expect_list(fields, "Ack", 1)
         return cls(expect_int(fields[0], "seq"))
 
@@ -451,6 +467,17 @@ class Alive:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Alive:
+        if len(fields) == 4:  # hot path: the same checks as below, inline
+            node_id, host, port, incarnation = fields
+            if (
+                _is_id(node_id)
+                and type(host) is str
+                and 0 < len(host) <= 255
+                and type(port) is int
+                and 0 <= port <= 65535
+                and _is_count(incarnation)
+            ):
+                return cls(node_id, (host, port), incarnation)
         expect_list(fields, "Alive", 4)
         return cls(
             expect_str(fields[0], "node id"),
@@ -475,6 +502,10 @@ class Suspect:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Suspect:
+        if len(fields) == 3:  # hot path
+            node_id, incarnation, accuser = fields
+            if _is_id(node_id) and _is_count(incarnation) and _is_id(accuser):
+                return cls(node_id, incarnation, accuser)
         expect_list(fields, "Suspect", 3)
         return cls(
             expect_str(fields[0], "node id"),
@@ -498,6 +529,10 @@ class Dead:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Dead:
+        if len(fields) == 3:  # hot path
+            node_id, incarnation, accuser = fields
+            if _is_id(node_id) and _is_count(incarnation) and _is_id(accuser):
+                return cls(node_id, incarnation, accuser)
         expect_list(fields, "Dead", 3)
         return cls(
             expect_str(fields[0], "node id"),
