@@ -66,7 +66,7 @@ def task_runs(draw: st.DrawFn) -> Scenario:
             )
             faults.append(Partition(at_s=at, groups=groups, until_s=until))
         else:
-            changes: dict[str, float] = {"loss": draw(st.sampled_from([0.01, 0.05, 0.2]))}
+            changes: dict[str, float] = {"loss": draw(st.sampled_from([0.01, 0.05, 0.2, 0.4]))}
             if draw(st.booleans()):
                 changes["latency_s"] = draw(st.sampled_from([0.005, 0.05]))
             faults.append(
@@ -76,7 +76,7 @@ def task_runs(draw: st.DrawFn) -> Scenario:
         "strategy": draw(st.sampled_from(sorted(STRATEGIES))),
         "config": {"assignment_timeout_s": 4.0, "replication_timeout_s": 0.5},
         "workload": {
-            "rate_per_s": draw(st.sampled_from([2.0, 4.0, 8.0])),
+            "rate_per_s": draw(st.sampled_from([2.0, 4.0, 8.0, 16.0])),
             "start_s": ARRIVALS[0],
             "stop_s": ARRIVALS[1],
             "replicas": draw(st.sampled_from([1, 2, 2, 3])),
