@@ -89,6 +89,7 @@ class Node:
         self.load_gossip = LoadGossip(self.context, self.table.members)
         self.leadership = Leadership(self.context, self.table, now)
         self.components: list[Component] = []
+        self._timed: list[Component] = []
         self._deadline = math.inf
         self._message_owner: dict[type[Message], Component] = {}
         self._update_owner: dict[type[Message], Component] = {}
@@ -111,6 +112,9 @@ class Node:
                 raise ValueError(f"{cls.__name__} is already handled by another component")
             self._update_owner[cls] = component
         self.components.append(component)
+        if type(component).next_deadline is not Component.next_deadline:
+            # Only components with timers are asked for deadlines (once per event).
+            self._timed.append(component)
         self._deadline = self._compute_deadline()
         if component is not self.swim:
             self.context.member_listeners.append(component.on_member_changed)
@@ -153,7 +157,7 @@ class Node:
 
     def _compute_deadline(self) -> float:
         deadline = math.inf
-        for component in self.components:
+        for component in self._timed:
             candidate = component.next_deadline()
             if candidate < deadline:
                 deadline = candidate
@@ -168,7 +172,7 @@ class Node:
         if isinstance(event, DatagramReceived):
             self._on_datagram(event, now)
         elif isinstance(event, Tick):
-            for component in self.components:
+            for component in self._timed:
                 if component.next_deadline() <= now:
                     component.on_tick(now)
         elif isinstance(event, PeerDiscovered):

@@ -351,9 +351,9 @@ class Swim(Component):
             # apply_alive returning False, without building its reason string.
             alive: Alive = update  # type: ignore[assignment]
             info = table.members.get(alive.node_id)
-            if info is not None and alive.incarnation <= info.incarnation:
-                if alive.node_id != table.node_id:
-                    return
+            known = info is not None and alive.incarnation <= info.incarnation
+            if known and alive.node_id != table.node_id:
+                return
             table.apply_alive(alive, now, f"gossip from {envelope.sender}")
             return
         via = f"gossip from {envelope.sender}"
