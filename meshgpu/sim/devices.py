@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 from meshgpu.core.load import DeviceCapabilities, LoadVector
 from meshgpu.errors import ConfigError
+from meshgpu.sim.workload import config_int, config_number
 
 GIB = 1 << 30
 
@@ -102,15 +103,20 @@ def device_classes(overrides: Mapping[str, object], where: str) -> dict[str, Dev
             if key == "mean_s":
                 if not isinstance(value, Mapping):
                     raise ConfigError(f"{where}.profiles.{name}.mean_s must be a table")
-                changes[key] = {**base.mean_s, **{str(k): float(v) for k, v in value.items()}}
+                changes[key] = {
+                    **base.mean_s,
+                    **{str(k): config_number(v, f"{where}.mean_s.{k}") for k, v in value.items()},
+                }
             elif key == "device_types":
-                changes[key] = tuple(str(v) for v in value)  # type: ignore[attr-defined]
+                if not isinstance(value, list):
+                    raise ConfigError(f"{where}.profiles.{name}.device_types must be a list")
+                changes[key] = tuple(str(v) for v in value)
             elif key in ("slots", "memory_total"):
-                changes[key] = int(value)  # type: ignore[call-overload]
+                changes[key] = config_int(value, f"{where}.profiles.{name}.{key}")
             elif key == "fp16":
                 changes[key] = bool(value)
             elif key in ("default_mean_s", "cv", "failure_rate"):
-                changes[key] = float(value)  # type: ignore[arg-type]
+                changes[key] = config_number(value, f"{where}.profiles.{name}.{key}")
             else:
                 raise ConfigError(f"{where}.profiles.{name}: unknown key {key!r}")
         classes[name] = replace(base, **changes)  # type: ignore[arg-type]

@@ -53,7 +53,7 @@ from meshgpu.sim.devices import DeviceClass, device_classes, lab_layout
 from meshgpu.sim.faults import Crash, Restart, Reversal
 from meshgpu.sim.observers import Observer
 from meshgpu.sim.task_metrics import TaskMetrics
-from meshgpu.sim.workload import Workload
+from meshgpu.sim.workload import Workload, config_number
 
 CONFIRM_WINDOW_S = 1.0
 """A client whose entry node dies within this long after it received an outcome confirms
@@ -102,12 +102,12 @@ class TaskSimSettings:
             config["strategy"] = table["strategy"]
         TaskConfig.from_mapping(config)  # validate now, with a clear error
         numbers = {
-            key: float(table[key])
+            key: config_number(table[key], f"{where}.{key}")
             for key in ("data_latency_s", "bandwidth_bps", "model_fetch_s", "reconnect_s",
                         "client_rtt_s", "balance_tolerance")
             if key in table
         }  # fmt: skip
-        return cls(workload, tuple(layout), config, **numbers)  # type: ignore[arg-type]
+        return cls(workload, tuple(layout), config, **numbers)
 
 
 @dataclass(slots=True)

@@ -94,16 +94,19 @@ class Workload:
         values: dict[str, object] = {}
         for key in ("rate_per_s", "start_s", "stop_s", "bad_fraction", "deadline_s"):
             if key in table:
-                values[key] = float(table[key])  # type: ignore[arg-type]
+                values[key] = config_number(table[key], f"{where}.{key}")
         for key in ("replicas", "max_attempts"):
             if key in table:
-                values[key] = int(table[key])  # type: ignore[call-overload]
+                values[key] = config_int(table[key], f"{where}.{key}")
         for key in ("models", "priorities"):
             if key in table:
-                values[key] = {str(k): float(v) for k, v in _table(table[key], where, key).items()}
+                values[key] = {
+                    str(k): config_number(v, f"{where}.{key}.{k}")
+                    for k, v in _table(table[key], where, key).items()
+                }
         if "input_bytes" in table:
             values["input_bytes"] = {
-                str(k): int(v)
+                str(k): config_int(v, f"{where}.input_bytes.{k}")
                 for k, v in _table(table["input_bytes"], where, "input_bytes").items()
             }
         if "requirements" in table:
@@ -112,7 +115,7 @@ class Workload:
                 req = _table(raw, where, f"requirements.{model}")
                 requirements[str(model)] = DeviceRequirements(
                     device_type=req.get("device_type"),  # type: ignore[arg-type]
-                    min_memory=int(req.get("min_memory", 0)),  # type: ignore[call-overload]
+                    min_memory=config_int(req.get("min_memory", 0), f"{where}.min_memory"),
                     fp16=bool(req.get("fp16", False)),
                 )
             values["requirements"] = requirements
@@ -127,6 +130,20 @@ class Workload:
         if not workload.models:
             raise ConfigError(f"{where}.models must name at least one model")
         return workload
+
+
+def config_number(value: object, where: str) -> float:
+    """A TOML number (int or float, not bool) as float, else a ConfigError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    return float(value)
+
+
+def config_int(value: object, where: str) -> int:
+    """A TOML integer, else a ConfigError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    return value
 
 
 def _table(value: object, where: str, key: str) -> Mapping[str, object]:
