@@ -13,19 +13,17 @@ journal:
 * **client side**: resolves a task to its client once, marks it delivered.
 
 Every local change is sent to every live member at the end of the handler that made it
-(batched, ``TaskUpdate``); a push-pull anti-entropy exchange with one random peer every
-``sync_interval_s`` repairs lost datagrams and partitions. See docs/task-queue.md.
+(batched, ``TaskUpdate``); a checksum anti-entropy exchange with one random peer every
+``sync_interval_s`` repairs lost datagrams and partitions (both in ``sync.py``). See
+docs/task-queue.md.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
-
-import msgpack
 
 from meshgpu.core.component import Component, NodeContext
 from meshgpu.core.effects import (
@@ -61,22 +59,13 @@ from meshgpu.core.tasks.records import TaskRecord
 from meshgpu.core.tasks.spec import TaskId
 from meshgpu.core.tasks.state import Phase, TaskState
 from meshgpu.core.tasks.strategies import STRATEGIES, SelectionContext
+from meshgpu.core.tasks.sync import TableSync
 from meshgpu.core.tasks.table import TaskEntry, TaskTable
-from meshgpu.core.tasks.wire import entry_to_wire
 from meshgpu.core.types import Address, NodeId
 
 SEQUENCE_BASE_BITS = 40
 """Each start draws its first sequence number from [0, 2**40) x 2**20: a restarted node
 (with or without its journal) never reuses a task id still alive elsewhere."""
-
-BODY_BUDGET_MARGIN = 160
-"""Bytes of a datagram left for the envelope header and piggybacked membership updates."""
-
-MAX_RUNS_PER_SYNC = 16
-"""Tombstone intervals carried by one anti-entropy message (rotating)."""
-
-DIGEST_ITEM_BYTES = 20
-"""Room a digest item takes besides its origin's characters (sequence, crc, headers)."""
 
 
 class MeshView(Protocol):
@@ -141,8 +130,7 @@ class TaskComponent(Component):
         self._gc_at: dict[TaskId, float] = {}
         self._outbox: dict[TaskId, TaskEntry] = {}
         self._replaying = False
-        self._sync_cursor = 0
-        self._runs_cursor = 0
+        self.sync = TableSync(self)
         self._sync_at = now + self.rng.uniform(0.0, config.sync_interval_s)
         self._tick_at = math.inf
         self.schedule_at = math.inf
@@ -153,7 +141,6 @@ class TaskComponent(Component):
         self._load_dirty = False
         self._load_published_at = -math.inf
         self.assignment_log: list[AssignmentRecord] = []
-        self._checksums: dict[TaskId, int] = {}
 
     # --- Component interface ------------------------------------------------------------
 
@@ -166,7 +153,7 @@ class TaskComponent(Component):
     def on_tick(self, now: float) -> None:
         if now >= self._sync_at:
             self._sync_at = now + self.config.sync_interval_s
-            self._send_sync()
+            self.sync.send_round()
         if now >= self._tick_at or now >= self.schedule_at:
             self._housekeeping(now)
         self._finish(now)
@@ -181,13 +168,13 @@ class TaskComponent(Component):
 
     def on_message(self, envelope: Envelope, message: Message, source: Address, now: float) -> None:
         if isinstance(message, TaskUpdate):
-            self._on_task_update(message, source, now)
+            self.sync.on_update(message, source, now)
         elif isinstance(message, HoldRequest):
             self._on_hold_request(message, source, now)
         elif isinstance(message, TaskDigest):
-            self._on_digest(message, source, now)
+            self.sync.on_digest(message, source, now)
         elif isinstance(message, TaskWant):
-            self._on_want(message, source)
+            self.sync.on_want(message, source)
         self._finish(now)
 
     def on_member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
@@ -326,21 +313,6 @@ class TaskComponent(Component):
 
     # --- messages ---------------------------------------------------------------------------
 
-    def _on_task_update(self, message: TaskUpdate, source: Address, now: float) -> None:
-        if message.collected:
-            for dropped in self.table.merge_collected(list(message.collected)):
-                self._forget(dropped, persist=True)
-        newer: list[TaskEntry] = []
-        for entry in message.entries:
-            self._merge(entry, now, local=False)
-            mine = self.table.get(entry.task_id)
-            if message.reply and mine is not None and mine != entry:
-                newer.append(mine)
-        if message.reply:
-            runs = list(self.table.collected.runs())[:MAX_RUNS_PER_SYNC]
-            if newer or runs:
-                self._send_entries(source, newer, runs, reply=False)
-
     def _on_hold_request(self, message: HoldRequest, source: Address, now: float) -> None:
         entry = message.entry
         self._merge(entry, now, local=False)
@@ -348,7 +320,7 @@ class TaskComponent(Component):
         if mine is None:
             return
         if self.node_id in mine.holders:
-            self._send_entries(source, [mine], [], reply=False)
+            self.sync.send_entries(source, [mine], [], reply=False)
         elif entry.task_id not in self._fetching:
             self._fetching.add(entry.task_id)
             origin = entry.task_id.origin
@@ -363,6 +335,14 @@ class TaskComponent(Component):
             self._on_change(outcome.before, outcome.after, now, local)
         return outcome.after
 
+    def merge_remote(self, entry: TaskEntry, now: float, local: bool = False) -> TaskEntry | None:
+        """Merge a peer's entry (used by :class:`~meshgpu.core.tasks.sync.TableSync`)."""
+        return self._merge(entry, now, local)
+
+    def forget_entry(self, entry: TaskEntry, persist: bool) -> None:
+        """Drop local state of a collected entry (used by the sync on tombstones)."""
+        self._forget(entry, persist)
+
     def _update(self, tid: TaskId, now: float, **changes: Any) -> None:
         outcome = self.table.update(tid, **changes)
         if outcome.after is not None and outcome.changed:
@@ -376,7 +356,7 @@ class TaskComponent(Component):
         self, before: TaskEntry | None, after: TaskEntry, now: float, local: bool
     ) -> None:
         tid = after.task_id
-        self._checksums[tid] = _checksum(after)
+        self.sync.note_change(after)
         if local:
             self._outbox[tid] = after
         if before is None:
@@ -596,7 +576,7 @@ class TaskComponent(Component):
             group.discard(tid)
         self._gc_at.pop(tid, None)
         self._outbox.pop(tid, None)
-        self._checksums.pop(tid, None)
+        self.sync.forget(tid)
         self.queue.forget(tid)
         if tid in self.running:
             self.context.emit(CancelTask(tid, self.running.pop(tid)[0]))
@@ -647,112 +627,13 @@ class TaskComponent(Component):
             return
         entries = list(self._outbox.values())
         self._outbox.clear()
-        members = self.mesh.members()
-        for node_id in self.mesh.live_members():
-            if node_id != self.node_id and node_id in members:
-                self._send_entries(members[node_id].address, entries, [], reply=False)
-
-    def _send_sync(self) -> None:
-        """Anti-entropy: checksums of the next slice of the table to one random peer."""
-        peers = [n for n in self.mesh.live_members() if n != self.node_id]
-        if not peers:
-            return
-        peer = self.rng.choice(peers)
-        address = self.mesh.members()[peer].address
-        runs = list(self.table.collected.runs())
-        if len(runs) > MAX_RUNS_PER_SYNC:
-            start = self._runs_cursor % len(runs)
-            runs = (runs[start:] + runs[:start])[:MAX_RUNS_PER_SYNC]
-            self._runs_cursor = start + MAX_RUNS_PER_SYNC
-        budget = self._body_budget() - sum(len(origin) + 24 for origin, _, _ in runs)
-        ids = self.table.ids()
-        items: list[tuple[NodeId, int, int]] = []
-        if ids:
-            start = self._sync_cursor % len(ids)
-            for tid in ids[start:] + ids[:start]:
-                budget -= len(tid.origin) + DIGEST_ITEM_BYTES
-                if budget < 0 and items:
-                    break
-                checksum = self._checksums.get(tid)
-                if checksum is None:
-                    entry = self.table.get(tid)
-                    assert entry is not None
-                    checksum = self._checksums[tid] = _checksum(entry)
-                items.append((tid.origin, tid.sequence, checksum))
-            self._sync_cursor = start + len(items)
-        self.context.count("task_syncs_sent")
-        self.context.send(address, TaskDigest(tuple(items), tuple(runs)))
-
-    def _on_digest(self, message: TaskDigest, source: Address, now: float) -> None:
-        if message.collected:
-            for dropped in self.table.merge_collected(list(message.collected)):
-                self._forget(dropped, persist=True)
-        differing: list[TaskEntry] = []
-        wanted: list[tuple[NodeId, int]] = []
-        for origin, sequence, checksum in message.items:
-            tid = TaskId(origin, sequence)
-            mine = self.table.get(tid)
-            if mine is None:
-                if tid not in self.table.collected:
-                    wanted.append((origin, sequence))
-            elif self._checksums.get(tid) != checksum:
-                differing.append(mine)
-        runs = list(self.table.collected.runs())[:MAX_RUNS_PER_SYNC]
-        if differing or runs:
-            self._send_entries(source, differing, runs, reply=True)
-        if wanted:
-            self.context.send(source, TaskWant(tuple(wanted)))
-
-    def _on_want(self, message: TaskWant, source: Address) -> None:
-        entries = [
-            entry
-            for origin, sequence in message.ids
-            if (entry := self.table.get(TaskId(origin, sequence))) is not None
-        ]
-        if entries:
-            self._send_entries(source, entries, [], reply=False)
-
-    def _body_budget(self) -> int:
-        return self.context.config.max_datagram_bytes - BODY_BUDGET_MARGIN
-
-    def _send_entries(
-        self,
-        address: Address,
-        entries: list[TaskEntry],
-        runs: list[tuple[NodeId, int, int]],
-        reply: bool,
-    ) -> None:
-        """Send ``entries`` in as few datagrams as fit under the size limit."""
-        budget = self._body_budget() - 20 * len(runs)
-        batch: list[TaskEntry] = []
-        used = 0
-        for entry in entries:
-            size = _size(entry)
-            if batch and used + size > budget:
-                self.context.send(address, TaskUpdate(tuple(batch), tuple(runs), reply))
-                runs = []
-                batch, used = [], 0
-            batch.append(entry)
-            used += size
-        if batch or runs:
-            self.context.send(address, TaskUpdate(tuple(batch), tuple(runs), reply))
+        self.sync.broadcast(entries)
 
     # --- read-only views for drivers, status and checkers ---------------------------------
 
     def entries(self) -> dict[TaskId, TaskEntry]:
         """A copy of the local table."""
         return self.table.snapshot()
-
-
-def _checksum(entry: TaskEntry) -> int:
-    """CRC-32 of the entry's wire form: equal entries, equal checksums, on every node."""
-    packed: bytes = msgpack.packb(entry_to_wire(entry), use_bin_type=True)
-    return zlib.crc32(packed)
-
-
-def _size(entry: TaskEntry) -> int:
-    packed: bytes = msgpack.packb(entry_to_wire(entry), use_bin_type=True)
-    return len(packed) + 2
 
 
 _EVENT_HANDLERS: dict[type, Any] = {
