@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from meshgpu.core.component import Component, NodeContext
@@ -54,6 +54,7 @@ from meshgpu.core.tasks.breaker import BreakerBoard
 from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.core.tasks.leading import AssignmentRecord, Leading
 from meshgpu.core.tasks.messages import HoldRequest, TaskDigest, TaskUpdate, TaskWant
+from meshgpu.core.tasks.own_load import OwnLoad
 from meshgpu.core.tasks.queue import TaskQueue
 from meshgpu.core.tasks.records import TaskRecord
 from meshgpu.core.tasks.spec import TaskId
@@ -135,11 +136,7 @@ class TaskComponent(Component):
         self._tick_at = math.inf
         self.schedule_at = math.inf
         self.repair_at = math.inf
-        self._driver_load = LoadVector()
-        self._driver_reported = False
-        self._latency: dict[str, float] = {}
-        self._load_dirty = False
-        self._load_published_at = -math.inf
+        self.own_load = OwnLoad(config)
         self.assignment_log: list[AssignmentRecord] = []
 
     # --- Component interface ------------------------------------------------------------
@@ -199,9 +196,7 @@ class TaskComponent(Component):
     def on_driver_load(self, load: LoadVector, now: float) -> None:
         """The driver's own measurements (utilisation, memory, capabilities, and capacity
         as ``active_tasks + free_slots``); the task fields are filled in before gossip."""
-        self._driver_load = load
-        self._driver_reported = True
-        self._load_dirty = True
+        self.own_load.set_driver_load(load)
         self._publish_load(now, force=True)
 
     # --- events ---------------------------------------------------------------------------
@@ -236,7 +231,7 @@ class TaskComponent(Component):
         attempt, view = self.running.get(tid, (event.attempt, 0))
         if attempt == event.attempt:
             self.running.pop(tid, None)
-            self._load_dirty = True
+            self.own_load.dirty = True
         entry = self.table.get(tid)
         if entry is None or entry.state.phase is Phase.PENDING:
             # Collected already, or a report for an attempt this node never saw assigned
@@ -245,7 +240,7 @@ class TaskComponent(Component):
             return
         current = entry.state
         if event.outcome == "ok" and event.result_holders:
-            self._learn_own_latency(entry.spec.model_digest, event.run_s)
+            self.own_load.learn(entry.spec.model_digest, event.run_s)
             holders = frozenset(event.result_holders)
             if current.terminal:
                 self.context.count(
@@ -453,12 +448,12 @@ class TaskComponent(Component):
             )
             if superseded:
                 del self.running[tid]
-                self._load_dirty = True
+                self.own_load.dirty = True
                 self.context.emit(CancelTask(tid, attempt))
                 running = None
         if state.phase is Phase.ASSIGNED and state.worker == self.node_id and running is None:
             self.running[tid] = (state.attempt, state.view)
-            self._load_dirty = True
+            self.own_load.dirty = True
             origin = tid.origin
             holders = tuple(sorted(entry.holders, key=lambda n: (n != origin, n)))
             self.context.count("tasks_started")
@@ -529,7 +524,7 @@ class TaskComponent(Component):
             self.active
             or self._replications
             or self._gc_at
-            or self._load_dirty
+            or self.own_load.dirty
             or (self.repair_at < math.inf and self.mesh.leader() == self.node_id)
         ):
             self._tick_at = now + self.config.tick_interval_s
@@ -581,47 +576,23 @@ class TaskComponent(Component):
         if tid in self.running:
             self.context.emit(CancelTask(tid, self.running.pop(tid)[0]))
 
-    def _learn_own_latency(self, model: str, run_s: float) -> None:
-        previous = self._latency.get(model)
-        alpha = self.config.adaptive_alpha
-        self._latency[model] = run_s if previous is None else previous + alpha * (run_s - previous)
-        self._load_dirty = True
-
     def capacity(self) -> int:
         """How many tasks this node runs at once (driver's figure, else the config's)."""
-        load = self._driver_load
-        if self._driver_reported:
-            return load.active_tasks + load.free_slots
-        return self.config.slots
+        return self.own_load.capacity()
 
     def _publish_load(self, now: float, force: bool = False) -> None:
-        if not self._load_dirty:
+        if not self.own_load.dirty:
             return
-        due = self._load_published_at + self.config.load_publish_interval_s
-        if not force and now < due:
-            self._tick_at = min(self._tick_at, due)
+        if not force and now < self.own_load.due():
+            self._tick_at = min(self._tick_at, self.own_load.due())
             return
-        capacity = self.capacity()
-        running = len(self.running)
-        load = replace(
-            self._driver_load,
-            active_tasks=running,
-            free_slots=max(0, capacity - running),
-            queue_length=max(0, running - capacity),
-            latency_estimates=tuple(sorted(self._latency.items())),
-        )
-        self._load_dirty = False
-        self._load_published_at = now
-        self.mesh.publish_load(load)
+        self.mesh.publish_load(self.own_load.publish(len(self.running), now))
 
     # --- sending ----------------------------------------------------------------------------
 
     def _finish(self, now: float) -> None:
         """End of a handler: send what changed here to every live member."""
-        if (
-            self._load_dirty
-            and now >= self._load_published_at + self.config.load_publish_interval_s
-        ):
+        if self.own_load.dirty and now >= self.own_load.due():
             self._publish_load(now)
         if not self._outbox:
             return
