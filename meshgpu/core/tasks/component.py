@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from meshgpu.core.component import Component, NodeContext
@@ -32,7 +31,6 @@ from meshgpu.core.effects import (
     FetchPayload,
     Persist,
     RunTask,
-    TaskAccepted,
     TaskRejected,
     TaskResolved,
 )
@@ -57,6 +55,7 @@ from meshgpu.core.tasks.messages import HoldRequest, TaskDigest, TaskUpdate, Tas
 from meshgpu.core.tasks.own_load import OwnLoad
 from meshgpu.core.tasks.queue import TaskQueue
 from meshgpu.core.tasks.records import TaskRecord
+from meshgpu.core.tasks.replication import Replicator
 from meshgpu.core.tasks.spec import TaskId
 from meshgpu.core.tasks.state import Phase, TaskState
 from meshgpu.core.tasks.strategies import STRATEGIES, SelectionContext
@@ -86,16 +85,6 @@ class MeshView(Protocol):
     def publish_load(self, load: LoadVector) -> None: ...
 
 
-@dataclass(slots=True)
-class _Replication:
-    """The origin's bookkeeping while it waits for holders."""
-
-    client_ref: str
-    target: int
-    outstanding: dict[NodeId, float] = field(default_factory=dict)
-    tried: set[NodeId] = field(default_factory=set)
-
-
 class TaskComponent(Component):
     """The task queue of one node."""
 
@@ -123,7 +112,7 @@ class TaskComponent(Component):
         self.assigned_seen: dict[TaskId, dict[int, float]] = {}
         self.running: dict[TaskId, tuple[int, int]] = {}
         self._next_sequence = self.rng.getrandbits(SEQUENCE_BASE_BITS) << 20
-        self._replications: dict[TaskId, _Replication] = {}
+        self.replication = Replicator(self)
         self._fetching: set[TaskId] = set()
         self._resolved: set[TaskId] = set()
         self._watched: set[TaskId] = set()
@@ -187,8 +176,7 @@ class TaskComponent(Component):
             if entry and entry.state.phase is Phase.ASSIGNED and entry.state.worker == info.node_id:
                 self.queue.push(tid, entry.spec.priority)
                 self.orphaned_at.setdefault(tid, now)
-        for replication in self._replications.values():
-            replication.outstanding.pop(info.node_id, None)
+        self.replication.member_gone(info.node_id)
         self.repair_at = min(self.repair_at, now)
         self.schedule_at = min(self.schedule_at, now)
         self._arm_tick(now)
@@ -213,9 +201,7 @@ class TaskComponent(Component):
         self._next_sequence += 1
         self.context.count("tasks_submitted")
         self._merge(TaskEntry(task_id, spec, holders=frozenset({self.node_id})), now, local=True)
-        replication = _Replication(event.client_ref, spec.replicas)
-        self._replications[task_id] = replication
-        self._replicate(task_id, replication, now)
+        self.replication.start(task_id, event.client_ref, spec.replicas, now)
 
     def _payload_stored(self, event: PayloadStored, now: float) -> None:
         self._fetching.discard(event.task_id)
@@ -369,10 +355,8 @@ class TaskComponent(Component):
         if after.delivered and self.node_id in after.holders and tid not in self._dropped:
             self._dropped.add(tid)
             self.context.emit(DropPayload(tid, after.spec.input_digest))
-        replication = self._replications.get(tid)
-        if replication is not None and len(after.holders) >= replication.target:
-            self._accept(tid, replication, len(after.holders))
-        self._maybe_resolve(after)
+        self.replication.on_change(after)
+        self.maybe_resolve(after)
         if after.collectable and tid not in self._gc_at:
             self._gc_at[tid] = now + self.config.gc_delay_s
         self._arm_tick(now)
@@ -459,7 +443,7 @@ class TaskComponent(Component):
             self.context.count("tasks_started")
             self.context.emit(RunTask(tid, state.attempt, entry.spec, holders))
 
-    def _maybe_resolve(self, entry: TaskEntry) -> None:
+    def maybe_resolve(self, entry: TaskEntry) -> None:
         """Tell this node's client about a finished task, once, and never before the
         submission was acknowledged (the client learns the id from the acknowledgement)."""
         tid = entry.task_id
@@ -467,7 +451,7 @@ class TaskComponent(Component):
             entry.state.terminal
             and not entry.delivered
             and tid not in self._resolved
-            and tid not in self._replications
+            and tid not in self.replication
             and (tid.origin == self.node_id or tid in self._watched)
         ):
             self._resolve(entry)
@@ -480,37 +464,6 @@ class TaskComponent(Component):
             TaskResolved(entry.task_id, entry.state.phase.value, entry.state.reason, holders)
         )
 
-    def _accept(self, tid: TaskId, replication: _Replication, copies: int) -> None:
-        del self._replications[tid]
-        self.context.count("tasks_acknowledged")
-        if copies < replication.target:
-            self.context.count("tasks_acknowledged_short")
-        self.context.emit(TaskAccepted(replication.client_ref, tid, copies, replication.target))
-        entry = self.table.get(tid)
-        if entry is not None:
-            self._maybe_resolve(entry)
-
-    def _replicate(self, tid: TaskId, replication: _Replication, now: float) -> None:
-        """Ask more holder candidates, or acknowledge with what exists when nobody is left."""
-        entry = self.table.get(tid)
-        if entry is None:
-            return
-        missing = replication.target - len(entry.holders) - len(replication.outstanding)
-        if missing > 0:
-            candidates = [
-                n
-                for n in self.mesh.live_members()
-                if n not in entry.holders and n not in replication.tried
-            ]
-            self.rng.shuffle(candidates)
-            members = self.mesh.members()
-            for node_id in candidates[:missing]:
-                replication.tried.add(node_id)
-                replication.outstanding[node_id] = now
-                self.context.send(members[node_id].address, HoldRequest(entry))
-        if len(entry.holders) >= replication.target or not replication.outstanding:
-            self._accept(tid, replication, len(entry.holders))
-
     # --- periodic work --------------------------------------------------------------------
 
     def hold_request(self, node_id: NodeId, entry: TaskEntry) -> None:
@@ -522,7 +475,7 @@ class TaskComponent(Component):
     def _arm_tick(self, now: float) -> None:
         if self._tick_at == math.inf and (
             self.active
-            or self._replications
+            or self.replication
             or self._gc_at
             or self.own_load.dirty
             or (self.repair_at < math.inf and self.mesh.leader() == self.node_id)
@@ -532,13 +485,7 @@ class TaskComponent(Component):
     def _housekeeping(self, now: float) -> None:
         if now >= self._tick_at:
             self._tick_at = math.inf
-            timeout = self.config.replication_timeout_s
-            for tid, replication in list(self._replications.items()):
-                late = [n for n, sent in replication.outstanding.items() if now - sent >= timeout]
-                for node_id in late:
-                    del replication.outstanding[node_id]
-                if late or not replication.outstanding:
-                    self._replicate(tid, replication, now)
+            self.replication.tick(now)
             for tid, due in list(self._gc_at.items()):
                 if now >= due:
                     self._collect(tid, persist=True)
