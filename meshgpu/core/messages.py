@@ -146,6 +146,23 @@ def _is_id(value: object) -> bool:
     return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH
 
 
+_RECENT: dict[tuple[Any, ...], Message] = {}
+"""Recently decoded membership updates by their exact fields (the hot-path checks have
+already pinned every field to ``str`` or ``int``, so equal keys mean equal wire values).
+During a mass join every node receives each ``Alive`` about lambda*log(n) times; building
+the frozen dataclass is most of the cost of decoding it, and the result is immutable, so
+equal updates share one object. A pure cache: it changes no result, only the cost."""
+
+_RECENT_LIMIT = 16384
+
+
+def _remember(key: tuple[Any, ...], message: Message) -> Message:
+    if len(_RECENT) >= _RECENT_LIMIT:
+        _RECENT.clear()  # bounded memory; the next receipts refill it
+    _RECENT[key] = message
+    return message
+
+
 # --- the envelope and the codec -----------------------------------------------------------
 
 
@@ -477,7 +494,11 @@ class Alive:
                 and 0 <= port <= 65535
                 and _is_count(incarnation)
             ):
-                return cls(node_id, (host, port), incarnation)
+                key = (cls.TAG, node_id, host, port, incarnation)
+                known = _RECENT.get(key)
+                if known is None:
+                    known = _remember(key, cls(node_id, (host, port), incarnation))
+                return known  # type: ignore[return-value]
         expect_list(fields, "Alive", 4)
         return cls(
             expect_str(fields[0], "node id"),
@@ -505,7 +526,11 @@ class Suspect:
         if len(fields) == 3:  # hot path
             node_id, incarnation, accuser = fields
             if _is_id(node_id) and _is_count(incarnation) and _is_id(accuser):
-                return cls(node_id, incarnation, accuser)
+                key = (cls.TAG, node_id, incarnation, accuser)
+                known = _RECENT.get(key)
+                if known is None:
+                    known = _remember(key, cls(node_id, incarnation, accuser))
+                return known  # type: ignore[return-value]
         expect_list(fields, "Suspect", 3)
         return cls(
             expect_str(fields[0], "node id"),
@@ -532,7 +557,11 @@ class Dead:
         if len(fields) == 3:  # hot path
             node_id, incarnation, accuser = fields
             if _is_id(node_id) and _is_count(incarnation) and _is_id(accuser):
-                return cls(node_id, incarnation, accuser)
+                key = (cls.TAG, node_id, incarnation, accuser)
+                known = _RECENT.get(key)
+                if known is None:
+                    known = _remember(key, cls(node_id, incarnation, accuser))
+                return known  # type: ignore[return-value]
         expect_list(fields, "Dead", 3)
         return cls(
             expect_str(fields[0], "node id"),
