@@ -349,6 +349,13 @@ class MemberTable:
         Lifeguard, a remote suspicion or death of a member we hold alive is not believed
         at all: the member is told (``on_hearsay``) and refutes, which fixes the remote.
         """
+        if record.state == "alive":
+            # Most records of a push-pull are news we hold already: the outcome of
+            # apply_alive (False, nothing changed) without building the update and reason.
+            info = self.members.get(record.node_id)
+            known = info is not None and record.incarnation <= info.incarnation
+            if known and record.node_id != self.node_id:
+                return False
         reason = f"push-pull from {sender}"
         if record.state == "alive":
             return self.apply_alive(
