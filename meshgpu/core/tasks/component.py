@@ -329,6 +329,11 @@ class TaskComponent(Component):
         if outcome.after is not None and outcome.changed:
             self._on_change(outcome.before, outcome.after, now, local=True)
 
+    def set_acknowledged(self, tid: TaskId, now: float) -> None:
+        """The origin acknowledged the submission: from now on the leader may assign it
+        (used by :class:`~meshgpu.core.tasks.replication.Replicator`)."""
+        self._update(tid, now, acknowledged=True)
+
     def set_state(self, tid: TaskId, state: TaskState, now: float) -> None:
         """A local state transition (used by the leader role)."""
         self._update(tid, now, state=state)
@@ -350,6 +355,8 @@ class TaskComponent(Component):
             self._worker_role(after)
             if before is not None and before.state.phase is Phase.ASSIGNED:
                 self.schedule_at = min(self.schedule_at, now)  # a slot may have freed
+        if after.acknowledged and (before is None or not before.acknowledged):
+            self.schedule_at = min(self.schedule_at, now)  # assignable from now on
         if self.node_id in after.holders and not self._replaying:
             self.context.emit(Persist(TaskRecord(tid, after)))
         if after.delivered and self.node_id in after.holders and tid not in self._dropped:

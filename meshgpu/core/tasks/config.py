@@ -24,8 +24,13 @@ class TaskConfig:
     ``active_tasks + free_slots``)."""
 
     replication_timeout_s: float = 1.0
-    """How long the origin waits for a holder candidate before trying another one (and,
-    once every live member was tried, acknowledging with the copies that exist)."""
+    """How long the origin waits for a holder candidate before asking another one (an
+    untried live member if any, else one asked before again)."""
+
+    replication_give_up_s: float = 30.0
+    """Overall bound on a submission's replication: past it the origin acknowledges with
+    the copies that exist (the answer says how many) even though enough live members
+    exist. With fewer live members than ``replicas`` it acknowledges at once."""
 
     sync_interval_s: float = 0.5
     """Period of the task-table anti-entropy exchange with one random peer."""
@@ -67,6 +72,7 @@ class TaskConfig:
             raise ConfigError(f"tasks.slots must be >= 0, got {self.slots}")
         for name in (
             "replication_timeout_s",
+            "replication_give_up_s",
             "sync_interval_s",
             "tick_interval_s",
             "assignment_timeout_s",

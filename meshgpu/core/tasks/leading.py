@@ -13,7 +13,8 @@ Each round:
    failed attempt (retried, or FAILED once the retry policy is exhausted);
 3. orphans: a task ASSIGNED to a worker that is no longer live is queued again (done when
    the member change arrives, see ``TaskComponent.on_member_changed``);
-4. assignment: queued tasks whose retry back-off has passed go through
+4. assignment: queued tasks that are acknowledged (held by ``replicas`` nodes, or by
+   every live node when fewer exist) and whose retry back-off has passed go through
    :func:`~meshgpu.core.tasks.scheduler.plan_round` with a view of every live worker.
 """
 
@@ -154,6 +155,10 @@ class Leading:
                 tasks.queue.forget(tid)
                 continue
             state = entry.state
+            if not entry.acknowledged:
+                # Still being replicated: a result stored now would miss the holders that
+                # replication adds later. Stays queued; the acknowledgement schedules.
+                continue
             since = tasks.state_since.get(tid, now)
             if state.phase is Phase.RETRYING:
                 ready = tasks.retry_at.get(tid, now)

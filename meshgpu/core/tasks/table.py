@@ -10,7 +10,11 @@ of times, hold the same table (Shapiro et al., "Conflict-free Replicated Data Ty
   counts it);
 * ``state``: :func:`meshgpu.core.tasks.state.join` (the larger in a total order);
 * ``holders``, ``result_holders``: grow-only sets, merged by union;
-* ``delivered``: a flag that only goes from False to True (the client confirmed receipt).
+* ``delivered``: a flag that only goes from False to True (the client confirmed receipt);
+* ``acknowledged``: a flag that only goes from False to True (the origin acknowledged the
+  submission: it is held by ``replicas`` nodes, or by every live node when fewer exist).
+  The leader assigns only acknowledged tasks, so a result is never stored on a holder set
+  that replication is still growing.
 
 Garbage collection drops entries that are terminal and delivered, and records the id in a
 :class:`~meshgpu.core.tasks.collected.CollectedSet`; an entry whose id is collected is
@@ -38,6 +42,7 @@ class TaskEntry:
     holders: frozenset[NodeId] = frozenset()
     result_holders: frozenset[NodeId] = frozenset()
     delivered: bool = False
+    acknowledged: bool = False
 
     @property
     def collectable(self) -> bool:
@@ -57,6 +62,7 @@ def merge_entries(a: TaskEntry, b: TaskEntry) -> TaskEntry:
         holders=a.holders | b.holders,
         result_holders=a.result_holders | b.result_holders,
         delivered=a.delivered or b.delivered,
+        acknowledged=a.acknowledged or b.acknowledged,
     )
 
 
@@ -122,9 +128,11 @@ class TaskTable:
         holders: frozenset[NodeId] = frozenset(),
         result_holders: frozenset[NodeId] = frozenset(),
         delivered: bool = False,
+        acknowledged: bool = False,
     ) -> MergeOutcome:
-        """Apply a local change (a new state, more holders, the delivered mark) as a merge,
-        so a local update can never move anything down. Raises KeyError for an unknown id."""
+        """Apply a local change (a new state, more holders, the delivered or acknowledged
+        mark) as a merge, so a local update can never move anything down. Raises KeyError
+        for an unknown id."""
         current = self._entries[task_id]
         change = TaskEntry(
             task_id,
@@ -133,6 +141,7 @@ class TaskTable:
             current.holders | holders,
             current.result_holders | result_holders,
             current.delivered or delivered,
+            current.acknowledged or acknowledged,
         )
         return self.merge(change)
 

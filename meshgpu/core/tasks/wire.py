@@ -162,12 +162,19 @@ def entry_to_wire(entry: TaskEntry) -> Wire:
         sorted(entry.holders),
         sorted(entry.result_holders),
         entry.delivered,
+        entry.acknowledged,
     ]
 
 
 def entry_from_wire(value: object) -> TaskEntry:
-    fields = _list(value, 7)
+    fields = _list(value)
+    # 7 fields: a journal record written before the acknowledged mark existed, when every
+    # entry in a table was assignable: read it as acknowledged.
+    _expect(len(fields) in (7, 8), "expected 7 or 8 fields")
+    if len(fields) == 7:
+        fields.append(True)
     _expect(isinstance(fields[6], bool), "delivered is not a bool")
+    _expect(isinstance(fields[7], bool), "acknowledged is not a bool")
     return TaskEntry(
         task_id=task_id_from_wire(fields[0], fields[1]),
         spec=spec_from_wire(fields[2]),
@@ -175,4 +182,5 @@ def entry_from_wire(value: object) -> TaskEntry:
         holders=frozenset(_str(n) for n in _list(fields[4])),
         result_holders=frozenset(_str(n) for n in _list(fields[5])),
         delivered=bool(fields[6]),
+        acknowledged=bool(fields[7]),
     )
