@@ -4,8 +4,9 @@ Three guards against the identity mix-ups users of peer-to-peer tools hit most:
 
 * **Made once, kept.** The node id is generated on first start and stored in
   ``identity.json``; a restart is the same node (its journal and its tasks follow it).
-  The incarnation (SWIM's counter a node raises to refute its own death) is stored too
-  and bumped at every start, so a restarted node outranks what the mesh remembers of it.
+  The incarnation (SWIM's counter a node raises to refute its own death) is stored too:
+  written (fsynced) whenever the running node raises it, and bumped at every start, so
+  a restarted node, even after SIGKILL, outranks what the mesh remembers of it.
 * **One daemon per data dir.** ``daemon.lock`` is held with ``flock`` for the life of
   the process (the kernel drops it when the process dies, even by SIGKILL, so there are
   no stale locks to clean); a second daemon on the same dir is refused and told the

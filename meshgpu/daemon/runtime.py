@@ -156,6 +156,7 @@ class Daemon:
             trio.current_time(),
             incarnation=incarnation,
         )
+        self._saved_incarnation = incarnation
         self.peers = ConnectionPool(self.authenticator, max_frame_bytes=settings.max_frame_bytes)
         self.dataplane = DataPlane(self)
         self.handlers = ClientHandlers(self)
@@ -273,11 +274,28 @@ class Daemon:
             self.count("core_errors")
             logger.exception("the core failed to handle %s", type(event).__name__)
             return
+        if self.node.incarnation > self._saved_incarnation:
+            self._save_incarnation()
         if effects:
             self._effects.extend(effects)
             self._idle = trio.Event()
             self._effects_ready.set()
         self._deadline_moved.set()
+
+    def _save_incarnation(self) -> None:
+        """The node raised its incarnation (a refutation): write it down now, fsynced,
+        before any datagram announcing it leaves, so a restart after SIGKILL starts above
+        it (``IdentityStore.start`` adds one to what is stored). Refutations are rare, so
+        the blocking write is cheap. A twin never writes the copied identity."""
+        if isinstance(self.stopped_because, DuplicateIdentityError):
+            return
+        incarnation = self.node.incarnation
+        try:
+            self.identity_store.save(NodeIdentity(self.node_id, incarnation))
+        except StorageError as error:
+            logger.error("%s", error)
+            return
+        self._saved_incarnation = incarnation
 
     async def flushed(self) -> None:
         """Wait until every queued effect has been executed."""

@@ -258,3 +258,21 @@ async def test_connection_pool_reuses_one_connection_and_reconnects(daemon: Daem
         assert (await pool.call(daemon.address, "ping", timeout=10))["node_id"] == "solo"
         assert await connections() == before + 2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_raised_incarnation_is_on_disk_while_running(daemon: Daemon) -> None:
+    """Regression: the incarnation was written at start and at a clean stop only, so a
+    node SIGKILLed after refuting a suspicion came back below what the mesh knew."""
+    from meshgpu.core.events import Tick
+    from meshgpu.daemon.identity import IdentityStore
+
+    started = daemon.node.incarnation
+    daemon.node.swim.table._refute(started + 1, trio.current_time())  # someone suspects us
+    daemon.feed(Tick())
+    raised = daemon.node.incarnation
+    assert raised == started + 2
+    store = IdentityStore(daemon.settings.data_dir)
+    on_disk = store.load()
+    assert on_disk is not None and on_disk.incarnation == raised  # no clean stop needed
+    # What a restart after SIGKILL would read: above anything the mesh has seen.
+    assert store.start().incarnation == raised + 1
