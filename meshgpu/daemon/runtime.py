@@ -71,6 +71,7 @@ from meshgpu.daemon.peer_finding import find_peers_by_mdns, offer_seed_peers
 from meshgpu.daemon.rpc import ConnectionPool
 from meshgpu.daemon.settings import DaemonSettings
 from meshgpu.daemon.status import LoadMeter, device_capabilities
+from meshgpu.daemon.warmup import preload_inference
 from meshgpu.errors import ConfigError, DuplicateIdentityError, MeshError, StorageError
 
 logger = logging.getLogger("meshgpu.daemon")
@@ -131,6 +132,9 @@ class Daemon:
         self.models = ModelStore(settings.data_dir / "models", settings.model_cache_bytes)
         self.payloads = PayloadStore(settings.data_dir / "payloads")
         self.executor = Executor(settings.slots, backend=settings.backend, device=settings.device)
+        # Before the node exists: the imports hold the GIL for a second or more, which
+        # inside the first task starved the loop into false suspicions (warmup.py).
+        preload_inference(settings.backend)
         self.guard = DuplicateIdentityGuard(
             self.node_id, trio.current_time(), grace=settings.duplicate_grace
         )

@@ -276,3 +276,34 @@ async def test_a_raised_incarnation_is_on_disk_while_running(daemon: Daemon) -> 
     assert on_disk is not None and on_disk.incarnation == raised  # no clean stop needed
     # What a restart after SIGKILL would read: above anything the mesh has seen.
     assert store.start().incarnation == raised + 1
+
+
+def test_the_inference_stack_is_loaded_before_the_node_joins(tmp_path: Path) -> None:
+    """Regression: onnxruntime was first imported inside the first task's worker thread,
+    holding the GIL long enough to starve the loop into false suspicions. A fresh
+    interpreter (this one has imported everything already) starts a daemon, and
+    onnxruntime must be loaded by the time it serves, before any task."""
+    import subprocess
+    import sys
+
+    program = f"""
+import sys, trio
+from pathlib import Path
+from meshgpu.daemon.runtime import Daemon
+from meshgpu.daemon.settings import DaemonSettings
+
+async def main():
+    settings = DaemonSettings(data_dir=Path({str(tmp_path / "fresh")!r}), bind="127.0.0.1",
+                              port=0, mdns=False, backend="onnxruntime", name="fresh")
+    async with trio.open_nursery() as nursery:
+        daemon = await nursery.start(Daemon(settings).run)
+        print("onnxruntime" in sys.modules, flush=True)
+        daemon.request_stop()
+
+trio.run(main)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True", done.stdout + done.stderr
