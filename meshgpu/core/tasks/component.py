@@ -357,6 +357,15 @@ class TaskComponent(Component):
                 self.schedule_at = min(self.schedule_at, now)  # a slot may have freed
         if after.acknowledged and (before is None or not before.acknowledged):
             self.schedule_at = min(self.schedule_at, now)  # assignable from now on
+        if before is not None and after.state.epoch > before.state.epoch:
+            self._resolved.discard(tid)  # the result was lost: resolve the re-run's outcome
+        if (
+            state.phase is Phase.DONE
+            and not after.delivered
+            and (before is None or before.state != state)
+            and after.result_holders.isdisjoint(self.mesh.live_members())
+        ):
+            self.repair_at = min(self.repair_at, now)  # its result may be lost already
         if self.node_id in after.holders and not self._replaying:
             self.context.emit(Persist(TaskRecord(tid, after)))
         if after.delivered and self.node_id in after.holders and tid not in self._dropped:

@@ -97,7 +97,8 @@ class Leading:
                 del log[: len(log) - MAX_ASSIGNMENT_LOG]
 
     def _repair_replicas(self, now: float, live: set[NodeId]) -> None:
-        """After a member died: ask live nodes to hold the undelivered tasks that are down
+        """After a member died: re-run undelivered DONE tasks whose result holders are all
+        dead, and ask live nodes to hold the undelivered tasks that are down
         to fewer live holders than their ``replicas`` (never below one surviving holder:
         with none, there is nothing left to copy). Checked again after
         ``replication_timeout_s`` until every such task is back to strength."""
@@ -109,6 +110,20 @@ class Leading:
             if entry is None or entry.delivered:
                 continue
             holding = entry.holders & live
+            if (
+                entry.state.phase is Phase.DONE
+                and holding
+                and entry.result_holders.isdisjoint(live)
+            ):
+                # DONE is no dead end: with every copy of the undelivered result gone and
+                # the inputs still held, run it again (a new epoch, see state.py).
+                gone = ", ".join(sorted(entry.result_holders))
+                tasks.context.count("results_lost")
+                reason = f"result lost: every result holder ({gone}) is dead"
+                tasks.set_state(task_id, st.lose_result(entry.state, reason), now)
+                entry = tasks.table.get(task_id)
+                if entry is None:
+                    continue
             wanted = min(entry.spec.replicas, len(live))
             if not holding or len(holding) >= wanted:
                 continue

@@ -13,7 +13,16 @@ attempt n + 1" sub-state of ASSIGNED: it must sit above ASSIGNED(n) so the failu
 wins over the assignment it ends, and below ASSIGNED(n + 1) so the retry wins over it.
 
 DONE is above FAILED: when a task both failed on one side of a partition (deadline, retries
-exhausted) and succeeded on the other, the result exists, so the merge keeps it. Delivery
+exhausted) and succeeded on the other, the result exists, so the merge keeps it.
+
+Every state carries an ``epoch`` that comes first in the order: the lattice is the
+lexicographic product (epoch, state above). Epoch 0 is the only one a task normally sees.
+The one transition out of DONE, ``LOSE_RESULT``, moves DONE(epoch e) to RETRYING(epoch
+e + 1): the leader makes it when the result of an undelivered DONE task is on no live
+node (every result holder died) while a holder of the inputs lives, so the task runs again
+instead of leaving its client waiting on a result nobody can serve. It is still a move up
+(the epoch grew), so replicas converge exactly as before: any state of epoch e + 1 beats
+every state of epoch e, and within an epoch the join is unchanged. Delivery
 is once per task id regardless (``table.py``'s ``delivered`` mark), so a client told
 "failed" is not told again.
 
@@ -55,6 +64,7 @@ class Cause(enum.Enum):
     RETRY = "retry"  # the attempt failed transiently; another attempt will follow
     FAIL = "fail"  # a permanent error, or transient failures exhausted the retry policy
     EXPIRE = "expire"  # the task's deadline passed before it finished
+    LOSE_RESULT = "lose_result"  # DONE, undelivered, and every result holder is dead
 
 
 TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
@@ -70,9 +80,10 @@ TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
     (Phase.PENDING, Cause.EXPIRE): Phase.FAILED,
     (Phase.ASSIGNED, Cause.EXPIRE): Phase.FAILED,
     (Phase.RETRYING, Cause.EXPIRE): Phase.FAILED,
+    (Phase.DONE, Cause.LOSE_RESULT): Phase.RETRYING,  # into the next epoch
 }
-"""Every legal local transition: ``(from phase, cause) -> to phase``. Terminal phases have
-none; only a merge can lift FAILED to DONE."""
+"""Every legal local transition: ``(from phase, cause) -> to phase``. FAILED has none, DONE
+only ``LOSE_RESULT`` (which opens a new epoch); only a merge can lift FAILED to DONE."""
 
 _RANK: dict[Phase, tuple[int, int]] = {
     Phase.PENDING: (0, 0),
@@ -82,7 +93,7 @@ _RANK: dict[Phase, tuple[int, int]] = {
     Phase.DONE: (3, 0),
 }
 
-OrderKey: TypeAlias = tuple[int, int, int, int, tuple[bool, str], int, str]
+OrderKey: TypeAlias = tuple[int, int, int, int, int, tuple[bool, str], int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +103,8 @@ class TaskState:
     ``attempt`` counts assignments (1 for the first); ``failures`` counts attempts that
     failed transiently (what the retry policy's ``max_attempts`` limits); ``view`` is the
     leader's view when it assigned; ``worker`` the node assigned (or that finished it);
-    ``reason`` says why a task is RETRYING or FAILED.
+    ``reason`` says why a task is RETRYING or FAILED; ``epoch`` counts results lost
+    after DONE (each one re-runs the task, see the module docstring).
     """
 
     phase: Phase = Phase.PENDING
@@ -101,6 +113,7 @@ class TaskState:
     worker: NodeId | None = None
     failures: int = 0
     reason: str = ""
+    epoch: int = 0
 
     @property
     def order_key(self) -> OrderKey:
@@ -111,7 +124,7 @@ class TaskState:
         well-defined even for states no legal run would produce."""
         rank, sub = _RANK[self.phase]
         worker = (self.worker is not None, self.worker or "")
-        return (rank, self.attempt, sub, self.view, worker, self.failures, self.reason)
+        return (self.epoch, rank, self.attempt, sub, self.view, worker, self.failures, self.reason)
 
     @property
     def terminal(self) -> bool:
@@ -153,20 +166,28 @@ def _checked(current: TaskState, cause: Cause, new: TaskState) -> TaskState:
 
 def assign(current: TaskState, view: int, worker: NodeId) -> TaskState:
     """The leader of ``view`` gives the task to ``worker`` as the next attempt."""
-    new = TaskState(Phase.ASSIGNED, current.attempt + 1, view, worker, current.failures)
+    new = TaskState(
+        Phase.ASSIGNED, current.attempt + 1, view, worker, current.failures, "", current.epoch
+    )
     return _checked(current, Cause.ASSIGN, new)
 
 
 def complete(current: TaskState, attempt: int, view: int, worker: NodeId) -> TaskState:
     """``worker`` finished ``attempt`` and stored the result on the holders."""
-    new = TaskState(Phase.DONE, attempt, view, worker, current.failures)
+    new = TaskState(Phase.DONE, attempt, view, worker, current.failures, "", current.epoch)
     return _checked(current, Cause.COMPLETE, new)
 
 
 def retry(current: TaskState, reason: str) -> TaskState:
     """The current attempt failed transiently; one more failure is counted."""
     new = TaskState(
-        Phase.RETRYING, current.attempt, current.view, current.worker, current.failures + 1, reason
+        Phase.RETRYING,
+        current.attempt,
+        current.view,
+        current.worker,
+        current.failures + 1,
+        reason,
+        current.epoch,
     )
     return _checked(current, Cause.RETRY, new)
 
@@ -174,13 +195,36 @@ def retry(current: TaskState, reason: str) -> TaskState:
 def fail(current: TaskState, reason: str, *, count_failure: bool = True) -> TaskState:
     """The task fails for good with ``reason`` (permanent error, or retries exhausted)."""
     failures = current.failures + (1 if count_failure and current.attempt else 0)
-    new = TaskState(Phase.FAILED, current.attempt, current.view, current.worker, failures, reason)
+    new = TaskState(
+        Phase.FAILED, current.attempt, current.view, current.worker, failures, reason, current.epoch
+    )
     return _checked(current, Cause.FAIL, new)
 
 
 def expire(current: TaskState, reason: str = "deadline exceeded") -> TaskState:
     """The task's deadline passed before it finished."""
     new = TaskState(
-        Phase.FAILED, current.attempt, current.view, current.worker, current.failures, reason
+        Phase.FAILED,
+        current.attempt,
+        current.view,
+        current.worker,
+        current.failures,
+        reason,
+        current.epoch,
     )
     return _checked(current, Cause.EXPIRE, new)
+
+
+def lose_result(current: TaskState, reason: str) -> TaskState:
+    """Every holder of a DONE task's undelivered result is dead: run it again, in the next
+    epoch. The failure is not the task's, so its retry budget is untouched."""
+    new = TaskState(
+        Phase.RETRYING,
+        current.attempt,
+        current.view,
+        current.worker,
+        current.failures,
+        reason,
+        current.epoch + 1,
+    )
+    return _checked(current, Cause.LOSE_RESULT, new)

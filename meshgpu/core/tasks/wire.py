@@ -134,11 +134,15 @@ def state_to_wire(state: TaskState) -> Wire:
         state.worker,
         state.failures,
         state.reason,
+        state.epoch,
     ]
 
 
 def state_from_wire(value: object) -> TaskState:
-    fields = _list(value, 6)
+    fields = _list(value)
+    _expect(len(fields) in (6, 7), "expected 6 or 7 state fields")
+    if len(fields) == 6:  # journaled before epochs existed: epoch 0
+        fields.append(0)
     try:
         phase = Phase(_str(fields[0]))
     except ValueError as error:
@@ -150,6 +154,7 @@ def state_from_wire(value: object) -> TaskState:
         None if fields[3] is None else _str(fields[3]),
         _int(fields[4]),
         _str(fields[5]),
+        _int(fields[6]),
     )
 
 

@@ -94,3 +94,42 @@ def test_the_acknowledged_mark_merges_up_and_round_trips() -> None:
     assert entry_from_wire(entry_to_wire(acked)) == acked
     legacy = entry_to_wire(plain)[:7]  # a journal record from before the mark
     assert entry_from_wire(legacy).acknowledged
+
+
+def test_a_done_task_whose_result_holders_all_died_runs_again() -> None:
+    """Defence in depth: DONE is no dead end. The worker stored the result on itself only
+    (as the pre-acknowledgement bug did) and died before delivery: the leader opens a new
+    epoch, the task runs again on a live node, and the client is told the new outcome."""
+    from meshgpu.core.effects import TaskResolved
+    from meshgpu.core.events import TaskFinished
+    from meshgpu.core.tasks import Phase
+
+    h = settled(4)
+    task_id = submitted(h, "n001")
+    for _ in range(20):
+        serve_fetches(h)
+        h.run_until(h.now + 0.05)
+    (first,) = [(n, e) for _, n, e in h.log if isinstance(e, RunTask)]
+    worker, run = first
+    h.deliver_event(worker, TaskFinished(task_id, run.attempt, "ok", "", (worker,)))
+    h.run_until(h.now + 0.3)
+    assert [r.result_holders for r in effects(h, TaskResolved)] == [(worker,)]
+    survivor = next(n for n in sorted(h.nodes) if n != worker)
+    h.crash(worker)
+    for _ in range(200):
+        h.run_until(h.now + 0.1)
+        if any(e.attempt > run.attempt for e in effects(h, RunTask)):
+            break
+    entry = h.nodes[survivor].tasks.table.get(task_id)
+    assert entry is not None and entry.state.epoch == 1, entry
+    again = [(n, e) for _, n, e in h.log if isinstance(e, RunTask) and e.attempt > run.attempt]
+    assert again, f"never re-run: {entry.state}"
+    rerun_worker, rerun = again[-1]
+    assert rerun_worker != worker
+    h.deliver_event(rerun_worker, TaskFinished(task_id, rerun.attempt, "ok", "", rerun.holders))
+    h.run_until(h.now + 0.5)
+    resolved = effects(h, TaskResolved)
+    assert len(resolved) == 2 and resolved[-1].state == "done"
+    assert set(resolved[-1].result_holders) - {worker}  # a live node serves it now
+    entry = h.nodes[survivor].tasks.table.get(task_id)
+    assert entry is not None and entry.state.phase is Phase.DONE and entry.state.epoch == 1

@@ -22,7 +22,7 @@ from meshgpu.core.tasks import (
     record_to_bytes,
 )
 from meshgpu.core.tasks import state as st
-from meshgpu.core.tasks.wire import entry_from_wire, entry_to_wire
+from meshgpu.core.tasks.wire import entry_from_wire, entry_to_wire, state_from_wire, state_to_wire
 from meshgpu.errors import DecodeError, TaskError
 
 SPEC = TaskSpec("m" * 64, "i" * 64, (("x", (1, 3)),), Priority.HIGH, deadline_s=5.0)
@@ -55,7 +55,9 @@ def test_retry_from_pending_is_illegal() -> None:
 
 
 def test_transition_table_covers_only_non_terminal_sources() -> None:
-    assert all(not source.terminal for source, _cause in TRANSITIONS)
+    # The one exception: a DONE whose result is lost opens a new epoch (state.py).
+    out_of_terminal = {key: v for key, v in TRANSITIONS.items() if key[0].terminal}
+    assert out_of_terminal == {(Phase.DONE, st.Cause.LOSE_RESULT): Phase.RETRYING}
     assert {target for target in TRANSITIONS.values()} == {
         Phase.ASSIGNED,
         Phase.RETRYING,
@@ -149,3 +151,15 @@ def test_spec_rejects_nonsense() -> None:
         TaskSpec("m", "i", replicas=0)
     with pytest.raises(TaskError, match="model digest"):
         TaskSpec("", "i")
+
+
+def test_losing_a_result_moves_up_into_the_next_epoch() -> None:
+    done = st.complete(st.assign(st.PENDING, 1, "n1"), 1, 1, "n1")
+    lost = st.lose_result(done, "result lost")
+    assert lost.phase is Phase.RETRYING and lost.epoch == 1
+    assert lost.order_key > done.order_key and st.join(done, lost) == lost
+    assert lost.failures == done.failures  # not the task's fault: no retry budget used
+    again = st.assign(lost, 2, "n2")
+    assert again.epoch == 1 and st.join(again, done) == again
+    assert state_from_wire(state_to_wire(again)) == again
+    assert state_from_wire(state_to_wire(done)[:6]) == done  # a record from before epochs
