@@ -145,12 +145,6 @@ async def test_killing_the_leader_mid_stream_loses_nothing(mesh, reference) -> N
     check(outcomes, ids, expected)
 
 
-@pytest.mark.xfail(
-    reason="core: a task the leader assigns before its replication finished can end DONE "
-    "with its result on the origin alone; when the origin dies the task is not re-run "
-    "(reported to the task-queue owner)",
-    strict=False,
-)
 async def test_killing_the_entry_node_client_collects_elsewhere(mesh, reference) -> None:
     pixels, expected = reference
     await ready(mesh)

@@ -232,14 +232,6 @@ def test_kill_9_is_declared_dead_by_every_survivor(fleet: Fleet) -> None:
         assert record["reason"], record  # status says why it is gone
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, about 1 run in 3: a task run by its origin before replication "
-    "finished is DONE with result_holders = [origin] only (core/tasks/component.py merges "
-    "it as PENDING before replicating; dataplane._push_result stores on the holders known "
-    "then, and a holder added later never gets the result); kill -9 of the origin loses "
-    "the result and the client waits forever. Remove this marker once fixed.",
-)
 def test_client_fails_over_when_its_entry_node_is_killed(
     fleet: Fleet, reference: tuple[np.ndarray, np.ndarray]
 ) -> None:
