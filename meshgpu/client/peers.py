@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshgpu.daemon.discovery import DEFAULT_PORT, parse_peer
 from meshgpu.errors import ConfigError
 
-DEFAULT_PORT = 7946
 LOCAL_DEFAULT = ("127.0.0.1", DEFAULT_PORT)
 PEER_ENV = "MESHGPU_PEER"
 STATE_FILE = "daemon.json"
@@ -49,18 +49,7 @@ class Candidate:
 
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> Address:
     """``HOST:PORT`` (or ``HOST``, or ``[V6]:PORT``) as a (host, port) pair."""
-    text = text.strip()
-    host, separator, port_text = text.rpartition(":")
-    if not separator or "]" in port_text:
-        host, port_text = text, str(default_port)
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"peer {text!r}: port {port_text!r} is not a number") from None
-    if not host or not 0 < port < 65536:
-        raise ConfigError(f"peer {text!r} must look like HOST:PORT, e.g. 10.0.0.5:7946")
-    return host, port
+    return parse_peer(text.strip(), default_port)
 
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:

@@ -57,9 +57,9 @@ def parse_peer(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     try:
         port = int(port_text)
     except ValueError:
-        raise ConfigError(f"--peer {text!r}: port {port_text!r} is not a number") from None
+        raise ConfigError(f"peer {text!r}: port {port_text!r} is not a number") from None
     if not host or not 0 < port < 65536:
-        raise ConfigError(f"--peer {text!r} must look like HOST:PORT, e.g. 10.0.0.5:7946")
+        raise ConfigError(f"peer {text!r} must look like HOST:PORT, e.g. 10.0.0.5:7946")
     return host, port
 
 
