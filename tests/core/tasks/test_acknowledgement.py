@@ -4,9 +4,12 @@ and decides when a holder candidate's fetch completes)."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
 from meshgpu.core.config import MeshConfig
 from meshgpu.core.effects import FetchPayload, RunTask, TaskAccepted
-from meshgpu.core.events import SubmitTask
+from meshgpu.core.events import PayloadStored, SubmitTask
 from meshgpu.core.tasks import TaskId, TaskSpec
 from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.core.tasks.table import TaskEntry, merge_entries
@@ -133,3 +136,44 @@ def test_a_done_task_whose_result_holders_all_died_runs_again() -> None:
     assert set(resolved[-1].result_holders) - {worker}  # a live node serves it now
     entry = h.nodes[survivor].tasks.table.get(task_id)
     assert entry is not None and entry.state.phase is Phase.DONE and entry.state.epoch == 1
+
+
+@settings(max_examples=10, deadline=None, print_blob=True)
+@given(
+    size=hs.integers(2, 5),
+    replicas=hs.integers(1, 4),
+    slow=hs.lists(hs.floats(0.0, 3.0), min_size=5, max_size=5),
+    submitters=hs.lists(hs.integers(0, 4), min_size=1, max_size=4),
+)
+def test_no_task_runs_before_its_acknowledgement(
+    size: int, replicas: int, slow: list[float], submitters: list[int]
+) -> None:
+    """Property: whatever the fetch delays, a RunTask for a task is only ever emitted
+    after its origin acknowledged it, and names at least the acknowledged copies; with
+    enough live nodes the acknowledgement has all ``replicas`` copies. Hypothesis prints
+    the shrunk parameters (and the seed blob) on failure."""
+    h = settled(size)
+    h.served = set()
+    names = sorted(h.nodes)
+    spec = TaskSpec("model-a", "input-1", replicas=replicas)
+    for index, who in enumerate(submitters):
+        h.deliver_event(names[who % size], SubmitTask(f"c{index}", spec))
+    ready_at: dict[tuple[str, TaskId], float] = {}
+    for _ in range(120):
+        h.run_until(h.now + 0.05)
+        for _, node, effect in list(h.log):
+            if isinstance(effect, FetchPayload):
+                key = (node, effect.task_id)
+                due = ready_at.setdefault(key, h.now + slow[names.index(node) % len(slow)])
+                if h.now >= due and key not in h.served:
+                    h.served.add(key)
+                    h.deliver_event(node, PayloadStored(effect.task_id))
+    accepted: dict[TaskId, tuple[float, int]] = {}
+    for time, _, effect in h.log:
+        if isinstance(effect, TaskAccepted):
+            accepted.setdefault(effect.task_id, (time, effect.copies))
+            assert effect.copies == min(replicas, size), effect  # no peer missing here
+        if isinstance(effect, RunTask):
+            assert effect.task_id in accepted, f"{effect.task_id} ran before acknowledgement"
+            assert len(effect.holders) >= accepted[effect.task_id][1], effect
+    assert len(accepted) == len(submitters)
