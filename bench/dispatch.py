@@ -210,14 +210,14 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             entry["efficiency_vs_loop"] = entry["tps"] / loop_tps
     report["local_loop_ms1_tps"] = loop_tps
     report["ratio"] = {
-        "noop_tps": _best(report, "noop", "tps") / _best(report, "noop", "tps", "dask"),
-        "rtt_p50": _best(report, "rtt", "p50_ms") / _best(report, "rtt", "p50_ms", "dask"),
-        "ms1_tps": _best(report, "ms1", "tps") / _best(report, "ms1", "tps", "dask"),
+        "noop_tps": _median(report, "noop", "tps") / _median(report, "noop", "tps", "dask"),
+        "rtt_p50": _median(report, "rtt", "p50_ms") / _median(report, "rtt", "p50_ms", "dask"),
+        "ms1_tps": _median(report, "ms1", "tps") / _median(report, "ms1", "tps", "dask"),
     }
     return report
 
 
-def _best(report: dict[str, Any], phase: str, key: str, side: str = "meshgpu") -> float:
+def _median(report: dict[str, Any], phase: str, key: str, side: str = "meshgpu") -> float:
     """The median over rounds of one figure."""
     return float(np.median([entry[key] for entry in report[side][phase]]))
 
@@ -241,7 +241,7 @@ def main() -> None:
         ("ms1", "tps", "tasks/s"),
         ("ms1", "efficiency_vs_loop", "fraction"),
     ):
-        mesh, dask = _best(report, phase, key), _best(report, phase, key, "dask")
+        mesh, dask = _median(report, phase, key), _median(report, phase, key, "dask")
         rows.append((f"{phase} {key} ({unit})", mesh, dask, mesh / dask))
     show_table(
         f"dispatch, {NODES} nodes, loadavg {report['conditions'][0]['loadavg']}",
