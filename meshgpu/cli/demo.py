@@ -193,6 +193,7 @@ async def _run(
         ran: Counter[str] = Counter()
         outcome = {"done": 0, "failed": 0, "lost": 0, "correct": 0, "samples": 0}
         failures: list[str] = []
+        delivered: set[str] = set()
         kill: Kill | None = None
         kill_at = max(1, tasks // 3) if kill_choice != "none" else None
         batches = [pixels[i * batch : (i + 1) * batch] for i in range(tasks)]
@@ -222,6 +223,7 @@ async def _run(
                     else:
                         outcome["lost"] += 1
                         failures.append(str(item.error))
+                    delivered.add(str(item.task_id))
                     if kill is not None and item.task_id in kill.running:
                         kill.running.discard(item.task_id)
                         if not kill.running:
@@ -233,7 +235,7 @@ async def _run(
                         ran=" ".join(f"{name} {count}" for name, count in sorted(ran.items())),
                     )
                     if kill_at is not None and kill is None and finished >= kill_at:
-                        kill = await _kill(client, mesh, kill_choice, finished)
+                        kill = await _kill(client, mesh, kill_choice, finished, delivered)
                         progress.console.print(
                             f"[bold red]SIGKILL {kill.node}[/bold red] ({kill.role}"
                             + (", the client's entry node" if kill.entry else "")
@@ -268,7 +270,7 @@ async def _run(
     }
 
 
-async def _kill(client: Any, mesh: Any, choice: str, finished: int) -> Kill:
+async def _kill(client: Any, mesh: Any, choice: str, finished: int, delivered: set[str]) -> Kill:
     """Pick the victim as ``--kill`` says, note what it is running, SIGKILL it."""
     status = await client.status()
     rows = await client.tasks(state="assigned")
@@ -284,7 +286,12 @@ async def _kill(client: Any, mesh: Any, choice: str, finished: int) -> Kill:
         others = others or [n for n in mesh.nodes if n is not entry]
         victim = max(others, key=lambda n: busy[n.name])
         role = "worker"
-    running = {str(row["task_id"]) for row in rows if row["worker"] == victim.name}
+    # a row can still say "assigned" after its result reached us (gossip lags the data plane)
+    running = {
+        str(row["task_id"])
+        for row in rows
+        if row["worker"] == victim.name and str(row["task_id"]) not in delivered
+    }
     victim.kill()
     return Kill(
         victim.name, role, victim is entry, finished, time.monotonic(), running, len(running)
@@ -354,7 +361,7 @@ def _print_summary(report: dict[str, Any]) -> None:
         if not count:
             rerun = "it was running no task"
         elif report["recovered_s"] is None:
-            rerun = f"[red]its {count} running task(s) never finished elsewhere[/red]"
+            rerun = f"[red]no result seen after the kill for its {count} running task(s)[/red]"
         else:
             rerun = (
                 f"its {count} running task(s) finished elsewhere after {report['recovered_s']} s"

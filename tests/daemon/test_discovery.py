@@ -30,7 +30,7 @@ def test_parse_peer(text: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize("text", ["host:notaport", ":7000", "host:70000"])
 def test_bad_peer_says_the_expected_form(text: str) -> None:
-    with pytest.raises(ConfigError, match="must look like HOST:PORT|is not a number"):
+    with pytest.raises(ConfigError, match=r"must look like HOST:PORT|is not a number"):
         parse_peer(text)
 
 
