@@ -133,10 +133,29 @@ def _physical_memory_bytes() -> int:
         return 0
 
 
-def _onnxruntime_cpu() -> DeviceInfo | None:
+def _onnxruntime_version() -> str | None:
+    """onnxruntime's version from its installed metadata, or None when it is not installed.
+
+    Read without importing onnxruntime: the import takes about a tenth of a second, and a
+    process that runs on OpenCL (a restarted daemon's first inference) need not pay it.
+    """
+    from importlib import metadata
+
     try:
-        import onnxruntime
-    except ImportError:
+        return metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        pass
+    for distribution in ("onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _onnxruntime_cpu() -> DeviceInfo | None:
+    version = _onnxruntime_version()
+    if version is None:
         return None
     memory = _physical_memory_bytes()
     return DeviceInfo(
@@ -152,8 +171,8 @@ def _onnxruntime_cpu() -> DeviceInfo | None:
         max_allocation_bytes=memory,
         fp16=False,  # the CPU provider runs few kernels in fp16; do not advertise it
         fp64=True,
-        driver_version=str(onnxruntime.__version__),
-        version=str(onnxruntime.__version__),
+        driver_version=version,
+        version=version,
     )
 
 
