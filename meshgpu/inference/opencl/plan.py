@@ -130,6 +130,9 @@ class PlanBuilder:
         self._node_index = {id(node): index for index, node in enumerate(graph.nodes)}
         self._bound_constants: dict[Storage, cl.Buffer | None] = {}
         self._queue: cl.CommandQueue | None = None
+        self._pack_kernel: cl.Kernel | None = None
+        #: (source buffer, offsets buffer, source array) of packings queued but not waited on.
+        self._pending: list[tuple[cl.Buffer, cl.Buffer, np.ndarray]] = []
         self.device = device
         self.context = programs.context_for(device)
         self.weights = weights
@@ -220,7 +223,11 @@ class PlanBuilder:
     def packed_weight(self, key: Any, make: Callable[[], np.ndarray]) -> Any:
         """Panels ``[batch][ceil(rows/8)][K][8]`` of a constant ``[batch, rows, K]`` matrix,
         packed on the device (the transposing copy is several times faster there than in
-        numpy, and it is most of a session's start-up); cached like :meth:`weight`."""
+        numpy, and it is most of a session's start-up); cached like :meth:`weight`.
+
+        The packing is only queued: the source matrix is lent to the device without a copy
+        (``USE_HOST_PTR``) and kept alive until :meth:`_finish` waits once for every packing,
+        instead of one copy and one wait per weight."""
         buffer = self.weights.get(key)
         if buffer is not None or self.dry:
             return buffer
@@ -230,26 +237,50 @@ class PlanBuilder:
         batch, rows, depth = matrix.shape
         blocks = -(-rows // 8)
         total = batch * blocks * depth
-        raw = self._upload(matrix)
-        offsets = self._upload(np.arange(batch, dtype=np.int32) * rows * depth)
+        raw = self._lend(matrix)
+        offsets = self._lend(np.arange(batch, dtype=np.int32) * rows * depth)
         try:
             buffer = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(4, total * 8 * 4))
         except cl.Error as error:
             raise DeviceError(
                 f"could not allocate {total * 32} bytes of weights: {error}"
             ) from error
-        kernel = cl.Kernel(programs.program_for(self.device, CORE_SOURCE), "pack_panels")
+        if self._pack_kernel is None:
+            program = programs.program_for(self.device, CORE_SOURCE)
+            self._pack_kernel = cl.Kernel(program, "pack_panels")
+        kernel = self._pack_kernel
         arguments: list[Any] = [raw, buffer, offsets]
         arguments += [np.int32(v) for v in (rows, depth, depth, 1, blocks, total)]
         for position, value in enumerate(arguments):
             kernel.set_arg(position, value)
         queue = self._setup_queue()
         cl.enqueue_nd_range_kernel(queue, kernel, (-(-total // 8) * 8,), (8,))
-        queue.finish()
-        raw.release()
-        offsets.release()
+        self._pending.append((raw, offsets, matrix))
         self.weights[key] = buffer
         return buffer
+
+    def _lend(self, array: np.ndarray) -> cl.Buffer:
+        """A read-only buffer over ``array``'s own memory (the caller keeps it alive until
+        the queue has finished with it)."""
+        if array.nbytes == 0:
+            return self._upload(array)
+        flags = cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR
+        try:
+            return cl.Buffer(self.context, flags, hostbuf=array)
+        except cl.Error as error:
+            raise DeviceError(
+                f"could not allocate {array.nbytes} bytes of constants on {self.device.name}: "
+                f"{error}"
+            ) from error
+
+    def _wait_for_packing(self) -> None:
+        """Wait for every queued packing, then drop the lent source matrices."""
+        if self._queue is not None and self._pending:
+            self._queue.finish()
+        for raw, offsets, _ in self._pending:
+            raw.release()
+            offsets.release()
+        self._pending.clear()
 
     def _setup_queue(self) -> cl.CommandQueue:
         if self._queue is None:
@@ -329,7 +360,10 @@ class PlanBuilder:
                 raise ModelError(f"{node.describe()} cannot be planned: {error}") from error
 
     def build(self) -> Plan:
-        self.walk()
+        try:
+            self.walk()
+        finally:
+            self._wait_for_packing()
         return self._finish()
 
     def absorb(self, node: Node) -> None:
