@@ -65,6 +65,11 @@ class CollectedSet:
             for low, high in self._runs[origin]:
                 yield origin, low, high
 
+    def has_runs(self) -> bool:
+        """Whether any interval is stored (``run_count() > 0`` without counting them all:
+        asked on every deadline computation)."""
+        return any(self._runs.values())
+
     def run_count(self) -> int:
         """How many intervals are stored (what the memory cost grows with)."""
         return sum(len(runs) for runs in self._runs.values())

@@ -131,9 +131,14 @@ class TaskComponent(Component):
     # --- Component interface ------------------------------------------------------------
 
     def next_deadline(self) -> float:
-        deadline = min(self._tick_at, self.schedule_at)
-        if len(self.table) or self.table.collected.run_count():
-            deadline = min(deadline, self._sync_at)
+        # Asked after every event the node handles: no min() calls, and the empty-table
+        # case (a mesh with no tasks) costs two attribute reads and a length.
+        deadline = self._tick_at
+        if self.schedule_at < deadline:
+            deadline = self.schedule_at
+        table = self.table
+        if (len(table) or table.collected.has_runs()) and self._sync_at < deadline:
+            deadline = self._sync_at
         return deadline
 
     def on_tick(self, now: float) -> None:
