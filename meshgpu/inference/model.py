@@ -11,6 +11,7 @@ OpenCL or onnxruntime failure halfway through.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -149,7 +150,7 @@ def skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     graph.sparse_initializer.extend(proto.graph.sparse_initializer)
     declared = {value.name for value in proto.graph.input}
     for tensor in proto.graph.initializer:
-        count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+        count = math.prod(tensor.dims)
         if tensor.data_type in _FLOATING and count >= _SKELETON_MIN_ELEMENTS:
             if tensor.name not in declared:
                 graph.input.append(
@@ -303,7 +304,7 @@ def initializer_bytes(proto: onnx.ModelProto) -> int:
 
 
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
-    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    count = math.prod(tensor.dims)
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
     return count * itemsize
 
@@ -344,7 +345,7 @@ def largest_tensor(
             itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         except (KeyError, TypeError, ValueError):
             continue
-        size = int(np.prod([dim.dim_value for dim in dims], dtype=np.int64)) * itemsize.itemsize
+        size = math.prod(dim.dim_value for dim in dims) * itemsize.itemsize
         if size > best[1]:
             best = (value.name, size)
     return best

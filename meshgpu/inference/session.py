@@ -14,6 +14,7 @@ or in :mod:`meshgpu.inference.model` before any device work.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -135,7 +136,7 @@ def check_fits(model: LoadedModel, device: DeviceInfo) -> None:
 
 def _largest_initializer(proto: onnx.ModelProto) -> int:
     sizes = [
-        int(np.prod(tensor.dims, dtype=np.int64))
+        math.prod(tensor.dims)
         * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
         for tensor in proto.graph.initializer
     ]
