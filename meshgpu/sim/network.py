@@ -165,11 +165,20 @@ class Network:
         if self.group_of[source] != self.group_of[destination]:
             counters["partitioned"] += 1
             return ()
-        link = self.params(source, destination)
+        if self.link_overrides or self.node_overrides:
+            link = self.params(source, destination)
+        else:
+            link = self.default
         if link.loss and self._loss.random() < link.loss:
             counters["lost"] += 1
             return ()
-        first = self._delay(link)
+        if link.jitter == "lognormal" and not link.reorder:
+            # _delay inlined for the common link: the same draws, the same arithmetic
+            first = link.latency_s + link.jitter_s * math.exp(
+                link.jitter_sigma * self._latency.gauss(0.0, 1.0)
+            )
+        else:
+            first = self._delay(link)
         if link.duplicate and self._duplicate.random() < link.duplicate:
             counters["duplicated"] += 1
             return (first, self._delay(link))

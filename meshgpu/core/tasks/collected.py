@@ -68,7 +68,8 @@ class CollectedSet:
     def has_runs(self) -> bool:
         """Whether any interval is stored (``run_count() > 0`` without counting them all:
         asked on every deadline computation)."""
-        return any(self._runs.values())
+        runs = self._runs
+        return bool(runs) and any(runs.values())
 
     def run_count(self) -> int:
         """How many intervals are stored (what the memory cost grows with)."""
