@@ -410,6 +410,11 @@ class AntiEntropy:
 MEMBER_STATE_CODES = ("alive", "suspect", "dead", "left")
 """Wire codes of member states: the index in this tuple."""
 
+_RECENT_RECORDS: dict[tuple[Any, ...], MemberRecord] = {}
+"""Recently decoded push-pull records by their exact wire fields: every push-pull of a
+quiet mesh repeats the same records, and they are immutable (the same pure cache as
+``_RECENT``: it changes no result, only the cost)."""
+
 
 @dataclass(frozen=True, slots=True)
 class MemberRecord:
@@ -426,6 +431,26 @@ class MemberRecord:
 
     @classmethod
     def from_fields(cls, raw: object) -> MemberRecord:
+        if type(raw) is list and len(raw) == 5:  # hot path: the checks below, inline
+            node_id, host, port, code, incarnation = raw
+            if (
+                _is_id(node_id)
+                and type(host) is str
+                and 0 < len(host) <= 255
+                and type(port) is int
+                and 0 <= port <= 65535
+                and type(code) is int
+                and 0 <= code <= 3
+                and _is_count(incarnation)
+            ):
+                key = (node_id, host, port, code, incarnation)
+                known = _RECENT_RECORDS.get(key)
+                if known is None:
+                    if len(_RECENT_RECORDS) >= _RECENT_LIMIT:
+                        _RECENT_RECORDS.clear()
+                    known = cls(node_id, (host, port), MEMBER_STATE_CODES[code], incarnation)
+                    _RECENT_RECORDS[key] = known
+                return known
         fields = expect_list(raw, "member record", 5)
         return cls(
             expect_str(fields[0], "member id"),
@@ -461,7 +486,7 @@ class PushPull:
             expect_bool(fields[0], "reply"),
             expect_int(fields[1], "part", 0, parts - 1),
             parts,
-            tuple(MemberRecord.from_fields(m) for m in expect_list(fields[3], "members")),
+            tuple([MemberRecord.from_fields(m) for m in expect_list(fields[3], "members")]),
         )
 
 
