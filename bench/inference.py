@@ -150,29 +150,52 @@ def measure(model_name: str, batch: int, warmup: int, repeats: int, budget_s: fl
 
 _START_SCRIPT = """
 import sys, time
-from meshgpu import inference
-from meshgpu.inference.architectures import architecture_feeds, seeded_architecture
-model = seeded_architecture(sys.argv[1], seed=0, batch=1, expose_logits=False)
-feeds = architecture_feeds(model, seed=1)
+import numpy as np
 started = time.perf_counter()
-session = inference.load(model, backend="opencl")
+from meshgpu import inference
+imported = time.perf_counter()
+feeds = dict(np.load(sys.argv[2]))
+loading = time.perf_counter()
+session = inference.load(sys.argv[1], backend="opencl")
+loaded = time.perf_counter()
 session.run(feeds)
-print(time.perf_counter() - started)
+done = time.perf_counter()
+print(imported - started, loaded - loading, done - loaded, done - loading)
 """
 
 
 def second_process_start(model_name: str = "resnet50") -> float:
     """Seconds from ``load`` to the first result in a fresh process, caches already warm.
 
-    A first process fills the kernel caches (OpenCL's program cache and PoCL's); the second
-    is timed, so this is what a restarted daemon pays before its first inference.
+    The seeded model is written to a temporary ``.onnx`` file first, because a restarted
+    daemon loads its models from files. A first process fills the kernel caches (pyopencl's
+    program cache and PoCL's); the second is timed, so this is what a restarted daemon pays
+    before its first inference. The import, load() and first-run parts go to stderr.
     """
     import subprocess
+    import tempfile
 
-    command = [sys.executable, "-c", _START_SCRIPT, model_name]
-    subprocess.run(command, check=True, capture_output=True, text=True)
-    timed = subprocess.run(command, check=True, capture_output=True, text=True)
-    return float(timed.stdout.strip().splitlines()[-1])
+    import numpy as np
+    import onnx
+
+    from meshgpu.inference.architectures import architecture_feeds, seeded_architecture
+
+    model = seeded_architecture(model_name, seed=0, batch=1, expose_logits=False)
+    with tempfile.TemporaryDirectory(prefix="meshgpu-bench-") as folder:
+        model_path = f"{folder}/{model_name}.onnx"
+        feeds_path = f"{folder}/feeds.npz"
+        onnx.save_model(model, model_path)
+        np.savez(feeds_path, **architecture_feeds(model, seed=1))
+        command = [sys.executable, "-c", _START_SCRIPT, model_path, feeds_path]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        timed = subprocess.run(command, check=True, capture_output=True, text=True)
+    import_s, load_s, run_s, total_s = map(float, timed.stdout.strip().splitlines()[-1].split())
+    print(
+        f"{model_name} second process: import {import_s:.2f} s, load() {load_s:.2f} s, "
+        f"first run {run_s:.2f} s",
+        file=sys.stderr,
+    )
+    return total_s
 
 
 def _mib(count: int | None) -> str:
