@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 from meshgpu.core.component import Component, NodeContext
@@ -90,6 +91,8 @@ class Node:
         self.leadership = Leadership(self.context, self.table, now)
         self.components: list[Component] = []
         self._timed: list[Component] = []
+        self._deadline_sources: list[Callable[[], float]] = []
+        """The bound ``next_deadline`` of every timed component (asked after each event)."""
         self._deadline = math.inf
         self._message_owner: dict[type[Message], Component] = {}
         self._update_owner: dict[type[Message], Component] = {}
@@ -115,6 +118,7 @@ class Node:
         if type(component).next_deadline is not Component.next_deadline:
             # Only components with timers are asked for deadlines (once per event).
             self._timed.append(component)
+            self._deadline_sources.append(component.next_deadline)
         self._deadline = self._compute_deadline()
         if component is not self.swim:
             self.context.member_listeners.append(component.on_member_changed)
@@ -157,8 +161,8 @@ class Node:
 
     def _compute_deadline(self) -> float:
         deadline = math.inf
-        for component in self._timed:
-            candidate = component.next_deadline()
+        for source in self._deadline_sources:
+            candidate = source()
             if candidate < deadline:
                 deadline = candidate
         return deadline
@@ -187,9 +191,16 @@ class Node:
                     break
             else:
                 context.count("events_ignored")
-        self.leadership.settle(now)
-        announced = (self.leadership.view, self.leadership.leader)
-        if announced != self._announced:
+        leadership = self.leadership
+        leadership.settle(now)
+        announced = self._announced
+        if (
+            announced is None
+            or leadership.view != announced[0]
+            or leadership.leader != announced[1]
+        ):
+            # (the tuple is built only when the view or leader moved: once per view)
+            announced = (leadership.view, leadership.leader)
             if self._announced is None or announced[1] != self._announced[1]:
                 context.count("leader_changes")
             self._announced = announced
@@ -243,7 +254,8 @@ class Node:
                 return
         else:
             self.swim.observe_sender(envelope, event.source, now)
-        self.leadership.observe_view(envelope.view, now)
+        if envelope.view > self.leadership.view:
+            self.leadership.observe_view(envelope.view, now)
         source = event.source
         update_owner = self._update_owner
         for update in envelope.piggyback:
