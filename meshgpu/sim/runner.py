@@ -227,6 +227,8 @@ class Simulation:
         addresses = self.addresses
         crc32 = zlib.crc32
         tick = _TICK
+        slows = self.slow  # mutated in place by faults, never replaced
+        tick_token = self._tick_token
         next_check = 0
         while heap and heap[0][0] <= until:
             time, _, kind, index, first, second = pop(heap)
@@ -235,7 +237,7 @@ class Simulation:
                 if not up[index]:
                     self.counters["to_down_node"] += 1
                     continue
-                slow = self.slow[index]
+                slow = slows[index]
                 if slow is not None:
                     # late but in arrival order: a starved process drains its socket FIFO
                     late = time + slow.delay_s + slow.delay_jitter_s * self._slow_random.random()
@@ -250,7 +252,7 @@ class Simulation:
                 )
                 call(index, DatagramReceived(addresses[first], second))
             elif kind == TICK:
-                if second != self._tick_token[index] or not up[index]:
+                if second != tick_token[index] or not up[index]:
                     continue
                 self._tick_at[index] = INFINITY
                 node = nodes[index]
@@ -310,6 +312,7 @@ class Simulation:
                 f"handling {_describe(event)} at virtual time {now!r} (seed {self.seed}, scenario "
                 f"{self.scenario.source}); rerun with the same seed to reproduce"
             ) from error
+        up = self.up
         for effect in effects:
             if type(effect) is SendDatagram:
                 destination = self.index_of_address.get(effect.destination)
@@ -318,10 +321,10 @@ class Simulation:
                     continue
                 for delay in self.network.transmit(index, destination):
                     # _push inlined (the same sequence numbers, so the same order)
-                    self._sequence += 1
+                    self._sequence = sequence = self._sequence + 1
                     heapq.heappush(
                         self._heap,
-                        (now + delay, self._sequence, DELIVER, destination, index, effect.payload),
+                        (now + delay, sequence, DELIVER, destination, index, effect.payload),
                     )
             else:
                 handlers = self._effect_handlers.get(type(effect))
@@ -329,7 +332,7 @@ class Simulation:
                     handlers = self._handlers_for(type(effect))
                 for handler in handlers:
                     handler(self, index, effect, now)
-            if not self.up[index]:
+            if not up[index]:
                 return  # an observer stopped this node; the rest of its effects are lost
         deadline = node.next_deadline()
         if deadline < self._tick_at[index]:
