@@ -176,8 +176,8 @@ class Node:
         if isinstance(event, DatagramReceived):
             self._on_datagram(event, now)
         elif isinstance(event, Tick):
-            for component in self._timed:
-                if component.next_deadline() <= now:
+            for component, deadline_of in zip(self._timed, self._deadline_sources, strict=True):
+                if deadline_of() <= now:
                     component.on_tick(now)
         elif isinstance(event, PeerDiscovered):
             self.swim.discover(event.address, event.node_id, now)
