@@ -301,20 +301,28 @@ class MemberTable:
                 if suspicion.confirm_fully():
                     self.on_suspicion_scheduled(node_id, suspicion.deadline())
                 return False
-        self._clear_suspicion(node_id)
-        self.context.count("deaths")
+        self._mark_gone(info, update, MemberState.DEAD, "deaths", now, reason)
+        return True
+
+    def _mark_gone(
+        self,
+        info: MemberInfo,
+        update: Dead | Left,
+        state: MemberState,
+        counter: str,
+        now: float,
+        reason: str,
+    ) -> None:
+        """Record that ``info``'s member is dead or has left, as ``update`` says."""
+        self._clear_suspicion(info.node_id)
+        self.context.count(counter)
         self._set(
             replace(
-                info,
-                state=MemberState.DEAD,
-                incarnation=update.incarnation,
-                state_since=now,
-                reason=reason,
+                info, state=state, incarnation=update.incarnation, state_since=now, reason=reason
             ),
             update,
         )
-        self.on_gone(node_id)
-        return True
+        self.on_gone(info.node_id)
 
     def apply_left(self, update: Left, now: float, reason: str) -> bool:
         """A member's own announcement that it left. True if the table changed."""
@@ -326,19 +334,7 @@ class MemberTable:
             return False
         if info.state is MemberState.LEFT:
             return False
-        self._clear_suspicion(node_id)
-        self.context.count("departures")
-        self._set(
-            replace(
-                info,
-                state=MemberState.LEFT,
-                incarnation=update.incarnation,
-                state_since=now,
-                reason=reason,
-            ),
-            update,
-        )
-        self.on_gone(node_id)
+        self._mark_gone(info, update, MemberState.LEFT, "departures", now, reason)
         return True
 
     def apply_record(self, record: MemberRecord, sender: NodeId, now: float) -> bool:

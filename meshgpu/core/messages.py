@@ -538,6 +538,27 @@ class Alive:
         )
 
 
+_Accusation = TypeVar("_Accusation", "Suspect", "Dead")
+
+
+def _accusation_from_fields(cls: type[_Accusation], fields: list[Any]) -> _Accusation:
+    """Decode ``[node_id, incarnation, accuser]`` (Suspect and Dead share the shape)."""
+    if len(fields) == 3:  # hot path
+        node_id, incarnation, accuser = fields
+        if _is_id(node_id) and _is_count(incarnation) and _is_id(accuser):
+            key = (cls.TAG, node_id, incarnation, accuser)
+            known = _RECENT.get(key)
+            if known is None:
+                known = _remember(key, cls(node_id, incarnation, accuser))
+            return known  # type: ignore[return-value]
+    expect_list(fields, cls.__name__, 3)
+    return cls(
+        expect_str(fields[0], "node id"),
+        expect_int(fields[1], "incarnation"),
+        expect_str(fields[2], "accuser"),
+    )
+
+
 @register_message
 @dataclass(frozen=True, slots=True)
 class Suspect:
@@ -554,20 +575,7 @@ class Suspect:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Suspect:
-        if len(fields) == 3:  # hot path
-            node_id, incarnation, accuser = fields
-            if _is_id(node_id) and _is_count(incarnation) and _is_id(accuser):
-                key = (cls.TAG, node_id, incarnation, accuser)
-                known = _RECENT.get(key)
-                if known is None:
-                    known = _remember(key, cls(node_id, incarnation, accuser))
-                return known  # type: ignore[return-value]
-        expect_list(fields, "Suspect", 3)
-        return cls(
-            expect_str(fields[0], "node id"),
-            expect_int(fields[1], "incarnation"),
-            expect_str(fields[2], "accuser"),
-        )
+        return _accusation_from_fields(cls, fields)
 
 
 @register_message
@@ -585,20 +593,7 @@ class Dead:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Dead:
-        if len(fields) == 3:  # hot path
-            node_id, incarnation, accuser = fields
-            if _is_id(node_id) and _is_count(incarnation) and _is_id(accuser):
-                key = (cls.TAG, node_id, incarnation, accuser)
-                known = _RECENT.get(key)
-                if known is None:
-                    known = _remember(key, cls(node_id, incarnation, accuser))
-                return known  # type: ignore[return-value]
-        expect_list(fields, "Dead", 3)
-        return cls(
-            expect_str(fields[0], "node id"),
-            expect_int(fields[1], "incarnation"),
-            expect_str(fields[2], "accuser"),
-        )
+        return _accusation_from_fields(cls, fields)
 
 
 @register_message
