@@ -253,11 +253,18 @@ class ConvergenceChecker(_Checker):
 
     invariant = "convergence"
 
-    def __init__(self, views: ViewTracker, bound_s: float, detection_bound_s: float) -> None:
+    def __init__(
+        self,
+        views: ViewTracker,
+        bound_s: float,
+        detection_bound_s: float,
+        detection: DetectionChecker | None = None,
+    ) -> None:
         super().__init__()
         self.views = views
         self.bound_s = bound_s
         self.detection_bound_s = detection_bound_s
+        self.detection = detection
         self.convergence_s: float | None = None
         self.allowed_s = bound_s
 
@@ -270,7 +277,15 @@ class ConvergenceChecker(_Checker):
             allowed += self.detection_bound_s
         self.allowed_s = allowed
         healed = kind in HEALING_KINDS or kind.startswith("end of ")
-        if views.agreed_at is not None:
+        unsettled_crash = (
+            kind == "crash" and self.detection is not None and self.detection.last_crash_unsettled
+        )
+        if unsettled_crash:
+            # the crash's detection is itself measured, not enforced (see DetectionChecker)
+            if views.agreed_at is not None:
+                self.convergence_s = views.agreed_at - since
+            self.skip_reason = f"the last fault (crash at {since:.3f}s) hit an unsettled mesh"
+        elif views.agreed_at is not None:
             self.convergence_s = views.agreed_at - since
             if not healed:
                 self.skip_reason = f"the last fault ({kind} at {since:.3f}s) never healed"
@@ -309,7 +324,9 @@ class DetectionChecker(_Checker):
     that hit a mesh whose views agreed, and that no partition, link change or slow node
     disturbs before the bound has passed. Others (a crash during a partition, when every
     node is busy suspecting the far side and Lifeguard's local health has stretched its
-    probes) are still measured, and counted in ``detection_unsettled``."""
+    probes; concurrent crashes that leave fewer live peers than ``indirect_checks``, so
+    that indirect probes go through dead relays) are still measured, and counted in
+    ``detection_unsettled``."""
 
     invariant = "detection"
     effect_types = (MemberChanged,)
@@ -323,6 +340,7 @@ class DetectionChecker(_Checker):
         self.delays: list[float] = []
         self.crashes = 0
         self.unsettled = 0
+        self.last_crash_unsettled = False
 
     def on_node_down(self, sim: Simulation, index: int, now: float, reason: str) -> None:
         for _, pending in self.open.values():
@@ -338,8 +356,17 @@ class DetectionChecker(_Checker):
         }
         self.crashes += 1
         self.open[index] = (now, watchers)
+        self.last_crash_unsettled = True
         if not self.views.settled_before_down or sim.network.partitioned:
             self._excuse(index)
+        elif len(self.open) > 1 and len(sim.up_indices()) - 1 < sim.config.indirect_checks:
+            # Concurrent crashes left a survivor fewer live peers than the indirect probes
+            # it sends: some relays are dead, their nacks never come, and Lifeguard's local
+            # health rightly stretches the survivor's timeouts (memberlist does the same).
+            for target in self.open:
+                self._excuse(target)
+        else:
+            self.last_crash_unsettled = False
 
     def on_fault(
         self, sim: Simulation, fault: Fault | Reversal, targets: list[int], now: float
@@ -501,12 +528,13 @@ def default_checkers(scenario: Scenario, config: Any, views: ViewTracker) -> lis
     settings = scenario.invariants
     detection = detection_bound(scenario, config)
     convergence = convergence_bound(scenario, config)
+    detection_checker = DetectionChecker(views, detection)
     checkers: list[_Checker] = [
         EffectConsistencyChecker(views),
         NoRegressionChecker(),
         LeaderChecker(views, settings.quiet_periods * config.probe_interval),
-        ConvergenceChecker(views, convergence, detection),
-        DetectionChecker(views, detection),
+        ConvergenceChecker(views, convergence, detection, detection_checker),
+        detection_checker,
         AccuracyChecker(views, detection + convergence, settings.max_false_deaths),
     ]
     for checker in checkers:
