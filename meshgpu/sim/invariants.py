@@ -277,14 +277,15 @@ class ConvergenceChecker(_Checker):
             allowed += self.detection_bound_s
         self.allowed_s = allowed
         healed = kind in HEALING_KINDS or kind.startswith("end of ")
-        unsettled_crash = (
-            kind == "crash" and self.detection is not None and self.detection.last_crash_unsettled
-        )
-        if unsettled_crash:
-            # the crash's detection is itself measured, not enforced (see DetectionChecker)
+        if self.detection is not None and self.detection.unsettled_until >= since:
+            # views cannot agree before an unsettled crash is detected, and that detection
+            # is itself measured, not enforced (see DetectionChecker)
             if views.agreed_at is not None:
                 self.convergence_s = views.agreed_at - since
-            self.skip_reason = f"the last fault (crash at {since:.3f}s) hit an unsettled mesh"
+            self.skip_reason = (
+                f"a crash on an unsettled mesh was still being detected after the last fault "
+                f"({kind} at {since:.3f}s)"
+            )
         elif views.agreed_at is not None:
             self.convergence_s = views.agreed_at - since
             if not healed:
@@ -340,7 +341,8 @@ class DetectionChecker(_Checker):
         self.delays: list[float] = []
         self.crashes = 0
         self.unsettled = 0
-        self.last_crash_unsettled = False
+        # when the last excused (unsettled) crash was detected by all; inf while pending
+        self.unsettled_until = -math.inf
 
     def on_node_down(self, sim: Simulation, index: int, now: float, reason: str) -> None:
         for _, pending in self.open.values():
@@ -356,7 +358,6 @@ class DetectionChecker(_Checker):
         }
         self.crashes += 1
         self.open[index] = (now, watchers)
-        self.last_crash_unsettled = True
         if not self.views.settled_before_down or sim.network.partitioned:
             self._excuse(index)
         elif len(self.open) > 1 and len(sim.up_indices()) - 1 < sim.config.indirect_checks:
@@ -365,8 +366,6 @@ class DetectionChecker(_Checker):
             # health rightly stretches the survivor's timeouts (memberlist does the same).
             for target in self.open:
                 self._excuse(target)
-        else:
-            self.last_crash_unsettled = False
 
     def on_fault(
         self, sim: Simulation, fault: Fault | Reversal, targets: list[int], now: float
@@ -392,6 +391,8 @@ class DetectionChecker(_Checker):
         if record is None or index not in record[1] or state_name(effect.state) not in GONE_STATES:
             return
         record[1].discard(index)
+        if not record[1] and target in self.excused:
+            self.unsettled_until = max(self.unsettled_until, now)
         delay = now - record[0]
         self.delays.append(delay)
         if delay > self.bound_s and target not in self.excused:
@@ -401,6 +402,8 @@ class DetectionChecker(_Checker):
             )
 
     def on_finish(self, sim: Simulation, now: float) -> None:
+        if any(pending and target in self.excused for target, (_, pending) in self.open.items()):
+            self.unsettled_until = math.inf
         for target in list(self.open):
             self._close(sim, target, now)
         if self.crashes == 0:
