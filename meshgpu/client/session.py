@@ -25,6 +25,7 @@ which would need a change to the task table's spec.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -215,15 +216,22 @@ class AsyncClient:
         send, receive = trio.open_memory_channel[Completed](math.inf)
         scope = trio.CancelScope()
 
+        def deliver(item: Completed) -> None:
+            # The consumer may have stopped (a raised error, a break) while this task's
+            # wait was already woken: cancelling the scope cannot reach it any more, so
+            # the closed channel is expected here and must not crash the client's loop.
+            with contextlib.suppress(trio.BrokenResourceError):
+                send.send_nowait(item)
+
         async def one(index: int, inputs: Mapping[str, Any], free: trio.Semaphore) -> None:
             try:
                 try:
                     handle = await self.submit(blob, inputs, **options)
                 except MeshError as error:
-                    send.send_nowait(Completed(index, None, error=error))
+                    deliver(Completed(index, None, error=error))
                     return
                 outcome = await handle.wait()
-                send.send_nowait(
+                deliver(
                     Completed(index, handle.task_id, outcome.outputs, outcome.worker, outcome.error)
                 )
             finally:

@@ -193,3 +193,35 @@ async def test_no_peer_answering_is_a_clear_error() -> None:
     with pytest.raises(ClientError, match=r"no meshgpu daemon answered.*meshgpu join"):
         async with AsyncClient(f"127.0.0.1:{port}", environ={}, connect_timeout=1):
             pass
+
+
+async def test_leaving_map_early_while_other_outcomes_arrive_keeps_the_client_serving(
+    fake_mesh,
+) -> None:
+    """The consumer stops at the first failure while the other tasks' outcomes are
+    arriving in the same burst: their deliveries find the channel closed, and that must
+    neither crash the client's loop nor be swallowed as a lost task (it is the caller's
+    choice to stop)."""
+    mesh, peers = fake_mesh
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+        for _ in range(5):
+            first = len(mesh.inputs)
+            inputs = [{"x": np.full(1, i, np.float32)} for i in range(8)]
+
+            async def release_all(first: int = first) -> None:
+                while len(mesh.inputs) < first + 8:
+                    await trio.sleep(0.005)
+                task_ids = list(mesh.inputs)[first:]
+                mesh.release(task_ids[0], fail="ValueError: negative")
+                for task_id in task_ids[1:]:
+                    mesh.release(task_id)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(release_all)
+                with pytest.raises(TaskFailedError, match="negative"):
+                    async for _item in client.map(MODEL, inputs, window=8):
+                        pass
+            await trio.sleep(0.05)  # let the late deliveries land on the closed channel
+        handle = await client.submit(MODEL, {"x": np.ones(1, np.float32)})
+        mesh.release(handle.task_id)
+        assert float((await handle.result(timeout=10))["y"][0]) == 2.0
