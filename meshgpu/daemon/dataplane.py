@@ -127,7 +127,9 @@ class DataPlane:
 
     async def obtain_inputs(self, digest: str, sources: Iterable[NodeId]) -> bytes:
         """The input blob ``digest``: from our disk, else from the first source that has it."""
-        local = await trio.to_thread.run_sync(self.daemon.payloads.get_bytes, digest, INPUTS)
+        local = self.daemon.payloads.get_memory(digest, INPUTS)
+        if local is None:
+            local = await trio.to_thread.run_sync(self.daemon.payloads.get_bytes, digest, INPUTS)
         if local is not None:
             return local
         errors = []
@@ -149,15 +151,24 @@ class DataPlane:
     async def _fetch_payload(self, effect: fx.FetchPayload) -> None:
         try:
             data = await self.obtain_inputs(effect.input_digest, effect.from_nodes)
-            await trio.to_thread.run_sync(
-                self.daemon.payloads.put_bytes, effect.input_digest, INPUTS, data
-            )
+            await self.store(effect.input_digest, INPUTS, data, wait=False)
         except Exception as error:  # every failure is reported to the core, never raised
             if not isinstance(error, MeshError):
                 logger.exception("unexpected error fetching inputs of %s", effect.task_id)
             self.daemon.feed(PayloadFetchFailed(effect.task_id, f"{error}"))
             return
         self.daemon.feed(PayloadStored(effect.task_id))
+
+    async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None:
+        """Store a payload: small ones in the journal (synced by the group commit; with
+        ``wait`` this returns once synced, without it a later record's sync covers it, as
+        the holder's first task record does for fetched inputs), larger ones in a file,
+        fsynced before this returns."""
+        seq = self.daemon.write_payload(key, kind, data)
+        if seq is None:
+            await trio.to_thread.run_sync(self.daemon.payloads.put_bytes, key, kind, data)
+        elif wait:
+            await self.daemon.durable(seq)
 
     # --- models ------------------------------------------------------------------------
 
@@ -265,9 +276,7 @@ class DataPlane:
         async def push(node_id: NodeId) -> None:
             try:
                 if node_id == self.daemon.node_id:
-                    await trio.to_thread.run_sync(
-                        self.daemon.payloads.put_bytes, task_key(task_id), RESULT, result
-                    )
+                    await self.store(task_key(task_id), RESULT, result, wait=True)
                 else:
                     await self._request(
                         node_id, "put_result", task_id=str(task_id), attempt=attempt, data=result
@@ -295,9 +304,11 @@ class DataPlane:
 
     async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes:
         """The result blob of ``task_id`` from our disk or any live result holder."""
-        local = await trio.to_thread.run_sync(
-            self.daemon.payloads.get_bytes, task_key(task_id), RESULT
-        )
+        local = self.daemon.payloads.get_memory(task_key(task_id), RESULT)
+        if local is None:
+            local = await trio.to_thread.run_sync(
+                self.daemon.payloads.get_bytes, task_key(task_id), RESULT
+            )
         if local is not None:
             return local
         errors = []

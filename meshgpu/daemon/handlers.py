@@ -226,7 +226,9 @@ class ClientHandlers:
             )
         except (TypeError, ValueError) as error:
             raise DecodeError(f"submit has a malformed field: {error}") from None
-        await trio.to_thread.run_sync(daemon.payloads.put_bytes, input_digest, INPUTS, blob)
+        # Inline inputs need no fsync of their own: the task's first journal record,
+        # written after them, gates the acknowledgement (runtime._gated_until_durable).
+        await daemon.dataplane.store(input_digest, INPUTS, blob, wait=False)
         client_ref = f"c{next(self._refs)}"
         pending = self._pending[client_ref] = _Pending()
         daemon.feed(SubmitTask(client_ref, spec))
@@ -302,7 +304,9 @@ class ClientHandlers:
 
     async def op_get_inputs(self, request: Message, responder: Responder) -> Message:
         digest = check_digest(_field(request, "digest", str))
-        data = await trio.to_thread.run_sync(self.daemon.payloads.get_bytes, digest, INPUTS)
+        data = self.daemon.payloads.get_memory(digest, INPUTS)
+        if data is None:
+            data = await trio.to_thread.run_sync(self.daemon.payloads.get_bytes, digest, INPUTS)
         if data is None:
             raise StorageError(f"inputs {digest[:12]} are not on node {self.daemon.node_id}")
         return {"data": data}
@@ -322,16 +326,16 @@ class ClientHandlers:
         task_id = _task_id(request.get("task_id"))
         data = _field(request, "data", bytes)
         tensors_from_bytes(data)  # refuse garbage before it reaches the disk
-        await trio.to_thread.run_sync(
-            self.daemon.payloads.put_bytes, task_key(task_id), RESULT, data
-        )
+        await self.daemon.dataplane.store(task_key(task_id), RESULT, data, wait=True)
         return {"stored": True}
 
     async def op_get_result(self, request: Message, responder: Responder) -> Message:
         task_id = _task_id(request.get("task_id"))
-        data = await trio.to_thread.run_sync(
-            self.daemon.payloads.get_bytes, task_key(task_id), RESULT
-        )
+        data = self.daemon.payloads.get_memory(task_key(task_id), RESULT)
+        if data is None:
+            data = await trio.to_thread.run_sync(
+                self.daemon.payloads.get_bytes, task_key(task_id), RESULT
+            )
         if data is None:
             raise StorageError(f"result of {task_id} is not on node {self.daemon.node_id}")
         return {"data": data}

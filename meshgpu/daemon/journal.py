@@ -14,6 +14,14 @@ Contract:
 
 * ``append`` returns only after the bytes are written *and fsynced*: a task may be
   acknowledged to its client after ``append`` returns, never before.
+* Group commit, for the daemon's loop: ``write`` appends without syncing and returns the
+  record's sequence number; ``sync`` (blocking, run in a worker thread) makes every record
+  written before it durable and returns the highest sequence number it covers. A record is
+  durable once ``synced_seq`` reaches its number; whatever was written earlier in the file
+  is durable with it, which is why small payloads travel *inside* the journal: one append
+  and one shared fsync instead of a file, an fsync and a rename each.
+* ``write`` may run on one thread while ``sync`` or ``compact`` runs on another (a lock
+  orders them); ``sync`` and ``compact`` must not run at the same time as each other.
 * Replay tolerates a torn tail (a crash mid-write leaves a short or bad record at the
   end): replay stops at the first record that is incomplete or fails its crc, truncates
   the file there, and keeps the bytes it cut in ``journal.log.corrupt-<offset>`` so
@@ -36,8 +44,9 @@ import contextlib
 import errno
 import os
 import struct
+import threading
 import zlib
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +93,12 @@ class Journal:
         self._live_bytes: dict[Hashable, int] = {}
         self._file_bytes = 0
         self._descriptor = -1
+        self._lock = threading.Lock()
+        self._compacting: list[bytes] | None = None
+        self.written_seq = 0
+        """Number of the last record written (not necessarily durable)."""
+        self.synced_seq = 0
+        """Every record numbered up to this one is on stable storage."""
         self.torn_bytes = 0
         """Bytes cut from the tail at the last replay (0 after a clean shutdown)."""
 
@@ -112,11 +127,42 @@ class Journal:
         """Retire ``key`` durably; a no-op if it is not live."""
         if _freeze(key) in self._live:
             self._write([(_DELETE, key, None)])
+            self.sync()
 
     def append(self, puts: list[tuple[Any, Any]]) -> None:
         """Record several values with one write and one fsync (a batch of effects)."""
         if puts:
             self._write([(_PUT, key, value) for key, value in puts])
+            self.sync()
+
+    def write(self, puts: list[tuple[Any, Any]], deletes: Sequence[Any] = ()) -> int:
+        """Append puts and deletes *without* syncing; returns the sequence number that
+        :meth:`sync` must cover before any of them may be relied upon."""
+        records = [(_PUT, key, value) for key, value in puts]
+        records += [(_DELETE, key, None) for key in deletes if _freeze(key) in self._live]
+        if records:
+            self._write(records)
+        return self.written_seq
+
+    def sync(self) -> int:
+        """Make everything written so far durable (blocking); returns the sequence number
+        now covered. Concurrent ``write`` calls may add records meanwhile: those wait for
+        the next ``sync``."""
+        with self._lock:
+            descriptor, covered = self._descriptor, self.written_seq
+        if covered <= self.synced_seq:
+            return self.synced_seq
+        if descriptor < 0:
+            raise StorageError(f"journal {self.path} is closed")
+        try:
+            os.fsync(descriptor)
+        except OSError as error:
+            raise storage_error(error, f"syncing {self.path}") from None
+        self.synced_seq = max(self.synced_seq, covered)
+        return self.synced_seq
+
+    def live_bytes(self) -> int:
+        return sum(self._live_bytes.values())
 
     def needs_compaction(self) -> bool:
         live = sum(self._live_bytes.values())
@@ -126,26 +172,40 @@ class Journal:
         )
 
     def compact(self) -> None:
-        """Rewrite only the live records to a new file and swap it in atomically."""
+        """Rewrite only the live records to a new file and swap it in atomically.
+
+        Safe against concurrent :meth:`write` calls: the live records are taken under the
+        lock, written and fsynced without it, and whatever was written to the old file
+        meanwhile is copied to the new one under the lock before the swap."""
         scratch = self.path.with_name(JOURNAL_NAME + ".compact")
-        records = [_encode(_PUT, key, value) for key, value in self._live.items()]
-        data = b"".join(records)
+        with self._lock:
+            items = list(self._live.items())
+            self._compacting = []
         try:
+            records = [_encode(_PUT, key, value) for key, value in items]
+            data = b"".join(records)
             descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 _write_all(descriptor, data)
                 os.fsync(descriptor)
+                with self._lock:
+                    tail = b"".join(self._compacting)
+                    if tail:
+                        _write_all(descriptor, tail)
+                        os.fsync(descriptor)
+                    os.replace(scratch, self.path)
+                    _fsync_directory(self.directory)
+                    os.close(self._descriptor)
+                    self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+                    self._file_bytes = len(data) + len(tail)
+                    self.synced_seq = self.written_seq
             finally:
                 os.close(descriptor)
-            os.replace(scratch, self.path)
-            _fsync_directory(self.directory)
         except OSError as error:
             scratch.unlink(missing_ok=True)
             raise storage_error(error, f"compacting {self.path}") from None
-        os.close(self._descriptor)
-        self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self._file_bytes = len(data)
-        self._live_bytes = {key: len(r) for key, r in zip(self._live, records, strict=True)}
+        finally:
+            self._compacting = None
 
     def close(self) -> None:
         if self._descriptor >= 0:
@@ -153,29 +213,32 @@ class Journal:
             self._descriptor = -1
 
     def _write(self, records: list[tuple[int, Any, Any]]) -> None:
-        if self._descriptor < 0:
-            raise StorageError(f"journal {self.path} is closed")
         encoded = [_encode(op, key, value) for op, key, value in records]
         data = b"".join(encoded)
-        try:
-            _write_all(self._descriptor, data)
-            os.fsync(self._descriptor)
-        except OSError as error:
-            # Cut any partial record off so the log stays a sequence of whole records.
-            # If even that fails, the torn tail is cut at the next replay instead.
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._descriptor, self._file_bytes)
-            raise storage_error(error, f"appending to {self.path}") from None
-        self._file_bytes += len(data)
-        for (op, key, value), record in zip(records, encoded, strict=True):
-            frozen = _freeze(key)
-            if op == _PUT:
-                self._live.pop(frozen, None)  # re-inserted last: order of last write
-                self._live[frozen] = value
-                self._live_bytes[frozen] = len(record)
-            else:
-                self._live.pop(frozen, None)
-                self._live_bytes.pop(frozen, None)
+        with self._lock:
+            if self._descriptor < 0:
+                raise StorageError(f"journal {self.path} is closed")
+            try:
+                _write_all(self._descriptor, data)
+            except OSError as error:
+                # Cut any partial record off so the log stays a sequence of whole records.
+                # If even that fails, the torn tail is cut at the next replay instead.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._descriptor, self._file_bytes)
+                raise storage_error(error, f"appending to {self.path}") from None
+            if self._compacting is not None:
+                self._compacting.append(data)
+            self._file_bytes += len(data)
+            self.written_seq += 1
+            for (op, key, value), record in zip(records, encoded, strict=True):
+                frozen = _freeze(key)
+                if op == _PUT:
+                    self._live.pop(frozen, None)  # re-inserted last: order of last write
+                    self._live[frozen] = value
+                    self._live_bytes[frozen] = len(record)
+                else:
+                    self._live.pop(frozen, None)
+                    self._live_bytes.pop(frozen, None)
 
     def _replay(self) -> None:
         try:

@@ -8,8 +8,9 @@ node's effects, in order, with real sockets, disks and devices:
 effect                 what the daemon does
 =====================  ==============================================================
 SendDatagram           seal (auth.py) and send on the UDP socket
-Persist                append to the journal and fsync (in a worker thread) before the
-                       next effect runs; consecutive Persists share one fsync
+Persist                append to the journal; a committer task fsyncs (group commit, in
+                       a worker thread); datagrams and acknowledgements after a task's
+                       first record wait until it is synced (``_gated_until_durable``)
 FetchPayload/RunTask   start a data-plane task (dataplane.py); the effect queue moves on
 CancelTask             cancel that attempt if it is still fetching
 TaskAccepted/Rejected  answer the waiting ``submit`` request
@@ -34,17 +35,17 @@ import random
 import socket
 import time
 from collections import deque
-from collections.abc import Hashable
 from typing import Any
 
 import trio
 
-from meshgpu.core.effects import LeaderChanged, MemberChanged, SendDatagram
+from meshgpu.core.effects import LeaderChanged, MemberChanged, SendDatagram, TaskAccepted
 from meshgpu.core.events import (
     DatagramReceived,
     JournalReplayed,
     LeaveRequested,
     LoadChanged,
+    SubmitTask,
     TaskFinished,
     Tick,
 )
@@ -66,7 +67,7 @@ from meshgpu.daemon.identity import (
 )
 from meshgpu.daemon.journal import Journal
 from meshgpu.daemon.modelstore import ModelStore
-from meshgpu.daemon.payloads import PayloadStore
+from meshgpu.daemon.payloads import PayloadStore, is_inline_key
 from meshgpu.daemon.peer_finding import find_peers_by_mdns, offer_seed_peers
 from meshgpu.daemon.rpc import ConnectionPool
 from meshgpu.daemon.settings import DaemonSettings
@@ -100,9 +101,17 @@ class Daemon:
         self.ready = trio.Event()
         """Set once the daemon listens and serves (just before ``task_status.started``)."""
         self._deadline_moved = trio.Event()
-        self._effects: deque[Any] = deque()
+        self._effects: deque[tuple[Any, bool]] = deque()
+        """(effect, free): free datagrams need not wait for the journal (see
+        ``_gated_until_durable``)."""
         self._effects_ready = trio.Event()
         self._idle = trio.Event()
+        self._gated: deque[tuple[int, Any]] = deque()
+        self._gated_ready = trio.Event()
+        self._gate_idle = trio.Event()
+        self._holder_seq = 0
+        self._commit_wanted = trio.Event()
+        self._synced = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._udp: trio.socket.SocketType | None = None
         self.discovery: MdnsDiscovery | None = None
@@ -130,7 +139,7 @@ class Daemon:
         )
         self._udp_sealer = self.authenticator.new_session(Channel.DATAGRAM)
         self.models = ModelStore(settings.data_dir / "models", settings.model_cache_bytes)
-        self.payloads = PayloadStore(settings.data_dir / "payloads")
+        self.payloads = PayloadStore(settings.data_dir / "payloads", self.journal)
         self.executor = Executor(settings.slots, backend=settings.backend, device=settings.device)
         # Before the node exists: the imports hold the GIL for a second or more, which
         # inside the first task starved the loop into false suspicions (warmup.py).
@@ -171,7 +180,11 @@ class Daemon:
             max_frame_bytes=settings.max_frame_bytes,
         )
         self.api.on_reject = self.pulse
-        records = [record_from_bytes(value) for _, value in self.journal.items()]
+        records = [
+            record_from_bytes(value)
+            for key, value in self.journal.items()
+            if not is_inline_key(key)
+        ]
         if self.journal.torn_bytes:
             logger.warning(
                 "journal had a torn tail of %d bytes (a crash mid-write); cut and kept aside",
@@ -180,12 +193,20 @@ class Daemon:
         for record in records:
             if record.entry is not None:
                 self.dataplane.note_inputs(record.task_id, record.entry.spec.input_digest)
+        swept = self.payloads.sweep_inline(
+            {r.entry.spec.input_digest for r in records if r.entry is not None},
+            {(r.task_id.origin, r.task_id.sequence) for r in records if r.entry is not None},
+        )
+        if swept:
+            logger.info("dropped %d stored payloads of tasks no longer held", swept)
         self.feed(JournalReplayed(tuple(records)))
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.peers.run)
                 nursery.start_soon(self._execute_effects)
+                nursery.start_soon(self._release_gated)
+                nursery.start_soon(self._commit_journal)
                 nursery.start_soon(self._receive_datagrams)
                 nursery.start_soon(self._run_timers)
                 await nursery.start(trio.serve_listeners, self.api.serve, listeners)
@@ -281,7 +302,8 @@ class Daemon:
         if self.node.incarnation > self._saved_incarnation:
             self._save_incarnation()
         if effects:
-            self._effects.extend(effects)
+            free = isinstance(event, SubmitTask)
+            self._effects.extend((effect, free) for effect in effects)
             self._idle = trio.Event()
             self._effects_ready.set()
         self._deadline_moved.set()
@@ -302,9 +324,31 @@ class Daemon:
         self._saved_incarnation = incarnation
 
     async def flushed(self) -> None:
-        """Wait until every queued effect has been executed."""
-        while self._effects:
-            await self._idle.wait()
+        """Wait until every queued effect has been executed (gated ones included)."""
+        while self._effects or self._gated:
+            if self._effects:
+                await self._idle.wait()
+            else:
+                await self._gate_idle.wait()
+
+    async def durable(self, seq: int) -> None:
+        """Wait until journal record ``seq`` (and everything written before it) is synced."""
+        while self.journal.synced_seq < seq:
+            self._commit_wanted.set()
+            await self._synced.wait()
+
+    def write_payload(self, key: Any, kind: str, data: bytes) -> int | None:
+        """Store a small payload in the journal (no fsync); a full disk stops the node
+        like a failed ``Persist`` (acknowledging what is not on disk would break the
+        contract). Returns the sequence number to wait for, or None if too large."""
+        try:
+            seq = self.payloads.put_inline(key, kind, data)
+        except StorageError as error:
+            self._storage_failed(error)
+            raise
+        if seq is not None:
+            self._commit_wanted.set()
+        return seq
 
     async def _execute_effects(self) -> None:
         while True:
@@ -313,19 +357,84 @@ class Daemon:
                 self._effects_ready = trio.Event()
                 await self._effects_ready.wait()
                 continue
-            effect = self._effects.popleft()
+            effect, free = self._effects.popleft()
             try:
-                await self._execute(effect)
+                if self._gated_until_durable(effect, free):
+                    self._gated.append((self._holder_seq, effect))
+                    self._gate_idle = trio.Event()
+                    self._gated_ready.set()
+                else:
+                    await self._execute(effect)
             except StorageError as error:
-                # Acknowledging what is not on disk would break the contract: execute
-                # nothing more and stop, as if crashed (the mesh declares us dead).
-                logger.error("%s; this node stops rather than acknowledge unjournaled work", error)
-                self._effects.clear()
-                self.request_stop(error)
+                self._storage_failed(error)
                 return
             except Exception:
                 self.count("effect_errors")
                 logger.exception("executing %s failed", type(effect).__name__)
+
+    def _gated_until_durable(self, effect: Any, free: bool) -> bool:
+        """Whether ``effect`` must wait for the journal's group commit.
+
+        What must not leave before it is on stable storage is a node's claim to *hold* a
+        task (a peer counts it towards the acknowledgement) and the acknowledgement
+        itself. Both follow, in effect order, the Persist that first journals the task on
+        this node (``_holder_seq``). So every datagram and every ``TaskAccepted`` after
+        such a Persist waits until it is synced, in order; everything else (local work,
+        transfers, results to clients) goes on at once. Datagrams of a ``SubmitTask``
+        (the ``HoldRequest`` to the other holders and the first announcement) are
+        ``free``: they claim nothing the origin has not durably done, so the second
+        holder's fetch and fsync run while the origin's own fsync is under way.
+        """
+        if free or not isinstance(effect, SendDatagram | TaskAccepted):
+            return False
+        return bool(self._gated) or self._holder_seq > self.journal.synced_seq
+
+    async def _release_gated(self) -> None:
+        """Execute gated effects, in order, each once its journal record is durable."""
+        while True:
+            if not self._gated:
+                self._gate_idle.set()
+                self._gated_ready = trio.Event()
+                await self._gated_ready.wait()
+                continue
+            seq, effect = self._gated[0]
+            await self.durable(seq)
+            self._gated.popleft()
+            try:
+                await self._execute(effect)
+            except Exception:
+                self.count("effect_errors")
+                logger.exception("executing %s failed", type(effect).__name__)
+
+    async def _commit_journal(self) -> None:
+        """Group commit: one fsync covers every record written since the last one; the
+        effects and payload writes waiting on those records are released together."""
+        journal = self.journal
+        while True:
+            if journal.synced_seq >= journal.written_seq:
+                self._commit_wanted = trio.Event()
+                if journal.synced_seq >= journal.written_seq:
+                    await self._commit_wanted.wait()
+                continue
+            try:
+                await trio.to_thread.run_sync(journal.sync)
+                self.count("journal_syncs")
+                if journal.needs_compaction():
+                    await trio.to_thread.run_sync(journal.compact)
+                    self.count("journal_compactions")
+            except StorageError as error:
+                self._storage_failed(error)
+                return
+            synced, self._synced = self._synced, trio.Event()
+            synced.set()
+
+    def _storage_failed(self, error: StorageError) -> None:
+        # Acknowledging what is not on disk would break the contract: execute nothing
+        # more and stop, as if crashed (the mesh declares us dead).
+        logger.error("%s; this node stops rather than acknowledge unjournaled work", error)
+        self._effects.clear()
+        self._gated.clear()
+        self.request_stop(error)
 
     async def _execute(self, effect: Any) -> None:
         from meshgpu.core import effects as fx
@@ -335,19 +444,7 @@ class Daemon:
         if isinstance(effect, SendDatagram):
             await self._send_datagram(effect.destination, effect.payload)
         elif isinstance(effect, fx.Persist):
-            # Group commit: every Persist already queued joins this write and its one
-            # fsync. Making a record durable earlier than asked never breaks "Persist
-            # before the send that depends on it"; the other effects keep their order.
-            batch = [effect.record]
-            others: deque[Any] = deque()
-            for queued in self._effects:
-                if isinstance(queued, fx.Persist):
-                    batch.append(queued.record)
-                else:
-                    others.append(queued)
-            self._effects.clear()
-            self._effects.extend(others)
-            await self._persist(batch)
+            self._persist(effect.record)
         elif isinstance(effect, MemberChanged):
             self._member_changed(effect)
         elif isinstance(effect, LeaderChanged):
@@ -362,15 +459,16 @@ class Daemon:
             self.count("effects_unknown")
             logger.warning("no driver action for effect %r", effect)
 
-    async def _persist(self, records: list[TaskRecord]) -> None:
-        puts: list[tuple[Hashable, bytes]] = [
-            ((r.task_id.origin, r.task_id.sequence), record_to_bytes(r)) for r in records
-        ]
-        await trio.to_thread.run_sync(self.journal.append, puts)
+    def _persist(self, record: TaskRecord) -> None:
+        """Append the record (no fsync here: the committer's group commit syncs it). The
+        first record of a task on this node makes it a holder: it gates what follows."""
+        key = (record.task_id.origin, record.task_id.sequence)
+        first = record.entry is not None and self.journal.get(key) is None
+        seq = self.journal.write([(key, record_to_bytes(record))])
+        if first:
+            self._holder_seq = seq
         self.count("journal_appends")
-        if self.journal.needs_compaction():
-            await trio.to_thread.run_sync(self.journal.compact)
-            self.count("journal_compactions")
+        self._commit_wanted.set()
 
     def _member_changed(self, effect: MemberChanged) -> None:
         self.member_history[effect.node_id] = {
