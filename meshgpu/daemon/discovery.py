@@ -1,21 +1,31 @@
 """Finding peers: mDNS (zeroconf) bridged into trio, and static ``--peer`` seeds.
 
-Each daemon registers ``<node-id>._meshgpu._udp.local.`` with its gossip port and a TXT
-record ``mesh=<name> id=<node-id> v=1`` and browses for the same type. Only services
-whose ``mesh`` matches ours become :class:`Sighting`\\s; others are counted and ignored.
-The daemon turns sightings into ``PeerDiscovered`` events; the core decides what to do.
+Each daemon registers ``<node-id>-<run>._meshgpu._udp.local.`` with its gossip port and
+a TXT record ``mesh=<name> id=<node-id> run=<run> v=1`` and browses for the same type.
+Only services whose ``mesh`` matches ours become :class:`Sighting`\\s; others are counted
+and ignored. The daemon turns sightings into ``PeerDiscovered`` events; the core decides
+what to do.
+
+Fast start (docs/operations.md, "mDNS without name probing"): the browser starts
+*before* our own registration, and the registration skips RFC 6762 name probing
+(zeroconf's ``cooperating_responders=True``) and does not wait for its three
+announcements. Probing costs about 1.2 s here (a random 150-250 ms, then three probes
+500 ms apart) and exists only to find a name already taken; ours cannot be: ``<run>``
+is 64 random bits made per process, so two processes never share an instance name,
+not even two copies of one data dir (which share the node id).
 
 Threads: zeroconf runs its own threads (an asyncio loop and the browser thread). The
-browser's callback resolves the service there (a blocking call, fine on that thread)
-and hands the result to trio with ``TrioToken.run_sync_soon`` + ``send_nowait`` on a
-bounded memory channel, which never blocks the zeroconf thread; a full channel drops
-the sighting (mDNS re-announces) and counts it. Construction, registration and
-shutdown block for up to a second or two (probing, goodbye packets), so they run in
-trio worker threads; shutdown is shielded from cancellation so goodbyes still go out.
+browser's callback resolves the service there (a blocking call, fine on that thread;
+the announcement's records are usually already cached) and hands the result to trio
+with ``TrioToken.run_sync_soon`` + ``send_nowait`` on a bounded memory channel, which
+never blocks the zeroconf thread; a full channel drops the sighting (mDNS re-announces)
+and counts it. Construction and shutdown block for a moment (sockets, goodbye packets),
+so they run in trio worker threads; shutdown is shielded from cancellation so goodbyes
+still go out.
 
-A second live node with our id is caught here too: registering a name another host
-already answers for fails mDNS probing (RFC 6762 section 8.1), which we report as a
-:class:`~meshgpu.errors.DuplicateIdentityError`.
+A second live node with our id (a copied data dir) shows up here as a sighting with our
+node id and another ``run``: :attr:`Sighting.twin` is set and the daemon decides who
+yields (see :mod:`meshgpu.daemon.peer_finding`).
 
 ``--interface`` pins zeroconf to that interface's IPv4 address (users' most common
 mDNS failure is a node announcing a container bridge address no peer can reach).
@@ -23,7 +33,9 @@ mDNS failure is a node announcing a container bridge address no peer can reach).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,20 +44,27 @@ from typing import Any
 import trio
 
 from meshgpu.core.types import Address, NodeId
-from meshgpu.errors import ConfigError, DuplicateIdentityError
+from meshgpu.errors import ConfigError
 
 SERVICE_TYPE = "_meshgpu._udp.local."
 PROTOCOL_VERSION = "1"
 DEFAULT_PORT = 7946
 """Gossip (UDP) and the TCP API share one port number (memberlist's port)."""
+REGISTER_TIMEOUT_S = 10.0
+"""How long registration may take (no probing: normally milliseconds)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Sighting:
-    """mDNS says node ``node_id`` of our mesh gossips at ``address``."""
+    """mDNS says node ``node_id`` of our mesh gossips at ``address``.
+
+    ``twin``: the service carries *our* node id but another process's ``run`` token:
+    a second live node uses our identity (its data dir was copied).
+    """
 
     node_id: NodeId
     address: Address
+    twin: bool = False
 
 
 def parse_peer(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -111,6 +130,7 @@ class MdnsDiscovery:
         advertise: list[str],
         interface: str | None = None,
         queue_size: int = 256,
+        run_token: str | None = None,
     ) -> None:
         self.mesh = mesh
         self.node_id = node_id
@@ -118,6 +138,9 @@ class MdnsDiscovery:
         self.advertise = advertise
         self.interface = interface
         self.queue_size = queue_size
+        self.run_token = run_token or secrets.token_hex(8)
+        """Random per process: makes our instance name unique without probing."""
+        self.instance = f"{node_id}-{self.run_token}"
         self.counters: dict[str, int] = {}
         self._zeroconf: Any = None
         self._browser: Any = None
@@ -143,11 +166,16 @@ class MdnsDiscovery:
     def _start(
         self, token: trio.lowlevel.TrioToken, sender: trio.MemorySendChannel[Sighting]
     ) -> None:
-        """In a worker thread: open zeroconf, register ourselves, start browsing."""
+        """In a worker thread: open zeroconf, start browsing, then register ourselves.
+
+        Browsing first means a peer's announcement is seen however our own registration
+        goes; registering without probing (our name is unique by construction, see the
+        module doc) and without waiting for the announcements to be sent means this
+        returns in milliseconds, so sightings reach trio at once.
+        """
         from zeroconf import (
             InterfaceChoice,
             IPVersion,
-            NonUniqueNameException,
             ServiceBrowser,
             ServiceInfo,
             ServiceStateChange,
@@ -156,22 +184,6 @@ class MdnsDiscovery:
 
         interfaces: Any = [self.interface] if self.interface else InterfaceChoice.All
         self._zeroconf = zc = Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
-        info = ServiceInfo(
-            SERVICE_TYPE,
-            f"{self.node_id}.{SERVICE_TYPE}",
-            addresses=[socket.inet_aton(address) for address in self.advertise],
-            port=self.gossip_port,
-            properties={"mesh": self.mesh, "id": self.node_id, "v": PROTOCOL_VERSION},
-            server=f"{self.node_id}.local.",
-        )
-        try:
-            zc.register_service(info)
-        except NonUniqueNameException:
-            raise DuplicateIdentityError(
-                f"mDNS: another host already announces node id {self.node_id} on this "
-                "network: its data dir was probably copied from this one; delete "
-                "identity.json in one of them so it makes a new id"
-            ) from None
 
         def on_change(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
             if state_change is ServiceStateChange.Removed:
@@ -185,6 +197,24 @@ class MdnsDiscovery:
                 token.run_sync_soon(self._hand_over, sender, sighting)
 
         self._browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])
+        info = ServiceInfo(
+            SERVICE_TYPE,
+            f"{self.instance}.{SERVICE_TYPE}",
+            addresses=[socket.inet_aton(address) for address in self.advertise],
+            port=self.gossip_port,
+            properties={
+                "mesh": self.mesh,
+                "id": self.node_id,
+                "run": self.run_token,
+                "v": PROTOCOL_VERSION,
+            },
+            server=f"{self.instance}.local.",
+        )
+        # The coroutine returns once the service is in zeroconf's registry (it answers
+        # queries from then on); the announcements it schedules go out on their own.
+        assert zc.loop is not None  # zeroconf's own loop runs from construction on
+        registering = zc.async_register_service(info, cooperating_responders=True)
+        asyncio.run_coroutine_threadsafe(registering, zc.loop).result(REGISTER_TIMEOUT_S)
 
     def _sighting(self, info: Any, version: Any) -> Sighting | None:
         if info is None:
@@ -202,9 +232,13 @@ class MdnsDiscovery:
         if not node_id or not addresses or not info.port:
             self._count("incomplete")
             return None
+        address = (addresses[0], int(info.port))
         if node_id == self.node_id:
-            return None  # ourselves (a twin cannot register our name, see module doc)
-        return Sighting(node_id=node_id, address=(addresses[0], int(info.port)))
+            if properties.get("run") == self.run_token:
+                return None  # ourselves
+            self._count("twins")
+            return Sighting(node_id=node_id, address=address, twin=True)
+        return Sighting(node_id=node_id, address=address)
 
     def _hand_over(self, sender: trio.MemorySendChannel[Sighting], sighting: Sighting) -> None:
         """Runs in trio (scheduled from the zeroconf thread): never blocks."""

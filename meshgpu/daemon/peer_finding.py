@@ -5,7 +5,9 @@ Seeds are offered again every ``seed_interval`` while they are not live members,
 mesh whose nodes all restarted finds itself again. Before a seed is first offered, it is
 asked where it believes our node id lives (:func:`~meshgpu.daemon.identity.find_live_twin`):
 a live node answering to our id elsewhere means this data dir was copied, and this node
-refuses to go on.
+refuses to go on. mDNS shows such a twin directly (a service with our node id and
+another process's run token): the daemon's :class:`DuplicateIdentityGuard` decides, as
+for a twin's datagram, that a newcomer yields and an established node counts it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ async def find_peers_by_mdns(daemon: Daemon, advertised: str, pin: str | None) -
         daemon.feed(PeerDiscovered(sighting.address, sighting.node_id))
 
     def sighted(sighting: Sighting) -> None:
+        if sighting.twin:
+            twin_announced(daemon, sighting.address)
+            return
         daemon.count("mdns_sightings")
         if sighting.address in checked or not daemon.newcomer:
             daemon.feed(PeerDiscovered(sighting.address, sighting.node_id))
@@ -64,6 +69,24 @@ async def find_peers_by_mdns(daemon: Daemon, advertised: str, pin: str | None) -
             "--interface to pick the LAN interface",
             error,
         )
+
+
+def twin_announced(daemon: Daemon, where: Address) -> None:
+    """mDNS shows another process announcing our node id at ``where``: a copied data dir.
+
+    The same decision as for a twin's datagram: while we are the newcomer we stop (we
+    are the copy); an established node keeps serving, logs and counts the sighting.
+    """
+    try:
+        message = daemon.guard.observe(daemon.node_id, False, where, trio.current_time())
+    except DuplicateIdentityError as error:
+        error = DuplicateIdentityError(f"mDNS: {error}")
+        logger.error("%s", error)
+        daemon.request_stop(error)
+        return
+    if message is not None:
+        daemon.count("duplicate_identity")
+        logger.error("mDNS: %s", message)
 
 
 async def offer_seed_peers(daemon: Daemon) -> None:

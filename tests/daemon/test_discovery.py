@@ -13,7 +13,9 @@ from meshgpu.daemon.discovery import (
     parse_peer,
     resolve_peer,
 )
-from meshgpu.errors import ConfigError
+from meshgpu.daemon.identity import DuplicateIdentityGuard
+from meshgpu.daemon.peer_finding import twin_announced
+from meshgpu.errors import ConfigError, DuplicateIdentityError
 
 
 @pytest.mark.parametrize(
@@ -78,6 +80,33 @@ async def test_mdns_finds_same_mesh_only_and_shuts_down_cleanly() -> None:
     assert all(node._zeroconf is None for node in [*nodes, stranger])
 
 
+@pytest.mark.slow
+async def test_two_processes_with_one_node_id_both_register_and_see_a_twin() -> None:
+    """No name probing: a copied id cannot clash on the mDNS name (the run token keeps
+    instance names apart), and each side sees the other as a twin, not as a peer."""
+    address = local_ipv4_addresses()[0]
+    if address.startswith("127."):
+        pytest.skip("no non-loopback IPv4 interface for multicast")
+    original = MdnsDiscovery("lab-twin", "n-copied", 7111, [address], interface=address)
+    copy = MdnsDiscovery("lab-twin", "n-copied", 7112, [address], interface=address)
+    assert original.instance != copy.instance
+    seen: list[Sighting] = []
+    twin_seen = trio.Event()
+
+    def deliver(sighting: Sighting) -> None:
+        seen.append(sighting)
+        twin_seen.set()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(original.run, deliver)
+            await nursery.start(copy.run, lambda s: None)
+            await twin_seen.wait()
+            nursery.cancel_scope.cancel()
+    assert seen[0] == Sighting("n-copied", (address, 7112), twin=True)
+    assert original.counters["twins"] >= 1
+
+
 class FakeInfo:
     def __init__(self, properties: dict[bytes, bytes], port: int = 7000) -> None:
         self.properties = properties
@@ -92,7 +121,48 @@ def test_only_same_mesh_services_become_sightings() -> None:
     same = FakeInfo({b"mesh": b"lab", b"id": b"n-peer"})
     assert discovery._sighting(same, None) == Sighting("n-peer", ("10.0.0.9", 7000))
     assert discovery._sighting(FakeInfo({b"mesh": b"other", b"id": b"n-x"}), None) is None
-    assert discovery._sighting(FakeInfo({b"mesh": b"lab", b"id": b"n-self"}), None) is None
+    ours = {b"mesh": b"lab", b"id": b"n-self", b"run": discovery.run_token.encode()}
+    assert discovery._sighting(FakeInfo(ours), None) is None
     assert discovery._sighting(FakeInfo({b"mesh": b"lab"}), None) is None
     assert discovery._sighting(None, None) is None
     assert discovery.counters == {"other_mesh": 1, "incomplete": 1, "unresolved": 1}
+
+
+def test_a_service_with_our_id_and_another_run_is_a_twin() -> None:
+    discovery = MdnsDiscovery("lab", "n-self", 7000, ["10.0.0.1"], run_token="aaaa")
+    assert discovery.instance == "n-self-aaaa"
+    copy = FakeInfo({b"mesh": b"lab", b"id": b"n-self", b"run": b"bbbb"}, port=7001)
+    assert discovery._sighting(copy, None) == Sighting("n-self", ("10.0.0.9", 7001), twin=True)
+    assert discovery.counters == {"twins": 1}
+
+
+class TwinDaemon:
+    """What :func:`twin_announced` uses of a daemon."""
+
+    def __init__(self, started: float) -> None:
+        self.node_id = "n-self"
+        self.guard = DuplicateIdentityGuard(self.node_id, started=started, grace=15.0)
+        self.counters: dict[str, int] = {}
+        self.stopped: list[BaseException] = []
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def request_stop(self, error: BaseException) -> None:
+        self.stopped.append(error)
+
+
+async def test_a_newcomer_that_sees_its_twin_by_mdns_stops() -> None:
+    daemon = TwinDaemon(started=trio.current_time())
+    twin_announced(daemon, ("10.0.0.7", 7946))  # type: ignore[arg-type]
+    (error,) = daemon.stopped
+    assert isinstance(error, DuplicateIdentityError)
+    assert "mDNS" in str(error) and "10.0.0.7:7946" in str(error) and "copied" in str(error)
+
+
+async def test_an_established_node_that_sees_a_twin_by_mdns_counts_it_and_serves() -> None:
+    daemon = TwinDaemon(started=trio.current_time() - 60.0)
+    twin_announced(daemon, ("10.0.0.7", 7946))  # type: ignore[arg-type]
+    assert daemon.stopped == []
+    assert daemon.counters == {"duplicate_identity": 1}
+    assert daemon.guard.sightings == 1
