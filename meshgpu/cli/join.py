@@ -1,12 +1,19 @@
-"""``meshgpu join``: run this machine's daemon in the foreground."""
+"""``meshgpu join``: run this machine's daemon in the foreground.
+
+Every option can also come from a TOML file (``--config``; format and checks in
+:mod:`meshgpu.daemon.settings`): a flag given on the command line wins over the file,
+the file wins over the defaults shown by ``--help``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
 DEFAULT_DATA_DIR = Path(
     os.environ.get("MESHGPU_DATA_DIR")
@@ -54,7 +61,7 @@ STATE_FILE = "daemon.json"
 )
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "opencl", "onnxruntime"]),
+    type=click.Choice(["auto", "opencl", "onnxruntime"]),  # settings.BACKENDS
     default="auto",
     show_default=True,
     help="Inference backend.",
@@ -68,7 +75,9 @@ STATE_FILE = "daemon.json"
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="TOML file with a [mesh] table of protocol timings.",
+    help="TOML file: a [daemon] table with any option above (data_dir, key_file, "
+    "peers = [...], mdns = false, slots, ...; see docs/operations.md) and a [mesh] table "
+    "of protocol timings. Flags given here override the file; unknown keys are errors.",
 )
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def join(
@@ -92,18 +101,68 @@ def join(
 
     Peers are found by mDNS on the LAN and by --peer seeds. The first signal leaves
     gracefully (running tasks finish or are handed back); a second stops at once.
+
+    Options can also be set in a --config file (flags on the command line win).
     """
     import logging
-    import tomllib
 
     import trio
 
     from meshgpu.core.config import MeshConfig
     from meshgpu.daemon.auth import load_mesh_key
+    from meshgpu.daemon.discovery import parse_peer
     from meshgpu.daemon.foreground import serve_until_signalled
     from meshgpu.daemon.runtime import Daemon
-    from meshgpu.daemon.settings import DaemonSettings
+    from meshgpu.daemon.settings import DaemonSettings, read_config_file
     from meshgpu.errors import MeshError
+
+    options: dict[str, Any] = {
+        "name": name,
+        "bind": bind,
+        "port": port,
+        "peers": peers,
+        "mdns": not no_mdns,
+        "mesh": mesh,
+        "key_file": key_file,
+        "data_dir": data_dir,
+        "device": device,
+        "backend": backend,
+        "slots": slots,
+        "interface": interface,
+        "advertise": advertise,
+        "verbose": verbose,
+    }
+    try:
+        mesh_config = MeshConfig()
+        if config_file is not None:
+            from_file = read_config_file(config_file)
+            mesh_config = from_file.mesh
+            context = click.get_current_context()
+            for key, value in from_file.daemon.items():
+                parameter = _PARAMETER_OF_KEY.get(key, key)
+                if context.get_parameter_source(parameter) in _NOT_GIVEN:
+                    options[key] = value
+        for peer in options["peers"]:
+            parse_peer(peer)  # refuse a malformed seed before anything starts
+        verbose = options["verbose"]
+        settings = DaemonSettings(
+            data_dir=Path(options["data_dir"]).expanduser(),
+            name=options["name"],
+            bind=options["bind"],
+            port=options["port"],
+            peers=tuple(options["peers"]),
+            mdns=options["mdns"],
+            mesh=options["mesh"],
+            key=load_mesh_key(options["key_file"], os.environ),
+            slots=options["slots"],
+            backend=options["backend"],
+            device=options["device"],
+            interface=options["interface"],
+            advertise=options["advertise"],
+            mesh_config=mesh_config,
+        )
+    except (MeshError, OSError) as error:
+        raise click.ClickException(str(error)) from None
 
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO,
@@ -111,33 +170,6 @@ def join(
     )
     if verbose < 2:
         logging.getLogger("zeroconf").setLevel(logging.WARNING)
-    from meshgpu.daemon.discovery import parse_peer
-
-    try:
-        for peer in peers:
-            parse_peer(peer)  # refuse a malformed seed before anything starts
-        mesh_config = MeshConfig()
-        if config_file is not None:
-            table = tomllib.loads(config_file.read_text()).get("mesh", {})
-            mesh_config = MeshConfig.from_mapping(table)
-        settings = DaemonSettings(
-            data_dir=data_dir.expanduser(),
-            name=name,
-            bind=bind,
-            port=port,
-            peers=peers,
-            mdns=not no_mdns,
-            mesh=mesh,
-            key=load_mesh_key(key_file, os.environ),
-            slots=slots,
-            backend=backend,
-            device=device,
-            interface=interface,
-            advertise=advertise,
-            mesh_config=mesh_config,
-        )
-    except (MeshError, OSError, tomllib.TOMLDecodeError) as error:
-        raise click.ClickException(str(error)) from None
 
     state_path = settings.data_dir / STATE_FILE
     wrote_state: list[Path] = []
@@ -171,3 +203,9 @@ def join(
     finally:
         for path in wrote_state:  # never another daemon's file (a refused second start)
             path.unlink(missing_ok=True)
+
+
+_PARAMETER_OF_KEY = {"mdns": "no_mdns"}
+"""Config-file keys whose click parameter has another name (``mdns = false`` is --no-mdns)."""
+_NOT_GIVEN = (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+"""Parameter sources that a config-file value overrides (the flag was not typed)."""

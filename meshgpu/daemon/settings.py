@@ -1,13 +1,37 @@
-"""How a daemon runs: every knob of ``meshgpu join`` in one frozen object."""
+"""How a daemon runs: every knob of ``meshgpu join`` in one frozen object, and the
+TOML file (``meshgpu join --config FILE``) that can set each of them.
+
+The file has two tables, both optional, and nothing else::
+
+    [daemon]            # any option of `meshgpu join`, named as in JOIN_FILE_KEYS
+    mesh = "lab"
+    peers = ["10.0.0.5:7946"]
+    data_dir = "/var/lib/meshgpu"
+
+    [mesh]              # protocol timings: meshgpu.core.config.MeshConfig
+    probe_interval = 0.2
+
+Flags given on the command line override the file; the file overrides the built-in
+defaults (and ``MESHGPU_DATA_DIR``). An unknown table or key, or a value of the wrong
+type, is a :class:`~meshgpu.errors.ConfigError` that names the key and the file: a typo
+in a config file must not silently leave a default in place. Relative paths in the file
+are relative to the file's folder, so a file and its key can move together.
+"""
 
 from __future__ import annotations
 
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshgpu.core.config import MeshConfig
 from meshgpu.daemon.auth import MeshKey
 from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES
+from meshgpu.errors import ConfigError
+
+BACKENDS = ("auto", "opencl", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -35,3 +59,107 @@ class DaemonSettings:
     drain_timeout: float = 30.0
     duplicate_grace: float = 15.0
     max_clock_skew: float = 120.0
+
+
+JOIN_FILE_KEYS: dict[str, str] = {
+    "name": "string: node id used the first time (--name)",
+    "bind": "string: address to listen on (--bind)",
+    "port": "integer 0-65535 (--port)",
+    "peers": 'list of "HOST:PORT" strings (--peer, repeated)',
+    "mdns": "true or false (false is --no-mdns)",
+    "mesh": "string: mesh name (--mesh)",
+    "key_file": "path (--key-file)",
+    "data_dir": "path (--data-dir)",
+    "device": "string: device id (--device)",
+    "backend": f"one of {', '.join(BACKENDS)} (--backend)",
+    "slots": "integer >= 1 (--slots)",
+    "interface": "string: network interface (--interface)",
+    "advertise": "string: address peers should use (--advertise)",
+    "verbose": "integer >= 0 (-v is 1, -vv is 2)",
+}
+"""Every key the ``[daemon]`` table accepts, with what its value must be."""
+
+_PATHS = ("key_file", "data_dir")
+_STRINGS = ("name", "bind", "mesh", "device", "interface", "advertise")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A parsed and checked ``--config`` file.
+
+    ``daemon`` holds only the keys the file sets, with checked values (paths made
+    absolute, ``peers`` as a tuple); ``mesh`` is the ``[mesh]`` table applied to the
+    defaults.
+    """
+
+    path: Path
+    daemon: Mapping[str, Any]
+    mesh: MeshConfig
+
+
+def read_config_file(path: Path) -> ConfigFile:
+    """Read and check ``path``; every problem is a ConfigError naming the file."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    for key, value in document.items():
+        if key not in ("daemon", "mesh"):
+            raise ConfigError(
+                f"config file {path}: unknown {'table' if isinstance(value, dict) else 'key'} "
+                f"{key!r}; the file has a [daemon] table (options of `meshgpu join`) and a "
+                "[mesh] table (protocol timings), and nothing else"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"config file {path}: {key} must be a table ([{key}])")
+    try:
+        mesh = MeshConfig.from_mapping(document.get("mesh", {}))
+    except ConfigError as error:
+        raise ConfigError(f"config file {path}, [mesh] table: {error}") from None
+    daemon = {key: _checked(path, key, value) for key, value in document.get("daemon", {}).items()}
+    return ConfigFile(path=path, daemon=daemon, mesh=mesh)
+
+
+def _checked(path: Path, key: str, value: object) -> object:
+    """``value`` of ``[daemon]`` key ``key``, checked (and paths resolved against ``path``)."""
+
+    def wrong() -> ConfigError:
+        return ConfigError(
+            f"config file {path}, [daemon] table: {key} must be {JOIN_FILE_KEYS[key]}, "
+            f"got {value!r}"
+        )
+
+    if key not in JOIN_FILE_KEYS:
+        raise ConfigError(
+            f"config file {path}, [daemon] table: unknown key {key!r}; known keys are "
+            f"{', '.join(JOIN_FILE_KEYS)} (protocol timings go in the [mesh] table)"
+        )
+    if key in _STRINGS:
+        if not isinstance(value, str) or not value:
+            raise wrong()
+        return value
+    if key in _PATHS:
+        if not isinstance(value, str) or not value:
+            raise wrong()
+        return (path.parent / Path(value).expanduser()).absolute()
+    if key == "peers":
+        if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+            raise wrong()
+        return tuple(value)
+    if key == "mdns":
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if key == "backend":
+        if value not in BACKENDS:
+            raise wrong()
+        return value
+    bounds = {"port": (0, 65535), "slots": (1, None), "verbose": (0, None)}[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise wrong()
+    low, high = bounds
+    if value < low or (high is not None and value > high):
+        raise wrong()
+    return value
