@@ -16,6 +16,7 @@ from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
 from meshgpu.inference.opencl.kernels.gemm import IM2COL_K_CHUNK, PANEL
 from meshgpu.inference.opencl.kernels.spatial import DIRECT_CONV_SOURCE
+from meshgpu.inference.opencl.lower_conv_implicit import ConvShape, choose_layout, lower_implicit
 from meshgpu.inference.opencl.lower_linear import gemm_launch
 from meshgpu.inference.opencl.plan import PlanBuilder, i32, lowers
 
@@ -138,6 +139,51 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
         (*key, "panels"),
         lambda: (weight * scale[:, None, None, None]).reshape(groups, groups_out, depth),
     )
+    pixels = out_h * out_w
+    # Write straight into this output's slice of a channel Concat when the plan placed it.
+    target = None
+    if not one_d:
+        builder.slice_writers.add(epilogue.output)
+        if epilogue.residual is None:
+            target = builder.slice_target(epilogue.output, declared_shape)
+    if target is not None:
+        output, channel_offset = target
+        image_stride = output.shape[1] * pixels
+    else:
+        output = builder.new_tensor(epilogue.output, declared_shape)
+        channel_offset, image_stride = 0, out_channels * pixels
+    conv = ConvShape(
+        batch,
+        channels,
+        height,
+        width,
+        out_channels,
+        groups,
+        out_h,
+        out_w,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_top,
+        pad_left,
+        dilation_h,
+        dilation_w,
+    )
+    layout = choose_layout(conv)
+    if layout is not None and lower_implicit(
+        builder,
+        node,
+        conv,
+        layout,
+        x,
+        epilogue,
+        panels,
+        folded_bias,
+        output,
+        channel_offset,
+    ):
+        return
     im2col = builder.workspace(groups * column_blocks * depth * PANEL * 4, f"{node.name} im2col")
     k_chunks = -(-depth // IM2COL_K_CHUNK)
     total = groups * column_blocks * k_chunks
@@ -176,19 +222,6 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
         total=total,
         local=(8,),
     )
-    pixels = out_h * out_w
-    # Write straight into this output's slice of a channel Concat when the plan placed it.
-    target = None
-    if not one_d:
-        builder.slice_writers.add(epilogue.output)
-        if epilogue.residual is None:
-            target = builder.slice_target(epilogue.output, declared_shape)
-    if target is not None:
-        output, channel_offset = target
-        image_stride = output.shape[1] * pixels
-    else:
-        output = builder.new_tensor(epilogue.output, declared_shape)
-        channel_offset, image_stride = 0, out_channels * pixels
     gemm_launch(
         builder,
         node,

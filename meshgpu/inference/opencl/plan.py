@@ -207,6 +207,15 @@ class PlanBuilder:
     def workspace(self, nbytes: int, label: str) -> Storage:
         return Storage(max(FLOAT_BYTES, nbytes), label)
 
+    def reserve_reads(self, tensor: DeviceTensor, nbytes: int) -> bool:
+        """Let a kernel read ``nbytes`` from the start of ``tensor``'s storage, past the
+        tensor's end if need be (vector loads whose surplus lanes are dropped): the storage
+        grows to that size. False for uploaded constants, whose buffers are already made."""
+        if tensor.storage in self._bound_constants:
+            return False
+        tensor.storage.nbytes = max(tensor.storage.nbytes, nbytes)
+        return True
+
     def weight(self, key: Any, make: Callable[[], np.ndarray]) -> Any:
         """Device copy (a ``cl.Buffer``) of a derived constant, uploaded once per session
         under ``key``; None during a dry walk, which never touches the device."""

@@ -50,13 +50,13 @@ __kernel void im2col_panels(__global const float* restrict x, __global float* re
   int base[8];
   int iy0[8];
   int ix0[8];
+  /* Decode the first column's (image, oy, ox) with divisions, then step. */
+  int img = nb * 8 / P;
+  int p = nb * 8 - img * P;
+  int oy = p / OW;
+  int ox = p - oy * OW;
   for (int j = 0; j < 8; j++) {
-    int n = nb * 8 + j;
-    if (n < N) {
-      int img = n / P;
-      int p = n - img * P;
-      int oy = p / OW;
-      int ox = p - oy * OW;
+    if (nb * 8 + j < N) {
       iy0[j] = oy * SH - PH;
       ix0[j] = ox * SW - PW;
       base[j] = img * x_image_stride + g * Cg * H * W;
@@ -65,9 +65,16 @@ __kernel void im2col_panels(__global const float* restrict x, __global float* re
       ix0[j] = 0;
       base[j] = 0;
     }
+    if (++ox == OW) {
+      ox = 0;
+      if (++oy == OH) {
+        oy = 0;
+        img++;
+      }
+    }
   }
   int k0 = kc * K_CHUNK;
-  int k1 = min(k0 + K_CHUNK, K);
+  int k1 = imin(k0 + K_CHUNK, K);
   /* Pointwise convolution: a column block inside one image is 8 consecutive pixels. */
   int n0 = nb * 8;
   if (KH == 1 && KW == 1 && SH == 1 && SW == 1 && PH == 0 && PW == 0 && n0 + 8 <= N
@@ -76,7 +83,7 @@ __kernel void im2col_panels(__global const float* restrict x, __global float* re
     const __global float* xs = x + img * x_image_stride + (g * Cg + k0) * P + (n0 - img * P);
     __global float* o = col + ((size_t)(g * blocks + nb) * K + k0) * 8;
     for (int k = k0; k < k1; k++) {
-      vstore8(vload8(0, xs), 0, o);
+      store8(o, load8(xs));
       xs += P;
       o += 8;
     }
@@ -96,14 +103,14 @@ __kernel void im2col_panels(__global const float* restrict x, __global float* re
       int iy = iy0[0] + ky * DH;
       int ix = ix0[0] + kx;
       if (iy < 0 || iy >= H) {
-        vstore8((float8)(0.0f), 0, out);
+        store8(out, (float8)(0.0f));
       } else if (ix >= 0 && ix + 7 < W) {
-        vstore8(vload8(0, x + base[0] + plane + iy * W + ix), 0, out);
+        store8(out, load8(x + base[0] + plane + iy * W + ix));
       } else {
         const __global float* row = x + base[0] + plane + iy * W;
         for (int j = 0; j < 8; j++)
           v[j] = (ix + j >= 0 && ix + j < W) ? row[ix + j] : 0.0f;
-        vstore8((float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), 0, out);
+        store8(out, (float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]));
       }
       out += 8;
       kx++;
@@ -122,7 +129,7 @@ __kernel void im2col_panels(__global const float* restrict x, __global float* re
       int ix = ix0[j] + kx * DW;
       v[j] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[base[j] + plane + iy * W + ix] : 0.0f;
     }
-    vstore8((float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), 0, out);
+    store8(out, (float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]));
     out += 8;
     kx++;
     if (kx == KW) {
@@ -171,7 +178,7 @@ __kernel void pack_panels(__global const float* restrict src, __global float* re
     int r = rb * 8 + j;
     v[j] = r < rows ? s[r * s_row] : 0.0f;
   }
-  vstore8((float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), f, dst);
+  store8(dst + (size_t)f * 8, (float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]));
 }
 
 /* C = ACT(alpha * A.B + beta * bias [+ residual]).  Grid: (ceil(N/8), ceil(M/8), batch),
@@ -204,35 +211,48 @@ inline void gemm_block(__global const float* restrict A, __global const float* r
     c6 = (float8)(av.s6) * bv + c6;
     c7 = (float8)(av.s7) * bv + c7;
   }
-  float acc[64];
-  vstore8(c0, 0, acc); vstore8(c1, 1, acc); vstore8(c2, 2, acc); vstore8(c3, 3, acc);
-  vstore8(c4, 4, acc); vstore8(c5, 5, acc); vstore8(c6, 6, acc); vstore8(c7, 7, acc);
   int base = out_offset + b * s_batch;
   int col_index[8];
-  int columns = min(8, N - nb * 8);
+  int columns = imin(8, N - nb * 8);
+  /* One division per block, then step (an integer division costs more than a k step). */
+  int img = nb * 8 / P;
+  int pix = nb * 8 - img * P;
   for (int j = 0; j < columns; j++) {
-    int n = nb * 8 + j;
-    int img = n / P;
-    int pix = n - img * P;
     col_index[j] = base + img * s_image + pix * s_p;
+    if (++pix == P) {
+      pix = 0;
+      img++;
+    }
   }
-  int rows = min(8, M - mb * 8);
+  int rows = imin(8, M - mb * 8);
   /* Fast path: 8 output columns contiguous in memory (NCHW pixels of one image) and a bias
-     constant along n: whole rows as float8. Matters for layers with small K, where the
-     epilogue costs as much as the k loop. */
+     constant along n: whole rows as float8 straight from the accumulators. Matters for
+     layers with small K, where the epilogue costs as much as the k loop. */
   if (columns == 8 && s_p == 1 && col_index[7] - col_index[0] == 7 && bias_s_n == 0
       && (act == 0 || act == 1)) {
-    for (int i = 0; i < rows; i++) {
-      int m = mb * 8 + i;
-      float8 v = vload8(i, acc) * alpha;
-      if (has_bias) v += (float8)(beta * bias[b * bias_batch_stride + m * bias_s_m]);
-      int index = col_index[0] + m * s_m;
-      if (has_residual) v += vload8(0, residual + index);
-      if (act == 1) v = v > (float8)(0.0f) ? v : (float8)(0.0f);
-      vstore8(v, 0, C + index);
+#define GEMM_ROW(i, acc)                                                                  \
+    if (i < rows) {                                                                       \
+      int m = mb * 8 + i;                                                                 \
+      float8 v = acc * alpha;                                                             \
+      if (has_bias) v += (float8)(beta * bias[b * bias_batch_stride + m * bias_s_m]);     \
+      int index = col_index[0] + m * s_m;                                                 \
+      if (has_residual) v += load8(residual + index);                                     \
+      if (act == 1) v = v > (float8)(0.0f) ? v : (float8)(0.0f);                          \
+      store8(C + index, v);                                                               \
     }
+    GEMM_ROW(0, c0) GEMM_ROW(1, c1) GEMM_ROW(2, c2) GEMM_ROW(3, c3)
+    GEMM_ROW(4, c4) GEMM_ROW(5, c5) GEMM_ROW(6, c6) GEMM_ROW(7, c7)
+#undef GEMM_ROW
     return;
   }
+  float acc[64];
+#define GEMM_SPILL(i, c)                                                                  \
+  acc[i * 8 + 0] = c.s0; acc[i * 8 + 1] = c.s1; acc[i * 8 + 2] = c.s2;                    \
+  acc[i * 8 + 3] = c.s3; acc[i * 8 + 4] = c.s4; acc[i * 8 + 5] = c.s5;                    \
+  acc[i * 8 + 6] = c.s6; acc[i * 8 + 7] = c.s7;
+  GEMM_SPILL(0, c0) GEMM_SPILL(1, c1) GEMM_SPILL(2, c2) GEMM_SPILL(3, c3)
+  GEMM_SPILL(4, c4) GEMM_SPILL(5, c5) GEMM_SPILL(6, c6) GEMM_SPILL(7, c7)
+#undef GEMM_SPILL
   for (int i = 0; i < rows; i++) {
     int m = mb * 8 + i;
     for (int j = 0; j < columns; j++) {
@@ -261,7 +281,7 @@ __kernel void gemm_8x8(__global const float* restrict A, __global const float* r
   int mb = get_global_id(1);
   int b = get_global_id(2);
   int first = get_global_id(0) * COLUMN_BLOCKS;
-  int last = min(first + COLUMN_BLOCKS, (N + 7) / 8);
+  int last = imin(first + COLUMN_BLOCKS, (N + 7) / 8);
   for (int nb = first; nb < last; nb++)
     gemm_block(A, B, C, bias, residual, M, N, K, a_batch_stride, b_batch_stride, P,
                out_offset, s_batch, s_image, s_m, s_p, bias_batch_stride, bias_s_m, bias_s_n,

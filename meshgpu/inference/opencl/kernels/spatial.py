@@ -23,14 +23,17 @@ __kernel void pool2d(__global const float* restrict x, __global float* restrict 
   int y0 = oy * SH - PH;
   int ox = 0;
 #ifdef POOL_MAX
-  /* Interior columns (window inside the row horizontally): no per-element x checks. */
-  int first = min(OW, max(0, (PW + SW - 1) / SW));
+  /* Window rows inside the input, found once per output row. */
+  int ky0 = 0, ky1 = KH;
+  while (ky0 < KH && y0 + ky0 * DH < 0) ky0++;
+  while (ky1 > ky0 && y0 + (ky1 - 1) * DH >= H) ky1--;
+  /* Left border columns (window starts before the row): per-element x checks. */
+  int first = imin(OW, imax(0, (PW + SW - 1) / SW));
   for (; ox < first; ox++) {
     int x0 = ox * SW - PW;
     float acc = -INFINITY;
-    for (int ky = 0; ky < KH; ky++) {
+    for (int ky = ky0; ky < ky1; ky++) {
       int iy = y0 + ky * DH;
-      if (iy < 0 || iy >= H) continue;
       for (int kx = 0; kx < KW; kx++) {
         int ix = x0 + kx * DW;
         if (ix < 0 || ix >= W) continue;
@@ -40,13 +43,29 @@ __kernel void pool2d(__global const float* restrict x, __global float* restrict 
     }
     yr[ox] = acc;
   }
+  /* Eight outputs at a time while the vector loads stay inside the row: stride 1 reads 8
+     consecutive inputs per tap, stride 2 reads 16 and keeps the even ones. */
+  if (DW == 1 && (SW == 1 || SW == 2)) {
+    int span = SW * 8;
+    for (; ox + 8 <= OW && ox * SW - PW + KW - 1 + span <= W; ox += 8) {
+      const __global float* xw = xc + ox * SW - PW;
+      float8 acc = (float8)(-INFINITY);
+      for (int ky = ky0; ky < ky1; ky++) {
+        const __global float* xr = xw + (y0 + ky * DH) * W;
+        for (int kx = 0; kx < KW; kx++) {
+          float8 v = SW == 1 ? load8(xr + kx) : load16(xr + kx).even;
+          acc = v > acc ? v : acc;
+        }
+      }
+      store8(yr + ox, acc);
+    }
+  }
+  /* Interior columns left over: no per-element x checks. */
   for (; ox < OW && ox * SW - PW + (KW - 1) * DW < W; ox++) {
     const __global float* xw = xc + ox * SW - PW;
     float acc = -INFINITY;
-    for (int ky = 0; ky < KH; ky++) {
-      int iy = y0 + ky * DH;
-      if (iy < 0 || iy >= H) continue;
-      const __global float* xr = xw + iy * W;
+    for (int ky = ky0; ky < ky1; ky++) {
+      const __global float* xr = xw + (y0 + ky * DH) * W;
       for (int kx = 0; kx < KW; kx++) {
         float v = xr[kx * DW];
         acc = v > acc ? v : acc;
@@ -153,14 +172,14 @@ LRN_SOURCE = r"""
 __kernel void lrn(__global const float* restrict x, __global float* restrict y,
                   int C, int plane, int size, float alpha, float beta, float bias, int total) {
   int start = get_global_id(0) * 64;
-  int stop = min(start + 64, total);
+  int stop = imin(start + 64, total);
   for (int i = start; i < stop; i++) {
     int p = i % plane;
     int t = i / plane;
     int c = t % C;
     int n = t / C;
-    int lo = max(0, c - (size - 1) / 2);
-    int hi = min(C - 1, c + size / 2);
+    int lo = imax(0, c - (size - 1) / 2);
+    int hi = imin(C - 1, c + size / 2);
     const __global float* xn = x + (size_t)n * C * plane + p;
     float sum = 0.0f;
     for (int k = lo; k <= hi; k++) {

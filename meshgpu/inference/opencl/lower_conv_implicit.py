@@ -1,0 +1,242 @@
+"""Convolution as an implicit GEMM (kernels in :mod:`.kernels.implicit_conv`): the choice of
+column layout, whether it beats im2col, the zero-padded copy of the input, and the launch.
+
+The implicit path computes some dropped columns (the padding of each output row) to make
+every tap a contiguous vector load; im2col computes none but writes and rereads a
+``K x N`` matrix. Measured on this engine's kernels (docs/opencl-engine.md): im2col costs
+about as much per ``(k, n)`` element as ``IMPLICIT_WASTE_BUDGET`` multiply-adds of GEMM, so
+the implicit path is taken when ``output channels per group * (dropped fraction)`` stays
+under that budget: always for unpadded pointwise convolutions (nothing dropped), for 3x3
+layers on 55x55 or 27x27 maps, not for 512-channel layers on 7x7 maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshgpu.inference.opencl import fusion
+from meshgpu.inference.opencl.graph import Node
+from meshgpu.inference.opencl.kernels import CORE_SOURCE
+from meshgpu.inference.opencl.kernels.implicit_conv import CONV_COLUMN_BLOCKS
+from meshgpu.inference.opencl.plan import FLOAT_BYTES, DeviceTensor, KernelArg, PlanBuilder, f32
+from meshgpu.inference.opencl.plan import i32 as _i32
+
+PANEL = 8
+
+#: Dropped columns are worth this many output channels of GEMM work (see module doc).
+IMPLICIT_WASTE_BUDGET = 32
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """Everything about one convolution the layout and launch need (NCHW, 2-D)."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    out_channels: int
+    groups: int
+    out_h: int
+    out_w: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    dilation_h: int
+    dilation_w: int
+
+    @property
+    def group_channels(self) -> int:
+        return self.channels // self.groups
+
+    @property
+    def groups_out(self) -> int:
+        return self.out_channels // self.groups
+
+
+@dataclass(frozen=True)
+class ImplicitLayout:
+    """Padded input planes ``plane_h x plane_w`` and ``row_pitch`` columns per output row."""
+
+    plane_h: int
+    plane_w: int
+    row_pitch: int
+    columns: int
+    copy_input: bool
+
+    def dropped_fraction(self, conv: ConvShape) -> float:
+        return self.columns / (conv.out_h * conv.out_w) - 1.0
+
+
+def choose_layout(conv: ConvShape) -> ImplicitLayout | None:
+    """The implicit layout with the fewest dropped columns, or None where im2col is cheaper
+    (or the stride is not 1 or 2, which the vector loads need)."""
+    if conv.stride_w not in (1, 2):
+        return None
+    need_h = (conv.out_h - 1) * conv.stride_h + (conv.kernel_h - 1) * conv.dilation_h + 1
+    need_w = (conv.out_w - 1) * conv.stride_w + (conv.kernel_w - 1) * conv.dilation_w + 1
+    in_place = (
+        conv.pad_top == 0 and conv.pad_left == 0 and need_h <= conv.height and need_w <= conv.width
+    )
+    plane_h, plane_w = (conv.height, conv.width) if in_place else (need_h, need_w)
+    pitches = [-(-conv.out_w // PANEL) * PANEL]
+    if conv.stride_h == 1 and conv.stride_w == 1:
+        pitches.append(plane_w)  # wide rows: blocks may cross rows
+    pitch = min(pitches, key=lambda p: (conv.out_h - 1) * p + conv.out_w)
+    layout = ImplicitLayout(
+        plane_h, plane_w, pitch, (conv.out_h - 1) * pitch + conv.out_w, not in_place
+    )
+    if conv.groups_out * layout.dropped_fraction(conv) > IMPLICIT_WASTE_BUDGET:
+        return None
+    return layout
+
+
+def _tap_offsets(conv: ConvShape, layout: ImplicitLayout) -> np.ndarray:
+    ci, ky, kx = np.meshgrid(
+        np.arange(conv.group_channels),
+        np.arange(conv.kernel_h),
+        np.arange(conv.kernel_w),
+        indexing="ij",
+    )
+    offsets = (
+        ci * layout.plane_h * layout.plane_w
+        + ky * conv.dilation_h * layout.plane_w
+        + kx * conv.dilation_w
+    )
+    return offsets.reshape(-1).astype(np.int32)
+
+
+def _floats_read(conv: ConvShape, layout: ImplicitLayout, image_stride: int) -> int:
+    """One past the last float any column block loads (dropped lanes included)."""
+    last_block = (-(-layout.columns // PANEL) - 1) * PANEL
+    oy, ox = divmod(last_block, layout.row_pitch)
+    start = oy * conv.stride_h * layout.plane_w + ox * conv.stride_w
+    group_stride = conv.group_channels * layout.plane_h * layout.plane_w
+    last_tap = (
+        (conv.group_channels - 1) * layout.plane_h * layout.plane_w
+        + (conv.kernel_h - 1) * conv.dilation_h * layout.plane_w
+        + (conv.kernel_w - 1) * conv.dilation_w
+    )
+    span = PANEL * conv.stride_w
+    return (
+        (conv.batch - 1) * image_stride + (conv.groups - 1) * group_stride + start + last_tap + span
+    )
+
+
+def lower_implicit(
+    builder: PlanBuilder,
+    node: Node,
+    conv: ConvShape,
+    layout: ImplicitLayout,
+    x: DeviceTensor,
+    epilogue: fusion.Epilogue,
+    panels: KernelArg,
+    bias: KernelArg,
+    output: DeviceTensor,
+    channel_offset: int,
+) -> bool:
+    """Queue the (padding copy and) implicit GEMM; False if the input cannot take the
+    over-reads (an uploaded constant with no padding copy), leaving the caller to im2col."""
+    plane = layout.plane_h * layout.plane_w
+    image_stride = conv.channels * plane
+    needed = _floats_read(conv, layout, image_stride)
+    source: KernelArg
+    if layout.copy_input:
+        padded = builder.workspace(
+            max(needed, conv.batch * image_stride) * FLOAT_BYTES, f"{node.name} padded input"
+        )
+        rows = conv.batch * conv.channels * layout.plane_h
+        builder.launch(
+            node,
+            CORE_SOURCE,
+            "pad_planes",
+            [
+                x.storage,
+                padded,
+                *(
+                    _i32(v)
+                    for v in (
+                        conv.height,
+                        conv.width,
+                        layout.plane_h,
+                        layout.plane_w,
+                        conv.pad_top,
+                        conv.pad_left,
+                        rows,
+                    )
+                ),
+            ],
+            total=rows,
+            local=(8,),
+        )
+        source = padded
+    else:
+        if not builder.dry and not builder.reserve_reads(x, needed * FLOAT_BYTES):
+            return False
+        source = x.storage
+    offsets = builder.weight(
+        (
+            "tap offsets",
+            conv.group_channels,
+            conv.kernel_h,
+            conv.kernel_w,
+            conv.dilation_h,
+            conv.dilation_w,
+            layout.plane_h,
+            layout.plane_w,
+        ),
+        lambda: _tap_offsets(conv, layout),
+    )
+    residual = epilogue.residual.storage if epilogue.residual is not None else None
+    code, act_a, act_b = epilogue.activation_code
+    pixels = conv.out_h * conv.out_w
+    column_blocks = -(-layout.columns // PANEL)
+    builder.launch(
+        node,
+        CORE_SOURCE,
+        "conv_gemm_s1" if conv.stride_w == 1 else "conv_gemm_s2",
+        [
+            panels,
+            source,
+            output.storage,
+            bias,
+            residual,
+            offsets,
+            *(
+                _i32(v)
+                for v in (
+                    conv.groups_out,
+                    conv.group_channels * conv.kernel_h * conv.kernel_w,
+                    layout.columns,
+                    layout.row_pitch,
+                    layout.plane_w,
+                    conv.stride_h,
+                    conv.stride_w,
+                    conv.out_h,
+                    conv.out_w,
+                    conv.groups,
+                    conv.group_channels * plane,
+                    image_stride,
+                    channel_offset * pixels,
+                    output.shape[1] * pixels,
+                    bias is not None,
+                    residual is not None,
+                    code,
+                )
+            ),
+            f32(act_a),
+            f32(act_b),
+        ],
+        grid=(
+            -(-column_blocks // CONV_COLUMN_BLOCKS),
+            -(-conv.groups_out // PANEL),
+            conv.groups * conv.batch,
+        ),
+        local=(1, 1, 1),
+    )
+    return True
