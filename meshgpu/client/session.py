@@ -58,6 +58,8 @@ logger = logging.getLogger("meshgpu.client")
 UPLOAD_CHUNK_BYTES = 16 << 20
 """Model upload chunk (frames may be up to 64 MiB)."""
 ACK_BATCH = 512
+BATCH_MAX = 64
+"""Most tasks in one ``submit_batch`` request from :meth:`AsyncClient.submit_many`."""
 SUBMITS_IN_FLIGHT = 8
 """Submissions waiting for their acknowledgement at once. Each one makes the mesh copy
 inputs to a second holder and fsync on both; more in flight only lengthens every
@@ -161,24 +163,83 @@ class AsyncClient:
         """Submit one task; returns once the mesh acknowledged it (journaled on
         ``copies`` nodes). ``model``: a path, ``"digits"``, bytes or a ModelProto."""
         blob = ModelBlob.of(model)
-        fields: dict[str, Any] = {
-            "model_digest": blob.digest,
-            "inputs": _encode_inputs(inputs),
-            "priority": priority,
-            "replicas": int(replicas),
-            "min_memory": int(min_memory),
-            "fp16": bool(fp16),
-        }
-        if deadline_s is not None:
-            fields["deadline_s"] = float(deadline_s)
-        if device_type is not None:
-            fields["device_type"] = device_type
+        fields = _submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
+        reply = await self._submit_request(blob, "submit", inputs=_encode_inputs(inputs), **fields)
+        return self._handle_of(reply)
+
+    async def submit_many(
+        self,
+        model: Any,
+        many_inputs: Iterable[Mapping[str, Any]],
+        *,
+        priority: str = "normal",
+        replicas: int = 2,
+        deadline_s: float | None = None,
+        device_type: str | None = None,
+        min_memory: int = 0,
+        fp16: bool = False,
+    ) -> list[AsyncTaskHandle | MeshError]:
+        """Submit many tasks of one model with the same options in as few requests as
+        possible (``submit_batch``, up to ``BATCH_MAX`` tasks each): the mesh journals
+        and replicates a batch together. Returns, in input order, a handle per task (as
+        :meth:`submit` would) or the error that refused that task alone (a malformed
+        input); the other tasks are submitted regardless. A broken connection makes the
+        whole batch be submitted again on the next peer, as :meth:`submit` does."""
+        blob = ModelBlob.of(model)
+        fields = _submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
+        answers: list[AsyncTaskHandle | MeshError | None] = []
+        encoded: list[tuple[int, dict[str, Any]]] = []
+        for index, inputs in enumerate(many_inputs):
+            answers.append(None)
+            try:
+                encoded.append((index, {"inputs": _encode_inputs(inputs)}))
+            except MeshError as error:
+                answers[index] = error
+        for start in range(0, len(encoded), BATCH_MAX):
+            chunk = encoded[start : start + BATCH_MAX]
+            try:
+                reply = await self._submit_request(
+                    blob, "submit_batch", tasks=[task for _, task in chunk], **fields
+                )
+            except RequestFailedError as error:
+                if "unknown op 'submit_batch'" not in str(error):
+                    raise
+                reply = {"results": await self._submit_each(blob, chunk, fields)}
+            for (index, _), answer in zip(chunk, reply["results"], strict=True):
+                if answer.get("error") is not None:
+                    kind = str(answer.get("kind", "MeshError"))
+                    answers[index] = RequestFailedError(f"task refused: {answer['error']}", kind)
+                else:
+                    answers[index] = self._handle_of(answer)
+        return [answer for answer in answers if answer is not None]
+
+    async def _submit_each(
+        self, blob: ModelBlob, chunk: list[tuple[int, dict[str, Any]]], fields: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """A batch as single ``submit`` requests, for a daemon from before
+        ``submit_batch`` (a lab upgrading its machines one at a time)."""
+        answers: list[dict[str, Any]] = [{} for _ in chunk]
+
+        async def one(position: int, task: dict[str, Any]) -> None:
+            try:
+                answers[position] = await self._submit_request(blob, "submit", **task, **fields)
+            except RequestFailedError as error:
+                answers[position] = {"error": str(error), "kind": error.kind}
+
+        async with trio.open_nursery() as nursery:
+            for position, (_, task) in enumerate(chunk):
+                nursery.start_soon(one, position, task)
+        return answers
+
+    async def _submit_request(self, blob: ModelBlob, op: str, **fields: Any) -> dict[str, Any]:
+        """One ``submit``/``submit_batch`` request, retried on another peer when the link
+        breaks or the peer leaves, and after re-uploading an evicted model."""
         while True:
             link = await self._current_link()
             try:
                 await self._ensure_model(link, blob)
                 async with self._submit_slots:
-                    reply = await link.rpc.call("submit", **fields)
+                    return await link.rpc.call(op, **fields)
             except RequestFailedError as error:
                 if "leaving the mesh" in str(error):
                     link.fail(str(error))
@@ -189,10 +250,11 @@ class AsyncClient:
                 raise
             except ClientError as error:
                 link.fail(str(error))
-                continue
-            return self._track(
-                AsyncTaskHandle(reply["task_id"], reply.get("copies", 0), reply.get("replicas", 0))
-            )
+
+    def _handle_of(self, reply: dict[str, Any]) -> AsyncTaskHandle:
+        return self._track(
+            AsyncTaskHandle(reply["task_id"], reply.get("copies", 0), reply.get("replicas", 0))
+        )
 
     def attach(self, task_id: str) -> AsyncTaskHandle:
         """A handle for a task submitted earlier (e.g. ``meshgpu submit --no-wait``)."""
@@ -223,13 +285,8 @@ class AsyncClient:
             with contextlib.suppress(trio.BrokenResourceError):
                 send.send_nowait(item)
 
-        async def one(index: int, inputs: Mapping[str, Any], free: trio.Semaphore) -> None:
+        async def wait_one(index: int, handle: AsyncTaskHandle, free: trio.Semaphore) -> None:
             try:
-                try:
-                    handle = await self.submit(blob, inputs, **options)
-                except MeshError as error:
-                    deliver(Completed(index, None, error=error))
-                    return
                 outcome = await handle.wait()
                 deliver(
                     Completed(index, handle.task_id, outcome.outputs, outcome.worker, outcome.error)
@@ -237,13 +294,46 @@ class AsyncClient:
             finally:
                 free.release()
 
+        async def submit_batch(
+            batch: list[tuple[int, Mapping[str, Any]]], free: trio.Semaphore
+        ) -> None:
+            try:
+                answers: list[AsyncTaskHandle | MeshError] = await self.submit_many(
+                    blob, [inputs for _, inputs in batch], **options
+                )
+            except MeshError as error:
+                answers = [error] * len(batch)
+            async with trio.open_nursery() as nursery:
+                for (index, _), answer in zip(batch, answers, strict=True):
+                    if isinstance(answer, MeshError):
+                        deliver(Completed(index, None, error=answer))
+                        free.release()
+                    else:
+                        nursery.start_soon(wait_one, index, answer, free)
+
         async def produce() -> None:
+            # Each request carries every input the window has room for right now (up to
+            # BATCH_MAX): the whole window at first, then whatever a burst of results
+            # freed. No waiting to fill a batch: a lone free slot is submitted at once.
             with scope, send:
                 free = trio.Semaphore(window)
+                inputs_left = enumerate(many_inputs)
                 async with trio.open_nursery() as nursery:
-                    for index, inputs in enumerate(many_inputs):
+                    while True:
                         await free.acquire()
-                        nursery.start_soon(one, index, inputs, free)
+                        held = 1
+                        batch: list[tuple[int, Mapping[str, Any]]] = []
+                        for item in inputs_left:
+                            batch.append(item)
+                            if len(batch) >= BATCH_MAX or not free.value:
+                                break
+                            free.acquire_nowait()
+                            held += 1
+                        for _ in range(held - len(batch)):
+                            free.release()
+                        if not batch:
+                            return
+                        nursery.start_soon(submit_batch, batch, free)
 
         self._nursery.start_soon(produce)
         try:
@@ -503,6 +593,30 @@ class AsyncClient:
         self._unresolved.clear()
         self._link_changed.fire()
         self._work.fire()
+
+
+def _submit_fields(
+    blob: ModelBlob,
+    priority: str,
+    replicas: int,
+    deadline_s: float | None,
+    device_type: str | None,
+    min_memory: int,
+    fp16: bool,
+) -> dict[str, Any]:
+    """The request fields a submission's options become (all but the inputs)."""
+    fields: dict[str, Any] = {
+        "model_digest": blob.digest,
+        "priority": priority,
+        "replicas": int(replicas),
+        "min_memory": int(min_memory),
+        "fp16": bool(fp16),
+    }
+    if deadline_s is not None:
+        fields["deadline_s"] = float(deadline_s)
+    if device_type is not None:
+        fields["device_type"] = device_type
+    return fields
 
 
 def _encode_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import trio
 
 from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome, Outputs
 from meshgpu.client.session import AsyncClient
-from meshgpu.errors import ClientError
+from meshgpu.errors import ClientError, MeshError
 
 T = TypeVar("T")
 _DONE = object()
@@ -113,6 +113,19 @@ class Client:
             return await self._async.submit(model, inputs, **options)
 
         return TaskHandle(self, self._run(submit))
+
+    def submit_many(
+        self, model: Any, many_inputs: Iterable[Mapping[str, Any]], **options: Any
+    ) -> list[TaskHandle | MeshError]:
+        """Submit many tasks in batched requests; a handle or the refusal per input."""
+
+        async def submit_many() -> list[AsyncTaskHandle | MeshError]:
+            return await self._async.submit_many(model, many_inputs, **options)
+
+        return [
+            answer if isinstance(answer, MeshError) else TaskHandle(self, answer)
+            for answer in self._run(submit_many)
+        ]
 
     def attach(self, task_id: str) -> TaskHandle:
         """A handle for a task submitted earlier (e.g. by ``meshgpu submit --no-wait``)."""

@@ -33,6 +33,8 @@ from meshgpu.errors import DecodeError, MeshError, StorageError, TaskError
 if TYPE_CHECKING:
     from meshgpu.daemon.runtime import Daemon
 
+MAX_BATCH = 1024
+"""Most tasks in one ``submit_batch`` request (the client sends smaller batches)."""
 SUBMIT_TIMEOUT = 120.0
 """Longest a submit waits for its acknowledgement (the core answers well before)."""
 
@@ -41,6 +43,8 @@ SUBMIT_TIMEOUT = 120.0
 class _Pending:
     """A submission waiting for ``TaskAccepted``/``TaskRejected``."""
 
+    client_ref: str
+    input_digest: str
     done: trio.Event = field(default_factory=trio.Event)
     answer: Any = None
 
@@ -181,6 +185,49 @@ class ClientHandlers:
 
     async def op_submit(self, request: Message, responder: Responder) -> Message:
         """Store the inputs, hand the task to the core, answer when it is acknowledged."""
+        self._check_submittable(request)
+        pending, input_digest = await self._enqueue(request, _field(request, "inputs", dict))
+        try:
+            return await self._acknowledged(pending)
+        finally:
+            self._release(input_digest)
+
+    async def op_submit_batch(self, request: Message, responder: Responder) -> Message:
+        """Many tasks of one model and one set of options (``tasks``: a list of
+        ``{"inputs": {...}}``) in one request. Every task is handed to the core before any
+        is waited for, so the batch shares one journal group commit on each holder and
+        its replication requests leave together. Each task is answered on its own, in
+        order (``results``: ``{"task_id", "copies", "replicas"}`` or ``{"error", "kind"}``):
+        a malformed task fails alone with its reason and the others go on."""
+        self._check_submittable(request)
+        tasks = _field(request, "tasks", list)
+        if len(tasks) > MAX_BATCH:
+            raise DecodeError(f"a batch holds at most {MAX_BATCH} tasks, got {len(tasks)}")
+        answers: list[Message | None] = [None] * len(tasks)
+        waiting: list[tuple[int, _Pending, str]] = []
+        try:
+            for index, task in enumerate(tasks):
+                try:
+                    if not isinstance(task, dict):
+                        raise DecodeError("each task of a batch is a map with an 'inputs' field")
+                    inputs = task.get("inputs")
+                    if not isinstance(inputs, dict):
+                        raise DecodeError("request field 'inputs' is missing or not a map")
+                    pending, input_digest = await self._enqueue(request, inputs)
+                    waiting.append((index, pending, input_digest))
+                except MeshError as error:
+                    answers[index] = {"error": str(error), "kind": type(error).__name__}
+            for index, pending, _ in waiting:
+                try:
+                    answers[index] = await self._acknowledged(pending)
+                except MeshError as error:
+                    answers[index] = {"error": str(error), "kind": type(error).__name__}
+        finally:
+            for _, _, input_digest in waiting:
+                self._release(input_digest)
+        return {"results": answers}
+
+    def _check_submittable(self, request: Message) -> None:
         daemon = self.daemon
         if daemon.leaving:
             raise TaskError(f"node {daemon.node_id} is leaving the mesh; submit to another peer")
@@ -190,29 +237,42 @@ class ClientHandlers:
                 f"model {model_digest[:12]} is not on node {daemon.node_id}: upload it first "
                 "with put_model (the client library does this for you)"
             )
-        tensors = decode_tensors(_field(request, "inputs", dict))
+
+    async def _enqueue(self, request: Message, inputs: dict[str, Any]) -> tuple[_Pending, str]:
+        """Validate one task, store its inputs and feed ``SubmitTask``; returns what to wait
+        on and the input digest (hold it with ``submitting`` until :meth:`_release`)."""
+        daemon = self.daemon
+        tensors = decode_tensors(inputs)
         if not tensors:
             raise TaskError("a task needs at least one input tensor")
         blob = canonical_tensor_bytes(tensors)
         input_digest = hashlib.sha256(blob).hexdigest()
+        spec = self._spec(request, tensors, input_digest)
         daemon.dataplane.submitting[input_digest] += 1
         try:
-            return await self._submit(request, tensors, input_digest, blob)
-        finally:
-            daemon.dataplane.submitting[input_digest] -= 1
-            if not daemon.dataplane.submitting[input_digest]:
-                del daemon.dataplane.submitting[input_digest]
+            # Inline inputs need no fsync of their own: the task's first journal record,
+            # written after them, gates the acknowledgement (runtime._gated_until_durable).
+            await daemon.dataplane.store(input_digest, INPUTS, blob, wait=False)
+        except BaseException:
+            self._release(input_digest)
+            raise
+        client_ref = f"c{next(self._refs)}"
+        pending = self._pending[client_ref] = _Pending(client_ref, input_digest)
+        daemon.feed(SubmitTask(client_ref, spec))
+        return pending, input_digest
 
-    async def _submit(
-        self, request: Message, tensors: dict[str, Any], input_digest: str, blob: bytes
-    ) -> Message:
-        daemon = self.daemon
-        model_digest = request["model_digest"]
+    def _release(self, input_digest: str) -> None:
+        submitting = self.daemon.dataplane.submitting
+        submitting[input_digest] -= 1
+        if not submitting[input_digest]:
+            del submitting[input_digest]
+
+    def _spec(self, request: Message, tensors: dict[str, Any], input_digest: str) -> TaskSpec:
         deadline = request.get("deadline_s")
         device_type = request.get("device_type")
         try:
-            spec = TaskSpec(
-                model_digest=model_digest,
+            return TaskSpec(
+                model_digest=request["model_digest"],
                 input_digest=input_digest,
                 input_shapes=tuple(sorted((n, tuple(a.shape)) for n, a in tensors.items())),
                 priority=Priority.parse(str(request.get("priority", "normal"))),
@@ -226,23 +286,20 @@ class ClientHandlers:
             )
         except (TypeError, ValueError) as error:
             raise DecodeError(f"submit has a malformed field: {error}") from None
-        # Inline inputs need no fsync of their own: the task's first journal record,
-        # written after them, gates the acknowledgement (runtime._gated_until_durable).
-        await daemon.dataplane.store(input_digest, INPUTS, blob, wait=False)
-        client_ref = f"c{next(self._refs)}"
-        pending = self._pending[client_ref] = _Pending()
-        daemon.feed(SubmitTask(client_ref, spec))
+
+    async def _acknowledged(self, pending: _Pending) -> Message:
+        """Wait for the core's answer to one submission."""
         try:
             with trio.fail_after(SUBMIT_TIMEOUT):
                 await pending.done.wait()
         except trio.TooSlowError:
             raise TaskError("the mesh did not acknowledge the task in time; retry") from None
         finally:
-            self._pending.pop(client_ref, None)
+            self._pending.pop(pending.client_ref, None)
         answer = pending.answer
         if isinstance(answer, fx.TaskRejected):
             raise TaskError(f"task refused: {answer.reason}")
-        daemon.dataplane.note_inputs(answer.task_id, input_digest)
+        self.daemon.dataplane.note_inputs(answer.task_id, pending.input_digest)
         self.submitted += 1
         return {
             "task_id": str(answer.task_id),

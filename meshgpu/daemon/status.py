@@ -180,7 +180,10 @@ class LoadMeter:
         queued = sum(1 for e in _entries(daemon) if e.state.phase.value in QUEUED_PHASES)
         return LoadVector(
             active_tasks=len(daemon.dataplane.running),
-            free_slots=max(0, executor.slots - len(daemon.dataplane.running)),
+            # The capacity offered (active + free) includes the prefetch queue: an
+            # assignment beyond the slots fetches its inputs and model while a slot is
+            # busy and runs the moment it frees (execution.PREFETCH_PER_SLOT).
+            free_slots=max(0, executor.capacity - len(daemon.dataplane.running)),
             queue_length=queued,
             utilisation=round(min(1.0, max(0.0, utilisation)), 1),
             memory_used=0,
