@@ -24,8 +24,11 @@ so they run in trio worker threads; shutdown is shielded from cancellation so go
 still go out.
 
 A second live node with our id (a copied data dir) shows up here as a sighting with our
-node id and another ``run``: :attr:`Sighting.twin` is set and the daemon decides who
-yields (see :mod:`meshgpu.daemon.peer_finding`).
+node id and another ``run``: :attr:`Sighting.twin` is set. Both twins see each other,
+so both must reach the same verdict on who is the copy: the TXT record carries the
+process's start time (``since``, wall-clock milliseconds) and the later start (ties: the
+larger run token) is the copy (:attr:`Sighting.we_are_the_copy`). The daemon decides
+what to do with it (see :mod:`meshgpu.daemon.peer_finding`).
 
 ``--interface`` pins zeroconf to that interface's IPv4 address (users' most common
 mDNS failure is a node announcing a container bridge address no peer can reach).
@@ -37,6 +40,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,11 +64,14 @@ class Sighting:
 
     ``twin``: the service carries *our* node id but another process's ``run`` token:
     a second live node uses our identity (its data dir was copied).
+    ``we_are_the_copy``: for a twin, it started before us (by the start times both
+    announce), so this process is the one that should yield.
     """
 
     node_id: NodeId
     address: Address
     twin: bool = False
+    we_are_the_copy: bool = False
 
 
 def parse_peer(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -131,6 +138,7 @@ class MdnsDiscovery:
         interface: str | None = None,
         queue_size: int = 256,
         run_token: str | None = None,
+        started_ms: int | None = None,
     ) -> None:
         self.mesh = mesh
         self.node_id = node_id
@@ -141,6 +149,8 @@ class MdnsDiscovery:
         self.run_token = run_token or secrets.token_hex(8)
         """Random per process: makes our instance name unique without probing."""
         self.instance = f"{node_id}-{self.run_token}"
+        self.started_ms = time.time_ns() // 1_000_000 if started_ms is None else started_ms
+        """Wall-clock start, announced so that two twins agree on which one is the copy."""
         self.counters: dict[str, int] = {}
         self._zeroconf: Any = None
         self._browser: Any = None
@@ -206,6 +216,7 @@ class MdnsDiscovery:
                 "mesh": self.mesh,
                 "id": self.node_id,
                 "run": self.run_token,
+                "since": str(self.started_ms),
                 "v": PROTOCOL_VERSION,
             },
             server=f"{self.instance}.local.",
@@ -237,7 +248,12 @@ class MdnsDiscovery:
             if properties.get("run") == self.run_token:
                 return None  # ourselves
             self._count("twins")
-            return Sighting(node_id=node_id, address=address, twin=True)
+            try:
+                twin_started = int(properties.get("since") or 0)
+            except ValueError:
+                twin_started = 0  # unreadable: take it as the elder, so we yield
+            ours, theirs = (self.started_ms, self.run_token), (twin_started, properties["run"])
+            return Sighting(node_id, address, twin=True, we_are_the_copy=theirs < ours)
         return Sighting(node_id=node_id, address=address)
 
     def _hand_over(self, sender: trio.MemorySendChannel[Sighting], sighting: Sighting) -> None:

@@ -6,8 +6,10 @@ mesh whose nodes all restarted finds itself again. Before a seed is first offere
 asked where it believes our node id lives (:func:`~meshgpu.daemon.identity.find_live_twin`):
 a live node answering to our id elsewhere means this data dir was copied, and this node
 refuses to go on. mDNS shows such a twin directly (a service with our node id and
-another process's run token): the daemon's :class:`DuplicateIdentityGuard` decides, as
-for a twin's datagram, that a newcomer yields and an established node counts it.
+another process's run token). The twin sees us too, so only the one that started later
+(by the start times both announce) may yield, and only while it is a newcomer (as the
+daemon's :class:`DuplicateIdentityGuard` decides for a twin's datagram); the other one
+counts and logs the sighting and keeps serving.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ async def find_peers_by_mdns(daemon: Daemon, advertised: str, pin: str | None) -
 
     def sighted(sighting: Sighting) -> None:
         if sighting.twin:
-            twin_announced(daemon, sighting.address)
+            twin_announced(daemon, sighting.address, sighting.we_are_the_copy)
             return
         daemon.count("mdns_sightings")
         if sighting.address in checked or not daemon.newcomer:
@@ -71,19 +73,30 @@ async def find_peers_by_mdns(daemon: Daemon, advertised: str, pin: str | None) -
         )
 
 
-def twin_announced(daemon: Daemon, where: Address) -> None:
+def twin_announced(daemon: Daemon, where: Address, we_are_the_copy: bool) -> None:
     """mDNS shows another process announcing our node id at ``where``: a copied data dir.
 
-    The same decision as for a twin's datagram: while we are the newcomer we stop (we
-    are the copy); an established node keeps serving, logs and counts the sighting.
+    If we started later (``we_are_the_copy``) and are still a newcomer, we stop; the
+    twin, which sees us too, keeps serving. Otherwise we keep serving, and log and count
+    the sighting (``status`` shows ``duplicate_identity.sightings``).
     """
-    try:
-        message = daemon.guard.observe(daemon.node_id, False, where, trio.current_time())
-    except DuplicateIdentityError as error:
-        error = DuplicateIdentityError(f"mDNS: {error}")
-        logger.error("%s", error)
-        daemon.request_stop(error)
-        return
+    guard = daemon.guard
+    if we_are_the_copy:
+        try:
+            message = guard.observe(daemon.node_id, False, where, trio.current_time())
+        except DuplicateIdentityError as error:
+            error = DuplicateIdentityError(f"mDNS: {error}")
+            logger.error("%s", error)
+            daemon.request_stop(error)
+            return
+    else:  # the twin started after us: it is the copy and yields, we do not
+        guard.sightings += 1
+        guard.last_twin = where
+        message = (
+            f"another live node at {where[0]}:{where[1]} uses this node's id "
+            f"{daemon.node_id} and started after this one: its data dir was probably "
+            "copied from this machine. Delete identity.json in the copy's data dir"
+        )
     if message is not None:
         daemon.count("duplicate_identity")
         logger.error("mDNS: %s", message)

@@ -87,23 +87,33 @@ async def test_two_processes_with_one_node_id_both_register_and_see_a_twin() -> 
     address = local_ipv4_addresses()[0]
     if address.startswith("127."):
         pytest.skip("no non-loopback IPv4 interface for multicast")
-    original = MdnsDiscovery("lab-twin", "n-copied", 7111, [address], interface=address)
-    copy = MdnsDiscovery("lab-twin", "n-copied", 7112, [address], interface=address)
+    original = MdnsDiscovery(
+        "lab-twin", "n-copied", 7111, [address], interface=address, started_ms=1000
+    )
+    copy = MdnsDiscovery(
+        "lab-twin", "n-copied", 7112, [address], interface=address, started_ms=2000
+    )
     assert original.instance != copy.instance
-    seen: list[Sighting] = []
-    twin_seen = trio.Event()
+    seen: dict[int, list[Sighting]] = {7111: [], 7112: []}
+    both_seen = trio.Event()
 
-    def deliver(sighting: Sighting) -> None:
-        seen.append(sighting)
-        twin_seen.set()
+    def deliver_to(port: int):  # type: ignore[no-untyped-def]
+        def deliver(sighting: Sighting) -> None:
+            seen[port].append(sighting)
+            if all(seen.values()):
+                both_seen.set()
+
+        return deliver
 
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            await nursery.start(original.run, deliver)
-            await nursery.start(copy.run, lambda s: None)
-            await twin_seen.wait()
+            await nursery.start(original.run, deliver_to(7111))
+            await nursery.start(copy.run, deliver_to(7112))
+            await both_seen.wait()
             nursery.cancel_scope.cancel()
-    assert seen[0] == Sighting("n-copied", (address, 7112), twin=True)
+    # Both agree that the later start is the copy.
+    assert seen[7111][0] == Sighting("n-copied", (address, 7112), twin=True)
+    assert seen[7112][0] == Sighting("n-copied", (address, 7111), twin=True, we_are_the_copy=True)
     assert original.counters["twins"] >= 1
 
 
@@ -128,12 +138,27 @@ def test_only_same_mesh_services_become_sightings() -> None:
     assert discovery.counters == {"other_mesh": 1, "incomplete": 1, "unresolved": 1}
 
 
-def test_a_service_with_our_id_and_another_run_is_a_twin() -> None:
-    discovery = MdnsDiscovery("lab", "n-self", 7000, ["10.0.0.1"], run_token="aaaa")
-    assert discovery.instance == "n-self-aaaa"
-    copy = FakeInfo({b"mesh": b"lab", b"id": b"n-self", b"run": b"bbbb"}, port=7001)
-    assert discovery._sighting(copy, None) == Sighting("n-self", ("10.0.0.9", 7001), twin=True)
-    assert discovery.counters == {"twins": 1}
+def test_a_service_with_our_id_and_another_run_is_a_twin_and_the_later_one_the_copy() -> None:
+    discovery = MdnsDiscovery(
+        "lab", "n-self", 7000, ["10.0.0.1"], run_token="bbbb", started_ms=5000
+    )
+    assert discovery.instance == "n-self-bbbb"
+
+    def twin(run: bytes, since: bytes) -> FakeInfo:
+        return FakeInfo({b"mesh": b"lab", b"id": b"n-self", b"run": run, b"since": since}, 7001)
+
+    def copy_is_us(info: FakeInfo) -> bool:
+        sighting = discovery._sighting(info, None)
+        assert sighting is not None and sighting.twin
+        assert sighting.address == ("10.0.0.9", 7001)
+        return sighting.we_are_the_copy
+
+    assert copy_is_us(twin(b"aaaa", b"4000"))  # it started first
+    assert not copy_is_us(twin(b"aaaa", b"6000"))  # it started later
+    assert copy_is_us(twin(b"aaaa", b"5000"))  # same start: the smaller run token wins
+    assert not copy_is_us(twin(b"cccc", b"5000"))
+    assert copy_is_us(twin(b"aaaa", b"garbage"))  # unreadable: we yield
+    assert discovery.counters == {"twins": 5}
 
 
 class TwinDaemon:
@@ -152,17 +177,26 @@ class TwinDaemon:
         self.stopped.append(error)
 
 
-async def test_a_newcomer_that_sees_its_twin_by_mdns_stops() -> None:
+async def test_a_newcomer_that_is_the_copy_stops() -> None:
     daemon = TwinDaemon(started=trio.current_time())
-    twin_announced(daemon, ("10.0.0.7", 7946))  # type: ignore[arg-type]
+    twin_announced(daemon, ("10.0.0.7", 7946), we_are_the_copy=True)  # type: ignore[arg-type]
     (error,) = daemon.stopped
     assert isinstance(error, DuplicateIdentityError)
     assert "mDNS" in str(error) and "10.0.0.7:7946" in str(error) and "copied" in str(error)
 
 
-async def test_an_established_node_that_sees_a_twin_by_mdns_counts_it_and_serves() -> None:
+async def test_a_newcomer_whose_twin_started_later_keeps_serving() -> None:
+    """Both twins are newcomers when started close together: only the later one yields."""
+    daemon = TwinDaemon(started=trio.current_time())
+    twin_announced(daemon, ("10.0.0.7", 7946), we_are_the_copy=False)  # type: ignore[arg-type]
+    assert daemon.stopped == []
+    assert daemon.counters == {"duplicate_identity": 1}
+    assert daemon.guard.sightings == 1
+
+
+async def test_an_established_node_that_is_the_copy_counts_it_and_serves() -> None:
     daemon = TwinDaemon(started=trio.current_time() - 60.0)
-    twin_announced(daemon, ("10.0.0.7", 7946))  # type: ignore[arg-type]
+    twin_announced(daemon, ("10.0.0.7", 7946), we_are_the_copy=True)  # type: ignore[arg-type]
     assert daemon.stopped == []
     assert daemon.counters == {"duplicate_identity": 1}
     assert daemon.guard.sightings == 1
