@@ -64,10 +64,12 @@ class LoadChanged:
 # The core moves only task metadata; the driver moves tensors, models and results over its
 # own TCP data plane (design.md "Data plane") and reports back with these events.
 
-TaskOutcome = Literal["ok", "transient_error", "permanent_error"]
+TaskOutcome = Literal["ok", "transient_error", "permanent_error", "handed_back"]
 """How an attempt ended, as the worker's driver saw it: ``ok`` (result stored on at least
 one holder), ``transient_error`` (device error, out of memory, inputs unreachable: retried
-elsewhere) or ``permanent_error`` (bad model, bad input shape: failed at once, no retry)."""
+elsewhere), ``permanent_error`` (bad model, bad input shape: failed at once, no retry) or
+``handed_back`` (the node is leaving gracefully and gave the attempt up: assigned again
+elsewhere without counting against the task's retry limit)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from meshgpu.sim.task_driver import TaskDriver
 
 
+MESSAGE_COUNTERS = ("task_datagrams_sent", "task_bytes_sent")
+"""Node counters summed over every life for ``messages_per_task``."""
+
 REGRESSION_CHECK_INTERVAL_S = 1.0
 """How often (virtual seconds) every node's table is compared with what it held before."""
 
@@ -65,6 +68,7 @@ class TaskMetrics:
         self.fault_free = True
         self.node_count = 0
         self.result: dict[str, Any] = {}
+        self.message_totals = dict.fromkeys(MESSAGE_COUNTERS, 0)
         self._next_check = 0.0
 
     # --- hooks (called by the driver) ---------------------------------------------------
@@ -87,6 +91,11 @@ class TaskMetrics:
             # The runner has already counted the next life: check the one that just ended.
             self._check_regression(sim, index, sim.lives[index] - 1)
             self.logs.append((index, list(node.tasks.assignment_log)))
+            self._add_messages(node)
+
+    def _add_messages(self, node: Any) -> None:
+        for name in MESSAGE_COUNTERS:
+            self.message_totals[name] += node.counters.get(name, 0)
 
     def on_effect(self, sim: Any, index: int, effect: Any, now: float) -> None:
         if type(effect) is not RunTask:
@@ -130,6 +139,7 @@ class TaskMetrics:
         for index in sim.up_indices():
             self._check_regression(sim, index)
             self.logs.append((index, list(sim.nodes[index].tasks.assignment_log)))
+            self._add_messages(sim.nodes[index])
         self._check_priority()
         self.result = self._summarise(sim, now)
 
@@ -214,6 +224,9 @@ class TaskMetrics:
         def rounded(value: float | None) -> float | None:
             return None if value is None else round(value, 4)
 
+        datagrams = self.message_totals["task_datagrams_sent"]
+        sent_bytes = self.message_totals["task_bytes_sent"]
+
         return {
             "strategy": sim.config.tasks.strategy,
             "submitted": len(subs),
@@ -242,6 +255,14 @@ class TaskMetrics:
             "failover_s": rounded(max(failovers)) if failovers else None,
             "failovers_s": [round(f, 4) for f in failovers],
             "leader_crashes": len(self.leader_crashes),
+            "task_datagrams": datagrams,
+            "task_bytes": sent_bytes,
+            # Task-protocol datagrams (and their bytes, piggybacked gossip included) sent
+            # by every node, per submitted task: what each task costs the mesh on the wire.
+            "messages_per_task": {
+                "datagrams": round(datagrams / len(subs), 2) if subs else None,
+                "bytes": round(sent_bytes / len(subs)) if subs else None,
+            },
         }
 
     def _a_holder_survives(self, sim: Any, task_id: TaskId, digest: str, entry: int) -> bool:

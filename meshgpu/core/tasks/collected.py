@@ -35,6 +35,16 @@ class CollectedSet:
         index = bisect.bisect_right(runs, (task_id.sequence, 2**63)) - 1
         return index >= 0 and runs[index][0] <= task_id.sequence <= runs[index][1]
 
+    def run_of(self, task_id: TaskId) -> tuple[NodeId, int, int] | None:
+        """The interval holding ``task_id`` as ``(origin, low, high)``, or None."""
+        runs = self._runs.get(task_id.origin)
+        if not runs:
+            return None
+        index = bisect.bisect_right(runs, (task_id.sequence, 2**63)) - 1
+        if index >= 0 and runs[index][0] <= task_id.sequence <= runs[index][1]:
+            return task_id.origin, runs[index][0], runs[index][1]
+        return None
+
     def add(self, task_id: TaskId) -> None:
         """Mark one task id collected."""
         self.add_run(task_id.origin, task_id.sequence, task_id.sequence)

@@ -12,10 +12,13 @@ journal:
 * **worker**: runs what is assigned to it, reports the outcome;
 * **client side**: resolves a task to its client once, marks it delivered.
 
-Every local change is sent to every live member at the end of the handler that made it
-(batched, ``TaskUpdate``); a checksum anti-entropy exchange with one random peer every
-``sync_interval_s`` repairs lost datagrams and partitions (both in ``sync.py``). See
-docs/task-queue.md.
+Every local change is sent, at the end of the handler that made it (batched, one
+``TaskUpdate`` per destination), to the nodes involved in the task only (``interest.py``:
+holders, origin, worker, and the leader once acknowledged); a node that becomes leader
+gets the open entries pushed by their holders and confirms its own older copies with them
+before acting on them; a checksum anti-entropy exchange with one random peer every
+``sync_interval_s``, over the entries that peer is involved in, repairs lost datagrams and
+partitions (all in ``sync.py``). See docs/task-queue.md.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ from meshgpu.core.tasks import state as st
 from meshgpu.core.tasks.adaptive import LatencyModel
 from meshgpu.core.tasks.breaker import BreakerBoard
 from meshgpu.core.tasks.config import TaskConfig
+from meshgpu.core.tasks.interest import keeps_current
 from meshgpu.core.tasks.leading import AssignmentRecord, Leading
 from meshgpu.core.tasks.messages import HoldRequest, TaskDigest, TaskUpdate, TaskWant
+from meshgpu.core.tasks.orphans import Orphans
 from meshgpu.core.tasks.own_load import OwnLoad
 from meshgpu.core.tasks.queue import TaskQueue
 from meshgpu.core.tasks.records import TaskRecord
@@ -106,6 +111,7 @@ class TaskComponent(Component):
         self.leading = Leading(self)
         self.active: set[TaskId] = set()
         self.first_seen: dict[TaskId, float] = {}
+        self.acknowledged_at: dict[TaskId, float] = {}
         self.state_since: dict[TaskId, float] = {}
         self.retry_at: dict[TaskId, float] = {}
         self.orphaned_at: dict[TaskId, float] = {}
@@ -119,6 +125,11 @@ class TaskComponent(Component):
         self._dropped: set[TaskId] = set()
         self._gc_at: dict[TaskId, float] = {}
         self._outbox: dict[TaskId, TaskEntry] = {}
+        self._notify: dict[TaskId, set[NodeId]] = {}
+        self._leader: NodeId | None = None
+        self.unconfirmed: set[TaskId] = set()
+        self.handed_over: set[NodeId] = set()
+        self.orphans = Orphans(self)
         self._replaying = False
         self.sync = TableSync(self)
         self._sync_at = now + self.rng.uniform(0.0, config.sync_interval_s)
@@ -137,14 +148,24 @@ class TaskComponent(Component):
         if self.schedule_at < deadline:
             deadline = self.schedule_at
         table = self.table
-        if (len(table) or table.collected.has_runs()) and self._sync_at < deadline:
+        if len(table):
+            if self.mesh.leader() != self._leader:
+                return self.context.now  # hand the open entries over at once (sync.py)
+            if self._sync_at < deadline:
+                deadline = self._sync_at
+        elif table.collected.has_runs() and self._sync_at < deadline:
             deadline = self._sync_at
         return deadline
 
     def on_tick(self, now: float) -> None:
+        self._check_leader(now)
         if now >= self._sync_at:
             self._sync_at = now + self.config.sync_interval_s
             self.sync.send_round()
+            self.orphans.check(now, self._watched)
+            watched = [t for t in self._watched if t not in self._resolved]
+            if watched:
+                self.sync.ask_for_watched(sorted(watched))
         if now >= self._tick_at or now >= self.schedule_at:
             self._housekeeping(now)
         self._finish(now)
@@ -153,13 +174,15 @@ class TaskComponent(Component):
         handler = _EVENT_HANDLERS.get(type(event))
         if handler is None:
             return False
+        self._check_leader(now)
         handler(self, event, now)
         self._finish(now)
         return True
 
     def on_message(self, envelope: Envelope, message: Message, source: Address, now: float) -> None:
+        self._check_leader(now)
         if isinstance(message, TaskUpdate):
-            self.sync.on_update(message, source, now)
+            self.sync.on_update(message, source, now, envelope.sender)
         elif isinstance(message, HoldRequest):
             self._on_hold_request(message, source, now)
         elif isinstance(message, TaskDigest):
@@ -181,6 +204,7 @@ class TaskComponent(Component):
             if entry and entry.state.phase is Phase.ASSIGNED and entry.state.worker == info.node_id:
                 self.queue.push(tid, entry.spec.priority)
                 self.orphaned_at.setdefault(tid, now)
+        self.orphans.adopt_gone_origins(now)
         self.replication.member_gone(info.node_id)
         self.repair_at = min(self.repair_at, now)
         self.schedule_at = min(self.schedule_at, now)
@@ -248,15 +272,22 @@ class TaskComponent(Component):
             return
         if current.terminal:
             return
-        if event.outcome == "permanent_error":
-            self._update(tid, now, state=st.fail(current, event.reason or "permanent error"))
-            return
-        reason = event.reason or "result could not be stored on any holder"
         mine = (
             current.phase is Phase.ASSIGNED
             and current.attempt == event.attempt
             and current.worker == self.node_id
         )
+        if event.outcome == "handed_back":
+            # A graceful leave gives the attempt back: queued again at once, and it does
+            # not count against the task's retry limit (nothing failed).
+            if mine:
+                self.context.count("tasks_handed_back")
+                self._update(tid, now, state=st.hand_back(current, event.reason))
+            return
+        if event.outcome == "permanent_error":
+            self._update(tid, now, state=st.fail(current, event.reason or "permanent error"))
+            return
+        reason = event.reason or "result could not be stored on any holder"
         if mine:
             self._update(tid, now, state=self.failure_state(entry, reason))
 
@@ -279,6 +310,10 @@ class TaskComponent(Component):
         entry = self.table.get(tid)
         if entry is not None and entry.state.terminal and not entry.delivered:
             self._resolve(entry)
+        else:
+            # This node may hold no copy, or a stale one (only the nodes involved in a task
+            # hear its changes): ask for it now and on every sync round until resolved.
+            self.sync.ask_for_watched([tid])
 
     def _result_collected(self, event: ResultCollected, now: float) -> None:
         self._watched.discard(event.task_id)
@@ -296,6 +331,12 @@ class TaskComponent(Component):
         finally:
             self._replaying = False
         self.context.count("journal_records_replayed", len(event.records))
+        # Submissions of an earlier life that were never acknowledged: the replication
+        # that would have acknowledged them died with it (see orphans.py).
+        for tid in self.table.ids():
+            entry = self.table.get(tid)
+            if entry is not None and tid.origin == self.node_id and not entry.acknowledged:
+                self.orphans.adopt(tid, now)
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -339,6 +380,11 @@ class TaskComponent(Component):
         (used by :class:`~meshgpu.core.tasks.replication.Replicator`)."""
         self._update(tid, now, acknowledged=True)
 
+    def mark_delivered(self, tid: TaskId, now: float) -> None:
+        """Set the delivered mark (used by :class:`~meshgpu.core.tasks.orphans.Orphans` for
+        an outcome nobody will ever collect)."""
+        self._update(tid, now, delivered=True)
+
     def set_state(self, tid: TaskId, state: TaskState, now: float) -> None:
         """A local state transition (used by the leader role)."""
         self._update(tid, now, state=state)
@@ -350,6 +396,10 @@ class TaskComponent(Component):
         self.sync.note_change(after)
         if local:
             self._outbox[tid] = after
+            if before is not None and before.state.worker not in (None, after.state.worker):
+                # The task moves away from that worker: it must hear it to cancel its run.
+                self._notify.setdefault(tid, set()).add(before.state.worker)
+        self.orphans.on_change(after)
         if before is None:
             self.first_seen[tid] = now
         state = after.state
@@ -361,6 +411,7 @@ class TaskComponent(Component):
             if before is not None and before.state.phase is Phase.ASSIGNED:
                 self.schedule_at = min(self.schedule_at, now)  # a slot may have freed
         if after.acknowledged and (before is None or not before.acknowledged):
+            self.acknowledged_at[tid] = now
             self.schedule_at = min(self.schedule_at, now)  # assignable from now on
         if before is not None and after.state.epoch > before.state.epoch:
             self._resolved.discard(tid)  # the result was lost: resolve the re-run's outcome
@@ -381,6 +432,15 @@ class TaskComponent(Component):
         if after.collectable and tid not in self._gc_at:
             self._gc_at[tid] = now + self.config.gc_delay_s
         self._arm_tick(now)
+        if (
+            not local
+            and not after.acknowledged
+            and tid.origin == self.node_id
+            and tid not in self.replication
+            and not self._replaying
+        ):
+            # Our own submission from an earlier life, never acknowledged: an orphan.
+            self.orphans.adopt(tid, now)
 
     def _observe_outcome(self, before: TaskEntry | None, after: TaskEntry, now: float) -> None:
         """Feed breakers and the adaptive model from state changes this node sees."""
@@ -402,11 +462,18 @@ class TaskComponent(Component):
             attempts = self.assigned_seen.setdefault(after.task_id, {})
             if state.attempt not in attempts and state.worker is not None:
                 attempts[state.attempt] = now
-                counts = self.selection.assigned
-                counts[state.worker] = counts.get(state.worker, 0) + 1
+                if self._leader == self.node_id:
+                    # Fairness counts only what this node sees as leader: it sees every
+                    # assignment of its terms (and the open ones handed over), while as a
+                    # plain node it would see every task it runs itself and few others,
+                    # and as leader would then starve itself.
+                    counts = self.selection.assigned
+                    counts[state.worker] = counts.get(state.worker, 0) + 1
             return
         if state.worker is None or state.phase not in (Phase.DONE, Phase.RETRYING):
             return
+        if st.is_hand_back(state):
+            return  # a graceful leave: not a failure of the worker
         started = self.assigned_seen.get(after.task_id, {}).get(state.attempt)
         elapsed = None if started is None else now - started
         if state.phase is Phase.DONE:
@@ -436,7 +503,10 @@ class TaskComponent(Component):
                 return
             self.orphaned_at[tid] = now
         elif state.phase is Phase.RETRYING:
-            self.retry_at[tid] = now + entry.spec.retry.delay(state.failures, self.rng)
+            if st.is_hand_back(state):
+                self.retry_at[tid] = now  # nothing failed: no back-off
+            else:
+                self.retry_at[tid] = now + entry.spec.retry.delay(state.failures, self.rng)
         self.queue.push(tid, entry.spec.priority)
         self.schedule_at = min(self.schedule_at, now)
 
@@ -491,7 +561,7 @@ class TaskComponent(Component):
         """Ask ``node_id`` to become a holder of ``entry`` (used by the leader's repair)."""
         member = self.mesh.members().get(node_id)
         if member is not None:
-            self.context.send(member.address, HoldRequest(entry))
+            self.send(member.address, HoldRequest(entry))
 
     def _arm_tick(self, now: float) -> None:
         if self._tick_at == math.inf and (
@@ -529,16 +599,23 @@ class TaskComponent(Component):
             self.context.emit(DropPayload(tid, entry.spec.input_digest))
         for index in (
             self.first_seen,
+            self.acknowledged_at,
             self.state_since,
             self.retry_at,
             self.assigned_seen,
             self.orphaned_at,
         ):
             index.pop(tid, None)
+        if tid in self._watched and tid not in self._resolved:
+            # A client asked here for an outcome that was delivered and collected meanwhile.
+            self.context.emit(TaskResolved(tid, "collected", "outcome already delivered", ()))
         for group in (self.active, self._resolved, self._watched, self._dropped, self._fetching):
             group.discard(tid)
         self._gc_at.pop(tid, None)
         self._outbox.pop(tid, None)
+        self._notify.pop(tid, None)
+        self.unconfirmed.discard(tid)
+        self.orphans.forget(tid)
         self.sync.forget(tid)
         self.queue.forget(tid)
         if tid in self.running:
@@ -558,15 +635,57 @@ class TaskComponent(Component):
 
     # --- sending ----------------------------------------------------------------------------
 
+    def send(self, address: Address, message: Message) -> None:
+        """Send one task-protocol datagram, counting it and its bytes (``task_datagrams_sent``,
+        ``task_bytes_sent``: the figures behind ``messages_per_task`` in the simulator)."""
+        context = self.context
+        context.send(address, message)
+        context.count("task_datagrams_sent")
+        effect = context.effects[-1]
+        context.count("task_bytes_sent", len(effect.payload))
+
     def _finish(self, now: float) -> None:
-        """End of a handler: send what changed here to every live member."""
+        """End of a handler: send what changed here to the nodes involved in it."""
         if self.own_load.dirty and now >= self.own_load.due():
             self._publish_load(now)
         if not self._outbox:
             return
         entries = list(self._outbox.values())
         self._outbox.clear()
-        self.sync.broadcast(entries)
+        notify = self._notify
+        self._notify = {}
+        self.sync.send_changes(entries, notify)
+
+    # --- leadership and orphans ---------------------------------------------------------
+
+    def _check_leader(self, now: float) -> None:
+        """Hand over when the leader this node believes in changed: push our open entries to
+        a new leader, or, as the new leader, confirm the copies we may hold stale."""
+        leader = self.mesh.leader()
+        if leader == self._leader:
+            return
+        previous = self._leader
+        self._leader = leader
+        if previous == self.node_id:
+            self.unconfirmed.clear()
+        if leader is None:
+            return
+        if leader == self.node_id:
+            self.handed_over = set()
+            self.sync.confirm_as_leader()
+        else:
+            self.sync.hand_over(leader)
+        self.schedule_at = min(self.schedule_at, now)
+
+    def confirm(self, tid: TaskId, now: float) -> None:
+        """A peer sent its copy of ``tid``: as leader, this node's copy is current again."""
+        if tid in self.unconfirmed:
+            self.unconfirmed.discard(tid)
+            self.schedule_at = min(self.schedule_at, now)
+
+    def is_current(self, entry: TaskEntry) -> bool:
+        """Whether the leader may act on its copy of ``entry`` (see ``confirm_as_leader``)."""
+        return entry.task_id not in self.unconfirmed or keeps_current(entry, self.node_id)
 
     # --- read-only views for drivers, status and checkers ---------------------------------
 

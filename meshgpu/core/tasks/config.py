@@ -47,6 +47,11 @@ class TaskConfig:
     """How long a delivered, terminal entry is kept (so the delivered mark spreads) before
     it becomes a tombstone."""
 
+    unclaimed_keep_s: float = 600.0
+    """How long a holder keeps the outcome of a task whose origin is dead or left and that
+    no client collected (an orphaned submission, or a client gone with its entry node)
+    before dropping it as if delivered."""
+
     load_publish_interval_s: float = 1.0
     """Least time between two task-driven updates of this node's gossiped load vector."""
 
@@ -77,6 +82,7 @@ class TaskConfig:
             "tick_interval_s",
             "assignment_timeout_s",
             "breaker_open_s",
+            "unclaimed_keep_s",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"tasks.{name} must be positive, got {getattr(self, name)}")

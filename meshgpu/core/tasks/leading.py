@@ -13,6 +13,11 @@ Each round:
    failed attempt (retried, or FAILED once the retry policy is exhausted);
 3. orphans: a task ASSIGNED to a worker that is no longer live is queued again (done when
    the member change arrives, see ``TaskComponent.on_member_changed``);
+Only the nodes involved in a task hear its changes (``interest.py``), so a new leader's
+copy of a task it is not involved in may be stale (from an earlier term of its own): such
+an entry is left alone (not assigned, timed out, repaired, nor counted against its worker's
+slots) until a holder confirmed it (``TaskComponent.is_current``; ``sync.py``).
+
 4. assignment: queued tasks that are acknowledged (held by ``replicas`` nodes, or by
    every live node when fewer exist) and whose retry back-off has passed go through
    :func:`~meshgpu.core.tasks.scheduler.plan_round` with a view of every live worker.
@@ -107,7 +112,7 @@ class Leading:
         short = False
         for task_id in tasks.table.ids():
             entry = tasks.table.get(task_id)
-            if entry is None or entry.delivered:
+            if entry is None or entry.delivered or not tasks.is_current(entry):
                 continue
             holding = entry.holders & live
             if (
@@ -141,7 +146,7 @@ class Leading:
         timeout = tasks.config.assignment_timeout_s
         for tid in sorted(tasks.active):
             entry = tasks.table.get(tid)
-            if entry is None or entry.state.terminal:
+            if entry is None or entry.state.terminal or not tasks.is_current(entry):
                 continue
             state = entry.state
             deadline = entry.spec.deadline_s
@@ -170,11 +175,12 @@ class Leading:
                 tasks.queue.forget(tid)
                 continue
             state = entry.state
-            if not entry.acknowledged:
+            if not entry.acknowledged or not tasks.is_current(entry):
                 # Still being replicated: a result stored now would miss the holders that
-                # replication adds later. Stays queued; the acknowledgement schedules.
+                # replication adds later. Stays queued; the acknowledgement schedules. (Or
+                # a copy from an earlier term not confirmed yet: its confirmation schedules.)
                 continue
-            since = tasks.state_since.get(tid, now)
+            since = max(tasks.state_since.get(tid, now), tasks.acknowledged_at.get(tid, now))
             if state.phase is Phase.RETRYING:
                 ready = tasks.retry_at.get(tid, now)
                 if ready > now:
@@ -196,14 +202,23 @@ class Leading:
         in_flight: dict[NodeId, int] = {}
         for tid in tasks.active:
             entry = tasks.table.get(tid)
-            if entry is not None and entry.state.phase is Phase.ASSIGNED:
+            if (
+                entry is not None
+                and entry.state.phase is Phase.ASSIGNED
+                and tasks.is_current(entry)
+            ):
                 worker = entry.state.worker
                 if worker is not None:
                     in_flight[worker] = in_flight.get(worker, 0) + 1
         loads = tasks.mesh.loads()
+        handed_over = tasks.handed_over
         views: list[WorkerView] = []
         for node_id in sorted(live):
             load = loads.get(node_id)
+            if load is not None and node_id != tasks.node_id and node_id not in handed_over:
+                # No hand-over from that worker yet (this node leads since recently): its
+                # running tasks may be missing from the table, so trust its gossiped count.
+                in_flight[node_id] = max(in_flight.get(node_id, 0), load.active_tasks)
             if load is None or load.version == 0:
                 capacity = tasks.capacity() if node_id == tasks.node_id else tasks.config.slots
                 views.append(

@@ -25,22 +25,35 @@ CollectedRun = tuple[NodeId, int, int]
 @register_message
 @dataclass(frozen=True, slots=True)
 class TaskUpdate:
-    """Entries and tombstones from the sender's table."""
+    """Entries and tombstones from the sender's table.
+
+    ``handover`` marks the last datagram of the sender's hand-over to the node it now
+    believes leads (every open entry it holds or runs): from then on that leader counts
+    the sender's busy slots from its table rather than from its gossiped load. Encoded as
+    a fourth field only when set, so a three-field update still decodes."""
 
     TAG: ClassVar[int] = 64
     entries: tuple[TaskEntry, ...]
     collected: tuple[CollectedRun, ...] = ()
     reply: bool = False
+    handover: bool = False
 
     def to_fields(self) -> list[Any]:
-        return [
+        fields = [
             [entry_to_wire(e) for e in self.entries],
             [[origin, low, high] for origin, low, high in self.collected],
             self.reply,
         ]
+        if self.handover:
+            fields.append(True)
+        return fields
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> TaskUpdate:
+        handover = False
+        if type(fields) is list and len(fields) == 4:
+            handover = expect_bool(fields[3], "handover")
+            fields = fields[:3]
         expect_list(fields, "TaskUpdate", 3)
         entries = tuple(entry_from_wire(e) for e in expect_list(fields[0], "task entries"))
         runs: list[CollectedRun] = []
@@ -49,7 +62,7 @@ class TaskUpdate:
             low = expect_int(run[1], "run low")
             high = expect_int(run[2], "run high", low)
             runs.append((expect_str(run[0], "run origin"), low, high))
-        return cls(entries, tuple(runs), expect_bool(fields[2], "reply"))
+        return cls(entries, tuple(runs), expect_bool(fields[2], "reply"), handover)
 
 
 @register_message

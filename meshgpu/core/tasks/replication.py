@@ -122,7 +122,7 @@ class Replicator:
             for node_id in (fresh + again)[:missing]:
                 replication.tried.add(node_id)
                 replication.outstanding[node_id] = now
-                tasks.context.send(members[node_id].address, HoldRequest(entry))
+                tasks.send(members[node_id].address, HoldRequest(entry))
         given_up = now - replication.started >= tasks.config.replication_give_up_s
         if len(entry.holders) >= replication.target or not replication.outstanding or given_up:
             self._accept(task_id, replication, len(entry.holders))

@@ -65,6 +65,7 @@ class Cause(enum.Enum):
     FAIL = "fail"  # a permanent error, or transient failures exhausted the retry policy
     EXPIRE = "expire"  # the task's deadline passed before it finished
     LOSE_RESULT = "lose_result"  # DONE, undelivered, and every result holder is dead
+    HAND_BACK = "hand_back"  # the worker leaves gracefully and gives the attempt back
 
 
 TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
@@ -74,6 +75,7 @@ TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
     (Phase.ASSIGNED, Cause.COMPLETE): Phase.DONE,
     (Phase.RETRYING, Cause.COMPLETE): Phase.DONE,  # a superseded attempt still finished
     (Phase.ASSIGNED, Cause.RETRY): Phase.RETRYING,
+    (Phase.ASSIGNED, Cause.HAND_BACK): Phase.RETRYING,  # no failure counted
     (Phase.PENDING, Cause.FAIL): Phase.FAILED,  # e.g. no worker can ever meet the spec
     (Phase.ASSIGNED, Cause.FAIL): Phase.FAILED,
     (Phase.RETRYING, Cause.FAIL): Phase.FAILED,
@@ -190,6 +192,34 @@ def retry(current: TaskState, reason: str) -> TaskState:
         current.epoch,
     )
     return _checked(current, Cause.RETRY, new)
+
+
+HANDED_BACK = "handed back"
+"""Prefix of the reason of a RETRYING state made by :func:`hand_back` (a graceful leave, not
+a failure: breakers and the adaptive model do not count it, the leader does not wait a
+back-off)."""
+
+
+def hand_back(current: TaskState, reason: str = "") -> TaskState:
+    """The worker gives the current attempt back because it leaves the mesh gracefully. The
+    task waits for its next attempt like a retry, but nothing failed: its retry budget is
+    untouched (``failures`` stays)."""
+    text = f"{HANDED_BACK} by {current.worker}" + (f": {reason}" if reason else "")
+    new = TaskState(
+        Phase.RETRYING,
+        current.attempt,
+        current.view,
+        current.worker,
+        current.failures,
+        text,
+        current.epoch,
+    )
+    return _checked(current, Cause.HAND_BACK, new)
+
+
+def is_hand_back(state: TaskState) -> bool:
+    """Whether ``state`` is a RETRYING made by :func:`hand_back`."""
+    return state.phase is Phase.RETRYING and state.reason.startswith(HANDED_BACK)
 
 
 def fail(current: TaskState, reason: str, *, count_failure: bool = True) -> TaskState:

@@ -66,8 +66,8 @@ class SelectionContext:
     learned: LatencyModel = field(default_factory=LatencyModel)
     deferred: dict[NodeId, int] = field(default_factory=dict)
     assigned: dict[NodeId, int] = field(default_factory=dict)
-    """Assignments to each worker that this node has seen in the table (every node sees
-    all of them, so a new leader continues the same fairness)."""
+    """Assignments to each worker that this node has seen while it led (every one of its
+    terms, and the open ones handed over to it), used to break ties fairly."""
 
 
 Strategy = Callable[[TaskSpec, Sequence[WorkerView], SelectionContext], NodeId | None]

@@ -66,10 +66,10 @@ def run_assigned(h: MeshHarness, task_id: TaskId, outcome: str = "ok", reason: s
     for _ in range(40):
         runs = [(n, e) for _, n, e in h.log if isinstance(e, RunTask) and e.task_id == task_id]
         done = getattr(h, "ran", set())
-        fresh = [(n, e) for n, e in runs if (n, e.attempt) not in done]
+        fresh = [(n, e) for n, e in runs if (n, task_id, e.attempt) not in done]
         if fresh:
             worker, run = fresh[-1]
-            done.add((worker, run.attempt))
+            done.add((worker, task_id, run.attempt))
             h.ran = done
             holders = tuple(run.holders) if outcome == "ok" else ()
             h.deliver_event(worker, TaskFinished(task_id, run.attempt, outcome, reason, holders))  # type: ignore[arg-type]

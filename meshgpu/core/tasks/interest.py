@@ -1,0 +1,59 @@
+"""Who needs to hear about a change of a task's entry (targeted dissemination).
+
+A change is sent only to the nodes that act on the entry, not to every member:
+
+* its **holders** (they journal it, serve its inputs, keep its result, drop the payload
+  once delivered, and hand it to a new leader);
+* its **origin** (it replicates the submission and answers the client);
+* its **worker** (the current attempt's, and the previous one's when the change moves the
+  task away from it, so a superseded run is cancelled);
+* its **result holders** (the worker's own copy of the result, swept once delivered);
+* the **leader** of the sender's view, once the entry is acknowledged (it owns the queue;
+  before the acknowledgement it could not assign the task anyway).
+
+Every other node learns of the task only if it asks (``TaskWant``), if it becomes the
+leader (the holders push their open entries to it, see ``sync.py``), or through the
+checksum anti-entropy, which also sends a peer only the entries it is involved in. So a
+task costs a dozen datagrams whatever the mesh size, where sending every change to every
+member cost about six per member. Rejected: sending every change to every member (every
+node decoded and merged every state change of every task: O(n) work per change, which on
+a machine hosting many daemons was most of the CPU per task).
+"""
+
+from __future__ import annotations
+
+from meshgpu.core.tasks.table import TaskEntry
+from meshgpu.core.types import NodeId
+
+
+def involves(entry: TaskEntry, node_id: NodeId, leader: NodeId | None) -> bool:
+    """Whether ``node_id`` needs ``entry``'s changes when ``leader`` leads the view."""
+    if node_id in entry.holders or node_id == entry.task_id.origin:
+        return True
+    if node_id == entry.state.worker:
+        return True
+    if node_id == leader and entry.acknowledged:
+        return True
+    return node_id in entry.result_holders
+
+
+def interested(entry: TaskEntry, leader: NodeId | None) -> set[NodeId]:
+    """Every node that needs ``entry``'s changes when ``leader`` leads the view."""
+    nodes = set(entry.holders)
+    nodes.add(entry.task_id.origin)
+    nodes.update(entry.result_holders)
+    worker = entry.state.worker
+    if worker is not None:
+        nodes.add(worker)
+    if leader is not None and entry.acknowledged:
+        nodes.add(leader)
+    return nodes
+
+
+def keeps_current(entry: TaskEntry, node_id: NodeId) -> bool:
+    """Whether ``node_id`` hears every change of ``entry`` whoever leads: it holds it,
+    originated it, or runs it. A leader's copy of any other entry may be stale once
+    leadership moved on; it is confirmed with a holder before the leader acts on it."""
+    return (
+        node_id in entry.holders or node_id == entry.task_id.origin or node_id == entry.state.worker
+    )
