@@ -18,7 +18,7 @@ from meshgpu.inference.opencl.kernels.gemm import IM2COL_K_CHUNK, PANEL
 from meshgpu.inference.opencl.kernels.spatial import DIRECT_CONV_SOURCE
 from meshgpu.inference.opencl.lower_conv_implicit import ConvShape, choose_layout, lower_implicit
 from meshgpu.inference.opencl.lower_linear import gemm_launch
-from meshgpu.inference.opencl.plan import PlanBuilder, i32, lowers
+from meshgpu.inference.opencl.plan import KernelArg, PlanBuilder, i32, lowers
 
 #: Convolutions with fewer output channels per group than this run as direct convolution.
 DIRECT_CONV_MAX_CHANNELS_PER_GROUP = 4
@@ -135,10 +135,14 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
     depth = group_channels * kernel_h * kernel_w
     columns = batch * out_h * out_w
     column_blocks = -(-columns // PANEL)
-    panels = builder.packed_weight(
-        (*key, "panels"),
-        lambda: (weight * scale[:, None, None, None]).reshape(groups, groups_out, depth),
-    )
+
+    def pack(panel: int) -> KernelArg:
+        return builder.packed_weight(
+            (*key, "panels", panel),
+            lambda: (weight * scale[:, None, None, None]).reshape(groups, groups_out, depth),
+            panel,
+        )
+
     pixels = out_h * out_w
     # Write straight into this output's slice of a channel Concat when the plan placed it.
     target = None
@@ -178,12 +182,13 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
         layout,
         x,
         epilogue,
-        panels,
+        pack,
         folded_bias,
         output,
         channel_offset,
     ):
         return
+    panels = pack(PANEL)
     im2col = builder.workspace(groups * column_blocks * depth * PANEL * 4, f"{node.name} im2col")
     k_chunks = -(-depth // IM2COL_K_CHUNK)
     total = groups * column_blocks * k_chunks

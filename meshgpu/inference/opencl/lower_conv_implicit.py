@@ -12,6 +12,7 @@ layers on 55x55 or 27x27 maps, not for 512-channel layers on 7x7 maps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,11 @@ import numpy as np
 from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
-from meshgpu.inference.opencl.kernels.implicit_conv import CONV_COLUMN_BLOCKS
+from meshgpu.inference.opencl.kernels.implicit_conv import (
+    CONV6_ROWS,
+    CONV_COLUMN_BLOCKS,
+    CONV_COLUMN_TILES,
+)
 from meshgpu.inference.opencl.plan import FLOAT_BYTES, DeviceTensor, KernelArg, PlanBuilder, f32
 from meshgpu.inference.opencl.plan import i32 as _i32
 
@@ -74,9 +79,9 @@ class ImplicitLayout:
 
 
 def choose_layout(conv: ConvShape) -> ImplicitLayout | None:
-    """The implicit layout with the fewest dropped columns, or None where im2col is cheaper
-    (or the stride is not 1 or 2, which the vector loads need)."""
-    if conv.stride_w not in (1, 2):
+    """Wide rows for stride 1, padded rows for horizontal stride 2; None where im2col is
+    cheaper (see the module doc) or for other strides, which the vector loads cannot take."""
+    if not (_is_wide(conv) or conv.stride_w == 2):
         return None
     need_h = (conv.out_h - 1) * conv.stride_h + (conv.kernel_h - 1) * conv.dilation_h + 1
     need_w = (conv.out_w - 1) * conv.stride_w + (conv.kernel_w - 1) * conv.dilation_w + 1
@@ -84,16 +89,20 @@ def choose_layout(conv: ConvShape) -> ImplicitLayout | None:
         conv.pad_top == 0 and conv.pad_left == 0 and need_h <= conv.height and need_w <= conv.width
     )
     plane_h, plane_w = (conv.height, conv.width) if in_place else (need_h, need_w)
-    pitches = [-(-conv.out_w // PANEL) * PANEL]
     if conv.stride_h == 1 and conv.stride_w == 1:
-        pitches.append(plane_w)  # wide rows: blocks may cross rows
-    pitch = min(pitches, key=lambda p: (conv.out_h - 1) * p + conv.out_w)
+        pitch = plane_w  # wide rows: every run of columns is contiguous
+    else:
+        pitch = -(-conv.out_w // PANEL) * PANEL
     layout = ImplicitLayout(
         plane_h, plane_w, pitch, (conv.out_h - 1) * pitch + conv.out_w, not in_place
     )
     if conv.groups_out * layout.dropped_fraction(conv) > IMPLICIT_WASTE_BUDGET:
         return None
     return layout
+
+
+def _is_wide(conv: ConvShape) -> bool:
+    return conv.stride_h == 1 and conv.stride_w == 1
 
 
 def _tap_offsets(conv: ConvShape, layout: ImplicitLayout) -> np.ndarray:
@@ -113,7 +122,8 @@ def _tap_offsets(conv: ConvShape, layout: ImplicitLayout) -> np.ndarray:
 
 def _floats_read(conv: ConvShape, layout: ImplicitLayout, image_stride: int) -> int:
     """One past the last float any column block loads (dropped lanes included)."""
-    last_block = (-(-layout.columns // PANEL) - 1) * PANEL
+    tile = 2 * PANEL if _is_wide(conv) else PANEL
+    last_block = (-(-layout.columns // tile) - 1) * tile
     oy, ox = divmod(last_block, layout.row_pitch)
     start = oy * conv.stride_h * layout.plane_w + ox * conv.stride_w
     group_stride = conv.group_channels * layout.plane_h * layout.plane_w
@@ -122,7 +132,7 @@ def _floats_read(conv: ConvShape, layout: ImplicitLayout, image_stride: int) -> 
         + (conv.kernel_h - 1) * conv.dilation_h * layout.plane_w
         + (conv.kernel_w - 1) * conv.dilation_w
     )
-    span = PANEL * conv.stride_w
+    span = 2 * PANEL  # 16 floats: two 8-wide loads (wide rows) or one strided 16 (stride 2)
     return (
         (conv.batch - 1) * image_stride + (conv.groups - 1) * group_stride + start + last_tap + span
     )
@@ -135,7 +145,7 @@ def lower_implicit(
     layout: ImplicitLayout,
     x: DeviceTensor,
     epilogue: fusion.Epilogue,
-    panels: KernelArg,
+    pack: Callable[[int], KernelArg],
     bias: KernelArg,
     output: DeviceTensor,
     channel_offset: int,
@@ -176,7 +186,7 @@ def lower_implicit(
         )
         source = padded
     else:
-        if not builder.dry and not builder.reserve_reads(x, needed * FLOAT_BYTES):
+        if not builder.reserve_reads(x, needed * FLOAT_BYTES):
             return False
         source = x.storage
     offsets = builder.weight(
@@ -195,45 +205,50 @@ def lower_implicit(
     residual = epilogue.residual.storage if epilogue.residual is not None else None
     code, act_a, act_b = epilogue.activation_code
     pixels = conv.out_h * conv.out_w
-    column_blocks = -(-layout.columns // PANEL)
+    head: list[KernelArg] = [source, output.storage, bias, residual, offsets]
+    flags = [bias is not None, residual is not None, code]
+    strides = [conv.group_channels * plane, image_stride, channel_offset * pixels]
+    strides.append(output.shape[1] * pixels)
+    depth = conv.group_channels * conv.kernel_h * conv.kernel_w
+    if _is_wide(conv):
+        tiles = -(-layout.columns // (2 * PANEL))
+        sizes = [conv.groups_out, depth, layout.columns, layout.row_pitch]
+        sizes += [conv.out_h, conv.out_w, conv.groups]
+        builder.launch(
+            node,
+            CORE_SOURCE,
+            "conv_gemm6",
+            [
+                pack(CONV6_ROWS),
+                *head,
+                *(_i32(v) for v in (*sizes, *strides, *flags)),
+                f32(act_a),
+                f32(act_b),
+            ],
+            grid=(
+                -(-tiles // CONV_COLUMN_TILES),
+                -(-conv.groups_out // CONV6_ROWS),
+                conv.groups * conv.batch,
+            ),
+            local=(1, 1, 1),
+        )
+        return True
+    blocks = -(-layout.columns // PANEL)
+    sizes = [conv.groups_out, depth, layout.columns, layout.row_pitch, layout.plane_w]
+    sizes += [conv.stride_h, conv.stride_w, conv.out_h, conv.out_w, conv.groups]
     builder.launch(
         node,
         CORE_SOURCE,
-        "conv_gemm_s1" if conv.stride_w == 1 else "conv_gemm_s2",
+        "conv_gemm_s2",
         [
-            panels,
-            source,
-            output.storage,
-            bias,
-            residual,
-            offsets,
-            *(
-                _i32(v)
-                for v in (
-                    conv.groups_out,
-                    conv.group_channels * conv.kernel_h * conv.kernel_w,
-                    layout.columns,
-                    layout.row_pitch,
-                    layout.plane_w,
-                    conv.stride_h,
-                    conv.stride_w,
-                    conv.out_h,
-                    conv.out_w,
-                    conv.groups,
-                    conv.group_channels * plane,
-                    image_stride,
-                    channel_offset * pixels,
-                    output.shape[1] * pixels,
-                    bias is not None,
-                    residual is not None,
-                    code,
-                )
-            ),
+            pack(PANEL),
+            *head,
+            *(_i32(v) for v in (*sizes, *strides, *flags)),
             f32(act_a),
             f32(act_b),
         ],
         grid=(
-            -(-column_blocks // CONV_COLUMN_BLOCKS),
+            -(-blocks // CONV_COLUMN_BLOCKS),
             -(-conv.groups_out // PANEL),
             conv.groups * conv.batch,
         ),

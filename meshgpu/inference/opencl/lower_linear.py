@@ -69,6 +69,7 @@ def pack_device(
             i32(depth_stride),
             i32(blocks),
             i32(total),
+            i32(PANEL),
         ],
         total=total,
     )

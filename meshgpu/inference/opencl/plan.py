@@ -229,8 +229,9 @@ class PlanBuilder:
             self.weights[key] = buffer
         return buffer
 
-    def packed_weight(self, key: Any, make: Callable[[], np.ndarray]) -> Any:
-        """Panels ``[batch][ceil(rows/8)][K][8]`` of a constant ``[batch, rows, K]`` matrix,
+    def packed_weight(self, key: Any, make: Callable[[], np.ndarray], panel: int = 8) -> Any:
+        """Panels ``[batch][ceil(rows/panel)][K][panel]`` of a constant ``[batch, rows, K]``
+        matrix (``panel`` is 8, or 6 for ``conv_gemm6``),
         packed on the device (the transposing copy is several times faster there than in
         numpy, and it is most of a session's start-up); cached like :meth:`weight`.
 
@@ -244,22 +245,22 @@ class PlanBuilder:
 
         matrix = np.ascontiguousarray(make(), dtype=np.float32)
         batch, rows, depth = matrix.shape
-        blocks = -(-rows // 8)
+        blocks = -(-rows // panel)
         total = batch * blocks * depth
         raw = self._lend(matrix)
         offsets = self._lend(np.arange(batch, dtype=np.int32) * rows * depth)
         try:
-            buffer = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(4, total * 8 * 4))
+            buffer = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(4, total * panel * 4))
         except cl.Error as error:
             raise DeviceError(
-                f"could not allocate {total * 32} bytes of weights: {error}"
+                f"could not allocate {total * panel * 4} bytes of weights: {error}"
             ) from error
         if self._pack_kernel is None:
             program = programs.program_for(self.device, CORE_SOURCE)
             self._pack_kernel = cl.Kernel(program, "pack_panels")
         kernel = self._pack_kernel
         arguments: list[Any] = [raw, buffer, offsets]
-        arguments += [np.int32(v) for v in (rows, depth, depth, 1, blocks, total)]
+        arguments += [np.int32(v) for v in (rows, depth, depth, 1, blocks, total, panel)]
         for position, value in enumerate(arguments):
             kernel.set_arg(position, value)
         queue = self._setup_queue()

@@ -161,11 +161,13 @@ inline float apply_activation(float v, int code, float a, float b) {
   }
 }
 
-/* Pack rows of a strided matrix into [batch][ceil(rows/8)][cols][8] panels.
-   Element (r, c) of batch b is src[offsets[b] + r*s_row + c*s_col]; rows past `rows` are 0. */
+/* Pack rows of a strided matrix into [batch][ceil(rows/panel)][cols][panel] panels (panel
+   is 8 for gemm_8x8 and conv_gemm_s2, 6 for conv_gemm6). Element (r, c) of batch b is
+   src[offsets[b] + r*s_row + c*s_col]; rows past `rows` are 0. */
 __kernel void pack_panels(__global const float* restrict src, __global float* restrict dst,
                           __global const int* restrict offsets,
-                          int rows, int cols, int s_row, int s_col, int blocks, int total) {
+                          int rows, int cols, int s_row, int s_col, int blocks, int total,
+                          int panel) {
   int f = get_global_id(0);
   if (f >= total) return;
   int c = f % cols;
@@ -175,10 +177,14 @@ __kernel void pack_panels(__global const float* restrict src, __global float* re
   const __global float* s = src + offsets[b] + c * s_col;
   float v[8];
   for (int j = 0; j < 8; j++) {
-    int r = rb * 8 + j;
-    v[j] = r < rows ? s[r * s_row] : 0.0f;
+    int r = rb * panel + j;
+    v[j] = j < panel && r < rows ? s[r * s_row] : 0.0f;
   }
-  store8(dst + (size_t)f * 8, (float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]));
+  if (panel == 8) {
+    store8(dst + (size_t)f * 8, (float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]));
+  } else {
+    for (int j = 0; j < panel; j++) dst[(size_t)f * panel + j] = v[j];
+  }
 }
 
 /* C = ACT(alpha * A.B + beta * bias [+ residual]).  Grid: (ceil(N/8), ceil(M/8), batch),

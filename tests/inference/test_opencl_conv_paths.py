@@ -1,0 +1,126 @@
+"""Each way the engine lowers a convolution, pinned: the implicit GEMM over wide rows
+(``conv_gemm6``), over padded rows for stride 2 (``conv_gemm_s2``), with and without the
+zero-padded input copy, im2col where dropped columns would cost more, and the cases that
+must fall back. Every case checks the kernels the plan chose *and* the numbers against
+``onnx.reference``, so a change to the layout rule cannot silently drop a path's coverage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+import pytest
+from onnx import helper
+
+from meshgpu.inference.opencl import OpenCLSession
+from meshgpu.inference.opencl.lower_conv_implicit import ConvShape, choose_layout
+from tests.inference.opencl_cases import assert_close, make_model, randn, reference
+
+pytest.importorskip("pyopencl")
+
+
+@pytest.fixture(scope="module")
+def session() -> Callable[[onnx.ModelProto], OpenCLSession]:
+    from meshgpu.inference.opencl.programs import default_device
+
+    device = default_device()
+    return lambda model: OpenCLSession(model, device=device)
+
+
+def _kernels(opencl: OpenCLSession) -> list[str]:
+    (plan,) = opencl._plans.values()
+    return [launch.kernel_name for launch in plan.launches]
+
+
+def _run_conv(session, batch, channels, size, out_channels, kernel, attrs, *, residual=False):
+    height, width = size
+    group = attrs.get("group", 1)
+    inputs = {"x": randn(batch, channels, height, width, seed=1)}
+    initializers = {
+        "w": randn(out_channels, channels // group, *kernel, seed=2),
+        "b": randn(out_channels, seed=3),
+    }
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=list(kernel), **attrs)]
+    if residual:
+        probe = make_model(nodes, inputs, ["c"], initializers=initializers)
+        shape = reference(probe, inputs)[0].shape
+        inputs["shortcut"] = randn(*shape, seed=4)
+        nodes += [
+            helper.make_node("Add", ["c", "shortcut"], ["s"]),
+            helper.make_node("Relu", ["s"], ["y"]),
+        ]
+    else:
+        nodes.append(helper.make_node("LeakyRelu", ["c"], ["y"], alpha=0.1))
+    model = make_model(nodes, inputs, ["y"], initializers=initializers)
+    opencl = session(model)
+    assert_close(opencl.run(inputs)["y"], reference(model, inputs)[0], "y")
+    return _kernels(opencl)
+
+
+PATH_CASES = [
+    # (batch, C, (H, W), M, kernel, attrs, residual, kernels the plan must use)
+    (1, 5, (9, 11), 13, (3, 3), {"pads": [1, 1, 1, 1]}, False, ["pad_planes", "conv_gemm6"]),
+    (2, 8, (6, 19), 16, (3, 3), {"pads": [0, 2, 1, 0], "group": 2}, True, None),
+    (3, 7, (5, 5), 33, (1, 1), {}, True, ["conv_gemm6"]),
+    (2, 6, (12, 12), 9, (3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}, False, None),
+    (2, 4, (15, 17), 12, (3, 3), {"strides": [2, 2], "group": 2}, False, ["conv_gemm_s2"]),
+    (1, 3, (23, 21), 8, (7, 7), {"strides": [2, 2], "pads": [3, 3, 2, 1]}, True, None),
+    (2, 16, (14, 14), 24, (1, 1), {"strides": [2, 2]}, False, ["conv_gemm_s2"]),
+    # 300 output channels on a 7x7 map: two dropped columns per row cost more than im2col.
+    (1, 8, (7, 7), 300, (3, 3), {"pads": [1, 1, 1, 1]}, False, ["im2col_panels", "gemm_8x8"]),
+    # Vertical stride 2 with horizontal stride 1: neither layout gives contiguous taps.
+    (1, 4, (9, 9), 8, (3, 3), {"strides": [2, 1]}, False, ["im2col_panels", "gemm_8x8"]),
+]
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=lambda c: f"{c[:5]}-{c[5]}")
+def test_convolution_path(session, case) -> None:
+    batch, channels, size, out_channels, kernel, attrs, residual, expected = case
+    kernels = _run_conv(
+        session, batch, channels, size, out_channels, kernel, attrs, residual=residual
+    )
+    if expected is not None:
+        assert kernels == expected
+
+
+def test_fire_module_concat_reads_in_place(session) -> None:
+    """SqueezeNet's fire module: the squeeze output is read in place by both expands, which
+    write their slices of the concatenation; nothing is copied or packed at run time."""
+    nodes = [
+        helper.make_node("Conv", ["x", "ws"], ["s"]),
+        helper.make_node("Relu", ["s"], ["sr"]),
+        helper.make_node("Conv", ["sr", "w1"], ["e1"]),
+        helper.make_node("Relu", ["e1"], ["e1r"]),
+        helper.make_node("Conv", ["sr", "w3"], ["e3"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["e3"], ["e3r"]),
+        helper.make_node("Concat", ["e1r", "e3r"], ["y"], axis=1),
+    ]
+    initializers = {
+        "ws": randn(6, 12, 1, 1, seed=1),
+        "w1": randn(16, 6, 1, 1, seed=2),
+        "w3": randn(16, 6, 3, 3, seed=3),
+    }
+    inputs = {"x": randn(2, 12, 13, 13, seed=4)}
+    model = make_model(nodes, inputs, ["y"], initializers=initializers)
+    opencl = session(model)
+    assert_close(opencl.run(inputs)["y"], reference(model, inputs)[0], "y")
+    assert _kernels(opencl) == ["conv_gemm6", "conv_gemm6", "pad_planes", "conv_gemm6"]
+
+
+def test_layout_rule() -> None:
+    """Wide rows for stride 1 (no dropped columns when unpadded), padded rows for stride 2,
+    None where the dropped columns outweigh im2col or the stride does not vectorise."""
+
+    def conv(m, size, k, stride, pad):
+        out = (size + 2 * pad - k) // stride + 1
+        return ConvShape(1, 8, size, size, m, 1, out, out, k, k, stride, stride, pad, pad, 1, 1)
+
+    pointwise = choose_layout(conv(1000, 13, 1, 1, 0))
+    assert pointwise is not None and not pointwise.copy_input
+    assert pointwise.columns == 13 * 13
+    padded = choose_layout(conv(64, 55, 3, 1, 1))
+    assert padded is not None and padded.copy_input and padded.row_pitch == 57
+    strided = choose_layout(conv(64, 224, 3, 2, 0))
+    assert strided is not None and strided.row_pitch == 112
+    assert choose_layout(conv(512, 7, 3, 1, 1)) is None
+    assert choose_layout(conv(64, 13, 3, 3, 1)) is None
