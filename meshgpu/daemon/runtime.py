@@ -392,7 +392,9 @@ class Daemon:
         ``free``: they claim nothing the origin has not durably done, so the second
         holder's fetch and fsync run while the origin's own fsync is under way.
         """
-        if free or not isinstance(effect, SendDatagram | TaskAccepted):
+        if isinstance(effect, TaskAccepted):
+            pass  # never free: a lone holder (replicas=1) acknowledges in the same handle
+        elif free or not isinstance(effect, SendDatagram):
             return False
         return bool(self._gated) or self._holder_seq > self.journal.synced_seq
 

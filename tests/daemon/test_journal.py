@@ -146,3 +146,43 @@ def test_really_full_tmpfs_raises_disk_full_and_recovers(tiny_filesystem: Path) 
     journal.close()
     replayed = Journal.open(tiny_filesystem)
     assert len(replayed) == written
+
+
+def test_write_is_durable_only_after_sync_and_sync_covers_earlier_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal.open(tmp_path)
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    first = journal.write([("a", 1)])
+    second = journal.write([("b", 2)], deletes=["a", "never-written"])
+    assert not synced and journal.synced_seq < first < second
+    assert journal.sync() == second and len(synced) == 1  # one fsync for both writes
+    assert journal.sync() == second and len(synced) == 1  # nothing new: no fsync
+    journal.close()
+    assert dict(Journal.open(tmp_path).items()) == {"b": 2}
+
+
+def test_a_write_during_compaction_reaches_the_compacted_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon appends on its loop while compaction runs in a worker thread: a record
+    written after compaction took its snapshot must not be lost with the old file."""
+    journal = Journal.open(tmp_path, compact_min_bytes=0)
+    for n in range(20):
+        journal.put("task", n)
+    real_fsync = os.fsync
+    writes = iter([("late", "written mid-compaction")])
+
+    def fsync_then_write(descriptor: int) -> None:
+        real_fsync(descriptor)
+        for key, value in writes:  # once: the first fsync is the snapshot's
+            journal.write([(key, value)])
+
+    monkeypatch.setattr(journal_module.os, "fsync", fsync_then_write)
+    journal.compact()
+    monkeypatch.setattr(journal_module.os, "fsync", real_fsync)
+    assert journal.synced_seq == journal.written_seq
+    journal.close()
+    assert dict(Journal.open(tmp_path).items()) == {"task": 19, "late": "written mid-compaction"}

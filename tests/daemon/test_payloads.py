@@ -78,3 +78,31 @@ def test_canonical_bytes_ignore_name_order() -> None:
     np.testing.assert_array_equal(back["b"], b)
     with pytest.raises(DecodeError):
         tensors_from_bytes(b"\xc1garbage")
+
+
+def test_small_payloads_live_in_the_journal_and_large_ones_in_files(tmp_path: Path) -> None:
+    from meshgpu.daemon.journal import Journal
+    from meshgpu.daemon.payloads import INLINE_MAX_BYTES
+
+    journal = Journal.open(tmp_path / "journal")
+    store = PayloadStore(tmp_path / "payloads", journal)
+    small, large = b"s" * 100, b"L" * (INLINE_MAX_BYTES + 1)
+    seq = store.put_inline("d" * 64, "inputs", small)
+    assert seq is not None and journal.synced_seq < seq  # written, not yet synced
+    assert store.put_inline("e" * 64, "inputs", large) is None  # the caller uses a file
+    store.put_bytes("e" * 64, "inputs", large)
+    store.put_inline(("n-a", 7), "result", b"r")
+    store.put_inline(("n-a", 8), "result", b"orphan")
+    assert store.get_memory("d" * 64, "inputs") == small
+    assert store.get_bytes("e" * 64, "inputs") == large
+    assert sorted(store.keys("result")) == [("n-a", "7"), ("n-a", "8")]
+    journal.sync()
+    journal.close()
+    journal = Journal.open(tmp_path / "journal")
+    store = PayloadStore(tmp_path / "payloads", journal)
+    assert store.get_bytes("d" * 64, "inputs") == small
+    assert store.get_bytes(("n-a", 7), "result") == b"r"
+    assert store.sweep_inline({"d" * 64}, {("n-a", 7)}) == 1  # the result of no task
+    assert store.get_bytes(("n-a", 8), "result") is None
+    store.delete("d" * 64, "inputs")
+    assert not store.has("d" * 64, "inputs") and store.has("e" * 64, "inputs")
