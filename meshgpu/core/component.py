@@ -79,14 +79,22 @@ class NodeContext:
         """Hand an effect to the driver (in order)."""
         self.effects.append(effect)
 
-    def send(self, address: Address, body: Message, extra_items: Sequence[bytes] = ()) -> None:
+    def send(
+        self,
+        address: Address,
+        body: Message,
+        extra_items: Sequence[bytes] = (),
+        piggyback: bool = True,
+    ) -> None:
         """Send ``body`` to ``address``, with ``extra_items`` (pre-encoded, always included)
-        and as many queued updates as fit under the datagram size."""
+        and as many queued updates as fit under the datagram size (none with
+        ``piggyback=False``: for datagrams that probably reach nobody, such as pings to
+        members held dead, which would spend the updates' retransmissions for nothing)."""
         counters = self.counters
         counters["datagrams_sent"] = counters.get("datagrams_sent", 0) + 1
         member_queue = self.member_queue
         update_queue = self.update_queue
-        if not extra_items and not member_queue and not update_queue:
+        if not extra_items and (not piggyback or (not member_queue and not update_queue)):
             # Fast path (most pings and acks in a quiet mesh): nothing to piggyback.
             payload = encode_bare(self.node_id, self.incarnation, self.view, body)
             self.effects.append(SendDatagram(address, payload))

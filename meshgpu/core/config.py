@@ -70,8 +70,13 @@ class MeshConfig:
     stretched by ``1 + ceil(log2(n / 32))`` above 32 nodes, as memberlist does."""
 
     reconnect_interval: float = 0.5
-    """How often a node pings one random remembered-dead member, so that the two sides of
-    a healed partition find each other again."""
+    """How often a node pings ``reconnect_fanout`` random remembered-dead members, so that
+    the two sides of a healed partition find each other again."""
+
+    reconnect_fanout: int = 3
+    """Remembered-dead members pinged per reconnect round (all of them when fewer). One
+    per round let a small mesh whose crashed members outnumber the far side's live ones
+    stay split for several rounds after a heal (the pick kept landing on the crashed)."""
 
     dead_retention: float = 60.0
     """How long a dead or departed member is remembered (so stale gossip cannot revive it,
@@ -125,6 +130,7 @@ class MeshConfig:
             "awareness_max_multiplier": 0,
             "retransmit_multiplier": 1,
             "gossip_fanout": 1,
+            "reconnect_fanout": 1,
             "max_piggyback_updates": 1,
         }
         for name, low in at_least.items():

@@ -13,10 +13,11 @@ A death is pushed to ``gossip_fanout`` peers at once, by the node that declares 
 each node that first hears of it. Anti-entropy: every ``push_pull_interval`` a full member
 table goes to one random member, which answers with its own.
 
-Reconnection: every ``reconnect_interval`` one remembered-dead member is pinged. Any
-datagram from a member we hold dead (or suspect, with Lifeguard) gets it told so at once,
-directly; it refutes with a higher incarnation, which revives it everywhere. Both sides of
-a healed partition thus find each other without any external help.
+Reconnection: every ``reconnect_interval`` up to ``reconnect_fanout`` remembered-dead
+members are pinged. Any datagram from a member we hold dead (or suspect, with Lifeguard)
+gets it told so at once, directly; it refutes with a higher incarnation, which revives it
+everywhere. Both sides of a healed partition thus find each other without any external
+help.
 """
 
 from __future__ import annotations
@@ -544,9 +545,10 @@ class Swim(Component):
         if not dead:
             return
         self.timers.schedule("reconnect", now + self.config.reconnect_interval)
-        node_id = dead[self.rng.randrange(len(dead))]
-        self.context.count("reconnect_pings")
-        self.context.send(self.table.members[node_id].address, Ping(self._next_seq(), node_id))
+        for node_id in self.rng.sample(dead, min(self.config.reconnect_fanout, len(dead))):
+            self.context.count("reconnect_pings")
+            address = self.table.members[node_id].address
+            self.context.send(address, Ping(self._next_seq(), node_id), piggyback=False)
 
     def _reap(self, now: float) -> None:
         retention = self.config.dead_retention

@@ -246,10 +246,11 @@ class LeaderChecker(_Checker):
 class ConvergenceChecker(_Checker):
     """Invariant 5: after the last fault heals (or the start, or a restart), every live
     node's view equals its reachable component within :func:`convergence_bound` (plus the
-    detection bound when the last fault was a crash or leave, which must be detected
-    first). When the last fault is still in force at the end (a partition, lossy links or
-    slow nodes that never end), there was no heal: the time to agree is measured and
-    reported, not enforced."""
+    detection bound when the last fault was a crash or leave, or when a crashed node was
+    still held live by some live node at the last fault, which must be detected first).
+    When the last fault is still in force at the end (a partition, lossy links or slow
+    nodes that never end), there was no heal: the time to agree is measured and reported,
+    not enforced."""
 
     invariant = "convergence"
 
@@ -273,7 +274,13 @@ class ConvergenceChecker(_Checker):
         since = views.last_disturbance
         allowed = self.bound_s
         kind = views.last_disturbance_kind
-        if kind in ("crash", "leave"):
+        if kind in ("crash", "leave") or (
+            self.detection is not None and self.detection.unknown_at(since)
+        ):
+            # A crash some live node still held live at the last fault (typically one on
+            # the far side of a partition that just healed) must first be declared dead
+            # there: on the verdict the other side sends at the heal, after a suspicion
+            # of its own (the hearsay rule, docs/protocol.md), so one detection more.
             allowed += self.detection_bound_s
         self.allowed_s = allowed
         healed = kind in HEALING_KINDS or kind.startswith("end of ")
@@ -343,13 +350,24 @@ class DetectionChecker(_Checker):
         self.unsettled = 0
         # when the last excused (unsettled) crash was detected by all; inf while pending
         self.unsettled_until = -math.inf
+        # every crash: (when, live nodes of any group still holding it live)
+        self.spreading: dict[int, tuple[float, set[int]]] = {}
+        # (crashed at, declared dead by every live node at); inf while some still hold it live
+        self.known_intervals: list[tuple[float, float]] = []
 
     def on_node_down(self, sim: Simulation, index: int, now: float, reason: str) -> None:
         for _, pending in self.open.values():
             pending.discard(index)
+        for target in list(self.spreading):
+            self._unhold(target, index, now)
         if reason != "crash":
             return
         self._close(sim, index, now)
+        self._end_spread(index, now)
+        holders = {j for j in sim.up_indices() if self.views.believes_live(j, index)}
+        self.spreading[index] = (now, holders)
+        if not holders:
+            self._end_spread(index, now)
         group = sim.network.group_of
         watchers = {
             j
@@ -382,11 +400,37 @@ class DetectionChecker(_Checker):
 
     def on_node_up(self, sim: Simulation, index: int, now: float) -> None:
         self._close(sim, index, now)
+        self._end_spread(index, now)
+
+    def unknown_at(self, time: float) -> bool:
+        """Whether some live node still held a crashed node live at ``time`` (so views
+        could not agree before it declared the crash, whatever its side of a partition)."""
+        return any(start <= time < end for start, end in self.known_intervals) or any(
+            start <= time for start, _ in self.spreading.values()
+        )
+
+    def _unhold(self, target: int, holder: int, now: float) -> None:
+        record = self.spreading.get(target)
+        if record is not None:
+            record[1].discard(holder)
+            if not record[1]:
+                self._end_spread(target, now)
+
+    def _end_spread(self, target: int, now: float) -> None:
+        record = self.spreading.pop(target, None)
+        if record is not None:
+            self.known_intervals.append((record[0], now))
 
     def on_effect(self, sim: Simulation, index: int, effect: Any, now: float) -> None:
         if type(effect) is not MemberChanged:
             return
         target = sim.index_of_id.get(effect.node_id)
+        if (
+            target is not None
+            and target in self.spreading
+            and state_name(effect.state) in GONE_STATES
+        ):
+            self._unhold(target, index, now)
         record = self.open.get(target) if target is not None else None
         if record is None or index not in record[1] or state_name(effect.state) not in GONE_STATES:
             return

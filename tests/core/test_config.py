@@ -35,6 +35,7 @@ def test_from_mapping_overrides_and_converts_ints_to_floats() -> None:
         {"probe_interval": -1.0},
         {"probe_timeout": 0.5},
         {"indirect_checks": -1},
+        {"reconnect_fanout": 0},
     ],
 )
 def test_bad_tables_are_config_errors_naming_the_key(table: dict[str, object]) -> None:

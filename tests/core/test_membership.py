@@ -90,6 +90,27 @@ def test_push_pull_dead_record_of_unknown_or_dead_member_changes_nothing() -> No
     assert state(table, "x") == (MemberState.SUSPECT, 0)  # memberlist: dead -> suspect
 
 
+def test_push_pull_death_of_an_alive_member_is_hearsay_with_lifeguard() -> None:
+    """A peer's table saying dead is a verdict like a gossiped Dead: a short suspicion and
+    the member told (a node cut off while the member crashed learns it at the heal)."""
+    told: list[str] = []
+    table = make_table(lifeguard=True)
+    table.on_hearsay = told.append
+    table.apply_alive(Alive("x", ADDRESS, 1), 0.0, "join")
+    assert not table.apply_record(MemberRecord("x", ADDRESS, "dead", 0), "peer", 1.0)  # stale
+    assert state(table, "x") == (MemberState.ALIVE, 1)
+    assert table.apply_record(MemberRecord("x", ADDRESS, "dead", 1), "peer", 1.0)
+    assert state(table, "x") == (MemberState.SUSPECT, 1)
+    assert told == ["x"]
+    suspicion = table.suspicions["x"]
+    assert suspicion.deadline() == suspicion.started + suspicion.minimum
+    # a suspicion in a peer's table is still only told, not believed
+    table.apply_alive(Alive("y", ADDRESS, 0), 0.0, "join")
+    assert not table.apply_record(MemberRecord("y", ADDRESS, "suspect", 0), "peer", 1.0)
+    assert state(table, "y") == (MemberState.ALIVE, 0)
+    assert told == ["x", "y"]
+
+
 def test_left_is_final_for_its_incarnation() -> None:
     table = make_table()
     table.apply_alive(Alive("x", ADDRESS, 1), 0.0, "join")
