@@ -45,6 +45,13 @@ class Responder:
         """One response of a stream (the final one is the handler's return value)."""
         await self._send({**fields, "ok": True, "more": True})
 
+    async def partials(self, many: list[Message]) -> None:
+        """Several responses of a stream, written together (one send for a burst)."""
+        async with self._lock:
+            await self._frames.send_many(
+                [{**fields, "id": self.request_id, "ok": True, "more": True} for fields in many]
+            )
+
     async def _send(self, message: Message) -> None:
         async with self._lock:
             await self._frames.send({"id": self.request_id, **message})

@@ -66,6 +66,9 @@ class DataPlane:
         an equal input of a finished task must not be dropped under them."""
         self.completed = 0
         self.failed = 0
+        self._fetch_queue: list[fx.FetchPayload] = []
+        """Hold requests whose inputs are still to fetch; every one queued by the time the
+        fetching task runs (a burst: the tasks of one batch) goes in one request per source."""
 
     # --- effect dispatch ----------------------------------------------------------
 
@@ -74,7 +77,9 @@ class DataPlane:
         assert nursery is not None
         if isinstance(effect, fx.FetchPayload):
             self.input_refs[effect.input_digest].add(effect.task_id)
-            nursery.start_soon(self._fetch_payload, effect)
+            self._fetch_queue.append(effect)
+            if len(self._fetch_queue) == 1:  # the first of a burst starts the batch
+                nursery.start_soon(self._fetch_queued)
         elif isinstance(effect, fx.RunTask):
             key = (effect.task_id, effect.attempt)
             if key in self.running:
@@ -148,8 +153,62 @@ class DataPlane:
             f"inputs {digest[:12]} unavailable: " + ("; ".join(errors) or "no live holder")
         )
 
+    async def _fetch_queued(self) -> None:
+        """Fetch the inputs of every queued hold request, one ``get_inputs`` request per
+        source node for all its digests; what a batch did not bring is fetched alone."""
+        queued, self._fetch_queue = self._fetch_queue, []
+        groups: dict[NodeId | None, list[fx.FetchPayload]] = defaultdict(list)
+        for effect in queued:
+            sources = [n for n in self._live(effect.from_nodes) if n != self.daemon.node_id]
+            groups[sources[0] if sources else None].append(effect)
+        async with trio.open_nursery() as nursery:
+            for source, effects in groups.items():
+                if source is None or len(effects) == 1:
+                    for effect in effects:
+                        nursery.start_soon(self._fetch_payload, effect)
+                else:
+                    nursery.start_soon(self._fetch_group, source, effects)
+
+    async def _fetch_group(self, source: NodeId, effects: list[fx.FetchPayload]) -> None:
+        digests = sorted({effect.input_digest for effect in effects})
+        blobs: dict[str, bytes] = {}
+        try:
+            for model_digest in sorted({self._model_of(e.task_id) for e in effects} - {None}):
+                await self.obtain_model(model_digest, [source])  # type: ignore[arg-type]
+            reply = await self._request(source, "get_inputs", digests=digests)
+            for digest, data in dict(reply["blobs"]).items():
+                if digest in digests and hashlib.sha256(data).hexdigest() == digest:
+                    blobs[digest] = bytes(data)
+        except (MeshError, OSError, KeyError, TypeError, ValueError, trio.TooSlowError) as error:
+            logger.debug("batched inputs from %s failed (%s); fetching one by one", source, error)
+        async with trio.open_nursery() as nursery:
+            for effect in effects:
+                data = blobs.get(effect.input_digest)
+                if data is None:
+                    nursery.start_soon(self._fetch_payload, effect)
+                    continue
+                try:
+                    await self.store(effect.input_digest, INPUTS, data, wait=False)
+                except MeshError as error:
+                    self.daemon.feed(PayloadFetchFailed(effect.task_id, f"{error}"))
+                    continue
+                self.daemon.feed(PayloadStored(effect.task_id))
+
+    def _model_of(self, task_id: TaskId) -> str | None:
+        from meshgpu.daemon.status import task_table
+
+        table = task_table(self.daemon)
+        entry = None if table is None else table.get(task_id)
+        return None if entry is None else entry.spec.model_digest
+
     async def _fetch_payload(self, effect: fx.FetchPayload) -> None:
         try:
+            # A holder keeps the model too: the task must survive its origin, which
+            # may be the only node the client uploaded the model to (cached: fetched
+            # once per model, not per task).
+            model_digest = self._model_of(effect.task_id)
+            if model_digest is not None:
+                await self.obtain_model(model_digest, effect.from_nodes)
             data = await self.obtain_inputs(effect.input_digest, effect.from_nodes)
             await self.store(effect.input_digest, INPUTS, data, wait=False)
         except Exception as error:  # every failure is reported to the core, never raised

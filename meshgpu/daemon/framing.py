@@ -71,13 +71,21 @@ class FrameStream:
         """The sender id of the first frame received (who is at the other end)."""
 
     async def send(self, message: Any) -> None:
+        await self.stream.send_all(self._frame(message))
+
+    async def send_many(self, messages: list[Any]) -> None:
+        """Several frames in one write (each still a frame of its own on the wire)."""
+        if messages:
+            await self.stream.send_all(b"".join(self._frame(message) for message in messages))
+
+    def _frame(self, message: Any) -> bytes:
         sealed = self._sealer.seal(pack(message))
         if len(sealed) > self.max_frame_bytes:
             raise FrameTooLargeError(
                 f"refusing to send a {len(sealed)}-byte frame, the limit is "
                 f"{self.max_frame_bytes}; send large data in chunks"
             )
-        await self.stream.send_all(LENGTH.pack(len(sealed)) + sealed)
+        return LENGTH.pack(len(sealed)) + sealed
 
     async def receive(self) -> Any | None:
         """The next message, or None when the peer closed cleanly between frames."""

@@ -321,10 +321,11 @@ class ClientHandlers:
                 if not ready:
                     await self._resolution.wait()
                     continue
+                outcomes = []
                 for task_id in ready:
                     wanted.discard(task_id)
-                    outcome = await self._outcome(self.resolved[task_id], include)
-                    await responder.partial(outcome)
+                    outcomes.append(await self._outcome(self.resolved[task_id], include))
+                await responder.partials(outcomes)  # one write for the burst
         return {"task_id": None, "pending": sorted(str(task_id) for task_id in wanted)}
 
     async def _outcome(self, resolved: fx.TaskResolved, include: bool) -> Message:
@@ -360,6 +361,18 @@ class ClientHandlers:
     # --- peer (data plane) ops -----------------------------------------------------------
 
     async def op_get_inputs(self, request: Message, responder: Responder) -> Message:
+        """``digest``: one input blob (``data``); or ``digests``: those of them held in
+        memory (``blobs``, by digest; a missing one is fetched alone by the asker)."""
+        if "digests" in request:
+            digests = _field(request, "digests", list)
+            if len(digests) > MAX_BATCH:
+                raise DecodeError(f"at most {MAX_BATCH} digests per request")
+            blobs = {}
+            for digest in digests:
+                data = self.daemon.payloads.get_memory(check_digest(str(digest)), INPUTS)
+                if data is not None:
+                    blobs[digest] = data
+            return {"blobs": blobs}
         digest = check_digest(_field(request, "digest", str))
         data = self.daemon.payloads.get_memory(digest, INPUTS)
         if data is None:
