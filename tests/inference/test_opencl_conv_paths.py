@@ -66,8 +66,8 @@ PATH_CASES = [
     (2, 4, (15, 17), 12, (3, 3), {"strides": [2, 2], "group": 2}, False, ["conv_gemm_s2"]),
     (1, 3, (23, 21), 8, (7, 7), {"strides": [2, 2], "pads": [3, 3, 2, 1]}, True, None),
     (2, 16, (14, 14), 24, (1, 1), {"strides": [2, 2]}, False, ["conv_gemm_s2"]),
-    # 300 output channels on a 7x7 map: two dropped columns per row cost more than im2col.
-    (1, 8, (7, 7), 300, (3, 3), {"pads": [1, 1, 1, 1]}, False, ["im2col_panels", "gemm_8x8"]),
+    # 1200 output channels on a 7x7 map: two dropped columns per row cost more than im2col.
+    (1, 8, (7, 7), 1200, (3, 3), {"pads": [1, 1, 1, 1]}, False, ["im2col_panels", "gemm_8x8"]),
     # Vertical stride 2 with horizontal stride 1: neither layout gives contiguous taps.
     (1, 4, (9, 9), 8, (3, 3), {"strides": [2, 1]}, False, ["im2col_panels", "gemm_8x8"]),
 ]
@@ -122,5 +122,5 @@ def test_layout_rule() -> None:
     assert padded is not None and padded.copy_input and padded.row_pitch == 57
     strided = choose_layout(conv(64, 224, 3, 2, 0))
     assert strided is not None and strided.row_pitch == 112
-    assert choose_layout(conv(512, 7, 3, 1, 1)) is None
+    assert choose_layout(conv(1024, 7, 3, 1, 1)) is None
     assert choose_layout(conv(64, 13, 3, 3, 1)) is None

@@ -3,11 +3,13 @@ column layout, whether it beats im2col, the zero-padded copy of the input, and t
 
 The implicit path computes some dropped columns (the padding of each output row) to make
 every tap a contiguous vector load; im2col computes none but writes and rereads a
-``K x N`` matrix. Measured on this engine's kernels (docs/opencl-engine.md): im2col costs
-about as much per ``(k, n)`` element as ``IMPLICIT_WASTE_BUDGET`` multiply-adds of GEMM, so
-the implicit path is taken when ``output channels per group * (dropped fraction)`` stays
-under that budget: always for unpadded pointwise convolutions (nothing dropped), for 3x3
-layers on 55x55 or 27x27 maps, not for 512-channel layers on 7x7 maps.
+``K x N`` matrix, and its GEMM (``gemm_8x8``) uses the slower 8x8 tile. Measured on this
+engine's kernels (docs/opencl-engine.md): im2col costs about as much per ``(k, n)`` element
+as ``IMPLICIT_WASTE_BUDGET`` output channels of GEMM work, and the 6x16 tile of the
+stride-1 path is ``WIDE_TILE_GAIN`` faster than 8x8. So the implicit path is taken when
+``output channels per group * (dropped fraction - tile gain)`` stays under the budget:
+always for unpadded pointwise convolutions (nothing dropped) and for 3x3 layers on maps of
+13x13 and larger, not for 512-channel 3x3 layers on 7x7 maps.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from meshgpu.inference.opencl.plan import i32 as _i32
 
 PANEL = 8
 
-#: Dropped columns are worth this many output channels of GEMM work (see module doc).
+#: im2col per (k, n) element costs this many output channels of GEMM work (module doc).
 IMPLICIT_WASTE_BUDGET = 32
+
+#: Time the 6x16 tile saves over 8x8, as a fraction of the GEMM (module doc).
+WIDE_TILE_GAIN = 0.2
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,8 @@ def choose_layout(conv: ConvShape) -> ImplicitLayout | None:
     layout = ImplicitLayout(
         plane_h, plane_w, pitch, (conv.out_h - 1) * pitch + conv.out_w, not in_place
     )
-    if conv.groups_out * layout.dropped_fraction(conv) > IMPLICIT_WASTE_BUDGET:
+    gain = WIDE_TILE_GAIN if _is_wide(conv) else 0.0
+    if conv.groups_out * (layout.dropped_fraction(conv) - gain) > IMPLICIT_WASTE_BUDGET:
         return None
     return layout
 
