@@ -26,6 +26,7 @@ from meshgpu.inference.opencl.kernels.implicit_conv import (
     CONV6_ROWS,
     CONV_COLUMN_BLOCKS,
     CONV_COLUMN_TILES,
+    CONV_ROW_PARALLELISM,
 )
 from meshgpu.inference.opencl.plan import FLOAT_BYTES, DeviceTensor, KernelArg, PlanBuilder, f32
 from meshgpu.inference.opencl.plan import i32 as _i32
@@ -218,6 +219,8 @@ def lower_implicit(
     depth = conv.group_channels * conv.kernel_h * conv.kernel_w
     if _is_wide(conv):
         tiles = -(-layout.columns // (2 * PANEL))
+        row_items = -(-conv.groups_out // CONV6_ROWS) * conv.groups * conv.batch
+        per_item = tiles if row_items >= CONV_ROW_PARALLELISM else CONV_COLUMN_TILES
         sizes = [conv.groups_out, depth, layout.columns, layout.row_pitch]
         sizes += [conv.out_h, conv.out_w, conv.groups]
         builder.launch(
@@ -230,9 +233,10 @@ def lower_implicit(
                 *(_i32(v) for v in (*sizes, *strides, *flags)),
                 f32(act_a),
                 f32(act_b),
+                _i32(per_item),
             ],
             grid=(
-                -(-tiles // CONV_COLUMN_TILES),
+                -(-tiles // per_item),
                 -(-conv.groups_out // CONV6_ROWS),
                 conv.groups * conv.batch,
             ),
