@@ -53,7 +53,7 @@ from meshgpu.core.tasks import state as st
 from meshgpu.core.tasks.adaptive import LatencyModel
 from meshgpu.core.tasks.breaker import BreakerBoard
 from meshgpu.core.tasks.config import TaskConfig
-from meshgpu.core.tasks.interest import keeps_current
+from meshgpu.core.tasks.interest import keeps_current, mark_only
 from meshgpu.core.tasks.leading import AssignmentRecord, Leading
 from meshgpu.core.tasks.messages import HoldRequest, TaskDigest, TaskUpdate, TaskWant
 from meshgpu.core.tasks.orphans import Orphans
@@ -126,6 +126,7 @@ class TaskComponent(Component):
         self._gc_at: dict[TaskId, float] = {}
         self._outbox: dict[TaskId, TaskEntry] = {}
         self._notify: dict[TaskId, set[NodeId]] = {}
+        self._marks: dict[TaskId, str | None] = {}
         self._leader: NodeId | None = None
         self.unconfirmed: set[TaskId] = set()
         self.handed_over: set[NodeId] = set()
@@ -395,6 +396,10 @@ class TaskComponent(Component):
         tid = after.task_id
         self.sync.note_change(after)
         if local:
+            mark = mark_only(before, after)
+            if tid in self._outbox and self._marks.get(tid) != mark:
+                mark = None  # more than one kind of change in this handler
+            self._marks[tid] = mark
             self._outbox[tid] = after
             if before is not None and before.state.worker not in (None, after.state.worker):
                 # The task moves away from that worker: it must hear it to cancel its run.
@@ -614,6 +619,7 @@ class TaskComponent(Component):
         self._gc_at.pop(tid, None)
         self._outbox.pop(tid, None)
         self._notify.pop(tid, None)
+        self._marks.pop(tid, None)
         self.unconfirmed.discard(tid)
         self.orphans.forget(tid)
         self.sync.forget(tid)
@@ -652,9 +658,9 @@ class TaskComponent(Component):
             return
         entries = list(self._outbox.values())
         self._outbox.clear()
-        notify = self._notify
-        self._notify = {}
-        self.sync.send_changes(entries, notify)
+        notify, marks = self._notify, self._marks
+        self._notify, self._marks = {}, {}
+        self.sync.send_changes(entries, notify, marks)
 
     # --- leadership and orphans ---------------------------------------------------------
 

@@ -11,6 +11,12 @@ A change is sent only to the nodes that act on the entry, not to every member:
 * the **leader** of the sender's view, once the entry is acknowledged (it owns the queue;
   before the acknowledgement it could not assign the task anyway).
 
+Two changes that are only a mark go to fewer nodes: the ``acknowledged`` mark (the origin
+accepted the submission) only to the leader, which owns the queue (the other holders get
+the mark with the assignment, and adopt an unacknowledged task anyway should the origin
+die, see ``orphans.py``); the ``delivered`` mark only to the holders, the origin and the
+leader (the worker's own copy of the result is swept when the tombstone arrives).
+
 Every other node learns of the task only if it asks (``TaskWant``), if it becomes the
 leader (the holders push their open entries to it, see ``sync.py``), or through the
 checksum anti-entropy, which also sends a peer only the entries it is involved in. So a
@@ -48,6 +54,42 @@ def interested(entry: TaskEntry, leader: NodeId | None) -> set[NodeId]:
     if leader is not None and entry.acknowledged:
         nodes.add(leader)
     return nodes
+
+
+ACKNOWLEDGED = "acknowledged"
+DELIVERED = "delivered"
+
+
+def mark_only(before: TaskEntry | None, after: TaskEntry) -> str | None:
+    """``ACKNOWLEDGED`` or ``DELIVERED`` when that mark is all that changed, else None."""
+    if (
+        before is None
+        or before.state != after.state
+        or before.holders != after.holders
+        or before.result_holders != after.result_holders
+    ):
+        return None
+    acknowledged = after.acknowledged and not before.acknowledged
+    delivered = after.delivered and not before.delivered
+    if acknowledged and not delivered:
+        return ACKNOWLEDGED
+    if delivered and not acknowledged:
+        return DELIVERED
+    return None
+
+
+def audience(entry: TaskEntry, leader: NodeId | None, mark: str | None) -> set[NodeId]:
+    """The nodes a change needs to reach: :func:`interested`, or fewer for a change that is
+    only a mark (see the module docstring)."""
+    if mark == ACKNOWLEDGED:
+        return set() if leader is None else {leader}
+    if mark == DELIVERED:
+        nodes = set(entry.holders)
+        nodes.add(entry.task_id.origin)
+        if leader is not None and entry.acknowledged:
+            nodes.add(leader)
+        return nodes
+    return interested(entry, leader)
 
 
 def keeps_current(entry: TaskEntry, node_id: NodeId) -> bool:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import msgpack
 
 from meshgpu.core.membership import LIVE_STATES
-from meshgpu.core.tasks.interest import interested, involves, keeps_current
+from meshgpu.core.tasks.interest import audience, involves, keeps_current
 from meshgpu.core.tasks.messages import TaskDigest, TaskUpdate, TaskWant
 from meshgpu.core.tasks.spec import TaskId
 from meshgpu.core.tasks.table import TaskEntry
@@ -67,15 +67,21 @@ class TableSync:
     def forget(self, task_id: TaskId) -> None:
         self.checksums.pop(task_id, None)
 
-    def send_changes(self, entries: list[TaskEntry], notify: dict[TaskId, set[NodeId]]) -> None:
-        """Send each changed entry to the nodes involved in it (and the extra nodes in
-        ``notify``, e.g. a worker the task moved away from): one batch per destination."""
+    def send_changes(
+        self,
+        entries: list[TaskEntry],
+        notify: dict[TaskId, set[NodeId]],
+        marks: dict[TaskId, str | None],
+    ) -> None:
+        """Send each changed entry to the nodes involved in it (fewer when only a mark
+        changed, see ``marks``; more in ``notify``, e.g. a worker the task moved away
+        from): one batch per destination."""
         tasks = self.tasks
         me = tasks.node_id
         leader = tasks.mesh.leader()
         by_node: dict[NodeId, list[TaskEntry]] = {}
         for entry in entries:
-            nodes = interested(entry, leader)
+            nodes = audience(entry, leader, marks.get(entry.task_id))
             extra = notify.get(entry.task_id)
             if extra:
                 nodes |= extra

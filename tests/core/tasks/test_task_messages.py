@@ -35,6 +35,14 @@ def test_round_trips() -> None:
     assert TaskWant.from_fields(want.to_fields()) == want
 
 
+def test_handover_flag_round_trips_and_an_update_without_it_still_decodes() -> None:
+    handover = TaskUpdate((ENTRY,), (), reply=False, handover=True)
+    assert TaskUpdate.from_fields(handover.to_fields()) == handover
+    plain = TaskUpdate((ENTRY,))
+    assert len(plain.to_fields()) == 3  # the three-field form of peers that never set it
+    assert TaskUpdate.from_fields(plain.to_fields()).handover is False
+
+
 json_like = hs.recursive(
     hs.none() | hs.booleans() | hs.integers(-5, 2**64) | hs.floats() | hs.text(max_size=8),
     lambda children: hs.lists(children, max_size=8),
