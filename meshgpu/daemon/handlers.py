@@ -251,7 +251,7 @@ class ClientHandlers:
         daemon.dataplane.submitting[input_digest] += 1
         try:
             # Inline inputs need no fsync of their own: the task's first journal record,
-            # written after them, gates the acknowledgement (runtime._gated_until_durable).
+            # written after them, gates the acknowledgement (durability.py).
             await daemon.dataplane.store(input_digest, INPUTS, blob, wait=False)
         except BaseException:
             self._release(input_digest)

@@ -10,7 +10,7 @@ effect                 what the daemon does
 SendDatagram           seal (auth.py) and send on the UDP socket
 Persist                append to the journal; a committer task fsyncs (group commit, in
                        a worker thread); datagrams and acknowledgements after a task's
-                       first record wait until it is synced (``_gated_until_durable``)
+                       first record wait until it is synced (durability.py)
 FetchPayload/RunTask   start a data-plane task (dataplane.py); the effect queue moves on
 CancelTask             cancel that attempt if it is still fetching
 TaskAccepted/Rejected  answer the waiting ``submit`` request
@@ -40,7 +40,7 @@ from typing import Any
 
 import trio
 
-from meshgpu.core.effects import LeaderChanged, MemberChanged, SendDatagram, TaskAccepted
+from meshgpu.core.effects import LeaderChanged, MemberChanged, SendDatagram
 from meshgpu.core.events import (
     DatagramReceived,
     JournalReplayed,
@@ -52,12 +52,12 @@ from meshgpu.core.events import (
 )
 from meshgpu.core.load import DeviceCapabilities, LoadVector
 from meshgpu.core.node import Node
-from meshgpu.core.tasks import TaskRecord, record_from_bytes, record_to_bytes
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.api import ApiServer
 from meshgpu.daemon.auth import MAX_SENDER_BYTES, TAG_BYTES, Authenticator, Channel
 from meshgpu.daemon.dataplane import DataPlane
 from meshgpu.daemon.discovery import MdnsDiscovery, interface_address, local_ipv4_addresses
+from meshgpu.daemon.durability import GroupCommit
 from meshgpu.daemon.execution import Executor
 from meshgpu.daemon.handlers import ClientHandlers
 from meshgpu.daemon.identity import (
@@ -68,7 +68,7 @@ from meshgpu.daemon.identity import (
 )
 from meshgpu.daemon.journal import Journal
 from meshgpu.daemon.modelstore import ModelStore
-from meshgpu.daemon.payloads import PayloadStore, is_inline_key
+from meshgpu.daemon.payloads import PayloadStore
 from meshgpu.daemon.peer_finding import find_peers_by_mdns, offer_seed_peers
 from meshgpu.daemon.rpc import ConnectionPool
 from meshgpu.daemon.settings import DaemonSettings
@@ -107,16 +107,12 @@ class Daemon:
         self._timer_deadline = -math.inf
         """The deadline the timer sleeps until; ``feed`` wakes it only for an earlier one."""
         self._effects: deque[tuple[Any, bool]] = deque()
-        """(effect, free): free datagrams need not wait for the journal (see
-        ``_gated_until_durable``)."""
+        """(effect, free): free datagrams need not wait for the journal (durability.py)."""
         self._effects_ready = trio.Event()
         self._idle = trio.Event()
         self._gated: deque[tuple[int, Any]] = deque()
         self._gated_ready = trio.Event()
         self._gate_idle = trio.Event()
-        self._holder_seq = 0
-        self._commit_wanted = trio.Event()
-        self._synced = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._udp: trio.socket.SocketType | None = None
         self.discovery: MdnsDiscovery | None = None
@@ -186,11 +182,8 @@ class Daemon:
             max_frame_bytes=settings.max_frame_bytes,
         )
         self.api.on_reject = self.pulse
-        records = [
-            record_from_bytes(value)
-            for key, value in self.journal.items()
-            if not is_inline_key(key)
-        ]
+        self.commit = GroupCommit(self.journal, self.count, self._storage_failed)
+        records = self.commit.replay()
         if self.journal.torn_bytes:
             logger.warning(
                 "journal had a torn tail of %d bytes (a crash mid-write); cut and kept aside",
@@ -212,7 +205,7 @@ class Daemon:
                 await nursery.start(self.peers.run)
                 nursery.start_soon(self._execute_effects)
                 nursery.start_soon(self._release_gated)
-                nursery.start_soon(self._commit_journal)
+                nursery.start_soon(self.commit.run)
                 nursery.start_soon(self._receive_datagrams)
                 nursery.start_soon(self._run_timers)
                 await nursery.start(trio.serve_listeners, self.api.serve, listeners)
@@ -340,9 +333,7 @@ class Daemon:
 
     async def durable(self, seq: int) -> None:
         """Wait until journal record ``seq`` (and everything written before it) is synced."""
-        while self.journal.synced_seq < seq:
-            self._commit_wanted.set()
-            await self._synced.wait()
+        await self.commit.durable(seq)
 
     def write_payload(self, key: Any, kind: str, data: bytes) -> int | None:
         """Store a small payload in the journal (no fsync); a full disk stops the node
@@ -353,8 +344,7 @@ class Daemon:
         except StorageError as error:
             self._storage_failed(error)
             raise
-        if seq is not None:
-            self._commit_wanted.set()
+        self.commit.wrote(seq)
         return seq
 
     async def _execute_effects(self) -> None:
@@ -366,8 +356,8 @@ class Daemon:
                 continue
             effect, free = self._effects.popleft()
             try:
-                if self._gated_until_durable(effect, free):
-                    self._gated.append((self._holder_seq, effect))
+                if self.commit.gates(effect, free, bool(self._gated)):
+                    self._gated.append((self.commit.holder_seq, effect))
                     self._gate_idle = trio.Event()
                     self._gated_ready.set()
                 else:
@@ -378,25 +368,6 @@ class Daemon:
             except Exception:
                 self.count("effect_errors")
                 logger.exception("executing %s failed", type(effect).__name__)
-
-    def _gated_until_durable(self, effect: Any, free: bool) -> bool:
-        """Whether ``effect`` must wait for the journal's group commit.
-
-        What must not leave before it is on stable storage is a node's claim to *hold* a
-        task (a peer counts it towards the acknowledgement) and the acknowledgement
-        itself. Both follow, in effect order, the Persist that first journals the task on
-        this node (``_holder_seq``). So every datagram and every ``TaskAccepted`` after
-        such a Persist waits until it is synced, in order; everything else (local work,
-        transfers, results to clients) goes on at once. Datagrams of a ``SubmitTask``
-        (the ``HoldRequest`` to the other holders and the first announcement) are
-        ``free``: they claim nothing the origin has not durably done, so the second
-        holder's fetch and fsync run while the origin's own fsync is under way.
-        """
-        if isinstance(effect, TaskAccepted):
-            pass  # never free: a lone holder (replicas=1) acknowledges in the same handle
-        elif free or not isinstance(effect, SendDatagram):
-            return False
-        return bool(self._gated) or self._holder_seq > self.journal.synced_seq
 
     async def _release_gated(self) -> None:
         """Execute gated effects, in order, each once its journal record is durable."""
@@ -415,28 +386,6 @@ class Daemon:
                 self.count("effect_errors")
                 logger.exception("executing %s failed", type(effect).__name__)
 
-    async def _commit_journal(self) -> None:
-        """Group commit: one fsync covers every record written since the last one; the
-        effects and payload writes waiting on those records are released together."""
-        journal = self.journal
-        while True:
-            if journal.synced_seq >= journal.written_seq:
-                self._commit_wanted = trio.Event()
-                if journal.synced_seq >= journal.written_seq:
-                    await self._commit_wanted.wait()
-                continue
-            try:
-                await trio.to_thread.run_sync(journal.sync)
-                self.count("journal_syncs")
-                if journal.needs_compaction():
-                    await trio.to_thread.run_sync(journal.compact)
-                    self.count("journal_compactions")
-            except StorageError as error:
-                self._storage_failed(error)
-                return
-            synced, self._synced = self._synced, trio.Event()
-            synced.set()
-
     def _storage_failed(self, error: StorageError) -> None:
         # Acknowledging what is not on disk would break the contract: execute nothing
         # more and stop, as if crashed (the mesh declares us dead).
@@ -453,7 +402,7 @@ class Daemon:
         if isinstance(effect, SendDatagram):
             await self._send_datagram(effect.destination, effect.payload)
         elif isinstance(effect, fx.Persist):
-            self._persist(effect.record)
+            self.commit.persist(effect.record)
         elif isinstance(effect, MemberChanged):
             self._member_changed(effect)
         elif isinstance(effect, LeaderChanged):
@@ -467,17 +416,6 @@ class Daemon:
         else:
             self.count("effects_unknown")
             logger.warning("no driver action for effect %r", effect)
-
-    def _persist(self, record: TaskRecord) -> None:
-        """Append the record (no fsync here: the committer's group commit syncs it). The
-        first record of a task on this node makes it a holder: it gates what follows."""
-        key = (record.task_id.origin, record.task_id.sequence)
-        first = record.entry is not None and self.journal.get(key) is None
-        seq = self.journal.write([(key, record_to_bytes(record))])
-        if first:
-            self._holder_seq = seq
-        self.count("journal_appends")
-        self._commit_wanted.set()
 
     def _member_changed(self, effect: MemberChanged) -> None:
         self.member_history[effect.node_id] = {
