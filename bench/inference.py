@@ -5,6 +5,11 @@ He-scaled weights, see meshgpu/inference/architectures.py), at batch 1 and 8:
 
 - p50 latency of OpenCL and of onnxruntime (after warm-up runs), and their ratio
   (OpenCL / onnxruntime: below 1 means OpenCL is faster);
+- CPU time per inference (median of ``time.process_time`` deltas, all threads of the
+  process) of OpenCL and of an onnxruntime session with its thread-pool spinning off, and
+  their ratio: on a machine shared with other work, wall time mostly measures the
+  scheduler, while CPU time is close to what each engine needs (onnxruntime's default
+  spin-waiting would count as work, hence the second session);
 - OpenCL session load time (graph planning, weight upload, kernel compilation or cache hit);
 - peak device memory: OpenCL's own accounting (weights + activation buffers); for
   onnxruntime, the process's resident high-water mark during a run above what it held before
@@ -58,6 +63,9 @@ class Measurement:
     onnxruntime_peak_bytes: int
     max_relative_error: float | None
     repeats: int
+    opencl_cpu_ms: float | None = None
+    onnxruntime_cpu_ms: float | None = None
+    cpu_ratio: float | None = None
     error: str | None = None
 
 
@@ -88,6 +96,34 @@ def _p50(run: Callable[[], Any], warmup: int, repeats: int, budget_s: float) -> 
     return statistics.median(times), len(times)
 
 
+def _cpu_ms(run: Callable[[], Any], repeats: int, budget_s: float) -> float:
+    """Median CPU time of ``run`` in ms (every thread of this process), after one warm-up."""
+    run()
+    times = []
+    started = time.perf_counter()
+    while len(times) < repeats:
+        begin = time.process_time()
+        run()
+        times.append((time.process_time() - begin) * 1000)
+        if len(times) >= 3 and time.perf_counter() - started > budget_s:
+            break
+    return statistics.median(times)
+
+
+def _onnxruntime_without_spinning(model: onnx.ModelProto) -> Callable[[dict], Any]:
+    """An onnxruntime CPU session whose idle threads sleep instead of spinning."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return lambda feeds: session.run(None, feeds)
+
+
 def _relative_error(output: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
     worst = 0.0
     for name, expected in reference.items():
@@ -109,6 +145,9 @@ def measure(model_name: str, batch: int, warmup: int, repeats: int, budget_s: fl
     ort_p50, ort_repeats = _p50(lambda: reference_session.run(feeds), warmup, repeats, budget_s)
     ort_peak = reference_session.peak_device_bytes
     reference_session = None  # free onnxruntime's copy of the weights before OpenCL's
+    quiet = _onnxruntime_without_spinning(model)
+    ort_cpu = _cpu_ms(lambda: quiet(feeds), repeats, budget_s)
+    quiet = None
     gc.collect()
     try:
         started = time.perf_counter()
@@ -117,6 +156,7 @@ def measure(model_name: str, batch: int, warmup: int, repeats: int, budget_s: fl
         output = session.run(feeds)
         error = _relative_error(output, reference)
         ocl_p50, ocl_repeats = _p50(lambda: session.run(feeds), warmup, repeats, budget_s)
+        ocl_cpu = _cpu_ms(lambda: session.run(feeds), repeats, budget_s)
         peak = session.peak_device_bytes
     except Exception as failure:  # a benchmark reports a failing model and goes on
         return Measurement(
@@ -145,6 +185,9 @@ def measure(model_name: str, batch: int, warmup: int, repeats: int, budget_s: fl
         onnxruntime_peak_bytes=ort_peak,
         max_relative_error=error,
         repeats=min(ocl_repeats, ort_repeats),
+        opencl_cpu_ms=ocl_cpu,
+        onnxruntime_cpu_ms=ort_cpu,
+        cpu_ratio=ocl_cpu / ort_cpu if ort_cpu > 0 else None,
     )
 
 
@@ -212,6 +255,8 @@ def render(results: list[Measurement], machine: dict[str, Any]) -> None:
         "OpenCL p50 ms",
         "onnxruntime p50 ms",
         "ratio",
+        "CPU ms OpenCL / ORT",
+        "CPU ratio",
         "OpenCL load s",
         "OpenCL peak MiB",
         "ORT peak MiB",
@@ -229,6 +274,8 @@ def render(results: list[Measurement], machine: dict[str, Any]) -> None:
                 "-",
                 "-",
                 "-",
+                "-",
+                "-",
                 _mib(result.onnxruntime_peak_bytes),
                 result.error[:60],
             )
@@ -240,6 +287,8 @@ def render(results: list[Measurement], machine: dict[str, Any]) -> None:
             f"{result.opencl_p50_ms:.2f}",
             f"{result.onnxruntime_p50_ms:.2f}",
             f"{result.ratio:.2f}x",
+            f"{result.opencl_cpu_ms:.2f} / {result.onnxruntime_cpu_ms:.2f}",
+            f"{result.cpu_ratio:.2f}x" if result.cpu_ratio is not None else "-",
             f"{result.opencl_load_s:.2f}",
             _mib(result.opencl_peak_bytes),
             _mib(result.onnxruntime_peak_bytes),
@@ -281,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             print(  # progress on stderr, so --json output stays one object on stdout
                 f"{model_name} batch {batch}: OpenCL {result.opencl_p50_ms} ms, "
-                f"onnxruntime {result.onnxruntime_p50_ms:.2f} ms"
+                f"onnxruntime {result.onnxruntime_p50_ms:.2f} ms, CPU ratio {result.cpu_ratio}"
                 + (f" ({result.error})" if result.error else ""),
                 file=sys.stderr,
                 flush=True,
