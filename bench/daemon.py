@@ -2,10 +2,13 @@
 the leader's SIGKILL under load. Prints a table and one JSON object; asserts nothing.
 
     python bench/daemon.py [--tasks 200] [--sequential 60] [--json]
+    python bench/daemon.py --fsync-only [--json]     # the disk's flush cost, by method
 
 * ``overhead``: one single-sample digits task at a time, submit to result, warm (the
   design's target: p50 under 2 ms on loopback), next to the local onnxruntime run;
-* ``throughput``: ``Client.map`` over single-sample tasks (window 64);
+* ``throughput``: ``Client.map`` over single-sample tasks (window 64), with the CPU time
+  per task of each daemon process and of this (client) process, idle cost removed: the
+  figure to judge a change by on a shared machine, where wall times swing with the load;
 * ``leader_kill``: the leader SIGKILLed a third of the way through a ``map``: the longest
   gap between two consecutive results (how long work stalled), the time until the
   client's peer declared the victim dead and named a new leader, and tasks lost.
@@ -16,11 +19,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import trio
@@ -57,12 +63,88 @@ def overhead(peer: str, pixels: np.ndarray, count: int) -> dict[str, float]:
     }
 
 
-def throughput(peer: str, pixels: np.ndarray, count: int) -> dict[str, float]:
-    with Client(peer, environ={}) as client:
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def throughput(mesh: LocalMesh, pixels: np.ndarray, count: int) -> dict[str, Any]:
+    pids = [node.process.pid for node in mesh.nodes if node.process is not None]
+    with Client(mesh.nodes[1].peer, environ={}) as client:
+        sum(1 for _ in client.map("digits", ({"pixels": r[None]} for r in pixels[:10])))
+        idle_from = [process_cpu_s(pid) for pid in pids]
+        time.sleep(2.0)
+        idle = [(process_cpu_s(pid) - was) / 2.0 for pid, was in zip(pids, idle_from, strict=True)]
+        before, client_before = [process_cpu_s(pid) for pid in pids], own_cpu_s()
         started = time.perf_counter()
         done = sum(1 for _ in client.map("digits", ({"pixels": r[None]} for r in pixels[:count])))
         elapsed = time.perf_counter() - started
-    return {"tasks": done, "seconds": elapsed, "tasks_per_s": done / elapsed}
+        after, client_after = [process_cpu_s(pid) for pid in pids], own_cpu_s()
+    daemons_ms = [
+        (end - start - rate * elapsed) / done * 1e3
+        for start, end, rate in zip(before, after, idle, strict=True)
+    ]
+    client_ms = (client_after - client_before) / done * 1e3
+    return {
+        "tasks": done,
+        "seconds": elapsed,
+        "tasks_per_s": done / elapsed,
+        "cpu_ms_per_task_daemons": [round(ms, 2) for ms in daemons_ms],
+        "cpu_ms_per_task_client": round(client_ms, 2),
+        "cpu_ms_per_task_total": round(sum(daemons_ms) + client_ms, 2),
+        "loadavg_1m": os.getloadavg()[0],
+    }
+
+
+def fsync_kinds(directory: Path, count: int = 200) -> dict[str, dict[str, float]]:
+    """p50/p90 ms of making one 600-byte append durable, by method, on ``directory``'s
+    filesystem (why the journal counts fsyncs rather than choosing a kind of them)."""
+    data = b"x" * 600
+
+    def timed(step: Any) -> dict[str, float]:
+        times = []
+        for index in range(count):
+            started = time.perf_counter()
+            step(index)
+            times.append((time.perf_counter() - started) * 1e3)
+        return {"p50_ms": percentile(times, 0.5), "p90_ms": percentile(times, 0.9)}
+
+    def opened(name: str, flags: int) -> int:
+        return os.open(directory / name, flags | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    results = {}
+    log = opened("append.log", os.O_WRONLY | os.O_APPEND)
+    results["append+fsync"] = timed(lambda i: (os.write(log, data), os.fsync(log)))
+    results["append+fdatasync"] = timed(lambda i: (os.write(log, data), os.fdatasync(log)))
+    for name, prepare in (
+        ("pwrite+fdatasync, fallocated", lambda fd: os.posix_fallocate(fd, 0, 1 << 24)),
+        ("pwrite+fdatasync, zero-filled", lambda fd: os.write(fd, bytes(1 << 23))),
+    ):
+        segment = opened(name.split(", ")[1] + ".log", os.O_RDWR)
+        prepare(segment)
+        os.fsync(segment)
+        results[name] = timed(
+            lambda i, fd=segment: (os.pwrite(fd, data, i * len(data)), os.fdatasync(fd))
+        )
+        os.close(segment)
+    os.close(log)
+
+    def new_file(index: int) -> None:
+        scratch = directory / f"payload-{index}.tmp"
+        with open(scratch, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(scratch, directory / f"payload-{index}")
+
+    results["new file+fsync+rename"] = timed(new_file)
+    return results
 
 
 async def leader_kill(mesh: LocalMesh, pixels: np.ndarray, count: int) -> dict[str, float | int]:
@@ -112,7 +194,16 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--sequential", type=int, default=60)
     parser.add_argument("--json", action="store_true", help="only the JSON object")
+    parser.add_argument("--fsync-only", action="store_true", help="only the disk's flush cost")
     args = parser.parse_args()
+    if args.fsync_only:
+        with tempfile.TemporaryDirectory(prefix="meshgpu-fsync-", dir=Path.cwd()) as scratch:
+            report_fsync = {"fsync": fsync_kinds(Path(scratch))}
+        if not args.json:
+            for name, figures in report_fsync["fsync"].items():
+                print(f"{name:32} p50 {figures['p50_ms']:.2f} ms  p90 {figures['p90_ms']:.2f} ms")
+        print(json.dumps(report_fsync))
+        return
     pixels = np.load(SHIPPED_MODELS_DIR / "digits_test.npz")["pixels"]
     with (
         tempfile.TemporaryDirectory(prefix="meshgpu-bench-") as root,
@@ -121,7 +212,7 @@ def main() -> None:
         trio.run(_formed, mesh)
         report = {
             "overhead": overhead(mesh.nodes[0].peer, pixels, args.sequential),
-            "throughput": throughput(mesh.nodes[1].peer, pixels, args.tasks),
+            "throughput": throughput(mesh, pixels, args.tasks),
             "leader_kill": trio.run(leader_kill, mesh, pixels, args.tasks),
         }
     if not args.json:

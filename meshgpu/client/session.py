@@ -25,19 +25,17 @@ which would need a change to the task table's spec.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import trio
 
-from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome
+from meshgpu.client.batches import BatchedSubmission, encode_inputs, submit_fields
+from meshgpu.client.handles import AsyncTaskHandle, Outcome
 from meshgpu.client.link import Failover, Link, Signal
 from meshgpu.client.models import ModelBlob
 from meshgpu.client.peers import (
@@ -49,24 +47,21 @@ from meshgpu.client.peers import (
     initial_candidates,
 )
 from meshgpu.daemon.auth import Authenticator, MeshKey, load_mesh_key
-from meshgpu.daemon.payloads import encode_tensors
 from meshgpu.daemon.rpc import open_rpc
-from meshgpu.errors import ClientError, ConfigError, MeshError, RequestFailedError
+from meshgpu.errors import ClientError, RequestFailedError
 
 logger = logging.getLogger("meshgpu.client")
 
 UPLOAD_CHUNK_BYTES = 16 << 20
 """Model upload chunk (frames may be up to 64 MiB)."""
 ACK_BATCH = 512
-BATCH_MAX = 64
-"""Most tasks in one ``submit_batch`` request from :meth:`AsyncClient.submit_many`."""
 SUBMITS_IN_FLIGHT = 8
 """Submissions waiting for their acknowledgement at once. Each one makes the mesh copy
 inputs to a second holder and fsync on both; more in flight only lengthens every
 acknowledgement (and, on a loaded machine, pushes replication past its timeout)."""
 
 
-class AsyncClient:
+class AsyncClient(BatchedSubmission):
     """A client of a meshgpu mesh for trio code (the sync :class:`Client` wraps it).
 
     ``peer``: ``"HOST:PORT"``, a (host, port) pair or a list of them; None finds one
@@ -163,73 +158,9 @@ class AsyncClient:
         """Submit one task; returns once the mesh acknowledged it (journaled on
         ``copies`` nodes). ``model``: a path, ``"digits"``, bytes or a ModelProto."""
         blob = ModelBlob.of(model)
-        fields = _submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
-        reply = await self._submit_request(blob, "submit", inputs=_encode_inputs(inputs), **fields)
+        fields = submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
+        reply = await self._submit_request(blob, "submit", inputs=encode_inputs(inputs), **fields)
         return self._handle_of(reply)
-
-    async def submit_many(
-        self,
-        model: Any,
-        many_inputs: Iterable[Mapping[str, Any]],
-        *,
-        priority: str = "normal",
-        replicas: int = 2,
-        deadline_s: float | None = None,
-        device_type: str | None = None,
-        min_memory: int = 0,
-        fp16: bool = False,
-    ) -> list[AsyncTaskHandle | MeshError]:
-        """Submit many tasks of one model with the same options in as few requests as
-        possible (``submit_batch``, up to ``BATCH_MAX`` tasks each): the mesh journals
-        and replicates a batch together. Returns, in input order, a handle per task (as
-        :meth:`submit` would) or the error that refused that task alone (a malformed
-        input); the other tasks are submitted regardless. A broken connection makes the
-        whole batch be submitted again on the next peer, as :meth:`submit` does."""
-        blob = ModelBlob.of(model)
-        fields = _submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
-        answers: list[AsyncTaskHandle | MeshError | None] = []
-        encoded: list[tuple[int, dict[str, Any]]] = []
-        for index, inputs in enumerate(many_inputs):
-            answers.append(None)
-            try:
-                encoded.append((index, {"inputs": _encode_inputs(inputs)}))
-            except MeshError as error:
-                answers[index] = error
-        for start in range(0, len(encoded), BATCH_MAX):
-            chunk = encoded[start : start + BATCH_MAX]
-            try:
-                reply = await self._submit_request(
-                    blob, "submit_batch", tasks=[task for _, task in chunk], **fields
-                )
-            except RequestFailedError as error:
-                if "unknown op 'submit_batch'" not in str(error):
-                    raise
-                reply = {"results": await self._submit_each(blob, chunk, fields)}
-            for (index, _), answer in zip(chunk, reply["results"], strict=True):
-                if answer.get("error") is not None:
-                    kind = str(answer.get("kind", "MeshError"))
-                    answers[index] = RequestFailedError(f"task refused: {answer['error']}", kind)
-                else:
-                    answers[index] = self._handle_of(answer)
-        return [answer for answer in answers if answer is not None]
-
-    async def _submit_each(
-        self, blob: ModelBlob, chunk: list[tuple[int, dict[str, Any]]], fields: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        """A batch as single ``submit`` requests, for a daemon from before
-        ``submit_batch`` (a lab upgrading its machines one at a time)."""
-        answers: list[dict[str, Any]] = [{} for _ in chunk]
-
-        async def one(position: int, task: dict[str, Any]) -> None:
-            try:
-                answers[position] = await self._submit_request(blob, "submit", **task, **fields)
-            except RequestFailedError as error:
-                answers[position] = {"error": str(error), "kind": error.kind}
-
-        async with trio.open_nursery() as nursery:
-            for position, (_, task) in enumerate(chunk):
-                nursery.start_soon(one, position, task)
-        return answers
 
     async def _submit_request(self, blob: ModelBlob, op: str, **fields: Any) -> dict[str, Any]:
         """One ``submit``/``submit_batch`` request, retried on another peer when the link
@@ -260,90 +191,6 @@ class AsyncClient:
         """A handle for a task submitted earlier (e.g. ``meshgpu submit --no-wait``)."""
         handle = self._handles.get(task_id)
         return handle if handle is not None else self._track(AsyncTaskHandle(task_id))
-
-    async def map(
-        self,
-        model: Any,
-        many_inputs: Iterable[Mapping[str, Any]],
-        *,
-        window: int = 64,
-        raise_errors: bool = True,
-        **options: Any,
-    ) -> AsyncIterator[Completed]:
-        """Submit one task per input map (at most ``window`` unfinished at once) and
-        yield a :class:`Completed` per task as each finishes, in completion order. A
-        failed task raises its error unless ``raise_errors`` is False."""
-        assert self._nursery is not None
-        blob = ModelBlob.of(model)
-        send, receive = trio.open_memory_channel[Completed](math.inf)
-        scope = trio.CancelScope()
-
-        def deliver(item: Completed) -> None:
-            # The consumer may have stopped (a raised error, a break) while this task's
-            # wait was already woken: cancelling the scope cannot reach it any more, so
-            # the closed channel is expected here and must not crash the client's loop.
-            with contextlib.suppress(trio.BrokenResourceError):
-                send.send_nowait(item)
-
-        async def wait_one(index: int, handle: AsyncTaskHandle, free: trio.Semaphore) -> None:
-            try:
-                outcome = await handle.wait()
-                deliver(
-                    Completed(index, handle.task_id, outcome.outputs, outcome.worker, outcome.error)
-                )
-            finally:
-                free.release()
-
-        async def submit_batch(
-            batch: list[tuple[int, Mapping[str, Any]]], free: trio.Semaphore
-        ) -> None:
-            try:
-                answers: list[AsyncTaskHandle | MeshError] = await self.submit_many(
-                    blob, [inputs for _, inputs in batch], **options
-                )
-            except MeshError as error:
-                answers = [error] * len(batch)
-            async with trio.open_nursery() as nursery:
-                for (index, _), answer in zip(batch, answers, strict=True):
-                    if isinstance(answer, MeshError):
-                        deliver(Completed(index, None, error=answer))
-                        free.release()
-                    else:
-                        nursery.start_soon(wait_one, index, answer, free)
-
-        async def produce() -> None:
-            # Each request carries every input the window has room for right now (up to
-            # BATCH_MAX): the whole window at first, then whatever a burst of results
-            # freed. No waiting to fill a batch: a lone free slot is submitted at once.
-            with scope, send:
-                free = trio.Semaphore(window)
-                inputs_left = enumerate(many_inputs)
-                async with trio.open_nursery() as nursery:
-                    while True:
-                        await free.acquire()
-                        held = 1
-                        batch: list[tuple[int, Mapping[str, Any]]] = []
-                        for item in inputs_left:
-                            batch.append(item)
-                            if len(batch) >= BATCH_MAX or not free.value:
-                                break
-                            free.acquire_nowait()
-                            held += 1
-                        for _ in range(held - len(batch)):
-                            free.release()
-                        if not batch:
-                            return
-                        nursery.start_soon(submit_batch, batch, free)
-
-        self._nursery.start_soon(produce)
-        try:
-            async with receive:
-                async for item in receive:
-                    if item.error is not None and raise_errors:
-                        raise item.error
-                    yield item
-        finally:
-            scope.cancel()
 
     async def status(self) -> dict[str, Any]:
         """The entry peer's ``status`` (members, leader, view, queue, counters)."""
@@ -593,44 +440,6 @@ class AsyncClient:
         self._unresolved.clear()
         self._link_changed.fire()
         self._work.fire()
-
-
-def _submit_fields(
-    blob: ModelBlob,
-    priority: str,
-    replicas: int,
-    deadline_s: float | None,
-    device_type: str | None,
-    min_memory: int,
-    fp16: bool,
-) -> dict[str, Any]:
-    """The request fields a submission's options become (all but the inputs)."""
-    fields: dict[str, Any] = {
-        "model_digest": blob.digest,
-        "priority": priority,
-        "replicas": int(replicas),
-        "min_memory": int(min_memory),
-        "fp16": bool(fp16),
-    }
-    if deadline_s is not None:
-        fields["deadline_s"] = float(deadline_s)
-    if device_type is not None:
-        fields["device_type"] = device_type
-    return fields
-
-
-def _encode_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(inputs, Mapping) or not inputs:
-        raise ConfigError("inputs must be a non-empty mapping of input name to array")
-    arrays = {}
-    for name, value in inputs.items():
-        if not isinstance(name, str):
-            raise ConfigError(f"input names are strings, not {name!r}")
-        array = np.asarray(value)
-        if array.dtype.kind not in "biufc":
-            raise ConfigError(f"input {name!r} has dtype {array.dtype}; use a numeric array")
-        arrays[name] = array
-    return encode_tensors(arrays)
 
 
 def _path(value: str | os.PathLike[str] | None) -> Path | None:
