@@ -275,18 +275,23 @@ class DataPlane:
         holders: tuple[NodeId, ...] = ()
         try:
             with scope:
+                # Cancellable (CancelTask) while fetching and while waiting for a slot
+                # (a prefetched task); once on the device, the run finishes normally.
                 self._fetching.add(key)
                 try:
                     sources = [effect.task_id.origin, *effect.holders]
                     blob = await self.obtain_inputs(spec.input_digest, effect.holders)
                     await self.obtain_model(spec.model_digest, sources)
+                    feeds = tensors_from_bytes(blob)
+                    with self.daemon.models.pinned(spec.model_digest) as model_path:
+                        outputs, run_s = await self.daemon.executor.run(
+                            spec.model_digest,
+                            model_path,
+                            feeds,
+                            on_slot=lambda: self._fetching.discard(key),
+                        )
                 finally:
                     self._fetching.discard(key)
-                feeds = tensors_from_bytes(blob)
-                with self.daemon.models.pinned(spec.model_digest) as model_path:
-                    outputs, run_s = await self.daemon.executor.run(
-                        spec.model_digest, model_path, feeds
-                    )
                 result = pack_result(outputs)
                 holders = await self._push_result(
                     effect.task_id, effect.attempt, result, effect.holders

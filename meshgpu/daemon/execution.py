@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,13 +110,21 @@ class Executor:
         return inference.load(model_path, backend=self.backend, device=self.device)  # type: ignore[arg-type]
 
     async def run(
-        self, digest: str, model_path: Path, feeds: Mapping[str, np.ndarray]
+        self,
+        digest: str,
+        model_path: Path,
+        feeds: Mapping[str, np.ndarray],
+        on_slot: Callable[[], None] | None = None,
     ) -> tuple[dict[str, np.ndarray], float]:
-        """Run the model on ``feeds`` in a worker thread; returns (outputs, seconds)."""
+        """Run the model on ``feeds`` in a worker thread; returns (outputs, seconds).
+        ``on_slot`` is called once a slot is taken (until then, a prefetched task is
+        only waiting, and cancelling it loses nothing)."""
         self.active += 1
         try:
             cached = await self.session(digest, model_path)
             async with self.limiter:
+                if on_slot is not None:
+                    on_slot()
                 outputs, elapsed = await trio.to_thread.run_sync(
                     self._run_blocking, cached, dict(feeds)
                 )

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from meshgpu.daemon import synthetic
 from meshgpu.daemon.execution import Executor
@@ -78,3 +79,45 @@ async def test_runs_are_logged_when_asked(tmp_path: Path, monkeypatch: pytest.Mo
         await executor.run("digest", Path("unused.onnx"), {"x": np.full((1, 2), index)})
     labels = [line.split()[0] for line in log.read_text().splitlines()]
     assert labels == ["3.0", "4.0", "3.0"]
+
+
+async def test_a_prefetched_run_waits_for_a_slot_and_can_be_cancelled_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One slot, offered capacity two: the second run takes its slot (``on_slot``, which
+    tells the data plane) only when the first ends, and cancelled before that it runs
+    nothing."""
+    release = threading.Event()
+
+    def held(seconds: float) -> None:
+        if not release.wait(20):
+            raise AssertionError("never released")
+
+    monkeypatch.setattr(synthetic.time, "sleep", held)
+    executor = Executor(1, device="synthetic:5")
+    assert executor.capacity == 2
+    slots: list[int] = []
+    ran: list[float] = []
+
+    async def one(index: int, scope: trio.CancelScope) -> None:
+        with scope:
+            outputs, _ = await executor.run(
+                "digest",
+                Path("unused.onnx"),
+                {"x": np.full(1, index)},
+                on_slot=lambda: slots.append(index),
+            )
+            ran.append(float(outputs["x"][0]))
+
+    await executor.session("digest", Path("unused.onnx"))  # loaded: runs go to the slot
+    first, second = trio.CancelScope(), trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, 0, first)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(one, 1, second)
+        await trio.testing.wait_all_tasks_blocked()
+        assert slots == [0]  # the prefetched run waits for the one slot
+        second.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert slots == [0] and ran == [0.0]
