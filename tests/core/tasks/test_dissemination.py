@@ -4,10 +4,13 @@ the driver, as in ``test_component.py``)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from meshgpu.core.config import MeshConfig
 from meshgpu.core.effects import FetchPayload, RunTask, TaskAccepted, TaskResolved
 from meshgpu.core.events import PayloadStored, ResultCollected, SubmitTask
 from meshgpu.core.tasks import Phase, TaskId, TaskSpec
+from meshgpu.core.tasks import state as st
 from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.core.tasks.retry import RetryPolicy
 from meshgpu.core.types import NodeId
@@ -172,3 +175,30 @@ def test_a_client_asking_an_uninvolved_node_gets_its_outcome() -> None:
     answers = [e for e in effects(h, TaskResolved, asked) if e.task_id == task_id]
     assert [a.state for a in answers] == ["done"]
     serve_fetches(h)
+
+
+def test_a_leader_confirms_its_stale_copies_with_the_holders_before_acting() -> None:
+    """A node that assigned a task in an earlier term may hold a stale copy (the task
+    finished under the next leader, and only involved nodes heard). Leading again, it
+    leaves that copy alone until a holder's copy came back."""
+    h = settled(6)
+    leader = leader_of(h)
+    origin = next(n for n in sorted(h.nodes) if n != leader)
+    task_id = submit(h, origin, SPEC)
+    worker = run_assigned(h, task_id)  # DONE; never delivered, so never collected
+    h.run_until(h.now + 0.5)
+    entry = h.nodes[origin].tasks.table.get(task_id)
+    assert entry is not None and entry.state.phase is Phase.DONE
+    involved = set(entry.holders) | {origin, worker, leader}
+    former = next(n for n in sorted(h.nodes) if n not in involved)
+    tasks = h.nodes[former].tasks
+    stale = replace(entry, state=st.assign(st.PENDING, 0, worker), result_holders=frozenset())
+    tasks.merge_remote(stale, h.now)  # what it heard as leader of an earlier term
+    tasks.sync.confirm_as_leader()  # what it does on becoming leader again
+    asked, tasks.context.effects = tasks.context.effects, []
+    h._execute(former, asked)  # called outside Node.handle: deliver its datagrams by hand
+    mine = tasks.table.get(task_id)
+    assert mine is not None and not tasks.is_current(mine)
+    h.run_until(h.now + 0.2)  # the holders answer its TaskWant
+    mine = tasks.table.get(task_id)
+    assert mine is not None and tasks.is_current(mine) and mine.state.phase is Phase.DONE
