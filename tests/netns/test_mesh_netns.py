@@ -172,18 +172,29 @@ def test_partition_then_heal_loses_nothing(
     print(f"heal: all 4 views agreed again in {time.monotonic() - healed_at:.2f} s")
     assert len({status["view"] for status in statuses.values()}) == 1, describe(dict(statuses))
 
-    # Every node's table (the CRDT) holds every task of both sides, done, before any
-    # is collected (collected tasks are dropped from the tables, leaving a tombstone).
+    # Every task is done in the table of each node that holds it (task changes go to the
+    # nodes involved in the task: its holders, origin, worker and leader; the others need
+    # not carry it), and the tables together hold every task, before any is collected.
     all_ids = submitted[left[0].node_id] + submitted[right[0].node_id]
 
-    def tables_hold_all_done(statuses: dict[str, Status]) -> bool:
-        return all(status["tasks"].get("done", 0) >= len(all_ids) for status in statuses.values())
+    def rows_by_node() -> dict[str, dict[str, dict[str, Any]]]:
+        return {
+            daemon.node_id: {row["task_id"]: row for row in fleet.call(daemon, "tasks")["tasks"]}
+            for daemon in fleet.daemons
+        }
 
-    fleet.until(fleet.daemons, tables_hold_all_done, "every task table to hold all tasks done")
-    for daemon in fleet.daemons:
-        rows = {row["task_id"]: row for row in fleet.call(daemon, "tasks")["tasks"]}
+    def every_holder_has_it_done(_: dict[str, Status]) -> bool:
+        tables = rows_by_node()
         for task_id in all_ids:
-            assert rows[task_id]["state"] == "done", (daemon.node_id, rows[task_id])
+            rows = [table[task_id] for table in tables.values() if task_id in table]
+            if not rows or any(row["state"] != "done" for row in rows):
+                return False
+            holders = set().union(*(set(row["holders"]) for row in rows))
+            if not all(task_id in tables[holder] for holder in holders if holder in tables):
+                return False
+        return True
+
+    fleet.until(fleet.daemons, every_holder_has_it_done, "every task done on all its holders")
 
     # Each side's tasks are collected through a node of the *other* side.
     outcomes = results(fleet, right[1], submitted[left[0].node_id])
