@@ -61,8 +61,17 @@ class TableSync:
         self._runs_cursor = 0
 
     def note_change(self, entry: TaskEntry) -> None:
-        """Keep the entry's checksum current (called on every change)."""
-        self.checksums[entry.task_id] = checksum(entry)
+        """Drop the entry's cached checksum (called on every change)."""
+        # Computed lazily, when a digest needs it: most entries change several times
+        # between two anti-entropy rounds that involve them, and many never meet one.
+        self.checksums.pop(entry.task_id, None)
+
+    def checksum_of(self, entry: TaskEntry) -> int:
+        """The entry's checksum, from the cache when it did not change since."""
+        crc = self.checksums.get(entry.task_id)
+        if crc is None:
+            crc = self.checksums[entry.task_id] = checksum(entry)
+        return crc
 
     def forget(self, task_id: TaskId) -> None:
         self.checksums.pop(task_id, None)
@@ -229,9 +238,7 @@ class TableSync:
                 if budget < 0 and items:
                     break
                 scanned += 1
-                crc = self.checksums.get(tid)
-                if crc is None:
-                    crc = self.checksums[tid] = checksum(entry)
+                crc = self.checksum_of(entry)
                 items.append((tid.origin, tid.sequence, crc))
             self._cursor = start + scanned
         self.tasks.context.count("task_syncs_sent")
@@ -249,7 +256,7 @@ class TableSync:
             if mine is None:
                 if tid not in self.tasks.table.collected:
                     wanted.append((origin, sequence))
-            elif self.checksums.get(tid) != crc:
+            elif self.checksum_of(mine) != crc:
                 differing.append(mine)
         runs = list(self.tasks.table.collected.runs())[:MAX_RUNS_PER_SYNC]
         if differing or runs:
