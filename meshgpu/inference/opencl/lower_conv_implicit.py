@@ -27,6 +27,7 @@ from meshgpu.inference.opencl.kernels.implicit_conv import (
     CONV_COLUMN_BLOCKS,
     CONV_COLUMN_TILES,
     CONV_ROW_PARALLELISM,
+    CONV_WORK_ITEMS,
 )
 from meshgpu.inference.opencl.plan import FLOAT_BYTES, DeviceTensor, KernelArg, PlanBuilder, f32
 from meshgpu.inference.opencl.plan import i32 as _i32
@@ -219,8 +220,12 @@ def lower_implicit(
     depth = conv.group_channels * conv.kernel_h * conv.kernel_w
     if _is_wide(conv):
         tiles = -(-layout.columns // (2 * PANEL))
-        row_items = -(-conv.groups_out // CONV6_ROWS) * conv.groups * conv.batch
-        per_item = tiles if row_items >= CONV_ROW_PARALLELISM else CONV_COLUMN_TILES
+        row_tiles = -(-conv.groups_out // CONV6_ROWS)
+        images = conv.groups * conv.batch
+        per_item = tiles if row_tiles * images >= CONV_ROW_PARALLELISM else CONV_COLUMN_TILES
+        column_items = -(-tiles // per_item)
+        row_groups = min(row_tiles, -(-CONV_WORK_ITEMS // (column_items * images)))
+        rows_per_item = -(-row_tiles // row_groups)
         sizes = [conv.groups_out, depth, layout.columns, layout.row_pitch]
         sizes += [conv.out_h, conv.out_w, conv.groups]
         builder.launch(
@@ -234,12 +239,9 @@ def lower_implicit(
                 f32(act_a),
                 f32(act_b),
                 _i32(per_item),
+                _i32(rows_per_item),
             ],
-            grid=(
-                -(-tiles // per_item),
-                -(-conv.groups_out // CONV6_ROWS),
-                conv.groups * conv.batch,
-            ),
+            grid=(column_items, -(-row_tiles // rows_per_item), images),
             local=(1, 1, 1),
         )
         return True
