@@ -163,6 +163,12 @@ class Component:
         """Absolute time this component next needs a Tick (+inf for never)."""
         return math.inf
 
+    def deadline_source(self) -> Callable[[], float]:
+        """What the node calls after every event for this component's deadline: the bound
+        ``next_deadline`` unless a component has a cheaper callable giving the same value
+        (the membership component hands over its timer set's own lookup)."""
+        return self.next_deadline
+
     def on_member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
         """This node's view of a member changed (``previous`` is None for a new member)."""
 

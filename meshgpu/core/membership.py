@@ -98,6 +98,9 @@ class MemberTable:
         """Called when another node's accusation of a member we hold alive reached us."""
         self.on_new_member: Callable[[NodeId], None] = lambda n: None
         self._sorted_live: list[NodeId] | None = None
+        self._records: tuple[int, tuple[MemberRecord, ...]] | None = None
+        self.version = 0
+        """Bumped by every change of ``members`` (so derived views can be cached)."""
 
     # --- queries --------------------------------------------------------------------------
 
@@ -119,11 +122,25 @@ class MemberTable:
             self._sorted_live = ids
         return list(self._sorted_live)
 
+    def records(self) -> tuple[MemberRecord, ...]:
+        """The whole table as push-pull records, this node first, then in table order;
+        rebuilt only after a change (a quiet mesh sends the same table every exchange)."""
+        cached = self._records
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        me = self.members[self.node_id]
+        records = [me.to_record()]
+        records.extend(info.to_record() for info in self.members.values() if info is not me)
+        built = tuple(records)
+        self._records = (self.version, built)
+        return built
+
     # --- bookkeeping ------------------------------------------------------------------------
 
     def _set(self, info: MemberInfo, broadcast: object | None) -> None:
         previous = self.members.get(info.node_id)
         self.members[info.node_id] = info
+        self.version += 1
         node_id = info.node_id
         if node_id != self.node_id:
             was_live = node_id in self._live_index
@@ -152,6 +169,7 @@ class MemberTable:
         if info is None or info.state not in GONE_STATES:
             return
         del self.members[node_id]
+        self.version += 1
         self.gone.pop(node_id, None)
         self.context.member_queue.discard(("member", node_id))
         self.context.count("members_forgotten")

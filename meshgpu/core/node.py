@@ -118,7 +118,7 @@ class Node:
         if type(component).next_deadline is not Component.next_deadline:
             # Only components with timers are asked for deadlines (once per event).
             self._timed.append(component)
-            self._deadline_sources.append(component.next_deadline)
+            self._deadline_sources.append(component.deadline_source())
         self._deadline = self._compute_deadline()
         if component is not self.swim:
             self.context.member_listeners.append(component.on_member_changed)

@@ -22,6 +22,7 @@ help.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshgpu.core.component import Component, NodeContext
@@ -73,6 +74,20 @@ class _Relay:
     want_nack: bool
 
 
+def _chunk_records(records: tuple[MemberRecord, ...]) -> list[tuple[MemberRecord, ...]]:
+    """Split a table into push-pull parts that each fit one datagram."""
+    chunks: list[list[MemberRecord]] = [[]]
+    used = 0
+    for record in records:
+        size = len(record.node_id) + len(record.address[0]) + 16
+        if used + size > _PUSH_PULL_RECORD_BUDGET and chunks[-1]:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(record)
+        used += size
+    return [tuple(chunk) for chunk in chunks]
+
+
 class Swim(Component):
     """Probing, gossip rounds, push-pull and reconnection around a :class:`MemberTable`."""
 
@@ -96,6 +111,9 @@ class Swim(Component):
         self._last_unknown_join = -1e18
         self._last_revival_sync = -1e18
         self._discovered: dict[Address, NodeId | None] = {}
+        self._push_pull_chunks: (
+            tuple[tuple[MemberRecord, ...], list[tuple[MemberRecord, ...]]] | None
+        ) = None
         self.anti_entropy_source: list[Component] = []
         """Components whose ``anti_entropy_updates`` travel with our push-pull exchanges."""
         table = self.table
@@ -116,6 +134,9 @@ class Swim(Component):
 
     def next_deadline(self) -> float:
         return self.timers.next_deadline()
+
+    def deadline_source(self) -> Callable[[], float]:
+        return self.timers.next_deadline  # one call less per event than next_deadline
 
     def on_tick(self, now: float) -> None:
         for key in self.timers.pop_due(now):
@@ -446,24 +467,15 @@ class Swim(Component):
     ) -> None:
         """Send our whole member table to ``address``, in as many datagrams as it takes,
         followed by the components' anti-entropy updates (``extra``)."""
-        me = self.table.members[self.table.node_id]
-        records: list[MemberRecord] = [me.to_record()]
-        records.extend(
-            info.to_record()
-            for node_id, info in self.table.members.items()
-            if node_id != me.node_id
-        )
-        chunks: list[list[MemberRecord]] = [[]]
-        used = 0
-        for record in records:
-            size = len(record.node_id) + len(record.address[0]) + 16
-            if used + size > _PUSH_PULL_RECORD_BUDGET and chunks[-1]:
-                chunks.append([])
-                used = 0
-            chunks[-1].append(record)
-            used += size
+        records = self.table.records()
+        cached = self._push_pull_chunks
+        if cached is not None and cached[0] is records:
+            chunks = cached[1]
+        else:
+            chunks = _chunk_records(records)
+            self._push_pull_chunks = (records, chunks)
         for part, chunk in enumerate(chunks):
-            self.context.send(address, PushPull(reply, part, len(chunks), tuple(chunk)))
+            self.context.send(address, PushPull(reply, part, len(chunks), chunk))
         self._send_items(address, [encode_item(m) for m in extra or []])
 
     def _send_items(self, address: Address, items: list[bytes]) -> None:

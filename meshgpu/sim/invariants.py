@@ -128,8 +128,14 @@ class NoRegressionChecker(_Checker):
         row[target] = effect.incarnation
 
     def on_sample(self, sim: Simulation, now: float) -> None:
-        for index in sim.up_indices():
-            self._check_own(sim, index, now)
+        own = self.own
+        up = sim.up
+        for index, node in enumerate(sim.nodes):
+            if node is not None and up[index]:
+                incarnation = node.incarnation
+                if incarnation < own[index]:
+                    self._check_own(sim, index, now)
+                own[index] = incarnation
 
     def _check_own(self, sim: Simulation, index: int, now: float) -> None:
         node = sim.nodes[index]
@@ -162,10 +168,15 @@ class LeaderChecker(_Checker):
         self.failover_group: int = 0
         self.failovers: list[float] = []
         self.checked_samples = 0
+        self._leader_effects = 0
+        self._settled_at: tuple[int, int] | None = None
+        """(views version, leader effects) when a sample last checked every component
+        and all were quiet: until either moves, the next check must give the same answer."""
 
     def on_effect(self, sim: Simulation, index: int, effect: Any, now: float) -> None:
         if type(effect) is not LeaderChanged:
             return
+        self._leader_effects += 1
         self.terms.add((effect.view, effect.leader))
         if self.failover_started is not None:
             self._check_failover(sim, now)
@@ -181,16 +192,25 @@ class LeaderChecker(_Checker):
         views = self.views
         if now - views.last_disturbance < self.quiet_s:
             return
+        signature = (views.version, self._leader_effects)
+        if signature == self._settled_at:
+            return  # nothing moved since a check of every component passed
         components: dict[int, list[int]] = {}
         for index in sim.up_indices():
             components.setdefault(sim.network.group_of[index], []).append(index)
+        complete = True
+        violations = self.violation_count
         for members in components.values():
             if any(views.wrong[i] for i in members):
+                complete = False
                 continue
             if max(views.last_change[i] for i in members) > now - self.quiet_s:
+                complete = False
                 continue
             self.checked_samples += 1
             self._check_component(sim, members, now)
+        passed = complete and self.violation_count == violations
+        self._settled_at = signature if passed else None
 
     def _check_component(self, sim: Simulation, members: list[int], now: float) -> None:
         named: dict[int, dict[str | None, list[str]]] = {}

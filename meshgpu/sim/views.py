@@ -60,6 +60,9 @@ class ViewTracker(Observer):
         self._layout: list[int] = []
         self.sim: Simulation | None = None
         self.inconsistent: list[str] = []
+        self.version = 0
+        """Bumped by every belief or truth change: equal versions, identical views (lets
+        the sampling checkers skip a check whose answer cannot have changed)."""
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -124,6 +127,7 @@ class ViewTracker(Observer):
         target = sim.index_of_id.get(effect.node_id)
         if target is None or target == index:
             return
+        self.version += 1
         state = state_name(effect.state)
         self.state[index][target] = state
         self.last_change[index] = now
@@ -212,6 +216,7 @@ class ViewTracker(Observer):
         self.total_wrong = total
 
     def _disturbed(self, now: float, kind: str) -> None:
+        self.version += 1
         self.last_disturbance = now
         self.last_disturbance_kind = kind
         self.agreed_at = now if self.total_wrong == 0 else None

@@ -66,7 +66,7 @@ def test_trace_file_is_json_lines_hashing_to_trace_sha256() -> None:
     lines = [json.loads(line) for line in text.splitlines()]
     assert len(lines) == report.events
     assert {line["e"] for line in lines} >= {"up", "inject", "tick", "recv", "fault", "down"}
-    times = [line["t"] for line in lines]
+    times = [line["ns"] for line in lines]
     assert times == sorted(times)
 
 
