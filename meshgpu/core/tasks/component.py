@@ -118,6 +118,7 @@ class TaskComponent(Component):
         self.assigned_seen: dict[TaskId, dict[int, float]] = {}
         self.running: dict[TaskId, tuple[int, int]] = {}
         self._next_sequence = self.rng.getrandbits(SEQUENCE_BASE_BITS) << 20
+        self._first_sequence = self._next_sequence
         self.replication = Replicator(self)
         self._fetching: set[TaskId] = set()
         self._resolved: set[TaskId] = set()
@@ -164,7 +165,9 @@ class TaskComponent(Component):
             self._sync_at = now + self.config.sync_interval_s
             self.sync.send_round()
             self.orphans.check(now, self._watched)
-            watched = [t for t in self._watched if t not in self._resolved]
+            watched = [
+                t for t in self._watched if t not in self._resolved and not self._hears_of(t)
+            ]
             if watched:
                 self.sync.ask_for_watched(sorted(watched))
         if now >= self._tick_at or now >= self.schedule_at:
@@ -311,7 +314,7 @@ class TaskComponent(Component):
         entry = self.table.get(tid)
         if entry is not None and entry.state.terminal and not entry.delivered:
             self._resolve(entry)
-        else:
+        elif not self._hears_of(tid):
             # This node may hold no copy, or a stale one (only the nodes involved in a task
             # hear its changes): ask for it now and on every sync round until resolved.
             self.sync.ask_for_watched([tid])
@@ -548,9 +551,27 @@ class TaskComponent(Component):
             and not entry.delivered
             and tid not in self._resolved
             and tid not in self.replication
-            and (tid.origin == self.node_id or tid in self._watched)
+            and (self._submitted_here(tid) or tid in self._watched)
         ):
             self._resolve(entry)
+
+    def _hears_of(self, tid: TaskId) -> bool:
+        """Whether this node hears every change of ``tid`` anyway (it holds, originated or
+        runs it): a client waiting here for it needs no asking around (the daemon asks
+        for every result its clients wait on, at the origin too)."""
+        entry = self.table.get(tid)
+        return entry is not None and keeps_current(entry, self.node_id)
+
+    def _submitted_here(self, tid: TaskId) -> bool:
+        """Whether a client submitted ``tid`` to this node in this life: only such a client
+        (or one that asked here, ``_watched``) is attached here to be told the outcome. A
+        submission of an earlier life is resolved only when its client asks again: an
+        origin restarted without its data dir cannot know it already delivered it (the
+        delivered mark may have died with it), and would deliver it twice."""
+        return (
+            tid.origin == self.node_id
+            and self._first_sequence <= tid.sequence < self._next_sequence
+        )
 
     def _resolve(self, entry: TaskEntry) -> None:
         self._resolved.add(entry.task_id)

@@ -8,7 +8,13 @@ from dataclasses import replace
 
 from meshgpu.core.config import MeshConfig
 from meshgpu.core.effects import FetchPayload, RunTask, TaskAccepted, TaskResolved
-from meshgpu.core.events import PayloadStored, ResultCollected, SubmitTask
+from meshgpu.core.events import (
+    PayloadStored,
+    PeerDiscovered,
+    ResultCollected,
+    ResultRequested,
+    SubmitTask,
+)
 from meshgpu.core.tasks import Phase, TaskId, TaskSpec
 from meshgpu.core.tasks import state as st
 from meshgpu.core.tasks.config import TaskConfig
@@ -168,8 +174,6 @@ def test_a_client_asking_an_uninvolved_node_gets_its_outcome() -> None:
     assert entry is not None
     involved = set(entry.holders) | {"n001", worker, leader_of(h)}
     asked = next(n for n in sorted(h.nodes) if n not in involved)
-    from meshgpu.core.events import ResultRequested
-
     h.deliver_event(asked, ResultRequested(task_id))
     h.run_until(h.now + 1.0)
     answers = [e for e in effects(h, TaskResolved, asked) if e.task_id == task_id]
@@ -202,3 +206,28 @@ def test_a_leader_confirms_its_stale_copies_with_the_holders_before_acting() -> 
     h.run_until(h.now + 0.2)  # the holders answer its TaskWant
     mine = tasks.table.get(task_id)
     assert mine is not None and tasks.is_current(mine) and mine.state.phase is Phase.DONE
+
+
+def test_an_origin_restarted_without_its_data_resolves_old_tasks_only_when_asked() -> None:
+    """Its old client is gone (or already served: the delivered mark may have died with the
+    wiped data dir), so only a client that asks again is told the outcome."""
+    h = settled(4)
+    origin = "n001"
+    task_id = submit(h, origin, SPEC)
+    run_assigned(h, task_id)
+    h.run_until(h.now + 0.3)
+    assert len(effects(h, TaskResolved, origin)) == 1  # told once, never confirmed
+    h.crash(origin)
+    h.run_until(h.now + 1.0)
+    h.add_node(origin, incarnation=5)  # back with an empty data dir
+    h.deliver_event(origin, PeerDiscovered(h.nodes["n000"].address, "n000"))
+    for _ in range(100):  # the holders' anti-entropy hands its entry back
+        h.run_until(h.now + 0.1)
+        if task_id in h.nodes[origin].tasks.table:
+            break
+    assert task_id in h.nodes[origin].tasks.table
+    h.run_until(h.now + 1.0)
+    assert len(effects(h, TaskResolved, origin)) == 1
+    h.deliver_event(origin, ResultRequested(task_id))
+    h.run_until(h.now + 0.5)
+    assert [e.state for e in effects(h, TaskResolved, origin)] == ["done", "done"]
