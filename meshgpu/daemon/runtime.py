@@ -277,7 +277,7 @@ class Daemon:
         with trio.move_on_after(self.settings.drain_timeout):
             await self.dataplane.wait_idle()
         for task_id, attempt in self.dataplane.hand_back():
-            self.feed(TaskFinished(task_id, attempt, "transient_error", reason="worker left"))
+            self.feed(TaskFinished(task_id, attempt, "handed_back", reason="worker left"))
         self.feed(LeaveRequested())
         with trio.move_on_after(2.0):
             await self.flushed()
