@@ -6,6 +6,15 @@ node's ``slots``: at most ``slots`` runs at once, the loop keeps gossiping meanw
 Loading a model is also blocking (parsing, compiling kernels), so it happens in a thread
 too, once per (model digest) while the session stays in a small cache.
 
+One exception: a model whose previous run took under ``INLINE_RUN_S`` runs on the loop
+itself. Measured on the 3-node loopback mesh (docs/daemon.md, per-hop table), the hop to
+a worker thread and back cost 0.7-4 ms on a loaded 2-core machine (two wake-ups, each
+waiting for a core) around a 0.2-0.8 ms run; blocking the loop for under a millisecond
+delays nothing the mesh times (gossip rounds and probe timeouts are hundreds of ms).
+Rejected: a per-model setting (the measurement already says which models are tiny) and
+inline runs for locked (OpenCL) sessions, whose lock another thread may hold for a
+whole run. The first run of a session, and the one after any slow run, go to a thread.
+
 Sessions are shared between runs of the same model. onnxruntime's ``run`` is safe to
 call from several threads; our OpenCL executor keeps one command queue per session, so
 its runs are serialised with a per-session lock.
@@ -17,6 +26,7 @@ once; anything else is transient and retried elsewhere.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +49,9 @@ leader told, next assignment gossiped, inputs fetched), which held one node at a
 half its ideal throughput. One per slot hides that round trip; more would only queue
 work on one node that another could start (and lose it to a crash later)."""
 
+INLINE_RUN_S = 0.001
+"""A session whose last run took less than this runs its next one on the loop."""
+
 _THREAD_SAFE = frozenset({"onnxruntime", "synthetic"})
 """Backends whose sessions may run from several threads at once (no per-session lock)."""
 
@@ -47,6 +60,8 @@ _THREAD_SAFE = frozenset({"onnxruntime", "synthetic"})
 class _CachedSession:
     session: Any
     lock: threading.Lock | None
+    last_run_s: float = math.inf
+    """How long the latest run took (decides whether the next one may run inline)."""
 
 
 class Executor:
@@ -72,6 +87,8 @@ class Executor:
         self.active = 0
         self.busy_seconds = 0.0
         """Thread time spent running models (for the utilisation in the load vector)."""
+        self.inline_runs = 0
+        """Runs done on the loop rather than in a worker thread (module doc)."""
 
     @property
     def capacity(self) -> int:
@@ -116,7 +133,8 @@ class Executor:
         feeds: Mapping[str, np.ndarray],
         on_slot: Callable[[], None] | None = None,
     ) -> tuple[dict[str, np.ndarray], float]:
-        """Run the model on ``feeds`` in a worker thread; returns (outputs, seconds).
+        """Run the model on ``feeds`` in a worker thread (on the loop if its last run was
+        under ``INLINE_RUN_S``); returns (outputs, seconds).
         ``on_slot`` is called once a slot is taken (until then, a prefetched task is
         only waiting, and cancelling it loses nothing)."""
         self.active += 1
@@ -125,9 +143,14 @@ class Executor:
             async with self.limiter:
                 if on_slot is not None:
                     on_slot()
-                outputs, elapsed = await trio.to_thread.run_sync(
-                    self._run_blocking, cached, dict(feeds)
-                )
+                if cached.lock is None and cached.last_run_s < INLINE_RUN_S:
+                    outputs, elapsed = self._run_blocking(cached, dict(feeds))
+                    self.inline_runs += 1
+                else:
+                    outputs, elapsed = await trio.to_thread.run_sync(
+                        self._run_blocking, cached, dict(feeds)
+                    )
+            cached.last_run_s = elapsed
             self.busy_seconds += elapsed
             return outputs, elapsed
         finally:

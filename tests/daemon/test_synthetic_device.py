@@ -121,3 +121,29 @@ async def test_a_prefetched_run_waits_for_a_slot_and_can_be_cancelled_there(
         await trio.testing.wait_all_tasks_blocked()
         release.set()
     assert slots == [0] and ran == [0.0]
+
+
+async def test_a_fast_model_runs_on_the_loop_after_its_first_run_and_a_slow_one_goes_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first run of a session goes to a worker thread; once a run took under
+    ``INLINE_RUN_S`` the next runs on the loop's thread (no hop there and back); after a
+    run that took longer the next goes to a thread again. The threshold is moved rather
+    than the runs slowed, so no timing decides the outcome."""
+    from meshgpu.daemon import execution
+
+    threads: list[int] = []
+    monkeypatch.setattr(
+        synthetic.time, "sleep", lambda seconds: threads.append(threading.get_ident())
+    )
+    monkeypatch.setattr(execution, "INLINE_RUN_S", 60.0)  # every run counts as fast
+    executor = Executor(1, device="synthetic:0")
+    for _ in range(3):
+        await executor.run("digest", Path("unused.onnx"), {"x": np.zeros(1)})
+    monkeypatch.setattr(execution, "INLINE_RUN_S", 0.0)  # the last run counts as slow
+    await executor.run("digest", Path("unused.onnx"), {"x": np.zeros(1)})
+    loop_thread = threading.get_ident()
+    assert threads[0] != loop_thread
+    assert threads[1:3] == [loop_thread, loop_thread]
+    assert threads[3] != loop_thread
+    assert executor.inline_runs == 2
