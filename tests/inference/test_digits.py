@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from meshgpu import inference
@@ -62,3 +63,20 @@ def test_opencl_batches_match_the_full_run(
         np.testing.assert_allclose(
             probabilities, reference[start : start + batch], atol=1e-5, rtol=1e-4
         )
+
+
+def test_opencl_agrees_one_digit_at_a_time(
+    test_set: tuple[np.ndarray, np.ndarray], reference: np.ndarray
+) -> None:
+    """Batch 1 takes a different plan (the pixel scale folded into the first Gemm, products
+    reading activations unpacked): four launches, same predictions."""
+    from meshgpu.inference.opencl import OpenCLSession
+
+    session = OpenCLSession(onnx.load(str(SHIPPED_MODELS["digits"])))
+    pixels = test_set[0]
+    plan = session._plan({"pixels": (1, 64)})
+    assert [launch.kernel_name for launch in plan.launches] == ["gemm_rows"] * 3 + ["softmax"]
+    for index in range(0, len(pixels), 15):
+        got = session.run({"pixels": pixels[index : index + 1]})["probabilities"]
+        assert got.argmax() == reference[index].argmax()
+        assert np.allclose(got, reference[index : index + 1], atol=1e-5)

@@ -131,6 +131,10 @@ GEMM_CASES = [
     ({"transB": 1, "alpha": 0.5, "beta": 2.0}, (9, 17), (11, 17), (9, 1)),
     ({"transA": 1, "transB": 1}, (6, 10), (13, 6), (10, 13)),
     ({"beta": 0.0}, (2, 3), (3, 2), ()),
+    # At most 8 activation rows with constant weights: gemm_rows reads A in place.
+    ({"transA": 1, "transB": 1, "alpha": 0.5}, (6, 7), (13, 6), (7, 1)),
+    ({"transB": 1, "beta": 2.0}, (8, 17), (11, 17), (8, 11)),
+    ({}, (1, 64), (64, 10), (10,)),
 ]
 
 
@@ -153,6 +157,35 @@ def test_gemm_with_runtime_weights_and_relu(session) -> None:
     ]
     inputs = {"a": randn(10, 7, seed=1), "b": randn(12, 7, seed=2)}
     check_against_reference(session, nodes, inputs, ["y"])
+
+
+def test_small_batch_gemm_reads_rows_in_place_with_fused_relu(session) -> None:
+    nodes = [
+        helper.make_node("Gemm", ["a", "w", "c"], ["g"]),
+        helper.make_node("Relu", ["g"], ["y"]),
+    ]
+    initializers = {"w": randn(19, 13, seed=2), "c": randn(13, seed=3)}
+    check_against_reference(
+        session, nodes, {"a": randn(3, 19, seed=1)}, ["y"], initializers=initializers
+    )
+
+
+@pytest.mark.parametrize("rows", [2, 12])
+@pytest.mark.parametrize("operand", [0, 1])
+def test_scalar_mul_before_gemm_folds_into_alpha(session, rows, operand) -> None:
+    mul = ["x", "s"] if operand == 0 else ["s", "x"]
+    nodes = [
+        helper.make_node("Mul", mul, ["scaled"]),
+        helper.make_node("Gemm", ["scaled", "w", "c"], ["y"], alpha=0.5),
+    ]
+    initializers = {
+        "s": np.array([0.0625], np.float32),
+        "w": randn(9, 5, seed=2),
+        "c": randn(5, seed=3),
+    }
+    check_against_reference(
+        session, nodes, {"x": randn(rows, 9, seed=1)}, ["y"], initializers=initializers
+    )
 
 
 MATMUL_CASES = [

@@ -18,6 +18,7 @@ from meshgpu.inference.opencl.kernels import CORE_SOURCE
 from meshgpu.inference.opencl.kernels.gemm import (
     GEMM_COLUMN_BLOCKS,
     PANEL,
+    SMALL_N_ROWS,
 )
 from meshgpu.inference.opencl.plan import (
     DeviceTensor,
@@ -142,6 +143,67 @@ def gemm_launch(
     )
 
 
+def gemm_rows_launch(
+    builder: PlanBuilder,
+    node: Node,
+    epilogue: fusion.Epilogue,
+    weight_panels: KernelArg,
+    activation: DeviceTensor,
+    activation_strides: tuple[int, int],
+    output: Storage,
+    bias: KernelArg,
+    *,
+    m: int,
+    n: int,
+    k: int,
+    bias_strides: tuple[int, int],
+    alpha: float = 1.0,
+    beta: float = 1.0,
+) -> None:
+    """Queue ``gemm_rows``: a product with at most SMALL_N_ROWS activation rows that reads
+    the activation in place (element (row, k) at ``row*strides[0] + k*strides[1]``) instead of
+    packing it first. At batch 1 the packing launch cost as much as the product (digits:
+    three Gemms, three packing launches); output (m, row) goes to ``m + row*m``."""
+    residual = epilogue.residual.storage if epilogue.residual is not None else None
+    code, act_a, act_b = epilogue.activation_code
+    builder.launch(
+        node,
+        CORE_SOURCE,
+        "gemm_rows",
+        [
+            weight_panels,
+            activation.storage,
+            output,
+            bias,
+            residual,
+            i32(m),
+            i32(n),
+            i32(k),
+            i32(activation_strides[0]),
+            i32(activation_strides[1]),
+            i32(0),
+            i32(1),
+            i32(m),
+            i32(bias_strides[0]),
+            i32(bias_strides[1]),
+            f32(alpha),
+            f32(beta),
+            i32(bias is not None),
+            i32(residual is not None),
+            i32(code),
+            f32(act_a),
+            f32(act_b),
+        ],
+        grid=(-(-m // PANEL),),
+        local=(1,),
+    )
+
+
+def _reads_rows_in_place(builder: PlanBuilder, activation: str, weights: str, rows: int) -> bool:
+    """Whether a product takes ``gemm_rows``: constant weights, a few activation rows."""
+    return 0 < rows <= SMALL_N_ROWS and builder.is_host(weights) and not builder.is_host(activation)
+
+
 def _operand_strides(shape: tuple[int, ...]) -> list[int]:
     strides = [0] * len(shape)
     running = 1
@@ -158,6 +220,8 @@ def lower_gemm(builder: PlanBuilder, node: Node) -> None:
     trans_a = int(node.attrs.get("transA", 0))
     trans_b = int(node.attrs.get("transB", 0))
     alpha = float(node.attrs.get("alpha", 1.0))
+    # An operand left unscaled by a Mul before it (elementwise._scale_through_gemm).
+    alpha *= builder.operand_scales.get(a_name, 1.0) * builder.operand_scales.get(b_name, 1.0)
     beta = float(node.attrs.get("beta", 1.0))
     a_shape, b_shape = builder.shape(a_name), builder.shape(b_name)
     if len(a_shape) != 2 or len(b_shape) != 2:
@@ -180,6 +244,26 @@ def lower_gemm(builder: PlanBuilder, node: Node) -> None:
         bias_strides = (0, strides[1], strides[0])
     # M side: columns of Y, from B'; N side: rows of Y, from A'.
     m_panels = _panels(builder, node, b_name, cols, depth, (1, cols) if not trans_b else (depth, 1))
+    if _reads_rows_in_place(builder, a_name, b_name, rows) and depth > 0:
+        activation = builder.tensor(node, a_name)
+        output = builder.new_tensor(epilogue.output, out_shape)
+        gemm_rows_launch(
+            builder,
+            node,
+            epilogue,
+            m_panels,
+            activation,
+            (depth, 1) if not trans_a else (1, rows),
+            output.storage,
+            bias,
+            m=cols,
+            n=rows,
+            k=depth,
+            bias_strides=(bias_strides[1], bias_strides[2]),
+            alpha=alpha,
+            beta=beta,
+        )
+        return
     n_panels = _panels(builder, node, a_name, rows, depth, (depth, 1) if not trans_a else (1, rows))
     output = builder.new_tensor(epilogue.output, out_shape)
     gemm_launch(

@@ -147,6 +147,9 @@ class PlanBuilder:
                 if name:
                     self.consumers.setdefault(name, []).append(node)
         self.graph_outputs = set(graph.outputs)
+        # A device tensor that is another times a constant scalar, left unscaled because its
+        # only reader (a Gemm) applies the factor through alpha: name -> factor.
+        self.operand_scales: dict[str, float] = {}
         self.input_storages: dict[str, Storage] = {}
         for name, shape in input_shapes.items():
             storage = Storage(max(FLOAT_BYTES, _count(shape) * FLOAT_BYTES), f"input {name}")

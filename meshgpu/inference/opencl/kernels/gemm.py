@@ -29,6 +29,9 @@ IM2COL_K_CHUNK = 32
 #: 8x8 column blocks per GEMM work-item (COLUMN_BLOCKS in the kernel source).
 GEMM_COLUMN_BLOCKS = 4
 
+#: Most activation rows a Gemm reads unpacked through ``gemm_rows`` (batch sizes up to 8).
+SMALL_N_ROWS = 8
+
 IM2COL_SOURCE = r"""
 /* im2col straight into packed-B panels: [group][ceil(N/8)][K][8] with K = Cg*KH*KW and
    N = batch*OH*OW. Column n is output pixel (image n / (OH*OW), pixel n % (OH*OW)).
@@ -292,6 +295,44 @@ __kernel void gemm_8x8(__global const float* restrict A, __global const float* r
     gemm_block(A, B, C, bias, residual, M, N, K, a_batch_stride, b_batch_stride, P,
                out_offset, s_batch, s_image, s_m, s_p, bias_batch_stride, bias_s_m, bias_s_n,
                alpha, beta, has_bias, has_residual, act, act_a, act_b, nb, mb, b);
+}
+/* Small-batch GEMM straight from a row-major activation (no packing launch): for Gemm and
+   MatMul with at most SMALL_N_ROWS activation rows, where packing the activation cost a
+   launch as expensive as the product itself. Grid: (ceil(M/8)), work-group (1).
+   A: packed weight panels [ceil(M/8)][K][8]; activation element (n, k) at
+   x[n*x_s_n + k*x_s_k]. Output element (m, n) at out_offset + m*s_m + n*s_p; the epilogue is
+   gemm_block's (alpha, beta*bias, residual, activation). */
+__kernel void gemm_rows(__global const float* restrict A, __global const float* restrict x,
+                        __global float* restrict C,
+                        __global const float* restrict bias,
+                        __global const float* restrict residual,
+                        int M, int N, int K, int x_s_n, int x_s_k,
+                        int out_offset, int s_m, int s_p, int bias_s_m, int bias_s_n,
+                        float alpha, float beta, int has_bias, int has_residual,
+                        int act, float act_a, float act_b) {
+  int mb = get_global_id(0);
+  const __global float8* a = (const __global float8*)(A + (size_t)mb * K * 8);
+  int rows = imin(8, M - mb * 8);
+  for (int n = 0; n < N; n++) {
+    const __global float* xn = x + (size_t)n * x_s_n;
+    float8 acc = 0.0f;
+    if (x_s_k == 1) {
+      for (int k = 0; k < K; k++) acc = a[k] * (float8)(xn[k]) + acc;
+    } else {
+      for (int k = 0; k < K; k++) acc = a[k] * (float8)(xn[k * x_s_k]) + acc;
+    }
+    float v[8];
+    v[0] = acc.s0; v[1] = acc.s1; v[2] = acc.s2; v[3] = acc.s3;
+    v[4] = acc.s4; v[5] = acc.s5; v[6] = acc.s6; v[7] = acc.s7;
+    for (int i = 0; i < rows; i++) {
+      int m = mb * 8 + i;
+      float r = alpha * v[i];
+      if (has_bias) r += beta * bias[m * bias_s_m + n * bias_s_n];
+      int index = out_offset + m * s_m + n * s_p;
+      if (has_residual) r += residual[index];
+      C[index] = apply_activation(r, act, act_a, act_b);
+    }
+  }
 }
 """
 )
