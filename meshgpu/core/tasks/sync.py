@@ -59,6 +59,7 @@ class TableSync:
         self.checksums: dict[TaskId, int] = {}
         self._cursor = 0
         self._runs_cursor = 0
+        self._leader_cursor = 0
 
     def note_change(self, entry: TaskEntry) -> None:
         """Drop the entry's cached checksum (called on every change)."""
@@ -243,6 +244,46 @@ class TableSync:
             self._cursor = start + scanned
         self.tasks.context.count("task_syncs_sent")
         self.tasks.send(address, TaskDigest(tuple(items), tuple(runs)))
+        if leader is not None and leader != tasks.node_id and leader != peer:
+            self.send_leader_digest(leader)
+
+    def send_leader_digest(self, leader: NodeId) -> None:
+        """Anti-entropy towards the queue's owner: checksums of the open, acknowledged
+        entries this node holds, every round. A change reaches the leader in one datagram
+        (the acknowledged mark goes to it alone); if that datagram is lost, or a short
+        partition drops it without a leader change (so no hand-over follows), the random
+        peer rounds above would reach the leader only after about n rounds, and the task
+        would wait unassigned that long. Here the leader answers the ids it lacks with a
+        ``TaskWant`` and differing copies with its own, within one round. Nothing is sent
+        while this node holds no open work."""
+        tasks = self.tasks
+        me = tasks.node_id
+        open_ids = [
+            tid
+            for tid in tasks.table.ids()
+            if (entry := tasks.table.get(tid)) is not None
+            and entry.acknowledged
+            and not entry.state.terminal
+            and me in entry.holders
+        ]
+        if not open_ids:
+            return
+        info = tasks.mesh.members().get(leader)
+        if info is None or info.state not in LIVE_STATES:
+            return
+        start = self._leader_cursor % len(open_ids)
+        budget = self.body_budget()
+        items: list[tuple[NodeId, int, int]] = []
+        for tid in open_ids[start:] + open_ids[:start]:
+            budget -= len(tid.origin) + DIGEST_ITEM_BYTES
+            if budget < 0 and items:
+                break
+            entry = tasks.table.get(tid)
+            assert entry is not None
+            items.append((tid.origin, tid.sequence, self.checksum_of(entry)))
+        self._leader_cursor = start + len(items)
+        tasks.context.count("task_leader_syncs_sent")
+        tasks.send(info.address, TaskDigest(tuple(items), ()))
 
     def on_digest(self, message: TaskDigest, source: Address, now: float) -> None:
         if message.collected:
