@@ -188,6 +188,31 @@ def test_scalar_mul_before_gemm_folds_into_alpha(session, rows, operand) -> None
     )
 
 
+@pytest.mark.parametrize(
+    "rows, columns, axis, opset",
+    [(1, 10, None, 17), (3, 21, 1, 11), (2, 10, -1, 13), (4, 70, None, 17), (3, 10, 0, 11)],
+)
+def test_softmax_after_small_batch_gemm(session, rows, columns, axis, opset) -> None:
+    """Up to 64 columns and along the rows the Gemm launch normalises the rows itself;
+    wider or along axis 0 the Softmax stays a launch of its own. Same results either way."""
+    softmax = {} if axis is None else {"axis": axis}
+    nodes = [
+        helper.make_node("Gemm", ["a", "w", "c"], ["g"]),
+        helper.make_node("Relu", ["g"], ["r"]),
+        helper.make_node("Softmax", ["r"], ["y"], **softmax),
+    ]
+    initializers = {"w": randn(33, columns, seed=2), "c": randn(columns, seed=3)}
+    check_against_reference(
+        session,
+        nodes,
+        {"a": randn(rows, 33, seed=1)},
+        ["y"],
+        oracle="onnxruntime",
+        initializers=initializers,
+        opset=opset,
+    )
+
+
 MATMUL_CASES = [
     ((4, 6), (6, 3)),
     ((2, 3, 5, 7), (7, 4)),

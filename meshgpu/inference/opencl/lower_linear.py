@@ -143,6 +143,11 @@ def gemm_launch(
     )
 
 
+#: Widest product whose rows ``gemm_rows`` normalises itself for a following Softmax: the
+#: fused launch is one work-item, so wide layers (1000 classes) keep the parallel product.
+SOFTMAX_COLUMNS = 64
+
+
 def gemm_rows_launch(
     builder: PlanBuilder,
     node: Node,
@@ -150,7 +155,6 @@ def gemm_rows_launch(
     weight_panels: KernelArg,
     activation: DeviceTensor,
     activation_strides: tuple[int, int],
-    output: Storage,
     bias: KernelArg,
     *,
     m: int,
@@ -159,13 +163,20 @@ def gemm_rows_launch(
     bias_strides: tuple[int, int],
     alpha: float = 1.0,
     beta: float = 1.0,
-) -> None:
+) -> Storage:
     """Queue ``gemm_rows``: a product with at most SMALL_N_ROWS activation rows that reads
     the activation in place (element (row, k) at ``row*strides[0] + k*strides[1]``) instead of
     packing it first. At batch 1 the packing launch cost as much as the product (digits:
-    three Gemms, three packing launches); output (m, row) goes to ``m + row*m``."""
+    three Gemms, three packing launches). Creates the (n, m) output tensor (the epilogue's,
+    or a fused Softmax's) and returns its storage."""
     residual = epilogue.residual.storage if epilogue.residual is not None else None
     code, act_a, act_b = epilogue.activation_code
+    softmax = _fusible_softmax(builder, epilogue.output) if m <= SOFTMAX_COLUMNS else None
+    if softmax is not None:
+        builder.absorb(softmax)
+    output = builder.new_tensor(
+        softmax.outputs[0] if softmax is not None else epilogue.output, (n, m)
+    ).storage
     builder.launch(
         node,
         CORE_SOURCE,
@@ -193,10 +204,24 @@ def gemm_rows_launch(
             i32(code),
             f32(act_a),
             f32(act_b),
+            i32(softmax is not None),
         ],
-        grid=(-(-m // PANEL),),
+        grid=(1,) if softmax is not None else (-(-m // PANEL),),
         local=(1,),
     )
+    return output
+
+
+def _fusible_softmax(builder: PlanBuilder, name: str) -> Node | None:
+    """The Softmax that alone reads the 2-D product ``name`` along its rows, if any: the
+    product's launch normalises the rows itself (digits: its last launch)."""
+    consumer = builder.sole_consumer(name)
+    if consumer is None or consumer.op != "Softmax" or len(consumer.outputs) != 1:
+        return None
+    if builder.placements.get(consumer.outputs[0]) is not None:
+        return None
+    axis = int(consumer.attrs.get("axis", 1 if consumer.opset < 13 else -1))
+    return consumer if axis in (1, -1) else None
 
 
 def _reads_rows_in_place(builder: PlanBuilder, activation: str, weights: str, rows: int) -> bool:
@@ -246,7 +271,6 @@ def lower_gemm(builder: PlanBuilder, node: Node) -> None:
     m_panels = _panels(builder, node, b_name, cols, depth, (1, cols) if not trans_b else (depth, 1))
     if _reads_rows_in_place(builder, a_name, b_name, rows) and depth > 0:
         activation = builder.tensor(node, a_name)
-        output = builder.new_tensor(epilogue.output, out_shape)
         gemm_rows_launch(
             builder,
             node,
@@ -254,7 +278,6 @@ def lower_gemm(builder: PlanBuilder, node: Node) -> None:
             m_panels,
             activation,
             (depth, 1) if not trans_a else (1, rows),
-            output.storage,
             bias,
             m=cols,
             n=rows,

@@ -296,9 +296,9 @@ __kernel void gemm_8x8(__global const float* restrict A, __global const float* r
                out_offset, s_batch, s_image, s_m, s_p, bias_batch_stride, bias_s_m, bias_s_n,
                alpha, beta, has_bias, has_residual, act, act_a, act_b, nb, mb, b);
 }
-/* Small-batch GEMM straight from a row-major activation (no packing launch): for Gemm and
-   MatMul with at most SMALL_N_ROWS activation rows, where packing the activation cost a
-   launch as expensive as the product itself. Grid: (ceil(M/8)), work-group (1).
+/* Small-batch GEMM straight from a row-major activation (no packing launch): for a Gemm
+   with at most SMALL_N_ROWS activation rows and constant weights, where packing the
+   activation cost a launch as expensive as the product itself. Grid: (ceil(M/8)), work-group (1).
    A: packed weight panels [ceil(M/8)][K][8]; activation element (n, k) at
    x[n*x_s_n + k*x_s_k]. Output element (m, n) at out_offset + m*s_m + n*s_p; the epilogue is
    gemm_block's (alpha, beta*bias, residual, activation). */
@@ -309,15 +309,29 @@ __kernel void gemm_rows(__global const float* restrict A, __global const float* 
                         int M, int N, int K, int x_s_n, int x_s_k,
                         int out_offset, int s_m, int s_p, int bias_s_m, int bias_s_n,
                         float alpha, float beta, int has_bias, int has_residual,
-                        int act, float act_a, float act_b) {
-  int mb = get_global_id(0);
-  const __global float8* a = (const __global float8*)(A + (size_t)mb * K * 8);
-  int rows = imin(8, M - mb * 8);
+                        int act, float act_a, float act_b, int softmax) {
+  /* With softmax set the grid is one work-item that takes every row block, then normalises
+     each output row in place (same arithmetic as the softmax kernel). */
+  int mb_first = softmax ? 0 : get_global_id(0);
+  int mb_last = softmax ? (M + 7) / 8 : mb_first + 1;
   for (int n = 0; n < N; n++) {
+   for (int mb = mb_first; mb < mb_last; mb++) {
+    const __global float8* a = (const __global float8*)(A + (size_t)mb * K * 8);
+    int rows = imin(8, M - mb * 8);
     const __global float* xn = x + (size_t)n * x_s_n;
     float8 acc = 0.0f;
     if (x_s_k == 1) {
-      for (int k = 0; k < K; k++) acc = a[k] * (float8)(xn[k]) + acc;
+      /* Four independent accumulators: one would wait out the FMA latency every k. */
+      float8 acc1 = 0.0f, acc2 = 0.0f, acc3 = 0.0f;
+      int k = 0;
+      for (; k + 4 <= K; k += 4) {
+        acc = a[k] * (float8)(xn[k]) + acc;
+        acc1 = a[k + 1] * (float8)(xn[k + 1]) + acc1;
+        acc2 = a[k + 2] * (float8)(xn[k + 2]) + acc2;
+        acc3 = a[k + 3] * (float8)(xn[k + 3]) + acc3;
+      }
+      for (; k < K; k++) acc = a[k] * (float8)(xn[k]) + acc;
+      acc = (acc + acc1) + (acc2 + acc3);
     } else {
       for (int k = 0; k < K; k++) acc = a[k] * (float8)(xn[k * x_s_k]) + acc;
     }
@@ -331,6 +345,16 @@ __kernel void gemm_rows(__global const float* restrict A, __global const float* 
       int index = out_offset + m * s_m + n * s_p;
       if (has_residual) r += residual[index];
       C[index] = apply_activation(r, act, act_a, act_b);
+    }
+   }
+    if (softmax) {
+      __global float* y = C + out_offset + n * s_p;
+      float peak = -INFINITY;
+      for (int m = 0; m < M; m++) peak = y[m * s_m] > peak ? y[m * s_m] : peak;
+      float sum = 0.0f;
+      for (int m = 0; m < M; m++) sum += exp(y[m * s_m] - peak);
+      float scale = 1.0f / sum;
+      for (int m = 0; m < M; m++) y[m * s_m] = exp(y[m * s_m] - peak) * scale;
     }
   }
 }
