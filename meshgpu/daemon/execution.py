@@ -6,14 +6,19 @@ node's ``slots``: at most ``slots`` runs at once, the loop keeps gossiping meanw
 Loading a model is also blocking (parsing, compiling kernels), so it happens in a thread
 too, once per (model digest) while the session stays in a small cache.
 
-One exception: a model whose previous run took under ``INLINE_RUN_S`` runs on the loop
-itself. Measured on the 3-node loopback mesh (docs/daemon.md, per-hop table), the hop to
-a worker thread and back cost 0.7-4 ms on a loaded 2-core machine (two wake-ups, each
-waiting for a core) around a 0.2-0.8 ms run; blocking the loop for under a millisecond
-delays nothing the mesh times (gossip rounds and probe timeouts are hundreds of ms).
-Rejected: a per-model setting (the measurement already says which models are tiny) and
-inline runs for locked (OpenCL) sessions, whose lock another thread may hold for a
-whole run. The first run of a session, and the one after any slow run, go to a thread.
+One exception: a lone run (no other task waiting for a slot or running on this node) of
+a model whose previous run took under ``INLINE_RUN_S`` runs on the loop itself. Measured
+on the 3-node loopback mesh (docs/daemon.md, per-hop trace), the hop to a worker thread
+and back cost 0.7-6 ms on a loaded 2-core machine (two wake-ups, each waiting for a
+core) around a 0.2-0.8 ms run; blocking the loop for under a millisecond delays nothing
+the mesh times (gossip rounds and probe timeouts are hundreds of ms). Rejected: a
+per-model setting (the measurement already says which models are tiny); inline runs of
+locked (OpenCL) sessions, whose lock another thread may hold for a whole run; inline
+runs while other tasks are on the node, where the thread lets the loop fetch and report
+the next tasks during a run (with every fast run inline, the 0.7 ms model of
+``bench/dispatch.py`` ran at 17-27 tasks/s against 24-30 before, within the noise but
+not worth the risk). The first run of a session, and the one after a slow run, go to a
+thread.
 
 Sessions are shared between runs of the same model. onnxruntime's ``run`` is safe to
 call from several threads; our OpenCL executor keeps one command queue per session, so
@@ -143,7 +148,7 @@ class Executor:
             async with self.limiter:
                 if on_slot is not None:
                     on_slot()
-                if cached.lock is None and cached.last_run_s < INLINE_RUN_S:
+                if self.active == 1 and cached.lock is None and cached.last_run_s < INLINE_RUN_S:
                     outputs, elapsed = self._run_blocking(cached, dict(feeds))
                     self.inline_runs += 1
                 else:

@@ -147,3 +147,26 @@ async def test_a_fast_model_runs_on_the_loop_after_its_first_run_and_a_slow_one_
     assert threads[1:3] == [loop_thread, loop_thread]
     assert threads[3] != loop_thread
     assert executor.inline_runs == 2
+
+
+async def test_runs_with_other_tasks_on_the_node_stay_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two fast runs at once: both go to threads (were either on the loop, the barrier
+    that needs both inside a run at the same time would break after its timeout)."""
+    from meshgpu.daemon import execution
+
+    barrier = threading.Barrier(2, timeout=20)
+    monkeypatch.setattr(synthetic.time, "sleep", lambda seconds: barrier.wait())
+    monkeypatch.setattr(execution, "INLINE_RUN_S", 60.0)
+    executor = Executor(2, device="synthetic:0")
+    await executor.session("digest", Path("unused.onnx"))
+    executor._sessions["digest"].last_run_s = 0.0  # counts as fast
+
+    async def one() -> None:
+        await executor.run("digest", Path("unused.onnx"), {"x": np.zeros(1)})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one)
+        nursery.start_soon(one)
+    assert executor.inline_runs == 0
