@@ -31,19 +31,13 @@ from meshgpu.sim.faults import (
 )
 from meshgpu.sim.report import run_scenario
 from meshgpu.sim.scenario import INVARIANT_NAMES, InvariantSettings, Scenario, scenario_to_toml
+from tests.sim.property_settings import SEARCH
 
 FAULT_WINDOW = (2.0, 10.0)
 SETTLE_S = 8.0
 EXAMPLES = int(os.environ.get("MESHGPU_PROPERTY_EXAMPLES", "12"))
 """12 examples keep the suite's share to about half a minute; set the variable to search
 harder (a few hundred examples is a good overnight run)."""
-IN_CI = "CI" in os.environ
-"""In CI the examples are derandomised (the same 12 schedules on every run, so a red build
-is a regression of this commit, not a new draw; also Hypothesis' own ``ci`` profile, made
-explicit here). Elsewhere each run draws new schedules, which is how new cases are found:
-``--hypothesis-seed=N`` replays a draw, and a failure prints the scenario's seed and the
-shrunk schedule as a scenario file."""
-
 pytestmark = pytest.mark.slow
 
 
@@ -119,8 +113,8 @@ def schedules(draw: st.DrawFn) -> Scenario:
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
-    derandomize=IN_CI,
-    database=None if IN_CI else settings.default.database,
+    derandomize=not SEARCH,
+    database=settings.default.database if SEARCH else None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

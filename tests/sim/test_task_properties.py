@@ -23,6 +23,7 @@ from meshgpu.core.tasks.strategies import STRATEGIES
 from meshgpu.sim.faults import Crash, Fault, NetworkChange, NodeSelector, Partition, Restart
 from meshgpu.sim.report import run_scenario
 from meshgpu.sim.scenario import InvariantSettings, Scenario, scenario_to_toml
+from tests.sim.property_settings import SEARCH
 
 FAULT_WINDOW = (3.0, 11.0)
 ARRIVALS = (2.0, 13.0)
@@ -123,6 +124,9 @@ def reproduction(scenario: Scenario) -> str:
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
+    derandomize=not SEARCH,
+    database=settings.default.database if SEARCH else None,
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(scenario=task_runs())
