@@ -219,6 +219,50 @@ print(imported - started, loaded - loading, done - loaded, done - loading)
 """
 
 
+def device_round_trip_floor_ms(repeats: int = 2000) -> dict[str, float]:
+    """The least any OpenCL inference can cost on this device: p50 wall time of one tiny
+    kernel plus the blocking read of its 64-byte result (what every run needs at minimum:
+    the output must come back), and of that read alone. Beside a model's onnxruntime
+    latency this says whether a latency ratio is reachable at all: for a model onnxruntime
+    runs in less than half this floor, no OpenCL executor on this device can be within 2x.
+    """
+    import numpy as np
+    import pyopencl as cl
+
+    from meshgpu.inference import select_device
+
+    device = select_device("opencl")
+    cl_device = cl.get_platforms()[device.platform_index].get_devices()[device.device_index]
+    context = cl.Context([cl_device])
+    queue = cl.CommandQueue(context)
+    program = cl.Program(
+        context, "__kernel void k(__global float* a) { a[get_global_id(0)] += 1.0f; }"
+    ).build()
+    host = np.zeros(16, np.float32)
+    buffer = cl.Buffer(context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=host)
+    kernel = program.k
+    kernel.set_args(buffer)
+
+    def kernel_and_read() -> None:
+        cl.enqueue_nd_range_kernel(queue, kernel, (16,), None)
+        cl.enqueue_copy(queue, host, buffer, is_blocking=True)
+
+    def read() -> None:
+        cl.enqueue_copy(queue, host, buffer, is_blocking=True)
+
+    floors = {}
+    for name, step in (("kernel_and_read_ms", kernel_and_read), ("read_ms", read)):
+        for _ in range(100):
+            step()
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - begin)
+        floors[name] = statistics.median(times) * 1000
+    return floors
+
+
 def second_process_start(model_name: str = "resnet50") -> float:
     """Seconds from ``load`` to the first result in a fresh process, caches already warm.
 
@@ -351,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick and "resnet50" in models:
         start_s = second_process_start("resnet50")
         print(f"resnet50 second process, load to first result: {start_s:.2f} s", file=sys.stderr)
+    floor = device_round_trip_floor_ms()
     if args.json:
         print(
             json.dumps(
@@ -358,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": machine,
                     "results": [asdict(r) for r in results],
                     "resnet50_second_process_start_s": start_s,
+                    "opencl_round_trip_floor": floor,
                 }
             )
         )
@@ -365,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
         render(results, machine)
         if start_s is not None:
             print(f"ResNet-50, second process: {start_s:.2f} s from load() to first result")
+        print(
+            "OpenCL device floor: one tiny kernel + blocking read "
+            f"{floor['kernel_and_read_ms']:.3f} ms, the read alone {floor['read_ms']:.3f} ms (p50)"
+        )
     return 0
 
 
