@@ -460,16 +460,7 @@ class Daemon:
             # Wake once per burst and drain every queued datagram before yielding: the
             # effects of the whole burst then run in one pass of the executor.
             await trio.lowlevel.wait_readable(raw)
-            for _ in range(RECEIVE_BURST):
-                try:
-                    data, source = raw.recvfrom(65536)
-                except BlockingIOError:
-                    break
-                except OSError as error:  # e.g. ICMP port unreachable surfacing on Linux
-                    self.count("datagram_receive_errors")
-                    logger.debug("udp receive error: %s", error)
-                    continue
-                self._on_datagram(data, (source[0], source[1]))
+            self._take_queued_datagrams()
             await trio.lowlevel.checkpoint()
 
     def _take_queued_datagrams(self) -> None:
@@ -481,7 +472,7 @@ class Daemon:
         a false suspicion of a live node. Measured with 3 live daemons whose loops a
         GIL-holding thread stalled about 0.5 s at a time, per node-minute: 10-12
         suspicions and 4-6 false deaths without this, 2-6 suspicions and 0-1 deaths
-        with it. One burst at most, like the receiver.
+        with it. One burst at most (the receiver's own step too).
         """
         raw = self._udp_raw
         for _ in range(RECEIVE_BURST):
