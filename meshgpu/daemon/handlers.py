@@ -217,9 +217,10 @@ class ClientHandlers:
                     waiting.append((index, pending, input_digest))
                 except MeshError as error:
                     answers[index] = {"error": str(error), "kind": type(error).__name__}
+            deadline = trio.current_time() + SUBMIT_TIMEOUT  # one for the batch, not per task
             for index, pending, _ in waiting:
                 try:
-                    answers[index] = await self._acknowledged(pending)
+                    answers[index] = await self._acknowledged(pending, deadline)
                 except MeshError as error:
                     answers[index] = {"error": str(error), "kind": type(error).__name__}
         finally:
@@ -287,10 +288,13 @@ class ClientHandlers:
         except (TypeError, ValueError) as error:
             raise DecodeError(f"submit has a malformed field: {error}") from None
 
-    async def _acknowledged(self, pending: _Pending) -> Message:
-        """Wait for the core's answer to one submission."""
+    async def _acknowledged(self, pending: _Pending, deadline: float | None = None) -> Message:
+        """Wait for the core's answer to one submission (until ``deadline``, trio time,
+        or ``SUBMIT_TIMEOUT`` from now)."""
+        if deadline is None:
+            deadline = trio.current_time() + SUBMIT_TIMEOUT
         try:
-            with trio.fail_after(SUBMIT_TIMEOUT):
+            with trio.fail_at(deadline):
                 await pending.done.wait()
         except trio.TooSlowError:
             raise TaskError("the mesh did not acknowledge the task in time; retry") from None
