@@ -91,7 +91,10 @@ class NodeContext:
         ``piggyback=False``: for datagrams that probably reach nobody, such as pings to
         members held dead, which would spend the updates' retransmissions for nothing)."""
         counters = self.counters
-        counters["datagrams_sent"] = counters.get("datagrams_sent", 0) + 1
+        try:  # (no dict.get call per datagram; the key exists after the first one)
+            counters["datagrams_sent"] += 1
+        except KeyError:
+            counters["datagrams_sent"] = 1
         member_queue = self.member_queue
         update_queue = self.update_queue
         if not extra_items and (not piggyback or (not member_queue and not update_queue)):

@@ -311,7 +311,12 @@ class Ping:
     def from_fields(cls, fields: list[Any]) -> Ping:
         if len(fields) == 2:  # hot path: the same checks as below, inline
             seq, target = fields
-            if _is_count(seq) and _is_id(target):
+            if (  # _is_count and _is_id inlined
+                type(seq) is int
+                and 0 <= seq <= MAX_INT
+                and type(target) is str
+                and 0 < len(target) <= MAX_ID_LENGTH
+            ):
                 return cls(seq, target)
         expect_list(fields, "Ping", 2)
         return cls(expect_int(fields[0], "seq"), expect_str(fields[1], "target"))
@@ -330,8 +335,10 @@ class Ack:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Ack:
-        if len(fields) == 1 and _is_count(fields[0]):  # hot path
-            return cls(fields[0])
+        if len(fields) == 1:  # hot path: _is_count inlined
+            seq = fields[0]
+            if type(seq) is int and 0 <= seq <= MAX_INT:
+                return cls(seq)
         expect_list(fields, "Ack", 1)
         return cls(expect_int(fields[0], "seq"))
 
@@ -439,15 +446,17 @@ class MemberRecord:
     def from_fields(cls, raw: object) -> MemberRecord:
         if type(raw) is list and len(raw) == 5:  # hot path: the checks below, inline
             node_id, host, port, code, incarnation = raw
-            if (
-                _is_id(node_id)
+            if (  # _is_id and _is_count inlined: this runs per record of every push-pull
+                type(node_id) is str
+                and 0 < len(node_id) <= MAX_ID_LENGTH
                 and type(host) is str
                 and 0 < len(host) <= 255
                 and type(port) is int
                 and 0 <= port <= 65535
                 and type(code) is int
                 and 0 <= code <= 3
-                and _is_count(incarnation)
+                and type(incarnation) is int
+                and 0 <= incarnation <= MAX_INT
             ):
                 key = (node_id, host, port, code, incarnation)
                 known = _RECENT_RECORDS.get(key)
@@ -517,13 +526,15 @@ class Alive:
     def from_fields(cls, fields: list[Any]) -> Alive:
         if len(fields) == 4:  # hot path: the same checks as below, inline
             node_id, host, port, incarnation = fields
-            if (
-                _is_id(node_id)
+            if (  # _is_id and _is_count inlined: the commonest update of a forming mesh
+                type(node_id) is str
+                and 0 < len(node_id) <= MAX_ID_LENGTH
                 and type(host) is str
                 and 0 < len(host) <= 255
                 and type(port) is int
                 and 0 <= port <= 65535
-                and _is_count(incarnation)
+                and type(incarnation) is int
+                and 0 <= incarnation <= MAX_INT
             ):
                 key = (cls.TAG, node_id, host, port, incarnation)
                 known = _RECENT.get(key)

@@ -205,7 +205,12 @@ class Node:
                 context.count("leader_changes")
             self._announced = announced
             context.emit(LeaderChanged(announced[0], announced[1]))
-        self._deadline = self._compute_deadline()
+        deadline = math.inf  # _compute_deadline inlined: it runs after every event
+        for source in self._deadline_sources:
+            candidate = source()
+            if candidate < deadline:
+                deadline = candidate
+        self._deadline = deadline
         effects = context.effects
         context.effects = []
         return effects
@@ -221,7 +226,10 @@ class Node:
 
     def _on_datagram(self, event: DatagramReceived, now: float) -> None:
         counters = self.counters
-        counters["datagrams_received"] = counters.get("datagrams_received", 0) + 1
+        try:  # (no dict.get call per datagram; the key exists after the first one)
+            counters["datagrams_received"] += 1
+        except KeyError:
+            counters["datagrams_received"] = 1
         try:
             envelope = decode(event.payload)
         except DecodeError:

@@ -240,7 +240,11 @@ class Swim(Component):
         self.timers.cancel("probe_direct")
         if self.table.leaving:
             return
-        self.timers.schedule("probe", now + self._scaled(self.config.probe_interval))
+        config = self.config
+        interval = config.probe_interval  # _scaled inlined (twice per probe)
+        self.timers.schedule(
+            "probe", now + (self.health.scale(interval) if config.lifeguard else interval)
+        )
         target = self._next_target()
         if target is None:
             return
@@ -253,7 +257,10 @@ class Swim(Component):
             extra.append(encode_item(Suspect(target, info.incarnation, self.table.node_id)))
         self.context.count("probes")
         self.context.send(info.address, Ping(seq, target), extra)
-        self.timers.schedule("probe_direct", now + self._scaled(self.config.probe_timeout))
+        timeout = config.probe_timeout
+        self.timers.schedule(
+            "probe_direct", now + (self.health.scale(timeout) if config.lifeguard else timeout)
+        )
 
     def _probe_direct_timeout(self, now: float) -> None:
         probe = self._probe

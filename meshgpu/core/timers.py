@@ -20,6 +20,9 @@ class Timers:
         self._deadlines: dict[Hashable, float] = {}
         self._heap: list[tuple[float, int, Hashable]] = []
         self._counter = 0
+        self._earliest: float | None = None
+        """The earliest live deadline as last computed, or None when it must be looked up
+        again. ``Node`` asks for it after every event, far more often than timers move."""
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._deadlines
@@ -33,30 +36,45 @@ class Timers:
 
     def schedule(self, key: Hashable, deadline: float) -> None:
         """Set (or move) the deadline of ``key``."""
-        if self._deadlines.get(key) == deadline:
+        deadlines = self._deadlines
+        previous = deadlines.get(key)
+        if previous == deadline:
             return
-        self._deadlines[key] = deadline
+        deadlines[key] = deadline
         self._counter += 1
         heapq.heappush(self._heap, (deadline, self._counter, key))
+        earliest = self._earliest
+        if earliest is not None:
+            if previous == earliest:
+                self._earliest = None  # the earliest one moved: look again
+            elif deadline < earliest:
+                self._earliest = deadline
 
     def cancel(self, key: Hashable) -> None:
         """Forget ``key`` (no-op if not scheduled)."""
-        self._deadlines.pop(key, None)
+        if self._deadlines.pop(key, None) == self._earliest:
+            self._earliest = None
 
     def next_deadline(self) -> float:
         """The earliest scheduled deadline, or +inf when nothing is scheduled."""
+        earliest = self._earliest
+        if earliest is not None:
+            return earliest
         heap = self._heap
         deadlines = self._deadlines
         while heap:
             deadline, _, key = heap[0]
             if deadlines.get(key) == deadline:
+                self._earliest = deadline
                 return deadline
             heapq.heappop(heap)
+        self._earliest = math.inf
         return math.inf
 
     def pop_due(self, now: float) -> list[Hashable]:
         """Remove and return the keys whose deadline is ``<= now``, earliest first."""
         due: list[Hashable] = []
+        self._earliest = None
         heap = self._heap
         deadlines = self._deadlines
         while heap and heap[0][0] <= now:
