@@ -260,6 +260,30 @@ def _envelope_error(raw: object) -> DecodeError:
     return DecodeError("malformed datagram: envelope must have 6 fields")
 
 
+_NEW = object.__new__
+_SET_SENDER = vars(Envelope)["sender"].__set__
+_SET_INCARNATION = vars(Envelope)["incarnation"].__set__
+_SET_VIEW = vars(Envelope)["view"].__set__
+_SET_BODY = vars(Envelope)["body"].__set__
+_SET_PIGGYBACK = vars(Envelope)["piggyback"].__set__
+
+
+def _envelope(
+    sender: NodeId, incarnation: int, view: int, body: Message, piggyback: tuple[Message, ...]
+) -> Envelope:
+    """``Envelope(sender, incarnation, view, body, piggyback)``, built slot by slot: the
+    frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field (1.4 us,
+    40 % of decoding a ping); writing the slots directly is the same object (no
+    ``__post_init__``, every field set) for a third of the cost. Once per datagram."""
+    envelope: Envelope = _NEW(Envelope)
+    _SET_SENDER(envelope, sender)
+    _SET_INCARNATION(envelope, incarnation)
+    _SET_VIEW(envelope, view)
+    _SET_BODY(envelope, body)
+    _SET_PIGGYBACK(envelope, piggyback)
+    return envelope
+
+
 def decode(data: bytes) -> Envelope:
     """Decode and validate one datagram. Raises only :class:`DecodeError`."""
     if len(data) > MAX_DATAGRAM_BYTES:
@@ -285,11 +309,11 @@ def decode(data: bytes) -> Envelope:
     if type(items) is not list:
         raise DecodeError("malformed datagram: piggyback must be a list")
     if not items:
-        return Envelope(sender, incarnation, view, body, ())
+        return _envelope(sender, incarnation, view, body, ())
     if len(items) > MAX_PIGGYBACK_ITEMS:
         raise DecodeError(f"datagram carries {len(items)} updates (max {MAX_PIGGYBACK_ITEMS})")
     piggyback = tuple([_decode_message(item, "piggyback item") for item in items])
-    return Envelope(sender, incarnation, view, body, piggyback)
+    return _envelope(sender, incarnation, view, body, piggyback)
 
 
 # --- membership messages (SWIM) -------------------------------------------------------------
@@ -317,7 +341,10 @@ class Ping:
                 and type(target) is str
                 and 0 < len(target) <= MAX_ID_LENGTH
             ):
-                return cls(seq, target)
+                ping: Ping = _NEW(cls)  # = cls(seq, target), slot by slot (see _envelope)
+                _SET_PING_SEQ(ping, seq)
+                _SET_PING_TARGET(ping, target)
+                return ping
         expect_list(fields, "Ping", 2)
         return cls(expect_int(fields[0], "seq"), expect_str(fields[1], "target"))
 
@@ -338,9 +365,16 @@ class Ack:
         if len(fields) == 1:  # hot path: _is_count inlined
             seq = fields[0]
             if type(seq) is int and 0 <= seq <= MAX_INT:
-                return cls(seq)
+                ack: Ack = _NEW(cls)  # = cls(seq), slot by slot (see _envelope)
+                _SET_ACK_SEQ(ack, seq)
+                return ack
         expect_list(fields, "Ack", 1)
         return cls(expect_int(fields[0], "seq"))
+
+
+_SET_PING_SEQ = vars(Ping)["seq"].__set__
+_SET_PING_TARGET = vars(Ping)["target"].__set__
+_SET_ACK_SEQ = vars(Ack)["seq"].__set__
 
 
 @register_message

@@ -43,6 +43,13 @@ from meshgpu.sim.observers import Observer, overrides
 from meshgpu.sim.randomness import node_stream, stream
 from meshgpu.sim.scenario import Scenario, mesh_config_for
 
+_NEW = object.__new__
+_SET_SOURCE = vars(DatagramReceived)["source"].__set__
+_SET_PAYLOAD = vars(DatagramReceived)["payload"].__set__
+"""``DatagramReceived`` is a frozen slotted dataclass without ``__post_init__``: the loop
+builds one per datagram by writing its two slots, the same object for less than half
+the cost of the generated ``__init__`` (``object.__setattr__`` per field)."""
+
 _TICK = Tick()
 """The one ``Tick`` the runner hands to nodes: it has no fields, so sharing it is safe and
 saves an allocation per timer event."""
@@ -262,7 +269,9 @@ class Simulation:
                     f'{{"ns":{round(time * 1e9)},"e":"recv","n":{index},"src":{first},'
                     f'"len":{len(second)},"crc":{crc32(second)}}}'
                 )
-                event: Any = DatagramReceived(addresses[first], second)
+                event: Any = _NEW(DatagramReceived)  # = DatagramReceived(address, payload)
+                _SET_SOURCE(event, addresses[first])
+                _SET_PAYLOAD(event, second)
             elif kind == TICK:
                 if second != tick_token[index] or not up[index]:
                     continue
@@ -271,7 +280,14 @@ class Simulation:
                 assert node is not None
                 deadline = node.next_deadline()
                 if time < deadline:
-                    self._schedule_tick(index, deadline)
+                    # _schedule_tick inlined (deadline > time: not due yet)
+                    slow = slows[index]
+                    if slow is not None and slow.tick_delay_s:
+                        deadline += slow.tick_delay_s
+                    tick_at[index] = deadline
+                    tick_token[index] = token = tick_token[index] + 1
+                    self._sequence = sequence = self._sequence + 1
+                    push(heap, (deadline, sequence, TICK, index, None, token))
                     if len(lines) >= next_check:
                         next_check = self._periodic(time, until)
                     continue
