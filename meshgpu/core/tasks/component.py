@@ -145,25 +145,13 @@ class TaskComponent(Component):
     # --- Component interface ------------------------------------------------------------
 
     def next_deadline(self) -> float:
-        # Asked after every event the node handles: no min() calls, and the empty-table
-        # case (a mesh with no tasks) costs two attribute reads and a length.
-        deadline = self._tick_at
-        if self.schedule_at < deadline:
-            deadline = self.schedule_at
-        table = self.table
-        if len(table):
-            if self.mesh.leader() != self._leader:
-                return self.context.now  # hand the open entries over at once (sync.py)
-            if self._sync_at < deadline:
-                deadline = self._sync_at
-        elif table.collected.has_runs() and self._sync_at < deadline:
-            deadline = self._sync_at
-        return deadline
+        """When this component needs a Tick (one rule: :meth:`deadline_source`'s)."""
+        return self.deadline_source()()
 
     def deadline_source(self) -> Callable[[], float]:
-        """The same value as :meth:`next_deadline`, cheaper: the node asks after every
-        event, and in a mesh without tasks the table's ``len`` and ``has_runs`` were
-        three Python calls of the four. It reads the table's entry dict and the tombstone
+        """The deadline rule, as a callable the node asks after every event: in a mesh
+        without tasks the table's ``len`` and ``has_runs`` were three Python calls of the
+        four. It reads the table's entry dict and the tombstone
         runs directly (read only; both objects live as long as this component and are
         never replaced), and tests ``_sync_at`` before the runs (both side-effect free)."""
         entries = self.table._entries
