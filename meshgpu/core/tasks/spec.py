@@ -79,6 +79,11 @@ class TaskSpec:
     than the submission, so a deadline fires at most one gossip delay late and never early.
     ``replicas`` is how many nodes must hold the spec and the inputs before the submission
     is acknowledged. ``strategy`` overrides the mesh's balancing strategy for this task.
+    ``members`` is how many member tasks this entry carries (a task group,
+    docs/task-queue.md): 1 for an ordinary task; K > 1 when the inputs are K members'
+    tensors of the same names, shapes and dtypes (``input_shapes`` then describes one
+    member) run together and answered per member. The core treats a group like any task:
+    one id, one replication, one assignment, one result, one retry unit.
     """
 
     model_digest: str
@@ -90,6 +95,7 @@ class TaskSpec:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     replicas: int = 2
     strategy: str | None = None
+    members: int = 1
 
     def __post_init__(self) -> None:
         if not self.model_digest:
@@ -98,5 +104,7 @@ class TaskSpec:
             raise TaskError("task spec has no input digest: pass the sha256 of the inputs")
         if self.replicas < 1:
             raise TaskError(f"replicas must be at least 1, got {self.replicas}")
+        if self.members < 1:
+            raise TaskError(f"members must be at least 1, got {self.members}")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise TaskError(f"deadline_s must be positive, got {self.deadline_s}")

@@ -59,9 +59,12 @@ def task_id_from_wire(origin: object, sequence: object) -> TaskId:
 
 
 def spec_to_wire(spec: TaskSpec) -> Wire:
+    """The spec's fields in order; ``members`` is appended only when it is not 1, so an
+    ordinary task encodes byte for byte as before groups existed (journals, traces and
+    their hashes stay the same) and a group is a 10-field spec."""
     req = spec.requirements
     retry = spec.retry
-    return [
+    wire = [
         spec.model_digest,
         spec.input_digest,
         [[name, list(shape)] for name, shape in spec.input_shapes],
@@ -72,6 +75,9 @@ def spec_to_wire(spec: TaskSpec) -> Wire:
         spec.replicas,
         spec.strategy,
     ]
+    if spec.members != 1:
+        wire.append(spec.members)
+    return wire
 
 
 _SPEC_CACHE: dict[str, TaskSpec] = {}
@@ -93,7 +99,8 @@ def spec_from_wire(value: object) -> TaskSpec:
 
 
 def _decode_spec(value: object) -> TaskSpec:
-    fields = _list(value, 9)
+    fields = _list(value)
+    _expect(len(fields) in (9, 10), "expected 9 or 10 spec fields")
     shapes = tuple(
         (_str(pair[0]), tuple(_int(d) for d in _list(pair[1])))
         for pair in (_list(p, 2) for p in _list(fields[2]))
@@ -119,6 +126,7 @@ def _decode_spec(value: object) -> TaskSpec:
             ),
             replicas=_int(fields[7]),
             strategy=None if fields[8] is None else _str(fields[8]),
+            members=_int(fields[9]) if len(fields) == 10 else 1,
         )
     except (ValueError, MeshError) as error:
         if isinstance(error, DecodeError):
