@@ -154,12 +154,23 @@ class AsyncClient(BatchedSubmission):
         device_type: str | None = None,
         min_memory: int = 0,
         fp16: bool = False,
+        direct: bool = True,
     ) -> AsyncTaskHandle:
         """Submit one task; returns once the mesh acknowledged it (journaled on
-        ``copies`` nodes). ``model``: a path, ``"digits"``, bytes or a ModelProto."""
+        ``copies`` nodes). ``model``: a path, ``"digits"``, bytes or a ModelProto.
+
+        An idle peer may run a tiny task at once and answer with its result instead
+        (a *direct run*, docs/daemon.md): the handle is then already done and ``copies``
+        is 0. ``direct=False`` always goes through the replicated task table."""
         blob = ModelBlob.of(model)
         fields = submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
+        if not direct:
+            fields["direct"] = False
         reply = await self._submit_request(blob, "submit", inputs=encode_inputs(inputs), **fields)
+        if reply.get("direct"):
+            handle = AsyncTaskHandle(str(reply["task_id"]))
+            handle.resolve(Outcome.from_message(reply))
+            return self._track(handle)
         return self._handle_of(reply)
 
     async def _submit_request(self, blob: ModelBlob, op: str, **fields: Any) -> dict[str, Any]:

@@ -53,11 +53,22 @@ class TaskHandle:
         return self._handle.done()
 
     def wait(self, timeout: float | None = None) -> Outcome:
+        # A resolved handle (a direct run's, or a result already in) needs no trip
+        # through the client's trio thread: its outcome never changes again.
+        outcome = self._handle.outcome
+        if outcome is not None:
+            return outcome
         return self._client._run(self._handle.wait, timeout)
 
     def result(self, timeout: float | None = None) -> Outputs:
         """The outputs by name; raises the task's error, or ResultTimeoutError."""
-        return self._client._run(self._handle.result, timeout)
+        outcome = self._handle.outcome
+        if outcome is None:
+            return self._client._run(self._handle.result, timeout)
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.outputs is not None
+        return outcome.outputs
 
     def __repr__(self) -> str:
         return repr(self._handle)

@@ -21,19 +21,20 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from meshgpu.core import effects as fx
 from meshgpu.core.events import PayloadFetchFailed, PayloadStored, TaskFinished
-from meshgpu.core.tasks import TaskId, TaskTable
+from meshgpu.core.tasks import TaskId, TaskSpec, TaskTable
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.execution import is_permanent
-from meshgpu.daemon.payloads import tensors_from_bytes
+from meshgpu.daemon.payloads import group_from_bytes, group_result_bytes, tensors_from_bytes
 from meshgpu.daemon.rpc import open_rpc
-from meshgpu.errors import DigestMismatchError, MeshError
+from meshgpu.errors import DigestMismatchError, MeshError, PermanentTaskError
 
 if TYPE_CHECKING:
     from meshgpu.daemon.runtime import Daemon
@@ -285,17 +286,23 @@ class DataPlane:
                     sources = [effect.task_id.origin, *effect.holders]
                     blob = await self.obtain_inputs(spec.input_digest, effect.holders)
                     await self.obtain_model(spec.model_digest, sources)
-                    feeds = tensors_from_bytes(blob)
+
+                    def on_slot() -> None:  # on the device now: no longer cancellable
+                        self._fetching.discard(key)
+
                     with self.daemon.models.pinned(spec.model_digest) as model_path:
-                        outputs, run_s = await self.daemon.executor.run(
-                            spec.model_digest,
-                            model_path,
-                            feeds,
-                            on_slot=lambda: self._fetching.discard(key),
-                        )
+                        if spec.members != 1:
+                            result, run_s = await self._run_group(spec, model_path, blob, on_slot)
+                        else:
+                            outputs, run_s = await self.daemon.executor.run(
+                                spec.model_digest,
+                                model_path,
+                                tensors_from_bytes(blob),
+                                on_slot=on_slot,
+                            )
+                            result = pack_result(outputs)
                 finally:
                     self._fetching.discard(key)
-                result = pack_result(outputs)
                 holders = await self._push_result(
                     effect.task_id, effect.attempt, result, effect.holders
                 )
@@ -333,6 +340,22 @@ class DataPlane:
                 run_s=run_s,
             )
         )
+
+    async def _run_group(
+        self, spec: TaskSpec, model_path: Path, blob: bytes, on_slot: Callable[[], None]
+    ) -> tuple[bytes, float]:
+        """Run the members of a task group in one thread hop; returns the group's result
+        blob (per member: outputs or its permanent error) and the run time per member,
+        which is what the published per-model latency estimate means for every task."""
+        members = group_from_bytes(blob)
+        if len(members) != spec.members:
+            raise PermanentTaskError(
+                f"the group's inputs hold {len(members)} members, its spec says {spec.members}"
+            )
+        outcomes, run_s = await self.daemon.executor.run_many(
+            spec.model_digest, model_path, members, on_slot=on_slot
+        )
+        return group_result_bytes(outcomes), run_s / len(members)
 
     async def _push_result(
         self, task_id: TaskId, attempt: int, result: bytes, holders: Iterable[NodeId]

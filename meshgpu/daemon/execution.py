@@ -35,7 +35,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,14 @@ class Executor:
     @property
     def free_slots(self) -> int:
         return max(0, self.slots - self.active)
+
+    def last_run_s(self, digest: str) -> float | None:
+        """How long the latest run of model ``digest`` took here; None when its session
+        is not loaded or has not run yet."""
+        cached = self._sessions.get(digest)
+        if cached is None or cached.last_run_s == math.inf:
+            return None
+        return cached.last_run_s
 
     async def session(self, digest: str, model_path: Path) -> _CachedSession:
         """The cached session of model ``digest``, loading it (in a thread) if needed."""

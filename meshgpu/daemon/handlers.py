@@ -21,6 +21,7 @@ from meshgpu.core.events import ResultCollected, ResultRequested, SubmitTask
 from meshgpu.core.tasks import DeviceRequirements, Priority, TaskId, TaskSpec
 from meshgpu.daemon.api import Handler, Message, Responder
 from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES, RESULT, task_key
+from meshgpu.daemon.direct import DirectRuns
 from meshgpu.daemon.framing import unpack
 from meshgpu.daemon.modelstore import ModelWriter, check_digest
 from meshgpu.daemon.payloads import (
@@ -62,6 +63,19 @@ def _task_id(text: Any) -> TaskId:
     return TaskId.parse(text)
 
 
+def _requirements(request: Message) -> DeviceRequirements:
+    """The task's device requirements from a submit request's fields."""
+    device_type = request.get("device_type")
+    try:
+        return DeviceRequirements(
+            device_type=None if device_type is None else str(device_type),
+            min_memory=int(request.get("min_memory", 0)),
+            fp16=bool(request.get("fp16", False)),
+        )
+    except (TypeError, ValueError) as error:
+        raise DecodeError(f"submit has a malformed field: {error}") from None
+
+
 class ClientHandlers:
     """The API ops of one daemon, and the state that connects answers to waiters."""
 
@@ -73,6 +87,7 @@ class ClientHandlers:
         self._resolution = trio.Event()
         self._uploads: dict[tuple[str | None, str], ModelWriter] = {}
         self.submitted = 0
+        self.direct = DirectRuns(daemon)
 
     def table(self) -> dict[str, Handler]:
         return {
@@ -184,9 +199,18 @@ class ClientHandlers:
         return {"digest": digest, "stored": True}
 
     async def op_submit(self, request: Message, responder: Responder) -> Message:
-        """Store the inputs, hand the task to the core, answer when it is acknowledged."""
+        """Store the inputs, hand the task to the core, answer when it is acknowledged;
+        or, on an idle node and a tiny model, run it at once and answer with its result
+        (direct.py)."""
         self._check_submittable(request)
-        pending, input_digest = await self._enqueue(request, _field(request, "inputs", dict))
+        inputs = _field(request, "inputs", dict)
+        if self.direct.allowed(request, _requirements(request)):
+            tensors = decode_tensors(inputs)
+            if tensors:
+                answer = await self.direct.run(request, tensors)
+                if answer is not None:
+                    return answer
+        pending, input_digest = await self._enqueue(request, inputs)
         try:
             return await self._acknowledged(pending)
         finally:
@@ -270,18 +294,13 @@ class ClientHandlers:
 
     def _spec(self, request: Message, tensors: dict[str, Any], input_digest: str) -> TaskSpec:
         deadline = request.get("deadline_s")
-        device_type = request.get("device_type")
         try:
             return TaskSpec(
                 model_digest=request["model_digest"],
                 input_digest=input_digest,
                 input_shapes=tuple(sorted((n, tuple(a.shape)) for n, a in tensors.items())),
                 priority=Priority.parse(str(request.get("priority", "normal"))),
-                requirements=DeviceRequirements(
-                    device_type=None if device_type is None else str(device_type),
-                    min_memory=int(request.get("min_memory", 0)),
-                    fp16=bool(request.get("fp16", False)),
-                ),
+                requirements=_requirements(request),
                 deadline_s=None if deadline is None else float(deadline),
                 replicas=int(request.get("replicas", 2)),
             )

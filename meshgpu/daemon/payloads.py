@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,68 @@ def tensors_from_bytes(data: bytes) -> Tensors:
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
         raise DecodeError(f"tensor payload is not msgpack: {error}") from None
     return decode_tensors(encoded)
+
+
+def canonical_group_bytes(members: Sequence[Mapping[str, np.ndarray]]) -> bytes:
+    """The one byte form of a task group's inputs: a msgpack list with each member's
+    tensors in the form of :func:`canonical_tensor_bytes` (names sorted). Its sha256 is
+    the group's input digest, as for an ordinary task's inputs."""
+    encoded = [encode_tensors({name: m[name] for name in sorted(m)}) for m in members]
+    return msgpack.packb(encoded, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(data: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
+        raise DecodeError(f"{what} is not msgpack: {error}") from None
+
+
+def group_from_bytes(data: bytes) -> list[Tensors]:
+    """Inverse of :func:`canonical_group_bytes`; raises DecodeError on malformed bytes."""
+    encoded = _unpack(data, "group payload")
+    if not isinstance(encoded, list) or not encoded:
+        raise DecodeError("a group payload is a non-empty list of members' tensors")
+    return [decode_tensors(member) for member in encoded]
+
+
+MemberOutcome = Tensors | str
+"""One member's outcome in a group result: its outputs, or its permanent error's reason."""
+
+
+def group_result_bytes(outcomes: Sequence[MemberOutcome]) -> bytes:
+    """A group's result: a msgpack list, per member ``{"outputs": tensors}`` (the form of
+    :func:`encode_tensors`) or ``{"error": reason}`` for a member that failed alone."""
+    encoded = [
+        {"error": outcome} if isinstance(outcome, str) else {"outputs": encode_tensors(outcome)}
+        for outcome in outcomes
+    ]
+    return msgpack.packb(encoded, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def group_result_from_bytes(data: bytes) -> list[dict[str, Any]]:
+    """The members' entries of a group result, each checked: ``{"outputs": <encoded
+    tensors, decodable>}`` or ``{"error": str}``; raises DecodeError otherwise."""
+    members = _unpack(data, "group result")
+    if not isinstance(members, list) or not members:
+        raise DecodeError("a group result is a non-empty list of members' outcomes")
+    for member in members:
+        if not isinstance(member, dict):
+            raise DecodeError("a group result member is a map")
+        if "outputs" in member:
+            decode_tensors(member["outputs"])
+        elif not isinstance(member.get("error"), str):
+            raise DecodeError("a group result member has neither outputs nor an error")
+    return members
+
+
+def check_result_bytes(data: bytes) -> None:
+    """Raise DecodeError unless ``data`` is a task's result: a tensor map
+    (:func:`canonical_tensor_bytes`) or a group's result (:func:`group_result_bytes`)."""
+    if isinstance(_unpack(data, "result payload"), list):
+        group_result_from_bytes(data)
+    else:
+        tensors_from_bytes(data)
 
 
 def task_file_stem(task_id: Any) -> str:

@@ -116,6 +116,8 @@ class Daemon:
         self._nursery: trio.Nursery | None = None
         self._udp: trio.socket.SocketType | None = None
         self.discovery: MdnsDiscovery | None = None
+        self.capabilities = DeviceCapabilities()
+        """This node's devices as last measured (empty until the load reporter ran)."""
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -541,6 +543,7 @@ class Daemon:
         except Exception as error:  # a broken driver must not stop gossip
             logger.error("cannot list devices (%r); advertising no capabilities", error)
             capabilities = DeviceCapabilities()
+        self.capabilities = capabilities
         meter = LoadMeter(capabilities)
         last: LoadVector | None = None
         while True:

@@ -32,6 +32,10 @@ class FakeMesh:
         self.changed = trio.Event()
         self.sequence = itertools.count(1)
         self.repeat_outcomes = False
+        self.direct = False
+        """Answer submits as a daemon's direct run would (the result in the answer)."""
+        self.hold_direct: trio.Event | None = None
+        """When set, a direct run on p1 waits for this (to kill p1 mid-run)."""
 
     def release(self, task_id: str, fail: str | None = None) -> None:
         x = self.inputs[task_id]
@@ -79,6 +83,11 @@ class FakePeer:
             assert request["model_digest"] in mesh.models[me]
             task_id = f"{me}/{next(mesh.sequence)}"
             mesh.inputs[task_id] = decode_tensors(request["inputs"])["x"]
+            if mesh.direct and request.get("direct", True):
+                if me == "p1" and mesh.hold_direct is not None:
+                    await mesh.hold_direct.wait()
+                mesh.release(task_id)
+                return {**mesh.finished[task_id], "direct": True, "copies": 0, "replicas": 0}
             return {"task_id": task_id, "copies": 2, "replicas": 2}
 
         async def results(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
@@ -144,6 +153,40 @@ async def test_submit_uploads_the_model_once_and_delivers_the_result(fake_mesh) 
             await second.result(timeout=10)
         outputs["y"][0] = 7  # the caller owns writable copies
     assert sorted(mesh.collected) == sorted([first.task_id, second.task_id])
+
+
+async def test_a_direct_answer_is_a_done_handle_with_nothing_to_collect(fake_mesh) -> None:
+    mesh, peers = fake_mesh
+    mesh.direct = True
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+        handle = await client.submit(MODEL, {"x": np.arange(3, dtype=np.float32)})
+        assert handle.done() and handle.copies == 0
+        np.testing.assert_array_equal((await handle.result(timeout=1))["y"], [0, 2, 4])
+        table = await client.submit(MODEL, {"x": np.ones(1, np.float32)}, direct=False)
+        assert not table.done() and table.copies == 2
+        mesh.release(table.task_id)
+        await table.result(timeout=10)
+    assert mesh.collected == [table.task_id]  # the direct run was never in the table
+
+
+async def test_entry_killed_during_a_direct_run_the_task_runs_on_the_next_peer(
+    fake_mesh, nursery
+) -> None:
+    mesh, peers = fake_mesh
+    mesh.direct = True
+    mesh.hold_direct = trio.Event()  # never set: p1 dies mid-run
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+
+        async def kill_p1_once_it_runs() -> None:
+            while not any(task_id.startswith("p1/") for task_id in mesh.inputs):
+                await trio.sleep(0.01)
+            peers[0].scope.cancel()
+
+        nursery.start_soon(kill_p1_once_it_runs)
+        with trio.fail_after(30):
+            handle = await client.submit(MODEL, {"x": np.full(2, 3, np.float32)})
+        assert handle.task_id.startswith("p2/") and handle.done()
+        np.testing.assert_array_equal((await handle.result(timeout=1))["y"], [6, 6])
 
 
 async def test_an_outcome_sent_twice_is_delivered_once(fake_mesh) -> None:

@@ -45,7 +45,9 @@ async def test_a_submission_is_acknowledged_only_after_its_record_is_synced(
 
             async def submit() -> None:
                 answers.append(
-                    await rpc.call("submit", model_digest=DIGEST, inputs=pixels, replicas=1)
+                    await rpc.call(
+                        "submit", model_digest=DIGEST, inputs=pixels, replicas=1, direct=False
+                    )
                 )
                 answered.set()
 

@@ -114,7 +114,9 @@ async def test_truncated_frame_is_counted(daemon: Daemon) -> None:
 
 
 async def run_one(rpc: RpcConnection, inputs: dict[str, np.ndarray], digest: str = DIGEST):
-    reply = await rpc.call("submit", model_digest=digest, inputs=encode_tensors(inputs))
+    reply = await rpc.call(
+        "submit", model_digest=digest, inputs=encode_tensors(inputs), direct=False
+    )
     assert reply["copies"] == 1 and reply["replicas"] == 2  # a lone node holds the only copy
     outcomes = [o async for o in rpc.stream("results", task_ids=[reply["task_id"]])]
     assert outcomes[-1]["task_id"] is None

@@ -67,7 +67,10 @@ async def submit_all(node: MeshProcess, pixels: np.ndarray) -> list[str]:
         ids = []
         for row in pixels:
             reply = await rpc.call(
-                "submit", model_digest=DIGEST, inputs=encode_tensors({"pixels": row[None, :]})
+                "submit",
+                model_digest=DIGEST,
+                inputs=encode_tensors({"pixels": row[None, :]}),
+                direct=False,
             )
             assert reply["copies"] >= 1
             ids.append(reply["task_id"])

@@ -100,7 +100,9 @@ async def test_worker_killed_mid_task_restarts_and_finishes_its_journal(
             async def one(index: int) -> None:
                 row = pixels[index : index + 1]
                 # replicas=3: every node journals every task, the victim included
-                handles[index] = await client.submit("digits", {"pixels": row}, replicas=3)
+                handles[index] = await client.submit(
+                    "digits", {"pixels": row}, replicas=3, direct=False
+                )
 
             async with trio.open_nursery() as submitting:  # the client pipelines them
                 for index in range(COUNT):

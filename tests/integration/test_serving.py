@@ -66,7 +66,7 @@ async def test_a_second_model_built_with_onnx_helper(mesh: LocalMesh) -> None:
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal((2, 4)).astype(np.float32) for _ in range(20)]
     async with AsyncClient(mesh.nodes[2].peer, environ={}) as client:
-        handles = [await client.submit(model, {"x": x}, replicas=3) for x in xs]
+        handles = [await client.submit(model, {"x": x}, replicas=3, direct=False) for x in xs]
         assert all(h.copies == 3 for h in handles)
         for x, handle in zip(xs, handles, strict=True):
             outputs = await handle.result(timeout=WAIT_S)

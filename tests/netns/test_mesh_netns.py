@@ -59,6 +59,7 @@ def submit(fleet: Fleet, entry: Daemon, rows: np.ndarray) -> list[dict[str, Any]
                 model_digest=DIGEST,
                 inputs=encode_tensors({"pixels": row[None, :]}),
                 replicas=2,
+                direct=False,
             )
             for row in rows
         ]
@@ -265,10 +266,12 @@ def test_client_fails_over_when_its_entry_node_is_killed(
 
     async def session() -> tuple[list[Any], list[Any], list[Any], int]:
         async with AsyncClient(f"{entry.host.address}:{PORT}", key=fleet.key) as client:
-            handles = [await client.submit(MODEL, {"pixels": pixels[:1]}, replicas=2)]
+            handles = [await client.submit(MODEL, {"pixels": pixels[:1]}, replicas=2, direct=False)]
             entry.kill()
             for row in pixels[1:]:
-                handles.append(await client.submit(MODEL, {"pixels": row[None, :]}, replicas=2))
+                handles.append(
+                    await client.submit(MODEL, {"pixels": row[None, :]}, replicas=2, direct=False)
+                )
             outputs = [await handle.result(timeout=30) for handle in handles]
             return handles, outputs, list(client.failovers), client.duplicates
 

@@ -1,0 +1,127 @@
+"""Direct runs: a tiny task that reaches an idle node is run there at once, and the
+answer to the ``submit`` is its result.
+
+Why. On a warm loopback mesh the task table's bookkeeping for one task (journal it on
+two holders with an fsync each, copy the inputs, the leader's assignment, the result
+stored on the holders and reported back) cost 15-20 ms of submit-to-result for a model
+that runs in 0.2 ms (docs/daemon.md, per-hop trace). When the node the client talks to
+has a free slot, nothing of its own queued or running, and the model ran here in under
+``DIRECT_RUN_S`` last time, that node is what any strategy would pick, and running the
+task before the client is even acknowledged is both faster and no less safe:
+
+* nothing accepted is at risk. A submission is *accepted* when the client gets its
+  answer; here the answer is the result itself. If the node dies during the run, the
+  client never got an answer and sends the submission again to the next peer (the
+  client already does this for any ``submit`` cut off by a broken link), so the task
+  runs again (at-least-once execution) and the caller still sees one result;
+* nothing waits in the mesh: the task never enters the replicated table, so there is
+  nothing to collect, hold or garbage-collect afterwards;
+* a run that fails for a transient reason (a device error) is not retried here: the
+  task is submitted to the table as if the direct path did not exist, and the mesh's
+  retry rules take over. A permanent error (wrong input shape, a broken model) is the
+  answer, as it would be from any worker.
+
+What it is not: a way around the queue. The node must be idle (no task of the table
+running, fetching or waiting for a slot here, and none queued in its table), the run
+must be short (``DIRECT_RUN_S``: a model whose last run here took longer goes through
+the table, where it is acknowledged, replicated and visible in ``meshgpu tasks`` while it
+runs), the node must meet the task's device requirements, and the session must already
+be loaded (a cold model goes through the table; its first run there loads it). A client
+that wants the table's guarantees for every task (an acknowledgement with ``copies``
+before the run, the task visible mesh-wide) submits with ``direct=False``.
+
+Rejected: choosing the worker at submit inside the core and still replicating (saves
+only the leader's hop: the two fsyncs and the result's replication stay on the path);
+answering direct runs before the run with a fake acknowledgement (the client would
+hold an id the mesh has never heard of).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+from meshgpu.core.tasks import DeviceRequirements
+from meshgpu.core.tasks.strategies import WorkerView, capable
+from meshgpu.daemon.execution import is_permanent
+from meshgpu.daemon.payloads import encode_tensors
+from meshgpu.daemon.status import QUEUED_PHASES, task_table
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from meshgpu.daemon.api import Message
+    from meshgpu.daemon.runtime import Daemon
+
+DIRECT_RUN_S = 0.02
+"""A model whose last run on this node took longer than this is never run directly: the
+table's bookkeeping (15-20 ms on loopback) is then a small part of the task's time, and a
+longer unacknowledged run is a longer window in which the client has nothing."""
+
+
+class DirectRuns:
+    """Decides whether a submission may run here at once, and runs it."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._ids = itertools.count(1)
+        self.runs = 0
+        self.fallbacks = 0
+        """Direct runs that failed transiently and went to the table instead."""
+
+    def allowed(self, request: Message, requirements: DeviceRequirements) -> bool:
+        """True when the task of ``request`` may run here now (module doc: the rules)."""
+        daemon = self.daemon
+        if request.get("direct", True) is False or daemon.leaving:
+            return False
+        executor = daemon.executor
+        if executor.active or executor.limiter.available_tokens < 1:
+            return False
+        if daemon.dataplane.running:
+            return False
+        last_run = executor.last_run_s(str(request.get("model_digest")))
+        if last_run is None or last_run > DIRECT_RUN_S:
+            return False
+        me = WorkerView(
+            daemon.node_id,
+            capacity=executor.slots,
+            memory_total=daemon.capabilities.memory_total,
+            device_types=daemon.capabilities.device_types,
+            fp16=daemon.capabilities.fp16,
+        )
+        if not capable(me, requirements):
+            return False
+        table = task_table(daemon)
+        return table is None or not any(entry.state.phase.value in QUEUED_PHASES for entry in table)
+
+    async def run(self, request: Message, tensors: dict[str, np.ndarray]) -> Message | None:
+        """Run the task now; its outcome as a ``submit`` answer, or None when the run
+        failed transiently and the caller should submit it to the table instead."""
+        daemon = self.daemon
+        digest = str(request["model_digest"])
+        try:
+            with daemon.models.pinned(digest) as model_path:
+                outputs, _ = await daemon.executor.run(digest, model_path, tensors)
+            encoded = encode_tensors(outputs)
+        except Exception as error:  # a failed run is an answer or a fallback, never raised
+            if not is_permanent(error):
+                self.fallbacks += 1
+                daemon.count("direct_fallbacks")
+                return None
+            return self._answer("failed", None, f"{type(error).__name__}: {error}")
+        return self._answer("done", encoded, "")
+
+    def _answer(self, state: str, outputs: Any, reason: str) -> Message:
+        self.runs += 1
+        self.daemon.count("direct_runs")
+        node_id = self.daemon.node_id
+        return {
+            "task_id": f"{node_id}/direct-{next(self._ids)}",
+            "direct": True,
+            "state": state,
+            "reason": reason,
+            "worker": node_id,
+            "outputs": outputs,
+            "copies": 0,
+            "replicas": 0,
+        }

@@ -1,0 +1,124 @@
+"""Direct runs (daemon/direct.py): an idle node runs a tiny task at once and answers the
+submit with its result; anything else goes through the replicated table."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from meshgpu.daemon import direct as direct_module
+from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.payloads import decode_tensors, encode_tensors
+from meshgpu.daemon.rpc import RpcConnection, open_rpc
+from meshgpu.daemon.runtime import Daemon
+from meshgpu.errors import DeviceError
+from tests.daemon.test_runtime import DIGEST, MODEL, MODELS, run_one, settings
+
+PIXELS = np.load(MODELS / "digits_test.npz")["pixels"][:4]
+
+
+@pytest.fixture
+async def solo(tmp_path: Path) -> AsyncIterator[tuple[Daemon, RpcConnection]]:
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(Daemon(settings(tmp_path / "solo")).run)
+        async with open_rpc(daemon.address, Authenticator(None, "client-test")) as rpc:
+            await rpc.call("put_model", digest=DIGEST, data=MODEL)
+            yield daemon, rpc
+        daemon.request_stop()
+
+
+async def submit(rpc: RpcConnection, pixels: np.ndarray, **fields: object) -> dict:
+    return await rpc.call(
+        "submit", model_digest=DIGEST, inputs=encode_tensors({"pixels": pixels}), **fields
+    )
+
+
+def expected(pixels: np.ndarray) -> np.ndarray:
+    from meshgpu import inference
+
+    return inference.load(MODEL, backend="onnxruntime").run({"pixels": pixels})["probabilities"]
+
+
+async def test_a_cold_model_goes_through_the_table_then_runs_directly(solo) -> None:
+    _, rpc = solo
+    first = await run_one(rpc, {"pixels": PIXELS[:1]})  # never run here: the table
+    assert first["state"] == "done"
+    answer = await submit(rpc, PIXELS[1:2])
+    assert answer["direct"] is True and answer["state"] == "done"
+    assert answer["copies"] == 0 and answer["worker"] == "solo"
+    got = decode_tensors(answer["outputs"])["probabilities"]
+    np.testing.assert_allclose(got, expected(PIXELS[1:2]), rtol=1e-6)
+    # Nothing of it entered the table: nothing to hold, collect or list.
+    tasks = (await rpc.call("tasks"))["tasks"]
+    assert answer["task_id"] not in {row["task_id"] for row in tasks}
+    status = await rpc.call("status")
+    assert status["counters"]["daemon"]["direct_runs"] == 1
+
+
+async def test_direct_false_always_uses_the_table(solo) -> None:
+    _, rpc = solo
+    await run_one(rpc, {"pixels": PIXELS[:1]})
+    answer = await submit(rpc, PIXELS[1:2], direct=False)
+    assert "direct" not in answer and answer["copies"] == 1
+
+
+async def test_a_wrong_shape_in_a_direct_run_is_a_failed_answer_and_the_node_serves(solo) -> None:
+    _, rpc = solo
+    await run_one(rpc, {"pixels": PIXELS[:1]})
+    answer = await submit(rpc, np.zeros((1, 63), dtype=np.float32))
+    assert answer["direct"] is True and answer["state"] == "failed"
+    assert "pixels" in answer["reason"] and answer["outputs"] is None
+    assert (await submit(rpc, PIXELS[:1]))["state"] == "done"  # still serving
+
+
+async def test_a_transient_failure_falls_back_to_the_table(solo, monkeypatch) -> None:
+    daemon, rpc = solo
+    await run_one(rpc, {"pixels": PIXELS[:1]})
+    real_run = daemon.executor.run
+    failures = []
+
+    async def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append(1)
+            raise DeviceError("device lost")
+        return await real_run(*args, **kwargs)
+
+    monkeypatch.setattr(daemon.executor, "run", flaky)
+    answer = await submit(rpc, PIXELS[2:3])
+    assert "direct" not in answer and answer["copies"] == 1  # acknowledged by the table
+    outcomes = [o async for o in rpc.stream("results", task_ids=[answer["task_id"]])]
+    assert outcomes[0]["state"] == "done"
+    got = decode_tensors(outcomes[0]["outputs"])["probabilities"]
+    np.testing.assert_allclose(got, expected(PIXELS[2:3]), rtol=1e-6)
+    status = await rpc.call("status")
+    assert status["counters"]["daemon"]["direct_fallbacks"] == 1
+
+
+async def test_a_slow_model_a_busy_node_or_an_unmet_requirement_use_the_table(
+    solo, monkeypatch
+) -> None:
+    daemon, rpc = solo
+    await run_one(rpc, {"pixels": PIXELS[:1]})
+    table = []
+    monkeypatch.setattr(direct_module, "DIRECT_RUN_S", 0.0)  # every run is "slow" now
+    table.append(await submit(rpc, PIXELS[1:2]))
+    monkeypatch.undo()
+    daemon.executor.active += 1  # as if a table task held the slot
+    try:
+        table.append(await submit(rpc, PIXELS[1:2]))
+    finally:
+        daemon.executor.active -= 1
+    table.append(await submit(rpc, PIXELS[1:2], device_type="gpu"))  # a CPU node
+    assert all("direct" not in answer and answer["copies"] == 1 for answer in table)
+    ids = [answer["task_id"] for answer in table[:2]]
+    outcomes = [o async for o in rpc.stream("results", task_ids=ids)]
+    assert {o["state"] for o in outcomes[:-1]} == {"done"}
+    await rpc.call("collected", task_ids=ids)
+    # The gpu task stays queued (no gpu here), so the node is not idle: still the table,
+    # though its slot is free and the model fast.
+    assert daemon.executor.active == 0
+    assert "direct" not in await submit(rpc, PIXELS[1:2])
