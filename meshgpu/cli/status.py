@@ -95,6 +95,13 @@ def member_rows(status: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _groups_note(groups: Any) -> str:
+    """`` (N of them task groups of M members)`` when the table holds any group."""
+    if not isinstance(groups, dict) or not groups.get("entries"):
+        return ""
+    return f" ({groups['entries']} of them task groups of {groups.get('members')} members)"
+
+
 @click.command("status")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's status answer as JSON.")
@@ -124,6 +131,7 @@ def status(peer: str | None, key_file: Path | None, as_json: bool) -> None:
         f"leader [bold]{answer.get('leader')}[/bold] (view {answer.get('view')}), "
         f"queue length {answer.get('queue_length')}, tasks "
         + (", ".join(f"{k} {v}" for k, v in sorted(answer.get("tasks", {}).items())) or "none")
+        + _groups_note(answer.get("groups"))
     )
     table = Table(show_lines=False)
     for column in ("name", "address", "state", "incarnation", "load", "devices", "note"):
@@ -161,8 +169,9 @@ def tasks(
     for column in ("task", "state", "attempt", "worker", "priority", "holders", "reason"):
         table.add_column(column, overflow="fold")
     for row in rows[-limit:] if limit > 0 else rows:
+        members = int(row.get("members", 1))
         table.add_row(
-            row["task_id"],
+            row["task_id"] + (f" (group of {members})" if members != 1 else ""),
             row["state"] + (" (collected)" if row.get("delivered") else ""),
             str(row["attempt"]),
             str(row.get("worker") or ""),

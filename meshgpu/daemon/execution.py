@@ -169,6 +169,52 @@ class Executor:
         finally:
             self.active -= 1
 
+    async def run_many(
+        self,
+        digest: str,
+        model_path: Path,
+        members: Sequence[Mapping[str, np.ndarray]],
+        on_slot: Callable[[], None] | None = None,
+    ) -> tuple[list[dict[str, np.ndarray] | str], float]:
+        """Run the model once per member of a task group, one after the other in ONE
+        thread hop (one slot); returns (per member: its outputs, or the reason of its
+        permanent error; seconds for the whole group). A member's
+        :class:`~meshgpu.errors.PermanentTaskError` fails that member alone; any other
+        error is raised, so the whole group is retried (at-least-once execution). The
+        inline rule of :meth:`run` applies to the whole group's expected time (the
+        last per-member time times the member count)."""
+        self.active += 1
+        try:
+            cached = await self.session(digest, model_path)
+            async with self.limiter:
+                if on_slot is not None:
+                    on_slot()
+                expected = cached.last_run_s * len(members)
+                if self.active == 1 and cached.lock is None and expected < INLINE_RUN_S:
+                    outcomes, elapsed = self._run_members(cached, members)
+                    self.inline_runs += 1
+                else:
+                    outcomes, elapsed = await trio.to_thread.run_sync(
+                        self._run_members, cached, members
+                    )
+            cached.last_run_s = elapsed / max(1, len(members))
+            self.busy_seconds += elapsed
+            return outcomes, elapsed
+        finally:
+            self.active -= 1
+
+    def _run_members(
+        self, cached: _CachedSession, members: Sequence[Mapping[str, np.ndarray]]
+    ) -> tuple[list[dict[str, np.ndarray] | str], float]:
+        started = time.perf_counter()
+        outcomes: list[dict[str, np.ndarray] | str] = []
+        for feeds in members:
+            try:
+                outcomes.append(self._run_blocking(cached, dict(feeds))[0])
+            except PermanentTaskError as error:
+                outcomes.append(f"{type(error).__name__}: {error}")
+        return outcomes, time.perf_counter() - started
+
     def _run_blocking(
         self, cached: _CachedSession, feeds: dict[str, np.ndarray]
     ) -> tuple[dict[str, np.ndarray], float]:

@@ -9,8 +9,10 @@ plane from this node's stores.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +25,14 @@ from meshgpu.daemon.api import Handler, Message, Responder
 from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES, RESULT, task_key
 from meshgpu.daemon.direct import DirectRuns
 from meshgpu.daemon.framing import unpack
+from meshgpu.daemon.groups import MAX_GROUP, MemberId, member_answers, pack, parse_task_ref
 from meshgpu.daemon.modelstore import ModelWriter, check_digest
 from meshgpu.daemon.payloads import (
+    canonical_group_bytes,
     canonical_tensor_bytes,
+    check_result_bytes,
     decode_tensors,
+    group_result_from_bytes,
     tensors_from_bytes,
 )
 from meshgpu.errors import DecodeError, MeshError, StorageError, TaskError
@@ -55,6 +61,16 @@ def _field(request: Message, name: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind):
         raise DecodeError(f"request field {name!r} is missing or not a {kind}")
     return value
+
+
+def _batch_inputs(task: Any) -> dict[str, Any]:
+    """The ``inputs`` map of one task of a ``submit_batch`` request."""
+    if not isinstance(task, dict):
+        raise DecodeError("each task of a batch is a map with an 'inputs' field")
+    inputs = task.get("inputs")
+    if not isinstance(inputs, dict):
+        raise DecodeError("request field 'inputs' is missing or not a map")
+    return inputs
 
 
 def _task_id(text: Any) -> TaskId:
@@ -87,6 +103,8 @@ class ClientHandlers:
         self._resolution = trio.Event()
         self._uploads: dict[tuple[str | None, str], ModelWriter] = {}
         self.submitted = 0
+        self._collected_members: dict[TaskId, set[int]] = {}
+        """Member indices named in ``collected`` per group not yet collected whole."""
         self.direct = DirectRuns(daemon)
 
     def table(self) -> dict[str, Handler]:
@@ -222,35 +240,100 @@ class ClientHandlers:
         is waited for, so the batch shares one journal group commit on each holder and
         its replication requests leave together. Each task is answered on its own, in
         order (``results``: ``{"task_id", "copies", "replicas"}`` or ``{"error", "kind"}``):
-        a malformed task fails alone with its reason and the others go on."""
+        a malformed task fails alone with its reason and the others go on.
+
+        ``group`` (optional, K from 1 to ``MAX_GROUP``): pack the tasks into task groups
+        of up to K members with equal input names, shapes and dtypes (groups.py), one
+        table entry each; a member's answer then carries its member id
+        (``"<group id>:<index>"``), ``group`` (the group's task id) and ``members``. A
+        task left alone by the packing is an ordinary task with a plain id."""
         self._check_submittable(request)
         tasks = _field(request, "tasks", list)
         if len(tasks) > MAX_BATCH:
             raise DecodeError(f"a batch holds at most {MAX_BATCH} tasks, got {len(tasks)}")
+        size = request.get("group", 1)
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_GROUP:
+            raise DecodeError(f"'group' is a member count from 1 to {MAX_GROUP}, got {size!r}")
         answers: list[Message | None] = [None] * len(tasks)
-        waiting: list[tuple[int, _Pending, str]] = []
+        waiting: list[tuple[list[int], _Pending, str, int]] = []  # indices, wait, digest, K
+
+        def refuse(indices: list[int], error: MeshError) -> None:
+            for index in indices:
+                answers[index] = {"error": str(error), "kind": type(error).__name__}
+
         try:
+            decoded: list[tuple[int, dict[str, Any]]] = []
             for index, task in enumerate(tasks):
                 try:
-                    if not isinstance(task, dict):
-                        raise DecodeError("each task of a batch is a map with an 'inputs' field")
-                    inputs = task.get("inputs")
-                    if not isinstance(inputs, dict):
-                        raise DecodeError("request field 'inputs' is missing or not a map")
-                    pending, input_digest = await self._enqueue(request, inputs)
-                    waiting.append((index, pending, input_digest))
+                    inputs = _batch_inputs(task)
+                    if size == 1:
+                        pending, input_digest = await self._enqueue(request, inputs)
+                        waiting.append(([index], pending, input_digest, 1))
+                        continue
+                    tensors = decode_tensors(inputs)
+                    if not tensors:
+                        raise TaskError("a task needs at least one input tensor")
+                    decoded.append((index, tensors))
                 except MeshError as error:
-                    answers[index] = {"error": str(error), "kind": type(error).__name__}
-            deadline = trio.current_time() + SUBMIT_TIMEOUT  # one for the batch, not per task
-            for index, pending, _ in waiting:
+                    refuse([index], error)
+            for members in pack(decoded, size):
+                indices = [index for index, _ in members]
                 try:
-                    answers[index] = await self._acknowledged(pending, deadline)
+                    if len(members) == 1:
+                        pending, input_digest = await self._enqueue(
+                            request, _batch_inputs(tasks[indices[0]])
+                        )
+                    else:
+                        pending, input_digest = await self._enqueue_group(
+                            request, [tensors for _, tensors in members]
+                        )
+                    waiting.append((indices, pending, input_digest, len(members)))
                 except MeshError as error:
-                    answers[index] = {"error": str(error), "kind": type(error).__name__}
+                    refuse(indices, error)
+            deadline = trio.current_time() + SUBMIT_TIMEOUT  # one for the batch, not per task
+            for indices, pending, _, count in waiting:
+                try:
+                    answer = await self._acknowledged(pending, deadline)
+                except MeshError as error:
+                    refuse(indices, error)
+                    continue
+                if count == 1:
+                    answers[indices[0]] = answer
+                    continue
+                for position, index in enumerate(indices):
+                    member = MemberId(TaskId.parse(answer["task_id"]), position)
+                    answers[index] = {
+                        **answer,
+                        "task_id": str(member),
+                        "group": answer["task_id"],
+                        "members": count,
+                    }
         finally:
-            for _, _, input_digest in waiting:
+            for _, _, input_digest, _ in waiting:
                 self._release(input_digest)
         return {"results": answers}
+
+    async def _enqueue_group(
+        self, request: Message, members: list[dict[str, Any]]
+    ) -> tuple[_Pending, str]:
+        """:meth:`_enqueue` for a task group: one inputs blob holding every member's
+        tensors and one ``SubmitTask`` whose spec says how many members it carries."""
+        daemon = self.daemon
+        blob = canonical_group_bytes(members)
+        input_digest = hashlib.sha256(blob).hexdigest()
+        spec = dataclasses.replace(
+            self._spec(request, members[0], input_digest), members=len(members)
+        )
+        daemon.dataplane.submitting[input_digest] += 1
+        try:
+            await daemon.dataplane.store(input_digest, INPUTS, blob, wait=False)
+        except BaseException:
+            self._release(input_digest)
+            raise
+        client_ref = f"c{next(self._refs)}"
+        pending = self._pending[client_ref] = _Pending(client_ref, input_digest)
+        daemon.feed(SubmitTask(client_ref, spec))
+        return pending, input_digest
 
     def _check_submittable(self, request: Message) -> None:
         daemon = self.daemon
@@ -331,8 +414,13 @@ class ClientHandlers:
         }
 
     async def op_results(self, request: Message, responder: Responder) -> Message:
-        """Stream one response per task id as each is resolved (done or failed)."""
-        wanted = {_task_id(text) for text in _field(request, "task_ids", list)}
+        """Stream one response per task id as each is resolved (done or failed). A member
+        id of a task group (groups.py) is answered from its group's result, fetched once
+        for all the members asked for in the same burst."""
+        wanted: dict[TaskId, set[TaskId | MemberId]] = defaultdict(set)
+        for text in _field(request, "task_ids", list):
+            ref = parse_task_ref(text)
+            wanted[ref.group if isinstance(ref, MemberId) else ref].add(ref)
         include = bool(request.get("outputs", True))
         timeout = request.get("timeout")
         for task_id in wanted:
@@ -346,10 +434,35 @@ class ClientHandlers:
                     continue
                 outcomes = []
                 for task_id in ready:
-                    wanted.discard(task_id)
-                    outcomes.append(await self._outcome(self.resolved[task_id], include))
+                    refs = wanted.pop(task_id)
+                    members = sorted(ref for ref in refs if isinstance(ref, MemberId))
+                    if members:
+                        outcomes.extend(
+                            await self._member_outcomes(self.resolved[task_id], members, include)
+                        )
+                    if task_id in refs:
+                        outcomes.append(await self._outcome(self.resolved[task_id], include))
                 await responder.partials(outcomes)  # one write for the burst
-        return {"task_id": None, "pending": sorted(str(task_id) for task_id in wanted)}
+        pending = sorted(str(ref) for refs in wanted.values() for ref in refs)
+        return {"task_id": None, "pending": pending}
+
+    async def _member_outcomes(
+        self, resolved: fx.TaskResolved, members: list[MemberId], include: bool
+    ) -> list[Message]:
+        """The answers for ``members`` of one resolved group: its result blob is fetched
+        once (even without ``include``: a member may have failed alone in it)."""
+        group = await self._outcome(resolved, include=False)
+        results: list[dict[str, Any]] | None = None
+        if group["state"] == "done":
+            try:
+                blob = await self.daemon.dataplane.obtain_result(
+                    resolved.task_id, resolved.result_holders
+                )
+                results = group_result_from_bytes(blob)
+            except MeshError as error:
+                group["state"] = "unavailable"
+                group["reason"] = f"done, but the result cannot be fetched now: {error}"
+        return member_answers(group, results, members, include)
 
     async def _outcome(self, resolved: fx.TaskResolved, include: bool) -> Message:
         from meshgpu.daemon.status import worker_of
@@ -374,12 +487,33 @@ class ClientHandlers:
         return message
 
     async def op_collected(self, request: Message, responder: Responder) -> Message:
-        """The client has these outcomes: mark them delivered mesh-wide."""
-        task_ids = [_task_id(text) for text in _field(request, "task_ids", list)]
-        for task_id in task_ids:
-            self.resolved.pop(task_id, None)
-            self.daemon.feed(ResultCollected(task_id))
-        return {"collected": len(task_ids)}
+        """The client has these outcomes: mark them delivered mesh-wide. For a task group
+        the client sends the group's id once it holds every member's outcome. A member id
+        is accepted too: it counts towards its group (in this daemon's memory only), and
+        the group is collected once every member was named; a restart forgets the count,
+        so clients should send the group id (the client library does)."""
+        refs = [parse_task_ref(text) for text in _field(request, "task_ids", list)]
+        for ref in refs:
+            if isinstance(ref, MemberId):
+                if not self._member_collected(ref):
+                    continue
+                ref = ref.group
+            self._collected_members.pop(ref, None)
+            self.resolved.pop(ref, None)
+            self.daemon.feed(ResultCollected(ref))
+        return {"collected": len(refs)}
+
+    def _member_collected(self, member: MemberId) -> bool:
+        """Count ``member`` collected; True once every member of its group is."""
+        from meshgpu.daemon.status import task_table
+
+        table = task_table(self.daemon)
+        entry = None if table is None else table.get(member.group)
+        if entry is None:
+            return False
+        seen = self._collected_members.setdefault(member.group, set())
+        seen.add(member.index)
+        return len(seen) >= entry.spec.members
 
     # --- peer (data plane) ops -----------------------------------------------------------
 
@@ -418,7 +552,7 @@ class ClientHandlers:
     async def op_put_result(self, request: Message, responder: Responder) -> Message:
         task_id = _task_id(request.get("task_id"))
         data = _field(request, "data", bytes)
-        tensors_from_bytes(data)  # refuse garbage before it reaches the disk
+        check_result_bytes(data)  # refuse garbage before it reaches the disk
         await self.daemon.dataplane.store(task_key(task_id), RESULT, data, wait=True)
         return {"stored": True}
 

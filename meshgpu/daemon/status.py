@@ -54,6 +54,7 @@ def _load_fields(load: LoadVector | None) -> dict[str, Any] | None:
         "memory_total": load.memory_total,
         "devices": list(load.capabilities.device_types),
         "fp16": load.capabilities.fp16,
+        "latency": dict(load.latency_estimates),
     }
 
 
@@ -99,6 +100,10 @@ def status_snapshot(daemon: Daemon) -> dict[str, Any]:
         "members": members,
         "queue_length": sum(phases[p] for p in QUEUED_PHASES),
         "tasks": dict(sorted(phases.items())),
+        "groups": {  # task groups among those entries (docs/task-queue.md, "Task groups")
+            "entries": sum(1 for entry in entries if entry.spec.members != 1),
+            "members": sum(entry.spec.members for entry in entries if entry.spec.members != 1),
+        },
         "counters": {
             "node": dict(node.counters),
             "daemon": dict(daemon.counters),
@@ -136,6 +141,7 @@ def task_rows(daemon: Daemon, state: str | None = None) -> list[dict[str, Any]]:
                 "holders": sorted(entry.holders),
                 "result_holders": sorted(entry.result_holders),
                 "delivered": entry.delivered,
+                "members": entry.spec.members,
             }
         )
     return rows
