@@ -9,6 +9,14 @@ request, every input the window has room for at that moment; it never waits to f
 batch, so a lone free slot is used at once. Rejected: a timer that gathers a batch
 (latency on every sequential caller for a saving only bursts need).
 
+Task groups (docs/task-queue.md): with ``group=K`` a batch's tasks are packed by the
+entry node into table entries of up to K members each, which the mesh replicates, assigns,
+runs (in one thread hop) and retries as one; every member keeps its own handle, id
+(``"<group id>:<index>"``) and outcome. ``map`` picks K itself (:func:`choose_group`)
+so that a group stays short in time and the window still spreads over the live workers.
+The client tells the mesh ``collected`` once per group, when it holds every member's
+outcome (:meth:`BatchedSubmission._collectable`).
+
 A mixin, so that :class:`~meshgpu.client.session.AsyncClient` (the link, failover and
 result streams) stays one concept per module; it relies on the client's
 ``_submit_request``, ``_handle_of`` and ``_nursery``.
@@ -26,17 +34,29 @@ import trio
 
 from meshgpu.client.handles import AsyncTaskHandle, Completed
 from meshgpu.client.models import ModelBlob
+from meshgpu.daemon.groups import group_of
 from meshgpu.daemon.payloads import encode_tensors
 from meshgpu.errors import ConfigError, MeshError, RequestFailedError
 
 BATCH_MAX = 64
 """Most tasks in one ``submit_batch`` request from :meth:`BatchedSubmission.submit_many`."""
+GROUP_MAX = 64
+"""Most members ``map`` puts in one task group."""
+GROUP_TARGET_S = 0.05
+"""How long a group should run at most, by the model's published per-member latency: a
+group is one retry unit and finishes as one, so a long one delays its first members'
+results and repeats more work when its worker dies."""
+GROUP_UNKNOWN = 4
+"""The group size while no latency of the model has been published (a first run)."""
 
 
 class BatchedSubmission:
     """``submit_many`` and ``map`` (mixed into :class:`~meshgpu.client.AsyncClient`)."""
 
     _nursery: trio.Nursery | None
+    members: list[dict[str, Any]]
+    _group_left: dict[str, int]
+    """Per task group this client submitted: members whose outcome has not arrived yet."""
 
     async def _submit_request(self, blob: ModelBlob, op: str, **fields: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -55,15 +75,23 @@ class BatchedSubmission:
         device_type: str | None = None,
         min_memory: int = 0,
         fp16: bool = False,
+        group: int = 1,
     ) -> list[AsyncTaskHandle | MeshError]:
         """Submit many tasks of one model with the same options in as few requests as
         possible (``submit_batch``, up to ``BATCH_MAX`` tasks each): the mesh journals
         and replicates a batch together. Returns, in input order, a handle per task (as
         :meth:`submit` would) or the error that refused that task alone (a malformed
         input); the other tasks are submitted regardless. A broken connection makes the
-        whole batch be submitted again on the next peer, as :meth:`submit` does."""
+        whole batch be submitted again on the next peer, as :meth:`submit` does.
+
+        ``group``: pack up to that many tasks of equal input shapes into one task group
+        per request (1, the default: one table entry per task)."""
+        if not 1 <= int(group) <= BATCH_MAX:
+            raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
         blob = ModelBlob.of(model)
         fields = submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
+        if group != 1:
+            fields["group"] = int(group)
         answers: list[AsyncTaskHandle | MeshError | None] = []
         encoded: list[tuple[int, dict[str, Any]]] = []
         for index, inputs in enumerate(many_inputs):
@@ -87,8 +115,26 @@ class BatchedSubmission:
                     kind = str(answer.get("kind", "MeshError"))
                     answers[index] = RequestFailedError(f"task refused: {answer['error']}", kind)
                 else:
+                    if answer.get("group") is not None:
+                        self._group_left[str(answer["group"])] = int(answer["members"])
                     answers[index] = self._handle_of(answer)
         return [answer for answer in answers if answer is not None]
+
+    def _collectable(self, task_id: str, first: bool) -> str | None:
+        """What to name in ``collected`` now that ``task_id``'s outcome arrived (``first``:
+        not a repeat): a plain task itself; a member of a group of ours nothing until
+        its group's last member arrives, then the group's id (one per group); a member
+        of a group this client did not submit (``attach``) itself, which the daemon
+        counts towards its group."""
+        group = group_of(task_id)
+        if group is None or group not in self._group_left:
+            return task_id
+        if first:
+            self._group_left[group] -= 1
+        if self._group_left[group] > 0:
+            return None
+        del self._group_left[group]
+        return group
 
     async def _submit_each(
         self, blob: ModelBlob, chunk: list[tuple[int, dict[str, Any]]], fields: dict[str, Any]
@@ -115,12 +161,19 @@ class BatchedSubmission:
         *,
         window: int = 64,
         raise_errors: bool = True,
+        group: int | None = None,
         **options: Any,
     ) -> AsyncIterator[Completed]:
         """Submit one task per input map (at most ``window`` unfinished at once) and
         yield a :class:`Completed` per task as each finishes, in completion order. A
-        failed task raises its error unless ``raise_errors`` is False."""
+        failed task raises its error unless ``raise_errors`` is False.
+
+        ``group``: members per task group (1: one table entry per task); None (the
+        default) chooses per request from the mesh's published latency of the model and
+        its live capacity (:func:`choose_group`)."""
         assert self._nursery is not None
+        if group is not None and not 1 <= int(group) <= BATCH_MAX:
+            raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
         blob = ModelBlob.of(model)
         send, receive = trio.open_memory_channel[Completed](math.inf)
         scope = trio.CancelScope()
@@ -144,9 +197,10 @@ class BatchedSubmission:
         async def submit_batch(
             batch: list[tuple[int, Mapping[str, Any]]], free: trio.Semaphore
         ) -> None:
+            size = group if group is not None else choose_group(self.members, blob.digest, window)
             try:
                 answers: list[AsyncTaskHandle | MeshError] = await self.submit_many(
-                    blob, [inputs for _, inputs in batch], **options
+                    blob, [inputs for _, inputs in batch], group=size, **options
                 )
             except MeshError as error:
                 answers = [error] * len(batch)
@@ -191,6 +245,28 @@ class BatchedSubmission:
                     yield item
         finally:
             scope.cancel()
+
+
+def choose_group(members: list[dict[str, Any]], model_digest: str, window: int) -> int:
+    """The group size ``map`` uses: bounded by time (the slowest published per-member
+    latency of the model times K stays under ``GROUP_TARGET_S``; ``GROUP_UNKNOWN`` while
+    no node has published one), by spread (the window still makes about two groups per
+    live worker slot, i.e. one per unit of the capacity a node offers, which counts one
+    prefetch per slot), and by ``GROUP_MAX``; at least 1."""
+    live = [m for m in members if m.get("state") in ("alive", "suspect")]
+    loads = [m.get("load") or {} for m in live]
+    capacity = sum(
+        int(load.get("free_slots", 0)) + int(load.get("active_tasks", 0)) for load in loads
+    )
+    capacity = max(capacity, 2 * max(1, len(live)))
+    latencies = [
+        float(seconds)
+        for load in loads
+        for digest, seconds in dict(load.get("latency") or {}).items()
+        if digest == model_digest
+    ]
+    by_time = GROUP_UNKNOWN if not latencies else int(GROUP_TARGET_S / max(max(latencies), 1e-6))
+    return max(1, min(GROUP_MAX, by_time, window // capacity))
 
 
 def submit_fields(

@@ -101,6 +101,7 @@ class AsyncClient(BatchedSubmission):
         self._handles: dict[str, AsyncTaskHandle] = {}
         self._unresolved: set[str] = set()
         self._to_ack: set[str] = set()
+        self._group_left: dict[str, int] = {}
         self._link: Link | None = None
         self._link_changed = Signal()
         self._work = Signal()
@@ -273,10 +274,13 @@ class AsyncClient(BatchedSubmission):
 
     def _deliver(self, outcome: Outcome) -> None:
         handle = self._handles.get(outcome.task_id)
-        if handle is None or not handle.resolve(outcome):
+        first = handle is not None and handle.resolve(outcome)
+        if not first:
             self.duplicates += 1
         self._unresolved.discard(outcome.task_id)
-        self._to_ack.add(outcome.task_id)
+        collect = self._collectable(outcome.task_id, first)  # a group: once, when complete
+        if collect is not None:
+            self._to_ack.add(collect)
         self._work.fire()
 
     # --- the supervisor and its link tasks ---------------------------------------------
