@@ -118,6 +118,8 @@ class ClientHandlers:
 
     def execute(self, effect: Any) -> None:
         if isinstance(effect, fx.TaskAccepted | fx.TaskRejected):
+            if isinstance(effect, fx.TaskAccepted):
+                self._note_inputs(effect.task_id)
             pending = self._pending.pop(effect.client_ref, None)
             if pending is not None:
                 pending.answer = effect
@@ -126,6 +128,18 @@ class ClientHandlers:
             self.resolved[effect.task_id] = effect
             self._resolution.set()
             self._resolution = trio.Event()
+
+    def _note_inputs(self, task_id: TaskId) -> None:
+        """An accepted task refers to its inputs here: noted when the core accepts it,
+        not when the submitter is answered, so a request cancelled in between (a client
+        gone mid-batch) cannot leave the inputs of an accepted task unreferenced, to be
+        deleted with another task's identical inputs."""
+        from meshgpu.daemon.status import task_table
+
+        table = task_table(self.daemon)
+        entry = None if table is None else table.get(task_id)
+        if entry is not None:
+            self.daemon.dataplane.note_inputs(task_id, entry.spec.input_digest)
 
     # --- client ops --------------------------------------------------------------------
 
@@ -405,7 +419,6 @@ class ClientHandlers:
         answer = pending.answer
         if isinstance(answer, fx.TaskRejected):
             raise TaskError(f"task refused: {answer.reason}")
-        self.daemon.dataplane.note_inputs(answer.task_id, pending.input_digest)
         self.submitted += 1
         return {
             "task_id": str(answer.task_id),

@@ -309,3 +309,26 @@ trio.run(main)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True", done.stdout + done.stderr
+
+
+async def test_inputs_of_a_task_accepted_after_its_request_was_cancelled_stay_referenced(
+    daemon: Daemon, rpc: RpcConnection
+) -> None:
+    """The submitter gave up (its request cancelled) before the core accepted the task:
+    the task is in the table all the same, and its inputs must stay referenced, or a
+    DropPayload of another task with identical inputs would delete them."""
+    from meshgpu.core.events import SubmitTask
+    from meshgpu.core.tasks import TaskSpec
+    from meshgpu.daemon.dataplane import INPUTS
+    from meshgpu.daemon.payloads import canonical_tensor_bytes
+
+    await rpc.call("put_model", digest=DIGEST, data=MODEL)
+    blob = canonical_tensor_bytes({"pixels": np.zeros((1, 64), dtype=np.float32)})
+    digest = hashlib.sha256(blob).hexdigest()
+    await daemon.dataplane.store(digest, INPUTS, blob, wait=False)
+    daemon.feed(SubmitTask("a-client-that-left", TaskSpec(DIGEST, digest, replicas=1)))
+    with trio.fail_after(20):
+        while not daemon.dataplane.input_refs.get(digest):
+            await trio.sleep(0.01)
+    (task_id,) = daemon.dataplane.input_refs[digest]
+    assert task_id.origin == "solo"
