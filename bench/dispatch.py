@@ -1,10 +1,10 @@
 """Moving work: a 3-node meshgpu loopback mesh beside a Dask distributed LocalCluster of
 3 worker processes (1 thread each), the same workloads, in one run, taking turns.
 
-    python bench/dispatch.py [--quick] [--json] [--rounds 1]
+    python bench/dispatch.py [--quick] [--json] [--rounds 1] [--group N] [--window W]
 
 * ``noop``: N tasks of Identity on a float32 [1, 16] tensor (onnxruntime on both sides),
-  submitted in bulk (meshgpu ``Client.map``, window 64; Dask ``client.map`` + ``gather``):
+  submitted in bulk (meshgpu ``Client.map``; Dask ``client.map`` + ``gather``):
   tasks per second;
 * ``rtt``: M sequential round trips of the same task (submit, wait for the result):
   p50 / p99 latency;
@@ -17,6 +17,13 @@ time (``--phase-timeout``): what finished by then is what is reported. The meshg
 daemons run ``--slots 1`` so both sides have three single-threaded executors. Ratio =
 meshgpu / dask (throughput: higher is better; latency: lower is better). Dask is a
 benchmark extra (``pip install -e .[bench]``), not a dependency of meshgpu.
+
+The meshgpu side runs the bulk phases with task groups (docs/task-queue.md): ``--group N``
+forces N members per group, by default ``map`` chooses, with a window of ``--window``
+tasks (256). Unless ``--group 1``, a second meshgpu side, ``meshgpu_ungrouped``, runs the
+same bulk phases ungrouped with the window of 64 used before groups existed, in the same
+run, so the table shows grouped, ungrouped and Dask side by side. Round trips are single
+submissions (no group) and are measured on the first meshgpu side only.
 """
 
 from __future__ import annotations
@@ -63,11 +70,21 @@ def run_on_worker(model_path: str, x: np.ndarray) -> np.ndarray:
 
 
 class MeshSide:
-    """The meshgpu side: one client on the first daemon."""
+    """A meshgpu side: one client on the first daemon, mapping with ``group`` members per
+    task group (None: ``map`` chooses; 1: ungrouped) and at most ``window`` in flight."""
 
-    name = "meshgpu"
-
-    def __init__(self, mesh: LocalMesh, models: dict[str, Path]) -> None:
+    def __init__(
+        self,
+        mesh: LocalMesh,
+        models: dict[str, Path],
+        *,
+        name: str = "meshgpu",
+        group: int | None = None,
+        window: int = 64,
+    ) -> None:
+        self.name = name
+        self.group = group
+        self.window = window
         self.client = Client(mesh.nodes[0].peer, environ={})
         self.models = {key: path.read_bytes() for key, path in models.items()}
 
@@ -78,7 +95,10 @@ class MeshSide:
                     return
                 yield {"x": x}
 
-        return sum(1 for _ in self.client.map(self.models[model], until_deadline()))
+        items = self.client.map(
+            self.models[model], until_deadline(), window=self.window, group=self.group
+        )
+        return sum(1 for _ in items)
 
     def one(self, model: str, x: np.ndarray) -> None:
         self.client.submit(self.models[model], {"x": x}).result(60)
@@ -179,10 +199,18 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     small = [rng.standard_normal((1, 16)).astype(np.float32) for _ in range(args.noop)]
     wide = [rng.standard_normal((16, 256)).astype(np.float32) for _ in range(args.ms1)]
     report: dict[str, Any] = {"meshgpu": {}, "dask": {}, "conditions": [conditions()]}
+    report["meshgpu_group"] = "auto" if args.group is None else args.group
+    report["meshgpu_window"] = args.window if args.group != 1 else 64
     loop_tps = local_loop(models["ms1"], wide[: min(len(wide), 500)])
     with LocalMesh(root / "mesh", NODES, prefix="dispatch", slots=1) as mesh:
         wait_formed(mesh)
-        sides = [MeshSide(mesh, models), DaskSide(models)]
+        sides: list[Any] = [
+            MeshSide(mesh, models, group=args.group, window=report["meshgpu_window"])
+        ]
+        if args.group != 1:
+            report["meshgpu_ungrouped"] = {}
+            sides.append(MeshSide(mesh, models, name="meshgpu_ungrouped", group=1, window=64))
+        sides.append(DaskSide(models))
         try:
             for side in sides:  # warm both: models delivered, sessions built everywhere
                 side.bulk("noop", small[:30], time.monotonic() + 120)
@@ -195,7 +223,9 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             for round_index in range(args.rounds):
                 for phase, run in phases:
                     order = sides if round_index % 2 == 0 else sides[::-1]
-                    for side in order:  # alternating: each phase on both, then the next
+                    for side in order:  # alternating: each phase on all, then the next
+                        if phase == "rtt" and side.name == "meshgpu_ungrouped":
+                            continue  # single submissions: the same as the first side
                         result = run(side)
                         result["loadavg_1m"] = conditions()["loadavg"][0]
                         report[side.name].setdefault(phase, []).append(result)
@@ -204,7 +234,9 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             for side in sides:
                 side.close()
     report["conditions"].append(conditions())
-    for name in ("meshgpu", "dask"):
+    for name in ("meshgpu", "meshgpu_ungrouped", "dask"):
+        if name not in report:
+            continue
         ms1 = report[name]["ms1"]
         for entry in ms1:
             entry["efficiency_vs_loop"] = entry["tps"] / loop_tps
@@ -214,6 +246,11 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "rtt_p50": _median(report, "rtt", "p50_ms") / _median(report, "rtt", "p50_ms", "dask"),
         "ms1_tps": _median(report, "ms1", "tps") / _median(report, "ms1", "tps", "dask"),
     }
+    if "meshgpu_ungrouped" in report:
+        for phase in ("noop", "ms1"):
+            report["ratio"][f"{phase}_tps_ungrouped"] = _median(
+                report, phase, "tps", "meshgpu_ungrouped"
+            ) / _median(report, phase, "tps", "dask")
     return report
 
 
@@ -228,11 +265,16 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="end with the JSON object")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (median)")
     parser.add_argument("--phase-timeout", type=float, default=300.0, help="seconds per phase")
+    parser.add_argument(
+        "--group", type=int, default=None, help="members per task group (default: map chooses)"
+    )
+    parser.add_argument("--window", type=int, default=256, help="grouped side's map window")
     args = parser.parse_args()
     exit_on_sigterm()
     args.noop, args.rtt, args.ms1 = (500, 100, 300) if args.quick else (5000, 500, 2000)
     with tempfile.TemporaryDirectory(prefix="meshgpu-dispatch-") as root:
         report = measure(args, Path(root))
+    grouped = "meshgpu_ungrouped" in report
     rows = []
     for phase, key, unit in (
         ("noop", "tps", "tasks/s"),
@@ -242,10 +284,18 @@ def main() -> None:
         ("ms1", "efficiency_vs_loop", "fraction"),
     ):
         mesh, dask = _median(report, phase, key), _median(report, phase, key, "dask")
-        rows.append((f"{phase} {key} ({unit})", mesh, dask, mesh / dask))
+        row: list[Any] = [f"{phase} {key} ({unit})", mesh]
+        if grouped:
+            plain = _median(report, phase, key, "meshgpu_ungrouped") if phase != "rtt" else mesh
+            row.append(plain)
+        rows.append((*row, dask, mesh / dask))
+    group = report["meshgpu_group"]
+    columns = ["figure", f"meshgpu (group {group}, window {report['meshgpu_window']})"]
+    if grouped:
+        columns.append("meshgpu ungrouped (window 64)")
     show_table(
         f"dispatch, {NODES} nodes, loadavg {report['conditions'][0]['loadavg']}",
-        ["figure", "meshgpu", "dask", "meshgpu/dask"],
+        [*columns, "dask", "meshgpu/dask"],
         rows,
     )
     if args.json:

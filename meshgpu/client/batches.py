@@ -13,7 +13,7 @@ Task groups (docs/task-queue.md): with ``group=K`` a batch's tasks are packed by
 entry node into table entries of up to K members each, which the mesh replicates, assigns,
 runs (in one thread hop) and retries as one; every member keeps its own handle, id
 (``"<group id>:<index>"``) and outcome. ``map`` picks K itself (:func:`choose_group`)
-so that a group stays short in time and the window still spreads over the live workers.
+so that a group stays short in time (100 ms) and the window still spreads over the live workers.
 The client tells the mesh ``collected`` once per group, when it holds every member's
 outcome (:meth:`BatchedSubmission._collectable`).
 
@@ -42,7 +42,7 @@ BATCH_MAX = 64
 """Most tasks in one ``submit_batch`` request from :meth:`BatchedSubmission.submit_many`."""
 GROUP_MAX = 64
 """Most members ``map`` puts in one task group."""
-GROUP_TARGET_S = 0.05
+GROUP_TARGET_S = 0.1
 """How long a group should run at most, by the model's published per-member latency: a
 group is one retry unit and finishes as one, so a long one delays its first members'
 results and repeats more work when its worker dies."""

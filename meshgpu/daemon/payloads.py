@@ -18,6 +18,10 @@ client API and holder-to-worker transfers) and sits on disk, so a payload is mov
 no re-encoding. Rejected alternative: ``.npz`` files are zip archives, which would mean
 a second encoding for the wire and a zip parser on untrusted input; ``np.load`` of
 untrusted data also needs care with pickles.
+
+A task group (docs/task-queue.md, "Task groups") stores its inputs as a msgpack list of
+its members' tensor maps and its result as a list of per-member ``{"outputs": ...}`` or
+``{"error": reason}``: still one payload per task, moved and stored like any other.
 """
 
 from __future__ import annotations
