@@ -22,8 +22,8 @@ SHIPPED = {"digits": Path(__file__).resolve().parents[1] / "inference" / "models
 
 
 _READ_KEEP = 8
-_READ: dict[tuple[str, int, int], ModelBlob] = {}
-"""Model files read lately, by (resolved path, mtime ns, size): a submit of a path names
+_READ: dict[tuple[str, int, int, int, int], ModelBlob] = {}
+"""Model files read lately, by (path, device, inode, mtime ns, size): a submit of a path names
 the model by digest, and reading and hashing the file for every task cost 0.1 ms for
 the 0.1 MB digits model and would cost 50 ms for a 100 MB one. A file rewritten in place
 gets a new mtime, so it is read again."""
@@ -51,7 +51,7 @@ class ModelBlob:
                 path = SHIPPED[str(model)]
             try:
                 stat = path.stat()
-                key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+                key = (os.fspath(path), stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
                 cached = _READ.get(key)
                 if cached is not None:
                     return cached

@@ -26,6 +26,7 @@ its members' tensor maps and its result as a list of per-member ``{"outputs": ..
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -86,7 +87,7 @@ def decode_tensors(encoded: Any) -> Tensors:
             raise DecodeError(f"tensor {name!r} is malformed: {error}") from None
         if dtype.kind not in _ALLOWED_KINDS or not isinstance(data, bytes):
             raise DecodeError(f"tensor {name!r} has unsupported dtype {dtype} or data")
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow to wrap
         if any(n < 0 for n in shape) or expected != len(data):
             raise DecodeError(
                 f"tensor {name!r}: shape {list(shape)} of {dtype} needs {expected} bytes, "
