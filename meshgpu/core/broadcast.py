@@ -37,29 +37,32 @@ class BroadcastQueue:
         # OrderedDict, not dict: items leave from the front and join at the back; a plain
         # dict keeps the deleted slots and every scan would walk over all of them.
         self._buckets: list[OrderedDict[Hashable, _Queued]] = [OrderedDict()]
-        self._where: dict[Hashable, int] = {}
+        self.queued: dict[Hashable, int] = {}
+        """Each queued key and the bucket (transmissions so far) it is in. Read-only for
+        others: truthy exactly when the queue is (``NodeContext.send`` reads it on every
+        datagram instead of calling ``__bool__``)."""
         self._scan_limit = scan_limit
 
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self.queued)
 
     def __bool__(self) -> bool:
-        return bool(self._where)
+        return bool(self.queued)
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._where
+        return key in self.queued
 
     def enqueue(self, key: Hashable, payload: bytes) -> None:
         """Queue ``payload`` under ``key``, replacing (and restarting) any item with that key."""
-        old = self._where.get(key)
+        old = self.queued.get(key)
         if old is not None:
             del self._buckets[old][key]
         self._buckets[0][key] = _Queued(payload, 0)
-        self._where[key] = 0
+        self.queued[key] = 0
 
     def discard(self, key: Hashable) -> None:
         """Forget the queued item under ``key`` if any."""
-        old = self._where.pop(key, None)
+        old = self.queued.pop(key, None)
         if old is not None:
             del self._buckets[old][key]
 
@@ -69,7 +72,7 @@ class BroadcastQueue:
         Each picked item counts one transmission and is dropped once sent ``limit`` times.
         """
         picked: list[bytes] = []
-        if not self._where or budget <= 0 or max_items <= 0:
+        if not self.queued or budget <= 0 or max_items <= 0:
             return picked
         moved: list[tuple[Hashable, _Queued]] = []
         examined = 0
@@ -97,10 +100,10 @@ class BroadcastQueue:
             del self._buckets[item.transmits][key]
             item.transmits += 1
             if item.transmits >= limit:
-                del self._where[key]
+                del self.queued[key]
                 continue
             while len(self._buckets) <= item.transmits:
                 self._buckets.append(OrderedDict())
             self._buckets[item.transmits][key] = item
-            self._where[key] = item.transmits
+            self.queued[key] = item.transmits
         return picked

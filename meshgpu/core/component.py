@@ -29,11 +29,13 @@ from meshgpu.core.broadcast import BroadcastQueue
 from meshgpu.core.config import MeshConfig
 from meshgpu.core.effects import SendDatagram
 from meshgpu.core.messages import (
+    EMPTY_PIGGYBACK,
     Envelope,
     Message,
-    encode_bare,
+    encode_body,
     encode_head,
     encode_item,
+    envelope_prefix,
     finish_datagram,
 )
 from meshgpu.core.types import Address, NodeId
@@ -82,6 +84,10 @@ class NodeContext:
         """Every other component's updates: fill the space membership leaves."""
         self._limit_size = 0
         self._limit = 1
+        self._prefix = b""
+        self._prefix_incarnation = -1
+        self._prefix_view = -1
+        """``envelope_prefix`` of the incarnation and view it was built for (see send)."""
         self.member_listeners: list[Callable[[MemberInfo, MemberInfo | None], None]] = []
         self.on_broadcast: Callable[[], None] = lambda: None
         """Called when an update is queued (membership schedules a gossip round)."""
@@ -112,9 +118,19 @@ class NodeContext:
             counters["datagrams_sent"] = 1
         member_queue = self.member_queue
         update_queue = self.update_queue
-        if not extra_items and (not piggyback or (not member_queue and not update_queue)):
-            # Fast path (most pings and acks in a quiet mesh): nothing to piggyback.
-            payload = encode_bare(self.node_id, self.incarnation, self.view, body)
+        if not extra_items and (
+            not piggyback or (not member_queue.queued and not update_queue.queued)
+        ):
+            # Fast path (most pings and acks in a quiet mesh): nothing to piggyback. The
+            # bytes of encode_bare, from the header kept since our incarnation or view last
+            # moved: only the body is packed.
+            incarnation = self.incarnation
+            view = self.view
+            if incarnation != self._prefix_incarnation or view != self._prefix_view:
+                self._prefix = envelope_prefix(self.node_id, incarnation, view)
+                self._prefix_incarnation = incarnation
+                self._prefix_view = view
+            payload = self._prefix + encode_body(body) + EMPTY_PIGGYBACK
             self.effects.append(_send_datagram(address, payload))
             return
         config = self.config

@@ -28,7 +28,7 @@ import hashlib
 import math
 
 from meshgpu.core.component import Component, NodeContext
-from meshgpu.core.membership import LIVE_STATES, MemberInfo, MemberState, MemberTable
+from meshgpu.core.membership import ALIVE, LIVE_STATES, MemberInfo, MemberTable
 from meshgpu.core.types import NodeId
 
 
@@ -56,12 +56,12 @@ class Leadership(Component):
         self.view_since = now
         self.leader: NodeId | None = None
         self._leader_key: tuple[int, NodeId] | None = None
-        self._unsettled = True
+        self.unsettled = True
         """Set when membership or the view changed: ``settle`` has something to check."""
         self._recompute()
 
     def _recompute(self) -> None:
-        self._unsettled = True
+        self.unsettled = True
         best: tuple[int, NodeId] | None = None
         view = self.view
         for node_id in self.table.sorted_live():
@@ -89,7 +89,7 @@ class Leadership(Component):
             node_id == self.context.node_id and self.table.leaving
         )
         was_live = previous is not None and previous.state in LIVE_STATES
-        self._unsettled = True
+        self.unsettled = True
         if live and not was_live:
             key = (leader_score(self.view, node_id), node_id)
             if self._leader_key is None or key > self._leader_key:
@@ -101,17 +101,17 @@ class Leadership(Component):
     def settle(self, now: float) -> None:
         """After any change: if our view's leader is not alive to us, move to the next view
         at once (bounded: we ourselves are always alive to us unless we left)."""
-        if not self._unsettled:
+        if not self.unsettled:
             return
         members = self.table.members
         for _ in range(len(members) + 1):
             leader = self.leader
             info = None if leader is None else members.get(leader)
-            if info is None or info.state is MemberState.ALIVE:
+            if info is None or info.state is ALIVE:
                 break
             self.context.count("leader_suspected")
             self._set_view(self.view + 1, now)
-        self._unsettled = False
+        self.unsettled = False
 
     def next_deadline(self) -> float:
         if self.leader == self.context.node_id and not self.table.leaving:

@@ -206,6 +206,28 @@ def encode_bare(sender: NodeId, incarnation: int, view: int, body: Message) -> b
     return packed
 
 
+def envelope_prefix(sender: NodeId, incarnation: int, view: int) -> bytes:
+    """The first bytes of every datagram ``sender`` sends at this incarnation and view:
+    the 6-element array's header, the version, the sender, the incarnation and the view.
+
+    msgpack encodes an array as its header followed by each element's own encoding, so
+    ``envelope_prefix(...) + encode_body(body) + EMPTY_PIGGYBACK`` is byte for byte
+    ``encode_bare(sender, incarnation, view, body)``. A node's prefix changes only when
+    its incarnation or view does, so senders keep it and pack only the body."""
+    header: bytes = _PACK(PROTOCOL_VERSION) + _PACK(sender) + _PACK(incarnation) + _PACK(view)
+    return b"\x96" + header
+
+
+def encode_body(body: Message) -> bytes:
+    """``[tag, *fields]`` of a datagram's body (see :func:`envelope_prefix`)."""
+    packed: bytes = _PACK([body.TAG, *body.to_fields()])
+    return packed
+
+
+EMPTY_PIGGYBACK = b"\x90"
+"""The encoding of an empty piggyback list (a msgpack fixarray of length 0)."""
+
+
 def finish_datagram(head: bytes, items: Sequence[bytes]) -> bytes:
     """Splice pre-encoded piggyback items onto a head from :func:`encode_head`.
 
@@ -375,6 +397,22 @@ class Ack:
 _SET_PING_SEQ = vars(Ping)["seq"].__set__
 _SET_PING_TARGET = vars(Ping)["target"].__set__
 _SET_ACK_SEQ = vars(Ack)["seq"].__set__
+
+
+def new_ping(seq: int, target: NodeId) -> Ping:
+    """``Ping(seq, target)`` built slot by slot (see :func:`_envelope`): the same object
+    for a third of the cost; every node sends one per probe period."""
+    ping: Ping = _NEW(Ping)
+    _SET_PING_SEQ(ping, seq)
+    _SET_PING_TARGET(ping, target)
+    return ping
+
+
+def new_ack(seq: int) -> Ack:
+    """``Ack(seq)`` built slot by slot (see :func:`new_ping`): one per ping answered."""
+    ack: Ack = _NEW(Ack)
+    _SET_ACK_SEQ(ack, seq)
+    return ack
 
 
 @register_message

@@ -52,7 +52,7 @@ from meshgpu.core.events import (
 )
 from meshgpu.core.leader import Leadership
 from meshgpu.core.load import LoadGossip, LoadVector
-from meshgpu.core.membership import MemberInfo
+from meshgpu.core.membership import ALIVE, MemberInfo
 from meshgpu.core.messages import Message, Ping, PushPull, decode
 from meshgpu.core.swim import Swim
 from meshgpu.core.tasks.component import NodeMeshView, TaskComponent
@@ -93,6 +93,8 @@ class Node:
         self._timed: list[Component] = []
         self._deadline_sources: list[Callable[[], float]] = []
         """The bound ``next_deadline`` of every timed component (asked after each event)."""
+        self._timed_sources: list[tuple[Component, Callable[[], float]]] = []
+        """``_timed`` and ``_deadline_sources`` paired, for the tick loop."""
         self._deadline = math.inf
         self._message_owner: dict[type[Message], Component] = {}
         self._update_owner: dict[type[Message], Component] = {}
@@ -119,6 +121,7 @@ class Node:
             # Only components with timers are asked for deadlines (once per event).
             self._timed.append(component)
             self._deadline_sources.append(component.deadline_source())
+            self._timed_sources.append((component, self._deadline_sources[-1]))
         self._deadline = self._compute_deadline()
         if component is not self.swim:
             self.context.member_listeners.append(component.on_member_changed)
@@ -173,10 +176,11 @@ class Node:
         context = self.context
         context.now = now
         context.effects = []
-        if isinstance(event, DatagramReceived):
+        kind = type(event)  # exact types first (nearly every event), then isinstance
+        if kind is DatagramReceived or (kind is not Tick and isinstance(event, DatagramReceived)):
             self._on_datagram(event, now)
-        elif isinstance(event, Tick):
-            for component, deadline_of in zip(self._timed, self._deadline_sources, strict=True):
+        elif kind is Tick or isinstance(event, Tick):
+            for component, deadline_of in self._timed_sources:
                 if deadline_of() <= now:
                     component.on_tick(now)
         elif isinstance(event, PeerDiscovered):
@@ -192,7 +196,8 @@ class Node:
             else:
                 context.count("events_ignored")
         leadership = self.leadership
-        leadership.settle(now)
+        if leadership.unsettled:  # (settle returns at once otherwise; asked every event)
+            leadership.settle(now)
         announced = self._announced
         if (
             announced is None
@@ -245,7 +250,8 @@ class Node:
         if owner is None:
             self.context.count("datagrams_rejected")
             return
-        if sender not in self.table.members:
+        info = self.table.members.get(sender)
+        if info is None:
             if isinstance(body, Ping):
                 self.context.count("datagrams_unknown_sender")
                 self.swim.answer_unknown_ping(body, event.source, now)
@@ -260,7 +266,9 @@ class Node:
                 self.context.count("datagrams_rejected")
                 self.context.count("datagrams_unknown_sender")
                 return
-        else:
+        elif envelope.incarnation > info.incarnation or info.state is not ALIVE:
+            # (observe_sender has nothing to do for an alive member at an incarnation we
+            # hold: nearly every datagram, so that case is not a call)
             self.swim.observe_sender(envelope, event.source, now)
         if envelope.view > self.leadership.view:
             self.leadership.observe_view(envelope.view, now)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshgpu.core.component import Component, NodeContext
-from meshgpu.core.membership import GONE_STATES, MemberState, MemberTable
+from meshgpu.core.membership import ALIVE, DEAD, GONE_STATES, LIVE_STATES, SUSPECT, MemberTable
 from meshgpu.core.messages import (
     Ack,
     Alive,
@@ -43,6 +43,8 @@ from meshgpu.core.messages import (
     PushPull,
     Suspect,
     encode_item,
+    new_ack,
+    new_ping,
 )
 from meshgpu.core.suspicion import LocalHealth
 from meshgpu.core.timers import Timers
@@ -217,7 +219,7 @@ class Swim(Component):
             node_id = next(iter(self._priority))
             del self._priority[node_id]
             info = members.get(node_id)
-            if info is not None and info.state is MemberState.SUSPECT:
+            if info is not None and info.state is SUSPECT:
                 return node_id
         for _ in range(2):
             order = self._probe_order
@@ -225,7 +227,7 @@ class Swim(Component):
                 node_id = order[self._probe_index]
                 self._probe_index += 1
                 info = members.get(node_id)
-                live = info is not None and info.state in (MemberState.ALIVE, MemberState.SUSPECT)
+                live = info is not None and info.state in LIVE_STATES
                 if live and node_id != self.table.node_id:
                     return node_id
             self._probe_order = list(self.table.live)
@@ -241,25 +243,28 @@ class Swim(Component):
         if self.table.leaving:
             return
         config = self.config
-        interval = config.probe_interval  # _scaled inlined (twice per probe)
+        # _scaled and LocalHealth.scale inlined (twice per probe): duration * (1 + score)
+        score = self.health.score
+        interval = config.probe_interval
         self.timers.schedule(
-            "probe", now + (self.health.scale(interval) if config.lifeguard else interval)
+            "probe", now + (interval * (1 + score) if config.lifeguard else interval)
         )
         target = self._next_target()
         if target is None:
             return
         info = self.table.members[target]
-        seq = self._next_seq()
+        self._seq = seq = self._seq + 1  # _next_seq inlined (once per probe)
         self._probe = _Probe(target, seq, now)
         extra: list[bytes] = []
-        if self.config.lifeguard and info.state is MemberState.SUSPECT:
+        if config.lifeguard and info.state is SUSPECT:
             # Lifeguard's buddy system: tell the suspect directly so it can refute at once.
             extra.append(encode_item(Suspect(target, info.incarnation, self.table.node_id)))
-        self.context.count("probes")
-        self.context.send(info.address, Ping(seq, target), extra)
+        context = self.context
+        context.count("probes")
+        context.send(info.address, new_ping(seq, target), extra)  # = Ping(seq, target)
         timeout = config.probe_timeout
         self.timers.schedule(
-            "probe_direct", now + (self.health.scale(timeout) if config.lifeguard else timeout)
+            "probe_direct", now + (timeout * (1 + score) if config.lifeguard else timeout)
         )
 
     def _probe_direct_timeout(self, now: float) -> None:
@@ -306,7 +311,7 @@ class Swim(Component):
     def _probe_acked(self) -> None:
         self._probe = None
         self.timers.cancel("probe_direct")
-        if self.config.lifeguard:
+        if self.config.lifeguard and self.health.score:  # (apply(-1) leaves 0 at 0)
             self.health.apply(-1)
 
     def _sample_live(self, count: int) -> list[NodeId]:
@@ -355,7 +360,7 @@ class Swim(Component):
         if ping.target != self.table.node_id:
             self.context.count("pings_misdirected")
             return
-        self.context.send(source, Ack(ping.seq))
+        self.context.send(source, new_ack(ping.seq))  # = Ack(ping.seq)
 
     def _on_ack(self, ack: Ack) -> None:
         if self._probe is not None and self._probe.seq == ack.seq:
@@ -429,16 +434,16 @@ class Swim(Component):
                 self.context.count("revival_push_pulls")
                 self.send_push_pull(info.address, reply=False)
             return
-        if info.state is MemberState.ALIVE:
+        if info.state is ALIVE:
             return
-        if info.state is MemberState.SUSPECT and not self.config.lifeguard:
+        if info.state is SUSPECT and not self.config.lifeguard:
             return
         last = self._last_notice.get(envelope.sender)
         if last is not None and now - last < self.config.probe_interval:
             return
         self._last_notice[envelope.sender] = now
         notice: Message
-        if info.state is MemberState.SUSPECT:
+        if info.state is SUSPECT:
             notice = Suspect(envelope.sender, info.incarnation, table.node_id)
         else:
             notice = Dead(envelope.sender, info.incarnation, table.node_id)
@@ -539,7 +544,7 @@ class Swim(Component):
             return True
         if node_id is not None:
             info = self.table.members.get(node_id)
-            return info is not None and info.state in (MemberState.ALIVE, MemberState.SUSPECT)
+            return info is not None and info.state in LIVE_STATES
         return any(
             info.address == address and info.state not in GONE_STATES
             for info in self.table.members.values()
@@ -560,7 +565,7 @@ class Swim(Component):
     def _reconnect_tick(self, now: float) -> None:
         if self.table.leaving:
             return
-        dead = [n for n in self.table.gone if self.table.members[n].state is MemberState.DEAD]
+        dead = [n for n in self.table.gone if self.table.members[n].state is DEAD]
         if not dead:
             return
         self.timers.schedule("reconnect", now + self.config.reconnect_interval)

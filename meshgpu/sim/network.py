@@ -173,10 +173,19 @@ class Network:
             counters["lost"] += 1
             return ()
         if link.jitter == "lognormal" and not link.reorder:
-            # _delay inlined for the common link: the same draws, the same arithmetic
-            first = link.latency_s + link.jitter_s * math.exp(
-                link.jitter_sigma * self._latency.gauss(0.0, 1.0)
-            )
+            # _delay inlined for the common link: the same draws, the same arithmetic,
+            # and random.Random.gauss(0.0, 1.0) inlined too (CPython's Box-Muller: two
+            # uniform draws give two normal deviates, the second kept in gauss_next for
+            # the next call), so the stream sees exactly the calls gauss would make.
+            latency = self._latency
+            z = latency.gauss_next
+            latency.gauss_next = None
+            if z is None:
+                x2pi = latency.random() * math.tau
+                g2rad = math.sqrt(-2.0 * math.log(1.0 - latency.random()))
+                z = math.cos(x2pi) * g2rad
+                latency.gauss_next = math.sin(x2pi) * g2rad
+            first = link.latency_s + link.jitter_s * math.exp(link.jitter_sigma * (0.0 + z))
         else:
             first = self._delay(link)
         if link.duplicate and self._duplicate.random() < link.duplicate:

@@ -10,6 +10,7 @@ import pytest
 
 from meshgpu.core.load import DeviceCapabilities, LoadUpdate, LoadVector
 from meshgpu.core.messages import (
+    EMPTY_PIGGYBACK,
     MAX_DATAGRAM_BYTES,
     PROTOCOL_VERSION,
     Ack,
@@ -28,9 +29,13 @@ from meshgpu.core.messages import (
     decode,
     encode,
     encode_bare,
+    encode_body,
     encode_head,
     encode_item,
+    envelope_prefix,
     finish_datagram,
+    new_ack,
+    new_ping,
     register_message,
 )
 from meshgpu.errors import DecodeError
@@ -80,6 +85,34 @@ def test_spliced_datagram_equals_plain_encoding() -> None:
     many = [encode_item(Ack(i)) for i in range(20)]  # array16 header path
     assert decode(finish_datagram(head, many)).piggyback == tuple(Ack(i) for i in range(20))
     assert encode_bare("s", 1, 2, Ack(1)) == encode(Envelope("s", 1, 2, Ack(1)))
+
+
+@pytest.mark.parametrize(
+    ("sender", "incarnation", "view", "body"),
+    [
+        ("s", 1, 2, Ack(1)),
+        ("n-0042", 0, 0, Ping(7, "n-0001")),
+        ("x" * 64, 2**40, 70000, Ping(2**33, "y" * 64)),  # wider int and str headers
+        ("n-0", 127, 128, Gossip()),
+    ],
+)
+def test_kept_prefix_plus_body_is_the_bare_encoding(
+    sender: str, incarnation: int, view: int, body: Any
+) -> None:
+    """NodeContext.send keeps envelope_prefix per (incarnation, view) and packs only the
+    body: the bytes must be encode_bare's, or the wire (and every trace hash) moves."""
+    spliced = envelope_prefix(sender, incarnation, view) + encode_body(body) + EMPTY_PIGGYBACK
+    assert spliced == encode_bare(sender, incarnation, view, body)
+    assert decode(spliced) == Envelope(sender, incarnation, view, body)
+
+
+def test_slot_built_ping_and_ack_equal_the_dataclass_ones() -> None:
+    assert new_ping(7, "t") == Ping(7, "t")
+    assert hash(new_ping(7, "t")) == hash(Ping(7, "t"))
+    assert new_ack(9) == Ack(9)
+    assert type(new_ack(9)) is Ack and type(new_ping(1, "t")) is Ping
+    with pytest.raises(AttributeError):
+        new_ack(9).seq = 3  # type: ignore[misc]  # still frozen
 
 
 def _raw(*envelope: object) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -48,6 +49,22 @@ def test_latency_has_base_and_jitter_within_bounds() -> None:
     assert min(delays) >= 0.001
     assert max(delays) <= 0.003
     assert max(delays) - min(delays) > 0.0015  # the jitter is really drawn
+
+
+def test_lognormal_delays_are_the_draws_of_random_gauss() -> None:
+    """transmit inlines ``Random.gauss``: its delays and the stream's state afterwards must
+    be exactly what calling gauss gives (an odd count leaves a cached deviate), or every
+    latency draw, and every trace hash, moves."""
+    network = make_network(2)
+    reference = random.Random("latency")
+    link = LinkParams()
+    for _ in range(7):
+        expected = link.latency_s + link.jitter_s * math.exp(
+            link.jitter_sigma * reference.gauss(0.0, 1.0)
+        )
+        assert network.transmit(0, 1) == (expected,)
+    assert network._latency.getstate() == reference.getstate()
+    assert network._latency.gauss_next == reference.gauss_next
 
 
 def test_reordering_lets_a_later_datagram_arrive_first() -> None:
