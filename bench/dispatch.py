@@ -20,10 +20,12 @@ benchmark extra (``pip install -e .[bench]``), not a dependency of meshgpu.
 
 The meshgpu side runs the bulk phases with task groups (docs/task-queue.md): ``--group N``
 forces N members per group, by default ``map`` chooses, with a window of ``--window``
-tasks (256). Unless ``--group 1``, a second meshgpu side, ``meshgpu_ungrouped``, runs the
-same bulk phases ungrouped with the window of 64 used before groups existed, in the same
-run, so the table shows grouped, ungrouped and Dask side by side. Round trips are single
-submissions (no group) and are measured on the first meshgpu side only.
+tasks (1024: a group's cycle, submission to collection, is a few hundred ms, so the
+window bounds throughput; Dask has every task in flight at once). Unless ``--group 1``,
+a second meshgpu side, ``meshgpu_ungrouped``, runs the same bulk phases ungrouped with
+the window of 64 used before groups existed, in the same run, so the table shows
+grouped, ungrouped and Dask side by side. Round trips are single submissions (no group)
+and are measured on the first meshgpu side only.
 """
 
 from __future__ import annotations
@@ -268,7 +270,7 @@ def main() -> None:
     parser.add_argument(
         "--group", type=int, default=None, help="members per task group (default: map chooses)"
     )
-    parser.add_argument("--window", type=int, default=256, help="grouped side's map window")
+    parser.add_argument("--window", type=int, default=1024, help="grouped side's map window")
     args = parser.parse_args()
     exit_on_sigterm()
     args.noop, args.rtt, args.ms1 = (500, 100, 300) if args.quick else (5000, 500, 2000)
