@@ -254,7 +254,9 @@ async def _submit_only(
     from meshgpu.errors import MeshError
 
     try:
-        handle = await client.submit(blob, _load(task.paths), **options)
+        # Through the table always: --no-wait hands the id to a later `attach`, and a
+        # direct run's result lives only in the submit's answer (docs/daemon.md).
+        handle = await client.submit(blob, _load(task.paths), direct=False, **options)
         row.update(task_id=handle.task_id, copies=handle.copies, state="submitted")
     except MeshError as error:
         row.update(state="failed", error=str(error))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,17 @@ SHIPPED = {"digits": Path(__file__).resolve().parents[1] / "inference" / "models
 """Models that ship with meshgpu, usable by name (``meshgpu submit digits ...``)."""
 
 
-_READ_KEEP = 8
-_READ: dict[tuple[str, int, int, int, int], ModelBlob] = {}
-"""Model files read lately, by (path, device, inode, mtime ns, size): a submit of a path names
-the model by digest, and reading and hashing the file for every task cost 0.1 ms for
-the 0.1 MB digits model and would cost 50 ms for a 100 MB one. A file rewritten in place
-gets a new mtime, so it is read again."""
+_READ_BYTES = 256 << 20
+"""Most model bytes the cache below keeps alive (oldest dropped first)."""
+_RACY_S = 2.0
+"""A file changed this recently is not cached: on filesystems with coarse timestamps a
+second change within the same tick would keep the same stat (git's "racy" rule)."""
+_READ: dict[tuple[str, int, int, int, int, int], ModelBlob] = {}
+"""Model files read lately, by (path, device, inode, size, mtime ns, ctime ns): a submit
+of a path names the model by digest, and reading and hashing the file for every task cost
+0.1 ms for the 0.1 MB digits model and would cost 50 ms for a 100 MB one. A file
+rewritten in place gets a new ctime even when its mtime is put back (``cp -p``,
+``tar -x``), so it is read again."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,14 @@ class ModelBlob:
                 path = SHIPPED[str(model)]
             try:
                 stat = path.stat()
-                key = (os.fspath(path), stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+                key = (
+                    os.fspath(path),
+                    stat.st_dev,
+                    stat.st_ino,
+                    stat.st_size,
+                    stat.st_mtime_ns,
+                    stat.st_ctime_ns,
+                )
                 cached = _READ.get(key)
                 if cached is not None:
                     return cached
@@ -65,9 +78,11 @@ class ModelBlob:
             if not data:
                 raise ConfigError(f"model {path.name} is empty")
             blob = cls(data, hashlib.sha256(data).hexdigest(), path.name)
-            _READ[key] = blob
-            while len(_READ) > _READ_KEEP:
-                del _READ[next(iter(_READ))]
+            changed = max(stat.st_mtime_ns, stat.st_ctime_ns) / 1e9
+            if time.time() - changed > _RACY_S and len(data) <= _READ_BYTES:
+                _READ[key] = blob
+                while sum(len(b.data) for b in _READ.values()) > _READ_BYTES:
+                    del _READ[next(iter(_READ))]
             return blob
         elif hasattr(model, "SerializeToString"):
             data = model.SerializeToString()

@@ -47,8 +47,9 @@ from meshgpu.client.peers import (
     initial_candidates,
 )
 from meshgpu.daemon.auth import Authenticator, MeshKey, load_mesh_key
+from meshgpu.daemon.direct import is_direct_id
 from meshgpu.daemon.rpc import open_rpc
-from meshgpu.errors import ClientError, RequestFailedError
+from meshgpu.errors import ClientError, RequestFailedError, TaskFailedError
 
 logger = logging.getLogger("meshgpu.client")
 
@@ -202,7 +203,21 @@ class AsyncClient(BatchedSubmission):
     def attach(self, task_id: str) -> AsyncTaskHandle:
         """A handle for a task submitted earlier (e.g. ``meshgpu submit --no-wait``)."""
         handle = self._handles.get(task_id)
-        return handle if handle is not None else self._track(AsyncTaskHandle(task_id))
+        if handle is not None:
+            return handle
+        if is_direct_id(task_id):
+            # Never sent: the mesh does not know a direct run's id (its result was the
+            # submit's answer), and one bad id would spoil a whole results request.
+            handle = AsyncTaskHandle(task_id)
+            error = TaskFailedError(
+                task_id,
+                "a direct run's result was in the answer to its submit and is not kept in "
+                "the mesh; submit with direct=False to collect a result later by id",
+            )
+            handle.resolve(Outcome(task_id, "failed", None, error=error))
+            self._handles[task_id] = handle
+            return handle
+        return self._track(AsyncTaskHandle(task_id))
 
     async def status(self) -> dict[str, Any]:
         """The entry peer's ``status`` (members, leader, view, queue, counters)."""

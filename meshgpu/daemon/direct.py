@@ -5,8 +5,9 @@ Why. On a warm loopback mesh the task table's bookkeeping for one task (journal 
 two holders with an fsync each, copy the inputs, the leader's assignment, the result
 stored on the holders and reported back) cost 15-20 ms of submit-to-result for a model
 that runs in 0.2 ms (docs/daemon.md, per-hop trace). When the node the client talks to
-has a free slot, nothing of its own queued or running, and the model ran here in under
-``DIRECT_RUN_S`` last time, that node is what any strategy would pick, and running the
+has a free slot, nothing of its own queued or running, and a run of the model on these
+inputs is expected to take under ``DIRECT_RUN_S`` here (the latest run here, scaled by
+input bytes), that node is what any strategy would pick, and running the
 task before the client is even acknowledged is both faster and no less safe:
 
 * nothing accepted is at risk. A submission is *accepted* when the client gets its
@@ -23,7 +24,7 @@ task before the client is even acknowledged is both faster and no less safe:
 
 What it is not: a way around the queue. The node must be idle (no task of the table
 running, fetching or waiting for a slot here, and none queued in its table), the run
-must be short (``DIRECT_RUN_S``: a model whose last run here took longer goes through
+must be short (``DIRECT_RUN_S``: a run expected to take longer goes through
 the table, where it is acknowledged, replicated and visible in ``meshgpu tasks`` while it
 runs), the node must meet the task's device requirements, and the session must already
 be loaded (a cold model goes through the table; its first run there loads it). A client
@@ -39,13 +40,13 @@ hold an id the mesh has never heard of).
 from __future__ import annotations
 
 import itertools
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from meshgpu.core.tasks import DeviceRequirements
 from meshgpu.core.tasks.strategies import WorkerView, capable
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import encode_tensors
-from meshgpu.daemon.status import QUEUED_PHASES, task_table
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,9 +55,19 @@ if TYPE_CHECKING:
     from meshgpu.daemon.runtime import Daemon
 
 DIRECT_RUN_S = 0.02
-"""A model whose last run on this node took longer than this is never run directly: the
+"""A run expected to take longer than this (the model's latest run here, scaled by input
+bytes) is never run directly: the
 table's bookkeeping (15-20 ms on loopback) is then a small part of the task's time, and a
 longer unacknowledged run is a longer window in which the client has nothing."""
+
+DIRECT_MARK = "/direct-"
+"""What a direct run's id holds (``<node>/direct-<run token>-<n>``) and a table id
+(``<node>/<sequence>``, digits only) never does."""
+
+
+def is_direct_id(task_id: str) -> bool:
+    """True for the id of a direct run (never in any task table)."""
+    return DIRECT_MARK in task_id
 
 
 class DirectRuns:
@@ -65,22 +76,27 @@ class DirectRuns:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self._ids = itertools.count(1)
+        self._run_token = secrets.token_hex(3)
+        """Direct ids name the daemon's run: a restarted node (same node id) never hands
+        out an id a client may still hold from before."""
         self.runs = 0
         self.fallbacks = 0
         """Direct runs that failed transiently and went to the table instead."""
 
-    def allowed(self, request: Message, requirements: DeviceRequirements) -> bool:
+    def allowed(
+        self, request: Message, requirements: DeviceRequirements, tensors: dict[str, np.ndarray]
+    ) -> bool:
         """True when the task of ``request`` may run here now (module doc: the rules)."""
         daemon = self.daemon
-        if request.get("direct", True) is False or daemon.leaving:
+        if not request.get("direct", True) or daemon.leaving:
             return False
         executor = daemon.executor
         if executor.active or executor.limiter.available_tokens < 1:
             return False
         if daemon.dataplane.running:
             return False
-        last_run = executor.last_run_s(str(request.get("model_digest")))
-        if last_run is None or last_run > DIRECT_RUN_S:
+        expected = executor.expected_run_s(str(request.get("model_digest")), tensors)
+        if expected is None or expected > DIRECT_RUN_S:
             return False
         me = WorkerView(
             daemon.node_id,
@@ -91,8 +107,10 @@ class DirectRuns:
         )
         if not capable(me, requirements):
             return False
-        table = task_table(daemon)
-        return table is None or not any(entry.state.phase.value in QUEUED_PHASES for entry in table)
+        # The core's queue holds exactly the table's pending and retrying entries (O(1),
+        # where scanning the table cost O(entries) on the loop for every tiny submit).
+        queue = getattr(getattr(daemon.node, "tasks", None), "queue", None)
+        return queue is None or len(queue) == 0
 
     async def run(self, request: Message, tensors: dict[str, np.ndarray]) -> Message | None:
         """Run the task now; its outcome as a ``submit`` answer, or None when the run
@@ -116,7 +134,7 @@ class DirectRuns:
         self.daemon.count("direct_runs")
         node_id = self.daemon.node_id
         return {
-            "task_id": f"{node_id}/direct-{next(self._ids)}",
+            "task_id": f"{node_id}{DIRECT_MARK}{self._run_token}-{next(self._ids)}",
             "direct": True,
             "state": state,
             "reason": reason,

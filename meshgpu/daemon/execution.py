@@ -6,8 +6,9 @@ node's ``slots``: at most ``slots`` runs at once, the loop keeps gossiping meanw
 Loading a model is also blocking (parsing, compiling kernels), so it happens in a thread
 too, once per (model digest) while the session stays in a small cache.
 
-One exception: a lone run (no other task waiting for a slot or running on this node) of
-a model whose previous run took under ``INLINE_RUN_S`` runs on the loop itself. Measured
+One exception: a lone run (no other task waiting for a slot or running on this node)
+expected to take under ``INLINE_RUN_S`` (the model's previous run here, scaled up by input
+bytes) runs on the loop itself. Measured
 on the 3-node loopback mesh (docs/daemon.md, per-hop trace), the hop to a worker thread
 and back cost 0.7-6 ms on a loaded 2-core machine (two wake-ups, each waiting for a
 core) around a 0.2-0.8 ms run; blocking the loop for under a millisecond delays nothing
@@ -67,6 +68,24 @@ class _CachedSession:
     lock: threading.Lock | None
     last_run_s: float = math.inf
     """How long the latest run took (decides whether the next one may run inline)."""
+    last_input_bytes: int = 0
+    """The input bytes of that run: a run on more bytes is expected to take longer."""
+
+    def expected_s(self, input_bytes: int) -> float:
+        """The latest run's time scaled up to ``input_bytes`` (never down: a small input
+        still pays the run's fixed cost); ``inf`` before the first run. A 1-row run of a
+        model says little about a 200,000-row one, which must not run on the loop."""
+        if self.last_run_s == math.inf:
+            return math.inf
+        return self.last_run_s * max(1.0, input_bytes / max(1, self.last_input_bytes))
+
+    def ran(self, elapsed: float, input_bytes: int) -> None:
+        self.last_run_s, self.last_input_bytes = elapsed, input_bytes
+
+
+def input_bytes(feeds: Mapping[str, np.ndarray]) -> int:
+    """Bytes of a run's inputs (what its time is scaled by)."""
+    return sum(int(getattr(array, "nbytes", 0)) for array in feeds.values())
 
 
 class Executor:
@@ -104,13 +123,14 @@ class Executor:
     def free_slots(self) -> int:
         return max(0, self.slots - self.active)
 
-    def last_run_s(self, digest: str) -> float | None:
-        """How long the latest run of model ``digest`` took here; None when its session
-        is not loaded or has not run yet."""
+    def expected_run_s(self, digest: str, feeds: Mapping[str, np.ndarray]) -> float | None:
+        """How long a run of model ``digest`` on ``feeds`` is expected to take here (the
+        latest run, scaled by input bytes); None when its session is not loaded or has
+        not run yet."""
         cached = self._sessions.get(digest)
         if cached is None or cached.last_run_s == math.inf:
             return None
-        return cached.last_run_s
+        return cached.expected_s(input_bytes(feeds))
 
     async def session(self, digest: str, model_path: Path) -> _CachedSession:
         """The cached session of model ``digest``, loading it (in a thread) if needed."""
@@ -156,14 +176,16 @@ class Executor:
             async with self.limiter:
                 if on_slot is not None:
                     on_slot()
-                if self.active == 1 and cached.lock is None and cached.last_run_s < INLINE_RUN_S:
+                size = input_bytes(feeds)
+                inline = cached.lock is None and cached.expected_s(size) < INLINE_RUN_S
+                if self.active == 1 and inline:
                     outputs, elapsed = self._run_blocking(cached, dict(feeds))
                     self.inline_runs += 1
                 else:
                     outputs, elapsed = await trio.to_thread.run_sync(
                         self._run_blocking, cached, dict(feeds)
                     )
-            cached.last_run_s = elapsed
+            cached.ran(elapsed, size)
             self.busy_seconds += elapsed
             return outputs, elapsed
         finally:
@@ -189,7 +211,8 @@ class Executor:
             async with self.limiter:
                 if on_slot is not None:
                     on_slot()
-                expected = cached.last_run_s * len(members)
+                size = input_bytes(members[0]) if members else 0
+                expected = cached.expected_s(size) * len(members)
                 if self.active == 1 and cached.lock is None and expected < INLINE_RUN_S:
                     outcomes, elapsed = self._run_members(cached, members)
                     self.inline_runs += 1
@@ -197,7 +220,7 @@ class Executor:
                     outcomes, elapsed = await trio.to_thread.run_sync(
                         self._run_members, cached, members
                     )
-            cached.last_run_s = elapsed / max(1, len(members))
+            cached.ran(elapsed / max(1, len(members)), size)
             self.busy_seconds += elapsed
             return outcomes, elapsed
         finally:

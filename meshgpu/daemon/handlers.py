@@ -122,6 +122,7 @@ class ClientHandlers:
                 self._note_inputs(effect.task_id)
             pending = self._pending.pop(effect.client_ref, None)
             if pending is not None:
+                self._release(pending.input_digest)  # the hold _enqueue took
                 pending.answer = effect
                 pending.done.set()
         elif isinstance(effect, fx.TaskResolved):
@@ -236,17 +237,17 @@ class ClientHandlers:
         (direct.py)."""
         self._check_submittable(request)
         inputs = _field(request, "inputs", dict)
-        if self.direct.allowed(request, _requirements(request)):
-            tensors = decode_tensors(inputs)
-            if tensors:
+        tensors = decode_tensors(inputs)
+        if tensors:
+            # Every field is checked as the table would (the digest is _enqueue's).
+            spec = self._spec(request, tensors, input_digest="-")
+            if self.direct.allowed(request, spec.requirements, tensors):
                 answer = await self.direct.run(request, tensors)
                 if answer is not None:
                     return answer
-        pending, input_digest = await self._enqueue(request, inputs)
-        try:
-            return await self._acknowledged(pending)
-        finally:
-            self._release(input_digest)
+                self._check_submittable(request)  # the node may have begun leaving
+        pending, _ = await self._enqueue(request, inputs)
+        return await self._acknowledged(pending)
 
     async def op_submit_batch(self, request: Message, responder: Responder) -> Message:
         """Many tasks of one model and one set of options (``tasks``: a list of
@@ -275,56 +276,52 @@ class ClientHandlers:
             for index in indices:
                 answers[index] = {"error": str(error), "kind": type(error).__name__}
 
-        try:
-            decoded: list[tuple[int, dict[str, Any]]] = []
-            for index, task in enumerate(tasks):
-                try:
-                    inputs = _batch_inputs(task)
-                    if size == 1:
-                        pending, input_digest = await self._enqueue(request, inputs)
-                        waiting.append(([index], pending, input_digest, 1))
-                        continue
-                    tensors = decode_tensors(inputs)
-                    if not tensors:
-                        raise TaskError("a task needs at least one input tensor")
-                    decoded.append((index, tensors))
-                except MeshError as error:
-                    refuse([index], error)
-            for members in pack(decoded, size):
-                indices = [index for index, _ in members]
-                try:
-                    if len(members) == 1:
-                        pending, input_digest = await self._enqueue(
-                            request, _batch_inputs(tasks[indices[0]])
-                        )
-                    else:
-                        pending, input_digest = await self._enqueue_group(
-                            request, [tensors for _, tensors in members]
-                        )
-                    waiting.append((indices, pending, input_digest, len(members)))
-                except MeshError as error:
-                    refuse(indices, error)
-            deadline = trio.current_time() + SUBMIT_TIMEOUT  # one for the batch, not per task
-            for indices, pending, _, count in waiting:
-                try:
-                    answer = await self._acknowledged(pending, deadline)
-                except MeshError as error:
-                    refuse(indices, error)
+        decoded: list[tuple[int, dict[str, Any]]] = []
+        for index, task in enumerate(tasks):
+            try:
+                inputs = _batch_inputs(task)
+                if size == 1:
+                    pending, input_digest = await self._enqueue(request, inputs)
+                    waiting.append(([index], pending, input_digest, 1))
                     continue
-                if count == 1:
-                    answers[indices[0]] = answer
-                    continue
-                for position, index in enumerate(indices):
-                    member = MemberId(TaskId.parse(answer["task_id"]), position)
-                    answers[index] = {
-                        **answer,
-                        "task_id": str(member),
-                        "group": answer["task_id"],
-                        "members": count,
-                    }
-        finally:
-            for _, _, input_digest, _ in waiting:
-                self._release(input_digest)
+                tensors = decode_tensors(inputs)
+                if not tensors:
+                    raise TaskError("a task needs at least one input tensor")
+                decoded.append((index, tensors))
+            except MeshError as error:
+                refuse([index], error)
+        for members in pack(decoded, size):
+            indices = [index for index, _ in members]
+            try:
+                if len(members) == 1:
+                    pending, input_digest = await self._enqueue(
+                        request, _batch_inputs(tasks[indices[0]])
+                    )
+                else:
+                    pending, input_digest = await self._enqueue_group(
+                        request, [tensors for _, tensors in members]
+                    )
+                waiting.append((indices, pending, input_digest, len(members)))
+            except MeshError as error:
+                refuse(indices, error)
+        deadline = trio.current_time() + SUBMIT_TIMEOUT  # one for the batch, not per task
+        for indices, pending, _, count in waiting:
+            try:
+                answer = await self._acknowledged(pending, deadline)
+            except MeshError as error:
+                refuse(indices, error)
+                continue
+            if count == 1:
+                answers[indices[0]] = answer
+                continue
+            for position, index in enumerate(indices):
+                member = MemberId(TaskId.parse(answer["task_id"]), position)
+                answers[index] = {
+                    **answer,
+                    "task_id": str(member),
+                    "group": answer["task_id"],
+                    "members": count,
+                }
         return {"results": answers}
 
     async def _enqueue_group(
@@ -362,7 +359,11 @@ class ClientHandlers:
 
     async def _enqueue(self, request: Message, inputs: dict[str, Any]) -> tuple[_Pending, str]:
         """Validate one task, store its inputs and feed ``SubmitTask``; returns what to wait
-        on and the input digest (hold it with ``submitting`` until :meth:`_release`)."""
+        on and the input digest. The inputs are held (``submitting``) from before they are
+        stored until the core answers the submission (:meth:`execute` releases them), not
+        until the request ends: a request cancelled while the task replicates must not
+        leave an accepted task's inputs unreferenced for a moment (a DropPayload of
+        another task's identical inputs would delete them)."""
         daemon = self.daemon
         tensors = decode_tensors(inputs)
         if not tensors:
@@ -413,9 +414,9 @@ class ClientHandlers:
             with trio.fail_at(deadline):
                 await pending.done.wait()
         except trio.TooSlowError:
+            # The pending stays: the core answers every submission in the end, and that
+            # answer releases the inputs' hold (execute).
             raise TaskError("the mesh did not acknowledge the task in time; retry") from None
-        finally:
-            self._pending.pop(pending.client_ref, None)
         answer = pending.answer
         if isinstance(answer, fx.TaskRejected):
             raise TaskError(f"task refused: {answer.reason}")

@@ -36,6 +36,8 @@ class FakeMesh:
         """Answer submits as a daemon's direct run would (the result in the answer)."""
         self.hold_direct: trio.Event | None = None
         """When set, a direct run on p1 waits for this (to kill p1 mid-run)."""
+        self.direct_started = trio.Event()
+        """Set when p1 begins a held direct run."""
 
     def release(self, task_id: str, fail: str | None = None) -> None:
         x = self.inputs[task_id]
@@ -85,6 +87,7 @@ class FakePeer:
             mesh.inputs[task_id] = decode_tensors(request["inputs"])["x"]
             if mesh.direct and request.get("direct", True):
                 if me == "p1" and mesh.hold_direct is not None:
+                    mesh.direct_started.set()
                     await mesh.hold_direct.wait()
                 mesh.release(task_id)
                 return {**mesh.finished[task_id], "direct": True, "copies": 0, "replicas": 0}
@@ -169,6 +172,14 @@ async def test_a_direct_answer_is_a_done_handle_with_nothing_to_collect(fake_mes
     assert mesh.collected == [table.task_id]  # the direct run was never in the table
 
 
+async def test_attaching_a_direct_runs_id_is_a_clear_failure_sent_nowhere(fake_mesh) -> None:
+    _, peers = fake_mesh
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+        handle = client.attach("p1/direct-0a1b2c-7")
+        with pytest.raises(TaskFailedError, match="direct=False"):
+            await handle.result(timeout=1)  # resolved at once: the fake never hears of it
+
+
 async def test_entry_killed_during_a_direct_run_the_task_runs_on_the_next_peer(
     fake_mesh, nursery
 ) -> None:
@@ -178,8 +189,7 @@ async def test_entry_killed_during_a_direct_run_the_task_runs_on_the_next_peer(
     async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
 
         async def kill_p1_once_it_runs() -> None:
-            while not any(task_id.startswith("p1/") for task_id in mesh.inputs):
-                await trio.sleep(0.01)
+            await mesh.direct_started.wait()
             peers[0].scope.cancel()
 
         nursery.start_soon(kill_p1_once_it_runs)

@@ -3,6 +3,7 @@ submit with its result; anything else goes through the replicated table."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import trio
 
 from meshgpu.daemon import direct as direct_module
 from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.direct import is_direct_id
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors
 from meshgpu.daemon.rpc import RpcConnection, open_rpc
 from meshgpu.daemon.runtime import Daemon
-from meshgpu.errors import DeviceError
+from meshgpu.errors import DeviceError, RequestFailedError
 from tests.daemon.test_runtime import DIGEST, MODEL, MODELS, run_one, settings
 
 PIXELS = np.load(MODELS / "digits_test.npz")["pixels"][:4]
@@ -47,16 +49,17 @@ async def test_a_cold_model_goes_through_the_table_then_runs_directly(solo) -> N
     _, rpc = solo
     first = await run_one(rpc, {"pixels": PIXELS[:1]})  # never run here: the table
     assert first["state"] == "done"
+    before = (await rpc.call("status"))["tasks"]
     answer = await submit(rpc, PIXELS[1:2])
     assert answer["direct"] is True and answer["state"] == "done"
     assert answer["copies"] == 0 and answer["worker"] == "solo"
     got = decode_tensors(answer["outputs"])["probabilities"]
     np.testing.assert_allclose(got, expected(PIXELS[1:2]), rtol=1e-6)
     # Nothing of it entered the table: nothing to hold, collect or list.
-    tasks = (await rpc.call("tasks"))["tasks"]
-    assert answer["task_id"] not in {row["task_id"] for row in tasks}
     status = await rpc.call("status")
+    assert status["tasks"] == before
     assert status["counters"]["daemon"]["direct_runs"] == 1
+    assert is_direct_id(answer["task_id"])
 
 
 async def test_direct_false_always_uses_the_table(solo) -> None:
@@ -122,3 +125,57 @@ async def test_a_slow_model_a_busy_node_or_an_unmet_requirement_use_the_table(
     # though its slot is free and the model fast.
     assert daemon.executor.active == 0
     assert "direct" not in await submit(rpc, PIXELS[1:2])
+
+
+async def test_a_direct_submit_checks_every_field_as_the_table_does(solo) -> None:
+    _, rpc = solo
+    await run_one(rpc, {"pixels": PIXELS[:1]})
+    for bad in ({"priority": "bogus"}, {"replicas": "x"}, {"deadline_s": "abc"}):
+        with pytest.raises(RequestFailedError):
+            await submit(rpc, PIXELS[1:2], **bad)
+    assert (await submit(rpc, PIXELS[1:2])).get("direct") is True  # still serving
+
+
+async def test_a_large_input_of_a_fast_model_goes_through_the_table(solo) -> None:
+    daemon, rpc = solo
+    await run_one(rpc, {"pixels": PIXELS[:1]})
+    assert (await submit(rpc, PIXELS[1:2])).get("direct") is True
+    inline_before = daemon.executor.inline_runs
+    big = np.tile(PIXELS[:1], (50_000, 1))  # 12.8 MB: expected 50,000 x the 1-row run
+    answer = await submit(rpc, big)
+    assert "direct" not in answer and answer["copies"] == 1
+    outcomes = [o async for o in rpc.stream("results", task_ids=[answer["task_id"]])]
+    assert outcomes[0]["state"] == "done"
+    assert daemon.executor.inline_runs == inline_before  # in a worker thread, not the loop
+
+
+def test_cli_no_wait_submits_through_the_table_so_the_id_can_be_collected(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from meshgpu.cli import main
+
+    sample = tmp_path / "one.npy"
+    np.save(sample, PIXELS[:1])
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            daemon: Daemon = await nursery.start(Daemon(settings(tmp_path / "solo")).run)
+            peer = f"127.0.0.1:{daemon.address[1]}"
+            async with open_rpc(daemon.address, Authenticator(None, "client-test")) as rpc:
+                await rpc.call("put_model", digest=DIGEST, data=MODEL)
+                await run_one(rpc, {"pixels": PIXELS[:1]})
+                assert (await submit(rpc, PIXELS[:1])).get("direct") is True
+                args = ["submit", "digits", "-i", f"pixels={sample}", "--peer", peer]
+                result = await trio.to_thread.run_sync(
+                    lambda: CliRunner().invoke(main, [*args, "--no-wait", "--json"])
+                )
+                assert result.exit_code == 0, result.output
+                (row,) = json.loads(result.stdout.strip().splitlines()[-1])["tasks"]
+                assert not is_direct_id(row["task_id"]) and row["state"] == "submitted"
+                outcomes = [o async for o in rpc.stream("results", task_ids=[row["task_id"]])]
+                assert outcomes[0]["state"] == "done"
+            daemon.request_stop()
+
+    trio.run(scenario)
