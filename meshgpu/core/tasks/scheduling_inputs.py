@@ -1,0 +1,100 @@
+"""What a change of a task's state means for the leader's next scheduling round.
+
+Every node, leader or not, keeps the inputs of :mod:`~meshgpu.core.tasks.leading` current
+as it sees entries change, so leadership moves with nothing to rebuild:
+
+* the queue and its indices (``requeue``): which tasks are open (``active``), queued, due
+  for a retry (``retry_at``, with the retry policy's back-off) or orphaned by a dead worker
+  (``orphaned_at``);
+* what the strategies learn from outcomes (``observe_outcome``): each worker's circuit
+  breaker, the adaptive latency model, and, as leader, the fairness counts.
+
+Pure bookkeeping on the component's state: nothing here emits an effect. Kept apart from
+the component so the reaction to a change (``TaskComponent._on_change``) reads as a list
+of roles, and these rules, which decide assignments, can be read on their own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from meshgpu.core.tasks import state as st
+from meshgpu.core.tasks.state import Phase
+from meshgpu.core.tasks.table import TaskEntry
+
+if TYPE_CHECKING:
+    from meshgpu.core.tasks.component import TaskComponent
+
+
+def observe_outcome(
+    tasks: TaskComponent, before: TaskEntry | None, after: TaskEntry, now: float
+) -> None:
+    """Feed breakers and the adaptive model from state changes this node sees."""
+    state = after.state
+    model = after.spec.model_digest
+    previous = None if before is None else before.state
+    if (
+        previous is not None
+        and previous.phase is Phase.ASSIGNED
+        and previous.worker is not None
+        and previous.worker != state.worker
+        and state.phase is Phase.ASSIGNED
+    ):
+        # Reassigned away (the worker died or timed out): a failure of that worker for
+        # the breaker and the adaptive model, though not for the task's retry budget.
+        tasks.breakers[previous.worker].on_failure(now)
+        tasks.learned.observe_failure(previous.worker, model)
+    if state.phase is Phase.ASSIGNED:
+        attempts = tasks.assigned_seen.setdefault(after.task_id, {})
+        if state.attempt not in attempts and state.worker is not None:
+            attempts[state.attempt] = now
+            if tasks.known_leader == tasks.node_id:
+                # Fairness counts only what this node sees as leader: it sees every
+                # assignment of its terms (and the open ones handed over), while as a
+                # plain node it would see every task it runs itself and few others,
+                # and as leader would then starve itself.
+                counts = tasks.selection.assigned
+                counts[state.worker] = counts.get(state.worker, 0) + 1
+        return
+    if state.worker is None or state.phase not in (Phase.DONE, Phase.RETRYING):
+        return
+    if st.is_hand_back(state):
+        return  # a graceful leave: not a failure of the worker
+    started = tasks.assigned_seen.get(after.task_id, {}).get(state.attempt)
+    elapsed = None if started is None else now - started
+    if state.phase is Phase.DONE:
+        tasks.breakers[state.worker].on_success(now)
+        if elapsed is not None:
+            tasks.learned.observe_success(state.worker, model, elapsed)
+    else:
+        tasks.breakers[state.worker].on_failure(now)
+        tasks.learned.observe_failure(state.worker, model)
+
+
+def requeue(tasks: TaskComponent, entry: TaskEntry, now: float) -> None:
+    """Put ``entry`` where its new state belongs: out of every index once terminal; out of
+    the queue while assigned to a live worker; queued (with its retry time) otherwise."""
+    tid = entry.task_id
+    state = entry.state
+    if state.terminal:
+        tasks.queue.forget(tid)
+        tasks.active.discard(tid)
+        tasks.retry_at.pop(tid, None)
+        tasks.orphaned_at.pop(tid, None)
+        tasks.assigned_seen.pop(tid, None)
+        return
+    tasks.active.add(tid)
+    tasks.orphaned_at.pop(tid, None)
+    if state.phase is Phase.ASSIGNED:
+        tasks.retry_at.pop(tid, None)
+        if state.worker in tasks.mesh.live_members():
+            tasks.queue.remove(tid)
+            return
+        tasks.orphaned_at[tid] = now
+    elif state.phase is Phase.RETRYING:
+        if st.is_hand_back(state):
+            tasks.retry_at[tid] = now  # nothing failed: no back-off
+        else:
+            tasks.retry_at[tid] = now + entry.spec.retry.delay(state.failures, tasks.rng)
+    tasks.queue.push(tid, entry.spec.priority)
+    tasks.schedule_at = min(tasks.schedule_at, now)

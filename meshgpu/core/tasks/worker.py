@@ -1,0 +1,126 @@
+"""The worker role: run what the leader assigned to this node and report how it went.
+
+A change of a task's state may start a run here (ASSIGNED to this node, not running yet:
+``RunTask``) or end one (a newer attempt, a retry or a terminal state superseded it:
+``CancelTask``); the driver's ``TaskFinished`` report becomes the task's next state
+(DONE with its result holders, RETRYING or FAILED by the retry policy, or handed back by
+a graceful leave). Separate from the component because it is the one role whose state,
+the attempts running here, the driver also sees (the load it publishes, the runs it
+cancels); the leader's view of the same attempts is in ``leading.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from meshgpu.core.effects import CancelTask, RunTask
+from meshgpu.core.events import TaskFinished
+from meshgpu.core.tasks import state as st
+from meshgpu.core.tasks.spec import TaskId
+from meshgpu.core.tasks.state import Phase, TaskState
+from meshgpu.core.tasks.table import TaskEntry
+
+if TYPE_CHECKING:
+    from meshgpu.core.tasks.component import TaskComponent
+
+
+class Worker:
+    """The attempts running on one node, and the reports of their outcomes."""
+
+    def __init__(self, tasks: TaskComponent) -> None:
+        self.tasks = tasks
+        self.running: dict[TaskId, tuple[int, int]] = {}
+        """Task -> (attempt, view) of each run started here and not finished yet."""
+
+    def task_finished(self, event: TaskFinished, now: float) -> None:
+        """The driver's report of one run: record its outcome in the table."""
+        tasks = self.tasks
+        tid = event.task_id
+        attempt, view = self.running.get(tid, (event.attempt, 0))
+        if attempt == event.attempt:
+            self.running.pop(tid, None)
+            tasks.own_load.dirty = True
+        entry = tasks.table.get(tid)
+        if entry is None or entry.state.phase is Phase.PENDING:
+            # Collected already, or a report for an attempt this node never saw assigned
+            # (a confused driver): nothing to record.
+            tasks.context.count("task_reports_ignored")
+            return
+        current = entry.state
+        if event.outcome == "ok" and event.result_holders:
+            tasks.own_load.learn(entry.spec.model_digest, event.run_s)
+            holders = frozenset(event.result_holders)
+            if current.terminal:
+                tasks.context.count(
+                    "late_results" if current.phase is Phase.FAILED else "duplicate_results"
+                )
+                tasks.update(
+                    tid, now, result_holders=holders if current.phase is Phase.DONE else frozenset()
+                )
+                return
+            if current.phase is Phase.ASSIGNED and current.attempt == event.attempt:
+                view = current.view
+            done = st.complete(current, event.attempt, view, tasks.node_id)
+            tasks.update(tid, now, state=done, result_holders=holders)
+            return
+        if current.terminal:
+            return
+        mine = (
+            current.phase is Phase.ASSIGNED
+            and current.attempt == event.attempt
+            and current.worker == tasks.node_id
+        )
+        if event.outcome == "handed_back":
+            # A graceful leave gives the attempt back: queued again at once, and it does
+            # not count against the task's retry limit (nothing failed).
+            if mine:
+                tasks.context.count("tasks_handed_back")
+                tasks.update(tid, now, state=st.hand_back(current, event.reason))
+            return
+        if event.outcome == "permanent_error":
+            tasks.update(tid, now, state=st.fail(current, event.reason or "permanent error"))
+            return
+        reason = event.reason or "result could not be stored on any holder"
+        if mine:
+            tasks.update(tid, now, state=failure_state(entry, reason))
+
+    def on_state_change(self, entry: TaskEntry) -> None:
+        """Cancel a run the new state superseded; start one newly assigned to this node."""
+        tasks = self.tasks
+        tid = entry.task_id
+        state = entry.state
+        running = self.running.get(tid)
+        if running is not None:
+            attempt = running[0]
+            superseded = (
+                state.terminal
+                or state.attempt > attempt
+                or (state.attempt == attempt and state.phase is Phase.RETRYING)
+            )
+            if superseded:
+                del self.running[tid]
+                tasks.own_load.dirty = True
+                tasks.context.emit(CancelTask(tid, attempt))
+                running = None
+        if state.phase is Phase.ASSIGNED and state.worker == tasks.node_id and running is None:
+            self.running[tid] = (state.attempt, state.view)
+            tasks.own_load.dirty = True
+            origin = tid.origin
+            holders = tuple(sorted(entry.holders, key=lambda n: (n != origin, n)))
+            tasks.context.count("tasks_started")
+            tasks.context.emit(RunTask(tid, state.attempt, entry.spec, holders))
+
+    def cancel(self, tid: TaskId) -> None:
+        """The entry was collected: cancel its run here, if any."""
+        if tid in self.running:
+            self.tasks.context.emit(CancelTask(tid, self.running.pop(tid)[0]))
+
+
+def failure_state(entry: TaskEntry, reason: str) -> TaskState:
+    """The state after the current attempt failed transiently: RETRYING, or FAILED once
+    the retry policy is exhausted."""
+    current = entry.state
+    if entry.spec.retry.exhausted(current.failures + 1):
+        attempts = current.failures + 1
+        return st.fail(current, f"gave up after {attempts} failed attempts: {reason}")
+    return st.retry(current, reason)
