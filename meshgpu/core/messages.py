@@ -327,11 +327,29 @@ def decode(data: bytes) -> Envelope:
         expect_int(incarnation, "incarnation")
     if type(view) is not int or not 0 <= view <= MAX_INT:
         expect_int(view, "view")
-    body = _decode_message(body_raw, "body")
+    # _decode_message(body_raw, "body") inlined for a well-formed body (once per datagram);
+    # anything else goes through it for its precise error
+    tag = body_raw[0] if type(body_raw) is list and body_raw else None
+    cls = _REGISTRY.get(tag) if type(tag) is int else None
+    if cls is not None:
+        try:
+            body = cls.from_fields(body_raw[1:])
+        except DecodeError:
+            raise
+        except Exception as exc:  # a message type's validation missed a case: rejected
+            raise DecodeError(f"malformed {cls.__name__} in body: {exc!r}") from exc
+    else:
+        body = _decode_message(body_raw, "body")
     if type(items) is not list:
         raise DecodeError("malformed datagram: piggyback must be a list")
-    if not items:
-        return _envelope(sender, incarnation, view, body, ())
+    if not items:  # _envelope(sender, incarnation, view, body, ()) inlined: most datagrams
+        envelope: Envelope = _NEW(Envelope)
+        _SET_SENDER(envelope, sender)
+        _SET_INCARNATION(envelope, incarnation)
+        _SET_VIEW(envelope, view)
+        _SET_BODY(envelope, body)
+        _SET_PIGGYBACK(envelope, ())
+        return envelope
     if len(items) > MAX_PIGGYBACK_ITEMS:
         raise DecodeError(f"datagram carries {len(items)} updates (max {MAX_PIGGYBACK_ITEMS})")
     piggyback = tuple([_decode_message(item, "piggyback item") for item in items])

@@ -221,14 +221,16 @@ class Swim(Component):
             info = members.get(node_id)
             if info is not None and info.state is SUSPECT:
                 return node_id
+        me = self.table.node_id
         for _ in range(2):
             order = self._probe_order
-            while self._probe_index < len(order):
-                node_id = order[self._probe_index]
-                self._probe_index += 1
+            index = self._probe_index
+            while index < len(order):
+                node_id = order[index]
+                index += 1
                 info = members.get(node_id)
-                live = info is not None and info.state in LIVE_STATES
-                if live and node_id != self.table.node_id:
+                if info is not None and info.state in LIVE_STATES and node_id != me:
+                    self._probe_index = index
                     return node_id
             self._probe_order = list(self.table.live)
             self.rng.shuffle(self._probe_order)
@@ -260,7 +262,11 @@ class Swim(Component):
             # Lifeguard's buddy system: tell the suspect directly so it can refute at once.
             extra.append(encode_item(Suspect(target, info.incarnation, self.table.node_id)))
         context = self.context
-        context.count("probes")
+        counters = context.counters
+        try:  # context.count("probes") without its dict.get call: once per probe
+            counters["probes"] += 1
+        except KeyError:
+            counters["probes"] = 1
         context.send(info.address, new_ping(seq, target), extra)  # = Ping(seq, target)
         timeout = config.probe_timeout
         self.timers.schedule(
