@@ -19,12 +19,16 @@ DropPayload            delete that task's stored inputs and result
 MemberChanged etc.     log; remembered for ``status`` (who left when, and why)
 =====================  ==============================================================
 
-Tasks in the nursery: the effect executor, the UDP receiver, the timer (sleeps until
-``node.next_deadline()``, woken early when a handled event moved the deadline), the TCP
-server, mDNS discovery, static seeds, and the load reporter. Stopping (SIGINT/SIGTERM or
-``request_stop``) refuses new submissions, lets running tasks finish for up to
-``drain_timeout`` and hands the rest back (a transient failure, so the leader reassigns
-them), then sends the leave and closes everything.
+This module is the daemon's lifecycle: it opens the data dir, binds, builds the node and
+the parts that serve it, runs them in one nursery and stops them. The effect executor is
+``effect_queue.py``, the gossip socket ``datagrams.py``.
+
+Tasks in the nursery: the effect executor (and its gated half), the UDP receiver, the
+timer (sleeps until ``node.next_deadline()``, woken early when a handled event moved the
+deadline), the TCP server, mDNS discovery, static seeds, and the load reporter. Stopping
+(SIGINT/SIGTERM or ``request_stop``) refuses new submissions, lets running tasks finish
+for up to ``drain_timeout`` and hands the rest back (a transient failure, so the leader
+reassigns them), then sends the leave and closes everything.
 """
 
 from __future__ import annotations
@@ -33,14 +37,11 @@ import dataclasses
 import logging
 import math
 import random
-import socket
 import time
-from collections import deque
 from typing import Any
 
 import trio
 
-from meshgpu.core.effects import LeaderChanged, MemberChanged, SendDatagram
 from meshgpu.core.events import (
     DatagramReceived,
     JournalReplayed,
@@ -54,10 +55,17 @@ from meshgpu.core.load import DeviceCapabilities, LoadVector
 from meshgpu.core.node import Node
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.api import ApiServer
-from meshgpu.daemon.auth import MAX_SENDER_BYTES, TAG_BYTES, Authenticator, Channel
+from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.datagrams import (
+    ENVELOPE_MAX_OVERHEAD,
+    UDP_MTU_BUDGET,
+    GossipSocket,
+    bind_sockets,
+)
 from meshgpu.daemon.dataplane import DataPlane
 from meshgpu.daemon.discovery import MdnsDiscovery, interface_address, local_ipv4_addresses
 from meshgpu.daemon.durability import GroupCommit
+from meshgpu.daemon.effect_queue import EffectQueue
 from meshgpu.daemon.execution import Executor
 from meshgpu.daemon.handlers import ClientHandlers
 from meshgpu.daemon.identity import (
@@ -74,15 +82,9 @@ from meshgpu.daemon.rpc import ConnectionPool
 from meshgpu.daemon.settings import DaemonSettings
 from meshgpu.daemon.status import LoadMeter, device_capabilities
 from meshgpu.daemon.warmup import preload_inference
-from meshgpu.errors import ConfigError, DuplicateIdentityError, MeshError, StorageError
+from meshgpu.errors import DuplicateIdentityError, StorageError
 
 logger = logging.getLogger("meshgpu.daemon")
-
-UDP_MTU_BUDGET = 1400
-"""Bytes a gossip datagram may take on the wire, envelope included."""
-ENVELOPE_MAX_OVERHEAD = 6 + MAX_SENDER_BYTES + 24 + TAG_BYTES
-RECEIVE_BURST = 64
-"""Most datagrams handled per wake-up of the receiver before it yields to other tasks."""
 
 
 class Daemon:
@@ -106,15 +108,9 @@ class Daemon:
         self._deadline_moved = trio.Event()
         self._timer_deadline = -math.inf
         """The deadline the timer sleeps until; ``feed`` wakes it only for an earlier one."""
-        self._effects: deque[tuple[Any, bool]] = deque()
-        """(effect, free): free datagrams need not wait for the journal (durability.py)."""
-        self._effects_ready = trio.Event()
-        self._idle = trio.Event()
-        self._gated: deque[tuple[int, Any]] = deque()
-        self._gated_ready = trio.Event()
-        self._gate_idle = trio.Event()
+        self.effects = EffectQueue(self)
+        """The node's effects, executed in order (``effect_queue.py``)."""
         self._nursery: trio.Nursery | None = None
-        self._udp: trio.socket.SocketType | None = None
         self.discovery: MdnsDiscovery | None = None
         self.capabilities = DeviceCapabilities()
         """This node's devices as last measured (empty until the load reporter ran)."""
@@ -140,7 +136,6 @@ class Daemon:
         self.authenticator = Authenticator(
             settings.key, self.node_id, max_clock_skew=settings.max_clock_skew
         )
-        self._udp_sealer = self.authenticator.new_session(Channel.DATAGRAM)
         self.models = ModelStore(settings.data_dir / "models", settings.model_cache_bytes)
         self.payloads = PayloadStore(settings.data_dir / "payloads", self.journal)
         self.executor = Executor(settings.slots, backend=settings.backend, device=settings.device)
@@ -152,9 +147,8 @@ class Daemon:
         )
         pin = interface_address(settings.interface) if settings.interface else None
         bind = pin if pin is not None and settings.bind == "0.0.0.0" else settings.bind
-        raw, udp, listeners = await _bind_sockets(bind, settings.port)
-        self._udp_raw = raw
-        self._udp = udp
+        raw, udp, listeners = await bind_sockets(bind, settings.port)
+        self.datagrams = GossipSocket(self, raw, udp)
         port = udp.getsockname()[1]
         advertised = (
             settings.advertise or pin or (bind if bind != "0.0.0.0" else local_ipv4_addresses()[0])
@@ -184,7 +178,7 @@ class Daemon:
             max_frame_bytes=settings.max_frame_bytes,
         )
         self.api.on_reject = self.pulse
-        self.commit = GroupCommit(self.journal, self.count, self._storage_failed)
+        self.commit = GroupCommit(self.journal, self.count, self.storage_failed)
         records = self.commit.replay()
         if self.journal.torn_bytes:
             logger.warning(
@@ -205,10 +199,10 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.peers.run)
-                nursery.start_soon(self._execute_effects)
-                nursery.start_soon(self._release_gated)
+                nursery.start_soon(self.effects.execute)
+                nursery.start_soon(self.effects.release_gated)
                 nursery.start_soon(self.commit.run)
-                nursery.start_soon(self._receive_datagrams)
+                nursery.start_soon(self.datagrams.receive)
                 nursery.start_soon(self._run_timers)
                 await nursery.start(trio.serve_listeners, self.api.serve, listeners)
                 if settings.mdns:
@@ -303,10 +297,7 @@ class Daemon:
         if self.node.incarnation > self._saved_incarnation:
             self._save_incarnation()
         if effects:
-            free = isinstance(event, SubmitTask)
-            self._effects.extend((effect, free) for effect in effects)
-            self._idle = trio.Event()
-            self._effects_ready.set()
+            self.effects.extend(effects, isinstance(event, SubmitTask))
         if self.node.next_deadline() < self._timer_deadline:
             self._deadline_moved.set()  # else the timer would wake only to sleep again
 
@@ -327,11 +318,7 @@ class Daemon:
 
     async def flushed(self) -> None:
         """Wait until every queued effect has been executed (gated ones included)."""
-        while self._effects or self._gated:
-            if self._effects:
-                await self._idle.wait()
-            else:
-                await self._gate_idle.wait()
+        await self.effects.flushed()
 
     async def durable(self, seq: int) -> None:
         """Wait until journal record ``seq`` (and everything written before it) is synced."""
@@ -344,181 +331,18 @@ class Daemon:
         try:
             seq = self.payloads.put_inline(key, kind, data)
         except StorageError as error:
-            self._storage_failed(error)
+            self.storage_failed(error)
             raise
         self.commit.wrote(seq)
         return seq
 
-    async def _execute_effects(self) -> None:
-        while True:
-            if not self._effects:
-                self._idle.set()
-                self._effects_ready = trio.Event()
-                await self._effects_ready.wait()
-                continue
-            effect, free = self._effects.popleft()
-            try:
-                if self.commit.gates(effect, free, bool(self._gated)):
-                    self._gated.append((self.commit.holder_seq, effect))
-                    self._gate_idle = trio.Event()
-                    self._gated_ready.set()
-                else:
-                    await self._execute(effect)
-            except StorageError as error:
-                self._storage_failed(error)
-                return
-            except Exception:
-                self.count("effect_errors")
-                logger.exception("executing %s failed", type(effect).__name__)
-
-    async def _release_gated(self) -> None:
-        """Execute gated effects, in order, each once its journal record is durable."""
-        while True:
-            if not self._gated:
-                self._gate_idle.set()
-                self._gated_ready = trio.Event()
-                await self._gated_ready.wait()
-                continue
-            seq, effect = self._gated[0]
-            await self.durable(seq)
-            self._gated.popleft()
-            try:
-                await self._execute(effect)
-            except Exception:
-                self.count("effect_errors")
-                logger.exception("executing %s failed", type(effect).__name__)
-
-    def _storage_failed(self, error: StorageError) -> None:
-        # Acknowledging what is not on disk would break the contract: execute nothing
-        # more and stop, as if crashed (the mesh declares us dead).
+    def storage_failed(self, error: StorageError) -> None:
+        """The journal cannot be written: acknowledging what is not on disk would break
+        the contract, so execute nothing more and stop, as if crashed (the mesh declares
+        us dead)."""
         logger.error("%s; this node stops rather than acknowledge unjournaled work", error)
-        self._effects.clear()
-        self._gated.clear()
+        self.effects.clear()
         self.request_stop(error)
-
-    async def _execute(self, effect: Any) -> None:
-        from meshgpu.core import effects as fx
-
-        if logger.isEnabledFor(logging.DEBUG) and not isinstance(effect, SendDatagram):
-            logger.debug("effect %s", type(effect).__name__)
-        if isinstance(effect, SendDatagram):
-            await self._send_datagram(effect.destination, effect.payload)
-        elif isinstance(effect, fx.Persist):
-            self.commit.persist(effect.record)
-        elif isinstance(effect, MemberChanged):
-            self._member_changed(effect)
-        elif isinstance(effect, LeaderChanged):
-            logger.info("view %d: leader is %s", effect.view, effect.leader)
-            self.generation += 1
-            self.pulse()
-        elif isinstance(effect, fx.FetchPayload | fx.RunTask | fx.CancelTask | fx.DropPayload):
-            self.dataplane.execute(effect)
-        elif isinstance(effect, fx.TaskAccepted | fx.TaskRejected | fx.TaskResolved):
-            self.handlers.execute(effect)
-        else:
-            self.count("effects_unknown")
-            logger.warning("no driver action for effect %r", effect)
-
-    def _member_changed(self, effect: MemberChanged) -> None:
-        self.member_history[effect.node_id] = {
-            "node_id": effect.node_id,
-            "address": list(effect.address),
-            "state": effect.state,
-            "reason": effect.reason,
-            "incarnation": effect.incarnation,
-            "at": time.time(),
-        }
-        self.generation += 1
-        self.pulse()
-        log = logger.info if effect.state in ("alive", "ALIVE") else logger.warning
-        log(
-            "member %s at %s:%d is %s (%s)",
-            effect.node_id,
-            *effect.address,
-            effect.state,
-            effect.reason,
-        )
-
-    # --- UDP ---------------------------------------------------------------------
-
-    async def _send_datagram(self, destination: Address, payload: bytes) -> None:
-        assert self._udp is not None
-        data = self._udp_sealer.seal(payload)
-        try:
-            try:
-                # Non-blocking send without a trip through the scheduler (two checkpoints
-                # per datagram in trio's sendto); await only if the buffer is full.
-                self._udp_raw.sendto(data, destination)
-            except BlockingIOError:
-                await self._udp.sendto(data, destination)
-            self.count("datagrams_sent")
-        except OSError as error:
-            self.count("datagram_send_errors")
-            logger.debug("sending to %s failed: %s", destination, error)
-
-    async def _receive_datagrams(self) -> None:
-        raw = self._udp_raw
-        while True:
-            # Wake once per burst and drain every queued datagram before yielding: the
-            # effects of the whole burst then run in one pass of the executor.
-            await trio.lowlevel.wait_readable(raw)
-            self._take_queued_datagrams()
-            await trio.lowlevel.checkpoint()
-
-    def _take_queued_datagrams(self) -> None:
-        """Handle the datagrams the kernel already holds, before a due timer fires.
-
-        After a stall of the loop (GIL held by a worker thread, CPU starvation) the woken
-        timer and the readable socket are run in random order by trio, so half the time
-        a probe's deadline was handled before the ack that sat waiting in the socket:
-        a false suspicion of a live node. Measured with 3 live daemons whose loops a
-        GIL-holding thread stalled about 0.5 s at a time, per node-minute: 10-12
-        suspicions and 4-6 false deaths without this, 2-6 suspicions and 0-1 deaths
-        with it. One burst at most (the receiver's own step too).
-        """
-        raw = self._udp_raw
-        for _ in range(RECEIVE_BURST):
-            try:
-                data, source = raw.recvfrom(65536)
-            except BlockingIOError:
-                return
-            except OSError as error:  # e.g. ICMP port unreachable surfacing on Linux
-                self.count("datagram_receive_errors")
-                logger.debug("udp receive error: %s", error)
-                continue
-            self._on_datagram(data, (source[0], source[1]))
-
-    def _on_datagram(self, data: bytes, source: Address) -> None:
-        """Open, check and feed one received datagram."""
-        self.count("datagrams_received")
-        try:
-            envelope = self.authenticator.open(data, Channel.DATAGRAM)
-        except MeshError as error:
-            self.count("datagrams_rejected")
-            self.pulse()
-            logger.debug("dropped datagram from %s:%d: %s", *source, error)
-            return
-        if envelope.from_self:
-            self.count("datagrams_from_self")
-            return
-        if not self._check_twin(envelope.sender, source):
-            return
-        self.feed(DatagramReceived(source, envelope.payload))
-
-    def _check_twin(self, sender: str, source: Address) -> bool:
-        """False when the datagram comes from a twin of ours (it is then not fed)."""
-        try:
-            message = self.guard.observe(sender, False, source, trio.current_time())
-        except DuplicateIdentityError as error:
-            logger.error("%s", error)
-            self.request_stop(error)
-            return False
-        if message is None:
-            return True
-        self.count("duplicate_identity")
-        if self.guard.sightings in (1, 10, 100) or self.guard.sightings % 1000 == 0:
-            logger.error("%s", message)
-        return False
 
     # --- timers, discovery, seeds, load -----------------------------------------------
 
@@ -527,7 +351,7 @@ class Daemon:
             self._deadline_moved = trio.Event()
             deadline = self._timer_deadline = self.node.next_deadline()
             if trio.current_time() >= deadline:
-                self._take_queued_datagrams()
+                self.datagrams.take_queued()
                 self.feed(Tick())
                 await trio.sleep(0)  # let the executor and receivers run
                 continue
@@ -566,31 +390,3 @@ class Daemon:
         """Wake everything waiting for a change (the ``wait`` op)."""
         self.changed.set()
         self.changed = trio.Event()
-
-
-async def _bind_sockets(
-    host: str, port: int
-) -> tuple[socket.socket, trio.socket.SocketType, list[trio.SocketListener]]:
-    """A UDP socket (stdlib and trio views of it) and TCP listeners on the same port
-    number (ephemeral if port is 0)."""
-    last_error: OSError | None = None
-    for _ in range(20):
-        # A stdlib socket wrapped by trio: the daemon sends and drains datagrams on the
-        # stdlib object directly (non-blocking) and awaits only when it would block.
-        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp = trio.socket.from_stdlib_socket(raw)
-        try:
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            await udp.bind((host, port))
-            chosen = udp.getsockname()[1]
-            listeners = await trio.open_tcp_listeners(chosen, host=host)
-            return raw, udp, listeners
-        except OSError as error:
-            udp.close()
-            last_error = error
-            if port != 0:
-                break
-    raise ConfigError(
-        f"cannot listen on {host}:{port}: {last_error}; another daemon may be using the "
-        "port (pick another with --port) or the address is not on this machine (--bind)"
-    )

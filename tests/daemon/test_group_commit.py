@@ -54,11 +54,11 @@ async def test_a_submission_is_acknowledged_only_after_its_record_is_synced(
             nursery.start_soon(submit)
             with trio.fail_after(WAIT_S):
                 await trio.to_thread.run_sync(entered.wait, WAIT_S)
-                await daemon._gated_ready.wait()  # a lone node gates only the ack
-            assert [type(e) for _, e in daemon._gated] == [TaskAccepted]
+                await daemon.effects.gated_ready.wait()  # a lone node gates only the ack
+            assert [type(e) for _, e in daemon.effects.gated] == [TaskAccepted]
             # The acknowledgement waits behind the sync; the daemon still serves.
             assert not answered.is_set()
-            assert daemon.journal.synced_seq < daemon._gated[0][0]
+            assert daemon.journal.synced_seq < daemon.effects.gated[0][0]
             assert (await rpc.call("ping"))["node_id"] == "solo"
             assert not answered.is_set()
             release.set()
