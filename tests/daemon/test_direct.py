@@ -179,3 +179,47 @@ def test_cli_no_wait_submits_through_the_table_so_the_id_can_be_collected(
             daemon.request_stop()
 
     trio.run(scenario)
+
+
+async def test_inputs_stay_held_until_the_core_answers_even_if_the_request_is_gone(
+    solo, monkeypatch
+) -> None:
+    """The client gives up before the core answers (here the core is kept from seeing
+    the submission until then): the entry's hold on the inputs must outlive the request
+    until the core answers, then turn into the accepted task's reference."""
+    import hashlib
+
+    from meshgpu.core.events import SubmitTask
+    from meshgpu.daemon.payloads import canonical_tensor_bytes
+
+    daemon, _ = solo
+    digest = hashlib.sha256(canonical_tensor_bytes({"pixels": PIXELS[3:4]})).hexdigest()
+    held: list[SubmitTask] = []
+    feed = daemon.feed
+    monkeypatch.setattr(
+        daemon, "feed", lambda e: held.append(e) if isinstance(e, SubmitTask) else feed(e)
+    )
+    request_ended = trio.Event()
+    acknowledged = daemon.handlers._acknowledged
+
+    async def watched(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return await acknowledged(*args, **kwargs)
+        finally:
+            request_ended.set()
+
+    monkeypatch.setattr(daemon.handlers, "_acknowledged", watched)
+    async with open_rpc(daemon.address, Authenticator(None, "client-test")) as own:
+        with trio.move_on_after(0.3) as gave_up:
+            await submit(own, PIXELS[3:4], direct=False)
+    assert gave_up.cancelled_caught and len(held) == 1
+    with trio.fail_after(20):
+        await request_ended.wait()  # the daemon saw the hang-up and ended the request
+    assert daemon.dataplane.submitting[digest] == 1  # the request is gone, the hold stays
+    monkeypatch.undo()
+    (pending,) = daemon.handlers._pending.values()
+    daemon.feed(held[0])  # the core answers now
+    with trio.fail_after(20):
+        await pending.done.wait()
+    assert digest not in daemon.dataplane.submitting
+    assert daemon.dataplane.input_refs[digest]  # now the accepted task's reference
