@@ -306,7 +306,7 @@ def initializer_bytes(proto: onnx.ModelProto) -> int:
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     count = math.prod(tensor.dims)
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    return count * itemsize
+    return int(count * itemsize)
 
 
 def largest_tensor(

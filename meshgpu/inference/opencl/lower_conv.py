@@ -137,11 +137,12 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
     column_blocks = -(-columns // PANEL)
 
     def pack(panel: int) -> KernelArg:
-        return builder.packed_weight(
+        packed: KernelArg = builder.packed_weight(
             (*key, "panels", panel),
             lambda: (weight * scale[:, None, None, None]).reshape(groups, groups_out, depth),
             panel,
         )
+        return packed
 
     pixels = out_h * out_w
     # Write straight into this output's slice of a channel Concat when the plan placed it.
