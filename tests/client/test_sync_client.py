@@ -77,3 +77,17 @@ def test_a_failed_task_in_map_raises_and_the_client_still_closes_cleanly(fake_pe
     assert float(handle.result(timeout=10)["y"][0]) == 2.0
     client.close()
     assert not client._thread.is_alive()
+
+
+def test_a_resolved_handle_answers_without_the_clients_loop(fake_peer, monkeypatch) -> None:
+    mesh, peer = fake_peer
+    mesh.direct = True  # the answer to the submit is the result
+    with Client(f"127.0.0.1:{peer.port}", environ={}) as client:
+        handle = client.submit(fakes.MODEL, {"x": np.arange(2, dtype=np.float32)})
+        assert handle.done()
+        monkeypatch.setattr(client, "_run", lambda *a: pytest.fail("went through the loop"))
+        np.testing.assert_array_equal(handle.result(1)["y"], [0, 2])
+        assert handle.wait(1).state == "done"
+        monkeypatch.undo()
+        table = client.submit(fakes.MODEL, {"x": np.ones(1, np.float32)}, direct=False)
+        np.testing.assert_array_equal(table.result(10)["y"], [2])  # the loop's way
