@@ -130,8 +130,10 @@ class NodeContext:
                 self._prefix = envelope_prefix(self.node_id, incarnation, view)
                 self._prefix_incarnation = incarnation
                 self._prefix_view = view
-            payload = self._prefix + encode_body(body) + EMPTY_PIGGYBACK
-            self.effects.append(_send_datagram(address, payload))
+            effect: SendDatagram = _NEW(SendDatagram)  # _send_datagram inlined
+            _SET_DESTINATION(effect, address)
+            _SET_PAYLOAD(effect, self._prefix + encode_body(body) + EMPTY_PIGGYBACK)
+            self.effects.append(effect)
             return
         config = self.config
         head = encode_head(self.node_id, self.incarnation, self.view, body)

@@ -314,12 +314,6 @@ class Swim(Component):
             Suspect(probe.target, info.incarnation, self.table.node_id), now, "probe failed"
         )
 
-    def _probe_acked(self) -> None:
-        self._probe = None
-        self.timers.cancel("probe_direct")
-        if self.config.lifeguard and self.health.score:  # (apply(-1) leaves 0 at 0)
-            self.health.apply(-1)
-
     def _sample_live(self, count: int) -> list[NodeId]:
         live = self.table.live
         if len(live) <= count:
@@ -333,7 +327,11 @@ class Swim(Component):
     def on_message(self, envelope: Envelope, message: Message, source: Address, now: float) -> None:
         kind = type(message)
         if kind is Ping:
-            self.answer_ping(message, source)  # type: ignore[arg-type]
+            ping: Ping = message  # type: ignore[assignment]
+            if ping.target == self.table.node_id:  # answer_ping inlined: once per probe
+                self.context.send(source, new_ack(ping.seq))  # = Ack(ping.seq)
+            else:
+                self.answer_ping(ping, source)  # counts the misdirected ping
         elif kind is Ack:
             self._on_ack(message)  # type: ignore[arg-type]
         elif isinstance(message, PingReq):
@@ -369,8 +367,14 @@ class Swim(Component):
         self.context.send(source, new_ack(ping.seq))  # = Ack(ping.seq)
 
     def _on_ack(self, ack: Ack) -> None:
-        if self._probe is not None and self._probe.seq == ack.seq:
-            self._probe_acked()
+        probe = self._probe
+        if probe is not None and probe.seq == ack.seq:
+            # our probe is answered: no indirect round, and (Lifeguard) one point of
+            # health back (apply(-1) at score 0 changes nothing, so it is skipped)
+            self._probe = None
+            self.timers.cancel("probe_direct")
+            if self.config.lifeguard and self.health.score:
+                self.health.apply(-1)
             return
         relay = self._relays.pop(ack.seq, None)
         if relay is not None:
