@@ -177,6 +177,7 @@ async def _run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from meshgpu.client import AsyncClient
+    from meshgpu.daemon.groups import group_of
     from meshgpu.errors import TaskFailedError
 
     console = Console(stderr=True)
@@ -195,6 +196,7 @@ async def _run(
         failures: list[str] = []
         delivered: set[str] = set()
         kill: Kill | None = None
+        measured = trio.Event()
         kill_at = max(1, tasks // 3) if kill_choice != "none" else None
         batches = [pixels[i * batch : (i + 1) * batch] for i in range(tasks)]
         progress = Progress(
@@ -223,9 +225,12 @@ async def _run(
                     else:
                         outcome["lost"] += 1
                         failures.append(str(item.error))
-                    delivered.add(str(item.task_id))
-                    if kill is not None and item.task_id in kill.running:
-                        kill.running.discard(item.task_id)
+                    # A member of a task group stands for its group (the table's rows
+                    # name groups): one member's result means the whole group's arrived.
+                    entry_id = group_of(str(item.task_id)) or str(item.task_id)
+                    delivered.add(entry_id)
+                    if kill is not None and entry_id in kill.running:
+                        kill.running.discard(entry_id)
                         if not kill.running:
                             kill.recovered_s = time.monotonic() - kill.at
                     finished = outcome["done"] + outcome["failed"] + outcome["lost"]
@@ -241,7 +246,10 @@ async def _run(
                             + (", the client's entry node" if kill.entry else "")
                             + f") after {finished} tasks; it was running {len(kill.running)}"
                         )
-                        nursery.start_soon(_measure_failover, client, kill)
+                        nursery.start_soon(_measure_failover, client, kill, measured)
+            if kill is not None:  # the tasks may all be done before the victim is declared dead
+                with trio.move_on_after(min(timeout, 30.0)):
+                    await measured.wait()
             nursery.cancel_scope.cancel()
     received = outcome["done"] + outcome["failed"] + outcome["lost"]
     outcome["lost"] += tasks - received  # no answer before the timeout
@@ -298,23 +306,27 @@ async def _kill(client: Any, mesh: Any, choice: str, finished: int, delivered: s
     )
 
 
-async def _measure_failover(client: Any, kill: Kill) -> None:
+async def _measure_failover(client: Any, kill: Kill, measured: Any) -> None:
     """Wait (on membership changes, via the ``wait`` op) until the victim is dead and a
-    live leader is named; records ``failover_s``."""
+    live leader is named; records ``failover_s``; sets ``measured`` when it gives up or
+    has the figure."""
     from meshgpu.errors import MeshError
 
     generation = -1
-    while True:
-        try:
-            status = await client.call("wait", after_generation=generation, timeout=30.0)
-        except MeshError:
-            return  # the summary shows no failover time
-        generation = status["generation"]
-        states = {m["node_id"]: m["state"] for m in status["members"]}
-        leader = status.get("leader")
-        if states.get(kill.node) in ("dead", "left") and leader and leader != kill.node:
-            kill.failover_s = time.monotonic() - kill.at
-            return
+    try:
+        while True:
+            try:
+                status = await client.call("wait", after_generation=generation, timeout=30.0)
+            except MeshError:
+                return  # the summary shows no failover time
+            generation = status["generation"]
+            states = {m["node_id"]: m["state"] for m in status["members"]}
+            leader = status.get("leader")
+            if states.get(kill.node) in ("dead", "left") and leader and leader != kill.node:
+                kill.failover_s = time.monotonic() - kill.at
+                return
+    finally:
+        measured.set()
 
 
 def _log_to(console: Any) -> None:

@@ -177,8 +177,9 @@ class DataPlane:
         digests = sorted({effect.input_digest for effect in effects})
         blobs: dict[str, bytes] = {}
         try:
-            for model_digest in sorted({self._model_of(e.task_id) for e in effects} - {None}):
-                await self.obtain_model(model_digest, [source])  # type: ignore[arg-type]
+            models = {self._model_of(e.task_id) for e in effects}
+            for model_digest in sorted(digest for digest in models if digest is not None):
+                await self.obtain_model(model_digest, [source])
             reply = await self._request(source, "get_inputs", digests=digests)
             for digest, data in dict(reply["blobs"]).items():
                 if digest in digests and hashlib.sha256(data).hexdigest() == digest:

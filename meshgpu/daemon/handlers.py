@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import itertools
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -325,7 +326,7 @@ class ClientHandlers:
         return {"results": answers}
 
     async def _enqueue_group(
-        self, request: Message, members: list[dict[str, Any]]
+        self, request: Message, members: Sequence[Mapping[str, Any]]
     ) -> tuple[_Pending, str]:
         """:meth:`_enqueue` for a task group: one inputs blob holding every member's
         tensors and one ``SubmitTask`` whose spec says how many members it carries."""
@@ -333,7 +334,7 @@ class ClientHandlers:
         blob = canonical_group_bytes(members)
         input_digest = hashlib.sha256(blob).hexdigest()
         spec = dataclasses.replace(
-            self._spec(request, members[0], input_digest), members=len(members)
+            self._spec(request, dict(members[0]), input_digest), members=len(members)
         )
         daemon.dataplane.submitting[input_digest] += 1
         try:
