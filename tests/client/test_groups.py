@@ -51,3 +51,30 @@ def test_a_group_is_collected_once_when_its_last_member_arrives() -> None:
     assert "n-1/7" not in client._group_left
     assert client._collectable("n-1/8", first=True) == "n-1/8"  # a plain task
     assert client._collectable("n-1/9:0", first=True) == "n-1/9:0"  # attached, not ours
+
+
+async def test_the_window_gathers_a_group_worth_of_places_or_gives_up() -> None:
+    import trio
+
+    from meshgpu.client.batches import _Window
+
+    window = _Window(4)
+    for _ in range(4):
+        await window.acquire()
+    released = 0
+
+    async def release_three() -> None:
+        nonlocal released
+        for _ in range(3):
+            await trio.lowlevel.checkpoint()
+            released += 1
+            window.release()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(release_three)
+        with trio.fail_after(5):
+            await window.gather(3, 5.0)
+        assert released == 3 and window.value == 3
+    with trio.fail_after(5):
+        await window.gather(4, 0.01)  # not enough will come: it gives up after 10 ms
+    assert window.value == 3
