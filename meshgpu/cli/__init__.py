@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "run": "meshgpu.cli.inference:run",
     "devices": "meshgpu.cli.inference:devices",
     "submit": "meshgpu.cli.submit:submit",
+    "collect": "meshgpu.cli.collect:collect",
     "status": "meshgpu.cli.status:status",
     "tasks": "meshgpu.cli.status:tasks",
     "demo": "meshgpu.cli.demo:demo",

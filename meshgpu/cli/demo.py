@@ -244,7 +244,8 @@ async def _run(
                         progress.console.print(
                             f"[bold red]SIGKILL {kill.node}[/bold red] ({kill.role}"
                             + (", the client's entry node" if kill.entry else "")
-                            + f") after {finished} tasks; it was running {len(kill.running)}"
+                            + f") after {finished} tasks; "
+                            + _running_text(len(kill.running))
                         )
                         nursery.start_soon(_measure_failover, client, kill, measured)
             if kill is not None:  # the tasks may all be done before the victim is declared dead
@@ -339,6 +340,14 @@ def _log_to(console: Any) -> None:
     logging.getLogger("meshgpu.client").addHandler(handler)
 
 
+def _running_text(count: int) -> str:
+    """``it was running no task`` / ``1 task`` / ``N tasks``: a bare count read as a
+    truncated sentence (``it was running 0``)."""
+    if count == 0:
+        return "it was running no task"
+    return f"it was running {count} task" + ("s" if count > 1 else "")
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -378,9 +387,11 @@ def _print_summary(report: dict[str, Any]) -> None:
             rerun = (
                 f"its {count} running task(s) finished elsewhere after {report['recovered_s']} s"
             )
-        table.add_row(
-            "failover", f"declared dead, new leader after {report['failover_s']} s; {rerun}"
-        )
+        if report["failover_s"] is None:  # the run ended before the mesh had failed over
+            failover = "not measured (the last result came before a new leader was named)"
+        else:
+            failover = f"declared dead, new leader after {report['failover_s']} s"
+        table.add_row("failover", f"{failover}; {rerun}")
     moves = report["client_failovers"]
     table.add_row(
         "client failover",

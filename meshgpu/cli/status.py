@@ -96,10 +96,13 @@ def member_rows(status: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _groups_note(groups: Any) -> str:
-    """`` (N of them task groups of M members)`` when the table holds any group."""
+    """`` (N of them task groups, M tasks in all)`` when the table holds any group.
+
+    ``M`` counts the members of all N groups together; the former wording ("task groups
+    of M members") read as M tasks in each group."""
     if not isinstance(groups, dict) or not groups.get("entries"):
         return ""
-    return f" ({groups['entries']} of them task groups of {groups.get('members')} members)"
+    return f" ({groups['entries']} of them task groups, {groups.get('members')} tasks in all)"
 
 
 @click.command("status")
@@ -166,7 +169,10 @@ def tasks(
 
     console = Console()
     table = Table()
-    for column in ("task", "state", "attempt", "worker", "priority", "holders", "reason"):
+    # Ids are what people copy: kept on one line (the other columns fold).
+    widest = max((len(str(row["task_id"])) for row in rows), default=4)
+    table.add_column("task", no_wrap=True, min_width=widest)
+    for column in ("state", "try", "worker", "priority", "holders", "reason"):
         table.add_column(column, overflow="fold")
     for row in rows[-limit:] if limit > 0 else rows:
         members = int(row.get("members", 1))

@@ -9,6 +9,7 @@ progress bar on stderr and writes ``<output>/<stem>.npz`` per task.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,18 +36,31 @@ def connection_options(command: F) -> F:
     )(command)
 
 
-def model_input_names(model: Any) -> list[str]:
-    """The graph inputs of a model that are not initializers (for a bare ``--input PATH``)."""
-    import onnx
+def first_mesh_error(group: BaseExceptionGroup[Any]) -> Exception | None:
+    """The first MeshError in a (nested) exception group, for a one-line message.
 
+    The client runs its work in trio nurseries, so an error raised there (an input file
+    that became unreadable mid-submission) reaches the command wrapped in groups; the
+    user should see the error's message, not the groups' traceback."""
+    from meshgpu.errors import MeshError
+
+    matched, _ = group.split(MeshError)
+    while isinstance(matched, BaseExceptionGroup):
+        matched = matched.exceptions[0]  # type: ignore[assignment]
+    return matched if isinstance(matched, MeshError) else None
+
+
+def model_input_names(model: Any) -> list[str]:
+    """The graph inputs of a model that are not initializers (for a bare ``--input PATH``);
+    empty for a file that is not ONNX (:mod:`meshgpu.cli.preflight` says why)."""
+    from meshgpu.cli.preflight import model_inputs
     from meshgpu.client.models import ModelBlob
+    from meshgpu.errors import MeshError
 
     try:
-        proto = onnx.load_model_from_string(ModelBlob.of(model).data)
-    except Exception:  # not an ONNX file: the mesh will say so with the engine's message
+        return list(model_inputs(ModelBlob.of(model)).required)
+    except MeshError:
         return []
-    constants = {init.name for init in proto.graph.initializer}
-    return [value.name for value in proto.graph.input if value.name not in constants]
 
 
 @click.command("submit")
@@ -89,7 +103,8 @@ def model_input_names(model: Any) -> list[str]:
 @click.option(
     "--no-wait",
     is_flag=True,
-    help="Print the task ids once the mesh has acknowledged them, and exit without results.",
+    help="Print the task ids once the mesh has acknowledged them, and exit without results "
+    "(save them later with `meshgpu collect --ids FILE`).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this.")
@@ -120,29 +135,79 @@ def submit(
     """
     import trio
 
+    from meshgpu.cli.preflight import check_input_names, check_npy_files, model_inputs
     from meshgpu.client.inputs import expand_inputs, parse_input_spec
     from meshgpu.client.models import ModelBlob
-    from meshgpu.errors import MeshError
+    from meshgpu.errors import InferenceError, MeshError
 
     try:
         blob = ModelBlob.of(model)  # an unreadable model is reported before the inputs
-        names = model_input_names(blob)
-        default_name = names[0] if len(names) == 1 else None
-        tasks = expand_inputs([parse_input_spec(spec, default_name) for spec in input_specs])
+        inputs = model_inputs(blob)
+        default_name = inputs.required[0] if len(inputs.required) == 1 else None
+        specs = [parse_input_spec(spec, default_name) for spec in input_specs]
+        check_input_names(inputs, [name for name, _ in specs], blob.name)
+        tasks = expand_inputs(specs)
+        check_npy_files(tasks)  # before anything is sent: see meshgpu.cli.preflight
         options = {"priority": priority, "replicas": replicas, "deadline_s": deadline}
         report = trio.run(_run, blob, tasks, output, peer, key_file, options, no_wait, timeout)
+    except InferenceError as error:  # named like the mesh names a failed task's reason
+        raise click.ClickException(f"{type(error).__name__}: {error}") from None
     except MeshError as error:
         raise click.ClickException(str(error)) from None
+    except BaseExceptionGroup as group:  # raised inside the client's nurseries
+        mesh_error = first_mesh_error(group)
+        if mesh_error is None:
+            raise
+        raise click.ClickException(str(mesh_error)) from None
     if as_json:
         click.echo(json.dumps(report, indent=None))
     elif no_wait:
         for row in report["tasks"]:
-            click.echo(f"{row['task_id']}\t{row['stem']}")
+            if "task_id" in row:  # a refused task has no id; it is listed below
+                click.echo(f"{row['task_id']}\t{row['stem']}")
     failed = [row for row in report["tasks"] if row.get("state") not in ("done", "submitted")]
-    for row in failed:
+    for row in failed[:ERRORS_SHOWN]:
         click.echo(f"error: {row['stem']}: {row.get('error')}", err=True)
+    if len(failed) > ERRORS_SHOWN:
+        more = len(failed) - ERRORS_SHOWN
+        click.echo(f"error: ... and {more} more failed task(s) (--json lists each)", err=True)
+    if not as_json:
+        click.echo(outcome_line(report, output, no_wait, replicas), err=True)
     if failed:
         sys.exit(1)
+
+
+ERRORS_SHOWN = 10
+"""Failed tasks whose reason is printed; a full disk or a wrong model fails every task
+with one reason, and 200 identical lines hide the summary under them."""
+
+
+def outcome_line(report: dict[str, Any], output: Path, no_wait: bool, replicas: int) -> str:
+    """The last line a person reads: how many tasks did what, and where the outputs are.
+
+    Without it a successful submit printed nothing but a progress bar, and a --no-wait
+    submission whose tasks were journaled on fewer nodes than --replicas asked for (a
+    mesh smaller than that) said so only in --json's ``copies``."""
+    rows = report["tasks"]
+    failed = sum(1 for row in rows if row.get("state") not in ("done", "submitted"))
+    if no_wait:
+        submitted = len(rows) - failed
+        line = f"{submitted} of {len(rows)} task(s) submitted"
+        copies = [row["copies"] for row in rows if row.get("copies")]
+        if copies and min(copies) < replicas:
+            line += (
+                f"; some are journaled on only {min(copies)} node(s), fewer than "
+                f"--replicas {replicas} (the mesh has fewer live nodes): losing that "
+                "node before they run loses them"
+            )
+        return line + ("; collect the results with `meshgpu collect`" if submitted else "")
+    done = sum(1 for row in rows if row.get("state") == "done")
+    line = f"{done} of {len(rows)} task(s) done"
+    if failed:
+        line += f", {failed} failed"
+    if done:
+        line += f"; outputs in {output}{os.sep}"
+    return line
 
 
 def _load(paths: dict[str, Path]) -> dict[str, Any]:
@@ -154,13 +219,13 @@ def _load(paths: dict[str, Path]) -> dict[str, Any]:
     for name, path in paths.items():
         try:
             arrays[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, EOFError) as error:  # changed since the preflight check
             raise ConfigError(f"cannot read {path} for input {name!r}: {error}") from None
     return arrays
 
 
 async def _run(
-    model: str,
+    model: Any,
     tasks: list[Any],
     output: Path,
     peer: str | None,

@@ -1,0 +1,190 @@
+"""``meshgpu collect``: save the results of tasks submitted earlier with ``--no-wait``.
+
+``meshgpu submit --no-wait`` prints one ``TASK_ID<TAB>STEM`` line per task (or, with
+``--json``, an object whose ``tasks`` rows carry ``task_id`` and ``stem``). This command
+reads those ids (arguments, or ``--ids FILE``, ``-`` for stdin, in either format), waits
+for each task's outcome through :meth:`meshgpu.client.AsyncClient.attach`, and writes
+``<output>/<stem>.npz`` exactly as a waiting ``submit`` would have. Without this command
+a ``--no-wait`` submission had no command-line way to get its results back.
+
+Ids the peer's task table does not hold (a typo, another mesh, a task collected and
+dropped long ago), and tasks it marks delivered, are refused before waiting: the mesh
+answers neither, so attaching to them would wait forever. Rejected: checking the ids
+on every peer (the table is replicated to all of them, so one peer's view is the
+mesh's, a few gossip periods after submission).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from meshgpu.cli.submit import connection_options, first_mesh_error
+
+
+def read_ids(text: str) -> list[tuple[str, str]]:
+    """(task id, output stem) pairs from ``submit --no-wait`` output, text or JSON.
+
+    Text: one ``TASK_ID`` or ``TASK_ID<whitespace>STEM`` per line (blank lines and
+    ``#`` comments skipped). JSON: ``{"tasks": [{"task_id", "stem"}, ...]}`` or a list
+    of such rows; rows without a ``task_id`` (tasks that were refused) are skipped."""
+    from meshgpu.errors import ConfigError
+
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        try:
+            parsed = json.loads(stripped)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"task ids: not valid JSON ({error})") from None
+        rows = parsed.get("tasks", []) if isinstance(parsed, dict) else parsed
+        if not isinstance(rows, list):
+            raise ConfigError("task ids: expected {'tasks': [...]} or a list of rows")
+        return [
+            (str(row["task_id"]), str(row.get("stem") or stem_of(str(row["task_id"]))))
+            for row in rows
+            if isinstance(row, dict) and row.get("task_id")
+        ]
+    pairs = []
+    for line in stripped.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields:
+            pairs.append((fields[0], fields[1] if len(fields) > 1 else stem_of(fields[0])))
+    return pairs
+
+
+def stem_of(task_id: str) -> str:
+    """A file name for a task given without a stem: ``a/123`` -> ``a-123``."""
+    return task_id.replace("/", "-").replace(":", "-")
+
+
+@click.command("collect")
+@click.argument("task_ids", nargs=-1, metavar="[TASK_ID]...")
+@click.option(
+    "--ids",
+    "ids_file",
+    type=click.File("r"),
+    help="Read task ids from this file ('-': stdin): the output of `submit --no-wait`, "
+    "text or --json.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory for the outputs: one <stem>.npz per task.",
+)
+@connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this.")
+def collect(
+    task_ids: tuple[str, ...],
+    ids_file: TextIO | None,
+    output: Path,
+    peer: str | None,
+    key_file: Path | None,
+    as_json: bool,
+    timeout: float | None,
+) -> None:
+    """Wait for tasks submitted with `submit --no-wait` and save their outputs.
+
+    \b
+    Examples:
+      meshgpu submit model.onnx -i x=data/ --no-wait > ids.txt
+      meshgpu collect --ids ids.txt -o results/
+      meshgpu collect a/1234 a/1235
+
+    Each task's outputs are saved as OUTPUT/<stem>.npz (the stem printed by --no-wait,
+    else the task id with / replaced by -). A result can be collected once: after that
+    the mesh may drop it. The exit status is 0 only if every task's result was saved.
+    """
+    import trio
+
+    from meshgpu.errors import MeshError
+
+    pairs = [(task_id, stem_of(task_id)) for task_id in task_ids]
+    try:
+        if ids_file is not None:
+            pairs += read_ids(ids_file.read())
+        if not pairs:
+            raise click.UsageError("give task ids as arguments or with --ids FILE")
+        report = trio.run(_collect, pairs, output, peer, key_file, timeout)
+    except MeshError as error:
+        raise click.ClickException(str(error)) from None
+    except BaseExceptionGroup as group:
+        mesh_error = first_mesh_error(group)
+        if mesh_error is None:
+            raise
+        raise click.ClickException(str(mesh_error)) from None
+    if as_json:
+        click.echo(json.dumps(report))
+    failed = [row for row in report["tasks"] if row["state"] != "done"]
+    for row in failed:
+        click.echo(f"error: {row['task_id']}: {row['error']}", err=True)
+    if not as_json:
+        line = f"{report['done']} of {len(pairs)} result(s) saved"
+        click.echo(line + (f" in {output}{os.sep}" if report["done"] else ""), err=True)
+    if failed:
+        sys.exit(1)
+
+
+async def _collect(
+    pairs: list[tuple[str, str]],
+    output: Path,
+    peer: str | None,
+    key_file: Path | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    import numpy as np
+    import trio
+
+    from meshgpu.client import AsyncClient
+
+    rows: list[dict[str, Any]] = [{"task_id": t, "stem": s} for t, s in pairs]
+    async with AsyncClient(peer, key_file) as client:
+        known = {str(row["task_id"]): row for row in await client.tasks()}
+        node = client.peer[0] if client.peer else "the peer"
+        waiting = []
+        for row in rows:
+            # a task group's member id is "<group id>:<index>"; the table holds the group
+            entry = known.get(row["task_id"].split(":", 1)[0])
+            if entry is None:
+                row.update(
+                    state="failed",
+                    error=f"not in the task table of {node}: a mistyped id, one of another "
+                    "mesh, or a result collected before and dropped",
+                )
+            elif entry.get("delivered"):
+                # Asked for, a delivered result is never answered (the mesh gives each
+                # result out once): waiting would hang.
+                row.update(state="failed", error="already collected: a result is given out once")
+            else:
+                waiting.append(row)
+        if waiting:
+            output.mkdir(parents=True, exist_ok=True)
+
+        async def one(row: dict[str, Any]) -> None:
+            outcome = await client.attach(row["task_id"]).wait()
+            row["worker"] = outcome.worker
+            if outcome.error is None and outcome.outputs is not None:
+                target = output / f"{row['stem']}.npz"
+                np.savez(target, **outcome.outputs)  # type: ignore[arg-type]
+                row.update(state="done", output=str(target))
+            else:
+                row.update(state="failed", error=str(outcome.error))
+
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            async with trio.open_nursery() as nursery:
+                for row in waiting:
+                    nursery.start_soon(one, row)
+    for row in rows:
+        if "state" not in row:
+            row.update(state="timeout", error=f"no result within {timeout} s; it goes on")
+    done = sum(1 for row in rows if row["state"] == "done")
+    return {"tasks": rows, "done": done, "failed": len(rows) - done}

@@ -1,0 +1,103 @@
+"""What ``meshgpu submit`` checks on this machine before anything is sent to the mesh.
+
+A mistake found here costs nothing and is reported once, naming the user's file. Found
+by the mesh, the same mistake costs a model upload and one failed task per input file,
+each failing with the same message (200 files, 200 lines), and a corrupt model's
+message names the daemon's cache path instead of the file the user gave. A ``.npy``
+file that cannot be read used to surface as a traceback from inside the client's
+submission loop, after part of the submission had been sent.
+
+Checked: the model parses as ONNX; every ``--input`` name is one of the model's inputs
+and every input without a default (an initializer) is given; every ``.npy`` file has a
+readable header and holds the bytes its header promises. Files are memory-mapped, so
+checking 200 large files reads 200 headers, not their contents.
+
+Not checked here: shapes and dtypes against the model. The engine's message already
+names the expected dtype and shape (``expected float32 [batch, 16], got float32 [3,
+15]``), and a local check would duplicate its handling of symbolic dimensions.
+Rejected: loading every array up front (the client streams inputs so that a directory
+larger than memory can be submitted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshgpu.client.inputs import TaskInputs
+from meshgpu.client.models import ModelBlob
+from meshgpu.errors import ConfigError, InputError, ModelError
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """A model's graph inputs: all of them, and those that must be fed (no initializer)."""
+
+    names: tuple[str, ...]
+    required: tuple[str, ...]
+
+
+def model_inputs(blob: ModelBlob) -> ModelInputs:
+    """The inputs of ``blob``; a ModelError naming the model if it is not valid ONNX."""
+    import onnx
+
+    try:
+        proto = onnx.load_model_from_string(blob.data)
+    except Exception as error:  # protobuf's DecodeError and onnx's own: all mean "not ONNX"
+        raise ModelError(
+            f"model {blob.name} is not a valid ONNX file ({error}); export it again "
+            "(torch.onnx.export, tf2onnx) or check that the download is complete"
+        ) from None
+    constants = {init.name for init in proto.graph.initializer}
+    names = tuple(value.name for value in proto.graph.input)
+    return ModelInputs(names, tuple(name for name in names if name not in constants))
+
+
+def check_input_names(model: ModelInputs, given: Iterable[str], model_name: str) -> None:
+    """Refuse (InputError) ``--input`` names the model does not have, and required
+    inputs left out."""
+    given = list(given)
+    known = ", ".join(model.names) or "none"
+    unknown = [name for name in given if name not in model.names]
+    if unknown:
+        raise InputError(
+            f"model {model_name} has no input named {', '.join(map(repr, unknown))}; "
+            f"its inputs are: {known}"
+        )
+    missing = [name for name in model.required if name not in given]
+    if missing:
+        raise InputError(
+            f"model {model_name} needs input(s) {', '.join(map(repr, missing))} too: "
+            f"add --input NAME=PATH for each (its inputs are: {known})"
+        )
+
+
+def check_npy_files(tasks: Iterable[TaskInputs]) -> None:
+    """Every file of every task is a readable ``.npy`` of the size its header says."""
+    seen: set[Path] = set()
+    for task in tasks:
+        for name, path in task.paths.items():
+            if path not in seen:
+                seen.add(path)
+                check_npy_file(path, name)
+
+
+def check_npy_file(path: Path, name: str) -> None:
+    """A ConfigError naming ``path`` and the input if ``path`` cannot be read as an array."""
+    import numpy as np
+
+    try:
+        np.load(path, mmap_mode="r", allow_pickle=False)  # the header and the file size
+        return
+    except (OSError, ValueError, EOFError):
+        pass  # numpy's own reader says better what is wrong (and some files cannot be mapped)
+    try:
+        np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        detail = str(error) or type(error).__name__
+        if isinstance(error, EOFError):
+            detail = "the file is empty or not a .npy file"
+        raise ConfigError(
+            f"cannot read {path} for input {name!r}: {detail}; write it with numpy.save"
+        ) from None

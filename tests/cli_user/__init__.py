@@ -1,0 +1,1 @@
+"""A new user's commands: clear refusals, summaries and a --no-wait round trip."""

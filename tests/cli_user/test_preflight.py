@@ -1,0 +1,97 @@
+"""`meshgpu submit` refuses a broken submission before it talks to any daemon.
+
+The peer given is a closed port: without the local check, each of these would end
+in "no meshgpu daemon answered" (or, against a live mesh, in one failed task per file
+and, for a truncated .npy, a traceback), so the messages asserted here can only come
+from the check before sending.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from meshgpu.cli import main
+from meshgpu.cli.submit import first_mesh_error
+from meshgpu.errors import ConfigError
+
+CLOSED_PEER = "127.0.0.1:1"
+
+
+def two_input_model(path: Path) -> Path:
+    """``s = a + b`` over float32 [2, 3]."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["s"])],
+        "pair",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 3]),
+        ],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, path)
+    return path
+
+
+def submit(*args: str) -> tuple[int, str]:
+    outcome = CliRunner().invoke(main, ["submit", *args, "--peer", CLOSED_PEER])
+    assert "Traceback" not in outcome.output
+    return outcome.exit_code, outcome.output
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    sample = tmp_path / "t0.npy"
+    np.save(sample, np.zeros((2, 3), np.float32))
+    return two_input_model(tmp_path / "pair.onnx"), sample
+
+
+def test_a_truncated_npy_is_named_not_a_traceback(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.npy"
+    np.save(whole, np.ones((64, 64), np.float32))
+    for name, size in (("header.npy", 60), ("data.npy", 5000), ("empty.npy", 0)):
+        (tmp_path / name).write_bytes(whole.read_bytes()[:size])
+        code, output = submit("digits", "-i", f"pixels={tmp_path / name}")
+        assert code == 1 and f"cannot read {tmp_path / name} for input 'pixels'" in output
+
+
+def test_a_corrupt_model_is_refused_with_the_users_file_name(tmp_path: Path) -> None:
+    model = tmp_path / "broken.onnx"
+    model.write_bytes(b"not an onnx model at all " * 8)
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.zeros(3, np.float32))
+    code, output = submit(str(model), "-i", f"x={sample}")
+    assert code == 1 and "broken.onnx is not a valid ONNX file" in output
+
+
+def test_an_unknown_input_name_lists_the_models_inputs(pair: tuple[Path, Path]) -> None:
+    model, sample = pair
+    code, output = submit(str(model), "-i", f"a={sample}", "-i", f"c={sample}")
+    assert code == 1 and "no input named 'c'" in output and "a, b" in output
+
+
+def test_a_missing_input_is_named(pair: tuple[Path, Path]) -> None:
+    model, sample = pair
+    code, output = submit(str(model), "-i", f"a={sample}")
+    assert code == 1 and "needs input(s) 'b'" in output
+
+
+def test_a_good_submission_passes_the_check_and_reaches_the_network(
+    pair: tuple[Path, Path],
+) -> None:
+    model, sample = pair
+    code, output = submit(str(model), "-i", f"a={sample}", "-i", f"b={sample}")
+    assert code == 1 and "no meshgpu daemon answered" in output
+
+
+def test_the_mesh_error_inside_nested_groups_is_found() -> None:
+    error = ConfigError("cannot read x.npy")
+    group = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [error])])
+    assert first_mesh_error(group) is error
+    assert first_mesh_error(BaseExceptionGroup("other", [KeyError("k")])) is None

@@ -1,0 +1,71 @@
+"""What the commands print when things go partly wrong: counts, sentences, no KeyError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from meshgpu.cli import main
+from meshgpu.cli import submit as submit_module
+from meshgpu.cli.demo import _running_text
+from meshgpu.cli.status import _groups_note
+from meshgpu.cli.submit import ERRORS_SHOWN, outcome_line
+
+
+def test_the_kill_line_says_how_many_tasks_in_words() -> None:
+    assert _running_text(0) == "it was running no task"
+    assert _running_text(1) == "it was running 1 task"
+    assert _running_text(3) == "it was running 3 tasks"
+
+
+def test_the_groups_note_counts_members_of_all_groups_together() -> None:
+    assert _groups_note({"entries": 0, "members": 0}) == ""
+    assert _groups_note({"entries": 15, "members": 33}) == (
+        " (15 of them task groups, 33 tasks in all)"
+    )
+
+
+def test_a_no_wait_summary_warns_of_fewer_copies_than_replicas() -> None:
+    rows = [{"stem": "a", "task_id": "n/1", "copies": 1, "state": "submitted"}]
+    line = outcome_line({"tasks": rows}, Path("out"), no_wait=True, replicas=2)
+    assert line.startswith("1 of 1 task(s) submitted") and "only 1 node(s)" in line
+    assert "meshgpu collect" in line
+    assert "only" not in outcome_line({"tasks": rows}, Path("out"), no_wait=True, replicas=1)
+
+
+@pytest.fixture
+def fake_mesh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """`submit` against a canned report: one task refused, many failed alike."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 64), np.float32))
+
+    async def canned(*args: Any) -> dict[str, Any]:
+        no_wait = args[6]
+        refused = {"stem": "bad", "state": "failed", "error": "task refused: disk full"}
+        if no_wait:
+            ok = {"stem": "x", "task_id": "n/1", "copies": 2, "state": "submitted"}
+            return {"tasks": [ok, refused], "submitted": 2}
+        rows = [dict(refused, stem=f"s{i}") for i in range(ERRORS_SHOWN + 5)]
+        return {"tasks": rows, "done": 0, "failed": len(rows), "failovers": []}
+
+    monkeypatch.setattr(submit_module, "_run", canned)
+    return tmp_path / "x.npy"
+
+
+def test_no_wait_text_lists_ids_and_names_a_refused_task(fake_mesh: Path) -> None:
+    outcome = CliRunner().invoke(main, ["submit", "digits", "-i", str(fake_mesh), "--no-wait"])
+    assert outcome.exit_code == 1, outcome.output
+    assert outcome.stdout == "n/1\tx\n"
+    assert "error: bad: task refused: disk full" in outcome.stderr
+    assert "1 of 2 task(s) submitted" in outcome.stderr
+
+
+def test_many_identical_failures_are_cut_short_with_a_count(fake_mesh: Path) -> None:
+    outcome = CliRunner().invoke(main, ["submit", "digits", "-i", str(fake_mesh)])
+    assert outcome.exit_code == 1
+    assert outcome.stderr.count("task refused: disk full") == ERRORS_SHOWN
+    assert "and 5 more failed task(s)" in outcome.stderr
+    assert f"0 of {ERRORS_SHOWN + 5} task(s) done, {ERRORS_SHOWN + 5} failed" in outcome.stderr
