@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -27,14 +28,25 @@ def _format_bytes(count: int) -> str:
     return f"{count} B"
 
 
-def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``NAME=FILE.npy`` pairs -> arrays; raises click.BadParameter naming the bad pair."""
+def _parse_inputs(pairs: tuple[str, ...], default_name: str | None = None) -> dict[str, Any]:
+    """``NAME=FILE.npy`` pairs -> arrays; raises click.BadParameter naming the bad pair.
+
+    A bare ``FILE.npy`` feeds ``default_name`` (the model's only input), as in
+    ``meshgpu submit``: the same ``--input`` that works there must work here."""
     import numpy as np
 
     feeds: dict[str, Any] = {}
     for pair in pairs:
         name, separator, path = pair.partition("=")
-        if not separator or not name or not path:
+        if (not separator or not name or not path) and default_name is not None:
+            if not Path(pair).is_file():
+                raise click.BadParameter(
+                    f"{pair!r} is not NAME=FILE.npy, nor a .npy file for the model's "
+                    f"only input {default_name!r}",
+                    param_hint="--input",
+                )
+            name, path = default_name, pair
+        elif not separator or not name or not path:
             raise click.BadParameter(f"{pair!r} is not NAME=FILE.npy", param_hint="--input")
         if name in feeds:
             raise click.BadParameter(f"input {name!r} given twice", param_hint="--input")
@@ -85,9 +97,11 @@ def run(
     import numpy as np
 
     from meshgpu import inference
+    from meshgpu.cli.submit import model_input_names
     from meshgpu.errors import MeshError
 
-    feeds = _parse_inputs(inputs)
+    names = model_input_names(model) if any("=" not in pair for pair in inputs) else []
+    feeds = _parse_inputs(inputs, names[0] if len(names) == 1 else None)
     try:
         session = inference.load(
             model,
@@ -141,20 +155,26 @@ def _render_run(summary: dict[str, Any], results: dict[str, Any]) -> None:
         if value.ndim == 2 and value.shape[1] > 1 and value.dtype.kind == "f":
             preview = "argmax " + " ".join(str(i) for i in value.argmax(axis=1)[:PREVIEW_VALUES])
         else:
-            preview = " ".join(f"{v:.4g}" for v in flat[:PREVIEW_VALUES].tolist())
+            preview = " ".join(_number(v) for v in flat[:PREVIEW_VALUES].tolist())
         if flat.size > PREVIEW_VALUES:
             preview += " …"
         table.add_row(
             name,
             str(list(value.shape)),
             str(value.dtype),
-            f"{flat.min():.4g}" if flat.size else "-",
-            f"{flat.max():.4g}" if flat.size else "-",
+            _number(flat.min().item()) if flat.size else "-",
+            _number(flat.max().item()) if flat.size else "-",
             preview,
         )
     console.print(table)
     if summary["output_file"]:
         console.print(f"wrote {summary['output_file']}")
+
+
+def _number(value: float | int | bool) -> str:
+    """Floats to 4 significant digits; integers exact (an int64 id of 1099511627779
+    shown as 1.1e+12 is a different id)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @click.command("devices")

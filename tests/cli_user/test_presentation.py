@@ -69,3 +69,22 @@ def test_many_identical_failures_are_cut_short_with_a_count(fake_mesh: Path) -> 
     assert outcome.stderr.count("task refused: disk full") == ERRORS_SHOWN
     assert "and 5 more failed task(s)" in outcome.stderr
     assert f"0 of {ERRORS_SHOWN + 5} task(s) done, {ERRORS_SHOWN + 5} failed" in outcome.stderr
+
+
+def test_run_takes_a_bare_path_like_submit_and_shows_integers_exactly(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["i"], ["k"])],
+        "ids",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("k", TensorProto.INT64, [2])],
+    )
+    model = tmp_path / "ids.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    np.save(tmp_path / "i.npy", np.array([7, 2**40 + 3], np.int64))
+    args = ["run", str(model), "-i", str(tmp_path / "i.npy"), "--backend", "onnxruntime"]
+    outcome = CliRunner().invoke(main, args)
+    assert outcome.exit_code == 0, outcome.output
+    assert "1099511627779" in outcome.stdout and "e+12" not in outcome.stdout
