@@ -7,7 +7,10 @@ instead of once per task. Each task of a batch is answered on its own: a malform
 fails alone. ``map`` keeps at most ``window`` tasks unfinished and submits, in one
 request, every input the window has room for at that moment; it never waits to fill a
 batch, so a lone free slot is used at once. Rejected: a timer that gathers a batch
-(latency on every sequential caller for a saving only bursts need).
+(latency on every sequential caller for a saving only bursts need). The one wait: with
+groups of K and a full window, up to ``GATHER_S`` (20 ms) for K places, since a
+group's members come back together and a refill one place at a time would make groups
+of one; a caller whose window is not full never waits.
 
 Task groups (docs/task-queue.md): with ``group=K`` a batch's tasks are packed by the
 entry node into table entries of up to K members each, which the mesh replicates, assigns,
