@@ -129,6 +129,11 @@ def status(peer: str | None, key_file: Path | None, as_json: bool) -> None:
         f"mesh [bold]{node.get('mesh')}[/bold] seen from [bold]{node.get('node_id')}[/bold] "
         f"({':'.join(map(str, node.get('address', [])))}), {key}, "
         f"up {_ago(node.get('uptime_s'))}"
+        + (
+            " [yellow]LEAVING: finishing or handing back its tasks, then it stops[/yellow]"
+            if node.get("leaving")
+            else ""
+        )
     )
     console.print(
         f"leader [bold]{answer.get('leader')}[/bold] (view {answer.get('view')}), "

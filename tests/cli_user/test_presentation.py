@@ -88,3 +88,21 @@ def test_run_takes_a_bare_path_like_submit_and_shows_integers_exactly(tmp_path: 
     outcome = CliRunner().invoke(main, args)
     assert outcome.exit_code == 0, outcome.output
     assert "1099511627779" in outcome.stdout and "e+12" not in outcome.stdout
+
+
+def test_status_says_when_the_peer_is_leaving(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshgpu.cli import status as status_module
+
+    answer = {
+        "node": {"node_id": "n-1", "mesh": "lab", "address": ["10.0.0.1", 7946],
+                 "keyed": False, "uptime_s": 5.0, "leaving": True},
+        "leader": "n-1", "view": 2, "queue_length": 0, "tasks": {},
+        "members": [{"node_id": "n-1", "state": "alive", "address": ["10.0.0.1", 7946],
+                     "incarnation": 0}],
+    }  # fmt: skip
+    monkeypatch.setattr(status_module, "_ask", lambda *args, **kwargs: answer)
+    outcome = CliRunner().invoke(main, ["status"])
+    assert outcome.exit_code == 0, outcome.output
+    assert "LEAVING" in outcome.stdout
+    answer["node"]["leaving"] = False
+    assert "LEAVING" not in CliRunner().invoke(main, ["status"]).stdout
