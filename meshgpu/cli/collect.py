@@ -141,9 +141,10 @@ async def _collect(
     key_file: Path | None,
     timeout: float | None,
 ) -> dict[str, Any]:
-    import numpy as np
     import trio
 
+    from meshgpu.cli.preflight import prepare_output_dir
+    from meshgpu.cli.submit import save_outputs
     from meshgpu.client import AsyncClient
 
     rows: list[dict[str, Any]] = [{"task_id": t, "stem": s} for t, s in pairs]
@@ -167,15 +168,13 @@ async def _collect(
             else:
                 waiting.append(row)
         if waiting:
-            output.mkdir(parents=True, exist_ok=True)
+            prepare_output_dir(output)
 
         async def one(row: dict[str, Any]) -> None:
             outcome = await client.attach(row["task_id"]).wait()
             row["worker"] = outcome.worker
             if outcome.error is None and outcome.outputs is not None:
-                target = output / f"{row['stem']}.npz"
-                np.savez(target, **outcome.outputs)  # type: ignore[arg-type]
-                row.update(state="done", output=str(target))
+                save_outputs(row, output / f"{row['stem']}.npz", outcome.outputs)
             else:
                 row.update(state="failed", error=str(outcome.error))
 

@@ -9,7 +9,8 @@ submission loop, after part of the submission had been sent.
 
 Checked: the model parses as ONNX; every ``--input`` name is one of the model's inputs
 and every input without a default (an initializer) is given; every ``.npy`` file has a
-readable header and holds the bytes its header promises. Files are memory-mapped, so
+readable header and holds the bytes its header promises; the output directory can be
+created. Files are memory-mapped, so
 checking 200 large files reads 200 headers, not their contents.
 
 Not checked here: shapes and dtypes against the model. The engine's message already
@@ -24,10 +25,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from meshgpu.client.inputs import TaskInputs
-from meshgpu.client.models import ModelBlob
 from meshgpu.errors import ConfigError, InputError, ModelError
+
+if TYPE_CHECKING:  # importing the client loads trio and numpy: not for `meshgpu --help`
+    from meshgpu.client.inputs import TaskInputs
+    from meshgpu.client.models import ModelBlob
 
 
 @dataclass(frozen=True)
@@ -100,4 +104,17 @@ def check_npy_file(path: Path, name: str) -> None:
             detail = "the file is empty or not a .npy file"
         raise ConfigError(
             f"cannot read {path} for input {name!r}: {detail}; write it with numpy.save"
+        ) from None
+
+
+def prepare_output_dir(path: Path) -> None:
+    """Create the outputs' directory now: unwritable, it must stop the command before
+    any task is sent (results that cannot be saved are collected from the mesh anyway,
+    and then lost)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create the output directory {path}: {error.strerror}; pick another "
+            "with --output"
         ) from None

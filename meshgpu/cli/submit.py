@@ -135,7 +135,12 @@ def submit(
     """
     import trio
 
-    from meshgpu.cli.preflight import check_input_names, check_npy_files, model_inputs
+    from meshgpu.cli.preflight import (
+        check_input_names,
+        check_npy_files,
+        model_inputs,
+        prepare_output_dir,
+    )
     from meshgpu.client.inputs import expand_inputs, parse_input_spec
     from meshgpu.client.models import ModelBlob
     from meshgpu.errors import InferenceError, MeshError
@@ -148,6 +153,8 @@ def submit(
         check_input_names(inputs, [name for name, _ in specs], blob.name)
         tasks = expand_inputs(specs)
         check_npy_files(tasks)  # before anything is sent: see meshgpu.cli.preflight
+        if not no_wait:
+            prepare_output_dir(output)
         options = {"priority": priority, "replicas": replicas, "deadline_s": deadline}
         report = trio.run(_run, blob, tasks, output, peer, key_file, options, no_wait, timeout)
     except InferenceError as error:  # named like the mesh names a failed task's reason
@@ -237,7 +244,6 @@ async def _run(
     import dataclasses
     import math
 
-    import numpy as np
     import trio
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -258,8 +264,6 @@ async def _run(
         console=console,
         transient=False,
     )
-    if not no_wait:
-        output.mkdir(parents=True, exist_ok=True)
     async with AsyncClient(peer, key_file) as client:
         node_id, (host, port) = client.peer or ("?", ("?", 0))
         console.print(
@@ -281,9 +285,8 @@ async def _run(
                     row = rows[item.index]
                     row.update(task_id=item.task_id, worker=item.worker)
                     if item.error is None and item.outputs is not None:
-                        target = output / f"{tasks[item.index].stem}.npz"
-                        np.savez(target, **item.outputs)  # type: ignore[arg-type]
-                        row.update(state="done", output=str(target))
+                        save_outputs(row, output / f"{tasks[item.index].stem}.npz", item.outputs)
+                        failures += row["state"] != "done"
                     else:
                         failures += 1
                         row.update(state="failed", error=str(item.error))
@@ -301,6 +304,19 @@ async def _run(
         "failed": len(rows) - done,
         "failovers": [dataclasses.asdict(f) for f in client.failovers],
     }
+
+
+def save_outputs(row: dict[str, Any], target: Path, outputs: dict[str, Any]) -> None:
+    """Write one task's outputs and mark ``row`` done, or failed with why (a full disk
+    on this machine must not stop the other tasks' results from being saved)."""
+    import numpy as np
+
+    try:
+        np.savez(target, **outputs)
+    except OSError as error:
+        row.update(state="failed", error=f"result received but not saved: {target}: {error}")
+    else:
+        row.update(state="done", output=str(target))
 
 
 def _log_to(console: Any) -> None:

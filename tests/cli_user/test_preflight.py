@@ -95,3 +95,15 @@ def test_the_mesh_error_inside_nested_groups_is_found() -> None:
     group = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [error])])
     assert first_mesh_error(group) is error
     assert first_mesh_error(BaseExceptionGroup("other", [KeyError("k")])) is None
+
+
+def test_an_output_directory_that_cannot_be_made_stops_before_sending(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, sample = pair
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a parent directory should be")
+    code, output = submit(
+        str(model), "-i", f"a={sample}", "-i", f"b={sample}", "-o", str(blocker / "out")
+    )
+    assert code == 1 and f"cannot create the output directory {blocker / 'out'}" in output
