@@ -335,9 +335,10 @@ async def _submit_only(
     from meshgpu.errors import MeshError
 
     try:
-        # Through the table always: --no-wait hands the id to a later `attach`, and a
-        # direct run's result lives only in the submit's answer (docs/daemon.md).
-        handle = await client.submit(blob, _load(task.paths), direct=False, **options)
+        # Through the table, and not watched: --no-wait hands the id to a later
+        # `meshgpu collect`, so this client must neither run it directly (a direct run's
+        # result lives only in the submit's answer) nor collect its result itself.
+        handle = await client.submit(blob, _load(task.paths), watch=False, **options)
         row.update(task_id=handle.task_id, copies=handle.copies, state="submitted")
     except MeshError as error:
         row.update(state="failed", error=str(error))

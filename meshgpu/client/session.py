@@ -157,18 +157,27 @@ class AsyncClient(BatchedSubmission):
         min_memory: int = 0,
         fp16: bool = False,
         direct: bool = True,
+        watch: bool = True,
     ) -> AsyncTaskHandle:
         """Submit one task; returns once the mesh acknowledged it (journaled on
         ``copies`` nodes). ``model``: a path, ``"digits"``, bytes or a ModelProto.
 
         An idle peer may run a tiny task at once and answer with its result instead
         (a *direct run*, docs/daemon.md): the handle is then already done and ``copies``
-        is 0. ``direct=False`` always goes through the replicated task table."""
+        is 0. ``direct=False`` always goes through the replicated task table.
+
+        ``watch=False`` (implies ``direct=False``): only submit. This client neither
+        fetches the result nor marks it collected, so it waits in the mesh for a later
+        ``attach`` (``meshgpu submit --no-wait``); the handle never resolves here."""
         blob = ModelBlob.of(model)
         fields = submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
-        if not direct:
+        if not direct or not watch:
             fields["direct"] = False
         reply = await self._submit_request(blob, "submit", inputs=encode_inputs(inputs), **fields)
+        if not watch:
+            return AsyncTaskHandle(
+                reply["task_id"], reply.get("copies", 0), reply.get("replicas", 0)
+            )
         if reply.get("direct"):
             handle = AsyncTaskHandle(str(reply["task_id"]))
             handle.resolve(Outcome.from_message(reply))

@@ -332,3 +332,23 @@ async def test_inputs_of_a_task_accepted_after_its_request_was_cancelled_stay_re
             await trio.sleep(0.01)
     (task_id,) = daemon.dataplane.input_refs[digest]
     assert task_id.origin == "solo"
+
+
+async def test_asking_again_for_a_delivered_outcome_is_answered_not_left_waiting(
+    rpc: RpcConnection,
+) -> None:
+    """Collected but not yet garbage-collected: the entry is still in the table, marked
+    delivered. A second ``results`` for it is answered at once with the reason."""
+    await rpc.call("put_model", digest=DIGEST, data=MODEL)
+    reply = await rpc.call(
+        "submit",
+        model_digest=DIGEST,
+        inputs=encode_tensors({"pixels": np.zeros((1, 64), dtype=np.float32)}),
+        direct=False,
+    )
+    first = [o async for o in rpc.stream("results", task_ids=[reply["task_id"]])]
+    assert first[0]["state"] == "done"
+    await rpc.call("collected", task_ids=[reply["task_id"]])
+    again = [o async for o in rpc.stream("results", task_ids=[reply["task_id"]], timeout=10)]
+    assert again[0]["state"] == "collected" and "already delivered" in again[0]["reason"]
+    assert again[-1]["task_id"] is None and again[-1]["pending"] == []

@@ -41,12 +41,15 @@ class Delivery:
     def result_requested(self, event: ResultRequested, now: float) -> None:
         tasks = self.tasks
         tid = event.task_id
-        if tid in tasks.table.collected:
-            # Delivered and garbage-collected: say so rather than leave the client waiting.
+        entry = tasks.table.get(tid)
+        if tid in tasks.table.collected or (
+            entry is not None and entry.state.terminal and entry.delivered
+        ):
+            # Delivered (and perhaps garbage-collected already): say so rather than leave
+            # the client waiting; the payloads may be gone from the holders.
             tasks.context.emit(TaskResolved(tid, "collected", "outcome already delivered", ()))
             return
         self.watched.add(tid)
-        entry = tasks.table.get(tid)
         if entry is not None and entry.state.terminal and not entry.delivered:
             self.resolve(entry)
         elif not self.hears_of(tid):
