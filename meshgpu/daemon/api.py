@@ -25,7 +25,7 @@ import trio
 
 from meshgpu.daemon.auth import Authenticator
 from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES, FrameStream
-from meshgpu.errors import MeshError, RemoteProtocolError
+from meshgpu.errors import DecodeError, MeshError, RemoteProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -176,3 +176,11 @@ def _peer(stream: trio.SocketStream) -> str:
         return f"{host}:{port}"
     except OSError:
         return "a peer"
+
+
+def request_field(request: Message, name: str, kind: type | tuple[type, ...]) -> Any:
+    """Field ``name`` of a request, checked to be a ``kind``; a DecodeError otherwise."""
+    value = request.get(name)
+    if not isinstance(value, kind):
+        raise DecodeError(f"request field {name!r} is missing or not a {kind}")
+    return value

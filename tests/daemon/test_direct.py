@@ -200,7 +200,7 @@ async def test_inputs_stay_held_until_the_core_answers_even_if_the_request_is_go
         daemon, "feed", lambda e: held.append(e) if isinstance(e, SubmitTask) else feed(e)
     )
     request_ended = trio.Event()
-    acknowledged = daemon.handlers._acknowledged
+    acknowledged = daemon.handlers.submissions._acknowledged
 
     async def watched(*args, **kwargs):  # type: ignore[no-untyped-def]
         try:
@@ -208,7 +208,7 @@ async def test_inputs_stay_held_until_the_core_answers_even_if_the_request_is_go
         finally:
             request_ended.set()
 
-    monkeypatch.setattr(daemon.handlers, "_acknowledged", watched)
+    monkeypatch.setattr(daemon.handlers.submissions, "_acknowledged", watched)
     async with open_rpc(daemon.address, Authenticator(None, "client-test")) as own:
         with trio.move_on_after(0.3) as gave_up:
             await submit(own, PIXELS[3:4], direct=False)
@@ -217,7 +217,7 @@ async def test_inputs_stay_held_until_the_core_answers_even_if_the_request_is_go
         await request_ended.wait()  # the daemon saw the hang-up and ended the request
     assert daemon.dataplane.submitting[digest] == 1  # the request is gone, the hold stays
     monkeypatch.undo()
-    (pending,) = daemon.handlers._pending.values()
+    (pending,) = daemon.handlers.submissions._pending.values()
     daemon.feed(held[0])  # the core answers now
     with trio.fail_after(20):
         await pending.done.wait()

@@ -236,7 +236,7 @@ async def test_a_full_disk_stops_the_node_with_a_clear_error(
     except* DiskFullError as group:
         stopped.extend(group.exceptions)  # type: ignore[arg-type]
     assert len(stopped) == 1 and "disk full" in str(stopped[0])
-    assert daemon.handlers.submitted == 0  # nothing was acknowledged
+    assert daemon.handlers.submissions.submitted == 0  # nothing was acknowledged
 
 
 async def test_connection_pool_reuses_one_connection_and_reconnects(daemon: Daemon) -> None:

@@ -1,0 +1,296 @@
+"""Submissions: a client's tasks into the core, and the core's answer back to it.
+
+``submit`` and ``submit_batch`` (docs/client-api.md) validate each task, store its inputs
+(held until the core answers, so nothing deletes them meanwhile), feed ``SubmitTask`` and
+wait for the ``TaskAccepted``/``TaskRejected`` that answers it; a tiny task on an idle node
+is run at once instead (direct.py), and a batch may be packed into task groups
+(groups.py). Separate from the other API ops (handlers.py) because it is the one path
+with state of its own: the submissions waiting for an answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshgpu.core import effects as fx
+from meshgpu.core.events import SubmitTask
+from meshgpu.core.tasks import DeviceRequirements, Priority, TaskId, TaskSpec
+from meshgpu.daemon.api import Message, request_field
+from meshgpu.daemon.dataplane import INPUTS
+from meshgpu.daemon.direct import DirectRuns
+from meshgpu.daemon.groups import MAX_GROUP, MemberId, pack
+from meshgpu.daemon.modelstore import check_digest
+from meshgpu.daemon.payloads import canonical_group_bytes, canonical_tensor_bytes, decode_tensors
+from meshgpu.errors import DecodeError, MeshError, TaskError
+
+if TYPE_CHECKING:
+    from meshgpu.daemon.runtime import Daemon
+
+MAX_BATCH = 1024
+"""Most tasks in one ``submit_batch`` request (the client sends smaller batches)."""
+SUBMIT_TIMEOUT = 120.0
+"""Longest a submit waits for its acknowledgement (the core answers well before)."""
+
+
+@dataclass
+class _Pending:
+    """A submission waiting for ``TaskAccepted``/``TaskRejected``."""
+
+    client_ref: str
+    input_digest: str
+    done: trio.Event = field(default_factory=trio.Event)
+    answer: Any = None
+
+
+def _batch_inputs(task: Any) -> dict[str, Any]:
+    """The ``inputs`` map of one task of a ``submit_batch`` request."""
+    if not isinstance(task, dict):
+        raise DecodeError("each task of a batch is a map with an 'inputs' field")
+    inputs = task.get("inputs")
+    if not isinstance(inputs, dict):
+        raise DecodeError("request field 'inputs' is missing or not a map")
+    return inputs
+
+
+def _requirements(request: Message) -> DeviceRequirements:
+    """The task's device requirements from a submit request's fields."""
+    device_type = request.get("device_type")
+    try:
+        return DeviceRequirements(
+            device_type=None if device_type is None else str(device_type),
+            min_memory=int(request.get("min_memory", 0)),
+            fp16=bool(request.get("fp16", False)),
+        )
+    except (TypeError, ValueError) as error:
+        raise DecodeError(f"submit has a malformed field: {error}") from None
+
+
+class Submissions:
+    """The submissions of one daemon's clients, from request to the core's answer."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._refs = itertools.count(1)
+        self._pending: dict[str, _Pending] = {}
+        self.submitted = 0
+        self.direct = DirectRuns(daemon)
+
+    def answer(self, effect: fx.TaskAccepted | fx.TaskRejected) -> None:
+        """The core answered a submission: wake its waiter, release the inputs' hold."""
+        if isinstance(effect, fx.TaskAccepted):
+            self._note_inputs(effect.task_id)
+        pending = self._pending.pop(effect.client_ref, None)
+        if pending is not None:
+            self._release(pending.input_digest)  # the hold _store_and_feed took
+            pending.answer = effect
+            pending.done.set()
+
+    def _note_inputs(self, task_id: TaskId) -> None:
+        """An accepted task refers to its inputs here: noted when the core accepts it,
+        not when the submitter is answered, so a request cancelled in between (a client
+        gone mid-batch) cannot leave the inputs of an accepted task unreferenced, to be
+        deleted with another task's identical inputs."""
+        from meshgpu.daemon.status import task_table
+
+        table = task_table(self.daemon)
+        entry = None if table is None else table.get(task_id)
+        if entry is not None:
+            self.daemon.dataplane.note_inputs(task_id, entry.spec.input_digest)
+
+    async def submit(self, request: Message) -> Message:
+        """Store the inputs, hand the task to the core, answer when it is acknowledged;
+        or, on an idle node and a tiny model, run it at once and answer with its result
+        (direct.py)."""
+        self.check_submittable(request)
+        inputs = request_field(request, "inputs", dict)
+        tensors = decode_tensors(inputs)
+        if tensors:
+            # Every field is checked as the table would (the digest is _enqueue's).
+            spec = self._spec(request, tensors, input_digest="-")
+            if self.direct.allowed(request, spec.requirements, tensors):
+                answer = await self.direct.run(request, tensors)
+                if answer is not None:
+                    return answer
+                self.check_submittable(request)  # the node may have begun leaving
+        pending, _ = await self._enqueue(request, inputs)
+        return await self._acknowledged(pending)
+
+    async def submit_batch(self, request: Message) -> Message:
+        """Many tasks of one model and one set of options (``tasks``: a list of
+        ``{"inputs": {...}}``) in one request. Every task is handed to the core before any
+        is waited for, so the batch shares one journal group commit on each holder and
+        its replication requests leave together. Each task is answered on its own, in
+        order (``results``: ``{"task_id", "copies", "replicas"}`` or ``{"error", "kind"}``):
+        a malformed task fails alone with its reason and the others go on.
+
+        ``group`` (optional, K from 1 to ``MAX_GROUP``): pack the tasks into task groups
+        of up to K members with equal input names, shapes and dtypes (groups.py), one
+        table entry each; a member's answer then carries its member id
+        (``"<group id>:<index>"``), ``group`` (the group's task id) and ``members``. A
+        task left alone by the packing is an ordinary task with a plain id."""
+        self.check_submittable(request)
+        tasks = request_field(request, "tasks", list)
+        if len(tasks) > MAX_BATCH:
+            raise DecodeError(f"a batch holds at most {MAX_BATCH} tasks, got {len(tasks)}")
+        size = request.get("group", 1)
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_GROUP:
+            raise DecodeError(f"'group' is a member count from 1 to {MAX_GROUP}, got {size!r}")
+        answers: list[Message | None] = [None] * len(tasks)
+        waiting: list[tuple[list[int], _Pending, str, int]] = []  # indices, wait, digest, K
+
+        def refuse(indices: list[int], error: MeshError) -> None:
+            for index in indices:
+                answers[index] = {"error": str(error), "kind": type(error).__name__}
+
+        decoded: list[tuple[int, dict[str, Any]]] = []
+        for index, task in enumerate(tasks):
+            try:
+                inputs = _batch_inputs(task)
+                if size == 1:
+                    pending, input_digest = await self._enqueue(request, inputs)
+                    waiting.append(([index], pending, input_digest, 1))
+                    continue
+                tensors = decode_tensors(inputs)
+                if not tensors:
+                    raise TaskError("a task needs at least one input tensor")
+                decoded.append((index, tensors))
+            except MeshError as error:
+                refuse([index], error)
+        for members in pack(decoded, size):
+            indices = [index for index, _ in members]
+            try:
+                if len(members) == 1:
+                    pending, input_digest = await self._enqueue(
+                        request, _batch_inputs(tasks[indices[0]])
+                    )
+                else:
+                    pending, input_digest = await self._enqueue_group(
+                        request, [tensors for _, tensors in members]
+                    )
+                waiting.append((indices, pending, input_digest, len(members)))
+            except MeshError as error:
+                refuse(indices, error)
+        deadline = trio.current_time() + SUBMIT_TIMEOUT  # one for the batch, not per task
+        for indices, pending, _, count in waiting:
+            try:
+                answer = await self._acknowledged(pending, deadline)
+            except MeshError as error:
+                refuse(indices, error)
+                continue
+            if count == 1:
+                answers[indices[0]] = answer
+                continue
+            for position, index in enumerate(indices):
+                member = MemberId(TaskId.parse(answer["task_id"]), position)
+                answers[index] = {
+                    **answer,
+                    "task_id": str(member),
+                    "group": answer["task_id"],
+                    "members": count,
+                }
+        return {"results": answers}
+
+    async def _enqueue_group(
+        self, request: Message, members: Sequence[Mapping[str, Any]]
+    ) -> tuple[_Pending, str]:
+        """:meth:`_enqueue` for a task group: one inputs blob holding every member's
+        tensors and one ``SubmitTask`` whose spec says how many members it carries."""
+        return await self._store_and_feed(
+            request, canonical_group_bytes(members), dict(members[0]), len(members)
+        )
+
+    def check_submittable(self, request: Message) -> None:
+        daemon = self.daemon
+        if daemon.leaving:
+            raise TaskError(f"node {daemon.node_id} is leaving the mesh; submit to another peer")
+        model_digest = check_digest(request_field(request, "model_digest", str))
+        if not daemon.models.has(model_digest):
+            raise TaskError(
+                f"model {model_digest[:12]} is not on node {daemon.node_id}: upload it first "
+                "with put_model (the client library does this for you)"
+            )
+
+    async def _enqueue(self, request: Message, inputs: dict[str, Any]) -> tuple[_Pending, str]:
+        """Validate one task, store its inputs and feed ``SubmitTask``; returns what to wait
+        on and the input digest. The inputs are held (``submitting``) from before they are
+        stored until the core answers the submission (:meth:`execute` releases them), not
+        until the request ends: a request cancelled while the task replicates must not
+        leave an accepted task's inputs unreferenced for a moment (a DropPayload of
+        another task's identical inputs would delete them)."""
+        tensors = decode_tensors(inputs)
+        if not tensors:
+            raise TaskError("a task needs at least one input tensor")
+        return await self._store_and_feed(request, canonical_tensor_bytes(tensors), tensors, 1)
+
+    async def _store_and_feed(
+        self, request: Message, blob: bytes, tensors: dict[str, Any], members: int
+    ) -> tuple[_Pending, str]:
+        """Hold and store one task's inputs blob and feed its ``SubmitTask``; returns what
+        to wait on and the input digest (``tensors``: one member's, for the spec)."""
+        daemon = self.daemon
+        input_digest = hashlib.sha256(blob).hexdigest()
+        spec = self._spec(request, tensors, input_digest)
+        if members != 1:
+            spec = dataclasses.replace(spec, members=members)
+        daemon.dataplane.submitting[input_digest] += 1
+        try:
+            # Inline inputs need no fsync of their own: the task's first journal record,
+            # written after them, gates the acknowledgement (durability.py).
+            await daemon.dataplane.store(input_digest, INPUTS, blob, wait=False)
+        except BaseException:
+            self._release(input_digest)
+            raise
+        client_ref = f"c{next(self._refs)}"
+        pending = self._pending[client_ref] = _Pending(client_ref, input_digest)
+        daemon.feed(SubmitTask(client_ref, spec))
+        return pending, input_digest
+
+    def _release(self, input_digest: str) -> None:
+        submitting = self.daemon.dataplane.submitting
+        submitting[input_digest] -= 1
+        if not submitting[input_digest]:
+            del submitting[input_digest]
+
+    def _spec(self, request: Message, tensors: dict[str, Any], input_digest: str) -> TaskSpec:
+        deadline = request.get("deadline_s")
+        try:
+            return TaskSpec(
+                model_digest=request["model_digest"],
+                input_digest=input_digest,
+                input_shapes=tuple(sorted((n, tuple(a.shape)) for n, a in tensors.items())),
+                priority=Priority.parse(str(request.get("priority", "normal"))),
+                requirements=_requirements(request),
+                deadline_s=None if deadline is None else float(deadline),
+                replicas=int(request.get("replicas", 2)),
+            )
+        except (TypeError, ValueError) as error:
+            raise DecodeError(f"submit has a malformed field: {error}") from None
+
+    async def _acknowledged(self, pending: _Pending, deadline: float | None = None) -> Message:
+        """Wait for the core's answer to one submission (until ``deadline``, trio time,
+        or ``SUBMIT_TIMEOUT`` from now)."""
+        if deadline is None:
+            deadline = trio.current_time() + SUBMIT_TIMEOUT
+        try:
+            with trio.fail_at(deadline):
+                await pending.done.wait()
+        except trio.TooSlowError:
+            # The pending stays: the core answers every submission in the end, and that
+            # answer releases the inputs' hold (execute).
+            raise TaskError("the mesh did not acknowledge the task in time; retry") from None
+        answer = pending.answer
+        if isinstance(answer, fx.TaskRejected):
+            raise TaskError(f"task refused: {answer.reason}")
+        self.submitted += 1
+        return {
+            "task_id": str(answer.task_id),
+            "copies": answer.copies,
+            "replicas": answer.replicas,
+        }
