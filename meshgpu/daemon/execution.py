@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import trio
@@ -57,6 +57,8 @@ work on one node that another could start (and lose it to a crash later)."""
 
 INLINE_RUN_S = 0.001
 """A session whose last run took less than this runs its next one on the loop."""
+
+_T = TypeVar("_T")
 
 _THREAD_SAFE = frozenset({"onnxruntime", "synthetic"})
 """Backends whose sessions may run from several threads at once (no per-session lock)."""
@@ -166,30 +168,18 @@ class Executor:
         feeds: Mapping[str, np.ndarray],
         on_slot: Callable[[], None] | None = None,
     ) -> tuple[dict[str, np.ndarray], float]:
-        """Run the model on ``feeds`` in a worker thread (on the loop if its last run was
-        under ``INLINE_RUN_S``); returns (outputs, seconds).
+        """Run the model on ``feeds`` in a worker thread (on the loop if the run is
+        expected to take under ``INLINE_RUN_S``); returns (outputs, seconds).
         ``on_slot`` is called once a slot is taken (until then, a prefetched task is
         only waiting, and cancelling it loses nothing)."""
-        self.active += 1
-        try:
-            cached = await self.session(digest, model_path)
-            async with self.limiter:
-                if on_slot is not None:
-                    on_slot()
-                size = input_bytes(feeds)
-                inline = cached.lock is None and cached.expected_s(size) < INLINE_RUN_S
-                if self.active == 1 and inline:
-                    outputs, elapsed = self._run_blocking(cached, dict(feeds))
-                    self.inline_runs += 1
-                else:
-                    outputs, elapsed = await trio.to_thread.run_sync(
-                        self._run_blocking, cached, dict(feeds)
-                    )
-            cached.ran(elapsed, size)
-            self.busy_seconds += elapsed
-            return outputs, elapsed
-        finally:
-            self.active -= 1
+        return await self._in_slot(
+            digest,
+            model_path,
+            lambda cached: self._run_blocking(cached, dict(feeds)),
+            input_bytes(feeds),
+            1,
+            on_slot,
+        )
 
     async def run_many(
         self,
@@ -204,25 +194,43 @@ class Executor:
         :class:`~meshgpu.errors.PermanentTaskError` fails that member alone; any other
         error is raised, so the whole group is retried (at-least-once execution). The
         inline rule of :meth:`run` applies to the whole group's expected time (the
-        last per-member time times the member count)."""
+        expected per-member time times the member count)."""
+        return await self._in_slot(
+            digest,
+            model_path,
+            lambda cached: self._run_members(cached, members),
+            input_bytes(members[0]) if members else 0,
+            len(members),
+            on_slot,
+        )
+
+    async def _in_slot(
+        self,
+        digest: str,
+        model_path: Path,
+        work: Callable[[_CachedSession], tuple[_T, float]],
+        member_bytes: int,
+        members: int,
+        on_slot: Callable[[], None] | None,
+    ) -> tuple[_T, float]:
+        """Run ``work`` on the model's session in one slot: on the loop when it is alone
+        on the node and expected to take under ``INLINE_RUN_S`` (``members`` runs of
+        ``member_bytes`` each), else in a worker thread."""
         self.active += 1
         try:
             cached = await self.session(digest, model_path)
             async with self.limiter:
                 if on_slot is not None:
                     on_slot()
-                size = input_bytes(members[0]) if members else 0
-                expected = cached.expected_s(size) * len(members)
+                expected = cached.expected_s(member_bytes) * members
                 if self.active == 1 and cached.lock is None and expected < INLINE_RUN_S:
-                    outcomes, elapsed = self._run_members(cached, members)
+                    result, elapsed = work(cached)
                     self.inline_runs += 1
                 else:
-                    outcomes, elapsed = await trio.to_thread.run_sync(
-                        self._run_members, cached, members
-                    )
-            cached.ran(elapsed / max(1, len(members)), size)
+                    result, elapsed = await trio.to_thread.run_sync(work, cached)
+            cached.ran(elapsed / max(1, members), member_bytes)
             self.busy_seconds += elapsed
-            return outcomes, elapsed
+            return result, elapsed
         finally:
             self.active -= 1
 
