@@ -22,14 +22,14 @@ def _members(count: int, capacity: int = 4, latency: float | None = None) -> lis
 def test_group_size_is_bounded_by_time_spread_and_the_maximum() -> None:
     # no latency published yet: a small start
     assert choose_group(_members(3), MODEL, window=1024) == GROUP_UNKNOWN
-    # 2 ms per member: 100 ms allows 50; 3 nodes x capacity 4 = 12 with window 1024 -> 85
-    assert choose_group(_members(3, latency=0.002), MODEL, window=1024) == 50
+    # 8 ms per member: 400 ms allows 50; 3 nodes x capacity 4 = 12 with window 1024 -> 85
+    assert choose_group(_members(3, latency=0.008), MODEL, window=1024) == 50
     # 0.1 ms per member: the maximum
     assert choose_group(_members(3, latency=0.0001), MODEL, window=4096) == GROUP_MAX
     # spread: a window of 64 over 12 capacity units leaves 5 per group
     assert choose_group(_members(3, latency=0.0001), MODEL, window=64) == 5
-    # slow members (20 ms): 5 per group; slower than the target: 1
-    assert choose_group(_members(3, latency=0.02), MODEL, window=1024) == 5
+    # slow members (80 ms): 5 per group; slower than the target: 1
+    assert choose_group(_members(3, latency=0.08), MODEL, window=1024) == 5
     assert choose_group(_members(3, latency=0.5), MODEL, window=1024) == 1
     # a window smaller than the capacity: no grouping
     assert choose_group(_members(30, latency=0.0001), MODEL, window=64) == 1
