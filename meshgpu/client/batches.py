@@ -103,6 +103,9 @@ class BatchedSubmission:
     async def _submit_request(self, blob: ModelBlob, op: str, **fields: Any) -> dict[str, Any]:
         raise NotImplementedError
 
+    async def _leave_full_peer(self, full: list[str]) -> bool:
+        raise NotImplementedError
+
     def _handle_of(self, reply: dict[str, Any]) -> AsyncTaskHandle:
         raise NotImplementedError
 
@@ -142,8 +145,11 @@ class BatchedSubmission:
                 encoded.append((index, {"inputs": encode_inputs(inputs)}))
             except MeshError as error:
                 answers[index] = error
-        for start in range(0, len(encoded), BATCH_MAX):
-            chunk = encoded[start : start + BATCH_MAX]
+        pending = [encoded[at : at + BATCH_MAX] for at in range(0, len(encoded), BATCH_MAX)]
+        full: list[str] = []
+        rerouted = 0  # at most once per other live member, whoever refused
+        while pending:
+            chunk = pending.pop(0)
             try:
                 reply = await self._submit_request(
                     blob, "submit_batch", tasks=[task for _, task in chunk], **fields
@@ -152,7 +158,24 @@ class BatchedSubmission:
                 if "unknown op 'submit_batch'" not in str(error):
                     raise
                 reply = {"results": await self._submit_each(blob, chunk, fields)}
-            for (index, _), answer in zip(chunk, reply["results"], strict=True):
+            refused = [
+                item
+                for item, answer in zip(chunk, reply["results"], strict=True)
+                if answer.get("kind") == "DiskFullError"
+            ]
+            live = sum(1 for member in self.members if member.get("state") == "alive")
+            if refused and rerouted < live - 1 and await self._leave_full_peer(full):
+                rerouted += 1
+                pending.insert(0, refused)  # never accepted: send them to the next peer
+                refused_ids = {index for index, _ in refused}
+                chunk_answers = [
+                    (item, answer)
+                    for item, answer in zip(chunk, reply["results"], strict=True)
+                    if item[0] not in refused_ids
+                ]
+            else:
+                chunk_answers = list(zip(chunk, reply["results"], strict=True))
+            for (index, _), answer in chunk_answers:
                 if answer.get("error") is not None:
                     kind = str(answer.get("kind", "MeshError"))
                     answers[index] = RequestFailedError(f"task refused: {answer['error']}", kind)

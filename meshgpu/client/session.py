@@ -186,7 +186,9 @@ class AsyncClient(BatchedSubmission):
 
     async def _submit_request(self, blob: ModelBlob, op: str, **fields: Any) -> dict[str, Any]:
         """One ``submit``/``submit_batch`` request, retried on another peer when the link
-        breaks or the peer leaves, and after re-uploading an evicted model."""
+        breaks, the peer leaves or its disk is full, and after re-uploading an evicted
+        model."""
+        full: list[str] = []
         while True:
             link = await self._current_link()
             try:
@@ -200,9 +202,27 @@ class AsyncClient(BatchedSubmission):
                 if "upload it first" in str(error):  # evicted from its cache since
                     link.models.discard(blob.digest)
                     continue
+                if error.kind == "DiskFullError" and await self._leave_full_peer(full):
+                    continue
                 raise
             except ClientError as error:
                 link.fail(str(error))
+
+    async def _leave_full_peer(self, full: list[str]) -> bool:
+        """The peer we talk to refused work because its disk is full: move to another
+        live one (the refused tasks were never accepted, so sending them again there
+        duplicates nothing). False, and the refusal stands, once every live member has
+        refused for that reason during this request, or as many refusals came as there
+        are live members (``full``: the refusals so far; the failover order may offer a
+        full peer again)."""
+        link = await self._current_link()
+        full.append(link.node_id)
+        live = {str(m.get("node_id")) for m in self.members if m.get("state") == "alive"}
+        if not live - set(full) or len(full) >= len(live):
+            return False
+        logger.warning("%s cannot store inputs (disk full); moving to another peer", link.node_id)
+        link.fail(f"{link.node_id}'s disk is full")
+        return True
 
     def _handle_of(self, reply: dict[str, Any]) -> AsyncTaskHandle:
         return self._track(

@@ -15,7 +15,13 @@ from meshgpu.client import AsyncClient
 from meshgpu.daemon.api import ApiServer, Responder
 from meshgpu.daemon.auth import Authenticator
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors
-from meshgpu.errors import ClientError, TaskFailedError
+from meshgpu.errors import (
+    ClientError,
+    DiskFullError,
+    MeshError,
+    RequestFailedError,
+    TaskFailedError,
+)
 
 MODEL = b"not really onnx, the fake mesh does not parse it"
 
@@ -38,6 +44,8 @@ class FakeMesh:
         """When set, a direct run on p1 waits for this (to kill p1 mid-run)."""
         self.direct_started = trio.Event()
         """Set when p1 begins a held direct run."""
+        self.full: set[str] = set()
+        """Peers whose disk is full: they refuse every submission."""
 
     def release(self, task_id: str, fail: str | None = None) -> None:
         x = self.inputs[task_id]
@@ -83,6 +91,8 @@ class FakePeer:
 
         async def submit(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
             assert request["model_digest"] in mesh.models[me]
+            if me in mesh.full:
+                raise DiskFullError(f"disk full on {me}: cannot store the inputs")
             task_id = f"{me}/{next(mesh.sequence)}"
             mesh.inputs[task_id] = decode_tensors(request["inputs"])["x"]
             if mesh.direct and request.get("direct", True):
@@ -278,3 +288,28 @@ async def test_leaving_map_early_while_other_outcomes_arrive_keeps_the_client_se
         handle = await client.submit(MODEL, {"x": np.ones(1, np.float32)})
         mesh.release(handle.task_id)
         assert float((await handle.result(timeout=10))["y"][0]) == 2.0
+
+
+async def test_a_peer_with_a_full_disk_is_left_for_one_that_has_room(fake_mesh) -> None:
+    mesh, peers = fake_mesh
+    mesh.full = {"p1"}
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+        await client.status()  # learn the members
+        one = await client.submit(MODEL, {"x": np.ones(1, np.float32)}, direct=False)
+        many = await client.submit_many(MODEL, [{"x": np.full(1, i, np.float32)} for i in range(3)])
+        assert one.task_id.startswith("p2/")
+        assert all(not isinstance(h, MeshError) and h.task_id.startswith("p2/") for h in many)
+        for handle in [one, *many]:
+            mesh.release(handle.task_id)
+            await handle.result(timeout=10)
+
+
+async def test_when_every_peer_is_full_the_refusal_is_the_answer(fake_mesh) -> None:
+    mesh, peers = fake_mesh
+    mesh.full = {"p1", "p2"}
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+        await client.status()
+        with trio.fail_after(30), pytest.raises(RequestFailedError, match="disk full"):
+            await client.submit(MODEL, {"x": np.ones(1, np.float32)}, direct=False)
+        (refused,) = await client.submit_many(MODEL, [{"x": np.ones(1, np.float32)}])
+        assert isinstance(refused, MeshError) and "disk full" in str(refused)
