@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import click
 
-from meshgpu.cli.submit import connection_options, first_mesh_error
+from meshgpu.cli.submit import connection_options, first_mesh_error, output_option
 
 
 def read_ids(text: str) -> list[tuple[str, str]]:
@@ -72,14 +72,7 @@ def stem_of(task_id: str) -> str:
     help="Read task ids from this file ('-': stdin): the output of `submit --no-wait`, "
     "text or --json.",
 )
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Directory for the outputs: one <stem>.npz per task.",
-)
+@output_option("Directory for the outputs: one <stem>.npz per task.")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this.")

@@ -36,6 +36,18 @@ def connection_options(command: F) -> F:
     )(command)
 
 
+def output_option(help: str) -> Callable[[F], F]:
+    """``--output``/``-o``: the directory for outputs (``submit`` and ``collect``)."""
+    return click.option(
+        "--output",
+        "-o",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("."),
+        show_default=True,
+        help=help,
+    )
+
+
 def first_mesh_error(group: BaseExceptionGroup[Any]) -> Exception | None:
     """The first MeshError in a (nested) exception group, for a one-line message.
 
@@ -76,14 +88,7 @@ def model_input_names(model: Any) -> list[str]:
     "or a glob ('data/*.npy'). Each file is one task; several inputs pair up by file "
     "name. NAME= may be left out when the model has one input. Repeat per input.",
 )
-@click.option(
-    "--output",
-    "-o",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Directory for the outputs: one <stem>.npz per task (arrays by output name).",
-)
+@output_option("Directory for the outputs: one <stem>.npz per task (arrays by output name).")
 @connection_options
 @click.option(
     "--priority",
