@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+from dataclasses import replace
 
 from meshgpu.core.component import NodeContext
 from meshgpu.core.config import MeshConfig
@@ -11,6 +13,8 @@ from meshgpu.core.load import LoadGossip, LoadUpdate, LoadVector
 from meshgpu.core.membership import MemberTable
 from meshgpu.core.messages import Alive, Envelope, Gossip, Left, Suspect, encode_item
 from meshgpu.core.suspicion import LocalHealth
+from meshgpu.core.tasks.config import TaskConfig
+from meshgpu.core.tasks.own_load import OwnLoad
 
 IDS = [f"n{i:02d}" for i in range(20)]
 
@@ -115,3 +119,37 @@ def test_own_load_is_versioned_by_the_node_and_trimmed_to_fit() -> None:
     assert own.version == 2
     assert 0 < len(own.latency_estimates) < 40
     assert len(encode_item(LoadUpdate("me", own))) <= 600
+
+
+def test_routine_load_changes_wait_an_interval_that_grows_with_the_mesh() -> None:
+    own = OwnLoad(TaskConfig(load_publish_interval_s=1.0, load_publish_members=10))
+    first = LoadVector(active_tasks=0, free_slots=2)
+    own.set_driver_load(first)
+    assert own.due(30) == -math.inf  # the first report: at once
+    own.publish(0, now=100.0)
+    assert own.interval(5) == 1.0 and own.interval(10) == 1.0 and own.interval(30) == 3.0
+    own.set_driver_load(replace(first, active_tasks=1, free_slots=1, utilisation=0.5))
+    own.learn("model", 0.02)
+    assert own.dirty and own.due(30) == 103.0  # same capacity: routine
+    own.set_driver_load(LoadVector(active_tasks=1, free_slots=3))
+    assert own.due(30) == -math.inf  # capacity 2 -> 4: the leader plans with it
+    published = own.publish(1, now=101.0)
+    assert published.free_slots == 3 and not own.dirty and own.due(30) == 104.0
+    own.set_driver_load(LoadVector(active_tasks=1, free_slots=3, memory_total=8 << 30))
+    assert own.due(30) == -math.inf  # device memory changed
+
+
+def test_a_large_busy_mesh_publishes_loads_at_the_mesh_wide_rate() -> None:
+    """30 workers each finishing a task every 20 ms for 30 s: each publishes once per 3 s,
+    not once per task or per second."""
+    config = TaskConfig(load_publish_interval_s=1.0, load_publish_members=10)
+    published = 0
+    own = OwnLoad(config)
+    own.set_driver_load(LoadVector(free_slots=1))
+    for step in range(1500):
+        now = step * 0.02
+        own.learn("model", 0.02)
+        if now >= own.due(30):
+            own.publish(1, now)
+            published += 1
+    assert published == 10  # at 0 (the first report), then every 3 s up to 27 s

@@ -219,7 +219,7 @@ class TaskComponent(Component):
         """The driver's own measurements (utilisation, memory, capabilities, and capacity
         as ``active_tasks + free_slots``); the task fields are filled in before gossip."""
         self.own_load.set_driver_load(load)
-        self._publish_load(now, force=True)
+        self._publish_load(now)
 
     # --- the table and reactions to its changes -------------------------------------------
 
@@ -393,12 +393,16 @@ class TaskComponent(Component):
         """How many tasks this node runs at once (driver's figure, else the config's)."""
         return self.own_load.capacity()
 
-    def _publish_load(self, now: float, force: bool = False) -> None:
+    def _publish_load(self, now: float) -> None:
         if not self.own_load.dirty:
             return
-        if not force and now < self.own_load.due():
-            self._tick_at = min(self._tick_at, self.own_load.due())
+        due = self.own_load.due(len(self.mesh.live_members()))
+        if now < due:
+            self._tick_at = min(self._tick_at, due)
             return
+        if self.own_load.urgent:
+            self.context.count("loads_published_at_once")
+        self.context.count("loads_published")
         self.mesh.publish_load(self.own_load.publish(len(self.worker.running), now))
 
     # --- sending ----------------------------------------------------------------------------
@@ -414,7 +418,7 @@ class TaskComponent(Component):
 
     def _finish(self, now: float) -> None:
         """End of a handler: send what changed here to the nodes involved in it."""
-        if self.own_load.dirty and now >= self.own_load.due():
+        if self.own_load.dirty:
             self._publish_load(now)
         if not self._outbox:
             return

@@ -3,8 +3,12 @@
 The driver reports utilisation, memory, capabilities and its capacity (``active_tasks +
 free_slots``) with ``LoadChanged``; the task queue fills in the fields only it knows
 (tasks running here, free slots, overflow queue, per-model execution time) and hands the
-result to the load gossip, at most once per ``load_publish_interval_s`` (each publication
-is a gossip update every node must decode, so a busy worker must not publish per task).
+result to the load gossip. A change of what the leader plans with (capacity,
+capabilities, device memory) is published at once; routine changes (tasks started or
+finished, utilisation, latency estimates) at most once per :meth:`OwnLoad.interval`,
+which grows with the mesh: each publication is a gossip update that every node decodes
+about ``retransmit_multiplier * log10(n)`` times, so a busy worker must not publish per
+task, and a large mesh must not publish per node as often as a small one.
 """
 
 from __future__ import annotations
@@ -25,9 +29,19 @@ class OwnLoad:
         self.reported = False
         self.latency: dict[str, float] = {}
         self.dirty = False
+        self.urgent = False
+        """Set by a change the leader plans with: publish without waiting for the interval."""
         self.published_at = -math.inf
 
     def set_driver_load(self, load: LoadVector) -> None:
+        old = self.driver_load
+        if (
+            not self.reported
+            or self.capacity_of(load) != self.capacity()
+            or load.capabilities != old.capabilities
+            or load.memory_total != old.memory_total
+        ):
+            self.urgent = True
         self.driver_load = load
         self.reported = True
         self.dirty = True
@@ -42,17 +56,28 @@ class OwnLoad:
     def capacity(self) -> int:
         """How many tasks this node runs at once (driver's figure, else the config's)."""
         if self.reported:
-            return self.driver_load.active_tasks + self.driver_load.free_slots
+            return self.capacity_of(self.driver_load)
         return self.config.slots
 
-    def due(self) -> float:
-        """Earliest time the next publication may happen."""
-        return self.published_at + self.config.load_publish_interval_s
+    @staticmethod
+    def capacity_of(load: LoadVector) -> int:
+        return load.active_tasks + load.free_slots
+
+    def interval(self, live_members: int) -> float:
+        """Least time between two routine publications in a mesh of ``live_members``."""
+        config = self.config
+        return config.load_publish_interval_s * max(1.0, live_members / config.load_publish_members)
+
+    def due(self, live_members: int) -> float:
+        """Earliest time the next publication may happen (at once when urgent)."""
+        if self.urgent:
+            return -math.inf
+        return self.published_at + self.interval(live_members)
 
     def publish(self, running: int, now: float) -> LoadVector:
         """The vector to gossip now, with ``running`` tasks here; marks it published."""
         capacity = self.capacity()
-        self.dirty = False
+        self.dirty = self.urgent = False
         self.published_at = now
         return replace(
             self.driver_load,
