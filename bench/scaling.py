@@ -5,8 +5,9 @@
                             [--group N] [--compare-ungrouped]
 
 For each mesh size N and service time S, one client on the first node runs ``Client.map``
-with a window of 4 x N x slots x G tasks (G: ``--group``, or 20 when ``map`` chooses the
-group size; enough to keep every slot busy with groups if the mesh can) for
+with a window of 4 x N x slots x G tasks (G: ``--group``, or the most members ``map``
+puts in a group, 64, when it chooses the size; enough to keep every slot busy with
+groups if the mesh can, and never the bound on the size ``map`` chooses) for
 ``--seconds`` (count bounded too: ideal rate x seconds, at most ``--max-tasks``).
 Throughput is completed tasks / elapsed; the ideal is N x slots / S; efficiency is the
 ratio. The mesh is started and formed once per N (not timed) and serves both service
@@ -15,8 +16,9 @@ cost of 30 processes on a small machine), so the device is chosen per mesh: mesh
 started with ``synthetic:S`` for each S in turn.
 
 Task groups (docs/task-queue.md) are on by default (``map`` chooses the size: at the
-default target of 400 ms a group, 20 members of a 20 ms device, 64 (the most) of a 5 ms
-one, fewer when the window must spread over more slots); ``--group 1`` is the behaviour before
+default target of 400 ms a group, or capacity / 20 entries a second in a larger mesh, 20
+members of a 20 ms device at 3 nodes, 50 at 10, 64 (the most) at 30 and for a 5 ms
+device); ``--group 1`` is the behaviour before
 groups; ``--compare-ungrouped`` runs each point ungrouped too, on the same mesh.
 """
 
@@ -34,6 +36,7 @@ import numpy as np
 from loopback import conditions, exit_on_sigterm, identity_model, show_table, wait_formed
 
 from meshgpu.client import Client
+from meshgpu.client.batches import GROUP_MAX
 from meshgpu.client.localmesh import LocalMesh
 
 
@@ -68,7 +71,7 @@ def measure(
     slots = args.slots
     ideal = nodes * slots / (service_ms / 1e3)
     count = int(min(args.max_tasks, max(50, ideal * args.seconds)))
-    window = max(64, 4 * nodes * slots * (20 if group is None else group))
+    window = max(64, 4 * nodes * slots * (GROUP_MAX if group is None else group))
     model = identity_model()
     x = np.zeros((1, 16), np.float32)
     warm = max(10, nodes * slots)

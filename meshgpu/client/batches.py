@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -55,11 +55,25 @@ plus 1.4 ms per member), so a 400 ms group spends about 6 % of its device time o
 bookkeeping, where 100 ms spent a quarter and capped 10 nodes at 57 % of their ideal
 (90-92 % at K = 20; 78-83 % at K = 25 with a larger window, so no further). ``map`` is
 the bulk path: a caller who wants each result at once submits alone (a direct run on an
-idle node) or passes ``group=1``."""
+idle node) or passes ``group=1``. A large mesh lengthens groups beyond this
+(``ENTRY_RATE``)."""
+ENTRY_RATE = 20.0
+"""Table entries a second that one ``map`` keeps its mesh busy with, at most: groups last
+at least ``capacity / ENTRY_RATE`` (the mesh's offered capacity, runs and prefetches).
+Every entry of a map passes through the client's one entry node and the mesh's one
+leader, so the entry rate a mesh sustains does not grow with the mesh while the rate
+needed to keep every slot busy does: measured on the 2-core loopback lab with 20 ms
+synthetic devices, 30 daemons handled 18-20 groups a second whatever the group size
+(every core busy), so K = 20 ran them at a quarter of their ideal and K = 64 at
+two-thirds or more. 20 a second is also small beside what one entry node handles on a
+core of its own (about 14 ms of its CPU per entry)."""
 GATHER_S = 0.02
 """Longest ``map`` waits, with a full window, for a whole group's worth of places."""
 GROUP_UNKNOWN = 4
 """The group size while no latency of the model has been published (a first run)."""
+PROBE_REFRESH_S = 0.25
+"""While no latency of the model is published, how often a ``map`` that has a probe's
+worth of tasks out asks for the member list again."""
 
 
 class _Window:
@@ -106,8 +120,26 @@ class BatchedSubmission:
     async def _leave_full_peer(self, full: list[str]) -> bool:
         raise NotImplementedError
 
+    async def status(self) -> dict[str, Any]:
+        raise NotImplementedError
+
     def _handle_of(self, reply: dict[str, Any]) -> AsyncTaskHandle:
         raise NotImplementedError
+
+    async def _probe(self, model_digest: str, out: Callable[[], int]) -> None:
+        """While the mesh has published no latency of the model, keep ``out()`` (the
+        map's tasks out) within a probe: one group of ``GROUP_UNKNOWN`` per unit of live
+        capacity, and ask for the member list every ``PROBE_REFRESH_S`` until a latency
+        shows. Without it a map's first fill of its window went out in groups of
+        ``GROUP_UNKNOWN``: at 30 loopback daemons a window of 7,680 became 1,920 table
+        entries, about 100 s of the mesh's entry rate, before any group of the right size."""
+        while model_latency(self.members, model_digest) is None:
+            if out() <= GROUP_UNKNOWN * live_capacity(self.members):
+                return
+            with contextlib.suppress(MeshError):
+                await self.status()
+            if model_latency(self.members, model_digest) is None:
+                await trio.sleep(PROBE_REFRESH_S)
 
     async def submit_many(
         self,
@@ -290,6 +322,8 @@ class BatchedSubmission:
                 async with trio.open_nursery() as nursery:
                     while True:
                         await free.acquire()
+                        if group is None:
+                            await self._probe(blob.digest, lambda: window - free.value)
                         size = (
                             group
                             if group is not None
@@ -324,24 +358,42 @@ class BatchedSubmission:
 
 def choose_group(members: list[dict[str, Any]], model_digest: str, window: int) -> int:
     """The group size ``map`` uses: bounded by time (the slowest published per-member
-    latency of the model times K stays under ``GROUP_TARGET_S``; ``GROUP_UNKNOWN`` while
+    latency of the model times K stays under ``GROUP_TARGET_S``, or under ``capacity /
+    ENTRY_RATE`` in a mesh large enough for that to be longer; ``GROUP_UNKNOWN`` while
     no node has published one), by spread (the window still makes about two groups per
     live worker slot, i.e. one per unit of the capacity a node offers, which counts one
     prefetch per slot), and by ``GROUP_MAX``; at least 1."""
-    live = [m for m in members if m.get("state") in ("alive", "suspect")]
-    loads = [m.get("load") or {} for m in live]
+    capacity = live_capacity(members)
+    latency = model_latency(members, model_digest)
+    target_s = max(GROUP_TARGET_S, capacity / ENTRY_RATE)
+    by_time = GROUP_UNKNOWN if latency is None else int(target_s / max(latency, 1e-6))
+    return max(1, min(GROUP_MAX, by_time, window // capacity))
+
+
+def _live_loads(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m.get("load") or {} for m in members if m.get("state") in ("alive", "suspect")]
+
+
+def live_capacity(members: list[dict[str, Any]]) -> int:
+    """Tasks the live members run or prefetch at once, by their loads (at least two a
+    member: a load not yet heard of counts as one slot and its prefetch)."""
+    loads = _live_loads(members)
     capacity = sum(
         int(load.get("free_slots", 0)) + int(load.get("active_tasks", 0)) for load in loads
     )
-    capacity = max(capacity, 2 * max(1, len(live)))
+    return max(capacity, 2 * max(1, len(loads)))
+
+
+def model_latency(members: list[dict[str, Any]], model_digest: str) -> float | None:
+    """The slowest per-member latency of the model a live member published; None while
+    none has (no member ran it yet, or its first estimate has not reached this client)."""
     latencies = [
         float(seconds)
-        for load in loads
+        for load in _live_loads(members)
         for digest, seconds in dict(load.get("latency") or {}).items()
         if digest == model_digest
     ]
-    by_time = GROUP_UNKNOWN if not latencies else int(GROUP_TARGET_S / max(max(latencies), 1e-6))
-    return max(1, min(GROUP_MAX, by_time, window // capacity))
+    return max(latencies) if latencies else None
 
 
 def submit_fields(

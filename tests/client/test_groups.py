@@ -10,7 +10,7 @@ from meshgpu.client.batches import GROUP_MAX, GROUP_UNKNOWN, BatchedSubmission, 
 MODEL = "ab" * 32
 
 
-def _members(count: int, capacity: int = 4, latency: float | None = None) -> list[dict[str, Any]]:
+def _members(count: int, capacity: int = 2, latency: float | None = None) -> list[dict[str, Any]]:
     load: dict[str, Any] = {"free_slots": capacity, "active_tasks": 0}
     if latency is not None:
         load["latency"] = {MODEL: latency, "other": 10.0}
@@ -22,18 +22,29 @@ def _members(count: int, capacity: int = 4, latency: float | None = None) -> lis
 def test_group_size_is_bounded_by_time_spread_and_the_maximum() -> None:
     # no latency published yet: a small start
     assert choose_group(_members(3), MODEL, window=1024) == GROUP_UNKNOWN
-    # 8 ms per member: 400 ms allows 50; 3 nodes x capacity 4 = 12 with window 1024 -> 85
+    # 8 ms per member: 400 ms allows 50; 3 nodes x capacity 2 = 6 with window 1024 -> 170
     assert choose_group(_members(3, latency=0.008), MODEL, window=1024) == 50
     # 0.1 ms per member: the maximum
     assert choose_group(_members(3, latency=0.0001), MODEL, window=4096) == GROUP_MAX
-    # spread: a window of 64 over 12 capacity units leaves 5 per group
-    assert choose_group(_members(3, latency=0.0001), MODEL, window=64) == 5
+    # spread: a window of 64 over 6 capacity units leaves 10 per group
+    assert choose_group(_members(3, latency=0.0001), MODEL, window=64) == 10
     # slow members (80 ms): 5 per group; slower than the target: 1
     assert choose_group(_members(3, latency=0.08), MODEL, window=1024) == 5
     assert choose_group(_members(3, latency=0.5), MODEL, window=1024) == 1
     # a window smaller than the capacity: no grouping
     assert choose_group(_members(30, latency=0.0001), MODEL, window=64) == 1
     assert choose_group([], MODEL, window=64) >= 1
+
+
+def test_a_large_mesh_gets_longer_groups_so_its_entry_rate_stays_bounded() -> None:
+    # 20 ms per member. 3 nodes of capacity 2: the 400 ms target, 20 members
+    assert choose_group(_members(3, capacity=2, latency=0.02), MODEL, window=10_000) == 20
+    # 10 nodes (capacity 20): groups of at least 20 / ENTRY_RATE = 1 s, 50 members
+    assert choose_group(_members(10, capacity=2, latency=0.02), MODEL, window=10_000) == 50
+    # 30 nodes (capacity 60): 3 s would be 150 members; the maximum
+    assert choose_group(_members(30, capacity=2, latency=0.02), MODEL, window=10_000) == GROUP_MAX
+    # the window still spreads: 2,400 places over 60 capacity units, 40 a group
+    assert choose_group(_members(30, capacity=2, latency=0.02), MODEL, window=2400) == 40
 
 
 class _Client(BatchedSubmission):
@@ -78,3 +89,32 @@ async def test_the_window_gathers_a_group_worth_of_places_or_gives_up() -> None:
     with trio.fail_after(5):
         await window.gather(4, 0.01)  # not enough will come: it gives up after 10 ms
     assert window.value == 3
+
+
+async def test_a_map_holds_its_first_fill_to_a_probe_until_the_model_latency_is_known() -> None:
+    import trio
+
+    from meshgpu.client.batches import PROBE_REFRESH_S
+
+    class Probing(_Client):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = _members(2)  # capacity 4: a probe is 16 tasks
+            self.asked = 0
+
+        async def status(self) -> dict[str, Any]:
+            self.asked += 1
+            if self.asked == 3:
+                self.members = _members(2, latency=0.02)
+            return {"members": self.members}
+
+    client = Probing()
+    with trio.fail_after(1):
+        await client._probe(MODEL, lambda: 16)  # within the probe: on at once
+    assert client.asked == 0
+    started = trio.current_time()
+    await client._probe(MODEL, lambda: 17)  # beyond it: waits for the latency
+    assert client.asked == 3
+    assert trio.current_time() - started >= 2 * PROBE_REFRESH_S
+    await client._probe(MODEL, lambda: 10_000)  # known now: never waits again
+    assert client.asked == 3

@@ -128,9 +128,12 @@ def test_routine_load_changes_wait_an_interval_that_grows_with_the_mesh() -> Non
     assert own.due(30) == -math.inf  # the first report: at once
     own.publish(0, now=100.0)
     assert own.interval(5) == 1.0 and own.interval(10) == 1.0 and own.interval(30) == 3.0
-    own.set_driver_load(replace(first, active_tasks=1, free_slots=1, utilisation=0.5))
     own.learn("model", 0.02)
-    assert own.dirty and own.due(30) == 103.0  # same capacity: routine
+    assert own.due(30) == -math.inf  # a model's first latency estimate: at once
+    own.publish(0, now=100.0)
+    own.set_driver_load(replace(first, active_tasks=1, free_slots=1, utilisation=0.5))
+    own.learn("model", 0.03)
+    assert own.dirty and own.due(30) == 103.0  # same capacity, a later estimate: routine
     own.set_driver_load(LoadVector(active_tasks=1, free_slots=3))
     assert own.due(30) == -math.inf  # capacity 2 -> 4: the leader plans with it
     published = own.publish(1, now=101.0)

@@ -6,7 +6,8 @@ free_slots``) with ``LoadChanged``; the task queue fills in the fields only it k
 result to the load gossip. A change of what the leader plans with (capacity,
 capabilities, device memory) is published at once; routine changes (tasks started or
 finished, utilisation, latency estimates) at most once per :meth:`OwnLoad.interval`,
-which grows with the mesh: each publication is a gossip update that every node decodes
+which grows with the mesh (a model's first latency estimate goes at once too: clients
+size task groups by it): each publication is a gossip update that every node decodes
 about ``retransmit_multiplier * log10(n)`` times, so a busy worker must not publish per
 task, and a large mesh must not publish per node as often as a small one.
 """
@@ -52,6 +53,10 @@ class OwnLoad:
         alpha = self.config.adaptive_alpha
         self.latency[model] = run_s if previous is None else previous + alpha * (run_s - previous)
         self.dirty = True
+        if previous is None:
+            # The first estimate of a model: clients size task groups by it and hold a
+            # map's first fill back until one is published (client/batches.py).
+            self.urgent = True
 
     def capacity(self) -> int:
         """How many tasks this node runs at once (driver's figure, else the config's)."""
