@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from meshgpu.client.handles import AsyncTaskHandle, Completed
+from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome
 from meshgpu.client.models import ModelBlob
 from meshgpu.daemon.groups import group_of
 from meshgpu.daemon.payloads import encode_tensors
@@ -268,6 +268,26 @@ class BatchedSubmission:
         ``group``: members per task group (1: one table entry per task); None (the
         default) chooses per request from the mesh's published latency of the model and
         its live capacity (:func:`choose_group`)."""
+        chunks = self.map_chunks(model, many_inputs, window=window, group=group, **options)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                for item in chunk:
+                    if item.error is not None and raise_errors:
+                        raise item.error
+                    yield item
+
+    async def map_chunks(
+        self,
+        model: Any,
+        many_inputs: Iterable[Mapping[str, Any]],
+        *,
+        window: int = 64,
+        group: int | None = None,
+        **options: Any,
+    ) -> AsyncIterator[list[Completed]]:
+        """:meth:`map` that yields, as one list, every item finished by the time the
+        consumer asks (failed ones included, never raised): one hand-off per burst, which
+        is what a consumer in another thread (the blocking client) needs."""
         assert self._nursery is not None
         if group is not None and not 1 <= int(group) <= BATCH_MAX:
             raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
@@ -279,17 +299,18 @@ class BatchedSubmission:
             # The consumer may have stopped (a raised error, a break) while this task's
             # wait was already woken: cancelling the scope cannot reach it any more, so
             # the closed channel is expected here and must not crash the client's loop.
-            with contextlib.suppress(trio.BrokenResourceError):
+            # After a cancelled map an outcome may still come in: the channel is closed.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 send.send_nowait(item)
 
-        async def wait_one(index: int, handle: AsyncTaskHandle, free: _Window) -> None:
-            try:
-                outcome = await handle.wait()
-                deliver(
-                    Completed(index, handle.task_id, outcome.outputs, outcome.worker, outcome.error)
-                )
-            finally:
+        def on_outcome(index: int, free: _Window) -> Callable[[Outcome], None]:
+            def done(outcome: Outcome) -> None:
                 free.release()
+                deliver(
+                    Completed(index, outcome.task_id, outcome.outputs, outcome.worker, outcome.error)
+                )
+
+            return done
 
         async def submit_batch(
             batch: list[tuple[int, Mapping[str, Any]]], free: _Window, size: int
@@ -300,13 +321,12 @@ class BatchedSubmission:
                 )
             except MeshError as error:
                 answers = [error] * len(batch)
-            async with trio.open_nursery() as nursery:
-                for (index, _), answer in zip(batch, answers, strict=True):
-                    if isinstance(answer, MeshError):
-                        deliver(Completed(index, None, error=answer))
-                        free.release()
-                    else:
-                        nursery.start_soon(wait_one, index, answer, free)
+            for (index, _), answer in zip(batch, answers, strict=True):
+                if isinstance(answer, MeshError):
+                    deliver(Completed(index, None, error=answer))
+                    free.release()
+                else:
+                    answer.on_resolved(on_outcome(index, free))
 
         async def produce() -> None:
             # Each request carries every input the window has room for right now (up to
@@ -342,16 +362,20 @@ class BatchedSubmission:
                         for _ in range(held - len(batch)):
                             free.release()
                         if not batch:
-                            return
+                            break
                         nursery.start_soon(submit_batch, batch, free, size)
+                # Every task out gives its place back with its outcome (or its refusal).
+                await free.gather(window, math.inf)
 
         self._nursery.start_soon(produce)
         try:
             async with receive:
                 async for item in receive:
-                    if item.error is not None and raise_errors:
-                        raise item.error
-                    yield item
+                    chunk = [item]
+                    with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                        while True:
+                            chunk.append(receive.receive_nowait())
+                    yield chunk
         finally:
             scope.cancel()
 

@@ -8,6 +8,7 @@ and every later ``result()`` returns the same arrays (or raises the same error).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ class AsyncTaskHandle:
         self.replicas = replicas
         self._outcome: Outcome | None = None
         self._resolved = trio.Event()
+        self._callbacks: list[Callable[[Outcome], None]] = []
 
     def __repr__(self) -> str:
         state = self._outcome.state if self._outcome else "waiting"
@@ -84,7 +86,18 @@ class AsyncTaskHandle:
             return False
         self._outcome = outcome
         self._resolved.set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(outcome)
         return True
+
+    def on_resolved(self, callback: Callable[[Outcome], None]) -> None:
+        """Call ``callback(outcome)`` once the outcome is in (now, if it is): no task
+        waits, which is what ``map`` needs for thousands of members at once."""
+        if self._outcome is not None:
+            callback(self._outcome)
+        else:
+            self._callbacks.append(callback)
 
     async def wait(self, timeout: float | None = None) -> Outcome:
         """The outcome, waiting up to ``timeout`` seconds (forever if None)."""

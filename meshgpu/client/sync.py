@@ -150,19 +150,23 @@ class Client:
         self, model: Any, many_inputs: Iterable[Mapping[str, Any]], **options: Any
     ) -> Iterator[Completed]:
         """One task per input map; yields :class:`Completed` items as tasks finish."""
-        items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        raise_errors = options.pop("raise_errors", True)
+        chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         scope = trio.CancelScope()
 
         async def pump() -> None:
+            # One hand-off between the threads per burst of results, not per item.
             try:
                 with scope:
-                    async for item in self._async.map(model, many_inputs, **options):
-                        items.put(item)
+                    mapped = self._async.map_chunks(model, many_inputs, **options)
+                    async with contextlib.aclosing(mapped):
+                        async for chunk in mapped:
+                            chunks.put(chunk)
             except BaseException as error:
-                items.put(error)
+                chunks.put(error)
                 raise
             finally:
-                items.put(_DONE)
+                chunks.put(_DONE)
 
         async def start() -> None:
             assert self._async._nursery is not None
@@ -170,10 +174,13 @@ class Client:
 
         self._run(start)
         try:
-            while (item := items.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while (chunk := chunks.get()) is not _DONE:
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                for item in chunk:
+                    if item.error is not None and raise_errors:
+                        raise item.error
+                    yield item
         finally:
             if self._thread.is_alive() and self._token is not None:
                 with contextlib.suppress(trio.RunFinishedError):
