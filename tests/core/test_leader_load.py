@@ -156,3 +156,14 @@ def test_a_large_busy_mesh_publishes_loads_at_the_mesh_wide_rate() -> None:
             own.publish(1, now)
             published += 1
     assert published == 10  # at 0 (the first report), then every 3 s up to 27 s
+
+
+def test_a_load_rides_on_other_datagrams_and_only_membership_wakes_gossip_rounds() -> None:
+    context = NodeContext("me", ("h", 1), MeshConfig(), random.Random(1))
+    woken: list[bool] = []
+    context.on_broadcast = lambda: woken.append(True)
+    LoadGossip(context, {}).set_own(LoadVector(active_tasks=1))
+    assert woken == [] and not context.has_pending_updates()
+    assert context.update_queue  # queued all the same: piggybacked on the next datagram
+    context.broadcast(("member", "x"), LoadUpdate("x", LoadVector()), membership=True)
+    assert woken == [True] and context.has_pending_updates()
