@@ -361,10 +361,7 @@ class AsyncClient(BatchedSubmission):
                     continue
                 tried.append(f"mDNS: no daemon answered within {self.mdns_timeout} s")
             if not started:
-                raise ClientError(
-                    "no meshgpu daemon answered; tried " + "; ".join(tried) + ". Start one "
-                    "with `meshgpu join`, or name a peer (--peer HOST:PORT or MESHGPU_PEER)"
-                )
+                raise no_daemon_error(tried)
             assert lost is not None
             if trio.current_time() - lost[3] > self.failover_timeout:
                 self._give_up(
@@ -510,6 +507,20 @@ class AsyncClient(BatchedSubmission):
         self._unresolved.clear()
         self._link_changed.fire()
         self._work.fire()
+
+
+def no_daemon_error(tried: list[str]) -> ClientError:
+    """Why the client found no daemon to talk to, with the one hint that fits: a daemon
+    that answered but whose mesh key differs needs the key, not a new daemon."""
+    reasons = "; ".join(reason.rstrip(".") for reason in tried)
+    if any("mesh key" in reason or "fails authentication" in reason for reason in tried):
+        hint = (
+            "A daemon answered, but this client's mesh key is not the mesh's: give it the "
+            "mesh's key (--key-file PATH or MESHGPU_KEY)"
+        )
+    else:
+        hint = "Start one with `meshgpu join`, or name a peer (--peer HOST:PORT or MESHGPU_PEER)"
+    return ClientError(f"no meshgpu daemon answered; tried {reasons}. {hint}")
 
 
 def _path(value: str | os.PathLike[str] | None) -> Path | None:

@@ -40,3 +40,12 @@ def test_keyed_mesh_needs_the_key(tmp_path: Path, digits) -> None:
         open_client = runner.invoke(main, ["status", "--peer", peer], env={"MESHGPU_KEY": ""})
         assert open_client.exit_code == 1
         assert "mesh key" in open_client.output
+        assert "meshgpu join" not in open_client.output  # a daemon did answer
+        other_key = tmp_path / "other.key"
+        MeshKey.generate().write(other_key)
+        wrong = runner.invoke(
+            main, ["status", "--peer", peer, "--key-file", str(other_key)], env={}
+        )
+        assert wrong.exit_code == 1
+        assert "fails authentication" in wrong.output and "--key-file" in wrong.output
+        assert "meshgpu join" not in wrong.output
