@@ -115,6 +115,7 @@ async def offer_seed_peers(daemon: Daemon) -> None:
         except ConfigError as error:
             logger.error("ignoring seed: %s", error)
     checked: set[Address] = set()
+    watch = SeedWatch()
     while seeds:
         known = {
             info.address
@@ -127,7 +128,13 @@ async def offer_seed_peers(daemon: Daemon) -> None:
             except ConfigError as error:
                 logger.warning("%s", error)
                 continue
-            if address in known or address == daemon.address:
+            if address == daemon.address:
+                continue
+            message = watch.offered(address, address in known, trio.current_time())
+            if message is not None:
+                logger.warning("%s", message)
+                daemon.count("seeds_unanswered")
+            if address in known:
                 continue
             if address not in checked and daemon.newcomer:
                 verdict = await refuse_if_twin(daemon, address)
@@ -137,6 +144,39 @@ async def offer_seed_peers(daemon: Daemon) -> None:
                     checked.add(address)
             daemon.feed(PeerDiscovered(address))
         await trio.sleep(daemon.settings.seed_interval)
+
+
+SEED_SILENT_S = 10.0
+"""How long a seed may stay out of the member list before the daemon says so."""
+
+
+class SeedWatch:
+    """Notices a ``--peer`` seed that never becomes a member (a wrong address or port, a
+    firewall, a daemon with another mesh key, none running): the daemon keeps offering it
+    and says so once, instead of waiting in silence."""
+
+    def __init__(self, silent_s: float = SEED_SILENT_S) -> None:
+        self.silent_s = silent_s
+        self._since: dict[Address, float] = {}
+        self._warned: set[Address] = set()
+
+    def offered(self, address: Address, member: bool, now: float) -> str | None:
+        """Record one round for the seed at ``address``; the warning to log, if due."""
+        if member:
+            self._since.pop(address, None)
+            if address in self._warned:
+                self._warned.discard(address)
+                logger.info("seed %s:%d answered; it is a member now", *address)
+            return None
+        since = self._since.setdefault(address, now)
+        if now - since < self.silent_s or address in self._warned:
+            return None
+        self._warned.add(address)
+        return (
+            f"seed {address[0]}:{address[1]} has not joined this node's mesh in "
+            f"{now - since:.0f} s: is `meshgpu join` running there, on that port, with this "
+            "mesh's key, and does the firewall let UDP and TCP through? (still trying)"
+        )
 
 
 async def refuse_if_twin(daemon: Daemon, peer: Address) -> bool | None:
