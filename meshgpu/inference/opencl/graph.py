@@ -161,21 +161,29 @@ def unsupported_operators(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
     found: list[tuple[str, int, str]] = []
     non_float = _non_float_inputs(model)
     for index, node in enumerate(model.graph.node):
-        if not _is_supported(node, opset) or non_float.intersection(node.input):
+        typed = [name for name in node.input if name in non_float]
+        if not _is_supported(node, opset) or typed:
             domain_opset = opset
             if node.domain not in ("", "ai.onnx"):
                 domain_opset = next(
                     (int(e.version) for e in model.opset_import if e.domain == node.domain), 0
                 )
-            found.append((node.op_type, domain_opset, _node_label(node, index)))
+            label = _node_label(node, index)
+            if typed and _is_supported(node, opset):
+                # The op is supported; its input's type is not: say which, and why.
+                label += "; " + ", ".join(
+                    f"input {name!r} is {non_float[name]}" for name in typed
+                ) + ", and device tensors are float32 only"
+            found.append((node.op_type, domain_opset, label))
     return found
 
 
-def _non_float_inputs(model: onnx.ModelProto) -> set[str]:
-    """Runtime graph inputs that are not float32 (device tensors are float32 only)."""
+def _non_float_inputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Runtime graph inputs that are not float32 (device tensors are float32 only), with
+    their element type's name."""
     initializers = {i.name for i in model.graph.initializer}
     return {
-        value.name
+        value.name: onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()
         for value in model.graph.input
         if value.name not in initializers
         and value.type.HasField("tensor_type")
@@ -233,7 +241,7 @@ def read_graph(model: onnx.ModelProto) -> Graph:
     unsupported = unsupported_operators(model)
     non_float = _non_float_inputs(model)
     for index, node in enumerate(model.graph.node):
-        read = sorted(non_float.intersection(node.input))
+        read = sorted(set(non_float).intersection(node.input))
         if read and _is_supported(node, opset):
             value = next(v for v in model.graph.input if v.name == read[0])
             dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
