@@ -74,6 +74,8 @@ GROUP_UNKNOWN = 4
 PROBE_REFRESH_S = 0.25
 """While no latency of the model is published, how often a ``map`` that has a probe's
 worth of tasks out asks for the member list again."""
+PROBE_MAX_S = 10.0
+"""Longest a ``map`` holds its window to a probe waiting for a first latency."""
 
 
 class _Window:
@@ -126,20 +128,28 @@ class BatchedSubmission:
     def _handle_of(self, reply: dict[str, Any]) -> AsyncTaskHandle:
         raise NotImplementedError
 
-    async def _probe(self, model_digest: str, out: Callable[[], int]) -> None:
+    async def _probe(self, model_digest: str, out: Callable[[], int], until: float) -> int:
         """While the mesh has published no latency of the model, keep ``out()`` (the
-        map's tasks out) within a probe: one group of ``GROUP_UNKNOWN`` per unit of live
-        capacity, and ask for the member list every ``PROBE_REFRESH_S`` until a latency
-        shows. Without it a map's first fill of its window went out in groups of
-        ``GROUP_UNKNOWN``: at 30 loopback daemons a window of 7,680 became 1,920 table
-        entries, about 100 s of the mesh's entry rate, before any group of the right size."""
+        map's tasks out, the place just taken included) within a probe: one group of
+        ``GROUP_UNKNOWN`` per unit of live capacity, asking for the member list every
+        ``PROBE_REFRESH_S`` while the probe is full, until a latency shows or the time
+        ``until`` (then the map goes on with groups of ``GROUP_UNKNOWN``, as a mesh
+        whose nodes publish no latency of the model leaves no better choice). Returns
+        how many tasks the next request may carry. Without it a map's first fill of its
+        window went out in groups of ``GROUP_UNKNOWN``: at 30 loopback daemons a window
+        of 7,680 became 1,920 table entries, about 100 s of the mesh's entry rate,
+        before any group of the right size."""
         while model_latency(self.members, model_digest) is None:
-            if out() <= GROUP_UNKNOWN * live_capacity(self.members):
-                return
+            if trio.current_time() >= until:
+                return BATCH_MAX
+            room = GROUP_UNKNOWN * live_capacity(self.members) - out() + 1
+            if room > 0:
+                return room
             with contextlib.suppress(MeshError):
                 await self.status()
             if model_latency(self.members, model_digest) is None:
                 await trio.sleep(PROBE_REFRESH_S)
+        return BATCH_MAX
 
     async def submit_many(
         self,
@@ -340,10 +350,14 @@ class BatchedSubmission:
                 free = _Window(window)
                 inputs_left = enumerate(many_inputs)
                 async with trio.open_nursery() as nursery:
+                    probe_until = trio.current_time() + PROBE_MAX_S
                     while True:
                         await free.acquire()
+                        most = BATCH_MAX
                         if group is None:
-                            await self._probe(blob.digest, lambda: window - free.value)
+                            most = await self._probe(
+                                blob.digest, lambda: window - free.value, probe_until
+                            )
                         size = (
                             group
                             if group is not None
@@ -355,7 +369,7 @@ class BatchedSubmission:
                         batch: list[tuple[int, Mapping[str, Any]]] = []
                         for item in inputs_left:
                             batch.append(item)
-                            if len(batch) >= BATCH_MAX or not free.value:
+                            if len(batch) >= most or not free.value:
                                 break
                             free.acquire_nowait()
                             held += 1

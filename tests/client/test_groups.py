@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshgpu.client.batches import GROUP_MAX, GROUP_UNKNOWN, BatchedSubmission, choose_group
+from meshgpu.client.batches import (
+    BATCH_MAX,
+    GROUP_MAX,
+    GROUP_UNKNOWN,
+    BatchedSubmission,
+    choose_group,
+)
 
 MODEL = "ab" * 32
 
@@ -109,12 +115,36 @@ async def test_a_map_holds_its_first_fill_to_a_probe_until_the_model_latency_is_
             return {"members": self.members}
 
     client = Probing()
+    until = trio.current_time() + 60
     with trio.fail_after(1):
-        await client._probe(MODEL, lambda: 16)  # within the probe: on at once
+        # 10 out (the place just taken included): 7 more fit in the probe of 16
+        assert await client._probe(MODEL, lambda: 10, until) == 7
+        assert await client._probe(MODEL, lambda: 16, until) == 1
     assert client.asked == 0
     started = trio.current_time()
-    await client._probe(MODEL, lambda: 17)  # beyond it: waits for the latency
+    # beyond it: waits for the latency, then the request may be whole
+    assert await client._probe(MODEL, lambda: 17, until) == BATCH_MAX
     assert client.asked == 3
     assert trio.current_time() - started >= 2 * PROBE_REFRESH_S
-    await client._probe(MODEL, lambda: 10_000)  # known now: never waits again
+    assert await client._probe(MODEL, lambda: 10_000, until) == BATCH_MAX  # known now
     assert client.asked == 3
+
+
+async def test_a_probe_gives_up_when_no_latency_is_ever_published() -> None:
+    import trio
+
+    class Silent(_Client):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = _members(2)
+            self.asked = 0
+
+        async def status(self) -> dict[str, Any]:
+            self.asked += 1
+            return {"members": self.members}
+
+    client = Silent()
+    until = trio.current_time() + 1.0
+    with trio.fail_after(5):
+        assert await client._probe(MODEL, lambda: 100, until) == BATCH_MAX
+    assert trio.current_time() >= until and 3 <= client.asked <= 5

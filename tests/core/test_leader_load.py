@@ -167,3 +167,21 @@ def test_a_load_rides_on_other_datagrams_and_only_membership_wakes_gossip_rounds
     assert context.update_queue  # queued all the same: piggybacked on the next datagram
     context.broadcast(("member", "x"), LoadUpdate("x", LoadVector()), membership=True)
     assert woken == [True] and context.has_pending_updates()
+
+
+def test_a_trimmed_load_keeps_the_models_run_most_recently() -> None:
+    """A node that ran many models publishes more estimates than fit one gossip item; the
+    trim drops the models run longest ago, so a new model's first latency gets through."""
+    context = NodeContext("me", ("h", 1), MeshConfig(), random.Random(1))
+    loads = LoadGossip(context, {})
+    own = OwnLoad(TaskConfig())
+    own.set_driver_load(LoadVector(free_slots=1))
+    for i in range(12):
+        own.learn(f"{i:064x}", 0.01)
+    newest = "f" * 64  # sorts after every other digest
+    own.learn(newest, 0.02)
+    own.learn(f"{3:064x}", 0.01)  # run again: recent too
+    loads.set_own(own.publish(0, now=1.0))
+    kept = dict(loads.loads()["me"].latency_estimates)
+    assert newest in kept and f"{3:064x}" in kept
+    assert f"{0:064x}" not in kept  # the oldest went first

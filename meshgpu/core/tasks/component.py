@@ -332,14 +332,17 @@ class TaskComponent(Component):
             self.send(member.address, HoldRequest(entry))
 
     def _arm_tick(self, now: float) -> None:
-        if self._tick_at == math.inf and (
+        # Brought earlier, never later: a tick set for a load's later publication time
+        # (_publish_load) must not hold back replication, collection or repair.
+        if self._tick_at > now + self.config.tick_interval_s and (
             self.active
             or self.replication
             or self._gc_at
-            or self.own_load.dirty
             or (self.repair_at < math.inf and self.mesh.leader() == self.node_id)
         ):
             self._tick_at = now + self.config.tick_interval_s
+        elif self._tick_at == math.inf and self.own_load.dirty:
+            self._tick_at = max(now, self.own_load.due(self.context.cluster_size))
 
     def _housekeeping(self, now: float) -> None:
         if now >= self._tick_at:
@@ -396,7 +399,7 @@ class TaskComponent(Component):
     def _publish_load(self, now: float) -> None:
         if not self.own_load.dirty:
             return
-        due = self.own_load.due(len(self.mesh.live_members()))
+        due = self.own_load.due(self.context.cluster_size)
         if now < due:
             self._tick_at = min(self._tick_at, due)
             return

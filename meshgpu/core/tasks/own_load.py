@@ -49,7 +49,7 @@ class OwnLoad:
 
     def learn(self, model: str, run_s: float) -> None:
         """EWMA of this node's execution time for ``model`` (published for ``latency``)."""
-        previous = self.latency.get(model)
+        previous = self.latency.pop(model, None)  # re-inserted: the dict is by recency
         alpha = self.config.adaptive_alpha
         self.latency[model] = run_s if previous is None else previous + alpha * (run_s - previous)
         self.dirty = True
@@ -89,5 +89,8 @@ class OwnLoad:
             active_tasks=running,
             free_slots=max(0, capacity - running),
             queue_length=max(0, running - capacity),
-            latency_estimates=tuple(sorted(self.latency.items())),
+            # Most recently run first: a vector too large for its gossip item is trimmed
+            # from the end (core/load.py), which must drop the models run longest ago,
+            # never the one a client is waiting to see a first latency of.
+            latency_estimates=tuple(reversed(self.latency.items())),
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshgpu.core.config import MeshConfig
+from meshgpu.core.load import LoadVector
 from meshgpu.core.effects import (
     FetchPayload,
     Persist,
@@ -16,6 +17,7 @@ from meshgpu.core.effects import (
     TaskResolved,
 )
 from meshgpu.core.events import (
+    LoadChanged,
     JournalReplayed,
     PayloadStored,
     ResultCollected,
@@ -241,3 +243,15 @@ def test_a_dead_holder_is_replaced() -> None:
     assert entry is not None
     live_holders = entry.holders - {second}
     assert len(live_holders) == 2 and "n000" in live_holders
+
+
+def test_a_load_waiting_for_its_publication_does_not_hold_back_housekeeping() -> None:
+    h = settled(3)
+    tasks = h.nodes["n000"].tasks
+    h.deliver_event("n000", LoadChanged(LoadVector(free_slots=2)))  # first report: at once
+    h.run_until(h.now + 0.01)
+    h.deliver_event("n000", LoadChanged(LoadVector(free_slots=2, utilisation=0.3)))
+    assert tasks.own_load.dirty and tasks._tick_at - h.now > 0.5  # routine: waits ~1 s
+    tasks._gc_at[TaskId("n001", 1)] = h.now + 0.05  # work that wants the next tick
+    tasks._arm_tick(h.now)
+    assert tasks._tick_at - h.now <= CONFIG.tasks.tick_interval_s + 1e-9
