@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -294,7 +294,7 @@ class BatchedSubmission:
         window: int = 64,
         group: int | None = None,
         **options: Any,
-    ) -> AsyncIterator[list[Completed]]:
+    ) -> AsyncGenerator[list[Completed], None]:
         """:meth:`map` that yields, as one list, every item finished by the time the
         consumer asks (failed ones included, never raised): one hand-off per burst, which
         is what a consumer in another thread (the blocking client) needs."""
@@ -317,7 +317,9 @@ class BatchedSubmission:
             def done(outcome: Outcome) -> None:
                 free.release()
                 deliver(
-                    Completed(index, outcome.task_id, outcome.outputs, outcome.worker, outcome.error)
+                    Completed(
+                        index, outcome.task_id, outcome.outputs, outcome.worker, outcome.error
+                    )
                 )
 
             return done

@@ -38,6 +38,7 @@ from meshgpu.client.batches import BatchedSubmission, encode_inputs, submit_fiel
 from meshgpu.client.handles import AsyncTaskHandle, Outcome
 from meshgpu.client.link import Failover, Link, Signal
 from meshgpu.client.models import ModelBlob
+from meshgpu.client.outcomes import OutcomeStreams
 from meshgpu.client.peers import (
     PEER_ENV,
     Address,
@@ -55,14 +56,13 @@ logger = logging.getLogger("meshgpu.client")
 
 UPLOAD_CHUNK_BYTES = 16 << 20
 """Model upload chunk (frames may be up to 64 MiB)."""
-ACK_BATCH = 512
 SUBMITS_IN_FLIGHT = 8
 """Submissions waiting for their acknowledgement at once. Each one makes the mesh copy
 inputs to a second holder and fsync on both; more in flight only lengthens every
 acknowledgement (and, on a loaded machine, pushes replication past its timeout)."""
 
 
-class AsyncClient(BatchedSubmission):
+class AsyncClient(BatchedSubmission, OutcomeStreams):
     """A client of a meshgpu mesh for trio code (the sync :class:`Client` wraps it).
 
     ``peer``: ``"HOST:PORT"``, a (host, port) pair or a list of them; None finds one
@@ -102,7 +102,6 @@ class AsyncClient(BatchedSubmission):
         self._handles: dict[str, AsyncTaskHandle] = {}
         self._unresolved: set[str] = set()
         self._fresh: list[str] = []
-        """Task ids tracked since the link last looked (``_request_results``)."""
         self._to_ack: set[str] = set()
         self._group_left: dict[str, int] = {}
         self._link: Link | None = None
@@ -309,27 +308,6 @@ class AsyncClient(BatchedSubmission):
                 )
             link.models.add(blob.digest)
 
-    def _track(self, handle: AsyncTaskHandle) -> AsyncTaskHandle:
-        self._handles[handle.task_id] = handle
-        if self._fatal is not None:
-            handle.resolve(Outcome(handle.task_id, "lost", None, error=self._fatal))
-        elif not handle.done():
-            self._unresolved.add(handle.task_id)
-            self._fresh.append(handle.task_id)
-            self._work.fire()
-        return handle
-
-    def _deliver(self, outcome: Outcome) -> None:
-        handle = self._handles.get(outcome.task_id)
-        first = handle is not None and handle.resolve(outcome)
-        if not first:
-            self.duplicates += 1
-        self._unresolved.discard(outcome.task_id)
-        collect = self._collectable(outcome.task_id, first)  # a group: once, when complete
-        if collect is not None:
-            self._to_ack.add(collect)
-        self._work.fire()
-
     # --- the supervisor and its link tasks ---------------------------------------------
 
     async def _supervise(
@@ -436,77 +414,6 @@ class AsyncClient(BatchedSubmission):
             if status.get("node", {}).get("leaving"):
                 link.fail(f"node {link.node_id} is leaving the mesh")
                 return
-
-    async def _request_results(self, link: Link) -> None:
-        """Open a ``results`` stream for every task id this link has not asked for yet."""
-        assert link.nursery is not None
-        # A new link asks for everything unresolved; then only for ids tracked since (a
-        # set difference with every unresolved id on each wake-up cost a map of a few
-        # thousand tasks in flight a tenth of the client's CPU).
-        self._fresh.clear()
-        wanted = sorted(self._unresolved - link.requested)
-        while True:
-            if wanted:
-                link.requested.update(wanted)
-                link.nursery.start_soon(self._stream_results, link, wanted)
-            await self._work.wait()
-            fresh, self._fresh = self._fresh, []
-            unresolved, requested = self._unresolved, link.requested
-            wanted = [t for t in dict.fromkeys(fresh) if t in unresolved and t not in requested]
-
-    async def _stream_results(self, link: Link, task_ids: list[str]) -> None:
-        retry: list[str] = []
-        try:
-            async for message in link.rpc.stream("results", task_ids=task_ids):
-                task_id = message.get("task_id")
-                if task_id is None:
-                    break
-                if message.get("state") == "unavailable":
-                    logger.info("%s: %s; asking again", task_id, message.get("reason"))
-                    retry.append(task_id)
-                    continue
-                self._deliver(Outcome.from_message(message))
-        except RequestFailedError as error:
-            # The peer refuses these ids (not ours to fix by reconnecting): fail them.
-            for task_id in task_ids:
-                if task_id in self._unresolved:
-                    self._deliver(Outcome(task_id, "failed", None, error=error))
-            return
-        except ClientError as error:
-            link.fail(str(error))
-            return
-        if retry:
-            await trio.sleep(0.5)
-            link.requested.difference_update(retry)
-            self._fresh.extend(retry)
-            self._work.fire()
-
-    async def _acknowledge(self, link: Link) -> None:
-        """Tell the mesh which outcomes the client has (``collected``), in batches."""
-        while True:
-            if not self._to_ack:
-                await self._work.wait()
-                continue
-            await trio.sleep(0.01)  # let a burst of outcomes share one request
-            batch = sorted(self._to_ack)[:ACK_BATCH]
-            try:
-                await link.rpc.call("collected", task_ids=batch)
-            except RequestFailedError as error:
-                logger.warning("peer refused to mark %d results collected: %s", len(batch), error)
-            except ClientError as error:
-                link.fail(str(error))
-                return
-            self._to_ack.difference_update(batch)
-            self._work.fire()
-
-    def _give_up(self, why: str) -> None:
-        self._fatal = ClientError(why)
-        for task_id in list(self._unresolved):
-            handle = self._handles[task_id]
-            handle.resolve(Outcome(task_id, "lost", None, error=self._fatal))
-        self._unresolved.clear()
-        self._link_changed.fire()
-        self._work.fire()
 
 
 def no_daemon_error(tried: list[str]) -> ClientError:

@@ -171,9 +171,11 @@ def unsupported_operators(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
             label = _node_label(node, index)
             if typed and _is_supported(node, opset):
                 # The op is supported; its input's type is not: say which, and why.
-                label += "; " + ", ".join(
-                    f"input {name!r} is {non_float[name]}" for name in typed
-                ) + ", and device tensors are float32 only"
+                label += (
+                    "; "
+                    + ", ".join(f"input {name!r} is {non_float[name]}" for name in typed)
+                    + ", and device tensors are float32 only"
+                )
             found.append((node.op_type, domain_opset, label))
     return found
 

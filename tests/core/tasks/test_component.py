@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from meshgpu.core.config import MeshConfig
-from meshgpu.core.load import LoadVector
 from meshgpu.core.effects import (
     FetchPayload,
     Persist,
@@ -17,13 +16,14 @@ from meshgpu.core.effects import (
     TaskResolved,
 )
 from meshgpu.core.events import (
-    LoadChanged,
     JournalReplayed,
+    LoadChanged,
     PayloadStored,
     ResultCollected,
     SubmitTask,
     TaskFinished,
 )
+from meshgpu.core.load import LoadVector
 from meshgpu.core.tasks import Phase, TaskId, TaskSpec
 from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.core.types import NodeId
