@@ -306,10 +306,10 @@ class BatchedSubmission:
         scope = trio.CancelScope()
 
         def deliver(item: Completed) -> None:
-            # The consumer may have stopped (a raised error, a break) while this task's
-            # wait was already woken: cancelling the scope cannot reach it any more, so
-            # the closed channel is expected here and must not crash the client's loop.
-            # After a cancelled map an outcome may still come in: the channel is closed.
+            # Outcomes arrive by handle callbacks, also after the consumer stopped (a
+            # raised error, a break: the receiving end is closed) or the map was
+            # cancelled (the sending end is closed): dropped then, never raised into the
+            # client's loop.
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 send.send_nowait(item)
 
