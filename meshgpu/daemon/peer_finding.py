@@ -130,9 +130,7 @@ async def offer_seed_peers(daemon: Daemon) -> None:
                 continue
             if address == daemon.address:
                 continue
-            message = watch.offered(address, address in known, trio.current_time())
-            if message is not None:
-                logger.warning("%s", message)
+            if watch.offered(address, address in known, trio.current_time()):
                 daemon.count("seeds_unanswered")
             if address in known:
                 continue
@@ -160,23 +158,27 @@ class SeedWatch:
         self._since: dict[Address, float] = {}
         self._warned: set[Address] = set()
 
-    def offered(self, address: Address, member: bool, now: float) -> str | None:
-        """Record one round for the seed at ``address``; the warning to log, if due."""
+    def offered(self, address: Address, member: bool, now: float) -> bool:
+        """Record one round for the seed at ``address``; logs (and returns True) when it
+        has just been silent for ``silent_s``, and logs when a reported seed joins."""
         if member:
             self._since.pop(address, None)
             if address in self._warned:
                 self._warned.discard(address)
                 logger.info("seed %s:%d answered; it is a member now", *address)
-            return None
+            return False
         since = self._since.setdefault(address, now)
         if now - since < self.silent_s or address in self._warned:
-            return None
+            return False
         self._warned.add(address)
-        return (
-            f"seed {address[0]}:{address[1]} has not joined this node's mesh in "
-            f"{now - since:.0f} s: is `meshgpu join` running there, on that port, with this "
-            "mesh's key, and does the firewall let UDP and TCP through? (still trying)"
+        logger.warning(
+            "seed %s:%d has not joined this node's mesh in %.0f s: is `meshgpu join` running "
+            "there, on that port, with this mesh's key, and does the firewall let UDP and "
+            "TCP through? (still trying)",
+            *address,
+            now - since,
         )
+        return True
 
 
 async def refuse_if_twin(daemon: Daemon, peer: Address) -> bool | None:

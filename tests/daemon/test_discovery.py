@@ -202,17 +202,19 @@ async def test_an_established_node_that_is_the_copy_counts_it_and_serves() -> No
     assert daemon.guard.sightings == 1
 
 
-def test_a_seed_that_never_joins_is_reported_once_and_its_answer_noted() -> None:
+def test_a_seed_that_never_joins_is_reported_once_and_its_answer_noted(caplog) -> None:
     from meshgpu.daemon.peer_finding import SeedWatch
 
     watch = SeedWatch(silent_s=10.0)
     seed = ("10.0.0.9", 7946)
-    assert watch.offered(seed, member=False, now=100.0) is None
-    assert watch.offered(seed, member=False, now=108.0) is None
-    message = watch.offered(seed, member=False, now=110.0)
-    assert message is not None and "10.0.0.9:7946" in message and "10 s" in message
-    assert watch.offered(seed, member=False, now=130.0) is None  # said once
-    assert watch.offered(seed, member=True, now=131.0) is None  # it joined
+    assert not watch.offered(seed, member=False, now=100.0)
+    assert not watch.offered(seed, member=False, now=108.0)
+    with caplog.at_level("INFO", logger="meshgpu.daemon"):
+        assert watch.offered(seed, member=False, now=110.0)
+    message = caplog.records[-1].getMessage()
+    assert "10.0.0.9:7946" in message and "10 s" in message
+    assert not watch.offered(seed, member=False, now=130.0)  # said once
+    assert not watch.offered(seed, member=True, now=131.0)  # it joined
     # gone again later: a new silence, a new report
-    assert watch.offered(seed, member=False, now=200.0) is None
-    assert watch.offered(seed, member=False, now=211.0) is not None
+    assert not watch.offered(seed, member=False, now=200.0)
+    assert watch.offered(seed, member=False, now=211.0)
