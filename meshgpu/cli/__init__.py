@@ -15,6 +15,7 @@ import click
 COMMANDS: dict[str, str] = {
     "join": "meshgpu.cli.join:join",
     "simulate": "meshgpu.cli.simulate:simulate",
+    "sweep": "meshgpu.cli.sweep:sweep",
     "keygen": "meshgpu.cli.keygen:keygen",
     "run": "meshgpu.cli.inference:run",
     "devices": "meshgpu.cli.inference:devices",

@@ -92,6 +92,9 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = "<inline>"
+    link_count: int = field(default=0, compare=False)
+    """How many of ``faults`` (the first ones) are ``[[network.link]]`` overrides; the
+    rest are the ``[[fault]]`` tables in file order, numbered from 1 in every message."""
 
     def with_overrides(
         self, seed: int | None = None, nodes: int | None = None, duration_s: float | None = None
@@ -177,6 +180,7 @@ def scenario_from_mapping(document: Mapping[str, Any], source: str = "<inline>")
             if name in document
         },
         source=source,
+        link_count=len(links),
     )
     validate(scenario)
     return scenario
@@ -192,9 +196,14 @@ def validate(scenario: Scenario) -> None:
     if scenario.sample_interval_s <= 0:
         raise ConfigError(f"{where}: scenario.sample_interval_s must be > 0")
     for position, fault in enumerate(scenario.faults):
-        label = f"{where}: fault #{position + 1} ({fault.kind} at {fault.at_s}s)"
+        label = f"{where}: {fault_label(scenario, position)}"
         if fault.at_s < 0:
             raise ConfigError(f"{label}: at_s must be >= 0")
+        if fault.at_s >= scenario.duration_s:
+            raise ConfigError(
+                f"{label}: at_s is at or after the end of the run (duration_s = "
+                f"{scenario.duration_s:g}); it would never happen"
+            )
         until = getattr(fault, "until_s", None)
         if until is not None and until <= fault.at_s:
             raise ConfigError(f"{label}: until_s ({until}) must be after at_s")
@@ -203,6 +212,15 @@ def validate(scenario: Scenario) -> None:
         if isinstance(fault, Partition) and any(x <= 0 for x in fault.fractions):
             raise ConfigError(f"{label}: partition fractions must be > 0")
     mesh_config_for(scenario)
+
+
+def fault_label(scenario: Scenario, position: int) -> str:
+    """How messages name ``scenario.faults[position]``: ``fault #3 (crash at 20s)`` for
+    the third ``[[fault]]`` table, ``network.link #1`` for a static link override."""
+    if position < scenario.link_count:
+        return f"network.link #{position + 1}"
+    fault = scenario.faults[position]
+    return f"fault #{position - scenario.link_count + 1} ({fault.kind} at {fault.at_s:g}s)"
 
 
 def mesh_config_for(scenario: Scenario) -> Any:
@@ -263,7 +281,7 @@ def _invariants(reader: _Reader, table: Mapping[str, Any]) -> InvariantSettings:
 
 
 def _network_link(reader: _Reader, entry: Mapping[str, Any], position: int) -> NetworkChange:
-    where = f"network.link[{position}]"
+    where = f"network.link #{position + 1}"
     selectors = {"from", "to", "nodes"}
     reader.reject_unknown(entry, selectors | set(LINK_PARAMETER_NAMES), where)
     return NetworkChange(
@@ -284,7 +302,7 @@ def _link_changes(
 
 
 def _fault(reader: _Reader, entry: Mapping[str, Any], position: int) -> Fault:
-    where = f"fault[{position}]"
+    where = f"fault #{position + 1}"
     kind = reader.get(entry, "kind", str, where, None)
     if kind not in FAULT_KINDS:
         raise ConfigError(
