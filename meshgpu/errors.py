@@ -27,7 +27,13 @@ class DecodeError(RemoteProtocolError):
 
 
 class AuthenticationError(RemoteProtocolError):
-    """A datagram or frame failed authentication or was a replay."""
+    """A datagram or frame failed authentication or was a replay. ``reason`` is the
+    refusal's counter name in auth.py (``keyed_peer_but_no_key``, ``unauthenticated``,
+    ``bad_tag``, ``replay``...): what the client tells its user depends on it."""
+
+    def __init__(self, message: str, reason: str = "rejected") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TaskError(MeshError):
@@ -92,6 +98,11 @@ class DuplicateIdentityError(IdentityError):
 
 class SimulationError(MeshError):
     """A simulated run could not go on (a node raised, or the scenario cannot be applied)."""
+
+
+class MeshKeyError(ClientError):
+    """A daemon answered, but this client's mesh key does not match the mesh's: it has
+    none, or another one, or the mesh is open and the client has a key."""
 
 
 class RequestFailedError(ClientError):

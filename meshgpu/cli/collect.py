@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import click
 
-from meshgpu.cli.submit import connection_options, first_mesh_error, output_option
+from meshgpu.cli.submit import connection_options, first_mesh_error, output_option, tasks_line
 
 
 def read_ids(text: str) -> list[tuple[str, str]]:
@@ -121,8 +121,10 @@ def collect(
     for row in failed:
         click.echo(f"error: {row['task_id']}: {row['error']}", err=True)
     if not as_json:
-        line = f"{report['done']} of {len(pairs)} result(s) saved"
-        click.echo(line + (f" in {output}{os.sep}" if report["done"] else ""), err=True)
+        line = tasks_line(report["done"], len(pairs), "done")
+        if len(failed):
+            line += f", {len(failed)} failed"
+        click.echo(line + (f"; outputs in {output}{os.sep}" if report["done"] else ""), err=True)
     if failed:
         sys.exit(1)
 

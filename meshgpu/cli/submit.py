@@ -182,11 +182,17 @@ def submit(
         click.echo(f"error: {row['stem']}: {row.get('error')}", err=True)
     if len(failed) > ERRORS_SHOWN:
         more = len(failed) - ERRORS_SHOWN
-        click.echo(f"error: ... and {more} more failed task(s) (--json lists each)", err=True)
+        click.echo(f"error: ... and {more} more failed (--json lists each)", err=True)
     if not as_json:
         click.echo(outcome_line(report, output, no_wait, replicas), err=True)
     if failed:
         sys.exit(1)
+
+
+def tasks_line(count: int, total: int, what: str) -> str:
+    """The one wording of every "N of M tasks" summary of the CLI (submit, submit
+    --no-wait, collect, an interrupted run): ``3 of 4 tasks done``."""
+    return f"{count} of {total} task{'' if total == 1 else 's'} {what}"
 
 
 ERRORS_SHOWN = 10
@@ -204,7 +210,7 @@ def outcome_line(report: dict[str, Any], output: Path, no_wait: bool, replicas: 
     failed = sum(1 for row in rows if row.get("state") not in ("done", "submitted"))
     if no_wait:
         submitted = len(rows) - failed
-        line = f"{submitted} of {len(rows)} task(s) submitted"
+        line = tasks_line(submitted, len(rows), "submitted")
         copies = [row["copies"] for row in rows if row.get("copies")]
         if copies and min(copies) < replicas:
             line += (
@@ -214,7 +220,7 @@ def outcome_line(report: dict[str, Any], output: Path, no_wait: bool, replicas: 
             )
         return line + ("; collect the results with `meshgpu collect`" if submitted else "")
     done = sum(1 for row in rows if row.get("state") == "done")
-    line = f"{done} of {len(rows)} task(s) done"
+    line = tasks_line(done, len(rows), "done")
     if failed:
         line += f", {failed} failed"
     if done:

@@ -50,7 +50,13 @@ from meshgpu.client.peers import (
 from meshgpu.daemon.auth import Authenticator, MeshKey, load_mesh_key
 from meshgpu.daemon.direct import is_direct_id
 from meshgpu.daemon.rpc import open_rpc
-from meshgpu.errors import ClientError, RequestFailedError, TaskFailedError
+from meshgpu.errors import (
+    AuthenticationError,
+    ClientError,
+    MeshKeyError,
+    RequestFailedError,
+    TaskFailedError,
+)
 
 logger = logging.getLogger("meshgpu.client")
 
@@ -317,6 +323,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
         browsed = False
         lost: tuple[Candidate, str, str, float] | None = None  # what failed, why, when
         tried: list[str] = []
+        key_refusals: list[MeshKeyError] = []
         while True:
             exclude = [] if lost is None else [lost[0].address]
             candidates = failover_order(self.members, self._seeds, exclude)
@@ -327,7 +334,11 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
                     started = True
                     lost = (candidate, served.node_id, served.why, trio.current_time())
                     tried.clear()
+                    key_refusals.clear()
                     break
+                if isinstance(served, MeshKeyError):
+                    key_refusals.append(served)
+                    served = str(served)
                 tried.append(f"{candidate}: {served}")
             if isinstance(served, Link):
                 continue
@@ -339,7 +350,9 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
                     continue
                 tried.append(f"mDNS: no daemon answered within {self.mdns_timeout} s")
             if not started:
-                raise no_daemon_error(tried)
+                # A daemon that answered with another key is the one to fix, whatever
+                # the other candidates (a default port with nothing on it) said.
+                raise key_refusals[0] if key_refusals else no_daemon_error(tried)
             assert lost is not None
             if trio.current_time() - lost[3] > self.failover_timeout:
                 self._give_up(
@@ -354,9 +367,9 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
         candidate: Candidate,
         lost: tuple[Candidate, str, str, float] | None,
         task_status: trio.TaskStatus[None] | None,
-    ) -> Link | str:
+    ) -> Link | MeshKeyError | str:
         """Connect to ``candidate`` and serve the link until it breaks. Returns the broken
-        link, or why no link was made."""
+        link, or why no link was made (a MeshKeyError when keys do not match)."""
         link: Link | None = None
         try:
             async with open_rpc(
@@ -381,7 +394,8 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
                 await self._run_link(link)
         except (ClientError, trio.TooSlowError) as error:
             if link is None:
-                return str(error) or "timed out"
+                refusal = key_refusal(error, candidate, self.key)
+                return refusal if refusal is not None else str(error) or "timed out"
             link.fail(str(error) or "timed out")
         return link if link is not None else "no answer"
 
@@ -417,17 +431,41 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
 
 
 def no_daemon_error(tried: list[str]) -> ClientError:
-    """Why the client found no daemon to talk to, with the one hint that fits: a daemon
-    that answered but whose mesh key differs needs the key, not a new daemon."""
-    reasons = "; ".join(reason.rstrip(".") for reason in tried)
-    if any("mesh key" in reason or "fails authentication" in reason for reason in tried):
-        hint = (
-            "A daemon answered, but this client's mesh key is not the mesh's: give it the "
-            "mesh's key (--key-file PATH or MESHGPU_KEY)"
+    """Why the client found no daemon to talk to (none answered at all: a daemon that
+    answered with another mesh key is :func:`key_refusal`'s case)."""
+    reasons = "; ".join(reason.rstrip(".?") for reason in tried)
+    return ClientError(
+        f"no meshgpu daemon answered; tried {reasons}. Start one with `meshgpu join`, or "
+        "name a peer (--peer HOST:PORT or MESHGPU_PEER)"
+    )
+
+
+KEY_HINT = "give it the mesh's key with --key-file PATH or MESHGPU_KEY"
+
+
+def key_refusal(
+    error: BaseException, candidate: Candidate, key: MeshKey | None
+) -> MeshKeyError | None:
+    """The one-line error for a daemon that answered but whose mesh key is not this
+    client's (no key here, another key, or an open mesh and a key here); None for any
+    other failure. Decided by the refusal's ``reason``, which the authenticator sets,
+    not by the wording of its message."""
+    cause = error.__cause__
+    if not isinstance(cause, AuthenticationError):
+        return None
+    where = f"the meshgpu daemon at {candidate.address[0]}:{candidate.address[1]}"
+    if cause.reason == "keyed_peer_but_no_key" or key is None:
+        return MeshKeyError(f"{where} uses a mesh key and this client has none: {KEY_HINT}")
+    if cause.reason == "unauthenticated":
+        return MeshKeyError(
+            f"{where} runs an open mesh (no key) and this client has key {key.fingerprint}: "
+            "leave out --key-file and MESHGPU_KEY, or start the daemons with that key"
         )
-    else:
-        hint = "Start one with `meshgpu join`, or name a peer (--peer HOST:PORT or MESHGPU_PEER)"
-    return ClientError(f"no meshgpu daemon answered; tried {reasons}. {hint}")
+    if cause.reason == "bad_tag":
+        return MeshKeyError(
+            f"{where} uses another mesh key than this client's ({key.fingerprint}): {KEY_HINT}"
+        )
+    return None
 
 
 def _path(value: str | os.PathLike[str] | None) -> Path | None:

@@ -363,4 +363,6 @@ class Authenticator:
     def _refuse(self, counter: str, message: str, kind: type[Exception]) -> NoReturn:
         self._count(counter)
         self._count("rejected")
+        if issubclass(kind, AuthenticationError):
+            raise kind(message, counter)
         raise kind(message)

@@ -218,12 +218,12 @@ class ClientHandlers:
         return member_answers(group, results, members, include)
 
     async def _outcome(self, resolved: fx.TaskResolved, include: bool) -> Message:
-        from meshgpu.daemon.status import worker_of
+        from meshgpu.daemon.status import task_reason, worker_of
 
         message: Message = {
             "task_id": str(resolved.task_id),
             "state": resolved.state,
-            "reason": resolved.reason,
+            "reason": task_reason(self.daemon, resolved.task_id, resolved.reason),
             "worker": worker_of(self.daemon, resolved.task_id),
             "outputs": None,
         }

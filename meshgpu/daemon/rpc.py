@@ -44,6 +44,9 @@ class RpcConnection:
         self._pending: dict[int, trio.MemorySendChannel[Message]] = {}
         self._send_lock = trio.Lock()
         self._broken: str | None = None
+        self.broken_by: BaseException | None = None
+        """The error that broke the connection (an AuthenticationError tells the client
+        its mesh key is missing or wrong), None while it works or when the peer closed."""
         self.closed = trio.Event()
         """Set when the connection can carry no more responses."""
 
@@ -84,7 +87,7 @@ class RpcConnection:
             raise ClientError(
                 f"connection to {self.peer} closed before answering {op!r}"
                 + (f": {self._broken}" if self._broken else "")
-            )
+            ) from self.broken_by
         finally:
             self._pending.pop(request_id, None)
 
@@ -105,6 +108,7 @@ class RpcConnection:
                     channel.send_nowait(message)
         except (RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
             self._broken = str(error)
+            self.broken_by = error
         finally:
             self._broken = self._broken or "closed"
             self.closed.set()
@@ -143,7 +147,8 @@ async def open_rpc(
         # The reader never raises, so a group holds the caller's own error: unwrap it
         # so callers can `except ClientError` as with any other call.
         if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
+            error = group.exceptions[0]
+            raise error from error.__cause__  # the cause says why (a wrong mesh key)
         raise
     finally:
         with trio.CancelScope(shield=True):

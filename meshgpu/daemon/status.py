@@ -30,6 +30,28 @@ def task_table(daemon: Daemon) -> TaskTable | None:
     return table if isinstance(table, TaskTable) else None
 
 
+DEADLINE_REASON = "deadline exceeded"
+"""The reason the core gives a task it expires (core/tasks/state.py ``expire``)."""
+
+
+def explained_reason(reason: str, deadline_s: float | None) -> str:
+    """A failure reason as the user reads it: an expired task names its deadline (the
+    core's reason does not, and it travels in every gossiped state, traces included)."""
+    if reason == DEADLINE_REASON and deadline_s is not None:
+        return (
+            f"deadline exceeded: not done within {deadline_s:g} s of its submission "
+            "(--deadline / deadline_s)"
+        )
+    return reason
+
+
+def task_reason(daemon: Daemon, task_id: TaskId, reason: str) -> str:
+    """:func:`explained_reason` for a task of this node's table."""
+    table = task_table(daemon)
+    entry = None if table is None else table.get(task_id)
+    return explained_reason(reason, None if entry is None else entry.spec.deadline_s)
+
+
 def _entries(daemon: Daemon) -> list[TaskEntry]:
     table = task_table(daemon)
     return [] if table is None else list(table)
@@ -135,7 +157,7 @@ def task_rows(daemon: Daemon, state: str | None = None) -> list[dict[str, Any]]:
                 "state": phase,
                 "attempt": entry.state.attempt,
                 "worker": entry.state.worker,
-                "reason": entry.state.reason,
+                "reason": explained_reason(entry.state.reason, entry.spec.deadline_s),
                 "priority": entry.spec.priority.name.lower(),
                 "model_digest": entry.spec.model_digest,
                 "holders": sorted(entry.holders),

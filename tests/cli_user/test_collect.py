@@ -69,7 +69,7 @@ def test_no_wait_ids_are_collected_into_npz_files_equal_to_onnxruntime(tmp_path:
 
     submitted, first, again, unknown = serve_and_run(tmp_path, scenario)
     assert submitted.exit_code == 0, submitted.output
-    assert f"{len(STEMS)} of {len(STEMS)} task(s) submitted" in submitted.stderr
+    assert f"{len(STEMS)} of {len(STEMS)} tasks submitted" in submitted.stderr
     assert sorted(line.split("\t")[1] for line in submitted.stdout.splitlines()) == STEMS
     report = json.loads(first.stdout)
     # Nothing was collected by the submitting command itself (it does not watch its
@@ -97,7 +97,7 @@ def test_a_waiting_submit_ends_with_a_summary_line(tmp_path: Path) -> None:
 
     (outcome,) = serve_and_run(tmp_path, scenario)
     assert outcome.exit_code == 0, outcome.output
-    assert "1 of 1 task(s) done; outputs in" in outcome.stderr
+    assert "1 of 1 task done; outputs in" in outcome.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "x.npz")["s"], np.full((2, 3), 2.0))
 
 

@@ -32,7 +32,7 @@ def test_the_groups_note_counts_members_of_all_groups_together() -> None:
 def test_a_no_wait_summary_warns_of_fewer_copies_than_replicas() -> None:
     rows = [{"stem": "a", "task_id": "n/1", "copies": 1, "state": "submitted"}]
     line = outcome_line({"tasks": rows}, Path("out"), no_wait=True, replicas=2)
-    assert line.startswith("1 of 1 task(s) submitted") and "only 1 node(s)" in line
+    assert line.startswith("1 of 1 task submitted") and "only 1 node(s)" in line
     assert "meshgpu collect" in line
     assert "only" not in outcome_line({"tasks": rows}, Path("out"), no_wait=True, replicas=1)
 
@@ -60,15 +60,15 @@ def test_no_wait_text_lists_ids_and_names_a_refused_task(fake_mesh: Path) -> Non
     assert outcome.exit_code == 1, outcome.output
     assert outcome.stdout == "n/1\tx\n"
     assert "error: bad: task refused: disk full" in outcome.stderr
-    assert "1 of 2 task(s) submitted" in outcome.stderr
+    assert "1 of 2 tasks submitted" in outcome.stderr
 
 
 def test_many_identical_failures_are_cut_short_with_a_count(fake_mesh: Path) -> None:
     outcome = CliRunner().invoke(main, ["submit", "digits", "-i", str(fake_mesh)])
     assert outcome.exit_code == 1
     assert outcome.stderr.count("task refused: disk full") == ERRORS_SHOWN
-    assert "and 5 more failed task(s)" in outcome.stderr
-    assert f"0 of {ERRORS_SHOWN + 5} task(s) done, {ERRORS_SHOWN + 5} failed" in outcome.stderr
+    assert "and 5 more failed" in outcome.stderr
+    assert f"0 of {ERRORS_SHOWN + 5} tasks done, {ERRORS_SHOWN + 5} failed" in outcome.stderr
 
 
 def test_run_takes_a_bare_path_like_submit_and_shows_integers_exactly(tmp_path: Path) -> None:

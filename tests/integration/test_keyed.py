@@ -39,13 +39,20 @@ def test_keyed_mesh_needs_the_key(tmp_path: Path, digits) -> None:
         assert by_env.exit_code == 0, by_env.output
         open_client = runner.invoke(main, ["status", "--peer", peer], env={"MESHGPU_KEY": ""})
         assert open_client.exit_code == 1
-        assert "mesh key" in open_client.output
-        assert "meshgpu join" not in open_client.output  # a daemon did answer
+        # One line each, and each names its own problem: no key, another key, no daemon.
+        assert open_client.output.strip().splitlines() == [
+            f"Error: the meshgpu daemon at {peer} uses a mesh key and this client has "
+            "none: give it the mesh's key with --key-file PATH or MESHGPU_KEY"
+        ]
         other_key = tmp_path / "other.key"
         MeshKey.generate().write(other_key)
         wrong = runner.invoke(
             main, ["status", "--peer", peer, "--key-file", str(other_key)], env={}
         )
         assert wrong.exit_code == 1
-        assert "fails authentication" in wrong.output and "--key-file" in wrong.output
-        assert "meshgpu join" not in wrong.output
+        fingerprint = MeshKey.from_file(other_key).fingerprint
+        assert wrong.output.strip().splitlines() == [
+            f"Error: the meshgpu daemon at {peer} uses another mesh key than this "
+            f"client's ({fingerprint}): give it the mesh's key with --key-file PATH or "
+            "MESHGPU_KEY"
+        ]

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from meshgpu.cli import main
 from meshgpu.client import AsyncClient, Client
 from meshgpu.client.localmesh import LocalMesh
+from meshgpu.daemon.auth import MeshKey
 from meshgpu.errors import TaskFailedError
 from tests.integration.conftest import WAIT_S, affine_model, reference, two_input_model
 
@@ -180,4 +181,17 @@ def test_cli_reports_failures_and_unreachable_peers_with_exit_status(
         port = probe.getsockname()[1]
     nowhere = runner.invoke(main, ["status", "--peer", f"127.0.0.1:{port}"])
     assert nowhere.exit_code == 1
-    assert "no meshgpu daemon answered" in nowhere.output
+    assert nowhere.output.startswith("Error: no meshgpu daemon answered; tried ")
+    assert "meshgpu join" in nowhere.output and "mesh key" not in nowhere.output
+    assert len(nowhere.output.strip().splitlines()) == 1
+    key_file = tmp_path / "stray.key"
+    MeshKey.generate().write(key_file)
+    keyed = runner.invoke(
+        main, ["status", "--peer", mesh.nodes[1].peer, "--key-file", str(key_file)]
+    )
+    assert keyed.exit_code == 1
+    assert keyed.output.strip().splitlines() == [
+        f"Error: the meshgpu daemon at {mesh.nodes[1].peer} runs an open mesh (no key) and "
+        f"this client has key {MeshKey.from_file(key_file).fingerprint}: leave out "
+        "--key-file and MESHGPU_KEY, or start the daemons with that key"
+    ]

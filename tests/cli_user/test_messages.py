@@ -1,0 +1,59 @@
+"""What the CLI says when something fails: a deadline names itself, summaries share one
+wording. (Key and no-daemon messages need real daemons with and without a key:
+tests/integration/test_keyed.py and test_serving.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import numpy as np
+import trio
+from click.testing import Result
+
+from meshgpu.cli.submit import tasks_line
+from meshgpu.core.tasks.state import expire
+from meshgpu.daemon.runtime import Daemon
+from meshgpu.daemon.status import DEADLINE_REASON, explained_reason
+from tests.cli_user.test_collect import WAIT_S, cli
+from tests.cli_user.test_preflight import two_input_model
+from tests.daemon.test_runtime import settings
+
+
+def test_the_deadline_reason_is_the_one_the_core_gives_an_expired_task() -> None:
+    assert inspect.signature(expire).parameters["reason"].default == DEADLINE_REASON
+    assert "within 2.5 s" in explained_reason(DEADLINE_REASON, 2.5)
+    assert explained_reason(DEADLINE_REASON, None) == DEADLINE_REASON
+    assert explained_reason("InputError: bad", 2.5) == "InputError: bad"
+
+
+def test_summaries_say_n_of_m_tasks_one_way() -> None:
+    assert tasks_line(1, 1, "done") == "1 of 1 task done"
+    assert tasks_line(0, 3, "submitted") == "0 of 3 tasks submitted"
+
+
+def test_a_task_past_its_deadline_fails_with_the_deadline_named(tmp_path: Path) -> None:
+    model = two_input_model(tmp_path / "pair.onnx")
+    for side in ("a", "b"):
+        np.save(tmp_path / f"{side}.npy", np.ones((2, 3), np.float32))
+    outcome: list[Result] = []
+
+    async def main_task() -> None:
+        # A device that holds each task for 5 s: a 0.5 s deadline passes mid-run.
+        slow = dataclasses.replace(settings(tmp_path / "solo"), device="synthetic:5000")
+        async with trio.open_nursery() as nursery:
+            daemon: Daemon = await nursery.start(Daemon(slow).run)
+            peer = f"127.0.0.1:{daemon.address[1]}"
+            args = ["submit", str(model), "-i", f"a={tmp_path / 'a.npy'}"]
+            args += ["-i", f"b={tmp_path / 'b.npy'}", "--deadline", "0.5", "--replicas", "1"]
+            args += ["-o", str(tmp_path / "out"), "--peer", peer]
+            with trio.fail_after(WAIT_S):
+                outcome.append(await trio.to_thread.run_sync(lambda: cli(*args)))
+            daemon.request_stop()
+
+    trio.run(main_task)
+    result = outcome[0]
+    assert result.exit_code == 1, result.output
+    assert "deadline exceeded: not done within 0.5 s of its submission" in result.stderr
+    assert "0 of 1 task done, 1 failed" in result.stderr
