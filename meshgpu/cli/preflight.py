@@ -78,33 +78,16 @@ def check_input_names(model: ModelInputs, given: Iterable[str], model_name: str)
 
 
 def check_npy_files(tasks: Iterable[TaskInputs]) -> None:
-    """Every file of every task is a readable ``.npy`` of the size its header says."""
-    seen: set[Path] = set()
+    """Every file of every task gives its input a numeric array
+    (:func:`meshgpu.client.inputs.check_input_file`: headers only)."""
+    from meshgpu.client.inputs import check_input_file
+
+    seen: set[tuple[Path, str]] = set()
     for task in tasks:
         for name, path in task.paths.items():
-            if path not in seen:
-                seen.add(path)
-                check_npy_file(path, name)
-
-
-def check_npy_file(path: Path, name: str) -> None:
-    """A ConfigError naming ``path`` and the input if ``path`` cannot be read as an array."""
-    import numpy as np
-
-    try:
-        np.load(path, mmap_mode="r", allow_pickle=False)  # the header and the file size
-        return
-    except (OSError, ValueError, EOFError):
-        pass  # numpy's own reader says better what is wrong (and some files cannot be mapped)
-    try:
-        np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        detail = str(error) or type(error).__name__
-        if isinstance(error, EOFError):
-            detail = "the file is empty or not a .npy file"
-        raise ConfigError(
-            f"cannot read {path} for input {name!r}: {detail}; write it with numpy.save"
-        ) from None
+            if (path, name) not in seen:
+                seen.add((path, name))
+                check_input_file(path, name)
 
 
 def prepare_output_dir(path: Path) -> None:

@@ -84,9 +84,10 @@ def model_input_names(model: Any) -> list[str]:
     multiple=True,
     required=True,
     metavar="NAME=PATH",
-    help="A model input: NAME=PATH where PATH is a .npy file, a directory of .npy files, "
-    "or a glob ('data/*.npy'). Each file is one task; several inputs pair up by file "
-    "name. NAME= may be left out when the model has one input. Repeat per input.",
+    help="A model input: NAME=PATH where PATH is a .npy or .npz file (the array named "
+    "NAME, or its only one), a directory of them, or a glob ('data/*.npy'). Each file "
+    "is one task; several inputs pair up by file name. NAME= may be left out when the "
+    "model has one input. Repeat per input.",
 )
 @output_option("Directory for the outputs: one <stem>.npz per task (arrays by output name).")
 @connection_options
@@ -229,17 +230,9 @@ def outcome_line(report: dict[str, Any], output: Path, no_wait: bool, replicas: 
 
 
 def _load(paths: dict[str, Path]) -> dict[str, Any]:
-    import numpy as np
+    from meshgpu.client.inputs import load_input
 
-    from meshgpu.errors import ConfigError
-
-    arrays = {}
-    for name, path in paths.items():
-        try:
-            arrays[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as error:  # changed since the preflight check
-            raise ConfigError(f"cannot read {path} for input {name!r}: {error}") from None
-    return arrays
+    return {name: load_input(path, name) for name, path in paths.items()}
 
 
 async def _run(

@@ -117,3 +117,19 @@ def test_ids_are_read_from_either_output_of_no_wait(
     text: str, expected: list[tuple[str, str]]
 ) -> None:
     assert read_ids(text) == expected
+
+
+def test_an_npz_of_outputs_feeds_the_next_submission_by_array_name(tmp_path: Path) -> None:
+    """meshgpu's own output format is an input format: the arrays go by name."""
+    model = two_input_model(tmp_path / "pair.onnx")
+    np.savez(tmp_path / "both.npz", a=np.full((2, 3), 2, np.float32), b=np.ones((2, 3), "f4"))
+
+    def scenario(peer: str) -> list[Result]:
+        both = str(tmp_path / "both.npz")
+        args = ["submit", str(model), "-i", f"a={both}", "-i", f"b={both}", "--replicas", "1"]
+        return [cli(*args, "-o", str(tmp_path / "out"), "--peer", peer)]
+
+    [outcome] = serve_and_run(tmp_path, scenario)
+    assert outcome.exit_code == 0, outcome.output
+    with np.load(tmp_path / "out" / "both.npz") as saved:
+        np.testing.assert_array_equal(saved["s"], np.full((2, 3), 3, np.float32))

@@ -107,3 +107,24 @@ def test_an_output_directory_that_cannot_be_made_stops_before_sending(
         str(model), "-i", f"a={sample}", "-i", f"b={sample}", "-o", str(blocker / "out")
     )
     assert code == 1 and f"cannot create the output directory {blocker / 'out'}" in output
+
+
+def test_strings_text_and_npz_without_the_array_stop_before_anything_is_sent(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, sample = pair
+    words = tmp_path / "words.npy"
+    np.save(words, np.array(["hello", "world"]))
+    table = tmp_path / "table.csv"
+    table.write_text("1,2,3\n4,5,6\n")
+    other = tmp_path / "other.npz"
+    np.savez(other, left=np.zeros((2, 3), np.float32), right=np.zeros((2, 3), np.float32))
+    for bad, expected in (
+        (words, "holds a <U5 array (strings)"),
+        (table, "is a text file, not a .npy array"),
+        (other, "holds 'left', 'right' and no array named 'a'"),
+    ):
+        code, output = submit(str(model), "-i", f"a={bad}", "-i", f"b={sample}")
+        assert code == 1 and expected in output, output
+        assert "no meshgpu daemon answered" not in output  # refused before the network
+        assert "allow_pickle" not in output
