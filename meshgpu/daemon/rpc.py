@@ -147,8 +147,8 @@ async def open_rpc(
         # The reader never raises, so a group holds the caller's own error: unwrap it
         # so callers can `except ClientError` as with any other call.
         if len(group.exceptions) == 1:
-            error = group.exceptions[0]
-            raise error from error.__cause__  # the cause says why (a wrong mesh key)
+            only = group.exceptions[0]
+            raise only from only.__cause__  # the cause says why (a wrong mesh key)
         raise
     finally:
         with trio.CancelScope(shield=True):
