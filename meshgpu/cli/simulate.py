@@ -68,6 +68,8 @@ def simulate(
         scenario = load_scenario(scenario_path).with_overrides(
             seed=seed, nodes=nodes, duration_s=duration
         )
+        for note in scenario.notes:
+            errors.print(f"note: {note}", highlight=False, soft_wrap=True)
         with _Progress(errors, scenario.name) as progress:
             if trace_path is not None:
                 with trace_path.open("w", encoding="utf-8") as trace:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from meshgpu.errors import SimulationError
-from meshgpu.sim.invariants import default_checkers, detection_bound
+from meshgpu.sim.invariants import convergence_bound, default_checkers, detection_bound
 from meshgpu.sim.observers import Observer
+from meshgpu.sim.research_metrics import BeliefTrace, ResearchMetrics, distribution
 from meshgpu.sim.runner import NodeFactory, Simulation
 from meshgpu.sim.scenario import EXTENSION_SECTIONS, Scenario
 from meshgpu.sim.views import ViewTracker
@@ -113,8 +114,12 @@ def run_scenario(
     sim = Simulation(scenario, node_factory=node_factory, trace=trace, progress=progress)
     checkers = default_checkers(scenario, sim.config, views)
     counters = CounterTotals()
+    window = detection_bound(scenario, sim.config) + convergence_bound(scenario, sim.config)
+    research = [ResearchMetrics(views, window)]
+    if trace is not None:
+        research.append(BeliefTrace())
     extras = [*build_extensions(scenario), *observers]
-    sim.observers = [views, *checkers, counters, *extras]
+    sim.observers = [views, *checkers, counters, *research, *extras]
     started = time.perf_counter()
     cpu_started = time.process_time()
     totals = sim.run()
@@ -127,6 +132,9 @@ def run_scenario(
         invariants.update(observer.invariants())
         skipped.update(getattr(observer, "skipped", dict)())
         metrics.update(observer.metrics())
+    metrics["leader_failover"] = distribution(metrics.get("leader_failover_s", []))
+    if scenario.notes:
+        metrics["notes"] = list(scenario.notes)
     metrics["cpu_s"] = round(cpu, 3)  # wall_s on a shared machine includes waiting
     metrics["detection_bound_s"] = round(detection_bound(scenario, sim.config), 6)
     metrics["lifeguard"] = bool(sim.config.lifeguard)

@@ -130,6 +130,8 @@ class Simulation:
         self.config = mesh_config_for(scenario)
         self.slow: list[Slow | None] = [None] * n
         self.counters: dict[str, int] = {"unroutable": 0, "to_down_node": 0}
+        self.bytes_sent = 0
+        """Payload bytes of every datagram the nodes sent (routable or not)."""
         self.network = Network(
             n,
             scenario.network,
@@ -147,6 +149,7 @@ class Simulation:
         self.schedule_random = stream(self.seed, "schedule")
         self._trace = trace
         self._trace_lines: list[str] = []
+        self._view_lines: list[tuple[int, str]] = []
         self._trace_hash = hashlib.sha256()
         self._progress = progress
         self._next_progress = PROGRESS_EVERY
@@ -178,6 +181,14 @@ class Simulation:
     def trace_event(self, kind: str, **fields: Any) -> None:
         """Append an extension's own line to the event trace (and to the hash)."""
         self._emit(_json_line(self.now, kind, fields))
+
+    def trace_view(self, kind: str, **fields: Any) -> None:
+        """Write a line about what a node now believes (``suspect``, ``leader``, ...) to the
+        trace file, after the event that caused it. Not part of ``trace_sha256``: these
+        lines follow from the hashed ones, and recording them must not change the hash
+        of a run. Dropped when no trace file is written."""
+        if self._trace is not None:
+            self._view_lines.append((len(self._trace_lines), _json_line(self.now, kind, fields)))
 
     def up_indices(self) -> list[int]:
         return [i for i in range(self.node_count) if self.up[i]]
@@ -324,6 +335,7 @@ class Simulation:
                 raise self._handle_error(index, event, error) from error
             for effect in effects:
                 if type(effect) is SendDatagram:
+                    self.bytes_sent += len(effect.payload)
                     destination = route(effect.destination)
                     if destination is None:
                         counters["unroutable"] += 1
@@ -387,6 +399,7 @@ class Simulation:
         up = self.up
         for effect in effects:
             if type(effect) is SendDatagram:
+                self.bytes_sent += len(effect.payload)
                 destination = self.index_of_address.get(effect.destination)
                 if destination is None:
                     self.counters["unroutable"] += 1
@@ -521,14 +534,16 @@ class Simulation:
 
     def _flush_trace(self) -> None:
         lines = self._trace_lines
-        if not lines:
+        views = self._view_lines
+        if not lines and not views:
             return
-        chunk = "\n".join(lines) + "\n"
+        chunk = "\n".join(lines) + "\n" if lines else ""
+        if self._trace is not None:
+            self._trace.write(_interleave(lines, views) if views else chunk)
+            views.clear()
         self._flushed_lines += len(lines)
         lines.clear()  # in place: the loop holds a reference to the list
         self._trace_hash.update(chunk.encode())
-        if self._trace is not None:
-            self._trace.write(chunk)
 
 
 class _FaultApplier:
@@ -559,6 +574,18 @@ def _core_node_factory(scenario: Scenario) -> NodeFactory:
         return Node(node_id, address, config, rng, now, incarnation)
 
     return build
+
+
+def _interleave(lines: list[str], views: list[tuple[int, str]]) -> str:
+    """The trace lines with the view lines inserted at their positions."""
+    merged: list[str] = []
+    start = 0
+    for position, line in views:
+        merged.extend(lines[start:position])
+        merged.append(line)
+        start = position
+    merged.extend(lines[start:])
+    return "\n".join(merged) + "\n"
 
 
 def _describe(event: Any) -> str:

@@ -92,6 +92,9 @@ class Scenario:
     faults: tuple[Fault, ...] = ()
     extensions: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = "<inline>"
+    notes: tuple[str, ...] = field(default=(), compare=False)
+    """What an override did that the file does not say (``--nodes`` on explicit groups);
+    reported with the run."""
     link_count: int = field(default=0, compare=False)
     """How many of ``faults`` (the first ones) are ``[[network.link]]`` overrides; the
     rest are the ``[[fault]]`` tables in file order, numbered from 1 in every message."""
@@ -107,6 +110,8 @@ class Scenario:
             duration_s=self.duration_s if duration_s is None else duration_s,
         )
         validate(changed)
+        if nodes is not None and nodes != self.nodes:
+            changed = replace(changed, notes=(*self.notes, *_resize_notes(changed, self.nodes)))
         return changed
 
 
@@ -212,6 +217,44 @@ def validate(scenario: Scenario) -> None:
         if isinstance(fault, Partition) and any(x <= 0 for x in fault.fractions):
             raise ConfigError(f"{label}: partition fractions must be > 0")
     mesh_config_for(scenario)
+
+
+def _resize_notes(scenario: Scenario, old_nodes: int) -> list[str]:
+    """Say what a new node count does to partitions that list their groups explicitly
+    (``fractions`` scale with the mesh; explicit groups do not)."""
+    notes = []
+    for position, fault in enumerate(scenario.faults):
+        if not isinstance(fault, Partition) or not fault.groups:
+            continue
+        listed = {i for group in fault.resolve(scenario.nodes) for i in group}
+        unlisted = [i for i in range(scenario.nodes) if i not in listed]
+        label = fault_label(scenario, position)
+        if not unlisted:
+            continue
+        span = _spans(unlisted)
+        if scenario.nodes > old_nodes:
+            what = f"--nodes {scenario.nodes} (was {old_nodes}) adds nodes its groups do not list"
+        else:
+            what = f"with --nodes {scenario.nodes} (was {old_nodes}) its groups leave nodes out"
+        notes.append(
+            f"{label}: {what}: {span} form one more group of their own, cut off from the "
+            "listed groups; use fractions = [...] for groups that scale with the mesh"
+        )
+    return notes
+
+
+def _spans(indices: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"nodes 0..2, 5"`` (inclusive spans, for messages)."""
+    parts: list[str] = []
+    start = previous = indices[0]
+    for index in [*indices[1:], None]:
+        if index is not None and index == previous + 1:
+            previous = index
+            continue
+        parts.append(str(start) if start == previous else f"{start}..{previous}")
+        if index is not None:
+            start = previous = index
+    return "nodes " + ", ".join(parts)
 
 
 def fault_label(scenario: Scenario, position: int) -> str:
