@@ -180,12 +180,22 @@ def _number(value: float | int | bool) -> str:
 @click.command("devices")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def devices(as_json: bool) -> None:
-    """List every device this machine can run inference on."""
+    """List every device this machine can run inference on, each probed.
+
+    Every OpenCL device builds and runs a small model and is compared with numpy; the
+    verdict (usable, and the problem when not) is cached per device and driver, so only
+    the first call on a machine pays the probe (its probe_ms)."""
     from meshgpu import inference
+    from meshgpu.inference import probe
 
     found = inference.devices()
+    judged = [probe.verdict(device) for device in found]
     if as_json:
-        click.echo(json.dumps({"devices": [device.as_dict() for device in found]}))
+        entries = [
+            device.as_dict() | verdict.as_dict()
+            for device, verdict in zip(found, judged, strict=True)
+        ]
+        click.echo(json.dumps({"devices": entries}))
         return
     from rich.console import Console
     from rich.table import Table
@@ -194,6 +204,12 @@ def devices(as_json: bool) -> None:
     # per device with twelve properties is not.
     table = Table("property", *(device.id for device in found), title="inference devices")
     rows: list[tuple[str, list[str]]] = [
+        ("usable", ["yes" if v.usable else "NO" for v in judged]),
+        ("problem", [v.problem or "-" for v in judged]),
+        (
+            "probe",
+            [_probe_cell(device.backend, v) for device, v in zip(found, judged, strict=True)],
+        ),
         ("name", [device.name for device in found]),
         ("vendor", [device.vendor for device in found]),
         ("type", [device.type for device in found]),
@@ -209,12 +225,25 @@ def devices(as_json: bool) -> None:
     ]
     for label, values in rows:
         table.add_row(label, *values)
-    Console().print(table)
-    if not any(device.backend == "opencl" for device in found):
+    console = Console()
+    console.print(table)
+    for device, verdict in zip(found, judged, strict=True):
+        if not verdict.usable:
+            console.print(f"{device.id} ({device.name}) is not used: {verdict.advice}")
+    opencl = [v for device, v in zip(found, judged, strict=True) if device.backend == "opencl"]
+    if not opencl:
         print(
             "no OpenCL device: install pyopencl with PoCL (pip install 'pyopencl[pocl]')",
             file=sys.stderr,
         )
+    elif not any(v.usable for v in opencl):
+        print("no usable OpenCL device: backend 'auto' runs on onnxruntime", file=sys.stderr)
+
+
+def _probe_cell(backend: str, verdict: Any) -> str:
+    if backend != "opencl":
+        return "reference"
+    return f"{verdict.probe_ms:.0f} ms" + (" (cached)" if verdict.cached else "")
 
 
 __all__ = ["devices", "run"]

@@ -190,7 +190,9 @@ def devices() -> tuple[DeviceInfo, ...]:
 
 
 def default_device(backend: BackendName) -> DeviceInfo:
-    """The device a backend uses when none is named: the first GPU, else the first device."""
+    """The device a backend uses when none is named: the first usable GPU, else the first
+    usable device. OpenCL devices are probed (:mod:`meshgpu.inference.probe`) in that order
+    until one passes; when none does, the :class:`DeviceError` names each one's problem."""
     candidates = [device for device in devices() if device.backend == backend]
     if not candidates:
         if backend == "opencl":
@@ -201,7 +203,20 @@ def default_device(backend: BackendName) -> DeviceInfo:
             )
         raise DeviceError("onnxruntime is not installed: pip install onnxruntime")
     gpus = [device for device in candidates if "GPU" in device.type]
-    return (gpus or candidates)[0]
+    ordered = gpus + [device for device in candidates if device not in gpus]
+    if backend != "opencl":
+        return ordered[0]
+    from meshgpu.inference.probe import verdict
+
+    problems = []
+    advice = ""
+    for device in ordered:
+        found = verdict(device)
+        if found.usable:
+            return device
+        problems.append(f"{device.id} ({device.name}): {found.problem}")
+        advice = advice or (found.advice or "")
+    raise DeviceError("no usable OpenCL device: " + "; ".join(problems) + f"; {advice}")
 
 
 def select_device(spec: str | DeviceInfo) -> DeviceInfo:

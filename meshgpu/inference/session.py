@@ -7,6 +7,14 @@ onnxruntime, and the session's ``backend_reason`` says which and why (it is logg
 :class:`UnsupportedOperatorError` naming the op, its opset and the node, unless the caller
 passed ``allow_fallback=True``.
 
+Devices are probed, not trusted (:mod:`meshgpu.inference.probe`): ``auto`` picks usable
+devices only, and ``backend="opencl"`` on a device that failed its probe is a
+:class:`DeviceError` naming the problem. A model whose kernels fail to build or run on a
+usable device falls back to onnxruntime where fallback is allowed (``auto``, or
+``allow_fallback=True``): the reason is logged once, and the (device, model) pair is
+remembered as failing, so later loads of that model in this process go straight to
+onnxruntime instead of rebuilding what failed.
+
 All checks that can fail on the caller's input (model file, feeds, memory estimate) run here
 or in :mod:`meshgpu.inference.model` before any device work.
 """
@@ -16,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
@@ -23,7 +32,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import onnx
 
-from meshgpu.errors import DeviceError, InferenceError, UnsupportedOperatorError
+from meshgpu.errors import (
+    DeviceError,
+    InferenceError,
+    MeshError,
+    PermanentTaskError,
+    UnsupportedOperatorError,
+)
 from meshgpu.inference.devices import (
     DeviceInfo,
     default_device,
@@ -87,12 +102,17 @@ class Session:
         backend: Literal["opencl", "onnxruntime"],
         device: DeviceInfo,
         reason: str,
+        fallback: str | None = None,
     ) -> None:
         self._implementation = implementation
         self.model = model
         self.backend = backend
         self.device = device
         self.backend_reason = reason
+        self._fallback = fallback
+        """Why an OpenCL failure at run time may switch this session to onnxruntime
+        (``"backend='auto'"``, ``"allow_fallback=True"``), or None: the error is raised."""
+        self._switch_lock = threading.Lock()
         self.inputs: InputSpec = model.inputs
         self.outputs: list[str] = model.outputs
         self.last_run_seconds = 0.0
@@ -133,9 +153,49 @@ class Session:
             if signature is not None and len(self._accepted) < _ACCEPTED_SIGNATURES:
                 self._accepted.add(signature)
         started = time.perf_counter()
-        results = self._implementation.run(checked)
+        implementation = self._implementation
+        try:
+            results = implementation.run(checked)
+        except PermanentTaskError:
+            raise
+        except Exception as error:
+            if self.backend != "opencl":
+                raise
+            if self._fallback is None:
+                if isinstance(error, MeshError):
+                    raise
+                from meshgpu.inference.probe import describe_failure
+
+                raise DeviceError(
+                    f"OpenCL on {self.device.id} ({self.device.name}) failed running this "
+                    f"model: {describe_failure(error)}; use allow_fallback=True or "
+                    "backend='onnxruntime'"
+                ) from error
+            self._fall_back(implementation, error)
+            started = time.perf_counter()
+            results = self._implementation.run(checked)
         self.last_run_seconds = time.perf_counter() - started
         return {name: results[name] for name in self.outputs}
+
+    def _fall_back(self, failed: BackendSession, error: Exception) -> None:
+        """The OpenCL run failed (a kernel that did not build for these shapes, a device
+        error): continue on onnxruntime, remember the pair, log the reason once."""
+        from meshgpu.inference.onnxruntime_backend import OnnxRuntimeSession
+        from meshgpu.inference.probe import describe_failure
+
+        with self._switch_lock:
+            if self._implementation is not failed:
+                return  # another thread switched already
+            cause = (
+                f"OpenCL on {self.device.id} ({self.device.name}) failed running this model: "
+                f"{describe_failure(error)}"
+            )
+            mark_failing(self.device, self.digest, cause, self.model.source)
+            implementation = OnnxRuntimeSession(self.model.proto)
+            self.device = select_device("onnxruntime:cpu")
+            self.backend = "onnxruntime"
+            self.backend_reason = f"{cause}; fell back ({self._fallback})"
+            self._implementation = implementation
 
     def __repr__(self) -> str:
         return (
@@ -175,6 +235,28 @@ def _largest_initializer(proto: onnx.ModelProto) -> int:
         for tensor in proto.graph.initializer
     ]
     return max(sizes, default=0)
+
+
+_failing: dict[tuple[str, str], str] = {}
+"""(OpenCL device id, model digest) -> why that model failed there (module docstring)."""
+_failing_lock = threading.Lock()
+
+
+def mark_failing(device: DeviceInfo, digest: str, cause: str, source: str) -> None:
+    """Remember that model ``digest`` fails on ``device`` because of ``cause``; logged
+    once per pair."""
+    with _failing_lock:
+        if (device.id, digest) in _failing:
+            return
+        _failing[(device.id, digest)] = cause
+    logger.warning("model %s: %s; it runs on onnxruntime where fallback is allowed", source, cause)
+
+
+def failing_models() -> dict[tuple[str, str], str]:
+    """Every (OpenCL device id, model digest) whose kernels failed in this process, with
+    the reason: those models run on onnxruntime where fallback is allowed."""
+    with _failing_lock:
+        return dict(_failing)
 
 
 def _opencl_module() -> tuple[Any, str]:
@@ -221,6 +303,17 @@ def _opencl_session(
         if fallback:
             return _onnxruntime_session(model, f"{error}; fell back ({why_fallback})")
         raise
+    from meshgpu.inference.probe import verdict
+
+    judged = verdict(info)
+    if not judged.usable:
+        reason = (
+            f"OpenCL device {info.id} ({info.name}) failed its probe: {judged.problem}; "
+            f"{judged.advice}"
+        )
+        if fallback:
+            return _onnxruntime_session(model, f"{reason}; fell back ({why_fallback})")
+        raise DeviceError(reason + "; or use backend='auto' or 'onnxruntime'")
     unsupported = list(opencl.unsupported_operators(model.proto))
     if unsupported:
         reason = "the OpenCL executor does not support " + _describe_unsupported(unsupported)
@@ -229,6 +322,11 @@ def _opencl_session(
         raise UnsupportedOperatorError(
             reason + "; load with backend='onnxruntime' or allow_fallback=True"
         )
+    known_failure = failing_models().get((info.id, model.digest))
+    if known_failure is not None:
+        if fallback:
+            return _onnxruntime_session(model, f"{known_failure}; fell back ({why_fallback})")
+        raise DeviceError(known_failure + "; use allow_fallback=True or backend='onnxruntime'")
     try:
         check_fits(model, info)
         implementation = opencl.OpenCLSession(model.proto, device=opencl_device(info))
@@ -236,13 +334,30 @@ def _opencl_session(
         if fallback:
             return _onnxruntime_session(model, f"OpenCL on {info.id}: {error}; fell back")
         raise
+    except PermanentTaskError:
+        raise
+    except Exception as error:  # the driver failed building this model's kernels
+        from meshgpu.inference.probe import describe_failure
+
+        cause = (
+            f"OpenCL on {info.id} ({info.name}) could not build this model: "
+            f"{describe_failure(error)}"
+        )
+        if not fallback:
+            raise DeviceError(
+                cause + "; use allow_fallback=True or backend='onnxruntime'"
+            ) from error
+        mark_failing(info, model.digest, cause, model.source)
+        return _onnxruntime_session(model, f"{cause}; fell back ({why_fallback})")
     reason = (
         f"every operator is supported by the OpenCL executor on {info.id} ({info.name})"
         if auto
         else f"backend='opencl' requested; running on {info.id} ({info.name})"
     )
     logger.info("model %s runs on OpenCL: %s", model.source, reason)
-    return Session(implementation, model, "opencl", info, reason)
+    return Session(
+        implementation, model, "opencl", info, reason, fallback=why_fallback if fallback else None
+    )
 
 
 def load(

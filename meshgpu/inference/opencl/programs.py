@@ -53,11 +53,8 @@ def program_for(device: cl.Device, source: str, options: tuple[str, ...] = ()) -
 
 
 def default_device() -> cl.Device:
-    """The first OpenCL device of the first platform that has one."""
-    for platform in cl.get_platforms():
-        found = platform.get_devices()
-        if found:
-            return found[0]
-    from meshgpu.errors import DeviceError
+    """The first usable OpenCL device (GPUs first; each one probed: meshgpu.inference.probe)."""
+    from meshgpu.inference.devices import default_device as usable_default
+    from meshgpu.inference.devices import opencl_device
 
-    raise DeviceError("no OpenCL device found; install pyopencl[pocl] for a CPU device")
+    return opencl_device(usable_default("opencl"))
