@@ -53,6 +53,10 @@ def _load_text(load: dict[str, Any] | None) -> tuple[str, str]:
     if load.get("utilisation"):
         busy += f", {load['utilisation']:.0%} busy"
     devices = ",".join(load.get("devices") or []) + (" fp16" if load.get("fp16") else "")
+    if load.get("usable_devices"):  # what passed its probe, by id and name
+        devices = ", ".join(load["usable_devices"]) + (" (fp16)" if load.get("fp16") else "")
+    if load.get("fallback_models"):
+        devices += "; on onnxruntime: " + ", ".join(load["fallback_models"])
     return busy, devices
 
 

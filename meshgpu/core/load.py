@@ -28,6 +28,12 @@ from meshgpu.core.messages import (
 )
 from meshgpu.core.types import Address, NodeId
 
+MAX_REPORTED_DEVICES = 4
+"""At most this many usable devices and this many fallback models travel in a load."""
+DEVICE_LABEL_LENGTH = 48
+FALLBACK_DIGEST_LENGTH = 16
+"""Fallback models travel as digest prefixes: enough to name a model in ``status``."""
+
 MAX_ENCODED_LOAD_BYTES = 600
 """A load update is trimmed (latency estimates dropped from the end) to fit this size, so
 that one load never crowds membership updates out of a datagram."""
@@ -55,10 +61,16 @@ class LoadVector:
     memory_total: int = 0
     capabilities: DeviceCapabilities = field(default_factory=DeviceCapabilities)
     latency_estimates: tuple[tuple[str, float], ...] = ()
+    usable_devices: tuple[str, ...] = ()
+    """The devices the node runs on that passed their probe (``"opencl:0 <name>"``,
+    ``"onnxruntime:cpu"``); empty where nothing was probed (the simulator)."""
+    fallback_models: tuple[str, ...] = ()
+    """Digest prefixes of the models the node runs on onnxruntime because OpenCL cannot
+    run them there (a device that failed its probe, kernels that failed to build)."""
 
     def to_fields(self) -> list[Any]:
         caps = self.capabilities
-        return [
+        fields = [
             self.version,
             self.active_tasks,
             self.free_slots,
@@ -71,10 +83,28 @@ class LoadVector:
             caps.memory_total,
             [[digest, seconds] for digest, seconds in self.latency_estimates],
         ]
+        # Encoded only when present, so loads without them (the simulator's) keep their
+        # exact bytes, and with them the reference trace hashes.
+        if self.usable_devices or self.fallback_models:
+            fields += [list(self.usable_devices), list(self.fallback_models)]
+        return fields
 
     @classmethod
     def from_fields(cls, raw: object) -> LoadVector:
-        fields = expect_list(raw, "load vector", 11)
+        fields = expect_list(raw, "load vector")
+        if len(fields) not in (11, 13):
+            expect_list(raw, "load vector", 11)  # raises, naming the expected shape
+        devices: tuple[str, ...] = ()
+        fallback: tuple[str, ...] = ()
+        if len(fields) == 13:
+            devices = tuple(
+                expect_str(d, "usable device", DEVICE_LABEL_LENGTH)
+                for d in expect_list(fields[11], "usable devices")[:MAX_REPORTED_DEVICES]
+            )
+            fallback = tuple(
+                expect_str(m, "fallback model", FALLBACK_DIGEST_LENGTH)
+                for m in expect_list(fields[12], "fallback models")[:MAX_REPORTED_DEVICES]
+            )
         return cls(
             version=expect_int(fields[0], "load version"),
             active_tasks=expect_int(fields[1], "active tasks"),
@@ -95,6 +125,8 @@ class LoadVector:
                 )
                 for pair in expect_list(fields[10], "latency estimates")
             ),
+            usable_devices=devices,
+            fallback_models=fallback,
         )
 
 

@@ -28,10 +28,20 @@ its runs are serialised with a per-session lock.
 The error classes decide retries (design, fault tolerance): a
 :class:`~meshgpu.errors.PermanentTaskError` (bad model, bad input) fails the task at
 once; anything else is transient and retried elsewhere.
+
+A device problem is this node's, never the task's (design, "Devices are probed, not
+trusted"): models are loaded with fallback allowed, so a device that failed its probe, or
+kernels that fail to build or run for one model, make that model run on onnxruntime here
+instead of failing the attempt and spending the task's retries on the next node with the
+same driver. Such models are listed in :attr:`Executor.fallback_models` (the load vector
+carries them to ``meshgpu status``), each logged once. Rejected: handing such a task back
+(the leader, which knows nothing of this node's driver, would assign it here again) and
+failing it transiently (every node of a lab with one driver image would fail it in turn).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -46,6 +56,8 @@ import trio
 
 from meshgpu.daemon.synthetic import SyntheticSession, is_synthetic, service_seconds
 from meshgpu.errors import PermanentTaskError
+
+logger = logging.getLogger("meshgpu.daemon")
 
 PREFETCH_PER_SLOT = 1
 """Assignments a node accepts beyond its slots, per slot. Such a task fetches its inputs
@@ -115,6 +127,8 @@ class Executor:
         """Thread time spent running models (for the utilisation in the load vector)."""
         self.inline_runs = 0
         """Runs done on the loop rather than in a worker thread (module doc)."""
+        self.fallback_models: dict[str, str] = {}
+        """Model digest -> why it runs on onnxruntime although OpenCL was asked for."""
 
     @property
     def capacity(self) -> int:
@@ -146,6 +160,7 @@ class Executor:
                 session = await trio.to_thread.run_sync(self._load, model_path)
                 lock = None if session.backend in _THREAD_SAFE else threading.Lock()
                 self._sessions[digest] = _CachedSession(session, lock)
+                self._note_fallback(digest, session)
                 while len(self._sessions) > self.cache_size:
                     self._sessions.popitem(last=False)
             finally:
@@ -159,7 +174,25 @@ class Executor:
             return SyntheticSession(self.device, model_path)
         from meshgpu import inference
 
-        return inference.load(model_path, backend=self.backend, device=self.device)  # type: ignore[arg-type]
+        return inference.load(
+            model_path,
+            backend=self.backend,  # type: ignore[arg-type]
+            device=self.device,
+            allow_fallback=True,  # a device problem is this node's, not the task's
+        )
+
+    def _note_fallback(self, digest: str, session: Any) -> None:
+        """Record (and log once) a model that runs on onnxruntime although this node was
+        asked for OpenCL (``auto`` or ``opencl``): at load, or after a run switched it."""
+        if (
+            self.backend == "onnxruntime"
+            or getattr(session, "backend", None) != "onnxruntime"
+            or digest in self.fallback_models
+        ):
+            return
+        reason = str(getattr(session, "backend_reason", ""))
+        self.fallback_models[digest] = reason
+        logger.warning("model %s runs on onnxruntime on this node: %s", digest[:12], reason)
 
     async def run(
         self,
@@ -229,6 +262,7 @@ class Executor:
                 else:
                     result, elapsed = await trio.to_thread.run_sync(work, cached)
             cached.ran(elapsed / max(1, members), member_bytes)
+            self._note_fallback(digest, cached.session)
             self.busy_seconds += elapsed
             return result, elapsed
         finally:

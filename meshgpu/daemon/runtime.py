@@ -80,7 +80,7 @@ from meshgpu.daemon.payloads import PayloadStore
 from meshgpu.daemon.peer_finding import find_peers_by_mdns, offer_seed_peers
 from meshgpu.daemon.rpc import ConnectionPool
 from meshgpu.daemon.settings import DaemonSettings
-from meshgpu.daemon.status import LoadMeter, device_capabilities
+from meshgpu.daemon.status import LoadMeter, device_capabilities, usable_device_labels
 from meshgpu.daemon.warmup import preload_inference
 from meshgpu.errors import DuplicateIdentityError, StorageError
 
@@ -114,6 +114,8 @@ class Daemon:
         self.discovery: MdnsDiscovery | None = None
         self.capabilities = DeviceCapabilities()
         """This node's devices as last measured (empty until the load reporter ran)."""
+        self.usable_devices: tuple[str, ...] = ()
+        """The devices this node runs on that passed their probe (as the load carries them)."""
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -141,7 +143,7 @@ class Daemon:
         self.executor = Executor(settings.slots, backend=settings.backend, device=settings.device)
         # Before the node exists: the imports hold the GIL for a second or more, which
         # inside the first task starved the loop into false suspicions (warmup.py).
-        preload_inference(settings.backend)
+        preload_inference(settings.backend, settings.device)
         self.guard = DuplicateIdentityGuard(
             self.node_id, trio.current_time(), grace=settings.duplicate_grace
         )
@@ -360,15 +362,16 @@ class Daemon:
 
     async def _report_load(self) -> None:
         """Feed ``LoadChanged`` whenever what we measure changes (checked every interval)."""
+        backend, device = self.settings.backend, self.settings.device
+        labels: tuple[str, ...] = ()
         try:
-            capabilities = await trio.to_thread.run_sync(
-                device_capabilities, self.settings.backend, self.settings.device
-            )
+            capabilities = await trio.to_thread.run_sync(device_capabilities, backend, device)
+            labels = await trio.to_thread.run_sync(usable_device_labels, backend, device)
         except Exception as error:  # a broken driver must not stop gossip
             logger.error("cannot list devices (%r); advertising no capabilities", error)
             capabilities = DeviceCapabilities()
-        self.capabilities = capabilities
-        meter = LoadMeter(capabilities)
+        self.capabilities, self.usable_devices = capabilities, labels
+        meter = LoadMeter(capabilities, labels)
         last: LoadVector | None = None
         while True:
             load = meter.measure(self)

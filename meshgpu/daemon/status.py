@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from meshgpu.core.load import DeviceCapabilities, LoadVector
+from meshgpu.core.load import (
+    DEVICE_LABEL_LENGTH,
+    FALLBACK_DIGEST_LENGTH,
+    MAX_REPORTED_DEVICES,
+    DeviceCapabilities,
+    LoadVector,
+)
 from meshgpu.core.tasks import TaskEntry, TaskId, TaskTable
 from meshgpu.daemon.synthetic import is_synthetic
 
@@ -77,6 +83,8 @@ def _load_fields(load: LoadVector | None) -> dict[str, Any] | None:
         "devices": list(load.capabilities.device_types),
         "fp16": load.capabilities.fp16,
         "latency": dict(load.latency_estimates),
+        "usable_devices": list(load.usable_devices),
+        "fallback_models": list(load.fallback_models),
     }
 
 
@@ -114,7 +122,11 @@ def status_snapshot(daemon: Daemon) -> dict[str, Any]:
             "leaving": daemon.leaving,
             "slots": settings.slots,
             "running": len(daemon.dataplane.running),
+            "attempts": {"ok": daemon.dataplane.completed, "failed": daemon.dataplane.failed},
             "data_dir": str(settings.data_dir),
+            "backend": settings.backend,
+            "usable_devices": list(daemon.usable_devices),
+            "fallback_models": dict(daemon.executor.fallback_models),
         },
         "generation": daemon.generation,
         "leader": node.leader(),
@@ -170,17 +182,14 @@ def task_rows(daemon: Daemon, state: str | None = None) -> list[dict[str, Any]]:
 
 
 def device_capabilities(backend: str, device: str | None) -> DeviceCapabilities:
-    """What this node's devices offer (blocking: OpenCL enumeration; call in a thread)."""
+    """What this node's usable devices offer (blocking: OpenCL enumeration and, for a
+    device not judged yet, its probe; call in a thread)."""
     import os
 
     if backend == "onnxruntime" or is_synthetic(device):  # no OpenCL drivers to wake
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return DeviceCapabilities(device_types=("cpu",), fp16=False, memory_total=memory)
-    from meshgpu import inference
-
-    found = inference.devices()
-    if device is not None:
-        found = tuple(d for d in found if d.id == device) or found
+    found = _usable_devices(device)
     types = sorted({("gpu" if "GPU" in d.type else "cpu") for d in found})
     return DeviceCapabilities(
         device_types=tuple(types),
@@ -189,11 +198,37 @@ def device_capabilities(backend: str, device: str | None) -> DeviceCapabilities:
     )
 
 
+def usable_device_labels(backend: str, device: str | None) -> tuple[str, ...]:
+    """``"<id> <name>"`` of each device this node may run on that passed its probe (for
+    the load vector; blocking like :func:`device_capabilities`)."""
+    if is_synthetic(device):
+        return ()
+    if backend == "onnxruntime":
+        return ("onnxruntime:cpu",)
+    labels = [
+        d.id if d.backend == "onnxruntime" else f"{d.id} {d.name}" for d in _usable_devices(device)
+    ]
+    return tuple(label[:DEVICE_LABEL_LENGTH] for label in labels[:MAX_REPORTED_DEVICES])
+
+
+def _usable_devices(device: str | None) -> list[Any]:
+    from meshgpu import inference
+    from meshgpu.inference import probe
+
+    found = inference.devices()
+    if device is not None:
+        found = tuple(d for d in found if d.id == device) or found
+    return [d for d in found if probe.verdict(d).usable]
+
+
 class LoadMeter:
     """Turns the executor's counters into the load vector the daemon reports."""
 
-    def __init__(self, capabilities: DeviceCapabilities) -> None:
+    def __init__(
+        self, capabilities: DeviceCapabilities, usable_devices: tuple[str, ...] = ()
+    ) -> None:
         self.capabilities = capabilities
+        self.usable_devices = usable_devices
         self._last_busy = 0.0
         self._last_time: float | None = None
 
@@ -217,4 +252,9 @@ class LoadMeter:
             memory_used=0,
             memory_total=self.capabilities.memory_total,
             capabilities=self.capabilities,
+            usable_devices=self.usable_devices,
+            fallback_models=tuple(
+                digest[:FALLBACK_DIGEST_LENGTH]
+                for digest in list(executor.fallback_models)[:MAX_REPORTED_DEVICES]
+            ),
         )

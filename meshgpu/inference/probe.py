@@ -270,7 +270,8 @@ def _reference(
     gate = 1.0 / (1.0 + np.exp(-(gemm + shift)))
     gated = gate * gemm
     exp = np.exp(gated - gated.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
+    result: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return result
 
 
 def _probe(device: DeviceInfo) -> DeviceVerdict:
@@ -309,13 +310,13 @@ def _problem(device: DeviceInfo) -> str | None:
         return f"wrong results: output 'y' has shape {got.shape}, expected {expected.shape}"
     if not np.all(np.isfinite(got)):
         return "wrong results: output 'y' holds NaN or infinity where numpy has finite values"
-    error = np.abs(got.astype(np.float64) - expected)
+    deviation = np.abs(got.astype(np.float64) - expected)
     allowed = TOLERANCE * np.maximum(1.0, np.abs(expected))
-    if np.any(error > allowed):
-        worst = np.unravel_index(int(np.argmax(error - allowed)), error.shape)
+    if np.any(deviation > allowed):
+        worst = np.unravel_index(int(np.argmax(deviation - allowed)), deviation.shape)
         return (
             f"wrong results: output 'y'{list(worst)} is {got[worst]:.6g} where numpy computes "
-            f"{expected[worst]:.6g} (error {error[worst]:.3g}, allowed {allowed[worst]:.3g})"
+            f"{expected[worst]:.6g} (error {deviation[worst]:.3g}, allowed {allowed[worst]:.3g})"
         )
     return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -67,7 +68,24 @@ UPDATES = [
     Dead("n1", 3, "n2"),
     Left("n1", 4),
     LoadUpdate("n1", LOAD),
+    LoadUpdate(
+        "n2",
+        dataclasses.replace(
+            LOAD, usable_devices=("opencl:1 gfx803", "onnxruntime:cpu"), fallback_models=("ab12",)
+        ),
+    ),
 ]
+
+
+def test_a_load_without_device_reports_keeps_its_eleven_fields() -> None:
+    """The device fields are encoded only when present: the simulator's loads (and so
+    every reference trace hash) keep their bytes."""
+    assert len(LOAD.to_fields()) == 11
+    reported = dataclasses.replace(LOAD, usable_devices=("onnxruntime:cpu",))
+    assert len(reported.to_fields()) == 13
+    assert LoadVector.from_fields(reported.to_fields()) == reported
+    with pytest.raises(DecodeError, match="11 items"):
+        LoadVector.from_fields([*LOAD.to_fields(), []])
 
 
 @pytest.mark.parametrize("body", BODIES)

@@ -57,4 +57,5 @@ def default_device() -> cl.Device:
     from meshgpu.inference.devices import default_device as usable_default
     from meshgpu.inference.devices import opencl_device
 
-    return opencl_device(usable_default("opencl"))
+    device: cl.Device = opencl_device(usable_default("opencl"))
+    return device
