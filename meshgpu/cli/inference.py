@@ -179,7 +179,12 @@ def _number(value: float | int | bool) -> str:
 
 @click.command("devices")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def devices(as_json: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Exit with status 1 when no OpenCL device is usable (for install scripts and CI).",
+)
+def devices(as_json: bool, check: bool) -> None:
     """List every device this machine can run inference on, each probed.
 
     Every OpenCL device builds and runs a small model and is compared with numpy; the
@@ -190,6 +195,15 @@ def devices(as_json: bool) -> None:
 
     found = inference.devices()
     judged = [probe.verdict(device) for device in found]
+    _show_devices(found, judged, as_json)
+    usable_opencl = any(
+        v.usable for device, v in zip(found, judged, strict=True) if device.backend == "opencl"
+    )
+    if check and not usable_opencl:
+        raise SystemExit(1)
+
+
+def _show_devices(found: Any, judged: list[Any], as_json: bool) -> None:
     if as_json:
         entries = [
             device.as_dict() | verdict.as_dict()

@@ -60,6 +60,13 @@ def test_this_machine_has_a_usable_opencl_device(own_cache: Path) -> None:
         assert verdict.probe_ms > 0 and not verdict.cached
 
 
+def test_devices_check_passes_on_this_machine(tmp_path: Path) -> None:
+    """``.ci/run`` relies on it: exit status 0 when an OpenCL device is usable."""
+    checked = meshgpu_cli("devices", "--check", env={}, cache=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "usable" in checked.stdout
+
+
 def test_a_second_start_reads_the_cached_verdict_and_builds_nothing(own_cache: Path) -> None:
     first = probe.verdict(OPENCL[0])
     assert own_cache.is_file()
@@ -192,6 +199,12 @@ def test_broken_pocl_is_reported_unusable_with_the_cause_and_what_to_install(
         assert "apt-get install pocl-opencl-icd" in entry["advice"]
         assert entry["probe_ms"] > 0
     assert entries[-1]["id"] == "onnxruntime:cpu" and entries[-1]["usable"] is True
+    if all(device.platform == probe.POCL_PLATFORM for device in OPENCL):
+        checked = meshgpu_cli("devices", "--check", "--json", env=BROKEN_POCL, cache=tmp_path)
+        again = json.loads(checked.stdout)["devices"]
+        assert checked.returncode == 1
+        assert all(entry["probe_cached"] for entry in again)  # the first call's verdicts
+        assert [e["problem"] for e in again] == [e["problem"] for e in entries]
     table = meshgpu_cli("devices", env=BROKEN_POCL, cache=tmp_path)
     assert table.returncode == 0, table.stderr
     assert "usable" in table.stdout and "pocl-opencl-icd" in table.stdout + table.stderr
