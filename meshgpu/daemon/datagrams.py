@@ -117,9 +117,8 @@ class GossipSocket:
         guard = daemon.guard
         try:
             message = guard.observe(sender, False, source, trio.current_time())
-        except DuplicateIdentityError as error:
-            logger.error("%s", error)
-            daemon.request_stop(error)
+        except DuplicateIdentityError:
+            daemon.twin_found(source)  # the API port is the gossip port
             return False
         if message is None:
             return True

@@ -72,7 +72,9 @@ class ClientHandlers:
     # --- client ops --------------------------------------------------------------------
 
     async def op_ping(self, request: Message, responder: Responder) -> Message:
-        return {"node_id": self.daemon.node_id}
+        """Who answers: the node id, and the token of its data dir (a node that shares
+        our id tells a copied data dir from a second node of the same name by it)."""
+        return {"node_id": self.daemon.node_id, "dir_token": self.daemon.dir_token}
 
     async def op_status(self, request: Message, responder: Responder) -> Message:
         from meshgpu.daemon.status import status_snapshot

@@ -11,12 +11,19 @@ Three guards against the identity mix-ups users of peer-to-peer tools hit most:
   the process (the kernel drops it when the process dies, even by SIGKILL, so there are
   no stale locks to clean); a second daemon on the same dir is refused and told the
   pid of the first.
-* **One live node per id.** If the data dir was copied to another machine, two live
-  nodes share an id. Every envelope names its sender and a random per-process session
+* **The data dir decides the name.** ``--name`` names a node the first time only; a
+  ``--name`` that disagrees with the data dir's identity is refused with both names
+  (silently running as the stored one hid the mistake).
+* **One live node per id.** If the data dir was copied to another machine, or a second
+  node was started with the same ``--name`` and a data dir of its own, two live nodes
+  share an id. Every envelope names its sender and a random per-process session
   (see auth.py), so a datagram that carries our id but not our session comes from such
   a twin. :class:`DuplicateIdentityGuard` decides: a node still in its start-up grace
   period is the newcomer and refuses to go on; an established node keeps serving,
-  counts the event and reports it loudly.
+  counts the event and reports it loudly. Which of the two mix-ups it is, the newcomer
+  learns from the twin's answer to ``ping``: every data dir gets a random ``dir_token``
+  when its identity is made, so a copy carries the original's token and a second node
+  of the same name has one of its own (:func:`twin_message`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from meshgpu.daemon.auth import Authenticator
 from meshgpu.errors import (
     DataDirLockedError,
     DuplicateIdentityError,
+    IdentityError,
     MeshError,
     StorageError,
 )
@@ -46,10 +54,16 @@ LOCK_NAME = "daemon.lock"
 
 @dataclass(frozen=True)
 class NodeIdentity:
-    """A node id and the incarnation this run starts with."""
+    """A node id and the incarnation this run starts with; ``dir_token`` tells this data
+    dir from another one made for the same id (empty for an identity from before it)."""
 
     node_id: NodeId
     incarnation: int
+    dir_token: str = ""
+
+
+def new_dir_token() -> str:
+    return secrets.token_hex(8)
 
 
 def new_node_id() -> NodeId:
@@ -65,21 +79,35 @@ class IdentityStore:
     def start(self, name: str | None = None) -> NodeIdentity:
         """Load (or make) the identity and bump its incarnation for this run.
 
-        ``name`` is used as the id the first time only; an existing id is never changed
-        by a flag, since the id is what other nodes and the journal know us by.
+        ``name`` is used as the id the first time only: the id is what other nodes and
+        the journal know us by, so a ``name`` that disagrees with a stored id is refused
+        (IdentityError with both names and what to do), never silently ignored.
         """
         stored = self.load()
         if stored is None:
-            identity = NodeIdentity(name or new_node_id(), 0)
+            identity = NodeIdentity(name or new_node_id(), 0, new_dir_token())
+        elif name is not None and name != stored.node_id:
+            raise IdentityError(
+                f"data dir {self.path.parent} belongs to node {stored.node_id!r} (its "
+                f"{IDENTITY_NAME}), and --name says {name!r}: leave out --name (or give "
+                f"--name {stored.node_id}) to run node {stored.node_id!r}; to start node "
+                f"{name!r}, give it a data dir of its own (--data-dir)"
+            )
         else:
-            identity = NodeIdentity(stored.node_id, stored.incarnation + 1)
+            identity = NodeIdentity(
+                stored.node_id, stored.incarnation + 1, stored.dir_token or new_dir_token()
+            )
         self.save(identity)
         return identity
 
     def load(self) -> NodeIdentity | None:
         try:
             record = json.loads(self.path.read_text(encoding="utf-8"))
-            return NodeIdentity(str(record["node_id"]), int(record["incarnation"]))
+            return NodeIdentity(
+                str(record["node_id"]),
+                int(record["incarnation"]),
+                str(record.get("dir_token") or ""),
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -91,7 +119,10 @@ class IdentityStore:
     def save(self, identity: NodeIdentity) -> None:
         """Persist ``identity`` (also called when the node raises its incarnation)."""
         scratch = self.path.with_name(IDENTITY_NAME + ".tmp")
-        text = json.dumps({"node_id": identity.node_id, "incarnation": identity.incarnation})
+        record = {"node_id": identity.node_id, "incarnation": identity.incarnation}
+        if identity.dir_token:
+            record["dir_token"] = identity.dir_token
+        text = json.dumps(record)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(scratch, "w", encoding="utf-8") as handle:
@@ -164,23 +195,65 @@ class DuplicateIdentityGuard:
             return None
         self.sightings += 1
         self.last_twin = source
-        message = (
-            f"another live node at {source[0]}:{source[1]} uses this node's id "
-            f"{self.node_id}: its data dir was probably copied from this machine. "
-            f"Stop one of them, or delete {IDENTITY_NAME} in the copy's data dir so it "
-            "makes a new id"
-        )
         if now - self.started < self._grace:
-            raise DuplicateIdentityError(message)
-        return message
+            # The daemon asks the twin which mix-up it is (twin_message) before it stops.
+            raise DuplicateIdentityError(
+                f"another live node at {source[0]}:{source[1]} uses this node's id {self.node_id}"
+            )
+        return (
+            f"another live node at {source[0]}:{source[1]} uses this node's id "
+            f"{self.node_id} and started after this one (a copy of this data dir, or a "
+            f"node started with --name {self.node_id} and a data dir of its own); it is "
+            "told to stop, this one keeps serving"
+        )
+
+
+def twin_message(
+    node_id: NodeId, data_dir: Path, own_token: str, twin: Address, twin_token: str | None
+) -> str:
+    """What a newcomer that found a live twin at ``twin`` is told: a copied data dir
+    (same ``dir_token``) or a second node given the same name (another token); when the
+    twin did not say (an older node, no answer), both, as possibilities."""
+    where = f"{twin[0]}:{twin[1]}"
+    copied = (
+        f"this data dir ({data_dir}) is a copy of that node's: delete {IDENTITY_NAME} here "
+        "to make this node a new one, or stop the other"
+    )
+    same_name = (
+        f"node {node_id!r} at {where} has a data dir of its own, and so does this one "
+        f"({data_dir}): two nodes cannot share a name. Start this one with a new data dir "
+        f"and another --name (or delete {IDENTITY_NAME} in {data_dir} and restart with "
+        "another --name)"
+    )
+    head = f"node id {node_id} is already used by a live node at {where}"
+    if twin_token and own_token and twin_token == own_token:
+        return f"{head}: {copied}"
+    if twin_token and own_token:
+        return f"{head}: {same_name}"
+    return f"{head}: either {copied}; or {same_name}"
+
+
+async def ask_twin_token(twin: Address, authenticator: Authenticator) -> str | None:
+    """The ``dir_token`` the node at ``twin`` answers ``ping`` with (None if it does not)."""
+    from meshgpu.daemon.rpc import open_rpc
+
+    try:
+        async with open_rpc(twin, authenticator, connect_timeout=2.0) as rpc:
+            with trio.fail_after(3.0):
+                reply = await rpc.call("ping")
+    except (MeshError, trio.TooSlowError):
+        return None
+    token = reply.get("dir_token")
+    return str(token) if token else None
 
 
 async def find_live_twin(
     node_id: NodeId, own_address: Address, seed: Address, authenticator: Authenticator
-) -> tuple[bool, Address | None]:
+) -> tuple[bool, Address | None, str | None]:
     """Ask ``seed`` where it believes ``node_id`` lives; if that is not us and something
-    there answers to our id, that is a live twin. Returns (seed answered, twin address).
-    A stale record of our own previous run (nothing answers there) is no twin."""
+    there answers to our id, that is a live twin. Returns (seed answered, twin address,
+    the twin's ``dir_token``). A stale record of our own previous run (nothing answers
+    there) is no twin."""
     from meshgpu.daemon.rpc import open_rpc
 
     try:
@@ -188,19 +261,22 @@ async def find_live_twin(
             with trio.fail_after(5.0):
                 info = await rpc.call("member", node_id=node_id)
     except (MeshError, trio.TooSlowError):
-        return False, None
+        return False, None, None
     if not info.get("known") or info.get("state") not in ("alive", "suspect"):
-        return True, None
+        return True, None, None
     address = info.get("address")
     if not isinstance(address, list) or len(address) != 2:
-        return True, None
+        return True, None, None
     where = (str(address[0]), int(address[1]))
     if where == own_address:
-        return True, None
+        return True, None, None
     try:
         async with open_rpc(where, authenticator, connect_timeout=2.0) as rpc:
             with trio.fail_after(5.0):
                 reply = await rpc.call("ping")
     except (MeshError, trio.TooSlowError):
-        return True, None
-    return True, (where if reply.get("node_id") == node_id else None)
+        return True, None, None
+    if reply.get("node_id") != node_id:
+        return True, None, None
+    token = reply.get("dir_token")
+    return True, where, (str(token) if token else None)

@@ -22,7 +22,7 @@ import trio
 from meshgpu.core.events import PeerDiscovered
 from meshgpu.core.types import Address
 from meshgpu.daemon.discovery import MdnsDiscovery, Sighting, parse_peer, resolve_peer
-from meshgpu.daemon.identity import find_live_twin
+from meshgpu.daemon.identity import ask_twin_token, find_live_twin, twin_message
 from meshgpu.errors import ConfigError, DuplicateIdentityError
 
 if TYPE_CHECKING:
@@ -84,18 +84,17 @@ def twin_announced(daemon: Daemon, where: Address, we_are_the_copy: bool) -> Non
     if we_are_the_copy:
         try:
             message = guard.observe(daemon.node_id, False, where, trio.current_time())
-        except DuplicateIdentityError as error:
-            error = DuplicateIdentityError(f"mDNS: {error}")
-            logger.error("%s", error)
-            daemon.request_stop(error)
+        except DuplicateIdentityError:
+            daemon.twin_found(where)
             return
-    else:  # the twin started after us: it is the copy and yields, we do not
+    else:  # the twin started after us: it is the newcomer and yields, we do not
         guard.sightings += 1
         guard.last_twin = where
         message = (
             f"another live node at {where[0]}:{where[1]} uses this node's id "
-            f"{daemon.node_id} and started after this one: its data dir was probably "
-            "copied from this machine. Delete identity.json in the copy's data dir"
+            f"{daemon.node_id} and started after this one (a copy of this data dir, or a "
+            f"node started with --name {daemon.node_id} and a data dir of its own); it "
+            "is told to stop, this one keeps serving"
         )
     if message is not None:
         daemon.count("duplicate_identity")
@@ -189,18 +188,26 @@ async def refuse_if_twin(daemon: Daemon, peer: Address) -> bool | None:
     Only a newcomer asks (see ``Daemon.newcomer``): an established node that asked a new
     peer could hear of the copy that just joined, and must not be the one to yield.
     """
-    reached, twin = await find_live_twin(daemon.node_id, daemon.address, peer, daemon.authenticator)
+    reached, twin, token = await find_live_twin(
+        daemon.node_id, daemon.address, peer, daemon.authenticator
+    )
     if twin is None:
         return False if reached else None
-    error = DuplicateIdentityError(_twin_message(daemon, twin))
-    logger.error("%s", error)
-    daemon.request_stop(error)
+    stop_for_twin(daemon, twin, token)
     return True
 
 
-def _twin_message(daemon: Daemon, twin: Address) -> str:
-    return (
-        f"node id {daemon.node_id} is already used by a live node at {twin[0]}:{twin[1]}: "
-        f"this data dir ({daemon.settings.data_dir}) was probably copied from that machine. "
-        "Delete identity.json here to make this node a new one, or stop the other"
+def stop_for_twin(daemon: Daemon, twin: Address, twin_token: str | None) -> None:
+    """Stop this (newcomer) node: a live node at ``twin`` has its id. The message says
+    which mix-up it is (:func:`~meshgpu.daemon.identity.twin_message`)."""
+    error = DuplicateIdentityError(
+        twin_message(daemon.node_id, daemon.settings.data_dir, daemon.dir_token, twin, twin_token)
     )
+    logger.error("%s", error)
+    daemon.request_stop(error)
+
+
+async def ask_then_stop_for_twin(daemon: Daemon, twin: Address) -> None:
+    """:func:`stop_for_twin` once the twin at ``twin`` said which data dir it runs on
+    (a gossip datagram or an mDNS record carries no such thing)."""
+    stop_for_twin(daemon, twin, await ask_twin_token(twin, daemon.authenticator))

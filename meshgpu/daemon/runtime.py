@@ -95,6 +95,7 @@ class Daemon:
         self.counters: dict[str, int] = {}
         self.member_history: dict[NodeId, dict[str, Any]] = {}
         self.leaving = False
+        self._twin_checked = False
         self.stopped_because: BaseException | None = None
         self.address: Address = ("0.0.0.0", 0)
         self.started_wall = time.time()
@@ -125,6 +126,7 @@ class Daemon:
             self.identity_store = IdentityStore(settings.data_dir)
             identity = self.identity_store.start(settings.name)
             self.node_id: NodeId = identity.node_id
+            self.dir_token = identity.dir_token
             self.journal = await trio.to_thread.run_sync(
                 Journal.open, settings.data_dir / "journal"
             )
@@ -379,6 +381,16 @@ class Daemon:
                 self.feed(LoadChanged(load))
                 last = load
             await trio.sleep(self.settings.load_interval)
+
+    def twin_found(self, address: Address) -> None:
+        """Invoked when this newcomer hears from a live node with its id at ``address``
+        (gossip or mDNS): ask it which data dir it runs on, then stop (once)."""
+        if self._twin_checked or self._nursery is None:
+            return
+        self._twin_checked = True
+        from meshgpu.daemon.peer_finding import ask_then_stop_for_twin
+
+        self._nursery.start_soon(ask_then_stop_for_twin, self, address)
 
     @property
     def newcomer(self) -> bool:

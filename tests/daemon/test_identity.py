@@ -15,21 +15,57 @@ from meshgpu.daemon.identity import (
     DuplicateIdentityGuard,
     IdentityStore,
     NodeIdentity,
+    twin_message,
 )
-from meshgpu.errors import DataDirLockedError, DuplicateIdentityError, StorageError
+from meshgpu.errors import (
+    DataDirLockedError,
+    DuplicateIdentityError,
+    IdentityError,
+    StorageError,
+)
 
 
 def test_id_is_made_once_and_incarnation_rises(tmp_path: Path) -> None:
     first = IdentityStore(tmp_path).start()
-    second = IdentityStore(tmp_path).start(name="ignored-later")
+    second = IdentityStore(tmp_path).start(name=first.node_id)  # the same name: fine
     assert second.node_id == first.node_id
     assert second.incarnation == first.incarnation + 1
+    assert second.dir_token == first.dir_token != ""
     IdentityStore(tmp_path).save(NodeIdentity(first.node_id, 41))
     assert IdentityStore(tmp_path).start().incarnation == 42
 
 
 def test_name_is_used_the_first_time(tmp_path: Path) -> None:
     assert IdentityStore(tmp_path).start(name="gpu-box-3").node_id == "gpu-box-3"
+
+
+def test_a_name_that_disagrees_with_the_stored_id_is_refused_with_both(tmp_path: Path) -> None:
+    IdentityStore(tmp_path).start(name="a")
+    with pytest.raises(IdentityError) as refused:
+        IdentityStore(tmp_path).start(name="zz")
+    message = str(refused.value)
+    assert "belongs to node 'a'" in message and "--name says 'zz'" in message
+    assert "leave out --name" in message and "--data-dir" in message
+    assert IdentityStore(tmp_path).start().node_id == "a"  # nothing was changed
+
+
+def test_an_identity_from_before_dir_tokens_gets_one_and_keeps_it(tmp_path: Path) -> None:
+    (tmp_path / "identity.json").write_text('{"node_id": "old", "incarnation": 3}')
+    first = IdentityStore(tmp_path).start()
+    assert first.node_id == "old" and first.incarnation == 4 and first.dir_token
+    assert IdentityStore(tmp_path).start().dir_token == first.dir_token
+
+
+def test_the_twin_message_tells_a_copy_from_a_second_node_of_the_same_name() -> None:
+    twin = ("10.0.0.7", 7946)
+    copied = twin_message("a", Path("/data/b"), "t1", twin, "t1")
+    assert "this data dir (/data/b) is a copy of that node's" in copied
+    assert "of its own" not in copied
+    named = twin_message("a", Path("/data/b"), "t1", twin, "t2")
+    assert "node 'a' at 10.0.0.7:7946 has a data dir of its own" in named
+    assert "another --name" in named and "copy" not in named
+    unknown = twin_message("a", Path("/data/b"), "t1", twin, None)  # an older twin
+    assert "either" in unknown and "copy" in unknown and "of its own" in unknown
 
 
 def test_corrupt_identity_says_what_to_do(tmp_path: Path) -> None:
@@ -79,7 +115,7 @@ def test_copied_data_dir_twin_is_refused_by_the_newcomer(tmp_path: Path) -> None
 
     newcomer = DuplicateIdentityGuard(identity.node_id, started=100.0, grace=15.0)
     heard = new_node.open(old_sealer.seal(b"gossip"), Channel.DATAGRAM)
-    with pytest.raises(DuplicateIdentityError, match="copied"):
+    with pytest.raises(DuplicateIdentityError, match=r"10\.0\.0\.7:7946 uses this node's id"):
         newcomer.observe(heard.sender, heard.from_self, ("10.0.0.7", 7946), now=101.0)
 
     established = DuplicateIdentityGuard(identity.node_id, started=0.0, grace=15.0)

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from meshgpu.daemon.auth import MeshKey
+from meshgpu.daemon.identity import IdentityStore
 from meshgpu.errors import ClientError
 from tests.daemon.meshprocs import MeshProcess, call, run_to_exit, start_node
 
@@ -155,10 +156,40 @@ async def test_copied_data_dir_is_refused_naming_the_cause(mesh, tmp_path: Path)
         )
     )
     assert outcome.returncode != 0
-    assert "node-b" in outcome.stderr and "copied" in outcome.stderr
+    assert "node-b" in outcome.stderr
+    assert f"this data dir ({copy}) is a copy of that node's" in outcome.stderr
+    assert "data dir of its own" not in outcome.stderr
     status = await wait(nodes[0], key, alive=3)
     node_b = next(m for m in status["members"] if m["node_id"] == "node-b")
     assert node_b["address"] == ["127.0.0.1", nodes[1].port]
+
+
+async def test_a_second_node_of_the_same_name_is_told_so_not_that_it_was_copied(
+    mesh, tmp_path: Path
+) -> None:
+    key, nodes = mesh
+    key_file = tmp_path / "mesh.key"
+    key.write(key_file)
+    own = tmp_path / "own"
+    seed = f"127.0.0.1:{nodes[0].port}"
+    args = ("--key-file", str(key_file), "--peer", seed, "--name", "node-b")
+    outcome = await trio.to_thread.run_sync(lambda: run_to_exit(own, *args))
+    assert outcome.returncode != 0
+    assert f"node 'node-b' at 127.0.0.1:{nodes[1].port} has a data dir of its own" in outcome.stderr
+    assert f"and so does this one ({own})" in outcome.stderr and "--name" in outcome.stderr
+    assert "copy" not in outcome.stderr
+    status = await wait(nodes[0], key, alive=3)
+    node_b = next(m for m in status["members"] if m["node_id"] == "node-b")
+    assert node_b["address"] == ["127.0.0.1", nodes[1].port]
+
+
+def test_a_name_that_disagrees_with_the_data_dir_is_refused_with_both(tmp_path: Path) -> None:
+    IdentityStore(tmp_path / "a").start(name="a")
+    outcome = run_to_exit(tmp_path / "a", "--name", "zz")
+    assert outcome.returncode == 1
+    assert "belongs to node 'a'" in outcome.stderr and "--name says 'zz'" in outcome.stderr
+    assert "give it a data dir of its own (--data-dir)" in outcome.stderr
+    assert "Traceback" not in outcome.stderr
 
 
 def test_second_daemon_on_same_data_dir_is_refused(mesh) -> None:
