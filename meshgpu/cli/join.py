@@ -24,7 +24,11 @@ STATE_FILE = "daemon.json"
 
 
 @click.command("join")
-@click.option("--name", help="Node id to use the first time (kept in the data dir after).")
+@click.option(
+    "--name",
+    help="Node id, given at the first start (kept in the data dir; a different one later "
+    "is refused).",
+)
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
