@@ -58,6 +58,8 @@ class DataPlane:
         self.daemon = daemon
         self.running: dict[tuple[TaskId, int], trio.CancelScope] = {}
         self._fetching: set[tuple[TaskId, int]] = set()
+        self._held_back: dict[tuple[TaskId, int], None] = {}
+        """Attempts assigned here while the daemon leaves: never started (hand_back)."""
         self._idle = trio.Event()
         self._idle.set()
         self.input_refs: dict[str, set[TaskId]] = defaultdict(set)
@@ -83,12 +85,19 @@ class DataPlane:
                 nursery.start_soon(self._fetch_queued)
         elif isinstance(effect, fx.RunTask):
             key = (effect.task_id, effect.attempt)
-            if key in self.running:
+            if key in self.running or key in self._held_back:
                 return  # the same attempt twice: already on it
+            if self.daemon.leaving:
+                # Not started: handed back with the running ones when the drain ends
+                # (handed back at once, the leader, often this node, assigned it here
+                # again at once, over and over, until the leave).
+                self._held_back[key] = None
+                return
             self.input_refs[effect.spec.input_digest].add(effect.task_id)
             scope = trio.CancelScope()
             self.running[key] = scope
-            self._idle = trio.Event()
+            if self._idle.is_set():  # a waiter of wait_idle holds the unset one: keep it
+                self._idle = trio.Event()
             nursery.start_soon(self._run_task, effect, scope)
         elif isinstance(effect, fx.CancelTask):
             key = (effect.task_id, effect.attempt)
@@ -104,9 +113,20 @@ class DataPlane:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
+    def hand_back_waiting(self) -> list[tuple[TaskId, int]]:
+        """Cancel every attempt not on a device yet (fetching its inputs, or prefetched
+        and waiting for a slot): the daemon is leaving, and another worker can start
+        them now. Returns them; the runs already on a device go on."""
+        waiting = [key for key in self.running if key in self._fetching]
+        for key in waiting:
+            self.running[key].cancel()
+        return waiting
+
     def hand_back(self) -> list[tuple[TaskId, int]]:
-        """Cancel every running attempt (the daemon is leaving); returns them."""
-        attempts = list(self.running)
+        """Cancel every running attempt (the daemon is leaving); returns them, and the
+        attempts assigned here since it began to leave."""
+        attempts = [*self.running, *self._held_back]
+        self._held_back.clear()
         for scope in self.running.values():
             scope.cancel()
         return attempts

@@ -96,6 +96,7 @@ class Daemon:
         self.member_history: dict[NodeId, dict[str, Any]] = {}
         self.leaving = False
         self._twin_checked = False
+        self.load_meter: LoadMeter | None = None
         self.stopped_because: BaseException | None = None
         self.address: Address = ("0.0.0.0", 0)
         self.started_wall = time.time()
@@ -271,9 +272,27 @@ class Daemon:
             logger.info("resumed %d task records from the journal", replayed)
 
     async def _leave(self) -> None:
-        """Hand back or finish running work, tell the mesh we leave, flush the effects."""
+        """Hand back or finish running work, tell the mesh we leave, flush the effects.
+
+        Returns as soon as nothing runs here, bounded by ``drain_timeout``: the load
+        gossiped from now offers no free slot (the leader stops assigning here), the
+        tasks not on a device yet (fetching, or prefetched for a busy slot) are handed
+        back at once, an assignment that still arrives is not started and is handed
+        back with the rest at the end (dataplane.py); only the runs on a device are
+        waited for."""
         self.leaving = True
-        logger.info("leaving: %d task(s) running", len(self.dataplane.running))
+        if self.load_meter is not None:
+            self.feed(LoadChanged(self.load_meter.measure(self)))
+        waiting = self.dataplane.hand_back_waiting()
+        for task_id, attempt in waiting:
+            self.feed(TaskFinished(task_id, attempt, "handed_back", reason="worker left"))
+        logger.info(
+            "leaving: %d task(s) not started handed back, waiting for %d on a device "
+            "(at most %.0f s)",
+            len(waiting),
+            len(self.dataplane.running) - len(waiting),
+            self.settings.drain_timeout,
+        )
         with trio.move_on_after(self.settings.drain_timeout):
             await self.dataplane.wait_idle()
         for task_id, attempt in self.dataplane.hand_back():
@@ -373,7 +392,7 @@ class Daemon:
             logger.error("cannot list devices (%r); advertising no capabilities", error)
             capabilities = DeviceCapabilities()
         self.capabilities, self.usable_devices = capabilities, labels
-        meter = LoadMeter(capabilities, labels)
+        meter = self.load_meter = LoadMeter(capabilities, labels)
         last: LoadVector | None = None
         while True:
             load = meter.measure(self)

@@ -246,7 +246,10 @@ class LoadMeter:
             # The capacity offered (active + free) includes the prefetch queue: an
             # assignment beyond the slots fetches its inputs and model while a slot is
             # busy and runs the moment it frees (execution.PREFETCH_PER_SLOT).
-            free_slots=max(0, executor.capacity - len(daemon.dataplane.running)),
+            # None while leaving: the leader must not assign to a node on its way out.
+            free_slots=0
+            if daemon.leaving
+            else max(0, executor.capacity - len(daemon.dataplane.running)),
             queue_length=queued,
             utilisation=round(min(1.0, max(0.0, utilisation)), 1),
             memory_used=0,
