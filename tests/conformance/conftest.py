@@ -16,6 +16,7 @@ import pytest
 _outcomes: dict[str, Counter[str]] = defaultdict(Counter)
 _skipped_ops: Counter[str] = Counter()
 _SUITE_NAMES = {
+    "OnnxBackendNodeModelTest": "onnx node",
     "OnnxBackendPyTorchConvertedModelTest": "onnx pytorch-converted",
     "OnnxBackendPyTorchOperatorModelTest": "onnx pytorch-operator",
     "OnnxBackendSimpleModelTest": "onnx simple",

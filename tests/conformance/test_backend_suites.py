@@ -16,6 +16,7 @@ from .onnx_backend import MeshgpuBackend
 pytestmark = [pytest.mark.conformance]
 
 SUITES = {
+    "OnnxBackendNodeModelTest": "node",
     "OnnxBackendPyTorchConvertedModelTest": "pytorch-converted",
     "OnnxBackendPyTorchOperatorModelTest": "pytorch-operator",
     "OnnxBackendSimpleModelTest": "simple",

@@ -56,17 +56,29 @@ def test_unsupported_domain_and_old_opset(device) -> None:
         OpenCLSession(old_cast, device=device)
 
 
-def test_integer_inputs_name_their_consumer(device) -> None:
+def test_non_device_input_types_name_their_consumer(device) -> None:
     model = make_model(
-        [helper.make_node("Cast", ["ids"], ["y"], to=1, name="to_float")],
-        {"ids": np.arange(4, dtype=np.int64)},
+        [helper.make_node("Cast", ["half"], ["y"], to=1, name="to_float")],
+        {"half": np.arange(4, dtype=np.float16)},
         ["y"],
     )
     # the op is supported: the reason (an auto backend's fallback reason) names the dtype
     assert unsupported_operators(model) == [
-        ("Cast", 17, "to_float; input 'ids' is int64, and device tensors are float32 only")
+        ("Cast", 17, "to_float; input 'half' is float16, which is not a device type")
     ]
-    with pytest.raises(UnsupportedOperatorError, match=r"Cast \(opset 17\).*to_float.*int64"):
+    with pytest.raises(UnsupportedOperatorError, match=r"Cast \(opset 17\).*to_float.*float16"):
+        OpenCLSession(model, device=device)
+
+
+def test_float_only_operators_name_the_type_they_refuse(device) -> None:
+    model = make_model(
+        [helper.make_node("Softmax", ["ids"], ["y"], name="soft")],
+        {"ids": np.arange(4, dtype=np.int64)},
+        ["y"],
+    )
+    with pytest.raises(
+        UnsupportedOperatorError, match=r"Softmax \(opset 17\).*'ids' of type int64"
+    ):
         OpenCLSession(model, device=device)
 
 

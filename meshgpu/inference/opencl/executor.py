@@ -19,6 +19,7 @@ import pyopencl as cl
 
 from meshgpu.errors import DeviceError, InputError, ModelError
 from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the lowerings)
+    dtypes,
     lower_conv,
     lower_elementwise,
     lower_linear,
@@ -47,7 +48,7 @@ def _static_constants(graph: Graph) -> dict[str, np.ndarray]:
     values = dict(graph.constants)
     for node in graph.nodes:
         names = [n for n in node.inputs if n]
-        if node.op == "Shape" or not all(n in values for n in names):
+        if node.op in ("Shape", "Size") or not all(n in values for n in names):
             continue
         results = fold_node(node, [values[n] if n else None for n in node.inputs])
         for name, value in zip(node.outputs, results, strict=False):
@@ -72,10 +73,10 @@ class OpenCLSession:
         )
         self.outputs: list[str] = list(self._graph.outputs)
         for name, (_, dtype) in self.inputs.items():
-            if dtype != np.float32:
+            if not dtypes.is_device_type(dtype):
                 raise ModelError(
-                    f"input {name!r} has dtype {dtype}; the OpenCL backend runs float32 "
-                    "inputs only (use backend='onnxruntime')"
+                    f"input {name!r} has dtype {dtype}, which the OpenCL backend does not hold "
+                    "on a device (use backend='onnxruntime')"
                 )
         try:
             self._static = _static_constants(self._graph)
@@ -130,7 +131,8 @@ class OpenCLSession:
         }
 
     def _check_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Feeds as contiguous float32 arrays, or :class:`InputError` naming the input.
+        """Feeds as contiguous arrays of their declared types, or :class:`InputError`
+        naming the input.
 
         A feed set whose (name, shape, dtype) signature was accepted before skips the
         per-input checks (one dict lookup): ``run`` is called per request, and on a small
@@ -157,7 +159,7 @@ class OpenCLSession:
                 isinstance(d, int) and d != a for d, a in zip(shape, array.shape, strict=True)
             ):
                 raise InputError(f"input {name!r} has shape {array.shape}, expected {shape}")
-            checked[name] = np.ascontiguousarray(array, dtype=np.float32)
+            checked[name] = np.ascontiguousarray(array)
         unknown = set(feeds) - set(self.inputs)
         if unknown:
             raise InputError(
@@ -195,7 +197,7 @@ class OpenCLSession:
                 ]
                 for name, value in plan.outputs.items():
                     if isinstance(value, DeviceTensor):
-                        results[name] = np.empty(value.shape, dtype=np.float32)
+                        results[name] = np.empty(value.shape, dtype=value.dtype)
                     else:
                         results[name] = np.array(value)
                 for index, (name, value) in enumerate(pending):

@@ -114,6 +114,7 @@ FOLDERS: dict[str, Folder] = {
     "Constant": _constant,
     "ConstantOfShape": _constant_of_shape,
     "Shape": _shape,
+    "Size": lambda _, values: [np.asarray(np.asarray(values[0]).size, dtype=np.int64)],
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
     "Gather": _gather,

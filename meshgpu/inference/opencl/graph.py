@@ -17,6 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
+from meshgpu.inference.opencl import dtypes
 
 #: ONNX operators this backend runs, with the lowest default-domain opset whose semantics the
 #: implementation follows. Versions before opset 7 are accepted where their semantics are a
@@ -25,28 +26,56 @@ from meshgpu.errors import ModelError, UnsupportedOperatorError
 #: BatchNormalization's ``spatial`` (only 1 is run), ``consumed_inputs`` (ignored).
 SUPPORTED_OPERATORS: Mapping[str, int] = {
     "Abs": 1,
+    "Acos": 7,
+    "Acosh": 9,
     "Add": 1,
+    "And": 7,
+    "Asin": 7,
+    "Asinh": 9,
+    "Atan": 7,
+    "Atanh": 9,
     "AveragePool": 1,
     "BatchNormalization": 1,
+    "BitShift": 11,
+    "BitwiseAnd": 18,
+    "BitwiseNot": 18,
+    "BitwiseOr": 18,
+    "BitwiseXor": 18,
     "Cast": 6,
+    "CastLike": 15,
     "Ceil": 1,
+    "Celu": 12,
     "Clip": 1,
     "Concat": 1,
     "Constant": 1,
     "ConstantOfShape": 9,
     "Conv": 1,
+    "Cos": 7,
+    "Cosh": 9,
     "Div": 1,
     "Dropout": 1,
+    "Elu": 1,
+    "Equal": 7,
+    "Erf": 9,
     "Exp": 1,
     "Expand": 8,
     "Flatten": 1,
     "Floor": 1,
     "Gather": 1,
+    "Gelu": 20,
     "Gemm": 1,
     "GlobalAveragePool": 1,
     "GlobalMaxPool": 1,
+    "Greater": 7,
+    "GreaterOrEqual": 12,
+    "HardSigmoid": 1,
+    "HardSwish": 14,
     "Identity": 1,
+    "IsInf": 10,
+    "IsNaN": 9,
     "LeakyRelu": 1,
+    "Less": 7,
+    "LessOrEqual": 12,
     "Log": 1,
     "LogSoftmax": 1,
     "LRN": 1,
@@ -55,48 +84,61 @@ SUPPORTED_OPERATORS: Mapping[str, int] = {
     "MaxPool": 1,
     "Mean": 1,
     "Min": 1,
+    "Mish": 18,
+    "Mod": 10,
     "Mul": 1,
     "Neg": 1,
+    "Not": 1,
+    "Or": 7,
     "Pad": 1,
     "Pow": 1,
     "PRelu": 7,
-    "Softplus": 1,
-    "Softsign": 1,
-    "Sign": 9,
-    "Erf": 9,
-    "Sin": 7,
-    "Cos": 7,
-    "Elu": 1,
-    "Selu": 1,
-    "HardSigmoid": 1,
     "Reciprocal": 1,
-    "Relu": 1,
-    "Reshape": 1,
-    "Shape": 1,
-    "Slice": 1,
-    "Split": 2,
-    "ReduceSum": 1,
-    "ReduceMean": 1,
-    "ReduceMax": 1,
-    "ReduceMin": 1,
-    "ReduceProd": 1,
-    "ReduceSumSquare": 1,
     "ReduceL1": 1,
     "ReduceL2": 1,
     "ReduceLogSumExp": 1,
+    "ReduceMax": 1,
+    "ReduceMean": 1,
+    "ReduceMin": 1,
+    "ReduceProd": 1,
+    "ReduceSum": 1,
+    "ReduceSumSquare": 1,
+    "Relu": 1,
+    "Reshape": 1,
+    "Round": 11,
+    "Selu": 1,
+    "Shape": 1,
+    "Shrink": 9,
     "Sigmoid": 1,
+    "Sign": 9,
+    "Sin": 7,
+    "Sinh": 9,
+    "Size": 1,
+    "Slice": 1,
     "Softmax": 1,
+    "Softplus": 1,
+    "Softsign": 1,
+    "Split": 2,
     "Sqrt": 1,
     "Squeeze": 1,
     "Sub": 1,
     "Sum": 1,
+    "Swish": 24,
+    "Tan": 7,
     "Tanh": 1,
+    "ThresholdedRelu": 10,
     "Transpose": 1,
     "Unsqueeze": 1,
+    "Xor": 7,
 }
 
-#: Highest default-domain opset the implementation has been checked against.
-MAX_OPSET = 21
+#: Highest default-domain opset accepted: the newest the installed ``onnx`` package defines.
+#: The operator versions after 21 only add element types (bfloat16, float8, int4, ...), which
+#: the type checks refuse by name, or attributes that only concern those types (Cast's
+#: ``saturate`` and ``round_mode``); where a version changes semantics (Softmax at 13,
+#: Reduce* axes as an input at 13/18, Split's ``num_outputs`` at 18, Pad's ``axes`` at 18)
+#: the lowering and folding read the node's opset.
+MAX_OPSET = int(onnx.defs.onnx_opset_version())
 
 
 @dataclass(frozen=True)
@@ -159,9 +201,9 @@ def unsupported_operators(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
     except ModelError:
         opset = 0
     found: list[tuple[str, int, str]] = []
-    non_float = _non_float_inputs(model)
+    non_device = _non_device_inputs(model)
     for index, node in enumerate(model.graph.node):
-        typed = [name for name in node.input if name in non_float]
+        typed = [name for name in node.input if name in non_device]
         if not _is_supported(node, opset) or typed:
             domain_opset = opset
             if node.domain not in ("", "ai.onnx"):
@@ -173,24 +215,29 @@ def unsupported_operators(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
                 # The op is supported; its input's type is not: say which, and why.
                 label += (
                     "; "
-                    + ", ".join(f"input {name!r} is {non_float[name]}" for name in typed)
-                    + ", and device tensors are float32 only"
+                    + ", ".join(f"input {name!r} is {non_device[name]}" for name in typed)
+                    + ", which is not a device type"
                 )
             found.append((node.op_type, domain_opset, label))
     return found
 
 
-def _non_float_inputs(model: onnx.ModelProto) -> dict[str, str]:
-    """Runtime graph inputs that are not float32 (device tensors are float32 only), with
-    their element type's name."""
+def _non_device_inputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Runtime graph inputs whose element type no device tensor holds (float16, strings,
+    ...; see :mod:`.dtypes`), with the type's name."""
     initializers = {i.name for i in model.graph.initializer}
-    return {
-        value.name: onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()
-        for value in model.graph.input
-        if value.name not in initializers
-        and value.type.HasField("tensor_type")
-        and value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT
-    }
+    found: dict[str, str] = {}
+    for value in model.graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        elem_type = value.type.tensor_type.elem_type
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+        except (KeyError, ValueError):
+            dtype = None
+        if dtype is None or not dtypes.is_device_type(dtype):
+            found[value.name] = onnx.TensorProto.DataType.Name(elem_type).lower()
+    return found
 
 
 def _is_supported(node: onnx.NodeProto, opset: int) -> bool:
@@ -241,16 +288,14 @@ def read_graph(model: onnx.ModelProto) -> Graph:
         raise ModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
     opset = default_opset(model)
     unsupported = unsupported_operators(model)
-    non_float = _non_float_inputs(model)
+    non_device = _non_device_inputs(model)
     for index, node in enumerate(model.graph.node):
-        read = sorted(set(non_float).intersection(node.input))
+        read = sorted(set(non_device).intersection(node.input))
         if read and _is_supported(node, opset):
-            value = next(v for v in model.graph.input if v.name == read[0])
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
             raise UnsupportedOperatorError(
                 f"the OpenCL backend cannot run {node.op_type} (opset {opset}) at node "
                 f"{_node_label(node, index)!r}: it reads input {read[0]!r} of type "
-                f"{np.dtype(dtype).name}, and device tensors are float32 only; use "
+                f"{non_device[read[0]]}, which is not a device type; use "
                 "backend='onnxruntime' or allow fallback"
             )
     if unsupported:

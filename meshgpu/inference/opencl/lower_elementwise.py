@@ -8,18 +8,29 @@ from __future__ import annotations
 import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
-from meshgpu.inference.opencl import fusion
+from meshgpu.inference.opencl import dtypes, fusion
 from meshgpu.inference.opencl.graph import Node, legacy_broadcast_shape
 from meshgpu.inference.opencl.kernels.elementwise import (
     AFFINE_SOURCE,
     BINARY_EXPRESSIONS,
     BINARY_SOURCE,
     CHUNK,
+    COMPARISON_EXPRESSIONS,
+    GELU_EXPRESSIONS,
+    INTEGER_BINARY_EXPRESSIONS,
+    INTEGER_POWER_SOURCE,
+    INTEGER_UNARY_EXPRESSIONS,
+    PREDICATE_EXPRESSIONS,
     UNARY_EXPRESSIONS,
     UNARY_PARAMETERS,
     UNARY_SOURCE,
 )
-from meshgpu.inference.opencl.lower_tensor import _count, broadcast_strides, collapse
+from meshgpu.inference.opencl.lower_tensor import (
+    _count,
+    broadcast_strides,
+    collapse,
+    typed_source,
+)
 from meshgpu.inference.opencl.plan import (
     DeviceTensor,
     PlanBuilder,
@@ -31,15 +42,73 @@ from meshgpu.inference.opencl.plan import (
 
 
 # -- element-wise ----------------------------------------------------------------------
-@lowers(*UNARY_EXPRESSIONS, "LeakyRelu", "Clip")
-def lower_unary(builder: PlanBuilder, node: Node) -> None:
+def _typed_unary(
+    builder: PlanBuilder, node: Node, expression: str, out_dtype: object = None
+) -> None:
+    """``y = EXPRESSION(x)`` in the input's element type (no fusion): integer, bool and
+    float64 maps, and the float tests with a bool result."""
     x = builder.tensor(node, node.inputs[0])
     (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
         node.op, (("", 0.0), ("", 0.0))
     )
     alpha = float(node.attrs.get(alpha_name, alpha_default))
     beta = float(node.attrs.get(beta_name, beta_default))
-    if node.op in UNARY_EXPRESSIONS:
+    out_dtype = x.dtype if out_dtype is None else out_dtype
+    output = builder.new_tensor(node.outputs[0], x.shape, out_dtype)
+    total = _count(x.shape)
+    builder.launch(
+        node,
+        typed_source(
+            f"#define EXPRESSION ({expression})\n" + UNARY_SOURCE, TA=x.dtype, TO=out_dtype
+        ),
+        "unary",
+        [x.storage, output.storage, f32(alpha), f32(beta), i32(total)],
+        total=total,
+        per_item=CHUNK,
+    )
+
+
+@lowers(*PREDICATE_EXPRESSIONS, "Not", "BitwiseNot", typed=True)
+def lower_predicate(builder: PlanBuilder, node: Node) -> None:
+    dtype = builder.dtype(node.inputs[0])
+    if node.op == "Not":
+        _typed_unary(builder, node, "!x", dtypes.BOOL)
+    elif node.op == "BitwiseNot":
+        _typed_unary(builder, node, "~x")
+    elif dtypes.is_float(dtype):
+        _typed_unary(builder, node, PREDICATE_EXPRESSIONS[node.op], dtypes.BOOL)
+    else:
+        raise UnsupportedOperatorError(f"{node.describe()} on {dtypes.type_name(dtype)}")
+
+
+@lowers(*UNARY_EXPRESSIONS, "LeakyRelu", "Clip", "Gelu", typed=True)
+def lower_unary(builder: PlanBuilder, node: Node) -> None:
+    dtype = builder.dtype(node.inputs[0])
+    if node.op == "Clip" and (dtype != dtypes.FLOAT32 or fusion.clip_bounds(builder, node) is None):
+        _clip_with_tensors(builder, node)
+        return
+    if dtype != dtypes.FLOAT32:
+        if dtypes.is_integer(dtype) and node.op in INTEGER_UNARY_EXPRESSIONS:
+            _typed_unary(builder, node, INTEGER_UNARY_EXPRESSIONS[node.op])
+            return
+        if dtype == np.float64 and node.op in UNARY_EXPRESSIONS:
+            _typed_unary(builder, node, UNARY_EXPRESSIONS[node.op])
+            return
+        raise UnsupportedOperatorError(
+            f"the OpenCL backend cannot run {node.describe()} on {dtypes.type_name(dtype)}"
+        )
+    x = builder.tensor(node, node.inputs[0])
+    (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
+        node.op, (("", 0.0), ("", 0.0))
+    )
+    alpha = float(node.attrs.get(alpha_name, alpha_default))
+    beta = float(node.attrs.get(beta_name, beta_default))
+    if node.op == "Gelu":
+        approximate = str(node.attrs.get("approximate", "none"))
+        if approximate not in GELU_EXPRESSIONS:
+            raise UnsupportedOperatorError(f"{node.describe()}: approximate={approximate!r}")
+        base = f"#define BASE(x) ({GELU_EXPRESSIONS[approximate]})\n"
+    elif node.op in UNARY_EXPRESSIONS:
         base = f"#define BASE(x) ({UNARY_EXPRESSIONS[node.op]})\n"
     else:
         fused = fusion.activation_expression(builder, node)
@@ -62,6 +131,58 @@ def lower_unary(builder: PlanBuilder, node: Node) -> None:
     )
 
 
+def _clip_with_tensors(builder: PlanBuilder, node: Node) -> None:
+    """Clip with run-time bounds or on integers: Max with the lower bound, then Min with the
+    upper (attributes before opset 11 become constants of the input's type)."""
+    dtype = builder.dtype(node.inputs[0])
+    bounds: list[str | None] = [None, None]
+    if node.opset < 11:
+        for position, key in enumerate(("min", "max")):
+            if key in node.attrs:
+                name = f"{node.name}/{key}"
+                builder.values[name] = np.asarray(node.attrs[key], dtype=dtype)
+                bounds[position] = name
+    else:
+        for position in (1, 2):
+            if len(node.inputs) > position and node.inputs[position]:
+                bounds[position - 1] = node.inputs[position]
+    current = node.inputs[0]
+    steps = [(op, name) for op, name in zip(("Max", "Min"), bounds, strict=True) if name]
+    if not steps:
+        source = builder.tensor(node, current)
+        builder.alias(node.outputs[0], source, source.shape)
+        return
+    for position, (op, name) in enumerate(steps):
+        target = node.outputs[0] if position == len(steps) - 1 else f"{node.name}/{op}"
+        _binary(builder, node, op, current, name, target)
+        current = target
+
+
+def _binary_expression(
+    node: Node, op: str, a_type: np.dtype, b_type: np.dtype
+) -> tuple[str, np.dtype]:
+    """(OpenCL expression in ``a`` and ``b``, result type) of ``op`` on these types."""
+    if op in COMPARISON_EXPRESSIONS:
+        return COMPARISON_EXPRESSIONS[op], dtypes.BOOL
+    if op == "Mod":
+        if dtypes.is_float(a_type):
+            return "fmod(a, b)", a_type
+        op = "ModTrunc" if int(node.attrs.get("fmod", 0)) else "ModFloor"
+    if op == "BitShift":
+        op = "BitShift" + str(node.attrs.get("direction", "LEFT"))
+    if op == "Pow" and dtypes.is_float(a_type):
+        return "pow(a, (TA)b)", a_type
+    if op == "Pow" and dtypes.is_float(b_type):
+        return "pow((float)a, (float)b)", a_type
+    if dtypes.is_float(a_type) and op in BINARY_EXPRESSIONS:
+        return BINARY_EXPRESSIONS[op], a_type
+    if not dtypes.is_float(a_type) and op in INTEGER_BINARY_EXPRESSIONS:
+        return INTEGER_BINARY_EXPRESSIONS[op], a_type
+    raise UnsupportedOperatorError(
+        f"the OpenCL backend cannot run {node.describe()} on {dtypes.type_name(a_type)}"
+    )
+
+
 def _binary(
     builder: PlanBuilder,
     node: Node,
@@ -79,7 +200,14 @@ def _binary(
         raise ModelError(
             f"{node.describe()}: shapes {a_shape} and {b_shape} do not broadcast"
         ) from error
-    a, b = builder.tensor(node, a_name), builder.tensor(node, b_name)
+    a_type = builder.dtype(a_name)
+    b_type = builder.dtype(b_name)
+    if builder.is_host(a_name) and not builder.is_host(b_name) and op != "Pow":
+        a_type = b_type  # a constant operand takes the device tensor's type
+    if builder.is_host(b_name) and not builder.is_host(a_name) and op != "Pow":
+        b_type = a_type
+    a, b = builder.tensor(node, a_name, a_type), builder.tensor(node, b_name, b_type)
+    expression, out_type = _binary_expression(node, op, a.dtype, b.dtype)
     dims, (a_strides, b_strides) = collapse(
         out_shape, broadcast_strides(a_shape, out_shape), broadcast_strides(b_shape, out_shape)
     )
@@ -87,12 +215,16 @@ def _binary(
         ("meta", tuple(dims), tuple(a_strides), tuple(b_strides)),
         lambda: int_array([*dims, *a_strides, *b_strides]),
     )
-    output = builder.new_tensor(output_name, out_shape)
+    output = builder.new_tensor(output_name, out_shape, out_type)
     total = _count(out_shape)
     source = (
-        f"#define NDIM {len(dims)}\n#define EXPRESSION ({BINARY_EXPRESSIONS[op]})\n"
+        f"#define NDIM {len(dims)}\n#define EXPRESSION ({expression})\n"
         f"#define ACT(v) ({activation or 'v'})\n" + BINARY_SOURCE
     )
+    if "integer_power" in expression:
+        source = INTEGER_POWER_SOURCE + source
+    if (a.dtype, b.dtype, out_type) != (dtypes.FLOAT32,) * 3:
+        source = typed_source(source, TA=a.dtype, TB=b.dtype, TO=out_type)
     builder.launch(
         node,
         source,
@@ -126,11 +258,24 @@ def _scale_through_gemm(builder: PlanBuilder, node: Node) -> bool:
     return False
 
 
-@lowers(*BINARY_EXPRESSIONS)
+@lowers(
+    *BINARY_EXPRESSIONS,
+    *COMPARISON_EXPRESSIONS,
+    "Mod",
+    "BitShift",
+    "BitwiseAnd",
+    "BitwiseOr",
+    "BitwiseXor",
+    typed=True,
+)
 def lower_binary(builder: PlanBuilder, node: Node) -> None:
+    a_name, b_name = node.inputs[0], node.inputs[1]
+    float_only = all(builder.dtype(n) == dtypes.FLOAT32 for n in (a_name, b_name))
+    if not float_only or node.op not in BINARY_EXPRESSIONS:
+        _binary(builder, node, node.op, a_name, b_name, node.outputs[0])
+        return
     if node.op == "Mul" and _scale_through_gemm(builder, node):
         return
-    a_name, b_name = node.inputs[0], node.inputs[1]
     a_shape = builder.shape(a_name)
     b_shape = legacy_broadcast_shape(node, len(a_shape), builder.shape(b_name))
     out_shape = tuple(np.broadcast_shapes(a_shape, b_shape))
@@ -140,13 +285,23 @@ def lower_binary(builder: PlanBuilder, node: Node) -> None:
     _binary(builder, node, node.op, a_name, b_name, epilogue.output, epilogue.activation)
 
 
-@lowers("Sum", "Mean", "Max", "Min")
+@lowers("Sum", "Mean", "Max", "Min", typed=True)
 def lower_variadic(builder: PlanBuilder, node: Node) -> None:
     names = [n for n in node.inputs if n]
     op = {"Sum": "Add", "Mean": "Add", "Max": "Max", "Min": "Min"}[node.op]
     if len(names) == 1:
         source = builder.tensor(node, names[0])
         builder.alias(node.outputs[0], source, source.shape)
+        return
+    if any(builder.dtype(n) != dtypes.FLOAT32 for n in names):
+        if node.op == "Mean":
+            raise UnsupportedOperatorError(f"{node.describe()} on non-float32 tensors")
+        current = names[0]
+        for position, name in enumerate(names[1:], start=1):
+            last = position == len(names) - 1
+            target = node.outputs[0] if last else f"{node.name}/partial{position}"
+            _binary(builder, node, op, current, name, target)
+            current = target
         return
     shape = tuple(np.broadcast_shapes(*(builder.shape(n) for n in names)))
     epilogue = fusion.collect(

@@ -9,15 +9,19 @@ launch nothing: their output aliases the input's storage with a new shape.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import onnx
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
+from meshgpu.inference.opencl import dtypes
 from meshgpu.inference.opencl.folding import _axes
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.elementwise import (
     CHUNK,
     COPY_SOURCE,
+    UNARY_SOURCE,
 )
 from meshgpu.inference.opencl.plan import (
     PlanBuilder,
@@ -27,6 +31,13 @@ from meshgpu.inference.opencl.plan import (
     int_array,
     lowers,
 )
+
+
+def typed_source(source: str, **types: Any) -> str:
+    """``source`` with its element-type macros (``T``, ``TA``, ``TB``, ``TO``) defined as the
+    OpenCL C types of the given numpy dtypes (and the fp64 pragma where needed)."""
+    defines = "".join(f"#define {macro} {dtypes.c_type(dtype)}\n" for macro, dtype in types.items())
+    return dtypes.source_prefix(*types.values()) + defines + source
 
 
 def _count(shape: Sequence[int]) -> int:
@@ -84,6 +95,7 @@ def strided_copy(
     target_strides: Sequence[int],
     source_offset: int = 0,
     target_offset: int = 0,
+    dtype: Any = dtypes.FLOAT32,
 ) -> None:
     dims, (src, dst) = collapse(shape, source_strides, target_strides)
     meta = builder.weight(
@@ -92,7 +104,7 @@ def strided_copy(
     total = _count(shape)
     builder.launch(
         node,
-        f"#define NDIM {len(dims)}\n" + COPY_SOURCE,
+        typed_source(f"#define NDIM {len(dims)}\n" + COPY_SOURCE, T=dtype),
         "strided_copy",
         [source, target, meta, i32(source_offset), i32(target_offset), i32(total)],
         total=total,
@@ -111,7 +123,7 @@ def _view(builder: PlanBuilder, node: Node, shape: Sequence[int]) -> None:
     builder.alias(node.outputs[0], source, shape)
 
 
-@lowers("Identity", "Dropout")
+@lowers("Identity", "Dropout", typed=True)
 def lower_identity(builder: PlanBuilder, node: Node) -> None:
     if node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2]:
         training = builder.host(node.inputs[2]) if builder.is_host(node.inputs[2]) else None
@@ -123,16 +135,41 @@ def lower_identity(builder: PlanBuilder, node: Node) -> None:
         builder.values[node.outputs[1]] = np.ones(shape, dtype=bool)
 
 
-@lowers("Cast")
+@lowers("Cast", "CastLike", typed=True)
 def lower_cast(builder: PlanBuilder, node: Node) -> None:
-    if int(node.attrs["to"]) != 1:
+    """A conversion kernel, or a view when the type does not change. Float to bool is
+    ``x != 0``; float to integer truncates (C conversion, as onnxruntime)."""
+    x = builder.tensor(node, node.inputs[0])
+    if node.op == "CastLike":
+        target = builder.dtype(node.inputs[1])
+    else:
+        try:
+            target = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"])))
+        except (KeyError, ValueError, TypeError) as error:
+            raise UnsupportedOperatorError(
+                f"{node.describe()}: unknown target type {node.attrs.get('to')}"
+            ) from error
+    if not dtypes.is_device_type(target):
         raise UnsupportedOperatorError(
-            f"{node.describe()}: device tensors are float32; Cast to type {node.attrs['to']}"
+            f"{node.describe()}: Cast to {dtypes.type_name(target)}, which is not a device type"
         )
-    _view(builder, node, builder.shape(node.inputs[0]))
+    if target == x.dtype:
+        _view(builder, node, x.shape)
+        return
+    output = builder.new_tensor(node.outputs[0], x.shape, target)
+    expression = "x != 0" if target == dtypes.BOOL else "x"
+    total = _count(x.shape)
+    builder.launch(
+        node,
+        typed_source(f"#define EXPRESSION ({expression})\n" + UNARY_SOURCE, TA=x.dtype, TO=target),
+        "unary",
+        [x.storage, output.storage, f32(0), f32(0), i32(total)],
+        total=total,
+        per_item=CHUNK,
+    )
 
 
-@lowers("Reshape")
+@lowers("Reshape", typed=True)
 def lower_reshape(builder: PlanBuilder, node: Node) -> None:
     shape_in = builder.shape(node.inputs[0])
     if node.opset < 5:
@@ -149,7 +186,7 @@ def lower_reshape(builder: PlanBuilder, node: Node) -> None:
     _view(builder, node, shape)
 
 
-@lowers("Flatten")
+@lowers("Flatten", typed=True)
 def lower_flatten(builder: PlanBuilder, node: Node) -> None:
     shape = builder.shape(node.inputs[0])
     axis = int(node.attrs.get("axis", 1))
@@ -157,7 +194,7 @@ def lower_flatten(builder: PlanBuilder, node: Node) -> None:
     _view(builder, node, (_count(shape[:axis]), _count(shape[axis:])))
 
 
-@lowers("Squeeze")
+@lowers("Squeeze", typed=True)
 def lower_squeeze(builder: PlanBuilder, node: Node) -> None:
     shape = builder.shape(node.inputs[0])
     values = [
@@ -168,7 +205,7 @@ def lower_squeeze(builder: PlanBuilder, node: Node) -> None:
     _view(builder, node, [d for i, d in enumerate(shape) if i not in axes])
 
 
-@lowers("Unsqueeze")
+@lowers("Unsqueeze", typed=True)
 def lower_unsqueeze(builder: PlanBuilder, node: Node) -> None:
     shape = list(builder.shape(node.inputs[0]))
     values = [
@@ -181,14 +218,14 @@ def lower_unsqueeze(builder: PlanBuilder, node: Node) -> None:
 
 
 # -- data movement -----------------------------------------------------------------------
-@lowers("Transpose")
+@lowers("Transpose", typed=True)
 def lower_transpose(builder: PlanBuilder, node: Node) -> None:
     x = builder.tensor(node, node.inputs[0])
     rank = len(x.shape)
     perm = [int(p) for p in node.attrs.get("perm", list(range(rank - 1, -1, -1)))]
     out_shape = [x.shape[p] for p in perm]
     in_strides = contiguous_strides(x.shape)
-    output = builder.new_tensor(node.outputs[0], out_shape)
+    output = builder.new_tensor(node.outputs[0], out_shape, x.dtype)
     strided_copy(
         builder,
         node,
@@ -197,10 +234,11 @@ def lower_transpose(builder: PlanBuilder, node: Node) -> None:
         out_shape,
         [in_strides[p] for p in perm],
         contiguous_strides(out_shape),
+        dtype=x.dtype,
     )
 
 
-@lowers("Concat")
+@lowers("Concat", typed=True)
 def lower_concat(builder: PlanBuilder, node: Node) -> None:
     names = [n for n in node.inputs if n]
     shapes = [builder.shape(n) for n in names]
@@ -209,7 +247,11 @@ def lower_concat(builder: PlanBuilder, node: Node) -> None:
     axis = axis + rank if axis < 0 else axis
     out_shape = list(shapes[0])
     out_shape[axis] = sum(s[axis] for s in shapes)
-    output = builder.tensors.get(node.outputs[0]) or builder.new_tensor(node.outputs[0], out_shape)
+    dtype = builder.dtype(names[0]) if not builder.is_host(names[0]) else None
+    dtype = next((builder.dtype(n) for n in names if not builder.is_host(n)), dtype)
+    output = builder.tensors.get(node.outputs[0]) or builder.new_tensor(
+        node.outputs[0], out_shape, dtype
+    )
     out_strides = contiguous_strides(out_shape)
     offset = 0
     for name, shape in zip(names, shapes, strict=True):
@@ -218,7 +260,7 @@ def lower_concat(builder: PlanBuilder, node: Node) -> None:
         if name in builder.placed:  # its producer already wrote into this slice
             offset += shape[axis]
             continue
-        source = builder.tensor(node, name)
+        source = builder.tensor(node, name, output.dtype)
         strided_copy(
             builder,
             node,
@@ -229,18 +271,19 @@ def lower_concat(builder: PlanBuilder, node: Node) -> None:
             out_strides,
             0,
             offset * out_strides[axis],
+            dtype=output.dtype,
         )
         offset += shape[axis]
 
 
-@lowers("Expand")
+@lowers("Expand", typed=True)
 def lower_expand(builder: PlanBuilder, node: Node) -> None:
     x = builder.tensor(node, node.inputs[0])
     if not builder.is_host(node.inputs[1]):
         raise UnsupportedOperatorError(f"{node.describe()}: the shape must be constant")
     requested = [int(d) for d in np.asarray(builder.host(node.inputs[1])).reshape(-1)]
     out_shape = list(np.broadcast_shapes(x.shape, tuple(requested)))
-    output = builder.new_tensor(node.outputs[0], out_shape)
+    output = builder.new_tensor(node.outputs[0], out_shape, x.dtype)
     strided_copy(
         builder,
         node,
@@ -249,6 +292,7 @@ def lower_expand(builder: PlanBuilder, node: Node) -> None:
         out_shape,
         broadcast_strides(x.shape, out_shape),
         contiguous_strides(out_shape),
+        dtype=x.dtype,
     )
 
 
@@ -265,7 +309,7 @@ def lower_gather(builder: PlanBuilder, node: Node) -> None:
     axis = axis + len(data.shape) if axis < 0 else axis
     size = data.shape[axis]
     out_shape = [*data.shape[:axis], *indices.shape, *data.shape[axis + 1 :]]
-    output = builder.new_tensor(node.outputs[0], out_shape)
+    output = builder.new_tensor(node.outputs[0], out_shape, data.dtype)
     slice_shape = [*data.shape[:axis], 1, *data.shape[axis + 1 :]]
     in_strides = contiguous_strides(data.shape)
     flat_out = [*data.shape[:axis], max(indices.size, 1), *data.shape[axis + 1 :]]
@@ -284,10 +328,11 @@ def lower_gather(builder: PlanBuilder, node: Node) -> None:
             out_strides,
             index * in_strides[axis],
             position * out_strides[axis],
+            dtype=data.dtype,
         )
 
 
-@lowers("Pad")
+@lowers("Pad", typed=True)
 def lower_pad(builder: PlanBuilder, node: Node) -> None:
     x = builder.tensor(node, node.inputs[0])
     rank = len(x.shape)
@@ -296,14 +341,14 @@ def lower_pad(builder: PlanBuilder, node: Node) -> None:
         raise UnsupportedOperatorError(f"{node.describe()}: Pad mode {mode!r}")
     if node.opset < 11:
         pads = [int(p) for p in node.attrs.get("pads", node.attrs.get("paddings", []))]
-        value = float(node.attrs.get("value", 0.0))
+        value = node.attrs.get("value", 0.0)
     else:
         if not builder.is_host(node.inputs[1]):
             raise UnsupportedOperatorError(f"{node.describe()}: pads must be constant")
         pads = [int(p) for p in np.asarray(builder.host(node.inputs[1])).reshape(-1)]
         value = 0.0
         if len(node.inputs) > 2 and node.inputs[2]:
-            value = float(np.asarray(builder.host(node.inputs[2])).reshape(-1)[0])
+            value = np.asarray(builder.host(node.inputs[2])).reshape(-1)[0]
         if len(node.inputs) > 3 and node.inputs[3]:
             axes = [int(a) % rank for a in np.asarray(builder.host(node.inputs[3])).reshape(-1)]
             full = [0] * (2 * rank)
@@ -313,13 +358,14 @@ def lower_pad(builder: PlanBuilder, node: Node) -> None:
     if len(pads) != 2 * rank or any(p < 0 for p in pads):
         raise UnsupportedOperatorError(f"{node.describe()}: pads {pads} (negative or wrong rank)")
     out_shape = [x.shape[i] + pads[i] + pads[rank + i] for i in range(rank)]
-    output = builder.new_tensor(node.outputs[0], out_shape)
+    output = builder.new_tensor(node.outputs[0], out_shape, x.dtype)
     total = _count(out_shape)
+    fill_type = np.uint8 if x.dtype == dtypes.BOOL else x.dtype
     builder.launch(
         node,
-        COPY_SOURCE.replace("NDIM", "1"),
+        typed_source(COPY_SOURCE.replace("NDIM", "1"), T=x.dtype),
         "fill",
-        [output.storage, f32(value), i32(total)],
+        [output.storage, np.asarray(value).astype(fill_type)[()], i32(total)],
         total=total,
         per_item=CHUNK,
     )
@@ -335,6 +381,7 @@ def lower_pad(builder: PlanBuilder, node: Node) -> None:
         out_strides,
         0,
         offset,
+        dtype=x.dtype,
     )
 
 
@@ -348,7 +395,7 @@ def _host_ints(builder: PlanBuilder, node: Node, position: int) -> list[int] | N
     return [int(v) for v in np.asarray(builder.host(name)).reshape(-1)]
 
 
-@lowers("Slice")
+@lowers("Slice", typed=True)
 def lower_slice(builder: PlanBuilder, node: Node) -> None:
     """numpy slicing per axis (ONNX clamps starts/ends the way Python's slices do)."""
     x = builder.tensor(node, node.inputs[0])
@@ -379,7 +426,7 @@ def lower_slice(builder: PlanBuilder, node: Node) -> None:
         strides[axis] = in_strides[axis] * step
         if len(picked):
             offset += picked[0] * in_strides[axis]
-    output = builder.new_tensor(node.outputs[0], out_shape)
+    output = builder.new_tensor(node.outputs[0], out_shape, x.dtype)
     strided_copy(
         builder,
         node,
@@ -390,10 +437,11 @@ def lower_slice(builder: PlanBuilder, node: Node) -> None:
         contiguous_strides(out_shape),
         offset,
         0,
+        dtype=x.dtype,
     )
 
 
-@lowers("Split")
+@lowers("Split", typed=True)
 def lower_split(builder: PlanBuilder, node: Node) -> None:
     x = builder.tensor(node, node.inputs[0])
     rank = len(x.shape)
@@ -416,7 +464,7 @@ def lower_split(builder: PlanBuilder, node: Node) -> None:
     for name, size in zip(outputs, sizes, strict=True):
         shape = [*x.shape[:axis], size, *x.shape[axis + 1 :]]
         if name:
-            output = builder.new_tensor(name, shape)
+            output = builder.new_tensor(name, shape, x.dtype)
             strided_copy(
                 builder,
                 node,
@@ -427,5 +475,6 @@ def lower_split(builder: PlanBuilder, node: Node) -> None:
                 contiguous_strides(shape),
                 start * in_strides[axis],
                 0,
+                dtype=x.dtype,
             )
         start += size

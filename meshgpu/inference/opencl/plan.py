@@ -24,7 +24,7 @@ import numpy as np
 import pyopencl as cl
 
 from meshgpu.errors import DeviceError, ModelError, UnsupportedOperatorError
-from meshgpu.inference.opencl import programs
+from meshgpu.inference.opencl import dtypes, programs
 from meshgpu.inference.opencl.folding import fold_node
 from meshgpu.inference.opencl.graph import Graph, Node
 
@@ -49,6 +49,7 @@ class DeviceTensor:
 
     storage: Storage
     shape: tuple[int, ...]
+    dtype: np.dtype[Any] = dtypes.FLOAT32
 
 
 KernelArg = Storage | cl.Buffer | np.generic | None
@@ -77,18 +78,26 @@ class Plan:
     buffers: list[cl.Buffer]
     activation_bytes: int
     activation_bytes_without_reuse: int
+    #: Constants computed while planning (from input shapes), uploaded for this plan only;
+    #: held here because a kernel argument does not keep its buffer alive.
+    constants: list[cl.Buffer]
 
 
 Lowering = Callable[["PlanBuilder", Node], None]
 LOWERINGS: dict[str, Lowering] = {}
+#: Operators whose lowering handles device tensors of any device type itself; every other
+#: lowering reads float32 device tensors only (the walk refuses other types, naming them).
+TYPED_OPERATORS: set[str] = set()
 
 
-def lowers(*ops: str) -> Callable[[Lowering], Lowering]:
-    """Register a lowering function for ``ops``."""
+def lowers(*ops: str, typed: bool = False) -> Callable[[Lowering], Lowering]:
+    """Register a lowering function for ``ops`` (``typed``: it takes any element type)."""
 
     def register(function: Lowering) -> Lowering:
         for op in ops:
             LOWERINGS[op] = function
+            if typed:
+                TYPED_OPERATORS.add(op)
         return function
 
     return register
@@ -150,12 +159,16 @@ class PlanBuilder:
         # A device tensor that is another times a constant scalar, left unscaled because its
         # only reader (a Gemm) applies the factor through alpha: name -> factor.
         self.operand_scales: dict[str, float] = {}
+        self.fp64 = "cl_khr_fp64" in (device.extensions or "")
+        self._constant_tensors: dict[tuple[str, np.dtype[Any]], DeviceTensor] = {}
+        self._plan_constants: list[cl.Buffer] = []
         self.input_storages: dict[str, Storage] = {}
         for name, shape in input_shapes.items():
-            storage = Storage(max(FLOAT_BYTES, _count(shape) * FLOAT_BYTES), f"input {name}")
+            dtype = np.dtype(graph.inputs[name][1]) if name in graph.inputs else dtypes.FLOAT32
+            storage = Storage(max(FLOAT_BYTES, _count(shape) * dtype.itemsize), f"input {name}")
             storage.first = -1
             self.input_storages[name] = storage
-            self.tensors[name] = DeviceTensor(storage, shape)
+            self.tensors[name] = DeviceTensor(storage, shape, dtype)
 
     # -- queries ------------------------------------------------------------------------
     def is_host(self, name: str) -> bool:
@@ -171,21 +184,45 @@ class PlanBuilder:
             return self.placed[name]
         return self.tensors[name].shape
 
-    def tensor(self, node: Node, name: str) -> DeviceTensor:
-        """The device tensor ``name``; host constants are uploaded on demand."""
+    def dtype(self, name: str) -> np.dtype[Any]:
+        """Element type of a host value or device tensor."""
+        if name in self.values:
+            return np.asarray(self.values[name]).dtype
+        if name in self.placed:
+            return dtypes.FLOAT32  # written into a concatenation by a float kernel
+        return self.tensors[name].dtype
+
+    def tensor(self, node: Node, name: str, dtype: Any = None) -> DeviceTensor:
+        """The device tensor ``name``; host constants are uploaded on demand, as ``dtype``
+        when given, else in their own type for a typed operator and as float32 for the
+        others (whose kernels are float32)."""
         if name in self.tensors:
             return self.tensors[name]
         if name in self.values:
-            array = np.ascontiguousarray(self.values[name], dtype=np.float32)
+            value = np.asarray(self.values[name])
+            if dtype is None:
+                dtype = value.dtype if node.op in TYPED_OPERATORS else dtypes.FLOAT32
+            dtype = np.dtype(dtype)
+            if not dtypes.is_device_type(dtype):
+                raise UnsupportedOperatorError(
+                    f"the OpenCL backend cannot run {node.describe()}: constant {name!r} is "
+                    f"{dtypes.type_name(dtype)}, which is not a device type"
+                )
+            cached = self._constant_tensors.get((name, dtype))
+            if cached is not None:
+                return cached
+            array = np.ascontiguousarray(value, dtype=dtype)
             storage = Storage(max(FLOAT_BYTES, array.nbytes), f"constant {name}")
             buffer: cl.Buffer | None
             if name in self.static:
-                buffer = self.weight(("raw", name), lambda: array)
+                buffer = self.weight(("raw", name, dtype.str), lambda: array, dtype)
             else:
                 buffer = None if self.dry else self._upload(array)
-            tensor = DeviceTensor(storage, tuple(array.shape))
+                if buffer is not None:
+                    self._plan_constants.append(buffer)
+            tensor = DeviceTensor(storage, tuple(array.shape), dtype)
             self._bound_constants[storage] = buffer
-            self.tensors[name] = tensor
+            self._constant_tensors[(name, dtype)] = tensor
             return tensor
         raise ModelError(f"{node.describe()} reads {name!r} before it is computed")
 
@@ -197,15 +234,24 @@ class PlanBuilder:
         return readers[0]
 
     # -- production ---------------------------------------------------------------------
-    def new_tensor(self, name: str, shape: Sequence[int]) -> DeviceTensor:
+    def new_tensor(
+        self, name: str, shape: Sequence[int], dtype: Any = dtypes.FLOAT32
+    ) -> DeviceTensor:
         shape = tuple(int(d) for d in shape)
-        storage = Storage(max(FLOAT_BYTES, _count(shape) * FLOAT_BYTES), name)
-        tensor = DeviceTensor(storage, shape)
+        dtype = np.dtype(dtype)
+        if dtype == np.float64 and not self.fp64:
+            raise UnsupportedOperatorError(
+                f"tensor {name!r} is float64 and {self.device.name} has no cl_khr_fp64"
+            )
+        storage = Storage(max(FLOAT_BYTES, _count(shape) * dtype.itemsize), name)
+        tensor = DeviceTensor(storage, shape, dtype)
         self.tensors[name] = tensor
         return tensor
 
     def alias(self, name: str, source: DeviceTensor, shape: Sequence[int]) -> None:
-        self.tensors[name] = DeviceTensor(source.storage, tuple(int(d) for d in shape))
+        self.tensors[name] = DeviceTensor(
+            source.storage, tuple(int(d) for d in shape), source.dtype
+        )
 
     def workspace(self, nbytes: int, label: str) -> Storage:
         return Storage(max(FLOAT_BYTES, nbytes), label)
@@ -219,7 +265,7 @@ class PlanBuilder:
         tensor.storage.nbytes = max(tensor.storage.nbytes, nbytes)
         return True
 
-    def weight(self, key: Any, make: Callable[[], np.ndarray]) -> Any:
+    def weight(self, key: Any, make: Callable[[], np.ndarray], dtype: Any = None) -> Any:
         """Device copy (a ``cl.Buffer``) of a derived constant, uploaded once per session
         under ``key``; None during a dry walk, which never touches the device."""
         buffer = self.weights.get(key)
@@ -227,7 +273,8 @@ class PlanBuilder:
             if self.dry:
                 return None
             array = make()
-            dtype = np.int32 if array.dtype == np.int32 else np.float32
+            if dtype is None:
+                dtype = np.int32 if array.dtype == np.int32 else np.float32
             buffer = self._upload(np.ascontiguousarray(array, dtype=dtype))
             self.weights[key] = buffer
         return buffer
@@ -359,7 +406,7 @@ class PlanBuilder:
                 continue
             self.current_index = index
             known = [name for name in node.inputs if name]
-            if node.op == "Shape" or all(self.is_host(name) for name in known):
+            if node.op in ("Shape", "Size") or all(self.is_host(name) for name in known):
                 self._fold(node)
                 continue
             lowering = LOWERINGS.get(node.op)
@@ -367,6 +414,14 @@ class PlanBuilder:
                 raise UnsupportedOperatorError(
                     f"the OpenCL backend cannot run {node.describe()} on device tensors"
                 )
+            if node.op not in TYPED_OPERATORS:
+                for name in known:
+                    if name in self.tensors and self.tensors[name].dtype != dtypes.FLOAT32:
+                        raise UnsupportedOperatorError(
+                            f"the OpenCL backend cannot run {node.describe()}: it reads "
+                            f"{name!r} of type {dtypes.type_name(self.tensors[name].dtype)} "
+                            "and runs on float32 device tensors only"
+                        )
             try:
                 lowering(self, node)
             except (ValueError, IndexError, KeyError) as error:
@@ -384,8 +439,10 @@ class PlanBuilder:
         self.absorbed.add(self._node_index[id(node)])
 
     def _fold(self, node: Node) -> None:
-        if node.op == "Shape":
-            values: list[np.ndarray | None] = [np.empty(self.shape(node.inputs[0]), np.float32)]
+        if node.op in ("Shape", "Size"):
+            # a zero-strided stand-in: only its shape is read
+            shape = self.shape(node.inputs[0])
+            values: list[np.ndarray | None] = [np.broadcast_to(np.zeros((), np.uint8), shape)]
         else:
             values = [self.values[name] if name else None for name in node.inputs]
         try:
@@ -449,6 +506,7 @@ class PlanBuilder:
             buffers=buffers,
             activation_bytes=sum(slot_sizes),
             activation_bytes_without_reuse=sum(s.nbytes for s in storages),
+            constants=self._plan_constants,
         )
 
     def _resolve(self, arg: KernelArg, buffers: list[cl.Buffer]) -> Any:

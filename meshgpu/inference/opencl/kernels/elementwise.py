@@ -35,6 +35,46 @@ UNARY_EXPRESSIONS: dict[str, str] = {
     "Elu": "x >= 0.0f ? x : alpha * (exp(x) - 1.0f)",
     "Selu": "beta * (x > 0.0f ? x : alpha * (exp(x) - 1.0f))",
     "HardSigmoid": "fmax(0.0f, fmin(1.0f, alpha * x + beta))",
+    "HardSwish": "x * fmax(0.0f, fmin(1.0f, x * (1.0f / 6.0f) + 0.5f))",
+    "Mish": "x * tanh(x > 20.0f ? x : log1p(exp(x)))",
+    "ThresholdedRelu": "x > alpha ? x : 0.0f",
+    "Celu": "fmax(0.0f, x) + fmin(0.0f, alpha * (exp(x / alpha) - 1.0f))",
+    "Shrink": "x < -alpha ? x + beta : (x > alpha ? x - beta : 0.0f)",
+    "Swish": "x / (1.0f + exp(-alpha * x))",
+    "Tan": "tan(x)",
+    "Asin": "asin(x)",
+    "Acos": "acos(x)",
+    "Atan": "atan(x)",
+    "Sinh": "sinh(x)",
+    "Cosh": "cosh(x)",
+    "Asinh": "asinh(x)",
+    "Acosh": "acosh(x)",
+    "Atanh": "atanh(x)",
+    "Round": "rint(x)",
+}
+
+#: Gelu (opset 20) by its ``approximate`` attribute; the same expressions serve the fused
+#: Erf and Tanh subgraphs exporters emit before opset 20.
+GELU_EXPRESSIONS: dict[str, str] = {
+    "none": "0.5f * x * (1.0f + erf(x * 0.70710678118654752f))",
+    "tanh": "0.5f * x * (1.0f + tanh(0.79788456080286536f * (x + 0.044715f * x * x * x)))",
+}
+
+#: Unary operators on integer tensors (and ``Not`` on bool), computed in the element type.
+INTEGER_UNARY_EXPRESSIONS: dict[str, str] = {
+    "Neg": "-x",
+    "Abs": "x < 0 ? -x : x",
+    "Sign": "(x > 0) - (x < 0)",
+    "Relu": "x > 0 ? x : 0",
+    "Identity": "x",
+    "BitwiseNot": "~x",
+}
+
+#: Float tests with a bool result; IsInf's detect_negative/detect_positive arrive as
+#: alpha/beta.
+PREDICATE_EXPRESSIONS: dict[str, str] = {
+    "IsNaN": "isnan(x)",
+    "IsInf": "isinf(x) && ((x < 0 && alpha != 0.0f) || (x > 0 && beta != 0.0f))",
 }
 
 #: Default (alpha, beta) of the unary operators that take attributes, per the ONNX spec.
@@ -42,6 +82,11 @@ UNARY_PARAMETERS: dict[str, tuple[tuple[str, float], tuple[str, float]]] = {
     "Elu": (("alpha", 1.0), ("", 0.0)),
     "Selu": (("alpha", 1.67326319217681884765625), ("gamma", 1.05070102214813232421875)),
     "HardSigmoid": (("alpha", 0.2), ("beta", 0.5)),
+    "ThresholdedRelu": (("alpha", 1.0), ("", 0.0)),
+    "Celu": (("alpha", 1.0), ("", 0.0)),
+    "Shrink": (("lambd", 0.5), ("bias", 0.0)),
+    "Swish": (("alpha", 1.0), ("", 0.0)),
+    "IsInf": (("detect_negative", 1.0), ("detect_positive", 1.0)),
 }
 
 BINARY_EXPRESSIONS: dict[str, str] = {
@@ -55,21 +100,84 @@ BINARY_EXPRESSIONS: dict[str, str] = {
     "PRelu": "a >= 0.0f ? a : a * b",
 }
 
+#: Binary operators with a bool result, on operands of any one type.
+COMPARISON_EXPRESSIONS: dict[str, str] = {
+    "Equal": "a == b",
+    "Less": "a < b",
+    "LessOrEqual": "a <= b",
+    "Greater": "a > b",
+    "GreaterOrEqual": "a >= b",
+    "And": "a && b",
+    "Or": "a || b",
+    "Xor": "(a != 0) != (b != 0)",
+}
+
+#: Binary operators on integers, computed in the operands' type. Division by zero gives 0
+#: instead of trapping the device (ONNX leaves it undefined).
+INTEGER_BINARY_EXPRESSIONS: dict[str, str] = {
+    "Add": "a + b",
+    "Sub": "a - b",
+    "Mul": "a * b",
+    "Div": "b == 0 ? 0 : a / b",
+    "Max": "a > b ? a : b",
+    "Min": "a < b ? a : b",
+    "Pow": "integer_power(a, b)",
+    "BitwiseAnd": "a & b",
+    "BitwiseOr": "a | b",
+    "BitwiseXor": "a ^ b",
+    "ModTrunc": "b == 0 ? 0 : a % b",
+    "ModFloor": "b == 0 ? 0 : ((a % b != 0 && ((a % b < 0) != (b < 0))) ? a % b + b : a % b)",
+    "BitShiftLEFT": "a << b",
+    "BitShiftRIGHT": "a >> b",
+}
+
+INTEGER_POWER_SOURCE = r"""
+/* a^b by squaring in 64-bit integers (ONNX Pow on integers); a negative exponent gives 0. */
+long integer_power(long a, long b) {
+  long result = 1;
+  if (b < 0) return 0;
+  while (b > 0) {
+    if (b & 1) result *= a;
+    a *= a;
+    b >>= 1;
+  }
+  return result;
+}
+"""
+
 #: Elements each work-item handles. PoCL runs one work-item per loop iteration of a
 #: work-group function, so a work-item per element costs ~1 ns of overhead; looping over a
 #: contiguous chunk inside the work-item is 5-8x faster (numbers in docs/opencl-engine.md).
 CHUNK = 256
 
+#: Element types of the element-wise and copy kernels: float unless the lowering defines
+#: them (``TA``/``TB`` operands, ``TO`` output, ``T`` copied elements; see :mod:`..dtypes`).
+TYPE_DEFAULTS = r"""
+#ifndef TA
+#define TA float
+#endif
+#ifndef TB
+#define TB TA
+#endif
+#ifndef TO
+#define TO float
+#endif
+#ifndef T
+#define T float
+#endif
+"""
+
 UNARY_SOURCE = (
     f"#define CHUNK {CHUNK}\n"
+    + TYPE_DEFAULTS
     + r"""
-__kernel void unary(__global const float* restrict input, __global float* restrict output,
+__kernel void unary(__global const TA* restrict input, __global TO* restrict output,
                     float alpha, float beta, int total) {
   int start = get_global_id(0) * CHUNK;
   int stop = min(start + CHUNK, total);
   for (int i = start; i < stop; i++) {
-    float x = input[i];
-    output[i] = EXPRESSION;
+    TA x = input[i];
+    output[i] = (TO)(EXPRESSION);
   }
 }
 """
@@ -109,11 +217,12 @@ ODOMETER = r"""
 
 BINARY_SOURCE = (
     f"#define CHUNK {CHUNK}\n"
+    + TYPE_DEFAULTS
     + ODOMETER
     + r"""
 /* meta: dims[NDIM], a_strides[NDIM], b_strides[NDIM] (row-major, last dim fastest). */
-__kernel void binary(__global const float* restrict A, __global const float* restrict B,
-                     __global float* restrict output, __global const int* restrict meta,
+__kernel void binary(__global const TA* restrict A, __global const TB* restrict B,
+                     __global TO* restrict output, __global const int* restrict meta,
                      int total) {
   int start = get_global_id(0) * CHUNK;
   if (start >= total) return;
@@ -122,9 +231,9 @@ __kernel void binary(__global const float* restrict A, __global const float* res
   int ib = 0;
   ODOMETER_BEGIN(start, ia, ib)
   for (int i = start; i < stop; i++) {
-    float a = A[ia];
-    float b = B[ib];
-    float v = EXPRESSION;
+    TA a = A[ia];
+    TB b = B[ib];
+    TO v = (TO)(EXPRESSION);
     output[i] = ACT(v);
     ODOMETER_STEP(ia, ib)
   }
@@ -154,12 +263,13 @@ __kernel void channel_affine(__global const float* restrict x, __global float* r
 
 COPY_SOURCE = (
     f"#define CHUNK {CHUNK}\n"
+    + TYPE_DEFAULTS
     + ODOMETER
     + r"""
 /* dst[dst_offset + sum c_d*dst_stride_d] = src[src_offset + sum c_d*src_stride_d] over an
    iteration shape; meta: dims[NDIM], src_strides[NDIM], dst_strides[NDIM].
    Serves Transpose, Concat (one launch per input), Gather, Expand and Pad's interior. */
-__kernel void strided_copy(__global const float* restrict src, __global float* restrict dst,
+__kernel void strided_copy(__global const T* restrict src, __global T* restrict dst,
                            __global const int* restrict meta, int src_offset, int dst_offset,
                            int total) {
   int start = get_global_id(0) * CHUNK;
@@ -174,7 +284,7 @@ __kernel void strided_copy(__global const float* restrict src, __global float* r
   }
 }
 
-__kernel void fill(__global float* restrict dst, float value, int total) {
+__kernel void fill(__global T* restrict dst, T value, int total) {
   int start = get_global_id(0) * CHUNK;
   int stop = min(start + CHUNK, total);
   for (int i = start; i < stop; i++) dst[i] = value;
