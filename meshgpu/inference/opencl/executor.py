@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pyopencl as cl
 
-from meshgpu.errors import DeviceError, InputError, ModelError
+from meshgpu.errors import DeviceError, InputError, ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the lowerings)
     dtypes,
     lower_conv,
@@ -74,7 +74,7 @@ class OpenCLSession:
         self.outputs: list[str] = list(self._graph.outputs)
         for name, (_, dtype) in self.inputs.items():
             if not dtypes.is_device_type(dtype):
-                raise ModelError(
+                raise UnsupportedOperatorError(
                     f"input {name!r} has dtype {dtype}, which the OpenCL backend does not hold "
                     "on a device (use backend='onnxruntime')"
                 )
@@ -102,18 +102,29 @@ class OpenCLSession:
             for name, (shape, _) in self.inputs.items()
             if all(isinstance(d, int) for d in shape)
         }
-        if len(static_shapes) == len(self.inputs):
+        if len(static_shapes) == len(self.inputs) and not self._graph.host_inputs:
             self._plan({n: tuple(int(d) for d in s) for n, s in static_shapes.items()})
 
     @property
     def device(self) -> cl.Device:
         return self._device
 
-    def _plan(self, shapes: dict[str, tuple[int, ...]]) -> Plan:
-        signature = tuple(sorted(shapes.items()))
+    def _plan(
+        self, shapes: dict[str, tuple[int, ...]], host_feeds: dict[str, np.ndarray] | None = None
+    ) -> Plan:
+        """The plan for these input shapes (and values of the host inputs), built once."""
+        host_feeds = host_feeds or {}
+        signature = tuple(sorted(shapes.items())) + tuple(
+            (name, str(array.dtype), array.shape, array.tobytes())
+            for name, array in sorted(host_feeds.items())
+        )
         plan = self._plans.get(signature)
         if plan is None:
-            plan = build_plan(self._graph, self._static, shapes, self._device, self._weights)
+            if host_feeds and len(self._plans) >= _ACCEPTED_SIGNATURES:
+                self._plans.clear()  # value-specialised plans: keep the cache bounded
+            plan = build_plan(
+                self._graph, self._static, shapes, self._device, self._weights, host_feeds
+            )
             self._plans[signature] = plan
             weights = sum(b.size for b in self._weights.values())
             activations = max(p.activation_bytes for p in self._plans.values())
@@ -173,12 +184,16 @@ class OpenCLSession:
         """Run the model on ``feeds``; returns every graph output as a numpy array."""
         checked = self._check_feeds(feeds)
         with self._lock:
-            plan = self._plan({name: tuple(a.shape) for name, a in checked.items()})
+            host = self._graph.host_inputs
+            plan = self._plan(
+                {name: tuple(a.shape) for name, a in checked.items() if name not in host},
+                {name: a for name, a in checked.items() if name in host},
+            )
             buffers = plan.buffers
             queue = self._queue
             try:
                 for name, array in checked.items():
-                    if array.size:
+                    if array.size and name not in host:
                         storage = plan.input_storages[name]
                         cl.enqueue_copy(queue, buffers[storage.slot], array, is_blocking=False)
                 for launch in plan.launches:

@@ -96,6 +96,7 @@ SUPPORTED_OPERATORS: Mapping[str, int] = {
     "Reciprocal": 1,
     "ReduceL1": 1,
     "ReduceL2": 1,
+    "ReduceLogSum": 1,
     "ReduceLogSumExp": 1,
     "ReduceMax": 1,
     "ReduceMean": 1,
@@ -141,6 +142,41 @@ SUPPORTED_OPERATORS: Mapping[str, int] = {
 MAX_OPSET = int(onnx.defs.onnx_opset_version())
 
 
+#: Operand positions that give a shape, axes, sizes or counts rather than data: a graph input
+#: read only at such positions is planned on the host (its value is part of the plan's
+#: signature, like an input shape), so shape arithmetic on it folds at plan time.
+HOST_OPERANDS: Mapping[str, frozenset[int]] = {
+    "Reshape": frozenset({1}),
+    "Unsqueeze": frozenset({1}),
+    "Squeeze": frozenset({1}),
+    "Expand": frozenset({1}),
+    "Tile": frozenset({1}),
+    "Slice": frozenset({1, 2, 3, 4}),
+    "Pad": frozenset({1, 2, 3}),
+    "Split": frozenset({1}),
+    "ConstantOfShape": frozenset({0}),
+    "Range": frozenset({0, 1, 2}),
+    "TopK": frozenset({1}),
+    "OneHot": frozenset({1}),
+    "Resize": frozenset({1, 2, 3}),
+    "Upsample": frozenset({1}),
+    "CumSum": frozenset({1}),
+    "Trilu": frozenset({1}),
+    "ReduceSum": frozenset({1}),
+    "ReduceMean": frozenset({1}),
+    "ReduceMax": frozenset({1}),
+    "ReduceMin": frozenset({1}),
+    "ReduceProd": frozenset({1}),
+    "ReduceSumSquare": frozenset({1}),
+    "ReduceL1": frozenset({1}),
+    "ReduceL2": frozenset({1}),
+    "ReduceLogSum": frozenset({1}),
+    "ReduceLogSumExp": frozenset({1}),
+    "Shape": frozenset(),
+    "Size": frozenset(),
+}
+
+
 @dataclass(frozen=True)
 class Node:
     """One ONNX node, attributes decoded; ``opset`` is the model's default-domain version."""
@@ -166,6 +202,8 @@ class Graph:
     outputs: list[str]
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     opset: int = 0
+    #: Runtime inputs read only as shapes, axes or counts (see HOST_OPERANDS).
+    host_inputs: frozenset[str] = frozenset()
 
 
 def legacy_broadcast_shape(node: Node, a_rank: int, b_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -334,7 +372,35 @@ def read_graph(model: onnx.ModelProto) -> Graph:
     for name in outputs:
         if name not in produced:
             raise ModelError(f"graph output {name!r} is produced by no node, input or initializer")
-    return Graph(nodes=ordered, inputs=inputs, outputs=outputs, constants=constants, opset=opset)
+    return Graph(
+        nodes=ordered,
+        inputs=inputs,
+        outputs=outputs,
+        constants=constants,
+        opset=opset,
+        host_inputs=_host_inputs(ordered, inputs, set(outputs)),
+    )
+
+
+def _host_inputs(
+    nodes: list[Node], inputs: Mapping[str, tuple[Any, np.dtype[Any]]], outputs: set[str]
+) -> frozenset[str]:
+    """Graph inputs that every reader takes at a HOST_OPERANDS position."""
+    found = set()
+    for name in inputs:
+        if name in outputs:
+            continue
+        positions = [
+            (node.op, position)
+            for node in nodes
+            for position, read in enumerate(node.inputs)
+            if read == name
+        ]
+        if positions and all(
+            position in HOST_OPERANDS.get(op, frozenset()) for op, position in positions
+        ):
+            found.add(name)
+    return frozenset(found)
 
 
 def _topological_order(nodes: list[Node], available: set[str]) -> list[Node]:

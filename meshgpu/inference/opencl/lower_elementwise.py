@@ -165,8 +165,13 @@ def _binary_expression(
     if op in COMPARISON_EXPRESSIONS:
         return COMPARISON_EXPRESSIONS[op], dtypes.BOOL
     if op == "Mod":
-        if dtypes.is_float(a_type):
+        if dtypes.is_float(a_type) and int(node.attrs.get("fmod", 0)):
             return "fmod(a, b)", a_type
+        if dtypes.is_float(a_type):  # numpy's mod: the result takes the divisor's sign
+            return (
+                "fmod(a, b) != 0 && ((fmod(a, b) < 0) != (b < 0)) ? fmod(a, b) + b : fmod(a, b)",
+                a_type,
+            )
         op = "ModTrunc" if int(node.attrs.get("fmod", 0)) else "ModFloor"
     if op == "BitShift":
         op = "BitShift" + str(node.attrs.get("direction", "LEFT"))

@@ -387,7 +387,7 @@ def lower_matmul(builder: PlanBuilder, node: Node) -> None:
     epilogue = fusion.collect(
         builder,
         node.outputs[0],
-        tuple(out_shape),
+        tuple(out_shape) or (1,),  # a vector dot product: fuse as on one element
         max(len(out_shape) - 1, 0),
         allow_affine=len(b_shape) != 1,
         allow_scale=False,

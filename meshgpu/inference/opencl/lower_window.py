@@ -6,10 +6,15 @@ from __future__ import annotations
 import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
+from meshgpu.inference.opencl import dtypes
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
-from meshgpu.inference.opencl.kernels.spatial import REDUCE_SOURCE, REDUCTIONS
+from meshgpu.inference.opencl.kernels.spatial import (
+    INTEGER_REDUCTIONS,
+    REDUCE_SOURCE,
+    REDUCTIONS,
+)
 from meshgpu.inference.opencl.lower_tensor import _count, contiguous_strides
 from meshgpu.inference.opencl.plan import (
     PlanBuilder,
@@ -153,11 +158,22 @@ def lower_lrn(builder: PlanBuilder, node: Node) -> None:
 
 
 # -- reductions ----------------------------------------------------------------------------
-@lowers(*REDUCTIONS)
+@lowers(*REDUCTIONS, typed=True)
 def lower_reduce(builder: PlanBuilder, node: Node) -> None:
     """Reduce* with ``axes`` as attribute (ReduceSum before 13, the others before 18) or
-    input, ``keepdims`` and ``noop_with_empty_axes``."""
+    input, ``keepdims`` and ``noop_with_empty_axes``; float in float, integers and bool in
+    their own type."""
     x = builder.tensor(node, node.inputs[0])
+    if dtypes.is_float(x.dtype):
+        init, combine, final = REDUCTIONS[node.op]
+    elif node.op in INTEGER_REDUCTIONS:
+        init, combine, final = INTEGER_REDUCTIONS[node.op]
+        low, high = ("0", "1") if x.dtype == dtypes.BOOL else dtypes.LIMITS[dtypes.c_type(x.dtype)]
+        init = init.replace("LOW", low).replace("HIGH", high)
+    else:
+        raise UnsupportedOperatorError(
+            f"the OpenCL backend cannot run {node.describe()} on {dtypes.type_name(x.dtype)}"
+        )
     rank = len(x.shape)
     axes_from_input = node.opset >= (13 if node.op == "ReduceSum" else 18)
     if axes_from_input and len(node.inputs) > 1 and node.inputs[1]:
@@ -186,12 +202,15 @@ def lower_reduce(builder: PlanBuilder, node: Node) -> None:
     )
     meta_values = [*out_dims, *out_strides, *reduced_dims, *reduced_strides]
     meta = builder.weight(("meta", "reduce", tuple(meta_values)), lambda: int_array(meta_values))
-    output = builder.new_tensor(node.outputs[0], out_shape)
-    init, combine, final = REDUCTIONS[node.op]
+    output = builder.new_tensor(node.outputs[0], out_shape, x.dtype)
     source = (
-        f"#define NOUT {len(out_dims)}\n#define NRED {len(reduced_dims)}\n"
-        f"#define INIT ({init})\n#define COMBINE(acc, v) ({combine})\n"
-        f"#define FINAL(acc, count) ({final})\n" + REDUCE_SOURCE
+        dtypes.source_prefix(x.dtype)
+        + f"#define T {dtypes.c_type(x.dtype)}\n"
+        + (
+            f"#define NOUT {len(out_dims)}\n#define NRED {len(reduced_dims)}\n"
+            f"#define INIT ({init})\n#define COMBINE(acc, v) ({combine})\n"
+            f"#define FINAL(acc, count) ({final})\n" + REDUCE_SOURCE
+        )
     )
     total = _count(out_shape)
     builder.launch(

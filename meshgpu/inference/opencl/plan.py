@@ -127,6 +127,7 @@ class PlanBuilder:
         *,
         dry: bool = False,
         placements: dict[str, tuple[str, tuple[int, ...], int]] | None = None,
+        host_feeds: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.graph = graph
         #: A dry builder only infers shapes and fusion decisions: no uploads, no compiles.
@@ -147,6 +148,7 @@ class PlanBuilder:
         self.weights = weights
         self.static = static_constants
         self.values: dict[str, np.ndarray] = dict(static_constants)
+        self.values.update(host_feeds or {})
         self.tensors: dict[str, DeviceTensor] = {}
         self.launches: list[Launch] = []
         self.absorbed: set[int] = set()
@@ -571,9 +573,12 @@ def build_plan(
     input_shapes: dict[str, tuple[int, ...]],
     device: cl.Device,
     weights: dict[Any, cl.Buffer],
+    host_feeds: dict[str, np.ndarray] | None = None,
 ) -> Plan:
     """Dry walk for shapes, choose concat placements, then the real build."""
-    dry = PlanBuilder(graph, static_constants, input_shapes, device, weights, dry=True)
+    dry = PlanBuilder(
+        graph, static_constants, input_shapes, device, weights, dry=True, host_feeds=host_feeds
+    )
     dry.walk()
     shapes = {name: tensor.shape for name, tensor in dry.tensors.items()}
     placements: dict[str, tuple[str, tuple[int, ...], int]] = {}
@@ -595,6 +600,12 @@ def build_plan(
                 placements[name] = (node.outputs[0], out_shape, offset)
             offset += dry.shape(name)[1]
     real = PlanBuilder(
-        graph, static_constants, input_shapes, device, weights, placements=placements
+        graph,
+        static_constants,
+        input_shapes,
+        device,
+        weights,
+        placements=placements,
+        host_feeds=host_feeds,
     )
     return real.build()

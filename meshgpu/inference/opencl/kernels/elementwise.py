@@ -127,8 +127,9 @@ INTEGER_BINARY_EXPRESSIONS: dict[str, str] = {
     "BitwiseXor": "a ^ b",
     "ModTrunc": "b == 0 ? 0 : a % b",
     "ModFloor": "b == 0 ? 0 : ((a % b != 0 && ((a % b < 0) != (b < 0))) ? a % b + b : a % b)",
-    "BitShiftLEFT": "a << b",
-    "BitShiftRIGHT": "a >> b",
+    # a shift outside [0, width) gives 0 (right: the sign fill), as numpy does
+    "BitShiftLEFT": "(b < 0 || b >= 8 * (int)sizeof(TA)) ? 0 : a << b",
+    "BitShiftRIGHT": "(b < 0 || b >= 8 * (int)sizeof(TA)) ? (a < 0 ? -1 : 0) : a >> b",
 }
 
 INTEGER_POWER_SOURCE = r"""

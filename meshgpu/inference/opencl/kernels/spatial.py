@@ -262,10 +262,13 @@ SPATIAL_SOURCE = "\n".join(
 
 
 REDUCE_SOURCE = r"""
+#ifndef T
+#define T float
+#endif
 /* Reduce* operators: one work-item per output element. meta: out dims[NOUT], their input
    strides[NOUT], reduced dims[NRED], their input strides[NRED]. COMBINE(acc, v), INIT and
    FINAL(acc, count) are spliced in per operator. */
-__kernel void reduce(__global const float* restrict x, __global float* restrict y,
+__kernel void reduce(__global const T* restrict x, __global T* restrict y,
                      __global const int* restrict meta, int count, int total) {
   int i = get_global_id(0);
   if (i >= total) return;
@@ -276,7 +279,7 @@ __kernel void reduce(__global const float* restrict x, __global float* restrict 
     rest /= meta[d];
     base += c * meta[NOUT + d];
   }
-  float acc = INIT;
+  T acc = INIT;
   for (int r = 0; r < count; r++) {
     int left = r;
     int offset = base;
@@ -285,7 +288,7 @@ __kernel void reduce(__global const float* restrict x, __global float* restrict 
       left /= meta[2 * NOUT + d];
       offset += c * meta[2 * NOUT + NRED + d];
     }
-    float v = x[offset];
+    T v = x[offset];
     acc = COMBINE(acc, v);
   }
   y[i] = FINAL(acc, count);
@@ -303,4 +306,17 @@ REDUCTIONS: dict[str, tuple[str, str, str]] = {
     "ReduceL1": ("0.0f", "acc + fabs(v)", "acc"),
     "ReduceL2": ("0.0f", "acc + v * v", "sqrt(acc)"),
     "ReduceLogSumExp": ("0.0f", "acc + exp(v)", "log(acc)"),
+    "ReduceLogSum": ("0.0f", "acc + v", "log(acc)"),
+}
+
+#: The reductions on integer and bool tensors (in the element type; LOW/HIGH are its
+#: limits, bool's being 0 and 1).
+INTEGER_REDUCTIONS: dict[str, tuple[str, str, str]] = {
+    "ReduceSum": ("0", "acc + v", "acc"),
+    "ReduceMean": ("0", "acc + v", "acc / count"),
+    "ReduceMax": ("LOW", "(v > acc ? v : acc)", "acc"),
+    "ReduceMin": ("HIGH", "(v < acc ? v : acc)", "acc"),
+    "ReduceProd": ("1", "acc * v", "acc"),
+    "ReduceSumSquare": ("0", "acc + v * v", "acc"),
+    "ReduceL1": ("0", "acc + (v < 0 ? -v : v)", "acc"),
 }
