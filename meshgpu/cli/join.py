@@ -135,6 +135,7 @@ def join(
         "interface": interface,
         "advertise": advertise,
         "verbose": verbose,
+        "max_frame_bytes": None,  # config file only
     }
     try:
         mesh_config = MeshConfig()
@@ -164,6 +165,11 @@ def join(
             interface=options["interface"],
             advertise=options["advertise"],
             mesh_config=mesh_config,
+            **(
+                {"max_frame_bytes": options["max_frame_bytes"]}
+                if options["max_frame_bytes"] is not None
+                else {}
+            ),
         )
     except (MeshError, OSError) as error:
         raise click.ClickException(str(error)) from None

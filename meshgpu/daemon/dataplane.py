@@ -18,10 +18,12 @@ still refers to it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +33,13 @@ from meshgpu.core import effects as fx
 from meshgpu.core.events import PayloadFetchFailed, PayloadStored, TaskFinished
 from meshgpu.core.tasks import TaskId, TaskSpec, TaskTable
 from meshgpu.core.types import Address, NodeId
+from meshgpu.daemon.blobs import TensorBlob, chunk_bytes, load_tensors
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import group_from_bytes, group_result_bytes, tensors_from_bytes
 from meshgpu.daemon.rpc import open_rpc
-from meshgpu.errors import DigestMismatchError, MeshError, PermanentTaskError
+from meshgpu.daemon.transfers import RangeCall, ReadRange, pull, range_answer
+from meshgpu.daemon.transfers import push as push_ranges
+from meshgpu.errors import DigestMismatchError, MeshError, PermanentTaskError, StorageError
 
 if TYPE_CHECKING:
     from meshgpu.daemon.runtime import Daemon
@@ -45,6 +50,10 @@ INPUTS = "inputs"
 RESULT = "result"
 MODEL_CHUNK_BYTES = 1 << 20
 TRANSFER_TIMEOUT = 30.0
+PUSH_ROUNDS = 3
+"""Rounds of pushes a result gets before its task fails for want of a place to keep it."""
+PUSH_RETRY_S = 1.0
+"""Wait before the second round of pushes (twice that before the third)."""
 
 
 def task_key(task_id: TaskId) -> tuple[str, int]:
@@ -151,31 +160,52 @@ class DataPlane:
 
     # --- inputs ----------------------------------------------------------------------
 
-    async def obtain_inputs(self, digest: str, sources: Iterable[NodeId]) -> bytes:
-        """The input blob ``digest``: from our disk, else from the first source that has it."""
+    @property
+    def chunk(self) -> int:
+        """The largest range of a payload in one request (blobs.chunk_bytes)."""
+        return chunk_bytes(self.daemon.settings.max_frame_bytes)
+
+    async def fetch_inputs(self, digest: str, sources: Iterable[NodeId]) -> Fetched:
+        """The input payload ``digest``: from our store, else from the first source that
+        has it (a large one into a scratch file, checked against its digest)."""
         payloads = self.daemon.payloads
         local = payloads.get_memory(digest, INPUTS)
-        if local is None and payloads.has(digest, INPUTS):
+        if local is not None:
+            return Fetched(data=local)
+        if payloads.has(digest, INPUTS):
             # A miss goes straight to the holders: a thread hop only to learn that a file
             # is absent cost 0.6-7 ms of a loaded machine's scheduling (docs/daemon.md).
-            local = await trio.to_thread.run_sync(payloads.get_bytes, digest, INPUTS)
-        if local is not None:
-            return local
+            return Fetched(path=payloads.path(digest, INPUTS))
         errors = []
         for node_id in self._live(sources):
             if node_id == self.daemon.node_id:
                 continue
             try:
-                reply = await self._request(node_id, "get_inputs", digest=digest)
-                data = reply["data"]
+                data, writer = await pull(
+                    self._ranges(node_id, "get_inputs", digest=digest),
+                    self.chunk,
+                    lambda: payloads.writer(digest, INPUTS),
+                )
+                if writer is not None:
+                    path = await trio.to_thread.run_sync(writer.commit, digest)
+                    return Fetched(path=path, owned=True)
+                assert data is not None
                 if hashlib.sha256(data).hexdigest() != digest:
                     raise DigestMismatchError(f"inputs from {node_id} do not match {digest[:12]}")
-                return bytes(data)
+                return Fetched(data=bytes(data))
             except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
                 errors.append(f"{node_id}: {error or type(error).__name__}")
         raise MeshError(
             f"inputs {digest[:12]} unavailable: " + ("; ".join(errors) or "no live holder")
         )
+
+    def _ranges(self, node_id: NodeId, op: str, **fields: Any) -> RangeCall:
+        """Range requests ``op`` to ``node_id`` (transfers.pull)."""
+
+        async def call(offset: int, length: int) -> dict[str, Any]:
+            return await self._request(node_id, op, offset=offset, length=length, **fields)
+
+        return call
 
     async def _fetch_queued(self) -> None:
         """Fetch the inputs of every queued hold request, one ``get_inputs`` request per
@@ -234,8 +264,12 @@ class DataPlane:
             model_digest = self._model_of(effect.task_id)
             if model_digest is not None:
                 await self.obtain_model(model_digest, effect.from_nodes)
-            data = await self.obtain_inputs(effect.input_digest, effect.from_nodes)
-            await self.store(effect.input_digest, INPUTS, data, wait=False)
+            fetched = await self.fetch_inputs(effect.input_digest, effect.from_nodes)
+            if fetched.owned:
+                assert fetched.path is not None
+                self.daemon.payloads.install(fetched.path, effect.input_digest, INPUTS)
+            elif fetched.data is not None:
+                await self.store(effect.input_digest, INPUTS, fetched.data, wait=False)
         except Exception as error:  # every failure is reported to the core, never raised
             if not isinstance(error, MeshError):
                 logger.exception("unexpected error fetching inputs of %s", effect.task_id)
@@ -303,9 +337,10 @@ class DataPlane:
                 # Cancellable (CancelTask) while fetching and while waiting for a slot
                 # (a prefetched task); once on the device, the run finishes normally.
                 self._fetching.add(key)
+                fetched: Fetched | None = None
                 try:
                     sources = [effect.task_id.origin, *effect.holders]
-                    blob = await self.obtain_inputs(spec.input_digest, effect.holders)
+                    fetched = await self.fetch_inputs(spec.input_digest, effect.holders)
                     await self.obtain_model(spec.model_digest, sources)
 
                     def on_slot() -> None:  # on the device now: no longer cancellable
@@ -313,24 +348,31 @@ class DataPlane:
 
                     with self.daemon.models.pinned(spec.model_digest) as model_path:
                         if spec.members != 1:
-                            result, run_s = await self._run_group(spec, model_path, blob, on_slot)
+                            blob = await fetched.read_bytes()
+                            packed, run_s = await self._run_group(spec, model_path, blob, on_slot)
+                            result = ResultSource.of_bytes(packed)
                         else:
+                            tensors = await fetched.tensors()
+                            fetched.discard()  # loaded: the scratch copy is not needed
                             outputs, run_s = await self.daemon.executor.run(
-                                spec.model_digest,
-                                model_path,
-                                tensors_from_bytes(blob),
-                                on_slot=on_slot,
+                                spec.model_digest, model_path, tensors, on_slot=on_slot
                             )
-                            result = pack_result(outputs)
+                            del tensors
+                            result = await self._result_source(effect.task_id, outputs)
+                            del outputs
                 finally:
                     self._fetching.discard(key)
-                holders = await self._push_result(
+                    if fetched is not None:
+                        fetched.discard()
+                holders, problems = await self._push_result(
                     effect.task_id, effect.attempt, result, effect.holders
                 )
                 if holders:
                     outcome, reason = "ok", ""
                 else:
-                    reason = "the result could not be stored on any holder"
+                    reason = "the result could not be stored on any node: " + "; ".join(
+                        problems or ["no live node"]
+                    )
             if scope.cancelled_caught and self.daemon.leaving:
                 return  # handed back by _leave, which feeds the TaskFinished
             if scope.cancelled_caught:
@@ -378,33 +420,105 @@ class DataPlane:
         )
         return group_result_bytes(outcomes), run_s / len(members)
 
+    async def _result_source(self, task_id: TaskId, outputs: dict[str, Any]) -> ResultSource:
+        """The result of a run, ready to push: a small one as bytes; a large one spilled
+        to this node's payload store (the worker's own copy, from which the holders'
+        copies are sent), or, when that fails (a full disk), sent from memory."""
+        blob = TensorBlob(outputs)
+        if blob.size <= self.chunk:
+            return ResultSource.of_bytes(pack_result(outputs))
+        payloads, key = self.daemon.payloads, task_key(task_id)
+        scratch = payloads.scratch(key, RESULT)
+        try:
+            sha256 = await trio.to_thread.run_sync(blob.write_to, scratch)
+            payloads.install(scratch, key, RESULT)
+        except MeshError as error:
+            logger.warning(
+                "could not keep the result of %s here (%s); sending it from memory", task_id, error
+            )
+            sha256 = await trio.to_thread.run_sync(blob.digest)
+            return ResultSource(blob.size, sha256, _memory_reader(blob), stored_here=False)
+        return ResultSource(blob.size, sha256, self._file_reader(key, RESULT), stored_here=True)
+
+    def _file_reader(self, key: Any, kind: str) -> ReadRange:
+        payloads = self.daemon.payloads
+
+        async def read(offset: int, length: int) -> bytes:
+            data = await trio.to_thread.run_sync(payloads.read_range, key, kind, offset, length)
+            if data is None:
+                raise StorageError(f"{kind} of {key} vanished from this node during a transfer")
+            return data
+
+        return read
+
     async def _push_result(
-        self, task_id: TaskId, attempt: int, result: bytes, holders: Iterable[NodeId]
-    ) -> tuple[NodeId, ...]:
-        """Store the result on every live holder; returns those that confirmed."""
+        self, task_id: TaskId, attempt: int, result: ResultSource, holders: Iterable[NodeId]
+    ) -> tuple[tuple[NodeId, ...], list[str]]:
+        """Store the result on every live holder; returns those that confirmed, and why
+        the others did not. Storing is part of finishing the task: while no node other
+        than this one confirmed, the result goes to further live members, one at a time,
+        and the whole round is tried ``PUSH_ROUNDS`` times before the task fails."""
         stored: list[NodeId] = []
+        problems: list[str] = []
+        me = self.daemon.node_id
 
         async def push(node_id: NodeId) -> None:
             try:
-                if node_id == self.daemon.node_id:
-                    await self.store(task_key(task_id), RESULT, result, wait=True)
-                else:
+                if node_id == me:
+                    if result.data is not None:
+                        await self.store(task_key(task_id), RESULT, result.data, wait=True)
+                    elif not result.stored_here:
+                        return
+                elif result.data is not None:
                     await self._request(
-                        node_id, "put_result", task_id=str(task_id), attempt=attempt, data=result
+                        node_id,
+                        "put_result",
+                        task_id=str(task_id),
+                        attempt=attempt,
+                        data=result.data,
+                    )
+                else:
+                    await push_ranges(
+                        functools.partial(
+                            self._request,
+                            node_id,
+                            "put_result",
+                            task_id=str(task_id),
+                            attempt=attempt,
+                        ),
+                        result.read,
+                        result.size,
+                        result.sha256,
+                        self.chunk,
                     )
                 stored.append(node_id)
             except (MeshError, OSError, trio.TooSlowError) as error:
+                problems.append(f"{node_id}: {error or type(error).__name__}")
                 logger.warning("could not store result of %s on %s: %s", task_id, node_id, error)
 
-        # The holders named by RunTask are those known at assignment; replication may
-        # have added one since, so push to the table's current holders as well. The
-        # worker keeps a copy too (and says so): a task assigned before its replication
-        # finished would otherwise have its result on the origin alone.
-        targets = set(holders) | self._current_holders(task_id) | {self.daemon.node_id}
-        async with trio.open_nursery() as nursery:
-            for node_id in self._live(targets):
-                nursery.start_soon(push, node_id)
-        return tuple(sorted(stored))
+        tried: set[NodeId] = set()
+        for round_number in range(PUSH_ROUNDS):
+            if round_number:
+                await trio.sleep(PUSH_RETRY_S * round_number)
+            # The holders named by RunTask are those known at assignment; replication may
+            # have added one since, so push to the table's current holders as well. The
+            # worker keeps a copy too (and says so): a task assigned before its
+            # replication finished would otherwise have its result on the origin alone.
+            targets = set(holders) | self._current_holders(task_id) | {me}
+            async with trio.open_nursery() as nursery:
+                for node_id in self._live(targets - set(stored)):
+                    tried.add(node_id)
+                    nursery.start_soon(push, node_id)
+            # No holder took it: another live member will (any node may hold a result).
+            for node_id in self._live(self.daemon.node.live_members()):
+                if set(stored) - {me}:
+                    break
+                if node_id not in tried:
+                    tried.add(node_id)
+                    await push(node_id)
+            if stored:
+                break
+        return tuple(sorted(stored)), problems
 
     def _current_holders(self, task_id: TaskId) -> set[NodeId]:
         from meshgpu.daemon.status import task_table
@@ -413,21 +527,49 @@ class DataPlane:
         entry = None if table is None else table.get(task_id)
         return set() if entry is None else set(entry.holders)
 
+    async def result_head(
+        self, task_id: TaskId, holders: Iterable[NodeId]
+    ) -> tuple[bytes | None, int]:
+        """The result of ``task_id`` if it fits one range, and its size in bytes (None and
+        the size for a larger one, which the client fetches in ranges: ``get_result``)."""
+        data, size = await self.result_range(task_id, holders, 0, self.chunk)
+        return (data if len(data) >= size else None), size
+
     async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes:
-        """The result blob of ``task_id`` from our disk or any live result holder."""
+        """The whole result blob of ``task_id`` in memory (a task group's result)."""
+        data, size = await self.result_head(task_id, holders)
+        if data is None:
+            raise MeshError(
+                f"result of {task_id} is {size} bytes, more than one range; fetch it in ranges"
+            )
+        return data
+
+    async def result_range(
+        self, task_id: TaskId, holders: Iterable[NodeId], offset: int, length: int
+    ) -> tuple[bytes, int]:
+        """Bytes ``offset`` to ``offset + length`` of the result of ``task_id`` and its
+        total size, from our store or any live result holder."""
         payloads, key = self.daemon.payloads, task_key(task_id)
         local = payloads.get_memory(key, RESULT)
-        if local is None and payloads.has(key, RESULT):
-            local = await trio.to_thread.run_sync(payloads.get_bytes, key, RESULT)
         if local is not None:
-            return local
+            return local[offset : offset + length], len(local)
+        if payloads.has(key, RESULT):
+
+            def read() -> tuple[bytes | None, int | None]:
+                return payloads.read_range(key, RESULT, offset, length), payloads.size(key, RESULT)
+
+            data, size = await trio.to_thread.run_sync(read)
+            if data is not None and size is not None:
+                return data, size
         errors = []
         for node_id in self._live(holders):
             if node_id == self.daemon.node_id:
                 continue
             try:
-                reply = await self._request(node_id, "get_result", task_id=str(task_id))
-                return bytes(reply["data"])
+                reply = await self._request(
+                    node_id, "get_result", task_id=str(task_id), offset=offset, length=length
+                )
+                return range_answer(reply, offset)
             except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
                 errors.append(f"{node_id}: {error or type(error).__name__}")
         raise MeshError(
@@ -472,6 +614,59 @@ class DataPlane:
         if self.submitting[input_digest]:
             return  # a submission being acknowledged stored the same bytes
         self.daemon.payloads.delete(input_digest, INPUTS)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A task's input payload where the worker can read it: in memory (``data``), or in a
+    file (``path``), which is a scratch copy of our own when ``owned``."""
+
+    data: bytes | None = None
+    path: Path | None = None
+    owned: bool = False
+
+    async def read_bytes(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return await trio.to_thread.run_sync(self.path.read_bytes)
+
+    async def tensors(self) -> dict[str, Any]:
+        if self.data is not None:
+            return tensors_from_bytes(self.data)
+        assert self.path is not None
+        return await trio.to_thread.run_sync(load_tensors, self.path)
+
+    def discard(self) -> None:
+        """Delete a scratch copy (never a stored payload)."""
+        if self.owned and self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ResultSource:
+    """A run's result ready to push: ``data`` when small, else ``read`` ranges of
+    ``size`` bytes (``stored_here``: the worker's own copy is in its payload store)."""
+
+    size: int
+    sha256: str
+    read: ReadRange
+    stored_here: bool
+    data: bytes | None = None
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> ResultSource:
+        async def read(offset: int, length: int) -> bytes:
+            return data[offset : offset + length]
+
+        return cls(len(data), hashlib.sha256(data).hexdigest(), read, False, data)
+
+
+def _memory_reader(blob: TensorBlob) -> ReadRange:
+    async def read(offset: int, length: int) -> bytes:
+        return blob.read(offset, length)
+
+    return read
 
 
 def pack_result(outputs: dict[str, Any]) -> bytes:

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshgpu.core.tasks import DeviceRequirements
 from meshgpu.core.tasks.strategies import WorkerView, capable
+from meshgpu.daemon.blobs import TensorBlob
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import encode_tensors
 
@@ -120,6 +121,11 @@ class DirectRuns:
         try:
             with daemon.models.pinned(digest) as model_path:
                 outputs, _ = await daemon.executor.run(digest, model_path, tensors)
+            if TensorBlob(outputs).size > daemon.dataplane.chunk:
+                # An answer is one frame: a result that needs ranges goes through the
+                # table, where it is stored and fetched in ranges.
+                daemon.count("direct_too_large")
+                return None
             encoded = encode_tensors(outputs)
         except Exception as error:  # a failed run is an answer or a fallback, never raised
             if not is_permanent(error):

@@ -10,6 +10,7 @@ plane from this node's stores. The submission path, with its waiting state, is s
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -18,6 +19,7 @@ from meshgpu.core import effects as fx
 from meshgpu.core.events import ResultCollected, ResultRequested
 from meshgpu.core.tasks import TaskId
 from meshgpu.daemon.api import Handler, Message, Responder, request_field
+from meshgpu.daemon.blobs import BlobWriter, read_layout
 from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES, RESULT, task_key
 from meshgpu.daemon.framing import unpack
 from meshgpu.daemon.groups import MemberId, member_answers, parse_task_ref
@@ -32,6 +34,10 @@ from meshgpu.errors import DecodeError, MeshError, StorageError, TaskError
 
 if TYPE_CHECKING:
     from meshgpu.daemon.runtime import Daemon
+
+
+UPLOAD_IDLE_S = 120.0
+"""An upload in ranges that has not moved for this long is dropped (its sender is gone)."""
 
 
 def _task_id(text: Any) -> TaskId:
@@ -51,6 +57,9 @@ class ClientHandlers:
         self._collected_members: dict[TaskId, set[int]] = {}
         """Member indices named in ``collected`` per group not yet collected whole."""
         self.submissions = Submissions(daemon)
+        self._ranges_in: dict[tuple[Any, ...], tuple[BlobWriter, float]] = {}
+        """Uploads in ranges (put_inputs, put_result) being received, and when each
+        last moved."""
 
     def table(self) -> dict[str, Handler]:
         return {
@@ -231,11 +240,15 @@ class ClientHandlers:
         }
         if resolved.state == "done" and include:
             try:
-                blob = await self.daemon.dataplane.obtain_result(
+                blob, size = await self.daemon.dataplane.result_head(
                     resolved.task_id, resolved.result_holders
                 )
-                tensors_from_bytes(blob)  # never hand a client a corrupt result
-                message["outputs"] = unpack(blob)
+                if blob is None:
+                    # Larger than one range: the client fetches it with get_result.
+                    message["result_bytes"] = size
+                else:
+                    tensors_from_bytes(blob)  # never hand a client a corrupt result
+                    message["outputs"] = unpack(blob)
             except MeshError as error:
                 message["state"] = "unavailable"
                 message["reason"] = f"done, but the result cannot be fetched now: {error}"
@@ -273,8 +286,9 @@ class ClientHandlers:
     # --- peer (data plane) ops -----------------------------------------------------------
 
     async def op_get_inputs(self, request: Message, responder: Responder) -> Message:
-        """``digest``: one input blob (``data``); or ``digests``: those of them held in
-        memory (``blobs``, by digest; a missing one is fetched alone by the asker)."""
+        """``digest``: one input payload (``data``), or with ``offset`` and ``length`` one
+        range of it and its ``size`` (transfers.py); or ``digests``: those of them held
+        in memory (``blobs``, by digest; a missing one is fetched alone by the asker)."""
         if "digests" in request:
             digests = request_field(request, "digests", list)
             if len(digests) > MAX_BATCH:
@@ -286,12 +300,41 @@ class ClientHandlers:
                     blobs[digest] = data
             return {"blobs": blobs}
         digest = check_digest(request_field(request, "digest", str))
-        data = self.daemon.payloads.get_memory(digest, INPUTS)
-        if data is None:
-            data = await trio.to_thread.run_sync(self.daemon.payloads.get_bytes, digest, INPUTS)
-        if data is None:
+        answer = await self._range(request, digest, INPUTS)
+        if answer is None:
             raise StorageError(f"inputs {digest[:12]} are not on node {self.daemon.node_id}")
-        return {"data": data}
+        return answer
+
+    async def _range(self, request: Message, key: Any, kind: str) -> Message | None:
+        """The range of a stored payload a request asks for (``offset``, ``length``; the
+        whole payload without them, if it fits a range), or None if it is not here."""
+        payloads, chunk = self.daemon.payloads, self.daemon.dataplane.chunk
+        offset = request.get("offset")
+        length = request.get("length", chunk)
+        if offset is not None and not (
+            isinstance(offset, int) and isinstance(length, int) and offset >= 0 and length > 0
+        ):
+            raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
+        data = payloads.get_memory(key, kind)
+        if data is not None:
+            start = offset or 0
+            return {"data": data[start : start + min(length, chunk)], "size": len(data)}
+
+        def read() -> tuple[bytes | None, int | None]:
+            size = payloads.size(key, kind)
+            if size is None:
+                return None, None
+            if offset is None and size > chunk:
+                raise DecodeError(
+                    f"the {kind} payload is {size} bytes, more than one frame carries: ask "
+                    "for it in ranges ('offset' and 'length')"
+                )
+            return payloads.read_range(key, kind, offset or 0, min(length, chunk)), size
+
+        data, size = await trio.to_thread.run_sync(read)
+        if data is None:
+            return None
+        return {"data": data, "size": size}
 
     async def op_get_model(self, request: Message, responder: Responder) -> Message:
         digest = check_digest(request_field(request, "digest", str))
@@ -305,19 +348,119 @@ class ClientHandlers:
         return {"data": chunks[-1] if chunks else b"", "size": len(data)}
 
     async def op_put_result(self, request: Message, responder: Responder) -> Message:
+        """A worker stores a task's result here: whole (``data``), or in ranges
+        (``offset``, ``data``, ``more``; the last with ``sha256``), checked before it is
+        installed. Answered once the result is on disk."""
         task_id = _task_id(request.get("task_id"))
         data = request_field(request, "data", bytes)
-        check_result_bytes(data)  # refuse garbage before it reaches the disk
-        await self.daemon.dataplane.store(task_key(task_id), RESULT, data, wait=True)
+        if "offset" not in request:
+            check_result_bytes(data)  # refuse garbage before it reaches the disk
+            await self.daemon.dataplane.store(task_key(task_id), RESULT, data, wait=True)
+            return {"stored": True}
+        slot = (responder.peer, "result", str(task_id), request.get("attempt"))
+        path = await self._receive_range(request, slot, task_key(task_id), RESULT)
+        if path is None:
+            return {"received": request["offset"] + len(data)}
+        try:
+            await trio.to_thread.run_sync(check_result_file, path)
+            self.daemon.payloads.install(path, task_key(task_id), RESULT)
+        finally:
+            path.unlink(missing_ok=True)
         return {"stored": True}
 
-    async def op_get_result(self, request: Message, responder: Responder) -> Message:
-        task_id = _task_id(request.get("task_id"))
-        data = self.daemon.payloads.get_memory(task_key(task_id), RESULT)
-        if data is None:
-            data = await trio.to_thread.run_sync(
-                self.daemon.payloads.get_bytes, task_key(task_id), RESULT
+    async def op_put_inputs(self, request: Message, responder: Responder) -> Message:
+        """A client uploads a task's inputs larger than one frame, in ranges (``digest``,
+        ``offset``, ``data``, ``more``), before a ``submit`` that names them by
+        ``input_digest``. The last range is answered once the payload hashed to its
+        digest, has the layout of a tensor map, and is on disk."""
+        digest = check_digest(request_field(request, "digest", str))
+        data = request_field(request, "data", bytes)
+        if self.daemon.payloads.has(digest, INPUTS) and request.get("offset") == 0:
+            return {"stored": True, "held": True}  # equal inputs are here: nothing to send
+        slot = (responder.peer, "inputs", digest, None)
+        path = await self._receive_range({**request, "sha256": digest}, slot, digest, INPUTS)
+        if path is None:
+            return {"received": request["offset"] + len(data)}
+        try:
+            await trio.to_thread.run_sync(read_layout, path)
+            self.daemon.payloads.install(path, digest, INPUTS)
+        finally:
+            path.unlink(missing_ok=True)
+        return {"stored": True}
+
+    async def _receive_range(
+        self, request: Message, slot: tuple[Any, ...], key: Any, kind: str
+    ) -> Path | None:
+        """Append one range of an upload to its scratch file (a range at offset 0 starts
+        the upload afresh); the checked scratch file after the last range, else None."""
+        offset = request_field(request, "offset", int)
+        data = request_field(request, "data", bytes)
+        now = trio.current_time()
+        for stale, (writer, touched) in list(self._ranges_in.items()):
+            if now - touched > UPLOAD_IDLE_S:  # a sender that went away mid-upload
+                writer.abort()
+                del self._ranges_in[stale]
+        if offset == 0:
+            previous = self._ranges_in.pop(slot, None)
+            if previous is not None:
+                previous[0].abort()
+            self._ranges_in[slot] = (self.daemon.payloads.writer(key, kind), now)
+        entry = self._ranges_in.get(slot)
+        if entry is None:
+            raise DecodeError(f"range at {offset} of an upload that was not started; start at 0")
+        writer = entry[0]
+        try:
+            await trio.to_thread.run_sync(writer.write, offset, data)
+            if request.get("more", False):
+                self._ranges_in[slot] = (writer, trio.current_time())
+                return None
+            del self._ranges_in[slot]
+            return await trio.to_thread.run_sync(
+                writer.commit, str(request_field(request, "sha256", str))
             )
-        if data is None:
-            raise StorageError(f"result of {task_id} is not on node {self.daemon.node_id}")
-        return {"data": data}
+        except BaseException:
+            if self._ranges_in.get(slot, (None,))[0] is writer:
+                del self._ranges_in[slot]
+            writer.abort()
+            raise
+
+    async def op_get_result(self, request: Message, responder: Responder) -> Message:
+        """A task's result: whole (``data``), or one range of it (``offset``, ``length``)
+        with its ``size``. With ``relay`` (a client) a result this node does not keep is
+        fetched from a result holder, one range at a time."""
+        task_id = _task_id(request.get("task_id"))
+        answer = await self._range(request, task_key(task_id), RESULT)
+        if answer is not None:
+            return answer
+        if request.get("relay") and "offset" in request:
+            chunk = self.daemon.dataplane.chunk
+            length = request.get("length", chunk)
+            data, size = await self.daemon.dataplane.result_range(
+                task_id,
+                self._result_holders(task_id),
+                request_field(request, "offset", int),
+                min(length, chunk) if isinstance(length, int) and length > 0 else chunk,
+            )
+            return {"data": data, "size": size}
+        raise StorageError(f"result of {task_id} is not on node {self.daemon.node_id}")
+
+    def _result_holders(self, task_id: TaskId) -> tuple[str, ...]:
+        from meshgpu.daemon.status import task_table
+
+        resolved = self.resolved.get(task_id)
+        if resolved is not None:
+            return tuple(resolved.result_holders)
+        table = task_table(self.daemon)
+        entry = None if table is None else table.get(task_id)
+        return () if entry is None else tuple(sorted(entry.result_holders))
+
+
+def check_result_file(path: Path) -> None:
+    """Raise DecodeError unless the file at ``path`` is a task's result (a tensor map,
+    checked by its headers; a task group's list, which is small, read whole)."""
+    with open(path, "rb") as handle:
+        first = handle.read(1)
+    if first and (first[0] & 0xF0 == 0x90 or first[0] in (0xDC, 0xDD)):  # an array: a group
+        check_result_bytes(path.read_bytes())
+    else:
+        read_layout(path)

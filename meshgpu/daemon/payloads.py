@@ -37,6 +37,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from meshgpu.daemon.blobs import BlobWriter
 from meshgpu.daemon.journal import Journal, storage_error
 from meshgpu.errors import DecodeError, StorageError
 
@@ -220,6 +221,54 @@ class PayloadStore:
         except OSError as error:
             scratch.unlink(missing_ok=True)
             raise storage_error(error, f"storing {kind} of task {task_id}") from None
+
+    def path(self, task_id: Any, kind: str) -> Path:
+        """Where a payload stored as a file is (or would be)."""
+        return self._path(task_id, kind)
+
+    def writer(self, task_id: Any, kind: str) -> BlobWriter:
+        """Receive a payload in ranges (blobs.py); :meth:`install` puts it in place."""
+        return BlobWriter(self.directory, task_file_stem(task_id) + f".{kind}")
+
+    def scratch(self, task_id: Any, kind: str) -> Path:
+        """A fresh scratch name beside the payload's place (swept at start if left)."""
+        path = self._path(task_id, kind)
+        return path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+
+    def install(self, scratch: Path, task_id: Any, kind: str) -> None:
+        """Move a complete, fsynced scratch file into the payload's place."""
+        try:
+            os.replace(scratch, self._path(task_id, kind))
+        except OSError as error:
+            scratch.unlink(missing_ok=True)
+            raise storage_error(error, f"storing {kind} of task {task_id}") from None
+
+    def size(self, task_id: Any, kind: str) -> int | None:
+        """The payload's size in bytes, or None if this node has no copy."""
+        inline = self.get_memory(task_id, kind)
+        if inline is not None:
+            return len(inline)
+        try:
+            return self._path(task_id, kind).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise StorageError(f"cannot read {kind} of task {task_id}: {error}") from None
+
+    def read_range(self, task_id: Any, kind: str, offset: int, length: int) -> bytes | None:
+        """``length`` bytes of the payload from ``offset`` (fewer at its end), or None if
+        this node has no copy. Reads only that range of a file."""
+        inline = self.get_memory(task_id, kind)
+        if inline is not None:
+            return inline[offset : offset + length]
+        try:
+            with open(self._path(task_id, kind), "rb") as handle:
+                handle.seek(offset)
+                return handle.read(length)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise StorageError(f"cannot read {kind} of task {task_id}: {error}") from None
 
     def put_inline(self, task_id: Any, kind: str, data: bytes) -> int | None:
         """Append a small payload to the journal without syncing; returns the journal

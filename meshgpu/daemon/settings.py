@@ -76,8 +76,12 @@ JOIN_FILE_KEYS: dict[str, str] = {
     "interface": "string: network interface (--interface)",
     "advertise": "string: address peers should use (--advertise)",
     "verbose": "integer >= 0 (-v is 1, -vv is 2)",
+    "max_frame_bytes": "integer >= 1048576: largest TCP frame sent or accepted (64 MiB)",
 }
 """Every key the ``[daemon]`` table accepts, with what its value must be."""
+FILE_ONLY_KEYS = frozenset({"max_frame_bytes"})
+"""Keys with no flag of ``meshgpu join``: settings a lab rarely changes (tests lower the
+frame limit to exercise large payloads with small ones)."""
 
 _PATHS = ("key_file", "data_dir")
 _STRINGS = ("name", "bind", "mesh", "device", "interface", "advertise")
@@ -156,7 +160,12 @@ def _checked(path: Path, key: str, value: object) -> object:
         if value not in BACKENDS:
             raise wrong()
         return value
-    bounds = {"port": (0, 65535), "slots": (1, None), "verbose": (0, None)}[key]
+    bounds = {
+        "port": (0, 65535),
+        "slots": (1, None),
+        "verbose": (0, None),
+        "max_frame_bytes": (1 << 20, None),
+    }[key]
     if not isinstance(value, int) or isinstance(value, bool):
         raise wrong()
     low, high = bounds

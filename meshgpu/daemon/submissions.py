@@ -23,6 +23,7 @@ from meshgpu.core import effects as fx
 from meshgpu.core.events import SubmitTask
 from meshgpu.core.tasks import DeviceRequirements, Priority, TaskId, TaskSpec
 from meshgpu.daemon.api import Message, request_field
+from meshgpu.daemon.blobs import read_layout
 from meshgpu.daemon.dataplane import INPUTS
 from meshgpu.daemon.direct import DirectRuns
 from meshgpu.daemon.groups import MAX_GROUP, MemberId, pack
@@ -109,6 +110,9 @@ class Submissions:
         or, on an idle node and a tiny model, run it at once and answer with its result
         (direct.py)."""
         self.check_submittable(request)
+        if "inputs" not in request and "input_digest" in request:
+            pending = await self._enqueue_uploaded(request)
+            return await self._acknowledged(pending)
         inputs = request_field(request, "inputs", dict)
         tensors = decode_tensors(inputs)
         if tensors:
@@ -252,19 +256,48 @@ class Submissions:
         daemon.feed(SubmitTask(client_ref, spec))
         return pending, input_digest
 
+    async def _enqueue_uploaded(self, request: Message) -> _Pending:
+        """:meth:`_enqueue` for inputs uploaded in ranges beforehand (``put_inputs``) and
+        named by ``input_digest``: held at once, then their shapes read from the stored
+        payload's headers for the spec."""
+        daemon = self.daemon
+        input_digest = check_digest(request_field(request, "input_digest", str))
+        if not daemon.payloads.has(input_digest, INPUTS):
+            raise TaskError(
+                f"inputs {input_digest[:12]} are not on node {daemon.node_id}: upload them "
+                "first with put_inputs (the client library does this for you)"
+            )
+        daemon.dataplane.submitting[input_digest] += 1  # held from here: no await before
+        try:
+            path = daemon.payloads.path(input_digest, INPUTS)
+            slots = await trio.to_thread.run_sync(read_layout, path)
+            if not slots:
+                raise TaskError("a task needs at least one input tensor")
+            shapes = {slot.name: slot.shape for slot in slots}
+            spec = self._spec(request, shapes, input_digest)
+        except BaseException:
+            self._release(input_digest)
+            raise
+        client_ref = f"c{next(self._refs)}"
+        pending = self._pending[client_ref] = _Pending(client_ref, input_digest)
+        daemon.feed(SubmitTask(client_ref, spec))
+        return pending
+
     def _release(self, input_digest: str) -> None:
         submitting = self.daemon.dataplane.submitting
         submitting[input_digest] -= 1
         if not submitting[input_digest]:
             del submitting[input_digest]
 
-    def _spec(self, request: Message, tensors: dict[str, Any], input_digest: str) -> TaskSpec:
+    def _spec(self, request: Message, tensors: Mapping[str, Any], input_digest: str) -> TaskSpec:
+        """The task's spec; ``tensors``: its inputs, or their shapes, by name."""
         deadline = request.get("deadline_s")
+        shapes = ((n, tuple(getattr(a, "shape", a))) for n, a in tensors.items())
         try:
             return TaskSpec(
                 model_digest=request["model_digest"],
                 input_digest=input_digest,
-                input_shapes=tuple(sorted((n, tuple(a.shape)) for n, a in tensors.items())),
+                input_shapes=tuple(sorted(shapes)),
                 priority=Priority.parse(str(request.get("priority", "normal"))),
                 requirements=_requirements(request),
                 deadline_s=None if deadline is None else float(deadline),

@@ -9,7 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from meshgpu.cli.join import join
-from meshgpu.daemon.settings import JOIN_FILE_KEYS, DaemonSettings, read_config_file
+from meshgpu.daemon.settings import (
+    FILE_ONLY_KEYS,
+    JOIN_FILE_KEYS,
+    DaemonSettings,
+    read_config_file,
+)
 from meshgpu.errors import ConfigError
 
 KEY_HEX = "ab" * 32
@@ -25,7 +30,8 @@ def test_every_join_option_has_a_file_key() -> None:
     """The file covers the command: each option of `join` but --config has a key."""
     options = {parameter.name for parameter in join.params} - {"config_file"}
     named = {"peers": "peers", "no_mdns": "mdns"}
-    assert {named.get(option, option) for option in options} == set(JOIN_FILE_KEYS)
+    file_keys = set(JOIN_FILE_KEYS) - FILE_ONLY_KEYS
+    assert {named.get(option, option) for option in options} == file_keys
 
 
 def test_file_values_are_checked_and_paths_resolved_against_the_file(tmp_path: Path) -> None:

@@ -1,0 +1,338 @@
+"""Tensor payloads larger than a frame: their canonical bytes in chunks, never whole.
+
+A task's inputs and its result are one payload each, in the canonical form of
+payloads.py (a msgpack map ``{name: {"dtype", "shape", "data"}}``, names sorted). A
+payload up to one chunk travels inside one request, as it always did; a larger one
+travels as a sequence of ranges of those same bytes (docs/daemon.md, "Large tensors"):
+
+* the sender never builds the whole byte string: :class:`TensorBlob` yields the msgpack
+  headers and views of the arrays' own memory, so a client holding a 1 GiB array sends
+  it with one extra chunk in memory, and a worker writes its outputs to the payload
+  store (:meth:`TensorBlob.write_to`) before pushing them;
+* the receiver writes each range to a scratch file (:class:`BlobWriter`), hashing as it
+  goes, and installs the file only once the sha256 and the layout check out, exactly as
+  a model download does (modelstore.py);
+* whoever needs the arrays reads the layout from the file's headers
+  (:func:`read_layout`, which seeks over the data) and loads each array straight from
+  the file (:func:`load_tensors`): one copy in memory, the arrays themselves.
+
+msgpack's ``bin 32`` caps one tensor at 4 GiB - 1 bytes; a task may hold several.
+
+Rejected: msgpack's streaming ``Unpacker`` over the whole file (it builds a ``bytes`` of
+each tensor, a second copy of a 1 GiB array); memory-mapping results for the caller
+(arrays backed by a file the client deletes); a second, raw wire format for big
+payloads (two encodings to keep equal, and the input digest is defined on this one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+import numpy as np
+
+from meshgpu.daemon.journal import storage_error
+from meshgpu.errors import DecodeError, DigestMismatchError, StorageError
+
+CHUNK_BYTES = 4 << 20
+"""Largest range of a payload in one request (with the default 64 MiB frame limit)."""
+MIN_CHUNK_BYTES = 16 << 10
+MAX_TENSOR_BYTES = (1 << 32) - 1
+"""msgpack ``bin 32``: the largest one tensor's data may be."""
+_ALLOWED_KINDS = ("b", "i", "u", "f", "c")
+_HEADER_WINDOW = 64 << 10
+_HEADER_WINDOW_MAX = 1 << 20
+
+
+def chunk_bytes(max_frame_bytes: int) -> int:
+    """The chunk size that fits frames of ``max_frame_bytes`` with room for the envelope."""
+    return max(MIN_CHUNK_BYTES, min(CHUNK_BYTES, max_frame_bytes // 4))
+
+
+def _bin_header(length: int) -> bytes:
+    """msgpack's header of a ``bin`` of ``length`` bytes, as ``packb`` writes it."""
+    if length < 1 << 8:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 1 << 16:
+        return b"\xc5" + length.to_bytes(2, "big")
+    if length <= MAX_TENSOR_BYTES:
+        return b"\xc6" + length.to_bytes(4, "big")
+    raise DecodeError(
+        f"a tensor of {length} bytes is larger than one tensor may be ({MAX_TENSOR_BYTES} "
+        "bytes); split it into several inputs or tasks"
+    )
+
+
+def tensor_nbytes(tensors: Mapping[str, Any]) -> int:
+    """Bytes of array data in ``tensors`` (what ``max_task_bytes`` limits)."""
+    return sum(int(np.asarray(array).nbytes) for array in tensors.values())
+
+
+class TensorBlob:
+    """The canonical bytes of named arrays (payloads.canonical_tensor_bytes), as a
+    sequence of small headers and views of the arrays' memory (no copy of the data,
+    unless an array was not little-endian and C-contiguous)."""
+
+    def __init__(self, tensors: Mapping[str, Any]) -> None:
+        packer = msgpack.Packer(use_bin_type=True)
+        pieces: list[bytes | memoryview] = [packer.pack_map_header(len(tensors))]
+        shapes: list[tuple[str, tuple[int, ...]]] = []
+        for name in sorted(tensors):
+            array = np.asarray(tensors[name])
+            little = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
+            data = memoryview(little.reshape(-1).view(np.uint8))
+            pieces.append(
+                packer.pack(name)
+                + packer.pack_map_header(3)
+                + packer.pack("dtype")
+                + packer.pack(little.dtype.str)
+                + packer.pack("shape")
+                + packer.pack(list(little.shape))
+                + packer.pack("data")
+                + _bin_header(len(data))
+            )
+            pieces.append(data)
+            shapes.append((name, tuple(little.shape)))
+        self.pieces = pieces
+        self.size = sum(len(piece) for piece in pieces)
+        self.shapes = tuple(shapes)
+
+    def digest(self) -> str:
+        """The sha256 of the bytes (the input digest of a task with these inputs)."""
+        hasher = hashlib.sha256()
+        for piece in self.pieces:
+            hasher.update(piece)
+        return hasher.hexdigest()
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """The bytes in order, ``size`` at a time (the last one shorter)."""
+        buffer = bytearray()
+        for piece in self.pieces:
+            view = memoryview(piece)
+            while view:
+                take = size - len(buffer)
+                buffer += view[:take]
+                view = view[take:]
+                if len(buffer) >= size:
+                    yield bytes(buffer)
+                    buffer.clear()
+        if buffer:
+            yield bytes(buffer)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer at the end): a range to send."""
+        out = bytearray()
+        start = 0
+        for piece in self.pieces:
+            end = start + len(piece)
+            if end > offset and start < offset + length:
+                low = max(offset - start, 0)
+                out += memoryview(piece)[low : low + length - len(out)]
+            start = end
+            if len(out) >= length:
+                break
+        return bytes(out)
+
+    def write_to(self, path: Path) -> str:
+        """Write the bytes to ``path`` (fsynced); returns their sha256."""
+        hasher = hashlib.sha256()
+        try:
+            with open(path, "wb") as handle:
+                for piece in self.pieces:
+                    handle.write(piece)
+                    hasher.update(piece)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            path.unlink(missing_ok=True)
+            raise storage_error(error, f"writing {path.name}") from None
+        return hasher.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """Where one tensor's data lies in a payload file."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def read_layout(path: Path) -> list[TensorSlot]:
+    """The tensors of a canonical payload file, checked as ``decode_tensors`` checks a
+    decoded one (and: names sorted and distinct, keys in canonical order, no byte left
+    over); reads only the headers. Raises DecodeError for anything else (a task group's
+    list, garbage)."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            return parse_layout(_reader(handle), size)
+    except OSError as error:
+        raise StorageError(f"cannot read {path.name}: {error.strerror or error}") from None
+
+
+def _reader(handle: BinaryIO) -> Callable[[int, int], bytes]:
+    def read_at(offset: int, length: int) -> bytes:
+        handle.seek(offset)
+        return handle.read(length)
+
+    return read_at
+
+
+def parse_layout(read_at: Callable[[int, int], bytes], size: int) -> list[TensorSlot]:
+    """:func:`read_layout` over any ``read_at(offset, length)`` of ``size`` bytes."""
+    unpacker, _ = _window(read_at, 0, _HEADER_WINDOW)
+    try:
+        count = unpacker.read_map_header()
+    except (ValueError, msgpack.OutOfData) as error:
+        raise DecodeError(f"payload is not a map of tensors: {error}") from None
+    position = unpacker.tell()
+    slots: list[TensorSlot] = []
+    window = _HEADER_WINDOW
+    while len(slots) < count:
+        unpacker, raw = _window(read_at, position, window)
+        try:
+            slot = _parse_slot(unpacker, raw, position)
+        except msgpack.OutOfData:
+            if window >= _HEADER_WINDOW_MAX or position + window >= size:
+                raise DecodeError(f"payload ends inside tensor {len(slots)}'s header") from None
+            window *= 4
+            continue
+        window = _HEADER_WINDOW
+        if slots and slot.name <= slots[-1].name:
+            raise DecodeError("payload tensors are not in canonical order (names sorted, once)")
+        if slot.offset + slot.nbytes > size:
+            raise DecodeError(
+                f"tensor {slot.name!r} needs {slot.nbytes} bytes at {slot.offset}, the payload "
+                f"has {size}"
+            )
+        slots.append(slot)
+        position = slot.offset + slot.nbytes
+    if position != size:
+        raise DecodeError(f"payload has {size - position} bytes after its last tensor")
+    return slots
+
+
+def _window(
+    read_at: Callable[[int, int], bytes], position: int, length: int
+) -> tuple[msgpack.Unpacker, bytes]:
+    raw = read_at(position, length)
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=2 * length)
+    unpacker.feed(raw)
+    return unpacker, raw
+
+
+def _parse_slot(unpacker: msgpack.Unpacker, raw: bytes, position: int) -> TensorSlot:
+    """One tensor's header at the start of ``raw`` (read at ``position``)."""
+    try:
+        name = unpacker.unpack()
+        fields = unpacker.read_map_header()
+        keys = []
+        values: list[Any] = []
+        for _ in range(2):
+            keys.append(unpacker.unpack())
+            values.append(unpacker.unpack())
+        keys.append(unpacker.unpack())
+    except ValueError as error:
+        raise DecodeError(f"payload tensor header is malformed: {error}") from None
+    if not isinstance(name, str) or fields != 3 or keys != ["dtype", "shape", "data"]:
+        raise DecodeError(
+            f"payload tensor {name!r} is not {{dtype, shape, data}} in canonical order"
+        )
+    at = unpacker.tell()
+    if at >= len(raw):
+        raise msgpack.OutOfData()
+    marker = raw[at]
+    width = {0xC4: 1, 0xC5: 2, 0xC6: 4}.get(marker)
+    if width is None:
+        raise DecodeError(f"tensor {name!r}: data is not bytes")
+    if at + 1 + width > len(raw):
+        raise msgpack.OutOfData()
+    nbytes = int.from_bytes(raw[at + 1 : at + 1 + width], "big")
+    try:
+        dtype = np.dtype(values[0])
+        shape = tuple(int(n) for n in values[1])
+    except (TypeError, ValueError) as error:
+        raise DecodeError(f"tensor {name!r} is malformed: {error}") from None
+    if dtype.kind not in _ALLOWED_KINDS or dtype.hasobject:
+        raise DecodeError(f"tensor {name!r} has unsupported dtype {dtype}")
+    expected = math.prod(shape) * dtype.itemsize
+    if any(n < 0 for n in shape) or expected != nbytes:
+        raise DecodeError(
+            f"tensor {name!r}: shape {list(shape)} of {dtype} needs {expected} bytes, got {nbytes}"
+        )
+    return TensorSlot(name, dtype, shape, position + at + 1 + width, nbytes)
+
+
+def load_tensors(path: Path, slots: list[TensorSlot] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a payload file (layout read if not given), each read straight from
+    the file into its own array."""
+    slots = read_layout(path) if slots is None else slots
+    tensors: dict[str, np.ndarray] = {}
+    try:
+        with open(path, "rb") as handle:
+            for slot in slots:
+                handle.seek(slot.offset)
+                count = slot.nbytes // slot.dtype.itemsize if slot.dtype.itemsize else 0
+                array = np.fromfile(handle, dtype=slot.dtype, count=count)
+                if array.nbytes != slot.nbytes:
+                    raise DecodeError(f"tensor {slot.name!r} is cut short in {path.name}")
+                tensors[slot.name] = array.reshape(slot.shape)
+    except OSError as error:
+        raise StorageError(f"cannot read {path.name}: {error.strerror or error}") from None
+    return tensors
+
+
+class BlobWriter:
+    """Receives one payload in ranges, in order, into a scratch file beside its final
+    place, hashing as it goes; :meth:`commit` checks the sha256 and returns the file."""
+
+    def __init__(self, directory: Path, stem: str) -> None:
+        self.path = directory / f"{stem}.{secrets.token_hex(4)}.tmp"
+        try:
+            self._handle = open(self.path, "wb")  # noqa: SIM115 (closed in commit/abort)
+        except OSError as error:
+            raise storage_error(error, "storing a payload") from None
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, offset: int, chunk: bytes) -> None:
+        if offset != self.size:
+            raise DecodeError(f"range at {offset} sent, {self.size} expected; start again at 0")
+        try:
+            self._handle.write(chunk)
+        except OSError as error:
+            self.abort()
+            raise storage_error(error, "storing a payload") from None
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def commit(self, sha256: str) -> Path:
+        """Check the bytes against ``sha256``, fsync; the caller installs the file."""
+        actual = self._hash.hexdigest()
+        if actual != sha256:
+            self.abort()
+            raise DigestMismatchError(
+                f"payload received hashes to {actual[:12]}, the sender said {sha256[:12]}"
+            )
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+        except OSError as error:
+            self.abort()
+            raise storage_error(error, "storing a payload") from None
+        return self.path
+
+    def abort(self) -> None:
+        self._handle.close()
+        self.path.unlink(missing_ok=True)

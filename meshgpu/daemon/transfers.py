@@ -1,0 +1,91 @@
+"""Moving one payload between two nodes in ranges (blobs.py has the bytes' form).
+
+Both directions are plain requests, one range each, so no side ever holds more than one
+chunk of a transfer in memory and a receiver that is slower than the network simply
+asks later (no flow control to get wrong on a connection shared with small requests):
+
+* pulling (``get_inputs``/``get_result`` with ``offset`` and ``length``): the answer is
+  ``{"data": bytes, "size": total}``; the first range says how large the payload is, and
+  a payload that fits in it is handled in memory exactly as before;
+* pushing (``put_inputs``/``put_result`` with ``offset``, ``data`` and ``more``): the
+  receiver appends each range to a scratch file and, on the last one (``more`` false,
+  with ``sha256``), checks the bytes and installs the file.
+
+Ranges of one transfer go in order, one at a time; a broken transfer starts again at 0
+from the next source (a range of a file that vanished is an error, never a short read
+taken for the end). Rejected: a stream of ``more`` responses to one request (the
+requester's connection buffers responses without bound, so a slow disk would pile up
+the whole tensor in memory), and resuming at the last offset on another source (the
+sources are independent copies; starting again keeps the hash check simple).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from meshgpu.daemon.blobs import BlobWriter
+from meshgpu.errors import DecodeError
+
+RangeCall = Callable[[int, int], Awaitable[dict[str, Any]]]
+"""``(offset, length)`` -> one range answer ``{"data", "size"}`` of a pull."""
+PutCall = Callable[..., Awaitable[dict[str, Any]]]
+"""Sends one range of a push (``offset``, ``data``, ``more`` and, last, ``sha256``)."""
+ReadRange = Callable[[int, int], Awaitable[bytes]]
+
+
+def range_answer(reply: dict[str, Any], offset: int) -> tuple[bytes, int]:
+    """The bytes and the payload's total size in one range answer (an answer without
+    ``size`` is a whole payload, from a node that does not know ranges)."""
+    data = reply.get("data")
+    if not isinstance(data, bytes):
+        raise DecodeError("a range answer carries its bytes in 'data'")
+    size = reply.get("size", offset + len(data))
+    if not isinstance(size, int) or size < offset + len(data):
+        raise DecodeError(f"a range answer says the payload is {size!r} bytes")
+    return data, size
+
+
+async def pull(
+    call: RangeCall, chunk: int, writer: Callable[[], BlobWriter]
+) -> tuple[bytes | None, BlobWriter | None]:
+    """Fetch one payload: its bytes when one range holds it all, else a writer holding
+    it (not yet committed: the caller checks the hash with ``commit`` or aborts)."""
+    data, size = range_answer(await call(0, chunk), 0)
+    if len(data) >= size:
+        return data, None
+    sink = writer()
+    try:
+        offset = 0
+        while True:
+            await trio.to_thread.run_sync(sink.write, offset, data)
+            offset += len(data)
+            if offset >= size:
+                return None, sink
+            data, total = range_answer(await call(offset, chunk), offset)
+            if total != size or not data:
+                raise DecodeError(
+                    f"the payload changed from {size} to {total} bytes during the transfer"
+                )
+    except BaseException:
+        sink.abort()
+        raise
+
+
+async def push(put: PutCall, read: ReadRange, size: int, sha256: str, chunk: int) -> None:
+    """Send one payload of ``size`` bytes in ranges read with ``read``."""
+    offset = 0
+    while True:
+        data = await read(offset, chunk)
+        if not data and offset < size:
+            raise DecodeError(f"the payload ended at {offset} of {size} bytes")
+        more = offset + len(data) < size
+        fields: dict[str, Any] = {"offset": offset, "data": data, "more": more}
+        if not more:
+            fields.update(sha256=sha256, size=size)
+        await put(**fields)
+        offset += len(data)
+        if not more:
+            return
