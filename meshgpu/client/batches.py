@@ -37,10 +37,14 @@ import trio
 
 from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome
 from meshgpu.client.models import ModelBlob
+from meshgpu.daemon.blobs import TensorBlob, tensor_nbytes
 from meshgpu.daemon.groups import group_of
 from meshgpu.daemon.payloads import encode_tensors
 from meshgpu.errors import ConfigError, MeshError, RequestFailedError
 
+MAX_TASK_BYTES = 4 << 30
+"""Default limit on one task's input bytes, checked by the client before it sends any."""
+MAX_TASK_BYTES_ENV = "MESHGPU_MAX_TASK_BYTES"
 BATCH_MAX = 64
 """Most tasks in one ``submit_batch`` request from :meth:`BatchedSubmission.submit_many`."""
 GROUP_MAX = 64
@@ -116,7 +120,12 @@ class BatchedSubmission:
     _group_left: dict[str, int]
     """Per task group this client submitted: members whose outcome has not arrived yet."""
 
-    async def _submit_request(self, blob: ModelBlob, op: str, **fields: Any) -> dict[str, Any]:
+    max_task_bytes: int
+    chunk_bytes: int
+
+    async def _submit_request(
+        self, blob: ModelBlob, op: str, upload: TensorBlob | None = None, **fields: Any
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
     async def _leave_full_peer(self, full: list[str]) -> bool:
@@ -181,10 +190,25 @@ class BatchedSubmission:
             fields["group"] = int(group)
         answers: list[AsyncTaskHandle | MeshError | None] = []
         encoded: list[tuple[int, dict[str, Any]]] = []
+        large: list[tuple[int, TensorBlob]] = []
         for index, inputs in enumerate(many_inputs):
             answers.append(None)
             try:
-                encoded.append((index, {"inputs": encode_inputs(inputs)}))
+                prepared = prepare_inputs(inputs, self.max_task_bytes, self.chunk_bytes)
+            except MeshError as error:
+                answers[index] = error
+                continue
+            if isinstance(prepared, TensorBlob):
+                large.append((index, prepared))
+            else:
+                encoded.append((index, {"inputs": prepared}))
+        for index, tensors in large:  # each uploaded in ranges, then submitted alone
+            try:
+                alone = {key: value for key, value in fields.items() if key != "group"}
+                reply = await self._submit_request(
+                    blob, "submit", upload=tensors, **alone, direct=False
+                )
+                answers[index] = self._handle_of(reply)
             except MeshError as error:
                 answers[index] = error
         pending = [encoded[at : at + BATCH_MAX] for at in range(0, len(encoded), BATCH_MAX)]
@@ -461,6 +485,11 @@ def submit_fields(
 
 
 def encode_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return encode_tensors(checked_arrays(inputs))
+
+
+def checked_arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A task's inputs as named numeric arrays (a ConfigError for anything else)."""
     if not isinstance(inputs, Mapping) or not inputs:
         raise ConfigError("inputs must be a non-empty mapping of input name to array")
     arrays = {}
@@ -471,4 +500,24 @@ def encode_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
         if array.dtype.kind not in "biufc":
             raise ConfigError(f"input {name!r} has dtype {array.dtype}; use a numeric array")
         arrays[name] = array
-    return encode_tensors(arrays)
+    return arrays
+
+
+def prepare_inputs(
+    inputs: Mapping[str, Any], max_task_bytes: int, chunk: int
+) -> dict[str, Any] | TensorBlob:
+    """A task's inputs ready to send: their encoded map when they fit one request, else a
+    :class:`TensorBlob` to upload in ranges first. Refused (a ConfigError naming both
+    sizes) when larger than ``max_task_bytes``, before anything is sent."""
+    arrays = checked_arrays(inputs)
+    size = tensor_nbytes(arrays)
+    if size > max_task_bytes:
+        raise ConfigError(
+            f"the task's inputs are {size:,} bytes, more than max_task_bytes "
+            f"({max_task_bytes:,}); raise the limit (--max-task-bytes, max_task_bytes= or "
+            f"{MAX_TASK_BYTES_ENV}) or split the inputs into several tasks"
+        )
+    blob = TensorBlob(arrays)
+    if blob.size <= chunk:
+        return encode_tensors(arrays)
+    return blob

@@ -18,13 +18,21 @@ below and runs these as its link's tasks):
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import trio
 
 from meshgpu.client.handles import AsyncTaskHandle, Outcome
 from meshgpu.client.link import Link, Signal
-from meshgpu.errors import ClientError, RequestFailedError
+from meshgpu.daemon.blobs import BlobWriter, load_tensors
+from meshgpu.daemon.payloads import tensors_from_bytes
+from meshgpu.daemon.rpc import RpcConnection
+from meshgpu.daemon.transfers import pull
+from meshgpu.errors import ClientError, DecodeError, MeshError, RequestFailedError, TaskFailedError
 
 logger = logging.getLogger("meshgpu.client")
 
@@ -44,6 +52,7 @@ class OutcomeStreams:
     _link_changed: Signal
     _fatal: ClientError | None
     duplicates: int
+    chunk_bytes: int
     _collectable: Callable[[str, bool], str | None]
     """Which id to acknowledge for a first or repeated outcome (task groups: batches.py)."""
 
@@ -57,15 +66,19 @@ class OutcomeStreams:
             self._work.fire()
         return handle
 
-    def _deliver(self, outcome: Outcome) -> None:
+    def _deliver(self, outcome: Outcome, *, from_mesh: bool = True) -> None:
+        """Resolve a handle with its outcome. Only an outcome the mesh sent
+        (``from_mesh``) is acknowledged: one the client made up because a request
+        failed leaves the result in the mesh, to be collected later."""
         handle = self._handles.get(outcome.task_id)
         first = handle is not None and handle.resolve(outcome)
         if not first:
             self.duplicates += 1
         self._unresolved.discard(outcome.task_id)
-        collect = self._collectable(outcome.task_id, first)  # a group: once, when complete
-        if collect is not None:
-            self._to_ack.add(collect)
+        if from_mesh:
+            collect = self._collectable(outcome.task_id, first)  # a group: once, when complete
+            if collect is not None:
+                self._to_ack.add(collect)
         self._work.fire()
 
     async def _request_results(self, link: Link) -> None:
@@ -96,12 +109,16 @@ class OutcomeStreams:
                     logger.info("%s: %s; asking again", task_id, message.get("reason"))
                     retry.append(task_id)
                     continue
+                if message.get("state") == "done" and message.get("result_bytes") is not None:
+                    link.nursery.start_soon(self._fetch_large, link, message)
+                    continue
                 self._deliver(Outcome.from_message(message))
         except RequestFailedError as error:
-            # The peer refuses these ids (not ours to fix by reconnecting): fail them.
+            # The peer refuses these ids (not ours to fix by reconnecting): fail them,
+            # without telling the mesh they were collected (their results stay there).
             for task_id in task_ids:
                 if task_id in self._unresolved:
-                    self._deliver(Outcome(task_id, "failed", None, error=error))
+                    self._deliver(Outcome(task_id, "failed", None, error=error), from_mesh=False)
             return
         except ClientError as error:
             link.fail(str(error))
@@ -111,6 +128,35 @@ class OutcomeStreams:
             link.requested.difference_update(retry)
             self._fresh.extend(retry)
             self._work.fire()
+
+    async def _fetch_large(self, link: Link, message: dict[str, Any]) -> None:
+        """Fetch a result too large for the ``results`` stream in ranges (get_result),
+        then deliver it; on a failure the task is asked for again, never acknowledged."""
+        task_id = str(message["task_id"])
+        try:
+            outputs = await fetch_result(
+                link.rpc, task_id, int(message["result_bytes"]), self.chunk_bytes
+            )
+        except RequestFailedError as error:
+            logger.info("%s: result not fetched (%s); asking again", task_id, error)
+            await trio.sleep(0.5)
+            link.requested.discard(task_id)
+            self._fresh.append(task_id)
+            self._work.fire()
+            return
+        except ClientError as error:
+            link.fail(str(error))
+            return
+        except MeshError as error:  # a result that is not a tensor map: the task's answer
+            outcome = Outcome(
+                task_id,
+                "failed",
+                message.get("worker"),
+                error=TaskFailedError(task_id, f"result unreadable: {error}"),
+            )
+            self._deliver(outcome, from_mesh=False)
+            return
+        self._deliver(Outcome(task_id, "done", message.get("worker"), outputs=outputs))
 
     async def _acknowledge(self, link: Link) -> None:
         """Tell the mesh which outcomes the client has (``collected``), in batches."""
@@ -138,3 +184,27 @@ class OutcomeStreams:
         self._unresolved.clear()
         self._link_changed.fire()
         self._work.fire()
+
+
+async def fetch_result(
+    rpc: RpcConnection, task_id: str, size: int, chunk: int
+) -> dict[str, np.ndarray]:
+    """A result of ``size`` bytes from the entry peer, one range at a time into a scratch
+    file, then read into arrays (one copy of each in memory; the file is deleted)."""
+    with tempfile.TemporaryDirectory(prefix="meshgpu-result-") as scratch:
+
+        async def call(offset: int, length: int) -> dict[str, Any]:
+            return await rpc.call(
+                "get_result", task_id=task_id, offset=offset, length=length, relay=True
+            )
+
+        data, writer = await pull(call, chunk, lambda: BlobWriter(Path(scratch), "result"))
+        if writer is None:
+            assert data is not None
+            return {name: array.copy() for name, array in tensors_from_bytes(data).items()}
+        path = await trio.to_thread.run_sync(writer.commit, None)
+        if writer.size != size:
+            raise DecodeError(
+                f"result of {task_id} was announced as {size} bytes, got {writer.size}"
+            )
+        return await trio.to_thread.run_sync(load_tensors, path)

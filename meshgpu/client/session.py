@@ -34,7 +34,13 @@ from typing import Any
 
 import trio
 
-from meshgpu.client.batches import BatchedSubmission, encode_inputs, submit_fields
+from meshgpu.client.batches import (
+    MAX_TASK_BYTES,
+    MAX_TASK_BYTES_ENV,
+    BatchedSubmission,
+    prepare_inputs,
+    submit_fields,
+)
 from meshgpu.client.handles import AsyncTaskHandle, Outcome
 from meshgpu.client.link import Failover, Link, Signal
 from meshgpu.client.models import ModelBlob
@@ -48,11 +54,14 @@ from meshgpu.client.peers import (
     initial_candidates,
 )
 from meshgpu.daemon.auth import Authenticator, MeshKey, load_mesh_key
+from meshgpu.daemon.blobs import TensorBlob, chunk_bytes
 from meshgpu.daemon.direct import is_direct_id
+from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES
 from meshgpu.daemon.rpc import open_rpc
 from meshgpu.errors import (
     AuthenticationError,
     ClientError,
+    ConfigError,
     MeshKeyError,
     RequestFailedError,
     TaskFailedError,
@@ -88,8 +97,15 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
         failover_timeout: float = 60.0,
         mdns_timeout: float = 2.0,
         environ: Mapping[str, str] | None = None,
+        max_task_bytes: int | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         environ = os.environ if environ is None else environ
+        self.max_task_bytes = resolve_max_task_bytes(max_task_bytes, environ)
+        """Largest inputs of one task this client sends (checked before sending)."""
+        self.max_frame_bytes = max_frame_bytes
+        self.chunk_bytes = chunk_bytes(max_frame_bytes)
+        """Payloads larger than this travel in ranges of this size."""
         self.key = key if key is not None else load_mesh_key(_path(key_file), environ)
         self.name = f"client-{secrets.token_hex(6)}"
         self._authenticator = Authenticator(self.key, self.name)
@@ -180,7 +196,13 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
         fields = submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
         if not direct or not watch:
             fields["direct"] = False
-        reply = await self._submit_request(blob, "submit", inputs=encode_inputs(inputs), **fields)
+        prepared = prepare_inputs(inputs, self.max_task_bytes, self.chunk_bytes)
+        if isinstance(prepared, TensorBlob):  # larger than a request: uploaded in ranges
+            reply = await self._submit_request(
+                blob, "submit", upload=prepared, **{**fields, "direct": False}
+            )
+        else:
+            reply = await self._submit_request(blob, "submit", inputs=prepared, **fields)
         if not watch:
             return AsyncTaskHandle(
                 reply["task_id"], reply.get("copies", 0), reply.get("replicas", 0)
@@ -191,15 +213,21 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
             return self._track(handle)
         return self._handle_of(reply)
 
-    async def _submit_request(self, blob: ModelBlob, op: str, **fields: Any) -> dict[str, Any]:
+    async def _submit_request(
+        self, blob: ModelBlob, op: str, upload: TensorBlob | None = None, **fields: Any
+    ) -> dict[str, Any]:
         """One ``submit``/``submit_batch`` request, retried on another peer when the link
         breaks, the peer leaves or its disk is full, and after re-uploading an evicted
-        model."""
+        model. ``upload``: inputs too large for the request, uploaded in ranges to the
+        peer first (again on each retry) and named by their digest."""
         full: list[str] = []
+        uploads_left = 3
         while True:
             link = await self._current_link()
             try:
                 await self._ensure_model(link, blob)
+                if upload is not None:
+                    fields["input_digest"] = await self._upload_inputs(link, upload)
                 async with self._submit_slots:
                     return await link.rpc.call(op, **fields)
             except RequestFailedError as error:
@@ -208,6 +236,9 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
                     continue
                 if "upload it first" in str(error):  # evicted from its cache since
                     link.models.discard(blob.digest)
+                    continue
+                if "upload them first" in str(error) and uploads_left:  # dropped since
+                    uploads_left -= 1
                     continue
                 if error.kind == "DiskFullError" and await self._leave_full_peer(full):
                     continue
@@ -291,6 +322,23 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
             except ClientError as error:
                 link.fail(str(error))
 
+    async def _upload_inputs(self, link: Link, tensors: TensorBlob) -> str:
+        """Send inputs larger than one request to the link's peer in ranges (put_inputs;
+        transfers.py), one range in memory at a time; returns their digest. A peer that
+        holds equal inputs already says so after the first range."""
+        digest = await trio.to_thread.run_sync(tensors.digest)
+        offset = 0
+        while offset < tensors.size:
+            data = tensors.read(offset, self.chunk_bytes)
+            more = offset + len(data) < tensors.size
+            reply = await link.rpc.call(
+                "put_inputs", digest=digest, offset=offset, data=data, more=more
+            )
+            if reply.get("held"):
+                break
+            offset += len(data)
+        return digest
+
     async def _ensure_model(self, link: Link, blob: ModelBlob) -> None:
         """Upload ``blob`` to the link's peer unless it has it (once per link and model)."""
         if blob.digest in link.models:
@@ -373,7 +421,10 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
         link: Link | None = None
         try:
             async with open_rpc(
-                candidate.address, self._authenticator, connect_timeout=self.connect_timeout
+                candidate.address,
+                self._authenticator,
+                connect_timeout=self.connect_timeout,
+                max_frame_bytes=self.max_frame_bytes,
             ) as rpc:
                 with trio.fail_after(self.connect_timeout * 2):
                     pong = await rpc.call("ping")
@@ -466,6 +517,24 @@ def key_refusal(
             f"{where} uses another mesh key than this client's ({key.fingerprint}): {KEY_HINT}"
         )
     return None
+
+
+def resolve_max_task_bytes(value: int | None, environ: Mapping[str, str]) -> int:
+    """The per-task input limit: ``value``, else ``MESHGPU_MAX_TASK_BYTES``, else the
+    default (``MAX_TASK_BYTES``); a ConfigError for a value that is not a positive count."""
+    if value is None:
+        text = environ.get(MAX_TASK_BYTES_ENV)
+        if text is None:
+            return MAX_TASK_BYTES
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(
+                f"{MAX_TASK_BYTES_ENV}={text!r} is not a byte count (an integer)"
+            ) from None
+    if value <= 0:
+        raise ConfigError(f"max_task_bytes must be a positive byte count, got {value}")
+    return value
 
 
 def _path(value: str | os.PathLike[str] | None) -> Path | None:

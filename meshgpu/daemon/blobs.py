@@ -103,13 +103,17 @@ class TensorBlob:
         self.pieces = pieces
         self.size = sum(len(piece) for piece in pieces)
         self.shapes = tuple(shapes)
+        self._digest: str | None = None
 
     def digest(self) -> str:
-        """The sha256 of the bytes (the input digest of a task with these inputs)."""
-        hasher = hashlib.sha256()
-        for piece in self.pieces:
-            hasher.update(piece)
-        return hasher.hexdigest()
+        """The sha256 of the bytes (the input digest of a task with these inputs);
+        computed once (about half a second a GiB: call it in a thread)."""
+        if self._digest is None:
+            hasher = hashlib.sha256()
+            for piece in self.pieces:
+                hasher.update(piece)
+            self._digest = hasher.hexdigest()
+        return self._digest
 
     def chunks(self, size: int) -> Iterator[bytes]:
         """The bytes in order, ``size`` at a time (the last one shorter)."""
@@ -316,10 +320,11 @@ class BlobWriter:
         self._hash.update(chunk)
         self.size += len(chunk)
 
-    def commit(self, sha256: str) -> Path:
-        """Check the bytes against ``sha256``, fsync; the caller installs the file."""
+    def commit(self, sha256: str | None) -> Path:
+        """Check the bytes against ``sha256`` (if given), fsync; the caller installs or
+        reads the file."""
         actual = self._hash.hexdigest()
-        if actual != sha256:
+        if sha256 is not None and actual != sha256:
             self.abort()
             raise DigestMismatchError(
                 f"payload received hashes to {actual[:12]}, the sender said {sha256[:12]}"
