@@ -101,3 +101,26 @@ def prepare_output_dir(path: Path) -> None:
             f"cannot create the output directory {path}: {error.strerror}; pick another "
             "with --output"
         ) from None
+
+
+def check_task_sizes(tasks: Iterable[TaskInputs], max_task_bytes: int) -> None:
+    """A ConfigError naming the first task whose input files hold more array bytes than
+    ``max_task_bytes``, with both sizes: before any task is sent, not after the first
+    were (the client checks each task again as it sends it)."""
+    import numpy as np
+
+    from meshgpu.client.batches import MAX_TASK_BYTES_ENV
+
+    for task in tasks:
+        size = 0
+        for path in task.paths.values():
+            try:
+                size += int(np.load(path, mmap_mode="r", allow_pickle=False).nbytes)
+            except (OSError, ValueError, EOFError):
+                continue  # check_npy_files names an unreadable file
+        if size > max_task_bytes:
+            raise ConfigError(
+                f"{task.stem}: the task's inputs are {size:,} bytes, more than max_task_bytes "
+                f"({max_task_bytes:,}); raise the limit (--max-task-bytes or "
+                f"{MAX_TASK_BYTES_ENV}) or split the inputs into several tasks"
+            )

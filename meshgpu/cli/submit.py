@@ -112,6 +112,13 @@ def model_input_names(model: Any) -> list[str]:
     help="Print the task ids once the mesh has acknowledged them, and exit without results "
     "(save them later with `meshgpu collect --ids FILE`).",
 )
+@click.option(
+    "--max-task-bytes",
+    type=click.IntRange(min=1),
+    metavar="BYTES",
+    help="Refuse a task whose inputs hold more array bytes than this, before sending "
+    "anything (else MESHGPU_MAX_TASK_BYTES, else 4 GiB).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this.")
 def submit(
@@ -124,6 +131,7 @@ def submit(
     replicas: int,
     deadline: float | None,
     no_wait: bool,
+    max_task_bytes: int | None,
     as_json: bool,
     timeout: float | None,
 ) -> None:
@@ -144,11 +152,13 @@ def submit(
     from meshgpu.cli.preflight import (
         check_input_names,
         check_npy_files,
+        check_task_sizes,
         model_inputs,
         prepare_output_dir,
     )
     from meshgpu.client.inputs import expand_inputs, parse_input_spec
     from meshgpu.client.models import ModelBlob
+    from meshgpu.client.session import resolve_max_task_bytes
     from meshgpu.errors import InferenceError, MeshError
 
     try:
@@ -159,10 +169,14 @@ def submit(
         check_input_names(inputs, [name for name, _ in specs], blob.name)
         tasks = expand_inputs(specs)
         check_npy_files(tasks)  # before anything is sent: see meshgpu.cli.preflight
+        max_task_bytes = resolve_max_task_bytes(max_task_bytes, os.environ)
+        check_task_sizes(tasks, max_task_bytes)
         if not no_wait:
             prepare_output_dir(output)
         options = {"priority": priority, "replicas": replicas, "deadline_s": deadline}
-        report = trio.run(_run, blob, tasks, output, peer, key_file, options, no_wait, timeout)
+        report = trio.run(
+            _run, blob, tasks, output, peer, key_file, options, no_wait, timeout, max_task_bytes
+        )
     except InferenceError as error:  # named like the mesh names a failed task's reason
         raise click.ClickException(f"{type(error).__name__}: {error}") from None
     except MeshError as error:
@@ -244,6 +258,7 @@ async def _run(
     options: dict[str, Any],
     no_wait: bool,
     timeout: float | None,
+    max_task_bytes: int | None = None,
 ) -> dict[str, Any]:
     import dataclasses
     import math
@@ -268,7 +283,7 @@ async def _run(
         console=console,
         transient=False,
     )
-    async with AsyncClient(peer, key_file) as client:
+    async with AsyncClient(peer, key_file, max_task_bytes=max_task_bytes) as client:
         node_id, (host, port) = client.peer or ("?", ("?", 0))
         console.print(
             f"[dim]submitting {len(tasks)} task(s) of {blob.name} to {node_id} "
