@@ -1,0 +1,152 @@
+"""Large payloads: the streamed canonical bytes equal the whole ones, layouts are read
+from headers and checked, and ranged transfers refuse what does not add up."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from meshgpu.client.batches import prepare_inputs
+from meshgpu.client.session import resolve_max_task_bytes
+from meshgpu.daemon.blobs import BlobWriter, TensorBlob, load_tensors, read_layout
+from meshgpu.daemon.payloads import canonical_tensor_bytes, encode_tensors
+from meshgpu.daemon.transfers import pull, push
+from meshgpu.errors import ConfigError, DecodeError, DigestMismatchError
+
+TENSORS = {
+    "weights": np.arange(70_000, dtype=np.float32).reshape(100, 700),
+    "scalar": np.array(3, dtype=">i8"),  # big-endian: sent little-endian
+    "empty": np.zeros((0, 3), np.uint8),
+    "mask": np.ones(5, bool),
+    "strided": np.arange(10, dtype=np.float64)[::2],  # not contiguous
+}
+
+
+def test_streamed_bytes_equal_the_canonical_bytes_and_digest() -> None:
+    blob = TensorBlob(TENSORS)
+    whole = canonical_tensor_bytes(TENSORS)
+    assert blob.size == len(whole)
+    assert b"".join(blob.chunks(1000)) == whole
+    assert blob.digest() == hashlib.sha256(whole).hexdigest()
+    for offset, length in [(0, 1), (27, 5000), (len(whole) - 3, 10), (len(whole), 4)]:
+        assert blob.read(offset, length) == whole[offset : offset + length]
+
+
+def test_a_file_is_read_back_from_its_layout(tmp_path: Path) -> None:
+    path = tmp_path / "inputs"
+    sha = TensorBlob(TENSORS).write_to(path)
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    slots = read_layout(path)
+    assert [slot.name for slot in slots] == sorted(TENSORS)
+    loaded = load_tensors(path, slots)
+    for name, array in TENSORS.items():
+        assert loaded[name].shape == array.shape
+        np.testing.assert_array_equal(loaded[name], array)
+
+
+@pytest.mark.parametrize(
+    ("payload", "complaint"),
+    [
+        (canonical_tensor_bytes(TENSORS)[:-1], "the payload has"),
+        (canonical_tensor_bytes(TENSORS) + b"x", "after its last tensor"),
+        (msgpack.packb([1, 2]), "not a map of tensors"),
+        (b"", "not a map of tensors"),
+        (  # names out of order: not the canonical form its digest was taken of
+            msgpack.packb(
+                {
+                    "b": encode_tensors({"b": np.ones(2)})["b"],
+                    "a": encode_tensors({"a": np.ones(2)})["a"],
+                }
+            ),
+            "canonical order",
+        ),
+        (msgpack.packb({"x": {"dtype": "<f4", "shape": [3], "data": b"\0" * 8}}), "needs 12"),
+        (msgpack.packb({"x": {"dtype": "|O", "shape": [1], "data": b"\0" * 8}}), "unsupported"),
+        (msgpack.packb({"x": {"shape": [1], "dtype": "<f4", "data": b"\0" * 4}}), "canonical"),
+    ],
+)
+def test_malformed_payload_files_are_refused(
+    tmp_path: Path, payload: bytes, complaint: str
+) -> None:
+    path = tmp_path / "bad"
+    path.write_bytes(payload)
+    with pytest.raises(DecodeError, match=complaint):
+        read_layout(path)
+
+
+def test_a_writer_checks_order_and_hash(tmp_path: Path) -> None:
+    writer = BlobWriter(tmp_path, "x")
+    writer.write(0, b"abc")
+    with pytest.raises(DecodeError, match="3 expected"):
+        writer.write(5, b"def")
+    writer.write(3, b"def")
+    with pytest.raises(DigestMismatchError):
+        writer.commit(hashlib.sha256(b"other").hexdigest())
+    assert not list(tmp_path.iterdir())  # the scratch file is gone
+    writer = BlobWriter(tmp_path, "y")
+    writer.write(0, b"abcdef")
+    assert writer.commit(hashlib.sha256(b"abcdef").hexdigest()).read_bytes() == b"abcdef"
+
+
+def serve(data: bytes, *, grow_at: int | None = None) -> Any:
+    async def call(offset: int, length: int) -> dict[str, Any]:
+        size = len(data) + (1 if grow_at is not None and offset >= grow_at else 0)
+        return {"data": data[offset : offset + length], "size": size}
+
+    return call
+
+
+async def test_pull_keeps_a_small_payload_in_memory_and_a_large_one_in_a_file(
+    tmp_path: Path,
+) -> None:
+    data, writer = await pull(serve(b"small"), 16, lambda: BlobWriter(tmp_path, "p"))
+    assert data == b"small" and writer is None
+    payload = bytes(range(256)) * 10
+    data, writer = await pull(serve(payload), 100, lambda: BlobWriter(tmp_path, "p"))
+    assert data is None and writer is not None
+    assert writer.commit(hashlib.sha256(payload).hexdigest()).read_bytes() == payload
+
+
+async def test_pull_refuses_a_payload_that_changes_size(tmp_path: Path) -> None:
+    with pytest.raises(DecodeError, match="changed"):
+        await pull(serve(b"x" * 1000, grow_at=300), 100, lambda: BlobWriter(tmp_path, "p"))
+    assert not list(tmp_path.iterdir())  # the scratch file is gone
+
+
+async def test_push_sends_ordered_ranges_and_the_hash_last() -> None:
+    payload = b"0123456789" * 7
+    sent: list[dict[str, Any]] = []
+
+    async def put(**fields: Any) -> dict[str, Any]:
+        sent.append(fields)
+        return {}
+
+    async def read(offset: int, length: int) -> bytes:
+        return payload[offset : offset + length]
+
+    await push(put, read, len(payload), "sha", 32)
+    assert [f["offset"] for f in sent] == [0, 32, 64]
+    assert [f["more"] for f in sent] == [True, True, False]
+    assert b"".join(f["data"] for f in sent) == payload
+    assert sent[-1]["sha256"] == "sha" and "sha256" not in sent[0]
+
+
+def test_inputs_over_the_task_limit_are_refused_with_both_sizes() -> None:
+    x = np.zeros(1000, np.float32)
+    with pytest.raises(ConfigError, match=r"4,000 bytes, more than max_task_bytes \(3,999\)"):
+        prepare_inputs({"x": x}, 3999, 1 << 20)
+    assert isinstance(prepare_inputs({"x": x}, 4000, 1 << 20), dict)  # fits one request
+    assert isinstance(prepare_inputs({"x": x}, 4000, 1024), TensorBlob)  # sent in ranges
+
+
+def test_the_task_limit_comes_from_the_option_then_the_environment() -> None:
+    assert resolve_max_task_bytes(10, {"MESHGPU_MAX_TASK_BYTES": "20"}) == 10
+    assert resolve_max_task_bytes(None, {"MESHGPU_MAX_TASK_BYTES": "20"}) == 20
+    assert resolve_max_task_bytes(None, {}) == 4 << 30
+    with pytest.raises(ConfigError, match="not a byte count"):
+        resolve_max_task_bytes(None, {"MESHGPU_MAX_TASK_BYTES": "4G"})
