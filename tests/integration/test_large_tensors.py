@@ -1,0 +1,210 @@
+"""Inputs and results larger than one frame, through real daemons.
+
+The mesh here runs with 1 MiB frames (``max_frame_bytes`` in its config file; the
+client's too), so payloads of a few MB take the ranged path on every hop in a second;
+one test keeps the real 64 MiB limit with an 82 MB result, the size that was lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import trio
+from onnx import TensorProto, helper, numpy_helper
+
+from meshgpu.client import AsyncClient
+from meshgpu.client.localmesh import LocalMesh
+from meshgpu.errors import MeshError
+from tests.integration.conftest import WAIT_S, wait_alive
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FRAME = 1 << 20
+
+
+def wide_model(width: int) -> onnx.ModelProto:
+    """x [N, 16] @ W [16, width]: a small input, a result ``width / 16`` times larger."""
+    weight = np.random.default_rng(1).standard_normal((16, width)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
+        initializer=[numpy_helper.from_array(weight, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def relu_model() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "M"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "M"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def expected_wide(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return x @ numpy_helper.to_array(model.graph.initializer[0])
+
+
+@pytest.fixture(scope="module")
+def small_frames(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    root = tmp_path_factory.mktemp("frames")
+    config = root / "mesh.toml"
+    config.write_text(f"[daemon]\nmax_frame_bytes = {FRAME}\n")
+    mesh = LocalMesh(root, 3, prefix="lt", extra_args=("--config", str(config))).__enter__()
+    try:
+        trio.run(wait_alive, mesh, 3)
+        yield mesh
+    finally:
+        mesh.close()
+
+
+def client(mesh: LocalMesh, index: int = 0) -> AsyncClient:
+    return AsyncClient(mesh.nodes[index].peer, environ={}, max_frame_bytes=FRAME)
+
+
+async def rows(client: AsyncClient) -> dict[str, dict]:
+    return {row["task_id"]: row for row in await client.tasks()}
+
+
+async def test_results_larger_than_a_frame_arrive_from_the_entry_node_and_others(
+    small_frames: LocalMesh,
+) -> None:
+    """The entry node as the worker (its own copy, served in ranges) and another worker
+    (pushed to the holders in ranges, relayed by the entry node): both delivered whole,
+    and marked delivered only then."""
+    model = wide_model(256)
+    x = np.random.default_rng(2).standard_normal((2000, 16)).astype(np.float32)  # 2 MB out
+    entry = small_frames.nodes[0].name
+    workers: set[str] = set()
+    async with client(small_frames) as mesh_client:
+        for _ in range(6):
+            handles = [await mesh_client.submit(model, {"x": x}) for _ in range(3)]
+            for handle in handles:
+                outputs = await handle.result(WAIT_S)
+                np.testing.assert_allclose(
+                    outputs["y"], expected_wide(model, x), rtol=1e-4, atol=1e-4
+                )
+                assert handle.worker is not None
+                workers.add(handle.worker)
+            if entry in workers and workers - {entry}:
+                break
+        assert entry in workers and workers - {entry}, workers
+        with trio.fail_after(WAIT_S):
+            while True:  # the acknowledgement reaches the table
+                table = await rows(mesh_client)
+                if all(table[h.task_id]["delivered"] for h in handles if h.task_id in table):
+                    break
+                await trio.sleep(0.1)
+        row = table.get(handles[0].task_id)
+        assert row is None or set(row["result_holders"]) >= {row["worker"]}
+
+
+async def test_inputs_larger_than_a_frame_are_uploaded_in_ranges(small_frames: LocalMesh) -> None:
+    x = np.random.default_rng(3).standard_normal((1000, 1000)).astype(np.float32)  # 4 MB in
+    async with client(small_frames, 1) as mesh_client:
+        handle = await mesh_client.submit(relu_model(), {"x": x})
+        assert handle.copies >= 1  # journaled on the holders before the answer
+        outputs = await handle.result(WAIT_S)
+        np.testing.assert_array_equal(outputs["y"], np.maximum(x, 0))
+        many = await mesh_client.submit_many(relu_model(), [{"x": x}, {"x": x[:10]}])
+        for handle in many:
+            assert not isinstance(handle, Exception), handle
+        small = await many[1].result(WAIT_S)
+        np.testing.assert_array_equal(small["y"], np.maximum(x[:10], 0))
+
+
+async def test_a_failed_results_request_does_not_mark_results_collected(
+    small_frames: LocalMesh,
+) -> None:
+    """A ``results`` request the daemon refuses as a whole (a malformed id beside a good
+    one) fails both handles in the client, but the good task's result stays in the mesh
+    (not delivered) for a later collect."""
+    model = wide_model(64)
+    x = np.ones((10, 16), np.float32)
+    async with client(small_frames) as mesh_client:
+        handle = await mesh_client.submit(model, {"x": x}, watch=False)
+        task_id = handle.task_id
+    async with client(small_frames) as mesh_client:
+        with trio.fail_after(WAIT_S):
+            while (await rows(mesh_client))[task_id]["state"] != "done":
+                await trio.sleep(0.1)
+        good, bad = mesh_client.attach(task_id), mesh_client.attach("not a task id")
+        for failed in (good, bad):
+            with pytest.raises(MeshError):
+                await failed.result(WAIT_S)
+        await trio.sleep(0.5)  # time for an acknowledgement, had one been sent
+        assert not (await rows(mesh_client))[task_id]["delivered"]
+    async with client(small_frames) as mesh_client:  # collected later, whole
+        outputs = await mesh_client.attach(task_id).result(WAIT_S)
+        np.testing.assert_allclose(outputs["y"], expected_wide(model, x), rtol=1e-4, atol=1e-4)
+
+
+async def test_a_holder_killed_while_the_result_is_pushed_loses_nothing(
+    small_frames: LocalMesh,
+) -> None:
+    """SIGKILL a holder (not the entry node, not the worker) while the worker pushes the
+    result to it in ranges: the task still ends done with every byte, from the copies
+    that exist, and the worker says which push failed."""
+    model = wide_model(4096)
+    x = np.random.default_rng(4).standard_normal((3000, 16)).astype(np.float32)  # 49 MB out
+    _entry, *others = small_frames.nodes
+    killed: list[str] = []
+
+    async def kill_a_receiving_holder(mesh_client: AsyncClient, task_id: str) -> None:
+        while not killed:
+            row = (await rows(mesh_client)).get(task_id) or {}
+            for node in others:
+                receiving = list((node.data_dir / "payloads").glob("*.result.*.tmp"))
+                if row.get("worker") not in (None, node.name) and receiving:
+                    node.kill()
+                    killed.append(node.name)
+                    return
+            await trio.sleep(0.002)
+
+    try:
+        async with client(small_frames) as mesh_client:
+            for _ in range(8):  # until a holder other than the entry node receives it
+                handle = await mesh_client.submit(model, {"x": x})
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(kill_a_receiving_holder, mesh_client, handle.task_id)
+                    outputs = await handle.result(WAIT_S * 2)
+                    nursery.cancel_scope.cancel()
+                expected = expected_wide(model, x)
+                np.testing.assert_allclose(outputs["y"], expected, rtol=1e-4, atol=1e-4)
+                if killed:
+                    break
+        assert killed, "no holder but the entry node received a result"
+        logs = "".join(node.log.read_text(errors="replace") for node in small_frames.nodes)
+        assert f"could not store result of {handle.task_id} on {killed[0]}" in logs
+    finally:
+        for node in others:
+            if not node.running:
+                await trio.to_thread.run_sync(small_frames.restart, node)
+
+
+def test_a_result_over_64_mib_with_the_default_frame_limit(tmp_path: Path) -> None:
+    """The case that was lost: 5000 x 16 @ 16 x 4096 float32 is an 82 MB result."""
+    model = wide_model(4096)
+    x = np.random.default_rng(5).standard_normal((5000, 16)).astype(np.float32)
+
+    async def run(mesh: LocalMesh) -> None:
+        await wait_alive(mesh, 3)
+        async with AsyncClient(mesh.nodes[1].peer, environ={}) as mesh_client:
+            handle = await mesh_client.submit(model, {"x": x})
+            outputs = await handle.result(WAIT_S)
+        assert outputs["y"].nbytes > 64 << 20
+        np.testing.assert_allclose(outputs["y"], expected_wide(model, x), rtol=1e-4, atol=1e-4)
+
+    with LocalMesh(tmp_path, 3, prefix="big") as mesh:
+        trio.run(run, mesh)
