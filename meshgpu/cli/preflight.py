@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshgpu.errors import ConfigError, InputError, ModelError
 
@@ -106,21 +106,46 @@ def prepare_output_dir(path: Path) -> None:
 def check_task_sizes(tasks: Iterable[TaskInputs], max_task_bytes: int) -> None:
     """A ConfigError naming the first task whose input files hold more array bytes than
     ``max_task_bytes``, with both sizes: before any task is sent, not after the first
-    were (the client checks each task again as it sends it)."""
-    import numpy as np
-
+    were (the client checks each task again as it sends it). Reads array headers only."""
     from meshgpu.client.batches import MAX_TASK_BYTES_ENV
 
     for task in tasks:
-        size = 0
-        for path in task.paths.values():
-            try:
-                size += int(np.load(path, mmap_mode="r", allow_pickle=False).nbytes)
-            except (OSError, ValueError, EOFError):
-                continue  # check_npy_files names an unreadable file
+        size = sum(_array_bytes(path, name) for name, path in task.paths.items())
         if size > max_task_bytes:
             raise ConfigError(
                 f"{task.stem}: the task's inputs are {size:,} bytes, more than max_task_bytes "
                 f"({max_task_bytes:,}); raise the limit (--max-task-bytes or "
                 f"{MAX_TASK_BYTES_ENV}) or split the inputs into several tasks"
             )
+
+
+def _array_bytes(path: Path, name: str) -> int:
+    """The data bytes of the array a ``.npy`` (or an ``.npz``'s member for ``name``: the
+    array of that name, else the only one) holds, by its header; 0 when unreadable (the
+    file checks name that)."""
+    import math
+    import zipfile
+
+    import numpy as np
+
+    def from_header(handle: Any) -> int:
+        version = np.lib.format.read_magic(handle)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(handle)
+        return math.prod(shape) * dtype.itemsize
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                arrays = [m for m in archive.namelist() if m.endswith(".npy")]
+                member = f"{name}.npy" if f"{name}.npy" in arrays else arrays[0]
+                with archive.open(member) as handle:
+                    return from_header(handle)
+        with open(path, "rb") as handle:
+            return from_header(handle)
+    except (OSError, ValueError, EOFError, IndexError, zipfile.BadZipFile):
+        return 0

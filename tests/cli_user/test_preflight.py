@@ -128,3 +128,22 @@ def test_strings_text_and_npz_without_the_array_stop_before_anything_is_sent(
         assert code == 1 and expected in output, output
         assert "no meshgpu daemon answered" not in output  # refused before the network
         assert "allow_pickle" not in output
+
+
+def test_inputs_over_max_task_bytes_are_refused_with_both_sizes(
+    tmp_path: Path, pair: tuple[Path, Path]
+) -> None:
+    model, sample = pair  # a and b: 24 bytes each, 48 for the task
+    np.savez(tmp_path / "both.npz", a=np.zeros((2, 3), "f4"), b=np.zeros((2, 3), "f4"))
+    for inputs in (
+        [f"a={sample}", f"b={sample}"],
+        [f"a={tmp_path / 'both.npz'}", f"b={tmp_path / 'both.npz'}"],
+    ):
+        args = [part for spec in inputs for part in ("-i", spec)]
+        code, output = submit(str(model), *args, "--max-task-bytes", "47")
+        assert code == 1
+        assert "inputs are 48 bytes, more than max_task_bytes (47)" in output
+    code, output = submit(
+        str(model), "-i", f"a={sample}", "-i", f"b={sample}", "--max-task-bytes", "48"
+    )
+    assert "max_task_bytes" not in output  # within the limit: on to the (closed) peer
