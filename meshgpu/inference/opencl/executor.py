@@ -22,6 +22,7 @@ from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the l
     dtypes,
     lower_conv,
     lower_elementwise,
+    lower_indexing,
     lower_linear,
     lower_tensor,
     lower_window,

@@ -128,6 +128,8 @@ def collect(
     allow_residual: bool = True,
 ) -> Epilogue:
     """Follow sole consumers of ``output`` and fuse what the epilogue can compute."""
+    if not shape:  # a scalar: fused as a one-element vector
+        shape, axis = (1,), 0
     channels = shape[axis]
     epilogue = Epilogue(output, np.ones(channels), np.zeros(channels))
     while True:

@@ -296,9 +296,9 @@ def lower_expand(builder: PlanBuilder, node: Node) -> None:
     )
 
 
-@lowers("Gather")
-def lower_gather(builder: PlanBuilder, node: Node) -> None:
-    """Gather on device data with constant indices: one strided copy per index."""
+def lower_gather_constant(builder: PlanBuilder, node: Node) -> None:
+    """Gather on device data with a few constant indices: one strided copy per index (the
+    general case is :func:`.lower_indexing.lower_gather`)."""
     data = builder.tensor(node, node.inputs[0])
     if not builder.is_host(node.inputs[1]):
         raise UnsupportedOperatorError(f"{node.describe()}: indices must be constant")
@@ -336,9 +336,7 @@ def lower_gather(builder: PlanBuilder, node: Node) -> None:
 def lower_pad(builder: PlanBuilder, node: Node) -> None:
     x = builder.tensor(node, node.inputs[0])
     rank = len(x.shape)
-    mode = node.attrs.get("mode", "constant")
-    if mode != "constant":
-        raise UnsupportedOperatorError(f"{node.describe()}: Pad mode {mode!r}")
+    mode = str(node.attrs.get("mode", "constant"))
     if node.opset < 11:
         pads = [int(p) for p in node.attrs.get("pads", node.attrs.get("paddings", []))]
         value = node.attrs.get("value", 0.0)
@@ -355,8 +353,13 @@ def lower_pad(builder: PlanBuilder, node: Node) -> None:
             for i, a in enumerate(axes):
                 full[a], full[rank + a] = pads[i], pads[len(axes) + i]
             pads = full
-    if len(pads) != 2 * rank or any(p < 0 for p in pads):
-        raise UnsupportedOperatorError(f"{node.describe()}: pads {pads} (negative or wrong rank)")
+    if len(pads) != 2 * rank:
+        raise ModelError(f"{node.describe()}: pads {pads} for a rank-{rank} tensor")
+    if mode != "constant" or any(p < 0 for p in pads):
+        from meshgpu.inference.opencl.lower_indexing import pad_with_map
+
+        pad_with_map(builder, node, x, pads, mode, value)
+        return
     out_shape = [x.shape[i] + pads[i] + pads[rank + i] for i in range(rank)]
     output = builder.new_tensor(node.outputs[0], out_shape, x.dtype)
     total = _count(out_shape)

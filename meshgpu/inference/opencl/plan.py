@@ -408,7 +408,11 @@ class PlanBuilder:
                 continue
             self.current_index = index
             known = [name for name in node.inputs if name]
-            if node.op in ("Shape", "Size") or all(self.is_host(name) for name in known):
+            if (
+                node.op in ("Shape", "Size")
+                or all(self.is_host(name) for name in known)
+                or (node.op == "CastLike" and self.is_host(node.inputs[0]))
+            ):
                 self._fold(node)
                 continue
             lowering = LOWERINGS.get(node.op)
@@ -445,6 +449,9 @@ class PlanBuilder:
             # a zero-strided stand-in: only its shape is read
             shape = self.shape(node.inputs[0])
             values: list[np.ndarray | None] = [np.broadcast_to(np.zeros((), np.uint8), shape)]
+        elif node.op == "CastLike":  # only the type of the second input is read
+            like = np.zeros(0, self.dtype(node.inputs[1]))
+            values = [self.values[node.inputs[0]], like]
         else:
             values = [self.values[name] if name else None for name in node.inputs]
         try:
