@@ -24,6 +24,7 @@ from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the l
     lower_elementwise,
     lower_indexing,
     lower_linear,
+    lower_normalization,
     lower_tensor,
     lower_window,
     programs,

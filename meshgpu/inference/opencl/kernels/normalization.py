@@ -1,0 +1,45 @@
+"""Row normalisation: LayerNormalization, RMSNormalization, InstanceNormalization and
+GroupNormalization (see :mod:`..lower_normalization` for the scale index map)."""
+
+from __future__ import annotations
+
+NORMALIZATION_SOURCE = r"""
+/* One work-item per row of `length` contiguous elements: mean (skipped for RMS), variance
+   about it, then y = (x - mean) * inv * scale[s] + bias[s] with
+   s = ((row % srows) * slen + j) / sdiv. Mean and 1/sqrt(var + eps) are written per row
+   when their buffers are given (LayerNormalization's optional outputs). */
+__kernel void normalize_rows(__global const float* restrict x, __global float* restrict y,
+                             __global const float* restrict scale,
+                             __global const float* restrict bias,
+                             __global float* restrict mean_out,
+                             __global float* restrict inverse_out, int length, int srows,
+                             int slen, int sdiv, float epsilon, int rms, int has_scale,
+                             int has_bias, int rows) {
+  int row = get_global_id(0);
+  if (row >= rows) return;
+  const __global float* xr = x + (long)row * length;
+  __global float* yr = y + (long)row * length;
+  float mean = 0.0f;
+  if (!rms) {
+    float sum = 0.0f;
+    for (int j = 0; j < length; j++) sum += xr[j];
+    mean = sum / (float)length;
+  }
+  float squares = 0.0f;
+  for (int j = 0; j < length; j++) {
+    float d = xr[j] - mean;
+    squares += d * d;
+  }
+  float inverse = 1.0f / sqrt(squares / (float)length + epsilon);
+  long sbase = (long)(row % srows) * slen;
+  for (int j = 0; j < length; j++) {
+    long s = (sbase + j) / sdiv;
+    float v = (xr[j] - mean) * inverse;
+    if (has_scale) v *= scale[s];
+    if (has_bias) v += bias[s];
+    yr[j] = v;
+  }
+  if (mean_out) mean_out[row] = mean;
+  if (inverse_out) inverse_out[row] = inverse;
+}
+"""

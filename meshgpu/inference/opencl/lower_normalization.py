@@ -1,0 +1,158 @@
+"""Lowering of the normalisations that compute their statistics at run time:
+LayerNormalization, RMSNormalization, InstanceNormalization and GroupNormalization.
+
+All four normalise contiguous rows of the input (the trailing axes from ``axis``, a
+channel's pixels, a group's channels and pixels), so one kernel serves them: a row's mean
+and variance in two passes (float32, as onnxruntime accumulates), then
+``(x - mean) / sqrt(var + epsilon) * scale + bias``. What differs is where the element
+``j`` of row ``r`` finds its scale: at ``((r % srows) * slen + j) / sdiv`` (LayerNorm:
+``j``; InstanceNorm: the channel ``r % C``; GroupNorm: the channel of element ``j`` of
+group ``r % G``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from meshgpu.errors import ModelError, UnsupportedOperatorError
+from meshgpu.inference.opencl.graph import Node
+from meshgpu.inference.opencl.kernels.normalization import NORMALIZATION_SOURCE
+from meshgpu.inference.opencl.lower_tensor import _count
+from meshgpu.inference.opencl.plan import KernelArg, PlanBuilder, f32, i32, lowers
+
+
+def _parameter(
+    builder: PlanBuilder, node: Node, position: int, length: int, shape: tuple[int, ...]
+) -> KernelArg:
+    """Scale or bias input ``position`` as a device vector of ``length`` elements
+    (broadcast to ``shape`` first when it is a constant); None when absent."""
+    if len(node.inputs) <= position or not node.inputs[position]:
+        return None
+    name = node.inputs[position]
+    if builder.is_host(name):
+        value = np.asarray(builder.host(name), dtype=np.float32)
+        try:
+            full = np.ascontiguousarray(np.broadcast_to(value, shape)).reshape(-1)
+        except ValueError as error:
+            raise ModelError(f"{node.describe()}: {name!r} of shape {value.shape}") from error
+        key = ("norm", name, tuple(shape)) if name in builder.static else None
+        if key is None:
+            builder.values[f"{node.name}/{position}"] = full
+            return builder.tensor(node, f"{node.name}/{position}").storage
+        buffer: KernelArg = builder.weight(key, lambda: full)
+        return buffer
+    tensor = builder.tensor(node, name)
+    if _count(tensor.shape) != length:
+        raise UnsupportedOperatorError(
+            f"{node.describe()}: a run-time {name!r} of shape {tensor.shape} broadcast over {shape}"
+        )
+    return tensor.storage
+
+
+def _launch(
+    builder: PlanBuilder,
+    node: Node,
+    rows: int,
+    length: int,
+    scale: KernelArg,
+    bias: KernelArg,
+    scale_map: tuple[int, int, int],
+    *,
+    rms: bool = False,
+    statistics: tuple[str, str] | None = None,
+    statistics_shape: tuple[int, ...] = (),
+) -> None:
+    x = builder.tensor(node, node.inputs[0])
+    output = builder.new_tensor(node.outputs[0], x.shape)
+    mean: KernelArg = None
+    inverse: KernelArg = None
+    if statistics:
+        mean_name, inverse_name = statistics
+        if mean_name:
+            mean = builder.new_tensor(mean_name, statistics_shape).storage
+        if inverse_name:
+            inverse = builder.new_tensor(inverse_name, statistics_shape).storage
+    epsilon = float(node.attrs.get("epsilon", 1e-5))
+    builder.launch(
+        node,
+        NORMALIZATION_SOURCE,
+        "normalize_rows",
+        [
+            x.storage,
+            output.storage,
+            scale,
+            bias,
+            mean,
+            inverse,
+            i32(length),
+            *(i32(v) for v in scale_map),
+            f32(epsilon),
+            i32(int(rms)),
+            i32(scale is not None),
+            i32(bias is not None),
+            i32(rows),
+        ],
+        total=rows,
+    )
+
+
+@lowers("LayerNormalization", "RMSNormalization")
+def lower_layer_norm(builder: PlanBuilder, node: Node) -> None:
+    shape = builder.shape(node.inputs[0])
+    rank = len(shape)
+    axis = int(node.attrs.get("axis", -1))
+    axis = axis + rank if axis < 0 else axis
+    if not 0 <= axis < rank:
+        raise ModelError(f"{node.describe()}: axis {axis} for rank {rank}")
+    rows, length = _count(shape[:axis]), _count(shape[axis:])
+    normalized = tuple(shape[axis:])
+    scale = _parameter(builder, node, 1, length, normalized)
+    bias = (
+        _parameter(builder, node, 2, length, normalized) if node.op != "RMSNormalization" else None
+    )
+    outputs = [*node.outputs[1:3], "", ""][:2]
+    _launch(
+        builder,
+        node,
+        rows,
+        length,
+        scale,
+        bias,
+        (1, length, 1),
+        rms=node.op == "RMSNormalization",
+        statistics=(outputs[0], outputs[1]) if any(outputs) else None,
+        statistics_shape=(*shape[:axis], *([1] * (rank - axis))),
+    )
+
+
+@lowers("InstanceNormalization")
+def lower_instance_norm(builder: PlanBuilder, node: Node) -> None:
+    shape = builder.shape(node.inputs[0])
+    if len(shape) < 3:
+        raise ModelError(f"{node.describe()}: needs N, C and spatial axes, got {shape}")
+    channels, pixels = shape[1], _count(shape[2:])
+    scale = _parameter(builder, node, 1, channels, (channels,))
+    bias = _parameter(builder, node, 2, channels, (channels,))
+    _launch(builder, node, shape[0] * channels, pixels, scale, bias, (channels, pixels, pixels))
+
+
+@lowers("GroupNormalization")
+def lower_group_norm(builder: PlanBuilder, node: Node) -> None:
+    """Opset 21 scales per channel; opset 18 (deprecated) per group."""
+    shape = builder.shape(node.inputs[0])
+    if len(shape) < 2:
+        raise ModelError(f"{node.describe()}: needs N and C axes, got {shape}")
+    groups = int(node.attrs["num_groups"])
+    channels, pixels = shape[1], _count(shape[2:])
+    if groups <= 0 or channels % groups:
+        raise ModelError(f"{node.describe()}: {channels} channels in {groups} groups")
+    length = channels // groups * pixels
+    if node.opset >= 21:
+        scale = _parameter(builder, node, 1, channels, (channels,))
+        bias = _parameter(builder, node, 2, channels, (channels,))
+        scale_map = (groups, length, pixels)
+    else:
+        scale = _parameter(builder, node, 1, groups, (groups,))
+        bias = _parameter(builder, node, 2, groups, (groups,))
+        scale_map = (groups, length, length)
+    _launch(builder, node, shape[0] * groups, length, scale, bias, scale_map)
