@@ -95,10 +95,41 @@ class MeshConfig:
     """False turns off all three Lifeguard refinements (local health, shrinking suspicion
     timeouts, telling the suspect directly): plain SWIM with a fixed suspicion timeout."""
 
+    lifeguard_probe: bool = True
+    """Lifeguard's local health aware probe (LHA-Probe, section 4.1 of the paper): missed
+    acks, missing nacks and refutations raise a health score that stretches this node's
+    probe interval and timeouts; relays answer indirect probes with nacks. Only with
+    ``lifeguard``; false turns this one refinement off (the paper's ablation)."""
+
+    lifeguard_suspicion: bool = True
+    """Lifeguard's local health aware suspicion (LHA-Suspicion, section 4.2): a suspicion
+    starts at ``suspicion_max`` and shrinks towards ``suspicion_min`` with independent
+    confirmations. Off: SWIM's fixed ``suspicion_min`` timeout. Only with ``lifeguard``."""
+
+    lifeguard_buddy: bool = True
+    """Lifeguard's buddy system (section 4.3): a probe of a suspect carries the suspicion,
+    and a suspect that contacts us is told, so it refutes at once; with it the hearsay
+    rule (another node's death verdict about a member held alive becomes a suspicion here,
+    docs/protocol.md). Only with ``lifeguard``."""
+
+    uses_health_probe: bool = dataclasses.field(default=True, init=False)
+    """``lifeguard and lifeguard_probe`` (derived: one attribute read on hot paths)."""
+
+    uses_health_suspicion: bool = dataclasses.field(default=True, init=False)
+    """``lifeguard and lifeguard_suspicion`` (derived)."""
+
+    uses_buddy: bool = dataclasses.field(default=True, init=False)
+    """``lifeguard and lifeguard_buddy`` (derived)."""
+
     tasks: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     """Task-queue settings (the ``[tasks]`` sub-table; see :class:`TaskConfig`)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "uses_health_probe", self.lifeguard and self.lifeguard_probe)
+        object.__setattr__(
+            self, "uses_health_suspicion", self.lifeguard and self.lifeguard_suspicion
+        )
+        object.__setattr__(self, "uses_buddy", self.lifeguard and self.lifeguard_buddy)
         positive = (
             "probe_interval",
             "probe_timeout",
@@ -141,7 +172,7 @@ class MeshConfig:
     @classmethod
     def from_mapping(cls, table: Mapping[str, object]) -> MeshConfig:
         """Build a config from a TOML table; unknown keys and wrong types are ConfigErrors."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(table) - set(fields))
         if unknown:
             raise ConfigError(

@@ -194,7 +194,7 @@ class MemberTable:
         me = self.members[self.node_id]
         info = replace(me, incarnation=self.context.incarnation, state_since=now, reason="refuted")
         self.context.count("refutations")
-        if self.context.config.lifeguard:
+        if self.context.config.uses_health_probe:
             # Lifeguard: having to refute is a sign our own messages are late.
             self.health.apply(1)
         self._set(info, self.self_alive())
@@ -274,13 +274,13 @@ class MemberTable:
         config = self.context.config
         members = self.size()
         expected = 0
-        if config.lifeguard:
+        if config.uses_health_suspicion:
             expected = config.suspicion_confirmations
             if members - 2 < expected:
                 expected = 0
         minimum = config.suspicion_min(members)
-        maximum = config.suspicion_max(members) if config.lifeguard else minimum
-        if config.lifeguard:
+        maximum = config.suspicion_max(members) if config.uses_health_suspicion else minimum
+        if config.uses_health_suspicion:
             minimum = self.health.scale(minimum)
             maximum = self.health.scale(maximum)
         if confirmed:
@@ -315,7 +315,7 @@ class MemberTable:
         info = self.members.get(node_id)
         if info is None or update.incarnation < info.incarnation or info.state in GONE_STATES:
             return False
-        if update.accuser != self.node_id and self.context.config.lifeguard:
+        if update.accuser != self.node_id and self.context.config.uses_buddy:
             # Hearsay (Lifeguard on): another node's death verdict only shortens our own
             # suspicion to its minimum and the member is told at once, so one that is
             # alive (typically on the far side of a partition that just healed) refutes
@@ -400,7 +400,7 @@ class MemberTable:
             return self.apply_left(Left(record.node_id, record.incarnation), now, reason)
         info = self.members.get(record.node_id)
         if (
-            self.context.config.lifeguard
+            self.context.config.uses_buddy
             and info is not None
             and info.state is ALIVE
             and record.node_id != self.node_id

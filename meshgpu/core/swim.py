@@ -211,7 +211,7 @@ class Swim(Component):
     # --- probing ---------------------------------------------------------------------------
 
     def _scaled(self, duration: float) -> float:
-        return self.health.scale(duration) if self.config.lifeguard else duration
+        return self.health.scale(duration) if self.config.uses_health_probe else duration
 
     def _next_target(self) -> NodeId | None:
         members = self.table.members
@@ -249,7 +249,7 @@ class Swim(Component):
         score = self.health.score
         interval = config.probe_interval
         self.timers.schedule(
-            "probe", now + (interval * (1 + score) if config.lifeguard else interval)
+            "probe", now + (interval * (1 + score) if config.uses_health_probe else interval)
         )
         target = self._next_target()
         if target is None:
@@ -258,7 +258,7 @@ class Swim(Component):
         self._seq = seq = self._seq + 1  # _next_seq inlined (once per probe)
         self._probe = _Probe(target, seq, now)
         extra: list[bytes] = []
-        if config.lifeguard and info.state is SUSPECT:
+        if config.uses_buddy and info.state is SUSPECT:
             # Lifeguard's buddy system: tell the suspect directly so it can refute at once.
             extra.append(encode_item(Suspect(target, info.incarnation, self.table.node_id)))
         context = self.context
@@ -270,7 +270,7 @@ class Swim(Component):
         context.send(info.address, new_ping(seq, target), extra)  # = Ping(seq, target)
         timeout = config.probe_timeout
         self.timers.schedule(
-            "probe_direct", now + (timeout * (1 + score) if config.lifeguard else timeout)
+            "probe_direct", now + (timeout * (1 + score) if config.uses_health_probe else timeout)
         )
 
     def _probe_direct_timeout(self, now: float) -> None:
@@ -284,7 +284,7 @@ class Swim(Component):
         target_info = self.table.members.get(probe.target)
         if target_info is None or not candidates:
             return
-        want_nack = self.config.lifeguard
+        want_nack = self.config.uses_health_probe
         for relay in candidates:
             self.context.send(
                 self.table.members[relay].address,
@@ -296,7 +296,7 @@ class Swim(Component):
 
     def _probe_failed(self, probe: _Probe, now: float) -> None:
         self.context.count("probe_failures")
-        if self.config.lifeguard:
+        if self.config.uses_health_probe:
             # Relays that answered with nacks are reachable: the fault is probably the
             # target's. Missing nacks point at us (Lifeguard, memberlist probeNode).
             # Unlike memberlist (+1 per missing nack), one nack is enough to clear us: a
@@ -373,7 +373,7 @@ class Swim(Component):
             # health back (apply(-1) at score 0 changes nothing, so it is skipped)
             self._probe = None
             self.timers.cancel("probe_direct")
-            if self.config.lifeguard and self.health.score:
+            if self.config.uses_health_probe and self.health.score:
                 self.health.apply(-1)
             return
         relay = self._relays.pop(ack.seq, None)
@@ -446,7 +446,7 @@ class Swim(Component):
             return
         if info.state is ALIVE:
             return
-        if info.state is SUSPECT and not self.config.lifeguard:
+        if info.state is SUSPECT and not self.config.uses_buddy:
             return
         last = self._last_notice.get(envelope.sender)
         if last is not None and now - last < self.config.probe_interval:

@@ -138,6 +138,11 @@ def run_scenario(
     metrics["cpu_s"] = round(cpu, 3)  # wall_s on a shared machine includes waiting
     metrics["detection_bound_s"] = round(detection_bound(scenario, sim.config), 6)
     metrics["lifeguard"] = bool(sim.config.lifeguard)
+    metrics["lifeguard_refinements"] = {
+        "probe": bool(sim.config.uses_health_probe),
+        "suspicion": bool(sim.config.uses_health_suspicion),
+        "buddy": bool(sim.config.uses_buddy),
+    }
     metrics["network"] = dict(sim.network.counters)
     metrics["simulator"] = dict(sim.counters)
     return SimulationReport(

@@ -227,6 +227,7 @@ class TaskMetrics:
         datagrams = self.message_totals["task_datagrams_sent"]
         sent_bytes = self.message_totals["task_bytes_sent"]
 
+        busy = [driver.busy_s[i] / (slots[i] * now) for i in range(self.node_count) if slots[i]]
         return {
             "strategy": sim.config.tasks.strategy,
             "submitted": len(subs),
@@ -250,6 +251,9 @@ class TaskMetrics:
                 sim.node_ids[i]: round(driver.busy_s[i] / (slots[i] * now), 4) if slots[i] else 0.0
                 for i in range(self.node_count)
             },
+            "utilisation_mean": round(sum(busy) / len(busy), 4) if busy else None,
+            "utilisation_max": round(max(busy), 4) if busy else None,
+            "utilisation_min": round(min(busy), 4) if busy else None,
             "per_worker_tasks": {sim.node_ids[i]: counts[i] for i in range(self.node_count)},
             "balance_spread": round(spread, 4),
             "failover_s": rounded(max(failovers)) if failovers else None,

@@ -62,3 +62,19 @@ def test_push_pull_period_stretches_above_32_nodes() -> None:
     config = MeshConfig()
     assert config.push_pull_period(32) == config.push_pull_interval
     assert config.push_pull_period(1000) > config.push_pull_period(100) > config.push_pull_interval
+
+
+def test_each_lifeguard_refinement_turns_off_alone_and_lifeguard_off_turns_off_all() -> None:
+    everything = MeshConfig()
+    assert (everything.uses_health_probe, everything.uses_health_suspicion) == (True, True)
+    assert everything.uses_buddy is True
+    probe_only = MeshConfig.from_mapping({"lifeguard_suspicion": False, "lifeguard_buddy": False})
+    assert probe_only.uses_health_probe is True
+    assert (probe_only.uses_health_suspicion, probe_only.uses_buddy) == (False, False)
+    plain = MeshConfig.from_mapping({"lifeguard": False})
+    assert not (plain.uses_health_probe or plain.uses_health_suspicion or plain.uses_buddy)
+
+
+def test_derived_lifeguard_flags_are_not_settable_keys() -> None:
+    with pytest.raises(ConfigError, match="unknown key"):
+        MeshConfig.from_mapping({"uses_buddy": False})

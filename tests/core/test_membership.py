@@ -205,3 +205,30 @@ class MembershipMachine(RuleBasedStateMachine):
 
 TestMembershipMachine = MembershipMachine.TestCase
 TestMembershipMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+def make_table_with(config: MeshConfig) -> MemberTable:
+    context = NodeContext("me", ("10.0.0.1", 7946), config, random.Random(1))
+    table = MemberTable(context, LocalHealth(8), now=0.0)
+    for name in "abcdefgh":
+        table.apply_alive(Alive(name, (f"10.0.0.{ord(name)}", 7946), 0), 0.0, "join")
+    return table
+
+
+def test_suspicion_refinement_alone_decides_the_shrinking_timeout() -> None:
+    shrinking = make_table_with(MeshConfig(lifeguard_probe=False, lifeguard_buddy=False))
+    fixed = make_table_with(MeshConfig(lifeguard_suspicion=False))
+    for table in (shrinking, fixed):
+        table.apply_suspect(Suspect("a", 0, "b"), 1.0, "gossip")
+    long, short = shrinking.suspicions["a"], fixed.suspicions["a"]
+    assert long.maximum > long.minimum  # starts long, shrinks with confirmations
+    assert short.maximum == short.minimum  # SWIM's fixed timeout
+
+
+def test_buddy_refinement_alone_decides_the_hearsay_rule() -> None:
+    buddy = make_table_with(MeshConfig(lifeguard_probe=False, lifeguard_suspicion=False))
+    no_buddy = make_table_with(MeshConfig(lifeguard_buddy=False))
+    for table in (buddy, no_buddy):
+        table.apply_dead(Dead("a", 0, "far-away"), 1.0, "gossip")
+    assert state(buddy, "a") == (MemberState.SUSPECT, 0)
+    assert state(no_buddy, "a") == (MemberState.DEAD, 0)
