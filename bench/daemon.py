@@ -3,6 +3,7 @@ the leader's SIGKILL under load. Prints a table and one JSON object; asserts not
 
     python bench/daemon.py [--tasks 200] [--sequential 60] [--json]
     python bench/daemon.py --fsync-only [--json]     # the disk's flush cost, by method
+    python bench/daemon.py --broken-opencl [--rounds 2] [--json]  # fallback vs onnxruntime
 
 * ``overhead``: one single-sample digits task at a time, submit to result, warm (the
   design's target: p50 under 2 ms on loopback), next to the local onnxruntime run: the
@@ -14,6 +15,12 @@ the leader's SIGKILL under load. Prints a table and one JSON object; asserts not
 * ``leader_kill``: the leader SIGKILLed a third of the way through a ``map``: the longest
   gap between two consecutive results (how long work stalled), the time until the
   client's peer declared the victim dead and named a new leader, and tasks lost.
+
+``--broken-opencl`` instead compares two meshes in turns (A B B A): ``--backend
+onnxruntime``, and ``--backend auto`` with every OpenCL device broken
+(``POCL_EXTRA_BUILD_FLAGS=-cl-std=CL9.9``: each daemon probes, finds no usable device and
+runs every model on its onnxruntime fallback). ``overhead`` and ``throughput`` of each, and
+the ratios broken / onnxruntime of the per-task figures.
 """
 
 from __future__ import annotations
@@ -225,7 +232,20 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=60)
     parser.add_argument("--json", action="store_true", help="only the JSON object")
     parser.add_argument("--fsync-only", action="store_true", help="only the disk's flush cost")
+    parser.add_argument(
+        "--broken-opencl",
+        action="store_true",
+        help="the fallback path (every OpenCL device broken, --backend auto) vs onnxruntime",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="A B B A turns (--broken-opencl)")
     args = parser.parse_args()
+    if args.broken_opencl:
+        report_fallback = broken_opencl(args.tasks, args.sequential, args.rounds)
+        if not args.json:
+            for name, value in report_fallback["ratio_broken_to_onnxruntime"].items():
+                print(f"broken/onnxruntime {name:26} {value:.3f}", file=sys.stderr)
+        print(json.dumps(report_fallback))
+        return
     if args.fsync_only:
         with tempfile.TemporaryDirectory(prefix="meshgpu-fsync-", dir=Path.cwd()) as scratch:
             report_fsync = {"fsync": fsync_kinds(Path(scratch))}
@@ -251,6 +271,63 @@ def main() -> None:
                 shown = f"{value:.3f}" if isinstance(value, float) else str(value)
                 print(f"{section:12} {name:28} {shown}", file=sys.stderr)
     print(json.dumps(report))
+
+
+BROKEN_OPENCL = {"POCL_EXTRA_BUILD_FLAGS": "-cl-std=CL9.9"}
+FALLBACK_FIGURES = (
+    ("overhead", "mesh_p50_ms"),
+    ("overhead", "table_p50_ms"),
+    ("throughput", "cpu_ms_per_task_total"),
+    ("throughput", "tasks_per_s"),
+)
+
+
+def broken_opencl(tasks: int, sequential: int, rounds: int) -> dict[str, Any]:
+    """``overhead`` and ``throughput`` of an onnxruntime mesh and of a mesh whose OpenCL
+    devices are all broken, in turns A B B A (``rounds`` times); medians per kind and
+    their ratios."""
+    pixels = np.load(SHIPPED_MODELS_DIR / "digits_test.npz")["pixels"]
+    runs: dict[str, list[dict[str, Any]]] = {"onnxruntime": [], "broken_opencl": []}
+    saved = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="meshgpu-bench-") as root:
+        os.environ["MESHGPU_CACHE_DIR"] = str(Path(root) / "cache")
+        try:
+            order = ("onnxruntime", "broken_opencl", "broken_opencl", "onnxruntime") * rounds
+            for turn, kind in enumerate(order):
+                if kind == "broken_opencl":
+                    os.environ.update(BROKEN_OPENCL)
+                else:
+                    for name in BROKEN_OPENCL:
+                        os.environ.pop(name, None)
+                backend = "auto" if kind == "broken_opencl" else "onnxruntime"
+                with LocalMesh(
+                    Path(root) / f"turn-{turn}", 3, prefix="bench", backend=backend
+                ) as mesh:
+                    trio.run(_formed, mesh)
+                    runs[kind].append(
+                        {
+                            "overhead": overhead(mesh.nodes[0].peer, pixels, sequential),
+                            "throughput": throughput(mesh, pixels, tasks),
+                        }
+                    )
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    medians = {
+        kind: {
+            f"{section}.{name}": statistics.median(run[section][name] for run in kind_runs)
+            for section, name in FALLBACK_FIGURES
+        }
+        for kind, kind_runs in runs.items()
+    }
+    return {
+        "runs": runs,
+        "medians": medians,
+        "ratio_broken_to_onnxruntime": {
+            key: medians["broken_opencl"][key] / medians["onnxruntime"][key]
+            for key in medians["onnxruntime"]
+        },
+    }
 
 
 async def _formed(mesh: LocalMesh) -> None:

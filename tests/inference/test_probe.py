@@ -240,3 +240,31 @@ def test_meshgpu_run_under_auto_succeeds_on_onnxruntime_when_every_device_is_bro
     )
     assert strict.returncode == 1
     assert "DeviceError" in strict.stderr and "-cl-std=CL9.9" in strict.stderr
+
+
+def test_each_device_is_judged_on_its_own(own_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One broken device among several (the PoCL from pip beside the distribution's, as on
+    CI machines whose CPU the former cannot build for): only that one is left out."""
+    from meshgpu.inference.devices import default_device, opencl_device
+
+    broken = opencl_device(OPENCL[0]).int_ptr
+    run = OpenCLSession.run
+
+    def corrupted_on_one(
+        self: OpenCLSession, feeds: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        outputs = run(self, feeds)
+        if self.device.int_ptr == broken:
+            outputs = {name: value + 1.0 for name, value in outputs.items()}
+        return outputs
+
+    monkeypatch.setattr(OpenCLSession, "run", corrupted_on_one)
+    assert not probe.verdict(OPENCL[0]).usable
+    others = [device for device in OPENCL[1:] if probe.verdict(device).usable]
+    if not others:
+        with pytest.raises(DeviceError, match=f"{OPENCL[0].id} .*wrong results"):
+            default_device("opencl")
+        return
+    assert default_device("opencl") in others
+    session = inference.load("digits")
+    assert session.backend == "opencl" and session.device in others
