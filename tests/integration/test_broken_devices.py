@@ -75,6 +75,9 @@ async def test_every_task_of_a_new_model_completes_when_every_opencl_device_is_b
         ran += status["node"]["attempts"]["ok"]
         assert "failed" not in status["tasks"], status["tasks"]
         on_fallback.update(status["node"]["fallback_models"])
+        for member in status["members"]:  # every load a node publishes names its devices
+            if member["load"] is not None and member["load"]["version"] > 0:
+                assert member["load"]["usable_devices"], member
         log = node.log.read_text(errors="replace")
         assert "-cl-std=CL9.9" in log
         if ONLY_POCL:
