@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl import dtypes
+from meshgpu.inference.opencl.functions import expand_functions
 
 #: ONNX operators this backend runs, with the lowest default-domain opset whose semantics the
 #: implementation follows. Versions before opset 7 are accepted where their semantics are a
@@ -256,6 +257,7 @@ def unsupported_operators(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
         opset = default_opset(model)
     except ModelError:
         opset = 0
+    model = expand_functions(model, opset, lambda node: _is_supported(node, opset))
     found: list[tuple[str, int, str]] = []
     non_device = _non_device_inputs(model)
     for index, node in enumerate(model.graph.node):
@@ -343,6 +345,7 @@ def read_graph(model: onnx.ModelProto) -> Graph:
     if not isinstance(model, onnx.ModelProto):
         raise ModelError(f"expected an onnx.ModelProto, got {type(model).__name__}")
     opset = default_opset(model)
+    model = expand_functions(model, opset, lambda node: _is_supported(node, opset))
     unsupported = unsupported_operators(model)
     non_device = _non_device_inputs(model)
     for index, node in enumerate(model.graph.node):
