@@ -41,6 +41,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _outcomes[group]["passed"] += 1
     elif report.failed:
         _outcomes[group]["failed"] += 1
+    elif report.skipped and hasattr(report, "wasxfail"):
+        _outcomes[group]["xfailed"] += 1  # an expected failure, with its reason in the summary
     elif report.skipped:
         _outcomes[group]["skipped"] += 1
         reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
@@ -56,9 +58,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for group in sorted(_outcomes):
         counts = _outcomes[group]
         total = sum(counts.values())
+        expected = f", {counts['xfailed']} expected failures" if counts["xfailed"] else ""
         write(
             f"{group}: {counts['passed']} passed, {counts['skipped']} skipped, "
-            f"{counts['failed']} failed (of {total})"
+            f"{counts['failed']} failed{expected} (of {total})"
         )
     if _skipped_ops:
         write(
