@@ -6,6 +6,8 @@ Public names are re-exported here; the modules behind them may change freely.
 
 from meshgpu.core.component import Component, NodeContext
 from meshgpu.core.config import MeshConfig
+from meshgpu.core.effects import Effect
+from meshgpu.core.events import Event
 from meshgpu.core.leader import leader_for_view, leader_score
 from meshgpu.core.load import DeviceCapabilities, LoadUpdate, LoadVector
 from meshgpu.core.membership import MemberInfo, MemberState
@@ -26,7 +28,9 @@ __all__ = [
     "Address",
     "Component",
     "DeviceCapabilities",
+    "Effect",
     "Envelope",
+    "Event",
     "LoadUpdate",
     "LoadVector",
     "MemberInfo",

@@ -23,11 +23,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from meshgpu.core.broadcast import BroadcastQueue
 from meshgpu.core.config import MeshConfig
-from meshgpu.core.effects import SendDatagram
+from meshgpu.core.effects import Effect, SendDatagram
 from meshgpu.core.messages import (
     EMPTY_PIGGYBACK,
     Envelope,
@@ -76,7 +76,7 @@ class NodeContext:
         """This node's leader view, stamped on every datagram (owned by the leader)."""
         self.cluster_size = 1
         """Live members including self (owned by membership); sizes retransmit limits."""
-        self.effects: list[Any] = []
+        self.effects: list[Effect] = []
         self.counters: dict[str, int] = {}
         self.member_queue = BroadcastQueue()
         """Membership updates: piggybacked first."""
@@ -96,7 +96,7 @@ class NodeContext:
         """Add to a named counter (exposed as ``Node.counters``)."""
         self.counters[name] = self.counters.get(name, 0) + amount
 
-    def emit(self, effect: Any) -> None:
+    def emit(self, effect: Effect) -> None:
         """Hand an effect to the driver (in order)."""
         self.effects.append(effect)
 
@@ -106,11 +106,12 @@ class NodeContext:
         body: Message,
         extra_items: Sequence[bytes] = (),
         piggyback: bool = True,
-    ) -> None:
+    ) -> SendDatagram:
         """Send ``body`` to ``address``, with ``extra_items`` (pre-encoded, always included)
         and as many queued updates as fit under the datagram size (none with
         ``piggyback=False``: for datagrams that probably reach nobody, such as pings to
-        members held dead, which would spend the updates' retransmissions for nothing)."""
+        members held dead, which would spend the updates' retransmissions for nothing).
+        Returns the ``SendDatagram`` effect it emitted."""
         counters = self.counters
         try:  # (no dict.get call per datagram; the key exists after the first one)
             counters["datagrams_sent"] += 1
@@ -134,7 +135,7 @@ class NodeContext:
             _SET_DESTINATION(effect, address)
             _SET_PAYLOAD(effect, self._prefix + encode_body(body) + EMPTY_PIGGYBACK)
             self.effects.append(effect)
-            return
+            return effect
         config = self.config
         head = encode_head(self.node_id, self.incarnation, self.view, body)
         budget = config.max_datagram_bytes - len(head) - 3
@@ -155,7 +156,9 @@ class NodeContext:
                     budget -= len(item)
             if update_queue and len(items) < max_items and budget > 8:
                 items.extend(update_queue.take(budget, limit, max_items - len(items)))
-        self.effects.append(_send_datagram(address, finish_datagram(head, items)))
+        effect = _send_datagram(address, finish_datagram(head, items))
+        self.effects.append(effect)
+        return effect
 
     def broadcast(self, key: Hashable, update: Message, membership: bool = False) -> None:
         """Queue ``update`` for piggybacking, replacing any queued update under ``key``.

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
+    from meshgpu.core.membership import MemberState
     from meshgpu.core.tasks.records import TaskRecord
     from meshgpu.core.tasks.spec import TaskId, TaskSpec
+    from meshgpu.core.tasks.state import Resolution
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +29,12 @@ class SendDatagram:
 
 @dataclass(frozen=True, slots=True)
 class MemberChanged:
-    """This node's view of ``node_id`` changed state (alive, suspect, dead, left)."""
+    """This node's view of ``node_id`` changed state (alive, suspect, dead, left). The state
+    crosses as the enum; drivers turn it into text only for logs, status and traces."""
 
     node_id: NodeId
     address: Address
-    state: str
+    state: MemberState
     incarnation: int
     reason: str
 
@@ -112,15 +115,15 @@ class TaskRejected:
 
 @dataclass(frozen=True, slots=True)
 class TaskResolved:
-    """``task_id`` reached ``state`` (``"done"`` or ``"failed"``, with ``reason``): tell the
+    """``task_id`` reached ``state`` (``DONE`` or ``FAILED``, with ``reason``): tell the
     client, whose result can be fetched from any of ``result_holders``. Emitted once per
     task id by the node the client is attached to (the origin, or one asked by
     ``ResultRequested``); once the client confirms with ``ResultCollected`` no node emits
     it again. Answering a ``ResultRequested`` for a task already delivered and collected,
-    ``state`` is ``"collected"`` (no result is kept any more)."""
+    ``state`` is ``COLLECTED`` (no result is kept any more)."""
 
     task_id: TaskId
-    state: str
+    state: Resolution
     reason: str
     result_holders: tuple[NodeId, ...]
 
@@ -132,3 +135,21 @@ class DropPayload:
 
     task_id: TaskId
     input_digest: str
+
+
+Effect = (
+    SendDatagram
+    | MemberChanged
+    | LeaderChanged
+    | Persist
+    | FetchPayload
+    | RunTask
+    | CancelTask
+    | TaskAccepted
+    | TaskRejected
+    | TaskResolved
+    | DropPayload
+)
+"""Every effect :meth:`meshgpu.core.node.Node.handle` may return: a closed union, so a
+driver that ``match``-es on it with ``assert_never`` is checked by mypy for an effect
+nobody handles."""

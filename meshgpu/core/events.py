@@ -139,3 +139,33 @@ class JournalReplayed:
     (every ``Persist`` it executed before it stopped, oldest first)."""
 
     records: tuple[TaskRecord, ...]
+
+
+Event = (
+    Tick
+    | DatagramReceived
+    | PeerDiscovered
+    | LeaveRequested
+    | LoadChanged
+    | SubmitTask
+    | PayloadStored
+    | PayloadFetchFailed
+    | TaskFinished
+    | ResultRequested
+    | ResultCollected
+    | JournalReplayed
+)
+"""Every event a driver may feed to :meth:`meshgpu.core.node.Node.handle`: a closed union,
+so a driver that ``match``-es on it with ``assert_never`` is checked by mypy for
+exhaustiveness."""
+
+TaskEvent = (
+    SubmitTask
+    | PayloadStored
+    | PayloadFetchFailed
+    | TaskFinished
+    | ResultRequested
+    | ResultCollected
+    | JournalReplayed
+)
+"""The events of the task queue (handled by :class:`meshgpu.core.tasks.TaskComponent`)."""

@@ -38,16 +38,24 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import assert_never
 
 from meshgpu.core.component import Component, NodeContext
 from meshgpu.core.config import MeshConfig
-from meshgpu.core.effects import LeaderChanged, MemberChanged
+from meshgpu.core.effects import Effect, LeaderChanged, MemberChanged
 from meshgpu.core.events import (
     DatagramReceived,
+    Event,
+    JournalReplayed,
     LeaveRequested,
     LoadChanged,
+    PayloadFetchFailed,
+    PayloadStored,
     PeerDiscovered,
+    ResultCollected,
+    ResultRequested,
+    SubmitTask,
+    TaskFinished,
     Tick,
 )
 from meshgpu.core.leader import Leadership
@@ -58,12 +66,6 @@ from meshgpu.core.swim import Swim
 from meshgpu.core.tasks.component import NodeMeshView, TaskComponent
 from meshgpu.core.types import Address, NodeId
 from meshgpu.errors import DecodeError
-
-Event = Any
-"""Any event of :mod:`meshgpu.core.events` (components may accept their own)."""
-
-Effect = Any
-"""Any effect of :mod:`meshgpu.core.effects`."""
 
 
 class Node:
@@ -172,29 +174,41 @@ class Node:
 
     def handle(self, event: Event, now: float) -> list[Effect]:
         """Process one event at time ``now``; return the effects, in order. Never raises
-        on bad input: a malformed datagram is counted and changes nothing."""
+        on bad input: a malformed datagram is counted and changes nothing. (An object
+        outside the :data:`~meshgpu.core.events.Event` union is a driver bug: it fails
+        the ``assert_never``.)"""
         context = self.context
         context.now = now
         context.effects = []
-        kind = type(event)  # exact types first (nearly every event), then isinstance
-        if kind is DatagramReceived or (kind is not Tick and isinstance(event, DatagramReceived)):
-            self._on_datagram(event, now)
-        elif kind is Tick or isinstance(event, Tick):
-            for component, deadline_of in self._timed_sources:
-                if deadline_of() <= now:
-                    component.on_tick(now)
-        elif isinstance(event, PeerDiscovered):
-            self.swim.discover(event.address, event.node_id, now)
-        elif isinstance(event, LoadChanged):
-            self.tasks.on_driver_load(event.load, now)  # adds the task fields, then gossips
-        elif isinstance(event, LeaveRequested):
-            self.swim.leave(now)
-        else:
-            for component in self.components:
-                if component.on_event(event, now):
-                    break
-            else:
-                context.count("events_ignored")
+        match event:
+            case DatagramReceived():  # nearly every event, so first
+                self._on_datagram(event, now)
+            case Tick():
+                for component, deadline_of in self._timed_sources:
+                    if deadline_of() <= now:
+                        component.on_tick(now)
+            case PeerDiscovered():
+                self.swim.discover(event.address, event.node_id, now)
+            case LoadChanged():
+                self.tasks.on_driver_load(event.load, now)  # adds the task fields, gossips
+            case LeaveRequested():
+                self.swim.leave(now)
+            case (
+                SubmitTask()
+                | PayloadStored()
+                | PayloadFetchFailed()
+                | TaskFinished()
+                | ResultRequested()
+                | ResultCollected()
+                | JournalReplayed()
+            ):
+                for component in self.components:
+                    if component.on_event(event, now):
+                        break
+                else:
+                    context.count("events_ignored")
+            case _:
+                assert_never(event)
         leadership = self.leadership
         if leadership.unsettled:  # (settle returns at once otherwise; asked every event)
             leadership.settle(now)
@@ -210,12 +224,7 @@ class Node:
                 context.count("leader_changes")
             self._announced = announced
             context.emit(LeaderChanged(announced[0], announced[1]))
-        deadline = math.inf  # _compute_deadline inlined: it runs after every event
-        for source in self._deadline_sources:
-            candidate = source()
-            if candidate < deadline:
-                deadline = candidate
-        self._deadline = deadline
+        self._deadline = self._compute_deadline()
         effects = context.effects
         context.effects = []
         return effects
@@ -224,9 +233,7 @@ class Node:
 
     def _member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
         self.context.emit(
-            MemberChanged(
-                info.node_id, info.address, info.state.value, info.incarnation, info.reason
-            )
+            MemberChanged(info.node_id, info.address, info.state, info.incarnation, info.reason)
         )
 
     def _on_datagram(self, event: DatagramReceived, now: float) -> None:

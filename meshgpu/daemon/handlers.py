@@ -17,7 +17,7 @@ import trio
 
 from meshgpu.core import effects as fx
 from meshgpu.core.events import ResultCollected, ResultRequested
-from meshgpu.core.tasks import TaskId
+from meshgpu.core.tasks import Resolution, TaskId
 from meshgpu.daemon.api import Handler, Message, Responder, request_field
 from meshgpu.daemon.blobs import BlobWriter, read_layout
 from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES, RESULT, task_key
@@ -98,7 +98,7 @@ class ClientHandlers:
         return {
             "known": True,
             "address": list(info.address),
-            "state": getattr(info.state, "value", str(info.state)),
+            "state": info.state.value,
             "incarnation": info.incarnation,
         }
 
@@ -233,12 +233,12 @@ class ClientHandlers:
 
         message: Message = {
             "task_id": str(resolved.task_id),
-            "state": resolved.state,
+            "state": resolved.state.value,
             "reason": task_reason(self.daemon, resolved.task_id, resolved.reason),
             "worker": worker_of(self.daemon, resolved.task_id),
             "outputs": None,
         }
-        if resolved.state == "done" and include:
+        if resolved.state is Resolution.DONE and include:
             try:
                 blob, size = await self.daemon.dataplane.result_head(
                     resolved.task_id, resolved.result_holders

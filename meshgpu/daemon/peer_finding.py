@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from meshgpu.core.events import PeerDiscovered
+from meshgpu.core.membership import LIVE_STATES
 from meshgpu.core.types import Address
 from meshgpu.daemon.discovery import MdnsDiscovery, Sighting, parse_peer, resolve_peer
 from meshgpu.daemon.identity import ask_twin_token, find_live_twin, twin_message
@@ -119,7 +120,7 @@ async def offer_seed_peers(daemon: Daemon) -> None:
         known = {
             info.address
             for info in daemon.node.members().values()
-            if getattr(info.state, "value", info.state) in ("alive", "suspect")
+            if info.state in LIVE_STATES
         }
         for host, port in seeds:
             try:

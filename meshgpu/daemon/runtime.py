@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import random
 import time
 from typing import Any
@@ -43,13 +42,11 @@ from typing import Any
 import trio
 
 from meshgpu.core.events import (
-    DatagramReceived,
+    Event,
     JournalReplayed,
     LeaveRequested,
     LoadChanged,
-    SubmitTask,
     TaskFinished,
-    Tick,
 )
 from meshgpu.core.load import DeviceCapabilities, LoadVector
 from meshgpu.core.node import Node
@@ -65,7 +62,7 @@ from meshgpu.daemon.datagrams import (
 from meshgpu.daemon.dataplane import DataPlane
 from meshgpu.daemon.discovery import MdnsDiscovery, interface_address, local_ipv4_addresses
 from meshgpu.daemon.durability import GroupCommit
-from meshgpu.daemon.effect_queue import EffectQueue
+from meshgpu.daemon.effect_queue import EffectHandlers, EffectQueue
 from meshgpu.daemon.execution import Executor
 from meshgpu.daemon.handlers import ClientHandlers
 from meshgpu.daemon.identity import (
@@ -75,7 +72,9 @@ from meshgpu.daemon.identity import (
     NodeIdentity,
 )
 from meshgpu.daemon.journal import Journal
+from meshgpu.daemon.member_history import MemberHistory
 from meshgpu.daemon.modelstore import ModelStore
+from meshgpu.daemon.node_driver import NodeDriver
 from meshgpu.daemon.payloads import PayloadStore
 from meshgpu.daemon.peer_finding import find_peers_by_mdns, offer_seed_peers
 from meshgpu.daemon.rpc import ConnectionPool
@@ -93,7 +92,8 @@ class Daemon:
     def __init__(self, settings: DaemonSettings) -> None:
         self.settings = settings
         self.counters: dict[str, int] = {}
-        self.member_history: dict[NodeId, dict[str, Any]] = {}
+        self.history = MemberHistory(self._observed_change)
+        self.member_history: dict[NodeId, dict[str, Any]] = self.history.members
         self.leaving = False
         self._twin_checked = False
         self.load_meter: LoadMeter | None = None
@@ -107,11 +107,6 @@ class Daemon:
         """Replaced (after being set) whenever something observable changes."""
         self.ready = trio.Event()
         """Set once the daemon listens and serves (just before ``task_status.started``)."""
-        self._deadline_moved = trio.Event()
-        self._timer_deadline = -math.inf
-        """The deadline the timer sleeps until; ``feed`` wakes it only for an earlier one."""
-        self.effects = EffectQueue(self)
-        """The node's effects, executed in order (``effect_queue.py``)."""
         self._nursery: trio.Nursery | None = None
         self.discovery: MdnsDiscovery | None = None
         self.capabilities = DeviceCapabilities()
@@ -172,7 +167,6 @@ class Daemon:
             trio.current_time(),
             incarnation=incarnation,
         )
-        self._saved_incarnation = incarnation
         self.peers = ConnectionPool(self.authenticator, max_frame_bytes=settings.max_frame_bytes)
         self.dataplane = DataPlane(self)
         self.handlers = ClientHandlers(self)
@@ -184,6 +178,28 @@ class Daemon:
         )
         self.api.on_reject = self.pulse
         self.commit = GroupCommit(self.journal, self.count, self.storage_failed)
+        self.effects = EffectQueue(
+            EffectHandlers(
+                send_datagram=lambda send: self.datagrams.send(send.destination, send.payload),
+                persist=lambda persist: self.commit.persist(persist.record),
+                member_changed=self.history.member_changed,
+                leader_changed=self.history.leader_changed,
+                data_plane=self.dataplane.execute,
+                clients=self.handlers.execute,
+            ),
+            self.commit,
+            self.count,
+            self.storage_failed,
+        )
+        """The node's effects, executed in order (``effect_queue.py``)."""
+        self.driver = NodeDriver(
+            self.node,
+            self.effects,
+            self.count,
+            self._save_incarnation,
+            before_tick=self.datagrams.take_queued,
+        )
+        """The one caller of ``node.handle`` and the node's timer (``node_driver.py``)."""
         records = self.commit.replay()
         if self.journal.torn_bytes:
             logger.warning(
@@ -204,11 +220,10 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.peers.run)
-                nursery.start_soon(self.effects.execute)
-                nursery.start_soon(self.effects.release_gated)
+                nursery.start_soon(self.effects.run)
                 nursery.start_soon(self.commit.run)
                 nursery.start_soon(self.datagrams.receive)
-                nursery.start_soon(self._run_timers)
+                nursery.start_soon(self.driver.run_timers)
                 await nursery.start(trio.serve_listeners, self.api.serve, listeners)
                 if settings.mdns:
                     nursery.start_soon(find_peers_by_mdns, self, advertised, pin)
@@ -305,39 +320,24 @@ class Daemon:
 
     # --- events in, effects out --------------------------------------------------
 
-    def feed(self, event: Any) -> None:
+    def feed(self, event: Event) -> None:
         """Hand ``event`` to the node now; its effects are queued for the executor."""
-        if logger.isEnabledFor(logging.DEBUG) and not isinstance(event, Tick | DatagramReceived):
-            logger.debug("event %s", type(event).__name__)
-        try:
-            effects = self.node.handle(event, trio.current_time())
-        except Exception:
-            # A core bug must not take the node's sockets down with it: log it loudly,
-            # count it (status shows core_errors) and go on serving.
-            self.count("core_errors")
-            logger.exception("the core failed to handle %s", type(event).__name__)
-            return
-        if self.node.incarnation > self._saved_incarnation:
-            self._save_incarnation()
-        if effects:
-            self.effects.extend(effects, isinstance(event, SubmitTask))
-        if self.node.next_deadline() < self._timer_deadline:
-            self._deadline_moved.set()  # else the timer would wake only to sleep again
+        self.driver.feed(event)
 
-    def _save_incarnation(self) -> None:
+    def _save_incarnation(self, incarnation: int) -> bool:
         """The node raised its incarnation (a refutation): write it down now, fsynced,
         before any datagram announcing it leaves, so a restart after SIGKILL starts above
         it (``IdentityStore.start`` adds one to what is stored). Refutations are rare, so
-        the blocking write is cheap. A twin never writes the copied identity."""
+        the blocking write is cheap. A twin never writes the copied identity. Returns
+        whether it was written."""
         if isinstance(self.stopped_because, DuplicateIdentityError):
-            return
-        incarnation = self.node.incarnation
+            return False
         try:
             self.identity_store.save(NodeIdentity(self.node_id, incarnation))
         except StorageError as error:
             logger.error("%s", error)
-            return
-        self._saved_incarnation = incarnation
+            return False
+        return True
 
     async def flushed(self) -> None:
         """Wait until every queued effect has been executed (gated ones included)."""
@@ -368,18 +368,6 @@ class Daemon:
         self.request_stop(error)
 
     # --- timers, discovery, seeds, load -----------------------------------------------
-
-    async def _run_timers(self) -> None:
-        while True:
-            self._deadline_moved = trio.Event()
-            deadline = self._timer_deadline = self.node.next_deadline()
-            if trio.current_time() >= deadline:
-                self.datagrams.take_queued()
-                self.feed(Tick())
-                await trio.sleep(0)  # let the executor and receivers run
-                continue
-            with trio.move_on_at(deadline):
-                await self._deadline_moved.wait()
 
     async def _report_load(self) -> None:
         """Feed ``LoadChanged`` whenever what we measure changes (checked every interval)."""
@@ -419,6 +407,11 @@ class Daemon:
     def count(self, name: str) -> None:
         """Add one to daemon counter ``name`` (shown by ``status``)."""
         self.counters[name] = self.counters.get(name, 0) + 1
+
+    def _observed_change(self) -> None:
+        """A member or the leader changed: ``status`` and ``wait`` see a new generation."""
+        self.generation += 1
+        self.pulse()
 
     def pulse(self) -> None:
         """Wake everything waiting for a change (the ``wait`` op)."""

@@ -95,7 +95,7 @@ def status_snapshot(daemon: Daemon) -> dict[str, Any]:
     loads = node.loads()
     members = []
     for info in sorted(node.members().values(), key=lambda i: i.node_id):
-        state = getattr(info.state, "value", str(info.state))
+        state = info.state.value
         members.append(
             {
                 "node_id": info.node_id,

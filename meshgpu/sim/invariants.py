@@ -19,16 +19,16 @@ from array import array
 from typing import TYPE_CHECKING, Any
 
 from meshgpu.core.effects import LeaderChanged, MemberChanged
+from meshgpu.core.membership import DEAD, GONE_STATES, LIVE_STATES, SUSPECT
 from meshgpu.sim.faults import Crash, Leave, Restart, Reversal, Slow
 from meshgpu.sim.observers import Observer
-from meshgpu.sim.views import LIVE_STATES, ViewTracker, state_name
+from meshgpu.sim.views import ViewTracker
 
 if TYPE_CHECKING:
     from meshgpu.sim.faults import Fault
     from meshgpu.sim.runner import Simulation
     from meshgpu.sim.scenario import Scenario
 
-GONE_STATES = frozenset({"dead", "left"})
 HEALING_KINDS = frozenset({"start", "restart", "heal", "crash", "leave"})
 """Last disturbances after which views must agree (a crash or leave: once detected)."""
 DETECTION_GOAL_S = 2.0
@@ -123,7 +123,7 @@ class NoRegressionChecker(_Checker):
             self.violate(
                 f"at {now:.3f}s {sim.node_ids[index]} saw {effect.node_id}'s incarnation go "
                 f"from {row[target]} down to {effect.incarnation} "
-                f"(state {state_name(effect.state)})"
+                f"(state {effect.state.value})"
             )
         row[target] = effect.incarnation
 
@@ -448,11 +448,11 @@ class DetectionChecker(_Checker):
         if (
             target is not None
             and target in self.spreading
-            and state_name(effect.state) in GONE_STATES
+            and effect.state in GONE_STATES
         ):
             self._unhold(target, index, now)
         record = self.open.get(target) if target is not None else None
-        if record is None or index not in record[1] or state_name(effect.state) not in GONE_STATES:
+        if record is None or index not in record[1] or effect.state not in GONE_STATES:
             return
         record[1].discard(index)
         if not record[1] and target in self.excused:
@@ -541,12 +541,12 @@ class AccuracyChecker(_Checker):
     def on_effect(self, sim: Simulation, index: int, effect: Any, now: float) -> None:
         if type(effect) is not MemberChanged:
             return
-        state = state_name(effect.state)
+        state = effect.state
         if state in LIVE_STATES:
-            if state == "suspect":
+            if state is SUSPECT:
                 self.suspicions += 1
             return
-        if state != "dead":
+        if state is not DEAD:
             return
         target = sim.index_of_id.get(effect.node_id)
         if target is None or not sim.up[target]:

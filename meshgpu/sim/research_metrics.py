@@ -26,15 +26,15 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from meshgpu.core.effects import LeaderChanged, MemberChanged
+from meshgpu.core.membership import DEAD, GONE_STATES, LIVE_STATES, SUSPECT, MemberState
 from meshgpu.sim.faults import Partition, Reversal, Slow
 from meshgpu.sim.observers import Observer
-from meshgpu.sim.views import LIVE_STATES, ViewTracker, state_name
+from meshgpu.sim.views import ViewTracker
 
 if TYPE_CHECKING:
     from meshgpu.sim.faults import Fault
     from meshgpu.sim.runner import Simulation
 
-GONE_STATES = frozenset({"dead", "left"})
 HEAL_KINDS = frozenset({"heal", "restart"})
 
 
@@ -192,10 +192,10 @@ class ResearchMetrics(Observer):
         target = sim.index_of_id.get(effect.node_id)
         if target is None or target == index:
             return
-        state = state_name(effect.state)
+        state = effect.state
         crash = self.crashes.get(target)
         if crash is not None and index in crash.watchers:
-            if state == "suspect" and crash.first_suspect is None:
+            if state is SUSPECT and crash.first_suspect is None:
                 crash.first_suspect = now
             elif state in GONE_STATES:
                 if crash.first_suspect is None:
@@ -204,7 +204,7 @@ class ResearchMetrics(Observer):
                     crash.first_dead = now
                 crash.watchers.discard(index)
                 self._check_full(crash, now)
-        elif sim.up[target] and state in ("suspect", "dead"):
+        elif sim.up[target] and (state is SUSPECT or state is DEAD):
             self._false_verdict(index, target, state, now)
         split = self.open_split
         if split is not None:
@@ -233,11 +233,11 @@ class ResearchMetrics(Observer):
         if not crash.watchers and crash.full is None:
             crash.full = now
 
-    def _false_verdict(self, index: int, target: int, state: str, now: float) -> None:
+    def _false_verdict(self, index: int, target: int, state: MemberState, now: float) -> None:
         if self.views.was_disturbed(index, target, now - self.window_s, now):
             return
         slow = self.slow_until.get(target, -math.inf) >= now - self.window_s
-        counts = self.false_suspicions if state == "suspect" else self.false_deaths
+        counts = self.false_suspicions if state is SUSPECT else self.false_deaths
         counts["slow" if slow else "healthy"] += 1
 
     def _start_split(self, sim: Simulation, now: float) -> None:
@@ -346,7 +346,7 @@ class BeliefTrace(Observer):
     def on_effect(self, sim: Simulation, index: int, effect: Any, now: float) -> None:
         if type(effect) is MemberChanged:
             sim.trace_view(
-                state_name(effect.state),
+                effect.state.value,
                 n=index,
                 of=sim.index_of_id.get(effect.node_id),
                 inc=effect.incarnation,

@@ -31,10 +31,23 @@ import json
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, assert_never
 
-from meshgpu.core.effects import SendDatagram
-from meshgpu.core.events import DatagramReceived, LeaveRequested, PeerDiscovered, Tick
+from meshgpu.core.effects import (
+    CancelTask,
+    DropPayload,
+    Effect,
+    FetchPayload,
+    LeaderChanged,
+    MemberChanged,
+    Persist,
+    RunTask,
+    SendDatagram,
+    TaskAccepted,
+    TaskRejected,
+    TaskResolved,
+)
+from meshgpu.core.events import DatagramReceived, Event, LeaveRequested, PeerDiscovered, Tick
 from meshgpu.core.types import Address, NodeId
 from meshgpu.errors import SimulationError
 from meshgpu.sim.faults import Fault, Reversal, Slow
@@ -68,7 +81,7 @@ class SimulatedNode(Protocol):
     @property
     def incarnation(self) -> int: ...
 
-    def handle(self, event: Any, now: float) -> list[Any]: ...
+    def handle(self, event: Event, now: float) -> list[Effect]: ...
 
     def next_deadline(self) -> float: ...
 
@@ -249,11 +262,9 @@ class Simulation:
         lines = self._trace_lines
         emit = lines.append
         call = self._call
+        execute = self._execute
         addresses = self.addresses
-        route = self.index_of_address.get
-        transmit = self.network.transmit
         counters = self.counters
-        effect_handlers = self._effect_handlers
         crc32 = zlib.crc32
         tick = _TICK
         slows = self.slow  # mutated in place by faults, never replaced
@@ -326,47 +337,17 @@ class Simulation:
                 if len(lines) >= next_check:
                     next_check = self._periodic(time, until)
                 continue
-            # _call(index, event) inlined
+            # _call(index, event), with the attributes it reads held in locals
             node = nodes[index]
             assert node is not None
             try:
                 effects = node.handle(event, time)
             except Exception as error:
                 raise self._handle_error(index, event, error) from error
-            for effect in effects:
-                if type(effect) is SendDatagram:
-                    self.bytes_sent += len(effect.payload)
-                    destination = route(effect.destination)
-                    if destination is None:
-                        counters["unroutable"] += 1
-                        continue
-                    for delay in transmit(index, destination):
-                        # _push inlined (the same sequence numbers, so the same order)
-                        self._sequence = sequence = self._sequence + 1
-                        push(
-                            heap,
-                            (time + delay, sequence, DELIVER, destination, index, effect.payload),
-                        )
-                else:
-                    handlers = effect_handlers.get(type(effect))
-                    if handlers is None:
-                        handlers = self._handlers_for(type(effect))
-                    for handler in handlers:
-                        handler(self, index, effect, time)
-                if not up[index]:
-                    break  # an observer stopped this node; the rest of its effects are lost
-            else:
+            if execute(index, effects, time):
                 deadline = node.next_deadline()
                 if deadline < tick_at[index]:
-                    # _schedule_tick inlined (the same time, token and sequence number)
-                    at = deadline if deadline >= time else time
-                    slow = slows[index]
-                    if slow is not None and slow.tick_delay_s:
-                        at += slow.tick_delay_s
-                    tick_at[index] = at
-                    tick_token[index] = token = tick_token[index] + 1
-                    self._sequence = sequence = self._sequence + 1
-                    push(heap, (at, sequence, TICK, index, None, token))
+                    self._schedule_tick(index, deadline)
             if len(lines) >= next_check:
                 next_check = self._periodic(time, until)
 
@@ -396,32 +377,55 @@ class Simulation:
             effects = node.handle(event, now)
         except Exception as error:
             raise self._handle_error(index, event, error) from error
+        if self._execute(index, effects, now):
+            deadline = node.next_deadline()
+            if deadline < self._tick_at[index]:
+                self._schedule_tick(index, deadline)
+
+    def _execute(self, index: int, effects: list[Effect], now: float) -> bool:
+        """Execute node ``index``'s effects in order: datagrams go onto the network,
+        everything else to the observers that asked for its type. Returns False if an
+        observer stopped the node (the rest of its effects are then lost)."""
         up = self.up
         for effect in effects:
-            if type(effect) is SendDatagram:
-                self.bytes_sent += len(effect.payload)
-                destination = self.index_of_address.get(effect.destination)
-                if destination is None:
-                    self.counters["unroutable"] += 1
-                    continue
-                for delay in self.network.transmit(index, destination):
-                    # _push inlined (the same sequence numbers, so the same order)
-                    self._sequence = sequence = self._sequence + 1
-                    heapq.heappush(
-                        self._heap,
-                        (now + delay, sequence, DELIVER, destination, index, effect.payload),
-                    )
-            else:
-                handlers = self._effect_handlers.get(type(effect))
-                if handlers is None:
-                    handlers = self._handlers_for(type(effect))
-                for handler in handlers:
-                    handler(self, index, effect, now)
+            match effect:
+                case SendDatagram():
+                    self.bytes_sent += len(effect.payload)
+                    destination = self.index_of_address.get(effect.destination)
+                    if destination is None:
+                        self.counters["unroutable"] += 1
+                        continue
+                    heap = self._heap
+                    for delay in self.network.transmit(index, destination):
+                        # _push inlined (the same sequence numbers, so the same order)
+                        self._sequence = sequence = self._sequence + 1
+                        heapq.heappush(
+                            heap,
+                            (now + delay, sequence, DELIVER, destination, index, effect.payload),
+                        )
+                case (
+                    MemberChanged()
+                    | LeaderChanged()
+                    | Persist()
+                    | FetchPayload()
+                    | RunTask()
+                    | CancelTask()
+                    | TaskAccepted()
+                    | TaskRejected()
+                    | TaskResolved()
+                    | DropPayload()
+                ):
+                    # Observers see every effect but datagrams (checkers, workload drivers).
+                    handlers = self._effect_handlers.get(type(effect))
+                    if handlers is None:
+                        handlers = self._handlers_for(type(effect))
+                    for handler in handlers:
+                        handler(self, index, effect, now)
+                case _:
+                    assert_never(effect)
             if not up[index]:
-                return  # an observer stopped this node; the rest of its effects are lost
-        deadline = node.next_deadline()
-        if deadline < self._tick_at[index]:
-            self._schedule_tick(index, deadline)
+                return False
+        return True
 
     def _handle_error(self, index: int, event: Any, error: Exception) -> SimulationError:
         """The error to raise when node ``index`` raised ``error`` handling ``event``."""

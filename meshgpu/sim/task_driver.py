@@ -331,7 +331,7 @@ class TaskDriver(Observer):
         sub.deliveries += 1
         if sub.delivered_at is None:
             sub.delivered_at = now
-            sub.outcome = effect.state
+            sub.outcome = effect.state.value
             sub.reason = effect.reason
         sim.inject(index, ResultCollected(effect.task_id), now + self.settings.client_rtt_s)
 

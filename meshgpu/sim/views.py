@@ -21,20 +21,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from meshgpu.core.effects import MemberChanged
+from meshgpu.core.membership import LIVE_STATES, MemberState
 from meshgpu.sim.faults import Heal, Partition, Reversal
 from meshgpu.sim.observers import Observer
 
 if TYPE_CHECKING:
     from meshgpu.sim.faults import Fault
     from meshgpu.sim.runner import Simulation
-
-LIVE_STATES = frozenset({"alive", "suspect"})
-
-
-def state_name(state: Any) -> str:
-    """``MemberChanged.state`` as a lower-case name (tolerates ``"MemberState.DEAD"``)."""
-    text = str(getattr(state, "value", state))
-    return text.rsplit(".", 1)[-1].lower()
 
 
 class ViewTracker(Observer):
@@ -45,7 +38,7 @@ class ViewTracker(Observer):
 
     def __init__(self) -> None:
         self.live: list[set[int]] = []
-        self.state: list[dict[int, str]] = []
+        self.state: list[dict[int, MemberState]] = []
         self.wrong: list[int] = []
         self.total_wrong = 0
         self.last_change: list[float] = []
@@ -128,7 +121,7 @@ class ViewTracker(Observer):
         if target is None or target == index:
             return
         self.version += 1
-        state = state_name(effect.state)
+        state = effect.state
         self.state[index][target] = state
         self.last_change[index] = now
         believed = state in LIVE_STATES
@@ -167,7 +160,7 @@ class ViewTracker(Observer):
     def believes_live(self, observer: int, target: int) -> bool:
         return target in self.live[observer]
 
-    def believed_state(self, observer: int, target: int) -> str | None:
+    def believed_state(self, observer: int, target: int) -> MemberState | None:
         return self.state[observer].get(target)
 
     def was_disturbed(self, observer: int, target: int, since: float, now: float) -> bool:

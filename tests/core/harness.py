@@ -119,7 +119,9 @@ class MeshHarness:
 
     def member_changes(self, state: str) -> list[tuple[float, NodeId, MemberChanged]]:
         return [
-            (t, n, e) for t, n, e in self.log if isinstance(e, MemberChanged) and e.state == state
+            (t, n, e)
+            for t, n, e in self.log
+            if isinstance(e, MemberChanged) and e.state.value == state
         ]
 
     def leader_changes(self) -> list[tuple[float, NodeId, LeaderChanged]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from meshgpu.core.effects import LeaderChanged, MemberChanged, SendDatagram
 from meshgpu.core.events import DatagramReceived, PeerDiscovered, Tick
+from meshgpu.core.membership import ALIVE, DEAD
 from meshgpu.core.types import Address, NodeId
 
 
@@ -85,7 +86,7 @@ class HeartbeatNode:
                     self.state[peer] = "dead"
                     effects.append(
                         MemberChanged(
-                            peer, self.peers[peer], "dead", self.incarnations[peer], "timeout"
+                            peer, self.peers[peer], DEAD, self.incarnations[peer], "timeout"
                         )
                     )
         leader = self.leader()
@@ -110,7 +111,7 @@ class HeartbeatNode:
         self.incarnations[node_id] = incarnation
         if self.state.get(node_id) != "alive":
             self.state[node_id] = "alive"
-            effects.append(MemberChanged(node_id, address, "alive", incarnation, "heard"))
+            effects.append(MemberChanged(node_id, address, ALIVE, incarnation, "heard"))
 
 
 def heartbeat_factory(

@@ -6,7 +6,14 @@ from meshgpu.core.tasks.collected import CollectedSet
 from meshgpu.core.tasks.records import TaskRecord, record_from_bytes, record_to_bytes
 from meshgpu.core.tasks.retry import BackoffKind, RetryPolicy
 from meshgpu.core.tasks.spec import DeviceRequirements, Priority, TaskId, TaskSpec
-from meshgpu.core.tasks.state import TRANSITIONS, Cause, Phase, TaskState, join
+from meshgpu.core.tasks.state import (
+    TRANSITIONS,
+    Cause,
+    Phase,
+    Resolution,
+    TaskState,
+    join,
+)
 from meshgpu.core.tasks.table import TaskEntry, TaskTable, merge_entries
 
 __all__ = [
@@ -17,6 +24,7 @@ __all__ = [
     "DeviceRequirements",
     "Phase",
     "Priority",
+    "Resolution",
     "RetryPolicy",
     "TaskEntry",
     "TaskId",

@@ -414,9 +414,8 @@ class TaskComponent(Component):
         """Send one task-protocol datagram, counting it and its bytes (``task_datagrams_sent``,
         ``task_bytes_sent``: the figures behind ``messages_per_task`` in the simulator)."""
         context = self.context
-        context.send(address, message)
+        effect = context.send(address, message)
         context.count("task_datagrams_sent")
-        effect = context.effects[-1]
         context.count("task_bytes_sent", len(effect.payload))
 
     def _finish(self, now: float) -> None:

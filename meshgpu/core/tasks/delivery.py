@@ -22,6 +22,7 @@ from meshgpu.core.effects import TaskResolved
 from meshgpu.core.events import ResultCollected, ResultRequested
 from meshgpu.core.tasks.interest import keeps_current
 from meshgpu.core.tasks.spec import TaskId
+from meshgpu.core.tasks.state import Resolution
 from meshgpu.core.tasks.table import TaskEntry
 
 if TYPE_CHECKING:
@@ -47,7 +48,9 @@ class Delivery:
         ):
             # Delivered (and perhaps garbage-collected already): say so rather than leave
             # the client waiting; the payloads may be gone from the holders.
-            tasks.context.emit(TaskResolved(tid, "collected", "outcome already delivered", ()))
+            tasks.context.emit(
+                TaskResolved(tid, Resolution.COLLECTED, "outcome already delivered", ())
+            )
             return
         self.watched.add(tid)
         if entry is not None and entry.state.terminal and not entry.delivered:
@@ -94,13 +97,17 @@ class Delivery:
         origin = entry.task_id.origin
         holders = tuple(sorted(entry.result_holders, key=lambda n: (n != origin, n)))
         self.tasks.context.emit(
-            TaskResolved(entry.task_id, entry.state.phase.value, entry.state.reason, holders)
+            TaskResolved(
+                entry.task_id, Resolution(entry.state.phase.value), entry.state.reason, holders
+            )
         )
 
     def forget(self, tid: TaskId) -> None:
         """The entry was collected: a client still waiting here learns so."""
         if tid in self.watched and tid not in self.resolved:
             # A client asked here for an outcome that was delivered and collected meanwhile.
-            self.tasks.context.emit(TaskResolved(tid, "collected", "outcome already delivered", ()))
+            self.tasks.context.emit(
+                TaskResolved(tid, Resolution.COLLECTED, "outcome already delivered", ())
+            )
         self.watched.discard(tid)
         self.resolved.discard(tid)

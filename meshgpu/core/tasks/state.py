@@ -56,6 +56,15 @@ class Phase(enum.Enum):
         return self in (Phase.DONE, Phase.FAILED)
 
 
+class Resolution(enum.Enum):
+    """What a client is told about a task it asked after (``TaskResolved.state``): its
+    terminal phase, or that its outcome was already delivered and collected."""
+
+    DONE = "done"
+    FAILED = "failed"
+    COLLECTED = "collected"
+
+
 class Cause(enum.Enum):
     """Why a node moves a task's state itself."""
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as hs
 from meshgpu.core.config import MeshConfig
 from meshgpu.core.effects import FetchPayload, RunTask, TaskAccepted
 from meshgpu.core.events import PayloadStored, SubmitTask
-from meshgpu.core.tasks import TaskId, TaskSpec
+from meshgpu.core.tasks import Resolution, TaskId, TaskSpec
 from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.core.tasks.table import TaskEntry, merge_entries
 from meshgpu.core.tasks.wire import entry_from_wire, entry_to_wire
@@ -132,7 +132,7 @@ def test_a_done_task_whose_result_holders_all_died_runs_again() -> None:
     h.deliver_event(rerun_worker, TaskFinished(task_id, rerun.attempt, "ok", "", rerun.holders))
     h.run_until(h.now + 0.5)
     resolved = effects(h, TaskResolved)
-    assert len(resolved) == 2 and resolved[-1].state == "done"
+    assert len(resolved) == 2 and resolved[-1].state is Resolution.DONE
     assert set(resolved[-1].result_holders) - {worker}  # a live node serves it now
     entry = h.nodes[survivor].tasks.table.get(task_id)
     assert entry is not None and entry.state.phase is Phase.DONE and entry.state.epoch == 1

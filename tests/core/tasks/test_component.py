@@ -24,7 +24,7 @@ from meshgpu.core.events import (
     TaskFinished,
 )
 from meshgpu.core.load import LoadVector
-from meshgpu.core.tasks import Phase, TaskId, TaskSpec
+from meshgpu.core.tasks import Phase, Resolution, TaskId, TaskSpec
 from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.core.types import NodeId
 from tests.core.harness import MeshHarness
@@ -116,7 +116,7 @@ def test_done_resolves_once_and_delivery_spreads() -> None:
     run_assigned(h, task_id)
     h.run_until(h.now + 0.2)
     resolved = effects(h, TaskResolved)
-    assert [(r.task_id, r.state) for r in resolved] == [(task_id, "done")]
+    assert [(r.task_id, r.state) for r in resolved] == [(task_id, Resolution.DONE)]
     h.deliver_event("n002", ResultCollected(task_id))
     h.run_until(h.now + 2.0)
     for node in h.nodes.values():
@@ -131,7 +131,7 @@ def test_permanent_error_fails_at_once_without_retry() -> None:
     run_assigned(h, task_id, "permanent_error", "input has the wrong shape")
     h.run_until(h.now + 0.5)
     (resolved,) = effects(h, TaskResolved)
-    assert resolved.state == "failed" and resolved.reason == "input has the wrong shape"
+    assert resolved.state is Resolution.FAILED and resolved.reason == "input has the wrong shape"
     assert len(effects(h, RunTask)) == 1
 
 
@@ -143,7 +143,7 @@ def test_transient_error_retries_on_another_worker() -> None:
     assert second != first
     h.run_until(h.now + 0.5)
     (resolved,) = effects(h, TaskResolved)
-    assert resolved.state == "done"
+    assert resolved.state is Resolution.DONE
     entry = h.nodes["n000"].tasks.table.get(task_id)
     assert entry is not None and entry.state.failures == 1 and entry.state.attempt == 2
 
@@ -209,7 +209,7 @@ def test_deadline_fails_a_task_nobody_finishes() -> None:
     (resolved,) = effects(h, TaskResolved)
     assert (resolved.task_id, resolved.state, resolved.reason) == (
         task_id,
-        "failed",
+        Resolution.FAILED,
         "deadline exceeded",
     )
 

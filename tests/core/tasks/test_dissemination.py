@@ -15,7 +15,7 @@ from meshgpu.core.events import (
     ResultRequested,
     SubmitTask,
 )
-from meshgpu.core.tasks import Phase, TaskId, TaskSpec
+from meshgpu.core.tasks import Phase, Resolution, TaskId, TaskSpec
 from meshgpu.core.tasks import state as st
 from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.core.tasks.retry import RetryPolicy
@@ -118,7 +118,7 @@ def test_a_new_leader_learns_the_open_queue_and_leaves_running_tasks_alone() -> 
     for task_id in [*queued, orphan]:
         run_assigned(h, task_id)
     h.run_until(h.now + 0.5)
-    done = {e.task_id for e in effects(h, TaskResolved) if e.state == "done"}
+    done = {e.task_id for e in effects(h, TaskResolved) if e.state is Resolution.DONE}
     assert done == set(submitted) - {t for t in submitted if t.origin == leader}
 
 
@@ -160,7 +160,7 @@ def test_a_graceful_hand_back_does_not_use_up_an_attempt() -> None:
     assert second != first  # not given back to the node that is leaving
     h.run_until(h.now + 0.5)
     (resolved,) = effects(h, TaskResolved)
-    assert resolved.state == "done"
+    assert resolved.state is Resolution.DONE
     entry = h.nodes["n000"].tasks.table.get(task_id)
     assert entry is not None and entry.state.failures == 0 and entry.state.attempt == 2
 
@@ -177,7 +177,7 @@ def test_a_client_asking_an_uninvolved_node_gets_its_outcome() -> None:
     h.deliver_event(asked, ResultRequested(task_id))
     h.run_until(h.now + 1.0)
     answers = [e for e in effects(h, TaskResolved, asked) if e.task_id == task_id]
-    assert [a.state for a in answers] == ["done"]
+    assert [a.state for a in answers] == [Resolution.DONE]
     serve_fetches(h)
 
 
@@ -230,4 +230,5 @@ def test_an_origin_restarted_without_its_data_resolves_old_tasks_only_when_asked
     assert len(effects(h, TaskResolved, origin)) == 1
     h.deliver_event(origin, ResultRequested(task_id))
     h.run_until(h.now + 0.5)
-    assert [e.state for e in effects(h, TaskResolved, origin)] == ["done", "done"]
+    states = [e.state for e in effects(h, TaskResolved, origin)]
+    assert states == [Resolution.DONE, Resolution.DONE]
