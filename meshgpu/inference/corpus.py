@@ -157,8 +157,11 @@ def seeded_corpus_model(model: onnx.ModelProto | str | Path, seed: int = 0) -> o
     return materialize_placeholders(model, fill)
 
 
-def corpus_feeds(model: onnx.ModelProto, batch: int = 1, seed: int = 1) -> dict[str, np.ndarray]:
-    """Seeded inputs for ``batch`` rows, as ``meshgpu.feeds`` describes them.
+def corpus_feeds(
+    model: onnx.ModelProto, batch: int = 1, seed: int = 1, sequence: int = 16
+) -> dict[str, np.ndarray]:
+    """Seeded inputs for ``batch`` rows, as ``meshgpu.feeds`` describes them (any other
+    symbolic dimension, e.g. a sequence length, gets ``sequence``).
 
     Token ids are uniform below the vocabulary size; an attention mask keeps the first
     ``length`` tokens of each row, the first row padded by a quarter of the sequence so even
@@ -170,7 +173,10 @@ def corpus_feeds(model: onnx.ModelProto, batch: int = 1, seed: int = 1) -> dict[
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for name, spec in specs.items():
-        shape = tuple(batch if dim == "batch" else int(dim) for dim in spec["shape"])
+        shape = tuple(
+            batch if dim == "batch" else sequence if isinstance(dim, str) else int(dim)
+            for dim in spec["shape"]
+        )
         kind = spec["fill"]
         if kind == "tokens":
             feeds[name] = rng.integers(0, spec["high"], shape, dtype=np.int64)
