@@ -320,8 +320,9 @@ class BlobWriter:
         self._hash.update(chunk)
         self.size += len(chunk)
 
-    def commit(self, sha256: str | None) -> Path:
-        """Check the bytes against ``sha256`` (if given), fsync; the caller installs or
+    def commit(self, sha256: str | None, *, durable: bool = True) -> Path:
+        """Check the bytes against ``sha256`` (if given) and, if ``durable`` (a copy the
+        mesh counts on, not a scratch copy read once), fsync; the caller installs or
         reads the file."""
         actual = self._hash.hexdigest()
         if sha256 is not None and actual != sha256:
@@ -331,7 +332,8 @@ class BlobWriter:
             )
         try:
             self._handle.flush()
-            os.fsync(self._handle.fileno())
+            if durable:
+                os.fsync(self._handle.fileno())
             self._handle.close()
         except OSError as error:
             self.abort()

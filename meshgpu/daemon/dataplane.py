@@ -165,9 +165,12 @@ class DataPlane:
         """The largest range of a payload in one request (blobs.chunk_bytes)."""
         return chunk_bytes(self.daemon.settings.max_frame_bytes)
 
-    async def fetch_inputs(self, digest: str, sources: Iterable[NodeId]) -> Fetched:
+    async def fetch_inputs(
+        self, digest: str, sources: Iterable[NodeId], *, durable: bool
+    ) -> Fetched:
         """The input payload ``digest``: from our store, else from the first source that
-        has it (a large one into a scratch file, checked against its digest)."""
+        has it (a large one into a scratch file, checked against its digest, and synced
+        to disk if ``durable``: a holder's copy, not a worker's read-once scratch)."""
         payloads = self.daemon.payloads
         local = payloads.get_memory(digest, INPUTS)
         if local is not None:
@@ -187,7 +190,9 @@ class DataPlane:
                     lambda: payloads.writer(digest, INPUTS),
                 )
                 if writer is not None:
-                    path = await trio.to_thread.run_sync(writer.commit, digest)
+                    path = await trio.to_thread.run_sync(
+                        functools.partial(writer.commit, digest, durable=durable)
+                    )
                     return Fetched(path=path, owned=True)
                 assert data is not None
                 if hashlib.sha256(data).hexdigest() != digest:
@@ -264,7 +269,7 @@ class DataPlane:
             model_digest = self._model_of(effect.task_id)
             if model_digest is not None:
                 await self.obtain_model(model_digest, effect.from_nodes)
-            fetched = await self.fetch_inputs(effect.input_digest, effect.from_nodes)
+            fetched = await self.fetch_inputs(effect.input_digest, effect.from_nodes, durable=True)
             if fetched.owned:
                 assert fetched.path is not None
                 self.daemon.payloads.install(fetched.path, effect.input_digest, INPUTS)
@@ -340,7 +345,9 @@ class DataPlane:
                 fetched: Fetched | None = None
                 try:
                     sources = [effect.task_id.origin, *effect.holders]
-                    fetched = await self.fetch_inputs(spec.input_digest, effect.holders)
+                    fetched = await self.fetch_inputs(
+                        spec.input_digest, effect.holders, durable=False
+                    )
                     await self.obtain_model(spec.model_digest, sources)
 
                     def on_slot() -> None:  # on the device now: no longer cancellable

@@ -1,0 +1,272 @@
+"""A 1 GiB input and a 1 GiB result through a 3-daemon loopback mesh: bytes correct,
+each process's peak RSS against the tensor, and MB/s end to end. Prints a table and one
+JSON object; asserts nothing.
+
+    python bench/bigtensor.py [--mib 1024] [--json]
+
+Two scenarios, each with its own client process (so that its peak RSS is its own):
+
+* ``input``: a ``[N, 1024]`` float32 input of ``--mib`` MiB, reduced by the model to a
+  ``[N]`` sum (a small result): the input travels client -> entry node -> second holder
+  -> worker in ranges;
+* ``result``: a ``[1, 1024]`` input tiled by the model to ``[N, 1024]`` (a result of
+  ``--mib`` MiB, every row checked): worker -> holders -> entry node -> client.
+
+Per process, ``idle`` is its resident set once warm (the model loaded by a small task of
+the same kind) and ``peak`` its high-water mark during the scenario (VmHWM, reset through
+``/proc/PID/clear_refs`` before it; the client's is its whole run). The target is
+``peak < idle + 1.5 x tensor``: one copy of the tensor and the ranges in flight. MB/s is
+the tensor's bytes over the client's submit-to-result time; CPU s is each process's CPU
+time during the scenario, the figure that holds on a shared machine, where wall times
+swing with the load: compare numbers with each other, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import trio
+from onnx import TensorProto, helper
+
+WIDTH = 1024
+
+
+def reduce_model() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],
+        "reduce",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+        initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def tile_model() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Tile", ["x", "repeats"], ["y"])],
+        "tile",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, WIDTH]),
+            helper.make_tensor_value_info("repeats", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", WIDTH])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def rss(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of a process, in bytes."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+# --- the client side (run as a child process) -------------------------------------------
+
+
+async def client_run(peer: str, scenario: str, rows: int, model_path: Path) -> dict[str, Any]:
+    import resource
+
+    from meshgpu.client import AsyncClient
+
+    model = model_path.read_bytes()
+    async with AsyncClient(peer, environ={}) as client:
+        warm = {"x": np.ones((4, WIDTH), np.float32)}
+        if scenario == "result":
+            warm = {"x": np.ones((1, WIDTH), np.float32), "repeats": np.array([4, 1])}
+        await (await client.submit(model, warm, direct=False)).result(120)
+        idle = rss_self()
+        print("warm", flush=True)  # the parent resets the daemons' peaks now
+        x = np.empty((rows, WIDTH) if scenario == "input" else (1, WIDTH), np.float32)
+        np.random.default_rng(1).random(out=x, dtype=np.float32)
+        inputs: dict[str, np.ndarray] = {"x": x}
+        if scenario == "result":
+            inputs["repeats"] = np.array([rows, 1], np.int64)
+        started = time.perf_counter()
+        cpu = time.process_time()
+        handle = await client.submit(model, inputs)
+        outputs = await handle.result(600)
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        y = outputs["y"]
+        if scenario == "input":
+            correct = y.shape == (rows,) and all(
+                np.allclose(y[at : at + 65536], x[at : at + 65536].sum(axis=1), rtol=1e-4)
+                for at in range(0, rows, 65536)
+            )
+        else:
+            correct = y.shape == (rows, WIDTH) and all(
+                bool((y[at : at + 65536] == x).all()) for at in range(0, rows, 65536)
+            )
+        task = {row["task_id"]: row for row in await client.tasks()}.get(handle.task_id, {})
+        entry = client.peer[0] if client.peer else None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "correct": bool(correct),
+        "idle": idle,
+        "peak": peak,
+        "task_id": handle.task_id,
+        "worker": handle.worker,
+        "holders": task.get("holders"),
+        "result_holders": task.get("result_holders"),
+        "entry": entry,
+    }
+
+
+def rss_self() -> int:
+    import os
+
+    return rss(os.getpid())["VmRSS"]
+
+
+# --- the bench ---------------------------------------------------------------------------
+
+
+def scenario(mesh: Any, name: str, mib: int, root: Path) -> dict[str, Any]:
+    rows = mib * (1 << 20) // (WIDTH * 4)
+    model = root / f"{name}.onnx"
+    onnx.save(reduce_model() if name == "input" else tile_model(), model)
+    pids = {node.name: node.process.pid for node in mesh.nodes}
+    client = subprocess.Popen(
+        [sys.executable, __file__, "--client", name, "--peer", mesh.nodes[0].peer,
+         "--rows", str(rows), "--model", str(model)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    # The client warms up first (a small task of the model on every path); reset the
+    # daemons' peaks once it is past that, i.e. when it prints its marker.
+    assert client.stdout is not None
+    marker = client.stdout.readline()
+    assert marker.strip() == b"warm", marker
+    idle = {name: rss(pid)["VmRSS"] for name, pid in pids.items()}
+    for pid in pids.values():
+        reset_peak(pid)
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    out, _ = client.communicate(timeout=900)
+    result = json.loads(out)
+    peaks = {name: rss(pid)["VmHWM"] for name, pid in pids.items()}
+    cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
+    tensor = rows * WIDTH * 4
+    processes = {
+        name: {"idle_mib": idle[name] / 2**20, "peak_mib": peaks[name] / 2**20,
+               "peak_over_idle_per_tensor": (peaks[name] - idle[name]) / tensor,
+               "cpu_s": cpu[name]}
+        for name in pids
+    }  # fmt: skip
+    processes["client"] = {
+        "idle_mib": result["idle"] / 2**20,
+        "peak_mib": result["peak"] / 2**20,
+        "peak_over_idle_per_tensor": (result["peak"] - result["idle"]) / tensor,
+        "cpu_s": result["cpu_s"],
+    }
+    return {
+        "scenario": name,
+        "tensor_mib": tensor / 2**20,
+        "seconds": result["seconds"],
+        "mb_per_s": tensor / 1e6 / result["seconds"],
+        "correct": result["correct"],
+        "entry": result["entry"],
+        "worker": result["worker"],
+        "holders": result["holders"],
+        "result_holders": result["result_holders"],
+        "processes": processes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--json", action="store_true", help="print only the JSON")
+    parser.add_argument("--client", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        result = trio.run(client_run, args.peer, args.client, args.rows, args.model)
+        print(json.dumps(result), flush=True)
+        return
+
+    from meshgpu.client.localmesh import LocalMesh
+
+    with tempfile.TemporaryDirectory(prefix="meshgpu-bigtensor-") as scratch:
+        root = Path(scratch)
+        with LocalMesh(root / "mesh", 3, prefix="bt", slots=1) as mesh:
+            trio.run(wait_alive, mesh)
+            runs = [scenario(mesh, name, args.mib, root) for name in ("input", "result")]
+    report = {"bench": "bigtensor", "mib": args.mib, "runs": runs}
+    if not args.json:
+        print(table(runs))
+    print(json.dumps(report))
+
+
+async def wait_alive(mesh: Any) -> None:
+    from meshgpu.client import AsyncClient
+
+    async with AsyncClient(mesh.nodes[0].peer, environ={}) as client:
+        await client.call("wait", alive=len(mesh.nodes), timeout=60)
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'scenario':9} {'tensor':>8} {'seconds':>8} {'MB/s':>7} {'correct':>8}  "
+        f"{'process':8} {'role':20} {'idle MiB':>9} {'peak MiB':>9} {'(peak-idle)/tensor':>19} "
+        f"{'CPU s':>6}"
+    ]
+    for run in runs:
+        first = True
+        for name, process in run["processes"].items():
+            roles = []
+            if name == run["entry"]:
+                roles.append("entry")
+            if name in (run["holders"] or []):
+                roles.append("holder")
+            if name == run["worker"]:
+                roles.append("worker")
+            head = (
+                f"{run['scenario']:9} {run['tensor_mib']:>6.0f}Mi {run['seconds']:>8.2f} "
+                f"{run['mb_per_s']:>7.0f} {run['correct']!s:>8}"
+                if first
+                else " " * 44
+            )
+            first = False
+            lines.append(
+                f"{head}  {name:8} {','.join(roles) or '-':20} {process['idle_mib']:>9.0f} "
+                f"{process['peak_mib']:>9.0f} {process['peak_over_idle_per_tensor']:>19.2f} "
+                f"{process['cpu_s']:>6.2f}"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
