@@ -68,6 +68,32 @@ def tile_model() -> onnx.ModelProto:
     return model
 
 
+def machine(root: Path) -> dict[str, float]:
+    """What bounds a transfer here, measured now: sha256 (every copy is hashed once on
+    receipt), a 256 MiB write with its fsync (every durable copy is synced), the load."""
+    import hashlib
+    import os
+
+    data = os.urandom(256 << 20)
+    started = time.perf_counter()
+    hashlib.sha256(data).hexdigest()
+    sha = len(data) / 1e6 / (time.perf_counter() - started)
+    path = root / "disk-probe"
+    started = time.perf_counter()
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    disk = len(data) / 1e6 / (time.perf_counter() - started)
+    path.unlink()
+    return {
+        "sha256_mb_per_s": sha,
+        "fsynced_write_mb_per_s": disk,
+        "cores": os.cpu_count() or 0,
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
 def rss(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of a process, in bytes."""
     fields = {}
@@ -221,11 +247,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="meshgpu-bigtensor-") as scratch:
         root = Path(scratch)
+        before = machine(root)
         with LocalMesh(root / "mesh", 3, prefix="bt", slots=1) as mesh:
             trio.run(wait_alive, mesh)
             runs = [scenario(mesh, name, args.mib, root) for name in ("input", "result")]
-    report = {"bench": "bigtensor", "mib": args.mib, "runs": runs}
+    report = {"bench": "bigtensor", "mib": args.mib, "machine": before, "runs": runs}
     if not args.json:
+        print(
+            f"machine: {before['cores']} cores, load {before['load_average_1m']:.1f}, sha256 "
+            f"{before['sha256_mb_per_s']:.0f} MB/s, fsynced write "
+            f"{before['fsynced_write_mb_per_s']:.0f} MB/s"
+        )
         print(table(runs))
     print(json.dumps(report))
 
