@@ -503,10 +503,10 @@ class DataPlane:
                 problems.append(f"{node_id}: {error or type(error).__name__}")
                 logger.warning("could not store result of %s on %s: %s", task_id, node_id, error)
 
-        tried: set[NodeId] = set()
         for round_number in range(PUSH_ROUNDS):
             if round_number:
                 await trio.sleep(PUSH_RETRY_S * round_number)
+            tried: set[NodeId] = set()
             # The holders named by RunTask are those known at assignment; replication may
             # have added one since, so push to the table's current holders as well. The
             # worker keeps a copy too (and says so): a task assigned before its

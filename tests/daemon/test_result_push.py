@@ -1,0 +1,96 @@
+"""Storing a result is part of finishing its task (dataplane.py, ``_push_result``): a
+result no holder takes goes to another live member, and one no node takes fails the
+attempt with every push's reason instead of being reported done."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import trio
+
+from meshgpu.core.tasks import TaskId
+from meshgpu.daemon.blobs import TensorBlob
+from meshgpu.daemon.dataplane import DataPlane, ResultSource, _memory_reader
+from meshgpu.errors import DiskFullError
+
+TASK = TaskId("o", 7)
+
+
+@dataclass
+class Peers:
+    """Answers ``put_result`` ranges for the nodes in ``taking``; refuses the others."""
+
+    taking: set[str]
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def call(
+        self, address: tuple[str, int], op: str, *, timeout: float, **fields: Any
+    ) -> dict[str, Any]:
+        node = address[0]
+        self.calls.append((node, fields))
+        if node not in self.taking:
+            raise DiskFullError(f"disk full on {node}")
+        return {"stored": True} if not fields.get("more") else {"received": 1}
+
+
+def plane(peers: Peers, live: list[str]) -> DataPlane:
+    members = {n: SimpleNamespace(address=(n, 1)) for n in live}
+    node = SimpleNamespace(live_members=lambda: list(live), members=lambda: members)
+    daemon = SimpleNamespace(
+        node_id="w", node=node, peers=peers, settings=SimpleNamespace(max_frame_bytes=1 << 20)
+    )
+    return DataPlane(daemon)  # type: ignore[arg-type]
+
+
+def large_result() -> ResultSource:
+    """A result of 2 MiB held in memory only (its spill failed): sent in ranges."""
+    blob = TensorBlob({"y": np.arange(1 << 19, dtype=np.float32)})
+    return ResultSource(blob.size, blob.digest(), _memory_reader(blob), stored_here=False)
+
+
+async def test_a_result_no_node_takes_fails_the_attempt_with_the_reasons(autojump_clock) -> None:
+    peers = Peers(taking=set())
+    holders, problems = await plane(peers, ["w", "o", "h", "x"])._push_result(
+        TASK, 1, large_result(), ["o", "h"]
+    )
+    assert holders == ()
+    assert {node for node, _ in peers.calls} == {"o", "h", "x"}  # the holders, then x
+    assert all("disk full" in problem for problem in problems)
+    first_ranges = [fields for _, fields in peers.calls if fields["offset"] == 0]
+    assert len(first_ranges) == 3 * 3  # three nodes, three rounds
+
+
+async def test_a_result_no_holder_takes_goes_to_another_live_member(autojump_clock) -> None:
+    peers = Peers(taking={"x"})
+    holders, _ = await plane(peers, ["w", "o", "h", "x"])._push_result(
+        TASK, 1, large_result(), ["o", "h"]
+    )
+    assert holders == ("x",)
+    ranges = [fields for node, fields in peers.calls if node == "x"]
+    assert [f["offset"] for f in ranges] == [
+        0,
+        262144,
+        524288,
+        786432,
+        1048576,
+        1310720,
+        1572864,
+        1835008,
+        2097152,
+    ]
+    assert ranges[-1]["more"] is False and ranges[-1]["sha256"] == large_result().sha256
+
+
+async def test_a_holder_that_takes_it_is_enough(autojump_clock) -> None:
+    peers = Peers(taking={"h"})
+    started = trio.current_time()
+    holders, problems = await plane(peers, ["w", "o", "h", "x"])._push_result(
+        TASK, 1, large_result(), ["o", "h"]
+    )
+    assert holders == ("h",)
+    assert [problem.split(":")[0] for problem in problems] == ["o"]
+    assert "x" not in {node for node, _ in peers.calls}  # no extra copy needed
+    assert trio.current_time() == started  # no second round
