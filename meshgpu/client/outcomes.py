@@ -111,6 +111,7 @@ class OutcomeStreams:
                     retry.append(task_id)
                     continue
                 if message.get("state") == "done" and message.get("result_bytes") is not None:
+                    assert link.nursery is not None
                     link.nursery.start_soon(self._fetch_large, link, message)
                     continue
                 self._deliver(Outcome.from_message(message))

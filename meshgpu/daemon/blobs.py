@@ -87,7 +87,7 @@ class TensorBlob:
         for name in sorted(tensors):
             array = np.asarray(tensors[name])
             little = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
-            data = memoryview(little.reshape(-1).view(np.uint8))
+            data = little.reshape(-1).view(np.uint8).data
             pieces.append(
                 packer.pack(name)
                 + packer.pack_map_header(3)

@@ -143,7 +143,7 @@ class FrameStream:
         # (appending each piece to the buffer and slicing the frame off it cost three
         # copies of the body: a third of a loopback transfer's time).
         have = len(self._buffer)
-        parts: list[bytes] = []
+        parts: list[bytes | bytearray] = []
         while have < count:
             want = count - have
             try:
@@ -164,7 +164,7 @@ class FrameStream:
             return data
         if self._buffer:
             parts.insert(0, bytes(self._buffer))
-        joined = parts[0] if len(parts) == 1 else b"".join(parts)
+        joined = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)  # bytes(bytes): no copy
         if len(joined) == count:
             self._buffer = bytearray()
             return joined

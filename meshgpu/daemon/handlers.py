@@ -20,7 +20,7 @@ from meshgpu.core.events import ResultCollected, ResultRequested
 from meshgpu.core.tasks import Resolution, TaskId
 from meshgpu.daemon.api import Handler, Message, Responder, request_field
 from meshgpu.daemon.blobs import BlobWriter, read_layout
-from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES, RESULT, task_key
+from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES
 from meshgpu.daemon.framing import unpack
 from meshgpu.daemon.groups import MemberId, member_answers, parse_task_ref
 from meshgpu.daemon.modelstore import ModelWriter, check_digest
@@ -29,6 +29,7 @@ from meshgpu.daemon.payloads import (
     group_result_from_bytes,
     tensors_from_bytes,
 )
+from meshgpu.daemon.results import RESULT, task_key
 from meshgpu.daemon.submissions import MAX_BATCH, Submissions
 from meshgpu.errors import DecodeError, MeshError, StorageError, TaskError
 

@@ -21,12 +21,16 @@ sources are independent copies; starting again keeps the hash check simple).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from meshgpu.daemon.blobs import BlobWriter
+from meshgpu.daemon.blobs import BlobWriter, TensorBlob, load_tensors
+from meshgpu.daemon.payloads import tensors_from_bytes
 from meshgpu.errors import DecodeError
 
 RangeCall = Callable[[int, int], Awaitable[dict[str, Any]]]
@@ -89,3 +93,56 @@ async def push(put: PutCall, read: ReadRange, size: int, sha256: str, chunk: int
         offset += len(data)
         if not more:
             return
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A task's input payload where the worker can read it: in memory (``data``), or in a
+    file (``path``), which is a scratch copy of our own when ``owned``."""
+
+    data: bytes | None = None
+    path: Path | None = None
+    owned: bool = False
+
+    async def read_bytes(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return await trio.to_thread.run_sync(self.path.read_bytes)
+
+    async def tensors(self) -> dict[str, Any]:
+        if self.data is not None:
+            return tensors_from_bytes(self.data)
+        assert self.path is not None
+        return await trio.to_thread.run_sync(load_tensors, self.path)
+
+    def discard(self) -> None:
+        """Delete a scratch copy (never a stored payload)."""
+        if self.owned and self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ResultSource:
+    """A run's result ready to push: ``data`` when small, else ``read`` ranges of
+    ``size`` bytes (``stored_here``: the worker's own copy is in its payload store)."""
+
+    size: int
+    sha256: str
+    read: ReadRange
+    stored_here: bool
+    data: bytes | None = None
+
+    @classmethod
+    def of_bytes(cls, data: bytes) -> ResultSource:
+        async def read(offset: int, length: int) -> bytes:
+            return data[offset : offset + length]
+
+        return cls(len(data), hashlib.sha256(data).hexdigest(), read, False, data)
+
+
+def memory_reader(blob: TensorBlob) -> ReadRange:
+    async def read(offset: int, length: int) -> bytes:
+        return blob.read(offset, length)
+
+    return read

@@ -13,7 +13,8 @@ import trio
 
 from meshgpu.core.tasks import TaskId
 from meshgpu.daemon.blobs import TensorBlob
-from meshgpu.daemon.dataplane import DataPlane, ResultSource, _memory_reader
+from meshgpu.daemon.dataplane import DataPlane
+from meshgpu.daemon.transfers import ResultSource, memory_reader
 from meshgpu.errors import DiskFullError
 
 TASK = TaskId("o", 7)
@@ -48,7 +49,7 @@ def plane(peers: Peers, live: list[str]) -> DataPlane:
 def large_result() -> ResultSource:
     """A result of 2 MiB held in memory only (its spill failed): sent in ranges."""
     blob = TensorBlob({"y": np.arange(1 << 19, dtype=np.float32)})
-    return ResultSource(blob.size, blob.digest(), _memory_reader(blob), stored_here=False)
+    return ResultSource(blob.size, blob.digest(), memory_reader(blob), stored_here=False)
 
 
 async def test_a_result_no_node_takes_fails_the_attempt_with_the_reasons(autojump_clock) -> None:

@@ -1,0 +1,247 @@
+"""Results on the data plane: a run's result stored before its task is done, and read
+back for clients (a mixin of :class:`~meshgpu.daemon.dataplane.DataPlane`).
+
+* ``_result_source``: a small result stays in memory; a large one spills to this node's
+  payload store (the worker's copy) and is pushed from there in ranges;
+* ``_push_result``: to the task's holders, then, while no node but the worker confirmed
+  it, to further live members, in up to ``PUSH_ROUNDS`` rounds (docs/daemon.md, "Storing
+  the result is part of finishing the task");
+* ``result_head``/``result_range``: the result, or a range of it, from our store or a
+  live result holder (the entry node's relay for its clients);
+* ``sweep_results``: the worker's own copies go once their task is delivered.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshgpu.core.tasks import TaskId, TaskTable
+from meshgpu.core.types import NodeId
+from meshgpu.daemon.blobs import TensorBlob, chunk_bytes
+from meshgpu.daemon.payloads import canonical_tensor_bytes
+from meshgpu.daemon.transfers import ReadRange, ResultSource, memory_reader, range_answer
+from meshgpu.daemon.transfers import push as push_ranges
+from meshgpu.errors import MeshError, StorageError
+
+if TYPE_CHECKING:
+    from meshgpu.daemon.runtime import Daemon
+
+logger = logging.getLogger("meshgpu.daemon")
+
+RESULT = "result"
+PUSH_ROUNDS = 3
+"""Rounds of pushes a result gets before its task fails for want of a place to keep it."""
+PUSH_RETRY_S = 1.0
+"""Wait before the second round of pushes (twice that before the third)."""
+
+
+def task_key(task_id: TaskId) -> tuple[str, int]:
+    return (task_id.origin, task_id.sequence)
+
+
+class ResultPlane:
+    """Storing, pushing and reading back results (mixed into ``DataPlane``)."""
+
+    daemon: Daemon
+
+    @property
+    def chunk(self) -> int:
+        """The largest range of a payload in one request (blobs.chunk_bytes)."""
+        return chunk_bytes(self.daemon.settings.max_frame_bytes)
+
+    def _live(self, node_ids: Iterable[NodeId]) -> list[NodeId]:
+        raise NotImplementedError
+
+    async def _request(self, node_id: NodeId, op: str, **fields: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None:
+        raise NotImplementedError
+
+    async def _result_source(self, task_id: TaskId, outputs: dict[str, Any]) -> ResultSource:
+        """The result of a run, ready to push: a small one as bytes; a large one spilled
+        to this node's payload store (the worker's own copy, from which the holders'
+        copies are sent), or, when that fails (a full disk), sent from memory."""
+        blob = TensorBlob(outputs)
+        if blob.size <= self.chunk:
+            return ResultSource.of_bytes(canonical_tensor_bytes(outputs))
+        payloads, key = self.daemon.payloads, task_key(task_id)
+        scratch = payloads.scratch(key, RESULT)
+        try:
+            sha256 = await trio.to_thread.run_sync(blob.write_to, scratch)
+            payloads.install(scratch, key, RESULT)
+        except MeshError as error:
+            logger.warning(
+                "could not keep the result of %s here (%s); sending it from memory", task_id, error
+            )
+            sha256 = await trio.to_thread.run_sync(blob.digest)
+            return ResultSource(blob.size, sha256, memory_reader(blob), stored_here=False)
+        return ResultSource(blob.size, sha256, self._file_reader(key, RESULT), stored_here=True)
+
+    def _file_reader(self, key: Any, kind: str) -> ReadRange:
+        payloads = self.daemon.payloads
+
+        async def read(offset: int, length: int) -> bytes:
+            data = await trio.to_thread.run_sync(payloads.read_range, key, kind, offset, length)
+            if data is None:
+                raise StorageError(f"{kind} of {key} vanished from this node during a transfer")
+            return data
+
+        return read
+
+    async def _push_result(
+        self, task_id: TaskId, attempt: int, result: ResultSource, holders: Iterable[NodeId]
+    ) -> tuple[tuple[NodeId, ...], list[str]]:
+        """Store the result on every live holder; returns those that confirmed, and why
+        the others did not. Storing is part of finishing the task: while no node other
+        than this one confirmed, the result goes to further live members, one at a time,
+        and the whole round is tried ``PUSH_ROUNDS`` times before the task fails."""
+        stored: list[NodeId] = []
+        problems: list[str] = []
+        me = self.daemon.node_id
+
+        async def push(node_id: NodeId) -> None:
+            try:
+                if node_id == me:
+                    if result.data is not None:
+                        await self.store(task_key(task_id), RESULT, result.data, wait=True)
+                    elif not result.stored_here:
+                        return
+                elif result.data is not None:
+                    await self._request(
+                        node_id,
+                        "put_result",
+                        task_id=str(task_id),
+                        attempt=attempt,
+                        data=result.data,
+                    )
+                else:
+                    await push_ranges(
+                        functools.partial(
+                            self._request,
+                            node_id,
+                            "put_result",
+                            task_id=str(task_id),
+                            attempt=attempt,
+                        ),
+                        result.read,
+                        result.size,
+                        result.sha256,
+                        self.chunk,
+                    )
+                stored.append(node_id)
+            except (MeshError, OSError, trio.TooSlowError) as error:
+                problems.append(f"{node_id}: {error or type(error).__name__}")
+                logger.warning("could not store result of %s on %s: %s", task_id, node_id, error)
+
+        for round_number in range(PUSH_ROUNDS):
+            if round_number:
+                await trio.sleep(PUSH_RETRY_S * round_number)
+            tried: set[NodeId] = set()
+            # The holders named by RunTask are those known at assignment; replication may
+            # have added one since, so push to the table's current holders as well. The
+            # worker keeps a copy too (and says so): a task assigned before its
+            # replication finished would otherwise have its result on the origin alone.
+            targets = set(holders) | self._current_holders(task_id) | {me}
+            async with trio.open_nursery() as nursery:
+                for node_id in self._live(targets - set(stored)):
+                    tried.add(node_id)
+                    nursery.start_soon(push, node_id)
+            # No holder took it: another live member will (any node may hold a result).
+            for node_id in self._live(self.daemon.node.live_members()):
+                if set(stored) - {me}:
+                    break
+                if node_id not in tried:
+                    tried.add(node_id)
+                    await push(node_id)
+            if stored:
+                break
+        return tuple(sorted(stored)), problems
+
+    def _current_holders(self, task_id: TaskId) -> set[NodeId]:
+        from meshgpu.daemon.status import task_table
+
+        table = task_table(self.daemon)
+        entry = None if table is None else table.get(task_id)
+        return set() if entry is None else set(entry.holders)
+
+    async def result_head(
+        self, task_id: TaskId, holders: Iterable[NodeId]
+    ) -> tuple[bytes | None, int]:
+        """The result of ``task_id`` if it fits one range, and its size in bytes (None and
+        the size for a larger one, which the client fetches in ranges: ``get_result``)."""
+        data, size = await self.result_range(task_id, holders, 0, self.chunk)
+        return (data if len(data) >= size else None), size
+
+    async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes:
+        """The whole result blob of ``task_id`` in memory (a task group's result)."""
+        data, size = await self.result_head(task_id, holders)
+        if data is None:
+            raise MeshError(
+                f"result of {task_id} is {size} bytes, more than one range; fetch it in ranges"
+            )
+        return data
+
+    async def result_range(
+        self, task_id: TaskId, holders: Iterable[NodeId], offset: int, length: int
+    ) -> tuple[bytes, int]:
+        """Bytes ``offset`` to ``offset + length`` of the result of ``task_id`` and its
+        total size, from our store or any live result holder."""
+        payloads, key = self.daemon.payloads, task_key(task_id)
+        local = payloads.get_memory(key, RESULT)
+        if local is not None:
+            return local[offset : offset + length], len(local)
+        if payloads.has(key, RESULT):
+
+            def read() -> tuple[bytes | None, int | None]:
+                return payloads.read_range(key, RESULT, offset, length), payloads.size(key, RESULT)
+
+            data, size = await trio.to_thread.run_sync(read)
+            if data is not None and size is not None:
+                return data, size
+        errors = []
+        for node_id in self._live(holders):
+            if node_id == self.daemon.node_id:
+                continue
+            try:
+                reply = await self._request(
+                    node_id, "get_result", task_id=str(task_id), offset=offset, length=length
+                )
+                return range_answer(reply, offset)
+            except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
+                errors.append(f"{node_id}: {error or type(error).__name__}")
+        raise MeshError(
+            f"result of {task_id} unavailable: " + ("; ".join(errors) or "no live result holder")
+        )
+
+    async def sweep_results(self, interval: float = 30.0) -> None:
+        """Delete result copies this node keeps without being a holder (the worker's
+        copy) once the task is delivered or forgotten; holders get DropPayload instead."""
+        from meshgpu.daemon.status import task_table
+
+        while True:
+            await trio.sleep(interval)
+            table = task_table(self.daemon)
+            if table is None:
+                continue
+            try:
+                self._sweep_once(table)
+            except (OSError, MeshError) as error:
+                logger.warning("sweeping result copies failed: %s", error)
+
+    def _sweep_once(self, table: TaskTable) -> None:
+        for parts in self.daemon.payloads.keys(RESULT):
+            if len(parts) != 2 or not parts[1].isdigit():
+                continue
+            task_id = TaskId(parts[0], int(parts[1]))
+            entry = table.get(task_id)
+            if entry is not None and self.daemon.node_id in entry.holders:
+                continue
+            if entry is None or entry.delivered:
+                self.daemon.payloads.delete(task_key(task_id), RESULT)
+                self.daemon.count("result_copies_swept")
