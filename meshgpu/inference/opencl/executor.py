@@ -21,6 +21,7 @@ from meshgpu.errors import DeviceError, InputError, ModelError, UnsupportedOpera
 from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the lowerings)
     dtypes,
     lower_conv,
+    lower_conv_transpose,
     lower_elementwise,
     lower_indexing,
     lower_linear,

@@ -53,6 +53,7 @@ SUPPORTED_OPERATORS: Mapping[str, int] = {
     "Constant": 1,
     "ConstantOfShape": 9,
     "Conv": 1,
+    "ConvTranspose": 1,
     "Cos": 7,
     "Cosh": 9,
     "CumSum": 11,
