@@ -118,6 +118,7 @@ SUPPORTED_OPERATORS: Mapping[str, int] = {
     "ReduceSumSquare": 1,
     "Relu": 1,
     "Reshape": 1,
+    "Resize": 10,
     "RMSNormalization": 23,
     "Round": 11,
     "ScatterElements": 11,
@@ -149,6 +150,7 @@ SUPPORTED_OPERATORS: Mapping[str, int] = {
     "Transpose": 1,
     "Trilu": 14,
     "Unsqueeze": 1,
+    "Upsample": 7,
     "Where": 9,
     "Xor": 7,
 }
