@@ -22,6 +22,7 @@ from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the l
     dtypes,
     lower_conv,
     lower_conv_transpose,
+    lower_einsum,
     lower_elementwise,
     lower_indexing,
     lower_linear,
@@ -158,7 +159,7 @@ class OpenCLSession:
         except AttributeError:
             signature = None  # not all numpy arrays: take the checking path
         if signature is not None and signature in self._accepted:
-            return {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+            return {name: np.require(array, requirements="C") for name, array in feeds.items()}
         checked: dict[str, np.ndarray] = {}
         for name, (shape, dtype) in self.inputs.items():
             if name not in feeds:
@@ -174,7 +175,7 @@ class OpenCLSession:
                 isinstance(d, int) and d != a for d, a in zip(shape, array.shape, strict=True)
             ):
                 raise InputError(f"input {name!r} has shape {array.shape}, expected {shape}")
-            checked[name] = np.ascontiguousarray(array)
+            checked[name] = np.require(array, requirements="C")
         unknown = set(feeds) - set(self.inputs)
         if unknown:
             raise InputError(

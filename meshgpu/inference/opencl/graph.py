@@ -60,6 +60,7 @@ SUPPORTED_OPERATORS: Mapping[str, int] = {
     "DepthToSpace": 1,
     "Div": 1,
     "Dropout": 1,
+    "Einsum": 12,
     "Elu": 1,
     "Equal": 7,
     "Erf": 9,
