@@ -121,7 +121,9 @@ def _one_axis(
     from onnx.reference import ReferenceEvaluator
 
     rows = data.shape[0]
-    use_sizes = int(np.floor(in_length * (roi[1] - roi[0]) * scale)) != out_length
+    # the scale as a model holds it (float32): what the length from scales is computed from
+    by_scales = np.floor(in_length * (roi[1] - roi[0]) * float(np.float32(scale)))
+    use_sizes = int(by_scales) != out_length
     inputs = ["x", "roi", "" if use_sizes else "scales", "sizes" if use_sizes else ""]
     node = onnx.helper.make_node(
         "Resize", inputs, ["y"], extrapolation_value=extrapolation, **attrs

@@ -1,0 +1,301 @@
+"""Transformer, segmentation and detection building blocks on the OpenCL engine, checked
+against onnxruntime: integer and bool tensors, shape inputs planned on the host per value,
+normalisations, attention, transposed convolution, Resize, and function operators.
+
+Float outputs must be within 1e-4 * max(1, |reference|); integer and bool outputs exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from meshgpu.errors import UnsupportedOperatorError
+from meshgpu.inference.opencl import OpenCLSession
+from tests.inference.opencl_cases import assert_close, randn
+
+pytest.importorskip("pyopencl")
+
+
+@pytest.fixture(scope="module")
+def device():
+    from meshgpu.inference.opencl.programs import default_device
+
+    return default_device()
+
+
+def _model(
+    nodes: list[onnx.NodeProto],
+    inputs: dict[str, np.ndarray],
+    outputs: dict[str, int],
+    initializers: dict[str, np.ndarray] | None = None,
+    opset: int = 18,
+    input_shapes: dict[str, list[int | str]] | None = None,
+) -> onnx.ModelProto:
+    shapes = input_shapes or {}
+    graph = helper.make_graph(
+        nodes,
+        "block",
+        [
+            helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(a.dtype), shapes.get(name, list(a.shape))
+            )
+            for name, a in inputs.items()
+        ],
+        [helper.make_tensor_value_info(name, kind, None) for name, kind in outputs.items()],
+        initializer=[numpy_helper.from_array(v, n) for n, v in (initializers or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    return model
+
+
+def _onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return [np.asarray(v) for v in session.run(None, feeds)]
+
+
+def _check(device, model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> OpenCLSession:
+    session = OpenCLSession(model, device=device)
+    got = session.run(feeds)
+    expected = _onnxruntime(model, feeds)
+    for name, want in zip(session.outputs, expected, strict=True):
+        assert got[name].dtype == want.dtype, f"{name}: {got[name].dtype} != {want.dtype}"
+        if want.dtype.kind in "iub":
+            np.testing.assert_array_equal(got[name], want, err_msg=name)
+        else:
+            assert_close(got[name], want, name)
+    return session
+
+
+def test_encoder_layer_with_token_ids_and_attention_mask(device) -> None:
+    """Embedding Gather on int64 ids, an int64 padding mask turned into an additive bias,
+    4-D batched MatMuls, Softmax on the last axis, LayerNormalization and Erf-GELU."""
+    batch, length, width, heads = 2, 5, 16, 2
+    head = width // heads
+    ids = np.array([[1, 4, 2, 7, 0], [3, 3, 9, 0, 0]], dtype=np.int64)
+    mask = (ids != 0).astype(np.int64)
+    weights = {
+        "embedding": randn(10, width, seed=1),
+        "wq": randn(width, width, seed=2) * 0.3,
+        "wk": randn(width, width, seed=3) * 0.3,
+        "wv": randn(width, width, seed=4) * 0.3,
+        "gamma": randn(width, seed=5),
+        "beta": randn(width, seed=6),
+        "heads_shape": np.array([batch, length, heads, head], np.int64),
+        "merged_shape": np.array([batch, length, width], np.int64),
+        "mask_axes": np.array([1, 2], np.int64),
+        "big": np.array(-10000.0, np.float32),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+        "root_half": np.array(0.70710678, np.float32),
+        "scale": np.array(1 / np.sqrt(head), np.float32),
+    }
+    nodes = [
+        helper.make_node("Gather", ["embedding", "ids"], ["x"]),
+        *(helper.make_node("MatMul", ["x", f"w{p}"], [f"{p}2"]) for p in "qkv"),
+        *(helper.make_node("Reshape", [f"{p}2", "heads_shape"], [f"{p}4"]) for p in "qkv"),
+        helper.make_node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+        helper.make_node("MatMul", ["qt", "kt"], ["scores"]),
+        helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
+        helper.make_node("Unsqueeze", ["mask", "mask_axes"], ["mask4"]),
+        helper.make_node("Cast", ["mask4"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "maskf"], ["inverted"]),
+        helper.make_node("Mul", ["inverted", "big"], ["bias"]),
+        helper.make_node("Add", ["scaled", "bias"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "vt"], ["context"]),
+        helper.make_node("Transpose", ["context"], ["merged4"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["merged4", "merged_shape"], ["merged"]),
+        helper.make_node("Add", ["merged", "x"], ["residual"]),
+        helper.make_node("LayerNormalization", ["residual", "gamma", "beta"], ["normed"]),
+        helper.make_node("Mul", ["normed", "root_half"], ["g1"]),
+        helper.make_node("Erf", ["g1"], ["g2"]),
+        helper.make_node("Add", ["g2", "one"], ["g3"]),
+        helper.make_node("Mul", ["normed", "g3"], ["g4"]),
+        helper.make_node("Mul", ["g4", "half"], ["y"]),
+        helper.make_node("ArgMax", ["y"], ["best"], axis=-1, keepdims=0),
+    ]
+    model = _model(
+        nodes,
+        {"ids": ids, "mask": mask},
+        {"y": TensorProto.FLOAT, "best": TensorProto.INT64},
+        weights,
+    )
+    _check(device, model, {"ids": ids, "mask": mask})
+
+
+def test_causal_mask_with_where_trilu_and_comparisons(device) -> None:
+    scores = randn(1, 2, 4, 4, seed=7)
+    nodes = [
+        helper.make_node("Trilu", ["ones"], ["lower"], upper=0),
+        helper.make_node("Cast", ["lower"], ["keep"], to=TensorProto.BOOL),
+        helper.make_node("Where", ["keep", "scores", "minus_inf"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["probs"], axis=-1),
+        helper.make_node("Greater", ["probs", "quarter"], ["large"]),
+        helper.make_node("Not", ["large"], ["small"]),
+        helper.make_node("IsInf", ["masked"], ["infinite"]),
+        helper.make_node("CumSum", ["probs", "axis"], ["running"]),
+    ]
+    model = _model(
+        nodes,
+        {"scores": scores},
+        {
+            "probs": TensorProto.FLOAT,
+            "small": TensorProto.BOOL,
+            "infinite": TensorProto.BOOL,
+            "running": TensorProto.FLOAT,
+        },
+        {
+            "ones": np.ones((4, 4), np.float32),
+            "minus_inf": np.array(-np.inf, np.float32),
+            "quarter": np.array(0.25, np.float32),
+            "axis": np.array(3, np.int64),
+        },
+    )
+    _check(device, model, {"scores": scores})
+
+
+def test_shape_inputs_are_planned_per_value(device) -> None:
+    """A Reshape whose target shape is a runtime input: each value gets its own plan, and
+    shape arithmetic on it folds on the host (nothing of it runs on the device)."""
+    x = randn(2, 3, 4)
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Relu", ["r"], ["y"]),
+    ]
+    model = _model(
+        nodes,
+        {"x": x, "shape": np.array([6, 4], np.int64)},
+        {"y": TensorProto.FLOAT},
+        input_shapes={"shape": [2]},
+    )
+    session = OpenCLSession(model, device=device)
+    for target in ([6, 4], [4, 6], [24, 1]):
+        shape = np.array(target, np.int64)
+        got = session.run({"x": x, "shape": shape})["y"]
+        np.testing.assert_allclose(got, np.maximum(x.reshape(target), 0))
+    assert len(session._plans) == 3
+
+
+def test_integer_arithmetic_stays_integer(device) -> None:
+    a = np.array([[7, -7, 5], [9, 100, -3]], np.int64)
+    b = np.array([2, 3, -4], np.int64)
+    nodes = [
+        helper.make_node("Div", ["a", "b"], ["quotient"]),
+        helper.make_node("Mod", ["a", "b"], ["remainder"]),
+        helper.make_node("Mul", ["a", "b"], ["product"]),
+        helper.make_node("ReduceMax", ["a"], ["largest"], keepdims=0),
+        helper.make_node("Equal", ["a", "b"], ["same"]),
+        helper.make_node("Gather", ["a", "picks"], ["picked"], axis=1),
+    ]
+    picks = np.array([2, 0, -1, 1], np.int64)
+    feeds = {"a": a, "b": b, "picks": picks}
+    model = _model(
+        nodes,
+        feeds,
+        {
+            "quotient": TensorProto.INT64,
+            "remainder": TensorProto.INT64,
+            "product": TensorProto.INT64,
+            "largest": TensorProto.INT64,
+            "same": TensorProto.BOOL,
+            "picked": TensorProto.INT64,
+        },
+    )
+    _check(device, model, feeds)
+
+
+def test_decoder_block_conv_transpose_instance_norm_resize(device) -> None:
+    """U-Net and segmentation-head pieces: ConvTranspose (stride 2, groups, output
+    padding), InstanceNormalization, GroupNormalization, linear and nearest Resize,
+    DepthToSpace and reflect Pad."""
+    x = randn(1, 4, 5, 6, seed=11)
+    initializers = {
+        "w": randn(4, 3, 3, 3, seed=12) * 0.3,
+        "b": randn(6, seed=13),
+        "scale": randn(6, seed=14),
+        "shift": randn(6, seed=15),
+        "scales": np.array([1, 1, 1.5, 2.0], np.float32),
+        "sizes": np.array([1, 6, 7, 9], np.int64),
+    }
+    nodes = [
+        helper.make_node(
+            "ConvTranspose",
+            ["x", "w", "b"],
+            ["up"],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+            output_padding=[1, 0],
+            group=2,
+        ),
+        helper.make_node("InstanceNormalization", ["up", "scale", "shift"], ["normed"]),
+        helper.make_node(
+            "GroupNormalization", ["normed", "scale", "shift"], ["grouped"], num_groups=3
+        ),
+        helper.make_node("Resize", ["grouped", "", "scales"], ["linear"], mode="linear"),
+        helper.make_node(
+            "Resize",
+            ["grouped", "", "", "sizes"],
+            ["nearest"],
+            mode="nearest",
+            coordinate_transformation_mode="asymmetric",
+            nearest_mode="floor",
+        ),
+        helper.make_node("DepthToSpace", ["grouped"], ["space"], blocksize=1),
+        helper.make_node("Pad", ["linear", "pads"], ["padded"], mode="reflect"),
+    ]
+    initializers["pads"] = np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)
+    model = _model(
+        nodes,
+        {"x": x},
+        {"nearest": TensorProto.FLOAT, "space": TensorProto.FLOAT, "padded": TensorProto.FLOAT},
+        initializers,
+        opset=21,
+    )
+    _check(device, model, {"x": x})
+
+
+def test_function_operators_run_as_their_bodies(device) -> None:
+    """Opset-23 Attention with a causal mask: no lowering of its own, it runs as the
+    function body the ONNX schema defines (checked against onnx.reference, which
+    evaluates the same definition)."""
+    from onnx.reference import ReferenceEvaluator
+
+    q, k, v = randn(1, 2, 4, 8, seed=21), randn(1, 2, 6, 8, seed=22), randn(1, 2, 6, 8, seed=23)
+    node = helper.make_node("Attention", ["q", "k", "v"], ["y"], is_causal=1)
+    model = _model([node], {"q": q, "k": k, "v": v}, {"y": TensorProto.FLOAT}, opset=23)
+    got = OpenCLSession(model, device=device).run({"q": q, "k": k, "v": v})["y"]
+    (want,) = ReferenceEvaluator(model).run(None, {"q": q, "k": k, "v": v})
+    assert_close(got, want, "attention")
+
+
+def test_unsupported_attribute_values_name_themselves(device) -> None:
+    x = randn(1, 1, 2, 3, 4)
+    w = randn(1, 1, 2, 2, 2)
+    model = _model(
+        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="deconv3d")],
+        {"x": x},
+        {"y": TensorProto.FLOAT},
+        {"w": w},
+    )
+    with pytest.raises(UnsupportedOperatorError, match=r"ConvTranspose.*deconv3d.*1-D and 2-D"):
+        OpenCLSession(model, device=device)
+    lstm = _model(
+        [helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=2, name="rnn")],
+        {"x": randn(2, 1, 3)},
+        {"y": TensorProto.FLOAT},
+        {"w": randn(1, 8, 3), "r": randn(1, 8, 2)},
+    )
+    with pytest.raises(UnsupportedOperatorError, match=r"LSTM \(opset 18\).*rnn"):
+        OpenCLSession(lstm, device=device)
