@@ -83,9 +83,7 @@ class NodeDriver:
             self._count("core_errors")
             logger.exception("the core failed to handle %s", type(event).__name__)
             return
-        if node.incarnation > self._saved_incarnation and self._save_incarnation(
-            node.incarnation
-        ):
+        if node.incarnation > self._saved_incarnation and self._save_incarnation(node.incarnation):
             self._saved_incarnation = node.incarnation
         if effects:
             self.effects.extend(effects, isinstance(event, SubmitTask))

@@ -118,9 +118,7 @@ async def offer_seed_peers(daemon: Daemon) -> None:
     watch = SeedWatch()
     while seeds:
         known = {
-            info.address
-            for info in daemon.node.members().values()
-            if info.state in LIVE_STATES
+            info.address for info in daemon.node.members().values() if info.state in LIVE_STATES
         }
         for host, port in seeds:
             try:

@@ -445,11 +445,7 @@ class DetectionChecker(_Checker):
         if type(effect) is not MemberChanged:
             return
         target = sim.index_of_id.get(effect.node_id)
-        if (
-            target is not None
-            and target in self.spreading
-            and effect.state in GONE_STATES
-        ):
+        if target is not None and target in self.spreading and effect.state in GONE_STATES:
             self._unhold(target, index, now)
         record = self.open.get(target) if target is not None else None
         if record is None or index not in record[1] or effect.state not in GONE_STATES:

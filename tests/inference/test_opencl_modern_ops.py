@@ -299,3 +299,72 @@ def test_unsupported_attribute_values_name_themselves(device) -> None:
     )
     with pytest.raises(UnsupportedOperatorError, match=r"LSTM \(opset 18\).*rnn"):
         OpenCLSession(lstm, device=device)
+
+
+@pytest.mark.parametrize("halving_first", [False, True])
+def test_exported_layer_norm_and_gelu_subgraphs_become_one_kernel_each(
+    device, halving_first: bool
+) -> None:
+    """torch's pre-opset-17 LayerNorm and pre-opset-20 GELU subgraphs are rewritten to
+    LayerNormalization and Gelu nodes (two launches instead of fourteen) and still match
+    onnxruntime, which runs them as written."""
+    x = randn(2, 5, 16)
+    constants = {
+        "sqrt2": np.array(1.4142135, np.float32),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+        "axes": np.array([-1], np.int64),
+        "two": np.array(2.0, np.float32),
+        "eps": np.array(1e-5, np.float32),
+        "gamma": randn(16, seed=3),
+        "beta": randn(16, seed=4),
+    }
+    gelu_tail = (
+        [
+            helper.make_node("Mul", ["ln", "half"], ["halved"]),
+            helper.make_node("Mul", ["halved", "c"], ["y"]),
+        ]
+        if halving_first
+        else [
+            helper.make_node("Mul", ["ln", "c"], ["scaled"]),
+            helper.make_node("Mul", ["scaled", "half"], ["y"]),
+        ]
+    )
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes"], ["m"]),
+        helper.make_node("Sub", ["x", "m"], ["d"]),
+        helper.make_node("Pow", ["d", "two"], ["p"]),
+        helper.make_node("ReduceMean", ["p", "axes"], ["v"]),
+        helper.make_node("Add", ["v", "eps"], ["e"]),
+        helper.make_node("Sqrt", ["e"], ["s"]),
+        helper.make_node("Div", ["d", "s"], ["n"]),
+        helper.make_node("Mul", ["n", "gamma"], ["o"]),
+        helper.make_node("Add", ["o", "beta"], ["ln"]),
+        helper.make_node("Div", ["ln", "sqrt2"], ["a"]),
+        helper.make_node("Erf", ["a"], ["r"]),
+        helper.make_node("Add", ["r", "one"], ["c"]),
+        *gelu_tail,
+    ]
+    model = _model(nodes, {"x": x}, {"y": TensorProto.FLOAT}, constants)
+    session = _check(device, model, {"x": x})
+    assert [node.op for node in session._graph.nodes] == ["LayerNormalization", "Gelu"]
+    assert len(next(iter(session._plans.values())).launches) == 2
+
+
+def test_a_lookalike_with_other_constants_is_left_as_written(device) -> None:
+    x = randn(3, 8)
+    nodes = [
+        helper.make_node("Div", ["x", "not_sqrt2"], ["a"]),
+        helper.make_node("Erf", ["a"], ["r"]),
+        helper.make_node("Add", ["r", "one"], ["c"]),
+        helper.make_node("Mul", ["x", "c"], ["d"]),
+        helper.make_node("Mul", ["d", "half"], ["y"]),
+    ]
+    constants = {
+        "not_sqrt2": np.array(1.5, np.float32),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+    }
+    model = _model(nodes, {"x": x}, {"y": TensorProto.FLOAT}, constants)
+    session = _check(device, model, {"x": x})
+    assert "Gelu" not in [node.op for node in session._graph.nodes]

@@ -33,6 +33,7 @@ from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the l
     programs,
 )
 from meshgpu.inference.opencl.graph import Graph, read_graph
+from meshgpu.inference.opencl.patterns import fuse_patterns
 from meshgpu.inference.opencl.plan import DeviceTensor, Plan, build_plan
 
 #: Accepted feed signatures remembered per session (a bound: symbolic batch sizes vary).
@@ -87,6 +88,7 @@ class OpenCLSession:
             self._static = _static_constants(self._graph)
         except (ValueError, IndexError, TypeError, KeyError) as error:
             raise ModelError(f"the model's constants cannot be evaluated: {error}") from error
+        self._graph = fuse_patterns(self._graph, self._static)
         self._device = device if device is not None else programs.default_device()
         weight_bytes = sum(v.size * 4 for v in self._static.values() if v.dtype.kind == "f")
         capacity = int(self._device.global_mem_size)
