@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from meshgpu.cli import main
 from meshgpu.cli import submit as submit_module
 from meshgpu.cli.demo import _running_text
-from meshgpu.cli.status import _groups_note
+from meshgpu.cli.status import _groups_note, member_rows
 from meshgpu.cli.submit import ERRORS_SHOWN, outcome_line
 
 
@@ -20,6 +20,23 @@ def test_the_kill_line_says_how_many_tasks_in_words() -> None:
     assert _running_text(0) == "it was running no task"
     assert _running_text(1) == "it was running 1 task"
     assert _running_text(3) == "it was running 3 tasks"
+
+
+def test_status_names_usable_devices_and_models_on_fallback() -> None:
+    load = {
+        "active_tasks": 0,
+        "free_slots": 4,
+        "devices": ["cpu"],
+        "fp16": False,
+        "usable_devices": ["onnxruntime:cpu"],
+        "fallback_models": ["0123456789abcdef"],
+    }
+    member = {"node_id": "n-1", "state": "alive", "address": ["h", 1], "load": load}
+    (row,) = member_rows({"members": [member]})
+    assert row["devices"] == "onnxruntime:cpu; on onnxruntime: 0123456789abcdef"
+    older = {k: v for k, v in load.items() if k not in ("usable_devices", "fallback_models")}
+    (row,) = member_rows({"members": [{**member, "load": older}]})
+    assert row["devices"] == "cpu"  # a load without device reports: the types, as before
 
 
 def test_the_groups_note_counts_members_of_all_groups_together() -> None:
