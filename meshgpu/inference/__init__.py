@@ -5,6 +5,7 @@ The public surface (the daemon, the CLI and the tests use exactly this)::
     from meshgpu import inference
 
     inference.devices()                      # every OpenCL device, then onnxruntime's CPU
+    inference.verdict(device)                # probed: .usable, .problem, .advice, .probe_ms
     session = inference.load("digits")       # a path, bytes, a ModelProto, or "digits"
     session.backend, session.backend_reason  # which backend "auto" chose, and why
     session.inputs                           # {"pixels": (("N", 64), dtype("float32"))}
@@ -29,12 +30,14 @@ from meshgpu.inference.model import (
     load_model,
     validate_feeds,
 )
+from meshgpu.inference.probe import DeviceVerdict, verdict, verdicts
 from meshgpu.inference.session import Session, load
 
 __all__ = [
     "SHIPPED_MODELS",
     "DeviceError",
     "DeviceInfo",
+    "DeviceVerdict",
     "InferenceError",
     "InputError",
     "LoadedModel",
@@ -46,4 +49,6 @@ __all__ = [
     "load_model",
     "select_device",
     "validate_feeds",
+    "verdict",
+    "verdicts",
 ]
