@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "meshgpu.cli.simulate:simulate",
     "sweep": "meshgpu.cli.sweep:sweep",
     "keygen": "meshgpu.cli.keygen:keygen",
+    "http-token": "meshgpu.cli.http_token:http_token",
     "run": "meshgpu.cli.inference:run",
     "devices": "meshgpu.cli.inference:devices",
     "submit": "meshgpu.cli.submit:submit",

@@ -83,6 +83,33 @@ STATE_FILE = "daemon.json"
     "peers = [...], mdns = false, slots, ...; see docs/operations.md) and a [mesh] table "
     "of protocol timings. Flags given here override the file; unknown keys are errors.",
 )
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="HTTP port: Open Inference Protocol, /mesh, /metrics, dashboard (0: no HTTP).",
+)
+@click.option(
+    "--http-bind",
+    help="Address of the HTTP port [default: 127.0.0.1; with --api-tokens, --bind's].",
+)
+@click.option(
+    "--api-tokens",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Hashed HTTP API tokens with roles (see `meshgpu http-token`); every HTTP request "
+    "then needs 'Authorization: Bearer TOKEN', and --http-bind may be any address.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="HTTPS certificate (PEM).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="HTTPS private key (PEM).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def join(
     name: str | None,
@@ -99,6 +126,11 @@ def join(
     interface: str | None,
     advertise: str | None,
     config_file: Path | None,
+    http_port: int,
+    http_bind: str | None,
+    api_tokens: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     verbose: int,
 ) -> None:
     """Join (or start) a mesh: run this machine's meshgpu daemon until SIGINT/SIGTERM.
@@ -119,6 +151,7 @@ def join(
     from meshgpu.daemon.runtime import Daemon
     from meshgpu.daemon.settings import DaemonSettings, read_config_file
     from meshgpu.errors import MeshError
+    from meshgpu.http.settings import HttpSettings, checked_bind
 
     options: dict[str, Any] = {
         "name": name,
@@ -136,6 +169,11 @@ def join(
         "advertise": advertise,
         "verbose": verbose,
         "max_frame_bytes": None,  # config file only
+        "http_port": http_port,
+        "http_bind": http_bind,
+        "api_tokens": api_tokens,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
     }
     try:
         mesh_config = MeshConfig()
@@ -150,6 +188,16 @@ def join(
         for peer in options["peers"]:
             parse_peer(peer)  # refuse a malformed seed before anything starts
         verbose = options["verbose"]
+        http = None
+        if options["http_port"]:
+            http = HttpSettings(
+                port=options["http_port"],
+                bind=options["http_bind"],
+                tokens=options["api_tokens"],
+                tls_cert=options["tls_cert"],
+                tls_key=options["tls_key"],
+            )
+            checked_bind(http, options["bind"])  # refuse an open bind before anything starts
         settings = DaemonSettings(
             data_dir=Path(options["data_dir"]).expanduser(),
             name=options["name"],
@@ -165,6 +213,7 @@ def join(
             interface=options["interface"],
             advertise=options["advertise"],
             mesh_config=mesh_config,
+            http=http,
             **(
                 {"max_frame_bytes": options["max_frame_bytes"]}
                 if options["max_frame_bytes"] is not None

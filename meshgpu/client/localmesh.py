@@ -113,7 +113,7 @@ class LocalMesh:
         return [
             sys.executable, "-m", "meshgpu", "join",
             "--name", node.name,
-            "--bind", "127.0.0.1", "--port", "0", "--no-mdns",
+            "--bind", "127.0.0.1", "--port", "0", "--no-mdns", "--http-port", "0",
             "--backend", self.backend, "--slots", str(self.slots),
             "--data-dir", str(node.data_dir),
             *peers, *self.extra_args,

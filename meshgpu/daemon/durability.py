@@ -71,6 +71,8 @@ class GroupCommit:
         """Keys of tombstones written per task since the last fold."""
         self._count = count
         self._on_failure = on_failure
+        self.on_sync: Callable[[float], None] | None = None
+        """Told each fsync's seconds (the metrics' latency histogram)."""
         self.holder_seq = 0
         """Number of the latest record that made this node a holder of a task."""
         self.collected = CollectedSet()
@@ -168,7 +170,10 @@ class GroupCommit:
                     await self._wanted.wait()
                 continue
             try:
+                started = trio.current_time()
                 await trio.to_thread.run_sync(journal.sync)
+                if self.on_sync is not None:
+                    self.on_sync(trio.current_time() - started)
                 self._count("journal_syncs")
                 if journal.needs_compaction():
                     await trio.to_thread.run_sync(journal.compact)

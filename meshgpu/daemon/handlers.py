@@ -79,6 +79,10 @@ class ClientHandlers:
             self._resolution.set()
             self._resolution = trio.Event()
 
+    async def resolution(self) -> None:
+        """Wait until the next task is resolved (any task)."""
+        await self._resolution.wait()
+
     # --- client ops --------------------------------------------------------------------
 
     async def op_ping(self, request: Message, responder: Responder) -> Message:

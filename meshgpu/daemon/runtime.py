@@ -65,6 +65,7 @@ from meshgpu.daemon.durability import GroupCommit
 from meshgpu.daemon.effect_queue import EffectHandlers, EffectQueue
 from meshgpu.daemon.execution import Executor
 from meshgpu.daemon.handlers import ClientHandlers
+from meshgpu.daemon.http_sources import build_http_server
 from meshgpu.daemon.identity import (
     DataDirLock,
     DuplicateIdentityGuard,
@@ -200,6 +201,8 @@ class Daemon:
             before_tick=self.datagrams.take_queued,
         )
         """The one caller of ``node.handle`` and the node's timer (``node_driver.py``)."""
+        self.http = None if settings.http is None else build_http_server(self, settings.http)
+        """The HTTP port (meshgpu/http/, wired by http_sources.py), if one is served."""
         records = self.commit.replay()
         if self.journal.torn_bytes:
             logger.warning(
@@ -230,6 +233,8 @@ class Daemon:
                 nursery.start_soon(offer_seed_peers, self)
                 nursery.start_soon(self._report_load)
                 nursery.start_soon(self.dataplane.sweep_results)
+                if self.http is not None:
+                    await nursery.start(self.http.run)
                 self._announce(len(records))
                 self.ready.set()
                 task_status.started(self)
@@ -282,6 +287,15 @@ class Daemon:
         else:
             logger.info(
                 "mesh key set (fingerprint %s): traffic is authenticated", settings.key.fingerprint
+            )
+        if self.http is not None and self.http.urls:
+            server = self.http
+            logger.info(
+                "HTTP API (Open Inference Protocol, /mesh, /metrics, dashboard) on %s%s",
+                ", ".join(server.urls),
+                ""
+                if settings.http is not None and settings.http.tokens is not None
+                else ": no API tokens, so loopback only (--api-tokens FILE to serve the network)",
             )
         if replayed:
             logger.info("resumed %d task records from the journal", replayed)

@@ -30,6 +30,7 @@ from meshgpu.core.config import MeshConfig
 from meshgpu.daemon.auth import MeshKey
 from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES
 from meshgpu.errors import ConfigError
+from meshgpu.http.settings import HttpSettings
 
 BACKENDS = ("auto", "opencl", "onnxruntime")
 
@@ -59,6 +60,8 @@ class DaemonSettings:
     drain_timeout: float = 30.0
     duplicate_grace: float = 15.0
     max_clock_skew: float = 120.0
+    http: HttpSettings | None = None
+    """The HTTP port (meshgpu/http/); None: none (``meshgpu join`` serves one by default)."""
 
 
 JOIN_FILE_KEYS: dict[str, str] = {
@@ -77,14 +80,19 @@ JOIN_FILE_KEYS: dict[str, str] = {
     "advertise": "string: address peers should use (--advertise)",
     "verbose": "integer >= 0 (-v is 1, -vv is 2)",
     "max_frame_bytes": "integer >= 1048576: largest TCP frame sent or accepted (64 MiB)",
+    "http_port": "integer 0-65535, 0 for no HTTP (--http-port)",
+    "http_bind": "string: address of the HTTP port (--http-bind)",
+    "api_tokens": "path: hashed HTTP API tokens (--api-tokens)",
+    "tls_cert": "path: HTTPS certificate (--tls-cert)",
+    "tls_key": "path: HTTPS private key (--tls-key)",
 }
 """Every key the ``[daemon]`` table accepts, with what its value must be."""
 FILE_ONLY_KEYS = frozenset({"max_frame_bytes"})
 """Keys with no flag of ``meshgpu join``: settings a lab rarely changes (tests lower the
 frame limit to exercise large payloads with small ones)."""
 
-_PATHS = ("key_file", "data_dir")
-_STRINGS = ("name", "bind", "mesh", "device", "interface", "advertise")
+_PATHS = ("key_file", "data_dir", "api_tokens", "tls_cert", "tls_key")
+_STRINGS = ("name", "bind", "mesh", "device", "interface", "advertise", "http_bind")
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,7 @@ def _checked(path: Path, key: str, value: object) -> object:
         return value
     bounds = {
         "port": (0, 65535),
+        "http_port": (0, 65535),
         "slots": (1, None),
         "verbose": (0, None),
         "max_frame_bytes": (1 << 20, None),

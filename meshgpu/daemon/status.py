@@ -88,6 +88,14 @@ def _load_fields(load: LoadVector | None) -> dict[str, Any] | None:
     }
 
 
+def http_address(daemon: Daemon) -> dict[str, Any] | None:
+    """Where this node's HTTP port listens (for ``status``), None without one."""
+    server = getattr(daemon, "http", None)
+    if server is None or server.port is None:
+        return None
+    return {"bind": server.host, "port": server.port, "tls": server.tls}
+
+
 def status_snapshot(daemon: Daemon) -> dict[str, Any]:
     """The ``status`` answer: this node, every member it knows, leader, queue, counters."""
     node = daemon.node
@@ -127,6 +135,7 @@ def status_snapshot(daemon: Daemon) -> dict[str, Any]:
             "backend": settings.backend,
             "usable_devices": list(daemon.usable_devices),
             "fallback_models": dict(daemon.executor.fallback_models),
+            "http": http_address(daemon),
         },
         "generation": daemon.generation,
         "leader": node.leader(),

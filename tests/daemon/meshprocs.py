@@ -64,6 +64,8 @@ def join_command(data_dir: Path, *args: str, mdns: bool = False) -> list[str]:
         "onnxruntime",
         "--data-dir",
         str(data_dir),
+        "--http-port",
+        "0",
         *args,
     ]
 

@@ -1,0 +1,217 @@
+"""What the HTTP part (meshgpu/http/) may ask of this daemon: its :class:`Sources`.
+
+The one place that knows both sides. An infer request becomes a mesh task through the
+same path as a client's ``submit`` (submissions.py: a direct run when this node is idle,
+the replicated table otherwise), and its outcome is collected like the client library
+does (``ResultRequested``, the resolution, ``ResultCollected``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import trio
+
+from meshgpu.core.events import ResultCollected, ResultRequested
+from meshgpu.core.tasks import Resolution, TaskId
+from meshgpu.daemon.payloads import decode_tensors, encode_tensors, tensors_from_bytes
+from meshgpu.daemon.status import http_address
+from meshgpu.errors import MeshError, StorageError, TaskError
+from meshgpu.http.app import InferOutcome, Sources, Unavailable
+from meshgpu.http.models import CatalogModel, ModelInfo, read_model_info
+
+if TYPE_CHECKING:
+    from meshgpu.daemon.runtime import Daemon
+    from meshgpu.http.server import HttpServer
+    from meshgpu.http.settings import HttpSettings
+
+SHIPPED_DIR = Path(__file__).parents[1] / "inference" / "models"
+SHIPPED = {"digits": SHIPPED_DIR / "digits.onnx"}
+"""Models every node serves by name without being told: their bytes ship with meshgpu."""
+RESULT_TIMEOUT_S = 300.0
+"""Longest an infer request waits for its task's outcome."""
+TARGETS_TIMEOUT_S = 2.0
+
+
+def _shipped_catalog() -> dict[str, CatalogModel]:
+    return {
+        name: CatalogModel(name, "1", hashlib.sha256(path.read_bytes()).hexdigest())
+        for name, path in SHIPPED.items()
+    }
+
+
+class DaemonHttpSources:
+    """The daemon side of the HTTP app's :class:`Sources`."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.shipped = _shipped_catalog()
+        self._infos: dict[str, ModelInfo] = {}
+        self._loaded: set[str] = set()
+        self._http_of: dict[tuple[str, int], str | None] = {}
+        """(node id, incarnation) -> that member's HTTP ``host:port`` (None: no HTTP)."""
+
+    def sources(self) -> Sources:
+        from meshgpu.daemon.status import status_snapshot, task_rows
+
+        daemon = self.daemon
+        return Sources(
+            node_id=lambda: daemon.node_id,
+            ready=lambda: daemon.ready.is_set() and not daemon.leaving,
+            status=lambda: status_snapshot(daemon),
+            tasks=lambda state: task_rows(daemon, state),
+            catalog=self.catalog,
+            model_info=self.model_info,
+            infer=self.infer,
+            load=self.load,
+            unload=self.unload,
+            loaded=lambda model: model.digest in self._loaded,
+            targets=self.targets,
+        )
+
+    def catalog(self) -> Mapping[str, CatalogModel]:
+        return self.shipped
+
+    async def _local_path(self, model: CatalogModel) -> Path:
+        """The model's file in this node's store, fetched from a live member if need be."""
+        models = self.daemon.models
+        if not models.has(model.digest):
+            shipped = SHIPPED.get(model.name)
+            if shipped is not None and model == self.shipped[model.name]:
+                data = await trio.to_thread.run_sync(shipped.read_bytes)
+                await trio.to_thread.run_sync(models.put, data, model.digest)
+            else:
+                await self.daemon.dataplane.obtain_model(model.digest, ())
+        path = models.path(model.digest)
+        if path is None:
+            raise StorageError(f"model {model.name!r} ({model.digest[:12]}) is not on this node")
+        return path
+
+    async def model_info(self, model: CatalogModel) -> ModelInfo:
+        info = self._infos.get(model.digest)
+        if info is None:
+            path = await self._local_path(model)
+            info = await trio.to_thread.run_sync(read_model_info, path)
+            self._infos[model.digest] = info
+        return info
+
+    async def load(self, model: CatalogModel) -> None:
+        """Warm the model on this node: its bytes here and its session loaded."""
+        path = await self._local_path(model)
+        await self.daemon.executor.session(model.digest, path)
+        self._loaded.add(model.digest)
+
+    async def unload(self, model: CatalogModel) -> None:
+        self._loaded.discard(model.digest)
+
+    async def infer(self, model: CatalogModel, feeds: dict[str, np.ndarray]) -> InferOutcome:
+        daemon = self.daemon
+        if daemon.leaving:
+            raise Unavailable(f"node {daemon.node_id} is leaving the mesh; send to another node")
+        await self._local_path(model)
+        request = {"model_digest": model.digest, "inputs": encode_tensors(feeds)}
+        started = time.perf_counter()
+        try:
+            answer = await daemon.handlers.submissions.submit(request)
+        except TaskError as error:
+            raise Unavailable(str(error)) from None
+        if answer.get("direct"):
+            if answer["state"] != "done":
+                raise TaskError(f"the task failed on {answer['worker']}: {answer['reason']}")
+            return InferOutcome(
+                decode_tensors(answer["outputs"]),
+                answer["worker"],
+                answer["task_id"],
+                compute_s=time.perf_counter() - started,
+            )
+        task_id = TaskId.parse(answer["task_id"])
+        try:
+            outcome = await self._outcome(task_id)
+        finally:
+            daemon.handlers.resolved.pop(task_id, None)
+            daemon.feed(ResultCollected(task_id))
+        return outcome
+
+    async def _outcome(self, task_id: TaskId) -> InferOutcome:
+        handlers = self.daemon.handlers
+        self.daemon.feed(ResultRequested(task_id))
+        with trio.move_on_after(RESULT_TIMEOUT_S):
+            while task_id not in handlers.resolved:
+                await handlers.resolution()
+        resolved = handlers.resolved.get(task_id)
+        if resolved is None:
+            raise Unavailable(f"task {task_id} was not done within {RESULT_TIMEOUT_S:.0f} s")
+        message: dict[str, Any] = await handlers._outcome(resolved, True)
+        if resolved.state is not Resolution.DONE or message["state"] != "done":
+            raise TaskError(f"task {task_id} {message['state']}: {message['reason']}")
+        if message["outputs"] is not None:
+            outputs = decode_tensors(message["outputs"])
+        else:  # larger than one range: fetched whole from a result holder
+            blob = await self.daemon.dataplane.obtain_result(task_id, resolved.result_holders)
+            outputs = tensors_from_bytes(blob)
+        return InferOutcome(outputs, message["worker"], str(task_id))
+
+    async def targets(self) -> list[str]:
+        """``host:port`` of each live member's HTTP port, asked once per incarnation."""
+        daemon = self.daemon
+        targets = []
+        members = daemon.node.members()
+        for node_id in sorted(daemon.node.live_members()):
+            info = members.get(node_id)
+            if info is None:
+                continue
+            key = (node_id, info.incarnation)
+            if key not in self._http_of:
+                try:
+                    if node_id == daemon.node_id:
+                        status = {"node": {"http": http_address(daemon)}}
+                    else:
+                        status = await daemon.peers.call(
+                            info.address, "status", timeout=TARGETS_TIMEOUT_S
+                        )
+                except (MeshError, OSError, trio.TooSlowError):
+                    continue  # asked again at the next discovery
+                self._http_of[key] = _target(status["node"].get("http"), info.address[0])
+            target = self._http_of[key]
+            if target is not None:
+                targets.append(target)
+        return targets
+
+
+def _target(http: Any, member_host: str) -> str | None:
+    if not isinstance(http, dict):
+        return None
+    bind = http.get("bind")
+    host = member_host if bind in (None, "0.0.0.0", "::") else bind
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{http['port']}"
+
+
+def build_http_server(daemon: Daemon, settings: HttpSettings) -> HttpServer:
+    """The daemon's HTTP part: its app over this daemon's sources, and the server."""
+    from meshgpu.daemon.status import status_snapshot
+    from meshgpu.http.app import build_app
+    from meshgpu.http.metrics import InferenceStats, fsync_histogram, new_registry
+    from meshgpu.http.server import HttpServer
+    from meshgpu.http.settings import checked_bind
+    from meshgpu.http.tokens import TokenTable
+
+    host = checked_bind(settings, daemon.settings.bind)
+    tokens = None if settings.tokens is None else TokenTable.load(settings.tokens)
+    stats = InferenceStats()
+    registry = new_registry(lambda: status_snapshot(daemon), stats)
+    daemon.commit.on_sync = fsync_histogram(registry).observe
+    sources = DaemonHttpSources(daemon)
+    app = build_app(
+        sources.sources(),
+        stats,
+        registry,
+        tokens=tokens,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    return HttpServer(app, host, settings)

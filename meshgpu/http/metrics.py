@@ -1,0 +1,233 @@
+"""``GET /metrics``: the node's numbers for Prometheus, through ``prometheus_client``.
+
+One :class:`~prometheus_client.CollectorRegistry` per daemon (several daemons in one
+process, as in tests, never share numbers). Two custom collectors read their numbers at
+scrape time, so nothing is copied on the hot path:
+
+- :class:`InferenceStats` counts the protocol's infer requests under Triton's names,
+  labelled ``model`` and ``version`` (``nv_inference_request_success`` ...).
+- :class:`MeshCollector` reads the ``status`` snapshot (the same data as ``meshgpu
+  status``) into ``meshgpu_*`` families: members by state, the leader's view, suspicions
+  and deaths, tasks by state, datagrams, authentication failures, devices.
+
+The journal's fsync latency is a plain :class:`~prometheus_client.Histogram` observed by
+the group commit (durability.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+FSYNC_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 1.0)
+
+
+def fsync_histogram(registry: CollectorRegistry) -> Histogram:
+    return Histogram(
+        "meshgpu_journal_fsync_seconds",
+        "Time of one journal fsync (one group commit).",
+        buckets=FSYNC_BUCKETS,
+        registry=registry,
+    )
+
+
+@dataclass
+class _ModelStats:
+    success: int = 0
+    failure: int = 0
+    inferences: int = 0
+    executions: int = 0
+    request_us: int = 0
+    queue_us: int = 0
+    compute_us: int = 0
+    pending: int = 0
+
+
+class InferenceStats(Collector):
+    """Triton's per-model inference counters for the requests this node's HTTP port took."""
+
+    def __init__(self) -> None:
+        self.models: dict[tuple[str, str], _ModelStats] = {}
+
+    def _of(self, model: str, version: str) -> _ModelStats:
+        stats = self.models.get((model, version))
+        if stats is None:
+            stats = self.models[(model, version)] = _ModelStats()
+        return stats
+
+    def started(self, model: str, version: str) -> None:
+        self._of(model, version).pending += 1
+
+    def finished(
+        self,
+        model: str,
+        version: str,
+        *,
+        ok: bool,
+        batch: int,
+        total_s: float,
+        compute_s: float | None,
+    ) -> None:
+        """One request ended. ``compute_s``: the run on the worker when known (a direct
+        run); the rest of ``total_s`` is the queue (table, transfers). A request whose run
+        time is not known counts in the request duration only."""
+        stats = self._of(model, version)
+        stats.pending -= 1
+        if not ok:
+            stats.failure += 1
+            return
+        stats.success += 1
+        stats.inferences += batch
+        stats.executions += 1
+        stats.request_us += int(total_s * 1e6)
+        if compute_s is not None:
+            stats.compute_us += int(compute_s * 1e6)
+            stats.queue_us += int(max(0.0, total_s - compute_s) * 1e6)
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["model", "version"]
+        families: dict[str, Metric] = {
+            "success": CounterMetricFamily(
+                "nv_inference_request_success", "Successful inference requests.", labels=labels
+            ),
+            "failure": CounterMetricFamily(
+                "nv_inference_request_failure", "Failed inference requests.", labels=labels
+            ),
+            "inferences": CounterMetricFamily(
+                "nv_inference_count",
+                "Inferences performed (a batch of N counts N).",
+                labels=labels,
+            ),
+            "executions": CounterMetricFamily(
+                "nv_inference_exec_count", "Model executions performed.", labels=labels
+            ),
+            "request_us": CounterMetricFamily(
+                "nv_inference_request_duration_us",
+                "Cumulative end-to-end inference request time in microseconds.",
+                labels=labels,
+            ),
+            "queue_us": CounterMetricFamily(
+                "nv_inference_queue_duration_us",
+                "Cumulative time requests waited before running, in microseconds.",
+                labels=labels,
+            ),
+            "compute_us": CounterMetricFamily(
+                "nv_inference_compute_infer_duration_us",
+                "Cumulative time spent running the model, in microseconds.",
+                labels=labels,
+            ),
+        }
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count",
+            "Inference requests received and not answered yet.",
+            labels=labels,
+        )
+        for (model, version), stats in sorted(self.models.items()):
+            for attribute, family in families.items():
+                family.add_metric([model, version], getattr(stats, attribute))  # type: ignore[attr-defined]
+            pending.add_metric([model, version], stats.pending)
+        yield from families.values()
+        yield pending
+
+
+MEMBER_STATES = ("alive", "suspect", "dead", "left")
+
+
+class MeshCollector(Collector):
+    """``meshgpu_*`` families from a ``status`` snapshot taken at scrape time."""
+
+    def __init__(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.status()
+        members = GaugeMetricFamily(
+            "meshgpu_members", "Members this node knows, by SWIM state.", labels=["state"]
+        )
+        states = {state: 0 for state in MEMBER_STATES}
+        for member in status["members"]:
+            states[member["state"]] = states.get(member["state"], 0) + 1
+        for state, count in sorted(states.items()):
+            members.add_metric([state], count)
+        yield members
+        leader = GaugeMetricFamily(
+            "meshgpu_leader_view",
+            "The leader's view number as this node sees it (label: the leader).",
+            labels=["leader"],
+        )
+        leader.add_metric([status["leader"] or ""], status["view"])
+        yield leader
+        node_counters = status["counters"]["node"]
+        daemon_counters = status["counters"]["daemon"]
+        for name, value, help_text in (
+            ("suspicions", node_counters.get("suspicions", 0), "Members this node suspected."),
+            (
+                "deaths",
+                node_counters.get("deaths_to_suspicions", 0),
+                "Suspicions that ended in a death.",
+            ),
+            ("datagrams_sent", daemon_counters.get("datagrams_sent", 0), "Datagrams sent."),
+            (
+                "datagrams_received",
+                daemon_counters.get("datagrams_received", 0),
+                "Datagrams received.",
+            ),
+            (
+                "datagrams_dropped",
+                daemon_counters.get("datagrams_rejected", 0)
+                + daemon_counters.get("datagram_send_errors", 0)
+                + daemon_counters.get("datagram_receive_errors", 0),
+                "Datagrams rejected on receipt or lost to socket errors.",
+            ),
+            (
+                "auth_failures",
+                status["counters"]["auth"].get("rejected", 0),
+                "Datagrams and requests refused by the mesh key's authentication.",
+            ),
+        ):
+            counter = CounterMetricFamily(f"meshgpu_{name}", help_text)
+            counter.add_metric([], value)
+            yield counter
+        tasks = GaugeMetricFamily(
+            "meshgpu_tasks", "Tasks in this node's table, by state.", labels=["state"]
+        )
+        for state, count in sorted(status["tasks"].items()):
+            tasks.add_metric([state], count)
+        yield tasks
+        queue = GaugeMetricFamily("meshgpu_queue_length", "Tasks waiting for a worker.")
+        queue.add_metric([], status["queue_length"])
+        yield queue
+        node = status["node"]
+        usable = GaugeMetricFamily(
+            "meshgpu_device_usable",
+            "1 for each device this node runs on that passed its probe.",
+            labels=["device"],
+        )
+        for device in node["usable_devices"]:
+            usable.add_metric([device], 1)
+        yield usable
+        own = next((m for m in status["members"] if m["node_id"] == node["node_id"]), None)
+        load = (own or {}).get("load") or {}
+        for name, key, help_text in (
+            ("device_utilisation", "utilisation", "This node's device utilisation (0 to 1)."),
+            ("device_memory_used_bytes", "memory_used", "Device memory in use."),
+            ("device_memory_total_bytes", "memory_total", "Device memory in all."),
+            ("active_tasks", "active_tasks", "Tasks running on this node."),
+        ):
+            gauge = GaugeMetricFamily(f"meshgpu_{name}", help_text)
+            gauge.add_metric([], float(load.get(key) or 0))
+            yield gauge
+
+
+def new_registry(
+    status: Callable[[], Mapping[str, Any]], stats: InferenceStats
+) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(stats)
+    registry.register(MeshCollector(status))
+    return registry

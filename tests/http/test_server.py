@@ -1,0 +1,354 @@
+"""The HTTP part of one in-process daemon: health, the protocol's metadata and infer
+(JSON and binary tensors), /mesh resources, /metrics, and hostile requests that get a 4xx
+or a closed connection while the node keeps serving."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshgpu.daemon.runtime import Daemon
+from meshgpu.http.settings import HttpSettings
+from tests.daemon.test_runtime import MODELS, settings
+
+PIXELS = np.load(MODELS / "digits_test.npz")["pixels"][:4]
+
+
+def expected(pixels: np.ndarray) -> np.ndarray:
+    from meshgpu import inference
+
+    session = inference.load(MODELS / "digits.onnx", backend="onnxruntime")
+    return session.run({"pixels": pixels})["probabilities"]
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Daemon]:
+    config = dataclasses.replace(settings(tmp_path / "solo"), http=HttpSettings(port=0))
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(Daemon(config).run)
+        yield daemon
+        daemon.request_stop()
+
+
+def call(
+    daemon: Daemon,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, bytes]:
+    assert daemon.http is not None
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{daemon.http.port}{path}",
+        data=body,
+        method=method,
+        headers=headers or {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+async def acall(daemon: Daemon, *args: Any, **kwargs: Any) -> tuple[int, Any, bytes]:
+    return await trio.to_thread.run_sync(lambda: call(daemon, *args, **kwargs))
+
+
+async def get_json(daemon: Daemon, path: str) -> tuple[int, Any]:
+    status, _, body = await acall(daemon, "GET", path)
+    return status, json.loads(body)
+
+
+def infer_body(pixels: np.ndarray) -> bytes:
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": list(pixels.shape),
+                    "datatype": "FP32",
+                    "data": pixels.reshape(-1).tolist(),
+                }
+            ]
+        }
+    ).encode()
+
+
+async def test_health_and_server_metadata(node: Daemon) -> None:
+    assert await get_json(node, "/v2/health/live") == (200, {"live": True})
+    assert await get_json(node, "/v2/health/ready") == (200, {"ready": True})
+    status, meta = await get_json(node, "/v2")
+    assert status == 200 and meta["name"] == "meshgpu"
+    assert "binary_tensor_data" in meta["extensions"]
+    status, missing = await get_json(node, "/v2/nothing")
+    assert status == 404 and "error" in missing
+
+
+async def test_model_metadata_from_the_onnx_graph(node: Daemon) -> None:
+    status, meta = await get_json(node, "/v2/models/digits")
+    assert status == 200
+    assert meta["platform"] == "onnx_onnxv1" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+    assert meta["outputs"][0]["name"] == "probabilities"
+    assert (await get_json(node, "/v2/models/digits/ready"))[0] == 200
+    status, unknown = await get_json(node, "/v2/models/nope")
+    assert status == 404 and "nope" in unknown["error"]
+
+
+async def test_json_infer_matches_onnxruntime_and_names_the_worker(node: Daemon) -> None:
+    status, _, body = await acall(node, "POST", "/v2/models/digits/infer", infer_body(PIXELS))
+    assert status == 200, body
+    answer = json.loads(body)
+    assert answer["model_name"] == "digits" and answer["parameters"]["worker"] == "solo"
+    (output,) = [o for o in answer["outputs"] if o["name"] == "probabilities"]
+    got = np.asarray(output["data"], dtype=np.float32).reshape(output["shape"])
+    np.testing.assert_allclose(got, expected(PIXELS), rtol=1e-5, atol=1e-6)
+
+
+async def test_binary_infer_in_and_out(node: Daemon) -> None:
+    raw = PIXELS.astype("<f4").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": list(PIXELS.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    status, headers, body = await acall(
+        node,
+        "POST",
+        "/v2/models/digits/infer",
+        header + raw,
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert status == 200, body
+    length = int(headers["Inference-Header-Content-Length"])
+    answer = json.loads(body[:length])
+    (output,) = answer["outputs"]
+    size = output["parameters"]["binary_data_size"]
+    got = np.frombuffer(body[length : length + size], dtype="<f4").reshape(output["shape"])
+    np.testing.assert_allclose(got, expected(PIXELS), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "needle"),
+    [
+        (b"{not json", {}, "not valid JSON"),
+        (b'{"inputs": []}', {}, "non-empty"),
+        (
+            json.dumps(
+                {"inputs": [{"name": "pixels", "shape": [1, 63], "datatype": "FP32",
+                             "data": [0.0] * 63}]}
+            ).encode(),
+            {},
+            "axis 1",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP64",
+                             "data": [0.0] * 64}]}
+            ).encode(),
+            {},
+            "dtype float64",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "what", "shape": [1, 64], "datatype": "FP32",
+                             "data": [0.0] * 64}]}
+            ).encode(),
+            {},
+            "unknown input",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                             "parameters": {"binary_data_size": 1000}}]}
+            ).encode() + b"\0" * 256,
+            {"Inference-Header-Content-Length": "-"},
+            "not a number",
+        ),
+        (b'{"inputs": 1}', {"Inference-Header-Content-Length": "9999"}, "but the body has"),
+        (
+            json.dumps(
+                {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "BYTES",
+                             "data": ["a"] * 64}]}
+            ).encode(),
+            {},
+            "BYTES is not supported",
+        ),
+    ],
+)  # fmt: skip
+async def test_bad_requests_are_400_with_the_reason(
+    node: Daemon, body: bytes, headers: dict[str, str], needle: str
+) -> None:
+    status, _, answer = await acall(node, "POST", "/v2/models/digits/infer", body, headers)
+    assert status == 400, answer
+    assert needle in json.loads(answer)["error"]
+
+
+async def test_a_lying_binary_data_size_is_refused(node: Daemon) -> None:
+    header = json.dumps(
+        {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                     "parameters": {"binary_data_size": 256}}]}
+    ).encode()  # fmt: skip
+    body = header + b"\0" * 100  # 256 promised, 100 sent
+    status, _, answer = await acall(
+        node,
+        "POST",
+        "/v2/models/digits/infer",
+        body,
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert status == 400 and "past the end" in json.loads(answer)["error"]
+
+
+def raw_exchange(port: int, data: bytes, wait_s: float = 10.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks):
+                    break
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return b"".join(chunks)
+
+
+async def test_a_huge_content_length_is_413_before_reading(node: Daemon) -> None:
+    assert node.http is not None and node.http.port is not None
+    request = (
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{"
+    )
+    answer = await trio.to_thread.run_sync(raw_exchange, node.http.port, request)
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert (await get_json(node, "/v2/health/live"))[0] == 200
+
+
+async def test_a_slow_client_holds_only_its_own_connection(node: Daemon) -> None:
+    assert node.http is not None and node.http.port is not None
+    slow = socket.create_connection(("127.0.0.1", node.http.port))
+    try:
+        slow.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n")
+        status, _, body = await acall(node, "POST", "/v2/models/digits/infer", infer_body(PIXELS))
+        assert status == 200, body
+    finally:
+        slow.close()
+
+
+async def test_mesh_resources_are_the_cli_data(node: Daemon) -> None:
+    status, mesh = await get_json(node, "/mesh/status")
+    assert status == 200 and mesh["node"]["node_id"] == "solo"
+    assert [m["node_id"] for m in mesh["members"]] == ["solo"]
+    assert mesh["node"]["http"]["port"] == node.http.port  # type: ignore[union-attr]
+    # Force a table run (not direct): a task appears in /mesh/tasks.
+    await acall(node, "POST", "/v2/models/digits/infer", infer_body(PIXELS))
+    status, tasks = await get_json(node, "/mesh/tasks")
+    assert status == 200 and isinstance(tasks["tasks"], list)
+    for row in tasks["tasks"]:
+        assert (await get_json(node, f"/mesh/tasks/{row['task_id']}"))[1] == row
+    assert (await get_json(node, "/mesh/tasks/n-00/1"))[0] == 404
+    status, filtered = await get_json(node, "/mesh/tasks?state=nothing-like-this")
+    assert status == 200 and filtered["tasks"] == []
+
+
+async def test_metrics_parse_with_triton_names(node: Daemon) -> None:
+    for _ in range(2):
+        assert (await acall(node, "POST", "/v2/models/digits/infer", infer_body(PIXELS)))[0] == 200
+    await acall(node, "POST", "/v2/models/digits/infer", b"{bad")
+    status, headers, body = await acall(node, "GET", "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    labels = (("model", "digits"), ("version", "1"))
+    assert samples[("nv_inference_request_success_total", labels)] == 2
+    assert samples[("nv_inference_count_total", labels)] == 2 * len(PIXELS)
+    assert samples[("nv_inference_exec_count_total", labels)] == 2
+    assert samples[("nv_inference_request_duration_us_total", labels)] > 0
+    assert samples[("nv_inference_pending_request_count", labels)] == 0
+    assert samples[("meshgpu_members", (("state", "alive"),))] == 1
+    assert samples[("meshgpu_datagrams_sent_total", ())] >= 0
+    assert ("meshgpu_journal_fsync_seconds_count", ()) in samples
+    status, targets = await get_json(node, "/metrics/targets")
+    assert targets == [
+        {"targets": [f"127.0.0.1:{node.http.port}"], "labels": {"job": "meshgpu"}}  # type: ignore[union-attr]
+    ]
+
+
+async def test_repository_index_load_unload(node: Daemon) -> None:
+    status, _, body = await acall(node, "POST", "/v2/repository/index", b"{}")
+    assert status == 200
+    assert json.loads(body) == [
+        {"name": "digits", "version": "1", "state": "UNAVAILABLE", "reason": ""}
+    ]
+    assert (await acall(node, "POST", "/v2/repository/models/digits/load", b""))[0] == 200
+    _, _, body = await acall(node, "POST", "/v2/repository/index", b'{"ready": true}')
+    assert [row["name"] for row in json.loads(body)] == ["digits"]
+    assert (await acall(node, "POST", "/v2/repository/models/digits/unload", b""))[0] == 200
+    _, _, body = await acall(node, "POST", "/v2/repository/index", b'{"ready": true}')
+    assert json.loads(body) == []
+
+
+async def test_tokens_gate_every_request_by_role(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from meshgpu.cli import main
+
+    path = tmp_path / "tokens"
+    tokens = {}
+    for role in ("read", "infer"):
+        result = CliRunner().invoke(main, ["http-token", role, "--append", str(path)])
+        assert result.exit_code == 0, result.output
+        tokens[role] = result.stdout.strip().splitlines()[-1]
+    assert tokens["read"] not in path.read_text()  # only hashes are stored
+    http = HttpSettings(port=0, bind="127.0.0.1", tokens=path)
+    config = dataclasses.replace(settings(tmp_path / "solo"), http=http)
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(Daemon(config).run)
+        path_ = "/v2/models/digits/infer"
+        assert (await acall(daemon, "GET", "/v2/health/live"))[0] == 401
+        wrong = {"Authorization": "Bearer not-a-token"}
+        assert (await acall(daemon, "GET", "/v2/health/live", headers=wrong))[0] == 401
+        read = {"Authorization": f"Bearer {tokens['read']}"}
+        infer = {"Authorization": f"Bearer {tokens['infer']}"}
+        assert (await acall(daemon, "GET", "/mesh/status", headers=read))[0] == 200
+        status, _, body = await acall(daemon, "POST", path_, infer_body(PIXELS), read)
+        assert status == 403 and "infer" in json.loads(body)["error"]
+        assert (await acall(daemon, "POST", path_, infer_body(PIXELS), infer))[0] == 200
+        load = "/v2/repository/models/digits/load"
+        assert (await acall(daemon, "POST", load, b"", infer))[0] == 403
+        daemon.request_stop()
+
+
+def test_an_open_bind_without_tokens_is_refused(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from meshgpu.cli import main
+
+    result = CliRunner().invoke(
+        main, ["join", "--http-bind", "0.0.0.0", "--data-dir", str(tmp_path / "d")]
+    )
+    assert result.exit_code != 0 and "--api-tokens" in result.output

@@ -1,0 +1,114 @@
+"""The real ``tritonclient.http`` against a 3-node loopback mesh of ``meshgpu join``
+processes: JSON and binary tensors through every node, outputs equal to onnxruntime's,
+and the response naming the node that ran the task."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.daemon.meshprocs import MeshProcess, start_node
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MODELS = Path(__file__).parents[2] / "meshgpu" / "inference" / "models"
+PIXELS = np.load(MODELS / "digits_test.npz")["pixels"][:8].astype(np.float32)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(port: int, path: str) -> object:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[MeshProcess, int]]]:
+    root = tmp_path_factory.mktemp("http-mesh")
+    nodes: list[tuple[MeshProcess, int]] = []
+    try:
+        for index in range(3):
+            port = free_port()
+            seeds = ["--peer", f"127.0.0.1:{nodes[0][0].port}"] if nodes else []
+            process = start_node(
+                root / f"h{index}", "--name", f"h{index}", "--http-port", str(port), *seeds
+            )
+            nodes.append((process, port))
+        deadline = time.monotonic() + 60
+        for _, port in nodes:
+            while True:
+                status = get_json(port, "/mesh/status")
+                assert isinstance(status, dict)
+                if sum(m["state"] == "alive" for m in status["members"]) == 3:
+                    break
+                assert time.monotonic() < deadline, status
+                time.sleep(0.2)
+        yield nodes
+    finally:
+        for process, _ in nodes:
+            process.stop()
+
+
+def expected() -> np.ndarray:
+    from meshgpu import inference
+
+    session = inference.load(MODELS / "digits.onnx", backend="onnxruntime")
+    return session.run({"pixels": PIXELS})["probabilities"]
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_infers_through_every_node(
+    mesh: list[tuple[MeshProcess, int]], binary: bool
+) -> None:
+    reference = expected()
+    workers = set()
+    for _, port in mesh:
+        client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{port}")
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("digits")
+        metadata = client.get_model_metadata("digits")
+        assert metadata["inputs"][0]["shape"] == [-1, 64]
+        feed = tritonclient_http.InferInput("pixels", list(PIXELS.shape), "FP32")
+        feed.set_data_from_numpy(PIXELS, binary_data=binary)
+        wanted = tritonclient_http.InferRequestedOutput("probabilities", binary_data=binary)
+        for _ in range(3):
+            result = client.infer("digits", [feed], outputs=[wanted])
+            np.testing.assert_allclose(
+                result.as_numpy("probabilities"), reference, rtol=1e-5, atol=1e-6
+            )
+            parameters = result.get_response()["parameters"]
+            assert parameters["worker"] in {"h0", "h1", "h2"}
+            workers.add(parameters["worker"])
+        client.close()
+    assert workers  # every answer named the node that ran it
+
+
+def test_tritonclient_errors_are_the_protocols(mesh: list[tuple[MeshProcess, int]]) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{mesh[1][1]}")
+    feed = tritonclient_http.InferInput("pixels", [1, 63], "FP32")
+    feed.set_data_from_numpy(np.zeros((1, 63), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="axis 1"):
+        client.infer("digits", [feed])
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.get_model_metadata("no-such-model")
+    assert client.is_server_live()
+
+
+def test_metrics_targets_follow_the_membership(mesh: list[tuple[MeshProcess, int]]) -> None:
+    (group,) = get_json(mesh[2][1], "/metrics/targets")  # type: ignore[misc]
+    assert sorted(group["targets"]) == sorted(f"127.0.0.1:{port}" for _, port in mesh)
