@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from meshgpu.core.broadcast import BroadcastQueue
 from meshgpu.core.config import MeshConfig
-from meshgpu.core.effects import Effect, SendDatagram
+from meshgpu.core.effects import Effect, SendDatagram, new_send_datagram
 from meshgpu.core.messages import (
     EMPTY_PIGGYBACK,
     Envelope,
@@ -42,22 +42,6 @@ from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
     from meshgpu.core.membership import MemberInfo
-
-_NEW = object.__new__
-_SET_DESTINATION = vars(SendDatagram)["destination"].__set__
-_SET_PAYLOAD = vars(SendDatagram)["payload"].__set__
-
-
-def _send_datagram(destination: Address, payload: bytes) -> SendDatagram:
-    """``SendDatagram(destination, payload)`` built by writing its two slots: the same
-    object (a frozen slotted dataclass without ``__post_init__``) for less than half the
-    cost of the generated ``__init__``, which goes through ``object.__setattr__``. One
-    per datagram sent."""
-    effect: SendDatagram = _NEW(SendDatagram)
-    _SET_DESTINATION(effect, destination)
-    _SET_PAYLOAD(effect, payload)
-    return effect
-
 
 class NodeContext:
     """What every component of one node shares: identity, config, rng, queues, effects."""
@@ -131,9 +115,7 @@ class NodeContext:
                 self._prefix = envelope_prefix(self.node_id, incarnation, view)
                 self._prefix_incarnation = incarnation
                 self._prefix_view = view
-            effect: SendDatagram = _NEW(SendDatagram)  # _send_datagram inlined
-            _SET_DESTINATION(effect, address)
-            _SET_PAYLOAD(effect, self._prefix + encode_body(body) + EMPTY_PIGGYBACK)
+            effect = new_send_datagram(address, self._prefix + encode_body(body) + EMPTY_PIGGYBACK)
             self.effects.append(effect)
             return effect
         config = self.config
@@ -156,7 +138,7 @@ class NodeContext:
                     budget -= len(item)
             if update_queue and len(items) < max_items and budget > 8:
                 items.extend(update_queue.take(budget, limit, max_items - len(items)))
-        effect = _send_datagram(address, finish_datagram(head, items))
+        effect = new_send_datagram(address, finish_datagram(head, items))
         self.effects.append(effect)
         return effect
 

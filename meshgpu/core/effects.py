@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
@@ -25,6 +26,10 @@ class SendDatagram:
 
     destination: Address
     payload: bytes
+
+
+new_send_datagram = fast_constructor(SendDatagram)
+"""``SendDatagram(destination, payload)``, fast: one per datagram sent."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
@@ -37,6 +38,10 @@ class DatagramReceived:
 
     source: Address
     payload: bytes
+
+
+new_datagram_received = fast_constructor(DatagramReceived)
+"""``DatagramReceived(source, payload)``, fast: a driver makes one per datagram."""
 
 
 @dataclass(frozen=True, slots=True)

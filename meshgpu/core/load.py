@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 from meshgpu.core.component import Component, NodeContext
 from meshgpu.core.membership import LIVE_STATES, MemberInfo
+from meshgpu.core.membership.wire import AntiEntropy
 from meshgpu.core.messages import (
-    AntiEntropy,
     Envelope,
     Message,
     encode_item,

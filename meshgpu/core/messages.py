@@ -10,7 +10,8 @@ The header carries the sender's id and incarnation (so a refutation spreads with
 datagram a node sends) and its leader view (so the highest view spreads the same way).
 
 Message types are frozen dataclasses registered by tag with :func:`register_message`.
-Core tags are 1-31 (membership) and 32-47 (load); the task queue uses 64-127. Each type
+Core tags are 1-31 (membership, :mod:`meshgpu.core.membership.wire`) and 32-47 (load);
+the task queue uses 64-127 (:mod:`meshgpu.core.tasks.wire`). Each type
 turns itself into a list of msgpack-native fields (``to_fields``) and back
 (``from_fields``), validating every field with the ``expect_*`` functions below.
 
@@ -28,6 +29,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import msgpack
 
+from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.types import Address, NodeId
 from meshgpu.errors import DecodeError
 
@@ -136,31 +138,14 @@ def expect_address(value: object, what: str) -> Address:
     return (expect_str(pair[0], f"{what} host", 255), expect_int(pair[1], f"{what} port", 0, 65535))
 
 
-def _is_count(value: object) -> bool:
+def is_count(value: object) -> bool:
     """``expect_int(value, ...)`` would accept it (hot-path check, no exception)."""
     return type(value) is int and 0 <= value <= MAX_INT
 
 
-def _is_id(value: object) -> bool:
+def is_id(value: object) -> bool:
     """``expect_str(value, ...)`` would accept it (hot-path check, no exception)."""
     return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH
-
-
-_RECENT: dict[tuple[Any, ...], Message] = {}
-"""Recently decoded membership updates by their exact fields (the hot-path checks have
-already pinned every field to ``str`` or ``int``, so equal keys mean equal wire values).
-During a mass join every node receives each ``Alive`` about lambda*log(n) times; building
-the frozen dataclass is most of the cost of decoding it, and the result is immutable, so
-equal updates share one object. A pure cache: it changes no result, only the cost."""
-
-_RECENT_LIMIT = 16384
-
-
-def _remember(key: tuple[Any, ...], message: Message) -> Message:
-    if len(_RECENT) >= _RECENT_LIMIT:
-        _RECENT.clear()  # bounded memory; the next receipts refill it
-    _RECENT[key] = message
-    return message
 
 
 # --- the envelope and the codec -----------------------------------------------------------
@@ -282,28 +267,9 @@ def _envelope_error(raw: object) -> DecodeError:
     return DecodeError("malformed datagram: envelope must have 6 fields")
 
 
-_NEW = object.__new__
-_SET_SENDER = vars(Envelope)["sender"].__set__
-_SET_INCARNATION = vars(Envelope)["incarnation"].__set__
-_SET_VIEW = vars(Envelope)["view"].__set__
-_SET_BODY = vars(Envelope)["body"].__set__
-_SET_PIGGYBACK = vars(Envelope)["piggyback"].__set__
-
-
-def _envelope(
-    sender: NodeId, incarnation: int, view: int, body: Message, piggyback: tuple[Message, ...]
-) -> Envelope:
-    """``Envelope(sender, incarnation, view, body, piggyback)``, built slot by slot: the
-    frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field (1.4 us,
-    40 % of decoding a ping); writing the slots directly is the same object (no
-    ``__post_init__``, every field set) for a third of the cost. Once per datagram."""
-    envelope: Envelope = _NEW(Envelope)
-    _SET_SENDER(envelope, sender)
-    _SET_INCARNATION(envelope, incarnation)
-    _SET_VIEW(envelope, view)
-    _SET_BODY(envelope, body)
-    _SET_PIGGYBACK(envelope, piggyback)
-    return envelope
+new_envelope = fast_constructor(Envelope)
+"""``Envelope(sender, incarnation, view, body, piggyback)``, fast: once per datagram
+(the generated ``__init__`` was 40 % of decoding a ping)."""
 
 
 def decode(data: bytes) -> Envelope:
@@ -342,374 +308,9 @@ def decode(data: bytes) -> Envelope:
         body = _decode_message(body_raw, "body")
     if type(items) is not list:
         raise DecodeError("malformed datagram: piggyback must be a list")
-    if not items:  # _envelope(sender, incarnation, view, body, ()) inlined: most datagrams
-        envelope: Envelope = _NEW(Envelope)
-        _SET_SENDER(envelope, sender)
-        _SET_INCARNATION(envelope, incarnation)
-        _SET_VIEW(envelope, view)
-        _SET_BODY(envelope, body)
-        _SET_PIGGYBACK(envelope, ())
-        return envelope
+    if not items:  # most datagrams
+        return new_envelope(sender, incarnation, view, body, ())
     if len(items) > MAX_PIGGYBACK_ITEMS:
         raise DecodeError(f"datagram carries {len(items)} updates (max {MAX_PIGGYBACK_ITEMS})")
     piggyback = tuple([_decode_message(item, "piggyback item") for item in items])
-    return _envelope(sender, incarnation, view, body, piggyback)
-
-
-# --- membership messages (SWIM) -------------------------------------------------------------
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class Ping:
-    """SWIM direct probe of ``target``; answered with :class:`Ack` of the same ``seq``."""
-
-    TAG: ClassVar[int] = 1
-    seq: int
-    target: NodeId
-
-    def to_fields(self) -> list[Any]:
-        return [self.seq, self.target]
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> Ping:
-        if len(fields) == 2:  # hot path: the same checks as below, inline
-            seq, target = fields
-            if (  # _is_count and _is_id inlined
-                type(seq) is int
-                and 0 <= seq <= MAX_INT
-                and type(target) is str
-                and 0 < len(target) <= MAX_ID_LENGTH
-            ):
-                ping: Ping = _NEW(cls)  # = cls(seq, target), slot by slot (see _envelope)
-                _SET_PING_SEQ(ping, seq)
-                _SET_PING_TARGET(ping, target)
-                return ping
-        expect_list(fields, "Ping", 2)
-        return cls(expect_int(fields[0], "seq"), expect_str(fields[1], "target"))
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """Answer to a :class:`Ping` (or a relayed one) with the prober's ``seq``."""
-
-    TAG: ClassVar[int] = 2
-    seq: int
-
-    def to_fields(self) -> list[Any]:
-        return [self.seq]
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> Ack:
-        if len(fields) == 1:  # hot path: _is_count inlined
-            seq = fields[0]
-            if type(seq) is int and 0 <= seq <= MAX_INT:
-                ack: Ack = _NEW(cls)  # = cls(seq), slot by slot (see _envelope)
-                _SET_ACK_SEQ(ack, seq)
-                return ack
-        expect_list(fields, "Ack", 1)
-        return cls(expect_int(fields[0], "seq"))
-
-
-_SET_PING_SEQ = vars(Ping)["seq"].__set__
-_SET_PING_TARGET = vars(Ping)["target"].__set__
-_SET_ACK_SEQ = vars(Ack)["seq"].__set__
-
-
-def new_ping(seq: int, target: NodeId) -> Ping:
-    """``Ping(seq, target)`` built slot by slot (see :func:`_envelope`): the same object
-    for a third of the cost; every node sends one per probe period."""
-    ping: Ping = _NEW(Ping)
-    _SET_PING_SEQ(ping, seq)
-    _SET_PING_TARGET(ping, target)
-    return ping
-
-
-def new_ack(seq: int) -> Ack:
-    """``Ack(seq)`` built slot by slot (see :func:`new_ping`): one per ping answered."""
-    ack: Ack = _NEW(Ack)
-    _SET_ACK_SEQ(ack, seq)
-    return ack
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class PingReq:
-    """SWIM indirect probe: "please ping ``target`` for me and forward its ack"."""
-
-    TAG: ClassVar[int] = 3
-    seq: int
-    target: NodeId
-    target_address: Address
-    want_nack: bool
-
-    def to_fields(self) -> list[Any]:
-        return [self.seq, self.target, list(self.target_address), self.want_nack]
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> PingReq:
-        expect_list(fields, "PingReq", 4)
-        return cls(
-            expect_int(fields[0], "seq"),
-            expect_str(fields[1], "target"),
-            expect_address(fields[2], "target address"),
-            expect_bool(fields[3], "want_nack"),
-        )
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class Nack:
-    """Lifeguard: a relay heard nothing from the target. A prober that gets neither ack nor
-    nack from its relays learns that the trouble is likely its own (local health)."""
-
-    TAG: ClassVar[int] = 4
-    seq: int
-
-    def to_fields(self) -> list[Any]:
-        return [self.seq]
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> Nack:
-        expect_list(fields, "Nack", 1)
-        return cls(expect_int(fields[0], "seq"))
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class Gossip:
-    """A datagram whose only purpose is its piggybacked updates."""
-
-    TAG: ClassVar[int] = 5
-
-    def to_fields(self) -> list[Any]:
-        return []
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> Gossip:
-        expect_list(fields, "Gossip", 0)
-        return cls()
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class AntiEntropy:
-    """Like :class:`Gossip`, but the piggybacked updates are a peer's full state sent with a
-    push-pull exchange: receivers apply them and do not re-gossip them (pairwise repair
-    must not turn into a flood)."""
-
-    TAG: ClassVar[int] = 7
-
-    def to_fields(self) -> list[Any]:
-        return []
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> AntiEntropy:
-        expect_list(fields, "AntiEntropy", 0)
-        return cls()
-
-
-MEMBER_STATE_CODES = ("alive", "suspect", "dead", "left")
-"""Wire codes of member states: the index in this tuple."""
-
-_RECENT_RECORDS: dict[tuple[Any, ...], MemberRecord] = {}
-"""Recently decoded push-pull records by their exact wire fields: every push-pull of a
-quiet mesh repeats the same records, and they are immutable (the same pure cache as
-``_RECENT``: it changes no result, only the cost)."""
-
-
-@dataclass(frozen=True, slots=True)
-class MemberRecord:
-    """One member as a push-pull exchange reports it."""
-
-    node_id: NodeId
-    address: Address
-    state: str
-    incarnation: int
-
-    def to_fields(self) -> list[Any]:
-        host, port = self.address
-        return [self.node_id, host, port, MEMBER_STATE_CODES.index(self.state), self.incarnation]
-
-    @classmethod
-    def from_fields(cls, raw: object) -> MemberRecord:
-        if type(raw) is list and len(raw) == 5:  # hot path: the checks below, inline
-            node_id, host, port, code, incarnation = raw
-            if (  # _is_id and _is_count inlined: this runs per record of every push-pull
-                type(node_id) is str
-                and 0 < len(node_id) <= MAX_ID_LENGTH
-                and type(host) is str
-                and 0 < len(host) <= 255
-                and type(port) is int
-                and 0 <= port <= 65535
-                and type(code) is int
-                and 0 <= code <= 3
-                and type(incarnation) is int
-                and 0 <= incarnation <= MAX_INT
-            ):
-                key = (node_id, host, port, code, incarnation)
-                known = _RECENT_RECORDS.get(key)
-                if known is None:
-                    if len(_RECENT_RECORDS) >= _RECENT_LIMIT:
-                        _RECENT_RECORDS.clear()
-                    known = cls(node_id, (host, port), MEMBER_STATE_CODES[code], incarnation)
-                    _RECENT_RECORDS[key] = known
-                return known
-        fields = expect_list(raw, "member record", 5)
-        return cls(
-            expect_str(fields[0], "member id"),
-            (expect_str(fields[1], "member host", 255), expect_int(fields[2], "port", 0, 65535)),
-            MEMBER_STATE_CODES[expect_int(fields[3], "member state", 0, 3)],
-            expect_int(fields[4], "member incarnation"),
-        )
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class PushPull:
-    """Anti-entropy: part ``part`` of ``parts`` of the sender's full member table.
-
-    A request (``reply`` false) is answered by the receiver's own table, once per exchange
-    (on part 0). A push-pull from an unknown sender is how a new node joins.
-    """
-
-    TAG: ClassVar[int] = 6
-    reply: bool
-    part: int
-    parts: int
-    members: tuple[MemberRecord, ...]
-
-    def to_fields(self) -> list[Any]:
-        return [self.reply, self.part, self.parts, [m.to_fields() for m in self.members]]
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> PushPull:
-        expect_list(fields, "PushPull", 4)
-        parts = expect_int(fields[2], "parts", 1, 65535)
-        return cls(
-            expect_bool(fields[0], "reply"),
-            expect_int(fields[1], "part", 0, parts - 1),
-            parts,
-            tuple([MemberRecord.from_fields(m) for m in expect_list(fields[3], "members")]),
-        )
-
-
-# --- membership updates (piggybacked) -----------------------------------------------------
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class Alive:
-    """``node_id`` is alive at ``incarnation`` and listens at ``address``: a join or a
-    refutation (a higher incarnation overrides any suspicion or death)."""
-
-    TAG: ClassVar[int] = 16
-    node_id: NodeId
-    address: Address
-    incarnation: int
-
-    def to_fields(self) -> list[Any]:
-        return [self.node_id, self.address[0], self.address[1], self.incarnation]
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> Alive:
-        if len(fields) == 4:  # hot path: the same checks as below, inline
-            node_id, host, port, incarnation = fields
-            if (  # _is_id and _is_count inlined: the commonest update of a forming mesh
-                type(node_id) is str
-                and 0 < len(node_id) <= MAX_ID_LENGTH
-                and type(host) is str
-                and 0 < len(host) <= 255
-                and type(port) is int
-                and 0 <= port <= 65535
-                and type(incarnation) is int
-                and 0 <= incarnation <= MAX_INT
-            ):
-                key = (cls.TAG, node_id, host, port, incarnation)
-                known = _RECENT.get(key)
-                if known is None:
-                    known = _remember(key, cls(node_id, (host, port), incarnation))
-                return known  # type: ignore[return-value]
-        expect_list(fields, "Alive", 4)
-        return cls(
-            expect_str(fields[0], "node id"),
-            (expect_str(fields[1], "host", 255), expect_int(fields[2], "port", 0, 65535)),
-            expect_int(fields[3], "incarnation"),
-        )
-
-
-_Accusation = TypeVar("_Accusation", "Suspect", "Dead")
-
-
-def _accusation_from_fields(cls: type[_Accusation], fields: list[Any]) -> _Accusation:
-    """Decode ``[node_id, incarnation, accuser]`` (Suspect and Dead share the shape)."""
-    if len(fields) == 3:  # hot path
-        node_id, incarnation, accuser = fields
-        if _is_id(node_id) and _is_count(incarnation) and _is_id(accuser):
-            key = (cls.TAG, node_id, incarnation, accuser)
-            known = _RECENT.get(key)
-            if known is None:
-                known = _remember(key, cls(node_id, incarnation, accuser))
-            return known  # type: ignore[return-value]
-    expect_list(fields, cls.__name__, 3)
-    return cls(
-        expect_str(fields[0], "node id"),
-        expect_int(fields[1], "incarnation"),
-        expect_str(fields[2], "accuser"),
-    )
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class Suspect:
-    """``accuser`` suspects ``node_id`` at ``incarnation`` (each distinct accuser is one
-    Lifeguard confirmation)."""
-
-    TAG: ClassVar[int] = 17
-    node_id: NodeId
-    incarnation: int
-    accuser: NodeId
-
-    def to_fields(self) -> list[Any]:
-        return [self.node_id, self.incarnation, self.accuser]
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> Suspect:
-        return _accusation_from_fields(cls, fields)
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class Dead:
-    """``accuser`` declared ``node_id`` dead at ``incarnation``."""
-
-    TAG: ClassVar[int] = 18
-    node_id: NodeId
-    incarnation: int
-    accuser: NodeId
-
-    def to_fields(self) -> list[Any]:
-        return [self.node_id, self.incarnation, self.accuser]
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> Dead:
-        return _accusation_from_fields(cls, fields)
-
-
-@register_message
-@dataclass(frozen=True, slots=True)
-class Left:
-    """``node_id`` left the mesh on purpose at ``incarnation`` (only it may say so)."""
-
-    TAG: ClassVar[int] = 19
-    node_id: NodeId
-    incarnation: int
-
-    def to_fields(self) -> list[Any]:
-        return [self.node_id, self.incarnation]
-
-    @classmethod
-    def from_fields(cls, fields: list[Any]) -> Left:
-        expect_list(fields, "Left", 2)
-        return cls(expect_str(fields[0], "node id"), expect_int(fields[1], "incarnation"))
+    return new_envelope(sender, incarnation, view, body, piggyback)

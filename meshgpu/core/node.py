@@ -2,7 +2,7 @@
 
 A :class:`Node` composes components (see :mod:`meshgpu.core.component`):
 
-* :class:`~meshgpu.core.swim.Swim`: membership table, SWIM probing with Lifeguard,
+* :class:`~meshgpu.core.membership.Swim`: membership table, SWIM probing with Lifeguard,
   gossip rounds, push-pull anti-entropy, reconnection after partitions;
 * :class:`~meshgpu.core.load.LoadGossip`: versioned load vectors;
 * :class:`~meshgpu.core.leader.Leadership`: the view and its leader.
@@ -60,9 +60,9 @@ from meshgpu.core.events import (
 )
 from meshgpu.core.leader import Leadership
 from meshgpu.core.load import LoadGossip, LoadVector
-from meshgpu.core.membership import ALIVE, MemberInfo
-from meshgpu.core.messages import Message, Ping, PushPull, decode
-from meshgpu.core.swim import Swim
+from meshgpu.core.membership import ALIVE, MemberInfo, Swim
+from meshgpu.core.membership.wire import Ping, PushPull
+from meshgpu.core.messages import Message, decode
 from meshgpu.core.tasks.component import NodeMeshView, TaskComponent
 from meshgpu.core.types import Address, NodeId
 from meshgpu.errors import DecodeError

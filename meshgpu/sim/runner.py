@@ -47,7 +47,14 @@ from meshgpu.core.effects import (
     TaskRejected,
     TaskResolved,
 )
-from meshgpu.core.events import DatagramReceived, Event, LeaveRequested, PeerDiscovered, Tick
+from meshgpu.core.events import (
+    DatagramReceived,
+    Event,
+    LeaveRequested,
+    PeerDiscovered,
+    Tick,
+    new_datagram_received,
+)
 from meshgpu.core.types import Address, NodeId
 from meshgpu.errors import SimulationError
 from meshgpu.sim.faults import Fault, Reversal, Slow
@@ -55,13 +62,6 @@ from meshgpu.sim.network import Network
 from meshgpu.sim.observers import Observer, overrides
 from meshgpu.sim.randomness import node_stream, stream
 from meshgpu.sim.scenario import Scenario, mesh_config_for
-
-_NEW = object.__new__
-_SET_SOURCE = vars(DatagramReceived)["source"].__set__
-_SET_PAYLOAD = vars(DatagramReceived)["payload"].__set__
-"""``DatagramReceived`` is a frozen slotted dataclass without ``__post_init__``: the loop
-builds one per datagram by writing its two slots, the same object for less than half
-the cost of the generated ``__init__`` (``object.__setattr__`` per field)."""
 
 _TICK = Tick()
 """The one ``Tick`` the runner hands to nodes: it has no fields, so sharing it is safe and
@@ -291,9 +291,7 @@ class Simulation:
                     f'{{"ns":{round(time * 1e9)},"e":"recv","n":{index},"src":{first},'
                     f'"len":{len(second)},"crc":{crc32(second)}}}'
                 )
-                event: Any = _NEW(DatagramReceived)  # = DatagramReceived(address, payload)
-                _SET_SOURCE(event, addresses[first])
-                _SET_PAYLOAD(event, second)
+                event: Event = new_datagram_received(addresses[first], second)
             elif kind == TICK:
                 if second != tick_token[index] or not up[index]:
                     continue

@@ -104,7 +104,8 @@ def test_corrupted_real_datagrams_never_raise(noise: bytes, seed: int) -> None:
 
 
 def test_unknown_sender_gets_a_stateless_ack_and_changes_no_membership() -> None:
-    from meshgpu.core.messages import Ack, Ping, encode
+    from meshgpu.core.membership.wire import Ack, Ping
+    from meshgpu.core.messages import encode
 
     node = Node("me", ("10.0.0.1", 1), MeshConfig(), random.Random(1), 0.0)
     members_before = node.members()

@@ -11,7 +11,8 @@ from meshgpu.core.config import MeshConfig
 from meshgpu.core.leader import Leadership, leader_for_view, leader_score
 from meshgpu.core.load import LoadGossip, LoadUpdate, LoadVector
 from meshgpu.core.membership import MemberTable
-from meshgpu.core.messages import Alive, Envelope, Gossip, Left, Suspect, encode_item
+from meshgpu.core.membership.wire import Alive, Gossip, Left, Suspect
+from meshgpu.core.messages import Envelope, encode_item
 from meshgpu.core.suspicion import LocalHealth
 from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.core.tasks.own_load import OwnLoad

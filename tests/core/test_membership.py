@@ -11,17 +11,42 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from meshgpu.core.component import NodeContext
 from meshgpu.core.config import MeshConfig
 from meshgpu.core.membership import MemberState, MemberTable
-from meshgpu.core.messages import Alive, Dead, Left, MemberRecord, Suspect
+from meshgpu.core.membership.wire import Alive, Dead, Left, MemberRecord, Suspect
 from meshgpu.core.suspicion import LocalHealth
 
 ADDRESS = ("10.0.0.5", 7946)
 
 
-def make_table(lifeguard: bool = True) -> MemberTable:
+class Hearsay:
+    """A table listener that writes down whom the table wants told of an accusation."""
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    def suspicion_scheduled(self, node_id: str, deadline: float) -> None:
+        pass
+
+    def suspicion_cleared(self, node_id: str) -> None:
+        pass
+
+    def new_suspect(self, node_id: str) -> None:
+        pass
+
+    def new_member(self, node_id: str) -> None:
+        pass
+
+    def gone(self, node_id: str) -> None:
+        pass
+
+    def hearsay(self, node_id: str) -> None:
+        self.told.append(node_id)
+
+
+def make_table(lifeguard: bool = True, listener: Hearsay | None = None) -> MemberTable:
     context = NodeContext(
         "me", ("10.0.0.1", 7946), MeshConfig(lifeguard=lifeguard), random.Random(1)
     )
-    return MemberTable(context, LocalHealth(8), now=0.0)
+    return MemberTable(context, LocalHealth(8), now=0.0, listener=listener)
 
 
 def state(table: MemberTable, node_id: str) -> tuple[MemberState, int]:
@@ -53,9 +78,9 @@ def test_dead_is_remembered_and_only_a_higher_incarnation_revives() -> None:
 
 
 def test_hearsay_death_of_an_alive_member_becomes_a_short_suspicion_with_lifeguard() -> None:
-    told: list[str] = []
-    table = make_table(lifeguard=True)
-    table.on_hearsay = told.append
+    hearsay = Hearsay()
+    told = hearsay.told
+    table = make_table(lifeguard=True, listener=hearsay)
     table.apply_alive(Alive("x", ADDRESS, 0), 0.0, "join")
     table.apply_dead(Dead("x", 0, "far-away"), 1.0, "gossip")
     assert state(table, "x") == (MemberState.SUSPECT, 0)
@@ -93,9 +118,9 @@ def test_push_pull_dead_record_of_unknown_or_dead_member_changes_nothing() -> No
 def test_push_pull_death_of_an_alive_member_is_hearsay_with_lifeguard() -> None:
     """A peer's table saying dead is a verdict like a gossiped Dead: a short suspicion and
     the member told (a node cut off while the member crashed learns it at the heal)."""
-    told: list[str] = []
-    table = make_table(lifeguard=True)
-    table.on_hearsay = told.append
+    hearsay = Hearsay()
+    told = hearsay.told
+    table = make_table(lifeguard=True, listener=hearsay)
     table.apply_alive(Alive("x", ADDRESS, 1), 0.0, "join")
     assert not table.apply_record(MemberRecord("x", ADDRESS, "dead", 0), "peer", 1.0)  # stale
     assert state(table, "x") == (MemberState.ALIVE, 1)

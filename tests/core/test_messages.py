@@ -10,15 +10,11 @@ import msgpack
 import pytest
 
 from meshgpu.core.load import DeviceCapabilities, LoadUpdate, LoadVector
-from meshgpu.core.messages import (
-    EMPTY_PIGGYBACK,
-    MAX_DATAGRAM_BYTES,
-    PROTOCOL_VERSION,
+from meshgpu.core.membership.wire import (
     Ack,
     Alive,
     AntiEntropy,
     Dead,
-    Envelope,
     Gossip,
     Left,
     MemberRecord,
@@ -27,6 +23,14 @@ from meshgpu.core.messages import (
     PingReq,
     PushPull,
     Suspect,
+    new_ack,
+    new_ping,
+)
+from meshgpu.core.messages import (
+    EMPTY_PIGGYBACK,
+    MAX_DATAGRAM_BYTES,
+    PROTOCOL_VERSION,
+    Envelope,
     decode,
     encode,
     encode_bare,
@@ -35,8 +39,6 @@ from meshgpu.core.messages import (
     encode_item,
     envelope_prefix,
     finish_datagram,
-    new_ack,
-    new_ping,
     register_message,
 )
 from meshgpu.errors import DecodeError

@@ -15,7 +15,8 @@ from meshgpu.core.config import MeshConfig
 from meshgpu.core.effects import Effect, LeaderChanged, MemberChanged, SendDatagram
 from meshgpu.core.events import DatagramReceived, Event, PeerDiscovered, SubmitTask, Tick
 from meshgpu.core.membership import MemberState
-from meshgpu.core.messages import Envelope, MemberRecord, PushPull, encode
+from meshgpu.core.membership.wire import MemberRecord, PushPull
+from meshgpu.core.messages import Envelope, encode
 from meshgpu.core.node import Node
 from meshgpu.core.tasks import TaskSpec
 from meshgpu.daemon.member_history import MemberHistory

@@ -1,71 +1,78 @@
-"""Membership: who is in the mesh, and in which state, by SWIM's merge rules.
+"""The member table of one node and SWIM's merge rules for updates about members.
 
-Das, Gupta and Motivala, "SWIM: Scalable Weakly-consistent Infection-style Process Group
-Membership Protocol" (2002), with the Lifeguard refinements and memberlist's rules.
-
-State of a member and how it may move (the "state table")::
-
-    ALIVE   -> SUSPECT  on Suspect(inc >= ours)           (a probe failed somewhere)
-    ALIVE/SUSPECT -> ALIVE  on Alive(inc > ours)          (join / refutation)
-    ALIVE/SUSPECT -> DEAD   on Dead(inc >= ours)          (a suspicion timed out)
-    any but LEFT  -> LEFT   on Left(inc >= ours)          (it left on purpose)
-    DEAD/LEFT -> ALIVE      on Alive(inc > ours) only     (stale gossip cannot revive)
-    DEAD/LEFT -> forgotten  after ``dead_retention``
-
-Anything said about *this* node with an incarnation at least ours is refuted by bumping
-our incarnation past it and gossiping ``Alive``; incarnations only ever grow.
-
-This module holds the table and those rules (:class:`MemberTable`); probing, gossip and
-anti-entropy that feed it live in :mod:`meshgpu.core.swim`.
+Every rule asks the transition table (:data:`~.state.TRANSITIONS`) whether an update
+moves a member, then applies what goes with the move: a suspicion and its timer, the
+counters, gossip of the news (memberlist-style: each node that learns news re-gossips
+it), and the refutation of anything said about this node. Changes are announced through
+``context.member_changed``; what the rest of membership must do about them (timers,
+probe order, pushing a death at once) goes to the :class:`TableListener`.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import Protocol
 
 from meshgpu.core.component import NodeContext
-from meshgpu.core.messages import Alive, Dead, Left, MemberRecord, Suspect
+from meshgpu.core.membership.state import (
+    ALIVE,
+    GONE_STATES,
+    LEFT,
+    LIVE_STATES,
+    SUSPECT,
+    MemberInfo,
+    MemberState,
+    Rumour,
+    transition,
+)
+from meshgpu.core.membership.wire import Alive, Dead, Left, MemberRecord, Suspect
 from meshgpu.core.suspicion import LocalHealth, Suspicion
-from meshgpu.core.types import Address, NodeId
+from meshgpu.core.types import NodeId
 
 
-class MemberState(enum.Enum):
-    """A member's state in this node's view."""
+class TableListener(Protocol):
+    """What the table tells the rest of membership (``Swim``), each invoked right after
+    the change it names."""
 
-    ALIVE = "alive"
-    SUSPECT = "suspect"
-    DEAD = "dead"
-    LEFT = "left"
+    def suspicion_scheduled(self, node_id: NodeId, deadline: float) -> None:
+        """A suspicion of ``node_id`` started or was confirmed: it expires at ``deadline``."""
+
+    def suspicion_cleared(self, node_id: NodeId) -> None:
+        """The suspicion of ``node_id`` ended (refuted, or the member is gone)."""
+
+    def new_suspect(self, node_id: NodeId) -> None:
+        """``node_id`` became suspect here."""
+
+    def new_member(self, node_id: NodeId) -> None:
+        """``node_id`` joined, or came back from the dead."""
+
+    def gone(self, node_id: NodeId) -> None:
+        """``node_id`` was declared dead or departed."""
+
+    def hearsay(self, node_id: NodeId) -> None:
+        """Another node's accusation of ``node_id``, which we hold alive, reached us."""
 
 
-ALIVE = MemberState.ALIVE
-SUSPECT = MemberState.SUSPECT
-DEAD = MemberState.DEAD
-LEFT = MemberState.LEFT
-"""The states as module constants, for code on the per-datagram path: on Python 3.11
-reading a member through its enum class (``MemberState.ALIVE``) is a descriptor call,
-about 180 ns against 8 ns for a global; the probe path reads them on every datagram."""
+class _NoListener:
+    """The listener of a table on its own (tests): hears everything, does nothing."""
 
-LIVE_STATES = (ALIVE, SUSPECT)
-GONE_STATES = (DEAD, LEFT)
+    def suspicion_scheduled(self, node_id: NodeId, deadline: float) -> None:
+        pass
 
+    def suspicion_cleared(self, node_id: NodeId) -> None:
+        pass
 
-@dataclass(frozen=True, slots=True)
-class MemberInfo:
-    """One member as this node sees it (immutable; replaced on every change)."""
+    def new_suspect(self, node_id: NodeId) -> None:
+        pass
 
-    node_id: NodeId
-    address: Address
-    state: MemberState
-    incarnation: int
-    state_since: float
-    reason: str
+    def new_member(self, node_id: NodeId) -> None:
+        pass
 
-    def to_record(self) -> MemberRecord:
-        """The push-pull form of this entry."""
-        return MemberRecord(self.node_id, self.address, self.state.value, self.incarnation)
+    def gone(self, node_id: NodeId) -> None:
+        pass
+
+    def hearsay(self, node_id: NodeId) -> None:
+        pass
 
 
 class MemberTable:
@@ -76,8 +83,15 @@ class MemberTable:
     learns it). Changes are announced through ``context.member_changed``.
     """
 
-    def __init__(self, context: NodeContext, health: LocalHealth, now: float) -> None:
+    def __init__(
+        self,
+        context: NodeContext,
+        health: LocalHealth,
+        now: float,
+        listener: TableListener | None = None,
+    ) -> None:
         self.context = context
+        self.listener: TableListener = listener or _NoListener()
         self.health = health
         self.node_id = context.node_id
         self.leaving = False
@@ -97,14 +111,6 @@ class MemberTable:
         self.gone: dict[NodeId, None] = {}
         """Dead or departed members still remembered (insertion-ordered, deterministic)."""
         self.suspicions: dict[NodeId, Suspicion] = {}
-        self.on_suspicion_scheduled: Callable[[NodeId, float], None] = lambda n, d: None
-        self.on_suspicion_cleared: Callable[[NodeId], None] = lambda n: None
-        self.on_new_suspect: Callable[[NodeId], None] = lambda n: None
-        self.on_gone: Callable[[NodeId], None] = lambda n: None
-        """Called when a member is declared dead or departs."""
-        self.on_hearsay: Callable[[NodeId], None] = lambda n: None
-        """Called when another node's accusation of a member we hold alive reached us."""
-        self.on_new_member: Callable[[NodeId], None] = lambda n: None
         self._sorted_live: list[NodeId] | None = None
         self._records: tuple[int, tuple[MemberRecord, ...]] | None = None
         self.version = 0
@@ -119,6 +125,15 @@ class MemberTable:
     def size(self) -> int:
         """Live members including self (n in every log(n) of the protocol)."""
         return len(self.live) + 1
+
+    def sample_live(self, count: int) -> list[NodeId]:
+        """Up to ``count`` other live members, in random order (the node's rng)."""
+        live = self.live
+        if len(live) <= count:
+            chosen = list(live)
+            self.context.rng.shuffle(chosen)
+            return chosen
+        return self.context.rng.sample(live, count)
 
     def sorted_live(self) -> list[NodeId]:
         """Live members including self (unless it left), sorted; cached between changes."""
@@ -184,7 +199,7 @@ class MemberTable:
 
     def _clear_suspicion(self, node_id: NodeId) -> None:
         if self.suspicions.pop(node_id, None) is not None:
-            self.on_suspicion_cleared(node_id)
+            self.listener.suspicion_cleared(node_id)
 
     def _refute(self, incarnation: int, now: float) -> None:
         """Someone thinks we are suspect or dead at ``incarnation``: outbid it."""
@@ -221,20 +236,21 @@ class MemberTable:
                 MemberInfo(node_id, update.address, ALIVE, update.incarnation, now, reason),
                 update,
             )
-            self.on_new_member(node_id)
+            self.listener.new_member(node_id)
             return True
-        if update.incarnation <= info.incarnation:
+        state = transition(info.state, Rumour.ALIVE, update.incarnation, info.incarnation)
+        if state is None:
             return False
         revived = info.state in GONE_STATES
         self._clear_suspicion(node_id)
         if revived:
             self.context.count("members_revived")
         self._set(
-            MemberInfo(node_id, update.address, ALIVE, update.incarnation, now, reason),
+            MemberInfo(node_id, update.address, state, update.incarnation, now, reason),
             update,
         )
         if revived:
-            self.on_new_member(node_id)
+            self.listener.new_member(node_id)
         return True
 
     def apply_suspect(
@@ -262,14 +278,15 @@ class MemberTable:
         suspicion = self.suspicions.get(node_id)
         if suspicion is not None:
             if suspicion.confirm(update.accuser):
-                self.on_suspicion_scheduled(node_id, suspicion.deadline())
+                self.listener.suspicion_scheduled(node_id, suspicion.deadline())
                 self.context.broadcast(
                     ("suspect", node_id, update.accuser), update, membership=True
                 )
                 self.context.count("confirmations")
                 return True
             return False
-        if info.state is not ALIVE:
+        state = transition(info.state, Rumour.SUSPECT, update.incarnation, info.incarnation)
+        if state is None:
             return False
         config = self.context.config
         members = self.size()
@@ -291,7 +308,7 @@ class MemberTable:
         self._set(
             replace(
                 info,
-                state=SUSPECT,
+                state=state,
                 incarnation=update.incarnation,
                 state_since=now,
                 reason=reason,
@@ -300,8 +317,8 @@ class MemberTable:
         )
         if gossip:
             self.context.broadcast(("suspect", node_id, update.accuser), update, membership=True)
-        self.on_suspicion_scheduled(node_id, suspicion.deadline())
-        self.on_new_suspect(node_id)
+        self.listener.suspicion_scheduled(node_id, suspicion.deadline())
+        self.listener.new_suspect(node_id)
         return True
 
     def apply_dead(self, update: Dead, now: float, reason: str) -> bool:
@@ -313,7 +330,10 @@ class MemberTable:
                 return True
             return False
         info = self.members.get(node_id)
-        if info is None or update.incarnation < info.incarnation or info.state in GONE_STATES:
+        if info is None:
+            return False
+        state = transition(info.state, Rumour.DEAD, update.incarnation, info.incarnation)
+        if state is None:
             return False
         if update.accuser != self.node_id and self.context.config.uses_buddy:
             # Hearsay (Lifeguard on): another node's death verdict only shortens our own
@@ -325,14 +345,14 @@ class MemberTable:
                 self.context.count("deaths_to_suspicions")
                 suspect = Suspect(node_id, update.incarnation, update.accuser)
                 self.apply_suspect(suspect, now, reason, confirmed=True)
-                self.on_hearsay(node_id)
+                self.listener.hearsay(node_id)
                 return True
             suspicion = self.suspicions.get(node_id)
             if suspicion is not None and suspicion.started + suspicion.minimum > now:
                 if suspicion.confirm_fully():
-                    self.on_suspicion_scheduled(node_id, suspicion.deadline())
+                    self.listener.suspicion_scheduled(node_id, suspicion.deadline())
                 return False
-        self._mark_gone(info, update, DEAD, "deaths", now, reason)
+        self._mark_gone(info, update, state, "deaths", now, reason)
         return True
 
     def _mark_gone(
@@ -353,7 +373,7 @@ class MemberTable:
             ),
             update,
         )
-        self.on_gone(info.node_id)
+        self.listener.gone(info.node_id)
 
     def apply_left(self, update: Left, now: float, reason: str) -> bool:
         """A member's own announcement that it left. True if the table changed."""
@@ -361,11 +381,12 @@ class MemberTable:
         if node_id == self.node_id:
             return False
         info = self.members.get(node_id)
-        if info is None or update.incarnation < info.incarnation:
+        if info is None:
             return False
-        if info.state is LEFT:
+        state = transition(info.state, Rumour.LEFT, update.incarnation, info.incarnation)
+        if state is None:
             return False
-        self._mark_gone(info, update, LEFT, "departures", now, reason)
+        self._mark_gone(info, update, state, "departures", now, reason)
         return True
 
     def apply_record(self, record: MemberRecord, sender: NodeId, now: float) -> bool:
@@ -411,7 +432,7 @@ class MemberTable:
                 self.context.count("deaths_to_suspicions")
                 suspect = Suspect(record.node_id, record.incarnation, sender)
                 self.apply_suspect(suspect, now, reason, confirmed=True, gossip=False)
-            self.on_hearsay(record.node_id)
+            self.listener.hearsay(record.node_id)
             return record.state == "dead"
         return self.apply_suspect(Suspect(record.node_id, record.incarnation, sender), now, reason)
 

@@ -1,0 +1,377 @@
+"""Membership's wire format: the SWIM messages and the piggybacked updates about members.
+
+Tags 1-31 (``meshgpu.core.messages`` holds the envelope, the codec and the registry).
+Probes: :class:`Ping`, :class:`Ack`, :class:`PingReq`, :class:`Nack` (Lifeguard).
+Carriers: :class:`Gossip` and :class:`AntiEntropy` (bodies whose point is their
+piggybacked updates), :class:`PushPull` (a whole member table, in parts, as
+:class:`MemberRecord` entries). Updates (piggybacked, one per member and news):
+:class:`Alive`, :class:`Suspect`, :class:`Dead`, :class:`Left`.
+
+Decoding caches: in a forming or quiet mesh every node receives the same updates and
+records again and again (each ``Alive`` about lambda*log(n) times, every push-pull the
+same records); building the frozen dataclass is most of the cost of decoding one, and the
+result is immutable, so equal wire values share one object (``functools.lru_cache``,
+after the hot-path checks have pinned every field to ``str`` or ``int``). Pure caches:
+they change no result, only the cost.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from meshgpu.core.fast_construct import fast_constructor
+from meshgpu.core.messages import (
+    MAX_ID_LENGTH,
+    MAX_INT,
+    expect_address,
+    expect_bool,
+    expect_int,
+    expect_list,
+    expect_str,
+    is_count,
+    is_id,
+    register_message,
+)
+from meshgpu.core.types import Address, NodeId
+
+# --- probes and dissemination (SWIM) ------------------------------------------------------
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """SWIM direct probe of ``target``; answered with :class:`Ack` of the same ``seq``."""
+
+    TAG: ClassVar[int] = 1
+    seq: int
+    target: NodeId
+
+    def to_fields(self) -> list[Any]:
+        return [self.seq, self.target]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Ping:
+        if len(fields) == 2:  # hot path: the same checks as below, inline
+            seq, target = fields
+            if (  # _is_count and _is_id inlined
+                type(seq) is int
+                and 0 <= seq <= MAX_INT
+                and type(target) is str
+                and 0 < len(target) <= MAX_ID_LENGTH
+            ):
+                return new_ping(seq, target)
+        expect_list(fields, "Ping", 2)
+        return cls(expect_int(fields[0], "seq"), expect_str(fields[1], "target"))
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Answer to a :class:`Ping` (or a relayed one) with the prober's ``seq``."""
+
+    TAG: ClassVar[int] = 2
+    seq: int
+
+    def to_fields(self) -> list[Any]:
+        return [self.seq]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Ack:
+        if len(fields) == 1:  # hot path: _is_count inlined
+            seq = fields[0]
+            if type(seq) is int and 0 <= seq <= MAX_INT:
+                return new_ack(seq)
+        expect_list(fields, "Ack", 1)
+        return cls(expect_int(fields[0], "seq"))
+
+
+new_ping = fast_constructor(Ping)
+"""``Ping(seq, target)``, fast: every node sends one per probe period."""
+new_ack = fast_constructor(Ack)
+"""``Ack(seq)``, fast: one per ping answered."""
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """SWIM indirect probe: "please ping ``target`` for me and forward its ack"."""
+
+    TAG: ClassVar[int] = 3
+    seq: int
+    target: NodeId
+    target_address: Address
+    want_nack: bool
+
+    def to_fields(self) -> list[Any]:
+        return [self.seq, self.target, list(self.target_address), self.want_nack]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> PingReq:
+        expect_list(fields, "PingReq", 4)
+        return cls(
+            expect_int(fields[0], "seq"),
+            expect_str(fields[1], "target"),
+            expect_address(fields[2], "target address"),
+            expect_bool(fields[3], "want_nack"),
+        )
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Lifeguard: a relay heard nothing from the target. A prober that gets neither ack nor
+    nack from its relays learns that the trouble is likely its own (local health)."""
+
+    TAG: ClassVar[int] = 4
+    seq: int
+
+    def to_fields(self) -> list[Any]:
+        return [self.seq]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Nack:
+        expect_list(fields, "Nack", 1)
+        return cls(expect_int(fields[0], "seq"))
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    """A datagram whose only purpose is its piggybacked updates."""
+
+    TAG: ClassVar[int] = 5
+
+    def to_fields(self) -> list[Any]:
+        return []
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Gossip:
+        expect_list(fields, "Gossip", 0)
+        return cls()
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class AntiEntropy:
+    """Like :class:`Gossip`, but the piggybacked updates are a peer's full state sent with a
+    push-pull exchange: receivers apply them and do not re-gossip them (pairwise repair
+    must not turn into a flood)."""
+
+    TAG: ClassVar[int] = 7
+
+    def to_fields(self) -> list[Any]:
+        return []
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> AntiEntropy:
+        expect_list(fields, "AntiEntropy", 0)
+        return cls()
+
+
+MEMBER_STATE_CODES = ("alive", "suspect", "dead", "left")
+"""Wire codes of member states: the index in this tuple."""
+
+RECENT_LIMIT = 16384
+"""How many recently decoded updates and records each decoding cache keeps."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """One member as a push-pull exchange reports it."""
+
+    node_id: NodeId
+    address: Address
+    state: str
+    incarnation: int
+
+    def to_fields(self) -> list[Any]:
+        host, port = self.address
+        return [self.node_id, host, port, MEMBER_STATE_CODES.index(self.state), self.incarnation]
+
+    @classmethod
+    def from_fields(cls, raw: object) -> MemberRecord:
+        if type(raw) is list and len(raw) == 5:  # hot path: the checks below, inline
+            node_id, host, port, code, incarnation = raw
+            if (  # _is_id and _is_count inlined: this runs per record of every push-pull
+                type(node_id) is str
+                and 0 < len(node_id) <= MAX_ID_LENGTH
+                and type(host) is str
+                and 0 < len(host) <= 255
+                and type(port) is int
+                and 0 <= port <= 65535
+                and type(code) is int
+                and 0 <= code <= 3
+                and type(incarnation) is int
+                and 0 <= incarnation <= MAX_INT
+            ):
+                return _member_record(node_id, host, port, code, incarnation)
+        fields = expect_list(raw, "member record", 5)
+        return cls(
+            expect_str(fields[0], "member id"),
+            (expect_str(fields[1], "member host", 255), expect_int(fields[2], "port", 0, 65535)),
+            MEMBER_STATE_CODES[expect_int(fields[3], "member state", 0, 3)],
+            expect_int(fields[4], "member incarnation"),
+        )
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class PushPull:
+    """Anti-entropy: part ``part`` of ``parts`` of the sender's full member table.
+
+    A request (``reply`` false) is answered by the receiver's own table, once per exchange
+    (on part 0). A push-pull from an unknown sender is how a new node joins.
+    """
+
+    TAG: ClassVar[int] = 6
+    reply: bool
+    part: int
+    parts: int
+    members: tuple[MemberRecord, ...]
+
+    def to_fields(self) -> list[Any]:
+        return [self.reply, self.part, self.parts, [m.to_fields() for m in self.members]]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> PushPull:
+        expect_list(fields, "PushPull", 4)
+        parts = expect_int(fields[2], "parts", 1, 65535)
+        return cls(
+            expect_bool(fields[0], "reply"),
+            expect_int(fields[1], "part", 0, parts - 1),
+            parts,
+            tuple([MemberRecord.from_fields(m) for m in expect_list(fields[3], "members")]),
+        )
+
+
+@functools.lru_cache(maxsize=RECENT_LIMIT)
+def _member_record(
+    node_id: NodeId, host: str, port: int, code: int, incarnation: int
+) -> MemberRecord:
+    return MemberRecord(node_id, (host, port), MEMBER_STATE_CODES[code], incarnation)
+
+
+# --- membership updates (piggybacked) -----------------------------------------------------
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """``node_id`` is alive at ``incarnation`` and listens at ``address``: a join or a
+    refutation (a higher incarnation overrides any suspicion or death)."""
+
+    TAG: ClassVar[int] = 16
+    node_id: NodeId
+    address: Address
+    incarnation: int
+
+    def to_fields(self) -> list[Any]:
+        return [self.node_id, self.address[0], self.address[1], self.incarnation]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Alive:
+        if len(fields) == 4:  # hot path: the same checks as below, inline
+            node_id, host, port, incarnation = fields
+            if (  # _is_id and _is_count inlined: the commonest update of a forming mesh
+                type(node_id) is str
+                and 0 < len(node_id) <= MAX_ID_LENGTH
+                and type(host) is str
+                and 0 < len(host) <= 255
+                and type(port) is int
+                and 0 <= port <= 65535
+                and type(incarnation) is int
+                and 0 <= incarnation <= MAX_INT
+            ):
+                return _alive(node_id, host, port, incarnation)
+        expect_list(fields, "Alive", 4)
+        return cls(
+            expect_str(fields[0], "node id"),
+            (expect_str(fields[1], "host", 255), expect_int(fields[2], "port", 0, 65535)),
+            expect_int(fields[3], "incarnation"),
+        )
+
+
+@functools.lru_cache(maxsize=RECENT_LIMIT)
+def _alive(node_id: NodeId, host: str, port: int, incarnation: int) -> Alive:
+    return Alive(node_id, (host, port), incarnation)
+
+
+_Accusation = TypeVar("_Accusation", "Suspect", "Dead")
+
+
+def _accusation_from_fields(
+    cls: type[_Accusation], fields: list[Any], cached: Callable[..., _Accusation]
+) -> _Accusation:
+    """Decode ``[node_id, incarnation, accuser]`` (Suspect and Dead share the shape)."""
+    if len(fields) == 3:  # hot path
+        node_id, incarnation, accuser = fields
+        if is_id(node_id) and is_count(incarnation) and is_id(accuser):
+            return cached(node_id, incarnation, accuser)
+    expect_list(fields, cls.__name__, 3)
+    return cls(
+        expect_str(fields[0], "node id"),
+        expect_int(fields[1], "incarnation"),
+        expect_str(fields[2], "accuser"),
+    )
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    """``accuser`` suspects ``node_id`` at ``incarnation`` (each distinct accuser is one
+    Lifeguard confirmation)."""
+
+    TAG: ClassVar[int] = 17
+    node_id: NodeId
+    incarnation: int
+    accuser: NodeId
+
+    def to_fields(self) -> list[Any]:
+        return [self.node_id, self.incarnation, self.accuser]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Suspect:
+        return _accusation_from_fields(cls, fields, _suspect)
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """``accuser`` declared ``node_id`` dead at ``incarnation``."""
+
+    TAG: ClassVar[int] = 18
+    node_id: NodeId
+    incarnation: int
+    accuser: NodeId
+
+    def to_fields(self) -> list[Any]:
+        return [self.node_id, self.incarnation, self.accuser]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Dead:
+        return _accusation_from_fields(cls, fields, _dead)
+
+
+_suspect = functools.lru_cache(maxsize=RECENT_LIMIT)(Suspect)
+_dead = functools.lru_cache(maxsize=RECENT_LIMIT)(Dead)
+
+
+@register_message
+@dataclass(frozen=True, slots=True)
+class Left:
+    """``node_id`` left the mesh on purpose at ``incarnation`` (only it may say so)."""
+
+    TAG: ClassVar[int] = 19
+    node_id: NodeId
+    incarnation: int
+
+    def to_fields(self) -> list[Any]:
+        return [self.node_id, self.incarnation]
+
+    @classmethod
+    def from_fields(cls, fields: list[Any]) -> Left:
+        expect_list(fields, "Left", 2)
+        return cls(expect_str(fields[0], "node id"), expect_int(fields[1], "incarnation"))
