@@ -8,23 +8,26 @@ twin of its identity are dropped, and the rest are fed to the node. Kept apart f
 daemon's lifecycle because it is the one place that knows about UDP: the socket options,
 the MTU budget and the ordering rule that keeps a stalled loop from suspecting live peers
 (:meth:`GossipSocket.take_queued`).
+
+Contract: the socket takes the sockets, the authenticator, the duplicate-identity guard and
+four callables (``feed`` a received datagram to the node driver, ``count`` a daemon
+counter, ``rejected`` when a datagram failed authentication, ``twin_found`` when a live
+twin of this node's identity was heard); it knows nothing else of the daemon.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import trio
 
 from meshgpu.core.events import DatagramReceived
 from meshgpu.core.types import Address
-from meshgpu.daemon.auth import MAX_SENDER_BYTES, TAG_BYTES, Channel
+from meshgpu.daemon.auth import MAX_SENDER_BYTES, TAG_BYTES, Authenticator, Channel
+from meshgpu.daemon.identity import DuplicateIdentityGuard
 from meshgpu.errors import ConfigError, DuplicateIdentityError, MeshError
-
-if TYPE_CHECKING:
-    from meshgpu.daemon.runtime import Daemon
 
 logger = logging.getLogger("meshgpu.daemon")
 
@@ -38,15 +41,29 @@ RECEIVE_BURST = 64
 class GossipSocket:
     """The daemon's UDP socket (stdlib and trio views of the same one)."""
 
-    def __init__(self, daemon: Daemon, raw: socket.socket, udp: trio.socket.SocketType) -> None:
-        self.daemon = daemon
+    def __init__(
+        self,
+        raw: socket.socket,
+        udp: trio.socket.SocketType,
+        authenticator: Authenticator,
+        guard: DuplicateIdentityGuard,
+        feed: Callable[[DatagramReceived], None],
+        count: Callable[[str], None],
+        rejected: Callable[[], None] = lambda: None,
+        twin_found: Callable[[Address], None] = lambda address: None,
+    ) -> None:
         self.raw = raw
         self.udp = udp
-        self._sealer = daemon.authenticator.new_session(Channel.DATAGRAM)
+        self.authenticator = authenticator
+        self.guard = guard
+        self._feed = feed
+        self._count = count
+        self._rejected = rejected
+        self._twin_found = twin_found
+        self._sealer = authenticator.new_session(Channel.DATAGRAM)
 
     async def send(self, destination: Address, payload: bytes) -> None:
         """Seal ``payload`` and send it; a send error is counted and logged, not raised."""
-        daemon = self.daemon
         data = self._sealer.seal(payload)
         try:
             try:
@@ -55,9 +72,9 @@ class GossipSocket:
                 self.raw.sendto(data, destination)
             except BlockingIOError:
                 await self.udp.sendto(data, destination)
-            daemon.count("datagrams_sent")
+            self._count("datagrams_sent")
         except OSError as error:
-            daemon.count("datagram_send_errors")
+            self._count("datagram_send_errors")
             logger.debug("sending to %s failed: %s", destination, error)
 
     async def receive(self) -> None:
@@ -88,41 +105,39 @@ class GossipSocket:
             except BlockingIOError:
                 return
             except OSError as error:  # e.g. ICMP port unreachable surfacing on Linux
-                self.daemon.count("datagram_receive_errors")
+                self._count("datagram_receive_errors")
                 logger.debug("udp receive error: %s", error)
                 continue
             self._on_datagram(data, (source[0], source[1]))
 
     def _on_datagram(self, data: bytes, source: Address) -> None:
         """Open, check and feed one received datagram."""
-        daemon = self.daemon
-        daemon.count("datagrams_received")
+        self._count("datagrams_received")
         try:
-            envelope = daemon.authenticator.open(data, Channel.DATAGRAM)
+            envelope = self.authenticator.open(data, Channel.DATAGRAM)
         except MeshError as error:
-            daemon.count("datagrams_rejected")
-            daemon.pulse()
+            self._count("datagrams_rejected")
+            self._rejected()
             logger.debug("dropped datagram from %s:%d: %s", *source, error)
             return
         if envelope.from_self:
-            daemon.count("datagrams_from_self")
+            self._count("datagrams_from_self")
             return
         if not self._check_twin(envelope.sender, source):
             return
-        daemon.feed(DatagramReceived(source, envelope.payload))
+        self._feed(DatagramReceived(source, envelope.payload))
 
     def _check_twin(self, sender: str, source: Address) -> bool:
         """False when the datagram comes from a twin of ours (it is then not fed)."""
-        daemon = self.daemon
-        guard = daemon.guard
+        guard = self.guard
         try:
             message = guard.observe(sender, False, source, trio.current_time())
         except DuplicateIdentityError:
-            daemon.twin_found(source)  # the API port is the gossip port
+            self._twin_found(source)  # the API port is the gossip port
             return False
         if message is None:
             return True
-        daemon.count("duplicate_identity")
+        self._count("duplicate_identity")
         if guard.sightings in (1, 10, 100) or guard.sightings % 1000 == 0:
             logger.error("%s", message)
         return False

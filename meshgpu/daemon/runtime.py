@@ -149,7 +149,16 @@ class Daemon:
         pin = interface_address(settings.interface) if settings.interface else None
         bind = pin if pin is not None and settings.bind == "0.0.0.0" else settings.bind
         raw, udp, listeners = await bind_sockets(bind, settings.port)
-        self.datagrams = GossipSocket(self, raw, udp)
+        self.datagrams = GossipSocket(
+            raw,
+            udp,
+            self.authenticator,
+            self.guard,
+            feed=self.feed,
+            count=self.count,
+            rejected=self.pulse,
+            twin_found=self.twin_found,
+        )
         port = udp.getsockname()[1]
         advertised = (
             settings.advertise or pin or (bind if bind != "0.0.0.0" else local_ipv4_addresses()[0])
