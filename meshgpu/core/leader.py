@@ -24,6 +24,7 @@ leader (meshgpu is AP); after the heal the highest view and the union of members
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -31,25 +32,16 @@ from meshgpu.core.component import Component, NodeContext
 from meshgpu.core.membership import ALIVE, LIVE_STATES, MemberInfo, MemberTable
 from meshgpu.core.types import NodeId
 
-_SCORES: dict[tuple[int, NodeId], int] = {}
-"""Recent ``leader_score`` results. A pure cache of a pure function: every node computes
-the scores of every member when its view moves (rotation every 30 s), so a process running
-many nodes (the simulator) computed each one once per node; it changes no result."""
 
-_SCORES_LIMIT = 16384
-
-
+@functools.lru_cache(maxsize=16384)
 def leader_score(view: int, node_id: NodeId) -> int:
-    """The rendezvous score of ``node_id`` in ``view`` (same on every node and platform)."""
-    key = (view, node_id)
-    score = _SCORES.get(key)
-    if score is None:
-        digest = hashlib.blake2b(f"{view}:{node_id}".encode(), digest_size=8).digest()
-        score = int.from_bytes(digest, "big")
-        if len(_SCORES) >= _SCORES_LIMIT:
-            _SCORES.clear()  # bounded memory; the next view refills it
-        _SCORES[key] = score
-    return score
+    """The rendezvous score of ``node_id`` in ``view`` (same on every node and platform).
+
+    Memoised (a pure function): every node scores every member when its view moves
+    (rotation every 30 s), so a process running many nodes (the simulator) would compute
+    each score once per node."""
+    digest = hashlib.blake2b(f"{view}:{node_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
 
 
 def leader_for_view(view: int, live: list[NodeId]) -> NodeId | None:

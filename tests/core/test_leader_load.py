@@ -31,18 +31,18 @@ def test_memoised_leader_score_is_the_blake2b_rendezvous_score() -> None:
     function, a cleared or full cache must not change them, and the cache stays bounded."""
     import hashlib
 
-    from meshgpu.core import leader
-
     def direct(view: int, node_id: str) -> int:
         digest = hashlib.blake2b(f"{view}:{node_id}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big")
 
     assert leader_score(3, "a") == direct(3, "a")  # a miss, then a hit
     assert leader_score(3, "a") == direct(3, "a")
-    for view in range(leader._SCORES_LIMIT // len(IDS) + 2):  # past the bound: cleared
+    maxsize = leader_score.cache_info().maxsize
+    assert maxsize is not None
+    for view in range(maxsize // len(IDS) + 2):  # past the bound: evicted
         for node_id in IDS:
             assert leader_score(view, node_id) == direct(view, node_id)
-    assert len(leader._SCORES) <= leader._SCORES_LIMIT
+    assert leader_score.cache_info().currsize <= maxsize
 
 
 def test_removing_a_non_leader_never_moves_leadership() -> None:
