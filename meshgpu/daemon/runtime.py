@@ -65,7 +65,6 @@ from meshgpu.daemon.durability import GroupCommit
 from meshgpu.daemon.effect_queue import EffectHandlers, EffectQueue
 from meshgpu.daemon.execution import Executor
 from meshgpu.daemon.handlers import ClientHandlers
-from meshgpu.daemon.http_sources import build_http_server
 from meshgpu.daemon.identity import (
     DataDirLock,
     DuplicateIdentityGuard,
@@ -210,7 +209,11 @@ class Daemon:
             before_tick=self.datagrams.take_queued,
         )
         """The one caller of ``node.handle`` and the node's timer (``node_driver.py``)."""
-        self.http = None if settings.http is None else build_http_server(self, settings.http)
+        self.http = None
+        if settings.http is not None:  # the web stack is imported only when it serves
+            from meshgpu.daemon.http_sources import build_http_server
+
+            self.http = build_http_server(self, settings.http)
         """The HTTP port (meshgpu/http/, wired by http_sources.py), if one is served."""
         records = self.commit.replay()
         if self.journal.torn_bytes:
