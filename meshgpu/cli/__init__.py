@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "meshgpu.cli.sweep:sweep",
     "keygen": "meshgpu.cli.keygen:keygen",
     "http-token": "meshgpu.cli.http_token:http_token",
+    "models": "meshgpu.cli.models:models",
     "run": "meshgpu.cli.inference:run",
     "devices": "meshgpu.cli.inference:devices",
     "submit": "meshgpu.cli.submit:submit",

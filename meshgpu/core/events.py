@@ -146,6 +146,15 @@ class JournalReplayed:
     records: tuple[TaskRecord, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogChange:
+    """Set model ``name`` of the catalog to ``digest`` (sha256 of its ONNX bytes), or
+    remove it (``digest`` None); replicated to every node (catalog.py)."""
+
+    name: str
+    digest: str | None
+
+
 Event = (
     Tick
     | DatagramReceived
@@ -159,6 +168,7 @@ Event = (
     | ResultRequested
     | ResultCollected
     | JournalReplayed
+    | CatalogChange
 )
 """Every event a driver may feed to :meth:`meshgpu.core.node.Node.handle`: a closed union,
 so a driver that ``match``-es on it with ``assert_never`` is checked by mypy for

@@ -10,8 +10,9 @@ The header carries the sender's id and incarnation (so a refutation spreads with
 datagram a node sends) and its leader view (so the highest view spreads the same way).
 
 Message types are frozen dataclasses registered by tag with :func:`register_message`.
-Core tags are 1-31 (membership, :mod:`meshgpu.core.membership.wire`) and 32-47 (load);
-the task queue uses 64-127 (:mod:`meshgpu.core.tasks.wire`). Each type
+Core tags are 1-31 (membership, :mod:`meshgpu.core.membership.wire`), 32-47 (load) and
+48 (the model catalog, :mod:`meshgpu.core.catalog`); the task queue uses 64-127
+(:mod:`meshgpu.core.tasks.wire`). Each type
 turns itself into a list of msgpack-native fields (``to_fields``) and back
 (``from_fields``), validating every field with the ``expect_*`` functions below.
 

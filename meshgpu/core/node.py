@@ -40,10 +40,12 @@ import random
 from collections.abc import Callable
 from typing import assert_never
 
+from meshgpu.core.catalog import Catalog, CatalogEntry
 from meshgpu.core.component import Component, NodeContext
 from meshgpu.core.config import MeshConfig
 from meshgpu.core.effects import Effect, LeaderChanged, MemberChanged
 from meshgpu.core.events import (
+    CatalogChange,
     DatagramReceived,
     Event,
     JournalReplayed,
@@ -105,6 +107,8 @@ class Node:
             self.add_component(component)
         self.tasks = TaskComponent(self.context, NodeMeshView(self), config.tasks, now)
         self.add_component(self.tasks)
+        self.model_catalog = Catalog(self.context)
+        self.add_component(self.model_catalog)
         self._announced: tuple[int, NodeId | None] | None = None
 
     def add_component(self, component: Component) -> None:
@@ -157,6 +161,10 @@ class Node:
         """The newest load vector of every live member, this node's included."""
         return self.load_gossip.loads()
 
+    def catalog(self) -> dict[str, CatalogEntry]:
+        """The model catalog as this node holds it: name -> digest and version."""
+        return self.model_catalog.entries()
+
     def next_deadline(self) -> float:
         """Absolute time at which the driver must deliver the next :class:`Tick`.
 
@@ -193,6 +201,8 @@ class Node:
                 self.tasks.on_driver_load(event.load, now)  # adds the task fields, gossips
             case LeaveRequested():
                 self.swim.leave(now)
+            case CatalogChange():
+                self.model_catalog.change(event.name, event.digest)
             case (
                 SubmitTask()
                 | PayloadStored()

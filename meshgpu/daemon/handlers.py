@@ -174,6 +174,25 @@ class ClientHandlers:
             raise
         return {"digest": digest, "stored": True}
 
+    async def op_catalog(self, request: Message, responder: Responder) -> Message:
+        """The model catalog: name -> digest and version (the shipped models included)."""
+        from meshgpu.daemon.catalog import catalog_rows
+
+        return {"models": catalog_rows(self.daemon)}
+
+    async def op_catalog_set(self, request: Message, responder: Responder) -> Message:
+        """Name a model of this node's store in the mesh-wide catalog (upload it first)."""
+        from meshgpu.daemon.catalog import set_model
+
+        return await set_model(
+            self.daemon, request_field(request, "name", str), request_field(request, "digest", str)
+        )
+
+    async def op_catalog_remove(self, request: Message, responder: Responder) -> Message:
+        from meshgpu.daemon.catalog import remove_model
+
+        return remove_model(self.daemon, request_field(request, "name", str))
+
     async def op_submit(self, request: Message, responder: Responder) -> Message:
         """One task (submissions.py): acknowledged, or run at once (direct.py)."""
         return await self.submissions.submit(request)

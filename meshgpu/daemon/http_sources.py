@@ -8,7 +8,6 @@ does (``ResultRequested``, the resolution, ``ResultCollected``).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ import trio
 
 from meshgpu.core.events import ResultCollected, ResultRequested
 from meshgpu.core.tasks import Resolution, TaskId
+from meshgpu.daemon.catalog import SHIPPED, catalog, shipped_digests
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors, tensors_from_bytes
 from meshgpu.daemon.status import http_address
 from meshgpu.errors import MeshError, StorageError, TaskError
@@ -30,19 +30,9 @@ if TYPE_CHECKING:
     from meshgpu.http.server import HttpServer
     from meshgpu.http.settings import HttpSettings
 
-SHIPPED_DIR = Path(__file__).parents[1] / "inference" / "models"
-SHIPPED = {"digits": SHIPPED_DIR / "digits.onnx"}
-"""Models every node serves by name without being told: their bytes ship with meshgpu."""
 RESULT_TIMEOUT_S = 300.0
 """Longest an infer request waits for its task's outcome."""
 TARGETS_TIMEOUT_S = 2.0
-
-
-def _shipped_catalog() -> dict[str, CatalogModel]:
-    return {
-        name: CatalogModel(name, "1", hashlib.sha256(path.read_bytes()).hexdigest())
-        for name, path in SHIPPED.items()
-    }
 
 
 class DaemonHttpSources:
@@ -50,7 +40,6 @@ class DaemonHttpSources:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.shipped = _shipped_catalog()
         self._infos: dict[str, ModelInfo] = {}
         self._loaded: set[str] = set()
         self._http_of: dict[tuple[str, int], str | None] = {}
@@ -75,14 +64,17 @@ class DaemonHttpSources:
         )
 
     def catalog(self) -> Mapping[str, CatalogModel]:
-        return self.shipped
+        return {
+            name: CatalogModel(name, str(version), digest)
+            for name, (digest, version) in catalog(self.daemon).items()
+        }
 
     async def _local_path(self, model: CatalogModel) -> Path:
         """The model's file in this node's store, fetched from a live member if need be."""
         models = self.daemon.models
         if not models.has(model.digest):
             shipped = SHIPPED.get(model.name)
-            if shipped is not None and model == self.shipped[model.name]:
+            if shipped is not None and model.digest == shipped_digests().get(model.name):
                 data = await trio.to_thread.run_sync(shipped.read_bytes)
                 await trio.to_thread.run_sync(models.put, data, model.digest)
             else:

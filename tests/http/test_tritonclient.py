@@ -112,3 +112,95 @@ def test_tritonclient_errors_are_the_protocols(mesh: list[tuple[MeshProcess, int
 def test_metrics_targets_follow_the_membership(mesh: list[tuple[MeshProcess, int]]) -> None:
     (group,) = get_json(mesh[2][1], "/metrics/targets")  # type: ignore[misc]
     assert sorted(group["targets"]) == sorted(f"127.0.0.1:{port}" for _, port in mesh)
+
+
+def small_model(path: Path) -> Path:
+    """A model of two inputs of other datatypes: z = x @ w (FP64), n = -k (INT32)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.arange(12, dtype=np.float64).reshape(4, 3), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["z"]), helper.make_node("Neg", ["k"], ["n"])],
+        "small",
+        [
+            helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["batch", 4]),
+            helper.make_tensor_value_info("k", TensorProto.INT32, ["batch"]),
+        ],
+        [
+            helper.make_tensor_value_info("z", TensorProto.DOUBLE, ["batch", 3]),
+            helper.make_tensor_value_info("n", TensorProto.INT32, ["batch"]),
+        ],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def wait_for(port: int, path: str, present: bool) -> None:
+    import urllib.error
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            get_json(port, path)
+            found = True
+        except urllib.error.HTTPError as error:
+            assert error.code == 404
+            found = False
+        if found == present:
+            return
+        assert time.monotonic() < deadline, (
+            f"{path} on {port} still {'absent' if present else 'there'}"
+        )
+        time.sleep(0.2)
+
+
+def test_a_model_added_on_one_node_is_inferred_through_another(
+    mesh: list[tuple[MeshProcess, int]], tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from meshgpu.cli import main
+
+    model = small_model(tmp_path / "small.onnx")
+    entry = f"127.0.0.1:{mesh[0][0].port}"
+    result = CliRunner().invoke(main, ["models", "add", "small", str(model), "--peer", entry])
+    assert result.exit_code == 0, result.output
+    assert "version 1" in result.output
+    wait_for(mesh[2][1], "/v2/models/small", present=True)
+    client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{mesh[2][1]}")
+    metadata = client.get_model_metadata("small")
+    assert metadata["inputs"] == [
+        {"name": "x", "datatype": "FP64", "shape": [-1, 4]},
+        {"name": "k", "datatype": "INT32", "shape": [-1]},
+    ]
+    x = np.random.default_rng(1).normal(size=(5, 4))
+    k = np.arange(5, dtype=np.int32)
+    feeds = [
+        tritonclient_http.InferInput("x", [5, 4], "FP64"),
+        tritonclient_http.InferInput("k", [5], "INT32"),
+    ]
+    feeds[0].set_data_from_numpy(x, binary_data=True)
+    feeds[1].set_data_from_numpy(k, binary_data=False)
+    result = client.infer("small", feeds)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    z, n = session.run(["z", "n"], {"x": x, "k": k})
+    np.testing.assert_allclose(result.as_numpy("z"), z, rtol=1e-12)
+    np.testing.assert_array_equal(result.as_numpy("n"), n)
+    index = client.get_model_repository_index()
+    assert {row["name"] for row in index} >= {"digits", "small"}
+
+    listed = CliRunner().invoke(main, ["models", "list", "--json", "--peer", entry])
+    rows = {row["name"]: row for row in json.loads(listed.output)}
+    assert rows["small"]["version"] == 1 and rows["digits"]["shipped"]
+
+    removed = CliRunner().invoke(main, ["models", "remove", "small", "--peer", entry])
+    assert removed.exit_code == 0, removed.output
+    wait_for(mesh[1][1], "/v2/models/small", present=False)
+    refused = CliRunner().invoke(main, ["models", "remove", "digits", "--peer", entry])
+    assert refused.exit_code != 0 and "shipped" in refused.output

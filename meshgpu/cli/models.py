@@ -1,0 +1,103 @@
+"""``meshgpu models``: the mesh-wide model catalog (name -> sha256 and version).
+
+A name added on one node is served by every node (the HTTP API's Open Inference
+Protocol, ``/v2/models/NAME``); the bytes are uploaded to the node asked and fetched by
+the others when first used.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from meshgpu.cli.submit import connection_options
+
+
+def _run(peer: str | None, key_file: Path | None, work: Any) -> Any:
+    import trio
+
+    from meshgpu.client import AsyncClient
+    from meshgpu.errors import MeshError
+
+    async def main() -> Any:
+        async with AsyncClient(peer, key_file) as client:
+            return await work(client)
+
+    try:
+        return trio.run(main)
+    except MeshError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@click.group("models")
+def models() -> None:
+    """The mesh-wide model catalog: add, list and remove models by name."""
+
+
+@models.command("add")
+@click.argument("name")
+@click.argument("model", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@connection_options
+def add(name: str, model: Path, peer: str | None, key_file: Path | None) -> None:
+    """Name the ONNX model file MODEL NAME in every node's catalog."""
+    from meshgpu.client.models import ModelBlob
+    from meshgpu.client.session import UPLOAD_CHUNK_BYTES
+
+    blob = ModelBlob.of(model)
+
+    async def work(client: Any) -> dict[str, Any]:
+        if not (await client.call("has_model", digest=blob.digest))["has"]:
+            for start in range(0, len(blob.data), UPLOAD_CHUNK_BYTES):
+                end = start + UPLOAD_CHUNK_BYTES
+                await client.call(
+                    "put_model",
+                    digest=blob.digest,
+                    data=blob.data[start:end],
+                    more=end < len(blob.data),
+                )
+        answer: dict[str, Any] = await client.call("catalog_set", name=name, digest=blob.digest)
+        return answer
+
+    answer = _run(peer, key_file, work)
+    click.echo(f"{answer['name']}: version {answer['version']}, sha256 {answer['digest']}")
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@connection_options
+def list_models(as_json: bool, peer: str | None, key_file: Path | None) -> None:
+    """Every model of the catalog: name, version, sha256, and whether this node has it."""
+
+    async def work(client: Any) -> list[dict[str, Any]]:
+        return list((await client.call("catalog"))["models"])
+
+    rows = _run(peer, key_file, work)
+    if as_json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    for row in rows:
+        notes = [n for n, on in (("shipped", row["shipped"]), ("here", row["here"])) if on]
+        click.echo(
+            f"{row['name']:<24} v{row['version']:<4} {row['digest'][:16]}  {', '.join(notes)}"
+        )
+
+
+@models.command("remove")
+@click.argument("name")
+@connection_options
+def remove(name: str, peer: str | None, key_file: Path | None) -> None:
+    """Take NAME out of the catalog on every node (its bytes stay in the model caches)."""
+
+    async def work(client: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = await client.call("catalog_remove", name=name)
+        return answer
+
+    answer = _run(peer, key_file, work)
+    if not answer["removed"]:
+        raise click.ClickException(f"no model named {name!r} in the catalog")
+    click.echo(f"removed {name}")
