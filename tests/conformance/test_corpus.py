@@ -38,17 +38,26 @@ BATCH = 2
 MAX_FILE_BYTES = 1_000_000
 
 #: model -> a piece of the executor's refusal message, for the models it cannot run yet.
-REFUSED: dict[str, str] = {
-    # GatherElements of a [1, 64] constant by [1, 16] indices (the token-type ids BERT
-    # expands from a buffer), folded at load time:
-    "bert": "cannot reshape array of size 1 into shape (1,16)",
-    "lraspp": "Resize (opset 20",
-    "unet": "ConvTranspose (opset 20",
-    "yolov8n": "Resize (opset 20",
+REFUSED: dict[str, str] = {}
+
+#: model -> why its output cannot meet the bound in float32 against onnxruntime at all.
+#: YOLOv8's box widths are (anchor + b) - (anchor - a) times the stride: the cancellation
+#: turns float32 rounding of the DFL expectations into errors of several bounds, and
+#: onnxruntime itself is 5.2 bounds from onnx.reference (numpy) on these boxes where the
+#: OpenCL result is 3.2 (batch 1, seed 1). Strict: it fails the day it passes.
+ILL_CONDITIONED: dict[str, str] = {
+    "yolov8n": "box widths are a difference of two anchor-sized float32 values",
 }
 
 
 def _case(name: str) -> object:
+    if name in ILL_CONDITIONED:
+        return pytest.param(
+            name,
+            marks=pytest.mark.xfail(
+                strict=True, raises=AssertionError, reason=ILL_CONDITIONED[name]
+            ),
+        )
     if name not in REFUSED:
         return name
     reason = f"the OpenCL executor refuses it: ...{REFUSED[name]}..."

@@ -85,6 +85,18 @@ def _gather(node: Node, values: list[np.ndarray | None]) -> list[np.ndarray]:
     return [np.take(data, indices.astype(np.int64), axis=axis, mode="wrap")]
 
 
+def _gather_elements(node: Node, values: list[np.ndarray | None]) -> list[np.ndarray]:
+    """numpy's take_along_axis over the index-shaped corner of the data (onnx.reference's
+    GatherElements fails when the data is larger than the indices off the axis)."""
+    data, indices = np.asarray(values[0]), np.asarray(values[1]).astype(np.int64)
+    axis = int(node.attrs.get("axis", 0)) % data.ndim
+    indices = np.where(indices < 0, indices + data.shape[axis], indices)
+    corner = tuple(
+        slice(None) if d == axis else slice(0, size) for d, size in enumerate(indices.shape)
+    )
+    return [np.take_along_axis(data[corner], indices, axis=axis)]
+
+
 def _concat(node: Node, values: list[np.ndarray | None]) -> list[np.ndarray]:
     arrays = [np.asarray(v) for v in values if v is not None]
     return [np.concatenate(arrays, axis=int(node.attrs["axis"]))]
@@ -118,6 +130,7 @@ FOLDERS: dict[str, Folder] = {
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
     "Gather": _gather,
+    "GatherElements": _gather_elements,
     "Concat": _concat,
     "Cast": _cast,
     "Identity": lambda _, values: [np.asarray(values[0])],
