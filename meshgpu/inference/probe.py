@@ -10,6 +10,11 @@ seeded inputs, and compared with a numpy reference computed here. The verdict is
 :class:`DeviceVerdict`: ``usable``, and when not, ``problem`` in one line (the build log's
 first error, or which output was wrong by how much) with ``advice`` on what to install.
 
+A driver may also crash or hang the process in the probe. While a probe runs, a marker with
+its process id sits in the cache; a later start that finds the marker of a process that is
+gone counts an unfinished probe, and after ``UNFINISHED_PROBES_ALLOWED`` of them the device
+is unusable ("its probe did not finish") without probing it a third time.
+
 A probe builds a dozen kernels (seconds with a cold compiler cache), so verdicts are cached
 on disk (``$MESHGPU_CACHE_DIR``, else ``$XDG_CACHE_HOME/meshgpu``, else
 ``~/.cache/meshgpu``; file ``device-probes.json``), keyed by everything that can change the
@@ -21,8 +26,8 @@ Within a process a verdict is computed once per device.
 
 Rejected alternatives: probing in a child process (it would survive a driver that crashes
 the process, but costs an interpreter start and a second OpenCL initialisation per device
-on every cold start, and a driver that crashes on the probe's kernels crashes on a real
-model's too, which ``auto`` then never sends it); a hand-written probe kernel (it would
+on every cold start; with the marker, such a driver costs two starts, not every start); a
+hand-written probe kernel (it would
 test the driver's compiler on code the executor never runs, and miss exactly the
 failures of kernels it does); comparing with onnxruntime (an independent numpy reference
 keeps the probe's verdict from depending on a second engine).
@@ -48,6 +53,11 @@ import numpy as np
 from meshgpu.inference.devices import DeviceInfo, devices
 
 logger = logging.getLogger("meshgpu.inference")
+
+UNFINISHED_PROBES_ALLOWED = 2
+"""A device whose probe left the process dead (or hung until killed) this many times is
+unusable without a third try: a driver that crashes on the probe's kernels would crash
+every start. Once could be a kill during a cold start's seconds of compiling."""
 
 PROBE_VERSION = 1
 """Bumped whenever the probe model or its checks change: older cached verdicts are ignored."""
@@ -135,11 +145,27 @@ def verdict(device: DeviceInfo) -> DeviceVerdict:
                 cached=True,
             )
         else:
-            known = _probe(device)
+            label = f"{device.name} ({device.platform}, driver {device.driver_version})"
+            unfinished = _unfinished_probes(found)
+            if unfinished >= UNFINISHED_PROBES_ALLOWED:
+                known = DeviceVerdict(
+                    device.id,
+                    False,
+                    f"its probe did not finish {unfinished} times: the driver crashed or hung "
+                    f"the process (delete {cache_path()} to probe again)",
+                    _advice(device),
+                    0.0,
+                    cached=False,
+                )
+            else:
+                _write_cache(
+                    key, {"device": label, "probing_pid": os.getpid(), "unfinished": unfinished}
+                )
+                known = _probe(device)
             _write_cache(
                 key,
                 {
-                    "device": f"{device.name} ({device.platform}, driver {device.driver_version})",
+                    "device": label,
                     "usable": known.usable,
                     "problem": known.problem,
                     "probe_ms": known.probe_ms,
@@ -156,6 +182,24 @@ def verdict(device: DeviceInfo) -> DeviceVerdict:
             known.advice,
         )
     return known
+
+
+def _unfinished_probes(entry: object) -> int:
+    """How many probes of this device started and never wrote a verdict, judged from the
+    marker a probe leaves in the cache while it runs: a marker whose process is gone
+    counts one more; one whose process still runs is a probe under way elsewhere (several
+    daemons starting at once), not a failure."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("probing_pid"), int):
+        return 0
+    before = entry.get("unfinished", 0)
+    before = before if isinstance(before, int) else 0
+    try:
+        os.kill(entry["probing_pid"], 0)
+    except ProcessLookupError:
+        return before + 1
+    except OSError:  # alive, under another user
+        pass
+    return before
 
 
 def verdicts() -> tuple[DeviceVerdict, ...]:

@@ -268,3 +268,32 @@ def test_each_device_is_judged_on_its_own(own_cache: Path, monkeypatch: pytest.M
     assert default_device("opencl") in others
     session = inference.load("digits")
     assert session.backend == "opencl" and session.device in others
+
+
+CRASHING_PROBE = """
+import os
+from meshgpu.inference import devices, probe
+probe._problem = lambda device: os._exit(3)  # the driver takes the process down
+probe.verdict(next(d for d in devices() if d.backend == "opencl"))
+"""
+
+
+def test_a_driver_that_crashes_the_probe_costs_two_starts_not_every_start(
+    own_cache: Path,
+) -> None:
+    environment = {**os.environ, "MESHGPU_CACHE_DIR": str(own_cache.parent)}
+    for start in range(probe.UNFINISHED_PROBES_ALLOWED):
+        crashed = subprocess.run(
+            [sys.executable, "-c", CRASHING_PROBE], env=environment, timeout=120, check=False
+        )
+        assert crashed.returncode == 3
+        probe.forget()
+        marker = json.loads(own_cache.read_text(encoding="utf-8"))[probe.cache_key(OPENCL[0])]
+        assert marker["unfinished"] == start and "usable" not in marker
+    built = probe.probes_built
+    verdict = probe.verdict(OPENCL[0])
+    assert probe.probes_built == built  # not a third try
+    assert not verdict.usable and verdict.problem is not None
+    assert "did not finish 2 times" in verdict.problem
+    probe.forget()
+    assert probe.verdict(OPENCL[0]).cached  # and it stays so until the cache is deleted
