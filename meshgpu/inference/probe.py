@@ -161,7 +161,11 @@ def verdict(device: DeviceInfo) -> DeviceVerdict:
                 _write_cache(
                     key, {"device": label, "probing_pid": os.getpid(), "unfinished": unfinished}
                 )
-                known = _probe(device)
+                try:
+                    known = _probe(device)
+                except BaseException:  # Ctrl-C, SystemExit: an interruption, not a crash
+                    _write_cache(key, None)
+                    raise
             _write_cache(
                 key,
                 {
@@ -417,14 +421,18 @@ def _read_cache() -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _write_cache(key: str, entry: dict[str, Any]) -> None:
-    """Add one verdict to the cache file (atomically); a failure only costs a re-probe."""
+def _write_cache(key: str, entry: dict[str, Any] | None) -> None:
+    """Set (or, with None, remove) one entry of the cache file, atomically; a failure only
+    costs a re-probe."""
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path):
             data = _read_cache()
-            data[key] = entry
+            if entry is None:
+                data.pop(key, None)
+            else:
+                data[key] = entry
             temporary = path.with_suffix(f".{os.getpid()}.tmp")
             temporary.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
             os.replace(temporary, path)

@@ -297,3 +297,15 @@ def test_a_driver_that_crashes_the_probe_costs_two_starts_not_every_start(
     assert "did not finish 2 times" in verdict.problem
     probe.forget()
     assert probe.verdict(OPENCL[0]).cached  # and it stays so until the cache is deleted
+
+
+def test_an_interrupted_probe_is_not_counted_as_a_crash(
+    own_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(device: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(probe, "_problem", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        probe.verdict(OPENCL[0])
+    assert probe.cache_key(OPENCL[0]) not in json.loads(own_cache.read_text(encoding="utf-8"))
