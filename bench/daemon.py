@@ -19,8 +19,9 @@ the leader's SIGKILL under load. Prints a table and one JSON object; asserts not
 ``--broken-opencl`` instead compares two meshes in turns (A B B A): ``--backend
 onnxruntime``, and ``--backend auto`` with every OpenCL device broken
 (``POCL_EXTRA_BUILD_FLAGS=-cl-std=CL9.9``: each daemon probes, finds no usable device and
-runs every model on its onnxruntime fallback). ``overhead`` and ``throughput`` of each, and
-the ratios broken / onnxruntime of the per-task figures.
+runs every model on its onnxruntime fallback). ``overhead`` and ``throughput`` of each,
+``executor``: the worker's own per-run path (``Executor.run`` of one sample, in a child
+process started like a daemon of that kind), and the ratios broken / onnxruntime.
 """
 
 from __future__ import annotations
@@ -238,7 +239,11 @@ def main() -> None:
         help="the fallback path (every OpenCL device broken, --backend auto) vs onnxruntime",
     )
     parser.add_argument("--rounds", type=int, default=1, help="A B B A turns (--broken-opencl)")
+    parser.add_argument("--executor-run", help=argparse.SUPPRESS)  # the child of --broken-opencl
     args = parser.parse_args()
+    if args.executor_run:
+        print(json.dumps(executor_run_us(args.executor_run)))
+        return
     if args.broken_opencl:
         report_fallback = broken_opencl(args.tasks, args.sequential, args.rounds)
         if not args.json:
@@ -279,7 +284,49 @@ FALLBACK_FIGURES = (
     ("overhead", "table_p50_ms"),
     ("throughput", "cpu_ms_per_task_total"),
     ("throughput", "tasks_per_s"),
+    ("executor", "run_us"),
 )
+
+
+def executor_run_us(backend: str, runs: int = 400, blocks: int = 5) -> list[float]:
+    """Microseconds per ``Executor.run`` of one digits sample in this process (after the
+    daemon's start-up work: imports, warm-up, device probes), per block of ``runs``: the
+    worker's own per-task path, without the mesh around it."""
+    import hashlib
+
+    from meshgpu.daemon.execution import Executor
+    from meshgpu.daemon.warmup import preload_inference
+
+    preload_inference(backend)
+    path = SHIPPED_MODELS_DIR / "digits.onnx"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    pixels = np.load(SHIPPED_MODELS_DIR / "digits_test.npz")["pixels"]
+
+    async def timed() -> list[float]:
+        executor = Executor(2, backend=backend)
+        for row in pixels[:50]:
+            await executor.run(digest, path, {"pixels": row[None]})
+        per_block = []
+        for _ in range(blocks):
+            started = time.perf_counter()
+            for row in pixels[:runs]:
+                await executor.run(digest, path, {"pixels": row[None]})
+            per_block.append((time.perf_counter() - started) / runs * 1e6)
+        return per_block
+
+    return trio.run(timed)
+
+
+def _executor_in_child(backend: str) -> list[float]:
+    import subprocess
+
+    child = subprocess.run(
+        [sys.executable, __file__, "--executor-run", backend],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [float(value) for value in json.loads(child.stdout)]
 
 
 def broken_opencl(tasks: int, sequential: int, rounds: int) -> dict[str, Any]:
@@ -310,6 +357,8 @@ def broken_opencl(tasks: int, sequential: int, rounds: int) -> dict[str, Any]:
                             "throughput": throughput(mesh, pixels, tasks),
                         }
                     )
+                executor_us = _executor_in_child(backend)
+                runs[kind][-1]["executor"] = {"run_us": statistics.median(executor_us)}
         finally:
             os.environ.clear()
             os.environ.update(saved)
