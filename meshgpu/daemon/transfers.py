@@ -56,7 +56,8 @@ async def pull(
     call: RangeCall, chunk: int, writer: Callable[[], BlobWriter]
 ) -> tuple[bytes | None, BlobWriter | None]:
     """Fetch one payload: its bytes when one range holds it all, else a writer holding
-    it (not yet committed: the caller checks the hash with ``commit`` or aborts)."""
+    it (not yet committed: the caller checks the hash with ``commit`` or aborts). The
+    next range is asked for while the last one is written and hashed."""
     data, size = range_answer(await call(0, chunk), 0)
     if len(data) >= size:
         return data, None
@@ -64,18 +65,47 @@ async def pull(
     try:
         offset = 0
         while True:
-            await trio.to_thread.run_sync(sink.write, offset, data)
-            offset += len(data)
-            if offset >= size:
+            following = offset + len(data)
+            if following >= size:
+                await trio.to_thread.run_sync(sink.write, offset, data)
                 return None, sink
-            data, total = range_answer(await call(offset, chunk), offset)
+            reply = await _while_writing(call(following, chunk), sink, offset, data)
+            data, total = range_answer(reply, following)
             if total != size or not data:
                 raise DecodeError(
                     f"the payload changed from {size} to {total} bytes during the transfer"
                 )
+            offset = following
     except BaseException:
         sink.abort()
         raise
+
+
+async def _while_writing(
+    request: Awaitable[dict[str, Any]], sink: BlobWriter, offset: int, data: bytes
+) -> dict[str, Any]:
+    """The answer to ``request``, awaited while ``data`` is written at ``offset``; the
+    first error of either is raised as itself (not in a group)."""
+    answer: list[dict[str, Any]] = []
+    failure: list[BaseException] = []
+
+    async def ask() -> None:
+        try:
+            answer.append(await request)
+        except Exception as error:  # handed to the caller below, unwrapped
+            failure.append(error)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await trio.to_thread.run_sync(sink.write, offset, data)
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    if failure:
+        raise failure[0]
+    return answer[0]
 
 
 async def push(put: PutCall, read: ReadRange, size: int, sha256: str, chunk: int) -> None:

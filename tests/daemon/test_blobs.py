@@ -16,7 +16,7 @@ from meshgpu.client.session import resolve_max_task_bytes
 from meshgpu.daemon.blobs import BlobWriter, TensorBlob, load_tensors, read_layout
 from meshgpu.daemon.payloads import canonical_tensor_bytes, encode_tensors
 from meshgpu.daemon.transfers import pull, push
-from meshgpu.errors import ConfigError, DecodeError, DigestMismatchError
+from meshgpu.errors import ClientError, ConfigError, DecodeError, DigestMismatchError
 
 TENSORS = {
     "weights": np.arange(70_000, dtype=np.float32).reshape(100, 700),
@@ -150,3 +150,18 @@ def test_the_task_limit_comes_from_the_option_then_the_environment() -> None:
     assert resolve_max_task_bytes(None, {}) == 4 << 30
     with pytest.raises(ConfigError, match="not a byte count"):
         resolve_max_task_bytes(None, {"MESHGPU_MAX_TASK_BYTES": "4G"})
+
+
+async def test_pull_raises_a_failed_range_as_itself_and_drops_the_scratch_file(
+    tmp_path: Path,
+) -> None:
+    payload = b"y" * 1000
+
+    async def call(offset: int, length: int) -> dict[str, Any]:
+        if offset >= 500:  # asked for while the range before it is written
+            raise ClientError("connection to the holder broke")
+        return {"data": payload[offset : offset + length], "size": len(payload)}
+
+    with pytest.raises(ClientError, match="broke"):
+        await pull(call, 100, lambda: BlobWriter(tmp_path, "p"))
+    assert not list(tmp_path.iterdir())
