@@ -112,7 +112,7 @@ class ResultPlane:
                         await self.store(task_key(task_id), RESULT, result.data, wait=True)
                     elif not result.stored_here:
                         return
-                elif result.data is not None:
+                elif result.data is not None and result.size <= self.chunk:
                     await self._request(
                         node_id,
                         "put_result",
@@ -179,13 +179,18 @@ class ResultPlane:
         return (data if len(data) >= size else None), size
 
     async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes:
-        """The whole result blob of ``task_id`` in memory (a task group's result)."""
-        data, size = await self.result_head(task_id, holders)
-        if data is None:
-            raise MeshError(
-                f"result of {task_id} is {size} bytes, more than one range; fetch it in ranges"
-            )
-        return data
+        """The whole result blob of ``task_id`` in memory, range by range: a task group's
+        result (its members' outputs go to the client one by one, each small)."""
+        data, size = await self.result_range(task_id, holders, 0, self.chunk)
+        parts = [data]
+        received = len(data)
+        while received < size:
+            data, total = await self.result_range(task_id, holders, received, self.chunk)
+            if total != size or not data:
+                raise MeshError(f"result of {task_id} changed size while it was read")
+            parts.append(data)
+            received += len(data)
+        return b"".join(parts)
 
     async def result_range(
         self, task_id: TaskId, holders: Iterable[NodeId], offset: int, length: int

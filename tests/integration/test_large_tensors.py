@@ -124,6 +124,21 @@ async def test_inputs_larger_than_a_frame_are_uploaded_in_ranges(small_frames: L
         np.testing.assert_array_equal(small["y"], np.maximum(x[:10], 0))
 
 
+async def test_a_task_group_whose_result_spans_several_ranges(small_frames: LocalMesh) -> None:
+    """Four members of 100 KB outputs: a 400 KB group result, pushed in ranges and read
+    back whole by the entry node for the members' answers."""
+    model = wide_model(256)
+    rng = np.random.default_rng(6)
+    inputs = [{"x": rng.standard_normal((100, 16)).astype(np.float32)} for _ in range(4)]
+    async with client(small_frames, 2) as mesh_client:
+        handles = await mesh_client.submit_many(model, inputs, group=4)
+        for handle, feeds in zip(handles, inputs, strict=True):
+            assert not isinstance(handle, Exception), handle
+            outputs = await handle.result(WAIT_S)
+            expected = expected_wide(model, feeds["x"])
+            np.testing.assert_allclose(outputs["y"], expected, rtol=1e-4, atol=1e-4)
+
+
 async def test_a_failed_results_request_does_not_mark_results_collected(
     small_frames: LocalMesh,
 ) -> None:
