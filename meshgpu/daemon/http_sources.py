@@ -188,6 +188,7 @@ def build_http_server(daemon: Daemon, settings: HttpSettings) -> HttpServer:
     """The daemon's HTTP part: its app over this daemon's sources, and the server."""
     from meshgpu.daemon.status import status_snapshot
     from meshgpu.http.app import build_app
+    from meshgpu.http.dashboard import Dashboard
     from meshgpu.http.metrics import InferenceStats, fsync_histogram, new_registry
     from meshgpu.http.server import HttpServer
     from meshgpu.http.settings import checked_bind
@@ -198,12 +199,20 @@ def build_http_server(daemon: Daemon, settings: HttpSettings) -> HttpServer:
     stats = InferenceStats()
     registry = new_registry(lambda: status_snapshot(daemon), stats)
     daemon.commit.on_sync = fsync_histogram(registry).observe
-    sources = DaemonHttpSources(daemon)
+    sources = DaemonHttpSources(daemon).sources()
+
+    async def changed() -> None:
+        await daemon.changed.wait()
+
+    dashboard = Dashboard(
+        sources.status, lambda: sources.tasks(None), sources.catalog, stats, changed
+    )
     app = build_app(
-        sources.sources(),
+        sources,
         stats,
         registry,
         tokens=tokens,
         max_body_bytes=settings.max_body_bytes,
+        dashboard=dashboard,
     )
-    return HttpServer(app, host, settings)
+    return HttpServer(app, host, settings, background=[dashboard.run])

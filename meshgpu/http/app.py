@@ -15,17 +15,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from meshgpu.errors import InputError, MeshError
+from meshgpu.http.dashboard import Dashboard, asset
 from meshgpu.http.metrics import InferenceStats
 from meshgpu.http.models import PLATFORM, CatalogModel, ModelInfo
 from meshgpu.http.tokens import TokenTable, allows
@@ -115,7 +115,7 @@ def build_app(
     *,
     tokens: TokenTable | None = None,
     max_body_bytes: int = 64 << 20,
-    dashboard: Path | None = None,
+    dashboard: Dashboard | None = None,
 ) -> Starlette:
     """The ASGI app of one node."""
 
@@ -247,6 +247,14 @@ def build_app(
         except MeshError as error:
             raise HttpError(500, str(error)) from None
         finally:
+            if dashboard is not None:
+                dashboard.infer_done(
+                    model.name,
+                    outcome.worker if outcome is not None else None,
+                    outcome.task_id if outcome is not None else "",
+                    time.perf_counter() - started,
+                    ok,
+                )
             stats.finished(
                 model.name,
                 model.version,
@@ -334,7 +342,28 @@ def build_app(
     async def metrics_targets(request: Request) -> Response:
         return JSONResponse([{"targets": await sources.targets(), "labels": {"job": "meshgpu"}}])
 
+    async def page(request: Request) -> Response:
+        name = request.path_params.get("name", "index.html")
+        try:
+            data, media = asset(name)
+        except KeyError:
+            return error_response(404, f"no such asset: {name}")
+        return Response(data, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    @endpoint("read")
+    async def events(request: Request) -> Response:
+        if dashboard is None:
+            raise HttpError(404, "this node serves no dashboard")
+        return StreamingResponse(
+            dashboard.stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
     routes = [
+        Route("/", page),
+        Route("/dashboard/events", events),
+        Route("/dashboard/{name}", page),
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/v2", server_metadata),

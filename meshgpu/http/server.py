@@ -8,6 +8,7 @@ nursery and end with it. No second event loop, no thread per request.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,8 +28,16 @@ its own connection, never the node)."""
 class HttpServer:
     """Serves ``app`` on ``host:port`` until cancelled or :meth:`stop`."""
 
-    def __init__(self, app: Any, host: str, settings: HttpSettings) -> None:
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        settings: HttpSettings,
+        background: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
         self.app = app
+        self.background = background
+        """Tasks that live as long as the server (the dashboard's watcher)."""
         self.host = host
         self.tls = settings.tls_cert is not None
         self.settings = settings
@@ -73,4 +82,6 @@ class HttpServer:
                 )
                 task_status.started([])
                 return
+            for run in self.background:
+                nursery.start_soon(run)
             task_status.started(self.urls)

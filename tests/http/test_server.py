@@ -352,3 +352,28 @@ def test_an_open_bind_without_tokens_is_refused(tmp_path: Path) -> None:
         main, ["join", "--http-bind", "0.0.0.0", "--data-dir", str(tmp_path / "d")]
     )
     assert result.exit_code != 0 and "--api-tokens" in result.output
+
+
+async def test_the_dashboard_is_served_from_the_package_and_streams_state(node: Daemon) -> None:
+    status, headers, page = await acall(node, "GET", "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    for name in ("dashboard.js", "dashboard.css"):
+        assert f"/dashboard/{name}".encode() in page
+        assert (await acall(node, "GET", f"/dashboard/{name}"))[0] == 200
+    assert b"http://" not in page and b"https://" not in page  # nothing from a CDN
+    assert (await acall(node, "GET", "/dashboard/../../etc/passwd"))[0] == 404
+
+    def first_event() -> dict[str, Any]:
+        assert node.http is not None
+        url = f"http://127.0.0.1:{node.http.port}/dashboard/events"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            lines = []
+            while not lines or lines[-1] != b"\n":
+                lines.append(response.readline())
+        data = b"".join(line[6:] for line in lines if line.startswith(b"data: "))
+        return json.loads(data)
+
+    state = await trio.to_thread.run_sync(first_event)
+    assert [m["node_id"] for m in state["status"]["members"]] == ["solo"]
+    assert [c["name"] for c in state["catalog"]] == ["digits"]

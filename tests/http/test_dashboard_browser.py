@@ -1,0 +1,129 @@
+"""The dashboard in headless Chromium (Debian's ``chromium`` and ``chromium-driver``
+through selenium): every member of a 3-node loopback mesh is listed, and a SIGKILLed node
+goes suspect and dead on the open page without a reload. A screenshot is kept as a test
+artifact (``$MESHGPU_ARTIFACTS`` or the test's temporary directory)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.meshprocs import MeshProcess, start_node
+from tests.http.test_tritonclient import free_port, get_json
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+if CHROMIUM is None or DRIVER is None:
+    pytest.skip(
+        "headless Chromium is not installed (apt-get install chromium chromium-driver; "
+        ".ci/run installs them)",
+        allow_module_level=True,
+    )
+webdriver = pytest.importorskip("selenium.webdriver")
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[list[tuple[MeshProcess, int]]]:
+    nodes: list[tuple[MeshProcess, int]] = []
+    try:
+        for index in range(3):
+            port = free_port()
+            seeds = ["--peer", f"127.0.0.1:{nodes[0][0].port}"] if nodes else []
+            process = start_node(
+                tmp_path / f"d{index}", "--name", f"d{index}", "--http-port", str(port), *seeds
+            )
+            nodes.append((process, port))
+        deadline = time.monotonic() + 60
+        while True:
+            status = get_json(nodes[0][1], "/mesh/status")
+            assert isinstance(status, dict)
+            if sum(m["state"] == "alive" for m in status["members"]) == 3:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        yield nodes
+    finally:
+        for process, _ in nodes:
+            process.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def artifacts(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("MESHGPU_ARTIFACTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_the_page_lists_every_member_and_shows_a_killed_node_die_live(
+    mesh: list[tuple[MeshProcess, int]], browser: object, tmp_path: Path
+) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser  # a selenium WebDriver
+    driver.get(f"http://127.0.0.1:{mesh[0][1]}/")  # type: ignore[attr-defined]
+
+    def states() -> dict[str, str]:
+        # One script call: the rows are redrawn twice a second, an element handle goes stale.
+        rows = driver.execute_script(  # type: ignore[attr-defined]
+            "return Array.from(document.querySelectorAll('#members tbody tr'))"
+            ".map(row => [row.dataset.node, row.dataset.state])"
+        )
+        return dict(rows)
+
+    wait = WebDriverWait(driver, 60, poll_frequency=0.1)
+    wait.until(lambda _: states() == {"d0": "alive", "d1": "alive", "d2": "alive"})
+    link = driver.execute_script("return document.getElementById('link').textContent")  # type: ignore[attr-defined]
+    assert link == "live"
+    driver.execute_script("window.__sameDocument = true")  # type: ignore[attr-defined]
+    mesh[2][0].kill()
+    seen: list[str] = []
+
+    def dead() -> bool:
+        state = states().get("d2", "")
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        return state == "dead"
+
+    wait.until(lambda _: dead())
+    timeline = driver.execute_script(  # type: ignore[attr-defined]
+        "return document.getElementById('timeline').textContent"
+    )
+    assert "d2 suspect" in timeline and "d2 dead" in timeline, timeline
+    assert driver.execute_script("return window.__sameDocument === true")  # type: ignore[attr-defined]
+    assert seen[0] == "alive" and seen[-1] == "dead"
+    assert states()["d0"] == "alive" and states()["d1"] == "alive"
+    shot = artifacts(tmp_path) / "dashboard.png"
+    assert driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
+    assert shot.stat().st_size > 10_000
