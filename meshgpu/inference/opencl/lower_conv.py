@@ -16,6 +16,7 @@ from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
 from meshgpu.inference.opencl.kernels.gemm import IM2COL_K_CHUNK, PANEL
 from meshgpu.inference.opencl.kernels.spatial import DIRECT_CONV_SOURCE
+from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.lower_conv_implicit import ConvShape, choose_layout, lower_implicit
 from meshgpu.inference.opencl.lower_linear import gemm_launch
 from meshgpu.inference.opencl.plan import KernelArg, PlanBuilder, i32, lowers
@@ -97,7 +98,7 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
         rows = batch * out_channels * out_h
         builder.launch(
             node,
-            defines + DIRECT_CONV_SOURCE,
+            VECTOR_SOURCE + defines + DIRECT_CONV_SOURCE,
             "conv2d_direct",
             [
                 x.storage,

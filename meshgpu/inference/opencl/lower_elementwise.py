@@ -24,7 +24,10 @@ from meshgpu.inference.opencl.kernels.elementwise import (
     UNARY_EXPRESSIONS,
     UNARY_PARAMETERS,
     UNARY_SOURCE,
+    VECTOR_SAFE_UNARY,
+    VECTOR_UNARY_SOURCE,
 )
+from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.lower_tensor import (
     _count,
     broadcast_strides,
@@ -121,10 +124,13 @@ def lower_unary(builder: PlanBuilder, node: Node) -> None:
     prefix = base + epilogue.act_define() + "#define EXPRESSION ACT(BASE(x))\n"
     output = builder.new_tensor(epilogue.output, x.shape)
     total = _count(x.shape)
+    vector = node.op in VECTOR_SAFE_UNARY and all(
+        n.op in VECTOR_SAFE_UNARY for n in epilogue.absorbed
+    )
     builder.launch(
         node,
-        prefix + UNARY_SOURCE,
-        "unary",
+        VECTOR_SOURCE + prefix + VECTOR_UNARY_SOURCE if vector else prefix + UNARY_SOURCE,
+        "unary8" if vector else "unary",
         [x.storage, output.storage, f32(alpha), f32(beta), i32(total)],
         total=total,
         per_item=CHUNK,

@@ -202,6 +202,24 @@ def lower_reduce(builder: PlanBuilder, node: Node) -> None:
     )
     meta_values = [*out_dims, *out_strides, *reduced_dims, *reduced_strides]
     meta = builder.weight(("meta", "reduce", tuple(meta_values)), lambda: int_array(meta_values))
+    if (
+        node.op in ("ReduceMean", "ReduceMax")
+        and x.dtype == dtypes.FLOAT32
+        and axes == list(range(rank - len(axes), rank))
+    ):
+        # trailing axes (a global pool over each leading row): the pooling kernel reads
+        # each row contiguously instead of decoding every element's coordinates
+        output = builder.new_tensor(node.outputs[0], out_shape)
+        kernel_name = "global_pool_avg" if node.op == "ReduceMean" else "global_pool_max"
+        rows = _count(x.shape[: rank - len(axes)])
+        builder.launch(
+            node,
+            CORE_SOURCE,
+            kernel_name,
+            [x.storage, output.storage, i32(_count(reduced_dims)), i32(rows)],
+            total=rows,
+        )
+        return
     output = builder.new_tensor(node.outputs[0], out_shape, x.dtype)
     source = (
         dtypes.source_prefix(x.dtype)

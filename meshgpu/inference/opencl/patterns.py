@@ -1,7 +1,7 @@
 """Subgraphs exporters emit for one operation, rewritten to that operation before planning.
 
-torch's exporter writes GELU as ``x * 0.5 * (1 + erf(x / sqrt(2)))`` before opset 20 (and
-the tanh approximation as its polynomial), and LayerNorm as ``ReduceMean, Sub, Pow,
+torch's exporter writes SiLU as ``x * sigmoid(x)``, GELU as ``x * 0.5 * (1 + erf(x / sqrt
+2))`` before opset 20, and LayerNorm as ``ReduceMean, Sub, Pow,
 ReduceMean, Add, Sqrt, Div`` (then ``Mul`` and ``Add`` by the affine weights) before
 opset 17. Run as written they are five to nine launches with a tensor written and reread
 between each; rewritten, one ``Gelu`` or ``LayerNormalization`` node, which the lowerings
@@ -106,6 +106,16 @@ def _gelu_erf(index: _Index, erf: Node) -> tuple[list[Node], str, str] | None:
     ):  # (x * 0.5) * (1 + erf)
         return [halving, head, erf, plus, times], x, times.outputs[0]
     return None
+
+
+def _silu(index: _Index, sigmoid: Node) -> tuple[list[Node], str, str] | None:
+    """(matched nodes, x, y) for ``x * sigmoid(x)`` (SiLU, EfficientNet's and YOLO's
+    activation) around ``sigmoid``."""
+    x = sigmoid.inputs[0]
+    times = index.only_reader(sigmoid.outputs[0], "Mul")
+    if times is None or index.other(times, sigmoid.outputs[0]) != x:
+        return None
+    return [sigmoid, times], x, times.outputs[0]
 
 
 def _reduce_axes(index: _Index, node: Node) -> list[int] | None:
@@ -220,7 +230,15 @@ def fuse_patterns(graph: Graph, constants: dict[str, np.ndarray]) -> Graph:
         )
         claim(nodes, fused)
 
+    def silu(node: Node) -> None:
+        found = _silu(index, node)
+        if found:
+            nodes, x, y = found
+            fused = Node("Swish", (x,), (y,), {"alpha": 1.0}, f"{node.name} (SiLU)", node.opset)
+            claim(nodes, fused)
+
     matchers: list[tuple[str, Callable[[Node], None]]] = [
+        ("Sigmoid", silu),
         ("Erf", gelu),
         ("ReduceMean", layer_norm),
     ]

@@ -212,6 +212,41 @@ __kernel void conv2d_direct(__global const float* restrict x, __global const flo
   int g = m / Mg;
   const __global float* wm = w + (size_t)m * Cg * KH * KW;
   for (int ox = 0; ox < OW; ox++) {
+    /* Eight outputs at a time while every tap's loads stay inside the row (stride 1: load8
+       per tap; stride 2: load16(...).even), as max pooling does; the epilogue then runs
+       per element on what was stored. */
+    int x0 = ox * SW - PW;
+    if (DW == 1 && (SW == 1 || SW == 2) && ox + 8 <= OW && x0 >= 0 &&
+        x0 + KW - 1 + SW * 8 <= W) {
+      float8 acc8 = (float8)(0.0f);
+      for (int ci = 0; ci < Cg; ci++) {
+        const __global float* xc = x + ((size_t)n * C + g * Cg + ci) * H * W;
+        for (int ky = 0; ky < KH; ky++) {
+          int iy = oy * SH - PH + ky * DH;
+          if (iy < 0 || iy >= H) continue;
+          const __global float* xr = xc + iy * W + x0;
+          const __global float* wr = wm + (ci * KH + ky) * KW;
+          for (int kx = 0; kx < KW; kx++) {
+            float8 v = SW == 1 ? load8(xr + kx) : load16(xr + kx).even;
+            acc8 += v * wr[kx];
+          }
+        }
+      }
+      int first = row * OW + ox;
+      store8(y + first, acc8);
+      for (int i = first; i < first + 8; i++) {
+        float v = y[i];
+#ifdef HAS_BIAS
+        v += bias[m];
+#endif
+#ifdef HAS_RESIDUAL
+        v += residual[i];
+#endif
+        y[i] = ACT(v);
+      }
+      ox += 7;
+      continue;
+    }
     float acc = 0.0f;
     for (int ci = 0; ci < Cg; ci++) {
       const __global float* xc = x + ((size_t)n * C + g * Cg + ci) * H * W;
