@@ -437,7 +437,11 @@ def _weights_of(model: onnx.ModelProto, module: torch.nn.Module) -> dict[str, tu
     once; its other copy stays in the file. Vectors (biases, norm scales, the shifts folded
     out of BatchNormalization) are small and stay as they are.
     """
-    parameters = {name: p.detach().numpy() for name, p in module.named_parameters()}
+    # Frozen parameters are part of the architecture, not weights: YOLOv8's DFL
+    # convolution holds the bin values 0..15 that turn a distribution into a distance.
+    parameters = {
+        name: p.detach().numpy() for name, p in module.named_parameters() if p.requires_grad
+    }
     by_content = {}
     for name, value in parameters.items():
         if value.ndim >= 2:
