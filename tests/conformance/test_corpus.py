@@ -111,12 +111,13 @@ def test_corpus_file_is_small_weightless_and_valid(name: str) -> None:
     placeholders = {n.output[0] for n in model.graph.node if n.op_type == "ConstantOfShape"}
     stripped = metadata(model, "meshgpu.seeded_fill")
     assert stripped and set(stripped) <= placeholders
-    for tensor in model.graph.initializer:  # nothing weight-sized is left in the file
-        assert (
-            tensor.data_type != onnx.TensorProto.FLOAT
-            or len(tensor.dims) < 2
-            or (tensor.name not in stripped)
-        )
+    # Only tiny kernels stay (YOLOv8's frozen DFL bins, 16 values)
+    stored = {t.name for t in model.graph.initializer if np.prod(t.dims) >= 64}
+    kernels = [
+        n.input[1] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm")
+    ]
+    assert kernels or name in ("bert", "gpt2")
+    assert not stored.intersection(kernels), f"{name} still stores convolution or dense weights"
     assert any(dim.dim_param for dim in model.graph.input[0].type.tensor_type.shape.dim), (
         f"{name} was exported with a fixed batch"
     )
