@@ -368,3 +368,29 @@ def test_a_lookalike_with_other_constants_is_left_as_written(device) -> None:
     model = _model(nodes, {"x": x}, {"y": TensorProto.FLOAT}, constants)
     session = _check(device, model, {"x": x})
     assert "Gelu" not in [node.op for node in session._graph.nodes]
+
+
+def test_gpt2_tanh_gelu_and_silu_subgraphs_become_one_map_each(device) -> None:
+    x = randn(2, 3, 8)
+    constants = {
+        "three": np.array(3.0, np.float32),
+        "c": np.array(0.044715, np.float32),
+        "root": np.array(0.7978845608, np.float32),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+    }
+    nodes = [
+        helper.make_node("Pow", ["x", "three"], ["cube"]),
+        helper.make_node("Mul", ["c", "cube"], ["weighted"]),
+        helper.make_node("Add", ["x", "weighted"], ["inner"]),
+        helper.make_node("Mul", ["root", "inner"], ["scaled"]),
+        helper.make_node("Tanh", ["scaled"], ["t"]),
+        helper.make_node("Add", ["one", "t"], ["shifted"]),
+        helper.make_node("Mul", ["x", "half"], ["halved"]),
+        helper.make_node("Mul", ["halved", "shifted"], ["gelu"]),
+        helper.make_node("Sigmoid", ["gelu"], ["gate"]),
+        helper.make_node("Mul", ["gelu", "gate"], ["y"]),
+    ]
+    model = _model(nodes, {"x": x}, {"y": TensorProto.FLOAT}, constants)
+    session = _check(device, model, {"x": x})
+    assert [node.op for node in session._graph.nodes] == ["Gelu", "Swish"]

@@ -164,6 +164,10 @@ def _clip_with_tensors(builder: PlanBuilder, node: Node) -> None:
         current = target
 
 
+#: Pow by these constant exponents, as the products or roots they are.
+CONSTANT_POWERS = {1.0: "a", 2.0: "a * a", 3.0: "a * a * a", 0.5: "sqrt(a)", -1.0: "1 / a"}
+
+
 def _binary_expression(
     node: Node, op: str, a_type: np.dtype, b_type: np.dtype
 ) -> tuple[str, np.dtype]:
@@ -219,6 +223,11 @@ def _binary(
         b_type = a_type
     a, b = builder.tensor(node, a_name, a_type), builder.tensor(node, b_name, b_type)
     expression, out_type = _binary_expression(node, op, a.dtype, b.dtype)
+    if op == "Pow" and dtypes.is_float(a.dtype) and builder.is_host(b_name):
+        exponent = np.asarray(builder.host(b_name))
+        if exponent.size == 1 and float(exponent.reshape(-1)[0]) in CONSTANT_POWERS:
+            # pow() is a libm call per element; GPT-2's GELU cubes, LayerNorm squares
+            expression = CONSTANT_POWERS[float(exponent.reshape(-1)[0])]
     dims, (a_strides, b_strides) = collapse(
         out_shape, broadcast_strides(a_shape, out_shape), broadcast_strides(b_shape, out_shape)
     )

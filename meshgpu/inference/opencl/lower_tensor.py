@@ -23,6 +23,7 @@ from meshgpu.inference.opencl.kernels.elementwise import (
     COPY_SOURCE,
     UNARY_SOURCE,
 )
+from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.plan import (
     PlanBuilder,
     Storage,
@@ -98,14 +99,23 @@ def strided_copy(
     dtype: Any = dtypes.FLOAT32,
 ) -> None:
     dims, (src, dst) = collapse(shape, source_strides, target_strides)
+    kernel = "strided_copy"
+    total = _count(shape)
+    if np.dtype(dtype) == dtypes.FLOAT32 and dims[-1] % 8 == 0 and src[-1] == dst[-1] == 1:
+        # rows contiguous on both sides (Transpose keeping the last axis, Concat, Slice of
+        # leading axes): eight floats per step, one unaligned vector load and store
+        dims, src, dst = [*dims[:-1], dims[-1] // 8], [*src[:-1], 8], [*dst[:-1], 8]
+        kernel, total = "strided_copy8", total // 8
     meta = builder.weight(
         ("meta", tuple(dims), tuple(src), tuple(dst)), lambda: int_array([*dims, *src, *dst])
     )
-    total = _count(shape)
+    source_text = f"#define NDIM {len(dims)}\n" + COPY_SOURCE
+    if kernel == "strided_copy8":
+        source_text = VECTOR_SOURCE + source_text
     builder.launch(
         node,
-        typed_source(f"#define NDIM {len(dims)}\n" + COPY_SOURCE, T=dtype),
-        "strided_copy",
+        typed_source(source_text, T=dtype),
+        kernel,
         [source, target, meta, i32(source_offset), i32(target_offset), i32(total)],
         total=total,
         per_item=CHUNK,

@@ -1,10 +1,10 @@
 """Subgraphs exporters emit for one operation, rewritten to that operation before planning.
 
 torch's exporter writes SiLU as ``x * sigmoid(x)``, GELU as ``x * 0.5 * (1 + erf(x / sqrt
-2))`` before opset 20, and LayerNorm as ``ReduceMean, Sub, Pow,
-ReduceMean, Add, Sqrt, Div`` (then ``Mul`` and ``Add`` by the affine weights) before
-opset 17. Run as written they are five to nine launches with a tensor written and reread
-between each; rewritten, one ``Gelu`` or ``LayerNormalization`` node, which the lowerings
+2))`` before opset 20 (GPT-2's tanh approximation as its cubic polynomial), and LayerNorm
+as ``ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div`` (then ``Mul`` and ``Add`` by the
+affine weights) before opset 17. Run as written they are two to nine launches with a
+tensor written and reread between each; rewritten, one ``Gelu`` or ``LayerNormalization`` node, which the lowerings
 run as one kernel. A pattern matches only when every intermediate tensor is read inside the
 pattern alone (not a graph output, no other reader) and its constants are the values the
 formula needs (within float32 rounding), so a lookalike with other constants is left as
@@ -83,8 +83,15 @@ def _gelu_erf(index: _Index, erf: Node) -> tuple[list[Node], str, str] | None:
             return None
     else:
         return None
-    plus = index.only_reader(erf.outputs[0], "Add")
-    if plus is None or not index.by_constant(plus, erf.outputs[0], 1.0):
+    tail = _gelu_tail(index, erf, x)
+    return ([head, *tail[0]], x, tail[1]) if tail else None
+
+
+def _gelu_tail(index: _Index, inner: Node, x: str) -> tuple[list[Node], str] | None:
+    """(matched nodes from ``inner`` on, y) for ``0.5 * x * (1 + inner)`` in either
+    multiplication order; ``inner`` is the Erf or Tanh node."""
+    plus = index.only_reader(inner.outputs[0], "Add")
+    if plus is None or not index.by_constant(plus, inner.outputs[0], 1.0):
         return None
     times = index.only_reader(plus.outputs[0], "Mul")
     if times is None:
@@ -94,7 +101,7 @@ def _gelu_erf(index: _Index, erf: Node) -> tuple[list[Node], str, str] | None:
         half = index.only_reader(times.outputs[0], "Mul")
         if half is None or not index.by_constant(half, times.outputs[0], 0.5):
             return None
-        return [head, erf, plus, times, half], x, half.outputs[0]
+        return [inner, plus, times, half], half.outputs[0]
     halving = index.producer.get(partner or "")
     if (
         partner
@@ -104,7 +111,42 @@ def _gelu_erf(index: _Index, erf: Node) -> tuple[list[Node], str, str] | None:
         and index.by_constant(halving, x, 0.5)
         and index.internal(partner)
     ):  # (x * 0.5) * (1 + erf)
-        return [halving, head, erf, plus, times], x, times.outputs[0]
+        return [halving, inner, plus, times], times.outputs[0]
+    return None
+
+
+def _gelu_tanh(index: _Index, tanh: Node) -> tuple[list[Node], str, str] | None:
+    """(matched nodes, x, y) for GPT-2's ``0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715
+    * x^3)))`` around ``tanh``."""
+    scaled = index.producer.get(tanh.inputs[0])
+    if scaled is None or scaled.op != "Mul" or not index.internal(tanh.inputs[0]):
+        return None
+    total = next((n for n in scaled.inputs if index.scalar(n) is None), "")
+    if not total or not index.by_constant(scaled, total, math.sqrt(2 / math.pi)):
+        return None
+    plus = index.producer.get(total)
+    if plus is None or plus.op != "Add" or not index.internal(total):
+        return None
+    for x in plus.inputs:
+        cubic_term = index.other(plus, x)
+        weighted = index.producer.get(cubic_term or "")
+        if weighted is None or weighted.op != "Mul" or not index.internal(cubic_term or ""):
+            continue
+        cube = next((n for n in weighted.inputs if index.scalar(n) is None), "")
+        if not cube or not index.by_constant(weighted, cube, 0.044715):
+            continue
+        power = index.producer.get(cube)
+        if (
+            power is None
+            or power.op != "Pow"
+            or power.inputs[0] != x
+            or not index.by_constant(power, x, 3.0)
+            or not index.internal(cube)
+        ):
+            continue
+        tail = _gelu_tail(index, tanh, x)
+        if tail:
+            return [power, weighted, plus, scaled, *tail[0]], x, tail[1]
     return None
 
 
@@ -230,6 +272,14 @@ def fuse_patterns(graph: Graph, constants: dict[str, np.ndarray]) -> Graph:
         )
         claim(nodes, fused)
 
+    def gelu_tanh(node: Node) -> None:
+        found = _gelu_tanh(index, node)
+        if found:
+            nodes, x, y = found
+            attrs = {"approximate": "tanh"}
+            fused = Node("Gelu", (x,), (y,), attrs, f"{node.name} (GELU)", node.opset)
+            claim(nodes, fused)
+
     def silu(node: Node) -> None:
         found = _silu(index, node)
         if found:
@@ -240,6 +290,7 @@ def fuse_patterns(graph: Graph, constants: dict[str, np.ndarray]) -> Graph:
     matchers: list[tuple[str, Callable[[Node], None]]] = [
         ("Sigmoid", silu),
         ("Erf", gelu),
+        ("Tanh", gelu_tanh),
         ("ReduceMean", layer_norm),
     ]
     for node in graph.nodes:

@@ -343,6 +343,24 @@ __kernel void strided_copy(__global const T* restrict src, __global T* restrict 
   }
 }
 
+#ifdef VECTOR_LOADS
+/* strided_copy in units of eight contiguous floats (strides and dims given in those). */
+__kernel void strided_copy8(__global const float* restrict src, __global float* restrict dst,
+                            __global const int* restrict meta, int src_offset, int dst_offset,
+                            int total) {
+  int start = get_global_id(0) * CHUNK;
+  if (start >= total) return;
+  int stop = min(start + CHUNK, total);
+  int s = src_offset;
+  int t = dst_offset;
+  ODOMETER_BEGIN(start, s, t)
+  for (int i = start; i < stop; i++) {
+    store8(dst + t, load8(src + s));
+    ODOMETER_STEP(s, t)
+  }
+}
+#endif
+
 __kernel void fill(__global T* restrict dst, T value, int total) {
   int start = get_global_id(0) * CHUNK;
   int stop = min(start + CHUNK, total);

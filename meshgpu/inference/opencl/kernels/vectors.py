@@ -11,6 +11,7 @@ integer ``min``/``max``.
 from __future__ import annotations
 
 VECTOR_SOURCE = r"""
+#define VECTOR_LOADS 1
 /* Unaligned 8- and 16-float vectors: a dereference is one vmovups, no builtin call. */
 typedef float8 __attribute__((aligned(4))) float8_u;
 typedef float16 __attribute__((aligned(4))) float16_u;
