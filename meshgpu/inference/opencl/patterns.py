@@ -4,11 +4,11 @@ torch's exporter writes SiLU as ``x * sigmoid(x)``, GELU as ``x * 0.5 * (1 + erf
 2))`` before opset 20 (GPT-2's tanh approximation as its cubic polynomial), and LayerNorm
 as ``ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div`` (then ``Mul`` and ``Add`` by the
 affine weights) before opset 17. Run as written they are two to nine launches with a
-tensor written and reread between each; rewritten, one ``Gelu`` or ``LayerNormalization`` node, which the lowerings
-run as one kernel. A pattern matches only when every intermediate tensor is read inside the
-pattern alone (not a graph output, no other reader) and its constants are the values the
-formula needs (within float32 rounding), so a lookalike with other constants is left as
-written.
+tensor written and reread between each; rewritten, one ``Swish``, ``Gelu`` or
+``LayerNormalization`` node, which the lowerings run as one kernel. A pattern matches only
+when every intermediate tensor is read inside the pattern alone (not a graph output, no
+other reader) and its constants are the values the formula needs (within float32
+rounding), so a lookalike with other constants is left as written.
 """
 
 from __future__ import annotations
