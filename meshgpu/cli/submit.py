@@ -119,6 +119,13 @@ def model_input_names(model: Any) -> list[str]:
     help="Refuse a task whose inputs hold more array bytes than this, before sending "
     "anything (else MESHGPU_MAX_TASK_BYTES, else 4 GiB).",
 )
+@click.option(
+    "--ids",
+    "ids_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the ids of tasks left in the mesh (--no-wait, Ctrl-C, --timeout) to this "
+    "file instead of stdout, as `meshgpu collect --ids FILE` reads them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this.")
 def submit(
@@ -132,6 +139,7 @@ def submit(
     deadline: float | None,
     no_wait: bool,
     max_task_bytes: int | None,
+    ids_file: Path | None,
     as_json: bool,
     timeout: float | None,
 ) -> None:
@@ -146,9 +154,14 @@ def submit(
     One task per input file; its outputs are saved as OUTPUT/<stem>.npz. A progress bar
     goes to stderr. The exit status is 0 only if every task succeeded; a failed task
     is reported with the reason the mesh gave (a bad model, a wrong input shape).
+
+    Ctrl-C stops within a second: the ids of the tasks the mesh accepted and this
+    command did not save are printed (or written to --ids FILE) with the `meshgpu
+    collect` command that fetches them; exit status 130. A second Ctrl-C stops at once.
     """
     import trio
 
+    from meshgpu.cli.interrupt import EXIT_INTERRUPTED
     from meshgpu.cli.preflight import (
         check_input_names,
         check_npy_files,
@@ -177,6 +190,9 @@ def submit(
         report = trio.run(
             _run, blob, tasks, output, peer, key_file, options, no_wait, timeout, max_task_bytes
         )
+    except KeyboardInterrupt:  # before the command owned SIGINT: nothing was sent
+        click.echo("interrupted: nothing was submitted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except InferenceError as error:  # named like the mesh names a failed task's reason
         raise click.ClickException(f"{type(error).__name__}: {error}") from None
     except MeshError as error:
@@ -186,13 +202,17 @@ def submit(
         if mesh_error is None:
             raise
         raise click.ClickException(str(mesh_error)) from None
+    left = [row for row in report["tasks"] if row.get("state") in LEFT_IN_MESH]
     if as_json:
         click.echo(json.dumps(report, indent=None))
-    elif no_wait:
-        for row in report["tasks"]:
-            if "task_id" in row:  # a refused task has no id; it is listed below
-                click.echo(f"{row['task_id']}\t{row['stem']}")
-    failed = [row for row in report["tasks"] if row.get("state") not in ("done", "submitted")]
+    if ids_file is not None:
+        write_ids(ids_file, left)
+    elif not as_json:
+        for row in left:
+            click.echo(f"{row['task_id']}\t{row['stem']}")
+    failed = [
+        row for row in report["tasks"] if row.get("state") not in ("done", "submitted", *STOPPED)
+    ]
     for row in failed[:ERRORS_SHOWN]:
         click.echo(f"error: {row['stem']}: {row.get('error')}", err=True)
     if len(failed) > ERRORS_SHOWN:
@@ -200,8 +220,65 @@ def submit(
         click.echo(f"error: ... and {more} more failed (--json lists each)", err=True)
     if not as_json:
         click.echo(outcome_line(report, output, no_wait, replicas), err=True)
+    if left and not no_wait:
+        click.echo(collect_hint(left, ids_file, output, peer, key_file), err=True)
+    if report.get("unanswered"):
+        click.echo(
+            f"{report['unanswered']} submission(s) were cut off before the mesh answered: it "
+            "may have accepted them (`meshgpu tasks` shows their input file names as labels)",
+            err=True,
+        )
+    if report.get("interrupted"):
+        sys.exit(EXIT_INTERRUPTED)
     if failed:
         sys.exit(1)
+
+
+LEFT_IN_MESH = ("submitted", "interrupted", "timeout")
+"""Row states of tasks the mesh accepted whose results this command did not save."""
+STOPPED = ("interrupted", "not submitted", "unanswered")
+"""Row states a stop (Ctrl-C) leaves: not failures of the task."""
+
+
+def write_ids(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``TASK_ID<TAB>STEM`` lines, as ``meshgpu collect --ids`` reads them."""
+    try:
+        path.write_text("".join(f"{row['task_id']}\t{row['stem']}\n" for row in rows))
+    except OSError as error:
+        raise click.ClickException(f"cannot write --ids {path}: {error}") from None
+
+
+def collect_hint(
+    rows: list[dict[str, Any]],
+    ids_file: Path | None,
+    output: Path,
+    peer: str | None,
+    key_file: Path | None,
+) -> str:
+    """The ``meshgpu collect`` command that fetches the results left in the mesh."""
+    import shlex
+
+    where = (f" --peer {shlex.quote(peer)}" if peer else "") + (
+        f" --key-file {shlex.quote(str(key_file))}" if key_file else ""
+    )
+    out = f" -o {shlex.quote(str(output))}"
+    count = f"{len(rows)} accepted task{'' if len(rows) == 1 else 's'}"
+    if ids_file is not None:
+        return (
+            f"the ids of the {count} left in the mesh are in {ids_file}; fetch their "
+            f"results with: meshgpu collect --ids {shlex.quote(str(ids_file))}{out}{where}"
+        )
+    if len(rows) <= 5:
+        ids = " ".join(shlex.quote(str(row["task_id"])) for row in rows)
+        return (
+            f"fetch the results of the {count} left in the mesh with: "
+            f"meshgpu collect{out}{where} {ids}"
+        )
+    return (
+        f"the ids of the {count} left in the mesh are on stdout; save them to a file and "
+        f"fetch their results with: meshgpu collect --ids FILE{out}{where} (or rerun with "
+        "--ids FILE)"
+    )
 
 
 def tasks_line(count: int, total: int, what: str) -> str:
@@ -222,6 +299,8 @@ def outcome_line(report: dict[str, Any], output: Path, no_wait: bool, replicas: 
     submission whose tasks were journaled on fewer nodes than --replicas asked for (a
     mesh smaller than that) said so only in --json's ``copies``."""
     rows = report["tasks"]
+    if report.get("interrupted"):
+        return interrupted_line(rows)
     failed = sum(1 for row in rows if row.get("state") not in ("done", "submitted"))
     if no_wait:
         submitted = len(rows) - failed
@@ -243,6 +322,22 @@ def outcome_line(report: dict[str, Any], output: Path, no_wait: bool, replicas: 
     return line
 
 
+def interrupted_line(rows: list[dict[str, Any]]) -> str:
+    """The summary of a run stopped by Ctrl-C: what got done, what waits in the mesh."""
+    states = [row.get("state") for row in rows]
+    done = states.count("done") + states.count("submitted")
+    what = "submitted" if states.count("submitted") and not states.count("done") else "done"
+    parts = [tasks_line(done, len(rows), what)]
+    for state, words in (
+        ("failed", "failed"),
+        ("interrupted", "accepted and left in the mesh"),
+        ("not submitted", "not submitted"),
+    ):
+        if states.count(state):
+            parts.append(f"{states.count(state)} {words}")
+    return "interrupted: " + ", ".join(parts)
+
+
 def _load(paths: dict[str, Path]) -> dict[str, Any]:
     from meshgpu.client.inputs import load_input
 
@@ -261,17 +356,18 @@ async def _run(
     max_task_bytes: int | None = None,
 ) -> dict[str, Any]:
     import dataclasses
-    import math
 
-    import trio
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from meshgpu.cli.interrupt import Interruption, run_guarded
     from meshgpu.client import AsyncClient
+    from meshgpu.client.mapping import STOP_GRACE_S
     from meshgpu.client.models import ModelBlob
 
     blob = ModelBlob.of(model)
     rows: list[dict[str, Any]] = [{"stem": task.stem} for task in tasks]
+    report: dict[str, Any] = {"tasks": rows}
     console = Console(stderr=True)
     _log_to(console)
     progress = Progress(
@@ -283,46 +379,142 @@ async def _run(
         console=console,
         transient=False,
     )
-    async with AsyncClient(peer, key_file, max_task_bytes=max_task_bytes) as client:
-        node_id, (host, port) = client.peer or ("?", ("?", 0))
-        console.print(
-            f"[dim]submitting {len(tasks)} task(s) of {blob.name} to {node_id} "
-            f"at {host}:{port}[/dim]"
-        )
-        with progress:
-            bar = progress.add_task("tasks", total=len(tasks), note="")
-            if no_wait:
-                async with trio.open_nursery() as nursery:
-                    for index, task in enumerate(tasks):
-                        nursery.start_soon(_submit_only, client, blob, task, rows[index], options)
-                        progress.advance(bar)
-                return {"tasks": rows, "submitted": len(rows)}
-            failures = 0
-            with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                many = (_load(task.paths) for task in tasks)
-                async for item in client.map(blob, many, raise_errors=False, **options):
-                    row = rows[item.index]
-                    row.update(task_id=item.task_id, worker=item.worker)
-                    if item.error is None and item.outputs is not None:
-                        save_outputs(row, output / f"{tasks[item.index].stem}.npz", item.outputs)
-                        failures += row["state"] != "done"
+    stop = Interruption(STOP_GRACE_S)
+
+    async def body() -> None:
+        async with AsyncClient(peer, key_file, max_task_bytes=max_task_bytes) as client:
+            try:
+                node_id, (host, port) = client.peer or ("?", ("?", 0))
+                console.print(
+                    f"[dim]submitting {len(tasks)} task(s) of {blob.name} to {node_id} "
+                    f"at {host}:{port}[/dim]"
+                )
+                with progress:
+                    bar = progress.add_task("tasks", total=len(tasks), note="")
+                    if no_wait:
+                        await _submit_only(client, blob, tasks, rows, options, stop, progress, bar)
                     else:
-                        failures += 1
-                        row.update(state="failed", error=str(item.error))
-                    progress.update(
-                        bar, advance=1, note=f"[red]{failures} failed[/red]" if failures else ""
-                    )
-            if scope.cancelled_caught:
-                for row in rows:
-                    row.setdefault("state", "timeout")
-                    row.setdefault("error", f"no result within {timeout} s")
+                        await _submit_and_wait(
+                            client, blob, tasks, rows, options, stop, progress, bar, output, timeout
+                        )
+            finally:
+                report["failovers"] = [dataclasses.asdict(f) for f in client.failovers]
+                report["unanswered"] = client.unanswered + report.get("unanswered", 0)
+                if stop.requested:  # acknowledgements of saved results: best effort, quick
+                    client.flush_timeout = 0.3
+
+    await run_guarded(stop, body)
+    if stop.requested:
+        report["interrupted"] = True
+        for row in rows:
+            if "state" not in row:
+                row.update(state="not submitted")
     done = sum(1 for row in rows if row.get("state") == "done")
-    return {
-        "tasks": rows,
-        "done": done,
-        "failed": len(rows) - done,
-        "failovers": [dataclasses.asdict(f) for f in client.failovers],
-    }
+    if not no_wait:
+        report.update(done=done, failed=sum(1 for row in rows if row.get("state") == "failed"))
+    else:
+        report["submitted"] = sum(1 for row in rows if row.get("state") == "submitted")
+    return report
+
+
+async def _submit_and_wait(
+    client: Any,
+    blob: Any,
+    tasks: list[Any],
+    rows: list[dict[str, Any]],
+    options: dict[str, Any],
+    stop: Any,
+    progress: Any,
+    bar: Any,
+    output: Path,
+    timeout: float | None,
+) -> None:
+    """Submit every task through ``map`` and save each result as it comes; a stop
+    (Ctrl-C, ``--timeout``) leaves the accepted, unsaved tasks in the mesh, named in
+    ``rows`` by id (``client.uncollected()``, labelled by stem)."""
+    import contextlib
+    import math
+
+    import trio
+
+    failures = 0
+    by_stem = {row["stem"]: row for row in rows}
+    with trio.move_on_after(math.inf if timeout is None else timeout), stop.waiting():
+        many = (_load(task.paths) for task in tasks)
+        items = client.map(
+            blob, many, raise_errors=False, label=lambda index: tasks[index].stem, **options
+        )
+        async with contextlib.aclosing(items):
+            async for item in items:
+                row = rows[item.index]
+                row.update(task_id=item.task_id, worker=item.worker)
+                if item.error is None and item.outputs is not None:
+                    save_outputs(row, output / f"{tasks[item.index].stem}.npz", item.outputs)
+                    failures += row["state"] != "done"
+                else:
+                    failures += 1
+                    row.update(state="failed", error=str(item.error))
+                progress.update(
+                    bar, advance=1, note=f"[red]{failures} failed[/red]" if failures else ""
+                )
+    for task_id, stem in client.uncollected():
+        row = by_stem.get(str(stem))
+        if row is None or "state" in row:
+            continue
+        if stop.requested:
+            row.update(task_id=task_id, state="interrupted", error="stopped by Ctrl-C")
+        else:
+            row.update(
+                task_id=task_id,
+                state="timeout",
+                error=f"no result within {timeout} s; it goes on in the mesh",
+            )
+    if not stop.requested:
+        for row in rows:
+            if "state" not in row:
+                row.update(state="timeout", error=f"not submitted within {timeout} s")
+
+
+async def _submit_only(
+    client: Any,
+    blob: Any,
+    tasks: list[Any],
+    rows: list[dict[str, Any]],
+    options: dict[str, Any],
+    stop: Any,
+    progress: Any,
+    bar: Any,
+) -> None:
+    """``--no-wait``: submit in batches (``submit_many``), not watched: this client
+    neither runs them directly (a direct run's result lives only in the submit's answer)
+    nor collects their results itself; a later ``meshgpu collect`` does. Ctrl-C lets the
+    batch on the wire be answered (its ids are printed), then stops."""
+    from meshgpu.client.batches import BATCH_MAX
+    from meshgpu.errors import MeshError
+
+    for start in range(0, len(tasks), BATCH_MAX):
+        if stop.requested:
+            return
+        chunk = tasks[start : start + BATCH_MAX]
+        inputs = [_load(task.paths) for task in chunk]
+        answers = None
+        with stop.sending():
+            try:
+                answers = await client.submit_many(
+                    blob, inputs, watch=False, label=[task.stem for task in chunk], **options
+                )
+            except MeshError as error:
+                answers = [error] * len(chunk)
+        if answers is None:  # cut off by Ctrl-C before the mesh answered
+            for row in rows[start : start + len(chunk)]:
+                row.update(state="unanswered", error="cut off before the mesh answered")
+            continue
+        for row, answer in zip(rows[start : start + len(chunk)], answers, strict=True):
+            if isinstance(answer, MeshError):
+                row.update(state="failed", error=str(answer))
+            else:
+                row.update(task_id=answer.task_id, copies=answer.copies, state="submitted")
+        progress.advance(bar, len(chunk))
 
 
 def save_outputs(row: dict[str, Any], target: Path, outputs: dict[str, Any]) -> None:
@@ -346,18 +538,3 @@ def _log_to(console: Any) -> None:
 
     handler = RichHandler(console=console, show_time=False, show_path=False)
     logging.getLogger("meshgpu.client").addHandler(handler)
-
-
-async def _submit_only(
-    client: Any, blob: Any, task: Any, row: dict[str, Any], options: dict[str, Any]
-) -> None:
-    from meshgpu.errors import MeshError
-
-    try:
-        # Through the table, and not watched: --no-wait hands the id to a later
-        # `meshgpu collect`, so this client must neither run it directly (a direct run's
-        # result lives only in the submit's answer) nor collect its result itself.
-        handle = await client.submit(blob, _load(task.paths), watch=False, **options)
-        row.update(task_id=handle.task_id, copies=handle.copies, state="submitted")
-    except MeshError as error:
-        row.update(state="failed", error=str(error))

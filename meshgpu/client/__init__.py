@@ -20,6 +20,7 @@ task's outcome exactly once. Usage and decisions: docs/client.md.
 
 from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome
 from meshgpu.client.link import Failover
+from meshgpu.client.mapping import MapInterrupted
 from meshgpu.client.models import ModelBlob
 from meshgpu.client.peers import Candidate, browse_mdns, failover_order, initial_candidates
 from meshgpu.client.session import AsyncClient
@@ -32,6 +33,7 @@ __all__ = [
     "Client",
     "Completed",
     "Failover",
+    "MapInterrupted",
     "ModelBlob",
     "Outcome",
     "TaskHandle",

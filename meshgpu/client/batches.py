@@ -22,21 +22,22 @@ outcome (:meth:`BatchedSubmission._collectable`).
 
 A mixin, so that :class:`~meshgpu.client.session.AsyncClient` (the link, failover and
 result streams) stays one concept per module; it relies on the client's
-``_submit_request``, ``_handle_of`` and ``_nursery``.
+``_submit_request``, ``_handle_of`` and ``_nursery``. ``map`` itself, and how a map
+stops (Ctrl-C, a ``break``), is in mapping.py; the group size and the window are here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import trio
 
-from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome
+from meshgpu.client.handles import AsyncTaskHandle
 from meshgpu.client.models import ModelBlob
+from meshgpu.core.tasks.spec import LABEL_MAX
 from meshgpu.daemon.blobs import TensorBlob, tensor_nbytes
 from meshgpu.daemon.groups import group_of
 from meshgpu.daemon.payloads import encode_tensors
@@ -119,6 +120,8 @@ class BatchedSubmission:
     members: list[dict[str, Any]]
     _group_left: dict[str, int]
     """Per task group this client submitted: members whose outcome has not arrived yet."""
+    _group_taken: dict[str, list[str]]
+    """Per task group still counted in ``_group_left``: the members already taken."""
 
     max_task_bytes: int
     chunk_bytes: int
@@ -134,7 +137,7 @@ class BatchedSubmission:
     async def status(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _handle_of(self, reply: dict[str, Any]) -> AsyncTaskHandle:
+    def _handle_of(self, reply: dict[str, Any], deferred: bool = False) -> AsyncTaskHandle:
         raise NotImplementedError
 
     async def _probe(self, model_digest: str, out: Callable[[], int], until: float) -> int:
@@ -172,6 +175,9 @@ class BatchedSubmission:
         min_memory: int = 0,
         fp16: bool = False,
         group: int = 1,
+        label: str | Sequence[str | None] | None = None,
+        acknowledge: bool = True,
+        watch: bool = True,
     ) -> list[AsyncTaskHandle | MeshError]:
         """Submit many tasks of one model with the same options in as few requests as
         possible (``submit_batch``, up to ``BATCH_MAX`` tasks each): the mesh journals
@@ -181,7 +187,13 @@ class BatchedSubmission:
         whole batch be submitted again on the next peer, as :meth:`submit` does.
 
         ``group``: pack up to that many tasks of equal input shapes into one task group
-        per request (1, the default: one table entry per task)."""
+        per request (1, the default: one table entry per task). ``label``: a name for
+        every task (``meshgpu tasks`` shows it), or one per input, in order.
+        ``acknowledge=False``: the caller marks each outcome collected itself, with
+        :meth:`collected`, once it has stored it (``map`` does, when its consumer
+        takes the item); until then the mesh keeps the result. ``watch=False``: only
+        submit, as :meth:`submit` with ``watch=False`` (``meshgpu submit --no-wait``):
+        the handles never resolve here; the results wait for a later ``attach``."""
         if not 1 <= int(group) <= BATCH_MAX:
             raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
         blob = ModelBlob.of(model)
@@ -189,26 +201,36 @@ class BatchedSubmission:
         if group != 1:
             fields["group"] = int(group)
         answers: list[AsyncTaskHandle | MeshError | None] = []
+        labels: dict[int, str | None] = {}
         encoded: list[tuple[int, dict[str, Any]]] = []
         large: list[tuple[int, TensorBlob]] = []
         for index, inputs in enumerate(many_inputs):
             answers.append(None)
+            name = label if label is None or isinstance(label, str) else label[index]
+            labels[index] = name
             try:
                 prepared = prepare_inputs(inputs, self.max_task_bytes, self.chunk_bytes)
+                if name is not None:
+                    check_label(name)
             except MeshError as error:
                 answers[index] = error
                 continue
             if isinstance(prepared, TensorBlob):
                 large.append((index, prepared))
             else:
-                encoded.append((index, {"inputs": prepared}))
+                task: dict[str, Any] = {"inputs": prepared}
+                if name is not None:
+                    task["label"] = name
+                encoded.append((index, task))
         for index, tensors in large:  # each uploaded in ranges, then submitted alone
             try:
                 alone = {key: value for key, value in fields.items() if key != "group"}
+                if labels[index] is not None:
+                    alone["label"] = labels[index]
                 reply = await self._submit_request(
                     blob, "submit", upload=tensors, **alone, direct=False
                 )
-                answers[index] = self._handle_of(reply)
+                answers[index] = self._new_handle(reply, labels[index], watch, acknowledge)
             except MeshError as error:
                 answers[index] = error
         pending = [encoded[at : at + BATCH_MAX] for at in range(0, len(encoded), BATCH_MAX)]
@@ -246,10 +268,23 @@ class BatchedSubmission:
                     kind = str(answer.get("kind", "MeshError"))
                     answers[index] = RequestFailedError(f"task refused: {answer['error']}", kind)
                 else:
-                    if answer.get("group") is not None:
+                    if watch and answer.get("group") is not None:
                         self._group_left[str(answer["group"])] = int(answer["members"])
-                    answers[index] = self._handle_of(answer)
+                    answers[index] = self._new_handle(answer, labels[index], watch, acknowledge)
         return [answer for answer in answers if answer is not None]
+
+    def _new_handle(
+        self, answer: dict[str, Any], label: str | None, watch: bool, acknowledge: bool
+    ) -> AsyncTaskHandle:
+        """The handle for one accepted task of ``submit_many`` (see its arguments)."""
+        if watch:
+            handle = self._handle_of(answer, deferred=not acknowledge)
+        else:
+            handle = AsyncTaskHandle(
+                answer["task_id"], answer.get("copies", 0), answer.get("replicas", 0)
+            )
+        handle.label = label
+        return handle
 
     def _collectable(self, task_id: str, first: bool) -> str | None:
         """What to name in ``collected`` now that ``task_id``'s outcome arrived (``first``:
@@ -262,10 +297,24 @@ class BatchedSubmission:
             return task_id
         if first:
             self._group_left[group] -= 1
+            self._group_taken.setdefault(group, []).append(task_id)
         if self._group_left[group] > 0:
             return None
         del self._group_left[group]
+        self._group_taken.pop(group, None)
         return group
+
+    def _forget_groups(self, task_ids: Iterable[str]) -> list[str]:
+        """Stop counting the groups of ``task_ids`` (members nobody will take: a stopped
+        ``map``); returns the ids to acknowledge now instead, the members of those groups
+        already taken, which the daemon counts towards their group one by one, so that
+        the group is collected once ``meshgpu collect`` has fetched the rest."""
+        taken: list[str] = []
+        for group in {group_of(task_id) for task_id in task_ids}:
+            if group is not None and group in self._group_left:
+                del self._group_left[group]
+                taken.extend(self._group_taken.pop(group, []))
+        return taken
 
     async def _submit_each(
         self, blob: ModelBlob, chunk: list[tuple[int, dict[str, Any]]], fields: dict[str, Any]
@@ -284,140 +333,6 @@ class BatchedSubmission:
             for position, (_, task) in enumerate(chunk):
                 nursery.start_soon(one, position, task)
         return answers
-
-    async def map(
-        self,
-        model: Any,
-        many_inputs: Iterable[Mapping[str, Any]],
-        *,
-        window: int = 64,
-        raise_errors: bool = True,
-        group: int | None = None,
-        **options: Any,
-    ) -> AsyncIterator[Completed]:
-        """Submit one task per input map (at most ``window`` unfinished at once) and
-        yield a :class:`Completed` per task as each finishes, in completion order. A
-        failed task raises its error unless ``raise_errors`` is False.
-
-        ``group``: members per task group (1: one table entry per task); None (the
-        default) chooses per request from the mesh's published latency of the model and
-        its live capacity (:func:`choose_group`)."""
-        chunks = self.map_chunks(model, many_inputs, window=window, group=group, **options)
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                for item in chunk:
-                    if item.error is not None and raise_errors:
-                        raise item.error
-                    yield item
-
-    async def map_chunks(
-        self,
-        model: Any,
-        many_inputs: Iterable[Mapping[str, Any]],
-        *,
-        window: int = 64,
-        group: int | None = None,
-        **options: Any,
-    ) -> AsyncGenerator[list[Completed], None]:
-        """:meth:`map` that yields, as one list, every item finished by the time the
-        consumer asks (failed ones included, never raised): one hand-off per burst, which
-        is what a consumer in another thread (the blocking client) needs."""
-        assert self._nursery is not None
-        if group is not None and not 1 <= int(group) <= BATCH_MAX:
-            raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
-        blob = ModelBlob.of(model)
-        send, receive = trio.open_memory_channel[Completed](math.inf)
-        scope = trio.CancelScope()
-
-        def deliver(item: Completed) -> None:
-            # Outcomes arrive by handle callbacks, also after the consumer stopped (a
-            # raised error, a break: the receiving end is closed) or the map was
-            # cancelled (the sending end is closed): dropped then, never raised into the
-            # client's loop.
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                send.send_nowait(item)
-
-        def on_outcome(index: int, free: _Window) -> Callable[[Outcome], None]:
-            def done(outcome: Outcome) -> None:
-                free.release()
-                deliver(
-                    Completed(
-                        index, outcome.task_id, outcome.outputs, outcome.worker, outcome.error
-                    )
-                )
-
-            return done
-
-        async def submit_batch(
-            batch: list[tuple[int, Mapping[str, Any]]], free: _Window, size: int
-        ) -> None:
-            try:
-                answers: list[AsyncTaskHandle | MeshError] = await self.submit_many(
-                    blob, [inputs for _, inputs in batch], group=size, **options
-                )
-            except MeshError as error:
-                answers = [error] * len(batch)
-            for (index, _), answer in zip(batch, answers, strict=True):
-                if isinstance(answer, MeshError):
-                    deliver(Completed(index, None, error=answer))
-                    free.release()
-                else:
-                    answer.on_resolved(on_outcome(index, free))
-
-        async def produce() -> None:
-            # Each request carries every input the window has room for right now (up to
-            # BATCH_MAX): the whole window at first, then whatever a burst of results
-            # freed. No waiting to fill a batch: a lone free slot is submitted at once,
-            # except that with groups of K a full window waits up to GATHER_S for K-1
-            # more places (a group's members come back within milliseconds of each
-            # other; without it the window refilled one member at a time, in groups of
-            # one or two, and the steady rate fell to a third of the first burst's).
-            with scope, send:
-                free = _Window(window)
-                inputs_left = enumerate(many_inputs)
-                async with trio.open_nursery() as nursery:
-                    probe_until = trio.current_time() + PROBE_MAX_S
-                    while True:
-                        await free.acquire()
-                        most = BATCH_MAX
-                        if group is None:
-                            most = await self._probe(
-                                blob.digest, lambda: window - free.value, probe_until
-                            )
-                        size = (
-                            group
-                            if group is not None
-                            else choose_group(self.members, blob.digest, window)
-                        )
-                        if size > 1:
-                            await free.gather(min(size, BATCH_MAX) - 1, GATHER_S)
-                        held = 1
-                        batch: list[tuple[int, Mapping[str, Any]]] = []
-                        for item in inputs_left:
-                            batch.append(item)
-                            if len(batch) >= most or not free.value:
-                                break
-                            free.acquire_nowait()
-                            held += 1
-                        for _ in range(held - len(batch)):
-                            free.release()
-                        if not batch:
-                            break
-                        nursery.start_soon(submit_batch, batch, free, size)
-                # Every task out gives its place back with its outcome (or its refusal).
-                await free.gather(window, math.inf)
-
-        self._nursery.start_soon(produce)
-        try:
-            async with receive:
-                async for item in receive:
-                    chunk = [item]
-                    with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
-                        while True:
-                            chunk.append(receive.receive_nowait())
-                    yield chunk
-        finally:
-            scope.cancel()
 
 
 def choose_group(members: list[dict[str, Any]], model_digest: str, window: int) -> int:
@@ -482,6 +397,16 @@ def submit_fields(
     if device_type is not None:
         fields["device_type"] = device_type
     return fields
+
+
+def check_label(label: Any) -> str:
+    """A task label as the mesh takes it (a string of at most ``LABEL_MAX`` characters),
+    refused here rather than by the entry node."""
+    if not isinstance(label, str):
+        raise ConfigError(f"a task label is a string, not {label!r}")
+    if len(label) > LABEL_MAX:
+        raise ConfigError(f"a task label has at most {LABEL_MAX} characters, got {len(label)}")
+    return label
 
 
 def encode_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:

@@ -53,13 +53,22 @@ class AsyncTaskHandle:
     """One submitted task: ``await handle.result(timeout)`` for its outputs.
 
     ``copies`` is how many nodes journaled the task before the acknowledgement (fewer
-    than ``replicas`` when fewer nodes were alive).
+    than ``replicas`` when fewer nodes were alive). ``label``: the name it was submitted
+    with. ``deferred``: its outcome is marked collected in the mesh by the caller
+    (``collected``), not on receipt.
     """
 
-    def __init__(self, task_id: str, copies: int = 0, replicas: int = 0) -> None:
+    def __init__(
+        self, task_id: str, copies: int = 0, replicas: int = 0, *, deferred: bool = False
+    ) -> None:
         self.task_id = task_id
         self.copies = copies
         self.replicas = replicas
+        self.deferred = deferred
+        self.label: str | None = None
+        self.from_mesh = False
+        """The outcome came from the mesh (not made up by the client: a refused
+        request, the mesh lost): only such an outcome is acknowledged."""
         self._outcome: Outcome | None = None
         self._resolved = trio.Event()
         self._callbacks: list[Callable[[Outcome], None]] = []

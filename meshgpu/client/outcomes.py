@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class OutcomeStreams:
     chunk_bytes: int
     _collectable: Callable[[str, bool], str | None]
     """Which id to acknowledge for a first or repeated outcome (task groups: batches.py)."""
+    _forget_groups: Callable[[Iterable[str]], list[str]]
+    _abandoned: dict[str, str | None]
 
     def _track(self, handle: AsyncTaskHandle) -> AsyncTaskHandle:
         self._handles[handle.task_id] = handle
@@ -76,10 +78,44 @@ class OutcomeStreams:
         if not first:
             self.duplicates += 1
         self._unresolved.discard(outcome.task_id)
+        if first and from_mesh:
+            assert handle is not None
+            handle.from_mesh = True
+        if handle is not None and handle.deferred:
+            self._work.fire()
+            return  # the caller says when it has stored it (collected)
         if from_mesh:
             collect = self._collectable(outcome.task_id, first)  # a group: once, when complete
             if collect is not None:
                 self._to_ack.add(collect)
+        self._work.fire()
+
+    def collected(self, task_ids: Iterable[str]) -> None:
+        """Tell the mesh (in the background, batched) that the caller has stored the
+        outcomes of these deferred tasks (``submit_many(acknowledge=False)``,
+        ``attach(acknowledge=False)``); it may drop their inputs and results. A member
+        of one of this client's task groups counts towards its group, named once when
+        complete. An outcome the client made up (a refused request, the mesh lost) is
+        not acknowledged: the result stays in the mesh."""
+        for task_id in task_ids:
+            handle = self._handles.get(task_id)
+            if handle is not None and not handle.from_mesh:
+                continue
+            collect = self._collectable(task_id, True)
+            if collect is not None:
+                self._to_ack.add(collect)
+        self._work.fire()
+
+    def _abandon(self, handles: Iterable[AsyncTaskHandle]) -> None:
+        """Give up on deferred tasks nobody will take (a stopped ``map``): never
+        acknowledge them, stop counting their groups (acknowledging the members already
+        taken one by one), and list them in ``uncollected``."""
+        handles = list(handles)
+        for handle in handles:
+            handle.deferred = True  # an outcome arriving from now on is not acknowledged
+            self._abandoned[handle.task_id] = handle.label
+            self._unresolved.discard(handle.task_id)
+        self._to_ack.update(self._forget_groups(h.task_id for h in handles))
         self._work.fire()
 
     async def _request_results(self, link: Link) -> None:

@@ -38,11 +38,13 @@ from meshgpu.client.batches import (
     MAX_TASK_BYTES,
     MAX_TASK_BYTES_ENV,
     BatchedSubmission,
+    check_label,
     prepare_inputs,
     submit_fields,
 )
 from meshgpu.client.handles import AsyncTaskHandle, Outcome
 from meshgpu.client.link import Failover, Link, Signal
+from meshgpu.client.mapping import MapSubmission
 from meshgpu.client.models import ModelBlob
 from meshgpu.client.outcomes import OutcomeStreams
 from meshgpu.client.peers import (
@@ -77,7 +79,7 @@ inputs to a second holder and fsync on both; more in flight only lengthens every
 acknowledgement (and, on a loaded machine, pushes replication past its timeout)."""
 
 
-class AsyncClient(BatchedSubmission, OutcomeStreams):
+class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
     """A client of a meshgpu mesh for trio code (the sync :class:`Client` wraps it).
 
     ``peer``: ``"HOST:PORT"``, a (host, port) pair or a list of them; None finds one
@@ -126,6 +128,14 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
         self._fresh: list[str] = []
         self._to_ack: set[str] = set()
         self._group_left: dict[str, int] = {}
+        self._group_taken: dict[str, list[str]] = {}
+        self._abandoned: dict[str, str | None] = {}
+        self.unanswered = 0
+        """Submissions a stopped ``map`` cut off unanswered: the mesh may have accepted
+        them (their ids are unknown; ``meshgpu tasks`` shows their labels)."""
+        self.flush_timeout = 2.0
+        """Longest ``async with`` waits at its end to send outstanding acknowledgements
+        (an interrupted command lowers it: Ctrl-C must stop within a second)."""
         self._link: Link | None = None
         self._link_changed = Signal()
         self._work = Signal()
@@ -149,7 +159,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
     async def __aexit__(self, *exc_info: Any) -> None:
         assert self._nursery is not None
         if self._to_ack and self._fatal is None:
-            with trio.move_on_after(2.0):  # best effort: tell the mesh what we have
+            with trio.move_on_after(self.flush_timeout):  # best effort: tell the mesh
                 while self._to_ack and self._fatal is None:
                     await self._work.wait()
         await self._close_nursery()
@@ -181,6 +191,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
         fp16: bool = False,
         direct: bool = True,
         watch: bool = True,
+        label: str | None = None,
     ) -> AsyncTaskHandle:
         """Submit one task; returns once the mesh acknowledged it (journaled on
         ``copies`` nodes). ``model``: a path, ``"digits"``, bytes or a ModelProto.
@@ -191,9 +202,13 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
 
         ``watch=False`` (implies ``direct=False``): only submit. This client neither
         fetches the result nor marks it collected, so it waits in the mesh for a later
-        ``attach`` (``meshgpu submit --no-wait``); the handle never resolves here."""
+        ``attach`` (``meshgpu submit --no-wait``); the handle never resolves here.
+        ``label``: a name for the task, shown by ``meshgpu tasks`` (the CLI gives the
+        input file's name)."""
         blob = ModelBlob.of(model)
         fields = submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
+        if label is not None:
+            fields["label"] = check_label(label)
         if not direct or not watch:
             fields["direct"] = False
         prepared = prepare_inputs(inputs, self.max_task_bytes, self.chunk_bytes)
@@ -204,14 +219,17 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
         else:
             reply = await self._submit_request(blob, "submit", inputs=prepared, **fields)
         if not watch:
-            return AsyncTaskHandle(
+            handle = AsyncTaskHandle(
                 reply["task_id"], reply.get("copies", 0), reply.get("replicas", 0)
             )
-        if reply.get("direct"):
+        elif reply.get("direct"):
             handle = AsyncTaskHandle(str(reply["task_id"]))
             handle.resolve(Outcome.from_message(reply))
-            return self._track(handle)
-        return self._handle_of(reply)
+            handle = self._track(handle)
+        else:
+            handle = self._handle_of(reply)
+        handle.label = label
+        return handle
 
     async def _submit_request(
         self, blob: ModelBlob, op: str, upload: TensorBlob | None = None, **fields: Any
@@ -262,13 +280,20 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
         link.fail(f"{link.node_id}'s disk is full")
         return True
 
-    def _handle_of(self, reply: dict[str, Any]) -> AsyncTaskHandle:
+    def _handle_of(self, reply: dict[str, Any], deferred: bool = False) -> AsyncTaskHandle:
         return self._track(
-            AsyncTaskHandle(reply["task_id"], reply.get("copies", 0), reply.get("replicas", 0))
+            AsyncTaskHandle(
+                reply["task_id"],
+                reply.get("copies", 0),
+                reply.get("replicas", 0),
+                deferred=deferred,
+            )
         )
 
-    def attach(self, task_id: str) -> AsyncTaskHandle:
-        """A handle for a task submitted earlier (e.g. ``meshgpu submit --no-wait``)."""
+    def attach(self, task_id: str, *, acknowledge: bool = True) -> AsyncTaskHandle:
+        """A handle for a task submitted earlier (e.g. ``meshgpu submit --no-wait``).
+        ``acknowledge=False``: the mesh keeps the result until the caller calls
+        :meth:`collected` (``meshgpu collect`` does once the file is written)."""
         handle = self._handles.get(task_id)
         if handle is not None:
             return handle
@@ -284,7 +309,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams):
             handle.resolve(Outcome(task_id, "failed", None, error=error))
             self._handles[task_id] = handle
             return handle
-        return self._track(AsyncTaskHandle(task_id))
+        return self._track(AsyncTaskHandle(task_id, deferred=not acknowledge))
 
     async def status(self) -> dict[str, Any]:
         """The entry peer's ``status`` (members, leader, view, queue, counters)."""

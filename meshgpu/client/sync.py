@@ -15,6 +15,7 @@ Calls are thread-safe: any thread may call any method; they all run on the one l
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -23,9 +24,11 @@ from typing import Any, TypeVar
 import trio
 
 from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome, Outputs
+from meshgpu.client.mapping import STOP_GRACE_S, MapInterrupted, MapRun, stopped_map_message
 from meshgpu.client.session import AsyncClient
 from meshgpu.errors import ClientError, MeshError
 
+logger = logging.getLogger("meshgpu.client")
 T = TypeVar("T")
 _DONE = object()
 
@@ -149,16 +152,28 @@ class Client:
     def map(
         self, model: Any, many_inputs: Iterable[Mapping[str, Any]], **options: Any
     ) -> Iterator[Completed]:
-        """One task per input map; yields :class:`Completed` items as tasks finish."""
+        """One task per input map; yields :class:`Completed` items as tasks finish.
+
+        Stopped early (a ``break``, an error, Ctrl-C), the map ends within about a
+        second: the tasks the mesh accepted and this loop never took stay in the mesh,
+        listed by :meth:`uncollected` and in a warning with the command that fetches
+        them; Ctrl-C inside the loop raises :class:`MapInterrupted` (a KeyboardInterrupt)
+        that carries them."""
         raise_errors = options.pop("raise_errors", True)
+        window = options.pop("window", 64)
+        group = options.pop("group", None)
+        label = options.pop("label", None)
         chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         scope = trio.CancelScope()
+        run = MapRun()
+        pumped = threading.Event()
+        client = self._async
 
         async def pump() -> None:
             # One hand-off between the threads per burst of results, not per item.
             try:
                 with scope:
-                    mapped = self._async.map_chunks(model, many_inputs, **options)
+                    mapped = client._map(run, model, many_inputs, window, group, label, options)
                     async with contextlib.aclosing(mapped):
                         async for chunk in mapped:
                             chunks.put(chunk)
@@ -167,24 +182,49 @@ class Client:
                 raise
             finally:
                 chunks.put(_DONE)
+                pumped.set()
 
         async def start() -> None:
-            assert self._async._nursery is not None
-            self._async._nursery.start_soon(_swallow, pump)
+            assert client._nursery is not None
+            client._nursery.start_soon(_swallow, pump)
 
         self._run(start)
+        abandoned_before = len(client.uncollected())
+        taken: list[Completed] = []  # yielded from the current burst, not acknowledged yet
+        interrupted = False
         try:
             while (chunk := chunks.get()) is not _DONE:
                 if isinstance(chunk, BaseException):
                     raise chunk
                 for item in chunk:
+                    taken.append(item)
                     if item.error is not None and raise_errors:
                         raise item.error
                     yield item
+                self._call_soon(client._taken, run, taken)
+                taken = []
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
             if self._thread.is_alive() and self._token is not None:
-                with contextlib.suppress(trio.RunFinishedError):
-                    trio.from_thread.run_sync(scope.cancel, trio_token=self._token)
+                if taken:
+                    self._call_soon(client._taken, run, taken)
+                self._call_soon(scope.cancel)
+                pumped.wait(STOP_GRACE_S + 1.0)
+                client.flush_timeout = min(client.flush_timeout, 0.5)
+            left = client.uncollected()[abandoned_before:]
+            if left:
+                logger.warning("%s", stopped_map_message(left, client.unanswered))
+        if interrupted:
+            raise MapInterrupted(left, client.unanswered)
+
+    def uncollected(self) -> list[tuple[str, str | None]]:
+        """(task id, label) of the tasks stopped maps left in the mesh, uncollected."""
+        return self._async.uncollected()
+
+    def _call_soon(self, function: Callable[..., Any], *args: Any) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(function, *args, trio_token=self._token)
 
     def status(self) -> dict[str, Any]:
         return self._run(self._async.status)

@@ -185,6 +185,7 @@ def task_rows(daemon: Daemon, state: str | None = None) -> list[dict[str, Any]]:
                 "result_holders": sorted(entry.result_holders),
                 "delivered": entry.delivered,
                 "members": entry.spec.members,
+                "label": entry.spec.label,
             }
         )
     return rows

@@ -22,6 +22,7 @@ import trio
 from meshgpu.core import effects as fx
 from meshgpu.core.events import SubmitTask
 from meshgpu.core.tasks import DeviceRequirements, Priority, TaskId, TaskSpec
+from meshgpu.core.tasks.spec import LABEL_MAX
 from meshgpu.daemon.api import Message, request_field
 from meshgpu.daemon.blobs import read_layout
 from meshgpu.daemon.dataplane import INPUTS
@@ -58,6 +59,30 @@ def _batch_inputs(task: Any) -> dict[str, Any]:
     if not isinstance(inputs, dict):
         raise DecodeError("request field 'inputs' is missing or not a map")
     return inputs
+
+
+def label_of(message: Any) -> str | None:
+    """The optional ``label`` of a ``submit`` request or of one task of a batch."""
+    label = message.get("label") if isinstance(message, dict) else None
+    if label is not None and not isinstance(label, str):
+        raise DecodeError(f"'label' is a string, got {type(label).__name__}")
+    return label
+
+
+def group_label(labels: Sequence[str | None]) -> str | None:
+    """One label for a task group from its members' (``meshgpu tasks`` shows one row per
+    group): the members' labels joined by commas when that fits, else the first and the
+    last with the count; None when no member has one."""
+    named = [label for label in labels if label]
+    if not named:
+        return None
+    if len(set(named)) == 1:
+        return named[0]
+    joined = ",".join(named)
+    if len(joined) <= LABEL_MAX:
+        return joined
+    short = f"{named[0][:80]} .. {named[-1][:80]} ({len(labels)})"
+    return short[:LABEL_MAX]
 
 
 def _requirements(request: Message) -> DeviceRequirements:
@@ -123,7 +148,7 @@ class Submissions:
                 if answer is not None:
                     return answer
                 self.check_submittable(request)  # the node may have begun leaving
-        pending, _ = await self._enqueue(request, inputs)
+        pending, _ = await self._enqueue(request, inputs, label_of(request))
         return await self._acknowledged(pending)
 
     async def submit_batch(self, request: Message) -> Message:
@@ -158,7 +183,7 @@ class Submissions:
             try:
                 inputs = _batch_inputs(task)
                 if size == 1:
-                    pending, input_digest = await self._enqueue(request, inputs)
+                    pending, input_digest = await self._enqueue(request, inputs, label_of(task))
                     waiting.append(([index], pending, input_digest, 1))
                     continue
                 tensors = decode_tensors(inputs)
@@ -171,12 +196,15 @@ class Submissions:
             indices = [index for index, _ in members]
             try:
                 if len(members) == 1:
+                    task = tasks[indices[0]]
                     pending, input_digest = await self._enqueue(
-                        request, _batch_inputs(tasks[indices[0]])
+                        request, _batch_inputs(task), label_of(task)
                     )
                 else:
                     pending, input_digest = await self._enqueue_group(
-                        request, [tensors for _, tensors in members]
+                        request,
+                        [tensors for _, tensors in members],
+                        group_label([label_of(tasks[index]) for index in indices]),
                     )
                 waiting.append((indices, pending, input_digest, len(members)))
             except MeshError as error:
@@ -202,12 +230,12 @@ class Submissions:
         return {"results": answers}
 
     async def _enqueue_group(
-        self, request: Message, members: Sequence[Mapping[str, Any]]
+        self, request: Message, members: Sequence[Mapping[str, Any]], label: str | None
     ) -> tuple[_Pending, str]:
         """:meth:`_enqueue` for a task group: one inputs blob holding every member's
         tensors and one ``SubmitTask`` whose spec says how many members it carries."""
         return await self._store_and_feed(
-            request, canonical_group_bytes(members), dict(members[0]), len(members)
+            request, canonical_group_bytes(members), dict(members[0]), len(members), label
         )
 
     def check_submittable(self, request: Message) -> None:
@@ -221,7 +249,9 @@ class Submissions:
                 "with put_model (the client library does this for you)"
             )
 
-    async def _enqueue(self, request: Message, inputs: dict[str, Any]) -> tuple[_Pending, str]:
+    async def _enqueue(
+        self, request: Message, inputs: dict[str, Any], label: str | None = None
+    ) -> tuple[_Pending, str]:
         """Validate one task, store its inputs and feed ``SubmitTask``; returns what to wait
         on and the input digest. The inputs are held (``submitting``) from before they are
         stored until the core answers the submission (:meth:`execute` releases them), not
@@ -231,18 +261,25 @@ class Submissions:
         tensors = decode_tensors(inputs)
         if not tensors:
             raise TaskError("a task needs at least one input tensor")
-        return await self._store_and_feed(request, canonical_tensor_bytes(tensors), tensors, 1)
+        return await self._store_and_feed(
+            request, canonical_tensor_bytes(tensors), tensors, 1, label
+        )
 
     async def _store_and_feed(
-        self, request: Message, blob: bytes, tensors: dict[str, Any], members: int
+        self,
+        request: Message,
+        blob: bytes,
+        tensors: dict[str, Any],
+        members: int,
+        label: str | None = None,
     ) -> tuple[_Pending, str]:
         """Hold and store one task's inputs blob and feed its ``SubmitTask``; returns what
         to wait on and the input digest (``tensors``: one member's, for the spec)."""
         daemon = self.daemon
         input_digest = hashlib.sha256(blob).hexdigest()
         spec = self._spec(request, tensors, input_digest)
-        if members != 1:
-            spec = dataclasses.replace(spec, members=members)
+        if members != 1 or label is not None:
+            spec = dataclasses.replace(spec, members=members, label=label)
         daemon.dataplane.submitting[input_digest] += 1
         try:
             # Inline inputs need no fsync of their own: the task's first journal record,

@@ -56,6 +56,7 @@ def test_a_large_mesh_gets_longer_groups_so_its_entry_rate_stays_bounded() -> No
 class _Client(BatchedSubmission):
     def __init__(self) -> None:
         self._group_left: dict[str, int] = {}
+        self._group_taken: dict[str, list[str]] = {}
 
 
 def test_a_group_is_collected_once_when_its_last_member_arrives() -> None:
@@ -68,6 +69,18 @@ def test_a_group_is_collected_once_when_its_last_member_arrives() -> None:
     assert "n-1/7" not in client._group_left
     assert client._collectable("n-1/8", first=True) == "n-1/8"  # a plain task
     assert client._collectable("n-1/9:0", first=True) == "n-1/9:0"  # attached, not ours
+
+
+def test_a_group_given_up_half_taken_acknowledges_its_taken_members_one_by_one() -> None:
+    client = _Client()
+    client._group_left["n-1/7"] = 3
+    assert client._collectable("n-1/7:0", first=True) is None
+    assert client._collectable("n-1/7:2", first=True) is None
+    # member 1 was never taken (a stopped map): the daemon counts 0 and 2 now, and the
+    # group is collected once `meshgpu collect` has fetched member 1.
+    assert sorted(client._forget_groups(["n-1/7:1"])) == ["n-1/7:0", "n-1/7:2"]
+    assert "n-1/7" not in client._group_left and not client._group_taken
+    assert client._forget_groups(["n-1/8"]) == []
 
 
 async def test_the_window_gathers_a_group_worth_of_places_or_gives_up() -> None:

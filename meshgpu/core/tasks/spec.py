@@ -70,6 +70,10 @@ class DeviceRequirements:
     fp16: bool = False
 
 
+LABEL_MAX = 200
+"""Longest task label: it travels in every update of the task's spec."""
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """Everything about a task that is fixed at submission.
@@ -84,6 +88,9 @@ class TaskSpec:
     tensors of the same names, shapes and dtypes (``input_shapes`` then describes one
     member) run together and answered per member. The core treats a group like any task:
     one id, one replication, one assignment, one result, one retry unit.
+    ``label`` is the submitter's name for the task (the input file's name, ``label=`` in
+    the client; a group's names its members), shown by ``meshgpu tasks``; the core never
+    reads it. At most ``LABEL_MAX`` characters.
     """
 
     model_digest: str
@@ -96,6 +103,7 @@ class TaskSpec:
     replicas: int = 2
     strategy: str | None = None
     members: int = 1
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if not self.model_digest:
@@ -108,3 +116,7 @@ class TaskSpec:
             raise TaskError(f"members must be at least 1, got {self.members}")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise TaskError(f"deadline_s must be positive, got {self.deadline_s}")
+        if self.label is not None and len(self.label) > LABEL_MAX:
+            raise TaskError(
+                f"a task label has at most {LABEL_MAX} characters, got {len(self.label)}"
+            )

@@ -59,9 +59,10 @@ def task_id_from_wire(origin: object, sequence: object) -> TaskId:
 
 
 def spec_to_wire(spec: TaskSpec) -> Wire:
-    """The spec's fields in order; ``members`` is appended only when it is not 1, so an
-    ordinary task encodes byte for byte as before groups existed (journals, traces and
-    their hashes stay the same) and a group is a 10-field spec."""
+    """The spec's fields in order; ``members`` is appended only when it is not 1 or a
+    label follows, and ``label`` only when set, so an ordinary task encodes byte for byte
+    as before groups and labels existed (journals, traces and their hashes stay the
+    same): 9 fields, a group 10, a labelled task 11."""
     req = spec.requirements
     retry = spec.retry
     wire = [
@@ -75,8 +76,10 @@ def spec_to_wire(spec: TaskSpec) -> Wire:
         spec.replicas,
         spec.strategy,
     ]
-    if spec.members != 1:
+    if spec.members != 1 or spec.label is not None:
         wire.append(spec.members)
+    if spec.label is not None:
+        wire.append(spec.label)
     return wire
 
 
@@ -100,7 +103,7 @@ def spec_from_wire(value: object) -> TaskSpec:
 
 def _decode_spec(value: object) -> TaskSpec:
     fields = _list(value)
-    _expect(len(fields) in (9, 10), "expected 9 or 10 spec fields")
+    _expect(len(fields) in (9, 10, 11), "expected 9 to 11 spec fields")
     shapes = tuple(
         (_str(pair[0]), tuple(_int(d) for d in _list(pair[1])))
         for pair in (_list(p, 2) for p in _list(fields[2]))
@@ -126,7 +129,8 @@ def _decode_spec(value: object) -> TaskSpec:
             ),
             replicas=_int(fields[7]),
             strategy=None if fields[8] is None else _str(fields[8]),
-            members=_int(fields[9]) if len(fields) == 10 else 1,
+            members=_int(fields[9]) if len(fields) >= 10 else 1,
+            label=_str(fields[10]) if len(fields) == 11 else None,
         )
     except (ValueError, MeshError) as error:
         if isinstance(error, DecodeError):

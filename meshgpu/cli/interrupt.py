@@ -1,0 +1,107 @@
+"""Ctrl-C in ``meshgpu submit`` and ``meshgpu collect``: a clean stop, not a traceback.
+
+Without this, SIGINT became trio's KeyboardInterrupt at whatever checkpoint the main
+task was at, inside the client's nurseries: a 40-100 line exception group (sometimes
+"Nursery stack corrupted"), exit status 1, and no word about the tasks the mesh had
+accepted. Now the command owns SIGINT while it talks to the mesh
+(:func:`trio.open_signal_receiver`) and turns it into cancellations it chose:
+
+* the first Ctrl-C cancels the *waiting* (:meth:`Interruption.waiting`): a ``map``
+  then gives the submissions already sent a short grace to be answered, and lists what
+  it abandoned (meshgpu/client/mapping.py); a ``--no-wait`` batch on the wire gets the
+  same grace (:meth:`Interruption.sending`). Outside of both (connecting, uploading the
+  model) it stops at once;
+* a second Ctrl-C stops everything at once.
+
+The command then prints the ids of the accepted, uncollected tasks (stdout, or the
+``--ids`` file) with the ``meshgpu collect`` command that fetches them, and exits with
+status 130 (128 + SIGINT, what a shell reports for a process stopped by Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+import trio
+
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT: the status a shell reports for a command stopped by Ctrl-C."""
+
+
+class Interruption:
+    """SIGINT as cancellations (see the module docstring). ``requested`` and ``forced``
+    say what happened; ``at`` is when the first Ctrl-C came (trio time)."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.requested = False
+        self.forced = False
+        self.at: float | None = None
+        self._everything = trio.CancelScope()
+        self._waiting: trio.CancelScope | None = None
+        self._sending: trio.CancelScope | None = None
+
+    def request(self) -> None:
+        """Invoked for each SIGINT by :meth:`guard`'s watcher."""
+        if self.requested:
+            self.forced = True
+            self._everything.cancel()
+            return
+        self.requested = True
+        self.at = trio.current_time()
+        if self._sending is not None:
+            self._sending.deadline = min(self._sending.deadline, self.at + self.grace_s)
+        if self._waiting is not None:
+            self._waiting.cancel()
+        elif self._sending is None:
+            self._everything.cancel()
+
+    @contextmanager
+    def waiting(self) -> Iterator[trio.CancelScope]:
+        """A scope the first Ctrl-C cancels (the rest of the command goes on)."""
+        with trio.CancelScope() as scope:
+            self._waiting = scope
+            if self.requested:
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                self._waiting = None
+
+    @contextmanager
+    def sending(self) -> Iterator[trio.CancelScope]:
+        """A request the first Ctrl-C does not cut off: it gets ``grace_s`` to be
+        answered (its answer names the tasks the mesh accepted)."""
+        with trio.CancelScope(shield=True) as scope:
+            self._sending = scope
+            if self.requested and self.at is not None:
+                scope.deadline = self.at + self.grace_s
+            try:
+                yield scope
+            finally:
+                self._sending = None
+
+
+async def run_guarded(interruption: Interruption, body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body()`` with SIGINT turned into ``interruption``'s cancellations. The body
+    records what it did as it goes: a second Ctrl-C cuts it off wherever it is. Off the
+    main thread (a command run by a test's CliRunner in a worker thread) signals cannot
+    be received there, and the body just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        with interruption._everything:
+            await body()
+        return
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    interruption.request()
+
+            nursery.start_soon(watch)
+            with interruption._everything:
+                await body()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,313 @@
+"""``map`` and ``map_chunks`` of :class:`~meshgpu.client.AsyncClient`, and how a map stops.
+
+A map submits through ``submit_many`` (batches.py: window, batches, group sizes) and
+hands each outcome to its consumer in completion order. What this module adds is the
+contract of a map that ends early, by a ``break``, an error, a cancellation or Ctrl-C:
+
+* **Acknowledged when taken.** A map's task is marked collected in the mesh only once
+  its consumer has taken the item (asked for the next one), not when the client
+  received it. An outcome that arrived but was never taken stays in the mesh.
+* **Nothing accepted goes unnamed.** When the map stops, the submissions already on
+  the wire get ``STOP_GRACE_S`` to be answered (so the ids the mesh accepted are
+  known), then the map ends. Every task accepted and not taken is *abandoned*: the
+  client stops counting on it, never acknowledges it, and lists it in
+  :meth:`MapSubmission.uncollected` (id and label) so that ``meshgpu collect`` or
+  ``attach`` fetches it later. A submission still unanswered after the grace is counted
+  in ``unanswered`` (the mesh may have accepted it; ``meshgpu tasks`` shows its label).
+
+Rejected: acknowledging on receipt (the old behaviour), which lost every result that
+arrived after the consumer stopped: the mesh was told it was collected, the caller
+never saw it. Waiting for every submission in flight however long it takes: Ctrl-C
+must stop within a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from meshgpu.client.batches import (
+    BATCH_MAX,
+    GATHER_S,
+    PROBE_MAX_S,
+    _Window,
+    check_label,
+    choose_group,
+)
+from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome
+from meshgpu.client.models import ModelBlob
+from meshgpu.errors import ConfigError, MeshError
+
+STOP_GRACE_S = 0.5
+"""How long a stopping map waits for the answers of submissions already sent: the ids
+of tasks the mesh accepted are known only from those answers (an acknowledgement takes
+milliseconds on a LAN, a few hundred on a loaded one)."""
+
+Label = str | Callable[[int], str | None] | None
+"""A map's ``label``: one for every task, or a function of the input's index."""
+
+
+def stopped_map_message(uncollected: list[tuple[str, str | None]], unanswered: int) -> str:
+    """What a stopped map says: how many accepted tasks it left, and how to fetch them."""
+    ids = " ".join(task_id for task_id, _ in uncollected[:10])
+    more = (
+        f" ... ({len(uncollected) - 10} more: client.uncollected())"
+        if len(uncollected) > 10
+        else ""
+    )
+    text = (
+        f"map stopped: {len(uncollected)} accepted task(s) not collected; their results wait "
+        f"in the mesh: meshgpu collect {ids}{more} (or client.attach(task_id))"
+    )
+    if unanswered:
+        text += (
+            f"; {unanswered} submission(s) were cut off unanswered and may have been "
+            "accepted (meshgpu tasks shows them by label)"
+        )
+    return text
+
+
+class MapInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a blocking ``map``: ``uncollected`` lists (task id, label) of the
+    accepted tasks whose results wait in the mesh; ``unanswered`` counts submissions cut
+    off before their answer."""
+
+    def __init__(self, uncollected: list[tuple[str, str | None]], unanswered: int) -> None:
+        super().__init__(stopped_map_message(uncollected, unanswered))
+        self.uncollected = uncollected
+        self.unanswered = unanswered
+
+
+@dataclass
+class MapRun:
+    """One map's bookkeeping: tasks accepted and not taken by the consumer yet."""
+
+    outstanding: dict[str, AsyncTaskHandle] = field(default_factory=dict)
+    unanswered: int = 0
+    """Tasks whose submission was cut off by the stop: maybe accepted, id unknown."""
+
+
+class MapSubmission:
+    """``map``, ``map_chunks`` and ``uncollected`` (mixed into ``AsyncClient``, after
+    the mixins that define what the stubs below stand for)."""
+
+    _nursery: trio.Nursery | None
+    members: list[dict[str, Any]]
+    unanswered: int
+    _abandoned: dict[str, str | None]
+
+    async def submit_many(self, model: Any, many_inputs: Any, **options: Any) -> Any:
+        raise NotImplementedError
+
+    async def _probe(self, model_digest: str, out: Callable[[], int], until: float) -> int:
+        raise NotImplementedError
+
+    def collected(self, task_ids: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def _abandon(self, handles: Iterable[AsyncTaskHandle]) -> None:
+        raise NotImplementedError
+
+    def uncollected(self) -> list[tuple[str, str | None]]:
+        """(task id, label) of every task this client submitted, the mesh accepted, and
+        a stopped ``map`` never handed to its consumer: their results wait in the mesh
+        for ``meshgpu collect`` (or ``attach``)."""
+        return list(self._abandoned.items())
+
+    async def map(
+        self,
+        model: Any,
+        many_inputs: Iterable[Mapping[str, Any]],
+        *,
+        window: int = 64,
+        raise_errors: bool = True,
+        group: int | None = None,
+        label: Label = None,
+        **options: Any,
+    ) -> AsyncIterator[Completed]:
+        """Submit one task per input map (at most ``window`` unfinished at once) and
+        yield a :class:`Completed` per task as each finishes, in completion order. A
+        failed task raises its error unless ``raise_errors`` is False.
+
+        ``group``: members per task group (1: one table entry per task); None (the
+        default) chooses per request from the mesh's published latency of the model and
+        its live capacity (:func:`~meshgpu.client.batches.choose_group`). ``label``: a
+        name for every task, or a function of the input's index (``meshgpu tasks``
+        shows it). A task is marked collected once its item was taken; stopped early,
+        the map lists what it abandoned in :meth:`uncollected` (module docstring)."""
+        run = MapRun()
+        chunks = self._map(run, model, many_inputs, window, group, label, options)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                for item in chunk:
+                    self._taken(run, [item])  # raised or yielded: the caller has it
+                    if item.error is not None and raise_errors:
+                        raise item.error
+                    yield item
+
+    async def map_chunks(
+        self,
+        model: Any,
+        many_inputs: Iterable[Mapping[str, Any]],
+        *,
+        window: int = 64,
+        group: int | None = None,
+        label: Label = None,
+        **options: Any,
+    ) -> AsyncGenerator[list[Completed], None]:
+        """:meth:`map` that yields, as one list, every item finished by the time the
+        consumer asks (failed ones included, never raised): one hand-off per burst, which
+        is what a consumer in another thread (the blocking client) needs. A chunk counts
+        as taken when the consumer asks for the next one."""
+        run = MapRun()
+        chunks = self._map(run, model, many_inputs, window, group, label, options)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+                self._taken(run, chunk)
+
+    def _taken(self, run: MapRun, items: list[Completed]) -> None:
+        ids = [item.task_id for item in items if item.task_id is not None]
+        for task_id in ids:
+            run.outstanding.pop(task_id, None)
+        self.collected(ids)
+
+    async def _map(
+        self,
+        run: MapRun,
+        model: Any,
+        many_inputs: Iterable[Mapping[str, Any]],
+        window: int,
+        group: int | None,
+        label: Label,
+        options: dict[str, Any],
+    ) -> AsyncGenerator[list[Completed], None]:
+        """The map itself: yields bursts of items; the wrappers record what was taken."""
+        assert self._nursery is not None
+        if group is not None and not 1 <= int(group) <= BATCH_MAX:
+            raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
+        if isinstance(label, str):
+            check_label(label)
+        blob = ModelBlob.of(model)
+        send, receive = trio.open_memory_channel[Completed](math.inf)
+        feeding = trio.CancelScope()
+        produced = trio.Event()
+
+        def label_for(index: int) -> str | None:
+            return label(index) if callable(label) else label
+
+        def deliver(item: Completed) -> None:
+            # Outcomes arrive by handle callbacks, also after the consumer stopped (a
+            # raised error, a break: the receiving end is closed) or the map was
+            # cancelled (the sending end is closed): dropped then, never raised into the
+            # client's loop (and never acknowledged: the task is abandoned).
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                send.send_nowait(item)
+
+        def on_outcome(index: int, free: _Window) -> Callable[[Outcome], None]:
+            def done(outcome: Outcome) -> None:
+                free.release()
+                deliver(
+                    Completed(
+                        index, outcome.task_id, outcome.outputs, outcome.worker, outcome.error
+                    )
+                )
+
+            return done
+
+        async def submit_batch(
+            batch: list[tuple[int, Mapping[str, Any]]], free: _Window, size: int
+        ) -> None:
+            labels = [label_for(index) for index, _ in batch]
+            try:
+                answers: list[AsyncTaskHandle | MeshError] = await self.submit_many(
+                    blob,
+                    [inputs for _, inputs in batch],
+                    group=size,
+                    label=labels,
+                    acknowledge=False,  # by _taken, once the consumer has the item
+                    **options,
+                )
+            except MeshError as error:
+                answers = [error] * len(batch)
+            except trio.Cancelled:
+                run.unanswered += len(batch)  # cut off by the stop: maybe accepted
+                raise
+            for (index, _), answer in zip(batch, answers, strict=True):
+                if isinstance(answer, MeshError):
+                    deliver(Completed(index, None, error=answer))
+                    free.release()
+                else:
+                    run.outstanding[answer.task_id] = answer
+                    answer.on_resolved(on_outcome(index, free))
+
+        async def produce() -> None:
+            # Each request carries every input the window has room for right now (up to
+            # BATCH_MAX): the whole window at first, then whatever a burst of results
+            # freed. No waiting to fill a batch: a lone free slot is submitted at once,
+            # except that with groups of K a full window waits up to GATHER_S for K-1
+            # more places (a group's members come back within milliseconds of each
+            # other; without it the window refilled one member at a time, in groups of
+            # one or two, and the steady rate fell to a third of the first burst's).
+            try:
+                with send:
+                    async with trio.open_nursery() as requests:
+                        with feeding:
+                            await feed(requests)
+                        # Stopped (or done: then nothing is out): the requests on the
+                        # wire get STOP_GRACE_S to be answered, so accepted ids are known.
+                        requests.cancel_scope.deadline = trio.current_time() + STOP_GRACE_S
+            finally:
+                produced.set()
+
+        async def feed(requests: trio.Nursery) -> None:
+            free = _Window(window)
+            inputs_left = enumerate(many_inputs)
+            probe_until = trio.current_time() + PROBE_MAX_S
+            while True:
+                await free.acquire()
+                most = BATCH_MAX
+                if group is None:
+                    most = await self._probe(blob.digest, lambda: window - free.value, probe_until)
+                size = (
+                    group if group is not None else choose_group(self.members, blob.digest, window)
+                )
+                if size > 1:
+                    await free.gather(min(size, BATCH_MAX) - 1, GATHER_S)
+                held = 1
+                batch: list[tuple[int, Mapping[str, Any]]] = []
+                for item in inputs_left:
+                    batch.append(item)
+                    if len(batch) >= most or not free.value:
+                        break
+                    free.acquire_nowait()
+                    held += 1
+                for _ in range(held - len(batch)):
+                    free.release()
+                if not batch:
+                    break
+                requests.start_soon(submit_batch, batch, free, size)
+            # Every task out gives its place back with its outcome (or its refusal).
+            await free.gather(window, math.inf)
+
+        self._nursery.start_soon(produce)
+        try:
+            async with receive:
+                async for item in receive:
+                    chunk = [item]
+                    with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+                        while True:
+                            chunk.append(receive.receive_nowait())
+                    yield chunk
+        finally:
+            feeding.cancel()
+            with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE_S + 0.5):
+                await produced.wait()
+            self.unanswered += run.unanswered
+            self._abandon(run.outstanding.values())
+            run.outstanding.clear()
