@@ -25,7 +25,13 @@ from typing import Any, TextIO
 
 import click
 
-from meshgpu.cli.submit import connection_options, first_mesh_error, output_option, tasks_line
+from meshgpu.cli.submit import (
+    collect_hint,
+    connection_options,
+    first_mesh_error,
+    output_option,
+    tasks_line,
+)
 
 
 def read_ids(text: str) -> list[tuple[str, str]]:
@@ -95,10 +101,13 @@ def collect(
 
     Each task's outputs are saved as OUTPUT/<stem>.npz (the stem printed by --no-wait,
     else the task id with / replaced by -). A result can be collected once: after that
-    the mesh may drop it. The exit status is 0 only if every task's result was saved.
+    the mesh may drop it; it counts as collected once its file is written. The exit
+    status is 0 only if every task's result was saved. Ctrl-C stops at once (status
+    130) and prints the ids still to collect.
     """
     import trio
 
+    from meshgpu.cli.interrupt import EXIT_INTERRUPTED
     from meshgpu.errors import MeshError
 
     pairs = [(task_id, stem_of(task_id)) for task_id in task_ids]
@@ -108,6 +117,9 @@ def collect(
         if not pairs:
             raise click.UsageError("give task ids as arguments or with --ids FILE")
         report = trio.run(_collect, pairs, output, peer, key_file, timeout)
+    except KeyboardInterrupt:  # before the command owned SIGINT: nothing was collected
+        click.echo("interrupted: nothing was collected", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except MeshError as error:
         raise click.ClickException(str(error)) from None
     except BaseExceptionGroup as group:
@@ -117,14 +129,23 @@ def collect(
         raise click.ClickException(str(mesh_error)) from None
     if as_json:
         click.echo(json.dumps(report))
-    failed = [row for row in report["tasks"] if row["state"] != "done"]
+    left = [row for row in report["tasks"] if row["state"] == "interrupted"]
+    failed = [row for row in report["tasks"] if row["state"] not in ("done", "interrupted")]
     for row in failed:
         click.echo(f"error: {row['task_id']}: {row['error']}", err=True)
     if not as_json:
         line = tasks_line(report["done"], len(pairs), "done")
         if len(failed):
             line += f", {len(failed)} failed"
+        if left:
+            line = f"interrupted: {line}, {len(left)} not collected yet"
+            for row in left:
+                click.echo(f"{row['task_id']}\t{row['stem']}")
         click.echo(line + (f"; outputs in {output}{os.sep}" if report["done"] else ""), err=True)
+    if left:
+        click.echo(collect_hint(left, None, output, peer, key_file), err=True)
+    if report.get("interrupted"):
+        sys.exit(EXIT_INTERRUPTED)
     if failed:
         sys.exit(1)
 
@@ -138,12 +159,26 @@ async def _collect(
 ) -> dict[str, Any]:
     import trio
 
+    from meshgpu.cli.interrupt import Interruption, run_guarded
     from meshgpu.cli.preflight import prepare_output_dir
     from meshgpu.cli.submit import save_outputs
     from meshgpu.client import AsyncClient
+    from meshgpu.client.mapping import STOP_GRACE_S
 
     rows: list[dict[str, Any]] = [{"task_id": t, "stem": s} for t, s in pairs]
-    async with AsyncClient(peer, key_file) as client:
+    stop = Interruption(STOP_GRACE_S)
+
+    async def body() -> None:
+        async with AsyncClient(peer, key_file) as client:
+            try:
+                await _collect_rows(client, rows, output, timeout, stop)
+            finally:
+                if stop.requested:
+                    client.flush_timeout = 0.3
+
+    async def _collect_rows(
+        client: Any, rows: list[dict[str, Any]], output: Path, timeout: float | None, stop: Any
+    ) -> None:
         known = {str(row["task_id"]): row for row in await client.tasks()}
         node = client.peer[0] if client.peer else "the peer"
         waiting = []
@@ -166,19 +201,33 @@ async def _collect(
             prepare_output_dir(output)
 
         async def one(row: dict[str, Any]) -> None:
-            outcome = await client.attach(row["task_id"]).wait()
+            # Marked collected only once the file is written: a stop in between leaves
+            # the result in the mesh for the next collect.
+            outcome = await client.attach(row["task_id"], acknowledge=False).wait()
             row["worker"] = outcome.worker
             if outcome.error is None and outcome.outputs is not None:
                 save_outputs(row, output / f"{row['stem']}.npz", outcome.outputs)
+                if row["state"] == "done":
+                    client.collected([row["task_id"]])
             else:
                 row.update(state="failed", error=str(outcome.error))
+                client.collected([row["task_id"]])  # the failure is reported: given out
 
-        with trio.move_on_after(math.inf if timeout is None else timeout):
+        with trio.move_on_after(math.inf if timeout is None else timeout), stop.waiting():
             async with trio.open_nursery() as nursery:
                 for row in waiting:
                     nursery.start_soon(one, row)
+
+    await run_guarded(stop, body)
     for row in rows:
         if "state" not in row:
-            row.update(state="timeout", error=f"no result within {timeout} s; it goes on")
+            if stop.requested:
+                row.update(state="interrupted", error="stopped by Ctrl-C; it waits in the mesh")
+            else:
+                row.update(state="timeout", error=f"no result within {timeout} s; it goes on")
     done = sum(1 for row in rows if row["state"] == "done")
-    return {"tasks": rows, "done": done, "failed": len(rows) - done}
+    failed = sum(1 for row in rows if row["state"] not in ("done", "interrupted"))
+    report = {"tasks": rows, "done": done, "failed": failed}
+    if stop.requested:
+        report["interrupted"] = True
+    return report

@@ -163,7 +163,9 @@ def status(peer: str | None, key_file: Path | None, as_json: bool) -> None:
 def tasks(
     peer: str | None, key_file: Path | None, state: str | None, as_json: bool, limit: int
 ) -> None:
-    """List the tasks one peer's replicated table holds: state, attempt, worker, holders.
+    """List the tasks one peer's replicated table holds: label, state, attempt, worker,
+    holders. The label is the input file's name (`meshgpu submit`) or `label=` of the
+    Python client; a task group's lists its members'.
 
     The table is a CRDT replicated across the mesh, so any peer shows (eventually) every
     task not yet collected; a failed task's row carries the reason.
@@ -181,12 +183,14 @@ def tasks(
     # Ids are what people copy: kept on one line (the other columns fold).
     widest = max((len(str(row["task_id"])) for row in rows), default=4)
     table.add_column("task", no_wrap=True, min_width=widest)
+    table.add_column("label", overflow="fold")
     for column in ("state", "try", "worker", "priority", "holders", "reason"):
         table.add_column(column, overflow="fold")
     for row in rows[-limit:] if limit > 0 else rows:
         members = int(row.get("members", 1))
         table.add_row(
             row["task_id"] + (f" (group of {members})" if members != 1 else ""),
+            str(row.get("label") or ""),
             row["state"] + (" (collected)" if row.get("delivered") else ""),
             str(row["attempt"]),
             str(row.get("worker") or ""),

@@ -411,7 +411,8 @@ async def _run(
                 row.update(state="not submitted")
     done = sum(1 for row in rows if row.get("state") == "done")
     if not no_wait:
-        report.update(done=done, failed=sum(1 for row in rows if row.get("state") == "failed"))
+        stopped = sum(1 for row in rows if row.get("state") in STOPPED)
+        report.update(done=done, failed=len(rows) - done - stopped)
     else:
         report["submitted"] = sum(1 for row in rows if row.get("state") == "submitted")
     return report

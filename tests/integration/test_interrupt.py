@@ -1,0 +1,176 @@
+"""Ctrl-C (a real SIGINT to a real process) on `meshgpu submit`, `meshgpu collect` and the
+Python client's `map`: exit status 130, no traceback, and every task the mesh accepted
+is either saved or named by id, and those ids are collectable."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import trio
+from onnx import TensorProto, helper
+
+from meshgpu.client import AsyncClient
+from meshgpu.client.localmesh import LocalMesh
+from tests.integration.conftest import wait_alive
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TASKS = 30
+MESHGPU = [sys.executable, "-m", "meshgpu"]
+WAIT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def slow_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    """Two daemons whose device holds each task for 150 ms: tasks are still in flight
+    when the test presses Ctrl-C."""
+    root = tmp_path_factory.mktemp("slow")
+    with LocalMesh(root, 2, prefix="ctrlc", extra_args=("--device", "synthetic:150")) as mesh:
+        trio.run(wait_alive, mesh, 2)
+        yield mesh
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> tuple[Path, Path]:
+    """An identity model and TASKS input files."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "same", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "same.onnx"
+    onnx.save(model, path)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for index in range(TASKS):
+        np.save(inputs / f"{index:03d}.npy", np.full((1, 4), index, np.float32))
+    return path, inputs
+
+
+def interrupt_when(process: subprocess.Popen[bytes], saved: Path, count: int) -> tuple[str, str]:
+    """SIGINT ``process`` once ``count`` .npz files are in ``saved``; its stdout, stderr."""
+    deadline = time.monotonic() + WAIT_S
+    # No event to wait on in another process: its output files are the signal.
+    while len(list(saved.glob("*.npz"))) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no results came"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=WAIT_S)
+    return stdout.decode(), stderr.decode()
+
+
+def collect(ids: str, out: Path, peer: str) -> subprocess.CompletedProcess[str]:
+    listing = out.parent / f"{out.name}.ids"
+    listing.write_text(ids)
+    command = [*MESHGPU, "collect", "--ids", str(listing), "-o", str(out), "--peer", peer]
+    return subprocess.run(command, capture_output=True, text=True, timeout=WAIT_S)
+
+
+def uncollected_entries(peer: str) -> list[dict]:
+    async def ask() -> list[dict]:
+        async with AsyncClient(peer, environ={}) as client:
+            return [row for row in await client.tasks() if not row["delivered"]]
+
+    return trio.run(ask)
+
+
+def test_ctrl_c_on_submit_names_every_accepted_task(
+    slow_mesh: LocalMesh, work: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, inputs = work
+    peer = slow_mesh.nodes[0].peer
+    out = tmp_path / "out"
+    command = [*MESHGPU, "submit", str(model), "-i", str(inputs), "-o", str(out), "--peer", peer]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = interrupt_when(process, out, 3)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "BaseExceptionGroup" not in stderr
+    assert "interrupted: " in stderr and "meshgpu collect --ids FILE" in stderr
+    ids = [line.split("\t") for line in stdout.splitlines()]
+    saved = {path.stem for path in out.glob("*.npz")}
+    assert ids and all(len(pair) == 2 and pair[1] not in saved for pair in ids)
+    # `meshgpu tasks` shows which input each task was
+    labels = {str(row.get("label")) for row in uncollected_entries(peer)}
+    assert any(pair[1] in label for pair in ids for label in labels)
+    collected = collect(stdout, out, peer)
+    assert collected.returncode == 0, collected.stderr
+    assert f"{len(ids)} of {len(ids)} tasks done" in collected.stderr
+    not_submitted = TASKS - len(saved) - len(ids)
+    assert len(list(out.glob("*.npz"))) == TASKS - not_submitted
+    assert uncollected_entries(peer) == []  # nothing accepted was left unnamed
+
+
+def test_ctrl_c_on_collect_prints_the_ids_still_to_collect(
+    slow_mesh: LocalMesh, work: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, inputs = work
+    peer = slow_mesh.nodes[0].peer
+    ids_file = tmp_path / "ids.txt"
+    submitted = subprocess.run(
+        [*MESHGPU, "submit", str(model), "-i", str(inputs), "--no-wait", "--ids", str(ids_file),
+         "--peer", peer],
+        capture_output=True, text=True, timeout=WAIT_S,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.stdout == "" and len(ids_file.read_text().splitlines()) == TASKS
+    out = tmp_path / "out"
+    command = [*MESHGPU, "collect", "--ids", str(ids_file), "-o", str(out), "--peer", peer]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = interrupt_when(process, out, 3)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "not collected yet" in stderr
+    left = stdout.splitlines()
+    assert 0 < len(left) < TASKS
+    again = collect(stdout, out, peer)
+    assert again.returncode == 0, again.stderr
+    assert len(list(out.glob("*.npz"))) == TASKS
+    assert uncollected_entries(peer) == []
+
+
+SCRIPT = """
+import json, sys
+import numpy as np
+import meshgpu
+from meshgpu.client import MapInterrupted
+
+peer, model, out, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+inputs = ({"x": np.full((1, 4), i, np.float32)} for i in range(count))
+with meshgpu.Client(peer, environ={}) as client:
+    try:
+        for item in client.map(model, inputs, label=lambda i: f"row-{i}"):
+            np.savez(f"{out}/{item.index}.npz", **item.outputs)
+    except MapInterrupted as stopped:
+        print(json.dumps(stopped.uncollected))
+        sys.exit(130)
+"""
+
+
+def test_ctrl_c_on_the_python_clients_map_raises_with_the_uncollected_ids(
+    slow_mesh: LocalMesh, work: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, _ = work
+    peer = slow_mesh.nodes[0].peer
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-c", SCRIPT, peer, str(model), str(out), str(TASKS)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = interrupt_when(process, out, 3)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    uncollected = json.loads(stdout)
+    assert uncollected and all(label.startswith("row-") for _, label in uncollected)
+    lines = "".join(f"{task_id}\t{label}\n" for task_id, label in uncollected)
+    collected = collect(lines, tmp_path / "later", peer)
+    assert collected.returncode == 0, collected.stderr
+    assert len(list((tmp_path / "later").glob("*.npz"))) == len(uncollected)
+    assert uncollected_entries(peer) == []
