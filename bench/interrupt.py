@@ -76,8 +76,18 @@ def submit_and_interrupt(
     }
 
 
+def uncollected(peer: str) -> set[str]:
+    """Ids of the table entries nobody has collected."""
+
+    async def ask() -> set[str]:
+        async with AsyncClient(peer, environ={}) as client:
+            return {row["task_id"] for row in await client.tasks() if not row.get("delivered")}
+
+    return trio.run(ask)
+
+
 def collect_and_count(ids: list[list[str]], out: Path, peer: str) -> dict[str, Any]:
-    """Collect the printed ids, then count table entries nobody has collected."""
+    """Collect the printed ids, then list the table entries nobody has collected."""
     if ids:
         listing = out.parent / f"{out.name}-ids.txt"
         listing.write_text("".join(f"{task_id}\t{stem}\n" for task_id, stem in ids))
@@ -90,12 +100,7 @@ def collect_and_count(ids: list[list[str]], out: Path, peer: str) -> dict[str, A
             print(f"collect failed: {result.stderr.strip()[-500:]}", file=sys.stderr)
     collected = len(list(out.glob("*.npz")))
 
-    async def leftovers() -> list[dict[str, Any]]:
-        async with AsyncClient(peer, environ={}) as client:
-            return [row for row in await client.tasks() if not row.get("delivered")]
-
-    left = trio.run(leftovers)
-    return {"saved_after_collect": collected, "unnamed": left}
+    return {"saved_after_collect": collected, "unnamed": uncollected(peer)}
 
 
 def main() -> None:
@@ -121,11 +126,12 @@ def main() -> None:
         for run in range(args.runs):
             fraction = 0.1 + 0.6 * run / max(1, args.runs - 1)
             out = root / f"out-{run}"
+            earlier = uncollected(peer)  # left by an earlier run: not this run's
             measured = submit_and_interrupt(model, inputs, out, peer, args.tasks, fraction)
             counted = collect_and_count(measured.pop("ids"), out, peer)
             measured["ids_printed_collected"] = counted["saved_after_collect"] - measured["saved"]
             measured["accounted"] = counted["saved_after_collect"]
-            measured["unnamed"] = len(counted["unnamed"])
+            measured["unnamed"] = len(counted["unnamed"] - earlier)
             runs.append(measured)
     report = {
         "benchmark": "interrupt",
