@@ -25,7 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,8 +108,23 @@ class MapSubmission:
     unanswered: int
     _abandoned: dict[str, str | None]
 
-    async def submit_many(self, model: Any, many_inputs: Any, **options: Any) -> Any:
-        raise NotImplementedError
+    async def submit_many(
+        self,
+        model: Any,
+        many_inputs: Iterable[Mapping[str, Any]],
+        *,
+        priority: str = "normal",
+        replicas: int = 2,
+        deadline_s: float | None = None,
+        device_type: str | None = None,
+        min_memory: int = 0,
+        fp16: bool = False,
+        group: int = 1,
+        label: str | Sequence[str | None] | None = None,
+        acknowledge: bool = True,
+        watch: bool = True,
+    ) -> list[AsyncTaskHandle | MeshError]:
+        raise NotImplementedError  # BatchedSubmission's
 
     async def _probe(self, model_digest: str, out: Callable[[], int], until: float) -> int:
         raise NotImplementedError
