@@ -107,7 +107,8 @@ def collect(
     """
     import trio
 
-    from meshgpu.cli.interrupt import EXIT_INTERRUPTED
+    from meshgpu.cli.interrupt import EXIT_INTERRUPTED, Interruption, owning_sigint
+    from meshgpu.client.mapping import STOP_GRACE_S
     from meshgpu.errors import MeshError
 
     pairs = [(task_id, stem_of(task_id)) for task_id in task_ids]
@@ -116,7 +117,9 @@ def collect(
             pairs += read_ids(ids_file.read())
         if not pairs:
             raise click.UsageError("give task ids as arguments or with --ids FILE")
-        report = trio.run(_collect, pairs, output, peer, key_file, timeout)
+        stop = Interruption(STOP_GRACE_S)
+        with owning_sigint(stop):
+            report = trio.run(_collect, pairs, output, peer, key_file, timeout, stop)
     except KeyboardInterrupt:  # before the command owned SIGINT: nothing was collected
         click.echo("interrupted: nothing was collected", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -156,17 +159,16 @@ async def _collect(
     peer: str | None,
     key_file: Path | None,
     timeout: float | None,
+    stop: Any,
 ) -> dict[str, Any]:
     import trio
 
-    from meshgpu.cli.interrupt import Interruption, run_guarded
+    from meshgpu.cli.interrupt import run_guarded
     from meshgpu.cli.preflight import prepare_output_dir
     from meshgpu.cli.submit import save_outputs
     from meshgpu.client import AsyncClient
-    from meshgpu.client.mapping import STOP_GRACE_S
 
     rows: list[dict[str, Any]] = [{"task_id": t, "stem": s} for t, s in pairs]
-    stop = Interruption(STOP_GRACE_S)
 
     async def body() -> None:
         async with AsyncClient(peer, key_file) as client:

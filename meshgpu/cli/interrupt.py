@@ -3,8 +3,8 @@
 Without this, SIGINT became trio's KeyboardInterrupt at whatever checkpoint the main
 task was at, inside the client's nurseries: a 40-100 line exception group (sometimes
 "Nursery stack corrupted"), exit status 1, and no word about the tasks the mesh had
-accepted. Now the command owns SIGINT while it talks to the mesh
-(:func:`trio.open_signal_receiver`) and turns it into cancellations it chose:
+accepted. Now the command owns SIGINT while it talks to the mesh (:func:`owning_sigint`)
+and turns it into cancellations it chose:
 
 * the first Ctrl-C cancels the *waiting* (:meth:`Interruption.waiting`): a ``map``
   then gives the submissions already sent a short grace to be answered, and lists what
@@ -20,6 +20,7 @@ status 130 (128 + SIGINT, what a shell reports for a process stopped by Ctrl-C).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -40,6 +41,9 @@ class Interruption:
         self.requested = False
         self.forced = False
         self.at: float | None = None
+        self.token: trio.lowlevel.TrioToken | None = None
+        """The running loop's token while :func:`run_guarded` runs (signals go there)."""
+        self.finished = False
         self._everything = trio.CancelScope()
         self._waiting: trio.CancelScope | None = None
         self._sending: trio.CancelScope | None = None
@@ -86,22 +90,44 @@ class Interruption:
 
 
 async def run_guarded(interruption: Interruption, body: Callable[[], Awaitable[None]]) -> None:
-    """Run ``body()`` with SIGINT turned into ``interruption``'s cancellations. The body
-    records what it did as it goes: a second Ctrl-C cuts it off wherever it is. Off the
-    main thread (a command run by a test's CliRunner in a worker thread) signals cannot
-    be received there, and the body just runs."""
-    if threading.current_thread() is not threading.main_thread():
+    """Run ``body()`` with SIGINT (as :func:`owning_sigint` routes it) turned into
+    ``interruption``'s cancellations. The body records what it did as it goes: a second
+    Ctrl-C cuts it off wherever it is."""
+    interruption.token = trio.lowlevel.current_trio_token()
+    try:
         with interruption._everything:
             await body()
+    finally:
+        interruption.token = None
+        interruption.finished = True
+
+
+@contextmanager
+def owning_sigint(interruption: Interruption) -> Iterator[None]:
+    """Route SIGINT to ``interruption`` for the body (a ``trio.run`` of
+    :func:`run_guarded`): a plain handler that hands each signal to the trio loop.
+
+    Rejected: ``trio.open_signal_receiver``. Closed when the work ends, it re-raises a
+    signal that arrived in the last moment as KeyboardInterrupt inside trio's own
+    tasks: a TrioInternalError traceback, the very thing this module removes. A signal
+    before the loop runs interrupts as Python does (nothing was sent yet); one after
+    it ended is ignored (the command is printing its summary). Off the main thread (a
+    test's CliRunner in a worker thread) nothing can be installed, and nothing is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
-                async for _ in signals:
-                    interruption.request()
+    def handler(signum: int, frame: object) -> None:
+        token = interruption.token
+        if token is None:
+            if interruption.finished:
+                return
+            raise KeyboardInterrupt  # the loop has not started: nothing was sent
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(interruption.request)
 
-            nursery.start_soon(watch)
-            with interruption._everything:
-                await body()
-            nursery.cancel_scope.cancel()
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -161,7 +161,7 @@ def submit(
     """
     import trio
 
-    from meshgpu.cli.interrupt import EXIT_INTERRUPTED
+    from meshgpu.cli.interrupt import EXIT_INTERRUPTED, Interruption, owning_sigint
     from meshgpu.cli.preflight import (
         check_input_names,
         check_npy_files,
@@ -170,6 +170,7 @@ def submit(
         prepare_output_dir,
     )
     from meshgpu.client.inputs import expand_inputs, parse_input_spec
+    from meshgpu.client.mapping import STOP_GRACE_S
     from meshgpu.client.models import ModelBlob
     from meshgpu.client.session import resolve_max_task_bytes
     from meshgpu.errors import InferenceError, MeshError
@@ -187,9 +188,12 @@ def submit(
         if not no_wait:
             prepare_output_dir(output)
         options = {"priority": priority, "replicas": replicas, "deadline_s": deadline}
-        report = trio.run(
-            _run, blob, tasks, output, peer, key_file, options, no_wait, timeout, max_task_bytes
-        )
+        stop = Interruption(STOP_GRACE_S)
+        with owning_sigint(stop):
+            report = trio.run(
+                _run, blob, tasks, output, peer, key_file, options, no_wait, timeout, stop,
+                max_task_bytes,
+            )  # fmt: skip
     except KeyboardInterrupt:  # before the command owned SIGINT: nothing was sent
         click.echo("interrupted: nothing was submitted", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -353,6 +357,7 @@ async def _run(
     options: dict[str, Any],
     no_wait: bool,
     timeout: float | None,
+    stop: Any,
     max_task_bytes: int | None = None,
 ) -> dict[str, Any]:
     import dataclasses
@@ -360,9 +365,8 @@ async def _run(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from meshgpu.cli.interrupt import Interruption, run_guarded
+    from meshgpu.cli.interrupt import run_guarded
     from meshgpu.client import AsyncClient
-    from meshgpu.client.mapping import STOP_GRACE_S
     from meshgpu.client.models import ModelBlob
 
     blob = ModelBlob.of(model)
@@ -379,7 +383,6 @@ async def _run(
         console=console,
         transient=False,
     )
-    stop = Interruption(STOP_GRACE_S)
 
     async def body() -> None:
         async with AsyncClient(peer, key_file, max_task_bytes=max_task_bytes) as client:

@@ -66,6 +66,8 @@ class AsyncTaskHandle:
         self.replicas = replicas
         self.deferred = deferred
         self.label: str | None = None
+        self.acknowledged = False
+        """A deferred outcome already passed to ``collected``."""
         self.from_mesh = False
         """The outcome came from the mesh (not made up by the client: a refused
         request, the mesh lost): only such an outcome is acknowledged."""

@@ -99,8 +99,10 @@ class OutcomeStreams:
         not acknowledged: the result stays in the mesh."""
         for task_id in task_ids:
             handle = self._handles.get(task_id)
-            if handle is not None and not handle.from_mesh:
-                continue
+            if handle is not None:
+                if not handle.from_mesh or handle.acknowledged:
+                    continue  # made up here, or named before (a repeat counts nothing)
+                handle.acknowledged = True
             collect = self._collectable(task_id, True)
             if collect is not None:
                 self._to_ack.add(collect)

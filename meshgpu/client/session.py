@@ -158,11 +158,16 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
 
     async def __aexit__(self, *exc_info: Any) -> None:
         assert self._nursery is not None
-        if self._to_ack and self._fatal is None:
-            with trio.move_on_after(self.flush_timeout):  # best effort: tell the mesh
-                while self._to_ack and self._fatal is None:
-                    await self._work.wait()
-        await self._close_nursery()
+        try:
+            if self._to_ack and self._fatal is None:
+                with trio.move_on_after(self.flush_timeout):  # best effort: tell the mesh
+                    while self._to_ack and self._fatal is None:
+                        await self._work.wait()
+        finally:
+            # Always, even when the flush is cancelled from outside (a second Ctrl-C):
+            # a client nursery left open kept its tasks running after the caller went
+            # on, and trio failed at exit ("Nursery stack corrupted", TrioInternalError).
+            await self._close_nursery()
         # The caller's own exception, if any, propagates as it is (not in a group).
 
     async def _close_nursery(self) -> None:

@@ -12,6 +12,7 @@ from meshgpu.client.batches import (
     BatchedSubmission,
     choose_group,
 )
+from meshgpu.client.link import Signal
 
 MODEL = "ab" * 32
 
@@ -161,3 +162,30 @@ async def test_a_probe_gives_up_when_no_latency_is_ever_published() -> None:
     with trio.fail_after(5):
         assert await client._probe(MODEL, lambda: 100, until) == BATCH_MAX
     assert trio.current_time() >= until and 3 <= client.asked <= 5
+
+
+def test_collected_twice_counts_a_member_once() -> None:
+    """A stopped blocking map may name a burst again (Ctrl-C during the hand-off): a
+    group must not be collected before its last member was taken."""
+    from meshgpu.client.handles import AsyncTaskHandle, Outcome
+    from meshgpu.client.outcomes import OutcomeStreams
+
+    class Streams(OutcomeStreams, _Client):
+        def __init__(self) -> None:
+            _Client.__init__(self)
+            self._handles = {}
+            self._to_ack = set()
+            self._work = Signal()
+
+    streams = Streams()
+    streams._group_left["n-1/7"] = 3
+    for index in range(3):
+        handle = AsyncTaskHandle(f"n-1/7:{index}", deferred=True)
+        handle.resolve(Outcome(handle.task_id, "done", "w", outputs={}))
+        handle.from_mesh = True
+        streams._handles[handle.task_id] = handle
+    streams.collected(["n-1/7:0", "n-1/7:1"])
+    streams.collected(["n-1/7:0", "n-1/7:1"])  # again
+    assert streams._to_ack == set() and streams._group_left["n-1/7"] == 1
+    streams.collected(["n-1/7:2"])
+    assert streams._to_ack == {"n-1/7"}

@@ -313,3 +313,41 @@ async def test_when_every_peer_is_full_the_refusal_is_the_answer(fake_mesh) -> N
             await client.submit(MODEL, {"x": np.ones(1, np.float32)}, direct=False)
         (refused,) = await client.submit_many(MODEL, [{"x": np.ones(1, np.float32)}])
         assert isinstance(refused, MeshError) and "disk full" in str(refused)
+
+
+async def test_a_map_left_early_acknowledges_only_what_its_consumer_took(fake_mesh) -> None:
+    """Results that arrived but were never taken stay in the mesh (not acknowledged) and
+    are listed, with their labels, by ``uncollected``, for `meshgpu collect`."""
+    mesh, peers = fake_mesh
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+        inputs = [{"x": np.full(1, i, np.float32)} for i in range(6)]
+
+        async def release_all() -> None:
+            while len(mesh.inputs) < 6:
+                await trio.sleep(0.005)
+            for task_id in list(mesh.inputs):
+                mesh.release(task_id)
+
+        taken = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(release_all)
+            async for item in client.map(MODEL, inputs, window=6, label=lambda i: f"in-{i}"):
+                taken.append(item.task_id)
+                if len(taken) == 2:
+                    break
+    assert sorted(mesh.collected) == sorted(taken)
+    left = dict(client.uncollected())
+    assert set(left) == set(mesh.inputs) - set(taken)
+    assert all(label.startswith("in-") for label in left.values())
+
+
+async def test_a_client_cancelled_while_flushing_still_closes_its_tasks(fake_mesh) -> None:
+    """A cancellation that reaches ``async with`` while it flushes acknowledgements must
+    not leave the client's nursery, and its tasks, running (trio then failed at exit:
+    "Nursery stack corrupted", a TrioInternalError)."""
+    _, peers = fake_mesh
+    with trio.CancelScope() as scope:
+        async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+            client._to_ack.add("p1/999")  # something to flush
+            scope.cancel()
+    assert client._nursery is not None and not client._nursery.child_tasks
