@@ -49,7 +49,7 @@ class Interruption:
         self._sending: trio.CancelScope | None = None
 
     def request(self) -> None:
-        """Invoked for each SIGINT by :meth:`guard`'s watcher."""
+        """Invoked in the trio loop for each SIGINT (:func:`owning_sigint`)."""
         if self.requested:
             self.forced = True
             self._everything.cancel()
