@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -377,3 +378,31 @@ async def test_the_dashboard_is_served_from_the_package_and_streams_state(node: 
     state = await trio.to_thread.run_sync(first_event)
     assert [m["node_id"] for m in state["status"]["members"]] == ["solo"]
     assert [c["name"] for c in state["catalog"]] == ["digits"]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_tls_serves_https(tmp_path: Path) -> None:
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    http = HttpSettings(port=0, tls_cert=cert, tls_key=key)
+    config = dataclasses.replace(settings(tmp_path / "solo"), http=http)
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(Daemon(config).run)
+        assert daemon.http is not None and daemon.http.urls[0].startswith("https://")
+        context = ssl.create_default_context(cafile=str(cert))
+
+        def live() -> Any:
+            url = f"https://127.0.0.1:{daemon.http.port}/v2/health/live"  # type: ignore[union-attr]
+            with urllib.request.urlopen(url, context=context, timeout=30) as response:
+                return json.loads(response.read())
+
+        assert await trio.to_thread.run_sync(live) == {"live": True}
+        daemon.request_stop()
