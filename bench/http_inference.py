@@ -208,7 +208,9 @@ def start_ray(models: dict[str, Path], port: int) -> None:
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
-    @serve.deployment(num_replicas=3, max_ongoing_requests=64)
+    @serve.deployment(
+        num_replicas=3, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25}
+    )
     class OnnxModel:
         def __init__(self, path: str) -> None:
             import onnxruntime
