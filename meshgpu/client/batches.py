@@ -29,6 +29,7 @@ stops (Ctrl-C, a ``break``), is in mapping.py; the group size and the window are
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -184,7 +185,9 @@ class BatchedSubmission:
         and replicates a batch together. Returns, in input order, a handle per task (as
         :meth:`submit` would) or the error that refused that task alone (a malformed
         input); the other tasks are submitted regardless. A broken connection makes the
-        whole batch be submitted again on the next peer, as :meth:`submit` does.
+        whole batch be submitted again, as :meth:`submit` does, with the same
+        submission ids: a peer that accepted some of its tasks before the link broke
+        answers those with their first task ids instead of running them again.
 
         ``group``: pack up to that many tasks of equal input shapes into one task group
         per request (1, the default: one table entry per task). ``label``: a name for
@@ -218,13 +221,14 @@ class BatchedSubmission:
             if isinstance(prepared, TensorBlob):
                 large.append((index, prepared))
             else:
-                task: dict[str, Any] = {"inputs": prepared}
+                task: dict[str, Any] = {"inputs": prepared, "submission": new_submission_id()}
                 if name is not None:
                     task["label"] = name
                 encoded.append((index, task))
         for index, tensors in large:  # each uploaded in ranges, then submitted alone
             try:
                 alone = {key: value for key, value in fields.items() if key != "group"}
+                alone["submission"] = new_submission_id()
                 if labels[index] is not None:
                     alone["label"] = labels[index]
                 reply = await self._submit_request(
@@ -333,6 +337,12 @@ class BatchedSubmission:
             for position, (_, task) in enumerate(chunk):
                 nursery.start_soon(one, position, task)
         return answers
+
+
+def new_submission_id() -> str:
+    """A task's submission id, chosen here and sent again with every resend of the task
+    (daemon/submissions.py): random, so that no two clients' ids meet."""
+    return uuid.uuid4().hex
 
 
 def choose_group(members: list[dict[str, Any]], model_digest: str, window: int) -> int:

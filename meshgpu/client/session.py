@@ -39,6 +39,7 @@ from meshgpu.client.batches import (
     MAX_TASK_BYTES_ENV,
     BatchedSubmission,
     check_label,
+    new_submission_id,
     prepare_inputs,
     submit_fields,
 )
@@ -216,6 +217,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
             fields["label"] = check_label(label)
         if not direct or not watch:
             fields["direct"] = False
+        fields["submission"] = new_submission_id()  # the same on every resend
         prepared = prepare_inputs(inputs, self.max_task_bytes, self.chunk_bytes)
         if isinstance(prepared, TensorBlob):  # larger than a request: uploaded in ranges
             reply = await self._submit_request(

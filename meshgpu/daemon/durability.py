@@ -14,7 +14,9 @@ and every ``TaskAccepted`` queued after such a record waits until it is synced, 
 records) goes on at once. Datagrams of a ``SubmitTask`` are free: the hold requests to
 the other holders and the first announcement claim nothing the origin has not durably
 done, so the second holder's fetch and fsync run while the origin's own fsync is under
-way. Rejected: gating every effect behind every record (the previous executor: four
+way; unless the submission was acknowledged in that same handle (a lone holder,
+``replicas=1``): then they carry the ``acknowledged`` mark and wait (node_driver.py).
+Rejected: gating every effect behind every record (the previous executor: four
 fsyncs in sequence before a replicas=2 acknowledgement, and gossip probes waiting behind
 them), and classifying datagrams by decoding them (a decode per datagram sent).
 

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import trio
 
-from meshgpu.core.effects import Effect
+from meshgpu.core.effects import Effect, TaskAccepted
 from meshgpu.core.events import DatagramReceived, Event, SubmitTask, Tick
 
 logger = logging.getLogger("meshgpu.daemon")
@@ -47,6 +47,18 @@ class EffectSink(Protocol):
     def extend(self, effects: Iterable[Effect], free: bool) -> None:
         """Queue the effects of one event (``free``: its datagrams claim nothing)."""
         ...
+
+
+def _claims_nothing(event: Event, effects: list[Effect]) -> bool:
+    """Whether the datagrams of one event's effects are free to leave before the journal
+    is synced (durability.py): those of a ``SubmitTask`` are (hold requests, the first
+    announcement), unless the submission was acknowledged in the same handle (a lone
+    holder: ``replicas=1``, or no live peer to ask), since then they carry the
+    ``acknowledged`` mark that lets the leader assign the task, and nothing may be
+    acknowledged anywhere before the origin's record of the task is durable."""
+    if not isinstance(event, SubmitTask):
+        return False
+    return not any(isinstance(effect, TaskAccepted) for effect in effects)
 
 
 class NodeDriver:
@@ -86,7 +98,7 @@ class NodeDriver:
         if node.incarnation > self._saved_incarnation and self._save_incarnation(node.incarnation):
             self._saved_incarnation = node.incarnation
         if effects:
-            self.effects.extend(effects, isinstance(event, SubmitTask))
+            self.effects.extend(effects, _claims_nothing(event, effects))
         if node.next_deadline() < self._timer_deadline:
             self._deadline_moved.set()  # else the timer would wake only to sleep again
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,11 @@ MAX_BATCH = 1024
 """Most tasks in one ``submit_batch`` request (the client sends smaller batches)."""
 SUBMIT_TIMEOUT = 120.0
 """Longest a submit waits for its acknowledgement (the core answers well before)."""
+SUBMISSION_ID_MAX = 128
+"""Longest client-chosen submission id (``submission``) taken, in characters."""
+REMEMBERED_SUBMISSIONS = 65536
+"""Submission ids an entry node remembers (the oldest are forgotten first): enough for a
+client's resends after a broken link, which come within seconds of the first try."""
 
 
 @dataclass
@@ -67,6 +73,20 @@ def label_of(message: Any) -> str | None:
     if label is not None and not isinstance(label, str):
         raise DecodeError(f"'label' is a string, got {type(label).__name__}")
     return label
+
+
+def submission_of(message: Any) -> str | None:
+    """The optional ``submission`` id of a ``submit`` request or of one task of a batch:
+    chosen by the client, the same on every resend of that task (see :class:`Submissions`)."""
+    submission = message.get("submission") if isinstance(message, dict) else None
+    if submission is None:
+        return None
+    if not isinstance(submission, str) or not 1 <= len(submission) <= SUBMISSION_ID_MAX:
+        raise DecodeError(
+            f"'submission' is a string of 1 to {SUBMISSION_ID_MAX} characters, "
+            f"got {submission!r:.80}"
+        )
+    return submission
 
 
 def group_label(labels: Sequence[str | None]) -> str | None:
@@ -99,12 +119,30 @@ def _requirements(request: Message) -> DeviceRequirements:
 
 
 class Submissions:
-    """The submissions of one daemon's clients, from request to the core's answer."""
+    """The submissions of one daemon's clients, from request to the core's answer.
+
+    Idempotent submissions: a client names each task with a ``submission`` id of its own
+    choosing and sends the same id again when it resends the task (a link that broke
+    before the answer came: the client cannot tell whether the task was accepted). This
+    node remembers the ids it fed to the core, with what answers them, and answers a
+    resend with the first submission's answer (the same task id) instead of submitting
+    the task again; a resend while the first is still replicating waits for that answer.
+    An id sent again with other inputs is refused. Remembered in memory (the last
+    ``REMEMBERED_SUBMISSIONS``): a resend to another peer, after this node died, is a
+    new task there (its first copy is adopted as an orphan by its holders, so that is a
+    duplicate execution, never a duplicate delivery: the client knows one id).
+    Rejected: journaling the ids (one more record per task on the acknowledgement's
+    path for a case the orphan adoption already makes safe) and carrying them in the
+    replicated spec (a wire change of the task table for the same case)."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self._refs = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
+        self._remembered: OrderedDict[str, _Pending] = OrderedDict()
+        """What answers each submission id fed to the core (bounded, oldest first)."""
+        self.resends = 0
+        """Resent submissions answered with the first one's task id."""
         self.submitted = 0
         self.direct = DirectRuns(daemon)
 
@@ -135,8 +173,9 @@ class Submissions:
         or, on an idle node and a tiny model, run it at once and answer with its result
         (direct.py)."""
         self.check_submittable(request)
+        submission = submission_of(request)
         if "inputs" not in request and "input_digest" in request:
-            pending = await self._enqueue_uploaded(request)
+            pending = await self._enqueue_uploaded(request, submission)
             return await self._acknowledged(pending)
         inputs = request_field(request, "inputs", dict)
         tensors = decode_tensors(inputs)
@@ -148,7 +187,7 @@ class Submissions:
                 if answer is not None:
                     return answer
                 self.check_submittable(request)  # the node may have begun leaving
-        pending, _ = await self._enqueue(request, inputs, label_of(request))
+        pending, _ = await self._enqueue(request, inputs, label_of(request), submission)
         return await self._acknowledged(pending)
 
     async def submit_batch(self, request: Message) -> Message:
@@ -182,8 +221,11 @@ class Submissions:
         for index, task in enumerate(tasks):
             try:
                 inputs = _batch_inputs(task)
+                submission_of(task)  # a malformed id fails its task alone, here
                 if size == 1:
-                    pending, input_digest = await self._enqueue(request, inputs, label_of(task))
+                    pending, input_digest = await self._enqueue(
+                        request, inputs, label_of(task), submission_of(task)
+                    )
                     waiting.append(([index], pending, input_digest, 1))
                     continue
                 tensors = decode_tensors(inputs)
@@ -198,13 +240,15 @@ class Submissions:
                 if len(members) == 1:
                     task = tasks[indices[0]]
                     pending, input_digest = await self._enqueue(
-                        request, _batch_inputs(task), label_of(task)
+                        request, _batch_inputs(task), label_of(task), submission_of(task)
                     )
                 else:
+                    ids = [submission_of(tasks[index]) for index in indices]
                     pending, input_digest = await self._enqueue_group(
                         request,
                         [tensors for _, tensors in members],
                         group_label([label_of(tasks[index]) for index in indices]),
+                        None if None in ids else "+".join(str(i) for i in ids),
                     )
                 waiting.append((indices, pending, input_digest, len(members)))
             except MeshError as error:
@@ -230,12 +274,22 @@ class Submissions:
         return {"results": answers}
 
     async def _enqueue_group(
-        self, request: Message, members: Sequence[Mapping[str, Any]], label: str | None
+        self,
+        request: Message,
+        members: Sequence[Mapping[str, Any]],
+        label: str | None,
+        submission: str | None = None,
     ) -> tuple[_Pending, str]:
         """:meth:`_enqueue` for a task group: one inputs blob holding every member's
-        tensors and one ``SubmitTask`` whose spec says how many members it carries."""
+        tensors and one ``SubmitTask`` whose spec says how many members it carries
+        (``submission``: the members' ids joined, so a resend packed alike is the same)."""
         return await self._store_and_feed(
-            request, canonical_group_bytes(members), dict(members[0]), len(members), label
+            request,
+            canonical_group_bytes(members),
+            dict(members[0]),
+            len(members),
+            label,
+            submission,
         )
 
     def check_submittable(self, request: Message) -> None:
@@ -250,7 +304,11 @@ class Submissions:
             )
 
     async def _enqueue(
-        self, request: Message, inputs: dict[str, Any], label: str | None = None
+        self,
+        request: Message,
+        inputs: dict[str, Any],
+        label: str | None = None,
+        submission: str | None = None,
     ) -> tuple[_Pending, str]:
         """Validate one task, store its inputs and feed ``SubmitTask``; returns what to wait
         on and the input digest. The inputs are held (``submitting``) from before they are
@@ -262,8 +320,32 @@ class Submissions:
         if not tensors:
             raise TaskError("a task needs at least one input tensor")
         return await self._store_and_feed(
-            request, canonical_tensor_bytes(tensors), tensors, 1, label
+            request, canonical_tensor_bytes(tensors), tensors, 1, label, submission
         )
+
+    def _resent(self, submission: str | None, input_digest: str) -> _Pending | None:
+        """What answers ``submission`` if this node was sent it before (a resend), else
+        None; an id sent again with other inputs is refused."""
+        if submission is None:
+            return None
+        first = self._remembered.get(submission)
+        if first is None:
+            return None
+        if first.input_digest != input_digest:
+            raise DecodeError(
+                f"submission id {submission!r} was sent before with other inputs; "
+                "choose a new id for each task"
+            )
+        self.resends += 1
+        self.daemon.count("submissions_resent")
+        return first
+
+    def _remember(self, submission: str | None, pending: _Pending) -> None:
+        if submission is None:
+            return
+        self._remembered[submission] = pending
+        while len(self._remembered) > REMEMBERED_SUBMISSIONS:
+            self._remembered.popitem(last=False)
 
     async def _store_and_feed(
         self,
@@ -272,11 +354,16 @@ class Submissions:
         tensors: dict[str, Any],
         members: int,
         label: str | None = None,
+        submission: str | None = None,
     ) -> tuple[_Pending, str]:
         """Hold and store one task's inputs blob and feed its ``SubmitTask``; returns what
-        to wait on and the input digest (``tensors``: one member's, for the spec)."""
+        to wait on and the input digest (``tensors``: one member's, for the spec); a
+        resend (``submission`` seen before) only returns the first one's."""
         daemon = self.daemon
         input_digest = hashlib.sha256(blob).hexdigest()
+        first = self._resent(submission, input_digest)
+        if first is not None:
+            return first, input_digest
         spec = self._spec(request, tensors, input_digest)
         if members != 1 or label is not None:
             spec = dataclasses.replace(spec, members=members, label=label)
@@ -290,10 +377,11 @@ class Submissions:
             raise
         client_ref = f"c{next(self._refs)}"
         pending = self._pending[client_ref] = _Pending(client_ref, input_digest)
+        self._remember(submission, pending)
         daemon.feed(SubmitTask(client_ref, spec))
         return pending, input_digest
 
-    async def _enqueue_uploaded(self, request: Message) -> _Pending:
+    async def _enqueue_uploaded(self, request: Message, submission: str | None = None) -> _Pending:
         """:meth:`_enqueue` for inputs uploaded in ranges beforehand (``put_inputs``) and
         named by ``input_digest``: held at once, then their shapes read from the stored
         payload's headers for the spec."""
@@ -304,6 +392,9 @@ class Submissions:
                 f"inputs {input_digest[:12]} are not on node {daemon.node_id}: upload them "
                 "first with put_inputs (the client library does this for you)"
             )
+        first = self._resent(submission, input_digest)
+        if first is not None:
+            return first
         daemon.dataplane.submitting[input_digest] += 1  # held from here: no await before
         try:
             path = daemon.payloads.path(input_digest, INPUTS)
@@ -317,6 +408,7 @@ class Submissions:
             raise
         client_ref = f"c{next(self._refs)}"
         pending = self._pending[client_ref] = _Pending(client_ref, input_digest)
+        self._remember(submission, pending)
         daemon.feed(SubmitTask(client_ref, spec))
         return pending
 

@@ -46,6 +46,10 @@ class FakeMesh:
         """Set when p1 begins a held direct run."""
         self.full: set[str] = set()
         """Peers whose disk is full: they refuse every submission."""
+        self.submissions: list[tuple[str, Any]] = []
+        """(peer, submission id) of every submit received."""
+        self.die_after_accepting: set[str] = set()
+        """Peers that accept a submit, then die before answering it."""
 
     def release(self, task_id: str, fail: str | None = None) -> None:
         x = self.inputs[task_id]
@@ -95,6 +99,10 @@ class FakePeer:
                 raise DiskFullError(f"disk full on {me}: cannot store the inputs")
             task_id = f"{me}/{next(mesh.sequence)}"
             mesh.inputs[task_id] = decode_tensors(request["inputs"])["x"]
+            mesh.submissions.append((me, request.get("submission")))
+            if me in mesh.die_after_accepting:
+                self.scope.cancel()
+                await trio.sleep_forever()
             if mesh.direct and request.get("direct", True):
                 if me == "p1" and mesh.hold_direct is not None:
                     mesh.direct_started.set()
@@ -247,6 +255,25 @@ async def test_client_fails_over_and_collects_results_by_task_id(fake_mesh) -> N
         late = await client.submit(MODEL, {"x": np.ones(1, np.float32)})
         assert late.task_id.startswith("p2/")
         assert mesh.uploads == ["p1", "p2"]  # the new peer lacked the model
+
+
+async def test_a_submit_resent_after_a_broken_link_carries_the_same_submission_id(
+    fake_mesh,
+) -> None:
+    """The entry node accepted the task and died before answering: the resend to the
+    next peer names the same submission, so a node that saw it answers with its id."""
+    mesh, peers = fake_mesh
+    mesh.die_after_accepting.add("p1")
+    async with AsyncClient(
+        f"127.0.0.1:{peers[0].port}", environ={}, status_interval=0.05
+    ) as client:
+        await client.status()
+        with trio.fail_after(30):
+            handle = await client.submit(MODEL, {"x": np.ones(1, np.float32)}, direct=False)
+        assert handle.task_id.startswith("p2/")
+    (first_peer, first), (second_peer, second) = mesh.submissions
+    assert (first_peer, second_peer) == ("p1", "p2")
+    assert isinstance(first, str) and first == second
 
 
 async def test_no_peer_answering_is_a_clear_error() -> None:

@@ -12,7 +12,13 @@ import trio
 import trio.testing
 
 from meshgpu.core.config import MeshConfig
-from meshgpu.core.effects import Effect, LeaderChanged, MemberChanged, SendDatagram
+from meshgpu.core.effects import (
+    Effect,
+    LeaderChanged,
+    MemberChanged,
+    SendDatagram,
+    TaskAccepted,
+)
 from meshgpu.core.events import DatagramReceived, Event, PeerDiscovered, SubmitTask, Tick
 from meshgpu.core.membership import MemberState
 from meshgpu.core.membership.wire import MemberRecord, PushPull
@@ -74,9 +80,26 @@ async def test_feed_queues_the_effects_of_one_event_together() -> None:
     effects, free = sink.batches[0]
     assert not free  # only a submission's datagrams are free
     assert any(isinstance(e, SendDatagram) and e.destination == PEER for e in effects)
-    driver.feed(SubmitTask("ref", TaskSpec("m", "d")))
-    assert sink.batches[-1][1] is True
+    driver.feed(DatagramReceived(PEER, JOIN))  # b alive: a replica to ask
+    driver.feed(SubmitTask("ref", TaskSpec("m", "d", replicas=2)))
+    effects, free = sink.batches[-1]
+    assert not any(isinstance(e, TaskAccepted) for e in effects)
+    assert free is True  # hold requests claim nothing
     assert counted == []
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+async def test_a_submission_acknowledged_at_once_waits_for_the_journal(replicas: int) -> None:
+    """replicas=1 (or no live peer to ask): the origin is the lone holder and acknowledges
+    in the same handle; its datagrams carry the acknowledged mark that lets the leader
+    assign the task, so they must wait for the origin's fsync like the acknowledgement."""
+    driver, sink, _, _ = make_driver()
+    if replicas == 1:
+        driver.feed(DatagramReceived(PEER, JOIN))  # a live peer, not asked
+    driver.feed(SubmitTask("ref", TaskSpec("m", "d", replicas=replicas)))
+    effects, free = sink.batches[-1]
+    assert any(isinstance(e, TaskAccepted) for e in effects)
+    assert free is False
 
 
 async def test_a_core_error_is_counted_and_the_driver_goes_on() -> None:
