@@ -22,6 +22,7 @@ import onnx
 from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.resample import RESAMPLE_SOURCE
+from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.lower_tensor import _count
 from meshgpu.inference.opencl.plan import DeviceTensor, PlanBuilder, f32, i32, lowers
 
@@ -200,6 +201,9 @@ def lower_resize(builder: PlanBuilder, node: Node) -> None:
     if not plans:
         builder.alias(node.outputs[0], x, x.shape)
         return
+    # the last axis first: the passes after it then run on rows of eight or more contiguous
+    # elements (resample_axis8), and the largest pass, the last, is one of those
+    plans = sorted(plans, key=lambda plan: -plan[0])
     for position, (axis, length, scale, roi) in enumerate(plans):
         in_length = shape[axis]
         index, weight, outside = _tap_table(node, attrs, in_length, length, scale, roi)
@@ -212,10 +216,12 @@ def lower_resize(builder: PlanBuilder, node: Node) -> None:
         name = node.outputs[0] if last else f"{node.name}/axis{axis}"
         output = builder.new_tensor(name, shape)
         total = _count(shape)
+        inner = _count(shape[axis + 1 :])
+        vector = inner % 8 == 0
         builder.launch(
             node,
-            RESAMPLE_SOURCE,
-            "resample_axis",
+            VECTOR_SOURCE + RESAMPLE_SOURCE,
+            "resample_axis8" if vector else "resample_axis",
             [
                 current.storage,
                 output.storage,
@@ -229,6 +235,6 @@ def lower_resize(builder: PlanBuilder, node: Node) -> None:
                 i32(index.shape[1]),
                 i32(total),
             ],
-            total=total,
+            total=total // 8 if vector else total,
         )
         current = output

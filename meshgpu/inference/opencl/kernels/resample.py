@@ -22,4 +22,24 @@ __kernel void resample_axis(__global const float* restrict x, __global float* re
   }
   y[i] = outside[j] != 0.0f ? extrapolation : acc;
 }
+
+/* The same for eight consecutive inner elements (inner a multiple of 8): the taps of one
+   output row are shared by the eight lanes. */
+__kernel void resample_axis8(__global const float* restrict x, __global float* restrict y,
+                             __global const int* restrict index,
+                             __global const float* restrict weight,
+                             __global const float* restrict outside, float extrapolation,
+                             int in_length, int out_length, int inner, int taps, int total) {
+  int i = get_global_id(0) * 8;
+  if (i >= total) return;
+  int r = i % inner;
+  int j = (i / inner) % out_length;
+  int o = i / (inner * out_length);
+  const __global float* xo = x + (long)o * in_length * inner + r;
+  float8 acc = (float8)(0.0f);
+  for (int t = 0; t < taps; t++) {
+    acc += weight[j * taps + t] * load8(xo + (long)index[j * taps + t] * inner);
+  }
+  store8(y + i, outside[j] != 0.0f ? (float8)(extrapolation) : acc);
+}
 """
