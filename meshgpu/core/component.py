@@ -43,6 +43,7 @@ from meshgpu.core.types import Address, NodeId
 if TYPE_CHECKING:
     from meshgpu.core.membership import MemberInfo
 
+
 class NodeContext:
     """What every component of one node shares: identity, config, rng, queues, effects."""
 

@@ -32,6 +32,9 @@ MAX_REPORTED_DEVICES = 4
 """At most this many usable devices and this many fallback models travel in a load."""
 DEVICE_LABEL_LENGTH = 48
 FALLBACK_DIGEST_LENGTH = 16
+MAX_LABELS = 16
+LABEL_LENGTH = 64
+"""At most this many labels of this many characters per key or value travel in a load."""
 """Fallback models travel as digest prefixes: enough to name a model in ``status``."""
 
 MAX_ENCODED_LOAD_BYTES = 600
@@ -67,6 +70,9 @@ class LoadVector:
     fallback_models: tuple[str, ...] = ()
     """Digest prefixes of the models the node runs on onnxruntime because OpenCL cannot
     run them there (a device that failed its probe, kernels that failed to build)."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """The node's ``(key, value)`` labels (``meshgpu join --label``), sorted, matched
+    against tasks' ``require`` and ``prefer`` label pairs."""
 
     def to_fields(self) -> list[Any]:
         caps = self.capabilities
@@ -85,18 +91,29 @@ class LoadVector:
         ]
         # Encoded only when present, so loads without them (the simulator's) keep their
         # exact bytes, and with them the reference trace hashes.
-        if self.usable_devices or self.fallback_models:
+        if self.usable_devices or self.fallback_models or self.labels:
             fields += [list(self.usable_devices), list(self.fallback_models)]
+        if self.labels:
+            fields.append([list(pair) for pair in self.labels])
         return fields
 
     @classmethod
     def from_fields(cls, raw: object) -> LoadVector:
         fields = expect_list(raw, "load vector")
-        if len(fields) not in (11, 13):
+        if len(fields) not in (11, 13, 14):
             expect_list(raw, "load vector", 11)  # raises, naming the expected shape
         devices: tuple[str, ...] = ()
         fallback: tuple[str, ...] = ()
-        if len(fields) == 13:
+        labels: tuple[tuple[str, str], ...] = ()
+        if len(fields) == 14:
+            labels = tuple(
+                (
+                    expect_str(expect_list(pair, "label", 2)[0], "label key", LABEL_LENGTH),
+                    expect_str(pair[1], "label value", LABEL_LENGTH),
+                )
+                for pair in expect_list(fields[13], "labels")[:MAX_LABELS]
+            )
+        if len(fields) >= 13:
             devices = tuple(
                 expect_str(d, "usable device", DEVICE_LABEL_LENGTH)
                 for d in expect_list(fields[11], "usable devices")[:MAX_REPORTED_DEVICES]
@@ -127,6 +144,7 @@ class LoadVector:
             ),
             usable_devices=devices,
             fallback_models=fallback,
+            labels=labels,
         )
 
 

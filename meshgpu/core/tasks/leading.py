@@ -75,6 +75,7 @@ class Leading:
         if not queued:
             return
         workers = self._worker_views(now, live)
+        queued = self._fail_unsatisfiable(queued, workers, live, now)
         view = mesh.view
         plan = plan_round(queued, workers, tasks.config.strategy, tasks.selection)
         for assignment in plan:
@@ -100,6 +101,34 @@ class Leading:
             )
             if len(log) > MAX_ASSIGNMENT_LOG:
                 del log[: len(log) - MAX_ASSIGNMENT_LOG]
+
+    def _fail_unsatisfiable(
+        self, queued: list[QueuedTask], workers: list[WorkerView], live: set[NodeId], now: float
+    ) -> list[QueuedTask]:
+        """Fail at once the tasks whose required labels no live node carries, naming the
+        requirement, rather than leaving them queued until a deadline. Only judged once
+        every live node has gossiped a load (its labels): a node that joined a moment ago
+        and has not reported yet may be the one that satisfies."""
+        if not any(task.spec.requirements.require for task in queued):
+            return queued
+        tasks = self.component
+        loads = tasks.mesh.loads()
+        if any(loads.get(n) is None or loads[n].version == 0 for n in live):
+            return queued
+        kept: list[QueuedTask] = []
+        for task in queued:
+            req = task.spec.requirements
+            if not req.require or any(not req.unmet(w.labels) for w in workers):
+                kept.append(task)
+                continue
+            entry = tasks.table.get(task.task_id)
+            if entry is None or entry.state.terminal:
+                continue
+            wanted = ", ".join(f"{k}={v}" for k, v in req.require)
+            reason = f"no live node carries the required labels {wanted}"
+            tasks.context.count("tasks_unsatisfiable")
+            tasks.set_state(task.task_id, st.fail(entry.state, reason, count_failure=False), now)
+        return kept
 
     def _repair_replicas(self, now: float, live: set[NodeId]) -> None:
         """After a member died: re-run undelivered DONE tasks whose result holders are all
@@ -244,6 +273,7 @@ class Leading:
                     fp16=caps.fp16,
                     latency_estimates=load.latency_estimates,
                     admits=tasks.breakers[node_id].admits(now),
+                    labels=load.labels,
                 )
             )
         return views

@@ -41,6 +41,7 @@ class OwnLoad:
             or self.capacity_of(load) != self.capacity()
             or load.capabilities != old.capabilities
             or load.memory_total != old.memory_total
+            or load.labels != old.labels
         ):
             self.urgent = True
         self.driver_load = load

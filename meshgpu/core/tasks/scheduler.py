@@ -11,6 +11,7 @@ without idling CPU workers behind a GPU-only task. Tasks of the same priority ar
 considered in FIFO order and do not block each other.
 
 A task that has just failed on a worker avoids that worker when any other can take it.
+A task that prefers labels goes to a worker carrying them when one can take it now.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from meshgpu.core.tasks.strategies import (
     SelectionContext,
     WorkerView,
     capable,
+    preferred,
     strategy_named,
 )
 from meshgpu.core.types import NodeId
@@ -75,7 +77,17 @@ def plan_round(
         # (a newer peer) falls back to the mesh default rather than stalling the queue.
         strategy = STRATEGIES.get(name) or strategy_named(default_strategy)
         choice: NodeId | None = None
-        if task.avoid is not None:
+        prefer = task.spec.requirements.prefer
+        if prefer:
+            # Soft labels: the strategy picks among the preferred workers first, and
+            # among all of them only when no preferred one can take the task now.
+            liked = [v for v in allowed if preferred(v, task.spec.requirements)]
+            if task.avoid is not None:
+                others = [v for v in liked if v.node_id != task.avoid]
+                choice = strategy(task.spec, others, context)
+            if choice is None and liked:
+                choice = strategy(task.spec, liked, context)
+        if choice is None and task.avoid is not None:
             others = [v for v in allowed if v.node_id != task.avoid]
             choice = strategy(task.spec, others, context)
         if choice is None:

@@ -62,12 +62,44 @@ class DeviceRequirements:
 
     ``device_type`` is ``None`` (anything), ``"gpu"`` or ``"cpu"`` (matched against the
     ``device_types`` in the worker's gossiped capabilities); ``min_memory`` is bytes of device
-    memory; ``fp16`` asks for half-precision support.
+    memory; ``fp16`` asks for half-precision support. ``require`` is ``(key, value)`` label
+    pairs every one of which the worker's gossiped labels (``meshgpu join --label``) must
+    carry; ``prefer`` pairs are soft: a worker carrying all of them is chosen when one can
+    take the task now, any capable worker otherwise.
     """
 
     device_type: str | None = None
     min_memory: int = 0
     fp16: bool = False
+    require: tuple[tuple[str, str], ...] = ()
+    prefer: tuple[tuple[str, str], ...] = ()
+
+    def unmet(self, labels: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """The required label pairs that ``labels`` lacks (empty: the labels satisfy)."""
+        have = set(labels)
+        return tuple(pair for pair in self.require if pair not in have)
+
+
+def parse_labels(items: object, what: str = "label") -> tuple[tuple[str, str], ...]:
+    """``["gpu=a100", "room=b12"]`` (or a ``{key: value}`` map) -> sorted ``(key, value)``
+    pairs; raises :class:`TaskError` naming the bad item. Keys and values are non-empty,
+    at most 64 characters, without ``=`` in the key."""
+    if isinstance(items, dict):
+        raw = [f"{k}={v}" for k, v in items.items()]
+    elif isinstance(items, str):
+        raw = [items]
+    elif isinstance(items, list | tuple):
+        raw = [i if isinstance(i, str) else "=".join(map(str, i)) for i in items]
+    else:
+        raise TaskError(f"{what}s must be KEY=VALUE strings or a map, got {items!r}")
+    pairs: set[tuple[str, str]] = set()
+    for item in raw:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value or len(key) > 64 or len(value) > 64:
+            raise TaskError(f"bad {what} {item!r}: expected KEY=VALUE (each 1-64 characters)")
+        pairs.add((key, value))
+    return tuple(sorted(pairs))
 
 
 LABEL_MAX = 200

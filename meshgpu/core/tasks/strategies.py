@@ -5,7 +5,7 @@ vector (capacity, utilisation, memory, queue length, capabilities, published per
 latency) plus the number of tasks the leader's own table shows ASSIGNED to it
 (``in_flight``, fresher than any gossip). Every strategy
 
-* only ever picks a worker that is *capable* (device type, memory, fp16), has a *free slot*
+* only ever picks a worker that is *capable* (device type, memory, fp16, required labels), has a *free slot*
   (``capacity - in_flight > 0``) and whose circuit breaker *admits* work;
 * may return None: nothing suitable now (the task stays queued);
 * breaks ties in rotating order (``context.rotation``), so equal idle workers get work
@@ -44,6 +44,7 @@ class WorkerView:
     fp16: bool = False
     latency_estimates: tuple[tuple[str, float], ...] = ()
     admits: bool = True
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def free_slots(self) -> int:
@@ -81,7 +82,15 @@ def capable(worker: WorkerView, requirements: DeviceRequirements) -> bool:
         return False
     if requirements.min_memory and worker.memory_total < requirements.min_memory:
         return False
-    return not (requirements.fp16 and not worker.fp16)
+    if requirements.fp16 and not worker.fp16:
+        return False
+    return not requirements.unmet(worker.labels)
+
+
+def preferred(worker: WorkerView, requirements: DeviceRequirements) -> bool:
+    """Does ``worker`` carry every label the task prefers?"""
+    have = set(worker.labels)
+    return all(pair in have for pair in requirements.prefer)
 
 
 def eligible(spec: TaskSpec, workers: Sequence[WorkerView]) -> list[WorkerView]:
@@ -244,12 +253,33 @@ def adaptive(spec: TaskSpec, workers: Sequence[WorkerView], ctx: SelectionContex
     return None if best_free is None else best_free[1]
 
 
+def binpack(spec: TaskSpec, workers: Sequence[WorkerView], ctx: SelectionContext) -> NodeId | None:
+    """Fill the fewest workers: the eligible worker with the most tasks in flight (it
+    already has the model warm and its device busy), ties to the lowest id, so that at
+    low load the other workers stay idle (free for large jobs, or to sleep)."""
+    candidates = eligible(spec, workers)
+    if not candidates:
+        return None
+    return min(candidates, key=lambda w: (-w.in_flight, w.node_id)).node_id
+
+
+def spread(spec: TaskSpec, workers: Sequence[WorkerView], ctx: SelectionContext) -> NodeId | None:
+    """Even out the work: the eligible worker with the lowest share of its slots in use,
+    ties to the one given the fewest tasks so far, so per-worker counts stay level."""
+    candidates = eligible(spec, _rotated(workers, ctx.rotation))
+    if not candidates:
+        return None
+    return _lowest(candidates, lambda w: w.in_flight / w.capacity if w.capacity else 1.0, ctx)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "round_robin": round_robin,
     "least_loaded": least_loaded,
     "device_match": device_match,
     "latency": latency_based,
     "adaptive": adaptive,
+    "binpack": binpack,
+    "spread": spread,
 }
 """Strategy names, as used in the config (``[tasks] strategy``) and ``spec.strategy``."""
 

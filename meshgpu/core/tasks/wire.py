@@ -70,7 +70,7 @@ def spec_to_wire(spec: TaskSpec) -> Wire:
         spec.input_digest,
         [[name, list(shape)] for name, shape in spec.input_shapes],
         int(spec.priority),
-        [req.device_type, req.min_memory, req.fp16],
+        _requirements_to_wire(req),
         spec.deadline_s,
         [retry.kind.value, retry.base_s, retry.max_s, retry.max_attempts, retry.jitter],
         spec.replicas,
@@ -81,6 +81,19 @@ def spec_to_wire(spec: TaskSpec) -> Wire:
     if spec.label is not None:
         wire.append(spec.label)
     return wire
+
+
+def _requirements_to_wire(req: DeviceRequirements) -> Wire:
+    """Label requirements are appended only when set, so a spec without them encodes as
+    before (journals, traces and their hashes stay the same)."""
+    wire: list[Any] = [req.device_type, req.min_memory, req.fp16]
+    if req.require or req.prefer:
+        wire += [[list(p) for p in req.require], [list(p) for p in req.prefer]]
+    return wire
+
+
+def _labels_from_wire(value: object) -> tuple[tuple[str, str], ...]:
+    return tuple((_str(p[0]), _str(p[1])) for p in (_list(q, 2) for q in _list(value)))
 
 
 _SPEC_CACHE: dict[str, TaskSpec] = {}
@@ -108,7 +121,8 @@ def _decode_spec(value: object) -> TaskSpec:
         (_str(pair[0]), tuple(_int(d) for d in _list(pair[1])))
         for pair in (_list(p, 2) for p in _list(fields[2]))
     )
-    req = _list(fields[4], 3)
+    req = _list(fields[4])
+    _expect(len(req) in (3, 5), "expected 3 or 5 requirement fields")
     retry = _list(fields[6], 5)
     try:
         return TaskSpec(
@@ -117,7 +131,11 @@ def _decode_spec(value: object) -> TaskSpec:
             input_shapes=shapes,
             priority=Priority(_int(fields[3])),
             requirements=DeviceRequirements(
-                None if req[0] is None else _str(req[0]), _int(req[1]), bool(req[2])
+                None if req[0] is None else _str(req[0]),
+                _int(req[1]),
+                bool(req[2]),
+                _labels_from_wire(req[3]) if len(req) == 5 else (),
+                _labels_from_wire(req[4]) if len(req) == 5 else (),
             ),
             deadline_s=None if fields[5] is None else _number(fields[5]),
             retry=RetryPolicy(
