@@ -73,6 +73,14 @@ STATE_FILE = "daemon.json"
 @click.option(
     "--slots", type=click.IntRange(min=1), default=1, show_default=True, help="Tasks run at once."
 )
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Label of this node (repeatable), gossiped with its load: tasks submitted with "
+    "--require KEY=VALUE run only on nodes carrying it, --prefer KEY=VALUE prefer them.",
+)
 @click.option("--interface", help="Pin mDNS and gossip to this network interface (e.g. eth0).")
 @click.option("--advertise", help="Address peers should use to reach this node.")
 @click.option(
@@ -123,6 +131,7 @@ def join(
     device: str | None,
     backend: str,
     slots: int,
+    labels: tuple[str, ...],
     interface: str | None,
     advertise: str | None,
     config_file: Path | None,
@@ -145,6 +154,7 @@ def join(
     import trio
 
     from meshgpu.core.config import MeshConfig
+    from meshgpu.core.tasks.spec import parse_labels
     from meshgpu.daemon.auth import load_mesh_key
     from meshgpu.daemon.discovery import parse_peer
     from meshgpu.daemon.foreground import serve_until_signalled
@@ -165,6 +175,7 @@ def join(
         "device": device,
         "backend": backend,
         "slots": slots,
+        "labels": labels,
         "interface": interface,
         "advertise": advertise,
         "verbose": verbose,
@@ -208,6 +219,7 @@ def join(
             mesh=options["mesh"],
             key=load_mesh_key(options["key_file"], os.environ),
             slots=options["slots"],
+            labels=parse_labels(list(options["labels"]), "node label"),
             backend=options["backend"],
             device=options["device"],
             interface=options["interface"],

@@ -57,6 +57,8 @@ def _load_text(load: dict[str, Any] | None) -> tuple[str, str]:
         devices = ", ".join(load["usable_devices"]) + (" (fp16)" if load.get("fp16") else "")
     if load.get("fallback_models"):
         devices += "; on onnxruntime: " + ", ".join(load["fallback_models"])
+    if load.get("labels"):  # meshgpu join --label
+        devices += "; " + " ".join(f"{k}={v}" for k, v in sorted(load["labels"].items()))
     return busy, devices
 
 

@@ -126,6 +126,19 @@ def model_input_names(model: Any) -> list[str]:
     help="Write the ids of tasks left in the mesh (--no-wait, Ctrl-C, --timeout) to this "
     "file instead of stdout, as `meshgpu collect --ids FILE` reads them.",
 )
+@click.option(
+    "--require",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Run only on nodes joined with --label KEY=VALUE (repeatable; all must match). "
+    "A task no live node can satisfy fails at once.",
+)
+@click.option(
+    "--prefer",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Prefer nodes with this label (repeatable) when one can take the task now.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this.")
 def submit(
@@ -140,6 +153,8 @@ def submit(
     no_wait: bool,
     max_task_bytes: int | None,
     ids_file: Path | None,
+    require: tuple[str, ...],
+    prefer: tuple[str, ...],
     as_json: bool,
     timeout: float | None,
 ) -> None:
@@ -187,7 +202,15 @@ def submit(
         check_task_sizes(tasks, max_task_bytes)
         if not no_wait:
             prepare_output_dir(output)
-        options = {"priority": priority, "replicas": replicas, "deadline_s": deadline}
+        options: dict[str, Any] = {
+            "priority": priority,
+            "replicas": replicas,
+            "deadline_s": deadline,
+        }
+        if require:
+            options["require"] = list(require)
+        if prefer:
+            options["prefer"] = list(prefer)
         stop = Interruption(STOP_GRACE_S)
         with owning_sigint(stop):
             report = trio.run(

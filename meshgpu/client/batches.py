@@ -38,7 +38,7 @@ import trio
 
 from meshgpu.client.handles import AsyncTaskHandle
 from meshgpu.client.models import ModelBlob
-from meshgpu.core.tasks.spec import LABEL_MAX
+from meshgpu.core.tasks.spec import LABEL_MAX, parse_labels
 from meshgpu.daemon.blobs import TensorBlob, tensor_nbytes
 from meshgpu.daemon.groups import group_of
 from meshgpu.daemon.payloads import encode_tensors
@@ -175,6 +175,8 @@ class BatchedSubmission:
         device_type: str | None = None,
         min_memory: int = 0,
         fp16: bool = False,
+        require: Any = None,
+        prefer: Any = None,
         group: int = 1,
         label: str | Sequence[str | None] | None = None,
         acknowledge: bool = True,
@@ -200,7 +202,9 @@ class BatchedSubmission:
         if not 1 <= int(group) <= BATCH_MAX:
             raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
         blob = ModelBlob.of(model)
-        fields = submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
+        fields = submit_fields(
+            blob, priority, replicas, deadline_s, device_type, min_memory, fp16, require, prefer
+        )
         if group != 1:
             fields["group"] = int(group)
         answers: list[AsyncTaskHandle | MeshError | None] = []
@@ -393,8 +397,12 @@ def submit_fields(
     device_type: str | None,
     min_memory: int,
     fp16: bool,
+    require: Any = None,
+    prefer: Any = None,
 ) -> dict[str, Any]:
-    """The request fields a submission's options become (all but the inputs)."""
+    """The request fields a submission's options become (all but the inputs).
+    ``require`` / ``prefer``: worker labels as ``{"gpu": "a100"}`` or ``["gpu=a100"]``,
+    hard and soft (docs/task-queue.md, "Labels and placement")."""
     fields: dict[str, Any] = {
         "model_digest": blob.digest,
         "priority": priority,
@@ -406,6 +414,9 @@ def submit_fields(
         fields["deadline_s"] = float(deadline_s)
     if device_type is not None:
         fields["device_type"] = device_type
+    for name, labels in (("require", require), ("prefer", prefer)):
+        if labels:
+            fields[name] = [f"{k}={v}" for k, v in parse_labels(labels, f"{name}d label")]
     return fields
 
 

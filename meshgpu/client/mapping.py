@@ -119,6 +119,8 @@ class MapSubmission:
         device_type: str | None = None,
         min_memory: int = 0,
         fp16: bool = False,
+        require: Any = None,
+        prefer: Any = None,
         group: int = 1,
         label: str | Sequence[str | None] | None = None,
         acknowledge: bool = True,

@@ -195,6 +195,8 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         device_type: str | None = None,
         min_memory: int = 0,
         fp16: bool = False,
+        require: Any = None,
+        prefer: Any = None,
         direct: bool = True,
         watch: bool = True,
         label: str | None = None,
@@ -212,7 +214,9 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         ``label``: a name for the task, shown by ``meshgpu tasks`` (the CLI gives the
         input file's name)."""
         blob = ModelBlob.of(model)
-        fields = submit_fields(blob, priority, replicas, deadline_s, device_type, min_memory, fp16)
+        fields = submit_fields(
+            blob, priority, replicas, deadline_s, device_type, min_memory, fp16, require, prefer
+        )
         if label is not None:
             fields["label"] = check_label(label)
         if not direct or not watch:

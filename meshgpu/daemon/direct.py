@@ -105,8 +105,10 @@ class DirectRuns:
             memory_total=daemon.capabilities.memory_total,
             device_types=daemon.capabilities.device_types,
             fp16=daemon.capabilities.fp16,
+            labels=daemon.settings.labels,
         )
-        if not capable(me, requirements):
+        if not capable(me, requirements) or requirements.prefer:
+            # A task preferring labels goes through the leader, which sees every node's.
             return False
         # The core's queue holds exactly the table's pending and retrying entries (O(1),
         # where scanning the table cost O(entries) on the loop for every tiny submit).

@@ -101,12 +101,18 @@ class DaemonHttpSources:
     async def unload(self, model: CatalogModel) -> None:
         self._loaded.discard(model.digest)
 
-    async def infer(self, model: CatalogModel, feeds: dict[str, np.ndarray]) -> InferOutcome:
+    async def infer(
+        self,
+        model: CatalogModel,
+        feeds: dict[str, np.ndarray],
+        placement: Mapping[str, list[str]] | None = None,
+    ) -> InferOutcome:
         daemon = self.daemon
         if daemon.leaving:
             raise Unavailable(f"node {daemon.node_id} is leaving the mesh; send to another node")
         await self._local_path(model)
-        request = {"model_digest": model.digest, "inputs": encode_tensors(feeds)}
+        request: dict[str, Any] = {"model_digest": model.digest, "inputs": encode_tensors(feeds)}
+        request.update(placement or {})
         started = time.perf_counter()
         try:
             answer = await daemon.handlers.submissions.submit(request)

@@ -406,7 +406,7 @@ class Daemon:
             logger.error("cannot list devices (%r); advertising no capabilities", error)
             capabilities = DeviceCapabilities()
         self.capabilities, self.usable_devices = capabilities, labels
-        meter = self.load_meter = LoadMeter(capabilities, labels)
+        meter = self.load_meter = LoadMeter(capabilities, labels, self.settings.labels)
         last: LoadVector | None = None
         while True:
             load = meter.measure(self)

@@ -48,6 +48,8 @@ class DaemonSettings:
     mesh: str = "default"
     key: MeshKey | None = None
     slots: int = 1
+    labels: tuple[tuple[str, str], ...] = ()
+    """``(key, value)`` pairs gossiped with the load; tasks require or prefer them."""
     backend: str = "auto"
     device: str | None = None
     interface: str | None = None
@@ -76,6 +78,7 @@ JOIN_FILE_KEYS: dict[str, str] = {
     "device": "string: device id (--device)",
     "backend": f"one of {', '.join(BACKENDS)} (--backend)",
     "slots": "integer >= 1 (--slots)",
+    "labels": 'list of "KEY=VALUE" strings (--label, repeated)',
     "interface": "string: network interface (--interface)",
     "advertise": "string: address peers should use (--advertise)",
     "verbose": "integer >= 0 (-v is 1, -vv is 2)",
@@ -157,6 +160,10 @@ def _checked(path: Path, key: str, value: object) -> object:
             raise wrong()
         return (path.parent / Path(value).expanduser()).absolute()
     if key == "peers":
+        if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+            raise wrong()
+        return tuple(value)
+    if key == "labels":
         if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
             raise wrong()
         return tuple(value)

@@ -85,6 +85,7 @@ def _load_fields(load: LoadVector | None) -> dict[str, Any] | None:
         "latency": dict(load.latency_estimates),
         "usable_devices": list(load.usable_devices),
         "fallback_models": list(load.fallback_models),
+        "labels": {key: value for key, value in load.labels},
     }
 
 
@@ -235,10 +236,14 @@ class LoadMeter:
     """Turns the executor's counters into the load vector the daemon reports."""
 
     def __init__(
-        self, capabilities: DeviceCapabilities, usable_devices: tuple[str, ...] = ()
+        self,
+        capabilities: DeviceCapabilities,
+        usable_devices: tuple[str, ...] = (),
+        labels: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.capabilities = capabilities
         self.usable_devices = usable_devices
+        self.labels = labels
         self._last_busy = 0.0
         self._last_time: float | None = None
 
@@ -266,6 +271,7 @@ class LoadMeter:
             memory_total=self.capabilities.memory_total,
             capabilities=self.capabilities,
             usable_devices=self.usable_devices,
+            labels=self.labels,
             fallback_models=tuple(
                 digest[:FALLBACK_DIGEST_LENGTH]
                 for digest in list(executor.fallback_models)[:MAX_REPORTED_DEVICES]

@@ -23,7 +23,7 @@ import trio
 from meshgpu.core import effects as fx
 from meshgpu.core.events import SubmitTask
 from meshgpu.core.tasks import DeviceRequirements, Priority, TaskId, TaskSpec
-from meshgpu.core.tasks.spec import LABEL_MAX
+from meshgpu.core.tasks.spec import LABEL_MAX, parse_labels
 from meshgpu.daemon.api import Message, request_field
 from meshgpu.daemon.blobs import read_layout
 from meshgpu.daemon.dataplane import INPUTS
@@ -113,7 +113,11 @@ def _requirements(request: Message) -> DeviceRequirements:
             device_type=None if device_type is None else str(device_type),
             min_memory=int(request.get("min_memory", 0)),
             fp16=bool(request.get("fp16", False)),
+            require=parse_labels(request.get("require") or [], "required label"),
+            prefer=parse_labels(request.get("prefer") or [], "preferred label"),
         )
+    except TaskError as error:
+        raise DecodeError(f"submit has a malformed field: {error}") from None
     except (TypeError, ValueError) as error:
         raise DecodeError(f"submit has a malformed field: {error}") from None
 

@@ -64,7 +64,11 @@ class Sources:
     catalog: Callable[[], Mapping[str, CatalogModel]]
     model_info: Callable[[CatalogModel], Awaitable[ModelInfo]]
     """The model's signature, its bytes fetched to this node first if need be."""
-    infer: Callable[[CatalogModel, dict[str, np.ndarray]], Awaitable[InferOutcome]]
+    infer: Callable[
+        [CatalogModel, dict[str, np.ndarray], Mapping[str, list[str]]], Awaitable[InferOutcome]
+    ]
+    """Run one request; the third argument is its placement (``require`` / ``prefer``
+    label lists, possibly empty)."""
     load: Callable[[CatalogModel], Awaitable[None]]
     unload: Callable[[CatalogModel], Awaitable[None]]
     loaded: Callable[[CatalogModel], bool]
@@ -238,7 +242,7 @@ def build_app(
         ok = False
         outcome: InferOutcome | None = None
         try:
-            outcome = await sources.infer(model, feeds)
+            outcome = await sources.infer(model, feeds, parsed.placement)
             ok = True
         except Unavailable as error:
             raise HttpError(503, str(error)) from None

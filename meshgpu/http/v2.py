@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from meshgpu.core.tasks.spec import parse_labels
+from meshgpu.errors import TaskError
+
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -67,6 +70,8 @@ class InferRequest:
     """Outputs to send as raw bytes."""
     binary_default: bool = False
     """The request's ``binary_data_output``: every output not named otherwise is binary."""
+    placement: dict[str, list[str]] = field(default_factory=dict)
+    """The request parameters ``require`` and ``prefer`` (worker labels, ``KEY=VALUE``)."""
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -181,6 +186,18 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     if not isinstance(parameters, dict):
         raise ProtocolError("'parameters' must be an object")
     request.binary_default = bool(parameters.get("binary_data_output", False))
+    for name in ("require", "prefer"):
+        labels = parameters.get(name)
+        if labels is None:
+            continue
+        if isinstance(labels, str):
+            labels = [labels]
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ProtocolError(f"parameter {name!r} must be a KEY=VALUE string or a list of them")
+        try:
+            request.placement[name] = [f"{k}={v}" for k, v in parse_labels(labels, name)]
+        except TaskError as error:
+            raise ProtocolError(str(error)) from None
     raw_outputs = document.get("outputs")
     if raw_outputs is not None:
         if not isinstance(raw_outputs, list):

@@ -183,3 +183,18 @@ def test_help_says_the_file_can_set_every_option() -> None:
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "[daemon] table" in text and "Flags given here override the file" in text
+
+
+def test_labels_come_from_the_file_or_the_flags_and_bad_ones_are_refused(
+    tmp_path: Path, captured: list[DaemonSettings]
+) -> None:
+    path = write(
+        tmp_path, f'[daemon]\ndata_dir = "{tmp_path}"\nlabels = ["gpu=a100", "room=b12"]\n'
+    )
+    assert CliRunner().invoke(join, ["--config", str(path)]).exit_code == 0
+    assert captured[-1].labels == (("gpu", "a100"), ("room", "b12"))
+    result = CliRunner().invoke(join, ["--config", str(path), "--label", "gpu=h100"])
+    assert result.exit_code == 0, result.output
+    assert captured[-1].labels == (("gpu", "h100"),)  # flags replace the file's list
+    result = CliRunner().invoke(join, ["--config", str(path), "--label", "gpu"])
+    assert result.exit_code != 0 and "bad node label 'gpu': expected KEY=VALUE" in result.output

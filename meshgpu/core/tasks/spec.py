@@ -56,6 +56,11 @@ class Priority(enum.IntEnum):
             raise TaskError(f"unknown priority {text!r}: choose one of {choices}") from None
 
 
+MAX_LABELS = 16
+"""At most this many labels per node, and label pairs per requirement (they travel in every
+load update and every copy of a spec)."""
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceRequirements:
     """What a worker must offer to run the task (hard constraints for every strategy).
@@ -99,6 +104,8 @@ def parse_labels(items: object, what: str = "label") -> tuple[tuple[str, str], .
         if not sep or not key or not value or len(key) > 64 or len(value) > 64:
             raise TaskError(f"bad {what} {item!r}: expected KEY=VALUE (each 1-64 characters)")
         pairs.add((key, value))
+    if len(pairs) > MAX_LABELS:
+        raise TaskError(f"at most {MAX_LABELS} {what}s, got {len(pairs)}")
     return tuple(sorted(pairs))
 
 

@@ -5,7 +5,8 @@ vector (capacity, utilisation, memory, queue length, capabilities, published per
 latency) plus the number of tasks the leader's own table shows ASSIGNED to it
 (``in_flight``, fresher than any gossip). Every strategy
 
-* only ever picks a worker that is *capable* (device type, memory, fp16, required labels), has a *free slot*
+* only ever picks a worker that is *capable* (device type, memory, fp16, required
+  labels), has a *free slot*
   (``capacity - in_flight > 0``) and whose circuit breaker *admits* work;
 * may return None: nothing suitable now (the task stays queued);
 * breaks ties in rotating order (``context.rotation``), so equal idle workers get work

@@ -60,7 +60,7 @@ def test_load_labels_are_encoded_only_when_set_and_round_trip() -> None:
 
 def test_required_labels_are_hard_for_every_strategy() -> None:
     spec = TaskSpec("m", "i", requirements=DeviceRequirements(require=GPU))
-    workers = [view("a"), view("b", labels=GPU + (("room", "b12"),))]
+    workers = [view("a"), view("b", labels=(*GPU, ("room", "b12")))]
     for name in (
         "round_robin",
         "least_loaded",
