@@ -22,6 +22,7 @@ compare the two systems of one run (ratios), not numbers across runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -208,9 +209,7 @@ def start_ray(models: dict[str, Path], port: int) -> None:
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
-    @serve.deployment(
-        num_replicas=3, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25}
-    )
+    @serve.deployment(num_replicas=3, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
     class OnnxModel:
         def __init__(self, path: str) -> None:
             import onnxruntime
@@ -241,6 +240,28 @@ def start_ray(models: dict[str, Path], port: int) -> None:
         serve.run(OnnxModel.bind(str(path)), name=name, route_prefix=f"/{name}")
 
 
+def measure_ray(
+    models: dict[str, Path], bodies: dict[str, bytes], levels: list[int], seconds: float
+) -> list[dict[str, Any]]:
+    import ray
+    from ray import serve
+
+    port = free_port()
+    start_ray(models, port)
+    results = []
+    try:
+        for name, body in bodies.items():
+            targets = [(port, f"/{name}")]
+            drive(targets, body, 4, 1.0)
+            for level in levels:
+                cell = drive(targets, body, level, seconds)
+                results.append({"system": "ray-serve", "model": name, "concurrency": level, **cell})
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true")
@@ -267,21 +288,9 @@ def main() -> None:
                 results.append({"system": "meshgpu", "model": name, "concurrency": level, **cell})
     ray_note = "measured"
     if ray_available():
-        from ray import serve
-
-        port = free_port()
-        start_ray(models, port)
-        try:
-            for name, body in bodies.items():
-                targets = [(port, f"/{name}")]
-                drive(targets, body, 4, 1.0)
-                for level in levels:
-                    cell = drive(targets, body, level, arguments.seconds)
-                    results.append(
-                        {"system": "ray-serve", "model": name, "concurrency": level, **cell}
-                    )
-        finally:
-            serve.shutdown()
+        # Ray prints its own messages on stdout: they go to stderr, the JSON stays clean.
+        with contextlib.redirect_stdout(sys.stderr):
+            results.extend(measure_ray(models, bodies, levels, arguments.seconds))
     else:
         ray_note = "not installed (pip install -e '.[bench]')"
     ratios = []
