@@ -291,7 +291,6 @@ async def test_metrics_parse_with_triton_names(node: Daemon) -> None:
     assert samples[("nv_inference_request_duration_us_total", labels)] > 0
     assert samples[("nv_inference_pending_request_count", labels)] == 0
     assert samples[("meshgpu_members", (("state", "alive"),))] == 1
-    assert samples[("meshgpu_datagrams_sent_total", ())] >= 0
     assert ("meshgpu_journal_fsync_seconds_count", ()) in samples
     status, targets = await get_json(node, "/metrics/targets")
     assert targets == [

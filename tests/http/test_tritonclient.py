@@ -204,3 +204,22 @@ def test_a_model_added_on_one_node_is_inferred_through_another(
     wait_for(mesh[1][1], "/v2/models/small", present=False)
     refused = CliRunner().invoke(main, ["models", "remove", "digits", "--peer", entry])
     assert refused.exit_code != 0 and "shipped" in refused.output
+
+
+def test_metrics_match_the_membership(mesh: list[tuple[MeshProcess, int]]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{mesh[1][1]}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    status = get_json(mesh[1][1], "/mesh/status")
+    assert isinstance(status, dict)
+    alive = sum(m["state"] == "alive" for m in status["members"])
+    assert samples[("meshgpu_members", (("state", "alive"),))] == alive == 3
+    assert samples[("meshgpu_datagrams_sent_total", ())] > 0
+    assert samples[("meshgpu_datagrams_received_total", ())] > 0
+    assert samples[("meshgpu_leader_view", (("leader", status["leader"]),))] == status["view"]
