@@ -72,7 +72,7 @@ def sweep(spec_path: Path, out: Path, jobs: int | None, resume: bool) -> None:
         click.echo(f"meshgpu sweep: {error}", err=True)
         sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
-        saved = len(list((out / "runs").glob("p*-s*.json")))
+        saved = len(list((out / "runs").glob("*-s*.json")))
         click.echo(
             f"meshgpu sweep: interrupted; {saved} of {spec.run_count} runs are saved in "
             f"{out / 'runs'}; run again with --resume to finish",

@@ -147,11 +147,18 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(spec_path: Path, tmp_path
         assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
 
 
-def test_a_directory_of_another_sweep_is_refused(spec_path: Path, tmp_path: Path) -> None:
+def test_a_changed_sweep_reuses_the_runs_it_shares(spec_path: Path, tmp_path: Path) -> None:
     run_sweep(load_sweep(spec_path), tmp_path / "out", jobs=1)
     spec_path.write_text(SPEC.replace("seeds = [3, 4]", "seeds = [3, 5]"))
-    with pytest.raises(ConfigError, match="different sweep"):
-        run_sweep(load_sweep(spec_path), tmp_path / "out", jobs=1, resume=True)
+    changed = load_sweep(spec_path)
+    with pytest.raises(ConfigError, match="--resume"):
+        run_sweep(changed, tmp_path / "out", jobs=1)
+    result = run_sweep(changed, tmp_path / "out", jobs=1, resume=True)
+    assert (result.reused, result.ran) == (4, 4)  # seed 3 of each point kept, seed 5 run
+    assert {row["seed"] for row in read_csv(tmp_path / "out" / "runs.csv")} == {"3", "5"}
+    run_sweep(changed, tmp_path / "fresh", jobs=1)
+    for name in ("runs.csv", "summary.csv"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,15 @@
 """Running a sweep: every (point, seed) once, in worker processes, each result on disk
 the moment it is finished.
 
-The output directory holds ``sweep.json`` (the spec's name and fingerprint), one
-``runs/pNNNN-sSEED.json`` per finished run (the full ``--json`` report, written to a
-temporary name and renamed, so a file that exists is complete), then ``runs.csv`` and
-``summary.csv`` built from those files alone. An interrupted sweep therefore resumes
-(``resume=True``) by skipping the runs whose files exist; a directory started by a
-different spec (other points, seeds or metrics) is refused rather than mixed.
+The output directory holds ``sweep.json`` (the spec's name and fingerprint, for the
+reader), one ``runs/KEY-sSEED.json`` per finished run (the full ``--json`` report,
+written to a temporary name and renamed, so a file that exists is complete; ``KEY``
+hashes the point's scenario document), then ``runs.csv`` and ``summary.csv`` built from
+those files alone. An interrupted sweep therefore resumes (``resume=True``) by skipping
+the runs whose files exist; and because a run file is named by what it ran, not by its
+place in the grid, a sweep given more seeds or more parameter values reuses every run it
+shares with the old one. Run files of points no longer in the spec stay on disk and out
+of the tables.
 
 Workers are separate processes (``spawn``: nothing of the parent's threads or state is
 inherited), each running whole scenarios; a run is deterministic in its seed, so the
@@ -20,7 +23,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -47,7 +49,7 @@ class SweepResult:
 
 
 def run_file(directory: Path, point: Point, seed: int) -> Path:
-    return directory / RUNS_FOLDER / f"p{point.index:04d}-s{seed}.json"
+    return directory / RUNS_FOLDER / f"{point.key}-s{seed}.json"
 
 
 def run_one(point: Point, seed: int, scenario_path: str) -> dict[str, Any]:
@@ -65,36 +67,29 @@ def run_one(point: Point, seed: int, scenario_path: str) -> dict[str, Any]:
 
 
 def prepare_directory(spec: SweepSpec, directory: Path, resume: bool) -> dict[tuple[int, int], Any]:
-    """Create or check the output directory; return the runs already finished there."""
-    state_path = directory / STATE_FILE
+    """Create or check the output directory; return this spec's runs already finished
+    there, by (point index, seed), relabelled with the current grid's values."""
     runs_path = directory / RUNS_FOLDER
     finished: dict[tuple[int, int], Any] = {}
-    if state_path.exists():
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise ConfigError(
-                f"{state_path} is unreadable ({error}); choose another --out"
-            ) from error
-        if state.get("fingerprint") != spec.fingerprint:
-            raise ConfigError(
-                f"{directory} holds a different sweep ({state.get('name')!r}: other points, "
-                "seeds or metrics); choose another --out"
-            )
-        for path in sorted(runs_path.glob("p*-s*.json")):
+    for point in spec.points:
+        for seed in spec.seeds:
+            path = run_file(directory, point, seed)
+            if not path.exists():
+                continue
             try:
                 record = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue  # a damaged file is simply run again
-            finished[(record["point"], record["seed"])] = record
-        if finished and not resume:
-            raise ConfigError(
-                f"{directory} already holds {len(finished)} of this sweep's runs; pass "
-                "--resume to finish it, or choose another --out"
-            )
+            record.update(point=point.index, values=dict(point.values), seed=seed)
+            finished[(point.index, seed)] = record
+    if finished and not resume:
+        raise ConfigError(
+            f"{directory} already holds {len(finished)} of this sweep's runs; pass "
+            "--resume to reuse them and run the rest, or choose another --out"
+        )
     runs_path.mkdir(parents=True, exist_ok=True)
     _write_atomic(
-        state_path,
+        directory / STATE_FILE,
         json.dumps(
             {"name": spec.name, "source": spec.source, "fingerprint": spec.fingerprint}, indent=2
         )
@@ -156,29 +151,21 @@ def _run_in_workers(
     jobs: int,
     store: Callable[[dict[str, Any]], None],
 ) -> None:
-    queue = list(reversed(pending))
-    executor = ProcessPoolExecutor(
-        max_workers=jobs, mp_context=get_context("spawn"), initializer=_quiet_interrupt
-    )
-    running: set[Future[dict[str, Any]]] = set()
-    try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                point, seed = queue.pop()
-                running.add(executor.submit(run_one, point, seed, spec.scenario_path))
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                store(future.result())
-    except BaseException:
-        executor.shutdown(wait=False, cancel_futures=True)
-        raise
-    executor.shutdown(wait=True)
+    tasks = [(point, seed, spec.scenario_path) for point, seed in pending]
+    # Leaving the with block (normally, or on Ctrl-C in this process) terminates the
+    # workers; they ignore SIGINT themselves so that only the parent reports it.
+    with get_context("spawn").Pool(jobs, initializer=_ignore_interrupt) as pool:
+        for record in pool.imap_unordered(_run_task, tasks):
+            store(record)
 
 
-def _quiet_interrupt() -> None:
-    """In a worker: Ctrl-C (sent to the whole process group) ends it without a traceback;
-    the parent reports the interruption and what is saved."""
-    signal.signal(signal.SIGINT, lambda number, frame: os._exit(130))
+def _run_task(task: tuple[Point, int, str]) -> dict[str, Any]:
+    return run_one(*task)
+
+
+def _ignore_interrupt() -> None:
+    """In a worker: Ctrl-C (sent to the whole process group) is the parent's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _write_atomic(path: Path, text: str) -> None:

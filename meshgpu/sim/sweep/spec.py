@@ -67,6 +67,13 @@ class Point:
     values: tuple[tuple[str, Any], ...]
     document: Mapping[str, Any]
 
+    @property
+    def key(self) -> str:
+        """What the point runs, hashed: a run is reused by any sweep with the same
+        scenario document and seed, whatever its grid (more seeds, more sizes)."""
+        text = json.dumps(self.document, sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True, slots=True)
 class SweepSpec:
@@ -84,8 +91,7 @@ class SweepSpec:
     """Dotted report paths to keep; None: every numeric field of the report."""
     figures: tuple[Figure, ...]
     fingerprint: str
-    """SHA-256 of what determines the results (points, seeds, metrics): a resumed sweep
-    must match the one that started the directory."""
+    """SHA-256 of what determines the results (points, seeds, metrics)."""
 
     def scenario(self, point: Point, seed: int) -> Scenario:
         return build_scenario(point.document, seed, self.scenario_path)
