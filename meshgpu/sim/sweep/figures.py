@@ -45,8 +45,9 @@ def draw_figures(spec: SweepSpec, directory: Path, runs: Sequence[Mapping[str, A
                 [hi - m if hi is not None else 0.0 for m, hi in zip(means, highs, strict=True)],
             ]
             axes.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label or None)
-        for y, label in figure.references:
-            axes.axhline(y, linestyle="--", color="grey", linewidth=1, label=label or None)
+        for number, (y, label) in enumerate(figure.references):
+            style = ("--", ":", "-.")[number % 3]
+            axes.axhline(y, linestyle=style, color="grey", linewidth=1, label=label or None)
         axes.set_xscale(figure.xscale)
         axes.set_yscale(figure.yscale)
         axes.set_xlabel(figure.xlabel)
