@@ -109,6 +109,7 @@ class ResearchMetrics(Observer):
         self.window_start: tuple[float, int, int] | None = None
         self.window_end: tuple[float, int, int] | None = None
         self.member_seconds = 0.0
+        self.period_s = 1.0
         self._up_count = 0
         self._last_change = 0.0
 
@@ -133,6 +134,9 @@ class ResearchMetrics(Observer):
             self.window_end = self._snapshot(sim, now)
 
     # -- hooks -------------------------------------------------------------------------------
+
+    def on_start(self, sim: Simulation) -> None:
+        self.period_s = float(sim.config.probe_interval)
 
     def on_node_up(self, sim: Simulation, index: int, now: float) -> None:
         self._account(now)
@@ -225,7 +229,6 @@ class ResearchMetrics(Observer):
         self._close_window(sim, now)
         self.closed.extend(self.crashes.values())
         self.crashes = {}
-        self.sim_probe_interval = float(sim.config.probe_interval)
 
     # -- pieces ------------------------------------------------------------------------------
 
@@ -275,7 +278,7 @@ class ResearchMetrics(Observer):
 
     def metrics(self) -> dict[str, Any]:
         crashes = sorted(self.closed, key=lambda c: c.at)
-        period = getattr(self, "sim_probe_interval", 1.0)
+        period = self.period_s
         first_suspicion = [c.first_suspect - c.at for c in crashes if c.first_suspect is not None]
         first_detection = [c.first_dead - c.at for c in crashes if c.first_dead is not None]
         full = [c.full - c.at for c in crashes if c.full is not None and c.first_dead is not None]
