@@ -50,6 +50,8 @@ def draw_figures(spec: SweepSpec, directory: Path, runs: Sequence[Mapping[str, A
             axes.axhline(y, linestyle=style, color="grey", linewidth=1, label=label or None)
         axes.set_xscale(figure.xscale)
         axes.set_yscale(figure.yscale)
+        if figure.yscale == "symlog":
+            axes.set_ylim(bottom=0)  # counts: an interval reaching below zero is cut at zero
         axes.set_xlabel(figure.xlabel)
         axes.set_ylabel(figure.ylabel)
         axes.set_title(figure.title or figure.name)

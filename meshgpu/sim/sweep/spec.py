@@ -327,8 +327,8 @@ def _figure(entry: Any, position: int, columns: list[str], where: str) -> Figure
                 f"({', '.join(columns) or 'none'})"
             )
     for key in ("xscale", "yscale"):
-        if entry.get(key, "linear") not in ("linear", "log"):
-            raise ConfigError(f"{where}: {label}.{key} must be 'linear' or 'log'")
+        if entry.get(key, "linear") not in ("linear", "log", "symlog"):
+            raise ConfigError(f"{where}: {label}.{key} must be 'linear', 'log' or 'symlog'")
     references = []
     for reference in _array(entry.get("reference", []), f"{label}.reference", where):
         if not isinstance(reference, dict) or not isinstance(reference.get("y"), int | float):
