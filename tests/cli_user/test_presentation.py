@@ -39,6 +39,16 @@ def test_status_names_usable_devices_and_models_on_fallback() -> None:
     assert row["devices"] == "cpu"  # a load without device reports: the types, as before
 
 
+def test_status_shows_node_labels_after_the_devices() -> None:
+    load = {"active_tasks": 0, "free_slots": 2, "devices": ["gpu"], "fp16": False}
+    labelled = {**load, "labels": {"room": "b12", "gpu": "a100"}}
+    member = {"node_id": "n-1", "state": "alive", "address": ["h", 1], "load": labelled}
+    (row,) = member_rows({"members": [member]})
+    assert row["devices"] == "gpu; gpu=a100 room=b12"
+    (row,) = member_rows({"members": [{**member, "load": load}]})
+    assert row["devices"] == "gpu"
+
+
 def test_the_groups_note_counts_members_of_all_groups_together() -> None:
     assert _groups_note({"entries": 0, "members": 0}) == ""
     assert _groups_note({"entries": 15, "members": 33}) == (
