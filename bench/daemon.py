@@ -3,6 +3,7 @@ the leader's SIGKILL under load. Prints a table and one JSON object; asserts not
 
     python bench/daemon.py [--tasks 200] [--sequential 60] [--json]
     python bench/daemon.py --fsync-only [--json]     # the disk's flush cost, by method
+    python bench/daemon.py --keyed-vs-open [--rounds 2] [--json]  # encryption's cost
     python bench/daemon.py --broken-opencl [--rounds 2] [--json]  # fallback vs onnxruntime
 
 * ``overhead``: one single-sample digits task at a time, submit to result, warm (the
@@ -15,6 +16,10 @@ the leader's SIGKILL under load. Prints a table and one JSON object; asserts not
 * ``leader_kill``: the leader SIGKILLed a third of the way through a ``map``: the longest
   gap between two consecutive results (how long work stalled), the time until the
   client's peer declared the victim dead and named a new leader, and tasks lost.
+
+``--keyed-vs-open`` instead compares two meshes in turns (A B B A, ``--rounds`` times):
+an open one and one with a mesh key (every datagram and frame encrypted, auth.py), the
+``overhead`` and ``throughput`` figures of each and the ratios keyed / open.
 
 ``--broken-opencl`` instead compares two meshes in turns (A B B A): ``--backend
 onnxruntime``, and ``--backend auto`` with every OpenCL device broken
@@ -47,6 +52,12 @@ from meshgpu.client.localmesh import LocalMesh
 from meshgpu.inference.model import SHIPPED_MODELS_DIR
 
 
+def client_environ() -> dict[str, str]:
+    """The clients' environment: only the mesh key, when this turn's mesh has one."""
+    key = os.environ.get("MESHGPU_KEY")
+    return {"MESHGPU_KEY": key} if key else {}
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -65,7 +76,7 @@ def overhead(peer: str, pixels: np.ndarray, count: int) -> dict[str, float]:
     default: list[float] = []
     table: list[float] = []
     direct_runs = 0
-    with Client(peer, environ={}) as client:
+    with Client(peer, environ=client_environ()) as client:
         # Warm: the model is uploaded, and the entry node has run it once (a table task
         # assigned to another node does not load it there).
         for row in pixels[:40]:
@@ -114,7 +125,7 @@ def own_cpu_s() -> float:
 
 def throughput(mesh: LocalMesh, pixels: np.ndarray, count: int) -> dict[str, Any]:
     pids = [node.process.pid for node in mesh.nodes if node.process is not None]
-    with Client(mesh.nodes[1].peer, environ={}) as client:
+    with Client(mesh.nodes[1].peer, environ=client_environ()) as client:
         sum(1 for _ in client.map("digits", ({"pixels": r[None]} for r in pixels[:10])))
         idle_from = [process_cpu_s(pid) for pid in pids]
         time.sleep(2.0)
@@ -186,7 +197,9 @@ def fsync_kinds(directory: Path, count: int = 200) -> dict[str, dict[str, float]
 
 
 async def leader_kill(mesh: LocalMesh, pixels: np.ndarray, count: int) -> dict[str, float | int]:
-    async with AsyncClient(mesh.nodes[0].peer, environ={}, status_interval=0.5) as probe:
+    async with AsyncClient(
+        mesh.nodes[0].peer, environ=client_environ(), status_interval=0.5
+    ) as probe:
         leader_name = (await probe.status())["leader"]
     leader = next(n for n in mesh.nodes if n.name == leader_name)
     entry = next(n for n in mesh.nodes if n is not leader)
@@ -206,7 +219,7 @@ async def leader_kill(mesh: LocalMesh, pixels: np.ndarray, count: int) -> dict[s
                 return
 
     async with (
-        AsyncClient(entry.peer, environ={}, status_interval=0.5) as client,
+        AsyncClient(entry.peer, environ=client_environ(), status_interval=0.5) as client,
         trio.open_nursery() as nursery,
     ):
         inputs = ({"pixels": r[None]} for r in pixels[:count])
@@ -239,6 +252,9 @@ def main() -> None:
         help="the fallback path (every OpenCL device broken, --backend auto) vs onnxruntime",
     )
     parser.add_argument("--rounds", type=int, default=1, help="A B B A turns (--broken-opencl)")
+    parser.add_argument(
+        "--keyed-vs-open", action="store_true", help="an encrypted mesh vs an open one"
+    )
     parser.add_argument("--executor-run", help=argparse.SUPPRESS)  # the child of --broken-opencl
     args = parser.parse_args()
     if args.executor_run:
@@ -250,6 +266,13 @@ def main() -> None:
             for name, value in report_fallback["ratio_broken_to_onnxruntime"].items():
                 print(f"broken/onnxruntime {name:26} {value:.3f}", file=sys.stderr)
         print(json.dumps(report_fallback))
+        return
+    if args.keyed_vs_open:
+        report_keyed = keyed_vs_open(args.tasks, args.sequential, args.rounds)
+        if not args.json:
+            for name, value in report_keyed["ratio_keyed_to_open"].items():
+                print(f"keyed/open {name:26} {value:.3f}", file=sys.stderr)
+        print(json.dumps(report_keyed))
         return
     if args.fsync_only:
         with tempfile.TemporaryDirectory(prefix="meshgpu-fsync-", dir=Path.cwd()) as scratch:
@@ -276,6 +299,57 @@ def main() -> None:
                 shown = f"{value:.3f}" if isinstance(value, float) else str(value)
                 print(f"{section:12} {name:28} {shown}", file=sys.stderr)
     print(json.dumps(report))
+
+
+KEYED_FIGURES = (
+    ("overhead", "mesh_p50_ms"),
+    ("overhead", "table_p50_ms"),
+    ("throughput", "cpu_ms_per_task_total"),
+    ("throughput", "tasks_per_s"),
+)
+
+
+def keyed_vs_open(tasks: int, sequential: int, rounds: int) -> dict[str, Any]:
+    """``overhead`` and ``throughput`` of an open mesh and an encrypted one, in A B B A
+    turns, and the ratios of their medians (keyed / open)."""
+    from meshgpu.daemon.auth import MeshKey
+
+    pixels = np.load(SHIPPED_MODELS_DIR / "digits_test.npz")["pixels"]
+    key = MeshKey.generate().secret.hex()
+    runs: dict[str, list[dict[str, Any]]] = {"open": [], "keyed": []}
+    order = [kind for _ in range(rounds) for kind in ("open", "keyed", "keyed", "open")]
+    for kind in order:
+        if kind == "keyed":
+            os.environ["MESHGPU_KEY"] = key  # the daemons' and the clients' key
+        else:
+            os.environ.pop("MESHGPU_KEY", None)
+        with (
+            tempfile.TemporaryDirectory(prefix="meshgpu-bench-") as root,
+            LocalMesh(Path(root), 3, prefix=f"bench-{kind}") as mesh,
+        ):
+            trio.run(_formed, mesh)
+            runs[kind].append(
+                {
+                    "overhead": overhead(mesh.nodes[0].peer, pixels, sequential),
+                    "throughput": throughput(mesh, pixels, tasks),
+                }
+            )
+        print(f"{kind:6} {runs[kind][-1]}", file=sys.stderr)
+    os.environ.pop("MESHGPU_KEY", None)
+    medians = {
+        kind: {
+            f"{section}.{name}": statistics.median(run[section][name] for run in results)
+            for section, name in KEYED_FIGURES
+        }
+        for kind, results in runs.items()
+    }
+    return {
+        "runs": runs,
+        "medians": medians,
+        "ratio_keyed_to_open": {
+            figure: medians["keyed"][figure] / medians["open"][figure] for figure in medians["open"]
+        },
+    }
 
 
 BROKEN_OPENCL = {"POCL_EXTRA_BUILD_FLAGS": "-cl-std=CL9.9"}
@@ -380,7 +454,7 @@ def broken_opencl(tasks: int, sequential: int, rounds: int) -> dict[str, Any]:
 
 
 async def _formed(mesh: LocalMesh) -> None:
-    async with AsyncClient(mesh.nodes[0].peer, environ={}) as client:
+    async with AsyncClient(mesh.nodes[0].peer, environ=client_environ()) as client:
         await client.call("wait", alive=len(mesh.nodes), timeout=60)
 
 

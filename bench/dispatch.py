@@ -26,13 +26,19 @@ a second meshgpu side, ``meshgpu_ungrouped``, runs the same bulk phases ungroupe
 the window of 64 used before groups existed, in the same run, so the table shows
 grouped, ungrouped and Dask side by side. Round trips are single submissions (no group)
 and are measured on the first meshgpu side only.
+
+``--keyed`` adds a second meshgpu mesh started with a mesh key (every datagram and frame
+encrypted, meshgpu/daemon/auth.py), side ``meshgpu_keyed``, grouped as the first side and
+taking its turns with the others; the report adds the ratios keyed / open.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -54,6 +60,7 @@ from loopback import (
 from meshgpu import inference
 from meshgpu.client import Client
 from meshgpu.client.localmesh import LocalMesh
+from meshgpu.daemon.auth import MeshKey
 
 NODES = 3
 
@@ -83,11 +90,12 @@ class MeshSide:
         name: str = "meshgpu",
         group: int | None = None,
         window: int = 64,
+        environ: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.group = group
         self.window = window
-        self.client = Client(mesh.nodes[0].peer, environ={})
+        self.client = Client(mesh.nodes[0].peer, environ=environ or {})
         self.models = {key: path.read_bytes() for key, path in models.items()}
 
     def bulk(self, model: str, inputs: list[np.ndarray], deadline: float) -> int:
@@ -204,11 +212,33 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     report["meshgpu_group"] = "auto" if args.group is None else args.group
     report["meshgpu_window"] = args.window if args.group != 1 else 64
     loop_tps = local_loop(models["ms1"], wide[: min(len(wide), 500)])
-    with LocalMesh(root / "mesh", NODES, prefix="dispatch", slots=1) as mesh:
+    with contextlib.ExitStack() as stack:
+        mesh = stack.enter_context(LocalMesh(root / "mesh", NODES, prefix="dispatch", slots=1))
         wait_formed(mesh)
         sides: list[Any] = [
             MeshSide(mesh, models, group=args.group, window=report["meshgpu_window"])
         ]
+        if args.keyed:
+            key = {"MESHGPU_KEY": MeshKey.generate().secret.hex()}
+            os.environ.update(key)  # the keyed daemons' environment
+            try:
+                keyed = stack.enter_context(
+                    LocalMesh(root / "keyed", NODES, prefix="keyed", slots=1)
+                )
+            finally:
+                os.environ.pop("MESHGPU_KEY")
+            wait_formed(keyed, key)
+            report["meshgpu_keyed"] = {}
+            sides.append(
+                MeshSide(
+                    keyed,
+                    models,
+                    name="meshgpu_keyed",
+                    group=args.group,
+                    window=report["meshgpu_window"],
+                    environ=key,
+                )
+            )
         if args.group != 1:
             report["meshgpu_ungrouped"] = {}
             sides.append(MeshSide(mesh, models, name="meshgpu_ungrouped", group=1, window=64))
@@ -236,7 +266,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             for side in sides:
                 side.close()
     report["conditions"].append(conditions())
-    for name in ("meshgpu", "meshgpu_ungrouped", "dask"):
+    for name in ("meshgpu", "meshgpu_ungrouped", "meshgpu_keyed", "dask"):
         if name not in report:
             continue
         ms1 = report[name]["ms1"]
@@ -248,6 +278,15 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "rtt_p50": _median(report, "rtt", "p50_ms") / _median(report, "rtt", "p50_ms", "dask"),
         "ms1_tps": _median(report, "ms1", "tps") / _median(report, "ms1", "tps", "dask"),
     }
+    if "meshgpu_keyed" in report:
+        report["ratio_keyed_to_open"] = {
+            "noop_tps": _median(report, "noop", "tps", "meshgpu_keyed")
+            / _median(report, "noop", "tps"),
+            "rtt_p50": _median(report, "rtt", "p50_ms", "meshgpu_keyed")
+            / _median(report, "rtt", "p50_ms"),
+            "ms1_tps": _median(report, "ms1", "tps", "meshgpu_keyed")
+            / _median(report, "ms1", "tps"),
+        }
     if "meshgpu_ungrouped" in report:
         for phase in ("noop", "ms1"):
             report["ratio"][f"{phase}_tps_ungrouped"] = _median(
@@ -271,6 +310,7 @@ def main() -> None:
         "--group", type=int, default=None, help="members per task group (default: map chooses)"
     )
     parser.add_argument("--window", type=int, default=1024, help="grouped side's map window")
+    parser.add_argument("--keyed", action="store_true", help="add an encrypted meshgpu mesh")
     args = parser.parse_args()
     exit_on_sigterm()
     args.noop, args.rtt, args.ms1 = (500, 100, 300) if args.quick else (5000, 500, 2000)
@@ -300,6 +340,8 @@ def main() -> None:
         [*columns, "dask", "meshgpu/dask"],
         rows,
     )
+    for figure, ratio in report.get("ratio_keyed_to_open", {}).items():
+        print(f"keyed/open {figure:10} {ratio:.3f}")
     if args.json:
         print(json.dumps(report))
 

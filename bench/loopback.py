@@ -59,12 +59,14 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def wait_formed(mesh: LocalMesh, timeout: float = 120.0) -> None:
+def wait_formed(
+    mesh: LocalMesh, environ: dict[str, str] | None = None, timeout: float = 120.0
+) -> None:
     """Block until the first node sees every node alive and a leader is named (bounded:
-    the daemon's ``wait`` op raises after ``timeout``)."""
+    the daemon's ``wait`` op raises after ``timeout``); ``environ`` holds a keyed mesh's key."""
 
     async def formed() -> None:
-        async with AsyncClient(mesh.nodes[0].peer, environ={}) as client:
+        async with AsyncClient(mesh.nodes[0].peer, environ=environ or {}) as client:
             await client.call("wait", alive=len(mesh.nodes), timeout=timeout)
 
     trio.run(formed)

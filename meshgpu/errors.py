@@ -26,6 +26,16 @@ class DecodeError(RemoteProtocolError):
     """A datagram or frame could not be decoded into a known message."""
 
 
+class IncompatiblePeerError(DecodeError):
+    """A peer of another protocol version or another mesh; the message names both sides'
+    versions (or meshes). ``reason``: ``bad_version``, ``other_mesh`` or, on the side that
+    was refused, ``refused_by_peer``."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class AuthenticationError(RemoteProtocolError):
     """A datagram or frame failed authentication or was a replay. ``reason`` is the
     refusal's counter name in auth.py (``keyed_peer_but_no_key``, ``unauthenticated``,

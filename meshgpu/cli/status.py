@@ -80,25 +80,39 @@ def member_rows(status: dict[str, Any]) -> list[dict[str, str]]:
         else:
             note = f"{state} for {since}: {reason}"
         busy, devices = _load_text(member.get("load"))
-        name = str(member.get("node_id"))
-        marks = []
-        if name == status.get("leader"):
-            marks.append("leader")
-        if name == status.get("node", {}).get("node_id"):
-            marks.append("this peer")
-        host, port = member.get("address") or ("?", 0)
-        rows.append(
-            {
-                "name": name + (f" ({', '.join(marks)})" if marks else ""),
-                "address": f"{host}:{port}",
-                "state": state,
-                "incarnation": str(member.get("incarnation")),
-                "load": busy,
-                "devices": devices,
-                "note": note,
-            }
-        )
+        rows.append(_row(status, member, state, busy, devices, note))
+    for gone in status.get("gone", []):
+        if gone.get("state") == "refused":  # never a member: another version or mesh
+            reason = gone.get("reason") or ""
+            rows.append(_row(status, gone, "refused", "", "", f"refused: {reason}"))
     return rows
+
+
+def _row(
+    status: dict[str, Any],
+    member: dict[str, Any],
+    state: str,
+    busy: str,
+    devices: str,
+    note: str,
+) -> dict[str, str]:
+    """One display row of ``member_rows``."""
+    name = str(member.get("node_id"))
+    marks = []
+    if name == status.get("leader"):
+        marks.append("leader")
+    if name == status.get("node", {}).get("node_id"):
+        marks.append("this peer")
+    host, port = member.get("address") or ("?", 0)
+    return {
+        "name": name + (f" ({', '.join(marks)})" if marks else ""),
+        "address": f"{host}:{port}",
+        "state": state,
+        "incarnation": str(member.get("incarnation", "")),
+        "load": busy,
+        "devices": devices,
+        "note": note,
+    }
 
 
 def _groups_note(groups: Any) -> str:
@@ -119,7 +133,9 @@ def status(peer: str | None, key_file: Path | None, as_json: bool) -> None:
 
     Each member is listed with its address, state (alive, suspect, dead, left),
     incarnation, load and devices; a peer that was seen and is gone says when and why
-    (suspected by whom, declared dead, left).
+    (suspected by whom, declared dead, left), and a node refused for speaking another
+    protocol version or belonging to another mesh is listed as ``refused``, both sides
+    named.
     """
     answer = _ask(peer, key_file, "status")
     if as_json:
@@ -150,7 +166,13 @@ def status(peer: str | None, key_file: Path | None, as_json: bool) -> None:
     table = Table(show_lines=False)
     for column in ("name", "address", "state", "incarnation", "load", "devices", "note"):
         table.add_column(column, overflow="fold")
-    colours = {"alive": "green", "suspect": "yellow", "dead": "red", "left": "dim"}
+    colours = {
+        "alive": "green",
+        "suspect": "yellow",
+        "dead": "red",
+        "left": "dim",
+        "refused": "magenta",
+    }
     for row in member_rows(answer):
         colour = colours.get(row["state"], "white")
         table.add_row(*[f"[{colour}]{v}[/{colour}]" if k == "state" else v for k, v in row.items()])

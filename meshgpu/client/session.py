@@ -111,7 +111,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         """Payloads larger than this travel in ranges of this size."""
         self.key = key if key is not None else load_mesh_key(_path(key_file), environ)
         self.name = f"client-{secrets.token_hex(6)}"
-        self._authenticator = Authenticator(self.key, self.name)
+        self._authenticator = Authenticator(self.key, self.name, mesh=mesh)
         peers = list(peer) if peer is not None and not isinstance(peer, str | tuple) else peer
         self._seeds = initial_candidates(peers, environ)
         self._may_browse = peer is None and not environ.get(PEER_ENV)

@@ -25,7 +25,7 @@ import trio
 
 from meshgpu.daemon.auth import Authenticator
 from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES, FrameStream
-from meshgpu.errors import DecodeError, MeshError, RemoteProtocolError
+from meshgpu.errors import DecodeError, IncompatiblePeerError, MeshError, RemoteProtocolError
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ class ApiServer:
                         if self.on_reject is not None:
                             self.on_reject()
                         logger.warning("dropping connection from %s: %s", _peer(stream), error)
+                        if isinstance(error, IncompatiblePeerError):
+                            if error.reason != "refused_by_peer":
+                                await _try_refuse(frames, lock, error)
+                            break
                         await _try_send(
                             frames,
                             lock,
@@ -167,6 +171,16 @@ async def _try_send(frames: FrameStream, lock: trio.Lock, message: Message) -> N
             async with lock:
                 await frames.send(message)
     except (trio.BrokenResourceError, trio.ClosedResourceError, MeshError, OSError):
+        pass
+
+
+async def _try_refuse(frames: FrameStream, lock: trio.Lock, error: IncompatiblePeerError) -> None:
+    """Best effort: tell a peer of another protocol version or mesh why it is refused."""
+    try:
+        with trio.move_on_after(1):
+            async with lock:
+                await frames.send_refusal(error)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
 
 

@@ -4,10 +4,12 @@ Outgoing, a ``SendDatagram`` payload is sealed (``auth.py``) and sent on the UDP
 without a trip through trio's scheduler unless the buffer is full. Incoming, the receiver
 wakes once per burst and drains what the kernel holds; each datagram is opened (wrong key,
 replay, skewed clock: dropped and counted), datagrams from this node itself and from a
-twin of its identity are dropped, and the rest are fed to the node. Kept apart from the
-daemon's lifecycle because it is the one place that knows about UDP: the socket options,
-the MTU budget and the ordering rule that keeps a stalled loop from suspecting live peers
-(:meth:`GossipSocket.take_queued`).
+twin of its identity are dropped, and the rest are fed to the node. A datagram of another
+protocol version or mesh is answered with a refusal (auth.py) that names both sides, at
+most once per ``REFUSAL_INTERVAL`` per source, so that both ends log why they never meet.
+Kept apart from the daemon's lifecycle because it is the one place that knows about UDP:
+the socket options, the MTU budget and the ordering rule that keeps a stalled loop from
+suspecting live peers (:meth:`GossipSocket.take_queued`).
 
 Contract: the socket takes the sockets, the authenticator, the duplicate-identity guard and
 four callables (``feed`` a received datagram to the node driver, ``count`` a daemon
@@ -25,15 +27,17 @@ import trio
 
 from meshgpu.core.events import DatagramReceived
 from meshgpu.core.types import Address
-from meshgpu.daemon.auth import MAX_SENDER_BYTES, TAG_BYTES, Authenticator, Channel
+from meshgpu.daemon.auth import MAX_OVERHEAD, Authenticator, Channel
 from meshgpu.daemon.identity import DuplicateIdentityGuard
-from meshgpu.errors import ConfigError, DuplicateIdentityError, MeshError
+from meshgpu.errors import ConfigError, DuplicateIdentityError, IncompatiblePeerError, MeshError
 
 logger = logging.getLogger("meshgpu.daemon")
 
 UDP_MTU_BUDGET = 1400
 """Bytes a gossip datagram may take on the wire, envelope included."""
-ENVELOPE_MAX_OVERHEAD = 6 + MAX_SENDER_BYTES + 24 + TAG_BYTES
+ENVELOPE_MAX_OVERHEAD = MAX_OVERHEAD
+REFUSAL_INTERVAL = 10.0
+"""Seconds between two refusals (and two warnings) for one source address."""
 RECEIVE_BURST = 64
 """Most datagrams handled per wake-up of the receiver before it yields to other tasks."""
 
@@ -61,6 +65,7 @@ class GossipSocket:
         self._rejected = rejected
         self._twin_found = twin_found
         self._sealer = authenticator.new_session(Channel.DATAGRAM)
+        self._last_refusal: dict[Address, float] = {}
 
     async def send(self, destination: Address, payload: bytes) -> None:
         """Seal ``payload`` and send it; a send error is counted and logged, not raised."""
@@ -115,6 +120,10 @@ class GossipSocket:
         self._count("datagrams_received")
         try:
             envelope = self.authenticator.open(data, Channel.DATAGRAM)
+        except IncompatiblePeerError as error:
+            self._count("datagrams_rejected")
+            self._incompatible(error, source)
+            return
         except MeshError as error:
             self._count("datagrams_rejected")
             self._rejected()
@@ -126,6 +135,26 @@ class GossipSocket:
         if not self._check_twin(envelope.sender, source):
             return
         self._feed(DatagramReceived(source, envelope.payload))
+
+    def _incompatible(self, error: IncompatiblePeerError, source: Address) -> None:
+        """A peer of another version or mesh: record where it is, warn, tell it why."""
+        for record in self.authenticator.refused.values():
+            if record["address"] is None:
+                record["address"] = list(source)
+        now = trio.current_time()
+        if now - self._last_refusal.get(source, -REFUSAL_INTERVAL) < REFUSAL_INTERVAL:
+            return
+        if len(self._last_refusal) > 1024:
+            self._last_refusal.clear()
+        self._last_refusal[source] = now
+        logger.warning("%s:%d: %s", *source, error)
+        if error.reason == "refused_by_peer":
+            return  # a refusal is never answered
+        try:
+            self.raw.sendto(self.authenticator.refusal(Channel.DATAGRAM, error), source)
+            self._count("refusals_sent")
+        except OSError as send_error:  # BlockingIOError included: a refusal may be lost
+            logger.debug("refusal to %s:%d not sent: %s", *source, send_error)
 
     def _check_twin(self, sender: str, source: Address) -> bool:
         """False when the datagram comes from a twin of ours (it is then not fed)."""

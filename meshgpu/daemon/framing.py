@@ -26,7 +26,7 @@ import msgpack
 import trio
 
 from meshgpu.daemon.auth import Authenticator, Channel, Sealer
-from meshgpu.errors import DecodeError, FrameTooLargeError
+from meshgpu.errors import DecodeError, FrameTooLargeError, IncompatiblePeerError
 
 LENGTH = struct.Struct("!I")
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -102,6 +102,12 @@ class FrameStream:
                 f"{self.max_frame_bytes}; send large data in chunks"
             )
         return sealed
+
+    async def send_refusal(self, error: IncompatiblePeerError) -> None:
+        """Tell a peer of another version or mesh why it is refused, in the one frame
+        every version reads (auth.py); nothing more is sent on this connection."""
+        refusal = self.authenticator.refusal(Channel.FRAME, error)
+        await self.stream.send_all(LENGTH.pack(len(refusal)) + refusal)
 
     async def receive(self) -> Any | None:
         """The next message, or None when the peer closed cleanly between frames."""

@@ -134,7 +134,7 @@ class Daemon:
     async def _run(self, incarnation: int, task_status: trio.TaskStatus[Daemon]) -> None:
         settings = self.settings
         self.authenticator = Authenticator(
-            settings.key, self.node_id, max_clock_skew=settings.max_clock_skew
+            settings.key, self.node_id, mesh=settings.mesh, max_clock_skew=settings.max_clock_skew
         )
         self.models = ModelStore(settings.data_dir / "models", settings.model_cache_bytes)
         self.payloads = PayloadStore(settings.data_dir / "payloads", self.journal)

@@ -158,7 +158,9 @@ def status_snapshot(daemon: Daemon) -> dict[str, Any]:
             dict(record)
             for _, record in sorted(daemon.member_history.items())
             if record["state"] in ("dead", "left")
-        ],
+        ]
+        # Peers of another protocol version or mesh: refused, with both sides named.
+        + [dict(record) for _, record in sorted(daemon.authenticator.refused.items())],
         "duplicate_identity": {
             "sightings": daemon.guard.sightings,
             "last_twin": list(daemon.guard.last_twin) if daemon.guard.last_twin else None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshgpu.daemon.auth import Authenticator, Channel, MeshKey, load_mesh_key
-from meshgpu.errors import AuthenticationError, ConfigError, DecodeError
+from meshgpu.errors import AuthenticationError, ConfigError, DecodeError, IncompatiblePeerError
 
 
 class FakeClock:
@@ -146,3 +146,66 @@ def test_bad_key_material_says_how_to_fix(tmp_path: Path) -> None:
         load_mesh_key(tmp_path / "missing", {})
     with pytest.raises(ConfigError, match="32"):
         load_mesh_key(None, {"MESHGPU_KEY": "abcd"})
+
+
+def test_keyed_envelope_hides_payload_sender_stays_readable(key: MeshKey) -> None:
+    secret = b"patient-record-0042 " * 8
+    sealed = bytes(Authenticator(key, "alice", mesh="lab").new_session(Channel.FRAME).seal(secret))
+    assert b"patient-record" not in sealed
+    assert b"alice" in sealed and b"lab" in sealed  # the header is in clear, but authenticated
+    opened = Authenticator(key, "bob", mesh="lab").open(sealed, Channel.FRAME)
+    assert opened.payload == secret
+
+
+def test_open_envelope_carries_payload_in_clear() -> None:
+    sealed = bytes(Authenticator(None, "alice").new_session(Channel.FRAME).seal(b"in the clear"))
+    assert b"in the clear" in sealed
+
+
+def test_altered_mesh_name_fails_authentication(key: MeshKey) -> None:
+    sealed = bytearray(
+        Authenticator(key, "alice", mesh="lab").new_session(Channel.DATAGRAM).seal(b"x")
+    )
+    at = sealed.index(b"lab")
+    sealed[at : at + 3] = b"lob"
+    bob = Authenticator(key, "bob", mesh="lob")
+    with pytest.raises(AuthenticationError, match="fails authentication"):
+        bob.open(bytes(sealed), Channel.DATAGRAM)
+    assert bob.counters["bad_tag"] == 1
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_other_mesh_is_refused_naming_both(key: MeshKey, keyed: bool) -> None:
+    secret = key if keyed else None
+    sealed = Authenticator(secret, "alice", mesh="physics").new_session(Channel.DATAGRAM).seal(b"x")
+    bob = Authenticator(secret, "bob", mesh="chemistry")
+    with pytest.raises(IncompatiblePeerError, match=r"'physics'.*'chemistry'"):
+        bob.open(sealed, Channel.DATAGRAM)
+    assert bob.counters["other_mesh"] == 1
+
+
+def test_client_without_mesh_name_reaches_daemon_on_frames_only(key: MeshKey) -> None:
+    client = Authenticator(key, "client-1").new_session
+    daemon = Authenticator(key, "node", mesh="lab")
+    assert daemon.open(client(Channel.FRAME).seal(b"hi"), Channel.FRAME).payload == b"hi"
+    with pytest.raises(IncompatiblePeerError, match="mesh ''"):
+        daemon.open(client(Channel.DATAGRAM).seal(b"hi"), Channel.DATAGRAM)
+
+
+def test_other_protocol_version_is_refused_naming_both(key: MeshKey) -> None:
+    sealed = bytearray(Authenticator(key, "alice").new_session(Channel.DATAGRAM).seal(b"x"))
+    sealed[2] = 1
+    with pytest.raises(DecodeError, match="protocol version 1, this node speaks 2"):
+        Authenticator(key, "bob").open(bytes(sealed), Channel.DATAGRAM)
+
+
+def test_counter_wrap_starts_a_fresh_session_never_reusing_a_nonce(key: MeshKey) -> None:
+    alice, bob = Authenticator(key, "alice"), Authenticator(key, "bob")
+    sealer = alice.new_session(Channel.DATAGRAM)
+    first = sealer.session
+    sealer._counter = (1 << 32) - 1
+    last = bob.open(sealer.seal(b"a"), Channel.DATAGRAM)
+    wrapped = bob.open(sealer.seal(b"b"), Channel.DATAGRAM)
+    assert (last.session, last.counter) == (first, (1 << 32) - 1)
+    assert wrapped.session != first and wrapped.counter == 0
+    assert alice.open(sealer.seal(b"c"), Channel.DATAGRAM).from_self

@@ -3,6 +3,7 @@ leader, refuses a wrong-key peer and a copied identity, and survives garbage."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import struct
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from meshgpu.daemon.auth import MeshKey
+from meshgpu.cli.status import member_rows
+from meshgpu.daemon.auth import Authenticator, Channel, MeshKey
+from meshgpu.daemon.framing import unpack
 from meshgpu.daemon.identity import IdentityStore
-from meshgpu.errors import ClientError
+from meshgpu.errors import ClientError, IncompatiblePeerError
 from tests.daemon.meshprocs import MeshProcess, call, run_to_exit, start_node
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -128,7 +131,9 @@ async def test_garbage_datagram_and_frame_are_dropped_and_mesh_keeps_serving(mes
         with trio.fail_after(WAIT_S):
             while chunk := await stream.receive_some(65536):
                 reply += chunk
-    assert b"limit" in reply  # told why, then closed
+    assert b"limit" not in reply  # told why, encrypted: only a key holder reads it
+    told = Authenticator(key, "reader", mesh="default").open(reply[4:], Channel.FRAME)
+    assert "limit" in unpack(told.payload)["error"]
     stream = await trio.open_tcp_stream(*target.address)
     async with stream:
         await stream.send_all(struct.pack("!I", 12) + b"\x01" * 12)
@@ -236,3 +241,47 @@ async def test_three_daemons_find_each_other_by_mdns_alone(tmp_path: Path) -> No
     finally:
         for node in nodes:
             node.stop()
+
+
+async def test_seed_of_another_mesh_is_refused_on_both_sides(mesh, tmp_path: Path) -> None:
+    key, nodes = mesh
+    key_file = tmp_path / "mesh.key"
+    key.write(key_file)
+    stranger = start_node(
+        tmp_path / "physics",
+        *("--key-file", str(key_file), "--mesh", "physics", "--name", "stranger-mesh"),
+        *("--peer", f"127.0.0.1:{nodes[0].port}"),
+    )
+    try:
+        ours = await wait(nodes[0], key, counter=["auth", "other_mesh", 1])
+        theirs = await wait(stranger, key, counter=["auth", "refused_by_peer", 1])
+        assert "stranger-mesh" not in {m["node_id"] for m in ours["members"]}
+        refused = {g["node_id"]: g for g in ours["gone"] if g["state"] == "refused"}
+        assert "'physics'" in refused["stranger-mesh"]["reason"]
+        assert "'default'" in refused["stranger-mesh"]["reason"]
+        assert refused["stranger-mesh"]["address"] == ["127.0.0.1", stranger.port]
+        told = {g["node_id"]: g["reason"] for g in theirs["gone"] if g["state"] == "refused"}
+        assert "refuses this node" in told["node-a"] and "'physics'" in told["node-a"]
+        rows = {row["name"]: row for row in member_rows(ours)}
+        assert rows["stranger-mesh"]["state"] == "refused"
+    finally:
+        stranger.stop()
+
+
+async def test_node_of_another_protocol_version_is_told_both_versions(mesh) -> None:
+    key, nodes = mesh
+    target = nodes[1]
+    sender = b"old-node"
+    version_1 = (  # a version-1 envelope: no mesh name, an HMAC tag
+        b"MG" + bytes([1, 1, 0, len(sender)]) + sender + os.urandom(24) + b"ping" + bytes(32)
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(WAIT_S)
+        udp.sendto(version_1, target.address)
+        refusal, _ = udp.recvfrom(65536)
+    assert b"old-node speaks protocol version 1, this node speaks 2" in refusal
+    with pytest.raises(IncompatiblePeerError, match="protocol version 2, mesh 'default'"):
+        Authenticator(None, "old-node").open(refusal, Channel.DATAGRAM)
+    status = await wait(target, key, counter=["auth", "bad_version", 1])
+    refused = {g["node_id"]: g for g in status["gone"] if g["state"] == "refused"}
+    assert "protocol version 1, this node speaks 2" in refused["old-node"]["reason"]
