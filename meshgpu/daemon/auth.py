@@ -7,11 +7,14 @@ message that names both, and (d) know *which node* sent a datagram before the co
 decoded it, so that two live nodes with one id (a copied data dir) can be told apart. One
 small binary header does all of it and is the same with or without a key::
 
-    magic "MG" | version | flags | channel | sender-len | sender | mesh-len | mesh
-    | key-id(4, only when keyed) | session(8) | counter(4) | timestamp_ms(8)
-    | payload (encrypted when keyed) | tag(16, only when keyed)
+    open:  magic "MG" | version | flags | channel | sender-len | sender | mesh-len | mesh
+           | session(8) | counter(4) | timestamp_ms(8) | payload
+    keyed: magic "MG" | version | flags | channel | 0 | mesh-len | mesh | key-id(4)
+           | session(8) | counter(4) | timestamp_ms(8)
+           | AES-256-GCM(sender-len | sender | payload) | tag(16)
 
-* ``sender`` is the node id (or a client's id); ``session`` is random per sending
+* ``sender`` is the node id (or a client's id), inside the ciphertext when keyed so
+  that a capture names no node; ``session`` is random per sending
   session (one per daemon process for UDP, one per TCP connection), so a restarted
   node or a second process with the same id is a *different* session.
 * ``mesh`` is the mesh name (empty from a client that did not name one); a daemon drops
@@ -90,7 +93,7 @@ another version, and any version reads a refusal."""
 _NONCE = struct.Struct("!8sIQ")  # session, counter, timestamp_ms
 _COUNTER_LIMIT = 1 << 32
 MAX_OVERHEAD = (
-    _FIXED.size + MAX_SENDER_BYTES + 1 + MAX_MESH_BYTES + KEY_ID_BYTES + _NONCE.size + TAG_BYTES
+    _FIXED.size + 1 + MAX_SENDER_BYTES + 1 + MAX_MESH_BYTES + KEY_ID_BYTES + _NONCE.size + TAG_BYTES
 )
 """The most bytes an envelope adds to a payload."""
 
@@ -276,7 +279,8 @@ class Authenticator:
         """This node's mesh; None (a client that named none) accepts any mesh."""
         self._sender_bytes = encoded
         self._mesh_bytes = mesh_bytes
-        self._names = encoded + bytes([len(mesh_bytes)]) + mesh_bytes
+        self._mesh_named = bytes([len(mesh_bytes)]) + mesh_bytes
+        self._inner = bytes([len(encoded)]) + encoded  # the sender, inside the ciphertext
         self._cipher = key.cipher() if key is not None else None
         self._key_id = key.key_id if key is not None else b""
         self._max_skew_ms = int(max_clock_skew * 1000)
@@ -313,73 +317,76 @@ class Authenticator:
     def overhead(self) -> int:
         """Bytes the envelope adds to a payload (keep datagrams under the MTU with it)."""
         keyed = KEY_ID_BYTES + TAG_BYTES if self.keyed else 0
-        named = len(self._sender_bytes) + 1 + len(self._mesh_bytes)
+        named = len(self._sender_bytes) + (1 if self.keyed else 0) + 1 + len(self._mesh_bytes)
         return _FIXED.size + named + _NONCE.size + keyed
 
     def seal_with(
         self, channel: Channel, session: bytes, counter: int, payload: bytes
     ) -> bytes | bytearray:
-        cipher = self._cipher
-        fixed = _FIXED.pack(
-            MAGIC,
-            VERSION,
-            FLAG_KEYED if cipher is not None else 0,
-            channel,
-            len(self._sender_bytes),
-        )
         nonce = _NONCE.pack(session, counter, int(self._clock() * 1000))
-        header = b"".join((fixed, self._names, self._key_id, nonce))
+        cipher = self._cipher
         if cipher is None:
-            return header + payload
-        # One buffer, the ciphertext written straight after the header: no copy of a
-        # large payload range.
-        sealed = bytearray(len(header) + len(payload) + TAG_BYTES)
+            fixed = _FIXED.pack(MAGIC, VERSION, 0, channel, len(self._sender_bytes))
+            return b"".join((fixed, self._sender_bytes, self._mesh_named, nonce, payload))
+        # Keyed: the sender travels inside the ciphertext (no node name in clear).
+        fixed = _FIXED.pack(MAGIC, VERSION, FLAG_KEYED, channel, 0)
+        header = b"".join((fixed, self._mesh_named, self._key_id, nonce))
+        sealed = bytearray(len(header) + len(self._inner) + len(payload) + TAG_BYTES)
         sealed[: len(header)] = header
         cipher.encrypt_into(
-            session + counter.to_bytes(4, "big"), payload, header, memoryview(sealed)[len(header) :]
+            session + counter.to_bytes(4, "big"),
+            self._inner + payload,
+            header,
+            memoryview(sealed)[len(header) :],
         )
         return sealed
 
-    def open(self, data: bytes | bytearray, channel: Channel) -> Envelope:
-        """Check and unwrap one envelope; raises (and counts) when it must be dropped."""
+    def open(
+        self, data: bytes | bytearray, channel: Channel, source: tuple[str, int] | None = None
+    ) -> Envelope:
+        """Check and unwrap one envelope; raises (and counts) when it must be dropped.
+
+        ``source`` (the datagram's address) names a peer whose name is encrypted when it
+        is refused for another mesh or version."""
         if len(data) < _FIXED.size:
             self._refuse("malformed", "envelope shorter than its header", DecodeError)
         _, version, flags, wire_channel, sender_length = _FIXED.unpack_from(data)
         mesh_length_at = _FIXED.size + sender_length
         if len(data) <= mesh_length_at:
             self._refuse("malformed", "envelope truncated", DecodeError)
-        mesh_length = data[mesh_length_at]
         if data[:2] != MAGIC:
             self._refuse("malformed", "not a meshgpu envelope (bad magic)", DecodeError)
+        clear_sender = bytes(data[_FIXED.size : mesh_length_at]).decode(errors="replace")
+        where = f"{source[0]}:{source[1]}" if source is not None else "a peer"
+        label = clear_sender or where
         if flags & FLAG_REFUSAL:
-            self._refused_by_peer(data, version, sender_length, mesh_length)
+            self._refused_by_peer(data, version, mesh_length_at, label, source)
         if version != VERSION:
-            sender = bytes(data[_FIXED.size : _FIXED.size + sender_length]).decode(errors="replace")
             self._incompatible(
-                sender,
+                label,
+                source,
                 "bad_version",
-                f"{sender} speaks protocol version {version}, this node speaks {VERSION}; "
+                f"{label} speaks protocol version {version}, this node speaks {VERSION}; "
                 "run one meshgpu version across the mesh",
             )
         keyed = bool(flags & FLAG_KEYED)
         mesh_at = mesh_length_at + 1
-        key_id_at = mesh_at + mesh_length
+        key_id_at = mesh_at + data[mesh_length_at]
         nonce_at = key_id_at + (KEY_ID_BYTES if keyed else 0)
         payload_at = nonce_at + _NONCE.size
-        tag_length = TAG_BYTES if keyed else 0
-        if len(data) < payload_at + tag_length:
+        if len(data) < payload_at + (TAG_BYTES + 1 if keyed else 0):
             self._refuse("malformed", "envelope truncated", DecodeError)
         try:
-            sender = bytes(data[_FIXED.size : mesh_length_at]).decode()
             mesh = bytes(data[mesh_at:key_id_at]).decode()
         except UnicodeDecodeError:
-            self._refuse("malformed", "sender id or mesh name is not UTF-8", DecodeError)
+            self._refuse("malformed", "mesh name is not UTF-8", DecodeError)
         if self.mesh is not None and mesh != self.mesh and (mesh or channel != Channel.FRAME):
             # A client that names no mesh sends an empty one, on frames only.
             self._incompatible(
-                sender,
+                label,
+                source,
                 "other_mesh",
-                f"{sender} is in mesh {mesh!r}, this node is in mesh {self.mesh!r}; "
+                f"{label} is in mesh {mesh!r}, this node is in mesh {self.mesh!r}; "
                 "give both the same --mesh (or drop the --peer seed of the other mesh)",
             )
         session, counter, timestamp_ms = _NONCE.unpack_from(data, nonce_at)
@@ -389,37 +396,44 @@ class Authenticator:
             if keyed:
                 self._refuse(
                     "keyed_peer_but_no_key",
-                    f"{sender} uses a mesh key and this node has none; "
+                    f"{label} uses a mesh key and this node has none; "
                     "start it with --key-file or MESHGPU_KEY",
                     AuthenticationError,
                 )
+            sender = clear_sender
             payload = bytes(view[payload_at:])
         else:
             if not keyed:
                 self._refuse(
                     "unauthenticated",
-                    f"{sender} sent without a mesh key; give it the mesh key file",
+                    f"{label} sent without a mesh key; give it the mesh key file",
                     AuthenticationError,
                 )
             if data[key_id_at:nonce_at] != self._key_id:
                 self._refuse(
                     "bad_tag",
-                    f"envelope from {sender} fails authentication: sealed with key "
+                    f"envelope from {where} fails authentication: sealed with key "
                     f"{bytes(data[key_id_at:nonce_at]).hex()}, this node holds key "
                     f"{self._key_id.hex()} (wrong mesh key); give both the same mesh key",
                     AuthenticationError,
                 )
             try:
-                payload = cipher.decrypt(
+                inner = cipher.decrypt(
                     session + counter.to_bytes(4, "big"), view[payload_at:], view[:payload_at]
                 )
             except InvalidTag:
                 self._refuse(
                     "bad_tag",
-                    f"envelope claiming to be from {sender} fails authentication "
+                    f"envelope from {where} fails authentication "
                     "(wrong mesh key, or altered in transit)",
                     AuthenticationError,
                 )
+            payload_from = 1 + inner[0]
+            try:
+                sender = inner[1:payload_from].decode()
+            except UnicodeDecodeError:
+                self._refuse("malformed", "sender id is not UTF-8", DecodeError)
+            payload = inner[payload_from:]
         if wire_channel != channel:
             self._refuse("wrong_channel", "envelope sealed for another channel", DecodeError)
         envelope = Envelope(
@@ -474,35 +488,42 @@ class Authenticator:
     def refusal(self, channel: Channel, error: IncompatiblePeerError) -> bytes:
         """The envelope that tells a peer of another version or mesh why it is refused.
 
-        Its layout (the fixed header, sender, mesh, then the text) is kept by every
-        protocol version so that any version can read it; it is neither encrypted nor
-        authenticated (a forged one changes nothing but a line of ``status``), and a
-        refusal is never answered.
+        Its layout (the fixed header with an empty sender, the mesh, then the text) is
+        kept by every protocol version so that any version can read it; it is neither
+        encrypted nor authenticated (a forged one changes nothing but a line of
+        ``status``), names no node, and is never answered.
         """
         text = str(error).encode()[:MAX_REFUSAL_TEXT]
-        fixed = _FIXED.pack(MAGIC, VERSION, FLAG_REFUSAL, channel, len(self._sender_bytes))
-        return b"".join((fixed, self._names, text))
+        fixed = _FIXED.pack(MAGIC, VERSION, FLAG_REFUSAL, channel, 0)
+        return b"".join((fixed, self._mesh_named, text))
 
     def _refused_by_peer(
-        self, data: bytes | bytearray, version: int, sender_length: int, mesh_length: int
+        self,
+        data: bytes | bytearray,
+        version: int,
+        mesh_length_at: int,
+        label: str,
+        source: tuple[str, int] | None,
     ) -> NoReturn:
-        mesh_at = _FIXED.size + sender_length + 1
-        text_at = mesh_at + mesh_length
-        sender = bytes(data[_FIXED.size : mesh_at - 1]).decode(errors="replace")
+        mesh_at = mesh_length_at + 1
+        text_at = mesh_at + data[mesh_length_at]
         mesh = bytes(data[mesh_at:text_at]).decode(errors="replace")
         text = bytes(data[text_at : text_at + MAX_REFUSAL_TEXT]).decode(errors="replace")
         self._incompatible(
-            sender,
+            label,
+            source,
             "refused_by_peer",
-            f"{sender} (protocol version {version}, mesh {mesh!r}) refuses this node "
+            f"{label} (protocol version {version}, mesh {mesh!r}) refuses this node "
             f"(protocol version {VERSION}, mesh {self.mesh!r}): {text}",
         )
 
-    def _incompatible(self, sender: str, reason: str, message: str) -> NoReturn:
-        known = self.refused.pop(sender, {})
-        self.refused[sender] = {
-            "node_id": sender,
-            "address": known.get("address"),  # its gossip address, once a datagram came
+    def _incompatible(
+        self, label: str, source: tuple[str, int] | None, reason: str, message: str
+    ) -> NoReturn:
+        known = self.refused.pop(label, {})
+        self.refused[label] = {
+            "node_id": label,
+            "address": list(source) if source is not None else known.get("address"),
             "state": "refused",
             "reason": message,
             "at": time.time(),

@@ -119,7 +119,7 @@ class GossipSocket:
         """Open, check and feed one received datagram."""
         self._count("datagrams_received")
         try:
-            envelope = self.authenticator.open(data, Channel.DATAGRAM)
+            envelope = self.authenticator.open(data, Channel.DATAGRAM, source)
         except IncompatiblePeerError as error:
             self._count("datagrams_rejected")
             self._incompatible(error, source)
@@ -137,10 +137,7 @@ class GossipSocket:
         self._feed(DatagramReceived(source, envelope.payload))
 
     def _incompatible(self, error: IncompatiblePeerError, source: Address) -> None:
-        """A peer of another version or mesh: record where it is, warn, tell it why."""
-        for record in self.authenticator.refused.values():
-            if record["address"] is None:
-                record["address"] = list(source)
+        """A peer of another version or mesh: warn, and tell it why."""
         now = trio.current_time()
         if now - self._last_refusal.get(source, -REFUSAL_INTERVAL) < REFUSAL_INTERVAL:
             return

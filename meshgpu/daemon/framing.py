@@ -19,6 +19,7 @@ not per message; newline-delimited JSON cannot carry tensors without base64.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from typing import Any
 
@@ -74,6 +75,12 @@ class FrameStream:
         self.max_frame_bytes = max_frame_bytes
         self._sealer: Sealer = authenticator.new_session(Channel.FRAME)
         self._buffer = bytearray()
+        self._source: tuple[str, int] | None = None
+        socket = getattr(stream, "socket", None)
+        if socket is not None:
+            with contextlib.suppress(OSError):
+                host, port = socket.getpeername()[:2]
+                self._source = (host, port)  # names a refused peer whose name is encrypted
         self.peer_sender: str | None = None
         """The sender id of the first frame received (who is at the other end)."""
 
@@ -94,7 +101,7 @@ class FrameStream:
         sealed = self._seal(message)
         return LENGTH.pack(len(sealed)) + sealed
 
-    def _seal(self, message: Any) -> bytes:
+    def _seal(self, message: Any) -> bytes | bytearray:
         sealed = self._sealer.seal(pack(message))
         if len(sealed) > self.max_frame_bytes:
             raise FrameTooLargeError(
@@ -122,7 +129,7 @@ class FrameStream:
             )
         body = await self._receive_exactly(length, at_boundary=False)
         assert body is not None
-        envelope = self.authenticator.open(body, Channel.FRAME)
+        envelope = self.authenticator.open(body, Channel.FRAME, self._source)
         if self.peer_sender is None:
             self.peer_sender = envelope.sender
         elif envelope.sender != self.peer_sender:

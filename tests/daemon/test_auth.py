@@ -152,7 +152,8 @@ def test_keyed_envelope_hides_payload_sender_stays_readable(key: MeshKey) -> Non
     secret = b"patient-record-0042 " * 8
     sealed = bytes(Authenticator(key, "alice", mesh="lab").new_session(Channel.FRAME).seal(secret))
     assert b"patient-record" not in sealed
-    assert b"alice" in sealed and b"lab" in sealed  # the header is in clear, but authenticated
+    assert b"alice" not in sealed  # the sender is encrypted too
+    assert b"lab" in sealed  # the mesh name is in clear, but authenticated
     opened = Authenticator(key, "bob", mesh="lab").open(sealed, Channel.FRAME)
     assert opened.payload == secret
 
@@ -209,3 +210,18 @@ def test_counter_wrap_starts_a_fresh_session_never_reusing_a_nonce(key: MeshKey)
     assert (last.session, last.counter) == (first, (1 << 32) - 1)
     assert wrapped.session != first and wrapped.counter == 0
     assert alice.open(sealer.seal(b"c"), Channel.DATAGRAM).from_self
+
+
+def test_refusal_names_both_meshes_but_no_node(key: MeshKey) -> None:
+    alice = Authenticator(key, "alice", mesh="physics")
+    bob = Authenticator(key, "bob", mesh="chemistry")
+    with pytest.raises(IncompatiblePeerError) as refused:
+        bob.open(alice.new_session(Channel.DATAGRAM).seal(b"x"), Channel.DATAGRAM, ("10.0.0.1", 1))
+    assert bob.refused["10.0.0.1:1"]["address"] == ["10.0.0.1", 1]
+    refusal = bob.refusal(Channel.DATAGRAM, refused.value)
+    assert b"alice" not in refusal and b"bob" not in refusal
+    with pytest.raises(IncompatiblePeerError, match="refuses this node") as told:
+        alice.open(refusal, Channel.DATAGRAM, ("10.0.0.2", 2))
+    assert told.value.reason == "refused_by_peer"
+    assert "'physics'" in str(told.value) and "'chemistry'" in str(told.value)
+    assert alice.counters["refused_by_peer"] == 1

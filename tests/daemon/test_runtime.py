@@ -179,7 +179,9 @@ async def test_a_datagram_from_a_twin_stops_a_newcomer(tmp_path: Path) -> None:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(daemon.run)
-            twin = Authenticator(None, "solo").new_session(Channel.DATAGRAM)  # same id
+            twin = Authenticator(None, "solo", mesh="default").new_session(
+                Channel.DATAGRAM
+            )  # same id
             with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as udp:
                 await udp.sendto(twin.seal(b"gossip"), daemon.address)
             with trio.fail_after(10):
@@ -202,7 +204,7 @@ async def test_an_established_node_counts_a_twin_and_keeps_serving(tmp_path: Pat
     established = replace(settings(tmp_path / "old"), duplicate_grace=0.0)
     async with trio.open_nursery() as nursery:
         daemon: Daemon = await nursery.start(Daemon(established).run)
-        twin = Authenticator(None, "solo").new_session(Channel.DATAGRAM)
+        twin = Authenticator(None, "solo", mesh="default").new_session(Channel.DATAGRAM)
         with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as udp:
             await udp.sendto(twin.seal(b"gossip"), daemon.address)
         async with open_rpc(daemon.address, Authenticator(None, "client-test")) as rpc:

@@ -72,7 +72,7 @@ def join_argv(data_dir: Path, mesh: str, key_file: Path, host: Host) -> list[str
         "from meshgpu.cli import main; main()",
         "join",
         "--name",
-        f"h{host.index}",
+        f"lab-host-{host.index}",
         "--mesh",
         mesh,
         "--key-file",

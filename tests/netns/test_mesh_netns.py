@@ -9,12 +9,17 @@ order; the last one kills a daemon.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
+import socket
+import struct
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -31,6 +36,7 @@ MODELS = Path(__file__).parents[2] / "meshgpu" / "inference" / "models"
 MODEL = (MODELS / "digits.onnx").read_bytes()
 DIGEST = hashlib.sha256(MODEL).hexdigest()
 TASKS_PER_SIDE = 6
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +139,83 @@ def test_interface_pins_the_lan_address_past_a_container_bridge(fleet: Fleet) ->
     for status in statuses.values():
         record = next(m for m in status["members"] if m["node_id"] == decoyed.node_id)
         assert record["address"] == [decoyed.host.address, 7946], record
+
+
+ETH_P_ALL = 0x0003
+
+
+def mesh_payloads(frames: list[bytes]) -> list[bytes]:
+    """The UDP and TCP payloads to or from port 7946 among captured Ethernet frames."""
+    payloads = []
+    for frame in frames:
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00":  # IPv4 only (the lab's)
+            continue
+        ip_at = 14
+        header = (frame[ip_at] & 0x0F) * 4
+        protocol = frame[ip_at + 9]
+        at = ip_at + header
+        if protocol == 17:
+            body = at + 8
+        elif protocol == 6:
+            body = at + (frame[at + 12] >> 4) * 4
+        else:
+            continue
+        ports = struct.unpack_from("!HH", frame, at)
+        if PORT in ports:
+            payloads.append(frame[body:])
+    return payloads
+
+
+def capture_while(fleet: Fleet, action: Callable[[], T]) -> tuple[list[bytes], T]:
+    """Every frame the lab's switch carries while ``action`` runs (a raw AF_PACKET socket
+    in the switch namespace, as tcpdump would open), and the action's result."""
+
+    def open_socket() -> socket.socket:
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+        raw.settimeout(0.1)
+        return raw
+
+    raw = in_namespace(fleet.lab.switch, open_socket)
+    frames: list[bytes] = []
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                frames.append(raw.recv(1 << 18))
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        result = action()
+    finally:
+        stop.set()
+        reader.join()
+        raw.close()
+    return frames, result
+
+
+def test_capture_holds_no_plaintext_of_inputs_models_or_names(fleet: Fleet) -> None:
+    """With a mesh key nothing a task carries, nor a node's name, crosses the LAN in clear."""
+    fleet.until(fleet.daemons, agree(everyone(fleet)), "all 4 to agree before the capture")
+    rows = np.random.default_rng(16).random((4, 64)).astype(np.float32) * 16
+    entry, collector = fleet.daemons[0], fleet.daemons[1]
+
+    def work() -> dict[str, dict[str, Any]]:
+        answers = submit(fleet, entry, rows)  # replicas=2: inputs go to another holder
+        return results(fleet, collector, [answer["task_id"] for answer in answers])
+
+    frames, outcomes = capture_while(fleet, work)
+    assert all(outcome["state"] == "done" for outcome in outcomes.values()), outcomes
+    wire = b"\0".join(mesh_payloads(frames))
+    assert fleet.mesh.encode() in wire, "the capture holds no meshgpu traffic at all"
+    needles = {f"input row {i}": row.tobytes()[:64] for i, row in enumerate(rows)}
+    step = len(MODEL) // 16
+    needles |= {f"model bytes at {at}": MODEL[at : at + 64] for at in range(0, len(MODEL), step)}
+    needles |= {f"node name {d.node_id}": d.node_id.encode() for d in fleet.daemons}
+    found = [name for name, needle in needles.items() if needle in wire]
+    assert not found, f"in clear on the wire ({len(wire)} bytes captured): {found}"
 
 
 def test_partition_then_heal_loses_nothing(
