@@ -268,7 +268,7 @@ def join(
         wrote_state.append(state_path)
 
     try:
-        trio.run(serve_until_signalled, settings, started)
+        trio.run(serve_until_signalled, Daemon(settings), started)
     except MeshError as error:
         raise click.ClickException(str(error)) from None
     finally:

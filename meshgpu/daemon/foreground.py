@@ -1,26 +1,52 @@
-"""Running a daemon in the foreground, as ``meshgpu join`` does: signals mean leave."""
+"""Running a daemon in the foreground, as ``meshgpu join`` does: signals mean leave.
+
+Invoked with a built daemon (``meshgpu join`` builds it from its settings); what this
+module uses of it is :class:`Foreground`.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import trio
 
-from meshgpu.daemon.runtime import Daemon
-from meshgpu.daemon.settings import DaemonSettings
 from meshgpu.errors import MeshError
 
 logger = logging.getLogger("meshgpu.daemon")
 
 
-async def serve_until_signalled(
-    settings: DaemonSettings, started: Callable[[Daemon], None] = lambda daemon: None
-) -> None:
-    """Run a daemon in the foreground: the first SIGINT/SIGTERM leaves gracefully, a
+class Foreground(Protocol):
+    """What running in the foreground needs of a daemon."""
+
+    @property
+    def ready(self) -> trio.Event:
+        """Set once the daemon listens and serves."""
+        ...
+
+    @property
+    def leaving(self) -> bool:
+        """The daemon is leaving the mesh (draining)."""
+        ...
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was requested."""
+        ...
+
+    async def run(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+
+D = TypeVar("D", bound=Foreground)
+
+
+async def serve_until_signalled(daemon: D, started: Callable[[D], None] = lambda d: None) -> None:
+    """Run ``daemon`` in the foreground: the first SIGINT/SIGTERM leaves gracefully, a
     second one stops at once. Raises the daemon's fatal error (a MeshError), if any."""
-    daemon = Daemon(settings)
     failures: list[MeshError] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -39,7 +65,7 @@ async def serve_until_signalled(
 
             async def watch_signals() -> None:
                 async for signum in signals:
-                    if daemon.leaving or daemon._stop.is_set():
+                    if daemon.leaving or daemon.stopping:
                         logger.warning("second signal: stopping now, without draining")
                         nursery.cancel_scope.cancel()
                         return

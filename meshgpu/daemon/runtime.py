@@ -49,6 +49,7 @@ from meshgpu.core.events import (
     TaskFinished,
 )
 from meshgpu.core.load import DeviceCapabilities, LoadVector
+from meshgpu.core.membership import LIVE_STATES
 from meshgpu.core.node import Node
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.api import ApiServer
@@ -70,13 +71,15 @@ from meshgpu.daemon.identity import (
     DuplicateIdentityGuard,
     IdentityStore,
     NodeIdentity,
+    ask_twin_token,
+    find_live_twin,
 )
 from meshgpu.daemon.journal import Journal
 from meshgpu.daemon.member_history import MemberHistory
 from meshgpu.daemon.modelstore import ModelStore
 from meshgpu.daemon.node_driver import NodeDriver
 from meshgpu.daemon.payloads import PayloadStore
-from meshgpu.daemon.peer_finding import find_peers_by_mdns, offer_seed_peers
+from meshgpu.daemon.peer_finding import PeerFinder
 from meshgpu.daemon.rpc import ConnectionPool
 from meshgpu.daemon.settings import DaemonSettings
 from meshgpu.daemon.status import LoadMeter, device_capabilities, usable_device_labels
@@ -95,7 +98,6 @@ class Daemon:
         self.history = MemberHistory(self._observed_change)
         self.member_history: dict[NodeId, dict[str, Any]] = self.history.members
         self.leaving = False
-        self._twin_checked = False
         self.load_meter: LoadMeter | None = None
         self.stopped_because: BaseException | None = None
         self.address: Address = ("0.0.0.0", 0)
@@ -108,7 +110,6 @@ class Daemon:
         self.ready = trio.Event()
         """Set once the daemon listens and serves (just before ``task_status.started``)."""
         self._nursery: trio.Nursery | None = None
-        self.discovery: MdnsDiscovery | None = None
         self.capabilities = DeviceCapabilities()
         """This node's devices as last measured (empty until the load reporter ran)."""
         self.usable_devices: tuple[str, ...] = ()
@@ -156,7 +157,7 @@ class Daemon:
             feed=self.feed,
             count=self.count,
             rejected=self.pulse,
-            twin_found=self.twin_found,
+            twin_found=lambda address: self.peer_finder.twin_found(address),
         )
         port = udp.getsockname()[1]
         advertised = (
@@ -176,6 +177,25 @@ class Daemon:
             trio.current_time(),
             incarnation=incarnation,
         )
+        self.peer_finder = PeerFinder(
+            self.node_id,
+            self.address,
+            self.guard,
+            peers=settings.peers,
+            seed_interval=settings.seed_interval,
+            data_dir=settings.data_dir,
+            dir_token=self.dir_token,
+            feed=self.feed,
+            count=self.count,
+            request_stop=self.request_stop,
+            newcomer=lambda: self.newcomer,
+            live_addresses=self._live_addresses,
+            find_twin=lambda peer: find_live_twin(
+                self.node_id, self.address, peer, self.authenticator
+            ),
+            ask_twin_token=lambda twin: ask_twin_token(twin, self.authenticator),
+        )
+        """Seeds and mDNS sightings to the node; the newcomer's twin checks."""
         self.peers = ConnectionPool(self.authenticator, max_frame_bytes=settings.max_frame_bytes)
         self.dataplane = DataPlane(self)
         self.handlers = ClientHandlers(self)
@@ -237,12 +257,15 @@ class Daemon:
                 await nursery.start(self.peers.run)
                 nursery.start_soon(self.effects.run)
                 nursery.start_soon(self.commit.run)
+                await nursery.start(self.peer_finder.run)
                 nursery.start_soon(self.datagrams.receive)
                 nursery.start_soon(self.driver.run_timers)
                 await nursery.start(trio.serve_listeners, self.api.serve, listeners)
-                if settings.mdns:
-                    nursery.start_soon(find_peers_by_mdns, self, advertised, pin)
-                nursery.start_soon(offer_seed_peers, self)
+                self.peer_finder.find(
+                    MdnsDiscovery(settings.mesh, self.node_id, port, [advertised], interface=pin)
+                    if settings.mdns
+                    else None
+                )
                 nursery.start_soon(self._report_load)
                 nursery.start_soon(self.dataplane.sweep_results)
                 if self.http is not None:
@@ -275,6 +298,11 @@ class Daemon:
         if because is not None and self.stopped_because is None:
             self.stopped_because = because
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was requested (``request_stop``): the node leaves, or stops at once."""
+        return self._stop.is_set()
 
     def _announce(self, replayed: int) -> None:
         settings = self.settings
@@ -415,15 +443,9 @@ class Daemon:
                 last = load
             await trio.sleep(self.settings.load_interval)
 
-    def twin_found(self, address: Address) -> None:
-        """Invoked when this newcomer hears from a live node with its id at ``address``
-        (gossip or mDNS): ask it which data dir it runs on, then stop (once)."""
-        if self._twin_checked or self._nursery is None:
-            return
-        self._twin_checked = True
-        from meshgpu.daemon.peer_finding import ask_then_stop_for_twin
-
-        self._nursery.start_soon(ask_then_stop_for_twin, self, address)
+    def _live_addresses(self) -> set[Address]:
+        """The addresses of the members the node holds live (the seed loop skips them)."""
+        return {info.address for info in self.node.members().values() if info.state in LIVE_STATES}
 
     @property
     def newcomer(self) -> bool:

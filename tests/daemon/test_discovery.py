@@ -13,8 +13,6 @@ from meshgpu.daemon.discovery import (
     parse_peer,
     resolve_peer,
 )
-from meshgpu.daemon.identity import DuplicateIdentityGuard
-from meshgpu.daemon.peer_finding import twin_announced
 from meshgpu.errors import ConfigError
 
 
@@ -159,49 +157,6 @@ def test_a_service_with_our_id_and_another_run_is_a_twin_and_the_later_one_the_c
     assert not copy_is_us(twin(b"cccc", b"5000"))
     assert copy_is_us(twin(b"aaaa", b"garbage"))  # unreadable: we yield
     assert discovery.counters == {"twins": 5}
-
-
-class TwinDaemon:
-    """What :func:`twin_announced` uses of a daemon."""
-
-    def __init__(self, started: float) -> None:
-        self.node_id = "n-self"
-        self.guard = DuplicateIdentityGuard(self.node_id, started=started, grace=15.0)
-        self.counters: dict[str, int] = {}
-        self.stopped: list[BaseException] = []
-        self.twins: list[tuple[str, int]] = []
-
-    def twin_found(self, address: tuple[str, int]) -> None:
-        self.twins.append(address)  # the real daemon asks the twin, then stops
-
-    def count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
-
-    def request_stop(self, error: BaseException) -> None:
-        self.stopped.append(error)
-
-
-async def test_a_newcomer_that_is_the_copy_stops() -> None:
-    daemon = TwinDaemon(started=trio.current_time())
-    twin_announced(daemon, ("10.0.0.7", 7946), we_are_the_copy=True)  # type: ignore[arg-type]
-    assert daemon.twins == [("10.0.0.7", 7946)]
-
-
-async def test_a_newcomer_whose_twin_started_later_keeps_serving() -> None:
-    """Both twins are newcomers when started close together: only the later one yields."""
-    daemon = TwinDaemon(started=trio.current_time())
-    twin_announced(daemon, ("10.0.0.7", 7946), we_are_the_copy=False)  # type: ignore[arg-type]
-    assert daemon.stopped == [] and daemon.twins == []
-    assert daemon.counters == {"duplicate_identity": 1}
-    assert daemon.guard.sightings == 1
-
-
-async def test_an_established_node_that_is_the_copy_counts_it_and_serves() -> None:
-    daemon = TwinDaemon(started=trio.current_time() - 60.0)
-    twin_announced(daemon, ("10.0.0.7", 7946), we_are_the_copy=True)  # type: ignore[arg-type]
-    assert daemon.stopped == [] and daemon.twins == []
-    assert daemon.counters == {"duplicate_identity": 1}
-    assert daemon.guard.sightings == 1
 
 
 def test_a_seed_that_never_joins_is_reported_once_and_its_answer_noted(caplog) -> None:

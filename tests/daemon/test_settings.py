@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -94,8 +95,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[DaemonSettings]:
     """Run `join` up to the daemon: record the settings instead of serving."""
     seen: list[DaemonSettings] = []
 
-    async def serve(settings: DaemonSettings, started: Callable[..., None]) -> None:
-        seen.append(settings)
+    async def serve(daemon: Any, started: Callable[..., None]) -> None:
+        seen.append(daemon.settings)
 
     monkeypatch.setattr("meshgpu.daemon.foreground.serve_until_signalled", serve)
     monkeypatch.delenv("MESHGPU_KEY", raising=False)
