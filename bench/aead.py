@@ -2,7 +2,9 @@
 
 Prints JSON then a table: microseconds per seal+open for a gossip-sized datagram, a small
 frame and a payload range, for AES-256-GCM, ChaCha20-Poly1305 and HMAC-SHA256 (integrity
-only). Run side by side in one process; compare ratios, not absolute numbers.
+only), and the whole envelope (``meshgpu.daemon.auth``: seal, open, replay window) with a
+mesh key and without. Run side by side in one process; compare ratios, not absolute
+numbers.
 
     python bench/aead.py [--repeat N]
 """
@@ -18,6 +20,8 @@ import time
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from meshgpu.daemon.auth import Authenticator, Channel, MeshKey
 
 SIZES = {"datagram 1.2 KiB": 1200, "frame 16 KiB": 16 << 10, "range 16 MiB": 16 << 20}
 
@@ -38,6 +42,16 @@ def _hmac(key: bytes) -> Callable[[bytes, bytes], None]:
     return run
 
 
+def _envelope(key: MeshKey | None) -> Callable[[bytes, bytes], None]:
+    sealer = Authenticator(key, "node-a", mesh="lab").new_session(Channel.FRAME)
+    receiver = Authenticator(key, "node-b", mesh="lab")
+
+    def run(nonce: bytes, data: bytes) -> None:
+        receiver.open(sealer.seal(data), Channel.FRAME)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=2000)
@@ -47,6 +61,8 @@ def main() -> None:
         "aes-256-gcm": _aead(AESGCM(key)),
         "chacha20-poly1305": _aead(ChaCha20Poly1305(key)),
         "hmac-sha256": _hmac(key),
+        "envelope keyed": _envelope(MeshKey(key)),
+        "envelope open": _envelope(None),
     }
     results: dict[str, dict[str, float]] = {}
     for label, size in SIZES.items():
