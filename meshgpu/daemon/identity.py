@@ -237,9 +237,11 @@ async def ask_twin_token(twin: Address, authenticator: Authenticator) -> str | N
     """The ``dir_token`` the node at ``twin`` answers ``ping`` with (None if it does not)."""
     from meshgpu.daemon.rpc import open_rpc
 
+    # The newcomer is stopping anyway: waiting a few seconds more for a busy twin's
+    # answer buys the one message that fits instead of both possibilities.
     try:
-        async with open_rpc(twin, authenticator, connect_timeout=2.0) as rpc:
-            with trio.fail_after(3.0):
+        async with open_rpc(twin, authenticator, connect_timeout=5.0) as rpc:
+            with trio.fail_after(10.0):
                 reply = await rpc.call("ping")
     except (MeshError, trio.TooSlowError):
         return None
