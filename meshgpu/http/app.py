@@ -10,6 +10,7 @@ refused before anything is read, a body that grows past it is cut off.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -227,7 +229,9 @@ def build_app(
             ) from None
         body = await read_body(request, max_body_bytes)
         try:
-            parsed = parse_request(body, header_length)
+            # A worker thread: decoding a large JSON body takes seconds, during which the
+            # node's trio thread would answer no probe (and be suspected by its peers).
+            parsed = await trio.to_thread.run_sync(parse_request, body, header_length)
         except ProtocolError as error:
             raise HttpError(400, str(error)) from None
         info = await info_of(model)
@@ -268,16 +272,19 @@ def build_app(
                 compute_s=outcome.compute_s if outcome is not None else None,
             )
         try:
-            content, length = encode_response(
-                model.name,
-                model.version,
-                outcome.outputs,
-                parsed,
-                {
-                    "worker": outcome.worker or "",
-                    "task_id": outcome.task_id,
-                    "entry": sources.node_id(),
-                },
+            content, length = await trio.to_thread.run_sync(
+                functools.partial(
+                    encode_response,
+                    model.name,
+                    model.version,
+                    outcome.outputs,
+                    parsed,
+                    {
+                        "worker": outcome.worker or "",
+                        "task_id": outcome.task_id,
+                        "entry": sources.node_id(),
+                    },
+                )
             )
         except ProtocolError as error:
             raise HttpError(400, str(error)) from None

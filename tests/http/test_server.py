@@ -149,6 +149,33 @@ async def test_binary_infer_in_and_out(node: Daemon) -> None:
     np.testing.assert_allclose(got, expected(PIXELS), rtol=1e-5, atol=1e-6)
 
 
+async def test_infer_decodes_and_encodes_off_the_trio_thread(
+    node: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large JSON body takes seconds to decode (and its answer to encode): on the trio
+    thread the node would answer no probe meanwhile and be suspected by its peers."""
+    import meshgpu.http.app as app_module
+
+    on_trio_thread: dict[str, bool] = {}
+
+    def watched(name: str, function: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                trio.lowlevel.current_trio_token()
+                on_trio_thread[name] = True
+            except RuntimeError:  # a worker thread
+                on_trio_thread[name] = False
+            return function(*args, **kwargs)
+
+        return run
+
+    for name in ("parse_request", "encode_response"):
+        monkeypatch.setattr(app_module, name, watched(name, getattr(app_module, name)))
+    status, _, body = await acall(node, "POST", "/v2/models/digits/infer", infer_body(PIXELS))
+    assert status == 200, body
+    assert on_trio_thread == {"parse_request": False, "encode_response": False}
+
+
 @pytest.mark.parametrize(
     ("body", "headers", "needle"),
     [
