@@ -176,22 +176,16 @@ class ClientHandlers:
 
     async def op_catalog(self, request: Message, responder: Responder) -> Message:
         """The model catalog: name -> digest and version (the shipped models included)."""
-        from meshgpu.daemon.catalog import catalog_rows
-
-        return {"models": catalog_rows(self.daemon)}
+        return {"models": self.daemon.model_catalog.rows()}
 
     async def op_catalog_set(self, request: Message, responder: Responder) -> Message:
         """Name a model of this node's store in the mesh-wide catalog (upload it first)."""
-        from meshgpu.daemon.catalog import set_model
-
-        return await set_model(
-            self.daemon, request_field(request, "name", str), request_field(request, "digest", str)
+        return await self.daemon.model_catalog.set(
+            request_field(request, "name", str), request_field(request, "digest", str)
         )
 
     async def op_catalog_remove(self, request: Message, responder: Responder) -> Message:
-        from meshgpu.daemon.catalog import remove_model
-
-        return remove_model(self.daemon, request_field(request, "name", str))
+        return self.daemon.model_catalog.remove(request_field(request, "name", str))
 
     async def op_submit(self, request: Message, responder: Responder) -> Message:
         """One task (submissions.py): acknowledged, or run at once (direct.py)."""

@@ -18,7 +18,7 @@ import trio
 
 from meshgpu.core.events import ResultCollected, ResultRequested
 from meshgpu.core.tasks import Resolution, TaskId
-from meshgpu.daemon.catalog import SHIPPED, catalog, shipped_digests
+from meshgpu.daemon.catalog import SHIPPED, shipped_digests
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors, tensors_from_bytes
 from meshgpu.daemon.status import http_address
 from meshgpu.errors import MeshError, StorageError, TaskError
@@ -66,7 +66,7 @@ class DaemonHttpSources:
     def catalog(self) -> Mapping[str, CatalogModel]:
         return {
             name: CatalogModel(name, str(version), digest)
-            for name, (digest, version) in catalog(self.daemon).items()
+            for name, (digest, version) in self.daemon.model_catalog.names().items()
         }
 
     async def _local_path(self, model: CatalogModel) -> Path:

@@ -54,6 +54,7 @@ from meshgpu.core.node import Node
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.api import ApiServer
 from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.catalog import ModelCatalog
 from meshgpu.daemon.datagrams import (
     ENVELOPE_MAX_OVERHEAD,
     UDP_MTU_BUDGET,
@@ -196,6 +197,8 @@ class Daemon:
             ask_twin_token=lambda twin: ask_twin_token(twin, self.authenticator),
         )
         """Seeds and mDNS sightings to the node; the newcomer's twin checks."""
+        self.model_catalog = ModelCatalog(self.node_id, self.node.catalog, self.models, self.feed)
+        """The catalog the API and the HTTP port show and change (``catalog.py``)."""
         self.peers = ConnectionPool(self.authenticator, max_frame_bytes=settings.max_frame_bytes)
         self.dataplane = DataPlane(self)
         self.handlers = ClientHandlers(self)
