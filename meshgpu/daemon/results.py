@@ -159,7 +159,10 @@ class ResultPlane:
                 if node_id not in tried:
                     tried.add(node_id)
                     await push(node_id)
-            if stored:
+            # The worker's own copy alone is not enough while another live member could
+            # take one: losing the worker would lose the result of a task marked done.
+            others = set(self._live(self.daemon.node.live_members())) - {me}
+            if set(stored) - {me} or (stored and not others):
                 break
         return tuple(sorted(stored)), problems
 

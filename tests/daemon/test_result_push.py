@@ -95,3 +95,43 @@ async def test_a_holder_that_takes_it_is_enough(autojump_clock) -> None:
     assert [problem.split(":")[0] for problem in problems] == ["o"]
     assert "x" not in {node for node, _ in peers.calls}  # no extra copy needed
     assert trio.current_time() == started  # no second round
+
+
+@dataclass
+class LatePeers(Peers):
+    """Refuses every ``put_result`` until ``refusals`` calls have been refused, then
+    answers as :class:`Peers` does for the nodes in ``taking``."""
+
+    refusals: int = 0
+
+    async def call(
+        self, address: tuple[str, int], op: str, *, timeout: float, **fields: Any
+    ) -> dict[str, Any]:
+        if self.refusals > 0:
+            self.refusals -= 1
+            self.calls.append((address[0], fields))
+            raise DiskFullError(f"disk full on {address[0]}")
+        return await super().call(address, op, timeout=timeout, **fields)
+
+
+async def test_the_workers_own_copy_alone_is_retried_for_another(autojump_clock) -> None:
+    """Every other node refuses the first round: the worker's copy is not the only one
+    the task ends with while another live member takes one a round later."""
+    peers = LatePeers(taking={"o", "h", "x"}, refusals=3)
+    blob = TensorBlob({"y": np.arange(4, dtype=np.float32)})
+    result = ResultSource(blob.size, blob.digest(), memory_reader(blob), stored_here=True)
+    holders, _ = await plane(peers, ["w", "o", "h", "x"])._push_result(
+        TASK, 1, result, ["o", "h"]
+    )
+    assert "w" in holders
+    assert set(holders) - {"w"}, holders
+
+
+async def test_a_lone_worker_keeps_its_own_copy(autojump_clock) -> None:
+    peers = Peers(taking=set())
+    blob = TensorBlob({"y": np.arange(4, dtype=np.float32)})
+    result = ResultSource(blob.size, blob.digest(), memory_reader(blob), stored_here=True)
+    started = trio.current_time()
+    holders, _ = await plane(peers, ["w"])._push_result(TASK, 1, result, [])
+    assert holders == ("w",)
+    assert trio.current_time() == started  # nobody else to wait for
