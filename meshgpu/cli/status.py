@@ -14,8 +14,7 @@ from typing import Any
 import click
 
 from meshgpu.cli.submit import connection_options
-
-TASK_STATES = ("pending", "assigned", "retrying", "done", "failed")
+from meshgpu.core.tasks.state import TASK_STATES
 
 
 def _ask(peer: str | None, key_file: Path | None, op: str, **fields: Any) -> dict[str, Any]:

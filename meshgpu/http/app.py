@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from meshgpu.core.tasks.state import TASK_STATES
 from meshgpu.errors import InputError, MeshError
 from meshgpu.http.dashboard import Dashboard, asset
 from meshgpu.http.metrics import InferenceStats
@@ -335,7 +336,10 @@ def build_app(
 
     @endpoint("read")
     async def mesh_tasks(request: Request) -> Response:
-        return JSONResponse({"tasks": sources.tasks(request.query_params.get("state"))})
+        state = request.query_params.get("state")
+        if state is not None and state not in TASK_STATES:
+            raise HttpError(400, f"unknown task state {state!r}; one of {', '.join(TASK_STATES)}")
+        return JSONResponse({"tasks": sources.tasks(state)})
 
     @endpoint("read")
     async def mesh_task(request: Request) -> Response:

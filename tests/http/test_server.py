@@ -296,7 +296,10 @@ async def test_mesh_resources_are_the_cli_data(node: Daemon) -> None:
     for row in tasks["tasks"]:
         assert (await get_json(node, f"/mesh/tasks/{row['task_id']}"))[1] == row
     assert (await get_json(node, "/mesh/tasks/n-00/1"))[0] == 404
-    status, filtered = await get_json(node, "/mesh/tasks?state=nothing-like-this")
+    status, refused = await get_json(node, "/mesh/tasks?state=nothing-like-this")
+    assert status == 400 and "nothing-like-this" in refused["error"]
+    assert "pending" in refused["error"]
+    status, filtered = await get_json(node, "/mesh/tasks?state=failed")
     assert status == 200 and filtered["tasks"] == []
 
 

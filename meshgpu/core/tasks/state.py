@@ -56,6 +56,11 @@ class Phase(enum.Enum):
         return self in (Phase.DONE, Phase.FAILED)
 
 
+TASK_STATES: tuple[str, ...] = tuple(phase.value for phase in Phase)
+"""The phases by name, as status output, ``meshgpu tasks --state`` and ``/mesh/tasks``
+spell them."""
+
+
 class Resolution(enum.Enum):
     """What a client is told about a task it asked after (``TaskResolved.state``): its
     terminal phase, or that its outcome was already delivered and collected."""
