@@ -145,6 +145,8 @@ class DaemonHttpSources:
         if resolved is None:
             raise Unavailable(f"task {task_id} was not done within {RESULT_TIMEOUT_S:.0f} s")
         message: dict[str, Any] = await handlers._outcome(resolved, True)
+        if message["state"] == "unavailable":  # done, its holders unreachable now: retry
+            raise Unavailable(f"task {task_id} {message['reason']}")
         if resolved.state is not Resolution.DONE or message["state"] != "done":
             raise TaskError(f"task {task_id} {message['state']}: {message['reason']}")
         if message["outputs"] is not None:
