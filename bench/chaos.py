@@ -1,0 +1,519 @@
+"""A fault campaign on real daemons: a seeded nemesis against a steady workload, checked
+end to end (docs/reliability.md).
+
+Run as root on Linux::
+
+    python bench/chaos.py --minutes 2 --seed 7 --nodes 5 --json
+
+``--nodes`` daemons (``meshgpu join``, onnxruntime backend, a mesh key, mDNS discovery)
+each run in a network namespace on one bridge (the lab of tests/netns/lab.py), plus one
+more namespace for the client. The client submits the digits model's rows through the
+public Python client (``AsyncClient.submit_many``, replicas=2) at a steady pace and keeps
+every task's handle. A nemesis, drawn from ``--seed``, applies one fault at a time for a
+few seconds, then heals it:
+
+* ``partition_halves``: the daemons split into two random sides (bridge ports moved);
+* ``partition_leader``: the current leader alone on the other side;
+* ``partition_bridge``: two sides that cannot reach each other and one node that reaches
+  both (blackhole routes in each namespace: a non-transitive partition);
+* ``netem_loss``, ``netem_delay``, ``netem_duplicate``, ``netem_reorder``: ``tc netem``
+  on one daemon's interface (counted as ``netem_unavailable`` on a kernel without it);
+* ``pause``: SIGSTOP, then SIGCONT (a frozen process);
+* ``kill_restart``: SIGKILL, then a restart with its journal;
+* ``wipe_restart``: SIGKILL, then a restart with an empty data directory;
+* ``disk_full``: the daemon whose data directory is a small tmpfs finds it full;
+* ``kill_entry``: the client's own entry node is killed (restarted with its journal).
+
+After the last fault heals, the workload stops submitting and waits (``--drain-s``) for
+every acknowledged task. The checker then counts, over the whole history: ``lost``
+(acknowledged, never resolved, and no live node's table lists it), ``unresolved``
+(acknowledged and never resolved), ``duplicate_deliveries`` (a task id handed to the
+workload twice: two acknowledgements naming one id, or one handle resolved twice),
+``wrong_outputs`` (a result that differs from onnxruntime's on the same row),
+``duplicate_executions`` (runs started on the daemons beyond the tasks resolved: a
+lower bound, read from the ``tasks_started`` counters, each daemon's last reading before
+it was killed included) and ``longest_stall_s`` (the longest time without a result while
+tasks were outstanding). A failing run prints its seed and its schedule; ``--seed``
+replays the same schedule (the moments and kinds; what the mesh does in between is real
+and is not replayed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import trio
+
+from meshgpu.daemon.auth import MeshKey
+from tests.netns.daemons import PORT, Daemon, Fleet
+from tests.netns.lab import (
+    NamespacesUnavailable,
+    NetnsLab,
+    check_available,
+    in_namespace,
+)
+
+MODELS = Path(__file__).resolve().parents[1] / "meshgpu" / "inference" / "models"
+MODEL = (MODELS / "digits.onnx").read_bytes()
+KINDS = (
+    "partition_halves",
+    "partition_leader",
+    "partition_bridge",
+    "netem_loss",
+    "netem_delay",
+    "netem_duplicate",
+    "netem_reorder",
+    "pause",
+    "kill_restart",
+    "wipe_restart",
+    "disk_full",
+    "kill_entry",
+)
+NETEM = {
+    "netem_loss": ["loss", "20%"],
+    "netem_delay": ["delay", "80ms", "40ms"],
+    "netem_duplicate": ["duplicate", "20%"],
+    "netem_reorder": ["delay", "20ms", "reorder", "50%", "50%"],
+}
+TMPFS_MB = 64
+"""Size of the tmpfs that holds the last daemon's data directory (``disk_full``)."""
+WINDOW = 32
+"""Tasks the workload keeps unfinished at most."""
+BATCH = 4
+"""Tasks per ``submit_many``."""
+
+
+@dataclasses.dataclass
+class Fault:
+    at_s: float
+    kind: str
+    hold_s: float
+    target: int
+    """A daemon index drawn from the seed (the leader and the entry node are found live)."""
+    detail: str = ""
+
+
+def schedule(seed: int, minutes: float, nodes: int) -> list[Fault]:
+    """The faults of a run, one at a time: ``kind`` held for ``hold_s``, then healed."""
+    rng = random.Random(seed)
+    faults = []
+    at = 5.0
+    end = minutes * 60.0
+    while True:
+        hold = rng.uniform(3.0, 8.0)
+        if at + hold > end:
+            return faults
+        faults.append(Fault(round(at, 2), rng.choice(KINDS), round(hold, 2), rng.randrange(nodes)))
+        at += hold + rng.uniform(2.0, 6.0)
+
+
+def netem_available(lab: NetnsLab) -> bool:
+    host = lab.hosts[0]
+    ns = ["ip", "netns", "exec", host.namespace, "tc", "qdisc"]
+    added = subprocess.run([*ns, "add", "dev", "eth0", "root", "netem", "delay", "1ms"],
+                           capture_output=True)  # fmt: skip
+    subprocess.run([*ns, "del", "dev", "eth0", "root"], capture_output=True)
+    return added.returncode == 0
+
+
+@dataclasses.dataclass
+class History:
+    """Everything the workload saw, for the checker."""
+
+    acknowledged: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Task id -> the row it was submitted with."""
+    resolved: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Task id -> its final state (done, or failed: reason)."""
+    deliveries: Counter[str] = dataclasses.field(default_factory=Counter)
+    twice_acknowledged: int = 0
+    wrong: int = 0
+    refused: int = 0
+    submit_errors: int = 0
+    suppressed_duplicates: int = 0
+    result_times: list[float] = dataclasses.field(default_factory=list)
+    entry: str | None = None
+    stop_submitting: threading.Event = dataclasses.field(default_factory=threading.Event)
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+async def workload(
+    history: History, addresses: list[str], key: MeshKey, pixels: np.ndarray, expected: np.ndarray
+) -> None:
+    """Submit rows steadily and watch every handle, until told to stop."""
+    from meshgpu.client import AsyncClient
+    from meshgpu.errors import MeshError
+
+    window = trio.Semaphore(WINDOW)
+    rng = random.Random(1)
+
+    async def watch(handle: Any, row: int) -> None:
+        try:
+            outcome = await handle.wait()
+        finally:
+            window.release()
+        with history.lock:
+            history.deliveries[handle.task_id] += 1
+            history.result_times.append(time.monotonic())
+            if outcome.error is None:
+                got = np.asarray(outcome.outputs["probabilities"])[0]
+                if not np.allclose(got, expected[row], rtol=1e-5, atol=1e-6):
+                    history.wrong += 1
+                history.resolved[handle.task_id] = "done"
+            else:
+                history.resolved[handle.task_id] = f"failed: {outcome.error}"
+
+    async with (
+        AsyncClient(addresses, key=key, environ={}, status_interval=1.0) as client,
+        trio.open_nursery() as nursery,
+    ):
+        while not history.stop_submitting.is_set():
+            rows = [rng.randrange(len(pixels)) for _ in range(BATCH)]
+            for _ in rows:
+                await window.acquire()
+            try:
+                with trio.fail_after(60):
+                    answers = await client.submit_many(
+                        MODEL, [{"pixels": pixels[row : row + 1]} for row in rows]
+                    )
+            except (MeshError, trio.TooSlowError):
+                history.submit_errors += 1
+                for _ in rows:
+                    window.release()
+                await trio.sleep(0.5)
+                continue
+            for row, answer in zip(rows, answers, strict=True):
+                if isinstance(answer, MeshError):
+                    history.refused += 1
+                    window.release()
+                    continue
+                with history.lock:
+                    if answer.task_id in history.acknowledged:
+                        history.twice_acknowledged += 1
+                    history.acknowledged[answer.task_id] = row
+                nursery.start_soon(watch, answer, row)
+            history.entry = None if client.peer is None else client.peer[0]
+            await trio.sleep(0.05)
+        while not history.stop.is_set():
+            history.entry = None if client.peer is None else client.peer[0]
+            with history.lock:
+                if len(history.resolved) >= len(history.acknowledged):
+                    break
+            await trio.sleep(0.2)
+        history.suppressed_duplicates = client.duplicates
+        nursery.cancel_scope.cancel()
+
+
+class Campaign:
+    """The lab, its daemons, the nemesis and its bookkeeping."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = Path(tempfile.mkdtemp(prefix="meshgpu-chaos-"))
+        self.lab = NetnsLab.create(args.nodes + 1)
+        self.client_host = self.lab.hosts[-1]
+        self.key = MeshKey.generate()
+        key_file = self.root / "mesh.key"
+        self.key.write(key_file)
+        self.fleet = Fleet(self.lab, self.root, self.key, key_file)
+        self.full_dir = self.root / f"h{args.nodes - 1}"
+        self.full_dir.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs",
+                        str(self.full_dir)], check=True)  # fmt: skip
+        self.netem = netem_available(self.lab)
+        self.faults: Counter[str] = Counter()
+        self.applied: list[str] = []
+        self.started_before: Counter[str] = Counter()
+        """tasks_started read from each daemon before it was killed or wiped."""
+        self.blackholes: list[tuple[str, str]] = []
+
+    # --- daemons --------------------------------------------------------------------
+
+    def start(self) -> None:
+        launched = [self.fleet.launch(host) for host in self.lab.hosts[:-1]]
+        self.fleet.daemons = [self.fleet._await_listening(*one) for one in launched]
+        everyone = len(self.fleet.daemons)
+        self.fleet.until(
+            self.fleet.daemons,
+            lambda seen: all(
+                sum(1 for m in s["members"] if m["state"] == "alive") == everyone
+                for s in seen.values()
+            ),
+            "every daemon to see every other",
+            timeout=90.0,
+        )
+
+    def daemon(self, index: int) -> Daemon:
+        return self.fleet.daemons[index]
+
+    def note_started(self, index: int) -> None:
+        """Remember a daemon's tasks_started before it goes (counters die with it)."""
+        with contextlib.suppress(Exception):
+            status = self.fleet.call(self.daemon(index), "status")
+            self.started_before[str(index)] += int(
+                status["counters"]["node"].get("tasks_started", 0)
+            )
+
+    def restart(self, index: int, wipe: bool = False) -> None:
+        daemon = self.daemon(index)
+        if daemon.alive:
+            daemon.kill()
+        if wipe:
+            for child in daemon.data_dir.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        host = daemon.host
+        self.fleet.daemons[index] = self.fleet._await_listening(
+            *self.fleet.launch(host, daemon.data_dir)
+        )
+
+    def leader(self) -> int:
+        for index, daemon in enumerate(self.fleet.daemons):
+            with contextlib.suppress(Exception):
+                leader = self.fleet.call(daemon, "status").get("leader")
+                for other, candidate in enumerate(self.fleet.daemons):
+                    if candidate.node_id == leader:
+                        return other
+            del index
+        return 0
+
+    def started_total(self) -> int:
+        total = sum(self.started_before.values())
+        for index in range(len(self.fleet.daemons)):
+            with contextlib.suppress(Exception):
+                status = self.fleet.call(self.daemon(index), "status")
+                total += int(status["counters"]["node"].get("tasks_started", 0))
+        return total
+
+    # --- the nemesis ----------------------------------------------------------------
+
+    def apply(self, fault: Fault, history: History) -> None:
+        """Apply ``fault``, hold it, heal it (blocking)."""
+        nodes = len(self.fleet.daemons)
+        rng = random.Random(f"{self.args.seed}:{fault.at_s}")
+        kind = fault.kind
+        target = fault.target
+        if kind.startswith("netem") and not self.netem:
+            self.faults["netem_unavailable"] += 1
+            time.sleep(fault.hold_s)
+            return
+        if kind == "partition_halves":
+            side = rng.sample(range(nodes), rng.randint(1, nodes // 2))
+            fault.detail = f"side {sorted(side)}"
+            self.lab.partition([[i for i in range(nodes) if i not in side] + [nodes], side])
+            time.sleep(fault.hold_s)
+            self.lab.heal()
+        elif kind == "partition_leader":
+            target = self.leader()
+            fault.detail = f"leader h{target}"
+            self.lab.partition([[i for i in range(nodes + 1) if i != target], [target]])
+            time.sleep(fault.hold_s)
+            self.lab.heal()
+        elif kind == "partition_bridge":
+            others = [i for i in range(nodes) if i != target]
+            rng.shuffle(others)
+            left, right = others[: len(others) // 2], others[len(others) // 2 :]
+            fault.detail = f"bridge h{target}, {sorted(left)} | {sorted(right)}"
+            for a in left:
+                for b in right:
+                    self.blackhole(a, b)
+                    self.blackhole(b, a)
+            time.sleep(fault.hold_s)
+            self.clear_blackholes()
+        elif kind.startswith("netem"):
+            namespace = self.daemon(target).host.namespace
+            tc = ["ip", "netns", "exec", namespace, "tc", "qdisc"]
+            subprocess.run([*tc, "add", "dev", "eth0", "root", "netem", *NETEM[kind]], check=True)
+            fault.detail = f"h{target} {' '.join(NETEM[kind])}"
+            time.sleep(fault.hold_s)
+            subprocess.run([*tc, "del", "dev", "eth0", "root"], check=False)
+        elif kind == "pause":
+            process = self.daemon(target).process
+            fault.detail = f"h{target}"
+            process.send_signal(signal.SIGSTOP)
+            time.sleep(fault.hold_s)
+            process.send_signal(signal.SIGCONT)
+        elif kind in ("kill_restart", "wipe_restart", "kill_entry"):
+            if kind == "kill_entry":
+                entry = history.entry
+                ids = [d.node_id for d in self.fleet.daemons]
+                target = ids.index(entry) if entry in ids else target
+            fault.detail = f"h{target}"
+            self.note_started(target)
+            self.daemon(target).kill()
+            time.sleep(fault.hold_s)
+            self.restart(target, wipe=kind == "wipe_restart")
+        elif kind == "disk_full":
+            ballast = self.full_dir / "ballast"
+            fault.detail = f"h{nodes - 1}"
+            with open(ballast, "wb") as out, contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * (1 << 20))
+                    out.flush()
+            time.sleep(fault.hold_s)
+            ballast.unlink()
+        self.faults[kind] += 1
+        self.applied.append(f"{fault.at_s:7.1f}s {kind:17s} {fault.hold_s:4.1f}s {fault.detail}")
+
+    def blackhole(self, source: int, destination: int) -> None:
+        namespace = self.daemon(source).host.namespace
+        address = self.daemon(destination).host.address
+        subprocess.run(["ip", "-n", namespace, "route", "add", "blackhole", f"{address}/32"],
+                       check=True)  # fmt: skip
+        self.blackholes.append((namespace, address))
+
+    def clear_blackholes(self) -> None:
+        for namespace, address in self.blackholes:
+            subprocess.run(["ip", "-n", namespace, "route", "del", "blackhole", f"{address}/32"],
+                           check=False)  # fmt: skip
+        self.blackholes.clear()
+
+    def close(self) -> None:
+        for daemon in self.fleet.daemons:
+            with contextlib.suppress(Exception):
+                daemon.process.send_signal(signal.SIGCONT)
+        with contextlib.suppress(Exception):
+            self.clear_blackholes()
+        self.lab.close()
+        subprocess.run(["umount", str(self.full_dir)], check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from meshgpu import inference
+
+    pixels = np.load(MODELS / "digits_test.npz")["pixels"].astype(np.float32)
+    expected = inference.load(MODEL, backend="onnxruntime").run({"pixels": pixels})["probabilities"]
+    faults = schedule(args.seed, args.minutes, args.nodes)
+    campaign = Campaign(args)
+    history = History()
+    try:
+        campaign.start()
+        addresses = [f"{d.host.address}:{PORT}" for d in campaign.fleet.daemons]
+
+        def drive() -> None:
+            in_namespace(
+                campaign.client_host.namespace,
+                lambda: trio.run(workload, history, addresses, campaign.key, pixels, expected),
+            )
+
+        thread = threading.Thread(target=drive, daemon=True)
+        began = time.monotonic()
+        thread.start()
+        for fault in faults:
+            delay = began + fault.at_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            campaign.apply(fault, history)
+        rest = began + args.minutes * 60.0 - time.monotonic()
+        if rest > 0:
+            time.sleep(rest)
+        healed = time.monotonic()
+        history.stop_submitting.set()
+        thread.join(args.drain_s)
+        history.stop.set()
+        thread.join(30)
+        unresolved = [t for t in history.acknowledged if t not in history.resolved]
+        known: set[str] = set()
+        for daemon in campaign.fleet.daemons:
+            with contextlib.suppress(Exception):
+                rows = campaign.fleet.call(daemon, "tasks")["tasks"]
+                known.update(str(row["task_id"]) for row in rows)
+        started = campaign.started_total()
+    finally:
+        campaign.close()
+    times = sorted([began, *history.result_times, healed])
+    stall = max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+    failed = sum(1 for state in history.resolved.values() if state != "done")
+    return {
+        "seed": args.seed,
+        "minutes": args.minutes,
+        "nodes": args.nodes,
+        "acknowledged": len(history.acknowledged),
+        "done": len(history.resolved) - failed,
+        "failed": failed,
+        "lost": sum(1 for t in unresolved if t not in known),
+        "unresolved": len(unresolved),
+        "duplicate_deliveries": history.twice_acknowledged
+        + sum(1 for count in history.deliveries.values() if count > 1),
+        "wrong_outputs": history.wrong,
+        "duplicate_executions": max(0, started - len(history.resolved)),
+        "runs_started": started,
+        "suppressed_duplicate_outcomes": history.suppressed_duplicates,
+        "refused": history.refused,
+        "submit_errors": history.submit_errors,
+        "faults": dict(sorted(campaign.faults.items())),
+        "longest_stall_s": round(stall, 2),
+        "schedule": campaign.applied,
+    }
+
+
+TABLE = (
+    "acknowledged",
+    "done",
+    "failed",
+    "lost",
+    "unresolved",
+    "duplicate_deliveries",
+    "wrong_outputs",
+    "duplicate_executions",
+    "runs_started",
+    "suppressed_duplicate_outcomes",
+    "refused",
+    "submit_errors",
+    "longest_stall_s",
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--nodes", type=int, default=5)
+    parser.add_argument("--drain-s", type=float, default=120.0)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    args = parser.parse_args()
+    try:
+        check_available()
+    except NamespacesUnavailable as reason:
+        print(f"chaos needs network namespaces: {reason}", file=sys.stderr)
+        return 2
+    result = run(args)
+    ok = not any(result[k] for k in ("lost", "unresolved", "duplicate_deliveries", "wrong_outputs"))
+    print(f"{'metric':28s} value")
+    for name in TABLE:
+        print(f"{name:28s} {result[name]}")
+    for kind, count in result["faults"].items():
+        print(f"fault {kind:22s} {count}")
+    if not ok:
+        print(f"FAILED: replay with --seed {args.seed} --minutes {args.minutes} "
+              f"--nodes {args.nodes}; schedule:", file=sys.stderr)  # fmt: skip
+        for line in result["schedule"]:
+            print("  " + line, file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
