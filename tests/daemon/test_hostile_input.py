@@ -1,0 +1,97 @@
+"""Hostile input at a real daemon's port (UDP gossip and TCP API share it): random
+datagrams, garbage and truncated frames, a lying length prefix, a frame over the limit,
+hundreds of idle connections and a client that sends one byte a second. The daemon
+keeps serving a real task meanwhile, its counters say what it dropped, and the open
+files it spent on the idle connections come back when they close."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from meshgpu.daemon.payloads import encode_tensors
+from tests.daemon.meshprocs import call, start_node
+
+pytestmark = [pytest.mark.integration]
+
+MODELS = Path(__file__).parents[2] / "meshgpu" / "inference" / "models"
+MODEL = (MODELS / "digits.onnx").read_bytes()
+DIGEST = hashlib.sha256(MODEL).hexdigest()
+IDLE = 300
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def test_the_daemon_keeps_serving_under_hostile_input(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "n0", "--name", "n0")
+    rng = random.Random(7)
+    try:
+        await call(node, None, "put_model", digest=DIGEST, data=MODEL)
+        files_before = open_files(node.process.pid)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            for _ in range(2000):
+                udp.sendto(rng.randbytes(rng.randrange(0, 1400)), node.address)
+        idle = []
+        for _ in range(IDLE):
+            stream = await trio.open_tcp_stream(*node.address)
+            idle.append(stream)
+        hostile = [
+            b"\x00\x00\x00\x10" + rng.randbytes(16),  # a frame of garbage
+            b"\xff\xff\xff\xff",  # a length over the limit
+            b"\x00\x00\x10\x00" + b"short",  # a lying length prefix, then the end
+            rng.randbytes(3),  # a truncated header
+        ]
+        for data in hostile:
+            stream = await trio.open_tcp_stream(*node.address)
+            await stream.send_all(data)
+            await stream.aclose()
+
+        async def one_byte_a_second() -> None:
+            stream = await trio.open_tcp_stream(*node.address)
+            for byte in b"\x00\x00\x00\x08abc":
+                await stream.send_all(bytes([byte]))
+                await trio.sleep(1.0)
+            await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one_byte_a_second)
+            pixels = np.full((1, 64), 3.0, np.float32)
+            reply = await call(
+                node,
+                None,
+                "submit",
+                model_digest=DIGEST,
+                inputs=encode_tensors({"pixels": pixels}),
+                direct=False,
+                replicas=1,
+            )
+            assert reply["copies"] == 1
+        with trio.fail_after(60):
+            while True:
+                rows = (await call(node, None, "tasks"))["tasks"]
+                if rows and rows[0]["state"] == "done":
+                    break
+                await trio.sleep(0.1)
+        assert open_files(node.process.pid) >= files_before + IDLE // 2
+        for stream in idle:
+            await stream.aclose()
+        counters = (await call(node, None, "status"))["counters"]
+        daemon = counters["daemon"]
+        assert daemon.get("frames_rejected", 0) >= 2, counters
+        dropped = daemon.get("datagrams_rejected", 0) + counters["auth"].get("rejected", 0)
+        assert dropped >= 1000, counters
+        with trio.fail_after(30):
+            while open_files(node.process.pid) > files_before + 20:
+                await trio.sleep(0.1)
+        assert node.process.poll() is None
+    finally:
+        node.stop()
