@@ -329,7 +329,8 @@ class Daemon:
             )
         else:
             logger.info(
-                "mesh key set (fingerprint %s): traffic is authenticated", settings.key.fingerprint
+                "mesh key set (fingerprint %s): traffic is encrypted and authenticated",
+                settings.key.fingerprint,
             )
         if self.http is not None and self.http.urls:
             server = self.http
