@@ -152,7 +152,7 @@ def status_snapshot(daemon: Daemon) -> dict[str, Any]:
             "node": dict(node.counters),
             "daemon": dict(daemon.counters),
             "auth": dict(daemon.authenticator.counters),
-            "mdns": dict(getattr(getattr(daemon, "discovery", None), "counters", {})),
+            "mdns": dict(getattr(daemon.peer_finder.discovery, "counters", {})),
         },
         "gone": [
             dict(record)
