@@ -28,10 +28,10 @@ import math
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
+    Awaitable,
     Callable,
     Iterable,
     Mapping,
-    Sequence,
 )
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,31 +108,11 @@ class MapSubmission:
     unanswered: int
     _abandoned: dict[str, str | None]
 
-    async def submit_many(
-        self,
-        model: Any,
-        many_inputs: Iterable[Mapping[str, Any]],
-        *,
-        priority: str = "normal",
-        replicas: int = 2,
-        deadline_s: float | None = None,
-        device_type: str | None = None,
-        min_memory: int = 0,
-        fp16: bool = False,
-        require: Any = None,
-        prefer: Any = None,
-        group: int = 1,
-        label: str | Sequence[str | None] | None = None,
-        acknowledge: bool = True,
-        watch: bool = True,
-    ) -> list[AsyncTaskHandle | MeshError]:
-        raise NotImplementedError  # BatchedSubmission's
-
-    async def _probe(self, model_digest: str, out: Callable[[], int], until: float) -> int:
-        raise NotImplementedError
-
-    def collected(self, task_ids: Iterable[str]) -> None:
-        raise NotImplementedError
+    # Defined by the mixins before this one in AsyncClient's bases (batches.py,
+    # outcomes.py); named here for the type checker only, so the signatures live once.
+    submit_many: Callable[..., Awaitable[list[AsyncTaskHandle | MeshError]]]
+    _probe: Callable[[str, Callable[[], int], float], Awaitable[int]]
+    collected: Callable[[Iterable[str]], None]
 
     def _abandon(self, handles: Iterable[AsyncTaskHandle]) -> None:
         raise NotImplementedError
