@@ -46,6 +46,7 @@ from meshgpu.core.load import LoadVector
 from meshgpu.core.membership import LIVE_STATES, MemberInfo
 from meshgpu.core.messages import Envelope, Message
 from meshgpu.core.tasks.adaptive import LatencyModel
+from meshgpu.core.tasks.book import TaskBook
 from meshgpu.core.tasks.breaker import BreakerBoard
 from meshgpu.core.tasks.config import TaskConfig
 from meshgpu.core.tasks.delivery import Delivery
@@ -89,19 +90,13 @@ class TaskComponent(Component):
         self.breakers = BreakerBoard(config.breaker)
         self.learned = LatencyModel(config.adaptive_alpha)
         self.selection = SelectionContext(learned=self.learned)
+        self.book = TaskBook()
+        """This node's own facts about each task of the table (``book.py``)."""
         self.leading = Leading(self)
-        self.active: set[TaskId] = set()
-        self.first_seen: dict[TaskId, float] = {}
-        self.acknowledged_at: dict[TaskId, float] = {}
-        self.state_since: dict[TaskId, float] = {}
-        self.retry_at: dict[TaskId, float] = {}
-        self.orphaned_at: dict[TaskId, float] = {}
-        self.assigned_seen: dict[TaskId, dict[int, float]] = {}
         self.worker = Worker(self)
         self.holding = Holding(self)  # draws the first sequence number from self.rng
         self.replication = Replicator(self)
         self.delivery = Delivery(self)
-        self._gc_at: dict[TaskId, float] = {}
         self._outbox: dict[TaskId, TaskEntry] = {}
         self._notify: dict[TaskId, set[NodeId]] = {}
         self._marks: dict[TaskId, str | None] = {}
@@ -204,11 +199,14 @@ class TaskComponent(Component):
             if self.queue:
                 self.schedule_at = min(self.schedule_at, now)
             return
-        for tid in sorted(self.active):  # sorted: set order varies between processes
+        book = self.book
+        for tid in sorted(book.open):  # sorted: set order varies between processes
             entry = self.table.get(tid)
             if entry and entry.state.phase is Phase.ASSIGNED and entry.state.worker == info.node_id:
                 self.queue.push(tid, entry.spec.priority)
-                self.orphaned_at.setdefault(tid, now)
+                facts = book.get(tid)
+                if facts is not None and facts.orphaned_at is None:
+                    facts.orphaned_at = now
         self.orphans.adopt_gone_origins(now)
         self.replication.member_gone(info.node_id)
         self.repair_at = min(self.repair_at, now)
@@ -282,18 +280,20 @@ class TaskComponent(Component):
                 # The task moves away from that worker: it must hear it to cancel its run.
                 self._notify.setdefault(tid, set()).add(before.state.worker)
         self.orphans.on_change(after)
-        if before is None:
-            self.first_seen[tid] = now
+        book = self.book
+        facts = book.get(tid)
+        if before is None or facts is None:
+            facts = book.seen(tid, now)
         state = after.state
         if before is None or before.state != state:
-            self.state_since[tid] = now
+            facts.state_since = now
             observe_outcome(self, before, after, now)
             requeue(self, after, now)
             self.worker.on_state_change(after)
             if before is not None and before.state.phase is Phase.ASSIGNED:
                 self.schedule_at = min(self.schedule_at, now)  # a slot may have freed
         if after.acknowledged and (before is None or not before.acknowledged):
-            self.acknowledged_at[tid] = now
+            facts.acknowledged_at = now
             self.schedule_at = min(self.schedule_at, now)  # assignable from now on
         if before is not None and after.state.epoch > before.state.epoch:
             # The result was lost: resolve the re-run's outcome from now on.
@@ -310,8 +310,8 @@ class TaskComponent(Component):
         self.holding.drop_delivered(after)
         self.replication.on_change(after)
         self.delivery.maybe_resolve(after)
-        if after.collectable and tid not in self._gc_at:
-            self._gc_at[tid] = now + self.config.gc_delay_s
+        if after.collectable and tid not in book.collect_at:
+            book.collect_at[tid] = now + self.config.gc_delay_s
         self._arm_tick(now)
         if (
             not local
@@ -335,9 +335,9 @@ class TaskComponent(Component):
         # Brought earlier, never later: a tick set for a load's later publication time
         # (_publish_load) must not hold back replication, collection or repair.
         if self._tick_at > now + self.config.tick_interval_s and (
-            self.active
+            self.book.open
             or self.replication
-            or self._gc_at
+            or self.book.collect_at
             or (self.repair_at < math.inf and self.mesh.leader() == self.node_id)
         ):
             self._tick_at = now + self.config.tick_interval_s
@@ -348,7 +348,7 @@ class TaskComponent(Component):
         if now >= self._tick_at:
             self._tick_at = math.inf
             self.replication.tick(now)
-            for tid, due in list(self._gc_at.items()):
+            for tid, due in list(self.book.collect_at.items()):
                 if now >= due:
                     self.collect(tid, persist=True)
         self.schedule_at = math.inf
@@ -370,19 +370,10 @@ class TaskComponent(Component):
         holding = self.holding
         if self.node_id in entry.holders and tid not in holding.dropped:
             self.context.emit(DropPayload(tid, entry.spec.input_digest))
-        for index in (
-            self.first_seen,
-            self.acknowledged_at,
-            self.state_since,
-            self.retry_at,
-            self.assigned_seen,
-            self.orphaned_at,
-        ):
-            index.pop(tid, None)
+        self.book.forget(tid)
         self.delivery.forget(tid)
-        for group in (self.active, holding.dropped, holding.fetching):
+        for group in (holding.dropped, holding.fetching):
             group.discard(tid)
-        self._gc_at.pop(tid, None)
         self._outbox.pop(tid, None)
         self._notify.pop(tid, None)
         self._marks.pop(tid, None)

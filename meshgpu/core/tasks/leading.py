@@ -172,20 +172,21 @@ class Leading:
 
     def _expire_and_time_out(self, now: float, live: set[NodeId]) -> None:
         tasks = self.component
+        book = tasks.book
         timeout = tasks.config.assignment_timeout_s
-        for tid in sorted(tasks.active):
+        for tid in sorted(book.open):
             entry = tasks.table.get(tid)
             if entry is None or entry.state.terminal or not tasks.is_current(entry):
                 continue
             state = entry.state
             deadline = entry.spec.deadline_s
-            if deadline is not None and now - tasks.first_seen.get(tid, now) >= deadline:
+            if deadline is not None and now - book.first_seen(tid, now) >= deadline:
                 tasks.context.count("tasks_expired")
                 tasks.set_state(tid, st.expire(state), now)
             elif (
                 state.phase is Phase.ASSIGNED
                 and state.worker in live
-                and now - tasks.state_since.get(tid, now) >= timeout
+                and now - book.state_since(tid, now) >= timeout
             ):
                 tasks.context.count("assignment_timeouts")
                 reason = f"assignment timed out on {state.worker} after {timeout:g} s"
@@ -195,6 +196,7 @@ class Leading:
         self, now: float, live: set[NodeId]
     ) -> tuple[list[QueuedTask], dict[TaskId, float]]:
         tasks = self.component
+        book = tasks.book
         queued: list[QueuedTask] = []
         ready_since: dict[TaskId, float] = {}
         next_retry = float("inf")
@@ -209,9 +211,9 @@ class Leading:
                 # replication adds later. Stays queued; the acknowledgement schedules. (Or
                 # a copy from an earlier term not confirmed yet: its confirmation schedules.)
                 continue
-            since = max(tasks.state_since.get(tid, now), tasks.acknowledged_at.get(tid, now))
+            since = max(book.state_since(tid, now), book.acknowledged_at(tid, now))
             if state.phase is Phase.RETRYING:
-                ready = tasks.retry_at.get(tid, now)
+                ready = book.retry_at(tid, now)
                 if ready > now:
                     next_retry = min(next_retry, ready)
                     continue
@@ -220,7 +222,7 @@ class Leading:
                 if state.worker in live:
                     tasks.queue.remove(tid)
                     continue
-                since = tasks.orphaned_at.get(tid, since)
+                since = book.orphaned_at(tid, since)
             queued.append(QueuedTask(tid, entry.spec, avoid=state.worker))
             ready_since[tid] = since
         tasks.schedule_at = min(tasks.schedule_at, next_retry)
@@ -229,7 +231,7 @@ class Leading:
     def _worker_views(self, now: float, live: set[NodeId]) -> list[WorkerView]:
         tasks = self.component
         in_flight: dict[NodeId, int] = {}
-        for tid in tasks.active:
+        for tid in tasks.book.open:
             entry = tasks.table.get(tid)
             if (
                 entry is not None

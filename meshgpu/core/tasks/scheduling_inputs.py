@@ -3,13 +3,13 @@
 Every node, leader or not, keeps the inputs of :mod:`~meshgpu.core.tasks.leading` current
 as it sees entries change, so leadership moves with nothing to rebuild:
 
-* the queue and its indices (``requeue``): which tasks are open (``active``), queued, due
-  for a retry (``retry_at``, with the retry policy's back-off) or orphaned by a dead worker
-  (``orphaned_at``);
+* the queue and the task book (``requeue``; ``book.py``): which tasks are open, queued,
+  due for a retry (``retry_at``, with the retry policy's back-off) or orphaned by a dead
+  worker (``orphaned_at``);
 * what the strategies learn from outcomes (``observe_outcome``): each worker's circuit
   breaker, the adaptive latency model, and, as leader, the fairness counts.
 
-Pure bookkeeping on the component's state: nothing here emits an effect. Kept apart from
+Pure bookkeeping on the queue and the book: nothing here emits an effect. Kept apart from
 the component so the reaction to a change (``TaskComponent._on_change``) reads as a list
 of roles, and these rules, which decide assignments, can be read on their own.
 """
@@ -45,7 +45,10 @@ def observe_outcome(
         tasks.breakers[previous.worker].on_failure(now)
         tasks.learned.observe_failure(previous.worker, model)
     if state.phase is Phase.ASSIGNED:
-        attempts = tasks.assigned_seen.setdefault(after.task_id, {})
+        facts = tasks.book.get(after.task_id)
+        if facts is None:
+            return
+        attempts = facts.assigned_seen
         if state.attempt not in attempts and state.worker is not None:
             attempts[state.attempt] = now
             if tasks.known_leader == tasks.node_id:
@@ -60,7 +63,7 @@ def observe_outcome(
         return
     if st.is_hand_back(state):
         return  # a graceful leave: not a failure of the worker
-    started = tasks.assigned_seen.get(after.task_id, {}).get(state.attempt)
+    started = tasks.book.assigned_at(after.task_id, state.attempt)
     elapsed = None if started is None else now - started
     if state.phase is Phase.DONE:
         tasks.breakers[state.worker].on_success(now)
@@ -76,25 +79,27 @@ def requeue(tasks: TaskComponent, entry: TaskEntry, now: float) -> None:
     the queue while assigned to a live worker; queued (with its retry time) otherwise."""
     tid = entry.task_id
     state = entry.state
+    book = tasks.book
+    facts = book.get(tid)
+    assert facts is not None  # recorded by the change that calls this
     if state.terminal:
         tasks.queue.forget(tid)
-        tasks.active.discard(tid)
-        tasks.retry_at.pop(tid, None)
-        tasks.orphaned_at.pop(tid, None)
-        tasks.assigned_seen.pop(tid, None)
+        book.open.discard(tid)
+        facts.retry_at = facts.orphaned_at = None
+        facts.assigned_seen.clear()
         return
-    tasks.active.add(tid)
-    tasks.orphaned_at.pop(tid, None)
+    book.open.add(tid)
+    facts.orphaned_at = None
     if state.phase is Phase.ASSIGNED:
-        tasks.retry_at.pop(tid, None)
+        facts.retry_at = None
         if state.worker in tasks.mesh.live_members():
             tasks.queue.remove(tid)
             return
-        tasks.orphaned_at[tid] = now
+        facts.orphaned_at = now
     elif state.phase is Phase.RETRYING:
         if st.is_hand_back(state):
-            tasks.retry_at[tid] = now  # nothing failed: no back-off
+            facts.retry_at = now  # nothing failed: no back-off
         else:
-            tasks.retry_at[tid] = now + entry.spec.retry.delay(state.failures, tasks.rng)
+            facts.retry_at = now + entry.spec.retry.delay(state.failures, tasks.rng)
     tasks.queue.push(tid, entry.spec.priority)
     tasks.schedule_at = min(tasks.schedule_at, now)

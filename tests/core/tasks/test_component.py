@@ -252,6 +252,6 @@ def test_a_load_waiting_for_its_publication_does_not_hold_back_housekeeping() ->
     h.run_until(h.now + 0.01)
     h.deliver_event("n000", LoadChanged(LoadVector(free_slots=2, utilisation=0.3)))
     assert tasks.own_load.dirty and tasks._tick_at - h.now > 0.5  # routine: waits ~1 s
-    tasks._gc_at[TaskId("n001", 1)] = h.now + 0.05  # work that wants the next tick
+    tasks.book.collect_at[TaskId("n001", 1)] = h.now + 0.05  # work that wants the next tick
     tasks._arm_tick(h.now)
     assert tasks._tick_at - h.now <= CONFIG.tasks.tick_interval_s + 1e-9
