@@ -17,6 +17,10 @@ the test process itself be killed (a CI timeout), its daemons die with it (paren
 signal), and the next lab deletes namespaces left by a process that no longer exists
 (their names carry the creator's pid).
 
+Every host's ``eth0`` has transmit checksum offload off, so that its frames can cross a
+relay (tests/netns/impairment.py, the userspace stand-in for ``tc netem``):
+``impair(1, Impairment(loss=0.2))`` puts one between host 1's port and its bridge.
+
 Partitions move bridge ports: ``partition([[0, 1], [2, 3]])`` puts hosts 2 and 3 on a
 second bridge, so each side stays a connected LAN (mDNS included) and the sides cannot
 reach each other; ``heal()`` puts every port back on ``br0``. Taking a link down would
@@ -41,13 +45,15 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
+
+from tests.netns.impairment import Direction, Impairment, Relay, disable_tx_offloads
 
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
-STALE = re.compile(r"^(mgn[0-9a-f]{6}p(\d+)(?:sw|h\d+))\b")
+STALE = re.compile(r"^(mgn[0-9a-f]{6}p(\d+)(?:sw|rt|h\d+))\b")
 NETNS_DIR = "/var/run/netns"
 SUBNET_PREFIX = "10.213"
 
@@ -98,6 +104,8 @@ class NetnsLab:
     hosts: list[Host] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     partitioned: bool = False
+    impaired: dict[int, Relay] = field(default_factory=dict)
+    """Hosts whose link runs through a relay (:meth:`impair`), and their relays."""
 
     @classmethod
     def create(cls, count: int, decoys: Sequence[int] = ()) -> NetnsLab:
@@ -137,6 +145,7 @@ class NetnsLab:
                 _ip(*inside, "addr", "add", f"{host.address}/24", "dev", "eth0")
                 _ip(*inside, "link", "set", "eth0", "up")
                 _ip(*inside, "route", "add", "224.0.0.0/4", "dev", "eth0")
+                in_namespace(host.namespace, lambda: disable_tx_offloads("eth0"))
         except BaseException:
             lab.close()
             raise
@@ -162,17 +171,64 @@ class NetnsLab:
         if len(groups) != 2:
             raise ValueError("the lab partitions into exactly two sides")
         for index in groups[1]:
-            _ip("-n", self.switch, "link", "set", self.hosts[index].port_name, "master", "br1")
+            _ip("-n", self.switch, "link", "set", self._bridge_port(index), "master", "br1")
         self.partitioned = True
 
     def heal(self) -> None:
         """Every host back on br0: one LAN again."""
         for host in self.hosts:
-            _ip("-n", self.switch, "link", "set", host.port_name, "master", "br0")
+            _ip("-n", self.switch, "link", "set", self._bridge_port(host.index), "master", "br0")
         self.partitioned = False
+
+    def _bridge_port(self, index: int) -> str:
+        """The switch-side interface that carries host ``index`` on a bridge."""
+        return f"ib{index}" if index in self.impaired else self.hosts[index].port_name
+
+    def impair(
+        self,
+        index: int,
+        rule: Impairment,
+        direction: Direction | Literal["both"] = "both",
+        seed: int = 0,
+    ) -> Relay:
+        """Apply ``rule`` to host ``index``'s link (netem's job, see impairment.py).
+
+        The first call puts a relay between the host's port (its ``left``) and its bridge
+        (through a veth pair ``i<index>``/``ib<index>``); ``left_to_right`` is what the
+        host sends (``tc netem`` on its ``eth0``), ``right_to_left`` what it receives.
+        Later calls change the rule; :meth:`unimpair` takes the relay out again.
+        """
+        if index in self.impaired:
+            self.impaired[index].set(rule, direction)
+            return self.impaired[index]
+        sw = ("-n", self.switch)
+        port = self.hosts[index].port_name
+        shown = _ip(*sw, "-o", "link", "show", "dev", port).stdout
+        bridge = "br1" if " master br1 " in shown else "br0"
+        _ip(*sw, "link", "add", f"i{index}", "type", "veth", "peer", "name", f"ib{index}")
+        _ip(*sw, "link", "set", f"ib{index}", "master", bridge, "up")
+        _ip(*sw, "link", "set", f"i{index}", "up")
+        _ip(*sw, "link", "set", port, "nomaster")
+        relay = Relay.start(self.switch, port, f"i{index}", seed=seed)
+        self.impaired[index] = relay
+        relay.set(rule, direction)
+        return relay
+
+    def unimpair(self, index: int) -> None:
+        """Take host ``index``'s relay out: its port goes back on the bridge it was on."""
+        relay = self.impaired.pop(index)
+        relay.close()
+        sw = ("-n", self.switch)
+        shown = _ip(*sw, "-o", "link", "show", "dev", f"ib{index}").stdout
+        bridge = "br1" if " master br1 " in shown else "br0"
+        _ip(*sw, "link", "set", self.hosts[index].port_name, "master", bridge)
+        _ip(*sw, "link", "del", f"i{index}")
 
     def close(self) -> None:
         """Kill the lab's processes and delete its namespaces (safe to call twice)."""
+        for relay in self.impaired.values():
+            relay.close()
+        self.impaired.clear()
         for process in self.processes:
             if process.poll() is None:
                 process.kill()
