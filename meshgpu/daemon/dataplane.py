@@ -246,7 +246,7 @@ class DataPlane(ResultPlane):
     def _model_of(self, task_id: TaskId) -> str | None:
         from meshgpu.daemon.status import task_table
 
-        table = task_table(self.daemon)
+        table = task_table(self.daemon.node)
         entry = None if table is None else table.get(task_id)
         return None if entry is None else entry.spec.model_digest
 

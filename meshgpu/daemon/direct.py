@@ -41,10 +41,13 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from meshgpu.core.load import DeviceCapabilities
 from meshgpu.core.tasks import DeviceRequirements
-from meshgpu.core.tasks.strategies import WorkerView, capable
+from meshgpu.core.tasks.strategies import WorkerView, may_run_at_entry
+from meshgpu.core.types import NodeId
 from meshgpu.daemon.blobs import TensorBlob
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import encode_tensors
@@ -53,7 +56,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from meshgpu.daemon.api import Message
-    from meshgpu.daemon.runtime import Daemon
+    from meshgpu.daemon.execution import Executor
+    from meshgpu.daemon.modelstore import ModelStore
 
 DIRECT_RUN_S = 0.02
 """A run expected to take longer than this (the model's latest run here, scaled by input
@@ -72,10 +76,38 @@ def is_direct_id(task_id: str) -> bool:
 
 
 class DirectRuns:
-    """Decides whether a submission may run here at once, and runs it."""
+    """Decides whether a submission may run here at once, and runs it (invoked by the
+    submissions, for each ``submit`` of one task).
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    The wiring hands it the executor and the model store it runs with, and callables for
+    what changes while the daemon runs: whether it leaves, whether the data plane has any
+    attempt of the table here (``busy``), this node's devices as last measured, and the
+    length of the core's queue."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        executor: Executor,
+        models: ModelStore,
+        *,
+        labels: tuple[tuple[str, str], ...],
+        chunk: int,
+        leaving: Callable[[], bool],
+        busy: Callable[[], bool],
+        capabilities: Callable[[], DeviceCapabilities],
+        queue_length: Callable[[], int],
+        count: Callable[[str], None],
+    ) -> None:
+        self.node_id = node_id
+        self.executor = executor
+        self.models = models
+        self.labels = labels
+        self.chunk = chunk
+        self._leaving = leaving
+        self._busy = busy
+        self._capabilities = capabilities
+        self._queue_length = queue_length
+        self._count = count
         self._ids = itertools.count(1)
         self._run_token = secrets.token_hex(3)
         """Direct ids name the daemon's run: a restarted node (same node id) never hands
@@ -88,59 +120,54 @@ class DirectRuns:
         self, request: Message, requirements: DeviceRequirements, tensors: dict[str, np.ndarray]
     ) -> bool:
         """True when the task of ``request`` may run here now (module doc: the rules)."""
-        daemon = self.daemon
-        if not request.get("direct", True) or daemon.leaving:
+        if not request.get("direct", True) or self._leaving():
             return False
-        executor = daemon.executor
+        executor = self.executor
         if executor.active or executor.limiter.available_tokens < 1:
             return False
-        if daemon.dataplane.running:
+        if self._busy():
             return False
         expected = executor.expected_run_s(str(request.get("model_digest")), tensors)
         if expected is None or expected > DIRECT_RUN_S:
             return False
+        capabilities = self._capabilities()
         me = WorkerView(
-            daemon.node_id,
+            self.node_id,
             capacity=executor.slots,
-            memory_total=daemon.capabilities.memory_total,
-            device_types=daemon.capabilities.device_types,
-            fp16=daemon.capabilities.fp16,
-            labels=daemon.settings.labels,
+            memory_total=capabilities.memory_total,
+            device_types=capabilities.device_types,
+            fp16=capabilities.fp16,
+            labels=self.labels,
         )
-        if not capable(me, requirements) or requirements.prefer:
-            # A task preferring labels goes through the leader, which sees every node's.
+        if not may_run_at_entry(me, requirements):
             return False
-        # The core's queue holds exactly the table's pending and retrying entries (O(1),
-        # where scanning the table cost O(entries) on the loop for every tiny submit).
-        queue = getattr(getattr(daemon.node, "tasks", None), "queue", None)
-        return queue is None or len(queue) == 0
+        return self._queue_length() == 0
 
     async def run(self, request: Message, tensors: dict[str, np.ndarray]) -> Message | None:
         """Run the task now; its outcome as a ``submit`` answer, or None when the run
         failed transiently and the caller should submit it to the table instead."""
-        daemon = self.daemon
         digest = str(request["model_digest"])
         try:
-            with daemon.models.pinned(digest) as model_path:
-                outputs, _ = await daemon.executor.run(digest, model_path, tensors)
-            if TensorBlob(outputs).size > daemon.dataplane.chunk:
+            with self.models.pinned(digest) as model_path:
+                outputs, _ = await self.executor.run(digest, model_path, tensors)
+            if TensorBlob(outputs).size > self.chunk:
                 # An answer is one frame: a result that needs ranges goes through the
                 # table, where it is stored and fetched in ranges.
-                daemon.count("direct_too_large")
+                self._count("direct_too_large")
                 return None
             encoded = encode_tensors(outputs)
         except Exception as error:  # a failed run is an answer or a fallback, never raised
             if not is_permanent(error):
                 self.fallbacks += 1
-                daemon.count("direct_fallbacks")
+                self._count("direct_fallbacks")
                 return None
             return self._answer("failed", None, f"{type(error).__name__}: {error}")
         return self._answer("done", encoded, "")
 
     def _answer(self, state: str, outputs: Any, reason: str) -> Message:
         self.runs += 1
-        self.daemon.count("direct_runs")
-        node_id = self.daemon.node_id
+        self._count("direct_runs")
+        node_id = self.node_id
         return {
             "task_id": f"{node_id}{DIRECT_MARK}{self._run_token}-{next(self._ids)}",
             "direct": True,

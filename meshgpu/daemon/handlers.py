@@ -10,14 +10,17 @@ plane from this node's stores. The submission path, with its waiting state, is s
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from meshgpu.core import effects as fx
-from meshgpu.core.events import ResultCollected, ResultRequested
+from meshgpu.core.events import Event, ResultCollected, ResultRequested
+from meshgpu.core.membership import MemberInfo
 from meshgpu.core.tasks import Resolution, TaskId
+from meshgpu.core.types import NodeId
 from meshgpu.daemon.api import Handler, Message, Responder, request_field
 from meshgpu.daemon.blobs import BlobWriter, read_layout
 from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES
@@ -34,7 +37,10 @@ from meshgpu.daemon.submissions import MAX_BATCH, Submissions
 from meshgpu.errors import DecodeError, MeshError, StorageError, TaskError
 
 if TYPE_CHECKING:
-    from meshgpu.daemon.runtime import Daemon
+    from meshgpu.daemon.catalog import ModelCatalog
+    from meshgpu.daemon.modelstore import ModelStore
+    from meshgpu.daemon.payloads import PayloadStore
+    from meshgpu.daemon.status import StatusReport
 
 
 UPLOAD_IDLE_S = 120.0
@@ -47,17 +53,66 @@ def _task_id(text: Any) -> TaskId:
     return TaskId.parse(text)
 
 
-class ClientHandlers:
-    """The API ops of one daemon, and the state that connects answers to waiters."""
+class ResultStore(Protocol):
+    """What the ops need of the data plane: store a result pushed here, and read one back
+    (here or from a live result holder) in ranges of at most ``chunk`` bytes."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    @property
+    def chunk(self) -> int: ...
+
+    async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None: ...
+
+    async def result_head(
+        self, task_id: TaskId, holders: Iterable[NodeId]
+    ) -> tuple[bytes | None, int]: ...
+
+    async def result_range(
+        self, task_id: TaskId, holders: Iterable[NodeId], offset: int, length: int
+    ) -> tuple[bytes, int]: ...
+
+    async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes: ...
+
+
+class ClientHandlers:
+    """The API ops of one daemon, and the state that connects answers to waiters.
+
+    The wiring hands it the stores it serves from, the status report, the submissions,
+    the catalog, the data plane's results (:class:`ResultStore`), and callables: feed the
+    node an event, the members the node knows, and the event that the next observable
+    change sets (``changed``, for the ``wait`` op). :meth:`execute` is invoked by the
+    effect queue for the effects that answer clients."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        dir_token: str,
+        *,
+        status: StatusReport,
+        submissions: Submissions,
+        results: ResultStore,
+        payloads: PayloadStore,
+        models: ModelStore,
+        catalog: ModelCatalog,
+        members: Callable[[], Mapping[NodeId, MemberInfo]],
+        changed: Callable[[], trio.Event],
+        feed: Callable[[Event], None],
+    ) -> None:
+        self.node_id = node_id
+        self.dir_token = dir_token
+        self.status = status
+        self.results = results
+        self.payloads = payloads
+        self.models = models
+        self.catalog = catalog
+        self._members = members
+        self._changed = changed
+        self._feed = feed
         self.resolved: dict[TaskId, fx.TaskResolved] = {}
         self._resolution = trio.Event()
         self._uploads: dict[tuple[str | None, str], ModelWriter] = {}
         self._collected_members: dict[TaskId, set[int]] = {}
         """Member indices named in ``collected`` per group not yet collected whole."""
-        self.submissions = Submissions(daemon)
+        self.submissions = submissions
         self._ranges_in: dict[tuple[Any, ...], tuple[BlobWriter, float]] = {}
         """Uploads in ranges (put_inputs, put_result) being received, and when each
         last moved."""
@@ -88,16 +143,14 @@ class ClientHandlers:
     async def op_ping(self, request: Message, responder: Responder) -> Message:
         """Who answers: the node id, and the token of its data dir (a node that shares
         our id tells a copied data dir from a second node of the same name by it)."""
-        return {"node_id": self.daemon.node_id, "dir_token": self.daemon.dir_token}
+        return {"node_id": self.node_id, "dir_token": self.dir_token}
 
     async def op_status(self, request: Message, responder: Responder) -> Message:
-        from meshgpu.daemon.status import status_snapshot
-
-        return status_snapshot(self.daemon)
+        return self.status.snapshot()
 
     async def op_member(self, request: Message, responder: Responder) -> Message:
         """What this node knows of one member (used by a starting node to spot a twin)."""
-        info = self.daemon.node.members().get(request_field(request, "node_id", str))
+        info = self._members().get(request_field(request, "node_id", str))
         if info is None:
             return {"known": False}
         return {
@@ -114,8 +167,6 @@ class ClientHandlers:
         leader change after that generation; ``counter``: ``[group, name, at_least]``.
         Re-checked whenever something changes; fails after ``timeout`` seconds.
         """
-        from meshgpu.daemon.status import status_snapshot
-
         alive = request.get("alive")
         generation = request.get("after_generation")
         counter = request.get("counter")
@@ -135,22 +186,20 @@ class ClientHandlers:
 
         with trio.move_on_after(timeout):
             while True:
-                changed = self.daemon.changed
-                status = status_snapshot(self.daemon)
+                changed = self._changed()
+                status = self.status.snapshot()
                 if satisfied(status):
                     return status
                 await changed.wait()
         raise TaskError(f"condition not reached within {timeout} s: {request}")
 
     async def op_tasks(self, request: Message, responder: Responder) -> Message:
-        from meshgpu.daemon.status import task_rows
-
         state = request.get("state")
-        return {"tasks": task_rows(self.daemon, state if isinstance(state, str) else None)}
+        return {"tasks": self.status.task_rows(state if isinstance(state, str) else None)}
 
     async def op_has_model(self, request: Message, responder: Responder) -> Message:
         digest = check_digest(request_field(request, "digest", str))
-        return {"has": self.daemon.models.has(digest)}
+        return {"has": self.models.has(digest)}
 
     async def op_put_model(self, request: Message, responder: Responder) -> Message:
         """Upload a model, whole or in chunks (``more: true`` on all but the last)."""
@@ -158,11 +207,11 @@ class ClientHandlers:
         data = request_field(request, "data", bytes)
         more = bool(request.get("more", False))
         slot = (responder.peer, digest)
-        if self.daemon.models.has(digest) and slot not in self._uploads:
+        if self.models.has(digest) and slot not in self._uploads:
             return {"digest": digest, "stored": False}
         writer = self._uploads.get(slot)
         if writer is None:
-            writer = self._uploads[slot] = self.daemon.models.writer(digest)
+            writer = self._uploads[slot] = self.models.writer(digest)
         try:
             writer.write(data)
             if more:
@@ -176,16 +225,16 @@ class ClientHandlers:
 
     async def op_catalog(self, request: Message, responder: Responder) -> Message:
         """The model catalog: name -> digest and version (the shipped models included)."""
-        return {"models": self.daemon.model_catalog.rows()}
+        return {"models": self.catalog.rows()}
 
     async def op_catalog_set(self, request: Message, responder: Responder) -> Message:
         """Name a model of this node's store in the mesh-wide catalog (upload it first)."""
-        return await self.daemon.model_catalog.set(
+        return await self.catalog.set(
             request_field(request, "name", str), request_field(request, "digest", str)
         )
 
     async def op_catalog_remove(self, request: Message, responder: Responder) -> Message:
-        return self.daemon.model_catalog.remove(request_field(request, "name", str))
+        return self.catalog.remove(request_field(request, "name", str))
 
     async def op_submit(self, request: Message, responder: Responder) -> Message:
         """One task (submissions.py): acknowledged, or run at once (direct.py)."""
@@ -207,7 +256,7 @@ class ClientHandlers:
         timeout = request.get("timeout")
         for task_id in wanted:
             if task_id not in self.resolved:
-                self.daemon.feed(ResultRequested(task_id))
+                self._feed(ResultRequested(task_id))
         with trio.move_on_after(float(timeout) if timeout is not None else float("inf")):
             while wanted:
                 ready = [task_id for task_id in wanted if task_id in self.resolved]
@@ -223,7 +272,7 @@ class ClientHandlers:
                             await self._member_outcomes(self.resolved[task_id], members, include)
                         )
                     if task_id in refs:
-                        outcomes.append(await self._outcome(self.resolved[task_id], include))
+                        outcomes.append(await self.outcome(self.resolved[task_id], include))
                 await responder.partials(outcomes)  # one write for the burst
         pending = sorted(str(ref) for refs in wanted.values() for ref in refs)
         return {"task_id": None, "pending": pending}
@@ -233,32 +282,30 @@ class ClientHandlers:
     ) -> list[Message]:
         """The answers for ``members`` of one resolved group: its result blob is fetched
         once (even without ``include``: a member may have failed alone in it)."""
-        group = await self._outcome(resolved, include=False)
+        group = await self.outcome(resolved, include=False)
         results: list[dict[str, Any]] | None = None
         if group["state"] == "done":
             try:
-                blob = await self.daemon.dataplane.obtain_result(
-                    resolved.task_id, resolved.result_holders
-                )
+                blob = await self.results.obtain_result(resolved.task_id, resolved.result_holders)
                 results = group_result_from_bytes(blob)
             except MeshError as error:
                 group["state"] = "unavailable"
                 group["reason"] = f"done, but the result cannot be fetched now: {error}"
         return member_answers(group, results, members, include)
 
-    async def _outcome(self, resolved: fx.TaskResolved, include: bool) -> Message:
-        from meshgpu.daemon.status import task_reason, worker_of
-
+    async def outcome(self, resolved: fx.TaskResolved, include: bool) -> Message:
+        """The answer for one resolved task: its state, reason and worker, and with
+        ``include`` its outputs (fetched from a result holder if need be)."""
         message: Message = {
             "task_id": str(resolved.task_id),
             "state": resolved.state.value,
-            "reason": task_reason(self.daemon, resolved.task_id, resolved.reason),
-            "worker": worker_of(self.daemon, resolved.task_id),
+            "reason": self.status.task_reason(resolved.task_id, resolved.reason),
+            "worker": self.status.worker_of(resolved.task_id),
             "outputs": None,
         }
         if resolved.state is Resolution.DONE and include:
             try:
-                blob, size = await self.daemon.dataplane.result_head(
+                blob, size = await self.results.result_head(
                     resolved.task_id, resolved.result_holders
                 )
                 if blob is None:
@@ -286,15 +333,12 @@ class ClientHandlers:
                 ref = ref.group
             self._collected_members.pop(ref, None)
             self.resolved.pop(ref, None)
-            self.daemon.feed(ResultCollected(ref))
+            self._feed(ResultCollected(ref))
         return {"collected": len(refs)}
 
     def _member_collected(self, member: MemberId) -> bool:
         """Count ``member`` collected; True once every member of its group is."""
-        from meshgpu.daemon.status import task_table
-
-        table = task_table(self.daemon)
-        entry = None if table is None else table.get(member.group)
+        entry = self.status.entry(member.group)
         if entry is None:
             return False
         seen = self._collected_members.setdefault(member.group, set())
@@ -313,20 +357,20 @@ class ClientHandlers:
                 raise DecodeError(f"at most {MAX_BATCH} digests per request")
             blobs = {}
             for digest in digests:
-                data = self.daemon.payloads.get_memory(check_digest(str(digest)), INPUTS)
+                data = self.payloads.get_memory(check_digest(str(digest)), INPUTS)
                 if data is not None:
                     blobs[digest] = data
             return {"blobs": blobs}
         digest = check_digest(request_field(request, "digest", str))
         answer = await self._range(request, digest, INPUTS)
         if answer is None:
-            raise StorageError(f"inputs {digest[:12]} are not on node {self.daemon.node_id}")
+            raise StorageError(f"inputs {digest[:12]} are not on node {self.node_id}")
         return answer
 
     async def _range(self, request: Message, key: Any, kind: str) -> Message | None:
         """The range of a stored payload a request asks for (``offset``, ``length``; the
         whole payload without them, if it fits a range), or None if it is not here."""
-        payloads, chunk = self.daemon.payloads, self.daemon.dataplane.chunk
+        payloads, chunk = self.payloads, self.results.chunk
         offset = request.get("offset")
         length = request.get("length", chunk)
         if offset is not None and not (
@@ -356,9 +400,9 @@ class ClientHandlers:
 
     async def op_get_model(self, request: Message, responder: Responder) -> Message:
         digest = check_digest(request_field(request, "digest", str))
-        path = self.daemon.models.path(digest)
+        path = self.models.path(digest)
         if path is None:
-            raise StorageError(f"model {digest[:12]} is not on node {self.daemon.node_id}")
+            raise StorageError(f"model {digest[:12]} is not on node {self.node_id}")
         data = await trio.to_thread.run_sync(path.read_bytes)
         chunks = [data[i : i + MODEL_CHUNK_BYTES] for i in range(0, len(data), MODEL_CHUNK_BYTES)]
         for chunk in chunks[:-1]:
@@ -373,7 +417,7 @@ class ClientHandlers:
         data = request_field(request, "data", bytes)
         if "offset" not in request:
             check_result_bytes(data)  # refuse garbage before it reaches the disk
-            await self.daemon.dataplane.store(task_key(task_id), RESULT, data, wait=True)
+            await self.results.store(task_key(task_id), RESULT, data, wait=True)
             return {"stored": True}
         slot = (responder.peer, "result", str(task_id), request.get("attempt"))
         path = await self._receive_range(request, slot, task_key(task_id), RESULT)
@@ -381,7 +425,7 @@ class ClientHandlers:
             return {"received": request["offset"] + len(data)}
         try:
             await trio.to_thread.run_sync(check_result_file, path)
-            self.daemon.payloads.install(path, task_key(task_id), RESULT)
+            self.payloads.install(path, task_key(task_id), RESULT)
         finally:
             path.unlink(missing_ok=True)
         return {"stored": True}
@@ -393,7 +437,7 @@ class ClientHandlers:
         digest, has the layout of a tensor map, and is on disk."""
         digest = check_digest(request_field(request, "digest", str))
         data = request_field(request, "data", bytes)
-        if self.daemon.payloads.has(digest, INPUTS) and request.get("offset") == 0:
+        if self.payloads.has(digest, INPUTS) and request.get("offset") == 0:
             return {"stored": True, "held": True}  # equal inputs are here: nothing to send
         slot = (responder.peer, "inputs", digest, None)
         path = await self._receive_range({**request, "sha256": digest}, slot, digest, INPUTS)
@@ -401,7 +445,7 @@ class ClientHandlers:
             return {"received": request["offset"] + len(data)}
         try:
             await trio.to_thread.run_sync(read_layout, path)
-            self.daemon.payloads.install(path, digest, INPUTS)
+            self.payloads.install(path, digest, INPUTS)
         finally:
             path.unlink(missing_ok=True)
         return {"stored": True}
@@ -422,7 +466,7 @@ class ClientHandlers:
             previous = self._ranges_in.pop(slot, None)
             if previous is not None:
                 previous[0].abort()
-            self._ranges_in[slot] = (self.daemon.payloads.writer(key, kind), now)
+            self._ranges_in[slot] = (self.payloads.writer(key, kind), now)
         entry = self._ranges_in.get(slot)
         if entry is None:
             raise DecodeError(f"range at {offset} of an upload that was not started; start at 0")
@@ -451,25 +495,22 @@ class ClientHandlers:
         if answer is not None:
             return answer
         if request.get("relay") and "offset" in request:
-            chunk = self.daemon.dataplane.chunk
+            chunk = self.results.chunk
             length = request.get("length", chunk)
-            data, size = await self.daemon.dataplane.result_range(
+            data, size = await self.results.result_range(
                 task_id,
                 self._result_holders(task_id),
                 request_field(request, "offset", int),
                 min(length, chunk) if isinstance(length, int) and length > 0 else chunk,
             )
             return {"data": data, "size": size}
-        raise StorageError(f"result of {task_id} is not on node {self.daemon.node_id}")
+        raise StorageError(f"result of {task_id} is not on node {self.node_id}")
 
     def _result_holders(self, task_id: TaskId) -> tuple[str, ...]:
-        from meshgpu.daemon.status import task_table
-
         resolved = self.resolved.get(task_id)
         if resolved is not None:
             return tuple(resolved.result_holders)
-        table = task_table(self.daemon)
-        entry = None if table is None else table.get(task_id)
+        entry = self.status.entry(task_id)
         return () if entry is None else tuple(sorted(entry.result_holders))
 
 

@@ -9,24 +9,30 @@ does (``ResultRequested``, the resolution, ``ResultCollected``).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import trio
 
-from meshgpu.core.events import ResultCollected, ResultRequested
+from meshgpu.core.events import Event, ResultCollected, ResultRequested
 from meshgpu.core.tasks import Resolution, TaskId
+from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.catalog import SHIPPED, shipped_digests
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors, tensors_from_bytes
-from meshgpu.daemon.status import http_address
 from meshgpu.errors import MeshError, StorageError, TaskError
 from meshgpu.http.app import InferOutcome, Sources, Unavailable
 from meshgpu.http.models import CatalogModel, ModelInfo, read_model_info
 
 if TYPE_CHECKING:
-    from meshgpu.daemon.runtime import Daemon
+    from meshgpu.core.node import Node
+    from meshgpu.daemon.catalog import ModelCatalog
+    from meshgpu.daemon.durability import GroupCommit
+    from meshgpu.daemon.execution import Executor
+    from meshgpu.daemon.handlers import ClientHandlers
+    from meshgpu.daemon.modelstore import ModelStore
+    from meshgpu.daemon.status import StatusReport
     from meshgpu.http.server import HttpServer
     from meshgpu.http.settings import HttpSettings
 
@@ -35,25 +41,66 @@ RESULT_TIMEOUT_S = 300.0
 TARGETS_TIMEOUT_S = 2.0
 
 
-class DaemonHttpSources:
-    """The daemon side of the HTTP app's :class:`Sources`."""
+class Transfers(Protocol):
+    """What the HTTP side needs of the data plane: a model or a result brought here."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    async def obtain_model(self, digest: str, sources: Iterable[NodeId]) -> None: ...
+
+    async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes: ...
+
+
+class PeerCalls(Protocol):
+    """One request to a peer's TCP API (:class:`~meshgpu.daemon.rpc.ConnectionPool`)."""
+
+    async def call(
+        self, address: Address, op: str, *, timeout: float, **fields: Any
+    ) -> dict[str, Any]: ...
+
+
+class DaemonHttpSources:
+    """The daemon side of the HTTP app's :class:`Sources`: the wiring hands it the parts
+    an infer request passes through (the client ops' submissions and resolutions, the data
+    plane, the executor, the stores) and callables for what changes while it runs."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        node: Node,
+        *,
+        handlers: ClientHandlers,
+        status: StatusReport,
+        transfers: Transfers,
+        executor: Executor,
+        models: ModelStore,
+        catalog: ModelCatalog,
+        peers: PeerCalls,
+        feed: Callable[[Event], None],
+        ready: Callable[[], bool],
+        leaving: Callable[[], bool],
+    ) -> None:
+        self.node_id = node_id
+        self.node = node
+        self.handlers = handlers
+        self.status = status
+        self.transfers = transfers
+        self.executor = executor
+        self.models = models
+        self.catalog_part = catalog
+        self.peers = peers
+        self._feed = feed
+        self._ready = ready
+        self._leaving = leaving
         self._infos: dict[str, ModelInfo] = {}
         self._loaded: set[str] = set()
         self._http_of: dict[tuple[str, int], str | None] = {}
         """(node id, incarnation) -> that member's HTTP ``host:port`` (None: no HTTP)."""
 
     def sources(self) -> Sources:
-        from meshgpu.daemon.status import status_snapshot, task_rows
-
-        daemon = self.daemon
         return Sources(
-            node_id=lambda: daemon.node_id,
-            ready=lambda: daemon.ready.is_set() and not daemon.leaving,
-            status=lambda: status_snapshot(daemon),
-            tasks=lambda state: task_rows(daemon, state),
+            node_id=lambda: self.node_id,
+            ready=lambda: self._ready() and not self._leaving(),
+            status=self.status.snapshot,
+            tasks=self.status.task_rows,
             catalog=self.catalog,
             model_info=self.model_info,
             infer=self.infer,
@@ -66,19 +113,19 @@ class DaemonHttpSources:
     def catalog(self) -> Mapping[str, CatalogModel]:
         return {
             name: CatalogModel(name, str(version), digest)
-            for name, (digest, version) in self.daemon.model_catalog.names().items()
+            for name, (digest, version) in self.catalog_part.names().items()
         }
 
     async def _local_path(self, model: CatalogModel) -> Path:
         """The model's file in this node's store, fetched from a live member if need be."""
-        models = self.daemon.models
+        models = self.models
         if not models.has(model.digest):
             shipped = SHIPPED.get(model.name)
             if shipped is not None and model.digest == shipped_digests().get(model.name):
                 data = await trio.to_thread.run_sync(shipped.read_bytes)
                 await trio.to_thread.run_sync(models.put, data, model.digest)
             else:
-                await self.daemon.dataplane.obtain_model(model.digest, ())
+                await self.transfers.obtain_model(model.digest, ())
         path = models.path(model.digest)
         if path is None:
             raise StorageError(f"model {model.name!r} ({model.digest[:12]}) is not on this node")
@@ -95,7 +142,7 @@ class DaemonHttpSources:
     async def load(self, model: CatalogModel) -> None:
         """Warm the model on this node: its bytes here and its session loaded."""
         path = await self._local_path(model)
-        await self.daemon.executor.session(model.digest, path)
+        await self.executor.session(model.digest, path)
         self._loaded.add(model.digest)
 
     async def unload(self, model: CatalogModel) -> None:
@@ -107,15 +154,14 @@ class DaemonHttpSources:
         feeds: dict[str, np.ndarray],
         placement: Mapping[str, list[str]] | None = None,
     ) -> InferOutcome:
-        daemon = self.daemon
-        if daemon.leaving:
-            raise Unavailable(f"node {daemon.node_id} is leaving the mesh; send to another node")
+        if self._leaving():
+            raise Unavailable(f"node {self.node_id} is leaving the mesh; send to another node")
         await self._local_path(model)
         request: dict[str, Any] = {"model_digest": model.digest, "inputs": encode_tensors(feeds)}
         request.update(placement or {})
         started = time.perf_counter()
         try:
-            answer = await daemon.handlers.submissions.submit(request)
+            answer = await self.handlers.submissions.submit(request)
         except TaskError as error:
             raise Unavailable(str(error)) from None
         if answer.get("direct"):
@@ -131,20 +177,20 @@ class DaemonHttpSources:
         try:
             outcome = await self._outcome(task_id)
         finally:
-            daemon.handlers.resolved.pop(task_id, None)
-            daemon.feed(ResultCollected(task_id))
+            self.handlers.resolved.pop(task_id, None)
+            self._feed(ResultCollected(task_id))
         return outcome
 
     async def _outcome(self, task_id: TaskId) -> InferOutcome:
-        handlers = self.daemon.handlers
-        self.daemon.feed(ResultRequested(task_id))
+        handlers = self.handlers
+        self._feed(ResultRequested(task_id))
         with trio.move_on_after(RESULT_TIMEOUT_S):
             while task_id not in handlers.resolved:
                 await handlers.resolution()
         resolved = handlers.resolved.get(task_id)
         if resolved is None:
             raise Unavailable(f"task {task_id} was not done within {RESULT_TIMEOUT_S:.0f} s")
-        message: dict[str, Any] = await handlers._outcome(resolved, True)
+        message: dict[str, Any] = await handlers.outcome(resolved, True)
         if message["state"] == "unavailable":  # done, its holders unreachable now: retry
             raise Unavailable(f"task {task_id} {message['reason']}")
         if resolved.state is not Resolution.DONE or message["state"] != "done":
@@ -152,26 +198,25 @@ class DaemonHttpSources:
         if message["outputs"] is not None:
             outputs = decode_tensors(message["outputs"])
         else:  # larger than one range: fetched whole from a result holder
-            blob = await self.daemon.dataplane.obtain_result(task_id, resolved.result_holders)
+            blob = await self.transfers.obtain_result(task_id, resolved.result_holders)
             outputs = tensors_from_bytes(blob)
         return InferOutcome(outputs, message["worker"], str(task_id))
 
     async def targets(self) -> list[str]:
         """``host:port`` of each live member's HTTP port, asked once per incarnation."""
-        daemon = self.daemon
         targets = []
-        members = daemon.node.members()
-        for node_id in sorted(daemon.node.live_members()):
+        members = self.node.members()
+        for node_id in sorted(self.node.live_members()):
             info = members.get(node_id)
             if info is None:
                 continue
             key = (node_id, info.incarnation)
             if key not in self._http_of:
                 try:
-                    if node_id == daemon.node_id:
-                        status = {"node": {"http": http_address(daemon)}}
+                    if node_id == self.node_id:
+                        status = {"node": {"http": self.status.http_address()}}
                     else:
-                        status = await daemon.peers.call(
+                        status = await self.peers.call(
                             info.address, "status", timeout=TARGETS_TIMEOUT_S
                         )
                 except (MeshError, OSError, trio.TooSlowError):
@@ -192,9 +237,16 @@ def _target(http: Any, member_host: str) -> str | None:
     return f"{host}:{http['port']}"
 
 
-def build_http_server(daemon: Daemon, settings: HttpSettings) -> HttpServer:
-    """The daemon's HTTP part: its app over this daemon's sources, and the server."""
-    from meshgpu.daemon.status import status_snapshot
+def build_http_server(
+    sources_part: DaemonHttpSources,
+    settings: HttpSettings,
+    *,
+    daemon_bind: str,
+    commit: GroupCommit,
+    changed: Callable[[], trio.Event],
+) -> HttpServer:
+    """The daemon's HTTP part: its app over this daemon's sources, and the server (the
+    group commit's syncs feed its fsync histogram; ``changed`` wakes the dashboard)."""
     from meshgpu.http.app import build_app
     from meshgpu.http.dashboard import Dashboard
     from meshgpu.http.metrics import InferenceStats, fsync_histogram, new_registry
@@ -202,18 +254,18 @@ def build_http_server(daemon: Daemon, settings: HttpSettings) -> HttpServer:
     from meshgpu.http.settings import checked_bind
     from meshgpu.http.tokens import TokenTable
 
-    host = checked_bind(settings, daemon.settings.bind)
+    host = checked_bind(settings, daemon_bind)
     tokens = None if settings.tokens is None else TokenTable.load(settings.tokens)
     stats = InferenceStats()
-    registry = new_registry(lambda: status_snapshot(daemon), stats)
-    daemon.commit.on_sync = fsync_histogram(registry).observe
-    sources = DaemonHttpSources(daemon).sources()
+    registry = new_registry(sources_part.status.snapshot, stats)
+    commit.on_sync = fsync_histogram(registry).observe
+    sources = sources_part.sources()
 
-    async def changed() -> None:
-        await daemon.changed.wait()
+    async def wait_changed() -> None:
+        await changed().wait()
 
     dashboard = Dashboard(
-        sources.status, lambda: sources.tasks(None), sources.catalog, stats, changed
+        sources.status, lambda: sources.tasks(None), sources.catalog, stats, wait_changed
     )
     app = build_app(
         sources,

@@ -169,7 +169,7 @@ class ResultPlane:
     def _current_holders(self, task_id: TaskId) -> set[NodeId]:
         from meshgpu.daemon.status import task_table
 
-        table = task_table(self.daemon)
+        table = task_table(self.daemon.node)
         entry = None if table is None else table.get(task_id)
         return set() if entry is None else set(entry.holders)
 
@@ -234,7 +234,7 @@ class ResultPlane:
 
         while True:
             await trio.sleep(interval)
-            table = task_table(self.daemon)
+            table = task_table(self.daemon.node)
             if table is None:
                 continue
             try:

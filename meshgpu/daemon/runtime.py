@@ -34,6 +34,7 @@ reassigns them), then sends the leave and closes everything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -62,6 +63,7 @@ from meshgpu.daemon.datagrams import (
     bind_sockets,
 )
 from meshgpu.daemon.dataplane import DataPlane
+from meshgpu.daemon.direct import DirectRuns
 from meshgpu.daemon.discovery import MdnsDiscovery, interface_address, local_ipv4_addresses
 from meshgpu.daemon.durability import GroupCommit
 from meshgpu.daemon.effect_queue import EffectHandlers, EffectQueue
@@ -83,7 +85,17 @@ from meshgpu.daemon.payloads import PayloadStore
 from meshgpu.daemon.peer_finding import PeerFinder
 from meshgpu.daemon.rpc import ConnectionPool
 from meshgpu.daemon.settings import DaemonSettings
-from meshgpu.daemon.status import LoadMeter, device_capabilities, usable_device_labels
+from meshgpu.daemon.status import (
+    LoadMeter,
+    StatusReport,
+    core_queue_length,
+    device_capabilities,
+    http_address,
+    queued_tasks,
+    task_entry,
+    usable_device_labels,
+)
+from meshgpu.daemon.submissions import Submissions
 from meshgpu.daemon.warmup import preload_inference
 from meshgpu.errors import DuplicateIdentityError, StorageError
 
@@ -201,7 +213,65 @@ class Daemon:
         """The catalog the API and the HTTP port show and change (``catalog.py``)."""
         self.peers = ConnectionPool(self.authenticator, max_frame_bytes=settings.max_frame_bytes)
         self.dataplane = DataPlane(self)
-        self.handlers = ClientHandlers(self)
+        node = self.node
+        leaving = lambda: self.leaving  # noqa: E731 (read when asked: it changes)
+        lookup = functools.partial(task_entry, node)
+        self.status = StatusReport(
+            self.node_id,
+            node,
+            settings,
+            address=self.address,
+            work=self.dataplane,
+            executor=self.executor,
+            counters=self.counters,
+            authenticator=self.authenticator,
+            guard=self.guard,
+            member_history=self.member_history,
+            leaving=leaving,
+            generation=lambda: self.generation,
+            usable_devices=lambda: self.usable_devices,
+            mdns_counters=lambda: getattr(self.peer_finder.discovery, "counters", {}),
+            http=lambda: http_address(self.http),
+            started_wall=self.started_wall,
+        )
+        """The ``status`` and ``tasks`` answers (``status.py``)."""
+        direct = DirectRuns(
+            self.node_id,
+            self.executor,
+            self.models,
+            labels=settings.labels,
+            chunk=self.dataplane.chunk,
+            leaving=leaving,
+            busy=lambda: bool(self.dataplane.running),
+            capabilities=lambda: self.capabilities,
+            queue_length=lambda: core_queue_length(node),
+            count=self.count,
+        )
+        submissions = Submissions(
+            self.node_id,
+            self.dataplane,
+            self.payloads,
+            self.models,
+            direct,
+            task_entry=lookup,
+            feed=self.feed,
+            count=self.count,
+            leaving=leaving,
+        )
+        self.handlers = ClientHandlers(
+            self.node_id,
+            self.dir_token,
+            status=self.status,
+            submissions=submissions,
+            results=self.dataplane,
+            payloads=self.payloads,
+            models=self.models,
+            catalog=self.model_catalog,
+            members=node.members,
+            changed=lambda: self.changed,
+            feed=self.feed,
+        )
+        """The TCP API's ops (``handlers.py``, submissions in ``submissions.py``)."""
         self.api = ApiServer(
             self.handlers.table(),
             self.authenticator,
@@ -234,9 +304,29 @@ class Daemon:
         """The one caller of ``node.handle`` and the node's timer (``node_driver.py``)."""
         self.http = None
         if settings.http is not None:  # the web stack is imported only when it serves
-            from meshgpu.daemon.http_sources import build_http_server
+            from meshgpu.daemon.http_sources import DaemonHttpSources, build_http_server
 
-            self.http = build_http_server(self, settings.http)
+            sources = DaemonHttpSources(
+                self.node_id,
+                node,
+                handlers=self.handlers,
+                status=self.status,
+                transfers=self.dataplane,
+                executor=self.executor,
+                models=self.models,
+                catalog=self.model_catalog,
+                peers=self.peers,
+                feed=self.feed,
+                ready=self.ready.is_set,
+                leaving=leaving,
+            )
+            self.http = build_http_server(
+                sources,
+                settings.http,
+                daemon_bind=settings.bind,
+                commit=self.commit,
+                changed=lambda: self.changed,
+            )
         """The HTTP port (meshgpu/http/, wired by http_sources.py), if one is served."""
         records = self.commit.replay()
         if self.journal.torn_bytes:
@@ -355,7 +445,7 @@ class Daemon:
         waited for."""
         self.leaving = True
         if self.load_meter is not None:
-            self.feed(LoadChanged(self.load_meter.measure(self)))
+            self.feed(LoadChanged(self.load_meter.measure()))
         waiting = self.dataplane.hand_back_waiting()
         for task_id, attempt in waiting:
             self.feed(TaskFinished(task_id, attempt, "handed_back", reason="worker left"))
@@ -438,10 +528,19 @@ class Daemon:
             logger.error("cannot list devices (%r); advertising no capabilities", error)
             capabilities = DeviceCapabilities()
         self.capabilities, self.usable_devices = capabilities, labels
-        meter = self.load_meter = LoadMeter(capabilities, labels, self.settings.labels)
+        node = self.node
+        meter = self.load_meter = LoadMeter(
+            capabilities,
+            labels,
+            self.settings.labels,
+            executor=self.executor,
+            work=self.dataplane,
+            queued=lambda: queued_tasks(node),
+            leaving=lambda: self.leaving,
+        )
         last: LoadVector | None = None
         while True:
-            load = meter.measure(self)
+            load = meter.measure()
             if load != last:
                 self.feed(LoadChanged(load))
                 last = load

@@ -13,17 +13,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from meshgpu.core import effects as fx
-from meshgpu.core.events import SubmitTask
+from meshgpu.core.events import Event, SubmitTask
 from meshgpu.core.tasks import DeviceRequirements, Priority, TaskId, TaskSpec
 from meshgpu.core.tasks.spec import LABEL_MAX, parse_labels
+from meshgpu.core.types import NodeId
 from meshgpu.daemon.api import Message, request_field
 from meshgpu.daemon.blobs import read_layout
 from meshgpu.daemon.dataplane import INPUTS
@@ -34,7 +35,9 @@ from meshgpu.daemon.payloads import canonical_group_bytes, canonical_tensor_byte
 from meshgpu.errors import DecodeError, MeshError, TaskError
 
 if TYPE_CHECKING:
-    from meshgpu.daemon.runtime import Daemon
+    from meshgpu.daemon.modelstore import ModelStore
+    from meshgpu.daemon.payloads import PayloadStore
+    from meshgpu.daemon.status import TaskLookup
 
 MAX_BATCH = 1024
 """Most tasks in one ``submit_batch`` request (the client sends smaller batches)."""
@@ -122,6 +125,19 @@ def _requirements(request: Message) -> DeviceRequirements:
         raise DecodeError(f"submit has a malformed field: {error}") from None
 
 
+class InputStore(Protocol):
+    """What submissions need of the data plane: store a task's inputs, hold them while
+    the core has not answered (``submitting``: a DropPayload of a finished task with
+    equal inputs leaves them), and note the accepted task that refers to them."""
+
+    @property
+    def submitting(self) -> Counter[str]: ...
+
+    def note_inputs(self, task_id: TaskId, input_digest: str) -> None: ...
+
+    async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None: ...
+
+
 class Submissions:
     """The submissions of one daemon's clients, from request to the core's answer.
 
@@ -139,8 +155,27 @@ class Submissions:
     path for a case the orphan adoption already makes safe) and carrying them in the
     replicated spec (a wire change of the task table for the same case)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(
+        self,
+        node_id: NodeId,
+        inputs: InputStore,
+        payloads: PayloadStore,
+        models: ModelStore,
+        direct: DirectRuns,
+        *,
+        task_entry: TaskLookup,
+        feed: Callable[[Event], None],
+        count: Callable[[str], None],
+        leaving: Callable[[], bool],
+    ) -> None:
+        self.node_id = node_id
+        self.inputs = inputs
+        self.payloads = payloads
+        self.models = models
+        self._task_entry = task_entry
+        self._feed = feed
+        self._count = count
+        self._leaving = leaving
         self._refs = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
         self._remembered: OrderedDict[str, _Pending] = OrderedDict()
@@ -148,7 +183,7 @@ class Submissions:
         self.resends = 0
         """Resent submissions answered with the first one's task id."""
         self.submitted = 0
-        self.direct = DirectRuns(daemon)
+        self.direct = direct
 
     def answer(self, effect: fx.TaskAccepted | fx.TaskRejected) -> None:
         """The core answered a submission: wake its waiter, release the inputs' hold."""
@@ -165,12 +200,9 @@ class Submissions:
         not when the submitter is answered, so a request cancelled in between (a client
         gone mid-batch) cannot leave the inputs of an accepted task unreferenced, to be
         deleted with another task's identical inputs."""
-        from meshgpu.daemon.status import task_table
-
-        table = task_table(self.daemon)
-        entry = None if table is None else table.get(task_id)
+        entry = self._task_entry(task_id)
         if entry is not None:
-            self.daemon.dataplane.note_inputs(task_id, entry.spec.input_digest)
+            self.inputs.note_inputs(task_id, entry.spec.input_digest)
 
     async def submit(self, request: Message) -> Message:
         """Store the inputs, hand the task to the core, answer when it is acknowledged;
@@ -297,13 +329,12 @@ class Submissions:
         )
 
     def check_submittable(self, request: Message) -> None:
-        daemon = self.daemon
-        if daemon.leaving:
-            raise TaskError(f"node {daemon.node_id} is leaving the mesh; submit to another peer")
+        if self._leaving():
+            raise TaskError(f"node {self.node_id} is leaving the mesh; submit to another peer")
         model_digest = check_digest(request_field(request, "model_digest", str))
-        if not daemon.models.has(model_digest):
+        if not self.models.has(model_digest):
             raise TaskError(
-                f"model {model_digest[:12]} is not on node {daemon.node_id}: upload it first "
+                f"model {model_digest[:12]} is not on node {self.node_id}: upload it first "
                 "with put_model (the client library does this for you)"
             )
 
@@ -341,7 +372,7 @@ class Submissions:
                 "choose a new id for each task"
             )
         self.resends += 1
-        self.daemon.count("submissions_resent")
+        self._count("submissions_resent")
         return first
 
     def _remember(self, submission: str | None, pending: _Pending) -> None:
@@ -363,7 +394,6 @@ class Submissions:
         """Hold and store one task's inputs blob and feed its ``SubmitTask``; returns what
         to wait on and the input digest (``tensors``: one member's, for the spec); a
         resend (``submission`` seen before) only returns the first one's."""
-        daemon = self.daemon
         input_digest = hashlib.sha256(blob).hexdigest()
         first = self._resent(submission, input_digest)
         if first is not None:
@@ -371,37 +401,36 @@ class Submissions:
         spec = self._spec(request, tensors, input_digest)
         if members != 1 or label is not None:
             spec = dataclasses.replace(spec, members=members, label=label)
-        daemon.dataplane.submitting[input_digest] += 1
+        self.inputs.submitting[input_digest] += 1
         try:
             # Inline inputs need no fsync of their own: the task's first journal record,
             # written after them, gates the acknowledgement (durability.py).
-            await daemon.dataplane.store(input_digest, INPUTS, blob, wait=False)
+            await self.inputs.store(input_digest, INPUTS, blob, wait=False)
         except BaseException:
             self._release(input_digest)
             raise
         client_ref = f"c{next(self._refs)}"
         pending = self._pending[client_ref] = _Pending(client_ref, input_digest)
         self._remember(submission, pending)
-        daemon.feed(SubmitTask(client_ref, spec))
+        self._feed(SubmitTask(client_ref, spec))
         return pending, input_digest
 
     async def _enqueue_uploaded(self, request: Message, submission: str | None = None) -> _Pending:
         """:meth:`_enqueue` for inputs uploaded in ranges beforehand (``put_inputs``) and
         named by ``input_digest``: held at once, then their shapes read from the stored
         payload's headers for the spec."""
-        daemon = self.daemon
         input_digest = check_digest(request_field(request, "input_digest", str))
-        if not daemon.payloads.has(input_digest, INPUTS):
+        if not self.payloads.has(input_digest, INPUTS):
             raise TaskError(
-                f"inputs {input_digest[:12]} are not on node {daemon.node_id}: upload them "
+                f"inputs {input_digest[:12]} are not on node {self.node_id}: upload them "
                 "first with put_inputs (the client library does this for you)"
             )
         first = self._resent(submission, input_digest)
         if first is not None:
             return first
-        daemon.dataplane.submitting[input_digest] += 1  # held from here: no await before
+        self.inputs.submitting[input_digest] += 1  # held from here: no await before
         try:
-            path = daemon.payloads.path(input_digest, INPUTS)
+            path = self.payloads.path(input_digest, INPUTS)
             slots = await trio.to_thread.run_sync(read_layout, path)
             if not slots:
                 raise TaskError("a task needs at least one input tensor")
@@ -413,11 +442,11 @@ class Submissions:
         client_ref = f"c{next(self._refs)}"
         pending = self._pending[client_ref] = _Pending(client_ref, input_digest)
         self._remember(submission, pending)
-        daemon.feed(SubmitTask(client_ref, spec))
+        self._feed(SubmitTask(client_ref, spec))
         return pending
 
     def _release(self, input_digest: str) -> None:
-        submitting = self.daemon.dataplane.submitting
+        submitting = self.inputs.submitting
         submitting[input_digest] -= 1
         if not submitting[input_digest]:
             del submitting[input_digest]

@@ -195,12 +195,13 @@ async def test_inputs_stay_held_until_the_core_answers_even_if_the_request_is_go
     daemon, _ = solo
     digest = hashlib.sha256(canonical_tensor_bytes({"pixels": PIXELS[3:4]})).hexdigest()
     held: list[SubmitTask] = []
-    feed = daemon.feed
+    submissions = daemon.handlers.submissions
+    feed = submissions._feed
     monkeypatch.setattr(
-        daemon, "feed", lambda e: held.append(e) if isinstance(e, SubmitTask) else feed(e)
+        submissions, "_feed", lambda e: held.append(e) if isinstance(e, SubmitTask) else feed(e)
     )
     request_ended = trio.Event()
-    acknowledged = daemon.handlers.submissions._acknowledged
+    acknowledged = submissions._acknowledged
 
     async def watched(*args, **kwargs):  # type: ignore[no-untyped-def]
         try:

@@ -23,9 +23,21 @@ def sources_answering(message: dict[str, Any]) -> DaemonHttpSources:
         return message
 
     resolved = SimpleNamespace(state=Resolution.DONE, result_holders=("h",))
-    handlers = SimpleNamespace(resolved={TASK: resolved}, _outcome=outcome)
-    daemon = SimpleNamespace(handlers=handlers, feed=lambda event: None)
-    return DaemonHttpSources(daemon)  # type: ignore[arg-type]
+    handlers = SimpleNamespace(resolved={TASK: resolved}, outcome=outcome)
+    return DaemonHttpSources(
+        "n",
+        None,  # type: ignore[arg-type]
+        handlers=handlers,  # type: ignore[arg-type]
+        status=None,  # type: ignore[arg-type]
+        transfers=None,  # type: ignore[arg-type]
+        executor=None,  # type: ignore[arg-type]
+        models=None,  # type: ignore[arg-type]
+        catalog=None,  # type: ignore[arg-type]
+        peers=None,  # type: ignore[arg-type]
+        feed=lambda event: None,
+        ready=lambda: True,
+        leaving=lambda: False,
+    )
 
 
 async def test_a_done_task_whose_result_cannot_be_fetched_now_is_unavailable() -> None:

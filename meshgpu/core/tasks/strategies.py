@@ -94,6 +94,14 @@ def preferred(worker: WorkerView, requirements: DeviceRequirements) -> bool:
     return all(pair in have for pair in requirements.prefer)
 
 
+def may_run_at_entry(worker: WorkerView, requirements: DeviceRequirements) -> bool:
+    """May the node a client submitted to run the task itself, without the leader (a
+    direct run, daemon/direct.py)? Only if it meets the hard requirements and the task
+    prefers no labels: the leader, which sees every node's labels, picks where a
+    preference is best met."""
+    return capable(worker, requirements) and not requirements.prefer
+
+
 def eligible(spec: TaskSpec, workers: Sequence[WorkerView]) -> list[WorkerView]:
     """Workers that may take the task now: capable, a free slot, breaker admits."""
     return [w for w in workers if w.free_slots > 0 and w.admits and capable(w, spec.requirements)]
