@@ -26,6 +26,7 @@ from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the l
     lower_elementwise,
     lower_indexing,
     lower_linear,
+    lower_matmul,
     lower_normalization,
     lower_resize,
     lower_tensor,

@@ -271,7 +271,6 @@ def lower_gemm(builder: PlanBuilder, node: Node) -> None:
     c_name = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
     bias: KernelArg = None
     bias_strides = (0, 0, 0)
-    epilogue = fusion.collect(builder, node.outputs[0], out_shape, 1, allow_affine=False)
     if c_name is not None and beta != 0.0:
         c_shape = builder.shape(c_name)
         if len(c_shape) > 2 or np.broadcast_shapes(c_shape, out_shape) != out_shape:
@@ -281,7 +280,21 @@ def lower_gemm(builder: PlanBuilder, node: Node) -> None:
         bias_strides = (0, strides[1], strides[0])
     # M side: columns of Y, from B'; N side: rows of Y, from A'.
     m_panels = _panels(builder, node, b_name, cols, depth, (1, cols) if not trans_b else (depth, 1))
-    if _reads_rows_in_place(builder, a_name, b_name, rows, depth, cols):
+    in_place = _reads_rows_in_place(builder, a_name, b_name, rows, depth, cols)
+    if (
+        not in_place
+        and not builder.is_host(a_name)
+        and builder.is_host(b_name)
+        and (c_name is None or beta == 0.0 or builder.is_host(c_name) or beta == 1.0)
+    ):
+        from meshgpu.inference.opencl import lower_matmul
+
+        lower_matmul.lower_gemm_strided(
+            builder, node, m_panels, rows, cols, depth, alpha, beta, trans_a
+        )
+        return
+    epilogue = fusion.collect(builder, node.outputs[0], out_shape, 1, allow_affine=False)
+    if in_place:
         activation = builder.tensor(node, a_name)
         gemm_rows_launch(
             builder,
@@ -360,9 +373,9 @@ def _panels(
     return pack_device(builder, node, tensor, offsets, rows, depth, strides[0], strides[1])
 
 
-@lowers("MatMul")
-def lower_matmul(builder: PlanBuilder, node: Node) -> None:
-    """numpy.matmul semantics: 1-D promotion and broadcast batch dimensions."""
+def lower_matmul_packed(builder: PlanBuilder, node: Node) -> None:
+    """MatMul through packed panels and ``gemm_8x8`` (numpy.matmul semantics: 1-D promotion
+    and broadcast batch dimensions): the products :mod:`.lower_matmul` does not take."""
     a_name, b_name = node.inputs
     a_shape, b_shape = builder.shape(a_name), builder.shape(b_name)
     if not a_shape or not b_shape:

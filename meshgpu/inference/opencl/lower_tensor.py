@@ -27,10 +27,12 @@ from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.plan import (
     PlanBuilder,
     Storage,
+    View,
     f32,
     i32,
     int_array,
     lowers,
+    reshape_strides,
 )
 
 
@@ -124,6 +126,14 @@ def strided_copy(
 
 # -- views -----------------------------------------------------------------------------
 def _view(builder: PlanBuilder, node: Node, shape: Sequence[int]) -> None:
+    view = builder.views.get(node.inputs[0])
+    if view is not None and builder.feeds_product(node.outputs[0]):
+        strides = reshape_strides(view.shape, view.strides, shape)
+        if strides is not None:
+            builder.views[node.outputs[0]] = View(
+                view.storage, tuple(int(d) for d in shape), strides, view.offset, view.dtype
+            )
+            return
     source = builder.tensor(node, node.inputs[0])
     if _count(shape) != _count(source.shape):
         raise ModelError(
@@ -230,21 +240,49 @@ def lower_unsqueeze(builder: PlanBuilder, node: Node) -> None:
 # -- data movement -----------------------------------------------------------------------
 @lowers("Transpose", typed=True)
 def lower_transpose(builder: PlanBuilder, node: Node) -> None:
-    x = builder.tensor(node, node.inputs[0])
+    """A view when a product reads the result (attention's heads), else a strided copy."""
+    x = _source(builder, node)
     rank = len(x.shape)
     perm = [int(p) for p in node.attrs.get("perm", list(range(rank - 1, -1, -1)))]
     out_shape = [x.shape[p] for p in perm]
-    in_strides = contiguous_strides(x.shape)
-    output = builder.new_tensor(node.outputs[0], out_shape, x.dtype)
+    strides = [x.strides[p] for p in perm]
+    _view_or_copy(builder, node, node.outputs[0], x, out_shape, strides, x.offset)
+
+
+def _source(builder: PlanBuilder, node: Node) -> View:
+    """The first input, as a view (a float device tensor read strided) where that saves a
+    copy, else as its contiguous device tensor."""
+    return builder.strided(node, node.inputs[0])
+
+
+def _view_or_copy(
+    builder: PlanBuilder,
+    node: Node,
+    name: str,
+    source: View,
+    shape: Sequence[int],
+    strides: Sequence[int],
+    offset: int,
+) -> None:
+    """Output ``name`` of a re-indexing operator: a view when only a product reads it,
+    else a contiguous copy of those elements."""
+    if source.dtype == dtypes.FLOAT32 and _count(shape) and builder.feeds_product(name):
+        builder.views[name] = View(
+            source.storage, tuple(int(d) for d in shape), tuple(strides), offset, source.dtype
+        )
+        return
+    output = builder.new_tensor(name, shape, source.dtype)
     strided_copy(
         builder,
         node,
-        x.storage,
+        source.storage,
         output.storage,
-        out_shape,
-        [in_strides[p] for p in perm],
-        contiguous_strides(out_shape),
-        dtype=x.dtype,
+        shape,
+        strides,
+        contiguous_strides(shape),
+        offset,
+        0,
+        dtype=source.dtype,
     )
 
 
@@ -411,7 +449,7 @@ def _host_ints(builder: PlanBuilder, node: Node, position: int) -> list[int] | N
 @lowers("Slice", typed=True)
 def lower_slice(builder: PlanBuilder, node: Node) -> None:
     """numpy slicing per axis (ONNX clamps starts/ends the way Python's slices do)."""
-    x = builder.tensor(node, node.inputs[0])
+    x = _source(builder, node)
     rank = len(x.shape)
     if node.opset < 10:
         starts = [int(v) for v in node.attrs["starts"]]
@@ -423,10 +461,10 @@ def lower_slice(builder: PlanBuilder, node: Node) -> None:
         ends = _host_ints(builder, node, 2) or []
         axes = _host_ints(builder, node, 3) or list(range(len(starts)))
         steps = _host_ints(builder, node, 4) or [1] * len(starts)
-    in_strides = contiguous_strides(x.shape)
+    in_strides = list(x.strides)
     out_shape = list(x.shape)
     strides = list(in_strides)
-    offset = 0
+    offset = x.offset
     for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
         axis = axis + rank if axis < 0 else axis
         if step == 0:
@@ -439,24 +477,12 @@ def lower_slice(builder: PlanBuilder, node: Node) -> None:
         strides[axis] = in_strides[axis] * step
         if len(picked):
             offset += picked[0] * in_strides[axis]
-    output = builder.new_tensor(node.outputs[0], out_shape, x.dtype)
-    strided_copy(
-        builder,
-        node,
-        x.storage,
-        output.storage,
-        out_shape,
-        strides,
-        contiguous_strides(out_shape),
-        offset,
-        0,
-        dtype=x.dtype,
-    )
+    _view_or_copy(builder, node, node.outputs[0], x, out_shape, strides, offset)
 
 
 @lowers("Split", typed=True)
 def lower_split(builder: PlanBuilder, node: Node) -> None:
-    x = builder.tensor(node, node.inputs[0])
+    x = _source(builder, node)
     rank = len(x.shape)
     axis = int(node.attrs.get("axis", 0))
     axis = axis + rank if axis < 0 else axis
@@ -472,22 +498,10 @@ def lower_split(builder: PlanBuilder, node: Node) -> None:
         sizes = [min(chunk, x.shape[axis] - i * chunk) for i in range(parts)]
     if sum(sizes) != x.shape[axis] or len(sizes) != len(outputs):
         raise ModelError(f"{node.describe()}: split {sizes} does not cover {x.shape[axis]}")
-    in_strides = contiguous_strides(x.shape)
     start = 0
     for name, size in zip(outputs, sizes, strict=True):
         shape = [*x.shape[:axis], size, *x.shape[axis + 1 :]]
         if name:
-            output = builder.new_tensor(name, shape, x.dtype)
-            strided_copy(
-                builder,
-                node,
-                x.storage,
-                output.storage,
-                shape,
-                in_strides,
-                contiguous_strides(shape),
-                start * in_strides[axis],
-                0,
-                dtype=x.dtype,
-            )
+            offset = x.offset + start * x.strides[axis]
+            _view_or_copy(builder, node, name, x, shape, x.strides, offset)
         start += size

@@ -52,6 +52,24 @@ class DeviceTensor:
     dtype: np.dtype[Any] = dtypes.FLOAT32
 
 
+@dataclass(frozen=True)
+class View:
+    """A strided window on a device tensor's storage: what a Transpose, Split, Slice or
+    Reshape in front of a matrix product leaves instead of a copy. The product reads it
+    through its strides (:mod:`.lower_matmul`); any other reader gets a copy, made when it
+    first asks for the tensor (:meth:`PlanBuilder.tensor`)."""
+
+    storage: Storage
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    offset: int = 0
+    dtype: np.dtype[Any] = dtypes.FLOAT32
+
+
+#: Operators that only re-index their input: a view passes through them to a product.
+VIEW_OPERATORS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split", "Slice")
+
+
 KernelArg = Storage | cl.Buffer | np.generic | None
 
 
@@ -150,6 +168,8 @@ class PlanBuilder:
         self.values: dict[str, np.ndarray] = dict(static_constants)
         self.values.update(host_feeds or {})
         self.tensors: dict[str, DeviceTensor] = {}
+        #: Tensors left as strided views for a product to read (see :class:`View`).
+        self.views: dict[str, View] = {}
         self.launches: list[Launch] = []
         self.absorbed: set[int] = set()
         self.consumers: dict[str, list[Node]] = {}
@@ -184,6 +204,8 @@ class PlanBuilder:
             return tuple(int(d) for d in self.values[name].shape)
         if name in self.placed:
             return self.placed[name]
+        if name in self.views:
+            return self.views[name].shape
         return self.tensors[name].shape
 
     def dtype(self, name: str) -> np.dtype[Any]:
@@ -192,6 +214,8 @@ class PlanBuilder:
             return np.asarray(self.values[name]).dtype
         if name in self.placed:
             return dtypes.FLOAT32  # written into a concatenation by a float kernel
+        if name in self.views:
+            return self.views[name].dtype
         return self.tensors[name].dtype
 
     def tensor(self, node: Node, name: str, dtype: Any = None) -> DeviceTensor:
@@ -200,6 +224,8 @@ class PlanBuilder:
         others (whose kernels are float32)."""
         if name in self.tensors:
             return self.tensors[name]
+        if name in self.views:
+            return self._materialize(node, name)
         if name in self.values:
             value = np.asarray(self.values[name])
             if dtype is None:
@@ -227,6 +253,47 @@ class PlanBuilder:
             self._constant_tensors[(name, dtype)] = tensor
             return tensor
         raise ModelError(f"{node.describe()} reads {name!r} before it is computed")
+
+    def strided(self, node: Node, name: str) -> View:
+        """``name`` as a strided view: its view, or a device tensor (a host constant is
+        uploaded) read with contiguous strides."""
+        view = self.views.get(name)
+        if view is not None:
+            return view
+        tensor = self.tensor(node, name)
+        return View(tensor.storage, tensor.shape, contiguous_strides(tensor.shape), 0, tensor.dtype)
+
+    def _materialize(self, node: Node, name: str) -> DeviceTensor:
+        """A contiguous copy of the view ``name``, made for a reader that needs one."""
+        from meshgpu.inference.opencl.lower_tensor import strided_copy
+
+        view = self.views.pop(name)
+        tensor = self.new_tensor(name, view.shape, view.dtype)
+        strided_copy(
+            self,
+            node,
+            view.storage,
+            tensor.storage,
+            view.shape,
+            view.strides,
+            contiguous_strides(view.shape),
+            view.offset,
+            0,
+            dtype=view.dtype,
+        )
+        return tensor
+
+    def feeds_product(self, name: str) -> bool:
+        """Whether ``name`` (a float tensor) reaches a MatMul through view operators only,
+        each the sole reader of the one before: then it can stay a strided view."""
+        consumer = self.sole_consumer(name)
+        if consumer is None:
+            return False
+        if consumer.op == "MatMul":
+            return True
+        if consumer.op not in VIEW_OPERATORS or consumer.inputs[0] != name:
+            return False
+        return any(out and self.feeds_product(out) for out in consumer.outputs)
 
     def sole_consumer(self, name: str) -> Node | None:
         """The only node reading ``name`` when it is not a graph output, else None."""
@@ -559,6 +626,49 @@ def _count(shape: Sequence[int]) -> int:
     for dim in shape:
         total *= int(dim)
     return total
+
+
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    strides = [0] * len(shape)
+    running = 1
+    for axis in range(len(shape) - 1, -1, -1):
+        strides[axis] = running
+        running *= int(shape[axis])
+    return tuple(strides)
+
+
+def reshape_strides(
+    shape: Sequence[int], strides: Sequence[int], new_shape: Sequence[int]
+) -> tuple[int, ...] | None:
+    """Strides that read a strided tensor as ``new_shape`` without a copy, or None when the
+    reshape mixes dimensions that are not contiguous with each other (numpy's rule)."""
+    old = [(int(d), int(s)) for d, s in zip(shape, strides, strict=True) if d != 1]
+    new = [int(d) for d in new_shape]
+    if _count(shape) != _count(new) or _count(new) == 0:
+        return None
+    result = [0] * len(new)
+    positions = [axis for axis, size in enumerate(new) if size != 1]
+    sizes = [new[axis] for axis in positions]
+    oi = ni = 0
+    while ni < len(sizes) and oi < len(old):
+        nj, oj = ni + 1, oi + 1
+        new_product, old_product = sizes[ni], old[oi][0]
+        while new_product != old_product:
+            if new_product < old_product:
+                new_product *= sizes[nj]
+                nj += 1
+            else:
+                old_product *= old[oj][0]
+                oj += 1
+        for k in range(oi, oj - 1):
+            if old[k][1] != old[k + 1][0] * old[k + 1][1]:
+                return None
+        stride = old[oj - 1][1]
+        for k in range(nj - 1, ni - 1, -1):
+            result[positions[k]] = stride
+            stride *= sizes[k]
+        ni, oi = nj, oj
+    return tuple(result)
 
 
 def int_array(values: Sequence[int]) -> np.ndarray:

@@ -1,0 +1,194 @@
+"""Strided matrix product: MatMul and Gemm without packing or copying their device operands.
+
+``matmul_tiles`` computes ``C[b, i, j] = epilogue(alpha * sum_k A[b, i, k] * B[b, k, j])``
+reading both operands where they are, through strides: a Transpose, Split or Slice in front
+of a MatMul (attention's Q, K and V heads) is a view, not a copy (plan.View), and the
+activation of a Gemm is read row by row instead of packed first. Each work-item keeps an
+8x8 tile of C in eight ``float8`` registers like ``gemm_8x8``; per k step it loads 8
+consecutive columns of B (one unaligned vector load when they are contiguous: a row-major
+matrix or weight panels) and broadcasts 8 scalars of A (a broadcast load from memory costs
+what the lane shuffle of a packed panel costs). On a CPU the packing launches it replaces
+cost as much as the product at transformer sizes (GPT-2 batch 1: 17 of 63 launches).
+
+Addressing (``b = b0 * NB1 + b1``):
+
+* A element (i, k): ``a_off + b0*a_s0 + b1*a_s1 + i*a_si + k*a_sk``;
+* B element (k, j): ``b_off + b0*b_s0 + b1*b_s1 + (j/8)*b_sp + k*b_sk + (j%8)*b_sj``: with
+  ``b_sp = 8*b_sj`` a plain strided matrix, with ``b_sp = 8*K, b_sk = 8, b_sj = 1`` the
+  packed weight panels of :func:`.lower_linear.pack_host`;
+* C element (i, j): ``c_off + b0*c_s0 + b1*c_s1 + i*c_si + j*c_sj`` (a Transpose after the
+  product is absorbed as output strides);
+* two optional addends read with their own (b0, b1, i, j) strides, 0 where broadcast: an
+  attention mask or bias vector, and a residual; then an activation (codes of
+  ``fusion.ACTIVATIONS``, plus Gelu), and optionally Softmax over j (``softmax`` set: one
+  work-item takes all column blocks of its 8 rows, then normalises them in place).
+
+Grid: (ceil(rows/8), column groups, batch), work-group (1, 1, 1).
+"""
+
+from __future__ import annotations
+
+#: 8-column blocks per work-item (unless Softmax is fused, when one work-item takes all).
+MATMUL_COLUMN_BLOCKS = 4
+
+#: Widest row a fused Softmax normalises in the product's launch.
+MATMUL_SOFTMAX_COLUMNS = 1024
+
+MATMUL_SOURCE = r"""
+/* The epilogue works on a row of 8 results at a time: PoCL's vector exp/erf/tanh run on all
+   lanes at once, its scalar ones cost ~7 ns an element (a fused Gelu ran 5x slower). */
+inline float8 matmul_activation(float8 v, int code, float a, float b) {
+  switch (code) {
+    case 1: return v > (float8)(0.0f) ? v : (float8)(0.0f);
+    case 2: return v >= (float8)(0.0f) ? v : (float8)(a) * v;
+    case 3: v = v < (float8)(a) ? (float8)(a) : v; return v > (float8)(b) ? (float8)(b) : v;
+    case 4: return (float8)(1.0f) / ((float8)(1.0f) + exp(-v));
+    case 5: return tanh(v);
+    case 6: return (float8)(0.5f) * v * ((float8)(1.0f) + erf(v * (float8)(0.70710678118654752f)));
+    case 7: return (float8)(0.5f) * v
+                   * ((float8)(1.0f) + tanh((float8)(0.7978845608028654f)
+                                            * (v + (float8)(0.044715f) * v * v * v)));
+    default: return v;
+  }
+}
+
+/* n (<= 8) elements at stride s from p as a vector (lanes past n are 0). */
+inline float8 matmul_load(const __global float* p, int s, int n) {
+  if (n == 8 && s == 1) return load8(p);
+  if (s == 0) return (float8)(p[0]);
+  float v[8];
+  for (int t = 0; t < 8; t++) v[t] = t < n ? p[t * s] : 0.0f;
+  return (float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+}
+
+inline void matmul_store(__global float* p, int s, int n, float8 x) {
+  if (n == 8 && s == 1) {
+    store8(p, x);
+    return;
+  }
+  float v[8];
+  v[0] = x.s0; v[1] = x.s1; v[2] = x.s2; v[3] = x.s3;
+  v[4] = x.s4; v[5] = x.s5; v[6] = x.s6; v[7] = x.s7;
+  for (int t = 0; t < n; t++) p[t * s] = v[t];
+}
+
+#define MATMUL_COLUMN_BLOCKS 4
+__kernel void matmul_tiles(__global const float* restrict A, __global const float* restrict B,
+                           __global float* restrict C,
+                           __global const float* restrict addend,
+                           __global const float* restrict residual,
+                           int rows, int cols, int K, int NB1,
+                           int a_off, int a_s0, int a_s1, int a_si, int a_sk,
+                           int b_off, int b_s0, int b_s1, int b_sp, int b_sk, int b_sj,
+                           int c_off, int c_s0, int c_s1, int c_si, int c_sj,
+                           int d_s0, int d_s1, int d_si, int d_sj,
+                           int r_s0, int r_s1, int r_si, int r_sj,
+                           float alpha, int has_addend, int has_residual,
+                           int act, float act_a, float act_b, int softmax) {
+  int i0 = get_global_id(0) * 8;
+  int b = get_global_id(2);
+  int b0 = b / NB1;
+  int b1 = b - b0 * NB1;
+  int blocks = (cols + 7) / 8;
+  int first = softmax ? 0 : get_global_id(1) * MATMUL_COLUMN_BLOCKS;
+  int last = softmax ? blocks : imin(first + MATMUL_COLUMN_BLOCKS, blocks);
+  int nrows = imin(8, rows - i0);
+  /* Rows past the end read the last row again (their results are not written); eight
+     scalar row pointers, not an array, so they stay in registers. */
+  const __global float* ab = A + a_off + b0 * a_s0 + b1 * a_s1;
+  const __global float* a0 = ab + imin(i0 + 0, rows - 1) * a_si;
+  const __global float* a1 = ab + imin(i0 + 1, rows - 1) * a_si;
+  const __global float* a2 = ab + imin(i0 + 2, rows - 1) * a_si;
+  const __global float* a3 = ab + imin(i0 + 3, rows - 1) * a_si;
+  const __global float* a4 = ab + imin(i0 + 4, rows - 1) * a_si;
+  const __global float* a5 = ab + imin(i0 + 5, rows - 1) * a_si;
+  const __global float* a6 = ab + imin(i0 + 6, rows - 1) * a_si;
+  const __global float* a7 = ab + imin(i0 + 7, rows - 1) * a_si;
+  const __global float* bb = B + b_off + b0 * b_s0 + b1 * b_s1;
+  int c_base = c_off + b0 * c_s0 + b1 * c_s1;
+  int d_base = b0 * d_s0 + b1 * d_s1;
+  int r_base = b0 * r_s0 + b1 * r_s1;
+  for (int jb = first; jb < last; jb++) {
+    int j0 = jb * 8;
+    int ncols = imin(8, cols - j0);
+    const __global float* bp = bb + jb * b_sp;
+    float8 c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f, c4 = 0.0f, c5 = 0.0f, c6 = 0.0f,
+           c7 = 0.0f;
+    if (ncols == 8 && b_sj == 1 && a_sk == 1) {
+      for (int k = 0; k < K; k++) {
+        float8 bv = load8(bp + k * b_sk);
+        c0 = (float8)(a0[k]) * bv + c0;
+        c1 = (float8)(a1[k]) * bv + c1;
+        c2 = (float8)(a2[k]) * bv + c2;
+        c3 = (float8)(a3[k]) * bv + c3;
+        c4 = (float8)(a4[k]) * bv + c4;
+        c5 = (float8)(a5[k]) * bv + c5;
+        c6 = (float8)(a6[k]) * bv + c6;
+        c7 = (float8)(a7[k]) * bv + c7;
+      }
+    } else {
+      for (int k = 0; k < K; k++) {
+        const __global float* bk = bp + k * b_sk;
+        float v[8];
+        for (int t = 0; t < 8; t++) v[t] = t < ncols ? bk[t * b_sj] : 0.0f;
+        float8 bv = (float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+        int ka = k * a_sk;
+        c0 = (float8)(a0[ka]) * bv + c0;
+        c1 = (float8)(a1[ka]) * bv + c1;
+        c2 = (float8)(a2[ka]) * bv + c2;
+        c3 = (float8)(a3[ka]) * bv + c3;
+        c4 = (float8)(a4[ka]) * bv + c4;
+        c5 = (float8)(a5[ka]) * bv + c5;
+        c6 = (float8)(a6[ka]) * bv + c6;
+        c7 = (float8)(a7[ka]) * bv + c7;
+      }
+    }
+#define MATMUL_ROW(r, acc)                                                                \
+    if (r < nrows) {                                                                      \
+      int i = i0 + r;                                                                     \
+      float8 v = acc * alpha;                                                             \
+      if (has_addend) v += matmul_load(addend + d_base + i * d_si + j0 * d_sj, d_sj, ncols); \
+      if (has_residual)                                                                   \
+        v += matmul_load(residual + r_base + i * r_si + j0 * r_sj, r_sj, ncols);          \
+      if (act) v = matmul_activation(v, act, act_a, act_b);                               \
+      matmul_store(C + c_base + i * c_si + j0 * c_sj, c_sj, ncols, v);                    \
+    }
+    MATMUL_ROW(0, c0) MATMUL_ROW(1, c1) MATMUL_ROW(2, c2) MATMUL_ROW(3, c3)
+    MATMUL_ROW(4, c4) MATMUL_ROW(5, c5) MATMUL_ROW(6, c6) MATMUL_ROW(7, c7)
+#undef MATMUL_ROW
+  }
+  if (softmax) {
+    for (int r = 0; r < nrows; r++) {
+      __global float* y = C + c_base + (i0 + r) * c_si;
+      int j8 = c_sj == 1 ? cols / 8 * 8 : 0;
+      float8 peak8 = (float8)(-INFINITY);
+      for (int j = 0; j < j8; j += 8) {
+        float8 x = load8(y + j);
+        peak8 = x > peak8 ? x : peak8;
+      }
+      float peak = -INFINITY;
+      peak = peak8.s0 > peak ? peak8.s0 : peak; peak = peak8.s1 > peak ? peak8.s1 : peak;
+      peak = peak8.s2 > peak ? peak8.s2 : peak; peak = peak8.s3 > peak ? peak8.s3 : peak;
+      peak = peak8.s4 > peak ? peak8.s4 : peak; peak = peak8.s5 > peak ? peak8.s5 : peak;
+      peak = peak8.s6 > peak ? peak8.s6 : peak; peak = peak8.s7 > peak ? peak8.s7 : peak;
+      for (int j = j8; j < cols; j++) peak = y[j * c_sj] > peak ? y[j * c_sj] : peak;
+      float8 sum8 = (float8)(0.0f);
+      for (int j = 0; j < j8; j += 8) {
+        float8 e = exp(load8(y + j) - (float8)(peak));
+        store8(y + j, e);
+        sum8 += e;
+      }
+      float sum = ((sum8.s0 + sum8.s1) + (sum8.s2 + sum8.s3))
+                  + ((sum8.s4 + sum8.s5) + (sum8.s6 + sum8.s7));
+      for (int j = j8; j < cols; j++) {
+        float e = exp(y[j * c_sj] - peak);
+        y[j * c_sj] = e;
+        sum += e;
+      }
+      float scale = 1.0f / sum;
+      for (int j = 0; j < j8; j += 8) store8(y + j, load8(y + j) * (float8)(scale));
+      for (int j = j8; j < cols; j++) y[j * c_sj] *= scale;
+    }
+  }
+}
+"""

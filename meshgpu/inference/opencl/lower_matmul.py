@@ -1,0 +1,561 @@
+"""MatMul (and Gemm on a device activation) through the strided ``matmul_tiles`` kernel.
+
+Both operands are read in place through strides (:class:`.plan.View`): Transpose, Split,
+Slice and Reshape in front of a product cost no launch, and a device operand is not packed
+first. Constant right-hand operands (weights) are packed into panels once per session, as
+for ``gemm_8x8``. What follows the product is folded into the same launch while it can be:
+
+- Mul or Div by a constant scalar (attention's 1/sqrt(d) scale) into ``alpha``;
+- up to two Adds of tensors that broadcast to the output, constant or on the device (a
+  bias, an attention mask, a residual), read through their own strides;
+- one activation (Relu, LeakyRelu, Clip, Sigmoid, Tanh, Gelu);
+- Softmax over the last axis (rows of at most ``MATMUL_SOFTMAX_COLUMNS``);
+- a Transpose of the result, written through permuted output strides.
+
+Batch dimensions (numpy broadcasting) are merged where every operand steps through them
+contiguously; products needing more than two batch dimensions after that go to the packed
+path of :mod:`.lower_linear`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from meshgpu.inference.opencl import dtypes, fusion
+from meshgpu.inference.opencl.graph import Node
+from meshgpu.inference.opencl.kernels.matmul import (
+    MATMUL_COLUMN_BLOCKS,
+    MATMUL_SOFTMAX_COLUMNS,
+    MATMUL_SOURCE,
+)
+from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
+from meshgpu.inference.opencl.lower_tensor import collapse
+from meshgpu.inference.opencl.plan import (
+    KernelArg,
+    PlanBuilder,
+    View,
+    contiguous_strides,
+    f32,
+    i32,
+    lowers,
+)
+
+SOURCE = VECTOR_SOURCE + MATMUL_SOURCE
+
+#: Activation codes of ``matmul_activation``: fusion.ACTIVATIONS plus the two Gelus.
+GELU_CODES = {"none": 6, "tanh": 7}
+
+
+@dataclass
+class Operand:
+    """A product operand: its buffer and the strides of (batch..., first, second) axes."""
+
+    data: KernelArg
+    offset: int
+    batch: list[int]
+    first: int
+    second: int
+    #: Stride between 8-column blocks of B (8 * second unless packed into panels).
+    block: int = 0
+
+
+@dataclass
+class Addend:
+    data: KernelArg
+    #: Strides over (batch..., rows, cols) of the output, 0 where broadcast.
+    strides: list[int]
+
+
+@dataclass
+class Tail:
+    """What the product's launch computes after the sum."""
+
+    output: str
+    alpha: float = 1.0
+    addends: list[Addend] = field(default_factory=list)
+    activation: tuple[int, float, float] = (0, 0.0, 0.0)
+    softmax: bool = False
+    #: Output strides over (batch..., rows, cols); None for contiguous.
+    out_strides: list[int] | None = None
+    out_shape: tuple[int, ...] = ()
+    #: A Reshape was absorbed: out_shape is a new view of the contiguous result, so only
+    #: same-shaped addends and activations may follow.
+    reshaped: bool = False
+
+
+def _view_strides(view: View, full: tuple[int, ...], rank_shift: int) -> list[int]:
+    """``view``'s strides aligned to ``full`` (numpy broadcasting: 0 where repeated)."""
+    padded = [0] * rank_shift + list(view.strides)
+    shape = [1] * rank_shift + list(view.shape)
+    return [0 if size == 1 and want != 1 else s for size, want, s in zip(shape, full, padded)]
+
+
+def _broadcast_view(view: View, out_shape: tuple[int, ...]) -> list[int] | None:
+    """Strides reading ``view`` broadcast to ``out_shape``, None when it does not broadcast."""
+    if len(view.shape) > len(out_shape):
+        return None
+    shift = len(out_shape) - len(view.shape)
+    for size, want in zip(view.shape, out_shape[shift:], strict=True):
+        if size not in (1, want):
+            return None
+    return [
+        0 if size == 1 else stride
+        for size, stride in zip([1] * shift + list(view.shape), [0] * shift + list(view.strides))
+    ]
+
+
+def _host_scalar(builder: PlanBuilder, name: str) -> float | None:
+    if not builder.is_host(name):
+        return None
+    value = np.asarray(builder.host(name))
+    if value.size != 1 or value.dtype.kind != "f":
+        return None
+    return float(value.reshape(-1)[0])
+
+
+def collect_tail(
+    builder: PlanBuilder,
+    node: Node,
+    output: str,
+    out_shape: tuple[int, ...],
+    fits: callable,  # type: ignore[valid-type]
+    *,
+    addends: list[Addend] | None = None,
+    allow_transpose: bool = True,
+) -> Tail:
+    """Follow the product's sole consumers while the launch can compute them (see module
+    docstring). ``fits(strides)`` says whether one more strided operand keeps the batch
+    dimensions mergeable."""
+    tail = Tail(output, addends=list(addends or []), out_shape=out_shape)
+    while True:
+        consumer = builder.sole_consumer(tail.output)
+        if consumer is None or not consumer.outputs or not consumer.outputs[0]:
+            break
+        current = tail.output
+        others = [n for n in consumer.inputs if n and n != current]
+        ready = len(others) == 1 and (
+            builder.is_host(others[0])
+            or others[0] in builder.tensors
+            or others[0] in builder.views
+        )
+        plain = (
+            not tail.addends
+            and tail.activation[0] == 0
+            and not tail.softmax
+            and tail.out_strides is None
+        )
+        fused = False
+        if (
+            consumer.op in ("Mul", "Div")
+            and plain
+            and len(consumer.inputs) == 2
+            and len(others) == 1
+            and (consumer.op == "Mul" or consumer.inputs[0] == current)
+        ):
+            scalar = _host_scalar(builder, others[0])
+            if scalar is not None and (consumer.op == "Mul" or scalar != 0.0):
+                tail.alpha *= scalar if consumer.op == "Mul" else 1.0 / scalar
+                fused = True
+        elif (
+            consumer.op == "Reshape"
+            and consumer.inputs[0] == current
+            and tail.out_strides is None
+            and not tail.softmax
+            and consumer.outputs[0] not in builder.placements
+        ):
+            shape = _reshaped(builder, consumer, tail.out_shape)
+            if shape is not None:
+                tail.out_shape = shape
+                tail.reshaped = tail.reshaped or shape != out_shape
+                fused = True
+        elif (
+            consumer.op == "Add"
+            and tail.reshaped
+            and len(tail.addends) < 2
+            and tail.activation[0] == 0
+            and len(consumer.inputs) == 2
+            and ready
+            and builder.dtype(others[0]) == dtypes.FLOAT32
+            and builder.shape(others[0]) == tail.out_shape
+            and others[0] not in builder.views
+        ):
+            tensor = builder.tensor(consumer, others[0])
+            tail.addends.append(Addend(tensor.storage, list(contiguous_strides(out_shape))))
+            fused = True
+        elif (
+            consumer.op == "Add"
+            and not tail.reshaped
+            and len(tail.addends) < 2
+            and tail.activation[0] == 0
+            and not tail.softmax
+            and tail.out_strides is None
+            and len(consumer.inputs) == 2
+            and ready
+            and builder.dtype(others[0]) == dtypes.FLOAT32
+            and len(builder.shape(others[0])) <= len(out_shape)
+        ):
+            other_shape = builder.shape(others[0])
+            try:
+                broadcast = tuple(np.broadcast_shapes(other_shape, out_shape))
+            except ValueError:
+                broadcast = ()
+            if broadcast == out_shape:
+                if builder.is_host(others[0]):
+                    view = builder.strided(consumer, others[0])
+                else:
+                    view = builder.views.get(others[0]) or builder.strided(consumer, others[0])
+                strides = _broadcast_view(view, out_shape)
+                if strides is not None and fits(strides):
+                    data: KernelArg = view.storage
+                    if view.offset:
+                        data = None  # an offset addend: not worth a kernel argument
+                    if data is not None:
+                        tail.addends.append(Addend(data, strides))
+                        fused = True
+        elif (
+            consumer.op in fusion.ACTIVATIONS
+            and consumer.inputs[0] == current
+            and tail.activation[0] == 0
+            and not tail.softmax
+            and tail.out_strides is None
+            and fusion.activation_expression(builder, consumer) is not None
+        ):
+            tail.activation = fusion.activation_code(builder, consumer)
+            fused = True
+        elif (
+            consumer.op == "Gelu"
+            and tail.activation[0] == 0
+            and not tail.softmax
+            and tail.out_strides is None
+            and str(consumer.attrs.get("approximate", "none")) in GELU_CODES
+        ):
+            tail.activation = (GELU_CODES[str(consumer.attrs.get("approximate", "none"))], 0, 0)
+            fused = True
+        elif (
+            consumer.op == "Softmax"
+            and not tail.reshaped
+            and len(out_shape) >= 1
+            and tail.activation[0] == 0
+            and not tail.softmax
+            and tail.out_strides is None
+            and out_shape[-1] <= MATMUL_SOFTMAX_COLUMNS
+            and builder.placements.get(consumer.outputs[0]) is None
+        ):
+            rank = len(out_shape)
+            axis = int(consumer.attrs.get("axis", 1 if consumer.opset < 13 else -1))
+            axis = axis + rank if axis < 0 else axis
+            if axis == rank - 1:
+                tail.softmax = True
+                fused = True
+        elif (
+            consumer.op == "Transpose"
+            and allow_transpose
+            and tail.out_strides is None
+            and not tail.reshaped
+        ):
+            rank = len(out_shape)
+            perm = [int(p) for p in consumer.attrs.get("perm", list(range(rank - 1, -1, -1)))]
+            transposed = tuple(out_shape[p] for p in perm)
+            target = contiguous_strides(transposed)
+            strides = [0] * rank
+            for position, axis in enumerate(perm):
+                strides[axis] = target[position]
+            if fits(strides):
+                tail.out_strides = strides
+                tail.out_shape = transposed
+                fused = True
+        if not fused:
+            break
+        builder.absorb(consumer)
+        tail.output = consumer.outputs[0]
+    return tail
+
+
+def _reshaped(
+    builder: PlanBuilder, node: Node, shape: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    """The output shape of a Reshape of a ``shape`` tensor, None when not constant."""
+    if node.opset < 5 or len(node.inputs) < 2 or not builder.is_host(node.inputs[1]):
+        return None
+    requested = [int(d) for d in np.asarray(builder.host(node.inputs[1])).reshape(-1)]
+    allow_zero = int(node.attrs.get("allowzero", 0))
+    result = [shape[i] if d == 0 and not allow_zero else d for i, d in enumerate(requested)]
+    total = int(np.prod(shape, dtype=np.int64))
+    if result.count(-1) == 1:
+        known = int(np.prod([d for d in result if d != -1], dtype=np.int64))
+        if known == 0:
+            return None
+        result[result.index(-1)] = total // known
+    if any(d < 0 for d in result) or int(np.prod(result, dtype=np.int64)) != total:
+        return None
+    return tuple(result)
+
+
+def _mergeable(batch_shape: tuple[int, ...], stride_sets: list[list[int]]) -> bool:
+    dims, _ = collapse(batch_shape, *stride_sets)
+    return len(dims) <= 2
+
+
+def _two_batch_dims(
+    batch_shape: tuple[int, ...], stride_sets: list[list[int]]
+) -> tuple[list[int], list[list[int]]]:
+    dims, sets = collapse(batch_shape, *stride_sets)
+    while len(dims) < 2:
+        dims.insert(0, 1)
+        sets = [[0, *s] for s in sets]
+    return dims, sets
+
+
+def matmul_launch(
+    builder: PlanBuilder,
+    node: Node,
+    a: Operand,
+    b: Operand,
+    tail: Tail,
+    *,
+    batch_shape: tuple[int, ...],
+    rows: int,
+    cols: int,
+    depth: int,
+    full_out: tuple[int, ...],
+    squeeze: tuple[int, ...],
+) -> None:
+    """Queue ``matmul_tiles`` writing ``tail.output``. ``full_out`` is (batch..., rows, cols);
+    ``squeeze`` the axes of it that the graph's output shape leaves out (1-D operands)."""
+    output = builder.new_tensor(tail.output, tail.out_shape)
+    if tail.out_strides is None:
+        out_strides = list(contiguous_strides(full_out))
+    else:
+        out_strides = list(tail.out_strides)
+        for axis in squeeze:
+            out_strides.insert(axis, 0)
+
+    def full(strides: list[int]) -> list[int]:
+        result = list(strides)
+        for axis in squeeze:
+            result.insert(axis, 0)
+        return result
+
+    addends = [full(addend.strides) for addend in tail.addends]
+    nb = len(batch_shape)
+    sets = [a.batch, b.batch, out_strides[:nb], *(s[:nb] for s in addends)]
+    dims, merged = _two_batch_dims(batch_shape, sets)
+    a_b, b_b, c_b = merged[0], merged[1], merged[2]
+    d_b = merged[3] if len(addends) > 0 else [0, 0]
+    r_b = merged[4] if len(addends) > 1 else [0, 0]
+    d = addends[0][nb:] if addends else [0, 0]
+    r = addends[1][nb:] if len(addends) > 1 else [0, 0]
+    code, act_a, act_b = tail.activation
+    blocks = -(-cols // 8)
+    groups = 1 if tail.softmax else -(-blocks // MATMUL_COLUMN_BLOCKS)
+    builder.launch(
+        node,
+        SOURCE,
+        "matmul_tiles",
+        [
+            a.data,
+            b.data,
+            output.storage,
+            tail.addends[0].data if tail.addends else None,
+            tail.addends[1].data if len(tail.addends) > 1 else None,
+            i32(rows),
+            i32(cols),
+            i32(depth),
+            i32(dims[1]),
+            i32(a.offset),
+            i32(a_b[0]),
+            i32(a_b[1]),
+            i32(a.first),
+            i32(a.second),
+            i32(b.offset),
+            i32(b_b[0]),
+            i32(b_b[1]),
+            i32(b.block or 8 * b.second),
+            i32(b.first),
+            i32(b.second),
+            i32(0),
+            i32(c_b[0]),
+            i32(c_b[1]),
+            i32(out_strides[nb]),
+            i32(out_strides[nb + 1]),
+            i32(d_b[0]),
+            i32(d_b[1]),
+            i32(d[0]),
+            i32(d[1]),
+            i32(r_b[0]),
+            i32(r_b[1]),
+            i32(r[0]),
+            i32(r[1]),
+            f32(tail.alpha),
+            i32(len(tail.addends) > 0),
+            i32(len(tail.addends) > 1),
+            i32(code),
+            f32(act_a),
+            f32(act_b),
+            i32(tail.softmax),
+        ],
+        grid=(-(-rows // 8), groups, dims[0] * dims[1]),
+        local=(1, 1, 1),
+    )
+
+
+def _operand(
+    builder: PlanBuilder, node: Node, name: str, full: tuple[int, ...], vector_axis: int | None
+) -> Operand:
+    """A device (or uploaded constant) operand read through strides; ``full`` is its shape
+    with a 1-D operand promoted (``vector_axis``: where the 1 was inserted)."""
+    view = builder.strided(node, name)
+    strides = list(view.strides)
+    if vector_axis is not None:
+        strides.insert(vector_axis, 0)
+    shape = list(full)
+    strides = [0 if size == 1 else stride for size, stride in zip(shape, strides, strict=True)]
+    return Operand(view.storage, view.offset, strides[:-2], strides[-2], strides[-1])
+
+
+@lowers("MatMul")
+def lower_matmul(builder: PlanBuilder, node: Node) -> None:
+    """numpy.matmul semantics: 1-D promotion and broadcast batch dimensions."""
+    from meshgpu.inference.opencl import lower_linear
+
+    a_name, b_name = node.inputs
+    a_shape, b_shape = builder.shape(a_name), builder.shape(b_name)
+    if not a_shape or not b_shape:
+        lower_linear.lower_matmul_packed(builder, node)
+        return
+    a_full = (1, *a_shape) if len(a_shape) == 1 else a_shape
+    b_full = (*b_shape, 1) if len(b_shape) == 1 else b_shape
+    rows, depth = a_full[-2:]
+    depth_b, cols = b_full[-2:]
+    try:
+        batch_shape = tuple(np.broadcast_shapes(a_full[:-2], b_full[:-2]))
+    except ValueError:
+        batch_shape = None
+    if (
+        depth != depth_b
+        or batch_shape is None
+        or rows * cols * depth == 0
+        or builder.dtype(a_name) != dtypes.FLOAT32
+        or builder.dtype(b_name) != dtypes.FLOAT32
+        or (builder.is_host(a_name) and builder.is_host(b_name))
+    ):
+        lower_linear.lower_matmul_packed(builder, node)  # its errors and corner cases
+        return
+    nb = len(batch_shape)
+    full_out = (*batch_shape, rows, cols)
+    squeeze: list[int] = []
+    out_shape = list(full_out)
+    if len(b_shape) == 1:
+        squeeze.append(len(full_out) - 1)
+    if len(a_shape) == 1:
+        squeeze.append(len(full_out) - 2)
+    for axis in sorted(squeeze, reverse=True):
+        out_shape.pop(axis)
+    squeeze.sort()
+
+    def aligned(shape: tuple[int, ...], strides: list[int]) -> list[int]:
+        shift = len(full_out) - len(shape)
+        return [0] * shift + strides
+
+    # B: constant 2-D weights become panels; anything else is read in place.
+    b_packed = builder.is_host(b_name) and len(b_full) == 2
+    a_op = _operand(builder, node, a_name, a_full, 0 if len(a_shape) == 1 else None)
+    a_op.batch = aligned(a_full, a_op.batch)
+    if b_packed:
+        panels = lower_linear._panels(builder, node, b_name, cols, depth, (1, cols))
+        b_op = Operand(panels, 0, [0] * nb, 8, 1, 8 * depth)
+    else:
+        b_op = _operand(
+            builder, node, b_name, b_full, len(b_full) - 1 if len(b_shape) == 1 else None
+        )
+        b_op.batch = aligned(b_full, b_op.batch)
+    base_sets = [a_op.batch, b_op.batch, list(contiguous_strides(full_out))[:nb]]
+    if not _mergeable(batch_shape, base_sets):
+        lower_linear.lower_matmul_packed(builder, node)
+        return
+    chosen: list[list[int]] = []
+
+    def fits(strides: list[int]) -> bool:
+        padded = list(strides)
+        for axis in squeeze:
+            padded.insert(axis, 0)
+        if not _mergeable(batch_shape, [*base_sets, *chosen, padded[:nb]]):
+            return False
+        chosen.append(padded[:nb])
+        return True
+
+    tail = collect_tail(
+        builder, node, node.outputs[0], tuple(out_shape), fits, allow_transpose=not squeeze
+    )
+    matmul_launch(
+        builder,
+        node,
+        a_op,
+        b_op,
+        tail,
+        batch_shape=batch_shape,
+        rows=rows,
+        cols=cols,
+        depth=depth,
+        full_out=full_out,
+        squeeze=tuple(squeeze),
+    )
+
+
+def lower_gemm_strided(
+    builder: PlanBuilder,
+    node: Node,
+    weight_panels: KernelArg,
+    rows: int,
+    cols: int,
+    depth: int,
+    alpha: float,
+    beta: float,
+    trans_a: int,
+) -> None:
+    """Gemm of a device activation A' (read in place, transposed through strides) with
+    constant weights (``weight_panels``); C (times beta) is the first addend."""
+    view = builder.strided(node, node.inputs[0])
+    a_si, a_sk = view.strides if not trans_a else (view.strides[1], view.strides[0])
+    a_op = Operand(view.storage, view.offset, [], a_si, a_sk)
+    b_op = Operand(weight_panels, 0, [], 8, 1, 8 * depth)
+    out_shape = (rows, cols)
+    addends: list[Addend] = []
+    c_name = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    if c_name is not None and beta != 0.0:
+        c_shape = builder.shape(c_name)
+        if builder.is_host(c_name):
+            values = np.asarray(builder.host(c_name), dtype=np.float64) * beta
+            key: tuple[object, ...] = ("gemm-c", c_name, beta)
+            if c_name not in builder.static:
+                key = (*key, id(builder))
+            data = builder.weight(key, lambda: values.astype(np.float32))
+            c_view = View(data, tuple(c_shape), contiguous_strides(c_shape))
+        else:
+            c_view = builder.strided(node, c_name)
+        strides = _broadcast_view(c_view, out_shape)
+        if strides is None or c_view.offset:
+            tensor = builder.tensor(node, c_name)
+            c_view = View(tensor.storage, tuple(c_shape), contiguous_strides(c_shape))
+            strides = _broadcast_view(c_view, out_shape)
+        assert strides is not None
+        addends.append(Addend(c_view.storage, strides))
+    tail = collect_tail(
+        builder, node, node.outputs[0], out_shape, lambda strides: True, addends=addends
+    )
+    tail.alpha *= alpha
+    matmul_launch(
+        builder,
+        node,
+        a_op,
+        b_op,
+        tail,
+        batch_shape=(),
+        rows=rows,
+        cols=cols,
+        depth=depth,
+        full_out=out_shape,
+        squeeze=(),
+    )
