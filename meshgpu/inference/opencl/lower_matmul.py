@@ -19,6 +19,7 @@ path of :mod:`.lower_linear`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,13 +86,6 @@ class Tail:
     reshaped: bool = False
 
 
-def _view_strides(view: View, full: tuple[int, ...], rank_shift: int) -> list[int]:
-    """``view``'s strides aligned to ``full`` (numpy broadcasting: 0 where repeated)."""
-    padded = [0] * rank_shift + list(view.strides)
-    shape = [1] * rank_shift + list(view.shape)
-    return [0 if size == 1 and want != 1 else s for size, want, s in zip(shape, full, padded)]
-
-
 def _broadcast_view(view: View, out_shape: tuple[int, ...]) -> list[int] | None:
     """Strides reading ``view`` broadcast to ``out_shape``, None when it does not broadcast."""
     if len(view.shape) > len(out_shape):
@@ -102,7 +96,9 @@ def _broadcast_view(view: View, out_shape: tuple[int, ...]) -> list[int] | None:
             return None
     return [
         0 if size == 1 else stride
-        for size, stride in zip([1] * shift + list(view.shape), [0] * shift + list(view.strides))
+        for size, stride in zip(
+            [1] * shift + list(view.shape), [0] * shift + list(view.strides), strict=True
+        )
     ]
 
 
@@ -120,7 +116,7 @@ def collect_tail(
     node: Node,
     output: str,
     out_shape: tuple[int, ...],
-    fits: callable,  # type: ignore[valid-type]
+    fits: Callable[[list[int]], bool],
     *,
     addends: list[Addend] | None = None,
     allow_transpose: bool = True,
@@ -136,9 +132,7 @@ def collect_tail(
         current = tail.output
         others = [n for n in consumer.inputs if n and n != current]
         ready = len(others) == 1 and (
-            builder.is_host(others[0])
-            or others[0] in builder.tensors
-            or others[0] in builder.views
+            builder.is_host(others[0]) or others[0] in builder.tensors or others[0] in builder.views
         )
         plain = (
             not tail.addends
@@ -273,9 +267,7 @@ def collect_tail(
     return tail
 
 
-def _reshaped(
-    builder: PlanBuilder, node: Node, shape: tuple[int, ...]
-) -> tuple[int, ...] | None:
+def _reshaped(builder: PlanBuilder, node: Node, shape: tuple[int, ...]) -> tuple[int, ...] | None:
     """The output shape of a Reshape of a ``shape`` tensor, None when not constant."""
     if node.opset < 5 or len(node.inputs) < 2 or not builder.is_host(node.inputs[1]):
         return None
