@@ -258,10 +258,14 @@ def _binary(
 
 def _scale_through_gemm(builder: PlanBuilder, node: Node) -> bool:
     """Mul of a device tensor by a one-element float constant whose only reader is a Gemm
-    operand: alias the product to the tensor and let the Gemm fold the factor into alpha
+    or MatMul operand: alias the product to the tensor and let the Gemm fold the factor into alpha
     (one launch fewer; the digits model scales its pixels so before its first Gemm)."""
     consumer = builder.sole_consumer(node.outputs[0])
-    if consumer is None or consumer.op != "Gemm" or node.outputs[0] not in consumer.inputs[:2]:
+    if (
+        consumer is None
+        or consumer.op not in ("Gemm", "MatMul")
+        or node.outputs[0] not in consumer.inputs[:2]
+    ):
         return False
     if consumer.inputs[0] == consumer.inputs[1]:
         return False
@@ -272,7 +276,11 @@ def _scale_through_gemm(builder: PlanBuilder, node: Node) -> bool:
         shape = builder.shape(tensor_name)
         if factor.size != 1 or factor.dtype.kind != "f" or factor.ndim > len(shape):
             continue
-        builder.alias(node.outputs[0], builder.tensor(node, tensor_name), shape)
+        view = builder.views.get(tensor_name)
+        if view is not None and consumer.op == "MatMul":  # (the product reads views)
+            builder.views[node.outputs[0]] = view
+        else:
+            builder.alias(node.outputs[0], builder.tensor(node, tensor_name), shape)
         builder.operand_scales[node.outputs[0]] = float(factor.reshape(()))
         return True
     return False

@@ -448,4 +448,6 @@ def lower_matmul_packed(builder: PlanBuilder, node: Node) -> None:
         s_m=1,
         s_p=cols,
         bias_strides=(0, 1, 0),
+        # operands left unscaled by a Mul before them (elementwise._scale_through_gemm)
+        alpha=builder.operand_scales.get(a_name, 1.0) * builder.operand_scales.get(b_name, 1.0),
     )

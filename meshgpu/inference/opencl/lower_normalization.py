@@ -17,6 +17,7 @@ import numpy as np
 from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.normalization import NORMALIZATION_SOURCE
+from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.lower_tensor import _count
 from meshgpu.inference.opencl.plan import KernelArg, PlanBuilder, f32, i32, lowers
 
@@ -75,7 +76,7 @@ def _launch(
     epsilon = float(node.attrs.get("epsilon", 1e-5))
     builder.launch(
         node,
-        NORMALIZATION_SOURCE,
+        VECTOR_SOURCE + NORMALIZATION_SOURCE,
         "normalize_rows",
         [
             x.storage,

@@ -347,10 +347,25 @@ def lower_expand(builder: PlanBuilder, node: Node) -> None:
 def lower_gather_constant(builder: PlanBuilder, node: Node) -> None:
     """Gather on device data with a few constant indices: one strided copy per index (the
     general case is :func:`.lower_indexing.lower_gather`)."""
-    data = builder.tensor(node, node.inputs[0])
     if not builder.is_host(node.inputs[1]):
         raise UnsupportedOperatorError(f"{node.describe()}: indices must be constant")
     indices = np.asarray(builder.host(node.inputs[1]), dtype=np.int64)
+    source = builder.views.get(node.inputs[0])
+    if indices.ndim == 0 and (source is not None or builder.feeds_product(node.outputs[0])):
+        # one index: a view of that slice (attention's q, k, v from one stacked tensor)
+        source = _source(builder, node)
+        axis = int(node.attrs.get("axis", 0))
+        axis = axis + len(source.shape) if axis < 0 else axis
+        size = source.shape[axis]
+        index = int(indices) + size if int(indices) < 0 else int(indices)
+        if not 0 <= index < size:
+            raise ModelError(f"{node.describe()}: index {index} out of range for {size}")
+        shape = [*source.shape[:axis], *source.shape[axis + 1 :]]
+        strides = [*source.strides[:axis], *source.strides[axis + 1 :]]
+        offset = source.offset + index * source.strides[axis]
+        _view_or_copy(builder, node, node.outputs[0], source, shape, strides, offset)
+        return
+    data = builder.tensor(node, node.inputs[0])
     if indices.size > 64:
         raise UnsupportedOperatorError(f"{node.describe()}: more than 64 gathered indices")
     axis = int(node.attrs.get("axis", 0))

@@ -67,7 +67,16 @@ class View:
 
 
 #: Operators that only re-index their input: a view passes through them to a product.
-VIEW_OPERATORS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Split", "Slice")
+VIEW_OPERATORS = (
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Split",
+    "Slice",
+    "Gather",
+)
 
 
 KernelArg = Storage | cl.Buffer | np.generic | None
@@ -284,16 +293,47 @@ class PlanBuilder:
         return tensor
 
     def feeds_product(self, name: str) -> bool:
-        """Whether ``name`` (a float tensor) reaches a MatMul through view operators only,
-        each the sole reader of the one before: then it can stay a strided view."""
-        consumer = self.sole_consumer(name)
-        if consumer is None:
+        """Whether every reader of ``name`` (a float tensor, not a graph output) is a
+        MatMul, a view operator whose outputs feed products in turn, or a Mul by a constant
+        scalar that a MatMul alone reads (the product folds the factor into alpha): then
+        ``name`` can stay a strided view."""
+        readers = self.consumers.get(name, [])
+        if not readers or name in self.graph_outputs:
             return False
-        if consumer.op == "MatMul":
-            return True
-        if consumer.op not in VIEW_OPERATORS or consumer.inputs[0] != name:
-            return False
-        return any(out and self.feeds_product(out) for out in consumer.outputs)
+        for consumer in readers:
+            if consumer.op in ("MatMul", "Shape", "Size"):  # Shape reads no element
+                continue
+            if consumer.op == "Mul" and self.scalar_factor(consumer, name) is not None:
+                after = self.sole_consumer(consumer.outputs[0])
+                if after is not None and after.op == "MatMul":
+                    continue
+                return False
+            if consumer.op not in VIEW_OPERATORS or consumer.inputs[0] != name:
+                return False
+            if consumer.op == "Gather" and not self._scalar_index(consumer):
+                return False
+            if not all(out and self.feeds_product(out) for out in consumer.outputs):
+                return False
+        return True
+
+    def scalar_factor(self, node: Node, name: str) -> float | None:
+        """For a two-input Mul of ``name`` by a one-element float constant: the factor."""
+        if len(node.inputs) != 2 or node.inputs.count(name) != 1:
+            return None
+        other = node.inputs[1] if node.inputs[0] == name else node.inputs[0]
+        if not self.is_host(other):
+            return None
+        factor = np.asarray(self.host(other))
+        if factor.size != 1 or factor.dtype.kind != "f":
+            return None
+        return float(factor.reshape(()))
+
+    def _scalar_index(self, node: Node) -> bool:
+        return (
+            len(node.inputs) > 1
+            and self.is_host(node.inputs[1])
+            and np.asarray(self.host(node.inputs[1])).ndim == 0
+        )
 
     def sole_consumer(self, name: str) -> Node | None:
         """The only node reading ``name`` when it is not a graph output, else None."""

@@ -212,12 +212,12 @@ __kernel void conv2d_direct(__global const float* restrict x, __global const flo
   int g = m / Mg;
   const __global float* wm = w + (size_t)m * Cg * KH * KW;
   for (int ox = 0; ox < OW; ox++) {
-    /* Eight outputs at a time while every tap's loads stay inside the row (stride 1: load8
-       per tap; stride 2: load16(...).even), as max pooling does; the epilogue then runs
-       per element on what was stored. */
+    /* Eight outputs at a time (stride 1: load8 per tap; stride 2: load16(...).even), as max
+       pooling does; a tap whose eight inputs cross the row's edge (padding) assembles them
+       lane by lane, so ConvNeXt's 7x7 on a 16-pixel row still takes this path for most
+       taps. The epilogue then runs per element on what was stored. */
     int x0 = ox * SW - PW;
-    if (DW == 1 && (SW == 1 || SW == 2) && ox + 8 <= OW && x0 >= 0 &&
-        x0 + KW - 1 + SW * 8 <= W) {
+    if (DW == 1 && (SW == 1 || SW == 2) && ox + 8 <= OW) {
       float8 acc8 = (float8)(0.0f);
       for (int ci = 0; ci < Cg; ci++) {
         const __global float* xc = x + ((size_t)n * C + g * Cg + ci) * H * W;
@@ -227,7 +227,19 @@ __kernel void conv2d_direct(__global const float* restrict x, __global const flo
           const __global float* xr = xc + iy * W + x0;
           const __global float* wr = wm + (ci * KH + ky) * KW;
           for (int kx = 0; kx < KW; kx++) {
-            float8 v = SW == 1 ? load8(xr + kx) : load16(xr + kx).even;
+            int ix = x0 + kx;
+            float8 v;
+            if (ix >= 0 && ix + (SW == 1 ? 7 : 15) < W) {
+              v = SW == 1 ? load8(xr + kx) : load16(xr + kx).even;
+            } else {
+              float lane[8];
+              for (int l = 0; l < 8; l++) {
+                int p = ix + l * SW;
+                lane[l] = p >= 0 && p < W ? xr[kx + l * SW] : 0.0f;
+              }
+              v = (float8)(lane[0], lane[1], lane[2], lane[3], lane[4], lane[5], lane[6],
+                           lane[7]);
+            }
             acc8 += v * wr[kx];
           }
         }
