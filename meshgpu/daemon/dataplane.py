@@ -3,9 +3,14 @@
 The core moves task metadata over gossip; it asks the daemon to move bytes with
 ``FetchPayload`` (become a holder of a task's inputs), ``RunTask`` (fetch inputs and
 model, run, push the result to the holders) and ``DropPayload`` (the client has its
-result). Each becomes a trio task in the daemon's nursery, so the effect queue never
-waits for a transfer or a model; each ends by feeding the node the event the effect
-promised (``PayloadStored``/``PayloadFetchFailed``, ``TaskFinished``).
+result). Each becomes a trio task in the data plane's own nursery (``run``), so the
+effect queue never waits for a transfer or a model; each ends by feeding the node the
+event the effect promised (``PayloadStored``/``PayloadFetchFailed``, ``TaskFinished``).
+
+:class:`DataPlane` is the part: the wiring hands it the node's member list, the peer
+connections, the stores, the executor, and callables (feed an event, count, write a
+payload to the journal and wait for its sync, whether the daemon leaves, a task's entry
+in the table).
 
 Transfers are requests on the peer's TCP API (rpc.py): ``get_inputs``, ``get_model``
 (a stream of chunks), ``put_result``, ``get_result``. Everything fetched is checked
@@ -22,19 +27,19 @@ import functools
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from meshgpu.core import effects as fx
-from meshgpu.core.events import PayloadFetchFailed, PayloadStored, TaskFinished
+from meshgpu.core.events import Event, PayloadFetchFailed, PayloadStored, TaskFinished
 from meshgpu.core.tasks import TaskId, TaskSpec
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import group_from_bytes, group_result_bytes
-from meshgpu.daemon.results import RESULT, ResultPlane, task_key
+from meshgpu.daemon.results import RESULT, Members, ResultPlane, task_key
 from meshgpu.daemon.rpc import open_rpc
 from meshgpu.daemon.transfers import (
     Fetched,
@@ -45,7 +50,12 @@ from meshgpu.daemon.transfers import (
 from meshgpu.errors import DigestMismatchError, MeshError, PermanentTaskError
 
 if TYPE_CHECKING:
-    from meshgpu.daemon.runtime import Daemon
+    from meshgpu.daemon.auth import Authenticator
+    from meshgpu.daemon.execution import Executor
+    from meshgpu.daemon.modelstore import ModelStore
+    from meshgpu.daemon.payloads import PayloadStore
+    from meshgpu.daemon.rpc import ConnectionPool
+    from meshgpu.daemon.status import TaskLookup
 
 logger = logging.getLogger("meshgpu.daemon")
 
@@ -55,10 +65,43 @@ TRANSFER_TIMEOUT = 30.0
 
 
 class DataPlane(ResultPlane):
-    """Executes the data-plane effects of one daemon (results: results.py)."""
+    """Executes the data-plane effects of one daemon (results: results.py). Use
+    ``await nursery.start(plane.run)`` before the effect queue runs; :meth:`execute` is
+    invoked by the effect queue."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(
+        self,
+        node_id: NodeId,
+        node: Members,
+        peers: ConnectionPool,
+        payloads: PayloadStore,
+        models: ModelStore,
+        executor: Executor,
+        authenticator: Authenticator,
+        *,
+        max_frame_bytes: int,
+        task_entry: TaskLookup,
+        feed: Callable[[Event], None],
+        count: Callable[[str], None],
+        write_payload: Callable[[Any, str, bytes], int | None],
+        durable: Callable[[int], Awaitable[None]],
+        leaving: Callable[[], bool],
+    ) -> None:
+        self.node_id = node_id
+        self.node = node
+        self.peers = peers
+        self.payloads = payloads
+        self.models = models
+        self.executor = executor
+        self.authenticator = authenticator
+        self.max_frame_bytes = max_frame_bytes
+        self._task_entry = task_entry
+        self._feed = feed
+        self._count = count
+        self._write_payload = write_payload
+        self._durable = durable
+        self._leaving = leaving
+        self._nursery: trio.Nursery | None = None
         self.running: dict[tuple[TaskId, int], trio.CancelScope] = {}
         self._fetching: set[tuple[TaskId, int]] = set()
         self._held_back: dict[tuple[TaskId, int], None] = {}
@@ -76,11 +119,24 @@ class DataPlane(ResultPlane):
         """Hold requests whose inputs are still to fetch; every one queued by the time the
         fetching task runs (a burst: the tasks of one batch) goes in one request per source."""
 
+    async def run(
+        self,
+        *,
+        sweep_interval: float = 30.0,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Hold the nursery of every transfer and run this data plane starts, and sweep
+        the worker's result copies every ``sweep_interval`` seconds, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.sweep_results, sweep_interval)
+            task_status.started()
+
     # --- effect dispatch ----------------------------------------------------------
 
     def execute(self, effect: Any) -> None:
-        nursery = self.daemon._nursery
-        assert nursery is not None
+        nursery = self._nursery
+        assert nursery is not None, "DataPlane.run must be started before effects arrive"
         if isinstance(effect, fx.FetchPayload):
             self.input_refs[effect.input_digest].add(effect.task_id)
             self._fetch_queue.append(effect)
@@ -90,7 +146,7 @@ class DataPlane(ResultPlane):
             key = (effect.task_id, effect.attempt)
             if key in self.running or key in self._held_back:
                 return  # the same attempt twice: already on it
-            if self.daemon.leaving:
+            if self._leaving():
                 # Not started: handed back with the running ones when the drain ends
                 # (handed back at once, the leader, often this node, assigned it here
                 # again at once, over and over, until the leave).
@@ -137,20 +193,20 @@ class DataPlane(ResultPlane):
     # --- peers ---------------------------------------------------------------------
 
     def _address_of(self, node_id: NodeId) -> Address | None:
-        info = self.daemon.node.members().get(node_id)
+        info = self.node.members().get(node_id)
         return None if info is None else info.address
 
     def _live(self, node_ids: Iterable[NodeId]) -> list[NodeId]:
         """``node_ids`` with ourselves first and then live members, unknown ones dropped."""
-        live = set(self.daemon.node.live_members())
-        ordered = sorted(set(node_ids), key=lambda n: (n != self.daemon.node_id, n not in live))
-        return [n for n in ordered if n == self.daemon.node_id or n in live]
+        live = set(self.node.live_members())
+        ordered = sorted(set(node_ids), key=lambda n: (n != self.node_id, n not in live))
+        return [n for n in ordered if n == self.node_id or n in live]
 
     async def _request(self, node_id: NodeId, op: str, **fields: Any) -> dict[str, Any]:
         address = self._address_of(node_id)
         if address is None:
             raise MeshError(f"no address known for {node_id}")
-        return await self.daemon.peers.call(address, op, timeout=TRANSFER_TIMEOUT, **fields)
+        return await self.peers.call(address, op, timeout=TRANSFER_TIMEOUT, **fields)
 
     # --- inputs ----------------------------------------------------------------------
 
@@ -160,7 +216,7 @@ class DataPlane(ResultPlane):
         """The input payload ``digest``: from our store, else from the first source that
         has it (a large one into a scratch file, checked against its digest, and synced
         to disk if ``durable``: a holder's copy, not a worker's read-once scratch)."""
-        payloads = self.daemon.payloads
+        payloads = self.payloads
         local = payloads.get_memory(digest, INPUTS)
         if local is not None:
             return Fetched(data=local)
@@ -170,7 +226,7 @@ class DataPlane(ResultPlane):
             return Fetched(path=payloads.path(digest, INPUTS))
         errors = []
         for node_id in self._live(sources):
-            if node_id == self.daemon.node_id:
+            if node_id == self.node_id:
                 continue
             try:
                 data, writer = await pull(
@@ -207,7 +263,7 @@ class DataPlane(ResultPlane):
         queued, self._fetch_queue = self._fetch_queue, []
         groups: dict[NodeId | None, list[fx.FetchPayload]] = defaultdict(list)
         for effect in queued:
-            sources = [n for n in self._live(effect.from_nodes) if n != self.daemon.node_id]
+            sources = [n for n in self._live(effect.from_nodes) if n != self.node_id]
             groups[sources[0] if sources else None].append(effect)
         async with trio.open_nursery() as nursery:
             for source, effects in groups.items():
@@ -239,15 +295,12 @@ class DataPlane(ResultPlane):
                 try:
                     await self.store(effect.input_digest, INPUTS, data, wait=False)
                 except MeshError as error:
-                    self.daemon.feed(PayloadFetchFailed(effect.task_id, f"{error}"))
+                    self._feed(PayloadFetchFailed(effect.task_id, f"{error}"))
                     continue
-                self.daemon.feed(PayloadStored(effect.task_id))
+                self._feed(PayloadStored(effect.task_id))
 
     def _model_of(self, task_id: TaskId) -> str | None:
-        from meshgpu.daemon.status import task_table
-
-        table = task_table(self.daemon.node)
-        entry = None if table is None else table.get(task_id)
+        entry = self._task_entry(task_id)
         return None if entry is None else entry.spec.model_digest
 
     async def _fetch_payload(self, effect: fx.FetchPayload) -> None:
@@ -261,56 +314,56 @@ class DataPlane(ResultPlane):
             fetched = await self.fetch_inputs(effect.input_digest, effect.from_nodes, durable=True)
             if fetched.owned:
                 assert fetched.path is not None
-                self.daemon.payloads.install(fetched.path, effect.input_digest, INPUTS)
+                self.payloads.install(fetched.path, effect.input_digest, INPUTS)
             elif fetched.data is not None:
                 await self.store(effect.input_digest, INPUTS, fetched.data, wait=False)
         except Exception as error:  # every failure is reported to the core, never raised
             if not isinstance(error, MeshError):
                 logger.exception("unexpected error fetching inputs of %s", effect.task_id)
-            self.daemon.feed(PayloadFetchFailed(effect.task_id, f"{error}"))
+            self._feed(PayloadFetchFailed(effect.task_id, f"{error}"))
             return
-        self.daemon.feed(PayloadStored(effect.task_id))
+        self._feed(PayloadStored(effect.task_id))
 
     async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None:
         """Store a payload: small ones in the journal (synced by the group commit; with
         ``wait`` this returns once synced, without it a later record's sync covers it, as
         the holder's first task record does for fetched inputs), larger ones in a file,
         fsynced before this returns."""
-        seq = self.daemon.write_payload(key, kind, data)
+        seq = self._write_payload(key, kind, data)
         if seq is None:
-            await trio.to_thread.run_sync(self.daemon.payloads.put_bytes, key, kind, data)
+            await trio.to_thread.run_sync(self.payloads.put_bytes, key, kind, data)
         elif wait:
-            await self.daemon.durable(seq)
+            await self._durable(seq)
 
     # --- models ------------------------------------------------------------------------
 
     async def obtain_model(self, digest: str, sources: Iterable[NodeId]) -> None:
         """Make sure model ``digest`` is in our cache, fetching it (verified) if not."""
         async with self._model_fetches[digest]:  # concurrent tasks fetch a model once
-            if not self.daemon.models.has(digest):
+            if not self.models.has(digest):
                 await self._fetch_model(digest, sources)
 
     async def _fetch_model(self, digest: str, sources: Iterable[NodeId]) -> None:
-        candidates = self._live([*sources, *self.daemon.node.live_members()])
+        candidates = self._live([*sources, *self.node.live_members()])
         errors = []
         for node_id in candidates:
-            if node_id == self.daemon.node_id:
+            if node_id == self.node_id:
                 continue
             address = self._address_of(node_id)
             if address is None:
                 continue
-            writer = self.daemon.models.writer(digest)
+            writer = self.models.writer(digest)
             try:
                 with trio.fail_after(TRANSFER_TIMEOUT * 4):
                     async with open_rpc(
                         address,
-                        self.daemon.authenticator,
-                        max_frame_bytes=self.daemon.settings.max_frame_bytes,
+                        self.authenticator,
+                        max_frame_bytes=self.max_frame_bytes,
                     ) as rpc:
                         async for chunk in rpc.stream("get_model", digest=digest):
                             writer.write(chunk["data"])
                 await trio.to_thread.run_sync(writer.commit)
-                self.daemon.count("models_fetched")
+                self._count("models_fetched")
                 return
             except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
                 writer.abort()
@@ -342,7 +395,7 @@ class DataPlane(ResultPlane):
                     def on_slot() -> None:  # on the device now: no longer cancellable
                         self._fetching.discard(key)
 
-                    with self.daemon.models.pinned(spec.model_digest) as model_path:
+                    with self.models.pinned(spec.model_digest) as model_path:
                         if spec.members != 1:
                             blob = await fetched.read_bytes()
                             packed, run_s = await self._run_group(spec, model_path, blob, on_slot)
@@ -350,7 +403,7 @@ class DataPlane(ResultPlane):
                         else:
                             tensors = await fetched.tensors()
                             fetched.discard()  # loaded: the scratch copy is not needed
-                            outputs, run_s = await self.daemon.executor.run(
+                            outputs, run_s = await self.executor.run(
                                 spec.model_digest, model_path, tensors, on_slot=on_slot
                             )
                             del tensors
@@ -369,7 +422,7 @@ class DataPlane(ResultPlane):
                     reason = "the result could not be stored on any node: " + "; ".join(
                         problems or ["no live node"]
                     )
-            if scope.cancelled_caught and self.daemon.leaving:
+            if scope.cancelled_caught and self._leaving():
                 return  # handed back by _leave, which feeds the TaskFinished
             if scope.cancelled_caught:
                 return  # CancelTask: the attempt no longer matters
@@ -389,7 +442,7 @@ class DataPlane(ResultPlane):
             logger.warning(
                 "task %s attempt %d: %s (%s)", effect.task_id, effect.attempt, outcome, reason
             )
-        self.daemon.feed(
+        self._feed(
             TaskFinished(
                 effect.task_id,
                 effect.attempt,
@@ -411,13 +464,13 @@ class DataPlane(ResultPlane):
             raise PermanentTaskError(
                 f"the group's inputs hold {len(members)} members, its spec says {spec.members}"
             )
-        outcomes, run_s = await self.daemon.executor.run_many(
+        outcomes, run_s = await self.executor.run_many(
             spec.model_digest, model_path, members, on_slot=on_slot
         )
         return group_result_bytes(outcomes), run_s / len(members)
 
     def _drop(self, task_id: TaskId, input_digest: str) -> None:
-        self.daemon.payloads.delete(task_key(task_id), RESULT)
+        self.payloads.delete(task_key(task_id), RESULT)
         refs = self.input_refs.get(input_digest)
         if refs is not None:
             refs.discard(task_id)
@@ -426,4 +479,4 @@ class DataPlane(ResultPlane):
             del self.input_refs[input_digest]
         if self.submitting[input_digest]:
             return  # a submission being acknowledged stored the same bytes
-        self.daemon.payloads.delete(input_digest, INPUTS)
+        self.payloads.delete(input_digest, INPUTS)

@@ -15,12 +15,20 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from meshgpu.core.tasks import TaskId, TaskTable
+from meshgpu.core.membership import MemberInfo
+from meshgpu.core.tasks import TaskId
+from meshgpu.core.tasks.result_push import (
+    PUSH_ROUNDS,
+    kept,
+    needs_another_holder,
+    retry_delay,
+    round_targets,
+)
 from meshgpu.core.types import NodeId
 from meshgpu.daemon.blobs import TensorBlob, chunk_bytes
 from meshgpu.daemon.payloads import canonical_tensor_bytes
@@ -29,30 +37,41 @@ from meshgpu.daemon.transfers import push as push_ranges
 from meshgpu.errors import MeshError, StorageError
 
 if TYPE_CHECKING:
-    from meshgpu.daemon.runtime import Daemon
+    from meshgpu.daemon.payloads import PayloadStore
+    from meshgpu.daemon.status import TaskLookup
 
 logger = logging.getLogger("meshgpu.daemon")
 
 RESULT = "result"
-PUSH_ROUNDS = 3
-"""Rounds of pushes a result gets before its task fails for want of a place to keep it."""
-PUSH_RETRY_S = 1.0
-"""Wait before the second round of pushes (twice that before the third)."""
 
 
 def task_key(task_id: TaskId) -> tuple[str, int]:
     return (task_id.origin, task_id.sequence)
 
 
+class Members(Protocol):
+    """What the data plane reads of the node: the members it knows (their addresses)
+    and those it holds live."""
+
+    def members(self) -> Mapping[NodeId, MemberInfo]: ...
+
+    def live_members(self) -> Iterable[NodeId]: ...
+
+
 class ResultPlane:
     """Storing, pushing and reading back results (mixed into ``DataPlane``)."""
 
-    daemon: Daemon
+    node_id: NodeId
+    node: Members
+    payloads: PayloadStore
+    max_frame_bytes: int
+    _task_entry: TaskLookup
+    _count: Callable[[str], None]
 
     @property
     def chunk(self) -> int:
         """The largest range of a payload in one request (blobs.chunk_bytes)."""
-        return chunk_bytes(self.daemon.settings.max_frame_bytes)
+        return chunk_bytes(self.max_frame_bytes)
 
     def _live(self, node_ids: Iterable[NodeId]) -> list[NodeId]:
         raise NotImplementedError
@@ -70,7 +89,7 @@ class ResultPlane:
         blob = TensorBlob(outputs)
         if blob.size <= self.chunk:
             return ResultSource.of_bytes(canonical_tensor_bytes(outputs))
-        payloads, key = self.daemon.payloads, task_key(task_id)
+        payloads, key = self.payloads, task_key(task_id)
         scratch = payloads.scratch(key, RESULT)
         try:
             sha256 = await trio.to_thread.run_sync(blob.write_to, scratch)
@@ -84,7 +103,7 @@ class ResultPlane:
         return ResultSource(blob.size, sha256, self._file_reader(key, RESULT), stored_here=True)
 
     def _file_reader(self, key: Any, kind: str) -> ReadRange:
-        payloads = self.daemon.payloads
+        payloads = self.payloads
 
         async def read(offset: int, length: int) -> bytes:
             data = await trio.to_thread.run_sync(payloads.read_range, key, kind, offset, length)
@@ -100,10 +119,11 @@ class ResultPlane:
         """Store the result on every live holder; returns those that confirmed, and why
         the others did not. Storing is part of finishing the task: while no node other
         than this one confirmed, the result goes to further live members, one at a time,
-        and the whole round is tried ``PUSH_ROUNDS`` times before the task fails."""
+        and the whole round is tried ``PUSH_ROUNDS`` times before the task fails
+        (core/tasks/result_push.py decides whom and when)."""
         stored: list[NodeId] = []
         problems: list[str] = []
-        me = self.daemon.node_id
+        me = self.node_id
 
         async def push(node_id: NodeId) -> None:
             try:
@@ -141,36 +161,26 @@ class ResultPlane:
 
         for round_number in range(PUSH_ROUNDS):
             if round_number:
-                await trio.sleep(PUSH_RETRY_S * round_number)
+                await trio.sleep(retry_delay(round_number))
             tried: set[NodeId] = set()
-            # The holders named by RunTask are those known at assignment; replication may
-            # have added one since, so push to the table's current holders as well. The
-            # worker keeps a copy too (and says so): a task assigned before its
-            # replication finished would otherwise have its result on the origin alone.
-            targets = set(holders) | self._current_holders(task_id) | {me}
+            targets = round_targets(holders, self._current_holders(task_id), me, stored)
             async with trio.open_nursery() as nursery:
-                for node_id in self._live(targets - set(stored)):
+                for node_id in self._live(targets):
                     tried.add(node_id)
                     nursery.start_soon(push, node_id)
-            # No holder took it: another live member will (any node may hold a result).
-            for node_id in self._live(self.daemon.node.live_members()):
-                if set(stored) - {me}:
+            for node_id in self._live(self.node.live_members()):
+                if not needs_another_holder(stored, me):
                     break
                 if node_id not in tried:
                     tried.add(node_id)
                     await push(node_id)
-            # The worker's own copy alone is not enough while another live member could
-            # take one: losing the worker would lose the result of a task marked done.
-            others = set(self._live(self.daemon.node.live_members())) - {me}
-            if set(stored) - {me} or (stored and not others):
+            others = set(self._live(self.node.live_members())) - {me}
+            if kept(stored, me, others_live=bool(others)):
                 break
         return tuple(sorted(stored)), problems
 
     def _current_holders(self, task_id: TaskId) -> set[NodeId]:
-        from meshgpu.daemon.status import task_table
-
-        table = task_table(self.daemon.node)
-        entry = None if table is None else table.get(task_id)
+        entry = self._task_entry(task_id)
         return set() if entry is None else set(entry.holders)
 
     async def result_head(
@@ -200,7 +210,7 @@ class ResultPlane:
     ) -> tuple[bytes, int]:
         """Bytes ``offset`` to ``offset + length`` of the result of ``task_id`` and its
         total size, from our store or any live result holder."""
-        payloads, key = self.daemon.payloads, task_key(task_id)
+        payloads, key = self.payloads, task_key(task_id)
         local = payloads.get_memory(key, RESULT)
         if local is not None:
             return local[offset : offset + length], len(local)
@@ -214,7 +224,7 @@ class ResultPlane:
                 return data, size
         errors = []
         for node_id in self._live(holders):
-            if node_id == self.daemon.node_id:
+            if node_id == self.node_id:
                 continue
             try:
                 reply = await self._request(
@@ -230,26 +240,21 @@ class ResultPlane:
     async def sweep_results(self, interval: float = 30.0) -> None:
         """Delete result copies this node keeps without being a holder (the worker's
         copy) once the task is delivered or forgotten; holders get DropPayload instead."""
-        from meshgpu.daemon.status import task_table
-
         while True:
             await trio.sleep(interval)
-            table = task_table(self.daemon.node)
-            if table is None:
-                continue
             try:
-                self._sweep_once(table)
+                self._sweep_once()
             except (OSError, MeshError) as error:
                 logger.warning("sweeping result copies failed: %s", error)
 
-    def _sweep_once(self, table: TaskTable) -> None:
-        for parts in self.daemon.payloads.keys(RESULT):
+    def _sweep_once(self) -> None:
+        for parts in self.payloads.keys(RESULT):
             if len(parts) != 2 or not parts[1].isdigit():
                 continue
             task_id = TaskId(parts[0], int(parts[1]))
-            entry = table.get(task_id)
-            if entry is not None and self.daemon.node_id in entry.holders:
+            entry = self._task_entry(task_id)
+            if entry is not None and self.node_id in entry.holders:
                 continue
             if entry is None or entry.delivered:
-                self.daemon.payloads.delete(task_key(task_id), RESULT)
-                self.daemon.count("result_copies_swept")
+                self.payloads.delete(task_key(task_id), RESULT)
+                self._count("result_copies_swept")

@@ -122,7 +122,6 @@ class Daemon:
         """Replaced (after being set) whenever something observable changes."""
         self.ready = trio.Event()
         """Set once the daemon listens and serves (just before ``task_status.started``)."""
-        self._nursery: trio.Nursery | None = None
         self.capabilities = DeviceCapabilities()
         """This node's devices as last measured (empty until the load reporter ran)."""
         self.usable_devices: tuple[str, ...] = ()
@@ -212,10 +211,26 @@ class Daemon:
         self.model_catalog = ModelCatalog(self.node_id, self.node.catalog, self.models, self.feed)
         """The catalog the API and the HTTP port show and change (``catalog.py``)."""
         self.peers = ConnectionPool(self.authenticator, max_frame_bytes=settings.max_frame_bytes)
-        self.dataplane = DataPlane(self)
         node = self.node
         leaving = lambda: self.leaving  # noqa: E731 (read when asked: it changes)
         lookup = functools.partial(task_entry, node)
+        self.dataplane = DataPlane(
+            self.node_id,
+            node,
+            self.peers,
+            self.payloads,
+            self.models,
+            self.executor,
+            self.authenticator,
+            max_frame_bytes=settings.max_frame_bytes,
+            task_entry=lookup,
+            feed=self.feed,
+            count=self.count,
+            write_payload=self.write_payload,
+            durable=self.durable,
+            leaving=leaving,
+        )
+        """Transfers and runs, each a task in the data plane's nursery (``dataplane.py``)."""
         self.status = StatusReport(
             self.node_id,
             node,
@@ -346,8 +361,8 @@ class Daemon:
         self.feed(JournalReplayed(tuple(records)))
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 await nursery.start(self.peers.run)
+                await nursery.start(self.dataplane.run)
                 nursery.start_soon(self.effects.run)
                 nursery.start_soon(self.commit.run)
                 await nursery.start(self.peer_finder.run)
@@ -360,7 +375,6 @@ class Daemon:
                     else None
                 )
                 nursery.start_soon(self._report_load)
-                nursery.start_soon(self.dataplane.sweep_results)
                 if self.http is not None:
                     await nursery.start(self.http.run)
                 self._announce(len(records))

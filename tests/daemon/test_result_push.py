@@ -4,8 +4,9 @@ attempt with every push's reason instead of being reported done."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from meshgpu.daemon.blobs import TensorBlob
 from meshgpu.daemon.dataplane import DataPlane
 from meshgpu.daemon.transfers import ResultSource, memory_reader
 from meshgpu.errors import DiskFullError
+from tests.daemon.fakes import data_plane
 
 TASK = TaskId("o", 7)
 
@@ -38,12 +40,10 @@ class Peers:
 
 
 def plane(peers: Peers, live: list[str]) -> DataPlane:
-    members = {n: SimpleNamespace(address=(n, 1)) for n in live}
-    node = SimpleNamespace(live_members=lambda: list(live), members=lambda: members)
-    daemon = SimpleNamespace(
-        node_id="w", node=node, peers=peers, settings=SimpleNamespace(max_frame_bytes=1 << 20)
-    )
-    return DataPlane(daemon)  # type: ignore[arg-type]
+    directory = Path(tempfile.mkdtemp(prefix="meshgpu-push-"))
+    fakes = data_plane(directory, live=live)
+    fakes.plane.peers = peers  # type: ignore[assignment]
+    return fakes.plane
 
 
 def large_result() -> ResultSource:
@@ -120,9 +120,7 @@ async def test_the_workers_own_copy_alone_is_retried_for_another(autojump_clock)
     peers = LatePeers(taking={"o", "h", "x"}, refusals=3)
     blob = TensorBlob({"y": np.arange(4, dtype=np.float32)})
     result = ResultSource(blob.size, blob.digest(), memory_reader(blob), stored_here=True)
-    holders, _ = await plane(peers, ["w", "o", "h", "x"])._push_result(
-        TASK, 1, result, ["o", "h"]
-    )
+    holders, _ = await plane(peers, ["w", "o", "h", "x"])._push_result(TASK, 1, result, ["o", "h"])
     assert "w" in holders
     assert set(holders) - {"w"}, holders
 

@@ -1,0 +1,38 @@
+"""Where a worker stores a result before it reports the attempt ok
+(core/tasks/result_push.py; the daemon's data plane follows it)."""
+
+from __future__ import annotations
+
+from meshgpu.core.tasks.result_push import (
+    PUSH_ROUNDS,
+    kept,
+    needs_another_holder,
+    retry_delay,
+    round_targets,
+)
+
+
+def test_a_round_targets_named_and_current_holders_and_the_worker() -> None:
+    assert round_targets(["h1"], {"h2"}, "w", []) == {"h1", "h2", "w"}
+    assert round_targets(["h1", "h2"], set(), "w", ["h1", "w"]) == {"h2"}
+    assert round_targets([], set(), "w", ["w"]) == set()
+
+
+def test_only_a_copy_off_the_worker_spares_another_holder() -> None:
+    assert needs_another_holder([], "w")
+    assert needs_another_holder(["w"], "w")
+    assert not needs_another_holder(["h1"], "w")
+    assert not needs_another_holder(["w", "h1"], "w")
+
+
+def test_the_workers_copy_alone_is_kept_only_when_no_other_member_is_live() -> None:
+    assert not kept([], "w", others_live=False)
+    assert not kept(["w"], "w", others_live=True)
+    assert kept(["w"], "w", others_live=False)
+    assert kept(["h1"], "w", others_live=True)
+
+
+def test_rounds_wait_longer_each_time() -> None:
+    delays = [retry_delay(n) for n in range(PUSH_ROUNDS)]
+    assert delays[0] == 0.0
+    assert delays == sorted(delays) and len(set(delays)) == PUSH_ROUNDS
