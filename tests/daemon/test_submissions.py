@@ -1,0 +1,257 @@
+"""Submissions as a part (daemon/submissions.py) and the direct-run decision
+(daemon/direct.py), with fakes for the data plane's inputs, the executor and the core,
+on trio's mock clock. Real sockets: test_direct.py, test_resend.py."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from meshgpu.core import effects as fx
+from meshgpu.core.events import SubmitTask
+from meshgpu.core.load import DeviceCapabilities
+from meshgpu.core.tasks import DeviceRequirements, TaskId
+from meshgpu.daemon.direct import DIRECT_RUN_S, DirectRuns
+from meshgpu.daemon.modelstore import ModelStore
+from meshgpu.daemon.payloads import PayloadStore, decode_tensors, encode_tensors
+from meshgpu.daemon.submissions import Submissions
+from meshgpu.errors import DecodeError, PermanentTaskError, TaskError
+from tests.daemon.fakes import Fed
+
+MODEL = b"a model the fake executor never reads"
+DIGEST = hashlib.sha256(MODEL).hexdigest()
+X = np.arange(4, dtype=np.float32)
+
+
+@dataclass
+class Inputs:
+    """The data plane's side of submissions: stores in memory, counts the holds."""
+
+    submitting: Counter[str] = field(default_factory=Counter)
+    stored: dict[str, bytes] = field(default_factory=dict)
+    noted: list[tuple[TaskId, str]] = field(default_factory=list)
+
+    def note_inputs(self, task_id: TaskId, input_digest: str) -> None:
+        self.noted.append((task_id, input_digest))
+
+    async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None:
+        self.stored[key] = data
+
+
+@dataclass
+class Executor:
+    """What direct runs ask of the executor; runs double ``x``."""
+
+    expected: float | None = DIRECT_RUN_S / 2
+    fail: BaseException | None = None
+    active: int = 0
+    slots: int = 1
+    limiter: Any = field(default_factory=lambda: SimpleNamespace(available_tokens=1))
+
+    def expected_run_s(self, digest: str, tensors: Any) -> float | None:
+        return self.expected
+
+    async def run(self, digest: str, path: Path, tensors: Any, on_slot: Any = None) -> Any:
+        if self.fail is not None:
+            raise self.fail
+        return {"y": np.asarray(tensors["x"]) * 2}, 0.001
+
+
+@dataclass
+class Mesh:
+    """One node's submissions over fakes, and the world they see."""
+
+    submissions: Submissions
+    direct: DirectRuns
+    inputs: Inputs
+    executor: Executor
+    fed: Fed
+    counted: list[str]
+    state: dict[str, Any]
+
+
+def mesh(tmp_path: Path) -> Mesh:
+    models = ModelStore(tmp_path / "models", 1 << 30)
+    models.put(MODEL, DIGEST)
+    payloads = PayloadStore(tmp_path / "payloads")
+    inputs, executor, fed, counted = Inputs(), Executor(), Fed(), []
+    state: dict[str, Any] = {
+        "leaving": False,
+        "busy": False,
+        "queue": 0,
+        "capabilities": DeviceCapabilities(device_types=("cpu",), memory_total=1 << 30),
+        "entries": {},
+    }
+    direct = DirectRuns(
+        "n1",
+        executor,  # type: ignore[arg-type]
+        models,
+        labels=(("room", "lab1"),),
+        chunk=1 << 20,
+        leaving=lambda: state["leaving"],
+        busy=lambda: state["busy"],
+        capabilities=lambda: state["capabilities"],
+        queue_length=lambda: state["queue"],
+        count=counted.append,
+    )
+    submissions = Submissions(
+        "n1",
+        inputs,
+        payloads,
+        models,
+        direct,
+        task_entry=state["entries"].get,
+        feed=fed,
+        count=counted.append,
+        leaving=lambda: state["leaving"],
+    )
+    return Mesh(submissions, direct, inputs, executor, fed, counted, state)
+
+
+def request(x: np.ndarray = X, **fields: Any) -> dict[str, Any]:
+    return {"model_digest": DIGEST, "inputs": encode_tensors({"x": x}), **fields}
+
+
+FIRST = TaskId("n1", 1)
+
+
+async def answered(m: Mesh, count: int = 1, task_id: TaskId = FIRST) -> SubmitTask:
+    """Play the core: answer the ``count``-th SubmitTask fed with an acceptance."""
+    await m.fed.until(count)
+    submit = m.fed[count - 1]
+    assert isinstance(submit, SubmitTask)
+    m.submissions.answer(fx.TaskAccepted(submit.client_ref, task_id, 2, 2))
+    return submit
+
+
+async def test_an_idle_node_runs_a_tiny_task_at_once(tmp_path: Path, autojump_clock) -> None:
+    m = mesh(tmp_path)
+    answer = await m.submissions.submit(request())
+    assert answer["direct"] is True and answer["state"] == "done" and answer["worker"] == "n1"
+    np.testing.assert_array_equal(decode_tensors(answer["outputs"])["y"], X * 2)
+    assert list(m.fed) == [] and m.counted == ["direct_runs"]
+
+
+@pytest.mark.parametrize(
+    ("world", "fields"),
+    [
+        ({"busy": True}, {}),  # a task of the table runs here
+        ({"queue": 1}, {}),  # the core's queue is not empty
+        ({}, {"direct": False}),  # the client wants the table
+        ({}, {"prefer": ["room=lab1"]}),  # a preference: the leader decides
+        ({}, {"device_type": "gpu"}),  # a requirement this node misses
+    ],
+)
+async def test_anything_but_an_idle_capable_node_goes_to_the_table(
+    tmp_path: Path, autojump_clock, world: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    m = mesh(tmp_path)
+    m.state.update(world)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answered, m)
+        answer = await m.submissions.submit(request(**fields))
+    assert answer == {"task_id": "n1/1", "copies": 2, "replicas": 2}
+    assert m.executor.fail is None and "direct_runs" not in m.counted
+
+
+async def test_a_slow_or_cold_model_goes_to_the_table(tmp_path: Path, autojump_clock) -> None:
+    m = mesh(tmp_path)
+    tensors = {"x": X}
+    requirements = DeviceRequirements()
+    m.executor.expected = None  # never run here
+    assert not m.direct.allowed(request(), requirements, tensors)
+    m.executor.expected = DIRECT_RUN_S * 2
+    assert not m.direct.allowed(request(), requirements, tensors)
+    m.executor.expected = DIRECT_RUN_S / 2
+    assert m.direct.allowed(request(), requirements, tensors)
+
+
+async def test_a_transient_direct_failure_falls_back_to_the_table(
+    tmp_path: Path, autojump_clock
+) -> None:
+    m = mesh(tmp_path)
+    m.executor.fail = OSError("device lost")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answered, m)
+        answer = await m.submissions.submit(request())
+    assert answer["task_id"] == "n1/1"
+    assert m.direct.fallbacks == 1 and "direct_fallbacks" in m.counted
+
+
+async def test_a_permanent_direct_failure_is_the_answer(tmp_path: Path, autojump_clock) -> None:
+    m = mesh(tmp_path)
+    m.executor.fail = PermanentTaskError("wrong input shape")
+    answer = await m.submissions.submit(request())
+    assert answer["state"] == "failed" and "wrong input shape" in answer["reason"]
+    assert list(m.fed) == []
+
+
+async def test_inputs_are_held_until_the_core_answers(tmp_path: Path, autojump_clock) -> None:
+    m = mesh(tmp_path)
+    m.state["busy"] = True
+    answers: list[dict[str, Any]] = []
+
+    async def client() -> None:
+        answers.append(await m.submissions.submit(request()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client)
+        await m.fed.until(1)
+        (digest,) = m.inputs.submitting  # held while the core has not answered
+        assert m.inputs.submitting[digest] == 1 and digest in m.inputs.stored
+        await answered(m)
+    assert not m.inputs.submitting  # released by the answer
+    assert answers == [{"task_id": "n1/1", "copies": 2, "replicas": 2}]
+
+
+async def test_a_resend_gets_the_first_answer_and_other_inputs_are_refused(
+    tmp_path: Path, autojump_clock
+) -> None:
+    m = mesh(tmp_path)
+    m.state["busy"] = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answered, m)
+        first = await m.submissions.submit(request(submission="s-1"))
+    again = await m.submissions.submit(request(submission="s-1"))
+    assert again == first and len(m.fed) == 1  # not submitted twice
+    assert m.submissions.resends == 1 and "submissions_resent" in m.counted
+    with pytest.raises(DecodeError, match="other inputs"):
+        await m.submissions.submit(request(x=X + 1, submission="s-1"))
+
+
+async def test_an_unanswered_submission_times_out_and_keeps_its_hold(
+    tmp_path: Path, autojump_clock
+) -> None:
+    m = mesh(tmp_path)
+    m.state["busy"] = True
+    with pytest.raises(TaskError, match="did not acknowledge"):
+        await m.submissions.submit(request())
+    assert sum(m.inputs.submitting.values()) == 1  # the core's late answer releases it
+
+
+async def test_a_leaving_node_or_a_missing_model_refuses(tmp_path: Path, autojump_clock) -> None:
+    m = mesh(tmp_path)
+    with pytest.raises(TaskError, match="upload it first"):
+        await m.submissions.submit({**request(), "model_digest": "0" * 64})
+    m.state["leaving"] = True
+    with pytest.raises(TaskError, match="leaving"):
+        await m.submissions.submit(request())
+    assert list(m.fed) == []
+
+
+async def test_an_accepted_task_notes_its_inputs_from_the_table(
+    tmp_path: Path, autojump_clock
+) -> None:
+    m = mesh(tmp_path)
+    task_id = TaskId("n1", 9)
+    m.state["entries"][task_id] = SimpleNamespace(spec=SimpleNamespace(input_digest="d" * 64))
+    m.submissions.answer(fx.TaskAccepted("c-unknown", task_id, 2, 2))
+    assert m.inputs.noted == [(task_id, "d" * 64)]
