@@ -41,9 +41,32 @@ def models() -> None:
 @models.command("add")
 @click.argument("name")
 @click.argument("model", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 1024),
+    default=None,
+    help="Most rows of the first dimension a worker runs at once, concatenating tasks "
+    "(1: no batching). Default: 8 when every input and output has the same symbolic "
+    "first dimension, else 1.",
+)
+@click.option(
+    "--max-delay-ms",
+    type=click.FloatRange(0, 10_000),
+    default=None,
+    help="Longest a worker waits for more tasks when a batch is not full (default 0: "
+    "batch only what is already waiting).",
+)
 @connection_options
-def add(name: str, model: Path, peer: str | None, key_file: Path | None) -> None:
-    """Name the ONNX model file MODEL NAME in every node's catalog."""
+def add(
+    name: str,
+    model: Path,
+    max_batch: int | None,
+    max_delay_ms: float | None,
+    peer: str | None,
+    key_file: Path | None,
+) -> None:
+    """Name the ONNX model file MODEL NAME in every node's catalog, with its dynamic
+    batching settings (docs/task-queue.md, "Dynamic batching on the worker")."""
     from meshgpu.client.models import ModelBlob
     from meshgpu.client.session import UPLOAD_CHUNK_BYTES
 
@@ -59,11 +82,31 @@ def add(name: str, model: Path, peer: str | None, key_file: Path | None) -> None
                     data=blob.data[start:end],
                     more=end < len(blob.data),
                 )
-        answer: dict[str, Any] = await client.call("catalog_set", name=name, digest=blob.digest)
+        settings: dict[str, Any] = {}
+        if max_batch is not None:
+            settings["max_batch"] = max_batch
+        if max_delay_ms is not None:
+            settings["max_delay_ms"] = max_delay_ms
+        answer: dict[str, Any] = await client.call(
+            "catalog_set", name=name, digest=blob.digest, **settings
+        )
         return answer
 
     answer = _run(peer, key_file, work)
-    click.echo(f"{answer['name']}: version {answer['version']}, sha256 {answer['digest']}")
+    click.echo(
+        f"{answer['name']}: version {answer['version']}, sha256 {answer['digest']}, "
+        f"{_batching_text(answer)}"
+    )
+
+
+def _batching_text(row: dict[str, Any]) -> str:
+    """How a catalog row batches, in words."""
+    max_batch = row.get("max_batch")
+    if max_batch is None:
+        return "batching: worker default"
+    if max_batch <= 1:
+        return "no batching"
+    return f"batch <= {max_batch}, delay {row.get('max_delay_ms', 0):g} ms"
 
 
 @models.command("list")
@@ -83,7 +126,8 @@ def list_models(as_json: bool, peer: str | None, key_file: Path | None) -> None:
     for row in rows:
         notes = [n for n, on in (("shipped", row["shipped"]), ("here", row["here"])) if on]
         click.echo(
-            f"{row['name']:<24} v{row['version']:<4} {row['digest'][:16]}  {', '.join(notes)}"
+            f"{row['name']:<24} v{row['version']:<4} {row['digest'][:16]}  "
+            f"{_batching_text(row):<28} {', '.join(notes)}"
         )
 
 

@@ -22,6 +22,7 @@ from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
+    from meshgpu.core.catalog import Batching
     from meshgpu.core.load import LoadVector
     from meshgpu.core.tasks.records import TaskRecord
     from meshgpu.core.tasks.spec import TaskId, TaskSpec
@@ -149,10 +150,12 @@ class JournalReplayed:
 @dataclass(frozen=True, slots=True)
 class CatalogChange:
     """Set model ``name`` of the catalog to ``digest`` (sha256 of its ONNX bytes), or
-    remove it (``digest`` None); replicated to every node (catalog.py)."""
+    remove it (``digest`` None); replicated to every node (catalog.py). ``batching``: the
+    model's dynamic batching settings (None: the workers' default for its graph)."""
 
     name: str
     digest: str | None
+    batching: Batching | None = None
 
 
 Event = (

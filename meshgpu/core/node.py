@@ -202,7 +202,7 @@ class Node:
             case LeaveRequested():
                 self.swim.leave(now)
             case CatalogChange():
-                self.model_catalog.change(event.name, event.digest)
+                self.model_catalog.change(event.name, event.digest, event.batching)
             case (
                 SubmitTask()
                 | PayloadStored()

@@ -25,6 +25,10 @@ Sessions are shared between runs of the same model. onnxruntime's ``run`` is saf
 call from several threads; our OpenCL executor keeps one command queue per session, so
 its runs are serialised with a per-session lock.
 
+Runs of a model with a free batch dimension are batched (batching.py): runs waiting for
+the device at once are concatenated along the first dimension into one run, up to the
+model's ``max_batch`` rows, and the outputs split back per run.
+
 The error classes decide retries (design, fault tolerance): a
 :class:`~meshgpu.errors.PermanentTaskError` (bad model, bad input) fails the task at
 once; anything else is transient and retried elsewhere.
@@ -54,6 +58,20 @@ from typing import Any, TypeVar
 import numpy as np
 import trio
 
+from meshgpu.core.catalog import Batching
+from meshgpu.daemon.batching import (
+    DEFAULT_BATCHING,
+    BatchCounts,
+    BatchQueue,
+    Request,
+    Signature,
+    Waiter,
+    batch_dimension,
+    concatenate,
+    rows_of,
+    signature,
+    split,
+)
 from meshgpu.daemon.synthetic import SyntheticSession, is_synthetic, service_seconds
 from meshgpu.errors import PermanentTaskError
 
@@ -84,6 +102,8 @@ class _CachedSession:
     """How long the latest run took (decides whether the next one may run inline)."""
     last_input_bytes: int = 0
     """The input bytes of that run: a run on more bytes is expected to take longer."""
+    batch_axis: bool = False
+    """The model's graph declares a free batch dimension (batching.batch_dimension)."""
 
     def expected_s(self, input_bytes: int) -> float:
         """The latest run's time scaled up to ``input_bytes`` (never down: a small input
@@ -112,8 +132,12 @@ class Executor:
         backend: str = "auto",
         device: str | None = None,
         cache_size: int = 8,
+        batching_for: Callable[[str], Batching | None] | None = None,
     ) -> None:
         self.slots = slots
+        self.batching_for = batching_for or (lambda digest: None)
+        """Model digest -> its batching settings from the catalog (None: the default
+        for a graph with a free batch dimension)."""
         self.limiter = trio.CapacityLimiter(slots)
         self.backend = backend
         self.device = device
@@ -129,6 +153,10 @@ class Executor:
         """Runs done on the loop rather than in a worker thread (module doc)."""
         self.fallback_models: dict[str, str] = {}
         """Model digest -> why it runs on onnxruntime although OpenCL was asked for."""
+        self.batch_counts = BatchCounts()
+        self._queues: dict[tuple[str, Signature], BatchQueue] = {}
+        self._unbatched: set[str] = set()
+        """Models whose outputs turned out not to be batch-major: they run alone."""
 
     @property
     def capacity(self) -> int:
@@ -157,9 +185,9 @@ class Executor:
                 continue
             self._loading[digest] = event = trio.Event()
             try:
-                session = await trio.to_thread.run_sync(self._load, model_path)
+                session, batch_axis = await trio.to_thread.run_sync(self._load, model_path)
                 lock = None if session.backend in _THREAD_SAFE else threading.Lock()
-                self._sessions[digest] = _CachedSession(session, lock)
+                self._sessions[digest] = _CachedSession(session, lock, batch_axis=batch_axis)
                 self._note_fallback(digest, session)
                 while len(self._sessions) > self.cache_size:
                     self._sessions.popitem(last=False)
@@ -169,17 +197,43 @@ class Executor:
         self._sessions.move_to_end(digest)
         return self._sessions[digest]
 
-    def _load(self, model_path: Path) -> Any:
+    def _load(self, model_path: Path) -> tuple[Any, bool]:
+        """The session, and whether its graph declares a free batch dimension."""
         if is_synthetic(self.device):
-            return SyntheticSession(self.device, model_path)
+            return SyntheticSession(self.device, model_path), False
         from meshgpu import inference
 
-        return inference.load(
+        session = inference.load(
             model_path,
             backend=self.backend,  # type: ignore[arg-type]
             device=self.device,
             allow_fallback=True,  # a device problem is this node's, not the task's
         )
+        model = getattr(session, "model", None)
+        proto = getattr(model, "proto", None)
+        return session, proto is not None and batch_dimension(proto)
+
+    def batching_of(
+        self, digest: str, cached: _CachedSession, members: Sequence[Mapping[str, Any]]
+    ) -> Batching | None:
+        """The batching settings ``members`` (one run's feeds each) may run under, or None
+        when they run alone: the graph has no free batch dimension, the model turned out
+        not batch-major, batching is off for it (``max_batch`` 1), or a member's feeds
+        disagree on their rows, exceed ``max_batch`` or differ from the others'."""
+        if not cached.batch_axis or digest in self._unbatched or not members:
+            return None
+        batching = self.batching_for(digest) or DEFAULT_BATCHING
+        if batching.max_batch < 2:
+            return None
+        for feeds in members:
+            rows = rows_of(feeds)
+            if rows is None or rows > batching.max_batch:
+                return None
+        if len(members) > 1:
+            first = signature(members[0])
+            if any(signature(feeds) != first for feeds in members[1:]):
+                return None
+        return batching
 
     def _note_fallback(self, digest: str, session: Any) -> None:
         """Record (and log once) a model that runs on onnxruntime although this node was
@@ -202,17 +256,30 @@ class Executor:
         on_slot: Callable[[], None] | None = None,
     ) -> tuple[dict[str, np.ndarray], float]:
         """Run the model on ``feeds`` in a worker thread (on the loop if the run is
-        expected to take under ``INLINE_RUN_S``); returns (outputs, seconds).
-        ``on_slot`` is called once a slot is taken (until then, a prefetched task is
-        only waiting, and cancelling it loses nothing)."""
-        return await self._in_slot(
-            digest,
-            model_path,
-            lambda cached: self._run_blocking(cached, dict(feeds)),
-            input_bytes(feeds),
-            1,
-            on_slot,
-        )
+        expected to take under ``INLINE_RUN_S``), batched with other runs of the model
+        when it has a free batch dimension; returns (outputs, seconds: this run's share
+        of its batch). ``on_slot`` is called once the run is on the device (until then,
+        a prefetched task is only waiting, and cancelling it loses nothing)."""
+        self.active += 1
+        try:
+            cached = await self.session(digest, model_path)
+            batching = self.batching_of(digest, cached, [feeds])
+            if batching is not None:
+                (request,), run_s = await self._batched(digest, cached, batching, [feeds], on_slot)
+                if request.error is not None:
+                    raise request.error
+                assert request.outputs is not None
+                return request.outputs, run_s
+            return await self._in_slot(
+                digest,
+                cached,
+                lambda cached: self._run_blocking(cached, dict(feeds)),
+                input_bytes(feeds),
+                [rows_of(feeds) or 1],
+                on_slot,
+            )
+        finally:
+            self.active -= 1
 
     async def run_many(
         self,
@@ -222,51 +289,177 @@ class Executor:
         on_slot: Callable[[], None] | None = None,
     ) -> tuple[list[dict[str, np.ndarray] | str], float]:
         """Run the model once per member of a task group, one after the other in ONE
-        thread hop (one slot); returns (per member: its outputs, or the reason of its
-        permanent error; seconds for the whole group). A member's
-        :class:`~meshgpu.errors.PermanentTaskError` fails that member alone; any other
-        error is raised, so the whole group is retried (at-least-once execution). The
-        inline rule of :meth:`run` applies to the whole group's expected time (the
-        expected per-member time times the member count)."""
-        return await self._in_slot(
-            digest,
-            model_path,
-            lambda cached: self._run_members(cached, members),
-            input_bytes(members[0]) if members else 0,
-            len(members),
-            on_slot,
-        )
+        thread hop (one slot), or in batches when the model has a free batch dimension;
+        returns (per member: its outputs, or the reason of its permanent error; seconds
+        for the whole group). A member's :class:`~meshgpu.errors.PermanentTaskError`
+        fails that member alone; any other error is raised, so the whole group is
+        retried (at-least-once execution). The inline rule of :meth:`run` applies to the
+        whole group's expected time (the expected per-member time times the member
+        count)."""
+        self.active += 1
+        try:
+            cached = await self.session(digest, model_path)
+            batching = self.batching_of(digest, cached, members)
+            if batching is None:
+                return await self._in_slot(
+                    digest,
+                    cached,
+                    lambda cached: self._run_members(cached, members),
+                    input_bytes(members[0]) if members else 0,
+                    [rows_of(feeds) or 1 for feeds in members],
+                    on_slot,
+                )
+            requests, run_s = await self._batched(digest, cached, batching, members, on_slot)
+            outcomes: list[dict[str, np.ndarray] | str] = []
+            for request in requests:
+                if request.error is None:
+                    assert request.outputs is not None
+                    outcomes.append(request.outputs)
+                elif isinstance(request.error, PermanentTaskError):
+                    outcomes.append(f"{type(request.error).__name__}: {request.error}")
+                else:
+                    raise request.error
+            return outcomes, run_s
+        finally:
+            self.active -= 1
 
     async def _in_slot(
         self,
         digest: str,
-        model_path: Path,
+        cached: _CachedSession,
         work: Callable[[_CachedSession], tuple[_T, float]],
         member_bytes: int,
-        members: int,
+        member_rows: list[int],
         on_slot: Callable[[], None] | None,
     ) -> tuple[_T, float]:
         """Run ``work`` on the model's session in one slot: on the loop when it is alone
-        on the node and expected to take under ``INLINE_RUN_S`` (``members`` runs of
-        ``member_bytes`` each), else in a worker thread."""
-        self.active += 1
+        on the node and expected to take under ``INLINE_RUN_S`` (one run of
+        ``member_bytes`` per entry of ``member_rows``), else in a worker thread."""
+        members = len(member_rows)
+        async with self.limiter:
+            if on_slot is not None:
+                on_slot()
+            expected = cached.expected_s(member_bytes) * members
+            if self._may_run_inline(cached, expected):
+                result, elapsed = work(cached)
+                self.inline_runs += 1
+            else:
+                result, elapsed = await trio.to_thread.run_sync(work, cached)
+        cached.ran(elapsed / max(1, members), member_bytes)
+        self._note_fallback(digest, cached.session)
+        self.busy_seconds += elapsed
+        for rows in member_rows:
+            self.batch_counts.count(digest, 1, rows)
+        return result, elapsed
+
+    def _may_run_inline(self, cached: _CachedSession, expected_s: float) -> bool:
+        return self.active == 1 and cached.lock is None and expected_s < INLINE_RUN_S
+
+    async def _batched(
+        self,
+        digest: str,
+        cached: _CachedSession,
+        batching: Batching,
+        members: Sequence[Mapping[str, np.ndarray]],
+        on_slot: Callable[[], None] | None,
+    ) -> tuple[list[Request], float]:
+        """Queue ``members`` (one run's feeds each) for batching and return once each is
+        answered (outputs or error), with the seconds that are their share of the
+        batches that ran them. Whoever gets a slot runs the oldest waiting runs of the
+        queue (batching.py), its own or others'; a caller whose runs another batch took
+        stops waiting for a slot (its wait is cancelled) and waits for their answers."""
+        key = (digest, signature(members[0]))
+        queue = self._queues.get(key)
+        if queue is None or queue.batching != batching:
+            queue = self._queues[key] = BatchQueue(batching)
+        waiter = Waiter(on_slot)
+        waiter.requests = [Request(feeds, rows_of(feeds) or 1, waiter) for feeds in members]
+        waiter.open_requests = len(members)
+        queue.add(waiter.requests)
         try:
-            cached = await self.session(digest, model_path)
-            async with self.limiter:
-                if on_slot is not None:
-                    on_slot()
-                expected = cached.expected_s(member_bytes) * members
-                if self.active == 1 and cached.lock is None and expected < INLINE_RUN_S:
-                    result, elapsed = work(cached)
-                    self.inline_runs += 1
-                else:
-                    result, elapsed = await trio.to_thread.run_sync(work, cached)
-            cached.ran(elapsed / max(1, members), member_bytes)
-            self._note_fallback(digest, cached.session)
-            self.busy_seconds += elapsed
-            return result, elapsed
+            while not waiter.finished.is_set():
+                if all(request.taken for request in waiter.requests):
+                    await waiter.finished.wait()
+                    break
+                with trio.CancelScope() as slot_wait:
+                    waiter.slot_wait = slot_wait
+                    await self.limiter.acquire_on_behalf_of(waiter)
+                waiter.slot_wait = None
+                if slot_wait.cancelled_caught:
+                    continue  # another batch took every run of this caller
+                try:
+                    if all(request.taken for request in waiter.requests):
+                        continue
+                    batch = await queue.gather()
+                    if batch:
+                        await self._run_batch(digest, cached, batch)
+                finally:
+                    self.limiter.release_on_behalf_of(waiter)
         finally:
-            self.active -= 1
+            queue.remove_untaken(waiter.requests)
+        return waiter.requests, sum(request.run_s for request in waiter.requests)
+
+    async def _run_batch(self, digest: str, cached: _CachedSession, batch: list[Request]) -> None:
+        """Run one gathered batch (in a worker thread, or inline under the rule of
+        :meth:`run` when it holds one small run) and answer each of its runs."""
+        feeds_bytes = sum(input_bytes(request.feeds) for request in batch)
+        expected = cached.expected_s(feeds_bytes)
+        if len(batch) == 1 and self._may_run_inline(cached, expected):
+            together, elapsed = self._run_batch_blocking(cached, digest, batch)
+            self.inline_runs += 1
+        else:
+            # Shielded: these runs are on the device now (their callers were told), and
+            # other callers wait for them; a cancelled caller's answer is just not read.
+            with trio.CancelScope(shield=True):
+                together, elapsed = await trio.to_thread.run_sync(
+                    self._run_batch_blocking, cached, digest, batch
+                )
+        for request in batch:
+            request.run_s = elapsed / len(batch)
+            request.waiter.answered()
+        self._note_fallback(digest, cached.session)
+        self.busy_seconds += elapsed
+        if together:
+            cached.ran(elapsed, feeds_bytes)
+            self.batch_counts.count(digest, len(batch), sum(r.rows for r in batch))
+        else:
+            self.batch_counts.batch_fallbacks += 1
+            for request in batch:
+                self.batch_counts.count(digest, 1, request.rows)
+
+    def _run_batch_blocking(
+        self, cached: _CachedSession, digest: str, batch: list[Request]
+    ) -> tuple[bool, float]:
+        """Run ``batch`` as one concatenated run; if that fails or its outputs are not
+        batch-major, run each member alone so each gets its own outputs or error.
+        Returns whether it ran as one run, and the seconds taken."""
+        started = time.perf_counter()
+        if len(batch) > 1:
+            parts = None
+            try:
+                outputs, _ = self._run_blocking(
+                    cached, concatenate([request.feeds for request in batch])
+                )
+                parts = split(outputs, [request.rows for request in batch])
+                if parts is None:
+                    self._unbatched.add(digest)
+                    logger.warning(
+                        "model %s: outputs of a batched run are not batch-major; "
+                        "it runs unbatched on this node from now on",
+                        digest[:12],
+                    )
+            except Exception:  # a bad member or a device error: each runs alone below
+                parts = None
+            if parts is not None:
+                for request, part in zip(batch, parts, strict=True):
+                    request.outputs = part
+                return True, time.perf_counter() - started
+        for request in batch:
+            try:
+                request.outputs = self._run_blocking(cached, dict(request.feeds))[0]
+            except Exception as error:
+                request.error = error
+        return len(batch) == 1, time.perf_counter() - started
 
     def _run_members(
         self, cached: _CachedSession, members: Sequence[Mapping[str, np.ndarray]]

@@ -228,9 +228,18 @@ class ClientHandlers:
         return {"models": self.catalog.rows()}
 
     async def op_catalog_set(self, request: Message, responder: Responder) -> Message:
-        """Name a model of this node's store in the mesh-wide catalog (upload it first)."""
+        """Name a model of this node's store in the mesh-wide catalog (upload it first),
+        with optional batching settings (``max_batch``, ``max_delay_ms``)."""
+        from meshgpu.daemon.catalog import batching_of_request
+
+        max_batch, max_delay_us = batching_of_request(
+            request.get("max_batch"), request.get("max_delay_ms")
+        )
         return await self.catalog.set(
-            request_field(request, "name", str), request_field(request, "digest", str)
+            request_field(request, "name", str),
+            request_field(request, "digest", str),
+            max_batch,
+            max_delay_us,
         )
 
     async def op_catalog_remove(self, request: Message, responder: Responder) -> Message:

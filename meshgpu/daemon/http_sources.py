@@ -95,6 +95,19 @@ class DaemonHttpSources:
         self._http_of: dict[tuple[str, int], str | None] = {}
         """(node id, incarnation) -> that member's HTTP ``host:port`` (None: no HTTP)."""
 
+    def executions_by_model(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(model name, version) -> (device runs, rows run) of this node's executor, by
+        the catalog's names (a model no name holds: the first 12 digits of its digest,
+        version "")."""
+        named: dict[str, list[tuple[str, str]]] = {}
+        for name, (digest, version) in self.catalog_part.names().items():
+            named.setdefault(digest, []).append((name, str(version)))
+        counts: dict[tuple[str, str], tuple[int, int]] = {}
+        for digest, pair in self.executor.batch_counts.per_model.items():
+            for key in named.get(digest, [(digest[:12], "")]):
+                counts[key] = pair
+        return counts
+
     def sources(self) -> Sources:
         return Sources(
             node_id=lambda: self.node_id,
@@ -256,7 +269,7 @@ def build_http_server(
 
     host = checked_bind(settings, daemon_bind)
     tokens = None if settings.tokens is None else TokenTable.load(settings.tokens)
-    stats = InferenceStats()
+    stats = InferenceStats(sources_part.executions_by_model)
     registry = new_registry(sources_part.status.snapshot, stats)
     commit.on_sync = fsync_histogram(registry).observe
     sources = sources_part.sources()

@@ -151,7 +151,12 @@ class Daemon:
         )
         self.models = ModelStore(settings.data_dir / "models", settings.model_cache_bytes)
         self.payloads = PayloadStore(settings.data_dir / "payloads", self.journal)
-        self.executor = Executor(settings.slots, backend=settings.backend, device=settings.device)
+        self.executor = Executor(
+            settings.slots,
+            backend=settings.backend,
+            device=settings.device,
+            batching_for=lambda digest: self.model_catalog.batching_for(digest),
+        )
         # Before the node exists: the imports hold the GIL for a second or more, which
         # inside the first task starved the loop into false suspicions (warmup.py).
         preload_inference(settings.backend, settings.device)

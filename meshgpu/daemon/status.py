@@ -32,6 +32,7 @@ from meshgpu.daemon.synthetic import is_synthetic
 
 if TYPE_CHECKING:
     from meshgpu.core.node import Node
+    from meshgpu.daemon.batching import BatchCounts
     from meshgpu.daemon.auth import Authenticator
     from meshgpu.daemon.identity import DuplicateIdentityGuard
     from meshgpu.daemon.settings import DaemonSettings
@@ -87,10 +88,14 @@ class WorkCounts(Protocol):
 
 
 class FallbackCounts(Protocol):
-    """What status reads of the executor: the models that fell back to onnxruntime."""
+    """What status reads of the executor: the models that fell back to onnxruntime, and
+    its device runs against the tasks they ran (dynamic batching, batching.py)."""
 
     @property
     def fallback_models(self) -> Mapping[str, Any]: ...
+
+    @property
+    def batch_counts(self) -> BatchCounts: ...
 
 
 def _load_fields(load: LoadVector | None) -> dict[str, Any] | None:
@@ -220,6 +225,8 @@ class StatusReport:
                 "backend": settings.backend,
                 "usable_devices": list(self._usable_devices()),
                 "fallback_models": dict(self.executor.fallback_models),
+                # Device runs vs tasks they answered (dynamic batching, batching.py).
+                "batching": self.executor.batch_counts.snapshot(),
                 "http": self._http(),
             },
             "generation": self._generation(),

@@ -5,7 +5,12 @@ process, as in tests, never share numbers). Two custom collectors read their num
 scrape time, so nothing is copied on the hot path:
 
 - :class:`InferenceStats` counts the protocol's infer requests under Triton's names,
-  labelled ``model`` and ``version`` (``nv_inference_request_success`` ...).
+  labelled ``model`` and ``version`` (``nv_inference_request_success`` ...). The two
+  counts of work, ``nv_inference_exec_count`` (device runs) and ``nv_inference_count``
+  (rows of the first dimension they ran), are this node's executor's, as Triton counts
+  its own model executions: with dynamic batching one run answers several requests,
+  so their ratio is the average batch (a request may also run on another node: the
+  entry node counts the request, the worker the execution).
 - :class:`MeshCollector` reads the ``status`` snapshot (the same data as ``meshgpu
   status``) into ``meshgpu_*`` families: members by state, the leader's view, suspicions
   and deaths, tasks by state, datagrams, authentication failures, devices.
@@ -49,10 +54,16 @@ class _ModelStats:
 
 
 class InferenceStats(Collector):
-    """Triton's per-model inference counters for the requests this node's HTTP port took."""
+    """Triton's per-model inference counters for the requests this node's HTTP port took;
+    ``executions`` (when given) reads (model, version) -> (executions, inferences) of
+    this node's device runs at scrape time, and replaces the per-request counts."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        executions: Callable[[], Mapping[tuple[str, str], tuple[int, int]]] | None = None,
+    ) -> None:
         self.models: dict[tuple[str, str], _ModelStats] = {}
+        self.executions = executions
 
     def _of(self, model: str, version: str) -> _ModelStats:
         stats = self.models.get((model, version))
@@ -127,10 +138,16 @@ class InferenceStats(Collector):
             "Inference requests received and not answered yet.",
             labels=labels,
         )
+        runs = self.executions() if self.executions is not None else None
         for (model, version), stats in sorted(self.models.items()):
             for attribute, family in families.items():
+                if runs is not None and attribute in ("executions", "inferences"):
+                    continue
                 family.add_metric([model, version], getattr(stats, attribute))  # type: ignore[attr-defined]
             pending.add_metric([model, version], stats.pending)
+        for (model, version), (executions, inferences) in sorted((runs or {}).items()):
+            families["executions"].add_metric([model, version], executions)  # type: ignore[attr-defined]
+            families["inferences"].add_metric([model, version], inferences)  # type: ignore[attr-defined]
         yield from families.values()
         yield pending
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from meshgpu.core.catalog import CatalogEntry, CatalogUpdate, check_name
+from meshgpu.core.catalog import Batching, CatalogEntry, CatalogUpdate, check_name
 from meshgpu.core.events import CatalogChange, PeerDiscovered
 from meshgpu.errors import DecodeError
 from tests.core.harness import MeshHarness
@@ -110,6 +110,26 @@ def test_same_digest_again_and_removing_nothing_change_nothing() -> None:
     assert node.catalog() == {"m": CatalogEntry(A, 1)}
 
 
+def test_batching_settings_travel_with_the_name_and_a_new_setting_keeps_the_version() -> None:
+    mesh = MeshHarness(4, seed=11)
+    joined(mesh)
+    mesh.deliver_event("n001", CatalogChange("squeeze", A, Batching(16, 2000)))
+    want = CatalogEntry(A, 1, Batching(16, 2000))
+    assert all(c == {"squeeze": want} for c in settled(mesh, 60))
+    mesh.deliver_event("n002", CatalogChange("squeeze", A, Batching(4, 0)))
+    assert all(c == {"squeeze": CatalogEntry(A, 1, Batching(4, 0))} for c in settled(mesh, 60))
+    clock = mesh.nodes["n002"].model_catalog.clock
+    mesh.deliver_event("n002", CatalogChange("squeeze", A, Batching(4, 0)))  # the same again
+    assert mesh.nodes["n002"].model_catalog.clock == clock
+
+
+def test_an_update_without_batching_keeps_its_five_fields() -> None:
+    """A catalog that sets no batching keeps the bytes it had before batching existed."""
+    assert len(CatalogUpdate("m", A, 1, 1, "n000").to_fields()) == 5
+    with_settings = CatalogUpdate("m", A, 1, 1, "n000", Batching(8, 0))
+    assert roundtrip(with_settings) == with_settings
+
+
 def roundtrip(update: CatalogUpdate) -> CatalogUpdate:
     return CatalogUpdate.from_fields(msgpack.unpackb(msgpack.packb(update.to_fields())))
 
@@ -125,6 +145,16 @@ def test_malformed_updates_are_refused_at_decode() -> None:
     ):
         with pytest.raises(DecodeError):
             roundtrip(bad)
+    for fields in (
+        ["m", A, 1, 1, "n000", [0, 0]],  # max_batch below 1
+        ["m", A, 1, 1, "n000", [8, -1]],
+        ["m", A, 1, 1, "n000", [8]],
+        ["m", A, 1, 1, "n000", [8, 0], "extra"],
+    ):
+        with pytest.raises(DecodeError):
+            CatalogUpdate.from_fields(fields)
+    with pytest.raises(ValueError):
+        Batching(2000, 0)
 
 
 def test_names_are_checked() -> None:

@@ -10,7 +10,9 @@ import pytest
 
 from meshgpu.core.catalog import CatalogEntry
 from meshgpu.core.events import CatalogChange
-from meshgpu.daemon.catalog import SHIPPED, ModelCatalog, shipped_digests
+from meshgpu.core.catalog import Batching
+from meshgpu.daemon.batching import DEFAULT_BATCHING
+from meshgpu.daemon.catalog import SHIPPED, ModelCatalog, batching_of_request, shipped_digests
 from meshgpu.errors import DecodeError, TaskError
 
 
@@ -40,7 +42,8 @@ class Node:
             self.entries.pop(change.name, None)
         else:
             old = self.entries.get(change.name)
-            self.entries[change.name] = CatalogEntry(change.digest, old.version + 1 if old else 1)
+            version = 1 if old is None else old.version + (old.digest != change.digest)
+            self.entries[change.name] = CatalogEntry(change.digest, version, change.batching)
 
 
 def build(tmp_path: Path, held: dict[str, Path] | None = None) -> tuple[ModelCatalog, Node]:
@@ -69,8 +72,15 @@ async def test_set_names_a_held_readable_model_and_remove_drops_it(tmp_path: Pat
     digest = hashlib.sha256(data).hexdigest()
     catalog, node = build(tmp_path, {digest: SHIPPED["digits"]})
     answer = await catalog.set("my-digits", digest)
-    assert answer == {"name": "my-digits", "digest": digest, "version": 1}
-    assert node.fed == [CatalogChange("my-digits", digest)]
+    # digits has a free batch dimension: it gets the default batching settings.
+    assert answer == {
+        "name": "my-digits",
+        "digest": digest,
+        "version": 1,
+        "max_batch": DEFAULT_BATCHING.max_batch,
+        "max_delay_ms": 0.0,
+    }
+    assert node.fed == [CatalogChange("my-digits", digest, DEFAULT_BATCHING)]
     assert {row["name"]: row["here"] for row in catalog.rows()}["my-digits"]
     assert catalog.remove("my-digits") == {"name": "my-digits", "removed": True}
     assert catalog.remove("my-digits") == {"name": "my-digits", "removed": False}
@@ -88,3 +98,42 @@ async def test_set_refuses_a_model_not_held_or_not_onnx_and_bad_names(tmp_path: 
     with pytest.raises(DecodeError):
         await catalog.set("bad name/with slash", "b" * 64)
     assert node.fed == []
+
+
+async def test_set_takes_batching_settings_and_the_rows_show_them(tmp_path: Path) -> None:
+    digest = hashlib.sha256(SHIPPED["digits"].read_bytes()).hexdigest()
+    catalog, node = build(tmp_path, {digest: SHIPPED["digits"]})
+    answer = await catalog.set("d16", digest, max_batch=16, max_delay_us=2000)
+    assert (answer["max_batch"], answer["max_delay_ms"]) == (16, 2.0)
+    rows = {row["name"]: row for row in catalog.rows()}
+    assert (rows["d16"]["max_batch"], rows["d16"]["max_delay_ms"]) == (16, 2.0)
+    assert rows["digits"]["max_batch"] == DEFAULT_BATCHING.max_batch  # shipped: the default
+    assert catalog.batching_for(digest) == Batching(16, 2000)
+    assert catalog.batching_for("e" * 64) is None  # not in the catalog: the worker decides
+    with pytest.raises(DecodeError, match="max_batch"):
+        await catalog.set("d16", digest, max_batch=0)
+
+
+async def test_a_fixed_first_dimension_cannot_be_asked_to_batch(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    path = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    catalog, node = build(tmp_path, {digest: path})
+    with pytest.raises(TaskError, match="cannot batch"):
+        await catalog.set("fixed", digest, max_batch=16)
+    answer = await catalog.set("fixed", digest)  # without: batching off
+    assert answer["max_batch"] == 1
+
+
+def test_catalog_set_request_fields_are_checked() -> None:
+    assert batching_of_request(None, None) == (None, None)
+    assert batching_of_request(16, 2.5) == (16, 2500)
+    for bad in (("16", None), (True, None), (None, "2"), (None, False)):
+        with pytest.raises(DecodeError):
+            batching_of_request(*bad)

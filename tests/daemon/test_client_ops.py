@@ -21,6 +21,7 @@ from meshgpu.core.events import ResultCollected, ResultRequested
 from meshgpu.core.node import Node
 from meshgpu.core.tasks import Resolution, TaskId
 from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.batching import BatchCounts
 from meshgpu.daemon.dataplane import INPUTS
 from meshgpu.daemon.handlers import ClientHandlers
 from meshgpu.daemon.identity import DuplicateIdentityGuard
@@ -270,7 +271,9 @@ def test_status_reads_the_parts_it_was_handed(tmp_path: Path) -> None:
         DaemonSettings(name="n1", data_dir=tmp_path),
         address=("10.0.0.1", 7),
         work=work,  # type: ignore[arg-type]
-        executor=SimpleNamespace(fallback_models={"abc": "no kernel"}),  # type: ignore[arg-type]
+        executor=SimpleNamespace(  # type: ignore[arg-type]
+            fallback_models={"abc": "no kernel"}, batch_counts=BatchCounts()
+        ),
         counters={"direct_runs": 2},
         authenticator=Authenticator(None, "n1"),
         guard=guard,

@@ -1,0 +1,231 @@
+"""Dynamic batching on the worker (daemon/batching.py, Executor): runs of one model that wait
+for the device together become one concatenated run, split back per run; a run that cannot
+batch runs alone; a bad input fails its own run only."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import trio
+from onnx import TensorProto, helper
+
+from meshgpu.core.catalog import Batching
+from meshgpu.daemon.batching import batch_dimension, rows_of, signature, split
+from meshgpu.daemon.execution import Executor, _CachedSession
+from meshgpu.errors import InputError
+
+
+class _Session:
+    """y = 2x per row; rejects negative inputs; records the batch sizes it ran."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, batch_major: bool = True) -> None:
+        self.runs: list[int] = []
+        self.batch_major = batch_major
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.gate.wait(10)
+        x = feeds["x"]
+        self.runs.append(int(x.shape[0]))
+        if (x < 0).any():
+            raise InputError("negative input")
+        if not self.batch_major:
+            return {"y": (x * 2).sum(axis=0, keepdims=True)}
+        return {"y": x * 2}
+
+
+def _executor(session: _Session, batching: Batching | None = None, slots: int = 1) -> Executor:
+    executor = Executor(slots, batching_for=lambda digest: batching)
+    executor._sessions["m"] = _CachedSession(session, None, batch_axis=True)
+    return executor
+
+
+async def _run_concurrently(executor: Executor, feeds: list[dict[str, np.ndarray]]) -> list:
+    results: list = [None] * len(feeds)
+
+    async def one(index: int) -> None:
+        try:
+            results[index] = (await executor.run("m", None, feeds[index]))[0]  # type: ignore[arg-type]
+        except Exception as error:
+            results[index] = error
+
+    async with trio.open_nursery() as nursery:
+        for index in range(len(feeds)):
+            nursery.start_soon(one, index)
+            await trio.sleep(0)
+    return results
+
+
+async def _blocked_first(executor: Executor, session: _Session, feeds: list) -> list:
+    """Run ``feeds`` concurrently while the device is held by a first run, so the
+    others queue behind it (as tasks arriving during a run do)."""
+    session.gate.clear()
+    results: list = []
+
+    async def release() -> None:
+        while not session.runs and executor.active < len(feeds):
+            await trio.sleep(0.01)
+        await trio.sleep(0.05)
+        session.gate.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(release)
+        results = await _run_concurrently(executor, feeds)
+    return results
+
+
+async def test_waiting_runs_of_one_model_become_one_run_and_split_back() -> None:
+    session = _Session()
+    executor = _executor(session, Batching(max_batch=8, max_delay_us=0))
+    feeds = [{"x": np.full((1, 3), float(v), dtype=np.float32)} for v in range(1, 8)]
+    results = await _blocked_first(executor, session, feeds)
+    for value, result in zip(range(1, 8), results, strict=True):
+        np.testing.assert_array_equal(result["y"], np.full((1, 3), 2.0 * value))
+    # The first run held the device; the six that waited ran as one batch.
+    assert session.runs == [1, 6]
+    counts = executor.batch_counts
+    assert (counts.executions, counts.tasks, counts.per_model["m"]) == (2, 7, (2, 7))
+    assert executor.active == 0
+
+
+async def test_a_batch_never_exceeds_max_batch_rows() -> None:
+    session = _Session()
+    executor = _executor(session, Batching(max_batch=4, max_delay_us=0))
+    feeds = [{"x": np.ones((2, 3), dtype=np.float32)} for _ in range(5)]
+    feeds.append({"x": np.ones((1, 3), dtype=np.float32)})
+    results = await _blocked_first(executor, session, feeds)
+    assert all(result["y"].shape[0] == f["x"].shape[0] for result, f in zip(results, feeds))
+    assert max(session.runs) <= 4 and sum(session.runs) == 11
+
+
+async def test_a_bad_input_fails_alone_and_its_batch_mates_succeed() -> None:
+    session = _Session()
+    executor = _executor(session, Batching(max_batch=8, max_delay_us=0))
+    values = [1.0, 2.0, -1.0, 3.0]
+    feeds = [{"x": np.full((1, 2), v, dtype=np.float32)} for v in values]
+    results = await _blocked_first(executor, session, feeds)
+    assert isinstance(results[2], InputError) and "negative input" in str(results[2])
+    for index in (0, 1, 3):
+        np.testing.assert_array_equal(results[index]["y"], np.full((1, 2), 2 * values[index]))
+    assert executor.batch_counts.batch_fallbacks == 1
+
+
+async def test_runs_of_other_trailing_shapes_do_not_join_a_batch() -> None:
+    session = _Session()
+    executor = _executor(session, Batching(max_batch=8, max_delay_us=0))
+    feeds = [{"x": np.ones((1, 3 if i % 2 else 4), dtype=np.float32)} for i in range(6)]
+    results = await _blocked_first(executor, session, feeds)
+    assert [r["y"].shape for r in results] == [f["x"].shape for f in feeds]
+    assert sorted(session.runs) == [1, 2, 3]  # the first alone, then one batch per shape
+
+
+async def test_outputs_that_are_not_batch_major_make_the_model_run_alone() -> None:
+    session = _Session(batch_major=False)
+    executor = _executor(session, Batching(max_batch=8, max_delay_us=0))
+    feeds = [{"x": np.full((1, 2), float(v), dtype=np.float32)} for v in (1, 2, 3)]
+    results = await _blocked_first(executor, session, feeds)
+    for value, result in zip((1, 2, 3), results, strict=True):
+        np.testing.assert_array_equal(result["y"], np.full((1, 2), 2.0 * value))
+    assert "m" in executor._unbatched
+    session.runs.clear()
+    await _blocked_first(executor, session, feeds)
+    assert session.runs == [1, 1, 1]
+
+
+async def test_max_batch_one_or_a_fixed_batch_dimension_runs_alone() -> None:
+    session = _Session()
+    executor = _executor(session, Batching(max_batch=1, max_delay_us=0))
+    feeds = [{"x": np.ones((1, 2), dtype=np.float32)} for _ in range(4)]
+    await _blocked_first(executor, session, feeds)
+    assert session.runs == [1, 1, 1, 1]
+    session = _Session()
+    executor = _executor(session, None)
+    executor._sessions["m"].batch_axis = False
+    await _blocked_first(executor, session, feeds)
+    assert session.runs == [1, 1, 1, 1]
+
+
+async def test_the_delay_waits_for_more_runs_when_the_batch_is_not_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    session = _Session()
+    executor = _executor(session, Batching(max_batch=4, max_delay_us=50_000))
+    feeds = [{"x": np.full((1, 2), float(v), dtype=np.float32)} for v in range(4)]
+    results: list = [None] * 4
+
+    async def one(index: int) -> None:
+        results[index] = await executor.run("m", None, feeds[index])  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        for index in range(4):
+            nursery.start_soon(one, index)
+            await trio.sleep(0.01)  # arrivals 10 ms apart, inside the 50 ms delay
+    assert session.runs == [4]
+
+
+async def test_group_members_batch_and_a_bad_member_fails_alone() -> None:
+    session = _Session()
+    executor = _executor(session, Batching(max_batch=4, max_delay_us=0))
+    members = [{"x": np.full((1, 2), v, dtype=np.float32)} for v in (1.0, -2.0, 3.0, 4.0, 5.0)]
+    outcomes, _ = await executor.run_many("m", None, members)  # type: ignore[arg-type]
+    assert isinstance(outcomes[1], str) and "negative input" in outcomes[1]
+    np.testing.assert_array_equal(outcomes[4]["y"], np.full((1, 2), 10.0))  # type: ignore[index]
+    assert max(session.runs) <= 4
+
+
+async def test_a_cancelled_waiting_run_leaves_the_queue() -> None:
+    session = _Session()
+    executor = _executor(session, Batching(max_batch=8, max_delay_us=0))
+    session.gate.clear()
+    feeds = {"x": np.ones((1, 2), dtype=np.float32)}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(executor.run, "m", None, feeds)
+        await trio.sleep(0.05)
+        with trio.move_on_after(0.05):
+            await executor.run("m", None, feeds)  # type: ignore[arg-type]
+        queues = list(executor._queues.values())
+        assert all(not queue.waiting for queue in queues)
+        session.gate.set()
+    assert session.runs == [1]
+
+
+def _model(first_input: str | int, first_output: str | int) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [first_input, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [first_output, 3])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    return helper.make_model(graph)
+
+
+def test_batch_dimension_reads_the_graph() -> None:
+    assert batch_dimension(_model("N", "N"))
+    assert not batch_dimension(_model(1, 1))  # exported for batch 1
+    assert not batch_dimension(_model("N", 1))  # outputs not batch-major
+    assert not batch_dimension(_model("N", "M"))  # another dimension
+
+
+def test_rows_signature_and_split() -> None:
+    a = {"x": np.ones((2, 3), np.float32), "z": np.ones((2,), np.int64)}
+    assert rows_of(a) == 2
+    assert rows_of({"x": np.ones((2, 3)), "z": np.ones((3,))}) is None
+    assert rows_of({"x": np.float32(1)}) is None
+    assert signature(a) == signature({"z": np.zeros((5,), np.int64), "x": np.zeros((5, 3), np.float32)})
+    assert split({"y": np.arange(5)}, [2, 3]) is not None
+    assert split({"y": np.arange(4)}, [2, 3]) is None
+
+
+def test_a_real_onnxruntime_session_batches(tmp_path: Path) -> None:
+    """The graph check on a real file: a symbolic first dimension batches."""
+    path = tmp_path / "relu.onnx"
+    onnx.save(_model("N", "N"), str(path))
+    executor = Executor(1, backend="onnxruntime")
+    session, batch_axis = executor._load(path)
+    assert batch_axis
+    with pytest.raises(Exception):
+        session.run({"x": np.ones((2, 4), np.float32)})
