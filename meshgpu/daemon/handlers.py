@@ -336,14 +336,19 @@ class ClientHandlers:
         so clients should send the group id (the client library does)."""
         refs = [parse_task_ref(text) for text in request_field(request, "task_ids", list)]
         for ref in refs:
-            if isinstance(ref, MemberId):
-                if not self._member_collected(ref):
-                    continue
-                ref = ref.group
-            self._collected_members.pop(ref, None)
-            self.resolved.pop(ref, None)
-            self._feed(ResultCollected(ref))
+            self.collect(ref)
         return {"collected": len(refs)}
+
+    def collect(self, ref: TaskId | MemberId) -> None:
+        """A client holds the outcome of ``ref``: mark a task delivered; count a member
+        towards its group (``op_collected``)."""
+        if isinstance(ref, MemberId):
+            if not self._member_collected(ref):
+                return
+            ref = ref.group
+        self._collected_members.pop(ref, None)
+        self.resolved.pop(ref, None)
+        self._feed(ResultCollected(ref))
 
     def _member_collected(self, member: MemberId) -> bool:
         """Count ``member`` collected; True once every member of its group is."""

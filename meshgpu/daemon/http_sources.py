@@ -9,17 +9,21 @@ does (``ResultRequested``, the resolution, ``ResultCollected``).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import trio
 
+from meshgpu.core import effects as fx
 from meshgpu.core.events import Event, ResultCollected, ResultRequested
 from meshgpu.core.tasks import Resolution, TaskId
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.catalog import SHIPPED, shipped_digests
+from meshgpu.daemon.groups import MemberId, parse_task_ref
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors, tensors_from_bytes
 from meshgpu.errors import MeshError, StorageError, TaskError
 from meshgpu.http.app import InferOutcome, Sources, Unavailable
@@ -39,6 +43,17 @@ if TYPE_CHECKING:
 RESULT_TIMEOUT_S = 300.0
 """Longest an infer request waits for its task's outcome."""
 TARGETS_TIMEOUT_S = 2.0
+SHARED_GROUPS = 256
+"""Coalesced groups whose decoded answers are kept for their members' requests."""
+
+
+@dataclass(eq=False)
+class _SharedGroup:
+    """One coalesced group's member answers, decoded once for the requests waiting here."""
+
+    ready: trio.Event = field(default_factory=trio.Event)
+    answers: list[dict[str, Any]] | None = None
+    taken: int = 0
 
 
 class Transfers(Protocol):
@@ -94,6 +109,7 @@ class DaemonHttpSources:
         self._loaded: set[str] = set()
         self._http_of: dict[tuple[str, int], str | None] = {}
         """(node id, incarnation) -> that member's HTTP ``host:port`` (None: no HTTP)."""
+        self._group_answers: OrderedDict[TaskId, _SharedGroup] = OrderedDict()
 
     def executions_by_model(self) -> dict[tuple[str, str], tuple[int, int]]:
         """(model name, version) -> (device runs, rows run) of this node's executor, by
@@ -186,15 +202,20 @@ class DaemonHttpSources:
                 answer["task_id"],
                 compute_s=time.perf_counter() - started,
             )
-        task_id = TaskId.parse(answer["task_id"])
+        ref = parse_task_ref(answer["task_id"])
+        if isinstance(ref, MemberId):  # coalesced with concurrent requests (coalescing.py)
+            try:
+                return await self._member_outcome(ref)
+            finally:
+                self.handlers.collect(ref)
         try:
-            outcome = await self._outcome(task_id)
+            outcome = await self._outcome(ref)
         finally:
-            self.handlers.resolved.pop(task_id, None)
-            self._feed(ResultCollected(task_id))
+            self.handlers.resolved.pop(ref, None)
+            self._feed(ResultCollected(ref))
         return outcome
 
-    async def _outcome(self, task_id: TaskId) -> InferOutcome:
+    async def _resolution_of(self, task_id: TaskId) -> fx.TaskResolved:
         handlers = self.handlers
         self._feed(ResultRequested(task_id))
         with trio.move_on_after(RESULT_TIMEOUT_S):
@@ -203,6 +224,46 @@ class DaemonHttpSources:
         resolved = handlers.resolved.get(task_id)
         if resolved is None:
             raise Unavailable(f"task {task_id} was not done within {RESULT_TIMEOUT_S:.0f} s")
+        return resolved
+
+    async def _member_outcome(self, member: MemberId) -> InferOutcome:
+        """The outcome of one member of a coalesced group, from the group's result
+        (fetched and decoded once for the members waiting on it here)."""
+        resolved = await self._resolution_of(member.group)
+        shared = self._group_answers.get(member.group)
+        if shared is None:
+            shared = self._group_answers[member.group] = _SharedGroup()
+            while len(self._group_answers) > SHARED_GROUPS:
+                self._group_answers.popitem(last=False)
+            try:
+                shared.answers = await self.handlers._member_outcomes(
+                    resolved,
+                    [MemberId(member.group, i) for i in range(self._members(member))],
+                    True,
+                )
+            finally:
+                shared.ready.set()
+        else:
+            await shared.ready.wait()
+        shared.taken += 1
+        if shared.taken >= len(shared.answers or ()):
+            self._group_answers.pop(member.group, None)
+        if shared.answers is None or member.index >= len(shared.answers):
+            raise Unavailable(f"task {member} has no answer here now; send it again")
+        message = shared.answers[member.index]
+        if message["state"] == "unavailable":
+            raise Unavailable(f"task {member} {message['reason']}")
+        if message["state"] != "done" or message["outputs"] is None:
+            raise TaskError(f"task {member} {message['state']}: {message['reason']}")
+        return InferOutcome(decode_tensors(message["outputs"]), message["worker"], str(member))
+
+    def _members(self, member: MemberId) -> int:
+        entry = self.status.entry(member.group)
+        return member.index + 1 if entry is None else entry.spec.members
+
+    async def _outcome(self, task_id: TaskId) -> InferOutcome:
+        handlers = self.handlers
+        resolved = await self._resolution_of(task_id)
         message: dict[str, Any] = await handlers.outcome(resolved, True)
         if message["state"] == "unavailable":  # done, its holders unreachable now: retry
             raise Unavailable(f"task {task_id} {message['reason']}")

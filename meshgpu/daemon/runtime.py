@@ -373,6 +373,7 @@ class Daemon:
                 await nursery.start(self.peer_finder.run)
                 nursery.start_soon(self.datagrams.receive)
                 nursery.start_soon(self.driver.run_timers)
+                await nursery.start(self.handlers.submissions.coalescer.run)
                 await nursery.start(trio.serve_listeners, self.api.serve, listeners)
                 self.peer_finder.find(
                     MdnsDiscovery(settings.mesh, self.node_id, port, [advertised], interface=pin)

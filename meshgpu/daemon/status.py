@@ -32,8 +32,8 @@ from meshgpu.daemon.synthetic import is_synthetic
 
 if TYPE_CHECKING:
     from meshgpu.core.node import Node
-    from meshgpu.daemon.batching import BatchCounts
     from meshgpu.daemon.auth import Authenticator
+    from meshgpu.daemon.batching import BatchCounts
     from meshgpu.daemon.identity import DuplicateIdentityGuard
     from meshgpu.daemon.settings import DaemonSettings
 

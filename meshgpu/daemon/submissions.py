@@ -27,6 +27,7 @@ from meshgpu.core.tasks.spec import LABEL_MAX, parse_labels
 from meshgpu.core.types import NodeId
 from meshgpu.daemon.api import Message, request_field
 from meshgpu.daemon.blobs import read_layout
+from meshgpu.daemon.coalescing import Coalescer
 from meshgpu.daemon.dataplane import INPUTS
 from meshgpu.daemon.direct import DirectRuns
 from meshgpu.daemon.groups import MAX_GROUP, MemberId, pack
@@ -138,6 +139,10 @@ class InputStore(Protocol):
     async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None: ...
 
 
+def _sha256(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
 class Submissions:
     """The submissions of one daemon's clients, from request to the core's answer.
 
@@ -184,6 +189,9 @@ class Submissions:
         """Resent submissions answered with the first one's task id."""
         self.submitted = 0
         self.direct = direct
+        self.coalescer = Coalescer(self._submit_one, self._submit_group)
+        """Concurrent single submissions of one lane into one entry (coalescing.py); it
+        coalesces once its ``run`` is started in the daemon's nursery."""
 
     def answer(self, effect: fx.TaskAccepted | fx.TaskRejected) -> None:
         """The core answered a submission: wake its waiter, release the inputs' hold."""
@@ -223,7 +231,32 @@ class Submissions:
                 if answer is not None:
                     return answer
                 self.check_submittable(request)  # the node may have begun leaving
+        if tensors and self.coalescer.running:
+            digest = "" if submission is None else _sha256(canonical_tensor_bytes(tensors))
+            return await self.coalescer.submit(
+                request, tensors, label_of(request), submission, digest
+            )
         pending, _ = await self._enqueue(request, inputs, label_of(request), submission)
+        return await self._acknowledged(pending)
+
+    async def _submit_one(
+        self,
+        request: Message,
+        tensors: Mapping[str, Any],
+        label: str | None,
+        submission: str | None,
+    ) -> Message:
+        """One ordinary task into the table, answered once acknowledged (coalescing.py)."""
+        pending, _ = await self._store_and_feed(
+            request, canonical_tensor_bytes(dict(tensors)), dict(tensors), 1, label, submission
+        )
+        return await self._acknowledged(pending)
+
+    async def _submit_group(
+        self, request: Message, members: Sequence[Mapping[str, Any]], label: str | None
+    ) -> Message:
+        """A coalesced group into the table, answered once acknowledged (coalescing.py)."""
+        pending, _ = await self._enqueue_group(request, members, label)
         return await self._acknowledged(pending)
 
     async def submit_batch(self, request: Message) -> Message:

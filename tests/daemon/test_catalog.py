@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from meshgpu.core.catalog import CatalogEntry
+from meshgpu.core.catalog import Batching, CatalogEntry
 from meshgpu.core.events import CatalogChange
-from meshgpu.core.catalog import Batching
 from meshgpu.daemon.batching import DEFAULT_BATCHING
 from meshgpu.daemon.catalog import SHIPPED, ModelCatalog, batching_of_request, shipped_digests
 from meshgpu.errors import DecodeError, TaskError
@@ -102,7 +101,7 @@ async def test_set_refuses_a_model_not_held_or_not_onnx_and_bad_names(tmp_path: 
 
 async def test_set_takes_batching_settings_and_the_rows_show_them(tmp_path: Path) -> None:
     digest = hashlib.sha256(SHIPPED["digits"].read_bytes()).hexdigest()
-    catalog, node = build(tmp_path, {digest: SHIPPED["digits"]})
+    catalog, _ = build(tmp_path, {digest: SHIPPED["digits"]})
     answer = await catalog.set("d16", digest, max_batch=16, max_delay_us=2000)
     assert (answer["max_batch"], answer["max_delay_ms"]) == (16, 2.0)
     rows = {row["name"]: row for row in catalog.rows()}
@@ -124,7 +123,7 @@ async def test_a_fixed_first_dimension_cannot_be_asked_to_batch(tmp_path: Path) 
     path = tmp_path / "fixed.onnx"
     onnx.save(helper.make_model(graph), str(path))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    catalog, node = build(tmp_path, {digest: path})
+    catalog, _ = build(tmp_path, {digest: path})
     with pytest.raises(TaskError, match="cannot batch"):
         await catalog.set("fixed", digest, max_batch=16)
     answer = await catalog.set("fixed", digest)  # without: batching off
