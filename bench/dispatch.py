@@ -9,7 +9,12 @@
 * ``rtt``: M sequential round trips of the same task (submit, wait for the result):
   p50 / p99 latency;
 * ``ms1``: K tasks of a ~1 ms model (two 256x256 MatMul+Relu on [16, 256]), in bulk:
-  tasks per second, and efficiency = that throughput / a plain loop's in one process.
+  tasks per second, and efficiency = that throughput / a plain loop's in one process;
+* ``concurrent``: ``--callers`` (64) threads sharing one client, each submitting one noop
+  task and waiting for its result in a loop (no ``map``: meshgpu ``submit().result()``,
+  Dask ``client.submit(...).result()``) for ``--concurrent-s`` seconds: tasks per second
+  and p50 / p99 latency (the entry node coalesces the concurrent submissions,
+  docs/task-queue.md).
 
 Both systems run the model through ``meshgpu.inference.load(..., backend="onnxruntime")``
 (the Dask workers cache one session per model). Each phase is bounded in count and in
@@ -41,6 +46,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +69,9 @@ from meshgpu.client.localmesh import LocalMesh
 from meshgpu.daemon.auth import MeshKey
 
 NODES = 3
+PHASES = ("noop", "rtt", "ms1", "concurrent")
+SINGLE_PHASES = ("rtt", "concurrent")
+"""Phases of single submissions (no ``map``): the ungrouped side would repeat them."""
 
 
 def run_on_worker(model_path: str, x: np.ndarray) -> np.ndarray:
@@ -190,6 +199,52 @@ def round_trips(side: Any, model: str, inputs: list[np.ndarray], timeout: float)
     }
 
 
+def concurrent(
+    side: Any, model: str, inputs: list[np.ndarray], callers: int, seconds: float
+) -> dict[str, Any]:
+    """``callers`` threads each submitting one task and waiting for it, in a loop, for
+    ``seconds``: completions per second and the latency of each round trip."""
+    side.one(model, inputs[0])  # warm
+    latencies: list[list[float]] = [[] for _ in range(callers)]
+    errors: list[str] = []
+    stop = time.monotonic() + seconds
+    start = threading.Barrier(callers + 1)
+
+    def caller(index: int) -> None:
+        start.wait()
+        mine = latencies[index]
+        position = index
+        while time.monotonic() < stop:
+            x = inputs[position % len(inputs)]
+            position += callers
+            began = time.perf_counter()
+            try:
+                side.one(model, x)
+            except Exception as error:  # counted and shown: a benchmark reports, never hides
+                errors.append(f"{type(error).__name__}: {error}")
+                continue
+            mine.append(time.perf_counter() - began)
+
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join(seconds + 120)
+    elapsed = time.perf_counter() - began
+    times = [t for mine in latencies for t in mine]
+    return {
+        "tasks": len(times),
+        "seconds": round(elapsed, 3),
+        "tps": len(times) / elapsed,
+        "p50_ms": percentile(times, 0.5) * 1e3 if times else float("nan"),
+        "p99_ms": percentile(times, 0.99) * 1e3 if times else float("nan"),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
+
+
 def local_loop(model: Path, inputs: list[np.ndarray]) -> float:
     """Tasks per second of the model in a plain loop in this process."""
     session = inference.load(model, backend="onnxruntime")
@@ -251,12 +306,17 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 ("noop", lambda s: throughput(s, "noop", small, args.phase_timeout)),
                 ("rtt", lambda s: round_trips(s, "noop", small[: args.rtt], args.phase_timeout)),
                 ("ms1", lambda s: throughput(s, "ms1", wide, args.phase_timeout)),
+                (
+                    "concurrent",
+                    lambda s: concurrent(s, "noop", small, args.callers, args.concurrent_s),
+                ),
             ]
+            phases = [(name, run) for name, run in phases if name in args.phases]
             for round_index in range(args.rounds):
                 for phase, run in phases:
                     order = sides if round_index % 2 == 0 else sides[::-1]
                     for side in order:  # alternating: each phase on all, then the next
-                        if phase == "rtt" and side.name == "meshgpu_ungrouped":
+                        if phase in SINGLE_PHASES and side.name == "meshgpu_ungrouped":
                             continue  # single submissions: the same as the first side
                         result = run(side)
                         result["loadavg_1m"] = conditions()["loadavg"][0]
@@ -267,31 +327,35 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 side.close()
     report["conditions"].append(conditions())
     for name in ("meshgpu", "meshgpu_ungrouped", "meshgpu_keyed", "dask"):
-        if name not in report:
+        if name not in report or "ms1" not in report[name]:
             continue
-        ms1 = report[name]["ms1"]
-        for entry in ms1:
+        for entry in report[name]["ms1"]:
             entry["efficiency_vs_loop"] = entry["tps"] / loop_tps
     report["local_loop_ms1_tps"] = loop_tps
+    ratios = {
+        "noop_tps": ("noop", "tps"),
+        "rtt_p50": ("rtt", "p50_ms"),
+        "ms1_tps": ("ms1", "tps"),
+        "concurrent_tps": ("concurrent", "tps"),
+        "concurrent_p50": ("concurrent", "p50_ms"),
+        "concurrent_p99": ("concurrent", "p99_ms"),
+    }
+    ran = [(k, p, f) for k, (p, f) in ratios.items() if p in report["meshgpu"]]
     report["ratio"] = {
-        "noop_tps": _median(report, "noop", "tps") / _median(report, "noop", "tps", "dask"),
-        "rtt_p50": _median(report, "rtt", "p50_ms") / _median(report, "rtt", "p50_ms", "dask"),
-        "ms1_tps": _median(report, "ms1", "tps") / _median(report, "ms1", "tps", "dask"),
+        key: _median(report, phase, figure) / _median(report, phase, figure, "dask")
+        for key, phase, figure in ran
     }
     if "meshgpu_keyed" in report:
         report["ratio_keyed_to_open"] = {
-            "noop_tps": _median(report, "noop", "tps", "meshgpu_keyed")
-            / _median(report, "noop", "tps"),
-            "rtt_p50": _median(report, "rtt", "p50_ms", "meshgpu_keyed")
-            / _median(report, "rtt", "p50_ms"),
-            "ms1_tps": _median(report, "ms1", "tps", "meshgpu_keyed")
-            / _median(report, "ms1", "tps"),
+            key: _median(report, phase, figure, "meshgpu_keyed") / _median(report, phase, figure)
+            for key, phase, figure in ran
         }
     if "meshgpu_ungrouped" in report:
         for phase in ("noop", "ms1"):
-            report["ratio"][f"{phase}_tps_ungrouped"] = _median(
-                report, phase, "tps", "meshgpu_ungrouped"
-            ) / _median(report, phase, "tps", "dask")
+            if phase in report["meshgpu_ungrouped"]:
+                report["ratio"][f"{phase}_tps_ungrouped"] = _median(
+                    report, phase, "tps", "meshgpu_ungrouped"
+                ) / _median(report, phase, "tps", "dask")
     return report
 
 
@@ -311,7 +375,18 @@ def main() -> None:
     )
     parser.add_argument("--window", type=int, default=1024, help="grouped side's map window")
     parser.add_argument("--keyed", action="store_true", help="add an encrypted meshgpu mesh")
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}"
+    )
+    parser.add_argument("--callers", type=int, default=64, help="threads of phase concurrent")
+    parser.add_argument(
+        "--concurrent-s", type=float, default=30.0, help="seconds of phase concurrent"
+    )
     args = parser.parse_args()
+    args.phases = [p for p in args.phases.split(",") if p]
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases {sorted(unknown)}; choose from {', '.join(PHASES)}")
     exit_on_sigterm()
     args.noop, args.rtt, args.ms1 = (500, 100, 300) if args.quick else (5000, 500, 2000)
     with tempfile.TemporaryDirectory(prefix="meshgpu-dispatch-") as root:
@@ -324,11 +399,17 @@ def main() -> None:
         ("rtt", "p99_ms", "ms"),
         ("ms1", "tps", "tasks/s"),
         ("ms1", "efficiency_vs_loop", "fraction"),
+        ("concurrent", "tps", "tasks/s"),
+        ("concurrent", "p50_ms", "ms"),
+        ("concurrent", "p99_ms", "ms"),
     ):
+        if phase not in args.phases:
+            continue
         mesh, dask = _median(report, phase, key), _median(report, phase, key, "dask")
         row: list[Any] = [f"{phase} {key} ({unit})", mesh]
         if grouped:
-            plain = _median(report, phase, key, "meshgpu_ungrouped") if phase != "rtt" else mesh
+            single = phase in SINGLE_PHASES
+            plain = mesh if single else _median(report, phase, key, "meshgpu_ungrouped")
             row.append(plain)
         rows.append((*row, dask, mesh / dask))
     group = report["meshgpu_group"]

@@ -74,10 +74,14 @@ logger = logging.getLogger("meshgpu.client")
 
 UPLOAD_CHUNK_BYTES = 16 << 20
 """Model upload chunk (frames may be up to 64 MiB)."""
-SUBMITS_IN_FLIGHT = 8
-"""Submissions waiting for their acknowledgement at once. Each one makes the mesh copy
-inputs to a second holder and fsync on both; more in flight only lengthens every
-acknowledgement (and, on a loaded machine, pushes replication past its timeout)."""
+SUBMITS_IN_FLIGHT = 64
+"""Submissions waiting for their acknowledgement at once (one client shared by many
+threads: a web service's workers). Concurrent submissions of one model and options are
+coalesced by the entry node into one table entry (docs/task-queue.md, "Coalescing at the
+entry node"), so those in flight together cost about one replication and one fsync per
+holder, not one each; the bound (64, the most the entry node puts in one coalesced
+group) still keeps submissions of many different shapes from queueing more copies and
+fsyncs than a loaded machine replicates before its timeout (8 before coalescing)."""
 
 
 class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):

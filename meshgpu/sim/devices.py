@@ -11,6 +11,12 @@ co-tenants make the tail). The built-in classes are rough orders of magnitude fo
 * ``cpu``: a CPU through PoCL: about 4x slower than the old card.
 
 Scenarios pick classes per node (``lab``) and may override any number (``[tasks.profiles]``).
+
+A batch of ``b`` tasks run as one device run (dynamic batching, ``[tasks] batching``) takes
+one draw times ``b ** batch_exponent``: sub-linear (exponent below 1) because a GPU's
+cores sit partly idle on one sample and a run has fixed costs (launches, transfers). The
+built-in exponents are rough: 0.5 for the new card, 0.6 for the old one, 0.9 for a CPU
+(already busy on one sample).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class DeviceClass:
     """Coefficient of variation (standard deviation / mean) of the service time."""
     failure_rate: float = 0.0
     """Probability that one execution fails transiently (device error)."""
+    batch_exponent: float = 1.0
+    """A run of ``b`` tasks takes one draw times ``b ** batch_exponent`` (1: no gain)."""
 
     def mean_for(self, model: str) -> float:
         return self.mean_s.get(model, self.default_mean_s)
@@ -68,6 +76,7 @@ BUILTIN_CLASSES: dict[str, DeviceClass] = {
         fp16=False,
         mean_s={"resnet50": 0.16, "squeezenet": 0.04, "mlp": 0.006},
         default_mean_s=0.08,
+        batch_exponent=0.6,
     ),
     "new_gpu": DeviceClass(
         "new_gpu",
@@ -77,6 +86,7 @@ BUILTIN_CLASSES: dict[str, DeviceClass] = {
         fp16=True,
         mean_s={"resnet50": 0.04, "squeezenet": 0.01, "mlp": 0.002},
         default_mean_s=0.02,
+        batch_exponent=0.5,
     ),
     "cpu": DeviceClass(
         "cpu",
@@ -86,6 +96,7 @@ BUILTIN_CLASSES: dict[str, DeviceClass] = {
         fp16=False,
         mean_s={"resnet50": 0.6, "squeezenet": 0.15, "mlp": 0.01},
         default_mean_s=0.3,
+        batch_exponent=0.9,
     ),
 }
 
@@ -115,7 +126,7 @@ def device_classes(overrides: Mapping[str, object], where: str) -> dict[str, Dev
                 changes[key] = config_int(value, f"{where}.profiles.{name}.{key}")
             elif key == "fp16":
                 changes[key] = bool(value)
-            elif key in ("default_mean_s", "cv", "failure_rate"):
+            elif key in ("default_mean_s", "cv", "failure_rate", "batch_exponent"):
                 changes[key] = config_number(value, f"{where}.profiles.{name}.{key}")
             else:
                 raise ConfigError(f"{where}.profiles.{name}: unknown key {key!r}")

@@ -14,13 +14,24 @@ joins a run through the scenario's ``[tasks]`` table:
 * **devices**: a ``RunTask`` occupies one of the worker's slots for a service time drawn
   from its device profile (:mod:`meshgpu.sim.devices`), plus a one-off model fetch;
 * **journal and payload store** per node: ``Persist`` records and stored inputs survive a
-  crash; a restart with ``keep_incarnation = false`` models a wiped data dir (both lost).
+  crash; a restart with ``keep_incarnation = false`` models a wiped data dir (both lost);
+* **dynamic batching** (``batching = { max_batch = N }``): a worker whose slot frees
+  starts the waiting tasks of one model together, up to N, as one run of the device's
+  batch service time (devices.py); a bad input among them fails alone (as the daemon's
+  worker re-runs a failed batch member by member; that re-run's cost is not modelled);
+* **coalescing** (``coalesce = true``): while a submission of a lane (entry node, model,
+  priority, requirements) waits for its acknowledgement, later ones of that lane wait at
+  the entry and go as one task group (``TaskSpec.members``) once it is acknowledged, as
+  the daemon's entry node does (daemon/coalescing.py); each member is a submission of
+  its own (own latency, own outcome, delivered once); a group runs as a batch when
+  batching is on, else member after member.
 
 Checks and metrics live in :mod:`meshgpu.sim.task_metrics`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -53,7 +64,7 @@ from meshgpu.sim.devices import DeviceClass, device_classes, lab_layout
 from meshgpu.sim.faults import Crash, Restart, Reversal
 from meshgpu.sim.observers import Observer
 from meshgpu.sim.task_metrics import TaskMetrics
-from meshgpu.sim.workload import Workload, config_number
+from meshgpu.sim.workload import Workload, config_int, config_number
 
 CONFIRM_WINDOW_S = 1.0
 """A client whose entry node dies within this long after it received an outcome confirms
@@ -71,6 +82,8 @@ DRIVER_KEYS = {
     "reconnect_s",
     "client_rtt_s",
     "balance_tolerance",
+    "batching",
+    "coalesce",
 }
 
 
@@ -87,6 +100,10 @@ class TaskSimSettings:
     reconnect_s: float = 1.0
     client_rtt_s: float = 0.001
     balance_tolerance: float | None = None
+    max_batch: int = 1
+    """Most tasks of one model a worker runs as one batch (1: no batching)."""
+    coalesce: bool = False
+    """Entry nodes coalesce concurrent submissions of one lane into task groups."""
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], node_count: int) -> TaskSimSettings:
@@ -107,7 +124,23 @@ class TaskSimSettings:
                         "client_rtt_s", "balance_tolerance")
             if key in table
         }  # fmt: skip
-        return cls(workload, tuple(layout), config, **numbers)
+        batching = table.get("batching", {})
+        if not isinstance(batching, Mapping) or set(batching) - {"max_batch"}:
+            raise ConfigError(f"{where}.batching is a table with one key, max_batch")
+        max_batch = config_int(batching.get("max_batch", 1), f"{where}.batching.max_batch")
+        if max_batch < 1:
+            raise ConfigError(f"{where}.batching.max_batch must be at least 1")
+        coalesce = table.get("coalesce", False)
+        if not isinstance(coalesce, bool):
+            raise ConfigError(f"{where}.coalesce must be true or false")
+        return cls(
+            workload,
+            tuple(layout),
+            config,
+            **numbers,
+            max_batch=max_batch,
+            coalesce=coalesce,
+        )
 
 
 @dataclass(slots=True)
@@ -129,6 +162,10 @@ class Submission:
     reason: str = ""
     delivered_at: float | None = None
     deliveries: int = 0
+    group: list[Submission] | None = None
+    """The members of the coalesced group this submission went in (None: alone)."""
+    stored_digest: str | None = None
+    """The digest its holders store (its group's inputs when coalesced)."""
 
 
 @dataclass(slots=True)
@@ -144,6 +181,8 @@ class Job:
     started: bool = False
     cancelled: bool = False
     finished: bool = False
+    batch: int | None = None
+    """The device run it shares with other jobs (dynamic batching); None: its own."""
 
 
 @dataclass(slots=True)
@@ -175,6 +214,15 @@ class TaskDriver(Observer):
         self.executions: dict[TaskId, int] = {}
         self.executions_by_worker: dict[int, int] = {}
         self.busy_s: list[float] = []
+        self.lanes: dict[tuple[Any, ...], tuple[str, list[Submission]]] = {}
+        """Coalescing: lane -> (client ref in flight, submissions waiting behind it)."""
+        self.group_refs: dict[str, list[Submission]] = {}
+        self.group_subs: dict[TaskId, list[Submission]] = {}
+        self.device_runs = 0
+        self.batched_tasks = 0
+        self.coalesced = 0
+        self.groups = 0
+        self._batches = 0
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -241,6 +289,8 @@ class TaskDriver(Observer):
         sim.inject(index, LoadChanged(self.settings.layout[index].load_vector()), now)
 
     def on_node_down(self, sim: Any, index: int, now: float, reason: str) -> None:
+        for lane in [lane for lane in self.lanes if lane[0] == index]:
+            del self.lanes[lane]  # its waiting submissions died with the entry node
         for job in self.running[index] + self.waiting[index]:
             job.cancelled = True
         self.running[index] = []
@@ -269,7 +319,49 @@ class TaskDriver(Observer):
         if bad:
             self.bad_digests.add(spec.input_digest)
         self.disks[entry].payloads.add(spec.input_digest)  # the upload precedes SubmitTask
+        if self.settings.coalesce:
+            lane = (entry, spec.model_digest, spec.priority, spec.requirements)
+            flying = self.lanes.get(lane)
+            if flying is not None:
+                flying[1].append(sub)  # waits behind the lane's submission in flight
+                return
+            self.lanes[lane] = (sub.client_ref, [])
         sim.inject(entry, SubmitTask(sub.client_ref, spec), sim.now)
+
+    def _flush_lane(self, sim: Any, client_ref: str) -> None:
+        """The lane's submission (or group) ``client_ref`` in flight was answered: send
+        what waits behind it, alone or as one group."""
+        subs = self._subs_of_ref(client_ref)
+        if not self.settings.coalesce or not subs:
+            return
+        sub = subs[0]
+        spec = sub.spec
+        lane = (sub.entry, spec.model_digest, spec.priority, spec.requirements)
+        flying = self.lanes.get(lane)
+        if flying is None or flying[0] != client_ref:
+            return
+        waiting = [w for w in flying[1] if w.attached == sub.entry]
+        if not waiting:
+            del self.lanes[lane]
+            return
+        if len(waiting) == 1:
+            only = waiting[0]
+            self.lanes[lane] = (only.client_ref, [])
+            sim.inject(sub.entry, SubmitTask(only.client_ref, only.spec), sim.now)
+            return
+        ref = f"group-{waiting[0].number}"
+        digest = hashlib.sha256(ref.encode()).hexdigest()
+        group_spec = replace(waiting[0].spec, input_digest=digest, members=len(waiting))
+        for member in waiting:
+            member.group = waiting
+            member.stored_digest = digest
+        self.group_refs[ref] = waiting
+        self.digest_model[digest] = spec.model_digest
+        self.disks[sub.entry].payloads.add(digest)
+        self.lanes[lane] = (ref, [])
+        self.groups += 1
+        self.coalesced += len(waiting)
+        sim.inject(sub.entry, SubmitTask(ref, group_spec), sim.now)
 
     def _reconnect(self, sim: Any, sub: Submission) -> None:
         if sub.attached is not None or sub.task_id is None:
@@ -307,15 +399,32 @@ class TaskDriver(Observer):
             self.disks[index].payloads.discard(effect.input_digest)
         elif kind is TaskAccepted:
             self._accepted(index, effect, now)
+            self._flush_lane(sim, effect.client_ref)
         elif kind is TaskRejected:
-            sub = self.by_ref.get(effect.client_ref)
-            if sub is not None:
+            for sub in self._subs_of_ref(effect.client_ref):
                 sub.rejected = effect.reason
+            self._flush_lane(sim, effect.client_ref)
         elif kind is TaskResolved:
             self._resolved(sim, index, effect, now)
         self.metrics_observer.on_effect(sim, index, effect, now)
 
+    def _subs_of_ref(self, client_ref: str) -> list[Submission]:
+        group = self.group_refs.get(client_ref)
+        if group is not None:
+            return group
+        sub = self.by_ref.get(client_ref)
+        return [] if sub is None else [sub]
+
     def _accepted(self, index: int, effect: TaskAccepted, now: float) -> None:
+        group = self.group_refs.get(effect.client_ref)
+        if group is not None:
+            for member in group:
+                if member.attached == index:
+                    member.task_id = effect.task_id
+                    member.acked_at = now
+                    member.copies = effect.copies
+            self.group_subs[effect.task_id] = group
+            return
         sub = self.by_ref.get(effect.client_ref)
         if sub is None or sub.attached != index:
             return  # the client gave up on this entry node
@@ -325,6 +434,10 @@ class TaskDriver(Observer):
         self.by_task[effect.task_id] = sub
 
     def _resolved(self, sim: Any, index: int, effect: TaskResolved, now: float) -> None:
+        group = self.group_subs.get(effect.task_id)
+        if group is not None:
+            self._resolved_members(sim, index, effect, now, group)
+            return
         sub = self.by_task.get(effect.task_id)
         if sub is None or sub.attached != index:
             return  # no client of this task is connected to that node
@@ -334,6 +447,30 @@ class TaskDriver(Observer):
             sub.outcome = effect.state.value
             sub.reason = effect.reason
         sim.inject(index, ResultCollected(effect.task_id), now + self.settings.client_rtt_s)
+
+    def _resolved_members(
+        self, sim: Any, index: int, effect: TaskResolved, now: float, group: list[Submission]
+    ) -> None:
+        """A coalesced group's outcome reached ``index``: every member attached there gets
+        its own (a bad member's input fails it alone); the group is collected once every
+        member holds its outcome (as the daemon counts member ids, handlers.py)."""
+        for member in group:
+            if member.attached != index or member.task_id != effect.task_id:
+                continue
+            if member.delivered_at is not None:
+                # Its client holds the outcome and listens no more; the group is answered
+                # again only because another member's client asked (a reconnect).
+                continue
+            member.deliveries += 1
+            member.delivered_at = now
+            if member.bad and effect.state.value == "done":
+                member.outcome = "failed"
+                member.reason = "input has the wrong shape for the model"
+            else:
+                member.outcome = effect.state.value
+                member.reason = effect.reason
+        if all(member.delivered_at is not None for member in group):
+            sim.inject(index, ResultCollected(effect.task_id), now + self.settings.client_rtt_s)
 
     def _transfer_s(self, model: str) -> float:
         size = self.settings.workload.input_size(model)
@@ -372,10 +509,66 @@ class TaskDriver(Observer):
     def _run(self, sim: Any, index: int, effect: RunTask) -> None:
         holders = tuple(i for i in (sim.index_of(h) for h in effect.holders) if i is not None)
         job = Job(effect.task_id, effect.attempt, effect.spec, holders, index, sim.lives[index])
-        if len(self.running[index]) < self.settings.layout[index].slots:
+        if self._slots_used(index) < self.settings.layout[index].slots:
             self._start(sim, job)
         else:
             self.waiting[index].append(job)
+
+    def _slots_used(self, index: int) -> int:
+        """Slots taken on ``index``: one per running job, one per batch of jobs."""
+        running = self.running[index]
+        if self.settings.max_batch == 1:
+            return len(running)
+        return len(
+            {job.batch if job.batch is not None else -1 - n for n, job in enumerate(running)}
+        )
+
+    def _start_batch(self, sim: Any, first: Job) -> None:
+        """Start ``first`` with the jobs of its model waiting on its worker, up to
+        ``max_batch`` tasks (group members count each), as one device run."""
+        index = first.worker
+        model = first.spec.model_digest
+        batch, tasks = [first], first.spec.members
+        for job in list(self.waiting[index]):
+            if tasks >= self.settings.max_batch:
+                break
+            if (
+                job.spec.model_digest == model
+                and tasks + job.spec.members <= self.settings.max_batch
+            ):
+                self.waiting[index].remove(job)
+                batch.append(job)
+                tasks += job.spec.members
+        if tasks == 1:
+            self._start(sim, first)
+            return
+        self._batches += 1
+        device = self.settings.layout[index]
+        delay = max(self._transfer_s(model) for _ in batch)
+        if model not in self.models[index]:
+            self.models[index].add(model)
+            delay += self.settings.model_fetch_s
+        service = device.service_time(model, self._service_rng) * tasks**device.batch_exponent
+        failed = self._service_rng.random() < device.failure_rate
+        self.device_runs += 1
+        self.batched_tasks += tasks
+        for job in batch:
+            job.started = True
+            job.batch = self._batches
+            self.running[index].append(job)
+            digest = job.spec.input_digest
+            if self._source(sim, index, job.holders, digest) is None:
+                self._finish_later(sim, job, delay, "transient_error",
+                                   "inputs unreachable on every holder", 0.0)  # fmt: skip
+            elif digest in self.bad_digests:
+                self._finish_later(sim, job, delay + service, "permanent_error",
+                                   "input has the wrong shape for the model", 0.0)  # fmt: skip
+            elif failed:
+                self._finish_later(sim, job, delay + service, "transient_error",
+                                   f"device error on {device.name}", 0.0)  # fmt: skip
+            else:
+                share = service * job.spec.members / tasks
+                self._finish_later(sim, job, delay + service, "ok", "", share)
 
     def _start(self, sim: Any, job: Job) -> None:
         index = job.worker
@@ -399,6 +592,16 @@ class TaskDriver(Observer):
                                "input has the wrong shape for the model", 0.001)  # fmt: skip
             return
         service = device.service_time(model, self._service_rng)
+        members = spec.members
+        if members != 1:  # a coalesced group: one batch, or member after member
+            exponent = device.batch_exponent if self.settings.max_batch > 1 else 1.0
+            service *= members**exponent
+        if self.settings.max_batch > 1:
+            self.device_runs += 1
+            self.batched_tasks += members
+        elif members != 1:  # member after member: one device run each
+            self.device_runs += members
+            self.batched_tasks += members
         failed = self._service_rng.random() < device.failure_rate
         outcome = "transient_error" if failed else "ok"
         reason = f"device error on {device.name}" if failed else ""
@@ -438,8 +641,12 @@ class TaskDriver(Observer):
 
     def _start_waiting(self, sim: Any, index: int) -> None:
         slots = self.settings.layout[index].slots
-        while self.waiting[index] and len(self.running[index]) < slots:
-            self._start(sim, self.waiting[index].pop(0))
+        if self.settings.max_batch == 1:
+            while self.waiting[index] and len(self.running[index]) < slots:
+                self._start(sim, self.waiting[index].pop(0))
+            return
+        while self.waiting[index] and self._slots_used(index) < slots:
+            self._start_batch(sim, self.waiting[index].pop(0))
 
     def _cancel(self, sim: Any, index: int, effect: CancelTask) -> None:
         for queue in (self.waiting[index], self.running[index]):

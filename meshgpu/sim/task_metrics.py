@@ -184,7 +184,8 @@ class TaskMetrics:
         for sub in acked:
             if sub.delivered_at is not None or sub.task_id is None:
                 continue
-            if self._a_holder_survives(sim, sub.task_id, sub.spec.input_digest, sub.entry):
+            digest = sub.stored_digest or sub.spec.input_digest
+            if self._a_holder_survives(sim, sub.task_id, digest, sub.entry):
                 lost.append(str(sub.task_id))
             else:
                 exempt += 1
@@ -228,7 +229,22 @@ class TaskMetrics:
         sent_bytes = self.message_totals["task_bytes_sent"]
 
         busy = [driver.busy_s[i] / (slots[i] * now) for i in range(self.node_count) if slots[i]]
+        batching: dict[str, Any] = {}
+        if driver.settings.max_batch > 1 or driver.settings.coalesce:
+            # Device runs vs the tasks they ran (Triton's exec count vs inference count),
+            # and the submissions the entry nodes coalesced into task groups.
+            batching["batching"] = {
+                "max_batch": driver.settings.max_batch,
+                "device_runs": driver.device_runs,
+                "average_batch": round(driver.batched_tasks / driver.device_runs, 3)
+                if driver.device_runs
+                else None,
+                "coalesced": driver.coalesced,
+                "groups": driver.groups,
+                "table_entries": len(subs) - driver.coalesced + driver.groups,
+            }
         return {
+            **batching,
             "strategy": sim.config.tasks.strategy,
             "submitted": len(subs),
             "acknowledged": len(acked),
