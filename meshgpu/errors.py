@@ -115,6 +115,12 @@ class MeshKeyError(ClientError):
     none, or another one, or the mesh is open and the client has a key."""
 
 
+class KeyringError(MeshError):
+    """A keyring operation was refused (the primary key removed, an unknown or ambiguous
+    key id, a removed key installed again, a key sent in clear) or the keyring file in
+    the data dir cannot be read; the message says which and what to do."""
+
+
 class RequestFailedError(ClientError):
     """A peer answered a request with an error; ``kind`` names the error class it raised."""
 

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "meshgpu.cli.simulate:simulate",
     "sweep": "meshgpu.cli.sweep:sweep",
     "keygen": "meshgpu.cli.keygen:keygen",
+    "keyring": "meshgpu.cli.keyring:keyring",
     "http-token": "meshgpu.cli.http_token:http_token",
     "models": "meshgpu.cli.models:models",
     "run": "meshgpu.cli.inference:run",

@@ -52,6 +52,20 @@ STATE_FILE = "daemon.json"
     help="Mesh key from `meshgpu keygen` (or set MESHGPU_KEY).",
 )
 @click.option(
+    "--encrypt-verify-incoming/--no-encrypt-verify-incoming",
+    default=True,
+    show_default=True,
+    help="With a key: refuse traffic that comes without it. Off only while migrating an "
+    "open mesh to encryption (docs/operations.md).",
+)
+@click.option(
+    "--encrypt-verify-outgoing/--no-encrypt-verify-outgoing",
+    default=True,
+    show_default=True,
+    help="With a key: encrypt what this node sends. Off only while migrating an open mesh "
+    "to encryption (docs/operations.md).",
+)
+@click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=DEFAULT_DATA_DIR,
@@ -127,6 +141,8 @@ def join(
     no_mdns: bool,
     mesh: str,
     key_file: Path | None,
+    encrypt_verify_incoming: bool,
+    encrypt_verify_outgoing: bool,
     data_dir: Path,
     device: str | None,
     backend: str,
@@ -171,6 +187,8 @@ def join(
         "mdns": not no_mdns,
         "mesh": mesh,
         "key_file": key_file,
+        "encrypt_verify_incoming": encrypt_verify_incoming,
+        "encrypt_verify_outgoing": encrypt_verify_outgoing,
         "data_dir": data_dir,
         "device": device,
         "backend": backend,
@@ -218,6 +236,8 @@ def join(
             mdns=options["mdns"],
             mesh=options["mesh"],
             key=load_mesh_key(options["key_file"], os.environ),
+            encrypt_verify_incoming=options["encrypt_verify_incoming"],
+            encrypt_verify_outgoing=options["encrypt_verify_outgoing"],
             slots=options["slots"],
             labels=parse_labels(list(options["labels"]), "node label"),
             backend=options["backend"],
@@ -247,7 +267,7 @@ def join(
 
     def started(daemon: Daemon) -> None:
         host, bound_port = daemon.address
-        key = settings.key
+        key = daemon.keyring.primary
         click.echo(
             f"meshgpu node {daemon.node_id} listening on {host}:{bound_port} "
             f"(udp gossip + tcp api), mesh {settings.mesh!r}, "

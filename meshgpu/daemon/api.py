@@ -40,6 +40,8 @@ class Responder:
         self._lock = lock
         self.request_id = request_id
         self.peer: str | None = frames.peer_sender
+        self.key_id: bytes | None = frames.peer_key_id
+        """The key that sealed the request's connection (empty: none, see FrameStream)."""
 
     async def partial(self, fields: Message) -> None:
         """One response of a stream (the final one is the handler's return value)."""

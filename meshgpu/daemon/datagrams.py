@@ -1,12 +1,13 @@
 """The gossip socket: every datagram in and out of the daemon, sealed and checked.
 
-Outgoing, a ``SendDatagram`` payload is sealed (``auth.py``) and sent on the UDP socket
-without a trip through trio's scheduler unless the buffer is full. Incoming, the receiver
-wakes once per burst and drains what the kernel holds; each datagram is opened (wrong key,
-replay, skewed clock: dropped and counted), datagrams from this node itself and from a
-twin of its identity are dropped, and the rest are fed to the node. A datagram of another
-protocol version or mesh is answered with a refusal (auth.py) that names both sides, at
-most once per ``REFUSAL_INTERVAL`` per source, so that both ends log why they never meet.
+Outgoing, a ``SendDatagram`` payload is sealed (``auth/envelope.py``) and sent on the UDP
+socket without a trip through trio's scheduler unless the buffer is full. Incoming, the
+receiver wakes once per burst and drains what the kernel holds; each datagram is opened
+(wrong key, replay, skewed clock: dropped and counted), datagrams from this node itself
+and from a twin of its identity are dropped, and the rest are fed to the node. A datagram
+of another protocol version or mesh, or sealed with a key the keyring removed, is
+answered with a refusal (auth/handshake.py) that names both sides, at most once per
+``REFUSAL_INTERVAL`` per source, so that both ends log why they never meet.
 Kept apart from the daemon's lifecycle because it is the one place that knows about UDP:
 the socket options, the MTU budget and the ordering rule that keeps a stalled loop from
 suspecting live peers (:meth:`GossipSocket.take_queued`).
@@ -66,10 +67,22 @@ class GossipSocket:
         self._twin_found = twin_found
         self._sealer = authenticator.new_session(Channel.DATAGRAM)
         self._last_refusal: dict[Address, float] = {}
+        self._reply_keys: dict[Address, bytes] = {}
+        """Addresses that last sealed with an installed key other than the primary (a
+        node that missed a ``keyring use`` while down): datagrams to them are sealed with
+        that key until they seal with the primary, so they keep hearing the mesh while
+        they catch up (auth/keyring.py)."""
+
+    def reply_key(self, address: Address) -> bytes | None:
+        """The installed non-primary key ``address`` last sealed with, if any."""
+        return self._reply_keys.get(address)
 
     async def send(self, destination: Address, payload: bytes) -> None:
         """Seal ``payload`` and send it; a send error is counted and logged, not raised."""
-        data = self._sealer.seal(payload)
+        sealer = self._sealer
+        if self._reply_keys:
+            sealer.key_id = self._reply_keys.get(destination)
+        data = sealer.seal(payload)
         try:
             try:
                 # Non-blocking send without a trip through the scheduler (two checkpoints
@@ -132,6 +145,12 @@ class GossipSocket:
         if envelope.from_self:
             self._count("datagrams_from_self")
             return
+        if envelope.key_id != self.authenticator.primary_id and envelope.key_id:
+            if len(self._reply_keys) >= 4096:
+                self._reply_keys.clear()
+            self._reply_keys[source] = envelope.key_id
+        elif self._reply_keys:
+            self._reply_keys.pop(source, None)
         if not self._check_twin(envelope.sender, source):
             return
         self._feed(DatagramReceived(source, envelope.payload))

@@ -3,7 +3,7 @@
 Every TCP connection of meshgpu (client API, task payloads, model transfer, results)
 carries a sequence of frames::
 
-    length (4 bytes, big-endian, unsigned) | envelope (see auth.py) around msgpack bytes
+    length (4 bytes, big-endian, unsigned) | envelope (see auth/envelope.py) around msgpack bytes
 
 The length is checked against ``max_frame_bytes`` *before* any body is read, so a
 garbage or hostile peer cannot make us buffer gigabytes: the first four bytes of
@@ -69,11 +69,13 @@ class FrameStream:
         authenticator: Authenticator,
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        key_id: bytes | None = None,
     ) -> None:
         self.stream = stream
         self.authenticator = authenticator
         self.max_frame_bytes = max_frame_bytes
         self._sealer: Sealer = authenticator.new_session(Channel.FRAME)
+        self._sealer.key_id = key_id
         self._buffer = bytearray()
         self._source: tuple[str, int] | None = None
         socket = getattr(stream, "socket", None)
@@ -83,6 +85,10 @@ class FrameStream:
                 self._source = (host, port)  # names a refused peer whose name is encrypted
         self.peer_sender: str | None = None
         """The sender id of the first frame received (who is at the other end)."""
+        self.peer_key_id: bytes | None = None
+        """The key id that sealed the first frame received (empty: it came without a key).
+        Frames sent after it are sealed with that key while it is installed, so a peer
+        holding an older key of the keyring reads the answers."""
 
     async def send(self, message: Any) -> None:
         sealed = self._seal(message)
@@ -112,7 +118,7 @@ class FrameStream:
 
     async def send_refusal(self, error: IncompatiblePeerError) -> None:
         """Tell a peer of another version or mesh why it is refused, in the one frame
-        every version reads (auth.py); nothing more is sent on this connection."""
+        every version reads (auth/handshake.py); nothing more is sent on this connection."""
         refusal = self.authenticator.refusal(Channel.FRAME, error)
         await self.stream.send_all(LENGTH.pack(len(refusal)) + refusal)
 
@@ -132,6 +138,9 @@ class FrameStream:
         envelope = self.authenticator.open(body, Channel.FRAME, self._source)
         if self.peer_sender is None:
             self.peer_sender = envelope.sender
+            self.peer_key_id = envelope.key_id
+            if envelope.key_id:
+                self._sealer.key_id = envelope.key_id
         elif envelope.sender != self.peer_sender:
             raise DecodeError(
                 f"sender changed mid-connection from {self.peer_sender} to {envelope.sender}"

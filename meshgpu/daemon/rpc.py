@@ -123,8 +123,10 @@ async def open_rpc(
     *,
     connect_timeout: float = 5.0,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    key_id: bytes | None = None,
 ) -> AsyncIterator[RpcConnection]:
-    """Connect to a daemon's TCP port and yield a connection for requests."""
+    """Connect to a daemon's TCP port and yield a connection for requests; ``key_id``
+    seals them with that key of the keyring whatever the node's policy says."""
     host, port = address
     try:
         with trio.fail_after(connect_timeout):
@@ -134,7 +136,7 @@ async def open_rpc(
             f"cannot connect to meshgpu at {host}:{port}: {error or 'timed out'}; "
             "is `meshgpu join` running there, and is the port open?"
         ) from None
-    frames = FrameStream(stream, authenticator, max_frame_bytes=max_frame_bytes)
+    frames = FrameStream(stream, authenticator, max_frame_bytes=max_frame_bytes, key_id=key_id)
     connection = RpcConnection(frames, f"{host}:{port}")
     try:
         async with trio.open_nursery() as nursery:

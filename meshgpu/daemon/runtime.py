@@ -7,7 +7,7 @@ node's effects, in order, with real sockets, disks and devices:
 =====================  ==============================================================
 effect                 what the daemon does
 =====================  ==============================================================
-SendDatagram           seal (auth.py) and send on the UDP socket
+SendDatagram           seal (auth/) and send on the UDP socket
 Persist                append to the journal; a committer task fsyncs (group commit, in
                        a worker thread); datagrams and acknowledgements after a task's
                        first record wait until it is synced (durability.py)
@@ -25,7 +25,8 @@ the parts that serve it, runs them in one nursery and stops them. The effect exe
 
 Tasks in the nursery: the effect executor (and its gated half), the UDP receiver, the
 timer (sleeps until ``node.next_deadline()``, woken early when a handled event moved the
-deadline), the TCP server, mDNS discovery, static seeds, and the load reporter. Stopping
+deadline), the TCP server, mDNS discovery, static seeds, the load reporter and the keyring
+exchange. Stopping
 (SIGINT/SIGTERM or ``request_stop``) refuses new submissions, lets running tasks finish
 for up to ``drain_timeout`` and hands the rest back (a transient failure, so the leader
 reassigns them), then sends the leave and closes everything.
@@ -54,7 +55,7 @@ from meshgpu.core.membership import LIVE_STATES
 from meshgpu.core.node import Node
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.api import ApiServer
-from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.auth import Authenticator, Keyring
 from meshgpu.daemon.catalog import ModelCatalog
 from meshgpu.daemon.datagrams import (
     ENVELOPE_MAX_OVERHEAD,
@@ -78,6 +79,7 @@ from meshgpu.daemon.identity import (
     find_live_twin,
 )
 from meshgpu.daemon.journal import Journal
+from meshgpu.daemon.keyring_exchange import KeyringExchange
 from meshgpu.daemon.member_history import MemberHistory
 from meshgpu.daemon.modelstore import ModelStore
 from meshgpu.daemon.node_driver import NodeDriver
@@ -146,8 +148,15 @@ class Daemon:
 
     async def _run(self, incarnation: int, task_status: trio.TaskStatus[Daemon]) -> None:
         settings = self.settings
+        self.keyring = Keyring.for_node(settings.data_dir, settings.key, self.node_id)
+        """The mesh keys this node holds, kept in its data dir (auth/keyring.py)."""
         self.authenticator = Authenticator(
-            settings.key, self.node_id, mesh=settings.mesh, max_clock_skew=settings.max_clock_skew
+            self.keyring,
+            self.node_id,
+            mesh=settings.mesh,
+            verify_incoming=settings.encrypt_verify_incoming,
+            verify_outgoing=settings.encrypt_verify_outgoing,
+            max_clock_skew=settings.max_clock_skew,
         )
         self.models = ModelStore(settings.data_dir / "models", settings.model_cache_bytes)
         self.payloads = PayloadStore(settings.data_dir / "payloads", self.journal)
@@ -292,8 +301,17 @@ class Daemon:
             feed=self.feed,
         )
         """The TCP API's ops (``handlers.py``, submissions in ``submissions.py``)."""
+        self.keyring_exchange = KeyringExchange(
+            self.keyring,
+            self.authenticator,
+            self.node_id,
+            self._live_member_addresses,
+            self.count,
+            reply_key=self.datagrams.reply_key,
+        )
+        """``meshgpu keyring`` ops and the exchanges that converge the keyring."""
         self.api = ApiServer(
-            self.handlers.table(),
+            {**self.handlers.table(), **self.keyring_exchange.table()},
             self.authenticator,
             self.counters,
             max_frame_bytes=settings.max_frame_bytes,
@@ -381,6 +399,7 @@ class Daemon:
                     else None
                 )
                 nursery.start_soon(self._report_load)
+                await nursery.start(self.keyring_exchange.run)
                 if self.http is not None:
                     await nursery.start(self.http.run)
                 self._announce(len(records))
@@ -430,7 +449,8 @@ class Daemon:
             host,
             port,
         )
-        if settings.key is None:
+        primary = self.keyring.primary
+        if primary is None:
             logger.warning(
                 "NO MESH KEY: this mesh is OPEN; anyone who can reach port %d can join it, "
                 "read tasks and submit work. Make a key with `meshgpu keygen` and start every "
@@ -439,9 +459,21 @@ class Daemon:
             )
         else:
             logger.info(
-                "mesh key set (fingerprint %s): traffic is encrypted and authenticated",
-                settings.key.fingerprint,
+                "mesh key set (fingerprint %s, %d key(s) installed): traffic is encrypted "
+                "and authenticated",
+                primary.fingerprint,
+                len(self.keyring.keys()),
             )
+            if not (settings.encrypt_verify_incoming and settings.encrypt_verify_outgoing):
+                logger.warning(
+                    "MIGRATING TO ENCRYPTION: %s; %s (docs/operations.md, migrating an open mesh)",
+                    "sending encrypted"
+                    if settings.encrypt_verify_outgoing
+                    else "sending WITHOUT encryption",
+                    "refusing traffic without the key"
+                    if settings.encrypt_verify_incoming
+                    else "accepting traffic without the key too",
+                )
         if self.http is not None and self.http.urls:
             server = self.http
             logger.info(
@@ -565,6 +597,14 @@ class Daemon:
                 self.feed(LoadChanged(load))
                 last = load
             await trio.sleep(self.settings.load_interval)
+
+    def _live_member_addresses(self) -> dict[NodeId, Address]:
+        """The live members other than this node, with their addresses."""
+        return {
+            node_id: info.address
+            for node_id, info in self.node.members().items()
+            if info.state in LIVE_STATES and node_id != self.node_id
+        }
 
     def _live_addresses(self) -> set[Address]:
         """The addresses of the members the node holds live (the seed loop skips them)."""

@@ -47,6 +47,12 @@ class DaemonSettings:
     mdns: bool = True
     mesh: str = "default"
     key: MeshKey | None = None
+    """The key given at start (--key-file or MESHGPU_KEY); the keyring in the data dir
+    holds the keys the node uses (auth/keyring.py)."""
+    encrypt_verify_incoming: bool = True
+    """Refuse envelopes that come without a key (false while migrating an open mesh)."""
+    encrypt_verify_outgoing: bool = True
+    """Seal with the primary key (false: send without it, while migrating an open mesh)."""
     slots: int = 1
     labels: tuple[tuple[str, str], ...] = ()
     """``(key, value)`` pairs gossiped with the load; tasks require or prefer them."""
@@ -74,6 +80,8 @@ JOIN_FILE_KEYS: dict[str, str] = {
     "mdns": "true or false (false is --no-mdns)",
     "mesh": "string: mesh name (--mesh)",
     "key_file": "path (--key-file)",
+    "encrypt_verify_incoming": "true or false (--no-encrypt-verify-incoming is false)",
+    "encrypt_verify_outgoing": "true or false (--no-encrypt-verify-outgoing is false)",
     "data_dir": "path (--data-dir)",
     "device": "string: device id (--device)",
     "backend": f"one of {', '.join(BACKENDS)} (--backend)",
@@ -167,7 +175,7 @@ def _checked(path: Path, key: str, value: object) -> object:
         if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
             raise wrong()
         return tuple(value)
-    if key == "mdns":
+    if key in ("mdns", "encrypt_verify_incoming", "encrypt_verify_outgoing"):
         if not isinstance(value, bool):
             raise wrong()
         return value

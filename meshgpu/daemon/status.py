@@ -208,6 +208,8 @@ class StatusReport:
         phases = Counter(entry.state.phase.value for entry in entries)
         settings = self.settings
         guard = self.guard
+        keyring = self.authenticator.keyring
+        primary = keyring.primary
         return {
             "node": {
                 "node_id": self.node_id,
@@ -215,8 +217,11 @@ class StatusReport:
                 "mesh": settings.mesh,
                 "incarnation": node.incarnation,
                 "uptime_s": round(time.time() - self.started_wall, 3),
-                "keyed": settings.key is not None,
-                "key_fingerprint": settings.key.fingerprint if settings.key else None,
+                "keyed": keyring.keyed,
+                "key_fingerprint": primary.fingerprint if primary is not None else None,
+                "keyring": keyring.summary(),
+                "encrypt_verify_incoming": self.authenticator.verify_incoming,
+                "encrypt_verify_outgoing": self.authenticator.verify_outgoing,
                 "leaving": self._leaving(),
                 "slots": settings.slots,
                 "running": len(self.work.running),
@@ -250,7 +255,8 @@ class StatusReport:
                 for _, record in sorted(self.member_history.items())
                 if record["state"] in ("dead", "left")
             ]
-            # Peers of another protocol version or mesh: refused, with both sides named.
+            # Peers of another protocol version or mesh, or on a removed key: refused, with
+            # both sides named.
             + [dict(record) for _, record in sorted(self.authenticator.refused.items())],
             "duplicate_identity": {
                 "sightings": guard.sightings,
