@@ -135,6 +135,7 @@ class GossipSocket:
             envelope = self.authenticator.open(data, Channel.DATAGRAM, source)
         except IncompatiblePeerError as error:
             self._count("datagrams_rejected")
+            self._rejected()
             self._incompatible(error, source)
             return
         except MeshError as error:

@@ -150,6 +150,7 @@ class Daemon:
         settings = self.settings
         self.keyring = Keyring.for_node(settings.data_dir, settings.key, self.node_id)
         """The mesh keys this node holds, kept in its data dir (auth/keyring.py)."""
+        self.keyring.subscribe(self.pulse)  # ``status`` shows it: wake the waiters
         self.authenticator = Authenticator(
             self.keyring,
             self.node_id,
@@ -462,7 +463,7 @@ class Daemon:
                 "mesh key set (fingerprint %s, %d key(s) installed): traffic is encrypted "
                 "and authenticated",
                 primary.fingerprint,
-                len(self.keyring.keys()),
+                len(self.keyring.installed()),
             )
             if not (settings.encrypt_verify_incoming and settings.encrypt_verify_outgoing):
                 logger.warning(

@@ -142,7 +142,7 @@ class Keyring:
         fingerprint = self._removed_ids.get(key_id)
         return (fingerprint, self._removed[fingerprint]) if fingerprint is not None else None
 
-    def keys(self) -> list[MeshKey]:
+    def installed(self) -> list[MeshKey]:
         return [self._keys[f] for f in sorted(self._keys)]
 
     def subscribe(self, listener: Callable[[], None]) -> None:
