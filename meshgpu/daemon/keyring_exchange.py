@@ -112,7 +112,9 @@ class KeyringExchange:
                 if trio.current_time() >= next_round:
                     next_round = trio.current_time() + self._interval()
                     members = list(self._members().values())
-                    if members:
+                    # Migrating (sending without the key): some members may hold no key
+                    # yet, so exchange only with peers heard sealing with one.
+                    if members and self.authenticator.verify_outgoing:
                         wanted.add(self._rng.choice(members))
                 if self.keyring.keyed:
                     for address in wanted:
