@@ -141,12 +141,12 @@ def test_removing_the_primary_is_refused_with_a_clear_message(rotation: Rotation
     refused = runner.invoke(
         main, ["keyring", "remove", k3.fingerprint[:8], *peer, str(rotation.key_file("k3"))]
     )
-    assert refused.exit_code == 1
+    assert refused.exit_code == 1, refused.output
     assert f"key {k3.fingerprint} is the primary key" in refused.output
     assert "`meshgpu keyring use`" in refused.output
     listed = runner.invoke(main, ["keyring", "list", *peer, str(rotation.key_file("k3"))])
     assert listed.exit_code == 0, listed.output
-    assert f"{k3.fingerprint}  held by 3/3  primary on 3" in listed.output
+    assert f"{k3.fingerprint}  held by 3/3  primary on 3" in listed.output, listed.output
     assert primaries(rotation, k3) == {k3.fingerprint}
 
 

@@ -38,10 +38,10 @@ class _Window:
             return "replayed"
         return None
 
-    def accept(self, counter: int, size: int) -> None:
+    def accept(self, counter: int, mask: int) -> None:
         if counter > self.highest:
             shift = counter - self.highest
-            self.seen = (self.seen << shift | 1) & ((1 << size) - 1)
+            self.seen = (self.seen << shift | 1) & mask
             self.highest = counter
         else:
             self.seen |= 1 << (self.highest - counter)
@@ -53,6 +53,7 @@ class ReplayGuard:
     def __init__(self, max_clock_skew: float, window: int, clock: Callable[[], float]) -> None:
         self._max_skew_ms = int(max_clock_skew * 1000)
         self._size = window
+        self._mask = (1 << window) - 1
         self._clock = clock
         self._windows: dict[tuple[str, bytes], _Window] = {}
         self._since_prune = 0
@@ -78,7 +79,7 @@ class ReplayGuard:
         reason = window.check(counter, self._size)
         if reason is not None:
             return "replayed", f"envelope {counter} from {sender} {reason}"
-        window.accept(counter, self._size)
+        window.accept(counter, self._mask)
         window.last_used = now
         self._since_prune += 1
         if self._since_prune >= PRUNE_EVERY:
