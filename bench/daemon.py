@@ -18,7 +18,7 @@ the leader's SIGKILL under load. Prints a table and one JSON object; asserts not
   client's peer declared the victim dead and named a new leader, and tasks lost.
 
 ``--keyed-vs-open`` instead compares two meshes in turns (A B B A, ``--rounds`` times):
-an open one and one with a mesh key (every datagram and frame encrypted, auth.py), the
+an open one and one with a mesh key (every datagram and frame encrypted, auth/), the
 ``overhead`` and ``throughput`` figures of each and the ratios keyed / open.
 
 ``--broken-opencl`` instead compares two meshes in turns (A B B A): ``--backend

@@ -33,7 +33,7 @@ grouped, ungrouped and Dask side by side. Round trips are single submissions (no
 and are measured on the first meshgpu side only.
 
 ``--keyed`` adds a second meshgpu mesh started with a mesh key (every datagram and frame
-encrypted, meshgpu/daemon/auth.py), side ``meshgpu_keyed``, grouped as the first side and
+encrypted, meshgpu/daemon/auth/), side ``meshgpu_keyed``, grouped as the first side and
 taking its turns with the others; the report adds the ratios keyed / open.
 """
 

@@ -27,9 +27,10 @@ class DecodeError(RemoteProtocolError):
 
 
 class IncompatiblePeerError(DecodeError):
-    """A peer of another protocol version or another mesh; the message names both sides'
-    versions (or meshes). ``reason``: ``bad_version``, ``other_mesh`` or, on the side that
-    was refused, ``refused_by_peer``."""
+    """A peer of another protocol version or another mesh, or one sealing with a key the
+    mesh removed; the message names both sides' versions (or meshes, or keys).
+    ``reason``: ``bad_version``, ``other_mesh``, ``removed_key`` or, on the side that was
+    refused, ``refused_by_peer``."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -38,8 +39,9 @@ class IncompatiblePeerError(DecodeError):
 
 class AuthenticationError(RemoteProtocolError):
     """A datagram or frame failed authentication or was a replay. ``reason`` is the
-    refusal's counter name in auth.py (``keyed_peer_but_no_key``, ``unauthenticated``,
-    ``bad_tag``, ``replay``...): what the client tells its user depends on it."""
+    refusal's counter name in auth/envelope.py (``keyed_peer_but_no_key``,
+    ``unauthenticated``, ``bad_tag``, ``replay``...): what the client tells its user
+    depends on it."""
 
     def __init__(self, message: str, reason: str = "rejected") -> None:
         super().__init__(message)

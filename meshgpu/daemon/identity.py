@@ -17,7 +17,7 @@ Three guards against the identity mix-ups users of peer-to-peer tools hit most:
 * **One live node per id.** If the data dir was copied to another machine, or a second
   node was started with the same ``--name`` and a data dir of its own, two live nodes
   share an id. Every envelope names its sender and a random per-process session
-  (see auth.py), so a datagram that carries our id but not our session comes from such
+  (see auth/envelope.py), so a datagram that carries our id but not our session comes from such
   a twin. :class:`DuplicateIdentityGuard` decides: a node still in its start-up grace
   period is the newcomer and refuses to go on; an established node keeps serving,
   counts the event and reports it loudly. Which of the two mix-ups it is, the newcomer
