@@ -269,3 +269,13 @@ def test_seal_and_open_agree_for_random_keyrings() -> None:
         a, b = Authenticator(ring(*chosen), "n-a"), Authenticator(ring(*reversed(chosen)), "n-b")
         payload = rng.randbytes(rng.randrange(1, 3000))
         assert b.open(a.new_session(Channel.FRAME).seal(payload), Channel.FRAME).payload == payload
+
+
+def test_nodes_started_with_one_key_hold_equal_keyrings(tmp_path: Path) -> None:
+    """Their first exchange changes nothing (no rewrite of the file, no log line)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Keyring.for_node(tmp_path / "a", K1, "n-a")
+    b = Keyring.for_node(tmp_path / "b", K1, "n-b")
+    assert a.summary() == b.summary()
+    assert a.merge(b.to_wire()) is False

@@ -100,8 +100,16 @@ class Keyring:
         key: a keyring of that key, saved. A file: its keyring; ``given`` is installed
         and made primary if the keyring does not know it (logged either way)."""
         keyring = cls(data_dir / KEYRING_FILE)
-        if keyring.path is not None and keyring.path.exists():
-            keyring._load()
+        assert keyring.path is not None
+        if not keyring.path.exists():
+            if given is not None:
+                # Unstamped: nodes started with one key hold equal keyrings (their first
+                # exchange changes nothing), and any ``use`` wins over this.
+                keyring._keys[given.fingerprint] = given
+                keyring._primary = given.fingerprint
+                keyring._changed()
+            return keyring
+        keyring._load()
         if given is None:
             return keyring
         fingerprint = given.fingerprint
