@@ -41,7 +41,7 @@ class Responder:
         self.request_id = request_id
         self.peer: str | None = frames.peer_sender
         self.key_id: bytes | None = frames.peer_key_id
-        """The key that sealed the request's connection (empty: none, see FrameStream)."""
+        """The key that sealed the request (empty: none, see FrameStream)."""
 
     async def partial(self, fields: Message) -> None:
         """One response of a stream (the final one is the handler's return value)."""
@@ -86,7 +86,9 @@ class ApiServer:
     async def serve(self, stream: trio.SocketStream) -> None:
         """Handle one connection until the peer closes it or sends something unreadable."""
         self._count("api_connections")
-        frames = FrameStream(stream, self.authenticator, max_frame_bytes=self.max_frame_bytes)
+        frames = FrameStream(
+            stream, self.authenticator, max_frame_bytes=self.max_frame_bytes, answering=True
+        )
         lock = trio.Lock()
         try:
             async with trio.open_nursery() as nursery:

@@ -67,22 +67,10 @@ class GossipSocket:
         self._twin_found = twin_found
         self._sealer = authenticator.new_session(Channel.DATAGRAM)
         self._last_refusal: dict[Address, float] = {}
-        self._reply_keys: dict[Address, bytes] = {}
-        """Addresses that last sealed with an installed key other than the primary (a
-        node that missed a ``keyring use`` while down): datagrams to them are sealed with
-        that key until they seal with the primary, so they keep hearing the mesh while
-        they catch up (auth/keyring.py)."""
-
-    def reply_key(self, address: Address) -> bytes | None:
-        """The installed non-primary key ``address`` last sealed with, if any."""
-        return self._reply_keys.get(address)
 
     async def send(self, destination: Address, payload: bytes) -> None:
         """Seal ``payload`` and send it; a send error is counted and logged, not raised."""
-        sealer = self._sealer
-        if self._reply_keys:
-            sealer.key_id = self._reply_keys.get(destination)
-        data = sealer.seal(payload)
+        data = self._sealer.seal(payload)
         try:
             try:
                 # Non-blocking send without a trip through the scheduler (two checkpoints
@@ -146,12 +134,6 @@ class GossipSocket:
         if envelope.from_self:
             self._count("datagrams_from_self")
             return
-        if envelope.key_id != self.authenticator.primary_id and envelope.key_id:
-            if len(self._reply_keys) >= 4096:
-                self._reply_keys.clear()
-            self._reply_keys[source] = envelope.key_id
-        elif self._reply_keys:
-            self._reply_keys.pop(source, None)
         if not self._check_twin(envelope.sender, source):
             return
         self._feed(DatagramReceived(source, envelope.payload))

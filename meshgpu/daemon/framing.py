@@ -70,12 +70,14 @@ class FrameStream:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         key_id: bytes | None = None,
+        answering: bool = False,
     ) -> None:
         self.stream = stream
         self.authenticator = authenticator
         self.max_frame_bytes = max_frame_bytes
         self._sealer: Sealer = authenticator.new_session(Channel.FRAME)
         self._sealer.key_id = key_id
+        self._answering = answering
         self._buffer = bytearray()
         self._source: tuple[str, int] | None = None
         socket = getattr(stream, "socket", None)
@@ -86,9 +88,10 @@ class FrameStream:
         self.peer_sender: str | None = None
         """The sender id of the first frame received (who is at the other end)."""
         self.peer_key_id: bytes | None = None
-        """The key id that sealed the first frame received (empty: it came without a key).
-        Frames sent after it are sealed with that key while it is installed, so a peer
-        holding an older key of the keyring reads the answers."""
+        """The key id that sealed the last frame received (empty: it came without a key).
+        On the answering side (``answering``: the API server) frames are sealed with that
+        key while it is installed, so a client holding an older key of the keyring reads
+        the answers; the requesting side seals by the node's policy (or ``key_id``)."""
 
     async def send(self, message: Any) -> None:
         sealed = self._seal(message)
@@ -136,11 +139,13 @@ class FrameStream:
         body = await self._receive_exactly(length, at_boundary=False)
         assert body is not None
         envelope = self.authenticator.open(body, Channel.FRAME, self._source)
+        key_id = envelope.key_id
+        if key_id != self.peer_key_id:
+            self.peer_key_id = key_id
+            if self._answering:
+                self._sealer.key_id = key_id or None
         if self.peer_sender is None:
             self.peer_sender = envelope.sender
-            self.peer_key_id = envelope.key_id
-            if envelope.key_id:
-                self._sealer.key_id = envelope.key_id
         elif envelope.sender != self.peer_sender:
             raise DecodeError(
                 f"sender changed mid-connection from {self.peer_sender} to {envelope.sender}"

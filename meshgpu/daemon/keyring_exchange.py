@@ -18,8 +18,8 @@ naming the removed key (auth/handshake.py) and must be restarted with the curren
 ``keyring_list`` asks every live member for its keyring's summary (fingerprints only).
 
 Contract: the part takes the keyring, the authenticator, this node's id, a callable
-listing the live members' addresses, the daemon's counter and the gossip socket's
-``reply_key`` (the key a peer last sealed with); its ops join the API table.
+listing the live members' addresses and the daemon's counter; its ops join the API
+table, and the authenticator reports peers on another key to it (``on_other_key``).
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ class KeyringExchange:
         node_id: NodeId,
         members: Callable[[], Mapping[NodeId, Address]],
         count: Callable[[str], None],
-        reply_key: Callable[[Address], bytes | None] = lambda address: None,
         rng: random.Random | None = None,
     ) -> None:
         self.keyring = keyring
@@ -65,10 +64,10 @@ class KeyringExchange:
         self.node_id = node_id
         self._members = members
         self._count = count
-        self._reply_key = reply_key
         self._rng = rng or random.Random()
         self._prompted: dict[Address, float] = {}
-        self._wanted: set[Address] = set()
+        self._wanted: dict[Address, bytes | None] = {}
+        """Addresses to exchange with now, and the key each was heard sealing with."""
         self._wake = trio.Event()
         authenticator.on_other_key = self.peer_on_other_key
 
@@ -84,10 +83,10 @@ class KeyringExchange:
 
     # --- background exchanges ------------------------------------------------------
 
-    def peer_on_other_key(self, source: Address | None) -> None:
-        """Invoked by the envelope when a datagram from ``source`` was sealed with a key
-        other than our primary: exchange keyrings with it soon (at most every
-        ``PROMPT_INTERVAL`` per address)."""
+    def peer_on_other_key(self, source: Address | None, key_id: bytes) -> None:
+        """Invoked by the envelope when a datagram from ``source`` was sealed with key
+        ``key_id``, not our primary: exchange keyrings with it soon (at most every
+        ``PROMPT_INTERVAL`` per address), sealed with its key if we hold it."""
         if source is None or not self.keyring.keyed:
             return
         now = trio.current_time()
@@ -96,7 +95,7 @@ class KeyringExchange:
         if len(self._prompted) > 1024:
             self._prompted.clear()
         self._prompted[source] = now
-        self._wanted.add(source)
+        self._wanted[source] = key_id
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -108,35 +107,36 @@ class KeyringExchange:
                 with trio.move_on_at(next_round):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                wanted, self._wanted = self._wanted, set()
+                wanted, self._wanted = self._wanted, {}
                 if trio.current_time() >= next_round:
                     next_round = trio.current_time() + self._interval()
                     members = list(self._members().values())
                     # Migrating (sending without the key): some members may hold no key
                     # yet, so exchange only with peers heard sealing with one.
                     if members and self.authenticator.verify_outgoing:
-                        wanted.add(self._rng.choice(members))
+                        wanted.setdefault(self._rng.choice(members), None)
                 if self.keyring.keyed:
-                    for address in wanted:
-                        nursery.start_soon(self._quiet_exchange, address)
+                    for address, key_id in wanted.items():
+                        nursery.start_soon(self._quiet_exchange, address, key_id)
 
     def _interval(self) -> float:
         return EXCHANGE_INTERVAL * self._rng.uniform(0.75, 1.25)
 
-    async def _quiet_exchange(self, address: Address) -> None:
+    async def _quiet_exchange(self, address: Address, key_id: bytes | None) -> None:
         try:
             with trio.fail_after(PUSH_TIMEOUT):
-                await self.exchange(address)
+                await self.exchange(address, key_id)
         except (MeshError, trio.TooSlowError, OSError) as error:
             self._count("keyring_exchange_failures")
             logger.debug("keyring exchange with %s:%d failed: %s", *address, error)
 
-    async def exchange(self, address: Address) -> dict[str, Any]:
+    async def exchange(self, address: Address, key_id: bytes | None = None) -> dict[str, Any]:
         """Push our keyring to ``address``, merge its answer; its summary afterwards.
 
-        Sealed with the key the peer last used if it is installed (a peer behind us
-        cannot open our primary yet), else with our primary."""
-        key_id = self._reply_key(address) or self.authenticator.primary_id
+        Sealed with ``key_id`` (the key the peer was heard sealing with) if it is
+        installed: a peer behind us cannot open our primary yet; else with our primary."""
+        if key_id is None or key_id not in self.keyring.ciphers:
+            key_id = self.authenticator.primary_id
         async with open_rpc(address, self.authenticator, key_id=key_id) as rpc:
             answer = await rpc.call("keyring_sync", keyring=self.keyring.to_wire())
         if self.keyring.merge(answer.get("keyring")):

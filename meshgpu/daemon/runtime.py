@@ -308,7 +308,6 @@ class Daemon:
             self.node_id,
             self._live_member_addresses,
             self.count,
-            reply_key=self.datagrams.reply_key,
         )
         """``meshgpu keyring`` ops and the exchanges that converge the keyring."""
         self.api = ApiServer(

@@ -199,13 +199,13 @@ def test_every_installed_key_opens_only_the_primary_seals() -> None:
 def test_a_peer_on_another_key_is_reported_once_per_envelope() -> None:
     heard: list[object] = []
     receiver = Authenticator(ring(K1, K2), "n-b")
-    receiver.on_other_key = heard.append
+    receiver.on_other_key = lambda source, key_id: heard.append((source, key_id))
     sender = Authenticator(ring(K2, K1), "n-a")  # K2 primary
     receiver.open(sender.new_session(Channel.DATAGRAM).seal(b"x"), Channel.DATAGRAM, ("h", 1))
     stranger = Authenticator(K3, "n-c")
     with pytest.raises(AuthenticationError, match="sealed with key"):
         receiver.open(stranger.new_session(Channel.DATAGRAM).seal(b"x"), Channel.DATAGRAM, ("h", 2))
-    assert heard == [("h", 1), ("h", 2)]
+    assert heard == [(("h", 1), K2.key_id), (("h", 2), K3.key_id)]
 
 
 def test_a_removed_key_is_refused_naming_it_and_the_current_primary() -> None:
@@ -279,3 +279,29 @@ def test_nodes_started_with_one_key_hold_equal_keyrings(tmp_path: Path) -> None:
     b = Keyring.for_node(tmp_path / "b", K1, "n-b")
     assert a.summary() == b.summary()
     assert a.merge(b.to_wire()) is False
+
+
+async def test_the_answering_side_answers_in_the_key_of_each_request() -> None:
+    """A client on the previous key reads the answers; two nodes that both moved to the
+    new key do not keep each other on the old one (only the answering side mirrors)."""
+    import trio.testing
+
+    from meshgpu.daemon.framing import FrameStream
+
+    server_ring = ring(K1, K2)
+    server_ring.use(K2.fingerprint, "n-s")
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = FrameStream(server_stream, Authenticator(server_ring, "n-s"), answering=True)
+    old_client = FrameStream(client_stream, Authenticator(ring(K1, K2), "n-c"))  # K1 primary
+    await old_client.send({"ask": 1})
+    assert await server.receive() == {"ask": 1}
+    assert server.peer_key_id == K1.key_id
+    await server.send({"answer": 1})
+    assert await old_client.receive() == {"answer": 1}
+    assert old_client.peer_key_id == K1.key_id  # answered in the client's key
+    old_client.authenticator.keyring.use(K2.fingerprint, "n-c")  # the client moves on
+    await old_client.send({"ask": 2})
+    await server.receive()
+    await server.send({"answer": 2})
+    await old_client.receive()
+    assert (server.peer_key_id, old_client.peer_key_id) == (K2.key_id, K2.key_id)

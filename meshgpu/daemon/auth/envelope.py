@@ -34,10 +34,13 @@ small binary header does all of it and is the same with or without a key::
   with a key the keyring removed is refused with a refusal that says so
   (``handshake.py``), so a node that missed a rotation while down learns why it cannot
   rejoin.
-* Replies go out in the key the peer used while that key is installed (a connection's
-  frames, and datagrams to an address that last sealed with a non-primary key): a client
-  holding one key file, or a node that missed a ``use`` while down, can read the answers
-  until it catches up.
+* A daemon answers a request in the key the request was sealed with while that key is
+  installed, so a client holding one key file reads the answers all through a rotation.
+  Only the answering side does so: a requester seals with its primary, so two nodes
+  never keep each other on an old key. A datagram sealed with another installed key than
+  the primary, or with a key this node lacks, prompts a keyring exchange with its sender
+  (``daemon/keyring_exchange.py``), sealed with the sender's key if this node holds it: a
+  node that missed a ``use`` while down catches up at once.
 * ``verify_outgoing`` false seals without the key even when the node holds one;
   ``verify_incoming`` false accepts envelopes without a key as well as keyed ones. Both
   default to true; together they move a running open mesh to encryption node by node
@@ -209,7 +212,7 @@ class Authenticator:
         self._own_sessions: set[bytes] = set()
         self.counters: dict[str, int] = {}
         self.refused_peers = RefusedPeers()
-        self.on_other_key: Callable[[tuple[str, int] | None], None] | None = None
+        self.on_other_key: Callable[[tuple[str, int] | None, bytes], None] | None = None
         """Called with the source of an envelope sealed with an installed key that is not
         the primary, or with a key this node does not hold: a peer whose keyring differs
         (the keyring exchange pushes to it)."""
@@ -364,7 +367,7 @@ class Authenticator:
         key_id = bytes(data[key_id_at:nonce_at])
         cipher = self._ciphers.get(key_id)
         if cipher is None:
-            self._unknown_key(key_id, data, mesh_length_at, source)
+            self._unknown_key(key_id, data, mesh_length_at, channel, source)
         view = memoryview(data)
         try:
             inner = cipher.decrypt(
@@ -389,7 +392,7 @@ class Authenticator:
             if refused is not None:
                 self._refuse(*refused, AuthenticationError)
             if key_id != self._primary_id and channel == Channel.DATAGRAM and self.on_other_key:
-                self.on_other_key(source)
+                self.on_other_key(source, key_id)
         counters["accepted"] = counters.get("accepted", 0) + 1
         return Envelope(
             sender,
@@ -437,6 +440,7 @@ class Authenticator:
         key_id: bytes,
         data: bytes | bytearray,
         mesh_length_at: int,
+        channel: Channel,
         source: tuple[str, int] | None,
     ) -> NoReturn:
         """An envelope sealed with a key this node does not hold."""
@@ -463,8 +467,8 @@ class Authenticator:
                 "start it with --key-file or MESHGPU_KEY",
                 AuthenticationError,
             )
-        if self.on_other_key is not None:
-            self.on_other_key(source)
+        if self.on_other_key is not None and channel == Channel.DATAGRAM:
+            self.on_other_key(source, key_id)
         held = ", ".join(sorted(k.hex() for k in self._ciphers))
         self._refuse(
             "bad_tag",
