@@ -96,7 +96,19 @@ STATE_FILE = "daemon.json"
     "--require KEY=VALUE run only on nodes carrying it, --prefer KEY=VALUE prefer them.",
 )
 @click.option("--interface", help="Pin mDNS and gossip to this network interface (e.g. eth0).")
-@click.option("--advertise", help="Address peers should use to reach this node.")
+@click.option(
+    "--advertise",
+    metavar="HOST[:PORT]",
+    help="Address peers should use to reach this node (gossiped and announced instead of "
+    "the bound one): a NAT or port forward's outside address; PORT defaults to --port.",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["lan", "wan"]),  # core.config.PROFILES
+    help="Timing profile of the mesh (every node of a mesh uses the same): lan (the "
+    "default) or wan, for sites joined across a wide-area network [default: the config "
+    "file's [mesh] profile, else lan].",
+)
 @click.option(
     "--config",
     "config_file",
@@ -150,6 +162,7 @@ def join(
     labels: tuple[str, ...],
     interface: str | None,
     advertise: str | None,
+    profile: str | None,
     config_file: Path | None,
     http_port: int,
     http_bind: str | None,
@@ -172,7 +185,7 @@ def join(
     from meshgpu.core.config import MeshConfig
     from meshgpu.core.tasks.spec import parse_labels
     from meshgpu.daemon.auth import load_mesh_key
-    from meshgpu.daemon.discovery import parse_peer
+    from meshgpu.daemon.discovery import parse_advertise, parse_peer
     from meshgpu.daemon.foreground import serve_until_signalled
     from meshgpu.daemon.runtime import Daemon
     from meshgpu.daemon.settings import DaemonSettings, read_config_file
@@ -205,17 +218,22 @@ def join(
         "tls_key": tls_key,
     }
     try:
-        mesh_config = MeshConfig()
+        mesh_table: dict[str, Any] = {}
         if config_file is not None:
             from_file = read_config_file(config_file)
-            mesh_config = from_file.mesh
+            mesh_table = dict(from_file.mesh_table)
             context = click.get_current_context()
             for key, value in from_file.daemon.items():
                 parameter = _PARAMETER_OF_KEY.get(key, key)
                 if context.get_parameter_source(parameter) in _NOT_GIVEN:
                     options[key] = value
+        if profile is not None:
+            mesh_table["profile"] = profile  # the flag wins over the file's profile
+        mesh_config = MeshConfig.from_mapping(mesh_table)
         for peer in options["peers"]:
             parse_peer(peer)  # refuse a malformed seed before anything starts
+        if options["advertise"]:
+            parse_advertise(options["advertise"], options["port"])
         verbose = options["verbose"]
         http = None
         if options["http_port"]:
@@ -266,11 +284,17 @@ def join(
     wrote_state: list[Path] = []
 
     def started(daemon: Daemon) -> None:
-        host, bound_port = daemon.address
+        host, bound_port = daemon.listen_address
         key = daemon.keyring.primary
+        outside = daemon.address
         click.echo(
             f"meshgpu node {daemon.node_id} listening on {host}:{bound_port} "
-            f"(udp gossip + tcp api), mesh {settings.mesh!r}, "
+            + (
+                f"(advertised as {outside[0]}:{outside[1]}) "
+                if outside != (host, bound_port)
+                else ""
+            )
+            + f"(udp gossip + tcp api), mesh {settings.mesh!r}, "
             + (f"mesh key {key.fingerprint}" if key else "NO MESH KEY (open mesh)"),
         )
         state_path.write_text(

@@ -5,8 +5,11 @@ five times faster than HashiCorp memberlist's LAN profile (1 s probes, suspicion
 ten nodes) so that every live node agrees on a death within 2 s. docs/protocol.md explains
 each value and the arithmetic behind the 2 s budget.
 
-``MeshConfig.from_mapping`` builds one from a TOML table (``[mesh]`` in a scenario or the
-daemon's config file) and rejects unknown keys and wrong types with :class:`ConfigError`.
+``MeshConfig.from_mapping`` builds one from a TOML table (``[mesh]`` in the daemon's config
+file, ``[timing]`` in a scenario) and rejects unknown keys and wrong types with
+:class:`ConfigError`. The table's ``profile`` key picks the starting values: ``lan`` (the
+defaults) or ``wan`` (:data:`PROFILES`, for sites joined across a wide-area network); the
+table's other keys override the profile's.
 """
 
 from __future__ import annotations
@@ -170,17 +173,35 @@ class MeshConfig:
                 raise ConfigError(f"mesh config: {name} must be an integer >= {low}")
 
     @classmethod
+    def for_profile(cls, name: str) -> MeshConfig:
+        """The config of timing profile ``name`` (``lan`` or ``wan``, see :data:`PROFILES`)."""
+        if name not in PROFILES:
+            raise ConfigError(
+                f"mesh config: unknown profile {name!r}; the profiles are {', '.join(PROFILES)}"
+            )
+        return cls(**PROFILES[name])  # type: ignore[arg-type]
+
+    @classmethod
     def from_mapping(cls, table: Mapping[str, object]) -> MeshConfig:
-        """Build a config from a TOML table; unknown keys and wrong types are ConfigErrors."""
+        """Build a config from a TOML table; unknown keys and wrong types are ConfigErrors.
+
+        ``profile = "wan"`` starts from that profile's values; the other keys override them.
+        """
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(table) - set(fields))
+        unknown = sorted(set(table) - set(fields) - {"profile"})
         if unknown:
             raise ConfigError(
                 f"mesh config: unknown key(s) {', '.join(unknown)}; "
-                f"known keys are {', '.join(sorted(fields))}"
+                f"known keys are {', '.join(sorted([*fields, 'profile']))}"
             )
-        values: dict[str, object] = {}
+        profile = table.get("profile", "lan")
+        if not isinstance(profile, str):
+            raise ConfigError(f"mesh config: profile must be a string, got {profile!r}")
+        cls.for_profile(profile)  # an unknown profile is refused with the known ones
+        values: dict[str, object] = dict(PROFILES[profile])
         for name, raw in table.items():
+            if name == "profile":
+                continue
             if name == "tasks":
                 if not isinstance(raw, Mapping):
                     raise ConfigError(f"mesh config: tasks must be a table, got {raw!r}")
@@ -222,3 +243,28 @@ class MeshConfig:
         if members <= 32:
             return self.push_pull_interval
         return self.push_pull_interval * (1 + math.ceil(math.log2(members) - math.log2(32)))
+
+
+PROFILES: dict[str, Mapping[str, object]] = {
+    "lan": {},
+    "wan": {
+        "probe_interval": 1.0,
+        "probe_timeout": 0.4,
+        "suspicion_multiplier": 2.25,
+        "gossip_interval": 0.25,
+        "gossip_fanout": 4,
+        "push_pull_interval": 20.0,
+        "dead_retention": 120.0,
+    },
+}
+"""Timing profiles, as memberlist's ``DefaultLANConfig``/``DefaultWANConfig``.
+
+``lan`` is the defaults above. ``wan`` is for sites joined by a wide-area link (tens to a
+couple of hundred milliseconds of round trip, some loss): it applies memberlist's own
+LAN-to-WAN ratios to the LAN profile (probe interval x5, probe timeout x5 where
+memberlist has x6, so that a 0.5 s indirect window remains; suspicion multiplier x1.5,
+gossip interval x2.5 to one more peer, push-pull x2, dead members remembered x2). It keeps
+memberlist's shape without its absolute values (5 s probes, suspicion from 51 s at 50
+nodes), which detect a death in minutes; docs/protocol.md has the arithmetic behind
+detection within 10 s across an 80 ms link with 1 % loss.
+"""

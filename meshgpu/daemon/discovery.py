@@ -98,6 +98,20 @@ async def resolve_peer(host: str, port: int) -> Address:
     return (str(infos[0][4][0]), port)
 
 
+def parse_advertise(text: str, default_port: int) -> tuple[str, int]:
+    """``--advertise HOST`` or ``HOST:PORT``: the address peers use to reach this node.
+
+    Invoked at start (the CLI checks the text before anything starts; the daemon, once its
+    port is bound, fills in that port when the text names none).
+    """
+    try:
+        return parse_peer(text, default_port)
+    except ConfigError:
+        raise ConfigError(
+            f"--advertise {text!r} must look like HOST or HOST:PORT, e.g. 203.0.113.7:17946"
+        ) from None
+
+
 def interface_address(name: str) -> str:
     """The IPv4 address of network interface ``name`` (for ``--interface``)."""
     import ifaddr

@@ -65,7 +65,13 @@ from meshgpu.daemon.datagrams import (
 )
 from meshgpu.daemon.dataplane import DataPlane
 from meshgpu.daemon.direct import DirectRuns
-from meshgpu.daemon.discovery import MdnsDiscovery, interface_address, local_ipv4_addresses
+from meshgpu.daemon.discovery import (
+    MdnsDiscovery,
+    interface_address,
+    local_ipv4_addresses,
+    parse_advertise,
+    resolve_peer,
+)
 from meshgpu.daemon.durability import GroupCommit
 from meshgpu.daemon.effect_queue import EffectHandlers, EffectQueue
 from meshgpu.daemon.execution import Executor
@@ -116,6 +122,9 @@ class Daemon:
         self.load_meter: LoadMeter | None = None
         self.stopped_because: BaseException | None = None
         self.address: Address = ("0.0.0.0", 0)
+        """Where peers reach this node: gossiped, announced by mDNS (``--advertise``)."""
+        self.listen_address: Address = ("0.0.0.0", 0)
+        """Where this node listens, as reached from this machine (``daemon.json``)."""
         self.started_wall = time.time()
         self._stop = trio.Event()
         self.generation = 0
@@ -187,10 +196,14 @@ class Daemon:
             twin_found=lambda address: self.peer_finder.twin_found(address),
         )
         port = udp.getsockname()[1]
-        advertised = (
-            settings.advertise or pin or (bind if bind != "0.0.0.0" else local_ipv4_addresses()[0])
-        )
-        self.address = (advertised, port)
+        local = pin or (bind if bind != "0.0.0.0" else local_ipv4_addresses()[0])
+        self.listen_address = (local, port)
+        if settings.advertise:
+            # Behind NAT or a port forward: gossip the outside address (as memberlist's
+            # AdvertiseAddr/AdvertisePort); every peer, on the LAN too, uses that one.
+            self.address = await resolve_peer(*parse_advertise(settings.advertise, port))
+        else:
+            self.address = self.listen_address
         config = dataclasses.replace(
             settings.mesh_config,
             max_datagram_bytes=min(settings.mesh_config.max_datagram_bytes, UDP_MTU_BUDGET)
@@ -394,7 +407,13 @@ class Daemon:
                 await nursery.start(self.handlers.submissions.coalescer.run)
                 await nursery.start(trio.serve_listeners, self.api.serve, listeners)
                 self.peer_finder.find(
-                    MdnsDiscovery(settings.mesh, self.node_id, port, [advertised], interface=pin)
+                    MdnsDiscovery(
+                        settings.mesh,
+                        self.node_id,
+                        self.address[1],
+                        [self.address[0]],
+                        interface=pin,
+                    )
                     if settings.mdns
                     else None
                 )

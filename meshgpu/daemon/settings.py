@@ -9,6 +9,7 @@ The file has two tables, both optional, and nothing else::
     data_dir = "/var/lib/meshgpu"
 
     [mesh]              # protocol timings: meshgpu.core.config.MeshConfig
+    profile = "wan"     # start from a timing profile (lan, the default, or wan)
     probe_interval = 0.2
 
 Flags given on the command line override the file; the file overrides the built-in
@@ -88,7 +89,7 @@ JOIN_FILE_KEYS: dict[str, str] = {
     "slots": "integer >= 1 (--slots)",
     "labels": 'list of "KEY=VALUE" strings (--label, repeated)',
     "interface": "string: network interface (--interface)",
-    "advertise": "string: address peers should use (--advertise)",
+    "advertise": 'string "HOST" or "HOST:PORT": address peers should use (--advertise)',
     "verbose": "integer >= 0 (-v is 1, -vv is 2)",
     "max_frame_bytes": "integer >= 1048576: largest TCP frame sent or accepted (64 MiB)",
     "http_port": "integer 0-65535, 0 for no HTTP (--http-port)",
@@ -112,12 +113,14 @@ class ConfigFile:
 
     ``daemon`` holds only the keys the file sets, with checked values (paths made
     absolute, ``peers`` as a tuple); ``mesh`` is the ``[mesh]`` table applied to the
-    defaults.
+    defaults (or to its ``profile``), ``mesh_table`` the table itself (for a
+    ``--profile`` flag that overrides the file's).
     """
 
     path: Path
     daemon: Mapping[str, Any]
     mesh: MeshConfig
+    mesh_table: Mapping[str, Any] = field(default_factory=dict)
 
 
 def read_config_file(path: Path) -> ConfigFile:
@@ -142,7 +145,7 @@ def read_config_file(path: Path) -> ConfigFile:
     except ConfigError as error:
         raise ConfigError(f"config file {path}, [mesh] table: {error}") from None
     daemon = {key: _checked(path, key, value) for key, value in document.get("daemon", {}).items()}
-    return ConfigFile(path=path, daemon=daemon, mesh=mesh)
+    return ConfigFile(path=path, daemon=daemon, mesh=mesh, mesh_table=document.get("mesh", {}))
 
 
 def _checked(path: Path, key: str, value: object) -> object:

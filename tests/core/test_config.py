@@ -78,3 +78,29 @@ def test_each_lifeguard_refinement_turns_off_alone_and_lifeguard_off_turns_off_a
 def test_derived_lifeguard_flags_are_not_settable_keys() -> None:
     with pytest.raises(ConfigError, match="unknown key"):
         MeshConfig.from_mapping({"uses_buddy": False})
+
+
+def test_the_wan_profile_starts_from_memberlists_lan_to_wan_ratios_and_keys_override_it() -> None:
+    lan, wan = MeshConfig(), MeshConfig.from_mapping({"profile": "wan"})
+    assert wan == MeshConfig.for_profile("wan") and MeshConfig.for_profile("lan") == lan
+    assert wan.probe_interval == 5 * lan.probe_interval
+    assert wan.suspicion_multiplier == 1.5 * lan.suspicion_multiplier
+    assert wan.gossip_fanout == lan.gossip_fanout + 1
+    assert wan.push_pull_interval == 2 * lan.push_pull_interval
+    # The indirect window must hold a relay's nack across a 300 ms round trip.
+    assert wan.probe_timeout * (1 + 0.7) + 0.3 < wan.probe_interval
+    tuned = MeshConfig.from_mapping({"profile": "wan", "probe_interval": 2.0})
+    assert tuned.probe_interval == 2.0 and tuned.probe_timeout == wan.probe_timeout
+    assert MeshConfig.from_mapping({"profile": "lan"}) == lan
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [({"profile": "moon"}, "unknown profile 'moon'; the profiles are lan, wan"),
+     ({"profile": 3}, "profile must be a string")],
+)  # fmt: skip
+def test_a_bad_profile_is_refused_naming_the_profiles(
+    table: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        MeshConfig.from_mapping(table)

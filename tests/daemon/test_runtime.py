@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -357,3 +358,33 @@ async def test_asking_again_for_a_delivered_outcome_is_answered_not_left_waiting
     again = [o async for o in rpc.stream("results", task_ids=[reply["task_id"]], timeout=10)]
     assert again[0]["state"] == "collected" and "already delivered" in again[0]["reason"]
     assert again[-1]["task_id"] is None and again[-1]["pending"] == []
+
+
+async def test_an_advertised_address_is_gossiped_and_the_bound_one_kept_for_this_machine(
+    tmp_path: Path,
+) -> None:
+    """--advertise HOST:PORT (a port forward's outside end): the node's member address and
+    status say it; the address it listens on stays what local clients use."""
+    forwarded = replace(settings(tmp_path / "behind-nat"), advertise="127.0.0.1:17946")
+    async with trio.open_nursery() as nursery:
+        running: Daemon = await nursery.start(Daemon(forwarded).run)
+        try:
+            assert running.address == ("127.0.0.1", 17946)
+            host, port = running.listen_address
+            assert host == "127.0.0.1" and port not in (0, 17946)
+            assert running.node.members()[running.node_id].address == ("127.0.0.1", 17946)
+            async with open_rpc(running.listen_address, Authenticator(None, "c")) as rpc:
+                status = await rpc.call("status")
+            assert status["node"]["address"] == ["127.0.0.1", 17946]
+        finally:
+            running.request_stop()
+
+
+async def test_an_advertised_host_without_a_port_keeps_the_bound_port(tmp_path: Path) -> None:
+    named = replace(settings(tmp_path / "named"), advertise="127.0.0.2")
+    async with trio.open_nursery() as nursery:
+        running: Daemon = await nursery.start(Daemon(named).run)
+        try:
+            assert running.address == ("127.0.0.2", running.listen_address[1])
+        finally:
+            running.request_stop()

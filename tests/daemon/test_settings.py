@@ -29,7 +29,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_every_join_option_has_a_file_key() -> None:
     """The file covers the command: each option of `join` but --config has a key."""
-    options = {parameter.name for parameter in join.params} - {"config_file"}
+    # --profile is the [mesh] table's `profile` key (the timing profile is a mesh setting).
+    options = {parameter.name for parameter in join.params} - {"config_file", "profile"}
     named = {"peers": "peers", "no_mdns": "mdns"}
     file_keys = set(JOIN_FILE_KEYS) - FILE_ONLY_KEYS
     assert {named.get(option, option) for option in options} == file_keys
@@ -199,3 +200,35 @@ def test_labels_come_from_the_file_or_the_flags_and_bad_ones_are_refused(
     assert captured[-1].labels == (("gpu", "h100"),)  # flags replace the file's list
     result = CliRunner().invoke(join, ["--config", str(path), "--label", "gpu"])
     assert result.exit_code != 0 and "bad node label 'gpu': expected KEY=VALUE" in result.output
+
+
+def test_the_profile_comes_from_the_mesh_table_and_the_flag_overrides_it(
+    tmp_path: Path, captured: list[DaemonSettings]
+) -> None:
+    path = write(
+        tmp_path,
+        f'[daemon]\ndata_dir = "{tmp_path}"\n[mesh]\nprofile = "wan"\nprobe_timeout = 0.15\n',
+    )
+    assert CliRunner().invoke(join, ["--config", str(path)]).exit_code == 0
+    config = captured[-1].mesh_config
+    assert (config.probe_interval, config.probe_timeout) == (1.0, 0.15)
+    result = CliRunner().invoke(join, ["--config", str(path), "--profile", "lan"])
+    assert result.exit_code == 0, result.output
+    config = captured[-1].mesh_config
+    assert (config.probe_interval, config.probe_timeout) == (0.2, 0.15)  # the file's key stays
+    result = CliRunner().invoke(join, ["--data-dir", str(tmp_path), "--profile", "wan"])
+    assert result.exit_code == 0, result.output
+    assert captured[-1].mesh_config.gossip_fanout == 4
+
+
+def test_advertise_takes_host_or_host_port_and_a_bad_one_is_refused_before_starting(
+    tmp_path: Path, captured: list[DaemonSettings]
+) -> None:
+    base = ["--data-dir", str(tmp_path)]
+    result = CliRunner().invoke(join, [*base, "--advertise", "203.0.113.7:17946"])
+    assert result.exit_code == 0, result.output
+    assert captured[-1].advertise == "203.0.113.7:17946"
+    result = CliRunner().invoke(join, [*base, "--advertise", "203.0.113.7:port"])
+    assert result.exit_code != 0
+    assert "--advertise '203.0.113.7:port' must look like HOST or HOST:PORT" in result.output
+    assert len(captured) == 1
