@@ -97,6 +97,8 @@ class Fleet:
         self.daemons: list[Daemon] = []
         self.started_at = 0.0
         """When the daemons were launched (time.monotonic), for the printed timings."""
+        self.extra_argv: dict[int, list[str]] = {}
+        """More ``join`` arguments for the daemon of a host index (seeds, a profile)."""
 
     def start_all(self) -> None:
         """Start a daemon on every host (all at once) and wait for each to listen."""
@@ -116,7 +118,10 @@ class Fleet:
         with open(log, "ab") as log_file:
             process = self.lab.popen(
                 host,
-                join_argv(data_dir, self.mesh, self.key_file, host),
+                [
+                    *join_argv(data_dir, self.mesh, self.key_file, host),
+                    *self.extra_argv.get(host.index, []),
+                ],
                 stdout=subprocess.PIPE,
                 stderr=log_file,
                 env=env,
