@@ -24,6 +24,9 @@ Semantics follow netem's where they overlap:
   delayed ones before it (netem's ``reorder``; no effect without a delay);
 * ``cut``: every frame is dropped (a partition of this link), until the rule changes.
 
+A :class:`PortForward` may also sit in front of the host on the relay's left side: the
+static NAT of one port that a node reached through a port forward (``--advertise``) has.
+
 Frames larger than the interface MTU cannot be written to a packet socket, so the hosts
 whose traffic crosses a relay must not hand the wire unsegmented or checksum-less frames:
 :func:`disable_tx_offloads` turns the veth's transmit checksum offload off (which also
@@ -106,6 +109,7 @@ class LinkModel:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self.rules: dict[Direction, Impairment] = dict.fromkeys(DIRECTIONS, Impairment())
+        self.forward: PortForward | None = None
         self.counters: Counter[str] = Counter()
 
     def departures(self, direction: Direction, now: float) -> list[float]:
@@ -131,6 +135,82 @@ class LinkModel:
             jitter = self.rng.uniform(-rule.jitter_s, rule.jitter_s) if rule.jitter_s else 0.0
             times.append(now + max(0.0, rule.delay_s + jitter))
         return times
+
+
+@dataclasses.dataclass(frozen=True)
+class PortForward:
+    """A port forward (static NAT of one port) for the host on the relay's left side.
+
+    Frames toward the host (read on the right) addressed to ``address:outside_port`` are
+    rewritten to ``inside_port``; frames from the host (read on the left) leaving
+    ``address:inside_port`` are rewritten to come from ``outside_port``, so replies and the
+    host's own datagrams carry the outside port, as behind a NAT router. Frames toward
+    ``inside_port`` from the right are dropped: only the forward is open. UDP and TCP over
+    IPv4; checksums are updated incrementally (RFC 1624).
+    """
+
+    address: str
+    outside_port: int
+    inside_port: int
+
+    def rewrite(self, direction: Direction, frame: bytes) -> bytes | None:
+        """The frame as it leaves the relay, or None to drop it."""
+        parsed = _transport_ports(frame)
+        if parsed is None:
+            return frame
+        offset, source, destination, checksum_at, source_port, destination_port = parsed
+        address = socket.inet_aton(self.address)
+        if direction == "right_to_left" and destination == address:
+            if destination_port == self.inside_port:
+                return None
+            if destination_port == self.outside_port:
+                return _with_port(frame, offset + 2, self.inside_port, checksum_at)
+        from_inside = direction == "left_to_right" and source == address
+        if from_inside and source_port == self.inside_port:
+            return _with_port(frame, offset, self.outside_port, checksum_at)
+        return frame
+
+
+ETHERTYPE_IPV4 = 0x0800
+TCP, UDP = 6, 17
+
+
+def _transport_ports(
+    frame: bytes,
+) -> tuple[int, bytes, bytes, int | None, int, int] | None:
+    """(offset of the TCP/UDP header, source and destination IPv4 addresses, offset of its
+    checksum or None for a UDP datagram without one, source and destination ports) of an
+    unfragmented-or-first-fragment TCP or UDP frame; None for anything else."""
+    if len(frame) < 34 or struct.unpack_from("!H", frame, 12)[0] != ETHERTYPE_IPV4:
+        return None
+    header_length = (frame[14] & 0x0F) * 4
+    protocol = frame[23]
+    fragment_offset = struct.unpack_from("!H", frame, 20)[0] & 0x1FFF
+    offset = 14 + header_length
+    if protocol not in (TCP, UDP) or fragment_offset or len(frame) < offset + 8:
+        return None
+    checksum_at: int | None = offset + (16 if protocol == TCP else 6)
+    if protocol == UDP and struct.unpack_from("!H", frame, offset + 6)[0] == 0:
+        checksum_at = None
+    source_port, destination_port = struct.unpack_from("!HH", frame, offset)
+    return offset, frame[26:30], frame[30:34], checksum_at, source_port, destination_port
+
+
+def _with_port(frame: bytes, at: int, port: int, checksum_at: int | None) -> bytes:
+    """``frame`` with the 16-bit port at ``at`` set to ``port``, its L4 checksum updated."""
+    out = bytearray(frame)
+    (old,) = struct.unpack_from("!H", out, at)
+    struct.pack_into("!H", out, at, port)
+    if checksum_at is not None:
+        (checksum,) = struct.unpack_from("!H", out, checksum_at)
+        total = (~checksum & 0xFFFF) + (~old & 0xFFFF) + port
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        updated = ~total & 0xFFFF
+        if updated == 0 and out[23] == UDP:
+            updated = 0xFFFF  # a computed zero is sent as all ones (RFC 768)
+        struct.pack_into("!H", out, checksum_at, updated)
+    return bytes(out)
 
 
 # --- the relay process ----------------------------------------------------------------
@@ -199,6 +279,12 @@ def serve(left: str, right: str, seed: int) -> None:
                     break
                 if address[2] == PACKET_OUTGOING:
                     continue
+                if model.forward is not None:
+                    rewritten = model.forward.rewrite(direction, frame)
+                    if rewritten is None:
+                        model.counters[f"{direction}_closed_port"] += 1
+                        continue
+                    frame = rewritten
                 for departure in model.departures(direction, time.monotonic()):
                     sequence += 1
                     heapq.heappush(pending, (departure, sequence, out, frame))
@@ -224,6 +310,10 @@ def command(model: LinkModel, line: str) -> dict[str, Any]:
                 raise ValueError(f"direction is one of {DIRECTIONS} or 'both', not {direction!r}")
             for one in DIRECTIONS if direction == "both" else (direction,):
                 model.rules[one] = rule
+            return {"ok": True}
+        if "forward" in request:
+            fields = request["forward"]
+            model.forward = None if fields is None else PortForward(**fields)
             return {"ok": True}
         if request.get("stats"):
             return {"ok": True, "counters": dict(model.counters)}
@@ -302,6 +392,10 @@ class Relay:
     def heal(self, rule: Impairment | None = None) -> None:
         """End a cut: back to ``rule`` (default: no impairment)."""
         self.set(rule or Impairment())
+
+    def forward(self, forward: PortForward | None) -> None:
+        """Put ``forward`` in front of the host on the left (None: no forward)."""
+        self._send({"forward": None if forward is None else dataclasses.asdict(forward)})
 
     def counters(self) -> dict[str, int]:
         """Frames received, lost, cut, duplicated, reordered (per direction) and sent."""

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netns.impairment import Impairment, LinkModel, command
+from tests.netns.impairment import Impairment, LinkModel, PortForward, command
 from tests.netns.lab import NamespacesUnavailable, NetnsLab, check_available, in_namespace
 from tests.netns.sites import TwoSiteLab
 
@@ -97,6 +97,69 @@ def test_bad_rules_and_commands_are_refused_with_the_reason() -> None:
     assert command(link, "not json")["ok"] is False
     assert command(link, '{"set": {"loss": 0.5}, "direction": "right_to_left"}') == {"ok": True}
     assert link.rules["right_to_left"].loss == 0.5 and link.rules["left_to_right"].loss == 0.0
+
+
+def ones_complement_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def frame(protocol: int, source: str, destination: str, ports: tuple[int, int]) -> bytes:
+    """An Ethernet + IPv4 + UDP/TCP frame with correct checksums and a payload."""
+    payload = b"gossip and frames"
+    addresses = socket.inet_aton(source) + socket.inet_aton(destination)
+    if protocol == 17:
+        transport = struct.pack("!HHHH", *ports, 8 + len(payload), 0) + payload
+        at = 6
+    else:
+        transport = struct.pack("!HHIIBBHHH", *ports, 1, 0, 5 << 4, 0x18, 1024, 0, 0) + payload
+        at = 16
+    pseudo = addresses + struct.pack("!BBH", 0, protocol, len(transport))
+    checksum = ~ones_complement_sum(pseudo + transport) & 0xFFFF
+    transport = transport[:at] + struct.pack("!H", checksum) + transport[at + 2 :]
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(transport), 1, 0, 64, protocol, 0)
+    ip += addresses
+    ip = ip[:10] + struct.pack("!H", ~ones_complement_sum(ip) & 0xFFFF) + ip[12:]
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + transport
+
+
+def transport_checksum_ok(data: bytes) -> bool:
+    ip = data[14:34]
+    transport = data[34:]
+    pseudo = ip[12:20] + struct.pack("!BBH", 0, ip[9], len(transport))
+    return ones_complement_sum(pseudo + transport) == 0xFFFF
+
+
+def ports_of(data: bytes) -> tuple[int, int]:
+    return struct.unpack_from("!HH", data, 34)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("protocol", [17, 6])
+def test_a_port_forward_rewrites_ports_both_ways_with_valid_checksums(protocol: int) -> None:
+    forward = PortForward("10.0.0.5", outside_port=17946, inside_port=7946)
+    inbound = frame(protocol, "10.0.1.9", "10.0.0.5", (40000, 17946))
+    rewritten = forward.rewrite("right_to_left", inbound)
+    assert rewritten is not None and ports_of(rewritten) == (40000, 7946)
+    assert transport_checksum_ok(inbound) and transport_checksum_ok(rewritten)
+    outbound = frame(protocol, "10.0.0.5", "10.0.1.9", (7946, 40000))
+    rewritten = forward.rewrite("left_to_right", outbound)
+    assert rewritten is not None and ports_of(rewritten) == (17946, 40000)
+    assert transport_checksum_ok(rewritten)
+
+
+def test_a_port_forward_closes_the_inside_port_and_leaves_the_rest_alone() -> None:
+    forward = PortForward("10.0.0.5", outside_port=17946, inside_port=7946)
+    assert forward.rewrite("right_to_left", frame(17, "10.0.1.9", "10.0.0.5", (1, 7946))) is None
+    other = frame(17, "10.0.1.9", "10.0.0.5", (1, 5353))
+    assert forward.rewrite("right_to_left", other) == other
+    ephemeral = frame(6, "10.0.0.5", "10.0.1.9", (51000, 7946))
+    assert forward.rewrite("left_to_right", ephemeral) == ephemeral
+    arp = b"\xff" * 6 + b"\x04" * 6 + b"\x08\x06" + bytes(28)
+    assert forward.rewrite("right_to_left", arp) == arp
 
 
 # --- the relay on real interfaces -------------------------------------------------------

@@ -3,10 +3,13 @@
 ``tc netem``). Every daemon runs ``--profile wan``, finds its own site's peers by mDNS
 (multicast does not cross the router) and the other site through one ``--peer`` seed.
 
-What it shows: the mesh forms from the seeds across the subnets; tasks that require the
-other site's label run there (inputs and results cross the WAN); a cut of the link
-between the sites, while tasks that prefer the other site are queued and more are
-submitted, heals with every task done, correct and delivered once.
+What it shows: the mesh forms from the seeds across the subnets; a node behind a port
+forward (a relay that opens only an outside port and maps it to the node's, see
+:class:`~tests.netns.impairment.PortForward`) is reached at its ``--advertise``
+address; tasks that require the other site's label run there (inputs and results cross
+the WAN); a cut of the link between the sites, while tasks that prefer the other site
+are queued and more are submitted, heals with every task done, correct and delivered
+once.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import trio
 
 from meshgpu.daemon.auth import MeshKey
 from tests.netns.daemons import PORT, Fleet, Status, agree
-from tests.netns.impairment import Impairment
+from tests.netns.impairment import Impairment, PortForward
 from tests.netns.lab import NamespacesUnavailable, check_available, in_namespace
 from tests.netns.sites import TwoSiteLab
 
@@ -33,6 +36,10 @@ MODEL = (MODELS / "digits.onnx").read_bytes()
 DIGEST = hashlib.sha256(MODEL).hexdigest()
 WAN = Impairment(delay_s=0.040, loss=0.01)
 SITE_LABELS = ("a", "b")
+FORWARDED = 4
+"""The last host of site b is reached through a port forward: only OUTSIDE_PORT is open
+and leads to its --port, and it gossips --advertise ADDRESS:OUTSIDE_PORT."""
+OUTSIDE_PORT = 17946
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TwoSiteLab
         check_available()
     except NamespacesUnavailable as reason:
         pytest.skip(f"network namespaces unavailable: {reason}")
-    lab = TwoSiteLab.create_sites((2, 2), wan=WAN, seed=16)
+    lab = TwoSiteLab.create_sites((2, 3), wan=WAN, seed=16)
     try:
         root = tmp_path_factory.mktemp("netns-wan")
         key = MeshKey.generate()
@@ -55,6 +62,13 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TwoSiteLab
                     "--peer", f"{seed.address}:{PORT}",
                     "--label", f"site={SITE_LABELS[site]}",
                 ]  # fmt: skip
+        behind = lab.hosts[FORWARDED]
+        lab.impair(FORWARDED, Impairment()).forward(
+            PortForward(behind.address, outside_port=OUTSIDE_PORT, inside_port=PORT)
+        )
+        fleet.extra_argv[FORWARDED] += [
+            "--advertise", f"{behind.address}:{OUTSIDE_PORT}", "--label", "behind=forward",
+        ]  # fmt: skip
         fleet.start_all()
         yield lab, fleet
     finally:
@@ -85,11 +99,16 @@ def test_the_mesh_forms_across_the_subnets_from_seeds(sites: tuple[TwoSiteLab, F
 
 
 def run_tasks(
-    lab: TwoSiteLab, fleet: Fleet, pixels: np.ndarray, during_cut: int, labels: str
+    lab: TwoSiteLab,
+    fleet: Fleet,
+    pixels: np.ndarray,
+    during_cut: int,
+    labels: str,
+    wanted: dict[str, str] | None = None,
 ) -> list[Any]:
-    """From a client in site a (at its first daemon): submit every row with site=b as
-    ``labels`` (``require`` or ``prefer``); the last ``during_cut`` rows while the WAN link
-    is cut, which it then heals. Returns the outcomes, in row order."""
+    """From a client in site a (at its first daemon): submit every row with ``wanted``
+    (default site=b) as ``labels`` (``require`` or ``prefer``); the last ``during_cut`` rows
+    while the WAN link is cut, which it then heals. Returns the outcomes, in row order."""
     entry = fleet.daemons[lab.sites[0][0]]
     site_a = [fleet.daemons[i] for i in lab.sites[0]]
     site_b_ids = {fleet.daemons[i].node_id for i in lab.sites[1]}
@@ -112,7 +131,7 @@ def run_tasks(
         from meshgpu.client import AsyncClient
 
         before, during = pixels[: len(pixels) - during_cut], pixels[len(pixels) - during_cut :]
-        site_b = {labels: {"site": "b"}}
+        site_b = {labels: wanted or {"site": "b"}}
         async with AsyncClient(
             [f"{entry.host.address}:{PORT}"], key=fleet.key, environ={}
         ) as client:
@@ -162,3 +181,24 @@ def test_a_cut_between_the_sites_heals_with_nothing_lost(
         np.testing.assert_allclose(got, expected[row], rtol=1e-5, atol=1e-6)
     counters = lab.relay.counters() if lab.relay else {}
     assert counters.get("left_to_right_cut", 0) + counters.get("right_to_left_cut", 0) > 0
+
+
+def test_a_node_behind_a_port_forward_is_reached_at_its_advertised_address(
+    sites: tuple[TwoSiteLab, Fleet], reference: tuple[np.ndarray, np.ndarray]
+) -> None:
+    lab, fleet = sites
+    behind = fleet.daemons[FORWARDED]
+    everyone = {daemon.node_id for daemon in fleet.daemons}
+    statuses = fleet.until(fleet.daemons, agree(everyone), "one mesh with the forwarded node")
+    for node_id, status in statuses.items():
+        (member,) = [m for m in status["members"] if m["node_id"] == behind.node_id]
+        assert member["address"] == [behind.host.address, OUTSIDE_PORT], node_id
+    pixels, expected = reference
+    outcomes = run_tasks(
+        lab, fleet, pixels[:2], during_cut=0, labels="require", wanted={"behind": "forward"}
+    )
+    for row, outcome in enumerate(outcomes):
+        assert outcome.state == "done" and outcome.worker == behind.node_id, outcome
+        got = np.asarray(outcome.outputs["probabilities"])[0]
+        np.testing.assert_allclose(got, expected[row], rtol=1e-5, atol=1e-6)
+    assert lab.impaired[FORWARDED].counters().get("right_to_left_closed_port", 0) == 0
