@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +310,31 @@ KEYED_FIGURES = (
 )
 
 
+def a_b_b_a(
+    kinds: tuple[str, str],
+    rounds: int,
+    turn: Callable[[str, int], dict[str, Any]],
+    figures: tuple[tuple[str, str], ...],
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, float]], dict[str, float]]:
+    """Run ``turn(kind, index)`` in A B B A order, ``rounds`` times (a drift of the
+    machine's load over the run weighs on both kinds alike); returns the runs per kind,
+    the medians of ``figures`` (section, name) per kind, and their ratios B / A."""
+    first, second = kinds
+    runs: dict[str, list[dict[str, Any]]] = {first: [], second: []}
+    for index, kind in enumerate((first, second, second, first) * rounds):
+        runs[kind].append(turn(kind, index))
+        print(f"{kind:14} {runs[kind][-1]}", file=sys.stderr)
+    medians = {
+        kind: {
+            f"{section}.{name}": statistics.median(run[section][name] for run in kind_runs)
+            for section, name in figures
+        }
+        for kind, kind_runs in runs.items()
+    }
+    ratios = {key: medians[second][key] / medians[first][key] for key in medians[first]}
+    return runs, medians, ratios
+
+
 def keyed_vs_open(tasks: int, sequential: int, rounds: int) -> dict[str, Any]:
     """``overhead`` and ``throughput`` of an open mesh and an encrypted one, in A B B A
     turns, and the ratios of their medians (keyed / open)."""
@@ -316,9 +342,8 @@ def keyed_vs_open(tasks: int, sequential: int, rounds: int) -> dict[str, Any]:
 
     pixels = np.load(SHIPPED_MODELS_DIR / "digits_test.npz")["pixels"]
     key = MeshKey.generate().secret.hex()
-    runs: dict[str, list[dict[str, Any]]] = {"open": [], "keyed": []}
-    order = [kind for _ in range(rounds) for kind in ("open", "keyed", "keyed", "open")]
-    for kind in order:
+
+    def turn(kind: str, index: int) -> dict[str, Any]:
         if kind == "keyed":
             os.environ["MESHGPU_KEY"] = key  # the daemons' and the clients' key
         else:
@@ -328,28 +353,16 @@ def keyed_vs_open(tasks: int, sequential: int, rounds: int) -> dict[str, Any]:
             LocalMesh(Path(root), 3, prefix=f"bench-{kind}") as mesh,
         ):
             trio.run(_formed, mesh)
-            runs[kind].append(
-                {
-                    "overhead": overhead(mesh.nodes[0].peer, pixels, sequential),
-                    "throughput": throughput(mesh, pixels, tasks),
-                }
-            )
-        print(f"{kind:6} {runs[kind][-1]}", file=sys.stderr)
-    os.environ.pop("MESHGPU_KEY", None)
-    medians = {
-        kind: {
-            f"{section}.{name}": statistics.median(run[section][name] for run in results)
-            for section, name in KEYED_FIGURES
-        }
-        for kind, results in runs.items()
-    }
-    return {
-        "runs": runs,
-        "medians": medians,
-        "ratio_keyed_to_open": {
-            figure: medians["keyed"][figure] / medians["open"][figure] for figure in medians["open"]
-        },
-    }
+            return {
+                "overhead": overhead(mesh.nodes[0].peer, pixels, sequential),
+                "throughput": throughput(mesh, pixels, tasks),
+            }
+
+    try:
+        runs, medians, ratios = a_b_b_a(("open", "keyed"), rounds, turn, KEYED_FIGURES)
+    finally:
+        os.environ.pop("MESHGPU_KEY", None)
+    return {"runs": runs, "medians": medians, "ratio_keyed_to_open": ratios}
 
 
 BROKEN_OPENCL = {"POCL_EXTRA_BUILD_FLAGS": "-cl-std=CL9.9"}
@@ -408,49 +421,36 @@ def broken_opencl(tasks: int, sequential: int, rounds: int) -> dict[str, Any]:
     devices are all broken, in turns A B B A (``rounds`` times); medians per kind and
     their ratios."""
     pixels = np.load(SHIPPED_MODELS_DIR / "digits_test.npz")["pixels"]
-    runs: dict[str, list[dict[str, Any]]] = {"onnxruntime": [], "broken_opencl": []}
     saved = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="meshgpu-bench-") as root:
         os.environ["MESHGPU_CACHE_DIR"] = str(Path(root) / "cache")
+
+        def turn(kind: str, index: int) -> dict[str, Any]:
+            if kind == "broken_opencl":
+                os.environ.update(BROKEN_OPENCL)
+            else:
+                for name in BROKEN_OPENCL:
+                    os.environ.pop(name, None)
+            backend = "auto" if kind == "broken_opencl" else "onnxruntime"
+            with LocalMesh(
+                Path(root) / f"turn-{index}", 3, prefix="bench", backend=backend
+            ) as mesh:
+                trio.run(_formed, mesh)
+                run = {
+                    "overhead": overhead(mesh.nodes[0].peer, pixels, sequential),
+                    "throughput": throughput(mesh, pixels, tasks),
+                }
+            run["executor"] = {"run_us": statistics.median(_executor_in_child(backend))}
+            return run
+
         try:
-            order = ("onnxruntime", "broken_opencl", "broken_opencl", "onnxruntime") * rounds
-            for turn, kind in enumerate(order):
-                if kind == "broken_opencl":
-                    os.environ.update(BROKEN_OPENCL)
-                else:
-                    for name in BROKEN_OPENCL:
-                        os.environ.pop(name, None)
-                backend = "auto" if kind == "broken_opencl" else "onnxruntime"
-                with LocalMesh(
-                    Path(root) / f"turn-{turn}", 3, prefix="bench", backend=backend
-                ) as mesh:
-                    trio.run(_formed, mesh)
-                    runs[kind].append(
-                        {
-                            "overhead": overhead(mesh.nodes[0].peer, pixels, sequential),
-                            "throughput": throughput(mesh, pixels, tasks),
-                        }
-                    )
-                executor_us = _executor_in_child(backend)
-                runs[kind][-1]["executor"] = {"run_us": statistics.median(executor_us)}
+            runs, medians, ratios = a_b_b_a(
+                ("onnxruntime", "broken_opencl"), rounds, turn, FALLBACK_FIGURES
+            )
         finally:
             os.environ.clear()
             os.environ.update(saved)
-    medians = {
-        kind: {
-            f"{section}.{name}": statistics.median(run[section][name] for run in kind_runs)
-            for section, name in FALLBACK_FIGURES
-        }
-        for kind, kind_runs in runs.items()
-    }
-    return {
-        "runs": runs,
-        "medians": medians,
-        "ratio_broken_to_onnxruntime": {
-            key: medians["broken_opencl"][key] / medians["onnxruntime"][key]
-            for key in medians["onnxruntime"]
-        },
-    }
+    return {"runs": runs, "medians": medians, "ratio_broken_to_onnxruntime": ratios}
 
 
 async def _formed(mesh: LocalMesh) -> None:

@@ -11,8 +11,13 @@ Decoding caches: in a forming or quiet mesh every node receives the same updates
 records again and again (each ``Alive`` about lambda*log(n) times, every push-pull the
 same records); building the frozen dataclass is most of the cost of decoding one, and the
 result is immutable, so equal wire values share one object (``functools.lru_cache``,
-after the hot-path checks have pinned every field to ``str`` or ``int``). Pure caches:
-they change no result, only the cost.
+after the checks have pinned every field to ``str`` or ``int``). Pure caches: they
+change no result, only the cost.
+
+Each ``from_fields`` first checks the commonest shape with the boolean checks of
+``meshgpu.core.messages`` (``is_id``, ``is_count``, ``is_host``, ``is_port``: no
+exception to set up) and builds the message from a cache; anything else goes through the
+``expect_*`` checks, which say what is wrong.
 """
 
 from __future__ import annotations
@@ -24,15 +29,15 @@ from typing import Any, ClassVar, TypeVar
 
 from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.messages import (
-    MAX_ID_LENGTH,
-    MAX_INT,
     expect_address,
     expect_bool,
     expect_int,
     expect_list,
     expect_str,
     is_count,
+    is_host,
     is_id,
+    is_port,
     register_message,
 )
 from meshgpu.core.types import Address, NodeId
@@ -54,14 +59,9 @@ class Ping:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Ping:
-        if len(fields) == 2:  # hot path: the same checks as below, inline
+        if len(fields) == 2:
             seq, target = fields
-            if (  # _is_count and _is_id inlined
-                type(seq) is int
-                and 0 <= seq <= MAX_INT
-                and type(target) is str
-                and 0 < len(target) <= MAX_ID_LENGTH
-            ):
+            if is_count(seq) and is_id(target):
                 return new_ping(seq, target)
         expect_list(fields, "Ping", 2)
         return cls(expect_int(fields[0], "seq"), expect_str(fields[1], "target"))
@@ -80,10 +80,8 @@ class Ack:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Ack:
-        if len(fields) == 1:  # hot path: _is_count inlined
-            seq = fields[0]
-            if type(seq) is int and 0 <= seq <= MAX_INT:
-                return new_ack(seq)
+        if len(fields) == 1 and is_count(fields[0]):
+            return new_ack(fields[0])
         expect_list(fields, "Ack", 1)
         return cls(expect_int(fields[0], "seq"))
 
@@ -193,19 +191,15 @@ class MemberRecord:
 
     @classmethod
     def from_fields(cls, raw: object) -> MemberRecord:
-        if type(raw) is list and len(raw) == 5:  # hot path: the checks below, inline
+        if type(raw) is list and len(raw) == 5:
             node_id, host, port, code, incarnation = raw
-            if (  # _is_id and _is_count inlined: this runs per record of every push-pull
-                type(node_id) is str
-                and 0 < len(node_id) <= MAX_ID_LENGTH
-                and type(host) is str
-                and 0 < len(host) <= 255
-                and type(port) is int
-                and 0 <= port <= 65535
-                and type(code) is int
-                and 0 <= code <= 3
-                and type(incarnation) is int
-                and 0 <= incarnation <= MAX_INT
+            if (
+                is_id(node_id)
+                and is_host(host)
+                and is_port(port)
+                and is_count(code)
+                and code < len(MEMBER_STATE_CODES)
+                and is_count(incarnation)
             ):
                 return _member_record(node_id, host, port, code, incarnation)
         fields = expect_list(raw, "member record", 5)
@@ -273,18 +267,9 @@ class Alive:
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Alive:
-        if len(fields) == 4:  # hot path: the same checks as below, inline
+        if len(fields) == 4:
             node_id, host, port, incarnation = fields
-            if (  # _is_id and _is_count inlined: the commonest update of a forming mesh
-                type(node_id) is str
-                and 0 < len(node_id) <= MAX_ID_LENGTH
-                and type(host) is str
-                and 0 < len(host) <= 255
-                and type(port) is int
-                and 0 <= port <= 65535
-                and type(incarnation) is int
-                and 0 <= incarnation <= MAX_INT
-            ):
+            if is_id(node_id) and is_host(host) and is_port(port) and is_count(incarnation):
                 return _alive(node_id, host, port, incarnation)
         expect_list(fields, "Alive", 4)
         return cls(
@@ -306,7 +291,7 @@ def _accusation_from_fields(
     cls: type[_Accusation], fields: list[Any], cached: Callable[..., _Accusation]
 ) -> _Accusation:
     """Decode ``[node_id, incarnation, accuser]`` (Suspect and Dead share the shape)."""
-    if len(fields) == 3:  # hot path
+    if len(fields) == 3:
         node_id, incarnation, accuser = fields
         if is_id(node_id) and is_count(incarnation) and is_id(accuser):
             return cached(node_id, incarnation, accuser)

@@ -8,6 +8,7 @@ counted, never crashes a node.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from meshgpu.core.tasks.retry import BackoffKind, RetryPolicy
@@ -96,22 +97,36 @@ def _labels_from_wire(value: object) -> tuple[tuple[str, str], ...]:
     return tuple((_str(p[0]), _str(p[1])) for p in (_list(q, 2) for q in _list(value)))
 
 
-_SPEC_CACHE: dict[str, TaskSpec] = {}
-_SPEC_CACHE_LIMIT = 8192
+SPEC_CACHE_LIMIT = 8192
+"""How many recently decoded specs :func:`spec_from_wire` keeps."""
+
+
+class _WireForm:
+    """A spec's wire value (lists: not hashable) keyed by its exact text, for the cache."""
+
+    __slots__ = ("key", "value")
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+        self.key = repr(value)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _WireForm) and self.key == other.key
 
 
 def spec_from_wire(value: object) -> TaskSpec:
     """Decode a spec. Specs are immutable and arrive many times (every update of a task
-    carries it), so decoded specs are memoised by their exact wire form."""
-    key = repr(value)
-    cached = _SPEC_CACHE.get(key)
-    if cached is not None:
-        return cached
-    spec = _decode_spec(value)
-    if len(_SPEC_CACHE) >= _SPEC_CACHE_LIMIT:
-        _SPEC_CACHE.clear()
-    _SPEC_CACHE[key] = spec
-    return spec
+    carries it), so decoded specs are memoised by their exact wire form (a malformed one
+    raises every time: errors are not cached)."""
+    return _cached_spec(_WireForm(value))
+
+
+@functools.lru_cache(maxsize=SPEC_CACHE_LIMIT)
+def _cached_spec(wire: _WireForm) -> TaskSpec:
+    return _decode_spec(wire.value)
 
 
 def _decode_spec(value: object) -> TaskSpec:
