@@ -25,13 +25,8 @@ from typing import Any, TextIO
 
 import click
 
-from meshgpu.cli.submit import (
-    collect_hint,
-    connection_options,
-    first_mesh_error,
-    output_option,
-    tasks_line,
-)
+from meshgpu.cli.options import connection_options, first_mesh_error, output_option
+from meshgpu.cli.report import collect_hint, tasks_line
 
 
 def read_ids(text: str) -> list[tuple[str, str]]:
@@ -165,7 +160,7 @@ async def _collect(
 
     from meshgpu.cli.interrupt import run_guarded
     from meshgpu.cli.preflight import prepare_output_dir
-    from meshgpu.cli.submit import save_outputs
+    from meshgpu.cli.report import save_outputs
     from meshgpu.client import AsyncClient
 
     rows: list[dict[str, Any]] = [{"task_id": t, "stem": s} for t, s in pairs]

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from meshgpu.cli.submit import connection_options
+from meshgpu.cli.options import connection_options
 
 
 def _run(peer: str | None, key_file: Path | None, work: Any) -> Any:
@@ -67,8 +67,8 @@ def add(
 ) -> None:
     """Name the ONNX model file MODEL NAME in every node's catalog, with its dynamic
     batching settings (docs/task-queue.md, "Dynamic batching on the worker")."""
+    from meshgpu.client.link import UPLOAD_CHUNK_BYTES
     from meshgpu.client.models import ModelBlob
-    from meshgpu.client.session import UPLOAD_CHUNK_BYTES
 
     blob = ModelBlob.of(model)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from meshgpu.cli.submit import connection_options
+from meshgpu.cli.options import connection_options
 from meshgpu.core.tasks.state import TASK_STATES
 
 

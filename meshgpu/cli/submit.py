@@ -11,55 +11,23 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
+from meshgpu.cli.options import connection_options, first_mesh_error, output_option
+from meshgpu.cli.report import (
+    ERRORS_SHOWN,
+    LEFT_IN_MESH,
+    STOPPED,
+    collect_hint,
+    outcome_line,
+    save_outputs,
+    write_ids,
+)
+
 PRIORITIES = ("low", "normal", "high", "critical")
-
-
-def connection_options(command: F) -> F:
-    """``--peer`` and ``--key-file``, shared by every command that talks to a daemon."""
-    command = click.option(
-        "--key-file",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="Mesh key from `meshgpu keygen` (else MESHGPU_KEY; none for an open mesh).",
-    )(command)
-    return click.option(
-        "--peer",
-        metavar="HOST:PORT",
-        help="Daemon to talk to. Default: MESHGPU_PEER, else the daemon on this machine "
-        "(its data dir's daemon.json, then 127.0.0.1:7946), else one found by mDNS.",
-    )(command)
-
-
-def output_option(help: str) -> Callable[[F], F]:
-    """``--output``/``-o``: the directory for outputs (``submit`` and ``collect``)."""
-    return click.option(
-        "--output",
-        "-o",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=Path("."),
-        show_default=True,
-        help=help,
-    )
-
-
-def first_mesh_error(group: BaseExceptionGroup[Any]) -> Exception | None:
-    """The first MeshError in a (nested) exception group, for a one-line message.
-
-    The client runs its work in trio nurseries, so an error raised there (an input file
-    that became unreadable mid-submission) reaches the command wrapped in groups; the
-    user should see the error's message, not the groups' traceback."""
-    from meshgpu.errors import MeshError
-
-    matched, _ = group.split(MeshError)
-    while isinstance(matched, BaseExceptionGroup):
-        matched = matched.exceptions[0]  # type: ignore[assignment]
-    return matched if isinstance(matched, MeshError) else None
 
 
 def model_input_names(model: Any) -> list[str]:
@@ -184,10 +152,10 @@ def submit(
         model_inputs,
         prepare_output_dir,
     )
+    from meshgpu.client.batches import resolve_max_task_bytes
     from meshgpu.client.inputs import expand_inputs, parse_input_spec
     from meshgpu.client.mapping import STOP_GRACE_S
     from meshgpu.client.models import ModelBlob
-    from meshgpu.client.session import resolve_max_task_bytes
     from meshgpu.errors import InferenceError, MeshError
 
     try:
@@ -259,110 +227,6 @@ def submit(
         sys.exit(EXIT_INTERRUPTED)
     if failed:
         sys.exit(1)
-
-
-LEFT_IN_MESH = ("submitted", "interrupted", "timeout")
-"""Row states of tasks the mesh accepted whose results this command did not save."""
-STOPPED = ("interrupted", "not submitted", "unanswered")
-"""Row states a stop (Ctrl-C) leaves: not failures of the task."""
-
-
-def write_ids(path: Path, rows: list[dict[str, Any]]) -> None:
-    """``TASK_ID<TAB>STEM`` lines, as ``meshgpu collect --ids`` reads them."""
-    try:
-        path.write_text("".join(f"{row['task_id']}\t{row['stem']}\n" for row in rows))
-    except OSError as error:
-        raise click.ClickException(f"cannot write --ids {path}: {error}") from None
-
-
-def collect_hint(
-    rows: list[dict[str, Any]],
-    ids_file: Path | None,
-    output: Path,
-    peer: str | None,
-    key_file: Path | None,
-) -> str:
-    """The ``meshgpu collect`` command that fetches the results left in the mesh."""
-    import shlex
-
-    where = (f" --peer {shlex.quote(peer)}" if peer else "") + (
-        f" --key-file {shlex.quote(str(key_file))}" if key_file else ""
-    )
-    out = f" -o {shlex.quote(str(output))}"
-    count = f"{len(rows)} accepted task{'' if len(rows) == 1 else 's'}"
-    if ids_file is not None:
-        return (
-            f"the ids of the {count} left in the mesh are in {ids_file}; fetch their "
-            f"results with: meshgpu collect --ids {shlex.quote(str(ids_file))}{out}{where}"
-        )
-    if len(rows) <= 5:
-        ids = " ".join(shlex.quote(str(row["task_id"])) for row in rows)
-        return (
-            f"fetch the results of the {count} left in the mesh with: "
-            f"meshgpu collect{out}{where} {ids}"
-        )
-    return (
-        f"the ids of the {count} left in the mesh are on stdout; save them to a file and "
-        f"fetch their results with: meshgpu collect --ids FILE{out}{where} (or rerun with "
-        "--ids FILE)"
-    )
-
-
-def tasks_line(count: int, total: int, what: str) -> str:
-    """The one wording of every "N of M tasks" summary of the CLI (submit, submit
-    --no-wait, collect, an interrupted run): ``3 of 4 tasks done``."""
-    return f"{count} of {total} task{'' if total == 1 else 's'} {what}"
-
-
-ERRORS_SHOWN = 10
-"""Failed tasks whose reason is printed; a full disk or a wrong model fails every task
-with one reason, and 200 identical lines hide the summary under them."""
-
-
-def outcome_line(report: dict[str, Any], output: Path, no_wait: bool, replicas: int) -> str:
-    """The last line a person reads: how many tasks did what, and where the outputs are.
-
-    Without it a successful submit printed nothing but a progress bar, and a --no-wait
-    submission whose tasks were journaled on fewer nodes than --replicas asked for (a
-    mesh smaller than that) said so only in --json's ``copies``."""
-    rows = report["tasks"]
-    if report.get("interrupted"):
-        return interrupted_line(rows)
-    failed = sum(1 for row in rows if row.get("state") not in ("done", "submitted"))
-    if no_wait:
-        submitted = len(rows) - failed
-        line = tasks_line(submitted, len(rows), "submitted")
-        copies = [row["copies"] for row in rows if row.get("copies")]
-        if copies and min(copies) < replicas:
-            line += (
-                f"; some are journaled on only {min(copies)} node(s), fewer than "
-                f"--replicas {replicas} (the mesh has fewer live nodes): losing that "
-                "node before they run loses them"
-            )
-        return line + ("; collect the results with `meshgpu collect`" if submitted else "")
-    done = sum(1 for row in rows if row.get("state") == "done")
-    line = tasks_line(done, len(rows), "done")
-    if failed:
-        line += f", {failed} failed"
-    if done:
-        line += f"; outputs in {output}{os.sep}"
-    return line
-
-
-def interrupted_line(rows: list[dict[str, Any]]) -> str:
-    """The summary of a run stopped by Ctrl-C: what got done, what waits in the mesh."""
-    states = [row.get("state") for row in rows]
-    done = states.count("done") + states.count("submitted")
-    what = "submitted" if states.count("submitted") and not states.count("done") else "done"
-    parts = [tasks_line(done, len(rows), what)]
-    for state, words in (
-        ("failed", "failed"),
-        ("interrupted", "accepted and left in the mesh"),
-        ("not submitted", "not submitted"),
-    ):
-        if states.count(state):
-            parts.append(f"{states.count(state)} {words}")
-    return "interrupted: " + ", ".join(parts)
 
 
 def _load(paths: dict[str, Path]) -> dict[str, Any]:
@@ -542,19 +406,6 @@ async def _submit_only(
             else:
                 row.update(task_id=answer.task_id, copies=answer.copies, state="submitted")
         progress.advance(bar, len(chunk))
-
-
-def save_outputs(row: dict[str, Any], target: Path, outputs: dict[str, Any]) -> None:
-    """Write one task's outputs and mark ``row`` done, or failed with why (a full disk
-    on this machine must not stop the other tasks' results from being saved)."""
-    import numpy as np
-
-    try:
-        np.savez(target, **outputs)
-    except OSError as error:
-        row.update(state="failed", error=f"result received but not saved: {target}: {error}")
-    else:
-        row.update(state="done", output=str(target))
 
 
 def _log_to(console: Any) -> None:

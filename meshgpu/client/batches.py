@@ -467,3 +467,21 @@ def prepare_inputs(
     if blob.size <= chunk:
         return encode_tensors(arrays)
     return blob
+
+
+def resolve_max_task_bytes(value: int | None, environ: Mapping[str, str]) -> int:
+    """The per-task input limit: ``value``, else ``MESHGPU_MAX_TASK_BYTES``, else the
+    default (``MAX_TASK_BYTES``); a ConfigError for a value that is not a positive count."""
+    if value is None:
+        text = environ.get(MAX_TASK_BYTES_ENV)
+        if text is None:
+            return MAX_TASK_BYTES
+        try:
+            value = int(text)
+        except ValueError:
+            raise ConfigError(
+                f"{MAX_TASK_BYTES_ENV}={text!r} is not a byte count (an integer)"
+            ) from None
+    if value <= 0:
+        raise ConfigError(f"max_task_bytes must be a positive byte count, got {value}")
+    return value

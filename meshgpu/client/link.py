@@ -2,17 +2,26 @@
 
 A :class:`Link` lives as long as its TCP connection: it remembers what that peer has
 been asked (results streams, uploaded models) so that a new link to another peer starts
-clean and asks again. :class:`Signal` is the client's wake-up bell.
+clean and asks again, and it uploads to that peer what a submission needs there (the
+model once, inputs larger than one request in ranges). :class:`Signal` is the client's wake-up bell.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import trio
 
+from meshgpu.client.models import ModelBlob
 from meshgpu.client.peers import Candidate
+from meshgpu.daemon.blobs import TensorBlob
 from meshgpu.daemon.rpc import RpcConnection
+
+logger = logging.getLogger("meshgpu.client")
+
+UPLOAD_CHUNK_BYTES = 16 << 20
+"""Model upload chunk (frames may be up to 64 MiB)."""
 
 
 class Signal:
@@ -47,6 +56,46 @@ class Link:
         if not self.broken.is_set():
             self.why = why
             self.broken.set()
+
+    async def upload_inputs(self, tensors: TensorBlob, chunk_bytes: int) -> str:
+        """Send inputs larger than one request to this link's peer in ranges (put_inputs;
+        transfers.py), one range in memory at a time; returns their digest. A peer that
+        holds equal inputs already says so after the first range."""
+        digest = await trio.to_thread.run_sync(tensors.digest)
+        offset = 0
+        while offset < tensors.size:
+            data = tensors.read(offset, chunk_bytes)
+            more = offset + len(data) < tensors.size
+            reply = await self.rpc.call(
+                "put_inputs", digest=digest, offset=offset, data=data, more=more
+            )
+            if reply.get("held"):
+                break
+            offset += len(data)
+        return digest
+
+    async def ensure_model(self, blob: ModelBlob) -> None:
+        """Upload ``blob`` to this link's peer unless it has it (once per link and model)."""
+        if blob.digest in self.models:
+            return
+        lock = self.upload_locks.setdefault(blob.digest, trio.Lock())
+        async with lock:
+            if blob.digest in self.models:
+                return
+            if not (await self.rpc.call("has_model", digest=blob.digest))["has"]:
+                chunks = range(0, len(blob.data), UPLOAD_CHUNK_BYTES)
+                for start in chunks:
+                    end = start + UPLOAD_CHUNK_BYTES
+                    await self.rpc.call(
+                        "put_model",
+                        digest=blob.digest,
+                        data=blob.data[start:end],
+                        more=end < len(blob.data),
+                    )
+                logger.info(
+                    "uploaded model %s (%s) to %s", blob.name, blob.digest[:12], self.node_id
+                )
+            self.models.add(blob.digest)
 
 
 @dataclass(frozen=True)

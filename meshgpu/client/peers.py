@@ -11,7 +11,8 @@ the candidates come, in this order, from:
 
 The first candidate that answers a ``ping`` wins. After that the member list from the
 daemon's ``status`` is the better source, so :func:`failover_order` ranks the known
-members (alive first, then suspect) ahead of the original candidates.
+members (alive first, then suspect) ahead of the original candidates. When none answers,
+:func:`no_daemon_error` and :func:`key_refusal` say why in one line.
 
 Rejected: browsing mDNS first. It is the slowest source, and on a laptop with a local
 daemon the local one is the right answer; users who want a particular peer say so.
@@ -24,10 +25,13 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshgpu.daemon.discovery import DEFAULT_PORT, parse_peer
-from meshgpu.errors import ConfigError
+from meshgpu.errors import AuthenticationError, ClientError, ConfigError, MeshKeyError
+
+if TYPE_CHECKING:
+    from meshgpu.daemon.auth import MeshKey
 
 LOCAL_DEFAULT = ("127.0.0.1", DEFAULT_PORT)
 PEER_ENV = "MESHGPU_PEER"
@@ -194,3 +198,41 @@ def _unique(candidates: Iterable[Candidate]) -> list[Candidate]:
             seen.add(candidate.address)
             result.append(candidate)
     return result
+
+
+def no_daemon_error(tried: list[str]) -> ClientError:
+    """Why the client found no daemon to talk to (none answered at all: a daemon that
+    answered with another mesh key is :func:`key_refusal`'s case)."""
+    reasons = "; ".join(reason.rstrip(".?") for reason in tried)
+    return ClientError(
+        f"no meshgpu daemon answered; tried {reasons}. Start one with `meshgpu join`, or "
+        "name a peer (--peer HOST:PORT or MESHGPU_PEER)"
+    )
+
+
+KEY_HINT = "give it the mesh's key with --key-file PATH or MESHGPU_KEY"
+
+
+def key_refusal(
+    error: BaseException, candidate: Candidate, key: MeshKey | None
+) -> MeshKeyError | None:
+    """The one-line error for a daemon that answered but whose mesh key is not this
+    client's (no key here, another key, or an open mesh and a key here); None for any
+    other failure. Decided by the refusal's ``reason``, which the authenticator sets,
+    not by the wording of its message."""
+    cause = error.__cause__
+    if not isinstance(cause, AuthenticationError):
+        return None
+    where = f"the meshgpu daemon at {candidate.address[0]}:{candidate.address[1]}"
+    if cause.reason == "keyed_peer_but_no_key" or key is None:
+        return MeshKeyError(f"{where} uses a mesh key and this client has none: {KEY_HINT}")
+    if cause.reason == "unauthenticated":
+        return MeshKeyError(
+            f"{where} runs an open mesh (no key) and this client has key {key.fingerprint}: "
+            "leave out --key-file and MESHGPU_KEY, or start the daemons with that key"
+        )
+    if cause.reason == "bad_tag":
+        return MeshKeyError(
+            f"{where} uses another mesh key than this client's ({key.fingerprint}): {KEY_HINT}"
+        )
+    return None

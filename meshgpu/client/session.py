@@ -35,12 +35,11 @@ from typing import Any
 import trio
 
 from meshgpu.client.batches import (
-    MAX_TASK_BYTES,
-    MAX_TASK_BYTES_ENV,
     BatchedSubmission,
     check_label,
     new_submission_id,
     prepare_inputs,
+    resolve_max_task_bytes,
     submit_fields,
 )
 from meshgpu.client.handles import AsyncTaskHandle, Outcome
@@ -55,6 +54,8 @@ from meshgpu.client.peers import (
     browse_mdns,
     failover_order,
     initial_candidates,
+    key_refusal,
+    no_daemon_error,
 )
 from meshgpu.daemon.auth import Authenticator, MeshKey, load_mesh_key
 from meshgpu.daemon.blobs import TensorBlob, chunk_bytes
@@ -62,9 +63,7 @@ from meshgpu.daemon.direct import is_direct_id
 from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES
 from meshgpu.daemon.rpc import open_rpc
 from meshgpu.errors import (
-    AuthenticationError,
     ClientError,
-    ConfigError,
     MeshKeyError,
     RequestFailedError,
     TaskFailedError,
@@ -72,8 +71,6 @@ from meshgpu.errors import (
 
 logger = logging.getLogger("meshgpu.client")
 
-UPLOAD_CHUNK_BYTES = 16 << 20
-"""Model upload chunk (frames may be up to 64 MiB)."""
 SUBMITS_IN_FLIGHT = 64
 """Submissions waiting for their acknowledgement at once (one client shared by many
 threads: a web service's workers). Concurrent submissions of one model and options are
@@ -258,9 +255,9 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         while True:
             link = await self._current_link()
             try:
-                await self._ensure_model(link, blob)
+                await link.ensure_model(blob)
                 if upload is not None:
-                    fields["input_digest"] = await self._upload_inputs(link, upload)
+                    fields["input_digest"] = await link.upload_inputs(upload, self.chunk_bytes)
                 async with self._submit_slots:
                     return await link.rpc.call(op, **fields)
             except RequestFailedError as error:
@@ -361,46 +358,6 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
                 raise
             except ClientError as error:
                 link.fail(str(error))
-
-    async def _upload_inputs(self, link: Link, tensors: TensorBlob) -> str:
-        """Send inputs larger than one request to the link's peer in ranges (put_inputs;
-        transfers.py), one range in memory at a time; returns their digest. A peer that
-        holds equal inputs already says so after the first range."""
-        digest = await trio.to_thread.run_sync(tensors.digest)
-        offset = 0
-        while offset < tensors.size:
-            data = tensors.read(offset, self.chunk_bytes)
-            more = offset + len(data) < tensors.size
-            reply = await link.rpc.call(
-                "put_inputs", digest=digest, offset=offset, data=data, more=more
-            )
-            if reply.get("held"):
-                break
-            offset += len(data)
-        return digest
-
-    async def _ensure_model(self, link: Link, blob: ModelBlob) -> None:
-        """Upload ``blob`` to the link's peer unless it has it (once per link and model)."""
-        if blob.digest in link.models:
-            return
-        lock = link.upload_locks.setdefault(blob.digest, trio.Lock())
-        async with lock:
-            if blob.digest in link.models:
-                return
-            if not (await link.rpc.call("has_model", digest=blob.digest))["has"]:
-                chunks = range(0, len(blob.data), UPLOAD_CHUNK_BYTES)
-                for start in chunks:
-                    end = start + UPLOAD_CHUNK_BYTES
-                    await link.rpc.call(
-                        "put_model",
-                        digest=blob.digest,
-                        data=blob.data[start:end],
-                        more=end < len(blob.data),
-                    )
-                logger.info(
-                    "uploaded model %s (%s) to %s", blob.name, blob.digest[:12], link.node_id
-                )
-            link.models.add(blob.digest)
 
     # --- the supervisor and its link tasks ---------------------------------------------
 
@@ -519,62 +476,6 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
             if status.get("node", {}).get("leaving"):
                 link.fail(f"node {link.node_id} is leaving the mesh")
                 return
-
-
-def no_daemon_error(tried: list[str]) -> ClientError:
-    """Why the client found no daemon to talk to (none answered at all: a daemon that
-    answered with another mesh key is :func:`key_refusal`'s case)."""
-    reasons = "; ".join(reason.rstrip(".?") for reason in tried)
-    return ClientError(
-        f"no meshgpu daemon answered; tried {reasons}. Start one with `meshgpu join`, or "
-        "name a peer (--peer HOST:PORT or MESHGPU_PEER)"
-    )
-
-
-KEY_HINT = "give it the mesh's key with --key-file PATH or MESHGPU_KEY"
-
-
-def key_refusal(
-    error: BaseException, candidate: Candidate, key: MeshKey | None
-) -> MeshKeyError | None:
-    """The one-line error for a daemon that answered but whose mesh key is not this
-    client's (no key here, another key, or an open mesh and a key here); None for any
-    other failure. Decided by the refusal's ``reason``, which the authenticator sets,
-    not by the wording of its message."""
-    cause = error.__cause__
-    if not isinstance(cause, AuthenticationError):
-        return None
-    where = f"the meshgpu daemon at {candidate.address[0]}:{candidate.address[1]}"
-    if cause.reason == "keyed_peer_but_no_key" or key is None:
-        return MeshKeyError(f"{where} uses a mesh key and this client has none: {KEY_HINT}")
-    if cause.reason == "unauthenticated":
-        return MeshKeyError(
-            f"{where} runs an open mesh (no key) and this client has key {key.fingerprint}: "
-            "leave out --key-file and MESHGPU_KEY, or start the daemons with that key"
-        )
-    if cause.reason == "bad_tag":
-        return MeshKeyError(
-            f"{where} uses another mesh key than this client's ({key.fingerprint}): {KEY_HINT}"
-        )
-    return None
-
-
-def resolve_max_task_bytes(value: int | None, environ: Mapping[str, str]) -> int:
-    """The per-task input limit: ``value``, else ``MESHGPU_MAX_TASK_BYTES``, else the
-    default (``MAX_TASK_BYTES``); a ConfigError for a value that is not a positive count."""
-    if value is None:
-        text = environ.get(MAX_TASK_BYTES_ENV)
-        if text is None:
-            return MAX_TASK_BYTES
-        try:
-            value = int(text)
-        except ValueError:
-            raise ConfigError(
-                f"{MAX_TASK_BYTES_ENV}={text!r} is not a byte count (an integer)"
-            ) from None
-    if value <= 0:
-        raise ConfigError(f"max_task_bytes must be a positive byte count, got {value}")
-    return value
 
 
 def _path(value: str | os.PathLike[str] | None) -> Path | None:

@@ -12,7 +12,7 @@ import numpy as np
 import trio
 from click.testing import Result
 
-from meshgpu.cli.submit import tasks_line
+from meshgpu.cli.report import tasks_line
 from meshgpu.core.tasks.state import expire
 from meshgpu.daemon.runtime import Daemon
 from meshgpu.daemon.status import DEADLINE_REASON, explained_reason

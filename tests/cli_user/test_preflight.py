@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from meshgpu.cli import main
-from meshgpu.cli.submit import first_mesh_error
+from meshgpu.cli.options import first_mesh_error
 from meshgpu.errors import ConfigError
 
 CLOSED_PEER = "127.0.0.1:1"

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from meshgpu.cli import main
 from meshgpu.cli import submit as submit_module
 from meshgpu.cli.demo import _running_text
+from meshgpu.cli.report import ERRORS_SHOWN, outcome_line
 from meshgpu.cli.status import _groups_note, member_rows
-from meshgpu.cli.submit import ERRORS_SHOWN, outcome_line
 
 
 def test_the_kill_line_says_how_many_tasks_in_words() -> None:

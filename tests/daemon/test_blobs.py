@@ -11,8 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from meshgpu.client.batches import prepare_inputs
-from meshgpu.client.session import resolve_max_task_bytes
+from meshgpu.client.batches import prepare_inputs, resolve_max_task_bytes
 from meshgpu.daemon.blobs import BlobWriter, TensorBlob, load_tensors, read_layout
 from meshgpu.daemon.payloads import canonical_tensor_bytes, encode_tensors
 from meshgpu.daemon.transfers import pull, push
