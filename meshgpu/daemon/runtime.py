@@ -19,14 +19,17 @@ DropPayload            delete that task's stored inputs and result
 MemberChanged etc.     log; remembered for ``status`` (who left when, and why)
 =====================  ==============================================================
 
-This module is the daemon's lifecycle: it opens the data dir, binds, builds the node and
-the parts that serve it, runs them in one nursery and stops them. The effect executor is
-``effect_queue.py``, the gossip socket ``datagrams.py``.
+This module is the daemon's lifecycle and its wiring: it opens the data dir, binds, builds
+the node and the parts that serve it, hands each part what it uses (docs/architecture.md,
+"The parts and their contracts"; no other daemon module knows the :class:`Daemon`), runs
+them in one nursery and stops them. The effect executor is ``effect_queue.py``, the
+gossip socket ``datagrams.py``.
 
-Tasks in the nursery: the effect executor (and its gated half), the UDP receiver, the
-timer (sleeps until ``node.next_deadline()``, woken early when a handled event moved the
-deadline), the TCP server, mDNS discovery, static seeds, the load reporter and the keyring
-exchange. Stopping
+Tasks in the nursery: the parts that own a nursery of their own (the peer connections,
+the data plane's transfers and runs, the peer finder, the TCP server), the effect
+executor (and its gated half), the UDP receiver, the timer (sleeps until
+``node.next_deadline()``, woken early when a handled event moved the deadline), the load
+reporter and the keyring exchange. Stopping
 (SIGINT/SIGTERM or ``request_stop``) refuses new submissions, lets running tasks finish
 for up to ``drain_timeout`` and hands the rest back (a transient failure, so the leader
 reassigns them), then sends the leave and closes everything.
