@@ -201,3 +201,19 @@ async def test_the_workers_copies_of_tasks_no_table_holds_are_swept(tmp_path: Pa
         nursery.cancel_scope.cancel()
     assert not fakes.payloads.has(task_key(TASK), RESULT)
     assert fakes.counted == ["result_copies_swept"]
+
+
+async def test_a_result_held_elsewhere_is_read_range_by_range(tmp_path: Path, clock) -> None:
+    """``obtain_result`` (the entry node's relay, a group's result) asks a live result
+    holder for one range after another; a holder that is not live is not asked."""
+    blob = bytes(range(256)) * 4096  # 1 MiB: several ranges of the smallest chunk
+
+    async def answer(node: str, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        assert op == "get_result" and fields["task_id"] == str(TASK)
+        start = fields["offset"]
+        return {"data": blob[start : start + fields["length"]], "size": len(blob)}
+
+    fakes = data_plane(tmp_path, live=["w", "h"], peers=FakePeers(answer), max_frame_bytes=1)
+    assert await fakes.plane.obtain_result(TASK, ("gone", "h")) == blob
+    asked = [node for node, _, _ in fakes.peers.calls]
+    assert set(asked) == {"h"} and len(asked) == -(-len(blob) // fakes.plane.chunk) > 1
