@@ -35,7 +35,8 @@ from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the l
 )
 from meshgpu.inference.opencl.graph import Graph, read_graph
 from meshgpu.inference.opencl.patterns import fuse_patterns
-from meshgpu.inference.opencl.plan import DeviceTensor, Plan, build_plan
+from meshgpu.inference.opencl.plan import Plan, build_plan
+from meshgpu.inference.opencl.tensors import DeviceTensor
 
 #: Accepted feed signatures remembered per session (a bound: symbolic batch sizes vary).
 _ACCEPTED_SIGNATURES = 64

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from meshgpu.inference.opencl.graph import Node, legacy_broadcast_shape
-from meshgpu.inference.opencl.plan import DeviceTensor, PlanBuilder, float_literal
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import float_literal
+from meshgpu.inference.opencl.tensors import DeviceTensor
 
 
 @dataclass

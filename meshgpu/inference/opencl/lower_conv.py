@@ -19,7 +19,9 @@ from meshgpu.inference.opencl.kernels.spatial import DIRECT_CONV_SOURCE
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.lower_conv_implicit import ConvShape, choose_layout, lower_implicit
 from meshgpu.inference.opencl.lower_linear import gemm_launch
-from meshgpu.inference.opencl.plan import KernelArg, PlanBuilder, i32, lowers
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import i32, lowers
+from meshgpu.inference.opencl.tensors import KernelArg
 
 #: Convolutions with fewer output channels per group than this run as direct convolution.
 DIRECT_CONV_MAX_CHANNELS_PER_GROUP = 4

@@ -29,8 +29,10 @@ from meshgpu.inference.opencl.kernels.implicit_conv import (
     CONV_ROW_PARALLELISM,
     CONV_WORK_ITEMS,
 )
-from meshgpu.inference.opencl.plan import FLOAT_BYTES, DeviceTensor, KernelArg, PlanBuilder, f32
-from meshgpu.inference.opencl.plan import i32 as _i32
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import f32
+from meshgpu.inference.opencl.registry import i32 as _i32
+from meshgpu.inference.opencl.tensors import FLOAT_BYTES, DeviceTensor, KernelArg
 
 PANEL = 8
 

@@ -7,7 +7,9 @@ from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.transposed_conv import TRANSPOSED_CONV_SOURCE
 from meshgpu.inference.opencl.lower_tensor import _count
-from meshgpu.inference.opencl.plan import KernelArg, PlanBuilder, i32, lowers
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import i32, lowers
+from meshgpu.inference.opencl.tensors import KernelArg
 
 
 def transposed_geometry(

@@ -17,7 +17,8 @@ from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl import dtypes
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.lower_tensor import _count, contiguous_strides, typed_source
-from meshgpu.inference.opencl.plan import PlanBuilder, i32, int_array, lowers
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import i32, int_array, lowers
 
 EINSUM_SOURCE = r"""
 /* meta: output sizes[NOUT], contracted sizes[NCON], then per operand its strides for the

@@ -34,14 +34,9 @@ from meshgpu.inference.opencl.lower_tensor import (
     collapse,
     typed_source,
 )
-from meshgpu.inference.opencl.plan import (
-    DeviceTensor,
-    PlanBuilder,
-    f32,
-    i32,
-    int_array,
-    lowers,
-)
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import f32, i32, int_array, lowers
+from meshgpu.inference.opencl.tensors import DeviceTensor
 
 
 # -- element-wise ----------------------------------------------------------------------

@@ -23,7 +23,9 @@ from meshgpu.inference.opencl.lower_tensor import (
     lower_gather_constant,
     typed_source,
 )
-from meshgpu.inference.opencl.plan import DeviceTensor, PlanBuilder, i32, int_array, lowers
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import i32, int_array, lowers
+from meshgpu.inference.opencl.tensors import DeviceTensor
 
 #: ScatterElements/ScatterND ``reduction`` attribute -> COMBINE(a, b).
 COMBINES = {

@@ -20,16 +20,9 @@ from meshgpu.inference.opencl.kernels.gemm import (
     PANEL,
     SMALL_N_ROWS,
 )
-from meshgpu.inference.opencl.plan import (
-    DeviceTensor,
-    KernelArg,
-    PlanBuilder,
-    Storage,
-    f32,
-    i32,
-    int_array,
-    lowers,
-)
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import f32, i32, int_array, lowers
+from meshgpu.inference.opencl.tensors import DeviceTensor, KernelArg, Storage
 
 
 def pack_host(matrix: np.ndarray) -> np.ndarray:

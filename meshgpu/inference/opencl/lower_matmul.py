@@ -33,16 +33,14 @@ from meshgpu.inference.opencl.kernels.matmul import (
 )
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.lower_tensor import collapse
-from meshgpu.inference.opencl.plan import (
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import f32, i32, lowers
+from meshgpu.inference.opencl.tensors import (
     DeviceTensor,
     KernelArg,
-    PlanBuilder,
     Storage,
     View,
     contiguous_strides,
-    f32,
-    i32,
-    lowers,
 )
 
 SOURCE = VECTOR_SOURCE + MATMUL_SOURCE

@@ -19,7 +19,9 @@ from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.normalization import NORMALIZATION_SOURCE
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.lower_tensor import _count
-from meshgpu.inference.opencl.plan import KernelArg, PlanBuilder, f32, i32, lowers
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import f32, i32, lowers
+from meshgpu.inference.opencl.tensors import KernelArg
 
 
 def _parameter(

@@ -24,7 +24,9 @@ from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.resample import RESAMPLE_SOURCE
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.lower_tensor import _count
-from meshgpu.inference.opencl.plan import DeviceTensor, PlanBuilder, f32, i32, lowers
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import f32, i32, lowers
+from meshgpu.inference.opencl.tensors import DeviceTensor
 
 _PASSED_ATTRIBUTES = (
     "mode",

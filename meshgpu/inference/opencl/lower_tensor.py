@@ -24,16 +24,9 @@ from meshgpu.inference.opencl.kernels.elementwise import (
     UNARY_SOURCE,
 )
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
-from meshgpu.inference.opencl.plan import (
-    PlanBuilder,
-    Storage,
-    View,
-    f32,
-    i32,
-    int_array,
-    lowers,
-    reshape_strides,
-)
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import f32, i32, int_array, lowers
+from meshgpu.inference.opencl.tensors import Storage, View, reshape_strides
 
 
 def typed_source(source: str, **types: Any) -> str:

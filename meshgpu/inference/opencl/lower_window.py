@@ -16,13 +16,8 @@ from meshgpu.inference.opencl.kernels.spatial import (
     REDUCTIONS,
 )
 from meshgpu.inference.opencl.lower_tensor import _count, contiguous_strides
-from meshgpu.inference.opencl.plan import (
-    PlanBuilder,
-    f32,
-    i32,
-    int_array,
-    lowers,
-)
+from meshgpu.inference.opencl.plan import PlanBuilder
+from meshgpu.inference.opencl.registry import f32, i32, int_array, lowers
 
 
 # -- windows and reductions ---------------------------------------------------------------

@@ -7,16 +7,13 @@ inputs are all known on the host is folded with numpy (:mod:`.folding`), any oth
 (:mod:`.lower_linear`, :mod:`.lower_tensor`). Lowering functions may absorb the nodes that
 follow (BatchNormalization, per-channel Mul/Add, activations, residual Add into a Conv).
 
-Buffers: every tensor a kernel writes gets a :class:`Storage`; view-like operators
-(Reshape, Flatten, Squeeze, Unsqueeze, Identity, Dropout) alias their input's storage. When
-all launches are known, storages are packed into device buffers by liveness (interval
-greedy, best fit), so two tensors share a buffer when their lifetimes do not overlap.
+Tensors, views and how storages share buffers: :mod:`.tensors`; the registry of lowering
+functions and kernel-argument helpers: :mod:`.registry`; weight uploads: :mod:`.weights`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,59 +24,21 @@ from meshgpu.errors import DeviceError, ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl import dtypes, programs
 from meshgpu.inference.opencl.folding import fold_node
 from meshgpu.inference.opencl.graph import Graph, Node
-
-FLOAT_BYTES = 4
-ELEMENTWISE_GROUP = 8
-
-
-@dataclass(eq=False)
-class Storage:
-    """A run of device memory for one tensor (and the views aliasing it)."""
-
-    nbytes: int
-    label: str
-    first: int = 1 << 30
-    last: int = -1
-    slot: int = -1
-
-
-@dataclass(frozen=True)
-class DeviceTensor:
-    """A tensor that lives on the device: its storage and its (row-major) shape."""
-
-    storage: Storage
-    shape: tuple[int, ...]
-    dtype: np.dtype[Any] = dtypes.FLOAT32
-
-
-@dataclass(frozen=True)
-class View:
-    """A strided window on a device tensor's storage: what a Transpose, Split, Slice or
-    Reshape in front of a matrix product leaves instead of a copy. The product reads it
-    through its strides (:mod:`.lower_matmul`); any other reader gets a copy, made when it
-    first asks for the tensor (:meth:`PlanBuilder.tensor`)."""
-
-    storage: Storage
-    shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    offset: int = 0
-    dtype: np.dtype[Any] = dtypes.FLOAT32
-
-
-#: Operators that only re-index their input: a view passes through them to a product.
-VIEW_OPERATORS = (
-    "Reshape",
-    "Transpose",
-    "Squeeze",
-    "Unsqueeze",
-    "Flatten",
-    "Split",
-    "Slice",
-    "Gather",
+from meshgpu.inference.opencl.registry import LOWERINGS, TYPED_OPERATORS
+from meshgpu.inference.opencl.tensors import (
+    FLOAT_BYTES,
+    VIEW_OPERATORS,
+    DeviceTensor,
+    KernelArg,
+    Storage,
+    View,
+    assign_slots,
+    contiguous_strides,
+    element_count,
 )
+from meshgpu.inference.opencl.weights import WeightUploads
 
-
-KernelArg = Storage | cl.Buffer | np.generic | None
+ELEMENTWISE_GROUP = 8
 
 
 @dataclass
@@ -110,34 +69,7 @@ class Plan:
     constants: list[cl.Buffer]
 
 
-Lowering = Callable[["PlanBuilder", Node], None]
-LOWERINGS: dict[str, Lowering] = {}
-#: Operators whose lowering handles device tensors of any device type itself; every other
-#: lowering reads float32 device tensors only (the walk refuses other types, naming them).
-TYPED_OPERATORS: set[str] = set()
-
-
-def lowers(*ops: str, typed: bool = False) -> Callable[[Lowering], Lowering]:
-    """Register a lowering function for ``ops`` (``typed``: it takes any element type)."""
-
-    def register(function: Lowering) -> Lowering:
-        for op in ops:
-            LOWERINGS[op] = function
-            if typed:
-                TYPED_OPERATORS.add(op)
-        return function
-
-    return register
-
-
-def float_literal(value: float) -> str:
-    """``value`` as an OpenCL float literal (spliced into kernel sources)."""
-    if math.isinf(value):
-        return "INFINITY" if value > 0 else "(-INFINITY)"
-    return f"{float(np.float32(value))!r}f"
-
-
-class PlanBuilder:
+class PlanBuilder(WeightUploads):
     """The state lowering functions work on while a plan is built.
 
     ``weights`` is the session's cache of uploaded constants, keyed by what was derived from
@@ -196,7 +128,9 @@ class PlanBuilder:
         self.input_storages: dict[str, Storage] = {}
         for name, shape in input_shapes.items():
             dtype = np.dtype(graph.inputs[name][1]) if name in graph.inputs else dtypes.FLOAT32
-            storage = Storage(max(FLOAT_BYTES, _count(shape) * dtype.itemsize), f"input {name}")
+            storage = Storage(
+                max(FLOAT_BYTES, element_count(shape) * dtype.itemsize), f"input {name}"
+            )
             storage.first = -1
             self.input_storages[name] = storage
             self.tensors[name] = DeviceTensor(storage, shape, dtype)
@@ -352,7 +286,7 @@ class PlanBuilder:
             raise UnsupportedOperatorError(
                 f"tensor {name!r} is float64 and {self.device.name} has no cl_khr_fp64"
             )
-        storage = Storage(max(FLOAT_BYTES, _count(shape) * dtype.itemsize), name)
+        storage = Storage(max(FLOAT_BYTES, element_count(shape) * dtype.itemsize), name)
         tensor = DeviceTensor(storage, shape, dtype)
         self.tensors[name] = tensor
         return tensor
@@ -373,100 +307,6 @@ class PlanBuilder:
             return False
         tensor.storage.nbytes = max(tensor.storage.nbytes, nbytes)
         return True
-
-    def weight(self, key: Any, make: Callable[[], np.ndarray], dtype: Any = None) -> Any:
-        """Device copy (a ``cl.Buffer``) of a derived constant, uploaded once per session
-        under ``key``; None during a dry walk, which never touches the device."""
-        buffer = self.weights.get(key)
-        if buffer is None:
-            if self.dry:
-                return None
-            array = make()
-            if dtype is None:
-                dtype = np.int32 if array.dtype == np.int32 else np.float32
-            buffer = self._upload(np.ascontiguousarray(array, dtype=dtype))
-            self.weights[key] = buffer
-        return buffer
-
-    def packed_weight(self, key: Any, make: Callable[[], np.ndarray], panel: int = 8) -> Any:
-        """Panels ``[batch][ceil(rows/panel)][K][panel]`` of a constant ``[batch, rows, K]``
-        matrix (``panel`` is 8, or 6 for ``conv_gemm6``),
-        packed on the device (the transposing copy is several times faster there than in
-        numpy, and it is most of a session's start-up); cached like :meth:`weight`.
-
-        The packing is only queued: the source matrix is lent to the device without a copy
-        (``USE_HOST_PTR``) and kept alive until :meth:`_finish` waits once for every packing,
-        instead of one copy and one wait per weight."""
-        buffer = self.weights.get(key)
-        if buffer is not None or self.dry:
-            return buffer
-        from meshgpu.inference.opencl.kernels import CORE_SOURCE
-
-        matrix = np.ascontiguousarray(make(), dtype=np.float32)
-        batch, rows, depth = matrix.shape
-        blocks = -(-rows // panel)
-        total = batch * blocks * depth
-        raw = self._lend(matrix)
-        offsets = self._lend(np.arange(batch, dtype=np.int32) * rows * depth)
-        try:
-            buffer = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, max(4, total * panel * 4))
-        except cl.Error as error:
-            raise DeviceError(
-                f"could not allocate {total * panel * 4} bytes of weights: {error}"
-            ) from error
-        if self._pack_kernel is None:
-            program = programs.program_for(self.device, CORE_SOURCE)
-            self._pack_kernel = cl.Kernel(program, "pack_panels")
-        kernel = self._pack_kernel
-        arguments: list[Any] = [raw, buffer, offsets]
-        arguments += [np.int32(v) for v in (rows, depth, depth, 1, blocks, total, panel)]
-        for position, value in enumerate(arguments):
-            kernel.set_arg(position, value)
-        queue = self._setup_queue()
-        cl.enqueue_nd_range_kernel(queue, kernel, (-(-total // 8) * 8,), (8,))
-        self._pending.append((raw, offsets, matrix))
-        self.weights[key] = buffer
-        return buffer
-
-    def _lend(self, array: np.ndarray) -> cl.Buffer:
-        """A read-only buffer over ``array``'s own memory (the caller keeps it alive until
-        the queue has finished with it)."""
-        if array.nbytes == 0:
-            return self._upload(array)
-        flags = cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR
-        try:
-            return cl.Buffer(self.context, flags, hostbuf=array)
-        except cl.Error as error:
-            raise DeviceError(
-                f"could not allocate {array.nbytes} bytes of constants on {self.device.name}: "
-                f"{error}"
-            ) from error
-
-    def _wait_for_packing(self) -> None:
-        """Wait for every queued packing, then drop the lent source matrices."""
-        if self._queue is not None and self._pending:
-            self._queue.finish()
-        for raw, offsets, _ in self._pending:
-            raw.release()
-            offsets.release()
-        self._pending.clear()
-
-    def _setup_queue(self) -> cl.CommandQueue:
-        if self._queue is None:
-            self._queue = cl.CommandQueue(self.context)
-        return self._queue
-
-    def _upload(self, array: np.ndarray) -> cl.Buffer:
-        flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
-        if array.nbytes == 0:
-            array = np.zeros(1, dtype=np.float32)
-        try:
-            return cl.Buffer(self.context, flags, hostbuf=array)
-        except cl.Error as error:
-            raise DeviceError(
-                f"could not allocate {array.nbytes} bytes of constants on {self.device.name}: "
-                f"{error}"
-            ) from error
 
     def launch(
         self,
@@ -597,7 +437,7 @@ class PlanBuilder:
         }
         storages |= set(self.input_storages.values())
         storages |= {t.storage for t in outputs.values() if isinstance(t, DeviceTensor)}
-        slot_sizes = _assign_slots(sorted(storages, key=lambda s: (s.first, s.label)))
+        slot_sizes = assign_slots(sorted(storages, key=lambda s: (s.first, s.label)))
         try:
             buffers = [
                 cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size) for size in slot_sizes
@@ -630,98 +470,6 @@ class PlanBuilder:
             bound = self._bound_constants.get(arg)
             return bound if bound is not None else buffers[arg.slot]
         return arg
-
-
-def _assign_slots(storages: list[Storage]) -> list[int]:
-    """Interval-greedy buffer sharing: a storage takes the best-fitting free slot."""
-    slot_sizes: list[int] = []
-    active: list[Storage] = []
-    free: list[int] = []
-    for storage in storages:
-        still_active = []
-        for other in active:
-            if other.last < storage.first:
-                free.append(other.slot)
-            else:
-                still_active.append(other)
-        active = still_active
-        fitting = [s for s in free if slot_sizes[s] >= storage.nbytes]
-        if fitting:
-            slot = min(fitting, key=lambda s: slot_sizes[s])
-        elif free:
-            slot = max(free, key=lambda s: slot_sizes[s])
-            slot_sizes[slot] = storage.nbytes
-        else:
-            slot = len(slot_sizes)
-            slot_sizes.append(storage.nbytes)
-        if slot in free:
-            free.remove(slot)
-        storage.slot = slot
-        active.append(storage)
-    return slot_sizes
-
-
-def _count(shape: Sequence[int]) -> int:
-    total = 1
-    for dim in shape:
-        total *= int(dim)
-    return total
-
-
-def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    strides = [0] * len(shape)
-    running = 1
-    for axis in range(len(shape) - 1, -1, -1):
-        strides[axis] = running
-        running *= int(shape[axis])
-    return tuple(strides)
-
-
-def reshape_strides(
-    shape: Sequence[int], strides: Sequence[int], new_shape: Sequence[int]
-) -> tuple[int, ...] | None:
-    """Strides that read a strided tensor as ``new_shape`` without a copy, or None when the
-    reshape mixes dimensions that are not contiguous with each other (numpy's rule)."""
-    old = [(int(d), int(s)) for d, s in zip(shape, strides, strict=True) if d != 1]
-    new = [int(d) for d in new_shape]
-    if _count(shape) != _count(new) or _count(new) == 0:
-        return None
-    result = [0] * len(new)
-    positions = [axis for axis, size in enumerate(new) if size != 1]
-    sizes = [new[axis] for axis in positions]
-    oi = ni = 0
-    while ni < len(sizes) and oi < len(old):
-        nj, oj = ni + 1, oi + 1
-        new_product, old_product = sizes[ni], old[oi][0]
-        while new_product != old_product:
-            if new_product < old_product:
-                new_product *= sizes[nj]
-                nj += 1
-            else:
-                old_product *= old[oj][0]
-                oj += 1
-        for k in range(oi, oj - 1):
-            if old[k][1] != old[k + 1][0] * old[k + 1][1]:
-                return None
-        stride = old[oj - 1][1]
-        for k in range(nj - 1, ni - 1, -1):
-            result[positions[k]] = stride
-            stride *= sizes[k]
-        ni, oi = nj, oj
-    return tuple(result)
-
-
-def int_array(values: Sequence[int]) -> np.ndarray:
-    """Host int32 array for kernel meta buffers."""
-    return np.asarray(list(values), dtype=np.int32)
-
-
-def i32(value: int) -> np.int32:
-    return np.int32(value)
-
-
-def f32(value: float) -> np.float32:
-    return np.float32(value)
 
 
 def build_plan(
