@@ -1,0 +1,200 @@
+"""The strided matrix product (lower_matmul.py): operands read through views, tails fused
+into the product's launch, and the copies still made where a view cannot serve. Every model
+is checked against onnxruntime (1e-4 * max(1, |reference|)); the launch lists show which
+nodes the product absorbed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from meshgpu.inference.opencl import OpenCLSession
+from meshgpu.inference.opencl.tensors import reshape_strides
+from tests.inference.opencl_cases import assert_close, randn
+
+pytest.importorskip("pyopencl")
+
+
+@pytest.fixture(scope="module")
+def device():
+    from meshgpu.inference.opencl.programs import default_device
+
+    return default_device()
+
+
+def _model(nodes, inputs, outputs, initializers=None, opset=18) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "products",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(a.shape)) for n, a in inputs],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
+        initializer=[numpy_helper.from_array(v, n) for n, v in (initializers or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 9
+    return model
+
+
+def _run(device, model, feeds) -> list[str]:
+    """Run on OpenCL and onnxruntime, compare every output; return the launched kernels."""
+    import onnxruntime
+
+    session = OpenCLSession(model, device=device)
+    got = session.run(feeds)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    reference = onnxruntime.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    for name, want in zip(session.outputs, reference.run(None, feeds), strict=True):
+        assert got[name].shape == want.shape, name
+        assert_close(got[name], want, name)
+    plan = next(iter(session._plans.values()))
+    return [launch.kernel_name for launch in plan.launches]
+
+
+def test_reshape_strides_agree_with_numpy() -> None:
+    """A view is reshaped without a copy exactly when numpy can do so, to the same elements."""
+    rng = np.random.default_rng(0)
+    checked = refused = 0
+    for _ in range(400):
+        shape = [int(d) for d in rng.choice([1, 2, 3, 4, 6], size=rng.integers(1, 5))]
+        count = int(np.prod(shape))
+        base = np.arange(count * 2, dtype=np.float32).reshape(*shape[:-1], shape[-1] * 2)
+        view = base[..., ::2].transpose(rng.permutation(len(shape)))
+        divisors = [d for d in range(1, count + 1) if count % d == 0]
+        for new in ([count], [1, count], [int(rng.choice(divisors)), -1], [1, *view.shape]):
+            new = [count // -int(np.prod(new)) if d == -1 else d for d in new]
+            strides = reshape_strides(view.shape, [s // 4 for s in view.strides], new)
+            probe = view.view()
+            try:
+                probe.shape = new
+                numpy_can = True
+            except AttributeError:
+                numpy_can = False
+            if strides is None:
+                refused += 1
+                assert not numpy_can or count == 1, (view.shape, view.strides, new)
+                continue
+            checked += 1
+            read = np.lib.stride_tricks.as_strided(view, new, [s * 4 for s in strides])
+            np.testing.assert_array_equal(read, np.ascontiguousarray(view).reshape(new))
+    assert checked > 100 and refused > 100
+
+
+def test_attention_heads_are_views_and_the_tail_is_one_launch(device) -> None:
+    """GPT-2's attention as exported: one QKV Gemm, Split, Reshape, Transpose to heads,
+    QK^T scaled and masked, Softmax, times V, heads merged back. The head views cost no
+    launch and the scale, mask, Softmax and the merging Transpose run inside the products."""
+    tokens, width, heads = 12, 32, 4
+    head = width // heads
+    x = randn(tokens, width, seed=1)
+    weights = {
+        "w_qkv": randn(width, 3 * width, seed=2) * 0.2,
+        "b_qkv": randn(3 * width, seed=3),
+        "w_out": randn(width, width, seed=4) * 0.2,
+        "b_out": randn(width, seed=5),
+        "qkv_shape": np.array([1, tokens, 3 * width], np.int64),
+        "head_shape": np.array([1, tokens, heads, head], np.int64),
+        "merged_shape": np.array([tokens, width], np.int64),
+        "scale": np.array(1 / np.sqrt(head), np.float32),
+        "mask": np.triu(np.full((tokens, tokens), -1e4, np.float32), 1)[None, None],
+    }
+    nodes = [
+        helper.make_node("Gemm", ["x", "w_qkv", "b_qkv"], ["qkv2"]),
+        helper.make_node("Reshape", ["qkv2", "qkv_shape"], ["qkv"]),
+        helper.make_node("Split", ["qkv"], ["q", "k", "v"], axis=2, num_outputs=3),
+        *(helper.make_node("Reshape", [p, "head_shape"], [f"{p}4"]) for p in "qkv"),
+        helper.make_node("Transpose", ["q4"], ["qt"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+        helper.make_node("MatMul", ["qt", "kt"], ["scores"]),
+        helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "mask"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "vt"], ["context"]),
+        helper.make_node("Transpose", ["context"], ["merged4"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["merged4", "merged_shape"], ["merged"]),
+        helper.make_node("Gemm", ["merged", "w_out", "b_out"], ["projected"]),
+        helper.make_node("Add", ["projected", "x"], ["y"]),
+    ]
+    kernels = _run(device, _model(nodes, [("x", x)], ["y"], weights), {"x": x})
+    assert kernels == ["matmul_tiles"] * 4
+
+
+def test_a_view_read_by_another_operator_is_copied_for_it(device) -> None:
+    """A Transpose read by a MatMul and by an Add, and a Reshape that merges axes a view
+    cannot merge: both still give the right values (a copy made for that reader)."""
+    a = randn(2, 3, 4, seed=6)
+    b = randn(2, 3, 5, seed=7)
+    nodes = [
+        helper.make_node("Transpose", ["a"], ["at"], perm=[0, 2, 1]),  # (2, 4, 3)
+        helper.make_node("MatMul", ["at", "b"], ["product"]),  # (2, 4, 5)
+        helper.make_node("Add", ["at", "at"], ["doubled"]),
+        helper.make_node("Transpose", ["b"], ["bt"], perm=[2, 0, 1]),  # (5, 2, 3)
+        helper.make_node("Reshape", ["bt", "flat"], ["bf"]),  # (5, 6): not a view of b
+        helper.make_node("MatMul", ["bf", "w"], ["mixed"]),
+    ]
+    initializers = {"flat": np.array([5, 6], np.int64), "w": randn(6, 3, seed=8)}
+    model = _model(nodes, [("a", a), ("b", b)], ["product", "doubled", "mixed"], initializers)
+    kernels = _run(device, model, {"a": a, "b": b})
+    assert kernels.count("matmul_tiles") == 2
+
+
+def test_one_index_gather_and_scalar_scales_feed_the_product(device) -> None:
+    """ViT's torch export: q, k and v picked from one stacked tensor by Gather of one index,
+    q and k each scaled by a constant: views and alpha, one product launch each."""
+    x = randn(3, 2, 5, 8, seed=9)  # (qkv, batch, tokens, head)
+    scale = np.array(0.5, np.float32)
+    nodes = [
+        helper.make_node("Gather", ["x", "zero"], ["q"], axis=0),
+        helper.make_node("Gather", ["x", "one"], ["k"], axis=0),
+        helper.make_node("Gather", ["x", "two"], ["v"], axis=0),
+        helper.make_node("Mul", ["q", "scale"], ["qs"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("Mul", ["kt", "scale"], ["ks"]),
+        helper.make_node("MatMul", ["qs", "ks"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["y"]),
+    ]
+    initializers = {
+        "zero": np.array(0, np.int64),
+        "one": np.array(1, np.int64),
+        "two": np.array(2, np.int64),
+        "scale": scale,
+    }
+    kernels = _run(device, _model(nodes, [("x", x)], ["y"], initializers), {"x": x})
+    assert kernels == ["matmul_tiles"] * 2
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape"),
+    [
+        ((65, 1, 24), (24, 40)),  # batch dims folded into rows
+        ((2, 1, 3, 5, 4), (3, 4, 6)),  # three broadcast batch dimensions
+        ((7,), (3, 7, 9)),  # 1-D left operand
+        ((2, 5, 7), (7,)),  # 1-D right operand
+        ((4, 9, 33), (4, 33, 17)),  # ragged tiles on every edge
+    ],
+)
+def test_batched_shapes_match(device, a_shape, b_shape) -> None:
+    a, b = randn(*a_shape, seed=10), randn(*b_shape, seed=11)
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y"])]
+    _run(device, _model(nodes, [("a", a), ("b", b)], ["y"]), {"a": a, "b": b})
+
+
+def test_gemm_on_a_device_activation_with_its_epilogue(device) -> None:
+    """transA, alpha and beta, a row-broadcast C, a residual Add and Relu in one launch."""
+    a = randn(20, 16, seed=12)  # read transposed: A' is (16, 20)
+    residual = randn(16, 24, seed=13)
+    nodes = [
+        helper.make_node("Gemm", ["a", "w", "c"], ["g"], transA=1, alpha=0.5, beta=2.0),
+        helper.make_node("Add", ["g", "r"], ["s"]),
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    initializers = {"w": randn(20, 24, seed=14), "c": randn(1, 24, seed=15)}
+    model = _model(nodes, [("a", a), ("r", residual)], ["y"], initializers)
+    kernels = _run(device, model, {"a": a, "r": residual})
+    assert kernels == ["matmul_tiles"]
