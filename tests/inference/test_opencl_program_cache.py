@@ -58,3 +58,42 @@ def test_binaries_are_saved_reused_and_replaced_when_damaged(tmp_path, monkeypat
     assert calls == ["binary", "source"]
     np.testing.assert_array_equal(_run(rebuilt, device), [0, 2, 4, 6])
     assert path.read_bytes() != b"not a binary"
+
+
+def test_launch_variants_are_measured_once_then_read_back(tmp_path, monkeypatch) -> None:
+    """A product's work-item size is chosen by measuring its variants on the first plan;
+    a second session (same device, kernel and shape) reads the choice from tuning.json."""
+    import json
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from meshgpu.inference.opencl import OpenCLSession, tuning
+
+    monkeypatch.setenv("MESHGPU_CACHE_DIR", str(tmp_path))
+    tuning.reset_memory()
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal((48, 200)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tuned",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [40, 48])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    x = rng.standard_normal((40, 48)).astype(np.float32)
+    before = tuning.searches
+    first = OpenCLSession(model).run({"x": x})["y"]
+    assert tuning.searches == before + 1
+    entries = json.loads((tmp_path / "tuning.json").read_text())
+    (entry,) = entries.values()
+    assert entry["value"] in (1, 2, 4, 8, 16, 25) and entry["search_ms"] >= 0
+    assert len(entry["times_us"]) >= 4  # every variant was measured
+
+    tuning.reset_memory()  # as a new process would: from the file
+    second = OpenCLSession(model).run({"x": x})["y"]
+    assert tuning.searches == before + 1
+    np.testing.assert_allclose(first, x @ weight, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(first, second)
+    tuning.reset_memory()

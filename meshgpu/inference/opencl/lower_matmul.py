@@ -42,8 +42,12 @@ from meshgpu.inference.opencl.tensors import (
     View,
     contiguous_strides,
 )
+from meshgpu.inference.opencl.tuning import Variant
 
 SOURCE = VECTOR_SOURCE + MATMUL_SOURCE
+
+#: Column blocks per work-item that tuning.py measures (with "all of them").
+TUNED_COLUMN_BLOCKS = (1, 2, 4, 8, 16)
 
 #: Activation codes of ``matmul_activation``: fusion.ACTIVATIONS plus the two Gelus.
 GELU_CODES = {"none": 6, "tanh": 7}
@@ -358,7 +362,8 @@ def matmul_launch(
         a_b, b_b, c_b, d_b, r_b = ([0, x[0]] for x in (a_b, b_b, c_b, d_b, r_b))
     code, act_a, act_b = tail.activation
     blocks = -(-cols // 8)
-    groups = 1 if tail.softmax else -(-blocks // MATMUL_COLUMN_BLOCKS)
+    per_item = blocks if tail.softmax else min(MATMUL_COLUMN_BLOCKS, blocks)
+    grid_rows, batches = -(-rows // 8), dims[0] * dims[1]
     builder.launch(
         node,
         SOURCE,
@@ -404,10 +409,24 @@ def matmul_launch(
             f32(act_a),
             f32(act_b),
             i32(tail.softmax),
+            i32(per_item),
         ],
-        grid=(-(-rows // 8), groups, dims[0] * dims[1]),
+        grid=(grid_rows, -(-blocks // per_item), batches),
         local=(1, 1, 1),
+        # how many column blocks a work-item takes is measured per device (tuning.py)
+        variants=None if tail.softmax else _variants(blocks, grid_rows, batches, 40),
+        tuning_shape=(batches, rows, cols, depth, int(code)),
     )
+
+
+def _variants(blocks: int, grid_rows: int, batches: int, position: int) -> list[Variant]:
+    """Column blocks per work-item to choose from: powers of two up to all of them."""
+    result: dict[int, Variant] = {}
+    for per_item in (*TUNED_COLUMN_BLOCKS, blocks):
+        per_item = min(per_item, blocks)
+        groups = -(-blocks // per_item)
+        result.setdefault(groups, Variant((grid_rows, groups, batches), position, per_item))
+    return list(result.values())
 
 
 #: Multiply-adds above which a right-hand operand whose columns are not contiguous (K^T

@@ -21,7 +21,7 @@ import numpy as np
 import pyopencl as cl
 
 from meshgpu.errors import DeviceError, ModelError, UnsupportedOperatorError
-from meshgpu.inference.opencl import dtypes, programs
+from meshgpu.inference.opencl import dtypes, programs, tuning
 from meshgpu.inference.opencl.folding import fold_node
 from meshgpu.inference.opencl.graph import Graph, Node
 from meshgpu.inference.opencl.registry import LOWERINGS, TYPED_OPERATORS
@@ -52,6 +52,10 @@ class Launch:
     args: list[KernelArg]
     node: str
     kernel: cl.Kernel | None = None
+    #: Other ways to launch it, one of which :mod:`.tuning` picks for this device.
+    variants: list[tuning.Variant] | None = None
+    #: The shape the tuning choice is kept under (with the kernel and the device).
+    tuning_shape: tuple[int, ...] = ()
 
 
 @dataclass
@@ -319,6 +323,8 @@ class PlanBuilder(WeightUploads):
         grid: tuple[int, ...] | None = None,
         local: tuple[int, ...] | None = None,
         per_item: int = 1,
+        variants: list[tuning.Variant] | None = None,
+        tuning_shape: tuple[int, ...] = (),
     ) -> None:
         """Queue a launch over ``total`` work-items (each handling ``per_item`` elements) in
         ``local``-sized groups (default 8), or over an explicit ``grid``."""
@@ -334,7 +340,16 @@ class PlanBuilder(WeightUploads):
             return
         program = programs.program_for(self.device, source)
         self.launches.append(
-            Launch(program, kernel_name, grid, local or (1,) * len(grid), list(args), node.name)
+            Launch(
+                program,
+                kernel_name,
+                grid,
+                local or (1,) * len(grid),
+                list(args),
+                node.name,
+                variants=variants if variants and len(variants) > 1 else None,
+                tuning_shape=tuning_shape,
+            )
         )
 
     # -- the walk -----------------------------------------------------------------------
@@ -455,6 +470,7 @@ class PlanBuilder(WeightUploads):
             for position, value in enumerate(resolved):
                 kernel.set_arg(position, value)
             launch.kernel = kernel
+        self._tune(buffers)
         return Plan(
             launches=self.launches,
             input_storages=self.input_storages,
@@ -464,6 +480,34 @@ class PlanBuilder(WeightUploads):
             activation_bytes_without_reuse=sum(s.nbytes for s in storages),
             constants=self._plan_constants,
         )
+
+    def _tune(self, buffers: list[cl.Buffer]) -> None:
+        """Pick each offered launch variant (:mod:`.tuning`); a search runs on the plan's
+        own buffers, zeroed first so that no stale value slows the arithmetic down."""
+        tunable = [launch for launch in self.launches if launch.variants]
+        if not tunable:
+            return
+        zeroed = False
+        for launch in tunable:
+            assert launch.kernel is not None and launch.variants is not None
+            if not zeroed and not tuning.is_cached(
+                self.device, launch.kernel_name, launch.tuning_shape, launch.variants
+            ):
+                queue = self._setup_queue()
+                for buffer in buffers:
+                    cl.enqueue_fill_buffer(queue, buffer, np.uint8(0), 0, buffer.size)
+                queue.finish()
+                zeroed = True
+            chosen = tuning.choose(
+                self.device,
+                self.context,
+                launch.kernel,
+                launch.kernel_name,
+                launch.tuning_shape,
+                launch.variants,
+                launch.local_size,
+            )
+            launch.global_size = chosen.grid
 
     def _resolve(self, arg: KernelArg, buffers: list[cl.Buffer]) -> Any:
         if isinstance(arg, Storage):
