@@ -2,7 +2,7 @@
 each process's peak RSS against the tensor, and MB/s end to end. Prints a table and one
 JSON object; asserts nothing.
 
-    python bench/bigtensor.py [--mib 1024] [--json]
+    python bench/bigtensor.py [--mib 1024] [--json] [--baseline DIR [--rounds N]]
 
 Two scenarios, each with its own client process (so that its peak RSS is its own):
 
@@ -19,6 +19,11 @@ the same kind) and ``peak`` its high-water mark during the scenario (VmHWM, rese
 the tensor's bytes over the client's submit-to-result time; CPU s is each process's CPU
 time during the scenario, the figure that holds on a shared machine, where wall times
 swing with the load: compare numbers with each other, not across runs.
+
+``--baseline DIR`` runs the same scenarios with the meshgpu of another checkout (``DIR``
+on ``PYTHONPATH`` for the daemons and the client: e.g. ``git archive main | tar -x -C
+DIR``), alternating with this one ``--rounds`` times, and prints the medians side by
+side with their ratio: the comparison that holds on a machine shared with other work.
 """
 
 from __future__ import annotations
@@ -106,10 +111,16 @@ def rss(pid: int) -> dict[str, int]:
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process so far."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far."""
     import os
 
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def reset_peak(pid: int) -> None:
@@ -179,7 +190,9 @@ def rss_self() -> int:
 # --- the bench ---------------------------------------------------------------------------
 
 
-def scenario(mesh: Any, name: str, mib: int, root: Path) -> dict[str, Any]:
+def scenario(
+    mesh: Any, name: str, mib: int, root: Path, environ: dict[str, str] | None = None
+) -> dict[str, Any]:
     rows = mib * (1 << 20) // (WIDTH * 4)
     model = root / f"{name}.onnx"
     onnx.save(reduce_model() if name == "input" else tile_model(), model)
@@ -187,7 +200,7 @@ def scenario(mesh: Any, name: str, mib: int, root: Path) -> dict[str, Any]:
     client = subprocess.Popen(
         [sys.executable, __file__, "--client", name, "--peer", mesh.nodes[0].peer,
          "--rows", str(rows), "--model", str(model)],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE, env=environ,
     )  # fmt: skip
     # The client warms up first (a small task of the model on every path); reset the
     # daemons' peaks once it is past that, i.e. when it prints its marker.
@@ -198,15 +211,17 @@ def scenario(mesh: Any, name: str, mib: int, root: Path) -> dict[str, Any]:
     for pid in pids.values():
         reset_peak(pid)
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    system = {name: cpu_split(pid)[1] for name, pid in pids.items()}
     out, _ = client.communicate(timeout=900)
     result = json.loads(out)
     peaks = {name: rss(pid)["VmHWM"] for name, pid in pids.items()}
     cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
+    system = {name: cpu_split(pid)[1] - system[name] for name, pid in pids.items()}
     tensor = rows * WIDTH * 4
     processes = {
         name: {"idle_mib": idle[name] / 2**20, "peak_mib": peaks[name] / 2**20,
                "peak_over_idle_per_tensor": (peaks[name] - idle[name]) / tensor,
-               "cpu_s": cpu[name]}
+               "cpu_s": cpu[name], "system_cpu_s": system[name]}
         for name in pids
     }  # fmt: skip
     processes["client"] = {
@@ -233,6 +248,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=1024)
     parser.add_argument("--json", action="store_true", help="print only the JSON")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another meshgpu version to run alternately with this one",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each with --baseline")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
@@ -243,23 +264,110 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         return
 
-    from meshgpu.client.localmesh import LocalMesh
-
     with tempfile.TemporaryDirectory(prefix="meshgpu-bigtensor-") as scratch:
         root = Path(scratch)
         before = machine(root)
-        with LocalMesh(root / "mesh", 3, prefix="bt", slots=1) as mesh:
-            trio.run(wait_alive, mesh)
-            runs = [scenario(mesh, name, args.mib, root) for name in ("input", "result")]
-    report = {"bench": "bigtensor", "mib": args.mib, "machine": before, "runs": runs}
+        if args.baseline is None:
+            runs = one_mesh(root / "mesh", args.mib, root, None)
+            report = {"bench": "bigtensor", "mib": args.mib, "machine": before, "runs": runs}
+        else:
+            report = compare(root, args.mib, args.baseline.resolve(), args.rounds, before)
     if not args.json:
         print(
             f"machine: {before['cores']} cores, load {before['load_average_1m']:.1f}, sha256 "
             f"{before['sha256_mb_per_s']:.0f} MB/s, fsynced write "
             f"{before['fsynced_write_mb_per_s']:.0f} MB/s"
         )
-        print(table(runs))
+        if args.baseline is None:
+            print(table(report["runs"]))
+        else:
+            print(comparison_table(report))
     print(json.dumps(report))
+
+
+def one_mesh(
+    directory: Path, mib: int, root: Path, pythonpath: Path | None
+) -> list[dict[str, Any]]:
+    """Both scenarios on a fresh 3-daemon mesh running the meshgpu on ``pythonpath``
+    (this checkout's when None)."""
+    import os
+
+    from meshgpu.client.localmesh import LocalMesh
+
+    environ = dict(os.environ)
+    saved = os.environ.get("PYTHONPATH")
+    if pythonpath is not None:
+        environ["PYTHONPATH"] = str(pythonpath)
+        os.environ["PYTHONPATH"] = str(pythonpath)  # LocalMesh starts daemons with it
+    try:
+        with LocalMesh(directory, 3, prefix="bt", slots=1) as mesh:
+            trio.run(wait_alive, mesh)
+            return [scenario(mesh, name, mib, root, environ) for name in ("input", "result")]
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def compare(
+    root: Path, mib: int, baseline: Path, rounds: int, machine_now: dict[str, float]
+) -> dict[str, Any]:
+    """This checkout and ``baseline`` alternately, ``rounds`` times each; medians."""
+    import statistics
+
+    runs: dict[str, list[list[dict[str, Any]]]] = {"this": [], "baseline": []}
+    for number in range(rounds):
+        for label, path in (("baseline", baseline), ("this", None)):
+            directory = root / f"{label}-{number}"
+            runs[label].append(one_mesh(directory, mib, root, path))
+    summary = {}
+    for name in ("input", "result"):
+        row: dict[str, Any] = {}
+        for label in runs:
+            mine = [next(r for r in run if r["scenario"] == name) for run in runs[label]]
+            row[label] = {
+                "mb_per_s": statistics.median(r["mb_per_s"] for r in mine),
+                "mb_per_s_each": [r["mb_per_s"] for r in mine],
+                "correct": all(r["correct"] for r in mine),
+                "cpu_s": statistics.median(
+                    sum(p["cpu_s"] for p in r["processes"].values()) for r in mine
+                ),
+                "worst_peak_over_idle_per_tensor": max(
+                    p["peak_over_idle_per_tensor"] for r in mine for p in r["processes"].values()
+                ),
+            }
+        row["speedup"] = row["this"]["mb_per_s"] / row["baseline"]["mb_per_s"]
+        row["cpu_ratio"] = row["this"]["cpu_s"] / row["baseline"]["cpu_s"]
+        summary[name] = row
+    return {
+        "bench": "bigtensor",
+        "mib": mib,
+        "machine": machine_now,
+        "baseline": str(baseline),
+        "rounds": rounds,
+        "summary": summary,
+        "runs": runs,
+    }
+
+
+def comparison_table(report: dict[str, Any]) -> str:
+    lines = [
+        f"{'scenario':9} {'tree':9} {'MB/s (median)':>14} {'each':>22} {'CPU s':>7} "
+        f"{'worst (peak-idle)/tensor':>25} {'correct':>8}"
+    ]
+    for name, row in report["summary"].items():
+        for label in ("baseline", "this"):
+            cell = row[label]
+            each = ", ".join(f"{value:.0f}" for value in cell["mb_per_s_each"])
+            lines.append(
+                f"{name:9} {label:9} {cell['mb_per_s']:>14.0f} {each:>22} {cell['cpu_s']:>7.2f} "
+                f"{cell['worst_peak_over_idle_per_tensor']:>25.2f} {cell['correct']!s:>8}"
+            )
+        lines.append(
+            f"{name:9} {'ratio':9} {row['speedup']:>14.2f} {'':>22} {row['cpu_ratio']:>7.2f}"
+        )
+    return "\n".join(lines)
 
 
 async def wait_alive(mesh: Any) -> None:

@@ -8,6 +8,7 @@ model once, inputs larger than one request in ranges). :class:`Signal` is the cl
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from meshgpu.client.models import ModelBlob
 from meshgpu.client.peers import Candidate
 from meshgpu.daemon.blobs import TensorBlob
 from meshgpu.daemon.rpc import RpcConnection
+from meshgpu.daemon.transfers import memory_reader, push
 
 logger = logging.getLogger("meshgpu.client")
 
@@ -59,19 +61,17 @@ class Link:
 
     async def upload_inputs(self, tensors: TensorBlob, chunk_bytes: int) -> str:
         """Send inputs larger than one request to this link's peer in ranges (put_inputs;
-        transfers.py), one range in memory at a time; returns their digest. A peer that
-        holds equal inputs already says so after the first range."""
+        transfers.push: a window of ranges in flight, each sent from the arrays' own
+        memory); returns their digest. A peer that holds equal inputs already says so
+        after the first range."""
         digest = await trio.to_thread.run_sync(tensors.digest)
-        offset = 0
-        while offset < tensors.size:
-            data = tensors.read(offset, chunk_bytes)
-            more = offset + len(data) < tensors.size
-            reply = await self.rpc.call(
-                "put_inputs", digest=digest, offset=offset, data=data, more=more
-            )
-            if reply.get("held"):
-                break
-            offset += len(data)
+        await push(
+            functools.partial(self.rpc.call, "put_inputs", digest=digest),
+            memory_reader(tensors),
+            tensors.size,
+            digest,
+            chunk_bytes,
+        )
         return digest
 
     async def ensure_model(self, blob: ModelBlob) -> None:

@@ -229,8 +229,9 @@ class OutcomeStreams:
 async def fetch_result(
     rpc: RpcConnection, task_id: str, size: int, chunk: int
 ) -> dict[str, np.ndarray]:
-    """A result of ``size`` bytes from the entry peer, one range at a time into a scratch
-    file, then read into arrays (one copy of each in memory; the file is deleted)."""
+    """A result of ``size`` bytes from the entry peer in ranges (a window of them in
+    flight: transfers.pull) into a scratch file, then read into arrays (one copy of each
+    in memory; the file is deleted)."""
     with tempfile.TemporaryDirectory(prefix="meshgpu-result-") as scratch:
 
         async def call(offset: int, length: int) -> dict[str, Any]:
@@ -238,7 +239,9 @@ async def fetch_result(
                 "get_result", task_id=task_id, offset=offset, length=length, relay=True
             )
 
-        data, writer = await pull(call, chunk, lambda: BlobWriter(Path(scratch), "result"))
+        data, writer = await pull(
+            call, chunk, lambda: BlobWriter(Path(scratch), "result", hashed=False)
+        )
         if writer is None:
             assert data is not None
             return {name: array.copy() for name, array in tensors_from_bytes(data).items()}

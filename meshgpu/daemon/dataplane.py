@@ -27,7 +27,8 @@ import functools
 import hashlib
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ from meshgpu.core.tasks import TaskId, TaskSpec
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import group_from_bytes, group_result_bytes
-from meshgpu.daemon.results import RESULT, Members, ResultPlane, task_key
+from meshgpu.daemon.results import RESULT, TRANSFER_TIMEOUT, Members, ResultPlane, task_key
 from meshgpu.daemon.rpc import open_rpc
 from meshgpu.daemon.transfers import (
     Fetched,
@@ -61,7 +62,6 @@ logger = logging.getLogger("meshgpu.daemon")
 
 INPUTS = "inputs"
 MODEL_CHUNK_BYTES = 1 << 20
-TRANSFER_TIMEOUT = 30.0
 
 
 class DataPlane(ResultPlane):
@@ -232,7 +232,10 @@ class DataPlane(ResultPlane):
                 data, writer = await pull(
                     self._ranges(node_id, "get_inputs", digest=digest),
                     self.chunk,
-                    lambda: payloads.writer(digest, INPUTS),
+                    lambda: payloads.writer(digest, INPUTS, durable=durable),
+                    open_rest=functools.partial(
+                        self._transfer_ranges, node_id, "get_inputs", digest=digest
+                    ),
                 )
                 if writer is not None:
                     path = await trio.to_thread.run_sync(
@@ -256,6 +259,19 @@ class DataPlane(ResultPlane):
             return await self._request(node_id, op, offset=offset, length=length, **fields)
 
         return call
+
+    @asynccontextmanager
+    async def _transfer_ranges(
+        self, node_id: NodeId, op: str, **fields: Any
+    ) -> AsyncIterator[RangeCall]:
+        """Range requests ``op`` to ``node_id`` on a connection of their own (the rest of
+        a payload larger than one range: transfers.transfer_link)."""
+        async with self.transfer_link(node_id) as request:
+
+            async def call(offset: int, length: int) -> dict[str, Any]:
+                return await request(op, offset=offset, length=length, **fields)
+
+            yield call
 
     async def _fetch_queued(self) -> None:
         """Fetch the inputs of every queued hold request, one ``get_inputs`` request per

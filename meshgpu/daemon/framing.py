@@ -27,6 +27,7 @@ import msgpack
 import trio
 
 from meshgpu.daemon.auth import Authenticator, Channel, Sealer
+from meshgpu.daemon.auth.envelope import Buffer
 from meshgpu.errors import DecodeError, FrameTooLargeError, IncompatiblePeerError
 
 LENGTH = struct.Struct("!I")
@@ -35,20 +36,34 @@ DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 _RECEIVE_CHUNK = 256 * 1024
 _LARGE_RECEIVE = 4 << 20
+_BIN_32 = b"\xc6"
+"""msgpack's marker of a ``bin`` with a 4-byte length (what ``packb`` uses past 64 KiB)."""
 
 
 def pack(message: Any) -> bytes:
     """msgpack bytes of a message (bytes stay bytes, str stays str)."""
+    return b"".join(pack_pieces(message))
+
+
+def pack_pieces(message: Any) -> list[Buffer]:
+    """:func:`pack` as pieces to write in order: a message with a large ``data`` field
+    (a range of a payload) is its other fields, then ``data``'s msgpack header, then
+    ``data`` itself, not copied (the order of a map's keys is not part of a message)."""
     data = message.get("data") if isinstance(message, dict) else None
-    if isinstance(data, bytes) and len(data) > _RECEIVE_CHUNK:
-        # A range of a payload: a buffer of the right size from the start (packb's grows
-        # by doubling, copying the range each time).
-        packer = msgpack.Packer(use_bin_type=True, buf_size=len(data) + 4096)
-        return packer.pack(message)  # type: ignore[no-any-return]
-    return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
+    if isinstance(data, bytes | bytearray | memoryview) and len(data) > _RECEIVE_CHUNK:
+        packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+        packer.pack_map_header(len(message))
+        for key, value in message.items():
+            if key != "data":
+                packer.pack(key)
+                packer.pack(value)
+        packer.pack("data")
+        view = memoryview(data).cast("B")
+        return [packer.bytes() + _BIN_32 + LENGTH.pack(len(view)), view]
+    return [msgpack.packb(message, use_bin_type=True)]
 
 
-def unpack(data: bytes) -> Any:
+def unpack(data: bytes | memoryview) -> Any:
     """The message in ``data``; raises :class:`DecodeError` for anything but one msgpack value."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
@@ -81,6 +96,8 @@ class FrameStream:
         self._buffer = bytearray()
         self._source: tuple[str, int] | None = None
         socket = getattr(stream, "socket", None)
+        self._socket: trio.socket.SocketType | None = socket
+        """The stream's socket, read directly (``recv_into``) for large frames."""
         if socket is not None:
             with contextlib.suppress(OSError):
                 host, port = socket.getpeername()[:2]
@@ -94,12 +111,22 @@ class FrameStream:
         the answers; the requesting side seals by the node's policy (or ``key_id``)."""
 
     async def send(self, message: Any) -> None:
-        sealed = self._seal(message)
-        if len(sealed) > _RECEIVE_CHUNK:  # the prefix alone: no copy of a large body
-            await self.stream.send_all(LENGTH.pack(len(sealed)))
-            await self.stream.send_all(sealed)
-        else:
-            await self.stream.send_all(LENGTH.pack(len(sealed)) + sealed)
+        pieces = self._sealer.seal_pieces(pack_pieces(message))
+        size = sum(len(piece) for piece in pieces)
+        self._check_size(size)
+        # Small pieces go out with the prefix in one write; a large one (a payload range,
+        # or a whole keyed envelope) is written from its own memory, never joined first.
+        head: list[Buffer] = [LENGTH.pack(size)]
+        for piece in pieces:
+            if len(piece) > _RECEIVE_CHUNK:
+                if head:
+                    await self.stream.send_all(b"".join(head))
+                    head = []
+                await self.stream.send_all(piece)
+            else:
+                head.append(piece)
+        if head:
+            await self.stream.send_all(b"".join(head))
 
     async def send_many(self, messages: list[Any]) -> None:
         """Several frames in one write (each still a frame of its own on the wire)."""
@@ -112,12 +139,15 @@ class FrameStream:
 
     def _seal(self, message: Any) -> bytes | bytearray:
         sealed = self._sealer.seal(pack(message))
-        if len(sealed) > self.max_frame_bytes:
+        self._check_size(len(sealed))
+        return sealed
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_frame_bytes:
             raise FrameTooLargeError(
-                f"refusing to send a {len(sealed)}-byte frame, the limit is "
+                f"refusing to send a {size}-byte frame, the limit is "
                 f"{self.max_frame_bytes}; send large data in chunks"
             )
-        return sealed
 
     async def send_refusal(self, error: IncompatiblePeerError) -> None:
         """Tell a peer of another version or mesh why it is refused, in the one frame
@@ -136,9 +166,12 @@ class FrameStream:
                 f"peer announced a {length}-byte frame, the limit is {self.max_frame_bytes} "
                 "(is something other than a meshgpu peer talking to this port?)"
             )
-        body = await self._receive_exactly(length, at_boundary=False)
+        if length > _RECEIVE_CHUNK and self._socket is not None:
+            body: bytes | bytearray | None = await self._receive_into(length)
+        else:
+            body = await self._receive_exactly(length, at_boundary=False)
         assert body is not None
-        envelope = self.authenticator.open(body, Channel.FRAME, self._source)
+        envelope = self.authenticator.open(body, Channel.FRAME, self._source, as_view=True)
         key_id = envelope.key_id
         if key_id != self.peer_key_id:
             self.peer_key_id = key_id
@@ -163,6 +196,25 @@ class FrameStream:
     async def aclose(self) -> None:
         self.authenticator.end_session(self._sealer)
         await self.stream.aclose()
+
+    async def _receive_into(self, count: int) -> bytearray:
+        """A large frame's body read straight into one buffer of its size (``recv_into``:
+        the kernel's copy is the only one; pieces joined afterwards cost two more)."""
+        assert self._socket is not None
+        body = bytearray(count)
+        view = memoryview(body)
+        have = min(len(self._buffer), count)
+        view[:have] = self._buffer[:have]
+        del self._buffer[:have]
+        while have < count:
+            try:
+                received = await self._socket.recv_into(view[have:])
+            except (OSError, trio.BrokenResourceError) as error:
+                raise DecodeError(f"connection broken: {error}") from None
+            if not received:
+                raise DecodeError(f"connection closed mid-frame ({have} of {count} bytes read)")
+            have += received
+        return body
 
     async def _receive_exactly(self, count: int, *, at_boundary: bool) -> bytes | None:
         # Small reads ask for _RECEIVE_CHUNK (several small frames in one call); the rest

@@ -113,7 +113,7 @@ class ClientHandlers:
         self._collected_members: dict[TaskId, set[int]] = {}
         """Member indices named in ``collected`` per group not yet collected whole."""
         self.submissions = submissions
-        self._ranges_in: dict[tuple[Any, ...], tuple[BlobWriter, float]] = {}
+        self._ranges_in: dict[tuple[Any, ...], _Upload] = {}
         """Uploads in ranges (put_inputs, put_result) being received, and when each
         last moved."""
 
@@ -468,37 +468,63 @@ class ClientHandlers:
         self, request: Message, slot: tuple[Any, ...], key: Any, kind: str
     ) -> Path | None:
         """Append one range of an upload to its scratch file (a range at offset 0 starts
-        the upload afresh); the checked scratch file after the last range, else None."""
+        the upload afresh); the checked scratch file after the last range, else None.
+        Invoked for each range as its request is handled: the ranges a sender keeps in
+        flight (transfers.push) may be handled in any order, so each waits here until
+        the ranges before it are written."""
         offset = request_field(request, "offset", int)
         data = request_field(request, "data", bytes)
         now = trio.current_time()
-        for stale, (writer, touched) in list(self._ranges_in.items()):
-            if now - touched > UPLOAD_IDLE_S:  # a sender that went away mid-upload
-                writer.abort()
+        for stale, idle in list(self._ranges_in.items()):
+            if now - idle.touched > UPLOAD_IDLE_S:  # a sender that went away mid-upload
                 del self._ranges_in[stale]
+                idle.drop()
         if offset == 0:
             previous = self._ranges_in.pop(slot, None)
             if previous is not None:
-                previous[0].abort()
-            self._ranges_in[slot] = (self.payloads.writer(key, kind), now)
-        entry = self._ranges_in.get(slot)
-        if entry is None:
+                previous.drop()
+            writer = self.payloads.writer(key, kind)
+            self._ranges_in[slot] = _Upload(writer, now)
+            size = request.get("size")
+            if isinstance(size, int) and size > len(data):  # a sender says how much comes
+                try:
+                    await trio.to_thread.run_sync(writer.reserve, size)
+                except MeshError:
+                    self._forget(slot, self._ranges_in[slot])
+                    raise
+        upload = self._ranges_in.get(slot)
+        if upload is None:
             raise DecodeError(f"range at {offset} of an upload that was not started; start at 0")
-        writer = entry[0]
+        with trio.move_on_after(UPLOAD_IDLE_S):
+            while (upload.writing or upload.writer.size < offset) and not upload.ended:
+                await upload.moved.wait()
+        if upload.ended or upload.writing or upload.writer.size < offset:
+            raise DecodeError(
+                f"range at {offset} of an upload that was dropped or never reached it "
+                f"({upload.writer.size} bytes written); start again at 0"
+            )
+        writer = upload.writer
+        upload.writing = True
         try:
             await trio.to_thread.run_sync(writer.write, offset, data)
+            if upload.ended:
+                raise DecodeError("the upload was started again or dropped meanwhile")
+            upload.wrote()
             if request.get("more", False):
-                self._ranges_in[slot] = (writer, trio.current_time())
                 return None
-            del self._ranges_in[slot]
+            self._forget(slot, upload)
             return await trio.to_thread.run_sync(
                 writer.commit, str(request_field(request, "sha256", str))
             )
         except BaseException:
-            if self._ranges_in.get(slot, (None,))[0] is writer:
-                del self._ranges_in[slot]
+            self._forget(slot, upload)
             writer.abort()
             raise
+
+    def _forget(self, slot: tuple[Any, ...], upload: _Upload) -> None:
+        if self._ranges_in.get(slot) is upload:
+            del self._ranges_in[slot]
+        upload.end()
 
     async def op_get_result(self, request: Message, responder: Responder) -> Message:
         """A task's result: whole (``data``), or one range of it (``offset``, ``length``)
@@ -526,6 +552,42 @@ class ClientHandlers:
             return tuple(resolved.result_holders)
         entry = self.status.entry(task_id)
         return () if entry is None else tuple(sorted(entry.result_holders))
+
+
+class _Upload:
+    """An upload in ranges being received: its scratch file, and an event that wakes the
+    ranges waiting for their turn whenever one was written or the upload ended."""
+
+    def __init__(self, writer: BlobWriter, now: float) -> None:
+        self.writer = writer
+        self.touched = now
+        self.writing = False
+        self.ended = False
+        self.moved = trio.Event()
+
+    def wrote(self) -> None:
+        self.writing = False
+        self.touched = trio.current_time()
+        self._wake()
+
+    def end(self) -> None:
+        """No more ranges: the last one came, or the upload failed."""
+        self.ended = True
+        self.writing = False
+        self._wake()
+
+    def drop(self) -> None:
+        """Give the upload up (started again at 0, or its sender went away); a range
+        being written meanwhile sees it ended and deletes the scratch file itself."""
+        writing = self.writing
+        self.ended = True
+        self._wake()
+        if not writing:
+            self.writer.abort()
+
+    def _wake(self) -> None:
+        self.moved.set()
+        self.moved = trio.Event()
 
 
 def check_result_file(path: Path) -> None:

@@ -226,9 +226,10 @@ class PayloadStore:
         """Where a payload stored as a file is (or would be)."""
         return self._path(task_id, kind)
 
-    def writer(self, task_id: Any, kind: str) -> BlobWriter:
-        """Receive a payload in ranges (blobs.py); :meth:`install` puts it in place."""
-        return BlobWriter(self.directory, task_file_stem(task_id) + f".{kind}")
+    def writer(self, task_id: Any, kind: str, *, durable: bool = True) -> BlobWriter:
+        """Receive a payload in ranges (blobs.py); :meth:`install` puts it in place.
+        ``durable=False``: a worker's scratch copy, read once and never synced."""
+        return BlobWriter(self.directory, task_file_stem(task_id) + f".{kind}", durable=durable)
 
     def scratch(self, task_id: Any, kind: str) -> Path:
         """A fresh scratch name beside the payload's place (swept at start if left)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -32,17 +33,20 @@ from meshgpu.core.tasks.result_push import (
 from meshgpu.core.types import NodeId
 from meshgpu.daemon.blobs import TensorBlob, chunk_bytes
 from meshgpu.daemon.payloads import canonical_tensor_bytes
-from meshgpu.daemon.transfers import ReadRange, ResultSource, memory_reader, range_answer
+from meshgpu.daemon.transfers import PutCall, ReadRange, ResultSource, memory_reader, range_answer
 from meshgpu.daemon.transfers import push as push_ranges
 from meshgpu.errors import MeshError, StorageError
 
 if TYPE_CHECKING:
     from meshgpu.daemon.payloads import PayloadStore
+    from meshgpu.daemon.rpc import ConnectionPool
     from meshgpu.daemon.status import TaskLookup
 
 logger = logging.getLogger("meshgpu.daemon")
 
 RESULT = "result"
+TRANSFER_TIMEOUT = 30.0
+"""The longest one request of a transfer between nodes may take."""
 
 
 def task_key(task_id: TaskId) -> tuple[str, int]:
@@ -63,6 +67,7 @@ class ResultPlane:
 
     node_id: NodeId
     node: Members
+    peers: ConnectionPool
     payloads: PayloadStore
     max_frame_bytes: int
     _task_entry: TaskLookup
@@ -81,6 +86,14 @@ class ResultPlane:
 
     async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None:
         raise NotImplementedError
+
+    def transfer_link(self, node_id: NodeId) -> AbstractAsyncContextManager[PutCall]:
+        """Requests to ``node_id`` on a connection of their own, for the ranges of one
+        payload larger than a range (rpc.ConnectionPool.dedicated)."""
+        info = self.node.members().get(node_id)
+        if info is None:
+            raise MeshError(f"no address known for {node_id}")
+        return self.peers.dedicated(info.address, timeout=TRANSFER_TIMEOUT)
 
     async def _result_source(self, task_id: TaskId, outputs: dict[str, Any]) -> ResultSource:
         """The result of a run, ready to push: a small one as bytes; a large one spilled
@@ -141,19 +154,16 @@ class ResultPlane:
                         data=result.data,
                     )
                 else:
-                    await push_ranges(
-                        functools.partial(
-                            self._request,
-                            node_id,
-                            "put_result",
-                            task_id=str(task_id),
-                            attempt=attempt,
-                        ),
-                        result.read,
-                        result.size,
-                        result.sha256,
-                        self.chunk,
-                    )
+                    async with self.transfer_link(node_id) as request:
+                        await push_ranges(
+                            functools.partial(
+                                request, "put_result", task_id=str(task_id), attempt=attempt
+                            ),
+                            result.read,
+                            result.size,
+                            result.sha256,
+                            self.chunk,
+                        )
                 stored.append(node_id)
             except (MeshError, OSError, trio.TooSlowError) as error:
                 problems.append(f"{node_id}: {error or type(error).__name__}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -202,6 +202,24 @@ class ConnectionPool:
         with trio.fail_after(timeout):
             link = await self._connect(address)
             return await link.call(op, **fields)
+
+    @asynccontextmanager
+    async def dedicated(
+        self, address: Address, *, timeout: float
+    ) -> AsyncIterator[Callable[..., Awaitable[Message]]]:
+        """``call(op, **fields)`` on a connection of its own, each answered within
+        ``timeout``: for the ranges of one transfer larger than a range (transfers.py).
+        Not the pooled connection: a window of 16 MiB frames on it would hold up every
+        small request to that peer, and a call on it gets only a short first try."""
+        async with open_rpc(
+            address, self.authenticator, max_frame_bytes=self.max_frame_bytes
+        ) as rpc:
+
+            async def call(op: str, **fields: Any) -> Message:
+                with trio.fail_after(timeout):
+                    return await rpc.call(op, **fields)
+
+            yield call
 
     async def _connect(self, address: Address) -> RpcConnection:
         lock = self._opening.setdefault(address, trio.Lock())

@@ -1,8 +1,8 @@
 """Moving one payload between two nodes in ranges (blobs.py has the bytes' form).
 
-Both directions are plain requests, one range each, so no side ever holds more than one
-chunk of a transfer in memory and a receiver that is slower than the network simply
-asks later (no flow control to get wrong on a connection shared with small requests):
+Both directions are plain requests, one range each, so no side holds more than a window
+of a transfer in memory and a receiver that is slower than the network simply answers
+later (no flow control to get wrong):
 
 * pulling (``get_inputs``/``get_result`` with ``offset`` and ``length``): the answer is
   ``{"data": bytes, "size": total}``; the first range says how large the payload is, and
@@ -11,33 +11,52 @@ asks later (no flow control to get wrong on a connection shared with small reque
   receiver appends each range to a scratch file and, on the last one (``more`` false,
   with ``sha256``), checks the bytes and installs the file.
 
-Ranges of one transfer go in order, one at a time; a broken transfer starts again at 0
-from the next source (a range of a file that vanished is an error, never a short read
-taken for the end). Rejected: a stream of ``more`` responses to one request (the
-requester's connection buffers responses without bound, so a slow disk would pile up
-the whole tensor in memory), and resuming at the last offset on another source (the
-sources are independent copies; starting again keeps the hash check simple).
+Up to ``WINDOW`` ranges of one transfer are in flight at once (docs/daemon.md, "Ranges in
+flight"): a puller asks for the next ranges while it writes and hashes the one before, in
+order; a pusher sends the first range alone (it starts the upload, and its answer may
+say the payload is there already), then keeps ``WINDOW`` ranges unanswered, and the
+receiver writes them in the order of their offsets whatever order their requests are
+handled in (handlers.py). With one range at a time every range waited for a round trip
+through two processes' schedulers and for the receiver's disk; with a window the
+network, the hashing and the disk of one transfer overlap. A broken transfer starts again
+at 0 from the next source (a range of a file that vanished is an error, never a short
+read taken for the end), and the receiver checks the whole payload's sha256 before it
+installs it. Rejected: a stream of ``more`` responses to one request (the requester's
+connection buffers responses without bound, so a slow disk would pile up the whole tensor
+in memory); resuming at the last offset on another source (the sources are independent
+copies; starting again keeps the hash check simple); writing ranges as they arrive at
+their offsets (``pwrite``) and hashing afterwards (a second pass over a 1 GiB file: the
+running hash needs the bytes in order, and the window keeps the reordering in memory
+small).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from meshgpu.daemon.auth.envelope import Buffer
 from meshgpu.daemon.blobs import BlobWriter, TensorBlob, load_tensors
 from meshgpu.daemon.payloads import tensors_from_bytes
 from meshgpu.errors import DecodeError
+
+WINDOW = 4
+"""Ranges of one transfer in flight at once: 64 MiB of 16 MiB ranges, a bounded part of
+the memory target (a tensor plus half of it) for any tensor larger than a range."""
 
 RangeCall = Callable[[int, int], Awaitable[dict[str, Any]]]
 """``(offset, length)`` -> one range answer ``{"data", "size"}`` of a pull."""
 PutCall = Callable[..., Awaitable[dict[str, Any]]]
 """Sends one range of a push (``offset``, ``data``, ``more`` and, last, ``sha256``)."""
-ReadRange = Callable[[int, int], Awaitable[bytes]]
+ReadRange = Callable[[int, int], Awaitable[Buffer]]
+OpenRanges = Callable[[], AbstractAsyncContextManager[RangeCall]]
+"""Opens where the ranges after the first are asked for (a connection of their own)."""
 
 
 def range_answer(reply: dict[str, Any], offset: int) -> tuple[bytes, int]:
@@ -53,76 +72,155 @@ def range_answer(reply: dict[str, Any], offset: int) -> tuple[bytes, int]:
 
 
 async def pull(
-    call: RangeCall, chunk: int, writer: Callable[[], BlobWriter]
+    call: RangeCall,
+    chunk: int,
+    writer: Callable[[], BlobWriter],
+    *,
+    open_rest: OpenRanges | None = None,
+    window: int = WINDOW,
 ) -> tuple[bytes | None, BlobWriter | None]:
     """Fetch one payload: its bytes when one range holds it all, else a writer holding
     it (not yet committed: the caller checks the hash with ``commit`` or aborts). The
-    next range is asked for while the last one is written and hashed."""
+    first range comes from ``call``; the others, ``window`` in flight, from what
+    ``open_rest`` opens (``call`` again without it) while earlier ones are written."""
     data, size = range_answer(await call(0, chunk), 0)
     if len(data) >= size:
         return data, None
     sink = writer()
     try:
-        offset = 0
-        while True:
-            following = offset + len(data)
-            if following >= size:
-                await trio.to_thread.run_sync(sink.write, offset, data)
-                return None, sink
-            reply = await _while_writing(call(following, chunk), sink, offset, data)
-            data, total = range_answer(reply, following)
-            if total != size or not data:
-                raise DecodeError(
-                    f"the payload changed from {size} to {total} bytes during the transfer"
-                )
-            offset = following
+        await trio.to_thread.run_sync(sink.reserve, size)
+        if open_rest is None:
+            await _pull_rest(call, sink, data, size, window)
+        else:
+            async with open_rest() as rest:
+                await _pull_rest(rest, sink, data, size, window)
     except BaseException:
         sink.abort()
         raise
+    return None, sink
 
 
-async def _while_writing(
-    request: Awaitable[dict[str, Any]], sink: BlobWriter, offset: int, data: bytes
-) -> dict[str, Any]:
-    """The answer to ``request``, awaited while ``data`` is written at ``offset``; the
-    first error of either is raised as itself (not in a group)."""
-    answer: list[dict[str, Any]] = []
-    failure: list[BaseException] = []
+@dataclass
+class _Range:
+    """One range of a pull: asked for, then answered (``data``) or failed (``error``)."""
 
-    async def ask() -> None:
+    offset: int
+    length: int
+    answered: trio.Event
+    data: bytes | None = None
+    error: Exception | None = None
+
+
+async def _pull_rest(
+    call: RangeCall, sink: BlobWriter, first: bytes, size: int, window: int
+) -> None:
+    """The ranges after ``first`` into ``sink``, in order, ``window`` asked at once."""
+    stride = len(first)  # the source's range length: every range but the last is as long
+    ranges = [
+        _Range(offset, min(stride, size - offset), trio.Event())
+        for offset in range(stride, size, stride)
+    ]
+    room = trio.Semaphore(window)
+    """Ranges in memory (asked for, or answered and not yet written)."""
+
+    async def fetch(part: _Range) -> None:
         try:
-            answer.append(await request)
-        except Exception as error:  # handed to the caller below, unwrapped
-            failure.append(error)
+            data, total = range_answer(await call(part.offset, part.length), part.offset)
+            if total != size:
+                raise DecodeError(
+                    f"the payload changed from {size} to {total} bytes during the transfer"
+                )
+            part.data = data
+        except Exception as error:  # handed to the writing loop below, raised there as itself
+            part.error = error
+        part.answered.set()
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ask)
-            await trio.to_thread.run_sync(sink.write, offset, data)
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
-    if failure:
-        raise failure[0]
-    return answer[0]
+    async def ask(nursery: trio.Nursery) -> None:
+        for part in ranges:
+            await room.acquire()
+            nursery.start_soon(fetch, part)
+
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask, nursery)
+        try:
+            await trio.to_thread.run_sync(sink.write, 0, first)
+            for part in ranges:
+                await part.answered.wait()
+                if part.error is not None:
+                    raise part.error
+                data, part.data = part.data, None
+                assert data is not None
+                await trio.to_thread.run_sync(sink.write, part.offset, data)
+                offset = part.offset + len(data)
+                del data
+                while offset < part.offset + part.length:  # a short answer: the rest of it
+                    more, total = range_answer(
+                        await call(offset, part.offset + part.length - offset), offset
+                    )
+                    if total != size or not more:
+                        raise DecodeError(
+                            f"the payload changed from {size} to {total} bytes during the transfer"
+                        )
+                    await trio.to_thread.run_sync(sink.write, offset, more)
+                    offset += len(more)
+                room.release()
+        except Exception as error:  # raised below as itself, not in a group
+            failure = error
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
-async def push(put: PutCall, read: ReadRange, size: int, sha256: str, chunk: int) -> None:
-    """Send one payload of ``size`` bytes in ranges read with ``read``."""
-    offset = 0
-    while True:
-        data = await read(offset, chunk)
+async def push(
+    put: PutCall, read: ReadRange, size: int, sha256: str, chunk: int, *, window: int = WINDOW
+) -> dict[str, Any]:
+    """Send one payload of ``size`` bytes in ranges read with ``read``: the first alone,
+    then ``window`` unanswered at once. Returns the last answer (the first one when it
+    says the receiver holds the payload already: ``held``)."""
+
+    def fields_of(offset: int, data: Buffer) -> dict[str, Any]:
         if not data and offset < size:
             raise DecodeError(f"the payload ended at {offset} of {size} bytes")
         more = offset + len(data) < size
-        fields: dict[str, Any] = {"offset": offset, "data": data, "more": more}
+        fields: dict[str, Any] = {"offset": offset, "data": data, "more": more, "size": size}
         if not more:
-            fields.update(sha256=sha256, size=size)
-        await put(**fields)
-        offset += len(data)
-        if not more:
-            return
+            fields["sha256"] = sha256
+        return fields
+
+    first = fields_of(0, await read(0, chunk))
+    answer = await put(**first)
+    if not first["more"] or answer.get("held"):
+        return answer
+    room = trio.Semaphore(window)
+    last: list[dict[str, Any]] = []
+    failure: list[Exception] = []
+
+    async def send(fields: dict[str, Any]) -> None:
+        try:
+            reply = await put(**fields)
+            if not fields["more"]:
+                last.append(reply)
+        except Exception as error:  # raised below as itself, not in a group
+            failure.append(error)
+            nursery.cancel_scope.cancel()
+        finally:
+            room.release()
+
+    async with trio.open_nursery() as nursery:
+        try:
+            offset = len(first["data"])
+            while offset < size:
+                await room.acquire()
+                fields = fields_of(offset, await read(offset, chunk))
+                nursery.start_soon(send, fields)
+                offset += len(fields["data"])
+        except Exception as error:
+            failure.append(error)
+            nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return last[0]
 
 
 @dataclass(frozen=True)
@@ -165,14 +263,14 @@ class ResultSource:
 
     @classmethod
     def of_bytes(cls, data: bytes) -> ResultSource:
-        async def read(offset: int, length: int) -> bytes:
-            return data[offset : offset + length]
+        async def read(offset: int, length: int) -> Buffer:
+            return memoryview(data)[offset : offset + length]
 
         return cls(len(data), hashlib.sha256(data).hexdigest(), read, False, data)
 
 
 def memory_reader(blob: TensorBlob) -> ReadRange:
-    async def read(offset: int, length: int) -> bytes:
-        return blob.read(offset, length)
+    async def read(offset: int, length: int) -> Buffer:
+        return blob.view(offset, length)
 
     return read

@@ -4,7 +4,8 @@ temporary directory (they are plain files)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -67,6 +68,17 @@ class FakePeers:
         if self.answer is None:
             raise OSError(f"{address[0]} is unreachable")
         return await self.answer(address[0], op, fields)
+
+    @asynccontextmanager
+    async def dedicated(
+        self, address: tuple[str, int], *, timeout: float
+    ) -> AsyncIterator[Callable[..., Awaitable[dict[str, Any]]]]:
+        """The connection of one large transfer: its requests go to ``answer`` too."""
+
+        async def call(op: str, **fields: Any) -> dict[str, Any]:
+            return await self.call(address, op, timeout=timeout, **fields)
+
+        yield call
 
 
 @dataclass

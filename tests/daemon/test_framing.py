@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from meshgpu.daemon.auth import Authenticator, MeshKey
-from meshgpu.daemon.framing import FrameStream, pack
+from meshgpu.daemon.framing import FrameStream, pack, unpack
 from meshgpu.errors import AuthenticationError, DecodeError, FrameTooLargeError
 
 KEY = MeshKey.generate()
@@ -113,3 +113,27 @@ async def test_request_gets_reply() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo)
         assert await left.request("ping") == {"echo": "ping"}
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["keyed", "open"])
+async def test_a_large_range_crosses_a_socket_from_a_view_and_into_one_buffer(
+    key: MeshKey | None,
+) -> None:
+    """A payload range is sent from a view of the caller's memory (framing.pack_pieces)
+    and read with recv_into (a real socket): the receiver gets the same bytes, whatever
+    order the map's keys were packed in."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    left_stream = await trio.testing.open_stream_to_socket_listener(listeners[0])
+    right_stream = await listeners[0].accept()
+    left = FrameStream(left_stream, Authenticator(key, "left"))
+    right = FrameStream(right_stream, Authenticator(key, "right"))
+    payload = bytes(range(256)) * (3 << 12)  # 3 MiB
+    message = {"id": 7, "data": memoryview(payload)[1:], "offset": 1, "more": True}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(left.send, message)
+        received = await right.receive()
+    assert received == {"id": 7, "data": payload[1:], "offset": 1, "more": True}
+    assert unpack(pack({**message, "data": payload[1:]})) == received
+    await left.aclose()
+    await right.aclose()
+    await listeners[0].aclose()

@@ -5,6 +5,8 @@ attempt with every push's reason instead of being reported done."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,17 @@ class Peers:
         if node not in self.taking:
             raise DiskFullError(f"disk full on {node}")
         return {"stored": True} if not fields.get("more") else {"received": 1}
+
+    @asynccontextmanager
+    async def dedicated(
+        self, address: tuple[str, int], *, timeout: float
+    ) -> AsyncIterator[Callable[..., Awaitable[dict[str, Any]]]]:
+        """The ranges of a large result, as ``call`` sees them (a connection of their own)."""
+
+        async def call(op: str, **fields: Any) -> dict[str, Any]:
+            return await self.call(address, op, timeout=timeout, **fields)
+
+        yield call
 
 
 def plane(peers: Peers, live: list[str]) -> DataPlane:

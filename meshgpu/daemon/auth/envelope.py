@@ -108,6 +108,8 @@ MAX_OVERHEAD = (
 """The most bytes an envelope adds to a payload."""
 _OPEN = b""
 """The key id of an envelope sealed without a key."""
+Buffer = bytes | bytearray | memoryview
+"""What an envelope is written from (collections.abc.Buffer from Python 3.12)."""
 
 
 class Envelope(NamedTuple):
@@ -121,7 +123,8 @@ class Envelope(NamedTuple):
     counter: int
     timestamp_ms: int
     channel: Channel
-    payload: bytes
+    payload: bytes | memoryview
+    """A memoryview only where ``open`` was asked for one (``as_view``)."""
     from_self: bool = False
     """True when the session is one this authenticator sealed (a self-send or a reflection)."""
     key_id: bytes = _OPEN
@@ -149,15 +152,27 @@ class Sealer:
         self.key_id = key_id
 
     def seal(self, payload: bytes) -> bytes | bytearray:
+        counter = self._next()  # first: it may start a fresh session
+        return self._authenticator.seal_with(
+            self._channel, self.session, counter, payload, self.key_id
+        )
+
+    def seal_pieces(self, pieces: list[Buffer]) -> list[Buffer]:
+        """:meth:`seal` of the concatenated ``pieces``, as buffers to write in order
+        (Authenticator.seal_pieces)."""
+        counter = self._next()
+        return self._authenticator.seal_pieces(
+            self._channel, self.session, counter, pieces, self.key_id
+        )
+
+    def _next(self) -> int:
         if self._counter >= _COUNTER_LIMIT:  # never reuse a nonce: a fresh session
             self._authenticator.forget_session(self.session)
             self.session = self._authenticator.fresh_session()
             self._counter = 0
         counter = self._counter
         self._counter += 1
-        return self._authenticator.seal_with(
-            self._channel, self.session, counter, payload, self.key_id
-        )
+        return counter
 
 
 class Authenticator:
@@ -303,14 +318,42 @@ class Authenticator:
         cipher.encrypt_into(nonce[:12], inner + payload, header, memoryview(sealed)[header_size:])
         return sealed
 
+    def seal_pieces(
+        self,
+        channel: Channel,
+        session: bytes,
+        counter: int,
+        pieces: list[Buffer],
+        key_id: bytes | None = None,
+    ) -> list[Buffer]:
+        """:meth:`seal_with` of the concatenated ``pieces``, as buffers to write in order.
+        Sealed without a key, the pieces follow the header as they are: a 16 MiB payload
+        range goes out from the caller's memory, not copied into an envelope first. A
+        keyed envelope is one buffer (the pieces are the plaintext it encrypts)."""
+        if key_id is None or key_id == self._seal_id:
+            cipher = self._seal_cipher
+        else:
+            cipher = self._ciphers.get(key_id, self._seal_cipher)
+        if cipher is not None:
+            return [self.seal_with(channel, session, counter, b"".join(pieces), key_id)]
+        nonce = _NONCE.pack(session, counter, int(self._clock() * 1000))
+        return [self._open_prefix[channel] + nonce, *pieces]
+
     def open(
-        self, data: bytes | bytearray, channel: Channel, source: tuple[str, int] | None = None
+        self,
+        data: bytes | bytearray,
+        channel: Channel,
+        source: tuple[str, int] | None = None,
+        *,
+        as_view: bool = False,
     ) -> Envelope:
         """Check and unwrap one envelope; raises (and counts) when it must be dropped.
 
         ``source`` (the datagram's address) names a peer whose name is encrypted when it
-        is refused for another mesh, version or key. Invoked for every datagram and
-        frame: the error paths are kept out of line."""
+        is refused for another mesh, version or key. ``as_view``: the payload is a
+        memoryview (of ``data``, or of the plaintext), not a copy (a frame of a 16 MiB
+        range: framing.py). Invoked for every datagram and frame: the error paths are
+        kept out of line."""
         size = len(data)
         if size < _FIXED_SIZE:
             self._refuse("malformed", "envelope shorter than its header", DecodeError)
@@ -357,7 +400,7 @@ class Authenticator:
                 counter,
                 timestamp_ms,
                 channel,
-                bytes(data[payload_at:]),
+                memoryview(data)[payload_at:] if as_view else bytes(data[payload_at:]),
                 session in self._own_sessions,
             )
         nonce_at = key_id_at + KEY_ID_BYTES
@@ -400,7 +443,7 @@ class Authenticator:
             counter,
             timestamp_ms,
             channel,
-            inner[payload_from:],
+            memoryview(inner)[payload_from:] if as_view else inner[payload_from:],
             from_self,
             key_id,
         )
