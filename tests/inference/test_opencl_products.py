@@ -198,3 +198,35 @@ def test_gemm_on_a_device_activation_with_its_epilogue(device) -> None:
     model = _model(nodes, [("a", a), ("r", residual)], ["y"], initializers)
     kernels = _run(device, model, {"a": a, "r": residual})
     assert kernels == ["matmul_tiles"]
+
+
+def test_convnext_block_tail_and_channels_last_norm(device) -> None:
+    """ConvNeXt's block after its depthwise conv: permute to channels-last, LayerNorm, two
+    Linears (bias, Gelu), permute back, layer scale, residual. The permute is read in place
+    by the norm, and bias, scale, permute and residual run inside the second product."""
+    channels, side = 16, 8
+    x = randn(2, channels, side, side, seed=16)
+    weights = {
+        "gamma": randn(channels, seed=17),
+        "beta": randn(channels, seed=18),
+        "w1": randn(channels, 4 * channels, seed=19) * 0.3,
+        "b1": randn(4 * channels, seed=20),
+        "w2": randn(4 * channels, channels, seed=21) * 0.3,
+        "b2": randn(channels, seed=22),
+        "layer_scale": randn(channels, 1, 1, seed=23),
+    }
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 3, 1]),
+        helper.make_node("LayerNormalization", ["xt", "gamma", "beta"], ["n"], axis=-1),
+        helper.make_node("MatMul", ["n", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Gelu", ["h1"], ["h"]),
+        helper.make_node("MatMul", ["h", "w2"], ["o0"]),
+        helper.make_node("Add", ["o0", "b2"], ["o1"]),
+        helper.make_node("Transpose", ["o1"], ["o"], perm=[0, 3, 1, 2]),
+        helper.make_node("Mul", ["layer_scale", "o"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "x"], ["y"]),
+    ]
+    model = _model(nodes, [("x", x)], ["y"], weights, opset=20)
+    kernels = _run(device, model, {"x": x})
+    assert kernels == ["normalize_rows_t8", "matmul_tiles", "matmul_tiles"]

@@ -85,6 +85,12 @@ class Tail:
     #: Output strides over (batch..., rows, cols); None for contiguous.
     out_strides: list[int] | None = None
     out_shape: tuple[int, ...] = ()
+    #: The absorbed Transpose's permutation (out_strides is set with it).
+    perm: tuple[int, ...] = ()
+    #: A product with a tensor that broadcasts to the output (ConvNeXt's layer scale),
+    #: applied before the addends (``multiplier_first``) or after the first one.
+    multiplier: Addend | None = None
+    multiplier_first: bool = False
     #: A Reshape was absorbed: out_shape is a new view of the contiguous result, so only
     #: same-shaped addends and activations may follow.
     reshaped: bool = False
@@ -157,6 +163,22 @@ def collect_tail(
                 tail.alpha *= scalar if consumer.op == "Mul" else 1.0 / scalar
                 fused = True
         elif (
+            consumer.op == "Mul"
+            and tail.multiplier is None
+            and len(tail.addends) < 2
+            and tail.activation[0] == 0
+            and not tail.softmax
+            and not tail.reshaped
+            and len(consumer.inputs) == 2
+            and ready
+            and builder.dtype(others[0]) == dtypes.FLOAT32
+        ):
+            strides, data = _tail_operand(builder, consumer, others[0], tail)
+            if strides is not None and fits(strides):
+                tail.multiplier = Addend(data, strides)
+                tail.multiplier_first = not tail.addends
+                fused = True
+        elif (
             consumer.op == "Reshape"
             and consumer.inputs[0] == current
             and tail.out_strides is None
@@ -188,30 +210,14 @@ def collect_tail(
             and len(tail.addends) < 2
             and tail.activation[0] == 0
             and not tail.softmax
-            and tail.out_strides is None
             and len(consumer.inputs) == 2
             and ready
             and builder.dtype(others[0]) == dtypes.FLOAT32
-            and len(builder.shape(others[0])) <= len(out_shape)
         ):
-            other_shape = builder.shape(others[0])
-            try:
-                broadcast = tuple(np.broadcast_shapes(other_shape, out_shape))
-            except ValueError:
-                broadcast = ()
-            if broadcast == out_shape:
-                if builder.is_host(others[0]):
-                    view = builder.strided(consumer, others[0])
-                else:
-                    view = builder.views.get(others[0]) or builder.strided(consumer, others[0])
-                strides = _broadcast_view(view, out_shape)
-                if strides is not None and fits(strides):
-                    data: KernelArg = view.storage
-                    if view.offset:
-                        data = None  # an offset addend: not worth a kernel argument
-                    if data is not None:
-                        tail.addends.append(Addend(data, strides))
-                        fused = True
+            strides, data = _tail_operand(builder, consumer, others[0], tail)
+            if strides is not None and fits(strides):
+                tail.addends.append(Addend(data, strides))
+                fused = True
         elif (
             consumer.op in fusion.ACTIVATIONS
             and consumer.inputs[0] == current
@@ -263,12 +269,45 @@ def collect_tail(
             if fits(strides):
                 tail.out_strides = strides
                 tail.out_shape = transposed
+                tail.perm = tuple(perm)
                 fused = True
         if not fused:
             break
         builder.absorb(consumer)
         tail.output = consumer.outputs[0]
     return tail
+
+
+def _broadcast_operand(
+    builder: PlanBuilder, node: Node, name: str, out_shape: tuple[int, ...]
+) -> tuple[list[int] | None, KernelArg]:
+    """``name`` read broadcast to ``out_shape``: (strides, buffer), or (None, None) when it
+    does not broadcast there or sits at an offset in its storage."""
+    if len(builder.shape(name)) > len(out_shape):
+        return None, None
+    try:
+        if tuple(np.broadcast_shapes(builder.shape(name), out_shape)) != out_shape:
+            return None, None
+    except ValueError:
+        return None, None
+    view = builder.views.get(name) or builder.strided(node, name)
+    if view.offset:
+        return None, None  # an offset operand: not worth a kernel argument
+    return _broadcast_view(view, out_shape), view.storage
+
+
+def _tail_operand(
+    builder: PlanBuilder, node: Node, name: str, tail: Tail
+) -> tuple[list[int] | None, KernelArg]:
+    """An operand of a node in the tail, broadcast to the tail's current shape, with its
+    strides over the product's own axes (permuted back through an absorbed Transpose)."""
+    strides, data = _broadcast_operand(builder, node, name, tail.out_shape)
+    if strides is None or not tail.perm:
+        return strides, data
+    original = [0] * len(tail.perm)
+    for position, axis in enumerate(tail.perm):
+        original[axis] = strides[position]
+    return original, data
 
 
 def _reshaped(builder: PlanBuilder, node: Node, shape: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -336,30 +375,32 @@ def matmul_launch(
 
     addends = [full(addend.strides) for addend in tail.addends]
     nb = len(batch_shape)
-    sets = [a.batch, b.batch, out_strides[:nb], *(s[:nb] for s in addends)]
+    zeros = [0] * (nb + 2)
+    d_full = addends[0] if addends else zeros
+    r_full = addends[1] if len(addends) > 1 else zeros
+    m_full = full(tail.multiplier.strides) if tail.multiplier is not None else zeros
+    sets = [a.batch, b.batch, out_strides[:nb], d_full[:nb], r_full[:nb], m_full[:nb]]
     dims, merged = _two_batch_dims(batch_shape, sets)
-    a_b, b_b, c_b = merged[0], merged[1], merged[2]
-    d_b = merged[3] if len(addends) > 0 else [0, 0]
-    r_b = merged[4] if len(addends) > 1 else [0, 0]
-    d = addends[0][nb:] if addends else [0, 0]
-    r = addends[1][nb:] if len(addends) > 1 else [0, 0]
+    a_b, b_b, c_b, d_b, r_b, m_b = merged
+    d, r, m = d_full[nb:], r_full[nb:], m_full[nb:]
     # Batch dimensions that only repeat the row pattern (B shared, A, C and the addends
     # stepping by whole matrices) become rows: [65, 1, 96] x [96, 288] is one 65-row
     # product, not 65 products of one row in tiles of eight.
-    a_si, c_si, d_si, r_si = a.first, out_strides[nb], d[0], r[0]
+    a_si, c_si, d_si, r_si, m_si = a.first, out_strides[nb], d[0], r[0], m[0]
     while dims[1] > 1 and b_b[1] == 0:
         if rows == 1:  # one row: its stride is free to be the batch stride
-            a_si, c_si, d_si, r_si = a_b[1], c_b[1], d_b[1], r_b[1]
+            a_si, c_si, d_si, r_si, m_si = a_b[1], c_b[1], d_b[1], r_b[1], m_b[1]
         elif not (
             a_b[1] == rows * a_si
             and c_b[1] == rows * c_si
             and d_b[1] == rows * d_si
             and r_b[1] == rows * r_si
+            and m_b[1] == rows * m_si
         ):
             break
         rows *= dims[1]
         dims = [1, dims[0]]
-        a_b, b_b, c_b, d_b, r_b = ([0, x[0]] for x in (a_b, b_b, c_b, d_b, r_b))
+        a_b, b_b, c_b, d_b, r_b, m_b = ([0, x[0]] for x in (a_b, b_b, c_b, d_b, r_b, m_b))
     code, act_a, act_b = tail.activation
     blocks = -(-cols // 8)
     per_item = blocks if tail.softmax else min(MATMUL_COLUMN_BLOCKS, blocks)
@@ -410,6 +451,13 @@ def matmul_launch(
             f32(act_b),
             i32(tail.softmax),
             i32(per_item),
+            tail.multiplier.data if tail.multiplier is not None else None,
+            i32(m_b[0]),
+            i32(m_b[1]),
+            i32(m_si),
+            i32(m[1]),
+            i32(tail.multiplier is not None),
+            i32(tail.multiplier_first),
         ],
         grid=(grid_rows, -(-blocks // per_item), batches),
         local=(1, 1, 1),

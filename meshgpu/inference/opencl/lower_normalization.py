@@ -18,7 +18,7 @@ from meshgpu.errors import ModelError, UnsupportedOperatorError
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.normalization import NORMALIZATION_SOURCE
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
-from meshgpu.inference.opencl.lower_tensor import _count
+from meshgpu.inference.opencl.lower_tensor import _count, collapse
 from meshgpu.inference.opencl.plan import PlanBuilder
 from meshgpu.inference.opencl.registry import f32, i32, lowers
 from meshgpu.inference.opencl.tensors import KernelArg
@@ -114,6 +114,33 @@ def lower_layer_norm(builder: PlanBuilder, node: Node) -> None:
         _parameter(builder, node, 2, length, normalized) if node.op != "RMSNormalization" else None
     )
     outputs = [*node.outputs[1:3], "", ""][:2]
+    layout = _rows_of_view(builder, node.inputs[0], axis)
+    if layout is not None and node.op == "LayerNormalization" and not any(outputs):
+        view = builder.views[node.inputs[0]]
+        inner, outer, stride = layout
+        output = builder.new_tensor(node.outputs[0], shape)
+        builder.launch(
+            node,
+            VECTOR_SOURCE + NORMALIZATION_SOURCE,
+            "normalize_rows_t8",
+            [
+                view.storage,
+                output.storage,
+                scale,
+                bias,
+                i32(length),
+                i32(inner),
+                i32(outer),
+                i32(stride),
+                i32(view.offset),
+                f32(float(node.attrs.get("epsilon", 1e-5))),
+                i32(scale is not None),
+                i32(bias is not None),
+                i32(rows // 8),
+            ],
+            total=rows // 8,
+        )
+        return
     _launch(
         builder,
         node,
@@ -126,6 +153,20 @@ def lower_layer_norm(builder: PlanBuilder, node: Node) -> None:
         statistics=(outputs[0], outputs[1]) if any(outputs) else None,
         statistics_shape=(*shape[:axis], *([1] * (rank - axis))),
     )
+
+
+def _rows_of_view(builder: PlanBuilder, name: str, axis: int) -> tuple[int, int, int] | None:
+    """For a view normalised over its last axis whose rows step through memory as
+    ``(r / inner) * outer + r % inner`` with ``inner`` a multiple of 8 (a channels-first
+    tensor permuted to channels-last): (inner, outer, element stride); else None."""
+    view = builder.views.get(name)
+    if view is None or axis != len(view.shape) - 1 or len(view.shape) < 2:
+        return None
+    dims, (strides,) = collapse(view.shape[:-1], view.strides[:-1])
+    if len(dims) > 2 or strides[-1] != 1 or dims[-1] % 8:
+        return None
+    outer = strides[0] if len(dims) == 2 else 0
+    return dims[-1], outer, view.strides[-1]
 
 
 @lowers("InstanceNormalization")

@@ -242,6 +242,24 @@ def lower_transpose(builder: PlanBuilder, node: Node) -> None:
     _view_or_copy(builder, node, node.outputs[0], x, out_shape, strides, x.offset)
 
 
+def _feeds_strided_norm(
+    builder: PlanBuilder, node: Node, name: str, shape: Sequence[int], strides: Sequence[int]
+) -> bool:
+    """A Transpose whose only reader is a LayerNormalization over the last axis that reads
+    rows of this layout in place (``normalize_rows_t8``: eight consecutive rows a lane each)."""
+    consumer = builder.sole_consumer(name)
+    if node.op != "Transpose" or consumer is None or consumer.op != "LayerNormalization":
+        return False
+    rank = len(shape)
+    axis = int(consumer.attrs.get("axis", -1))
+    if (axis + rank if axis < 0 else axis) != rank - 1 or rank < 2:
+        return False
+    if len([o for o in consumer.outputs if o]) != 1:
+        return False
+    dims, (rows,) = collapse(shape[:-1], strides[:-1])
+    return len(dims) <= 2 and rows[-1] == 1 and dims[-1] % 8 == 0
+
+
 def _source(builder: PlanBuilder, node: Node) -> View:
     """The first input, as a view (a float device tensor read strided) where that saves a
     copy, else as its contiguous device tensor."""
@@ -259,7 +277,13 @@ def _view_or_copy(
 ) -> None:
     """Output ``name`` of a re-indexing operator: a view when only a product reads it,
     else a contiguous copy of those elements."""
-    if source.dtype == dtypes.FLOAT32 and _count(shape) and builder.feeds_product(name):
+    if (
+        source.dtype == dtypes.FLOAT32
+        and _count(shape)
+        and (
+            builder.feeds_product(name) or _feeds_strided_norm(builder, node, name, shape, strides)
+        )
+    ):
         builder.views[name] = View(
             source.storage, tuple(int(d) for d in shape), tuple(strides), offset, source.dtype
         )

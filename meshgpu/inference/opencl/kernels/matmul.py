@@ -105,7 +105,9 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
                            int r_s0, int r_s1, int r_si, int r_sj,
                            float alpha, int has_addend, int has_residual,
                            int act, float act_a, float act_b, int softmax,
-                           int group_blocks) {
+                           int group_blocks, __global const float* restrict multiplier,
+                           int m_s0, int m_s1, int m_si, int m_sj, int has_multiplier,
+                           int multiplier_first) {
   int i0 = get_global_id(0) * 8;
   int b = get_global_id(2);
   int b0 = b / NB1;
@@ -129,6 +131,9 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
   int c_base = c_off + b0 * c_s0 + b1 * c_s1;
   int d_base = b0 * d_s0 + b1 * d_s1;
   int r_base = b0 * r_s0 + b1 * r_s1;
+  int m_base = b0 * m_s0 + b1 * m_s1;
+  int scale_first = has_multiplier && multiplier_first;
+  int scale_after = has_multiplier && !multiplier_first;
   for (int jb = first; jb < last; jb++) {
     int j0 = jb * 8;
     int ncols = imin(8, cols - j0);
@@ -168,7 +173,11 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
     if (r < nrows) {                                                                      \
       int i = i0 + r;                                                                     \
       float8 v = acc * alpha;                                                             \
+      if (scale_first)                                                                    \
+        v *= matmul_load(multiplier + m_base + i * m_si + j0 * m_sj, m_sj, ncols);        \
       if (has_addend) v += matmul_load(addend + d_base + i * d_si + j0 * d_sj, d_sj, ncols); \
+      if (scale_after)                                                                    \
+        v *= matmul_load(multiplier + m_base + i * m_si + j0 * m_sj, m_sj, ncols);        \
       if (has_residual)                                                                   \
         v += matmul_load(residual + r_base + i * r_si + j0 * r_sj, r_sj, ncols);          \
       if (act) v = matmul_activation(v, act, act_a, act_b);                               \

@@ -69,4 +69,38 @@ __kernel void normalize_rows(__global const float* restrict x, __global float* r
   if (mean_out) mean_out[row] = mean;
   if (inverse_out) inverse_out[row] = inverse;
 }
+
+/* LayerNormalization of a channels-first tensor read as channels-last (ConvNeXt's permute
+   before each LayerNorm, left as a view): eight rows per work-item, one per vector lane.
+   Row r starts at offset + (r / inner) * outer + r % inner (inner a multiple of 8, so the
+   eight rows of a work-item are consecutive in memory); its element j is `stride` further.
+   The output is written contiguous, row after row. */
+__kernel void normalize_rows_t8(__global const float* restrict x, __global float* restrict y,
+                                __global const float* restrict scale,
+                                __global const float* restrict bias, int length, int inner,
+                                int outer, int stride, int offset, float epsilon,
+                                int has_scale, int has_bias, int groups) {
+  int g = get_global_id(0);
+  if (g >= groups) return;
+  int r0 = g * 8;
+  const __global float* xr = x + offset + (r0 / inner) * outer + r0 % inner;
+  float8 sum = 0.0f;
+  for (int j = 0; j < length; j++) sum += load8(xr + j * stride);
+  float8 mean = sum / (float8)((float)length);
+  float8 squares = 0.0f;
+  for (int j = 0; j < length; j++) {
+    float8 d = load8(xr + j * stride) - mean;
+    squares += d * d;
+  }
+  float8 inverse = (float8)(1.0f) / sqrt(squares / (float8)((float)length) + (float8)(epsilon));
+  __global float* yr = y + (size_t)r0 * length;
+  for (int j = 0; j < length; j++) {
+    float8 v = (load8(xr + j * stride) - mean) * inverse;
+    if (has_scale) v *= (float8)(scale[j]);
+    if (has_bias) v += (float8)(bias[j]);
+    yr[j] = v.s0; yr[length + j] = v.s1; yr[2 * length + j] = v.s2;
+    yr[3 * length + j] = v.s3; yr[4 * length + j] = v.s4; yr[5 * length + j] = v.s5;
+    yr[6 * length + j] = v.s6; yr[7 * length + j] = v.s7;
+  }
+}
 """
