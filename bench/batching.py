@@ -98,6 +98,11 @@ async def one_round(
         "device_runs": runs,
         "average_batch": done / runs if runs else 0.0,
         "backend": getattr(executor._sessions[digest].session, "backend", backend),
+        # Whether batches ran faster per row than runs alone on this device (the
+        # executor stops batching a model whose batches do not pay; None: not judged).
+        "batching_pays": executor._sessions[digest].row_speed.pays,
+        "row_ms_alone": executor._sessions[digest].row_speed.single_s * 1e3,
+        "row_ms_batched": executor._sessions[digest].row_speed.batched_s * 1e3,
     }
 
 

@@ -17,7 +17,13 @@ Rules (docs/task-queue.md, "Dynamic batching on the worker"):
 * A run batches with others only if its feeds agree on the row count of every input
   (:func:`rows_of`) and no more than ``max_batch`` rows; others run alone, as before.
 * Runs join a batch only with runs of the same input names, dtypes and trailing shapes
-  (:func:`signature`): one queue per (model, signature).
+  (:func:`signature`): one queue per (model, signature). A batch holds a power of two
+  rows (or ``max_batch``), the rest waits for the next run: the OpenCL executor builds
+  one plan per input shape, so batches of every size from 2 to 16 would build 15.
+* The worker measures whether batching pays for a model on its device (the executor's
+  ``RowSpeed``): a few runs alone first, then batches, compared per row; batches that are
+  slower per row (a CPU OpenCL device may run 16 rows slower each than 16 runs of one)
+  stop, and one batch is tried again every 64 runs alone.
 * If a batched run fails (a bad input among the members, a device error) or its outputs
   do not have the batch's rows as first dimension, every member runs again alone, so a
   bad input fails its own task with its own error and never takes its batch-mates down;
@@ -209,6 +215,14 @@ class BatchQueue:
             batch.append(request)
         if not batch and self.waiting:  # larger than max_batch alone (not queued so)
             batch.append(self.waiting.popleft())
+        if len(batch) > 1 and rows != batching.max_batch:
+            # A power of two rows (or max_batch): an engine that plans per input shape
+            # (the OpenCL executor) then builds a handful of plans, not one per size.
+            target = 1 << (rows.bit_length() - 1)
+            while rows > target and len(batch) > 1:
+                last = batch.pop()
+                rows -= last.rows
+                self.waiting.appendleft(last)
         for request in batch:
             request.waiter.taken(request)
         return batch

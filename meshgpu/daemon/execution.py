@@ -51,7 +51,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,6 +94,75 @@ _THREAD_SAFE = frozenset({"onnxruntime", "synthetic"})
 """Backends whose sessions may run from several threads at once (no per-session lock)."""
 
 
+BATCH_SAMPLES = 3
+"""Runs of each kind (one row alone, batched) measured before batching is judged."""
+BATCH_REPROBE_RUNS = 64
+"""A model whose batches did not pay tries one batch again after this many runs alone
+(the load, or the batches' sizes, may have changed)."""
+_SPEED_WEIGHT = 0.3
+"""Weight of the newest sample in the per-row averages."""
+
+
+@dataclass
+class RowSpeed:
+    """Whether concatenating runs pays on this node's device for one model: the moving
+    average of seconds per row of single-row runs alone and of batched runs. Devices are
+    probed, not trusted: a CPU OpenCL device may run a batch of 16 slower per row than
+    16 runs of one (larger activations, worse cache use), a GPU much faster."""
+
+    single_s: float = 0.0
+    singles: int = 0
+    batched_s: float = 0.0
+    batches: int = 0
+    since_batch: int = 0
+    sizes: set[int] = field(default_factory=set)
+    """Row counts run once already: the first run of a shape builds its plan (kernels,
+    buffers) and says nothing of the steady cost, so it is not a sample."""
+
+    def alone(self, elapsed: float) -> None:
+        """A run of one row, alone, took ``elapsed``."""
+        self.since_batch += 1
+        if self._first(1):
+            return
+        self.single_s = _average(self.single_s, elapsed, self.singles)
+        self.singles += 1
+
+    def batched(self, elapsed: float, rows: int) -> None:
+        """A batched run of ``rows`` rows took ``elapsed``."""
+        self.since_batch = 0
+        if self._first(rows):
+            return
+        self.batched_s = _average(self.batched_s, elapsed / rows, self.batches)
+        self.batches += 1
+
+    def _first(self, rows: int) -> bool:
+        if rows in self.sizes:
+            return False
+        self.sizes.add(rows)
+        return True
+
+    def may_batch(self) -> bool:
+        """Batch now? Not before a few runs alone were measured (the yardstick); then
+        yes until a few batches were, then while batches are faster per row, and once
+        every ``BATCH_REPROBE_RUNS`` runs alone when they were not."""
+        if self.singles < BATCH_SAMPLES:
+            return False
+        if self.batches < BATCH_SAMPLES or self.batched_s < self.single_s:
+            return True
+        return self.since_batch >= BATCH_REPROBE_RUNS
+
+    @property
+    def pays(self) -> bool | None:
+        """Whether batches were faster per row (None: not measured yet)."""
+        if self.singles < BATCH_SAMPLES or self.batches < BATCH_SAMPLES:
+            return None
+        return self.batched_s < self.single_s
+
+
+def _average(current: float, sample: float, count: int) -> float:
+    return sample if count == 0 else current + _SPEED_WEIGHT * (sample - current)
+
+
 @dataclass
 class _CachedSession:
     session: Any
@@ -115,6 +184,9 @@ class _CachedSession:
 
     def ran(self, elapsed: float, input_bytes: int) -> None:
         self.last_run_s, self.last_input_bytes = elapsed, input_bytes
+
+    row_speed: RowSpeed = field(default_factory=lambda: RowSpeed())
+    """Seconds per row of runs alone and of batched runs (whether batching pays here)."""
 
 
 def input_bytes(feeds: Mapping[str, np.ndarray]) -> int:
@@ -223,7 +295,7 @@ class Executor:
         if not cached.batch_axis or digest in self._unbatched or not members:
             return None
         batching = self.batching_for(digest) or DEFAULT_BATCHING
-        if batching.max_batch < 2:
+        if batching.max_batch < 2 or not cached.row_speed.may_batch():
             return None
         for feeds in members:
             rows = rows_of(feeds)
@@ -346,6 +418,8 @@ class Executor:
             else:
                 result, elapsed = await trio.to_thread.run_sync(work, cached)
         cached.ran(elapsed / max(1, members), member_bytes)
+        if member_rows == [1]:
+            cached.row_speed.alone(elapsed)
         self._note_fallback(digest, cached.session)
         self.busy_seconds += elapsed
         for rows in member_rows:
@@ -421,7 +495,23 @@ class Executor:
         self.busy_seconds += elapsed
         if together:
             cached.ran(elapsed, feeds_bytes)
-            self.batch_counts.count(digest, len(batch), sum(r.rows for r in batch))
+            rows = sum(r.rows for r in batch)
+            if len(batch) > 1:
+                paid = cached.row_speed.pays
+                cached.row_speed.batched(elapsed, rows)
+                if cached.row_speed.pays is False and paid is not False:
+                    logger.info(
+                        "model %s: batches run slower per row than runs alone on this "
+                        "device (%.2f against %.2f ms); it runs unbatched here, trying a "
+                        "batch again every %d runs",
+                        digest[:12],
+                        cached.row_speed.batched_s * 1e3,
+                        cached.row_speed.single_s * 1e3,
+                        BATCH_REPROBE_RUNS,
+                    )
+            elif rows == 1:
+                cached.row_speed.alone(elapsed)
+            self.batch_counts.count(digest, len(batch), rows)
         else:
             self.batch_counts.batch_fallbacks += 1
             for request in batch:

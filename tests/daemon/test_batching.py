@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 
 from meshgpu.core.catalog import Batching
 from meshgpu.daemon.batching import batch_dimension, rows_of, signature, split
-from meshgpu.daemon.execution import Executor, _CachedSession
+from meshgpu.daemon.execution import BATCH_REPROBE_RUNS, Executor, RowSpeed, _CachedSession
 from meshgpu.errors import InputError
 
 
@@ -43,7 +43,9 @@ class _Session:
 
 def _executor(session: _Session, batching: Batching | None = None, slots: int = 1) -> Executor:
     executor = Executor(slots, batching_for=lambda digest: batching)
-    executor._sessions["m"] = _CachedSession(session, None, batch_axis=True)
+    cached = _CachedSession(session, None, batch_axis=True)
+    cached.row_speed = RowSpeed(single_s=1.0, singles=3)  # runs alone measured (slow)
+    executor._sessions["m"] = cached
     return executor
 
 
@@ -89,10 +91,12 @@ async def test_waiting_runs_of_one_model_become_one_run_and_split_back() -> None
     for value, result in zip(range(1, 8), results, strict=True):
         np.testing.assert_array_equal(result["y"], np.full((1, 3), 2.0 * value))
     # The first batch held the device (the first run, and any that queued before it took
-    # its slot); everything that waited meanwhile ran as one batch.
-    assert len(session.runs) == 2 and sum(session.runs) == 7 and session.runs[1] >= 5
+    # its slot); what waited meanwhile ran in batches of a power of two rows.
+    assert sum(session.runs) == 7 and len(session.runs) <= 4 and max(session.runs) >= 4
+    assert all(rows & (rows - 1) == 0 for rows in session.runs), session.runs
     counts = executor.batch_counts
-    assert (counts.executions, counts.tasks, counts.per_model["m"]) == (2, 7, (2, 7))
+    runs = len(session.runs)
+    assert (counts.executions, counts.tasks, counts.per_model["m"]) == (runs, 7, (runs, 7))
     assert executor.active == 0
 
 
@@ -123,8 +127,7 @@ async def test_runs_of_other_trailing_shapes_do_not_join_a_batch() -> None:
     feeds = [{"x": np.ones((1, 3 if i % 2 else 4), dtype=np.float32)} for i in range(6)]
     results = await _blocked_first(executor, session, feeds)
     assert [r["y"].shape for r in results] == [f["x"].shape for f in feeds]
-    # One batch per shape after the first (which may have taken a same-shape mate).
-    assert len(session.runs) <= 3 and sum(session.runs) == 6
+    assert sum(session.runs) == 6 and len(session.runs) < 6
 
 
 async def test_outputs_that_are_not_batch_major_make_the_model_run_alone() -> None:
@@ -195,6 +198,36 @@ async def test_a_cancelled_waiting_run_leaves_the_queue() -> None:
         assert all(not queue.waiting for queue in queues)
         session.gate.set()
     assert session.runs == [1]
+
+
+async def test_runs_alone_are_measured_before_any_batch() -> None:
+    session = _Session()
+    executor = _executor(session, Batching(max_batch=8, max_delay_us=0))
+    executor._sessions["m"].row_speed = RowSpeed()
+    feeds = [{"x": np.ones((1, 2), dtype=np.float32)} for _ in range(4)]
+    for one in feeds:  # one at a time: runs alone, the yardstick (the first builds plans)
+        await executor.run("m", None, one)  # type: ignore[arg-type]
+    assert executor._sessions["m"].row_speed.singles == 3
+    await _blocked_first(executor, session, feeds * 2)
+    assert len(session.runs) < 4 + 8  # now it batches
+
+
+def test_batches_that_do_not_pay_stop_and_are_tried_again_later() -> None:
+    speed = RowSpeed()
+    assert not speed.may_batch()  # nothing measured: run alone first
+    for _ in range(4):  # the first run of a size builds its plan: not a sample
+        speed.alone(0.010)
+    assert speed.may_batch() and speed.pays is None
+    speed.batched(5.0, 16)  # the first batch of 16: a plan built, not a sample
+    for _ in range(3):
+        speed.batched(0.200, 16)  # 12.5 ms a row against 10 ms alone
+    assert speed.pays is False and not speed.may_batch()
+    for _ in range(BATCH_REPROBE_RUNS):
+        speed.alone(0.010)
+    assert speed.may_batch()  # one batch again, in case things changed
+    speed.batched(0.040, 16)  # 2.5 ms a row: much faster now
+    speed.batched(0.040, 16)
+    assert speed.pays is True and speed.may_batch()
 
 
 def _model(first_input: str | int, first_output: str | int) -> onnx.ModelProto:
