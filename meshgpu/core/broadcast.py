@@ -12,31 +12,33 @@ one update per key. Items are stored pre-encoded and spliced into datagrams as b
 
 Cost: :meth:`take` looks at the fewest-sent buckets first and stops at ``max_items`` or
 after examining ``scan_limit`` items, so a long queue never makes one send expensive.
+
+Memory: a forming mesh of n nodes holds about n updates in each node's queue (n squared in
+one simulator process), so an item is only its key and its payload bytes, in two plain
+dicts: ``queued`` (key -> transmissions so far) and the bucket of that count (key ->
+payload). Rejected: an ``OrderedDict`` per bucket (about 250 bytes an item at 1,000 nodes,
+against about 60 for a dict) and an object per item holding the payload and its count.
+A plain dict keeps the slots of deleted keys until it next resizes, so a scan from the
+front may step over them; that walk runs in C and costs less than the interpreter's work
+on the items it returns.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass
 
 _MAX_MISFITS = 6
 """Stop looking for items that fit after this many that did not, in one ``take``."""
 
 
-@dataclass(slots=True)
-class _Queued:
-    payload: bytes
-    transmits: int
-
-
 class BroadcastQueue:
     """Keyed, transmit-limited queue of pre-encoded piggyback items."""
 
+    __slots__ = ("_buckets", "_scan_limit", "queued")
+
     def __init__(self, scan_limit: int = 96) -> None:
-        # OrderedDict, not dict: items leave from the front and join at the back; a plain
-        # dict keeps the deleted slots and every scan would walk over all of them.
-        self._buckets: list[OrderedDict[Hashable, _Queued]] = [OrderedDict()]
+        self._buckets: list[dict[Hashable, bytes]] = [{}]
+        """``_buckets[t]``: the items sent ``t`` times so far, oldest first (key -> payload)."""
         self.queued: dict[Hashable, int] = {}
         """Each queued key and the bucket (transmissions so far) it is in. Read-only for
         others: truthy exactly when the queue is (``NodeContext.send`` reads it on every
@@ -57,7 +59,7 @@ class BroadcastQueue:
         old = self.queued.get(key)
         if old is not None:
             del self._buckets[old][key]
-        self._buckets[0][key] = _Queued(payload, 0)
+        self._buckets[0][key] = payload
         self.queued[key] = 0
 
     def discard(self, key: Hashable) -> None:
@@ -74,36 +76,39 @@ class BroadcastQueue:
         picked: list[bytes] = []
         if not self.queued or budget <= 0 or max_items <= 0:
             return picked
-        moved: list[tuple[Hashable, _Queued]] = []
+        moved: list[tuple[int, Hashable, bytes]] = []
         examined = 0
         misses = 0
         done = False
-        for bucket in self._buckets:
-            for key, item in bucket.items():
+        scan_limit = self._scan_limit
+        for sent, bucket in enumerate(self._buckets):
+            for key, payload in bucket.items():
                 examined += 1
-                size = len(item.payload)
+                size = len(payload)
                 if size <= budget:
-                    picked.append(item.payload)
+                    picked.append(payload)
                     budget -= size
-                    moved.append((key, item))
+                    moved.append((sent, key, payload))
                     done = len(picked) >= max_items or budget < 8
                 else:
                     # A few misfits in a row: the space left is smaller than what is queued.
                     misses += 1
                     done = misses >= _MAX_MISFITS
-                if done or examined >= self._scan_limit:
+                if done or examined >= scan_limit:
                     done = True
                     break
             if done:
                 break
-        for key, item in moved:
-            del self._buckets[item.transmits][key]
-            item.transmits += 1
-            if item.transmits >= limit:
-                del self.queued[key]
+        buckets = self._buckets
+        queued = self.queued
+        for sent, key, payload in moved:
+            del buckets[sent][key]
+            sent += 1
+            if sent >= limit:
+                del queued[key]
                 continue
-            while len(self._buckets) <= item.transmits:
-                self._buckets.append(OrderedDict())
-            self._buckets[item.transmits][key] = item
-            self.queued[key] = item.transmits
+            if len(buckets) <= sent:
+                buckets.append({})
+            buckets[sent][key] = payload
+            queued[key] = sent
         return picked

@@ -35,6 +35,7 @@ from meshgpu.core.messages import (
     encode_body,
     encode_head,
     encode_item,
+    encode_shared_item,
     envelope_prefix,
     finish_datagram,
 )
@@ -148,7 +149,7 @@ class NodeContext:
         A membership update also wakes the gossip rounds; any other (a load) only rides
         on datagrams sent anyway (probes, acks, task messages, membership gossip)."""
         if membership:
-            self.member_queue.enqueue(key, encode_item(update))
+            self.member_queue.enqueue(key, encode_shared_item(update))
             self.on_broadcast()
         else:
             self.update_queue.enqueue(key, encode_item(update))

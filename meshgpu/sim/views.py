@@ -38,7 +38,9 @@ class ViewTracker(Observer):
 
     def __init__(self) -> None:
         self.live: list[set[int]] = []
-        self.state: list[dict[int, MemberState]] = []
+        self.state: list[list[MemberState | None]] = []
+        """``state[observer][target]``: the last state ``observer`` announced for ``target``
+        (a list per observer, not a dict: a tenth of the memory at 1,000 nodes)."""
         self.wrong: list[int] = []
         self.total_wrong = 0
         self.last_change: list[float] = []
@@ -63,7 +65,7 @@ class ViewTracker(Observer):
         n = sim.node_count
         self.sim = sim
         self.live = [set() for _ in range(n)]
-        self.state = [{} for _ in range(n)]
+        self.state = [[None] * n for _ in range(n)]
         self.wrong = [0] * n
         self.last_change = [0.0] * n
         self.down_since = [0.0] * n  # nodes are "down" until started
@@ -76,7 +78,7 @@ class ViewTracker(Observer):
             self.down_intervals[index].append((since, now))
         self.down_since[index] = None
         self.live[index] = set()
-        self.state[index] = {}
+        self.state[index] = [None] * len(self.state[index])
         group = sim.network.group_of
         peers = [j for j in sim.up_indices() if j != index and group[j] == group[index]]
         for j in peers:
@@ -97,7 +99,7 @@ class ViewTracker(Observer):
         self.total_wrong -= self.wrong[index]
         self.wrong[index] = 0
         self.live[index] = set()
-        self.state[index] = {}
+        self.state[index] = [None] * len(self.state[index])
         group = sim.network.group_of
         for j in sim.up_indices():
             if group[j] == group[index]:
@@ -161,7 +163,7 @@ class ViewTracker(Observer):
         return target in self.live[observer]
 
     def believed_state(self, observer: int, target: int) -> MemberState | None:
-        return self.state[observer].get(target)
+        return self.state[observer][target]
 
     def was_disturbed(self, observer: int, target: int, since: float, now: float) -> bool:
         """Whether ``target`` was down, or cut off from ``observer``, at some time in

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from meshgpu.core.membership.wire import MemberRecord
+from meshgpu.core.membership.wire import MemberRecord, shared_member_record
 from meshgpu.core.types import Address, NodeId
 
 
@@ -113,4 +113,6 @@ class MemberInfo:
 
     def to_record(self) -> MemberRecord:
         """The push-pull form of this entry."""
-        return MemberRecord(self.node_id, self.address, self.state.value, self.incarnation)
+        # _value_, not .value: the enum's value property is a slow descriptor
+        state = self.state._value_
+        return shared_member_record(self.node_id, self.address, state, self.incarnation)

@@ -24,7 +24,7 @@ from meshgpu.core.component import Component, NodeContext
 from meshgpu.core.membership.dissemination import Dissemination
 from meshgpu.core.membership.probe import Prober
 from meshgpu.core.membership.state import ALIVE, GONE_STATES
-from meshgpu.core.membership.table import MemberTable
+from meshgpu.core.membership.table import MemberTable, gossip_reason
 from meshgpu.core.membership.wire import (
     Ack,
     Alive,
@@ -165,9 +165,9 @@ class Swim(Component):
             known = info is not None and alive.incarnation <= info.incarnation
             if known and alive.node_id != table.node_id:
                 return
-            table.apply_alive(alive, now, f"gossip from {envelope.sender}")
+            table.apply_alive(alive, now, gossip_reason(envelope.sender))
             return
-        via = f"gossip from {envelope.sender}"
+        via = gossip_reason(envelope.sender)
         if isinstance(update, Suspect):
             about_me = update.node_id == table.node_id
             table.apply_suspect(update, now, via)

@@ -10,6 +10,7 @@ probe order, pushing a death at once) goes to the :class:`TableListener`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Protocol
 
@@ -25,9 +26,30 @@ from meshgpu.core.membership.state import (
     Rumour,
     transition,
 )
-from meshgpu.core.membership.wire import Alive, Dead, Left, MemberRecord, Suspect
+from meshgpu.core.membership.wire import RECENT_LIMIT, Alive, Dead, Left, MemberRecord, Suspect
 from meshgpu.core.suspicion import LocalHealth, Suspicion
 from meshgpu.core.types import NodeId
+
+# Values every member table of a simulated mesh builds for the same few ids, shared (each
+# was tens of megabytes at 1,000 nodes, a copy per node): pure caches of immutable values.
+
+
+@functools.lru_cache(maxsize=RECENT_LIMIT)
+def member_key(node_id: NodeId) -> tuple[str, NodeId]:
+    """The dissemination-queue key of updates about ``node_id``'s membership."""
+    return ("member", node_id)
+
+
+@functools.lru_cache(maxsize=RECENT_LIMIT)
+def gossip_reason(sender: NodeId) -> str:
+    """The reason recorded for a change learned from ``sender``'s piggybacked update."""
+    return f"gossip from {sender}"
+
+
+@functools.lru_cache(maxsize=RECENT_LIMIT)
+def push_pull_reason(sender: NodeId) -> str:
+    """The reason recorded for a change learned from ``sender``'s push-pull table."""
+    return f"push-pull from {sender}"
 
 
 class TableListener(Protocol):
@@ -183,7 +205,7 @@ class MemberTable:
                 self._sorted_live = None
             self.context.cluster_size = len(self.live) + 1
         if broadcast is not None:
-            self.context.broadcast(("member", node_id), broadcast, membership=True)  # type: ignore[arg-type]
+            self.context.broadcast(member_key(node_id), broadcast, membership=True)  # type: ignore[arg-type]
         self.context.member_changed(info, previous)
 
     def forget(self, node_id: NodeId) -> None:
@@ -412,7 +434,7 @@ class MemberTable:
             known = info is not None and record.incarnation <= info.incarnation
             if known and record.node_id != self.node_id:
                 return False
-        reason = f"push-pull from {sender}"
+        reason = push_pull_reason(sender)
         if record.state == "alive":
             return self.apply_alive(
                 Alive(record.node_id, record.address, record.incarnation), now, reason

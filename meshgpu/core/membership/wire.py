@@ -241,6 +241,12 @@ class PushPull:
         )
 
 
+shared_member_record = functools.lru_cache(maxsize=RECENT_LIMIT)(MemberRecord)
+"""``MemberRecord(node_id, address, state, incarnation)``, one object per distinct value:
+every node of a simulated mesh builds the same records for its push-pull tables (a
+million of them at 1,000 nodes), and a record is immutable. A pure cache."""
+
+
 @functools.lru_cache(maxsize=RECENT_LIMIT)
 def _member_record(
     node_id: NodeId, host: str, port: int, code: int, incarnation: int
