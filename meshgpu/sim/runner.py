@@ -17,21 +17,17 @@ effect, periodic samples and the end; they may schedule work with :meth:`Simulat
 and feed events with :meth:`Simulation.inject`. A custom ``node_factory`` lets an extension
 wrap or configure nodes (e.g. device profiles) while keeping the real core.
 
-The event trace (invariant 10) is one JSON line per processed event; ``trace_sha256`` is
-the SHA-256 of exactly the bytes ``--trace`` writes. Times in it are whole nanoseconds
-(``ns``), not the float's ``repr``: the shortest-repr conversion of a float was 6 % of the
-CPU of a steady mesh, and a nanosecond resolves any two events the network can separate.
+The event trace (invariant 10) is one JSON line per processed event
+(:mod:`meshgpu.sim.trace`); faults are applied by :mod:`meshgpu.sim.fault_actions`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-import json
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any, Protocol, assert_never
+from typing import IO, Any, assert_never
 
 from meshgpu.core.effects import (
     CancelTask,
@@ -55,13 +51,22 @@ from meshgpu.core.events import (
     Tick,
     new_datagram_received,
 )
-from meshgpu.core.types import Address, NodeId
+from meshgpu.core.types import NodeId
 from meshgpu.errors import SimulationError
+from meshgpu.sim.fault_actions import apply_fault
 from meshgpu.sim.faults import Fault, Reversal, Slow
 from meshgpu.sim.network import Network
+from meshgpu.sim.nodes import (
+    NodeFactory,
+    SimulatedNode,
+    address_for,
+    core_node_factory,
+    node_id_for,
+)
 from meshgpu.sim.observers import Observer, overrides
 from meshgpu.sim.randomness import node_stream, stream
 from meshgpu.sim.scenario import Scenario, mesh_config_for
+from meshgpu.sim.trace import FLUSH_LINES, EventTrace, describe, json_line
 
 _TICK = Tick()
 """The one ``Tick`` the runner hands to nodes: it has no fields, so sharing it is safe and
@@ -70,31 +75,6 @@ saves an allocation per timer event."""
 DELIVER, HANDLE, TICK, INJECT, FAULT, CALL, SAMPLE = range(7)
 INFINITY = float("inf")
 PROGRESS_EVERY = 20_000
-TRACE_FLUSH_LINES = 4096
-
-
-class SimulatedNode(Protocol):
-    """What the simulator needs of a node: the Node API contract's driver half."""
-
-    node_id: NodeId
-
-    @property
-    def incarnation(self) -> int: ...
-
-    def handle(self, event: Event, now: float) -> list[Effect]: ...
-
-    def next_deadline(self) -> float: ...
-
-    def live_members(self) -> list[NodeId]: ...
-
-    def leader(self) -> NodeId | None: ...
-
-    @property
-    def view(self) -> int: ...
-
-
-NodeFactory = Callable[[NodeId, Address, Any, float, int], SimulatedNode]
-"""``factory(node_id, address, rng, now, incarnation) -> node``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +84,6 @@ class RunTotals:
     events: int
     virtual_s: float
     trace_sha256: str
-
-
-def node_id_for(index: int, node_count: int) -> NodeId:
-    """Stable, sortable ids: ``n-0000`` ... in index order."""
-    return f"n-{index:0{max(4, len(str(node_count - 1)))}d}"
-
-
-def address_for(index: int) -> Address:
-    """A private-LAN address per node (one /24 per 250 nodes), gossip port 7946."""
-    return (f"10.0.{index // 250}.{index % 250 + 1}", 7946)
 
 
 class Simulation:
@@ -134,7 +104,7 @@ class Simulation:
         self.addresses = [address_for(i) for i in range(n)]
         self.index_of_address = {a: i for i, a in enumerate(self.addresses)}
         self.index_of_id = {node_id: i for i, node_id in enumerate(self.node_ids)}
-        self.node_factory = node_factory or _core_node_factory(scenario)
+        self.node_factory = node_factory or core_node_factory(scenario)
         self.nodes: list[SimulatedNode | None] = [None] * n
         self.up = [False] * n
         self.lives = [0] * n
@@ -151,7 +121,6 @@ class Simulation:
             {p: stream(self.seed, p) for p in ("latency", "loss", "duplicate", "reorder")},
         )
         self.now = 0.0
-        self._flushed_lines = 0
         self._heap: list[tuple[Any, ...]] = []
         self._sequence = 0
         self._tick_at = [INFINITY] * n
@@ -160,17 +129,14 @@ class Simulation:
         self._slow_random = stream(self.seed, "slow")
         self._bootstrap_random = stream(self.seed, "bootstrap")
         self.schedule_random = stream(self.seed, "schedule")
-        self._trace = trace
-        self._trace_lines: list[str] = []
-        self._view_lines: list[tuple[int, str]] = []
-        self._trace_hash = hashlib.sha256()
+        self.trace = EventTrace(trace)
+        self._trace_lines = self.trace.lines
         self._progress = progress
         self._next_progress = PROGRESS_EVERY
         self.observers: list[Observer] = list(observers)
         self._effect_observers: list[Observer] = []
         self._sample_observers: list[Observer] = []
         self._effect_handlers: dict[type, list[Callable[..., None]]] = {}
-        self._faults = _FaultApplier(self)
         self.finished = False
 
     # -- public API for observers and extensions ---------------------------------------
@@ -193,15 +159,15 @@ class Simulation:
 
     def trace_event(self, kind: str, **fields: Any) -> None:
         """Append an extension's own line to the event trace (and to the hash)."""
-        self._emit(_json_line(self.now, kind, fields))
+        self.trace.emit(json_line(self.now, kind, fields))
 
     def trace_view(self, kind: str, **fields: Any) -> None:
         """Write a line about what a node now believes (``suspect``, ``leader``, ...) to the
         trace file, after the event that caused it. Not part of ``trace_sha256``: these
         lines follow from the hashed ones, and recording them must not change the hash
         of a run. Dropped when no trace file is written."""
-        if self._trace is not None:
-            self._view_lines.append((len(self._trace_lines), _json_line(self.now, kind, fields)))
+        if self.trace.file is not None:
+            self.trace.view(json_line(self.now, kind, fields))
 
     def up_indices(self) -> list[int]:
         return [i for i in range(self.node_count) if self.up[i]]
@@ -242,14 +208,14 @@ class Simulation:
         self.now = scenario.duration_s
         for observer in self.observers:
             observer.on_finish(self, self.now)
-        self._flush_trace()
+        self.trace.flush()
         self.finished = True
-        return RunTotals(self.events, self.now, self._trace_hash.hexdigest())
+        return RunTotals(self.events, self.now, self.trace.hexdigest())
 
     @property
     def events(self) -> int:
         """Events processed so far: the lines of the trace."""
-        return self._flushed_lines + len(self._trace_lines)
+        return self.trace.events
 
     def _loop(self, until: float) -> None:
         # _call is inlined below for datagrams and ticks (nearly every event): the same
@@ -320,12 +286,12 @@ class Simulation:
                         self._receive(index, source, second)
                 elif kind == INJECT:
                     if up[index] and first == self.lives[index]:
-                        self._emit(
-                            _json_line(time, "inject", {"n": index, "event": _describe(second)})
+                        self.trace.emit(
+                            json_line(time, "inject", {"n": index, "event": describe(second)})
                         )
                         call(index, second)
                 elif kind == FAULT:
-                    self._faults.apply(first)
+                    self._apply_fault(first)
                 elif kind == CALL:
                     first(self)
                 elif kind == SAMPLE:
@@ -352,12 +318,13 @@ class Simulation:
     def _periodic(self, time: float, until: float) -> int:
         """Hash the buffered trace and report progress; returns the next buffer size to
         call this at (keeping the per-event cost of the loop to one ``len``)."""
-        if len(self._trace_lines) >= TRACE_FLUSH_LINES:
-            self._flush_trace()
-            if self._progress is not None and self._flushed_lines >= self._next_progress:
-                self._next_progress = self._flushed_lines + PROGRESS_EVERY
+        trace = self.trace
+        if len(trace.lines) >= FLUSH_LINES:
+            trace.flush()
+            if self._progress is not None and trace.flushed >= self._next_progress:
+                self._next_progress = trace.flushed + PROGRESS_EVERY
                 self._progress(time, until)
-        return TRACE_FLUSH_LINES
+        return FLUSH_LINES
 
     def _receive(self, index: int, source: int, payload: bytes) -> None:
         self._trace_lines.append(
@@ -425,11 +392,21 @@ class Simulation:
                 return False
         return True
 
+    def _apply_fault(self, fault: Fault | Reversal) -> None:
+        """Put a scheduled fault (or a reversal) into effect, trace it, tell the observers."""
+        targets = apply_fault(self, fault)
+        fields: dict[str, Any] = {"kind": fault.kind, "targets": targets}
+        if isinstance(fault, Reversal):
+            fields["of"] = fault.fault.kind
+        self.trace.emit(json_line(self.now, "fault", fields))
+        for observer in self.observers:
+            observer.on_fault(self, fault, targets, self.now)
+
     def _handle_error(self, index: int, event: Any, error: Exception) -> SimulationError:
         """The error to raise when node ``index`` raised ``error`` handling ``event``."""
         return SimulationError(
             f"node {self.node_ids[index]} raised {type(error).__name__}: {error} while "
-            f"handling {_describe(event)} at virtual time {self.now!r} (seed {self.seed}, "
+            f"handling {describe(event)} at virtual time {self.now!r} (seed {self.seed}, "
             f"scenario {self.scenario.source}); rerun with the same seed to reproduce"
         )
 
@@ -471,7 +448,7 @@ class Simulation:
         self._tick_at[index] = INFINITY
         self._tick_token[index] += 1
         self._inbox_free[index] = self.now
-        self._emit(_json_line(self.now, "up", {"n": index, "life": life, "inc": incarnation}))
+        self.trace.emit(json_line(self.now, "up", {"n": index, "life": life, "inc": incarnation}))
         for observer in self.observers:
             observer.on_node_up(self, index, self.now)
         self._schedule_tick(index, node.next_deadline())
@@ -486,7 +463,7 @@ class Simulation:
         self.lives[index] += 1
         self._tick_token[index] += 1
         self._tick_at[index] = INFINITY
-        self._emit(_json_line(self.now, "down", {"n": index, "reason": reason}))
+        self.trace.emit(json_line(self.now, "down", {"n": index, "reason": reason}))
         for observer in self.observers:
             observer.on_node_down(self, index, self.now, reason)
 
@@ -528,78 +505,3 @@ class Simulation:
 
     def _discovery(self, index: int) -> PeerDiscovered:
         return PeerDiscovered(self.addresses[index], self.node_ids[index])
-
-    # -- the trace -------------------------------------------------------------------------
-
-    def _emit(self, line: str) -> None:
-        self._trace_lines.append(line)
-
-    def _flush_trace(self) -> None:
-        lines = self._trace_lines
-        views = self._view_lines
-        if not lines and not views:
-            return
-        chunk = "\n".join(lines) + "\n" if lines else ""
-        if self._trace is not None:
-            self._trace.write(_interleave(lines, views) if views else chunk)
-            views.clear()
-        self._flushed_lines += len(lines)
-        lines.clear()  # in place: the loop holds a reference to the list
-        self._trace_hash.update(chunk.encode())
-
-
-class _FaultApplier:
-    """Applies scenario faults to a simulation and schedules their reversals."""
-
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-
-    def apply(self, fault: Fault | Reversal) -> None:
-        from meshgpu.sim.fault_actions import apply_fault
-
-        sim = self.sim
-        targets = apply_fault(sim, fault)
-        fields: dict[str, Any] = {"kind": fault.kind, "targets": targets}
-        if isinstance(fault, Reversal):
-            fields["of"] = fault.fault.kind
-        sim._emit(_json_line(sim.now, "fault", fields))
-        for observer in sim.observers:
-            observer.on_fault(sim, fault, targets, sim.now)
-
-
-def _core_node_factory(scenario: Scenario) -> NodeFactory:
-    from meshgpu.core.node import Node
-
-    config = mesh_config_for(scenario)
-
-    def build(node_id: NodeId, address: Address, rng: Any, now: float, incarnation: int) -> Any:
-        return Node(node_id, address, config, rng, now, incarnation)
-
-    return build
-
-
-def _interleave(lines: list[str], views: list[tuple[int, str]]) -> str:
-    """The trace lines with the view lines inserted at their positions."""
-    merged: list[str] = []
-    start = 0
-    for position, line in views:
-        merged.extend(lines[start:position])
-        merged.append(line)
-        start = position
-    merged.extend(lines[start:])
-    return "\n".join(merged) + "\n"
-
-
-def _describe(event: Any) -> str:
-    name = type(event).__name__
-    node_id = getattr(event, "node_id", None)
-    return f"{name}({node_id})" if node_id is not None else name
-
-
-def _json_line(time: float, kind: str, fields: dict[str, Any]) -> str:
-    """One trace line: ``ns`` (virtual time in whole nanoseconds), ``e`` (the kind), then
-    ``fields`` with sorted keys."""
-    body = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-    if not fields:
-        return f'{{"ns":{round(time * 1e9)},"e":"{kind}"}}'
-    return f'{{"ns":{round(time * 1e9)},"e":"{kind}",{body[1:]}'
