@@ -125,6 +125,18 @@ class TaskFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskStarted:
+    """After a ``RunTask`` on the worker: ``attempt`` is on the device now (it took a
+    device slot; before, a prefetched attempt only waited and could be given up at no
+    cost). With work stealing on, the core marks the attempt started in the table: from
+    then on no idle worker takes it over (docs/task-queue.md, "Work stealing"). Fed once
+    per attempt; ignored with stealing off."""
+
+    task_id: TaskId
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class ResultRequested:
     """A client (typically one whose entry node died) asks this node for ``task_id``'s
     outcome; answered with ``TaskResolved`` once the task is terminal and undelivered."""
@@ -168,6 +180,7 @@ Event = (
     | PayloadStored
     | PayloadFetchFailed
     | TaskFinished
+    | TaskStarted
     | ResultRequested
     | ResultCollected
     | JournalReplayed
@@ -182,6 +195,7 @@ TaskEvent = (
     | PayloadStored
     | PayloadFetchFailed
     | TaskFinished
+    | TaskStarted
     | ResultRequested
     | ResultCollected
     | JournalReplayed

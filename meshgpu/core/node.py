@@ -58,6 +58,7 @@ from meshgpu.core.events import (
     ResultRequested,
     SubmitTask,
     TaskFinished,
+    TaskStarted,
     Tick,
 )
 from meshgpu.core.leader import Leadership
@@ -208,6 +209,7 @@ class Node:
                 | PayloadStored()
                 | PayloadFetchFailed()
                 | TaskFinished()
+                | TaskStarted()
                 | ResultRequested()
                 | ResultCollected()
                 | JournalReplayed()

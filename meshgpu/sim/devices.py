@@ -61,10 +61,12 @@ class DeviceClass:
         sigma2 = math.log(1.0 + self.cv * self.cv)
         return rng.lognormvariate(math.log(mean) - sigma2 / 2.0, math.sqrt(sigma2))
 
-    def load_vector(self) -> LoadVector:
-        """What a node of this class reports to its core (``LoadChanged``)."""
+    def load_vector(self, prefetch_per_slot: int = 0) -> LoadVector:
+        """What a node of this class reports to its core (``LoadChanged``): its slots, plus
+        ``prefetch_per_slot`` waiting places per slot."""
         caps = DeviceCapabilities(self.device_types, self.fp16, self.memory_total)
-        return LoadVector(free_slots=self.slots, memory_total=self.memory_total, capabilities=caps)
+        capacity = self.slots * (1 + prefetch_per_slot)
+        return LoadVector(free_slots=capacity, memory_total=self.memory_total, capabilities=caps)
 
 
 BUILTIN_CLASSES: dict[str, DeviceClass] = {

@@ -56,9 +56,11 @@ from meshgpu.core.events import (
     ResultRequested,
     SubmitTask,
     TaskFinished,
+    TaskStarted,
 )
 from meshgpu.core.tasks import TaskId, TaskRecord, TaskSpec
 from meshgpu.core.tasks.config import TaskConfig
+from meshgpu.core.tasks.state import is_steal
 from meshgpu.errors import ConfigError
 from meshgpu.sim.devices import DeviceClass, device_classes, lab_layout
 from meshgpu.sim.faults import Crash, Restart, Reversal
@@ -84,6 +86,7 @@ DRIVER_KEYS = {
     "balance_tolerance",
     "batching",
     "coalesce",
+    "prefetch_per_slot",
 }
 
 
@@ -104,6 +107,10 @@ class TaskSimSettings:
     """Most tasks of one model a worker runs as one batch (1: no batching)."""
     coalesce: bool = False
     """Entry nodes coalesce concurrent submissions of one lane into task groups."""
+    prefetch_per_slot: int = 0
+    """Tasks a node accepts beyond its device slots (they wait for a slot on the node, as
+    the daemon's prefetch queue does: ``daemon/execution.py``'s ``PREFETCH_PER_SLOT``);
+    0 offers the device slots only."""
 
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], node_count: int) -> TaskSimSettings:
@@ -124,6 +131,9 @@ class TaskSimSettings:
                         "client_rtt_s", "balance_tolerance")
             if key in table
         }  # fmt: skip
+        prefetch = config_int(table.get("prefetch_per_slot", 0), f"{where}.prefetch_per_slot")
+        if prefetch < 0:
+            raise ConfigError(f"{where}.prefetch_per_slot must be >= 0, got {prefetch}")
         batching = table.get("batching", {})
         if not isinstance(batching, Mapping) or set(batching) - {"max_batch"}:
             raise ConfigError(f"{where}.batching is a table with one key, max_batch")
@@ -140,6 +150,7 @@ class TaskSimSettings:
             **numbers,
             max_batch=max_batch,
             coalesce=coalesce,
+            prefetch_per_slot=prefetch,
         )
 
 
@@ -223,6 +234,11 @@ class TaskDriver(Observer):
         self.coalesced = 0
         self.groups = 0
         self._batches = 0
+        self.report_starts = False
+        """Feed ``TaskStarted`` when a run takes a slot (only with work stealing on: the
+        reference traces of the scenarios without it predate the event)."""
+        self.started_runs_stolen = 0
+        """Runs already on a device that a steal took away (must stay 0)."""
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -256,6 +272,7 @@ class TaskDriver(Observer):
         merged = {**_task_config_mapping(base.tasks), **self.settings.task_config}
         config = replace(base, tasks=TaskConfig.from_mapping(merged))
         sim.config = config
+        self.report_starts = config.tasks.work_stealing
 
         def build(node_id: str, address: Any, rng: Any, now: float, incarnation: int) -> Any:
             return Node(node_id, address, config, rng, now, incarnation)
@@ -286,7 +303,8 @@ class TaskDriver(Observer):
             self.models[index].clear()
         now = sim.now
         sim.inject(index, JournalReplayed(tuple(disk.journal.values())), now)
-        sim.inject(index, LoadChanged(self.settings.layout[index].load_vector()), now)
+        device = self.settings.layout[index]
+        sim.inject(index, LoadChanged(device.load_vector(self.settings.prefetch_per_slot)), now)
 
     def on_node_down(self, sim: Any, index: int, now: float, reason: str) -> None:
         for lane in [lane for lane in self.lanes if lane[0] == index]:
@@ -556,6 +574,8 @@ class TaskDriver(Observer):
             job.started = True
             job.batch = self._batches
             self.running[index].append(job)
+            if self.report_starts:
+                sim.inject(index, TaskStarted(job.task_id, job.attempt), sim.now)
             digest = job.spec.input_digest
             if self._source(sim, index, job.holders, digest) is None:
                 self._finish_later(sim, job, delay, "transient_error",
@@ -574,6 +594,8 @@ class TaskDriver(Observer):
         index = job.worker
         job.started = True
         self.running[index].append(job)
+        if self.report_starts:
+            sim.inject(index, TaskStarted(job.task_id, job.attempt), sim.now)
         device = self.settings.layout[index]
         spec = job.spec
         model = spec.model_digest
@@ -652,9 +674,21 @@ class TaskDriver(Observer):
         for queue in (self.waiting[index], self.running[index]):
             for job in list(queue):
                 if job.task_id == effect.task_id and job.attempt == effect.attempt:
+                    if job.started and self._stolen_from(sim, index, job):
+                        self.started_runs_stolen += 1
                     job.cancelled = True
                     queue.remove(job)
         self._start_waiting(sim, index)
+
+    def _stolen_from(self, sim: Any, index: int, job: Job) -> bool:
+        """Whether node ``index``'s table shows ``job``'s attempt handed to a thief."""
+        entry = sim.nodes[index].tasks.table.get(job.task_id)
+        return (
+            entry is not None
+            and is_steal(entry.state)
+            and entry.state.attempt == job.attempt + 1
+            and entry.state.reason.endswith(f" {sim.node_ids[index]}")
+        )
 
     # --- reporting (delegated) ------------------------------------------------------------
 

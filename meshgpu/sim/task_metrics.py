@@ -13,6 +13,8 @@
   higher-priority task that was already waiting in that leader's queue.
 * ``task_balance`` (9, when ``balance_tolerance`` is set): completed tasks per worker within
   that fraction of the mean.
+* ``task_no_started_steal`` (with work stealing on): no run that was on a device was taken
+  away by a steal (core/tasks/stealing.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
 
 MESSAGE_COUNTERS = ("task_datagrams_sent", "task_bytes_sent")
 """Node counters summed over every life for ``messages_per_task``."""
+
+STEAL_COUNTERS = ("steals_requested", "tasks_stolen", "steals_refused", "task_starts_superseded")
+"""Node counters summed over every life for the ``stealing`` figures (work stealing on)."""
 
 REGRESSION_CHECK_INTERVAL_S = 1.0
 """How often (virtual seconds) every node's table is compared with what it held before."""
@@ -69,6 +74,7 @@ class TaskMetrics:
         self.node_count = 0
         self.result: dict[str, Any] = {}
         self.message_totals = dict.fromkeys(MESSAGE_COUNTERS, 0)
+        self.steal_totals = dict.fromkeys(STEAL_COUNTERS, 0)
         self._next_check = 0.0
 
     # --- hooks (called by the driver) ---------------------------------------------------
@@ -96,6 +102,8 @@ class TaskMetrics:
     def _add_messages(self, node: Any) -> None:
         for name in MESSAGE_COUNTERS:
             self.message_totals[name] += node.counters.get(name, 0)
+        for name in STEAL_COUNTERS:
+            self.steal_totals[name] += node.counters.get(name, 0)
 
     def on_effect(self, sim: Any, index: int, effect: Any, now: float) -> None:
         if type(effect) is not RunTask:
@@ -229,6 +237,11 @@ class TaskMetrics:
         sent_bytes = self.message_totals["task_bytes_sent"]
 
         busy = [driver.busy_s[i] / (slots[i] * now) for i in range(self.node_count) if slots[i]]
+        if driver.report_starts and driver.started_runs_stolen:
+            self.violations.setdefault(
+                "task_no_started_steal",
+                f"{driver.started_runs_stolen} run(s) on a device were taken away by a steal",
+            )
         batching: dict[str, Any] = {}
         if driver.settings.max_batch > 1 or driver.settings.coalesce:
             # Device runs vs the tasks they ran (Triton's exec count vs inference count),
@@ -243,7 +256,7 @@ class TaskMetrics:
                 "groups": driver.groups,
                 "table_entries": len(subs) - driver.coalesced + driver.groups,
             }
-        return {
+        summary = {
             **batching,
             "strategy": sim.config.tasks.strategy,
             "submitted": len(subs),
@@ -284,6 +297,12 @@ class TaskMetrics:
                 "bytes": round(sent_bytes / len(subs)) if subs else None,
             },
         }
+        if driver.report_starts:
+            summary["stealing"] = {
+                **self.steal_totals,
+                "started_runs_stolen": driver.started_runs_stolen,
+            }
+        return summary
 
     def _a_holder_survives(self, sim: Any, task_id: TaskId, digest: str, entry: int) -> bool:
         holders: set[int] = {entry}
@@ -306,6 +325,8 @@ class TaskMetrics:
             names.append("task_no_duplicate_execution")
         if self.driver.settings.balance_tolerance is not None:
             names.append("task_balance")
+        if self.driver.report_starts:
+            names.append("task_no_started_steal")
         return {name: self.violations.get(name, "ok") for name in names}
 
     def skipped(self) -> dict[str, str]:

@@ -41,6 +41,7 @@ from meshgpu.core.events import (
     ResultRequested,
     SubmitTask,
     TaskFinished,
+    TaskStarted,
 )
 from meshgpu.core.load import LoadVector
 from meshgpu.core.membership import LIVE_STATES, MemberInfo
@@ -119,6 +120,7 @@ class TaskComponent(Component):
             PayloadStored: self.holding.payload_stored,
             PayloadFetchFailed: self.holding.payload_fetch_failed,
             TaskFinished: self.worker.task_finished,
+            TaskStarted: self.worker.task_started,
             ResultRequested: self.delivery.result_requested,
             ResultCollected: self.delivery.result_collected,
             JournalReplayed: self.holding.journal_replayed,
@@ -313,6 +315,8 @@ class TaskComponent(Component):
         if after.collectable and tid not in book.collect_at:
             book.collect_at[tid] = now + self.config.gc_delay_s
         self._arm_tick(now)
+        if after.steal is not None and (before is None or before.steal != after.steal):
+            self.worker.on_steal_request(after, now)  # the victim decides (worker.py)
         if (
             not local
             and not after.acknowledged

@@ -77,6 +77,13 @@ class TaskConfig:
     adaptive_alpha: float = 0.2
     """EWMA weight of a new observation in the adaptive strategy's model."""
 
+    work_stealing: bool = False
+    """Let an idle capable worker take over tasks assigned to a busy one that has not put
+    them on its device yet (docs/task-queue.md, "Work stealing"). Workers then mark each
+    attempt started in the table (one datagram to the leader per task). Off by default: a
+    mesh of equal nodes gains nothing from it, and a mesh where some nodes have it off
+    still works (they never mark starts, so nothing is stolen from them)."""
+
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             choices = ", ".join(sorted(STRATEGIES))
@@ -123,7 +130,10 @@ class TaskConfig:
                     f"unknown [tasks] setting {key!r}; known: {', '.join(sorted(fields))}"
                 )
             default = field.default
-            if isinstance(default, bool) or not isinstance(value, type(default)):
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"[tasks] {key} must be true or false, got {value!r}")
+            elif not isinstance(value, type(default)):
                 if not (isinstance(default, float) and isinstance(value, int)):
                     raise ConfigError(
                         f"[tasks] {key} must be {type(default).__name__}, got {value!r}"

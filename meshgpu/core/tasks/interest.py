@@ -14,11 +14,13 @@ A change is sent only to the nodes that act on the entry, not to every member:
 A change that is only the ``acknowledged`` mark (the origin accepted the submission) goes
 to the leader alone, which owns the queue (the other holders get the mark with the
 assignment, and adopt an unacknowledged task anyway should the origin die, see
-``orphans.py``). Rejected: sending the ``delivered`` mark to the holders, origin and
-leader only (not the worker): one datagram less per task, but with heavy loss (20 %) and
-the confirming node crashing with its data dir soon after, the mark could vanish and the
-row stay behind on the holders (found by an ad-hoc simulation); every extra copy makes
-that less likely.
+``orphans.py``). So does a change that is only the ``started`` mark (work stealing: the
+worker put the attempt on its device): only the leader proposes steals, and the holders
+get the mark with the outcome. Rejected: sending the ``delivered`` mark to the holders,
+origin and leader only (not the worker): one datagram less per task, but with heavy loss
+(20 %) and the confirming node crashing with its data dir soon after, the mark could
+vanish and the row stay behind on the holders (found by an ad-hoc simulation); every
+extra copy makes that less likely.
 
 Every other node learns of the task only if it asks (``TaskWant``), if it becomes the
 leader (the holders push their open entries to it, see ``sync.py``), or through the
@@ -60,26 +62,31 @@ def interested(entry: TaskEntry, leader: NodeId | None) -> set[NodeId]:
 
 
 ACKNOWLEDGED = "acknowledged"
+STARTED = "started"
 
 
 def mark_only(before: TaskEntry | None, after: TaskEntry) -> str | None:
-    """``ACKNOWLEDGED`` when that mark is all that changed, else None."""
+    """``ACKNOWLEDGED`` or ``STARTED`` when that mark is all that changed, else None."""
     if (
         before is None
         or before.state != after.state
         or before.holders != after.holders
         or before.result_holders != after.result_holders
+        or before.steal != after.steal
+        or after.delivered != before.delivered
     ):
         return None
-    if after.acknowledged and not before.acknowledged and after.delivered == before.delivered:
+    if after.acknowledged and not before.acknowledged and after.started == before.started:
         return ACKNOWLEDGED
+    if after.started != before.started and after.acknowledged == before.acknowledged:
+        return STARTED
     return None
 
 
 def audience(entry: TaskEntry, leader: NodeId | None, mark: str | None) -> set[NodeId]:
     """The nodes a change needs to reach: :func:`interested`, or fewer for a change that is
     only a mark (see the module docstring)."""
-    if mark == ACKNOWLEDGED:
+    if mark in (ACKNOWLEDGED, STARTED):
         return set() if leader is None else {leader}
     return interested(entry, leader)
 

@@ -20,7 +20,9 @@ slots) until a holder confirmed it (``TaskComponent.is_current``; ``sync.py``).
 
 4. assignment: queued tasks that are acknowledged (held by ``replicas`` nodes, or by
    every live node when fewer exist) and whose retry back-off has passed go through
-   :func:`~meshgpu.core.tasks.scheduler.plan_round` with a view of every live worker.
+   :func:`~meshgpu.core.tasks.scheduler.plan_round` with a view of every live worker;
+5. with work stealing on: steal requests for tasks queued, not started, on busy workers
+   while a capable worker sits idle (:mod:`~meshgpu.core.tasks.stealing`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from meshgpu.core.tasks import state as st
 from meshgpu.core.tasks.scheduler import QueuedTask, plan_round
 from meshgpu.core.tasks.spec import DeviceRequirements, Priority, TaskId
 from meshgpu.core.tasks.state import Phase
+from meshgpu.core.tasks.stealing import AssignedTask, plan_steals
 from meshgpu.core.tasks.strategies import WorkerView
 from meshgpu.core.types import NodeId
 
@@ -71,6 +74,14 @@ class Leading:
         if now >= tasks.repair_at:
             self._repair_replicas(now, live)
         self._expire_and_time_out(now, live)
+        self._assign(now, live)
+        if tasks.config.work_stealing:
+            self._steal(now, live)
+
+    def _assign(self, now: float, live: set[NodeId]) -> None:
+        """Assign the queued tasks that are ready (step 4 of the module docstring)."""
+        tasks = self.component
+        mesh = tasks.mesh
         queued, ready_since = self._ready_tasks(now, live)
         if not queued:
             return
@@ -101,6 +112,39 @@ class Leading:
             )
             if len(log) > MAX_ASSIGNMENT_LOG:
                 del log[: len(log) - MAX_ASSIGNMENT_LOG]
+
+    def _steal(self, now: float, live: set[NodeId]) -> None:
+        """Ask busy workers to hand tasks they have not started to idle ones (``stealing.py``):
+        the request is the entry's steal mark; the victim makes the move, or refuses."""
+        tasks = self.component
+        book = tasks.book
+        assigned: list[AssignedTask] = []
+        for tid in sorted(book.open):
+            entry = tasks.table.get(tid)
+            if entry is None or not tasks.is_current(entry):
+                continue
+            state = entry.state
+            if state.phase is not Phase.ASSIGNED or state.worker not in live:
+                continue
+            request = entry.steal
+            assigned.append(
+                AssignedTask(
+                    tid,
+                    entry.spec,
+                    state.worker,
+                    state.attempt,
+                    entry.started >= state.attempt,
+                    request is not None and request[0] == state.attempt,
+                    book.state_since(tid, now),
+                )
+            )
+        if not assigned:
+            return
+        workers = self._worker_views(now, live)  # requested steals count for their thieves
+        settled = now - tasks.config.tick_interval_s
+        for steal in plan_steals(assigned, workers, settled):
+            tasks.context.count("steals_requested")
+            tasks.update(steal.task_id, now, steal=(steal.attempt, steal.thief))
 
     def _fail_unsatisfiable(
         self, queued: list[QueuedTask], workers: list[WorkerView], live: set[NodeId], now: float
@@ -241,6 +285,16 @@ class Leading:
                 worker = entry.state.worker
                 if worker is not None:
                     in_flight[worker] = in_flight.get(worker, 0) + 1
+                request = entry.steal
+                if (
+                    request is not None
+                    and request[0] == entry.state.attempt
+                    and request[1] != worker
+                    and entry.started < request[0]
+                ):
+                    # Requested, not answered yet: the thief's slot is spoken for (a
+                    # started attempt is refused, so the request no longer counts).
+                    in_flight[request[1]] = in_flight.get(request[1], 0) + 1
         loads = tasks.mesh.loads()
         handed_over = tasks.handed_over
         views: list[WorkerView] = []

@@ -39,6 +39,7 @@ def observe_outcome(
         and previous.worker is not None
         and previous.worker != state.worker
         and state.phase is Phase.ASSIGNED
+        and not st.is_steal(state)  # handed over unstarted: nothing failed
     ):
         # Reassigned away (the worker died or timed out): a failure of that worker for
         # the breaker and the adaptive model, though not for the task's retry budget.

@@ -80,6 +80,7 @@ class Cause(enum.Enum):
     EXPIRE = "expire"  # the task's deadline passed before it finished
     LOSE_RESULT = "lose_result"  # DONE, undelivered, and every result holder is dead
     HAND_BACK = "hand_back"  # the worker leaves gracefully and gives the attempt back
+    STEAL = "steal"  # the worker hands an attempt it has not started to an idle thief
 
 
 TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
@@ -90,6 +91,7 @@ TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
     (Phase.RETRYING, Cause.COMPLETE): Phase.DONE,  # a superseded attempt still finished
     (Phase.ASSIGNED, Cause.RETRY): Phase.RETRYING,
     (Phase.ASSIGNED, Cause.HAND_BACK): Phase.RETRYING,  # no failure counted
+    (Phase.ASSIGNED, Cause.STEAL): Phase.ASSIGNED,  # made by the worker itself, unstarted
     (Phase.PENDING, Cause.FAIL): Phase.FAILED,  # e.g. no worker can ever meet the spec
     (Phase.ASSIGNED, Cause.FAIL): Phase.FAILED,
     (Phase.RETRYING, Cause.FAIL): Phase.FAILED,
@@ -234,6 +236,32 @@ def hand_back(current: TaskState, reason: str = "") -> TaskState:
 def is_hand_back(state: TaskState) -> bool:
     """Whether ``state`` is a RETRYING made by :func:`hand_back`."""
     return state.phase is Phase.RETRYING and state.reason.startswith(HANDED_BACK)
+
+
+STOLEN_FROM = "stolen from"
+"""Prefix of the reason of an ASSIGNED state made by :func:`steal` (not a failure of the
+worker it left: breakers and the adaptive model do not count it)."""
+
+
+def steal(current: TaskState, view: int, thief: NodeId) -> TaskState:
+    """The worker of ``current`` hands the attempt, which it has not started, to ``thief``
+    as the next attempt (work stealing, ``stealing.py``). Only that worker makes this
+    transition: it alone knows whether the attempt is on its device yet."""
+    new = TaskState(
+        Phase.ASSIGNED,
+        current.attempt + 1,
+        view,
+        thief,
+        current.failures,
+        f"{STOLEN_FROM} {current.worker}",
+        current.epoch,
+    )
+    return _checked(current, Cause.STEAL, new)
+
+
+def is_steal(state: TaskState) -> bool:
+    """Whether ``state`` is an ASSIGNED made by :func:`steal`."""
+    return state.phase is Phase.ASSIGNED and state.reason.startswith(STOLEN_FROM)
 
 
 def fail(current: TaskState, reason: str, *, count_failure: bool = True) -> TaskState:

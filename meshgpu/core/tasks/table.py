@@ -14,7 +14,11 @@ of times, hold the same table (Shapiro et al., "Conflict-free Replicated Data Ty
 * ``acknowledged``: a flag that only goes from False to True (the origin acknowledged the
   submission: it is held by ``replicas`` nodes, or by every live node when fewer exist).
   The leader assigns only acknowledged tasks, so a result is never stored on a holder set
-  that replication is still growing.
+  that replication is still growing;
+* ``started``: the highest attempt its worker put on the device (attempt numbers only grow,
+  across epochs too), merged by max; set only with work stealing on;
+* ``steal``: the leader's request that the worker of ``attempt`` hand it to ``thief``
+  (``(attempt, thief)``), merged by max; set only with work stealing on (``stealing.py``).
 
 Garbage collection drops entries that are terminal and delivered, and records the id in a
 :class:`~meshgpu.core.tasks.collected.CollectedSet`; an entry whose id is collected is
@@ -31,6 +35,18 @@ from meshgpu.core.tasks.spec import TaskId, TaskSpec
 from meshgpu.core.tasks.state import PENDING, TaskState, join
 from meshgpu.core.types import NodeId
 
+StealRequest = tuple[int, NodeId]
+"""``(attempt, thief)``: the leader asks the worker of that attempt to hand it to ``thief``."""
+
+
+def join_steal(a: StealRequest | None, b: StealRequest | None) -> StealRequest | None:
+    """The larger of two steal requests (None is the least)."""
+    if a is None:
+        return b
+    if b is None or a >= b:
+        return a
+    return b
+
 
 @dataclass(frozen=True, slots=True)
 class TaskEntry:
@@ -43,6 +59,8 @@ class TaskEntry:
     result_holders: frozenset[NodeId] = frozenset()
     delivered: bool = False
     acknowledged: bool = False
+    started: int = 0
+    steal: StealRequest | None = None
 
     @property
     def collectable(self) -> bool:
@@ -63,6 +81,8 @@ def merge_entries(a: TaskEntry, b: TaskEntry) -> TaskEntry:
         result_holders=a.result_holders | b.result_holders,
         delivered=a.delivered or b.delivered,
         acknowledged=a.acknowledged or b.acknowledged,
+        started=a.started if a.started >= b.started else b.started,
+        steal=a.steal if a.steal == b.steal else join_steal(a.steal, b.steal),
     )
 
 
@@ -129,10 +149,12 @@ class TaskTable:
         result_holders: frozenset[NodeId] = frozenset(),
         delivered: bool = False,
         acknowledged: bool = False,
+        started: int = 0,
+        steal: StealRequest | None = None,
     ) -> MergeOutcome:
-        """Apply a local change (a new state, more holders, the delivered or acknowledged
-        mark) as a merge, so a local update can never move anything down. Raises KeyError
-        for an unknown id."""
+        """Apply a local change (a new state, more holders, the delivered, acknowledged or
+        started mark, a steal request) as a merge, so a local update can never move
+        anything down. Raises KeyError for an unknown id."""
         current = self._entries[task_id]
         change = TaskEntry(
             task_id,
@@ -142,6 +164,8 @@ class TaskTable:
             current.result_holders | result_holders,
             current.delivered or delivered,
             current.acknowledged or acknowledged,
+            max(current.started, started),
+            join_steal(current.steal, steal),
         )
         return self.merge(change)
 

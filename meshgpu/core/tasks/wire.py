@@ -204,7 +204,11 @@ def state_from_wire(value: object) -> TaskState:
 
 
 def entry_to_wire(entry: TaskEntry) -> Wire:
-    return [
+    """The entry's fields in order; the work-stealing marks (``started``, then ``steal``)
+    are appended only when set, so an entry of a mesh without stealing encodes byte for
+    byte as before they existed (journals, checksums, traces and their hashes): 8
+    fields, 9 with a started mark, 10 with a steal request."""
+    wire = [
         entry.task_id.origin,
         entry.task_id.sequence,
         spec_to_wire(entry.spec),
@@ -214,17 +218,28 @@ def entry_to_wire(entry: TaskEntry) -> Wire:
         entry.delivered,
         entry.acknowledged,
     ]
+    if entry.started or entry.steal is not None:
+        wire.append(entry.started)
+    if entry.steal is not None:
+        wire.append([entry.steal[0], entry.steal[1]])
+    return wire
 
 
 def entry_from_wire(value: object) -> TaskEntry:
     fields = _list(value)
     # 7 fields: a journal record written before the acknowledged mark existed, when every
     # entry in a table was assignable: read it as acknowledged.
-    _expect(len(fields) in (7, 8), "expected 7 or 8 fields")
+    _expect(len(fields) in (7, 8, 9, 10), "expected 7 to 10 fields")
     if len(fields) == 7:
         fields.append(True)
     _expect(isinstance(fields[6], bool), "delivered is not a bool")
     _expect(isinstance(fields[7], bool), "acknowledged is not a bool")
+    started = _int(fields[8]) if len(fields) >= 9 else 0
+    _expect(started >= 0, "started is negative")
+    steal = None
+    if len(fields) == 10:
+        raw = _list(fields[9], 2)
+        steal = (_int(raw[0]), _str(raw[1]))
     return TaskEntry(
         task_id=task_id_from_wire(fields[0], fields[1]),
         spec=spec_from_wire(fields[2]),
@@ -233,4 +248,6 @@ def entry_from_wire(value: object) -> TaskEntry:
         result_holders=frozenset(_str(n) for n in _list(fields[5])),
         delivered=bool(fields[6]),
         acknowledged=bool(fields[7]),
+        started=started,
+        steal=steal,
     )

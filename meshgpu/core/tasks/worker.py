@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from meshgpu.core.effects import CancelTask, RunTask
-from meshgpu.core.events import TaskFinished
+from meshgpu.core.events import TaskFinished, TaskStarted
 from meshgpu.core.tasks import state as st
 from meshgpu.core.tasks.spec import TaskId
 from meshgpu.core.tasks.state import Phase, TaskState
@@ -83,6 +83,53 @@ class Worker:
         reason = event.reason or "result could not be stored on any holder"
         if mine:
             tasks.update(tid, now, state=failure_state(entry, reason))
+
+    def task_started(self, event: TaskStarted, now: float) -> None:
+        """The driver put an attempt on the device: with work stealing on, mark it started
+        in the table (the leader then never asks to steal it)."""
+        tasks = self.tasks
+        if not tasks.config.work_stealing:
+            return
+        entry = tasks.table.get(event.task_id)
+        if entry is None or entry.started >= event.attempt:
+            return
+        state = entry.state
+        if (
+            state.phase is Phase.ASSIGNED
+            and state.attempt == event.attempt
+            and state.worker == tasks.node_id
+        ):
+            tasks.update(event.task_id, now, started=event.attempt)
+            return
+        # The attempt moved on before the driver reported its start: a run the core had
+        # already cancelled (or handed to a thief) reached the device in the meantime.
+        tasks.context.count("task_starts_superseded")
+
+    def on_steal_request(self, entry: TaskEntry, now: float) -> None:
+        """The leader asks this node to hand an attempt to an idle thief (``stealing.py``):
+        done only if the attempt is still this node's and not on its device. This node alone
+        decides, so an attempt that started here is never taken away (Dask's transactional
+        stealing: the victim confirms)."""
+        tasks = self.tasks
+        request = entry.steal
+        state = entry.state
+        if (
+            request is None
+            or not tasks.config.work_stealing
+            or state.phase is not Phase.ASSIGNED
+            or state.worker != tasks.node_id
+            or state.attempt != request[0]
+        ):
+            return
+        if entry.started >= state.attempt:
+            tasks.context.count("steals_refused")
+            return
+        thief = request[1]
+        if thief == tasks.node_id or thief not in tasks.mesh.live_members():
+            tasks.context.count("steals_refused")
+            return
+        tasks.context.count("tasks_stolen")
+        tasks.update(entry.task_id, now, state=st.steal(state, tasks.mesh.view, thief))
 
     def on_state_change(self, entry: TaskEntry) -> None:
         """Cancel a run the new state superseded; start one newly assigned to this node."""
