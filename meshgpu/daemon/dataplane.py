@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from meshgpu.core import effects as fx
-from meshgpu.core.events import Event, PayloadFetchFailed, PayloadStored, TaskFinished
+from meshgpu.core.events import (
+    Event,
+    PayloadFetchFailed,
+    PayloadStored,
+    TaskFinished,
+    TaskStarted,
+)
 from meshgpu.core.tasks import TaskId, TaskSpec
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.execution import is_permanent
@@ -410,6 +416,7 @@ class DataPlane(ResultPlane):
 
                     def on_slot() -> None:  # on the device now: no longer cancellable
                         self._fetching.discard(key)
+                        self._feed(TaskStarted(effect.task_id, effect.attempt))  # stealing
 
                     with self.models.pinned(spec.model_digest) as model_path:
                         if spec.members != 1:

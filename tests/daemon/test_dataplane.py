@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from meshgpu.core import effects as fx
-from meshgpu.core.events import PayloadFetchFailed, PayloadStored, TaskFinished
+from meshgpu.core.events import PayloadFetchFailed, PayloadStored, TaskFinished, TaskStarted
 from meshgpu.core.tasks import TaskId, TaskSpec
 from meshgpu.daemon.dataplane import INPUTS
 from meshgpu.daemon.payloads import canonical_tensor_bytes, tensors_from_bytes
@@ -74,6 +74,22 @@ async def test_a_run_reports_ok_with_its_result_kept_here(lone: Plane, clock) ->
     assert size == len(data)
     np.testing.assert_array_equal(tensors_from_bytes(data)["y"], np.arange(4) * 2)
     assert lone.plane.completed == 1 and not lone.plane.running
+
+
+async def test_a_run_reports_its_start_when_it_takes_a_slot(lone: Plane, clock) -> None:
+    """Work stealing: the core learns an attempt is on the device before it runs, and
+    learns nothing of an attempt cancelled while it waited for a slot."""
+    lone.executor.hold = trio.Event()
+    lone.plane.execute(run_task(attempt=1))
+    await settle()
+    assert not [e for e in lone.fed if isinstance(e, TaskStarted)]  # prefetched: waiting
+    lone.plane.execute(fx.CancelTask(TASK, 1))
+    lone.plane.execute(run_task(attempt=2))
+    await settle()
+    lone.executor.hold.set()
+    await lone.plane.wait_idle()
+    kinds = [(type(e).__name__, e.attempt) for e in lone.fed]
+    assert kinds == [("TaskStarted", 2), ("TaskFinished", 2)]
 
 
 async def test_the_same_attempt_twice_runs_once(lone: Plane, clock) -> None:

@@ -315,7 +315,9 @@ class TaskComponent(Component):
         if after.collectable and tid not in book.collect_at:
             book.collect_at[tid] = now + self.config.gc_delay_s
         self._arm_tick(now)
-        if after.steal is not None and (before is None or before.steal != after.steal):
+        if after.steal is not None and (
+            before is None or before.steal != after.steal or before.state != state
+        ):
             self.worker.on_steal_request(after, now)  # the victim decides (worker.py)
         if (
             not local

@@ -112,24 +112,37 @@ class Worker:
         stealing: the victim confirms)."""
         tasks = self.tasks
         request = entry.steal
-        state = entry.state
-        if (
-            request is None
-            or not tasks.config.work_stealing
-            or state.phase is not Phase.ASSIGNED
-            or state.worker != tasks.node_id
-            or state.attempt != request[0]
-        ):
+        if request is None or not self._asked_to_hand_over(entry):
             return
-        if entry.started >= state.attempt:
-            tasks.context.count("steals_refused")
-            return
-        thief = request[1]
-        if thief == tasks.node_id or thief not in tasks.mesh.live_members():
+        if not self._may_hand_over(entry):
             tasks.context.count("steals_refused")
             return
         tasks.context.count("tasks_stolen")
-        tasks.update(entry.task_id, now, state=st.steal(state, tasks.mesh.view, thief))
+        state = entry.state
+        tasks.update(entry.task_id, now, state=st.steal(state, tasks.mesh.view, request[1]))
+
+    def _asked_to_hand_over(self, entry: TaskEntry) -> bool:
+        """Whether ``entry`` carries a steal request for this node's current attempt."""
+        request = entry.steal
+        state = entry.state
+        return (
+            request is not None
+            and self.tasks.config.work_stealing
+            and state.phase is Phase.ASSIGNED
+            and state.worker == self.tasks.node_id
+            and state.attempt == request[0]
+        )
+
+    def _may_hand_over(self, entry: TaskEntry) -> bool:
+        """Whether the requested attempt is not started here and its thief is live."""
+        request = entry.steal
+        assert request is not None
+        thief = request[1]
+        return (
+            entry.started < entry.state.attempt
+            and thief != self.tasks.node_id
+            and thief in self.tasks.mesh.live_members()
+        )
 
     def on_state_change(self, entry: TaskEntry) -> None:
         """Cancel a run the new state superseded; start one newly assigned to this node."""
@@ -150,6 +163,12 @@ class Worker:
                 tasks.context.emit(CancelTask(tid, attempt))
                 running = None
         if state.phase is Phase.ASSIGNED and state.worker == tasks.node_id and running is None:
+            if (
+                entry.steal is not None
+                and self._asked_to_hand_over(entry)
+                and self._may_hand_over(entry)
+            ):
+                return  # handed to a thief by the same change (on_steal_request): never run
             self.running[tid] = (state.attempt, state.view)
             tasks.own_load.dirty = True
             origin = tid.origin

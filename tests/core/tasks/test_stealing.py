@@ -227,3 +227,21 @@ def test_with_stealing_off_a_start_changes_nothing() -> None:
     before = h.nodes[worker].tasks.table.get(tid)
     h.deliver_event(worker, TaskStarted(tid, 1))
     assert h.nodes[worker].tasks.table.get(tid) == before
+
+
+def test_an_assignment_that_arrives_with_its_steal_request_is_handed_over_unrun() -> None:
+    """A worker that missed its assignment hears of it together with the request to hand
+    it over: it hands it over at once and never puts it on its device."""
+    h, tid, worker, _ = mesh_with_a_running_task()
+    late, thief = (n for n in sorted(h.nodes) if n != worker)
+    tasks = h.nodes[late].tasks
+    current = h.nodes[worker].tasks.table.get(tid)
+    assert current is not None
+    reassigned = st.assign(current.state, current.state.view, late)
+    context = tasks.context
+    context.effects = []
+    tasks.merge_remote(replace(current, state=reassigned, steal=(reassigned.attempt, thief)), h.now)
+    made, context.effects = context.effects, []
+    assert not [e for e in made if isinstance(e, RunTask)]
+    state = tasks.table.get(tid).state  # type: ignore[union-attr]
+    assert state.worker == thief and state.attempt == reassigned.attempt + 1
