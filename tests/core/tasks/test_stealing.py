@@ -21,6 +21,7 @@ from meshgpu.core.tasks.stealing import AssignedTask, plan_steals
 from meshgpu.core.tasks.strategies import WorkerView
 from meshgpu.core.tasks.wire import entry_from_wire, entry_to_wire
 from meshgpu.core.types import NodeId
+from meshgpu.errors import ConfigError
 from tests.core.harness import MeshHarness
 from tests.core.tasks.test_component import effects, submit
 
@@ -245,3 +246,10 @@ def test_an_assignment_that_arrives_with_its_steal_request_is_handed_over_unrun(
     assert not [e for e in made if isinstance(e, RunTask)]
     state = tasks.table.get(tid).state  # type: ignore[union-attr]
     assert state.worker == thief and state.attempt == reassigned.attempt + 1
+
+
+def test_the_switch_is_a_boolean_setting() -> None:
+    assert TaskConfig.from_mapping({"work_stealing": True}).work_stealing
+    assert not TaskConfig().work_stealing
+    with pytest.raises(ConfigError, match="work_stealing must be true or false"):
+        TaskConfig.from_mapping({"work_stealing": "yes"})
