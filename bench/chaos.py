@@ -16,8 +16,11 @@ few seconds, then heals it:
 * ``partition_leader``: the current leader alone on the other side;
 * ``partition_bridge``: two sides that cannot reach each other and one node that reaches
   both (blackhole routes in each namespace: a non-transitive partition);
-* ``netem_loss``, ``netem_delay``, ``netem_duplicate``, ``netem_reorder``: ``tc netem``
-  on one daemon's interface (counted as ``netem_unavailable`` on a kernel without it);
+* ``netem_loss``, ``netem_delay``, ``netem_duplicate``, ``netem_reorder``: packet faults
+  on one daemon's link, both directions, through the lab's userspace stand-in for ``tc
+  netem`` (tests/netns/impairment.py: an AF_PACKET relay in front of the host whose
+  random decisions come from a seed drawn from ``--seed``); the frames it dropped,
+  duplicated and reordered are summed in ``relay_frames``;
 * ``pause``: SIGSTOP, then SIGCONT (a frozen process);
 * ``kill_restart``: SIGKILL, then a restart with its journal;
 * ``wipe_restart``: SIGKILL, then a restart with an empty data directory;
@@ -30,12 +33,16 @@ every acknowledged task. The checker then counts, over the whole history: ``lost
 (acknowledged and never resolved), ``duplicate_deliveries`` (a task id handed to the
 workload twice: two acknowledgements naming one id, or one handle resolved twice),
 ``wrong_outputs`` (a result that differs from onnxruntime's on the same row),
-``duplicate_executions`` (runs started on the daemons beyond the tasks resolved: a
-lower bound, read from the ``tasks_started`` counters, each daemon's last reading before
-it was killed included) and ``longest_stall_s`` (the longest time without a result while
-tasks were outstanding). A failing run prints its seed and its schedule; ``--seed``
-replays the same schedule (the moments and kinds; what the mesh does in between is real
-and is not replayed).
+``duplicate_executions`` (runs on a device beyond one per task: each daemon logs every
+run that takes a device slot, task id and attempt, to its log file, which outlives kills
+and wiped data directories; ``executions`` splits them into ``retried`` (a later attempt
+of the task: the mesh gave it again after a fault), ``same_attempt`` (one attempt run
+twice: a restart replayed it), ``unacknowledged`` (runs of tasks the client never saw
+acknowledged: a batch whose answer was lost) and ``done_without_run`` (a result the
+client got with no run on record: a hole in the record, never expected)) and
+``longest_stall_s`` (the longest time without a result while tasks were outstanding).
+A failing run prints its seed and its schedule; ``--seed`` replays the same schedule
+(the moments and kinds; what the mesh does in between is real and is not replayed).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ import dataclasses
 import itertools
 import json
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -62,8 +70,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import trio
 
+import tests.netns.daemons as lab_daemons
 from meshgpu.daemon.auth import MeshKey
+from meshgpu.daemon.groups import group_of
 from tests.netns.daemons import PORT, Daemon, Fleet
+from tests.netns.impairment import Impairment
 from tests.netns.lab import (
     NamespacesUnavailable,
     NetnsLab,
@@ -88,11 +99,30 @@ KINDS = (
     "kill_entry",
 )
 NETEM = {
-    "netem_loss": ["loss", "20%"],
-    "netem_delay": ["delay", "80ms", "40ms"],
-    "netem_duplicate": ["duplicate", "20%"],
-    "netem_reorder": ["delay", "20ms", "reorder", "50%", "50%"],
+    "netem_loss": Impairment(loss=0.2),
+    "netem_delay": Impairment(delay_s=0.08, jitter_s=0.04),
+    "netem_duplicate": Impairment(duplicate=0.2),
+    "netem_reorder": Impairment(delay_s=0.02, reorder=0.5),
 }
+"""The packet faults, as ``tc netem`` would say them: loss 20%; delay 80ms 40ms;
+duplicate 20%; delay 20ms reorder 50%."""
+RUN_LINE = re.compile(r"meshgpu\.daemon\.runs: run (\S+) attempt (\d+)$")
+"""A daemon's record of one run on its device (meshgpu/daemon/dataplane.py)."""
+
+
+def _join_argv_recording_runs(*args: Any, **kwargs: Any) -> list[str]:
+    """The lab's daemon command line with the run record (a debug logger) turned on."""
+    argv = _plain_join_argv(*args, **kwargs)
+    at = argv.index("-c") + 1
+    argv[at] = (
+        "import logging; logging.getLogger('meshgpu.daemon.runs').setLevel(logging.DEBUG); "
+        + argv[at]
+    )
+    return argv
+
+
+_plain_join_argv = lab_daemons.join_argv
+lab_daemons.join_argv = _join_argv_recording_runs
 TMPFS_MB = 64
 """Size of the tmpfs that holds the last daemon's data directory (``disk_full``)."""
 WINDOW = 32
@@ -123,15 +153,6 @@ def schedule(seed: int, minutes: float, nodes: int) -> list[Fault]:
             return faults
         faults.append(Fault(round(at, 2), rng.choice(KINDS), round(hold, 2), rng.randrange(nodes)))
         at += hold + rng.uniform(2.0, 6.0)
-
-
-def netem_available(lab: NetnsLab) -> bool:
-    host = lab.hosts[0]
-    ns = ["ip", "netns", "exec", host.namespace, "tc", "qdisc"]
-    added = subprocess.run([*ns, "add", "dev", "eth0", "root", "netem", "delay", "1ms"],
-                           capture_output=True)  # fmt: skip
-    subprocess.run([*ns, "del", "dev", "eth0", "root"], capture_output=True)
-    return added.returncode == 0
 
 
 @dataclasses.dataclass
@@ -238,11 +259,9 @@ class Campaign:
         self.full_dir.mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs",
                         str(self.full_dir)], check=True)  # fmt: skip
-        self.netem = netem_available(self.lab)
         self.faults: Counter[str] = Counter()
+        self.relay_frames: Counter[str] = Counter()
         self.applied: list[str] = []
-        self.started_before: Counter[str] = Counter()
-        """tasks_started read from each daemon before it was killed or wiped."""
         self.blackholes: list[tuple[str, str]] = []
 
     # --- daemons --------------------------------------------------------------------
@@ -263,14 +282,6 @@ class Campaign:
 
     def daemon(self, index: int) -> Daemon:
         return self.fleet.daemons[index]
-
-    def note_started(self, index: int) -> None:
-        """Remember a daemon's tasks_started before it goes (counters die with it)."""
-        with contextlib.suppress(Exception):
-            status = self.fleet.call(self.daemon(index), "status")
-            self.started_before[str(index)] += int(
-                status["counters"]["node"].get("tasks_started", 0)
-            )
 
     def restart(self, index: int, wipe: bool = False) -> None:
         daemon = self.daemon(index)
@@ -297,13 +308,17 @@ class Campaign:
             del index
         return 0
 
-    def started_total(self) -> int:
-        total = sum(self.started_before.values())
+    def runs(self) -> list[tuple[str, int, int]]:
+        """Every run on a device the daemons recorded: (task id, attempt, daemon index)."""
+        found = []
         for index in range(len(self.fleet.daemons)):
-            with contextlib.suppress(Exception):
-                status = self.fleet.call(self.daemon(index), "status")
-                total += int(status["counters"]["node"].get("tasks_started", 0))
-        return total
+            log = self.root / f"h{index}.log"
+            with contextlib.suppress(OSError), open(log, errors="replace") as lines:
+                for line in lines:
+                    match = RUN_LINE.search(line.rstrip("\n"))
+                    if match:
+                        found.append((match.group(1), int(match.group(2)), index))
+        return found
 
     # --- the nemesis ----------------------------------------------------------------
 
@@ -313,10 +328,6 @@ class Campaign:
         rng = random.Random(f"{self.args.seed}:{fault.at_s}")
         kind = fault.kind
         target = fault.target
-        if kind.startswith("netem") and not self.netem:
-            self.faults["netem_unavailable"] += 1
-            time.sleep(fault.hold_s)
-            return
         if kind == "partition_halves":
             side = rng.sample(range(nodes), rng.randint(1, nodes // 2))
             fault.detail = f"side {sorted(side)}"
@@ -341,12 +352,16 @@ class Campaign:
             time.sleep(fault.hold_s)
             self.clear_blackholes()
         elif kind.startswith("netem"):
-            namespace = self.daemon(target).host.namespace
-            tc = ["ip", "netns", "exec", namespace, "tc", "qdisc"]
-            subprocess.run([*tc, "add", "dev", "eth0", "root", "netem", *NETEM[kind]], check=True)
-            fault.detail = f"h{target} {' '.join(NETEM[kind])}"
+            relay_seed = rng.randrange(2**32)
+            relay = self.lab.impair(target, NETEM[kind], "both", seed=relay_seed)
             time.sleep(fault.hold_s)
-            subprocess.run([*tc, "del", "dev", "eth0", "root"], check=False)
+            counters = relay.counters()
+            self.lab.unimpair(target)
+            shown = {
+                k: v for k, v in counters.items() if v and not k.endswith(("_received", "sent"))
+            }
+            self.relay_frames.update(shown)
+            fault.detail = f"h{target} relay seed {relay_seed}: {shown}"
         elif kind == "pause":
             process = self.daemon(target).process
             fault.detail = f"h{target}"
@@ -359,7 +374,6 @@ class Campaign:
                 ids = [d.node_id for d in self.fleet.daemons]
                 target = ids.index(entry) if entry in ids else target
             fault.detail = f"h{target}"
-            self.note_started(target)
             self.daemon(target).kill()
             time.sleep(fault.hold_s)
             self.restart(target, wipe=kind == "wipe_restart")
@@ -439,12 +453,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 rows = campaign.fleet.call(daemon, "tasks")["tasks"]
                 known.update(str(row["task_id"]) for row in rows)
-        started = campaign.started_total()
+        runs = campaign.runs()
     finally:
         campaign.close()
     times = sorted([began, *history.result_times, healed])
     stall = max((b - a for a, b in itertools.pairwise(times)), default=0.0)
     failed = sum(1 for state in history.resolved.values() if state != "done")
+    executions = explain_executions(runs, history)
     return {
         "seed": args.seed,
         "minutes": args.minutes,
@@ -457,14 +472,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duplicate_deliveries": history.twice_acknowledged
         + sum(1 for count in history.deliveries.values() if count > 1),
         "wrong_outputs": history.wrong,
-        "duplicate_executions": max(0, started - len(history.resolved)),
-        "runs_started": started,
+        "duplicate_executions": executions["duplicate"],
+        "runs_started": len(runs),
+        "executions": executions,
         "suppressed_duplicate_outcomes": history.suppressed_duplicates,
         "refused": history.refused,
         "submit_errors": history.submit_errors,
         "faults": dict(sorted(campaign.faults.items())),
+        "relay_frames": dict(sorted(campaign.relay_frames.items())),
         "longest_stall_s": round(stall, 2),
         "schedule": campaign.applied,
+    }
+
+
+def explain_executions(runs: list[tuple[str, int, int]], history: History) -> dict[str, int]:
+    """Count the runs beyond one per executed id and say why each happened.
+
+    A grouped submission runs as one task (the group id) for all its members, so a
+    member's runs are its group's.
+    """
+    per_id: dict[str, list[int]] = {}
+    for task_id, attempt, _ in runs:
+        per_id.setdefault(task_id, []).append(attempt)
+    acknowledged = set(history.acknowledged)
+    seen = acknowledged | {g for t in acknowledged if (g := group_of(t)) is not None}
+    retried = same_attempt = 0
+    for attempts in per_id.values():
+        distinct = len(set(attempts))
+        retried += distinct - 1
+        same_attempt += len(attempts) - distinct
+    done_without_run = sum(
+        1
+        for task_id, state in history.resolved.items()
+        if state == "done" and task_id not in per_id and group_of(task_id) not in per_id
+    )
+    return {
+        "duplicate": retried + same_attempt,
+        "retried": retried,
+        "same_attempt": same_attempt,
+        "unacknowledged": sum(len(a) for t, a in per_id.items() if t not in seen),
+        "done_without_run": done_without_run,
     }
 
 
@@ -505,6 +552,10 @@ def main() -> int:
         print(f"{name:28s} {result[name]}")
     for kind, count in result["faults"].items():
         print(f"fault {kind:22s} {count}")
+    for name, count in result["executions"].items():
+        print(f"executions {name:17s} {count}")
+    for name, count in result["relay_frames"].items():
+        print(f"relay {name:22s} {count}")
     if not ok:
         print(f"FAILED: replay with --seed {args.seed} --minutes {args.minutes} "
               f"--nodes {args.nodes}; schedule:", file=sys.stderr)  # fmt: skip

@@ -65,6 +65,9 @@ if TYPE_CHECKING:
     from meshgpu.daemon.status import TaskLookup
 
 logger = logging.getLogger("meshgpu.daemon")
+runs_logger = logging.getLogger("meshgpu.daemon.runs")
+"""One debug line per run that takes a device slot (task id, attempt): the record of
+executions a fault campaign counts (bench/chaos.py turns this logger on)."""
 
 INPUTS = "inputs"
 MODEL_CHUNK_BYTES = 1 << 20
@@ -417,6 +420,7 @@ class DataPlane(ResultPlane):
                     def on_slot() -> None:  # on the device now: no longer cancellable
                         self._fetching.discard(key)
                         self._feed(TaskStarted(effect.task_id, effect.attempt))  # stealing
+                        runs_logger.debug("run %s attempt %d", effect.task_id, effect.attempt)
 
                     with self.models.pinned(spec.model_digest) as model_path:
                         if spec.members != 1:

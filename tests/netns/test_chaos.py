@@ -35,4 +35,10 @@ def test_a_short_seeded_campaign_loses_and_duplicates_nothing() -> None:
     assert sum(result["faults"].values()) >= 5, report
     for name in ("lost", "unresolved", "duplicate_deliveries", "wrong_outputs"):
         assert result[name] == 0, f"{name}: {result[name]}\n{report}"
+    # every result delivered has a run on record (the daemons' own log of device runs),
+    # and the runs beyond one per task are each explained
+    executions = result["executions"]
+    assert executions["done_without_run"] == 0, report
+    assert result["runs_started"] >= result["done"], report
+    assert executions["duplicate"] == executions["retried"] + executions["same_attempt"], report
     assert run.returncode == 0, report
