@@ -435,3 +435,37 @@ async def test_tls_serves_https(tmp_path: Path) -> None:
 
         assert await trio.to_thread.run_sync(live) == {"live": True}
         daemon.request_stop()
+
+
+async def test_concurrent_infer_requests_coalesce_and_each_gets_its_own_answer(
+    node: Daemon,
+) -> None:
+    """Twelve requests at once, one with a wrong shape: the good ones are answered each
+    with its own row's outputs (some as members of a coalesced group), the bad one alone
+    with a 400 naming the input, and the table empties afterwards."""
+    pixels = np.load(MODELS / "digits_test.npz")["pixels"][:12]
+    want = expected(pixels)
+    answers: dict[int, tuple[int, Any]] = {}
+
+    async def one(index: int) -> None:
+        rows = np.zeros((1, 63), np.float32) if index == 7 else pixels[index : index + 1]
+        status, _, body = await acall(node, "POST", "/v2/models/digits/infer", infer_body(rows))
+        answers[index] = (status, json.loads(body))
+
+    await acall(node, "POST", "/v2/models/digits/infer", infer_body(pixels[:1]))  # warm
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for index in range(len(pixels)):
+                nursery.start_soon(one, index)
+    status, refused = answers.pop(7)
+    assert status == 400 and "pixels" in refused["error"]
+    for index, (status, answer) in answers.items():
+        assert status == 200, answer
+        got = np.asarray(answer["outputs"][0]["data"], np.float32)
+        np.testing.assert_allclose(got, want[index], rtol=1e-5)
+    coalescer = node.handlers.submissions.coalescer
+    members = [a for _, a in answers.values() if ":" in str(a["parameters"]["task_id"])]
+    assert coalescer.groups >= 1 and len(members) >= 2
+    with trio.fail_after(30):
+        while len(node.node.tasks.table):
+            await trio.sleep(0.1)
