@@ -198,6 +198,14 @@ def test_a_model_added_on_one_node_is_inferred_through_another(
     listed = CliRunner().invoke(main, ["models", "list", "--json", "--peer", entry])
     rows = {row["name"]: row for row in json.loads(listed.output)}
     assert rows["small"]["version"] == 1 and rows["digits"]["shipped"]
+    assert rows["small"]["max_batch"] == 8  # a free batch dimension: the default
+
+    flags = ["--max-batch", "4", "--max-delay-ms", "1.5", "--peer", entry]
+    tuned = CliRunner().invoke(main, ["models", "add", "small", str(model), *flags])
+    assert tuned.exit_code == 0 and "batch <= 4, delay 1.5 ms" in tuned.output, tuned.output
+    listed = CliRunner().invoke(main, ["models", "list", "--peer", entry])
+    line = next(row for row in listed.output.splitlines() if row.startswith("small "))
+    assert "v1" in line and "batch <= 4, delay 1.5 ms" in line  # same bytes: same version
 
     removed = CliRunner().invoke(main, ["models", "remove", "small", "--peer", entry])
     assert removed.exit_code == 0, removed.output
