@@ -471,6 +471,10 @@ class Executor:
                     self.limiter.release_on_behalf_of(waiter)
         finally:
             queue.remove_untaken(waiter.requests)
+            if not queue.waiting and self._queues.get(key) is queue:
+                # Forget an idle queue (clients may send any number of shapes); a caller
+                # still holding it only answers its own runs from it.
+                del self._queues[key]
         return waiter.requests, sum(request.run_s for request in waiter.requests)
 
     async def _run_batch(self, digest: str, cached: _CachedSession, batch: list[Request]) -> None:

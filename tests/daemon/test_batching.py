@@ -198,6 +198,7 @@ async def test_a_cancelled_waiting_run_leaves_the_queue() -> None:
         assert all(not queue.waiting for queue in queues)
         session.gate.set()
     assert session.runs == [1]
+    assert executor._queues == {}  # idle queues are forgotten
 
 
 async def test_runs_alone_are_measured_before_any_batch() -> None:
