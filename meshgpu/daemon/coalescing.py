@@ -130,13 +130,15 @@ class Coalescer:
         tensors: Mapping[str, np.ndarray],
         label: str | None,
         submission: str | None,
-        input_digest: str,
+        input_digest: Callable[[], str],
     ) -> dict[str, Any]:
         """Submit one task through its lane; the ``submit`` answer (a plain task id when
-        it went alone, a member id with ``group`` and ``members`` when coalesced)."""
+        it went alone, a member id with ``group`` and ``members`` when coalesced).
+        ``input_digest`` gives the inputs' digest, asked only when the submission waits
+        or is a resend of one that did (a lone one never pays for it)."""
         if submission is not None and submission in self._remembered:
             first = self._remembered[submission]
-            if first.input_digest != input_digest:
+            if first.input_digest != input_digest():
                 raise DecodeError(
                     f"submission id {submission!r} was sent before with other inputs; "
                     "choose a new id for each task"
@@ -154,7 +156,7 @@ class Coalescer:
             finally:
                 lane.in_flight -= 1
                 self._release(key, lane)
-        member = _Member(request, tensors, label, submission, input_digest)
+        member = _Member(request, tensors, label, submission, input_digest())
         lane.waiting.append(member)
         if submission is not None:
             self._remembered[submission] = member

@@ -232,7 +232,10 @@ class Submissions:
                     return answer
                 self.check_submittable(request)  # the node may have begun leaving
         if tensors and self.coalescer.running:
-            digest = "" if submission is None else _sha256(canonical_tensor_bytes(tensors))
+
+            def digest() -> str:  # for resends of a coalesced submission only
+                return _sha256(canonical_tensor_bytes(tensors))
+
             return await self.coalescer.submit(
                 request, tensors, label_of(request), submission, digest
             )

@@ -65,7 +65,7 @@ async def test_a_lone_submission_goes_alone_and_later_ones_wait_for_it() -> None
 
         async def submit(index: int, width: int = 4) -> None:
             answers[index] = await coalescer.submit(
-                {"model_digest": "m"}, _tensors(width), None, f"s{index}", f"d{index}"
+                {"model_digest": "m"}, _tensors(width), None, f"s{index}", lambda: f"d{index}"
             )
 
         nursery.start_soon(submit, 0)
@@ -94,7 +94,9 @@ async def test_a_full_lane_sends_at_once_and_a_resend_gets_the_same_member() -> 
         coalescer = await _started(nursery, table)
 
         async def submit(sub: str, digest: str = "d") -> None:
-            answer = await coalescer.submit({"model_digest": "m"}, _tensors(), None, sub, digest)
+            answer = await coalescer.submit(
+                {"model_digest": "m"}, _tensors(), None, sub, lambda: digest
+            )
             answers.append((sub, answer))
 
         nursery.start_soon(submit, "first")
@@ -106,7 +108,7 @@ async def test_a_full_lane_sends_at_once_and_a_resend_gets_the_same_member() -> 
         nursery.start_soon(submit, "s3")  # a resend of a waiting member
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(Exception, match="other inputs"):
-            await coalescer.submit({"model_digest": "m"}, _tensors(), None, "s3", "other")
+            await coalescer.submit({"model_digest": "m"}, _tensors(), None, "s3", lambda: "other")
         table.release.set()
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
@@ -124,14 +126,14 @@ async def test_a_refused_group_fails_each_member_and_a_cancelled_waiter_leaves()
 
         async def submit() -> None:
             try:
-                await coalescer.submit({"model_digest": "m"}, _tensors(), None, None, "")
+                await coalescer.submit({"model_digest": "m"}, _tensors(), None, None, lambda: "")
             except TaskError as error:
                 errors.append(error)
 
         nursery.start_soon(submit)
         await trio.testing.wait_all_tasks_blocked()
         with trio.move_on_after(0.01):  # a caller that goes away while waiting
-            await coalescer.submit({"model_digest": "m"}, _tensors(), None, None, "")
+            await coalescer.submit({"model_digest": "m"}, _tensors(), None, None, lambda: "")
         for _ in range(3):
             nursery.start_soon(submit)
         await trio.testing.wait_all_tasks_blocked()
