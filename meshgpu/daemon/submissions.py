@@ -250,6 +250,7 @@ class Submissions:
         submission: str | None,
     ) -> Message:
         """One ordinary task into the table, answered once acknowledged (coalescing.py)."""
+        self.check_submittable(request)  # it may have waited while the node began leaving
         pending, _ = await self._store_and_feed(
             request, canonical_tensor_bytes(dict(tensors)), dict(tensors), 1, label, submission
         )
@@ -259,6 +260,7 @@ class Submissions:
         self, request: Message, members: Sequence[Mapping[str, Any]], label: str | None
     ) -> Message:
         """A coalesced group into the table, answered once acknowledged (coalescing.py)."""
+        self.check_submittable(request)  # its members waited: the node may be leaving now
         pending, _ = await self._enqueue_group(request, members, label)
         return await self._acknowledged(pending)
 
