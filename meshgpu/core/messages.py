@@ -150,16 +150,6 @@ def is_id(value: object) -> bool:
     return type(value) is str and 0 < len(value) <= MAX_ID_LENGTH
 
 
-def is_host(value: object) -> bool:
-    """``expect_str(value, ..., 255)`` would accept it: a host of an address."""
-    return type(value) is str and 0 < len(value) <= 255
-
-
-def is_port(value: object) -> bool:
-    """``expect_int(value, ..., 0, 65535)`` would accept it: a port of an address."""
-    return type(value) is int and 0 <= value <= 65535
-
-
 # --- the envelope and the codec -----------------------------------------------------------
 
 

@@ -196,3 +196,27 @@ def test_a_registered_type_that_raises_oddly_is_still_a_decode_error() -> None:
 
     with pytest.raises(DecodeError, match="Fragile"):
         decode(_raw(PROTOCOL_VERSION, "s", 0, 0, [250], []))
+
+
+@pytest.mark.parametrize(
+    ("cls", "good", "bad"),
+    [
+        (Alive, ["n1", "10.0.0.1", 7946, 1], ["n1", "10.0.0.1", 7946, True]),
+        (Alive, ["n1", "10.0.0.1", 7946, 1], ["n1", "10.0.0.1", 7946.0, 1]),
+        (Suspect, ["n1", 1, "n2"], ["n1", True, "n2"]),
+        (Dead, ["n1", 1, "n2"], ["n1", 1, ["n2"]]),  # unhashable: not a cache key
+        (MemberRecord, ["n1", "10.0.0.1", 7946, 0, 1], ["n1", "10.0.0.1", 7946, False, 1]),
+        (MemberRecord, ["n1", "10.0.0.1", 7946, 0, 1], ["n1", ["10.0.0.1"], 7946, 0, 1]),
+    ],
+)
+def test_the_decoding_caches_never_let_an_equal_value_of_another_type_through(
+    cls: Any, good: list[Any], bad: list[Any]
+) -> None:
+    """A decoded update is cached by its field values and types (``True == 1`` and
+    ``7946.0 == 7946`` in Python, not on the wire): the good one first fills the cache,
+    the bad one is still refused, and the good one decodes to one shared object."""
+    first = cls.from_fields(good)
+    with pytest.raises(DecodeError):
+        cls.from_fields(bad)
+    again = cls.from_fields(list(good))
+    assert again == first and again is first

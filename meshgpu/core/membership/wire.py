@@ -10,14 +10,16 @@ piggybacked updates), :class:`PushPull` (a whole member table, in parts, as
 Decoding caches: in a forming or quiet mesh every node receives the same updates and
 records again and again (each ``Alive`` about lambda*log(n) times, every push-pull the
 same records); building the frozen dataclass is most of the cost of decoding one, and the
-result is immutable, so equal wire values share one object (``functools.lru_cache``,
-after the checks have pinned every field to ``str`` or ``int``). Pure caches: they
-change no result, only the cost.
-
-Each ``from_fields`` first checks the commonest shape with the boolean checks of
-``meshgpu.core.messages`` (``is_id``, ``is_count``, ``is_host``, ``is_port``: no
-exception to set up) and builds the message from a cache; anything else goes through the
-``expect_*`` checks, which say what is wrong.
+result is immutable, so equal wire values share one object. One function per update
+checks its fields (the ``expect_*`` checks, which say what is wrong) and builds it; the
+decoder calls it through a ``functools.lru_cache(typed=True)``, so a value seen before
+is neither checked nor built again: only checked values are cached (a check that fails
+raises, and exceptions are not cached), and ``typed`` keeps ``True`` or ``5.0`` from
+matching a cached ``1`` or ``5``. A field that cannot be a cache key (a list where a
+string belongs) goes to the same function uncached, which refuses it. Pure caches: they
+change no result, only the cost. Probes (:class:`Ping`, :class:`Ack`) carry a new
+sequence number each, so they are checked with the boolean ``is_*`` checks and built by
+a fast constructor instead of cached.
 """
 
 from __future__ import annotations
@@ -35,9 +37,7 @@ from meshgpu.core.messages import (
     expect_list,
     expect_str,
     is_count,
-    is_host,
     is_id,
-    is_port,
     register_message,
 )
 from meshgpu.core.types import Address, NodeId
@@ -192,23 +192,11 @@ class MemberRecord:
     @classmethod
     def from_fields(cls, raw: object) -> MemberRecord:
         if type(raw) is list and len(raw) == 5:
-            node_id, host, port, code, incarnation = raw
-            if (
-                is_id(node_id)
-                and is_host(host)
-                and is_port(port)
-                and is_count(code)
-                and code < len(MEMBER_STATE_CODES)
-                and is_count(incarnation)
-            ):
-                return _member_record(node_id, host, port, code, incarnation)
-        fields = expect_list(raw, "member record", 5)
-        return cls(
-            expect_str(fields[0], "member id"),
-            (expect_str(fields[1], "member host", 255), expect_int(fields[2], "port", 0, 65535)),
-            MEMBER_STATE_CODES[expect_int(fields[3], "member state", 0, 3)],
-            expect_int(fields[4], "member incarnation"),
-        )
+            try:
+                return _cached_member_record(*raw)
+            except TypeError:  # an unhashable field: refused below
+                pass
+        return _member_record(*expect_list(raw, "member record", 5))
 
 
 @register_message
@@ -247,11 +235,19 @@ every node of a simulated mesh builds the same records for its push-pull tables 
 million of them at 1,000 nodes), and a record is immutable. A pure cache."""
 
 
-@functools.lru_cache(maxsize=RECENT_LIMIT)
 def _member_record(
-    node_id: NodeId, host: str, port: int, code: int, incarnation: int
+    node_id: object, host: object, port: object, code: object, incarnation: object
 ) -> MemberRecord:
-    return MemberRecord(node_id, (host, port), MEMBER_STATE_CODES[code], incarnation)
+    """Check the fields of one member record and build it."""
+    return MemberRecord(
+        expect_str(node_id, "member id"),
+        (expect_str(host, "member host", 255), expect_int(port, "port", 0, 65535)),
+        MEMBER_STATE_CODES[expect_int(code, "member state", 0, len(MEMBER_STATE_CODES) - 1)],
+        expect_int(incarnation, "member incarnation"),
+    )
+
+
+_cached_member_record = functools.lru_cache(maxsize=RECENT_LIMIT, typed=True)(_member_record)
 
 
 # --- membership updates (piggybacked) -----------------------------------------------------
@@ -274,20 +270,23 @@ class Alive:
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Alive:
         if len(fields) == 4:
-            node_id, host, port, incarnation = fields
-            if is_id(node_id) and is_host(host) and is_port(port) and is_count(incarnation):
-                return _alive(node_id, host, port, incarnation)
-        expect_list(fields, "Alive", 4)
-        return cls(
-            expect_str(fields[0], "node id"),
-            (expect_str(fields[1], "host", 255), expect_int(fields[2], "port", 0, 65535)),
-            expect_int(fields[3], "incarnation"),
-        )
+            try:
+                return _cached_alive(*fields)
+            except TypeError:  # an unhashable field: refused below
+                pass
+        return _alive(*expect_list(fields, "Alive", 4))
 
 
-@functools.lru_cache(maxsize=RECENT_LIMIT)
-def _alive(node_id: NodeId, host: str, port: int, incarnation: int) -> Alive:
-    return Alive(node_id, (host, port), incarnation)
+def _alive(node_id: object, host: object, port: object, incarnation: object) -> Alive:
+    """Check the fields of one Alive and build it."""
+    return Alive(
+        expect_str(node_id, "node id"),
+        (expect_str(host, "host", 255), expect_int(port, "port", 0, 65535)),
+        expect_int(incarnation, "incarnation"),
+    )
+
+
+_cached_alive = functools.lru_cache(maxsize=RECENT_LIMIT, typed=True)(_alive)
 
 
 _Accusation = TypeVar("_Accusation", "Suspect", "Dead")
@@ -298,14 +297,21 @@ def _accusation_from_fields(
 ) -> _Accusation:
     """Decode ``[node_id, incarnation, accuser]`` (Suspect and Dead share the shape)."""
     if len(fields) == 3:
-        node_id, incarnation, accuser = fields
-        if is_id(node_id) and is_count(incarnation) and is_id(accuser):
-            return cached(node_id, incarnation, accuser)
-    expect_list(fields, cls.__name__, 3)
+        try:
+            return cached(*fields)
+        except TypeError:  # an unhashable field: refused below
+            pass
+    return _accusation(cls, *expect_list(fields, cls.__name__, 3))
+
+
+def _accusation(
+    cls: type[_Accusation], node_id: object, incarnation: object, accuser: object
+) -> _Accusation:
+    """Check the fields of one Suspect or Dead and build it."""
     return cls(
-        expect_str(fields[0], "node id"),
-        expect_int(fields[1], "incarnation"),
-        expect_str(fields[2], "accuser"),
+        expect_str(node_id, "node id"),
+        expect_int(incarnation, "incarnation"),
+        expect_str(accuser, "accuser"),
     )
 
 
@@ -346,8 +352,10 @@ class Dead:
         return _accusation_from_fields(cls, fields, _dead)
 
 
-_suspect = functools.lru_cache(maxsize=RECENT_LIMIT)(Suspect)
-_dead = functools.lru_cache(maxsize=RECENT_LIMIT)(Dead)
+_suspect = functools.lru_cache(maxsize=RECENT_LIMIT, typed=True)(
+    functools.partial(_accusation, Suspect)
+)
+_dead = functools.lru_cache(maxsize=RECENT_LIMIT, typed=True)(functools.partial(_accusation, Dead))
 
 
 @register_message
