@@ -199,6 +199,12 @@ class Catalog(Component):
         self.context.count("catalog_changes")
         return True
 
+    def restore(self, updates: tuple[CatalogUpdate, ...]) -> None:
+        """Keep the updates this node held before a restart (its data dir's copy) where
+        they are newer than what it holds now, and gossip them on."""
+        for update in updates:
+            self._apply(update)
+
     def _apply(self, update: CatalogUpdate) -> bool:
         """Keep ``update`` if it is newer than what we hold for its name (and gossip it
         on); True if it was."""

@@ -22,7 +22,7 @@ from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
-    from meshgpu.core.catalog import Batching
+    from meshgpu.core.catalog import Batching, CatalogUpdate
     from meshgpu.core.load import LoadVector
     from meshgpu.core.tasks.records import TaskRecord
     from meshgpu.core.tasks.spec import TaskId, TaskSpec
@@ -170,6 +170,15 @@ class CatalogChange:
     batching: Batching | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogRestored:
+    """The catalog updates this node held when it last stopped (read back from its data
+    dir by the driver at start): kept like updates gossiped by a peer, so the last writer
+    still wins against whatever the mesh holds now."""
+
+    updates: tuple[CatalogUpdate, ...]
+
+
 Event = (
     Tick
     | DatagramReceived
@@ -185,6 +194,7 @@ Event = (
     | ResultCollected
     | JournalReplayed
     | CatalogChange
+    | CatalogRestored
 )
 """Every event a driver may feed to :meth:`meshgpu.core.node.Node.handle`: a closed union,
 so a driver that ``match``-es on it with ``assert_never`` is checked by mypy for

@@ -46,6 +46,7 @@ from meshgpu.core.config import MeshConfig
 from meshgpu.core.effects import Effect, LeaderChanged, MemberChanged
 from meshgpu.core.events import (
     CatalogChange,
+    CatalogRestored,
     DatagramReceived,
     Event,
     JournalReplayed,
@@ -204,6 +205,8 @@ class Node:
                 self.swim.leave(now)
             case CatalogChange():
                 self.model_catalog.change(event.name, event.digest, event.batching)
+            case CatalogRestored():
+                self.model_catalog.restore(event.updates)
             case (
                 SubmitTask()
                 | PayloadStored()

@@ -47,6 +47,7 @@ from typing import Any
 import trio
 
 from meshgpu.core.events import (
+    CatalogRestored,
     Event,
     JournalReplayed,
     LeaveRequested,
@@ -60,6 +61,7 @@ from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.api import ApiServer
 from meshgpu.daemon.auth import Authenticator, Keyring
 from meshgpu.daemon.catalog import ModelCatalog
+from meshgpu.daemon.catalog_file import CatalogFile, CatalogKeeper
 from meshgpu.daemon.datagrams import (
     ENVELOPE_MAX_OVERHEAD,
     UDP_MTU_BUDGET,
@@ -398,6 +400,12 @@ class Daemon:
         if swept:
             logger.info("dropped %d stored payloads of tasks no longer held", swept)
         self.feed(JournalReplayed(tuple(records)))
+        self.catalog_keeper = CatalogKeeper(
+            CatalogFile(settings.data_dir), lambda: self.node.model_catalog.updates
+        )
+        restored = self.catalog_keeper.restored()
+        if restored:
+            self.feed(CatalogRestored(restored))
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.peers.run)
@@ -421,6 +429,7 @@ class Daemon:
                     else None
                 )
                 nursery.start_soon(self._report_load)
+                nursery.start_soon(self.catalog_keeper.run)
                 await nursery.start(self.keyring_exchange.run)
                 if self.http is not None:
                     await nursery.start(self.http.run)
@@ -436,6 +445,7 @@ class Daemon:
                 nursery.cancel_scope.cancel()
         finally:
             udp.close()
+            self.catalog_keeper.save_if_changed()
             # Keep the highest incarnation reached (refutations raise it while running);
             # a twin leaves the copied identity as it found it.
             if not isinstance(self.stopped_because, DuplicateIdentityError):

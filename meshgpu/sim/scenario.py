@@ -31,7 +31,10 @@ from meshgpu.sim.faults import (
 )
 from meshgpu.sim.network import LinkParams
 
-EXTENSION_SECTIONS: dict[str, str] = {"tasks": "meshgpu.sim.task_driver:build"}
+EXTENSION_SECTIONS: dict[str, str] = {
+    "tasks": "meshgpu.sim.task_driver:build",
+    "catalog": "meshgpu.sim.catalog_driver:build",
+}
 """Extra top-level tables: name -> ``"module:factory"`` building an Observer from it."""
 
 BOOTSTRAP_MODES = ("mdns", "seeds")

@@ -15,7 +15,14 @@ from meshgpu.sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = json.loads((ROOT / "bench" / "trace_hashes.json").read_text())
-FAST = ["crash-50", "leader-crash-10", "partition-3-2", "steady-10", "tasks-steady-3"]
+FAST = [
+    "catalog-partition-crash-10",
+    "crash-50",
+    "leader-crash-10",
+    "partition-3-2",
+    "steady-10",
+    "tasks-steady-3",
+]
 
 
 @pytest.mark.parametrize("name", FAST)
