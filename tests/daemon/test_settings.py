@@ -232,3 +232,21 @@ def test_advertise_takes_host_or_host_port_and_a_bad_one_is_refused_before_start
     assert result.exit_code != 0
     assert "--advertise '203.0.113.7:port' must look like HOST or HOST:PORT" in result.output
     assert len(captured) == 1
+
+
+def test_the_encryption_switches_come_from_the_file_or_the_flags(
+    tmp_path: Path, captured: list[DaemonSettings]
+) -> None:
+    path = write(
+        tmp_path,
+        f"[daemon]\nencrypt_verify_incoming = false\nencrypt_verify_outgoing = false\n"
+        f'data_dir = "{tmp_path}"\n',
+    )
+    result = CliRunner().invoke(join, ["--config", str(path), "--encrypt-verify-outgoing"])
+    assert result.exit_code == 0, result.output
+    assert (captured[0].encrypt_verify_incoming, captured[0].encrypt_verify_outgoing) == (
+        False,
+        True,
+    )
+    with pytest.raises(ConfigError, match="encrypt_verify_incoming must be true or false"):
+        read_config_file(write(tmp_path, "[daemon]\nencrypt_verify_incoming = 0\n"))
