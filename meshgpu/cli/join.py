@@ -188,7 +188,7 @@ def join(
     from meshgpu.daemon.discovery import parse_advertise, parse_peer
     from meshgpu.daemon.foreground import serve_until_signalled
     from meshgpu.daemon.runtime import Daemon
-    from meshgpu.daemon.settings import DaemonSettings, read_config_file
+    from meshgpu.daemon.settings import FILE_ONLY_KEYS, DaemonSettings, read_config_file
     from meshgpu.errors import MeshError
     from meshgpu.http.settings import HttpSettings, checked_bind
 
@@ -211,6 +211,8 @@ def join(
         "advertise": advertise,
         "verbose": verbose,
         "max_frame_bytes": None,  # config file only
+        "api_max_connections": None,  # config file only
+        "api_idle_timeout_s": None,  # config file only
         "http_port": http_port,
         "http_bind": http_bind,
         "api_tokens": api_tokens,
@@ -264,11 +266,7 @@ def join(
             advertise=options["advertise"],
             mesh_config=mesh_config,
             http=http,
-            **(
-                {"max_frame_bytes": options["max_frame_bytes"]}
-                if options["max_frame_bytes"] is not None
-                else {}
-            ),
+            **{key: options[key] for key in FILE_ONLY_KEYS if options[key] is not None},
         )
     except (MeshError, OSError) as error:
         raise click.ClickException(str(error)) from None

@@ -12,6 +12,15 @@ final response. What reaches the peer:
   with one connection-level error (no ``id``) if the connection still works, counted
   (``frames_rejected``), and the connection is closed; other connections are untouched.
 
+Connections are bounded: one with no request in flight and no complete frame for
+``idle_timeout_s`` is closed (``api_idle_closed``; a frame sent one byte at a time does
+not count as activity until it is whole), and with ``max_connections`` open a new one
+takes the place of the connection idle longest (``api_idle_evicted``), or is closed at
+once when every open connection has a request in flight (``api_connections_refused``).
+So idle or trickling connections, however many, cannot keep a real client out, and
+the open files they hold stay bounded. A client or peer whose idle connection was closed
+connects again on its next call (the connection pool and the client do).
+
 Request shapes are in docs/client-api.md.
 """
 
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -61,6 +71,19 @@ class Responder:
 
 Handler = Callable[[Message, Responder], Awaitable[Message]]
 
+DEFAULT_MAX_CONNECTIONS = 512
+"""Open API connections at most (below the usual 1,024 open-file limit of a process)."""
+DEFAULT_IDLE_TIMEOUT_S = 120.0
+"""Seconds a connection may sit without a request in flight or a complete frame."""
+
+
+@dataclass(eq=False)
+class _Connection:
+    scope: trio.CancelScope
+    last_active: float
+    """When the last complete frame arrived or the last request was answered."""
+    in_flight: int = 0
+
 
 class ApiServer:
     """Serves requests on accepted TCP streams with the registered ``handlers``."""
@@ -72,67 +95,128 @@ class ApiServer:
         counters: dict[str, int],
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
     ) -> None:
         self.handlers = handlers
         self.authenticator = authenticator
         self.counters = counters
         self.max_frame_bytes = max_frame_bytes
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self._connections: set[_Connection] = set()
         self.on_reject: Callable[[], None] | None = None
         """Called after a connection was dropped for an unreadable frame."""
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    def _make_room(self) -> bool:
+        """At the limit: close the connection idle longest; False if none is idle."""
+        idle = [c for c in self._connections if c.in_flight == 0]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.last_active)
+        self._connections.discard(oldest)
+        oldest.scope.cancel()
+        self._count("api_idle_evicted")
+        return True
+
+    async def _close_when_idle(self, connection: _Connection) -> None:
+        while True:
+            await trio.sleep_until(connection.last_active + self.idle_timeout_s)
+            if connection.in_flight:
+                await trio.sleep(min(1.0, self.idle_timeout_s))
+            elif trio.current_time() - connection.last_active >= self.idle_timeout_s:
+                self._count("api_idle_closed")
+                connection.scope.cancel()
+                return
+
     async def serve(self, stream: trio.SocketStream) -> None:
-        """Handle one connection until the peer closes it or sends something unreadable."""
+        """Handle one connection until the peer closes it, sends something unreadable,
+        stays idle too long or is evicted for a newer one."""
         self._count("api_connections")
+        if len(self._connections) >= self.max_connections and not self._make_room():
+            self._count("api_connections_refused")
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
+        connection = _Connection(trio.CancelScope(), trio.current_time())
+        self._connections.add(connection)
         frames = FrameStream(
             stream, self.authenticator, max_frame_bytes=self.max_frame_bytes, answering=True
         )
         lock = trio.Lock()
         try:
-            async with trio.open_nursery() as nursery:
-                while True:
-                    try:
-                        message = await frames.receive()
-                    except RemoteProtocolError as error:
-                        self._count("frames_rejected")
-                        if self.on_reject is not None:
-                            self.on_reject()
-                        logger.warning("dropping connection from %s: %s", _peer(stream), error)
-                        if isinstance(error, IncompatiblePeerError):
-                            if error.reason != "refused_by_peer":
-                                await _try_refuse(frames, lock, error)
-                            break
-                        await _try_send(
-                            frames,
-                            lock,
-                            {"ok": False, "error": str(error), "kind": type(error).__name__},
-                        )
-                        break
-                    if message is None:
-                        break
-                    request_id = message.get("id") if isinstance(message, dict) else None
-                    if not isinstance(request_id, int) or not isinstance(message.get("op"), str):
-                        self._count("frames_rejected")
-                        await _try_send(
-                            frames,
-                            lock,
-                            {
-                                "ok": False,
-                                "error": "a request must be a map with an integer 'id' and a "
-                                "string 'op' (see docs/client-api.md)",
-                                "kind": "DecodeError",
-                            },
-                        )
-                        break
-                    nursery.start_soon(self._answer, frames, lock, message)
-                nursery.cancel_scope.cancel()  # the peer is gone: stop its streams
+            with connection.scope:
+                await self._serve(frames, lock, stream, connection)
         finally:
+            self._connections.discard(connection)
             with trio.CancelScope(shield=True):
                 await frames.aclose()
 
-    async def _answer(self, frames: FrameStream, lock: trio.Lock, request: Message) -> None:
+    async def _serve(
+        self,
+        frames: FrameStream,
+        lock: trio.Lock,
+        stream: trio.SocketStream,
+        connection: _Connection,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._close_when_idle, connection)
+            while True:
+                try:
+                    message = await frames.receive()
+                except RemoteProtocolError as error:
+                    self._count("frames_rejected")
+                    if self.on_reject is not None:
+                        self.on_reject()
+                    logger.warning("dropping connection from %s: %s", _peer(stream), error)
+                    if isinstance(error, IncompatiblePeerError):
+                        if error.reason != "refused_by_peer":
+                            await _try_refuse(frames, lock, error)
+                        break
+                    await _try_send(
+                        frames,
+                        lock,
+                        {"ok": False, "error": str(error), "kind": type(error).__name__},
+                    )
+                    break
+                if message is None:
+                    break
+                request_id = message.get("id") if isinstance(message, dict) else None
+                if not isinstance(request_id, int) or not isinstance(message.get("op"), str):
+                    self._count("frames_rejected")
+                    await _try_send(
+                        frames,
+                        lock,
+                        {
+                            "ok": False,
+                            "error": "a request must be a map with an integer 'id' and a "
+                            "string 'op' (see docs/client-api.md)",
+                            "kind": "DecodeError",
+                        },
+                    )
+                    break
+                connection.last_active = trio.current_time()
+                connection.in_flight += 1
+                nursery.start_soon(self._answer, frames, lock, message, connection)
+            nursery.cancel_scope.cancel()  # the peer is gone: stop its streams
+
+    async def _answer(
+        self, frames: FrameStream, lock: trio.Lock, request: Message, connection: _Connection
+    ) -> None:
+        try:
+            await self._answer_one(frames, lock, request)
+        finally:
+            connection.in_flight -= 1
+            connection.last_active = trio.current_time()
+
+    async def _answer_one(self, frames: FrameStream, lock: trio.Lock, request: Message) -> None:
         responder = Responder(frames, lock, request["id"])
         handler = self.handlers.get(request["op"])
         try:

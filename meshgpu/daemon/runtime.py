@@ -333,6 +333,8 @@ class Daemon:
             self.authenticator,
             self.counters,
             max_frame_bytes=settings.max_frame_bytes,
+            max_connections=settings.api_max_connections,
+            idle_timeout_s=settings.api_idle_timeout_s,
         )
         self.api.on_reject = self.pulse
         self.commit = GroupCommit(self.journal, self.count, self.storage_failed)

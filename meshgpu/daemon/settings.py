@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from meshgpu.core.config import MeshConfig
+from meshgpu.daemon.api import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from meshgpu.daemon.auth import MeshKey
 from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES
 from meshgpu.errors import ConfigError
@@ -64,6 +65,11 @@ class DaemonSettings:
     mesh_config: MeshConfig = field(default_factory=MeshConfig)
     model_cache_bytes: int = 4 << 30
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    api_max_connections: int = DEFAULT_MAX_CONNECTIONS
+    """Open TCP API connections at most; a new one takes the place of the idlest."""
+    api_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    """A TCP API connection with no request in flight and no complete frame this long
+    is closed."""
     seed_interval: float = 2.0
     load_interval: float = 0.5
     drain_timeout: float = 30.0
@@ -92,6 +98,8 @@ JOIN_FILE_KEYS: dict[str, str] = {
     "advertise": 'string "HOST" or "HOST:PORT": address peers should use (--advertise)',
     "verbose": "integer >= 0 (-v is 1, -vv is 2)",
     "max_frame_bytes": "integer >= 1048576: largest TCP frame sent or accepted (64 MiB)",
+    "api_max_connections": "integer >= 1: open TCP API connections at most (512)",
+    "api_idle_timeout_s": "number > 0: seconds an idle TCP API connection stays open (120)",
     "http_port": "integer 0-65535, 0 for no HTTP (--http-port)",
     "http_bind": "string: address of the HTTP port (--http-bind)",
     "api_tokens": "path: hashed HTTP API tokens (--api-tokens)",
@@ -99,7 +107,7 @@ JOIN_FILE_KEYS: dict[str, str] = {
     "tls_key": "path: HTTPS private key (--tls-key)",
 }
 """Every key the ``[daemon]`` table accepts, with what its value must be."""
-FILE_ONLY_KEYS = frozenset({"max_frame_bytes"})
+FILE_ONLY_KEYS = frozenset({"max_frame_bytes", "api_max_connections", "api_idle_timeout_s"})
 """Keys with no flag of ``meshgpu join``: settings a lab rarely changes (tests lower the
 frame limit to exercise large payloads with small ones)."""
 
@@ -186,7 +194,12 @@ def _checked(path: Path, key: str, value: object) -> object:
         if value not in BACKENDS:
             raise wrong()
         return value
+    if key == "api_idle_timeout_s":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise wrong()
+        return float(value)
     bounds = {
+        "api_max_connections": (1, None),
         "port": (0, 65535),
         "http_port": (0, 65535),
         "slots": (1, None),

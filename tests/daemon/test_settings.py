@@ -81,6 +81,8 @@ probe_interval = 0.5
         ("[daemon]\npeers = '10.0.0.5:7946'\n", r"peers must be list of"),
         ("[daemon]\nbackend = 'cuda'\n", r"backend must be one of auto, opencl, onnxruntime"),
         ("[daemon]\nverbose = true\n", r"verbose must be integer"),
+        ("[daemon]\napi_max_connections = 0\n", r"api_max_connections must be integer >= 1"),
+        ("[daemon]\napi_idle_timeout_s = -1\n", r"api_idle_timeout_s must be number > 0"),
         ("[daemon\n", r"is not valid TOML"),
     ],
 )
@@ -120,6 +122,8 @@ key_file = "mesh.key"
 data_dir = "{tmp_path / "from-file"}"
 slots = 3
 advertise = "10.0.0.12"
+api_max_connections = 100
+api_idle_timeout_s = 30
 
 [mesh]
 probe_interval = 0.4
@@ -136,6 +140,8 @@ probe_interval = 0.4
     assert settings.key is not None
     assert settings.data_dir == tmp_path / "from-file"
     assert settings.advertise == "10.0.0.12"
+    assert settings.api_max_connections == 100
+    assert settings.api_idle_timeout_s == 30.0
     assert settings.mesh_config.probe_interval == 0.4
     assert settings.slots == 2  # the flag wins
     assert settings.peers == ("10.0.0.9:7946",)  # flags replace the file's list
