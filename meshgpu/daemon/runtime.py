@@ -96,6 +96,7 @@ from meshgpu.daemon.modelstore import ModelStore
 from meshgpu.daemon.node_driver import NodeDriver
 from meshgpu.daemon.payloads import PayloadStore
 from meshgpu.daemon.peer_finding import PeerFinder
+from meshgpu.daemon.peer_ops import PeerOps
 from meshgpu.daemon.rpc import ConnectionPool
 from meshgpu.daemon.settings import DaemonSettings
 from meshgpu.daemon.status import (
@@ -319,7 +320,16 @@ class Daemon:
             changed=lambda: self.changed,
             feed=self.feed,
         )
-        """The TCP API's ops (``handlers.py``, submissions in ``submissions.py``)."""
+        """The TCP API's client ops (``handlers.py``, submissions in ``submissions.py``)."""
+        self.peer_ops = PeerOps(
+            self.node_id,
+            payloads=self.payloads,
+            models=self.models,
+            results=self.dataplane,
+            resolved=self.handlers.resolved.get,
+            task_entry=lookup,
+        )
+        """The TCP API's data-plane ops for peers and large uploads (``peer_ops.py``)."""
         self.keyring_exchange = KeyringExchange(
             self.keyring,
             self.authenticator,
@@ -329,7 +339,7 @@ class Daemon:
         )
         """``meshgpu keyring`` ops and the exchanges that converge the keyring."""
         self.api = ApiServer(
-            {**self.handlers.table(), **self.keyring_exchange.table()},
+            {**self.handlers.table(), **self.peer_ops.table(), **self.keyring_exchange.table()},
             self.authenticator,
             self.counters,
             max_frame_bytes=settings.max_frame_bytes,

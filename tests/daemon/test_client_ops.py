@@ -1,4 +1,4 @@
-"""The TCP API's ops as a part (daemon/handlers.py) and the status report
+"""The TCP API's ops as parts (daemon/handlers.py, daemon/peer_ops.py) and the status report
 (daemon/status.py), with fakes for the data plane, the status and the node, on trio's
 mock clock. Real sockets: test_runtime.py, test_tasks_e2e.py."""
 
@@ -27,6 +27,7 @@ from meshgpu.daemon.handlers import ClientHandlers
 from meshgpu.daemon.identity import DuplicateIdentityGuard
 from meshgpu.daemon.modelstore import ModelStore
 from meshgpu.daemon.payloads import PayloadStore, canonical_tensor_bytes
+from meshgpu.daemon.peer_ops import PeerOps
 from meshgpu.daemon.results import RESULT, task_key
 from meshgpu.daemon.settings import DaemonSettings
 from meshgpu.daemon.status import StatusReport
@@ -101,6 +102,7 @@ class Responder:
 @dataclass
 class Ops:
     handlers: ClientHandlers
+    peer_ops: PeerOps
     results: Results
     status: Status
     payloads: PayloadStore
@@ -138,7 +140,15 @@ def ops(tmp_path: Path) -> Ops:
         changed=lambda: changed[0],
         feed=fed,
     )
-    return Ops(handlers, results, status, payloads, models, fed, changed)
+    peer_ops = PeerOps(
+        "n1",
+        payloads=payloads,
+        models=models,
+        results=results,
+        resolved=handlers.resolved.get,
+        task_entry=status.entry,
+    )
+    return Ops(handlers, peer_ops, results, status, payloads, models, fed, changed)
 
 
 def resolved(task_id: TaskId = TASK, state: Resolution = Resolution.DONE) -> fx.TaskResolved:
@@ -224,10 +234,10 @@ async def test_collected_forgets_the_outcome_and_tells_the_core(tmp_path: Path) 
 async def test_a_pushed_result_is_checked_and_stored(tmp_path: Path) -> None:
     o = ops(tmp_path)
     request = {"task_id": str(TASK), "data": RESULT_BYTES}
-    assert await o.handlers.op_put_result(request, Responder()) == {"stored": True}
+    assert await o.peer_ops.op_put_result(request, Responder()) == {"stored": True}
     assert o.results.stored == {task_key(TASK): RESULT_BYTES}
     with pytest.raises(MeshError):
-        await o.handlers.op_put_result({"task_id": str(TASK), "data": b"junk"}, Responder())
+        await o.peer_ops.op_put_result({"task_id": str(TASK), "data": b"junk"}, Responder())
 
 
 async def test_inputs_are_served_whole_in_batches_and_missing_ones_say_so(
@@ -237,11 +247,11 @@ async def test_inputs_are_served_whole_in_batches_and_missing_ones_say_so(
     blob = canonical_tensor_bytes({"x": np.ones(2, np.float32)})
     digest = hashlib.sha256(blob).hexdigest()
     o.payloads.put_bytes(digest, INPUTS, blob)
-    whole = await o.handlers.op_get_inputs({"digest": digest}, Responder())
+    whole = await o.peer_ops.op_get_inputs({"digest": digest}, Responder())
     assert whole == {"data": blob, "size": len(blob)}
     missing = "0" * 64
     with pytest.raises(StorageError, match="not on node n1"):
-        await o.handlers.op_get_inputs({"digest": missing}, Responder())
+        await o.peer_ops.op_get_inputs({"digest": missing}, Responder())
     assert not o.payloads.has(task_key(TASK), RESULT)
 
 

@@ -1,4 +1,4 @@
-"""Ranges in flight (transfers.py, handlers.py): a pull keeps a window of ranges asked
+"""Ranges in flight (transfers.py, peer_ops.py): a pull keeps a window of ranges asked
 for while it writes in order, a push sends the first range alone and then a window, a
 receiver writes pushed ranges in offset order whatever order it handles them in, and a
 range corrupted on its way is caught by the payload's hash and fetched again from the
@@ -138,7 +138,7 @@ def tensor_payload() -> tuple[TensorBlob, bytes, str]:
 async def test_ranges_handled_out_of_order_are_written_in_order(tmp_path: Path) -> None:
     _, data, digest = tensor_payload()
     fakes = ops(tmp_path)
-    handlers, store = fakes.handlers, fakes.payloads
+    handlers, store = fakes.peer_ops, fakes.payloads
     responder = SimpleNamespace(peer="client")
     ranges = [(at, data[at : at + 40_000]) for at in range(0, len(data), 40_000)]
     assert len(ranges) == 5
@@ -169,7 +169,7 @@ async def test_a_range_of_an_upload_started_again_fails_and_leaves_no_scratch_fi
 ) -> None:
     _, data, digest = tensor_payload()
     fakes = ops(tmp_path)
-    handlers = fakes.handlers
+    handlers = fakes.peer_ops
     responder = SimpleNamespace(peer="client")
 
     async def put(offset: int, more: bool = True) -> dict[str, Any]:

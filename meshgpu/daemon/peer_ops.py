@@ -1,0 +1,318 @@
+"""The peers' ops of the TCP API: the data plane served from this node's stores.
+
+A worker fetches a task's inputs (``get_inputs``) and its model (``get_model``) and
+stores the result (``put_result``) on the holders; a client uploads inputs larger than
+one request in ranges (``put_inputs``) and reads a large result in ranges through its
+entry node (``get_result`` with ``relay``). Each op is one method ``op_<name>(request,
+responder)``, as in handlers.py; shapes in docs/client-api.md. Everything received is
+checked (digest, layout) before it is installed.
+
+:class:`PeerOps` is the part: the wiring hands it the stores, the data plane's results
+(:class:`~meshgpu.daemon.handlers.ResultStore`) and the two look-ups that name a result's
+holders (the resolution the client ops hold, the task's table entry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from meshgpu.core import effects as fx
+from meshgpu.core.tasks import TaskId
+from meshgpu.core.types import NodeId
+from meshgpu.daemon.api import Handler, Message, Responder, request_field
+from meshgpu.daemon.blobs import BlobWriter, read_layout
+from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES
+from meshgpu.daemon.modelstore import check_digest
+from meshgpu.daemon.payloads import check_result_bytes
+from meshgpu.daemon.results import RESULT, task_key
+from meshgpu.daemon.submissions import MAX_BATCH
+from meshgpu.errors import DecodeError, MeshError, StorageError
+
+if TYPE_CHECKING:
+    from meshgpu.daemon.handlers import ResultStore
+    from meshgpu.daemon.modelstore import ModelStore
+    from meshgpu.daemon.payloads import PayloadStore
+    from meshgpu.daemon.status import TaskLookup
+
+UPLOAD_IDLE_S = 120.0
+"""An upload in ranges that has not moved for this long is dropped (its sender is gone)."""
+
+
+def _task_id(text: Any) -> TaskId:
+    if not isinstance(text, str):
+        raise DecodeError("task ids are strings like 'n-1a2b3c4d/42'")
+    return TaskId.parse(text)
+
+
+class PeerOps:
+    """The data plane's ops of one daemon, and the uploads in ranges being received."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        *,
+        payloads: PayloadStore,
+        models: ModelStore,
+        results: ResultStore,
+        resolved: Callable[[TaskId], fx.TaskResolved | None],
+        task_entry: TaskLookup,
+    ) -> None:
+        self.node_id = node_id
+        self.payloads = payloads
+        self.models = models
+        self.results = results
+        self._resolved = resolved
+        self._task_entry = task_entry
+        self._ranges_in: dict[tuple[Any, ...], _Upload] = {}
+        """Uploads in ranges (put_inputs, put_result) being received, and when each
+        last moved."""
+
+    def table(self) -> dict[str, Handler]:
+        return {
+            name.removeprefix("op_"): getattr(self, name)
+            for name in dir(self)
+            if name.startswith("op_")
+        }
+
+    async def op_get_inputs(self, request: Message, responder: Responder) -> Message:
+        """``digest``: one input payload (``data``), or with ``offset`` and ``length`` one
+        range of it and its ``size`` (transfers.py); or ``digests``: those of them held
+        in memory (``blobs``, by digest; a missing one is fetched alone by the asker)."""
+        if "digests" in request:
+            digests = request_field(request, "digests", list)
+            if len(digests) > MAX_BATCH:
+                raise DecodeError(f"at most {MAX_BATCH} digests per request")
+            blobs = {}
+            for digest in digests:
+                data = self.payloads.get_memory(check_digest(str(digest)), INPUTS)
+                if data is not None:
+                    blobs[digest] = data
+            return {"blobs": blobs}
+        digest = check_digest(request_field(request, "digest", str))
+        answer = await self._range(request, digest, INPUTS)
+        if answer is None:
+            raise StorageError(f"inputs {digest[:12]} are not on node {self.node_id}")
+        return answer
+
+    async def _range(self, request: Message, key: Any, kind: str) -> Message | None:
+        """The range of a stored payload a request asks for (``offset``, ``length``; the
+        whole payload without them, if it fits a range), or None if it is not here."""
+        payloads, chunk = self.payloads, self.results.chunk
+        offset = request.get("offset")
+        length = request.get("length", chunk)
+        if offset is not None and not (
+            isinstance(offset, int) and isinstance(length, int) and offset >= 0 and length > 0
+        ):
+            raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
+        data = payloads.get_memory(key, kind)
+        if data is not None:
+            start = offset or 0
+            return {"data": data[start : start + min(length, chunk)], "size": len(data)}
+
+        def read() -> tuple[bytes | None, int | None]:
+            size = payloads.size(key, kind)
+            if size is None:
+                return None, None
+            if offset is None and size > chunk:
+                raise DecodeError(
+                    f"the {kind} payload is {size} bytes, more than one frame carries: ask "
+                    "for it in ranges ('offset' and 'length')"
+                )
+            return payloads.read_range(key, kind, offset or 0, min(length, chunk)), size
+
+        data, size = await trio.to_thread.run_sync(read)
+        if data is None:
+            return None
+        return {"data": data, "size": size}
+
+    async def op_get_model(self, request: Message, responder: Responder) -> Message:
+        digest = check_digest(request_field(request, "digest", str))
+        path = self.models.path(digest)
+        if path is None:
+            raise StorageError(f"model {digest[:12]} is not on node {self.node_id}")
+        data = await trio.to_thread.run_sync(path.read_bytes)
+        chunks = [data[i : i + MODEL_CHUNK_BYTES] for i in range(0, len(data), MODEL_CHUNK_BYTES)]
+        for chunk in chunks[:-1]:
+            await responder.partial({"data": chunk})
+        return {"data": chunks[-1] if chunks else b"", "size": len(data)}
+
+    async def op_put_result(self, request: Message, responder: Responder) -> Message:
+        """A worker stores a task's result here: whole (``data``), or in ranges
+        (``offset``, ``data``, ``more``; the last with ``sha256``), checked before it is
+        installed. Answered once the result is on disk."""
+        task_id = _task_id(request.get("task_id"))
+        data = request_field(request, "data", bytes)
+        if "offset" not in request:
+            check_result_bytes(data)  # refuse garbage before it reaches the disk
+            await self.results.store(task_key(task_id), RESULT, data, wait=True)
+            return {"stored": True}
+        slot = (responder.peer, "result", str(task_id), request.get("attempt"))
+        path = await self._receive_range(request, slot, task_key(task_id), RESULT)
+        if path is None:
+            return {"received": request["offset"] + len(data)}
+        try:
+            await trio.to_thread.run_sync(check_result_file, path)
+            self.payloads.install(path, task_key(task_id), RESULT)
+        finally:
+            path.unlink(missing_ok=True)
+        return {"stored": True}
+
+    async def op_put_inputs(self, request: Message, responder: Responder) -> Message:
+        """A client uploads a task's inputs larger than one frame, in ranges (``digest``,
+        ``offset``, ``data``, ``more``), before a ``submit`` that names them by
+        ``input_digest``. The last range is answered once the payload hashed to its
+        digest, has the layout of a tensor map, and is on disk."""
+        digest = check_digest(request_field(request, "digest", str))
+        data = request_field(request, "data", bytes)
+        if self.payloads.has(digest, INPUTS) and request.get("offset") == 0:
+            return {"stored": True, "held": True}  # equal inputs are here: nothing to send
+        slot = (responder.peer, "inputs", digest, None)
+        path = await self._receive_range({**request, "sha256": digest}, slot, digest, INPUTS)
+        if path is None:
+            return {"received": request["offset"] + len(data)}
+        try:
+            await trio.to_thread.run_sync(read_layout, path)
+            self.payloads.install(path, digest, INPUTS)
+        finally:
+            path.unlink(missing_ok=True)
+        return {"stored": True}
+
+    async def _receive_range(
+        self, request: Message, slot: tuple[Any, ...], key: Any, kind: str
+    ) -> Path | None:
+        """Append one range of an upload to its scratch file (a range at offset 0 starts
+        the upload afresh); the checked scratch file after the last range, else None.
+        Invoked for each range as its request is handled: the ranges a sender keeps in
+        flight (transfers.push) may be handled in any order, so each waits here until
+        the ranges before it are written."""
+        offset = request_field(request, "offset", int)
+        data = request_field(request, "data", bytes)
+        now = trio.current_time()
+        for stale, idle in list(self._ranges_in.items()):
+            if now - idle.touched > UPLOAD_IDLE_S:  # a sender that went away mid-upload
+                del self._ranges_in[stale]
+                idle.drop()
+        if offset == 0:
+            previous = self._ranges_in.pop(slot, None)
+            if previous is not None:
+                previous.drop()
+            writer = self.payloads.writer(key, kind)
+            self._ranges_in[slot] = _Upload(writer, now)
+            size = request.get("size")
+            if isinstance(size, int) and size > len(data):  # a sender says how much comes
+                try:
+                    await trio.to_thread.run_sync(writer.reserve, size)
+                except MeshError:
+                    self._forget(slot, self._ranges_in[slot])
+                    raise
+        upload = self._ranges_in.get(slot)
+        if upload is None:
+            raise DecodeError(f"range at {offset} of an upload that was not started; start at 0")
+        with trio.move_on_after(UPLOAD_IDLE_S):
+            while (upload.writing or upload.writer.size < offset) and not upload.ended:
+                await upload.moved.wait()
+        if upload.ended or upload.writing or upload.writer.size < offset:
+            raise DecodeError(
+                f"range at {offset} of an upload that was dropped or never reached it "
+                f"({upload.writer.size} bytes written); start again at 0"
+            )
+        writer = upload.writer
+        upload.writing = True
+        try:
+            await trio.to_thread.run_sync(writer.write, offset, data)
+            if upload.ended:
+                raise DecodeError("the upload was started again or dropped meanwhile")
+            upload.wrote()
+            if request.get("more", False):
+                return None
+            self._forget(slot, upload)
+            return await trio.to_thread.run_sync(
+                writer.commit, str(request_field(request, "sha256", str))
+            )
+        except BaseException:
+            self._forget(slot, upload)
+            writer.abort()
+            raise
+
+    def _forget(self, slot: tuple[Any, ...], upload: _Upload) -> None:
+        if self._ranges_in.get(slot) is upload:
+            del self._ranges_in[slot]
+        upload.end()
+
+    async def op_get_result(self, request: Message, responder: Responder) -> Message:
+        """A task's result: whole (``data``), or one range of it (``offset``, ``length``)
+        with its ``size``. With ``relay`` (a client) a result this node does not keep is
+        fetched from a result holder, one range at a time."""
+        task_id = _task_id(request.get("task_id"))
+        answer = await self._range(request, task_key(task_id), RESULT)
+        if answer is not None:
+            return answer
+        if request.get("relay") and "offset" in request:
+            chunk = self.results.chunk
+            length = request.get("length", chunk)
+            data, size = await self.results.result_range(
+                task_id,
+                self._result_holders(task_id),
+                request_field(request, "offset", int),
+                min(length, chunk) if isinstance(length, int) and length > 0 else chunk,
+            )
+            return {"data": data, "size": size}
+        raise StorageError(f"result of {task_id} is not on node {self.node_id}")
+
+    def _result_holders(self, task_id: TaskId) -> tuple[str, ...]:
+        resolved = self._resolved(task_id)
+        if resolved is not None:
+            return tuple(resolved.result_holders)
+        entry = self._task_entry(task_id)
+        return () if entry is None else tuple(sorted(entry.result_holders))
+
+
+class _Upload:
+    """An upload in ranges being received: its scratch file, and an event that wakes the
+    ranges waiting for their turn whenever one was written or the upload ended."""
+
+    def __init__(self, writer: BlobWriter, now: float) -> None:
+        self.writer = writer
+        self.touched = now
+        self.writing = False
+        self.ended = False
+        self.moved = trio.Event()
+
+    def wrote(self) -> None:
+        self.writing = False
+        self.touched = trio.current_time()
+        self._wake()
+
+    def end(self) -> None:
+        """No more ranges: the last one came, or the upload failed."""
+        self.ended = True
+        self.writing = False
+        self._wake()
+
+    def drop(self) -> None:
+        """Give the upload up (started again at 0, or its sender went away); a range
+        being written meanwhile sees it ended and deletes the scratch file itself."""
+        writing = self.writing
+        self.ended = True
+        self._wake()
+        if not writing:
+            self.writer.abort()
+
+    def _wake(self) -> None:
+        self.moved.set()
+        self.moved = trio.Event()
+
+
+def check_result_file(path: Path) -> None:
+    """Raise DecodeError unless the file at ``path`` is a task's result (a tensor map,
+    checked by its headers; a task group's list, which is small, read whole)."""
+    with open(path, "rb") as handle:
+        first = handle.read(1)
+    if first and (first[0] & 0xF0 == 0x90 or first[0] in (0xDC, 0xDD)):  # an array: a group
+        check_result_bytes(path.read_bytes())
+    else:
+        read_layout(path)
