@@ -41,6 +41,15 @@ twice: a restart replayed it), ``unacknowledged`` (runs of tasks the client neve
 acknowledged: a batch whose answer was lost) and ``done_without_run`` (a result the
 client got with no run on record: a hole in the record, never expected)) and
 ``longest_stall_s`` (the longest time without a result while tasks were outstanding).
+With ``--hostile`` there is no nemesis: the workload runs ``--hostile-s`` seconds quiet,
+then as long again while every daemon's ports are under a barrage (:func:`barrage`:
+random and truncated UDP datagrams, garbage frames, a lying length prefix, a length over
+the limit, a frame of the maximum size, thousands of idle TCP connections, clients that
+send a byte a second, and garbage, truncated and idle HTTP requests); ``hostile``
+reports the throughput of the second phase against the first, each daemon's peak RSS
+and open files against its quiet level, and the counters of what the daemons dropped.
+The checker runs over the whole history as usual.
+
 A failing run prints its seed and its schedule; ``--seed`` replays the same schedule
 (the moments and kinds; what the mesh does in between is real and is not replayed).
 """
@@ -50,12 +59,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import http.client
 import itertools
 import json
+import os
 import random
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -171,6 +184,9 @@ class History:
     suppressed_duplicates: int = 0
     result_times: list[float] = dataclasses.field(default_factory=list)
     entry: str | None = None
+    http: Counter[str] = dataclasses.field(default_factory=Counter)
+    """The HTTP workload: requests, done, wrong, errors (no answer), status_N."""
+    http_task_ids: Counter[str] = dataclasses.field(default_factory=Counter)
     stop_submitting: threading.Event = dataclasses.field(default_factory=threading.Event)
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -241,6 +257,57 @@ async def workload(
             await trio.sleep(0.2)
         history.suppressed_duplicates = client.duplicates
         nursery.cancel_scope.cancel()
+
+
+def http_workload(history: History, pixels: np.ndarray, expected: np.ndarray, seed: int) -> None:
+    """Infer requests through one node's HTTP port (``POST /v2/models/digits/infer``),
+    one at a time, until the workload stops submitting; run inside the node's namespace
+    (the port listens on its loopback). Every answer is checked against onnxruntime's;
+    a request without an answer (the node killed, paused or cut off) is an error, not a
+    loss: HTTP is request and response, the caller sends again."""
+    rng = random.Random(seed)
+    while not history.stop_submitting.is_set():
+        row = rng.randrange(len(pixels))
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "pixels",
+                        "shape": [1, 64],
+                        "datatype": "FP32",
+                        "data": [float(v) for v in pixels[row]],
+                    }
+                ]
+            }
+        )
+        history.http["requests"] += 1
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", HTTP_PORT, timeout=60)
+            connection.request(
+                "POST", "/v2/models/digits/infer", body, {"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            data = response.read()
+            connection.close()
+        except (OSError, http.client.HTTPException):
+            history.http["errors"] += 1
+            time.sleep(0.5)
+            continue
+        if response.status != 200:
+            history.http[f"status_{response.status}"] += 1
+            time.sleep(0.5)
+            continue
+        answer = json.loads(data)
+        (output,) = [o for o in answer["outputs"] if o["name"] == "probabilities"]
+        got = np.asarray(output["data"], np.float32)
+        with history.lock:
+            history.http["done"] += 1
+            if not np.allclose(got, expected[row].ravel(), rtol=1e-5, atol=1e-6):
+                history.http["wrong"] += 1
+            task_id = (answer.get("parameters") or {}).get("task_id")
+            if task_id:
+                history.http_task_ids[str(task_id)] += 1
+        time.sleep(0.05)
 
 
 class Campaign:
@@ -413,17 +480,262 @@ class Campaign:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+HTTP_PORT = 8000
+"""The daemons' HTTP port (``meshgpu join``'s default, bound to 127.0.0.1: the barrage
+reaches it from inside each daemon's namespace)."""
+IDLE_API = 2000
+"""Idle TCP connections the barrage holds open against each daemon's API port."""
+IDLE_HTTP = 300
+"""And against its HTTP port."""
+HTTP_LYING = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
+"""A request whose body is far shorter than its Content-Length says."""
+HTTP_SLOW = b"GET /v2/health/ready HTTP/1.1\r\n" + b"X-Slow: y\r\n" * 20 + b"\r\n"
+DROP_COUNTERS = (
+    "frames_rejected",
+    "datagrams_rejected",
+    "api_idle_closed",
+    "api_idle_evicted",
+    "api_connections_refused",
+)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def barrage(
+    address: str, stop: threading.Event, tally: Counter[str], seed: int, idle_api: int = IDLE_API
+) -> None:
+    """Hostile input at one daemon until ``stop``: run inside the daemon's namespace (its
+    HTTP port listens on 127.0.0.1 there)."""
+    rng = random.Random(seed)
+    api = (address, PORT)
+    http = ("127.0.0.1", HTTP_PORT)
+
+    async def stopped() -> None:
+        while not stop.is_set():
+            await trio.sleep(0.2)
+
+    async def datagrams() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.setblocking(False)
+            while True:
+                size = rng.choice([0, 1, 3, rng.randrange(4, 1400)])
+                with contextlib.suppress(OSError):
+                    udp.sendto(rng.randbytes(size), api)
+                    tally["datagrams"] += 1
+                await trio.sleep(0.005)
+
+    async def idle(target: tuple[str, int], name: str) -> None:
+        """Hold a connection open and silent; when the daemon closes it, open another."""
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(*target)
+            except OSError:
+                await trio.sleep(5)
+                continue
+            tally[f"{name}_idle_opened"] += 1
+            with contextlib.suppress(trio.BrokenResourceError, OSError):
+                while await stream.receive_some(4096):
+                    pass
+            await stream.aclose()
+            tally[f"{name}_idle_closed_by_daemon"] += 1
+            await trio.sleep(10)
+
+    async def one_shot(target: tuple[str, int], data: bytes, name: str) -> None:
+        try:
+            stream = await trio.open_tcp_stream(*target)
+        except OSError:
+            return
+        with contextlib.suppress(trio.BrokenResourceError, OSError):
+            await stream.send_all(data)
+            tally[name] += 1
+            with trio.move_on_after(2):
+                await stream.receive_some(4096)
+        await stream.aclose()
+
+    async def frames() -> None:
+        limit = 64 * 1024 * 1024
+        sent_max = 0.0
+        while True:
+            await one_shot(api, b"\x00\x00\x00\x10" + rng.randbytes(16), "garbage_frames")
+            await one_shot(api, b"\xff\xff\xff\xff", "over_limit_lengths")
+            await one_shot(api, b"\x00\x00\x10\x00short", "lying_lengths")
+            await one_shot(api, rng.randbytes(3), "truncated_headers")
+            await one_shot(http, rng.randbytes(rng.randrange(1, 600)), "http_garbage")
+            await one_shot(http, HTTP_LYING, "http_lying")
+            await one_shot(http, b"GET /v2/health/re", "http_truncated")
+            if trio.current_time() - sent_max > 20:
+                sent_max = trio.current_time()
+                await one_shot(api, struct.pack(">I", limit) + bytes(limit), "max_size_frames")
+            await trio.sleep(0.2)
+
+    async def one_byte_a_second(target: tuple[str, int], data: bytes, name: str) -> None:
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(*target)
+                for byte in data:
+                    await stream.send_all(bytes([byte]))
+                    tally[name] += 1
+                    await trio.sleep(1.0)
+                await stream.aclose()
+            except (OSError, trio.BrokenResourceError):
+                tally[f"{name}_cut"] += 1
+                await trio.sleep(1.0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(datagrams)
+        nursery.start_soon(frames)
+        for _ in range(3):
+            nursery.start_soon(
+                one_byte_a_second, api, b"\x00\x00\x01\x00" + bytes(256), "slow_api_bytes"
+            )
+            nursery.start_soon(one_byte_a_second, http, HTTP_SLOW, "slow_http_bytes")
+        for _ in range(idle_api):
+            nursery.start_soon(idle, api, "api")
+            await trio.sleep(0)
+        for _ in range(IDLE_HTTP):
+            nursery.start_soon(idle, http, "http")
+            await trio.sleep(0)
+        await stopped()
+        nursery.cancel_scope.cancel()
+
+
+def hostile_phases(
+    campaign: Campaign, history: History, phase_s: float, seed: int, idle_api: int
+) -> dict[str, Any]:
+    """A quiet phase, then a phase under :func:`barrage` at every daemon, both measured."""
+
+    def sample(peaks: dict[str, dict[str, int]]) -> None:
+        for index, daemon in enumerate(campaign.fleet.daemons):
+            with contextlib.suppress(OSError):
+                pid = daemon.process.pid
+                mine = peaks.setdefault(f"h{index}", {"rss_kib": 0, "open_files": 0})
+                mine["rss_kib"] = max(mine["rss_kib"], rss_kib(pid))
+                mine["open_files"] = max(mine["open_files"], open_files(pid))
+
+    def counters() -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for daemon in campaign.fleet.daemons:
+            with contextlib.suppress(Exception):
+                status = campaign.fleet.call(daemon, "status")["counters"]
+                for name in DROP_COUNTERS:
+                    total[name] += int(status.get("daemon", {}).get(name, 0))
+                total["auth_rejected"] += int(status.get("auth", {}).get("rejected", 0))
+        return dict(total)
+
+    def results_between(start: float, end: float) -> int:
+        with history.lock:
+            return sum(1 for t in history.result_times if start <= t < end)
+
+    def daemons_cpu() -> float:
+        total = 0.0
+        for daemon in campaign.fleet.daemons:
+            with contextlib.suppress(OSError):
+                total += cpu_s(daemon.process.pid)
+        return total
+
+    def phase(hostile: bool) -> tuple[float, dict[str, dict[str, int]]]:
+        peaks: dict[str, dict[str, int]] = {}
+        cpu_before = daemons_cpu()
+        attackers = []
+        if hostile:  # one process per daemon, in its namespace (not this process's GIL)
+            for index, daemon in enumerate(campaign.fleet.daemons):
+                argv = [sys.executable, __file__, "--barrage", daemon.host.address]
+                argv += ["--seed", str(seed * 100 + index)]
+                argv += ["--idle-connections", str(idle_api)]
+                attackers.append(
+                    campaign.lab.popen(
+                        daemon.host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                    )
+                )
+        start = time.monotonic()
+        while time.monotonic() < start + phase_s:
+            sample(peaks)
+            time.sleep(1.0)
+        end = time.monotonic()
+        cpu[f"{'hostile' if hostile else 'quiet'}_daemons_cpu_s"] = round(
+            daemons_cpu() - cpu_before, 1
+        )
+        if attackers:
+            used = 0.0
+            for attacker in attackers:
+                with contextlib.suppress(OSError):
+                    used += cpu_s(attacker.pid)
+            cpu["attackers_cpu_s"] = round(used, 1)
+        for attacker in attackers:
+            out, _ = attacker.communicate(timeout=60)
+            with contextlib.suppress(ValueError, IndexError):
+                tally.update(json.loads(out.decode().strip().splitlines()[-1]))
+        return results_between(start, end) / (end - start), peaks
+
+    tally: Counter[str] = Counter()
+    cpu: dict[str, float] = {}
+    time.sleep(min(20.0, phase_s / 3))  # the workload warms up (models cached everywhere)
+    quiet_rate, quiet = phase(hostile=False)
+    before = counters()
+    hostile_rate, loud = phase(hostile=True)
+    after = counters()
+    return {
+        "phase_s": phase_s,
+        "idle_connections_per_daemon": idle_api,
+        "quiet_results_per_s": round(quiet_rate, 2),
+        "hostile_results_per_s": round(hostile_rate, 2),
+        "throughput_ratio": round(hostile_rate / quiet_rate, 3) if quiet_rate else 0.0,
+        "rss_ratio": {
+            name: round(loud[name]["rss_kib"] / quiet[name]["rss_kib"], 3)
+            for name in quiet
+            if name in loud and quiet[name]["rss_kib"]
+        },
+        "open_files": {
+            name: [quiet[name]["open_files"], loud.get(name, {}).get("open_files", 0)]
+            for name in quiet
+        },
+        "quiet_rss_kib": {name: peak["rss_kib"] for name, peak in quiet.items()},
+        "dropped": {name: after.get(name, 0) - before.get(name, 0) for name in after},
+        "sent": dict(sorted(tally.items())),
+        "cpu_s": cpu,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from meshgpu import inference
 
     pixels = np.load(MODELS / "digits_test.npz")["pixels"].astype(np.float32)
     expected = inference.load(MODEL, backend="onnxruntime").run({"pixels": pixels})["probabilities"]
-    faults = schedule(args.seed, args.minutes, args.nodes)
+    faults = [] if args.hostile else schedule(args.seed, args.minutes, args.nodes)
+    hostile: dict[str, Any] | None = None
     campaign = Campaign(args)
     history = History()
     try:
         campaign.start()
         addresses = [f"{d.host.address}:{PORT}" for d in campaign.fleet.daemons]
+        http_threads = []
+        for index in range(args.http_nodes):
+            namespace = campaign.fleet.daemons[index % args.nodes].host.namespace
+
+            def drive_http(namespace: str = namespace, index: int = index) -> None:
+                in_namespace(
+                    namespace,
+                    lambda: http_workload(history, pixels, expected, args.seed * 1000 + index),
+                )
+
+            http_threads.append(threading.Thread(target=drive_http, daemon=True))
 
         def drive() -> None:
             in_namespace(
@@ -434,16 +746,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         thread = threading.Thread(target=drive, daemon=True)
         began = time.monotonic()
         thread.start()
+        for http_thread in http_threads:
+            http_thread.start()
         for fault in faults:
             delay = began + fault.at_s - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             campaign.apply(fault, history)
-        rest = began + args.minutes * 60.0 - time.monotonic()
+        if args.hostile:
+            hostile = hostile_phases(
+                campaign, history, args.hostile_s, args.seed, args.idle_connections
+            )
+        rest = 0.0 if args.hostile else began + args.minutes * 60.0 - time.monotonic()
         if rest > 0:
             time.sleep(rest)
         healed = time.monotonic()
         history.stop_submitting.set()
+        for http_thread in http_threads:
+            http_thread.join(70)
         thread.join(args.drain_s)
         history.stop.set()
         thread.join(30)
@@ -475,6 +795,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "duplicate_executions": executions["duplicate"],
         "runs_started": len(runs),
         "executions": executions,
+        "http": {
+            **dict(sorted(history.http.items())),
+            "task_ids_answered_twice": sum(1 for n in history.http_task_ids.values() if n > 1),
+        },
         "suppressed_duplicate_outcomes": history.suppressed_duplicates,
         "refused": history.refused,
         "submit_errors": history.submit_errors,
@@ -482,6 +806,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "relay_frames": dict(sorted(campaign.relay_frames.items())),
         "longest_stall_s": round(stall, 2),
         "schedule": campaign.applied,
+        **({"hostile": hostile} if hostile is not None else {}),
     }
 
 
@@ -495,6 +820,7 @@ def explain_executions(runs: list[tuple[str, int, int]], history: History) -> di
     for task_id, attempt, _ in runs:
         per_id.setdefault(task_id, []).append(attempt)
     acknowledged = set(history.acknowledged)
+    acknowledged |= set(history.http_task_ids)
     seen = acknowledged | {g for t in acknowledged if (g := group_of(t)) is not None}
     retried = same_attempt = 0
     for attempts in per_id.values():
@@ -532,14 +858,50 @@ TABLE = (
 )
 
 
+def barrage_process(address: str, seed: int, idle_api: int) -> int:
+    """``--barrage ADDRESS``: :func:`barrage` until stdin closes, then its tally as JSON."""
+    stop = threading.Event()
+    tally: Counter[str] = Counter()
+
+    def until_stdin_closes() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=until_stdin_closes, daemon=True).start()
+    trio.run(barrage, address, stop, tally, seed, idle_api)
+    print(json.dumps(dict(tally)), flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--barrage", metavar="ADDRESS", help=argparse.SUPPRESS)
     parser.add_argument("--minutes", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--drain-s", type=float, default=120.0)
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument(
+        "--hostile",
+        action="store_true",
+        help="no nemesis: a quiet phase, then a hostile-input barrage at every port",
+    )
+    parser.add_argument(
+        "--http-nodes",
+        type=int,
+        default=2,
+        help="HTTP clients (one per node, on its loopback port) beside the Python client",
+    )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=IDLE_API,
+        help="idle TCP connections the barrage holds against each daemon's API port",
+    )
+    parser.add_argument("--hostile-s", type=float, default=60.0, help="length of each phase")
     args = parser.parse_args()
+    if args.barrage:
+        return barrage_process(args.barrage, args.seed, args.idle_connections)
     try:
         check_available()
     except NamespacesUnavailable as reason:
@@ -547,6 +909,7 @@ def main() -> int:
         return 2
     result = run(args)
     ok = not any(result[k] for k in ("lost", "unresolved", "duplicate_deliveries", "wrong_outputs"))
+    ok = ok and not result["http"].get("wrong", 0)
     print(f"{'metric':28s} value")
     for name in TABLE:
         print(f"{name:28s} {result[name]}")
@@ -556,6 +919,19 @@ def main() -> int:
         print(f"executions {name:17s} {count}")
     for name, count in result["relay_frames"].items():
         print(f"relay {name:22s} {count}")
+    for name, count in result["http"].items():
+        print(f"http {name:23s} {count}")
+    if "hostile" in result:
+        hostile = result["hostile"]
+        for name in ("quiet_results_per_s", "hostile_results_per_s", "throughput_ratio"):
+            print(f"hostile {name:20s} {hostile[name]}")
+        for name, seconds in hostile["cpu_s"].items():
+            print(f"hostile {name:20s} {seconds}")
+        for name, ratio in hostile["rss_ratio"].items():
+            files = hostile["open_files"][name]
+            print(f"hostile {name} rss x{ratio}, open files {files[0]} -> {files[1]}")
+        for name, count in hostile["dropped"].items():
+            print(f"hostile dropped {name:20s} {count}")
     if not ok:
         print(f"FAILED: replay with --seed {args.seed} --minutes {args.minutes} "
               f"--nodes {args.nodes}; schedule:", file=sys.stderr)  # fmt: skip
