@@ -17,11 +17,8 @@ below and runs these as its link's tasks):
 
 from __future__ import annotations
 
-import functools
 import logging
-import tempfile
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +26,7 @@ import trio
 
 from meshgpu.client.handles import AsyncTaskHandle, Outcome
 from meshgpu.client.link import Link, Signal
-from meshgpu.daemon.blobs import BlobWriter, load_tensors
+from meshgpu.daemon.blobs import TensorReceiver
 from meshgpu.daemon.payloads import tensors_from_bytes
 from meshgpu.daemon.rpc import RpcConnection
 from meshgpu.daemon.transfers import pull
@@ -230,24 +227,18 @@ async def fetch_result(
     rpc: RpcConnection, task_id: str, size: int, chunk: int
 ) -> dict[str, np.ndarray]:
     """A result of ``size`` bytes from the entry peer in ranges (a window of them in
-    flight: transfers.pull) into a scratch file, then read into arrays (one copy of each
-    in memory; the file is deleted)."""
-    with tempfile.TemporaryDirectory(prefix="meshgpu-result-") as scratch:
+    flight: transfers.pull), each copied straight into the result's arrays as it comes
+    (blobs.TensorReceiver: one copy of each array in memory, no scratch file)."""
 
-        async def call(offset: int, length: int) -> dict[str, Any]:
-            return await rpc.call(
-                "get_result", task_id=task_id, offset=offset, length=length, relay=True
-            )
-
-        data, writer = await pull(
-            call, chunk, lambda: BlobWriter(Path(scratch), "result", hashed=False)
+    async def call(offset: int, length: int) -> dict[str, Any]:
+        return await rpc.call(
+            "get_result", task_id=task_id, offset=offset, length=length, relay=True
         )
-        if writer is None:
-            assert data is not None
-            return {name: array.copy() for name, array in tensors_from_bytes(data).items()}
-        path = await trio.to_thread.run_sync(functools.partial(writer.commit, None, durable=False))
-        if writer.size != size:
-            raise DecodeError(
-                f"result of {task_id} was announced as {size} bytes, got {writer.size}"
-            )
-        return await trio.to_thread.run_sync(load_tensors, path)
+
+    data, receiver = await pull(call, chunk, TensorReceiver)
+    if receiver is None:
+        assert data is not None
+        return {name: array.copy() for name, array in tensors_from_bytes(data).items()}
+    if receiver.size != size:
+        raise DecodeError(f"result of {task_id} was announced as {size} bytes, got {receiver.size}")
+    return receiver.tensors()

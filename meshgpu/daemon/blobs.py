@@ -336,24 +336,123 @@ def load_tensors(path: Path, slots: list[TensorSlot] | None = None) -> dict[str,
     return tensors
 
 
+class TensorReceiver:
+    """Receives a payload of named tensors in ranges, in order, straight into the arrays
+    (a client's result: no scratch file written and read back). Each tensor's header is
+    parsed as it arrives and checked as :func:`read_layout` checks a file's, and its
+    array is allocated then, never larger than what the announced size leaves; the bytes
+    after a header are copied into that array. :meth:`tensors` hands them over once the
+    last byte came."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._announced: int | None = None
+        self._pending = bytearray()
+        """Header bytes received but not yet parsed (a header split across ranges)."""
+        self._position = 0
+        """Bytes of the payload consumed by headers and data so far."""
+        self._count: int | None = None
+        self._tensors: dict[str, np.ndarray] = {}
+        self._filling: tuple[memoryview, int] | None = None
+        """The array being received (as bytes) and how much of it came."""
+
+    def reserve(self, size: int) -> None:
+        """The payload's size, as its sender announced it (the bound of every array)."""
+        self._announced = size
+
+    def abort(self) -> None:
+        self._tensors.clear()
+        self._filling = None
+
+    def write(self, offset: int, chunk: bytes | bytearray | memoryview) -> None:
+        if offset != self.size:
+            raise DecodeError(f"range at {offset} sent, {self.size} expected; start again at 0")
+        view = memoryview(chunk).cast("B")
+        self.size += len(view)
+        while view:
+            if self._filling is not None:
+                target, filled = self._filling
+                take = min(len(view), len(target) - filled)
+                target[filled : filled + take] = view[:take]
+                view = view[take:]
+                self._position += take
+                filled += take
+                self._filling = None if filled == len(target) else (target, filled)
+            elif self._count is not None and len(self._tensors) == self._count:
+                raise DecodeError(f"payload has {len(view)} bytes after its last tensor")
+            else:
+                view = view[self._header(view) :]
+
+    def _header(self, view: memoryview) -> int:
+        """Parse the next header from the pending bytes and ``view``; returns how many
+        bytes of ``view`` it used (all it took when the header is still incomplete)."""
+        taken = min(len(view), _HEADER_WINDOW)
+        raw = bytes(self._pending) + bytes(view[:taken])
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=2 * len(raw))
+        unpacker.feed(raw)
+        try:
+            if self._count is None:
+                try:
+                    self._count = int(unpacker.read_map_header())
+                except ValueError as error:
+                    raise DecodeError(f"payload is not a map of tensors: {error}") from None
+                used = int(unpacker.tell())
+            else:
+                slot = _parse_slot(unpacker, raw, self._position)  # raw starts there
+                used = slot.offset - self._position
+                self._start(slot)
+        except msgpack.OutOfData:
+            if len(raw) >= _HEADER_WINDOW_MAX:
+                raise DecodeError(f"tensor {len(self._tensors)}'s header is too long") from None
+            self._pending = bytearray(raw)
+            return taken
+        from_view = used - len(self._pending)
+        self._position += used
+        self._pending = bytearray()
+        return from_view
+
+    def _start(self, slot: TensorSlot) -> None:
+        if self._tensors and slot.name <= next(reversed(self._tensors)):
+            raise DecodeError("payload tensors are not in canonical order (names sorted, once)")
+        if self._announced is not None and slot.offset + slot.nbytes > self._announced:
+            raise DecodeError(
+                f"tensor {slot.name!r} needs {slot.nbytes} bytes at {slot.offset}, the payload "
+                f"has {self._announced}"
+            )
+        array = np.empty(slot.shape, slot.dtype)
+        self._tensors[slot.name] = array
+        if slot.nbytes:
+            self._filling = (array.reshape(-1).view(np.uint8).data, 0)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The arrays, once every byte came; DecodeError if the payload ended early."""
+        if (
+            self._count is None
+            or len(self._tensors) != self._count
+            or self._filling is not None
+            or self._pending
+        ):
+            raise DecodeError(f"payload ends inside tensor {len(self._tensors)}")
+        if self._announced is not None and self.size != self._announced:
+            raise DecodeError(f"payload was announced as {self._announced} bytes, got {self.size}")
+        return self._tensors
+
+
 class BlobWriter:
     """Receives one payload in ranges, in order, into a scratch file beside its final
     place, hashing as it goes; :meth:`commit` checks the sha256 and returns the file.
-    ``hashed=False``: a copy nobody checks against a digest (a client's scratch file of
-    a result) is not hashed either. ``durable``: a copy the mesh counts on has each
+    ``durable``: a copy the mesh counts on has each
     range's writeback started as it is written (:func:`start_writeback`), so the disk
     writes while the network and the hash work and the fsync of :meth:`commit` waits for
     the last ranges only."""
 
-    def __init__(
-        self, directory: Path, stem: str, *, hashed: bool = True, durable: bool = False
-    ) -> None:
+    def __init__(self, directory: Path, stem: str, *, durable: bool = False) -> None:
         self.path = directory / f"{stem}.{secrets.token_hex(4)}.tmp"
         try:
             self._handle = open(self.path, "wb")  # noqa: SIM115 (closed in commit/abort)
         except OSError as error:
             raise storage_error(error, "storing a payload") from None
-        self._hash = hashlib.sha256() if hashed else None
+        self._hash = hashlib.sha256()
         self._durable = durable
         self._reserved = 0
         self.size = 0
@@ -381,18 +480,14 @@ class BlobWriter:
         except OSError as error:
             self.abort()
             raise storage_error(error, "storing a payload") from None
-        if self._hash is not None:
-            self._hash.update(chunk)
+        self._hash.update(chunk)
         self.size += len(chunk)
 
     def commit(self, sha256: str | None, *, durable: bool = True) -> Path:
         """Check the bytes against ``sha256`` (if given) and, if ``durable`` (a copy the
         mesh counts on, not a scratch copy read once), fsync; the caller installs or
         reads the file."""
-        if sha256 is not None and self._hash is None:
-            self.abort()
-            raise ValueError("a digest to check, but the writer was made with hashed=False")
-        actual = "" if self._hash is None else self._hash.hexdigest()
+        actual = self._hash.hexdigest()
         if sha256 is not None and actual != sha256:
             self.abort()
             raise DigestMismatchError(

@@ -37,12 +37,12 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from meshgpu.daemon.auth.envelope import Buffer
-from meshgpu.daemon.blobs import BlobWriter, TensorBlob, load_tensors
+from meshgpu.daemon.blobs import TensorBlob, load_tensors
 from meshgpu.daemon.payloads import tensors_from_bytes
 from meshgpu.errors import DecodeError
 
@@ -71,14 +71,30 @@ def range_answer(reply: dict[str, Any], offset: int) -> tuple[bytes, int]:
     return data, size
 
 
+class RangeSink(Protocol):
+    """Where a pull puts a payload larger than one range (BlobWriter: a file;
+    TensorReceiver: arrays), written in order from a worker thread."""
+
+    size: int
+
+    def reserve(self, size: int) -> None: ...
+
+    def write(self, offset: int, chunk: bytes) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+Sink = TypeVar("Sink", bound=RangeSink)
+
+
 async def pull(
     call: RangeCall,
     chunk: int,
-    writer: Callable[[], BlobWriter],
+    writer: Callable[[], Sink],
     *,
     open_rest: OpenRanges | None = None,
     window: int = WINDOW,
-) -> tuple[bytes | None, BlobWriter | None]:
+) -> tuple[bytes | None, Sink | None]:
     """Fetch one payload: its bytes when one range holds it all, else a writer holding
     it (not yet committed: the caller checks the hash with ``commit`` or aborts). The
     first range comes from ``call``; the others, ``window`` in flight, from what
@@ -112,7 +128,7 @@ class _Range:
 
 
 async def _pull_rest(
-    call: RangeCall, sink: BlobWriter, first: bytes, size: int, window: int
+    call: RangeCall, sink: RangeSink, first: bytes, size: int, window: int
 ) -> None:
     """The ranges after ``first`` into ``sink``, in order, ``window`` asked at once."""
     stride = len(first)  # the source's range length: every range but the last is as long

@@ -14,14 +14,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 import trio
 import trio.testing
 
-from meshgpu.daemon.blobs import BlobWriter, TensorBlob, load_tensors
+from meshgpu.daemon.blobs import BlobWriter, TensorBlob, TensorReceiver, load_tensors
 from meshgpu.daemon.dataplane import INPUTS, DataPlane
-from meshgpu.daemon.payloads import PayloadStore
+from meshgpu.daemon.payloads import PayloadStore, encode_tensors
 from meshgpu.daemon.transfers import pull, push
 from meshgpu.errors import DecodeError, MeshError
 from tests.daemon.fakes import data_plane
@@ -274,3 +275,52 @@ async def test_a_pull_reserves_the_payloads_size_first(tmp_path: Path) -> None:
     _, writer = await pull(call, 1000, lambda: Recording(tmp_path, "p"))
     assert reserved == [len(PAYLOAD)] and writer is not None
     assert writer.commit(None).stat().st_size == len(PAYLOAD)
+
+
+RESULT = {
+    "b": np.arange(70_000, dtype=np.float32).reshape(100, 700),
+    "a": np.array(3, dtype=">i8"),  # big-endian: arrives little-endian
+    "c": np.zeros((0, 3), np.uint8),
+    "d": np.ones(5, bool),
+    "e": np.arange(10, dtype=np.float64)[::2],  # not contiguous
+}
+
+
+@pytest.mark.parametrize("step", [1, 7, 1000, 300_000])
+def test_a_result_is_received_straight_into_its_arrays(step: int) -> None:
+    """Ranges of any length, headers split across them included."""
+    data = b"".join(TensorBlob(RESULT).chunks(1 << 20))
+    receiver = TensorReceiver()
+    receiver.reserve(len(data))
+    for offset in range(0, len(data), step):
+        receiver.write(offset, data[offset : offset + step])
+    tensors = receiver.tensors()
+    assert sorted(tensors) == sorted(RESULT)
+    for name, array in RESULT.items():
+        assert tensors[name].dtype == array.dtype.newbyteorder("<")
+        assert np.array_equal(tensors[name], array)
+
+
+def receive(data: bytes, announced: int | None = None) -> dict[str, np.ndarray]:
+    receiver = TensorReceiver()
+    if announced is not None:
+        receiver.reserve(announced)
+    receiver.write(0, data)
+    return receiver.tensors()
+
+
+def test_a_received_result_that_does_not_add_up_is_refused() -> None:
+    data = b"".join(TensorBlob({"x": np.arange(10, dtype=np.int32)}).chunks(1 << 20))
+    with pytest.raises(DecodeError, match="after its last tensor"):
+        receive(data + b"\x00")
+    with pytest.raises(DecodeError, match="ends inside"):
+        receive(data[:-1])
+    with pytest.raises(DecodeError, match="needs 40 bytes"):
+        receive(data, announced=len(data) - 1)  # an array larger than the size announced
+    unsorted = msgpack.packb(
+        {"b": encode_tensors({"b": np.zeros(1)})["b"], "a": encode_tensors({"a": np.zeros(1)})["a"]}
+    )
+    with pytest.raises(DecodeError, match="canonical order"):
+        receive(unsorted)
+    with pytest.raises(DecodeError, match="not a map"):
+        receive(msgpack.packb([1, 2]))
