@@ -26,6 +26,8 @@ payloads (two encodings to keep equal, and the input digest is defined on this o
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import math
 import os
@@ -167,8 +169,7 @@ class TensorBlob:
         hasher = hashlib.sha256()
         try:
             with open(path, "wb") as handle:
-                if hasattr(os, "posix_fallocate"):
-                    os.posix_fallocate(handle.fileno(), 0, self.size)  # BlobWriter.reserve
+                allocate(handle.fileno(), self.size)
                 written = 0
                 for piece in self.pieces:
                     view = memoryview(piece)
@@ -197,7 +198,23 @@ def start_writeback(descriptor: int, offset: int, length: int) -> None:
     which Python does not offer). Where the call is missing it is skipped."""
     advise = getattr(os, "posix_fadvise", None)
     if advise is not None:
-        advise(descriptor, offset, length, os.POSIX_FADV_DONTNEED)
+        with contextlib.suppress(OSError):  # advice: a file that takes none is still written
+            advise(descriptor, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def allocate(descriptor: int, size: int) -> bool:
+    """Give a file being written its ``size`` bytes of disk now (``posix_fallocate``);
+    False where the filesystem or platform cannot (the file then grows as it is
+    written). A disk without room raises OSError (ENOSPC)."""
+    if size <= 0 or not hasattr(os, "posix_fallocate"):
+        return False
+    try:
+        os.posix_fallocate(descriptor, 0, size)
+    except OSError as error:
+        if error.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        raise
+    return True
 
 
 @dataclass(frozen=True)
@@ -462,8 +479,7 @@ class BlobWriter:
         cannot hold them refuses now (DiskFullError), not after most of a GiB moved, and
         the file gets its blocks in one piece. :meth:`commit` cuts what was not written."""
         try:
-            if size > 0 and hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(self._handle.fileno(), 0, size)
+            if allocate(self._handle.fileno(), size):
                 self._reserved = size
         except OSError as error:
             self.abort()
