@@ -16,7 +16,7 @@ flight"): a puller asks for the next ranges while it writes and hashes the one b
 order; a pusher sends the first range alone (it starts the upload, and its answer may
 say the payload is there already), then keeps ``WINDOW`` ranges unanswered, and the
 receiver writes them in the order of their offsets whatever order their requests are
-handled in (handlers.py). With one range at a time every range waited for a round trip
+handled in (peer_ops.py). With one range at a time every range waited for a round trip
 through two processes' schedulers and for the receiver's disk; with a window the
 network, the hashing and the disk of one transfer overlap. A broken transfer starts again
 at 0 from the next source (a range of a file that vanished is an error, never a short
