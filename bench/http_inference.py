@@ -11,9 +11,9 @@ Ray Serve's.
 
 Usage::
 
-    python bench/http.py                 # table
-    python bench/http.py --json          # one JSON object on stdout
-    python bench/http.py --seconds 3 --concurrency 1,8
+    python bench/http_inference.py                 # table
+    python bench/http_inference.py --json          # one JSON object on stdout
+    python bench/http_inference.py --seconds 3 --concurrency 1,8
 
 Benchmarks are not tests: this prints numbers and asserts nothing. On a shared machine,
 compare the two systems of one run (ratios), not numbers across runs.

@@ -84,7 +84,8 @@ def test_an_open_mesh_moves_to_encryption_node_by_node_without_a_partition(
         assert {s["node"]["key_fingerprint"] for s in statuses} == {key.fingerprint}
         with Client(f"127.0.0.1:{nodes['node-a'].port}", key_file, environ={}) as client:
             outcomes = [client.attach(task).wait(timeout=WAIT_S) for task in submitted]
-        assert [outcome.state for outcome in outcomes] == ["done"] * len(submitted)
+        failed = [(o.task_id, o.state, o.error) for o in outcomes if o.state != "done"]
+        assert not failed, failed
         # The end state refuses a node without the key.
         with pytest.raises(Exception, match="uses a mesh key"):
             ask(nodes["node-b"], None, "status")
