@@ -26,6 +26,7 @@ from pathlib import Path
 import trio
 
 from meshgpu.core.catalog import CatalogUpdate
+from meshgpu.daemon.identity import write_text_durably
 from meshgpu.errors import DecodeError, StorageError
 
 logger = logging.getLogger(__name__)
@@ -62,16 +63,8 @@ class CatalogFile:
             return ()
 
     def save(self, updates: Mapping[str, CatalogUpdate]) -> None:
-        scratch = self.path.with_name(CATALOG_NAME + ".tmp")
         text = json.dumps({"updates": [updates[name].to_fields() for name in sorted(updates)]})
-        try:
-            with open(scratch, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(scratch, self.path)
-        except OSError as error:
-            raise StorageError(f"cannot write {self.path}: {error}") from None
+        write_text_durably(self.path, text + "\n")
 
 
 class CatalogKeeper:

@@ -118,20 +118,25 @@ class IdentityStore:
 
     def save(self, identity: NodeIdentity) -> None:
         """Persist ``identity`` (also called when the node raises its incarnation)."""
-        scratch = self.path.with_name(IDENTITY_NAME + ".tmp")
         record = {"node_id": identity.node_id, "incarnation": identity.incarnation}
         if identity.dir_token:
             record["dir_token"] = identity.dir_token
-        text = json.dumps(record)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(scratch, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(scratch, self.path)
-        except OSError as error:
-            raise StorageError(f"cannot write {self.path}: {error}") from None
+        write_text_durably(self.path, json.dumps(record) + "\n")
+
+
+def write_text_durably(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` all at once, on stable storage before it returns: a
+    scratch file beside it, fsynced, renamed over it (a crash leaves the old or the new)."""
+    scratch = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(scratch, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(scratch, path)
+    except OSError as error:
+        raise StorageError(f"cannot write {path}: {error}") from None
 
 
 class DataDirLock:
