@@ -42,7 +42,8 @@ from meshgpu.core.tasks.spec import LABEL_MAX, parse_labels
 from meshgpu.daemon.blobs import TensorBlob, tensor_nbytes
 from meshgpu.daemon.groups import group_of
 from meshgpu.daemon.payloads import encode_tensors
-from meshgpu.errors import ConfigError, MeshError, RequestFailedError
+from meshgpu.errors import ConfigError, DecodeError, MeshError, RequestFailedError
+from meshgpu.tensor_types import is_bfloat16, string_array
 
 MAX_TASK_BYTES = 4 << 30
 """Default limit on one task's input bytes, checked by the client before it sends any."""
@@ -435,7 +436,10 @@ def encode_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def checked_arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """A task's inputs as named numeric arrays (a ConfigError for anything else)."""
+    """A task's inputs as named arrays the mesh carries: numeric ones, bfloat16
+    (``ml_dtypes``), and string tensors (numpy ``str``/``bytes`` arrays and object arrays
+    of them become object arrays of ``str``, as onnxruntime takes them); a ConfigError
+    for anything else."""
     if not isinstance(inputs, Mapping) or not inputs:
         raise ConfigError("inputs must be a non-empty mapping of input name to array")
     arrays = {}
@@ -443,8 +447,15 @@ def checked_arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(name, str):
             raise ConfigError(f"input names are strings, not {name!r}")
         array = np.asarray(value)
-        if array.dtype.kind not in "biufc":
-            raise ConfigError(f"input {name!r} has dtype {array.dtype}; use a numeric array")
+        if array.dtype.kind in "USO":
+            try:
+                array = string_array(array)
+            except DecodeError as error:
+                raise ConfigError(f"input {name!r} is not a string tensor: {error}") from None
+        elif array.dtype.kind not in "biufc" and not is_bfloat16(array.dtype):
+            raise ConfigError(
+                f"input {name!r} has dtype {array.dtype}; use a numeric, bfloat16 or string array"
+            )
         arrays[name] = array
     return arrays
 

@@ -20,7 +20,8 @@ their first bytes say, not by their suffix:
 * a text file (CSV, TSV, a list of numbers) is refused with the one-line ``numpy`` call
   that turns it into a ``.npy``;
 * an array of strings, objects or anything else non-numeric is refused with its dtype,
-  before anything is sent (the mesh runs numeric tensors only).
+  before anything is sent (a file of strings needs pickles or a fixed width; string
+  tensors go through ``submit``'s arrays instead).
 
 Nothing is ever unpickled: numpy's advice to pass ``allow_pickle=True`` (for a file that
 is not an array at all) is never shown. Rejected: trusting the suffix (a CSV renamed

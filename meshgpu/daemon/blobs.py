@@ -42,6 +42,15 @@ import numpy as np
 
 from meshgpu.daemon.journal import storage_error
 from meshgpu.errors import DecodeError, DigestMismatchError, StorageError
+from meshgpu.tensor_types import (
+    STRING_LENGTH_BYTES,
+    dtype_of_tag,
+    dtype_tag,
+    is_string,
+    payload_nbytes,
+    tensor_bytes,
+    tensor_from_bytes,
+)
 
 CHUNK_BYTES = 16 << 20
 """Largest range of a payload in one request (with the default 64 MiB frame limit): 64
@@ -52,7 +61,6 @@ WRITEBACK_BYTES = 64 << 20
 """A durable file being written has its writeback started every this many bytes."""
 MAX_TENSOR_BYTES = (1 << 32) - 1
 """msgpack ``bin 32``: the largest one tensor's data may be."""
-_ALLOWED_KINDS = ("b", "i", "u", "f", "c")
 _HEADER_WINDOW = 64 << 10
 _HEADER_WINDOW_MAX = 1 << 20
 
@@ -77,8 +85,9 @@ def _bin_header(length: int) -> bytes:
 
 
 def tensor_nbytes(tensors: Mapping[str, Any]) -> int:
-    """Bytes of array data in ``tensors`` (what ``max_task_bytes`` limits)."""
-    return sum(int(np.asarray(array).nbytes) for array in tensors.values())
+    """Bytes of array data in ``tensors`` (what ``max_task_bytes`` limits; a string
+    tensor counts its encoded bytes)."""
+    return sum(payload_nbytes(np.asarray(array)) for array in tensors.values())
 
 
 class TensorBlob:
@@ -92,20 +101,19 @@ class TensorBlob:
         shapes: list[tuple[str, tuple[int, ...]]] = []
         for name in sorted(tensors):
             array = np.asarray(tensors[name])
-            little = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
-            data = little.reshape(-1).view(np.uint8).data
+            data = tensor_bytes(array)
             pieces.append(
                 packer.pack(name)
                 + packer.pack_map_header(3)
                 + packer.pack("dtype")
-                + packer.pack(little.dtype.str)
+                + packer.pack(dtype_tag(array.dtype))
                 + packer.pack("shape")
-                + packer.pack(list(little.shape))
+                + packer.pack(list(array.shape))
                 + packer.pack("data")
                 + _bin_header(len(data))
             )
             pieces.append(data)
-            shapes.append((name, tuple(little.shape)))
+            shapes.append((name, tuple(array.shape)))
         self.pieces = pieces
         self.size = sum(len(piece) for piece in pieces)
         self.shapes = tuple(shapes)
@@ -320,14 +328,18 @@ def _parse_slot(unpacker: msgpack.Unpacker, raw: bytes, position: int) -> Tensor
         raise msgpack.OutOfData()
     nbytes = int.from_bytes(raw[at + 1 : at + 1 + width], "big")
     try:
-        dtype = np.dtype(values[0])
         shape = tuple(int(n) for n in values[1])
     except (TypeError, ValueError) as error:
         raise DecodeError(f"tensor {name!r} is malformed: {error}") from None
-    if dtype.kind not in _ALLOWED_KINDS or dtype.hasobject:
-        raise DecodeError(f"tensor {name!r} has unsupported dtype {dtype}")
-    expected = math.prod(shape) * dtype.itemsize
-    if any(n < 0 for n in shape) or expected != nbytes:
+    try:
+        dtype = dtype_of_tag(values[0])
+    except DecodeError as error:
+        raise DecodeError(f"tensor {name!r}: {error}") from None
+    # A string tensor's size depends on its elements: checked when they are decoded
+    # (tensor_types.decode_strings); here only that each element's length fits.
+    count = math.prod(shape)
+    expected = count * (STRING_LENGTH_BYTES if is_string(dtype) else dtype.itemsize)
+    if any(n < 0 for n in shape) or (expected > nbytes if is_string(dtype) else expected != nbytes):
         raise DecodeError(
             f"tensor {name!r}: shape {list(shape)} of {dtype} needs {expected} bytes, got {nbytes}"
         )
@@ -343,6 +355,14 @@ def load_tensors(path: Path, slots: list[TensorSlot] | None = None) -> dict[str,
         with open(path, "rb") as handle:
             for slot in slots:
                 handle.seek(slot.offset)
+                if is_string(slot.dtype):
+                    data = handle.read(slot.nbytes)
+                    if len(data) != slot.nbytes:
+                        raise DecodeError(f"tensor {slot.name!r} is cut short in {path.name}")
+                    tensors[slot.name] = tensor_from_bytes(
+                        data, slot.dtype, slot.shape, f"tensor {slot.name!r}"
+                    )
+                    continue
                 count = slot.nbytes // slot.dtype.itemsize if slot.dtype.itemsize else 0
                 array = np.fromfile(handle, dtype=slot.dtype, count=count)
                 if array.nbytes != slot.nbytes:
@@ -372,6 +392,8 @@ class TensorReceiver:
         self._tensors: dict[str, np.ndarray] = {}
         self._filling: tuple[memoryview, int] | None = None
         """The array being received (as bytes) and how much of it came."""
+        self._strings: dict[str, tuple[bytearray, TensorSlot]] = {}
+        """String tensors' bytes, decoded by :meth:`tensors`."""
 
     def reserve(self, size: int) -> None:
         """The payload's size, as its sender announced it (the bound of every array)."""
@@ -379,6 +401,7 @@ class TensorReceiver:
 
     def abort(self) -> None:
         self._tensors.clear()
+        self._strings.clear()
         self._filling = None
 
     def write(self, offset: int, chunk: bytes | bytearray | memoryview) -> None:
@@ -436,6 +459,13 @@ class TensorReceiver:
                 f"tensor {slot.name!r} needs {slot.nbytes} bytes at {slot.offset}, the payload "
                 f"has {self._announced}"
             )
+        if is_string(slot.dtype):  # its bytes first, decoded once they all came
+            encoded = bytearray(slot.nbytes)
+            self._strings[slot.name] = (encoded, slot)
+            self._tensors[slot.name] = np.empty(0, slot.dtype)
+            if slot.nbytes:
+                self._filling = (memoryview(encoded), 0)
+            return
         array = np.empty(slot.shape, slot.dtype)
         self._tensors[slot.name] = array
         if slot.nbytes:
@@ -452,6 +482,11 @@ class TensorReceiver:
             raise DecodeError(f"payload ends inside tensor {len(self._tensors)}")
         if self._announced is not None and self.size != self._announced:
             raise DecodeError(f"payload was announced as {self._announced} bytes, got {self.size}")
+        for name, (encoded, slot) in self._strings.items():
+            self._tensors[name] = tensor_from_bytes(
+                encoded, slot.dtype, slot.shape, f"tensor {name!r}"
+            )
+        self._strings.clear()
         return self._tensors
 
 

@@ -13,11 +13,11 @@ live values in memory, so large tensors would pin memory), and every payload a f
 before this change).
 
 Tensors are encoded as msgpack maps ``{name: {"dtype": str, "shape": [int], "data":
-bytes}}`` with C-order little-endian data. The same encoding travels in TCP frames (the
-client API and holder-to-worker transfers) and sits on disk, so a payload is moved with
-no re-encoding. Rejected alternative: ``.npz`` files are zip archives, which would mean
-a second encoding for the wire and a zip parser on untrusted input; ``np.load`` of
-untrusted data also needs care with pickles.
+bytes}}`` with C-order little-endian data (strings and bfloat16: tensor_types.py). The
+same encoding travels in TCP frames (the client API and holder-to-worker transfers) and
+sits on disk, so a payload is moved with no re-encoding. Rejected alternative: ``.npz``
+files are zip archives, which would mean a second encoding for the wire and a zip parser
+on untrusted input; ``np.load`` of untrusted data also needs care with pickles.
 
 A task group (docs/task-queue.md, "Task groups") stores its inputs as a msgpack list of
 its members' tensor maps and its result as a list of per-member ``{"outputs": ...}`` or
@@ -26,7 +26,6 @@ its members' tensor maps and its result as a list of per-member ``{"outputs": ..
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import secrets
@@ -40,8 +39,8 @@ import numpy as np
 from meshgpu.daemon.blobs import BlobWriter
 from meshgpu.daemon.journal import Journal, storage_error
 from meshgpu.errors import DecodeError, StorageError
+from meshgpu.tensor_types import dtype_of_tag, dtype_tag, tensor_bytes, tensor_from_bytes
 
-_ALLOWED_KINDS = ("b", "i", "u", "f", "c")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 Tensors = dict[str, np.ndarray]
 INLINE_MAX_BYTES = 16 * 1024
@@ -65,11 +64,10 @@ def encode_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any
     encoded: dict[str, dict[str, Any]] = {}
     for name, array in tensors.items():
         array = np.asarray(array)
-        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
         encoded[name] = {
-            "dtype": little.dtype.str,
-            "shape": list(little.shape),
-            "data": np.ascontiguousarray(little).tobytes(),
+            "dtype": dtype_tag(array.dtype),
+            "shape": list(array.shape),
+            "data": bytes(tensor_bytes(array)),
         }
     return encoded
 
@@ -81,20 +79,18 @@ def decode_tensors(encoded: Any) -> Tensors:
     tensors: Tensors = {}
     for name, entry in encoded.items():
         try:
-            dtype = np.dtype(entry["dtype"])
+            tag = entry["dtype"]
             shape = tuple(int(n) for n in entry["shape"])
             data = entry["data"]
         except (KeyError, TypeError, ValueError) as error:
             raise DecodeError(f"tensor {name!r} is malformed: {error}") from None
-        if dtype.kind not in _ALLOWED_KINDS or not isinstance(data, bytes):
-            raise DecodeError(f"tensor {name!r} has unsupported dtype {dtype} or data")
-        expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow to wrap
-        if any(n < 0 for n in shape) or expected != len(data):
-            raise DecodeError(
-                f"tensor {name!r}: shape {list(shape)} of {dtype} needs {expected} bytes, "
-                f"got {len(data)}"
-            )
-        tensors[str(name)] = np.frombuffer(data, dtype=dtype).reshape(shape)
+        if not isinstance(data, bytes):
+            raise DecodeError(f"tensor {name!r} has data that is not bytes")
+        try:
+            dtype = dtype_of_tag(tag)
+        except DecodeError as error:
+            raise DecodeError(f"tensor {name!r}: {error}") from None
+        tensors[str(name)] = tensor_from_bytes(data, dtype, shape, f"tensor {name!r}")
     return tensors
 
 

@@ -236,6 +236,15 @@ def build_app(
         except ProtocolError as error:
             raise HttpError(400, str(error)) from None
         info = await info_of(model)
+        declared = {tensor["name"]: tensor for tensor in info.inputs}
+        for name, datatype in parsed.datatypes.items():
+            wanted = declared.get(name)
+            if wanted is not None and wanted["datatype"] != datatype:
+                raise HttpError(
+                    400,
+                    f"input {name!r} is {datatype}; model {model.name!r} takes "
+                    f"{wanted['datatype']} {wanted['shape']}",
+                )
         try:
             feeds = info.check_feeds(parsed.inputs)
         except InputError as error:

@@ -8,9 +8,12 @@ order). Outputs go back as JSON ``data`` or, when the request asks for it (an ou
 ``binary_data`` parameter or the request's ``binary_data_output``), as raw bytes after the
 JSON header, the same way.
 
-Every protocol datatype that ONNX has is accepted, except two that meshgpu's tensor payloads
-cannot carry: ``BYTES`` (ONNX string tensors) and ``BF16`` (numpy has no bfloat16). Those
-are refused with a 400 that says so.
+Every protocol datatype that ONNX has is carried both ways, as JSON and as binary data:
+the numeric ones as numpy arrays of that dtype, ``BF16`` as ``ml_dtypes``' bfloat16 (JSON
+numbers; 2-byte elements), ``BYTES`` as ONNX string tensors (JSON strings; each binary
+element a 4-byte little-endian length and its UTF-8 bytes, tensor_types.py). JSON values
+are checked against the datatype, not converted on the quiet: a fraction or ``true`` for
+an ``INT32``, a number out of its range, a string for ``FP32`` are each a 400.
 """
 
 from __future__ import annotations
@@ -24,7 +27,15 @@ from typing import Any
 import numpy as np
 
 from meshgpu.core.tasks.spec import parse_labels
-from meshgpu.errors import TaskError
+from meshgpu.errors import DecodeError, TaskError
+from meshgpu.tensor_types import (
+    STRING_DTYPE,
+    bfloat16,
+    decode_strings,
+    encode_strings,
+    is_bfloat16,
+    string_array,
+)
 
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -39,13 +50,12 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    "BYTES": STRING_DTYPE,
 }
-"""The protocol's datatypes meshgpu carries, as little-endian numpy dtypes."""
-UNSUPPORTED = {
-    "BYTES": "string tensors are not carried by meshgpu's tensor payloads",
-    "BF16": "bfloat16 is not carried by meshgpu's tensor payloads (numpy has no bfloat16)",
-}
+"""The protocol's datatypes as numpy dtypes (numeric ones little-endian), but ``BF16``,
+whose dtype comes from ``ml_dtypes`` when first met (:func:`dtype_of`)."""
 _NAME_OF_KIND = {dtype: name for name, dtype in DATATYPES.items()}
+NAMES = (*DATATYPES, "BF16")
 
 ONNX_DATATYPES = {
     1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64",
@@ -63,6 +73,8 @@ class InferRequest:
     """A decoded infer request."""
 
     inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str] = field(default_factory=dict)
+    """Each input's datatype as the request named it."""
     request_id: str | None = None
     outputs: list[str] | None = None
     """The outputs asked for by name (None: all of them)."""
@@ -75,6 +87,9 @@ class InferRequest:
 
 
 def datatype_of(array: np.ndarray) -> str:
+    """The protocol's name for the dtype of ``array``."""
+    if is_bfloat16(array.dtype):
+        return "BF16"
     name = _NAME_OF_KIND.get(
         array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     )
@@ -83,19 +98,80 @@ def datatype_of(array: np.ndarray) -> str:
     return name
 
 
-def _dtype(datatype: Any, where: str) -> np.dtype[Any]:
+def dtype_of(datatype: Any, where: str) -> np.dtype[Any]:
+    """The numpy dtype of a protocol datatype name (a ProtocolError for anything else)."""
     if not isinstance(datatype, str):
         raise ProtocolError(f"{where}: 'datatype' must be a string like \"FP32\"")
-    if datatype in UNSUPPORTED:
-        raise ProtocolError(
-            f"{where}: datatype {datatype} is not supported: {UNSUPPORTED[datatype]}"
-        )
+    if datatype == "BF16":
+        return bfloat16()
     dtype = DATATYPES.get(datatype)
     if dtype is None:
-        raise ProtocolError(
-            f"{where}: unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}"
-        )
+        raise ProtocolError(f"{where}: unknown datatype {datatype!r}; one of {', '.join(NAMES)}")
     return dtype
+
+
+def _binary_tensor(
+    data: memoryview, datatype: str, dtype: np.dtype[Any], shape: tuple[int, ...], where: str
+) -> np.ndarray:
+    """An input from its binary data (already cut to its ``binary_data_size``)."""
+    if datatype == "BYTES":
+        try:
+            return decode_strings(data, shape)
+        except DecodeError as error:
+            raise ProtocolError(f"{where}: {error}") from None
+    if datatype == "BF16":  # raw 2-byte elements, little-endian like every other
+        bits = np.frombuffer(data, dtype="<u2").astype(np.uint16, copy=False)
+        return bits.view(dtype).reshape(shape)
+    array = np.frombuffer(data, dtype=dtype.newbyteorder("<"))
+    return array.astype(dtype, copy=False).reshape(shape)
+
+
+def _python_integers(values: list[Any], datatype: str, where: str) -> np.ndarray:
+    """An object array of the JSON integers in ``values`` (a ProtocolError for a value
+    that is not one)."""
+    array = np.array(values, dtype=object)
+    for value in array.reshape(-1):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError(f"{where}: 'data' of {datatype} holds integers; got {value!r}")
+    return array
+
+
+def _json_tensor(values: Any, datatype: str, dtype: np.dtype[Any], where: str) -> np.ndarray:
+    """An input from its JSON ``data`` (flat or nested), each value checked against the
+    datatype: strings for BYTES, booleans for BOOL, integers in range for the integer
+    types, numbers for the floating ones."""
+    if not isinstance(values, list):
+        raise ProtocolError(f"{where}: 'data' must be a list of values")
+    try:
+        if datatype == "BYTES":
+            return string_array(np.array(values, dtype=object))
+        raw = np.asarray(values)
+    except DecodeError as error:
+        raise ProtocolError(f"{where}: 'data' is not {datatype}: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise ProtocolError(f"{where}: 'data' is not a regular list of values: {error}") from None
+    if raw.size == 0:
+        return raw.astype(dtype)
+    if dtype.kind in "iu" and raw.dtype.kind not in "iu":
+        # numpy makes float64 (or objects) of integers beyond int64 mixed with negative
+        # ones; Python's integers are exact: checked one by one on this rare path.
+        raw = _python_integers(values, datatype, where)
+    accepted = {"b": "b", "i": "iuO", "u": "iuO", "f": "iuf", "V": "iuf"}[dtype.kind]
+    if raw.dtype.kind not in accepted:
+        wanted = {"b": "true or false", "i": "integers", "u": "integers"}.get(dtype.kind, "numbers")
+        raise ProtocolError(
+            f"{where}: 'data' of {datatype} holds {wanted}; got values of numpy kind "
+            f"{raw.dtype} (e.g. {raw.reshape(-1)[0]!r})"
+        )
+    if dtype.kind in "iu":
+        limits = np.iinfo(dtype)
+        low, high = int(raw.min()), int(raw.max())
+        if low < limits.min or high > limits.max:
+            raise ProtocolError(
+                f"{where}: 'data' holds {low if low < limits.min else high}, outside "
+                f"{datatype}'s range [{limits.min}, {limits.max}]"
+            )
+    return raw.astype(dtype)
 
 
 def _shape(shape: Any, where: str) -> tuple[int, ...]:
@@ -130,6 +206,7 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     view = memoryview(rest)
     offset = 0
     inputs: dict[str, np.ndarray] = {}
+    request_datatypes: dict[str, str] = {}
     for index, tensor in enumerate(raw_inputs):
         if not isinstance(tensor, dict):
             raise ProtocolError(f"inputs[{index}] must be an object")
@@ -139,9 +216,11 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         where = f"input {name!r}"
         if name in inputs:
             raise ProtocolError(f"{where} is given twice")
-        dtype = _dtype(tensor.get("datatype"), where)
+        datatype = tensor.get("datatype")
+        dtype = dtype_of(datatype, where)
         shape = _shape(tensor.get("shape"), where)
         count = math.prod(shape)
+        request_datatypes[name] = datatype
         parameters = tensor.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise ProtocolError(f"{where}: 'parameters' must be an object")
@@ -149,7 +228,7 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise ProtocolError(f"{where}: binary_data_size must be a non-negative integer")
-            if size != count * dtype.itemsize:
+            if datatype != "BYTES" and size != count * dtype.itemsize:
                 raise ProtocolError(
                     f"{where}: binary_data_size is {size} bytes but shape {list(shape)} of "
                     f"{tensor['datatype']} needs {count * dtype.itemsize}"
@@ -159,16 +238,14 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
                     f"{where}: binary_data_size {size} runs past the end of the body "
                     f"({len(view) - offset} bytes left)"
                 )
-            array = np.frombuffer(view[offset : offset + size], dtype=dtype.newbyteorder("<"))
+            inputs[name] = _binary_tensor(
+                view[offset : offset + size], datatype, dtype, shape, where
+            )
             offset += size
-            inputs[name] = array.astype(dtype, copy=False).reshape(shape)
             continue
         if "data" not in tensor:
             raise ProtocolError(f"{where} has neither 'data' nor a binary_data_size parameter")
-        try:
-            array = np.asarray(tensor["data"], dtype=dtype)
-        except (TypeError, ValueError, OverflowError) as error:
-            raise ProtocolError(f"{where}: 'data' is not {tensor['datatype']}: {error}") from None
+        array = _json_tensor(tensor["data"], datatype, dtype, where)
         if array.size != count:
             raise ProtocolError(
                 f"{where}: shape {list(shape)} holds {count} values, 'data' has {array.size}"
@@ -178,7 +255,7 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         raise ProtocolError(
             f"the body has {len(view) - offset} bytes after the tensors' binary data"
         )
-    request = InferRequest(inputs=inputs)
+    request = InferRequest(inputs=inputs, datatypes=request_datatypes)
     request_id = document.get("id")
     if request_id is not None:
         request.request_id = str(request_id)
@@ -240,11 +317,11 @@ def encode_response(
         }
         binary = name in request.binary or (request.outputs is None and request.binary_default)
         if binary:
-            data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            data = _binary_data(array, entry["datatype"])
             entry["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)
         else:
-            entry["data"] = array.reshape(-1).tolist()
+            entry["data"] = _json_data(array, entry["datatype"])
         tensors.append(entry)
     document: dict[str, Any] = {
         "model_name": model,
@@ -258,3 +335,29 @@ def encode_response(
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def _binary_data(array: np.ndarray, datatype: str) -> bytes:
+    """An output's bytes in the binary tensor data extension."""
+    if datatype == "BYTES":
+        try:
+            return encode_strings(array)
+        except DecodeError as error:
+            raise ProtocolError(f"an output of BYTES cannot be sent: {error}") from None
+    if datatype == "BF16":
+        return array.view(np.uint16).astype("<u2", copy=False).tobytes()
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _json_data(array: np.ndarray, datatype: str) -> list[Any]:
+    """An output's values as a flat JSON list (BF16 as the numbers they are, BYTES as
+    strings)."""
+    flat = array.reshape(-1)
+    if datatype == "BF16":
+        return flat.astype(np.float32).tolist()  # type: ignore[no-any-return]
+    if datatype == "BYTES":
+        try:
+            return [str(text) for text in string_array(flat)]
+        except DecodeError as error:
+            raise ProtocolError(f"an output of BYTES cannot be sent as JSON: {error}") from None
+    return flat.tolist()  # type: ignore[no-any-return]

@@ -7,6 +7,15 @@ is the host: ``peak_device_bytes`` is the process's peak resident memory during 
 above what it held before the session was built (Linux ``/proc`` accounting, so it is an
 estimate that counts anything else the process allocates meanwhile; 0 where ``/proc`` is
 missing), taken on the runs with the most input bytes so far.
+
+onnxruntime's Python API takes and returns no bfloat16 arrays (numpy has no such dtype;
+the ``ml_dtypes`` one is refused). A model with bfloat16 inputs or outputs therefore runs
+as a copy whose bfloat16 inputs are float32 ones cast to bfloat16 first, and whose
+bfloat16 outputs are cast to float32 last: both casts are exact (every bfloat16 value is
+a float32 value), and the arrays are converted back to bfloat16 here. Rejected: feeding
+``OrtValue``s made from the raw 2-byte elements and reading outputs through their data
+pointers (onnxruntime makes no ``OrtValue`` of a string array, so a model with both
+kinds could not run, and the pointer read is unchecked memory access).
 """
 
 from __future__ import annotations
@@ -19,6 +28,12 @@ import onnx
 
 from meshgpu.errors import DeviceError, InferenceError, ModelError, UnsupportedOperatorError
 from meshgpu.inference.model import InputSpec, graph_inputs
+from meshgpu.tensor_types import bfloat16
+
+_WIDENED_IN = "::float32-in"
+_WIDENED_OUT = "::float32-out"
+"""Suffixes of the float32 names a bfloat16 input or output gets in the session's copy
+(two: a graph output may be one of its inputs)."""
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -64,6 +79,7 @@ class OnnxRuntimeSession:
         self._baseline_rss = _status_bytes("VmRSS")
         self._measured_bytes = -1
         """Input bytes of the largest run whose peak was measured (see ``run``)."""
+        model, self._widened_inputs, self._widened_outputs = _widen_bfloat16(model)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only; warnings about unused inputs are noise
         try:
@@ -87,8 +103,17 @@ class OnnxRuntimeSession:
         measuring = size > self._measured_bytes and _reset_peak_rss()
         if measuring:
             self._measured_bytes = size
+        names = self.outputs
+        if self._widened_inputs or self._widened_outputs:
+            feeds = {
+                name + _WIDENED_IN if name in self._widened_inputs else name: (
+                    array.astype(np.float32) if name in self._widened_inputs else array
+                )
+                for name, array in feeds.items()
+            }
+            names = [n + _WIDENED_OUT if n in self._widened_outputs else n for n in self.outputs]
         try:
-            values: list[Any] = self._session.run(self.outputs, feeds)
+            values: list[Any] = self._session.run(names, feeds)
         except Exception as error:  # onnxruntime's pybind exceptions have no public base
             message = str(error)
             if "allocat" in message.lower() or "bad_alloc" in message:
@@ -97,4 +122,47 @@ class OnnxRuntimeSession:
         if measuring:
             peak = _status_bytes("VmHWM") - self._baseline_rss
             self.peak_device_bytes = max(self.peak_device_bytes, peak)
-        return {name: np.asarray(value) for name, value in zip(self.outputs, values, strict=True)}
+        outputs = {
+            name: np.asarray(value) for name, value in zip(self.outputs, values, strict=True)
+        }
+        for name in self._widened_outputs:
+            outputs[name] = outputs[name].astype(bfloat16())
+        return outputs
+
+
+def _widen_bfloat16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str], set[str]]:
+    """The model with each bfloat16 graph input and output widened to float32 by a Cast
+    (see the module's docstring), and the names of the inputs and outputs widened; the
+    model itself when it has none."""
+    weights = {init.name for init in model.graph.initializer}
+    is_bf16 = lambda value: value.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16  # noqa: E731
+    inputs = {v.name for v in model.graph.input if v.name not in weights and is_bf16(v)}
+    outputs = {v.name for v in model.graph.output if is_bf16(v)}
+    if not inputs and not outputs:
+        return model, inputs, outputs
+    widened = onnx.ModelProto()
+    widened.CopyFrom(model)
+    graph = widened.graph
+    casts_in = []
+    for value in graph.input:
+        if value.name in inputs:
+            casts_in.append(
+                onnx.helper.make_node(
+                    "Cast", [value.name + _WIDENED_IN], [value.name], to=onnx.TensorProto.BFLOAT16
+                )
+            )
+            value.name += _WIDENED_IN
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    for value in graph.output:
+        if value.name in outputs:
+            graph.node.append(
+                onnx.helper.make_node(
+                    "Cast", [value.name], [value.name + _WIDENED_OUT], to=onnx.TensorProto.FLOAT
+                )
+            )
+            value.name += _WIDENED_OUT
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    nodes = [*casts_in, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return widened, inputs, outputs

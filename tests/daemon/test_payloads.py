@@ -26,10 +26,44 @@ def test_tensors_roundtrip_through_msgpack() -> None:
         np.testing.assert_array_equal(back[name], array)
 
 
+def test_strings_and_bfloat16_roundtrip_through_msgpack() -> None:
+    import ml_dtypes
+
+    tensors = {
+        "text": np.array([["a", "héllo"], ["", "x" * 300]], dtype=object),
+        "half": np.array([[1.5, -2.0, 3.0e38]], dtype=ml_dtypes.bfloat16),
+    }
+    encoded = encode_tensors(tensors)
+    assert encoded["text"]["dtype"] == "string" and encoded["half"]["dtype"] == "bfloat16"
+    # The Open Inference Protocol's BYTES form: a 4-byte little-endian length, then UTF-8.
+    assert encoded["text"]["data"].startswith(b"\x01\x00\x00\x00a\x06\x00\x00\x00h\xc3\xa9llo")
+    assert encoded["half"]["data"] == tensors["half"].view(np.uint16).astype("<u2").tobytes()
+    back = decode_tensors(unpack(pack(encoded)))
+    assert back["text"].dtype == object and back["text"].tolist() == tensors["text"].tolist()
+    assert back["half"].dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(back["half"].view(np.uint16), tensors["half"].view(np.uint16))
+
+
+@pytest.mark.parametrize(
+    ("data", "complaint"),
+    [
+        (b"\x01\x00\x00\x00a", "cannot hold 2 strings"),
+        (b"\x01\x00\x00\x00a\x05\x00\x00\x00b", "5 bytes long but only 1"),
+        (b"\x01\x00\x00\x00a\x01\x00\x00\x00bc", "1 bytes after the last"),
+        (b"\x01\x00\x00\x00a\x01\x00\x00\x00\xff", "element 1 is not UTF-8"),
+    ],
+)
+def test_malformed_strings_are_decode_errors(data: bytes, complaint: str) -> None:
+    with pytest.raises(DecodeError, match=complaint):
+        decode_tensors({"x": {"dtype": "string", "shape": [2], "data": data}})
+
+
 @pytest.mark.parametrize(
     "encoded",
     [
         [],
+        {"x": {"dtype": "<V2", "shape": [1], "data": b"\x00" * 2}},
+        {"x": {"dtype": "bfloat16", "shape": [2], "data": b"\x00" * 2}},
         {"x": {"dtype": "<f4", "shape": [2], "data": b"\x00" * 7}},
         {"x": {"dtype": "|O", "shape": [1], "data": b"\x00" * 8}},
         {"x": {"shape": [1], "data": b""}},

@@ -195,7 +195,7 @@ async def test_infer_decodes_and_encodes_off_the_trio_thread(
                              "data": [0.0] * 64}]}
             ).encode(),
             {},
-            "dtype float64",
+            "input 'pixels' is FP64; model 'digits' takes FP32 [-1, 64]",
         ),
         (
             json.dumps(
@@ -220,7 +220,23 @@ async def test_infer_decodes_and_encodes_off_the_trio_thread(
                              "data": ["a"] * 64}]}
             ).encode(),
             {},
-            "BYTES is not supported",
+            "input 'pixels' is BYTES; model 'digits' takes FP32",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "pixels", "shape": [1, 2], "datatype": "FP32",
+                             "data": ["a", "b"]}]}
+            ).encode(),
+            {},
+            "'data' of FP32 holds numbers",
+        ),
+        (
+            json.dumps(
+                {"inputs": [{"name": "pixels", "shape": [1, 2], "datatype": "BF16",
+                             "parameters": {"binary_data_size": 3}}]}
+            ).encode(),
+            {},
+            "binary_data_size is 3 bytes but shape [1, 2] of BF16 needs 4",
         ),
     ],
 )  # fmt: skip

@@ -231,3 +231,104 @@ def test_metrics_match_the_membership(mesh: list[tuple[MeshProcess, int]]) -> No
     assert samples[("meshgpu_datagrams_sent_total", ())] > 0
     assert samples[("meshgpu_datagrams_received_total", ())] > 0
     assert samples[("meshgpu_leader_view", (("leader", status["leader"]),))] == status["view"]
+
+
+def add_model(mesh: list[tuple[MeshProcess, int]], name: str, model: Path) -> None:
+    from click.testing import CliRunner
+
+    from meshgpu.cli import main
+
+    entry = f"127.0.0.1:{mesh[0][0].port}"
+    result = CliRunner().invoke(main, ["models", "add", name, str(model), "--peer", entry])
+    assert result.exit_code == 0, result.output
+    for _, port in mesh:
+        wait_for(port, f"/v2/models/{name}", present=True)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_strings_through_tritonclient_equal_onnxruntime(
+    mesh: list[tuple[MeshProcess, int]], tmp_path: Path, binary: bool
+) -> None:
+    from tests.typed_models import reference, string_model
+
+    model = string_model(tmp_path / "strings.onnx")
+    add_model(mesh, f"strings-{binary}", model)
+    client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{mesh[2][1]}")
+    metadata = client.get_model_metadata(f"strings-{binary}")
+    assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert [o["datatype"] for o in metadata["outputs"]] == ["BYTES", "BYTES", "BOOL"]
+    text = np.array(["hi", "", "grüße", "x" * 3000], dtype=object)
+    wanted = reference(model, {"text": text})
+    feed = tritonclient_http.InferInput("text", [4], "BYTES")
+    feed.set_data_from_numpy(text, binary_data=binary)
+    outputs = [
+        tritonclient_http.InferRequestedOutput(name, binary_data=binary)
+        for name in ("shout", "same", "is_hi")
+    ]
+    result = client.infer(f"strings-{binary}", [feed], outputs=outputs)
+    for name in ("shout", "same"):
+        # tritonclient gives binary strings as bytes, JSON ones as str
+        got = [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy(name)]
+        assert got == wanted[name].tolist()
+    np.testing.assert_array_equal(result.as_numpy("is_hi"), wanted["is_hi"])
+    assert result.get_response()["parameters"]["worker"] in {"h0", "h1", "h2"}
+    client.close()
+
+
+@pytest.mark.parametrize("binary_output", [False, True])
+def test_bfloat16_through_tritonclient_equals_onnxruntime(
+    mesh: list[tuple[MeshProcess, int]], tmp_path: Path, binary_output: bool
+) -> None:
+    import ml_dtypes
+
+    from tests.typed_models import bfloat16_model, reference
+
+    name = f"halves-{binary_output}"
+    model = bfloat16_model(tmp_path / "halves.onnx")
+    add_model(mesh, name, model)
+    client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{mesh[1][1]}")
+    metadata = client.get_model_metadata(name)
+    assert metadata["inputs"] == [{"name": "x", "datatype": "BF16", "shape": [-1, 3]}]
+    x = (np.arange(-9, 9, dtype=np.float32).reshape(6, 3) / 7).astype(ml_dtypes.bfloat16)
+    wanted = reference(model, {"x": x})
+    feed = tritonclient_http.InferInput("x", [6, 3], "BF16")
+    feed.set_data_from_numpy(x, binary_data=True)  # tritonclient sends BF16 binary only
+    outputs = [
+        tritonclient_http.InferRequestedOutput(n, binary_data=binary_output) for n in ("y", "wide")
+    ]
+    result = client.infer(name, [feed], outputs=outputs)
+    y = result.as_numpy("y")
+    assert y.dtype == ml_dtypes.bfloat16 and y.shape == (6, 3)
+    np.testing.assert_array_equal(y.view(np.uint16), wanted["y"].view(np.uint16))
+    np.testing.assert_array_equal(result.as_numpy("wide"), wanted["wide"])
+    # The same request as JSON: BF16 values as numbers, each one exact in bfloat16.
+    body = {
+        "inputs": [
+            {"name": "x", "shape": [6, 3], "datatype": "BF16",
+             "data": x.astype(np.float32).reshape(-1).tolist()}
+        ]
+    }  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{mesh[1][1]}/v2/models/{name}/infer",
+        data=json.dumps(body).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    (y_json,) = [o for o in answer["outputs"] if o["name"] == "y"]
+    assert y_json["datatype"] == "BF16"
+    assert y_json["data"] == wanted["y"].astype(np.float32).reshape(-1).tolist()
+    client.close()
+
+
+def test_a_datatype_the_model_does_not_declare_is_a_clear_400(
+    mesh: list[tuple[MeshProcess, int]],
+) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{mesh[0][1]}")
+    feed = tritonclient_http.InferInput("pixels", [1, 64], "FP64")
+    feed.set_data_from_numpy(np.zeros((1, 64)), binary_data=True)
+    with pytest.raises(InferenceServerException, match="is FP64; model 'digits' takes FP32"):
+        client.infer("digits", [feed])
+    client.close()

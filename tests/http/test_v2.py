@@ -1,0 +1,151 @@
+"""The protocol's tensors on the wire (v2.py, no server): every datatype as JSON and as
+binary data, both ways, and values that do not fit their datatype refused with the reason."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from meshgpu.http.v2 import (
+    InferRequest,
+    ProtocolError,
+    datatype_of,
+    encode_response,
+    parse_request,
+)
+
+SAMPLES: dict[str, np.ndarray] = {
+    "BOOL": np.array([[True, False, True]]),
+    "UINT8": np.array([[0, 7, 255]], np.uint8),
+    "UINT16": np.array([[0, 7, 65535]], np.uint16),
+    "UINT32": np.array([[0, 7, 2**32 - 1]], np.uint32),
+    "UINT64": np.array([[0, 7, 2**64 - 1]], np.uint64),
+    "INT8": np.array([[-128, 0, 127]], np.int8),
+    "INT16": np.array([[-(2**15), 0, 2**15 - 1]], np.int16),
+    "INT32": np.array([[-(2**31), 0, 2**31 - 1]], np.int32),
+    "INT64": np.array([[-(2**63), 0, 2**63 - 1]], np.int64),
+    "FP16": np.array([[0.5, -2.0, 65504.0]], np.float16),
+    "FP32": np.array([[0.1, -2.5, 3.0e38]], np.float32),
+    "FP64": np.array([[0.1, -2.5, 1.0e300]], np.float64),
+    "BF16": np.array([[0.1, -2.5, 3.0e38]], ml_dtypes.bfloat16),
+    "BYTES": np.array([["a", "", "héllo wörld"]], dtype=object),
+}
+
+
+def json_request(name: str, array: np.ndarray, datatype: str) -> bytes:
+    data = array.reshape(-1)
+    values = data.astype(np.float32).tolist() if datatype == "BF16" else data.tolist()
+    return json.dumps(
+        {"inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype,
+                     "data": values}]}
+    ).encode()  # fmt: skip
+
+
+def binary_request(name: str, array: np.ndarray, datatype: str) -> tuple[bytes, int]:
+    if datatype == "BYTES":
+        raw = b"".join(
+            len(s.encode()).to_bytes(4, "little") + s.encode() for s in array.reshape(-1)
+        )
+    elif datatype == "BF16":
+        raw = array.view(np.uint16).astype("<u2").tobytes()
+    else:
+        raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    header = json.dumps(
+        {"inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype,
+                     "parameters": {"binary_data_size": len(raw)}}]}
+    ).encode()  # fmt: skip
+    return header + raw, len(header)
+
+
+def same(got: np.ndarray, wanted: np.ndarray) -> None:
+    assert got.dtype == wanted.dtype and got.shape == wanted.shape
+    assert got.tolist() == wanted.tolist()
+
+
+@pytest.mark.parametrize("datatype", list(SAMPLES))
+def test_every_datatype_is_read_as_json_and_as_binary(datatype: str) -> None:
+    array = SAMPLES[datatype]
+    same(parse_request(json_request("x", array, datatype), None).inputs["x"], array)
+    body, length = binary_request("x", array, datatype)
+    parsed = parse_request(body, length)
+    same(parsed.inputs["x"], array)
+    assert parsed.datatypes == {"x": datatype}
+    assert datatype_of(array) == datatype
+
+
+@pytest.mark.parametrize("datatype", list(SAMPLES))
+@pytest.mark.parametrize("binary", [False, True])
+def test_every_datatype_is_answered_as_json_and_as_binary(datatype: str, binary: bool) -> None:
+    array = SAMPLES[datatype]
+    request = InferRequest(inputs={}, binary_default=binary)
+    content, length = encode_response("m", "1", {"y": array}, request, {"worker": "n"})
+    header = json.loads(content if length is None else content[:length])
+    (entry,) = header["outputs"]
+    assert entry["datatype"] == datatype and entry["shape"] == [1, 3]
+    if not binary:
+        assert length is None
+        wanted = array.astype(np.float32) if datatype == "BF16" else array
+        assert entry["data"] == wanted.reshape(-1).tolist()
+        return
+    assert length is not None
+    raw = content[length:]
+    assert entry["parameters"]["binary_data_size"] == len(raw)
+    # The same bytes a request carries: a response is read back like a request.
+    again = parse_request(*binary_request("y", array, datatype))
+    assert raw == binary_request("y", array, datatype)[0][-len(raw) :]
+    same(again.inputs["y"], array)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "complaint"),
+    [
+        ("INT32", [1.5, 2], "'data' of INT32 holds integers"),
+        ("INT32", [True, False], "'data' of INT32 holds integers"),
+        ("UINT8", [1, 256], "outside UINT8's range [0, 255]"),
+        ("INT8", [-129, 0], "outside INT8's range"),
+        ("BOOL", [1, 0], "'data' of BOOL holds true or false"),
+        ("FP32", ["a", "b"], "'data' of FP32 holds numbers"),
+        ("BF16", ["a", "b"], "'data' of BF16 holds numbers"),
+        ("BYTES", ["a", 3], "element 1 is int"),
+        ("FP32", [[1.0], [2.0, 3.0]], "not a regular list"),
+        ("HALF", [1.0, 2.0], "unknown datatype 'HALF'"),
+    ],
+)
+def test_json_values_that_do_not_fit_their_datatype_are_refused(
+    datatype: str, data: list[Any], complaint: str
+) -> None:
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [2], "datatype": datatype, "data": data}]}
+    ).encode()
+    with pytest.raises(ProtocolError, match=complaint.replace("[", r"\[")):
+        parse_request(body, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "complaint"),
+    [
+        (b"\x01\x00\x00\x00a", "cannot hold 2 strings"),
+        (b"\x01\x00\x00\x00a\x09\x00\x00\x00b", "9 bytes long but only 1"),
+        (b"\x01\x00\x00\x00a\x01\x00\x00\x00\xff", "not UTF-8"),
+        (b"\x00\x00\x00\x00\x00\x00\x00\x00!", "1 bytes after the last"),
+    ],
+)
+def test_binary_strings_that_do_not_add_up_are_refused(raw: bytes, complaint: str) -> None:
+    header = json.dumps(
+        {"inputs": [{"name": "x", "shape": [2], "datatype": "BYTES",
+                     "parameters": {"binary_data_size": len(raw)}}]}
+    ).encode()  # fmt: skip
+    with pytest.raises(ProtocolError, match=complaint):
+        parse_request(header + raw, len(header))
+
+
+def test_nested_json_strings_keep_their_shape() -> None:
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "BYTES",
+                     "data": [["a", "b"], ["c", "d"]]}]}
+    ).encode()  # fmt: skip
+    same(parse_request(body, None).inputs["x"], np.array([["a", "b"], ["c", "d"]], dtype=object))
