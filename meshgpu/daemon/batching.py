@@ -29,8 +29,10 @@ Rules (docs/task-queue.md, "Dynamic batching on the worker"):
   bad input fails its own task with its own error and never takes its batch-mates down;
   a model whose outputs are not batch-major is remembered and runs unbatched from then on.
 
-Why a queue per model here and not in the core: the core sees tasks, not tensors; the
-worker is the one place that knows which runs are waiting for the device at once.
+Which waiting runs form a batch and how long a batch waits for more are the core's rules
+(:mod:`meshgpu.core.batching`), shared with the simulator; the queues live here because
+the core sees tasks, not tensors, and the worker is the one place that knows which runs
+are waiting for the device at once.
 Rejected: a background batching task per model (one more nursery to own, and an idle
 task per model); here the run that takes a slot gathers its batch itself, and a run that
 another run took is woken by cancelling its wait for a slot.
@@ -48,6 +50,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from meshgpu.core.batching import delay_left, pick_batch
 from meshgpu.core.catalog import Batching
 
 DEFAULT_BATCHING = Batching(max_batch=8, max_delay_us=0)
@@ -199,30 +202,23 @@ class BatchQueue:
         return sum(request.rows for request in self.waiting)
 
     async def gather(self) -> list[Request]:
-        """The next batch, oldest runs first, up to ``max_batch`` rows: when fewer rows
-        wait, wait up to ``max_delay`` (from now, the moment the batch had a slot) for
-        more. Every run returned is marked taken."""
+        """The next batch by the core's rules (:mod:`meshgpu.core.batching`): when fewer
+        than ``max_batch`` rows wait, wait up to ``max_delay`` (from now, the moment the
+        batch had a slot) for more; then the oldest run and every later one that fits,
+        cut back to a power of two rows (the OpenCL executor plans per input shape).
+        Every run returned is marked taken."""
         batching = self.batching
-        if batching.max_delay_us and self._waiting_rows() < batching.max_batch:
-            with trio.move_on_after(batching.max_delay_us / 1e6):
-                while self._waiting_rows() < batching.max_batch:
-                    await self._arrived.wait()
-        batch: list[Request] = []
-        rows = 0
-        while self.waiting and rows + self.waiting[0].rows <= batching.max_batch:
-            request = self.waiting.popleft()
-            rows += request.rows
-            batch.append(request)
-        if not batch and self.waiting:  # larger than max_batch alone (not queued so)
-            batch.append(self.waiting.popleft())
-        if len(batch) > 1 and rows != batching.max_batch:
-            # A power of two rows (or max_batch): an engine that plans per input shape
-            # (the OpenCL executor) then builds a handful of plans, not one per size.
-            target = 1 << (rows.bit_length() - 1)
-            while rows > target and len(batch) > 1:
-                last = batch.pop()
-                rows -= last.rows
-                self.waiting.appendleft(last)
+        slot_at = trio.current_time()
+        while left := delay_left(self._waiting_rows(), batching, slot_at, trio.current_time()):
+            with trio.move_on_after(left):
+                await self._arrived.wait()
+        waiting = list(self.waiting)
+        chosen = pick_batch(
+            [request.rows for request in waiting], batching.max_batch, powers_of_two=True
+        )
+        batch = [waiting[index] for index in chosen]
+        taken = set(chosen)
+        self.waiting = deque(request for index, request in enumerate(waiting) if index not in taken)
         for request in batch:
             request.waiter.taken(request)
         return batch

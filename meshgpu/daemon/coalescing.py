@@ -2,28 +2,14 @@
 table entry (a task group), each keeping its own member id, outcome and exactly-once
 delivery (docs/task-queue.md, "Coalescing at the entry node").
 
-Every table entry costs about 23 ms of CPU across a loopback mesh (replication, journal
-appends, assignment, result push), whatever it carries. ``Client.map`` packs its tasks
-into task groups; callers that send one task at a time from many threads, processes or
-HTTP clients paid one entry each. Here the entry node does for them what ``map`` does.
-
-The rule is the group commit's (durability.py), not a timer: a submission whose *lane*
-(same model, same options, same input names, shapes and dtypes) has nothing in flight
-goes to the table at once, as an ordinary task; while an entry of its lane is being
-acknowledged, later submissions of the lane wait, and when that entry is acknowledged
-they go as ONE task group (or once ``MAX_COALESCED`` are waiting, at once). So a lone
-caller never waits for anyone (and an idle node's tiny task still takes the direct run,
-decided before this), while under concurrency the group grows with the arrival rate
-times the acknowledgement time: the busier the node, the fewer entries per task.
-
-Rejected: a fixed gathering window (every sequential caller would pay it; the reason
-docs/task-queue.md gave for leaving grouping to the client), and coalescing in the client
-library (it does not see other processes' or HTTP clients' submissions).
+The decisions (which submissions share a lane, which go at once, which wait and how many
+go together) are the core's (:mod:`meshgpu.core.coalescing`), shared with the simulator;
+this part keeps the waiting callers, feeds the entries the core names in its own nursery
+and answers every member, and remembers submission ids for resends.
 """
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,28 +18,12 @@ from typing import Any
 import numpy as np
 import trio
 
+from meshgpu.core.coalescing import MAX_COALESCED, GoAlone, Lane, Lanes
 from meshgpu.daemon.groups import MemberId
 from meshgpu.errors import DecodeError, MeshError, TaskError
 
-MAX_COALESCED = 64
-"""Most submissions in one coalesced group (as ``map``'s largest groups): a lane that
-has this many waiting sends them at once, even while another entry is in flight."""
-
 COALESCE_TIMEOUT = 120.0
 """Longest a waiting submission waits for its group's acknowledgement."""
-
-_OPTION_FIELDS = (
-    "model_digest",
-    "priority",
-    "replicas",
-    "deadline_s",
-    "device_type",
-    "min_memory",
-    "fp16",
-    "require",
-    "prefer",
-)
-"""Request fields every member of one group must share (the group has one spec)."""
 
 
 @dataclass(eq=False)
@@ -71,12 +41,6 @@ class _Member:
     taken: bool = False
 
 
-@dataclass(eq=False)
-class _Lane:
-    in_flight: int = 0
-    waiting: list[_Member] = field(default_factory=list)
-
-
 FeedOne = Callable[[Any, Mapping[str, Any], "str | None", "str | None"], Awaitable[Any]]
 """Feed one ordinary task (request, inputs, label, submission id) and wait for its answer
 (the ``submit`` answer)."""
@@ -88,13 +52,6 @@ REMEMBERED = 65536
 """Submission ids of coalesced members remembered for resends (as submissions.py)."""
 
 
-def lane_of(request: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> str:
-    """The lane of a submission: its options and its inputs' names, shapes and dtypes."""
-    options = {name: request.get(name) for name in _OPTION_FIELDS}
-    inputs = sorted((name, list(a.shape), a.dtype.str) for name, a in tensors.items())
-    return json.dumps([options, inputs], sort_keys=True, default=str)
-
-
 class Coalescer:
     """The lanes of one entry node. ``feed_one`` and ``feed_group`` hand an ordinary task
     or a group to the table and wait for the acknowledgement (submissions.py)."""
@@ -102,7 +59,7 @@ class Coalescer:
     def __init__(self, feed_one: FeedOne, feed_group: FeedGroup) -> None:
         self._feed_one = feed_one
         self._feed_group = feed_group
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: Lanes[Lane, _Member] = Lanes(MAX_COALESCED)
         self._nursery: trio.Nursery | None = None
         self._remembered: OrderedDict[str, _Member] = OrderedDict()
         """Submission id -> the coalesced member that answers it (a resend gets the same
@@ -126,16 +83,18 @@ class Coalescer:
 
     async def submit(
         self,
+        lane: Lane,
         request: Mapping[str, Any],
         tensors: Mapping[str, np.ndarray],
         label: str | None,
         submission: str | None,
         input_digest: Callable[[], str],
     ) -> dict[str, Any]:
-        """Submit one task through its lane; the ``submit`` answer (a plain task id when
-        it went alone, a member id with ``group`` and ``members`` when coalesced).
-        ``input_digest`` gives the inputs' digest, asked only when the submission waits
-        or is a resend of one that did (a lone one never pays for it)."""
+        """Submit one task of ``lane`` (:func:`meshgpu.core.coalescing.lane_of` of its
+        spec); the ``submit`` answer (a plain task id when it went alone, a member id with
+        ``group`` and ``members`` when coalesced). ``input_digest`` gives the inputs'
+        digest, asked only when the submission waits or is a resend of one that did (a
+        lone one never pays for it)."""
         if submission is not None and submission in self._remembered:
             first = self._remembered[submission]
             if first.input_digest != input_digest():
@@ -144,34 +103,31 @@ class Coalescer:
                     "choose a new id for each task"
                 )
             return await self._wait(first)
-        key = lane_of(request, tensors)
-        lane = self._lanes.get(key)
-        if lane is None:
-            lane = self._lanes[key] = _Lane()
-        if self._nursery is None or (lane.in_flight == 0 and not lane.waiting):
-            lane.in_flight += 1
+        if self._nursery is None:
+            answer: dict[str, Any] = await self._feed_one(request, tensors, label, submission)
+            return answer
+        member = _Member(request, tensors, label, submission, "")
+        arrival = self._lanes.arrive(lane, member)
+        if isinstance(arrival, GoAlone):
             try:
-                answer: dict[str, Any] = await self._feed_one(request, tensors, label, submission)
+                answer = await self._feed_one(request, tensors, label, submission)
                 return answer
             finally:
-                lane.in_flight -= 1
-                self._release(key, lane)
-        member = _Member(request, tensors, label, submission, input_digest())
-        lane.waiting.append(member)
-        if submission is not None:
-            self._remembered[submission] = member
-            while len(self._remembered) > REMEMBERED:
-                self._remembered.popitem(last=False)
-        if len(lane.waiting) >= MAX_COALESCED:
-            self._send(key, lane)
+                self._send(lane, self._lanes.answered(lane))
+        self._send(lane, arrival.send)
         try:
+            member.input_digest = input_digest()
+            if submission is not None:
+                self._remembered[submission] = member
+                while len(self._remembered) > REMEMBERED:
+                    self._remembered.popitem(last=False)
             return await self._wait(member)
         finally:
-            if not member.taken and member in lane.waiting:
-                lane.waiting.remove(member)  # the caller went away before its group left
+            if not member.taken:
+                # The caller went away before its group left.
                 if submission is not None:
                     self._remembered.pop(submission, None)
-                self._release(key, lane)
+                self._send(lane, self._lanes.leave(lane, member))
 
     async def _wait(self, member: _Member) -> dict[str, Any]:
         try:
@@ -184,24 +140,17 @@ class Coalescer:
         assert member.answer is not None
         return member.answer
 
-    def _release(self, key: str, lane: _Lane) -> None:
-        """An entry of the lane was answered (or a waiter left): send what waits if
-        nothing is in flight any more; forget an empty lane."""
-        if lane.in_flight == 0 and lane.waiting:
-            self._send(key, lane)
-        elif lane.in_flight == 0 and not lane.waiting:
-            self._lanes.pop(key, None)
-
-    def _send(self, key: str, lane: _Lane) -> None:
-        """Send up to ``MAX_COALESCED`` waiting members as one entry (in the nursery)."""
-        members, lane.waiting = lane.waiting[:MAX_COALESCED], lane.waiting[MAX_COALESCED:]
+    def _send(self, lane: Lane, members: Sequence[_Member]) -> None:
+        """Feed ``members`` (what the core's lanes named, maybe none) as one entry, in
+        the nursery."""
+        if not members:
+            return
         for member in members:
             member.taken = True
-        lane.in_flight += 1
         assert self._nursery is not None
-        self._nursery.start_soon(self._feed, key, lane, members)
+        self._nursery.start_soon(self._feed, lane, list(members))
 
-    async def _feed(self, key: str, lane: _Lane, members: list[_Member]) -> None:
+    async def _feed(self, lane: Lane, members: list[_Member]) -> None:
         try:
             if len(members) == 1:
                 only = members[0]
@@ -230,8 +179,7 @@ class Coalescer:
         finally:
             for member in members:
                 member.answered.set()
-            lane.in_flight -= 1
-            self._release(key, lane)
+            self._send(lane, self._lanes.answered(lane))
 
 
 def _task_id(text: str) -> Any:

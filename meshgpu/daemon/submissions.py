@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from meshgpu.core import effects as fx
+from meshgpu.core.coalescing import lane_of
 from meshgpu.core.events import Event, SubmitTask
 from meshgpu.core.tasks import DeviceRequirements, Priority, TaskId, TaskSpec
 from meshgpu.core.tasks.spec import LABEL_MAX, parse_labels
@@ -236,8 +237,9 @@ class Submissions:
             def digest() -> str:  # for resends of a coalesced submission only
                 return _sha256(canonical_tensor_bytes(tensors))
 
+            dtypes = {name: array.dtype.str for name, array in tensors.items()}
             return await self.coalescer.submit(
-                request, tensors, label_of(request), submission, digest
+                lane_of(spec, dtypes), request, tensors, label_of(request), submission, digest
             )
         pending, _ = await self._enqueue(request, inputs, label_of(request), submission)
         return await self._acknowledged(pending)

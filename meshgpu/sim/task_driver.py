@@ -16,13 +16,15 @@ joins a run through the scenario's ``[tasks]`` table:
 * **journal and payload store** per node: ``Persist`` records and stored inputs survive a
   crash; a restart with ``keep_incarnation = false`` models a wiped data dir (both lost);
 * **dynamic batching** (``batching = { max_batch = N }``): a worker whose slot frees
-  starts the waiting tasks of one model together, up to N, as one run of the device's
+  starts the waiting tasks of one model together, up to N, by the core's rule
+  (:mod:`meshgpu.core.batching`, as the daemon's worker), as one run of the device's
   batch service time (devices.py); a bad input among them fails alone (as the daemon's
   worker re-runs a failed batch member by member; that re-run's cost is not modelled);
-* **coalescing** (``coalesce = true``): while a submission of a lane (entry node, model,
-  priority, requirements) waits for its acknowledgement, later ones of that lane wait at
-  the entry and go as one task group (``TaskSpec.members``) once it is acknowledged, as
-  the daemon's entry node does (daemon/coalescing.py); each member is a submission of
+* **coalescing** (``coalesce = true``): while a submission of a lane (entry node and
+  :func:`~meshgpu.core.coalescing.lane_of` its spec) waits for its acknowledgement, later
+  ones of that lane wait at the entry and go as one task group (``TaskSpec.members``)
+  once it is acknowledged, by the core's rules that the daemon's entry node follows too
+  (:mod:`meshgpu.core.coalescing`); each member is a submission of
   its own (own latency, own outcome, delivered once); a group runs as a batch when
   batching is on, else member after member.
 
@@ -37,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from meshgpu.core.batching import pick_batch
+from meshgpu.core.coalescing import Lane, Lanes, Wait, lane_of
 from meshgpu.core.effects import (
     CancelTask,
     DropPayload,
@@ -225,8 +229,10 @@ class TaskDriver(Observer):
         self.executions: dict[TaskId, int] = {}
         self.executions_by_worker: dict[int, int] = {}
         self.busy_s: list[float] = []
-        self.lanes: dict[tuple[Any, ...], tuple[str, list[Submission]]] = {}
-        """Coalescing: lane -> (client ref in flight, submissions waiting behind it)."""
+        self.lanes: Lanes[tuple[int, Lane], Submission] = Lanes()
+        """Coalescing: the lanes of every entry node, keyed (entry, lane)."""
+        self.lane_refs: dict[str, tuple[int, Lane]] = {}
+        """Client ref of an entry in flight -> its lane."""
         self.group_refs: dict[str, list[Submission]] = {}
         self.group_subs: dict[TaskId, list[Submission]] = {}
         self.device_runs = 0
@@ -307,8 +313,10 @@ class TaskDriver(Observer):
         sim.inject(index, LoadChanged(device.load_vector(self.settings.prefetch_per_slot)), now)
 
     def on_node_down(self, sim: Any, index: int, now: float, reason: str) -> None:
-        for lane in [lane for lane in self.lanes if lane[0] == index]:
-            del self.lanes[lane]  # its waiting submissions died with the entry node
+        # Its waiting submissions and entries in flight died with the entry node.
+        self.lanes.forget(lambda lane: lane[0] == index)
+        for ref in [ref for ref, lane in self.lane_refs.items() if lane[0] == index]:
+            del self.lane_refs[ref]
         for job in self.running[index] + self.waiting[index]:
             job.cancelled = True
         self.running[index] = []
@@ -338,48 +346,45 @@ class TaskDriver(Observer):
             self.bad_digests.add(spec.input_digest)
         self.disks[entry].payloads.add(spec.input_digest)  # the upload precedes SubmitTask
         if self.settings.coalesce:
-            lane = (entry, spec.model_digest, spec.priority, spec.requirements)
-            flying = self.lanes.get(lane)
-            if flying is not None:
-                flying[1].append(sub)  # waits behind the lane's submission in flight
+            lane = (entry, lane_of(spec))
+            arrival = self.lanes.arrive(lane, sub)
+            if isinstance(arrival, Wait):
+                self._send_lane(sim, lane, arrival.send)  # waits behind what is in flight
                 return
-            self.lanes[lane] = (sub.client_ref, [])
+            self.lane_refs[sub.client_ref] = lane
         sim.inject(entry, SubmitTask(sub.client_ref, spec), sim.now)
 
     def _flush_lane(self, sim: Any, client_ref: str) -> None:
         """The lane's submission (or group) ``client_ref`` in flight was answered: send
-        what waits behind it, alone or as one group."""
-        subs = self._subs_of_ref(client_ref)
-        if not self.settings.coalesce or not subs:
-            return
-        sub = subs[0]
-        spec = sub.spec
-        lane = (sub.entry, spec.model_digest, spec.priority, spec.requirements)
-        flying = self.lanes.get(lane)
-        if flying is None or flying[0] != client_ref:
-            return
-        waiting = [w for w in flying[1] if w.attached == sub.entry]
+        what the core's lanes say waits behind it, alone or as one group."""
+        lane = self.lane_refs.pop(client_ref, None)
+        if lane is not None:
+            self._send_lane(sim, lane, self.lanes.answered(lane))
+
+    def _send_lane(self, sim: Any, lane: tuple[int, Lane], waiting: tuple[Submission, ...]) -> None:
+        """Submit ``waiting`` (what the lanes named; maybe none) as one table entry."""
         if not waiting:
-            del self.lanes[lane]
             return
+        entry = lane[0]
         if len(waiting) == 1:
             only = waiting[0]
-            self.lanes[lane] = (only.client_ref, [])
-            sim.inject(sub.entry, SubmitTask(only.client_ref, only.spec), sim.now)
+            self.lane_refs[only.client_ref] = lane
+            sim.inject(entry, SubmitTask(only.client_ref, only.spec), sim.now)
             return
-        ref = f"group-{waiting[0].number}"
+        members = list(waiting)
+        ref = f"group-{members[0].number}"
         digest = hashlib.sha256(ref.encode()).hexdigest()
-        group_spec = replace(waiting[0].spec, input_digest=digest, members=len(waiting))
-        for member in waiting:
-            member.group = waiting
+        group_spec = replace(members[0].spec, input_digest=digest, members=len(members))
+        for member in members:
+            member.group = members
             member.stored_digest = digest
-        self.group_refs[ref] = waiting
-        self.digest_model[digest] = spec.model_digest
-        self.disks[sub.entry].payloads.add(digest)
-        self.lanes[lane] = (ref, [])
+        self.group_refs[ref] = members
+        self.digest_model[digest] = lane[1].model_digest
+        self.disks[entry].payloads.add(digest)
+        self.lane_refs[ref] = lane
         self.groups += 1
-        self.coalesced += len(waiting)
-        sim.inject(sub.entry, SubmitTask(ref, group_spec), sim.now)
+        self.coalesced += len(members)
+        sim.inject(entry, SubmitTask(ref, group_spec), sim.now)
 
     def _reconnect(self, sim: Any, sub: Submission) -> None:
         if sub.attached is not None or sub.task_id is None:
@@ -542,21 +547,18 @@ class TaskDriver(Observer):
         )
 
     def _start_batch(self, sim: Any, first: Job) -> None:
-        """Start ``first`` with the jobs of its model waiting on its worker, up to
-        ``max_batch`` tasks (group members count each), as one device run."""
+        """Start ``first`` with the jobs of its model waiting on its worker, as one device
+        run: the core's batching rule (:func:`~meshgpu.core.batching.pick_batch`, group
+        members counting as rows) up to ``max_batch`` tasks. The simulated device has no
+        per-shape plan cost, so any batch size is taken (no powers of two)."""
         index = first.worker
         model = first.spec.model_digest
-        batch, tasks = [first], first.spec.members
-        for job in list(self.waiting[index]):
-            if tasks >= self.settings.max_batch:
-                break
-            if (
-                job.spec.model_digest == model
-                and tasks + job.spec.members <= self.settings.max_batch
-            ):
-                self.waiting[index].remove(job)
-                batch.append(job)
-                tasks += job.spec.members
+        candidates = [first, *(j for j in self.waiting[index] if j.spec.model_digest == model)]
+        chosen = pick_batch([job.spec.members for job in candidates], self.settings.max_batch)
+        batch = [candidates[position] for position in chosen]
+        for job in batch[1:]:
+            self.waiting[index].remove(job)
+        tasks = sum(job.spec.members for job in batch)
         if tasks == 1:
             self._start(sim, first)
             return

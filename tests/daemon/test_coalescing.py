@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import trio
 
+from meshgpu.core.coalescing import MAX_COALESCED, Lane, lane_of
+from meshgpu.core.tasks import TaskSpec
 from meshgpu.daemon.auth import Authenticator
-from meshgpu.daemon.coalescing import MAX_COALESCED, Coalescer
+from meshgpu.daemon.coalescing import Coalescer
 from meshgpu.daemon.groups import group_of
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors
 from meshgpu.daemon.rpc import open_rpc
@@ -51,6 +53,12 @@ def _tensors(width: int = 4) -> dict[str, np.ndarray]:
     return {"x": np.zeros((1, width), np.float32)}
 
 
+def _lane(width: int = 4) -> Lane:
+    """The lane the daemon computes for ``_tensors(width)`` of model ``m``."""
+    spec = TaskSpec(model_digest="m", input_digest="-", input_shapes=(("x", (1, width)),))
+    return lane_of(spec, {"x": np.dtype(np.float32).str})
+
+
 async def _started(nursery: trio.Nursery, table: _Table) -> Coalescer:
     coalescer = Coalescer(table.one, table.group)
     await nursery.start(coalescer.run)
@@ -65,7 +73,12 @@ async def test_a_lone_submission_goes_alone_and_later_ones_wait_for_it() -> None
 
         async def submit(index: int, width: int = 4) -> None:
             answers[index] = await coalescer.submit(
-                {"model_digest": "m"}, _tensors(width), None, f"s{index}", lambda: f"d{index}"
+                _lane(width),
+                {"model_digest": "m"},
+                _tensors(width),
+                None,
+                f"s{index}",
+                lambda: f"d{index}",
             )
 
         nursery.start_soon(submit, 0)
@@ -95,7 +108,7 @@ async def test_a_full_lane_sends_at_once_and_a_resend_gets_the_same_member() -> 
 
         async def submit(sub: str, digest: str = "d") -> None:
             answer = await coalescer.submit(
-                {"model_digest": "m"}, _tensors(), None, sub, lambda: digest
+                _lane(), {"model_digest": "m"}, _tensors(), None, sub, lambda: digest
             )
             answers.append((sub, answer))
 
@@ -108,7 +121,9 @@ async def test_a_full_lane_sends_at_once_and_a_resend_gets_the_same_member() -> 
         nursery.start_soon(submit, "s3")  # a resend of a waiting member
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(Exception, match="other inputs"):
-            await coalescer.submit({"model_digest": "m"}, _tensors(), None, "s3", lambda: "other")
+            await coalescer.submit(
+                _lane(), {"model_digest": "m"}, _tensors(), None, "s3", lambda: "other"
+            )
         table.release.set()
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
@@ -126,14 +141,18 @@ async def test_a_refused_group_fails_each_member_and_a_cancelled_waiter_leaves()
 
         async def submit() -> None:
             try:
-                await coalescer.submit({"model_digest": "m"}, _tensors(), None, None, lambda: "")
+                await coalescer.submit(
+                    _lane(), {"model_digest": "m"}, _tensors(), None, None, lambda: ""
+                )
             except TaskError as error:
                 errors.append(error)
 
         nursery.start_soon(submit)
         await trio.testing.wait_all_tasks_blocked()
         with trio.move_on_after(0.01):  # a caller that goes away while waiting
-            await coalescer.submit({"model_digest": "m"}, _tensors(), None, None, lambda: "")
+            await coalescer.submit(
+                _lane(), {"model_digest": "m"}, _tensors(), None, None, lambda: ""
+            )
         for _ in range(3):
             nursery.start_soon(submit)
         await trio.testing.wait_all_tasks_blocked()
