@@ -3,7 +3,7 @@ side in one run.
 
     python bench/batching.py [--quick] [--json] [--tasks 64] [--per-caller 4]
                              [--max-batch 16] [--models squeezenet,digits]
-                             [--backend opencl] [--rounds 3]
+                             [--devices all] [--rounds 3]
 
 A worker's executor (meshgpu/daemon/execution.py, one slot, as ``meshgpu join --slots 1``)
 gets ``--tasks`` runs of one model at once, each a single image, as a worker holding that
@@ -16,6 +16,12 @@ the shipped digits model. Reported per model and mode: tasks per second, p50 / p
 latency of a task (from its submission to the executor to its outputs), device runs and
 the average batch; ratio = on / off (throughput: higher is better). Rounds alternate on
 and off; the median is reported.
+
+Devices: ``--devices all`` (the default) measures every device this machine has that
+passed its probe (``meshgpu devices``): each OpenCL device (a GPU's is the case batching is
+for) and onnxruntime's CPU, one after the other, each with its own ratios (JSON
+``ratio["<device id>"]["<model>_tps"]``; the goal for SqueezeNet on a GPU is 1.5 or more).
+``--devices opencl:0,onnxruntime:cpu`` picks some (ids or name pieces, as ``--device``).
 
 Benchmarks are not tests: this prints numbers and asserts nothing.
 """
@@ -38,6 +44,7 @@ from loopback import conditions, percentile, show_table
 
 from meshgpu.core.catalog import Batching
 from meshgpu.daemon.execution import Executor
+from meshgpu.inference import DeviceInfo
 from meshgpu.inference.architectures import seeded_architecture
 from meshgpu.inference.model import SHIPPED_MODELS
 
@@ -66,9 +73,11 @@ async def one_round(
     tasks: int,
     per_caller: int,
     batching: Batching,
-    backend: str,
+    device: DeviceInfo,
 ) -> dict[str, Any]:
-    executor = Executor(1, backend=backend, batching_for=lambda digest: batching)
+    executor = Executor(
+        1, backend=device.backend, device=device.id, batching_for=lambda digest: batching
+    )
     digest = "bench-" + path.stem
     await executor.run(digest, path, feeds)  # warm: session built, kernels compiled
     for size in {1, min(tasks, batching.max_batch)}:  # the batch's plan built too
@@ -97,13 +106,29 @@ async def one_round(
         "p99_ms": percentile(latencies, 0.99) * 1e3,
         "device_runs": runs,
         "average_batch": done / runs if runs else 0.0,
-        "backend": getattr(executor._sessions[digest].session, "backend", backend),
+        "backend": getattr(executor._sessions[digest].session, "backend", device.backend),
         # Whether batches ran faster per row than runs alone on this device (the
         # executor stops batching a model whose batches do not pay; None: not judged).
         "batching_pays": executor._sessions[digest].row_speed.pays,
         "row_ms_alone": executor._sessions[digest].row_speed.single_s * 1e3,
         "row_ms_batched": executor._sessions[digest].row_speed.batched_s * 1e3,
     }
+
+
+def chosen_devices(text: str) -> list[DeviceInfo]:
+    """``all``: every device that passed its probe; else the comma-separated ids."""
+    from meshgpu import inference
+
+    if text != "all":
+        return [inference.select_device(item) for item in text.split(",") if item]
+    usable = []
+    for device in inference.devices():
+        verdict = inference.verdict(device)
+        if verdict.usable:
+            usable.append(device)
+        else:
+            print(f"skipping {device.id} ({device.name}): {verdict.problem}", file=sys.stderr)
+    return usable
 
 
 def main() -> None:
@@ -115,13 +140,19 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", default="squeezenet,digits")
-    parser.add_argument("--backend", default="opencl", choices=["opencl", "onnxruntime"])
+    parser.add_argument(
+        "--devices",
+        default="all",
+        help="'all' (every usable device: OpenCL ones and onnxruntime's CPU) or ids, "
+        "comma-separated (opencl:0, opencl:nvidia, onnxruntime:cpu)",
+    )
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
+    devices = chosen_devices(args.devices)
     report: dict[str, Any] = {
         "tasks": args.tasks,
         "max_batch": args.max_batch,
-        "backend": args.backend,
+        "devices": {device.id: f"{device.name} ({device.type})" for device in devices},
         "conditions": [conditions()],
         "models": {},
         "ratio": {},
@@ -130,44 +161,50 @@ def main() -> None:
         "on": Batching(args.max_batch, 0),
         "off": Batching(1, 0),
     }
-    with tempfile.TemporaryDirectory(prefix="meshgpu-batching-") as root:
-        for name in [m for m in args.models.split(",") if m]:
-            if name == "squeezenet":
-                path, feeds = squeezenet(Path(root) / "squeezenet.onnx")
-            elif name == "digits":
-                path, feeds = digits()
-            else:
-                parser.error(f"unknown model {name!r}: squeezenet or digits")
-            results: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
-            for index in range(rounds):
-                order = ["on", "off"] if index % 2 == 0 else ["off", "on"]
-                for mode in order:
-                    result = trio.run(
-                        one_round,
-                        path,
-                        feeds,
-                        args.tasks,
-                        args.per_caller,
-                        modes[mode],
-                        args.backend,
-                    )
-                    results[mode].append(result)
-                    print(f"{name:10} {mode:3} {result}", file=sys.stderr)
-            report["models"][name] = results
-            report["ratio"][f"{name}_tps"] = statistics.median(
-                r["tps"] for r in results["on"]
-            ) / statistics.median(r["tps"] for r in results["off"])
-    report["conditions"].append(conditions())
+    names = [m for m in args.models.split(",") if m]
+    for name in names:
+        if name not in ("squeezenet", "digits"):
+            parser.error(f"unknown model {name!r}: squeezenet or digits")
     rows = []
-    for name, results in report["models"].items():
-        for figure in ("tps", "p50_ms", "p99_ms", "average_batch"):
-            on = statistics.median(r[figure] for r in results["on"])
-            off = statistics.median(r[figure] for r in results["off"])
-            rows.append((f"{name} {figure}", on, off, on / off if off else float("nan")))
+    with tempfile.TemporaryDirectory(prefix="meshgpu-batching-") as root:
+        for device in devices:
+            report["models"][device.id] = {}
+            report["ratio"][device.id] = {}
+            for name in names:
+                if name == "squeezenet":
+                    path, feeds = squeezenet(Path(root) / "squeezenet.onnx")
+                else:
+                    path, feeds = digits()
+                results: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+                for index in range(rounds):
+                    order = ["on", "off"] if index % 2 == 0 else ["off", "on"]
+                    for mode in order:
+                        result = trio.run(
+                            one_round,
+                            path,
+                            feeds,
+                            args.tasks,
+                            args.per_caller,
+                            modes[mode],
+                            device,
+                        )
+                        results[mode].append(result)
+                        print(f"{device.id} {name:10} {mode:3} {result}", file=sys.stderr)
+                report["models"][device.id][name] = results
+                report["ratio"][device.id][f"{name}_tps"] = statistics.median(
+                    r["tps"] for r in results["on"]
+                ) / statistics.median(r["tps"] for r in results["off"])
+                for figure in ("tps", "p50_ms", "p99_ms", "average_batch"):
+                    on = statistics.median(r[figure] for r in results["on"])
+                    off = statistics.median(r[figure] for r in results["off"])
+                    ratio = on / off if off else float("nan")
+                    rows.append((f"{device.id} {name} {figure}", on, off, ratio))
+    report["conditions"].append(conditions())
     show_table(
-        f"{args.tasks} concurrent single tasks on one worker ({args.backend}), "
+        f"{args.tasks} concurrent single tasks on one worker, each device in turn "
+        f"({', '.join(report['devices'].values())}), "
         f"loadavg {report['conditions'][0]['loadavg']}",
-        ["figure", f"batching on (max {args.max_batch})", "batching off", "on/off"],
+        ["device, model, figure", f"batching on (max {args.max_batch})", "batching off", "on/off"],
         rows,
     )
     if args.json:
