@@ -266,6 +266,72 @@ def test_decoder_block_conv_transpose_instance_norm_resize(device) -> None:
     _check(device, model, {"x": x})
 
 
+def _kernels(session: OpenCLSession) -> list[str]:
+    return [launch.kernel_name for plan in session._plans.values() for launch in plan.launches]
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attributes"),
+    [
+        ((2, 3, 7), (3, 5, 4), {"strides": [3], "pads": [1, 2]}),
+        (
+            (1, 4, 3, 4, 5),
+            (4, 2, 2, 3, 2),
+            {"strides": [2, 1, 2], "pads": [0, 1, 0, 0, 1, 1], "group": 2},
+        ),
+        ((1, 2, 3, 4, 5), (2, 3, 2, 2, 2), {"auto_pad": "SAME_UPPER", "strides": [2, 2, 2]}),
+        (
+            (1, 3, 2, 3, 4),
+            (3, 2, 3, 2, 2),
+            {"dilations": [2, 1, 1], "output_padding": [1, 0, 1], "strides": [2, 1, 2]},
+        ),
+    ],
+)
+@pytest.mark.parametrize("weights_at_run_time", [False, True])
+def test_conv_transpose_1d_and_3d(
+    device, x_shape, w_shape, attributes, weights_at_run_time
+) -> None:
+    """Constant weights run as a GEMM and a gather, run-time weights as the direct kernel;
+    both agree with onnxruntime for 1-D and 3-D layers with groups, pads, dilations and
+    output padding."""
+    x = randn(*x_shape, seed=31)
+    w = randn(*w_shape, seed=32)
+    b = randn(w_shape[1] * attributes.get("group", 1), seed=33)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attributes)
+    feeds = {"x": x, "w": w} if weights_at_run_time else {"x": x}
+    initializers = {"b": b} if weights_at_run_time else {"w": w, "b": b}
+    model = _model([node], feeds, {"y": TensorProto.FLOAT}, initializers)
+    kernels = _kernels(_check(device, model, feeds))
+    if weights_at_run_time:
+        assert kernels == ["conv_transpose_direct"]
+    else:
+        assert kernels[-1] == "col2im_gather"
+
+
+def test_conv_transpose_fuses_its_tail_and_writes_into_a_concat(device) -> None:
+    """U-Net's decoder step: the gather applies the following Relu and writes its result
+    into its channel slice of the Concat, so no copy of it is made."""
+    x = randn(2, 8, 5, 6, seed=34)
+    skip = randn(2, 3, 10, 12, seed=35)
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "w", "b"], ["up"], strides=[2, 2]),
+        helper.make_node("Mul", ["up", "gain"], ["scaled"]),
+        helper.make_node("Relu", ["scaled"], ["act"]),
+        helper.make_node("Concat", ["act", "skip"], ["y"], axis=1),
+    ]
+    initializers = {
+        "w": randn(8, 4, 2, 2, seed=36),
+        "b": randn(4, seed=37),
+        "gain": randn(1, 4, 1, 1, seed=38),
+    }
+    feeds = {"x": x, "skip": skip}
+    model = _model(nodes, feeds, {"y": TensorProto.FLOAT}, initializers)
+    kernels = _kernels(_check(device, model, feeds))
+    assert kernels.count("col2im_gather") == 1
+    assert "unary8" not in kernels and "binary" not in kernels
+    assert len(kernels) == 3  # the GEMM, the gather, and the copy of the other input only
+
+
 def test_function_operators_run_as_their_bodies(device) -> None:
     """Opset-23 Attention with a causal mask: no lowering of its own, it runs as the
     function body the ONNX schema defines (checked against onnx.reference, which
@@ -281,15 +347,15 @@ def test_function_operators_run_as_their_bodies(device) -> None:
 
 
 def test_unsupported_attribute_values_name_themselves(device) -> None:
-    x = randn(1, 1, 2, 3, 4)
-    w = randn(1, 1, 2, 2, 2)
+    x = randn(1, 1, 2, 3, 4, 2)
+    w = randn(1, 1, 2, 2, 2, 2)
     model = _model(
-        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="deconv3d")],
+        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="deconv4d")],
         {"x": x},
         {"y": TensorProto.FLOAT},
         {"w": w},
     )
-    with pytest.raises(UnsupportedOperatorError, match=r"ConvTranspose.*deconv3d.*1-D and 2-D"):
+    with pytest.raises(UnsupportedOperatorError, match=r"ConvTranspose.*deconv4d.*2-D and 3-D"):
         OpenCLSession(model, device=device)
     lstm = _model(
         [helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=2, name="rnn")],
