@@ -332,6 +332,24 @@ def test_conv_transpose_fuses_its_tail_and_writes_into_a_concat(device) -> None:
     assert len(kernels) == 3  # the GEMM, the gather, and the copy of the other input only
 
 
+@pytest.mark.parametrize("spatial", [(4, 6), (5, 3)])
+def test_instance_and_group_norm_take_the_following_activation(device, spatial) -> None:
+    """InstanceNormalization then LeakyRelu (U-Net) and GroupNormalization then Relu each
+    run as one launch, eight lanes at a time where a channel's pixels are a multiple of 8."""
+    x = randn(2, 6, *spatial, seed=41)
+    initializers = {"scale": randn(6, seed=42), "shift": randn(6, seed=43)}
+    nodes = [
+        helper.make_node("InstanceNormalization", ["x", "scale", "shift"], ["normed"]),
+        helper.make_node("LeakyRelu", ["normed"], ["leaky"], alpha=0.2),
+        helper.make_node(
+            "GroupNormalization", ["leaky", "scale", "shift"], ["grouped"], num_groups=3
+        ),
+        helper.make_node("Relu", ["grouped"], ["y"]),
+    ]
+    model = _model(nodes, {"x": x}, {"y": TensorProto.FLOAT}, initializers, opset=21)
+    assert _kernels(_check(device, model, {"x": x})) == ["normalize_rows", "normalize_rows"]
+
+
 def test_function_operators_run_as_their_bodies(device) -> None:
     """Opset-23 Attention with a causal mask: no lowering of its own, it runs as the
     function body the ONNX schema defines (checked against onnx.reference, which

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
+from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.normalization import NORMALIZATION_SOURCE
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
@@ -64,9 +65,22 @@ def _launch(
     rms: bool = False,
     statistics: tuple[str, str] | None = None,
     statistics_shape: tuple[int, ...] = (),
+    fuse_activation: bool = False,
 ) -> None:
+    """One ``normalize_rows`` launch; with ``fuse_activation`` a following activation
+    (Relu, LeakyRelu, Clip, Sigmoid, Tanh: U-Net's InstanceNorm then LeakyRelu) is applied
+    by the same launch."""
     x = builder.tensor(node, node.inputs[0])
-    output = builder.new_tensor(node.outputs[0], x.shape)
+    defines = ""
+    output_name = node.outputs[0]
+    if fuse_activation:
+        epilogue = fusion.collect(
+            builder, output_name, x.shape, 1, allow_affine=False, allow_residual=False
+        )
+        if epilogue.activation:
+            defines = f"#define NORM_ACT(v) ({epilogue.activation})\n"
+        output_name = epilogue.output
+    output = builder.new_tensor(output_name, x.shape)
     mean: KernelArg = None
     inverse: KernelArg = None
     if statistics:
@@ -78,7 +92,7 @@ def _launch(
     epsilon = float(node.attrs.get("epsilon", 1e-5))
     builder.launch(
         node,
-        VECTOR_SOURCE + NORMALIZATION_SOURCE,
+        VECTOR_SOURCE + defines + NORMALIZATION_SOURCE,
         "normalize_rows",
         [
             x.storage,
@@ -177,7 +191,16 @@ def lower_instance_norm(builder: PlanBuilder, node: Node) -> None:
     channels, pixels = shape[1], _count(shape[2:])
     scale = _parameter(builder, node, 1, channels, (channels,))
     bias = _parameter(builder, node, 2, channels, (channels,))
-    _launch(builder, node, shape[0] * channels, pixels, scale, bias, (channels, pixels, pixels))
+    _launch(
+        builder,
+        node,
+        shape[0] * channels,
+        pixels,
+        scale,
+        bias,
+        (channels, pixels, pixels),
+        fuse_activation=True,
+    )
 
 
 @lowers("GroupNormalization")
@@ -199,4 +222,4 @@ def lower_group_norm(builder: PlanBuilder, node: Node) -> None:
         scale = _parameter(builder, node, 1, groups, (groups,))
         bias = _parameter(builder, node, 2, groups, (groups,))
         scale_map = (groups, length, length)
-    _launch(builder, node, shape[0] * groups, length, scale, bias, scale_map)
+    _launch(builder, node, shape[0] * groups, length, scale, bias, scale_map, fuse_activation=True)

@@ -4,10 +4,21 @@ GroupNormalization (see :mod:`..lower_normalization` for the scale index map).""
 from __future__ import annotations
 
 NORMALIZATION_SOURCE = r"""
+#ifndef NORM_ACT
+#define NORM_ACT(v) (v)
+#define NORM_ACT8(v) (v)
+#else
+/* The fused activation, lane by lane (its expression is written for a scalar v). */
+inline float norm_act(float v) { return NORM_ACT(v); }
+#define NORM_ACT8(v) ((float8)(norm_act((v).s0), norm_act((v).s1), norm_act((v).s2), \
+                               norm_act((v).s3), norm_act((v).s4), norm_act((v).s5), \
+                               norm_act((v).s6), norm_act((v).s7)))
+#endif
 /* One work-item per row of `length` contiguous elements: mean (skipped for RMS), variance
    about it, then y = (x - mean) * inv * scale[s] + bias[s] with
    s = ((row % srows) * slen + j) / sdiv. Mean and 1/sqrt(var + eps) are written per row
-   when their buffers are given (LayerNormalization's optional outputs). */
+   when their buffers are given (LayerNormalization's optional outputs). A fused
+   activation (NORM_ACT, defined by the lowering) is applied to the result. */
 __kernel void normalize_rows(__global const float* restrict x, __global float* restrict y,
                              __global const float* restrict scale,
                              __global const float* restrict bias,
@@ -20,9 +31,11 @@ __kernel void normalize_rows(__global const float* restrict x, __global float* r
   const __global float* xr = x + (long)row * length;
   __global float* yr = y + (long)row * length;
   long sbase = (long)(row % srows) * slen;
-  if (sdiv == 1 && length % 8 == 0) {
-    /* Contiguous scale and bias (LayerNormalization): eight lanes at a time, no index
-       division per element (that division cost more than the rest). */
+  if (length % 8 == 0 && (sdiv == 1 || sdiv % 8 == 0)) {
+    /* Eight lanes at a time, no index division per element (that division cost more than
+       the rest): contiguous scale and bias (LayerNormalization), or one scale per run of
+       a multiple of 8 elements (InstanceNormalization, GroupNormalization), which every
+       8-aligned block of a row lies inside. */
     float8 sum8 = 0.0f;
     for (int j = 0; j < length; j += 8) sum8 += load8(xr + j);
     float mean = 0.0f;
@@ -39,9 +52,15 @@ __kernel void normalize_rows(__global const float* restrict x, __global float* r
     float inverse = 1.0f / sqrt(squares / (float)length + epsilon);
     for (int j = 0; j < length; j += 8) {
       float8 v = (load8(xr + j) - (float8)(mean)) * (float8)(inverse);
-      if (has_scale) v *= load8(scale + sbase + j);
-      if (has_bias) v += load8(bias + sbase + j);
-      store8(yr + j, v);
+      if (sdiv == 1) {
+        if (has_scale) v *= load8(scale + sbase + j);
+        if (has_bias) v += load8(bias + sbase + j);
+      } else {
+        long s = (sbase + j) / sdiv;
+        if (has_scale) v *= (float8)(scale[s]);
+        if (has_bias) v += (float8)(bias[s]);
+      }
+      store8(yr + j, NORM_ACT8(v));
     }
     if (mean_out) mean_out[row] = mean;
     if (inverse_out) inverse_out[row] = inverse;
@@ -64,7 +83,7 @@ __kernel void normalize_rows(__global const float* restrict x, __global float* r
     float v = (xr[j] - mean) * inverse;
     if (has_scale) v *= scale[s];
     if (has_bias) v += bias[s];
-    yr[j] = v;
+    yr[j] = NORM_ACT(v);
   }
   if (mean_out) mean_out[row] = mean;
   if (inverse_out) inverse_out[row] = inverse;
