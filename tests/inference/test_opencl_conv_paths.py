@@ -1,8 +1,9 @@
 """Each way the engine lowers a convolution, pinned: the implicit GEMM over wide rows
 (``conv_gemm6``), over padded rows for stride 2 (``conv_gemm_s2``), with and without the
-zero-padded input copy, im2col where dropped columns would cost more, and the cases that
-must fall back. Every case checks the kernels the plan chose *and* the numbers against
-``onnx.reference``, so a change to the layout rule cannot silently drop a path's coverage."""
+zero-padded input copy, im2col where dropped columns would cost more, depthwise layers on
+padded planes (``conv_depthwise``), and the cases that must fall back. Every case checks
+the kernels the plan chose *and* the numbers against ``onnx.reference``, so a change to the
+layout rule cannot silently drop a path's coverage."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from meshgpu.inference.opencl import OpenCLSession
+from meshgpu.inference.opencl import OpenCLSession, lower_depthwise
 from meshgpu.inference.opencl.lower_conv_implicit import ConvShape, choose_layout
 from tests.inference.opencl_cases import assert_close, make_model, randn, reference
 
@@ -57,6 +58,8 @@ def _run_conv(session, batch, channels, size, out_channels, kernel, attrs, *, re
     return _kernels(opencl)
 
 
+_DEPTHWISE = ["pad_planes", "conv_depthwise"]
+
 PATH_CASES = [
     # (batch, C, (H, W), M, kernel, attrs, residual, kernels the plan must use)
     (1, 5, (9, 11), 13, (3, 3), {"pads": [1, 1, 1, 1]}, False, ["pad_planes", "conv_gemm6"]),
@@ -70,17 +73,67 @@ PATH_CASES = [
     (1, 8, (7, 7), 1200, (3, 3), {"pads": [1, 1, 1, 1]}, False, ["im2col_panels", "gemm_8x8"]),
     # Vertical stride 2 with horizontal stride 1: neither layout gives contiguous taps.
     (1, 4, (9, 9), 8, (3, 3), {"strides": [2, 1]}, False, ["im2col_panels", "gemm_8x8"]),
+    # Depthwise: padded planes, then one vector load per tap whatever the row width,
+    # stride, dilation or padding (EfficientNet's 7-pixel rows, LR-ASPP's dilated 5x5).
+    (2, 6, (7, 7), 6, (5, 5), {"group": 6, "pads": [2, 2, 2, 2]}, True, _DEPTHWISE),
+    (
+        1,
+        5,
+        (14, 13),
+        5,
+        (5, 5),
+        {"group": 5, "pads": [4, 4, 4, 4], "dilations": [2, 2]},
+        False,
+        _DEPTHWISE,
+    ),
+    (
+        2,
+        4,
+        (17, 19),
+        4,
+        (3, 3),
+        {"group": 4, "pads": [1, 0, 2, 1], "strides": [2, 2]},
+        False,
+        _DEPTHWISE,
+    ),
+    (1, 3, (9, 23), 3, (7, 7), {"group": 3, "pads": [3, 3, 3, 3]}, True, _DEPTHWISE),
+    (
+        1,
+        3,
+        (6, 10),
+        3,
+        (3, 3),
+        {"group": 3, "strides": [3, 2], "dilations": [1, 3]},
+        False,
+        _DEPTHWISE,
+    ),
+    # Horizontal stride 3 cannot take the vector loads: the bounds-checked direct kernel.
+    (1, 3, (8, 10), 3, (3, 3), {"group": 3, "strides": [1, 3]}, False, ["conv2d_direct"]),
+    # Two output channels per group: also the direct kernel.
+    (1, 3, (8, 10), 6, (3, 3), {"group": 3, "pads": [1, 1, 1, 1]}, True, ["conv2d_direct"]),
 ]
 
 
 @pytest.mark.parametrize("case", PATH_CASES, ids=lambda c: f"{c[:5]}-{c[5]}")
-def test_convolution_path(session, case) -> None:
+def test_convolution_path(session, case, monkeypatch) -> None:
+    # every depthwise case here is far below the size that pays for the padding launch
+    monkeypatch.setattr(lower_depthwise, "PADDED_MIN_MACS", 0)
     batch, channels, size, out_channels, kernel, attrs, residual, expected = case
     kernels = _run_conv(
         session, batch, channels, size, out_channels, kernel, attrs, residual=residual
     )
     if expected is not None:
         assert kernels == expected
+
+
+def test_small_depthwise_layers_keep_the_direct_kernel(session) -> None:
+    """Below PADDED_MIN_MACS the padding launch costs more than it saves (ConvNeXt's 2x2
+    maps at batch 1), so the bounds-checked direct kernel runs them."""
+    attrs = {"group": 8, "pads": [3, 3, 3, 3]}
+    assert _run_conv(session, 1, 8, (2, 2), 8, (7, 7), attrs) == ["conv2d_direct"]
+    big = (1 << 20) // (8 * 49) + 1  # rows of a 1-pixel-wide map: just past the threshold
+    kernels = _run_conv(session, 1, 8, (big, 1), 8, (7, 7), attrs)
+    assert kernels == _DEPTHWISE
 
 
 def test_fire_module_concat_reads_in_place(session) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
-from meshgpu.inference.opencl import fusion
+from meshgpu.inference.opencl import fusion, lower_depthwise
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
@@ -93,6 +93,29 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
     if groups_out < DIRECT_CONV_MAX_CHANNELS_PER_GROUP:
         output = builder.new_tensor(epilogue.output, declared_shape)
         weights = builder.weight((*key, "direct"), lambda: weight * scale[:, None, None, None])
+        if (
+            group_channels == 1
+            and groups_out == 1
+            and lower_depthwise.takes_padded_path(
+                batch, channels, (out_h, out_w), (kernel_h, kernel_w), stride_w
+            )
+        ):
+            lower_depthwise.lower_depthwise(
+                builder,
+                node,
+                x,
+                (batch, channels, height, width),
+                (kernel_h, kernel_w),
+                (out_h, out_w),
+                (stride_h, stride_w),
+                (pad_top, pad_left),
+                (dilation_h, dilation_w),
+                weights,
+                folded_bias,
+                epilogue,
+                output,
+            )
+            return
         defines = epilogue.act_define() + "#define HAS_BIAS 1\n"
         residual = epilogue.residual.storage if epilogue.residual is not None else None
         if residual is not None:
