@@ -309,8 +309,9 @@ class _Reader:
 
 
 def scenario_to_toml(scenario: Scenario) -> str:
-    """The scenario as TOML that :func:`parse_scenario` reads back to an equal scenario
-    (extension tables excepted): what a failing property test prints to reproduce."""
+    """The scenario as TOML that :func:`parse_scenario` reads back to an equal scenario,
+    extension tables (``[tasks]``, ``[catalog]``) included: what a failing property test
+    prints to reproduce."""
     lines = [
         "[scenario]",
         f"name = {_toml_value(scenario.name)}",
@@ -345,7 +346,30 @@ def scenario_to_toml(scenario: Scenario) -> str:
     text = "\n".join(lines) + "\n"
     if scenario.faults:
         text += "\n" + schedule_to_toml(scenario.faults) + "\n"
+    for name, table in scenario.extensions.items():
+        text += "\n" + _toml_table(name, table)
     return text
+
+
+def _toml_table(name: str, table: Mapping[str, Any]) -> str:
+    """``[name]`` with its plain keys, then each nested table as ``[name.key]``."""
+    nested = {key: value for key, value in table.items() if isinstance(value, Mapping)}
+    lines = [f"[{name}]"]
+    lines += [
+        f"{_toml_key(key)} = {_toml_value(value)}"
+        for key, value in table.items()
+        if key not in nested
+    ]
+    text = "\n".join(lines) + "\n"
+    for key, value in nested.items():
+        text += "\n" + _toml_table(f"{name}.{_toml_key(key)}", value)
+    return text
+
+
+def _toml_key(key: str) -> str:
+    """A bare key where TOML allows one, else a quoted one."""
+    bare = key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key)
+    return key if bare else _toml_value(key)
 
 
 def _toml_value(value: Any) -> str:
@@ -353,4 +377,9 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, Mapping):
+        pairs = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + pairs + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from meshgpu.sim.faults import (
@@ -29,9 +29,8 @@ from meshgpu.sim.faults import (
     Restart,
     Slow,
 )
-from meshgpu.sim.report import run_scenario
-from meshgpu.sim.scenario import INVARIANT_NAMES, InvariantSettings, Scenario, scenario_to_toml
-from tests.sim.property_settings import SEARCH
+from meshgpu.sim.scenario import INVARIANT_NAMES, InvariantSettings, Scenario
+from tests.sim.property_harness import draw_time, property_settings, run_checked
 
 FAULT_WINDOW = (2.0, 10.0)
 SETTLE_S = 8.0
@@ -39,10 +38,6 @@ EXAMPLES = int(os.environ.get("MESHGPU_PROPERTY_EXAMPLES", "12"))
 """12 examples keep the suite's share to about half a minute; set the variable to search
 harder (a few hundred examples is a good overnight run)."""
 pytestmark = pytest.mark.slow
-
-
-def _time(draw: st.DrawFn, low: float, high: float) -> float:
-    return round(draw(st.floats(low, high, allow_nan=False)), 2)
 
 
 @st.composite
@@ -54,8 +49,8 @@ def schedules(draw: st.DrawFn) -> Scenario:
     faults: list[Fault] = []
     degraded = slow_nodes = lossy = False
     for _ in range(draw(st.integers(0, 4))):
-        at = _time(draw, *FAULT_WINDOW)
-        until = round(at + _time(draw, 0.3, 2.0 + FAULT_WINDOW[1] - at), 2)
+        at = draw_time(draw, *FAULT_WINDOW)
+        until = round(at + draw_time(draw, 0.3, 2.0 + FAULT_WINDOW[1] - at), 2)
         until = min(until, FAULT_WINDOW[1] + 2.0)
         kind = draw(st.sampled_from(["crash", "crash", "partition", "network", "slow"]))
         if kind == "crash":
@@ -110,21 +105,7 @@ def schedules(draw: st.DrawFn) -> Scenario:
     )
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not SEARCH,
-    database=settings.default.database if SEARCH else None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@property_settings(EXAMPLES)
 @given(scenario=schedules())
 def test_invariants_hold_under_generated_fault_schedules(scenario: Scenario) -> None:
-    reproduce = scenario_to_toml(scenario)
-    note(f"seed {scenario.seed}; reproduce with `meshgpu simulate repro.toml`:\n{reproduce}")
-    report = run_scenario(scenario)
-    violated = {name: text for name, text in report.invariants.items() if text != "ok"}
-    assert not violated, (
-        f"seed {scenario.seed}: {violated}\n"
-        f"save as repro.toml and run `meshgpu simulate repro.toml`:\n{reproduce}"
-    )
+    run_checked(scenario)

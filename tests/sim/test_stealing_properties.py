@@ -14,13 +14,12 @@ import os
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from meshgpu.sim.faults import Crash, Fault, NetworkChange, NodeSelector, Partition
-from meshgpu.sim.report import run_scenario
-from meshgpu.sim.scenario import InvariantSettings, Scenario, scenario_to_toml
-from tests.sim.property_settings import SEARCH
+from meshgpu.sim.scenario import InvariantSettings, Scenario
+from tests.sim.property_harness import draw_time, property_settings, run_checked
 
 DURATION_S = 22.0
 EXAMPLES = int(os.environ.get("MESHGPU_TASK_PROPERTY_EXAMPLES", "8"))
@@ -34,10 +33,6 @@ INVARIANTS = (
 )
 
 
-def _time(draw: st.DrawFn, low: float, high: float) -> float:
-    return round(draw(st.floats(low, high, allow_nan=False)), 2)
-
-
 @st.composite
 def stealing_runs(draw: st.DrawFn) -> Scenario:
     """4-12 nodes of old and new cards with a prefetch queue, a Poisson stream plus up to
@@ -46,8 +41,8 @@ def stealing_runs(draw: st.DrawFn) -> Scenario:
     old = draw(st.integers(1, nodes - 1))
     faults: list[Fault] = []
     for _ in range(draw(st.integers(0, 2))):
-        at = _time(draw, 3.0, 10.0)
-        until = round(min(at + _time(draw, 0.5, 4.0), 12.0), 2)
+        at = draw_time(draw, 3.0, 10.0)
+        until = round(min(at + draw_time(draw, 0.5, 4.0), 12.0), 2)
         kind = draw(st.sampled_from(["crash", "partition", "network"]))
         if kind == "crash":
             target = NodeSelector((draw(st.integers(0, nodes - 1)),))
@@ -65,7 +60,7 @@ def stealing_runs(draw: st.DrawFn) -> Scenario:
             loss = draw(st.sampled_from([0.05, 0.2]))
             faults.append(NetworkChange(at_s=at, changes=(("loss", loss),), until_s=until))
     bursts = [
-        {"at_s": _time(draw, 2.5, 11.0), "count": draw(st.integers(4, 4 * nodes))}
+        {"at_s": draw_time(draw, 2.5, 11.0), "count": draw(st.integers(4, 4 * nodes))}
         for _ in range(draw(st.integers(0, 3)))
     ]
     tasks: dict[str, Any] = {
@@ -98,55 +93,11 @@ def stealing_runs(draw: st.DrawFn) -> Scenario:
     )
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
-def _toml_table(name: str, table: dict[str, Any]) -> str:
-    nested = {"config", "workload"}
-    lines = [f"[{name}]"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if k not in nested]
-    text = "\n".join(lines) + "\n"
-    for key in sorted(nested & set(table)):
-        lines = [f"[{name}.{key}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table[key].items()]
-        text += "\n" + "\n".join(lines) + "\n"
-    return text
-
-
-def reproduction(scenario: Scenario) -> str:
-    return scenario_to_toml(scenario) + "\n" + _toml_table("tasks", scenario.extensions["tasks"])
-
-
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not SEARCH,
-    database=settings.default.database if SEARCH else None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@property_settings(EXAMPLES)
 @given(scenario=stealing_runs())
 def test_stealing_keeps_every_task_invariant(scenario: Scenario) -> None:
-    reproduce = reproduction(scenario)
-    note(f"seed {scenario.seed}; reproduce with `meshgpu simulate repro.toml`:\n{reproduce}")
-    report = run_scenario(scenario)
     checked = list(INVARIANTS)
     if not scenario.faults:
         checked.append("task_no_duplicate_execution")
-    results = {name: report.invariants.get(name, "not checked") for name in checked}
-    violated = {name: text for name, text in results.items() if text != "ok"}
-    tasks = report.metrics["tasks"]
-    assert not violated, (
-        f"seed {scenario.seed}: {violated}\ntasks: {tasks}\n"
-        f"save as repro.toml and run `meshgpu simulate repro.toml`:\n{reproduce}"
-    )
+    tasks = run_checked(scenario, checked).metrics["tasks"]
     assert tasks["submitted"] > 0 and tasks["stealing"]["started_runs_stolen"] == 0

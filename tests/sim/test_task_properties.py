@@ -16,14 +16,13 @@ import os
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from meshgpu.core.tasks.strategies import STRATEGIES
 from meshgpu.sim.faults import Crash, Fault, NetworkChange, NodeSelector, Partition, Restart
-from meshgpu.sim.report import run_scenario
-from meshgpu.sim.scenario import InvariantSettings, Scenario, scenario_to_toml
-from tests.sim.property_settings import SEARCH
+from meshgpu.sim.scenario import InvariantSettings, Scenario
+from tests.sim.property_harness import draw_time, property_settings, run_checked
 
 FAULT_WINDOW = (3.0, 11.0)
 ARRIVALS = (2.0, 13.0)
@@ -34,10 +33,6 @@ pytestmark = pytest.mark.slow
 TASK_INVARIANTS = ("task_no_loss", "task_exactly_once_delivery", "task_no_regression")
 
 
-def _time(draw: st.DrawFn, low: float, high: float) -> float:
-    return round(draw(st.floats(low, high, allow_nan=False)), 2)
-
-
 @st.composite
 def task_runs(draw: st.DrawFn) -> Scenario:
     """3-20 nodes (mostly small: runs must stay cheap), a Poisson workload with a
@@ -46,8 +41,8 @@ def task_runs(draw: st.DrawFn) -> Scenario:
     seed = draw(st.integers(0, 2**31 - 1))
     faults: list[Fault] = []
     for _ in range(draw(st.integers(0, 3))):
-        at = _time(draw, *FAULT_WINDOW)
-        until = round(min(at + _time(draw, 0.5, 6.0), FAULT_WINDOW[1] + 2.0), 2)
+        at = draw_time(draw, *FAULT_WINDOW)
+        until = round(min(at + draw_time(draw, 0.5, 6.0), FAULT_WINDOW[1] + 2.0), 2)
         kind = draw(st.sampled_from(["crash", "crash", "partition", "network"]))
         if kind == "crash":
             target = NodeSelector((draw(st.integers(0, nodes - 1)),))
@@ -97,51 +92,11 @@ def task_runs(draw: st.DrawFn) -> Scenario:
     )
 
 
-def _toml_table(name: str, table: dict[str, Any]) -> str:
-    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
-    lines = [f"[{name}]"]
-    for key, value in scalars.items():
-        lines.append(f"{key} = {_toml_value(value)}")
-    text = "\n".join(lines) + "\n"
-    for key, value in tables.items():
-        text += "\n" + _toml_table(f"{name}.{key}", value)
-    return text
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return repr(value)
-
-
-def reproduction(scenario: Scenario) -> str:
-    return scenario_to_toml(scenario) + "\n" + _toml_table("tasks", scenario.extensions["tasks"])
-
-
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=not SEARCH,
-    database=settings.default.database if SEARCH else None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@property_settings(EXAMPLES)
 @given(scenario=task_runs())
 def test_task_invariants_hold_under_generated_workloads_and_faults(scenario: Scenario) -> None:
-    reproduce = reproduction(scenario)
-    note(f"seed {scenario.seed}; reproduce with `meshgpu simulate repro.toml`:\n{reproduce}")
-    report = run_scenario(scenario)
-    checked = dict.fromkeys(TASK_INVARIANTS)
+    checked = list(TASK_INVARIANTS)
     if not scenario.faults:
-        checked["task_no_duplicate_execution"] = None
-    results = {name: report.invariants.get(name, "not checked") for name in checked}
-    violated = {name: text for name, text in results.items() if text != "ok"}
-    tasks = report.metrics["tasks"]
-    assert not violated, (
-        f"seed {scenario.seed}: {violated}\ntasks: {tasks}\n"
-        f"save as repro.toml and run `meshgpu simulate repro.toml`:\n{reproduce}"
-    )
-    assert tasks["submitted"] > 0
+        checked.append("task_no_duplicate_execution")
+    report = run_checked(scenario, checked)
+    assert report.metrics["tasks"]["submitted"] > 0
