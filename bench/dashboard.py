@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import statistics
 import sys
@@ -35,6 +34,10 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.http.headless_chromium import MISSING, headless_chromium, installed
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -85,28 +88,6 @@ def start_mesh(root: Path) -> tuple[Any, list[int]]:
     raise RuntimeError("the mesh did not form")
 
 
-def browser() -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(shutil.which("chromium"))
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)  # fmt: skip
-    return webdriver.Chrome(service=Service(str(shutil.which("chromedriver"))), options=options)
-
-
 TIMING = """
 const nav = performance.getEntriesByType('navigation')[0];
 const paint = performance.getEntriesByName('first-contentful-paint')[0];
@@ -139,8 +120,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="each CPU window")
     parser.add_argument("--loads", type=int, default=5, help="page loads timed")
     args = parser.parse_args()
-    if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
-        sys.exit("needs Debian's chromium and chromium-driver (apt-get install ...)")
+    if not installed():
+        sys.exit(MISSING)
     with tempfile.TemporaryDirectory(prefix="meshgpu-dash-") as root:
         mesh, ports = start_mesh(Path(root))
         try:
@@ -149,7 +130,7 @@ def main() -> None:
             url = f"http://127.0.0.1:{ports[0]}/"
             time.sleep(3)  # let the start settle
             closed = cpu_percent(pid, args.seconds)
-            driver = browser()
+            driver = headless_chromium()
             try:
                 paints = first_paints(driver, url, args.loads)
                 driver.get(url)  # the page that stays open

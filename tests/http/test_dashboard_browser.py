@@ -6,7 +6,6 @@ artifact (``$MESHGPU_ARTIFACTS`` or the test's temporary directory)."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,19 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.daemon.meshprocs import MeshProcess, start_node
+from tests.http.headless_chromium import MISSING, headless_chromium, installed
 from tests.http.test_tritonclient import free_port, get_json
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium")
-DRIVER = shutil.which("chromedriver")
-if CHROMIUM is None or DRIVER is None:
-    pytest.skip(
-        "headless Chromium is not installed (apt-get install chromium chromium-driver; "
-        ".ci/run installs them)",
-        allow_module_level=True,
-    )
-webdriver = pytest.importorskip("selenium.webdriver")
+if not installed():
+    pytest.skip(MISSING, allow_module_level=True)
+pytest.importorskip("selenium.webdriver")
 
 
 @pytest.fixture
@@ -56,24 +50,7 @@ def mesh(tmp_path: Path) -> Iterator[list[tuple[MeshProcess, int]]]:
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver = headless_chromium()
     try:
         yield driver
     finally:
