@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -281,12 +282,11 @@ async def _run(
                 )
                 with progress:
                     bar = progress.add_task("tasks", total=len(tasks), note="")
+                    sending = _Sending(client, blob, tasks, rows, options, stop, progress, bar)
                     if no_wait:
-                        await _submit_only(client, blob, tasks, rows, options, stop, progress, bar)
+                        await sending.submit_only()
                     else:
-                        await _submit_and_wait(
-                            client, blob, tasks, rows, options, stop, progress, bar, output, timeout
-                        )
+                        await sending.submit_and_wait(output, timeout)
             finally:
                 report["failovers"] = [dataclasses.asdict(f) for f in client.failovers]
                 report["unanswered"] = client.unanswered + report.get("unanswered", 0)
@@ -308,104 +308,109 @@ async def _run(
     return report
 
 
-async def _submit_and_wait(
-    client: Any,
-    blob: Any,
-    tasks: list[Any],
-    rows: list[dict[str, Any]],
-    options: dict[str, Any],
-    stop: Any,
-    progress: Any,
-    bar: Any,
-    output: Path,
-    timeout: float | None,
-) -> None:
-    """Submit every task through ``map`` and save each result as it comes; a stop
-    (Ctrl-C, ``--timeout``) leaves the accepted, unsaved tasks in the mesh, named in
-    ``rows`` by id (``client.uncollected()``, labelled by stem)."""
-    import contextlib
-    import math
+@dataclass
+class _Sending:
+    """What both ways of sending share: the client, the model, the tasks and their report
+    rows, the task options, the Ctrl-C guard and the progress bar."""
 
-    import trio
+    client: Any
+    blob: Any
+    tasks: list[Any]
+    rows: list[dict[str, Any]]
+    options: dict[str, Any]
+    stop: Any
+    progress: Any
+    bar: Any
 
-    failures = 0
-    by_stem = {row["stem"]: row for row in rows}
-    with trio.move_on_after(math.inf if timeout is None else timeout), stop.waiting():
-        many = (_load(task.paths) for task in tasks)
-        items = client.map(
-            blob, many, raise_errors=False, label=lambda index: tasks[index].stem, **options
-        )
-        async with contextlib.aclosing(items):
-            async for item in items:
-                row = rows[item.index]
-                row.update(task_id=item.task_id, worker=item.worker)
-                if item.error is None and item.outputs is not None:
-                    save_outputs(row, output / f"{tasks[item.index].stem}.npz", item.outputs)
-                    failures += row["state"] != "done"
-                else:
-                    failures += 1
-                    row.update(state="failed", error=str(item.error))
-                progress.update(
-                    bar, advance=1, note=f"[red]{failures} failed[/red]" if failures else ""
-                )
-    for task_id, stem in client.uncollected():
-        row = by_stem.get(str(stem))
-        if row is None or "state" in row:
-            continue
-        if stop.requested:
-            row.update(task_id=task_id, state="interrupted", error="stopped by Ctrl-C")
-        else:
-            row.update(
-                task_id=task_id,
-                state="timeout",
-                error=f"no result within {timeout} s; it goes on in the mesh",
+    async def submit_and_wait(self, output: Path, timeout: float | None) -> None:
+        """Submit every task through ``map`` and save each result as it comes; a stop
+        (Ctrl-C, ``--timeout``) leaves the accepted, unsaved tasks in the mesh, named in
+        ``rows`` by id (``client.uncollected()``, labelled by stem)."""
+        import contextlib
+        import math
+
+        import trio
+
+        failures = 0
+        by_stem = {row["stem"]: row for row in self.rows}
+        with trio.move_on_after(math.inf if timeout is None else timeout), self.stop.waiting():
+            many = (_load(task.paths) for task in self.tasks)
+            items = self.client.map(
+                self.blob,
+                many,
+                raise_errors=False,
+                label=lambda index: self.tasks[index].stem,
+                **self.options,
             )
-    if not stop.requested:
-        for row in rows:
-            if "state" not in row:
-                row.update(state="timeout", error=f"not submitted within {timeout} s")
-
-
-async def _submit_only(
-    client: Any,
-    blob: Any,
-    tasks: list[Any],
-    rows: list[dict[str, Any]],
-    options: dict[str, Any],
-    stop: Any,
-    progress: Any,
-    bar: Any,
-) -> None:
-    """``--no-wait``: submit in batches (``submit_many``), not watched: this client
-    neither runs them directly (a direct run's result lives only in the submit's answer)
-    nor collects their results itself; a later ``meshgpu collect`` does. Ctrl-C lets the
-    batch on the wire be answered (its ids are printed), then stops."""
-    from meshgpu.client.batches import BATCH_MAX
-    from meshgpu.errors import MeshError
-
-    for start in range(0, len(tasks), BATCH_MAX):
-        if stop.requested:
-            return
-        chunk = tasks[start : start + BATCH_MAX]
-        inputs = [_load(task.paths) for task in chunk]
-        answers = None
-        with stop.sending():
-            try:
-                answers = await client.submit_many(
-                    blob, inputs, watch=False, label=[task.stem for task in chunk], **options
-                )
-            except MeshError as error:
-                answers = [error] * len(chunk)
-        if answers is None:  # cut off by Ctrl-C before the mesh answered
-            for row in rows[start : start + len(chunk)]:
-                row.update(state="unanswered", error="cut off before the mesh answered")
-            continue
-        for row, answer in zip(rows[start : start + len(chunk)], answers, strict=True):
-            if isinstance(answer, MeshError):
-                row.update(state="failed", error=str(answer))
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    row = self.rows[item.index]
+                    row.update(task_id=item.task_id, worker=item.worker)
+                    if item.error is None and item.outputs is not None:
+                        save_outputs(
+                            row, output / f"{self.tasks[item.index].stem}.npz", item.outputs
+                        )
+                        failures += row["state"] != "done"
+                    else:
+                        failures += 1
+                        row.update(state="failed", error=str(item.error))
+                    self.progress.update(
+                        self.bar,
+                        advance=1,
+                        note=f"[red]{failures} failed[/red]" if failures else "",
+                    )
+        for task_id, stem in self.client.uncollected():
+            row = by_stem.get(str(stem))
+            if row is None or "state" in row:
+                continue
+            if self.stop.requested:
+                row.update(task_id=task_id, state="interrupted", error="stopped by Ctrl-C")
             else:
-                row.update(task_id=answer.task_id, copies=answer.copies, state="submitted")
-        progress.advance(bar, len(chunk))
+                row.update(
+                    task_id=task_id,
+                    state="timeout",
+                    error=f"no result within {timeout} s; it goes on in the mesh",
+                )
+        if not self.stop.requested:
+            for row in self.rows:
+                if "state" not in row:
+                    row.update(state="timeout", error=f"not submitted within {timeout} s")
+
+    async def submit_only(self) -> None:
+        """``--no-wait``: submit in batches (``submit_many``), not watched: this client
+        neither runs them directly (a direct run's result lives only in the submit's answer)
+        nor collects their results itself; a later ``meshgpu collect`` does. Ctrl-C lets the
+        batch on the wire be answered (its ids are printed), then stops."""
+        from meshgpu.client.batches import BATCH_MAX
+        from meshgpu.errors import MeshError
+
+        for start in range(0, len(self.tasks), BATCH_MAX):
+            if self.stop.requested:
+                return
+            chunk = self.tasks[start : start + BATCH_MAX]
+            inputs = [_load(task.paths) for task in chunk]
+            answers = None
+            with self.stop.sending():
+                try:
+                    answers = await self.client.submit_many(
+                        self.blob,
+                        inputs,
+                        watch=False,
+                        label=[task.stem for task in chunk],
+                        **self.options,
+                    )
+                except MeshError as error:
+                    answers = [error] * len(chunk)
+            if answers is None:  # cut off by Ctrl-C before the mesh answered
+                for row in self.rows[start : start + len(chunk)]:
+                    row.update(state="unanswered", error="cut off before the mesh answered")
+                continue
+            for row, answer in zip(self.rows[start : start + len(chunk)], answers, strict=True):
+                if isinstance(answer, MeshError):
+                    row.update(state="failed", error=str(answer))
+                else:
+                    row.update(task_id=answer.task_id, copies=answer.copies, state="submitted")
+            self.progress.advance(self.bar, len(chunk))
 
 
 def _log_to(console: Any) -> None:
