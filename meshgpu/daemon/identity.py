@@ -124,13 +124,19 @@ class IdentityStore:
         write_text_durably(self.path, json.dumps(record) + "\n")
 
 
-def write_text_durably(path: Path, text: str) -> None:
+def write_text_durably(path: Path, text: str, mode: int | None = None) -> None:
     """Replace ``path`` with ``text`` all at once, on stable storage before it returns: a
-    scratch file beside it, fsynced, renamed over it (a crash leaves the old or the new)."""
+    scratch file beside it, fsynced, renamed over it (a crash leaves the old or the new).
+    ``mode``: the file's permission bits (0o600 for a secret), set on the scratch file
+    before a byte is written, so no other user can ever read it; None: the umask's."""
     scratch = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(scratch, "w", encoding="utf-8") as handle:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        descriptor = os.open(scratch, flags, 0o666 if mode is None else mode)
+        with open(descriptor, "w", encoding="utf-8") as handle:
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)  # a scratch file left by a crash keeps its bits
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

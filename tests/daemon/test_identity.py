@@ -16,6 +16,7 @@ from meshgpu.daemon.identity import (
     IdentityStore,
     NodeIdentity,
     twin_message,
+    write_text_durably,
 )
 from meshgpu.errors import (
     DataDirLockedError,
@@ -130,3 +131,17 @@ def test_own_datagrams_and_other_ids_are_not_twins() -> None:
     assert guard.observe("n-1", True, ("127.0.0.1", 1), now=1.0) is None
     assert guard.observe("n-2", False, ("127.0.0.1", 1), now=1.0) is None
     assert guard.sightings == 0
+
+
+def test_a_durable_write_with_a_mode_is_never_readable_by_others(tmp_path: Path) -> None:
+    import stat
+
+    target = tmp_path / "secret.json"
+    scratch = target.with_name(target.name + ".tmp")
+    scratch.write_text("left by a crash")
+    scratch.chmod(0o644)
+    write_text_durably(target, "{}\n", mode=0o600)
+    assert target.read_text() == "{}\n" and not scratch.exists()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    write_text_durably(target, "[]\n")  # without a mode: the umask's, as before
+    assert target.read_text() == "[]\n"

@@ -39,8 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -49,7 +47,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from meshgpu.daemon.auth.keys import KEY_BYTES, MeshKey
-from meshgpu.errors import DecodeError, KeyringError
+from meshgpu.errors import DecodeError, KeyringError, StorageError
 
 logger = logging.getLogger("meshgpu.daemon")
 
@@ -287,7 +285,10 @@ class Keyring:
         self._removed_ids = {bytes.fromhex(f[:8]): f for f in self._removed}
 
     def _save(self, path: Path) -> None:
-        """Write the keyring atomically (temporary file, fsync, rename), mode 0600."""
+        """Write the keyring atomically and durably (identity's write_text_durably), mode
+        0600 from the first byte."""
+        from meshgpu.daemon.identity import write_text_durably  # (identity imports auth)
+
         document = {
             "format": _FORMAT,
             "keys": [self._keys[f].secret.hex() for f in sorted(self._keys)],
@@ -297,16 +298,9 @@ class Keyring:
             "removed": self._removed,
         }
         try:
-            descriptor, temporary = tempfile.mkstemp(prefix=".keyring-", dir=path.parent)
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                json.dump(document, handle, indent=1)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temporary, 0o600)
-            os.replace(temporary, path)
-        except OSError as error:
-            raise KeyringError(f"cannot write keyring {path}: {error}") from None
+            write_text_durably(path, json.dumps(document, indent=1) + "\n", mode=0o600)
+        except StorageError as error:
+            raise KeyringError(f"keyring: {error}") from None
 
     def _load(self) -> None:
         assert self.path is not None
