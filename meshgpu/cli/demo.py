@@ -49,8 +49,12 @@ class Kill:
     at: float = field(repr=False)
     running: set[str] = field(default_factory=set, repr=False)
     running_at_kill: int = 0
+    running_answered: int = 0
+    """Of those, how many the client received a result for, by the id they had."""
     failover_s: float | None = None
     recovered_s: float | None = None
+    answered_s: float | None = None
+    """When the last of those results arrived, seconds after the kill."""
 
 
 @click.command("demo")
@@ -231,8 +235,10 @@ async def _run(
                     delivered.add(entry_id)
                     if kill is not None and entry_id in kill.running:
                         kill.running.discard(entry_id)
+                        kill.running_answered += 1
+                        kill.answered_s = time.monotonic() - kill.at
                         if not kill.running:
-                            kill.recovered_s = time.monotonic() - kill.at
+                            kill.recovered_s = kill.answered_s
                     finished = outcome["done"] + outcome["failed"] + outcome["lost"]
                     progress.update(
                         bar,
@@ -348,6 +354,35 @@ def _running_text(count: int) -> str:
     return f"it was running {count} task" + ("s" if count > 1 else "")
 
 
+def _running_after_kill(killed: dict[str, Any], every_task_answered: bool) -> str:
+    """What became of the tasks the killed node was running, as the client saw it. A task
+    it was running but the client never got a result for by that id is a copy: the
+    victim had journaled a submission whose answer the kill cut off, and the client sent
+    it again through another node (client/session.py), where it ran under a new id. When
+    every task was answered, that is all it can be; otherwise results are missing."""
+    count = killed["running_at_kill"]
+    if not count:
+        return "it was running no task"
+    answered = killed["running_answered"]
+    when = f" after {_round(killed['answered_s'])} s" if answered else ""
+    if answered == count:
+        return f"its {count} running task(s) finished elsewhere{when}"
+    unseen = count - answered
+    first = (
+        f"{answered} of its {count} running task(s) finished elsewhere{when}; " if answered else ""
+    )
+    if every_task_answered:
+        return (
+            first + f"{'the other' if answered else 'the'} {unseen} it was running were copies of "
+            "submissions the client sent again through another node, where they ran under "
+            "new ids; every task was answered"
+        )
+    return (
+        first
+        + f"[red]no result seen after the kill for {unseen} of its {count} running task(s)[/red]"
+    )
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -378,15 +413,7 @@ def _print_summary(report: dict[str, Any]) -> None:
             + (", the client's entry node" if killed["entry"] else "")
             + f") with SIGKILL after {killed['after_tasks']} tasks",
         )
-        count = killed["running_at_kill"]
-        if not count:
-            rerun = "it was running no task"
-        elif report["recovered_s"] is None:
-            rerun = f"[red]no result seen after the kill for its {count} running task(s)[/red]"
-        else:
-            rerun = (
-                f"its {count} running task(s) finished elsewhere after {report['recovered_s']} s"
-            )
+        rerun = _running_after_kill(killed, every_task_answered=lost == 0)
         if report["failover_s"] is None:  # the run ended before the mesh had failed over
             failover = "not measured (the last result came before a new leader was named)"
         else:

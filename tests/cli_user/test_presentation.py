@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from meshgpu.cli import main
 from meshgpu.cli import submit as submit_module
-from meshgpu.cli.demo import _running_text
+from meshgpu.cli.demo import _running_after_kill, _running_text
 from meshgpu.cli.report import ERRORS_SHOWN, outcome_line
 from meshgpu.cli.status import _groups_note, member_rows
 
@@ -20,6 +20,23 @@ def test_the_kill_line_says_how_many_tasks_in_words() -> None:
     assert _running_text(0) == "it was running no task"
     assert _running_text(1) == "it was running 1 task"
     assert _running_text(3) == "it was running 3 tasks"
+
+
+def test_the_failover_line_says_what_became_of_the_killed_nodes_tasks() -> None:
+    def line(running: int, answered: int, every_task_answered: bool = True) -> str:
+        killed = {"running_at_kill": running, "running_answered": answered, "answered_s": 1.23}
+        return _running_after_kill(killed, every_task_answered)
+
+    assert line(0, 0) == "it was running no task"
+    assert line(4, 4) == "its 4 running task(s) finished elsewhere after 1.23 s"
+    everything = line(4, 0)  # all answered, none by the ids the victim held: copies
+    assert "no result" not in everything and "every task was answered" in everything
+    assert everything.startswith("the 4 it was running were copies")
+    mixed = line(4, 1)
+    assert mixed.startswith("1 of its 4 running task(s) finished elsewhere after 1.23 s")
+    assert "the other 3" in mixed and "every task was answered" in mixed
+    missing = line(4, 1, every_task_answered=False)
+    assert "no result seen after the kill for 3 of its 4 running task(s)" in missing
 
 
 def test_status_names_usable_devices_and_models_on_fallback() -> None:
