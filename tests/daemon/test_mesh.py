@@ -17,6 +17,7 @@ from meshgpu.cli.status import member_rows
 from meshgpu.daemon.auth import Authenticator, Channel, MeshKey
 from meshgpu.daemon.framing import unpack
 from meshgpu.daemon.identity import IdentityStore
+from meshgpu.daemon.rpc import open_rpc
 from meshgpu.errors import ClientError, IncompatiblePeerError
 from tests.daemon.meshprocs import MeshProcess, call, run_to_exit, start_node
 
@@ -296,3 +297,50 @@ async def test_node_of_another_protocol_version_is_told_both_versions(mesh) -> N
     status = await wait(target, key, counter=["auth", "bad_version", 1])
     refused = {g["node_id"]: g for g in status["gone"] if g["state"] == "refused"}
     assert "protocol version 1, this node speaks 2" in refused["old-node"]["reason"]
+
+
+async def test_connection_of_another_protocol_version_is_told_both_versions(mesh) -> None:
+    """The TCP side of the version check: a version-1 frame is answered with a refusal
+    frame naming both versions, the connection closed, and the daemon lists the peer
+    among those refused and goes on serving."""
+    key, nodes = mesh
+    target = nodes[2]
+    sender = b"old-client"
+    header = b"MG" + bytes([1, 1, Channel.FRAME, len(sender)]) + sender + os.urandom(24)
+    version_1 = header + b"ping" + bytes(32)  # a version-1 envelope: no mesh name, an HMAC
+    stream = await trio.open_tcp_stream(*target.address)
+    async with stream:
+        await stream.send_all(struct.pack("!I", len(version_1)) + version_1)
+        reply = b""
+        with trio.fail_after(WAIT_S):  # the refusal, then the daemon closes the connection
+            while chunk := await stream.receive_some(65536):
+                reply += chunk
+    (length,) = struct.unpack("!I", reply[:4])
+    refusal = reply[4:]
+    assert length == len(refusal)
+    assert b"old-client speaks protocol version 1, this node speaks 2" in refusal
+    with pytest.raises(IncompatiblePeerError, match="protocol version 2, mesh 'default'") as told:
+        Authenticator(None, "old-client").open(refusal, Channel.FRAME)
+    assert told.value.reason == "refused_by_peer"
+    status = await call(target, key, "status")
+    refused = {g["node_id"]: g for g in status["gone"] if g["state"] == "refused"}
+    assert "protocol version 1, this node speaks 2" in refused["old-client"]["reason"]
+    assert status["counters"]["auth"]["bad_version"] >= 1
+
+
+async def test_client_of_another_mesh_is_refused_naming_both_meshes(mesh) -> None:
+    """A client holding the mesh key but naming another mesh is refused on its first
+    frame: it reads why (both meshes), and the daemon lists it and goes on serving."""
+    key, nodes = mesh
+    target = nodes[2]
+    stranger = Authenticator(key, "physics-client", mesh="physics")
+    with pytest.raises(ClientError, match="refuses this node") as refused_here:
+        async with open_rpc(target.address, stranger) as rpc:
+            with trio.fail_after(WAIT_S):
+                await rpc.call("status")
+    assert "'default'" in str(refused_here.value) and "'physics'" in str(refused_here.value)
+    assert stranger.refused  # the client's own record of who refused it, and why
+    status = await call(target, key, "status")
+    refused = {g["node_id"]: g for g in status["gone"] if g["state"] == "refused"}
+    reasons = [g["reason"] for g in refused.values() if "'physics'" in g["reason"]]
+    assert reasons and "'default'" in reasons[0]
