@@ -277,8 +277,10 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             key = {"MESHGPU_KEY": MeshKey.generate().secret.hex()}
             os.environ.update(key)  # the keyed daemons' environment
             try:
+                # The open mesh's node names: each view's leader is a hash of the
+                # names (core/leader.py), and other names would place work otherwise.
                 keyed = stack.enter_context(
-                    LocalMesh(root / "keyed", NODES, prefix="keyed", slots=1)
+                    LocalMesh(root / "keyed", NODES, prefix="dispatch", slots=1)
                 )
             finally:
                 os.environ.pop("MESHGPU_KEY")
