@@ -85,10 +85,14 @@ class SubmitTask:
     Precondition: the driver has already stored the inputs locally, content-addressed by
     ``spec.input_digest`` (the origin is the first holder). ``client_ref`` is the driver's
     own correlation key; it comes back in ``TaskAccepted`` / ``TaskRejected``.
+    ``copies_at``: other nodes the driver already gave a checked, durable copy of the
+    inputs (a large upload relayed as it arrived, docs/daemon.md "Relayed uploads"):
+    asked first to hold the task, so the replication finds the copies where they are.
     """
 
     client_ref: str
     spec: TaskSpec
+    copies_at: tuple[NodeId, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,9 @@ class Holding:
         self.next_sequence += 1
         tasks.context.count("tasks_submitted")
         tasks.merge(TaskEntry(task_id, spec, holders=frozenset({tasks.node_id})), now, local=True)
-        tasks.replication.start(task_id, event.client_ref, spec.replicas, now)
+        tasks.replication.start(
+            task_id, event.client_ref, spec.replicas, now, prefer=event.copies_at
+        )
 
     def submitted_here(self, tid: TaskId) -> bool:
         """Whether a client submitted ``tid`` to this node in this life: only such a client

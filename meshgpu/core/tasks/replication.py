@@ -6,6 +6,11 @@ each fetches the inputs over the data plane, journals the entry and announces it
 holder. The submission is acknowledged (and the entry marked ``acknowledged``, which is
 what lets the leader assign it) as soon as enough holders exist.
 
+Nodes the driver already gave a copy (``SubmitTask.copies_at``: a large upload relayed
+as it arrived) are asked first, each once in that order, before the random ones: they
+answer from their own disk, where any other candidate would fetch the whole payload
+again.
+
 A candidate that does not answer within ``replication_timeout_s`` (or dies) is replaced by
 another live member, one not tried yet if any is left, else one tried before (a peer slow
 under load is asked again; it is not given up on). The origin acknowledges with fewer
@@ -39,6 +44,8 @@ class PendingReplication:
     started: float
     outstanding: dict[NodeId, float] = field(default_factory=dict)
     tried: set[NodeId] = field(default_factory=set)
+    prefer: tuple[NodeId, ...] = ()
+    """Nodes that hold a copy already (``SubmitTask.copies_at``): asked before the others."""
 
 
 class Replicator:
@@ -54,9 +61,17 @@ class Replicator:
     def __bool__(self) -> bool:
         return bool(self.pending)
 
-    def start(self, task_id: TaskId, client_ref: str, target: int, now: float) -> None:
-        """A submission was accepted here: find holders (or acknowledge at once)."""
-        replication = PendingReplication(client_ref, target, now)
+    def start(
+        self,
+        task_id: TaskId,
+        client_ref: str,
+        target: int,
+        now: float,
+        prefer: tuple[NodeId, ...] = (),
+    ) -> None:
+        """A submission was accepted here: find holders (or acknowledge at once), asking
+        the nodes of ``prefer`` (which hold a copy already) first."""
+        replication = PendingReplication(client_ref, target, now, prefer=prefer)
         self.pending[task_id] = replication
         self._replicate(task_id, replication, now)
 
@@ -118,6 +133,9 @@ class Replicator:
             again = [n for n in spare if n in replication.tried]
             tasks.rng.shuffle(fresh)
             tasks.rng.shuffle(again)
+            first = [n for n in replication.prefer if n in fresh]
+            if first:
+                fresh = first + [n for n in fresh if n not in first]
             members = tasks.mesh.members()
             for node_id in (fresh + again)[:missing]:
                 replication.tried.add(node_id)

@@ -177,3 +177,37 @@ def test_no_task_runs_before_its_acknowledgement(
             assert effect.task_id in accepted, f"{effect.task_id} ran before acknowledgement"
             assert len(effect.holders) >= accepted[effect.task_id][1], effect
     assert len(accepted) == len(submitters)
+
+
+def test_nodes_given_a_copy_are_asked_first() -> None:
+    """A relayed upload left a copy on one node (``copies_at``): the origin asks that
+    node to hold the task and no other, whichever node the random choice would pick."""
+    h = settled(5)
+    asked_without: set[str] = set()
+    for index, holder in enumerate(["n000", "n002", "n003", "n004", "n002", "n000"]):
+        h.served = set()
+        ref = f"relayed-{index}"
+        spec = TaskSpec("model-a", f"input-relayed-{index}")
+        h.deliver_event("n001", SubmitTask(ref, spec, copies_at=(holder,)))
+        h.run_until(h.now + 0.01)
+        fetching = {
+            n
+            for _, n, e in h.log
+            if isinstance(e, FetchPayload) and e.input_digest == spec.input_digest
+        }
+        assert fetching == {holder}
+        serve_fetches(h)
+        h.run_until(h.now + 0.2)
+        (accepted,) = [e for e in effects(h, TaskAccepted, "n001") if e.client_ref == ref]
+        assert accepted.copies == 2
+        plain = TaskSpec("model-a", f"input-plain-{index}")
+        h.deliver_event("n001", SubmitTask(f"plain-{index}", plain))
+        h.run_until(h.now + 0.01)
+        asked_without |= {
+            n
+            for _, n, e in h.log
+            if isinstance(e, FetchPayload) and e.input_digest == plain.input_digest
+        }
+        serve_fetches(h)
+        h.run_until(h.now + 0.2)
+    assert len(asked_without) >= 2  # without a copy the candidate is drawn at random
