@@ -59,14 +59,15 @@ class Link:
             self.why = why
             self.broken.set()
 
-    async def upload_inputs(self, tensors: TensorBlob, chunk_bytes: int) -> str:
+    async def upload_inputs(self, tensors: TensorBlob, chunk_bytes: int, *, replicas: int) -> str:
         """Send inputs larger than one request to this link's peer in ranges (put_inputs;
         transfers.push: a window of ranges in flight, each sent from the arrays' own
         memory); returns their digest. A peer that holds equal inputs already says so
-        after the first range."""
+        after the first range. ``replicas``: the copies the task will want, which the
+        peer makes as the ranges arrive (docs/daemon.md, "Relayed uploads")."""
         digest = await trio.to_thread.run_sync(tensors.digest)
         await push(
-            functools.partial(self.rpc.call, "put_inputs", digest=digest),
+            functools.partial(self.rpc.call, "put_inputs", digest=digest, replicas=replicas),
             memory_reader(tensors),
             tensors.size,
             digest,

@@ -257,7 +257,9 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
             try:
                 await link.ensure_model(blob)
                 if upload is not None:
-                    fields["input_digest"] = await link.upload_inputs(upload, self.chunk_bytes)
+                    fields["input_digest"] = await link.upload_inputs(
+                        upload, self.chunk_bytes, replicas=int(fields.get("replicas", 2))
+                    )
                 async with self._submit_slots:
                     return await link.rpc.call(op, **fields)
             except RequestFailedError as error:

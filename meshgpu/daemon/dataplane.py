@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import random
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -46,6 +47,7 @@ from meshgpu.core.tasks import TaskId, TaskSpec
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import group_from_bytes, group_result_bytes
+from meshgpu.daemon.relay import Relays
 from meshgpu.daemon.results import RESULT, TRANSFER_TIMEOUT, Members, ResultPlane, task_key
 from meshgpu.daemon.rpc import open_rpc
 from meshgpu.daemon.transfers import (
@@ -124,6 +126,14 @@ class DataPlane(ResultPlane):
         an equal input of a finished task must not be dropped under them."""
         self.completed = 0
         self.failed = 0
+        self.relays = Relays(
+            node_id,
+            lambda: list(self.node.live_members()),
+            self.transfer_link,
+            lambda: self.chunk,
+            random.shuffle,
+        )
+        """Large uploads relayed to the next holders as they arrive (relay.py)."""
         self._fetch_queue: list[fx.FetchPayload] = []
         """Hold requests whose inputs are still to fetch; every one queued by the time the
         fetching task runs (a burst: the tasks of one batch) goes in one request per source."""
@@ -138,6 +148,7 @@ class DataPlane(ResultPlane):
         the worker's result copies every ``sweep_interval`` seconds, until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.relays.nursery = nursery
             nursery.start_soon(self.sweep_results, sweep_interval)
             task_status.started()
 
@@ -177,6 +188,10 @@ class DataPlane(ResultPlane):
     def note_inputs(self, task_id: TaskId, input_digest: str) -> None:
         """A task this node holds refers to ``input_digest`` (submissions, journal replay)."""
         self.input_refs[input_digest].add(task_id)
+
+    def relayed_copies(self, input_digest: str) -> tuple[NodeId, ...]:
+        """The nodes the upload of ``input_digest`` was relayed to, which stored it."""
+        return self.relays.copies_of(input_digest)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()

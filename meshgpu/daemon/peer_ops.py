@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from meshgpu.daemon.handlers import ResultStore
     from meshgpu.daemon.modelstore import ModelStore
     from meshgpu.daemon.payloads import PayloadStore
+    from meshgpu.daemon.relay import InputRelay, Relays
     from meshgpu.daemon.status import TaskLookup
 
 UPLOAD_IDLE_S = 120.0
@@ -60,8 +61,11 @@ class PeerOps:
         results: ResultStore,
         resolved: Callable[[TaskId], fx.TaskResolved | None],
         task_entry: TaskLookup,
+        relays: Relays | None = None,
     ) -> None:
         self.node_id = node_id
+        self.relays = relays
+        """Where a client's upload is passed on to the next holders as it arrives."""
         self.payloads = payloads
         self.models = models
         self.results = results
@@ -151,7 +155,7 @@ class PeerOps:
             await self.results.store(task_key(task_id), RESULT, data, wait=True)
             return {"stored": True}
         slot = (responder.peer, "result", str(task_id), request.get("attempt"))
-        path = await self._receive_range(request, slot, task_key(task_id), RESULT)
+        path, _ = await self._receive_range(request, slot, task_key(task_id), RESULT)
         if path is None:
             return {"received": request["offset"] + len(data)}
         try:
@@ -165,30 +169,45 @@ class PeerOps:
         """A client uploads a task's inputs larger than one frame, in ranges (``digest``,
         ``offset``, ``data``, ``more``), before a ``submit`` that names them by
         ``input_digest``. The last range is answered once the payload hashed to its
-        digest, has the layout of a tensor map, and is on disk."""
+        digest, has the layout of a tensor map, and is on disk. With ``replicas`` (the
+        copies the task will want) the ranges are relayed as they arrive to
+        ``replicas - 1`` other nodes (relay.py), and the last range is answered once
+        those relays ended too; a relay sends none, so its target relays nothing."""
         digest = check_digest(request_field(request, "digest", str))
         data = request_field(request, "data", bytes)
         if self.payloads.has(digest, INPUTS) and request.get("offset") == 0:
             return {"stored": True, "held": True}  # equal inputs are here: nothing to send
+        replicas = request.get("replicas", 1)
+        if not isinstance(replicas, int) or replicas < 1:
+            raise DecodeError(f"'replicas' is a count of copies (1 or more), got {replicas!r}")
         slot = (responder.peer, "inputs", digest, None)
-        path = await self._receive_range({**request, "sha256": digest}, slot, digest, INPUTS)
+        path, relay = await self._receive_range(
+            {**request, "sha256": digest}, slot, digest, INPUTS, copies=replicas
+        )
         if path is None:
             return {"received": request["offset"] + len(data)}
         try:
             await trio.to_thread.run_sync(read_layout, path)
             self.payloads.install(path, digest, INPUTS)
+        except BaseException:
+            if relay is not None:
+                relay.abort()
+            raise
         finally:
             path.unlink(missing_ok=True)
+        if relay is not None and self.relays is not None:
+            self.relays.note(digest, await relay.finish())
         return {"stored": True}
 
     async def _receive_range(
-        self, request: Message, slot: tuple[Any, ...], key: Any, kind: str
-    ) -> Path | None:
+        self, request: Message, slot: tuple[Any, ...], key: Any, kind: str, *, copies: int = 1
+    ) -> tuple[Path | None, InputRelay | None]:
         """Append one range of an upload to its scratch file (a range at offset 0 starts
-        the upload afresh); the checked scratch file after the last range, else None.
-        Invoked for each range as its request is handled: the ranges a sender keeps in
-        flight (transfers.push) may be handled in any order, so each waits here until
-        the ranges before it are written."""
+        the upload afresh); the checked scratch file after the last range, else None,
+        and the upload's relay (``copies`` > 1: relayed to ``copies - 1`` other nodes,
+        each range once it is written here). Invoked for each range as its request is
+        handled: the ranges a sender keeps in flight (transfers.push) may be handled in
+        any order, so each waits here until the ranges before it are written."""
         offset = request_field(request, "offset", int)
         data = request_field(request, "data", bytes)
         now = trio.current_time()
@@ -201,14 +220,16 @@ class PeerOps:
             if previous is not None:
                 previous.drop()
             writer = self.payloads.writer(key, kind)
-            self._ranges_in[slot] = _Upload(writer, now)
+            started = self._ranges_in[slot] = _Upload(writer, now)
             size = request.get("size")
             if isinstance(size, int) and size > len(data):  # a sender says how much comes
                 try:
                     await trio.to_thread.run_sync(writer.reserve, size)
                 except MeshError:
-                    self._forget(slot, self._ranges_in[slot])
+                    self._forget(slot, started)
                     raise
+                if copies > 1 and self.relays is not None and not started.ended:
+                    started.relay = self.relays.start(key, size, copies)
         upload = self._ranges_in.get(slot)
         if upload is None:
             raise DecodeError(f"range at {offset} of an upload that was not started; start at 0")
@@ -224,18 +245,23 @@ class PeerOps:
         upload.writing = True
         try:
             await trio.to_thread.run_sync(writer.write, offset, data)
+            if upload.relay is not None:  # in order: the next range waits for this one
+                await upload.relay.feed(offset, data)
             if upload.ended:
                 raise DecodeError("the upload was started again or dropped meanwhile")
             upload.wrote()
             if request.get("more", False):
-                return None
+                return None, None
             self._forget(slot, upload)
-            return await trio.to_thread.run_sync(
+            path = await trio.to_thread.run_sync(
                 writer.commit, str(request_field(request, "sha256", str))
             )
+            return path, upload.relay
         except BaseException:
             self._forget(slot, upload)
             writer.abort()
+            if upload.relay is not None:
+                upload.relay.abort()
             raise
 
     def _forget(self, slot: tuple[Any, ...], upload: _Upload) -> None:
@@ -281,6 +307,7 @@ class _Upload:
         self.writing = False
         self.ended = False
         self.moved = trio.Event()
+        self.relay: InputRelay | None = None
 
     def wrote(self) -> None:
         self.writing = False
@@ -299,6 +326,8 @@ class _Upload:
         writing = self.writing
         self.ended = True
         self._wake()
+        if self.relay is not None:
+            self.relay.abort()
         if not writing:
             self.writer.abort()
 

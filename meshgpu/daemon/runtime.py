@@ -328,6 +328,7 @@ class Daemon:
             results=self.dataplane,
             resolved=self.handlers.resolved.get,
             task_entry=lookup,
+            relays=self.dataplane.relays,
         )
         """The TCP API's data-plane ops for peers and large uploads (``peer_ops.py``)."""
         self.keyring_exchange = KeyringExchange(

@@ -137,6 +137,8 @@ class InputStore(Protocol):
 
     def note_inputs(self, task_id: TaskId, input_digest: str) -> None: ...
 
+    def relayed_copies(self, input_digest: str) -> tuple[NodeId, ...]: ...
+
     async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None: ...
 
 
@@ -482,7 +484,7 @@ class Submissions:
         client_ref = f"c{next(self._refs)}"
         pending = self._pending[client_ref] = _Pending(client_ref, input_digest)
         self._remember(submission, pending)
-        self._feed(SubmitTask(client_ref, spec))
+        self._feed(SubmitTask(client_ref, spec, self.inputs.relayed_copies(input_digest)))
         return pending
 
     def _release(self, input_digest: str) -> None:

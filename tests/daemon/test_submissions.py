@@ -19,9 +19,15 @@ from meshgpu.core import effects as fx
 from meshgpu.core.events import SubmitTask
 from meshgpu.core.load import DeviceCapabilities
 from meshgpu.core.tasks import DeviceRequirements, TaskId
+from meshgpu.daemon.dataplane import INPUTS
 from meshgpu.daemon.direct import DIRECT_RUN_S, DirectRuns
 from meshgpu.daemon.modelstore import ModelStore
-from meshgpu.daemon.payloads import PayloadStore, decode_tensors, encode_tensors
+from meshgpu.daemon.payloads import (
+    PayloadStore,
+    canonical_tensor_bytes,
+    decode_tensors,
+    encode_tensors,
+)
 from meshgpu.daemon.submissions import Submissions
 from meshgpu.errors import DecodeError, PermanentTaskError, TaskError
 from tests.daemon.fakes import Fed
@@ -39,8 +45,13 @@ class Inputs:
     stored: dict[str, bytes] = field(default_factory=dict)
     noted: list[tuple[TaskId, str]] = field(default_factory=list)
 
+    relayed: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
     def note_inputs(self, task_id: TaskId, input_digest: str) -> None:
         self.noted.append((task_id, input_digest))
+
+    def relayed_copies(self, input_digest: str) -> tuple[str, ...]:
+        return self.relayed.get(input_digest, ())
 
     async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None:
         self.stored[key] = data
@@ -255,3 +266,27 @@ async def test_an_accepted_task_notes_its_inputs_from_the_table(
     m.state["entries"][task_id] = SimpleNamespace(spec=SimpleNamespace(input_digest="d" * 64))
     m.submissions.answer(fx.TaskAccepted("c-unknown", task_id, 2, 2))
     assert m.inputs.noted == [(task_id, "d" * 64)]
+
+
+async def test_a_submit_of_relayed_inputs_names_the_nodes_that_hold_copies(
+    tmp_path: Path, autojump_clock
+) -> None:
+    """Inputs uploaded in ranges and relayed to n2 as they arrived (relay.py): the core is
+    told n2 holds a copy, so its replication asks n2 first."""
+    m = mesh(tmp_path)
+    data = canonical_tensor_bytes({"x": X})
+    digest = hashlib.sha256(data).hexdigest()
+    m.submissions.payloads.put_bytes(digest, INPUTS, data)
+    other_data = canonical_tensor_bytes({"x": X + 1})
+    other = hashlib.sha256(other_data).hexdigest()
+    m.submissions.payloads.put_bytes(other, INPUTS, other_data)
+    m.inputs.relayed[digest] = ("n2",)
+    async with trio.open_nursery() as nursery:
+        for uploaded in (digest, other):
+            nursery.start_soon(
+                m.submissions.submit, {"model_digest": DIGEST, "input_digest": uploaded}
+            )
+        relayed, plain = await answered(m, 1), await answered(m, 2, TaskId("n1", 2))
+    by_digest = {submit.spec.input_digest: submit for submit in (relayed, plain)}
+    assert by_digest[digest].copies_at == ("n2",)
+    assert by_digest[other].copies_at == ()

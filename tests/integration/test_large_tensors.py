@@ -16,7 +16,8 @@ import trio
 from onnx import TensorProto, helper, numpy_helper
 
 from meshgpu.client import AsyncClient
-from meshgpu.client.localmesh import LocalMesh
+from meshgpu.client.localmesh import LocalMesh, LocalNode
+from meshgpu.daemon.blobs import TensorBlob
 from meshgpu.errors import MeshError
 from tests.integration.conftest import WAIT_S, wait_alive
 
@@ -222,4 +223,60 @@ def test_a_result_over_64_mib_with_the_default_frame_limit(tmp_path: Path) -> No
         np.testing.assert_allclose(outputs["y"], expected_wide(model, x), rtol=1e-4, atol=1e-4)
 
     with LocalMesh(tmp_path, 3, prefix="big") as mesh:
+        trio.run(run, mesh)
+
+
+def test_the_entry_node_killed_after_or_while_it_relays_an_upload_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """A fresh mesh (every address current): once a submit of relayed inputs is
+    acknowledged, the second holder has them on its disk and the entry node's SIGKILL
+    loses nothing. Then SIGKILL the next entry node while it relays an upload (both
+    write their copy): nothing was acknowledged, the client submits again through the
+    node left and gets every byte."""
+    x = np.random.default_rng(7).standard_normal((1000, 4000)).astype(np.float32)  # 16 MB
+    config = tmp_path / "mesh.toml"
+    config.write_text(f"[daemon]\nmax_frame_bytes = {FRAME}\n")
+
+    def receiving(node: LocalNode) -> bool:
+        return bool(list((node.data_dir / "payloads").glob("*.inputs.*.tmp")))
+
+    async def run(mesh: LocalMesh) -> None:
+        await wait_alive(mesh, 3)
+        first = mesh.nodes[0]
+        async with client(mesh) as mesh_client:
+            handle = await mesh_client.submit(relu_model(), {"x": x}, watch=False)
+            row = (await rows(mesh_client))[handle.task_id]
+        assert handle.copies == 2 and first.name in row["holders"]
+        (holder,) = [node for node in mesh.nodes if node.name in row["holders"] and node != first]
+        digest = TensorBlob({"x": x}).digest()
+        assert (holder.data_dir / "payloads" / f"{digest}.inputs").exists()  # on its disk
+        first.kill()
+        async with client(mesh, mesh.nodes.index(holder)) as mesh_client:
+            outputs = await mesh_client.attach(handle.task_id).result(WAIT_S * 2)
+        np.testing.assert_array_equal(outputs["y"], np.maximum(x, 0))
+
+        entry, other = holder, next(node for node in mesh.nodes if node.running and node != holder)
+        killed: list[str] = []
+
+        async def kill_while_relaying() -> None:
+            while not (receiving(entry) and receiving(other)):
+                await trio.sleep(0.001)
+            entry.kill()
+            killed.append(entry.name)
+
+        async with AsyncClient(
+            entry.peer, environ={}, max_frame_bytes=FRAME, status_interval=0.5
+        ) as mesh_client:
+            await (await mesh_client.submit(relu_model(), {"x": x[:10]})).result(WAIT_S)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_while_relaying)
+                handle = await mesh_client.submit(relu_model(), {"x": x + 1})
+                outputs = await handle.result(WAIT_S * 2)
+                nursery.cancel_scope.cancel()
+            assert killed == [entry.name]
+            assert [failover.from_node for failover in mesh_client.failovers] == [entry.name]
+        np.testing.assert_array_equal(outputs["y"], np.maximum(x + 1, 0))
+
+    with LocalMesh(tmp_path, 3, prefix="rl", extra_args=("--config", str(config))) as mesh:
         trio.run(run, mesh)
