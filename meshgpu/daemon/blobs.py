@@ -379,9 +379,11 @@ class TensorReceiver:
     parsed as it arrives and checked as :func:`read_layout` checks a file's, and its
     array is allocated then, never larger than what the announced size leaves; the bytes
     after a header are copied into that array. :meth:`tensors` hands them over once the
-    last byte came."""
+    last byte came. ``hashed``: the bytes are hashed as they come (:meth:`hexdigest`),
+    for a copy that must match a digest (a worker's inputs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hashed: bool = False) -> None:
+        self._hash = hashlib.sha256() if hashed else None
         self.size = 0
         self._announced: int | None = None
         self._pending = bytearray()
@@ -408,6 +410,8 @@ class TensorReceiver:
         if offset != self.size:
             raise DecodeError(f"range at {offset} sent, {self.size} expected; start again at 0")
         view = memoryview(chunk).cast("B")
+        if self._hash is not None:
+            self._hash.update(view)
         self.size += len(view)
         while view:
             if self._filling is not None:
@@ -470,6 +474,11 @@ class TensorReceiver:
         self._tensors[slot.name] = array
         if slot.nbytes:
             self._filling = (array.reshape(-1).view(np.uint8).data, 0)
+
+    def hexdigest(self) -> str:
+        """The sha256 of the bytes received (a receiver made with ``hashed``)."""
+        assert self._hash is not None, "made without hashed=True"
+        return self._hash.hexdigest()
 
     def tensors(self) -> dict[str, np.ndarray]:
         """The arrays, once every byte came; DecodeError if the payload ended early."""

@@ -45,6 +45,7 @@ from meshgpu.core.events import (
 )
 from meshgpu.core.tasks import TaskId, TaskSpec
 from meshgpu.core.types import Address, NodeId
+from meshgpu.daemon.blobs import TensorReceiver
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import group_from_bytes, group_result_bytes
 from meshgpu.daemon.relay import Relays
@@ -235,11 +236,14 @@ class DataPlane(ResultPlane):
     # --- inputs ----------------------------------------------------------------------
 
     async def fetch_inputs(
-        self, digest: str, sources: Iterable[NodeId], *, durable: bool
+        self, digest: str, sources: Iterable[NodeId], *, durable: bool, arrays: bool = False
     ) -> Fetched:
         """The input payload ``digest``: from our store, else from the first source that
         has it (a large one into a scratch file, checked against its digest, and synced
-        to disk if ``durable``: a holder's copy, not a worker's read-once scratch)."""
+        to disk if ``durable``: a holder's copy, not a worker's read-once scratch). With
+        ``arrays`` (a worker's copy of one task's tensor map) a large one is received
+        straight into its arrays, hashed as it arrives: no scratch file written and
+        read back, the same one copy in memory that loading the file made."""
         payloads = self.payloads
         local = payloads.get_memory(digest, INPUTS)
         if local is not None:
@@ -253,14 +257,28 @@ class DataPlane(ResultPlane):
             if node_id == self.node_id:
                 continue
             try:
-                data, writer = await pull(
-                    self._ranges(node_id, "get_inputs", digest=digest),
-                    self.chunk,
-                    lambda: payloads.writer(digest, INPUTS, durable=durable),
-                    open_rest=functools.partial(
-                        self._transfer_ranges, node_id, "get_inputs", digest=digest
-                    ),
+                first = self._ranges(node_id, "get_inputs", digest=digest)
+                rest = functools.partial(
+                    self._transfer_ranges, node_id, "get_inputs", digest=digest
                 )
+                if arrays:
+                    data, receiver = await pull(
+                        first, self.chunk, lambda: TensorReceiver(hashed=True), open_rest=rest
+                    )
+                    if receiver is not None:
+                        if receiver.hexdigest() != digest:
+                            raise DigestMismatchError(
+                                f"inputs from {node_id} do not match {digest[:12]}"
+                            )
+                        return Fetched(arrays=receiver.tensors())
+                    writer = None
+                else:
+                    data, writer = await pull(
+                        first,
+                        self.chunk,
+                        lambda: payloads.writer(digest, INPUTS, durable=durable),
+                        open_rest=rest,
+                    )
                 if writer is not None:
                     path = await trio.to_thread.run_sync(
                         functools.partial(writer.commit, digest, durable=durable)
@@ -428,7 +446,7 @@ class DataPlane(ResultPlane):
                 try:
                     sources = [effect.task_id.origin, *effect.holders]
                     fetched = await self.fetch_inputs(
-                        spec.input_digest, effect.holders, durable=False
+                        spec.input_digest, effect.holders, durable=False, arrays=spec.members == 1
                     )
                     await self.obtain_model(spec.model_digest, sources)
 
@@ -445,6 +463,7 @@ class DataPlane(ResultPlane):
                         else:
                             tensors = await fetched.tensors()
                             fetched.discard()  # loaded: the scratch copy is not needed
+                            fetched = None  # ``tensors`` is the one copy, freed with it
                             outputs, run_s = await self.executor.run(
                                 spec.model_digest, model_path, tensors, on_slot=on_slot
                             )

@@ -242,19 +242,23 @@ async def push(
 @dataclass(frozen=True)
 class Fetched:
     """A task's input payload where the worker can read it: in memory (``data``), or in a
-    file (``path``), which is a scratch copy of our own when ``owned``."""
+    file (``path``), which is a scratch copy of our own when ``owned``, or received
+    straight into its arrays (``arrays``: a worker's read-once copy of a task's inputs)."""
 
     data: bytes | None = None
     path: Path | None = None
     owned: bool = False
+    arrays: dict[str, Any] | None = None
 
     async def read_bytes(self) -> bytes:
         if self.data is not None:
             return self.data
-        assert self.path is not None
+        assert self.path is not None, "inputs received as arrays have no bytes"
         return await trio.to_thread.run_sync(self.path.read_bytes)
 
     async def tensors(self) -> dict[str, Any]:
+        if self.arrays is not None:
+            return self.arrays
         if self.data is not None:
             return tensors_from_bytes(self.data)
         assert self.path is not None

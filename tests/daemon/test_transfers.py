@@ -253,6 +253,25 @@ async def test_a_corrupted_range_from_the_only_holder_fails_the_fetch(tmp_path: 
     assert not list(store.directory.glob("*.tmp"))
 
 
+@pytest.mark.parametrize("corrupt", [set(), {"first"}])
+async def test_a_workers_inputs_arrive_straight_in_their_arrays_checked(
+    tmp_path: Path, corrupt: set[str]
+) -> None:
+    """A worker's read-once copy (``arrays``): no scratch file, the arrays themselves;
+    hashed as it arrives, so a damaged copy is refused and fetched from the next holder."""
+    _, data, digest = tensor_payload()
+    holders = Holders(data, corrupt=corrupt)
+    fetching, store = plane(holders, tmp_path, ["w", "a", "b"])
+    fetched = await fetching.fetch_inputs(digest, ["a", "b"], durable=False, arrays=True)
+    assert fetched.arrays is not None and fetched.path is None
+    assert np.array_equal((await fetched.tensors())["x"], np.arange(40_000, dtype=np.float32))
+    assert {node for node, _ in holders.asked} == ({"a", "b"} if corrupt else {"a"})
+    assert not list(store.directory.iterdir())  # nothing written here
+    holders.corrupt = {"a", "b"}
+    with pytest.raises(MeshError, match="do not match"):
+        await fetching.fetch_inputs(digest, ["a", "b"], durable=False, arrays=True)
+
+
 def test_a_reserved_file_is_cut_to_what_was_written(tmp_path: Path) -> None:
     writer = BlobWriter(tmp_path, "p", durable=True)
     writer.reserve(1 << 20)  # the sender said 1 MiB; less came
