@@ -97,3 +97,50 @@ def test_launch_variants_are_measured_once_then_read_back(tmp_path, monkeypatch)
     np.testing.assert_allclose(first, x @ weight, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(first, second)
     tuning.reset_memory()
+
+
+def test_convolution_launch_shape_is_searched_once_and_kept(tmp_path, monkeypatch) -> None:
+    """A stride-1 convolution's tile counts per work-item are measured like the product's
+    (the rule's choice first), recorded with what the search cost, and read back by a
+    second session."""
+    import json
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    from meshgpu.inference.opencl import OpenCLSession, tuning
+
+    monkeypatch.setenv("MESHGPU_CACHE_DIR", str(tmp_path))
+    tuning.reset_memory()
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((40, 24, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "tuned conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 24, 20, 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    x = rng.standard_normal((2, 24, 20, 20)).astype(np.float32)
+    before = tuning.searches
+    first = OpenCLSession(model).run({"x": x})["y"]
+    assert tuning.searches == before + 1
+    entries = json.loads((tmp_path / "tuning.json").read_text())
+    (key,) = entries
+    entry = entries[key]
+    assert "conv_gemm6" in key and entry["search_ms"] >= 0
+    assert len(entry["times_us"]) >= 3 and entry["value"] in entry["times_us"]
+    tuning.reset_memory()
+    second = OpenCLSession(model).run({"x": x})["y"]
+    assert tuning.searches == before + 1
+    np.testing.assert_array_equal(first, second)
+    tuning.reset_memory()
+
+
+def test_the_rules_choice_stays_unless_clearly_beaten() -> None:
+    from meshgpu.inference.opencl import tuning
+
+    assert tuning.pick([100.0, 95.0, 120.0], prefer_first=True) == 0  # within the margin
+    assert tuning.pick([100.0, 80.0, 85.0], prefer_first=True) == 1
+    assert tuning.pick([100.0, 95.0, 120.0], prefer_first=False) == 1

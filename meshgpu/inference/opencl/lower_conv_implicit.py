@@ -33,6 +33,7 @@ from meshgpu.inference.opencl.plan import PlanBuilder
 from meshgpu.inference.opencl.registry import f32
 from meshgpu.inference.opencl.registry import i32 as _i32
 from meshgpu.inference.opencl.tensors import FLOAT_BYTES, DeviceTensor, KernelArg
+from meshgpu.inference.opencl.tuning import Variant
 
 PANEL = 8
 
@@ -109,6 +110,25 @@ def choose_layout(conv: ConvShape) -> ImplicitLayout | None:
     if conv.groups_out * (layout.dropped_fraction(conv) - gain) > IMPLICIT_WASTE_BUDGET:
         return None
     return layout
+
+
+def _gemm6_variants(
+    tiles: int, row_tiles: int, images: int, chosen: tuple[int, int], position: int
+) -> list[Variant]:
+    """``conv_gemm6`` launch shapes to measure: the rule's (column tiles, row tiles) per
+    work-item first, then each count moved alone to 1, 2, 4 or all column tiles and to 1
+    or all row tiles (at most seven launches, each timed four times, per shape)."""
+    per_item, rows_per_item = chosen
+    shapes = [chosen]
+    shapes += [(columns, rows_per_item) for columns in (1, 2, 4, tiles)]
+    shapes += [(per_item, rows) for rows in (1, row_tiles)]
+    variants: dict[tuple[int, int], Variant] = {}
+    for columns, rows in shapes:
+        columns, rows = min(columns, tiles), min(rows, row_tiles)
+        grid = (-(-tiles // columns), -(-row_tiles // rows), images)
+        if grid not in variants:
+            variants[grid] = Variant(grid, position, columns, ((position + 1, rows),))
+    return list(variants.values())
 
 
 def _is_wide(conv: ConvShape) -> bool:
@@ -230,21 +250,28 @@ def lower_implicit(
         rows_per_item = -(-row_tiles // row_groups)
         sizes = [conv.groups_out, depth, layout.columns, layout.row_pitch]
         sizes += [conv.out_h, conv.out_w, conv.groups]
+        args: list[KernelArg] = [
+            pack(CONV6_ROWS),
+            *head,
+            *(_i32(v) for v in (*sizes, *strides, *flags)),
+            f32(act_a),
+            f32(act_b),
+            _i32(per_item),
+            _i32(rows_per_item),
+        ]
         builder.launch(
             node,
             CORE_SOURCE,
             "conv_gemm6",
-            [
-                pack(CONV6_ROWS),
-                *head,
-                *(_i32(v) for v in (*sizes, *strides, *flags)),
-                f32(act_a),
-                f32(act_b),
-                _i32(per_item),
-                _i32(rows_per_item),
-            ],
+            args,
             grid=(column_items, -(-row_tiles // rows_per_item), images),
             local=(1, 1, 1),
+            # the rule's tile counts first; neighbours measured per device (tuning.py)
+            variants=_gemm6_variants(
+                tiles, row_tiles, images, (per_item, rows_per_item), len(args) - 2
+            ),
+            tuning_shape=(conv.groups, conv.batch, conv.groups_out, depth, layout.columns),
+            prefer_first_variant=True,
         )
         return True
     blocks = -(-layout.columns // PANEL)

@@ -56,6 +56,8 @@ class Launch:
     variants: list[tuning.Variant] | None = None
     #: The shape the tuning choice is kept under (with the kernel and the device).
     tuning_shape: tuple[int, ...] = ()
+    #: The first variant is the lowering's own choice, kept unless clearly beaten.
+    prefer_first_variant: bool = False
 
 
 @dataclass
@@ -325,6 +327,7 @@ class PlanBuilder(WeightUploads):
         per_item: int = 1,
         variants: list[tuning.Variant] | None = None,
         tuning_shape: tuple[int, ...] = (),
+        prefer_first_variant: bool = False,
     ) -> None:
         """Queue a launch over ``total`` work-items (each handling ``per_item`` elements) in
         ``local``-sized groups (default 8), or over an explicit ``grid``."""
@@ -349,6 +352,7 @@ class PlanBuilder(WeightUploads):
                 node.name,
                 variants=variants if variants and len(variants) > 1 else None,
                 tuning_shape=tuning_shape,
+                prefer_first_variant=prefer_first_variant,
             )
         )
 
@@ -506,6 +510,7 @@ class PlanBuilder(WeightUploads):
                 launch.tuning_shape,
                 launch.variants,
                 launch.local_size,
+                prefer_first=launch.prefer_first_variant,
             )
             launch.global_size = chosen.grid
 

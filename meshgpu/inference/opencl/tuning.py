@@ -1,14 +1,21 @@
 """Launch shapes chosen per device by measuring them once, and kept on disk.
 
 A lowering may offer a launch in several *variants*: the same kernel and arguments with
-another grid and another value of one work-size argument (``matmul_tiles``: how many 8-column
-blocks one work-item takes). Which is fastest depends on the device (a CPU wants few, large
-work-groups, a GPU many) and on the shape, so the first plan that needs a choice times every
-variant on the plan's own buffers with a profiling queue (one warm-up run, then the best of
-three) and keeps the winner in ``tuning.json`` beside the program binaries (``$MESHGPU_CACHE_DIR``,
-else ``$XDG_CACHE_HOME/meshgpu``, else ``~/.cache/meshgpu``), keyed by the device, its driver,
-the kernel and the shape. Each entry records what the search cost (``search_ms``); a second
-process, or a second plan of the same shape, reads the choice and measures nothing.
+another grid and other values of its work-size arguments (``matmul_tiles``: how many
+8-column blocks one work-item takes; ``conv_gemm6``: how many 16-column tiles and how many
+6-row tiles). Which is fastest depends on the device (a CPU wants few, large work-groups, a
+GPU many) and on the shape, so the first plan that needs a choice times every variant on
+the plan's own buffers with a profiling queue (one warm-up run, then the best of five, in
+rounds over the variants) and keeps the winner in ``tuning.json`` beside the program
+binaries (``$MESHGPU_CACHE_DIR``, else ``$XDG_CACHE_HOME/meshgpu``, else
+``~/.cache/meshgpu``), keyed by the device, its driver, the kernel and the shape. Each entry
+records what the search cost (``search_ms``); a second process, or a second plan of the
+same shape, reads the choice and measures nothing.
+
+Where the lowering's own rule already picks a launch shape (the convolutions), that choice
+is the first variant and ``prefer_first`` keeps it unless another is faster by ``MARGIN``:
+a search on a busy machine measures noise too, and a near-tie is not worth leaving a rule
+that was measured with care.
 """
 
 from __future__ import annotations
@@ -29,8 +36,13 @@ from meshgpu.inference.opencl.programs import binary_cache_folder
 
 CACHE_FILE = "tuning.json"
 
-#: Timed runs per variant (after one warm-up run); the fastest counts.
-TIMED_RUNS = 3
+#: Timed runs per variant (after one warm-up run), taken in rounds over all the variants
+#: so that a spell of load on a shared machine slows every variant, not one; the fastest
+#: run of each counts.
+TIMED_RUNS = 5
+
+#: How much faster than the first variant another must be to replace it (``prefer_first``).
+MARGIN = 0.1
 
 _lock = threading.Lock()
 _memory: dict[str, dict[str, Any]] | None = None
@@ -40,11 +52,26 @@ searches = 0
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to launch: its grid, and the value of the kernel argument at ``position``."""
+    """One way to launch: its grid, and the value of the kernel argument at ``position``
+    (and of the arguments at the positions in ``more``)."""
 
     grid: tuple[int, ...]
     position: int
     value: int
+    more: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """What the cache records for this variant: its value(s)."""
+        return ",".join(str(v) for v in (self.value, *(value for _, value in self.more)))
+
+    def bind(self, kernel: cl.Kernel) -> None:
+        for position, value in ((self.position, self.value), *self.more):
+            kernel.set_arg(position, np.int32(value))
+
+
+def _matches(variant: Variant, entry: dict[str, Any]) -> bool:
+    return variant.label == str(entry.get("value"))
 
 
 def cache_path() -> Path:
@@ -103,7 +130,16 @@ def is_cached(
     """Whether a choice among ``variants`` is known for this device, kernel and shape."""
     with _lock:
         entry = _read().get(_key(device, kernel_name, shape))
-    return isinstance(entry, dict) and any(v.value == entry.get("value") for v in variants)
+    return isinstance(entry, dict) and any(_matches(v, entry) for v in variants)
+
+
+def pick(timings: list[float], prefer_first: bool) -> int:
+    """Index of the variant to keep: the fastest, or with ``prefer_first`` the first unless
+    the fastest beats it by ``MARGIN``."""
+    fastest = int(np.argmin(timings))
+    if prefer_first and timings[fastest] > timings[0] * (1.0 - MARGIN):
+        return 0
+    return fastest
 
 
 def choose(
@@ -114,36 +150,42 @@ def choose(
     shape: tuple[int, ...],
     variants: list[Variant],
     local: tuple[int, ...],
+    prefer_first: bool = False,
 ) -> Variant:
     """The variant to launch ``kernel`` with (its arguments already bound): the cached
-    choice for this device, kernel and shape, else the fastest measured now."""
+    choice for this device, kernel and shape, else the fastest measured now (with
+    ``prefer_first``, the first unless another beats it by ``MARGIN``)."""
     global searches
     key = _key(device, kernel_name, shape)
     with _lock:
         entry = _read().get(key)
         if isinstance(entry, dict):
             for variant in variants:
-                if variant.value == entry.get("value"):
-                    kernel.set_arg(variant.position, np.int32(variant.value))
+                if _matches(variant, entry):
+                    variant.bind(kernel)
                     return variant
     started = time.perf_counter()
     queue = cl.CommandQueue(context, properties=cl.command_queue_properties.PROFILING_ENABLE)
-    timings = []
-    for variant in variants:
-        kernel.set_arg(variant.position, np.int32(variant.value))
-        cl.enqueue_nd_range_kernel(queue, kernel, variant.grid, local)  # warm-up
-        events = [
-            cl.enqueue_nd_range_kernel(queue, kernel, variant.grid, local)
-            for _ in range(TIMED_RUNS)
-        ]
+    for variant in variants:  # warm-up
+        variant.bind(kernel)
+        cl.enqueue_nd_range_kernel(queue, kernel, variant.grid, local)
+    queue.finish()
+    runs: list[list[float]] = [[] for _ in variants]
+    for _ in range(TIMED_RUNS):  # rounds over every variant: a busy spell hits them all
+        events = []
+        for variant in variants:
+            variant.bind(kernel)
+            events.append(cl.enqueue_nd_range_kernel(queue, kernel, variant.grid, local))
         queue.finish()
-        timings.append(min(e.profile.end - e.profile.start for e in events) / 1000.0)
-    best = variants[int(np.argmin(timings))]
-    kernel.set_arg(best.position, np.int32(best.value))
+        for times, event in zip(runs, events, strict=True):
+            times.append((event.profile.end - event.profile.start) / 1000.0)
+    timings = [min(times) for times in runs]
+    best = variants[pick(timings, prefer_first)]
+    best.bind(kernel)
     entry = {
-        "value": best.value,
+        "value": best.value if not best.more else best.label,
         "grid": list(best.grid),
-        "times_us": {str(v.value): round(t, 1) for v, t in zip(variants, timings, strict=True)},
+        "times_us": {v.label: round(t, 1) for v, t in zip(variants, timings, strict=True)},
         "search_ms": round((time.perf_counter() - started) * 1000.0, 2),
     }
     with _lock:
