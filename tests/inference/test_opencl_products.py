@@ -230,3 +230,37 @@ def test_convnext_block_tail_and_channels_last_norm(device) -> None:
     model = _model(nodes, [("x", x)], ["y"], weights, opset=20)
     kernels = _run(device, model, {"x": x})
     assert kernels == ["normalize_rows_t8", "matmul_tiles", "matmul_tiles"]
+
+
+@pytest.mark.parametrize(
+    ("side", "kernel"),
+    [(4, "normalize_rows_t8"), (2, "normalize_rows_strided"), (1, "normalize_rows_strided")],
+)
+def test_channels_first_layer_norm_is_one_launch(device, side, kernel) -> None:
+    """ConvNeXt's LayerNorm over the channels of a channels-first map (its stem, downsample
+    layers and head): permute, LayerNorm, permute back is one launch reading and writing
+    channels-first, eight pixels per work-item where a map has a multiple of 8, one per
+    work-item on the 2x2 and 1x1 maps."""
+    channels = 12
+    x = randn(2, channels, side, side, seed=24)
+    weights = {"gamma": randn(channels, seed=25), "beta": randn(channels, seed=26)}
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 3, 1]),
+        helper.make_node("LayerNormalization", ["xt", "gamma", "beta"], ["n"], axis=-1),
+        helper.make_node("Transpose", ["n"], ["y"], perm=[0, 3, 1, 2]),
+    ]
+    model = _model(nodes, [("x", x)], ["y"], weights, opset=20)
+    assert _run(device, model, {"x": x}) == [kernel]
+
+
+def test_layer_norm_keeps_a_permute_that_is_not_the_way_back(device) -> None:
+    x = randn(2, 8, 4, 4, seed=27)
+    weights = {"gamma": randn(8, seed=28), "beta": randn(8, seed=29)}
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 3, 1]),
+        helper.make_node("LayerNormalization", ["xt", "gamma", "beta"], ["n"], axis=-1),
+        helper.make_node("Transpose", ["n"], ["y"], perm=[0, 3, 2, 1]),
+    ]
+    model = _model(nodes, [("x", x)], ["y"], weights, opset=20)
+    kernels = _run(device, model, {"x": x})
+    assert kernels[0] == "normalize_rows_t8" and len(kernels) == 2

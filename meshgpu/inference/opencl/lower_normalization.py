@@ -19,10 +19,10 @@ from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.normalization import NORMALIZATION_SOURCE
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
-from meshgpu.inference.opencl.lower_tensor import _count, collapse
+from meshgpu.inference.opencl.lower_tensor import _count, row_steps
 from meshgpu.inference.opencl.plan import PlanBuilder
 from meshgpu.inference.opencl.registry import f32, i32, lowers
-from meshgpu.inference.opencl.tensors import KernelArg
+from meshgpu.inference.opencl.tensors import KernelArg, contiguous_strides
 
 
 def _parameter(
@@ -132,11 +132,17 @@ def lower_layer_norm(builder: PlanBuilder, node: Node) -> None:
     if layout is not None and node.op == "LayerNormalization" and not any(outputs):
         view = builder.views[node.inputs[0]]
         inner, outer, stride = layout
-        output = builder.new_tensor(node.outputs[0], shape)
+        back = _transpose_back(builder, node.outputs[0], tuple(shape), view.strides)
+        if back is not None:  # written channels-first: the permute back is this launch's
+            builder.absorb(back[0])
+            output = builder.new_tensor(back[0].outputs[0], back[1])
+        else:
+            output = builder.new_tensor(node.outputs[0], shape)
+        vector = inner % 8 == 0
         builder.launch(
             node,
             VECTOR_SOURCE + NORMALIZATION_SOURCE,
-            "normalize_rows_t8",
+            "normalize_rows_t8" if vector else "normalize_rows_strided",
             [
                 view.storage,
                 output.storage,
@@ -150,9 +156,10 @@ def lower_layer_norm(builder: PlanBuilder, node: Node) -> None:
                 f32(float(node.attrs.get("epsilon", 1e-5))),
                 i32(scale is not None),
                 i32(bias is not None),
-                i32(rows // 8),
+                i32(back is not None),
+                i32(rows // 8 if vector else rows),
             ],
-            total=rows // 8,
+            total=rows // 8 if vector else rows,
         )
         return
     _launch(
@@ -171,16 +178,39 @@ def lower_layer_norm(builder: PlanBuilder, node: Node) -> None:
 
 def _rows_of_view(builder: PlanBuilder, name: str, axis: int) -> tuple[int, int, int] | None:
     """For a view normalised over its last axis whose rows step through memory as
-    ``(r / inner) * outer + r % inner`` with ``inner`` a multiple of 8 (a channels-first
-    tensor permuted to channels-last): (inner, outer, element stride); else None."""
+    ``(r / inner) * outer + r % inner`` (a channels-first tensor permuted to channels-last):
+    (inner, outer, element stride); else None."""
     view = builder.views.get(name)
     if view is None or axis != len(view.shape) - 1 or len(view.shape) < 2:
         return None
-    dims, (strides,) = collapse(view.shape[:-1], view.strides[:-1])
-    if len(dims) > 2 or strides[-1] != 1 or dims[-1] % 8:
+    steps = row_steps(view.shape[:-1], view.strides[:-1])
+    if steps is None:
         return None
-    outer = strides[0] if len(dims) == 2 else 0
-    return dims[-1], outer, view.strides[-1]
+    return steps[0], steps[1], view.strides[-1]
+
+
+def _transpose_back(
+    builder: PlanBuilder, name: str, shape: tuple[int, ...], strides: tuple[int, ...]
+) -> tuple[Node, tuple[int, ...]] | None:
+    """The Transpose that alone reads ``name`` (a LayerNorm's output of ``shape``, laid
+    out like its input view of ``strides``) and its output shape, when writing each
+    element at its view position gives that Transpose's contiguous output: ConvNeXt's
+    permute back to channels-first after a LayerNorm."""
+    consumer = builder.sole_consumer(name)
+    if consumer is None or consumer.op != "Transpose" or not consumer.outputs[0]:
+        return None
+    rank = len(shape)
+    perm = [int(p) for p in consumer.attrs.get("perm", list(range(rank - 1, -1, -1)))]
+    if sorted(perm) != list(range(rank)):
+        return None
+    out_shape = tuple(shape[p] for p in perm)
+    out_strides = contiguous_strides(out_shape)
+    written = [0] * rank  # where index i along each axis of the LayerNorm output lands
+    for position, axis in enumerate(perm):
+        written[axis] = out_strides[position]
+    if any(written[d] != strides[d] for d in range(rank) if shape[d] > 1):
+        return None
+    return consumer, out_shape
 
 
 @lowers("InstanceNormalization")

@@ -246,7 +246,8 @@ def _feeds_strided_norm(
     builder: PlanBuilder, node: Node, name: str, shape: Sequence[int], strides: Sequence[int]
 ) -> bool:
     """A Transpose whose only reader is a LayerNormalization over the last axis that reads
-    rows of this layout in place (``normalize_rows_t8``: eight consecutive rows a lane each)."""
+    rows of this layout in place (``normalize_rows_t8``: eight consecutive rows a lane each,
+    or ``normalize_rows_strided`` where the consecutive rows are not a multiple of 8)."""
     consumer = builder.sole_consumer(name)
     if node.op != "Transpose" or consumer is None or consumer.op != "LayerNormalization":
         return False
@@ -256,8 +257,19 @@ def _feeds_strided_norm(
         return False
     if len([o for o in consumer.outputs if o]) != 1:
         return False
-    dims, (rows,) = collapse(shape[:-1], strides[:-1])
-    return len(dims) <= 2 and rows[-1] == 1 and dims[-1] % 8 == 0
+    return row_steps(shape[:-1], strides[:-1]) is not None
+
+
+def row_steps(shape: Sequence[int], strides: Sequence[int]) -> tuple[int, int] | None:
+    """(inner, outer) such that row ``r`` of a tensor with these leading dimensions and
+    strides starts at ``(r / inner) * outer + r % inner``, or None where no such pair
+    describes them."""
+    dims, (steps,) = collapse(shape, strides)
+    if len(dims) == 1:
+        return (dims[0], 0) if steps[0] in (0, 1) else (1, steps[0])
+    if len(dims) == 2 and steps[1] == 1:
+        return dims[1], steps[0]
+    return None
 
 
 def _source(builder: PlanBuilder, node: Node) -> View:

@@ -93,16 +93,18 @@ __kernel void normalize_rows(__global const float* restrict x, __global float* r
    before each LayerNorm, left as a view): eight rows per work-item, one per vector lane.
    Row r starts at offset + (r / inner) * outer + r % inner (inner a multiple of 8, so the
    eight rows of a work-item are consecutive in memory); its element j is `stride` further.
-   The output is written contiguous, row after row. */
+   The output is written contiguous, row after row, or (same_layout, when the permute
+   back to channels-first is fused) at the input's positions less its offset. */
 __kernel void normalize_rows_t8(__global const float* restrict x, __global float* restrict y,
                                 __global const float* restrict scale,
                                 __global const float* restrict bias, int length, int inner,
                                 int outer, int stride, int offset, float epsilon,
-                                int has_scale, int has_bias, int groups) {
+                                int has_scale, int has_bias, int same_layout, int groups) {
   int g = get_global_id(0);
   if (g >= groups) return;
   int r0 = g * 8;
-  const __global float* xr = x + offset + (r0 / inner) * outer + r0 % inner;
+  int position = (r0 / inner) * outer + r0 % inner;
+  const __global float* xr = x + offset + position;
   float8 sum = 0.0f;
   for (int j = 0; j < length; j++) sum += load8(xr + j * stride);
   float8 mean = sum / (float8)((float)length);
@@ -112,6 +114,16 @@ __kernel void normalize_rows_t8(__global const float* restrict x, __global float
     squares += d * d;
   }
   float8 inverse = (float8)(1.0f) / sqrt(squares / (float8)((float)length) + (float8)(epsilon));
+  if (same_layout) {
+    __global float* yp = y + position;
+    for (int j = 0; j < length; j++) {
+      float8 v = (load8(xr + j * stride) - mean) * inverse;
+      if (has_scale) v *= (float8)(scale[j]);
+      if (has_bias) v += (float8)(bias[j]);
+      store8(yp + j * stride, v);
+    }
+    return;
+  }
   __global float* yr = y + (size_t)r0 * length;
   for (int j = 0; j < length; j++) {
     float8 v = (load8(xr + j * stride) - mean) * inverse;
@@ -120,6 +132,38 @@ __kernel void normalize_rows_t8(__global const float* restrict x, __global float
     yr[j] = v.s0; yr[length + j] = v.s1; yr[2 * length + j] = v.s2;
     yr[3 * length + j] = v.s3; yr[4 * length + j] = v.s4; yr[5 * length + j] = v.s5;
     yr[6 * length + j] = v.s6; yr[7 * length + j] = v.s7;
+  }
+}
+
+/* The same for any `inner` (ConvNeXt's last stage on 2x2 maps, its head on 1x1): one row
+   per work-item. */
+__kernel void normalize_rows_strided(__global const float* restrict x,
+                                     __global float* restrict y,
+                                     __global const float* restrict scale,
+                                     __global const float* restrict bias, int length,
+                                     int inner, int outer, int stride, int offset,
+                                     float epsilon, int has_scale, int has_bias,
+                                     int same_layout, int rows) {
+  int r = get_global_id(0);
+  if (r >= rows) return;
+  int position = (r / inner) * outer + r % inner;
+  const __global float* xr = x + offset + position;
+  float sum = 0.0f;
+  for (int j = 0; j < length; j++) sum += xr[j * stride];
+  float mean = sum / (float)length;
+  float squares = 0.0f;
+  for (int j = 0; j < length; j++) {
+    float d = xr[j * stride] - mean;
+    squares += d * d;
+  }
+  float inverse = 1.0f / sqrt(squares / (float)length + epsilon);
+  __global float* yr = same_layout ? y + position : y + (size_t)r * length;
+  int step = same_layout ? stride : 1;
+  for (int j = 0; j < length; j++) {
+    float v = (xr[j * stride] - mean) * inverse;
+    if (has_scale) v *= scale[j];
+    if (has_bias) v += bias[j];
+    yr[j * step] = v;
   }
 }
 """
