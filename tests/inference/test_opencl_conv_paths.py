@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import onnx
 import pytest
 from onnx import helper
@@ -134,6 +135,36 @@ def test_small_depthwise_layers_keep_the_direct_kernel(session) -> None:
     big = (1 << 20) // (8 * 49) + 1  # rows of a 1-pixel-wide map: just past the threshold
     kernels = _run_conv(session, 1, 8, (big, 1), 8, (7, 7), attrs)
     assert kernels == _DEPTHWISE
+
+
+@pytest.mark.parametrize("activation", ["silu", "HardSwish", "HardSigmoid"])
+def test_depthwise_layer_computes_the_activation_after_it(session, activation) -> None:
+    """EfficientNet's depthwise, BatchNorm, SiLU (x * Sigmoid(x)) and MobileNetV3's
+    HardSwish run as the padding copy and one depthwise launch, even below the size that
+    pays for the padding on its own (the activation's launch is saved instead)."""
+    x = randn(2, 6, 7, 7, seed=5)
+    initializers = {
+        "w": randn(6, 1, 3, 3, seed=6),
+        "gamma": randn(6, seed=7),
+        "beta": randn(6, seed=8),
+        "mean": randn(6, seed=9),
+        "var": np.abs(randn(6, seed=10)) + 0.5,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], group=6, pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["n"]),
+    ]
+    if activation == "silu":
+        nodes += [
+            helper.make_node("Sigmoid", ["n"], ["s"]),
+            helper.make_node("Mul", ["n", "s"], ["y"]),
+        ]
+    else:
+        nodes.append(helper.make_node(activation, ["n"], ["y"]))
+    model = make_model(nodes, {"x": x}, ["y"], initializers=initializers)
+    opencl = session(model)
+    assert_close(opencl.run({"x": x})["y"], reference(model, {"x": x})[0], "y")
+    assert _kernels(opencl) == _DEPTHWISE
 
 
 def test_fire_module_concat_reads_in_place(session) -> None:

@@ -91,13 +91,12 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
     stride_h, stride_w = geometry.strides
     dilation_h, dilation_w = geometry.dilations
     if groups_out < DIRECT_CONV_MAX_CHANNELS_PER_GROUP:
-        output = builder.new_tensor(epilogue.output, declared_shape)
         weights = builder.weight((*key, "direct"), lambda: weight * scale[:, None, None, None])
         if (
             group_channels == 1
             and groups_out == 1
             and lower_depthwise.takes_padded_path(
-                batch, channels, (out_h, out_w), (kernel_h, kernel_w), stride_w
+                builder, epilogue, batch, channels, (out_h, out_w), (kernel_h, kernel_w), stride_w
             )
         ):
             lower_depthwise.lower_depthwise(
@@ -113,9 +112,10 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
                 weights,
                 folded_bias,
                 epilogue,
-                output,
+                declared_shape,
             )
             return
+        output = builder.new_tensor(epilogue.output, declared_shape)
         defines = epilogue.act_define() + "#define HAS_BIAS 1\n"
         residual = epilogue.residual.storage if epilogue.residual is not None else None
         if residual is not None:

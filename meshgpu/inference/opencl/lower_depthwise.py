@@ -18,10 +18,17 @@ from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
 from meshgpu.inference.opencl.kernels.depthwise import DEPTHWISE_SOURCE
+from meshgpu.inference.opencl.kernels.elementwise import UNARY_EXPRESSIONS, UNARY_PARAMETERS
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.plan import PlanBuilder
-from meshgpu.inference.opencl.registry import i32
+from meshgpu.inference.opencl.registry import f32, i32
 from meshgpu.inference.opencl.tensors import FLOAT_BYTES, DeviceTensor, KernelArg
+
+#: Activations after a depthwise layer that its launch computes on whole vectors (their
+#: expressions hold for float and float8 alike): EfficientNet's SiLU, MobileNetV3's
+#: HardSwish. ``fusion.collect`` leaves these to a separate vectorised launch after a GEMM
+#: (docs/opencl-engine.md); here the epilogue is vectorised too, so the launch is saved.
+TAIL_ACTIVATIONS = ("Swish", "HardSwish", "HardSigmoid")
 
 #: Output columns per vector block.
 BLOCK = 8
@@ -31,11 +38,19 @@ PADDED_MIN_MACS = 1 << 20
 
 
 def takes_padded_path(
-    batch: int, channels: int, output_size: tuple[int, int], kernel: tuple[int, int], stride_w: int
+    builder: PlanBuilder,
+    epilogue: fusion.Epilogue,
+    batch: int,
+    channels: int,
+    output_size: tuple[int, int],
+    kernel: tuple[int, int],
+    stride_w: int,
 ) -> bool:
-    """Whether a depthwise layer of this shape runs on padded planes."""
+    """Whether a depthwise layer of this shape runs on padded planes: large enough, or
+    followed by an activation it computes (the launch it saves pays for the padding's)."""
     macs = batch * channels * output_size[0] * output_size[1] * kernel[0] * kernel[1]
-    return stride_w in (1, 2) and macs >= PADDED_MIN_MACS
+    has_tail = not epilogue.activation and _tail(builder, epilogue.output) is not None
+    return stride_w in (1, 2) and (macs >= PADDED_MIN_MACS or has_tail)
 
 
 def lower_depthwise(
@@ -51,9 +66,10 @@ def lower_depthwise(
     weights: KernelArg,
     bias: KernelArg,
     epilogue: fusion.Epilogue,
-    output: DeviceTensor,
+    output_shape: tuple[int, ...],
 ) -> None:
-    """Queue the padding copy and the depthwise launch (horizontal stride 1 or 2)."""
+    """Queue the padding copy and the depthwise launch (horizontal stride 1 or 2); the
+    launch also computes a following SiLU, HardSwish or HardSigmoid (:func:`_tail`)."""
     batch, channels, height, width = x_shape
     kernel_h, kernel_w = kernel
     out_h, out_w = output_size
@@ -91,6 +107,15 @@ def lower_depthwise(
     residual = epilogue.residual.storage if epilogue.residual is not None else None
     if residual is not None:
         defines += "#define HAS_RESIDUAL 1\n"
+    output_name = epilogue.output
+    alpha, beta = 0.0, 0.0
+    tail = None if epilogue.activation else _tail(builder, output_name)
+    if tail is not None:
+        consumer, expression, alpha, beta = tail
+        builder.absorb(consumer)
+        output_name = consumer.outputs[0]
+        defines += f"#define DW_TAIL(x) ({expression})\n"
+    output = builder.new_tensor(output_name, output_shape)
     rows = batch * channels * out_h
     builder.launch(
         node,
@@ -106,7 +131,29 @@ def lower_depthwise(
                 i32(v)
                 for v in (channels, plane_h, plane_w, out_h, out_w, stride_h, dilation_h, rows)
             ),
+            f32(alpha),
+            f32(beta),
         ],
         total=rows,
         local=(8,),
     )
+
+
+def _tail(builder: PlanBuilder, name: str) -> tuple[Node, str, float, float] | None:
+    """(node, expression in ``x``, alpha, beta) of a TAIL_ACTIVATIONS node that alone
+    reads ``name``, else None."""
+    consumer = builder.sole_consumer(name)
+    if (
+        consumer is None
+        or consumer.op not in TAIL_ACTIVATIONS
+        or consumer.inputs[0] != name
+        or not consumer.outputs
+        or not consumer.outputs[0]
+    ):
+        return None
+    (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
+        consumer.op, (("", 0.0), ("", 0.0))
+    )
+    alpha = float(consumer.attrs.get(alpha_name, alpha_default))
+    beta = float(consumer.attrs.get(beta_name, beta_default))
+    return consumer, UNARY_EXPRESSIONS[consumer.op], alpha, beta

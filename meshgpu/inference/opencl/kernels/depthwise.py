@@ -15,20 +15,24 @@ DEPTHWISE_SOURCE = r"""
 #ifndef ACT
 #define ACT(v) (v)
 #endif
+#ifndef DW_TAIL
+#define DW_TAIL(x) (x)
+#endif
 inline float depthwise_act(float v) { return ACT(v); }
 #define DEPTHWISE_ACT8(v)                                                                  \
   ((float8)(depthwise_act((v).s0), depthwise_act((v).s1), depthwise_act((v).s2),          \
             depthwise_act((v).s3), depthwise_act((v).s4), depthwise_act((v).s5),          \
             depthwise_act((v).s6), depthwise_act((v).s7)))
 
-/* y[n][c][oy][ox] = ACT(bias[c] + sum over taps of xp[n][c][oy * SH + ky * DH]
-   [ox * DW_SW + kx * DW_DW] * w[c][ky][kx] (+ residual)), xp the padded planes
+/* y[n][c][oy][ox] = DW_TAIL(ACT(bias[c] + sum over taps of xp[n][c][oy * SH + ky * DH]
+   [ox * DW_SW + kx * DW_DW] * w[c][ky][kx] (+ residual))), xp the padded planes
    (Hp rows of Wp floats). One work-item per output row (n, c, oy), 8 columns at a time;
    the last block of a row keeps only the lanes inside the row. */
 __kernel void conv_depthwise(__global const float* restrict xp, __global const float* restrict w,
                              __global const float* restrict bias,
                              __global const float* restrict residual, __global float* restrict y,
-                             int C, int Hp, int Wp, int OH, int OW, int SH, int DH, int rows) {
+                             int C, int Hp, int Wp, int OH, int OW, int SH, int DH, int rows,
+                             float alpha, float beta) {
   int row = get_global_id(0);
   if (row >= rows) return;
   int oy = row % OH;
@@ -59,7 +63,8 @@ __kernel void conv_depthwise(__global const float* restrict xp, __global const f
 #ifdef HAS_RESIDUAL
       acc += load8(residual + (size_t)row * OW + ox);
 #endif
-      store8(yr + ox, DEPTHWISE_ACT8(acc));
+      float8 activated = DEPTHWISE_ACT8(acc);
+      store8(yr + ox, DW_TAIL(activated));
     } else {
       float out[8] = {acc.s0, acc.s1, acc.s2, acc.s3, acc.s4, acc.s5, acc.s6, acc.s7};
       for (int l = 0; l < OW - ox; l++) {
@@ -67,7 +72,7 @@ __kernel void conv_depthwise(__global const float* restrict xp, __global const f
 #ifdef HAS_RESIDUAL
         v += residual[(size_t)row * OW + ox + l];
 #endif
-        yr[ox + l] = depthwise_act(v);
+        yr[ox + l] = DW_TAIL(depthwise_act(v));
       }
     }
   }
