@@ -67,6 +67,25 @@ def test_every_flipped_bit_is_refused(key: MeshKey) -> None:
             bob.open(bytes(altered), Channel.DATAGRAM)
 
 
+@pytest.mark.parametrize("size", [0, 1000, (8 << 10) - 20, 8 << 10, 300_000])
+def test_small_and_large_envelopes_open_and_refuse_alteration(key: MeshKey, size: int) -> None:
+    """Small envelopes are sealed and opened with copies, large ones in place (the
+    envelope's ``_SMALL``): both ways, and across the boundary, the payload comes back
+    and an altered byte of header, ciphertext or tag is refused."""
+    alice, bob = Authenticator(key, "alice"), Authenticator(key, "bob")
+    payload = os.urandom(size)
+    frames = alice.new_session(Channel.FRAME)
+    assert bob.open(frames.seal(payload), Channel.FRAME).payload == payload
+    (pieces,) = frames.seal_pieces([payload[:7], memoryview(payload)[7:]])
+    assert bytes(bob.open(pieces, Channel.FRAME, as_view=True).payload) == payload
+    data = bytes(frames.seal(payload))
+    for index in (5, len(data) // 2, len(data) - 1):
+        altered = bytearray(data)
+        altered[index] ^= 0x80
+        with pytest.raises((AuthenticationError, DecodeError)):
+            bob.open(altered, Channel.FRAME, as_view=True)
+
+
 def test_replay_is_refused_but_reordering_is_not(key: MeshKey) -> None:
     alice, bob = Authenticator(key, "alice"), Authenticator(key, "bob")
     sealer = alice.new_session(Channel.DATAGRAM)

@@ -102,6 +102,12 @@ _NONCE_UNPACK = _NONCE.unpack_from
 _FIXED_SIZE = FIXED.size
 _FIXED_UNPACK = FIXED.unpack_from
 _COUNTER_LIMIT = 1 << 32
+_SMALL = 8 << 10
+"""Envelopes below this many bytes are sealed and opened with copies, larger ones in
+place: a keyed envelope's ciphertext is encrypted on its own and joined to the header,
+and opened from slices of the envelope, which costs less than a buffer to encrypt into
+and memoryviews to decrypt from (1.2 vs 1.8 us to seal a 1.2 KiB datagram, 1.0 vs 1.2 us
+to decrypt one, in thread CPU time); above, the copies would cost more."""
 MAX_OVERHEAD = (
     FIXED.size + 1 + MAX_SENDER_BYTES + 1 + MAX_MESH_BYTES + KEY_ID_BYTES + _NONCE.size + TAG_BYTES
 )
@@ -308,14 +314,22 @@ class Authenticator:
         nonce = _NONCE.pack(session, counter, int(self._clock() * 1000))
         if cipher is None:
             return b"".join((self._open_prefix[channel], nonce, payload))
-        # Keyed: the sender travels inside the ciphertext (no node name in clear). The
-        # ciphertext is written straight into the envelope's buffer (no copy of it).
+        # Keyed: the sender travels inside the ciphertext (no node name in clear).
+        return self._encrypt(cipher, channel, key_id, nonce, self._inner + payload)
+
+    def _encrypt(
+        self, cipher: AESGCM, channel: Channel, key_id: bytes, nonce: bytes, plaintext: Buffer
+    ) -> bytes | bytearray:
+        """The keyed envelope of ``plaintext`` (the inner sender and the payload): the
+        header, then the ciphertext, written straight into the envelope's buffer when
+        large (no copy of it)."""
         header = self._keyed_prefix[channel] + key_id + nonce
+        if len(plaintext) < _SMALL:
+            return header + cipher.encrypt(nonce[:12], plaintext, header)
         header_size = len(header)
-        inner = self._inner
-        sealed = bytearray(header_size + len(inner) + len(payload) + TAG_BYTES)
+        sealed = bytearray(header_size + len(plaintext) + TAG_BYTES)
         sealed[:header_size] = header
-        cipher.encrypt_into(nonce[:12], inner + payload, header, memoryview(sealed)[header_size:])
+        cipher.encrypt_into(nonce[:12], plaintext, header, memoryview(sealed)[header_size:])
         return sealed
 
     def seal_pieces(
@@ -331,13 +345,17 @@ class Authenticator:
         range goes out from the caller's memory, not copied into an envelope first. A
         keyed envelope is one buffer (the pieces are the plaintext it encrypts)."""
         if key_id is None or key_id == self._seal_id:
-            cipher = self._seal_cipher
+            key_id, cipher = self._seal_id, self._seal_cipher
         else:
-            cipher = self._ciphers.get(key_id, self._seal_cipher)
-        if cipher is not None:
-            return [self.seal_with(channel, session, counter, b"".join(pieces), key_id)]
+            cipher = self._ciphers.get(key_id)
+            if cipher is None:
+                key_id, cipher = self._seal_id, self._seal_cipher
         nonce = _NONCE.pack(session, counter, int(self._clock() * 1000))
-        return [self._open_prefix[channel] + nonce, *pieces]
+        if cipher is None:
+            return [self._open_prefix[channel] + nonce, *pieces]
+        # One copy of the pieces, the inner sender joined to them (a 16 MiB payload range
+        # is not copied twice before it is encrypted).
+        return [self._encrypt(cipher, channel, key_id, nonce, b"".join((self._inner, *pieces)))]
 
     def open(
         self,
@@ -411,11 +429,16 @@ class Authenticator:
         cipher = self._ciphers.get(key_id)
         if cipher is None:
             self._unknown_key(key_id, data, mesh_length_at, channel, source)
-        view = memoryview(data)
         try:
-            inner = cipher.decrypt(
-                view[nonce_at : nonce_at + 12], view[payload_at:], view[:payload_at]
-            )
+            if size < _SMALL:  # slices copy a few bytes for less than memoryviews cost
+                inner = cipher.decrypt(
+                    data[nonce_at : nonce_at + 12], data[payload_at:], data[:payload_at]
+                )
+            else:
+                view = memoryview(data)
+                inner = cipher.decrypt(
+                    view[nonce_at : nonce_at + 12], view[payload_at:], view[:payload_at]
+                )
         except InvalidTag:
             self._refuse(
                 "bad_tag",
