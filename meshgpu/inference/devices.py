@@ -24,6 +24,26 @@ from meshgpu.errors import DeviceError
 BackendName = Literal["opencl", "onnxruntime"]
 ONNXRUNTIME_CPU_ID = "onnxruntime:cpu"
 
+#: PoCL's devices when the user has not chosen them (``POCL_DEVICES`` unset): the threaded
+#: CPU device PoCL lists by default, and its ``basic`` device beside it: the same CPU, each
+#: command run in the thread that waits for it. The OpenCL executor runs a plan whose
+#: launches are too small to pay for waking PoCL's worker threads on that companion
+#: (:func:`inline_companion`; docs/opencl-engine.md, *Small plans run inline*). PoCL reads
+#: the variable once, when a process first enumerates platforms; set it yourself to list
+#: PoCL's other drivers (``"pthread basic cuda"``).
+POCL_DEVICES_DEFAULT = "pthread basic"
+
+#: Name prefixes of PoCL's threaded CPU device and of its in-thread twin (PoCL 3 names,
+#: then the names PoCL 4 gave them).
+_POCL_THREADED = ("pthread-", "cpu-")
+_POCL_INLINE = ("basic-", "cpu-minimal-")
+_POCL_PLATFORM = "Portable Computing Language"
+
+if "POCL_DEVICES" not in os.environ:
+    # On import, before anything here enumerates platforms; without effect when this
+    # process's PoCL is already initialised (then no companion is found).
+    os.environ["POCL_DEVICES"] = POCL_DEVICES_DEFAULT
+
 
 @dataclass(frozen=True)
 class DeviceInfo:
@@ -89,6 +109,8 @@ def _opencl_devices() -> list[DeviceInfo]:
         except cl.Error:  # a platform with no device reports DEVICE_NOT_FOUND
             continue
         for device_index, device in enumerate(cl_devices):
+            if _threaded_twin(device, cl_devices) is not None:
+                continue  # an execution mode of its twin, not a device of its own
             extensions = device.extensions.split()
             found.append(
                 DeviceInfo(
@@ -111,6 +133,52 @@ def _opencl_devices() -> list[DeviceInfo]:
                 )
             )
     return found
+
+
+def _pocl_role(device: Any) -> tuple[str, str] | None:
+    """("threaded" or "inline", the rest of the name) for PoCL's CPU devices, else None."""
+    if not str(device.platform.name).startswith(_POCL_PLATFORM):
+        return None
+    name = str(device.name).strip()
+    for prefix in _POCL_INLINE:  # first: "cpu-minimal-" also starts with "cpu-"
+        if name.startswith(prefix):
+            return "inline", name[len(prefix) :]
+    for prefix in _POCL_THREADED:
+        if name.startswith(prefix):
+            return "threaded", name[len(prefix) :]
+    return None
+
+
+def _threaded_twin(device: Any, platform_devices: list[Any]) -> Any:
+    """The threaded PoCL device that ``device`` runs inline for, or None."""
+    role = _pocl_role(device)
+    if role is None or role[0] != "inline":
+        return None
+    for other in platform_devices:
+        if _pocl_role(other) == ("threaded", role[1]):
+            return other
+    return None
+
+
+def inline_companion(device: Any) -> Any:
+    """PoCL's in-thread device for the same CPU as threaded ``device``, or None.
+
+    Invoked by the OpenCL executor when it plans: a plan of many tiny launches runs faster
+    where no worker thread has to wake for each one. Not listed by :func:`devices`.
+    """
+    import pyopencl as cl
+
+    role = _pocl_role(device)
+    if role is None or role[0] != "threaded":
+        return None
+    try:
+        platform_devices = device.platform.get_devices()
+    except cl.Error:
+        return None
+    for other in platform_devices:
+        if _pocl_role(other) == ("inline", role[1]):
+            return other
+    return None
 
 
 def _cpuinfo_field(field: str, fallback: str) -> str:

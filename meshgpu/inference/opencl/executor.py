@@ -4,13 +4,19 @@ Construction does every check before touching the device (unsupported operators,
 graph, weights larger than the device's memory), folds the constants that do not depend on
 input shapes, and, when every input dimension is fixed, builds the plan at once so weights
 are uploaded and kernels compiled before the first ``run``. Plans are cached per input-shape
-signature. ``run`` uploads the feeds, enqueues every launch on the session's one command
-queue, and downloads only the graph outputs.
+signature. ``run`` uploads the feeds, enqueues every launch on the plan's command queue, and
+downloads only the graph outputs.
+
+On PoCL's threaded CPU device a plan may run on the device's in-thread twin instead
+(:func:`meshgpu.inference.devices.inline_companion`): every launch there costs a function
+call, where the threaded device wakes its worker threads for each one. Which of the two runs
+a plan is measured when the plan is built (:meth:`OpenCLSession._placed`).
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +24,7 @@ import onnx
 import pyopencl as cl
 
 from meshgpu.errors import DeviceError, InputError, ModelError, UnsupportedOperatorError
+from meshgpu.inference.devices import inline_companion
 from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the lowerings)
     dtypes,
     lower_conv,
@@ -32,6 +39,7 @@ from meshgpu.inference.opencl import (  # noqa: F401  (importing registers the l
     lower_tensor,
     lower_window,
     programs,
+    tuning,
 )
 from meshgpu.inference.opencl.graph import Graph, read_graph
 from meshgpu.inference.opencl.patterns import fuse_patterns
@@ -40,6 +48,54 @@ from meshgpu.inference.opencl.tensors import DeviceTensor
 
 #: Accepted feed signatures remembered per session (a bound: symbolic batch sizes vary).
 _ACCEPTED_SIGNATURES = 64
+
+#: A plan whose run takes longer than this on the threaded device is not tried inline: its
+#: kernels, not its launches, take the time, and the inline device has one thread.
+INLINE_TRY_MS = 15.0
+
+#: Alternating timed runs of each device when choosing where a plan runs.
+INLINE_ROUNDS = 7
+
+
+_ZERO_BYTE = np.zeros(1, np.uint8)
+
+
+@dataclass
+class _Target:
+    """A device the session's plans run on: its command queue and its weight uploads."""
+
+    device: cl.Device
+    queue: cl.CommandQueue
+    weights: dict[Any, cl.Buffer] = field(default_factory=dict)
+
+    @classmethod
+    def on(cls, device: cl.Device) -> _Target:
+        return cls(device, cl.CommandQueue(programs.context_for(device)))
+
+
+def _run_plan(plan: Plan, queue: cl.CommandQueue) -> None:
+    """One run of ``plan`` on ``queue`` on zero feeds, waited for (plan-time measurements).
+
+    The feeds are written each time as ``run`` writes them: an input's buffer is reused for
+    other tensors once the input is read, and a stale index would read out of bounds."""
+    for storage in plan.input_storages.values():
+        if storage.nbytes:
+            buffer = plan.buffers[storage.slot]
+            cl.enqueue_fill_buffer(queue, buffer, _ZERO_BYTE, 0, storage.nbytes)
+    for launch in plan.launches:
+        assert launch.kernel is not None
+        cl.enqueue_nd_range_kernel(queue, launch.kernel, launch.global_size, launch.local_size)
+    queue.finish()
+
+
+def _device_outputs(plan: Plan, queue: cl.CommandQueue) -> list[np.ndarray]:
+    results = []
+    for value in plan.outputs.values():
+        if isinstance(value, DeviceTensor) and _count(value.shape):
+            array = np.empty(value.shape, dtype=value.dtype)
+            cl.enqueue_copy(queue, array, plan.buffers[value.storage.slot])
+            results.append(array)
+    return results
 
 
 def _count(shape: tuple[int, ...]) -> int:
@@ -74,7 +130,10 @@ class OpenCLSession:
     run: weights plus the activation buffers of the plans built so far.
     """
 
-    def __init__(self, model: onnx.ModelProto, device: cl.Device | None = None) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, device: cl.Device | None = None, *, inline: bool = True
+    ) -> None:
+        """``inline=False`` keeps every plan on ``device`` (tests of the threaded device)."""
         self._graph = read_graph(model)
         self.inputs: dict[str, tuple[tuple[int | str, ...], np.dtype[Any]]] = dict(
             self._graph.inputs
@@ -99,10 +158,10 @@ class OpenCLSession:
                 f"the model's weights need {weight_bytes} bytes but {self._device.name} has "
                 f"{capacity} bytes of global memory; use a larger device or onnxruntime"
             )
-        self._context = programs.context_for(self._device)
-        self._queue = cl.CommandQueue(self._context)
-        self._weights: dict[Any, cl.Buffer] = {}
-        self._plans: dict[tuple[tuple[str, tuple[int, ...]], ...], Plan] = {}
+        self._target = _Target.on(self._device)
+        self._inline_device = inline_companion(self._device) if inline else None
+        self._inline: _Target | None = None  # created when a plan is first tried there
+        self._plans: dict[tuple[Any, ...], Plan] = {}
         self._lock = threading.Lock()
         self._accepted: set[tuple[tuple[str, tuple[int, ...], np.dtype[Any]], ...]] = set()
         self.peak_device_bytes = 0
@@ -118,10 +177,22 @@ class OpenCLSession:
     def device(self) -> cl.Device:
         return self._device
 
+    def plan_device(self, shapes: dict[str, tuple[int, ...]]) -> cl.Device:
+        """The device that runs the plan for these input shapes (``device`` or its inline
+        companion)."""
+        return self._plan(shapes).device
+
+    def _queue(self, plan: Plan) -> cl.CommandQueue:
+        """The command queue of the device ``plan`` was built for."""
+        if self._inline is not None and plan.device == self._inline.device:
+            return self._inline.queue
+        return self._target.queue
+
     def _plan(
         self, shapes: dict[str, tuple[int, ...]], host_feeds: dict[str, np.ndarray] | None = None
     ) -> Plan:
-        """The plan for these input shapes (and values of the host inputs), built once."""
+        """The plan for these input shapes (and values of the host inputs), built once, on
+        the device that runs it faster (:meth:`_placed`)."""
         host_feeds = host_feeds or {}
         signature = tuple(sorted(shapes.items())) + tuple(
             (name, str(array.dtype), array.shape, array.tobytes())
@@ -132,22 +203,71 @@ class OpenCLSession:
             if host_feeds and len(self._plans) >= _ACCEPTED_SIGNATURES:
                 self._plans.clear()  # value-specialised plans: keep the cache bounded
             plan = build_plan(
-                self._graph, self._static, shapes, self._device, self._weights, host_feeds
+                self._graph,
+                self._static,
+                shapes,
+                self._device,
+                self._target.weights,
+                host_feeds,
             )
+            plan = self._placed(plan, shapes, host_feeds)
             self._plans[signature] = plan
-            weights = sum(b.size for b in self._weights.values())
+            targets = [self._target] + ([self._inline] if self._inline else [])
+            weights = sum(b.size for t in targets for b in t.weights.values())
             activations = max(p.activation_bytes for p in self._plans.values())
             self.peak_device_bytes = max(self.peak_device_bytes, weights + activations)
         return plan
 
+    def _placed(
+        self, plan: Plan, shapes: dict[str, tuple[int, ...]], host_feeds: dict[str, np.ndarray]
+    ) -> Plan:
+        """``plan`` on the session's device, or the same plan built for the inline companion
+        when that runs it faster.
+
+        Invoked once per new plan. Both run on zeroed buffers, in turns; the companion is
+        tried only for a plan that takes under ``INLINE_TRY_MS`` on the threaded device, and
+        kept only when its outputs are bit-identical (the same compiler builds both, so any
+        difference is a driver fault, and the threaded device is the one the probe checked).
+        """
+        queue = self._target.queue
+        if self._inline_device is None:
+            return plan
+        try:
+            (threaded_ms,) = tuning.alternating_medians_ms([lambda: _run_plan(plan, queue)], 3)
+            if threaded_ms > INLINE_TRY_MS:
+                return plan
+            if self._inline is None:
+                self._inline = _Target.on(self._inline_device)
+            inline = self._inline
+            inline_plan = build_plan(
+                self._graph, self._static, shapes, inline.device, inline.weights, host_feeds
+            )
+            _run_plan(plan, queue)
+            _run_plan(inline_plan, inline.queue)
+            expected = _device_outputs(plan, queue)
+            found = _device_outputs(inline_plan, inline.queue)
+            if not all(
+                np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+                for a, b in zip(expected, found, strict=True)
+            ):
+                return plan
+            threaded_ms, inline_ms = tuning.alternating_medians_ms(
+                [lambda: _run_plan(plan, queue), lambda: _run_plan(inline_plan, inline.queue)],
+                INLINE_ROUNDS,
+            )
+        except cl.Error as error:
+            raise DeviceError(f"the OpenCL device failed while planning: {error}") from error
+        return inline_plan if inline_ms < threaded_ms else plan
+
     def plan_statistics(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
         """Launch count and activation bytes with and without liveness reuse (for docs)."""
         plan = self._plan(shapes)
+        targets = [self._target] + ([self._inline] if self._inline else [])
         return {
             "launches": len(plan.launches),
             "activation_bytes": plan.activation_bytes,
             "activation_bytes_without_reuse": plan.activation_bytes_without_reuse,
-            "weight_bytes": sum(b.size for b in self._weights.values()),
+            "weight_bytes": sum(b.size for t in targets for b in t.weights.values()),
         }
 
     def _check_feeds(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -199,7 +319,7 @@ class OpenCLSession:
                 {name: a for name, a in checked.items() if name in host},
             )
             buffers = plan.buffers
-            queue = self._queue
+            queue = self._queue(plan)
             try:
                 for name, array in checked.items():
                     if array.size and name not in host:

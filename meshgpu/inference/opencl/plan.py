@@ -73,6 +73,8 @@ class Plan:
     #: Constants computed while planning (from input shapes), uploaded for this plan only;
     #: held here because a kernel argument does not keep its buffer alive.
     constants: list[cl.Buffer]
+    #: The device whose context holds the buffers and kernels.
+    device: cl.Device
 
 
 class PlanBuilder(WeightUploads):
@@ -483,6 +485,7 @@ class PlanBuilder(WeightUploads):
             activation_bytes=sum(slot_sizes),
             activation_bytes_without_reuse=sum(s.nbytes for s in storages),
             constants=self._plan_constants,
+            device=self.device,
         )
 
     def _tune(self, buffers: list[cl.Buffer]) -> None:
@@ -499,7 +502,7 @@ class PlanBuilder(WeightUploads):
             ):
                 queue = self._setup_queue()
                 for buffer in buffers:
-                    cl.enqueue_fill_buffer(queue, buffer, np.uint8(0), 0, buffer.size)
+                    cl.enqueue_fill_buffer(queue, buffer, np.zeros(1, np.uint8), 0, buffer.size)
                 queue.finish()
                 zeroed = True
             chosen = tuning.choose(

@@ -25,6 +25,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,17 @@ def choose(
         _read()[key] = entry
         _write({key: entry})
     return best
+
+
+def alternating_medians_ms(runs: list[Callable[[], None]], rounds: int) -> list[float]:
+    """The median wall time in ms of each of ``runs``, timed in turn ``rounds`` times after
+    one warm-up each (turns, so that a change in the machine's load hits every run alike)."""
+    for run in runs:
+        run()
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for index, run in enumerate(runs):
+            started = time.perf_counter()
+            run()
+            times[index].append((time.perf_counter() - started) * 1000.0)
+    return [float(np.median(t)) for t in times]
