@@ -74,6 +74,9 @@ class Measurement:
     onnxruntime_cpu_ms: float | None = None
     cpu_ratio: float | None = None
     error: str | None = None
+    #: The OpenCL device that ran the plan: the session's, or on PoCL its in-thread twin
+    #: for a plan of small launches (docs/opencl-engine.md, *Small plans run inline*).
+    opencl_plan_device: str | None = None
 
 
 def _digits(batch: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -207,6 +210,7 @@ def measure(model_name: str, batch: int, warmup: int, repeats: int, budget_s: fl
         ocl_p50, ocl_repeats = _p50(lambda: session.run(feeds), warmup, repeats, budget_s)
         ocl_cpu = _cpu_ms(lambda: session.run(feeds), repeats, budget_s)
         peak = session.peak_device_bytes
+        plan_device = session._implementation.plan_device(feeds).name.strip()
     except Exception as failure:  # a benchmark reports a failing model and goes on
         return Measurement(
             model_name,
@@ -237,6 +241,7 @@ def measure(model_name: str, batch: int, warmup: int, repeats: int, budget_s: fl
         opencl_cpu_ms=ocl_cpu,
         onnxruntime_cpu_ms=ort_cpu,
         cpu_ratio=ocl_cpu / ort_cpu if ort_cpu > 0 else None,
+        opencl_plan_device=plan_device,
     )
 
 
@@ -360,6 +365,7 @@ def render(results: list[Measurement], machine: dict[str, Any]) -> None:
         "OpenCL peak MiB",
         "ORT peak MiB",
         "max rel err",
+        "ran on",
         title=f"inference latency on {machine['opencl_device']} vs onnxruntime "
         f"({machine['cpu_count']} CPUs)",
     )
@@ -377,6 +383,7 @@ def render(results: list[Measurement], machine: dict[str, Any]) -> None:
                 "-",
                 _mib(result.onnxruntime_peak_bytes),
                 result.error[:60],
+                "-",
             )
             continue
         assert result.opencl_p50_ms is not None and result.ratio is not None
@@ -392,6 +399,7 @@ def render(results: list[Measurement], machine: dict[str, Any]) -> None:
             _mib(result.opencl_peak_bytes),
             _mib(result.onnxruntime_peak_bytes),
             f"{result.max_relative_error:.1e}",
+            result.opencl_plan_device or "-",
         )
     Console().print(table)
 

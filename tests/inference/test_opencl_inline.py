@@ -97,7 +97,7 @@ def test_a_plan_faster_inline_runs_there_with_the_same_outputs(monkeypatch) -> N
     session = OpenCLSession(model, device=threaded)
     got = session.run(_feeds())
     assert calls == [1, 2]
-    assert session.plan_device({"x": (3, 24)}) == inline
+    assert session.plan_device(_feeds(3)) == inline
     np.testing.assert_array_equal(got["p"], reference["p"])
     np.testing.assert_array_equal(session.run(_feeds())["p"], reference["p"])
 
@@ -109,8 +109,8 @@ def test_a_plan_faster_threaded_stays_and_each_shape_chooses(monkeypatch) -> Non
     session = OpenCLSession(_layer_model(), device=threaded)
     first = session.run(_feeds(3))["p"]
     second = session.run(_feeds(5))["p"]
-    assert session.plan_device({"x": (3, 24)}) == threaded
-    assert session.plan_device({"x": (5, 24)}) == inline
+    assert session.plan_device(_feeds(3)) == threaded
+    assert session.plan_device(_feeds(5)) == inline
     assert first.shape == (3, 16) and second.shape == (5, 16)
     np.testing.assert_allclose(second.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -123,7 +123,7 @@ def test_a_slow_plan_is_not_tried_inline(monkeypatch) -> None:
     session.run(_feeds())
     assert calls == [1]  # the threaded run alone was timed
     assert session._inline is None  # nothing built on the companion
-    assert session.plan_device({"x": (3, 24)}) == threaded
+    assert session.plan_device(_feeds(3)) == threaded
 
 
 @needs_pair
@@ -140,7 +140,7 @@ def test_outputs_that_differ_keep_the_threaded_device(monkeypatch) -> None:
     session = OpenCLSession(_layer_model(), device=threaded)
     session.run(_feeds())
     assert calls == [1]  # not timed against a companion that disagreed
-    assert session.plan_device({"x": (3, 24)}) == threaded
+    assert session.plan_device(_feeds(3)) == threaded
 
 
 def test_no_companion_without_pocl_or_when_asked(monkeypatch) -> None:
@@ -149,5 +149,5 @@ def test_no_companion_without_pocl_or_when_asked(monkeypatch) -> None:
     device = default_device()
     session = OpenCLSession(_layer_model(), device=device, inline=False)
     session.run(_feeds())
-    assert session.plan_device({"x": (3, 24)}) == device
+    assert session.plan_device(_feeds(3)) == device
     assert session._inline_device is None

@@ -84,7 +84,8 @@ def test_launch_variants_are_measured_once_then_read_back(tmp_path, monkeypatch)
     model.ir_version = 9
     x = rng.standard_normal((40, 48)).astype(np.float32)
     before = tuning.searches
-    first = OpenCLSession(model).run({"x": x})["y"]
+    # inline=False: one device, one search (PoCL's in-thread twin would tune its own)
+    first = OpenCLSession(model, inline=False).run({"x": x})["y"]
     assert tuning.searches == before + 1
     entries = json.loads((tmp_path / "tuning.json").read_text())
     (entry,) = entries.values()
@@ -92,7 +93,7 @@ def test_launch_variants_are_measured_once_then_read_back(tmp_path, monkeypatch)
     assert len(entry["times_us"]) >= 4  # every variant was measured
 
     tuning.reset_memory()  # as a new process would: from the file
-    second = OpenCLSession(model).run({"x": x})["y"]
+    second = OpenCLSession(model, inline=False).run({"x": x})["y"]
     assert tuning.searches == before + 1
     np.testing.assert_allclose(first, x @ weight, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(first, second)

@@ -64,7 +64,7 @@ def c_type(dtype: Any) -> str:
 
 
 def is_float(dtype: Any) -> bool:
-    return np.dtype(dtype).kind == "f"
+    return bool(np.dtype(dtype).kind == "f")
 
 
 def is_integer(dtype: Any) -> bool:
@@ -80,4 +80,4 @@ def source_prefix(*dtypes: Any) -> str:
 
 def type_name(dtype: Any) -> str:
     """The element type's name as errors give it (``bool``, ``int64``, ...)."""
-    return np.dtype(dtype).name
+    return str(np.dtype(dtype).name)

@@ -177,10 +177,17 @@ class OpenCLSession:
     def device(self) -> cl.Device:
         return self._device
 
-    def plan_device(self, shapes: dict[str, tuple[int, ...]]) -> cl.Device:
-        """The device that runs the plan for these input shapes (``device`` or its inline
-        companion)."""
-        return self._plan(shapes).device
+    def plan_device(self, feeds: dict[str, np.ndarray]) -> cl.Device:
+        """The device that runs these feeds' plan: ``device`` or its inline companion."""
+        with self._lock:
+            return self._plan_for(self._check_feeds(feeds)).device
+
+    def _plan_for(self, checked: dict[str, np.ndarray]) -> Plan:
+        host = self._graph.host_inputs
+        return self._plan(
+            {name: tuple(a.shape) for name, a in checked.items() if name not in host},
+            {name: a for name, a in checked.items() if name in host},
+        )
 
     def _queue(self, plan: Plan) -> cl.CommandQueue:
         """The command queue of the device ``plan`` was built for."""
@@ -314,10 +321,7 @@ class OpenCLSession:
         checked = self._check_feeds(feeds)
         with self._lock:
             host = self._graph.host_inputs
-            plan = self._plan(
-                {name: tuple(a.shape) for name, a in checked.items() if name not in host},
-                {name: a for name, a in checked.items() if name in host},
-            )
+            plan = self._plan_for(checked)
             buffers = plan.buffers
             queue = self._queue(plan)
             try:

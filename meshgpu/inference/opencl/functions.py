@@ -16,6 +16,7 @@ faster than its body (LayerNormalization is one kernel, its body nine).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import onnx
 from onnx import AttributeProto, FunctionProto, NodeProto
@@ -39,7 +40,9 @@ def _body(
     types: Callable[[], Mapping[str, onnx.TypeProto]],
 ) -> FunctionProto | None:
     """The function body defining ``node`` at ``opset``, or None."""
-    schema = _schema(node, opset)
+    # onnx's type stubs do not declare OpSchema's function accessors, which it has had
+    # since 1.15; Any rather than an ignore per use
+    schema: Any = _schema(node, opset)
     if schema is None:
         return None
     versions = [v for v in schema.function_opset_versions if v <= opset]

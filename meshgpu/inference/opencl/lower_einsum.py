@@ -116,13 +116,16 @@ def lower_einsum(builder: PlanBuilder, node: Node) -> None:
     meta_values = [*(out_shape or [1]), *([sizes[c] for c in contracted] or [1])]
     for index in range(2):
         term = letters[index] if index < len(letters) else ""
-        tensor = tensors[index] if index < len(tensors) else None
-        strides = contiguous_strides(tensor.shape) if tensor is not None else []
+        operand = tensors[index] if index < len(tensors) else None
+        strides = contiguous_strides(operand.shape) if operand is not None else []
 
-        shape = tensor.shape if tensor is not None else ()
+        shape = operand.shape if operand is not None else ()
 
         def stride(
-            letter: str, term: str = term, strides: list[int] = strides, shape: tuple = shape
+            letter: str,
+            term: str = term,
+            strides: list[int] = strides,
+            shape: tuple[int, ...] = shape,
         ) -> int:
             total = 0
             for position, c in enumerate(term):

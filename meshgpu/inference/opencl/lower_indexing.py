@@ -7,7 +7,7 @@ computed on the host with numpy (the map is the operator applied to ``arange``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -87,7 +87,13 @@ def _map_gather(
         node,
         _source(x.dtype),
         "map_gather",
-        [x.storage, output.storage, map_buffer, np.asarray(fill).astype(fill_type)[()], i32(total)],
+        [
+            x.storage,
+            output.storage,
+            map_buffer,
+            cast(np.generic, np.asarray(fill).astype(fill_type)[()]),
+            i32(total),
+        ],
         total=total,
         per_item=64,
     )
@@ -436,7 +442,12 @@ def pad_with_map(
     crop = tuple(slice(max(-pads[i], 0), x.shape[i] - max(-pads[rank + i], 0)) for i in range(rank))
     positions = positions[crop]
     widths = [(max(pads[i], 0), max(pads[rank + i], 0)) for i in range(rank)]
-    numpy_mode = {"constant": "constant", "edge": "edge", "reflect": "reflect", "wrap": "wrap"}
+    numpy_mode: dict[str, Any] = {
+        "constant": "constant",
+        "edge": "edge",
+        "reflect": "reflect",
+        "wrap": "wrap",
+    }
     if mode not in numpy_mode:
         raise UnsupportedOperatorError(f"{node.describe()}: Pad mode {mode!r}")
     if mode == "constant":

@@ -9,7 +9,7 @@ launch nothing: their output aliases the input's storage with a new shape.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -460,7 +460,7 @@ def lower_pad(builder: PlanBuilder, node: Node) -> None:
         node,
         typed_source(COPY_SOURCE.replace("NDIM", "1"), T=x.dtype),
         "fill",
-        [output.storage, np.asarray(value).astype(fill_type)[()], i32(total)],
+        [output.storage, cast(np.generic, np.asarray(value).astype(fill_type)[()]), i32(total)],
         total=total,
         per_item=CHUNK,
     )

@@ -19,7 +19,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyopencl as cl
 
@@ -98,13 +98,14 @@ def _build(device: cl.Device, source: str, options: list[str]) -> cl.Program:
         binary = None
     if binary:
         try:
-            return cl.Program(context, [device], [binary]).build(options=options, cache_dir=False)
+            built: cl.Program = cl.Program(context, [device], [binary]).build(options=options)
+            return built
         except cl.Error:
             pass  # a binary this driver no longer takes: rebuild it below
     # pyopencl's own cache (and PoCL's) still spare the compiler on a miss here
-    program = cl.Program(context, source).build(options=options)
+    program: cl.Program = cl.Program(context, source).build(options=options)
     try:
-        (binary,) = program.get_info(cl.program_info.BINARIES)
+        (binary,) = cast(list[bytes], program.get_info(cl.program_info.BINARIES))
         if binary:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
