@@ -53,8 +53,11 @@ _ACCEPTED_SIGNATURES = 64
 #: kernels, not its launches, take the time, and the inline device has one thread.
 INLINE_TRY_MS = 15.0
 
-#: Alternating timed runs of each device when choosing where a plan runs.
-INLINE_ROUNDS = 7
+#: Alternating timed runs of each device when choosing where a plan runs: as many as fit
+#: in about ``INLINE_BUDGET_MS`` of the threaded device's time, within these bounds (a busy
+#: machine's scheduler moves single runs by several times; the median of many holds).
+INLINE_ROUNDS = (5, 25)
+INLINE_BUDGET_MS = 100.0
 
 
 _ZERO_BYTE = np.zeros(1, np.uint8)
@@ -231,10 +234,12 @@ class OpenCLSession:
         """``plan`` on the session's device, or the same plan built for the inline companion
         when that runs it faster.
 
-        Invoked once per new plan. Both run on zeroed buffers, in turns; the companion is
-        tried only for a plan that takes under ``INLINE_TRY_MS`` on the threaded device, and
-        kept only when its outputs are bit-identical (the same compiler builds both, so any
-        difference is a driver fault, and the threaded device is the one the probe checked).
+        Invoked once per new plan. Both run on zero feeds, in turns; the companion is tried
+        only for a plan that takes under ``INLINE_TRY_MS`` on the threaded device, and kept
+        only when its outputs are bit-identical to the threaded device's (the same compiler
+        builds both, and a tuned work split does not change any sum's order, so a difference
+        is a driver fault; the threaded device is the one the probe checked). The choice
+        holds for the plan's life: it reflects the machine's load when the plan was built.
         """
         queue = self._target.queue
         if self._inline_device is None:
@@ -258,9 +263,11 @@ class OpenCLSession:
                 for a, b in zip(expected, found, strict=True)
             ):
                 return plan
+            fewest, most = INLINE_ROUNDS
+            rounds = min(most, max(fewest, int(INLINE_BUDGET_MS / max(threaded_ms, 1e-3))))
             threaded_ms, inline_ms = tuning.alternating_medians_ms(
                 [lambda: _run_plan(plan, queue), lambda: _run_plan(inline_plan, inline.queue)],
-                INLINE_ROUNDS,
+                rounds,
             )
         except cl.Error as error:
             raise DeviceError(f"the OpenCL device failed while planning: {error}") from error
