@@ -151,3 +151,35 @@ def test_no_companion_without_pocl_or_when_asked(monkeypatch) -> None:
     session.run(_feeds())
     assert session.plan_device(_feeds(3)) == device
     assert session._inline_device is None
+
+
+@needs_pair
+def test_inline_plans_of_two_sessions_run_from_two_threads(monkeypatch) -> None:
+    """The daemon runs sessions from worker threads: inline plans execute in the calling
+    thread, so two at once must not disturb each other."""
+    import threading
+
+    threaded, inline = _pocl_pair()  # type: ignore[misc]
+    model = _layer_model()
+    reference = {
+        rows: OpenCLSession(model, device=threaded, inline=False).run(_feeds(rows))["p"]
+        for rows in (3, 5)
+    }
+    _measured(monkeypatch, [1.0], [1.0, 0.2], [1.0], [1.0, 0.2])
+    sessions = {rows: OpenCLSession(model, device=threaded) for rows in (3, 5)}
+    for rows, session in sessions.items():
+        assert session.plan_device(_feeds(rows)) == inline
+    failures: list[str] = []
+
+    def work(rows: int) -> None:
+        for _ in range(50):
+            got = sessions[rows].run(_feeds(rows))["p"]
+            if not np.array_equal(got, reference[rows]):
+                failures.append(f"{rows} rows differ")
+
+    workers = [threading.Thread(target=work, args=(rows,)) for rows in (3, 5)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert failures == []
