@@ -90,7 +90,12 @@ def profile(name: str, batch: int, repeats: int) -> dict[str, Any]:
 
 
 def programs_context(session: OpenCLSession) -> cl.Context:
-    return session._context
+    """The context of the device the session's plan was built for (on PoCL's CPU a small
+    plan may run on the in-thread twin: docs/opencl-engine.md, *Small plans run inline*)."""
+    from meshgpu.inference.opencl import programs
+
+    plan = next(iter(session._plans.values()))
+    return programs.context_for(plan.device)
 
 
 def main(argv: list[str] | None = None) -> int:
