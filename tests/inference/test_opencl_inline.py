@@ -183,3 +183,22 @@ def test_inline_plans_of_two_sessions_run_from_two_threads(monkeypatch) -> None:
     for worker in workers:
         worker.join()
     assert failures == []
+
+
+@needs_pair
+def test_a_companion_that_fails_to_plan_leaves_the_threaded_plan(monkeypatch, caplog) -> None:
+    threaded, inline = _pocl_pair()  # type: ignore[misc]
+    _measured(monkeypatch, [1.0])
+    real = executor.build_plan
+
+    def failing(graph, static, shapes, device, weights, host_feeds=None):
+        if device == inline:
+            raise cl.RuntimeError("clBuildProgram failed: BUILD_PROGRAM_FAILURE")
+        return real(graph, static, shapes, device, weights, host_feeds)
+
+    monkeypatch.setattr(executor, "build_plan", failing)
+    session = OpenCLSession(_layer_model(), device=threaded)
+    got = session.run(_feeds())["p"]
+    assert session.plan_device(_feeds()) == threaded
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+    assert "failed while planning" in caplog.text

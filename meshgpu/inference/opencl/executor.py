@@ -15,6 +15,7 @@ a plan is measured when the plan is built (:meth:`OpenCLSession._placed`).
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,8 @@ from meshgpu.inference.opencl.graph import Graph, read_graph
 from meshgpu.inference.opencl.patterns import fuse_patterns
 from meshgpu.inference.opencl.plan import Plan, build_plan
 from meshgpu.inference.opencl.tensors import DeviceTensor
+
+logger = logging.getLogger("meshgpu.inference")
 
 #: Accepted feed signatures remembered per session (a bound: symbolic batch sizes vary).
 _ACCEPTED_SIGNATURES = 64
@@ -246,8 +249,11 @@ class OpenCLSession:
             return plan
         try:
             (threaded_ms,) = tuning.alternating_medians_ms([lambda: _run_plan(plan, queue)], 3)
-            if threaded_ms > INLINE_TRY_MS:
-                return plan
+        except cl.Error as error:
+            raise DeviceError(f"the OpenCL device failed while planning: {error}") from error
+        if threaded_ms > INLINE_TRY_MS:
+            return plan
+        try:
             if self._inline is None:
                 self._inline = _Target.on(self._inline_device)
             inline = self._inline
@@ -262,6 +268,12 @@ class OpenCLSession:
                 np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
                 for a, b in zip(expected, found, strict=True)
             ):
+                logger.warning(
+                    "%s and %s disagree on a plan's outputs; it stays on %s",
+                    inline.device.name,
+                    self._device.name,
+                    self._device.name,
+                )
                 return plan
             fewest, most = INLINE_ROUNDS
             rounds = min(most, max(fewest, int(INLINE_BUDGET_MS / max(threaded_ms, 1e-3))))
@@ -269,8 +281,14 @@ class OpenCLSession:
                 [lambda: _run_plan(plan, queue), lambda: _run_plan(inline_plan, inline.queue)],
                 rounds,
             )
-        except cl.Error as error:
-            raise DeviceError(f"the OpenCL device failed while planning: {error}") from error
+        except (cl.Error, DeviceError) as error:  # the companion is an optimisation only
+            logger.warning(
+                "%s failed while planning (%s); the plan stays on %s",
+                self._inline_device.name,
+                error,
+                self._device.name,
+            )
+            return plan
         return inline_plan if inline_ms < threaded_ms else plan
 
     def plan_statistics(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
