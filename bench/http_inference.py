@@ -6,8 +6,13 @@ the three nodes' HTTP ports) and behind a Ray Serve deployment of 3 replicas, ea
 onnxruntime session (the ``bench`` extra brings ``ray[serve]``; without it only meshgpu
 is measured and the table says so). Both get the same V2 JSON body; clients are threads
 with one keep-alive connection each, at concurrency 1, 8 and 64, for ``--seconds`` per
-cell. Printed: throughput, p50 and p99 latency per cell, and meshgpu's throughput over
-Ray Serve's.
+cell. Both systems are up for the whole run and take turns (``--rounds`` turns per cell,
+the order alternating), so the load of a shared machine falls on both alike. Printed:
+throughput, p50 and p99 latency per cell, and meshgpu's over Ray Serve's.
+
+The file is not ``bench/http.py``: a script's own directory comes first on its import
+path, so that name would shadow the standard library's ``http`` package (``http.client``,
+which this and every other script in ``bench/`` uses).
 
 Usage::
 
@@ -34,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +132,20 @@ def drive(
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - began
-    latencies.sort()
+    return {
+        "latencies": latencies,
+        "errors": errors[0],
+        "elapsed": time.perf_counter() - began,
+    }
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Throughput and latency percentiles of the runs of one cell, taken together."""
+    latencies = sorted(x for run in runs for x in run["latencies"])
+    elapsed = sum(run["elapsed"] for run in runs)
     return {
         "requests": len(latencies),
-        "errors": errors[0],
+        "errors": sum(run["errors"] for run in runs),
         "throughput": len(latencies) / elapsed,
         "p50_ms": 1000 * statistics.median(latencies) if latencies else None,
         "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
@@ -240,26 +255,19 @@ def start_ray(models: dict[str, Path], port: int) -> None:
         serve.run(OnnxModel.bind(str(path)), name=name, route_prefix=f"/{name}")
 
 
-def measure_ray(
-    models: dict[str, Path], bodies: dict[str, bytes], levels: list[int], seconds: float
-) -> list[dict[str, Any]]:
+@contextlib.contextmanager
+def ray_serving(models: dict[str, Path]) -> Iterator[int]:
+    """Ray Serve up with ``models`` (start_ray) while in the block; yields its port."""
     import ray
     from ray import serve
 
     port = free_port()
-    start_ray(models, port)
-    results = []
     try:
-        for name, body in bodies.items():
-            targets = [(port, f"/{name}")]
-            drive(targets, body, 4, 1.0)
-            for level in levels:
-                cell = drive(targets, body, level, seconds)
-                results.append({"system": "ray-serve", "model": name, "concurrency": level, **cell})
+        start_ray(models, port)
+        yield port
     finally:
         serve.shutdown()
         ray.shutdown()
-    return results
 
 
 def main() -> None:
@@ -267,6 +275,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="turns per cell, the systems alternating"
+    )
     arguments = parser.parse_args()
     levels = [int(c) for c in arguments.concurrency.split(",")]
     rng = np.random.default_rng(1)
@@ -277,22 +288,42 @@ def main() -> None:
         "digits": v2_body("pixels", rng.random((1, 64), dtype=np.float32) * 16),
         "matmul": v2_body("x", rng.normal(size=(1, MATMUL_SIZE)).astype(np.float32)),
     }
-    results: list[dict[str, Any]] = []
-    with Mesh(root / "mesh") as mesh:
-        mesh.add("matmul", models["matmul"])
-        for name, body in bodies.items():
-            targets = [(port, f"/v2/models/{name}/infer") for port in mesh.ports]
-            drive(targets, body, 4, 1.0)  # warm-up
-            for level in levels:
-                cell = drive(targets, body, level, arguments.seconds)
-                results.append({"system": "meshgpu", "model": name, "concurrency": level, **cell})
     ray_note = "measured"
-    if ray_available():
-        # Ray prints its own messages on stdout: they go to stderr, the JSON stays clean.
-        with contextlib.redirect_stdout(sys.stderr):
-            results.extend(measure_ray(models, bodies, levels, arguments.seconds))
-    else:
+    if not ray_available():
         ray_note = "not installed (pip install -e '.[bench]')"
+    cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    with contextlib.ExitStack() as stack:
+        # Ray prints its own messages on stdout (at shutdown too): they go to stderr for
+        # the whole run, so that the JSON stays clean.
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+        mesh = stack.enter_context(Mesh(root / "mesh"))
+        mesh.add("matmul", models["matmul"])
+        systems = {
+            "meshgpu": {
+                name: [(port, f"/v2/models/{name}/infer") for port in mesh.ports] for name in bodies
+            }
+        }
+        if ray_note == "measured":
+            ray_port = stack.enter_context(ray_serving(models))
+            systems["ray-serve"] = {name: [(ray_port, f"/{name}")] for name in bodies}
+        for routes in systems.values():
+            for name, body in bodies.items():
+                drive(routes[name], body, 4, 1.0)  # warm-up
+        # Both systems up the whole time, measured in turns (the order alternating), so
+        # the load of a shared machine falls on both alike.
+        order = list(systems)
+        for turn in range(arguments.rounds):
+            for name, body in bodies.items():
+                for level in levels:
+                    for system in order if turn % 2 == 0 else order[::-1]:
+                        run = drive(
+                            systems[system][name], body, level, arguments.seconds / arguments.rounds
+                        )
+                        cells.setdefault((system, name, level), []).append(run)
+    results = [
+        {"system": system, "model": name, "concurrency": level, **summary(runs)}
+        for (system, name, level), runs in cells.items()
+    ]
     ratios = []
     for cell in results:
         if cell["system"] != "meshgpu":
@@ -323,6 +354,7 @@ def main() -> None:
             "load_average": os.getloadavg(),
         },
         "seconds_per_cell": arguments.seconds,
+        "rounds": arguments.rounds,
         "ray_serve": ray_note,
         "results": results,
         "meshgpu_over_ray": ratios,

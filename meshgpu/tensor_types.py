@@ -37,7 +37,8 @@ def bfloat16() -> np.dtype[Any]:
     """The bfloat16 dtype (``ml_dtypes``, which onnx depends on)."""
     import ml_dtypes
 
-    return np.dtype(ml_dtypes.bfloat16)
+    dtype: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return dtype
 
 
 def is_bfloat16(dtype: np.dtype[Any]) -> bool:
@@ -126,7 +127,7 @@ def encode_strings(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def decode_strings(data: bytes | memoryview, shape: tuple[int, ...]) -> np.ndarray:
+def decode_strings(data: bytes | bytearray | memoryview, shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of :func:`encode_strings`: an object array of ``str`` of ``shape``; a
     DecodeError when the bytes hold another number of elements, a length runs past the
     end, or an element is not UTF-8."""
@@ -183,7 +184,7 @@ def tensor_bytes(array: np.ndarray) -> bytes | memoryview:
 
 
 def tensor_from_bytes(
-    data: bytes | memoryview, dtype: np.dtype[Any], shape: tuple[int, ...], what: str
+    data: bytes | bytearray | memoryview, dtype: np.dtype[Any], shape: tuple[int, ...], what: str
 ) -> np.ndarray:
     """Inverse of :func:`tensor_bytes` (``what`` names the tensor in a DecodeError)."""
     if any(n < 0 for n in shape):

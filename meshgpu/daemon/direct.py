@@ -6,8 +6,8 @@ two holders with an fsync each, copy the inputs, the leader's assignment, the re
 stored on the holders and reported back) cost 15-20 ms of submit-to-result for a model
 that runs in 0.2 ms (docs/daemon.md, per-hop trace). When the node the client talks to
 has a free slot, nothing of its own queued or running, and a run of the model on these
-inputs is expected to take under ``DIRECT_RUN_S`` here (the latest run here, scaled by
-input bytes), that node is what any strategy would pick, and running the
+inputs is expected to take under ``DIRECT_RUN_S`` here (the fastest recent run here,
+scaled by input bytes), that node is what any strategy would pick, and running the
 task before the client is even acknowledged is both faster and no less safe:
 
 * nothing accepted is at risk. A submission is *accepted* when the client gets its
@@ -48,7 +48,7 @@ from meshgpu.core.load import DeviceCapabilities
 from meshgpu.core.tasks import DeviceRequirements
 from meshgpu.core.tasks.strategies import WorkerView, may_run_at_entry
 from meshgpu.core.types import NodeId
-from meshgpu.daemon.blobs import TensorBlob
+from meshgpu.daemon.blobs import TensorBlob, tensor_nbytes
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import encode_tensors
 
@@ -60,10 +60,13 @@ if TYPE_CHECKING:
     from meshgpu.daemon.modelstore import ModelStore
 
 DIRECT_RUN_S = 0.02
-"""A run expected to take longer than this (the model's latest run here, scaled by input
-bytes) is never run directly: the
+"""A run expected to take longer than this (the model's fastest recent run here, scaled by
+input bytes) is never run directly: the
 table's bookkeeping (15-20 ms on loopback) is then a small part of the task's time, and a
 longer unacknowledged run is a longer window in which the client has nothing."""
+
+HEADER_ALLOWANCE = 4096
+"""More than a tensor's name, dtype and shape take in a payload (msgpack headers)."""
 
 DIRECT_MARK = "/direct-"
 """What a direct run's id holds (``<node>/direct-<run token>-<n>``) and a table id
@@ -150,7 +153,10 @@ class DirectRuns:
         try:
             with self.models.pinned(digest) as model_path:
                 outputs, _ = await self.executor.run(digest, model_path, tensors)
-            if TensorBlob(outputs).size > self.chunk:
+            # The exact size only near the limit: most answers are far below it, and
+            # the blob's headers cost more than the run of a tiny model.
+            near = tensor_nbytes(outputs) + HEADER_ALLOWANCE * len(outputs) > self.chunk
+            if near and TensorBlob(outputs).size > self.chunk:
                 # An answer is one frame: a result that needs ranges goes through the
                 # table, where it is stored and fetched in ranges.
                 self._count("direct_too_large")

@@ -49,7 +49,7 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +85,8 @@ leader told, next assignment gossiped, inputs fetched), which held one node at a
 half its ideal throughput. One per slot hides that round trip; more would only queue
 work on one node that another could start (and lose it to a crash later)."""
 
+RECENT_RUNS = 8
+"""Runs of a model whose fastest decides how long its next run is expected to take."""
 INLINE_RUN_S = 0.001
 """A session whose last run took less than this runs its next one on the loop."""
 
@@ -167,23 +169,27 @@ def _average(current: float, sample: float, count: int) -> float:
 class _CachedSession:
     session: Any
     lock: threading.Lock | None
-    last_run_s: float = math.inf
-    """How long the latest run took (decides whether the next one may run inline)."""
-    last_input_bytes: int = 0
-    """The input bytes of that run: a run on more bytes is expected to take longer."""
+    recent_runs: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=RECENT_RUNS))
+    """(seconds, input bytes) of the latest runs: they decide whether the next one may
+    run inline, and whether a submission may run directly."""
     batch_axis: bool = False
     """The model's graph declares a free batch dimension (batching.batch_dimension)."""
 
     def expected_s(self, input_bytes: int) -> float:
-        """The latest run's time scaled up to ``input_bytes`` (never down: a small input
-        still pays the run's fixed cost); ``inf`` before the first run. A 1-row run of a
-        model says little about a 200,000-row one, which must not run on the loop."""
-        if self.last_run_s == math.inf:
+        """The fastest of the latest runs, each scaled up to ``input_bytes`` (never down:
+        a small input still pays the run's fixed cost); ``inf`` before the first run. A
+        1-row run of a model says little about a 200,000-row one, which must not run on
+        the loop. The fastest, not the latest: a run's wall time only grows when the
+        process loses its core mid-run (a loaded machine), and one such run sent every
+        next run of a 0.2 ms model through a worker thread (two more wake-ups each)."""
+        if not self.recent_runs:
             return math.inf
-        return self.last_run_s * max(1.0, input_bytes / max(1, self.last_input_bytes))
+        return min(
+            seconds * max(1.0, input_bytes / max(1, size)) for seconds, size in self.recent_runs
+        )
 
     def ran(self, elapsed: float, input_bytes: int) -> None:
-        self.last_run_s, self.last_input_bytes = elapsed, input_bytes
+        self.recent_runs.append((elapsed, input_bytes))
 
     row_speed: RowSpeed = field(default_factory=lambda: RowSpeed())
     """Seconds per row of runs alone and of batched runs (whether batching pays here)."""
@@ -241,10 +247,10 @@ class Executor:
 
     def expected_run_s(self, digest: str, feeds: Mapping[str, np.ndarray]) -> float | None:
         """How long a run of model ``digest`` on ``feeds`` is expected to take here (the
-        latest run, scaled by input bytes); None when its session is not loaded or has
-        not run yet."""
+        fastest recent run, scaled by input bytes); None when its session is not loaded
+        or has not run yet."""
         cached = self._sessions.get(digest)
-        if cached is None or cached.last_run_s == math.inf:
+        if cached is None or not cached.recent_runs:
             return None
         return cached.expected_s(input_bytes(feeds))
 

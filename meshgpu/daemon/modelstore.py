@@ -7,7 +7,10 @@ into place only after its digest matched, so the cache never holds a model that 
 what its name says (a crash mid-download leaves only a ``.partial``, swept at start).
 
 Eviction is least-recently-used by access time kept in memory (seeded from file mtimes
-at start, refreshed with ``os.utime`` on use so the order survives a restart). Models
+at start, refreshed with ``os.utime`` on use so the order survives a restart; at most
+once a minute per model: a use is a syscall that dirties an inode otherwise, on every
+task and every HTTP request of a warm model, and a restart's order needs no finer
+grain). Models
 pinned by a running task are never evicted; if pinned models alone exceed the limit the
 cache goes over it rather than break a running task, and says so in ``over_limit``.
 
@@ -86,6 +89,10 @@ class ModelWriter:
         self.path.unlink(missing_ok=True)
 
 
+MTIME_REFRESH_S = 60.0
+"""A model's file mtime (its use order after a restart) is set at most this often."""
+
+
 class ModelStore:
     """The model cache of one node; ``max_bytes`` bounds the bytes of unpinned models."""
 
@@ -94,6 +101,8 @@ class ModelStore:
         self.max_bytes = max_bytes
         self._sizes: dict[str, int] = {}
         self._used: dict[str, float] = {}
+        self._stamped: dict[str, float] = {}
+        """When each model's mtime was last set (the ``os.utime`` of :meth:`_touch`)."""
         self._pins: Counter[str] = Counter()
         self.evictions = 0
         directory.mkdir(parents=True, exist_ok=True)
@@ -168,6 +177,9 @@ class ModelStore:
         now = time.time()
         self._used[digest] = now
         # The in-memory order is what counts while running; the mtime is for restarts.
+        if now - self._stamped.get(digest, -MTIME_REFRESH_S) < MTIME_REFRESH_S:
+            return
+        self._stamped[digest] = now
         with contextlib.suppress(OSError):
             os.utime(self.directory / f"{digest}{SUFFIX}", (now, now))
 
@@ -194,4 +206,5 @@ class ModelStore:
             (self.directory / f"{digest}{SUFFIX}").unlink(missing_ok=True)
             del self._sizes[digest]
             self._used.pop(digest, None)
+            self._stamped.pop(digest, None)
             self.evictions += 1

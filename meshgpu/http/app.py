@@ -33,12 +33,18 @@ from meshgpu.http.metrics import InferenceStats
 from meshgpu.http.models import PLATFORM, CatalogModel, ModelInfo
 from meshgpu.http.tokens import TokenTable, allows
 from meshgpu.http.v2 import ProtocolError, encode_response, parse_request
+from meshgpu.tensor_types import payload_nbytes
 
 logger = logging.getLogger("meshgpu.http")
 
 SERVER_NAME = "meshgpu"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 HEADER_LENGTH = "inference-header-content-length"
+INLINE_CODING_BYTES = 64 << 10
+"""A request body or response tensors up to this size are decoded and encoded on the
+node's trio thread (well under a millisecond); larger ones in a worker thread. Measured
+at concurrency 1 on a loaded 2-core machine, each hop to a worker thread and back waits
+for a core twice and cost milliseconds around a 0.2 ms model (docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
@@ -230,9 +236,12 @@ def build_app(
             ) from None
         body = await read_body(request, max_body_bytes)
         try:
-            # A worker thread: decoding a large JSON body takes seconds, during which the
-            # node's trio thread would answer no probe (and be suspected by its peers).
-            parsed = await trio.to_thread.run_sync(parse_request, body, header_length)
+            if len(body) <= INLINE_CODING_BYTES:
+                parsed = parse_request(body, header_length)
+            else:
+                # A worker thread: decoding a large JSON body takes seconds, during which
+                # the node's trio thread would answer no probe (and be suspected).
+                parsed = await trio.to_thread.run_sync(parse_request, body, header_length)
         except ProtocolError as error:
             raise HttpError(400, str(error)) from None
         info = await info_of(model)
@@ -281,21 +290,23 @@ def build_app(
                 total_s=time.perf_counter() - started,
                 compute_s=outcome.compute_s if outcome is not None else None,
             )
+        encode = functools.partial(
+            encode_response,
+            model.name,
+            model.version,
+            outcome.outputs,
+            parsed,
+            {
+                "worker": outcome.worker or "",
+                "task_id": outcome.task_id,
+                "entry": sources.node_id(),
+            },
+        )
         try:
-            content, length = await trio.to_thread.run_sync(
-                functools.partial(
-                    encode_response,
-                    model.name,
-                    model.version,
-                    outcome.outputs,
-                    parsed,
-                    {
-                        "worker": outcome.worker or "",
-                        "task_id": outcome.task_id,
-                        "entry": sources.node_id(),
-                    },
-                )
-            )
+            if sum(map(payload_nbytes, outcome.outputs.values())) <= INLINE_CODING_BYTES:
+                content, length = encode()
+            else:
+                content, length = await trio.to_thread.run_sync(encode)
         except ProtocolError as error:
             raise HttpError(400, str(error)) from None
         if length is None:

@@ -233,6 +233,18 @@ def format_shape(shape: Shape) -> str:
     return "[" + ", ".join("?" if dim is None else str(dim) for dim in shape) + "]"
 
 
+class _Lazy:
+    """A message part formatted when it is put into a message, not before."""
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+
+    def __format__(self, spec: str) -> str:
+        return format(self._make(), spec)
+
+
 def validate_feeds(spec: InputSpec, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Check ``feeds`` against the model's inputs; return them as contiguous arrays.
 
@@ -250,18 +262,20 @@ def validate_feeds(spec: InputSpec, feeds: Mapping[str, Any]) -> dict[str, np.nd
     symbols: dict[str, tuple[int, str]] = {}
     checked: dict[str, np.ndarray] = {}
     for name, (shape, dtype) in spec.items():
-        expected = f"{dtype} {format_shape(shape)}"
         if name not in feeds:
             raise InputError(
-                f"missing input {name!r}: expected {expected}; got feeds for {sorted(feeds)}"
+                f"missing input {name!r}: expected {dtype} {format_shape(shape)}; got feeds "
+                f"for {sorted(feeds)}"
             )
         array = feeds[name]
+        # The messages are built only on the way out: this runs for every run.
+        expected = _Lazy(lambda shape=shape, dtype=dtype: f"{dtype} {format_shape(shape)}")
+        got = _Lazy(lambda array=array: f"{array.dtype} {list(array.shape)}")
         if not isinstance(array, np.ndarray):
             raise InputError(
                 f"input {name!r}: expected a numpy array ({expected}), got "
                 f"{type(array).__name__}; convert with numpy.asarray(value, dtype='{dtype}')"
             )
-        got = f"{array.dtype} {list(array.shape)}"
         if array.dtype != dtype:
             raise InputError(
                 f"input {name!r} has dtype {array.dtype}, expected {dtype} "

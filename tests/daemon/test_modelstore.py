@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,25 @@ def test_partial_downloads_are_swept_at_start(tmp_path: Path) -> None:
     (tmp_path / f"{'a' * 64}.partial").write_bytes(b"half")
     ModelStore(tmp_path, max_bytes=100)
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_uses_set_the_mtime_at_most_once_a_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshgpu.daemon import modelstore
+
+    store = ModelStore(tmp_path, max_bytes=10_000)
+    digest = store.put(model(1))
+    path = tmp_path / f"{digest}.onnx"
+    base = time.time()
+    clock = [base + 120]
+    monkeypatch.setattr(modelstore.time, "time", lambda: clock[0])
+    store.path(digest)
+    assert path.stat().st_mtime == pytest.approx(base + 120)
+    clock[0] = base + 150  # within the minute: the order in memory moves, the file not
+    store.path(digest)
+    assert path.stat().st_mtime == pytest.approx(base + 120)
+    clock[0] = base + 181
+    with store.pinned(digest):
+        pass
+    assert path.stat().st_mtime == pytest.approx(base + 181)

@@ -149,12 +149,17 @@ async def test_binary_infer_in_and_out(node: Daemon) -> None:
     np.testing.assert_allclose(got, expected(PIXELS), rtol=1e-5, atol=1e-6)
 
 
-async def test_infer_decodes_and_encodes_off_the_trio_thread(
-    node: Daemon, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("large", [True, False])
+async def test_infer_decodes_and_encodes_off_the_trio_thread_when_large(
+    node: Daemon, monkeypatch: pytest.MonkeyPatch, large: bool
 ) -> None:
     """A large JSON body takes seconds to decode (and its answer to encode): on the trio
-    thread the node would answer no probe meanwhile and be suspected by its peers."""
+    thread the node would answer no probe meanwhile and be suspected by its peers. A
+    small one is decoded and encoded there: the hop to a thread costs more."""
     import meshgpu.http.app as app_module
+
+    if large:  # every body and answer counts as large
+        monkeypatch.setattr(app_module, "INLINE_CODING_BYTES", 0)
 
     on_trio_thread: dict[str, bool] = {}
 
@@ -173,7 +178,7 @@ async def test_infer_decodes_and_encodes_off_the_trio_thread(
         monkeypatch.setattr(app_module, name, watched(name, getattr(app_module, name)))
     status, _, body = await acall(node, "POST", "/v2/models/digits/infer", infer_body(PIXELS))
     assert status == 200, body
-    assert on_trio_thread == {"parse_request": False, "encode_response": False}
+    assert on_trio_thread == {"parse_request": not large, "encode_response": not large}
 
 
 @pytest.mark.parametrize(
