@@ -518,11 +518,20 @@ def open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+BARRAGE_PARTS = ("datagrams", "frames", "max_frame", "idle_api", "slow", "http", "idle_http")
+"""The parts of :func:`barrage` (``--parts`` picks some, to measure them apart)."""
+
+
 async def barrage(
-    address: str, stop: threading.Event, tally: Counter[str], seed: int, idle_api: int = IDLE_API
+    address: str,
+    stop: threading.Event,
+    tally: Counter[str],
+    seed: int,
+    idle_api: int = IDLE_API,
+    parts: tuple[str, ...] = BARRAGE_PARTS,
 ) -> None:
     """Hostile input at one daemon until ``stop``: run inside the daemon's namespace (its
-    HTTP port listens on 127.0.0.1 there)."""
+    HTTP port listens on 127.0.0.1 there). ``parts``: which of :data:`BARRAGE_PARTS`."""
     rng = random.Random(seed)
     api = (address, PORT)
     http = ("127.0.0.1", HTTP_PORT)
@@ -573,14 +582,16 @@ async def barrage(
         limit = 64 * 1024 * 1024
         sent_max = 0.0
         while True:
-            await one_shot(api, b"\x00\x00\x00\x10" + rng.randbytes(16), "garbage_frames")
-            await one_shot(api, b"\xff\xff\xff\xff", "over_limit_lengths")
-            await one_shot(api, b"\x00\x00\x10\x00short", "lying_lengths")
-            await one_shot(api, rng.randbytes(3), "truncated_headers")
-            await one_shot(http, rng.randbytes(rng.randrange(1, 600)), "http_garbage")
-            await one_shot(http, HTTP_LYING, "http_lying")
-            await one_shot(http, b"GET /v2/health/re", "http_truncated")
-            if trio.current_time() - sent_max > 20:
+            if "frames" in parts:
+                await one_shot(api, b"\x00\x00\x00\x10" + rng.randbytes(16), "garbage_frames")
+                await one_shot(api, b"\xff\xff\xff\xff", "over_limit_lengths")
+                await one_shot(api, b"\x00\x00\x10\x00short", "lying_lengths")
+                await one_shot(api, rng.randbytes(3), "truncated_headers")
+            if "http" in parts:
+                await one_shot(http, rng.randbytes(rng.randrange(1, 600)), "http_garbage")
+                await one_shot(http, HTTP_LYING, "http_lying")
+                await one_shot(http, b"GET /v2/health/re", "http_truncated")
+            if "max_frame" in parts and trio.current_time() - sent_max > 20:
                 sent_max = trio.current_time()
                 await one_shot(api, struct.pack(">I", limit) + bytes(limit), "max_size_frames")
             await trio.sleep(0.2)
@@ -599,17 +610,18 @@ async def barrage(
                 await trio.sleep(1.0)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(datagrams)
+        if "datagrams" in parts:
+            nursery.start_soon(datagrams)
         nursery.start_soon(frames)
-        for _ in range(3):
+        for _ in range(3 if "slow" in parts else 0):
             nursery.start_soon(
                 one_byte_a_second, api, b"\x00\x00\x01\x00" + bytes(256), "slow_api_bytes"
             )
             nursery.start_soon(one_byte_a_second, http, HTTP_SLOW, "slow_http_bytes")
-        for _ in range(idle_api):
+        for _ in range(idle_api if "idle_api" in parts else 0):
             nursery.start_soon(idle, api, "api")
             await trio.sleep(0)
-        for _ in range(IDLE_HTTP):
+        for _ in range(IDLE_HTTP if "idle_http" in parts else 0):
             nursery.start_soon(idle, http, "http")
             await trio.sleep(0)
         await stopped()
@@ -617,7 +629,12 @@ async def barrage(
 
 
 def hostile_phases(
-    campaign: Campaign, history: History, phase_s: float, seed: int, idle_api: int
+    campaign: Campaign,
+    history: History,
+    phase_s: float,
+    seed: int,
+    idle_api: int,
+    parts: tuple[str, ...] = BARRAGE_PARTS,
 ) -> dict[str, Any]:
     """A quiet phase, then a phase under :func:`barrage` at every daemon, both measured."""
 
@@ -630,14 +647,23 @@ def hostile_phases(
                 mine["open_files"] = max(mine["open_files"], open_files(pid))
 
     def counters() -> dict[str, int]:
+        """Every numeric counter of every daemon, summed (``part.name``)."""
         total: Counter[str] = Counter()
         for daemon in campaign.fleet.daemons:
             with contextlib.suppress(Exception):
                 status = campaign.fleet.call(daemon, "status")["counters"]
-                for name in DROP_COUNTERS:
-                    total[name] += int(status.get("daemon", {}).get(name, 0))
-                total["auth_rejected"] += int(status.get("auth", {}).get("rejected", 0))
+                for part, values in status.items():
+                    for name, value in values.items() if isinstance(values, dict) else ():
+                        if isinstance(value, int | float) and not isinstance(value, bool):
+                            total[f"{part}.{name}"] += value
         return dict(total)
+
+    def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+        return {
+            name: after[name] - before.get(name, 0)
+            for name in sorted(after)
+            if after[name] != before.get(name, 0)
+        }
 
     def results_between(start: float, end: float) -> int:
         with history.lock:
@@ -659,6 +685,7 @@ def hostile_phases(
                 argv = [sys.executable, __file__, "--barrage", daemon.host.address]
                 argv += ["--seed", str(seed * 100 + index)]
                 argv += ["--idle-connections", str(idle_api)]
+                argv += ["--parts", ",".join(parts)]
                 attackers.append(
                     campaign.lab.popen(
                         daemon.host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -687,13 +714,16 @@ def hostile_phases(
     tally: Counter[str] = Counter()
     cpu: dict[str, float] = {}
     time.sleep(min(20.0, phase_s / 3))  # the workload warms up (models cached everywhere)
+    at_start = counters()
     quiet_rate, quiet = phase(hostile=False)
     before = counters()
     hostile_rate, loud = phase(hostile=True)
     after = counters()
+    moved = delta(before, after)
     return {
         "phase_s": phase_s,
         "idle_connections_per_daemon": idle_api,
+        "parts": list(parts),
         "quiet_results_per_s": round(quiet_rate, 2),
         "hostile_results_per_s": round(hostile_rate, 2),
         "throughput_ratio": round(hostile_rate / quiet_rate, 3) if quiet_rate else 0.0,
@@ -707,7 +737,9 @@ def hostile_phases(
             for name in quiet
         },
         "quiet_rss_kib": {name: peak["rss_kib"] for name, peak in quiet.items()},
-        "dropped": {name: after.get(name, 0) - before.get(name, 0) for name in after},
+        "dropped": {name: moved.get(f"daemon.{name}", 0) for name in DROP_COUNTERS}
+        | {"auth_rejected": moved.get("auth.rejected", 0)},
+        "counters": {"quiet": delta(at_start, before), "hostile": moved},
         "sent": dict(sorted(tally.items())),
         "cpu_s": cpu,
     }
@@ -755,7 +787,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             campaign.apply(fault, history)
         if args.hostile:
             hostile = hostile_phases(
-                campaign, history, args.hostile_s, args.seed, args.idle_connections
+                campaign, history, args.hostile_s, args.seed, args.idle_connections, args.parts
             )
         rest = 0.0 if args.hostile else began + args.minutes * 60.0 - time.monotonic()
         if rest > 0:
@@ -858,7 +890,7 @@ TABLE = (
 )
 
 
-def barrage_process(address: str, seed: int, idle_api: int) -> int:
+def barrage_process(address: str, seed: int, idle_api: int, parts: tuple[str, ...]) -> int:
     """``--barrage ADDRESS``: :func:`barrage` until stdin closes, then its tally as JSON."""
     stop = threading.Event()
     tally: Counter[str] = Counter()
@@ -868,9 +900,19 @@ def barrage_process(address: str, seed: int, idle_api: int) -> int:
         stop.set()
 
     threading.Thread(target=until_stdin_closes, daemon=True).start()
-    trio.run(barrage, address, stop, tally, seed, idle_api)
+    trio.run(barrage, address, stop, tally, seed, idle_api, parts)
     print(json.dumps(dict(tally)), flush=True)
     return 0
+
+
+def _parts(text: str) -> tuple[str, ...]:
+    parts = tuple(part for part in text.split(",") if part)
+    unknown = [part for part in parts if part not in BARRAGE_PARTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown barrage parts {unknown}; known: {', '.join(BARRAGE_PARTS)}"
+        )
+    return parts
 
 
 def main() -> int:
@@ -899,9 +941,15 @@ def main() -> int:
         help="idle TCP connections the barrage holds against each daemon's API port",
     )
     parser.add_argument("--hostile-s", type=float, default=60.0, help="length of each phase")
+    parser.add_argument(
+        "--parts",
+        type=_parts,
+        default=BARRAGE_PARTS,
+        help=f"comma-separated parts of the barrage (default all: {','.join(BARRAGE_PARTS)})",
+    )
     args = parser.parse_args()
     if args.barrage:
-        return barrage_process(args.barrage, args.seed, args.idle_connections)
+        return barrage_process(args.barrage, args.seed, args.idle_connections, args.parts)
     try:
         check_available()
     except NamespacesUnavailable as reason:

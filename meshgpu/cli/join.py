@@ -213,6 +213,8 @@ def join(
         "max_frame_bytes": None,  # config file only
         "api_max_connections": None,  # config file only
         "api_idle_timeout_s": None,  # config file only
+        "api_max_connections_per_client": None,  # config file only
+        "api_handshake_timeout_s": None,  # config file only
         "http_port": http_port,
         "http_bind": http_bind,
         "api_tokens": api_tokens,

@@ -12,14 +12,28 @@ final response. What reaches the peer:
   with one connection-level error (no ``id``) if the connection still works, counted
   (``frames_rejected``), and the connection is closed; other connections are untouched.
 
-Connections are bounded: one with no request in flight and no complete frame for
-``idle_timeout_s`` is closed (``api_idle_closed``; a frame sent one byte at a time does
-not count as activity until it is whole), and with ``max_connections`` open a new one
-takes the place of the connection idle longest (``api_idle_evicted``), or is closed at
-once when every open connection has a request in flight (``api_connections_refused``).
-So idle or trickling connections, however many, cannot keep a real client out, and
-the open files they hold stay bounded. A client or peer whose idle connection was closed
-connects again on its next call (the connection pool and the client do).
+Connections are bounded, as Consul bounds its RPC port (``rpc_max_conns_per_client``,
+``rpc_handshake_timeout``):
+
+* one address holds at most ``max_connections_per_client`` connections; another one from
+  it is closed as soon as it is accepted (``api_client_limit_refused``), before any
+  state is built for it, so one host's flood costs an accept and a close per connection;
+* a new connection must begin its first frame (a length and an envelope's magic) within
+  ``handshake_timeout_s`` or it is closed (``api_handshake_timeouts``): silent and
+  trickling strangers go in seconds, not after the idle timeout;
+* one with no request in flight and no complete frame for ``idle_timeout_s`` is closed
+  (``api_idle_closed``; a frame sent one byte at a time does not count as activity
+  until it is whole);
+* with ``max_connections`` open, a new one takes the place of an idle one
+  (``api_idle_evicted``: one that never began a frame first, else the one idle
+  longest), or is closed at once when every open connection has a request in flight
+  (``api_connections_refused``).
+
+So idle or trickling connections, however many and from however many addresses, cannot
+keep a real client out, cannot hold the event loop (a daemon that misses its 100 ms
+probe deadlines is declared dead by its peers), and the open files they hold stay
+bounded. A client or peer whose idle connection was closed connects again on its next
+call (the connection pool and the client do).
 
 Request shapes are in docs/client-api.md.
 """
@@ -27,6 +41,7 @@ Request shapes are in docs/client-api.md.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +90,17 @@ DEFAULT_MAX_CONNECTIONS = 512
 """Open API connections at most (below the usual 1,024 open-file limit of a process)."""
 DEFAULT_IDLE_TIMEOUT_S = 120.0
 """Seconds a connection may sit without a request in flight or a complete frame."""
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 100
+"""Open API connections from one address at most (Consul's ``rpc_max_conns_per_client``
+default): a daemon peer uses one pooled connection plus one per transfer in flight, a
+client one per session."""
+DEFAULT_HANDSHAKE_TIMEOUT_S = 5.0
+"""Seconds a new connection has to begin its first frame (Consul's
+``rpc_handshake_timeout``); a frame larger than a range still has the idle timeout to
+arrive whole (a slow link)."""
+
+WARNING_INTERVAL_S = 10.0
+"""Seconds between two warnings about unreadable frames from one address."""
 
 
 @dataclass(eq=False)
@@ -82,7 +108,11 @@ class _Connection:
     scope: trio.CancelScope
     last_active: float
     """When the last complete frame arrived or the last request was answered."""
+    client: str
+    """The address it comes from (``max_connections_per_client``)."""
     in_flight: int = 0
+    began: bool = False
+    """Its first frame has begun (a length and an envelope's magic)."""
 
 
 class ApiServer:
@@ -97,6 +127,8 @@ class ApiServer:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+        handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
     ) -> None:
         self.handlers = handlers
         self.authenticator = authenticator
@@ -104,7 +136,11 @@ class ApiServer:
         self.max_frame_bytes = max_frame_bytes
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
+        self.max_connections_per_client = max_connections_per_client
+        self.handshake_timeout_s = handshake_timeout_s
         self._connections: set[_Connection] = set()
+        self._per_client: Counter[str] = Counter()
+        self._warned: dict[str, float] = {}
         self.on_reject: Callable[[], None] | None = None
         """Called after a connection was dropped for an unreadable frame."""
 
@@ -120,13 +156,39 @@ class ApiServer:
         idle = [c for c in self._connections if c.in_flight == 0]
         if not idle:
             return False
-        oldest = min(idle, key=lambda c: c.last_active)
-        self._connections.discard(oldest)
+        oldest = min(idle, key=lambda c: (c.began, c.last_active))
+        self._forget(oldest)
         oldest.scope.cancel()
         self._count("api_idle_evicted")
         return True
 
-    async def _close_when_idle(self, connection: _Connection) -> None:
+    def _may_warn(self, client: str) -> bool:
+        """At most one warning per address per ``WARNING_INTERVAL_S`` (a flood of
+        garbage is counted, not written to the log line by line)."""
+        now = trio.current_time()
+        if now - self._warned.get(client, -WARNING_INTERVAL_S) < WARNING_INTERVAL_S:
+            return False
+        if len(self._warned) > 1024:
+            self._warned.clear()
+        self._warned[client] = now
+        return True
+
+    def _forget(self, connection: _Connection) -> None:
+        if connection in self._connections:
+            self._connections.discard(connection)
+            self._per_client[connection.client] -= 1
+            if self._per_client[connection.client] <= 0:
+                del self._per_client[connection.client]
+
+    async def _close_when_idle(self, connection: _Connection, frames: FrameStream) -> None:
+        with trio.move_on_after(min(self.handshake_timeout_s, self.idle_timeout_s)):
+            await frames.header_seen.wait()
+        if not frames.header_seen.is_set():
+            silent_too_long = self.idle_timeout_s <= self.handshake_timeout_s
+            self._count("api_idle_closed" if silent_too_long else "api_handshake_timeouts")
+            connection.scope.cancel()
+            return
+        connection.began = True
         while True:
             await trio.sleep_until(connection.last_active + self.idle_timeout_s)
             if connection.in_flight:
@@ -140,13 +202,20 @@ class ApiServer:
         """Handle one connection until the peer closes it, sends something unreadable,
         stays idle too long or is evicted for a newer one."""
         self._count("api_connections")
+        client = _client_address(stream)
+        if self._per_client[client] >= self.max_connections_per_client:
+            self._count("api_client_limit_refused")
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            return
         if len(self._connections) >= self.max_connections and not self._make_room():
             self._count("api_connections_refused")
             with trio.CancelScope(shield=True):
                 await stream.aclose()
             return
-        connection = _Connection(trio.CancelScope(), trio.current_time())
+        connection = _Connection(trio.CancelScope(), trio.current_time(), client)
         self._connections.add(connection)
+        self._per_client[client] += 1
         frames = FrameStream(
             stream, self.authenticator, max_frame_bytes=self.max_frame_bytes, answering=True
         )
@@ -155,7 +224,7 @@ class ApiServer:
             with connection.scope:
                 await self._serve(frames, lock, stream, connection)
         finally:
-            self._connections.discard(connection)
+            self._forget(connection)
             with trio.CancelScope(shield=True):
                 await frames.aclose()
 
@@ -167,7 +236,7 @@ class ApiServer:
         connection: _Connection,
     ) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._close_when_idle, connection)
+            nursery.start_soon(self._close_when_idle, connection, frames)
             while True:
                 try:
                     message = await frames.receive()
@@ -175,7 +244,8 @@ class ApiServer:
                     self._count("frames_rejected")
                     if self.on_reject is not None:
                         self.on_reject()
-                    logger.warning("dropping connection from %s: %s", _peer(stream), error)
+                    if self._may_warn(connection.client):
+                        logger.warning("dropping connection from %s: %s", _peer(stream), error)
                     if isinstance(error, IncompatiblePeerError):
                         if error.reason != "refused_by_peer":
                             await _try_refuse(frames, lock, error)
@@ -270,6 +340,14 @@ async def _try_refuse(frames: FrameStream, lock: trio.Lock, error: IncompatibleP
                 await frames.send_refusal(error)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+
+
+def _client_address(stream: trio.SocketStream) -> str:
+    """The address a connection comes from ("" if unknown: those share one budget)."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, AttributeError):
+        return ""
 
 
 def _peer(stream: trio.SocketStream) -> str:

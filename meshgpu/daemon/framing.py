@@ -7,7 +7,12 @@ carries a sequence of frames::
 
 The length is checked against ``max_frame_bytes`` *before* any body is read, so a
 garbage or hostile peer cannot make us buffer gigabytes: the first four bytes of
-``GET / HTTP/1.1`` announce a 1.2 GB frame and are refused at once. Any error here
+``GET / HTTP/1.1`` announce a 1.2 GB frame and are refused at once. Before the body of a
+large frame is given its buffer (and before the first frame of a connection counts as
+begun: :attr:`FrameStream.header_seen`), the envelope's magic is read and checked, so a
+length prefix followed by anything but a meshgpu envelope is refused without the
+allocation (zero-filling a 64 MiB buffer held the event loop for tens of milliseconds
+per lying frame, long enough to miss a 100 ms probe). Any error here
 (oversized, truncated, not msgpack, failed authentication) is a
 :class:`~meshgpu.errors.RemoteProtocolError`; the caller closes that one connection and
 the daemon goes on serving everybody else.
@@ -28,6 +33,7 @@ import trio
 
 from meshgpu.daemon.auth import Authenticator, Channel, Sealer
 from meshgpu.daemon.auth.envelope import Buffer
+from meshgpu.daemon.auth.handshake import MAGIC
 from meshgpu.errors import DecodeError, FrameTooLargeError, IncompatiblePeerError
 
 LENGTH = struct.Struct("!I")
@@ -102,6 +108,9 @@ class FrameStream:
             with contextlib.suppress(OSError):
                 host, port = socket.getpeername()[:2]
                 self._source = (host, port)  # names a refused peer whose name is encrypted
+        self.header_seen = trio.Event()
+        """Set once the first frame's length and envelope magic have arrived and are
+        well-formed: the peer speaks meshgpu (the API server's handshake deadline)."""
         self.peer_sender: str | None = None
         """The sender id of the first frame received (who is at the other end)."""
         self.peer_key_id: bytes | None = None
@@ -166,6 +175,8 @@ class FrameStream:
                 f"peer announced a {length}-byte frame, the limit is {self.max_frame_bytes} "
                 "(is something other than a meshgpu peer talking to this port?)"
             )
+        if length > _RECEIVE_CHUNK or not self.header_seen.is_set():
+            await self._check_magic(length)
         if length > _RECEIVE_CHUNK and self._socket is not None:
             body: bytes | bytearray | None = await self._receive_into(length)
         else:
@@ -184,6 +195,27 @@ class FrameStream:
                 f"sender changed mid-connection from {self.peer_sender} to {envelope.sender}"
             )
         return unpack(envelope.payload)
+
+    async def _check_magic(self, length: int) -> None:
+        """Read the start of a frame's envelope and refuse it unless it has the magic
+        every protocol version sends (auth/handshake.py); the buffer keeps the bytes."""
+        want = min(length, len(MAGIC))
+        while len(self._buffer) < want:
+            try:
+                chunk = await self.stream.receive_some(_RECEIVE_CHUNK)
+            except trio.BrokenResourceError as error:
+                raise DecodeError(f"connection broken: {error}") from None
+            if not chunk:
+                raise DecodeError(
+                    f"connection closed mid-frame ({len(self._buffer)} of {length} bytes read)"
+                )
+            self._buffer += chunk
+        if want == len(MAGIC) and self._buffer[:want] != MAGIC:
+            raise DecodeError(
+                f"a {length}-byte frame that is not a meshgpu envelope (bad magic); "
+                "is something other than a meshgpu peer talking to this port?"
+            )
+        self.header_seen.set()
 
     async def request(self, message: Any) -> Any:
         """Send one message and wait for one reply (the client API's request/response)."""

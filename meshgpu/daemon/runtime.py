@@ -346,6 +346,8 @@ class Daemon:
             max_frame_bytes=settings.max_frame_bytes,
             max_connections=settings.api_max_connections,
             idle_timeout_s=settings.api_idle_timeout_s,
+            max_connections_per_client=settings.api_max_connections_per_client,
+            handshake_timeout_s=settings.api_handshake_timeout_s,
         )
         self.api.on_reject = self.pulse
         self.commit = GroupCommit(self.journal, self.count, self.storage_failed)

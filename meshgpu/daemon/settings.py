@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from meshgpu.core.config import MeshConfig
-from meshgpu.daemon.api import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
+from meshgpu.daemon.api import (
+    DEFAULT_HANDSHAKE_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+)
 from meshgpu.daemon.auth import MeshKey
 from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES
 from meshgpu.errors import ConfigError
@@ -70,6 +75,10 @@ class DaemonSettings:
     api_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     """A TCP API connection with no request in flight and no complete frame this long
     is closed."""
+    api_max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+    """Open TCP API connections from one address at most; more are closed at once."""
+    api_handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S
+    """A new TCP API connection that has not begun a frame this long is closed."""
     seed_interval: float = 2.0
     load_interval: float = 0.5
     drain_timeout: float = 30.0
@@ -100,6 +109,9 @@ JOIN_FILE_KEYS: dict[str, str] = {
     "max_frame_bytes": "integer >= 1048576: largest TCP frame sent or accepted (64 MiB)",
     "api_max_connections": "integer >= 1: open TCP API connections at most (512)",
     "api_idle_timeout_s": "number > 0: seconds an idle TCP API connection stays open (120)",
+    "api_max_connections_per_client": "integer >= 1: TCP API connections from one address (100)",
+    "api_handshake_timeout_s": "number > 0: seconds a new TCP API connection has to begin a "
+    "frame (5)",
     "http_port": "integer 0-65535, 0 for no HTTP (--http-port)",
     "http_bind": "string: address of the HTTP port (--http-bind)",
     "api_tokens": "path: hashed HTTP API tokens (--api-tokens)",
@@ -107,7 +119,15 @@ JOIN_FILE_KEYS: dict[str, str] = {
     "tls_key": "path: HTTPS private key (--tls-key)",
 }
 """Every key the ``[daemon]`` table accepts, with what its value must be."""
-FILE_ONLY_KEYS = frozenset({"max_frame_bytes", "api_max_connections", "api_idle_timeout_s"})
+FILE_ONLY_KEYS = frozenset(
+    {
+        "max_frame_bytes",
+        "api_max_connections",
+        "api_idle_timeout_s",
+        "api_max_connections_per_client",
+        "api_handshake_timeout_s",
+    }
+)
 """Keys with no flag of ``meshgpu join``: settings a lab rarely changes (tests lower the
 frame limit to exercise large payloads with small ones)."""
 
@@ -194,12 +214,13 @@ def _checked(path: Path, key: str, value: object) -> object:
         if value not in BACKENDS:
             raise wrong()
         return value
-    if key == "api_idle_timeout_s":
+    if key in ("api_idle_timeout_s", "api_handshake_timeout_s"):
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise wrong()
         return float(value)
     bounds = {
         "api_max_connections": (1, None),
+        "api_max_connections_per_client": (1, None),
         "port": (0, 65535),
         "http_port": (0, 65535),
         "slots": (1, None),

@@ -1,7 +1,10 @@
 """The TCP API's bounds on connections: thousands of idle connections cannot keep a real
 client out (the idlest is closed to make room), a connection with a request in flight is
 never the one closed, an idle or trickling connection is closed after the idle timeout,
-and with every slot busy a new connection is refused at once."""
+with every slot busy a new connection is refused at once, one address holds at most its
+share of connections, and a stranger that never begins a frame is closed after the
+handshake timeout. The hostile connections come from 127.0.0.2 where the real client
+must be told apart from them (Linux routes all of 127.0.0.0/8 to loopback)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,14 @@ IDLE = 3000
 
 
 class Served:
-    def __init__(self, max_connections: int, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        idle_timeout_s: float,
+        *,
+        max_connections_per_client: int = 100,
+        handshake_timeout_s: float = 3600.0,
+    ) -> None:
         self.release = trio.Event()
         self.counters: dict[str, int] = {}
 
@@ -35,6 +45,8 @@ class Served:
             self.counters,
             max_connections=max_connections,
             idle_timeout_s=idle_timeout_s,
+            max_connections_per_client=max_connections_per_client,
+            handshake_timeout_s=handshake_timeout_s,
         )
         self.port = 0
 
@@ -98,7 +110,7 @@ async def test_an_idle_or_trickling_connection_is_closed_after_the_timeout(
 
     async def one_byte_at_a_time() -> None:
         with trio.move_on_after(30), contextlib.suppress(trio.BrokenResourceError):
-            for byte in b"\x00\x00\x00\x08abcdefgh":
+            for byte in b"\x00\x00\x00\x08MGabcdef":
                 await trickling.send_all(bytes([byte]))
                 await trio.sleep(0.2)
 
@@ -149,3 +161,64 @@ async def test_with_every_connection_busy_a_new_one_is_refused(nursery: trio.Nur
             while len(answers) < 2:
                 await trio.sleep(0.05)
         await third.aclose()
+
+
+HOSTILE = "127.0.0.2"
+
+
+async def hostile_stream(address: tuple[str, int]) -> trio.SocketStream:
+    return await trio.open_tcp_stream(*address, local_address=HOSTILE)
+
+
+async def test_one_address_holds_at_most_its_share_and_a_real_client_is_answered(
+    nursery: trio.Nursery,
+) -> None:
+    served = Served(max_connections=512, idle_timeout_s=3600, max_connections_per_client=16)
+    await nursery.start(served.run)
+    held = [await hostile_stream(served.address) for _ in range(200)]
+    # a trickler and a lying length from the same host, held open meanwhile
+    trickler = await hostile_stream(served.address)
+    await trickler.send_all(b"\x00")
+    with trio.fail_after(60):
+        async with open_rpc(served.address, Authenticator(None, "client")) as real:
+            assert (await real.call("ping"))["pong"] is True
+    refused = [stream for stream in held if await closed_soon(stream)]
+    assert len(held) - len(refused) <= 16
+    assert served.counters["api_client_limit_refused"] >= 200 - 16
+    assert served.counters.get("api_idle_evicted", 0) == 0  # nobody else paid for them
+    for stream in [*held, trickler]:
+        await stream.aclose()
+
+
+async def closed_soon(stream: trio.SocketStream) -> bool:
+    """True if the server closed ``stream`` (it reads to the end within a moment)."""
+    with trio.move_on_after(0.5):
+        return await closed_by_server(stream)
+    return False
+
+
+async def test_a_stranger_that_never_begins_a_frame_is_closed_after_the_handshake_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    served = Served(max_connections=64, idle_timeout_s=3600, handshake_timeout_s=0.5)
+    await nursery.start(served.run)
+    silent = await hostile_stream(served.address)
+    trickling = await hostile_stream(served.address)
+
+    async def one_byte_at_a_time() -> None:
+        with trio.move_on_after(30), contextlib.suppress(trio.BrokenResourceError):
+            for byte in b"\x00\x00\x01\x00" + bytes(256):
+                await trickling.send_all(bytes([byte]))
+                await trio.sleep(0.2)
+
+    nursery.start_soon(one_byte_at_a_time)
+    async with open_rpc(served.address, Authenticator(None, "client")) as real:
+        assert (await real.call("ping"))["pong"] is True
+        with trio.fail_after(30):
+            assert await closed_by_server(silent)
+            assert await closed_by_server(trickling)
+        assert served.counters["api_handshake_timeouts"] == 2
+        await trio.sleep(1.0)  # past the handshake timeout: a peer that spoke stays
+        assert (await real.call("ping"))["pong"] is True
+    await silent.aclose()
+    await trickling.aclose()

@@ -55,6 +55,29 @@ async def test_http_request_is_refused_as_oversized() -> None:
         await right.receive()
 
 
+async def test_a_lying_length_is_refused_at_its_first_bytes_not_after_the_body() -> None:
+    """A frame announced at the limit whose body does not begin like an envelope is
+    refused when its first bytes arrive: the rest is never waited for, nor given a
+    buffer of the announced size."""
+    _left, right, raw = pair(limit=64 << 20)
+    await raw.send_all(struct.pack("!I", 64 << 20) + b"\x00\x00garbage")
+    with trio.fail_after(10), pytest.raises(DecodeError, match="bad magic"):
+        await right.receive()  # without the check: waits for 64 MiB that never come
+
+
+async def test_the_first_frame_counts_as_begun_once_its_magic_arrives() -> None:
+    _left, right, raw = pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(right.receive)
+        await raw.send_all(struct.pack("!I", 100) + b"M")
+        await trio.testing.wait_all_tasks_blocked()
+        assert not right.header_seen.is_set()  # one byte of a trickle has begun nothing
+        await raw.send_all(b"G")
+        await trio.testing.wait_all_tasks_blocked()
+        assert right.header_seen.is_set()
+        nursery.cancel_scope.cancel()
+
+
 async def test_sending_oversized_frame_is_refused_locally() -> None:
     left, _, _ = pair(limit=1024)
     with pytest.raises(FrameTooLargeError, match="chunks"):

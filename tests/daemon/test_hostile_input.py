@@ -1,11 +1,14 @@
 """Hostile input at a real daemon's port (UDP gossip and TCP API share it): random
 datagrams, garbage and truncated frames, a lying length prefix, a frame over the limit,
-hundreds of idle connections and a client that sends one byte a second. The daemon
-keeps serving a real task meanwhile, its counters say what it dropped, and the open
-files it spent on the idle connections come back when they close."""
+hundreds of idle connections and a client that sends one byte a second, from two
+hosts (127.0.0.2 and .3; the real client is 127.0.0.1). The daemon keeps serving a real task
+meanwhile, holds no more of the hostile host's connections than its per-client share,
+its counters say what it dropped, and the open files it spent come back when they
+close."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -25,6 +28,10 @@ MODELS = Path(__file__).parents[2] / "meshgpu" / "inference" / "models"
 MODEL = (MODELS / "digits.onnx").read_bytes()
 DIGEST = hashlib.sha256(MODEL).hexdigest()
 IDLE = 300
+HOSTILE = "127.0.0.2"
+SECOND_HOSTILE = "127.0.0.3"
+PER_CLIENT = 100
+"""The daemon's default ``api_max_connections_per_client``."""
 
 
 def open_files(pid: int) -> int:
@@ -42,24 +49,32 @@ async def test_the_daemon_keeps_serving_under_hostile_input(tmp_path: Path) -> N
                 udp.sendto(rng.randbytes(rng.randrange(0, 1400)), node.address)
         idle = []
         for _ in range(IDLE):
-            stream = await trio.open_tcp_stream(*node.address)
+            stream = await trio.open_tcp_stream(*node.address, local_address=HOSTILE)
             idle.append(stream)
+        with trio.fail_after(30):
+            while True:
+                daemon = (await call(node, None, "status"))["counters"]["daemon"]
+                if daemon.get("api_client_limit_refused", 0) >= IDLE - PER_CLIENT:
+                    break
+                await trio.sleep(0.1)
+        assert open_files(node.process.pid) - files_before <= PER_CLIENT + 10
         hostile = [
             b"\x00\x00\x00\x10" + rng.randbytes(16),  # a frame of garbage
             b"\xff\xff\xff\xff",  # a length over the limit
             b"\x00\x00\x10\x00" + b"short",  # a lying length prefix, then the end
             rng.randbytes(3),  # a truncated header
         ]
-        for data in hostile:
-            stream = await trio.open_tcp_stream(*node.address)
+        for data in hostile:  # from a second hostile host: the first one is at its share
+            stream = await trio.open_tcp_stream(*node.address, local_address=SECOND_HOSTILE)
             await stream.send_all(data)
             await stream.aclose()
 
         async def one_byte_a_second() -> None:
-            stream = await trio.open_tcp_stream(*node.address)
-            for byte in b"\x00\x00\x00\x08abc":
-                await stream.send_all(bytes([byte]))
-                await trio.sleep(1.0)
+            stream = await trio.open_tcp_stream(*node.address, local_address=SECOND_HOSTILE)
+            with contextlib.suppress(trio.BrokenResourceError):  # the daemon may cut it
+                for byte in b"\x00\x00\x00\x08abc":
+                    await stream.send_all(bytes([byte]))
+                    await trio.sleep(1.0)
             await stream.aclose()
 
         async with trio.open_nursery() as nursery:
@@ -81,12 +96,12 @@ async def test_the_daemon_keeps_serving_under_hostile_input(tmp_path: Path) -> N
                 if rows and rows[0]["state"] == "done":
                     break
                 await trio.sleep(0.1)
-        assert open_files(node.process.pid) >= files_before + IDLE // 2
         for stream in idle:
             await stream.aclose()
         counters = (await call(node, None, "status"))["counters"]
         daemon = counters["daemon"]
         assert daemon.get("frames_rejected", 0) >= 2, counters
+        assert daemon.get("api_handshake_timeouts", 0) >= PER_CLIENT // 2, counters
         dropped = daemon.get("datagrams_rejected", 0) + counters["auth"].get("rejected", 0)
         assert dropped >= 1000, counters
         with trio.fail_after(30):
