@@ -519,6 +519,9 @@ def open_files(pid: int) -> int:
 
 
 BARRAGE_PARTS = ("datagrams", "frames", "max_frame", "idle_api", "slow", "http", "idle_http")
+CONTROL_PARTS = ("burn",)
+"""``burn``: no input at all, the attacker only spends CPU (a tenth of a core): a control
+that tells the attackers' share of a small machine from what the input costs."""
 """The parts of :func:`barrage` (``--parts`` picks some, to measure them apart)."""
 
 
@@ -609,7 +612,16 @@ async def barrage(
                 tally[f"{name}_cut"] += 1
                 await trio.sleep(1.0)
 
+    async def burn() -> None:
+        while True:
+            until = time.perf_counter() + 0.005
+            while time.perf_counter() < until:
+                pass
+            await trio.sleep(0.045)
+
     async with trio.open_nursery() as nursery:
+        if "burn" in parts:
+            nursery.start_soon(burn)
         if "datagrams" in parts:
             nursery.start_soon(datagrams)
         nursery.start_soon(frames)
@@ -907,7 +919,7 @@ def barrage_process(address: str, seed: int, idle_api: int, parts: tuple[str, ..
 
 def _parts(text: str) -> tuple[str, ...]:
     parts = tuple(part for part in text.split(",") if part)
-    unknown = [part for part in parts if part not in BARRAGE_PARTS]
+    unknown = [part for part in parts if part not in BARRAGE_PARTS + CONTROL_PARTS]
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown barrage parts {unknown}; known: {', '.join(BARRAGE_PARTS)}"

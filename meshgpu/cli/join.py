@@ -188,7 +188,12 @@ def join(
     from meshgpu.daemon.discovery import parse_advertise, parse_peer
     from meshgpu.daemon.foreground import serve_until_signalled
     from meshgpu.daemon.runtime import Daemon
-    from meshgpu.daemon.settings import FILE_ONLY_KEYS, DaemonSettings, read_config_file
+    from meshgpu.daemon.settings import (
+        FILE_ONLY_KEYS,
+        HTTP_FILE_ONLY_KEYS,
+        DaemonSettings,
+        read_config_file,
+    )
     from meshgpu.errors import MeshError
     from meshgpu.http.settings import HttpSettings, checked_bind
 
@@ -215,6 +220,9 @@ def join(
         "api_idle_timeout_s": None,  # config file only
         "api_max_connections_per_client": None,  # config file only
         "api_handshake_timeout_s": None,  # config file only
+        "http_max_connections": None,  # config file only
+        "http_max_connections_per_client": None,  # config file only
+        "http_header_timeout_s": None,  # config file only
         "http_port": http_port,
         "http_bind": http_bind,
         "api_tokens": api_tokens,
@@ -247,6 +255,11 @@ def join(
                 tokens=options["api_tokens"],
                 tls_cert=options["tls_cert"],
                 tls_key=options["tls_key"],
+                **{
+                    field: options[key]
+                    for key, field in HTTP_FILE_ONLY_KEYS.items()
+                    if options[key] is not None
+                },
             )
             checked_bind(http, options["bind"])  # refuse an open bind before anything starts
         settings = DaemonSettings(

@@ -40,6 +40,7 @@ hold an id the mesh has never heard of).
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,9 @@ if TYPE_CHECKING:
     from meshgpu.daemon.api import Message
     from meshgpu.daemon.execution import Executor
     from meshgpu.daemon.modelstore import ModelStore
+
+runs_logger = logging.getLogger("meshgpu.daemon.runs")
+"""The run record (dataplane.py logs the table's runs to it; off unless turned on)."""
 
 DIRECT_RUN_S = 0.02
 """A run expected to take longer than this (the model's fastest recent run here, scaled by
@@ -174,8 +178,10 @@ class DirectRuns:
         self.runs += 1
         self._count("direct_runs")
         node_id = self.node_id
+        task_id = f"{node_id}{DIRECT_MARK}{self._run_token}-{next(self._ids)}"
+        runs_logger.debug("run %s attempt %d", task_id, 0)
         return {
-            "task_id": f"{node_id}{DIRECT_MARK}{self._run_token}-{next(self._ids)}",
+            "task_id": task_id,
             "direct": True,
             "state": state,
             "reason": reason,

@@ -318,9 +318,11 @@ def build_http_server(
     daemon_bind: str,
     commit: GroupCommit,
     changed: Callable[[], trio.Event],
+    counters: dict[str, int] | None = None,
 ) -> HttpServer:
     """The daemon's HTTP part: its app over this daemon's sources, and the server (the
-    group commit's syncs feed its fsync histogram; ``changed`` wakes the dashboard)."""
+    group commit's syncs feed its fsync histogram; ``changed`` wakes the dashboard;
+    the connection bounds count in ``counters``)."""
     from meshgpu.http.app import build_app
     from meshgpu.http.dashboard import Dashboard
     from meshgpu.http.metrics import InferenceStats, fsync_histogram, new_registry
@@ -349,4 +351,4 @@ def build_http_server(
         max_body_bytes=settings.max_body_bytes,
         dashboard=dashboard,
     )
-    return HttpServer(app, host, settings, background=[dashboard.run])
+    return HttpServer(app, host, settings, background=[dashboard.run], counters=counters)

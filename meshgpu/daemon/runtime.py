@@ -397,6 +397,7 @@ class Daemon:
                 daemon_bind=settings.bind,
                 commit=self.commit,
                 changed=lambda: self.changed,
+                counters=self.counters,
             )
         """The HTTP port (meshgpu/http/, wired by http_sources.py), if one is served."""
         records = self.commit.replay()

@@ -114,6 +114,9 @@ JOIN_FILE_KEYS: dict[str, str] = {
     "frame (5)",
     "http_port": "integer 0-65535, 0 for no HTTP (--http-port)",
     "http_bind": "string: address of the HTTP port (--http-bind)",
+    "http_max_connections": "integer >= 1: open HTTP connections at most (256)",
+    "http_max_connections_per_client": "integer >= 1: HTTP connections from one address (128)",
+    "http_header_timeout_s": "number > 0: seconds a request head may take to arrive (10)",
     "api_tokens": "path: hashed HTTP API tokens (--api-tokens)",
     "tls_cert": "path: HTTPS certificate (--tls-cert)",
     "tls_key": "path: HTTPS private key (--tls-key)",
@@ -130,6 +133,12 @@ FILE_ONLY_KEYS = frozenset(
 )
 """Keys with no flag of ``meshgpu join``: settings a lab rarely changes (tests lower the
 frame limit to exercise large payloads with small ones)."""
+HTTP_FILE_ONLY_KEYS = {
+    "http_max_connections": "max_connections",
+    "http_max_connections_per_client": "max_connections_per_client",
+    "http_header_timeout_s": "header_timeout_s",
+}
+"""Keys with no flag that go to the HTTP port's settings (``HttpSettings`` field names)."""
 
 _PATHS = ("key_file", "data_dir", "api_tokens", "tls_cert", "tls_key")
 _STRINGS = ("name", "bind", "mesh", "device", "interface", "advertise", "http_bind")
@@ -214,13 +223,15 @@ def _checked(path: Path, key: str, value: object) -> object:
         if value not in BACKENDS:
             raise wrong()
         return value
-    if key in ("api_idle_timeout_s", "api_handshake_timeout_s"):
+    if key in ("api_idle_timeout_s", "api_handshake_timeout_s", "http_header_timeout_s"):
         if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
             raise wrong()
         return float(value)
     bounds = {
         "api_max_connections": (1, None),
         "api_max_connections_per_client": (1, None),
+        "http_max_connections": (1, None),
+        "http_max_connections_per_client": (1, None),
         "port": (0, 65535),
         "http_port": (0, 65535),
         "slots": (1, None),

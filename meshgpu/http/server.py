@@ -2,7 +2,9 @@
 
 It runs in the daemon's nursery as one task (``await nursery.start(server.run)``) that
 owns what it starts: hypercorn's listeners and connections live in the server's own
-nursery and end with it. No second event loop, no thread per request.
+nursery and end with it. No second event loop, no thread per request. Connections are
+bounded in number, per address and in how long a request head may take
+(connections.py).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 import h11
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
 
+from meshgpu.http.connections import ConnectionLimits, serve
 from meshgpu.http.settings import HttpSettings
 
 logger = logging.getLogger("meshgpu.http")
@@ -102,8 +104,16 @@ class HttpServer:
         host: str,
         settings: HttpSettings,
         background: Sequence[Callable[[], Awaitable[None]]] = (),
+        counters: dict[str, int] | None = None,
     ) -> None:
         self.app = app
+        self.limits = ConnectionLimits(
+            {} if counters is None else counters,
+            max_connections=settings.max_connections,
+            max_connections_per_client=settings.max_connections_per_client,
+            header_timeout_s=settings.header_timeout_s,
+        )
+        """The connection bounds; its counters are ``http_*`` (the daemon's, if given)."""
         self.background = background
         """Tasks that live as long as the server (the dashboard's watcher)."""
         self.host = host
@@ -139,7 +149,9 @@ class HttpServer:
         async with trio.open_nursery() as nursery:
             try:
                 self.urls = await nursery.start(
-                    partial(serve, self.app, self.config, shutdown_trigger=self._stop.wait)
+                    partial(
+                        serve, self.app, self.config, self.limits, shutdown_trigger=self._stop.wait
+                    )
                 )
             except OSError as error:
                 # The mesh node is worth more than its HTTP port: it keeps serving the mesh.

@@ -23,6 +23,12 @@ class HttpSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_body_bytes: int = 64 << 20
+    max_connections: int = 256
+    """Open connections at most (``http_max_connections``); the idlest makes room."""
+    max_connections_per_client: int = 128
+    """Open connections from one address at most (``http_max_connections_per_client``)."""
+    header_timeout_s: float = 10.0
+    """Seconds a request head may take to arrive whole (``http_header_timeout_s``)."""
 
 
 def checked_bind(settings: HttpSettings, gossip_bind: str) -> str:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from meshgpu.cli.join import join
 from meshgpu.daemon.settings import (
     FILE_ONLY_KEYS,
+    HTTP_FILE_ONLY_KEYS,
     JOIN_FILE_KEYS,
     DaemonSettings,
     read_config_file,
@@ -32,7 +33,7 @@ def test_every_join_option_has_a_file_key() -> None:
     # --profile is the [mesh] table's `profile` key (the timing profile is a mesh setting).
     options = {parameter.name for parameter in join.params} - {"config_file", "profile"}
     named = {"peers": "peers", "no_mdns": "mdns"}
-    file_keys = set(JOIN_FILE_KEYS) - FILE_ONLY_KEYS
+    file_keys = set(JOIN_FILE_KEYS) - FILE_ONLY_KEYS - set(HTTP_FILE_ONLY_KEYS)
     assert {named.get(option, option) for option in options} == file_keys
 
 
@@ -124,6 +125,10 @@ slots = 3
 advertise = "10.0.0.12"
 api_max_connections = 100
 api_idle_timeout_s = 30
+api_max_connections_per_client = 7
+api_handshake_timeout_s = 2.5
+http_max_connections = 9
+http_header_timeout_s = 4
 
 [mesh]
 probe_interval = 0.4
@@ -142,6 +147,12 @@ probe_interval = 0.4
     assert settings.advertise == "10.0.0.12"
     assert settings.api_max_connections == 100
     assert settings.api_idle_timeout_s == 30.0
+    assert settings.api_max_connections_per_client == 7
+    assert settings.api_handshake_timeout_s == 2.5
+    assert settings.http is not None
+    assert settings.http.max_connections == 9
+    assert settings.http.header_timeout_s == 4.0
+    assert settings.http.max_connections_per_client == 128  # not in the file: the default
     assert settings.mesh_config.probe_interval == 0.4
     assert settings.slots == 2  # the flag wins
     assert settings.peers == ("10.0.0.9:7946",)  # flags replace the file's list

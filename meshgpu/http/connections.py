@@ -1,0 +1,245 @@
+"""The HTTP port's bounds on connections, in front of hypercorn's connection handler.
+
+hypercorn bounds each connection (``h11_max_incomplete_size`` for a request's head,
+``read_timeout`` between two reads, ``keep_alive_timeout`` between requests) but not how
+many are open, nor how long a request's head may take when it comes a byte at a time
+(every byte restarts ``read_timeout``: a slow-loris client holds its connection for as
+long as it likes). :class:`ConnectionLimits` adds what the TCP API has
+(daemon/api.py):
+
+* ``max_connections`` open at most; at the limit a new connection takes the place of an
+  idle one (no request in progress: one that never sent a whole request head first, else
+  the one idle longest, ``http_idle_evicted``), or is closed at once when every
+  connection has a request in progress (``http_connections_refused``);
+* ``max_connections_per_client`` from one address (``http_client_limit_refused``, closed
+  as soon as accepted); without API tokens the port listens on loopback only, where
+  every client is 127.0.0.1 and this is one more global bound;
+* a request head must be complete within ``header_timeout_s`` of the connection's start
+  or of the end of its last request (nginx's ``client_header_timeout``, Apache's
+  ``mod_reqtimeout``): ``http_header_timeouts``.
+
+A request is in progress from the moment the app is called (its head is whole) until
+the app returns, so a long inference or the dashboard's stream is never the one closed.
+The app learns which connection a request came on from the ASGI scope's ``client``
+(the peer's host and port, as hypercorn fills it).
+
+:func:`serve` is hypercorn's trio worker (``hypercorn.trio.run.worker_serve``) with
+:meth:`ConnectionLimits.handle` as the accept handler; hypercorn's own entry point has no
+hook for one. Rejected alternatives: uvicorn's ``limit_concurrency`` (a 503 past a
+number of connections and tasks) would mean a second server stack for one setting;
+a bare cap that refuses at the limit lets idle connections keep real clients out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, cast
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+Peer = tuple[str, int]
+AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class _Connection:
+    scope: trio.CancelScope
+    client: str
+    last_active: float
+    in_flight: int = 0
+    requests: int = 0
+    changed: trio.Event = field(default_factory=trio.Event)
+    """Set (and replaced) when a request begins or ends."""
+
+    def fire(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class ConnectionLimits:
+    """Counts, evicts and times out the HTTP port's connections (see the module text;
+    the defaults are :class:`~meshgpu.http.settings.HttpSettings`'s)."""
+
+    def __init__(
+        self,
+        counters: dict[str, int],
+        *,
+        max_connections: int,
+        max_connections_per_client: int,
+        header_timeout_s: float,
+    ) -> None:
+        self.counters = counters
+        self.max_connections = max_connections
+        self.max_connections_per_client = max_connections_per_client
+        self.header_timeout_s = header_timeout_s
+        self._connections: dict[Peer, _Connection] = {}
+        self._per_client: Counter[str] = Counter()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def wrap(self, app: AsgiApp) -> AsgiApp:
+        """``app`` that marks its connection busy while a request is in progress."""
+
+        async def bounded(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            client = scope.get("client") if scope.get("type") == "http" else None
+            connection = self._connections.get((client[0], client[1])) if client else None
+            if connection is None:
+                await app(scope, receive, send)
+                return
+            connection.in_flight += 1
+            connection.requests += 1
+            connection.fire()
+            try:
+                await app(scope, receive, send)
+            finally:
+                connection.in_flight -= 1
+                connection.last_active = trio.current_time()
+                connection.fire()
+
+        return bounded
+
+    async def handle(
+        self, stream: trio.abc.Stream, serve_one: Callable[[trio.abc.Stream], Awaitable[None]]
+    ) -> None:
+        """Serve one accepted connection with ``serve_one`` inside the bounds."""
+        self._count("http_connections")
+        peer = _peer(stream)
+        client = peer[0] if peer else ""
+        if self._per_client[client] >= self.max_connections_per_client:
+            self._count("http_client_limit_refused")
+            await _close(stream)
+            return
+        if len(self._connections) >= self.max_connections and not self._make_room():
+            self._count("http_connections_refused")
+            await _close(stream)
+            return
+        connection = _Connection(trio.CancelScope(), client, trio.current_time())
+        key: Peer = peer or ("", id(connection))
+        self._connections[key] = connection
+        self._per_client[client] += 1
+        try:
+            with connection.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._header_deadline, connection)
+                    await serve_one(stream)
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._forget(key, connection)
+            await _close(stream)
+
+    async def _header_deadline(self, connection: _Connection) -> None:
+        """Close the connection when no request head arrives within the timeout of its
+        start or of the end of its last request."""
+        while True:
+            seen = connection.requests
+            with trio.move_on_after(self.header_timeout_s):
+                while connection.requests == seen:
+                    await connection.changed.wait()
+            if connection.requests == seen:
+                self._count("http_header_timeouts")
+                connection.scope.cancel()
+                return
+            while connection.in_flight:
+                await connection.changed.wait()
+
+    def _make_room(self) -> bool:
+        idle = [c for c in self._connections.items() if c[1].in_flight == 0]
+        if not idle:
+            return False
+        key, oldest = min(idle, key=lambda item: (item[1].requests > 0, item[1].last_active))
+        self._forget(key, oldest)
+        oldest.scope.cancel()
+        self._count("http_idle_evicted")
+        return True
+
+    def _forget(self, key: Peer, connection: _Connection) -> None:
+        if self._connections.get(key) is connection:
+            del self._connections[key]
+            self._per_client[connection.client] -= 1
+            if self._per_client[connection.client] <= 0:
+                del self._per_client[connection.client]
+
+
+def _peer(stream: trio.abc.Stream) -> Peer | None:
+    transport = getattr(stream, "transport_stream", stream)  # an SSLStream's socket
+    try:
+        host, port = getattr(transport, "socket").getpeername()[:2]  # noqa: B009
+    except (OSError, AttributeError):
+        return None
+    return (str(host), int(port))
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    with trio.CancelScope(shield=True), contextlib.suppress(trio.BrokenResourceError, OSError):
+        await stream.aclose()
+
+
+async def serve(
+    app: AsgiApp,
+    config: Config,
+    limits: ConnectionLimits,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """hypercorn's trio worker serving ``app`` on ``config.bind``, each connection inside
+    ``limits``; ``task_status`` gets the URLs listened on."""
+    wrapped = wrap_app(cast(Any, limits.wrap(app)), config.wsgi_max_body_size, "asgi")
+    state: dict[str, Any] = {}
+    lifespan = Lifespan(wrapped, config, state)
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            sockets = config.create_sockets()
+            listeners: list[trio.abc.Listener[Any]] = []
+            urls = []
+            for scheme, group in (
+                ("https", sockets.secure_sockets),
+                ("http", sockets.insecure_sockets),
+            ):
+                for sock in group:
+                    sock.listen(config.backlog)
+                    listener: trio.abc.Listener[Any] = trio.SocketListener(
+                        trio.socket.from_stdlib_socket(sock)
+                    )
+                    tls = config.create_ssl_context() if scheme == "https" else None
+                    if tls is not None:
+                        listener = trio.SSLListener(listener, tls, https_compatible=True)
+                    listeners.append(listener)
+                    urls.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
+
+            async def one(stream: trio.abc.Stream) -> None:
+                connection_state = ConnectionState(state.copy())
+                await limits.handle(
+                    stream,
+                    lambda s: TCPServer(wrapped, config, context, connection_state, s),  # type: ignore[arg-type]
+                )
+
+            task_status.started(urls)
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(
+                    partial(trio.serve_listeners, one, listeners, handler_nursery=server_nursery)
+                )
+                await shutdown_trigger()
+                accepting.cancel_scope.cancel()
+            await context.terminated.set()
+            server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()

@@ -1,0 +1,180 @@
+"""The HTTP port's bounds on connections (meshgpu/http/connections.py), on real sockets:
+hundreds of idle connections, one host's flood, a client that sends its request head a
+byte at a time and a request slower than every timeout; a real client's request is
+answered through all of them. The hostile connections come from 127.0.0.2 (Linux routes
+all of 127.0.0.0/8 to loopback) so that the real client, 127.0.0.1, is told apart."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import trio
+
+from meshgpu.http.server import HttpServer
+from meshgpu.http.settings import HttpSettings
+
+HOSTILE = "127.0.0.2"
+
+
+class Served:
+    """An HttpServer with a two-route app: ``/`` answers at once, ``/wait`` when released."""
+
+    def __init__(self, **limits: Any) -> None:
+        self.release = trio.Event()
+        self.counters: dict[str, int] = {}
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                while (await receive())["type"] != "lifespan.shutdown":
+                    await send({"type": "lifespan.startup.complete"})
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+            if scope["path"] == "/wait":
+                await self.release.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"served"})
+
+        self.server = HttpServer(
+            app, "127.0.0.1", HttpSettings(port=0, **limits), counters=self.counters
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server.port is not None
+        return ("127.0.0.1", self.server.port)
+
+
+async def get(address: tuple[str, int], path: str = "/") -> bytes:
+    """A real client's request (from 127.0.0.1): the whole answer."""
+    stream = await trio.open_tcp_stream(*address)
+    await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    answer = b""
+    with contextlib.suppress(trio.BrokenResourceError):
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    await stream.aclose()
+    return answer
+
+
+async def closed_by_server(stream: trio.SocketStream) -> bool:
+    with contextlib.suppress(trio.BrokenResourceError):
+        while await stream.receive_some(4096):
+            pass
+    return True
+
+
+async def closed_soon(stream: trio.SocketStream) -> bool:
+    with trio.move_on_after(0.5):
+        return await closed_by_server(stream)
+    return False
+
+
+async def test_hundreds_of_idle_connections_do_not_keep_a_real_client_out(
+    nursery: trio.Nursery,
+) -> None:
+    served = Served(max_connections=32, max_connections_per_client=1000)
+    await nursery.start(served.server.run)
+    waiting = nursery.start_soon  # a request in progress since before the flood
+    answers: list[bytes] = []
+
+    async def in_progress() -> None:
+        answers.append(await get(served.address, "/wait"))
+
+    waiting(in_progress)
+    with trio.fail_after(30):
+        while not served.server.limits.open_connections:
+            await trio.sleep(0.05)
+    idle = [await trio.open_tcp_stream(*served.address, local_address=HOSTILE) for _ in range(300)]
+    with trio.fail_after(60):
+        assert (await get(served.address)).startswith(b"HTTP/1.1 200")
+    assert served.server.limits.open_connections <= 32
+    assert served.counters["http_idle_evicted"] >= 300 - 32
+    served.release.set()
+    with trio.fail_after(60):
+        while not answers:
+            await trio.sleep(0.05)
+    assert b"served" in answers[0]  # the busy connection was never evicted
+    for stream in idle:
+        await stream.aclose()
+    served.server.stop()
+
+
+async def test_one_address_holds_at_most_its_share(nursery: trio.Nursery) -> None:
+    served = Served(max_connections=256, max_connections_per_client=8)
+    await nursery.start(served.server.run)
+    held = [await trio.open_tcp_stream(*served.address, local_address=HOSTILE) for _ in range(100)]
+    with trio.fail_after(60):
+        assert (await get(served.address)).startswith(b"HTTP/1.1 200")
+    refused = [stream for stream in held if await closed_soon(stream)]
+    assert len(held) - len(refused) <= 8
+    assert served.counters["http_client_limit_refused"] >= 100 - 8
+    assert served.counters.get("http_idle_evicted", 0) == 0
+    for stream in held:
+        await stream.aclose()
+    served.server.stop()
+
+
+async def test_a_slow_request_head_is_cut_and_a_slow_answer_is_not(nursery: trio.Nursery) -> None:
+    served = Served(header_timeout_s=0.5)
+    await nursery.start(served.server.run)
+    slow = await trio.open_tcp_stream(*served.address, local_address=HOSTILE)
+    silent = await trio.open_tcp_stream(*served.address, local_address=HOSTILE)
+
+    async def one_byte_at_a_time() -> None:
+        with (
+            trio.move_on_after(30),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            for byte in b"GET / HTTP/1.1\r\n" + b"X-Slow: y\r\n" * 20 + b"\r\n":
+                await slow.send_all(bytes([byte]))
+                await trio.sleep(0.1)
+
+    nursery.start_soon(one_byte_at_a_time)
+    answers: list[bytes] = []
+
+    async def slower_than_every_timeout() -> None:
+        answers.append(await get(served.address, "/wait"))
+
+    nursery.start_soon(slower_than_every_timeout)
+    with trio.fail_after(30):
+        assert await closed_by_server(slow)
+        assert await closed_by_server(silent)
+    assert served.counters["http_header_timeouts"] >= 2
+    assert (await get(served.address)).startswith(b"HTTP/1.1 200")
+    served.release.set()
+    with trio.fail_after(30):
+        while not answers:
+            await trio.sleep(0.05)
+    assert answers[0].startswith(b"HTTP/1.1 200")
+    await slow.aclose()
+    await silent.aclose()
+    served.server.stop()
+
+
+async def test_with_every_connection_busy_a_new_one_is_refused(nursery: trio.Nursery) -> None:
+    served = Served(max_connections=2)
+    await nursery.start(served.server.run)
+    answers: list[bytes] = []
+
+    async def in_progress() -> None:
+        answers.append(await get(served.address, "/wait"))
+
+    nursery.start_soon(in_progress)
+    nursery.start_soon(in_progress)
+    with trio.fail_after(30):
+        while served.server.limits.open_connections < 2 or any(
+            c.in_flight == 0 for c in served.server.limits._connections.values()
+        ):
+            await trio.sleep(0.05)
+    third = await trio.open_tcp_stream(*served.address)
+    with trio.fail_after(30):
+        assert await closed_by_server(third)
+    assert served.counters["http_connections_refused"] == 1
+    served.release.set()
+    with trio.fail_after(30):
+        while len(answers) < 2:
+            await trio.sleep(0.05)
+    assert all(b"served" in answer for answer in answers)
+    await third.aclose()
+    served.server.stop()
