@@ -39,15 +39,26 @@ and wiped data directories; ``executions`` splits them into ``retried`` (a later
 of the task: the mesh gave it again after a fault), ``same_attempt`` (one attempt run
 twice: a restart replayed it), ``unacknowledged`` (runs of tasks the client never saw
 acknowledged: a batch whose answer was lost) and ``done_without_run`` (a result the
-client got with no run on record: a hole in the record, never expected)) and
+client got with no run on record: a hole in the record, never expected),
+``http_done_without_run`` (the same for the HTTP clients' answers: each names its task
+id, a direct run's, a table task's or a coalesced group member's, and each must have
+its run, or its group's, on record) and ``http_answers_per_run`` (answers per run on
+record: above 1 where coalescing joined concurrent requests into one group run)) and
 ``longest_stall_s`` (the longest time without a result while tasks were outstanding).
+Every HTTP answer is compared with onnxruntime's output for its row (``http.wrong``),
+and an id answered twice (``task_ids_answered_twice``) or an answer without an id
+(``answers_without_task_id``) is counted.
 With ``--hostile`` there is no nemesis: the workload runs ``--hostile-s`` seconds quiet,
 then as long again while every daemon's ports are under a barrage (:func:`barrage`:
 random and truncated UDP datagrams, garbage frames, a lying length prefix, a length over
 the limit, a frame of the maximum size, thousands of idle TCP connections, clients that
-send a byte a second, and garbage, truncated and idle HTTP requests); ``hostile``
-reports the throughput of the second phase against the first, each daemon's peak RSS
-and open files against its quiet level, and the counters of what the daemons dropped.
+send a byte a second, and garbage, truncated and idle HTTP requests; ``--parts`` picks
+some of them, and the control part ``burn`` sends nothing and only spends a tenth of a
+core per attacker), ``--rounds`` times alternated; ``hostile`` reports the throughput
+of the hostile phases against the quiet ones, each daemon's peak RSS and open files
+against its quiet level, the CPU seconds of the daemons and of the attackers, and the
+change of every daemon counter in each kind of phase (what was dropped; suspicions and
+leader changes, the sign of a daemon too slow to answer its probes).
 The checker runs over the whole history as usual.
 
 A failing run prints its seed and its schedule; ``--seed`` replays the same schedule
@@ -307,6 +318,8 @@ def http_workload(history: History, pixels: np.ndarray, expected: np.ndarray, se
             task_id = (answer.get("parameters") or {}).get("task_id")
             if task_id:
                 history.http_task_ids[str(task_id)] += 1
+            else:
+                history.http["answers_without_task_id"] += 1
         time.sleep(0.05)
 
 
@@ -647,8 +660,10 @@ def hostile_phases(
     seed: int,
     idle_api: int,
     parts: tuple[str, ...] = BARRAGE_PARTS,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """A quiet phase, then a phase under :func:`barrage` at every daemon, both measured."""
+    """``rounds`` times a quiet phase, then a phase under :func:`barrage` at every
+    daemon; the rates are the totals of each kind over their time."""
 
     def sample(peaks: dict[str, dict[str, int]]) -> None:
         for index, daemon in enumerate(campaign.fleet.daemons):
@@ -688,8 +703,9 @@ def hostile_phases(
                 total += cpu_s(daemon.process.pid)
         return total
 
-    def phase(hostile: bool) -> tuple[float, dict[str, dict[str, int]]]:
-        peaks: dict[str, dict[str, int]] = {}
+    def phase(hostile: bool, peaks: dict[str, dict[str, int]]) -> tuple[int, float]:
+        """One phase: (results delivered, seconds); ``peaks`` takes the RSS and files."""
+        kind = "hostile" if hostile else "quiet"
         cpu_before = daemons_cpu()
         attackers = []
         if hostile:  # one process per daemon, in its namespace (not this process's GIL)
@@ -708,32 +724,37 @@ def hostile_phases(
             sample(peaks)
             time.sleep(1.0)
         end = time.monotonic()
-        cpu[f"{'hostile' if hostile else 'quiet'}_daemons_cpu_s"] = round(
-            daemons_cpu() - cpu_before, 1
-        )
-        if attackers:
-            used = 0.0
-            for attacker in attackers:
-                with contextlib.suppress(OSError):
-                    used += cpu_s(attacker.pid)
-            cpu["attackers_cpu_s"] = round(used, 1)
+        cpu[f"{kind}_daemons_cpu_s"] += daemons_cpu() - cpu_before
+        for attacker in attackers:
+            with contextlib.suppress(OSError):
+                cpu["attackers_cpu_s"] += cpu_s(attacker.pid)
         for attacker in attackers:
             out, _ = attacker.communicate(timeout=60)
             with contextlib.suppress(ValueError, IndexError):
                 tally.update(json.loads(out.decode().strip().splitlines()[-1]))
-        return results_between(start, end) / (end - start), peaks
+        return results_between(start, end), end - start
 
     tally: Counter[str] = Counter()
-    cpu: dict[str, float] = {}
+    cpu: Counter[str] = Counter()
     time.sleep(min(20.0, phase_s / 3))  # the workload warms up (models cached everywhere)
-    at_start = counters()
-    quiet_rate, quiet = phase(hostile=False)
-    before = counters()
-    hostile_rate, loud = phase(hostile=True)
-    after = counters()
-    moved = delta(before, after)
+    quiet: dict[str, dict[str, int]] = {}
+    loud: dict[str, dict[str, int]] = {}
+    moved: dict[str, Counter[str]] = {"quiet": Counter(), "hostile": Counter()}
+    delivered: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    for _ in range(rounds):  # alternated, so that a drift of the machine's load cancels
+        for hostile in (False, True):
+            kind = "hostile" if hostile else "quiet"
+            before = counters()
+            done, spent = phase(hostile, loud if hostile else quiet)
+            moved[kind].update(delta(before, counters()))
+            delivered[kind] += done
+            seconds[kind] += spent
+    quiet_rate = delivered["quiet"] / seconds["quiet"]
+    hostile_rate = delivered["hostile"] / seconds["hostile"]
     return {
         "phase_s": phase_s,
+        "rounds": rounds,
         "idle_connections_per_daemon": idle_api,
         "parts": list(parts),
         "quiet_results_per_s": round(quiet_rate, 2),
@@ -749,11 +770,11 @@ def hostile_phases(
             for name in quiet
         },
         "quiet_rss_kib": {name: peak["rss_kib"] for name, peak in quiet.items()},
-        "dropped": {name: moved.get(f"daemon.{name}", 0) for name in DROP_COUNTERS}
-        | {"auth_rejected": moved.get("auth.rejected", 0)},
-        "counters": {"quiet": delta(at_start, before), "hostile": moved},
+        "dropped": {name: moved["hostile"][f"daemon.{name}"] for name in DROP_COUNTERS}
+        | {"auth_rejected": moved["hostile"]["auth.rejected"]},
+        "counters": {kind: dict(sorted(values.items())) for kind, values in moved.items()},
         "sent": dict(sorted(tally.items())),
-        "cpu_s": cpu,
+        "cpu_s": {name: round(value, 1) for name, value in sorted(cpu.items())},
     }
 
 
@@ -799,7 +820,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             campaign.apply(fault, history)
         if args.hostile:
             hostile = hostile_phases(
-                campaign, history, args.hostile_s, args.seed, args.idle_connections, args.parts
+                campaign,
+                history,
+                args.hostile_s,
+                args.seed,
+                args.idle_connections,
+                args.parts,
+                args.rounds,
             )
         rest = 0.0 if args.hostile else began + args.minutes * 60.0 - time.monotonic()
         if rest > 0:
@@ -876,12 +903,22 @@ def explain_executions(runs: list[tuple[str, int, int]], history: History) -> di
         for task_id, state in history.resolved.items()
         if state == "done" and task_id not in per_id and group_of(task_id) not in per_id
     )
+    http_done_without_run = sum(
+        1
+        for task_id in history.http_task_ids
+        if task_id not in per_id and group_of(task_id) not in per_id
+    )
+    http_runs = {t if t in per_id else group_of(t) for t in history.http_task_ids} - {None}
     return {
         "duplicate": retried + same_attempt,
         "retried": retried,
         "same_attempt": same_attempt,
         "unacknowledged": sum(len(a) for t, a in per_id.items() if t not in seen),
         "done_without_run": done_without_run,
+        "http_done_without_run": http_done_without_run,
+        "http_answers_per_run": round(len(history.http_task_ids) / len(http_runs), 2)
+        if http_runs
+        else 0.0,
     }
 
 
@@ -953,6 +990,9 @@ def main() -> int:
         help="idle TCP connections the barrage holds against each daemon's API port",
     )
     parser.add_argument("--hostile-s", type=float, default=60.0, help="length of each phase")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="quiet and hostile phases, alternated, this often"
+    )
     parser.add_argument(
         "--parts",
         type=_parts,

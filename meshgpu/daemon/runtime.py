@@ -114,6 +114,8 @@ from meshgpu.daemon.warmup import preload_inference
 from meshgpu.errors import DuplicateIdentityError, StorageError
 
 logger = logging.getLogger("meshgpu.daemon")
+REJECTION_PULSE_S = 0.1
+"""Refused datagrams and frames wake ``wait`` (and the dashboard) at most this often."""
 
 
 class Daemon:
@@ -137,6 +139,8 @@ class Daemon:
         """Counts membership and leader changes (``status`` and the ``wait`` op use it)."""
         self.changed = trio.Event()
         """Replaced (after being set) whenever something observable changes."""
+        self._rejected = trio.Event()
+        """Set when a datagram or frame was refused (:meth:`_pulse_rejections`)."""
         self.ready = trio.Event()
         """Set once the daemon listens and serves (just before ``task_status.started``)."""
         self.capabilities = DeviceCapabilities()
@@ -198,7 +202,7 @@ class Daemon:
             self.guard,
             feed=self.feed,
             count=self.count,
-            rejected=self.pulse,
+            rejected=lambda: self._rejected.set(),
             twin_found=lambda address: self.peer_finder.twin_found(address),
         )
         port = udp.getsockname()[1]
@@ -349,7 +353,7 @@ class Daemon:
             max_connections_per_client=settings.api_max_connections_per_client,
             handshake_timeout_s=settings.api_handshake_timeout_s,
         )
-        self.api.on_reject = self.pulse
+        self.api.on_reject = lambda: self._rejected.set()
         self.commit = GroupCommit(self.journal, self.count, self.storage_failed)
         self.effects = EffectQueue(
             EffectHandlers(
@@ -430,6 +434,7 @@ class Daemon:
                 nursery.start_soon(self.commit.run)
                 await nursery.start(self.peer_finder.run)
                 nursery.start_soon(self.datagrams.receive)
+                nursery.start_soon(self._pulse_rejections)
                 nursery.start_soon(self.driver.run_timers)
                 await nursery.start(self.handlers.submissions.coalescer.run)
                 await nursery.start(trio.serve_listeners, self.api.serve, listeners)
@@ -671,6 +676,18 @@ class Daemon:
         """A member or the leader changed: ``status`` and ``wait`` see a new generation."""
         self.generation += 1
         self.pulse()
+
+    async def _pulse_rejections(self) -> None:
+        """Wake the waiters once per burst of refused datagrams or frames (their counters
+        and refused peers are in ``status``), at most every ``REJECTION_PULSE_S``: a
+        flood of garbage woke them once per datagram, and each wake resampled the
+        dashboard (the whole status and task table) on the event loop, long enough to
+        miss the 100 ms probe deadline."""
+        while True:
+            await self._rejected.wait()
+            self._rejected = trio.Event()
+            self.pulse()
+            await trio.sleep(REJECTION_PULSE_S)
 
     def pulse(self) -> None:
         """Wake everything waiting for a change (the ``wait`` op)."""

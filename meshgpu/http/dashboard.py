@@ -28,6 +28,10 @@ import trio
 from meshgpu.http.metrics import InferenceStats
 
 INTERVAL_S = 0.5
+CHANGE_GAP_S = 0.05
+"""After a change, the sample waits this long, so that a burst of changes (a storm of
+suspicions, a flood of refused datagrams) costs one sample of the status and the task
+table, not one each; still shorter than any state a page should show."""
 TIMELINE = 200
 LATENCY_POINTS = 240
 RECENT = 50
@@ -143,6 +147,7 @@ class Dashboard:
                 if self.changed is None:
                     await trio.sleep_forever()
                 await self.changed()
+                await trio.sleep(CHANGE_GAP_S)  # a burst of changes is one sample
 
     async def stream(self) -> AsyncIterator[bytes]:
         """Server-sent events: the state now, then after every sample."""

@@ -39,6 +39,12 @@ def test_a_short_seeded_campaign_loses_and_duplicates_nothing() -> None:
     # and the runs beyond one per task are each explained
     executions = result["executions"]
     assert executions["done_without_run"] == 0, report
+    # every HTTP answer is right, names its own task, and that task's run is on record
+    http = result["http"]
+    assert http.get("done", 0) > 0 and http.get("wrong", 0) == 0, report
+    assert http["task_ids_answered_twice"] == 0, report
+    assert http.get("answers_without_task_id", 0) == 0, report
+    assert executions["http_done_without_run"] == 0, report
     assert result["runs_started"] >= result["done"], report
     assert executions["duplicate"] == executions["retried"] + executions["same_attempt"], report
     assert run.returncode == 0, report
