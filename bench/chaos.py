@@ -728,8 +728,17 @@ def hostile_phases(
         for attacker in attackers:
             with contextlib.suppress(OSError):
                 cpu["attackers_cpu_s"] += cpu_s(attacker.pid)
+        for attacker in attackers:  # all stop together (a closed stdin says stop)
+            assert attacker.stdin is not None
+            attacker.stdin.close()
+            attacker.stdin = None
         for attacker in attackers:
-            out, _ = attacker.communicate(timeout=60)
+            try:
+                out, _ = attacker.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # a starved attacker: its tally is lost
+                attacker.kill()
+                out, _ = attacker.communicate()
+                tally["attackers_killed"] += 1
             with contextlib.suppress(ValueError, IndexError):
                 tally.update(json.loads(out.decode().strip().splitlines()[-1]))
         return results_between(start, end), end - start

@@ -125,7 +125,9 @@ class HttpServer:
         self.config.accesslog = None
         self.config.errorlog = logging.getLogger("meshgpu.http.hypercorn")
         self.config.read_timeout = int(READ_TIMEOUT_S)
-        self.config.keep_alive_timeout = 30
+        # hypercorn keeps a connection whose client has gone until this idle timer ends;
+        # its default (5 s) ends them before the head deadline (connections.py) would.
+        self.config.keep_alive_timeout = 5
         self.config.graceful_timeout = 2.0
         if settings.tls_cert is not None and settings.tls_key is not None:
             self.config.certfile = str(settings.tls_cert)
