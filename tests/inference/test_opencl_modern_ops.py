@@ -478,3 +478,25 @@ def test_gpt2_tanh_gelu_and_silu_subgraphs_become_one_map_each(device) -> None:
     model = _model(nodes, {"x": x}, {"y": TensorProto.FLOAT}, constants)
     session = _check(device, model, {"x": x})
     assert [node.op for node in session._graph.nodes] == ["Gelu", "Swish"]
+
+
+@pytest.mark.parametrize(
+    ("table_shape", "axis", "ids_shape"),
+    [((50, 24), 0, (3, 7)), ((2, 11, 4, 5), 1, (6,)), ((9, 16), 0, (4,)), ((30, 8), 0, (5,))],
+)
+def test_gather_by_rows_and_by_elements(device, table_shape, axis, ids_shape) -> None:
+    """Slices of 16 or more elements are copied a row per work-item (``gather_rows``),
+    shorter ones element by element; both wrap negative indices the same way."""
+    table = randn(*table_shape, seed=4)
+    size = table_shape[axis]
+    ids = np.random.default_rng(5).integers(-size, size, ids_shape).astype(np.int64)
+    model = _model(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"], axis=axis)],
+        {"table": table, "ids": ids},
+        {"rows": TensorProto.FLOAT},
+    )
+    session = _check(device, model, {"table": table, "ids": ids})
+    inner = int(np.prod(table_shape[axis + 1 :]))
+    plan = next(iter(session._plans.values()))
+    kernels = [launch.kernel_name for launch in plan.launches]
+    assert kernels == (["gather_rows"] if inner >= 16 else ["gather"])

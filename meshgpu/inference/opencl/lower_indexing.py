@@ -99,6 +99,12 @@ def _map_gather(
     )
 
 
+#: A Gather whose slices after the axis are at least this long copies a slice per work-item
+#: (``gather_rows``): BERT's embedding lookup at batch 8 (128 rows of 64) took 41 us element
+#: by element.
+GATHER_ROW_LENGTH = 16
+
+
 def _positions(shape: tuple[int, ...]) -> np.ndarray:
     return np.arange(_count(shape), dtype=np.int64).reshape(shape)
 
@@ -117,20 +123,23 @@ def lower_gather(builder: PlanBuilder, node: Node) -> None:
     out_shape = [*data.shape[:axis], *indices.shape, *data.shape[axis + 1 :]]
     output = builder.new_tensor(node.outputs[0], out_shape, data.dtype)
     total = _count(out_shape)
+    inner = _count(data.shape[axis + 1 :])
+    rows = total // inner if inner else 0
+    by_rows = inner >= GATHER_ROW_LENGTH
     builder.launch(
         node,
         _source(data.dtype, indices.dtype),
-        "gather",
+        "gather_rows" if by_rows else "gather",
         [
             data.storage,
             indices.storage,
             output.storage,
             i32(_count(indices.shape)),
             i32(data.shape[axis]),
-            i32(_count(data.shape[axis + 1 :])),
-            i32(total),
+            i32(inner),
+            i32(rows if by_rows else total),
         ],
-        total=total,
+        total=rows if by_rows else total,
     )
 
 

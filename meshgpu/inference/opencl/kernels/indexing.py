@@ -58,6 +58,22 @@ __kernel void gather(__global const T* restrict data, __global const TI* restric
   out[i] = data[((long)o * axis_size + index) * inner + r];
 }
 
+/* The same gather a row at a time where rows are long (embeddings: one work-item per
+   token copies its vector; per element, the index arithmetic above costs more than the
+   copy). */
+__kernel void gather_rows(__global const T* restrict data, __global const TI* restrict indices,
+                          __global T* restrict out, int count, int axis_size, int inner,
+                          int rows) {
+  int row = get_global_id(0);
+  if (row >= rows) return;
+  int j = row % count;
+  int o = row / count;
+  long index = wrap_index((long)indices[j], axis_size);
+  __global const T* from = data + ((long)o * axis_size + index) * inner;
+  __global T* to = out + (long)row * inner;
+  for (int r = 0; r < inner; r++) to[r] = from[r];
+}
+
 /* GatherElements: out[c] = data[c with c[axis] = indices[c]]; meta: index dims[NDIM], data
    strides[NDIM]. */
 __kernel void gather_elements(__global const T* restrict data,
