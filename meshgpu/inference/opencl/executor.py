@@ -133,7 +133,9 @@ class OpenCLSession:
     ``inputs`` maps each runtime input (graph inputs that are not initializers) to its
     declared shape (symbolic dimensions as strings) and dtype; ``outputs`` lists the graph
     outputs. ``peak_device_bytes`` is the device memory the session holds after the last
-    run: weights plus the activation buffers of the plans built so far.
+    run: weights plus the activation buffers of the plans built so far (weights counted once
+    per device: a plan tried on the inline companion uploads its own copy, in the same host
+    memory on PoCL).
     """
 
     def __init__(
