@@ -10,13 +10,15 @@ downloads only the graph outputs.
 On PoCL's threaded CPU device a plan may run on the device's in-thread twin instead
 (:func:`meshgpu.inference.devices.inline_companion`): every launch there costs a function
 call, where the threaded device wakes its worker threads for each one. Which of the two runs
-a plan is measured when the plan is built (:meth:`OpenCLSession._placed`).
+a plan is measured after the plan's first run (:meth:`OpenCLSession._decide`), unless that
+run was slow enough to rule the companion out.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +57,11 @@ _ACCEPTED_SIGNATURES = 64
 #: A plan whose run takes longer than this on the threaded device is not tried inline: its
 #: kernels, not its launches, take the time, and the inline device has one thread.
 INLINE_TRY_MS = 15.0
+
+#: The first run of a plan (``run``'s own, which also pays PoCL's first launch of each
+#: kernel) beyond which the plan is not measured at all: a large model must not pay for
+#: timing runs it would lose anyway.
+INLINE_FIRST_RUN_MS = 4 * INLINE_TRY_MS
 
 #: Alternating timed runs of each device when choosing where a plan runs: as many as fit
 #: in about ``INLINE_BUDGET_MS`` of the threaded device's time, within these bounds (a busy
@@ -170,6 +177,8 @@ class OpenCLSession:
         self._inline_device = inline_companion(self._device) if inline else None
         self._inline: _Target | None = None  # created when a plan is first tried there
         self._plans: dict[tuple[Any, ...], Plan] = {}
+        #: Signatures of plans whose device is chosen after their first run (:meth:`_decide`).
+        self._undecided: set[tuple[Any, ...]] = set()
         self._lock = threading.Lock()
         self._accepted: set[tuple[tuple[str, tuple[int, ...], np.dtype[Any]], ...]] = set()
         self.peak_device_bytes = 0
@@ -203,16 +212,23 @@ class OpenCLSession:
             return self._inline.queue
         return self._target.queue
 
-    def _plan(
-        self, shapes: dict[str, tuple[int, ...]], host_feeds: dict[str, np.ndarray] | None = None
-    ) -> Plan:
-        """The plan for these input shapes (and values of the host inputs), built once, on
-        the device that runs it faster (:meth:`_placed`)."""
-        host_feeds = host_feeds or {}
-        signature = tuple(sorted(shapes.items())) + tuple(
+    @staticmethod
+    def _signature(
+        shapes: dict[str, tuple[int, ...]], host_feeds: dict[str, np.ndarray]
+    ) -> tuple[Any, ...]:
+        return tuple(sorted(shapes.items())) + tuple(
             (name, str(array.dtype), array.shape, array.tobytes())
             for name, array in sorted(host_feeds.items())
         )
+
+    def _plan(
+        self, shapes: dict[str, tuple[int, ...]], host_feeds: dict[str, np.ndarray] | None = None
+    ) -> Plan:
+        """The plan for these input shapes (and values of the host inputs), built once on
+        the session's device; after its first run it may move to the inline companion
+        (:meth:`_decide`)."""
+        host_feeds = host_feeds or {}
+        signature = self._signature(shapes, host_feeds)
         plan = self._plans.get(signature)
         if plan is None:
             if host_feeds and len(self._plans) >= _ACCEPTED_SIGNATURES:
@@ -225,13 +241,34 @@ class OpenCLSession:
                 self._target.weights,
                 host_feeds,
             )
-            plan = self._placed(plan, shapes, host_feeds)
             self._plans[signature] = plan
-            targets = [self._target] + ([self._inline] if self._inline else [])
-            weights = sum(b.size for t in targets for b in t.weights.values())
-            activations = max(p.activation_bytes for p in self._plans.values())
-            self.peak_device_bytes = max(self.peak_device_bytes, weights + activations)
+            if self._inline_device is not None:
+                self._undecided.add(signature)
+            self._count_memory()
         return plan
+
+    def _count_memory(self) -> None:
+        targets = [self._target] + ([self._inline] if self._inline else [])
+        weights = sum(b.size for t in targets for b in t.weights.values())
+        activations = max(p.activation_bytes for p in self._plans.values())
+        self.peak_device_bytes = max(self.peak_device_bytes, weights + activations)
+
+    def _decide(self, checked: dict[str, np.ndarray], run_ms: float) -> None:
+        """Where the plan of ``checked`` runs from now on, after its first run took
+        ``run_ms``. Invoked by ``run`` (under the session's lock) while plans are undecided:
+        deciding after a run that any caller makes anyway costs a large model nothing."""
+        host = self._graph.host_inputs
+        shapes = {name: tuple(a.shape) for name, a in checked.items() if name not in host}
+        host_feeds = {name: a for name, a in checked.items() if name in host}
+        signature = self._signature(shapes, host_feeds)
+        if signature not in self._undecided:
+            return
+        self._undecided.discard(signature)
+        plan = self._plans.get(signature)
+        if plan is None or run_ms > INLINE_FIRST_RUN_MS:
+            return
+        self._plans[signature] = self._placed(plan, shapes, host_feeds)
+        self._count_memory()
 
     def _placed(
         self, plan: Plan, shapes: dict[str, tuple[int, ...]], host_feeds: dict[str, np.ndarray]
@@ -239,12 +276,13 @@ class OpenCLSession:
         """``plan`` on the session's device, or the same plan built for the inline companion
         when that runs it faster.
 
-        Invoked once per new plan. Both run on zero feeds, in turns; the companion is tried
-        only for a plan that takes under ``INLINE_TRY_MS`` on the threaded device, and kept
-        only when its outputs are bit-identical to the threaded device's (the same compiler
-        builds both, and a tuned work split does not change any sum's order, so a difference
-        is a driver fault; the threaded device is the one the probe checked). The choice
-        holds for the plan's life: it reflects the machine's load when the plan was built.
+        Invoked once per new plan, after its first run. Both run on zero feeds, in turns;
+        the companion is tried only for a plan that takes under ``INLINE_TRY_MS`` on the
+        threaded device, and kept only when its outputs are bit-identical to the threaded
+        device's (the same compiler builds both, and a tuned work split does not change any
+        sum's order, so a difference is a driver fault; the threaded device is the one the
+        probe checked). The choice holds for the plan's life: it reflects the machine's
+        load when the plan was first run.
         """
         queue = self._target.queue
         if self._inline_device is None:
@@ -349,6 +387,7 @@ class OpenCLSession:
         with self._lock:
             host = self._graph.host_inputs
             plan = self._plan_for(checked)
+            started = time.perf_counter()
             buffers = plan.buffers
             queue = self._queue(plan)
             try:
@@ -386,4 +425,6 @@ class OpenCLSession:
                     queue.finish()
             except cl.Error as error:
                 raise DeviceError(f"the OpenCL device failed while running: {error}") from error
+            if self._undecided:
+                self._decide(checked, (time.perf_counter() - started) * 1000.0)
         return {name: results[name] for name in self.outputs}
