@@ -10,7 +10,7 @@ downloads only the graph outputs.
 On PoCL's threaded CPU device a plan may run on the device's in-thread twin instead
 (:func:`meshgpu.inference.devices.inline_companion`): every launch there costs a function
 call, where the threaded device wakes its worker threads for each one. Which of the two runs
-a plan is measured after the plan's first run (:meth:`OpenCLSession._decide`), unless that
+a plan is measured after the plan's second run (:meth:`OpenCLSession._decide`), unless that
 run was slow enough to rule the companion out.
 """
 
@@ -58,10 +58,13 @@ _ACCEPTED_SIGNATURES = 64
 #: kernels, not its launches, take the time, and the inline device has one thread.
 INLINE_TRY_MS = 15.0
 
-#: The first run of a plan (``run``'s own, which also pays PoCL's first launch of each
-#: kernel) beyond which the plan is not measured at all: a large model must not pay for
-#: timing runs it would lose anyway.
+#: The second run of a plan (``run``'s own; the first also pays for compiling or loading
+#: each kernel's PoCL specialisation) beyond which the plan is not measured at all: a large
+#: model must not pay for timing runs it would lose anyway.
 INLINE_FIRST_RUN_MS = 4 * INLINE_TRY_MS
+
+#: The run of a plan after which its device is chosen (1-based).
+INLINE_DECIDING_RUN = 2
 
 #: Alternating timed runs of each device when choosing where a plan runs: as many as fit
 #: in about ``INLINE_BUDGET_MS`` of the threaded device's time, within these bounds (a busy
@@ -177,8 +180,8 @@ class OpenCLSession:
         self._inline_device = inline_companion(self._device) if inline else None
         self._inline: _Target | None = None  # created when a plan is first tried there
         self._plans: dict[tuple[Any, ...], Plan] = {}
-        #: Signatures of plans whose device is chosen after their first run (:meth:`_decide`).
-        self._undecided: set[tuple[Any, ...]] = set()
+        #: Plans whose device is not chosen yet, and how often each has run (:meth:`_decide`).
+        self._undecided: dict[tuple[Any, ...], int] = {}
         self._lock = threading.Lock()
         self._accepted: set[tuple[tuple[str, tuple[int, ...], np.dtype[Any]], ...]] = set()
         self.peak_device_bytes = 0
@@ -243,7 +246,7 @@ class OpenCLSession:
             )
             self._plans[signature] = plan
             if self._inline_device is not None:
-                self._undecided.add(signature)
+                self._undecided[signature] = 0
             self._count_memory()
         return plan
 
@@ -254,16 +257,20 @@ class OpenCLSession:
         self.peak_device_bytes = max(self.peak_device_bytes, weights + activations)
 
     def _decide(self, checked: dict[str, np.ndarray], run_ms: float) -> None:
-        """Where the plan of ``checked`` runs from now on, after its first run took
-        ``run_ms``. Invoked by ``run`` (under the session's lock) while plans are undecided:
-        deciding after a run that any caller makes anyway costs a large model nothing."""
+        """Where the plan of ``checked`` runs from now on, once its ``INLINE_DECIDING_RUN``th
+        run took ``run_ms``. Invoked by ``run`` (under the session's lock) while plans are
+        undecided: judging by runs that callers make anyway costs a large model nothing."""
         host = self._graph.host_inputs
         shapes = {name: tuple(a.shape) for name, a in checked.items() if name not in host}
         host_feeds = {name: a for name, a in checked.items() if name in host}
         signature = self._signature(shapes, host_feeds)
-        if signature not in self._undecided:
+        runs = self._undecided.get(signature)
+        if runs is None:
             return
-        self._undecided.discard(signature)
+        if runs + 1 < INLINE_DECIDING_RUN:
+            self._undecided[signature] = runs + 1
+            return
+        del self._undecided[signature]
         plan = self._plans.get(signature)
         if plan is None or run_ms > INLINE_FIRST_RUN_MS:
             return
@@ -276,13 +283,13 @@ class OpenCLSession:
         """``plan`` on the session's device, or the same plan built for the inline companion
         when that runs it faster.
 
-        Invoked once per new plan, after its first run. Both run on zero feeds, in turns;
+        Invoked once per new plan, after its second run. Both run on zero feeds, in turns;
         the companion is tried only for a plan that takes under ``INLINE_TRY_MS`` on the
         threaded device, and kept only when its outputs are bit-identical to the threaded
         device's (the same compiler builds both, and a tuned work split does not change any
         sum's order, so a difference is a driver fault; the threaded device is the one the
         probe checked). The choice holds for the plan's life: it reflects the machine's
-        load when the plan was first run.
+        load when the plan was first used.
         """
         queue = self._target.queue
         if self._inline_device is None:
