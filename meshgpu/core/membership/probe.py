@@ -1,7 +1,10 @@
 """SWIM failure detection: who is probed, when, and what a failed probe does (Lifeguard).
 
 Each protocol period (``probe_interval``, stretched by local health) the node pings one
-member, in a shuffled round-robin order (suspects first, when ``probe_suspects_first``).
+member, in a shuffled round-robin order (SWIM's time-bounded completeness). A member that
+becomes suspect is probed out of turn (``probe_suspects_first``), but never two periods in
+a row, so the round robin reaches every member within twice its bound however many
+members are suspected.
 No ack within ``probe_timeout`` -> ``indirect_checks`` random peers are asked to ping it
 (``PingReq``); they forward its ack, or (Lifeguard) send a ``Nack`` when they heard
 nothing. No ack by the end of the period -> the member is suspected. A prober that got
@@ -72,6 +75,8 @@ class Prober:
         self._probe_order: list[NodeId] = []
         self._probe_index = 0
         self._priority: dict[NodeId, None] = {}
+        self._last_was_priority = False
+        """Whether this period's probe went to a suspect out of turn (the next one will not)."""
         self._relays: dict[int, _Relay] = {}
 
     def next_seq(self) -> int:
@@ -82,7 +87,8 @@ class Prober:
     # --- the probe order ---------------------------------------------------------------
 
     def new_suspect(self, node_id: NodeId) -> None:
-        """Invoked by the table when a member becomes suspect: probe it next."""
+        """Invoked by the table when a member becomes suspect: probe it out of turn (in
+        the next period, or the one after when this period's probe was out of turn)."""
         if self.config.probe_suspects_first:
             self._priority[node_id] = None
 
@@ -94,13 +100,22 @@ class Prober:
         order.insert(position, node_id)
 
     def _next_target(self) -> NodeId | None:
+        """The member to probe this period: a suspect out of turn, but never two periods
+        in a row, so the round robin still reaches every member within twice SWIM's
+        bound. (Unbounded, a stream of suspicions of slow members took every probe: in
+        the Lifeguard study, with 8 of 50 members slow, no node probed a crashed healthy
+        member for 21 s.)"""
         members = self.table.members
-        while self._priority:
-            node_id = next(iter(self._priority))
-            del self._priority[node_id]
-            info = members.get(node_id)
-            if info is not None and info.state is SUSPECT:
-                return node_id
+        if self._last_was_priority:
+            self._last_was_priority = False
+        else:
+            while self._priority:
+                node_id = next(iter(self._priority))
+                del self._priority[node_id]
+                info = members.get(node_id)
+                if info is not None and info.state is SUSPECT:
+                    self._last_was_priority = True
+                    return node_id
         me = self.table.node_id
         for _ in range(2):
             order = self._probe_order
