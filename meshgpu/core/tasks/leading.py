@@ -267,7 +267,7 @@ class Leading:
                     tasks.queue.remove(tid)
                     continue
                 since = book.orphaned_at(tid, since)
-            queued.append(QueuedTask(tid, entry.spec, avoid=state.worker))
+            queued.append(QueuedTask(tid, entry.spec, avoid=state.worker, holders=entry.holders))
             ready_since[tid] = since
         tasks.schedule_at = min(tasks.schedule_at, next_retry)
         return queued, ready_since

@@ -88,6 +88,34 @@ def test_preferred_labels_win_while_free_and_fall_back_when_full() -> None:
     assert plan[2].worker in ("a", "b")
 
 
+def test_a_task_with_large_inputs_goes_to_a_holder_while_one_has_a_slot() -> None:
+    """The idle worker "c" would win on load, but a holder reads 16 MiB of inputs from
+    its own disk where "c" would pull them first; small inputs place as before."""
+    large = TaskSpec("m", "i", input_shapes=(("x", (4096, 1024)),))
+    small = TaskSpec("m", "i", input_shapes=(("x", (4095, 1024)),))
+    workers = [view("a", in_flight=2), view("b", in_flight=1), view("c")]
+    holders = frozenset({"a", "b"})
+    for name in ("least_loaded", "round_robin", "spread", "device_match", "binpack"):
+        queued = [QueuedTask(TaskId("o", 1), large, holders=holders)]
+        (placed,) = plan_round(queued, workers, name, SelectionContext())
+        assert placed.worker in holders, name
+    queued = [QueuedTask(TaskId("o", 1), large, holders=holders)]
+    assert [a.worker for a in plan_round(queued, workers, "least_loaded", SelectionContext())] == [
+        "b"
+    ]
+    queued = [QueuedTask(TaskId("o", 1), small, holders=holders)]
+    assert [a.worker for a in plan_round(queued, workers, "least_loaded", SelectionContext())] == [
+        "c"
+    ]
+    failed_on_b = [QueuedTask(TaskId("o", 1), large, avoid="b", holders=holders)]
+    assert [
+        a.worker for a in plan_round(failed_on_b, workers, "least_loaded", SelectionContext())
+    ] == ["a"]
+    full = [view("a", in_flight=4), view("b", in_flight=4), view("c")]
+    queued = [QueuedTask(TaskId("o", 1), large, holders=holders)]
+    assert [a.worker for a in plan_round(queued, full, "least_loaded", SelectionContext())] == ["c"]
+
+
 def test_binpack_fills_the_busiest_worker_first() -> None:
     workers = [view("a"), view("b", in_flight=2), view("c", in_flight=1)]
     assert binpack(TaskSpec("m", "i"), workers, SelectionContext()) == "b"
