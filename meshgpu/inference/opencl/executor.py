@@ -236,6 +236,7 @@ class OpenCLSession:
         if plan is None:
             if host_feeds and len(self._plans) >= _ACCEPTED_SIGNATURES:
                 self._plans.clear()  # value-specialised plans: keep the cache bounded
+                self._undecided.clear()
             plan = build_plan(
                 self._graph,
                 self._static,
