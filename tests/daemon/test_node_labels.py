@@ -58,6 +58,7 @@ async def test_required_labels_place_and_unsatisfiable_ones_fail_at_once(tmp_pat
             outcome = await handle.wait(WAIT_S)
             assert isinstance(outcome.error, MeshError)
             assert "no live node carries the required labels gpu=huge" in str(outcome.error)
+            assert outcome.worker is None  # failed by the leader, never assigned to a worker
             with pytest.raises(MeshError, match="KEY=VALUE"):
                 await client.submit(model, inputs, require=["gpu"])
         nursery.cancel_scope.cancel()

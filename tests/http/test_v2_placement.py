@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
+import trio
 
+from meshgpu.daemon.runtime import Daemon
+from meshgpu.http.settings import HttpSettings
 from meshgpu.http.v2 import ProtocolError, parse_request
+from tests.daemon.test_runtime import MODELS, settings
 
 
 def body(parameters: object) -> bytes:
@@ -22,3 +29,36 @@ def test_placement_parameters_are_parsed_and_checked() -> None:
         parse_request(body({"require": ["gpu"]}), None)
     with pytest.raises(ProtocolError, match="'require' must be"):
         parse_request(body({"require": {"gpu": 1}}), None)
+
+
+async def test_a_request_no_live_node_can_place_fails_at_once_naming_the_labels(
+    tmp_path: Path,
+) -> None:
+    """Through a labelled node's HTTP port: a request requiring its label runs there; one
+    requiring a label no live node carries fails with the labels named, not assigned to
+    any worker and not left waiting for one."""
+    from tests.http.test_server import acall, infer_body
+
+    config = dataclasses.replace(
+        settings(tmp_path / "solo"), http=HttpSettings(port=0), labels=(("room", "b12"),)
+    )
+    pixels = np.load(MODELS / "digits_test.npz")["pixels"][:2]
+
+    def placed(require: str) -> bytes:
+        request = json.loads(infer_body(pixels))
+        request["parameters"] = {"require": require}
+        return json.dumps(request).encode()
+
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(Daemon(config).run)
+        path = "/v2/models/digits/infer"
+        status, _, answer = await acall(daemon, "POST", path, placed("room=b12"))
+        assert status == 200, answer
+        assert json.loads(answer)["outputs"][0]["shape"] == [2, 10]
+        with trio.fail_after(30):  # bounded only so a regression fails instead of hanging
+            status, _, answer = await acall(daemon, "POST", path, placed("gpu=h100"))
+        assert status == 500, answer  # docs/http-api.md: 500 when the task failed
+        assert "no live node carries the required labels gpu=h100" in json.loads(answer)["error"]
+        # failed by the leader's placement check, before any assignment (leading.py)
+        assert daemon.node.counters.get("tasks_unsatisfiable") == 1
+        daemon.request_stop()
