@@ -15,9 +15,10 @@ joins a run through the scenario's ``[tasks]`` table:
   from its device profile (:mod:`meshgpu.sim.devices`), plus a one-off model fetch;
 * **journal and payload store** per node: ``Persist`` records and stored inputs survive a
   crash; a restart with ``keep_incarnation = false`` models a wiped data dir (both lost);
-* **dynamic batching** (``batching = { max_batch = N }``): a worker whose slot frees
-  starts the waiting tasks of one model together, up to N, by the core's rule
-  (:mod:`meshgpu.core.batching`, as the daemon's worker), as one run of the device's
+* **dynamic batching** (``batching = { max_batch = N, max_delay_ms = F }``): a worker
+  whose slot frees starts the waiting tasks of one model together, up to N, by the core's
+  rules (:mod:`meshgpu.core.batching`, as the daemon's worker; with a delay the run that
+  has the slot first waits up to F ms for more while fewer than N wait), as one run of the device's
   batch service time (devices.py); a bad input among them fails alone (as the daemon's
   worker re-runs a failed batch member by member; that re-run's cost is not modelled);
 * **coalescing** (``coalesce = true``): while a submission of a lane (entry node and
@@ -39,7 +40,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from meshgpu.core.batching import pick_batch
+from meshgpu.core.batching import delay_left, pick_batch
+from meshgpu.core.catalog import MAX_BATCH_SIZE, MAX_DELAY_US, Batching
 from meshgpu.core.coalescing import Lane, Lanes, Wait, lane_of
 from meshgpu.core.effects import (
     CancelTask,
@@ -109,6 +111,9 @@ class TaskSimSettings:
     balance_tolerance: float | None = None
     max_batch: int = 1
     """Most tasks of one model a worker runs as one batch (1: no batching)."""
+    max_delay_s: float = 0.0
+    """Longest a run that has a slot waits for more tasks of its model before it gathers
+    its batch (``batching = { max_delay_ms = F }``; 0: never waits)."""
     coalesce: bool = False
     """Entry nodes coalesce concurrent submissions of one lane into task groups."""
     prefetch_per_slot: int = 0
@@ -139,11 +144,14 @@ class TaskSimSettings:
         if prefetch < 0:
             raise ConfigError(f"{where}.prefetch_per_slot must be >= 0, got {prefetch}")
         batching = table.get("batching", {})
-        if not isinstance(batching, Mapping) or set(batching) - {"max_batch"}:
-            raise ConfigError(f"{where}.batching is a table with one key, max_batch")
+        if not isinstance(batching, Mapping) or set(batching) - {"max_batch", "max_delay_ms"}:
+            raise ConfigError(f"{where}.batching is a table of max_batch and max_delay_ms")
         max_batch = config_int(batching.get("max_batch", 1), f"{where}.batching.max_batch")
-        if max_batch < 1:
-            raise ConfigError(f"{where}.batching.max_batch must be at least 1")
+        if not 1 <= max_batch <= MAX_BATCH_SIZE:
+            raise ConfigError(f"{where}.batching.max_batch must be 1 to {MAX_BATCH_SIZE}")
+        delay_ms = config_number(batching.get("max_delay_ms", 0), f"{where}.batching.max_delay_ms")
+        if not 0 <= delay_ms * 1000 <= MAX_DELAY_US:
+            raise ConfigError(f"{where}.batching.max_delay_ms must be 0 to {MAX_DELAY_US // 1000}")
         coalesce = table.get("coalesce", False)
         if not isinstance(coalesce, bool):
             raise ConfigError(f"{where}.coalesce must be true or false")
@@ -153,6 +161,7 @@ class TaskSimSettings:
             config,
             **numbers,
             max_batch=max_batch,
+            max_delay_s=delay_ms / 1000,
             coalesce=coalesce,
             prefetch_per_slot=prefetch,
         )
@@ -225,6 +234,9 @@ class TaskDriver(Observer):
         self.models: list[set[str]] = []
         self.running: list[list[Job]] = []
         self.waiting: list[list[Job]] = []
+        self.gathering: list[list[Job]] = []
+        """Per node: runs that hold a slot while they wait (``max_delay``) for more of
+        their model before they gather their batch."""
         self.keep_state: dict[int, bool] = {}
         self.executions: dict[TaskId, int] = {}
         self.executions_by_worker: dict[int, int] = {}
@@ -255,6 +267,8 @@ class TaskDriver(Observer):
         self.models = [set() for _ in range(n)]
         self.running = [[] for _ in range(n)]
         self.waiting = [[] for _ in range(n)]
+        self.gathering = [[] for _ in range(n)]
+        self._batching = Batching(self.settings.max_batch, round(self.settings.max_delay_s * 1e6))
         self.busy_s = [0.0] * n
         self._service_rng: random.Random = sim.random_stream("task-service")
         self._entry_rng: random.Random = sim.random_stream("task-entry")
@@ -317,10 +331,11 @@ class TaskDriver(Observer):
         self.lanes.forget(lambda lane: lane[0] == index)
         for ref in [ref for ref, lane in self.lane_refs.items() if lane[0] == index]:
             del self.lane_refs[ref]
-        for job in self.running[index] + self.waiting[index]:
+        for job in self.running[index] + self.waiting[index] + self.gathering[index]:
             job.cancelled = True
         self.running[index] = []
         self.waiting[index] = []
+        self.gathering[index] = []
         for sub in self.submissions:
             recent = sub.delivered_at is None or now - sub.delivered_at < CONFIRM_WINDOW_S
             if sub.attached == index and recent:
@@ -533,18 +548,63 @@ class TaskDriver(Observer):
         holders = tuple(i for i in (sim.index_of(h) for h in effect.holders) if i is not None)
         job = Job(effect.task_id, effect.attempt, effect.spec, holders, index, sim.lives[index])
         if self._slots_used(index) < self.settings.layout[index].slots:
-            self._start(sim, job)
+            if self._delays():
+                self._hold(sim, job)
+            else:
+                self._start(sim, job)
         else:
             self.waiting[index].append(job)
+            if self._delays():
+                for first in list(self.gathering[index]):
+                    if first.spec.model_digest == job.spec.model_digest:
+                        self._gather_when_full(sim, first)
 
     def _slots_used(self, index: int) -> int:
-        """Slots taken on ``index``: one per running job, one per batch of jobs."""
+        """Slots taken on ``index``: one per running job, one per batch of jobs, one per
+        run gathering its batch."""
         running = self.running[index]
         if self.settings.max_batch == 1:
             return len(running)
-        return len(
+        return len(self.gathering[index]) + len(
             {job.batch if job.batch is not None else -1 - n for n, job in enumerate(running)}
         )
+
+    def _delays(self) -> bool:
+        """Whether a run that gets a slot may wait for more (batching with a delay)."""
+        return self.settings.max_batch > 1 and self.settings.max_delay_s > 0
+
+    def _rows_waiting(self, first: Job) -> int:
+        """Rows (group members) of ``first``'s model waiting on its worker, its own too."""
+        model = first.spec.model_digest
+        waiting = self.waiting[first.worker]
+        return first.spec.members + sum(
+            job.spec.members for job in waiting if job.spec.model_digest == model
+        )
+
+    def _hold(self, sim: Any, first: Job) -> None:
+        """``first`` has a slot: by the core's rule (:func:`~meshgpu.core.batching.delay_left`)
+        it gathers its batch now, or holds the slot up to ``max_delay`` for more of its
+        model, as the daemon's worker does."""
+        self.gathering[first.worker].append(first)
+        slot_at = sim.now
+        left = delay_left(self._rows_waiting(first), self._batching, slot_at, sim.now)
+        if left == 0:
+            self._gather(sim, first)
+            return
+        sim.call_at(sim.now + left, lambda s: self._gather(s, first))
+
+    def _gather_when_full(self, sim: Any, first: Job) -> None:
+        """More of ``first``'s model arrived: gather at once if the batch is full now."""
+        if self._rows_waiting(first) >= self.settings.max_batch:
+            self._gather(sim, first)
+
+    def _gather(self, sim: Any, first: Job) -> None:
+        """``first``'s wait is over (or its batch is full): start its batch."""
+        gathering = self.gathering[first.worker]
+        if first.cancelled or first not in gathering:
+            return  # cancelled, its node went down, or it gathered already
+        gathering.remove(first)
+        self._start_batch(sim, first)
 
     def _start_batch(self, sim: Any, first: Job) -> None:
         """Start ``first`` with the jobs of its model waiting on its worker, as one device
@@ -670,10 +730,13 @@ class TaskDriver(Observer):
                 self._start(sim, self.waiting[index].pop(0))
             return
         while self.waiting[index] and self._slots_used(index) < slots:
-            self._start_batch(sim, self.waiting[index].pop(0))
+            if self._delays():
+                self._hold(sim, self.waiting[index].pop(0))
+            else:
+                self._start_batch(sim, self.waiting[index].pop(0))
 
     def _cancel(self, sim: Any, index: int, effect: CancelTask) -> None:
-        for queue in (self.waiting[index], self.running[index]):
+        for queue in (self.waiting[index], self.gathering[index], self.running[index]):
             for job in list(queue):
                 if job.task_id == effect.task_id and job.attempt == effect.attempt:
                     if job.started and self._stolen_from(sim, index, job):
