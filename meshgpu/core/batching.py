@@ -16,7 +16,8 @@ The rules:
   passed over, not waited for: it heads the next batch, so it is never starved.
 * **Powers of two, for engines that plan per input shape.** With ``powers_of_two`` a
   batch that is not full is cut back, newest first, until it holds no more rows than
-  the largest power of two below its size (exactly that many when each run has one row): the OpenCL executor builds one plan per input shape, so batches of every size
+  the largest power of two below its size (exactly that many when each run has one
+  row): the OpenCL executor builds one plan per input shape, so batches of every size
   from 2 to 16 would build 15 plans; powers of two build four. Triton's
   ``preferred_batch_size`` serves the same purpose. A device with no per-shape cost (the
   simulator's profiles, onnxruntime) takes any size.
