@@ -1,7 +1,11 @@
 """Simulator speed and memory at two mesh sizes, side by side, through the real runner.
 
 - ``steady-100``: 100 nodes for 600 virtual seconds;
-- ``mesh-1000``: 1,000 nodes for 60 virtual seconds, seed-list start-up and one crash.
+- ``mesh-1000``: 1,000 nodes for 60 virtual seconds, seed-list start-up and one crash;
+- ``mesh-100`` (only when asked for with ``--only``, or with ``--like-for-like``): the
+  same scenario as ``mesh-1000`` at 100 nodes, so that the per-event cost of a mesh
+  forming from seed lists can be compared at both sizes (``steady-100`` has no formation
+  to speak of: every node is discovered within its first second of 600).
 
 Goal: the CPU cost per event at 1,000 nodes at most twice that at 100, and the peak
 resident memory of the 1,000-node run under 500 MB. Each run is its own child process,
@@ -18,6 +22,7 @@ Usage::
     python bench/simulator.py                   # both runs, rich table
     python bench/simulator.py --json
     python bench/simulator.py --only steady-100 --duration 120
+    python bench/simulator.py --like-for-like    # mesh-100, then mesh-1000
     python bench/simulator.py --child mesh-1000  # one run in this process (JSON)
 
 Benchmarks are not tests: this prints numbers and asserts nothing.
@@ -26,7 +31,6 @@ Benchmarks are not tests: this prints numbers and asserts nothing.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -41,9 +45,12 @@ from meshgpu.sim.observers import Observer
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = {
-    "steady-100": ROOT / "simulations" / "steady-100.toml",
-    "mesh-1000": ROOT / "simulations" / "mesh-1000.toml",
+    "steady-100": (ROOT / "simulations" / "steady-100.toml", None),
+    "mesh-100": (ROOT / "simulations" / "mesh-1000.toml", 100),
+    "mesh-1000": (ROOT / "simulations" / "mesh-1000.toml", None),
 }
+"""Each run: its scenario file and the node count it is run with (None: the file's)."""
+DEFAULT_RUNS = ["steady-100", "mesh-1000"]
 
 
 class HalfwayMark(Observer):
@@ -67,9 +74,8 @@ def measure(name: str, duration: float | None) -> dict[str, Any]:
     from meshgpu.sim.report import run_scenario
     from meshgpu.sim.scenario import load_scenario
 
-    scenario = load_scenario(RUNS[name])
-    if duration is not None:
-        scenario = dataclasses.replace(scenario, duration_s=duration)
+    path, nodes = RUNS[name]
+    scenario = load_scenario(path).with_overrides(nodes=nodes, duration_s=duration)
     half = HalfwayMark(scenario.duration_s / 2)
     report = run_scenario(scenario, observers=[half]).as_dict()
     cpu_ended = time.process_time()
@@ -184,12 +190,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--only", choices=sorted(RUNS), help="run just this one")
     parser.add_argument("--duration", type=float, help="override the virtual duration (s)")
+    parser.add_argument(
+        "--like-for-like",
+        action="store_true",
+        help="compare mesh-1000 with the same scenario at 100 nodes (mesh-100)",
+    )
     parser.add_argument("--child", choices=sorted(RUNS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.child, args.duration)))
         return 0
-    names = [args.only] if args.only else list(RUNS)
+    names = (
+        [args.only] if args.only else ["mesh-100", "mesh-1000"] if args.like_for_like
+        else DEFAULT_RUNS
+    )
     machine = {
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
