@@ -79,7 +79,8 @@ async def test_client_batches_run_and_a_task_that_cannot_run_fails_with_its_reas
     pixels, _, expected = digits
     many = [{"pixels": pixels[i : i + 1]} for i in range(20)]
     many[7] = {"pixels": np.zeros((1, 63), dtype=np.float32)}  # the model wants [N, 64]
-    many[11] = {"pixels": np.array(["text"])}  # refused by the client before sending
+    # A dtype no tensor has: refused by the client before sending.
+    many[11] = {"pixels": np.array(["2026-12-06"], dtype="datetime64[D]")}
     async with AsyncClient(mesh.nodes[0].peer, environ={}) as client:
         with trio.fail_after(WAIT_S * 2):
             answers = await client.submit_many("digits", many)
