@@ -269,10 +269,11 @@ async def test_an_accepted_task_notes_its_inputs_from_the_table(
 
 
 async def test_a_submit_of_relayed_inputs_names_the_nodes_that_hold_copies(
-    tmp_path: Path, autojump_clock
+    tmp_path: Path,
 ) -> None:
     """Inputs uploaded in ranges and relayed to n2 as they arrived (relay.py): the core is
-    told n2 holds a copy, so its replication asks n2 first."""
+    told n2 holds a copy, so its replication asks n2 first. (The real clock: the stored
+    layout is read in a thread, which an autojump clock would jump past.)"""
     m = mesh(tmp_path)
     data = canonical_tensor_bytes({"x": X})
     digest = hashlib.sha256(data).hexdigest()
