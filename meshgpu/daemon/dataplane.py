@@ -222,9 +222,11 @@ class DataPlane(ResultPlane):
         return None if info is None else info.address
 
     def _live(self, node_ids: Iterable[NodeId]) -> list[NodeId]:
-        """``node_ids`` with ourselves first and then live members, unknown ones dropped."""
+        """``node_ids`` with ourselves first and then live members in the order given
+        (the caller's preference), unknown ones dropped."""
         live = set(self.node.live_members())
-        ordered = sorted(set(node_ids), key=lambda n: (n != self.node_id, n not in live))
+        unique = dict.fromkeys(node_ids)  # a set's order would follow the string hash seed
+        ordered = sorted(unique, key=lambda n: (n != self.node_id, n not in live))
         return [n for n in ordered if n == self.node_id or n in live]
 
     async def _request(self, node_id: NodeId, op: str, **fields: Any) -> dict[str, Any]:
