@@ -82,6 +82,11 @@ class OnnxRuntimeSession:
         model, self._widened_inputs, self._widened_outputs = _widen_bfloat16(model)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only; warnings about unused inputs are noise
+        # The pool's threads sleep between runs instead of spinning: a node shares its cores
+        # with the event loop, other tasks and the lab's own work, and a spinning pool
+        # stole them (a 0.06 ms MatMul's p50 at concurrency 1 over HTTP: 18.7 ms spinning,
+        # 12.8 ms not, on a loaded 2-core machine; docs/inference.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = onnxruntime.InferenceSession(
                 model.SerializeToString(), options, providers=["CPUExecutionProvider"]
