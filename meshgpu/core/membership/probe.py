@@ -74,6 +74,8 @@ class Prober:
         self._probe: _Probe | None = None
         self._probe_order: list[NodeId] = []
         self._probe_index = 0
+        self._in_round: set[NodeId] = set()
+        """The members of this round's probe order (probed already or still due)."""
         self._priority: dict[NodeId, None] = {}
         self._last_was_priority = False
         """Whether this period's probe went to a suspect out of turn (the next one will not)."""
@@ -94,7 +96,15 @@ class Prober:
 
     def new_member(self, node_id: NodeId) -> None:
         """Invoked by the table for a new or revived member (memberlist: it goes at a
-        random place in the remaining probe order)."""
+        random place in the remaining probe order). A member already in this round's
+        order keeps its one place (memberlist's probe list holds each node once): a
+        member declared dead and revived over and over (a slow one) otherwise gained a
+        place at each revival, the round never ended, and the members probed early in
+        it were not probed again (the Lifeguard study: a crashed healthy member went
+        unprobed for 5.9 s, 4 of 50 members slow)."""
+        if node_id in self._in_round:
+            return
+        self._in_round.add(node_id)
         order = self._probe_order
         position = self.rng.randint(min(self._probe_index, len(order)), len(order))
         order.insert(position, node_id)
@@ -130,6 +140,7 @@ class Prober:
             self._probe_order = list(self.table.live)
             self.rng.shuffle(self._probe_order)
             self._probe_index = 0
+            self._in_round = set(self._probe_order)
         return None
 
     # --- one protocol period -----------------------------------------------------------
