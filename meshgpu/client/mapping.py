@@ -14,11 +14,18 @@ contract of a map that ends early, by a ``break``, an error, a cancellation or C
   :meth:`MapSubmission.uncollected` (id and label) so that ``meshgpu collect`` or
   ``attach`` fetches it later. A submission still unanswered after the grace is counted
   in ``unanswered`` (the mesh may have accepted it; ``meshgpu tasks`` shows its label).
+* **The consumer says when it stopped.** What is left untaken is abandoned once the
+  consumer stopped reading (``_consumer_stopped``), not when the map's own generator
+  ends: the blocking client's background map runs ahead of its consumer thread and
+  ends while the consumer still reads the last bursts, which must still be taken and
+  acknowledged, not abandoned.
 
 Rejected: acknowledging on receipt (the old behaviour), which lost every result that
 arrived after the consumer stopped: the mesh was told it was collected, the caller
 never saw it. Waiting for every submission in flight however long it takes: Ctrl-C
-must stop within a second.
+must stop within a second. For the blocking client, a background map that hands over
+the next burst only once the last was taken (so that its end is the consumer's): it
+would cost a wake-up of the trio thread per burst while the consumer waits.
 """
 
 from __future__ import annotations
@@ -146,13 +153,16 @@ class MapSubmission:
         the map lists what it abandoned in :meth:`uncollected` (module docstring)."""
         run = MapRun()
         chunks = self._map(run, model, many_inputs, window, group, label, options)
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                for item in chunk:
-                    self._taken(run, [item])  # raised or yielded: the caller has it
-                    if item.error is not None and raise_errors:
-                        raise item.error
-                    yield item
+        try:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    for item in chunk:
+                        self._taken(run, [item])  # raised or yielded: the caller has it
+                        if item.error is not None and raise_errors:
+                            raise item.error
+                        yield item
+        finally:
+            self._consumer_stopped(run)
 
     async def map_chunks(
         self,
@@ -170,16 +180,28 @@ class MapSubmission:
         as taken when the consumer asks for the next one."""
         run = MapRun()
         chunks = self._map(run, model, many_inputs, window, group, label, options)
-        async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
-                yield chunk
-                self._taken(run, chunk)
+        try:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    yield chunk
+                    self._taken(run, chunk)
+        finally:
+            self._consumer_stopped(run)
 
     def _taken(self, run: MapRun, items: list[Completed]) -> None:
         ids = [item.task_id for item in items if item.task_id is not None]
         for task_id in ids:
             run.outstanding.pop(task_id, None)
         self.collected(ids)
+
+    def _consumer_stopped(self, run: MapRun) -> None:
+        """The consumer of ``run`` takes nothing more: every task accepted and not taken
+        is abandoned (listed in ``uncollected``, never acknowledged). Called by whoever
+        reads the items, once it stopped reading, never by ``_map`` when it ends: a
+        consumer in another thread (the blocking client) is still reading the last
+        bursts after ``_map`` has handed them over and finished."""
+        self._abandon(run.outstanding.values())
+        run.outstanding.clear()
 
     async def _map(
         self,
@@ -191,7 +213,8 @@ class MapSubmission:
         label: Label,
         options: dict[str, Any],
     ) -> AsyncGenerator[list[Completed], None]:
-        """The map itself: yields bursts of items; the wrappers record what was taken."""
+        """The map itself: yields bursts of items; the wrappers record what was taken and,
+        once their consumer stopped, abandon the rest (``_consumer_stopped``)."""
         assert self._nursery is not None
         if group is not None and not 1 <= int(group) <= BATCH_MAX:
             raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
@@ -313,5 +336,3 @@ class MapSubmission:
             with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE_S + 0.5):
                 await produced.wait()
             self.unanswered += run.unanswered
-            self._abandon(run.outstanding.values())
-            run.outstanding.clear()

@@ -191,7 +191,7 @@ class Client:
         self._run(start)
         abandoned_before = len(client.uncollected())
         taken: list[Completed] = []  # yielded from the current burst, not acknowledged yet
-        interrupted = False
+        interrupted = finished = False
         try:
             while (chunk := chunks.get()) is not _DONE:
                 if isinstance(chunk, BaseException):
@@ -203,6 +203,7 @@ class Client:
                     yield item
                 self._call_soon(client._taken, run, taken)
                 taken = []
+            finished = True
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -211,7 +212,11 @@ class Client:
                     self._call_soon(client._taken, run, taken)
                 self._call_soon(scope.cancel)
                 pumped.wait(STOP_GRACE_S + 1.0)
-                client.flush_timeout = min(client.flush_timeout, 0.5)
+                if not finished:  # stopped early (Ctrl-C must stop within a second)
+                    client.flush_timeout = min(client.flush_timeout, 0.5)
+                # Only now, with this loop done reading: the pump finished when it had
+                # queued the last burst, before this loop took it.
+                self._call_soon(client._consumer_stopped, run)
             left = client.uncollected()[abandoned_before:]
             if left:
                 logger.warning("%s", stopped_map_message(left, client.unanswered))

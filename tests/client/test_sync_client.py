@@ -3,7 +3,9 @@ and a clean close after a failed map (fake peers in a server thread)."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -91,3 +93,50 @@ def test_a_resolved_handle_answers_without_the_clients_loop(fake_peer, monkeypat
         monkeypatch.undo()
         table = client.submit(fakes.MODEL, {"x": np.ones(1, np.float32)}, direct=False)
         np.testing.assert_array_equal(table.result(10)["y"], [2])  # the loop's way
+
+
+def test_a_map_read_to_the_end_acknowledges_every_task_and_warns_of_nothing(
+    fake_peer, caplog
+) -> None:
+    """The background map must not give up the tasks of the bursts its consumer is still
+    reading: a map that ended normally leaves nothing uncollected and no warning."""
+    mesh, peer = fake_peer
+    count = 40
+    with (
+        caplog.at_level(logging.WARNING, logger="meshgpu.client"),
+        Client(f"127.0.0.1:{peer.port}", environ={}) as client,
+    ):
+        inputs = ({"x": np.full(1, i, np.float32)} for i in range(count))
+        items = []
+        for item in client.map(fakes.MODEL, inputs, window=8, group=1):
+            time.sleep(0.002)  # a consumer slower than the results: bursts queue up
+            items.append(item)
+        assert client.uncollected() == []
+    assert "not collected" not in caplog.text
+    assert sorted(item.index for item in items) == list(range(count))
+    assert all(float(item.outputs["y"][0]) == 2 * item.index for item in items)
+    assert sorted(mesh.collected) == sorted(item.task_id for item in items)
+
+
+def test_a_map_left_early_names_exactly_the_tasks_it_did_not_hand_over(fake_peer, caplog) -> None:
+    mesh, peer = fake_peer
+    count = 40
+    with (
+        caplog.at_level(logging.WARNING, logger="meshgpu.client"),
+        Client(f"127.0.0.1:{peer.port}", environ={}) as client,
+    ):
+        inputs = ({"x": np.full(1, i, np.float32)} for i in range(count))
+        taken = []
+        for item in client.map(fakes.MODEL, inputs, window=8, group=1):
+            taken.append(item.task_id)
+            if len(taken) == 3:
+                break
+        left = [task_id for task_id, _ in client.uncollected()]
+        unanswered = client._async.unanswered
+    assert left, "a window of 8 had more tasks out than the 3 taken"
+    assert f"map stopped: {len(left)} accepted task(s) not collected" in caplog.text
+    assert not set(left) & set(taken)
+    assert set(left) | set(taken) <= set(mesh.inputs)
+    if unanswered == 0:  # a submission cut off unanswered may have been accepted unnamed
+        assert set(left) | set(taken) == set(mesh.inputs)
+    assert sorted(mesh.collected) == sorted(taken)
