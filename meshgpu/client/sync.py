@@ -217,6 +217,8 @@ class Client:
                 # Only now, with this loop done reading: the pump finished when it had
                 # queued the last burst, before this loop took it.
                 self._call_soon(client._consumer_stopped, run)
+            else:  # the client was closed under this loop: its trio loop is gone
+                client._consumer_stopped(run)
             left = client.uncollected()[abandoned_before:]
             if left:
                 logger.warning("%s", stopped_map_message(left, client.unanswered))

@@ -140,3 +140,21 @@ def test_a_map_left_early_names_exactly_the_tasks_it_did_not_hand_over(fake_peer
     if unanswered == 0:  # a submission cut off unanswered may have been accepted unnamed
         assert set(left) | set(taken) == set(mesh.inputs)
     assert sorted(mesh.collected) == sorted(taken)
+
+
+def test_a_map_whose_client_was_closed_under_it_names_what_it_did_not_hand_over(
+    fake_peer, caplog
+) -> None:
+    mesh, peer = fake_peer
+    client = Client(f"127.0.0.1:{peer.port}", environ={})
+    inputs = ({"x": np.full(1, i, np.float32)} for i in range(40))
+    mapped = client.map(fakes.MODEL, inputs, window=8, group=1)
+    first = next(mapped)
+    client.close()
+    with caplog.at_level(logging.WARNING, logger="meshgpu.client"):
+        mapped.close()
+    left = {task_id for task_id, _ in client.uncollected()}
+    # the item taken last could not be acknowledged any more: it is named with the rest
+    assert first.task_id in left and len(left) > 1
+    assert f"map stopped: {len(left)} accepted task(s) not collected" in caplog.text
+    assert left <= set(mesh.inputs) and not left & set(mesh.collected)
