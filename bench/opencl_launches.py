@@ -39,6 +39,7 @@ from meshgpu.inference.devices import inline_companion
 from meshgpu.inference.onnxruntime_backend import OnnxRuntimeSession
 from meshgpu.inference.opencl import OpenCLSession
 from meshgpu.inference.opencl.programs import default_device
+from meshgpu.inference.opencl.tuning import alternating_medians_ms
 
 
 def _kernel_us(session: OpenCLSession, feeds: dict[str, np.ndarray]) -> tuple[int, float]:
@@ -74,18 +75,6 @@ def _enqueue_us(session: OpenCLSession, feeds: dict[str, np.ndarray], runs: int)
     return statistics.median(times)
 
 
-def _turns(runs: list[Callable[[], Any]], rounds: int) -> list[float]:
-    for run in runs:
-        run()
-    times: list[list[float]] = [[] for _ in runs]
-    for _ in range(rounds):
-        for index, run in enumerate(runs):
-            started = time.perf_counter()
-            run()
-            times[index].append((time.perf_counter() - started) * 1000.0)
-    return [statistics.median(t) for t in times]
-
-
 def measure(name: str, batch: int, rounds: int) -> dict[str, Any]:
     model = load_corpus_model(name, seed=0)
     feeds = corpus_feeds(model, batch=batch, seed=1)
@@ -102,7 +91,7 @@ def measure(name: str, batch: int, rounds: int) -> dict[str, Any]:
     if companion is not None:
         inline = OpenCLSession(model, device=companion, inline=False)
         runs.append(lambda: inline.run(feeds))
-    medians = _turns(runs, rounds)
+    medians = alternating_medians_ms(runs, rounds)
     return {
         "model": name,
         "batch": batch,
