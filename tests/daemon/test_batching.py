@@ -67,12 +67,16 @@ async def _run_concurrently(executor: Executor, feeds: list[dict[str, np.ndarray
 
 async def _blocked_first(executor: Executor, session: _Session, feeds: list) -> list:
     """Run ``feeds`` concurrently while the device is held by a first run, so the
-    others queue behind it (as tasks arriving during a run do)."""
+    others queue behind it (as tasks arriving during a run do). The held run goes to a
+    worker thread: a lone small run may otherwise run on the loop (the inline rule), where
+    the closed gate would block the loop and every other run would then go alone."""
+    executor._may_run_inline = lambda cached, expected_s: False  # type: ignore[method-assign]
     session.gate.clear()
     results: list = []
+    ran_before = len(session.runs)
 
     async def release() -> None:
-        while not session.runs and executor.active < len(feeds):
+        while len(session.runs) == ran_before and executor.active < len(feeds):
             await trio.sleep(0.01)
         await trio.sleep(0.05)
         session.gate.set()
