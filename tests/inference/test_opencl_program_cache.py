@@ -146,3 +146,22 @@ def test_the_rules_choice_stays_unless_clearly_beaten() -> None:
     assert tuning.pick([100.0, 95.0, 120.0], prefer_first=True) == 0  # within the margin
     assert tuning.pick([100.0, 80.0, 85.0], prefer_first=True) == 1
     assert tuning.pick([100.0, 95.0, 120.0], prefer_first=False) == 1
+
+
+def test_a_long_launch_keeps_every_compute_unit_busy() -> None:
+    """On a busy machine one work-group can time as fast as two (the second core is taken
+    anyway); for a launch long enough to split, it is not chosen on a multi-core device."""
+    from meshgpu.inference.opencl import tuning
+
+    times, groups = [900.0, 850.0, 880.0], [8, 1, 2]
+    assert tuning.pick(times, prefer_first=False, groups=groups, compute_units=2) == 2
+    assert tuning.pick(times, prefer_first=True, groups=groups, compute_units=2) == 0
+    assert tuning.pick(times, prefer_first=False, groups=groups, compute_units=1) == 1
+    # a short launch may stay in one work-group: waking a thread costs more than it saves
+    assert tuning.pick([3.0, 2.0], prefer_first=False, groups=[4, 1], compute_units=2) == 1
+    # nothing splits enough: the fastest of those with the most work-groups
+    slow = [90.0, 80.0, 70.0]
+    assert tuning.pick(slow, prefer_first=False, groups=[1, 1, 1], compute_units=2) == 2
+    assert tuning.pick(slow, prefer_first=False, groups=[2, 2, 1], compute_units=4) == 1
+    assert tuning.work_groups((7, 5, 1), (1, 1, 1)) == 35
+    assert tuning.work_groups((4096,), (8,)) == 512

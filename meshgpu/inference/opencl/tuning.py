@@ -45,6 +45,17 @@ TIMED_RUNS = 5
 #: How much faster than the first variant another must be to replace it (``prefer_first``).
 MARGIN = 0.1
 
+#: Launches at least this long (us, the fastest variant) must keep every compute unit busy:
+#: a variant with fewer work-groups than the device has compute units is not chosen for
+#: them. A search on a busy machine cannot see what the idle cores would have given (the
+#: other processes hold them either way), and one that kept PoCL's 2-core device at one
+#: work-group ran ResNet-50's largest convolutions on one core once the machine was quiet.
+#: Below it, one work-group may win: waking a second thread costs more than it saves.
+SERIAL_US = 20.0
+
+#: Part of every cache key: choices recorded under an earlier choice rule are searched again.
+RULE_VERSION = 2
+
 _lock = threading.Lock()
 _memory: dict[str, dict[str, Any]] | None = None
 searches = 0
@@ -122,7 +133,8 @@ def reset_memory() -> None:
 
 
 def _key(device: cl.Device, kernel_name: str, shape: tuple[int, ...]) -> str:
-    return f"{_device_key(device)} | {kernel_name} | {'x'.join(map(str, shape))}"
+    shape_text = "x".join(map(str, shape))
+    return f"v{RULE_VERSION} | {_device_key(device)} | {kernel_name} | {shape_text}"
 
 
 def is_cached(
@@ -134,13 +146,33 @@ def is_cached(
     return isinstance(entry, dict) and any(_matches(v, entry) for v in variants)
 
 
-def pick(timings: list[float], prefer_first: bool) -> int:
+def pick(
+    timings: list[float],
+    prefer_first: bool,
+    groups: list[int] | None = None,
+    compute_units: int = 1,
+) -> int:
     """Index of the variant to keep: the fastest, or with ``prefer_first`` the first unless
-    the fastest beats it by ``MARGIN``."""
-    fastest = int(np.argmin(timings))
-    if prefer_first and timings[fastest] > timings[0] * (1.0 - MARGIN):
+    the fastest beats it by ``MARGIN``; among those with at least ``compute_units``
+    work-groups (``groups``) when the launch takes ``SERIAL_US`` or more (else among those
+    with the most)."""
+    candidates = list(range(len(timings)))
+    if groups is not None and compute_units > 1 and min(timings) >= SERIAL_US:
+        parallel = [i for i in candidates if groups[i] >= compute_units]
+        most = max(groups)
+        candidates = parallel or [i for i in candidates if groups[i] == most]
+    fastest = min(candidates, key=lambda i: timings[i])
+    if prefer_first and 0 in candidates and timings[fastest] > timings[0] * (1.0 - MARGIN):
         return 0
     return fastest
+
+
+def work_groups(grid: tuple[int, ...], local: tuple[int, ...]) -> int:
+    """How many work-groups a launch of ``grid`` in groups of ``local`` runs."""
+    count = 1
+    for size, group in zip(grid, local, strict=True):
+        count *= -(-size // max(group, 1))
+    return count
 
 
 def choose(
@@ -181,7 +213,8 @@ def choose(
         for times, event in zip(runs, events, strict=True):
             times.append((event.profile.end - event.profile.start) / 1000.0)
     timings = [min(times) for times in runs]
-    best = variants[pick(timings, prefer_first)]
+    groups = [work_groups(v.grid, local) for v in variants]
+    best = variants[pick(timings, prefer_first, groups, device.max_compute_units)]
     best.bind(kernel)
     entry = {
         "value": best.value if not best.more else best.label,
