@@ -37,8 +37,9 @@ def _model(nodes, inputs, outputs, initializers=None, opset=18) -> onnx.ModelPro
     return model
 
 
-def _run(device, model, feeds) -> list[str]:
-    """Run on OpenCL and onnxruntime, compare every output; return the launched kernels."""
+def _run(device, model, feeds, grids=None) -> list[str]:
+    """Run on OpenCL and onnxruntime, compare every output; return the launched kernels
+    (and append each launch's grid to ``grids`` when given)."""
     import onnxruntime
 
     session = OpenCLSession(model, device=device)
@@ -52,6 +53,8 @@ def _run(device, model, feeds) -> list[str]:
         assert got[name].shape == want.shape, name
         assert_close(got[name], want, name)
     plan = next(iter(session._plans.values()))
+    if grids is not None:
+        grids.extend(tuple(launch.global_size) for launch in plan.launches)
     return [launch.kernel_name for launch in plan.launches]
 
 
@@ -200,12 +203,15 @@ def test_gemm_on_a_device_activation_with_its_epilogue(device) -> None:
     assert kernels == ["matmul_tiles"]
 
 
-def test_convnext_block_tail_and_channels_last_norm(device) -> None:
+@pytest.mark.parametrize(("batch", "side"), [(2, 8), (3, 2), (5, 3)])
+def test_convnext_block_tail_and_channels_last_norm(device, batch, side) -> None:
     """ConvNeXt's block after its depthwise conv: permute to channels-last, LayerNorm, two
     Linears (bias, Gelu), permute back, layer scale, residual. The permute is read in place
-    by the norm, and bias, scale, permute and residual run inside the second product."""
-    channels, side = 16, 8
-    x = randn(2, channels, side, side, seed=16)
+    by the norm, and bias, scale, permute and residual run inside the second product. Its
+    output goes back to channels-first, so images of fewer pixels than a tile's 8 rows
+    (2x2, 3x3) are folded into one run of rows: one batch index in the launch grid."""
+    channels = 16
+    x = randn(batch, channels, side, side, seed=16)
     weights = {
         "gamma": randn(channels, seed=17),
         "beta": randn(channels, seed=18),
@@ -228,8 +234,15 @@ def test_convnext_block_tail_and_channels_last_norm(device) -> None:
         helper.make_node("Add", ["scaled", "x"], ["y"]),
     ]
     model = _model(nodes, [("x", x)], ["y"], weights, opset=20)
-    kernels = _run(device, model, {"x": x})
-    assert kernels == ["normalize_rows_t8", "matmul_tiles", "matmul_tiles"]
+    grids: list[tuple[int, ...]] = []
+    kernels = _run(device, model, {"x": x}, grids)
+    norm = "normalize_rows_t8" if side * side % 8 == 0 else "normalize_rows_strided"
+    assert kernels == [norm, "matmul_tiles", "matmul_tiles"]
+    rows_tiles, _, batches = grids[2]
+    if side * side % 8:
+        assert batches == 1 and rows_tiles == -(-batch * side * side // 8)
+    else:
+        assert batches == batch and rows_tiles == side * side // 8
 
 
 @pytest.mark.parametrize(

@@ -401,6 +401,12 @@ def matmul_launch(
         rows *= dims[1]
         dims = [1, dims[0]]
         a_b, b_b, c_b, d_b, r_b, m_b = ([0, x[0]] for x in (a_b, b_b, c_b, d_b, r_b, m_b))
+    # Whatever batch dimension is left with B shared (a transposed output, ConvNeXt's 2x2
+    # images) is folded into the rows when the rows do not fill 8-row tiles on their own.
+    fold = 0
+    if dims[1] > 1 and b_b[1] == 0 and rows % 8:
+        fold, rows = rows, rows * dims[1]
+        dims = [dims[0], 1]
     code, act_a, act_b = tail.activation
     blocks = -(-cols // 8)
     per_item = blocks if tail.softmax else min(MATMUL_COLUMN_BLOCKS, blocks)
@@ -458,6 +464,7 @@ def matmul_launch(
             i32(m[1]),
             i32(tail.multiplier is not None),
             i32(tail.multiplier_first),
+            i32(fold),
         ],
         grid=(grid_rows, -(-blocks // per_item), batches),
         local=(1, 1, 1),

@@ -23,6 +23,12 @@ Addressing (``b = b0 * NB1 + b1``):
   ``fusion.ACTIVATIONS``, plus Gelu), and optionally Softmax over j (``softmax`` set: one
   work-item takes all column blocks of its 8 rows, then normalises them in place).
 
+With ``fold`` > 0 the second batch dimension is folded into the rows: row ``g`` of the
+launch is row ``g % fold`` of batch index ``b1 = g / fold`` (``NB1`` is then 1). A product
+whose output is written transposed (ConvNeXt's pointwise layers back to NCHW) cannot step
+from one image's rows to the next by one stride, yet shares B across images; folded, its
+2x2-pixel images fill 8-row tiles instead of wasting half of each.
+
 Grid: (ceil(rows/8), column groups, batch), work-group (1, 1, 1).
 """
 
@@ -93,6 +99,13 @@ inline void matmul_store(__global float* p, int s, int n, float8 x) {
   for (int t = 0; t < n; t++) p[t * s] = v[t];
 }
 
+/* Offset of launch row g: row g % fold of batch index g / fold when folding. */
+inline int matmul_row(int g, int fold, int s1, int si) {
+  if (!fold) return g * si;
+  int q = g / fold;
+  return q * s1 + (g - q * fold) * si;
+}
+
 __kernel void matmul_tiles(__global const float* restrict A, __global const float* restrict B,
                            __global float* restrict C,
                            __global const float* restrict addend,
@@ -107,7 +120,7 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
                            int act, float act_a, float act_b, int softmax,
                            int group_blocks, __global const float* restrict multiplier,
                            int m_s0, int m_s1, int m_si, int m_sj, int has_multiplier,
-                           int multiplier_first) {
+                           int multiplier_first, int fold) {
   int i0 = get_global_id(0) * 8;
   int b = get_global_id(2);
   int b0 = b / NB1;
@@ -119,14 +132,16 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
   /* Rows past the end read the last row again (their results are not written); eight
      scalar row pointers, not an array, so they stay in registers. */
   const __global float* ab = A + a_off + b0 * a_s0 + b1 * a_s1;
-  const __global float* a0 = ab + imin(i0 + 0, rows - 1) * a_si;
-  const __global float* a1 = ab + imin(i0 + 1, rows - 1) * a_si;
-  const __global float* a2 = ab + imin(i0 + 2, rows - 1) * a_si;
-  const __global float* a3 = ab + imin(i0 + 3, rows - 1) * a_si;
-  const __global float* a4 = ab + imin(i0 + 4, rows - 1) * a_si;
-  const __global float* a5 = ab + imin(i0 + 5, rows - 1) * a_si;
-  const __global float* a6 = ab + imin(i0 + 6, rows - 1) * a_si;
-  const __global float* a7 = ab + imin(i0 + 7, rows - 1) * a_si;
+#define MATMUL_A_ROW(r) (ab + matmul_row(imin(i0 + r, rows - 1), fold, a_s1, a_si))
+  const __global float* a0 = MATMUL_A_ROW(0);
+  const __global float* a1 = MATMUL_A_ROW(1);
+  const __global float* a2 = MATMUL_A_ROW(2);
+  const __global float* a3 = MATMUL_A_ROW(3);
+  const __global float* a4 = MATMUL_A_ROW(4);
+  const __global float* a5 = MATMUL_A_ROW(5);
+  const __global float* a6 = MATMUL_A_ROW(6);
+  const __global float* a7 = MATMUL_A_ROW(7);
+#undef MATMUL_A_ROW
   const __global float* bb = B + b_off + b0 * b_s0 + b1 * b_s1;
   int c_base = c_off + b0 * c_s0 + b1 * c_s1;
   int d_base = b0 * d_s0 + b1 * d_s1;
@@ -171,17 +186,19 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
     }
 #define MATMUL_ROW(r, acc)                                                                \
     if (r < nrows) {                                                                      \
-      int i = i0 + r;                                                                     \
+      int g = i0 + r;                                                                     \
+      int q = fold ? g / fold : 0;                                                        \
+      int i = g - q * fold;                                                               \
       float8 v = acc * alpha;                                                             \
-      if (scale_first)                                                                    \
-        v *= matmul_load(multiplier + m_base + i * m_si + j0 * m_sj, m_sj, ncols);        \
-      if (has_addend) v += matmul_load(addend + d_base + i * d_si + j0 * d_sj, d_sj, ncols); \
-      if (scale_after)                                                                    \
-        v *= matmul_load(multiplier + m_base + i * m_si + j0 * m_sj, m_sj, ncols);        \
+      int m_at = m_base + q * m_s1 + i * m_si + j0 * m_sj;                                \
+      if (scale_first) v *= matmul_load(multiplier + m_at, m_sj, ncols);                  \
+      if (has_addend)                                                                     \
+        v += matmul_load(addend + d_base + q * d_s1 + i * d_si + j0 * d_sj, d_sj, ncols); \
+      if (scale_after) v *= matmul_load(multiplier + m_at, m_sj, ncols);                  \
       if (has_residual)                                                                   \
-        v += matmul_load(residual + r_base + i * r_si + j0 * r_sj, r_sj, ncols);          \
+        v += matmul_load(residual + r_base + q * r_s1 + i * r_si + j0 * r_sj, r_sj, ncols); \
       if (act) v = matmul_activation(v, act, act_a, act_b);                               \
-      matmul_store(C + c_base + i * c_si + j0 * c_sj, c_sj, ncols, v);                    \
+      matmul_store(C + c_base + q * c_s1 + i * c_si + j0 * c_sj, c_sj, ncols, v);         \
     }
     MATMUL_ROW(0, c0) MATMUL_ROW(1, c1) MATMUL_ROW(2, c2) MATMUL_ROW(3, c3)
     MATMUL_ROW(4, c4) MATMUL_ROW(5, c5) MATMUL_ROW(6, c6) MATMUL_ROW(7, c7)
@@ -189,7 +206,7 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
   }
   if (softmax) {
     for (int r = 0; r < nrows; r++) {
-      __global float* y = C + c_base + (i0 + r) * c_si;
+      __global float* y = C + c_base + matmul_row(i0 + r, fold, c_s1, c_si);
       int j8 = c_sj == 1 ? cols / 8 * 8 : 0;
       float8 peak8 = (float8)(-INFINITY);
       for (int j = 0; j < j8; j += 8) {
