@@ -22,19 +22,35 @@ task before the client is even acknowledged is both faster and no less safe:
   retry rules take over. A permanent error (wrong input shape, a broken model) is the
   answer, as it would be from any worker.
 
-What it is not: a way around the queue. The node must be idle (no task of the table
-running, fetching or waiting for a slot here, and none queued in its table), the run
-must be short (``DIRECT_RUN_S``: a run expected to take longer goes through
-the table, where it is acknowledged, replicated and visible in ``meshgpu tasks`` while it
-runs), the node must meet the task's device requirements, and the session must already
-be loaded (a cold model goes through the table; its first run there loads it). A client
-that wants the table's guarantees for every task (an acknowledgement with ``copies``
-before the run, the task visible mesh-wide) submits with ``direct=False``.
+What it is not: a way around the queue. No task of the table may be running, fetching
+or waiting for a slot here, and none queued in the table; the run must be short
+(``DIRECT_RUN_S``: a run expected to take longer goes through the table, where it is
+acknowledged, replicated and visible in ``meshgpu tasks`` while it runs), the node must
+meet the task's device requirements, and the session must already be loaded (a cold
+model goes through the table; its first run there loads it). A client that wants the
+table's guarantees for every task (an acknowledgement with ``copies`` before the run,
+the task visible mesh-wide) submits with ``direct=False``.
+
+A few concurrent callers take direct runs too. Direct runs already under way here do not
+close the path: a submission may wait for a slot behind them while at most
+``DIRECT_WAITING_PER_SLOT`` per slot are admitted beyond the slots, and while its own
+expected run plus the runs ahead of it (one expected run per ``slots`` of them, as if
+none were batched together) stays under ``DIRECT_RUN_S``. Past that bound the submission
+goes to the table (coalesced with its lane's other waiting submissions, coalescing.py).
+Why: with one direct run at a time, eight callers of a tiny model on an idle node nearly
+always find another caller's run on the executor, and each pays a table entry (about
+23 ms of CPU across the mesh) for a run of a millisecond. Waiting runs of a model with a
+free batch dimension run as one batch when the slot frees (batching.py), so a wait
+behind them is usually one run, not several. Nothing of the guarantee changes: each
+direct run is answered with its own outcome, or falls back to the table alone.
 
 Rejected: choosing the worker at submit inside the core and still replicating (saves
 only the leader's hop: the two fsyncs and the result's replication stay on the path);
 answering direct runs before the run with a fake acknowledgement (the client would
-hold an id the mesh has never heard of).
+hold an id the mesh has never heard of); direct runs without a bound on those waiting
+(a burst of callers would queue here unacknowledged and unseen by the leader while other
+nodes sit idle: past a few, the table spreads them); a bound on the count alone (eight
+runs of a 10 ms model would wait up to 80 ms each).
 """
 
 from __future__ import annotations
@@ -68,6 +84,10 @@ DIRECT_RUN_S = 0.02
 input bytes) is never run directly: the
 table's bookkeeping (15-20 ms on loopback) is then a small part of the task's time, and a
 longer unacknowledged run is a longer window in which the client has nothing."""
+
+DIRECT_WAITING_PER_SLOT = 8
+"""Direct runs admitted per slot beyond those running (module doc): a few concurrent
+callers run directly, as many as one default batch (``batching.DEFAULT_BATCHING``)."""
 
 HEADER_ALLOWANCE = 4096
 """More than a tensor's name, dtype and shape take in a payload (msgpack headers)."""
@@ -119,6 +139,8 @@ class DirectRuns:
         self._run_token = secrets.token_hex(3)
         """Direct ids name the daemon's run: a restarted node (same node id) never hands
         out an id a client may still hold from before."""
+        self.in_flight = 0
+        """Direct runs admitted here and not yet answered (running or waiting for a slot)."""
         self.runs = 0
         self.fallbacks = 0
         """Direct runs that failed transiently and went to the table instead."""
@@ -130,12 +152,16 @@ class DirectRuns:
         if not request.get("direct", True) or self._leaving():
             return False
         executor = self.executor
-        if executor.active or executor.limiter.available_tokens < 1:
-            return False
-        if self._busy():
+        if self._busy() or executor.active > self.in_flight:
+            return False  # a run of the table holds a slot here (or waits for one)
+        slots = max(1, executor.slots)
+        if self.in_flight >= slots * (1 + DIRECT_WAITING_PER_SLOT):
             return False
         expected = executor.expected_run_s(str(request.get("model_digest")), tensors)
-        if expected is None or expected > DIRECT_RUN_S:
+        if expected is None:
+            return False
+        # Its own run after one run for every ``slots`` admitted before it.
+        if expected * (1 + self.in_flight // slots) > DIRECT_RUN_S:
             return False
         capabilities = self._capabilities()
         me = WorkerView(
@@ -154,6 +180,7 @@ class DirectRuns:
         """Run the task now; its outcome as a ``submit`` answer, or None when the run
         failed transiently and the caller should submit it to the table instead."""
         digest = str(request["model_digest"])
+        self.in_flight += 1
         try:
             with self.models.pinned(digest) as model_path:
                 outputs, _ = await self.executor.run(digest, model_path, tensors)
@@ -172,6 +199,8 @@ class DirectRuns:
                 self._count("direct_fallbacks")
                 return None
             return self._answer("failed", None, f"{type(error).__name__}: {error}")
+        finally:
+            self.in_flight -= 1
         return self._answer("done", encoded, "")
 
     def _answer(self, state: str, outputs: Any, reason: str) -> Message:

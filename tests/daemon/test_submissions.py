@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from meshgpu.core import effects as fx
 from meshgpu.core.events import SubmitTask
 from meshgpu.core.load import DeviceCapabilities
 from meshgpu.core.tasks import DeviceRequirements, TaskId
 from meshgpu.daemon.dataplane import INPUTS
-from meshgpu.daemon.direct import DIRECT_RUN_S, DirectRuns
+from meshgpu.daemon.direct import DIRECT_RUN_S, DIRECT_WAITING_PER_SLOT, DirectRuns
 from meshgpu.daemon.modelstore import ModelStore
 from meshgpu.daemon.payloads import (
     PayloadStore,
@@ -65,15 +66,22 @@ class Executor:
     fail: BaseException | None = None
     active: int = 0
     slots: int = 1
-    limiter: Any = field(default_factory=lambda: SimpleNamespace(available_tokens=1))
+    gate: trio.Event | None = None
+    """When set, every run waits for it (runs in flight at once)."""
 
     def expected_run_s(self, digest: str, tensors: Any) -> float | None:
         return self.expected
 
     async def run(self, digest: str, path: Path, tensors: Any, on_slot: Any = None) -> Any:
-        if self.fail is not None:
-            raise self.fail
-        return {"y": np.asarray(tensors["x"]) * 2}, 0.001
+        self.active += 1
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.fail is not None:
+                raise self.fail
+            return {"y": np.asarray(tensors["x"]) * 2}, 0.001
+        finally:
+            self.active -= 1
 
 
 @dataclass
@@ -183,6 +191,84 @@ async def test_a_slow_or_cold_model_goes_to_the_table(tmp_path: Path, autojump_c
     assert not m.direct.allowed(request(), requirements, tensors)
     m.executor.expected = DIRECT_RUN_S / 2
     assert m.direct.allowed(request(), requirements, tensors)
+
+
+async def concurrent_answers(m: Mesh, count: int) -> list[dict[str, Any]]:
+    """``count`` submissions at once while every direct run waits at the gate: the ones
+    that went to the table are answered by the core (ids n1/1, n1/2, ...) and then the
+    gate opens. The answers in arrival order."""
+    m.executor.gate = gate = trio.Event()
+    answers: list[dict[str, Any]] = [{}] * count
+
+    async def client(index: int) -> None:
+        answers[index] = await m.submissions.submit(request(x=X + index))
+
+    async with trio.open_nursery() as nursery:
+        for index in range(count):
+            nursery.start_soon(client, index)
+            await trio.testing.wait_all_tasks_blocked()
+        for fed in range(len(m.fed)):
+            await answered(m, fed + 1, TaskId("n1", fed + 1))
+        gate.set()
+    return answers
+
+
+async def test_a_few_concurrent_callers_all_run_directly(tmp_path: Path, autojump_clock) -> None:
+    """Direct runs under way do not close the path: later callers wait for the slot
+    behind them, each answered with its own outputs, and nothing enters the table."""
+    m = mesh(tmp_path)
+    m.executor.expected = DIRECT_RUN_S / 100
+    answers = await concurrent_answers(m, 8)
+    assert all(answer.get("direct") is True for answer in answers)
+    for index, answer in enumerate(answers):
+        y = decode_tensors(answer["outputs"])["y"]
+        np.testing.assert_array_equal(y, (X + index) * 2)
+    assert list(m.fed) == [] and m.counted == ["direct_runs"] * 8
+    assert len({answer["task_id"] for answer in answers}) == 8
+    assert m.direct.in_flight == 0
+
+
+async def test_direct_runs_stop_at_the_waiting_bound(tmp_path: Path, autojump_clock) -> None:
+    m = mesh(tmp_path)
+    m.executor.expected = DIRECT_RUN_S / 1000
+    m.executor.slots = 2
+    bound = 2 * (1 + DIRECT_WAITING_PER_SLOT)
+    answers = await concurrent_answers(m, bound + 2)
+    assert [answer.get("direct", False) for answer in answers] == [True] * bound + [False] * 2
+    assert [answer["task_id"] for answer in answers[bound:]] == ["n1/1", "n1/2"]
+
+
+async def test_direct_runs_stop_when_the_wait_would_outlast_a_direct_run(
+    tmp_path: Path, autojump_clock
+) -> None:
+    """Expected 0.4 of DIRECT_RUN_S, one slot: the second caller waits for one run (0.8
+    in all), the third would wait for two (1.2): the table."""
+    m = mesh(tmp_path)
+    m.executor.expected = DIRECT_RUN_S * 0.4
+    answers = await concurrent_answers(m, 3)
+    assert [answer.get("direct", False) for answer in answers] == [True, True, False]
+
+
+async def test_a_table_run_on_the_executor_closes_the_direct_path(
+    tmp_path: Path, autojump_clock
+) -> None:
+    """A run that is not a direct run holds a slot here (a task of the table): callers
+    go to the table even though direct runs are also in flight."""
+    m = mesh(tmp_path)
+    m.executor.expected = DIRECT_RUN_S / 100
+    tensors, requirements = {"x": X}, DeviceRequirements()
+    m.executor.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(m.submissions.submit, request())
+        await trio.testing.wait_all_tasks_blocked()
+        assert m.direct.in_flight == 1 and m.direct.allowed(request(), requirements, tensors)
+        m.executor.active += 1  # as the table's run would
+        assert not m.direct.allowed(request(), requirements, tensors)
+        m.executor.active -= 1
+        m.state["busy"] = True  # an attempt of the table fetching inputs here
+        assert not m.direct.allowed(request(), requirements, tensors)
+        m.executor.gate.set()
+    assert m.direct.in_flight == 0
 
 
 async def test_a_transient_direct_failure_falls_back_to_the_table(

@@ -19,6 +19,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshgpu.daemon import direct as direct_module
+from meshgpu.daemon.direct import is_direct_id
 from meshgpu.daemon.runtime import Daemon
 from meshgpu.http.settings import HttpSettings
 from tests.daemon.test_runtime import MODELS, settings
@@ -459,11 +461,13 @@ async def test_tls_serves_https(tmp_path: Path) -> None:
 
 
 async def test_concurrent_infer_requests_coalesce_and_each_gets_its_own_answer(
-    node: Daemon,
+    node: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Twelve requests at once, one with a wrong shape: the good ones are answered each
     with its own row's outputs (some as members of a coalesced group), the bad one alone
-    with a 400 naming the input, and the table empties afterwards."""
+    with a 400 naming the input, and the table empties afterwards. (One direct run at a
+    time here: past that, concurrent requests go to the table.)"""
+    monkeypatch.setattr(direct_module, "DIRECT_WAITING_PER_SLOT", 0)
     pixels = np.load(MODELS / "digits_test.npz")["pixels"][:12]
     want = expected(pixels)
     answers: dict[int, tuple[int, Any]] = {}
@@ -490,3 +494,49 @@ async def test_concurrent_infer_requests_coalesce_and_each_gets_its_own_answer(
     with trio.fail_after(30):
         while len(node.node.tasks.table):
             await trio.sleep(0.1)
+
+
+async def test_a_few_concurrent_infer_requests_on_an_idle_node_all_run_directly(
+    node: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight requests at once on an idle, warm node, every run held until all eight are
+    in: each is answered 200 with its own row's outputs from a direct run, and none
+    entered the table. (DIRECT_RUN_S is raised so that the rule under test is the count
+    of runs in flight, not this machine's speed.)"""
+    monkeypatch.setattr(direct_module, "DIRECT_RUN_S", 10.0)
+    pixels = np.load(MODELS / "digits_test.npz")["pixels"][:8]
+    want = expected(pixels)
+    status, _, _ = await acall(node, "POST", "/v2/models/digits/infer", infer_body(pixels[:1]))
+    assert status == 200  # warm: the first run of a model goes through the table
+    real_run = node.executor.run
+    all_in = trio.Event()
+    arrived = []
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        arrived.append(1)
+        if len(arrived) == len(pixels):
+            all_in.set()
+        await all_in.wait()
+        return await real_run(*args, **kwargs)
+
+    monkeypatch.setattr(node.executor, "run", held)
+    runs_before = node.handlers.submissions.direct.runs
+    answers: dict[int, tuple[int, Any]] = {}
+
+    async def one(index: int) -> None:
+        body = infer_body(pixels[index : index + 1])
+        status, _, answer = await acall(node, "POST", "/v2/models/digits/infer", body)
+        answers[index] = (status, json.loads(answer))
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for index in range(len(pixels)):
+                nursery.start_soon(one, index)
+    for index, (status, answer) in answers.items():
+        assert status == 200, answer
+        assert is_direct_id(answer["parameters"]["task_id"]), answer["parameters"]
+        got = np.asarray(answer["outputs"][0]["data"], np.float32)
+        np.testing.assert_allclose(got, want[index], rtol=1e-5)
+    assert len({answer["parameters"]["task_id"] for _, answer in answers.values()}) == 8
+    assert node.handlers.submissions.direct.runs == runs_before + 8
+    assert node.handlers.submissions.coalescer.groups == 0
