@@ -20,7 +20,7 @@ import trio
 
 from meshgpu.core import effects as fx
 from meshgpu.core.events import Event, ResultCollected, ResultRequested
-from meshgpu.core.tasks import Resolution, TaskId
+from meshgpu.core.tasks import Resolution, TaskId, is_unsatisfiable
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.catalog import SHIPPED, shipped_digests
 from meshgpu.daemon.groups import MemberId, parse_task_ref
@@ -251,7 +251,7 @@ class DaemonHttpSources:
         if shared.answers is None or member.index >= len(shared.answers):
             raise Unavailable(f"task {member} has no answer here now; send it again")
         message = shared.answers[member.index]
-        if message["state"] == "unavailable":
+        if message["state"] == "unavailable" or _unplaceable(message):
             raise Unavailable(f"task {member} {message['reason']}")
         if message["state"] != "done" or message["outputs"] is None:
             raise TaskError(f"task {member} {message['state']}: {message['reason']}")
@@ -265,7 +265,8 @@ class DaemonHttpSources:
         handlers = self.handlers
         resolved = await self._resolution_of(task_id)
         message: dict[str, Any] = await handlers.outcome(resolved, True)
-        if message["state"] == "unavailable":  # done, its holders unreachable now: retry
+        if message["state"] == "unavailable" or _unplaceable(message):
+            # done, its holders unreachable now; or no live node to run it: retry later
             raise Unavailable(f"task {task_id} {message['reason']}")
         if resolved.state is not Resolution.DONE or message["state"] != "done":
             raise TaskError(f"task {task_id} {message['state']}: {message['reason']}")
@@ -300,6 +301,13 @@ class DaemonHttpSources:
             if target is not None:
                 targets.append(target)
         return targets
+
+
+def _unplaceable(message: Mapping[str, Any]) -> bool:
+    """The task failed because no live node carries its required labels (the leader's
+    placement check): the mesh cannot run it now, which says nothing against the
+    request, so the HTTP answer is 503 (docs/http-api.md), not a failed task's 500."""
+    return message["state"] == "failed" and is_unsatisfiable(str(message["reason"] or ""))
 
 
 def _target(http: Any, member_host: str) -> str | None:

@@ -35,8 +35,8 @@ async def test_a_request_no_live_node_can_place_fails_at_once_naming_the_labels(
     tmp_path: Path,
 ) -> None:
     """Through a labelled node's HTTP port: a request requiring its label runs there; one
-    requiring a label no live node carries fails with the labels named, not assigned to
-    any worker and not left waiting for one."""
+    requiring a label no live node carries is answered 503 with the labels named, not
+    assigned to any worker and not left waiting for one."""
     from tests.http.test_server import acall, infer_body
 
     config = dataclasses.replace(
@@ -57,8 +57,23 @@ async def test_a_request_no_live_node_can_place_fails_at_once_naming_the_labels(
         assert json.loads(answer)["outputs"][0]["shape"] == [2, 10]
         with trio.fail_after(30):  # bounded only so a regression fails instead of hanging
             status, _, answer = await acall(daemon, "POST", path, placed("gpu=h100"))
-        assert status == 500, answer  # docs/http-api.md: 500 when the task failed
+        # docs/http-api.md: 503, no live node can run it now (not a 500: nothing failed
+        # in a run, and a node with the label may join)
+        assert status == 503, answer
         assert "no live node carries the required labels gpu=h100" in json.loads(answer)["error"]
         # failed by the leader's placement check, before any assignment (leading.py)
         assert daemon.node.counters.get("tasks_unsatisfiable") == 1
+        # Concurrent ones (coalesced into group entries, or alone): each a 503 too.
+        answers: list[tuple[int, bytes]] = []
+
+        async def one() -> None:
+            status, _, answer = await acall(daemon, "POST", path, placed("gpu=h100"))
+            answers.append((status, answer))
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as requests:
+                for _ in range(6):
+                    requests.start_soon(one)
+        assert [status for status, _ in answers] == [503] * 6, answers
+        assert all(b"gpu=h100" in answer for _, answer in answers)
         daemon.request_stop()

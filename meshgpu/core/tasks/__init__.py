@@ -5,7 +5,13 @@ leader, balancing strategies and fault-tolerance policies. Sans-IO like the rest
 from meshgpu.core.tasks.collected import CollectedSet
 from meshgpu.core.tasks.records import TaskRecord, record_from_bytes, record_to_bytes
 from meshgpu.core.tasks.retry import BackoffKind, RetryPolicy
-from meshgpu.core.tasks.spec import DeviceRequirements, Priority, TaskId, TaskSpec
+from meshgpu.core.tasks.spec import (
+    DeviceRequirements,
+    Priority,
+    TaskId,
+    TaskSpec,
+    is_unsatisfiable,
+)
 from meshgpu.core.tasks.state import (
     TRANSITIONS,
     Cause,
@@ -32,6 +38,7 @@ __all__ = [
     "TaskSpec",
     "TaskState",
     "TaskTable",
+    "is_unsatisfiable",
     "join",
     "merge_entries",
     "record_from_bytes",

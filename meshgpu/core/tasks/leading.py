@@ -168,8 +168,7 @@ class Leading:
             entry = tasks.table.get(task.task_id)
             if entry is None or entry.state.terminal:
                 continue
-            wanted = ", ".join(f"{k}={v}" for k, v in req.require)
-            reason = f"no live node carries the required labels {wanted}"
+            reason = req.unsatisfiable_reason()
             tasks.context.count("tasks_unsatisfiable")
             tasks.set_state(task.task_id, st.fail(entry.state, reason, count_failure=False), now)
         return kept

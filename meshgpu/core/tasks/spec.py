@@ -84,6 +84,23 @@ class DeviceRequirements:
         have = set(labels)
         return tuple(pair for pair in self.require if pair not in have)
 
+    def unsatisfiable_reason(self) -> str:
+        """The failure reason of a task whose required labels no live node carries (the
+        leader's placement check, leading.py); :func:`is_unsatisfiable` recognises it."""
+        wanted = ", ".join(f"{key}={value}" for key, value in self.require)
+        return f"{UNSATISFIABLE} {wanted}"
+
+
+UNSATISFIABLE = "no live node carries the required labels"
+"""How the reason of a task failed for its unmet label requirements begins."""
+
+
+def is_unsatisfiable(reason: str) -> bool:
+    """True for the reason of a task that failed because no live node carried its required
+    labels: not the task's fault nor its run's, but the mesh's membership now (the HTTP
+    part answers 503 for it)."""
+    return reason.startswith(UNSATISFIABLE)
+
 
 def parse_labels(items: object, what: str = "label") -> tuple[tuple[str, str], ...]:
     """``["gpu=a100", "room=b12"]`` (or a ``{key: value}`` map) -> sorted ``(key, value)``
