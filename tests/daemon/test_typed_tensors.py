@@ -4,18 +4,14 @@ on the wire), and a direct run, each equal to onnxruntime's outputs."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import pytest
-import trio
 
-from meshgpu.client import AsyncClient
-from meshgpu.daemon.runtime import Daemon
 from meshgpu.errors import MeshError
-from tests.daemon.test_runtime import settings
+from tests.daemon.labelled_pair import labelled_pair
 from tests.typed_models import bfloat16_model, reference, string_model
 
 pytestmark = [pytest.mark.integration]
@@ -40,36 +36,20 @@ async def test_strings_and_bfloat16_run_through_the_table_and_directly(tmp_path:
         (strings, {"text": text}, reference(strings, {"text": text})),
         (halves, {"x": x}, reference(halves, {"x": x})),
     ]
-    first = Daemon(dataclasses.replace(settings(tmp_path / "a"), name="a"))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(first.run)
-        second = Daemon(
-            dataclasses.replace(
-                settings(tmp_path / "b"),
-                name="b",
-                labels=(("room", "b"),),
-                peers=(f"127.0.0.1:{first.address[1]}",),
-            )
-        )
-        await nursery.start(second.run)
-        async with AsyncClient(("127.0.0.1", first.address[1]), environ={}) as client:
-            with trio.fail_after(WAIT_S):
-                while len((await client.status())["members"]) < 2:
-                    await trio.sleep(0.1)
-            for model, inputs, wanted in cases:
-                # Required on b, entered at a: through the table and both payload stores.
-                handle = await client.submit(model, inputs, require={"room": "b"}, replicas=2)
-                outcome = await handle.wait(WAIT_S)
-                assert outcome.error is None and outcome.worker == "b", outcome.error
-                assert_same(outcome.outputs, wanted)
-                handle = await client.submit(model, inputs)  # a idle: may run directly
-                outcome = await handle.wait(WAIT_S)
-                assert outcome.error is None, outcome.error
-                assert_same(outcome.outputs, wanted)
-            # A numpy str array is a string tensor too; bytes that are not UTF-8 are not.
-            handle = await client.submit(strings, {"text": np.array(["hi", "ho"])})
+    async with labelled_pair(tmp_path, b_labels=(("room", "b"),)) as client:
+        for model, inputs, wanted in cases:
+            # Required on b, entered at a: through the table and both payload stores.
+            handle = await client.submit(model, inputs, require={"room": "b"}, replicas=2)
             outcome = await handle.wait(WAIT_S)
-            assert outcome.outputs["is_hi"].tolist() == [True, False]
-            with pytest.raises(MeshError, match="not UTF-8"):
-                await client.submit(strings, {"text": np.array([b"\xff"], dtype=object)})
-        nursery.cancel_scope.cancel()
+            assert outcome.error is None and outcome.worker == "b", outcome.error
+            assert_same(outcome.outputs, wanted)
+            handle = await client.submit(model, inputs)  # a idle: may run directly
+            outcome = await handle.wait(WAIT_S)
+            assert outcome.error is None, outcome.error
+            assert_same(outcome.outputs, wanted)
+        # A numpy str array is a string tensor too; bytes that are not UTF-8 are not.
+        handle = await client.submit(strings, {"text": np.array(["hi", "ho"])})
+        outcome = await handle.wait(WAIT_S)
+        assert outcome.outputs["is_hi"].tolist() == [True, False]
+        with pytest.raises(MeshError, match="not UTF-8"):
+            await client.submit(strings, {"text": np.array([b"\xff"], dtype=object)})
