@@ -23,6 +23,16 @@ inline int transposed_source(int o, int pad, int k, int dil, int stride, int siz
   return t < size ? t : -1;
 }
 
+/* The output row (n, co, od, oy) of row index ``row`` (rows in n, co, od, oy order). */
+inline void output_row(int row, int CO, int OD, int OH, int* n, int* co, int* od, int* oy) {
+  *oy = row % OH;
+  int rest = row / OH;
+  *od = rest % OD;
+  rest /= OD;
+  *co = rest % CO;
+  *n = rest / CO;
+}
+
 /* cols[n][co * KK + tap][id][iy][ix] (KK = KD * KH * KW taps, planes of D * H * W) ->
    y[n][channel_offset + co][od][oy][ox]; y's images are image_stride floats apart (a
    channel slice of a concatenation when placed there). One work-item per output row
@@ -38,12 +48,8 @@ __kernel void col2im_gather(__global const float* restrict cols,
                             int rows) {
   int row = get_global_id(0);
   if (row >= rows) return;
-  int oy = row % OH;
-  int rest = row / OH;
-  int od = rest % OD;
-  rest /= OD;
-  int co = rest % CO;
-  int n = rest / CO;
+  int n, co, od, oy;
+  output_row(row, CO, OD, OH, &n, &co, &od, &oy);
   int plane = D * H * W;
   int taps = KD * KH * KW;
   int pixels = OD * OH * OW;
@@ -100,13 +106,8 @@ __kernel void conv_transpose_direct(__global const float* restrict x,
   int i = get_global_id(0);
   if (i >= total) return;
   int ox = i % OW;
-  int rest = i / OW;
-  int oy = rest % OH;
-  rest /= OH;
-  int od = rest % OD;
-  rest /= OD;
-  int co = rest % CO;
-  int n = rest / CO;
+  int n, co, od, oy;
+  output_row(i / OW, CO, OD, OH, &n, &co, &od, &oy);
   int cog = CO / groups;
   int cig = CI / groups;
   int g = co / cog;
