@@ -28,6 +28,7 @@ from meshgpu.inference.opencl import dtypes, fusion
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.matmul import (
     MATMUL_COLUMN_BLOCKS,
+    MATMUL_ROWS4_DEFINE,
     MATMUL_SOFTMAX_COLUMNS,
     MATMUL_SOURCE,
 )
@@ -410,10 +411,11 @@ def matmul_launch(
     code, act_a, act_b = tail.activation
     blocks = -(-cols // 8)
     per_item = blocks if tail.softmax else min(MATMUL_COLUMN_BLOCKS, blocks)
-    grid_rows, batches = -(-rows // 8), dims[0] * dims[1]
+    tile_rows = 4 if rows <= 4 else 8
+    grid_rows, batches = -(-rows // tile_rows), dims[0] * dims[1]
     builder.launch(
         node,
-        SOURCE,
+        SOURCE if tile_rows == 8 else MATMUL_ROWS4_DEFINE + SOURCE,
         "matmul_tiles",
         [
             a.data,

@@ -29,7 +29,9 @@ whose output is written transposed (ConvNeXt's pointwise layers back to NCHW) ca
 from one image's rows to the next by one stride, yet shares B across images; folded, its
 2x2-pixel images fill 8-row tiles instead of wasting half of each.
 
-Grid: (ceil(rows/8), column groups, batch), work-group (1, 1, 1).
+Products of at most 4 rows are compiled with 4-row tiles (``MATMUL_TILE_ROWS``).
+
+Grid: (ceil(rows / tile rows), column groups, batch), work-group (1, 1, 1).
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ MATMUL_COLUMN_BLOCKS = 4
 #: Widest row a fused Softmax normalises in the product's launch.
 MATMUL_SOFTMAX_COLUMNS = 1024
 
+#: Source of the kernel with 4-row tiles, for products of at most 4 rows (ConvNeXt's last
+#: stage at batch 1: 2x2 pixels), where an 8-row tile computes as many rows for nothing.
+MATMUL_ROWS4_DEFINE = "#define MATMUL_TILE_ROWS 4\n"
+
 MATMUL_SOURCE = r"""
+#ifndef MATMUL_TILE_ROWS
+#define MATMUL_TILE_ROWS 8
+#endif
 /* erf as a rational function of x on [-4, 4] (the constants of Eigen's fast float erf;
    within 4.2e-7 of erf everywhere, and the Gelu built on it within 7.6e-7 of the exact
    one): PoCL's vector erf cost 2 ns an element, more than the product it followed. */
@@ -121,14 +130,14 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
                            int group_blocks, __global const float* restrict multiplier,
                            int m_s0, int m_s1, int m_si, int m_sj, int has_multiplier,
                            int multiplier_first, int fold) {
-  int i0 = get_global_id(0) * 8;
+  int i0 = get_global_id(0) * MATMUL_TILE_ROWS;
   int b = get_global_id(2);
   int b0 = b / NB1;
   int b1 = b - b0 * NB1;
   int blocks = (cols + 7) / 8;
   int first = softmax ? 0 : get_global_id(1) * group_blocks;
   int last = softmax ? blocks : imin(first + group_blocks, blocks);
-  int nrows = imin(8, rows - i0);
+  int nrows = imin(MATMUL_TILE_ROWS, rows - i0);
   /* Rows past the end read the last row again (their results are not written); eight
      scalar row pointers, not an array, so they stay in registers. */
   const __global float* ab = A + a_off + b0 * a_s0 + b1 * a_s1;
@@ -162,10 +171,12 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
         c1 = (float8)(a1[k]) * bv + c1;
         c2 = (float8)(a2[k]) * bv + c2;
         c3 = (float8)(a3[k]) * bv + c3;
+#if MATMUL_TILE_ROWS == 8
         c4 = (float8)(a4[k]) * bv + c4;
         c5 = (float8)(a5[k]) * bv + c5;
         c6 = (float8)(a6[k]) * bv + c6;
         c7 = (float8)(a7[k]) * bv + c7;
+#endif
       }
     } else {
       for (int k = 0; k < K; k++) {
@@ -178,10 +189,12 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
         c1 = (float8)(a1[ka]) * bv + c1;
         c2 = (float8)(a2[ka]) * bv + c2;
         c3 = (float8)(a3[ka]) * bv + c3;
+#if MATMUL_TILE_ROWS == 8
         c4 = (float8)(a4[ka]) * bv + c4;
         c5 = (float8)(a5[ka]) * bv + c5;
         c6 = (float8)(a6[ka]) * bv + c6;
         c7 = (float8)(a7[ka]) * bv + c7;
+#endif
       }
     }
 #define MATMUL_ROW(r, acc)                                                                \
@@ -201,7 +214,9 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
       matmul_store(C + c_base + q * c_s1 + i * c_si + j0 * c_sj, c_sj, ncols, v);         \
     }
     MATMUL_ROW(0, c0) MATMUL_ROW(1, c1) MATMUL_ROW(2, c2) MATMUL_ROW(3, c3)
+#if MATMUL_TILE_ROWS == 8
     MATMUL_ROW(4, c4) MATMUL_ROW(5, c5) MATMUL_ROW(6, c6) MATMUL_ROW(7, c7)
+#endif
 #undef MATMUL_ROW
   }
   if (softmax) {
