@@ -489,8 +489,9 @@ def _variants(blocks: int, grid_rows: int, batches: int, position: int) -> list[
 #: Multiply-adds above which a right-hand operand whose columns are not contiguous (K^T
 #: in attention) is packed into panels first: below it the kernel's gather of eight
 #: strided columns per k step costs less than the packing launch (ViT's 65-token heads:
-#: 121 us gathered, 38 us packed plus 5 us packing).
-PACK_MACS = 1 << 17
+#: 121 us gathered, 38 us packed plus 5 us packing; GPT-2's 16-token heads at batch 8,
+#: 2^17 multiply-adds, cost the same device time either way, and packing two more launches).
+PACK_MACS = 1 << 18
 
 
 def _packed_operand(
