@@ -143,6 +143,7 @@ def seeded_corpus_model(model: onnx.ModelProto | str | Path, seed: int = 0) -> o
             raise ValueError(f"meshgpu.seeded_fill names {name!r}, which no placeholder makes")
         shape, mean = placeholders[name]
         spread = spreads[name]
+        deviations: np.ndarray | np.float32
         if isinstance(spread, list):  # one deviation per row (output channel)
             deviations = np.asarray(spread, np.float32).reshape(
                 (len(spread),) + (1,) * (len(shape) - 1)

@@ -140,7 +140,10 @@ def _widen_bfloat16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str], 
     (see the module's docstring), and the names of the inputs and outputs widened; the
     model itself when it has none."""
     weights = {init.name for init in model.graph.initializer}
-    is_bf16 = lambda value: value.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16  # noqa: E731
+
+    def is_bf16(value: onnx.ValueInfoProto) -> bool:
+        return value.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+
     inputs = {v.name for v in model.graph.input if v.name not in weights and is_bf16(v)}
     outputs = {v.name for v in model.graph.output if is_bf16(v)}
     if not inputs and not outputs:

@@ -122,7 +122,7 @@ def _gemm6_variants(
     shapes = [chosen]
     shapes += [(columns, rows_per_item) for columns in (1, 2, 4, tiles)]
     shapes += [(per_item, rows) for rows in (1, row_tiles)]
-    variants: dict[tuple[int, int], Variant] = {}
+    variants: dict[tuple[int, int, int], Variant] = {}
     for columns, rows in shapes:
         columns, rows = min(columns, tiles), min(rows, row_tiles)
         grid = (-(-tiles // columns), -(-row_tiles // rows), images)

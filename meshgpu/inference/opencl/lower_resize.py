@@ -14,6 +14,7 @@ nearest rounding, as onnxruntime runs them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,9 +76,10 @@ def _plan_axes(
         scales = _host_floats(builder, node, 2)
         sizes = _host_floats(builder, node, 3)
     axes = [int(a) % rank for a in node.attrs.get("axes", range(rank))]
-    if scales is None and sizes is None:
+    given = sizes if sizes is not None else scales
+    if given is None:
         raise ModelError(f"{node.describe()}: neither scales nor sizes")
-    if (sizes if sizes is not None else scales).size != len(axes):
+    if given.size != len(axes):
         raise ModelError(f"{node.describe()}: scales/sizes for {len(axes)} axes of {shape}")
     full_roi = [(0.0, 1.0)] * rank
     if roi is not None and attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
@@ -193,6 +195,11 @@ def _tap_table(
     return index.astype(np.int32), weight.astype(np.float32), outside
 
 
+def _constant(table: np.ndarray) -> Callable[[], np.ndarray]:
+    """``table`` as the maker :meth:`PlanBuilder.weight` calls on its first upload."""
+    return lambda: table
+
+
 @lowers("Resize", "Upsample")
 def lower_resize(builder: PlanBuilder, node: Node) -> None:
     x = builder.tensor(node, node.inputs[0])
@@ -210,9 +217,9 @@ def lower_resize(builder: PlanBuilder, node: Node) -> None:
         in_length = shape[axis]
         index, weight, outside = _tap_table(node, attrs, in_length, length, scale, roi)
         key = ("resize", node.name, axis, in_length, length, scale, roi)
-        index_buffer = builder.weight((*key, "index"), lambda index=index: index)
-        weight_buffer = builder.weight((*key, "weight"), lambda weight=weight: weight)
-        outside_buffer = builder.weight((*key, "outside"), lambda outside=outside: outside)
+        index_buffer = builder.weight((*key, "index"), _constant(index))
+        weight_buffer = builder.weight((*key, "weight"), _constant(weight))
+        outside_buffer = builder.weight((*key, "outside"), _constant(outside))
         shape[axis] = length
         last = position == len(plans) - 1
         name = node.outputs[0] if last else f"{node.name}/axis{axis}"
