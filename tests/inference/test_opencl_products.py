@@ -207,8 +207,9 @@ def test_gemm_on_a_device_activation_with_its_epilogue(device) -> None:
 @pytest.mark.parametrize(("batch", "side"), [(2, 8), (3, 2), (5, 3), (1, 2)])
 def test_convnext_block_tail_and_channels_last_norm(device, batch, side) -> None:
     """ConvNeXt's block after its depthwise conv: permute to channels-last, LayerNorm, two
-    Linears (bias, Gelu), permute back, layer scale, residual. The permute is read in place
-    by the norm, and bias, scale, permute and residual run inside the second product. Its
+    Linears (bias, Gelu), permute back, layer scale, residual. The first product reads the
+    permute in place and normalises its rows itself (the norm is not a launch of its own),
+    and bias, scale, permute and residual run inside the second product. Its
     output goes back to channels-first, so images of fewer pixels than a tile's 8 rows
     (2x2, 3x3) are folded into one run of rows: one batch index in the launch grid; at
     most 4 rows in all take 4-row tiles."""
@@ -238,9 +239,8 @@ def test_convnext_block_tail_and_channels_last_norm(device, batch, side) -> None
     model = _model(nodes, [("x", x)], ["y"], weights, opset=20)
     grids: list[tuple[int, ...]] = []
     kernels = _run(device, model, {"x": x}, grids)
-    norm = "normalize_rows_t8" if side * side % 8 == 0 else "normalize_rows_strided"
-    assert kernels == [norm, "matmul_tiles", "matmul_tiles"]
-    rows_tiles, _, batches = grids[2]
+    assert kernels == ["matmul_tiles", "matmul_tiles"]
+    rows_tiles, _, batches = grids[1]
     tile = 4 if batch * side * side <= 4 else 8
     if side * side % 8:
         assert batches == 1 and rows_tiles == -(-batch * side * side // tile)
@@ -280,3 +280,30 @@ def test_layer_norm_keeps_a_permute_that_is_not_the_way_back(device) -> None:
     model = _model(nodes, [("x", x)], ["y"], weights, opset=20)
     kernels = _run(device, model, {"x": x})
     assert kernels[0] == "normalize_rows_t8" and len(kernels) == 2
+
+
+@pytest.mark.parametrize(
+    ("shape", "with_bias", "also_output"),
+    [((3, 5, 20), True, False), ((6, 24), False, False), ((2, 4, 3, 16), True, True)],
+)
+def test_layer_norm_before_a_linear_is_the_products_prologue(
+    device, shape, with_bias, also_output
+) -> None:
+    """A LayerNormalization over the last axis read only by a MatMul with constant weights
+    runs in the product's launch (ragged K, no bias, another epsilon included); when the
+    norm's output is read elsewhere too (here: a graph output) it keeps its own launch."""
+    depth = shape[-1]
+    x = randn(*shape, seed=30) * 3.0 + 1.5
+    weights = {"gamma": randn(depth, seed=31), "w": randn(depth, 12, seed=32)}
+    norm_inputs = ["x", "gamma"]
+    if with_bias:
+        weights["beta"] = randn(depth, seed=33)
+        norm_inputs.append("beta")
+    nodes = [
+        helper.make_node("LayerNormalization", norm_inputs, ["n"], axis=-1, epsilon=1e-3),
+        helper.make_node("MatMul", ["n", "w"], ["y"]),
+    ]
+    outputs = ["y", "n"] if also_output else ["y"]
+    kernels = _run(device, _model(nodes, [("x", x)], outputs, weights), {"x": x})
+    assert kernels[-1] == "matmul_tiles"
+    assert (len(kernels) == 2) == also_output

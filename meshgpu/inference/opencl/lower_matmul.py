@@ -97,6 +97,16 @@ class Tail:
     reshaped: bool = False
 
 
+@dataclass
+class Prologue:
+    """A LayerNormalization over the rows of A computed by the product's launch (the
+    norm's output read by the product alone): its scale, bias and epsilon."""
+
+    scale: KernelArg
+    bias: KernelArg
+    epsilon: float
+
+
 def _broadcast_view(view: View, out_shape: tuple[int, ...]) -> list[int] | None:
     """Strides reading ``view`` broadcast to ``out_shape``, None when it does not broadcast."""
     if len(view.shape) > len(out_shape):
@@ -357,9 +367,11 @@ def matmul_launch(
     depth: int,
     full_out: tuple[int, ...],
     squeeze: tuple[int, ...],
+    norm: Prologue | None = None,
 ) -> None:
     """Queue ``matmul_tiles`` writing ``tail.output``. ``full_out`` is (batch..., rows, cols);
-    ``squeeze`` the axes of it that the graph's output shape leaves out (1-D operands)."""
+    ``squeeze`` the axes of it that the graph's output shape leaves out (1-D operands);
+    ``norm`` a LayerNormalization of A's rows to apply first."""
     output = builder.new_tensor(tail.output, tail.out_shape)
     if tail.out_strides is None:
         out_strides = list(contiguous_strides(full_out))
@@ -413,6 +425,11 @@ def matmul_launch(
     per_item = blocks if tail.softmax else min(MATMUL_COLUMN_BLOCKS, blocks)
     tile_rows = 4 if rows <= 4 else 8
     grid_rows, batches = -(-rows // tile_rows), dims[0] * dims[1]
+    scratch: KernelArg = None
+    if norm is not None:  # a tile of normalised rows per work-item, the most there can be
+        scratch = builder.workspace(
+            grid_rows * blocks * batches * tile_rows * depth * 4, f"{node.name} normalised rows"
+        )
     builder.launch(
         node,
         SOURCE if tile_rows == 8 else MATMUL_ROWS4_DEFINE + SOURCE,
@@ -467,6 +484,12 @@ def matmul_launch(
             i32(tail.multiplier is not None),
             i32(tail.multiplier_first),
             i32(fold),
+            scratch,
+            norm.scale if norm is not None else None,
+            norm.bias if norm is not None else None,
+            i32(norm is not None),
+            i32(norm is not None and norm.bias is not None),
+            f32(norm.epsilon if norm is not None else 0.0),
         ],
         grid=(grid_rows, -(-blocks // per_item), batches),
         local=(1, 1, 1),
@@ -549,11 +572,52 @@ def lower_matmul(builder: PlanBuilder, node: Node) -> None:
     """numpy.matmul semantics: 1-D promotion and broadcast batch dimensions."""
     from meshgpu.inference.opencl import lower_linear
 
-    a_name, b_name = node.inputs
+    if not _lower_product(builder, node, node.inputs[0]):
+        lower_linear.lower_matmul_packed(builder, node)
+
+
+def lower_normalized_product(
+    builder: PlanBuilder, norm_node: Node, scale: KernelArg, bias: KernelArg
+) -> bool:
+    """Lower a LayerNormalization over the last axis together with the MatMul that alone
+    reads it, by constant 2-D weights (ConvNeXt's and GPT-2's norm before a Linear): one
+    launch instead of two. False (nothing done) when they do not fit that."""
+    product = builder.sole_consumer(norm_node.outputs[0])
+    if (
+        product is None
+        or product.op != "MatMul"
+        or product.inputs[0] != norm_node.outputs[0]
+        or product.inputs[1] == product.inputs[0]
+        or scale is None
+    ):
+        return False
+    a_name, b_name = norm_node.inputs[0], product.inputs[1]
+    a_shape, b_shape = builder.shape(a_name), builder.shape(b_name)
+    if (
+        len(a_shape) < 2
+        or len(b_shape) != 2
+        or not builder.is_host(b_name)
+        or builder.dtype(a_name) != dtypes.FLOAT32
+        or builder.dtype(b_name) != dtypes.FLOAT32
+        or a_shape[-1] != b_shape[0]
+    ):
+        return False
+    norm = Prologue(scale, bias, float(norm_node.attrs.get("epsilon", 1e-5)))
+    return _lower_product(builder, product, a_name, norm)
+
+
+def _lower_product(
+    builder: PlanBuilder, node: Node, a_name: str, norm: Prologue | None = None
+) -> bool:
+    """``node`` (a MatMul) with ``a_name`` as its left operand (the input of the norm
+    ``norm`` computes first, if given) through ``matmul_tiles``; False, with nothing
+    launched or absorbed, for what the packed path handles instead."""
+    from meshgpu.inference.opencl import lower_linear
+
+    b_name = node.inputs[1]
     a_shape, b_shape = builder.shape(a_name), builder.shape(b_name)
     if not a_shape or not b_shape:
-        lower_linear.lower_matmul_packed(builder, node)
-        return
+        return False
     a_full = (1, *a_shape) if len(a_shape) == 1 else a_shape
     b_full = (*b_shape, 1) if len(b_shape) == 1 else b_shape
     rows, depth = a_full[-2:]
@@ -570,8 +634,7 @@ def lower_matmul(builder: PlanBuilder, node: Node) -> None:
         or builder.dtype(b_name) != dtypes.FLOAT32
         or (builder.is_host(a_name) and builder.is_host(b_name))
     ):
-        lower_linear.lower_matmul_packed(builder, node)  # its errors and corner cases
-        return
+        return False  # the packed path: its errors and corner cases
     nb = len(batch_shape)
     full_out = (*batch_shape, rows, cols)
     squeeze: list[int] = []
@@ -608,8 +671,9 @@ def lower_matmul(builder: PlanBuilder, node: Node) -> None:
             b_op = _packed_operand(builder, node, b_op, b_full, full_out, depth, cols)
     base_sets = [a_op.batch, b_op.batch, list(contiguous_strides(full_out))[:nb]]
     if not _mergeable(batch_shape, base_sets):
-        lower_linear.lower_matmul_packed(builder, node)
-        return
+        return False
+    if norm is not None:
+        builder.absorb(node)
     chosen: list[list[int]] = []
 
     def fits(strides: list[int]) -> bool:
@@ -638,7 +702,9 @@ def lower_matmul(builder: PlanBuilder, node: Node) -> None:
         depth=depth,
         full_out=full_out,
         squeeze=tuple(squeeze),
+        norm=norm,
     )
+    return True
 
 
 def lower_gemm_strided(

@@ -128,6 +128,11 @@ def lower_layer_norm(builder: PlanBuilder, node: Node) -> None:
         _parameter(builder, node, 2, length, normalized) if node.op != "RMSNormalization" else None
     )
     outputs = [*node.outputs[1:3], "", ""][:2]
+    if node.op == "LayerNormalization" and not any(outputs) and axis == rank - 1:
+        from meshgpu.inference.opencl.lower_matmul import lower_normalized_product
+
+        if lower_normalized_product(builder, node, scale, bias):
+            return  # the product that reads it normalises its rows first
     layout = _rows_of_view(builder, node.inputs[0], axis)
     if layout is not None and node.op == "LayerNormalization" and not any(outputs):
         view = builder.views[node.inputs[0]]

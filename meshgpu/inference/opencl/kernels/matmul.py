@@ -108,6 +108,48 @@ inline void matmul_store(__global float* p, int s, int n, float8 x) {
   for (int t = 0; t < n; t++) p[t * s] = v[t];
 }
 
+/* A row of A normalised as LayerNormalization does (mean and variance in two passes,
+   float32) into ``out``, contiguous: the product's prologue. */
+inline void matmul_normalize(const __global float* x, int step, int K,
+                             __global float* out, const __global float* scale,
+                             const __global float* bias, int has_bias, float epsilon) {
+  float sum = 0.0f;
+  for (int k = 0; k < K; k++) sum += x[k * step];
+  float mean = sum / (float)K;
+  float squares = 0.0f;
+  for (int k = 0; k < K; k++) {
+    float d = x[k * step] - mean;
+    squares += d * d;
+  }
+  float inverse = 1.0f / sqrt(squares / (float)K + epsilon);
+  for (int k = 0; k < K; k++) {
+    float v = (x[k * step] - mean) * inverse * scale[k];
+    out[k] = has_bias ? v + bias[k] : v;
+  }
+}
+
+/* Eight consecutive rows of A (rows one element apart, channels ``step`` apart: a
+   channels-first map read channels-last) normalised eight lanes at a time, as
+   ``normalize_rows_t8`` does, into ``out`` laid out [K][8]. */
+inline void matmul_normalize8(const __global float* x, int step, int K, __global float* out,
+                              const __global float* scale, const __global float* bias,
+                              int has_bias, float epsilon) {
+  float8 sum = 0.0f;
+  for (int k = 0; k < K; k++) sum += load8(x + k * step);
+  float8 mean = sum / (float8)((float)K);
+  float8 squares = 0.0f;
+  for (int k = 0; k < K; k++) {
+    float8 d = load8(x + k * step) - mean;
+    squares += d * d;
+  }
+  float8 inverse = (float8)(1.0f) / sqrt(squares / (float8)((float)K) + (float8)(epsilon));
+  for (int k = 0; k < K; k++) {
+    float8 v = (load8(x + k * step) - mean) * inverse * (float8)(scale[k]);
+    if (has_bias) v += (float8)(bias[k]);
+    store8(out + k * 8, v);
+  }
+}
+
 /* Offset of launch row g: row g % fold of batch index g / fold when folding. */
 inline int matmul_row(int g, int fold, int s1, int si) {
   if (!fold) return g * si;
@@ -129,7 +171,11 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
                            int act, float act_a, float act_b, int softmax,
                            int group_blocks, __global const float* restrict multiplier,
                            int m_s0, int m_s1, int m_si, int m_sj, int has_multiplier,
-                           int multiplier_first, int fold) {
+                           int multiplier_first, int fold,
+                           __global float* restrict scratch,
+                           __global const float* restrict norm_scale,
+                           __global const float* restrict norm_bias, int norm,
+                           int norm_has_bias, float norm_epsilon) {
   int i0 = get_global_id(0) * MATMUL_TILE_ROWS;
   int b = get_global_id(2);
   int b0 = b / NB1;
@@ -151,6 +197,34 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
   const __global float* a6 = MATMUL_A_ROW(6);
   const __global float* a7 = MATMUL_A_ROW(7);
 #undef MATMUL_A_ROW
+  int a_step = a_sk;
+  if (norm) {
+    /* LayerNormalization of this work-item's rows of A (the product's sole reader) into
+       its own part of ``scratch``; the product then reads them from there. */
+    int item = (get_global_id(2) * get_global_size(1) + get_global_id(1)) * get_global_size(0)
+               + get_global_id(0);
+    __global float* s = scratch + (long)item * MATMUL_TILE_ROWS * K;
+#if MATMUL_TILE_ROWS == 8
+    if (a_si == 1 && !fold && nrows == 8) {
+      matmul_normalize8(a0, a_sk, K, s, norm_scale, norm_bias, norm_has_bias, norm_epsilon);
+      a0 = s; a1 = s + 1; a2 = s + 2; a3 = s + 3; a4 = s + 4; a5 = s + 5; a6 = s + 6;
+      a7 = s + 7;
+      a_step = 8;
+    } else
+#endif
+    {
+#define MATMUL_NORM_ROW(r, p)                                                           \
+    matmul_normalize(p, a_sk, K, s + r * K, norm_scale, norm_bias, norm_has_bias,         \
+                     norm_epsilon);                                                     \
+    p = s + r * K;
+    MATMUL_NORM_ROW(0, a0) MATMUL_NORM_ROW(1, a1) MATMUL_NORM_ROW(2, a2) MATMUL_NORM_ROW(3, a3)
+#if MATMUL_TILE_ROWS == 8
+    MATMUL_NORM_ROW(4, a4) MATMUL_NORM_ROW(5, a5) MATMUL_NORM_ROW(6, a6) MATMUL_NORM_ROW(7, a7)
+#endif
+#undef MATMUL_NORM_ROW
+    a_step = 1;
+    }
+  }
   const __global float* bb = B + b_off + b0 * b_s0 + b1 * b_s1;
   int c_base = c_off + b0 * c_s0 + b1 * c_s1;
   int d_base = b0 * d_s0 + b1 * d_s1;
@@ -164,7 +238,7 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
     const __global float* bp = bb + jb * b_sp;
     float8 c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f, c4 = 0.0f, c5 = 0.0f, c6 = 0.0f,
            c7 = 0.0f;
-    if (ncols == 8 && b_sj == 1 && a_sk == 1) {
+    if (ncols == 8 && b_sj == 1 && a_step == 1) {
       for (int k = 0; k < K; k++) {
         float8 bv = load8(bp + k * b_sk);
         c0 = (float8)(a0[k]) * bv + c0;
@@ -178,13 +252,28 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
         c7 = (float8)(a7[k]) * bv + c7;
 #endif
       }
+    } else if (ncols == 8 && b_sj == 1 && a_step == 8) {  /* normalised rows, [K][8] */
+      for (int k = 0; k < K; k++) {
+        float8 bv = load8(bp + k * b_sk);
+        int ka = k * 8;
+        c0 = (float8)(a0[ka]) * bv + c0;
+        c1 = (float8)(a1[ka]) * bv + c1;
+        c2 = (float8)(a2[ka]) * bv + c2;
+        c3 = (float8)(a3[ka]) * bv + c3;
+#if MATMUL_TILE_ROWS == 8
+        c4 = (float8)(a4[ka]) * bv + c4;
+        c5 = (float8)(a5[ka]) * bv + c5;
+        c6 = (float8)(a6[ka]) * bv + c6;
+        c7 = (float8)(a7[ka]) * bv + c7;
+#endif
+      }
     } else {
       for (int k = 0; k < K; k++) {
         const __global float* bk = bp + k * b_sk;
         float v[8];
         for (int t = 0; t < 8; t++) v[t] = t < ncols ? bk[t * b_sj] : 0.0f;
         float8 bv = (float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
-        int ka = k * a_sk;
+        int ka = k * a_step;
         c0 = (float8)(a0[ka]) * bv + c0;
         c1 = (float8)(a1[ka]) * bv + c1;
         c2 = (float8)(a2[ka]) * bv + c2;
