@@ -191,7 +191,12 @@ def rss_self() -> int:
 
 
 def scenario(
-    mesh: Any, name: str, mib: int, root: Path, environ: dict[str, str] | None = None
+    mesh: Any,
+    name: str,
+    mib: int,
+    root: Path,
+    environ: dict[str, str] | None = None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     rows = mib * (1 << 20) // (WIDTH * 4)
     model = root / f"{name}.onnx"
@@ -212,7 +217,9 @@ def scenario(
         reset_peak(pid)
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     system = {name: cpu_split(pid)[1] for name, pid in pids.items()}
+    spies = [] if profile is None else start_spies(profile, name, {**pids, "client": client.pid})
     out, _ = client.communicate(timeout=900)
+    profiles = stop_spies(spies)
     result = json.loads(out)
     peaks = {name: rss(pid)["VmHWM"] for name, pid in pids.items()}
     cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
@@ -241,7 +248,75 @@ def scenario(
         "holders": result["holders"],
         "result_holders": result["result_holders"],
         "processes": processes,
+        **({"profile": profiles} if profile is not None else {}),
     }
+
+
+def start_spies(directory: Path, scenario: str, pids: dict[str, int]) -> list[Any]:
+    """One ``py-spy record`` per process, writing collapsed stacks under ``directory``."""
+    import shutil
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    directory.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for name, pid in pids.items():
+        out = directory / f"{scenario}-{name}.txt"
+        process = subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format", "raw",
+             "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        spies.append((name, out, process))
+    time.sleep(0.5)  # py-spy attaches before the client's submit matters
+    return spies
+
+
+def stop_spies(spies: list[Any]) -> dict[str, Any]:
+    """Stop the samplers; per process, its samples and the top functions by self and by
+    total samples (a function counted once per stack)."""
+    import signal
+    from collections import Counter
+
+    for _, _, process in spies:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    profiles = {}
+    for name, out, process in spies:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        own: Counter[str] = Counter()
+        total: Counter[str] = Counter()
+        samples = 0
+        if out.exists():
+            for line in out.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                if not count.isdigit():
+                    continue
+                frames = [frame.split(" (")[0] for frame in stack.split(";")]
+                samples += int(count)
+                own[frames[-1]] += int(count)
+                for frame in set(frames):
+                    total[frame] += int(count)
+        profiles[name] = {
+            "samples": samples,
+            "self": own.most_common(12),
+            "total": total.most_common(25),
+        }
+    return profiles
+
+
+def profile_table(runs: list[dict[str, Any]]) -> str:
+    lines = []
+    for run in runs:
+        for name, profile in run.get("profile", {}).items():
+            samples = max(profile["samples"], 1)
+            lines.append(f"{run['scenario']} {name}: {profile['samples']} samples (100/s)")
+            for label in ("self", "total"):
+                for frame, count in profile[label]:
+                    lines.append(f"    {label:5} {100 * count / samples:5.1f}%  {frame}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -254,6 +329,10 @@ def main() -> None:
         help="a checkout of another meshgpu version to run alternately with this one",
     )
     parser.add_argument("--rounds", type=int, default=2, help="runs of each with --baseline")
+    parser.add_argument("--profile", type=Path, help="py-spy every process into this folder")
+    parser.add_argument(
+        "--scenarios", default="input,result", help="which to run (input, result or both)"
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
@@ -268,7 +347,9 @@ def main() -> None:
         root = Path(scratch)
         before = machine(root)
         if args.baseline is None:
-            runs = one_mesh(root / "mesh", args.mib, root, None)
+            runs = one_mesh(
+                root / "mesh", args.mib, root, None, args.scenarios.split(","), args.profile
+            )
             report = {"bench": "bigtensor", "mib": args.mib, "machine": before, "runs": runs}
         else:
             report = compare(root, args.mib, args.baseline.resolve(), args.rounds, before)
@@ -280,13 +361,20 @@ def main() -> None:
         )
         if args.baseline is None:
             print(table(report["runs"]))
+            if args.profile is not None:
+                print(profile_table(report["runs"]))
         else:
             print(comparison_table(report))
     print(json.dumps(report))
 
 
 def one_mesh(
-    directory: Path, mib: int, root: Path, pythonpath: Path | None
+    directory: Path,
+    mib: int,
+    root: Path,
+    pythonpath: Path | None,
+    scenarios: list[str] | tuple[str, ...] = ("input", "result"),
+    profile: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Both scenarios on a fresh 3-daemon mesh running the meshgpu on ``pythonpath``
     (this checkout's when None)."""
@@ -302,7 +390,7 @@ def one_mesh(
     try:
         with LocalMesh(directory, 3, prefix="bt", slots=1) as mesh:
             trio.run(wait_alive, mesh)
-            return [scenario(mesh, name, mib, root, environ) for name in ("input", "result")]
+            return [scenario(mesh, name, mib, root, environ, profile) for name in scenarios]
     finally:
         if saved is None:
             os.environ.pop("PYTHONPATH", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 from dataclasses import dataclass, field
 
 import trio
@@ -18,7 +19,7 @@ from meshgpu.client.models import ModelBlob
 from meshgpu.client.peers import Candidate
 from meshgpu.daemon.blobs import TensorBlob
 from meshgpu.daemon.rpc import RpcConnection
-from meshgpu.daemon.transfers import memory_reader, push
+from meshgpu.daemon.transfers import HashingReader, memory_reader, push
 
 logger = logging.getLogger("meshgpu.client")
 
@@ -62,18 +63,35 @@ class Link:
     async def upload_inputs(self, tensors: TensorBlob, chunk_bytes: int, *, replicas: int) -> str:
         """Send inputs larger than one request to this link's peer in ranges (put_inputs;
         transfers.push: a window of ranges in flight, each sent from the arrays' own
-        memory); returns their digest. A peer that holds equal inputs already says so
-        after the first range. ``replicas``: the copies the task will want, which the
-        peer makes as the ranges arrive (docs/daemon.md, "Relayed uploads")."""
-        digest = await trio.to_thread.run_sync(tensors.digest)
+        memory); returns their digest. The first upload of ``tensors`` names itself by a
+        fresh ``upload`` id and hashes each range while the ones before it travel (the
+        digest goes with the last range); once the digest is known (a retry, a resubmit
+        of the same inputs) the upload is named by it, and a peer that holds equal
+        inputs already says so after the first range. ``replicas``: the copies the task
+        will want, which the peer makes as the ranges arrive (docs/daemon.md, "Relayed
+        uploads")."""
+        digest = tensors.known_digest()
+        if digest is not None:
+            await push(
+                functools.partial(self.rpc.call, "put_inputs", digest=digest, replicas=replicas),
+                memory_reader(tensors),
+                tensors.size,
+                digest,
+                chunk_bytes,
+            )
+            return digest
+        reader = HashingReader(memory_reader(tensors))
         await push(
-            functools.partial(self.rpc.call, "put_inputs", digest=digest, replicas=replicas),
-            memory_reader(tensors),
+            functools.partial(
+                self.rpc.call, "put_inputs", upload=secrets.token_hex(16), replicas=replicas
+            ),
+            reader,
             tensors.size,
-            digest,
+            reader.hexdigest,
             chunk_bytes,
         )
-        return digest
+        tensors.note_digest(reader.hexdigest())
+        return reader.hexdigest()
 
     async def ensure_model(self, blob: ModelBlob) -> None:
         """Upload ``blob`` to this link's peer unless it has it (once per link and model)."""

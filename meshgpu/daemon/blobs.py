@@ -129,6 +129,14 @@ class TensorBlob:
             self._digest = hasher.hexdigest()
         return self._digest
 
+    def known_digest(self) -> str | None:
+        """The sha256 if it was computed (:meth:`digest`) or noted (:meth:`note_digest`)."""
+        return self._digest
+
+    def note_digest(self, digest: str) -> None:
+        """Remember the sha256, computed elsewhere (while the bytes were sent)."""
+        self._digest = digest
+
     def chunks(self, size: int) -> Iterator[bytes]:
         """The bytes in order, ``size`` at a time (the last one shorter)."""
         buffer = bytearray()

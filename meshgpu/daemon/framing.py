@@ -69,12 +69,50 @@ def pack_pieces(message: Any) -> list[Buffer]:
     return [msgpack.packb(message, use_bin_type=True)]
 
 
-def unpack(data: bytes | memoryview) -> Any:
-    """The message in ``data``; raises :class:`DecodeError` for anything but one msgpack value."""
+_HEAD_WINDOW = 64 << 10
+"""Bytes of a large frame parsed for the fields before its range (``_unpack_range``)."""
+
+
+def unpack(data: bytes | bytearray | memoryview) -> Any:
+    """The message in ``data``; raises :class:`DecodeError` for anything but one msgpack value.
+    A large frame that ends in a range (``data``, as :func:`pack_pieces` writes one) gives
+    that range as a read-only view of ``data``, not a copy."""
+    if len(data) > _RECEIVE_CHUNK:
+        message = _unpack_range(memoryview(data))
+        if message is not None:
+            return message
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
         raise DecodeError(f"frame is not a msgpack message: {error}") from None
+
+
+def _unpack_range(body: memoryview) -> dict[Any, Any] | None:
+    """A map whose last entry is ``data`` holding a ``bin 32`` of more than
+    ``_RECEIVE_CHUNK`` bytes that runs to the end of ``body``: its other fields decoded
+    from the first bytes, ``data`` a read-only view of ``body``. None for any other shape
+    (the caller decodes it whole, and reports what is malformed)."""
+    head = bytes(body[:_HEAD_WINDOW])
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(head))
+    unpacker.feed(head)
+    try:
+        count = unpacker.read_map_header()
+        message: dict[Any, Any] = {}
+        for _ in range(count - 1):
+            key = unpacker.unpack()
+            message[key] = unpacker.unpack()
+        if count < 1 or unpacker.unpack() != "data":
+            return None
+        at = unpacker.tell()
+    except (ValueError, TypeError, msgpack.OutOfData, msgpack.StackError):
+        return None
+    if head[at : at + 1] != _BIN_32 or at + 5 > len(head):
+        return None
+    (length,) = LENGTH.unpack(head[at + 1 : at + 5])
+    if length <= _RECEIVE_CHUNK or at + 5 + length != len(body) or "data" in message:
+        return None
+    message["data"] = body[at + 5 :].toreadonly()
+    return message
 
 
 class FrameStream:

@@ -187,7 +187,7 @@ class ClientHandlers:
     async def op_put_model(self, request: Message, responder: Responder) -> Message:
         """Upload a model, whole or in chunks (``more: true`` on all but the last)."""
         digest = check_digest(request_field(request, "digest", str))
-        data = request_field(request, "data", bytes)
+        data = request_field(request, "data", (bytes, memoryview))
         more = bool(request.get("more", False))
         slot = (responder.peer, digest)
         if self.models.has(digest) and slot not in self._uploads:

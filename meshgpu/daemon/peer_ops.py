@@ -14,6 +14,7 @@ holders (the resolution the client ops hold, the task's table entry).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from meshgpu.daemon.relay import InputRelay, Relays
     from meshgpu.daemon.status import TaskLookup
 
+UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+"""What a sender may name an upload it sends without its digest (``upload``)."""
 UPLOAD_IDLE_S = 120.0
 """An upload in ranges that has not moved for this long is dropped (its sender is gone)."""
 
@@ -149,7 +152,7 @@ class PeerOps:
         (``offset``, ``data``, ``more``; the last with ``sha256``), checked before it is
         installed. Answered once the result is on disk."""
         task_id = _task_id(request.get("task_id"))
-        data = request_field(request, "data", bytes)
+        data = request_field(request, "data", (bytes, memoryview))
         if "offset" not in request:
             check_result_bytes(data)  # refuse garbage before it reaches the disk
             await self.results.store(task_key(task_id), RESULT, data, wait=True)
@@ -166,26 +169,41 @@ class PeerOps:
         return {"stored": True}
 
     async def op_put_inputs(self, request: Message, responder: Responder) -> Message:
-        """A client uploads a task's inputs larger than one frame, in ranges (``digest``,
-        ``offset``, ``data``, ``more``), before a ``submit`` that names them by
-        ``input_digest``. The last range is answered once the payload hashed to its
-        digest, has the layout of a tensor map, and is on disk. With ``replicas`` (the
-        copies the task will want) the ranges are relayed as they arrive to
-        ``replicas - 1`` other nodes (relay.py), and the last range is answered once
-        those relays ended too; a relay sends none, so its target relays nothing."""
-        digest = check_digest(request_field(request, "digest", str))
-        data = request_field(request, "data", bytes)
-        if self.payloads.has(digest, INPUTS) and request.get("offset") == 0:
+        """A client uploads a task's inputs larger than one frame, in ranges (``offset``,
+        ``data``, ``more``), before a ``submit`` that names them by ``input_digest``. The
+        upload is named by its ``digest`` on every range, or by an ``upload`` id the
+        sender chose, with the digest (``sha256``) on the last range only: a sender that
+        hashes while it sends. The last range is answered once the payload hashed to its
+        digest, has the layout of a tensor map, and is on disk (``digest`` says which).
+        With ``replicas`` (the copies the task will want) the ranges are relayed as they
+        arrive to ``replicas - 1`` other nodes (relay.py), and the last range is
+        answered once those relays ended too; a relay sends none, so its target relays
+        nothing."""
+        upload = request.get("upload")
+        if upload is None:
+            digest: str | None = check_digest(request_field(request, "digest", str))
+            name = digest
+        elif isinstance(upload, str) and UPLOAD_ID.fullmatch(upload):
+            digest, name = None, "upload-" + upload
+        else:
+            raise DecodeError("'upload' names an upload: 8 to 64 letters, digits, '-' or '_'")
+        data = request_field(request, "data", (bytes, memoryview))
+        if digest is not None and self.payloads.has(digest, INPUTS) and request.get("offset") == 0:
             return {"stored": True, "held": True}  # equal inputs are here: nothing to send
         replicas = request.get("replicas", 1)
         if not isinstance(replicas, int) or replicas < 1:
             raise DecodeError(f"'replicas' is a count of copies (1 or more), got {replicas!r}")
-        slot = (responder.peer, "inputs", digest, None)
+        if digest is not None:
+            request = {**request, "sha256": digest}
+        elif not request.get("more", False):
+            digest = check_digest(request_field(request, "sha256", str))
+        slot = (responder.peer, "inputs", name, None)
         path, relay = await self._receive_range(
-            {**request, "sha256": digest}, slot, digest, INPUTS, copies=replicas
+            request, slot, name, INPUTS, copies=replicas, named=upload is None
         )
         if path is None:
             return {"received": request["offset"] + len(data)}
+        assert digest is not None
         try:
             await trio.to_thread.run_sync(read_layout, path)
             self.payloads.install(path, digest, INPUTS)
@@ -197,19 +215,28 @@ class PeerOps:
             path.unlink(missing_ok=True)
         if relay is not None and self.relays is not None:
             self.relays.note(digest, await relay.finish())
-        return {"stored": True}
+        return {"stored": True, "digest": digest}
 
     async def _receive_range(
-        self, request: Message, slot: tuple[Any, ...], key: Any, kind: str, *, copies: int = 1
+        self,
+        request: Message,
+        slot: tuple[Any, ...],
+        key: Any,
+        kind: str,
+        *,
+        copies: int = 1,
+        named: bool = True,
     ) -> tuple[Path | None, InputRelay | None]:
         """Append one range of an upload to its scratch file (a range at offset 0 starts
         the upload afresh); the checked scratch file after the last range, else None,
         and the upload's relay (``copies`` > 1: relayed to ``copies - 1`` other nodes,
-        each range once it is written here). Invoked for each range as its request is
-        handled: the ranges a sender keeps in flight (transfers.push) may be handled in
-        any order, so each waits here until the ranges before it are written."""
+        each range once it is written here; ``named``: ``key`` is the payload's digest,
+        else an upload's name and the digest comes with the last range). Invoked for
+        each range as its request is handled: the ranges a sender keeps in flight
+        (transfers.push) may be handled in any order, so each waits here until the
+        ranges before it are written."""
         offset = request_field(request, "offset", int)
-        data = request_field(request, "data", bytes)
+        data = request_field(request, "data", (bytes, memoryview))
         now = trio.current_time()
         for stale, idle in list(self._ranges_in.items()):
             if now - idle.touched > UPLOAD_IDLE_S:  # a sender that went away mid-upload
@@ -229,7 +256,7 @@ class PeerOps:
                     self._forget(slot, started)
                     raise
                 if copies > 1 and self.relays is not None and not started.ended:
-                    started.relay = self.relays.start(key, size, copies)
+                    started.relay = self.relays.start(key, size, copies, named=named)
         upload = self._ranges_in.get(slot)
         if upload is None:
             raise DecodeError(f"range at {offset} of an upload that was not started; start at 0")
@@ -246,7 +273,8 @@ class PeerOps:
         try:
             await trio.to_thread.run_sync(writer.write, offset, data)
             if upload.relay is not None:  # in order: the next range waits for this one
-                await upload.relay.feed(offset, data)
+                last = not request.get("more", False)
+                await upload.relay.feed(offset, data, request.get("sha256") if last else None)
             if upload.ended:
                 raise DecodeError("the upload was started again or dropped meanwhile")
             upload.wrote()

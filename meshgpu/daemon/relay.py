@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -56,7 +57,7 @@ OpenLink = Callable[[NodeId], AbstractAsyncContextManager[PutCall]]
 @dataclass
 class _Target:
     node_id: NodeId
-    ranges: trio.MemorySendChannel[tuple[int, Buffer]]
+    ranges: trio.MemorySendChannel[tuple[int, Buffer, str | None]]
     done: trio.Event = field(default_factory=trio.Event)
     stored: bool = False
 
@@ -69,13 +70,14 @@ class InputRelay:
     def __init__(self, targets: list[_Target]) -> None:
         self._targets = targets
 
-    async def feed(self, offset: int, data: Buffer) -> None:
-        """Hand one range (the next in order) to every relay still going; waits while a
-        relay has its window of ranges unanswered (memory stays bounded)."""
+    async def feed(self, offset: int, data: Buffer, sha256: str | None = None) -> None:
+        """Hand one range (the next in order; the last with the digest the sender said)
+        to every relay still going; waits while a relay has its window of ranges
+        unanswered (memory stays bounded)."""
         for target in self._targets:
             # A relay that ended (failed, or its target held the payload already) takes none.
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await target.ranges.send((offset, data))
+                await target.ranges.send((offset, data, sha256))
 
     async def finish(self) -> tuple[NodeId, ...]:
         """Wait for every relay to end; the nodes that confirmed a stored copy."""
@@ -112,19 +114,21 @@ class Relays:
         self.nursery: trio.Nursery | None = None
         """Where the relays run (the data plane's nursery: they outlive one request)."""
 
-    def start(self, digest: str, size: int, copies: int) -> InputRelay | None:
+    def start(self, name: str, size: int, copies: int, *, named: bool = True) -> InputRelay | None:
         """Relays of an upload of ``size`` bytes to ``copies - 1`` live members; None when
-        there is nobody to relay to (or no nursery yet)."""
+        there is nobody to relay to (or no nursery yet). ``name``: the inputs' digest, or
+        (``named`` false) the name of an upload whose digest comes with its last range,
+        relayed under a fresh upload id of its own."""
         others = [n for n in self._live_members() if n != self.node_id]
         if copies < 2 or not others or self.nursery is None:
             return None
         self._shuffle(others)
         targets = []
         for node_id in others[: copies - 1]:
-            send, receive = trio.open_memory_channel[tuple[int, Buffer]](0)
+            send, receive = trio.open_memory_channel[tuple[int, Buffer, str | None]](0)
             target = _Target(node_id, send)
             targets.append(target)
-            self.nursery.start_soon(self._relay, target, receive, digest, size)
+            self.nursery.start_soon(self._relay, target, receive, name, size, named)
         return InputRelay(targets)
 
     def note(self, digest: str, nodes: tuple[NodeId, ...]) -> None:
@@ -141,24 +145,35 @@ class Relays:
     async def _relay(
         self,
         target: _Target,
-        ranges: trio.MemoryReceiveChannel[tuple[int, Buffer]],
-        digest: str,
+        ranges: trio.MemoryReceiveChannel[tuple[int, Buffer, str | None]],
+        name: str,
         size: int,
+        named: bool,
     ) -> None:
+        claimed: list[str] = [name] if named else []
+
         async def read(offset: int, length: int) -> Buffer:
             try:
-                at, data = await ranges.receive()
+                at, data, sha256 = await ranges.receive()
             except trio.EndOfChannel:
                 raise MeshError("the upload ended before its last range") from None
             if at != offset:
                 raise MeshError(f"range at {at} relayed where {offset} was next")
+            if sha256 is not None and not named:
+                claimed.append(sha256)
             return data
 
+        def digest() -> str:
+            if not claimed:
+                raise MeshError("the upload's last range came without its digest")
+            return claimed[0]
+
+        what = {"digest": name} if named else {"upload": secrets.token_hex(16)}
         try:
             with ranges:
                 async with self._open_link(target.node_id) as request:
                     answer = await push(
-                        functools.partial(request, "put_inputs", digest=digest),
+                        functools.partial(request, "put_inputs", **what),
                         read,
                         size,
                         digest,
@@ -167,10 +182,10 @@ class Relays:
                 target.stored = bool(answer.get("stored"))
         except Exception as error:  # a relay never fails the upload: the hold requests remain
             if not isinstance(error, MeshError | OSError | trio.TooSlowError):
-                logger.exception("unexpected error relaying inputs %s", digest[:12])
+                logger.exception("unexpected error relaying inputs %s", name[:12])
             logger.info(
                 "relaying inputs %s to %s stopped (%s); the hold requests replicate them",
-                digest[:12],
+                name[:12],
                 target.node_id,
                 error or type(error).__name__,
             )

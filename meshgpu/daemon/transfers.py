@@ -59,11 +59,12 @@ OpenRanges = Callable[[], AbstractAsyncContextManager[RangeCall]]
 """Opens where the ranges after the first are asked for (a connection of their own)."""
 
 
-def range_answer(reply: dict[str, Any], offset: int) -> tuple[bytes, int]:
+def range_answer(reply: dict[str, Any], offset: int) -> tuple[Buffer, int]:
     """The bytes and the payload's total size in one range answer (an answer without
-    ``size`` is a whole payload, from a node that does not know ranges)."""
+    ``size`` is a whole payload, from a node that does not know ranges). A large range is
+    a view of the frame it came in (framing.unpack), not a copy."""
     data = reply.get("data")
-    if not isinstance(data, bytes):
+    if not isinstance(data, bytes | memoryview):
         raise DecodeError("a range answer carries its bytes in 'data'")
     size = reply.get("size", offset + len(data))
     if not isinstance(size, int) or size < offset + len(data):
@@ -79,7 +80,7 @@ class RangeSink(Protocol):
 
     def reserve(self, size: int) -> None: ...
 
-    def write(self, offset: int, chunk: bytes) -> None: ...
+    def write(self, offset: int, chunk: Buffer) -> None: ...
 
     def abort(self) -> None: ...
 
@@ -101,7 +102,7 @@ async def pull(
     ``open_rest`` opens (``call`` again without it) while earlier ones are written."""
     data, size = range_answer(await call(0, chunk), 0)
     if len(data) >= size:
-        return data, None
+        return bytes(data), None
     sink = writer()
     try:
         await trio.to_thread.run_sync(sink.reserve, size)
@@ -123,12 +124,12 @@ class _Range:
     offset: int
     length: int
     answered: trio.Event
-    data: bytes | None = None
+    data: Buffer | None = None
     error: Exception | None = None
 
 
 async def _pull_rest(
-    call: RangeCall, sink: RangeSink, first: bytes, size: int, window: int
+    call: RangeCall, sink: RangeSink, first: Buffer, size: int, window: int
 ) -> None:
     """The ranges after ``first`` into ``sink``, in order, ``window`` asked at once."""
     stride = len(first)  # the source's range length: every range but the last is as long
@@ -189,11 +190,19 @@ async def _pull_rest(
 
 
 async def push(
-    put: PutCall, read: ReadRange, size: int, sha256: str, chunk: int, *, window: int = WINDOW
+    put: PutCall,
+    read: ReadRange,
+    size: int,
+    sha256: str | Callable[[], str],
+    chunk: int,
+    *,
+    window: int = WINDOW,
 ) -> dict[str, Any]:
     """Send one payload of ``size`` bytes in ranges read with ``read``: the first alone,
     then ``window`` unanswered at once. Returns the last answer (the first one when it
-    says the receiver holds the payload already: ``held``)."""
+    says the receiver holds the payload already: ``held``). ``sha256`` may be a function,
+    called once the last range was read (a sender that hashes the ranges as it reads
+    them: the digest is known only then)."""
 
     def fields_of(offset: int, data: Buffer) -> dict[str, Any]:
         if not data and offset < size:
@@ -201,7 +210,7 @@ async def push(
         more = offset + len(data) < size
         fields: dict[str, Any] = {"offset": offset, "data": data, "more": more, "size": size}
         if not more:
-            fields["sha256"] = sha256
+            fields["sha256"] = sha256 if isinstance(sha256, str) else sha256()
         return fields
 
     first = fields_of(0, await read(0, chunk))
@@ -237,6 +246,29 @@ async def push(
     if failure:
         raise failure[0]
     return last[0]
+
+
+class HashingReader:
+    """``read`` of a push, hashing each range as it is read (in a worker thread, while the
+    ranges before it are on their way): the sender's digest without a pass over the
+    payload before its first byte is sent. push reads the ranges once each, in order."""
+
+    def __init__(self, read: ReadRange) -> None:
+        self._read = read
+        self._hash = hashlib.sha256()
+        self._next = 0
+
+    async def __call__(self, offset: int, length: int) -> Buffer:
+        if offset != self._next:
+            raise DecodeError(f"range at {offset} read where {self._next} was next")
+        data = await self._read(offset, length)
+        await trio.to_thread.run_sync(self._hash.update, data)
+        self._next = offset + len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        """The sha256 of the ranges read so far (the payload's, once the last was read)."""
+        return self._hash.hexdigest()
 
 
 @dataclass(frozen=True)

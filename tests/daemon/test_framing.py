@@ -160,3 +160,44 @@ async def test_a_large_range_crosses_a_socket_from_a_view_and_into_one_buffer(
     await left.aclose()
     await right.aclose()
     await listeners[0].aclose()
+
+
+def test_a_large_range_is_unpacked_as_a_view_of_its_frame_not_a_copy() -> None:
+    """framing.unpack gives a range that ends a large frame (pack_pieces' form) as a
+    read-only view of the frame's buffer: writing to the buffer shows through it."""
+    data = bytes(range(256)) * 4096  # 1 MiB
+    frame = bytearray(pack({"offset": 5, "more": True, "data": data}))
+    message = unpack(frame)
+    assert isinstance(message["data"], memoryview) and message["data"].readonly
+    assert message == {"offset": 5, "more": True, "data": data}
+    frame[-1] ^= 0xFF
+    assert message["data"][-1] == data[-1] ^ 0xFF  # the frame's own memory
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"data": b"\x01" * (1 << 20), "offset": 0},  # data not last: msgpack's order kept
+        {"blob": b"\x01" * (1 << 20)},  # another name
+        {"offset": 0, "data": "x" * (1 << 20)},  # not bytes
+        [b"\x01" * (1 << 20)],  # not a map
+        {"data": b"\x01" * 1000, "pad": "y" * (1 << 20)},  # small range in a large frame
+    ],
+    ids=["not-last", "other-key", "str", "list", "small"],
+)
+def test_other_large_frames_are_decoded_whole(message: object) -> None:
+    import msgpack
+
+    received = unpack(msgpack.packb(message, use_bin_type=True))
+    assert received == message
+    if isinstance(received, dict) and isinstance(received.get("data"), bytes | memoryview):
+        assert isinstance(received["data"], bytes)
+
+
+@pytest.mark.parametrize("cut", [1, 1000])
+def test_a_large_range_that_is_cut_short_or_too_long_is_refused(cut: int) -> None:
+    frame = pack({"offset": 0, "data": b"\x02" * (1 << 20)})
+    with pytest.raises(DecodeError):
+        unpack(frame[:-cut])
+    with pytest.raises(DecodeError):
+        unpack(frame + b"\x00" * cut)

@@ -52,14 +52,19 @@ class Pair:
 
         yield call
 
-    async def upload(self, data: bytes, digest: str, sha256: str | None = None) -> dict[str, Any]:
-        """A client's ranged upload to ``a`` (a window of ranges in flight)."""
+    async def upload(
+        self, data: bytes, digest: str, sha256: str | None = None, *, named_by: str = "digest"
+    ) -> dict[str, Any]:
+        """A client's ranged upload to ``a`` (a window of ranges in flight), named by its
+        digest or (``named_by="upload"``) by an upload id, the digest on its last range."""
 
         async def read(offset: int, length: int) -> bytes:
             return data[offset : offset + length]
 
+        name = {"digest": digest} if named_by == "digest" else {"upload": "client-upload-1"}
+
         async def put(**fields: Any) -> Any:
-            request = {**fields, "digest": digest, "replicas": 2}
+            request = {**fields, **name, "replicas": 2}
             return await self.entry.peer_ops.op_put_inputs(request, SimpleNamespace(peer="client"))  # type: ignore[arg-type]
 
         async with trio.open_nursery() as nursery:
@@ -72,10 +77,13 @@ def installed(side: Ops, digest: str) -> bytes | None:
     return path.read_bytes() if path.exists() else None
 
 
-async def test_an_upload_is_relayed_to_the_next_holder_as_it_arrives(tmp_path: Path) -> None:
+@pytest.mark.parametrize("named_by", ["digest", "upload"])
+async def test_an_upload_is_relayed_to_the_next_holder_as_it_arrives(
+    tmp_path: Path, named_by: str
+) -> None:
     _, data, digest = tensor_payload()
     pair = Pair(tmp_path)
-    assert await pair.upload(data, digest) == {"stored": True}
+    assert await pair.upload(data, digest, named_by=named_by) == {"stored": True, "digest": digest}
     assert pair.relayed == list(range(0, len(data), RANGE))  # every range, once, in order
     assert installed(pair.entry, digest) == data
     assert installed(pair.holder, digest) == data  # checked and installed before the answer
@@ -88,7 +96,7 @@ async def test_a_holder_that_has_the_inputs_already_takes_no_more_ranges(tmp_pat
     _, data, digest = tensor_payload()
     pair = Pair(tmp_path)
     pair.holder.payloads.put_bytes(digest, INPUTS, data)
-    assert await pair.upload(data, digest) == {"stored": True}
+    assert await pair.upload(data, digest) == {"stored": True, "digest": digest}
     assert pair.relayed == [0]  # answered "held" at once
     assert pair.relays.copies_of(digest) == ("b",)
     assert installed(pair.entry, digest) == data
@@ -98,18 +106,19 @@ async def test_a_holder_that_has_the_inputs_already_takes_no_more_ranges(tmp_pat
 async def test_a_relay_that_breaks_does_not_fail_the_upload(tmp_path: Path, fail_at: int) -> None:
     _, data, digest = tensor_payload()
     pair = Pair(tmp_path, fail_at=fail_at)
-    assert await pair.upload(data, digest) == {"stored": True}
+    assert await pair.upload(data, digest) == {"stored": True, "digest": digest}
     assert installed(pair.entry, digest) == data
     assert installed(pair.holder, digest) is None
     assert pair.relays.copies_of(digest) == ()  # the submit asks at random, as before
 
 
-async def test_a_corrupted_upload_is_installed_nowhere(tmp_path: Path) -> None:
+@pytest.mark.parametrize("named_by", ["digest", "upload"])
+async def test_a_corrupted_upload_is_installed_nowhere(tmp_path: Path, named_by: str) -> None:
     _, data, digest = tensor_payload()
     damaged = data[:RANGE] + bytes([data[RANGE] ^ 1]) + data[RANGE + 1 :]
     pair = Pair(tmp_path)
     with pytest.raises(ExceptionGroup) as refused:  # out of the client's nursery
-        await pair.upload(damaged, digest)
+        await pair.upload(damaged, digest, named_by=named_by)
     assert refused.group_contains(DigestMismatchError)
     assert installed(pair.entry, digest) is None
     assert installed(pair.holder, digest) is None
@@ -131,7 +140,7 @@ async def test_an_upload_started_again_stops_its_relay_and_relays_afresh(tmp_pat
             await entry.op_put_inputs(request(offset=offset, data=chunk, more=True), client)  # type: ignore[arg-type]
         await trio.testing.wait_all_tasks_blocked()
         assert pair.relayed == [0, RANGE]
-        assert await pair.upload(data, digest) == {"stored": True}
+        assert await pair.upload(data, digest) == {"stored": True, "digest": digest}
     assert pair.relayed[2:] == list(range(0, len(data), RANGE))
     assert installed(pair.holder, digest) == data
     assert pair.relays.copies_of(digest) == ("b",)

@@ -136,7 +136,12 @@ def tensor_payload() -> tuple[TensorBlob, bytes, str]:
     return blob, data, hashlib.sha256(data).hexdigest()
 
 
-async def test_ranges_handled_out_of_order_are_written_in_order(tmp_path: Path) -> None:
+@pytest.mark.parametrize("named_by", ["digest", "upload"])
+async def test_ranges_handled_out_of_order_are_written_in_order(
+    tmp_path: Path, named_by: str
+) -> None:
+    """Named by its digest on every range, or by an upload id with the digest on the
+    last range only (a sender hashing while it sends), alike."""
     _, data, digest = tensor_payload()
     fakes = ops(tmp_path)
     handlers, store = fakes.peer_ops, fakes.payloads
@@ -145,8 +150,11 @@ async def test_ranges_handled_out_of_order_are_written_in_order(tmp_path: Path) 
     assert len(ranges) == 5
 
     async def put(offset: int, chunk: bytes) -> dict[str, Any]:
-        request = {"digest": digest, "offset": offset, "data": chunk}
+        name = {"digest": digest} if named_by == "digest" else {"upload": "up-0123456789"}
+        request: dict[str, Any] = {**name, "offset": offset, "data": chunk}
         request["more"] = offset + len(chunk) < len(data)
+        if named_by == "upload" and not request["more"]:
+            request["sha256"] = digest
         return await handlers.op_put_inputs(request, responder)  # type: ignore[arg-type]
 
     assert await put(*ranges[0]) == {"received": 40_000}
@@ -159,7 +167,7 @@ async def test_ranges_handled_out_of_order_are_written_in_order(tmp_path: Path) 
         for offset, chunk in reversed(ranges[1:]):  # the last one is handled first
             nursery.start_soon(put_one, offset, chunk)
             await trio.sleep(0)
-    assert answers[ranges[-1][0]] == {"stored": True}
+    assert answers[ranges[-1][0]] == {"stored": True, "digest": digest}
     assert store.path(digest, INPUTS).read_bytes() == data
     assert np.array_equal(load_tensors(store.path(digest, INPUTS))["x"], np.arange(40_000))
     assert not list(store.directory.glob("*.tmp"))
