@@ -24,6 +24,14 @@ swing with the load: compare numbers with each other, not across runs.
 on ``PYTHONPATH`` for the daemons and the client: e.g. ``git archive main | tar -x -C
 DIR``), alternating with this one ``--rounds`` times, and prints the medians side by
 side with their ratio: the comparison that holds on a machine shared with other work.
+
+``--profile DIR`` samples every process of a scenario with py-spy (``pip install
+py-spy``) from the end of the warm-up to the client's exit, 100 times a second, into
+``DIR/<scenario>-<process>.txt`` (py-spy's raw collapsed stacks, with line numbers), and
+prints each process's top functions by samples, self and total: the per-stage profile.
+A sample is a stack of a thread that was not idle: time in a write the kernel throttles
+counts, and so does waiting for a core on a loaded machine. ``--scenarios input`` runs
+one of the two.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import logging
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -74,6 +75,10 @@ executions a fault campaign counts (bench/chaos.py turns this logger on)."""
 
 INPUTS = "inputs"
 MODEL_CHUNK_BYTES = 1 << 20
+INPUTS_EXPIRY_S = 600.0
+"""Inputs no task here refers to are deleted once this old (an upload never submitted;
+docs/daemon.md, "Unsubmitted inputs expire"). A client submits right after its upload;
+a later submit is refused with "upload them first", and the client uploads again."""
 
 
 class DataPlane(ResultPlane):
@@ -122,6 +127,7 @@ class DataPlane(ResultPlane):
         self._idle.set()
         self.input_refs: dict[str, set[TaskId]] = defaultdict(set)
         self._model_fetches: dict[str, trio.Lock] = defaultdict(trio.Lock)
+        self.inputs_expiry_s = INPUTS_EXPIRY_S
         self.submitting: Counter[str] = Counter()
         """Input digests of submissions not yet acknowledged (no task id to refer to yet):
         an equal input of a finished task must not be dropped under them."""
@@ -146,11 +152,13 @@ class DataPlane(ResultPlane):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Hold the nursery of every transfer and run this data plane starts, and sweep
-        the worker's result copies every ``sweep_interval`` seconds, until cancelled."""
+        the worker's result copies and the unsubmitted inputs every ``sweep_interval``
+        seconds, until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.relays.nursery = nursery
             nursery.start_soon(self.sweep_results, sweep_interval)
+            nursery.start_soon(self.sweep_inputs, sweep_interval)
             task_status.started()
 
     # --- effect dispatch ----------------------------------------------------------
@@ -189,6 +197,31 @@ class DataPlane(ResultPlane):
     def note_inputs(self, task_id: TaskId, input_digest: str) -> None:
         """A task this node holds refers to ``input_digest`` (submissions, journal replay)."""
         self.input_refs[input_digest].add(task_id)
+
+    async def sweep_inputs(self, interval: float) -> None:
+        """Every ``interval`` seconds, :meth:`expire_inputs`."""
+        while True:
+            await trio.sleep(interval)
+            try:
+                self.expire_inputs()
+            except (OSError, MeshError) as error:
+                logger.warning("sweeping unsubmitted inputs failed: %s", error)
+
+    def expire_inputs(self, now: float | None = None) -> int:
+        """Delete the input payloads no task here refers to (uploaded with ``put_inputs``
+        or relayed, and never submitted, or their submit was refused) once they are
+        ``inputs_expiry_s`` old; returns how many (docs/daemon.md, "Unsubmitted inputs
+        expire"). Runs on the loop: a directory listing and a stat per input file."""
+        expired = 0
+        for digest, modified in self.payloads.input_files():
+            if self.input_refs.get(digest) or self.submitting.get(digest):
+                continue
+            if (now if now is not None else time.time()) - modified < self.inputs_expiry_s:
+                continue
+            self.payloads.delete(digest, INPUTS)
+            self._count("inputs_expired")
+            expired += 1
+        return expired
 
     def relayed_copies(self, input_digest: str) -> tuple[NodeId, ...]:
         """The nodes the upload of ``input_digest`` was relayed to, which stored it."""

@@ -194,7 +194,7 @@ class Journal:
                         _write_all(descriptor, tail)
                         os.fsync(descriptor)
                     os.replace(scratch, self.path)
-                    _fsync_directory(self.directory)
+                    fsync_directory(self.directory)
                     os.close(self._descriptor)
                     self._descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND)
                     self._file_bytes = len(data) + len(tail)
@@ -289,7 +289,7 @@ def _write_all(descriptor: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(descriptor)

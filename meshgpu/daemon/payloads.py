@@ -26,6 +26,7 @@ its members' tensor maps and its result as a list of per-member ``{"outputs": ..
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -37,7 +38,7 @@ import msgpack
 import numpy as np
 
 from meshgpu.daemon.blobs import BlobWriter
-from meshgpu.daemon.journal import Journal, storage_error
+from meshgpu.daemon.journal import Journal, fsync_directory, storage_error
 from meshgpu.errors import DecodeError, StorageError
 from meshgpu.tensor_types import dtype_of_tag, dtype_tag, tensor_bytes, tensor_from_bytes
 
@@ -203,7 +204,11 @@ class PayloadStore:
         return self.directory / f"{task_file_stem(task_id)}.{kind}"
 
     def put_bytes(self, task_id: Any, kind: str, data: bytes) -> None:
-        """Store a payload durably (written to a scratch name, fsynced, renamed)."""
+        """Store a payload durably (written to a scratch name, fsynced, renamed). The
+        directory is not fsynced here: a payload this size (16 KiB up to a range) is
+        stored on the acknowledgement's path of every such task, and the journal's fsync
+        of the task record that follows it commits the rename with it on a journaling
+        filesystem (ext4, XFS: their log is ordered). :meth:`install` syncs it."""
         path = self._path(task_id, kind)
         # A scratch name of its own: two writers of one payload (equal inputs submitted
         # at once, a result pushed twice) must not interleave in one file.
@@ -233,9 +238,13 @@ class PayloadStore:
         return path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
 
     def install(self, scratch: Path, task_id: Any, kind: str) -> None:
-        """Move a complete, fsynced scratch file into the payload's place."""
+        """Move a complete, fsynced scratch file into the payload's place, durably: the
+        directory is fsynced after the rename, so the name survives a crash as the
+        file's bytes do (without it, a copy the mesh counts on may be under its scratch
+        name after a power loss, and swept at the next start)."""
         try:
             os.replace(scratch, self._path(task_id, kind))
+            fsync_directory(self.directory)
         except OSError as error:
             scratch.unlink(missing_ok=True)
             raise storage_error(error, f"storing {kind} of task {task_id}") from None
@@ -329,6 +338,23 @@ class PayloadStore:
                 if isinstance(key, tuple) and is_inline_key(key) and key[0] == marker:
                     keys.append(tuple(str(part) for part in key[1:]))
         return keys
+
+    def input_files(self) -> list[tuple[str, float]]:
+        """(digest, modification time) of every input payload stored as a file (an
+        upload's or a fetched copy; inline ones belong to a journaled task)."""
+        files = []
+        for path in self.directory.glob(f"*.{_INPUTS}"):
+            try:
+                modified = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            files.append((path.name.removesuffix(f".{_INPUTS}"), modified))
+        return files
+
+    def touch(self, task_id: Any, kind: str) -> None:
+        """Mark a stored payload as just used (its expiry counts from now)."""
+        with contextlib.suppress(OSError):
+            os.utime(self._path(task_id, kind))
 
     def has(self, task_id: Any, kind: str) -> bool:
         return self.get_memory(task_id, kind) is not None or self._path(task_id, kind).exists()

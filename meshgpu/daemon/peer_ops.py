@@ -189,6 +189,7 @@ class PeerOps:
             raise DecodeError("'upload' names an upload: 8 to 64 letters, digits, '-' or '_'")
         data = request_field(request, "data", (bytes, memoryview))
         if digest is not None and self.payloads.has(digest, INPUTS) and request.get("offset") == 0:
+            self.payloads.touch(digest, INPUTS)  # the submit that follows finds it unexpired
             return {"stored": True, "held": True}  # equal inputs are here: nothing to send
         replicas = request.get("replicas", 1)
         if not isinstance(replicas, int) or replicas < 1:
@@ -238,10 +239,7 @@ class PeerOps:
         offset = request_field(request, "offset", int)
         data = request_field(request, "data", (bytes, memoryview))
         now = trio.current_time()
-        for stale, idle in list(self._ranges_in.items()):
-            if now - idle.touched > UPLOAD_IDLE_S:  # a sender that went away mid-upload
-                del self._ranges_in[stale]
-                idle.drop()
+        self.drop_stale_uploads(now)
         if offset == 0:
             previous = self._ranges_in.pop(slot, None)
             if previous is not None:
@@ -291,6 +289,25 @@ class PeerOps:
             if upload.relay is not None:
                 upload.relay.abort()
             raise
+
+    def drop_stale_uploads(self, now: float) -> int:
+        """Drop the uploads that have not moved for ``UPLOAD_IDLE_S`` (a sender that went
+        away mid-upload) with their scratch files; returns how many."""
+        dropped = 0
+        for stale, idle in list(self._ranges_in.items()):
+            if now - idle.touched > UPLOAD_IDLE_S:
+                del self._ranges_in[stale]
+                idle.drop()
+                dropped += 1
+        return dropped
+
+    async def sweep_uploads(self, interval: float = 30.0) -> None:
+        """Every ``interval`` seconds, :meth:`drop_stale_uploads`: an abandoned upload's
+        scratch file (allocated to the payload's whole size) goes within
+        ``UPLOAD_IDLE_S + interval`` even if no other range ever arrives."""
+        while True:
+            await trio.sleep(interval)
+            self.drop_stale_uploads(trio.current_time())
 
     def _forget(self, slot: tuple[Any, ...], upload: _Upload) -> None:
         if self._ranges_in.get(slot) is upload:

@@ -430,6 +430,7 @@ class Daemon:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.peers.run)
                 await nursery.start(self.dataplane.run)
+                nursery.start_soon(self.peer_ops.sweep_uploads)
                 nursery.start_soon(self.effects.run)
                 nursery.start_soon(self.commit.run)
                 await nursery.start(self.peer_finder.run)

@@ -233,3 +233,42 @@ async def test_a_result_held_elsewhere_is_read_range_by_range(tmp_path: Path, cl
     assert await fakes.plane.obtain_result(TASK, ("gone", "h")) == blob
     asked = [node for node, _, _ in fakes.peers.calls]
     assert set(asked) == {"h"} and len(asked) == -(-len(blob) // fakes.plane.chunk) > 1
+
+
+async def test_inputs_no_task_refers_to_expire_once_old_enough(lone: Plane) -> None:
+    """An upload never submitted (no task here refers to its digest, no submission holds
+    it) is deleted once ``inputs_expiry_s`` old, and only then; inputs a task or a
+    submission refers to stay whatever their age."""
+    import os
+    import time
+
+    plane, payloads = lone.plane, lone.payloads
+    referred = hashlib.sha256(b"referred").hexdigest()
+    submitting = hashlib.sha256(b"submitting").hexdigest()
+    for digest in (referred, submitting):
+        payloads.put_bytes(digest, INPUTS, INPUT)
+    plane.note_inputs(TASK, referred)
+    plane.submitting[submitting] += 1
+    written = time.time()
+    for digest in (INPUT_DIGEST, referred, submitting):
+        os.utime(payloads.path(digest, INPUTS), (written, written))
+    assert plane.expire_inputs(now=written + plane.inputs_expiry_s - 1) == 0
+    assert payloads.has(INPUT_DIGEST, INPUTS)
+    assert plane.expire_inputs(now=written + plane.inputs_expiry_s + 1) == 1
+    assert not payloads.has(INPUT_DIGEST, INPUTS)
+    assert payloads.has(referred, INPUTS) and payloads.has(submitting, INPUTS)
+    assert lone.counted == ["inputs_expired"]
+
+
+async def test_the_sweep_expires_unsubmitted_inputs(tmp_path: Path, clock) -> None:
+    fakes = data_plane(tmp_path)
+    fakes.payloads.put_bytes(INPUT_DIGEST, INPUTS, INPUT)
+    fakes.plane.inputs_expiry_s = 0.0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(fakes.plane.run, sweep_interval=30.0))
+        await trio.sleep(29)
+        assert fakes.payloads.has(INPUT_DIGEST, INPUTS)
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert not fakes.payloads.has(INPUT_DIGEST, INPUTS)
+    assert fakes.counted == ["inputs_expired"]

@@ -140,3 +140,36 @@ def test_small_payloads_live_in_the_journal_and_large_ones_in_files(tmp_path: Pa
     assert store.get_bytes(("n-a", 8), "result") is None
     store.delete("d" * 64, "inputs")
     assert not store.has("d" * 64, "inputs") and store.has("e" * 64, "inputs")
+
+
+def test_a_half_finished_upload_left_by_a_crash_is_removed_at_start(tmp_path: Path) -> None:
+    """A receiver killed mid-upload leaves its scratch file, allocated to the payload's
+    whole size; the next start removes it and keeps every installed payload."""
+    store = PayloadStore(tmp_path)
+    store.put_bytes("d" * 64, "inputs", b"installed")
+    writer = store.writer("e" * 64, "inputs", durable=True)
+    writer.reserve(1 << 20)
+    writer.write(0, b"\x01" * 1000)  # ... and the process dies here: no commit, no abort
+    assert writer.path.exists()
+    PayloadStore(tmp_path)
+    assert not writer.path.exists()
+    assert not list(tmp_path.glob("*.tmp"))
+    assert store.get_bytes("d" * 64, "inputs") == b"installed"
+
+
+def test_install_syncs_the_directory_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import meshgpu.daemon.payloads as payloads
+
+    store = PayloadStore(tmp_path)
+    synced: list[tuple[Path, bool]] = []
+    monkeypatch.setattr(
+        payloads,
+        "fsync_directory",
+        lambda directory: synced.append((directory, store.path("f" * 64, "inputs").exists())),
+    )
+    writer = store.writer("f" * 64, "inputs", durable=True)
+    writer.write(0, b"\x02" * 100)
+    store.install(writer.commit(None), "f" * 64, "inputs")
+    assert synced == [(tmp_path, True)]  # after the rename, on the payloads' directory

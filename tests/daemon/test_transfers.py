@@ -351,3 +351,26 @@ def test_a_received_result_that_does_not_add_up_is_refused() -> None:
         receive(unsorted)
     with pytest.raises(DecodeError, match="not a map"):
         receive(msgpack.packb([1, 2]))
+
+
+async def test_an_abandoned_upload_is_dropped_by_the_sweep_with_its_scratch_file(
+    tmp_path: Path,
+) -> None:
+    """A sender that went away after its first range: no other range ever arrives, and
+    the periodic sweep drops the upload and its preallocated scratch file once it has
+    not moved for UPLOAD_IDLE_S; a range sent after that is refused."""
+    from meshgpu.daemon.peer_ops import UPLOAD_IDLE_S
+
+    _, data, digest = tensor_payload()
+    handlers = ops(tmp_path).peer_ops
+    store = handlers.payloads
+    client = SimpleNamespace(peer="client")
+    first = {"digest": digest, "offset": 0, "data": data[:40_000], "more": True}
+    await handlers.op_put_inputs({**first, "size": len(data)}, client)  # type: ignore[arg-type]
+    assert len(list(store.directory.glob("*.tmp"))) == 1
+    assert handlers.drop_stale_uploads(trio.current_time() + UPLOAD_IDLE_S / 2) == 0
+    assert handlers.drop_stale_uploads(trio.current_time() + UPLOAD_IDLE_S + 1) == 1
+    assert not list(store.directory.glob("*.tmp"))
+    with pytest.raises(DecodeError, match="not started"):
+        second = {"digest": digest, "offset": 40_000, "data": data[40_000:80_000], "more": True}
+        await handlers.op_put_inputs(second, client)  # type: ignore[arg-type]
