@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import trio
 
-from meshgpu.client import Client
+from meshgpu.client import Client, Completed
 from meshgpu.errors import TaskFailedError
 from tests.client import test_session as fakes
 
@@ -95,6 +95,13 @@ def test_a_resolved_handle_answers_without_the_clients_loop(fake_peer, monkeypat
         np.testing.assert_array_equal(table.result(10)["y"], [2])  # the loop's way
 
 
+def numbered_map(client: Client, count: int) -> Iterator[Completed]:
+    """A map of ``count`` one-element tasks (input i is [i]), eight in flight, one per
+    task group."""
+    inputs = ({"x": np.full(1, i, np.float32)} for i in range(count))
+    return client.map(fakes.MODEL, inputs, window=8, group=1)
+
+
 def test_a_map_read_to_the_end_acknowledges_every_task_and_warns_of_nothing(
     fake_peer, caplog
 ) -> None:
@@ -106,9 +113,8 @@ def test_a_map_read_to_the_end_acknowledges_every_task_and_warns_of_nothing(
         caplog.at_level(logging.WARNING, logger="meshgpu.client"),
         Client(f"127.0.0.1:{peer.port}", environ={}) as client,
     ):
-        inputs = ({"x": np.full(1, i, np.float32)} for i in range(count))
         items = []
-        for item in client.map(fakes.MODEL, inputs, window=8, group=1):
+        for item in numbered_map(client, count):
             time.sleep(0.002)  # a consumer slower than the results: bursts queue up
             items.append(item)
         assert client.uncollected() == []
@@ -125,9 +131,8 @@ def test_a_map_left_early_names_exactly_the_tasks_it_did_not_hand_over(fake_peer
         caplog.at_level(logging.WARNING, logger="meshgpu.client"),
         Client(f"127.0.0.1:{peer.port}", environ={}) as client,
     ):
-        inputs = ({"x": np.full(1, i, np.float32)} for i in range(count))
         taken = []
-        for item in client.map(fakes.MODEL, inputs, window=8, group=1):
+        for item in numbered_map(client, count):
             taken.append(item.task_id)
             if len(taken) == 3:
                 break
@@ -147,8 +152,7 @@ def test_a_map_whose_client_was_closed_under_it_names_what_it_did_not_hand_over(
 ) -> None:
     mesh, peer = fake_peer
     client = Client(f"127.0.0.1:{peer.port}", environ={})
-    inputs = ({"x": np.full(1, i, np.float32)} for i in range(40))
-    mapped = client.map(fakes.MODEL, inputs, window=8, group=1)
+    mapped = numbered_map(client, 40)
     first = next(mapped)
     client.close()
     with caplog.at_level(logging.WARNING, logger="meshgpu.client"):
