@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,3 +225,77 @@ async def test_inputs_stay_held_until_the_core_answers_even_if_the_request_is_go
         await pending.done.wait()
     assert digest not in daemon.dataplane.submitting
     assert daemon.dataplane.input_refs[digest]  # now the accepted task's reference
+
+
+async def test_concurrent_direct_runs_cut_off_by_a_crash_are_resent_and_each_answered_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Four callers' direct runs under way on node a (held there) when a crashes: none of
+    them was ever answered, so each client resends its submission to b, and each caller
+    gets exactly one outcome, its own row's, from b (docs/daemon.md, "Direct runs").
+    (DIRECT_RUN_S is raised so that admitting four depends on the count of runs in
+    flight, not on how fast this machine ran the warm-up.)"""
+    import dataclasses
+
+    from meshgpu.client import AsyncClient
+
+    monkeypatch.setattr(direct_module, "DIRECT_RUN_S", 10.0)
+    first = Daemon(dataclasses.replace(settings(tmp_path / "a"), name="a"))
+    crash = trio.CancelScope()
+
+    async def run_first(task_status=trio.TASK_STATUS_IGNORED):  # type: ignore[no-untyped-def]
+        with crash:
+            await first.run(task_status=task_status)
+
+    arrived: list[int] = []
+    all_in = trio.Event()
+    outcomes: dict[int, Any] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_first)
+        peers = (f"127.0.0.1:{first.address[1]}",)
+        second = Daemon(dataclasses.replace(settings(tmp_path / "b"), name="b", peers=peers))
+        await nursery.start(second.run)
+        async with open_rpc(first.address, Authenticator(None, "warm")) as rpc:
+            await rpc.call("put_model", digest=DIGEST, data=MODEL)
+        model_path = first.models.path(DIGEST)
+        await first.executor.run(DIGEST, model_path, {"pixels": PIXELS[:1]})  # warm
+        real_run = first.executor.run
+
+        async def held_run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            arrived.append(1)
+            if len(arrived) == len(PIXELS):
+                all_in.set()
+            await trio.sleep_forever()  # a's runs never end: it dies first
+            return await real_run(*args, **kwargs)
+
+        monkeypatch.setattr(first.executor, "run", held_run)
+        address = ("127.0.0.1", first.address[1])
+        async with AsyncClient(address, environ={}, status_interval=0.05) as client:
+            with trio.fail_after(60):
+                while len((await client.status())["members"]) < 2:
+                    await trio.sleep(0.05)
+
+            async def caller(index: int) -> None:
+                handle = await client.submit(
+                    MODELS / "digits.onnx", {"pixels": PIXELS[index : index + 1]}
+                )
+                outcomes[index] = await handle.wait(120)
+
+            with trio.fail_after(180):
+                async with trio.open_nursery() as callers:
+                    for index in range(len(PIXELS)):
+                        callers.start_soon(caller, index)
+                    await all_in.wait()
+                    # Every caller's run is a direct run on a, each admitted while the
+                    # others were under way.
+                    assert first.handlers.submissions.direct.in_flight == len(PIXELS)
+                    assert not outcomes
+                    crash.cancel()  # a dies with every direct run unanswered
+        want = expected(PIXELS)
+        assert sorted(outcomes) == list(range(len(PIXELS)))
+        for index, outcome in outcomes.items():
+            assert outcome.error is None and outcome.worker == "b", outcome
+            got = outcome.outputs["probabilities"]
+            np.testing.assert_allclose(got[0], want[index], rtol=1e-5)
+        assert first.handlers.submissions.direct.runs == 0  # a answered none of them
+        second.request_stop()
