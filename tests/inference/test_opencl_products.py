@@ -307,3 +307,30 @@ def test_layer_norm_before_a_linear_is_the_products_prologue(
     kernels = _run(device, _model(nodes, [("x", x)], outputs, weights), {"x": x})
     assert kernels[-1] == "matmul_tiles"
     assert (len(kernels) == 2) == also_output
+
+
+@pytest.mark.parametrize("product", ["Gemm", "GemmTransB", "MatMul"])
+def test_layer_norm_through_a_reshape_into_a_gemm_is_one_launch(device, product) -> None:
+    """GPT-2's exported form: LayerNormalization, Reshape to (tokens, features), Gemm with
+    its bias (or a MatMul): the norm and the Reshape run in the product's launch."""
+    x = randn(3, 8, 16, seed=40)
+    weights = {
+        "gamma": randn(16, seed=41),
+        "beta": randn(16, seed=42),
+        "w": randn(12, 16, seed=43) if product == "GemmTransB" else randn(16, 12, seed=43),
+        "c": randn(12, seed=44),
+        "flat": np.array([24, 16], np.int64),
+    }
+    if product == "MatMul":
+        last = helper.make_node("MatMul", ["r", "w"], ["y"])
+    else:
+        last = helper.make_node(
+            "Gemm", ["r", "w", "c"], ["y"], transB=int(product == "GemmTransB"), alpha=0.5
+        )
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], axis=-1),
+        helper.make_node("Reshape", ["n", "flat"], ["r"]),
+        last,
+    ]
+    kernels = _run(device, _model(nodes, [("x", x)], ["y"], weights), {"x": x})
+    assert kernels == ["matmul_tiles"]

@@ -105,6 +105,8 @@ class Prologue:
     scale: KernelArg
     bias: KernelArg
     epsilon: float
+    #: The nodes the product's launch computes besides itself (a Reshape between them).
+    between: tuple[Node, ...] = ()
 
 
 def _broadcast_view(view: View, out_shape: tuple[int, ...]) -> list[int] | None:
@@ -554,11 +556,17 @@ def _packed_operand(
 
 
 def _operand(
-    builder: PlanBuilder, node: Node, name: str, full: tuple[int, ...], vector_axis: int | None
+    builder: PlanBuilder,
+    node: Node,
+    name: str,
+    full: tuple[int, ...],
+    vector_axis: int | None,
+    view: View | None = None,
 ) -> Operand:
-    """A device (or uploaded constant) operand read through strides; ``full`` is its shape
-    with a 1-D operand promoted (``vector_axis``: where the 1 was inserted)."""
-    view = builder.strided(node, name)
+    """A device (or uploaded constant) operand read through strides (``view`` if given);
+    ``full`` is its shape with a 1-D operand promoted (``vector_axis``: where the 1 was
+    inserted)."""
+    view = view or builder.strided(node, name)
     strides = list(view.strides)
     if vector_axis is not None:
         strides.insert(vector_axis, 0)
@@ -579,43 +587,96 @@ def lower_matmul(builder: PlanBuilder, node: Node) -> None:
 def lower_normalized_product(
     builder: PlanBuilder, norm_node: Node, scale: KernelArg, bias: KernelArg
 ) -> bool:
-    """Lower a LayerNormalization over the last axis together with the MatMul that alone
-    reads it, by constant 2-D weights (ConvNeXt's and GPT-2's norm before a Linear): one
-    launch instead of two. False (nothing done) when they do not fit that."""
-    product = builder.sole_consumer(norm_node.outputs[0])
+    """Lower a LayerNormalization over the last axis together with the MatMul (or Gemm)
+    that alone reads it, maybe through a Reshape that keeps the last axis, by constant 2-D
+    weights (ConvNeXt's and GPT-2's norms before a Linear): one launch instead of two.
+    False (nothing done) when they do not fit that."""
+    from meshgpu.inference.opencl import lower_linear
+
+    a_name = norm_node.inputs[0]
+    a_shape = builder.shape(a_name)
+    read = norm_node.outputs[0]
+    product = builder.sole_consumer(read)
+    view: View | None = None
+    between: tuple[Node, ...] = ()
+    if (
+        product is not None
+        and product.op == "Reshape"
+        and product.inputs[0] == read
+        and product.outputs[0]
+        and a_name not in builder.views
+        and not builder.is_host(a_name)
+    ):
+        shape = _reshaped(builder, product, tuple(a_shape))
+        if shape is None or len(shape) < 2 or shape[-1] != a_shape[-1]:
+            return False
+        tensor = builder.tensor(norm_node, a_name)
+        view = View(tensor.storage, shape, contiguous_strides(shape), 0, tensor.dtype)
+        between, read, a_shape = (product,), product.outputs[0], shape
+        product = builder.sole_consumer(read)
     if (
         product is None
-        or product.op != "MatMul"
-        or product.inputs[0] != norm_node.outputs[0]
-        or product.inputs[1] == product.inputs[0]
+        or product.op not in ("MatMul", "Gemm")
+        or product.inputs[0] != read
+        or product.inputs[1] == read
         or scale is None
     ):
         return False
-    a_name, b_name = norm_node.inputs[0], product.inputs[1]
-    a_shape, b_shape = builder.shape(a_name), builder.shape(b_name)
+    b_name = product.inputs[1]
+    b_shape = builder.shape(b_name)
     if (
         len(a_shape) < 2
         or len(b_shape) != 2
         or not builder.is_host(b_name)
         or builder.dtype(a_name) != dtypes.FLOAT32
         or builder.dtype(b_name) != dtypes.FLOAT32
-        or a_shape[-1] != b_shape[0]
     ):
         return False
-    norm = Prologue(scale, bias, float(norm_node.attrs.get("epsilon", 1e-5)))
-    return _lower_product(builder, product, a_name, norm)
+    norm = Prologue(scale, bias, float(norm_node.attrs.get("epsilon", 1e-5)), between)
+    if product.op == "MatMul":
+        return a_shape[-1] == b_shape[0] and _lower_product(builder, product, a_name, norm, view)
+    # Gemm: only where lower_gemm takes the strided product (not gemm_rows, not transA)
+    trans_b = int(product.attrs.get("transB", 0))
+    depth, cols = (b_shape[1], b_shape[0]) if trans_b else b_shape
+    beta = float(product.attrs.get("beta", 1.0))
+    c_name = product.inputs[2] if len(product.inputs) > 2 and product.inputs[2] else None
+    rows = a_shape[0]
+    if (
+        len(a_shape) != 2
+        or int(product.attrs.get("transA", 0))
+        or depth != a_shape[1]
+        or not (c_name is None or beta == 0.0 or builder.is_host(c_name) or beta == 1.0)
+        or lower_linear._reads_rows_in_place(builder, read, b_name, rows, depth, cols)
+    ):
+        return False
+    alpha = float(product.attrs.get("alpha", 1.0)) * builder.operand_scales.get(b_name, 1.0)
+    panels = lower_linear._panels(
+        builder, product, b_name, cols, depth, (1, cols) if not trans_b else (depth, 1)
+    )
+    for node in (*between, product):
+        builder.absorb(node)
+    lower_gemm_strided(
+        builder, product, panels, rows, cols, depth, alpha, beta, 0, a_view=view, norm=norm
+    )
+    return True
 
 
 def _lower_product(
-    builder: PlanBuilder, node: Node, a_name: str, norm: Prologue | None = None
+    builder: PlanBuilder,
+    node: Node,
+    a_name: str,
+    norm: Prologue | None = None,
+    a_view: View | None = None,
 ) -> bool:
     """``node`` (a MatMul) with ``a_name`` as its left operand (the input of the norm
-    ``norm`` computes first, if given) through ``matmul_tiles``; False, with nothing
-    launched or absorbed, for what the packed path handles instead."""
+    ``norm`` computes first, if given; read as ``a_view`` if given) through
+    ``matmul_tiles``; False, with nothing launched or absorbed, for what the packed path
+    handles instead."""
     from meshgpu.inference.opencl import lower_linear
 
     b_name = node.inputs[1]
-    a_shape, b_shape = builder.shape(a_name), builder.shape(b_name)
+    a_shape = a_view.shape if a_view is not None else builder.shape(a_name)
+    b_shape = builder.shape(b_name)
     if not a_shape or not b_shape:
         return False
     a_full = (1, *a_shape) if len(a_shape) == 1 else a_shape
@@ -653,7 +714,7 @@ def _lower_product(
 
     # B: constant 2-D weights become panels; anything else is read in place.
     b_packed = builder.is_host(b_name) and len(b_full) == 2
-    a_op = _operand(builder, node, a_name, a_full, 0 if len(a_shape) == 1 else None)
+    a_op = _operand(builder, node, a_name, a_full, 0 if len(a_shape) == 1 else None, a_view)
     a_op.batch = aligned(a_full, a_op.batch)
     if b_packed:
         panels = lower_linear._panels(builder, node, b_name, cols, depth, (1, cols))
@@ -673,7 +734,8 @@ def _lower_product(
     if not _mergeable(batch_shape, base_sets):
         return False
     if norm is not None:
-        builder.absorb(node)
+        for absorbed in (*norm.between, node):
+            builder.absorb(absorbed)
     chosen: list[list[int]] = []
 
     def fits(strides: list[int]) -> bool:
@@ -717,10 +779,14 @@ def lower_gemm_strided(
     alpha: float,
     beta: float,
     trans_a: int,
+    *,
+    a_view: View | None = None,
+    norm: Prologue | None = None,
 ) -> None:
-    """Gemm of a device activation A' (read in place, transposed through strides) with
-    constant weights (``weight_panels``); C (times beta) is the first addend."""
-    view = builder.strided(node, node.inputs[0])
+    """Gemm of a device activation A' (read in place, transposed through strides; as
+    ``a_view`` if given, normalised first by ``norm``) with constant weights
+    (``weight_panels``); C (times beta) is the first addend."""
+    view = a_view or builder.strided(node, node.inputs[0])
     a_si, a_sk = view.strides if not trans_a else (view.strides[1], view.strides[0])
     a_op = Operand(view.storage, view.offset, [], a_si, a_sk)
     b_op = Operand(weight_panels, 0, [], 8, 1, 8 * depth)
@@ -761,4 +827,5 @@ def lower_gemm_strided(
         depth=depth,
         full_out=out_shape,
         squeeze=(),
+        norm=norm,
     )
