@@ -407,7 +407,9 @@ class DataPlane(ResultPlane):
             fetched = await self.fetch_inputs(effect.input_digest, effect.from_nodes, durable=True)
             if fetched.owned:
                 assert fetched.path is not None
-                self.payloads.install(fetched.path, effect.input_digest, INPUTS)
+                await trio.to_thread.run_sync(  # it syncs the directory: off the loop
+                    self.payloads.install, fetched.path, effect.input_digest, INPUTS
+                )
             elif fetched.data is not None:
                 await self.store(effect.input_digest, INPUTS, fetched.data, wait=False)
         except Exception as error:  # every failure is reported to the core, never raised

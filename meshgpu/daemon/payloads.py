@@ -238,7 +238,8 @@ class PayloadStore:
         return path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
 
     def install(self, scratch: Path, task_id: Any, kind: str) -> None:
-        """Move a complete, fsynced scratch file into the payload's place, durably: the
+        """Move a complete, fsynced scratch file into the payload's place, durably (call
+        it in a worker thread: a directory's fsync may wait for the disk): the
         directory is fsynced after the rename, so the name survives a crash as the
         file's bytes do (without it, a copy the mesh counts on may be under its scratch
         name after a power loss, and swept at the next start)."""

@@ -161,9 +161,13 @@ class PeerOps:
         path, _ = await self._receive_range(request, slot, task_key(task_id), RESULT)
         if path is None:
             return {"received": request["offset"] + len(data)}
-        try:
-            await trio.to_thread.run_sync(check_result_file, path)
+
+        def check_and_install() -> None:  # the install syncs the directory: off the loop
+            check_result_file(path)
             self.payloads.install(path, task_key(task_id), RESULT)
+
+        try:
+            await trio.to_thread.run_sync(check_and_install)
         finally:
             path.unlink(missing_ok=True)
         return {"stored": True}
@@ -205,9 +209,13 @@ class PeerOps:
         if path is None:
             return {"received": request["offset"] + len(data)}
         assert digest is not None
-        try:
-            await trio.to_thread.run_sync(read_layout, path)
+
+        def check_and_install(digest: str) -> None:  # the install syncs the directory
+            read_layout(path)
             self.payloads.install(path, digest, INPUTS)
+
+        try:
+            await trio.to_thread.run_sync(check_and_install, digest)
         except BaseException:
             if relay is not None:
                 relay.abort()

@@ -104,9 +104,14 @@ class ResultPlane:
             return ResultSource.of_bytes(canonical_tensor_bytes(outputs))
         payloads, key = self.payloads, task_key(task_id)
         scratch = payloads.scratch(key, RESULT)
-        try:
-            sha256 = await trio.to_thread.run_sync(blob.write_to, scratch)
+
+        def write_and_install() -> str:  # the install syncs the directory: off the loop
+            digest = blob.write_to(scratch)
             payloads.install(scratch, key, RESULT)
+            return digest
+
+        try:
+            sha256 = await trio.to_thread.run_sync(write_and_install)
         except MeshError as error:
             logger.warning(
                 "could not keep the result of %s here (%s); sending it from memory", task_id, error
