@@ -4,6 +4,7 @@ leader, refuses a wrong-key peer and a copied identity, and survives garbage."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import struct
@@ -217,7 +218,10 @@ async def test_three_daemons_find_each_other_by_mdns_alone(tmp_path: Path) -> No
         for adapter in ifaddr.get_adapters()
         if any(isinstance(ip.ip, str) and not ip.ip.startswith("127.") for ip in adapter.ips)
     )
-    mesh_name = f"test-{tmp_path.name[-12:]}"
+    # Unique per run: the same test run elsewhere on this host at the same time (another
+    # checkout) hears these multicast announcements; under a shared name its m0-m2
+    # joined ours, and each pair of same-named nodes made one stop as a copy.
+    mesh_name = f"test-{secrets.token_hex(6)}"
     nodes = []
     try:
         for name in ("m0", "m1", "m2"):
