@@ -128,12 +128,17 @@ def lower_layer_norm(builder: PlanBuilder, node: Node) -> None:
         _parameter(builder, node, 2, length, normalized) if node.op != "RMSNormalization" else None
     )
     outputs = [*node.outputs[1:3], "", ""][:2]
-    if node.op == "LayerNormalization" and not any(outputs) and axis == rank - 1:
+    layout = _rows_of_view(builder, node.inputs[0], axis)
+    # The product normalises its rows itself where it can do so eight lanes at a time:
+    # contiguous rows, or a channels-first map of a multiple of 8 pixels. ConvNeXt's 2x2
+    # maps (rows folded across images, each row's channels read one scalar at a time, in
+    # every column group) took longer so than the separate launch.
+    vector_rows = node.inputs[0] not in builder.views or (layout is not None and layout[0] % 8 == 0)
+    if node.op == "LayerNormalization" and not any(outputs) and axis == rank - 1 and vector_rows:
         from meshgpu.inference.opencl.lower_matmul import lower_normalized_product
 
         if lower_normalized_product(builder, node, scale, bias):
             return  # the product that reads it normalises its rows first
-    layout = _rows_of_view(builder, node.inputs[0], axis)
     if layout is not None and node.op == "LayerNormalization" and not any(outputs):
         view = builder.views[node.inputs[0]]
         inner, outer, stride = layout
