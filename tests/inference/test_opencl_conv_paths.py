@@ -1,7 +1,8 @@
 """Each way the engine lowers a convolution, pinned: the implicit GEMM over wide rows
 (``conv_gemm6``), over padded rows for stride 2 (``conv_gemm_s2``), with and without the
 zero-padded input copy, im2col where dropped columns would cost more, depthwise layers on
-padded planes (``conv_depthwise``), and the cases that must fall back. Every case checks
+planes padded in local memory (``depthwise_plane``) or in a copy (``conv_depthwise``), and
+the cases that must fall back. Every case checks
 the kernels the plan chose *and* the numbers against ``onnx.reference``, so a change to the
 layout rule cannot silently drop a path's coverage."""
 
@@ -59,7 +60,8 @@ def _run_conv(session, batch, channels, size, out_channels, kernel, attrs, *, re
     return _kernels(opencl)
 
 
-_DEPTHWISE = ["pad_planes", "conv_depthwise"]
+_DEPTHWISE = ["depthwise_plane"]
+_PADDED_COPY = ["pad_planes", "conv_depthwise"]
 
 PATH_CASES = [
     # (batch, C, (H, W), M, kernel, attrs, residual, kernels the plan must use)
@@ -74,7 +76,7 @@ PATH_CASES = [
     (1, 8, (7, 7), 1200, (3, 3), {"pads": [1, 1, 1, 1]}, False, ["im2col_panels", "gemm_8x8"]),
     # Vertical stride 2 with horizontal stride 1: neither layout gives contiguous taps.
     (1, 4, (9, 9), 8, (3, 3), {"strides": [2, 1]}, False, ["im2col_panels", "gemm_8x8"]),
-    # Depthwise: padded planes, then one vector load per tap whatever the row width,
+    # Depthwise: padded planes in local memory, then one vector load per tap whatever the row width,
     # stride, dilation or padding (EfficientNet's 7-pixel rows, LR-ASPP's dilated 5x5).
     (2, 6, (7, 7), 6, (5, 5), {"group": 6, "pads": [2, 2, 2, 2]}, True, _DEPTHWISE),
     (
@@ -127,21 +129,32 @@ def test_convolution_path(session, case, monkeypatch) -> None:
         assert kernels == expected
 
 
-def test_small_depthwise_layers_keep_the_direct_kernel(session) -> None:
-    """Below PADDED_MIN_MACS the padding launch costs more than it saves (ConvNeXt's 2x2
-    maps at batch 1), so the bounds-checked direct kernel runs them."""
+def test_depthwise_planes_beyond_local_memory_take_a_padded_copy(session, monkeypatch) -> None:
+    """Where a padded plane does not fit the device's local memory, the depthwise layer
+    takes the padding copy and ``conv_depthwise``, or below PADDED_MIN_MACS (where that
+    launch costs more than it saves) the bounds-checked direct kernel."""
+    monkeypatch.setattr(lower_depthwise, "LOCAL_MEMORY_SHARE", 1 << 40)
     attrs = {"group": 8, "pads": [3, 3, 3, 3]}
     assert _run_conv(session, 1, 8, (2, 2), 8, (7, 7), attrs) == ["conv2d_direct"]
     big = (1 << 20) // (8 * 49) + 1  # rows of a 1-pixel-wide map: just past the threshold
     kernels = _run_conv(session, 1, 8, (big, 1), 8, (7, 7), attrs)
-    assert kernels == _DEPTHWISE
+    assert kernels == _PADDED_COPY
+    attrs = {"group": 5, "pads": [4, 4, 4, 4], "dilations": [2, 2]}
+    monkeypatch.setattr(lower_depthwise, "PADDED_MIN_MACS", 0)
+    assert _run_conv(session, 2, 5, (14, 13), 5, (5, 5), attrs, residual=True) == _PADDED_COPY
 
 
+@pytest.mark.parametrize("planes", ["local", "copied"])
 @pytest.mark.parametrize("activation", ["silu", "HardSwish", "HardSigmoid"])
-def test_depthwise_layer_computes_the_activation_after_it(session, activation) -> None:
+def test_depthwise_layer_computes_the_activation_after_it(
+    session, activation, planes, monkeypatch
+) -> None:
     """EfficientNet's depthwise, BatchNorm, SiLU (x * Sigmoid(x)) and MobileNetV3's
-    HardSwish run as the padding copy and one depthwise launch, even below the size that
-    pays for the padding on its own (the activation's launch is saved instead)."""
+    HardSwish run in the depthwise launch; with planes too large for local memory, as the
+    padding copy and one depthwise launch, even below the size that pays for the padding
+    on its own (the activation's launch is saved instead)."""
+    if planes == "copied":
+        monkeypatch.setattr(lower_depthwise, "LOCAL_MEMORY_SHARE", 1 << 40)
     x = randn(2, 6, 7, 7, seed=5)
     initializers = {
         "w": randn(6, 1, 3, 3, seed=6),
@@ -164,7 +177,68 @@ def test_depthwise_layer_computes_the_activation_after_it(session, activation) -
     model = make_model(nodes, {"x": x}, ["y"], initializers=initializers)
     opencl = session(model)
     assert_close(opencl.run({"x": x})["y"], reference(model, {"x": x})[0], "y")
-    assert _kernels(opencl) == _DEPTHWISE
+    assert _kernels(opencl) == (_DEPTHWISE if planes == "local" else _PADDED_COPY)
+
+
+@pytest.mark.parametrize(
+    ("activation", "pool", "size"),
+    [
+        ("HardSwish", "ReduceMean", (14, 14)),
+        ("silu", "GlobalAveragePool", (7, 7)),
+        ("Relu", "ReduceMean", (9, 5)),
+    ],
+)
+def test_depthwise_launch_applies_the_activation_before_and_pools_after(
+    session, activation, pool, size
+) -> None:
+    """The inverted bottleneck of MobileNetV3 and EfficientNet: expanding 1x1 convolution,
+    its activation, the depthwise layer, and a squeeze-excitation's global average pool of
+    the result. The activation in front runs while the depthwise launch copies its input
+    plane, and the pool as that launch finishes the plane: two launches where the graph
+    has five nodes (rows narrower than a vector included)."""
+    x = randn(2, 4, *size, seed=11)
+    initializers = {
+        "we": randn(12, 4, 1, 1, seed=12),
+        "wd": randn(12, 1, 5, 5, seed=13),
+        "bd": randn(12, seed=14),
+        "axes": np.array([2, 3], np.int64),
+    }
+    nodes = [helper.make_node("Conv", ["x", "we"], ["e"])]
+    if activation == "silu":
+        nodes += [
+            helper.make_node("Sigmoid", ["e"], ["s"]),
+            helper.make_node("Mul", ["e", "s"], ["a"]),
+        ]
+    else:
+        nodes.append(helper.make_node(activation, ["e"], ["a"]))
+    nodes += [
+        helper.make_node("Conv", ["a", "wd", "bd"], ["d"], group=12, pads=[2, 2, 2, 2]),
+        helper.make_node("HardSwish", ["d"], ["h"]),
+        helper.make_node(pool, ["h", "axes"] if pool == "ReduceMean" else ["h"], ["p"]),
+        helper.make_node("Mul", ["h", "p"], ["y"]),
+    ]
+    model = make_model(nodes, {"x": x}, ["y", "p"], initializers=initializers, opset=18)
+    opencl = session(model)
+    found = opencl.run({"x": x})
+    expected = reference(model, {"x": x})
+    assert_close(found["y"], expected[0], "y")
+    assert_close(found["p"], expected[1], "p")
+    assert _kernels(opencl)[1:] == ["depthwise_plane", "binary"]
+
+
+def test_activation_read_elsewhere_is_not_deferred(session) -> None:
+    """An activation whose output another node also reads runs as its own launch."""
+    x = randn(1, 3, 10, 10, seed=15)
+    initializers = {"wd": randn(3, 1, 3, 3, seed=16)}
+    nodes = [
+        helper.make_node("HardSwish", ["x"], ["a"]),
+        helper.make_node("Conv", ["a", "wd"], ["d"], group=3, pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["d", "a"], ["y"]),
+    ]
+    model = make_model(nodes, {"x": x}, ["y"], initializers=initializers)
+    opencl = session(model)
+    assert_close(opencl.run({"x": x})["y"], reference(model, {"x": x})[0], "y")
+    assert _kernels(opencl) == ["unary8", "depthwise_plane"]
 
 
 def test_fire_module_concat_reads_in_place(session) -> None:

@@ -96,7 +96,21 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
             group_channels == 1
             and groups_out == 1
             and lower_depthwise.takes_padded_path(
-                builder, epilogue, batch, channels, (out_h, out_w), (kernel_h, kernel_w), stride_w
+                builder,
+                epilogue,
+                batch,
+                channels,
+                (out_h, out_w),
+                (kernel_h, kernel_w),
+                stride_w,
+                lower_depthwise.plane_geometry(
+                    (height, width),
+                    (kernel_h, kernel_w),
+                    (out_h, out_w),
+                    (stride_h, stride_w),
+                    (pad_top, pad_left),
+                    (dilation_h, dilation_w),
+                ),
             )
         ):
             lower_depthwise.lower_depthwise(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
-from meshgpu.inference.opencl import dtypes, fusion
+from meshgpu.inference.opencl import dtypes, fusion, lower_depthwise
 from meshgpu.inference.opencl.graph import Node, legacy_broadcast_shape
 from meshgpu.inference.opencl.kernels.elementwise import (
     AFFINE_SOURCE,
@@ -95,6 +95,8 @@ def lower_unary(builder: PlanBuilder, node: Node) -> None:
         raise UnsupportedOperatorError(
             f"the OpenCL backend cannot run {node.describe()} on {dtypes.type_name(dtype)}"
         )
+    if lower_depthwise.defers(builder, node):
+        return
     x = builder.tensor(node, node.inputs[0])
     (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
         node.op, (("", 0.0), ("", 0.0))

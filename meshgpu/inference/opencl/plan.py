@@ -130,6 +130,10 @@ class PlanBuilder(WeightUploads):
         # A device tensor that is another times a constant scalar, left unscaled because its
         # only reader (a Gemm) applies the factor through alpha: name -> factor.
         self.operand_scales: dict[str, float] = {}
+        # A device tensor left as its producer's input because its only reader (a depthwise
+        # Conv) applies the producer's activation itself: name -> (expression in x, alpha,
+        # beta) (lower_depthwise.defers).
+        self.deferred_activations: dict[str, tuple[str, float, float]] = {}
         self.fp64 = "cl_khr_fp64" in (device.extensions or "")
         self._constant_tensors: dict[tuple[str, np.dtype[Any]], DeviceTensor] = {}
         self._plan_constants: list[cl.Buffer] = []

@@ -78,3 +78,156 @@ __kernel void conv_depthwise(__global const float* restrict xp, __global const f
   }
 }
 """
+
+#: Work-items that share one plane in ``depthwise_plane`` (rows are dealt out among them).
+PLANE_GROUP = 8
+
+DEPTHWISE_PLANE_SOURCE = r"""
+#ifndef ACT
+#define ACT(v) (v)
+#endif
+#ifndef DW_TAIL
+#define DW_TAIL(x) (x)
+#endif
+#ifndef DW_IN
+#define DW_IN(x) (x)
+#endif
+inline float depthwise_act(float v) { return ACT(v); }
+inline float depthwise_in(float x, float alpha, float beta) { return DW_IN(x); }
+inline float8 depthwise_in8(float8 x, float alpha, float beta) { return DW_IN(x); }
+#define DEPTHWISE_ACT8(v)                                                                  \
+  ((float8)(depthwise_act((v).s0), depthwise_act((v).s1), depthwise_act((v).s2),          \
+            depthwise_act((v).s3), depthwise_act((v).s4), depthwise_act((v).s5),          \
+            depthwise_act((v).s6), depthwise_act((v).s7)))
+typedef float8 __attribute__((aligned(4))) local_float8_u;
+typedef float16 __attribute__((aligned(4))) local_float16_u;
+#define lload8(p) (*(const __local local_float8_u*)(p))
+#define lload16(p) (*(const __local local_float16_u*)(p))
+#define lstore8(p, v) (*(__local local_float8_u*)(p) = (v))
+
+/* One work-group per plane (n, c): the plane is copied into local memory with its zero
+   border (DW_PH x DW_PW floats, wide enough that every 8-column block reads inside its
+   row), the producer's activation DW_IN applied on the way in; then the work-items share
+   out the output rows, each computed as in conv_depthwise. With HAS_POOL the group also
+   writes the plane's mean (of the final values) to pooled[plane]: a following global
+   average pool costs no launch and no second pass. Sizes are compile-time constants. */
+__kernel void depthwise_plane(__global const float* restrict x, __global const float* restrict w,
+                              __global const float* restrict bias,
+                              __global const float* restrict residual,
+                              __global float* restrict y, __global float* restrict pooled,
+                              int C, float alpha_in, float beta_in, float alpha, float beta) {
+  __local float xp[DW_PH * DW_PW];
+  __local float partial[DW_GROUP];
+  int plane = get_group_id(0);
+  int lid = get_local_id(0);
+  const __global float* xs = x + (size_t)plane * (DW_H * DW_W);
+  for (int r = lid; r < DW_PH; r += DW_GROUP) {  /* the zero border */
+    __local float* row = xp + r * DW_PW;
+    if (r < DW_PT || r >= DW_PT + DW_H) {
+      for (int i = 0; i < DW_PW; i++) row[i] = 0.0f;
+    } else {
+      for (int i = 0; i < DW_PL; i++) row[i] = 0.0f;
+      for (int i = DW_PL + DW_W; i < DW_PW; i++) row[i] = 0.0f;
+    }
+  }
+#if DW_W >= 8
+  /* the input rows, 8 floats at a time (a row's last block ends at the row's end,
+     overlapping the one before it), so that DW_IN runs on vectors: PoCL's scalar exp is a
+     libm call per element */
+  for (int r = lid; r < DW_H; r += DW_GROUP) {
+    const __global float* src = xs + r * DW_W;
+    __local float* row = xp + (r + DW_PT) * DW_PW + DW_PL;
+    for (int i0 = 0; i0 < DW_W; i0 += 8) {
+      int i = i0 + 8 <= DW_W ? i0 : DW_W - 8;
+      lstore8(row + i, depthwise_in8(load8(src + i), alpha_in, beta_in));
+    }
+  }
+#elif defined(DW_READ_PAST)
+  /* rows narrower than a vector: 8 floats loaded (the input's storage has room for the
+     last row's surplus), the row's lanes stored one by one */
+  for (int r = lid; r < DW_H; r += DW_GROUP) {
+    float8 v = depthwise_in8(load8(xs + r * DW_W), alpha_in, beta_in);
+    float lanes[8] = {v.s0, v.s1, v.s2, v.s3, v.s4, v.s5, v.s6, v.s7};
+    __local float* row = xp + (r + DW_PT) * DW_PW + DW_PL;
+    for (int l = 0; l < DW_W; l++) row[l] = lanes[l];
+  }
+#else
+  for (int i = lid; i < DW_H * DW_W; i += DW_GROUP) {
+    int r = i / DW_W;
+    xp[(r + DW_PT) * DW_PW + DW_PL + (i - r * DW_W)] = depthwise_in(xs[i], alpha_in, beta_in);
+  }
+#endif
+#if DW_GROUP > 1
+  barrier(CLK_LOCAL_MEM_FENCE);
+#endif
+  int c = plane % C;
+  float taps[DW_KH * DW_KW];
+  for (int k = 0; k < DW_KH * DW_KW; k++) taps[k] = w[c * DW_KH * DW_KW + k];
+  float b = bias[c];
+  float8 sums = (float8)(0.0f);
+  float sum = 0.0f;
+  for (int oy = lid; oy < DW_OH; oy += DW_GROUP) {
+    const __local float* xr = xp + oy * DW_SH * DW_PW;
+    size_t out_row = ((size_t)plane * DW_OH + oy) * DW_OW;
+    __global float* yr = y + out_row;
+    for (int ox = 0; ox < DW_OW; ox += 8) {
+      float8 acc = (float8)(b);
+      const __local float* xb = xr + ox * DW_SW;
+#pragma unroll
+      for (int ky = 0; ky < DW_KH; ky++) {
+#pragma unroll
+        for (int kx = 0; kx < DW_KW; kx++) {
+          const __local float* p = xb + ky * DW_DH * DW_PW + kx * DW_DW;
+#if DW_SW == 1
+          float8 v = lload8(p);
+#else
+          float8 v = lload16(p).even;
+#endif
+          acc += v * (float8)(taps[ky * DW_KW + kx]);
+        }
+      }
+      if (ox + 8 <= DW_OW) {
+#ifdef HAS_RESIDUAL
+        acc += load8(residual + out_row + ox);
+#endif
+        float8 activated = DEPTHWISE_ACT8(acc);
+        float8 result = DW_TAIL(activated);
+        store8(yr + ox, result);
+#ifdef HAS_POOL
+        sums += result;
+#endif
+      } else {
+        /* the row's last, partial block: computed whole (vector exp), stored lane by lane */
+#ifdef HAS_RESIDUAL
+        float extra[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int l = 0; l < DW_OW - ox; l++) extra[l] = residual[out_row + ox + l];
+        acc += (float8)(extra[0], extra[1], extra[2], extra[3], extra[4], extra[5], extra[6],
+                        extra[7]);
+#endif
+        float8 activated = DEPTHWISE_ACT8(acc);
+        float8 result = DW_TAIL(activated);
+        float out[8] = {result.s0, result.s1, result.s2, result.s3,
+                        result.s4, result.s5, result.s6, result.s7};
+        for (int l = 0; l < DW_OW - ox; l++) {
+          yr[ox + l] = out[l];
+#ifdef HAS_POOL
+          sum += out[l];
+#endif
+        }
+      }
+    }
+  }
+#ifdef HAS_POOL
+  partial[lid] = sum + (((sums.s0 + sums.s1) + (sums.s2 + sums.s3)) +
+                        ((sums.s4 + sums.s5) + (sums.s6 + sums.s7)));
+#if DW_GROUP > 1
+  barrier(CLK_LOCAL_MEM_FENCE);
+#endif
+  if (lid == 0) {
+    float total = 0.0f;
+    for (int i = 0; i < DW_GROUP; i++) total += partial[i];
+    pooled[plane] = total / (float)(DW_OH * DW_OW);
+  }
+#endif
+}
+"""
