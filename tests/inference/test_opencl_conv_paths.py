@@ -223,7 +223,7 @@ def test_depthwise_launch_applies_the_activation_before_and_pools_after(
     expected = reference(model, {"x": x})
     assert_close(found["y"], expected[0], "y")
     assert_close(found["p"], expected[1], "p")
-    assert _kernels(opencl)[1:] == ["depthwise_plane", "binary"]
+    assert _kernels(opencl)[1:] == ["depthwise_plane", "channel_scale"]
 
 
 def test_activation_read_elsewhere_is_not_deferred(session) -> None:

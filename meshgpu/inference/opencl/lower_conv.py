@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
-from meshgpu.inference.opencl import fusion, lower_depthwise
+from meshgpu.inference.opencl import fusion, lower_depthwise, lower_excitation
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
@@ -29,6 +29,8 @@ DIRECT_CONV_MAX_CHANNELS_PER_GROUP = 4
 
 @lowers("Conv")
 def lower_conv(builder: PlanBuilder, node: Node) -> None:
+    if lower_excitation.lower_gate(builder, node):
+        return
     x = builder.tensor(node, node.inputs[0])
     weight_name = node.inputs[1]
     if not builder.is_host(weight_name):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
-from meshgpu.inference.opencl import dtypes, fusion, lower_depthwise
+from meshgpu.inference.opencl import dtypes, fusion, lower_depthwise, lower_excitation
 from meshgpu.inference.opencl.graph import Node, legacy_broadcast_shape
 from meshgpu.inference.opencl.kernels.elementwise import (
     AFFINE_SOURCE,
@@ -300,6 +300,8 @@ def lower_binary(builder: PlanBuilder, node: Node) -> None:
         _binary(builder, node, node.op, a_name, b_name, node.outputs[0])
         return
     if node.op == "Mul" and _scale_through_gemm(builder, node):
+        return
+    if node.op == "Mul" and lower_excitation.lower_channel_scale(builder, node):
         return
     a_shape = builder.shape(a_name)
     b_shape = legacy_broadcast_shape(node, len(a_shape), builder.shape(b_name))
