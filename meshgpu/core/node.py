@@ -65,7 +65,7 @@ from meshgpu.core.events import (
 from meshgpu.core.leader import Leadership
 from meshgpu.core.load import LoadGossip, LoadVector
 from meshgpu.core.membership import ALIVE, MemberInfo, Swim
-from meshgpu.core.membership.wire import Ping, PushPull
+from meshgpu.core.membership.wire import Alive, Ping, PushPull
 from meshgpu.core.messages import Message, decode
 from meshgpu.core.tasks.component import NodeMeshView, TaskComponent
 from meshgpu.core.types import Address, NodeId
@@ -295,9 +295,28 @@ class Node:
         if envelope.view > self.leadership.view:
             self.leadership.observe_view(envelope.view, now)
         source = event.source
+        piggyback = envelope.piggyback
+        if piggyback:
+            counters["updates_received"] = counters.get("updates_received", 0) + len(piggyback)
         update_owner = self._update_owner
-        for update in envelope.piggyback:
-            handler = update_owner.get(type(update))
+        members = self.table.members
+        me = self.node_id
+        for update in piggyback:
+            kind = type(update)
+            if kind is Alive:
+                # Swim.on_update's first test, without the two calls to reach it: an Alive
+                # we hold already (at or below the incarnation we know) changes nothing.
+                # Nearly every update of a forming mesh is one (each reaches every node
+                # about lambda*log(n) times).
+                alive: Alive = update  # type: ignore[assignment]
+                info = members.get(alive.node_id)
+                if (
+                    info is not None
+                    and alive.incarnation <= info.incarnation
+                    and alive.node_id != me
+                ):
+                    continue
+            handler = update_owner.get(kind)
             if handler is not None:
                 handler.on_update(envelope, update, source, now)
         owner.on_message(envelope, body, source, now)

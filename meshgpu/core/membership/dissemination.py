@@ -193,6 +193,7 @@ class Dissemination:
         self, envelope: Envelope, message: PushPull, source: Address, now: float
     ) -> None:
         """Merge a peer's table; answer a request (part 0) with ours."""
+        self.context.count("push_pull_records_received", len(message.members))
         for record in message.members:
             self.table.apply_record(record, envelope.sender, now)
         if not message.reply and message.part == 0:

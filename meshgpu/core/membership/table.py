@@ -117,16 +117,10 @@ class MemberTable:
         self.health = health
         self.node_id = context.node_id
         self.leaving = False
-        self.members: dict[NodeId, MemberInfo] = {
-            self.node_id: MemberInfo(
-                self.node_id,
-                context.address,
-                ALIVE,
-                context.incarnation,
-                now,
-                "self",
-            )
-        }
+        me = MemberInfo(self.node_id, context.address, ALIVE, context.incarnation, now, "self")
+        self.members: dict[NodeId, MemberInfo] = {self.node_id: me}
+        self._record_of: dict[NodeId, MemberRecord] = {self.node_id: me.to_record()}
+        """Each member's push-pull record, in the order of ``members`` (this node first)."""
         self.live: list[NodeId] = []
         """Other members that are alive or suspect, in no particular order (for sampling)."""
         self._live_index: dict[NodeId, int] = {}
@@ -134,7 +128,7 @@ class MemberTable:
         """Dead or departed members still remembered (insertion-ordered, deterministic)."""
         self.suspicions: dict[NodeId, Suspicion] = {}
         self._sorted_live: list[NodeId] | None = None
-        self._records: tuple[int, tuple[MemberRecord, ...]] | None = None
+        self._records: tuple[MemberRecord, ...] | None = None
         self.version = 0
         """Bumped by every change of ``members`` (so derived views can be cached)."""
 
@@ -168,25 +162,28 @@ class MemberTable:
         return list(self._sorted_live)
 
     def records(self) -> tuple[MemberRecord, ...]:
-        """The whole table as push-pull records, this node first, then in table order;
-        rebuilt only after a change (a quiet mesh sends the same table every exchange)."""
-        cached = self._records
-        if cached is not None and cached[0] == self.version:
-            return cached[1]
-        me = self.members[self.node_id]
-        records = [me.to_record()]
-        records.extend(info.to_record() for info in self.members.values() if info is not me)
-        built = tuple(records)
-        self._records = (self.version, built)
+        """The whole table as push-pull records, this node first, then in table order.
+
+        Each member's record is made when its entry changes (O(1) per change), so a
+        push-pull after changes copies the records in C instead of building n records
+        (a forming mesh changes between nearly every two exchanges); the tuple is kept
+        until the next change (a quiet mesh sends the same table every exchange).
+        ``_record_of`` follows ``members``' order: this node was inserted first and is
+        never removed, and a changed entry keeps its place in both dicts."""
+        built = self._records
+        if built is None:
+            built = self._records = tuple(self._record_of.values())
         return built
 
     # --- bookkeeping ------------------------------------------------------------------------
 
     def _set(self, info: MemberInfo, broadcast: object | None) -> None:
         previous = self.members.get(info.node_id)
-        self.members[info.node_id] = info
-        self.version += 1
         node_id = info.node_id
+        self.members[node_id] = info
+        self._record_of[node_id] = info.to_record()
+        self._records = None
+        self.version += 1
         if node_id != self.node_id:
             was_live = node_id in self._live_index
             is_live = info.state in LIVE_STATES
@@ -214,6 +211,8 @@ class MemberTable:
         if info is None or info.state not in GONE_STATES:
             return
         del self.members[node_id]
+        del self._record_of[node_id]
+        self._records = None
         self.version += 1
         self.gone.pop(node_id, None)
         self.context.member_queue.discard(("member", node_id))
