@@ -194,6 +194,24 @@ class MembershipMachine(RuleBasedStateMachine):
         self._step()
         self.table.expire_suspicion(node_id, self.now)
 
+    @rule(node_id=st.sampled_from(OTHERS))
+    def retention_passes(self, node_id: str) -> None:
+        self._step()
+        self.table.forget(node_id)
+        if node_id not in self.table.members:
+            self.seen.pop(node_id, None)  # forgotten: may be learned again at any incarnation
+
+    @invariant()
+    def push_pull_table_is_every_member_this_node_first(self) -> None:
+        # The records are kept as entries change (not rebuilt from the table): they must
+        # still be the table's, in its order, after any change, forgetting included.
+        me = self.table.members["me"]
+        expected = (
+            me.to_record(),
+            *(i.to_record() for i in self.table.members.values() if i is not me),
+        )
+        assert self.table.records() == expected
+
     @invariant()
     def incarnations_only_grow_and_gone_members_stay_gone(self) -> None:
         for node_id, info in self.table.members.items():
