@@ -77,11 +77,12 @@ def plane_geometry(
     dilations: tuple[int, int],
 ) -> PlaneGeometry:
     """The padded plane: every tap of every 8-column block of every output row reads
-    inside it (the last block's surplus lanes included)."""
+    inside it (the last block's surplus lanes, and a last odd row's pair, included)."""
     out_h, out_w = output_size
     last_block = (-(-out_w // BLOCK) - 1) * BLOCK
     plane_w = last_block * strides[1] + (kernel[1] - 1) * dilations[1] + BLOCK * strides[1]
-    plane_h = (out_h - 1) * strides[0] + (kernel[0] - 1) * dilations[0] + 1
+    # rows for an even number of output rows (depthwise_plane computes them in pairs)
+    plane_h = (out_h + out_h % 2 - 1) * strides[0] + (kernel[0] - 1) * dilations[0] + 1
     # the input must fit too (pads on the far side may be smaller than what it overhangs)
     plane_w = max(plane_w, pads[1] + input_size[1])
     plane_h = max(plane_h, pads[0] + input_size[0])

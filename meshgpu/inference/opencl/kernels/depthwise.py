@@ -105,6 +105,48 @@ typedef float16 __attribute__((aligned(4))) local_float16_u;
 #define lload16(p) (*(const __local local_float16_u*)(p))
 #define lstore8(p, v) (*(__local local_float8_u*)(p) = (v))
 
+/* Residual, activations, store and pool sum of the 8-output block at (oy, ox) of this
+   work-group's plane; a row's partial last block is computed whole (vector exp) and stored
+   lane by lane. */
+#ifdef HAS_RESIDUAL
+#define DEPTHWISE_RESIDUAL(acc, out_row, ox)                                              \
+  if (ox + 8 <= DW_OW) {                                                                  \
+    acc += load8(residual + out_row + ox);                                                \
+  } else {                                                                                \
+    float extra[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};                    \
+    for (int l = 0; l < DW_OW - ox; l++) extra[l] = residual[out_row + ox + l];           \
+    acc += (float8)(extra[0], extra[1], extra[2], extra[3], extra[4], extra[5], extra[6], \
+                    extra[7]);                                                            \
+  }
+#else
+#define DEPTHWISE_RESIDUAL(acc, out_row, ox)
+#endif
+#ifdef HAS_POOL
+#define POOL_ADD8(v) sums += (v)
+#define POOL_ADD(v) sum += (v)
+#else
+#define POOL_ADD8(v)
+#define POOL_ADD(v)
+#endif
+#define DEPTHWISE_FINISH(acc, oy, ox)                                                     \
+  {                                                                                       \
+    size_t out_row = ((size_t)plane * DW_OH + (oy)) * DW_OW;                              \
+    DEPTHWISE_RESIDUAL(acc, out_row, ox)                                                  \
+    float8 activated = DEPTHWISE_ACT8(acc);                                               \
+    float8 result = DW_TAIL(activated);                                                   \
+    if (ox + 8 <= DW_OW) {                                                                \
+      store8(y + out_row + ox, result);                                                   \
+      POOL_ADD8(result);                                                                  \
+    } else {                                                                              \
+      float out[8] = {result.s0, result.s1, result.s2, result.s3,                         \
+                      result.s4, result.s5, result.s6, result.s7};                        \
+      for (int l = 0; l < DW_OW - ox; l++) {                                              \
+        y[out_row + ox + l] = out[l];                                                     \
+        POOL_ADD(out[l]);                                                                 \
+      }                                                                                   \
+    }                                                                                     \
+  }
+
 /* One work-group per plane (n, c): the plane is copied into local memory with its zero
    border (DW_PH x DW_PW floats, wide enough that every 8-column block reads inside its
    row), the producer's activation DW_IN applied on the way in; then the work-items share
@@ -166,12 +208,13 @@ __kernel void depthwise_plane(__global const float* restrict x, __global const f
   float b = bias[c];
   float8 sums = (float8)(0.0f);
   float sum = 0.0f;
-  for (int oy = lid; oy < DW_OH; oy += DW_GROUP) {
+  /* two output rows at a time: two independent chains of FMAs (one chain waits on each
+     FMA's latency); the plane has a spare zero row for an odd row count's last pair */
+  for (int pair = lid; pair < (DW_OH + 1) / 2; pair += DW_GROUP) {
+    int oy = pair * 2;
     const __local float* xr = xp + oy * DW_SH * DW_PW;
-    size_t out_row = ((size_t)plane * DW_OH + oy) * DW_OW;
-    __global float* yr = y + out_row;
     for (int ox = 0; ox < DW_OW; ox += 8) {
-      float8 acc = (float8)(b);
+      float8 acc0 = (float8)(b), acc1 = (float8)(b);
       const __local float* xb = xr + ox * DW_SW;
 #pragma unroll
       for (int ky = 0; ky < DW_KH; ky++) {
@@ -179,42 +222,19 @@ __kernel void depthwise_plane(__global const float* restrict x, __global const f
         for (int kx = 0; kx < DW_KW; kx++) {
           const __local float* p = xb + ky * DW_DH * DW_PW + kx * DW_DW;
 #if DW_SW == 1
-          float8 v = lload8(p);
+          float8 v0 = lload8(p);
+          float8 v1 = lload8(p + DW_SH * DW_PW);
 #else
-          float8 v = lload16(p).even;
+          float8 v0 = lload16(p).even;
+          float8 v1 = lload16(p + DW_SH * DW_PW).even;
 #endif
-          acc += v * (float8)(taps[ky * DW_KW + kx]);
+          float8 tap = (float8)(taps[ky * DW_KW + kx]);
+          acc0 += v0 * tap;
+          acc1 += v1 * tap;
         }
       }
-      if (ox + 8 <= DW_OW) {
-#ifdef HAS_RESIDUAL
-        acc += load8(residual + out_row + ox);
-#endif
-        float8 activated = DEPTHWISE_ACT8(acc);
-        float8 result = DW_TAIL(activated);
-        store8(yr + ox, result);
-#ifdef HAS_POOL
-        sums += result;
-#endif
-      } else {
-        /* the row's last, partial block: computed whole (vector exp), stored lane by lane */
-#ifdef HAS_RESIDUAL
-        float extra[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        for (int l = 0; l < DW_OW - ox; l++) extra[l] = residual[out_row + ox + l];
-        acc += (float8)(extra[0], extra[1], extra[2], extra[3], extra[4], extra[5], extra[6],
-                        extra[7]);
-#endif
-        float8 activated = DEPTHWISE_ACT8(acc);
-        float8 result = DW_TAIL(activated);
-        float out[8] = {result.s0, result.s1, result.s2, result.s3,
-                        result.s4, result.s5, result.s6, result.s7};
-        for (int l = 0; l < DW_OW - ox; l++) {
-          yr[ox + l] = out[l];
-#ifdef HAS_POOL
-          sum += out[l];
-#endif
-        }
-      }
+      DEPTHWISE_FINISH(acc0, oy, ox);
+      if (oy + 1 < DW_OH) DEPTHWISE_FINISH(acc1, oy + 1, ox);
     }
   }
 #ifdef HAS_POOL
