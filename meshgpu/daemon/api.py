@@ -16,18 +16,26 @@ Connections are bounded, as Consul bounds its RPC port (``rpc_max_conns_per_clie
 ``rpc_handshake_timeout``):
 
 * one address holds at most ``max_connections_per_client`` connections; another one from
-  it is closed as soon as it is accepted (``api_client_limit_refused``), before any
-  state is built for it, so one host's flood costs an accept and a close per connection;
+  it is reset as soon as it is accepted (``api_client_limit_refused``), before any
+  state is built for it (no stream object, no task: :meth:`ApiServer.serve_listeners`
+  decides on the address ``accept`` returns), so one host's flood costs an accept and
+  a reset per connection;
 * a new connection must begin its first frame (a length and an envelope's magic) within
-  ``handshake_timeout_s`` or it is closed (``api_handshake_timeouts``): silent and
+  ``handshake_timeout_s`` or it is reset (``api_handshake_timeouts``): silent and
   trickling strangers go in seconds, not after the idle timeout;
 * one with no request in flight and no complete frame for ``idle_timeout_s`` is closed
   (``api_idle_closed``; a frame sent one byte at a time does not count as activity
   until it is whole);
 * with ``max_connections`` open, a new one takes the place of an idle one
   (``api_idle_evicted``: one that never began a frame first, else the one idle
-  longest), or is closed at once when every open connection has a request in flight
+  longest), or is reset at once when every open connection has a request in flight
   (``api_connections_refused``).
+
+Refused connections and strangers that never spoke are reset (``SO_LINGER`` 0: an RST,
+not a FIN), as HAProxy's ``tcp-request connection reject`` does: the daemon keeps no
+socket in ``TIME_WAIT`` for them (the side that closes first would, for a minute: a
+hundred thousand sockets per minute under a flood of reconnects), and the other end
+learns at once that it was refused. Connections that did speak are closed normally.
 
 So idle or trickling connections, however many and from however many addresses, cannot
 keep a real client out, cannot hold the event loop (a daemon that misses its 100 ms
@@ -40,7 +48,11 @@ Request shapes are in docs/client-api.md.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import socket
+import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -99,6 +111,9 @@ DEFAULT_HANDSHAKE_TIMEOUT_S = 5.0
 ``rpc_handshake_timeout``); a frame larger than a range still has the idle timeout to
 arrive whole (a slow link)."""
 
+RESET = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on with a linger time of 0: ``close`` sends an RST and frees the socket."""
+
 WARNING_INTERVAL_S = 10.0
 """Seconds between two warnings about unreadable frames from one address."""
 
@@ -113,6 +128,8 @@ class _Connection:
     in_flight: int = 0
     began: bool = False
     """Its first frame has begun (a length and an envelope's magic)."""
+    reset: bool = False
+    """Close it with an RST (it never spoke)."""
 
 
 class ApiServer:
@@ -186,6 +203,7 @@ class ApiServer:
         if not frames.header_seen.is_set():
             silent_too_long = self.idle_timeout_s <= self.handshake_timeout_s
             self._count("api_idle_closed" if silent_too_long else "api_handshake_timeouts")
+            connection.reset = True
             connection.scope.cancel()
             return
         connection.began = True
@@ -198,21 +216,63 @@ class ApiServer:
                 connection.scope.cancel()
                 return
 
-    async def serve(self, stream: trio.SocketStream) -> None:
-        """Handle one connection until the peer closes it, sends something unreadable,
-        stays idle too long or is evicted for a newer one."""
-        self._count("api_connections")
-        client = _client_address(stream)
+    async def serve_listeners(
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept connections on ``listeners`` and serve each admitted one, forever.
+
+        What :func:`trio.serve_listeners` does, with the admission decided on the
+        address ``accept`` returns: a refused connection is reset there and then, before
+        a stream or a task exists for it.
+        """
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_forever, listener, nursery)
+            task_status.started()
+
+    async def _accept_forever(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                sock, address = await listener.socket.accept()
+            except OSError as error:  # out of file descriptors or buffers: wait, go on
+                if error.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.warning("accept failed (%s); retrying in 0.1 s", error)
+                await trio.sleep(0.1)
+                continue
+            client = str(address[0]) if isinstance(address, tuple) else ""
+            self._count("api_connections")
+            if not self._admit(client):
+                _reset(sock)
+                continue
+            nursery.start_soon(self._serve_admitted, trio.SocketStream(sock), client)
+
+    def _admit(self, client: str) -> bool:
+        """Whether a new connection from ``client`` may open (room made if needed);
+        a refusal is counted."""
         if self._per_client[client] >= self.max_connections_per_client:
             self._count("api_client_limit_refused")
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-            return
+            return False
         if len(self._connections) >= self.max_connections and not self._make_room():
             self._count("api_connections_refused")
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            return False
+        return True
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        """Handle one connection until the peer closes it, sends something unreadable,
+        stays idle too long or is evicted for a newer one (for a caller that accepted
+        it; :meth:`serve_listeners` refuses connections before they become streams)."""
+        self._count("api_connections")
+        client = _client_address(stream)
+        if not self._admit(client):
+            _reset(stream.socket)
             return
+        await self._serve_admitted(stream, client)
+
+    async def _serve_admitted(self, stream: trio.SocketStream, client: str) -> None:
         connection = _Connection(trio.CancelScope(), trio.current_time(), client)
         self._connections.add(connection)
         self._per_client[client] += 1
@@ -225,6 +285,8 @@ class ApiServer:
                 await self._serve(frames, lock, stream, connection)
         finally:
             self._forget(connection)
+            if connection.reset:
+                _reset(stream.socket)
             with trio.CancelScope(shield=True):
                 await frames.aclose()
 
@@ -340,6 +402,17 @@ async def _try_refuse(frames: FrameStream, lock: trio.Lock, error: IncompatibleP
                 await frames.send_refusal(error)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+
+
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+"""``accept`` errors that pass (trio.serve_listeners' list)."""
+
+
+def _reset(sock: trio.socket.SocketType) -> None:
+    """Close ``sock`` with an RST (see the module text)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+    sock.close()
 
 
 def _client_address(stream: trio.SocketStream) -> str:

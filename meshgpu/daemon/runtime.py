@@ -438,7 +438,7 @@ class Daemon:
                 nursery.start_soon(self._pulse_rejections)
                 nursery.start_soon(self.driver.run_timers)
                 await nursery.start(self.handlers.submissions.coalescer.run)
-                await nursery.start(trio.serve_listeners, self.api.serve, listeners)
+                await nursery.start(self.api.serve_listeners, listeners)
                 self.peer_finder.find(
                     MdnsDiscovery(
                         settings.mesh,

@@ -3,7 +3,8 @@ client out (the idlest is closed to make room), a connection with a request in f
 never the one closed, an idle or trickling connection is closed after the idle timeout,
 with every slot busy a new connection is refused at once, one address holds at most its
 share of connections, and a stranger that never begins a frame is closed after the
-handshake timeout. The hostile connections come from 127.0.0.2 where the real client
+handshake timeout; refused connections and strangers are reset, connections that spoke
+are closed normally. The hostile connections come from 127.0.0.2 where the real client
 must be told apart from them (Linux routes all of 127.0.0.0/8 to loopback)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import trio
 
 from meshgpu.daemon.api import ApiServer, Responder
 from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.framing import FrameStream
 from meshgpu.daemon.rpc import open_rpc
 
 IDLE = 3000
@@ -53,7 +55,7 @@ class Served:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=4096)
         self.port = listeners[0].socket.getsockname()[1]
-        await trio.serve_listeners(self.server.serve, listeners, task_status=task_status)
+        await self.server.serve_listeners(listeners, task_status=task_status)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -152,15 +154,16 @@ async def test_with_every_connection_busy_a_new_one_is_refused(nursery: trio.Nur
                 c.in_flight == 0 for c in served.server._connections
             ):
                 await trio.sleep(0.05)
-        third = await trio.open_tcp_stream(*served.address)
-        with trio.fail_after(30):
-            assert await closed_by_server(third)
+        third = await attempt(served.address)
+        with trio.fail_after(30):  # reset (before or after the connect returned)
+            assert third is None or await how_closed(third) == "reset"
         assert served.counters["api_connections_refused"] == 1
         served.release.set()
         with trio.fail_after(30):
             while len(answers) < 2:
                 await trio.sleep(0.05)
-        await third.aclose()
+        if third is not None:
+            await third.aclose()
 
 
 HOSTILE = "127.0.0.2"
@@ -170,23 +173,40 @@ async def hostile_stream(address: tuple[str, int]) -> trio.SocketStream:
     return await trio.open_tcp_stream(*address, local_address=HOSTILE)
 
 
+async def attempt(address: tuple[str, int], source: str | None = None) -> trio.SocketStream | None:
+    """A connection (from ``source``), or None if it was reset before the connect
+    returned (a refusal can win the race with the client's connect)."""
+    try:
+        return await trio.open_tcp_stream(*address, local_address=source)
+    except OSError:
+        return None
+
+
+async def hostile_attempt(address: tuple[str, int]) -> trio.SocketStream | None:
+    return await attempt(address, HOSTILE)
+
+
 async def test_one_address_holds_at_most_its_share_and_a_real_client_is_answered(
     nursery: trio.Nursery,
 ) -> None:
     served = Served(max_connections=512, idle_timeout_s=3600, max_connections_per_client=16)
     await nursery.start(served.run)
-    held = [await hostile_stream(served.address) for _ in range(200)]
+    attempts = [await hostile_attempt(served.address) for _ in range(200)]
+    held = [stream for stream in attempts if stream is not None]
     # a trickler and a lying length from the same host, held open meanwhile
-    trickler = await hostile_stream(served.address)
-    await trickler.send_all(b"\x00")
+    trickler = await hostile_attempt(served.address)
+    if trickler is not None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await trickler.send_all(b"\x00")
+        held.append(trickler)
     with trio.fail_after(60):
         async with open_rpc(served.address, Authenticator(None, "client")) as real:
             assert (await real.call("ping"))["pong"] is True
     refused = [stream for stream in held if await closed_soon(stream)]
-    assert len(held) - len(refused) <= 16
+    assert len(held) - len(refused) <= 16  # the rest were refused at connect
     assert served.counters["api_client_limit_refused"] >= 200 - 16
     assert served.counters.get("api_idle_evicted", 0) == 0  # nobody else paid for them
-    for stream in [*held, trickler]:
+    for stream in held:
         await stream.aclose()
 
 
@@ -222,3 +242,48 @@ async def test_a_stranger_that_never_begins_a_frame_is_closed_after_the_handshak
         assert (await real.call("ping"))["pong"] is True
     await silent.aclose()
     await trickling.aclose()
+
+
+async def how_closed(stream: trio.SocketStream) -> str:
+    """``"reset"`` (an RST) or ``"closed"`` (a FIN: the reads end), once the server
+    drops ``stream``."""
+    try:
+        while await stream.receive_some(4096):
+            pass
+    except trio.BrokenResourceError as error:
+        if isinstance(error.__cause__, ConnectionResetError):
+            return "reset"
+        raise
+    return "closed"
+
+
+async def test_refused_connections_and_silent_strangers_are_reset_and_a_client_that_spoke_is_closed(
+    nursery: trio.Nursery,
+) -> None:
+    served = Served(
+        max_connections=64,
+        idle_timeout_s=1.0,
+        max_connections_per_client=2,
+        handshake_timeout_s=0.5,
+    )
+    await nursery.start(served.run)
+    first = await hostile_stream(served.address)
+    second = await hostile_stream(served.address)
+    third = await hostile_attempt(served.address)  # over the share of 127.0.0.2
+    with trio.fail_after(30):
+        assert third is None or await how_closed(third) == "reset"
+        assert served.counters["api_client_limit_refused"] == 1
+        assert await how_closed(first) == "reset"  # never spoke: the handshake timeout
+        assert await how_closed(second) == "reset"
+    assert served.counters["api_handshake_timeouts"] == 2
+    # a client that spoke and then went idle is closed with a FIN
+    spoke = await trio.open_tcp_stream(*served.address)
+    frames = FrameStream(spoke, Authenticator(None, "client"))
+    await frames.send({"id": 1, "op": "ping"})
+    assert (await frames.receive())["pong"] is True
+    with trio.fail_after(30):
+        assert await how_closed(spoke) == "closed"
+    assert served.counters["api_idle_closed"] == 1
+    for stream in (first, second, third, spoke):
+        if stream is not None:
+            await stream.aclose()
