@@ -197,9 +197,11 @@ class MeshCollector(Collector):
             (
                 "datagrams_dropped",
                 daemon_counters.get("datagrams_rejected", 0)
+                + daemon_counters.get("datagrams_dropped_early", 0)
                 + daemon_counters.get("datagram_send_errors", 0)
                 + daemon_counters.get("datagram_receive_errors", 0),
-                "Datagrams rejected on receipt or lost to socket errors.",
+                "Datagrams rejected on receipt, dropped unread past a source's budget, "
+                "or lost to socket errors.",
             ),
             (
                 "auth_failures",

@@ -1,8 +1,11 @@
 """The gossip socket on its own: two sockets on loopback, fakes for the node driver and
-the daemon's counters (no node, no daemon)."""
+the daemon's counters (no node, no daemon). Floods come from 127.0.0.2, an address apart
+from the peers'."""
 
 from __future__ import annotations
 
+import random
+import socket
 from collections import Counter
 from collections.abc import Callable
 
@@ -10,7 +13,7 @@ import trio
 
 from meshgpu.core.events import DatagramReceived
 from meshgpu.daemon.auth import Authenticator, MeshKey
-from meshgpu.daemon.datagrams import GossipSocket, bind_sockets
+from meshgpu.daemon.datagrams import UNREADABLE_BUDGET, GossipSocket, bind_sockets
 from meshgpu.daemon.identity import DuplicateIdentityGuard
 
 
@@ -135,3 +138,64 @@ async def test_the_original_counts_a_twin_and_keeps_serving() -> None:
     assert [event.payload for event in original.fed] == [b"from bob"]
     assert original.counted["duplicate_identity"] == 1
     assert original.twins == []
+
+
+def flood_socket() -> socket.socket:
+    """A UDP socket on 127.0.0.2 (Linux routes all of 127/8 to loopback): a source
+    address apart from the peers'."""
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flood.bind(("127.0.0.2", 0))
+    return flood
+
+
+async def test_a_flood_of_garbage_from_one_address_is_dropped_unread_past_its_budget() -> None:
+    key = MeshKey.generate()
+    alice, bob = await open_side("alice", key), await open_side("bob", key)
+    sent = 400
+    rng = random.Random(7)
+    began = trio.current_time()
+    with flood_socket() as flood:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bob.socket.receive)
+            for index in range(sent):
+                flood.sendto(rng.randbytes(rng.randrange(1, 200)), bob.address)
+                if index % 100 == 50:  # a peer speaks in the middle of the flood
+                    await alice.socket.send(bob.address, f"peer {index}".encode())
+                if index % 20 == 0:
+                    await trio.sleep(0)  # the receiver keeps up (nothing lost in the kernel)
+            await wait_for(
+                lambda: (
+                    bob.counted["datagrams_rejected"] + bob.counted["datagrams_dropped_early"]
+                    == sent
+                ),
+                "every garbage datagram rejected or dropped",
+            )
+            await wait_for(lambda: len(bob.fed) == 4, "the peer's datagrams fed")
+            nursery.cancel_scope.cancel()
+    assert [event.payload for event in bob.fed] == [
+        b"peer 50",
+        b"peer 150",
+        b"peer 250",
+        b"peer 350",
+    ]
+    windows = int(trio.current_time() - began) + 2  # the budget's seconds it spanned, at most
+    assert bob.counted["datagrams_rejected"] <= UNREADABLE_BUDGET * windows
+    assert bob.counted["datagrams_dropped_early"] >= sent - UNREADABLE_BUDGET * windows
+
+
+async def test_garbage_that_forges_a_peers_address_never_cuts_the_peer_off() -> None:
+    key = MeshKey.generate()
+    alice, bob = await open_side("alice", key), await open_side("bob", key)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bob.socket.receive)
+        await alice.socket.send(bob.address, b"first")
+        await wait_for(lambda: len(bob.fed) == 1, "the peer's first datagram fed")
+        for index in range(200):  # from the peer's own address and port
+            alice.socket.raw.sendto(b"garbage %d" % index, bob.address)
+            if index % 20 == 0:
+                await trio.sleep(0)
+        await alice.socket.send(bob.address, b"second")
+        await wait_for(lambda: len(bob.fed) == 2, "the peer's second datagram fed")
+        nursery.cancel_scope.cancel()
+    assert bob.counted["datagrams_rejected"] == 200
+    assert bob.counted["datagrams_dropped_early"] == 0

@@ -45,16 +45,22 @@ async def test_the_daemon_keeps_serving_under_hostile_input(tmp_path: Path) -> N
         await call(node, None, "put_model", digest=DIGEST, data=MODEL)
         files_before = open_files(node.process.pid)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((HOSTILE, 0))
             for _ in range(2000):
                 udp.sendto(rng.randbytes(rng.randrange(0, 1400)), node.address)
         idle = []
         for _ in range(IDLE):
-            stream = await trio.open_tcp_stream(*node.address, local_address=HOSTILE)
+            try:
+                stream = await trio.open_tcp_stream(*node.address, local_address=HOSTILE)
+            except OSError:  # reset by the daemon before the connect returned: refused
+                continue
             idle.append(stream)
         with trio.fail_after(30):
             while True:
                 daemon = (await call(node, None, "status"))["counters"]["daemon"]
-                if daemon.get("api_client_limit_refused", 0) >= IDLE - PER_CLIENT:
+                refused = daemon.get("api_client_limit_refused", 0)
+                # a slow machine: strangers closed after the handshake timeout made room
+                if refused + daemon.get("api_handshake_timeouts", 0) >= IDLE - PER_CLIENT:
                     break
                 await trio.sleep(0.1)
         assert open_files(node.process.pid) - files_before <= PER_CLIENT + 10
@@ -102,8 +108,9 @@ async def test_the_daemon_keeps_serving_under_hostile_input(tmp_path: Path) -> N
         daemon = counters["daemon"]
         assert daemon.get("frames_rejected", 0) >= 2, counters
         assert daemon.get("api_handshake_timeouts", 0) >= PER_CLIENT // 2, counters
-        dropped = daemon.get("datagrams_rejected", 0) + counters["auth"].get("rejected", 0)
+        dropped = daemon.get("datagrams_rejected", 0) + daemon.get("datagrams_dropped_early", 0)
         assert dropped >= 1000, counters
+        assert daemon.get("datagrams_dropped_early", 0) > 0, counters  # past the budget
         with trio.fail_after(30):
             while open_files(node.process.pid) > files_before + 20:
                 await trio.sleep(0.1)
