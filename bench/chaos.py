@@ -59,6 +59,13 @@ of the hostile phases against the quiet ones, each daemon's peak RSS and open fi
 against its quiet level, the CPU seconds of the daemons and of the attackers, and the
 change of every daemon counter in each kind of phase (what was dropped; suspicions and
 leader changes, the sign of a daemon too slow to answer its probes).
+The attackers stand for other machines: they run on cores of their own (``taskset``),
+the daemons and the client on the others, in the quiet phases too (``--mesh-cpus``,
+``--attacker-cpus``; by default the usable cores split in two halves, ``--no-pin`` for
+none), and every attacking socket comes from 127.0.0.2 (:data:`ATTACKER_ADDRESS`), not
+from the addresses of the workload's callers. ``--nice`` gives the daemons, the client
+and the attackers one nice value, on a machine whose other jobs would otherwise move
+to the mesh's cores as soon as the attackers' cores get busy.
 The checker runs over the whole history as usual.
 
 A failing run prints its seed and its schedule; ``--seed`` replays the same schedule
@@ -198,6 +205,8 @@ class History:
     http: Counter[str] = dataclasses.field(default_factory=Counter)
     """The HTTP workload: requests, done, wrong, errors (no answer), status_N."""
     http_task_ids: Counter[str] = dataclasses.field(default_factory=Counter)
+    http_times: list[float] = dataclasses.field(default_factory=list)
+    """When each HTTP answer (200) arrived."""
     stop_submitting: threading.Event = dataclasses.field(default_factory=threading.Event)
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -313,6 +322,7 @@ def http_workload(history: History, pixels: np.ndarray, expected: np.ndarray, se
         got = np.asarray(output["data"], np.float32)
         with history.lock:
             history.http["done"] += 1
+            history.http_times.append(time.monotonic())
             if not np.allclose(got, expected[row].ravel(), rtol=1e-5, atol=1e-6):
                 history.http["wrong"] += 1
             task_id = (answer.get("parameters") or {}).get("task_id")
@@ -500,12 +510,24 @@ IDLE_API = 2000
 """Idle TCP connections the barrage holds open against each daemon's API port."""
 IDLE_HTTP = 300
 """And against its HTTP port."""
+ATTACKER_ADDRESS = "127.0.0.2"
+"""The source address of every attacking socket. The attackers run in the daemons'
+namespaces (the HTTP port listens on 127.0.0.1 there) where the HTTP clients of the
+workload and the bench's own status calls come from 127.0.0.1 and the daemon's address:
+sharing those addresses, the attackers would fill their per-address connection budgets
+and the daemon would refuse the real callers with them, which no attacker on another
+machine can do. Any 127/8 address is this host's."""
 HTTP_LYING = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
 """A request whose body is far shorter than its Content-Length says."""
 HTTP_SLOW = b"GET /v2/health/ready HTTP/1.1\r\n" + b"X-Slow: y\r\n" * 20 + b"\r\n"
 DROP_COUNTERS = (
     "frames_rejected",
     "datagrams_rejected",
+    "datagrams_dropped_early",
+    "api_client_limit_refused",
+    "api_handshake_timeouts",
+    "http_client_limit_refused",
+    "http_header_timeouts",
     "api_idle_closed",
     "api_idle_evicted",
     "api_connections_refused",
@@ -525,6 +547,62 @@ def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_list(cpus: frozenset[int]) -> str:
+    """``cpus`` as taskset and ``--mesh-cpus`` write them (``0,2,3``)."""
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+def _cpus(text: str) -> frozenset[int]:
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        try:
+            cpus.update(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not a CPU list: {text!r} (e.g. 0 or 0,1 or 2-3)"
+            ) from None
+    usable = os.sched_getaffinity(0)
+    if not cpus or not cpus <= usable:
+        raise argparse.ArgumentTypeError(
+            f"CPUs {text!r} are not all among those this process may use: {sorted(usable)}"
+        )
+    return frozenset(cpus)
+
+
+def split_cpus(
+    mesh: frozenset[int] | None, attackers: frozenset[int] | None
+) -> tuple[frozenset[int], frozenset[int]]:
+    """The cores of the mesh (daemons and client) and of the attackers: the ones given,
+    else the usable cores split in two halves (the mesh gets the first), else nothing
+    to pin on a single core (two empty sets)."""
+    usable = sorted(os.sched_getaffinity(0))
+    if mesh is None and attackers is None:
+        if len(usable) < 2:
+            return frozenset(), frozenset()
+        half = len(usable) // 2
+        return frozenset(usable[:half]), frozenset(usable[half:])
+    mesh = mesh if mesh is not None else frozenset(usable) - (attackers or frozenset())
+    attackers = attackers if attackers is not None else frozenset(usable) - mesh
+    if not mesh or not attackers or mesh & attackers:
+        raise SystemExit(
+            f"the mesh's CPUs {sorted(mesh)} and the attackers' {sorted(attackers)} must be "
+            "two disjoint, non-empty sets"
+        )
+    return mesh, attackers
+
+
+def pin_this_process(cpus: frozenset[int], nice: int = 0) -> None:
+    """Every thread of this process, and so every thread and child started later, on
+    ``cpus`` (sched_setaffinity applies to one thread; new ones inherit it), with the
+    nice value ``nice`` (setpriority too: Linux gives each thread its own)."""
+    for task in os.listdir("/proc/self/task"):
+        if cpus:
+            os.sched_setaffinity(int(task), cpus)
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, int(task), nice)
 
 
 def open_files(pid: int) -> int:
@@ -550,6 +628,7 @@ async def barrage(
     HTTP port listens on 127.0.0.1 there). ``parts``: which of :data:`BARRAGE_PARTS`."""
     rng = random.Random(seed)
     api = (address, PORT)
+    source = ATTACKER_ADDRESS
     http = ("127.0.0.1", HTTP_PORT)
 
     async def stopped() -> None:
@@ -558,6 +637,7 @@ async def barrage(
 
     async def datagrams() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((source, 0))
             udp.setblocking(False)
             while True:
                 size = rng.choice([0, 1, 3, rng.randrange(4, 1400)])
@@ -570,7 +650,7 @@ async def barrage(
         """Hold a connection open and silent; when the daemon closes it, open another."""
         while True:
             try:
-                stream = await trio.open_tcp_stream(*target)
+                stream = await trio.open_tcp_stream(*target, local_address=source)
             except OSError:
                 await trio.sleep(5)
                 continue
@@ -584,7 +664,7 @@ async def barrage(
 
     async def one_shot(target: tuple[str, int], data: bytes, name: str) -> None:
         try:
-            stream = await trio.open_tcp_stream(*target)
+            stream = await trio.open_tcp_stream(*target, local_address=source)
         except OSError:
             return
         with contextlib.suppress(trio.BrokenResourceError, OSError):
@@ -615,7 +695,7 @@ async def barrage(
     async def one_byte_a_second(target: tuple[str, int], data: bytes, name: str) -> None:
         while True:
             try:
-                stream = await trio.open_tcp_stream(*target)
+                stream = await trio.open_tcp_stream(*target, local_address=source)
                 for byte in data:
                     await stream.send_all(bytes([byte]))
                     tally[name] += 1
@@ -661,9 +741,11 @@ def hostile_phases(
     idle_api: int,
     parts: tuple[str, ...] = BARRAGE_PARTS,
     rounds: int = 1,
+    attacker_cpus: frozenset[int] = frozenset(),
 ) -> dict[str, Any]:
     """``rounds`` times a quiet phase, then a phase under :func:`barrage` at every
-    daemon; the rates are the totals of each kind over their time."""
+    daemon; the rates are the totals of each kind over their time. ``attacker_cpus``:
+    the cores the attackers run on (none: wherever the scheduler puts them)."""
 
     def sample(peaks: dict[str, dict[str, int]]) -> None:
         for index, daemon in enumerate(campaign.fleet.daemons):
@@ -673,28 +755,44 @@ def hostile_phases(
                 mine["rss_kib"] = max(mine["rss_kib"], rss_kib(pid))
                 mine["open_files"] = max(mine["open_files"], open_files(pid))
 
-    def counters() -> dict[str, int]:
-        """Every numeric counter of every daemon, summed (``part.name``)."""
-        total: Counter[str] = Counter()
-        for daemon in campaign.fleet.daemons:
-            with contextlib.suppress(Exception):
-                status = campaign.fleet.call(daemon, "status")["counters"]
-                for part, values in status.items():
-                    for name, value in values.items() if isinstance(values, dict) else ():
-                        if isinstance(value, int | float) and not isinstance(value, bool):
-                            total[f"{part}.{name}"] += value
-        return dict(total)
+    def counters() -> dict[int, dict[str, int]]:
+        """Every numeric counter (``part.name``) of every daemon that answered."""
+        found: dict[int, dict[str, int]] = {}
+        for index, daemon in enumerate(campaign.fleet.daemons):
+            for _ in range(3):
+                try:
+                    status = campaign.fleet.call(daemon, "status")["counters"]
+                except Exception:
+                    time.sleep(0.5)
+                    continue
+                found[index] = {
+                    f"{part}.{name}": value
+                    for part, values in status.items()
+                    for name, value in (values.items() if isinstance(values, dict) else ())
+                    if isinstance(value, int | float) and not isinstance(value, bool)
+                }
+                break
+            else:
+                tally["status_unavailable"] += 1
+        return found
 
-    def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-        return {
-            name: after[name] - before.get(name, 0)
-            for name in sorted(after)
-            if after[name] != before.get(name, 0)
-        }
+    def delta(
+        before: dict[int, dict[str, int]], after: dict[int, dict[str, int]]
+    ) -> dict[str, int]:
+        """The change of each counter, summed over the daemons read both times."""
+        moved: Counter[str] = Counter()
+        for index in before.keys() & after.keys():
+            for name, value in after[index].items():
+                moved[name] += value - before[index].get(name, 0)
+        return {name: value for name, value in sorted(moved.items()) if value}
 
-    def results_between(start: float, end: float) -> int:
+    def results_between(start: float, end: float) -> tuple[int, int]:
+        """Results of the Python client and HTTP answers that arrived in [start, end)."""
         with history.lock:
-            return sum(1 for t in history.result_times if start <= t < end)
+            return (
+                sum(1 for t in history.result_times if start <= t < end),
+                sum(1 for t in history.http_times if start <= t < end),
+            )
 
     def daemons_cpu() -> float:
         total = 0.0
@@ -703,14 +801,16 @@ def hostile_phases(
                 total += cpu_s(daemon.process.pid)
         return total
 
-    def phase(hostile: bool, peaks: dict[str, dict[str, int]]) -> tuple[int, float]:
-        """One phase: (results delivered, seconds); ``peaks`` takes the RSS and files."""
+    def phase(hostile: bool, peaks: dict[str, dict[str, int]]) -> tuple[tuple[int, int], float]:
+        """One phase: ((results delivered, HTTP answers), seconds); ``peaks`` takes the
+        RSS and open files."""
         kind = "hostile" if hostile else "quiet"
-        cpu_before = daemons_cpu()
         attackers = []
         if hostile:  # one process per daemon, in its namespace (not this process's GIL)
             for index, daemon in enumerate(campaign.fleet.daemons):
                 argv = [sys.executable, __file__, "--barrage", daemon.host.address]
+                if attacker_cpus:  # taskset execs in place: the process is the attacker
+                    argv = ["taskset", "-c", cpu_list(attacker_cpus), *argv]
                 argv += ["--seed", str(seed * 100 + index)]
                 argv += ["--idle-connections", str(idle_api)]
                 argv += ["--parts", ",".join(parts)]
@@ -719,12 +819,18 @@ def hostile_phases(
                         daemon.host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE
                     )
                 )
+        for attacker in attackers:  # imports done, the barrage begins
+            assert attacker.stdout is not None
+            attacker.stdout.readline()
+        before = counters()
+        cpu_before = daemons_cpu()
         start = time.monotonic()
         while time.monotonic() < start + phase_s:
             sample(peaks)
             time.sleep(1.0)
         end = time.monotonic()
         cpu[f"{kind}_daemons_cpu_s"] += daemons_cpu() - cpu_before
+        moved[kind].update(delta(before, counters()))
         for attacker in attackers:
             with contextlib.suppress(OSError):
                 cpu["attackers_cpu_s"] += cpu_s(attacker.pid)
@@ -750,25 +856,31 @@ def hostile_phases(
     loud: dict[str, dict[str, int]] = {}
     moved: dict[str, Counter[str]] = {"quiet": Counter(), "hostile": Counter()}
     delivered: Counter[str] = Counter()
+    answered: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
     for _ in range(rounds):  # alternated, so that a drift of the machine's load cancels
         for hostile in (False, True):
             kind = "hostile" if hostile else "quiet"
-            before = counters()
-            done, spent = phase(hostile, loud if hostile else quiet)
-            moved[kind].update(delta(before, counters()))
+            (done, http_done), spent = phase(hostile, loud if hostile else quiet)
+            answered[kind] += http_done
             delivered[kind] += done
             seconds[kind] += spent
     quiet_rate = delivered["quiet"] / seconds["quiet"]
     hostile_rate = delivered["hostile"] / seconds["hostile"]
+    quiet_http = answered["quiet"] / seconds["quiet"]
+    hostile_http = answered["hostile"] / seconds["hostile"]
     return {
         "phase_s": phase_s,
         "rounds": rounds,
         "idle_connections_per_daemon": idle_api,
         "parts": list(parts),
+        "attacker_cpus": sorted(attacker_cpus),
         "quiet_results_per_s": round(quiet_rate, 2),
         "hostile_results_per_s": round(hostile_rate, 2),
         "throughput_ratio": round(hostile_rate / quiet_rate, 3) if quiet_rate else 0.0,
+        "quiet_http_answers_per_s": round(quiet_http, 2),
+        "hostile_http_answers_per_s": round(hostile_http, 2),
+        "http_throughput_ratio": round(hostile_http / quiet_http, 3) if quiet_http else 0.0,
         "rss_ratio": {
             name: round(loud[name]["rss_kib"] / quiet[name]["rss_kib"], 3)
             for name in quiet
@@ -794,6 +906,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     expected = inference.load(MODEL, backend="onnxruntime").run({"pixels": pixels})["probabilities"]
     faults = [] if args.hostile else schedule(args.seed, args.minutes, args.nodes)
     hostile: dict[str, Any] | None = None
+    mesh_cpus: frozenset[int] = frozenset()
+    attacker_cpus: frozenset[int] = frozenset()
+    if args.hostile and not args.no_pin:
+        mesh_cpus, attacker_cpus = split_cpus(args.mesh_cpus, args.attacker_cpus)
+        # before any daemon, client thread or attacker starts
+        pin_this_process(mesh_cpus, args.nice)
     campaign = Campaign(args)
     history = History()
     try:
@@ -836,7 +954,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.idle_connections,
                 args.parts,
                 args.rounds,
+                attacker_cpus,
             )
+            hostile["mesh_cpus"] = sorted(mesh_cpus)
+            hostile["nice"] = 0 if args.no_pin else args.nice
         rest = 0.0 if args.hostile else began + args.minutes * 60.0 - time.monotonic()
         if rest > 0:
             time.sleep(rest)
@@ -954,12 +1075,17 @@ def barrage_process(address: str, seed: int, idle_api: int, parts: tuple[str, ..
     tally: Counter[str] = Counter()
 
     def until_stdin_closes() -> None:
+        """Report and exit at once: the kernel closes every socket. Cancelling thousands
+        of connection tasks first took an attacker starved of CPU minutes, while the
+        workload went on between the phases."""
         sys.stdin.read()
         stop.set()
+        print(json.dumps(dict(tally)), flush=True)
+        os._exit(0)
 
     threading.Thread(target=until_stdin_closes, daemon=True).start()
+    print("ready", flush=True)
     trio.run(barrage, address, stop, tally, seed, idle_api, parts)
-    print(json.dumps(dict(tally)), flush=True)
     return 0
 
 
@@ -1003,6 +1129,30 @@ def main() -> int:
         "--rounds", type=int, default=1, help="quiet and hostile phases, alternated, this often"
     )
     parser.add_argument(
+        "--mesh-cpus",
+        type=_cpus,
+        help="with --hostile: the cores of the daemons and the client, e.g. 0 (default: the "
+        "first half of the usable cores; the quiet phases run on the same ones)",
+    )
+    parser.add_argument(
+        "--attacker-cpus",
+        type=_cpus,
+        help="with --hostile: the cores of the attackers, e.g. 1 (default: the other cores)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="with --hostile: the nice value of the daemons, the client and the attackers "
+        "alike, e.g. -10 on a machine that other jobs share (their processes move to the "
+        "mesh's cores when the attackers' cores get busy; see docs/reliability.md)",
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="with --hostile: pin nothing (attackers then take CPU from the daemons)",
+    )
+    parser.add_argument(
         "--parts",
         type=_parts,
         default=BARRAGE_PARTS,
@@ -1032,8 +1182,17 @@ def main() -> int:
         print(f"http {name:23s} {count}")
     if "hostile" in result:
         hostile = result["hostile"]
-        for name in ("quiet_results_per_s", "hostile_results_per_s", "throughput_ratio"):
+        for name in (
+            "quiet_results_per_s",
+            "hostile_results_per_s",
+            "throughput_ratio",
+            "quiet_http_answers_per_s",
+            "hostile_http_answers_per_s",
+            "http_throughput_ratio",
+        ):
             print(f"hostile {name:20s} {hostile[name]}")
+        print(f"hostile mesh_cpus {hostile['mesh_cpus']} attacker_cpus "
+              f"{hostile['attacker_cpus']} nice {hostile['nice']}")  # fmt: skip
         for name, seconds in hostile["cpu_s"].items():
             print(f"hostile {name:20s} {seconds}")
         for name, ratio in hostile["rss_ratio"].items():
