@@ -8,12 +8,15 @@ and from a twin of its identity are dropped, and the rest are fed to the node. A
 of another protocol version or mesh, or sealed with a key the keyring removed, is
 answered with a refusal (auth/handshake.py) that names both sides, at most once per
 ``REFUSAL_INTERVAL`` per source, so that both ends log why they never meet.
-One source address may send at most ``UNREADABLE_BUDGET`` unreadable datagrams a second
-that get opened; past that, its datagrams are dropped as they are read, before any
-check, until the second ends (``datagrams_dropped_early``): a flood from one address
-costs a read each, and cannot take the receiver's time from the peers. A source that
-sent a readable datagram in the last ``TRUSTED_S`` is never dropped early, so a flood
-that forges a peer's address cannot cut that peer off (it is only opened and refused).
+One source (address and port) may send at most ``UNREADABLE_BUDGET`` unreadable
+datagrams a second that get opened; past that, its datagrams are dropped as they are
+read, before any check, until the second ends (``datagrams_dropped_early``): a flood
+from one socket costs a read each, and cannot take the receiver's time from the peers.
+A source that sent a readable datagram in the last ``TRUSTED_S`` is never dropped early,
+so a flood that forges a peer's address cannot cut that peer off (it is only opened and
+refused). Sources are keyed by port too: daemons on one host (or behind one NAT) share
+an address, and one of them must not cost the others their datagrams; a flood that
+changes its port each time is opened and refused datagram by datagram, as before.
 Kept apart from the daemon's lifecycle because it is the one place that knows about UDP:
 the socket options, the MTU budget and the ordering rule that keeps a stalled loop from
 suspecting live peers (:meth:`GossipSocket.take_queued`).
@@ -48,12 +51,12 @@ REFUSAL_INTERVAL = 10.0
 RECEIVE_BURST = 64
 """Most datagrams handled per wake-up of the receiver before it yields to other tasks."""
 UNREADABLE_BUDGET = 32
-"""Unreadable datagrams (wrong key, garbage, replays) opened per source address and
-second; the rest of that second's datagrams from the address are dropped unread."""
+"""Unreadable datagrams (wrong key, garbage, replays) opened per source and second; the
+rest of that second's datagrams from the source are dropped unread."""
 TRUSTED_S = 10.0
 """Seconds after a readable datagram during which its source is never dropped early."""
 SOURCES_REMEMBERED = 4096
-"""Addresses the budget keeps at most (forged sources cannot grow it without bound)."""
+"""Sources the budget keeps at most (forged sources cannot grow it without bound)."""
 
 
 class GossipSocket:
@@ -80,12 +83,12 @@ class GossipSocket:
         self._twin_found = twin_found
         self._sealer = authenticator.new_session(Channel.DATAGRAM)
         self._last_refusal: dict[Address, float] = {}
-        self._unreadable: dict[str, int] = {}
-        """Unreadable datagrams per source address in the current second."""
-        self._dropping: set[str] = set()
-        """Addresses over their budget in the current second."""
-        self._trusted: dict[str, float] = {}
-        """Address -> when a readable datagram last came from it."""
+        self._unreadable: dict[Address, int] = {}
+        """Unreadable datagrams per source in the current second."""
+        self._dropping: set[Address] = set()
+        """Sources over their budget in the current second."""
+        self._trusted: dict[Address, float] = {}
+        """Source -> when a readable datagram last came from it."""
         self._second = trio.current_time()
 
     async def send(self, destination: Address, payload: bytes) -> None:
@@ -140,21 +143,21 @@ class GossipSocket:
                 self._count("datagram_receive_errors")
                 logger.debug("udp receive error: %s", error)
                 continue
-            if dropping and source[0] in dropping:
+            if dropping and source in dropping:
                 self._count("datagrams_dropped_early")
                 continue
             self._on_datagram(data, (source[0], source[1]))
 
-    def _unreadable_from(self, host: str) -> None:
-        """Count an unreadable datagram against ``host``'s budget for this second."""
-        strikes = self._unreadable.get(host, 0) + 1
+    def _unreadable_from(self, source: Address) -> None:
+        """Count an unreadable datagram against ``source``'s budget for this second."""
+        strikes = self._unreadable.get(source, 0) + 1
         if len(self._unreadable) >= SOURCES_REMEMBERED and strikes == 1:
             self._unreadable.clear()
-        self._unreadable[host] = strikes
+        self._unreadable[source] = strikes
         if strikes >= UNREADABLE_BUDGET:
-            trusted = self._trusted.get(host)
+            trusted = self._trusted.get(source)
             if trusted is None or trio.current_time() - trusted > TRUSTED_S:
-                self._dropping.add(host)
+                self._dropping.add(source)
 
     def _on_datagram(self, data: bytes, source: Address) -> None:
         """Open, check and feed one received datagram."""
@@ -164,18 +167,18 @@ class GossipSocket:
         except IncompatiblePeerError as error:
             self._count("datagrams_rejected")
             self._rejected()
-            self._unreadable_from(source[0])
+            self._unreadable_from(source)
             self._incompatible(error, source)
             return
         except MeshError as error:
             self._count("datagrams_rejected")
             self._rejected()
-            self._unreadable_from(source[0])
+            self._unreadable_from(source)
             logger.debug("dropped datagram from %s:%d: %s", *source, error)
             return
-        if len(self._trusted) >= SOURCES_REMEMBERED and source[0] not in self._trusted:
+        if len(self._trusted) >= SOURCES_REMEMBERED and source not in self._trusted:
             self._trusted.clear()
-        self._trusted[source[0]] = trio.current_time()
+        self._trusted[source] = trio.current_time()
         if envelope.from_self:
             self._count("datagrams_from_self")
             return
