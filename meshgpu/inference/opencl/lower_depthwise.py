@@ -32,7 +32,7 @@ from meshgpu.inference.opencl.kernels.elementwise import UNARY_EXPRESSIONS, UNAR
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.plan import PlanBuilder
 from meshgpu.inference.opencl.registry import f32, i32
-from meshgpu.inference.opencl.tensors import FLOAT_BYTES, DeviceTensor, KernelArg
+from meshgpu.inference.opencl.tensors import FLOAT_BYTES, DeviceTensor, KernelArg, Storage
 
 #: Activations after a depthwise layer that its launch computes on whole vectors (their
 #: expressions hold for float and float8 alike): EfficientNet's SiLU, MobileNetV3's
@@ -232,17 +232,8 @@ def lower_depthwise(
             ("DW_DW", dilation_w),
         )
     )
-    residual = epilogue.residual.storage if epilogue.residual is not None else None
-    if residual is not None:
-        defines += "#define HAS_RESIDUAL 1\n"
-    output_name = epilogue.output
-    alpha, beta = 0.0, 0.0
-    tail = None if epilogue.activation else _tail(builder, output_name)
-    if tail is not None:
-        consumer, expression, alpha, beta = tail
-        builder.absorb(consumer)
-        output_name = consumer.outputs[0]
-        defines += f"#define DW_TAIL(x) ({expression})\n"
+    residual, output_name, alpha, beta, epilogue_defines = _epilogue(builder, epilogue)
+    defines += epilogue_defines
     output = builder.new_tensor(output_name, output_shape)
     rows = batch * channels * out_h
     builder.launch(
@@ -309,17 +300,8 @@ def _lower_plane(
     elements = batch * channels * height * width
     if width < BLOCK and builder.reserve_reads(x, (elements + BLOCK) * FLOAT_BYTES):
         defines += "#define DW_READ_PAST 1\n"
-    residual = epilogue.residual.storage if epilogue.residual is not None else None
-    if residual is not None:
-        defines += "#define HAS_RESIDUAL 1\n"
-    output_name = epilogue.output
-    alpha, beta = 0.0, 0.0
-    tail = None if epilogue.activation else _tail(builder, output_name)
-    if tail is not None:
-        consumer, expression, alpha, beta = tail
-        builder.absorb(consumer)
-        output_name = consumer.outputs[0]
-        defines += f"#define DW_TAIL(x) ({expression})\n"
+    residual, output_name, alpha, beta, epilogue_defines = _epilogue(builder, epilogue)
+    defines += epilogue_defines
     output = builder.new_tensor(output_name, output_shape)
     pool = _pool_reader(builder, output_name, len(output_shape))
     pooled = None
@@ -348,6 +330,26 @@ def _lower_plane(
         grid=(batch * channels * PLANE_GROUP,),
         local=(PLANE_GROUP,),
     )
+
+
+def _epilogue(
+    builder: PlanBuilder, epilogue: fusion.Epilogue
+) -> tuple[Storage | None, str, float, float, str]:
+    """What both depthwise kernels do after the multiply-adds: (the residual's storage or
+    None, the output's name, the tail activation's alpha and beta, the defines). A tail
+    activation that alone reads the output (and no activation already fused) is absorbed:
+    its output becomes the kernel's."""
+    residual = epilogue.residual.storage if epilogue.residual is not None else None
+    defines = "#define HAS_RESIDUAL 1\n" if residual is not None else ""
+    output_name = epilogue.output
+    alpha, beta = 0.0, 0.0
+    tail = None if epilogue.activation else _tail(builder, output_name)
+    if tail is not None:
+        consumer, expression, alpha, beta = tail
+        builder.absorb(consumer)
+        output_name = consumer.outputs[0]
+        defines += f"#define DW_TAIL(x) ({expression})\n"
+    return residual, output_name, alpha, beta, defines
 
 
 def _pool_reader(builder: PlanBuilder, name: str, rank: int) -> Node | None:

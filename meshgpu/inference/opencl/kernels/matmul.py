@@ -170,6 +170,20 @@ inline void matmul_normalize8(const __global float* x, int step, int K, __global
   }
 }
 
+/* One step of the tile's multiply-adds: each row's A value at ``ka`` times the columns in
+   ``bv``, into that row's accumulator. */
+#if MATMUL_TILE_ROWS == 8
+#define MATMUL_FMA(ka)                                                                  \
+  c0 = (float8)(a0[ka]) * bv + c0; c1 = (float8)(a1[ka]) * bv + c1;                     \
+  c2 = (float8)(a2[ka]) * bv + c2; c3 = (float8)(a3[ka]) * bv + c3;                     \
+  c4 = (float8)(a4[ka]) * bv + c4; c5 = (float8)(a5[ka]) * bv + c5;                     \
+  c6 = (float8)(a6[ka]) * bv + c6; c7 = (float8)(a7[ka]) * bv + c7;
+#else
+#define MATMUL_FMA(ka)                                                                  \
+  c0 = (float8)(a0[ka]) * bv + c0; c1 = (float8)(a1[ka]) * bv + c1;                     \
+  c2 = (float8)(a2[ka]) * bv + c2; c3 = (float8)(a3[ka]) * bv + c3;
+#endif
+
 /* Offset of launch row g: row g % fold of batch index g / fold when folding. */
 inline int matmul_row(int g, int fold, int s1, int si) {
   if (!fold) return g * si;
@@ -265,31 +279,13 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
     if (ncols == 8 && b_sj == 1 && a_step == 1) {
       for (int k = 0; k < K; k++) {
         float8 bv = load8(bp + k * b_sk);
-        c0 = (float8)(a0[k]) * bv + c0;
-        c1 = (float8)(a1[k]) * bv + c1;
-        c2 = (float8)(a2[k]) * bv + c2;
-        c3 = (float8)(a3[k]) * bv + c3;
-#if MATMUL_TILE_ROWS == 8
-        c4 = (float8)(a4[k]) * bv + c4;
-        c5 = (float8)(a5[k]) * bv + c5;
-        c6 = (float8)(a6[k]) * bv + c6;
-        c7 = (float8)(a7[k]) * bv + c7;
-#endif
+        MATMUL_FMA(k)
       }
     } else if (ncols == 8 && b_sj == 1 && a_step == 8) {  /* normalised rows, [K][8] */
       for (int k = 0; k < K; k++) {
         float8 bv = load8(bp + k * b_sk);
         int ka = k * 8;
-        c0 = (float8)(a0[ka]) * bv + c0;
-        c1 = (float8)(a1[ka]) * bv + c1;
-        c2 = (float8)(a2[ka]) * bv + c2;
-        c3 = (float8)(a3[ka]) * bv + c3;
-#if MATMUL_TILE_ROWS == 8
-        c4 = (float8)(a4[ka]) * bv + c4;
-        c5 = (float8)(a5[ka]) * bv + c5;
-        c6 = (float8)(a6[ka]) * bv + c6;
-        c7 = (float8)(a7[ka]) * bv + c7;
-#endif
+        MATMUL_FMA(ka)
       }
     } else {
       for (int k = 0; k < K; k++) {
@@ -298,16 +294,7 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
         for (int t = 0; t < 8; t++) v[t] = t < ncols ? bk[t * b_sj] : 0.0f;
         float8 bv = (float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
         int ka = k * a_step;
-        c0 = (float8)(a0[ka]) * bv + c0;
-        c1 = (float8)(a1[ka]) * bv + c1;
-        c2 = (float8)(a2[ka]) * bv + c2;
-        c3 = (float8)(a3[ka]) * bv + c3;
-#if MATMUL_TILE_ROWS == 8
-        c4 = (float8)(a4[ka]) * bv + c4;
-        c5 = (float8)(a5[ka]) * bv + c5;
-        c6 = (float8)(a6[ka]) * bv + c6;
-        c7 = (float8)(a7[ka]) * bv + c7;
-#endif
+        MATMUL_FMA(ka)
       }
     }
 #define MATMUL_ROW(r, acc)                                                                \
