@@ -28,7 +28,7 @@ from meshgpu.inference.opencl.kernels.depthwise import (
     DEPTHWISE_SOURCE,
     PLANE_GROUP,
 )
-from meshgpu.inference.opencl.kernels.elementwise import UNARY_EXPRESSIONS, UNARY_PARAMETERS
+from meshgpu.inference.opencl.kernels.elementwise import UNARY_EXPRESSIONS, unary_parameters
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.plan import PlanBuilder
 from meshgpu.inference.opencl.registry import f32, i32
@@ -146,13 +146,9 @@ def defers(builder: PlanBuilder, node: Node) -> bool:
     if geometry is None or not fits_local_memory(builder, geometry):
         del builder.tensors[output]
         return False
-    (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
-        node.op, (("", 0.0), ("", 0.0))
-    )
     builder.deferred_activations[output] = (
         UNARY_EXPRESSIONS[node.op],
-        float(node.attrs.get(alpha_name, alpha_default)),
-        float(node.attrs.get(beta_name, beta_default)),
+        *unary_parameters(node.op, node.attrs),
     )
     return True
 
@@ -376,18 +372,7 @@ def _pool_reader(builder: PlanBuilder, name: str, rank: int) -> Node | None:
 def _tail(builder: PlanBuilder, name: str) -> tuple[Node, str, float, float] | None:
     """(node, expression in ``x``, alpha, beta) of a TAIL_ACTIVATIONS node that alone
     reads ``name``, else None."""
-    consumer = builder.sole_consumer(name)
-    if (
-        consumer is None
-        or consumer.op not in TAIL_ACTIVATIONS
-        or consumer.inputs[0] != name
-        or not consumer.outputs
-        or not consumer.outputs[0]
-    ):
+    consumer = builder.sole_reader(name, TAIL_ACTIVATIONS)
+    if consumer is None:
         return None
-    (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
-        consumer.op, (("", 0.0), ("", 0.0))
-    )
-    alpha = float(consumer.attrs.get(alpha_name, alpha_default))
-    beta = float(consumer.attrs.get(beta_name, beta_default))
-    return consumer, UNARY_EXPRESSIONS[consumer.op], alpha, beta
+    return consumer, UNARY_EXPRESSIONS[consumer.op], *unary_parameters(consumer.op, consumer.attrs)

@@ -22,10 +22,10 @@ from meshgpu.inference.opencl.kernels.elementwise import (
     INTEGER_UNARY_EXPRESSIONS,
     PREDICATE_EXPRESSIONS,
     UNARY_EXPRESSIONS,
-    UNARY_PARAMETERS,
     UNARY_SOURCE,
     VECTOR_SAFE_UNARY,
     VECTOR_UNARY_SOURCE,
+    unary_parameters,
 )
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.lower_tensor import (
@@ -46,11 +46,7 @@ def _typed_unary(
     """``y = EXPRESSION(x)`` in the input's element type (no fusion): integer, bool and
     float64 maps, and the float tests with a bool result."""
     x = builder.tensor(node, node.inputs[0])
-    (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
-        node.op, (("", 0.0), ("", 0.0))
-    )
-    alpha = float(node.attrs.get(alpha_name, alpha_default))
-    beta = float(node.attrs.get(beta_name, beta_default))
+    alpha, beta = unary_parameters(node.op, node.attrs)
     out_dtype = x.dtype if out_dtype is None else out_dtype
     output = builder.new_tensor(node.outputs[0], x.shape, out_dtype)
     total = _count(x.shape)
@@ -98,11 +94,7 @@ def lower_unary(builder: PlanBuilder, node: Node) -> None:
     if lower_depthwise.defers(builder, node):
         return
     x = builder.tensor(node, node.inputs[0])
-    (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
-        node.op, (("", 0.0), ("", 0.0))
-    )
-    alpha = float(node.attrs.get(alpha_name, alpha_default))
-    beta = float(node.attrs.get(beta_name, beta_default))
+    alpha, beta = unary_parameters(node.op, node.attrs)
     if node.op == "Gelu":
         approximate = str(node.attrs.get("approximate", "none"))
         if approximate not in GELU_EXPRESSIONS:

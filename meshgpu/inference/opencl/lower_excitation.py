@@ -12,7 +12,7 @@ import numpy as np
 
 from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.graph import Node
-from meshgpu.inference.opencl.kernels.elementwise import UNARY_EXPRESSIONS, UNARY_PARAMETERS
+from meshgpu.inference.opencl.kernels.elementwise import UNARY_EXPRESSIONS, unary_parameters
 from meshgpu.inference.opencl.kernels.excitation import EXCITATION_SOURCE, GATE_GROUP
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.plan import PlanBuilder
@@ -47,27 +47,7 @@ def _bias(builder: PlanBuilder, conv: Node, size: int) -> np.ndarray:
 
 
 def _activation(node: Node) -> tuple[str, float, float]:
-    (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
-        node.op, (("", 0.0), ("", 0.0))
-    )
-    return (
-        UNARY_EXPRESSIONS[node.op],
-        float(node.attrs.get(alpha_name, alpha_default)),
-        float(node.attrs.get(beta_name, beta_default)),
-    )
-
-
-def _sole(builder: PlanBuilder, name: str, ops: tuple[str, ...]) -> Node | None:
-    consumer = builder.sole_consumer(name)
-    if (
-        consumer is None
-        or consumer.op not in ops
-        or consumer.inputs[0] != name
-        or not consumer.outputs
-        or not consumer.outputs[0]
-    ):
-        return None
-    return consumer
+    return (UNARY_EXPRESSIONS[node.op], *unary_parameters(node.op, node.attrs))
 
 
 def lower_gate(builder: PlanBuilder, node: Node) -> bool:
@@ -85,12 +65,12 @@ def lower_gate(builder: PlanBuilder, node: Node) -> bool:
     if first is None or not node.outputs[0]:
         return False
     hidden = first.shape[0]
-    act1 = _sole(builder, node.outputs[0], HIDDEN_ACTIVATIONS)
-    second_conv = _sole(builder, act1.outputs[0], ("Conv",)) if act1 else None
+    act1 = builder.sole_reader(node.outputs[0], HIDDEN_ACTIVATIONS)
+    second_conv = builder.sole_reader(act1.outputs[0], ("Conv",)) if act1 else None
     second = _pointwise_weight(builder, second_conv, hidden) if second_conv else None
     if act1 is None or second_conv is None or second is None or second.shape[0] != channels:
         return False
-    act2 = _sole(builder, second_conv.outputs[0], GATE_ACTIVATIONS)
+    act2 = builder.sole_reader(second_conv.outputs[0], GATE_ACTIVATIONS)
     if act2 is None:
         return False
     for absorbed in (act1, second_conv, act2):

@@ -13,7 +13,7 @@ functions and kernel-argument helpers: :mod:`.registry`; weight uploads: :mod:`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,6 +287,21 @@ class PlanBuilder(WeightUploads):
         if len(readers) != 1 or name in self.graph_outputs:
             return None
         return readers[0]
+
+    def sole_reader(self, name: str, ops: Collection[str]) -> Node | None:
+        """The only node reading ``name`` (not a graph output) when it is one of ``ops``,
+        reads ``name`` as its first input and has a named output, else None: a node a
+        kernel writing ``name`` can absorb."""
+        consumer = self.sole_consumer(name)
+        if (
+            consumer is None
+            or consumer.op not in ops
+            or consumer.inputs[0] != name
+            or not consumer.outputs
+            or not consumer.outputs[0]
+        ):
+            return None
+        return consumer
 
     # -- production ---------------------------------------------------------------------
     def new_tensor(

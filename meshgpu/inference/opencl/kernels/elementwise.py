@@ -13,6 +13,9 @@ scalar) run with one to three dimensions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 UNARY_EXPRESSIONS: dict[str, str] = {
     "Relu": "x > 0.0f ? x : 0.0f",
     "Sigmoid": "1.0f / (1.0f + exp(-x))",
@@ -88,6 +91,16 @@ UNARY_PARAMETERS: dict[str, tuple[tuple[str, float], tuple[str, float]]] = {
     "Swish": (("alpha", 1.0), ("", 0.0)),
     "IsInf": (("detect_negative", 1.0), ("detect_positive", 1.0)),
 }
+
+
+def unary_parameters(op: str, attrs: Mapping[str, Any]) -> tuple[float, float]:
+    """The (alpha, beta) a unary operator's expression reads: its attributes, or the ONNX
+    defaults (0.0 for an operator that takes none)."""
+    (alpha_name, alpha_default), (beta_name, beta_default) = UNARY_PARAMETERS.get(
+        op, (("", 0.0), ("", 0.0))
+    )
+    return float(attrs.get(alpha_name, alpha_default)), float(attrs.get(beta_name, beta_default))
+
 
 BINARY_EXPRESSIONS: dict[str, str] = {
     "Add": "a + b",
