@@ -11,32 +11,45 @@ long as it likes). :class:`ConnectionLimits` adds what the TCP API has
   idle one (no request in progress: one that never sent a whole request head first, else
   the one idle longest, ``http_idle_evicted``), or is closed at once when every
   connection has a request in progress (``http_connections_refused``);
-* ``max_connections_per_client`` from one address (``http_client_limit_refused``, closed
+* ``max_connections_per_client`` from one address (``http_client_limit_refused``, reset
   as soon as accepted); without API tokens the port listens on loopback only, where
   every client is 127.0.0.1 and this is one more global bound;
 * a request head must be complete within ``header_timeout_s`` of the connection's start
   or of the end of its last request (nginx's ``client_header_timeout``, Apache's
   ``mod_reqtimeout``): ``http_header_timeouts``.
 
+Refused connections are decided on the address ``accept`` returns and reset there and
+then (``SO_LINGER`` 0: an RST, not a FIN), before a stream, a TLS session or a task
+exists for them, as the TCP API does (daemon/api.py): the daemon keeps no socket in
+``TIME_WAIT`` for a flood of reconnects and the caller learns at once that it was
+refused. A stranger that never sent a whole request head is reset too when its header
+timeout fires or an idle connection's place is taken from it; a client that was answered
+is closed normally.
+
 A request is in progress from the moment the app is called (its head is whole) until
 the app returns, so a long inference or the dashboard's stream is never the one closed.
 The app learns which connection a request came on from the ASGI scope's ``client``
 (the peer's host and port, as hypercorn fills it).
 
-:func:`serve` is hypercorn's trio worker (``hypercorn.trio.run.worker_serve``) with
-:meth:`ConnectionLimits.handle` as the accept handler; hypercorn's own entry point has no
-hook for one. Rejected alternatives: uvicorn's ``limit_concurrency`` (a 503 past a
-number of connections and tasks) would mean a second server stack for one setting;
-a bare cap that refuses at the limit lets idle connections keep real clients out.
+:func:`serve` is hypercorn's trio worker (``hypercorn.trio.run.worker_serve``) with its
+own accept loop (:meth:`ConnectionLimits.admit` on the accepted address, then
+:meth:`ConnectionLimits.handle` around hypercorn's connection handler); hypercorn's own
+entry point has no hook for either. Rejected alternatives: uvicorn's
+``limit_concurrency`` (a 503 past a number of connections and tasks) would mean a second
+server stack for one setting; a bare cap that refuses at the limit lets idle connections
+keep real clients out; refusing inside the connection's task (a stream and a task per
+refused connection, then a FIN) cost the daemon more per flooded connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import socket
+import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, cast
 
 import trio
@@ -50,6 +63,9 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 Peer = tuple[str, int]
 AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
+RESET = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on with a linger time of 0: ``close`` sends an RST and frees the socket."""
+
 
 @dataclass(eq=False)
 class _Connection:
@@ -58,6 +74,8 @@ class _Connection:
     last_active: float
     in_flight: int = 0
     requests: int = 0
+    sock: trio.socket.SocketType | None = None
+    """Its socket (to make its close an RST: it never sent a whole request head)."""
     changed: trio.Event = field(default_factory=trio.Event)
     """Set (and replaced) when a request begins or ends."""
 
@@ -113,22 +131,30 @@ class ConnectionLimits:
 
         return bounded
 
-    async def handle(
-        self, stream: trio.abc.Stream, serve_one: Callable[[trio.abc.Stream], Awaitable[None]]
-    ) -> None:
-        """Serve one accepted connection with ``serve_one`` inside the bounds."""
+    def admit(self, client: str) -> bool:
+        """Whether a new connection from address ``client`` may open (room made if
+        needed); a refusal is counted (the caller resets the connection)."""
         self._count("http_connections")
-        peer = _peer(stream)
-        client = peer[0] if peer else ""
         if self._per_client[client] >= self.max_connections_per_client:
             self._count("http_client_limit_refused")
-            await _close(stream)
-            return
+            return False
         if len(self._connections) >= self.max_connections and not self._make_room():
             self._count("http_connections_refused")
-            await _close(stream)
-            return
-        connection = _Connection(trio.CancelScope(), client, trio.current_time())
+            return False
+        return True
+
+    async def handle(
+        self,
+        stream: trio.abc.Stream,
+        serve_one: Callable[[trio.abc.Stream], Awaitable[None]],
+        peer: Peer | None,
+    ) -> None:
+        """Serve one admitted connection from ``peer`` with ``serve_one`` inside the
+        bounds."""
+        client = peer[0] if peer else ""
+        connection = _Connection(
+            trio.CancelScope(), client, trio.current_time(), sock=_socket_of(stream)
+        )
         key: Peer = peer or ("", id(connection))
         self._connections[key] = connection
         self._per_client[client] += 1
@@ -152,6 +178,8 @@ class ConnectionLimits:
                     await connection.changed.wait()
             if connection.requests == seen:
                 self._count("http_header_timeouts")
+                if connection.requests == 0:
+                    _reset(connection.sock)
                 connection.scope.cancel()
                 return
             while connection.in_flight:
@@ -163,6 +191,8 @@ class ConnectionLimits:
             return False
         key, oldest = min(idle, key=lambda item: (item[1].requests > 0, item[1].last_active))
         self._forget(key, oldest)
+        if oldest.requests == 0:
+            _reset(oldest.sock)
         oldest.scope.cancel()
         self._count("http_idle_evicted")
         return True
@@ -175,13 +205,57 @@ class ConnectionLimits:
                 del self._per_client[connection.client]
 
 
-def _peer(stream: trio.abc.Stream) -> Peer | None:
+def _peer_of(address: Any) -> Peer | None:
+    """``accept``'s address as (host, port) (None for a socket without one)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return (str(address[0]), int(address[1]))
+    return None
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     transport = getattr(stream, "transport_stream", stream)  # an SSLStream's socket
-    try:
-        host, port = getattr(transport, "socket").getpeername()[:2]  # noqa: B009
-    except (OSError, AttributeError):
-        return None
-    return (str(host), int(port))
+    return getattr(transport, "socket", None)
+
+
+def _reset(sock: trio.socket.SocketType | None) -> None:
+    """Make the coming close of ``sock`` an RST (see the module text), whoever closes
+    it (hypercorn's handler sends its FIN only when it is not cancelled)."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+
+
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+"""``accept`` errors that pass (trio.serve_listeners' list)."""
+
+
+async def _accept_forever(
+    listener: trio.SocketListener,
+    tls: Any,
+    limits: ConnectionLimits,
+    handler: Callable[[trio.abc.Stream, Peer | None], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    """What :func:`trio.serve_listeners` does, with the admission decided on the address
+    ``accept`` returns: a refused connection is reset there and then, before a stream,
+    a TLS session or a task exists for it."""
+    while True:
+        try:
+            sock, address = await listener.socket.accept()
+        except OSError as error:  # out of file descriptors or buffers: wait, go on
+            if error.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                raise
+            await trio.sleep(0.1)
+            continue
+        peer = _peer_of(address)
+        if not limits.admit(peer[0] if peer else ""):
+            _reset(sock)
+            sock.close()
+            continue
+        stream: trio.abc.Stream = trio.SocketStream(sock)
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+        nursery.start_soon(handler, stream, peer)
 
 
 async def _close(stream: trio.abc.Stream) -> None:
@@ -208,7 +282,7 @@ async def serve(
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as server_nursery:
             sockets = config.create_sockets()
-            listeners: list[trio.abc.Listener[Any]] = []
+            listeners: list[tuple[trio.SocketListener, Any]] = []
             urls = []
             for scheme, group in (
                 ("https", sockets.secure_sockets),
@@ -216,27 +290,26 @@ async def serve(
             ):
                 for sock in group:
                     sock.listen(config.backlog)
-                    listener: trio.abc.Listener[Any] = trio.SocketListener(
-                        trio.socket.from_stdlib_socket(sock)
-                    )
                     tls = config.create_ssl_context() if scheme == "https" else None
-                    if tls is not None:
-                        listener = trio.SSLListener(listener, tls, https_compatible=True)
-                    listeners.append(listener)
+                    listeners.append(
+                        (trio.SocketListener(trio.socket.from_stdlib_socket(sock)), tls)
+                    )
                     urls.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
 
-            async def one(stream: trio.abc.Stream) -> None:
+            async def one(stream: trio.abc.Stream, peer: Peer | None) -> None:
                 connection_state = ConnectionState(state.copy())
                 await limits.handle(
                     stream,
                     lambda s: TCPServer(wrapped, config, context, connection_state, s),  # type: ignore[arg-type]
+                    peer,
                 )
 
             task_status.started(urls)
             async with trio.open_nursery() as accepting:
-                accepting.start_soon(
-                    partial(trio.serve_listeners, one, listeners, handler_nursery=server_nursery)
-                )
+                for listener, tls in listeners:
+                    accepting.start_soon(
+                        _accept_forever, listener, tls, limits, one, server_nursery
+                    )
                 await shutdown_trigger()
                 accepting.cancel_scope.cancel()
             await context.terminated.set()

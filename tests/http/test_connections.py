@@ -103,7 +103,8 @@ async def test_hundreds_of_idle_connections_do_not_keep_a_real_client_out(
 async def test_one_address_holds_at_most_its_share(nursery: trio.Nursery) -> None:
     served = Served(max_connections=256, max_connections_per_client=8)
     await nursery.start(served.server.run)
-    held = [await trio.open_tcp_stream(*served.address, local_address=HOSTILE) for _ in range(100)]
+    attempts = [await attempt(served.address, HOSTILE) for _ in range(100)]
+    held = [stream for stream in attempts if stream is not None]  # None: reset at connect
     with trio.fail_after(60):
         assert (await get(served.address)).startswith(b"HTTP/1.1 200")
     refused = [stream for stream in held if await closed_soon(stream)]
@@ -167,14 +168,66 @@ async def test_with_every_connection_busy_a_new_one_is_refused(nursery: trio.Nur
             c.in_flight == 0 for c in served.server.limits._connections.values()
         ):
             await trio.sleep(0.05)
-    third = await trio.open_tcp_stream(*served.address)
-    with trio.fail_after(30):
-        assert await closed_by_server(third)
+    third = await attempt(served.address)
+    with trio.fail_after(30):  # reset (before or after the connect returned)
+        assert third is None or await how_closed(third) == "reset"
     assert served.counters["http_connections_refused"] == 1
     served.release.set()
     with trio.fail_after(30):
         while len(answers) < 2:
             await trio.sleep(0.05)
     assert all(b"served" in answer for answer in answers)
-    await third.aclose()
+    if third is not None:
+        await third.aclose()
+    served.server.stop()
+
+
+async def how_closed(stream: trio.SocketStream) -> str:
+    """``"reset"`` (an RST) or ``"closed"`` (a FIN: the reads end), once the server
+    drops ``stream``."""
+    try:
+        while await stream.receive_some(4096):
+            pass
+    except trio.BrokenResourceError as error:
+        if isinstance(error.__cause__, ConnectionResetError):
+            return "reset"
+        raise
+    return "closed"
+
+
+async def attempt(address: tuple[str, int], source: str | None = None) -> trio.SocketStream | None:
+    """A connection (from ``source``), or None if it was reset before the connect
+    returned (a refusal can win the race with the client's connect)."""
+    try:
+        return await trio.open_tcp_stream(*address, local_address=source)
+    except OSError:
+        return None
+
+
+async def test_refused_connections_and_silent_strangers_are_reset_and_an_answered_client_is_closed(
+    nursery: trio.Nursery,
+) -> None:
+    served = Served(max_connections=64, max_connections_per_client=2, header_timeout_s=0.5)
+    await nursery.start(served.server.run)
+    first = await trio.open_tcp_stream(*served.address, local_address=HOSTILE)
+    second = await trio.open_tcp_stream(*served.address, local_address=HOSTILE)
+    third = await attempt(served.address, HOSTILE)  # over the share of 127.0.0.2
+    with trio.fail_after(30):
+        assert third is None or await how_closed(third) == "reset"
+        assert served.counters["http_client_limit_refused"] == 1
+        assert await how_closed(first) == "reset"  # no request head: the header timeout
+        assert await how_closed(second) == "reset"
+    assert served.counters["http_header_timeouts"] == 2
+    # a client that was answered and then sent nothing more is closed with a FIN
+    spoke = await trio.open_tcp_stream(*served.address)
+    await spoke.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    with trio.fail_after(30):
+        while b"served" not in answer:
+            answer += await spoke.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert await how_closed(spoke) == "closed"
+    for stream in (first, second, third, spoke):
+        if stream is not None:
+            await stream.aclose()
     served.server.stop()
