@@ -117,6 +117,11 @@ class MeshKeyError(ClientError):
     none, or another one, or the mesh is open and the client has a key."""
 
 
+class IncompatibleDaemonError(ClientError):
+    """A daemon answered, but speaks another protocol version than this client (or
+    belongs to another mesh): it refused the client's first request, naming both."""
+
+
 class KeyringError(MeshError):
     """A keyring operation was refused (the primary key removed, an unknown or ambiguous
     key id, a removed key installed again, a key sent in clear) or the keyring file in

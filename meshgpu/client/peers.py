@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshgpu.daemon.discovery import DEFAULT_PORT, parse_peer
-from meshgpu.errors import AuthenticationError, ClientError, ConfigError, MeshKeyError
+from meshgpu.errors import (
+    AuthenticationError,
+    ClientError,
+    ConfigError,
+    IncompatibleDaemonError,
+    IncompatiblePeerError,
+    MeshKeyError,
+)
 
 if TYPE_CHECKING:
     from meshgpu.daemon.auth import MeshKey
@@ -215,15 +222,18 @@ KEY_HINT = "give it the mesh's key with --key-file PATH or MESHGPU_KEY"
 
 def key_refusal(
     error: BaseException, candidate: Candidate, key: MeshKey | None
-) -> MeshKeyError | None:
+) -> MeshKeyError | IncompatibleDaemonError | None:
     """The one-line error for a daemon that answered but whose mesh key is not this
-    client's (no key here, another key, or an open mesh and a key here); None for any
-    other failure. Decided by the refusal's ``reason``, which the authenticator sets,
-    not by the wording of its message."""
+    client's (no key here, another key, or an open mesh and a key here), or that refused
+    this client's protocol version (a daemon of another meshgpu release: its refusal
+    names both versions); None for any other failure. Decided by the refusal's
+    ``reason``, which the authenticator sets, not by the wording of its message."""
     cause = error.__cause__
+    where = f"the meshgpu daemon at {candidate.address[0]}:{candidate.address[1]}"
+    if isinstance(cause, IncompatiblePeerError) and cause.reason == "refused_by_peer":
+        return IncompatibleDaemonError(f"{where} refused this client: {cause}")
     if not isinstance(cause, AuthenticationError):
         return None
-    where = f"the meshgpu daemon at {candidate.address[0]}:{candidate.address[1]}"
     if cause.reason == "keyed_peer_but_no_key" or key is None:
         return MeshKeyError(f"{where} uses a mesh key and this client has none: {KEY_HINT}")
     if cause.reason == "unauthenticated":

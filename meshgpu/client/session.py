@@ -64,6 +64,7 @@ from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES
 from meshgpu.daemon.rpc import open_rpc
 from meshgpu.errors import (
     ClientError,
+    IncompatibleDaemonError,
     MeshKeyError,
     RequestFailedError,
     TaskFailedError,
@@ -370,7 +371,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         browsed = False
         lost: tuple[Candidate, str, str, float] | None = None  # what failed, why, when
         tried: list[str] = []
-        key_refusals: list[MeshKeyError] = []
+        key_refusals: list[MeshKeyError | IncompatibleDaemonError] = []
         while True:
             exclude = [] if lost is None else [lost[0].address]
             candidates = failover_order(self.members, self._seeds, exclude)
@@ -383,7 +384,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
                     tried.clear()
                     key_refusals.clear()
                     break
-                if isinstance(served, MeshKeyError):
+                if isinstance(served, MeshKeyError | IncompatibleDaemonError):
                     key_refusals.append(served)
                     served = str(served)
                 tried.append(f"{candidate}: {served}")
@@ -397,8 +398,9 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
                     continue
                 tried.append(f"mDNS: no daemon answered within {self.mdns_timeout} s")
             if not started:
-                # A daemon that answered with another key is the one to fix, whatever
-                # the other candidates (a default port with nothing on it) said.
+                # A daemon that answered with another key or protocol version is the one
+                # to fix, whatever the other candidates (a default port with nothing on
+                # it) said.
                 raise key_refusals[0] if key_refusals else no_daemon_error(tried)
             assert lost is not None
             if trio.current_time() - lost[3] > self.failover_timeout:
@@ -414,7 +416,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         candidate: Candidate,
         lost: tuple[Candidate, str, str, float] | None,
         task_status: trio.TaskStatus[None] | None,
-    ) -> Link | MeshKeyError | str:
+    ) -> Link | MeshKeyError | IncompatibleDaemonError | str:
         """Connect to ``candidate`` and serve the link until it breaks. Returns the broken
         link, or why no link was made (a MeshKeyError when keys do not match)."""
         link: Link | None = None

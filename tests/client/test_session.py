@@ -4,7 +4,9 @@ results collected by task id on the next peer."""
 
 from __future__ import annotations
 
+import functools
 import itertools
+import struct
 from typing import Any
 
 import numpy as np
@@ -13,11 +15,13 @@ import trio
 
 from meshgpu.client import AsyncClient
 from meshgpu.daemon.api import ApiServer, Responder
-from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.auth import VERSION, Authenticator, Channel, envelope, handshake
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors
 from meshgpu.errors import (
     ClientError,
     DiskFullError,
+    IncompatibleDaemonError,
+    IncompatiblePeerError,
     MeshError,
     RequestFailedError,
     TaskFailedError,
@@ -283,6 +287,43 @@ async def test_no_peer_answering_is_a_clear_error() -> None:
     with pytest.raises(ClientError, match=r"no meshgpu daemon answered.*meshgpu join"):
         async with AsyncClient(f"127.0.0.1:{port}", environ={}, connect_timeout=1):
             pass
+
+
+async def test_a_daemon_of_the_previous_protocol_version_is_a_clear_error_naming_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daemon of protocol version 2 (whose put_inputs wants the digest on every range)
+    refuses this client's first frame with the refusal every version sends; the client
+    stops at once with one error naming both versions, not "no daemon answered"."""
+    old = Authenticator(None, "old-node", mesh="default")
+
+    async def old_daemon(stream: trio.SocketStream) -> None:
+        frame = b""
+        while len(frame) < 4 or len(frame) < 4 + struct.unpack("!I", frame[:4])[0]:
+            frame += await stream.receive_some(65536)
+        frame = frame[4:]
+        with monkeypatch.context() as patch:  # this node speaks version 2 (no await inside)
+            patch.setattr(envelope, "VERSION", 2)
+            patch.setattr(handshake, "VERSION", 2)
+            with pytest.raises(IncompatiblePeerError) as refused:
+                old.open(frame, Channel.FRAME)
+            refusal = old.refusal(Channel.FRAME, refused.value)
+        await stream.send_all(struct.pack("!I", len(refusal)) + refusal)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, old_daemon, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        with pytest.raises(IncompatibleDaemonError) as told:
+            async with AsyncClient(f"127.0.0.1:{port}", environ={}, connect_timeout=5):
+                pass
+        nursery.cancel_scope.cancel()
+    message = str(told.value)
+    assert f"127.0.0.1:{port}" in message and "no meshgpu daemon answered" not in message
+    assert "protocol version 2" in message and f"protocol version {VERSION}" in message
+    assert VERSION == 3  # put_inputs by ``upload`` id is version 3
 
 
 async def test_leaving_map_early_while_other_outcomes_arrive_keeps_the_client_serving(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshgpu.daemon.auth import Authenticator, Channel, MeshKey, load_mesh_key
+from meshgpu.daemon.auth.handshake import VERSION
 from meshgpu.errors import AuthenticationError, ConfigError, DecodeError, IncompatiblePeerError
 
 
@@ -215,7 +216,7 @@ def test_client_without_mesh_name_reaches_daemon_on_frames_only(key: MeshKey) ->
 def test_other_protocol_version_is_refused_naming_both(key: MeshKey) -> None:
     sealed = bytearray(Authenticator(key, "alice").new_session(Channel.DATAGRAM).seal(b"x"))
     sealed[2] = 1
-    with pytest.raises(DecodeError, match="protocol version 1, this node speaks 2"):
+    with pytest.raises(DecodeError, match=f"protocol version 1, this node speaks {VERSION}"):
         Authenticator(key, "bob").open(bytes(sealed), Channel.DATAGRAM)
 
 

@@ -16,6 +16,7 @@ import trio
 
 from meshgpu.cli.status import member_rows
 from meshgpu.daemon.auth import Authenticator, Channel, MeshKey
+from meshgpu.daemon.auth.handshake import VERSION
 from meshgpu.daemon.framing import unpack
 from meshgpu.daemon.identity import IdentityStore
 from meshgpu.daemon.rpc import open_rpc
@@ -295,12 +296,12 @@ async def test_node_of_another_protocol_version_is_told_both_versions(mesh) -> N
         udp.settimeout(WAIT_S)
         udp.sendto(version_1, target.address)
         refusal, _ = udp.recvfrom(65536)
-    assert b"old-node speaks protocol version 1, this node speaks 2" in refusal
-    with pytest.raises(IncompatiblePeerError, match="protocol version 2, mesh 'default'"):
+    assert f"old-node speaks protocol version 1, this node speaks {VERSION}".encode() in refusal
+    with pytest.raises(IncompatiblePeerError, match=f"protocol version {VERSION}, mesh 'default'"):
         Authenticator(None, "old-node").open(refusal, Channel.DATAGRAM)
     status = await wait(target, key, counter=["auth", "bad_version", 1])
     refused = {g["node_id"]: g for g in status["gone"] if g["state"] == "refused"}
-    assert "protocol version 1, this node speaks 2" in refused["old-node"]["reason"]
+    assert f"protocol version 1, this node speaks {VERSION}" in refused["old-node"]["reason"]
 
 
 async def test_connection_of_another_protocol_version_is_told_both_versions(mesh) -> None:
@@ -322,13 +323,15 @@ async def test_connection_of_another_protocol_version_is_told_both_versions(mesh
     (length,) = struct.unpack("!I", reply[:4])
     refusal = reply[4:]
     assert length == len(refusal)
-    assert b"old-client speaks protocol version 1, this node speaks 2" in refusal
-    with pytest.raises(IncompatiblePeerError, match="protocol version 2, mesh 'default'") as told:
+    assert f"old-client speaks protocol version 1, this node speaks {VERSION}".encode() in refusal
+    with pytest.raises(
+        IncompatiblePeerError, match=f"protocol version {VERSION}, mesh 'default'"
+    ) as told:
         Authenticator(None, "old-client").open(refusal, Channel.FRAME)
     assert told.value.reason == "refused_by_peer"
     status = await call(target, key, "status")
     refused = {g["node_id"]: g for g in status["gone"] if g["state"] == "refused"}
-    assert "protocol version 1, this node speaks 2" in refused["old-client"]["reason"]
+    assert f"protocol version 1, this node speaks {VERSION}" in refused["old-client"]["reason"]
     assert status["counters"]["auth"]["bad_version"] >= 1
 
 

@@ -23,8 +23,11 @@ from enum import IntEnum
 from typing import Any
 
 MAGIC = b"MG"
-VERSION = 2
-"""The protocol version: 1 authenticated with HMAC, 2 encrypts with AES-256-GCM."""
+VERSION = 3
+"""The protocol version: 1 authenticated with HMAC, 2 encrypts with AES-256-GCM, 3 names
+an upload of inputs by the sender's ``upload`` id with the digest on its last range
+(``put_inputs``; a version-2 node asks for the digest on every range, so it would refuse
+every large upload of a version-3 sender: the version check refuses it up front)."""
 FLAG_KEYED = 0x01
 FLAG_REFUSAL = 0x80
 """A refusal: a peer of another version or mesh tells the sender why it drops its traffic."""
