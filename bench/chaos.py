@@ -54,16 +54,23 @@ random and truncated UDP datagrams, garbage frames, a lying length prefix, a len
 the limit, a frame of the maximum size, thousands of idle TCP connections, clients that
 send a byte a second, and garbage, truncated and idle HTTP requests; ``--parts`` picks
 some of them, and the control part ``burn`` sends nothing and only spends a tenth of a
-core per attacker), ``--rounds`` times alternated; ``hostile`` reports the throughput
-of the hostile phases against the quiet ones, each daemon's peak RSS and open files
-against its quiet level, the CPU seconds of the daemons and of the attackers, and the
-change of every daemon counter in each kind of phase (what was dropped; suspicions and
-leader changes, the sign of a daemon too slow to answer its probes).
+core per attacker), ``--rounds`` times alternated. The barrage is paced: each kind has
+a rate per attacked daemon (:data:`RATES`, ``--hostile-rate datagrams=400,frames=40,...``);
+``--flood`` adds a third phase to every round in which every kind goes as fast as the
+attackers can send it. ``hostile`` reports the throughput of the hostile (and flood)
+phases against the quiet ones, each daemon's peak RSS and open files against its quiet
+level, where the CPU went in each kind of phase (the daemons' and the workload's user
+and system seconds, the attackers', and the user, system, softirq and idle time of the
+mesh's and the attackers' cores, which shows what other jobs and the kernel took), what
+the attackers sent per second, and the change of every daemon counter in each kind of
+phase (what was dropped; suspicions and leader changes, the sign of a daemon too slow
+to answer its probes).
 The attackers stand for other machines: they run on cores of their own (``taskset``),
 the daemons and the client on the others, in the quiet phases too (``--mesh-cpus``,
 ``--attacker-cpus``; by default the usable cores split in two halves, ``--no-pin`` for
-none), and every attacking socket comes from 127.0.0.2 (:data:`ATTACKER_ADDRESS`), not
-from the addresses of the workload's callers. ``--nice`` gives the daemons, the client
+none), and every attacking socket comes from 127.0.0.2 or 127.0.0.3
+(:data:`ATTACKER_ADDRESS`, :data:`BAD_INPUT_ADDRESS`), not from the addresses of the
+workload's callers. ``--nice`` gives the daemons, the client
 and the attackers one nice value, on a machine whose other jobs would otherwise move
 to the mesh's cores as soon as the attackers' cores get busy.
 The checker runs over the whole history as usual.
@@ -516,7 +523,13 @@ namespaces (the HTTP port listens on 127.0.0.1 there) where the HTTP clients of 
 workload and the bench's own status calls come from 127.0.0.1 and the daemon's address:
 sharing those addresses, the attackers would fill their per-address connection budgets
 and the daemon would refuse the real callers with them, which no attacker on another
-machine can do. Any 127/8 address is this host's."""
+machine can do. Any 127/8 address is this host's. The idle connections and the slow
+clients come from this address, the bad datagrams, frames and requests from
+:data:`BAD_INPUT_ADDRESS`."""
+BAD_INPUT_ADDRESS = "127.0.0.3"
+"""The source of the bad datagrams, frames and HTTP requests: from the address of the
+idle connections, which holds that address's whole connection budget, nearly every bad
+frame was refused at accept and never read (what a second attacking host gets past)."""
 HTTP_LYING = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
 """A request whose body is far shorter than its Content-Length says."""
 HTTP_SLOW = b"GET /v2/health/ready HTTP/1.1\r\n" + b"X-Slow: y\r\n" * 20 + b"\r\n"
@@ -540,13 +553,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_list(cpus: frozenset[int]) -> str:
@@ -611,9 +617,66 @@ def open_files(pid: int) -> int:
 
 BARRAGE_PARTS = ("datagrams", "frames", "max_frame", "idle_api", "slow", "http", "idle_http")
 CONTROL_PARTS = ("burn",)
-"""``burn``: no input at all, the attacker only spends CPU (a tenth of a core): a control
+"""The parts of :func:`barrage` (``--parts`` picks some, to measure them apart).
+``burn``: no input at all, the attacker only spends CPU (a tenth of a core): a control
 that tells the attackers' share of a small machine from what the input costs."""
-"""The parts of :func:`barrage` (``--parts`` picks some, to measure them apart)."""
+RATES = {
+    "datagrams": 400.0,
+    "frames": 40.0,
+    "http": 20.0,
+    "reconnects": 100.0,
+    "max_frames": 0.05,
+}
+"""The barrage's default rates, per attacked daemon and second (``--hostile-rate``):
+random and truncated datagrams to the gossip port (2,000/s across 5 daemons); bad frames
+to the TCP API, each on a connection of its own, garbage, a length over the limit, a
+lying length prefix and a truncated header in turn (200/s across 5); bad HTTP requests,
+garbage, a body shorter than its Content-Length and a truncated head in turn (100/s);
+idle connections opened again after the daemon closed or refused them (500/s); frames of
+the maximum size (64 MiB; one every 20 s). The idle connections held (``--idle-connections``,
+:data:`IDLE_HTTP`) and the clients that send a byte a second (3 per port) are counts,
+not rates. A flood (``--flood``) sends every kind as fast as the attacker's core allows."""
+FLOOD_WORKERS = 16
+"""Senders of one kind side by side in a flood (frames, HTTP requests)."""
+MAX_IN_FLIGHT = 64
+"""Bad frames or HTTP requests of one kind in flight at most at a paced rate (past it,
+the due ones are counted ``*_behind`` and skipped: the daemon answers slower than the
+rate)."""
+ANSWER_WAIT_S = 0.5
+"""How long a bad frame's or request's connection waits for the daemon's answer."""
+TICK_S = 0.01
+"""The pacing step of a rate: what is due is sent every tick."""
+FRAMES = (
+    ("garbage_frames", lambda rng: b"\x00\x00\x00\x10" + rng.randbytes(16)),
+    ("over_limit_lengths", lambda rng: b"\xff\xff\xff\xff"),
+    ("lying_lengths", lambda rng: b"\x00\x00\x10\x00short"),
+    ("truncated_headers", lambda rng: rng.randbytes(3)),
+)
+"""The bad frames, in turn: a name (the tally's) and the bytes."""
+HTTP_REQUESTS = (
+    ("http_garbage", lambda rng: rng.randbytes(rng.randrange(1, 600))),
+    ("http_lying", lambda rng: HTTP_LYING),
+    ("http_truncated", lambda rng: b"GET /v2/health/re"),
+)
+
+
+def _rates(text: str) -> dict[str, float]:
+    rates = dict(RATES)
+    for part in text.split(","):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if name not in RATES:
+            raise argparse.ArgumentTypeError(
+                f"unknown rate {name!r}; known: {', '.join(RATES)} (e.g. datagrams=400)"
+            )
+        try:
+            rates[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a rate: {part!r} (e.g. frames=40)") from None
+        if rates[name] < 0:
+            raise argparse.ArgumentTypeError(f"a rate is not negative: {part!r}")
+    return rates
 
 
 async def barrage(
@@ -623,28 +686,60 @@ async def barrage(
     seed: int,
     idle_api: int = IDLE_API,
     parts: tuple[str, ...] = BARRAGE_PARTS,
+    rates: dict[str, float] | None = None,
 ) -> None:
     """Hostile input at one daemon until ``stop``: run inside the daemon's namespace (its
-    HTTP port listens on 127.0.0.1 there). ``parts``: which of :data:`BARRAGE_PARTS`."""
+    HTTP port listens on 127.0.0.1 there). ``parts``: which of :data:`BARRAGE_PARTS`;
+    ``rates``: per second and kind (:data:`RATES`), None for a flood (every kind as
+    fast as this process can send it)."""
     rng = random.Random(seed)
     api = (address, PORT)
     source = ATTACKER_ADDRESS
+    bad_source = BAD_INPUT_ADDRESS
     http = ("127.0.0.1", HTTP_PORT)
+    flood = rates is None
 
     async def stopped() -> None:
         while not stop.is_set():
             await trio.sleep(0.2)
 
+    async def ticks(rate: float, due: Any) -> None:
+        """Call ``due(n)`` every :data:`TICK_S` with the ``n`` actions due at ``rate``."""
+        credit = 0.0
+        last = trio.current_time()
+        while True:
+            await trio.sleep(TICK_S)
+            now = trio.current_time()
+            credit = min(credit + rate * (now - last), max(rate, 1.0))
+            last = now
+            if credit >= 1:
+                due(int(credit))
+                credit -= int(credit)
+
     async def datagrams() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((source, 0))
+            udp.bind((bad_source, 0))
             udp.setblocking(False)
-            while True:
-                size = rng.choice([0, 1, 3, rng.randrange(4, 1400)])
-                with contextlib.suppress(OSError):
-                    udp.sendto(rng.randbytes(size), api)
-                    tally["datagrams"] += 1
-                await trio.sleep(0.005)
+
+            def send(n: int) -> None:
+                for _ in range(n):
+                    size = rng.choice([0, 1, 3, rng.randrange(4, 1400)])
+                    try:
+                        udp.sendto(rng.randbytes(size), api)
+                        tally["datagrams"] += 1
+                    except BlockingIOError:
+                        tally["datagrams_would_block"] += 1
+                    except OSError:
+                        pass
+
+            if not flood:
+                await ticks(rates["datagrams"], send)
+            while True:  # a flood
+                send(32)
+                await trio.lowlevel.checkpoint()
+
+    reconnect = trio.Semaphore(0)
+    """Tokens for idle connections to open again (a paced rate; none in a flood)."""
 
     async def idle(target: tuple[str, int], name: str) -> None:
         """Hold a connection open and silent; when the daemon closes it, open another."""
@@ -652,45 +747,80 @@ async def barrage(
             try:
                 stream = await trio.open_tcp_stream(*target, local_address=source)
             except OSError:
-                await trio.sleep(5)
-                continue
-            tally[f"{name}_idle_opened"] += 1
-            with contextlib.suppress(trio.BrokenResourceError, OSError):
-                while await stream.receive_some(4096):
-                    pass
-            await stream.aclose()
-            tally[f"{name}_idle_closed_by_daemon"] += 1
-            await trio.sleep(10)
+                tally[f"{name}_idle_refused_at_connect"] += 1
+            else:
+                tally[f"{name}_idle_opened"] += 1
+                with contextlib.suppress(trio.BrokenResourceError, OSError):
+                    while await stream.receive_some(4096):
+                        pass
+                await stream.aclose()
+                tally[f"{name}_idle_closed_by_daemon"] += 1
+            if flood:
+                await trio.lowlevel.checkpoint()
+            else:
+                await reconnect.acquire()
+
+    def release_reconnects(n: int) -> None:
+        for _ in range(min(n, max(0, idle_api + IDLE_HTTP - reconnect.value))):
+            reconnect.release()
 
     async def one_shot(target: tuple[str, int], data: bytes, name: str) -> None:
+        """Connect, send ``data``, close after the answer (half a second at most; at once
+        in a flood)."""
         try:
-            stream = await trio.open_tcp_stream(*target, local_address=source)
+            stream = await trio.open_tcp_stream(*target, local_address=bad_source)
         except OSError:
+            tally[f"{name}_refused_at_connect"] += 1
             return
         with contextlib.suppress(trio.BrokenResourceError, OSError):
             await stream.send_all(data)
             tally[name] += 1
-            with trio.move_on_after(2):
+            with trio.move_on_after(0 if flood else ANSWER_WAIT_S):
                 await stream.receive_some(4096)
         await stream.aclose()
 
-    async def frames() -> None:
+    async def bad(target: tuple[str, int], kinds: Any, rate_name: str) -> None:
+        """Bad frames or requests of ``kinds`` in turn, one connection each."""
+        turn = itertools.cycle(kinds)
+        in_flight = 0
+
+        async def one() -> None:
+            nonlocal in_flight
+            name, make = next(turn)
+            in_flight += 1
+            try:
+                await one_shot(target, make(rng), name)
+            finally:
+                in_flight -= 1
+
+        async with trio.open_nursery() as nursery:
+            if flood:
+                for _ in range(FLOOD_WORKERS):
+
+                    async def worker() -> None:
+                        while True:
+                            await one()
+                            await trio.lowlevel.checkpoint()
+
+                    nursery.start_soon(worker)
+                return
+
+            def due(n: int) -> None:
+                for _ in range(n):
+                    if in_flight >= MAX_IN_FLIGHT:
+                        tally[f"{rate_name}_behind"] += 1
+                    else:
+                        nursery.start_soon(one)
+
+            await ticks(rates[rate_name], due)
+
+    async def max_frames() -> None:
         limit = 64 * 1024 * 1024
-        sent_max = 0.0
+        interval = 0.0 if flood else 1.0 / rates["max_frames"]
         while True:
-            if "frames" in parts:
-                await one_shot(api, b"\x00\x00\x00\x10" + rng.randbytes(16), "garbage_frames")
-                await one_shot(api, b"\xff\xff\xff\xff", "over_limit_lengths")
-                await one_shot(api, b"\x00\x00\x10\x00short", "lying_lengths")
-                await one_shot(api, rng.randbytes(3), "truncated_headers")
-            if "http" in parts:
-                await one_shot(http, rng.randbytes(rng.randrange(1, 600)), "http_garbage")
-                await one_shot(http, HTTP_LYING, "http_lying")
-                await one_shot(http, b"GET /v2/health/re", "http_truncated")
-            if "max_frame" in parts and trio.current_time() - sent_max > 20:
-                sent_max = trio.current_time()
-                await one_shot(api, struct.pack(">I", limit) + bytes(limit), "max_size_frames")
-            await trio.sleep(0.2)
+            began = trio.current_time()
+            await one_shot(api, struct.pack(">I", limit) + bytes(limit), "max_size_frames")
+            await trio.sleep_until(began + interval)
 
     async def one_byte_a_second(target: tuple[str, int], data: bytes, name: str) -> None:
         while True:
@@ -712,17 +842,27 @@ async def barrage(
                 pass
             await trio.sleep(0.045)
 
+    def paced(name: str) -> bool:
+        return flood or rates[name] > 0
+
     async with trio.open_nursery() as nursery:
         if "burn" in parts:
             nursery.start_soon(burn)
-        if "datagrams" in parts:
+        if "datagrams" in parts and paced("datagrams"):
             nursery.start_soon(datagrams)
-        nursery.start_soon(frames)
+        if "frames" in parts and paced("frames"):
+            nursery.start_soon(bad, api, FRAMES, "frames")
+        if "http" in parts and paced("http"):
+            nursery.start_soon(bad, http, HTTP_REQUESTS, "http")
+        if "max_frame" in parts and paced("max_frames"):
+            nursery.start_soon(max_frames)
         for _ in range(3 if "slow" in parts else 0):
             nursery.start_soon(
                 one_byte_a_second, api, b"\x00\x00\x01\x00" + bytes(256), "slow_api_bytes"
             )
             nursery.start_soon(one_byte_a_second, http, HTTP_SLOW, "slow_http_bytes")
+        if not flood and rates["reconnects"] > 0:
+            nursery.start_soon(ticks, rates["reconnects"], release_reconnects)
         for _ in range(idle_api if "idle_api" in parts else 0):
             nursery.start_soon(idle, api, "api")
             await trio.sleep(0)
@@ -731,6 +871,29 @@ async def barrage(
             await trio.sleep(0)
         await stopped()
         nursery.cancel_scope.cancel()
+
+
+CORE_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+"""The first columns of a ``cpuN`` line of /proc/stat, in clock ticks."""
+
+
+def core_ticks(cpus: frozenset[int]) -> Counter[str]:
+    """The /proc/stat columns summed over ``cpus`` (clock ticks since boot)."""
+    total: Counter[str] = Counter()
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *values = line.split()
+            if name.startswith("cpu") and name != "cpu" and int(name[3:]) in cpus:
+                total.update(dict(zip(CORE_FIELDS, map(int, values), strict=False)))
+    return total
+
+
+def cpu_split_s(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def hostile_phases(
@@ -742,10 +905,17 @@ def hostile_phases(
     parts: tuple[str, ...] = BARRAGE_PARTS,
     rounds: int = 1,
     attacker_cpus: frozenset[int] = frozenset(),
+    mesh_cpus: frozenset[int] = frozenset(),
+    rates: dict[str, float] | None = None,
+    flood: bool = False,
 ) -> dict[str, Any]:
-    """``rounds`` times a quiet phase, then a phase under :func:`barrage` at every
-    daemon; the rates are the totals of each kind over their time. ``attacker_cpus``:
-    the cores the attackers run on (none: wherever the scheduler puts them)."""
+    """``rounds`` times a quiet phase, then a phase under :func:`barrage` at ``rates``
+    (:data:`RATES` if None) at every daemon, then (``flood``) a phase under the barrage
+    as fast as the attackers can send; the rates are the totals of each kind over their
+    time. ``attacker_cpus``, ``mesh_cpus``: the cores the attackers and the mesh run on
+    (none: wherever the scheduler puts them; their time is then read over every core)."""
+    rates = dict(RATES if rates is None else rates)
+    kinds = ("quiet", "hostile", "flood") if flood else ("quiet", "hostile")
 
     def sample(peaks: dict[str, dict[str, int]]) -> None:
         for index, daemon in enumerate(campaign.fleet.daemons):
@@ -794,19 +964,25 @@ def hostile_phases(
                 sum(1 for t in history.http_times if start <= t < end),
             )
 
-    def daemons_cpu() -> float:
-        total = 0.0
+    def daemons_cpu() -> tuple[float, float]:
+        user = system = 0.0
         for daemon in campaign.fleet.daemons:
             with contextlib.suppress(OSError):
-                total += cpu_s(daemon.process.pid)
-        return total
+                u, s = cpu_split_s(daemon.process.pid)
+                user += u
+                system += s
+        return user, system
 
-    def phase(hostile: bool, peaks: dict[str, dict[str, int]]) -> tuple[tuple[int, int], float]:
+    every_core = frozenset(os.sched_getaffinity(0))
+    mesh_cores = mesh_cpus or every_core
+    attacker_cores = attacker_cpus or every_core
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def phase(kind: str, peaks: dict[str, dict[str, int]]) -> tuple[tuple[int, int], float]:
         """One phase: ((results delivered, HTTP answers), seconds); ``peaks`` takes the
         RSS and open files."""
-        kind = "hostile" if hostile else "quiet"
         attackers = []
-        if hostile:  # one process per daemon, in its namespace (not this process's GIL)
+        if kind != "quiet":  # one process per daemon, in its namespace (not this GIL)
             for index, daemon in enumerate(campaign.fleet.daemons):
                 argv = [sys.executable, __file__, "--barrage", daemon.host.address]
                 if attacker_cpus:  # taskset execs in place: the process is the attacker
@@ -814,6 +990,10 @@ def hostile_phases(
                 argv += ["--seed", str(seed * 100 + index)]
                 argv += ["--idle-connections", str(idle_api)]
                 argv += ["--parts", ",".join(parts)]
+                if kind == "flood":
+                    argv += ["--flood"]
+                else:
+                    argv += ["--hostile-rate", ",".join(f"{k}={v}" for k, v in rates.items())]
                 attackers.append(
                     campaign.lab.popen(
                         daemon.host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -823,17 +1003,42 @@ def hostile_phases(
             assert attacker.stdout is not None
             attacker.stdout.readline()
         before = counters()
-        cpu_before = daemons_cpu()
+        daemons_before = daemons_cpu()
+        workload_before = os.times()
+        mesh_before = core_ticks(mesh_cores)
+        attackers_before = core_ticks(attacker_cores)
+        attackers_cpu_before = [cpu_split_s(a.pid) for a in attackers]
         start = time.monotonic()
         while time.monotonic() < start + phase_s:
             sample(peaks)
             time.sleep(1.0)
         end = time.monotonic()
-        cpu[f"{kind}_daemons_cpu_s"] += daemons_cpu() - cpu_before
+        daemons_after = daemons_cpu()
+        workload_after = os.times()
+        mesh_after = core_ticks(mesh_cores)
+        attackers_after = core_ticks(attacker_cores)
+        spent = cpu[kind]
+        spent["daemons_user"] += daemons_after[0] - daemons_before[0]
+        spent["daemons_system"] += daemons_after[1] - daemons_before[1]
+        # this process: the Python client, the HTTP clients and the bench (threads)
+        spent["workload_user"] += workload_after.user - workload_before.user
+        spent["workload_system"] += workload_after.system - workload_before.system
+        for where, ticks_before, ticks_after in (
+            ("mesh_cores", mesh_before, mesh_after),
+            ("attacker_cores", attackers_before, attackers_after),
+        ):
+            moved_ticks = {k: ticks_after[k] - ticks_before[k] for k in CORE_FIELDS}
+            spent[f"{where}_user"] += (moved_ticks["user"] + moved_ticks["nice"]) / tick
+            spent[f"{where}_system"] += moved_ticks["system"] / tick
+            spent[f"{where}_softirq"] += (moved_ticks["softirq"] + moved_ticks["irq"]) / tick
+            spent[f"{where}_idle"] += (moved_ticks["idle"] + moved_ticks["iowait"]) / tick
+            spent[f"{where}_steal"] += moved_ticks["steal"] / tick
         moved[kind].update(delta(before, counters()))
-        for attacker in attackers:
+        for attacker, (user, system) in zip(attackers, attackers_cpu_before, strict=True):
             with contextlib.suppress(OSError):
-                cpu["attackers_cpu_s"] += cpu_s(attacker.pid)
+                now_user, now_system = cpu_split_s(attacker.pid)
+                spent["attackers_user"] += now_user - user
+                spent["attackers_system"] += now_system - system
         for attacker in attackers:  # all stop together (a closed stdin says stop)
             assert attacker.stdin is not None
             attacker.stdin.close()
@@ -846,56 +1051,100 @@ def hostile_phases(
                 out, _ = attacker.communicate()
                 tally["attackers_killed"] += 1
             with contextlib.suppress(ValueError, IndexError):
-                tally.update(json.loads(out.decode().strip().splitlines()[-1]))
+                sent[kind].update(json.loads(out.decode().strip().splitlines()[-1]))
         return results_between(start, end), end - start
 
     tally: Counter[str] = Counter()
-    cpu: Counter[str] = Counter()
+    cpu: dict[str, Counter[str]] = {kind: Counter() for kind in kinds}
+    sent: dict[str, Counter[str]] = {kind: Counter() for kind in kinds}
     time.sleep(min(20.0, phase_s / 3))  # the workload warms up (models cached everywhere)
-    quiet: dict[str, dict[str, int]] = {}
-    loud: dict[str, dict[str, int]] = {}
-    moved: dict[str, Counter[str]] = {"quiet": Counter(), "hostile": Counter()}
+    peaks: dict[str, dict[str, dict[str, int]]] = {kind: {} for kind in kinds}
+    moved: dict[str, Counter[str]] = {kind: Counter() for kind in kinds}
     delivered: Counter[str] = Counter()
     answered: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
     for _ in range(rounds):  # alternated, so that a drift of the machine's load cancels
-        for hostile in (False, True):
-            kind = "hostile" if hostile else "quiet"
-            (done, http_done), spent = phase(hostile, loud if hostile else quiet)
+        for kind in kinds:
+            (done, http_done), spent = phase(kind, peaks[kind])
             answered[kind] += http_done
             delivered[kind] += done
             seconds[kind] += spent
-    quiet_rate = delivered["quiet"] / seconds["quiet"]
-    hostile_rate = delivered["hostile"] / seconds["hostile"]
-    quiet_http = answered["quiet"] / seconds["quiet"]
-    hostile_http = answered["hostile"] / seconds["hostile"]
+    quiet = peaks["quiet"]
+    results = {kind: delivered[kind] / seconds[kind] for kind in kinds}
+    http_rates = {kind: answered[kind] / seconds[kind] for kind in kinds}
+
+    def ratio(value: float, reference: float) -> float:
+        return round(value / reference, 3) if reference else 0.0
+
+    def per_kind(kind: str) -> dict[str, Any]:
+        loud = peaks[kind]
+        return {
+            "results_per_s": round(results[kind], 2),
+            "http_answers_per_s": round(http_rates[kind], 2),
+            "throughput_ratio": ratio(results[kind], results["quiet"]),
+            "http_throughput_ratio": ratio(http_rates[kind], http_rates["quiet"]),
+            "rss_ratio": {
+                name: round(loud[name]["rss_kib"] / quiet[name]["rss_kib"], 3)
+                for name in quiet
+                if name in loud and quiet[name]["rss_kib"]
+            },
+            "open_files": {name: loud.get(name, {}).get("open_files", 0) for name in quiet},
+            "cpu_s": {name: round(value, 1) for name, value in sorted(cpu[kind].items())},
+            # per attacker (so per daemon) and second of its run
+            "sent_per_s_per_daemon": {
+                name: round(count / sent[kind]["run_s"], 1)
+                for name, count in sorted(sent[kind].items())
+                if name != "run_s" and sent[kind]["run_s"]
+            },
+            "dropped": {name: moved[kind][f"daemon.{name}"] for name in DROP_COUNTERS}
+            | {"auth_rejected": moved[kind]["auth.rejected"]},
+        }
+
+    phases = {kind: per_kind(kind) for kind in kinds}
+    hostile = phases["hostile"]
     return {
         "phase_s": phase_s,
         "rounds": rounds,
         "idle_connections_per_daemon": idle_api,
+        "idle_http_connections_per_daemon": IDLE_HTTP,
+        "rates_per_daemon": rates,
         "parts": list(parts),
         "attacker_cpus": sorted(attacker_cpus),
-        "quiet_results_per_s": round(quiet_rate, 2),
-        "hostile_results_per_s": round(hostile_rate, 2),
-        "throughput_ratio": round(hostile_rate / quiet_rate, 3) if quiet_rate else 0.0,
-        "quiet_http_answers_per_s": round(quiet_http, 2),
-        "hostile_http_answers_per_s": round(hostile_http, 2),
-        "http_throughput_ratio": round(hostile_http / quiet_http, 3) if quiet_http else 0.0,
-        "rss_ratio": {
-            name: round(loud[name]["rss_kib"] / quiet[name]["rss_kib"], 3)
-            for name in quiet
-            if name in loud and quiet[name]["rss_kib"]
-        },
+        "quiet_results_per_s": round(results["quiet"], 2),
+        "hostile_results_per_s": hostile["results_per_s"],
+        "throughput_ratio": hostile["throughput_ratio"],
+        "quiet_http_answers_per_s": round(http_rates["quiet"], 2),
+        "hostile_http_answers_per_s": hostile["http_answers_per_s"],
+        "http_throughput_ratio": hostile["http_throughput_ratio"],
+        **(
+            {
+                "flood_throughput_ratio": phases["flood"]["throughput_ratio"],
+                "flood_http_throughput_ratio": phases["flood"]["http_throughput_ratio"],
+            }
+            if flood
+            else {}
+        ),
+        "rss_ratio": hostile["rss_ratio"],
         "open_files": {
-            name: [quiet[name]["open_files"], loud.get(name, {}).get("open_files", 0)]
-            for name in quiet
+            name: [quiet[name]["open_files"], hostile["open_files"].get(name, 0)] for name in quiet
         },
         "quiet_rss_kib": {name: peak["rss_kib"] for name, peak in quiet.items()},
-        "dropped": {name: moved["hostile"][f"daemon.{name}"] for name in DROP_COUNTERS}
-        | {"auth_rejected": moved["hostile"]["auth.rejected"]},
+        "dropped": hostile["dropped"],
+        "phases": phases,
         "counters": {kind: dict(sorted(values.items())) for kind, values in moved.items()},
-        "sent": dict(sorted(tally.items())),
-        "cpu_s": {name: round(value, 1) for name, value in sorted(cpu.items())},
+        "sent": {kind: dict(sorted(values.items())) for kind, values in sent.items()}
+        | {"bench": dict(sorted(tally.items()))},
+        "cpu_s": {
+            "quiet_daemons_cpu_s": round(
+                cpu["quiet"]["daemons_user"] + cpu["quiet"]["daemons_system"], 1
+            ),
+            "hostile_daemons_cpu_s": round(
+                cpu["hostile"]["daemons_user"] + cpu["hostile"]["daemons_system"], 1
+            ),
+            "attackers_cpu_s": round(
+                cpu["hostile"]["attackers_user"] + cpu["hostile"]["attackers_system"], 1
+            ),
+        },
     }
 
 
@@ -955,6 +1204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.parts,
                 args.rounds,
                 attacker_cpus,
+                mesh_cpus,
+                args.hostile_rate,
+                args.flood,
             )
             hostile["mesh_cpus"] = sorted(mesh_cpus)
             hostile["nice"] = 0 if args.no_pin else args.nice
@@ -1069,7 +1321,13 @@ TABLE = (
 )
 
 
-def barrage_process(address: str, seed: int, idle_api: int, parts: tuple[str, ...]) -> int:
+def barrage_process(
+    address: str,
+    seed: int,
+    idle_api: int,
+    parts: tuple[str, ...],
+    rates: dict[str, float] | None,
+) -> int:
     """``--barrage ADDRESS``: :func:`barrage` until stdin closes, then its tally as JSON."""
     stop = threading.Event()
     tally: Counter[str] = Counter()
@@ -1080,12 +1338,14 @@ def barrage_process(address: str, seed: int, idle_api: int, parts: tuple[str, ..
         workload went on between the phases."""
         sys.stdin.read()
         stop.set()
+        tally["run_s"] = round(time.monotonic() - began, 3)  # type: ignore[assignment]
         print(json.dumps(dict(tally)), flush=True)
         os._exit(0)
 
     threading.Thread(target=until_stdin_closes, daemon=True).start()
     print("ready", flush=True)
-    trio.run(barrage, address, stop, tally, seed, idle_api, parts)
+    began = time.monotonic()
+    trio.run(barrage, address, stop, tally, seed, idle_api, parts, rates)
     return 0
 
 
@@ -1148,6 +1408,21 @@ def main() -> int:
         "mesh's cores when the attackers' cores get busy; see docs/reliability.md)",
     )
     parser.add_argument(
+        "--hostile-rate",
+        type=_rates,
+        default=dict(RATES),
+        metavar="KIND=PER_S,...",
+        help="with --hostile: the barrage's rates per attacked daemon and second, any of "
+        + ", ".join(f"{name}={value:g}" for name, value in RATES.items())
+        + " (the defaults; 0 turns a kind off)",
+    )
+    parser.add_argument(
+        "--flood",
+        action="store_true",
+        help="with --hostile: a third phase in every round, the barrage as fast as the "
+        "attackers can send (a volumetric flood), beside the quiet and the paced ones",
+    )
+    parser.add_argument(
         "--no-pin",
         action="store_true",
         help="with --hostile: pin nothing (attackers then take CPU from the daemons)",
@@ -1160,7 +1435,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.barrage:
-        return barrage_process(args.barrage, args.seed, args.idle_connections, args.parts)
+        rates = None if args.flood else args.hostile_rate
+        return barrage_process(args.barrage, args.seed, args.idle_connections, args.parts, rates)
     try:
         check_available()
     except NamespacesUnavailable as reason:
@@ -1193,13 +1469,22 @@ def main() -> int:
             print(f"hostile {name:20s} {hostile[name]}")
         print(f"hostile mesh_cpus {hostile['mesh_cpus']} attacker_cpus "
               f"{hostile['attacker_cpus']} nice {hostile['nice']}")  # fmt: skip
-        for name, seconds in hostile["cpu_s"].items():
-            print(f"hostile {name:20s} {seconds}")
-        for name, ratio in hostile["rss_ratio"].items():
-            files = hostile["open_files"][name]
-            print(f"hostile {name} rss x{ratio}, open files {files[0]} -> {files[1]}")
-        for name, count in hostile["dropped"].items():
-            print(f"hostile dropped {name:20s} {count}")
+        if "flood_throughput_ratio" in hostile:
+            print(f"hostile flood_throughput_ratio   {hostile['flood_throughput_ratio']}")
+            print(f"hostile flood_http_throughput_ratio {hostile['flood_http_throughput_ratio']}")
+        for kind, phase in hostile["phases"].items():
+            print(f"phase {kind}: results/s {phase['results_per_s']}, HTTP answers/s "
+                  f"{phase['http_answers_per_s']}")  # fmt: skip
+            for name, seconds in phase["cpu_s"].items():
+                print(f"  cpu_s {name:26s} {seconds}")
+            if kind == "quiet":
+                continue
+            for name, rate in phase["sent_per_s_per_daemon"].items():
+                print(f"  sent/s per daemon {name:25s} {rate}")
+            for name, ratio in phase["rss_ratio"].items():
+                print(f"  {name} rss x{ratio}, open files {phase['open_files'][name]}")
+            for name, count in phase["dropped"].items():
+                print(f"  dropped {name:24s} {count}")
     if not ok:
         print(f"FAILED: replay with --seed {args.seed} --minutes {args.minutes} "
               f"--nodes {args.nodes}; schedule:", file=sys.stderr)  # fmt: skip
