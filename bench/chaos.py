@@ -1148,6 +1148,141 @@ def hostile_phases(
     }
 
 
+COST_UNITS = {
+    "datagrams": ("datagrams_received", "datagrams_dropped_early"),
+    "frames": ("api_connections",),
+    "max_frame": ("api_connections",),
+    "idle_api": ("api_connections",),
+    "slow": ("api_connections", "http_connections"),
+    "http": ("http_connections",),
+    "idle_http": ("http_connections",),
+}
+"""What one input of a part is, in the attacked daemon's counters: a datagram read, a
+connection accepted on the API port or on the HTTP port."""
+COST_SETTLE_S = 3.0
+"""Seconds an attacker runs before a cost measurement begins (the idle connections'
+first burst of opens is over)."""
+
+
+def cost_run(args: argparse.Namespace) -> dict[str, Any]:
+    """``--hostile --cost``: what each part of the barrage costs the daemon it attacks.
+
+    No workload: the mesh of ``--nodes`` daemons gossips, daemon 0 alone is attacked by
+    one part at a time (paced at ``--hostile-rate``, then with ``--flood`` as fast as
+    the attacker can), each for ``--hostile-s`` after :data:`COST_SETTLE_S`; a phase
+    with no attacker first is the baseline. For each part: the daemon's user and
+    system CPU seconds above the baseline, the inputs it took (:data:`COST_UNITS`, above
+    the baseline), the CPU microseconds per input, the share of a core the part cost it,
+    and the attacker's own CPU seconds."""
+    mesh_cpus: frozenset[int] = frozenset()
+    attacker_cpus: frozenset[int] = frozenset()
+    if not args.no_pin:
+        mesh_cpus, attacker_cpus = split_cpus(args.mesh_cpus, args.attacker_cpus)
+        pin_this_process(mesh_cpus, args.nice)
+    campaign = Campaign(args)
+    parts = [part for part in args.parts if part in COST_UNITS]
+    try:
+        campaign.start()
+        target = campaign.fleet.daemons[0]
+
+        def counters() -> dict[str, int]:
+            for _ in range(5):
+                with contextlib.suppress(Exception):
+                    found = campaign.fleet.call(target, "status")["counters"]["daemon"]
+                    return {k: v for k, v in found.items() if isinstance(v, int)}
+                time.sleep(0.5)
+            return {}
+
+        def measure(part: str | None, flood: bool) -> dict[str, Any]:
+            attacker = None
+            if part is not None:
+                argv = [sys.executable, __file__, "--barrage", target.host.address]
+                if attacker_cpus:
+                    argv = ["taskset", "-c", cpu_list(attacker_cpus), *argv]
+                argv += ["--seed", str(args.seed), "--parts", part]
+                argv += ["--idle-connections", str(args.idle_connections)]
+                if flood:
+                    argv += ["--flood"]
+                else:
+                    argv += [
+                        "--hostile-rate",
+                        ",".join(f"{k}={v}" for k, v in args.hostile_rate.items()),
+                    ]
+                attacker = campaign.lab.popen(
+                    target.host, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                )
+                assert attacker.stdout is not None
+                attacker.stdout.readline()
+                time.sleep(COST_SETTLE_S)
+            before = counters()
+            user, system = cpu_split_s(target.process.pid)
+            attacker_before = cpu_split_s(attacker.pid) if attacker else (0.0, 0.0)
+            start = time.monotonic()
+            time.sleep(args.hostile_s)
+            seconds = time.monotonic() - start
+            after_user, after_system = cpu_split_s(target.process.pid)
+            attacker_after = cpu_split_s(attacker.pid) if attacker else (0.0, 0.0)
+            after = counters()
+            if attacker is not None:
+                assert attacker.stdin is not None
+                attacker.stdin.close()
+                attacker.stdin = None
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    attacker.communicate(timeout=60)
+                if attacker.returncode is None:
+                    attacker.kill()
+                    attacker.communicate()
+            return {
+                "seconds": seconds,
+                "user": after_user - user,
+                "system": after_system - system,
+                "attacker": sum(attacker_after) - sum(attacker_before),
+                "counters": {k: v - before.get(k, 0) for k, v in after.items()},
+            }
+
+        quiet = measure(None, False)
+        report: dict[str, Any] = {}
+        for flood in (False, True) if args.flood else (False,):
+            for part in parts:
+                loud = measure(part, flood)
+                scale = loud["seconds"] / quiet["seconds"]
+                units = sum(
+                    loud["counters"].get(name, 0) - quiet["counters"].get(name, 0) * scale
+                    for name in COST_UNITS[part]
+                )
+                user = loud["user"] - quiet["user"] * scale
+                system = loud["system"] - quiet["system"] * scale
+                report[f"{part}{' flood' if flood else ''}"] = {
+                    "inputs_per_s": round(units / loud["seconds"], 1),
+                    "daemon_user_s": round(user, 2),
+                    "daemon_system_s": round(system, 2),
+                    "daemon_core_share": round((user + system) / loud["seconds"], 3),
+                    "daemon_us_per_input": round((user + system) / units * 1e6, 1)
+                    if units > 0
+                    else None,
+                    "attacker_cpu_s": round(loud["attacker"], 2),
+                    "seconds": round(loud["seconds"], 1),
+                    "dropped": {
+                        name: loud["counters"].get(f"{name}", 0)
+                        for name in DROP_COUNTERS
+                        if loud["counters"].get(name)
+                    },
+                }
+    finally:
+        campaign.close()
+    return {
+        "seed": args.seed,
+        "nodes": args.nodes,
+        "phase_s": args.hostile_s,
+        "rates_per_daemon": args.hostile_rate,
+        "mesh_cpus": sorted(mesh_cpus),
+        "attacker_cpus": sorted(attacker_cpus),
+        "quiet_daemon_cpu_s": round(quiet["user"] + quiet["system"], 2),
+        "quiet_seconds": round(quiet["seconds"], 1),
+        "parts": report,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from meshgpu import inference
 
@@ -1423,6 +1558,12 @@ def main() -> int:
         "attackers can send (a volumetric flood), beside the quiet and the paced ones",
     )
     parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="with --hostile: no workload; what each part of the barrage costs the one "
+        "daemon it attacks, part by part (CPU microseconds per input, share of a core)",
+    )
+    parser.add_argument(
         "--no-pin",
         action="store_true",
         help="with --hostile: pin nothing (attackers then take CPU from the daemons)",
@@ -1442,6 +1583,16 @@ def main() -> int:
     except NamespacesUnavailable as reason:
         print(f"chaos needs network namespaces: {reason}", file=sys.stderr)
         return 2
+    if args.cost:
+        cost = cost_run(args)
+        print(f"{'part':18s} {'inputs/s':>9s} {'us/input':>9s} {'core share':>10s} "
+              f"{'attacker s':>10s}")  # fmt: skip
+        for part, row in cost["parts"].items():
+            print(f"{part:18s} {row['inputs_per_s']:9} {row['daemon_us_per_input']!s:>9} "
+                  f"{row['daemon_core_share']:10} {row['attacker_cpu_s']:10}")  # fmt: skip
+        if args.json:
+            print(json.dumps(cost))
+        return 0
     result = run(args)
     ok = not any(result[k] for k in ("lost", "unresolved", "duplicate_deliveries", "wrong_outputs"))
     ok = ok and not result["http"].get("wrong", 0)
