@@ -22,9 +22,11 @@ Refused connections are decided on the address ``accept`` returns and reset ther
 then (``SO_LINGER`` 0: an RST, not a FIN), before a stream, a TLS session or a task
 exists for them, as the TCP API does (daemon/api.py): the daemon keeps no socket in
 ``TIME_WAIT`` for a flood of reconnects and the caller learns at once that it was
-refused. A stranger that never sent a whole request head is reset too when its header
-timeout fires or an idle connection's place is taken from it; a client that was answered
-is closed normally.
+refused. An admitted connection is reset too as long as the daemon has sent it nothing
+(its socket lingers 0 from the accept until the first bytes of an answer, a 400 for
+garbage included), whoever closes it: the header timeout, an eviction, hypercorn's own
+keep-alive timeout (5 s, before the header timeout), the shutdown; a connection that got
+an answer is closed normally, so that the answer is not lost to the reset.
 
 A request is in progress from the moment the app is called (its head is whole) until
 the app returns, so a long inference or the dashboard's stream is never the one closed.
@@ -54,6 +56,7 @@ from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Event, RawData
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -65,6 +68,8 @@ AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 RESET = struct.pack("ii", 1, 0)
 """``SO_LINGER`` on with a linger time of 0: ``close`` sends an RST and frees the socket."""
+NO_LINGER = struct.pack("ii", 0, 0)
+"""``SO_LINGER`` off: ``close`` is the normal one (a FIN)."""
 
 
 @dataclass(eq=False)
@@ -74,8 +79,6 @@ class _Connection:
     last_active: float
     in_flight: int = 0
     requests: int = 0
-    sock: trio.socket.SocketType | None = None
-    """Its socket (to make its close an RST: it never sent a whole request head)."""
     changed: trio.Event = field(default_factory=trio.Event)
     """Set (and replaced) when a request begins or ends."""
 
@@ -152,9 +155,7 @@ class ConnectionLimits:
         """Serve one admitted connection from ``peer`` with ``serve_one`` inside the
         bounds."""
         client = peer[0] if peer else ""
-        connection = _Connection(
-            trio.CancelScope(), client, trio.current_time(), sock=_socket_of(stream)
-        )
+        connection = _Connection(trio.CancelScope(), client, trio.current_time())
         key: Peer = peer or ("", id(connection))
         self._connections[key] = connection
         self._per_client[client] += 1
@@ -178,8 +179,6 @@ class ConnectionLimits:
                     await connection.changed.wait()
             if connection.requests == seen:
                 self._count("http_header_timeouts")
-                if connection.requests == 0:
-                    _reset(connection.sock)
                 connection.scope.cancel()
                 return
             while connection.in_flight:
@@ -191,8 +190,6 @@ class ConnectionLimits:
             return False
         key, oldest = min(idle, key=lambda item: (item[1].requests > 0, item[1].last_active))
         self._forget(key, oldest)
-        if oldest.requests == 0:
-            _reset(oldest.sock)
         oldest.scope.cancel()
         self._count("http_idle_evicted")
         return True
@@ -217,12 +214,26 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return getattr(transport, "socket", None)
 
 
-def _reset(sock: trio.socket.SocketType | None) -> None:
-    """Make the coming close of ``sock`` an RST (see the module text), whoever closes
-    it (hypercorn's handler sends its FIN only when it is not cancelled)."""
+def _linger_zero(sock: trio.socket.SocketType | None, on: bool = True) -> None:
+    """Make the coming close of ``sock`` an RST (``on``; see the module text), whoever
+    closes it, or a normal close again."""
     if sock is not None:
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET if on else NO_LINGER)
+
+
+class _Server(TCPServer):
+    """hypercorn's handler of one connection, whose close stays an RST until the first
+    bytes of an answer go out (the socket lingers 0 from the accept; see the module
+    text)."""
+
+    answered = False
+
+    async def protocol_send(self, event: Event) -> None:
+        if not self.answered and isinstance(event, RawData):
+            self.answered = True
+            _linger_zero(_socket_of(self.stream), False)
+        await super().protocol_send(event)
 
 
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -248,8 +259,8 @@ async def _accept_forever(
             await trio.sleep(0.1)
             continue
         peer = _peer_of(address)
+        _linger_zero(sock)  # until its first request begins
         if not limits.admit(peer[0] if peer else ""):
-            _reset(sock)
             sock.close()
             continue
         stream: trio.abc.Stream = trio.SocketStream(sock)
@@ -300,7 +311,7 @@ async def serve(
                 connection_state = ConnectionState(state.copy())
                 await limits.handle(
                     stream,
-                    lambda s: TCPServer(wrapped, config, context, connection_state, s),  # type: ignore[arg-type]
+                    lambda s: _Server(wrapped, config, context, connection_state, s),  # type: ignore[arg-type]
                     peer,
                 )
 

@@ -231,3 +231,25 @@ async def test_refused_connections_and_silent_strangers_are_reset_and_an_answere
         if stream is not None:
             await stream.aclose()
     served.server.stop()
+
+
+async def test_a_stranger_closed_by_the_keep_alive_timeout_is_reset_and_garbage_gets_its_400(
+    nursery: trio.Nursery,
+) -> None:
+    # hypercorn closes a connection silent for its keep-alive timeout (5 s) itself, before
+    # the header timeout (30 s here): still an RST, as nothing was answered on it
+    served = Served(header_timeout_s=30)
+    await nursery.start(served.server.run)
+    silent = await trio.open_tcp_stream(*served.address, local_address=HOSTILE)
+    garbage = await trio.open_tcp_stream(*served.address, local_address=HOSTILE)
+    await garbage.send_all(b"\x01\x02 not a request\r\n\r\n")
+    answer = b""
+    with trio.fail_after(30):
+        while not answer.startswith(b"HTTP/1.1 400"):
+            answer += await garbage.receive_some(4096)
+        assert await how_closed(garbage) == "closed"  # answered: a FIN, the 400 kept
+        assert await how_closed(silent) == "reset"
+    assert served.counters.get("http_header_timeouts", 0) == 0
+    await silent.aclose()
+    await garbage.aclose()
+    served.server.stop()
