@@ -181,21 +181,28 @@ def test_depthwise_layer_computes_the_activation_after_it(
 
 
 @pytest.mark.parametrize(
-    ("activation", "pool", "size"),
+    ("activation", "pool", "size", "grouping"),
     [
-        ("HardSwish", "ReduceMean", (14, 14)),
-        ("silu", "GlobalAveragePool", (7, 7)),
-        ("Relu", "ReduceMean", (9, 5)),
+        ("HardSwish", "ReduceMean", (14, 14), None),
+        ("silu", "GlobalAveragePool", (7, 7), None),
+        ("Relu", "ReduceMean", (9, 5), None),
+        # several planes per work-group (the last group short), one work-item or eight
+        ("silu", "GlobalAveragePool", (7, 7), (1, 5)),
+        ("HardSwish", "ReduceMean", (9, 5), (8, 5)),
     ],
 )
 def test_depthwise_launch_applies_the_activation_before_and_pools_after(
-    session, activation, pool, size
+    session, activation, pool, size, grouping, monkeypatch
 ) -> None:
     """The inverted bottleneck of MobileNetV3 and EfficientNet: expanding 1x1 convolution,
     its activation, the depthwise layer, and a squeeze-excitation's global average pool of
     the result. The activation in front runs while the depthwise launch copies its input
     plane, and the pool as that launch finishes the plane: two launches where the graph
     has five nodes (rows narrower than a vector included)."""
+    if grouping is not None:
+        work_items, planes_per_group = grouping
+        monkeypatch.setattr(lower_depthwise, "_work_items", lambda builder: work_items)
+        monkeypatch.setattr(lower_depthwise, "_planes_per_group", lambda *args: planes_per_group)
     x = randn(2, 4, *size, seed=11)
     initializers = {
         "we": randn(12, 4, 1, 1, seed=12),
@@ -224,6 +231,10 @@ def test_depthwise_launch_applies_the_activation_before_and_pools_after(
     assert_close(found["y"], expected[0], "y")
     assert_close(found["p"], expected[1], "p")
     assert _kernels(opencl)[1:] == ["depthwise_plane", "channel_scale"]
+    if grouping is not None:
+        (plan,) = opencl._plans.values()
+        # 24 planes, 5 to a group
+        assert plan.launches[1].global_size == (5 * work_items,)
 
 
 def test_activation_read_elsewhere_is_not_deferred(session) -> None:

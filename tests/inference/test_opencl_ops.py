@@ -360,6 +360,28 @@ def test_unary(session, op, attrs) -> None:
     check_against_reference(session, [helper.make_node(op, ["x"], ["y"], **attrs)], {"x": x}, ["y"])
 
 
+@pytest.mark.parametrize("length", [4099, 7])
+def test_silu_is_close_to_exact_element_by_element(session, length) -> None:
+    """Sigmoid(x) * x runs as one SiLU map with its own exp (``fast_exp``): every element
+    within a few float32 ulps of the float64 value, from deep in exp's underflow to its
+    overflow, both through the 8-wide loop and the scalar tail; NaN stays NaN."""
+    from tests.inference.opencl_cases import make_model
+
+    x = np.linspace(-120.0, 120.0, length, dtype=np.float32)
+    x[: min(length, 64)] = randn(min(length, 64), seed=21) * 3.0
+    x[-1] = np.nan
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])]
+    model = make_model(nodes, {"x": x}, ["y"])
+    opencl = session(model)
+    found = opencl.run({"x": x})["y"].astype(np.float64)
+    (plan,) = opencl._plans.values()
+    assert [launch.kernel_name for launch in plan.launches] == ["unary8"]
+    exact = x.astype(np.float64) / (1.0 + np.exp(-x.astype(np.float64)))
+    assert np.isnan(found[-1])
+    error = np.abs(found[:-1] - exact[:-1])
+    assert np.all(error <= 1e-6 * np.maximum(np.abs(exact[:-1]), 1e-30)), error.max()
+
+
 def test_clip_attribute_form_opset_6(session) -> None:
     node = helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.25)
     check_against_reference(session, [node], {"x": randn(4, 9)}, ["y"], opset=6)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyopencl as cl
 
 from meshgpu.errors import ModelError
 from meshgpu.inference.opencl import fusion
@@ -28,7 +29,7 @@ from meshgpu.inference.opencl.kernels.depthwise import (
     DEPTHWISE_SOURCE,
     PLANE_GROUP,
 )
-from meshgpu.inference.opencl.kernels.elementwise import UNARY_EXPRESSIONS, unary_parameters
+from meshgpu.inference.opencl.kernels.elementwise import FLOAT32_EXPRESSIONS, unary_parameters
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 from meshgpu.inference.opencl.plan import PlanBuilder
 from meshgpu.inference.opencl.registry import f32, i32
@@ -50,6 +51,14 @@ BLOCK = 8
 
 #: Multiply-adds from which a depthwise layer takes the padded path (module doc).
 PADDED_MIN_MACS = 1 << 20
+
+#: Output elements a ``depthwise_plane`` work-group aims for on a CPU: small planes (7x7,
+#: 14x14) are taken several to a group, since each group costs PoCL a fixed scheduling
+#: overhead that a 49-pixel plane's work does not cover.
+GROUP_OUTPUTS = 2048
+
+#: Work-groups per compute unit that a launch keeps at least, where it has the planes.
+GROUPS_PER_UNIT = 8
 
 #: Share of the device's local memory one padded plane may take (the rest is left to the
 #: runtime and to other work-groups on the same compute unit).
@@ -92,7 +101,7 @@ def plane_geometry(
 def fits_local_memory(builder: PlanBuilder, geometry: PlaneGeometry) -> bool:
     """Whether ``depthwise_plane`` can hold the padded plane in local memory."""
     plane_h, plane_w = geometry.plane
-    need = (plane_h * plane_w + PLANE_GROUP) * FLOAT_BYTES
+    need = (plane_h * plane_w + _work_items(builder)) * FLOAT_BYTES
     return (
         geometry.strides[1] in (1, 2)
         and need <= int(builder.device.local_mem_size) // LOCAL_MEMORY_SHARE
@@ -147,7 +156,7 @@ def defers(builder: PlanBuilder, node: Node) -> bool:
         del builder.tensors[output]
         return False
     builder.deferred_activations[output] = (
-        UNARY_EXPRESSIONS[node.op],
+        FLOAT32_EXPRESSIONS[node.op],
         *unary_parameters(node.op, node.attrs),
     )
     return True
@@ -269,6 +278,10 @@ def _lower_plane(
     on the way in, the tail activation on the way out, and a global average pool of the
     result when one reads it (:func:`_pool_reader`)."""
     batch, channels, height, width = x_shape
+    planes = batch * channels
+    work_items = _work_items(builder)
+    planes_per_group = _planes_per_group(builder, planes, geometry.output)
+    groups = -(-planes // planes_per_group)
     deferred = builder.deferred_activations.get(node.inputs[0])
     alpha_in, beta_in = 0.0, 0.0
     defines = epilogue.act_define()
@@ -290,7 +303,8 @@ def _lower_plane(
         "DW_SW": geometry.strides[1],
         "DW_DH": geometry.dilations[0],
         "DW_DW": geometry.dilations[1],
-        "DW_GROUP": PLANE_GROUP,
+        "DW_GROUP": work_items,
+        "DW_PLANES": planes_per_group,
     }
     defines += "".join(f"#define {name} {value}\n" for name, value in values.items())
     elements = batch * channels * height * width
@@ -318,14 +332,30 @@ def _lower_plane(
             output.storage,
             pooled,
             i32(channels),
+            i32(planes),
             f32(alpha_in),
             f32(beta_in),
             f32(alpha),
             f32(beta),
         ],
-        grid=(batch * channels * PLANE_GROUP,),
-        local=(PLANE_GROUP,),
+        grid=(groups * work_items,),
+        local=(work_items,),
     )
+
+
+def _work_items(builder: PlanBuilder) -> int:
+    """Work-items per ``depthwise_plane`` group on the plan's device (``PLANE_GROUP``)."""
+    return 1 if builder.device.type & cl.device_type.CPU else PLANE_GROUP
+
+
+def _planes_per_group(builder: PlanBuilder, planes: int, output: tuple[int, int]) -> int:
+    """Planes one ``depthwise_plane`` work-group computes: on a CPU enough for about
+    ``GROUP_OUTPUTS`` outputs while at least ``GROUPS_PER_UNIT`` groups per compute unit
+    remain; elsewhere one (the group's work-items share the plane's rows)."""
+    if _work_items(builder) != 1:
+        return 1
+    spread = planes // (GROUPS_PER_UNIT * int(builder.device.max_compute_units))
+    return max(1, min(-(-GROUP_OUTPUTS // (output[0] * output[1])), spread))
 
 
 def _epilogue(
@@ -375,4 +405,5 @@ def _tail(builder: PlanBuilder, name: str) -> tuple[Node, str, float, float] | N
     consumer = builder.sole_reader(name, TAIL_ACTIVATIONS)
     if consumer is None:
         return None
-    return consumer, UNARY_EXPRESSIONS[consumer.op], *unary_parameters(consumer.op, consumer.attrs)
+    expression = FLOAT32_EXPRESSIONS[consumer.op]
+    return consumer, expression, *unary_parameters(consumer.op, consumer.attrs)

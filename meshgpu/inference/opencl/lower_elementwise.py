@@ -16,6 +16,8 @@ from meshgpu.inference.opencl.kernels.elementwise import (
     BINARY_SOURCE,
     CHUNK,
     COMPARISON_EXPRESSIONS,
+    FAST_EXP_SOURCE,
+    FLOAT32_EXPRESSIONS,
     GELU_EXPRESSIONS,
     INTEGER_BINARY_EXPRESSIONS,
     INTEGER_POWER_SOURCE,
@@ -100,8 +102,8 @@ def lower_unary(builder: PlanBuilder, node: Node) -> None:
         if approximate not in GELU_EXPRESSIONS:
             raise UnsupportedOperatorError(f"{node.describe()}: approximate={approximate!r}")
         base = f"#define BASE(x) ({GELU_EXPRESSIONS[approximate]})\n"
-    elif node.op in UNARY_EXPRESSIONS:
-        base = f"#define BASE(x) ({UNARY_EXPRESSIONS[node.op]})\n"
+    elif node.op in FLOAT32_EXPRESSIONS:
+        base = f"#define BASE(x) ({FLOAT32_EXPRESSIONS[node.op]})\n"
     else:
         fused = fusion.activation_expression(builder, node)
         if fused is None:
@@ -118,7 +120,9 @@ def lower_unary(builder: PlanBuilder, node: Node) -> None:
     )
     builder.launch(
         node,
-        VECTOR_SOURCE + prefix + VECTOR_UNARY_SOURCE if vector else prefix + UNARY_SOURCE,
+        VECTOR_SOURCE + FAST_EXP_SOURCE + prefix + VECTOR_UNARY_SOURCE
+        if vector
+        else FAST_EXP_SOURCE + prefix + UNARY_SOURCE,
         "unary8" if vector else "unary",
         [x.storage, output.storage, f32(alpha), f32(beta), i32(total)],
         total=total,

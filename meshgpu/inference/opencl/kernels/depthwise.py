@@ -11,7 +11,11 @@ in registers; a model has a handful of such shapes, each one program.
 
 from __future__ import annotations
 
-DEPTHWISE_SOURCE = r"""
+from meshgpu.inference.opencl.kernels.elementwise import FAST_EXP_SOURCE
+
+DEPTHWISE_SOURCE = (
+    FAST_EXP_SOURCE
+    + r"""
 #ifndef ACT
 #define ACT(v) (v)
 #endif
@@ -78,11 +82,16 @@ __kernel void conv_depthwise(__global const float* restrict xp, __global const f
   }
 }
 """
+)
 
-#: Work-items that share one plane in ``depthwise_plane`` (rows are dealt out among them).
+#: Work-items that share one plane in ``depthwise_plane`` (rows are dealt out among them) on
+#: a device other than a CPU. On a CPU a work-group's items run one after another on one
+#: core, so they buy no parallelism and cost the barriers: there a group is one work-item.
 PLANE_GROUP = 8
 
-DEPTHWISE_PLANE_SOURCE = r"""
+DEPTHWISE_PLANE_SOURCE = (
+    FAST_EXP_SOURCE
+    + r"""
 #ifndef ACT
 #define ACT(v) (v)
 #endif
@@ -147,107 +156,116 @@ typedef float16 __attribute__((aligned(4))) local_float16_u;
     }                                                                                     \
   }
 
-/* One work-group per plane (n, c): the plane is copied into local memory with its zero
-   border (DW_PH x DW_PW floats, wide enough that every 8-column block reads inside its
-   row), the producer's activation DW_IN applied on the way in; then the work-items share
-   out the output rows, each computed as in conv_depthwise. With HAS_POOL the group also
-   writes the plane's mean (of the final values) to pooled[plane]: a following global
-   average pool costs no launch and no second pass. Sizes are compile-time constants. */
+/* One work-group per DW_PLANES consecutive planes (n, c), one after the other: the plane
+   is copied into local memory with its zero border (DW_PH x DW_PW floats, wide enough that
+   every 8-column block reads inside its row), the producer's activation DW_IN applied on
+   the way in; then the DW_GROUP work-items share out the output rows, each computed as in
+   conv_depthwise. With HAS_POOL the group also writes the plane's mean (of the final
+   values) to pooled[plane]: a following global average pool costs no launch and no second
+   pass. Sizes are compile-time constants. */
 __kernel void depthwise_plane(__global const float* restrict x, __global const float* restrict w,
                               __global const float* restrict bias,
                               __global const float* restrict residual,
                               __global float* restrict y, __global float* restrict pooled,
-                              int C, float alpha_in, float beta_in, float alpha, float beta) {
+                              int C, int planes, float alpha_in, float beta_in, float alpha,
+                              float beta) {
   __local float xp[DW_PH * DW_PW];
   __local float partial[DW_GROUP];
-  int plane = get_group_id(0);
   int lid = get_local_id(0);
-  const __global float* xs = x + (size_t)plane * (DW_H * DW_W);
-  for (int r = lid; r < DW_PH; r += DW_GROUP) {  /* the zero border */
-    __local float* row = xp + r * DW_PW;
-    if (r < DW_PT || r >= DW_PT + DW_H) {
-      for (int i = 0; i < DW_PW; i++) row[i] = 0.0f;
-    } else {
-      for (int i = 0; i < DW_PL; i++) row[i] = 0.0f;
-      for (int i = DW_PL + DW_W; i < DW_PW; i++) row[i] = 0.0f;
-    }
-  }
-#if DW_W >= 8
-  /* the input rows, 8 floats at a time (a row's last block ends at the row's end,
-     overlapping the one before it), so that DW_IN runs on vectors: PoCL's scalar exp is a
-     libm call per element */
-  for (int r = lid; r < DW_H; r += DW_GROUP) {
-    const __global float* src = xs + r * DW_W;
-    __local float* row = xp + (r + DW_PT) * DW_PW + DW_PL;
-    for (int i0 = 0; i0 < DW_W; i0 += 8) {
-      int i = i0 + 8 <= DW_W ? i0 : DW_W - 8;
-      lstore8(row + i, depthwise_in8(load8(src + i), alpha_in, beta_in));
-    }
-  }
-#elif defined(DW_READ_PAST)
-  /* rows narrower than a vector: 8 floats loaded (the input's storage has room for the
-     last row's surplus), the row's lanes stored one by one */
-  for (int r = lid; r < DW_H; r += DW_GROUP) {
-    float8 v = depthwise_in8(load8(xs + r * DW_W), alpha_in, beta_in);
-    float lanes[8] = {v.s0, v.s1, v.s2, v.s3, v.s4, v.s5, v.s6, v.s7};
-    __local float* row = xp + (r + DW_PT) * DW_PW + DW_PL;
-    for (int l = 0; l < DW_W; l++) row[l] = lanes[l];
-  }
-#else
-  for (int i = lid; i < DW_H * DW_W; i += DW_GROUP) {
-    int r = i / DW_W;
-    xp[(r + DW_PT) * DW_PW + DW_PL + (i - r * DW_W)] = depthwise_in(xs[i], alpha_in, beta_in);
-  }
-#endif
+  int first_plane = get_group_id(0) * DW_PLANES;
+  int last_plane = imin(first_plane + DW_PLANES, planes);
+  for (int plane = first_plane; plane < last_plane; plane++) {
 #if DW_GROUP > 1
-  barrier(CLK_LOCAL_MEM_FENCE);
+    if (plane > first_plane) barrier(CLK_LOCAL_MEM_FENCE);  /* the last plane is read */
 #endif
-  int c = plane % C;
-  float taps[DW_KH * DW_KW];
-  for (int k = 0; k < DW_KH * DW_KW; k++) taps[k] = w[c * DW_KH * DW_KW + k];
-  float b = bias[c];
-  float8 sums = (float8)(0.0f);
-  float sum = 0.0f;
-  /* two output rows at a time: two independent chains of FMAs (one chain waits on each
-     FMA's latency); the plane has a spare zero row for an odd row count's last pair */
-  for (int pair = lid; pair < (DW_OH + 1) / 2; pair += DW_GROUP) {
-    int oy = pair * 2;
-    const __local float* xr = xp + oy * DW_SH * DW_PW;
-    for (int ox = 0; ox < DW_OW; ox += 8) {
-      float8 acc0 = (float8)(b), acc1 = (float8)(b);
-      const __local float* xb = xr + ox * DW_SW;
-#pragma unroll
-      for (int ky = 0; ky < DW_KH; ky++) {
-#pragma unroll
-        for (int kx = 0; kx < DW_KW; kx++) {
-          const __local float* p = xb + ky * DW_DH * DW_PW + kx * DW_DW;
-#if DW_SW == 1
-          float8 v0 = lload8(p);
-          float8 v1 = lload8(p + DW_SH * DW_PW);
-#else
-          float8 v0 = lload16(p).even;
-          float8 v1 = lload16(p + DW_SH * DW_PW).even;
-#endif
-          float8 tap = (float8)(taps[ky * DW_KW + kx]);
-          acc0 += v0 * tap;
-          acc1 += v1 * tap;
-        }
+    const __global float* xs = x + (size_t)plane * (DW_H * DW_W);
+    for (int r = lid; r < DW_PH; r += DW_GROUP) {  /* the zero border */
+      __local float* row = xp + r * DW_PW;
+      if (r < DW_PT || r >= DW_PT + DW_H) {
+        for (int i = 0; i < DW_PW; i++) row[i] = 0.0f;
+      } else {
+        for (int i = 0; i < DW_PL; i++) row[i] = 0.0f;
+        for (int i = DW_PL + DW_W; i < DW_PW; i++) row[i] = 0.0f;
       }
-      DEPTHWISE_FINISH(acc0, oy, ox);
-      if (oy + 1 < DW_OH) DEPTHWISE_FINISH(acc1, oy + 1, ox);
     }
-  }
-#ifdef HAS_POOL
-  partial[lid] = sum + (((sums.s0 + sums.s1) + (sums.s2 + sums.s3)) +
-                        ((sums.s4 + sums.s5) + (sums.s6 + sums.s7)));
+#if DW_W >= 8
+    /* the input rows, 8 floats at a time (a row's last block ends at the row's end,
+       overlapping the one before it), so that DW_IN runs on vectors: PoCL's scalar exp is a
+       libm call per element */
+    for (int r = lid; r < DW_H; r += DW_GROUP) {
+      const __global float* src = xs + r * DW_W;
+      __local float* row = xp + (r + DW_PT) * DW_PW + DW_PL;
+      for (int i0 = 0; i0 < DW_W; i0 += 8) {
+        int i = i0 + 8 <= DW_W ? i0 : DW_W - 8;
+        lstore8(row + i, depthwise_in8(load8(src + i), alpha_in, beta_in));
+      }
+    }
+#elif defined(DW_READ_PAST)
+    /* rows narrower than a vector: 8 floats loaded (the input's storage has room for the
+       last row's surplus), the row's lanes stored one by one */
+    for (int r = lid; r < DW_H; r += DW_GROUP) {
+      float8 v = depthwise_in8(load8(xs + r * DW_W), alpha_in, beta_in);
+      float lanes[8] = {v.s0, v.s1, v.s2, v.s3, v.s4, v.s5, v.s6, v.s7};
+      __local float* row = xp + (r + DW_PT) * DW_PW + DW_PL;
+      for (int l = 0; l < DW_W; l++) row[l] = lanes[l];
+    }
+#else
+    for (int i = lid; i < DW_H * DW_W; i += DW_GROUP) {
+      int r = i / DW_W;
+      xp[(r + DW_PT) * DW_PW + DW_PL + (i - r * DW_W)] = depthwise_in(xs[i], alpha_in, beta_in);
+    }
+#endif
 #if DW_GROUP > 1
-  barrier(CLK_LOCAL_MEM_FENCE);
+    barrier(CLK_LOCAL_MEM_FENCE);
 #endif
-  if (lid == 0) {
-    float total = 0.0f;
-    for (int i = 0; i < DW_GROUP; i++) total += partial[i];
-    pooled[plane] = total / (float)(DW_OH * DW_OW);
+    int c = plane % C;
+    float taps[DW_KH * DW_KW];
+    for (int k = 0; k < DW_KH * DW_KW; k++) taps[k] = w[c * DW_KH * DW_KW + k];
+    float b = bias[c];
+    float8 sums = (float8)(0.0f);
+    float sum = 0.0f;
+    /* two output rows at a time: two independent chains of FMAs (one chain waits on each
+       FMA's latency); the plane has a spare zero row for an odd row count's last pair */
+    for (int pair = lid; pair < (DW_OH + 1) / 2; pair += DW_GROUP) {
+      int oy = pair * 2;
+      const __local float* xr = xp + oy * DW_SH * DW_PW;
+      for (int ox = 0; ox < DW_OW; ox += 8) {
+        float8 acc0 = (float8)(b), acc1 = (float8)(b);
+        const __local float* xb = xr + ox * DW_SW;
+#pragma unroll
+        for (int ky = 0; ky < DW_KH; ky++) {
+#pragma unroll
+          for (int kx = 0; kx < DW_KW; kx++) {
+            const __local float* p = xb + ky * DW_DH * DW_PW + kx * DW_DW;
+#if DW_SW == 1
+            float8 v0 = lload8(p);
+            float8 v1 = lload8(p + DW_SH * DW_PW);
+#else
+            float8 v0 = lload16(p).even;
+            float8 v1 = lload16(p + DW_SH * DW_PW).even;
+#endif
+            float8 tap = (float8)(taps[ky * DW_KW + kx]);
+            acc0 += v0 * tap;
+            acc1 += v1 * tap;
+          }
+        }
+        DEPTHWISE_FINISH(acc0, oy, ox);
+        if (oy + 1 < DW_OH) DEPTHWISE_FINISH(acc1, oy + 1, ox);
+      }
+    }
+#ifdef HAS_POOL
+    partial[lid] = sum + (((sums.s0 + sums.s1) + (sums.s2 + sums.s3)) +
+                          ((sums.s4 + sums.s5) + (sums.s6 + sums.s7)));
+#if DW_GROUP > 1
+    barrier(CLK_LOCAL_MEM_FENCE);
+#endif
+    if (lid == 0) {
+      float total = 0.0f;
+      for (int i = 0; i < DW_GROUP; i++) total += partial[i];
+      pooled[plane] = total / (float)(DW_OH * DW_OW);
+    }
+#endif
   }
-#endif
 }
 """
+)

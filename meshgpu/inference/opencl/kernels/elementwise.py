@@ -56,6 +56,47 @@ UNARY_EXPRESSIONS: dict[str, str] = {
     "Round": "rint(x)",
 }
 
+#: ``fast_exp`` for float and float8: Cephes' expf (x = n ln2 + f with |f| <= ln2/2, e^f by
+#: a degree-6 polynomial, 2^n written into the exponent bits; within 2 ulp of exp over the
+#: range where exp is a normal float, clamped outside it). PoCL's own vector exp is about as
+#: exact but an out-of-line call, around which every live vector register is spilled: in
+#: EfficientNet-B0's depthwise launches, which apply SiLU on the way in and out, that call
+#: cost more than the polynomial (docs/benchmarks.md).
+FAST_EXP_SOURCE = r"""
+#ifndef FAST_EXP
+#define FAST_EXP 1
+#define FAST_EXP_BODY(T, IT, AS_I, AS_F)                                                \
+  x = x < (T)(-87.33654475f) ? (T)(-87.33654475f) : x;                                \
+  x = x > (T)(88.72283905f) ? (T)(88.72283905f) : x;                                  \
+  /* n = round(x / ln2) by the 1.5 * 2^23 trick: its bits are 0x4B400000 + n */       \
+  T t = x * 1.44269504088896341f + 12582912.0f;                                       \
+  IT bits = AS_I(t);                                                                  \
+  T n = t - 12582912.0f;                                                              \
+  T f = x - n * 0.693359375f;                                                         \
+  f = f + n * 2.12194440e-4f;                                                         \
+  T p = (T)(1.9875691500e-4f);                                                        \
+  p = p * f + 1.3981999507e-3f;                                                       \
+  p = p * f + 8.3334519073e-3f;                                                       \
+  p = p * f + 4.1665795894e-2f;                                                       \
+  p = p * f + 1.6666665459e-1f;                                                       \
+  p = p * f + 5.0000001201e-1f;                                                       \
+  p = p * (f * f) + f + 1.0f;                                                         \
+  return p * AS_F((bits + (127 - 0x4B400000)) << 23);
+inline float __attribute__((overloadable)) fast_exp(float x) {
+  FAST_EXP_BODY(float, int, as_int, as_float)
+}
+inline float8 __attribute__((overloadable)) fast_exp(float8 x) {
+  FAST_EXP_BODY(float8, int8, as_int8, as_float8)
+}
+#endif
+"""
+
+#: UNARY_EXPRESSIONS as float32 kernels that include FAST_EXP_SOURCE compute them.
+FLOAT32_EXPRESSIONS: dict[str, str] = {
+    **UNARY_EXPRESSIONS,
+    "Swish": "x / (1.0f + fast_exp(-alpha * x))",
+}
+
 #: Gelu (opset 20) by its ``approximate`` attribute; the same expressions serve the fused
 #: Erf and Tanh subgraphs exporters emit before opset 20.
 GELU_EXPRESSIONS: dict[str, str] = {
