@@ -72,6 +72,15 @@ PATH_CASES = [
     (2, 4, (15, 17), 12, (3, 3), {"strides": [2, 2], "group": 2}, False, ["conv_gemm_s2"]),
     (1, 3, (23, 21), 8, (7, 7), {"strides": [2, 2], "pads": [3, 3, 2, 1]}, True, None),
     (2, 16, (14, 14), 24, (1, 1), {"strides": [2, 2]}, False, ["conv_gemm_s2"]),
+    # Pointwise with channels along the vector (conv_pointwise): more input than output
+    # channels on a map whose pixel count is no multiple of 16 (a last 16-channel block of
+    # 8 rows or fewer, pixel tiles across images, a last tile partly past the batch), or
+    # expanding on a 7x7 map; 8x8 maps and shallow inputs stay on conv_gemm6.
+    (1, 72, (7, 7), 40, (1, 1), {}, True, ["conv_pointwise"]),
+    (3, 64, (5, 3), 20, (1, 1), {}, False, ["conv_pointwise"]),
+    (2, 64, (7, 7), 100, (1, 1), {}, True, ["conv_pointwise"]),
+    (1, 80, (14, 14), 160, (1, 1), {}, False, ["conv_gemm6"]),
+    (1, 64, (8, 8), 16, (1, 1), {}, False, ["conv_gemm6"]),
     # 1200 output channels on a 7x7 map: two dropped columns per row cost more than im2col.
     (1, 8, (7, 7), 1200, (3, 3), {"pads": [1, 1, 1, 1]}, False, ["im2col_panels", "gemm_8x8"]),
     # Vertical stride 2 with horizontal stride 1: neither layout gives contiguous taps.
@@ -274,6 +283,27 @@ def test_fire_module_concat_reads_in_place(session) -> None:
     opencl = session(model)
     assert_close(opencl.run(inputs)["y"], reference(model, inputs)[0], "y")
     assert _kernels(opencl) == ["conv_gemm6", "conv_gemm6", "pad_planes", "conv_gemm6"]
+
+
+def test_pointwise_convolutions_write_their_concat_slices(session) -> None:
+    """Two pointwise convolutions on one 7x7 map, concatenated along channels: each
+    ``conv_pointwise`` writes its slice of the Concat's output in place."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"]),
+        helper.make_node("Conv", ["x", "w2", "b2"], ["b"]),
+        helper.make_node("Relu", ["b"], ["br"]),
+        helper.make_node("Concat", ["a", "br"], ["y"], axis=1),
+    ]
+    initializers = {
+        "w1": randn(24, 96, 1, 1, seed=5),
+        "w2": randn(40, 96, 1, 1, seed=6),
+        "b2": randn(40, seed=7),
+    }
+    inputs = {"x": randn(2, 96, 7, 7, seed=8)}
+    model = make_model(nodes, inputs, ["y"], initializers=initializers)
+    opencl = session(model)
+    assert_close(opencl.run(inputs)["y"], reference(model, inputs)[0], "y")
+    assert _kernels(opencl) == ["conv_pointwise", "conv_pointwise"]
 
 
 def test_layout_rule() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
-from meshgpu.inference.opencl import fusion, lower_depthwise, lower_excitation
+from meshgpu.inference.opencl import fusion, lower_depthwise, lower_excitation, lower_pointwise
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
@@ -217,6 +217,11 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
         dilation_h,
         dilation_w,
     )
+    if lower_pointwise.takes(conv):
+        lower_pointwise.lower_pointwise(
+            builder, node, conv, x, epilogue, pack, folded_bias, output, channel_offset
+        )
+        return
     layout = choose_layout(conv)
     if layout is not None and lower_implicit(
         builder,

@@ -6,9 +6,12 @@ softmax, LRN), built once per device; element-wise kernels are specialised per e
 
 from meshgpu.inference.opencl.kernels.gemm import GEMM_SOURCE
 from meshgpu.inference.opencl.kernels.implicit_conv import IMPLICIT_CONV_SOURCE
+from meshgpu.inference.opencl.kernels.pointwise import POINTWISE_SOURCE
 from meshgpu.inference.opencl.kernels.spatial import SPATIAL_SOURCE
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 
-CORE_SOURCE = VECTOR_SOURCE + GEMM_SOURCE + IMPLICIT_CONV_SOURCE + "\n" + SPATIAL_SOURCE
+CORE_SOURCE = (
+    VECTOR_SOURCE + GEMM_SOURCE + IMPLICIT_CONV_SOURCE + POINTWISE_SOURCE + "\n" + SPATIAL_SOURCE
+)
 
 __all__ = ["CORE_SOURCE"]

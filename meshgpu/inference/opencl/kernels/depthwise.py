@@ -174,20 +174,21 @@ __kernel void depthwise_plane(__global const float* restrict x, __global const f
   int lid = get_local_id(0);
   int first_plane = get_group_id(0) * DW_PLANES;
   int last_plane = imin(first_plane + DW_PLANES, planes);
+  /* the zero border, once: each plane's copy writes only the inside */
+  for (int r = lid; r < DW_PH; r += DW_GROUP) {
+    __local float* row = xp + r * DW_PW;
+    if (r < DW_PT || r >= DW_PT + DW_H) {
+      for (int i = 0; i < DW_PW; i++) row[i] = 0.0f;
+    } else {
+      for (int i = 0; i < DW_PL; i++) row[i] = 0.0f;
+      for (int i = DW_PL + DW_W; i < DW_PW; i++) row[i] = 0.0f;
+    }
+  }
   for (int plane = first_plane; plane < last_plane; plane++) {
 #if DW_GROUP > 1
     if (plane > first_plane) barrier(CLK_LOCAL_MEM_FENCE);  /* the last plane is read */
 #endif
     const __global float* xs = x + (size_t)plane * (DW_H * DW_W);
-    for (int r = lid; r < DW_PH; r += DW_GROUP) {  /* the zero border */
-      __local float* row = xp + r * DW_PW;
-      if (r < DW_PT || r >= DW_PT + DW_H) {
-        for (int i = 0; i < DW_PW; i++) row[i] = 0.0f;
-      } else {
-        for (int i = 0; i < DW_PL; i++) row[i] = 0.0f;
-        for (int i = DW_PL + DW_W; i < DW_PW; i++) row[i] = 0.0f;
-      }
-    }
 #if DW_W >= 8
     /* the input rows, 8 floats at a time (a row's last block ends at the row's end,
        overlapping the one before it), so that DW_IN runs on vectors: PoCL's scalar exp is a
