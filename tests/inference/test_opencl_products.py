@@ -213,7 +213,8 @@ def test_convnext_block_tail_and_channels_last_norm(device, batch, side) -> None
     inside the second product. Its
     output goes back to channels-first, so images of fewer pixels than a tile's 8 rows
     (2x2, 3x3) are folded into one run of rows: one batch index in the launch grid; at
-    most 4 rows in all take 4-row tiles."""
+    most 4 rows in all take 4-row tiles, and folded rows stored by rows 6-row tiles of 16
+    columns where those waste few rows."""
     channels = 16
     x = randn(batch, channels, side, side, seed=16)
     weights = {
@@ -245,7 +246,10 @@ def test_convnext_block_tail_and_channels_last_norm(device, batch, side) -> None
     else:
         assert kernels == ["matmul_tiles", "matmul_tiles"]
     rows_tiles, _, batches = grids[-1]
-    tile = 4 if batch * side * side <= 4 else 8
+    rows = batch * side * side
+    # folded rows (stored by rows, 16 contiguous weight columns) take 6-row tiles unless
+    # those compute over 15% more rows than 8-row ones; at most 4 rows take 4-row tiles
+    tile = 4 if rows <= 4 else 6 if -(-rows // 6) * 6 <= 1.15 * (-(-rows // 8) * 8) else 8
     if side * side % 8:
         assert batches == 1 and rows_tiles == -(-batch * side * side // tile)
     else:
@@ -338,3 +342,131 @@ def test_layer_norm_through_a_reshape_into_a_gemm_is_one_launch(device, product)
     ]
     kernels = _run(device, _model(nodes, [("x", x)], ["y"], weights), {"x": x})
     assert kernels == ["matmul_tiles"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "depth", "cols", "tile"),
+    [
+        (13, 7, 40, 6),  # 3 tiles of 6 rows (18 against 16 of 8): two pairs and one block
+        (50, 64, 33, 6),  # one pair, then a block of 8 and one of 1 column
+        (8, 20, 48, 8),  # 8 rows: 6-row tiles would compute 12
+        (3, 5, 24, 4),  # 4-row tiles, also 16 columns at a time
+        (22, 1, 16, 6),  # depth 1
+    ],
+)
+def test_register_tiles_of_16_columns(device, rows, depth, cols, tile) -> None:
+    """Products with constant weights (and, second, with a device right operand) compute 16
+    columns per step where two blocks of contiguous columns are left, in 6-row tiles unless
+    those waste rows (and 4-row ones for at most 4 rows); with a bias, a residual and the
+    tanh Gelu in the epilogue of both blocks, on ragged edges."""
+    x = randn(rows, depth, seed=50)
+    b = randn(depth, cols, seed=51)
+    weights = {"w": b, "c": randn(cols, seed=52)}
+    residual = randn(rows, cols, seed=53)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["p"]),
+        helper.make_node("Add", ["p", "c"], ["pc"]),
+        helper.make_node("Add", ["pc", "r"], ["s"]),
+        helper.make_node("Gelu", ["s"], ["y"], approximate="tanh"),
+        helper.make_node("MatMul", ["x", "b"], ["z"]),
+    ]
+    model = _model(
+        nodes, [("x", x), ("r", residual), ("b", b)], ["y", "z"], weights, opset=20
+    )
+    grids: list[tuple[int, ...]] = []
+    kernels = _run(device, model, {"x": x, "r": residual, "b": b}, grids)
+    assert kernels == ["matmul_tiles", "matmul_tiles"]
+    assert [grid[0] for grid in grids] == [-(-rows // tile)] * 2
+
+
+@pytest.mark.parametrize(("tokens", "head"), [(16, 16), (17, 13), (5, 3), (9, 24)])
+def test_keys_read_along_k(device, tokens, head) -> None:
+    """QK^T reads K^T in place, its columns contiguous along k: eight of them are loaded
+    as vectors and transposed in registers, the depth past a multiple of 8 and the columns
+    past the last full block element by element; the scale, a mask of float32's lowest
+    value (GPT-2's) and Softmax fused after it."""
+    q = randn(2, 3, tokens, head, seed=54)
+    k = randn(2, 3, tokens, head, seed=55)
+    lowest = np.finfo(np.float32).min
+    mask = np.triu(np.full((tokens, tokens), lowest, np.float32), 1)[None, None]
+    weights = {"scale": np.array(1 / np.sqrt(head), np.float32), "mask": mask}
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+        helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "mask"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["y"], axis=-1),
+    ]
+    model = _model(nodes, [("q", q), ("k", k)], ["y"], weights)
+    assert _run(device, model, {"q": q, "k": k}) == ["matmul_tiles"]
+
+
+@pytest.mark.parametrize(
+    ("op", "attributes"),
+    [
+        ("Sigmoid", {}),
+        ("Tanh", {}),
+        ("Gelu", {"approximate": "tanh"}),
+        ("Gelu", {}),
+        ("Softmax", {"axis": -1}),
+    ],
+)
+def test_epilogue_functions_over_a_wide_range(device, op, attributes) -> None:
+    """The product's epilogue computes exp and tanh inline (no builtin call): fused
+    activations and Softmax on values from -100 to 100, and on tiny ones, match."""
+    x = np.concatenate(
+        [np.linspace(-100, 100, 8 * 48), np.linspace(-1e-3, 1e-3, 8 * 16)]
+    ).astype(np.float32).reshape(64, 8)
+    eye = np.eye(8, dtype=np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["p"]),
+        helper.make_node(op, ["p"], ["y"], **attributes),
+    ]
+    model = _model(nodes, [("x", x)], ["y"], {"w": eye}, opset=20)
+    assert _run(device, model, {"x": x}) == ["matmul_tiles"]
+
+
+def test_inline_exp_and_tanh_are_within_a_few_ulp(device) -> None:
+    """``matmul_exp`` and ``matmul_tanh`` (the product epilogue's own, no builtin call)
+    against float64: within 4 ulp over float32's range of exp, 0 below -87.33 (where exp is
+    under 1.2e-38 anyway, and -inf), infinity above 88.72, NaN kept; tanh within 4 ulp and
+    +-1 at the ends."""
+    import pyopencl as cl
+
+    from meshgpu.inference.opencl import programs
+    from meshgpu.inference.opencl.kernels.matmul import MATMUL_SOURCE
+    from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
+
+    source = VECTOR_SOURCE + MATMUL_SOURCE + """
+    __kernel void probe(__global const float* x, __global float* e, __global float* t) {
+      int i = get_global_id(0) * 8;
+      store8(e + i, matmul_exp(load8(x + i)));
+      store8(t + i, matmul_tanh(load8(x + i)));
+    }"""
+    program = programs.program_for(device, source)
+    special = [np.inf, -np.inf, np.nan, 0.0, -0.0, 88.8, -87.4, -1e3, 1e3, 1e-30, -1e-30]
+    x = np.concatenate(
+        [np.linspace(-90, 90, 40000), np.linspace(-2, 2, 4000), special, [0.0] * 5]
+    ).astype(np.float32)
+    context = programs.context_for(device)
+    queue = cl.CommandQueue(context)
+    flags = cl.mem_flags
+    x_buffer = cl.Buffer(context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=x)
+    e_buffer = cl.Buffer(context, flags.WRITE_ONLY, x.nbytes)
+    t_buffer = cl.Buffer(context, flags.WRITE_ONLY, x.nbytes)
+    program.probe(queue, (x.size // 8,), None, x_buffer, e_buffer, t_buffer)
+    e, t = np.empty_like(x), np.empty_like(x)
+    cl.enqueue_copy(queue, e, e_buffer)
+    cl.enqueue_copy(queue, t, t_buffer)
+    wide = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want_e, want_t = np.exp(wide), np.tanh(wide)
+    normal = (wide > -86.9) & (wide < 88.72)
+    ulp = np.finfo(np.float32).eps
+    assert np.all(np.abs(e[normal] - want_e[normal]) <= 4 * ulp * want_e[normal])
+    assert np.all(e[(wide < -87.33) | (wide == -np.inf)] == 0.0)
+    assert np.all(np.isposinf(e[wide > 88.72]))
+    finite = np.isfinite(wide) & (wide != 0)
+    assert np.all(np.abs(t[finite] - want_t[finite]) <= 4 * ulp * np.abs(want_t[finite]))
+    assert t[x == np.inf][0] == 1.0 and t[x == -np.inf][0] == -1.0
+    assert np.isnan(e[np.isnan(x)]).all() and np.isnan(t[np.isnan(x)]).all()

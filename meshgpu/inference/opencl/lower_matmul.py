@@ -28,7 +28,9 @@ from meshgpu.inference.opencl import dtypes, fusion
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.matmul import (
     MATMUL_COLUMN_BLOCKS,
+    MATMUL_ALONG_K_DEFINE,
     MATMUL_ROWS4_DEFINE,
+    MATMUL_ROWS6_DEFINE,
     MATMUL_SOFTMAX_COLUMNS,
     MATMUL_SOURCE,
 )
@@ -425,7 +427,13 @@ def matmul_launch(
     code, act_a, act_b = tail.activation
     blocks = -(-cols // 8)
     per_item = blocks if tail.softmax else min(MATMUL_COLUMN_BLOCKS, blocks)
-    tile_rows = 4 if rows <= 4 else 8
+    tile_rows = _tile_rows(
+        rows,
+        cols,
+        paired=b.second == 1,
+        columns_out=c_si == 1 and out_strides[nb + 1] != 1 and not fold,
+        rows_along_k=norm is not None and a_si == 1 and not fold,
+    )
     grid_rows, batches = -(-rows // tile_rows), dims[0] * dims[1]
     scratch: KernelArg = None
     if norm is not None:  # a tile of normalised rows per work-item, the most there can be
@@ -434,7 +442,8 @@ def matmul_launch(
         )
     builder.launch(
         node,
-        SOURCE if tile_rows == 8 else MATMUL_ROWS4_DEFINE + SOURCE,
+        (MATMUL_ALONG_K_DEFINE if b.first == 1 and b.second != 1 else "")
+        + {8: SOURCE, 6: MATMUL_ROWS6_DEFINE + SOURCE, 4: MATMUL_ROWS4_DEFINE + SOURCE}[tile_rows],
         "matmul_tiles",
         [
             a.data,
@@ -499,6 +508,25 @@ def matmul_launch(
         variants=None if tail.softmax else _variants(blocks, grid_rows, batches, 40),
         tuning_shape=(batches, rows, cols, depth, int(code)),
     )
+
+
+def _tile_rows(rows: int, cols: int, *, paired: bool, columns_out: bool, rows_along_k: bool) -> int:
+    """Rows of ``matmul_tiles``' register tile: 6 (with 16 columns at a time, the shape
+    ``conv_gemm6`` has) where B's columns are contiguous and there are 16 of them, unless
+    the output is stored by columns or the LayerNorm prologue reads 8 rows as lanes (both
+    8-row forms), or 6-row tiles would compute more than 15% more rows than 8-row ones
+    (8 rows: 12 for 8); 4 for products of at most 4 rows; else 8."""
+    if rows <= 4:
+        return 4
+    if (
+        paired
+        and cols >= 16
+        and not columns_out
+        and not rows_along_k
+        and -(-rows // 6) * 6 <= 1.15 * (-(-rows // 8) * 8)
+    ):
+        return 6
+    return 8
 
 
 def _variants(blocks: int, grid_rows: int, batches: int, position: int) -> list[Variant]:

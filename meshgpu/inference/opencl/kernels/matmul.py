@@ -46,14 +46,25 @@ MATMUL_SOFTMAX_COLUMNS = 1024
 #: stage at batch 1: 2x2 pixels), where an 8-row tile computes as many rows for nothing.
 MATMUL_ROWS4_DEFINE = "#define MATMUL_TILE_ROWS 4\n"
 
+#: Source of the kernel with 6-row tiles that take 16 columns at a time (see MATMUL_FMA2).
+MATMUL_ROWS6_DEFINE = "#define MATMUL_TILE_ROWS 6\n"
+
+#: Source of the kernel for a B whose columns are contiguous along k and not across
+#: columns (K^T in attention): its own program, so that the transposing loop's registers do
+#: not cost the other loops theirs.
+MATMUL_ALONG_K_DEFINE = "#define MATMUL_B_ALONG_K 1\n"
+
 MATMUL_SOURCE = r"""
 #ifndef MATMUL_TILE_ROWS
 #define MATMUL_TILE_ROWS 8
 #endif
+#ifndef MATMUL_B_ALONG_K
+#define MATMUL_B_ALONG_K 0
+#endif
 /* erf as a rational function of x on [-4, 4] (the constants of Eigen's fast float erf;
    within 4.2e-7 of erf everywhere, and the Gelu built on it within 7.6e-7 of the exact
    one): PoCL's vector erf cost 2 ns an element, more than the product it followed. */
-inline float8 matmul_erf(float8 x) {
+__attribute__((always_inline)) inline float8 matmul_erf(float8 x) {
   x = x < (float8)(-4.0f) ? (float8)(-4.0f) : (x > (float8)(4.0f) ? (float8)(4.0f) : x);
   float8 x2 = x * x;
   float8 p = x2 * (float8)(-2.72614225801306e-10f) + (float8)(2.77068142495902e-08f);
@@ -70,19 +81,61 @@ inline float8 matmul_erf(float8 x) {
   return p / q;
 }
 
+/* exp of 8 lanes inline (Cephes' expf: 2^n times a degree-6 polynomial on
+   [-ln2/2, ln2/2], within 2 ulp; below -87 it is 0, over 88.72 infinity, NaN stays
+   NaN). PoCL's vector exp is an out-of-line call, around which every live accumulator of
+   the tile is spilled and reloaded: a fused tanh-Gelu cost as much as the product. */
+__attribute__((always_inline)) inline float8 matmul_exp(float8 x) {
+  float8 y = x < (float8)(-87.33f) ? (float8)(-87.33f) : x;
+  y = y > (float8)(88.72f) ? (float8)(88.72f) : y;
+  /* round-to-nearest of y * log2(e) by the 1.5 * 2^23 trick: its low bits are n */
+  float8 t = y * (float8)(1.44269504088896341f) + (float8)(12582912.0f);
+  int8 n = as_int8(t) - (int8)(0x4B400000);
+  float8 f = t - (float8)(12582912.0f);
+  float8 r = y - f * (float8)(0.693359375f);
+  r = r - f * (float8)(-2.12194440e-4f);
+  float8 p = (float8)(1.9875691500e-4f);
+  p = p * r + (float8)(1.3981999507e-3f);
+  p = p * r + (float8)(8.3334519073e-3f);
+  p = p * r + (float8)(4.1665795894e-2f);
+  p = p * r + (float8)(1.6666665459e-1f);
+  p = p * r + (float8)(5.0000001201e-1f);
+  p = p * (r * r) + r + (float8)(1.0f);
+  /* 2^(n-1) * 2: n reaches 128 at the top of the range (flushed to 0 at n = -126) */
+  float8 e = p * as_float8((n + (int8)(126)) << 23) * (float8)(2.0f);
+  e = x < (float8)(-87.33f) ? (float8)(0.0f) : e;
+  return x > (float8)(88.72f) ? (float8)(INFINITY) : e;
+}
+
+/* tanh of 8 lanes inline, as Cephes' tanhf: an odd polynomial under |x| = 0.625, else
+   1 - 2 / (exp(2|x|) + 1) with the sign of x. */
+__attribute__((always_inline)) inline float8 matmul_tanh(float8 x) {
+  float8 a = x < (float8)(0.0f) ? -x : x;
+  float8 z = x * x;
+  float8 p = (float8)(-5.70498872745e-3f);
+  p = p * z + (float8)(2.06390887954e-2f);
+  p = p * z + (float8)(-5.37397155531e-2f);
+  p = p * z + (float8)(1.33314422036e-1f);
+  p = p * z + (float8)(-3.33332819422e-1f);
+  float8 small = p * z * x + x;
+  float8 large = (float8)(1.0f) - (float8)(2.0f) / (matmul_exp((float8)(2.0f) * a) + (float8)(1.0f));
+  large = x < (float8)(0.0f) ? -large : large;
+  return a < (float8)(0.625f) ? small : large;
+}
+
 /* The epilogue works on a row of 8 results at a time: PoCL's vector exp/erf/tanh run on all
    lanes at once, its scalar ones cost ~7 ns an element (a fused Gelu ran 5x slower). */
-inline float8 matmul_activation(float8 v, int code, float a, float b) {
+__attribute__((always_inline)) inline float8 matmul_activation(float8 v, int code, float a, float b) {
   switch (code) {
     case 1: return v > (float8)(0.0f) ? v : (float8)(0.0f);
     case 2: return v >= (float8)(0.0f) ? v : (float8)(a) * v;
     case 3: v = v < (float8)(a) ? (float8)(a) : v; return v > (float8)(b) ? (float8)(b) : v;
-    case 4: return (float8)(1.0f) / ((float8)(1.0f) + exp(-v));
-    case 5: return tanh(v);
+    case 4: return (float8)(1.0f) / ((float8)(1.0f) + matmul_exp(-v));
+    case 5: return matmul_tanh(v);
     case 6:
       return (float8)(0.5f) * v * ((float8)(1.0f) + matmul_erf(v * (float8)(0.7071067811865475f)));
     /* 0.5 * (1 + tanh(u)) is sigmoid(2u): one vector exp instead of a tanh */
-    case 7: return v / ((float8)(1.0f) + exp((float8)(-1.5957691216057308f)
+    case 7: return v / ((float8)(1.0f) + matmul_exp((float8)(-1.5957691216057308f)
                                              * (v + (float8)(0.044715f) * v * v * v)));
     default: return v;
   }
@@ -172,16 +225,36 @@ inline void matmul_normalize8(const __global float* x, int step, int K, __global
 
 /* One step of the tile's multiply-adds: each row's A value at ``ka`` times the columns in
    ``bv``, into that row's accumulator. */
+#define MATMUL_FMA_ROW(r, ka) c##r = (float8)(a##r[ka]) * bv + c##r;
+/* The same over two blocks of columns (``bv`` and ``bw``): each broadcast of A feeds two
+   multiply-adds. */
+#define MATMUL_FMA2_ROW(r, ka)                                                          \
+  { float8 s = (float8)(a##r[ka]); c##r = s * bv + c##r; e##r = s * bw + e##r; }
 #if MATMUL_TILE_ROWS == 8
 #define MATMUL_FMA(ka)                                                                  \
-  c0 = (float8)(a0[ka]) * bv + c0; c1 = (float8)(a1[ka]) * bv + c1;                     \
-  c2 = (float8)(a2[ka]) * bv + c2; c3 = (float8)(a3[ka]) * bv + c3;                     \
-  c4 = (float8)(a4[ka]) * bv + c4; c5 = (float8)(a5[ka]) * bv + c5;                     \
-  c6 = (float8)(a6[ka]) * bv + c6; c7 = (float8)(a7[ka]) * bv + c7;
+  MATMUL_FMA_ROW(0, ka) MATMUL_FMA_ROW(1, ka) MATMUL_FMA_ROW(2, ka) MATMUL_FMA_ROW(3, ka) \
+  MATMUL_FMA_ROW(4, ka) MATMUL_FMA_ROW(5, ka) MATMUL_FMA_ROW(6, ka) MATMUL_FMA_ROW(7, ka)
+/* 8x16 needs 16 accumulators, all of AVX2's registers: no paired blocks. */
+#define MATMUL_PAIRS 0
+#define MATMUL_FMA2(ka)
+#elif MATMUL_TILE_ROWS == 6
+#define MATMUL_FMA(ka)                                                                  \
+  MATMUL_FMA_ROW(0, ka) MATMUL_FMA_ROW(1, ka) MATMUL_FMA_ROW(2, ka) MATMUL_FMA_ROW(3, ka) \
+  MATMUL_FMA_ROW(4, ka) MATMUL_FMA_ROW(5, ka)
+/* 6x16: twelve accumulators, two B vectors and a broadcast in 16 registers (the shape of
+   BLIS's AVX2 kernel): 8 loads per 12 multiply-adds where 8x8 takes 9 per 8, and twelve
+   independent chains where eight only just cover the FMA latency. */
+#define MATMUL_PAIRS 1
+#define MATMUL_FMA2(ka)                                                                 \
+  MATMUL_FMA2_ROW(0, ka) MATMUL_FMA2_ROW(1, ka) MATMUL_FMA2_ROW(2, ka)                  \
+  MATMUL_FMA2_ROW(3, ka) MATMUL_FMA2_ROW(4, ka) MATMUL_FMA2_ROW(5, ka)
 #else
 #define MATMUL_FMA(ka)                                                                  \
-  c0 = (float8)(a0[ka]) * bv + c0; c1 = (float8)(a1[ka]) * bv + c1;                     \
-  c2 = (float8)(a2[ka]) * bv + c2; c3 = (float8)(a3[ka]) * bv + c3;
+  MATMUL_FMA_ROW(0, ka) MATMUL_FMA_ROW(1, ka) MATMUL_FMA_ROW(2, ka) MATMUL_FMA_ROW(3, ka)
+/* 4x16: eight independent accumulators where 4x8 has four. */
+#define MATMUL_PAIRS 1
+#define MATMUL_FMA2(ka)                                                                 \
+  MATMUL_FMA2_ROW(0, ka) MATMUL_FMA2_ROW(1, ka) MATMUL_FMA2_ROW(2, ka) MATMUL_FMA2_ROW(3, ka)
 #endif
 
 /* Offset of launch row g: row g % fold of batch index g / fold when folding. */
@@ -252,8 +325,11 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
                      norm_epsilon);                                                     \
     p = s + r * K;
     MATMUL_NORM_ROW(0, a0) MATMUL_NORM_ROW(1, a1) MATMUL_NORM_ROW(2, a2) MATMUL_NORM_ROW(3, a3)
+#if MATMUL_TILE_ROWS >= 6
+    MATMUL_NORM_ROW(4, a4) MATMUL_NORM_ROW(5, a5)
+#endif
 #if MATMUL_TILE_ROWS == 8
-    MATMUL_NORM_ROW(4, a4) MATMUL_NORM_ROW(5, a5) MATMUL_NORM_ROW(6, a6) MATMUL_NORM_ROW(7, a7)
+    MATMUL_NORM_ROW(6, a6) MATMUL_NORM_ROW(7, a7)
 #endif
 #undef MATMUL_NORM_ROW
     a_step = 1;
@@ -270,13 +346,28 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
      a tile's 8 rows are 8 consecutive pixels of each channel): the tile is transposed in
      registers and stored, residual read, a column of 8 at a time instead of 64 scalars. */
   int columns_out = c_si == 1 && c_sj != 1 && !fold && (!has_residual || r_si == 1);
-  for (int jb = first; jb < last; jb++) {
+  for (int jb = first; jb < last;) {
     int j0 = jb * 8;
     int ncols = imin(8, cols - j0);
     const __global float* bp = bb + jb * b_sp;
     float8 c0 = 0.0f, c1 = 0.0f, c2 = 0.0f, c3 = 0.0f, c4 = 0.0f, c5 = 0.0f, c6 = 0.0f,
            c7 = 0.0f;
-    if (ncols == 8 && b_sj == 1 && a_step == 1) {
+    float8 e0 = 0.0f, e1 = 0.0f, e2 = 0.0f, e3 = 0.0f, e4 = 0.0f, e5 = 0.0f, e6 = 0.0f,
+           e7 = 0.0f;
+    /* Two full blocks of contiguous columns: a 16-column tile. */
+    int halves = MATMUL_PAIRS && jb + 1 < last && cols - j0 >= 16 && b_sj == 1
+                 && (a_step == 1 || a_step == 8) ? 2 : 1;
+    jb += halves;
+#if !MATMUL_B_ALONG_K
+    if (halves == 2) {
+      const __global float* bq = bp + b_sp;
+      for (int k = 0; k < K; k++) {
+        float8 bv = load8(bp + k * b_sk);
+        float8 bw = load8(bq + k * b_sk);
+        int ka = k * a_step;
+        MATMUL_FMA2(ka)
+      }
+    } else if (ncols == 8 && b_sj == 1 && a_step == 1) {
       for (int k = 0; k < K; k++) {
         float8 bv = load8(bp + k * b_sk);
         MATMUL_FMA(k)
@@ -287,8 +378,41 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
         int ka = k * 8;
         MATMUL_FMA(ka)
       }
-    } else {
-      for (int k = 0; k < K; k++) {
+    } else
+#endif
+    {
+      int k = 0;
+#if MATMUL_B_ALONG_K
+      if (b_sk == 1) {
+        /* Columns of B contiguous along k (K^T in attention: rows of K): eight of them
+           read as vectors of 8 k values and transposed in registers, in place of 64
+           scalar loads. Columns past the last repeat it (their results are not stored). */
+        const __global float* q0 = bp;
+        const __global float* q1 = bp + imin(1, ncols - 1) * b_sj;
+        const __global float* q2 = bp + imin(2, ncols - 1) * b_sj;
+        const __global float* q3 = bp + imin(3, ncols - 1) * b_sj;
+        const __global float* q4 = bp + imin(4, ncols - 1) * b_sj;
+        const __global float* q5 = bp + imin(5, ncols - 1) * b_sj;
+        const __global float* q6 = bp + imin(6, ncols - 1) * b_sj;
+        const __global float* q7 = bp + imin(7, ncols - 1) * b_sj;
+        for (; k + 8 <= K; k += 8) {
+          float8 r0 = load8(q0 + k), r1 = load8(q1 + k), r2 = load8(q2 + k),
+                 r3 = load8(q3 + k), r4 = load8(q4 + k), r5 = load8(q5 + k),
+                 r6 = load8(q6 + k), r7 = load8(q7 + k);
+#define MATMUL_LANE(l)                                                                  \
+          {                                                                             \
+            float8 bv = (float8)(r0.s##l, r1.s##l, r2.s##l, r3.s##l, r4.s##l, r5.s##l,  \
+                                 r6.s##l, r7.s##l);                                     \
+            int ka = (k + l) * a_step;                                                  \
+            MATMUL_FMA(ka)                                                              \
+          }
+          MATMUL_LANE(0) MATMUL_LANE(1) MATMUL_LANE(2) MATMUL_LANE(3)
+          MATMUL_LANE(4) MATMUL_LANE(5) MATMUL_LANE(6) MATMUL_LANE(7)
+#undef MATMUL_LANE
+        }
+      }
+#endif
+      for (; k < K; k++) {
         const __global float* bk = bp + k * b_sk;
         float v[8];
         for (int t = 0; t < 8; t++) v[t] = t < ncols ? bk[t * b_sj] : 0.0f;
@@ -296,6 +420,12 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
         int ka = k * a_step;
         MATMUL_FMA(ka)
       }
+    }
+    for (int h = 0; h < halves; h++) {  /* the epilogue, per block of 8 columns */
+    if (h) {
+      j0 += 8;
+      ncols = imin(8, cols - j0);
+      c0 = e0; c1 = e1; c2 = e2; c3 = e3; c4 = e4; c5 = e5; c6 = e6; c7 = e7;
     }
 #define MATMUL_ROW(r, acc)                                                                \
     if (r < nrows) {                                                                      \
@@ -343,10 +473,14 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
     }
 #endif
     MATMUL_ROW(0, c0) MATMUL_ROW(1, c1) MATMUL_ROW(2, c2) MATMUL_ROW(3, c3)
+#if MATMUL_TILE_ROWS >= 6
+    MATMUL_ROW(4, c4) MATMUL_ROW(5, c5)
+#endif
 #if MATMUL_TILE_ROWS == 8
-    MATMUL_ROW(4, c4) MATMUL_ROW(5, c5) MATMUL_ROW(6, c6) MATMUL_ROW(7, c7)
+    MATMUL_ROW(6, c6) MATMUL_ROW(7, c7)
 #endif
 #undef MATMUL_ROW
+    }
   }
   if (softmax) {
     for (int r = 0; r < nrows; r++) {
@@ -365,7 +499,7 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
       for (int j = j8; j < cols; j++) peak = y[j * c_sj] > peak ? y[j * c_sj] : peak;
       float8 sum8 = (float8)(0.0f);
       for (int j = 0; j < j8; j += 8) {
-        float8 e = exp(load8(y + j) - (float8)(peak));
+        float8 e = matmul_exp(load8(y + j) - (float8)(peak));
         store8(y + j, e);
         sum8 += e;
       }
