@@ -357,18 +357,27 @@ def test_layer_norm_through_a_reshape_into_a_gemm_is_one_launch(device, product)
 def test_register_tiles_of_16_columns(device, rows, depth, cols, tile) -> None:
     """Products with constant weights (and, second, with a device right operand) compute 16
     columns per step where two blocks of contiguous columns are left, in 6-row tiles unless
-    those waste rows (and 4-row ones for at most 4 rows); with a bias, a residual and the
-    tanh Gelu in the epilogue of both blocks, on ragged edges."""
+    those waste rows (and 4-row ones for at most 4 rows); with a per-row scale, a bias, a
+    residual and the tanh Gelu (or a per-row bias and Relu) in the epilogue of both
+    blocks, on ragged edges."""
     x = randn(rows, depth, seed=50)
     b = randn(depth, cols, seed=51)
-    weights = {"w": b, "c": randn(cols, seed=52)}
+    weights = {
+        "w": b,
+        "c": randn(cols, seed=52),
+        "m": randn(rows, 1, seed=56),
+        "column": randn(rows, 1, seed=57),
+    }
     residual = randn(rows, cols, seed=53)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["p"]),
-        helper.make_node("Add", ["p", "c"], ["pc"]),
+        helper.make_node("Mul", ["p", "m"], ["pm"]),
+        helper.make_node("Add", ["pm", "c"], ["pc"]),
         helper.make_node("Add", ["pc", "r"], ["s"]),
         helper.make_node("Gelu", ["s"], ["y"], approximate="tanh"),
-        helper.make_node("MatMul", ["x", "b"], ["z"]),
+        helper.make_node("MatMul", ["x", "b"], ["z0"]),
+        helper.make_node("Add", ["z0", "column"], ["z1"]),
+        helper.make_node("Relu", ["z1"], ["z"]),
     ]
     model = _model(
         nodes, [("x", x), ("r", residual), ("b", b)], ["y", "z"], weights, opset=20

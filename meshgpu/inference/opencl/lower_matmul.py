@@ -166,15 +166,18 @@ def collect_tail(
             and tail.out_strides is None
         )
         fused = False
+        scalar = (
+            _host_scalar(builder, others[0])
+            if consumer.op in ("Mul", "Div") and len(others) == 1
+            else None
+        )
         if (
-            consumer.op in ("Mul", "Div")
+            scalar is not None
             and plain
             and len(consumer.inputs) == 2
-            and len(others) == 1
             and (consumer.op == "Mul" or consumer.inputs[0] == current)
         ):
-            scalar = _host_scalar(builder, others[0])
-            if scalar is not None and (consumer.op == "Mul" or scalar != 0.0):
+            if consumer.op == "Mul" or scalar != 0.0:
                 tail.alpha *= scalar if consumer.op == "Mul" else 1.0 / scalar
                 fused = True
         elif (
@@ -506,7 +509,7 @@ def matmul_launch(
         local=(1, 1, 1),
         # how many column blocks a work-item takes is measured per device (tuning.py)
         variants=None if tail.softmax else _variants(blocks, grid_rows, batches, 40),
-        tuning_shape=(batches, rows, cols, depth, int(code)),
+        tuning_shape=(batches, rows, cols, depth, int(code), tile_rows),
     )
 
 

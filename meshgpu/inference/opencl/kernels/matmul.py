@@ -150,6 +150,11 @@ inline float8 matmul_load(const __global float* p, int s, int n) {
   return (float8)(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
 }
 
+/* 8 consecutive elements at p (s = 1) or one broadcast (s = 0). */
+inline float8 matmul_vector(const __global float* p, int s) {
+  return s ? load8(p) : (float8)(p[0]);
+}
+
 inline void matmul_store(__global float* p, int s, int n, float8 x) {
   if (n == 8 && s == 1) {
     store8(p, x);
@@ -340,6 +345,11 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
   int d_base = b0 * d_s0 + b1 * d_s1;
   int r_base = b0 * r_s0 + b1 * r_s1;
   int m_base = b0 * m_s0 + b1 * m_s1;
+  /* nothing after the sum but alpha, rows stored as they are: one store per row */
+  int plain = !has_addend && !has_residual && !has_multiplier && !act && !fold && c_sj == 1;
+  /* rows stored contiguously, each operand of the tail contiguous or broadcast along j */
+  int rowwise = !fold && c_sj == 1 && (!has_addend || d_sj <= 1)
+                && (!has_residual || r_sj <= 1) && (!has_multiplier || m_sj <= 1);
   int scale_first = has_multiplier && multiplier_first;
   int scale_after = has_multiplier && !multiplier_first;
   /* Output written transposed with its rows contiguous (ConvNeXt's products back to NCHW:
@@ -428,7 +438,20 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
       c0 = e0; c1 = e1; c2 = e2; c3 = e3; c4 = e4; c5 = e5; c6 = e6; c7 = e7;
     }
 #define MATMUL_ROW(r, acc)                                                                \
-    if (r < nrows) {                                                                      \
+    if (plain && ncols == 8 && r < nrows) {                                               \
+      store8(C + c_base + (i0 + r) * c_si + j0, acc * alpha);                             \
+    } else if (rowwise && ncols == 8 && r < nrows) {                                      \
+      int i = i0 + r;                                                                     \
+      float8 v = acc * alpha;                                                             \
+      int m_at = m_base + i * m_si + j0 * m_sj;                                           \
+      if (scale_first) v *= matmul_vector(multiplier + m_at, m_sj);                       \
+      if (has_addend) v += matmul_vector(addend + d_base + i * d_si + j0 * d_sj, d_sj);   \
+      if (scale_after) v *= matmul_vector(multiplier + m_at, m_sj);                       \
+      if (has_residual)                                                                   \
+        v += matmul_vector(residual + r_base + i * r_si + j0 * r_sj, r_sj);               \
+      if (act) v = matmul_activation(v, act, act_a, act_b);                               \
+      store8(C + c_base + i * c_si + j0, v);                                              \
+    } else if (r < nrows) {                                                               \
       int g = i0 + r;                                                                     \
       int q = fold ? g / fold : 0;                                                        \
       int i = g - q * fold;                                                               \
