@@ -379,9 +379,7 @@ def test_register_tiles_of_16_columns(device, rows, depth, cols, tile) -> None:
         helper.make_node("Add", ["z0", "column"], ["z1"]),
         helper.make_node("Relu", ["z1"], ["z"]),
     ]
-    model = _model(
-        nodes, [("x", x), ("r", residual), ("b", b)], ["y", "z"], weights, opset=20
-    )
+    model = _model(nodes, [("x", x), ("r", residual), ("b", b)], ["y", "z"], weights, opset=20)
     grids: list[tuple[int, ...]] = []
     kernels = _run(device, model, {"x": x, "r": residual, "b": b}, grids)
     assert kernels == ["matmul_tiles", "matmul_tiles"]
@@ -423,9 +421,11 @@ def test_keys_read_along_k(device, tokens, head) -> None:
 def test_epilogue_functions_over_a_wide_range(device, op, attributes) -> None:
     """The product's epilogue computes exp and tanh inline (no builtin call): fused
     activations and Softmax on values from -100 to 100, and on tiny ones, match."""
-    x = np.concatenate(
-        [np.linspace(-100, 100, 8 * 48), np.linspace(-1e-3, 1e-3, 8 * 16)]
-    ).astype(np.float32).reshape(64, 8)
+    x = (
+        np.concatenate([np.linspace(-100, 100, 8 * 48), np.linspace(-1e-3, 1e-3, 8 * 16)])
+        .astype(np.float32)
+        .reshape(64, 8)
+    )
     eye = np.eye(8, dtype=np.float32)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["p"]),
@@ -446,12 +446,16 @@ def test_inline_exp_and_tanh_are_within_a_few_ulp(device) -> None:
     from meshgpu.inference.opencl.kernels.matmul import MATMUL_SOURCE
     from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 
-    source = VECTOR_SOURCE + MATMUL_SOURCE + """
+    source = (
+        VECTOR_SOURCE
+        + MATMUL_SOURCE
+        + """
     __kernel void probe(__global const float* x, __global float* e, __global float* t) {
       int i = get_global_id(0) * 8;
       store8(e + i, matmul_exp(load8(x + i)));
       store8(t + i, matmul_tanh(load8(x + i)));
     }"""
+    )
     program = programs.program_for(device, source)
     special = [np.inf, -np.inf, np.nan, 0.0, -0.0, 88.8, -87.4, -1e3, 1e3, 1e-30, -1e-30]
     x = np.concatenate(

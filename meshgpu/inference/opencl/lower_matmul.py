@@ -27,8 +27,8 @@ import numpy as np
 from meshgpu.inference.opencl import dtypes, fusion
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels.matmul import (
-    MATMUL_COLUMN_BLOCKS,
     MATMUL_ALONG_K_DEFINE,
+    MATMUL_COLUMN_BLOCKS,
     MATMUL_ROWS4_DEFINE,
     MATMUL_ROWS6_DEFINE,
     MATMUL_SOFTMAX_COLUMNS,

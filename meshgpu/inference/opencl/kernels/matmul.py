@@ -118,14 +118,16 @@ __attribute__((always_inline)) inline float8 matmul_tanh(float8 x) {
   p = p * z + (float8)(1.33314422036e-1f);
   p = p * z + (float8)(-3.33332819422e-1f);
   float8 small = p * z * x + x;
-  float8 large = (float8)(1.0f) - (float8)(2.0f) / (matmul_exp((float8)(2.0f) * a) + (float8)(1.0f));
+  float8 large = (float8)(1.0f)
+                 - (float8)(2.0f) / (matmul_exp((float8)(2.0f) * a) + (float8)(1.0f));
   large = x < (float8)(0.0f) ? -large : large;
   return a < (float8)(0.625f) ? small : large;
 }
 
 /* The epilogue works on a row of 8 results at a time: PoCL's vector exp/erf/tanh run on all
    lanes at once, its scalar ones cost ~7 ns an element (a fused Gelu ran 5x slower). */
-__attribute__((always_inline)) inline float8 matmul_activation(float8 v, int code, float a, float b) {
+__attribute__((always_inline)) inline float8 matmul_activation(float8 v, int code, float a,
+                                                               float b) {
   switch (code) {
     case 1: return v > (float8)(0.0f) ? v : (float8)(0.0f);
     case 2: return v >= (float8)(0.0f) ? v : (float8)(a) * v;
