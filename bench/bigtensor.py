@@ -360,7 +360,10 @@ def main() -> None:
             )
             report = {"bench": "bigtensor", "mib": args.mib, "machine": before, "runs": runs}
         else:
-            report = compare(root, args.mib, args.baseline.resolve(), args.rounds, before)
+            report = compare(
+                root, args.mib, args.baseline.resolve(), args.rounds, before,
+                args.scenarios.split(","),
+            )  # fmt: skip
     if not args.json:
         print(
             f"machine: {before['cores']} cores, load {before['load_average_1m']:.1f}, sha256 "
@@ -407,7 +410,12 @@ def one_mesh(
 
 
 def compare(
-    root: Path, mib: int, baseline: Path, rounds: int, machine_now: dict[str, float]
+    root: Path,
+    mib: int,
+    baseline: Path,
+    rounds: int,
+    machine_now: dict[str, float],
+    scenarios: list[str] | tuple[str, ...] = ("input", "result"),
 ) -> dict[str, Any]:
     """This checkout and ``baseline`` alternately, ``rounds`` times each; medians."""
     import statistics
@@ -416,9 +424,9 @@ def compare(
     for number in range(rounds):
         for label, path in (("baseline", baseline), ("this", None)):
             directory = root / f"{label}-{number}"
-            runs[label].append(one_mesh(directory, mib, root, path))
+            runs[label].append(one_mesh(directory, mib, root, path, scenarios))
     summary = {}
-    for name in ("input", "result"):
+    for name in scenarios:
         row: dict[str, Any] = {}
         for label in runs:
             mine = [next(r for r in run if r["scenario"] == name) for run in runs[label]]
