@@ -343,9 +343,13 @@ def main() -> None:
     )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--peer", help=argparse.SUPPRESS)
+    parser.add_argument("--wait-alive", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.wait_alive:
+        trio.run(wait_alive, args.wait_alive, args.rows)
+        return
     if args.client:
         result = trio.run(client_run, args.peer, args.client, args.rows, args.model)
         print(json.dumps(result), flush=True)
@@ -398,11 +402,22 @@ def one_mesh(
     if pythonpath is not None:
         environ["PYTHONPATH"] = str(pythonpath)
         os.environ["PYTHONPATH"] = str(pythonpath)  # LocalMesh starts daemons with it
+    # The daemons run ``python -m meshgpu``, which puts the working directory first on
+    # sys.path: started from a checkout, they would run that checkout's meshgpu
+    # whatever PYTHONPATH names. They start from the scratch directory instead.
+    saved_cwd = os.getcwd()
+    os.chdir(root)
     try:
         with LocalMesh(directory, 3, prefix="bt", slots=1) as mesh:
-            trio.run(wait_alive, mesh)
+            # The mesh's own meshgpu asks (another version refuses this one's client).
+            subprocess.run(
+                [sys.executable, __file__, "--wait-alive", mesh.nodes[0].peer,
+                 "--rows", str(len(mesh.nodes))],
+                env=environ, check=True,
+            )  # fmt: skip
             return [scenario(mesh, name, mib, root, environ, profile) for name in scenarios]
     finally:
+        os.chdir(saved_cwd)
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
@@ -474,11 +489,11 @@ def comparison_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def wait_alive(mesh: Any) -> None:
+async def wait_alive(peer: str, nodes: int) -> None:
     from meshgpu.client import AsyncClient
 
-    async with AsyncClient(mesh.nodes[0].peer, environ={}) as client:
-        await client.call("wait", alive=len(mesh.nodes), timeout=60)
+    async with AsyncClient(peer, environ={}) as client:
+        await client.call("wait", alive=nodes, timeout=60)
 
 
 def table(runs: list[dict[str, Any]]) -> str:

@@ -1,8 +1,9 @@
 """Results on the data plane: a run's result stored before its task is done, and read
 back for clients (a mixin of :class:`~meshgpu.daemon.dataplane.DataPlane`).
 
-* ``_result_source``: a small result stays in memory; a large one spills to this node's
-  payload store (the worker's copy) and is pushed from there in ranges;
+* ``_result_source``: a small result stays in memory; a large one is pushed in ranges
+  from the outputs' memory while it spills to this node's payload store (the worker's
+  copy), the two at once;
 * ``_push_result``: to the task's holders, then, while no node but the worker confirmed
   it, to further live members, in up to ``PUSH_ROUNDS`` rounds (docs/daemon.md, "Storing
   the result is part of finishing the task");
@@ -31,11 +32,12 @@ from meshgpu.core.tasks.result_push import (
     round_targets,
 )
 from meshgpu.core.types import NodeId
+from meshgpu.daemon.auth.envelope import Buffer
 from meshgpu.daemon.blobs import TensorBlob, chunk_bytes
 from meshgpu.daemon.payloads import canonical_tensor_bytes
-from meshgpu.daemon.transfers import PutCall, ReadRange, ResultSource, memory_reader, range_answer
+from meshgpu.daemon.transfers import PutCall, ResultSource, range_answer
 from meshgpu.daemon.transfers import push as push_ranges
-from meshgpu.errors import MeshError, StorageError
+from meshgpu.errors import MeshError
 
 if TYPE_CHECKING:
     from meshgpu.daemon.payloads import PayloadStore
@@ -96,40 +98,22 @@ class ResultPlane:
         return self.peers.dedicated(info.address, timeout=TRANSFER_TIMEOUT)
 
     async def _result_source(self, task_id: TaskId, outputs: dict[str, Any]) -> ResultSource:
-        """The result of a run, ready to push: a small one as bytes; a large one spilled
-        to this node's payload store (the worker's own copy, from which the holders'
-        copies are sent), or, when that fails (a full disk), sent from memory."""
+        """The result of a run, ready to push: a small one as bytes; a large one is read
+        from the outputs' memory while it spills to this node's payload store (the
+        worker's own copy; ``_push_result`` runs the spill beside the pushes, and the
+        last range of each push waits for the spill's digest). A spill that fails (a
+        full disk) leaves the result in memory only, which it is pushed from."""
         blob = TensorBlob(outputs)
         if blob.size <= self.chunk:
             return ResultSource.of_bytes(canonical_tensor_bytes(outputs))
-        payloads, key = self.payloads, task_key(task_id)
-        scratch = payloads.scratch(key, RESULT)
+        spill = _ResultSpill(blob, self.payloads, task_key(task_id), task_id)
 
-        def write_and_install() -> str:  # the install syncs the directory: off the loop
-            digest = blob.write_to(scratch)
-            payloads.install(scratch, key, RESULT)
-            return digest
+        async def read(offset: int, length: int) -> Buffer:
+            if offset + length >= blob.size:  # the last range goes with the digest
+                await spill.wait()
+            return blob.view(offset, length)
 
-        try:
-            sha256 = await trio.to_thread.run_sync(write_and_install)
-        except MeshError as error:
-            logger.warning(
-                "could not keep the result of %s here (%s); sending it from memory", task_id, error
-            )
-            sha256 = await trio.to_thread.run_sync(blob.digest)
-            return ResultSource(blob.size, sha256, memory_reader(blob), stored_here=False)
-        return ResultSource(blob.size, sha256, self._file_reader(key, RESULT), stored_here=True)
-
-    def _file_reader(self, key: Any, kind: str) -> ReadRange:
-        payloads = self.payloads
-
-        async def read(offset: int, length: int) -> bytes:
-            data = await trio.to_thread.run_sync(payloads.read_range, key, kind, offset, length)
-            if data is None:
-                raise StorageError(f"{kind} of {key} vanished from this node during a transfer")
-            return data
-
-        return read
+        return ResultSource(blob.size, spill.sha256, read, stored_here=False, spill=spill)
 
     async def _push_result(
         self, task_id: TaskId, attempt: int, result: ResultSource, holders: Iterable[NodeId]
@@ -148,7 +132,7 @@ class ResultPlane:
                 if node_id == me:
                     if result.data is not None:
                         await self.store(task_key(task_id), RESULT, result.data, wait=True)
-                    elif not result.stored_here:
+                    elif not await result.kept_here():
                         return
                 elif result.data is not None and result.size <= self.chunk:
                     await self._request(
@@ -174,24 +158,27 @@ class ResultPlane:
                 problems.append(f"{node_id}: {error or type(error).__name__}")
                 logger.warning("could not store result of %s on %s: %s", task_id, node_id, error)
 
-        for round_number in range(PUSH_ROUNDS):
-            if round_number:
-                await trio.sleep(retry_delay(round_number))
-            tried: set[NodeId] = set()
-            targets = round_targets(holders, self._current_holders(task_id), me, stored)
-            async with trio.open_nursery() as nursery:
-                for node_id in self._live(targets):
-                    tried.add(node_id)
-                    nursery.start_soon(push, node_id)
-            for node_id in self._live(self.node.live_members()):
-                if not needs_another_holder(stored, me):
+        async with trio.open_nursery() as spilling:
+            if result.spill is not None:  # the worker's copy, written beside the pushes
+                spilling.start_soon(result.spill.run)
+            for round_number in range(PUSH_ROUNDS):
+                if round_number:
+                    await trio.sleep(retry_delay(round_number))
+                tried: set[NodeId] = set()
+                targets = round_targets(holders, self._current_holders(task_id), me, stored)
+                async with trio.open_nursery() as nursery:
+                    for node_id in self._live(targets):
+                        tried.add(node_id)
+                        nursery.start_soon(push, node_id)
+                for node_id in self._live(self.node.live_members()):
+                    if not needs_another_holder(stored, me):
+                        break
+                    if node_id not in tried:
+                        tried.add(node_id)
+                        await push(node_id)
+                others = set(self._live(self.node.live_members())) - {me}
+                if kept(stored, me, others_live=bool(others)):
                     break
-                if node_id not in tried:
-                    tried.add(node_id)
-                    await push(node_id)
-            others = set(self._live(self.node.live_members())) - {me}
-            if kept(stored, me, others_live=bool(others)):
-                break
         return tuple(sorted(stored)), problems
 
     def _current_holders(self, task_id: TaskId) -> set[NodeId]:
@@ -273,3 +260,53 @@ class ResultPlane:
             if entry is None or entry.delivered:
                 self.payloads.delete(task_key(task_id), RESULT)
                 self._count("result_copies_swept")
+
+
+class _ResultSpill:
+    """The worker's own copy of a large result (transfers.Spill), written from the
+    outputs' memory while the same memory is pushed to the holders: the holders' copies
+    no longer wait for this one to be written and synced, nor are their ranges read
+    back from it. Its sha256, computed as it is written, is the digest every push sends
+    with its last range."""
+
+    def __init__(self, blob: TensorBlob, payloads: PayloadStore, key: Any, task_id: TaskId):
+        self._blob = blob
+        self._payloads = payloads
+        self._key = key
+        self._task_id = task_id
+        self._done = trio.Event()
+        self._stored = False
+        self._sha256: str | None = None
+
+    async def run(self) -> None:
+        payloads, key, blob = self._payloads, self._key, self._blob
+        scratch = payloads.scratch(key, RESULT)
+
+        def write_and_install() -> str:  # the install syncs the directory: off the loop
+            digest = blob.write_to(scratch)
+            payloads.install(scratch, key, RESULT)
+            return digest
+
+        try:
+            try:
+                self._sha256 = await trio.to_thread.run_sync(write_and_install)
+                self._stored = True
+            except MeshError as error:
+                logger.warning(
+                    "could not keep the result of %s here (%s); sending it from memory",
+                    self._task_id,
+                    error,
+                )
+                self._sha256 = await trio.to_thread.run_sync(blob.digest)
+        finally:
+            self._done.set()
+
+    async def wait(self) -> bool:
+        await self._done.wait()
+        if self._sha256 is None:
+            raise MeshError(f"the result of {self._task_id} was neither stored nor hashed")
+        return self._stored
+
+    def sha256(self) -> str:
+        assert self._sha256 is not None, "the spill has not ended"
+        return self._sha256

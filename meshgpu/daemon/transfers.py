@@ -302,16 +302,33 @@ class Fetched:
             self.path.unlink(missing_ok=True)
 
 
+class Spill(Protocol):
+    """The worker's own copy of a large result, written to its payload store while the
+    same bytes are pushed to the holders (results.py)."""
+
+    async def run(self) -> None:
+        """Write, hash, sync and install the copy (run beside the pushes)."""
+
+    async def wait(self) -> bool:
+        """Once :meth:`run` ended: whether the copy is stored here."""
+
+    def sha256(self) -> str:
+        """The result's digest, once :meth:`wait` returned."""
+
+
 @dataclass(frozen=True)
 class ResultSource:
     """A run's result ready to push: ``data`` when small, else ``read`` ranges of
-    ``size`` bytes (``stored_here``: the worker's own copy is in its payload store)."""
+    ``size`` bytes (``stored_here``: the worker's own copy is in its payload store;
+    ``spill``: that copy is being written while the ranges are read, and the digest is
+    known once it was, which ``read`` waits for before the last range)."""
 
     size: int
-    sha256: str
+    sha256: str | Callable[[], str]
     read: ReadRange
     stored_here: bool
     data: bytes | None = None
+    spill: Spill | None = None
 
     @classmethod
     def of_bytes(cls, data: bytes) -> ResultSource:
@@ -319,6 +336,12 @@ class ResultSource:
             return memoryview(data)[offset : offset + length]
 
         return cls(len(data), hashlib.sha256(data).hexdigest(), read, False, data)
+
+    async def kept_here(self) -> bool:
+        """Whether the worker's own copy is in its payload store (waits for a spill)."""
+        if self.spill is not None:
+            return await self.spill.wait()
+        return self.stored_here
 
 
 def memory_reader(blob: TensorBlob) -> ReadRange:

@@ -5,6 +5,7 @@ attempt with every push's reason instead of being reported done."""
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import trio
 
 from meshgpu.core.tasks import TaskId
 from meshgpu.daemon.blobs import TensorBlob
 from meshgpu.daemon.dataplane import DataPlane
+from meshgpu.daemon.results import RESULT
 from meshgpu.daemon.transfers import ResultSource, memory_reader
 from meshgpu.errors import DiskFullError
 from tests.daemon.fakes import data_plane
@@ -146,3 +149,69 @@ async def test_a_lone_worker_keeps_its_own_copy(autojump_clock) -> None:
     holders, _ = await plane(peers, ["w"])._push_result(TASK, 1, result, [])
     assert holders == ("w",)
     assert trio.current_time() == started  # nobody else to wait for
+
+
+@dataclass
+class WatchingPeers(Peers):
+    """:class:`Peers` that also sets ``first_range`` when a push's first range arrives
+    and notes whether the worker's own copy was stored by then."""
+
+    first_range: threading.Event = field(default_factory=threading.Event)
+    stored_at_first_range: list[bool] = field(default_factory=list)
+    payloads: Any = None
+
+    async def call(
+        self, address: tuple[str, int], op: str, *, timeout: float, **fields: Any
+    ) -> dict[str, Any]:
+        if fields["offset"] == 0:
+            self.stored_at_first_range.append(self.payloads.has(("o", 7), RESULT))
+            self.first_range.set()
+        return await super().call(address, op, timeout=timeout, **fields)
+
+
+async def test_a_large_result_is_pushed_from_memory_while_the_workers_copy_is_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The holders' copies do not wait for the worker's own to be written and synced:
+    the worker's spill here is held until a holder got its first range (it would wait
+    for ever if the pushes came after it), and every push's last range carries the
+    digest the spill computed."""
+    fakes = data_plane(tmp_path, live=["w", "o", "h"])
+    peers = WatchingPeers(taking={"o", "h"}, payloads=fakes.payloads)
+    fakes.plane.peers = peers  # type: ignore[assignment]
+    write_to = TensorBlob.write_to
+
+    def held_write_to(self: TensorBlob, path: Path) -> str:
+        assert peers.first_range.wait(30), "no push started while the spill was under way"
+        return write_to(self, path)
+
+    monkeypatch.setattr(TensorBlob, "write_to", held_write_to)
+    outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
+    result = await fakes.plane._result_source(TASK, outputs)
+    holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
+    assert holders == ("h", "o", "w") and not problems
+    assert peers.stored_at_first_range and not any(peers.stored_at_first_range)
+    digest = TensorBlob(outputs).digest()
+    assert fakes.payloads.has(("o", 7), RESULT)
+    lasts = [fields for _, fields in peers.calls if not fields["more"]]
+    assert len(lasts) == 2 and all(fields["sha256"] == digest for fields in lasts)
+
+
+async def test_a_result_the_worker_cannot_keep_is_still_pushed_with_its_digest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fakes = data_plane(tmp_path, live=["w", "o", "h"])
+    peers = Peers(taking={"o", "h"})
+    fakes.plane.peers = peers  # type: ignore[assignment]
+
+    def full_disk(self: TensorBlob, path: Path) -> str:
+        raise DiskFullError("disk full on w")
+
+    monkeypatch.setattr(TensorBlob, "write_to", full_disk)
+    outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
+    result = await fakes.plane._result_source(TASK, outputs)
+    holders, _ = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
+    assert holders == ("h", "o")  # not the worker: its copy was never stored
+    assert not fakes.payloads.has(("o", 7), RESULT)
+    lasts = [fields for _, fields in peers.calls if not fields["more"]]
+    assert [fields["sha256"] for fields in lasts] == [TensorBlob(outputs).digest()] * 2
