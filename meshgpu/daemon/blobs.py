@@ -30,6 +30,7 @@ import contextlib
 import errno
 import hashlib
 import math
+import mmap
 import os
 import secrets
 import threading
@@ -396,7 +397,7 @@ def load_tensors(path: Path, slots: list[TensorSlot] | None = None) -> dict[str,
                         data, slot.dtype, slot.shape, f"tensor {slot.name!r}"
                     )
                     continue
-                array = np.empty(slot.shape, slot.dtype)
+                array = fresh_array(slot.shape, slot.dtype)
                 if read_into(handle, array.reshape(-1).view(np.uint8).data) != slot.nbytes:
                     raise DecodeError(f"tensor {slot.name!r} is cut short in {path.name}")
                 tensors[slot.name] = array
@@ -405,11 +406,34 @@ def load_tensors(path: Path, slots: list[TensorSlot] | None = None) -> dict[str,
     return tensors
 
 
+SMALL_PAGES_BYTES = 4 << 20
+"""An array received or loaded of at least this size is made by :func:`fresh_array`."""
+
+
+def fresh_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+    """An uninitialised array that a payload is about to be copied into, once: a large
+    one is an anonymous mapping of its own advised ``MADV_NOHUGEPAGE``. numpy advises
+    huge pages for every array of 4 MiB or more, and on the project's VM (transparent
+    huge pages on ``madvise``, the kernel compacting memory to find each 2 MiB page at
+    its first touch) filling a fresh 1 GiB array that way took 2.1-2.5 CPU s and 4-9 s,
+    against 0.6-0.8 CPU s and 1.3-2.8 s with small pages (fresh processes, read from
+    the page cache or copied from memory; docs/daemon.md). An array written once and
+    then read once gains nothing from huge pages' fewer TLB misses. The mapping is
+    unmapped when the array goes."""
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    advise = getattr(mmap, "MADV_NOHUGEPAGE", None)
+    if nbytes < SMALL_PAGES_BYTES or advise is None:
+        return np.empty(shape, dtype)
+    memory = mmap.mmap(-1, nbytes)
+    with contextlib.suppress(OSError):  # advice: a kernel without THP takes none
+        memory.madvise(advise)
+    return np.frombuffer(memory, dtype, count).reshape(shape)
+
+
 def read_into(handle: BinaryIO, target: memoryview) -> int:
     """Fill ``target`` from ``handle``'s position, ``CHUNK_BYTES`` a call; the bytes read
-    (fewer at the end of the file). One ``read`` of a whole GiB (``np.fromfile``'s) cost
-    4.5-15 s and 1-2.4 CPU s on the project's VM where 16 MiB ones took 0.75-1.1 s and
-    0.17 CPU s (fresh processes, the file in the page cache; docs/daemon.md)."""
+    (fewer at the end of the file)."""
     filled = 0
     while filled < len(target):
         count = handle.readinto(target[filled : filled + CHUNK_BYTES])
@@ -522,7 +546,7 @@ class TensorReceiver:
             if slot.nbytes:
                 self._filling = (memoryview(encoded), 0)
             return
-        array = np.empty(slot.shape, slot.dtype)
+        array = fresh_array(slot.shape, slot.dtype)
         self._tensors[slot.name] = array
         if slot.nbytes:
             self._filling = (array.reshape(-1).view(np.uint8).data, 0)
