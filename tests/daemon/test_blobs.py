@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from meshgpu.client.batches import prepare_inputs, resolve_max_task_bytes
-from meshgpu.daemon.blobs import BlobWriter, TensorBlob, load_tensors, read_layout
+from meshgpu.daemon.blobs import (
+    BlobWriter,
+    DirectWriter,
+    TensorBlob,
+    load_tensors,
+    read_layout,
+)
 from meshgpu.daemon.payloads import canonical_tensor_bytes, encode_tensors
 from meshgpu.daemon.transfers import pull, push
 from meshgpu.errors import ClientError, ConfigError, DecodeError, DigestMismatchError
@@ -205,3 +211,64 @@ async def test_pull_raises_a_failed_range_as_itself_and_drops_the_scratch_file(
     with pytest.raises(ClientError, match="broke"):
         await pull(call, 100, lambda: BlobWriter(tmp_path, "p"))
     assert not list(tmp_path.iterdir())
+
+
+def _write_durably(tmp_path: Path, data: bytes, step: int) -> tuple[BlobWriter, Path]:
+    writer = BlobWriter(tmp_path, "copy", durable=True)
+    writer.reserve(len(data) + 12345)  # more than it gets: commit cuts the rest
+    for at in range(0, len(data), step):
+        writer.write(at, data[at : at + step])
+    return writer, writer.commit(hashlib.sha256(data).hexdigest())
+
+
+@pytest.mark.parametrize("step", [16 << 20, 5000, (1 << 20) + 1])
+def test_a_durable_copy_written_directly_has_the_bytes_and_the_size(
+    tmp_path: Path, step: int
+) -> None:
+    """Ranges of any length (a partial last block, ranges that are not whole blocks)
+    land at their offsets, and the file is cut to the payload's size."""
+    data = np.random.default_rng(3).bytes((3 << 20) + 123)
+    (tmp_path / "probe").touch()
+    direct = DirectWriter.open(tmp_path / "probe")
+    if direct is None:
+        pytest.skip("this filesystem takes no O_DIRECT")
+    direct.close()
+    writer, path = _write_durably(tmp_path, data, step)
+    assert path.read_bytes() == data
+    assert writer._direct is None  # closed by commit
+
+
+def test_a_direct_write_the_kernel_refuses_goes_on_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EINVAL from a direct write (an alignment the writer does not meet): the bytes
+    staged and the rest of the range are written buffered, and so is every later range."""
+    import errno
+    import os
+
+    writes = {"direct": 0}
+    real_pwrite = os.pwrite
+
+    def refusing_pwrite(descriptor: int, data: Any, offset: int) -> int:
+        if offset >= 1 << 20:  # the first MiB goes direct, then the kernel refuses
+            raise OSError(errno.EINVAL, "Invalid argument")
+        writes["direct"] += 1
+        return real_pwrite(descriptor, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refusing_pwrite)
+    (tmp_path / "probe").touch()
+    if DirectWriter.open(tmp_path / "probe") is None:
+        pytest.skip("this filesystem takes no O_DIRECT")
+    data = np.random.default_rng(4).bytes((2 << 20) + 777)
+    writer, path = _write_durably(tmp_path, data, 700_000)
+    assert path.read_bytes() == data
+    assert writes["direct"] >= 1 and writer._direct is None
+
+
+def test_a_filesystem_without_direct_io_is_written_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DirectWriter, "open", classmethod(lambda cls, path: None))
+    data = np.random.default_rng(5).bytes((1 << 20) + 5)
+    _, path = _write_durably(tmp_path, data, 300_000)
+    assert path.read_bytes() == data
