@@ -33,7 +33,6 @@ import math
 import mmap
 import os
 import secrets
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,30 +190,6 @@ class TensorBlob:
                 writer.write(writer.size, view[at : at + CHUNK_BYTES])
         writer.commit(None)
         return writer.hexdigest()
-
-
-PARALLEL_HASH_BYTES = 1 << 20
-"""A range at least this large is hashed in a thread of its own while it is written."""
-
-
-@contextlib.contextmanager
-def hashed_alongside(hasher: Any, chunk: bytes | bytearray | memoryview) -> Iterator[None]:
-    """``hasher.update(chunk)`` in a thread of its own while the block runs (a receiver
-    writing the same range to its file or its array), joined before the block's end, so
-    the ranges are hashed in order; a small range is hashed here after the block.
-    sha256 and the write both release the GIL: on a receiver of a large payload they
-    took one after the other 2.4 and 7.7 s of wall time a GiB (py-spy, the shared
-    2-core VM), and together they take the longer of the two."""
-    if len(chunk) < PARALLEL_HASH_BYTES:
-        yield
-        hasher.update(chunk)
-        return
-    hashing = threading.Thread(target=hasher.update, args=(chunk,), name="meshgpu-hash")
-    hashing.start()
-    try:
-        yield
-    finally:
-        hashing.join()
 
 
 DIRECT_BLOCK = 4096
@@ -565,14 +540,8 @@ class TensorReceiver:
         if offset != self.size:
             raise DecodeError(f"range at {offset} sent, {self.size} expected; start again at 0")
         view = memoryview(chunk).cast("B")
-        if self._hash is None:
-            self._place(view)
-        else:
-            with hashed_alongside(self._hash, view):
-                self._place(view)
-
-    def _place(self, view: memoryview) -> None:
-        """Copy one range into the arrays, parsing the headers it holds."""
+        if self._hash is not None:
+            self._hash.update(view)
         self.size += len(view)
         while view:
             if self._filling is not None:
@@ -703,11 +672,11 @@ class BlobWriter:
         if offset != self.size:
             raise DecodeError(f"range at {offset} sent, {self.size} expected; start again at 0")
         try:
-            with hashed_alongside(self._hash, chunk):
-                self._store(offset, chunk)
+            self._store(offset, chunk)
         except OSError as error:
             self.abort()
             raise storage_error(error, "storing a payload") from None
+        self._hash.update(chunk)
         self.size += len(chunk)
 
     def _store(self, offset: int, chunk: bytes | bytearray | memoryview) -> None:
