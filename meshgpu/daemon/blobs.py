@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import math
 import mmap
 import os
@@ -491,7 +492,7 @@ def fresh_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
     return np.frombuffer(memory, dtype, count).reshape(shape)
 
 
-def read_into(handle: BinaryIO, target: memoryview) -> int:
+def read_into(handle: io.BufferedReader, target: memoryview) -> int:
     """Fill ``target`` from ``handle``'s position, ``CHUNK_BYTES`` a call; the bytes read
     (fewer at the end of the file)."""
     filled = 0
