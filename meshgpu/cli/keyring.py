@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from meshgpu.cli.submit import connection_options
+from meshgpu.cli.options import connection_options
 
 
 def _ask(peer: str | None, key_file: Path | None, op: str, **fields: Any) -> dict[str, Any]:

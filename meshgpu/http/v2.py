@@ -98,10 +98,15 @@ def datatype_of(array: np.ndarray) -> str:
     return name
 
 
-def dtype_of(datatype: Any, where: str) -> np.dtype[Any]:
-    """The numpy dtype of a protocol datatype name (a ProtocolError for anything else)."""
+def datatype_name(datatype: object, where: str) -> str:
+    """A tensor's ``datatype`` field, which must be a string (a ProtocolError if not)."""
     if not isinstance(datatype, str):
         raise ProtocolError(f"{where}: 'datatype' must be a string like \"FP32\"")
+    return datatype
+
+
+def dtype_of(datatype: str, where: str) -> np.dtype[Any]:
+    """The numpy dtype of a protocol datatype name (a ProtocolError for anything else)."""
     if datatype == "BF16":
         return bfloat16()
     dtype = DATATYPES.get(datatype)
@@ -216,7 +221,7 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
         where = f"input {name!r}"
         if name in inputs:
             raise ProtocolError(f"{where} is given twice")
-        datatype = tensor.get("datatype")
+        datatype = datatype_name(tensor.get("datatype"), where)
         dtype = dtype_of(datatype, where)
         shape = _shape(tensor.get("shape"), where)
         count = math.prod(shape)
@@ -354,10 +359,10 @@ def _json_data(array: np.ndarray, datatype: str) -> list[Any]:
     strings)."""
     flat = array.reshape(-1)
     if datatype == "BF16":
-        return flat.astype(np.float32).tolist()  # type: ignore[no-any-return]
+        return flat.astype(np.float32).tolist()
     if datatype == "BYTES":
         try:
             return [str(text) for text in string_array(flat)]
         except DecodeError as error:
             raise ProtocolError(f"an output of BYTES cannot be sent as JSON: {error}") from None
-    return flat.tolist()  # type: ignore[no-any-return]
+    return flat.tolist()

@@ -70,7 +70,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable
-from typing import NamedTuple, NoReturn
+from typing import Generic, Literal, NamedTuple, NoReturn, TypeVar, overload
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -118,7 +118,11 @@ Buffer = bytes | bytearray | memoryview
 """What an envelope is written from (collections.abc.Buffer from Python 3.12)."""
 
 
-class Envelope(NamedTuple):
+Payload = TypeVar("Payload", bound=bytes | memoryview, covariant=True)
+"""An opened envelope's payload: bytes, or a memoryview where ``open`` was asked for one."""
+
+
+class Envelope(NamedTuple, Generic[Payload]):
     """An opened envelope: who sent it, in which session, and the payload inside.
 
     A named tuple, not a frozen dataclass: one is built per datagram and frame, and a
@@ -129,7 +133,7 @@ class Envelope(NamedTuple):
     counter: int
     timestamp_ms: int
     channel: Channel
-    payload: bytes | memoryview
+    payload: Payload
     """A memoryview only where ``open`` was asked for one (``as_view``)."""
     from_self: bool = False
     """True when the session is one this authenticator sealed (a self-send or a reflection)."""
@@ -357,6 +361,26 @@ class Authenticator:
         # is not copied twice before it is encrypted).
         return [self._encrypt(cipher, channel, key_id, nonce, b"".join((self._inner, *pieces)))]
 
+    @overload
+    def open(
+        self,
+        data: bytes | bytearray,
+        channel: Channel,
+        source: tuple[str, int] | None = None,
+        *,
+        as_view: Literal[False] = False,
+    ) -> Envelope[bytes]: ...
+
+    @overload
+    def open(
+        self,
+        data: bytes | bytearray,
+        channel: Channel,
+        source: tuple[str, int] | None = None,
+        *,
+        as_view: Literal[True],
+    ) -> Envelope[memoryview]: ...
+
     def open(
         self,
         data: bytes | bytearray,
@@ -364,7 +388,7 @@ class Authenticator:
         source: tuple[str, int] | None = None,
         *,
         as_view: bool = False,
-    ) -> Envelope:
+    ) -> Envelope[bytes | memoryview]:
         """Check and unwrap one envelope; raises (and counts) when it must be dropped.
 
         ``source`` (the datagram's address) names a peer whose name is encrypted when it
