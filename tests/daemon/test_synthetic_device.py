@@ -170,3 +170,41 @@ async def test_runs_with_other_tasks_on_the_node_stay_off_the_loop(
         nursery.start_soon(one)
         nursery.start_soon(one)
     assert executor.inline_runs == 0
+
+
+async def test_runs_of_inputs_numbered_from_the_hold_wait_until_it_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log, hold = tmp_path / "runs.log", tmp_path / "hold"
+    monkeypatch.setenv(synthetic.RUN_LOG_VARIABLE, str(log))
+    monkeypatch.setenv(synthetic.HOLD_VARIABLE, str(hold))
+    hold.write_text("3")
+    executor = Executor(1, device="synthetic:5")
+    ran = trio.Event()
+
+    async def run(index: float) -> None:
+        await executor.run("digest", Path("unused.onnx"), {"x": np.full((1, 2), index)})
+
+    async def held() -> None:
+        await run(3.0)
+        ran.set()
+
+    await run(1.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(held)
+        with trio.move_on_after(0.5):
+            await ran.wait()
+        assert not ran.is_set(), "the run of input 3 went past a hold from 3"
+        hold.unlink()
+        with trio.fail_after(20):
+            await ran.wait()
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["1.0", "3.0"]
+
+
+def test_a_hold_needs_runs_that_cannot_go_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(synthetic.HOLD_VARIABLE, "/nonexistent/hold")
+    synthetic.SyntheticSession("synthetic:5")
+    with pytest.raises(DeviceError, match="at least 1 ms"):
+        synthetic.SyntheticSession("synthetic:0")

@@ -1,6 +1,11 @@
 """Ctrl-C (a real SIGINT to a real process) on `meshgpu submit`, `meshgpu collect` and the
 Python client's `map`: exit status 130, no traceback, and every task the mesh accepted
-is either saved or named by id, and those ids are collectable."""
+is either saved or named by id, and those ids are collectable.
+
+Each test presses Ctrl-C once a result is saved, while some tasks are certainly not
+done: the synthetic device holds the runs of the last ``HELD`` inputs (``hold``) until
+the Ctrl-C was handled. Without the hold, a loaded machine could finish every task
+before the signal went (nothing left to name), whatever the service time."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +26,41 @@ from onnx import TensorProto, helper
 
 from meshgpu.client import AsyncClient
 from meshgpu.client.localmesh import LocalMesh
+from meshgpu.daemon.synthetic import HOLD_VARIABLE
 from tests.integration.conftest import wait_alive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TASKS = 30
+HELD = 4
+"""The inputs numbered ``TASKS - HELD`` and up are not run inside :func:`hold`."""
 MESHGPU = [sys.executable, "-m", "meshgpu"]
 WAIT_S = 60.0
 
 
 @pytest.fixture(scope="module")
 def slow_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    """Two daemons whose device holds each task for 150 ms: tasks are still in flight
-    when the test presses Ctrl-C."""
+    """Two daemons whose device holds each task for 150 ms, and holds the last inputs'
+    runs for as long as a test says (:func:`hold`)."""
     root = tmp_path_factory.mktemp("slow")
-    with LocalMesh(root, 2, prefix="ctrlc", extra_args=("--device", "synthetic:150")) as mesh:
-        trio.run(wait_alive, mesh, 2)
-        yield mesh
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOLD_VARIABLE, str(root / "hold"))
+        with LocalMesh(root, 2, prefix="ctrlc", extra_args=("--device", "synthetic:150")) as mesh:
+            trio.run(wait_alive, mesh, 2)
+            yield mesh
+
+
+@contextmanager
+def hold(mesh: LocalMesh) -> Iterator[None]:
+    """Inside the block, the runs of the last ``HELD`` inputs wait (their first element,
+    which numbers them, is ``TASKS - HELD`` or more)."""
+    scratch = mesh.root / "hold.new"
+    scratch.write_text(str(TASKS - HELD))
+    scratch.replace(mesh.root / "hold")  # whole, never half-written, for the daemons
+    try:
+        yield
+    finally:
+        (mesh.root / "hold").unlink()
 
 
 @pytest.fixture
@@ -91,8 +115,9 @@ def test_ctrl_c_on_submit_names_every_accepted_task(
     peer = slow_mesh.nodes[0].peer
     out = tmp_path / "out"
     command = [*MESHGPU, "submit", str(model), "-i", str(inputs), "-o", str(out), "--peer", peer]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout, stderr = interrupt_when(process, out, 3)
+    with hold(slow_mesh):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout, stderr = interrupt_when(process, out, 1)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "BaseExceptionGroup" not in stderr
     assert "interrupted: " in stderr and "meshgpu collect --ids FILE" in stderr
@@ -116,21 +141,24 @@ def test_ctrl_c_on_collect_prints_the_ids_still_to_collect(
     model, inputs = work
     peer = slow_mesh.nodes[0].peer
     ids_file = tmp_path / "ids.txt"
-    submitted = subprocess.run(
-        [*MESHGPU, "submit", str(model), "-i", str(inputs), "--no-wait", "--ids", str(ids_file),
-         "--peer", peer],
-        capture_output=True, text=True, timeout=WAIT_S,
-    )  # fmt: skip
-    assert submitted.returncode == 0, submitted.stderr
-    assert submitted.stdout == "" and len(ids_file.read_text().splitlines()) == TASKS
     out = tmp_path / "out"
     command = [*MESHGPU, "collect", "--ids", str(ids_file), "-o", str(out), "--peer", peer]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout, stderr = interrupt_when(process, out, 3)
+    with hold(slow_mesh):
+        submitted = subprocess.run(
+            [*MESHGPU, "submit", str(model), "-i", str(inputs), "--no-wait", "--ids",
+             str(ids_file), "--peer", peer],
+            capture_output=True, text=True, timeout=WAIT_S,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        assert submitted.stdout == "" and len(ids_file.read_text().splitlines()) == TASKS
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout, stderr = interrupt_when(process, out, 1)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "not collected yet" in stderr
     left = stdout.splitlines()
     assert 0 < len(left) < TASKS
+    held = {f"{index:03d}" for index in range(TASKS - HELD, TASKS)}
+    assert held <= {line.split("\t")[1] for line in left}
     again = collect(stdout, out, peer)
     assert again.returncode == 0, again.stderr
     assert len(list(out.glob("*.npz"))) == TASKS
@@ -149,8 +177,11 @@ with meshgpu.Client(peer, environ={}) as client:
     try:
         for item in client.map(model, inputs, label=lambda i: f"row-{i}"):
             np.savez(f"{out}/{item.index}.npz", **item.outputs)
-    except MapInterrupted as stopped:
+    except MapInterrupted as stopped:  # Ctrl-C while the loop waited in the map
         print(json.dumps(stopped.uncollected))
+        sys.exit(130)
+    except KeyboardInterrupt:  # in the loop's own body: the map stopped with the loop
+        print(json.dumps(client.uncollected()))
         sys.exit(130)
 """
 
@@ -163,8 +194,9 @@ def test_ctrl_c_on_the_python_clients_map_raises_with_the_uncollected_ids(
     out = tmp_path / "out"
     out.mkdir()
     command = [sys.executable, "-c", SCRIPT, peer, str(model), str(out), str(TASKS)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout, stderr = interrupt_when(process, out, 3)
+    with hold(slow_mesh):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout, stderr = interrupt_when(process, out, 1)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     uncollected = json.loads(stdout)
