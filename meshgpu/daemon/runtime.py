@@ -473,7 +473,9 @@ class Daemon:
             if not isinstance(self.stopped_because, DuplicateIdentityError):
                 incarnation = max(incarnation, self.node.incarnation)
                 try:
-                    self.identity_store.save(NodeIdentity(self.node_id, incarnation))
+                    self.identity_store.save(
+                        NodeIdentity(self.node_id, incarnation, self.dir_token)
+                    )
                 except StorageError as error:
                     logger.error("%s", error)
         if self.stopped_because is not None:
@@ -587,7 +589,7 @@ class Daemon:
         if isinstance(self.stopped_because, DuplicateIdentityError):
             return False
         try:
-            self.identity_store.save(NodeIdentity(self.node_id, incarnation))
+            self.identity_store.save(NodeIdentity(self.node_id, incarnation, self.dir_token))
         except StorageError as error:
             logger.error("%s", error)
             return False

@@ -145,3 +145,24 @@ def test_a_durable_write_with_a_mode_is_never_readable_by_others(tmp_path: Path)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     write_text_durably(target, "[]\n")  # without a mode: the umask's, as before
     assert target.read_text() == "[]\n"
+
+
+async def test_a_daemon_writing_its_incarnation_keeps_its_data_dirs_token(tmp_path: Path) -> None:
+    """The token tells a copied data dir from a second node of the same name (a copy
+    has the same one): a refutation's write and the write at a stop keep it, or a copy
+    made afterwards is told it is another node's data dir."""
+    import trio
+
+    from meshgpu.daemon.runtime import Daemon
+    from tests.daemon.test_runtime import settings
+
+    config = settings(tmp_path / "solo")
+    token = IdentityStore(config.data_dir).start(name="solo").dir_token
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(Daemon(config).run)
+        assert daemon._save_incarnation(daemon.node.incarnation + 5)  # as a refutation does
+        stored = IdentityStore(config.data_dir).load()
+        assert stored is not None and stored.dir_token == token
+        daemon.request_stop()
+    stored = IdentityStore(config.data_dir).load()
+    assert stored is not None and stored.dir_token == token
