@@ -9,6 +9,7 @@ where ``ip netns add`` fails, every test here is skipped with that reason.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,23 @@ HOSTS = 4
 DECOY = 3
 """This host also has a container-bridge-like interface listed first; its daemon runs
 with ``--interface eth0`` (docs/operations.md, peers that never meet)."""
+
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the tests of each module here back in file order, in the places their module
+    was given: a plugin that shuffles tests (pytest-randomly) may move the modules, but
+    the tests of one share its lab and daemons, and the destructive ones come last."""
+    places: dict[Path, list[int]] = {}
+    for index, item in enumerate(items):
+        if item.path.parent == HERE:
+            places.setdefault(item.path, []).append(index)
+    for indexes in places.values():
+        ordered = sorted((items[i] for i in indexes), key=lambda item: item.reportinfo()[1] or 0)
+        for index, item in zip(indexes, ordered, strict=True):
+            items[index] = item
 
 
 @pytest.fixture(scope="module")

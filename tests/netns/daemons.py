@@ -63,8 +63,11 @@ class Daemon:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def join_argv(data_dir: Path, mesh: str, key_file: Path, host: Host) -> list[str]:
-    """The daemon's command line; a host with a decoy interface pins eth0 (--interface)."""
+def join_argv(
+    data_dir: Path, mesh: str, key_file: Path, host: Host, name: str | None = None
+) -> list[str]:
+    """The daemon's command line (named ``lab-host-<index>`` unless ``name`` is given); a
+    host with a decoy interface pins eth0 (--interface)."""
     pin = ["--interface", "eth0"] if host.decoy_address else []
     return [
         sys.executable,
@@ -72,7 +75,7 @@ def join_argv(data_dir: Path, mesh: str, key_file: Path, host: Host) -> list[str
         "from meshgpu.cli import main; main()",
         "join",
         "--name",
-        f"lab-host-{host.index}",
+        name or f"lab-host-{host.index}",
         "--mesh",
         mesh,
         "--key-file",
@@ -107,10 +110,11 @@ class Fleet:
         self.daemons = [self._await_listening(*started) for started in launched]
 
     def launch(
-        self, host: Host, data_dir: Path | None = None
+        self, host: Host, data_dir: Path | None = None, name: str | None = None
     ) -> tuple[Host, subprocess.Popen[bytes], Path, Path]:
-        """Start a daemon on ``host`` (with ``data_dir``, default ``<root>/h<index>``);
-        stdout is a pipe (the 'listening on' line), stderr goes to ``<data_dir>.log``."""
+        """Start a daemon on ``host`` (with ``data_dir``, default ``<root>/h<index>``, and
+        the host's name unless ``name`` is given); stdout is a pipe (the 'listening on'
+        line), stderr goes to ``<data_dir>.log``."""
         data_dir = data_dir or self.root / f"h{host.index}"
         data_dir.mkdir(parents=True, exist_ok=True)
         log = data_dir.with_suffix(".log")
@@ -119,7 +123,7 @@ class Fleet:
             process = self.lab.popen(
                 host,
                 [
-                    *join_argv(data_dir, self.mesh, self.key_file, host),
+                    *join_argv(data_dir, self.mesh, self.key_file, host, name),
                     *self.extra_argv.get(host.index, []),
                 ],
                 stdout=subprocess.PIPE,

@@ -388,11 +388,13 @@ def test_copied_data_dir_on_another_host_is_refused(fleet: Fleet) -> None:
     before = fleet.call(original, "status")
 
     # identity.json is what makes the twin (the rest of a live data dir changes under a
-    # copy: payloads are deleted as results are collected).
-    copy = fleet.root / "copied"
+    # copy: payloads are deleted as results are collected). The copy is started as the
+    # original was, under its name: under another, the name check refuses it before it
+    # could meet its twin.
+    copy = fleet.root / "twin"
     copy.mkdir()
     shutil.copy2(original.data_dir / "identity.json", copy / "identity.json")
-    _, process, _, log = fleet.launch(free_host, copy)
+    _, process, _, log = fleet.launch(free_host, copy, name=original.node_id)
     try:
         exit_code = process.wait(60)
     except subprocess.TimeoutExpired:
@@ -401,7 +403,7 @@ def test_copied_data_dir_on_another_host_is_refused(fleet: Fleet) -> None:
     output = log.read_text(errors="replace")
     print(output.strip().splitlines()[-1])
     assert exit_code != 0
-    assert original.node_id in output and "copied" in output, output[-3000:]
+    assert original.node_id in output and "is a copy of that node's" in output, output[-3000:]
 
     # The original keeps its id, its place and the mesh's agreement.
     survivors = [daemon for daemon in fleet.daemons if daemon.alive]
