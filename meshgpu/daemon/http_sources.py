@@ -25,8 +25,15 @@ from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.catalog import SHIPPED, shipped_digests
 from meshgpu.daemon.groups import MemberId, parse_task_ref
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors, tensors_from_bytes
-from meshgpu.errors import MeshError, StorageError, TaskError
-from meshgpu.http.app import InferOutcome, Sources, Unavailable
+from meshgpu.daemon.status import DEADLINE_REASON
+from meshgpu.errors import MeshError, PermanentTaskError, StorageError, TaskError
+from meshgpu.http.app import (
+    DeadlineExceeded,
+    FailedForGood,
+    InferOutcome,
+    Sources,
+    Unavailable,
+)
 from meshgpu.http.models import CatalogModel, ModelInfo, read_model_info
 
 if TYPE_CHECKING:
@@ -195,7 +202,8 @@ class DaemonHttpSources:
             raise Unavailable(str(error)) from None
         if answer.get("direct"):
             if answer["state"] != "done":
-                raise TaskError(f"the task failed on {answer['worker']}: {answer['reason']}")
+                reason = str(answer["reason"])
+                raise failure(f"the task failed on {answer['worker']}: {reason}", reason)
             return InferOutcome(
                 decode_tensors(answer["outputs"]),
                 answer["worker"],
@@ -223,7 +231,10 @@ class DaemonHttpSources:
                 await handlers.resolution()
         resolved = handlers.resolved.get(task_id)
         if resolved is None:
-            raise Unavailable(f"task {task_id} was not done within {RESULT_TIMEOUT_S:.0f} s")
+            raise DeadlineExceeded(
+                f"task {task_id} was not done within {RESULT_TIMEOUT_S:.0f} s; it goes on in "
+                "the mesh"
+            )
         return resolved
 
     async def _member_outcome(self, member: MemberId) -> InferOutcome:
@@ -254,7 +265,8 @@ class DaemonHttpSources:
         if message["state"] == "unavailable" or _unplaceable(message):
             raise Unavailable(f"task {member} {message['reason']}")
         if message["state"] != "done" or message["outputs"] is None:
-            raise TaskError(f"task {member} {message['state']}: {message['reason']}")
+            reason = str(message["reason"])
+            raise failure(f"task {member} {message['state']}: {reason}", reason)
         return InferOutcome(decode_tensors(message["outputs"]), message["worker"], str(member))
 
     def _members(self, member: MemberId) -> int:
@@ -269,7 +281,8 @@ class DaemonHttpSources:
             # done, its holders unreachable now; or no live node to run it: retry later
             raise Unavailable(f"task {task_id} {message['reason']}")
         if resolved.state is not Resolution.DONE or message["state"] != "done":
-            raise TaskError(f"task {task_id} {message['state']}: {message['reason']}")
+            reason = str(message["reason"])
+            raise failure(f"task {task_id} {message['state']}: {reason}", reason)
         if message["outputs"] is not None:
             outputs = decode_tensors(message["outputs"])
         else:  # larger than one range: fetched whole from a result holder
@@ -301,6 +314,31 @@ class DaemonHttpSources:
             if target is not None:
                 targets.append(target)
         return targets
+
+
+def _permanent_error_names() -> frozenset[str]:
+    """The class names of the errors that fail a task for good (PermanentTaskError and
+    every subclass: InputError, ModelError, UnsupportedOperatorError)."""
+    names, classes = set(), [PermanentTaskError]
+    while classes:
+        cls = classes.pop()
+        names.add(cls.__name__)
+        classes.extend(cls.__subclasses__())
+    return frozenset(names)
+
+
+def failure(message: str, reason: str) -> MeshError:
+    """What a failed task is answered as, by its ``reason``: a deadline that passed
+    (DEADLINE_REASON, as the leader's expiry writes it) is DeadlineExceeded (504); a
+    permanent error where it ran, which workers report as ``<error class>: <message>``
+    (dataplane.py, direct.py, execution.py), is FailedForGood (400); any other reason
+    (a device error after its retries, a result that could not be stored) is a
+    TaskError (500)."""
+    if reason.startswith(DEADLINE_REASON):
+        return DeadlineExceeded(message)
+    if reason.split(":", 1)[0] in _permanent_error_names():
+        return FailedForGood(message)
+    return TaskError(message)
 
 
 def _unplaceable(message: Mapping[str, Any]) -> bool:

@@ -62,6 +62,18 @@ class Unavailable(MeshError):
     """No live node can run the request now (answered 503)."""
 
 
+class FailedForGood(MeshError):
+    """The task failed for a reason that resending the request cannot fix: its input or
+    its model, where it ran (answered 400, as the protocol answers a request it cannot
+    serve)."""
+
+
+class DeadlineExceeded(MeshError):
+    """The task was not done in time: its deadline passed, or the node stopped waiting
+    for it (answered 504: the node is the mesh's gateway, and the mesh did not answer in
+    time)."""
+
+
 @dataclass
 class Sources:
     """What the app may ask of its daemon."""
@@ -269,8 +281,10 @@ def build_app(
             ok = True
         except Unavailable as error:
             raise HttpError(503, str(error)) from None
-        except InputError as error:
+        except (InputError, FailedForGood) as error:
             raise HttpError(400, str(error)) from None
+        except DeadlineExceeded as error:
+            raise HttpError(504, str(error)) from None
         except MeshError as error:
             raise HttpError(500, str(error)) from None
         finally:

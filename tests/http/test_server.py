@@ -21,7 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meshgpu.daemon import direct as direct_module
 from meshgpu.daemon.direct import is_direct_id
+from meshgpu.daemon.http_sources import DaemonHttpSources
 from meshgpu.daemon.runtime import Daemon
+from meshgpu.errors import MeshError, TaskError
+from meshgpu.http.app import DeadlineExceeded, FailedForGood, Unavailable
 from meshgpu.http.settings import HttpSettings
 from tests.daemon.test_runtime import MODELS, settings
 
@@ -253,6 +256,31 @@ async def test_bad_requests_are_400_with_the_reason(
     status, _, answer = await acall(node, "POST", "/v2/models/digits/infer", body, headers)
     assert status == 400, answer
     assert needle in json.loads(answer)["error"]
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (FailedForGood("task t failed: InputError: input 'pixels' holds NaN"), 400),
+        (DeadlineExceeded("task t was not done within 300 s; it goes on in the mesh"), 504),
+        (Unavailable("task t done, but the result cannot be fetched now"), 503),
+        (TaskError("task t failed: DeviceError: the device is gone"), 500),
+    ],
+)
+async def test_a_failed_infer_is_answered_with_the_protocols_code_and_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: MeshError, status: int
+) -> None:
+    async def failing(self: Any, *args: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(DaemonHttpSources, "infer", failing)
+    config = dataclasses.replace(settings(tmp_path / "solo"), http=HttpSettings(port=0))
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(Daemon(config).run)
+        answer = await acall(daemon, "POST", "/v2/models/digits/infer", infer_body(PIXELS[:1]))
+        daemon.request_stop()
+    assert answer[0] == status, answer
+    assert json.loads(answer[2]) == {"error": str(error)}
 
 
 async def test_a_lying_binary_data_size_is_refused(node: Daemon) -> None:
