@@ -645,6 +645,7 @@ class Daemon:
             work=self.dataplane,
             queued=lambda: queued_tasks(node),
             leaving=lambda: self.leaving,
+            direct_runs=lambda: self.handlers.submissions.direct.in_flight,
         )
         last: LoadVector | None = None
         while True:

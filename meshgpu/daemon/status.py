@@ -359,6 +359,7 @@ class LoadMeter:
         work: WorkCounts,
         queued: Callable[[], int],
         leaving: Callable[[], bool],
+        direct_runs: Callable[[], int] = lambda: 0,
     ) -> None:
         self.capabilities = capabilities
         self.usable_devices = usable_devices
@@ -367,6 +368,9 @@ class LoadMeter:
         self.work = work
         self._queued = queued
         self._leaving = leaving
+        self._direct_runs = direct_runs
+        """Direct runs under way here (direct.py): tasks that never enter the table, but
+        hold the executor's slots as the table's do."""
         self._last_busy = 0.0
         self._last_time: float | None = None
 
@@ -378,7 +382,9 @@ class LoadMeter:
             busy = executor.busy_seconds - self._last_busy
             utilisation = busy / ((now - self._last_time) * executor.slots)
         self._last_busy, self._last_time = executor.busy_seconds, now
-        running = len(self.work.running)
+        # Direct runs count like the table's: a node busy with them has no free slot to
+        # offer, and least-loaded balancing must see it busy (design.md, load vectors).
+        running = len(self.work.running) + self._direct_runs()
         return LoadVector(
             active_tasks=running,
             # The capacity offered (active + free) includes the prefetch queue: an

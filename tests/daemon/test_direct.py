@@ -299,3 +299,39 @@ async def test_concurrent_direct_runs_cut_off_by_a_crash_are_resent_and_each_ans
             np.testing.assert_allclose(got[0], want[index], rtol=1e-5)
         assert first.handlers.submissions.direct.runs == 0  # a answered none of them
         second.request_stop()
+
+
+async def test_a_direct_run_under_way_counts_in_the_load_the_node_gossips(
+    solo, monkeypatch
+) -> None:
+    """Least-loaded balancing reads active tasks and free slots from the gossiped load:
+    a node busy with direct runs must not look idle to it."""
+    daemon, rpc = solo
+    await run_one(rpc, {"pixels": PIXELS[:1]})
+    real_run = daemon.executor.run
+    started, release = trio.Event(), trio.Event()
+
+    async def held(*args, **kwargs):  # type: ignore[no-untyped-def]
+        started.set()
+        await release.wait()
+        return await real_run(*args, **kwargs)
+
+    monkeypatch.setattr(daemon.executor, "run", held)
+    meter = daemon.load_meter
+    assert meter is not None
+    idle = meter.measure()
+    answers = []
+    async with trio.open_nursery() as nursery:
+
+        async def one() -> None:
+            answers.append(await submit(rpc, PIXELS[1:2]))
+
+        nursery.start_soon(one)
+        with trio.fail_after(30):
+            await started.wait()
+        busy = meter.measure()
+        release.set()
+    assert answers[0]["direct"] is True and answers[0]["state"] == "done"
+    assert (idle.active_tasks, busy.active_tasks) == (0, 1)
+    assert busy.free_slots == idle.free_slots - 1
+    assert meter.measure().active_tasks == 0
