@@ -32,14 +32,18 @@ from meshgpu.core.messages import (
     EMPTY_PIGGYBACK,
     Envelope,
     Message,
+    decode_item,
+    decode_message,
     encode_body,
     encode_head,
     encode_item,
     encode_shared_item,
     envelope_prefix,
     finish_datagram,
+    new_envelope,
 )
 from meshgpu.core.types import Address, NodeId
+from meshgpu.errors import DecodeError
 
 if TYPE_CHECKING:
     from meshgpu.core.membership import MemberInfo
@@ -74,6 +78,10 @@ class NodeContext:
         self._prefix_incarnation = -1
         self._prefix_view = -1
         """``envelope_prefix`` of the incarnation and view it was built for (see send)."""
+        self.keep_decoded = False
+        """Whether each ``SendDatagram`` carries its datagram decoded (``decoded``), for a
+        driver that delivers it to a node in the same process (the simulator): the
+        receiver then skips decoding. Off in the daemon, whose datagrams cross a socket."""
         self.member_listeners: list[Callable[[MemberInfo, MemberInfo | None], None]] = []
         self.on_broadcast: Callable[[], None] = lambda: None
         """Called when an update is queued (membership schedules a gossip round)."""
@@ -117,7 +125,12 @@ class NodeContext:
                 self._prefix = envelope_prefix(self.node_id, incarnation, view)
                 self._prefix_incarnation = incarnation
                 self._prefix_view = view
-            effect = new_send_datagram(address, self._prefix + encode_body(body) + EMPTY_PIGGYBACK)
+            encoded = encode_body(body)
+            effect = new_send_datagram(
+                address,
+                self._prefix + encoded + EMPTY_PIGGYBACK,
+                self._decoded(body, (), encoded) if self.keep_decoded else None,
+            )
             self.effects.append(effect)
             return effect
         config = self.config
@@ -140,9 +153,30 @@ class NodeContext:
                     budget -= len(item)
             if update_queue and len(items) < max_items and budget > 8:
                 items.extend(update_queue.take(budget, limit, max_items - len(items)))
-        effect = new_send_datagram(address, finish_datagram(head, items))
+        effect = new_send_datagram(
+            address,
+            finish_datagram(head, items),
+            self._decoded(body, items, None) if self.keep_decoded else None,
+        )
         self.effects.append(effect)
         return effect
+
+    def _decoded(
+        self, body: Message, items: Sequence[bytes], encoded: bytes | None
+    ) -> Envelope | None:
+        """What decoding the datagram of ``body`` and ``items`` gives (``keep_decoded``):
+        the body itself where its type is ``DECODED_AS_BUILT`` (membership's), else its
+        bytes decoded (a task record's frozensets, say, are equal decoded but need not
+        iterate in the same order); the items decoded from their bytes (cached, see
+        ``decode_item``). None where decoding would fail: the receiver then decodes the
+        bytes and refuses them, as it would any."""
+        try:
+            if not getattr(body, "DECODED_AS_BUILT", False):
+                body = decode_message(encode_body(body) if encoded is None else encoded, "body")
+            piggyback = tuple(map(decode_item, items)) if items else ()
+        except DecodeError:
+            return None
+        return new_envelope(self.node_id, self.incarnation, self.view, body, piggyback)
 
     def broadcast(self, key: Hashable, update: Message, membership: bool = False) -> None:
         """Queue ``update`` for piggybacking, replacing any queued update under ``key``.

@@ -7,13 +7,14 @@ log them, the simulator's invariant checkers read them, ``meshgpu status`` shows
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
+    from meshgpu.core.messages import Envelope
     from meshgpu.core.membership import MemberState
     from meshgpu.core.tasks.records import TaskRecord
     from meshgpu.core.tasks.spec import TaskId, TaskSpec
@@ -26,10 +27,15 @@ class SendDatagram:
 
     destination: Address
     payload: bytes
+    decoded: Envelope | None = field(default=None, compare=False, repr=False)
+    """``decode(payload)``, when the sending node keeps it (``NodeContext.keep_decoded``:
+    the simulator, whose nodes share one process). A driver that delivers the datagram
+    to a node of its own passes it on in ``DatagramReceived``, and the receiver skips
+    decoding. Not part of the datagram: equality and repr ignore it."""
 
 
 new_send_datagram = fast_constructor(SendDatagram)
-"""``SendDatagram(destination, payload)``, fast: one per datagram sent."""
+"""``SendDatagram(destination, payload, decoded)``, fast: one per datagram sent."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,13 +15,14 @@ Contract for drivers:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
+    from meshgpu.core.messages import Envelope
     from meshgpu.core.catalog import Batching, CatalogUpdate
     from meshgpu.core.load import LoadVector
     from meshgpu.core.tasks.records import TaskRecord
@@ -39,10 +40,14 @@ class DatagramReceived:
 
     source: Address
     payload: bytes
+    decoded: Envelope | None = field(default=None, compare=False, repr=False)
+    """The sender's ``SendDatagram.decoded``, which equals ``decode(payload)``: a driver
+    that runs the sending node too (the simulator) may pass it, and the node takes it
+    instead of decoding the payload. A network driver leaves it None."""
 
 
 new_datagram_received = fast_constructor(DatagramReceived)
-"""``DatagramReceived(source, payload)``, fast: a driver makes one per datagram."""
+"""``DatagramReceived(source, payload, decoded)``, fast: a driver makes one per datagram."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -238,6 +238,26 @@ def finish_datagram(head: bytes, items: Sequence[bytes]) -> bytes:
     return b"\x96" + head[1:] + array_header + b"".join(items)
 
 
+def decode_message(data: bytes, what: str = "piggyback item") -> Message:
+    """One message encoded on its own (``[tag, *fields]``, as :func:`encode_item` and
+    :func:`encode_body` make it) decoded exactly as :func:`decode` decodes it inside a
+    datagram. Raises only :class:`DecodeError`."""
+    try:
+        raw = msgpack.unpackb(data)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"not a msgpack {what}: {exc!r}") from exc
+    return _decode_message(raw, what)
+
+
+decode_item = functools.lru_cache(maxsize=16384)(decode_message)
+""":func:`decode_message` of a piggybacked item, cached by the item's bytes: a node
+queues each update once and splices the same ``bytes`` into every datagram it rides in
+(``encode_shared_item`` makes them one object across nodes), and decoding is a pure
+function of the bytes, so equal bytes share one immutable message (a failure raises and
+is not cached). Used by senders that keep the decoded form of what they send
+(``NodeContext.keep_decoded``)."""
+
+
 def piggyback_overhead(count: int) -> int:
     """Bytes :func:`finish_datagram` adds beyond the head and the items themselves."""
     return 1 if count <= 15 else 3

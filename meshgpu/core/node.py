@@ -66,7 +66,7 @@ from meshgpu.core.leader import Leadership
 from meshgpu.core.load import LoadGossip, LoadVector
 from meshgpu.core.membership import ALIVE, MemberInfo, Swim
 from meshgpu.core.membership.wire import Alive, Ping, PushPull
-from meshgpu.core.messages import Message, decode
+from meshgpu.core.messages import MAX_DATAGRAM_BYTES, MAX_PIGGYBACK_ITEMS, Message, decode
 from meshgpu.core.tasks.component import NodeMeshView, TaskComponent
 from meshgpu.core.types import Address, NodeId
 from meshgpu.errors import DecodeError
@@ -257,8 +257,15 @@ class Node:
             counters["datagrams_received"] += 1
         except KeyError:
             counters["datagrams_received"] = 1
+        envelope = event.decoded
         try:
-            envelope = decode(event.payload)
+            if (
+                envelope is None
+                or len(event.payload) > MAX_DATAGRAM_BYTES
+                or len(envelope.piggyback) > MAX_PIGGYBACK_ITEMS
+            ):
+                # (past decode's limits the sender's envelope is not taken: decode refuses)
+                envelope = decode(event.payload)
         except DecodeError:
             counters["datagrams_rejected"] = counters.get("datagrams_rejected", 0) + 1
             return

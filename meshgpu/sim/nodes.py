@@ -52,13 +52,28 @@ def address_for(index: int) -> Address:
     return (f"10.0.{index // 250}.{index % 250 + 1}", 7946)
 
 
-def core_node_factory(scenario: Scenario) -> NodeFactory:
-    """The factory of real core nodes configured as ``scenario`` says."""
+def core_node(
+    node_id: NodeId, address: Address, config: Any, rng: Any, now: float, incarnation: int
+) -> Any:
+    """A real core node as the simulator runs it: it keeps the decoded form of each
+    datagram it sends (``NodeContext.keep_decoded``), which the runner hands to the
+    receiver with the bytes, so that the receiver need not decode them. The bytes are
+    made and accounted all the same (sizes, the MTU and piggyback limits, the trace's
+    lengths and checksums); only the work of decoding what the same process encoded is
+    saved. ``tests/sim/test_decoded_datagrams.py`` checks that every such envelope
+    equals the decoded bytes."""
     from meshgpu.core.node import Node
 
+    node = Node(node_id, address, config, rng, now, incarnation)
+    node.context.keep_decoded = True
+    return node
+
+
+def core_node_factory(scenario: Scenario) -> NodeFactory:
+    """The factory of real core nodes configured as ``scenario`` says."""
     config = mesh_config_for(scenario)
 
     def build(node_id: NodeId, address: Address, rng: Any, now: float, incarnation: int) -> Any:
-        return Node(node_id, address, config, rng, now, incarnation)
+        return core_node(node_id, address, config, rng, now, incarnation)
 
     return build

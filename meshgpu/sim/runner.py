@@ -253,11 +253,12 @@ class Simulation:
                     self._push(done, HANDLE, index, (self.lives[index], first), second)
                     continue
                 # _receive inlined: this branch runs once per datagram
+                payload = second.payload
                 emit(
                     f'{{"ns":{round(time * 1e9)},"e":"recv","n":{index},"src":{first},'
-                    f'"len":{len(second)},"crc":{crc32(second)}}}'
+                    f'"len":{len(payload)},"crc":{crc32(payload)}}}'
                 )
-                event: Event = new_datagram_received(addresses[first], second)
+                event: Event = new_datagram_received(addresses[first], payload, second.decoded)
             elif kind == TICK:
                 if second != tick_token[index] or not up[index]:
                     continue
@@ -326,12 +327,13 @@ class Simulation:
                 self._progress(time, until)
         return FLUSH_LINES
 
-    def _receive(self, index: int, source: int, payload: bytes) -> None:
+    def _receive(self, index: int, source: int, datagram: SendDatagram) -> None:
+        payload = datagram.payload
         self._trace_lines.append(
             f'{{"ns":{round(self.now * 1e9)},"e":"recv","n":{index},"src":{source},'
             f'"len":{len(payload)},"crc":{zlib.crc32(payload)}}}'
         )
-        self._call(index, DatagramReceived(self.addresses[source], payload))
+        self._call(index, DatagramReceived(self.addresses[source], payload, datagram.decoded))
 
     def _call(self, index: int, event: Any) -> None:
         """Hand ``event`` to node ``index``, execute its effects in order, re-arm its timer."""
@@ -366,7 +368,7 @@ class Simulation:
                         self._sequence = sequence = self._sequence + 1
                         heapq.heappush(
                             heap,
-                            (now + delay, sequence, DELIVER, destination, index, effect.payload),
+                            (now + delay, sequence, DELIVER, destination, index, effect),
                         )
                 case (
                     MemberChanged()

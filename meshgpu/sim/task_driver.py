@@ -286,7 +286,7 @@ class TaskDriver(Observer):
 
     def _install_node_factory(self, sim: Any) -> None:
         """Nodes get the scenario's task settings (strategy, timeouts) in their config."""
-        from meshgpu.core.node import Node
+        from meshgpu.sim.nodes import core_node
 
         base = sim.config
         merged = {**_task_config_mapping(base.tasks), **self.settings.task_config}
@@ -295,7 +295,7 @@ class TaskDriver(Observer):
         self.report_starts = config.tasks.work_stealing
 
         def build(node_id: str, address: Any, rng: Any, now: float, incarnation: int) -> Any:
-            return Node(node_id, address, config, rng, now, incarnation)
+            return core_node(node_id, address, config, rng, now, incarnation)
 
         sim.node_factory = build
 

@@ -16,8 +16,8 @@ from meshgpu.core.membership.wire import Ack, Ping
 from meshgpu.core.messages import Envelope
 
 SAMPLES: dict[type[Any], tuple[Any, ...]] = {
-    SendDatagram: (("10.0.0.1", 7946), b"payload"),
-    DatagramReceived: (("10.0.0.2", 7946), b"payload"),
+    SendDatagram: (("10.0.0.1", 7946), b"payload", None),
+    DatagramReceived: (("10.0.0.2", 7946), b"payload", Envelope("n001", 0, 0, Ack(1))),
     Ping: (7, "n001"),
     Ack: (7,),
     Envelope: ("n001", 3, 2, Ping(7, "n002"), (Ack(1),)),

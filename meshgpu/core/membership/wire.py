@@ -7,6 +7,11 @@ piggybacked updates), :class:`PushPull` (a whole member table, in parts, as
 :class:`MemberRecord` entries). Updates (piggybacked, one per member and news):
 :class:`Alive`, :class:`Suspect`, :class:`Dead`, :class:`Left`.
 
+Bodies: each body type says ``DECODED_AS_BUILT``: an instance as a sender builds it is
+field for field, type for type what decoding its bytes gives (ints, strings, booleans,
+tuples and shared records), so a simulated receiver may take the sender's object
+(``NodeContext.keep_decoded``; ``tests/sim/test_decoded_datagrams.py`` checks it).
+
 Decoding caches: in a forming or quiet mesh every node receives the same updates and
 records again and again (each ``Alive`` about lambda*log(n) times, every push-pull the
 same records); building the frozen dataclass is most of the cost of decoding one, and the
@@ -51,6 +56,7 @@ class Ping:
     """SWIM direct probe of ``target``; answered with :class:`Ack` of the same ``seq``."""
 
     TAG: ClassVar[int] = 1
+    DECODED_AS_BUILT: ClassVar[bool] = True
     seq: int
     target: NodeId
 
@@ -73,6 +79,7 @@ class Ack:
     """Answer to a :class:`Ping` (or a relayed one) with the prober's ``seq``."""
 
     TAG: ClassVar[int] = 2
+    DECODED_AS_BUILT: ClassVar[bool] = True
     seq: int
 
     def to_fields(self) -> list[Any]:
@@ -98,6 +105,7 @@ class PingReq:
     """SWIM indirect probe: "please ping ``target`` for me and forward its ack"."""
 
     TAG: ClassVar[int] = 3
+    DECODED_AS_BUILT: ClassVar[bool] = True
     seq: int
     target: NodeId
     target_address: Address
@@ -124,6 +132,7 @@ class Nack:
     nack from its relays learns that the trouble is likely its own (local health)."""
 
     TAG: ClassVar[int] = 4
+    DECODED_AS_BUILT: ClassVar[bool] = True
     seq: int
 
     def to_fields(self) -> list[Any]:
@@ -141,6 +150,7 @@ class Gossip:
     """A datagram whose only purpose is its piggybacked updates."""
 
     TAG: ClassVar[int] = 5
+    DECODED_AS_BUILT: ClassVar[bool] = True
 
     def to_fields(self) -> list[Any]:
         return []
@@ -159,6 +169,7 @@ class AntiEntropy:
     must not turn into a flood)."""
 
     TAG: ClassVar[int] = 7
+    DECODED_AS_BUILT: ClassVar[bool] = True
 
     def to_fields(self) -> list[Any]:
         return []
@@ -209,6 +220,7 @@ class PushPull:
     """
 
     TAG: ClassVar[int] = 6
+    DECODED_AS_BUILT: ClassVar[bool] = True
     reply: bool
     part: int
     parts: int
