@@ -14,8 +14,8 @@ from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
-    from meshgpu.core.messages import Envelope
     from meshgpu.core.membership import MemberState
+    from meshgpu.core.messages import Envelope
     from meshgpu.core.tasks.records import TaskRecord
     from meshgpu.core.tasks.spec import TaskId, TaskSpec
     from meshgpu.core.tasks.state import Resolution

@@ -22,9 +22,9 @@ from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
-    from meshgpu.core.messages import Envelope
     from meshgpu.core.catalog import Batching, CatalogUpdate
     from meshgpu.core.load import LoadVector
+    from meshgpu.core.messages import Envelope
     from meshgpu.core.tasks.records import TaskRecord
     from meshgpu.core.tasks.spec import TaskId, TaskSpec
 
