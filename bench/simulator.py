@@ -211,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.child, args.duration)))
         return 0
     names = (
-        [args.only] if args.only else ["mesh-100", "mesh-1000"] if args.like_for_like
+        [args.only]
+        if args.only
+        else ["mesh-100", "mesh-1000"]
+        if args.like_for_like
         else DEFAULT_RUNS
     )
     machine = {
