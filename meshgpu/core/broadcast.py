@@ -14,10 +14,13 @@ Cost: :meth:`take` looks at the fewest-sent buckets first and stops at ``max_ite
 after examining ``scan_limit`` items, so a long queue never makes one send expensive.
 
 Memory: a forming mesh of n nodes holds about n updates in each node's queue (n squared in
-one simulator process), so an item is only its key and its payload bytes, in two plain
-dicts: ``queued`` (key -> transmissions so far) and the bucket of that count (key ->
-payload). Rejected: an ``OrderedDict`` per bucket (about 250 bytes an item at 1,000 nodes,
-against about 60 for a dict) and an object per item holding the payload and its count.
+one simulator process), so an item is only its key and its payload bytes: the key in
+``queued`` (a set) and the pair in the bucket of its transmission count (key -> payload).
+Which bucket holds a key is not kept: only replacing or discarding a queued key needs it,
+and looks for it in the few buckets (``limit`` at most), while each transmission of each
+item would pay to keep it. Rejected: an ``OrderedDict`` per bucket (about 250 bytes an
+item at 1,000 nodes, against about 60 for a dict) and an object per item holding the
+payload and its count.
 A plain dict keeps the slots of deleted keys until it next resizes, so a scan from the
 front may step over them; that walk runs in C and costs less than the interpreter's work
 on the items it returns.
@@ -41,10 +44,9 @@ class BroadcastQueue:
     def __init__(self, scan_limit: int = 96) -> None:
         self._buckets: list[dict[Hashable, bytes]] = [{}]
         """``_buckets[t]``: the items sent ``t`` times so far, oldest first (key -> payload)."""
-        self.queued: dict[Hashable, int] = {}
-        """Each queued key and the bucket (transmissions so far) it is in. Read-only for
-        others: truthy exactly when the queue is (``NodeContext.send`` reads it on every
-        datagram instead of calling ``__bool__``)."""
+        self.queued: set[Hashable] = set()
+        """Every queued key. Read-only for others: truthy exactly when the queue is
+        (``NodeContext.send`` reads it on every datagram instead of calling ``__bool__``)."""
         self._scan_limit = scan_limit
 
     def __len__(self) -> int:
@@ -58,19 +60,21 @@ class BroadcastQueue:
 
     def enqueue(self, key: Hashable, payload: bytes) -> None:
         """Queue ``payload`` under ``key``, replacing (and restarting) any item with that key."""
-        old = self.queued.get(key)
-        if old is not None:
-            self._remove(old, key)
+        queued = self.queued
+        if key in queued:
+            self._remove(key)
+        else:
+            queued.add(key)
         self._buckets[0][key] = payload
-        self.queued[key] = 0
 
     def discard(self, key: Hashable) -> None:
         """Forget the queued item under ``key`` if any."""
-        old = self.queued.pop(key, None)
-        if old is not None:
-            self._remove(old, key)
-        if not self.queued:
-            self.queued = {}  # a fresh dict: a drained one keeps its largest capacity
+        queued = self.queued
+        if key in queued:
+            queued.discard(key)
+            self._remove(key)
+            if not queued:
+                self.queued = set()  # a fresh set: a drained one keeps its largest capacity
 
     def take(self, budget: int, limit: int, max_items: int) -> list[bytes]:
         """Pick items totalling at most ``budget`` bytes, fewest transmissions first.
@@ -102,7 +106,7 @@ class BroadcastQueue:
                 continue
             count = min(len(bucket), max_items - len(picked), scan_limit - examined)
             keys = list(islice(bucket, count))
-            payloads = list(map(bucket.__getitem__, keys))
+            payloads = list(islice(bucket.values(), count))
             size = sum(map(len, payloads))
             if size > budget - 8:
                 break  # this run does not fit whole: item by item from here
@@ -146,12 +150,11 @@ class BroadcastQueue:
                 buckets[sent] = {}  # see _remove
             sent += 1
             if sent >= limit:
-                deque(map(queued.__delitem__, keys), 0)
+                queued.difference_update(keys)
                 continue
             if len(buckets) <= sent:
                 buckets.append({})
             buckets[sent].update(zip(keys, payloads, strict=True))
-            queued.update(dict.fromkeys(keys, sent))
         for sent, key, payload in moved:
             bucket = buckets[sent]
             del bucket[key]
@@ -159,22 +162,24 @@ class BroadcastQueue:
                 buckets[sent] = {}  # see _remove
             sent += 1
             if sent >= limit:
-                del queued[key]
+                queued.discard(key)
                 continue
             if len(buckets) <= sent:
                 buckets.append({})
             buckets[sent][key] = payload
-            queued[key] = sent
         if not queued:
-            self.queued = {}  # see discard
+            self.queued = set()  # see discard
         return picked
 
-    def _remove(self, sent: int, key: Hashable) -> None:
-        """Delete ``key`` from bucket ``sent``; an emptied bucket becomes a fresh dict.
+    def _remove(self, key: Hashable) -> None:
+        """Delete ``key`` from the bucket holding it; an emptied bucket becomes a fresh dict.
         A dict never shrinks when keys are deleted, and every item passes through every
         bucket up to ``limit``: kept, the drained buckets of a 1,000-node mesh that had
         formed held about 0.6 MB per node of empty capacity."""
-        bucket = self._buckets[sent]
-        del bucket[key]
-        if not bucket:
-            self._buckets[sent] = {}
+        buckets = self._buckets
+        for sent, bucket in enumerate(buckets):
+            if key in bucket:
+                del bucket[key]
+                if not bucket:
+                    buckets[sent] = {}
+                return

@@ -32,7 +32,7 @@ from meshgpu.core.messages import (
     EMPTY_PIGGYBACK,
     Envelope,
     Message,
-    decode_item,
+    decode_items,
     decode_message,
     encode_body,
     encode_head,
@@ -168,12 +168,12 @@ class NodeContext:
         the body itself where its type is ``DECODED_AS_BUILT`` (membership's), else its
         bytes decoded (a task record's frozensets, say, are equal decoded but need not
         iterate in the same order); the items decoded from their bytes (cached, see
-        ``decode_item``). None where decoding would fail: the receiver then decodes the
+        ``decode_items``). None where decoding would fail: the receiver then decodes the
         bytes and refuses them, as it would any."""
         try:
             if not getattr(body, "DECODED_AS_BUILT", False):
                 body = decode_message(encode_body(body) if encoded is None else encoded, "body")
-            piggyback = tuple(map(decode_item, items)) if items else ()
+            piggyback = decode_items(items) if items else ()
         except DecodeError:
             return None
         return new_envelope(self.node_id, self.incarnation, self.view, body, piggyback)

@@ -50,6 +50,10 @@ class MemberChanged:
     reason: str
 
 
+new_member_changed = fast_constructor(MemberChanged)
+"""``MemberChanged(...)``, fast: a forming mesh of n nodes makes n squared of them."""
+
+
 @dataclass(frozen=True, slots=True)
 class LeaderChanged:
     """This node now believes ``leader`` leads ``view``."""

@@ -249,13 +249,31 @@ def decode_message(data: bytes, what: str = "piggyback item") -> Message:
     return _decode_message(raw, what)
 
 
-decode_item = functools.lru_cache(maxsize=16384)(decode_message)
-""":func:`decode_message` of a piggybacked item, cached by the item's bytes: a node
-queues each update once and splices the same ``bytes`` into every datagram it rides in
-(``encode_shared_item`` makes them one object across nodes), and decoding is a pure
-function of the bytes, so equal bytes share one immutable message (a failure raises and
-is not cached). Used by senders that keep the decoded form of what they send
-(``NodeContext.keep_decoded``)."""
+DECODED_ITEMS_LIMIT = 16384
+"""How many decoded items :func:`decode_items` keeps before it starts afresh."""
+
+_decoded_items: dict[bytes, Message] = {}
+
+
+def decode_items(items: Sequence[bytes]) -> tuple[Message, ...]:
+    """:func:`decode_message` of each piggybacked item, cached by the item's bytes: a
+    node queues each update once and splices the same ``bytes`` into every datagram it
+    rides in (``encode_shared_item`` makes them one object across nodes), and decoding is
+    a pure function of the bytes, so equal bytes share one immutable message. A plain
+    dict (emptied when it reaches :data:`DECODED_ITEMS_LIMIT`) looked up in C for the
+    whole list: an ``lru_cache`` per item cost 4 times as much, a tenth of a forming
+    1,000-node mesh's run. A failure raises :class:`DecodeError` and caches nothing.
+    Used by senders that keep the decoded form of what they send
+    (``NodeContext.keep_decoded``)."""
+    cache = _decoded_items
+    decoded = list(map(cache.get, items))
+    if not all(decoded):  # (a miss is None; messages are true, so this runs in C)
+        if len(cache) >= DECODED_ITEMS_LIMIT:
+            cache.clear()
+        for number, item in enumerate(items):
+            if decoded[number] is None:
+                decoded[number] = cache[item] = decode_message(item)
+    return tuple(decoded)  # type: ignore[arg-type]
 
 
 def piggyback_overhead(count: int) -> int:

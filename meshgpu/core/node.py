@@ -43,7 +43,7 @@ from typing import assert_never
 from meshgpu.core.catalog import Catalog, CatalogEntry
 from meshgpu.core.component import Component, NodeContext
 from meshgpu.core.config import MeshConfig
-from meshgpu.core.effects import Effect, LeaderChanged, MemberChanged
+from meshgpu.core.effects import Effect, LeaderChanged, new_member_changed
 from meshgpu.core.events import (
     CatalogChange,
     CatalogRestored,
@@ -248,7 +248,9 @@ class Node:
 
     def _member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
         self.context.emit(
-            MemberChanged(info.node_id, info.address, info.state, info.incarnation, info.reason)
+            new_member_changed(
+                info.node_id, info.address, info.state, info.incarnation, info.reason
+            )
         )
 
     def _on_datagram(self, event: DatagramReceived, now: float) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 import meshgpu.core  # noqa: F401  (imports every module that makes a fast constructor)
-from meshgpu.core.effects import SendDatagram
+from meshgpu.core.effects import MemberChanged, SendDatagram
 from meshgpu.core.events import DatagramReceived
 from meshgpu.core.fast_construct import FAST_CONSTRUCTORS, fast_constructor
+from meshgpu.core.membership.state import ALIVE, MemberInfo
 from meshgpu.core.membership.wire import Ack, Ping
 from meshgpu.core.messages import Envelope
 
@@ -21,6 +22,8 @@ SAMPLES: dict[type[Any], tuple[Any, ...]] = {
     Ping: (7, "n001"),
     Ack: (7,),
     Envelope: ("n001", 3, 2, Ping(7, "n002"), (Ack(1),)),
+    MemberChanged: ("n001", ("10.0.0.1", 7946), ALIVE, 3, "joined"),
+    MemberInfo: ("n001", ("10.0.0.1", 7946), ALIVE, 3, 1.5, "joined"),
 }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from meshgpu.core.fast_construct import fast_constructor
 from meshgpu.core.membership.wire import MemberRecord, shared_member_record
 from meshgpu.core.types import Address, NodeId
 
@@ -116,3 +117,8 @@ class MemberInfo:
         # _value_, not .value: the enum's value property is a slow descriptor
         state = self.state._value_
         return shared_member_record(self.node_id, self.address, state, self.incarnation)
+
+
+new_member_info = fast_constructor(MemberInfo)
+"""``MemberInfo(...)``, fast: each member a node learns is one (n squared as a mesh of n
+forms)."""

@@ -24,6 +24,7 @@ from meshgpu.core.membership.state import (
     MemberInfo,
     MemberState,
     Rumour,
+    new_member_info,
     transition,
 )
 from meshgpu.core.membership.wire import RECENT_LIMIT, Alive, Dead, Left, MemberRecord, Suspect
@@ -254,7 +255,7 @@ class MemberTable:
         if info is None:
             self.context.count("members_joined")
             self._set(
-                MemberInfo(node_id, update.address, ALIVE, update.incarnation, now, reason),
+                new_member_info(node_id, update.address, ALIVE, update.incarnation, now, reason),
                 update,
             )
             self.listener.new_member(node_id)
