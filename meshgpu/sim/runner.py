@@ -3,9 +3,11 @@
 The model (design.md sections 2 and 6): one virtual clock; one heap of pending events
 ordered by ``(time, sequence)``, the sequence number breaking ties in insertion order so
 equal-time events always run in the same order; every randomness from one seed through
-named streams (:mod:`meshgpu.sim.randomness`). Nodes interact only through the bytes of
+named streams (:mod:`meshgpu.sim.randomness`). Nodes interact only through
 ``SendDatagram`` effects, which :class:`meshgpu.sim.network.Network` delays, drops,
-duplicates or reorders. A node's timers are honoured exactly as the driver contract in
+duplicates or reorders; each is delivered as its bytes (traced by length and CRC) and,
+when the sender kept it, its decoded form, which equals the decoded bytes and spares the
+receiver decoding them (:func:`meshgpu.sim.nodes.core_node`). A node's timers are honoured exactly as the driver contract in
 ``meshgpu.core.events`` says: ``Tick`` when ``now >= node.next_deadline()``.
 
 Composition (how checkers and extensions plug in): a :class:`Simulation` holds a list of
