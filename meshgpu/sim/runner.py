@@ -7,8 +7,9 @@ named streams (:mod:`meshgpu.sim.randomness`). Nodes interact only through
 ``SendDatagram`` effects, which :class:`meshgpu.sim.network.Network` delays, drops,
 duplicates or reorders; each is delivered as its bytes (traced by length and CRC) and,
 when the sender kept it, its decoded form, which equals the decoded bytes and spares the
-receiver decoding them (:func:`meshgpu.sim.nodes.core_node`). A node's timers are honoured exactly as the driver contract in
-``meshgpu.core.events`` says: ``Tick`` when ``now >= node.next_deadline()``.
+receiver decoding them (:func:`meshgpu.sim.nodes.core_node`). A node's timers are
+honoured exactly as the driver contract in ``meshgpu.core.events`` says: ``Tick`` when
+``now >= node.next_deadline()``.
 
 Composition (how checkers and extensions plug in): a :class:`Simulation` holds a list of
 :class:`meshgpu.sim.observers.Observer`; the built-in invariant checkers
