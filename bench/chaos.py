@@ -611,6 +611,18 @@ def pin_this_process(cpus: frozenset[int], nice: int = 0) -> None:
             os.setpriority(os.PRIO_PROCESS, int(task), nice)
 
 
+def own_autogroup(nice: int) -> None:
+    """A session of this process's own, so an autogroup of its own (Linux groups the
+    processes of a session for the scheduler: a nice value then only counts against the
+    session's own processes, and every other session weighs as much as the whole bench),
+    with the nice value ``nice``; the daemons, the client and the attackers are its
+    children and share it."""
+    with contextlib.suppress(OSError):  # a process group leader cannot: keep its session
+        os.setsid()
+    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as autogroup:
+        autogroup.write(f"{nice}\n")
+
+
 def open_files(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -915,6 +927,8 @@ def hostile_phases(
     time. ``attacker_cpus``, ``mesh_cpus``: the cores the attackers and the mesh run on
     (none: wherever the scheduler puts them; their time is then read over every core)."""
     rates = dict(RATES if rates is None else rates)
+    groups = [g for g in ([p for p in parts if p == "datagrams"],
+                          [p for p in parts if p != "datagrams"]) if g]  # fmt: skip
     kinds = ("quiet", "hostile", "flood") if flood else ("quiet", "hostile")
 
     def sample(peaks: dict[str, dict[str, int]]) -> None:
@@ -982,14 +996,16 @@ def hostile_phases(
         """One phase: ((results delivered, HTTP answers), seconds); ``peaks`` takes the
         RSS and open files."""
         attackers = []
-        if kind != "quiet":  # one process per daemon, in its namespace (not this GIL)
-            for index, daemon in enumerate(campaign.fleet.daemons):
+        # per daemon, in its namespace, one process for the datagrams and one for the
+        # rest (not this GIL; the datagrams' pace is not held up by the connections')
+        for index, daemon in enumerate(campaign.fleet.daemons if kind != "quiet" else ()):
+            for number, group in enumerate(groups):
                 argv = [sys.executable, __file__, "--barrage", daemon.host.address]
                 if attacker_cpus:  # taskset execs in place: the process is the attacker
                     argv = ["taskset", "-c", cpu_list(attacker_cpus), *argv]
-                argv += ["--seed", str(seed * 100 + index)]
+                argv += ["--seed", str(seed * 100 + index * 2 + number)]
                 argv += ["--idle-connections", str(idle_api)]
-                argv += ["--parts", ",".join(parts)]
+                argv += ["--parts", ",".join(group)]
                 if kind == "flood":
                     argv += ["--flood"]
                 else:
@@ -1090,9 +1106,9 @@ def hostile_phases(
             },
             "open_files": {name: loud.get(name, {}).get("open_files", 0) for name in quiet},
             "cpu_s": {name: round(value, 1) for name, value in sorted(cpu[kind].items())},
-            # per attacker (so per daemon) and second of its run
+            # per daemon and second of the attackers' run (two attackers a daemon)
             "sent_per_s_per_daemon": {
-                name: round(count / sent[kind]["run_s"], 1)
+                name: round(count / sent[kind]["run_s"] * len(groups), 1)
                 for name, count in sorted(sent[kind].items())
                 if name != "run_s" and sent[kind]["run_s"]
             },
@@ -1179,6 +1195,8 @@ def cost_run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_pin:
         mesh_cpus, attacker_cpus = split_cpus(args.mesh_cpus, args.attacker_cpus)
         pin_this_process(mesh_cpus, args.nice)
+    if args.nice:
+        own_autogroup(args.nice)
     campaign = Campaign(args)
     parts = [part for part in args.parts if part in COST_UNITS]
     try:
@@ -1296,6 +1314,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mesh_cpus, attacker_cpus = split_cpus(args.mesh_cpus, args.attacker_cpus)
         # before any daemon, client thread or attacker starts
         pin_this_process(mesh_cpus, args.nice)
+        if args.nice:
+            own_autogroup(args.nice)
     campaign = Campaign(args)
     history = History()
     try:
@@ -1539,8 +1559,9 @@ def main() -> int:
         type=int,
         default=0,
         help="with --hostile: the nice value of the daemons, the client and the attackers "
-        "alike, e.g. -10 on a machine that other jobs share (their processes move to the "
-        "mesh's cores when the attackers' cores get busy; see docs/reliability.md)",
+        "alike, and of the autogroup of the session the bench opens for them, e.g. -10 on "
+        "a machine that other jobs share (their processes move to the mesh's cores when "
+        "the attackers' cores get busy; see docs/reliability.md)",
     )
     parser.add_argument(
         "--hostile-rate",
