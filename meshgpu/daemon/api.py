@@ -48,11 +48,7 @@ Request shapes are in docs/client-api.md.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
-import socket
-import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -60,6 +56,7 @@ from typing import Any
 
 import trio
 
+from meshgpu.accepting import accept_forever, reset
 from meshgpu.daemon.auth import Authenticator
 from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES, FrameStream
 from meshgpu.errors import DecodeError, IncompatiblePeerError, MeshError, RemoteProtocolError
@@ -110,9 +107,6 @@ DEFAULT_HANDSHAKE_TIMEOUT_S = 5.0
 """Seconds a new connection has to begin its first frame (Consul's
 ``rpc_handshake_timeout``); a frame larger than a range still has the idle timeout to
 arrive whole (a slow link)."""
-
-RESET = struct.pack("ii", 1, 0)
-"""``SO_LINGER`` on with a linger time of 0: ``close`` sends an RST and frees the socket."""
 
 WARNING_INTERVAL_S = 10.0
 """Seconds between two warnings about unreadable frames from one address."""
@@ -234,21 +228,14 @@ class ApiServer:
             task_status.started()
 
     async def _accept_forever(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                sock, address = await listener.socket.accept()
-            except OSError as error:  # out of file descriptors or buffers: wait, go on
-                if error.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                logger.warning("accept failed (%s); retrying in 0.1 s", error)
-                await trio.sleep(0.1)
-                continue
-            client = str(address[0]) if isinstance(address, tuple) else ""
+        def admit(address: Any) -> bool:
             self._count("api_connections")
-            if not self._admit(client):
-                _reset(sock)
-                continue
-            nursery.start_soon(self._serve_admitted, trio.SocketStream(sock), client)
+            return self._admit(_client_of(address))
+
+        def admitted(sock: trio.socket.SocketType, address: Any) -> None:
+            nursery.start_soon(self._serve_admitted, trio.SocketStream(sock), _client_of(address))
+
+        await accept_forever(listener.socket, admit, admitted)
 
     def _admit(self, client: str) -> bool:
         """Whether a new connection from ``client`` may open (room made if needed);
@@ -268,7 +255,7 @@ class ApiServer:
         self._count("api_connections")
         client = _client_address(stream)
         if not self._admit(client):
-            _reset(stream.socket)
+            reset(stream.socket)
             return
         await self._serve_admitted(stream, client)
 
@@ -286,7 +273,7 @@ class ApiServer:
         finally:
             self._forget(connection)
             if connection.reset:
-                _reset(stream.socket)
+                reset(stream.socket)
             with trio.CancelScope(shield=True):
                 await frames.aclose()
 
@@ -404,15 +391,9 @@ async def _try_refuse(frames: FrameStream, lock: trio.Lock, error: IncompatibleP
         pass
 
 
-_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-"""``accept`` errors that pass (trio.serve_listeners' list)."""
-
-
-def _reset(sock: trio.socket.SocketType) -> None:
-    """Close ``sock`` with an RST (see the module text)."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
-    sock.close()
+def _client_of(address: Any) -> str:
+    """The address part of what ``accept`` returns ("" if none: those share one budget)."""
+    return str(address[0]) if isinstance(address, tuple) else ""
 
 
 def _client_address(stream: trio.SocketStream) -> str:

@@ -33,8 +33,9 @@ the app returns, so a long inference or the dashboard's stream is never the one 
 The app learns which connection a request came on from the ASGI scope's ``client``
 (the peer's host and port, as hypercorn fills it).
 
-:func:`serve` is hypercorn's trio worker (``hypercorn.trio.run.worker_serve``) with its
-own accept loop (:meth:`ConnectionLimits.admit` on the accepted address, then
+:func:`serve` is hypercorn's trio worker (``hypercorn.trio.run.worker_serve``) with the
+accept loop of :mod:`meshgpu.accepting` (:meth:`ConnectionLimits.admit` on the accepted
+address, then
 :meth:`ConnectionLimits.handle` around hypercorn's connection handler); hypercorn's own
 entry point has no hook for either. Rejected alternatives: uvicorn's
 ``limit_concurrency`` (a 503 past a number of connections and tasks) would mean a second
@@ -46,9 +47,6 @@ refused connection, then a FIN) cost the daemon more per flooded connection.
 from __future__ import annotations
 
 import contextlib
-import errno
-import socket
-import struct
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,13 +61,10 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from meshgpu.accepting import accept_forever, linger_zero
+
 Peer = tuple[str, int]
 AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
-
-RESET = struct.pack("ii", 1, 0)
-"""``SO_LINGER`` on with a linger time of 0: ``close`` sends an RST and frees the socket."""
-NO_LINGER = struct.pack("ii", 0, 0)
-"""``SO_LINGER`` off: ``close`` is the normal one (a FIN)."""
 
 
 @dataclass(eq=False)
@@ -214,14 +209,6 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return getattr(transport, "socket", None)
 
 
-def _linger_zero(sock: trio.socket.SocketType | None, on: bool = True) -> None:
-    """Make the coming close of ``sock`` an RST (``on``; see the module text), whoever
-    closes it, or a normal close again."""
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET if on else NO_LINGER)
-
-
 class _Server(TCPServer):
     """hypercorn's handler of one connection, whose close stays an RST until the first
     bytes of an answer go out (the socket lingers 0 from the accept; see the module
@@ -232,12 +219,8 @@ class _Server(TCPServer):
     async def protocol_send(self, event: Event) -> None:
         if not self.answered and isinstance(event, RawData):
             self.answered = True
-            _linger_zero(_socket_of(self.stream), False)
+            linger_zero(_socket_of(self.stream), False)
         await super().protocol_send(event)
-
-
-_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-"""``accept`` errors that pass (trio.serve_listeners' list)."""
 
 
 async def _accept_forever(
@@ -247,26 +230,21 @@ async def _accept_forever(
     handler: Callable[[trio.abc.Stream, Peer | None], Awaitable[None]],
     nursery: trio.Nursery,
 ) -> None:
-    """What :func:`trio.serve_listeners` does, with the admission decided on the address
-    ``accept`` returns: a refused connection is reset there and then, before a stream,
-    a TLS session or a task exists for it."""
-    while True:
-        try:
-            sock, address = await listener.socket.accept()
-        except OSError as error:  # out of file descriptors or buffers: wait, go on
-            if error.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                raise
-            await trio.sleep(0.1)
-            continue
+    """:func:`meshgpu.accepting.accept_forever` with the limits' admission; an admitted
+    connection lingers 0 until it is answered (:class:`_Server`)."""
+
+    def admit(address: Any) -> bool:
         peer = _peer_of(address)
-        _linger_zero(sock)  # until its first request begins
-        if not limits.admit(peer[0] if peer else ""):
-            sock.close()
-            continue
+        return limits.admit(peer[0] if peer else "")
+
+    def admitted(sock: trio.socket.SocketType, address: Any) -> None:
+        linger_zero(sock)
         stream: trio.abc.Stream = trio.SocketStream(sock)
         if tls is not None:
             stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
-        nursery.start_soon(handler, stream, peer)
+        nursery.start_soon(handler, stream, _peer_of(address))
+
+    await accept_forever(listener.socket, admit, admitted)
 
 
 async def _close(stream: trio.abc.Stream) -> None:
