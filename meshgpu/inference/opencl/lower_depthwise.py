@@ -95,6 +95,8 @@ def plane_geometry(
     # the input must fit too (pads on the far side may be smaller than what it overhangs)
     plane_w = max(plane_w, pads[1] + input_size[1])
     plane_h = max(plane_h, pads[0] + input_size[0])
+    if strides[1] == 2:
+        plane_w += plane_w % 2  # depthwise_plane splits stride-2 rows into even and odd halves
     return PlaneGeometry(kernel, output_size, strides, pads, dilations, (plane_h, plane_w))
 
 

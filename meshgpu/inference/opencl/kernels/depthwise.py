@@ -109,10 +109,19 @@ inline float8 depthwise_in8(float8 x, float alpha, float beta) { return DW_IN(x)
             depthwise_act((v).s3), depthwise_act((v).s4), depthwise_act((v).s5),          \
             depthwise_act((v).s6), depthwise_act((v).s7)))
 typedef float8 __attribute__((aligned(4))) local_float8_u;
-typedef float16 __attribute__((aligned(4))) local_float16_u;
+typedef float4 __attribute__((aligned(4))) local_float4_u;
 #define lload8(p) (*(const __local local_float8_u*)(p))
-#define lload16(p) (*(const __local local_float16_u*)(p))
 #define lstore8(p, v) (*(__local local_float8_u*)(p) = (v))
+#define lstore4(p, v) (*(__local local_float4_u*)(p) = (v))
+/* Where padded column j of a row sits in local memory: in order for a horizontal stride
+   of 1; for stride 2 the even columns first, then the odd ones (DW_HW = DW_PW / 2 each),
+   so that the eight inputs of a tap, every other column, are eight consecutive floats. */
+#if DW_SW == 1
+#define DW_COL(j) (j)
+#else
+#define DW_HW (DW_PW / 2)
+#define DW_COL(j) ((((j) & 1) * DW_HW) + ((j) >> 1))
+#endif
 
 /* Residual, activations, store and pool sum of the 8-output block at (oy, ox) of this
    work-group's plane; a row's partial last block is computed whole (vector exp) and stored
@@ -180,8 +189,8 @@ __kernel void depthwise_plane(__global const float* restrict x, __global const f
     if (r < DW_PT || r >= DW_PT + DW_H) {
       for (int i = 0; i < DW_PW; i++) row[i] = 0.0f;
     } else {
-      for (int i = 0; i < DW_PL; i++) row[i] = 0.0f;
-      for (int i = DW_PL + DW_W; i < DW_PW; i++) row[i] = 0.0f;
+      for (int i = 0; i < DW_PL; i++) row[DW_COL(i)] = 0.0f;
+      for (int i = DW_PL + DW_W; i < DW_PW; i++) row[DW_COL(i)] = 0.0f;
     }
   }
   for (int plane = first_plane; plane < last_plane; plane++) {
@@ -195,10 +204,16 @@ __kernel void depthwise_plane(__global const float* restrict x, __global const f
        libm call per element */
     for (int r = lid; r < DW_H; r += DW_GROUP) {
       const __global float* src = xs + r * DW_W;
-      __local float* row = xp + (r + DW_PT) * DW_PW + DW_PL;
+      __local float* row = xp + (r + DW_PT) * DW_PW;
       for (int i0 = 0; i0 < DW_W; i0 += 8) {
         int i = i0 + 8 <= DW_W ? i0 : DW_W - 8;
-        lstore8(row + i, depthwise_in8(load8(src + i), alpha_in, beta_in));
+        float8 v = depthwise_in8(load8(src + i), alpha_in, beta_in);
+#if DW_SW == 1
+        lstore8(row + DW_PL + i, v);
+#else
+        lstore4(row + DW_COL(DW_PL + i), v.even);
+        lstore4(row + DW_COL(DW_PL + i + 1), v.odd);
+#endif
       }
     }
 #elif defined(DW_READ_PAST)
@@ -207,13 +222,14 @@ __kernel void depthwise_plane(__global const float* restrict x, __global const f
     for (int r = lid; r < DW_H; r += DW_GROUP) {
       float8 v = depthwise_in8(load8(xs + r * DW_W), alpha_in, beta_in);
       float lanes[8] = {v.s0, v.s1, v.s2, v.s3, v.s4, v.s5, v.s6, v.s7};
-      __local float* row = xp + (r + DW_PT) * DW_PW + DW_PL;
-      for (int l = 0; l < DW_W; l++) row[l] = lanes[l];
+      __local float* row = xp + (r + DW_PT) * DW_PW;
+      for (int l = 0; l < DW_W; l++) row[DW_COL(DW_PL + l)] = lanes[l];
     }
 #else
     for (int i = lid; i < DW_H * DW_W; i += DW_GROUP) {
       int r = i / DW_W;
-      xp[(r + DW_PT) * DW_PW + DW_PL + (i - r * DW_W)] = depthwise_in(xs[i], alpha_in, beta_in);
+      xp[(r + DW_PT) * DW_PW + DW_COL(DW_PL + i - r * DW_W)] =
+          depthwise_in(xs[i], alpha_in, beta_in);
     }
 #endif
 #if DW_GROUP > 1
@@ -232,19 +248,13 @@ __kernel void depthwise_plane(__global const float* restrict x, __global const f
       const __local float* xr = xp + oy * DW_SH * DW_PW;
       for (int ox = 0; ox < DW_OW; ox += 8) {
         float8 acc0 = (float8)(b), acc1 = (float8)(b);
-        const __local float* xb = xr + ox * DW_SW;
 #pragma unroll
         for (int ky = 0; ky < DW_KH; ky++) {
 #pragma unroll
           for (int kx = 0; kx < DW_KW; kx++) {
-            const __local float* p = xb + ky * DW_DH * DW_PW + kx * DW_DW;
-#if DW_SW == 1
+            const __local float* p = xr + ky * DW_DH * DW_PW + DW_COL(ox * DW_SW + kx * DW_DW);
             float8 v0 = lload8(p);
             float8 v1 = lload8(p + DW_SH * DW_PW);
-#else
-            float8 v0 = lload16(p).even;
-            float8 v1 = lload16(p + DW_SH * DW_PW).even;
-#endif
             float8 tap = (float8)(taps[ky * DW_KW + kx]);
             acc0 += v0 * tap;
             acc1 += v1 * tap;
