@@ -1,9 +1,11 @@
 """Depthwise convolution on zero-padded planes (MobileNet, EfficientNet, LR-ASPP, ConvNeXt).
 
-The input is first copied into planes padded on every side (``pad_planes``), wide enough
-that the last 8-column block of every output row reads inside its padded row; then each
-tap of each block is one unaligned vector load (stride 1: 8 consecutive floats; stride 2:
-16 of which the even ones), whatever the padding, the dilation or the row width, with no
+The input is first copied into planes padded on every side (local memory in
+``depthwise_plane``, a ``pad_planes`` copy for ``conv_depthwise``), wide enough that the
+last 8-column block of every output row reads inside its padded row; then each tap of each
+block is one unaligned vector load (stride 1: 8 consecutive floats; stride 2: in
+``conv_depthwise`` 16 of which the even ones, in ``depthwise_plane`` 8 consecutive floats of
+the row's even or odd half), whatever the padding, the dilation or the row width, with no
 bounds check. The filter size, horizontal stride and dilation are compile-time constants
 (``DW_KH``, ``DW_KW``, ``DW_SW``, ``DW_DW``), so the tap loops unroll with the filter held
 in registers; a model has a handful of such shapes, each one program.
