@@ -436,23 +436,25 @@ def test_epilogue_functions_over_a_wide_range(device, op, attributes) -> None:
 
 
 def test_inline_exp_and_tanh_are_within_a_few_ulp(device) -> None:
-    """``matmul_exp`` and ``matmul_tanh`` (the product epilogue's own, no builtin call)
+    """``fast_exp`` and ``matmul_tanh`` (inline in the product epilogue, no builtin call)
     against float64: within 4 ulp over float32's range of exp, 0 below -87.33 (where exp is
     under 1.2e-38 anyway, and -inf), infinity above 88.72, NaN kept; tanh within 4 ulp and
     +-1 at the ends."""
     import pyopencl as cl
 
     from meshgpu.inference.opencl import programs
+    from meshgpu.inference.opencl.kernels.elementwise import FAST_EXP_SOURCE
     from meshgpu.inference.opencl.kernels.matmul import MATMUL_SOURCE
     from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
 
     source = (
         VECTOR_SOURCE
+        + FAST_EXP_SOURCE
         + MATMUL_SOURCE
         + """
     __kernel void probe(__global const float* x, __global float* e, __global float* t) {
       int i = get_global_id(0) * 8;
-      store8(e + i, matmul_exp(load8(x + i)));
+      store8(e + i, fast_exp(load8(x + i)));
       store8(t + i, matmul_tanh(load8(x + i)));
     }"""
     )

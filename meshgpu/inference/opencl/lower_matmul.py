@@ -26,6 +26,7 @@ import numpy as np
 
 from meshgpu.inference.opencl import dtypes, fusion
 from meshgpu.inference.opencl.graph import Node
+from meshgpu.inference.opencl.kernels.elementwise import FAST_EXP_SOURCE
 from meshgpu.inference.opencl.kernels.matmul import (
     MATMUL_ALONG_K_DEFINE,
     MATMUL_COLUMN_BLOCKS,
@@ -47,7 +48,7 @@ from meshgpu.inference.opencl.tensors import (
 )
 from meshgpu.inference.opencl.tuning import Variant
 
-SOURCE = VECTOR_SOURCE + MATMUL_SOURCE
+SOURCE = VECTOR_SOURCE + FAST_EXP_SOURCE + MATMUL_SOURCE
 
 #: Column blocks per work-item that tuning.py measures (with "all of them").
 TUNED_COLUMN_BLOCKS = (1, 2, 4, 8, 16)

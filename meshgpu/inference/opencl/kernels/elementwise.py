@@ -56,36 +56,40 @@ UNARY_EXPRESSIONS: dict[str, str] = {
     "Round": "rint(x)",
 }
 
-#: ``fast_exp`` for float and float8: Cephes' expf (x = n ln2 + f with |f| <= ln2/2, e^f by
-#: a degree-6 polynomial, 2^n written into the exponent bits; within 2 ulp of exp over the
-#: range where exp is a normal float, clamped outside it). PoCL's own vector exp is about as
-#: exact but an out-of-line call, around which every live vector register is spilled: in
-#: EfficientNet-B0's depthwise launches, which apply SiLU on the way in and out, that call
-#: cost more than the polynomial (docs/benchmarks.md).
+#: ``fast_exp`` for float and float8, inline: Cephes' expf (x = n ln2 + f with |f| <= ln2/2,
+#: e^f by a degree-6 polynomial, 2^n written into the exponent bits; within 2 ulp of exp where
+#: exp is a normal float, 0 below -87.33 and -inf, infinity above 88.72, NaN kept). PoCL's own
+#: vector exp is about as exact but an out-of-line call, around which every live vector
+#: register is spilled: in EfficientNet-B0's depthwise launches, which apply SiLU on the way
+#: in and out, and in a product's fused tanh-Gelu epilogue, that call cost more than the
+#: polynomial (docs/benchmarks.md). One definition for every kernel that takes an exp.
 FAST_EXP_SOURCE = r"""
 #ifndef FAST_EXP
 #define FAST_EXP 1
 #define FAST_EXP_BODY(T, IT, AS_I, AS_F)                                                \
-  x = x < (T)(-87.33654475f) ? (T)(-87.33654475f) : x;                                \
-  x = x > (T)(88.72283905f) ? (T)(88.72283905f) : x;                                  \
-  /* n = round(x / ln2) by the 1.5 * 2^23 trick: its bits are 0x4B400000 + n */       \
-  T t = x * 1.44269504088896341f + 12582912.0f;                                       \
-  IT bits = AS_I(t);                                                                  \
-  T n = t - 12582912.0f;                                                              \
-  T f = x - n * 0.693359375f;                                                         \
-  f = f + n * 2.12194440e-4f;                                                         \
+  T y = x < (T)(-87.33f) ? (T)(-87.33f) : x;                                          \
+  y = y > (T)(88.72f) ? (T)(88.72f) : y;                                              \
+  /* n = round(y / ln2) by the 1.5 * 2^23 trick: its bits are 0x4B400000 + n */       \
+  T t = y * 1.44269504088896341f + 12582912.0f;                                       \
+  IT n = AS_I(t) - 0x4B400000;                                                        \
+  T f = t - 12582912.0f;                                                              \
+  T r = y - f * 0.693359375f;                                                         \
+  r = r + f * 2.12194440e-4f;                                                         \
   T p = (T)(1.9875691500e-4f);                                                        \
-  p = p * f + 1.3981999507e-3f;                                                       \
-  p = p * f + 8.3334519073e-3f;                                                       \
-  p = p * f + 4.1665795894e-2f;                                                       \
-  p = p * f + 1.6666665459e-1f;                                                       \
-  p = p * f + 5.0000001201e-1f;                                                       \
-  p = p * (f * f) + f + 1.0f;                                                         \
-  return p * AS_F((bits + (127 - 0x4B400000)) << 23);
-inline float __attribute__((overloadable)) fast_exp(float x) {
+  p = p * r + 1.3981999507e-3f;                                                       \
+  p = p * r + 8.3334519073e-3f;                                                       \
+  p = p * r + 4.1665795894e-2f;                                                       \
+  p = p * r + 1.6666665459e-1f;                                                       \
+  p = p * r + 5.0000001201e-1f;                                                       \
+  p = p * (r * r) + r + 1.0f;                                                         \
+  /* 2^(n-1) * 2: n reaches 128 at the top of the range (flushed to 0 at n = -126) */ \
+  T e = p * AS_F((n + 126) << 23) * 2.0f;                                             \
+  e = x < (T)(-87.33f) ? (T)(0.0f) : e;                                               \
+  return x > (T)(88.72f) ? (T)(INFINITY) : e;
+__attribute__((always_inline)) inline float __attribute__((overloadable)) fast_exp(float x) {
   FAST_EXP_BODY(float, int, as_int, as_float)
 }
-inline float8 __attribute__((overloadable)) fast_exp(float8 x) {
+__attribute__((always_inline)) inline float8 __attribute__((overloadable)) fast_exp(float8 x) {
   FAST_EXP_BODY(float8, int8, as_int8, as_float8)
 }
 #endif

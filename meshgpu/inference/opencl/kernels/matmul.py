@@ -81,31 +81,8 @@ __attribute__((always_inline)) inline float8 matmul_erf(float8 x) {
   return p / q;
 }
 
-/* exp of 8 lanes inline (Cephes' expf: 2^n times a degree-6 polynomial on
-   [-ln2/2, ln2/2], within 2 ulp; below -87 it is 0, over 88.72 infinity, NaN stays
-   NaN). PoCL's vector exp is an out-of-line call, around which every live accumulator of
-   the tile is spilled and reloaded: a fused tanh-Gelu cost as much as the product. */
-__attribute__((always_inline)) inline float8 matmul_exp(float8 x) {
-  float8 y = x < (float8)(-87.33f) ? (float8)(-87.33f) : x;
-  y = y > (float8)(88.72f) ? (float8)(88.72f) : y;
-  /* round-to-nearest of y * log2(e) by the 1.5 * 2^23 trick: its low bits are n */
-  float8 t = y * (float8)(1.44269504088896341f) + (float8)(12582912.0f);
-  int8 n = as_int8(t) - (int8)(0x4B400000);
-  float8 f = t - (float8)(12582912.0f);
-  float8 r = y - f * (float8)(0.693359375f);
-  r = r - f * (float8)(-2.12194440e-4f);
-  float8 p = (float8)(1.9875691500e-4f);
-  p = p * r + (float8)(1.3981999507e-3f);
-  p = p * r + (float8)(8.3334519073e-3f);
-  p = p * r + (float8)(4.1665795894e-2f);
-  p = p * r + (float8)(1.6666665459e-1f);
-  p = p * r + (float8)(5.0000001201e-1f);
-  p = p * (r * r) + r + (float8)(1.0f);
-  /* 2^(n-1) * 2: n reaches 128 at the top of the range (flushed to 0 at n = -126) */
-  float8 e = p * as_float8((n + (int8)(126)) << 23) * (float8)(2.0f);
-  e = x < (float8)(-87.33f) ? (float8)(0.0f) : e;
-  return x > (float8)(88.72f) ? (float8)(INFINITY) : e;
-}
+/* fast_exp (kernels/elementwise.py FAST_EXP_SOURCE, included before this source) keeps
+   the exp of the epilogues inline. */
 
 /* tanh of 8 lanes inline, as Cephes' tanhf: an odd polynomial under |x| = 0.625, else
    1 - 2 / (exp(2|x|) + 1) with the sign of x. */
@@ -119,7 +96,7 @@ __attribute__((always_inline)) inline float8 matmul_tanh(float8 x) {
   p = p * z + (float8)(-3.33332819422e-1f);
   float8 small = p * z * x + x;
   float8 large = (float8)(1.0f)
-                 - (float8)(2.0f) / (matmul_exp((float8)(2.0f) * a) + (float8)(1.0f));
+                 - (float8)(2.0f) / (fast_exp((float8)(2.0f) * a) + (float8)(1.0f));
   large = x < (float8)(0.0f) ? -large : large;
   return a < (float8)(0.625f) ? small : large;
 }
@@ -132,12 +109,12 @@ __attribute__((always_inline)) inline float8 matmul_activation(float8 v, int cod
     case 1: return v > (float8)(0.0f) ? v : (float8)(0.0f);
     case 2: return v >= (float8)(0.0f) ? v : (float8)(a) * v;
     case 3: v = v < (float8)(a) ? (float8)(a) : v; return v > (float8)(b) ? (float8)(b) : v;
-    case 4: return (float8)(1.0f) / ((float8)(1.0f) + matmul_exp(-v));
+    case 4: return (float8)(1.0f) / ((float8)(1.0f) + fast_exp(-v));
     case 5: return matmul_tanh(v);
     case 6:
       return (float8)(0.5f) * v * ((float8)(1.0f) + matmul_erf(v * (float8)(0.7071067811865475f)));
     /* 0.5 * (1 + tanh(u)) is sigmoid(2u): one vector exp instead of a tanh */
-    case 7: return v / ((float8)(1.0f) + matmul_exp((float8)(-1.5957691216057308f)
+    case 7: return v / ((float8)(1.0f) + fast_exp((float8)(-1.5957691216057308f)
                                              * (v + (float8)(0.044715f) * v * v * v)));
     default: return v;
   }
@@ -524,7 +501,7 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
       for (int j = j8; j < cols; j++) peak = y[j * c_sj] > peak ? y[j * c_sj] : peak;
       float8 sum8 = (float8)(0.0f);
       for (int j = 0; j < j8; j += 8) {
-        float8 e = matmul_exp(load8(y + j) - (float8)(peak));
+        float8 e = fast_exp(load8(y + j) - (float8)(peak));
         store8(y + j, e);
         sum8 += e;
       }
