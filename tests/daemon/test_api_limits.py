@@ -18,6 +18,7 @@ from meshgpu.daemon.api import ApiServer, Responder
 from meshgpu.daemon.auth import Authenticator
 from meshgpu.daemon.framing import FrameStream
 from meshgpu.daemon.rpc import open_rpc
+from tests.connection_probes import attempt, closed_by_server, closed_soon, how_closed
 
 IDLE = 3000
 
@@ -60,16 +61,6 @@ class Served:
     @property
     def address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.port)
-
-
-async def closed_by_server(stream: trio.SocketStream) -> bool:
-    """True once the server closed ``stream`` (reads end); waits for it."""
-    try:
-        while await stream.receive_some(4096):
-            pass
-    except trio.BrokenResourceError:
-        pass
-    return True
 
 
 async def test_thousands_of_idle_connections_do_not_keep_a_real_client_out(
@@ -173,15 +164,6 @@ async def hostile_stream(address: tuple[str, int]) -> trio.SocketStream:
     return await trio.open_tcp_stream(*address, local_address=HOSTILE)
 
 
-async def attempt(address: tuple[str, int], source: str | None = None) -> trio.SocketStream | None:
-    """A connection (from ``source``), or None if it was reset before the connect
-    returned (a refusal can win the race with the client's connect)."""
-    try:
-        return await trio.open_tcp_stream(*address, local_address=source)
-    except OSError:
-        return None
-
-
 async def hostile_attempt(address: tuple[str, int]) -> trio.SocketStream | None:
     return await attempt(address, HOSTILE)
 
@@ -210,13 +192,6 @@ async def test_one_address_holds_at_most_its_share_and_a_real_client_is_answered
         await stream.aclose()
 
 
-async def closed_soon(stream: trio.SocketStream) -> bool:
-    """True if the server closed ``stream`` (it reads to the end within a moment)."""
-    with trio.move_on_after(0.5):
-        return await closed_by_server(stream)
-    return False
-
-
 async def test_a_stranger_that_never_begins_a_frame_is_closed_after_the_handshake_timeout(
     nursery: trio.Nursery,
 ) -> None:
@@ -242,19 +217,6 @@ async def test_a_stranger_that_never_begins_a_frame_is_closed_after_the_handshak
         assert (await real.call("ping"))["pong"] is True
     await silent.aclose()
     await trickling.aclose()
-
-
-async def how_closed(stream: trio.SocketStream) -> str:
-    """``"reset"`` (an RST) or ``"closed"`` (a FIN: the reads end), once the server
-    drops ``stream``."""
-    try:
-        while await stream.receive_some(4096):
-            pass
-    except trio.BrokenResourceError as error:
-        if isinstance(error.__cause__, ConnectionResetError):
-            return "reset"
-        raise
-    return "closed"
 
 
 async def test_refused_connections_and_silent_strangers_are_reset_and_a_client_that_spoke_is_closed(

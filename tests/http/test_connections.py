@@ -13,6 +13,7 @@ import trio
 
 from meshgpu.http.server import HttpServer
 from meshgpu.http.settings import HttpSettings
+from tests.connection_probes import attempt, closed_by_server, closed_soon, how_closed
 
 HOSTILE = "127.0.0.2"
 
@@ -55,19 +56,6 @@ async def get(address: tuple[str, int], path: str = "/") -> bytes:
             answer += chunk
     await stream.aclose()
     return answer
-
-
-async def closed_by_server(stream: trio.SocketStream) -> bool:
-    with contextlib.suppress(trio.BrokenResourceError):
-        while await stream.receive_some(4096):
-            pass
-    return True
-
-
-async def closed_soon(stream: trio.SocketStream) -> bool:
-    with trio.move_on_after(0.5):
-        return await closed_by_server(stream)
-    return False
 
 
 async def test_hundreds_of_idle_connections_do_not_keep_a_real_client_out(
@@ -180,28 +168,6 @@ async def test_with_every_connection_busy_a_new_one_is_refused(nursery: trio.Nur
     if third is not None:
         await third.aclose()
     served.server.stop()
-
-
-async def how_closed(stream: trio.SocketStream) -> str:
-    """``"reset"`` (an RST) or ``"closed"`` (a FIN: the reads end), once the server
-    drops ``stream``."""
-    try:
-        while await stream.receive_some(4096):
-            pass
-    except trio.BrokenResourceError as error:
-        if isinstance(error.__cause__, ConnectionResetError):
-            return "reset"
-        raise
-    return "closed"
-
-
-async def attempt(address: tuple[str, int], source: str | None = None) -> trio.SocketStream | None:
-    """A connection (from ``source``), or None if it was reset before the connect
-    returned (a refusal can win the race with the client's connect)."""
-    try:
-        return await trio.open_tcp_stream(*address, local_address=source)
-    except OSError:
-        return None
 
 
 async def test_refused_connections_and_silent_strangers_are_reset_and_an_answered_client_is_closed(
