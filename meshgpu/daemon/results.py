@@ -187,7 +187,7 @@ class ResultPlane:
 
     async def result_head(
         self, task_id: TaskId, holders: Iterable[NodeId]
-    ) -> tuple[bytes | None, int]:
+    ) -> tuple[Buffer | None, int]:
         """The result of ``task_id`` if it fits one range, and its size in bytes (None and
         the size for a larger one, which the client fetches in ranges: ``get_result``)."""
         data, size = await self.result_range(task_id, holders, 0, self.chunk)
@@ -209,9 +209,10 @@ class ResultPlane:
 
     async def result_range(
         self, task_id: TaskId, holders: Iterable[NodeId], offset: int, length: int
-    ) -> tuple[bytes, int]:
+    ) -> tuple[Buffer, int]:
         """Bytes ``offset`` to ``offset + length`` of the result of ``task_id`` and its
-        total size, from our store or any live result holder."""
+        total size, from our store or any live result holder (a range a peer sent is a
+        view of the frame it came in, not a copy)."""
         payloads, key = self.payloads, task_key(task_id)
         local = payloads.get_memory(key, RESULT)
         if local is not None:
