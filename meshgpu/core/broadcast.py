@@ -119,7 +119,6 @@ class BroadcastQueue:
                 break
         else:
             done = True
-        moved: list[tuple[int, Hashable, bytes]] = []
         if not done:
             misses = 0
             first = sent
@@ -130,7 +129,7 @@ class BroadcastQueue:
                     if size <= budget:
                         picked.append(payload)
                         budget -= size
-                        moved.append((sent, key, payload))
+                        runs.append((sent, [key], [payload]))  # a run of one
                         done = len(picked) >= max_items or budget < 8
                     else:
                         # A few misfits in a row: the space left is smaller than what is queued.
@@ -141,8 +140,8 @@ class BroadcastQueue:
                         break
                 if done:
                     break
-        # Move the picked items on one bucket, in the order picked (runs come first: they
-        # are from lower buckets than any item picked one by one).
+        # Move the picked items on one bucket, in the order picked (the runs, then the
+        # items picked one by one, each a run of one).
         for sent, keys, payloads in runs:
             bucket = buckets[sent]
             deque(map(bucket.__delitem__, keys), 0)
@@ -155,18 +154,6 @@ class BroadcastQueue:
             if len(buckets) <= sent:
                 buckets.append({})
             buckets[sent].update(zip(keys, payloads, strict=True))
-        for sent, key, payload in moved:
-            bucket = buckets[sent]
-            del bucket[key]
-            if not bucket:
-                buckets[sent] = {}  # see _remove
-            sent += 1
-            if sent >= limit:
-                queued.discard(key)
-                continue
-            if len(buckets) <= sent:
-                buckets.append({})
-            buckets[sent][key] = payload
         if not queued:
             self.queued = set()  # see discard
         return picked
