@@ -66,7 +66,7 @@ def _measured(monkeypatch: pytest.MonkeyPatch, *medians: list[float]) -> list[in
     answers = list(medians)
     calls: list[int] = []
 
-    def fake(runs: list, rounds: int) -> list[float]:
+    def fake(runs: list, rounds: int, clock: object = None) -> list[float]:
         for run in runs:
             run()  # still run them: the choice must leave working plans behind
         calls.append(len(runs))
@@ -138,12 +138,25 @@ def test_the_second_run_decides_and_a_slow_one_measures_nothing(monkeypatch) -> 
 @needs_pair
 def test_a_slow_plan_is_not_tried_inline(monkeypatch) -> None:
     threaded, _ = _pocl_pair()  # type: ignore[misc]
-    calls = _measured(monkeypatch, [executor.INLINE_TRY_MS + 1.0])
+    slow = executor.INLINE_TRY_MS + 1.0
+    calls = _measured(monkeypatch, [slow], [slow])  # wall time, then CPU time
     session = OpenCLSession(_layer_model(), device=threaded)
     session.run(_feeds())
-    assert calls == [1]  # the threaded run alone was timed
+    assert calls == [1, 1]  # the threaded run alone was timed, by both clocks
     assert session._inline is None  # nothing built on the companion
     assert session.plan_device(_feeds(3)) == threaded
+
+
+@needs_pair
+def test_a_plan_slow_by_the_wall_clock_alone_is_tried_inline(monkeypatch) -> None:
+    """On a busy machine the threaded device's wall time measures the scheduler; the CPU
+    time the run took decides whether the plan is small enough to try inline."""
+    threaded, inline = _pocl_pair()  # type: ignore[misc]
+    calls = _measured(monkeypatch, [executor.INLINE_TRY_MS + 1.0], [1.0], [30.0, 0.5])
+    session = OpenCLSession(_layer_model(), device=threaded)
+    session.run(_feeds())
+    assert calls == [1, 1, 2]
+    assert session.plan_device(_feeds(3)) == inline
 
 
 @needs_pair
