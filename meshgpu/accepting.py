@@ -56,11 +56,12 @@ def reset(sock: _Socket) -> None:
 async def accept_forever(
     listening: trio.socket.SocketType,
     admit: Callable[[Any], bool],
-    admitted: Callable[[trio.socket.SocketType, Any], None],
+    admitted: Callable[[socket.socket, Any], None],
 ) -> None:
     """Accept connections on ``listening`` forever: ``admit(address)`` decides (a refused
-    connection is reset at once), ``admitted(socket, address)`` takes the others (it
-    must not block: start a task)."""
+    connection is reset at once), ``admitted(socket, address)`` takes the others, as
+    non-blocking stdlib sockets (it must not block: start a task, or hand the socket to
+    a :class:`~meshgpu.first_bytes.FirstBytesGate`)."""
     raw = socket.socket(fileno=os.dup(listening.fileno()))  # the same listening socket
     try:
         raw.setblocking(False)
@@ -80,6 +81,7 @@ async def accept_forever(
                 if not admit(address):
                     reset(sock)
                     continue
-                admitted(trio.socket.from_stdlib_socket(sock), address)
+                sock.setblocking(False)
+                admitted(sock, address)
     finally:
         raw.close()

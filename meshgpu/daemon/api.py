@@ -48,7 +48,9 @@ Request shapes are in docs/client-api.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -57,9 +59,17 @@ from typing import Any
 import trio
 
 from meshgpu.accepting import accept_forever, reset
-from meshgpu.daemon.auth import Authenticator
-from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES, FrameStream
-from meshgpu.errors import DecodeError, IncompatiblePeerError, MeshError, RemoteProtocolError
+from meshgpu.daemon.auth import Authenticator, Channel
+from meshgpu.daemon.auth.handshake import MAGIC
+from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES, LENGTH, FrameStream, pack
+from meshgpu.errors import (
+    DecodeError,
+    FrameTooLargeError,
+    IncompatiblePeerError,
+    MeshError,
+    RemoteProtocolError,
+)
+from meshgpu.first_bytes import FirstBytesGate, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +118,8 @@ DEFAULT_HANDSHAKE_TIMEOUT_S = 5.0
 ``rpc_handshake_timeout``); a frame larger than a range still has the idle timeout to
 arrive whole (a slow link)."""
 
+FIRST_BYTES = LENGTH.size + len(MAGIC)
+"""Bytes of a new connection judged at the gate: a frame's length and its envelope's magic."""
 WARNING_INTERVAL_S = 10.0
 """Seconds between two warnings about unreadable frames from one address."""
 
@@ -154,16 +166,22 @@ class ApiServer:
         self._warned: dict[str, float] = {}
         self.on_reject: Callable[[], None] | None = None
         """Called after a connection was dropped for an unreadable frame."""
+        self._gate: FirstBytesGate | None = None
+        """New connections until their first frame begins (:meth:`serve_listeners`)."""
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
     @property
     def open_connections(self) -> int:
-        return len(self._connections)
+        """Connections open, those still at the gate included."""
+        return len(self._connections) + (len(self._gate) if self._gate is not None else 0)
 
     def _make_room(self) -> bool:
-        """At the limit: close the connection idle longest; False if none is idle."""
+        """At the limit: reset the stranger at the gate longest, or close the connection
+        idle longest; False if none is idle."""
+        if self._gate is not None and self._gate.evict_oldest():
+            return True
         idle = [c for c in self._connections if c.in_flight == 0]
         if not idle:
             return False
@@ -219,23 +237,94 @@ class ApiServer:
         """Accept connections on ``listeners`` and serve each admitted one, forever.
 
         What :func:`trio.serve_listeners` does, with the admission decided on the
-        address ``accept`` returns: a refused connection is reset there and then, before
-        a stream or a task exists for it.
+        address ``accept`` returns (a refused connection is reset there and then,
+        before a stream or a task exists for it), and the first frame's beginning
+        checked before a connection gets its stream and task (:class:`FirstBytesGate`:
+        strangers that stay silent or send something else never get either).
         """
         async with trio.open_nursery() as nursery:
+            self._gate = FirstBytesGate(
+                self._judge_first_bytes,
+                peek_bytes=FIRST_BYTES,
+                timeout_s=min(self.handshake_timeout_s, self.idle_timeout_s),
+                admitted=lambda sock, address: nursery.start_soon(
+                    self._serve_admitted,
+                    trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
+                    _client_of(address),
+                    True,
+                ),
+                refused=self._refuse_first_bytes,
+                released=self._release_held,
+            )
+            nursery.start_soon(self._gate.run)
             for listener in listeners:
-                nursery.start_soon(self._accept_forever, listener, nursery)
+                nursery.start_soon(self._accept_forever, listener)
             task_status.started()
 
-    async def _accept_forever(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_forever(self, listener: trio.SocketListener) -> None:
         def admit(address: Any) -> bool:
             self._count("api_connections")
             return self._admit(_client_of(address))
 
-        def admitted(sock: trio.socket.SocketType, address: Any) -> None:
-            nursery.start_soon(self._serve_admitted, trio.SocketStream(sock), _client_of(address))
+        def hold(sock: socket.socket, address: Any) -> None:
+            self._per_client[_client_of(address)] += 1
+            assert self._gate is not None
+            self._gate.hold(sock, address)
 
-        await accept_forever(listener.socket, admit, admitted)
+        await accept_forever(listener.socket, admit, hold)
+
+    def _judge_first_bytes(self, peeked: bytes, closed: bool) -> tuple[Verdict, str]:
+        """A new connection's first bytes: a frame's length and its envelope's magic
+        (what FrameStream checks before a frame counts as begun)."""
+        if len(peeked) < LENGTH.size:
+            return Verdict.WAIT, "connection closed mid-frame (a truncated length)"
+        (length,) = LENGTH.unpack_from(peeked)
+        if length > self.max_frame_bytes:
+            return Verdict.REFUSE, (
+                f"peer announced a {length}-byte frame, the limit is {self.max_frame_bytes} "
+                "(is something other than a meshgpu peer talking to this port?)"
+            )
+        want = min(length, len(MAGIC))
+        if len(peeked) < LENGTH.size + want:
+            return Verdict.WAIT, f"connection closed mid-frame (a {length}-byte frame)"
+        if want == len(MAGIC) and peeked[LENGTH.size : LENGTH.size + want] != MAGIC:
+            return Verdict.REFUSE, (
+                f"a {length}-byte frame that is not a meshgpu envelope (bad magic); "
+                "is something other than a meshgpu peer talking to this port?"
+            )
+        return Verdict.ADMIT, ""
+
+    def _refuse_first_bytes(
+        self, sock: socket.socket, address: Any, peeked: bytes, why: str
+    ) -> None:
+        """A connection whose first bytes are not a meshgpu frame: counted, warned about
+        (once per address per interval) and told why in one frame, as a connection
+        whose frame fails later is (:meth:`_serve`)."""
+        self._count("frames_rejected")
+        if self.on_reject is not None:
+            self.on_reject()
+        client = _client_of(address)
+        if self._may_warn(client):
+            logger.warning("dropping connection from %s: %s", _peer_of(address), why)
+        sealer = self.authenticator.new_session(Channel.FRAME)
+        try:
+            body = sealer.seal(pack({"ok": False, "error": why, "kind": _error_kind(why)}))
+        finally:
+            self.authenticator.end_session(sealer)
+        with contextlib.suppress(OSError):
+            sock.send(LENGTH.pack(len(body)) + body)
+
+    def _release_held(self, address: Any, outcome: str) -> None:
+        """A connection left the gate other than admitted (``outcome``, FirstBytesGate)."""
+        client = _client_of(address)
+        self._per_client[client] -= 1
+        if self._per_client[client] <= 0:
+            del self._per_client[client]
+        if outcome == "timed_out":
+            silent_too_long = self.idle_timeout_s <= self.handshake_timeout_s
+            self._count("api_idle_closed" if silent_too_long else "api_handshake_timeouts")
+        elif outcome == "evicted":
+            self._count("api_idle_evicted")
 
     def _admit(self, client: str) -> bool:
         """Whether a new connection from ``client`` may open (room made if needed);
@@ -243,7 +332,7 @@ class ApiServer:
         if self._per_client[client] >= self.max_connections_per_client:
             self._count("api_client_limit_refused")
             return False
-        if len(self._connections) >= self.max_connections and not self._make_room():
+        if self.open_connections >= self.max_connections and not self._make_room():
             self._count("api_connections_refused")
             return False
         return True
@@ -259,10 +348,15 @@ class ApiServer:
             return
         await self._serve_admitted(stream, client)
 
-    async def _serve_admitted(self, stream: trio.SocketStream, client: str) -> None:
-        connection = _Connection(trio.CancelScope(), trio.current_time(), client)
+    async def _serve_admitted(
+        self, stream: trio.SocketStream, client: str, began: bool = False
+    ) -> None:
+        """Serve one admitted connection (``began``: it comes from the gate, counted
+        in its address's budget already, its first frame begun)."""
+        connection = _Connection(trio.CancelScope(), trio.current_time(), client, began=began)
         self._connections.add(connection)
-        self._per_client[client] += 1
+        if not began:
+            self._per_client[client] += 1
         frames = FrameStream(
             stream, self.authenticator, max_frame_bytes=self.max_frame_bytes, answering=True
         )
@@ -394,6 +488,16 @@ async def _try_refuse(frames: FrameStream, lock: trio.Lock, error: IncompatibleP
 def _client_of(address: Any) -> str:
     """The address part of what ``accept`` returns ("" if none: those share one budget)."""
     return str(address[0]) if isinstance(address, tuple) else ""
+
+
+def _peer_of(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return "a peer"
+
+
+def _error_kind(why: str) -> str:
+    return FrameTooLargeError.__name__ if "-byte frame, the limit" in why else DecodeError.__name__
 
 
 def _client_address(stream: trio.SocketStream) -> str:

@@ -47,6 +47,7 @@ refused connection, then a FIN) cost the daemon more per flooded connection.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from meshgpu.accepting import accept_forever, linger_zero
+from meshgpu.first_bytes import FirstBytesGate, Verdict
 
 Peer = tuple[str, int]
 AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -100,10 +102,14 @@ class ConnectionLimits:
         self.header_timeout_s = header_timeout_s
         self._connections: dict[Peer, _Connection] = {}
         self._per_client: Counter[str] = Counter()
+        self.gate: FirstBytesGate | None = None
+        """New plain-HTTP connections until their first request head is whole
+        (:func:`serve` builds it)."""
 
     @property
     def open_connections(self) -> int:
-        return len(self._connections)
+        """Connections open, those still at the gate included."""
+        return len(self._connections) + (len(self.gate) if self.gate is not None else 0)
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -136,7 +142,7 @@ class ConnectionLimits:
         if self._per_client[client] >= self.max_connections_per_client:
             self._count("http_client_limit_refused")
             return False
-        if len(self._connections) >= self.max_connections and not self._make_room():
+        if self.open_connections >= self.max_connections and not self._make_room():
             self._count("http_connections_refused")
             return False
         return True
@@ -146,14 +152,16 @@ class ConnectionLimits:
         stream: trio.abc.Stream,
         serve_one: Callable[[trio.abc.Stream], Awaitable[None]],
         peer: Peer | None,
+        counted: bool = False,
     ) -> None:
         """Serve one admitted connection from ``peer`` with ``serve_one`` inside the
-        bounds."""
+        bounds (``counted``: it comes from the gate, in its address's budget already)."""
         client = peer[0] if peer else ""
         connection = _Connection(trio.CancelScope(), client, trio.current_time())
         key: Peer = peer or ("", id(connection))
         self._connections[key] = connection
-        self._per_client[client] += 1
+        if not counted:
+            self._per_client[client] += 1
         try:
             with connection.scope:
                 async with trio.open_nursery() as nursery:
@@ -179,7 +187,34 @@ class ConnectionLimits:
             while connection.in_flight:
                 await connection.changed.wait()
 
+    def hold(self, sock: socket.socket, address: Any) -> None:
+        """Invoked by the accept loop for an admitted plain-HTTP connection: it waits at
+        the gate (counted in its address's budget) until its first request head is
+        whole."""
+        assert self.gate is not None
+        peer = _peer_of(address)
+        self._per_client[peer[0] if peer else ""] += 1
+        self.gate.hold(sock, address)
+
+    def released(self, address: Any, outcome: str) -> None:
+        """A connection left the gate other than admitted (``outcome``, FirstBytesGate)."""
+        peer = _peer_of(address)
+        client = peer[0] if peer else ""
+        self._per_client[client] -= 1
+        if self._per_client[client] <= 0:
+            del self._per_client[client]
+        if outcome == "timed_out":
+            self._count("http_header_timeouts")
+        elif outcome == "silent":
+            self._count("http_silent_closed")
+        elif outcome == "evicted":
+            self._count("http_idle_evicted")
+        elif outcome == "refused":
+            self._count("http_bad_requests")
+
     def _make_room(self) -> bool:
+        if self.gate is not None and self.gate.evict_oldest():
+            return True
         idle = [c for c in self._connections.items() if c[1].in_flight == 0]
         if not idle:
             return False
@@ -195,6 +230,47 @@ class ConnectionLimits:
             self._per_client[connection.client] -= 1
             if self._per_client[connection.client] <= 0:
                 del self._per_client[connection.client]
+
+
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+"""The bytes of an HTTP token (RFC 9110, 5.6.2): what a request's method is made of."""
+_LONGEST_METHOD = 32
+_HEAD_ENDS = (b"\n\r\n", b"\n\n")
+"""What ends a request's head (h11 takes a bare LF as a line's end too)."""
+
+
+def judge_request_head(limit: int) -> Callable[[bytes, bool], tuple[Verdict, str]]:
+    """The gate's judge of a plain-HTTP connection's first bytes: admitted once the
+    first request's head is whole (hypercorn then parses it, from the first byte);
+    refused at once when its first bytes cannot begin a request line (a method token,
+    then a space), or when ``limit`` bytes hold no whole head (hypercorn's
+    ``h11_max_incomplete_size``)."""
+
+    def judge(peeked: bytes, closed: bool) -> tuple[Verdict, str]:
+        space = peeked.find(b" ", 0, _LONGEST_METHOD + 1)
+        method = peeked[: space if space >= 0 else _LONGEST_METHOD + 1]
+        if space == 0 or len(method) > _LONGEST_METHOD or method.translate(None, _TOKEN):
+            return Verdict.REFUSE, "not an HTTP request line"
+        if any(end in peeked for end in _HEAD_ENDS):
+            return Verdict.ADMIT, ""
+        if len(peeked) >= limit:
+            return Verdict.REFUSE, f"a request head longer than {limit} bytes"
+        return Verdict.WAIT, "closed before its request head was whole"
+
+    return judge
+
+
+def _refuse_request(sock: socket.socket, address: Any, peeked: bytes, why: str) -> None:
+    """Tell a refused plain-HTTP connection why, in one non-blocking send (a 400 and
+    ``Connection: close``, as hypercorn answers a request h11 cannot parse)."""
+    body = f"{why}\n".encode()
+    head = (
+        b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with contextlib.suppress(OSError):
+        sock.send(head + body)
+    linger_zero(sock, False)  # a FIN: the 400 is not lost to a reset
 
 
 def _peer_of(address: Any) -> Peer | None:
@@ -231,15 +307,20 @@ async def _accept_forever(
     nursery: trio.Nursery,
 ) -> None:
     """:func:`meshgpu.accepting.accept_forever` with the limits' admission; an admitted
-    connection lingers 0 until it is answered (:class:`_Server`)."""
+    plain-HTTP connection waits at the limits' gate for its first request head
+    (:func:`serve`), a TLS one goes to its handler at once; either lingers 0 until it
+    is answered (:class:`_Server`)."""
 
     def admit(address: Any) -> bool:
         peer = _peer_of(address)
         return limits.admit(peer[0] if peer else "")
 
-    def admitted(sock: trio.socket.SocketType, address: Any) -> None:
+    def admitted(sock: socket.socket, address: Any) -> None:
         linger_zero(sock)
-        stream: trio.abc.Stream = trio.SocketStream(sock)
+        if tls is None and limits.gate is not None:
+            limits.hold(sock, address)
+            return
+        stream: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         if tls is not None:
             stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
         nursery.start_soon(handler, stream, _peer_of(address))
@@ -285,13 +366,35 @@ async def serve(
                     )
                     urls.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
 
-            async def one(stream: trio.abc.Stream, peer: Peer | None) -> None:
+            async def one(
+                stream: trio.abc.Stream, peer: Peer | None, counted: bool = False
+            ) -> None:
                 connection_state = ConnectionState(state.copy())
                 await limits.handle(
                     stream,
                     lambda s: _Server(wrapped, config, context, connection_state, s),  # type: ignore[arg-type]
                     peer,
+                    counted,
                 )
+
+            if any(tls is None for _, tls in listeners):
+                limits.gate = FirstBytesGate(
+                    judge_request_head(config.h11_max_incomplete_size),
+                    peek_bytes=config.h11_max_incomplete_size,
+                    timeout_s=limits.header_timeout_s,
+                    # hypercorn closes a connection that sends nothing for its
+                    # keep-alive timeout (5 s) before the head deadline would
+                    silent_timeout_s=config.keep_alive_timeout,
+                    admitted=lambda sock, address: server_nursery.start_soon(
+                        one,
+                        trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
+                        _peer_of(address),
+                        True,
+                    ),
+                    refused=_refuse_request,
+                    released=limits.released,
+                )
+                server_nursery.start_soon(limits.gate.run)
 
             task_status.started(urls)
             async with trio.open_nursery() as accepting:

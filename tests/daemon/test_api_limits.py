@@ -141,7 +141,7 @@ async def test_with_every_connection_busy_a_new_one_is_refused(nursery: trio.Nur
         nursery.start_soon(wait_on, first)
         nursery.start_soon(wait_on, second)
         with trio.fail_after(30):
-            while served.server.open_connections < 2 or any(
+            while len(served.server._connections) < 2 or any(
                 c.in_flight == 0 for c in served.server._connections
             ):
                 await trio.sleep(0.05)
