@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import socket
 import time
@@ -56,6 +57,23 @@ DEFAULT_PORT = 7946
 """Gossip (UDP) and the TCP API share one port number (memberlist's port)."""
 REGISTER_TIMEOUT_S = 10.0
 """How long registration may take (no probing: normally milliseconds)."""
+
+
+def one_line_socket_errors(record: logging.LogRecord) -> bool:
+    """A filter of the ``zeroconf`` logger: a socket error is logged as one line.
+
+    zeroconf logs a failed send or receive with its traceback (once per socket and
+    message); while a partition or an interface change takes a node's link away,
+    every send fails with "Invalid argument" or "Network is unreachable", and the
+    traceback says nothing the error's text does not. The record keeps its message,
+    the error's text appended, without the traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, OSError):
+        if str(error) not in record.getMessage():
+            record.msg = f"{record.msg} ({error})"
+        record.exc_info = None
+        record.exc_text = None
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +224,9 @@ class MdnsDiscovery:
             Zeroconf,
         )
 
+        zeroconf_log = logging.getLogger("zeroconf")
+        if one_line_socket_errors not in zeroconf_log.filters:
+            zeroconf_log.addFilter(one_line_socket_errors)
         interfaces: Any = [self.interface] if self.interface else InterfaceChoice.All
         self._zeroconf = zc = Zeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
 

@@ -55,7 +55,7 @@ from typing import Any, cast
 
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Event, RawData
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -288,7 +288,14 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
 class _Server(TCPServer):
     """hypercorn's handler of one connection, whose close stays an RST until the first
     bytes of an answer go out (the socket lingers 0 from the accept; see the module
-    text)."""
+    text).
+
+    A write that meets the close is the peer gone, not an error: when a client closes
+    while its answer is being written (one that sent a body shorter than its
+    ``Content-Length``, then gave up), hypercorn's close (``send_eof``) and the answer's
+    write meet on the stream, and the write's ``trio.BusyResourceError`` reached the
+    app as "Error in ASGI Framework" with a traceback; it is handled as hypercorn
+    handles a broken stream (the connection is closed)."""
 
     answered = False
 
@@ -296,7 +303,10 @@ class _Server(TCPServer):
         if not self.answered and isinstance(event, RawData):
             self.answered = True
             linger_zero(_socket_of(self.stream), False)
-        await super().protocol_send(event)
+        try:
+            await super().protocol_send(event)
+        except trio.BusyResourceError:
+            await self.protocol.handle(Closed())
 
 
 async def _accept_forever(
