@@ -127,9 +127,8 @@ class FirstBytesGate:
         return len(self._held)
 
     def hold(self, sock: socket.socket, address: Any) -> None:
-        """Invoked by the accept loop for an admitted socket: judge what it has sent
-        already, and hold it if that is not enough to say."""
-        sock.setblocking(False)
+        """Invoked by the accept loop for an admitted, non-blocking socket: judge what
+        it has sent already, and hold it if that is not enough to say."""
         first = self.silent_timeout_s if self.silent_timeout_s is not None else self.timeout_s
         held = _Held(sock, sock.fileno(), address, trio.current_time() + first)
         if self._look(held, 0):
