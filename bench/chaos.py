@@ -541,6 +541,8 @@ DROP_COUNTERS = (
     "api_handshake_timeouts",
     "http_client_limit_refused",
     "http_header_timeouts",
+    "http_bad_requests",
+    "http_silent_closed",
     "api_idle_closed",
     "api_idle_evicted",
     "api_connections_refused",

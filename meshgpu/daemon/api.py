@@ -22,7 +22,9 @@ Connections are bounded, as Consul bounds its RPC port (``rpc_max_conns_per_clie
   a reset per connection;
 * a new connection must begin its first frame (a length and an envelope's magic) within
   ``handshake_timeout_s`` or it is reset (``api_handshake_timeouts``): silent and
-  trickling strangers go in seconds, not after the idle timeout;
+  trickling strangers go in seconds, not after the idle timeout; until it has, it waits
+  at a :class:`~meshgpu.first_bytes.FirstBytesGate` with no stream and no task (a
+  length over the limit or a bad magic is refused there, ``frames_rejected``);
 * one with no request in flight and no complete frame for ``idle_timeout_s`` is closed
   (``api_idle_closed``; a frame sent one byte at a time does not count as activity
   until it is whole);
