@@ -58,6 +58,7 @@ from meshgpu.daemon.transfers import (
     ResultSource,
     pull,
 )
+from meshgpu.daemon.warm_inputs import WarmInputs
 from meshgpu.errors import DigestMismatchError, MeshError, PermanentTaskError
 
 if TYPE_CHECKING:
@@ -79,6 +80,9 @@ INPUTS_EXPIRY_S = 600.0
 """Inputs no task here refers to are deleted once this old (an upload never submitted;
 docs/daemon.md, "Unsubmitted inputs expire"). A client submits right after its upload;
 a later submit is refused with "upload them first", and the client uploads again."""
+WARM_SWEEP_S = 5.0
+"""How often the warm copies no run took are looked at (warm_inputs.KEEP_S is their age
+limit)."""
 
 
 class DataPlane(ResultPlane):
@@ -141,6 +145,9 @@ class DataPlane(ResultPlane):
             random.shuffle,
         )
         """Large uploads relayed to the next holders as they arrive (relay.py)."""
+        self.warm = WarmInputs()
+        """Large uploads' arrays, kept where they were received for the run that usually
+        follows here (warm_inputs.py; the upload ops fill them)."""
         self._fetch_queue: list[fx.FetchPayload] = []
         """Hold requests whose inputs are still to fetch; every one queued by the time the
         fetching task runs (a burst: the tasks of one batch) goes in one request per source."""
@@ -159,6 +166,7 @@ class DataPlane(ResultPlane):
             self.relays.nursery = nursery
             nursery.start_soon(self.sweep_results, sweep_interval)
             nursery.start_soon(self.sweep_inputs, sweep_interval)
+            nursery.start_soon(self.sweep_warm, min(sweep_interval, WARM_SWEEP_S))
             task_status.started()
 
     # --- effect dispatch ----------------------------------------------------------
@@ -207,6 +215,12 @@ class DataPlane(ResultPlane):
             except (OSError, MeshError) as error:
                 logger.warning("sweeping unsubmitted inputs failed: %s", error)
 
+    async def sweep_warm(self, interval: float) -> None:
+        """Every ``interval`` seconds, drop the warm copies no run took in time."""
+        while True:
+            await trio.sleep(interval)
+            self.warm.sweep(trio.current_time())
+
     def expire_inputs(self, now: float | None = None) -> int:
         """Delete the input payloads no task here refers to (uploaded with ``put_inputs``
         or relayed, and never submitted, or their submit was refused) once they are
@@ -219,6 +233,7 @@ class DataPlane(ResultPlane):
             if (now if now is not None else time.time()) - modified < self.inputs_expiry_s:
                 continue
             self.payloads.delete(digest, INPUTS)
+            self.warm.drop(digest)
             self._count("inputs_expired")
             expired += 1
         return expired
@@ -280,6 +295,11 @@ class DataPlane(ResultPlane):
         straight into its arrays, hashed as it arrives: no scratch file written and
         read back, the same one copy in memory that loading the file made."""
         payloads = self.payloads
+        if arrays:
+            warm = self.warm.take(digest)
+            if warm is not None:  # received here moments ago: no read of the file
+                self._count("warm_inputs_taken")
+                return Fetched(arrays=warm)
         local = payloads.get_memory(digest, INPUTS)
         if local is not None:
             return Fetched(data=local)
@@ -578,3 +598,4 @@ class DataPlane(ResultPlane):
         if self.submitting[input_digest]:
             return  # a submission being acknowledged stored the same bytes
         self.payloads.delete(input_digest, INPUTS)
+        self.warm.drop(input_digest)

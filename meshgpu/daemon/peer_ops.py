@@ -25,7 +25,7 @@ from meshgpu.core import effects as fx
 from meshgpu.core.tasks import TaskId
 from meshgpu.core.types import NodeId
 from meshgpu.daemon.api import Handler, Message, Responder, request_field
-from meshgpu.daemon.blobs import BlobWriter, read_layout
+from meshgpu.daemon.blobs import BlobWriter, TensorReceiver, read_layout
 from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES
 from meshgpu.daemon.modelstore import check_digest
 from meshgpu.daemon.payloads import check_result_bytes
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from meshgpu.daemon.payloads import PayloadStore
     from meshgpu.daemon.relay import InputRelay, Relays
     from meshgpu.daemon.status import TaskLookup
+    from meshgpu.daemon.warm_inputs import WarmInputs
 
 UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 """What a sender may name an upload it sends without its digest (``upload``)."""
@@ -65,10 +66,13 @@ class PeerOps:
         resolved: Callable[[TaskId], fx.TaskResolved | None],
         task_entry: TaskLookup,
         relays: Relays | None = None,
+        warm: WarmInputs | None = None,
     ) -> None:
         self.node_id = node_id
         self.relays = relays
         """Where a client's upload is passed on to the next holders as it arrives."""
+        self.warm = warm
+        """Where a large upload's arrays are kept for a run here (warm_inputs.py)."""
         self.payloads = payloads
         self.models = models
         self.results = results
@@ -203,12 +207,13 @@ class PeerOps:
         elif not request.get("more", False):
             digest = check_digest(request_field(request, "sha256", str))
         slot = (responder.peer, "inputs", name, None)
-        path, relay = await self._receive_range(
+        path, received = await self._receive_range(
             request, slot, name, INPUTS, copies=replicas, named=upload is None
         )
-        if path is None:
+        if path is None or received is None:
             return {"received": request["offset"] + len(data)}
         assert digest is not None
+        relay, warm = received.relay, received.take_warm()
 
         def check_and_install(digest: str) -> None:  # the install syncs the directory
             read_layout(path)
@@ -219,9 +224,15 @@ class PeerOps:
         except BaseException:
             if relay is not None:
                 relay.abort()
+            if warm is not None and self.warm is not None:
+                self.warm.release(warm)
             raise
         finally:
             path.unlink(missing_ok=True)
+        if warm is not None and self.warm is not None:
+            # The same bytes as the durable copy that just checked out: the run that
+            # usually follows here takes them instead of reading the file back.
+            self.warm.keep(digest, warm, trio.current_time())
         if relay is not None and self.relays is not None:
             self.relays.note(digest, await relay.finish())
         return {"stored": True, "digest": digest}
@@ -235,12 +246,14 @@ class PeerOps:
         *,
         copies: int = 1,
         named: bool = True,
-    ) -> tuple[Path | None, InputRelay | None]:
+    ) -> tuple[Path | None, _Upload | None]:
         """Append one range of an upload to its scratch file (a range at offset 0 starts
         the upload afresh); the checked scratch file after the last range, else None,
-        and the upload's relay (``copies`` > 1: relayed to ``copies - 1`` other nodes,
-        each range once it is written here; ``named``: ``key`` is the payload's digest,
-        else an upload's name and the digest comes with the last range). Invoked for
+        and the upload, with its relay (``copies`` > 1: relayed to ``copies - 1`` other
+        nodes, each range once it is written here; ``named``: ``key`` is the payload's
+        digest, else an upload's name and the digest comes with the last range) and, for
+        inputs, its warm copy (the arrays, filled as the ranges are written, when the
+        budget of warm copies has room: warm_inputs.py). Invoked for
         each range as its request is handled: the ranges a sender keeps in flight
         (transfers.push) may be handled in any order, so each waits here until the
         ranges before it are written."""
@@ -253,7 +266,7 @@ class PeerOps:
             if previous is not None:
                 previous.drop()
             writer = self.payloads.writer(key, kind)
-            started = self._ranges_in[slot] = _Upload(writer, now)
+            started = self._ranges_in[slot] = _Upload(writer, now, self.warm)
             size = request.get("size")
             if isinstance(size, int) and size > len(data):  # a sender says how much comes
                 try:
@@ -263,6 +276,8 @@ class PeerOps:
                     raise
                 if copies > 1 and self.relays is not None and not started.ended:
                     started.relay = self.relays.start(key, size, copies, named=named)
+                if kind == INPUTS and self.warm is not None and not started.ended:
+                    started.warm = self.warm.receiver(size, now)
         upload = self._ranges_in.get(slot)
         if upload is None:
             raise DecodeError(f"range at {offset} of an upload that was not started; start at 0")
@@ -277,7 +292,9 @@ class PeerOps:
         writer = upload.writer
         upload.writing = True
         try:
-            await trio.to_thread.run_sync(writer.write, offset, data)
+            await trio.to_thread.run_sync(upload.write, offset, data)
+            if upload.warm_failed:
+                upload.release_warm()
             if upload.relay is not None:  # in order: the next range waits for this one
                 last = not request.get("more", False)
                 await upload.relay.feed(offset, data, request.get("sha256") if last else None)
@@ -290,10 +307,11 @@ class PeerOps:
             path = await trio.to_thread.run_sync(
                 writer.commit, str(request_field(request, "sha256", str))
             )
-            return path, upload.relay
+            return path, upload
         except BaseException:
             self._forget(slot, upload)
             writer.abort()
+            upload.release_warm()
             if upload.relay is not None:
                 upload.relay.abort()
             raise
@@ -354,13 +372,41 @@ class _Upload:
     """An upload in ranges being received: its scratch file, and an event that wakes the
     ranges waiting for their turn whenever one was written or the upload ended."""
 
-    def __init__(self, writer: BlobWriter, now: float) -> None:
+    def __init__(self, writer: BlobWriter, now: float, warm_inputs: WarmInputs | None) -> None:
         self.writer = writer
         self.touched = now
         self.writing = False
         self.ended = False
         self.moved = trio.Event()
         self.relay: InputRelay | None = None
+        self.warm: TensorReceiver | None = None
+        """The arrays the ranges are also copied into (a warm copy in the making)."""
+        self.warm_failed = False
+        self._warm_inputs = warm_inputs
+
+    def write(self, offset: int, chunk: bytes | memoryview) -> None:
+        """Write one range to the scratch file and to the warm copy's arrays (in a worker
+        thread). The writer's checks decide; a range the arrays refuse (a malformed
+        header, which the layout check of the file refuses as well) ends the warm copy
+        only (``warm_failed``: released on the loop)."""
+        self.writer.write(offset, chunk)
+        warm = self.warm
+        if warm is not None and not self.warm_failed:
+            try:
+                warm.write(offset, chunk)
+            except MeshError:
+                self.warm_failed = True
+
+    def take_warm(self) -> TensorReceiver | None:
+        """The finished warm copy (None if there is none), no longer the upload's."""
+        warm, self.warm = self.warm, None
+        return warm
+
+    def release_warm(self) -> None:
+        """Give the warm copy's memory back (on the loop; not while a range is written)."""
+        warm, self.warm = self.warm, None
+        if warm is not None and self._warm_inputs is not None:
+            self._warm_inputs.release(warm)
 
     def wrote(self) -> None:
         self.writing = False
@@ -383,6 +429,7 @@ class _Upload:
             self.relay.abort()
         if not writing:
             self.writer.abort()
+            self.release_warm()
 
     def _wake(self) -> None:
         self.moved.set()

@@ -333,6 +333,7 @@ class Daemon:
             resolved=self.handlers.resolved.get,
             task_entry=lookup,
             relays=self.dataplane.relays,
+            warm=self.dataplane.warm,
         )
         """The TCP API's data-plane ops for peers and large uploads (``peer_ops.py``)."""
         self.keyring_exchange = KeyringExchange(
