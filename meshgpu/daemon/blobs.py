@@ -459,7 +459,7 @@ def load_tensors(path: Path, slots: list[TensorSlot] | None = None) -> dict[str,
                     )
                     continue
                 array = fresh_array(slot.shape, slot.dtype)
-                if read_into(handle, array.reshape(-1).view(np.uint8).data) != slot.nbytes:
+                if read_into(handle, array) != slot.nbytes:
                     raise DecodeError(f"tensor {slot.name!r} is cut short in {path.name}")
                 tensors[slot.name] = array
     except OSError as error:
@@ -473,15 +473,15 @@ SMALL_PAGES_BYTES = 4 << 20
 
 def fresh_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
     """An uninitialised array that a payload is about to be copied into, once: a large
-    one is an anonymous mapping of its own advised ``MADV_NOHUGEPAGE`` and then populated
-    in one call (:func:`populate`). numpy advises huge pages for every array of 4 MiB or
+    one is an anonymous mapping of its own advised ``MADV_NOHUGEPAGE``, whose pages the
+    filler populates a range at a time just before it copies into them
+    (:func:`populate`). numpy advises huge pages for every array of 4 MiB or
     more, and on the project's VM (transparent huge pages on ``madvise``, the kernel
     compacting memory to find each 2 MiB page at its first touch) filling a fresh 1 GiB
     array that way took 2.1-2.5 CPU s and 4-9 s, against 0.6-0.8 CPU s and 1.3-2.8 s with
     small pages (fresh processes, read from the page cache or copied from memory;
     docs/daemon.md). An array written once and then read once gains nothing from huge
-    pages' fewer TLB misses. The mapping is unmapped when the array goes. Invoked from
-    worker threads (the populate takes a while: it releases the GIL)."""
+    pages' fewer TLB misses. The mapping is unmapped when the array goes."""
     count = math.prod(shape)
     nbytes = count * dtype.itemsize
     advise = getattr(mmap, "MADV_NOHUGEPAGE", None)
@@ -490,9 +490,7 @@ def fresh_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
     memory = mmap.mmap(-1, nbytes)
     with contextlib.suppress(OSError):  # advice: a kernel without THP takes none
         memory.madvise(advise)
-    array = np.frombuffer(memory, dtype, count).reshape(shape)
-    populate(array.ctypes.data, nbytes)
-    return array
+    return np.frombuffer(memory, dtype, count).reshape(shape)
 
 
 MADV_POPULATE_WRITE = 23
@@ -519,23 +517,31 @@ def _libc_madvise() -> Callable[[int, int, int], int] | None:
 _MADVISE = _libc_madvise()
 
 
-def populate(address: int, nbytes: int) -> None:
-    """Fault in a fresh mapping's pages in one call before it is filled: one
+def populate(array: np.ndarray, start: int, nbytes: int) -> None:
+    """Fault in bytes ``start`` to ``start + nbytes`` of a fresh array (from
+    :func:`fresh_array`) in one call, just before they are filled: one
     ``madvise(MADV_POPULATE_WRITE)`` instead of a page fault per 4 KiB page. Filling a
-    fresh 1 GiB mapping from memory took 1.6-1.7 CPU s faulted page by page and 0.7-1.0
-    CPU s populated first, on the project's VM (docs/daemon.md). Called through ctypes,
-    which releases the GIL (the mmap module's ``madvise`` holds it for the whole call,
-    up to seconds for a GiB on a loaded machine: the event loop would stall). A kernel
-    before 5.14 refuses the advice, and the pages are faulted as they are written."""
-    if _MADVISE is not None:
-        _MADVISE(address, nbytes, MADV_POPULATE_WRITE)  # -1 (EINVAL) on an older kernel
+    fresh 1 GiB mapping from memory took 1.72-1.81 CPU s faulted page by page and
+    1.35-1.41 CPU s populated first, on the project's VM (docs/daemon.md). A range at a
+    time, as the bytes arrive: the whole array at once would put a GiB's populate before
+    its first range. Called through ctypes, which releases the GIL (the mmap module's
+    ``madvise`` holds it for the whole call, seconds for a GiB on a loaded machine: the
+    event loop would stall). Small arrays (numpy's own memory) and kernels before 5.14,
+    which refuse the advice, fault their pages as they are written."""
+    if _MADVISE is None or array.nbytes < SMALL_PAGES_BYTES:
+        return
+    address = array.ctypes.data + start
+    aligned = address - address % mmap.PAGESIZE  # madvise takes page-aligned addresses
+    _MADVISE(aligned, nbytes + address - aligned, MADV_POPULATE_WRITE)
 
 
-def read_into(handle: io.BufferedReader, target: memoryview) -> int:
-    """Fill ``target`` from ``handle``'s position, ``CHUNK_BYTES`` a call; the bytes read
-    (fewer at the end of the file)."""
+def read_into(handle: io.BufferedReader, array: np.ndarray) -> int:
+    """Fill a fresh ``array`` from ``handle``'s position, ``CHUNK_BYTES`` a call, each
+    range populated first; the bytes read (fewer at the end of the file)."""
+    target = array.reshape(-1).view(np.uint8).data
     filled = 0
     while filled < len(target):
+        populate(array, filled, min(CHUNK_BYTES, len(target) - filled))
         count = handle.readinto(target[filled : filled + CHUNK_BYTES])
         if not count:
             break
@@ -562,8 +568,9 @@ class TensorReceiver:
         """Bytes of the payload consumed by headers and data so far."""
         self._count: int | None = None
         self._tensors: dict[str, np.ndarray] = {}
-        self._filling: tuple[memoryview, int] | None = None
-        """The array being received (as bytes) and how much of it came."""
+        self._filling: tuple[memoryview, int, np.ndarray | None] | None = None
+        """The array being received (as bytes), how much of it came, and the array (a
+        fresh one, populated a range at a time; None for a string tensor's bytes)."""
         self._strings: dict[str, tuple[bytearray, TensorSlot]] = {}
         """String tensors' bytes, decoded by :meth:`tensors`."""
 
@@ -590,13 +597,15 @@ class TensorReceiver:
         self.size += len(view)
         while view:
             if self._filling is not None:
-                target, filled = self._filling
+                target, filled, array = self._filling
                 take = min(len(view), len(target) - filled)
+                if array is not None:
+                    populate(array, filled, take)
                 target[filled : filled + take] = view[:take]
                 view = view[take:]
                 self._position += take
                 filled += take
-                self._filling = None if filled == len(target) else (target, filled)
+                self._filling = None if filled == len(target) else (target, filled, array)
             elif self._count is not None and len(self._tensors) == self._count:
                 raise DecodeError(f"payload has {len(view)} bytes after its last tensor")
             else:
@@ -643,12 +652,12 @@ class TensorReceiver:
             self._strings[slot.name] = (encoded, slot)
             self._tensors[slot.name] = np.empty(0, slot.dtype)
             if slot.nbytes:
-                self._filling = (memoryview(encoded), 0)
+                self._filling = (memoryview(encoded), 0, None)
             return
         array = fresh_array(slot.shape, slot.dtype)
         self._tensors[slot.name] = array
         if slot.nbytes:
-            self._filling = (array.reshape(-1).view(np.uint8).data, 0)
+            self._filling = (array.reshape(-1).view(np.uint8).data, 0, array)
 
     def hexdigest(self) -> str:
         """The sha256 of the bytes received (a receiver made with ``hashed``)."""
