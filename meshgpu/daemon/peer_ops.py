@@ -387,14 +387,15 @@ class _Upload:
     def write(self, offset: int, chunk: bytes | memoryview) -> None:
         """Write one range to the scratch file and to the warm copy's arrays (in a worker
         thread). The writer's checks decide; a range the arrays refuse (a malformed
-        header, which the layout check of the file refuses as well) ends the warm copy
-        only (``warm_failed``: released on the loop)."""
+        header, which the layout check of the file refuses as well) or that finds no
+        memory for its array ends the warm copy only (``warm_failed``: released on the
+        loop): the upload never fails for it."""
         self.writer.write(offset, chunk)
         warm = self.warm
         if warm is not None and not self.warm_failed:
             try:
                 warm.write(offset, chunk)
-            except MeshError:
+            except (MeshError, OSError, MemoryError):
                 self.warm_failed = True
 
     def take_warm(self) -> TensorReceiver | None:

@@ -127,3 +127,19 @@ async def test_a_run_takes_the_warm_copy_instead_of_the_file(tmp_path: Path) -> 
     assert plane.counted == ["warm_inputs_taken"]
     again = await plane.plane.fetch_inputs(digest, ["w"], durable=False, arrays=True)
     assert again.path == plane.payloads.path(digest, INPUTS)  # a second run reads the file
+
+
+async def test_an_upload_whose_warm_copy_finds_no_memory_is_stored_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, data, digest = payload()
+
+    def no_memory(*args: Any) -> Any:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr("meshgpu.daemon.blobs.fresh_array", no_memory)
+    fakes = ops(tmp_path)
+    fakes.peer_ops.warm = warm = WarmInputs(budget_bytes=1 << 30)
+    assert await upload(fakes.peer_ops, data, digest) == {"stored": True, "digest": digest}
+    assert fakes.payloads.path(digest, INPUTS).read_bytes() == data
+    assert len(warm) == 0 and warm.used_bytes == 0
