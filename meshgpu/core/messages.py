@@ -216,6 +216,13 @@ def envelope_prefix(sender: NodeId, incarnation: int, view: int) -> bytes:
     return b"\x96" + header
 
 
+def encode_value(value: object) -> bytes:
+    """The msgpack bytes of one msgpack-native value, packed as inside every datagram
+    (for callers that splice pre-encoded parts, such as push-pull's member records)."""
+    packed: bytes = _PACK(value)
+    return packed
+
+
 def encode_body(body: Message) -> bytes:
     """``[tag, *fields]`` of a datagram's body (see :func:`envelope_prefix`)."""
     packed: bytes = _PACK([body.TAG, *body.to_fields()])

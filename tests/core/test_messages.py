@@ -23,8 +23,10 @@ from meshgpu.core.membership.wire import (
     PingReq,
     PushPull,
     Suspect,
+    encode_push_pull,
     new_ack,
     new_ping,
+    shared_member_record,
 )
 from meshgpu.core.messages import (
     EMPTY_PIGGYBACK,
@@ -124,6 +126,24 @@ def test_kept_prefix_plus_body_is_the_bare_encoding(
     spliced = envelope_prefix(sender, incarnation, view) + encode_body(body) + EMPTY_PIGGYBACK
     assert spliced == encode_bare(sender, incarnation, view, body)
     assert decode(spliced) == Envelope(sender, incarnation, view, body)
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 35, 70000])  # fixarray, array16, array32
+def test_push_pull_spliced_from_packed_records_is_the_plain_encoding(count: int) -> None:
+    """send_push_pull splices each record's bytes, packed once per process: the body
+    must be encode_body's, and so must the head NodeContext.send builds from it."""
+    states = ("alive", "suspect", "dead", "left")
+    records = tuple(
+        shared_member_record(f"n-{i:05d}", (f"10.0.{i // 250}.{i % 250}", i), states[i % 4], i)
+        for i in range(count)
+    )
+    for reply, part in ((False, 0), (True, 200)):
+        body = PushPull(reply, part, 300, records)
+        spliced = encode_push_pull(body)
+        assert spliced == encode_body(body)
+        assert encode_push_pull(body) == spliced  # from the packed records this time
+        head = b"\x95" + envelope_prefix("n-1", 3, 4)[1:] + spliced
+        assert head == encode_head("n-1", 3, 4, body)
 
 
 def test_slot_built_ping_and_ack_equal_the_dataclass_ones() -> None:

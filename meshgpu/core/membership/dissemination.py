@@ -30,6 +30,7 @@ from meshgpu.core.membership.wire import (
     MemberRecord,
     PushPull,
     Suspect,
+    encode_push_pull,
 )
 from meshgpu.core.messages import Envelope, Message, encode_item
 from meshgpu.core.timers import Timers
@@ -171,7 +172,8 @@ class Dissemination:
             chunks = chunk_records(records)
             self._push_pull_chunks = (records, chunks)
         for part, chunk in enumerate(chunks):
-            self.context.send(address, PushPull(reply, part, len(chunks), chunk))
+            body = PushPull(reply, part, len(chunks), chunk)
+            self.context.send(address, body, encoded_body=encode_push_pull(body))
         self._send_items(address, [encode_item(m) for m in extra or []])
 
     def _send_items(self, address: Address, items: list[bytes]) -> None:
@@ -194,8 +196,25 @@ class Dissemination:
     ) -> None:
         """Merge a peer's table; answer a request (part 0) with ours."""
         self.context.count("push_pull_records_received", len(message.members))
+        table = self.table
+        apply_record = table.apply_record
+        members = table.members
+        me = table.node_id
+        sender = envelope.sender
         for record in message.members:
-            self.table.apply_record(record, envelope.sender, now)
+            # apply_record's first test without the call: an alive record at or below the
+            # incarnation we hold changes nothing. Nearly every record is one, and the
+            # records per event are what grows with the mesh (a table of n records every
+            # push-pull period, which grows only as log n).
+            if record.state == "alive":
+                info = members.get(record.node_id)
+                if (
+                    info is not None
+                    and record.incarnation <= info.incarnation
+                    and record.node_id != me
+                ):
+                    continue
+            apply_record(record, sender, now)
         if not message.reply and message.part == 0:
             extra: list[Message] = []
             for component in self.anti_entropy_source:
