@@ -1,10 +1,10 @@
-"""Each way the engine lowers a convolution, pinned: the implicit GEMM over wide rows
-(``conv_gemm6``), over padded rows for stride 2 (``conv_gemm_s2``), with and without the
-zero-padded input copy, im2col where dropped columns would cost more, depthwise layers on
-planes padded in local memory (``depthwise_plane``) or in a copy (``conv_depthwise``), and
-the cases that must fall back. Every case checks
-the kernels the plan chose *and* the numbers against ``onnx.reference``, so a change to the
-layout rule cannot silently drop a path's coverage."""
+"""Each way the engine lowers a convolution, pinned: Winograd F(2x2, 3x3) for wide stride-1
+3x3 layers, the implicit GEMM over wide rows (``conv_gemm6``), over padded rows for stride 2
+(``conv_gemm_s2``), with and without the zero-padded input copy, im2col where dropped
+columns would cost more, depthwise layers on planes padded in local memory
+(``depthwise_plane``) or in a copy (``conv_depthwise``), and the cases that must fall back.
+Every case checks the kernels the plan chose *and* the numbers against ``onnx.reference``,
+so a change to the layout rule cannot silently drop a path's coverage."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def _run_conv(session, batch, channels, size, out_channels, kernel, attrs, *, re
 
 _DEPTHWISE = ["depthwise_plane"]
 _PADDED_COPY = ["pad_planes", "conv_depthwise"]
+_WINOGRAD = ["pad_planes", "winograd_input", "conv_gemm6", "winograd_output"]
 
 PATH_CASES = [
     # (batch, C, (H, W), M, kernel, attrs, residual, kernels the plan must use)
@@ -81,6 +82,11 @@ PATH_CASES = [
     (2, 64, (7, 7), 100, (1, 1), {}, True, ["conv_pointwise"]),
     (1, 80, (14, 14), 160, (1, 1), {}, False, ["conv_gemm6"]),
     (1, 64, (8, 8), 16, (1, 1), {}, False, ["conv_gemm6"]),
+    # Winograd F(2x2, 3x3): stride-1 3x3 layers of 128 channels or more; rows of whole and
+    # partial 8-tile groups, odd output sizes, asymmetric pads, two images, a residual.
+    (1, 128, (5, 20), 128, (3, 3), {"pads": [1, 1, 1, 1]}, True, _WINOGRAD),
+    (2, 128, (7, 9), 136, (3, 3), {"pads": [0, 2, 1, 0]}, False, _WINOGRAD),
+    (1, 128, (9, 9), 128, (3, 3), {"dilations": [2, 2], "pads": [2, 2, 2, 2]}, False, None),
     # 1200 output channels on a 7x7 map: two dropped columns per row cost more than im2col.
     (1, 8, (7, 7), 1200, (3, 3), {"pads": [1, 1, 1, 1]}, False, ["im2col_panels", "gemm_8x8"]),
     # Vertical stride 2 with horizontal stride 1: neither layout gives contiguous taps.

@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from meshgpu.errors import ModelError, UnsupportedOperatorError
-from meshgpu.inference.opencl import fusion, lower_depthwise, lower_excitation, lower_pointwise
+from meshgpu.inference.opencl import (
+    fusion,
+    lower_depthwise,
+    lower_excitation,
+    lower_pointwise,
+    lower_winograd,
+)
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
@@ -220,6 +226,20 @@ def lower_conv(builder: PlanBuilder, node: Node) -> None:
     if lower_pointwise.takes(conv):
         lower_pointwise.lower_pointwise(
             builder, node, conv, x, epilogue, pack, folded_bias, output, channel_offset
+        )
+        return
+    if lower_winograd.takes(conv):
+        lower_winograd.lower_winograd(
+            builder,
+            node,
+            conv,
+            x,
+            epilogue,
+            lambda: weight * scale[:, None, None, None],
+            key,
+            folded_bias,
+            output,
+            channel_offset,
         )
         return
     layout = choose_layout(conv)

@@ -131,6 +131,47 @@ def _gemm6_variants(
     return list(variants.values())
 
 
+def queue_gemm6(
+    builder: PlanBuilder,
+    node: Node,
+    args: list[KernelArg],
+    activation: tuple[float, float],
+    *,
+    tiles: int,
+    row_tiles: int,
+    images: int,
+    tuning_shape: tuple[int, ...],
+) -> None:
+    """Queue ``conv_gemm6`` over ``tiles`` 16-column tiles, ``row_tiles`` 6-row tiles and
+    ``images`` (groups times images): ``args`` are the kernel's arguments up to ``act``; the
+    rule below picks the tiles per work-item and the tuner measures its neighbours."""
+    per_item = tiles if row_tiles * images >= CONV_ROW_PARALLELISM else CONV_COLUMN_TILES
+    column_items = -(-tiles // per_item)
+    row_groups = min(row_tiles, -(-CONV_WORK_ITEMS // (column_items * images)))
+    rows_per_item = -(-row_tiles // row_groups)
+    full: list[KernelArg] = [
+        *args,
+        f32(activation[0]),
+        f32(activation[1]),
+        _i32(per_item),
+        _i32(rows_per_item),
+    ]
+    builder.launch(
+        node,
+        CORE_SOURCE,
+        "conv_gemm6",
+        full,
+        grid=(column_items, -(-row_tiles // rows_per_item), images),
+        local=(1, 1, 1),
+        # the rule's tile counts first; neighbours measured per device (tuning.py)
+        variants=_gemm6_variants(
+            tiles, row_tiles, images, (per_item, rows_per_item), len(full) - 2
+        ),
+        tuning_shape=tuning_shape,
+        prefer_first_variant=True,
+    )
+
+
 def _is_wide(conv: ConvShape) -> bool:
     return conv.stride_h == 1 and conv.stride_w == 1
 
@@ -241,37 +282,17 @@ def lower_implicit(
     strides.append(output.shape[1] * pixels)
     depth = conv.group_channels * conv.kernel_h * conv.kernel_w
     if _is_wide(conv):
-        tiles = -(-layout.columns // (2 * PANEL))
-        row_tiles = -(-conv.groups_out // CONV6_ROWS)
-        images = conv.groups * conv.batch
-        per_item = tiles if row_tiles * images >= CONV_ROW_PARALLELISM else CONV_COLUMN_TILES
-        column_items = -(-tiles // per_item)
-        row_groups = min(row_tiles, -(-CONV_WORK_ITEMS // (column_items * images)))
-        rows_per_item = -(-row_tiles // row_groups)
         sizes = [conv.groups_out, depth, layout.columns, layout.row_pitch]
         sizes += [conv.out_h, conv.out_w, conv.groups]
-        args: list[KernelArg] = [
-            pack(CONV6_ROWS),
-            *head,
-            *(_i32(v) for v in (*sizes, *strides, *flags)),
-            f32(act_a),
-            f32(act_b),
-            _i32(per_item),
-            _i32(rows_per_item),
-        ]
-        builder.launch(
+        queue_gemm6(
+            builder,
             node,
-            CORE_SOURCE,
-            "conv_gemm6",
-            args,
-            grid=(column_items, -(-row_tiles // rows_per_item), images),
-            local=(1, 1, 1),
-            # the rule's tile counts first; neighbours measured per device (tuning.py)
-            variants=_gemm6_variants(
-                tiles, row_tiles, images, (per_item, rows_per_item), len(args) - 2
-            ),
+            [pack(CONV6_ROWS), *head, *(_i32(v) for v in (*sizes, *strides, *flags))],
+            (act_a, act_b),
+            tiles=-(-layout.columns // (2 * PANEL)),
+            row_tiles=-(-conv.groups_out // CONV6_ROWS),
+            images=conv.groups * conv.batch,
             tuning_shape=(conv.groups, conv.batch, conv.groups_out, depth, layout.columns),
-            prefer_first_variant=True,
         )
         return True
     blocks = -(-layout.columns // PANEL)

@@ -9,9 +9,16 @@ from meshgpu.inference.opencl.kernels.implicit_conv import IMPLICIT_CONV_SOURCE
 from meshgpu.inference.opencl.kernels.pointwise import POINTWISE_SOURCE
 from meshgpu.inference.opencl.kernels.spatial import SPATIAL_SOURCE
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
+from meshgpu.inference.opencl.kernels.winograd import WINOGRAD_SOURCE
 
 CORE_SOURCE = (
-    VECTOR_SOURCE + GEMM_SOURCE + IMPLICIT_CONV_SOURCE + POINTWISE_SOURCE + "\n" + SPATIAL_SOURCE
+    VECTOR_SOURCE
+    + GEMM_SOURCE
+    + IMPLICIT_CONV_SOURCE
+    + WINOGRAD_SOURCE
+    + POINTWISE_SOURCE
+    + "\n"
+    + SPATIAL_SOURCE
 )
 
 __all__ = ["CORE_SOURCE"]
