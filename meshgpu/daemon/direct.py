@@ -146,9 +146,16 @@ class DirectRuns:
         """Direct runs that failed transiently and went to the table instead."""
 
     def allowed(
-        self, request: Message, requirements: DeviceRequirements, tensors: dict[str, np.ndarray]
+        self,
+        request: Message,
+        requirements: DeviceRequirements,
+        tensors: dict[str, np.ndarray],
+        deadline_s: float | None = None,
     ) -> bool:
-        """True when the task of ``request`` may run here now (module doc: the rules)."""
+        """True when the task of ``request`` may run here now (module doc: the rules);
+        ``deadline_s``: its deadline, which the expected wait and run must meet (a direct
+        run is never expired: a task that may not make its deadline goes to the table,
+        whose leader fails it with the deadline named when it passes)."""
         if not request.get("direct", True) or self._leaving():
             return False
         executor = self.executor
@@ -161,7 +168,10 @@ class DirectRuns:
         if expected is None:
             return False
         # Its own run after one run for every ``slots`` admitted before it.
-        if expected * (1 + self.in_flight // slots) > DIRECT_RUN_S:
+        expected_wait_and_run = expected * (1 + self.in_flight // slots)
+        if expected_wait_and_run > DIRECT_RUN_S:
+            return False
+        if deadline_s is not None and expected_wait_and_run > deadline_s:
             return False
         capabilities = self._capabilities()
         me = WorkerView(

@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 
 RESULT_TIMEOUT_S = 300.0
 """Longest an infer request waits for its task's outcome."""
+EXPIRY_SLACK_S = 2.0
+"""How long past its deadline a request waits for the mesh to expire its task (the
+leader checks deadlines every ``tick_interval_s``, 0.1 s, and the failure then travels
+to this node) before it answers 504 itself."""
 TARGETS_TIMEOUT_S = 2.0
 SHARED_GROUPS = 256
 """Coalesced groups whose decoded answers are kept for their members' requests."""
@@ -189,12 +193,19 @@ class DaemonHttpSources:
         model: CatalogModel,
         feeds: dict[str, np.ndarray],
         placement: Mapping[str, list[str]] | None = None,
+        deadline_s: float | None = None,
     ) -> InferOutcome:
+        """Run one request as a mesh task: ``placement`` its ``require``/``prefer``
+        labels, ``deadline_s`` its deadline (the task's ``deadline_s``, as the client's
+        ``submit(deadline_s=...)`` and ``meshgpu submit --deadline`` set it: the leader
+        fails a task not done in time, with the deadline named)."""
         if self._leaving():
             raise Unavailable(f"node {self.node_id} is leaving the mesh; send to another node")
         await self._local_path(model)
         request: dict[str, Any] = {"model_digest": model.digest, "inputs": encode_tensors(feeds)}
         request.update(placement or {})
+        if deadline_s is not None:
+            request["deadline_s"] = deadline_s
         started = time.perf_counter()
         try:
             answer = await self.handlers.submissions.submit(request)
@@ -213,34 +224,48 @@ class DaemonHttpSources:
         ref = parse_task_ref(answer["task_id"])
         if isinstance(ref, MemberId):  # coalesced with concurrent requests (coalescing.py)
             try:
-                return await self._member_outcome(ref)
+                return await self._member_outcome(ref, deadline_s)
             finally:
                 self.handlers.collect(ref)
         try:
-            outcome = await self._outcome(ref)
+            outcome = await self._outcome(ref, deadline_s)
         finally:
             self.handlers.resolved.pop(ref, None)
             self._feed(ResultCollected(ref))
         return outcome
 
-    async def _resolution_of(self, task_id: TaskId) -> fx.TaskResolved:
+    async def _resolution_of(
+        self, task_id: TaskId, deadline_s: float | None = None
+    ) -> fx.TaskResolved:
+        """The task's resolution, waited for ``RESULT_TIMEOUT_S`` at most, or until a
+        little past its deadline (``EXPIRY_SLACK_S``) when it has one."""
         handlers = self.handlers
         self._feed(ResultRequested(task_id))
-        with trio.move_on_after(RESULT_TIMEOUT_S):
+        wait_s = RESULT_TIMEOUT_S
+        if deadline_s is not None:
+            wait_s = min(wait_s, deadline_s + EXPIRY_SLACK_S)
+        with trio.move_on_after(wait_s):
             while task_id not in handlers.resolved:
                 await handlers.resolution()
         resolved = handlers.resolved.get(task_id)
         if resolved is None:
+            if deadline_s is not None and wait_s < RESULT_TIMEOUT_S:
+                raise DeadlineExceeded(
+                    f"task {task_id}: {DEADLINE_REASON}: not done within {deadline_s:g} s "
+                    "(the request's timeout parameter); the mesh fails it shortly"
+                )
             raise DeadlineExceeded(
                 f"task {task_id} was not done within {RESULT_TIMEOUT_S:.0f} s; it goes on in "
                 "the mesh"
             )
         return resolved
 
-    async def _member_outcome(self, member: MemberId) -> InferOutcome:
+    async def _member_outcome(
+        self, member: MemberId, deadline_s: float | None = None
+    ) -> InferOutcome:
         """The outcome of one member of a coalesced group, from the group's result
         (fetched and decoded once for the members waiting on it here)."""
-        resolved = await self._resolution_of(member.group)
+        resolved = await self._resolution_of(member.group, deadline_s)
         shared = self._group_answers.get(member.group)
         if shared is None:
             shared = self._group_answers[member.group] = _SharedGroup()
@@ -273,9 +298,9 @@ class DaemonHttpSources:
         entry = self.status.entry(member.group)
         return member.index + 1 if entry is None else entry.spec.members
 
-    async def _outcome(self, task_id: TaskId) -> InferOutcome:
+    async def _outcome(self, task_id: TaskId, deadline_s: float | None = None) -> InferOutcome:
         handlers = self.handlers
-        resolved = await self._resolution_of(task_id)
+        resolved = await self._resolution_of(task_id, deadline_s)
         message: dict[str, Any] = await handlers.outcome(resolved, True)
         if message["state"] == "unavailable" or _unplaceable(message):
             # done, its holders unreachable now; or no live node to run it: retry later

@@ -68,7 +68,7 @@ def explained_reason(reason: str, deadline_s: float | None) -> str:
     if reason == DEADLINE_REASON and deadline_s is not None:
         return (
             f"deadline exceeded: not done within {deadline_s:g} s of its submission "
-            "(--deadline / deadline_s)"
+            "(--deadline, deadline_s, or the HTTP request's timeout parameter)"
         )
     return reason
 

@@ -229,7 +229,7 @@ class Submissions:
         if tensors:
             # Every field is checked as the table would (the digest is _enqueue's).
             spec = self._spec(request, tensors, input_digest="-")
-            if self.direct.allowed(request, spec.requirements, tensors):
+            if self.direct.allowed(request, spec.requirements, tensors, spec.deadline_s):
                 answer = await self.direct.run(request, tensors)
                 if answer is not None:
                     return answer

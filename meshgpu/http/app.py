@@ -86,10 +86,12 @@ class Sources:
     model_info: Callable[[CatalogModel], Awaitable[ModelInfo]]
     """The model's signature, its bytes fetched to this node first if need be."""
     infer: Callable[
-        [CatalogModel, dict[str, np.ndarray], Mapping[str, list[str]]], Awaitable[InferOutcome]
+        [CatalogModel, dict[str, np.ndarray], Mapping[str, list[str]], float | None],
+        Awaitable[InferOutcome],
     ]
     """Run one request; the third argument is its placement (``require`` / ``prefer``
-    label lists, possibly empty)."""
+    label lists, possibly empty), the fourth its deadline in seconds (the request's
+    ``timeout`` parameter; None: none)."""
     load: Callable[[CatalogModel], Awaitable[None]]
     unload: Callable[[CatalogModel], Awaitable[None]]
     loaded: Callable[[CatalogModel], bool]
@@ -277,7 +279,7 @@ def build_app(
         ok = False
         outcome: InferOutcome | None = None
         try:
-            outcome = await sources.infer(model, feeds, parsed.placement)
+            outcome = await sources.infer(model, feeds, parsed.placement, parsed.deadline_s)
             ok = True
         except Unavailable as error:
             raise HttpError(503, str(error)) from None

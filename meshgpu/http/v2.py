@@ -84,6 +84,10 @@ class InferRequest:
     """The request's ``binary_data_output``: every output not named otherwise is binary."""
     placement: dict[str, list[str]] = field(default_factory=dict)
     """The request parameters ``require`` and ``prefer`` (worker labels, ``KEY=VALUE``)."""
+    deadline_s: float | None = None
+    """The request parameter ``timeout`` (microseconds, Triton's schedule-policy
+    extension, what ``tritonclient``'s ``infer(timeout=...)`` sends) in seconds: the
+    task's deadline. None without it or for 0, which the protocol reads as no timeout."""
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -268,6 +272,7 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     if not isinstance(parameters, dict):
         raise ProtocolError("'parameters' must be an object")
     request.binary_default = bool(parameters.get("binary_data_output", False))
+    request.deadline_s = _deadline_s(parameters.get("timeout"))
     for name in ("require", "prefer"):
         labels = parameters.get(name)
         if labels is None:
@@ -295,6 +300,23 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
             if options.get("binary_data", request.binary_default):
                 request.binary.add(output["name"])
     return request
+
+
+def _deadline_s(timeout: object) -> float | None:
+    """The request parameter ``timeout`` (microseconds; 0 or absent: none) in seconds."""
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout < 0
+    ):
+        raise ProtocolError(
+            f"parameter 'timeout' is the request's timeout in microseconds, a number >= 0 "
+            f"(0: none), got {timeout!r}"
+        )
+    return None if timeout == 0 else timeout / 1e6
 
 
 def encode_response(

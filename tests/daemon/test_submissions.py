@@ -167,6 +167,7 @@ async def test_an_idle_node_runs_a_tiny_task_at_once(tmp_path: Path, autojump_cl
         ({}, {"direct": False}),  # the client wants the table
         ({}, {"prefer": ["room=lab1"]}),  # a preference: the leader decides
         ({}, {"device_type": "gpu"}),  # a requirement this node misses
+        ({}, {"deadline_s": DIRECT_RUN_S / 4}),  # a deadline the expected run would miss
     ],
 )
 async def test_anything_but_an_idle_capable_node_goes_to_the_table(
@@ -191,6 +192,20 @@ async def test_a_slow_or_cold_model_goes_to_the_table(tmp_path: Path, autojump_c
     assert not m.direct.allowed(request(), requirements, tensors)
     m.executor.expected = DIRECT_RUN_S / 2
     assert m.direct.allowed(request(), requirements, tensors)
+
+
+async def test_a_deadline_shorter_than_the_expected_run_goes_to_the_table(
+    tmp_path: Path, autojump_clock
+) -> None:
+    """A direct run is never expired: a task that may miss its deadline goes to the
+    table, whose leader fails it with the deadline named (an HTTP timeout of 1 us was
+    run directly and answered 200)."""
+    m = mesh(tmp_path)
+    tensors = {"x": X}
+    requirements = DeviceRequirements()
+    m.executor.expected = DIRECT_RUN_S / 2
+    assert m.direct.allowed(request(), requirements, tensors, DIRECT_RUN_S)
+    assert not m.direct.allowed(request(), requirements, tensors, DIRECT_RUN_S / 4)
 
 
 async def concurrent_answers(m: Mesh, count: int) -> list[dict[str, Any]]:

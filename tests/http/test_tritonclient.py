@@ -332,3 +332,53 @@ def test_a_datatype_the_model_does_not_declare_is_a_clear_400(
     with pytest.raises(InferenceServerException, match="is FP64; model 'digits' takes FP32"):
         client.infer("digits", [feed])
     client.close()
+
+
+def test_tritonclients_timeout_is_the_tasks_deadline_and_its_passing_a_504_naming_it(
+    tmp_path: Path,
+) -> None:
+    """``infer(timeout=...)`` (microseconds, Triton's schedule-policy parameter) reaches
+    the task as its deadline: on a node whose device holds each run for 5 s, a 0.5 s
+    timeout is answered 504 with the deadline named, long before the run ends."""
+    import dataclasses
+
+    import trio
+    from tritonclient.utils import InferenceServerException
+
+    from meshgpu.daemon.runtime import Daemon
+    from meshgpu.http.settings import HttpSettings
+    from tests.daemon.test_runtime import settings
+
+    raised: list[InferenceServerException] = []
+
+    def infer(port: int) -> float:
+        client = tritonclient_http.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=120.0)
+        feed = tritonclient_http.InferInput("pixels", [1, 64], "FP32")
+        feed.set_data_from_numpy(PIXELS[:1], binary_data=True)
+        started = time.monotonic()
+        try:
+            client.infer("digits", [feed], timeout=500_000)
+        except InferenceServerException as error:
+            raised.append(error)
+        finally:
+            client.close()
+        return time.monotonic() - started
+
+    async def scenario() -> float:
+        slow = dataclasses.replace(
+            settings(tmp_path / "solo"), device="synthetic:5000", http=HttpSettings(port=0)
+        )
+        async with trio.open_nursery() as nursery:
+            daemon: Daemon = await nursery.start(Daemon(slow).run)
+            assert daemon.http is not None
+            port = daemon.http.port
+            with trio.fail_after(120):
+                took = await trio.to_thread.run_sync(infer, port)
+            daemon.request_stop()
+        return took
+
+    took = trio.run(scenario)
+    (error,) = raised
+    assert error.status() == "504", error
+    assert "deadline exceeded: not done within 0.5 s" in str(error.message()), error
+    assert took < 5.0  # answered at the deadline, not after the 5 s run

@@ -149,3 +149,32 @@ def test_nested_json_strings_keep_their_shape() -> None:
                      "data": [["a", "b"], ["c", "d"]]}]}
     ).encode()  # fmt: skip
     same(parse_request(body, None).inputs["x"], np.array([["a", "b"], ["c", "d"]], dtype=object))
+
+
+def timed_request(parameters: dict[str, Any]) -> bytes:
+    tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
+    return json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "deadline_s"),
+    [
+        ({}, None),
+        ({"timeout": None}, None),
+        ({"timeout": 0}, None),
+        ({"timeout": 500_000}, 0.5),
+        ({"timeout": 2.5e6}, 2.5),
+    ],
+)
+def test_the_timeout_parameter_in_microseconds_is_the_deadline(
+    parameters: dict[str, Any], deadline_s: float | None
+) -> None:
+    """Triton's schedule-policy ``timeout`` (what tritonclient's ``infer(timeout=...)``
+    sends in the body's parameters), 0 meaning none."""
+    assert parse_request(timed_request(parameters), None).deadline_s == deadline_s
+
+
+@pytest.mark.parametrize("timeout", [-1, "500", True, [1]])
+def test_a_timeout_that_is_no_count_of_microseconds_is_refused(timeout: Any) -> None:
+    with pytest.raises(ProtocolError, match="'timeout' is the request's timeout in microseconds"):
+        parse_request(timed_request({"timeout": timeout}), None)
