@@ -336,7 +336,7 @@ def encode_response(
     tensors = []
     blobs = []
     for name in names:
-        array = np.ascontiguousarray(outputs[name])
+        array = np.asarray(outputs[name], order="C")  # keeps a rank-0 output's shape []
         entry: dict[str, Any] = {
             "name": name,
             "datatype": datatype_of(array),

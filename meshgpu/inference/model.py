@@ -300,7 +300,8 @@ def validate_feeds(spec: InputSpec, feeds: Mapping[str, Any]) -> dict[str, np.nd
                         f"{bound[1]!r} has {want}={bound[0]}; a symbolic dimension must "
                         f"agree across inputs (expected {expected}, got {got})"
                     )
-        checked[name] = np.ascontiguousarray(array)
+        # Not np.ascontiguousarray: it turns a rank-0 array into shape (1,).
+        checked[name] = np.asarray(array, order="C")
     return checked
 
 

@@ -100,6 +100,15 @@ def test_every_datatype_is_answered_as_json_and_as_binary(datatype: str, binary:
     same(again.inputs["y"], array)
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_scalar_output_is_answered_with_shape_empty(binary: bool) -> None:
+    request = InferRequest(inputs={}, binary_default=binary)
+    content, length = encode_response("m", "1", {"y": np.float32(9.0) * np.ones((), np.float32)},
+                                      request, {"worker": "n"})  # fmt: skip
+    header = json.loads(content if length is None else content[:length])
+    assert header["outputs"][0]["shape"] == []
+
+
 @pytest.mark.parametrize(
     ("datatype", "data", "complaint"),
     [

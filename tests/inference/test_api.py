@@ -15,7 +15,7 @@ from meshgpu.cli import main
 from meshgpu.errors import DeviceError, InferenceError, UnsupportedOperatorError
 from meshgpu.inference.model import SHIPPED_MODELS
 
-from .tiny_models import two_input_model, unsupported_op_model
+from .tiny_models import scalar_model, two_input_model, unsupported_op_model
 
 DIGITS = SHIPPED_MODELS["digits"]
 
@@ -80,6 +80,15 @@ def test_device_implies_backend_and_conflicts_are_errors() -> None:
         inference.load("digits", backend="onnxruntime", device="opencl:0")
     with pytest.raises(InferenceError, match="unknown backend 'cuda'"):
         inference.load("digits", backend="cuda")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["opencl", "onnxruntime"])
+def test_a_scalar_input_stays_a_scalar(backend: str) -> None:
+    # np.ascontiguousarray makes a rank-0 array shape (1,): the feed checks must not use it.
+    session = inference.load(scalar_model(), backend=backend)  # type: ignore[arg-type]
+    results = session.run({"x": np.array(3.0, np.float32)})
+    assert results["square"].shape == ()
+    assert float(results["square"]) == 9.0
 
 
 @pytest.mark.parametrize("backend", ["opencl", "onnxruntime"])

@@ -55,3 +55,16 @@ def two_input_model() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
+
+
+def scalar_model() -> onnx.ModelProto:
+    """x * x on a rank-0 float32: a scalar in, a scalar out."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "x"], ["square"], name="square")],
+        "scalar",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("square", TensorProto.FLOAT, [])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
