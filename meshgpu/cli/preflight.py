@@ -7,8 +7,9 @@ message names the daemon's cache path instead of the file the user gave. A ``.np
 file that cannot be read used to surface as a traceback from inside the client's
 submission loop, after part of the submission had been sent.
 
-Checked: the model parses as ONNX; every ``--input`` name is one of the model's inputs
-and every input without a default (an initializer) is given; every ``.npy`` file has a
+Checked: the model parses as ONNX and keeps no weights in external data files (only the
+``.onnx`` file is sent); every ``--input`` name is one of the model's inputs and every
+input without a default (an initializer) is given; every ``.npy`` file has a
 readable header and holds the bytes its header promises; the output directory can be
 created. Files are memory-mapped, so
 checking 200 large files reads 200 headers, not their contents.
@@ -53,6 +54,14 @@ def model_inputs(blob: ModelBlob) -> ModelInputs:
             f"model {blob.name} is not a valid ONNX file ({error}); export it again "
             "(torch.onnx.export, tf2onnx) or check that the download is complete"
         ) from None
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer):
+        # Only the .onnx file is sent: the weights beside it would be missing on every
+        # worker, each failing the task with its own cache path instead of this file's name.
+        raise ModelError(
+            f"model {blob.name} keeps weights in external data files, which are not sent "
+            "to the mesh; embed them first: onnx.save_model(onnx.load(PATH), NEW_PATH) "
+            "(up to 2 GB)"
+        )
     constants = {init.name for init in proto.graph.initializer}
     names = tuple(value.name for value in proto.graph.input)
     return ModelInputs(names, tuple(name for name in names if name not in constants))

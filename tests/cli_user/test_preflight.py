@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from meshgpu.cli import main
 from meshgpu.cli.options import first_mesh_error
@@ -68,6 +68,25 @@ def test_a_corrupt_model_is_refused_with_the_users_file_name(tmp_path: Path) -> 
     np.save(sample, np.zeros(3, np.float32))
     code, output = submit(str(model), "-i", f"x={sample}")
     assert code == 1 and "broken.onnx is not a valid ONNX file" in output
+
+
+def test_a_model_with_external_weights_is_refused_before_sending(tmp_path: Path) -> None:
+    # Only the .onnx file travels: each worker would fail the task naming its cache path.
+    weights = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")  # raw_data: movable
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "external.onnx"
+    onnx.save_model(model, path, save_as_external_data=True, location="w.bin", size_threshold=0)
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.zeros((1, 2), np.float32))
+    code, output = submit(str(path), "-i", f"x={sample}")
+    assert code == 1 and "external.onnx keeps weights in external data files" in output
 
 
 def test_an_unknown_input_name_lists_the_models_inputs(pair: tuple[Path, Path]) -> None:
