@@ -67,10 +67,16 @@ def add(
 ) -> None:
     """Name the ONNX model file MODEL NAME in every node's catalog, with its dynamic
     batching settings (docs/task-queue.md, "Dynamic batching on the worker")."""
+    from meshgpu.cli.preflight import model_inputs
     from meshgpu.client.link import UPLOAD_CHUNK_BYTES
     from meshgpu.client.models import ModelBlob
+    from meshgpu.errors import MeshError
 
     blob = ModelBlob.of(model)
+    try:  # named by the user's file, before anything is uploaded
+        model_inputs(blob)
+    except MeshError as error:
+        raise click.ClickException(str(error)) from None
 
     async def work(client: Any) -> dict[str, Any]:
         if not (await client.call("has_model", digest=blob.digest))["has"]:

@@ -18,7 +18,7 @@ import trio
 from meshgpu.core.catalog import Batching, CatalogEntry, check_name
 from meshgpu.core.events import CatalogChange
 from meshgpu.daemon.modelstore import check_digest
-from meshgpu.errors import DecodeError, MeshError, TaskError
+from meshgpu.errors import DecodeError, MeshError, ModelError, TaskError
 
 SHIPPED_DIR = Path(__file__).parents[1] / "inference" / "models"
 SHIPPED = {"digits": SHIPPED_DIR / "digits.onnx"}
@@ -38,12 +38,20 @@ def shipped_batching() -> dict[str, Batching]:
 
 
 def read_batch_dimension(path: Path) -> bool:
-    """Whether the ONNX graph at ``path`` declares a free batch dimension (batching.py)."""
+    """Whether the ONNX graph at ``path`` declares a free batch dimension (batching.py);
+    a ModelError if it keeps weights in external data files, which no node has (a model
+    travels as its one ``.onnx`` file, so every run of it would fail)."""
     import onnx
 
     from meshgpu.daemon.batching import batch_dimension
 
-    return batch_dimension(onnx.load(str(path), load_external_data=False))
+    proto = onnx.load(str(path), load_external_data=False)
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer):
+        raise ModelError(
+            f"model {path.stem[:12]} keeps weights in external data files, which are not "
+            "uploaded; embed them first: onnx.save_model(onnx.load(PATH), NEW_PATH)"
+        )
+    return batch_dimension(proto)
 
 
 def default_batching(batch_axis: bool) -> Batching:

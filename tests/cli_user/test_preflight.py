@@ -70,8 +70,8 @@ def test_a_corrupt_model_is_refused_with_the_users_file_name(tmp_path: Path) -> 
     assert code == 1 and "broken.onnx is not a valid ONNX file" in output
 
 
-def test_a_model_with_external_weights_is_refused_before_sending(tmp_path: Path) -> None:
-    # Only the .onnx file travels: each worker would fail the task naming its cache path.
+def external_weights_model(path: Path) -> Path:
+    """``y = x @ w`` with ``w`` saved beside the model (ONNX external data)."""
     weights = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")  # raw_data: movable
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])],
@@ -81,12 +81,29 @@ def test_a_model_with_external_weights_is_refused_before_sending(tmp_path: Path)
         initializer=[weights],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    path = tmp_path / "external.onnx"
     onnx.save_model(model, path, save_as_external_data=True, location="w.bin", size_threshold=0)
+    return path
+
+
+def test_a_model_with_external_weights_is_refused_before_sending(tmp_path: Path) -> None:
+    # Only the .onnx file travels: each worker would fail the task naming its cache path.
+    path = external_weights_model(tmp_path / "external.onnx")
     sample = tmp_path / "x.npy"
     np.save(sample, np.zeros((1, 2), np.float32))
     code, output = submit(str(path), "-i", f"x={sample}")
     assert code == 1 and "external.onnx keeps weights in external data files" in output
+
+
+@pytest.mark.parametrize("broken", ["external", "garbage"])
+def test_models_add_names_the_users_file_before_uploading(tmp_path: Path, broken: str) -> None:
+    path = tmp_path / f"{broken}.onnx"
+    if broken == "external":
+        external_weights_model(path)
+    else:
+        path.write_bytes(b"not an onnx model at all " * 8)
+    outcome = CliRunner().invoke(main, ["models", "add", "m", str(path), "--peer", CLOSED_PEER])
+    assert outcome.exit_code == 1 and "Traceback" not in outcome.output
+    assert f"{broken}.onnx " in outcome.output, outcome.output
 
 
 def test_an_unknown_input_name_lists_the_models_inputs(pair: tuple[Path, Path]) -> None:

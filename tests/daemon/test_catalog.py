@@ -12,7 +12,7 @@ from meshgpu.core.catalog import Batching, CatalogEntry
 from meshgpu.core.events import CatalogChange
 from meshgpu.daemon.batching import DEFAULT_BATCHING
 from meshgpu.daemon.catalog import SHIPPED, ModelCatalog, batching_of_request, shipped_digests
-from meshgpu.errors import DecodeError, TaskError
+from meshgpu.errors import DecodeError, ModelError, TaskError
 
 
 class Shelf:
@@ -136,3 +136,25 @@ def test_catalog_set_request_fields_are_checked() -> None:
     for bad in (("16", None), (True, None), (None, "2"), (None, False)):
         with pytest.raises(DecodeError):
             batching_of_request(*bad)
+
+
+async def test_a_model_with_external_weights_is_refused(tmp_path: Path) -> None:
+    # A model travels as its one .onnx file: external weights are on no node, so every
+    # run of a catalog entry pointing at it would fail.
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], initializer=[weights]
+    )
+    path = tmp_path / "external.onnx"
+    onnx.save_model(helper.make_model(graph), path, save_as_external_data=True, size_threshold=0)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    catalog, node = build(tmp_path, {digest: path})
+    with pytest.raises(ModelError, match="external data files"):
+        await catalog.set("external", digest)
+    assert node.fed == []
