@@ -38,6 +38,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
 )
 from dataclasses import dataclass, field
@@ -224,6 +225,17 @@ class MapSubmission:
         send, receive = trio.open_memory_channel[Completed](math.inf)
         feeding = trio.CancelScope()
         produced = trio.Event()
+        # The caller's iterable is read in the client's nursery: an error it raises
+        # (a generator that fails midway) would cancel the client itself and reach the
+        # loop as trio.Cancelled. It ends the feeding instead, and is raised to the
+        # loop once the items submitted before it are yielded (where map() raises it).
+        input_failure: list[Exception] = []
+
+        def guarded() -> Iterator[tuple[int, Mapping[str, Any]]]:
+            try:
+                yield from enumerate(many_inputs)
+            except Exception as error:
+                input_failure.append(error)
 
         def label_for(index: int) -> str | None:
             return label(index) if callable(label) else label
@@ -294,7 +306,7 @@ class MapSubmission:
 
         async def feed(requests: trio.Nursery) -> None:
             free = _Window(window)
-            inputs_left = enumerate(many_inputs)
+            inputs_left = guarded()
             probe_until = trio.current_time() + PROBE_MAX_S
             while True:
                 await free.acquire()
@@ -331,6 +343,8 @@ class MapSubmission:
                         while True:
                             chunk.append(receive.receive_nowait())
                     yield chunk
+            if input_failure:
+                raise input_failure[0]
         finally:
             feeding.cancel()
             with trio.CancelScope(shield=True), trio.move_on_after(STOP_GRACE_S + 0.5):

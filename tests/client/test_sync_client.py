@@ -81,6 +81,28 @@ def test_a_failed_task_in_map_raises_and_the_client_still_closes_cleanly(fake_pe
     assert not client._thread.is_alive()
 
 
+def test_an_inputs_generator_that_raises_reaches_the_loop_and_spares_the_client(
+    fake_peer,
+) -> None:
+    # The generator is read in the client's nursery: its error used to cancel the client
+    # and reach the loop as trio.Cancelled.
+    _, peer = fake_peer
+
+    def inputs() -> Iterator[dict[str, np.ndarray]]:
+        yield {"x": np.ones(1, np.float32)}
+        yield {"x": np.full(1, 2, np.float32)}
+        raise ValueError("the third input could not be read")
+
+    with Client(f"127.0.0.1:{peer.port}", environ={}) as client:
+        taken = []
+        with pytest.raises(ValueError, match="third input"):
+            for item in client.map(fakes.MODEL, inputs()):
+                taken.append(item.index)
+        assert sorted(taken) == [0, 1]  # what was submitted before the error comes first
+        handle = client.submit(fakes.MODEL, {"x": np.ones(1, np.float32)})  # still usable
+        assert float(handle.result(timeout=10)["y"][0]) == 2.0
+
+
 def test_a_resolved_handle_answers_without_the_clients_loop(fake_peer, monkeypatch) -> None:
     mesh, peer = fake_peer
     mesh.direct = True  # the answer to the submit is the result
