@@ -153,8 +153,15 @@ class DataDirLock:
         self._handle: IO[str] | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held for life)
+        try:  # the daemon's first write to its data dir: a read-only one fails here
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held for life)
+        except OSError as error:
+            raise StorageError(
+                f"cannot use data dir {self.path.parent}: {error.strerror} "
+                f"({error.filename}); the daemon writes its identity, journal and "
+                "payloads there: give it a writable --data-dir"
+            ) from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

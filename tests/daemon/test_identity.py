@@ -101,6 +101,13 @@ def test_second_daemon_on_same_dir_is_refused_with_pid(tmp_path: Path) -> None:
         pass
 
 
+def test_a_data_dir_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    # A read-only mount fails the same way (EROFS) as this path under a file (ENOTDIR).
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StorageError, match=r"cannot use data dir .*a-file/data.*--data-dir"):
+        DataDirLock(tmp_path / "a-file" / "data").acquire()
+
+
 def test_copied_data_dir_twin_is_refused_by_the_newcomer(tmp_path: Path) -> None:
     original = tmp_path / "original"
     identity = IdentityStore(original).start()
