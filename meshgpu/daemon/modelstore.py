@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from meshgpu.daemon.journal import storage_error
 from meshgpu.errors import DigestMismatchError, StorageError
 
 DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -54,7 +55,10 @@ class ModelWriter:
         self._store = store
         self.digest = digest
         self.path = store.directory / f"{digest}.{secrets.token_hex(4)}.partial"
-        self._handle = open(self.path, "wb")  # noqa: SIM115 (closed in commit/abort)
+        try:
+            self._handle = open(self.path, "wb")  # noqa: SIM115 (closed in commit/abort)
+        except OSError as error:
+            raise storage_error(error, f"storing model {digest[:12]}") from None
         self._hash = hashlib.sha256()
         self.size = 0
 
@@ -63,7 +67,7 @@ class ModelWriter:
             self._handle.write(chunk)
         except OSError as error:
             self.abort()
-            raise StorageError(f"cannot write model {self.digest[:12]}: {error}") from None
+            raise storage_error(error, f"storing model {self.digest[:12]}") from None
         self._hash.update(chunk)
         self.size += len(chunk)
 
@@ -82,10 +86,13 @@ class ModelWriter:
             return self._store._install(self.path, self.digest, self.size)
         except OSError as error:
             self.abort()
-            raise StorageError(f"cannot install model {self.digest[:12]}: {error}") from None
+            raise storage_error(error, f"installing model {self.digest[:12]}") from None
 
     def abort(self) -> None:
-        self._handle.close()
+        # close() flushes what is buffered: on a full disk it fails again (ENOSPC), and
+        # must not hide the error being reported nor keep the partial file.
+        with contextlib.suppress(OSError):
+            self._handle.close()
         self.path.unlink(missing_ok=True)
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meshgpu.daemon.modelstore import ModelStore, digest_of
-from meshgpu.errors import DigestMismatchError, StorageError
+from meshgpu.errors import DigestMismatchError, DiskFullError, StorageError
 
 
 def model(n: int, size: int = 1000) -> bytes:
@@ -37,6 +39,38 @@ def test_chunked_fetch_is_verified_before_install(tmp_path: Path) -> None:
         bad.commit()
     assert not store.has(digest_of(model(3)))
     assert not list(tmp_path.glob("*.partial"))
+
+
+class FullDiskFile:
+    """A file on a full disk: writes are buffered, flushing them fails (as close does)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fileno(self) -> int:
+        return int(self.real.fileno())
+
+    def close(self) -> None:
+        self.real.close()
+        self.flush()
+
+
+def test_a_full_disk_while_storing_a_model_is_a_disk_full_error(tmp_path: Path) -> None:
+    # abort() closed the file, which flushed again: the second ENOSPC escaped as a bare
+    # OSError (an "internal error" to the client) and left the partial file behind.
+    store = ModelStore(tmp_path, max_bytes=10_000)
+    writer = store.writer(digest_of(model(5)))
+    writer._handle = FullDiskFile(writer._handle)  # type: ignore[assignment]
+    writer.write(model(5))
+    with pytest.raises(DiskFullError, match="disk full while installing model"):
+        writer.commit()
+    assert not list(tmp_path.glob("*.partial")) and not store.has(digest_of(model(5)))
 
 
 def test_put_with_wrong_expected_digest_is_refused(tmp_path: Path) -> None:
