@@ -187,6 +187,7 @@ def join(
     from meshgpu.daemon.auth import load_mesh_key
     from meshgpu.daemon.discovery import parse_advertise, parse_peer
     from meshgpu.daemon.foreground import serve_until_signalled
+    from meshgpu.daemon.framing import keep_frame_memory
     from meshgpu.daemon.runtime import Daemon
     from meshgpu.daemon.settings import (
         FILE_ONLY_KEYS,
@@ -324,6 +325,7 @@ def join(
         )
         wrote_state.append(state_path)
 
+    keep_frame_memory()  # large frames reuse the heap's pages (daemon/framing.py)
     try:
         trio.run(serve_until_signalled, Daemon(settings), started)
     except MeshError as error:

@@ -46,6 +46,45 @@ _BIN_32 = b"\xc6"
 """msgpack's marker of a ``bin`` with a 4-byte length (what ``packb`` uses past 64 KiB)."""
 
 
+FRAME_HEAP_BYTES = 160 << 20
+"""Freed memory a daemon's heap keeps for the next large frames (``keep_frame_memory``):
+the ranges of an upload in flight (the sender's window and a relay's, 8 of 16 MiB) and
+some slack."""
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+"""glibc's largest ``M_MMAP_THRESHOLD`` on 64-bit: a frame up to it comes from the heap."""
+
+
+def keep_frame_memory() -> bool:
+    """Have glibc's heap keep the memory of freed large frames for the next ones (invoked
+    once, as a daemon process starts). A large frame is read into a buffer of its size
+    (:meth:`FrameStream._receive_into`); with several 16 MiB ranges in flight, glibc
+    gave each one fresh pages (past its dynamic mmap threshold, or trimmed from the top
+    of the heap when the window's frames were freed), so every byte of a GiB received
+    also cost a page fault: 0.85-1.1 system CPU s a GiB on the project's VM, whose freed
+    pages the host takes back (virtio-balloon free page reporting) and faults in again.
+    With frames below ``_MMAP_THRESHOLD_MAX`` served from the heap and up to
+    ``FRAME_HEAP_BYTES`` of freed memory kept at its top, the same loop of four 16 MiB
+    buffers at a time faults nothing after the first round. Larger frames (up to the
+    64 MiB frame limit) are mapped and unmapped as before. False where the C library is
+    not glibc (the call is skipped; nothing changes but the page faults)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, FRAME_HEAP_BYTES)
+    )
+
+
 def pack(message: Any) -> bytes:
     """msgpack bytes of a message (bytes stay bytes, str stays str)."""
     return b"".join(pack_pieces(message))

@@ -129,6 +129,8 @@ class Daemon:
         self.leaving = False
         self.load_meter: LoadMeter | None = None
         self.stopped_because: BaseException | None = None
+        self._incarnation_unsaved = False
+        """The last incarnation write failed (logged once, not on every retry)."""
         self.address: Address = ("0.0.0.0", 0)
         """Where peers reach this node: gossiped, announced by mDNS (``--advertise``)."""
         self.listen_address: Address = ("0.0.0.0", 0)
@@ -592,8 +594,13 @@ class Daemon:
         try:
             self.identity_store.save(NodeIdentity(self.node_id, incarnation, self.dir_token))
         except StorageError as error:
-            logger.error("%s", error)
+            if not self._incarnation_unsaved:
+                logger.error("%s; trying again each second while the node serves", error)
+            self._incarnation_unsaved = True
             return False
+        if self._incarnation_unsaved:
+            logger.info("incarnation %d written to %s", incarnation, self.identity_store.path)
+        self._incarnation_unsaved = False
         return True
 
     async def flushed(self) -> None:
