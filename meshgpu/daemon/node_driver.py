@@ -11,7 +11,8 @@ Contract: the driver takes the node (``DrivenNode``: ``handle``, ``next_deadline
 ``incarnation``), where effects go (``EffectSink``), and three
 callables: ``count`` (daemon counters), ``save_incarnation`` (write a raised
 incarnation down before any datagram announcing it leaves; returns whether it was
-written) and ``before_tick`` (drain datagrams already received before a due timer fires,
+written; a failed write is tried again on the first event ``SAVE_RETRY_S`` later, not on
+every event) and ``before_tick`` (drain datagrams already received before a due timer fires,
 ``GossipSocket.take_queued``). It knows nothing else of the daemon.
 """
 
@@ -28,6 +29,10 @@ from meshgpu.core.effects import Effect, TaskAccepted
 from meshgpu.core.events import DatagramReceived, Event, SubmitTask, Tick
 
 logger = logging.getLogger("meshgpu.daemon")
+
+SAVE_RETRY_S = 1.0
+"""After a failed incarnation write (a full disk), the first event this much later tries
+again: every event (each datagram) trying, and logging, made hundreds of lines a second."""
 
 
 class DrivenNode(Protocol):
@@ -78,6 +83,7 @@ class NodeDriver:
         self._save_incarnation = save_incarnation
         self._before_tick = before_tick
         self._saved_incarnation = node.incarnation
+        self._save_retry_at = -math.inf
         self._deadline_moved = trio.Event()
         self._timer_deadline = -math.inf
         """The deadline the timer sleeps until; ``feed`` wakes it only for an earlier one."""
@@ -87,16 +93,20 @@ class NodeDriver:
         if logger.isEnabledFor(logging.DEBUG) and not isinstance(event, Tick | DatagramReceived):
             logger.debug("event %s", type(event).__name__)
         node = self.node
+        now = trio.current_time()
         try:
-            effects = node.handle(event, trio.current_time())
+            effects = node.handle(event, now)
         except Exception:
             # A core bug must not take the node's sockets down with it: log it loudly,
             # count it (status shows core_errors) and go on serving.
             self._count("core_errors")
             logger.exception("the core failed to handle %s", type(event).__name__)
             return
-        if node.incarnation > self._saved_incarnation and self._save_incarnation(node.incarnation):
-            self._saved_incarnation = node.incarnation
+        if node.incarnation > self._saved_incarnation and now >= self._save_retry_at:
+            if self._save_incarnation(node.incarnation):
+                self._saved_incarnation = node.incarnation
+            else:
+                self._save_retry_at = now + SAVE_RETRY_S
         if effects:
             self.effects.extend(effects, _claims_nothing(event, effects))
         if node.next_deadline() < self._timer_deadline:
