@@ -20,6 +20,7 @@ kinds could not run, and the pointer read is unchecked memory access).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,20 @@ import onnx
 from meshgpu.errors import DeviceError, InferenceError, ModelError, UnsupportedOperatorError
 from meshgpu.inference.model import InputSpec, graph_inputs
 from meshgpu.tensor_types import bfloat16
+
+_NOISE = re.compile(
+    r"\[ONNXRuntimeError\] : \d+ : \w+ : "
+    r"|/onnxruntime_src/\S+:\d+ [^()]*\((?:[^()]|\([^()]*\))*\)(?: const)? "
+)
+"""What onnxruntime puts around its message: the status code, and the C++ source line
+and function signature of the check that failed (200 characters of ``std::`` types)."""
+
+
+def readable(error: Exception) -> str:
+    """onnxruntime's message of ``error`` on one line, without its status code and the
+    C++ signature of the check that raised it (what a user can act on is the rest)."""
+    return " ".join(_NOISE.sub("", str(error)).split())
+
 
 _WIDENED_IN = "::float32-in"
 _WIDENED_OUT = "::float32-out"
@@ -92,8 +107,8 @@ class OnnxRuntimeSession:
                 model.SerializeToString(), options, providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # onnxruntime raises its own untyped pybind exceptions
-            message = str(error)
-            if "NOT_IMPLEMENTED" in message or "Could not find an implementation" in message:
+            message = readable(error)
+            if "NOT_IMPLEMENTED" in str(error) or "Could not find an implementation" in message:
                 raise UnsupportedOperatorError(
                     f"onnxruntime cannot run this model: {message}"
                 ) from error
@@ -120,7 +135,7 @@ class OnnxRuntimeSession:
         try:
             values: list[Any] = self._session.run(names, feeds)
         except Exception as error:  # onnxruntime's pybind exceptions have no public base
-            message = str(error)
+            message = readable(error)
             if "allocat" in message.lower() or "bad_alloc" in message:
                 raise DeviceError(f"onnxruntime ran out of memory: {message}") from error
             raise InferenceError(f"onnxruntime failed while running: {message}") from error

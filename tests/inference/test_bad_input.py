@@ -91,6 +91,19 @@ def test_corrupt_or_truncated_file_names_the_file(
     assert str(path) in str(raised.value)
 
 
+def test_onnxruntimes_refusal_is_one_line_without_its_cpp_signature() -> None:
+    # An opset newer than any release: onnxruntime's message carried its status code, a
+    # source line and a 200-character C++ signature, over several lines.
+    model = two_input_model()
+    model.opset_import[0].version = 99
+    with pytest.raises(ModelError) as raised:
+        inference.load(model, backend="onnxruntime")
+    message = str(raised.value)
+    assert "Opset 99" in message
+    assert "\n" not in message and "onnxruntime_src" not in message
+    assert "std::" not in message and "[ONNXRuntimeError]" not in message
+
+
 def test_missing_file_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         inference.load(tmp_path / "absent.onnx")
