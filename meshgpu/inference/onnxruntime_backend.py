@@ -138,6 +138,11 @@ class OnnxRuntimeSession:
             message = readable(error)
             if "allocat" in message.lower() or "bad_alloc" in message:
                 raise DeviceError(f"onnxruntime ran out of memory: {message}") from error
+            if "while running" in message and "node" in message:
+                # A kernel refused what the graph computed from these feeds (a Reshape to
+                # an impossible shape): the same on every node, so the task fails for good
+                # (ModelError, as the OpenCL executor says it), not after four attempts.
+                raise ModelError(f"onnxruntime failed while running: {message}") from error
             raise InferenceError(f"onnxruntime failed while running: {message}") from error
         if measuring:
             peak = _status_bytes("VmHWM") - self._baseline_rss

@@ -19,7 +19,12 @@ from meshgpu.inference import opencl
 from meshgpu.inference.model import SHIPPED_MODELS
 from meshgpu.inference.session import check_fits
 
-from .tiny_models import huge_model, two_input_model, unsupported_op_model
+from .tiny_models import (
+    huge_model,
+    runtime_reshape_failure_model,
+    two_input_model,
+    unsupported_op_model,
+)
 
 DIGITS = SHIPPED_MODELS["digits"]
 BACKENDS = ["opencl", "onnxruntime"]
@@ -102,6 +107,15 @@ def test_onnxruntimes_refusal_is_one_line_without_its_cpp_signature() -> None:
     assert "Opset 99" in message
     assert "\n" not in message and "onnxruntime_src" not in message
     assert "std::" not in message and "[ONNXRuntimeError]" not in message
+
+
+def test_a_kernel_refusing_the_computed_values_is_a_model_error() -> None:
+    # Deterministic: the same feeds fail on every node, so the task must fail for good
+    # (HTTP 400), as on the OpenCL executor, not be retried four times (HTTP 500).
+    session = inference.load(runtime_reshape_failure_model(), backend="onnxruntime")
+    with pytest.raises(ModelError, match="Reshape node") as raised:
+        session.run({"x": np.array([[1, 0, 3, 0]], np.float32)})
+    assert "onnxruntime_src" not in str(raised.value)
 
 
 def test_missing_file_is_a_model_error(tmp_path: Path) -> None:

@@ -68,3 +68,23 @@ def scalar_model() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
+
+
+def runtime_reshape_failure_model() -> onnx.ModelProto:
+    """NonZero (onnxruntime only) feeding a Reshape to [3, 5]: fails at run time unless the
+    input has exactly 15 non-zero coordinates."""
+    shape = numpy_helper.from_array(np.array([3, 5], np.int64), "shape")
+    graph = helper.make_graph(
+        [
+            helper.make_node("NonZero", ["x"], ["where"], name="where"),
+            helper.make_node("Cast", ["where"], ["float"], to=TensorProto.FLOAT, name="cast"),
+            helper.make_node("Reshape", ["float", "shape"], ["y"], name="reshape"),
+        ],
+        "runtime_failure",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5])],
+        initializer=[shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
