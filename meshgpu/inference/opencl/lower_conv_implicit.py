@@ -32,7 +32,7 @@ from meshgpu.inference.opencl.kernels.implicit_conv import (
 from meshgpu.inference.opencl.plan import PlanBuilder
 from meshgpu.inference.opencl.registry import f32
 from meshgpu.inference.opencl.registry import i32 as _i32
-from meshgpu.inference.opencl.tensors import FLOAT_BYTES, DeviceTensor, KernelArg
+from meshgpu.inference.opencl.tensors import FLOAT_BYTES, DeviceTensor, KernelArg, Storage
 from meshgpu.inference.opencl.tuning import Variant
 
 PANEL = 8
@@ -209,6 +209,36 @@ def _floats_read(conv: ConvShape, layout: ImplicitLayout, image_stride: int) -> 
     )
 
 
+def queue_padded_copy(
+    builder: PlanBuilder,
+    node: Node,
+    x: DeviceTensor,
+    planes: int,
+    image: tuple[int, int],
+    plane: tuple[int, int],
+    pads: tuple[int, int],
+    label: str,
+    floats: int = 0,
+) -> Storage:
+    """Queue ``pad_planes``: copy each of ``x``'s ``planes`` ``image``-sized planes into a
+    zeroed ``plane``-sized one at offset ``pads`` (top, left), so that the convolution
+    reading it needs no bounds checks. Invoked by the implicit GEMM, Winograd and depthwise
+    lowerings; the workspace holds at least ``floats`` floats (for kernels reading past the
+    last plane). Returns the padded copy."""
+    plane_h, plane_w = plane
+    padded = builder.workspace(max(floats, planes * plane_h * plane_w) * FLOAT_BYTES, label)
+    rows = planes * plane_h
+    builder.launch(
+        node,
+        CORE_SOURCE,
+        "pad_planes",
+        [x.storage, padded, *(_i32(v) for v in (*image, plane_h, plane_w, *pads, rows))],
+        total=rows,
+        local=(8,),
+    )
+    return padded
+
+
 def lower_implicit(
     builder: PlanBuilder,
     node: Node,
@@ -228,32 +258,16 @@ def lower_implicit(
     needed = _floats_read(conv, layout, image_stride)
     source: KernelArg
     if layout.copy_input:
-        padded = builder.workspace(
-            max(needed, conv.batch * image_stride) * FLOAT_BYTES, f"{node.name} padded input"
-        )
-        rows = conv.batch * conv.channels * layout.plane_h
-        builder.launch(
+        padded = queue_padded_copy(
+            builder,
             node,
-            CORE_SOURCE,
-            "pad_planes",
-            [
-                x.storage,
-                padded,
-                *(
-                    _i32(v)
-                    for v in (
-                        conv.height,
-                        conv.width,
-                        layout.plane_h,
-                        layout.plane_w,
-                        conv.pad_top,
-                        conv.pad_left,
-                        rows,
-                    )
-                ),
-            ],
-            total=rows,
-            local=(8,),
+            x,
+            conv.batch * conv.channels,
+            (conv.height, conv.width),
+            (layout.plane_h, layout.plane_w),
+            (conv.pad_top, conv.pad_left),
+            f"{node.name} padded input",
+            floats=needed,
         )
         source = padded
     else:

@@ -23,7 +23,6 @@ from meshgpu.errors import ModelError
 from meshgpu.inference.opencl import fusion
 from meshgpu.inference.opencl.geometry import window_geometry
 from meshgpu.inference.opencl.graph import Node
-from meshgpu.inference.opencl.kernels import CORE_SOURCE
 from meshgpu.inference.opencl.kernels.depthwise import (
     DEPTHWISE_PLANE_SOURCE,
     DEPTHWISE_SOURCE,
@@ -31,6 +30,7 @@ from meshgpu.inference.opencl.kernels.depthwise import (
 )
 from meshgpu.inference.opencl.kernels.elementwise import FLOAT32_EXPRESSIONS, unary_parameters
 from meshgpu.inference.opencl.kernels.vectors import VECTOR_SOURCE
+from meshgpu.inference.opencl.lower_conv_implicit import queue_padded_copy
 from meshgpu.inference.opencl.plan import PlanBuilder
 from meshgpu.inference.opencl.registry import f32, i32
 from meshgpu.inference.opencl.tensors import FLOAT_BYTES, DeviceTensor, KernelArg, Storage
@@ -212,23 +212,16 @@ def lower_depthwise(
     out_h, out_w = output_size
     stride_h, stride_w = strides
     dilation_h, dilation_w = dilations
-    pad_top, pad_left = pads
     plane_h, plane_w = geometry.plane
-    padded = builder.workspace(
-        batch * channels * plane_h * plane_w * FLOAT_BYTES, f"{node.name} padded input"
-    )
-    padded_rows = batch * channels * plane_h
-    builder.launch(
+    padded = queue_padded_copy(
+        builder,
         node,
-        CORE_SOURCE,
-        "pad_planes",
-        [
-            x.storage,
-            padded,
-            *(i32(v) for v in (height, width, plane_h, plane_w, pad_top, pad_left, padded_rows)),
-        ],
-        total=padded_rows,
-        local=(8,),
+        x,
+        batch * channels,
+        (height, width),
+        (plane_h, plane_w),
+        pads,
+        f"{node.name} padded input",
     )
     defines = epilogue.act_define() + "".join(
         f"#define {name} {value}\n"

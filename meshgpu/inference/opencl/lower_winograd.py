@@ -22,7 +22,11 @@ from meshgpu.inference.opencl.graph import Node
 from meshgpu.inference.opencl.kernels import CORE_SOURCE
 from meshgpu.inference.opencl.kernels.implicit_conv import CONV6_ROWS
 from meshgpu.inference.opencl.kernels.winograd import WINOGRAD_TILES
-from meshgpu.inference.opencl.lower_conv_implicit import ConvShape, queue_gemm6
+from meshgpu.inference.opencl.lower_conv_implicit import (
+    ConvShape,
+    queue_gemm6,
+    queue_padded_copy,
+)
 from meshgpu.inference.opencl.plan import PlanBuilder
 from meshgpu.inference.opencl.registry import f32, i32
 from meshgpu.inference.opencl.tensors import FLOAT_BYTES, DeviceTensor, KernelArg
@@ -92,31 +96,15 @@ def lower_winograd(
     # 2 tx0 and at 2 tx0 + 2, so a row holds 16 floats per group plus 2.
     plane_h, plane_w = 2 * tiles_h + 2, 16 * groups_per_row + 2
     planes = conv.batch * conv.channels
-    padded = builder.workspace(
-        planes * plane_h * plane_w * FLOAT_BYTES, f"{node.name} winograd padded input"
-    )
-    builder.launch(
+    padded = queue_padded_copy(
+        builder,
         node,
-        CORE_SOURCE,
-        "pad_planes",
-        [
-            x.storage,
-            padded,
-            *(
-                i32(v)
-                for v in (
-                    conv.height,
-                    conv.width,
-                    plane_h,
-                    plane_w,
-                    conv.pad_top,
-                    conv.pad_left,
-                    planes * plane_h,
-                )
-            ),
-        ],
-        total=planes * plane_h,
-        local=(8,),
+        x,
+        planes,
+        (conv.height, conv.width),
+        (plane_h, plane_w),
+        (conv.pad_top, conv.pad_left),
+        f"{node.name} winograd padded input",
     )
     transformed = builder.workspace(
         POSITIONS * conv.channels * pitch * FLOAT_BYTES, f"{node.name} winograd input"
