@@ -271,9 +271,10 @@ async def find_live_twin(
     node_id: NodeId, own_address: Address, seed: Address, authenticator: Authenticator
 ) -> tuple[bool, Address | None, str | None]:
     """Ask ``seed`` where it believes ``node_id`` lives; if that is not us and something
-    there answers to our id, that is a live twin. Returns (seed answered, twin address,
-    the twin's ``dir_token``). A stale record of our own previous run (nothing answers
-    there) is no twin."""
+    there answers to our id, that is a live twin. Returns (answered, twin address, the
+    twin's ``dir_token``); not answered (ask again) when the seed, or a node that accepted
+    the connection at that address, did not answer in time. A stale record of our own
+    previous run (nothing listens there) is no twin."""
     from meshgpu.daemon.rpc import open_rpc
 
     try:
@@ -294,7 +295,9 @@ async def find_live_twin(
         async with open_rpc(where, authenticator, connect_timeout=2.0) as rpc:
             with trio.fail_after(5.0):
                 reply = await rpc.call("ping")
-    except (MeshError, trio.TooSlowError):
+    except trio.TooSlowError:
+        return False, None, None  # connected but no answer: a busy twin, ask again
+    except MeshError:
         return True, None, None
     if reply.get("node_id") != node_id:
         return True, None, None

@@ -178,7 +178,8 @@ class PeerFinder:
         """Offer static ``--peer`` seeds to the node, again whenever one is not a member.
 
         Before the first offer to a seed, ask it whether a live node already uses our id
-        (a copied data dir): if one answers at another address, refuse to start.
+        (a copied data dir): if one answers at another address, refuse to start. A seed
+        that did not answer is asked again every round while this node is a newcomer.
         """
         seeds = []
         for text in self.peers:
@@ -200,14 +201,17 @@ class PeerFinder:
                     continue
                 if watch.offered(address, address in known, trio.current_time()):
                     self._count("seeds_unanswered")
-                if address in known:
-                    continue
+                # Asked until it answers while we are new, even once it is a live member:
+                # a seed too busy to answer the first time (a loaded machine) is reached by
+                # gossip all the same, and would otherwise never be asked again.
                 if address not in checked and self._newcomer():
                     verdict = await self.refuse_if_twin(address)
                     if verdict:
                         return
                     if verdict is False:
                         checked.add(address)
+                if address in known:
+                    continue
                 self._feed(PeerDiscovered(address))
             await trio.sleep(self.seed_interval)
 

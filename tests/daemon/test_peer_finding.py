@@ -121,6 +121,27 @@ async def test_a_seed_that_does_not_answer_is_asked_again(
     assert fakes.asked == [SEED] * 3 and len(fakes.fed) == 3
 
 
+async def test_a_seed_that_answers_only_once_live_is_still_asked_while_new(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A seed too busy to answer the twin question joins us by gossip all the same; the
+    newcomer asks it again, and stops when it names a live twin."""
+    fakes = Fakes(started=trio.current_time(), twin_at=OTHER)
+    fakes.answers = False
+    finder = fakes.finder([f"{SEED[0]}:{SEED[1]}"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(finder.run)
+        finder.find()
+        await trio.sleep(1.5)
+        assert fakes.asked == [SEED] * 2 and fakes.stopped == []
+        fakes.live.add(SEED)
+        fakes.answers = True
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    assert fakes.asked == [SEED] * 3 and len(fakes.fed) == 2  # a live member: not offered
+    assert len(fakes.stopped) == 1 and "127.0.0.1:7002" in str(fakes.stopped[0])
+
+
 async def test_a_silent_seed_is_counted_once(autojump_clock: trio.testing.MockClock) -> None:
     fakes = Fakes(started=trio.current_time())
     await run_for(fakes.finder([f"{SEED[0]}:{SEED[1]}"]), 30.0)
