@@ -80,12 +80,15 @@ def test_the_page_lists_every_member_and_shows_a_killed_node_die_live(
         return dict(rows)
 
     wait = WebDriverWait(driver, 60, poll_frequency=0.1)
-    wait.until(lambda _: states() == {"d0": "alive", "d1": "alive", "d2": "alive"})
+    every_alive = {"d0": "alive", "d1": "alive", "d2": "alive"}
+    wait.until(lambda _: states() == every_alive)
     link = driver.execute_script("return document.getElementById('link').textContent")  # type: ignore[attr-defined]
     assert link == "live"
     driver.execute_script("window.__sameDocument = true")  # type: ignore[attr-defined]
+    # What the page showed at the kill: a loaded machine may poll next only once d2 is
+    # already suspect.
+    seen = [states()["d2"]]
     mesh[2][0].kill()
-    seen: list[str] = []
 
     def dead() -> bool:
         state = states().get("d2", "")
@@ -100,7 +103,9 @@ def test_the_page_lists_every_member_and_shows_a_killed_node_die_live(
     assert "d2 suspect" in timeline and "d2 dead" in timeline, timeline
     assert driver.execute_script("return window.__sameDocument === true")  # type: ignore[attr-defined]
     assert seen[0] == "alive" and seen[-1] == "dead"
-    assert states()["d0"] == "alive" and states()["d1"] == "alive"
+    # The survivors are shown alive (waited for: on a loaded machine one may briefly
+    # suspect the other while d2's death is gossiped, and refute it).
+    wait.until(lambda _: states().get("d0") == "alive" and states().get("d1") == "alive")
     shot = artifacts(tmp_path) / "dashboard.png"
     assert driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
     assert shot.stat().st_size > 10_000

@@ -240,6 +240,18 @@ def agree(expected: set[str]) -> Callable[[dict[str, Status]], bool]:
     return check
 
 
+def agree_in_one_view(expected: set[str]) -> Callable[[dict[str, Status]], bool]:
+    """Condition: :func:`agree`, and every node in the same leader view. A node adopts a
+    newer view from the next envelope that carries it, so agreeing on the leader can come
+    a round of gossip before agreeing on its view number."""
+    agreed = agree(expected)
+
+    def check(statuses: dict[str, Status]) -> bool:
+        return agreed(statuses) and len({status["view"] for status in statuses.values()}) == 1
+
+    return check
+
+
 def describe(seen: dict[str, Status | str]) -> str:
     """A readable line per node: alive/suspect/dead members, leader and view."""
     lines = []
