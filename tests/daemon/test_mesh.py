@@ -21,7 +21,14 @@ from meshgpu.daemon.framing import unpack
 from meshgpu.daemon.identity import IdentityStore
 from meshgpu.daemon.rpc import open_rpc
 from meshgpu.errors import ClientError, IncompatiblePeerError
-from tests.daemon.meshprocs import MeshProcess, call, run_to_exit, start_node
+from tests.daemon.meshprocs import (
+    MeshProcess,
+    call,
+    launch_node,
+    run_to_exit,
+    start_node,
+    start_together,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,9 +46,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshKey, li
         first = start_node(root / "a", "--key-file", str(key_file), "--name", "node-a")
         nodes.append(first)
         seed = f"127.0.0.1:{first.port}"
-        for name in ("b", "c"):
-            nodes.append(
-                start_node(
+        nodes += start_together(
+            [
+                launch_node(
                     root / name,
                     "--key-file",
                     str(key_file),
@@ -50,7 +57,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshKey, li
                     "--name",
                     f"node-{name}",
                 )
-            )
+                for name in ("b", "c")
+            ]
+        )
         yield key, nodes
     finally:
         for node in nodes:

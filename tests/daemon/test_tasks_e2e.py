@@ -15,7 +15,7 @@ from meshgpu.daemon.auth import Authenticator
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors
 from meshgpu.daemon.rpc import open_rpc
 from meshgpu.errors import ClientError
-from tests.daemon.meshprocs import MeshProcess, call, start_node
+from tests.daemon.meshprocs import MeshProcess, call, launch_node, start_node, start_together
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,14 +35,10 @@ def reference() -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 def start_mesh(root: Path, count: int = 3) -> list[MeshProcess]:
-    nodes = [start_node(root / "n0", "--name", "n0")]
-    for index in range(1, count):
-        nodes.append(
-            start_node(
-                root / f"n{index}", "--name", f"n{index}", "--peer", f"127.0.0.1:{nodes[0].port}"
-            )
-        )
-    return nodes
+    first = start_node(root / "n0", "--name", "n0")
+    seed = ("--peer", f"127.0.0.1:{first.port}")
+    others = [launch_node(root / f"n{i}", "--name", f"n{i}", *seed) for i in range(1, count)]
+    return [first, *start_together(others)]
 
 
 @pytest.fixture

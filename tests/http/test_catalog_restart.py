@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.daemon.meshprocs import MeshProcess, start_node
+from tests.daemon.meshprocs import (
+    Launched,
+    MeshProcess,
+    launch_node,
+    start_together,
+    until_listening,
+)
 from tests.http.test_tritonclient import free_port, get_json, small_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -66,9 +72,9 @@ def wait_members(port: int, count: int) -> None:
         time.sleep(0.2)
 
 
-def start(root: Path, index: int, http_port: int, seed: MeshProcess | None) -> MeshProcess:
+def launch(root: Path, index: int, http_port: int, seed: MeshProcess | None) -> Launched:
     seeds = ["--peer", f"127.0.0.1:{seed.port}"] if seed is not None else []
-    return start_node(
+    return launch_node(
         root / f"r{index}", "--name", f"r{index}", "--http-port", str(http_port), *seeds
     )
 
@@ -97,8 +103,8 @@ def test_a_model_added_on_one_node_survives_a_restart_of_the_whole_mesh(
     ports = [free_port() for _ in range(3)]
     nodes: list[MeshProcess] = []
     try:
-        for index in range(3):
-            nodes.append(start(root, index, ports[index], nodes[0] if nodes else None))
+        nodes.append(until_listening(launch(root, 0, ports[0], None)))
+        nodes += start_together([launch(root, i, ports[i], nodes[0]) for i in (1, 2)])
         wait_members(ports[0], 3)
         entry = f"127.0.0.1:{nodes[0].port}"
         added = CliRunner().invoke(main, ["models", "add", NAME, str(model), "--peer", entry])
@@ -111,13 +117,12 @@ def test_a_model_added_on_one_node_survives_a_restart_of_the_whole_mesh(
         nodes.clear()
 
         # The last node back first, alone: what it lists comes from its own data dir.
-        last = start(root, 2, ports[2], None)
+        last = until_listening(launch(root, 2, ports[2], None))
         nodes.append(last)
         metadata = get_json(ports[2], f"/v2/models/{NAME}")  # no wait: listed at once
         assert isinstance(metadata, dict) and metadata["name"] == NAME
         check(ports[2])
-        for index in (0, 1):
-            nodes.append(start(root, index, ports[index], last))
+        nodes += start_together([launch(root, i, ports[i], last) for i in (0, 1)])
         wait_members(ports[2], 3)
         for port in ports:
             wait_listed(port)

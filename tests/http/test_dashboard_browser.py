@@ -6,15 +6,14 @@ artifact (``$MESHGPU_ARTIFACTS`` or the test's temporary directory)."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemon.meshprocs import MeshProcess, start_node
+from tests.daemon.meshprocs import MeshProcess
 from tests.http.headless_chromium import MISSING, headless_chromium, installed
-from tests.http.test_tritonclient import free_port, get_json
+from tests.http.test_tritonclient import start_http_mesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -25,23 +24,8 @@ pytest.importorskip("selenium.webdriver")
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[list[tuple[MeshProcess, int]]]:
-    nodes: list[tuple[MeshProcess, int]] = []
+    nodes = start_http_mesh(tmp_path, "d")
     try:
-        for index in range(3):
-            port = free_port()
-            seeds = ["--peer", f"127.0.0.1:{nodes[0][0].port}"] if nodes else []
-            process = start_node(
-                tmp_path / f"d{index}", "--name", f"d{index}", "--http-port", str(port), *seeds
-            )
-            nodes.append((process, port))
-        deadline = time.monotonic() + 60
-        while True:
-            status = get_json(nodes[0][1], "/mesh/status")
-            assert isinstance(status, dict)
-            if sum(m["state"] == "alive" for m in status["members"]) == 3:
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(0.2)
         yield nodes
     finally:
         for process, _ in nodes:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.daemon.meshprocs import MeshProcess, start_node
+from tests.daemon.meshprocs import MeshProcess, launch_node, start_node, start_together
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
@@ -35,18 +35,21 @@ def get_json(port: int, path: str) -> object:
         return json.loads(response.read())
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[MeshProcess, int]]]:
-    root = tmp_path_factory.mktemp("http-mesh")
-    nodes: list[tuple[MeshProcess, int]] = []
+def start_http_mesh(root: Path, prefix: str) -> list[tuple[MeshProcess, int]]:
+    """Three daemons with HTTP ports (the second and third started together, seeded by
+    the first), once every one sees all three alive; with their HTTP ports."""
+    ports = [free_port() for _ in range(3)]
+    first = start_node(root / f"{prefix}0", "--name", f"{prefix}0", "--http-port", str(ports[0]))
+    nodes = [(first, ports[0])]
     try:
-        for index in range(3):
-            port = free_port()
-            seeds = ["--peer", f"127.0.0.1:{nodes[0][0].port}"] if nodes else []
-            process = start_node(
-                root / f"h{index}", "--name", f"h{index}", "--http-port", str(port), *seeds
+        seed = ("--peer", f"127.0.0.1:{first.port}")
+        others = [
+            launch_node(
+                root / f"{prefix}{i}", "--name", f"{prefix}{i}", "--http-port", str(p), *seed
             )
-            nodes.append((process, port))
+            for i, p in enumerate(ports[1:], start=1)
+        ]
+        nodes += zip(start_together(others), ports[1:], strict=True)
         deadline = time.monotonic() + 60
         for _, port in nodes:
             while True:
@@ -56,6 +59,17 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[MeshPr
                     break
                 assert time.monotonic() < deadline, status
                 time.sleep(0.2)
+    except BaseException:
+        for process, _ in nodes:
+            process.stop()
+        raise
+    return nodes
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[MeshProcess, int]]]:
+    nodes = start_http_mesh(tmp_path_factory.mktemp("http-mesh"), "h")
+    try:
         yield nodes
     finally:
         for process, _ in nodes:

@@ -16,7 +16,13 @@ import trio
 from meshgpu.client import Client
 from meshgpu.daemon.auth import Authenticator, MeshKey
 from meshgpu.daemon.rpc import open_rpc
-from tests.daemon.meshprocs import MeshProcess, start_node
+from tests.daemon.meshprocs import (
+    Launched,
+    MeshProcess,
+    launch_node,
+    start_together,
+    until_listening,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,13 +55,16 @@ def test_an_open_mesh_moves_to_encryption_node_by_node_without_a_partition(
     submitted: list[str] = []
     pixels = np.zeros((1, 64), dtype=np.float32)
 
-    def start(name: str, *args: str) -> None:
+    def launch(name: str, *args: str) -> Launched:
         others = [n for other, n in nodes.items() if other != name]
         seed = ["--peer", f"127.0.0.1:{others[0].port}"] if others else []
         port = ["--port", str(nodes[name].port)] if name in nodes else []
-        nodes[name] = start_node(
+        return launch_node(
             tmp_path / name, "--name", name, "--device", "synthetic:20", *seed, *port, *args
         )
+
+    def start(name: str, *args: str) -> None:
+        nodes[name] = until_listening(launch(name, *args))
 
     def check_whole() -> None:
         """Every node sees all three alive; none was ever dead or refused anything."""
@@ -72,8 +81,10 @@ def test_an_open_mesh_moves_to_encryption_node_by_node_without_a_partition(
         submitted.extend(handle.task_id for handle in handles)  # type: ignore[union-attr]
 
     try:
-        for name in NAMES:
-            start(name)
+        first, *others = NAMES
+        start(first)
+        started = start_together([launch(name) for name in others])
+        nodes.update(zip(others, started, strict=True))
         check_whole()
         for flags in STAGES:
             for name in NAMES:

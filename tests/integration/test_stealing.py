@@ -15,7 +15,14 @@ import trio
 
 from meshgpu.client import AsyncClient
 from meshgpu.daemon.synthetic import RUN_LOG_VARIABLE
-from tests.daemon.meshprocs import MeshProcess, call, start_node
+from tests.daemon.meshprocs import (
+    Launched,
+    MeshProcess,
+    call,
+    launch_node,
+    start_together,
+    until_listening,
+)
 from tests.integration.conftest import WAIT_S, affine_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,18 +47,18 @@ async def test_idle_nodes_steal_waiting_tasks_and_each_is_delivered_once(tmp_pat
     runs = tmp_path / "runs.log"
     env = {RUN_LOG_VARIABLE: str(runs)}
 
-    def node(name: str, ms: int, *args: str) -> MeshProcess:
-        return start_node(
+    def node(name: str, ms: int, *args: str) -> Launched:
+        return launch_node(
             tmp_path / name,
             *("--name", name, "--device", f"synthetic:{ms}", "--slots", "1"),
             *("--config", str(config), *args),
             env=env,
         )
 
-    nodes = [node("slow", SLOW_MS)]
+    nodes = [until_listening(node("slow", SLOW_MS))]
     try:
         seed = ("--peer", f"127.0.0.1:{nodes[0].port}")
-        nodes += [node("fast-a", FAST_MS, *seed), node("fast-b", FAST_MS, *seed)]
+        nodes += start_together([node("fast-a", FAST_MS, *seed), node("fast-b", FAST_MS, *seed)])
         for each in nodes:
             await call(each, None, "wait", alive=len(nodes), timeout=WAIT_S)
         inputs = [np.full((1, 4), float(i), np.float32) for i in range(TASKS)]
