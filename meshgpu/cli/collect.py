@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import click
 
-from meshgpu.cli.options import connection_options, first_mesh_error, output_option
+from meshgpu.cli.options import SECONDS, connection_options, first_mesh_error, output_option
 from meshgpu.cli.report import collect_hint, tasks_line
 
 
@@ -76,7 +76,7 @@ def stem_of(task_id: str) -> str:
 @output_option("Directory for the outputs: one <stem>.npz per task.")
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this.")
+@click.option("--timeout", type=SECONDS, metavar="SECONDS", help="Give up waiting after this.")
 def collect(
     task_ids: tuple[str, ...],
     ids_file: TextIO | None,

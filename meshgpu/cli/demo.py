@@ -35,6 +35,8 @@ from typing import Any
 
 import click
 
+from meshgpu.cli.options import SECONDS
+
 KILL_CHOICES = ("leader", "worker", "entry", "none")
 
 
@@ -90,7 +92,7 @@ class Kill:
 @click.option("--keep", is_flag=True, help="Keep the temporary directory (daemon logs).")
 @click.option(
     "--timeout",
-    type=float,
+    type=SECONDS,
     default=180.0,
     show_default=True,
     help="Give up waiting for results after this many seconds (the rest count as lost).",

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from meshgpu.cli.options import connection_options, first_mesh_error, output_option
+from meshgpu.cli.options import SECONDS, connection_options, first_mesh_error, output_option
 from meshgpu.cli.report import (
     ERRORS_SHOWN,
     LEFT_IN_MESH,
@@ -74,7 +74,7 @@ def model_input_names(model: Any) -> list[str]:
     show_default=True,
     help="Nodes that must journal each task (and its inputs) before it is acknowledged.",
 )
-@click.option("--deadline", type=float, metavar="SECONDS", help="Fail a task not done by then.")
+@click.option("--deadline", type=SECONDS, metavar="SECONDS", help="Fail a task not done by then.")
 @click.option(
     "--no-wait",
     is_flag=True,
@@ -109,7 +109,7 @@ def model_input_names(model: Any) -> list[str]:
     help="Prefer nodes with this label (repeatable) when one can take the task now.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--timeout", type=float, metavar="SECONDS", help="Give up waiting after this.")
+@click.option("--timeout", type=SECONDS, metavar="SECONDS", help="Give up waiting after this.")
 def submit(
     model: str,
     input_specs: tuple[str, ...],

@@ -106,6 +106,18 @@ def test_models_add_names_the_users_file_before_uploading(tmp_path: Path, broken
     assert f"{broken}.onnx " in outcome.output, outcome.output
 
 
+@pytest.mark.parametrize(
+    "option", [("--deadline", "0"), ("--deadline", "nan"), ("--timeout", "-3"), ("--timeout", "x")]
+)
+def test_a_duration_that_is_not_a_positive_number_is_a_usage_error(
+    pair: tuple[Path, Path], option: tuple[str, str]
+) -> None:
+    # --timeout -3 was a ValueError traceback from trio; --deadline 0 a refused task.
+    model, sample = pair
+    code, output = submit(str(model), "-i", f"a={sample}", "-i", f"b={sample}", *option)
+    assert code == 2 and f"Invalid value for '{option[0]}'" in output
+
+
 def test_an_unknown_input_name_lists_the_models_inputs(pair: tuple[Path, Path]) -> None:
     model, sample = pair
     code, output = submit(str(model), "-i", f"a={sample}", "-i", f"c={sample}")

@@ -170,7 +170,7 @@ class TaskSpec:
             raise TaskError(f"replicas must be at least 1, got {self.replicas}")
         if self.members < 1:
             raise TaskError(f"members must be at least 1, got {self.members}")
-        if self.deadline_s is not None and self.deadline_s <= 0:
+        if self.deadline_s is not None and not self.deadline_s > 0:  # NaN too
             raise TaskError(f"deadline_s must be positive, got {self.deadline_s}")
         if self.label is not None and len(self.label) > LABEL_MAX:
             raise TaskError(
