@@ -42,6 +42,7 @@ from typing import Any, BinaryIO
 import msgpack
 import numpy as np
 
+from meshgpu.daemon.direct_writes import DirectRefused, DirectWriter
 from meshgpu.daemon.journal import storage_error
 from meshgpu.errors import DecodeError, DigestMismatchError, StorageError
 from meshgpu.tensor_types import (
@@ -191,105 +192,6 @@ class TensorBlob:
                 writer.write(writer.size, view[at : at + CHUNK_BYTES])
         writer.commit(None)
         return writer.hexdigest()
-
-
-DIRECT_BLOCK = 4096
-"""What a direct write's memory, offset and length are multiples of (the logical block
-size of common disks is 512 or 4096 bytes)."""
-
-
-class DirectWriter:
-    """Appends to a file with ``O_DIRECT``: the bytes go from an aligned staging buffer
-    of our own (``CHUNK_BYTES``, reused for every range) to the disk, not through the
-    page cache. Invoked for the durable copies of large payloads, whose writer fsyncs
-    them before they count (that fsync stays: a direct write may sit in the disk's
-    volatile cache, and the file's extents are metadata). A range costs one copy into
-    the staging buffer, where a buffered write costs one copy into fresh page-cache
-    pages, which the kernel must find, account, write back and, under memory pressure,
-    reclaim: on the project's VM a GiB written directly took 1.1-1.2 s and 0.2 CPU s
-    against 0.7-2.8 s and 0.5-1.1 CPU s buffered (docs/daemon.md). Whole blocks are
-    written as they fill; :meth:`finish` writes the last, partial block padded with
-    zeros and cuts the file to its size. :meth:`open` returns None where the
-    filesystem takes no direct I/O, and a write the kernel refuses (an alignment this
-    class does not meet) hands the bytes staged so far back (:meth:`write` raises
-    :class:`DirectRefused`): the caller goes on buffered."""
-
-    def __init__(self, descriptor: int) -> None:
-        self._descriptor = descriptor
-        self._stage = mmap.mmap(-1, CHUNK_BYTES)
-        self._staged = 0
-        self.written = 0
-        """Bytes on disk from the start of the file (a multiple of DIRECT_BLOCK)."""
-
-    @classmethod
-    def open(cls, path: Path) -> DirectWriter | None:
-        flag = getattr(os, "O_DIRECT", None)
-        if flag is None:
-            return None
-        try:
-            return cls(os.open(path, os.O_WRONLY | flag))
-        except OSError as error:
-            if error.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                return None
-            raise
-
-    def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        view = memoryview(chunk).cast("B")
-        while view:
-            take = min(len(view), CHUNK_BYTES - self._staged)
-            self._stage[self._staged : self._staged + take] = view[:take]
-            self._staged += take
-            view = view[take:]
-            self._flush(self._staged - self._staged % DIRECT_BLOCK)
-
-    def _flush(self, length: int) -> None:
-        """Write the first ``length`` staged bytes (whole blocks) and keep the rest."""
-        if not length:
-            return
-        refused: bytes | None = None
-        with memoryview(self._stage) as staged:
-            done = 0
-            while done < length:
-                try:
-                    done += os.pwrite(self._descriptor, staged[done:length], self.written + done)
-                except OSError as error:
-                    if error.errno != errno.EINVAL or done:
-                        raise
-                    refused = bytes(staged[: self._staged])
-                    break
-        if refused is not None:
-            raise DirectRefused(refused, self.written)
-        self.written += length
-        rest = self._staged - length
-        if rest:
-            self._stage.move(0, length, rest)
-        self._staged = rest
-
-    def finish(self, size: int) -> None:
-        """Write what is staged (a last partial block, padded) and cut the file to
-        ``size`` bytes; the caller fsyncs."""
-        if self._staged:
-            padded = -(-self._staged // DIRECT_BLOCK) * DIRECT_BLOCK
-            self._stage[self._staged : padded] = bytes(padded - self._staged)
-            self._staged = padded
-            self._flush(padded)
-        os.ftruncate(self._descriptor, size)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._descriptor)
-        with contextlib.suppress(BufferError):  # a view still held: unmapped with it
-            self._stage.close()
-
-
-class DirectRefused(Exception):
-    """The kernel refused a direct write: the bytes staged but not written (``data``,
-    to be written at ``offset``) go on buffered."""
-
-    def __init__(self, data: bytes, offset: int) -> None:
-        super().__init__(f"direct write refused at {offset}")
-        self.data = data
-        self.offset = offset
 
 
 def start_writeback(descriptor: int, offset: int, length: int) -> None:

@@ -1,0 +1,105 @@
+"""The direct writer's write-behind: the disk's write of a range overlaps the caller's
+next work, and what a queued write meets still reaches the caller before the copy
+counts."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from meshgpu.daemon import direct_writes
+from meshgpu.daemon.direct_writes import STAGE_BYTES, DirectWriter
+
+
+def _open(path: Path) -> DirectWriter:
+    path.touch()
+    writer = DirectWriter.open(path)
+    if writer is None:
+        pytest.skip("this filesystem takes no O_DIRECT")
+    return writer
+
+
+def test_write_returns_while_the_disk_still_writes_the_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole range is queued: ``write`` returns with its pwrite still blocked (the
+    caller hashes and copies meanwhile), and ``finish`` waits for every write."""
+    release = threading.Event()
+    started = threading.Event()
+    real_pwrite = os.pwrite
+
+    def slow_pwrite(descriptor: int, data: Any, offset: int) -> int:
+        started.set()
+        assert release.wait(10)
+        return real_pwrite(descriptor, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", slow_pwrite)
+    data = np.random.default_rng(1).bytes(STAGE_BYTES + 5000)
+    writer = _open(tmp_path / "copy")
+    writer.write(data[:STAGE_BYTES])
+    assert started.wait(10)  # the write is under way in the writer's thread
+    assert writer.written == STAGE_BYTES
+    release.set()
+    writer.write(data[STAGE_BYTES:])
+    writer.finish(len(data))
+    writer.close()
+    assert (tmp_path / "copy").read_bytes() == data
+
+
+def test_an_error_of_a_queued_write_is_raised_by_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk error (not a refusal) in the writer's thread fails the copy: the next
+    ``write`` or ``finish`` raises it, so the copy is never synced and counted."""
+
+    def failing_pwrite(descriptor: int, data: Any, offset: int) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pwrite", failing_pwrite)
+    writer = _open(tmp_path / "copy")
+    writer.write(bytes(STAGE_BYTES))
+    with pytest.raises(OSError) as raised:
+        writer.finish(STAGE_BYTES)
+    assert raised.value.errno == errno.EIO
+    writer.close()
+
+
+def test_closing_with_a_write_under_way_leaves_the_descriptor_to_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An abandoned copy (``close`` without ``finish``, on the event loop) does not wait
+    for the disk, and its descriptor is closed only once the write under way ended: a
+    number closed early could be reused by another file and written to."""
+    release = threading.Event()
+    started = threading.Event()
+    closed: list[int] = []
+    descriptor_closed = threading.Event()
+    real_pwrite, real_close = os.pwrite, os.close
+
+    def slow_pwrite(descriptor: int, data: Any, offset: int) -> int:
+        started.set()
+        assert release.wait(10)
+        assert descriptor not in closed
+        return real_pwrite(descriptor, data, offset)
+
+    def noting_close(descriptor: int) -> None:
+        closed.append(descriptor)
+        real_close(descriptor)
+        descriptor_closed.set()
+
+    writer = _open(tmp_path / "copy")
+    monkeypatch.setattr(os, "pwrite", slow_pwrite)
+    monkeypatch.setattr(direct_writes.os, "close", noting_close)
+    writer.write(bytes(STAGE_BYTES))
+    assert started.wait(10)
+    writer.close()
+    assert closed == []
+    release.set()
+    assert descriptor_closed.wait(10)
+    assert len(closed) == 1
