@@ -83,7 +83,7 @@ class DirectWriter:
         self._thread: threading.Thread | None = None
         self._closed = False
         """The writing thread while it has queued writes (it ends when it has none)."""
-        self._failure: OSError | None = None
+        self._failure: Exception | None = None
         self._refused: list[tuple[int, bytes]] = []
         """After a refused write: the bytes of it and of every write queued after it."""
         self.written = 0
@@ -147,14 +147,15 @@ class DirectWriter:
                         self._close_descriptor()
                     return
                 stage, length, offset = self._jobs.popleft()
-            if self._failure is None:
-                try:
+            try:
+                if self._failure is None:
                     self._write_out(stage, length, offset)
-                except OSError as error:
-                    self._failure = error
-            elif self._refused:  # the caller writes these buffered
-                self._refused.append((offset, bytes(stage[:length])))
-            self._spare.put(stage)
+                elif self._refused:  # the caller writes these buffered
+                    self._refused.append((offset, bytes(stage[:length])))
+            except Exception as error:  # raised to the caller by its next call
+                self._failure = error
+            finally:
+                self._spare.put(stage)  # the caller may be waiting for it
 
     def _write_out(self, stage: mmap.mmap, length: int, offset: int) -> None:
         with memoryview(stage) as staged:

@@ -60,10 +60,11 @@ def keep_frame_memory() -> bool:
     """Have glibc's heap keep the memory of freed large frames for the next ones (invoked
     once, as a daemon process starts). A large frame is read into a buffer of its size
     (:meth:`FrameStream._receive_into`); with several 16 MiB ranges in flight, glibc
-    gave each one fresh pages (past its dynamic mmap threshold, or trimmed from the top
-    of the heap when the window's frames were freed), so every byte of a GiB received
-    also cost a page fault: 0.85-1.1 system CPU s a GiB on the project's VM, whose freed
-    pages the host takes back (virtio-balloon free page reporting) and faults in again.
+    often gave them fresh pages (past its dynamic mmap threshold, or trimmed from the
+    top of the heap when the window's frames were freed), a page fault per 4 KiB
+    received: 0.85-1.1 system CPU s a GiB in the worst case, measured apart, on the
+    project's VM, whose freed pages the host takes back (virtio-balloon free page
+    reporting) and faults in again (docs/daemon.md, "Write-behind").
     With frames below ``_MMAP_THRESHOLD_MAX`` served from the heap and up to
     ``FRAME_HEAP_BYTES`` of freed memory kept at its top, the same loop of four 16 MiB
     buffers at a time faults nothing after the first round. Larger frames (up to the
