@@ -38,7 +38,8 @@ from meshgpu.tensor_types import payload_nbytes
 logger = logging.getLogger("meshgpu.http")
 
 SERVER_NAME = "meshgpu"
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+"""The protocol extensions this port serves (Triton's statistics extension is not)."""
 HEADER_LENGTH = "inference-header-content-length"
 INLINE_CODING_BYTES = 64 << 10
 """A request body or response tensors up to this size are decoded and encoded on the

@@ -98,6 +98,9 @@ async def test_health_and_server_metadata(node: Daemon) -> None:
     status, meta = await get_json(node, "/v2")
     assert status == 200 and meta["name"] == "meshgpu"
     assert "binary_tensor_data" in meta["extensions"]
+    # An extension named is one served: "statistics" was named with no stats endpoint, so
+    # tritonclient's get_inference_statistics() met a 404.
+    assert "statistics" not in meta["extensions"]
     status, missing = await get_json(node, "/v2/nothing")
     assert status == 404 and "error" in missing
 
