@@ -29,11 +29,13 @@ def _format_bytes(count: int) -> str:
 
 
 def _parse_inputs(pairs: tuple[str, ...], default_name: str | None = None) -> dict[str, Any]:
-    """``NAME=FILE.npy`` pairs -> arrays; raises click.BadParameter naming the bad pair.
+    """``NAME=FILE`` pairs (``.npy``, or ``.npz``: the array named NAME, else its only
+    one) -> arrays; raises click.BadParameter naming the bad pair.
 
     A bare ``FILE.npy`` feeds ``default_name`` (the model's only input), as in
     ``meshgpu submit``: the same ``--input`` that works there must work here."""
-    import numpy as np
+    from meshgpu.client.inputs import load_input
+    from meshgpu.errors import ConfigError
 
     feeds: dict[str, Any] = {}
     for pair in pairs:
@@ -50,12 +52,10 @@ def _parse_inputs(pairs: tuple[str, ...], default_name: str | None = None) -> di
             raise click.BadParameter(f"{pair!r} is not NAME=FILE.npy", param_hint="--input")
         if name in feeds:
             raise click.BadParameter(f"input {name!r} given twice", param_hint="--input")
-        try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise click.BadParameter(
-                f"cannot read {path} for input {name!r}: {error}", param_hint="--input"
-            ) from error
+        try:  # the files `meshgpu submit` reads, with its messages (an .npz, a CSV)
+            feeds[name] = load_input(Path(path), name)
+        except ConfigError as error:
+            raise click.BadParameter(str(error), param_hint="--input") from None
     return feeds
 
 
@@ -67,7 +67,8 @@ def _parse_inputs(pairs: tuple[str, ...], default_name: str | None = None) -> di
     "inputs",
     multiple=True,
     metavar="NAME=FILE.npy",
-    help="A model input and the .npy file holding it; repeat for each input.",
+    help="A model input and the .npy file holding it (or an .npz: the array named NAME, "
+    "else its only one); repeat for each input.",
 )
 @click.option(
     "--output", "-o", type=click.Path(dir_okay=False), help="Write every output to this .npz."

@@ -128,6 +128,22 @@ def test_cli_run_table_shows_predictions(tmp_path: Path, digits_batch: np.ndarra
     assert "probabilities" in result.output and "argmax" in result.output
 
 
+def test_cli_run_reads_the_files_submit_reads(tmp_path: Path, digits_batch: np.ndarray) -> None:
+    # An .npz was handed to the session as an NpzFile ("convert with numpy.asarray").
+    archive = tmp_path / "batch.npz"
+    np.savez(archive, pixels=digits_batch[:2])
+    for spec in (f"pixels={archive}", str(archive)):
+        result = CliRunner().invoke(
+            main, ["run", "digits", "-i", spec, "--backend", "onnxruntime", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["outputs"]["probabilities"]["shape"] == [2, 10]
+    text = tmp_path / "pixels.csv"
+    text.write_text(",".join(["0"] * 64) + "\n")
+    result = CliRunner().invoke(main, ["run", "digits", "-i", f"pixels={text}"])
+    assert result.exit_code == 2 and "is a text file" in result.output
+
+
 def test_cli_run_reports_errors_without_a_traceback(tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((2, 63), np.float32))
