@@ -52,6 +52,12 @@ def address_for(index: int) -> Address:
     return (f"10.0.{index // 250}.{index % 250 + 1}", 7946)
 
 
+DECODED_HANDOVER = True
+"""Whether simulated nodes keep the decoded form of what they send for the receiver
+(:func:`core_node`). False: every receiver decodes the bytes, the daemon's wire path;
+``tests/sim/test_wire_path.py`` runs scenarios so and gets the same traces."""
+
+
 def core_node(
     node_id: NodeId, address: Address, config: Any, rng: Any, now: float, incarnation: int
 ) -> Any:
@@ -61,11 +67,12 @@ def core_node(
     made and accounted all the same (sizes, the MTU and piggyback limits, the trace's
     lengths and checksums); only the work of decoding what the same process encoded is
     saved. ``tests/sim/test_decoded_datagrams.py`` checks that every such envelope
-    equals the decoded bytes."""
+    equals the decoded bytes, and ``tests/sim/test_wire_path.py`` that whole runs without
+    it (:data:`DECODED_HANDOVER` off) give the same traces."""
     from meshgpu.core.node import Node
 
     node = Node(node_id, address, config, rng, now, incarnation)
-    node.context.keep_decoded = True
+    node.context.keep_decoded = DECODED_HANDOVER
     return node
 
 
