@@ -84,6 +84,32 @@ def batch_dimension(proto: Any) -> bool:
     return len(names) == 1
 
 
+def outputs_sized_by_inputs(proto: Any) -> bool:
+    """True when the size of every output of ``proto`` (an ``onnx.ModelProto``) follows
+    from its runtime inputs' shapes: each output dimension is fixed or a symbol some input
+    has. An output without a declared shape, or with a dimension that is unknown or named
+    by no input (``Tile``'s or ``Expand``'s repeats, ``NonZero``'s count: a size in the
+    input's *values*), may be any size for inputs of a given size, and so may the run's
+    time: a run of such a model cannot be expected to be as fast as a recent one of the
+    same input bytes (execution.py's inline rule, direct.py's admission)."""
+    weights = {init.name for init in proto.graph.initializer}
+    named: set[str] = set()
+    for value in proto.graph.input:
+        if value.name not in weights:
+            named.update(dim.dim_param for dim in value.type.tensor_type.shape.dim)
+    named.discard("")
+    for value in proto.graph.output:
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            return False
+        for dim in tensor.shape.dim:
+            if dim.HasField("dim_value"):
+                continue
+            if not dim.HasField("dim_param") or dim.dim_param not in named:
+                return False
+    return True
+
+
 def rows_of(feeds: Mapping[str, Any]) -> int | None:
     """The rows every feed has in its first dimension; None when a feed is not a numpy
     array with one, or the feeds disagree (such a run cannot join a batch)."""

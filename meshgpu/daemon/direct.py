@@ -27,7 +27,12 @@ or waiting for a slot here, and none queued in the table; the run must be short
 (``DIRECT_RUN_S``: a run expected to take longer goes through the table, where it is
 acknowledged, replicated and visible in ``meshgpu tasks`` while it runs), the node must
 meet the task's device requirements, and the session must already be loaded (a cold
-model goes through the table; its first run there loads it). A client that wants the
+model goes through the table; its first run there loads it). A model whose outputs'
+size its inputs' shapes do not fix (a ``Tile`` whose repeats are an input) is never
+expected to be short, so never run directly: such a run of a few input bytes produced a
+1 GiB result here, which a submit's answer cannot carry, so the run was thrown away and
+done again through the table (2-4 s and a GiB of memory on the entry node, on a loaded
+2-core VM). A client that wants the
 table's guarantees for every task (an acknowledgement with ``copies`` before the run,
 the task visible mesh-wide) submits with ``direct=False``.
 

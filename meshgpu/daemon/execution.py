@@ -68,6 +68,7 @@ from meshgpu.daemon.batching import (
     Waiter,
     batch_dimension,
     concatenate,
+    outputs_sized_by_inputs,
     rows_of,
     signature,
     split,
@@ -174,15 +175,21 @@ class _CachedSession:
     run inline, and whether a submission may run directly."""
     batch_axis: bool = False
     """The model's graph declares a free batch dimension (batching.batch_dimension)."""
+    sized_by_inputs: bool = True
+    """The model's outputs are as large as its inputs' shapes say
+    (batching.outputs_sized_by_inputs): its runs' times scale with the input bytes."""
 
     def expected_s(self, input_bytes: int) -> float:
         """The fastest of the latest runs, each scaled up to ``input_bytes`` (never down:
-        a small input still pays the run's fixed cost); ``inf`` before the first run. A
-        1-row run of a model says little about a 200,000-row one, which must not run on
-        the loop. The fastest, not the latest: a run's wall time only grows when the
+        a small input still pays the run's fixed cost); ``inf`` before the first run, and
+        for a model whose outputs' size its inputs' shapes do not fix (a ``Tile`` whose
+        repeats are an input: 16 KiB of output from a run here, 1 GiB from the next one of
+        the same input bytes, which ran directly and then could not be answered in one
+        frame). A 1-row run of a model says little about a 200,000-row one, which must not
+        run on the loop. The fastest, not the latest: a run's wall time only grows when the
         process loses its core mid-run (a loaded machine), and one such run sent every
         next run of a 0.2 ms model through a worker thread (two more wake-ups each)."""
-        if not self.recent_runs:
+        if not self.recent_runs or not self.sized_by_inputs:
             return math.inf
         return min(
             seconds * max(1.0, input_bytes / max(1, size)) for seconds, size in self.recent_runs
@@ -247,8 +254,9 @@ class Executor:
 
     def expected_run_s(self, digest: str, feeds: Mapping[str, np.ndarray]) -> float | None:
         """How long a run of model ``digest`` on ``feeds`` is expected to take here (the
-        fastest recent run, scaled by input bytes); None when its session is not loaded
-        or has not run yet."""
+        fastest recent run, scaled by input bytes; ``inf`` when the model's outputs are
+        not sized by its inputs' shapes); None when its session is not loaded or has not
+        run yet."""
         cached = self._sessions.get(digest)
         if cached is None or not cached.recent_runs:
             return None
@@ -265,7 +273,13 @@ class Executor:
             try:
                 session, batch_axis = await trio.to_thread.run_sync(self._load, model_path)
                 lock = None if session.backend in _THREAD_SAFE else threading.Lock()
-                self._sessions[digest] = _CachedSession(session, lock, batch_axis=batch_axis)
+                proto = getattr(getattr(session, "model", None), "proto", None)
+                self._sessions[digest] = _CachedSession(
+                    session,
+                    lock,
+                    batch_axis=batch_axis,
+                    sized_by_inputs=proto is None or outputs_sized_by_inputs(proto),
+                )
                 self._note_fallback(digest, session)
                 while len(self._sessions) > self.cache_size:
                     self._sessions.popitem(last=False)

@@ -14,7 +14,13 @@ import trio
 from onnx import TensorProto, helper
 
 from meshgpu.core.catalog import Batching
-from meshgpu.daemon.batching import batch_dimension, rows_of, signature, split
+from meshgpu.daemon.batching import (
+    batch_dimension,
+    outputs_sized_by_inputs,
+    rows_of,
+    signature,
+    split,
+)
 from meshgpu.daemon.execution import BATCH_REPROBE_RUNS, Executor, RowSpeed, _CachedSession
 from meshgpu.errors import InputError
 
@@ -247,6 +253,42 @@ def test_batch_dimension_reads_the_graph() -> None:
     assert not batch_dimension(_model(1, 1))  # exported for batch 1
     assert not batch_dimension(_model("N", 1))  # outputs not batch-major
     assert not batch_dimension(_model("N", "M"))  # another dimension
+
+
+def _tile_model() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    repeats = helper.make_tensor_value_info("repeats", TensorProto.INT64, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    node = helper.make_node("Tile", ["x", "repeats"], ["y"])
+    graph = helper.make_graph([node], "tile", [x, repeats], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_outputs_sized_by_inputs_reads_the_graph() -> None:
+    assert outputs_sized_by_inputs(_model("N", "N"))
+    assert outputs_sized_by_inputs(_model(1, 1))
+    assert not outputs_sized_by_inputs(_model("N", "M"))  # a size no input has
+    assert not outputs_sized_by_inputs(_tile_model())  # the repeats' values decide
+    unshaped = _model("N", "N")
+    unshaped.graph.output[0].type.tensor_type.ClearField("shape")
+    assert not outputs_sized_by_inputs(unshaped)
+
+
+async def test_a_run_of_a_model_sized_by_values_is_never_expected_fast(tmp_path: Path) -> None:
+    """A run of ``Tile`` on a few bytes says nothing of the next one on as few bytes: the
+    next may be a GiB. It is never expected to be fast (so never inline, never direct)."""
+    path = tmp_path / "tile.onnx"
+    onnx.save(_tile_model(), str(path))
+    executor = Executor(1, backend="onnxruntime")
+    feeds = {"x": np.ones((1, 4), np.float32), "repeats": np.array([2, 1], np.int64)}
+    outputs, _ = await executor.run("tile", path, feeds)
+    assert outputs["y"].shape == (2, 4)
+    assert executor.expected_run_s("tile", feeds) == float("inf")
+    relu = tmp_path / "relu.onnx"
+    onnx.save(_model("N", "N"), str(relu))
+    await executor.run("relu", relu, {"x": np.ones((2, 3), np.float32)})
+    expected = executor.expected_run_s("relu", {"x": np.ones((2, 3), np.float32)})
+    assert expected is not None and expected < float("inf")
 
 
 def test_rows_signature_and_split() -> None:
