@@ -17,6 +17,12 @@ so a flood that forges a peer's address cannot cut that peer off (it is only ope
 refused). Sources are keyed by port too: daemons on one host (or behind one NAT) share
 an address, and one of them must not cost the others their datagrams; a flood that
 changes its port each time is opened and refused datagram by datagram, as before.
+Before any of that, the kernel drops what cannot be an envelope: a classic BPF socket
+filter (``SO_ATTACH_FILTER``, :func:`attach_envelope_filter`) passes only datagrams that
+begin with the envelope's magic and are long enough for its fixed header; random
+datagrams never wake the daemon. The kernel counts them in the socket's drops
+(``SO_MEMINFO``, also the buffer overflows), copied to ``datagrams_dropped_in_kernel``
+whenever the counters are read (:meth:`GossipSocket.refresh_counters`).
 Kept apart from the daemon's lifecycle because it is the one place that knows about UDP:
 the socket options, the MTU budget and the ordering rule that keeps a stalled loop from
 suspecting live peers (:meth:`GossipSocket.take_queued`).
@@ -29,8 +35,10 @@ twin of this node's identity was heard); it knows nothing else of the daemon.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import socket
+import struct
 from collections.abc import Callable
 
 import trio
@@ -38,6 +46,7 @@ import trio
 from meshgpu.core.events import DatagramReceived
 from meshgpu.core.types import Address
 from meshgpu.daemon.auth import MAX_OVERHEAD, Authenticator, Channel
+from meshgpu.daemon.auth.handshake import FIXED, MAGIC
 from meshgpu.daemon.identity import DuplicateIdentityGuard
 from meshgpu.errors import ConfigError, DuplicateIdentityError, IncompatiblePeerError, MeshError
 
@@ -57,6 +66,54 @@ TRUSTED_S = 10.0
 """Seconds after a readable datagram during which its source is never dropped early."""
 SOURCES_REMEMBERED = 4096
 """Sources the budget keeps at most (forged sources cannot grow it without bound)."""
+SO_ATTACH_FILTER = 26
+SO_MEMINFO = 55
+SK_MEMINFO_DROPS = 8
+"""Linux's socket options and the index of the drops in ``SO_MEMINFO``'s counters."""
+_UDP_HEADER = 8
+"""A UDP socket's filter sees the datagram from its UDP header (the payload at 8)."""
+_BPF = struct.Struct("HBBI")
+"""One classic BPF instruction: code, jump if true, jump if false, constant."""
+
+
+def _envelope_filter() -> list[tuple[int, int, int, int]]:
+    """The classic BPF program: keep a datagram whose payload holds at least an
+    envelope's fixed header and begins with its magic; drop the rest."""
+    ld_len, ld_half = 0x00 | 0x00 | 0x80, 0x00 | 0x08 | 0x20  # BPF_LD|W|LEN, LD|H|ABS
+    jge, jeq, ret = 0x05 | 0x30, 0x05 | 0x10, 0x06  # BPF_JMP|JGE|K, JMP|JEQ|K, RET|K
+    return [
+        (ld_len, 0, 0, 0),
+        (jge, 0, 3, _UDP_HEADER + FIXED.size),
+        (ld_half, 0, 0, _UDP_HEADER),
+        (jeq, 0, 1, int.from_bytes(MAGIC, "big")),
+        (ret, 0, 0, 0xFFFFFFFF),  # the whole datagram
+        (ret, 0, 0, 0),  # dropped
+    ]
+
+
+def attach_envelope_filter(sock: socket.socket) -> bool:
+    """Have the kernel drop datagrams to ``sock`` that cannot be envelopes (Linux);
+    False where the filter cannot be attached (the daemon then opens each itself)."""
+    program = ctypes.create_string_buffer(b"".join(_BPF.pack(*i) for i in _envelope_filter()))
+    fprog = struct.pack("HL", len(_envelope_filter()), ctypes.addressof(program))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as error:
+        logger.debug("no socket filter on the gossip port: %s", error)
+        return False
+    return True
+
+
+def kernel_drops(sock: socket.socket) -> int | None:
+    """Datagrams the kernel dropped for ``sock`` (its filter, a full buffer); None
+    where the kernel does not say."""
+    try:
+        info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
+    except OSError:
+        return None
+    if len(info) < 4 * (SK_MEMINFO_DROPS + 1):
+        return None
+    return int(struct.unpack_from("I", info, 4 * SK_MEMINFO_DROPS)[0])
 
 
 class GossipSocket:
@@ -90,6 +147,15 @@ class GossipSocket:
         self._trusted: dict[Address, float] = {}
         """Source -> when a readable datagram last came from it."""
         self._second = trio.current_time()
+        self.filtered = attach_envelope_filter(raw)
+        """The kernel drops datagrams that cannot be envelopes (Linux)."""
+
+    def refresh_counters(self, counters: dict[str, int]) -> None:
+        """Copy the kernel's drops for the socket into ``counters``
+        (``datagrams_dropped_in_kernel``: not an envelope, or the buffer full)."""
+        drops = kernel_drops(self.raw)
+        if drops is not None:
+            counters["datagrams_dropped_in_kernel"] = drops
 
     async def send(self, destination: Address, payload: bytes) -> None:
         """Seal ``payload`` and send it; a send error is counted and logged, not raised."""

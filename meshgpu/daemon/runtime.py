@@ -141,6 +141,9 @@ class Daemon:
         """Counts membership and leader changes (``status`` and the ``wait`` op use it)."""
         self.changed = trio.Event()
         """Replaced (after being set) whenever something observable changes."""
+        self.observed = trio.Event()
+        """Replaced (after being set) whenever a member or the leader changes: the
+        dashboard's wake (refused input sets ``changed``, not this)."""
         self._rejected = trio.Event()
         """Set when a datagram or frame was refused (:meth:`_pulse_rejections`)."""
         self.ready = trio.Event()
@@ -288,6 +291,7 @@ class Daemon:
             mdns_counters=lambda: getattr(self.peer_finder.discovery, "counters", {}),
             http=lambda: http_address(self.http),
             started_wall=self.started_wall,
+            refresh_counters=lambda: self.datagrams.refresh_counters(self.counters),
         )
         """The ``status`` and ``tasks`` answers (``status.py``)."""
         direct = DirectRuns(
@@ -403,7 +407,7 @@ class Daemon:
                 settings.http,
                 daemon_bind=settings.bind,
                 commit=self.commit,
-                changed=lambda: self.changed,
+                changed=lambda: self.observed,
                 counters=self.counters,
             )
         """The HTTP port (meshgpu/http/, wired by http_sources.py), if one is served."""
@@ -687,6 +691,8 @@ class Daemon:
     def _observed_change(self) -> None:
         """A member or the leader changed: ``status`` and ``wait`` see a new generation."""
         self.generation += 1
+        self.observed.set()
+        self.observed = trio.Event()
         self.pulse()
 
     async def _pulse_rejections(self) -> None:

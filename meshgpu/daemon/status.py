@@ -148,6 +148,7 @@ class StatusReport:
         mdns_counters: Callable[[], Mapping[str, int]],
         http: Callable[[], dict[str, Any] | None],
         started_wall: float | None = None,
+        refresh_counters: Callable[[], None] = lambda: None,
     ) -> None:
         self.node_id = node_id
         self.node = node
@@ -165,6 +166,8 @@ class StatusReport:
         self._mdns_counters = mdns_counters
         self._http = http
         self.started_wall = time.time() if started_wall is None else started_wall
+        self._refresh_counters = refresh_counters
+        """Copies counts kept outside the process (the kernel's) into ``counters``."""
 
     def entry(self, task_id: TaskId) -> TaskEntry | None:
         return task_entry(self.node, task_id)
@@ -187,6 +190,7 @@ class StatusReport:
 
     def snapshot(self) -> dict[str, Any]:
         """The ``status`` answer: this node, every member it knows, leader, queue, counters."""
+        self._refresh_counters()
         node = self.node
         now = trio.current_time()
         loads = node.loads()

@@ -2,12 +2,15 @@
 server-sent events at ``/dashboard/events``.
 
 A watcher task (in the HTTP part's nursery) samples the node's status whenever a member
-or the leader changes and at least every ``INTERVAL_S``, and keeps what a page cannot get
+or the leader changes (not when input is refused: a barrage of garbage is counters, and
+woke the sampler ten times a second) and at least every ``INTERVAL_S``, and keeps what a page cannot get
 from one snapshot: an events timeline
 (members joined, suspected, dead, left, revived; the leader changed), per-model latency
 over time (from the inference counters' deltas), and the last infer requests with where
 they ran and how long they took. Each event stream sends the whole state when it opens,
-then again after every sample: a page never reloads and never misses a change.
+then again after every sample: a page never reloads and never misses a change. The last
+tasks (a walk of the whole task table) are taken only while a page watches: a daemon
+nobody looks at does not pay for them twice a second.
 
 The page and its assets are served to anyone who can reach the port (they hold no data);
 the event stream needs a ``read`` token when tokens are configured, which the page asks for
@@ -73,6 +76,10 @@ class Dashboard:
         self._counts: dict[tuple[str, str], tuple[int, int]] = {}
         self.version = 0
         self._changed = trio.Event()
+        self.watchers = 0
+        """Event streams open (the task table is sampled only while there is one)."""
+        self._with_tasks = False
+        """The last sample holds the tasks (it was taken while a page watched)."""
 
     def infer_done(
         self, model: str, worker: str | None, task_id: str, seconds: float, ok: bool
@@ -93,6 +100,7 @@ class Dashboard:
 
     def sample(self) -> dict[str, Any]:
         """Take one sample: note what changed since the last one; the page's state."""
+        self._with_tasks = self.watchers > 0
         status = self.status()
         now = time.time()
         members = {m["node_id"]: m["state"] for m in status["members"]}
@@ -126,7 +134,7 @@ class Dashboard:
         return {
             "at": now,
             "status": status,
-            "tasks": self.tasks()[-RECENT:],
+            "tasks": self.tasks()[-RECENT:] if self.watchers else [],
             "catalog": [
                 {"name": name, "version": model.version, "digest": model.digest}
                 for name, model in sorted(self.catalog().items())
@@ -151,10 +159,14 @@ class Dashboard:
 
     async def stream(self) -> AsyncIterator[bytes]:
         """Server-sent events: the state now, then after every sample."""
-        if not hasattr(self, "state"):
-            self.state = self.sample()
-        while True:
-            changed = self._changed
-            payload = json.dumps(self.state, separators=(",", ":"), default=str)
-            yield f"event: state\ndata: {payload}\n\n".encode()
-            await changed.wait()
+        self.watchers += 1
+        try:
+            if not hasattr(self, "state") or not self._with_tasks:
+                self.state = self.sample()
+            while True:
+                changed = self._changed
+                payload = json.dumps(self.state, separators=(",", ":"), default=str)
+                yield f"event: state\ndata: {payload}\n\n".encode()
+                await changed.wait()
+        finally:
+            self.watchers -= 1

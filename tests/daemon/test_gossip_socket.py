@@ -13,6 +13,7 @@ import trio
 
 from meshgpu.core.events import DatagramReceived
 from meshgpu.daemon.auth import Authenticator, MeshKey
+from meshgpu.daemon.auth.handshake import MAGIC
 from meshgpu.daemon.datagrams import UNREADABLE_BUDGET, GossipSocket, bind_sockets
 from meshgpu.daemon.identity import DuplicateIdentityGuard
 
@@ -158,7 +159,8 @@ async def test_a_flood_of_garbage_from_one_address_is_dropped_unread_past_its_bu
         async with trio.open_nursery() as nursery:
             nursery.start_soon(bob.socket.receive)
             for index in range(sent):
-                flood.sendto(rng.randbytes(rng.randrange(1, 200)), bob.address)
+                # the magic first: past the kernel's filter, garbage all the same
+                flood.sendto(MAGIC + rng.randbytes(rng.randrange(4, 200)), bob.address)
                 if index % 100 == 50:  # a peer speaks in the middle of the flood
                     await alice.socket.send(bob.address, f"peer {index}".encode())
                 if index % 20 == 0:
@@ -191,7 +193,7 @@ async def test_garbage_that_forges_a_peers_address_never_cuts_the_peer_off() -> 
         await alice.socket.send(bob.address, b"first")
         await wait_for(lambda: len(bob.fed) == 1, "the peer's first datagram fed")
         for index in range(200):  # from the peer's own address and port
-            alice.socket.raw.sendto(b"garbage %d" % index, bob.address)
+            alice.socket.raw.sendto(MAGIC + b" garbage %d" % index, bob.address)
             if index % 20 == 0:
                 await trio.sleep(0)
         await alice.socket.send(bob.address, b"second")
@@ -199,3 +201,30 @@ async def test_garbage_that_forges_a_peers_address_never_cuts_the_peer_off() -> 
         nursery.cancel_scope.cancel()
     assert bob.counted["datagrams_rejected"] == 200
     assert bob.counted["datagrams_dropped_early"] == 0
+
+
+async def test_datagrams_that_cannot_be_envelopes_are_dropped_in_the_kernel_and_counted() -> None:
+    key = MeshKey.generate()
+    alice, bob = await open_side("alice", key), await open_side("bob", key)
+    assert bob.socket.filtered
+    rng = random.Random(11)
+    junk = [b"", b"M", b"MG", b"MG\x01", b"GM" + bytes(10)]
+    junk += [rng.randbytes(rng.randrange(4, 1400)) for _ in range(300)]
+    junk = [data for data in junk if not data.startswith(MAGIC) or len(data) < 6]
+    counters: dict[str, int] = {}
+    bob.socket.refresh_counters(counters)
+    before = counters["datagrams_dropped_in_kernel"]
+    with flood_socket() as flood:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(bob.socket.receive)
+            for index, data in enumerate(junk):
+                flood.sendto(data, bob.address)
+                if index % 100 == 50:
+                    await alice.socket.send(bob.address, f"peer {index}".encode())
+            await wait_for(lambda: len(bob.fed) == 3, "the peer's datagrams fed")
+            nursery.cancel_scope.cancel()
+    assert [event.payload for event in bob.fed] == [b"peer 50", b"peer 150", b"peer 250"]
+    assert bob.counted["datagrams_received"] == 3  # the junk never woke the receiver
+    assert bob.rejected == 0
+    bob.socket.refresh_counters(counters)
+    assert counters["datagrams_dropped_in_kernel"] - before == len(junk)

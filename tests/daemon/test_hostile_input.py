@@ -1,5 +1,6 @@
 """Hostile input at a real daemon's port (UDP gossip and TCP API share it): random
-datagrams, garbage and truncated frames, a lying length prefix, a frame over the limit,
+datagrams (dropped in the kernel by the socket's filter), garbage that begins like an
+envelope, garbage and truncated frames, a lying length prefix, a frame over the limit,
 hundreds of idle connections and a client that sends one byte a second, from two
 hosts (127.0.0.2 and .3; the real client is 127.0.0.1). The daemon keeps serving a real task
 meanwhile, holds no more of the hostile host's connections than its per-client share,
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import trio
 
+from meshgpu.daemon.auth.handshake import MAGIC
 from meshgpu.daemon.payloads import encode_tensors
 from tests.daemon.meshprocs import call, start_node
 
@@ -32,6 +34,8 @@ HOSTILE = "127.0.0.2"
 SECOND_HOSTILE = "127.0.0.3"
 PER_CLIENT = 100
 """The daemon's default ``api_max_connections_per_client``."""
+GARBAGE_ENVELOPES = 600
+"""Datagrams that begin with the envelope's magic (the kernel's filter passes them)."""
 
 
 def open_files(pid: int) -> int:
@@ -46,8 +50,10 @@ async def test_the_daemon_keeps_serving_under_hostile_input(tmp_path: Path) -> N
         files_before = open_files(node.process.pid)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             udp.bind((HOSTILE, 0))
-            for _ in range(2000):
+            for _ in range(2000):  # dropped by the socket's filter, in the kernel
                 udp.sendto(rng.randbytes(rng.randrange(0, 1400)), node.address)
+            for _ in range(GARBAGE_ENVELOPES):  # past the filter: opened or dropped early
+                udp.sendto(MAGIC + rng.randbytes(rng.randrange(4, 1400)), node.address)
         idle = []
         for _ in range(IDLE):
             try:
@@ -108,8 +114,9 @@ async def test_the_daemon_keeps_serving_under_hostile_input(tmp_path: Path) -> N
         daemon = counters["daemon"]
         assert daemon.get("frames_rejected", 0) >= 2, counters
         assert daemon.get("api_handshake_timeouts", 0) >= PER_CLIENT // 2, counters
+        assert daemon.get("datagrams_dropped_in_kernel", 0) >= 1900, counters
         dropped = daemon.get("datagrams_rejected", 0) + daemon.get("datagrams_dropped_early", 0)
-        assert dropped >= 1000, counters
+        assert dropped >= GARBAGE_ENVELOPES // 2, counters
         assert daemon.get("datagrams_dropped_early", 0) > 0, counters  # past the budget
         with trio.fail_after(30):
             while open_files(node.process.pid) > files_before + 20:
