@@ -207,7 +207,7 @@ class Daemon:
             self.guard,
             feed=self.feed,
             count=self.count,
-            rejected=lambda: self._rejected.set(),
+            rejected=self._on_rejected,
             twin_found=lambda address: self.peer_finder.twin_found(address),
         )
         port = udp.getsockname()[1]
@@ -360,7 +360,7 @@ class Daemon:
             max_connections_per_client=settings.api_max_connections_per_client,
             handshake_timeout_s=settings.api_handshake_timeout_s,
         )
-        self.api.on_reject = lambda: self._rejected.set()
+        self.api.on_reject = self._on_rejected
         self.commit = GroupCommit(self.journal, self.count, self.storage_failed)
         self.effects = EffectQueue(
             EffectHandlers(
@@ -694,6 +694,13 @@ class Daemon:
         self.observed.set()
         self.observed = trio.Event()
         self.pulse()
+
+    def _on_rejected(self) -> None:
+        """A datagram or frame was refused: wake the ``wait`` callers (their condition
+        may be a counter), if any waits; with none, a barrage of garbage wakes no task
+        (a caller that begins to wait later reads the counters as they are then)."""
+        if self.changed.statistics().tasks_waiting:
+            self._rejected.set()
 
     async def _pulse_rejections(self) -> None:
         """Wake the waiters once per burst of refused datagrams or frames (their counters
