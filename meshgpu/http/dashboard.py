@@ -3,11 +3,11 @@ server-sent events at ``/dashboard/events``.
 
 A watcher task (in the HTTP part's nursery) samples the node's status whenever a member
 or the leader changes (not when input is refused: a barrage of garbage is counters, and
-woke the sampler ten times a second) and at least every ``INTERVAL_S``, and keeps what a page cannot get
-from one snapshot: an events timeline
-(members joined, suspected, dead, left, revived; the leader changed), per-model latency
-over time (from the inference counters' deltas), and the last infer requests with where
-they ran and how long they took. Each event stream sends the whole state when it opens,
+woke the sampler ten times a second) and at least every ``INTERVAL_S``, and keeps what a
+page cannot get from one snapshot: an events timeline (members joined, suspected, dead,
+left, revived; the leader changed), per-model latency over time (from the inference
+counters' deltas), and the last infer requests with where they ran and how long they
+took. Each event stream sends the whole state when it opens,
 then again after every sample: a page never reloads and never misses a change. The last
 tasks (a walk of the whole task table) are taken only while a page watches: a daemon
 nobody looks at does not pay for them twice a second.
