@@ -3,6 +3,7 @@ catalog): it walks the task table only while a page watches."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from meshgpu.http.dashboard import Dashboard
@@ -16,7 +17,7 @@ def dashboard() -> tuple[Dashboard, list[int]]:
         walks.append(1)
         return [{"task_id": str(number)} for number in range(100)]
 
-    status = {"members": [], "node": {"node_id": "n0"}, "leader": None, "view": 0}
+    status: dict[str, Any] = {"members": [], "node": {"node_id": "n0"}, "leader": None, "view": 0}
     return Dashboard(lambda: status, tasks, dict, InferenceStats()), walks
 
 
@@ -30,6 +31,7 @@ async def test_a_page_that_opens_gets_the_last_tasks_at_once_and_after_every_sam
     board, walks = dashboard()
     board.state = board.sample()  # the sampler ran before anyone watched
     stream = board.stream()
+    assert isinstance(stream, AsyncGenerator)
     first = await stream.__anext__()
     assert b'"task_id":"99"' in first and b'"task_id":"49"' not in first
     assert board.watchers == 1
