@@ -73,7 +73,7 @@ def list_keys(as_json: bool, peer: str | None, key_file: Path | None) -> None:
     answer = _ask(peer, key_file, "keyring_list")
     nodes = answer["nodes"]
     if as_json:
-        click.echo(json.dumps(answer, indent=2))
+        click.echo(json.dumps(answer))
         return
     reached = [node for node in nodes if node["ok"]]
     fingerprints = sorted({f for node in reached for f in node["keys"]})

@@ -8,7 +8,6 @@ the others when first used.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +125,8 @@ def list_models(as_json: bool, peer: str | None, key_file: Path | None) -> None:
 
     rows = _run(peer, key_file, work)
     if as_json:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        # one line, one document, as every other --json output (a pipe reads it line by line)
+        click.echo(json.dumps(rows))
         return
     for row in rows:
         notes = [n for n, on in (("shipped", row["shipped"]), ("here", row["here"])) if on]
