@@ -109,7 +109,14 @@ def collect(
     pairs = [(task_id, stem_of(task_id)) for task_id in task_ids]
     try:
         if ids_file is not None:
-            pairs += read_ids(ids_file.read())
+            from_file = read_ids(ids_file.read())
+            if not from_file and not pairs:
+                name = "stdin" if ids_file.name == "<stdin>" else ids_file.name
+                raise click.UsageError(
+                    f"{name} holds no task ids (expected the output of `submit --no-wait`: "
+                    "one TASK_ID [STEM] per line, or its --json)"
+                )
+            pairs += from_file
         if not pairs:
             raise click.UsageError("give task ids as arguments or with --ids FILE")
         stop = Interruption(STOP_GRACE_S)

@@ -133,3 +133,15 @@ def test_an_npz_of_outputs_feeds_the_next_submission_by_array_name(tmp_path: Pat
     assert outcome.exit_code == 0, outcome.output
     with np.load(tmp_path / "out" / "both.npz") as saved:
         np.testing.assert_array_equal(saved["s"], np.full((2, 3), 3, np.float32))
+
+
+@pytest.mark.parametrize("text", ["", "\n# nothing submitted\n", '{"tasks": []}'])
+def test_an_ids_file_without_ids_is_named(tmp_path: Path, text: str) -> None:
+    """An empty ids file (a `submit --no-wait` that refused everything) is named as such,
+    not answered with the line for a command given no ids at all."""
+    ids = tmp_path / "empty.txt"
+    ids.write_text(text)
+    outcome = cli("collect", "--ids", str(ids), "-o", str(tmp_path / "out"))
+    assert outcome.exit_code == 2, outcome.output
+    assert f"{ids} holds no task ids" in outcome.output
+    assert "give task ids as arguments" not in outcome.output
