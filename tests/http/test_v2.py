@@ -187,3 +187,22 @@ def test_the_timeout_parameter_in_microseconds_is_the_deadline(
 def test_a_timeout_that_is_no_count_of_microseconds_is_refused(timeout: Any) -> None:
     with pytest.raises(ProtocolError, match="'timeout' is the request's timeout in microseconds"):
         parse_request(timed_request({"timeout": timeout}), None)
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64", "BF16"])
+def test_non_finite_values_travel_as_json_tokens_both_ways(datatype: str) -> None:
+    # NaN, Infinity and -Infinity as bare tokens (what Python's json and RapidJSON's
+    # kWriteNanAndInfFlag write and read); the binary extension carries their exact bits.
+    dtype = ml_dtypes.bfloat16 if datatype == "BF16" else np.dtype(datatype.replace("FP", "float"))
+    array = np.array([np.nan, np.inf, -np.inf, -0.0, 1.5], dtype)
+    content, length = encode_response("m", "1", {"y": array}, InferRequest(inputs={}), {})
+    assert length is None
+    assert b'"data":[NaN,Infinity,-Infinity,-0.0,1.5]' in content
+    (entry,) = json.loads(content)["outputs"]
+    request = json.dumps(
+        {"inputs": [{"name": "x", "shape": [5], "datatype": datatype, "data": entry["data"]}]}
+    ).encode()
+    again = parse_request(request, None).inputs["x"]
+    assert again.dtype == array.dtype
+    assert np.array_equal(again.astype(np.float64), array.astype(np.float64), equal_nan=True)
+    assert np.signbit(again[3])
