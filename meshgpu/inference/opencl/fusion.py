@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from meshgpu.inference.opencl.graph import Node, legacy_broadcast_shape
+from meshgpu.inference.opencl.kernels.activations import clamp, leaky_relu, relu
 from meshgpu.inference.opencl.plan import PlanBuilder
 from meshgpu.inference.opencl.registry import float_literal
 from meshgpu.inference.opencl.tensors import DeviceTensor
@@ -59,10 +60,10 @@ def activation_code(builder: PlanBuilder, node: Node) -> tuple[int, float, float
 def activation_expression(builder: PlanBuilder, node: Node) -> str | None:
     """The OpenCL expression in ``v`` for an activation node, or None if not fusable."""
     if node.op == "Relu":
-        return "(v > 0.0f ? v : 0.0f)"
+        return relu("v")
     if node.op == "LeakyRelu":
         alpha = float_literal(float(node.attrs.get("alpha", 0.01)))
-        return f"(v >= 0.0f ? v : {alpha} * v)"
+        return leaky_relu("v", alpha)
     if node.op == "Sigmoid":
         return "1.0f / (1.0f + exp(-(v)))"
     if node.op == "Tanh":
@@ -76,7 +77,7 @@ def activation_expression(builder: PlanBuilder, node: Node) -> str | None:
         if bounds is None:
             return None
         low, high = (float_literal(bound) for bound in bounds)
-        return f"(v < {low} ? {low} : (v > {high} ? {high} : v))"
+        return clamp("v", low, high)
     return None
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from meshgpu.inference.opencl.kernels.activations import clamp, relu
+
 UNARY_EXPRESSIONS: dict[str, str] = {
-    "Relu": "x > 0.0f ? x : 0.0f",
+    "Relu": relu("x"),
     "Sigmoid": "1.0f / (1.0f + exp(-x))",
     "Tanh": "tanh(x)",
     "Exp": "exp(x)",
@@ -30,18 +32,20 @@ UNARY_EXPRESSIONS: dict[str, str] = {
     "Ceil": "ceil(x)",
     "Softplus": "log(1.0f + exp(x))",
     "Softsign": "x / (1.0f + fabs(x))",
-    "Sign": "(float)((x > 0.0f) - (x < 0.0f))",
+    # NaN stays NaN, as onnxruntime gives it (the comparisons alone made it 0)
+    "Sign": "isnan(x) ? x : (float)((x > 0.0f) - (x < 0.0f))",
     "Erf": "erf(x)",
     "Sin": "sin(x)",
     "Cos": "cos(x)",
     # alpha/beta/gamma come from the node's attributes as kernel arguments (see lowering)
     "Elu": "x >= 0.0f ? x : alpha * (exp(x) - 1.0f)",
     "Selu": "beta * (x > 0.0f ? x : alpha * (exp(x) - 1.0f))",
-    "HardSigmoid": "fmax(fmin(alpha * x + beta, 1.0f), 0.0f)",
-    "HardSwish": "x * fmax(fmin(x * (1.0f / 6.0f) + 0.5f, 1.0f), 0.0f)",
+    "HardSigmoid": clamp("(alpha * x + beta)", "0.0f", "1.0f"),
+    "HardSwish": "x * " + clamp("(x * (1.0f / 6.0f) + 0.5f)", "0.0f", "1.0f"),
     "Mish": "x * tanh(x > 20.0f ? x : log1p(exp(x)))",
     "ThresholdedRelu": "x > alpha ? x : 0.0f",
-    "Celu": "fmax(x, 0.0f) + fmin(alpha * (exp(x / alpha) - 1.0f), 0.0f)",
+    # max(0, x) + min(0, alpha * (exp(x / alpha) - 1)) with one branch, so NaN stays NaN
+    "Celu": "x > 0.0f ? x : alpha * (exp(x / alpha) - 1.0f)",
     "Shrink": "x < -alpha ? x + beta : (x > alpha ? x - beta : 0.0f)",
     "Swish": "x / (1.0f + exp(-alpha * x))",
     "Tan": "tan(x)",

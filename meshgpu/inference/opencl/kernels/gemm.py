@@ -21,6 +21,8 @@ Layouts (``PANEL`` = 8):
 
 from __future__ import annotations
 
+from meshgpu.inference.opencl.kernels.activations import clamp, leaky_relu, relu
+
 PANEL = 8
 
 #: k values one im2col work-item fills (K_CHUNK in the kernel source).
@@ -150,20 +152,21 @@ __kernel void im2col_panels(__global const float* restrict x, __global float* re
 
 GEMM_SOURCE = (
     IM2COL_SOURCE
-    + r"""
+    + f"""
 /* Activation chosen at run time (codes: fusion.ACTIVATIONS), so one program serves every
    Conv/Gemm/MatMul of every model: fewer programs means a faster session start. */
-inline float apply_activation(float v, int code, float a, float b) {
-  switch (code) {
-    case 1: return v > 0.0f ? v : 0.0f;
-    case 2: return v >= 0.0f ? v : a * v;
-    case 3: return v < a ? a : (v > b ? b : v);
+inline float apply_activation(float v, int code, float a, float b) {{
+  switch (code) {{
+    case 1: return {relu("v")};
+    case 2: return {leaky_relu("v", "a")};
+    case 3: return {clamp("v", "a", "b")};
     case 4: return 1.0f / (1.0f + exp(-v));
     case 5: return tanh(v);
     default: return v;
-  }
-}
-
+  }}
+}}
+"""
+    + r"""
 /* Pack rows of a strided matrix into [batch][ceil(rows/panel)][cols][panel] panels (panel
    is 8 for gemm_8x8 and conv_gemm_s2, 6 for conv_gemm6). Element (r, c) of batch b is
    src[offsets[b] + r*s_row + c*s_col]; rows past `rows` are 0. */

@@ -36,6 +36,8 @@ Grid: (ceil(rows / tile rows), column groups, batch), work-group (1, 1, 1).
 
 from __future__ import annotations
 
+from meshgpu.inference.opencl.kernels.activations import clamp, leaky_relu, relu
+
 #: 8-column blocks per work-item (unless Softmax is fused, when one work-item takes all).
 MATMUL_COLUMN_BLOCKS = 4
 
@@ -106,9 +108,9 @@ __attribute__((always_inline)) inline float8 matmul_tanh(float8 x) {
 __attribute__((always_inline)) inline float8 matmul_activation(float8 v, int code, float a,
                                                                float b) {
   switch (code) {
-    case 1: return v > (float8)(0.0f) ? v : (float8)(0.0f);
-    case 2: return v >= (float8)(0.0f) ? v : (float8)(a) * v;
-    case 3: v = v < (float8)(a) ? (float8)(a) : v; return v > (float8)(b) ? (float8)(b) : v;
+    case 1: return RELU_V;
+    case 2: return LEAKY_RELU_V;
+    case 3: return CLAMP_V;
     case 4: return (float8)(1.0f) / ((float8)(1.0f) + fast_exp(-v));
     case 5: return matmul_tanh(v);
     case 6:
@@ -519,3 +521,10 @@ __kernel void matmul_tiles(__global const float* restrict A, __global const floa
   }
 }
 """
+
+# The clamp-like activations as every other kernel writes them (NaN kept; kernels.activations)
+MATMUL_SOURCE = (
+    MATMUL_SOURCE.replace("LEAKY_RELU_V", leaky_relu("v", "a"))
+    .replace("RELU_V", relu("v"))
+    .replace("CLAMP_V", clamp("v", "a", "b"))
+)
