@@ -84,29 +84,63 @@ def batch_dimension(proto: Any) -> bool:
     return len(names) == 1
 
 
+SIZE_ARGUMENTS: dict[str, tuple[int, ...]] = {
+    "Tile": (1,),
+    "Expand": (1,),
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "Resize": (1, 2, 3),
+    "Upsample": (1,),
+    "Pad": (1,),
+    "CenterCropPad": (1,),
+    "TopK": (1,),
+    "OneHot": (1,),
+    "Slice": (1, 2, 3, 4),
+    "MaxUnpool": (2,),
+    "Col2Im": (1, 2),
+    "DFT": (1,),
+}
+"""Operators and the positions of their inputs whose *values* set the output's size
+(``Reshape``'s shape is not among them: it keeps the element count)."""
+
+VALUE_SIZED = frozenset({"NonZero", "Compress", "Unique", "NonMaxSuppression"})
+"""Operators whose output size follows from the values of their inputs, not their shapes."""
+
+SUBGRAPHS = frozenset({"Loop", "If", "Scan", "SequenceMap"})
+"""Operators that run a subgraph: its iterations, its branch or its own operators may size
+the output, and a subgraph reads outer values that are not among the node's inputs."""
+
+SHAPE_ONLY = frozenset({"Shape", "Size"})
+"""Operators whose outputs depend on their input's shape alone, never on its values."""
+
+
 def outputs_sized_by_inputs(proto: Any) -> bool:
     """True when the size of every output of ``proto`` (an ``onnx.ModelProto``) follows
-    from its runtime inputs' shapes: each output dimension is fixed or a symbol some input
-    has. An output without a declared shape, or with a dimension that is unknown or named
-    by no input (``Tile``'s or ``Expand``'s repeats, ``NonZero``'s count: a size in the
-    input's *values*), may be any size for inputs of a given size, and so may the run's
-    time: a run of such a model cannot be expected to be as fast as a recent one of the
-    same input bytes (execution.py's inline rule, direct.py's admission)."""
+    from its runtime inputs' shapes. False when a size is read from the inputs' *values*:
+    ``Tile``'s repeats, ``Expand``'s shape, ``Slice``'s bounds, ... computed
+    from a runtime input other than through ``Shape``/``Size``; ``NonZero``'s count;
+    and any model with a subgraph (``Loop``, ``If``, ``Scan``). A run of such a
+    model cannot be expected to be as fast as a recent one of the same input bytes (the
+    next may be a GiB: execution.py's inline rule, direct.py's admission).
+
+    Read from the graph's data flow, not from the declared output shapes: exporters name
+    an output's batch dimension apart from the input's (``torch.onnx.export``'s
+    ``dynamic_axes``: ``input_dynamic_axes_1`` and ``output_dynamic_axes_1``) or leave it
+    unknown, and an ordinary model must keep its direct and inline runs."""
     weights = {init.name for init in proto.graph.initializer}
-    named: set[str] = set()
-    for value in proto.graph.input:
-        if value.name not in weights:
-            named.update(dim.dim_param for dim in value.type.tensor_type.shape.dim)
-    named.discard("")
-    for value in proto.graph.output:
-        tensor = value.type.tensor_type
-        if not tensor.HasField("shape"):
+    by_values = {value.name for value in proto.graph.input if value.name not in weights}
+    for node in proto.graph.node:  # a valid graph lists its nodes in topological order
+        if node.op_type in SUBGRAPHS:
             return False
-        for dim in tensor.shape.dim:
-            if dim.HasField("dim_value"):
-                continue
-            if not dim.HasField("dim_param") or dim.dim_param not in named:
-                return False
+        if node.op_type in SHAPE_ONLY:
+            continue
+        fed = [name in by_values for name in node.input]
+        if not any(fed):
+            continue
+        sizes = SIZE_ARGUMENTS.get(node.op_type, ())
+        if node.op_type in VALUE_SIZED or any(i < len(fed) and fed[i] for i in sizes):
+            return False
+        by_values.update(node.output)
     return True
 
 

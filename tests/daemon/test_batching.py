@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import trio
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from meshgpu.core.catalog import Batching
 from meshgpu.daemon.batching import (
@@ -264,14 +264,48 @@ def _tile_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def _graph(nodes: list, inputs: list, initializer: list | None = None) -> onnx.ModelProto:
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "g", inputs, [y], initializer=initializer or [])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
 def test_outputs_sized_by_inputs_reads_the_graph() -> None:
     assert outputs_sized_by_inputs(_model("N", "N"))
     assert outputs_sized_by_inputs(_model(1, 1))
-    assert not outputs_sized_by_inputs(_model("N", "M"))  # a size no input has
-    assert not outputs_sized_by_inputs(_tile_model())  # the repeats' values decide
+    # Exporters name the output's batch dimension apart from the input's (torch's
+    # dynamic_axes) or leave it unknown: an elementwise model is still sized by its input.
+    assert outputs_sized_by_inputs(_model("input_dynamic_axes_1", "output_dynamic_axes_1"))
     unshaped = _model("N", "N")
     unshaped.graph.output[0].type.tensor_type.ClearField("shape")
-    assert not outputs_sized_by_inputs(unshaped)
+    assert outputs_sized_by_inputs(unshaped)
+    assert not outputs_sized_by_inputs(_tile_model())  # the repeats' values decide
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    repeats = numpy_helper.from_array(np.array([2, 1], np.int64), "repeats")
+    tile = helper.make_node("Tile", ["x", "repeats"], ["y"])
+    assert outputs_sized_by_inputs(_graph([tile], [x], [repeats]))  # a constant: fixed
+    # A size computed from the input's shape is fixed by it; one from its values is not.
+    by_shape = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Expand", ["x", "s"], ["y"]),
+    ]
+    assert outputs_sized_by_inputs(_graph(by_shape, [x]))
+    by_values = [
+        helper.make_node("Cast", ["x"], ["i"], to=TensorProto.INT64),
+        helper.make_node("ReduceMax", ["i"], ["m"], keepdims=0),
+        helper.make_node("Reshape", ["m", "one"], ["k"]),
+        helper.make_node("Expand", ["x", "k"], ["y"]),
+    ]
+    one = numpy_helper.from_array(np.array([1], np.int64), "one")
+    assert not outputs_sized_by_inputs(_graph(by_values, [x], [one]))
+    assert not outputs_sized_by_inputs(_graph([helper.make_node("NonZero", ["x"], ["y"])], [x]))
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["z"])], "b", [],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    cond = numpy_helper.from_array(np.array(True), "c")
+    choice = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)
+    assert not outputs_sized_by_inputs(_graph([choice], [x], [cond]))  # a subgraph
 
 
 async def test_a_run_of_a_model_sized_by_values_is_never_expected_fast(tmp_path: Path) -> None:
