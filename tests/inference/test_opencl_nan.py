@@ -115,3 +115,22 @@ def test_fused_activation_keeps_nan(session, producer, op, attrs, bounds) -> Non
     opencl = session(model)
     assert_same_as_onnxruntime(opencl, model, {"x": x})
     _assert_fused(opencl)
+
+
+@pytest.mark.parametrize("op", ["Max", "Min"])
+@pytest.mark.parametrize("length", [len(SPECIALS), 8 * len(SPECIALS)])
+def test_max_and_min_keep_nan_from_either_operand(session, op, length) -> None:
+    """onnxruntime's Max and Min answer NaN when either operand is NaN; ``a > b ? a : b``
+    answered b for a NaN a."""
+    a = np.resize(SPECIALS, length).reshape(1, length)
+    b = np.resize(np.roll(SPECIALS, 3), length).reshape(1, length)
+    model = make_model([helper.make_node(op, ["a", "b"], ["y"])], {"a": a, "b": b}, ["y"])
+    assert_same_as_onnxruntime(session(model), model, {"a": a, "b": b})
+
+
+def test_clip_with_bounds_given_at_run_time_keeps_nan(session) -> None:
+    """Bounds that are inputs, not constants, lower to Max then Min: NaN must pass both."""
+    x = np.resize(SPECIALS, 8 * len(SPECIALS)).reshape(1, -1)
+    feeds = {"x": x, "lo": np.array(-1.0, np.float32), "hi": np.array(2.0, np.float32)}
+    model = make_model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], feeds, ["y"])
+    assert_same_as_onnxruntime(session(model), model, feeds)

@@ -157,8 +157,8 @@ BINARY_EXPRESSIONS: dict[str, str] = {
     "Mul": "a * b",
     "Div": "a / b",
     "Pow": "pow(a, b)",
-    "Max": "a > b ? a : b",
-    "Min": "a < b ? a : b",
+    "Max": "(a > b || a != a) ? a : b",  # NaN from either operand, as onnxruntime
+    "Min": "(a < b || a != a) ? a : b",
     "PRelu": "a >= 0.0f ? a : a * b",
 }
 
