@@ -681,6 +681,8 @@ class BlobWriter:
                 os.fsync(self._handle.fileno())
             self._handle.close()
         except DirectRefused as refused:  # the last block: written buffered
+            if self._direct is not None:  # finish waited for its thread: safe to close
+                self._direct.close()
             self._direct = None
             try:
                 self._handle.seek(refused.offset)

@@ -103,3 +103,35 @@ def test_closing_with_a_write_under_way_leaves_the_descriptor_to_the_thread(
     release.set()
     assert descriptor_closed.wait(10)
     assert len(closed) == 1
+
+
+def test_a_refusal_met_at_commit_gives_the_direct_descriptor_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payload of one range meets a refused direct write only in ``commit`` (the write
+    was queued): the bytes go buffered, the copy is whole, and the direct descriptor is
+    closed, not left open for the life of the daemon."""
+    from meshgpu.daemon.blobs import BlobWriter
+
+    def refusing_pwrite(descriptor: int, data: Any, offset: int) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    probe = _open(tmp_path / "probe")  # skips where the filesystem takes no O_DIRECT
+    probe.close()
+    closed: list[int] = []
+    real_close = os.close
+
+    def noting_close(descriptor: int) -> None:
+        closed.append(descriptor)
+        real_close(descriptor)
+
+    monkeypatch.setattr(os, "pwrite", refusing_pwrite)
+    monkeypatch.setattr(direct_writes.os, "close", noting_close)
+    data = np.random.default_rng(2).bytes(STAGE_BYTES // 2 + 777)
+    writer = BlobWriter(tmp_path, "p", durable=True)
+    direct = writer._direct
+    assert direct is not None
+    writer.write(0, data)
+    path = writer.commit(None)
+    assert path.read_bytes() == data
+    assert direct._descriptor in closed
