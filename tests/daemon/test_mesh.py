@@ -130,12 +130,17 @@ async def test_garbage_datagram_and_frame_are_dropped_and_mesh_keeps_serving(mes
     target = nodes[1]
     counters = (await call(target, key, "status"))["counters"]["daemon"]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        # Without the envelope's magic: dropped by the socket's filter in the kernel.
         udp.sendto(b"\x00garbage\xff" * 10, target.address)
+        # With it: read, refused and counted by the daemon.
+        udp.sendto(b"MG" + b"\x00garbage\xff" * 10, target.address)
     await wait(
         target,
         key,
         counter=["daemon", "datagrams_rejected", counters.get("datagrams_rejected", 0) + 1],
     )
+    in_kernel = (await call(target, key, "status"))["counters"]["daemon"]
+    assert in_kernel["datagrams_dropped_in_kernel"] > counters.get("datagrams_dropped_in_kernel", 0)
     stream = await trio.open_tcp_stream(*target.address)
     async with stream:
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
