@@ -124,12 +124,13 @@ def every_input_in_the_table(peer: str, before: set[str], labels: set[str]) -> C
     Once every input is in the entry's table, each answer is at most its journal write
     and its copy on the other node away."""
 
+    seen: set[str] = set()  # once in the table, accepted: a delivered row may be gone later
+
     def check() -> bool:
         async def ask() -> list[dict]:
             async with AsyncClient(peer, environ={}) as client:
                 return await client.tasks()
 
-        seen: set[str] = set()
         for row in trio.run(ask):
             if row["task_id"] not in before and row.get("label"):
                 seen.update(str(row["label"]).split(","))  # a group's: its members', joined
