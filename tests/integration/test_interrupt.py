@@ -102,6 +102,18 @@ def interrupt_when(
     return stdout.decode(), stderr.decode()
 
 
+def started(command: list[str]) -> subprocess.Popen[bytes]:
+    """``command`` as from a terminal, where Ctrl-C's SIGINT is not ignored: a test run
+    started in the background (``cmd &`` in a script) ignores SIGINT, its children
+    inherit that, and Python then installs no KeyboardInterrupt handler."""
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def table_ids(peer: str) -> set[str]:
     """The ids in the entry's task table (a test's own tasks are those not in it before)."""
 
@@ -164,7 +176,7 @@ def test_ctrl_c_on_submit_names_every_accepted_task(
     stems = {f"{index:03d}" for index in range(TASKS)}
     accepted = every_input_in_the_table(peer, table_ids(peer), stems)
     with hold(slow_mesh):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = started(command)
         stdout, stderr = interrupt_when(process, out, 1, accepted)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "BaseExceptionGroup" not in stderr
@@ -199,7 +211,7 @@ def test_ctrl_c_on_collect_prints_the_ids_still_to_collect(
         )  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr
         assert submitted.stdout == "" and len(ids_file.read_text().splitlines()) == TASKS
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = started(command)
         stdout, stderr = interrupt_when(process, out, 1)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "not collected yet" in stderr
@@ -247,7 +259,7 @@ def test_ctrl_c_on_the_python_clients_map_raises_with_the_uncollected_ids(
     labels = {f"row-{index}" for index in range(TASKS - HELD, TASKS)}
     accepted = every_input_in_the_table(peer, table_ids(peer), labels)
     with hold(slow_mesh):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = started(command)
         stdout, stderr = interrupt_when(process, out, 1, accepted)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
