@@ -16,9 +16,21 @@ import numpy as np
 import trio
 
 from meshgpu.daemon.payloads import decode_tensors
-from meshgpu.errors import MeshError, ResultTimeoutError, TaskFailedError
+from meshgpu.errors import ClientError, MeshError, ResultTimeoutError, TaskFailedError
 
 Outputs = dict[str, np.ndarray]
+
+
+def client_not_open(entered: bool) -> ClientError:
+    """Why an AsyncClient refuses a call outside its ``async with`` (``entered``: it was
+    entered and has been closed since); without it the call waited for ever for a
+    connection that no task was there to make."""
+    if entered:
+        return ClientError("this meshgpu client is closed; open a new one")
+    return ClientError(
+        "this AsyncClient was not entered: use it inside `async with AsyncClient(...) as "
+        "client:` (or the blocking meshgpu.Client)"
+    )
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,8 @@ class AsyncTaskHandle:
         request, the mesh lost): only such an outcome is acknowledged."""
         self._outcome: Outcome | None = None
         self._resolved = trio.Event()
+        """Set with the outcome, or when the client closed without one (``orphan``)."""
+        self._orphaned = False
         self._callbacks: list[Callable[[Outcome], None]] = []
 
     def __repr__(self) -> str:
@@ -102,6 +116,19 @@ class AsyncTaskHandle:
             callback(outcome)
         return True
 
+    def orphan(self) -> None:
+        """The client closed before the outcome came: waiters are woken with an error
+        (the task goes on in the mesh) instead of waiting for ever."""
+        if self._outcome is None:
+            self._orphaned = True
+            self._resolved.set()
+
+    def reopen(self) -> None:
+        """Its client was entered again: wait for the outcome again."""
+        if self._orphaned:
+            self._orphaned = False
+            self._resolved = trio.Event()
+
     def on_resolved(self, callback: Callable[[Outcome], None]) -> None:
         """Call ``callback(outcome)`` once the outcome is in (now, if it is): no task
         waits, which is what ``map`` needs for thousands of members at once."""
@@ -114,6 +141,12 @@ class AsyncTaskHandle:
         """The outcome, waiting up to ``timeout`` seconds (forever if None)."""
         with trio.move_on_after(math.inf if timeout is None else timeout):
             await self._resolved.wait()
+        if self._outcome is None and self._orphaned:
+            raise ClientError(
+                f"the client closed before task {self.task_id} had a result; it goes on in "
+                "the mesh: collect it with attach(task_id) on an open client, or with "
+                f"`meshgpu collect {self.task_id}`"
+            )
         if self._outcome is None:
             raise ResultTimeoutError(
                 f"task {self.task_id} has no result after {timeout} s; it goes on in the "

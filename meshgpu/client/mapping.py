@@ -54,7 +54,7 @@ from meshgpu.client.batches import (
     check_label,
     choose_group,
 )
-from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome
+from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome, client_not_open
 from meshgpu.client.models import ModelBlob
 from meshgpu.errors import ConfigError, MeshError
 
@@ -112,6 +112,7 @@ class MapSubmission:
     the mixins that define what the stubs below stand for)."""
 
     _nursery: trio.Nursery | None
+    _closed: bool
     members: list[dict[str, Any]]
     unanswered: int
     _abandoned: dict[str, str | None]
@@ -216,7 +217,8 @@ class MapSubmission:
     ) -> AsyncGenerator[list[Completed], None]:
         """The map itself: yields bursts of items; the wrappers record what was taken and,
         once their consumer stopped, abandon the rest (``_consumer_stopped``)."""
-        assert self._nursery is not None
+        if self._nursery is None or self._closed:
+            raise client_not_open(self._nursery is not None)
         if group is not None and not 1 <= int(group) <= BATCH_MAX:
             raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
         if isinstance(label, str):

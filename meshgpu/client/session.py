@@ -42,7 +42,7 @@ from meshgpu.client.batches import (
     resolve_max_task_bytes,
     submit_fields,
 )
-from meshgpu.client.handles import AsyncTaskHandle, Outcome
+from meshgpu.client.handles import AsyncTaskHandle, Outcome, client_not_open
 from meshgpu.client.link import Failover, Link, Signal
 from meshgpu.client.mapping import MapSubmission
 from meshgpu.client.models import ModelBlob
@@ -145,11 +145,25 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         self._fatal: ClientError | None = None
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
+        self._closed = False
+        """Left its ``async with``: every call is refused (they waited for ever)."""
         self._submit_slots = trio.CapacityLimiter(SUBMITS_IN_FLIGHT)
 
     # --- lifecycle ---------------------------------------------------------------
 
     async def __aenter__(self) -> AsyncClient:
+        try:
+            trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            # asyncio (or no loop): trio's nursery failed with an AttributeError of its
+            # internals ("'RunContext' object has no attribute 'runner'").
+            raise ClientError(
+                "AsyncClient runs under trio (trio.run); from asyncio or plain threads use "
+                "the blocking meshgpu.Client (in a coroutine: await asyncio.to_thread(...))"
+            ) from None
+        self._closed = False
+        for task_id in self._unresolved:  # asked for again once a peer answers
+            self._handles[task_id].reopen()
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         try:
@@ -175,6 +189,9 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
 
     async def _close_nursery(self) -> None:
         assert self._nursery is not None
+        self._closed = True
+        for task_id in self._unresolved:
+            self._handles[task_id].orphan()
         self._nursery.cancel_scope.cancel()
         await self._nursery_manager.__aexit__(None, None, None)
 
@@ -344,6 +361,8 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
     # --- requests over the current link ----------------------------------------------
 
     async def _current_link(self) -> Link:
+        if self._nursery is None or self._closed:
+            raise client_not_open(self._nursery is not None)
         while True:
             if self._fatal is not None:
                 raise self._fatal

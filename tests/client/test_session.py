@@ -419,3 +419,40 @@ async def test_a_client_cancelled_while_flushing_still_closes_its_tasks(fake_mes
             client._to_ack.add("p1/999")  # something to flush
             scope.cancel()
     assert client._nursery is not None and not client._nursery.child_tasks
+
+
+async def test_a_client_used_outside_its_async_with_says_so_instead_of_waiting(
+    fake_mesh,
+) -> None:
+    mesh, peers = fake_mesh
+    client = AsyncClient(f"127.0.0.1:{peers[0].port}", environ={})
+    with trio.fail_after(5):  # each waited for ever for a connection nobody made
+        with pytest.raises(ClientError, match="not entered: use it inside `async with"):
+            await client.submit(MODEL, {"x": np.ones(1, np.float32)})
+        with pytest.raises(ClientError, match="not entered"):
+            await client.status()
+        with pytest.raises(ClientError, match="not entered"):
+            async for _ in client.map(MODEL, [{"x": np.ones(1, np.float32)}]):
+                pass
+    async with client:
+        handle = await client.submit(MODEL, {"x": np.ones(1, np.float32)})
+    with trio.fail_after(5):
+        with pytest.raises(ClientError, match="client is closed"):
+            await client.status()
+        with pytest.raises(ClientError, match=f"attach.*meshgpu collect {handle.task_id}"):
+            await handle.result()
+    async with client:  # entered again, it works again
+        mesh.release(handle.task_id)
+        again = client.attach(handle.task_id)
+        assert (await again.result(timeout=10))["y"].tolist() == [2.0]
+
+
+def test_an_async_client_under_asyncio_is_a_clear_error_naming_the_blocking_client() -> None:
+    import asyncio
+
+    async def main() -> None:
+        async with AsyncClient("127.0.0.1:9", environ={}):
+            pass
+
+    with pytest.raises(ClientError, match=r"runs under trio.*meshgpu\.Client"):
+        asyncio.run(main())
