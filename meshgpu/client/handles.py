@@ -8,6 +8,7 @@ and every later ``result()`` returns the same arrays (or raises the same error).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,31 @@ import numpy as np
 import trio
 
 from meshgpu.daemon.payloads import decode_tensors
-from meshgpu.errors import ClientError, MeshError, ResultTimeoutError, TaskFailedError
+from meshgpu.errors import (
+    ClientError,
+    ConfigError,
+    MeshError,
+    ResultTimeoutError,
+    TaskFailedError,
+)
 
 Outputs = dict[str, np.ndarray]
+
+
+def wait_seconds(timeout: object) -> float:
+    """A ``result``/``wait`` timeout as seconds (None: for ever); a ConfigError for
+    anything but a number >= 0 (trio's ``ValueError: `seconds` must be non-negative``
+    and a ``TypeError`` from a comparison came out of the client's loop)."""
+    if timeout is None:
+        return math.inf
+    seconds = math.nan
+    if isinstance(timeout, numbers.Real) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    if not seconds >= 0:
+        raise ConfigError(
+            f"timeout is a number of seconds >= 0 (None: wait for ever), got {timeout!r}"
+        )
+    return seconds
 
 
 def client_not_open(entered: bool) -> ClientError:
@@ -139,7 +162,7 @@ class AsyncTaskHandle:
 
     async def wait(self, timeout: float | None = None) -> Outcome:
         """The outcome, waiting up to ``timeout`` seconds (forever if None)."""
-        with trio.move_on_after(math.inf if timeout is None else timeout):
+        with trio.move_on_after(wait_seconds(timeout)):
             await self._resolved.wait()
         if self._outcome is None and self._orphaned:
             raise ClientError(

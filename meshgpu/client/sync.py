@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome, Outputs
+from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome, Outputs, wait_seconds
 from meshgpu.client.mapping import STOP_GRACE_S, MapInterrupted, MapRun, stopped_map_message
 from meshgpu.client.session import AsyncClient
 from meshgpu.errors import ClientError, MeshError
@@ -58,6 +58,7 @@ class TaskHandle:
     def wait(self, timeout: float | None = None) -> Outcome:
         # A resolved handle (a direct run's, or a result already in) needs no trip
         # through the client's trio thread: its outcome never changes again.
+        wait_seconds(timeout)  # refused alike whether the outcome is in or not
         outcome = self._handle.outcome
         if outcome is not None:
             return outcome
@@ -65,6 +66,7 @@ class TaskHandle:
 
     def result(self, timeout: float | None = None) -> Outputs:
         """The outputs by name; raises the task's error, or ResultTimeoutError."""
+        wait_seconds(timeout)
         outcome = self._handle.outcome
         if outcome is None:
             return self._client._run(self._handle.result, timeout)

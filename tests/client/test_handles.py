@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from meshgpu.client.handles import AsyncTaskHandle, Outcome
+from meshgpu.errors import ConfigError, ResultTimeoutError
 
 
 def test_callbacks_run_once_with_the_first_outcome_and_at_once_when_already_resolved() -> None:
@@ -14,3 +18,16 @@ def test_callbacks_run_once_with_the_first_outcome_and_at_once_when_already_reso
     assert not handle.resolve(Outcome("n-1/1:0", "failed", "w-2"))  # a repeat: dropped
     handle.on_resolved(lambda outcome: seen.append(("late", outcome.state)))
     assert seen == [("early", "done"), ("late", "done")]
+
+
+async def test_a_timeout_that_is_not_seconds_is_refused_naming_it() -> None:
+    handle = AsyncTaskHandle("n-1/2")
+    for bad in (-1, float("nan"), "5", True):
+        # trio's "ValueError: `seconds` must be non-negative", a TypeError for "5", and
+        # True was one second.
+        with pytest.raises(ConfigError, match=f"timeout is a number of seconds >= 0.*{bad!r}"):
+            await handle.result(timeout=bad)
+    with pytest.raises(ResultTimeoutError):
+        await handle.result(timeout=0)
+    handle.resolve(Outcome("n-1/2", "done", "w-1", outputs={}))
+    assert await handle.result(timeout=np.float32(0.5)) == {}

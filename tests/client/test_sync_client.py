@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from meshgpu.client import Client, Completed
-from meshgpu.errors import TaskFailedError
+from meshgpu.errors import ConfigError, TaskFailedError
 from tests.client import test_session as fakes
 
 
@@ -112,6 +112,8 @@ def test_a_resolved_handle_answers_without_the_clients_loop(fake_peer, monkeypat
         monkeypatch.setattr(client, "_run", lambda *a: pytest.fail("went through the loop"))
         np.testing.assert_array_equal(handle.result(1)["y"], [0, 2])
         assert handle.wait(1).state == "done"
+        with pytest.raises(ConfigError, match="timeout is a number of seconds"):
+            handle.result(-1)  # refused as when the outcome is not in yet
         monkeypatch.undo()
         table = client.submit(fakes.MODEL, {"x": np.ones(1, np.float32)}, direct=False)
         np.testing.assert_array_equal(table.result(10)["y"], [2])  # the loop's way
