@@ -180,7 +180,27 @@ def _json_tensor(values: Any, datatype: str, dtype: np.dtype[Any], where: str) -
                 f"{where}: 'data' holds {low if low < limits.min else high}, outside "
                 f"{datatype}'s range [{limits.min}, {limits.max}]"
             )
-    return raw.astype(dtype)
+        return raw.astype(dtype)
+    with np.errstate(over="ignore"):
+        array = raw.astype(dtype)
+    if dtype.kind in "fV":
+        # A finite value past the type's largest became infinity on the quiet (70000
+        # as FP16); the tokens Infinity and -Infinity stay what they say.
+        overflowed = np.isinf(array.astype(np.float64)) & np.isfinite(raw.astype(np.float64))
+        if overflowed.any():
+            largest = _largest(dtype)
+            raise ProtocolError(
+                f"{where}: 'data' holds {float(raw[overflowed].reshape(-1)[0])!r}, outside "
+                f"{datatype}'s range [{-largest:g}, {largest:g}]"
+            )
+    return array
+
+
+def _largest(dtype: np.dtype[Any]) -> float:
+    """The largest finite value of a floating ``dtype`` (bfloat16's bits 0x7f7f)."""
+    if dtype.kind == "V":
+        return float(np.array([0x7F7F], np.uint16).view(dtype)[0])
+    return float(np.finfo(dtype).max)
 
 
 def _shape(shape: Any, where: str) -> tuple[int, ...]:
