@@ -52,6 +52,7 @@ def sweep(spec_path: Path, out: Path, jobs: int | None, resume: bool) -> None:
 
     from meshgpu.errors import MeshError
     from meshgpu.sim.sweep import draw_figures, figures_available, load_sweep, run_sweep
+    from meshgpu.sim.sweep.tables import unreported_metrics
 
     errors = Console(stderr=True)
     workers = jobs or os.cpu_count() or 1
@@ -98,6 +99,24 @@ def sweep(spec_path: Path, out: Path, jobs: int | None, resume: bool) -> None:
             f"meshgpu sweep: {result.failed} run(s) raised; see the error column of runs.csv",
             err=True,
         )
+    # A misspelt metric gave empty columns and status 0: the spec is bad (status 2),
+    # found only once reports exist; its runs are kept for --resume.
+    unreported = unreported_metrics(spec, result.runs)
+    for metric, near in unreported.items():
+        click.echo(
+            f"meshgpu sweep: metric {metric!r} is in no run's report, so its columns are "
+            "empty"
+            + (f"; did you mean {', '.join(near)}?" if near else "")
+            + " (`meshgpu simulate SCENARIO --json` shows a report's fields)",
+            err=True,
+        )
+    if unreported:
+        click.echo(
+            "meshgpu sweep: fix sweep.metrics and run again with --resume (the runs are kept)",
+            err=True,
+        )
+        sys.exit(EXIT_ERROR)
+    if result.failed:
         sys.exit(EXIT_RUN_FAILED)
 
 

@@ -226,3 +226,25 @@ def test_cli_draws_figures_with_matplotlib(spec_path: Path, tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     assert (out / "detection.png").stat().st_size > 1000
     assert (out / "detection.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_a_metric_no_report_holds_is_named_with_the_nearest_fields(
+    spec_path: Path, tmp_path: Path
+) -> None:
+    misspelt = SPEC.replace('"detection_s.max"', '"detection_s.meen"').replace("[[figure]]", "[x]")
+    misspelt = misspelt.split("[x]")[0].replace('"timing.probe_interval" = [0.2, 0.25]', "")
+    spec_path.write_text(misspelt)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["sweep", str(spec_path), "--out", str(out), "--jobs", "1"])
+    # It ran to status 0 with an empty column.
+    assert result.exit_code == 2, result.output
+    assert "metric 'detection_s.meen' is in no run's report" in result.output
+    assert "did you mean detection_s.max" in result.output
+    assert "'detection_s.p50'" not in result.output  # reported (undefined or not): fine
+    assert len(read_csv(out / "runs.csv")) == 4  # the runs are kept
+    spec_path.write_text(misspelt.replace("meen", "max"))
+    again = CliRunner().invoke(
+        main, ["sweep", str(spec_path), "--out", str(out), "--jobs", "1", "--resume"]
+    )
+    assert again.exit_code == 0, again.output
+    assert "0 run(s)" in again.output and "4 kept from before" in again.output

@@ -15,6 +15,7 @@ time) are left out of that metric's statistics; ``n_<metric>`` says how many cou
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -71,6 +72,26 @@ def metric_columns(spec: SweepSpec, runs: Iterable[Mapping[str, Any]]) -> list[s
         names.update(flatten(run.get("report", {})))
     skip = NONDETERMINISTIC_METRICS | {"seed"}
     return sorted(n for n in names if n not in skip and not n.startswith("invariants"))
+
+
+def unreported_metrics(spec: SweepSpec, runs: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """The spec's metrics that no run's report holds, not even undefined (a report keeps
+    its fields, ``None`` where a run had no sample), each with the nearest field names
+    the reports do hold: a misspelt metric, whose columns would be empty. Nothing when
+    no run has a report to judge by (every run raised)."""
+    if spec.metrics is None:
+        return {}
+    names: set[str] = set()
+    for run in runs:
+        names.update(flatten(run.get("report") or {}))
+    if not names:
+        return {}
+    known = sorted(names)
+    return {
+        metric: difflib.get_close_matches(metric, known, n=3, cutoff=0.6)
+        for metric in spec.metrics
+        if metric not in names
+    }
 
 
 def format_value(value: Any) -> str:
