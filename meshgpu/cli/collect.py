@@ -169,6 +169,7 @@ async def _collect(
     from meshgpu.cli.preflight import prepare_output_dir
     from meshgpu.cli.report import save_outputs
     from meshgpu.client import AsyncClient
+    from meshgpu.daemon.direct import is_direct_id
 
     rows: list[dict[str, Any]] = [{"task_id": t, "stem": s} for t, s in pairs]
 
@@ -189,7 +190,14 @@ async def _collect(
         for row in rows:
             # a task group's member id is "<group id>:<index>"; the table holds the group
             entry = known.get(row["task_id"].split(":", 1)[0])
-            if entry is None:
+            if entry is None and is_direct_id(row["task_id"]):
+                row.update(
+                    state="failed",
+                    error="a direct run's id (an HTTP answer's task_id, a submit's): its "
+                    "result was in that answer and is not kept in the mesh; to collect "
+                    "later, submit with --no-wait",
+                )
+            elif entry is None:
                 row.update(
                     state="failed",
                     error=f"not in the task table of {node}: a mistyped id, one of another "

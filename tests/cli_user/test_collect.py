@@ -65,9 +65,10 @@ def test_no_wait_ids_are_collected_into_npz_files_equal_to_onnxruntime(tmp_path:
         first = cli("collect", "--ids", str(ids), "-o", out, "--peer", peer, "--json")
         again = cli("collect", "--ids", str(ids), "-o", out, "--peer", peer)
         unknown = cli("collect", "solo/12345", "--peer", peer)
-        return [submitted, first, again, unknown]
+        direct = cli("collect", "solo/direct-0a1b2c-7", "--peer", peer)
+        return [submitted, first, again, unknown, direct]
 
-    submitted, first, again, unknown = serve_and_run(tmp_path, scenario)
+    submitted, first, again, unknown, direct = serve_and_run(tmp_path, scenario)
     assert submitted.exit_code == 0, submitted.output
     assert f"{len(STEMS)} of {len(STEMS)} tasks submitted" in submitted.stderr
     assert sorted(line.split("\t")[1] for line in submitted.stdout.splitlines()) == STEMS
@@ -83,6 +84,8 @@ def test_no_wait_ids_are_collected_into_npz_files_equal_to_onnxruntime(tmp_path:
         np.testing.assert_allclose(np.load(row["output"])["s"], expected, rtol=1e-6)
     assert again.exit_code == 1 and "already collected" in again.stderr
     assert unknown.exit_code == 1 and "not in the task table of solo" in unknown.stderr
+    # An HTTP answer's task_id of a direct run was "a mistyped id".
+    assert direct.exit_code == 1 and "a direct run's id" in direct.stderr
 
 
 def test_a_waiting_submit_ends_with_a_summary_line(tmp_path: Path) -> None:
