@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -219,6 +220,17 @@ class MapSubmission:
         once their consumer stopped, abandon the rest (``_consumer_stopped``)."""
         if self._nursery is None or self._closed:
             raise client_not_open(self._nursery is not None)
+        try:
+            size = 0 if isinstance(window, bool) else operator.index(window)
+        except TypeError:
+            size = 0
+        if size < 1:
+            # 0 waited for ever for room; -1 and 2.5 failed inside the client's loop with
+            # an exception group at its close.
+            raise ConfigError(
+                f"window is the most unfinished tasks at once, an integer >= 1, got {window!r}"
+            )
+        window = size
         if group is not None and not 1 <= int(group) <= BATCH_MAX:
             raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
         if isinstance(label, str):

@@ -19,6 +19,7 @@ from meshgpu.daemon.auth import VERSION, Authenticator, Channel, envelope, hands
 from meshgpu.daemon.payloads import decode_tensors, encode_tensors
 from meshgpu.errors import (
     ClientError,
+    ConfigError,
     DiskFullError,
     IncompatibleDaemonError,
     IncompatiblePeerError,
@@ -456,3 +457,16 @@ def test_an_async_client_under_asyncio_is_a_clear_error_naming_the_blocking_clie
 
     with pytest.raises(ClientError, match=r"runs under trio.*meshgpu\.Client"):
         asyncio.run(main())
+
+
+@pytest.mark.parametrize("window", [0, -1, 2.5, True])
+async def test_a_map_window_that_is_not_a_count_is_refused_naming_it(fake_mesh, window) -> None:
+    _, peers = fake_mesh
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+        with trio.fail_after(5):  # 0 waited for ever for room in the window
+            with pytest.raises(ConfigError, match=f"window is .* >= 1, got {window!r}"):
+                async for _ in client.map(MODEL, [{"x": np.ones(1, np.float32)}], window=window):
+                    pass
+        # -1 and 2.5 broke the client's nursery: it still serves
+        handle = await client.submit(MODEL, {"x": np.ones(1, np.float32)})
+        assert handle.task_id

@@ -186,3 +186,12 @@ def test_a_map_whose_client_was_closed_under_it_names_what_it_did_not_hand_over(
     assert first.task_id in left and len(left) > 1
     assert f"map stopped: {len(left)} accepted task(s) not collected" in caplog.text
     assert left <= set(mesh.inputs) and not left & set(mesh.collected)
+
+
+def test_a_map_window_that_is_not_a_count_is_refused_and_the_client_closes(fake_peer) -> None:
+    _, peer = fake_peer
+    client = Client(f"127.0.0.1:{peer.port}", environ={})
+    with pytest.raises(ConfigError, match="window is"):
+        list(client.map(fakes.MODEL, [{"x": np.ones(1, np.float32)}], window=-1))
+    client.close()
+    # closing the with: the close used to raise the map's ValueError in an exception group
