@@ -704,5 +704,8 @@ class BlobWriter:
         if self._direct is not None:
             self._direct.close()
             self._direct = None
-        self._handle.close()
+        # close() flushes what is buffered: on a full disk it fails again (ENOSPC), and
+        # must not hide the error being reported nor keep the partial file.
+        with contextlib.suppress(OSError):
+            self._handle.close()
         self.path.unlink(missing_ok=True)

@@ -96,10 +96,15 @@ class DirectWriter:
         if flag is None:
             return None
         try:
-            return cls(os.open(path, os.O_WRONLY | flag))
+            descriptor = os.open(path, os.O_WRONLY | flag)
         except OSError as error:
             if error.errno in (errno.EINVAL, errno.EOPNOTSUPP):
                 return None
+            raise
+        try:
+            return cls(descriptor)
+        except BaseException:  # no staging memory: the caller's error, not a lost descriptor
+            os.close(descriptor)
             raise
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:

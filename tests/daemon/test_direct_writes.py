@@ -135,3 +135,51 @@ def test_a_refusal_met_at_commit_gives_the_direct_descriptor_up(
     path = writer.commit(None)
     assert path.read_bytes() == data
     assert direct._descriptor in closed
+
+
+def test_a_staging_buffer_that_cannot_be_had_leaves_no_descriptor_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``open`` opened the file, then the staging buffers' memory was refused: the
+    error reaches the caller (a StorageError there) and the descriptor is closed."""
+    _open(tmp_path / "probe").close()  # skips where the filesystem takes no O_DIRECT
+    opened: list[int] = []
+    closed: list[int] = []
+    real_open, real_close = os.open, os.close
+
+    def noting_open(path: Any, flags: int, *args: Any) -> int:
+        descriptor = real_open(path, flags, *args)
+        opened.append(descriptor)
+        return descriptor
+
+    def noting_close(descriptor: int) -> None:
+        closed.append(descriptor)
+        real_close(descriptor)
+
+    def no_memory(*args: Any) -> Any:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    (tmp_path / "p").touch()
+    monkeypatch.setattr(direct_writes.os, "open", noting_open)
+    monkeypatch.setattr(direct_writes.os, "close", noting_close)
+    monkeypatch.setattr(direct_writes.mmap, "mmap", no_memory)
+    with pytest.raises(OSError, match="allocate"):
+        DirectWriter.open(tmp_path / "p")
+    assert len(opened) == 1
+    assert closed == opened
+
+
+def test_abort_after_a_full_disk_deletes_the_scratch_file_and_raises_nothing(
+    tmp_path: Path,
+) -> None:
+    """Closing the scratch file flushes what is buffered, which fails again on a full
+    disk: ``abort`` (invoked while a StorageError is being raised) must neither replace
+    that error with a bare OSError nor keep the partial file, which holds the disk full."""
+    from meshgpu.daemon.blobs import BlobWriter
+
+    writer = BlobWriter(tmp_path, "p")
+    writer._handle.close()
+    writer._handle = open("/dev/full", "wb")  # noqa: SIM115 (a disk that is full)
+    writer._handle.write(b"buffered, flushed at close")
+    writer.abort()
+    assert not writer.path.exists()
