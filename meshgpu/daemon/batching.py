@@ -99,11 +99,19 @@ SIZE_ARGUMENTS: dict[str, tuple[int, ...]] = {
     "MaxUnpool": (2,),
     "Col2Im": (1, 2),
     "DFT": (1,),
+    "STFT": (1, 3),
+    "HannWindow": (0,),
+    "HammingWindow": (0,),
+    "BlackmanWindow": (0,),
+    "MelWeightMatrix": (0, 1),
+    "AffineGrid": (1,),
 }
 """Operators and the positions of their inputs whose *values* set the output's size
 (``Reshape``'s shape is not among them: it keeps the element count)."""
 
-VALUE_SIZED = frozenset({"NonZero", "Compress", "Unique", "NonMaxSuppression"})
+VALUE_SIZED = frozenset(
+    {"NonZero", "Compress", "Unique", "NonMaxSuppression", "StringSplit", "ImageDecoder"}
+)
 """Operators whose output size follows from the values of their inputs, not their shapes."""
 
 SUBGRAPHS = frozenset({"Loop", "If", "Scan", "SequenceMap"})

@@ -308,6 +308,38 @@ def test_outputs_sized_by_inputs_reads_the_graph() -> None:
     assert not outputs_sized_by_inputs(_graph([choice], [x], [cond]))  # a subgraph
 
 
+@pytest.mark.parametrize(
+    ("op", "inputs", "sized_by"),
+    [
+        ("HannWindow", ["n"], "n"),  # the window's length is the input's value
+        ("HammingWindow", ["n"], "n"),
+        ("BlackmanWindow", ["n"], "n"),
+        ("STFT", ["x", "n"], "n"),  # frame_step: the frames' count
+        ("STFT", ["x", "", "", "n"], "n"),  # frame_length
+        ("MelWeightMatrix", ["n", "k", "r", "lo", "hi"], "n"),
+        ("MelWeightMatrix", ["k", "n", "r", "lo", "hi"], "n"),
+        ("AffineGrid", ["x", "n"], "n"),  # the grid's N, (D,) H, W
+        ("StringSplit", ["n"], "n"),  # as many columns as the most pieces
+        ("ImageDecoder", ["n"], "n"),  # the image's height and width are in its bytes
+    ],
+)
+def test_operators_that_read_a_size_from_an_input_value(
+    op: str, inputs: list[str], sized_by: str
+) -> None:
+    """Every operator whose output's size an input's value sets, fed from the runtime
+    inputs, makes a model not sized by its inputs' shapes (a few bytes in, a GiB out)."""
+    fed = [helper.make_tensor_value_info(sized_by, TensorProto.INT64, [])]
+    others = [
+        numpy_helper.from_array(np.array(4, np.int64), name)
+        for name in dict.fromkeys(inputs)
+        if name and name != sized_by
+    ]
+    node = helper.make_node(op, inputs, ["y"])
+    assert not outputs_sized_by_inputs(_graph([node], fed, others))
+    assert outputs_sized_by_inputs(_graph([node], [], [*others, numpy_helper.from_array(
+        np.array(4, np.int64), sized_by)]))  # fmt: skip
+
+
 async def test_a_run_of_a_model_sized_by_values_is_never_expected_fast(tmp_path: Path) -> None:
     """A run of ``Tile`` on a few bytes says nothing of the next one on as few bytes: the
     next may be a GiB. It is never expected to be fast (so never inline, never direct)."""
