@@ -57,6 +57,13 @@ DEFAULT_PORT = 7946
 """Gossip (UDP) and the TCP API share one port number (memberlist's port)."""
 REGISTER_TIMEOUT_S = 10.0
 """How long registration may take (no probing: normally milliseconds)."""
+STOP_TIMEOUT_S = 5.0
+"""How long a stopping daemon waits for zeroconf's goodbye and close (milliseconds when
+idle; each may wait 10 s and more for zeroconf's loop on a loaded machine). Past it the
+thread is left to finish alone: zeroconf's threads are daemon threads, so a process
+that exits does not wait for them."""
+
+logger = logging.getLogger("meshgpu.daemon")
 
 
 def one_line_socket_errors(record: logging.LogRecord) -> bool:
@@ -202,8 +209,11 @@ class MdnsDiscovery:
                 async for sighting in receiver:
                     deliver(sighting)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await trio.to_thread.run_sync(self._stop)
+            with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT_S):
+                try:  # abandoned at the deadline: a thread's work cannot be cancelled
+                    await trio.to_thread.run_sync(self._stop, abandon_on_cancel=True)
+                except Exception as error:  # zeroconf's EventLoopBlocked: the stop goes on
+                    logger.warning("mDNS did not stop cleanly: %r", error)
 
     def _start(
         self, token: trio.lowlevel.TrioToken, sender: trio.MemorySendChannel[Sighting]

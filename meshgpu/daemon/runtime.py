@@ -137,6 +137,8 @@ class Daemon:
         """Where this node listens, as reached from this machine (``daemon.json``)."""
         self.started_wall = time.time()
         self._stop = trio.Event()
+        self._starting: trio.CancelScope | None = None
+        """The scope of the daemon's start while it runs (a fatal stop cancels it)."""
         self.generation = 0
         """Counts membership and leader changes (``status`` and the ``wait`` op use it)."""
         self.changed = trio.Event()
@@ -435,36 +437,15 @@ class Daemon:
             self.feed(CatalogRestored(restored))
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.peers.run)
-                await nursery.start(self.dataplane.run)
-                nursery.start_soon(self.peer_ops.sweep_uploads)
-                nursery.start_soon(self.effects.run)
-                nursery.start_soon(self.commit.run)
-                await nursery.start(self.peer_finder.run)
-                nursery.start_soon(self.datagrams.receive)
-                nursery.start_soon(self._pulse_rejections)
-                nursery.start_soon(self.driver.run_timers)
-                await nursery.start(self.handlers.submissions.coalescer.run)
-                await nursery.start(self.api.serve_listeners, listeners)
-                self.peer_finder.find(
-                    MdnsDiscovery(
-                        settings.mesh,
-                        self.node_id,
-                        self.address[1],
-                        [self.address[0]],
-                        interface=pin,
-                    )
-                    if settings.mdns
-                    else None
-                )
-                nursery.start_soon(self._report_load)
-                nursery.start_soon(self.catalog_keeper.run)
-                await nursery.start(self.keyring_exchange.run)
-                if self.http is not None:
-                    await nursery.start(self.http.run)
-                self._announce(len(records))
-                self.ready.set()
-                task_status.started(self)
+                # A fatal stop (request_stop with a cause: a twin met while starting, a
+                # full disk) cancels the rest of the start: a refused process exits
+                # without starting mDNS, HTTP and the rest, only to stop them again.
+                self._starting = starting = trio.CancelScope()
+                if self.stopped_because is not None:
+                    starting.cancel()
+                with starting:
+                    await self._start_parts(nursery, listeners, pin, len(records), task_status)
+                self._starting = None
                 await self._stop.wait()
                 if self.stopped_because is None:
                     await self._leave()
@@ -488,10 +469,55 @@ class Daemon:
         if self.stopped_because is not None:
             raise self.stopped_because
 
+    async def _start_parts(
+        self,
+        nursery: trio.Nursery,
+        listeners: list[trio.SocketListener],
+        pin: str | None,
+        replayed: int,
+        task_status: trio.TaskStatus[Daemon],
+    ) -> None:
+        """Start the daemon's parts in ``nursery``, in order, then say it serves (invoked
+        by :meth:`run`, in a scope a fatal stop cancels)."""
+        settings = self.settings
+        await nursery.start(self.peers.run)
+        await nursery.start(self.dataplane.run)
+        nursery.start_soon(self.peer_ops.sweep_uploads)
+        nursery.start_soon(self.effects.run)
+        nursery.start_soon(self.commit.run)
+        await nursery.start(self.peer_finder.run)
+        nursery.start_soon(self.datagrams.receive)
+        nursery.start_soon(self._pulse_rejections)
+        nursery.start_soon(self.driver.run_timers)
+        await nursery.start(self.handlers.submissions.coalescer.run)
+        await nursery.start(self.api.serve_listeners, listeners)
+        self.peer_finder.find(
+            MdnsDiscovery(
+                settings.mesh,
+                self.node_id,
+                self.address[1],
+                [self.address[0]],
+                interface=pin,
+            )
+            if settings.mdns
+            else None
+        )
+        nursery.start_soon(self._report_load)
+        nursery.start_soon(self.catalog_keeper.run)
+        await nursery.start(self.keyring_exchange.run)
+        if self.http is not None:
+            await nursery.start(self.http.run)
+        self._announce(replayed)
+        self.ready.set()
+        task_status.started(self)
+
     def request_stop(self, because: BaseException | None = None) -> None:
-        """Leave gracefully (from a signal handler task, a test, or a fatal error)."""
+        """Leave gracefully (from a signal handler task, a test, or a fatal error: that
+        one also cancels what is left of the start, :meth:`run`)."""
         if because is not None and self.stopped_because is None:
             self.stopped_because = because
+            if self._starting is not None:
+                self._starting.cancel()
         self._stop.set()
 
     @property

@@ -175,3 +175,38 @@ def test_a_seed_that_never_joins_is_reported_once_and_its_answer_noted(caplog) -
     # gone again later: a new silence, a new report
     assert not watch.offered(seed, member=False, now=200.0)
     assert watch.offered(seed, member=False, now=211.0)
+
+
+@pytest.mark.parametrize("stop", ["hangs", "fails"])
+async def test_a_slow_or_failing_goodbye_holds_no_stop(
+    stop: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """zeroconf's goodbye and close wait on its own loop (up to 10 s and more each on a
+    loaded machine, then EventLoopBlocked): a stopping daemon, a refused one among them,
+    waits ``STOP_TIMEOUT_S`` at most for them, and their error is logged, not raised in
+    place of the error that stopped the daemon."""
+    import threading
+
+    from meshgpu.daemon import discovery as discovery_module
+
+    release = threading.Event()
+
+    def goodbye() -> None:
+        if stop == "fails":
+            raise RuntimeError("EventLoopBlocked")
+        release.wait(5)
+
+    discovery = MdnsDiscovery("m", "n", 7946, ["127.0.0.1"])
+    monkeypatch.setattr(discovery, "_start", lambda token, sender: None)
+    monkeypatch.setattr(discovery, "_stop", goodbye)
+    monkeypatch.setattr(discovery_module, "STOP_TIMEOUT_S", 0.2)
+    began = trio.current_time()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(discovery.run, lambda sighting: None)
+            nursery.cancel_scope.cancel()
+    finally:
+        release.set()
+    assert trio.current_time() - began < 3
+    if stop == "fails":
+        assert "EventLoopBlocked" in caplog.text

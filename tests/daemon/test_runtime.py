@@ -197,6 +197,32 @@ async def test_a_datagram_from_a_twin_stops_a_newcomer(tmp_path: Path) -> None:
     assert daemon.member_history.get("solo", {}).get("state") != "left"
 
 
+async def test_a_twin_found_while_starting_stops_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer that meets its twin while it starts (the seed said so, or the twin's
+    gossip came in) goes no further: no mDNS registration, no HTTP port, no keyring
+    exchange to start and then stop again. On a loaded machine each of those took
+    seconds of the refused process's life (zeroconf's import, register and goodbye)."""
+    from meshgpu.daemon.peer_finding import PeerFinder
+    from meshgpu.errors import DuplicateIdentityError
+
+    daemon = Daemon(settings(tmp_path / "newcomer"))
+    real_run = PeerFinder.run
+    found: list[str] = []
+
+    async def run_meeting_a_twin(finder: PeerFinder, *, task_status: trio.TaskStatus[None]) -> None:
+        daemon.request_stop(DuplicateIdentityError("node id solo is already used"))
+        await real_run(finder, task_status=task_status)
+
+    monkeypatch.setattr(PeerFinder, "run", run_meeting_a_twin)
+    monkeypatch.setattr(PeerFinder, "find", lambda finder, mdns=None: found.append("find"))
+    with trio.fail_after(20), pytest.raises(DuplicateIdentityError, match="already used"):
+        await daemon.run()
+    assert found == []
+    assert not daemon.ready.is_set()
+
+
 async def test_an_established_node_counts_a_twin_and_keeps_serving(tmp_path: Path) -> None:
     from dataclasses import replace
 

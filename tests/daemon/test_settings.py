@@ -267,3 +267,28 @@ def test_the_encryption_switches_come_from_the_file_or_the_flags(
     )
     with pytest.raises(ConfigError, match="encrypt_verify_incoming must be true or false"):
         read_config_file(write(tmp_path, "[daemon]\nencrypt_verify_incoming = 0\n"))
+
+
+def test_join_exits_without_walking_every_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused start (here a twin) exits at once: the objects left are frozen before
+    the interpreter's last garbage collection, which walked them all (seconds of a
+    refused process's exit on a loaded machine)."""
+    import gc
+
+    from meshgpu.errors import DuplicateIdentityError
+
+    async def refused(daemon: Any, started: Callable[..., None]) -> None:
+        raise DuplicateIdentityError("node id n is already used by a live node")
+
+    monkeypatch.setattr("meshgpu.daemon.foreground.serve_until_signalled", refused)
+    monkeypatch.setattr("meshgpu.daemon.framing.keep_frame_memory", lambda: False)
+    monkeypatch.delenv("MESHGPU_KEY", raising=False)
+    gc.unfreeze()
+    try:
+        result = CliRunner().invoke(join, ["--data-dir", str(tmp_path / "d"), "--no-mdns"])
+        assert result.exit_code == 1 and "already used" in result.output
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
