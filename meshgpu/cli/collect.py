@@ -32,9 +32,10 @@ from meshgpu.cli.report import collect_hint, tasks_line
 def read_ids(text: str) -> list[tuple[str, str]]:
     """(task id, output stem) pairs from ``submit --no-wait`` output, text or JSON.
 
-    Text: one ``TASK_ID`` or ``TASK_ID<whitespace>STEM`` per line (blank lines and
-    ``#`` comments skipped). JSON: ``{"tasks": [{"task_id", "stem"}, ...]}`` or a list
-    of such rows; rows without a ``task_id`` (tasks that were refused) are skipped."""
+    Text: one ``TASK_ID<TAB>STEM`` per line as ``submit`` writes it (the stem is the
+    rest of the line, spaces and ``#`` included), or ``TASK_ID`` or ``TASK_ID STEM``
+    typed by hand (blank lines and ``#`` comments skipped). JSON: ``{"tasks":
+    [{"task_id", "stem"}, ...]}`` or a list of such rows; rows without a ``task_id`` (tasks that were refused) are skipped."""
     from meshgpu.errors import ConfigError
 
     stripped = text.strip()
@@ -53,6 +54,12 @@ def read_ids(text: str) -> list[tuple[str, str]]:
         ]
     pairs = []
     for line in stripped.splitlines():
+        task_id, tab, stem = line.strip(" \r\n").partition("\t")
+        if tab and task_id and not task_id.startswith("#"):
+            # submit's own TASK_ID<TAB>STEM: the stem as it was, spaces and '#' included
+            # (it was cut at the first of them, and stems "a 1" and "a 2" both wrote a.npz).
+            pairs.append((task_id.strip(), stem.strip("\r\n") or stem_of(task_id.strip())))
+            continue
         fields = line.split("#", 1)[0].split()
         if fields:
             pairs.append((fields[0], fields[1] if len(fields) > 1 else stem_of(fields[0])))

@@ -114,6 +114,9 @@ def test_a_waiting_submit_ends_with_a_summary_line(tmp_path: Path) -> None:
             [("a/1", "p")],
         ),
         ('[{"task_id": "g/7:2"}]', [("g/7:2", "g-7-2")]),
+        # submit's lines keep a stem's spaces and '#': "a 1" and "a 2" were both "a"
+        ("a/1\ta 1\na/2\ta 2\r\na/3\tb#3\n", [("a/1", "a 1"), ("a/2", "a 2"), ("a/3", "b#3")]),
+        ("# ids\ta\n a/4 p # typed by hand\n", [("a/4", "p")]),
     ],
 )
 def test_ids_are_read_from_either_output_of_no_wait(
