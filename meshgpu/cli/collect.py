@@ -35,7 +35,8 @@ def read_ids(text: str) -> list[tuple[str, str]]:
     Text: one ``TASK_ID<TAB>STEM`` per line as ``submit`` writes it (the stem is the
     rest of the line, spaces and ``#`` included), or ``TASK_ID`` or ``TASK_ID STEM``
     typed by hand (blank lines and ``#`` comments skipped). JSON: ``{"tasks":
-    [{"task_id", "stem"}, ...]}`` or a list of such rows; rows without a ``task_id`` (tasks that were refused) are skipped."""
+    [{"task_id", "stem"}, ...]}`` or a list of such rows; rows without a ``task_id``
+    (tasks that were refused) are skipped."""
     from meshgpu.errors import ConfigError
 
     stripped = text.strip()
