@@ -71,7 +71,15 @@ class ModelBlob:
                 data = path.read_bytes()
             except OSError as error:
                 shipped = ", ".join(sorted(SHIPPED))
-                hint = f"; shipped models: {shipped}" if "/" not in str(model) else ""
+                hint = ""
+                if "/" not in str(model):
+                    # A bare word may be a catalog name (`meshgpu models add NAME`),
+                    # which only the HTTP port resolves.
+                    hint = (
+                        f"; shipped models: {shipped}; a catalog name (`meshgpu models "
+                        "list`) is run over HTTP, POST /v2/models/NAME/infer, and here by "
+                        "its .onnx file"
+                    )
                 raise ConfigError(
                     f"cannot read model {str(model)!r}: {error.strerror}{hint}"
                 ) from None

@@ -11,6 +11,7 @@ import pytest
 
 from meshgpu.client import models
 from meshgpu.client.models import ModelBlob
+from meshgpu.errors import ConfigError
 
 
 def age(path: Path, seconds: float) -> None:
@@ -53,3 +54,15 @@ def test_a_file_changed_within_the_racy_window_is_not_cached(tmp_path: Path, mon
     path.write_bytes(b"fresh")
     ModelBlob.of(path)
     assert models._READ == {}
+
+
+def test_a_bare_name_that_is_no_file_points_to_the_catalogs_http_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # `meshgpu models add resnet ...` then `meshgpu submit resnet ...` read as a file
+    with pytest.raises(ConfigError, match=r"shipped models: digits; a catalog name .*/v2/models/"):
+        ModelBlob.of("resnet")
+    with pytest.raises(ConfigError) as refused:
+        ModelBlob.of("models/resnet.onnx")
+    assert "catalog" not in str(refused.value)
