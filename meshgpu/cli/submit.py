@@ -31,6 +31,19 @@ from meshgpu.cli.report import (
 PRIORITIES = ("low", "normal", "high", "critical")
 
 
+def _labels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--require``/``--prefer`` checked here, once: a malformed one failed every task,
+    one line per input file."""
+    from meshgpu.core.tasks.spec import parse_labels
+    from meshgpu.errors import TaskError
+
+    try:
+        parse_labels(list(value), "label")
+    except TaskError as error:
+        raise click.BadParameter(str(error), ctx, param) from None
+    return value
+
+
 def model_input_names(model: Any) -> list[str]:
     """The graph inputs of a model that are not initializers (for a bare ``--input PATH``);
     empty for a file that is not ONNX (:mod:`meshgpu.cli.preflight` says why)."""
@@ -99,6 +112,7 @@ def model_input_names(model: Any) -> list[str]:
     "--require",
     multiple=True,
     metavar="KEY=VALUE",
+    callback=_labels,
     help="Run only on nodes joined with --label KEY=VALUE (repeatable; all must match). "
     "A task no live node can satisfy fails at once.",
 )
@@ -106,6 +120,7 @@ def model_input_names(model: Any) -> list[str]:
     "--prefer",
     multiple=True,
     metavar="KEY=VALUE",
+    callback=_labels,
     help="Prefer nodes with this label (repeatable) when one can take the task now.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")

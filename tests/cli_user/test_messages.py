@@ -57,3 +57,18 @@ def test_a_task_past_its_deadline_fails_with_the_deadline_named(tmp_path: Path) 
     assert result.exit_code == 1, result.output
     assert "deadline exceeded: not done within 0.5 s of its submission" in result.stderr
     assert "0 of 1 task done, 1 failed" in result.stderr
+
+
+def test_a_malformed_placement_label_is_a_usage_error_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in").mkdir()
+    for stem in ("p", "q", "r"):
+        np.save(tmp_path / "in" / f"{stem}.npy", np.ones((2, 3), np.float32))
+    model = two_input_model(tmp_path / "pair.onnx")
+    for option in ("--require", "--prefer"):
+        # No daemon on port 9: the check comes first (it failed each task, one line each).
+        result = cli("submit", str(model), "-i", f"a={tmp_path / 'in'}", "-i",
+                     f"b={tmp_path / 'in'}", option, "gpu", "--peer", "127.0.0.1:9")  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for '{option}': bad label 'gpu': expected KEY=VALUE" in result.output
