@@ -64,6 +64,7 @@ from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES
 from meshgpu.daemon.rpc import open_rpc
 from meshgpu.errors import (
     ClientError,
+    ConfigError,
     IncompatibleDaemonError,
     MeshKeyError,
     RequestFailedError,
@@ -114,7 +115,16 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         self.key = key if key is not None else load_mesh_key(_path(key_file), environ)
         self.name = f"client-{secrets.token_hex(6)}"
         self._authenticator = Authenticator(self.key, self.name, mesh=mesh)
-        peers = list(peer) if peer is not None and not isinstance(peer, str | tuple) else peer
+        peers: str | Address | list[str | Address] | None
+        if peer is None or isinstance(peer, str | tuple):
+            peers = peer
+        else:
+            try:
+                peers = list(peer)
+            except TypeError:  # a bare port (17946) was "'int' object is not iterable"
+                raise ConfigError(
+                    f"peer {peer!r} must be 'HOST:PORT', a (host, port) pair or a list of them"
+                ) from None
         self._seeds = initial_candidates(peers, environ)
         self._may_browse = peer is None and not environ.get(PEER_ENV)
         self.mesh = mesh

@@ -290,6 +290,13 @@ async def test_no_peer_answering_is_a_clear_error() -> None:
             pass
 
 
+@pytest.mark.parametrize("peer", [7946, ["127.0.0.1:7946", 7946]])
+def test_a_peer_that_is_no_address_is_refused_naming_the_forms(peer: object) -> None:
+    # A bare port was "TypeError: 'int' object is not iterable".
+    with pytest.raises(ConfigError, match=r"peer .*7946 must be 'HOST:PORT'"):
+        AsyncClient(peer, environ={})  # type: ignore[arg-type]
+
+
 async def test_a_daemon_of_the_previous_protocol_version_is_a_clear_error_naming_both(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
