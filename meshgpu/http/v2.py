@@ -317,6 +317,14 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
             options = output.get("parameters") or {}
             if not isinstance(options, dict):
                 raise ProtocolError(f"outputs[{index}]: 'parameters' must be an object")
+            if options.get("classification"):
+                # tritonclient's class_count: answering the plain tensor instead handed a
+                # caller expecting "score:index" strings numbers it would misread.
+                raise ProtocolError(
+                    f"output {output['name']!r}: the classification extension "
+                    f"('classification': {options['classification']!r}, tritonclient's "
+                    "class_count) is not served; ask for the tensor and take its top classes"
+                )
             if options.get("binary_data", request.binary_default):
                 request.binary.add(output["name"])
     return request

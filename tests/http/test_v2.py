@@ -194,6 +194,19 @@ def test_a_timeout_that_is_no_count_of_microseconds_is_refused(timeout: Any) -> 
         parse_request(timed_request({"timeout": timeout}), None)
 
 
+def test_an_output_asking_for_classification_is_refused_not_answered_as_the_tensor() -> None:
+    """tritonclient's ``InferRequestedOutput(name, class_count=3)``; it got the plain
+    tensor where it expected "score:index" strings."""
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}],
+         "outputs": [{"name": "y", "parameters": {"classification": 3}}]}
+    ).encode()  # fmt: skip
+    with pytest.raises(ProtocolError, match="output 'y': the classification extension"):
+        parse_request(body, None)
+    plain = body.replace(b'"classification": 3', b'"classification": 0')
+    assert parse_request(plain, None).outputs == ["y"]
+
+
 @pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64", "BF16"])
 def test_non_finite_values_travel_as_json_tokens_both_ways(datatype: str) -> None:
     # NaN, Infinity and -Infinity as bare tokens (what Python's json and RapidJSON's
