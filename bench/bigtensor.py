@@ -37,6 +37,7 @@ one of the two.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -228,6 +229,9 @@ def scenario(
     spies = [] if profile is None else start_spies(profile, name, {**pids, "client": client.pid})
     out, _ = client.communicate(timeout=900)
     profiles = stop_spies(spies)
+    dead = dead_daemons(mesh)
+    if dead:
+        raise SystemExit(f"scenario {name}: " + "; ".join(dead))
     result = json.loads(out)
     peaks = {name: rss(pid)["VmHWM"] for name, pid in pids.items()}
     cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
@@ -258,6 +262,25 @@ def scenario(
         "processes": processes,
         **({"profile": profiles} if profile is not None else {}),
     }
+
+
+def dead_daemons(mesh: Any) -> list[str]:
+    """A line per daemon of ``mesh`` that is no longer running (its exit status, and
+    whether the kernel's OOM killer is the likely cause, and the tail of its log): a
+    daemon that died has no peak to report, and the run's figures mean nothing."""
+    dead = []
+    for node in mesh.nodes:
+        code = node.process.poll() if node.process is not None else None
+        if code is None:
+            continue
+        why = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        if code == -9:
+            why += " (SIGKILL: the OOM killer? see dmesg)"
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = " | ".join(node.log.read_text(errors="replace").splitlines()[-3:])
+        dead.append(f"daemon {node.name} {why} during the scenario; its log ends: {tail}")
+    return dead
 
 
 def start_spies(directory: Path, scenario: str, pids: dict[str, int]) -> list[Any]:

@@ -26,8 +26,10 @@ from meshgpu.core.membership import MemberInfo
 from meshgpu.core.tasks import TaskId
 from meshgpu.core.tasks.result_push import (
     PUSH_ROUNDS,
+    keeps_own_copy,
     kept,
     needs_another_holder,
+    owes_own_copy,
     retry_delay,
     round_targets,
 )
@@ -158,18 +160,30 @@ class ResultPlane:
                 problems.append(f"{node_id}: {error or type(error).__name__}")
                 logger.warning("could not store result of %s on %s: %s", task_id, node_id, error)
 
+        holders = tuple(holders)
+        others = set(self._live(set(holders) | self._current_holders(task_id))) - {me}
+        own_copy = keeps_own_copy(others)
         async with trio.open_nursery() as spilling:
             if result.spill is not None:  # the worker's copy, written beside the pushes
-                spilling.start_soon(result.spill.run)
+                spilling.start_soon(result.spill.run, own_copy)
             for round_number in range(PUSH_ROUNDS):
                 if round_number:
                     await trio.sleep(retry_delay(round_number))
                 tried: set[NodeId] = set()
-                targets = round_targets(holders, self._current_holders(task_id), me, stored)
+                targets = round_targets(
+                    holders, self._current_holders(task_id), me, stored, own_copy
+                )
                 async with trio.open_nursery() as nursery:
                     for node_id in self._live(targets):
                         tried.add(node_id)
                         nursery.start_soon(push, node_id)
+                if not own_copy and owes_own_copy(stored, me):
+                    # The holders did not all confirm: the worker's copy after all.
+                    own_copy = True
+                    if result.spill is not None:
+                        await result.spill.keep()
+                    tried.add(me)
+                    await push(me)
                 for node_id in self._live(self.node.live_members()):
                     if not needs_another_holder(stored, me):
                         break
@@ -279,7 +293,22 @@ class _ResultSpill:
         self._stored = False
         self._sha256: str | None = None
 
-    async def run(self) -> None:
+    async def run(self, write: bool = True) -> None:
+        """Compute the digest, and with ``write`` keep the copy (the digest comes from
+        the write then); invoked once, beside the pushes."""
+        try:
+            if write:
+                await self.keep()
+            else:
+                self._sha256 = await trio.to_thread.run_sync(self._blob.digest)
+        finally:
+            self._done.set()
+
+    async def keep(self) -> None:
+        """Write the copy and install it (once; a failure to is logged, and the result is
+        then pushed from memory only)."""
+        if self._stored:
+            return
         payloads, key, blob = self._payloads, self._key, self._blob
         scratch = payloads.scratch(key, RESULT)
 
@@ -289,18 +318,16 @@ class _ResultSpill:
             return digest
 
         try:
-            try:
-                self._sha256 = await trio.to_thread.run_sync(write_and_install)
-                self._stored = True
-            except MeshError as error:
-                logger.warning(
-                    "could not keep the result of %s here (%s); sending it from memory",
-                    self._task_id,
-                    error,
-                )
+            self._sha256 = await trio.to_thread.run_sync(write_and_install)
+            self._stored = True
+        except MeshError as error:
+            logger.warning(
+                "could not keep the result of %s here (%s); sending it from memory",
+                self._task_id,
+                error,
+            )
+            if self._sha256 is None:
                 self._sha256 = await trio.to_thread.run_sync(blob.digest)
-        finally:
-            self._done.set()
 
     async def wait(self) -> bool:
         await self._done.wait()

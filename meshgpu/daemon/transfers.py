@@ -306,8 +306,13 @@ class Spill(Protocol):
     """The worker's own copy of a large result, written to its payload store while the
     same bytes are pushed to the holders (results.py)."""
 
-    async def run(self) -> None:
-        """Write, hash, sync and install the copy (run beside the pushes)."""
+    async def run(self, write: bool = True) -> None:
+        """Hash, and with ``write`` write, sync and install the copy (run beside the
+        pushes)."""
+
+    async def keep(self) -> None:
+        """Write, sync and install the copy, if :meth:`run` did not (a worker that
+        skipped its own copy and then found the holders short: results.py)."""
 
     async def wait(self) -> bool:
         """Once :meth:`run` ended: whether the copy is stored here."""

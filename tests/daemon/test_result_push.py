@@ -188,13 +188,48 @@ async def test_a_large_result_is_pushed_from_memory_while_the_workers_copy_is_wr
     monkeypatch.setattr(TensorBlob, "write_to", held_write_to)
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
     result = await fakes.plane._result_source(TASK, outputs)
-    holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
-    assert holders == ("h", "o", "w") and not problems
+    # One holder other than the worker: the worker keeps a copy of its own.
+    holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o"])
+    assert holders == ("o", "w") and not problems
     assert peers.stored_at_first_range and not any(peers.stored_at_first_range)
     digest = TensorBlob(outputs).digest()
     assert fakes.payloads.has(("o", 7), RESULT)
     lasts = [fields for _, fields in peers.calls if not fields["more"]]
-    assert len(lasts) == 2 and all(fields["sha256"] == digest for fields in lasts)
+    assert len(lasts) == 1 and all(fields["sha256"] == digest for fields in lasts)
+
+
+async def test_a_worker_no_holder_of_a_task_with_two_live_holders_keeps_no_copy(
+    tmp_path: Path,
+) -> None:
+    """Two holders other than the worker take the result: the worker writes no third
+    copy to the disks theirs go to, and still sends the digest with each last range."""
+    fakes = data_plane(tmp_path, live=["w", "o", "h"])
+    peers = Peers(taking={"o", "h"})
+    fakes.plane.peers = peers  # type: ignore[assignment]
+    outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
+    result = await fakes.plane._result_source(TASK, outputs)
+    holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
+    assert holders == ("h", "o") and not problems
+    assert not fakes.payloads.has(("o", 7), RESULT)
+    lasts = [fields for _, fields in peers.calls if not fields["more"]]
+    assert [fields["sha256"] for fields in lasts] == [TensorBlob(outputs).digest()] * 2
+
+
+async def test_a_worker_that_skipped_its_copy_writes_it_when_a_holder_refuses(
+    tmp_path: Path,
+) -> None:
+    """One of the two holders refuses: the worker writes its own copy after all, so the
+    result has the two copies it had when the worker always kept one."""
+    fakes = data_plane(tmp_path, live=["w", "o", "h"])
+    peers = Peers(taking={"o"})
+    fakes.plane.peers = peers  # type: ignore[assignment]
+    outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
+    result = await fakes.plane._result_source(TASK, outputs)
+    holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
+    assert holders == ("o", "w")
+    assert [problem.split(":")[0] for problem in problems] == ["h"]
+    assert fakes.payloads.has(("o", 7), RESULT)
+    assert fakes.payloads.read_range(("o", 7), RESULT, 0, 16) == TensorBlob(outputs).view(0, 16)
 
 
 async def test_a_result_the_worker_cannot_keep_is_still_pushed_with_its_digest(
@@ -210,8 +245,8 @@ async def test_a_result_the_worker_cannot_keep_is_still_pushed_with_its_digest(
     monkeypatch.setattr(TensorBlob, "write_to", full_disk)
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
     result = await fakes.plane._result_source(TASK, outputs)
-    holders, _ = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
-    assert holders == ("h", "o")  # not the worker: its copy was never stored
+    holders, _ = await fakes.plane._push_result(TASK, 1, result, ["o"])
+    assert holders == ("o",)  # not the worker: its copy was never stored
     assert not fakes.payloads.has(("o", 7), RESULT)
     lasts = [fields for _, fields in peers.calls if not fields["more"]]
-    assert [fields["sha256"] for fields in lasts] == [TensorBlob(outputs).digest()] * 2
+    assert [fields["sha256"] for fields in lasts] == [TensorBlob(outputs).digest()]

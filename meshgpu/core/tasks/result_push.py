@@ -5,8 +5,9 @@ The daemon's data plane (daemon/results.py) moves the bytes; these functions dec
 round by round, which nodes to push to and when the result is kept well enough to stop.
 A round pushes to its targets at once; while no node but the worker confirmed the
 result, it then goes to further live members one at a time (any node may hold a result:
-the core unions ``result_holders``). Up to ``PUSH_ROUNDS`` rounds, ``retry_delay`` apart;
-a result no node took fails the attempt.
+the core unions ``result_holders``). The worker keeps a copy of its own only while
+fewer than ``RESULT_COPIES`` other live holders take one. Up to ``PUSH_ROUNDS`` rounds,
+``retry_delay`` apart; a result no node took fails the attempt.
 """
 
 from __future__ import annotations
@@ -26,15 +27,45 @@ def retry_delay(round_number: int) -> float:
     return PUSH_RETRY_S * round_number
 
 
+RESULT_COPIES = 2
+"""The copies of a result a worker makes before its attempt is ``ok`` when the nodes are
+there: the worker's own copy counts, but it writes one only when fewer than this many
+other live holders will take one."""
+
+
+def keeps_own_copy(others: Collection[NodeId]) -> bool:
+    """Whether the worker writes its own copy of the result from the start: fewer than
+    ``RESULT_COPIES`` live holders other than itself (``others``) will take one. A worker
+    that is one of the task's holders keeps its copy as a holder whatever this says. A
+    worker that is no holder of a task with two live holders writing a third copy to the
+    same disks made a 1 GiB result's storing take half as long again (docs/daemon.md,
+    "Where a 1 GiB result's time goes"); if the holders then do not confirm,
+    ``owes_own_copy`` has the worker write its copy after all."""
+    return len(others) < RESULT_COPIES
+
+
+def owes_own_copy(stored: Collection[NodeId], me: NodeId) -> bool:
+    """After a round without the worker's own copy: fewer than ``RESULT_COPIES`` other
+    nodes confirmed, so the worker writes its copy too (the copies a result had before
+    the worker skipped its own: the worker's and another's)."""
+    return len(set(stored) - {me}) < RESULT_COPIES
+
+
 def round_targets(
-    named: Iterable[NodeId], current: Iterable[NodeId], me: NodeId, stored: Collection[NodeId]
+    named: Iterable[NodeId],
+    current: Iterable[NodeId],
+    me: NodeId,
+    stored: Collection[NodeId],
+    own_copy: bool = True,
 ) -> set[NodeId]:
     """The nodes a round pushes to at once, less those that confirmed already: the
     holders ``RunTask`` named (those known at assignment), the table's current holders
-    (replication may have added one since), and the worker itself, which keeps a copy too
-    (a task assigned before its replication finished would otherwise have its result on
-    the origin alone)."""
-    return (set(named) | set(current) | {me}) - set(stored)
+    (replication may have added one since), and, with ``own_copy``
+    (``keeps_own_copy``), the worker itself, which keeps a copy too (a task assigned
+    before its replication finished would otherwise have its result on the origin
+    alone)."""
+    mine = {me} if own_copy else set()
+    return (set(named) | set(current) | mine) - set(stored)
 
 
 def needs_another_holder(stored: Collection[NodeId], me: NodeId) -> bool:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from meshgpu.core.tasks.result_push import (
     PUSH_ROUNDS,
+    keeps_own_copy,
     kept,
     needs_another_holder,
+    owes_own_copy,
     retry_delay,
     round_targets,
 )
@@ -16,6 +18,21 @@ def test_a_round_targets_named_and_current_holders_and_the_worker() -> None:
     assert round_targets(["h1"], {"h2"}, "w", []) == {"h1", "h2", "w"}
     assert round_targets(["h1", "h2"], set(), "w", ["h1", "w"]) == {"h2"}
     assert round_targets([], set(), "w", ["w"]) == set()
+
+
+def test_a_worker_that_keeps_no_copy_of_its_own_is_no_target_unless_named() -> None:
+    assert round_targets(["h1", "h2"], set(), "w", [], own_copy=False) == {"h1", "h2"}
+    assert round_targets(["w", "h1"], set(), "w", [], own_copy=False) == {"w", "h1"}
+
+
+def test_the_worker_keeps_its_own_copy_while_fewer_than_two_others_take_one() -> None:
+    assert keeps_own_copy(set())
+    assert keeps_own_copy({"h1"})
+    assert not keeps_own_copy({"h1", "h2"})
+    assert owes_own_copy([], "w")
+    assert owes_own_copy(["h1"], "w")
+    assert owes_own_copy(["h1", "w"], "w")
+    assert not owes_own_copy(["h1", "h2"], "w")
 
 
 def test_only_a_copy_off_the_worker_spares_another_holder() -> None:
