@@ -12,6 +12,9 @@ below and runs these as its link's tasks):
 * the acknowledger (``_acknowledge``) sends ``collected`` for the outcomes the client
   holds (a task group once, when it holds every member), so the mesh can drop inputs and
   results;
+* a large result is fetched while its task's result is stored, when the entry says it
+  is ``storing`` (``_fetch_early``), and delivered only once the task's ``done`` came
+  (docs/daemon.md, "The client's fetch overlaps the storing");
 * ``_give_up`` resolves every open handle as lost when no peer answers any more.
 """
 
@@ -38,6 +41,20 @@ ACK_BATCH = 512
 """Most task ids in one ``collected`` request."""
 
 
+class EarlyFetch:
+    """A large result fetched while its task's result is being stored (the entry said
+    ``storing``): its outputs, or why there are none, once ``ended`` is set. The outputs
+    are delivered only when the task's ``done`` comes; until then they are not the
+    task's result (a task whose result could not be stored fails, and they go)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.ended = trio.Event()
+        self.outputs: dict[str, np.ndarray] | None = None
+        self.error: str | None = None
+        self.scope = trio.CancelScope()
+
+
 class OutcomeStreams:
     """Tracking handles and streaming their outcomes (mixed into ``AsyncClient``)."""
 
@@ -55,6 +72,8 @@ class OutcomeStreams:
     """Which id to acknowledge for a first or repeated outcome (task groups: batches.py)."""
     _forget_groups: Callable[[Iterable[str]], list[str]]
     _abandoned: dict[str, str | None]
+    _early: dict[str, EarlyFetch]
+    """Results being fetched while their tasks' results are stored, by task id."""
 
     def _track(self, handle: AsyncTaskHandle) -> AsyncTaskHandle:
         self._handles[handle.task_id] = handle
@@ -137,10 +156,15 @@ class OutcomeStreams:
     async def _stream_results(self, link: Link, task_ids: list[str]) -> None:
         retry: list[str] = []
         try:
-            async for message in link.rpc.stream("results", task_ids=task_ids):
+            async for message in link.rpc.stream("results", task_ids=task_ids, early=True):
                 task_id = message.get("task_id")
                 if task_id is None:
                     break
+                if message.get("state") == "storing":
+                    self._start_early(link, str(task_id), message.get("result_bytes"))
+                    continue
+                if message.get("state") != "done" or message.get("result_bytes") is None:
+                    self._drop_early(str(task_id))  # not a large result to deliver
                 if message.get("state") == "unavailable":
                     logger.info("%s: %s; asking again", task_id, message.get("reason"))
                     retry.append(task_id)
@@ -166,10 +190,48 @@ class OutcomeStreams:
             self._fresh.extend(retry)
             self._work.fire()
 
+    def _start_early(self, link: Link, task_id: str, size: Any) -> None:
+        """The entry is storing ``task_id``'s result (``size`` bytes): fetch it now."""
+        if task_id in self._early or not isinstance(size, int) or task_id not in self._unresolved:
+            return
+        early = self._early[task_id] = EarlyFetch(size)
+        assert link.nursery is not None
+        link.nursery.start_soon(self._fetch_early, link, task_id, early)
+
+    def _drop_early(self, task_id: str) -> None:
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            early.scope.cancel()
+
+    async def _fetch_early(self, link: Link, task_id: str, early: EarlyFetch) -> None:
+        """Fetch a result while it is stored (get_result with ``early``); kept in
+        ``early`` for the task's ``done`` (``_fetch_large`` delivers it then)."""
+        try:
+            with early.scope:
+                early.outputs = await fetch_result(
+                    link.rpc, task_id, early.size, self.chunk_bytes, early=True
+                )
+            if early.scope.cancelled_caught:
+                early.error = "stopped"
+        except MeshError as error:  # the early path failed: fetched after done instead
+            early.error = str(error) or type(error).__name__
+        finally:
+            early.ended.set()
+
     async def _fetch_large(self, link: Link, message: dict[str, Any]) -> None:
         """Fetch a result too large for the ``results`` stream in ranges (get_result),
-        then deliver it; on a failure the task is asked for again, never acknowledged."""
+        then deliver it; on a failure the task is asked for again, never acknowledged.
+        A result fetched while it was stored (``_fetch_early``) is delivered now, its
+        task being done, if that fetch got it whole."""
         task_id = str(message["task_id"])
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            await early.ended.wait()
+            if early.outputs is not None and early.size == message["result_bytes"]:
+                outcome = Outcome(task_id, "done", message.get("worker"), outputs=early.outputs)
+                self._deliver(outcome)
+                return
+            logger.info("%s: result not fetched early (%s); fetching it", task_id, early.error)
         try:
             outputs = await fetch_result(
                 link.rpc, task_id, int(message["result_bytes"]), self.chunk_bytes
@@ -224,15 +286,17 @@ class OutcomeStreams:
 
 
 async def fetch_result(
-    rpc: RpcConnection, task_id: str, size: int, chunk: int
+    rpc: RpcConnection, task_id: str, size: int, chunk: int, *, early: bool = False
 ) -> dict[str, np.ndarray]:
     """A result of ``size`` bytes from the entry peer in ranges (a window of them in
     flight: transfers.pull), each copied straight into the result's arrays as it comes
-    (blobs.TensorReceiver: one copy of each array in memory, no scratch file)."""
+    (blobs.TensorReceiver: one copy of each array in memory, no scratch file). With
+    ``early``: while it is stored on the entry (early_results.py)."""
+    extra = {"early": True} if early else {}
 
     async def call(offset: int, length: int) -> dict[str, Any]:
         return await rpc.call(
-            "get_result", task_id=task_id, offset=offset, length=length, relay=True
+            "get_result", task_id=task_id, offset=offset, length=length, relay=True, **extra
         )
 
     data, receiver = await pull(call, chunk, TensorReceiver)

@@ -46,7 +46,7 @@ from meshgpu.client.handles import AsyncTaskHandle, Outcome, client_not_open
 from meshgpu.client.link import Failover, Link, Signal
 from meshgpu.client.mapping import MapSubmission
 from meshgpu.client.models import ModelBlob
-from meshgpu.client.outcomes import OutcomeStreams
+from meshgpu.client.outcomes import EarlyFetch, OutcomeStreams
 from meshgpu.client.peers import (
     PEER_ENV,
     Address,
@@ -143,6 +143,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         self._group_left: dict[str, int] = {}
         self._group_taken: dict[str, list[str]] = {}
         self._abandoned: dict[str, str | None] = {}
+        self._early: dict[str, EarlyFetch] = {}
         self.unanswered = 0
         """Submissions a stopped ``map`` cut off unanswered: the mesh may have accepted
         them (their ids are unknown; ``meshgpu tasks`` shows their labels)."""

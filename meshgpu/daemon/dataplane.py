@@ -47,6 +47,7 @@ from meshgpu.core.events import (
 from meshgpu.core.tasks import TaskId, TaskSpec
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.blobs import TensorReceiver
+from meshgpu.daemon.early_results import EarlyResults
 from meshgpu.daemon.execution import is_permanent
 from meshgpu.daemon.payloads import group_from_bytes, group_result_bytes
 from meshgpu.daemon.relay import Relays
@@ -148,6 +149,9 @@ class DataPlane(ResultPlane):
         self.warm = WarmInputs()
         """Large uploads' arrays, kept where they were received for the run that usually
         follows here (warm_inputs.py; the upload ops fill them)."""
+        self.early = EarlyResults()
+        """Large results being stored on their task's origin, served to its client as
+        they arrive (early_results.py; the pushes and the put_result op fill them)."""
         self._fetch_queue: list[fx.FetchPayload] = []
         """Hold requests whose inputs are still to fetch; every one queued by the time the
         fetching task runs (a burst: the tasks of one batch) goes in one request per source."""

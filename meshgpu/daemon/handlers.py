@@ -29,11 +29,13 @@ from meshgpu.daemon.payloads import (
     group_result_from_bytes,
     tensors_from_bytes,
 )
+from meshgpu.daemon.results import task_key
 from meshgpu.daemon.submissions import Submissions
 from meshgpu.errors import MeshError, TaskError
 
 if TYPE_CHECKING:
     from meshgpu.daemon.catalog import ModelCatalog
+    from meshgpu.daemon.early_results import EarlyResults
     from meshgpu.daemon.modelstore import ModelStore
     from meshgpu.daemon.payloads import PayloadStore
     from meshgpu.daemon.status import StatusReport
@@ -82,8 +84,12 @@ class ClientHandlers:
         members: Callable[[], Mapping[NodeId, MemberInfo]],
         changed: Callable[[], trio.Event],
         feed: Callable[[Event], None],
+        early: EarlyResults | None = None,
     ) -> None:
         self.node_id = node_id
+        self.early = early
+        """Large results being stored here, which a ``results`` stream with ``early``
+        announces as ``storing`` (early_results.py)."""
         self.dir_token = dir_token
         self.status = status
         self.results = results
@@ -246,14 +252,21 @@ class ClientHandlers:
             wanted[ref.group if isinstance(ref, MemberId) else ref].add(ref)
         include = bool(request.get("outputs", True))
         timeout = request.get("timeout")
+        early = self.early if include and request.get("early") else None
+        announced: set[TaskId] = set()
         for task_id in wanted:
             if task_id not in self.resolved:
                 self._feed(ResultRequested(task_id))
         with trio.move_on_after(float(timeout) if timeout is not None else float("inf")):
             while wanted:
                 ready = [task_id for task_id in wanted if task_id in self.resolved]
+                if early is not None:
+                    await self._announce_storing(early, wanted, announced, responder)
                 if not ready:
-                    await self._resolution.wait()
+                    if early is None:
+                        await self._resolution.wait()
+                    else:
+                        await _either(self._resolution, early.started)
                     continue
                 outcomes = []
                 for task_id in ready:
@@ -268,6 +281,28 @@ class ClientHandlers:
                 await responder.partials(outcomes)  # one write for the burst
         pending = sorted(str(ref) for refs in wanted.values() for ref in refs)
         return {"task_id": None, "pending": pending}
+
+    async def _announce_storing(
+        self,
+        early: EarlyResults,
+        wanted: Mapping[TaskId, set[TaskId | MemberId]],
+        announced: set[TaskId],
+        responder: Responder,
+    ) -> None:
+        """Tell a ``results`` stream with ``early`` which of its tasks' results started to
+        arrive here (``storing``, with their size): the client may fetch them with
+        ``get_result`` and ``early`` while they are stored, and holds them until the
+        task's ``done`` comes (early_results.py)."""
+        storing = []
+        for task_id in wanted:
+            if task_id in announced or task_id in self.resolved or task_id not in wanted[task_id]:
+                continue
+            size = early.size(task_key(task_id))
+            if size is not None:
+                announced.add(task_id)
+                storing.append({"task_id": str(task_id), "state": "storing", "result_bytes": size})
+        if storing:
+            await responder.partials(storing)
 
     async def _member_outcomes(
         self, resolved: fx.TaskResolved, members: list[MemberId], include: bool
@@ -341,3 +376,15 @@ class ClientHandlers:
         seen = self._collected_members.setdefault(member.group, set())
         seen.add(member.index)
         return len(seen) >= entry.spec.members
+
+
+async def _either(first: trio.Event, second: trio.Event) -> None:
+    """Wait until either event is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait, first)
+        nursery.start_soon(wait, second)

@@ -34,6 +34,7 @@ from meshgpu.daemon.submissions import MAX_BATCH
 from meshgpu.errors import DecodeError, MeshError, StorageError
 
 if TYPE_CHECKING:
+    from meshgpu.daemon.early_results import EarlyResults
     from meshgpu.daemon.handlers import ResultStore
     from meshgpu.daemon.modelstore import ModelStore
     from meshgpu.daemon.payloads import PayloadStore
@@ -67,8 +68,12 @@ class PeerOps:
         task_entry: TaskLookup,
         relays: Relays | None = None,
         warm: WarmInputs | None = None,
+        early: EarlyResults | None = None,
     ) -> None:
         self.node_id = node_id
+        self.early = early
+        """Where a result pushed to its task's origin is served to its client as it
+        arrives (early_results.py)."""
         self.relays = relays
         """Where a client's upload is passed on to the next holders as it arrives."""
         self.warm = warm
@@ -162,18 +167,34 @@ class PeerOps:
             await self.results.store(task_key(task_id), RESULT, data, wait=True)
             return {"stored": True}
         slot = (responder.peer, "result", str(task_id), request.get("attempt"))
-        path, _ = await self._receive_range(request, slot, task_key(task_id), RESULT)
-        if path is None:
-            return {"received": request["offset"] + len(data)}
-
-        def check_and_install() -> None:  # the install syncs the directory: off the loop
-            check_result_file(path)
-            self.payloads.install(path, task_key(task_id), RESULT)
-
+        key, offset, sent_attempt = task_key(task_id), request["offset"], request.get("attempt")
+        attempt = sent_attempt if isinstance(sent_attempt, int) else -1
+        early = self.early if task_id.origin == self.node_id and attempt >= 0 else None
+        size = request.get("size")
+        if early is not None and offset == 0 and isinstance(size, int) and size > len(data):
+            early.start(key, attempt, size, trio.current_time())  # its client may ask now
         try:
-            await trio.to_thread.run_sync(check_and_install)
-        finally:
-            path.unlink(missing_ok=True)
+            path, _ = await self._receive_range(request, slot, key, RESULT)
+            if early is not None:  # written here, in order: the client may have it
+                early.add(key, attempt, offset, data, trio.current_time())
+            if path is None:
+                return {"received": offset + len(data)}
+
+            def check_and_install() -> None:  # the install syncs the directory: off the loop
+                check_result_file(path)
+                self.payloads.install(path, key, RESULT)
+
+            try:
+                await trio.to_thread.run_sync(check_and_install)
+            finally:
+                path.unlink(missing_ok=True)
+        except BaseException as error:
+            if early is not None:
+                why = f"{type(error).__name__}: {error}"
+                early.finish(key, attempt, False, why, now=trio.current_time())
+            raise
+        if early is not None:
+            early.finish(key, attempt, True, now=trio.current_time())
         return {"stored": True}
 
     async def op_put_inputs(self, request: Message, responder: Responder) -> Message:
@@ -343,8 +364,19 @@ class PeerOps:
     async def op_get_result(self, request: Message, responder: Responder) -> Message:
         """A task's result: whole (``data``), or one range of it (``offset``, ``length``)
         with its ``size``. With ``relay`` (a client) a result this node does not keep is
-        fetched from a result holder, one range at a time."""
+        fetched from a result holder, one range at a time. With ``early`` (a client told
+        the result is ``storing``) a range of a result being stored here is answered as
+        it arrives (early_results.py)."""
         task_id = _task_id(request.get("task_id"))
+        offset, length = request.get("offset"), request.get("length", self.results.chunk)
+        if request.get("early") and self.early is not None and isinstance(offset, int):
+            if not (isinstance(length, int) and offset >= 0 and length > 0):
+                raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
+            early = await self.early.take(
+                task_key(task_id), offset, min(length, self.results.chunk)
+            )
+            if early is not None:
+                return {"data": early[0], "size": early[1]}
         answer = await self._range(request, task_key(task_id), RESULT)
         if answer is not None:
             return answer

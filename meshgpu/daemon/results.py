@@ -9,14 +9,15 @@ back for clients (a mixin of :class:`~meshgpu.daemon.dataplane.DataPlane`).
   the result is part of finishing the task");
 * ``result_head``/``result_range``: the result, or a range of it, from our store or a
   live result holder (the entry node's relay for its clients);
-* ``sweep_results``: the worker's own copies go once their task is delivered.
+* ``sweep_results``: the worker's own copies go once their task is delivered, early
+  results no client took (early_results.py) after a while.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +43,7 @@ from meshgpu.daemon.transfers import push as push_ranges
 from meshgpu.errors import MeshError
 
 if TYPE_CHECKING:
+    from meshgpu.daemon.early_results import EarlyResults
     from meshgpu.daemon.payloads import PayloadStore
     from meshgpu.daemon.rpc import ConnectionPool
     from meshgpu.daemon.status import TaskLookup
@@ -73,6 +75,7 @@ class ResultPlane:
     node: Members
     peers: ConnectionPool
     payloads: PayloadStore
+    early: EarlyResults
     max_frame_bytes: int
     _task_entry: TaskLookup
     _count: Callable[[str], None]
@@ -163,6 +166,34 @@ class ResultPlane:
         holders = tuple(holders)
         others = set(self._live(set(holders) | self._current_holders(task_id))) - {me}
         own_copy = keeps_own_copy(others)
+        key = task_key(task_id)
+        early = task_id.origin == me and result.spill is not None
+        if early:  # this node is the client's entry: it may take the ranges now
+            self.early.start(key, attempt, result.size, trio.current_time(), result.read)
+        try:
+            await self._push_rounds(task_id, attempt, result, holders, push, stored, own_copy)
+        except BaseException:
+            if early:
+                self.early.finish(key, attempt, False, "the push stopped", now=trio.current_time())
+            raise
+        if early:
+            why = "this node's copy of the result was not kept"
+            self.early.finish(key, attempt, me in stored, why, now=trio.current_time())
+        return tuple(sorted(stored)), problems
+
+    async def _push_rounds(
+        self,
+        task_id: TaskId,
+        attempt: int,
+        result: ResultSource,
+        holders: tuple[NodeId, ...],
+        push: Callable[[NodeId], Awaitable[None]],
+        stored: list[NodeId],
+        own_copy: bool,
+    ) -> None:
+        """The rounds of ``_push_result``: ``push`` adds each node that confirmed to
+        ``stored``."""
+        me = self.node_id
         async with trio.open_nursery() as spilling:
             if result.spill is not None:  # the worker's copy, written beside the pushes
                 spilling.start_soon(result.spill.run, own_copy)
@@ -193,7 +224,6 @@ class ResultPlane:
                 others = set(self._live(self.node.live_members())) - {me}
                 if kept(stored, me, others_live=bool(others)):
                     break
-        return tuple(sorted(stored)), problems
 
     def _current_holders(self, task_id: TaskId) -> set[NodeId]:
         entry = self._task_entry(task_id)
@@ -259,6 +289,7 @@ class ResultPlane:
         copy) once the task is delivered or forgotten; holders get DropPayload instead."""
         while True:
             await trio.sleep(interval)
+            self.early.sweep(trio.current_time())
             try:
                 self._sweep_once()
             except (OSError, MeshError) as error:

@@ -331,6 +331,7 @@ class Daemon:
             members=node.members,
             changed=lambda: self.changed,
             feed=self.feed,
+            early=self.dataplane.early,
         )
         """The TCP API's client ops (``handlers.py``, submissions in ``submissions.py``)."""
         self.peer_ops = PeerOps(
@@ -342,6 +343,7 @@ class Daemon:
             task_entry=lookup,
             relays=self.dataplane.relays,
             warm=self.dataplane.warm,
+            early=self.dataplane.early,
         )
         """The TCP API's data-plane ops for peers and large uploads (``peer_ops.py``)."""
         self.keyring_exchange = KeyringExchange(

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from meshgpu.client import AsyncClient
 from meshgpu.daemon.api import ApiServer, Responder
 from meshgpu.daemon.auth import VERSION, Authenticator, Channel, envelope, handshake
-from meshgpu.daemon.payloads import decode_tensors, encode_tensors
+from meshgpu.daemon.payloads import canonical_tensor_bytes, decode_tensors, encode_tensors
 from meshgpu.errors import (
     ClientError,
     ConfigError,
@@ -55,6 +56,32 @@ class FakeMesh:
         """(peer, submission id) of every submit received."""
         self.die_after_accepting: set[str] = set()
         """Peers that accept a submit, then die before answering it."""
+        self.storing: dict[str, bytes] = {}
+        """Large results being stored, by task: announced to a ``results`` stream that
+        asks ``early``, and served by ``get_result``."""
+        self.result_calls: list[tuple[str, int, bool]] = []
+        """(task, offset, early) of every ``get_result``."""
+
+    def store_early(self, task_id: str, y: np.ndarray) -> bytes:
+        """The task's result ``y`` (larger than the stream carries) starts to be stored."""
+        blob = canonical_tensor_bytes({"y": y})
+        self.storing[task_id] = blob
+        self.changed.set()
+        self.changed = trio.Event()
+        return blob
+
+    def release_large(self, task_id: str, fail: str | None = None) -> None:
+        """The task stored (``done`` with the result's size) or failed to."""
+        self.finished[task_id] = {
+            "task_id": task_id,
+            "state": "failed" if fail else "done",
+            "reason": fail,
+            "worker": "fake",
+            "outputs": None,
+            **({} if fail else {"result_bytes": len(self.storing[task_id])}),
+        }
+        self.changed.set()
+        self.changed = trio.Event()
 
     def release(self, task_id: str, fail: str | None = None) -> None:
         x = self.inputs[task_id]
@@ -118,7 +145,15 @@ class FakePeer:
 
         async def results(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
             wanted = set(request["task_ids"])
+            announced: set[str] = set()
             while wanted:
+                if request.get("early"):
+                    for task_id in sorted(wanted & set(mesh.storing) - announced):
+                        if task_id not in mesh.finished:
+                            announced.add(task_id)
+                            size = len(mesh.storing[task_id])
+                            message = {"task_id": task_id, "state": "storing", "result_bytes": size}
+                            await responder.partial(message)
                 for task_id in sorted(wanted & set(mesh.finished)):
                     await responder.partial(mesh.finished[task_id])
                     if mesh.repeat_outcomes:
@@ -127,6 +162,12 @@ class FakePeer:
                 if wanted:
                     await mesh.changed.wait()
             return {"task_id": None}
+
+        async def get_result(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
+            task_id, offset = request["task_id"], request["offset"]
+            mesh.result_calls.append((task_id, offset, bool(request.get("early"))))
+            blob = mesh.storing[task_id]
+            return {"data": blob[offset : offset + request["length"]], "size": len(blob)}
 
         async def collected(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
             mesh.collected.extend(request["task_ids"])
@@ -139,6 +180,7 @@ class FakePeer:
             "put_model": put_model,
             "submit": submit,
             "results": results,
+            "get_result": get_result,
             "collected": collected,
         }
 
@@ -179,6 +221,48 @@ async def test_submit_uploads_the_model_once_and_delivers_the_result(fake_mesh) 
             await second.result(timeout=10)
         outputs["y"][0] = 7  # the caller owns writable copies
     assert sorted(mesh.collected) == sorted([first.task_id, second.task_id])
+
+
+async def test_a_result_fetched_while_stored_is_delivered_only_once_done(fake_mesh) -> None:
+    """The entry says the result is being stored: the client fetches it then, but the
+    handle resolves, and the mesh is told the client has it, only once the task is
+    done; the result is not fetched a second time."""
+    mesh, peers = fake_mesh
+    async with AsyncClient(
+        f"127.0.0.1:{peers[0].port}", environ={}, max_frame_bytes=1 << 20
+    ) as client:
+        handle = await client.submit(MODEL, {"x": np.ones(2, np.float32)})
+        y = np.arange(200_000, dtype=np.float32)  # 800 KB: several ranges
+        blob = mesh.store_early(handle.task_id, y)
+        with trio.fail_after(10):
+            while len(mesh.result_calls) < -(-len(blob) // client.chunk_bytes):
+                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        assert all(early for _, _, early in mesh.result_calls)
+        assert not handle.done() and mesh.collected == []  # fetched, not delivered
+        calls = len(mesh.result_calls)
+        mesh.release_large(handle.task_id)
+        outputs = await handle.result(timeout=10)
+        np.testing.assert_array_equal(outputs["y"], y)
+        assert len(mesh.result_calls) == calls  # delivered from the early fetch
+    assert mesh.collected == [handle.task_id]
+
+
+async def test_a_result_fetched_while_stored_is_never_delivered_if_storing_fails(
+    fake_mesh,
+) -> None:
+    mesh, peers = fake_mesh
+    async with AsyncClient(
+        f"127.0.0.1:{peers[0].port}", environ={}, max_frame_bytes=1 << 20
+    ) as client:
+        handle = await client.submit(MODEL, {"x": np.ones(2, np.float32)})
+        blob = mesh.store_early(handle.task_id, np.arange(200_000, dtype=np.float32))
+        with trio.fail_after(10):
+            while len(mesh.result_calls) < -(-len(blob) // client.chunk_bytes):
+                await trio.sleep(0.01)
+        mesh.release_large(handle.task_id, fail="the result could not be stored on any node")
+        with pytest.raises(TaskFailedError, match="could not be stored"):
+            await handle.result(timeout=10)
 
 
 async def test_a_direct_answer_is_a_done_handle_with_nothing_to_collect(fake_mesh) -> None:

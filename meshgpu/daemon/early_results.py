@@ -1,0 +1,247 @@
+"""A large result served to its client while it is being stored (docs/daemon.md, "The
+client's fetch overlaps the storing").
+
+A client submits through its entry node, the task's origin, which is one of the task's
+holders: the worker pushes the result there (``put_result`` in ranges), or is that node
+and keeps its own copy. The client used to ask for the result only once the task was
+done, i.e. once every holder's copy was synced, and then read the whole result back from
+the entry's disk: two stages, one after the other. Now the entry tells a client that
+asks for it (``results`` with ``early``) when such a result starts to arrive (a
+``storing`` message with its size), and answers the client's ranges (``get_result``
+with ``early``) as they arrive, from the memory they came in:
+
+* a pushed range is kept (the view of the frame it came in: no copy) from when it was
+  written to the entry's scratch file until the client took it;
+* a range of a result whose worker is the entry is read from the outputs' memory the
+  pushes are sent from.
+
+What is reported done, and delivered, is unchanged: the task is done once the result is
+durable on its holders, and the client delivers the bytes (and tells the mesh it has
+them) only once the task's ``done`` came. The last range is answered only once this
+node's own copy of the same push checked out against the worker's digest and was
+installed, so what a client delivers is a durable copy's bytes. A push that fails, or a
+newer attempt's push, fails the early result (the waiting ranges are answered with an
+error) and the client fetches the result after ``done`` as before.
+
+The memory is bounded: at most ``budget_bytes`` of ranges kept and not yet taken per
+node (the warm inputs' budget: an eighth of the memory, at most 4 GiB); a range that
+would not fit fails its result's early path. One early result per task (a newer
+attempt's push drops the older one's ranges), and one not taken within ``keep_s`` goes.
+Rejected: keeping the whole result in memory on the entry until its client fetched it
+after ``done`` (the client's fetch then still waited for the storing, and memory grew
+with every attempt under a flapping membership).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from meshgpu.daemon.auth.envelope import Buffer
+from meshgpu.daemon.warm_inputs import default_budget
+from meshgpu.errors import MeshError
+
+KEEP_S = 30.0
+"""How long an early result waits for its client after it last moved."""
+RANGE_WAIT_S = 30.0
+"""How long a client's range waits for the push to bring it before it is refused."""
+
+ReadRange = Callable[[int, int], Awaitable[Buffer]]
+
+
+class EarlyResultError(MeshError):
+    """The early result a client's range asked for failed or went: the client fetches
+    the result once its task is done instead."""
+
+
+class EarlyResult:
+    """One result arriving on this node: its ranges received in order and not yet
+    taken, or the memory they are read from (``source``: the worker is this node)."""
+
+    def __init__(self, size: int, attempt: int, now: float, source: ReadRange | None) -> None:
+        self.size = size
+        self.attempt = attempt
+        self.touched = now
+        self.source = source
+        self.received = size if source is not None else 0
+        self.stored = False
+        """This node's copy of the same push checked out and is installed."""
+        self.failed: str | None = None
+        self.taken = 0
+        """Bytes answered to the client."""
+        self._starts: list[int] = []
+        self._pieces: list[Buffer] = []
+        self.kept = 0
+        """Bytes of ranges kept and not yet taken."""
+        self.moved = trio.Event()
+
+    def wake(self) -> None:
+        self.moved.set()
+        self.moved = trio.Event()
+
+    def keep(self, offset: int, data: Buffer) -> None:
+        self._starts.append(offset)
+        self._pieces.append(data)
+        self.kept += len(data)
+        self.received = offset + len(data)
+
+    def piece(self, offset: int, length: int) -> Buffer | None:
+        """The bytes from ``offset`` in the kept range that holds it (up to ``length``),
+        or None when no kept range does (taken already, or never kept)."""
+        at = bisect.bisect_right(self._starts, offset) - 1
+        if at < 0:
+            return None
+        start, piece = self._starts[at], memoryview(self._pieces[at]).cast("B")
+        if offset >= start + len(piece):
+            return None
+        return piece[offset - start : offset - start + length]
+
+    def release_through(self, end: int) -> int:
+        """Drop the kept ranges that end at or before ``end`` (taken); their bytes."""
+        freed = 0
+        while self._starts and self._starts[0] + len(self._pieces[0]) <= end:
+            freed += len(self._pieces[0])
+            del self._starts[0], self._pieces[0]
+        self.kept -= freed
+        return freed
+
+    def release_all(self) -> int:
+        freed = self.kept
+        self._starts.clear()
+        self._pieces.clear()
+        self.kept = 0
+        return freed
+
+
+class EarlyResults:
+    """The early results of one node (invoked on the event loop: by the put_result op as
+    ranges arrive and are installed, by the result pushes of a worker that is the
+    origin, by ``get_result`` and ``results``, and by the sweep)."""
+
+    def __init__(self, budget_bytes: int | None = None, keep_s: float = KEEP_S) -> None:
+        self.budget_bytes = default_budget() if budget_bytes is None else budget_bytes
+        self.keep_s = keep_s
+        self.started = trio.Event()
+        """Set (and replaced) whenever an early result starts: the ``results`` streams
+        look for theirs then."""
+        self._results: dict[Any, EarlyResult] = {}
+        self._used = 0
+        self.served = 0
+        """Ranges answered early."""
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def size(self, key: Any) -> int | None:
+        """The size of early result ``key`` while it can still be served, else None."""
+        early = self._results.get(key)
+        return None if early is None or early.failed is not None else early.size
+
+    def start(
+        self, key: Any, attempt: int, size: int, now: float, source: ReadRange | None = None
+    ) -> None:
+        """A push of ``size`` bytes of attempt ``attempt`` starts here (``source``: read
+        from the outputs' memory, the worker is this node). An early result of the same
+        task goes: an older attempt's or an upload started again."""
+        self.drop(key, "a newer push of the result started")
+        self._results[key] = EarlyResult(size, attempt, now, source)
+        self.started.set()
+        self.started = trio.Event()
+
+    def add(self, key: Any, attempt: int, offset: int, data: Buffer, now: float) -> None:
+        """Range ``offset`` of attempt ``attempt`` was written to this node's scratch
+        copy: keep it for the client (ranges come in order, as the writer takes them)."""
+        early = self._results.get(key)
+        if early is None or early.attempt != attempt or early.failed is not None:
+            return
+        early.touched = now
+        if offset != early.received:
+            self._fail(early, f"a range at {offset} where {early.received} was next")
+        elif self._used + len(data) > self.budget_bytes:
+            self._fail(early, "no room in this node's budget of early results")
+        else:
+            early.keep(offset, data)
+            self._used += len(data)
+            early.wake()
+
+    def finish(self, key: Any, attempt: int, stored: bool, why: str = "", *, now: float) -> None:
+        """The push of attempt ``attempt`` ended: this node's copy checked out and is
+        installed (``stored``), or not (``why``)."""
+        early = self._results.get(key)
+        if early is None or early.attempt != attempt or early.failed is not None:
+            return
+        early.touched = now
+        if stored:
+            early.stored = True
+            early.wake()
+        else:
+            self._fail(early, why or "the push of the result failed")
+
+    async def take(self, key: Any, offset: int, length: int) -> tuple[Buffer, int] | None:
+        """Up to ``length`` bytes of early result ``key`` from ``offset`` and its size,
+        once they arrived (the range that reaches the end once this node's copy is
+        installed); None when there is no early result ``key`` (the caller reads the
+        stored copy). Raises EarlyResultError when it failed, went, or did not move for
+        ``RANGE_WAIT_S``."""
+        early = self._results.get(key)
+        if early is None:
+            return None
+        while True:
+            if early.failed is not None:
+                raise EarlyResultError(f"the early result failed: {early.failed}")
+            if offset >= early.size:
+                return b"", early.size
+            early.touched = trio.current_time()
+            if offset < early.received:
+                data = await self._read(early, offset, length)
+                if data is None:
+                    raise EarlyResultError(f"bytes {offset}.. were taken already or never kept")
+                end = offset + len(data)
+                if end < early.size or early.stored:
+                    self._taken(key, early, end)
+                    self.served += 1
+                    return data, early.size
+            moved = early.moved
+            with trio.move_on_after(RANGE_WAIT_S) as waited:
+                await moved.wait()
+            if waited.cancelled_caught:
+                raise EarlyResultError(f"the result's push did not move for {RANGE_WAIT_S:.0f} s")
+
+    async def _read(self, early: EarlyResult, offset: int, length: int) -> Buffer | None:
+        if early.source is not None:
+            return await early.source(offset, min(length, early.size - offset))
+        return early.piece(offset, length)
+
+    def _taken(self, key: Any, early: EarlyResult, end: int) -> None:
+        early.taken = max(early.taken, end)
+        self._used -= early.release_through(end)
+        if early.taken >= early.size and self._results.get(key) is early:
+            del self._results[key]
+
+    def _fail(self, early: EarlyResult, why: str) -> None:
+        early.failed = why
+        self._used -= early.release_all()
+        early.wake()
+
+    def drop(self, key: Any, why: str) -> None:
+        """Early result ``key`` goes (its ranges' memory with it)."""
+        early = self._results.pop(key, None)
+        if early is not None:
+            self._fail(early, why)
+
+    def sweep(self, now: float) -> int:
+        """Drop the early results that did not move for ``keep_s``; returns how many."""
+        stale = [key for key, early in self._results.items() if now - early.touched > self.keep_s]
+        for key in stale:
+            self.drop(key, f"no client took it within {self.keep_s:.0f} s")
+        return len(stale)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._results
+
+    def __len__(self) -> int:
+        return len(self._results)

@@ -1,0 +1,208 @@
+"""A large result served to its client while it is stored (early_results.py): ranges
+go as they arrive, the last only once this node's copy is installed, a push that fails
+takes its client's ranges down with it, and the memory is bounded."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from meshgpu.core.tasks import TaskId
+from meshgpu.daemon.early_results import EarlyResultError, EarlyResults
+from meshgpu.daemon.modelstore import ModelStore
+from meshgpu.daemon.payloads import PayloadStore, canonical_tensor_bytes
+from meshgpu.daemon.peer_ops import PeerOps
+from meshgpu.daemon.results import RESULT, task_key
+from tests.daemon.test_client_ops import Responder, Results
+
+KEY = ("n1", 4)
+MIB = 1 << 20
+
+
+async def test_ranges_go_as_they_arrive_and_the_last_once_the_copy_is_installed() -> None:
+    early = EarlyResults(budget_bytes=8 * MIB)
+    early.start(KEY, 1, 3 * MIB, 0.0)
+    early.add(KEY, 1, 0, b"a" * MIB, 0.0)
+    data, size = await early.take(KEY, 0, MIB) or (b"", 0)
+    assert bytes(data) == b"a" * MIB and size == 3 * MIB
+    assert early.used_bytes == 0  # taken: its memory went with it
+    taken: list[bytes] = []
+
+    async def take(offset: int) -> None:
+        answer = await early.take(KEY, offset, MIB)
+        assert answer is not None
+        taken.append(bytes(answer[0][:1]))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take, MIB)
+        nursery.start_soon(take, 2 * MIB)
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == []  # nothing arrived yet
+        early.add(KEY, 1, MIB, b"b" * MIB, 0.0)
+        early.add(KEY, 1, 2 * MIB, b"c" * MIB, 0.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == [b"b"]  # the last waits for this node's copy
+        early.finish(KEY, 1, True, now=0.0)
+    assert taken == [b"b", b"c"]
+    assert KEY not in early and early.used_bytes == 0  # all taken: gone
+
+
+async def test_a_push_that_fails_fails_the_ranges_waiting_for_it() -> None:
+    early = EarlyResults(budget_bytes=8 * MIB)
+    early.start(KEY, 1, 2 * MIB, 0.0)
+    early.add(KEY, 1, 0, b"a" * MIB, 0.0)
+    early.add(KEY, 1, MIB, b"b" * MIB, 0.0)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def last() -> None:
+                with pytest.raises(EarlyResultError, match="digest"):
+                    await early.take(KEY, MIB, MIB)
+
+            nursery.start_soon(last)
+            await trio.testing.wait_all_tasks_blocked()
+            early.finish(KEY, 1, False, "the digest did not match", now=0.0)
+    assert early.used_bytes == 0
+    with pytest.raises(EarlyResultError):
+        await early.take(KEY, 0, MIB)
+
+
+async def test_a_newer_attempt_drops_the_older_ones_ranges() -> None:
+    """Under a flapping membership a task runs again: one early result per task, so the
+    memory of the older attempt's ranges goes when the newer push starts."""
+    early = EarlyResults(budget_bytes=8 * MIB)
+    early.start(KEY, 1, 4 * MIB, 0.0)
+    early.add(KEY, 1, 0, b"a" * MIB, 0.0)
+    early.add(KEY, 1, MIB, b"a" * MIB, 0.0)
+    assert early.used_bytes == 2 * MIB
+    early.start(KEY, 2, 4 * MIB, 0.0)
+    assert early.used_bytes == 0
+    early.add(KEY, 1, 2 * MIB, b"a" * MIB, 0.0)  # the older push goes on: not kept
+    early.add(KEY, 2, 0, b"b" * MIB, 0.0)
+    assert early.used_bytes == MIB
+    answer = await early.take(KEY, 0, MIB)
+    assert answer is not None and bytes(answer[0][:1]) == b"b"
+
+
+async def test_ranges_beyond_the_budget_fail_the_early_result_and_free_its_memory() -> None:
+    early = EarlyResults(budget_bytes=2 * MIB)
+    early.start(KEY, 1, 4 * MIB, 0.0)
+    early.add(KEY, 1, 0, b"a" * MIB, 0.0)
+    early.add(KEY, 1, MIB, b"a" * MIB, 0.0)
+    early.add(KEY, 1, 2 * MIB, b"a" * MIB, 0.0)
+    assert early.used_bytes == 0 and early.size(KEY) is None
+    with pytest.raises(EarlyResultError, match="budget"):
+        await early.take(KEY, 0, MIB)
+
+
+async def test_an_early_result_nobody_takes_goes_after_keep_s() -> None:
+    early = EarlyResults(budget_bytes=8 * MIB, keep_s=30.0)
+    early.start(KEY, 1, 2 * MIB, 0.0)
+    early.add(KEY, 1, 0, b"a" * MIB, 10.0)
+    assert early.sweep(39.0) == 0
+    assert early.sweep(41.0) == 1
+    assert KEY not in early and early.used_bytes == 0
+    assert await early.take(KEY, 0, MIB) is None  # the caller reads the stored copy
+
+
+def pushed(size_floats: int) -> tuple[bytes, list[dict[str, Any]]]:
+    """A result's bytes and the ``put_result`` requests of a push in 1 MiB ranges."""
+    blob = canonical_tensor_bytes({"y": np.arange(size_floats, dtype=np.float32)})
+    requests = []
+    for offset in range(0, len(blob), MIB):
+        data = blob[offset : offset + MIB]
+        more = offset + len(data) < len(blob)
+        request: dict[str, Any] = {
+            "task_id": str(TaskId(*KEY)),
+            "attempt": 1,
+            "offset": offset,
+            "data": data,
+            "more": more,
+            "size": len(blob),
+        }
+        if not more:
+            request["sha256"] = hashlib.sha256(blob).hexdigest()
+        requests.append(request)
+    return blob, requests
+
+
+def origin_ops(tmp_path: Path) -> tuple[PeerOps, PayloadStore]:
+    payloads = PayloadStore(tmp_path / "payloads")
+    ops = PeerOps(
+        "n1",
+        payloads=payloads,
+        models=ModelStore(tmp_path / "models", 1 << 30),
+        results=Results(),
+        resolved=lambda task_id: None,
+        task_entry=lambda task_id: None,
+        early=EarlyResults(budget_bytes=64 * MIB),
+    )
+    return ops, payloads
+
+
+async def fetch_early(ops: PeerOps, size: int, into: list[bytes]) -> None:
+    """A client's ranges with ``early``, in order, as transfers.pull asks them."""
+    offset = 0
+    while offset < size:
+        request = {"task_id": str(TaskId(*KEY)), "offset": offset, "length": MIB, "early": True}
+        answer = await ops.op_get_result(request, Responder())
+        into.append(bytes(answer["data"]))
+        offset += len(answer["data"])
+
+
+async def test_the_origin_answers_a_clients_ranges_as_the_push_brings_them(
+    tmp_path: Path,
+) -> None:
+    """The client has every range before the push ends except the last, which comes
+    once the origin's copy checked out and was installed: the bytes a client may
+    deliver (once the task is done) are a durable copy's."""
+    ops, payloads = origin_ops(tmp_path)
+    blob, requests = pushed(3 * MIB // 4 + 1000)
+    got: list[bytes] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await ops.op_put_result(requests[0], Responder())  # the push starts
+            nursery.start_soon(fetch_early, ops, len(blob), got)
+            for request in requests[1:-1]:
+                await ops.op_put_result(request, Responder())
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(got) == len(requests) - 1  # all but the last, before the push ends
+            assert not payloads.has(task_key(TaskId(*KEY)), RESULT)
+            assert await ops.op_put_result(requests[-1], Responder()) == {"stored": True}
+    assert b"".join(got) == blob
+    assert payloads.has(task_key(TaskId(*KEY)), RESULT)
+    assert ops.early is not None and len(ops.early) == 0 and ops.early.used_bytes == 0
+
+
+async def test_a_push_whose_copy_does_not_check_out_fails_the_clients_fetch(
+    tmp_path: Path,
+) -> None:
+    """A fetch racing the storing never ends with bytes no holder keeps: the digest of
+    the push is wrong, the origin stores nothing, and the client's last range is an
+    error (it fetches the result once its task is done, or learns it failed)."""
+    ops, payloads = origin_ops(tmp_path)
+    blob, requests = pushed(3 * MIB // 4 + 1000)
+    requests[-1]["sha256"] = "0" * 64
+    got: list[bytes] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await ops.op_put_result(requests[0], Responder())
+
+            async def client() -> None:
+                with pytest.raises(EarlyResultError, match="hashes to"):
+                    await fetch_early(ops, len(blob), got)
+
+            nursery.start_soon(client)
+            for request in requests[1:-1]:
+                await ops.op_put_result(request, Responder())
+            with pytest.raises(Exception, match="hashes to"):
+                await ops.op_put_result(requests[-1], Responder())
+    assert len(got) == len(requests) - 1
+    assert not payloads.has(task_key(TaskId(*KEY)), RESULT)
+    assert ops.early is not None and ops.early.used_bytes == 0
