@@ -27,8 +27,8 @@ STATE_FILE = "daemon.json"
 @click.command("join")
 @click.option(
     "--name",
-    help="Node id, given at the first start (kept in the data dir; a different one later "
-    "is refused).",
+    help="Node id, given at the first start: 1 to 64 bytes, no control characters (kept "
+    "in the data dir; a different one later is refused).",
 )
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option(

@@ -32,6 +32,7 @@ import fcntl
 import json
 import os
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -40,6 +41,7 @@ import trio
 
 from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.auth import Authenticator
+from meshgpu.daemon.auth.envelope import MAX_SENDER_BYTES
 from meshgpu.errors import (
     DataDirLockedError,
     DuplicateIdentityError,
@@ -50,6 +52,22 @@ from meshgpu.errors import (
 
 IDENTITY_NAME = "identity.json"
 LOCK_NAME = "daemon.lock"
+
+
+def check_node_name(name: str) -> None:
+    """A ``--name`` fit to be a node id: 1 to 64 bytes of UTF-8 (what every datagram and
+    frame carries as its sender) without control characters (a tab or a newline would
+    split the ``TASK_ID<TAB>STEM`` lines of task ids that begin with it). Checked before
+    the identity is stored: a longer one was written to ``identity.json`` and then
+    refused by the envelope, so the data dir refused every later start."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= MAX_SENDER_BYTES:
+        raise IdentityError(
+            f"--name {name[:80]!r}{'...' if len(name) > 80 else ''} is {size} bytes; a node "
+            f"id has 1 to {MAX_SENDER_BYTES} bytes (UTF-8)"
+        )
+    if any(unicodedata.category(character) == "Cc" for character in name):
+        raise IdentityError(f"--name {name!r} holds a control character (a tab, a newline)")
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,8 @@ class IdentityStore:
         """
         stored = self.load()
         if stored is None:
+            if name:
+                check_node_name(name)
             identity = NodeIdentity(name or new_node_id(), 0, new_dir_token())
         elif name is not None and name != stored.node_id:
             raise IdentityError(

@@ -40,6 +40,23 @@ def test_name_is_used_the_first_time(tmp_path: Path) -> None:
     assert IdentityStore(tmp_path).start(name="gpu-box-3").node_id == "gpu-box-3"
 
 
+@pytest.mark.parametrize(
+    ("name", "complaint"),
+    [("n" * 65, "is 65 bytes; a node id has 1 to 64 bytes"),
+     ("é" * 33, "is 66 bytes"),
+     ("gpu\tbox", "control character")],
+)  # fmt: skip
+def test_a_name_unfit_for_a_node_id_is_refused_before_it_is_stored(
+    tmp_path: Path, name: str, complaint: str
+) -> None:
+    # It was stored, then refused by the envelope ("sender id ... must be 1 to 64 bytes"),
+    # and the data dir refused every later start as belonging to that name.
+    with pytest.raises(IdentityError, match=complaint):
+        IdentityStore(tmp_path).start(name=name)
+    assert not (tmp_path / "identity.json").exists()
+    assert IdentityStore(tmp_path).start(name="é" * 32).node_id == "é" * 32
+
+
 def test_a_name_that_disagrees_with_the_stored_id_is_refused_with_both(tmp_path: Path) -> None:
     IdentityStore(tmp_path).start(name="a")
     with pytest.raises(IdentityError) as refused:
