@@ -39,6 +39,17 @@ _NOISE = re.compile(
 and function signature of the check that failed (200 characters of ``std::`` types)."""
 
 
+_OUT_OF_MEMORY = re.compile(r"allocat|bad_alloc|out of memory", re.IGNORECASE)
+_NODE_FAULT = re.compile(
+    r"CUDA|CUBLAS|CUDNN|cudnn|HIP failure|MIOPEN|ROCBLAS|TensorRT|pthread_create"
+    r"|Resource temporarily unavailable|Too many open files"
+)
+"""Besides memory (``_OUT_OF_MEMORY``) and the status code ``EP_FAIL``, what says a
+failed run was the node's, not the model's: threads or files it could not get, the
+CUDA/ROCm libraries' own failures. Read in the message without the C++ signature (whose
+types name allocators on checks that are the model's)."""
+
+
 def readable(error: Exception) -> str:
     """onnxruntime's message of ``error`` on one line, without its status code and the
     C++ signature of the check that raised it (what a user can act on is the rest)."""
@@ -135,15 +146,7 @@ class OnnxRuntimeSession:
         try:
             values: list[Any] = self._session.run(names, feeds)
         except Exception as error:  # onnxruntime's pybind exceptions have no public base
-            message = readable(error)
-            if "allocat" in message.lower() or "bad_alloc" in message:
-                raise DeviceError(f"onnxruntime ran out of memory: {message}") from error
-            if "while running" in message and "node" in message:
-                # A kernel refused what the graph computed from these feeds (a Reshape to
-                # an impossible shape): the same on every node, so the task fails for good
-                # (ModelError, as the OpenCL executor says it), not after four attempts.
-                raise ModelError(f"onnxruntime failed while running: {message}") from error
-            raise InferenceError(f"onnxruntime failed while running: {message}") from error
+            raise run_failure(error) from error
         if measuring:
             peak = _status_bytes("VmHWM") - self._baseline_rss
             self.peak_device_bytes = max(self.peak_device_bytes, peak)
@@ -153,6 +156,28 @@ class OnnxRuntimeSession:
         for name in self._widened_outputs:
             outputs[name] = outputs[name].astype(bfloat16())
         return outputs
+
+
+def run_failure(error: Exception) -> InferenceError:
+    """What a failed ``InferenceSession.run`` is, by whose fault (docs/inference.md):
+
+    * the node's (:class:`DeviceError`, the task is tried on another node): the run could
+      not get memory or threads, or the execution provider failed (``_NODE_FAULT``);
+      memory is counted the node's even when the feeds ask for more than any node has
+      (a few attempts, where a model's fault on a busy node must not fail the task);
+    * the model's or its feeds' (:class:`ModelError`, the task fails with the reason): any
+      other failure while running a node, a kernel refusing what the graph computed from
+      these feeds (a Reshape to an impossible shape, an index out of bounds), which
+      every node meets the same way (as the OpenCL executor says it);
+    * onnxruntime's (:class:`InferenceError`, retried): a failure outside any node."""
+    message = readable(error)
+    if _OUT_OF_MEMORY.search(message):
+        return DeviceError(f"onnxruntime ran out of memory: {message}")
+    if ": EP_FAIL :" in str(error) or _NODE_FAULT.search(message):
+        return DeviceError(f"onnxruntime's device failed while running: {message}")
+    if "while running" in message and "node" in message:
+        return ModelError(f"onnxruntime failed while running: {message}")
+    return InferenceError(f"onnxruntime failed while running: {message}")
 
 
 def _widen_bfloat16(model: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str], set[str]]:

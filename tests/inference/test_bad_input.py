@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from meshgpu import inference
-from meshgpu.errors import DeviceError, InputError, ModelError, UnsupportedOperatorError
+from meshgpu.errors import (
+    DeviceError,
+    InferenceError,
+    InputError,
+    ModelError,
+    UnsupportedOperatorError,
+)
 from meshgpu.inference import opencl
 from meshgpu.inference.model import SHIPPED_MODELS
 from meshgpu.inference.session import check_fits
@@ -152,3 +158,61 @@ def test_weights_beyond_a_small_device() -> None:
     roomy = dataclasses.replace(small, global_memory_bytes=1 << 30)
     with pytest.raises(DeviceError, match="allocates at most 8192 bytes"):
         check_fits(model, roomy)
+
+
+_SIGNATURE = "/onnxruntime_src/onnxruntime/core/x.cc:1 void f(int) "
+
+
+@pytest.mark.parametrize(
+    ("raised", "kind"),
+    [
+        # The model's (or its feeds') fault: every node fails the same way, for good.
+        ("1 : FAIL : Non-zero status code returned while running Reshape node. Name:'r' "
+         "Status Message: The input tensor cannot be reshaped to the requested shape.",
+         ModelError),
+        ("6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Gather node. "
+         "Name:'g' Status Message: indices element out of data bounds, idx=9", ModelError),
+        ("1 : FAIL : Non-zero status code returned while running Expand node. Name:'e' "
+         "Status Message: /onnxruntime_src/onnxruntime/core/framework/tensor.cc:57 "
+         "onnxruntime::Tensor::Tensor(onnxruntime::MLDataType, const onnxruntime::"
+         "TensorShape&, std::shared_ptr<onnxruntime::IAllocator>) shape_size >= 0 was "
+         "false. shape:{-1}", ModelError),  # an allocator in the signature only
+        # The node's: its memory, its threads, its execution provider. Another node may
+        # run the same task: retried there.
+        ("1 : FAIL : Non-zero status code returned while running Expand node. Name:'' "
+         f"Status Message: {_SIGNATURE}Failed to allocate memory for requested buffer",
+         DeviceError),
+        ("6 : RUNTIME_EXCEPTION : Non-zero status code returned while running MatMul node. "
+         "Name:'m' Status Message: std::bad_alloc", DeviceError),
+        ("11 : EP_FAIL : Non-zero status code returned while running Conv node. Name:'c' "
+         "Status Message: CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR", DeviceError),
+        ("1 : FAIL : Non-zero status code returned while running Conv node. Name:'c' "
+         "Status Message: CUDA error cudaErrorLaunchFailure:unspecified launch failure",
+         DeviceError),
+        ("6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Add node. "
+         "Name:'a' Status Message: pthread_create failed: Resource temporarily unavailable",
+         DeviceError),
+        # onnxruntime's own failure outside any node: retried.
+        ("1 : FAIL : the session's run failed", InferenceError),
+    ],
+)  # fmt: skip
+def test_an_onnxruntime_run_failure_is_the_models_or_the_nodes(
+    raised: str, kind: type[Exception]
+) -> None:
+    """A failure while running a node is the model's (ModelError: the task fails with the
+    reason) unless it says the node ran short of memory or threads or its execution
+    provider failed (DeviceError: the task is tried on another node); a failure outside
+    any node is onnxruntime's (InferenceError, retried)."""
+    from meshgpu.inference.onnxruntime_backend import OnnxRuntimeSession
+
+    class Failing:
+        def run(self, names: Any, feeds: Any) -> Any:
+            raise RuntimeError(f"[ONNXRuntimeError] : {raised}")
+
+    session = OnnxRuntimeSession(two_input_model())
+    session._session = Failing()
+    feeds = {"a": np.ones((1, 3), np.float32), "b": np.ones((1, 3), np.float32)}
+    with pytest.raises(InferenceError) as caught:
+        session.run(feeds)
+    assert type(caught.value) is kind
+    assert "[ONNXRuntimeError]" not in str(caught.value)
