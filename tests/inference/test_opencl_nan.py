@@ -134,3 +134,24 @@ def test_clip_with_bounds_given_at_run_time_keeps_nan(session) -> None:
     feeds = {"x": x, "lo": np.array(-1.0, np.float32), "hi": np.array(2.0, np.float32)}
     model = make_model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], feeds, ["y"])
     assert_same_as_onnxruntime(session(model), model, feeds)
+
+
+@pytest.mark.parametrize("op", ["ScatterElements", "ScatterND"])
+@pytest.mark.parametrize("reduction", ["max", "min"])
+def test_scatter_max_and_min_treat_nan_as_onnxruntime_does(session, op, reduction) -> None:
+    """onnxruntime combines an element so far (a) with an update (b) as ``a > b ? a : b``
+    (``a < b ? a : b`` for min): a NaN update replaces the element, and an update after it
+    or on a NaN element replaces the NaN. The kernel's ``COMBINES`` are those; ONNX's
+    reference evaluator (``np.maximum``, which keeps NaN) differs, and onnxruntime is the
+    reference here. Every order of NaN and number, with repeated indices in one run."""
+    data = np.array([np.nan, 1.0, 1.0, np.nan, 5.0, -0.0, np.nan, 2.0], np.float32)
+    indices = np.array([0, 1, 2, 2, 3, 6, 6, 7, 7, 4], np.int64)
+    updates = np.array(
+        [2.0, np.nan, np.nan, 3.0, np.inf, np.nan, -1.0, np.nan, np.nan, -np.inf], np.float32
+    )
+    if op == "ScatterND":
+        indices = indices.reshape(-1, 1)
+    feeds = {"data": data, "indices": indices, "updates": updates}
+    node = helper.make_node(op, ["data", "indices", "updates"], ["y"], reduction=reduction)
+    model = make_model([node], feeds, ["y"], opset=18)
+    assert_same_as_onnxruntime(session(model), model, feeds)

@@ -35,6 +35,9 @@ COMBINES = {
     "max": "(a > b ? a : b)",
     "min": "(a < b ? a : b)",
 }
+"""A scatter's reduction of the element so far (``a``) with an update (``b``). max and min
+are onnxruntime's: a NaN update replaces the element, a number replaces a NaN element
+(ONNX's reference evaluator keeps the NaN; tests/inference/test_opencl_nan.py)."""
 
 
 def _source(data: Any, index: Any = dtypes.INT64, extra: str = "") -> str:
