@@ -178,6 +178,7 @@ async def _collect(
     from meshgpu.cli.report import save_outputs
     from meshgpu.client import AsyncClient
     from meshgpu.daemon.direct import is_direct_id
+    from meshgpu.daemon.groups import group_of
 
     rows: list[dict[str, Any]] = [{"task_id": t, "stem": s} for t, s in pairs]
 
@@ -197,7 +198,8 @@ async def _collect(
         waiting = []
         for row in rows:
             # a task group's member id is "<group id>:<index>"; the table holds the group
-            entry = known.get(row["task_id"].split(":", 1)[0])
+            # (cut at the last ':', as the daemon does: a node id may hold one, "lab:1")
+            entry = known.get(group_of(row["task_id"]) or row["task_id"])
             if entry is None and is_direct_id(row["task_id"]):
                 row.update(
                     state="failed",

@@ -6,6 +6,7 @@ worker thread so the daemon keeps serving on the test's trio loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -151,3 +152,37 @@ def test_an_ids_file_without_ids_is_named(tmp_path: Path, text: str) -> None:
     assert outcome.exit_code == 2, outcome.output
     assert f"{ids} holds no task ids" in outcome.output
     assert "give task ids as arguments" not in outcome.output
+
+
+def test_ids_of_a_node_whose_name_holds_a_colon_are_collected(tmp_path: Path) -> None:
+    """A task id is cut at its last ':' for a group member's index, as the daemon does;
+    collect cut at the first, so every task of node "lab:1" was "not in the task table"."""
+    model = two_input_model(tmp_path / "pair.onnx")
+    for side in ("a", "b"):
+        np.save(tmp_path / f"{side}.npy", np.ones((2, 3), np.float32))
+    results: list[Result] = []
+
+    async def main_task() -> None:
+        named = dataclasses.replace(settings(tmp_path / "lab"), name="lab:1")
+        async with trio.open_nursery() as nursery:
+            daemon: Daemon = await nursery.start(Daemon(named).run)
+            peer = f"127.0.0.1:{daemon.address[1]}"
+
+            def scenario() -> None:
+                submitted = cli("submit", str(model), "-i", f"a={tmp_path / 'a.npy'}", "-i",
+                                f"b={tmp_path / 'b.npy'}", "--no-wait", "--replicas", "1",
+                                "--peer", peer)  # fmt: skip
+                (tmp_path / "ids.txt").write_text(submitted.stdout)
+                results.append(submitted)
+                results.append(cli("collect", "--ids", str(tmp_path / "ids.txt"), "-o",
+                                   str(tmp_path / "out"), "--peer", peer))  # fmt: skip
+
+            with trio.fail_after(WAIT_S):
+                await trio.to_thread.run_sync(scenario)
+            daemon.request_stop()
+
+    trio.run(main_task)
+    submitted, collected = results
+    assert submitted.stdout.startswith("lab:1/"), submitted.output
+    assert collected.exit_code == 0, collected.output
+    assert (tmp_path / "out" / "a.npz").exists()
