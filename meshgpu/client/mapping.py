@@ -106,6 +106,9 @@ class MapRun:
     outstanding: dict[str, AsyncTaskHandle] = field(default_factory=dict)
     unanswered: int = 0
     """Tasks whose submission was cut off by the stop: maybe accepted, id unknown."""
+    abandoned: list[tuple[str, str | None]] = field(default_factory=list)
+    """(task id, label) of what this map left in the mesh once its consumer stopped:
+    its own, where ``uncollected()`` also holds every other map's."""
 
 
 class MapSubmission:
@@ -203,6 +206,7 @@ class MapSubmission:
         reads the items, once it stopped reading, never by ``_map`` when it ends: a
         consumer in another thread (the blocking client) is still reading the last
         bursts after ``_map`` has handed them over and finished."""
+        run.abandoned = [(handle.task_id, handle.label) for handle in run.outstanding.values()]
         self._abandon(run.outstanding.values())
         run.outstanding.clear()
 

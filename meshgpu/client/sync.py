@@ -191,7 +191,6 @@ class Client:
             client._nursery.start_soon(_swallow, pump)
 
         self._run(start)
-        abandoned_before = len(client.uncollected())
         taken: list[Completed] = []  # yielded from the current burst, not acknowledged yet
         interrupted = finished = False
         try:
@@ -221,11 +220,13 @@ class Client:
                 self._call_soon(client._consumer_stopped, run)
             else:  # the client was closed under this loop: its trio loop is gone
                 client._consumer_stopped(run)
-            left = client.uncollected()[abandoned_before:]
+            # This map's own: a slice of the client's list from this map's start also
+            # held what maps in other threads abandoned meanwhile, named as this one's.
+            left = run.abandoned
             if left:
-                logger.warning("%s", stopped_map_message(left, client.unanswered))
+                logger.warning("%s", stopped_map_message(left, run.unanswered))
         if interrupted:
-            raise MapInterrupted(left, client.unanswered)
+            raise MapInterrupted(left, run.unanswered)
 
     def uncollected(self) -> list[tuple[str, str | None]]:
         """(task id, label) of the tasks stopped maps left in the mesh, uncollected."""

@@ -195,3 +195,25 @@ def test_a_map_window_that_is_not_a_count_is_refused_and_the_client_closes(fake_
         list(client.map(fakes.MODEL, [{"x": np.ones(1, np.float32)}], window=-1))
     client.close()
     # closing the with: the close used to raise the map's ValueError in an exception group
+
+
+def test_a_map_names_only_the_tasks_it_left_not_those_of_a_map_beside_it(fake_peer, caplog) -> None:
+    """Two maps of one client at once (threads, or generators read in turn): the one
+    that ended normally named the other's abandoned tasks as its own."""
+    _, peer = fake_peer
+    with (
+        caplog.at_level(logging.WARNING, logger="meshgpu.client"),
+        Client(f"127.0.0.1:{peer.port}", environ={}) as client,
+    ):
+        beside = numbered_map(client, 10)
+        items = [next(beside)]
+        stopped = numbered_map(client, 40)
+        for _ in range(3):
+            next(stopped)
+        stopped.close()
+        left = len(client.uncollected())
+        assert left and caplog.text.count("not collected") == 1
+        items += list(beside)
+    assert caplog.text.count("not collected") == 1, caplog.text
+    assert f"map stopped: {left} accepted task(s)" in caplog.text
+    assert sorted(item.index for item in items) == list(range(10))
