@@ -262,6 +262,15 @@ class Executor:
             return None
         return cached.expected_s(input_bytes(feeds))
 
+    def has_session(self, digest: str) -> bool:
+        """Model ``digest`` is loaded here (its session cached): warm, ready to run."""
+        return digest in self._sessions
+
+    def drop_session(self, digest: str) -> None:
+        """Let model ``digest``'s session go (a run holding it finishes with it); the next
+        run loads it again."""
+        self._sessions.pop(digest, None)
+
     async def session(self, digest: str, model_path: Path) -> _CachedSession:
         """The cached session of model ``digest``, loading it (in a thread) if needed."""
         while digest not in self._sessions:

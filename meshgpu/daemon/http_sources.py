@@ -117,7 +117,6 @@ class DaemonHttpSources:
         self._ready = ready
         self._leaving = leaving
         self._infos: dict[str, ModelInfo] = {}
-        self._loaded: set[str] = set()
         self._http_of: dict[tuple[str, int], str | None] = {}
         """(node id, incarnation) -> that member's HTTP ``host:port`` (None: no HTTP)."""
         self._group_answers: OrderedDict[TaskId, _SharedGroup] = OrderedDict()
@@ -146,7 +145,9 @@ class DaemonHttpSources:
             infer=self.infer,
             load=self.load,
             unload=self.unload,
-            loaded=lambda model: model.digest in self._loaded,
+            # The executor's sessions, not a flag set by `load`: a model that ran here is
+            # warm too, and a loaded one the session cache evicted is not.
+            loaded=lambda model: self.executor.has_session(model.digest),
             targets=self.targets,
         )
 
@@ -183,10 +184,9 @@ class DaemonHttpSources:
         """Warm the model on this node: its bytes here and its session loaded."""
         path = await self._local_path(model)
         await self.executor.session(model.digest, path)
-        self._loaded.add(model.digest)
 
     async def unload(self, model: CatalogModel) -> None:
-        self._loaded.discard(model.digest)
+        self.executor.drop_session(model.digest)
 
     async def infer(
         self,

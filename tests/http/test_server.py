@@ -394,6 +394,10 @@ async def test_repository_index_load_unload(node: Daemon) -> None:
     assert (await acall(node, "POST", "/v2/repository/models/digits/unload", b""))[0] == 200
     _, _, body = await acall(node, "POST", "/v2/repository/index", b'{"ready": true}')
     assert json.loads(body) == []
+    # A model that ran here is warm, loaded or not (it was UNAVAILABLE until a `load`).
+    assert (await acall(node, "POST", "/v2/models/digits/infer", infer_body(PIXELS)))[0] == 200
+    _, _, body = await acall(node, "POST", "/v2/repository/index", b'{"ready": true}')
+    assert [row["name"] for row in json.loads(body)] == ["digits"]
 
 
 async def test_tokens_gate_every_request_by_role(tmp_path: Path) -> None:
