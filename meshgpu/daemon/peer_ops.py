@@ -207,7 +207,8 @@ class PeerOps:
         With ``replicas`` (the copies the task will want) the ranges are relayed as they
         arrive to ``replicas - 1`` other nodes (relay.py), and the last range is
         answered once those relays ended too; a relay sends none, so its target relays
-        nothing."""
+        nothing, and says ``relayed``: its target keeps no warm copy (warm_inputs.py),
+        since the scheduler runs the task at its origin, the entry node, when it can."""
         upload = request.get("upload")
         if upload is None:
             digest: str | None = check_digest(request_field(request, "digest", str))
@@ -229,7 +230,13 @@ class PeerOps:
             digest = check_digest(request_field(request, "sha256", str))
         slot = (responder.peer, "inputs", name, None)
         path, received = await self._receive_range(
-            request, slot, name, INPUTS, copies=replicas, named=upload is None
+            request,
+            slot,
+            name,
+            INPUTS,
+            copies=replicas,
+            named=upload is None,
+            warm=not request.get("relayed", False),
         )
         if path is None or received is None:
             return {"received": request["offset"] + len(data)}
@@ -267,14 +274,16 @@ class PeerOps:
         *,
         copies: int = 1,
         named: bool = True,
+        warm: bool = False,
     ) -> tuple[Path | None, _Upload | None]:
         """Append one range of an upload to its scratch file (a range at offset 0 starts
         the upload afresh); the checked scratch file after the last range, else None,
         and the upload, with its relay (``copies`` > 1: relayed to ``copies - 1`` other
         nodes, each range once it is written here; ``named``: ``key`` is the payload's
-        digest, else an upload's name and the digest comes with the last range) and, for
-        inputs, its warm copy (the arrays, filled as the ranges are written, when the
-        budget of warm copies has room: warm_inputs.py). Invoked for
+        digest, else an upload's name and the digest comes with the last range) and, with
+        ``warm`` (inputs at their entry node), its warm copy (the arrays, filled as the
+        ranges are written, when the budget of warm copies has room: warm_inputs.py).
+        Invoked for
         each range as its request is handled: the ranges a sender keeps in flight
         (transfers.push) may be handled in any order, so each waits here until the
         ranges before it are written."""
@@ -297,7 +306,7 @@ class PeerOps:
                     raise
                 if copies > 1 and self.relays is not None and not started.ended:
                     started.relay = self.relays.start(key, size, copies, named=named)
-                if kind == INPUTS and self.warm is not None and not started.ended:
+                if warm and self.warm is not None and not started.ended:
                     started.warm = self.warm.receiver(size, now)
         upload = self._ranges_in.get(slot)
         if upload is None:

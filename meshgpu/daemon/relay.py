@@ -168,7 +168,8 @@ class Relays:
                 raise MeshError("the upload's last range came without its digest")
             return claimed[0]
 
-        what = {"digest": name} if named else {"upload": secrets.token_hex(16)}
+        what: dict[str, object] = {"digest": name} if named else {"upload": secrets.token_hex(16)}
+        what["relayed"] = True  # no warm copy there: the task runs at the entry node
         try:
             with ranges:
                 async with self._open_link(target.node_id) as request:

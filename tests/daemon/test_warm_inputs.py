@@ -68,7 +68,9 @@ def test_copies_expire_are_dropped_and_an_incomplete_one_is_not_kept() -> None:
     assert warm.used_bytes == 0 and len(warm) == 0
 
 
-async def upload(peer_ops: Any, data: bytes, digest: str, *, sha256: str | None = None) -> Any:
+async def upload(
+    peer_ops: Any, data: bytes, digest: str, *, sha256: str | None = None, relayed: bool = False
+) -> Any:
     answer: Any = None
     for offset in range(0, len(data), RANGE):
         request: dict[str, Any] = {
@@ -80,6 +82,8 @@ async def upload(peer_ops: Any, data: bytes, digest: str, *, sha256: str | None 
         }
         if not request["more"]:
             request["sha256"] = sha256 or digest
+        if relayed:
+            request["relayed"] = True
         answer = await peer_ops.op_put_inputs(request, SimpleNamespace(peer="client"))
     return answer
 
@@ -92,6 +96,18 @@ async def test_an_upload_in_ranges_leaves_its_arrays_warm(tmp_path: Path) -> Non
     assert fakes.payloads.path(digest, INPUTS).read_bytes() == data  # the durable copy
     arrays = warm.take(digest)
     assert arrays is not None and np.array_equal(arrays["x"], x)
+
+
+async def test_a_relayed_upload_is_stored_but_keeps_no_warm_copy(tmp_path: Path) -> None:
+    """A relay's target holds a durable copy; the task runs at the entry node (its origin,
+    the scheduler's first holder), which alone keeps the arrays."""
+    _, data, digest = payload()
+    fakes = ops(tmp_path)
+    fakes.peer_ops.warm = warm = WarmInputs(budget_bytes=1 << 30)
+    answer = await upload(fakes.peer_ops, data, digest, relayed=True)
+    assert answer == {"stored": True, "digest": digest}
+    assert fakes.payloads.path(digest, INPUTS).read_bytes() == data
+    assert len(warm) == 0 and warm.used_bytes == 0
 
 
 async def test_an_upload_that_fails_its_digest_keeps_nothing(tmp_path: Path) -> None:

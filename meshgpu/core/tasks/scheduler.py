@@ -14,7 +14,11 @@ A task that has just failed on a worker avoids that worker when any other can ta
 A task that prefers labels goes to a worker carrying them when one can take it now.
 A task with large inputs (``LOCAL_INPUT_ELEMENTS``) goes to one of its holders when one can
 take it now: the holder reads the inputs from its own disk, where any other worker first
-pulls them whole over the network.
+pulls them whole over the network. Among the holders its origin comes first when it can
+take the task now: the origin received the client's upload, and it alone keeps the arrays
+it received in memory for the run (the daemon's warm inputs), where another holder reads
+its copy back from the disk. Rejected: every holder keeping a warm copy (all but one of
+them fill a GiB of fresh memory that no run takes: a fifth of a receiving node's CPU).
 """
 
 from __future__ import annotations
@@ -107,7 +111,10 @@ def plan_round(
             # Locality: a holder reads the inputs where they lie; another worker would
             # pull them whole first.
             local = [v for v in allowed if v.node_id in task.holders and v.node_id != task.avoid]
-            if local:
+            origin = [v for v in local if v.node_id == task.task_id.origin]
+            if origin:
+                choice = strategy(task.spec, origin, context)
+            if choice is None and local:
                 choice = strategy(task.spec, local, context)
         if choice is None and task.avoid is not None:
             others = [v for v in allowed if v.node_id != task.avoid]

@@ -116,6 +116,28 @@ def test_a_task_with_large_inputs_goes_to_a_holder_while_one_has_a_slot() -> Non
     assert [a.worker for a in plan_round(queued, full, "least_loaded", SelectionContext())] == ["c"]
 
 
+def test_a_task_with_large_inputs_goes_to_its_origin_first_among_the_holders() -> None:
+    """The origin received the upload and keeps its arrays warm: it takes the task while
+    it has a slot, though the other holder "b" is less loaded; full, or the worker the
+    task failed on, it leaves the task to the other holders as before."""
+    large = TaskSpec("m", "i", input_shapes=(("x", (4096, 1024)),))
+    holders = frozenset({"o", "b"})
+    workers = [view("o", in_flight=3), view("b"), view("c")]
+    for name in ("least_loaded", "round_robin", "spread", "device_match", "binpack"):
+        queued = [QueuedTask(TaskId("o", 1), large, holders=holders)]
+        (placed,) = plan_round(queued, workers, name, SelectionContext())
+        assert placed.worker == "o", name
+    full = [view("o", in_flight=4), view("b", in_flight=1), view("c")]
+    queued = [QueuedTask(TaskId("o", 1), large, holders=holders)]
+    assert [a.worker for a in plan_round(queued, full, "least_loaded", SelectionContext())] == ["b"]
+    failed_on_o = [QueuedTask(TaskId("o", 1), large, avoid="o", holders=holders)]
+    assert [
+        a.worker for a in plan_round(failed_on_o, workers, "least_loaded", SelectionContext())
+    ] == ["b"]
+    not_held = [QueuedTask(TaskId("o", 1), large, holders=frozenset({"b", "c"}))]
+    assert plan_round(not_held, workers, "least_loaded", SelectionContext())[0].worker in "bc"
+
+
 def test_binpack_fills_the_busiest_worker_first() -> None:
     workers = [view("a"), view("b", in_flight=2), view("c", in_flight=1)]
     assert binpack(TaskSpec("m", "i"), workers, SelectionContext()) == "b"
