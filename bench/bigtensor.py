@@ -16,9 +16,10 @@ Per process, ``idle`` is its resident set once warm (the model loaded by a small
 the same kind) and ``peak`` its high-water mark during the scenario (VmHWM, reset through
 ``/proc/PID/clear_refs`` before it; the client's is its whole run). The target is
 ``peak < idle + 1.5 x tensor``: one copy of the tensor and the ranges in flight. MB/s is
-the tensor's bytes over the client's submit-to-result time; CPU s is each process's CPU
-time during the scenario, the figure that holds on a shared machine, where wall times
-swing with the load: compare numbers with each other, not across runs.
+the tensor's bytes over the client's submit-to-result time (``submit_s`` in the JSON: the
+part until the submit returned, the upload and its copies acknowledged); CPU s is each
+process's CPU time during the scenario, the figure that holds on a shared machine, where
+wall times swing with the load: compare numbers with each other, not across runs.
 
 ``--baseline DIR`` runs the same scenarios with the meshgpu of another checkout (``DIR``
 on ``PYTHONPATH`` for the daemons and the client: e.g. ``git archive main | tar -x -C
@@ -160,6 +161,7 @@ async def client_run(peer: str, scenario: str, rows: int, model_path: Path) -> d
         started = time.perf_counter()
         cpu = time.process_time()
         handle = await client.submit(model, inputs)
+        submitted = time.perf_counter() - started
         outputs = await handle.result(600)
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu
@@ -178,6 +180,7 @@ async def client_run(peer: str, scenario: str, rows: int, model_path: Path) -> d
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "seconds": seconds,
+        "submit_s": submitted,
         "cpu_s": cpu,
         "correct": bool(correct),
         "idle": idle,
@@ -253,6 +256,7 @@ def scenario(
         "scenario": name,
         "tensor_mib": tensor / 2**20,
         "seconds": result["seconds"],
+        "submit_s": result["submit_s"],
         "mb_per_s": tensor / 1e6 / result["seconds"],
         "correct": result["correct"],
         "entry": result["entry"],

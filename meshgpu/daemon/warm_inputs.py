@@ -1,17 +1,20 @@
 """A large upload's tensors kept in memory where it was received, for the run of its task
 that usually follows there (docs/daemon.md, "Warm inputs").
 
-A task with large inputs runs on one of its holders (the scheduler's locality rule), and
-its holders are the nodes that received the upload: the entry node and the nodes it
-relayed the ranges to (relay.py). Each of them writes its durable copy with ``O_DIRECT``
-(blobs.DirectWriter), so the copy is not in the page cache, and the worker used to read
-it back from the disk into fresh arrays after the task was acknowledged and assigned: a
-pass over the disk and a copy of every byte on the path from the upload's last range to
-the run, while nothing else moved. Now every receiver also copies each range, as it
-arrives, into the arrays of a :class:`~meshgpu.daemon.blobs.TensorReceiver` (the same
-bytes its writer hashes and writes; they are kept only once the durable copy checked out
-against the digest and was installed), and the worker takes those arrays instead of
-reading the file.
+A task with large inputs runs on one of its holders (the scheduler's locality rule), its
+origin first, and its holders are the nodes that received the upload: the entry node (the
+origin) and the nodes it relayed the ranges to (relay.py). Each of them writes its durable
+copy with ``O_DIRECT`` (blobs.DirectWriter), so the copy is not in the page cache, and the
+worker used to read it back from the disk into fresh arrays after the task was
+acknowledged and assigned: a pass over the disk and a copy of every byte on the path from
+the upload's last range to the run, while nothing else moved. Now the entry node also
+copies each range, as it arrives, into the arrays of a
+:class:`~meshgpu.daemon.blobs.TensorReceiver` (the same bytes its writer hashes and
+writes; they are kept only once the durable copy checked out against the digest and was
+installed), and the run there takes those arrays instead of reading the file. A relay
+target keeps none (its ranges say ``relayed``): the task runs there only when the origin
+cannot take it, and a copy no run takes cost the relay target a fifth to a third of its
+CPU under the bench.
 
 What the guarantees rest on is unchanged: the durable copy on disk, checked and synced
 before the upload is answered, is what a holder's claim counts; a warm copy is a cache
