@@ -158,10 +158,12 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=done)
             return
-        values = ", ".join(f"{k}={v}" for k, v in record.get("values", {}).items())
+        # A sweep with no [parameters] (seeds only) has no values: "(, seed 1" before.
+        point = [f"{k}={v}" for k, v in record.get("values", {}).items()]
+        where = ", ".join([*point, f"seed {record['seed']}"])
         status = "error" if record.get("error") else ("ok" if record.get("ok") else "violation")
         self.console.print(
-            f"sweep {self.name}: {done}/{total} ({values}, seed {record['seed']}: {status}; "
+            f"sweep {self.name}: {done}/{total} ({where}: {status}; "
             f"{time.perf_counter() - self.started:.0f} s)",
             highlight=False,
             soft_wrap=True,

@@ -248,3 +248,14 @@ def test_a_metric_no_report_holds_is_named_with_the_nearest_fields(
     )
     assert again.exit_code == 0, again.output
     assert "0 run(s)" in again.output and "4 kept from before" in again.output
+
+
+def test_a_sweep_of_seeds_alone_names_each_run_by_its_seed(tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text(BASE)
+    spec = tmp_path / "seeds.toml"
+    spec.write_text('[sweep]\nscenario = "base.toml"\nseeds = [3]\n[parameters]\n')
+    result = CliRunner().invoke(
+        main, ["sweep", str(spec), "--out", str(tmp_path / "out"), "--jobs", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "1/1 (seed 3: ok;" in result.output  # was "(, seed 3: ok;"
