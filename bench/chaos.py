@@ -911,6 +911,18 @@ def cpu_split_s(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """Times process ``pid``'s main thread (the daemon's event loop) went to sleep and
+    was woken again (voluntary), and was preempted (involuntary), so far."""
+    found = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name.endswith("ctxt_switches"):
+                found[name] = int(value)
+    return found.get("voluntary_ctxt_switches", 0), found.get("nonvoluntary_ctxt_switches", 0)
+
+
 def hostile_phases(
     campaign: Campaign,
     history: History,
@@ -981,14 +993,19 @@ def hostile_phases(
                 sum(1 for t in history.http_times if start <= t < end),
             )
 
-    def daemons_cpu() -> tuple[float, float]:
+    def daemons_cpu() -> tuple[float, float, int, int]:
+        """The daemons' user and system seconds, wakeups and preemptions so far."""
         user = system = 0.0
+        woken = preempted = 0
         for daemon in campaign.fleet.daemons:
             with contextlib.suppress(OSError):
                 u, s = cpu_split_s(daemon.process.pid)
+                w, p = context_switches(daemon.process.pid)
                 user += u
                 system += s
-        return user, system
+                woken += w
+                preempted += p
+        return user, system, woken, preempted
 
     every_core = frozenset(os.sched_getaffinity(0))
     mesh_cores = mesh_cpus or every_core
@@ -1048,6 +1065,8 @@ def hostile_phases(
         spent = cpu[kind]
         spent["daemons_user"] += daemons_after[0] - daemons_before[0]
         spent["daemons_system"] += daemons_after[1] - daemons_before[1]
+        spent["daemons_wakeups"] += daemons_after[2] - daemons_before[2]
+        spent["daemons_preempted"] += daemons_after[3] - daemons_before[3]
         # this process: the Python client, the HTTP clients and the bench (threads)
         spent["workload_user"] += workload_after.user - workload_before.user
         spent["workload_system"] += workload_after.system - workload_before.system
