@@ -9,6 +9,7 @@ Both are thin: parsing and rendering here, everything else in :mod:`meshgpu.infe
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,11 @@ def run(
     from meshgpu.cli.submit import model_input_names
     from meshgpu.errors import MeshError
 
+    if output is not None and not os.path.isdir(os.path.dirname(output) or "."):
+        # Found only after the run, it was a FileNotFoundError traceback from numpy.
+        raise click.BadParameter(
+            f"directory {os.path.dirname(output)!r} does not exist", param_hint="'--output'"
+        )
     names = model_input_names(model) if any("=" not in pair for pair in inputs) else []
     feeds = _parse_inputs(inputs, names[0] if len(names) == 1 else None)
     try:
@@ -114,7 +120,10 @@ def run(
     except MeshError as error:
         raise click.ClickException(f"{type(error).__name__}: {error}") from error
     if output is not None:
-        np.savez(output, **results)  # type: ignore[arg-type]
+        try:
+            np.savez(output, **results)  # type: ignore[arg-type]
+        except OSError as error:
+            raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
     summary = {
         "model": session.model.source,
         "sha256": session.digest,

@@ -132,6 +132,15 @@ def test_run_takes_a_bare_path_like_submit_and_shows_integers_exactly(tmp_path: 
     outcome = CliRunner().invoke(main, args)
     assert outcome.exit_code == 0, outcome.output
     assert "1099511627779" in outcome.stdout and "e+12" not in outcome.stdout
+    # An --output in no directory: one line before the run (a numpy traceback after it).
+    missing = ["-o", str(tmp_path / "no" / "out.npz")]
+    refused = CliRunner().invoke(main, args + missing)
+    assert (
+        refused.exit_code == 2
+        and "directory" in refused.output
+        and "does not exist" in refused.output
+    )
+    assert "Traceback" not in refused.output
 
 
 def test_status_says_when_the_peer_is_leaving(monkeypatch: pytest.MonkeyPatch) -> None:
