@@ -249,6 +249,11 @@ class FrameStream:
             return None
         (length,) = LENGTH.unpack(header)
         if length > self.max_frame_bytes:
+            if header == b"HTTP":  # an HTTP status line read as a length
+                raise FrameTooLargeError(
+                    "this port answers in HTTP: it is a daemon's HTTP port (--http-port, "
+                    "default 8000), not its API port (--port, default 7946)"
+                )
             raise FrameTooLargeError(
                 f"peer announced a {length}-byte frame, the limit is {self.max_frame_bytes} "
                 "(is something other than a meshgpu peer talking to this port?)"

@@ -561,3 +561,21 @@ async def test_a_map_window_that_is_not_a_count_is_refused_naming_it(fake_mesh, 
         # -1 and 2.5 broke the client's nursery: it still serves
         handle = await client.submit(MODEL, {"x": np.ones(1, np.float32)})
         assert handle.task_id
+
+
+async def test_an_http_port_given_as_the_peer_is_named_as_such(nursery: trio.Nursery) -> None:
+    """A daemon's HTTP port (8000) given for its API port (7946): the answer's "HTTP" read
+    as a frame length was "peer announced a 1213486160-byte frame"."""
+
+    async def http_server(stream: trio.SocketStream) -> None:
+        with trio.move_on_after(5):
+            await stream.receive_some(4096)
+            await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, http_server, 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    with pytest.raises(ClientError, match=r"answers in HTTP: it is a daemon's HTTP port"):
+        async with AsyncClient(f"127.0.0.1:{port}", environ={}, connect_timeout=2):
+            pass
