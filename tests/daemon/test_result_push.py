@@ -215,6 +215,20 @@ async def test_a_worker_no_holder_of_a_task_with_two_live_holders_keeps_no_copy(
     assert [fields["sha256"] for fields in lasts] == [TensorBlob(outputs).digest()] * 2
 
 
+async def test_a_worker_that_is_one_of_three_holders_keeps_its_copy(tmp_path: Path) -> None:
+    """replicas=3 and the worker is a holder (a large-input task runs at its origin): two
+    other live holders take the result, and the worker keeps its copy as the third holder
+    (the origin's copy is also the one the client's early fetch is answered from)."""
+    fakes = data_plane(tmp_path, live=["w", "o", "h"])
+    peers = Peers(taking={"o", "h"})
+    fakes.plane.peers = peers  # type: ignore[assignment]
+    outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
+    result = await fakes.plane._result_source(TASK, outputs)
+    holders, problems = await fakes.plane._push_result(TASK, 1, result, ["w", "o", "h"])
+    assert holders == ("h", "o", "w") and not problems
+    assert fakes.payloads.has(("o", 7), RESULT)
+
+
 async def test_a_worker_that_skipped_its_copy_writes_it_when_a_holder_refuses(
     tmp_path: Path,
 ) -> None:
