@@ -22,6 +22,7 @@ from meshgpu.core.membership import MemberInfo
 from meshgpu.core.tasks import Resolution, TaskId
 from meshgpu.core.types import NodeId
 from meshgpu.daemon.api import Handler, Message, Responder, request_field
+from meshgpu.daemon.auth.envelope import Buffer
 from meshgpu.daemon.framing import unpack
 from meshgpu.daemon.groups import MemberId, member_answers, parse_task_ref
 from meshgpu.daemon.modelstore import ModelWriter, check_digest
@@ -52,11 +53,11 @@ class ResultStore(Protocol):
 
     async def result_head(
         self, task_id: TaskId, holders: Iterable[NodeId]
-    ) -> tuple[bytes | None, int]: ...
+    ) -> tuple[Buffer | None, int]: ...
 
     async def result_range(
         self, task_id: TaskId, holders: Iterable[NodeId], offset: int, length: int
-    ) -> tuple[bytes, int]: ...
+    ) -> tuple[Buffer, int]: ...
 
     async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes: ...
 

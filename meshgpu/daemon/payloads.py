@@ -101,7 +101,7 @@ def canonical_tensor_bytes(tensors: Mapping[str, np.ndarray]) -> bytes:
     return msgpack.packb(encode_tensors(ordered), use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def tensors_from_bytes(data: bytes) -> Tensors:
+def tensors_from_bytes(data: bytes | bytearray | memoryview) -> Tensors:
     """Inverse of :func:`canonical_tensor_bytes`; raises DecodeError on malformed bytes."""
     try:
         encoded = msgpack.unpackb(data, raw=False)
