@@ -132,7 +132,9 @@ class Node:
             self._timed_sources.append((component, self._deadline_sources[-1]))
         self._deadline = self._compute_deadline()
         if component is not self.swim:
-            self.context.member_listeners.append(component.on_member_changed)
+            if type(component).on_member_changed is not Component.on_member_changed:
+                # (the default does nothing: not called for each member change)
+                self.context.member_listeners.append(component.on_member_changed)
             self.swim.anti_entropy_source.append(component)
 
     # --- the contract ------------------------------------------------------------------------

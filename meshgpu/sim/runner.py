@@ -26,6 +26,7 @@ The event trace (invariant 10) is one JSON line per processed event
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import zlib
 from collections.abc import Callable, Iterable
@@ -494,13 +495,22 @@ class Simulation:
     # -- bootstrap (simulated mDNS / seed list) --------------------------------------------
 
     def _bootstrap_all(self) -> None:
+        up = self.up_indices()
         for index in range(self.node_count):
-            self._discover_for(index, others_learn=False)
+            self._discover_for(index, others_learn=False, up=up)
 
-    def _discover_for(self, index: int, others_learn: bool) -> None:
+    def _discover_for(self, index: int, others_learn: bool, up: list[int] | None = None) -> None:
+        """Node ``index`` learns of its seeds (or of every up node, mDNS); ``up``: the
+        up nodes in index order, when the caller has them (the bootstrap: n nodes, each
+        of whose list is the others, so not n lists built from n flags each)."""
         bootstrap = self.scenario.bootstrap
         rng = self._bootstrap_random
-        others = [j for j in range(self.node_count) if j != index and self.up[j]]
+        if up is None:
+            others = [j for j in range(self.node_count) if j != index and self.up[j]]
+        else:
+            at = bisect.bisect_left(up, index)
+            found = at < len(up) and up[at] == index
+            others = up[:at] + up[at + 1 :] if found else list(up)
         if bootstrap.mode == "seeds":
             others = rng.sample(others, min(bootstrap.seeds, len(others)))
         for j in others:

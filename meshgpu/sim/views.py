@@ -79,12 +79,26 @@ class ViewTracker(Observer):
         self.down_since[index] = None
         self.live[index] = set()
         self.state[index] = [None] * len(self.state[index])
+        # For each up peer in its group: the truth of (peer, index) flipped, so did whether
+        # the peer's belief is wrong (_flip_truth, inlined: every node starting in a mesh
+        # of n is n calls, n squared as a mesh starts).
         group = sim.network.group_of
-        peers = [j for j in sim.up_indices() if j != index and group[j] == group[index]]
-        for j in peers:
-            self._flip_truth(j, index)
-        self.wrong[index] = len(peers)
-        self.total_wrong += len(peers)
+        mine = group[index]
+        up = sim.up
+        truth = up[index]
+        live = self.live
+        wrong = self.wrong
+        peers = 0
+        total = 0
+        for j in range(sim.node_count):
+            if up[j] and j != index and group[j] == mine:
+                peers += 1
+                delta = 1 if (index in live[j]) != truth else -1
+                wrong[j] += delta
+                total += delta
+        self.total_wrong += total
+        self.wrong[index] = peers
+        self.total_wrong += peers
         self.last_change[index] = now
         self._disturbed(now, "restart" if now > 0.0 else "start")
 

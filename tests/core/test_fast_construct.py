@@ -13,7 +13,7 @@ from meshgpu.core.effects import MemberChanged, SendDatagram
 from meshgpu.core.events import DatagramReceived
 from meshgpu.core.fast_construct import FAST_CONSTRUCTORS, fast_constructor
 from meshgpu.core.membership.state import ALIVE, MemberInfo
-from meshgpu.core.membership.wire import Ack, Ping
+from meshgpu.core.membership.wire import Ack, Alive, Ping
 from meshgpu.core.messages import Envelope
 
 SAMPLES: dict[type[Any], tuple[Any, ...]] = {
@@ -21,6 +21,7 @@ SAMPLES: dict[type[Any], tuple[Any, ...]] = {
     DatagramReceived: (("10.0.0.2", 7946), b"payload", Envelope("n001", 0, 0, Ack(1))),
     Ping: (7, "n001"),
     Ack: (7,),
+    Alive: ("n001", ("10.0.0.1", 7946), 3),
     Envelope: ("n001", 3, 2, Ping(7, "n002"), (Ack(1),)),
     MemberChanged: ("n001", ("10.0.0.1", 7946), ALIVE, 3, "joined"),
     MemberInfo: ("n001", ("10.0.0.1", 7946), ALIVE, 3, 1.5, "joined"),

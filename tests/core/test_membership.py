@@ -275,3 +275,32 @@ def test_buddy_refinement_alone_decides_the_hearsay_rule() -> None:
         table.apply_dead(Dead("a", 0, "far-away"), 1.0, "gossip")
     assert state(buddy, "a") == (MemberState.SUSPECT, 0)
     assert state(no_buddy, "a") == (MemberState.DEAD, 0)
+
+
+def test_push_pull_parts_kept_equal_the_split_of_the_table() -> None:
+    # record_parts extends its split as members are added instead of splitting the table
+    # per exchange: after any change (joins, state changes, new addresses, members
+    # forgotten and learned again) it must be chunk_records' split of the records.
+    from meshgpu.core.membership.wire import chunk_records
+
+    table = make_table()
+    rng = random.Random(7)
+    ids = [f"node-{i:0{rng.choice((1, 3, 5))}d}" for i in range(200)]
+    now = 0.0
+    for step in range(3000):
+        now += 0.01
+        node_id = rng.choice(ids)
+        incarnation = table.members[node_id].incarnation + 1 if node_id in table.members else 0
+        action = rng.random()
+        if action < 0.6:
+            host = "10.0.0.9"
+            if action < 0.05:  # a new address: its record's size may change
+                host = f"10.0.{rng.randrange(3)}.{rng.randrange(1, 250)}"
+            table.apply_alive(Alive(node_id, (host, 7946), incarnation), now, "join")
+        elif action < 0.8:
+            table.apply_dead(Dead(node_id, incarnation, "x"), now, "dead")
+        else:
+            table.forget(node_id)
+        if step % 7 == 0:
+            assert table.record_parts() == chunk_records(table.records()), step
+    assert len(table.record_parts()) > 3

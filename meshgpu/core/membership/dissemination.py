@@ -24,6 +24,7 @@ from meshgpu.core.component import NodeContext
 from meshgpu.core.membership.state import GONE_STATES, LIVE_STATES, SUSPECT, MemberInfo
 from meshgpu.core.membership.table import MemberTable
 from meshgpu.core.membership.wire import (
+    PUSH_PULL_RECORD_BUDGET,
     AntiEntropy,
     Dead,
     Gossip,
@@ -31,6 +32,7 @@ from meshgpu.core.membership.wire import (
     PushPull,
     Suspect,
     encode_push_pull,
+    encode_records,
 )
 from meshgpu.core.messages import Envelope, Message, encode_item
 from meshgpu.core.timers import Timers
@@ -38,23 +40,6 @@ from meshgpu.core.types import Address, NodeId
 
 if TYPE_CHECKING:
     from meshgpu.core.component import Component
-
-PUSH_PULL_RECORD_BUDGET = 1150
-"""Bytes of member records per push-pull datagram (leaves room for header and updates)."""
-
-
-def chunk_records(records: tuple[MemberRecord, ...]) -> list[tuple[MemberRecord, ...]]:
-    """Split a table into push-pull parts that each fit one datagram."""
-    chunks: list[list[MemberRecord]] = [[]]
-    used = 0
-    for record in records:
-        size = len(record.node_id) + len(record.address[0]) + 16
-        if used + size > PUSH_PULL_RECORD_BUDGET and chunks[-1]:
-            chunks.append([])
-            used = 0
-        chunks[-1].append(record)
-        used += size
-    return [tuple(chunk) for chunk in chunks]
 
 
 class Dissemination:
@@ -72,6 +57,9 @@ class Dissemination:
         self._push_pull_chunks: (
             tuple[tuple[MemberRecord, ...], list[tuple[MemberRecord, ...]]] | None
         ) = None
+        self._packed_parts: list[tuple[tuple[MemberRecord, ...], bytes]] = []
+        """Each part last sent and its records packed (``encode_records``): most parts of
+        a table are the same records from one exchange to the next."""
         self.anti_entropy_source: list[Component] = []
         """Components whose ``anti_entropy_updates`` travel with our push-pull exchanges."""
 
@@ -169,11 +157,24 @@ class Dissemination:
         if cached is not None and cached[0] is records:
             chunks = cached[1]
         else:
-            chunks = chunk_records(records)
+            chunks = self.table.record_parts()
             self._push_pull_chunks = (records, chunks)
+        packed_parts = self._packed_parts
+        kept = len(packed_parts)
         for part, chunk in enumerate(chunks):
             body = PushPull(reply, part, len(chunks), chunk)
-            self.context.send(address, body, encoded_body=encode_push_pull(body))
+            if part < kept and packed_parts[part][0] == chunk:
+                packed = packed_parts[part][1]
+                packed_parts[part] = (chunk, packed)  # (the older equal tuple is let go)
+            else:
+                packed = encode_records(chunk)
+                if part < kept:
+                    packed_parts[part] = (chunk, packed)
+                else:
+                    packed_parts.append((chunk, packed))
+                    kept += 1
+            self.context.send(address, body, encoded_body=encode_push_pull(body, packed))
+        del packed_parts[len(chunks) :]
         self._send_items(address, [encode_item(m) for m in extra or []])
 
     def _send_items(self, address: Address, items: list[bytes]) -> None:

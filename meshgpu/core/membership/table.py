@@ -27,7 +27,18 @@ from meshgpu.core.membership.state import (
     new_member_info,
     transition,
 )
-from meshgpu.core.membership.wire import RECENT_LIMIT, Alive, Dead, Left, MemberRecord, Suspect
+from meshgpu.core.membership.wire import (
+    PUSH_PULL_RECORD_BUDGET,
+    RECENT_LIMIT,
+    Alive,
+    Dead,
+    Left,
+    MemberRecord,
+    Suspect,
+    chunk_records,
+    new_alive,
+    record_wire_size,
+)
 from meshgpu.core.suspicion import LocalHealth, Suspicion
 from meshgpu.core.types import NodeId
 
@@ -130,6 +141,12 @@ class MemberTable:
         self.suspicions: dict[NodeId, Suspicion] = {}
         self._sorted_live: list[NodeId] | None = None
         self._records: tuple[MemberRecord, ...] | None = None
+        self._part_starts: list[int] | None = [0]
+        """Where each push-pull part starts in :meth:`records` (:func:`chunk_records`'
+        split, extended as members are added; None: to be split again, after a member was
+        forgotten or moved address)."""
+        self._last_part_used = record_wire_size(self.node_id, context.address)
+        """What the records of the last part count against the part budget."""
         self.version = 0
         """Bumped by every change of ``members`` (so derived views can be cached)."""
 
@@ -176,14 +193,52 @@ class MemberTable:
             built = self._records = tuple(self._record_of.values())
         return built
 
+    def record_parts(self) -> list[tuple[MemberRecord, ...]]:
+        """:meth:`records` split into push-pull parts: ``chunk_records(self.records())``.
+
+        The split is kept, not redone per exchange: a record's share of a part depends on
+        its member's id and host alone, and a new member's record goes at the end, so
+        adding one extends the last part or starts a new one (the split of a longer
+        table begins with the split of the shorter); a changed entry keeps its place and
+        its size. Only forgetting a member or a new address splits the table again."""
+        records = self.records()
+        starts = self._part_starts
+        if starts is None:
+            parts = chunk_records(records)
+            starts = []
+            at = 0
+            for part in parts:
+                starts.append(at)
+                at += len(part)
+            last = parts[-1]
+            self._last_part_used = sum(record_wire_size(r.node_id, r.address) for r in last)
+            self._part_starts = starts
+            return parts
+        ends = starts[1:]
+        ends.append(len(records))
+        return [records[start:end] for start, end in zip(starts, ends, strict=True)]
+
     # --- bookkeeping ------------------------------------------------------------------------
 
     def _set(self, info: MemberInfo, broadcast: object | None) -> None:
         previous = self.members.get(info.node_id)
         node_id = info.node_id
         self.members[node_id] = info
-        self._record_of[node_id] = info.to_record()
+        record_of = self._record_of
+        record_of[node_id] = info.to_record()
         self._records = None
+        if previous is None:
+            # A new member: its record went at the end (see record_parts).
+            starts = self._part_starts
+            if starts is not None:
+                size = record_wire_size(node_id, info.address)
+                used = self._last_part_used
+                if used + size > PUSH_PULL_RECORD_BUDGET:
+                    starts.append(len(record_of) - 1)
+                    used = 0
+                self._last_part_used = used + size
+        elif info.address != previous.address:
+            self._part_starts = None
         self.version += 1
         if node_id != self.node_id:
             was_live = node_id in self._live_index
@@ -214,6 +269,7 @@ class MemberTable:
         del self.members[node_id]
         del self._record_of[node_id]
         self._records = None
+        self._part_starts = None
         self.version += 1
         self.gone.pop(node_id, None)
         self.context.member_queue.discard(("member", node_id))
@@ -437,7 +493,7 @@ class MemberTable:
         reason = push_pull_reason(sender)
         if record.state == "alive":
             return self.apply_alive(
-                Alive(record.node_id, record.address, record.incarnation), now, reason
+                new_alive(record.node_id, record.address, record.incarnation), now, reason
             )
         if record.state == "left":
             return self.apply_left(Left(record.node_id, record.incarnation), now, reason)

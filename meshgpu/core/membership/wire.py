@@ -242,7 +242,32 @@ class PushPull:
         )
 
 
-def encode_push_pull(message: PushPull) -> bytes:
+PUSH_PULL_RECORD_BUDGET = 1150
+"""Bytes of member records per push-pull datagram (leaves room for header and updates)."""
+
+
+def record_wire_size(node_id: NodeId, address: Address) -> int:
+    """What a member's record counts against :data:`PUSH_PULL_RECORD_BUDGET` (an upper
+    bound of its packed size: it depends on the member's id and host alone)."""
+    return len(node_id) + len(address[0]) + 16
+
+
+def chunk_records(records: tuple[MemberRecord, ...]) -> list[tuple[MemberRecord, ...]]:
+    """Split a table into push-pull parts that each fit one datagram: records in order,
+    a new part where the next record would take the part past the budget."""
+    chunks: list[list[MemberRecord]] = [[]]
+    used = 0
+    for record in records:
+        size = record_wire_size(record.node_id, record.address)
+        if used + size > PUSH_PULL_RECORD_BUDGET and chunks[-1]:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(record)
+        used += size
+    return [tuple(chunk) for chunk in chunks]
+
+
+def encode_push_pull(message: PushPull, packed_members: bytes | None = None) -> bytes:
     """``encode_body(message)``, byte for byte, from each record's bytes packed once per
     process (:func:`packed_record`) rather than once per part sent.
 
@@ -252,9 +277,17 @@ def encode_push_pull(message: PushPull) -> bytes:
     Why: a push-pull part carries ~35 records, and once a mesh has formed the records
     sent per event are what grows with its size (a table of n records every push-pull
     period, a period that grows only as log n); packing each from its fields was most
-    of what a 1,000-node mesh spends per event beyond a 100-node one."""
+    of what a 1,000-node mesh spends per event beyond a 100-node one.
+    ``packed_members``: ``encode_records(message.members)``, when the caller kept it."""
     head = encode_value([PushPull.TAG, message.reply, message.part, message.parts])
-    members = message.members
+    if packed_members is None:
+        packed_members = encode_records(message.members)
+    return b"\x95" + head[1:] + packed_members
+
+
+def encode_records(members: tuple[MemberRecord, ...]) -> bytes:
+    """The msgpack array of ``members``' fields, as a push-pull body ends with it (the
+    part of :func:`encode_push_pull` a sender may keep between exchanges)."""
     count = len(members)
     if count <= 15:
         header = bytes((0x90 | count,))
@@ -269,7 +302,7 @@ def encode_push_pull(message: PushPull) -> bytes:
         packed.append(
             entry[1] if entry is not None and entry[0] is record else packed_record(record)
         )
-    return b"\x95" + head[1:] + header + b"".join(packed)
+    return header + b"".join(packed)
 
 
 _PACKED_RECORDS: dict[int, tuple[MemberRecord, bytes]] = {}
@@ -337,6 +370,11 @@ class Alive:
             except TypeError:  # an unhashable field: refused below
                 pass
         return _alive(*expect_list(fields, "Alive", 4))
+
+
+new_alive = fast_constructor(Alive)
+"""``Alive(...)``, fast: a push-pull record of a member new to its receiver becomes one (n
+squared as a mesh of n forms)."""
 
 
 def _alive(node_id: object, host: object, port: object, incarnation: object) -> Alive:
