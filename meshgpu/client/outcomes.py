@@ -47,8 +47,12 @@ class EarlyFetch:
     are delivered only when the task's ``done`` comes; until then they are not the
     task's result (a task whose result could not be stored fails, and they go)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, attempt: int | None) -> None:
         self.size = size
+        self.attempt = attempt
+        """The attempt whose result is fetched (``storing`` says): only the ``done`` of
+        the same attempt delivers it (a newer attempt of a nondeterministic model stores
+        other bytes of the same size)."""
         self.ended = trio.Event()
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: str | None = None
@@ -161,7 +165,8 @@ class OutcomeStreams:
                 if task_id is None:
                     break
                 if message.get("state") == "storing":
-                    self._start_early(link, str(task_id), message.get("result_bytes"))
+                    size, attempt = message.get("result_bytes"), message.get("attempt")
+                    self._start_early(link, str(task_id), size, attempt)
                     continue
                 if message.get("state") != "done" or message.get("result_bytes") is None:
                     self._drop_early(str(task_id))  # not a large result to deliver
@@ -190,11 +195,17 @@ class OutcomeStreams:
             self._fresh.extend(retry)
             self._work.fire()
 
-    def _start_early(self, link: Link, task_id: str, size: Any) -> None:
-        """The entry is storing ``task_id``'s result (``size`` bytes): fetch it now."""
-        if task_id in self._early or not isinstance(size, int) or task_id not in self._unresolved:
+    def _start_early(self, link: Link, task_id: str, size: Any, attempt: Any) -> None:
+        """The entry is storing ``task_id``'s result (``size`` bytes) of ``attempt``: fetch
+        it now (an older attempt's fetch goes)."""
+        if not isinstance(size, int) or task_id not in self._unresolved:
             return
-        early = self._early[task_id] = EarlyFetch(size)
+        attempt = attempt if isinstance(attempt, int) else None
+        known = self._early.get(task_id)
+        if known is not None and known.attempt == attempt:
+            return
+        self._drop_early(task_id)
+        early = self._early[task_id] = EarlyFetch(size, attempt)
         assert link.nursery is not None
         link.nursery.start_soon(self._fetch_early, link, task_id, early)
 
@@ -227,7 +238,8 @@ class OutcomeStreams:
         early = self._early.pop(task_id, None)
         if early is not None:
             await early.ended.wait()
-            if early.outputs is not None and early.size == message["result_bytes"]:
+            same = early.size == message["result_bytes"]
+            if early.outputs is not None and same and early.attempt == message.get("attempt"):
                 outcome = Outcome(task_id, "done", message.get("worker"), outputs=early.outputs)
                 self._deliver(outcome)
                 return

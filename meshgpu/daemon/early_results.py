@@ -141,6 +141,11 @@ class EarlyResults:
         early = self._results.get(key)
         return None if early is None or early.failed is not None else early.size
 
+    def attempt(self, key: Any) -> int | None:
+        """The attempt whose push early result ``key`` is, while it can be served."""
+        early = self._results.get(key)
+        return None if early is None or early.failed is not None else early.attempt
+
     def start(
         self, key: Any, attempt: int, size: int, now: float, source: ReadRange | None = None
     ) -> None:

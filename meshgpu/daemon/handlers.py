@@ -254,7 +254,7 @@ class ClientHandlers:
         include = bool(request.get("outputs", True))
         timeout = request.get("timeout")
         early = self.early if include and request.get("early") else None
-        announced: set[TaskId] = set()
+        announced: set[tuple[TaskId, int | None]] = set()
         for task_id in wanted:
             if task_id not in self.resolved:
                 self._feed(ResultRequested(task_id))
@@ -287,21 +287,30 @@ class ClientHandlers:
         self,
         early: EarlyResults,
         wanted: Mapping[TaskId, set[TaskId | MemberId]],
-        announced: set[TaskId],
+        announced: set[tuple[TaskId, int | None]],
         responder: Responder,
     ) -> None:
         """Tell a ``results`` stream with ``early`` which of its tasks' results started to
         arrive here (``storing``, with their size): the client may fetch them with
         ``get_result`` and ``early`` while they are stored, and holds them until the
-        task's ``done`` comes (early_results.py)."""
+        task's ``done`` of the same attempt comes (early_results.py); a newer attempt's
+        push is announced again."""
         storing = []
         for task_id in wanted:
-            if task_id in announced or task_id in self.resolved or task_id not in wanted[task_id]:
+            if task_id in self.resolved or task_id not in wanted[task_id]:
                 continue
-            size = early.size(task_key(task_id))
-            if size is not None:
-                announced.add(task_id)
-                storing.append({"task_id": str(task_id), "state": "storing", "result_bytes": size})
+            key = task_key(task_id)
+            size, attempt = early.size(key), early.attempt(key)
+            if size is not None and (task_id, attempt) not in announced:
+                announced.add((task_id, attempt))
+                storing.append(
+                    {
+                        "task_id": str(task_id),
+                        "state": "storing",
+                        "result_bytes": size,
+                        "attempt": attempt,
+                    }
+                )
         if storing:
             await responder.partials(storing)
 
@@ -337,8 +346,10 @@ class ClientHandlers:
                     resolved.task_id, resolved.result_holders
                 )
                 if blob is None:
-                    # Larger than one range: the client fetches it with get_result.
+                    # Larger than one range: the client fetches it with get_result,
+                    # or delivers what it fetched early of the same attempt.
                     message["result_bytes"] = size
+                    message["attempt"] = self.status.attempt_of(resolved.task_id)
                 else:
                     tensors_from_bytes(blob)  # never hand a client a corrupt result
                     message["outputs"] = unpack(blob)

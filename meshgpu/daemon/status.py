@@ -185,6 +185,12 @@ class StatusReport:
         entry = self.entry(task_id)
         return None if entry is None else entry.state.worker
 
+    def attempt_of(self, task_id: TaskId) -> int | None:
+        """The attempt of the task's state (for a done task: the one whose result is
+        stored)."""
+        entry = self.entry(task_id)
+        return None if entry is None else entry.state.attempt
+
     def http_address(self) -> dict[str, Any] | None:
         return self._http()
 

@@ -60,12 +60,16 @@ class FakeMesh:
         """Large results being stored, by task: announced to a ``results`` stream that
         asks ``early``, and served by ``get_result``."""
         self.result_calls: list[tuple[str, int, bool]] = []
+        self.attempts: dict[str, int] = {}
+        """The attempt whose result is being stored, by task (when a test names one)."""
         """(task, offset, early) of every ``get_result``."""
 
-    def store_early(self, task_id: str, y: np.ndarray) -> bytes:
+    def store_early(self, task_id: str, y: np.ndarray, attempt: int | None = None) -> bytes:
         """The task's result ``y`` (larger than the stream carries) starts to be stored."""
         blob = canonical_tensor_bytes({"y": y})
         self.storing[task_id] = blob
+        if attempt is not None:
+            self.attempts[task_id] = attempt
         self.changed.set()
         self.changed = trio.Event()
         return blob
@@ -79,6 +83,7 @@ class FakeMesh:
             "worker": "fake",
             "outputs": None,
             **({} if fail else {"result_bytes": len(self.storing[task_id])}),
+            **({"attempt": self.attempts[task_id]} if task_id in self.attempts else {}),
         }
         self.changed.set()
         self.changed = trio.Event()
@@ -145,14 +150,17 @@ class FakePeer:
 
         async def results(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
             wanted = set(request["task_ids"])
-            announced: set[str] = set()
+            announced: set[tuple[str, int | None]] = set()
             while wanted:
                 if request.get("early"):
-                    for task_id in sorted(wanted & set(mesh.storing) - announced):
-                        if task_id not in mesh.finished:
-                            announced.add(task_id)
+                    for task_id in sorted(wanted & set(mesh.storing)):
+                        attempt = mesh.attempts.get(task_id)
+                        if task_id not in mesh.finished and (task_id, attempt) not in announced:
+                            announced.add((task_id, attempt))
                             size = len(mesh.storing[task_id])
                             message = {"task_id": task_id, "state": "storing", "result_bytes": size}
+                            if attempt is not None:
+                                message["attempt"] = attempt
                             await responder.partial(message)
                 for task_id in sorted(wanted & set(mesh.finished)):
                     await responder.partial(mesh.finished[task_id])
@@ -246,6 +254,29 @@ async def test_a_result_fetched_while_stored_is_delivered_only_once_done(fake_me
         np.testing.assert_array_equal(outputs["y"], y)
         assert len(mesh.result_calls) == calls  # delivered from the early fetch
     assert mesh.collected == [handle.task_id]
+
+
+async def test_an_older_attempts_early_result_is_not_delivered_for_a_newer_one(
+    fake_mesh,
+) -> None:
+    """Attempt 1's result was fetched whole while it was stored, then its worker died and
+    attempt 2 (a nondeterministic model: other bytes of the same size) is the one done:
+    the client delivers attempt 2's bytes, the durable ones, not attempt 1's."""
+    mesh, peers = fake_mesh
+    async with AsyncClient(
+        f"127.0.0.1:{peers[0].port}", environ={}, max_frame_bytes=1 << 20
+    ) as client:
+        handle = await client.submit(MODEL, {"x": np.ones(2, np.float32)})
+        first = mesh.store_early(handle.task_id, np.zeros(200_000, np.float32), attempt=1)
+        with trio.fail_after(10):
+            while len(mesh.result_calls) < -(-len(first) // client.chunk_bytes):
+                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        y = np.arange(200_000, dtype=np.float32)
+        mesh.store_early(handle.task_id, y, attempt=2)
+        mesh.release_large(handle.task_id)
+        outputs = await handle.result(timeout=10)
+        np.testing.assert_array_equal(outputs["y"], y)
 
 
 async def test_a_result_fetched_while_stored_is_never_delivered_if_storing_fails(

@@ -86,6 +86,9 @@ class Status:
     def worker_of(self, task_id: TaskId) -> str | None:
         return "w"
 
+    def attempt_of(self, task_id: TaskId) -> int | None:
+        return 1
+
 
 @dataclass
 class Responder:

@@ -81,8 +81,10 @@ async def test_a_newer_attempt_drops_the_older_ones_ranges() -> None:
     early.add(KEY, 1, 0, b"a" * MIB, 0.0)
     early.add(KEY, 1, MIB, b"a" * MIB, 0.0)
     assert early.used_bytes == 2 * MIB
+    assert early.attempt(KEY) == 1
     early.start(KEY, 2, 4 * MIB, 0.0)
     assert early.used_bytes == 0
+    assert early.attempt(KEY) == 2  # announced again: the client fetches this one
     early.add(KEY, 1, 2 * MIB, b"a" * MIB, 0.0)  # the older push goes on: not kept
     early.add(KEY, 2, 0, b"b" * MIB, 0.0)
     assert early.used_bytes == MIB
