@@ -177,7 +177,7 @@ class Network:
             # and random.Random.gauss(0.0, 1.0) inlined too (CPython's Box-Muller: two
             # uniform draws give two normal deviates, the second kept in gauss_next for
             # the next call), so the stream sees exactly the calls gauss would make.
-            latency = self._latency
+            latency: Any = self._latency  # gauss_next is CPython's, not in the stubs
             z = latency.gauss_next
             latency.gauss_next = None
             if z is None:

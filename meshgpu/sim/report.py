@@ -26,9 +26,10 @@ from typing import IO, Any
 
 from meshgpu.errors import SimulationError
 from meshgpu.sim.invariants import convergence_bound, default_checkers, detection_bound
+from meshgpu.sim.nodes import NodeFactory
 from meshgpu.sim.observers import Observer
 from meshgpu.sim.research_metrics import BeliefTrace, ResearchMetrics, distribution
-from meshgpu.sim.runner import NodeFactory, Simulation
+from meshgpu.sim.runner import Simulation
 from meshgpu.sim.scenario import EXTENSION_SECTIONS, Scenario
 from meshgpu.sim.views import ViewTracker
 
@@ -115,7 +116,7 @@ def run_scenario(
     checkers = default_checkers(scenario, sim.config, views)
     counters = CounterTotals()
     window = detection_bound(scenario, sim.config) + convergence_bound(scenario, sim.config)
-    research = [ResearchMetrics(views, window)]
+    research: list[Observer] = [ResearchMetrics(views, window)]
     if trace is not None:
         research.append(BeliefTrace())
     extras = [*build_extensions(scenario), *observers]

@@ -304,6 +304,7 @@ class ResearchMetrics(Observer):
             }
         heals = [h["convergence_s"] for h in self.heals if h["convergence_s"] is not None]
         split_sides = [d for split in self.splits for d in split.done]
+        detected = [d for d in split_sides if d is not None]
         return {
             "message_load": load,
             "first_suspicion_s": distribution(first_suspicion),
@@ -324,8 +325,8 @@ class ResearchMetrics(Observer):
                 }
                 for split in self.splits
             ],
-            "partition_detection_max_s": _rounded(max(split_sides))
-            if split_sides and None not in split_sides
+            "partition_detection_max_s": _rounded(max(detected))
+            if split_sides and len(detected) == len(split_sides)
             else None,
             "convergence_after_heals": self.heals,
             "convergence_after_heal_max_s": max(heals) if heals else None,
