@@ -164,10 +164,9 @@ class ResultPlane:
                 logger.warning("could not store result of %s on %s: %s", task_id, node_id, error)
 
         holders = tuple(holders)
-        others = set(self._live(set(holders) | self._current_holders(task_id))) - {me}
-        # A holder keeps its copy as a holder: with replicas=3 and the worker one of them
-        # (a large-input task runs at its origin) two other live holders made it skip it.
-        own_copy = me in holders or me in self._current_holders(task_id) or keeps_own_copy(others)
+        current = self._current_holders(task_id)
+        others = set(self._live(set(holders) | current)) - {me}
+        own_copy = keeps_own_copy(others, holder=me in holders or me in current)
         key = task_key(task_id)
         early = task_id.origin == me and result.spill is not None
         if early:  # this node is the client's entry: it may take the ranges now

@@ -33,15 +33,16 @@ there: the worker's own copy counts, but it writes one only when fewer than this
 other live holders will take one."""
 
 
-def keeps_own_copy(others: Collection[NodeId]) -> bool:
-    """Whether the worker writes its own copy of the result from the start: fewer than
-    ``RESULT_COPIES`` live holders other than itself (``others``) will take one. A worker
-    that is one of the task's holders keeps its copy as a holder whatever this says. A
+def keeps_own_copy(others: Collection[NodeId], holder: bool = False) -> bool:
+    """Whether the worker writes its own copy of the result from the start: it is one of
+    the task's holders (``holder``: with replicas=3 and the worker one of them, two other
+    live holders would otherwise leave the result two copies of three), or fewer than
+    ``RESULT_COPIES`` live holders other than itself (``others``) will take one. A
     worker that is no holder of a task with two live holders writing a third copy to the
     same disks made a 1 GiB result's storing take half as long again (docs/daemon.md,
     "Where a 1 GiB result's time goes"); if the holders then do not confirm,
     ``owes_own_copy`` has the worker write its copy after all."""
-    return len(others) < RESULT_COPIES
+    return holder or len(others) < RESULT_COPIES
 
 
 def owes_own_copy(stored: Collection[NodeId], me: NodeId) -> bool:
