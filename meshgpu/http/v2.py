@@ -145,10 +145,15 @@ def _python_integers(values: list[Any], datatype: str, where: str) -> np.ndarray
     return array
 
 
-def _json_tensor(values: Any, datatype: str, dtype: np.dtype[Any], where: str) -> np.ndarray:
+def _json_tensor(
+    values: Any, datatype: str, dtype: np.dtype[Any], where: str, source: tuple[bytes, int]
+) -> np.ndarray:
     """An input from its JSON ``data`` (flat or nested), each value checked against the
     datatype: strings for BYTES, booleans for BOOL, integers in range for the integer
-    types, numbers for the floating ones."""
+    types, numbers for the floating ones. ``source``: the request's JSON header and the
+    input's index in it, read again when ``data`` holds an infinity, to tell the token
+    ``Infinity`` from a number literal too large for a double (``1e400``), which
+    Python's json reads as infinity too."""
     if not isinstance(values, list):
         raise ProtocolError(f"{where}: 'data' must be a list of values")
     try:
@@ -181,6 +186,13 @@ def _json_tensor(values: Any, datatype: str, dtype: np.dtype[Any], where: str) -
                 f"{datatype}'s range [{limits.min}, {limits.max}]"
             )
         return raw.astype(dtype)
+    if raw.dtype.kind == "f" and np.isinf(raw).any():
+        literal = _overflowing_literal(*source)
+        if literal is not None:
+            raise ProtocolError(
+                f"{where}: 'data' holds {literal}, beyond any floating-point range "
+                "(JSON numbers are finite; Infinity and NaN are written as those tokens)"
+            )
     with np.errstate(over="ignore"):
         array = raw.astype(dtype)
     if dtype.kind in "fV":
@@ -194,6 +206,41 @@ def _json_tensor(values: Any, datatype: str, dtype: np.dtype[Any], where: str) -
                 f"{datatype}'s range [{-largest:g}, {largest:g}]"
             )
     return array
+
+
+class _Overflowing(float):
+    """A JSON number literal too large for a double, as written (``1e400``)."""
+
+    text: str
+
+
+def _overflowing_literal(header: bytes, index: int) -> str | None:
+    """The first number literal in the ``data`` of ``inputs[index]`` that a double
+    cannot hold, as written; None when its infinities are ``Infinity`` tokens.
+
+    Invoked only when that ``data`` holds an infinity: the common request is parsed
+    once, by the C scanner; this one is parsed again, marking overflowing literals."""
+
+    def parse_float(text: str) -> float:
+        value = float(text)
+        if not math.isinf(value):
+            return value
+        marked = _Overflowing(value)
+        marked.text = text
+        return marked
+
+    data = json.loads(header, parse_float=parse_float)["inputs"][index].get("data")
+    for value in _flat(data):
+        if isinstance(value, _Overflowing):
+            return value.text
+    return None
+
+
+def _flat(values: Any) -> list[Any]:
+    """The leaves of a nested JSON list."""
+    if not isinstance(values, list):
+        return [values]
+    return [leaf for value in values for leaf in _flat(value)]
 
 
 def _largest(dtype: np.dtype[Any]) -> float:
@@ -274,7 +321,7 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
             continue
         if "data" not in tensor:
             raise ProtocolError(f"{where} has neither 'data' nor a binary_data_size parameter")
-        array = _json_tensor(tensor["data"], datatype, dtype, where)
+        array = _json_tensor(tensor["data"], datatype, dtype, where, (header, index))
         if array.size != count:
             raise ProtocolError(
                 f"{where}: shape {list(shape)} holds {count} values, 'data' has {array.size}"
@@ -291,7 +338,7 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise ProtocolError("'parameters' must be an object")
-    request.binary_default = bool(parameters.get("binary_data_output", False))
+    request.binary_default = _flag(parameters, "binary_data_output", False, "parameter")
     request.deadline_s = _deadline_s(parameters.get("timeout"))
     for name in ("require", "prefer"):
         labels = parameters.get(name)
@@ -325,9 +372,19 @@ def parse_request(body: bytes, header_length: int | None) -> InferRequest:
                     f"('classification': {options['classification']!r}, tritonclient's "
                     "class_count) is not served; ask for the tensor and take its top classes"
                 )
-            if options.get("binary_data", request.binary_default):
+            where = f"output {output['name']!r}: parameter"
+            if _flag(options, "binary_data", request.binary_default, where):
                 request.binary.add(output["name"])
     return request
+
+
+def _flag(parameters: Mapping[str, Any], name: str, default: bool, where: str) -> bool:
+    """A boolean parameter: ``"yes"`` or ``1`` is a 400, not read as true (nor
+    ``"false"`` as true, which ``bool()`` made of it)."""
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{where} {name!r} is true or false, got {value!r}")
+    return value
 
 
 def _deadline_s(timeout: object) -> float | None:

@@ -224,3 +224,34 @@ def test_non_finite_values_travel_as_json_tokens_both_ways(datatype: str) -> Non
     assert again.dtype == array.dtype
     assert np.array_equal(again.astype(np.float64), array.astype(np.float64), equal_nan=True)
     assert np.signbit(again[3])
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64", "BF16"])
+@pytest.mark.parametrize("literal", ["1e400", "-1E+400", "1" * 400 + ".5"])
+def test_a_number_literal_beyond_a_double_is_refused_not_read_as_infinity(
+    datatype: str, literal: str
+) -> None:
+    """Python's json reads ``1e400`` as inf: the input ran with an infinity its caller
+    never wrote. JSON numbers are finite; the tokens ``Infinity`` (the test above) stay
+    what they say."""
+    body = json.dumps(
+        {"inputs": [{"name": "ok", "shape": [1], "datatype": datatype, "data": ["INF"]},
+                    {"name": "x", "shape": [2], "datatype": datatype, "data": [0.5, "BIG"]}]}
+    ).encode().replace(b'"INF"', b"Infinity").replace(b'"BIG"', literal.encode())  # fmt: skip
+    with pytest.raises(ProtocolError, match=f"input 'x': 'data' holds {re.escape(literal)}, "):
+        parse_request(body, None)
+
+
+@pytest.mark.parametrize("value", ["yes", "false", 1, None])
+def test_binary_data_parameters_are_booleans(value: Any) -> None:
+    """``"yes"`` (and ``"false"``) were read as true by their truthiness."""
+    tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
+    asked = {"inputs": [tensor], "outputs": [{"name": "y", "parameters": {"binary_data": value}}]}
+    with pytest.raises(ProtocolError, match="output 'y': parameter 'binary_data' is true or"):
+        parse_request(json.dumps(asked).encode(), None)
+    defaulted = {"inputs": [tensor], "parameters": {"binary_data_output": value}}
+    with pytest.raises(ProtocolError, match="parameter 'binary_data_output' is true or false"):
+        parse_request(json.dumps(defaulted).encode(), None)
+    for flag in (True, False):
+        asked["outputs"][0]["parameters"]["binary_data"] = flag  # type: ignore[index]
+        assert parse_request(json.dumps(asked).encode(), None).binary == ({"y"} if flag else set())
