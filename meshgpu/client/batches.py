@@ -29,6 +29,7 @@ stops (Ctrl-C, a ``break``), is in mapping.py; the group size and the window are
 from __future__ import annotations
 
 import contextlib
+import operator
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -200,14 +201,13 @@ class BatchedSubmission:
         takes the item); until then the mesh keeps the result. ``watch=False``: only
         submit, as :meth:`submit` with ``watch=False`` (``meshgpu submit --no-wait``):
         the handles never resolve here; the results wait for a later ``attach``."""
-        if not 1 <= int(group) <= BATCH_MAX:
-            raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
+        group = member_count(group)
         blob = ModelBlob.of(model)
         fields = submit_fields(
             blob, priority, replicas, deadline_s, device_type, min_memory, fp16, require, prefer
         )
         if group != 1:
-            fields["group"] = int(group)
+            fields["group"] = group
         answers: list[AsyncTaskHandle | MeshError | None] = []
         labels: dict[int, str | None] = {}
         encoded: list[tuple[int, dict[str, Any]]] = []
@@ -390,6 +390,24 @@ def model_latency(members: list[dict[str, Any]], model_digest: str) -> float | N
     return max(latencies) if latencies else None
 
 
+def member_count(group: Any) -> int:
+    """A ``group=`` option: an integer from 1 to ``BATCH_MAX`` (2.5 was cut to 2)."""
+    return whole_number(group, "group is a member count", 1, BATCH_MAX)
+
+
+def whole_number(value: Any, what: str, low: int, high: int | None = None) -> int:
+    """An integer option from ``low`` (to ``high``), a ConfigError naming ``what``
+    otherwise: ``int()`` cut 2.5 to 2 and took ``True`` as 1 on the quiet."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        span = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{what}, an integer {span}, got {value!r}")
+    return number
+
+
 def submit_fields(
     blob: ModelBlob,
     priority: str,
@@ -407,8 +425,8 @@ def submit_fields(
     fields: dict[str, Any] = {
         "model_digest": blob.digest,
         "priority": priority,
-        "replicas": int(replicas),
-        "min_memory": int(min_memory),
+        "replicas": whole_number(replicas, "replicas is the nodes that journal a task", 1),
+        "min_memory": whole_number(min_memory, "min_memory is a device's bytes", 0),
         "fp16": bool(fp16),
     }
     if deadline_s is not None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import operator
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -54,10 +53,12 @@ from meshgpu.client.batches import (
     _Window,
     check_label,
     choose_group,
+    member_count,
+    whole_number,
 )
 from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome, client_not_open
 from meshgpu.client.models import ModelBlob
-from meshgpu.errors import ConfigError, MeshError
+from meshgpu.errors import MeshError
 
 STOP_GRACE_S = 0.5
 """How long a stopping map waits for the answers of submissions already sent: the ids
@@ -224,19 +225,11 @@ class MapSubmission:
         once their consumer stopped, abandon the rest (``_consumer_stopped``)."""
         if self._nursery is None or self._closed:
             raise client_not_open(self._nursery is not None)
-        try:
-            size = 0 if isinstance(window, bool) else operator.index(window)
-        except TypeError:
-            size = 0
-        if size < 1:
-            # 0 waited for ever for room; -1 and 2.5 failed inside the client's loop with
-            # an exception group at its close.
-            raise ConfigError(
-                f"window is the most unfinished tasks at once, an integer >= 1, got {window!r}"
-            )
-        window = size
-        if group is not None and not 1 <= int(group) <= BATCH_MAX:
-            raise ConfigError(f"group is a member count from 1 to {BATCH_MAX}, got {group}")
+        # 0 waited for ever for room; -1 and 2.5 failed inside the client's loop with an
+        # exception group at its close.
+        window = whole_number(window, "window is the most unfinished tasks at once", 1)
+        if group is not None:
+            group = member_count(group)
         if isinstance(label, str):
             check_label(label)
         blob = ModelBlob.of(model)

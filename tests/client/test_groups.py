@@ -5,14 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+import trio
+
 from meshgpu.client.batches import (
     BATCH_MAX,
     GROUP_MAX,
     GROUP_UNKNOWN,
     BatchedSubmission,
     choose_group,
+    submit_fields,
 )
 from meshgpu.client.link import Signal
+from meshgpu.client.models import ModelBlob
+from meshgpu.errors import ConfigError
 
 MODEL = "ab" * 32
 
@@ -189,3 +195,23 @@ def test_collected_twice_counts_a_member_once() -> None:
     assert streams._to_ack == set() and streams._group_left["n-1/7"] == 1
     streams.collected(["n-1/7:2"])
     assert streams._to_ack == {"n-1/7"}
+
+
+@pytest.mark.parametrize("group", [2.5, 0, BATCH_MAX + 1, True, "2"])
+def test_a_group_that_is_no_member_count_is_refused_not_cut_to_one(group: Any) -> None:
+    """``group=2.5`` ran groups of 2 (``int()`` on the quiet), ``True`` groups of 1."""
+    with pytest.raises(ConfigError, match="group is a member count, an integer from 1 to "):
+        trio.run(lambda: _Client().submit_many(b"model", [], group=group))
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("replicas", 2.5), ("replicas", 0), ("min_memory", 1.5), ("min_memory", -1)],
+)
+def test_counts_of_a_submission_are_integers(option: str, value: Any) -> None:
+    fields: dict[str, Any] = {"replicas": 2, "min_memory": 0}
+    fields[option] = value
+    with pytest.raises(ConfigError, match=f"{option} is .*, an integer >= .*, got {value!r}"):
+        submit_fields(ModelBlob.of(b"model"), "normal", deadline_s=None, device_type=None,
+                      fp16=False, **fields)  # fmt: skip
+    assert submit_fields(ModelBlob.of(b"m"), "normal", 3, None, None, 7, False)["replicas"] == 3
