@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -72,14 +72,17 @@ def simulate(
             errors.print(f"note: {note}", highlight=False, soft_wrap=True)
         with _Progress(errors, scenario.name) as progress:
             if trace_path is not None:
-                with trace_path.open("w", encoding="utf-8") as trace:
+                with _trace_file(trace_path) as trace:
                     report = run_scenario(scenario, trace=trace, progress=progress.update)
             else:
                 report = run_scenario(scenario, progress=progress.update)
         if check_determinism or scenario.invariants.determinism:
             replay_check(report, scenario)
-    except (MeshError, OSError) as error:
+    except MeshError as error:
         click.echo(f"meshgpu simulate: {error}", err=True)
+        sys.exit(EXIT_ERROR)
+    except OSError as error:  # the trace file, mid-run (a full disk)
+        click.echo(f"meshgpu simulate: cannot write {trace_path}: {error.strerror}", err=True)
         sys.exit(EXIT_ERROR)
     data = report.as_dict()
     if as_json:
@@ -88,6 +91,20 @@ def simulate(
         _render(Console(), data, scenario.description)
     if not report.ok:
         sys.exit(EXIT_VIOLATION)
+
+
+def _trace_file(path: Path) -> TextIO:
+    """The trace file, opened before the run: a ConfigError naming it when it cannot
+    be (it printed a bare ``[Errno 2] No such file or directory: '...'``)."""
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as error:
+        from meshgpu.errors import ConfigError
+
+        raise ConfigError(
+            f"cannot write the trace to {path}: {error.strerror}"
+            + ("" if path.parent.is_dir() else f" (no directory {path.parent})")
+        ) from None
 
 
 class _Progress:

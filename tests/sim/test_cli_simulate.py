@@ -104,6 +104,18 @@ def test_a_bad_scenario_exits_2_naming_the_problem(tmp_path: Path, text: str, me
     assert message in output
 
 
+def test_a_trace_file_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path) -> None:
+    """It was a bare ``[Errno 2] No such file or directory: '...'``."""
+    trace = tmp_path / "missing" / "trace.jsonl"
+    code, output = simulate(str(SIMULATIONS / "steady-10.toml"), "--trace", str(trace))
+    assert code == 2
+    assert output.strip().splitlines()[-1] == (
+        f"meshgpu simulate: cannot write the trace to {trace}: No such file or directory "
+        f"(no directory {trace.parent})"
+    )
+    assert "Errno" not in output
+
+
 def test_human_summary_names_the_invariants() -> None:
     code, output = simulate(str(SIMULATIONS / "partition-3-2.toml"), "--duration", "25")
     assert code == 0
