@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from meshgpu.core.tasks.state import TASK_STATES
+from meshgpu.daemon.groups import group_of
 from meshgpu.errors import InputError, MeshError
 from meshgpu.http.dashboard import Dashboard, asset
 from meshgpu.http.metrics import InferenceStats
@@ -380,10 +381,15 @@ def build_app(
 
     @endpoint("read")
     async def mesh_task(request: Request) -> Response:
+        # A task group's member (``n-1/42:3``, what ``map`` and ``submit --group`` hand
+        # out) is answered with its group's row: the table holds one entry per group.
         wanted = request.path_params["task_id"]
+        group = group_of(wanted)
         for row in sources.tasks(None):
             if row["task_id"] == wanted:
                 return JSONResponse(row)
+            if row["task_id"] == group and int(wanted.rpartition(":")[2]) < row["members"]:
+                return JSONResponse({**row, "task_id": wanted, "group": group})
         raise HttpError(404, f"no task {wanted!r} in this node's table")
 
     @endpoint("read")

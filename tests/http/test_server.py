@@ -357,6 +357,30 @@ async def test_mesh_resources_are_the_cli_data(node: Daemon) -> None:
     assert status == 200 and filtered["tasks"] == []
 
 
+async def test_a_group_member_of_a_node_named_with_a_slash_is_found(tmp_path: Path) -> None:
+    """``/mesh/tasks/lab/a/42:1`` (a member id ``map`` hands out) was a 404: the table
+    holds one row per group. It is answered with its group's row, named."""
+    from meshgpu.client.session import AsyncClient
+
+    named = dataclasses.replace(settings(tmp_path / "lab"), name="lab/a", http=HttpSettings(port=0))
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(Daemon(named).run)
+        async with AsyncClient(f"127.0.0.1:{daemon.address[1]}", environ={}) as client:
+            inputs = [{"pixels": PIXELS[:1]}] * 3
+            handles = await client.submit_many(MODELS / "digits.onnx", inputs, group=3, replicas=1)
+            with trio.fail_after(30):
+                await handles[1].result()
+        group = handles[1].task_id.rpartition(":")[0]
+        assert group.startswith("lab/a/")
+        status, row = await get_json(daemon, f"/mesh/tasks/{handles[1].task_id}")
+        assert status == 200, row
+        assert row["task_id"] == handles[1].task_id and row["group"] == group
+        assert row["state"] == "done" and row["members"] == 3
+        assert (await get_json(daemon, f"/mesh/tasks/{group}"))[1]["task_id"] == group
+        assert (await get_json(daemon, f"/mesh/tasks/{group}:3"))[0] == 404
+        daemon.request_stop()
+
+
 async def test_metrics_parse_with_triton_names(node: Daemon) -> None:
     for _ in range(2):
         assert (await acall(node, "POST", "/v2/models/digits/infer", infer_body(PIXELS)))[0] == 200
