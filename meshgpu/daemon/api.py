@@ -524,3 +524,15 @@ def request_field(request: Message, name: str, kind: type | tuple[type, ...]) ->
     if not isinstance(value, kind):
         raise DecodeError(f"request field {name!r} is missing or not a {kind}")
     return value
+
+
+def request_seconds(request: Message, name: str, default: float) -> float:
+    """Field ``name`` of a request, a count of seconds >= 0 (``default`` when absent or
+    None; infinity allowed); a DecodeError otherwise. NaN and a string raised ValueError
+    in ``float()`` or trio's deadline arithmetic, answered as an internal error."""
+    value = request.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise DecodeError(f"request field {name!r} is a number of seconds >= 0, got {value!r}")
+    return float(value)

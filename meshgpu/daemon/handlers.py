@@ -10,6 +10,7 @@ its waiting state, is submissions.py.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -21,7 +22,7 @@ from meshgpu.core.events import Event, ResultCollected, ResultRequested
 from meshgpu.core.membership import MemberInfo
 from meshgpu.core.tasks import Resolution, TaskId
 from meshgpu.core.types import NodeId
-from meshgpu.daemon.api import Handler, Message, Responder, request_field
+from meshgpu.daemon.api import Handler, Message, Responder, request_field, request_seconds
 from meshgpu.daemon.auth.envelope import Buffer
 from meshgpu.daemon.framing import unpack
 from meshgpu.daemon.groups import MemberId, member_answers, parse_task_ref
@@ -160,7 +161,7 @@ class ClientHandlers:
         alive = request.get("alive")
         generation = request.get("after_generation")
         counter = request.get("counter")
-        timeout = float(request.get("timeout", 30.0))
+        timeout = request_seconds(request, "timeout", 30.0)
 
         def satisfied(status: Message) -> bool:
             live = sum(1 for m in status["members"] if m["state"] in ("alive", "suspect"))
@@ -252,13 +253,13 @@ class ClientHandlers:
             ref = parse_task_ref(text)
             wanted[ref.group if isinstance(ref, MemberId) else ref].add(ref)
         include = bool(request.get("outputs", True))
-        timeout = request.get("timeout")
+        timeout = request_seconds(request, "timeout", math.inf)
         early = self.early if include and request.get("early") else None
         announced: set[tuple[TaskId, int | None]] = set()
         for task_id in wanted:
             if task_id not in self.resolved:
                 self._feed(ResultRequested(task_id))
-        with trio.move_on_after(float(timeout) if timeout is not None else float("inf")):
+        with trio.move_on_after(timeout):
             while wanted:
                 ready = [task_id for task_id in wanted if task_id in self.resolved]
                 if early is not None:

@@ -31,7 +31,7 @@ from meshgpu.daemon.peer_ops import PeerOps
 from meshgpu.daemon.results import RESULT, task_key
 from meshgpu.daemon.settings import DaemonSettings
 from meshgpu.daemon.status import StatusReport
-from meshgpu.errors import MeshError, StorageError, TaskError
+from meshgpu.errors import DecodeError, MeshError, StorageError, TaskError
 from tests.daemon.fakes import Fed
 
 TASK = TaskId("o", 4)
@@ -225,6 +225,20 @@ async def test_results_give_up_after_their_timeout_naming_the_pending(
     o = ops(tmp_path)
     answer = await o.handlers.op_results({"task_ids": [str(TASK)], "timeout": 3}, Responder())
     assert answer == {"task_id": None, "pending": [str(TASK)]}
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "3", -1, True, [3]])
+async def test_a_timeout_that_is_no_count_of_seconds_is_refused_naming_it(
+    tmp_path: Path, timeout: Any
+) -> None:
+    """NaN raised ValueError in trio's deadline (answered "internal error", counted as a
+    bug), and "3" in ``float()``; each is a DecodeError the client reads as a refusal."""
+    o = ops(tmp_path)
+    with pytest.raises(DecodeError, match="'timeout' is a number of seconds >= 0, got "):
+        await o.handlers.op_results({"task_ids": [str(TASK)], "timeout": timeout}, Responder())
+    assert list(o.fed) == []  # refused before anything was asked of the core
+    with pytest.raises(DecodeError, match="'timeout' is a number of seconds >= 0"):
+        await o.handlers.op_wait({"after_generation": 0, "timeout": timeout}, Responder())
 
 
 async def test_collected_forgets_the_outcome_and_tells_the_core(tmp_path: Path) -> None:
