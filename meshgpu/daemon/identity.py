@@ -177,10 +177,14 @@ class DataDirLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held for life)
         except OSError as error:
+            # The path that failed, where it is not the data dir itself: a parent made
+            # on the way, or the lock file. An error without one (EIO) printed "(None)".
+            where = error.filename
+            named = f" ({where})" if where is not None and Path(where) != self.path.parent else ""
             raise StorageError(
-                f"cannot use data dir {self.path.parent}: {error.strerror} "
-                f"({error.filename}); the daemon writes its identity, journal and "
-                "payloads there: give it a writable --data-dir"
+                f"cannot use data dir {self.path.parent}: {error.strerror or error}{named}; "
+                "the daemon writes its identity, journal and payloads there: give it a "
+                "writable --data-dir"
             ) from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,22 @@ def test_a_data_dir_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path:
     (tmp_path / "a-file").write_text("")
     with pytest.raises(StorageError, match=r"cannot use data dir .*a-file/data.*--data-dir"):
         DataDirLock(tmp_path / "a-file" / "data").acquire()
+
+
+def test_a_data_dir_error_without_a_file_name_names_no_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError with no filename (EIO from the disk) printed "(None)" as the path."""
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Path, "mkdir", failing)
+    with pytest.raises(StorageError) as refused:
+        DataDirLock(tmp_path / "data").acquire()
+    assert str(refused.value).startswith(
+        f"cannot use data dir {tmp_path / 'data'}: Input/output error; the daemon writes"
+    )
 
 
 def test_copied_data_dir_twin_is_refused_by_the_newcomer(tmp_path: Path) -> None:
