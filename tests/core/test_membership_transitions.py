@@ -46,9 +46,7 @@ def table_holding(state: MemberState, lifeguard: bool = False) -> MemberTable:
     return table
 
 
-def swim_rule(
-    held: MemberState, rumour: Rumour, incarnation: int, ours: int
-) -> MemberState | None:
+def swim_rule(held: MemberState, rumour: Rumour, incarnation: int, ours: int) -> MemberState | None:
     """The rules as SWIM and memberlist state them, written independently of the table."""
     if rumour is Rumour.ALIVE:
         return ALIVE if incarnation > ours else None
