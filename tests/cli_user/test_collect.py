@@ -10,6 +10,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
@@ -27,13 +28,17 @@ WAIT_S = 30.0
 STEMS = ["p", "q", "r", "s", "t", "u"]
 
 
-def serve_and_run(tmp_path: Path, scenario: Callable[[str], list[Result]]) -> list[Result]:
-    """Start a lone daemon, run ``scenario(peer)`` (blocking CLI calls) in a thread."""
+def serve_and_run(
+    tmp_path: Path, scenario: Callable[[str], list[Result]], **changes: Any
+) -> list[Result]:
+    """Start a lone daemon (its settings with ``changes``: a ``name``, a slow ``device``),
+    run ``scenario(peer)`` (blocking CLI calls) in a thread."""
     results: list[Result] = []
+    config = dataclasses.replace(settings(tmp_path / "solo"), **changes)
 
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
-            daemon: Daemon = await nursery.start(Daemon(settings(tmp_path / "solo")).run)
+            daemon: Daemon = await nursery.start(Daemon(config).run)
             peer = f"127.0.0.1:{daemon.address[1]}"
             with trio.fail_after(WAIT_S):
                 results.extend(await trio.to_thread.run_sync(scenario, peer))
@@ -160,28 +165,16 @@ def test_ids_of_a_node_whose_name_holds_a_colon_are_collected(tmp_path: Path) ->
     model = two_input_model(tmp_path / "pair.onnx")
     for side in ("a", "b"):
         np.save(tmp_path / f"{side}.npy", np.ones((2, 3), np.float32))
-    results: list[Result] = []
 
-    async def main_task() -> None:
-        named = dataclasses.replace(settings(tmp_path / "lab"), name="lab:1")
-        async with trio.open_nursery() as nursery:
-            daemon: Daemon = await nursery.start(Daemon(named).run)
-            peer = f"127.0.0.1:{daemon.address[1]}"
+    def scenario(peer: str) -> list[Result]:
+        submitted = cli("submit", str(model), "-i", f"a={tmp_path / 'a.npy'}", "-i",
+                        f"b={tmp_path / 'b.npy'}", "--no-wait", "--replicas", "1",
+                        "--peer", peer)  # fmt: skip
+        (tmp_path / "ids.txt").write_text(submitted.stdout)
+        return [submitted, cli("collect", "--ids", str(tmp_path / "ids.txt"), "-o",
+                               str(tmp_path / "out"), "--peer", peer)]  # fmt: skip
 
-            def scenario() -> None:
-                submitted = cli("submit", str(model), "-i", f"a={tmp_path / 'a.npy'}", "-i",
-                                f"b={tmp_path / 'b.npy'}", "--no-wait", "--replicas", "1",
-                                "--peer", peer)  # fmt: skip
-                (tmp_path / "ids.txt").write_text(submitted.stdout)
-                results.append(submitted)
-                results.append(cli("collect", "--ids", str(tmp_path / "ids.txt"), "-o",
-                                   str(tmp_path / "out"), "--peer", peer))  # fmt: skip
-
-            with trio.fail_after(WAIT_S):
-                await trio.to_thread.run_sync(scenario)
-            daemon.request_stop()
-
-    trio.run(main_task)
+    results = serve_and_run(tmp_path, scenario, name="lab:1")
     submitted, collected = results
     assert submitted.stdout.startswith("lab:1/"), submitted.output
     assert collected.exit_code == 0, collected.output

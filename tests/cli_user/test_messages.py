@@ -4,21 +4,17 @@ tests/integration/test_keyed.py and test_serving.py.)"""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from pathlib import Path
 
 import numpy as np
-import trio
 from click.testing import Result
 
 from meshgpu.cli.report import tasks_line
 from meshgpu.core.tasks.state import expire
-from meshgpu.daemon.runtime import Daemon
 from meshgpu.daemon.status import DEADLINE_REASON, explained_reason
-from tests.cli_user.test_collect import WAIT_S, cli
+from tests.cli_user.test_collect import cli, serve_and_run
 from tests.cli_user.test_preflight import two_input_model
-from tests.daemon.test_runtime import settings
 
 
 def test_the_deadline_reason_is_the_one_the_core_gives_an_expired_task() -> None:
@@ -37,23 +33,14 @@ def test_a_task_past_its_deadline_fails_with_the_deadline_named(tmp_path: Path) 
     model = two_input_model(tmp_path / "pair.onnx")
     for side in ("a", "b"):
         np.save(tmp_path / f"{side}.npy", np.ones((2, 3), np.float32))
-    outcome: list[Result] = []
 
-    async def main_task() -> None:
-        # A device that holds each task for 5 s: a 0.5 s deadline passes mid-run.
-        slow = dataclasses.replace(settings(tmp_path / "solo"), device="synthetic:5000")
-        async with trio.open_nursery() as nursery:
-            daemon: Daemon = await nursery.start(Daemon(slow).run)
-            peer = f"127.0.0.1:{daemon.address[1]}"
-            args = ["submit", str(model), "-i", f"a={tmp_path / 'a.npy'}"]
-            args += ["-i", f"b={tmp_path / 'b.npy'}", "--deadline", "0.5", "--replicas", "1"]
-            args += ["-o", str(tmp_path / "out"), "--peer", peer]
-            with trio.fail_after(WAIT_S):
-                outcome.append(await trio.to_thread.run_sync(lambda: cli(*args)))
-            daemon.request_stop()
+    def scenario(peer: str) -> list[Result]:
+        args = ["submit", str(model), "-i", f"a={tmp_path / 'a.npy'}"]
+        args += ["-i", f"b={tmp_path / 'b.npy'}", "--deadline", "0.5", "--replicas", "1"]
+        return [cli(*args, "-o", str(tmp_path / "out"), "--peer", peer)]
 
-    trio.run(main_task)
-    result = outcome[0]
+    # A device that holds each task for 5 s: a 0.5 s deadline passes mid-run.
+    (result,) = serve_and_run(tmp_path, scenario, device="synthetic:5000")
     assert result.exit_code == 1, result.output
     assert "deadline exceeded: not done within 0.5 s of its submission" in result.stderr
     assert "0 of 1 task done, 1 failed" in result.stderr
