@@ -47,6 +47,7 @@ refused connection, then a FIN) cost the daemon more per flooded connection.
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -165,21 +166,29 @@ class ConnectionLimits:
         try:
             with connection.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._header_deadline, connection)
+                    nursery.start_soon(self._header_deadline, connection, counted)
                     await serve_one(stream)
                     nursery.cancel_scope.cancel()
         finally:
             self._forget(key, connection)
             await _close(stream)
 
-    async def _header_deadline(self, connection: _Connection) -> None:
+    async def _header_deadline(self, connection: _Connection, head_whole: bool) -> None:
         """Close the connection when no request head arrives within the timeout of its
-        start or of the end of its last request."""
+        start or of the end of its last request. ``head_whole``: it comes from the gate,
+        which timed its first head and saw it whole; only later heads are timed here.
+
+        Timing that first head again reset connections whose client had done its part:
+        after a loop stall longer than the timeout (a worker thread holding the GIL at
+        load 30, right after ``models add``), the deadline fired in the same step that
+        woke hypercorn to read the head, before the app was called."""
+        timed = not head_whole
         while True:
             seen = connection.requests
-            with trio.move_on_after(self.header_timeout_s):
+            with trio.move_on_after(self.header_timeout_s if timed else math.inf):
                 while connection.requests == seen:
                     await connection.changed.wait()
+            timed = True
             if connection.requests == seen:
                 self._count("http_header_timeouts")
                 connection.scope.cancel()

@@ -7,8 +7,11 @@ all of 127.0.0.0/8 to loopback) so that the real client, 127.0.0.1, is told apar
 from __future__ import annotations
 
 import contextlib
+import socket
+import time
 from typing import Any
 
+import pytest
 import trio
 
 from meshgpu.http.server import HttpServer
@@ -218,4 +221,45 @@ async def test_a_stranger_closed_by_the_keep_alive_timeout_is_reset_and_garbage_
     assert served.counters.get("http_header_timeouts", 0) == 0
     await silent.aclose()
     await garbage.aclose()
+    served.server.stop()
+
+
+def _exchange_blocking(address: tuple[str, int]) -> bytes:
+    """One request from a thread (the daemon's loop is held meanwhile): the answer's
+    first line, or RESET."""
+    with socket.create_connection(address, timeout=30) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        try:
+            return client.recv(4096).split(b"\r\n")[0]
+        except ConnectionResetError:
+            return b"RESET"
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+async def test_a_loop_stall_after_admission_does_not_reset_a_whole_head(
+    nursery: trio.Nursery, steps: int
+) -> None:
+    """Twelve tritonclient infers right after ``models add`` at load 30 met ECONNRESET
+    (``http_header_timeouts`` 0 -> 4): a worker thread held the loop past the header
+    timeout while their heads, judged whole at the gate, waited to be read; the deadline
+    fired in the same step that woke hypercorn. The gate times a first head, once."""
+    served = Served(header_timeout_s=0.3)
+    await nursery.start(served.server.run)
+    gate = served.server.limits.gate
+    assert gate is not None
+    admit = gate._admitted
+
+    async def hold_the_loop() -> None:
+        for _ in range(steps):  # past the connection's first steps: its deadline is set
+            await trio.sleep(0)
+        time.sleep(0.5)  # a thread holding the GIL, as onnx parsing a model does
+
+    def admitted(sock: socket.socket, address: Any) -> None:
+        admit(sock, address)
+        nursery.start_soon(hold_the_loop)
+
+    gate._admitted = admitted
+    for _ in range(3):
+        answer = await trio.to_thread.run_sync(_exchange_blocking, served.address)
+        assert answer == b"HTTP/1.1 200 ", answer
     served.server.stop()
