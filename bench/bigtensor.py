@@ -133,6 +133,11 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far (each first touch of a fresh page)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
 def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
@@ -160,11 +165,13 @@ async def client_run(peer: str, scenario: str, rows: int, model_path: Path) -> d
             inputs["repeats"] = np.array([rows, 1], np.int64)
         started = time.perf_counter()
         cpu = time.process_time()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         handle = await client.submit(model, inputs)
         submitted = time.perf_counter() - started
         outputs = await handle.result(600)
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         y = outputs["y"]
         if scenario == "input":
             correct = y.shape == (rows,) and all(
@@ -182,6 +189,7 @@ async def client_run(peer: str, scenario: str, rows: int, model_path: Path) -> d
         "seconds": seconds,
         "submit_s": submitted,
         "cpu_s": cpu,
+        "minor_faults": faults,
         "correct": bool(correct),
         "idle": idle,
         "peak": peak,
@@ -229,6 +237,7 @@ def scenario(
         reset_peak(pid)
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     system = {name: cpu_split(pid)[1] for name, pid in pids.items()}
+    faults = {name: minor_faults(pid) for name, pid in pids.items()}
     spies = [] if profile is None else start_spies(profile, name, {**pids, "client": client.pid})
     out, _ = client.communicate(timeout=900)
     profiles = stop_spies(spies)
@@ -239,11 +248,13 @@ def scenario(
     peaks = {name: rss(pid)["VmHWM"] for name, pid in pids.items()}
     cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
     system = {name: cpu_split(pid)[1] - system[name] for name, pid in pids.items()}
+    faults = {name: minor_faults(pid) - faults[name] for name, pid in pids.items()}
     tensor = rows * WIDTH * 4
     processes = {
         name: {"idle_mib": idle[name] / 2**20, "peak_mib": peaks[name] / 2**20,
                "peak_over_idle_per_tensor": (peaks[name] - idle[name]) / tensor,
-               "cpu_s": cpu[name], "system_cpu_s": system[name]}
+               "cpu_s": cpu[name], "system_cpu_s": system[name],
+               "minor_faults": faults[name]}
         for name in pids
     }  # fmt: skip
     processes["client"] = {
@@ -251,6 +262,7 @@ def scenario(
         "peak_mib": result["peak"] / 2**20,
         "peak_over_idle_per_tensor": (result["peak"] - result["idle"]) / tensor,
         "cpu_s": result["cpu_s"],
+        "minor_faults": result["minor_faults"],
     }
     return {
         "scenario": name,

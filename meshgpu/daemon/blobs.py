@@ -42,7 +42,9 @@ from typing import Any, BinaryIO
 import msgpack
 import numpy as np
 
-from meshgpu.daemon.direct_writes import DirectRefused, DirectWriter
+from meshgpu.daemon.background_release import SHARED as SHARED_RELEASE
+from meshgpu.daemon.background_release import BackgroundRelease
+from meshgpu.daemon.direct_writes import DirectRefused, DirectWriter, copy_without_gil
 from meshgpu.daemon.journal import storage_error
 from meshgpu.errors import DecodeError, DigestMismatchError, StorageError
 from meshgpu.tensor_types import (
@@ -460,8 +462,11 @@ class TensorReceiver:
     last byte came. ``hashed``: the bytes are hashed as they come (:meth:`hexdigest`),
     for a copy that must match a digest (a worker's inputs)."""
 
-    def __init__(self, *, hashed: bool = False) -> None:
+    def __init__(
+        self, *, hashed: bool = False, release: BackgroundRelease = SHARED_RELEASE
+    ) -> None:
         self._hash = hashlib.sha256() if hashed else None
+        self._release = release
         self.size = 0
         self._announced: int | None = None
         self._pending = bytearray()
@@ -486,9 +491,13 @@ class TensorReceiver:
         return self._announced or 0
 
     def abort(self) -> None:
-        self._tensors.clear()
-        self._strings.clear()
-        self._filling = None
+        """Give the arrays up (a failed transfer, a warm copy no run took): they are
+        freed in the release thread, not by the caller (on the event loop, a GiB's
+        ``munmap`` stalled the node for seconds at load: background_release.py)."""
+        tensors, self._tensors = self._tensors, {}
+        self._filling = None  # its view of an array: gone before the thread frees it
+        self._strings = {}
+        self._release.empty(tensors)
 
     def write(self, offset: int, chunk: bytes | bytearray | memoryview) -> None:
         if offset != self.size:
@@ -503,7 +512,7 @@ class TensorReceiver:
                 take = min(len(view), len(target) - filled)
                 if array is not None:
                     populate(array, filled, take)
-                target[filled : filled + take] = view[:take]
+                copy_without_gil(target[filled : filled + take], view[:take])
                 view = view[take:]
                 self._position += take
                 filled += take
@@ -594,9 +603,18 @@ class BlobWriter:
     the last ranges only."""
 
     def __init__(
-        self, directory: Path, stem: str, *, durable: bool = False, path: Path | None = None
+        self,
+        directory: Path,
+        stem: str,
+        *,
+        durable: bool = False,
+        path: Path | None = None,
+        release: BackgroundRelease = SHARED_RELEASE,
     ) -> None:
         self.path = path if path is not None else directory / f"{stem}.{secrets.token_hex(4)}.tmp"
+        self._release = release
+        """Where an aborted copy's file goes (its unlink frees up to a GiB of blocks:
+        seconds here, never on the event loop)."""
         try:
             self._handle = open(self.path, "wb")  # noqa: SIM115 (closed in commit/abort)
         except OSError as error:
@@ -708,4 +726,4 @@ class BlobWriter:
         # must not hide the error being reported nor keep the partial file.
         with contextlib.suppress(OSError):
             self._handle.close()
-        self.path.unlink(missing_ok=True)
+        self._release.unlink(self.path, rename=False)

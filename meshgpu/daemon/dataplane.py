@@ -528,6 +528,9 @@ class DataPlane(ResultPlane):
                             outputs, run_s = await self.executor.run(
                                 spec.model_digest, model_path, tensors, on_slot=on_slot
                             )
+                            # Freed in the release thread: a GiB's munmap on the loop
+                            # stalled the node past its peers' suspicion timeout.
+                            self.payloads.release.empty(tensors)
                             del tensors
                             result = await self._result_source(effect.task_id, outputs)
                             del outputs

@@ -42,6 +42,18 @@ DIRECT_BLOCK = 4096
 size of common disks is 512 or 4096 bytes)."""
 
 
+def copy_without_gil(target: memoryview | mmap.mmap, source: bytes | memoryview) -> None:
+    """``target[:] = source`` (bytes of equal length) by numpy's copy, which releases the
+    GIL; a ``memoryview`` or ``mmap`` slice assignment holds it for the whole copy. A
+    16 MiB range took 50-60 ms to copy at load 25 on the project's VM, and a thread of
+    the same process waiting for the GIL meanwhile waited 72 ms (median) between its
+    steps against 0.7 ms with numpy's: the event loop of a node receiving a GiB is that
+    thread, and answers its probes late."""
+    import numpy as np
+
+    np.copyto(np.frombuffer(target, np.uint8), np.frombuffer(source, np.uint8))
+
+
 class DirectRefused(Exception):
     """The kernel refused a direct write: the bytes staged but not written (``data``,
     to be written at ``offset``) go on buffered."""
@@ -112,7 +124,8 @@ class DirectWriter:
         view = memoryview(chunk).cast("B")
         while view:
             take = min(len(view), STAGE_BYTES - self._staged)
-            self._stage[self._staged : self._staged + take] = view[:take]
+            with memoryview(self._stage) as stage:
+                copy_without_gil(stage[self._staged : self._staged + take], view[:take])
             self._staged += take
             view = view[take:]
             self._queue(self._staged - self._staged % DIRECT_BLOCK)

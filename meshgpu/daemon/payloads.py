@@ -37,6 +37,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from meshgpu.daemon.background_release import SHARED as SHARED_RELEASE
+from meshgpu.daemon.background_release import BackgroundRelease
 from meshgpu.daemon.blobs import BlobWriter
 from meshgpu.daemon.journal import Journal, fsync_directory, storage_error
 from meshgpu.errors import DecodeError, StorageError
@@ -193,9 +195,16 @@ _RESULT = "result"
 class PayloadStore:
     """Input and result tensors of the tasks this node holds, one file per (task, kind)."""
 
-    def __init__(self, directory: Path, journal: Journal | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        journal: Journal | None = None,
+        release: BackgroundRelease = SHARED_RELEASE,
+    ) -> None:
         self.directory = directory
         self.journal = journal
+        self.release = release
+        """Removes deleted payload files off the event loop (background_release.py)."""
         directory.mkdir(parents=True, exist_ok=True)
         for leftover in directory.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
@@ -230,7 +239,12 @@ class PayloadStore:
     def writer(self, task_id: Any, kind: str, *, durable: bool = True) -> BlobWriter:
         """Receive a payload in ranges (blobs.py); :meth:`install` puts it in place.
         ``durable=False``: a worker's scratch copy, read once and never synced."""
-        return BlobWriter(self.directory, task_file_stem(task_id) + f".{kind}", durable=durable)
+        return BlobWriter(
+            self.directory,
+            task_file_stem(task_id) + f".{kind}",
+            durable=durable,
+            release=self.release,
+        )
 
     def scratch(self, task_id: Any, kind: str) -> Path:
         """A fresh scratch name beside the payload's place (swept at start if left)."""
@@ -363,17 +377,19 @@ class PayloadStore:
     def delete(self, task_id: Any, kind: str | None = None) -> None:
         """Drop one kind, or every kind, of a task's payloads. An inline payload's delete
         record is not synced: if it is lost in a crash, the orphan is swept at the next
-        start (:meth:`sweep_inline`)."""
+        start (:meth:`sweep_inline`). A file leaves its place at once (a rename) and is
+        unlinked in the release thread: invoked on the event loop, where the unlink of a
+        GiB's file (seconds here) would stall the node."""
         if self.journal is not None:
             kinds = [kind] if kind is not None else [_INPUTS, _RESULT]
             self.journal.write([], [inline_key(task_id, k) for k in kinds])
         if kind is not None:
-            self._path(task_id, kind).unlink(missing_ok=True)
+            self.release.unlink(self._path(task_id, kind))
             return
         stem = task_file_stem(task_id)
         for path in self.directory.glob(f"{stem}.*"):
             if path.name.rsplit(".", 1)[0] == stem:
-                path.unlink(missing_ok=True)
+                self.release.unlink(path)
 
     def sweep_inline(self, keep_inputs: set[str], keep_results: set[tuple[str, int]]) -> int:
         """Delete inline payloads no journaled task refers to (a delete lost in a crash);

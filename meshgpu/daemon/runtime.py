@@ -82,6 +82,7 @@ from meshgpu.daemon.effect_queue import EffectHandlers, EffectQueue
 from meshgpu.daemon.execution import Executor
 from meshgpu.daemon.handlers import ClientHandlers
 from meshgpu.daemon.identity import (
+    INCARNATION_RESERVE,
     DataDirLock,
     DuplicateIdentityGuard,
     IdentityStore,
@@ -131,6 +132,9 @@ class Daemon:
         self.stopped_because: BaseException | None = None
         self._incarnation_unsaved = False
         """The last incarnation write failed (logged once, not on every retry)."""
+        self._incarnation_stored = 0
+        """The incarnation ``identity.json`` holds: this run may announce up to it
+        without a write (identity.INCARNATION_RESERVE)."""
         self.address: Address = ("0.0.0.0", 0)
         """Where peers reach this node: gossiped, announced by mDNS (``--advertise``)."""
         self.listen_address: Address = ("0.0.0.0", 0)
@@ -161,7 +165,8 @@ class Daemon:
         settings = self.settings
         with DataDirLock(settings.data_dir):
             self.identity_store = IdentityStore(settings.data_dir)
-            identity = self.identity_store.start(settings.name)
+            identity = self.identity_store.start(settings.name, reserve=INCARNATION_RESERVE)
+            self._incarnation_stored = identity.incarnation + INCARNATION_RESERVE
             self.node_id: NodeId = identity.node_id
             self.dir_token = identity.dir_token
             self.journal = await trio.to_thread.run_sync(
@@ -616,15 +621,22 @@ class Daemon:
         self.driver.feed(event)
 
     def _save_incarnation(self, incarnation: int) -> bool:
-        """The node raised its incarnation (a refutation): write it down now, fsynced,
-        before any datagram announcing it leaves, so a restart after SIGKILL starts above
-        it (``IdentityStore.start`` adds one to what is stored). Refutations are rare, so
-        the blocking write is cheap. A twin never writes the copied identity. Returns
-        whether it was written."""
+        """The node raised its incarnation (a refutation): it must be on disk before any
+        datagram announcing it leaves, so a restart after SIGKILL starts above it
+        (``IdentityStore.start`` adds one to what is stored). Up to what is stored
+        already (reserved ahead) nothing is written; past it, the next block is written
+        now, fsynced, on the loop: once per ``INCARNATION_RESERVE`` refutations (the
+        write at each one held the loop while a GiB's copies kept the disk busy, when
+        the node was being suspected already). A twin never writes the copied
+        identity. Returns whether the incarnation is on disk."""
         if isinstance(self.stopped_because, DuplicateIdentityError):
             return False
+        if incarnation <= self._incarnation_stored:
+            return True
+        reserved = incarnation + INCARNATION_RESERVE
         try:
-            self.identity_store.save(NodeIdentity(self.node_id, incarnation, self.dir_token))
+            self.identity_store.save(NodeIdentity(self.node_id, reserved, self.dir_token))
+            self._incarnation_stored = reserved
         except StorageError as error:
             if not self._incarnation_unsaved:
                 logger.error("%s; trying again each second while the node serves", error)

@@ -42,6 +42,7 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from meshgpu.daemon.auth.envelope import Buffer
+from meshgpu.daemon.background_release import SHARED as SHARED_RELEASE
 from meshgpu.daemon.blobs import TensorBlob, load_tensors
 from meshgpu.daemon.payloads import tensors_from_bytes
 from meshgpu.errors import DecodeError
@@ -297,9 +298,9 @@ class Fetched:
         return await trio.to_thread.run_sync(load_tensors, self.path)
 
     def discard(self) -> None:
-        """Delete a scratch copy (never a stored payload)."""
+        """Delete a scratch copy (never a stored payload), off the event loop."""
         if self.owned and self.path is not None:
-            self.path.unlink(missing_ok=True)
+            SHARED_RELEASE.unlink(self.path)
 
 
 class Spill(Protocol):

@@ -12,6 +12,7 @@ import pytest
 
 from meshgpu.daemon.auth import Authenticator, Channel, MeshKey
 from meshgpu.daemon.identity import (
+    INCARNATION_RESERVE,
     DataDirLock,
     DuplicateIdentityGuard,
     IdentityStore,
@@ -35,6 +36,15 @@ def test_id_is_made_once_and_incarnation_rises(tmp_path: Path) -> None:
     assert second.dir_token == first.dir_token != ""
     IdentityStore(tmp_path).save(NodeIdentity(first.node_id, 41))
     assert IdentityStore(tmp_path).start().incarnation == 42
+
+
+def test_a_start_reserves_incarnations_ahead(tmp_path: Path) -> None:
+    """What is stored is the run's incarnation plus the reserve: a restart after
+    SIGKILL starts above every incarnation the run could announce without a write."""
+    first = IdentityStore(tmp_path).start(reserve=INCARNATION_RESERVE)
+    stored = IdentityStore(tmp_path).load()
+    assert stored is not None and stored.incarnation == first.incarnation + INCARNATION_RESERVE
+    assert IdentityStore(tmp_path).start().incarnation == stored.incarnation + 1
 
 
 def test_name_is_used_the_first_time(tmp_path: Path) -> None:
@@ -201,7 +211,8 @@ async def test_a_daemon_writing_its_incarnation_keeps_its_data_dirs_token(tmp_pa
     token = IdentityStore(config.data_dir).start(name="solo").dir_token
     async with trio.open_nursery() as nursery:
         daemon: Daemon = await nursery.start(Daemon(config).run)
-        assert daemon._save_incarnation(daemon.node.incarnation + 5)  # as a refutation does
+        # A refutation past the incarnations reserved at the start writes the file.
+        assert daemon._save_incarnation(daemon.node.incarnation + INCARNATION_RESERVE + 5)
         stored = IdentityStore(config.data_dir).load()
         assert stored is not None and stored.dir_token == token
         daemon.request_stop()
