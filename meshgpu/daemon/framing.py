@@ -25,7 +25,9 @@ not per message; newline-delimited JSON cannot carry tensors without base64.
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -54,6 +56,27 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_MAX = 32 << 20
 """glibc's largest ``M_MMAP_THRESHOLD`` on 64-bit: a frame up to it comes from the heap."""
+
+
+def _bytearray_maker() -> Callable[[int], bytearray]:
+    """CPython's ``PyByteArray_FromStringAndSize(NULL, n)``: a bytearray whose bytes are
+    not set (``bytearray(n)`` zero-fills them); ``bytearray`` where it is missing."""
+    import ctypes
+
+    try:
+        make = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    except AttributeError:  # not CPython
+        return bytearray
+    make.restype = ctypes.py_object
+    make.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    return functools.partial(make, None)
+
+
+unfilled_bytearray: Callable[[int], bytearray] = _bytearray_maker()
+"""A bytearray of ``n`` bytes not set to anything, for a buffer about to be filled whole
+(a large frame's body, read with ``recv_into``). ``bytearray(n)`` zero-fills first: 0.19
+CPU s a GiB received, on the event loop and with the GIL held, for bytes overwritten at
+once."""
 
 
 def keep_frame_memory() -> bool:
@@ -316,7 +339,7 @@ class FrameStream:
         """A large frame's body read straight into one buffer of its size (``recv_into``:
         the kernel's copy is the only one; pieces joined afterwards cost two more)."""
         assert self._socket is not None
-        body = bytearray(count)
+        body = unfilled_bytearray(count)  # every byte is written below, or it raises
         view = memoryview(body)
         have = min(len(self._buffer), count)
         view[:have] = self._buffer[:have]

@@ -226,3 +226,14 @@ def test_a_daemon_heap_keeps_large_frames_pages() -> None:
     assert done.returncode == 0, done.stderr
     # 16 rounds of 64 MiB faulted afresh would be 262,144 faults of 4 KiB pages.
     assert int(done.stdout) < 10_000
+
+
+def test_a_large_frames_buffer_is_a_bytearray_not_zero_filled_first() -> None:
+    """framing.unfilled_bytearray: the buffer a large frame is read into; every byte
+    of it is then written by the receive (or the frame is refused)."""
+    from meshgpu.daemon.framing import unfilled_bytearray
+
+    buffer = unfilled_bytearray(1 << 20)
+    assert isinstance(buffer, bytearray) and len(buffer) == 1 << 20
+    buffer[:3] = b"abc"
+    assert bytes(buffer[:3]) == b"abc"
