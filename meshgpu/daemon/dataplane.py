@@ -49,6 +49,7 @@ from meshgpu.core.types import Address, NodeId
 from meshgpu.daemon.blobs import TensorReceiver
 from meshgpu.daemon.early_results import EarlyResults
 from meshgpu.daemon.execution import is_permanent
+from meshgpu.daemon.memory_budget import MemoryBudget
 from meshgpu.daemon.payloads import group_from_bytes, group_result_bytes
 from meshgpu.daemon.relay import Relays
 from meshgpu.daemon.results import RESULT, TRANSFER_TIMEOUT, Members, ResultPlane, task_key
@@ -146,10 +147,13 @@ class DataPlane(ResultPlane):
             random.shuffle,
         )
         """Large uploads relayed to the next holders as they arrive (relay.py)."""
-        self.warm = WarmInputs()
+        self.memory = MemoryBudget()
+        """The budget of tensors kept in memory beside their durable copies, which the
+        warm inputs and the early results share (memory_budget.py)."""
+        self.warm = WarmInputs(budget=self.memory)
         """Large uploads' arrays, kept where they were received for the run that usually
         follows here (warm_inputs.py; the upload ops fill them)."""
-        self.early = EarlyResults()
+        self.early = EarlyResults(budget=self.memory)
         """Large results being stored on their task's origin, served to its client as
         they arrive (early_results.py; the pushes and the put_result op fill them)."""
         self._fetch_queue: list[fx.FetchPayload] = []

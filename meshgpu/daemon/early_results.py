@@ -23,13 +23,25 @@ installed, so what a client delivers is a durable copy's bytes. A push that fail
 newer attempt's push, fails the early result (the waiting ranges are answered with an
 error) and the client fetches the result after ``done`` as before.
 
-The memory is bounded: at most ``budget_bytes`` of ranges kept and not yet taken per
-node (the warm inputs' budget: an eighth of the memory, at most 4 GiB); a range that
-would not fit fails its result's early path. One early result per task (a newer
-attempt's push drops the older one's ranges), and one not taken within ``keep_s`` goes.
+The memory is bounded twice. Per result: at most ``max_result_bytes`` (``MAX_RESULT_BYTES``)
+of its ranges are kept and not yet taken. A range that would go past that waits (the
+push to this node is held back, as its window of ranges in flight waits for the
+answers) while the client takes ranges, up to ``ROOM_WAIT_S``; a result whose client
+took nothing yet when it is reached, or whose client stopped taking, no longer waits:
+its early path fails (the ranges waiting for it are answered with an error, its memory
+goes) and the push goes on, and the client reads the stored copy once its task is done.
+Per node: every range kept counts against the node's budget of tensors kept in memory,
+which the warm inputs share (memory_budget.py: an eighth of the memory, at most 4 GiB,
+for the two together); a range that would not fit fails its result's early path. One
+early result per task (a newer attempt's push drops the older one's ranges), and one
+not taken within ``keep_s`` goes.
 Rejected: keeping the whole result in memory on the entry until its client fetched it
 after ``done`` (the client's fetch then still waited for the storing, and memory grew
-with every attempt under a flapping membership).
+with every attempt under a flapping membership); a result's ranges bounded by the
+node's budget alone (a client that lagged behind the push, or none that fetched early,
+left up to a whole tensor of ranges in memory); holding the push back for a client
+that took nothing yet (a client that collects later, ``--no-wait``, would stall the
+storing of every large result by ``ROOM_WAIT_S``).
 """
 
 from __future__ import annotations
@@ -41,13 +53,20 @@ from typing import Any
 import trio
 
 from meshgpu.daemon.auth.envelope import Buffer
-from meshgpu.daemon.warm_inputs import default_budget
+from meshgpu.daemon.memory_budget import MemoryBudget
 from meshgpu.errors import MeshError
 
 KEEP_S = 30.0
 """How long an early result waits for its client after it last moved."""
 RANGE_WAIT_S = 30.0
 """How long a client's range waits for the push to bring it before it is refused."""
+MAX_RESULT_BYTES = 256 << 20
+"""The most bytes of one result's ranges kept and not yet taken (a client that keeps up
+is a window of ranges behind the push: ``transfers.WINDOW`` ranges of at most
+``blobs.CHUNK_BYTES``)."""
+ROOM_WAIT_S = 5.0
+"""How long a range of a result at its ``max_result_bytes`` waits for its client to take
+ranges before the result's early path fails."""
 
 ReadRange = Callable[[int, int], Awaitable[Buffer]]
 
@@ -121,16 +140,29 @@ class EarlyResults:
     ranges arrive and are installed, by the result pushes of a worker that is the
     origin, by ``get_result`` and ``results``, and by the sweep)."""
 
-    def __init__(self, budget_bytes: int | None = None, keep_s: float = KEEP_S) -> None:
-        self.budget_bytes = default_budget() if budget_bytes is None else budget_bytes
+    def __init__(
+        self,
+        budget_bytes: int | None = None,
+        keep_s: float = KEEP_S,
+        *,
+        budget: MemoryBudget | None = None,
+        max_result_bytes: int = MAX_RESULT_BYTES,
+    ) -> None:
+        self.budget = budget if budget is not None else MemoryBudget(budget_bytes)
+        """The node's budget of tensors kept in memory, shared with the warm inputs
+        (memory_budget.py); ``budget_bytes`` makes one of its own (tests)."""
+        self.max_result_bytes = max_result_bytes
         self.keep_s = keep_s
         self.started = trio.Event()
         """Set (and replaced) whenever an early result starts: the ``results`` streams
         look for theirs then."""
         self._results: dict[Any, EarlyResult] = {}
         self._used = 0
+        """Bytes of ranges kept and not yet taken (this part's share of the budget's)."""
         self.served = 0
         """Ranges answered early."""
+        self.held_back = 0
+        """Ranges of pushes that waited for their client to take ranges."""
 
     @property
     def used_bytes(self) -> int:
@@ -166,12 +198,40 @@ class EarlyResults:
         early.touched = now
         if offset != early.received:
             self._fail(early, f"a range at {offset} where {early.received} was next")
-        elif self._used + len(data) > self.budget_bytes:
-            self._fail(early, "no room in this node's budget of early results")
+        elif early.kept + len(data) > self.max_result_bytes:
+            self._fail(early, f"its client fell {early.kept} bytes behind the push")
+        elif not self.budget.take(len(data)):
+            self._fail(early, "no room in this node's budget of tensors kept in memory")
         else:
             early.keep(offset, data)
             self._used += len(data)
             early.wake()
+
+    async def room(self, key: Any, attempt: int, offset: int, length: int) -> None:
+        """Invoked by the put_result op before it writes range ``offset`` (``length``
+        bytes) of attempt ``attempt``: wait until keeping it leaves at most
+        ``max_result_bytes`` of the result's ranges untaken, while its client takes
+        ranges (``ROOM_WAIT_S`` at most without one taken); fail the early path
+        instead when the client took nothing yet or stopped taking. Returns at once
+        when there is no such early result: the push is never held back for
+        nothing."""
+        while True:
+            early = self._results.get(key)
+            if early is None or early.attempt != attempt or early.failed is not None:
+                return
+            if offset + length - early.taken <= self.max_result_bytes:
+                return
+            if early.taken == 0:
+                self._fail(early, "no client took its ranges while the push went on")
+                return
+            self.held_back += 1
+            moved = early.moved
+            with trio.move_on_after(ROOM_WAIT_S) as waited:
+                await moved.wait()
+            if waited.cancelled_caught:
+                why = f"its client took no range for {ROOM_WAIT_S:.0f} s"
+                self._fail(early, why)
+                return
 
     def finish(self, key: Any, attempt: int, stored: bool, why: str = "", *, now: float) -> None:
         """The push of attempt ``attempt`` ended: this node's copy checked out and is
@@ -223,14 +283,19 @@ class EarlyResults:
 
     def _taken(self, key: Any, early: EarlyResult, end: int) -> None:
         early.taken = max(early.taken, end)
-        self._used -= early.release_through(end)
+        self._give(early.release_through(end))
+        early.wake()  # a push held back for room may go on
         if early.taken >= early.size and self._results.get(key) is early:
             del self._results[key]
 
     def _fail(self, early: EarlyResult, why: str) -> None:
         early.failed = why
-        self._used -= early.release_all()
+        self._give(early.release_all())
         early.wake()
+
+    def _give(self, size: int) -> None:
+        self._used -= size
+        self.budget.give(size)
 
     def drop(self, key: Any, why: str) -> None:
         """Early result ``key`` goes (its ranges' memory with it)."""

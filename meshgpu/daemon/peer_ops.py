@@ -174,6 +174,8 @@ class PeerOps:
         if early is not None and offset == 0 and isinstance(size, int) and size > len(data):
             early.start(key, attempt, size, trio.current_time())  # its client may ask now
         try:
+            if early is not None and isinstance(offset, int):  # its client may lag behind
+                await early.room(key, attempt, offset, len(data))
             path, _ = await self._receive_range(request, slot, key, RESULT)
             if early is not None:  # written here, in order: the client may have it
                 early.add(key, attempt, offset, data, trio.current_time())

@@ -19,8 +19,9 @@ CPU under the bench.
 What the guarantees rest on is unchanged: the durable copy on disk, checked and synced
 before the upload is answered, is what a holder's claim counts; a warm copy is a cache
 of it that a run may use instead of reading the file, and its bytes are those of the
-checked copy. The memory is bounded: at most ``budget_bytes`` of warm copies and copies
-being received per node (an upload that would not fit gets none), each kept at most
+checked copy. The memory is bounded: warm copies and copies being received count
+against the node's budget of tensors kept in memory, which the early results share
+(memory_budget.py; an upload that would not fit gets none), each is kept at most
 ``keep_s`` seconds, dropped with the inputs' file, and handed to the first run of its
 task here (the run owns the arrays from then on and frees them as before: one copy in
 memory, as reading the file made). Rejected: keeping the received frames instead (the
@@ -31,7 +32,6 @@ cache keeps no promise of what it holds when the run comes).
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -39,22 +39,13 @@ from typing import Any
 import numpy as np
 
 from meshgpu.daemon.blobs import TensorReceiver
+from meshgpu.daemon.memory_budget import MemoryBudget
 from meshgpu.errors import MeshError
 
 KEEP_S = 30.0
 """How long a warm copy waits for its run: an acknowledgement and an assignment take
 milliseconds to a second on an idle mesh; a task that waits longer in the queue reads its
 file."""
-MAX_BUDGET_BYTES = 4 << 30
-
-
-def default_budget() -> int:
-    """An eighth of the machine's memory, at most ``MAX_BUDGET_BYTES``."""
-    try:
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 30
-    return int(min(MAX_BUDGET_BYTES, memory // 8))
 
 
 @dataclass
@@ -69,12 +60,21 @@ class WarmInputs:
     ranges arrive and are installed, by the data plane when a run starts, inputs are
     dropped, or the sweep runs). Times are ``now`` arguments (trio's clock)."""
 
-    def __init__(self, budget_bytes: int | None = None, keep_s: float = KEEP_S) -> None:
-        self.budget_bytes = default_budget() if budget_bytes is None else budget_bytes
+    def __init__(
+        self,
+        budget_bytes: int | None = None,
+        keep_s: float = KEEP_S,
+        *,
+        budget: MemoryBudget | None = None,
+    ) -> None:
+        self.budget = budget if budget is not None else MemoryBudget(budget_bytes)
+        """The node's budget of tensors kept in memory, shared with the early results
+        (memory_budget.py); ``budget_bytes`` makes one of its own (tests)."""
         self.keep_s = keep_s
         self._warm: OrderedDict[str, _Warm] = OrderedDict()
         self._used = 0
-        """Bytes of warm copies and of receivers handed out and not yet kept or released."""
+        """Bytes of warm copies and of receivers handed out and not yet kept or released
+        (this part's share of the budget's)."""
 
     @property
     def used_bytes(self) -> int:
@@ -85,7 +85,7 @@ class WarmInputs:
         budget until :meth:`keep` or :meth:`release`; None when it does not fit (after
         the expired copies went)."""
         self.sweep(now)
-        if size <= 0 or self._used + size > self.budget_bytes:
+        if size <= 0 or not self.budget.take(size):
             return None
         receiver = TensorReceiver()
         receiver.reserve(size)
@@ -95,7 +95,7 @@ class WarmInputs:
     def release(self, receiver: TensorReceiver) -> None:
         """A receiver from :meth:`receiver` that will not be kept (the upload failed)."""
         receiver.abort()
-        self._used -= receiver.announced
+        self._give(receiver.announced)
 
     def keep(self, digest: str, receiver: TensorReceiver, now: float) -> bool:
         """Keep a whole upload's arrays as the warm copy of inputs ``digest`` (whose
@@ -117,14 +117,18 @@ class WarmInputs:
         warm = self._warm.pop(digest, None)
         if warm is None:
             return None
-        self._used -= warm.size
+        self._give(warm.size)
         return warm.arrays
 
     def drop(self, digest: str) -> None:
         """The inputs ``digest`` are gone from this node: so is their warm copy."""
         warm = self._warm.pop(digest, None)
         if warm is not None:
-            self._used -= warm.size
+            self._give(warm.size)
+
+    def _give(self, size: int) -> None:
+        self._used -= size
+        self.budget.give(size)
 
     def sweep(self, now: float) -> int:
         """Drop the warm copies older than ``keep_s``; returns how many."""

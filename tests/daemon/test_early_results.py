@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from meshgpu.core.tasks import TaskId
-from meshgpu.daemon.early_results import EarlyResultError, EarlyResults
+from meshgpu.daemon.early_results import ROOM_WAIT_S, EarlyResultError, EarlyResults
 from meshgpu.daemon.modelstore import ModelStore
 from meshgpu.daemon.payloads import PayloadStore, canonical_tensor_bytes
 from meshgpu.daemon.peer_ops import PeerOps
@@ -208,3 +208,81 @@ async def test_a_push_whose_copy_does_not_check_out_fails_the_clients_fetch(
     assert len(got) == len(requests) - 1
     assert not payloads.has(task_key(TaskId(*KEY)), RESULT)
     assert ops.early is not None and ops.early.used_bytes == 0
+
+
+def capped_ops(tmp_path: Path, max_result_bytes: int) -> tuple[PeerOps, EarlyResults]:
+    ops, _ = origin_ops(tmp_path)
+    early = ops.early = EarlyResults(budget_bytes=64 * MIB, max_result_bytes=max_result_bytes)
+    return ops, early
+
+
+async def test_a_push_no_client_takes_drops_the_early_path_at_its_cap(tmp_path: Path) -> None:
+    """No client fetches early (it collects later): once the result's cap is reached its
+    early path fails at once, without holding the push back, and its memory goes; the
+    push is stored as before."""
+    ops, early = capped_ops(tmp_path, 2 * MIB)
+    blob, requests = pushed(MIB + MIB // 4)  # five ranges
+    peak = 0
+    with trio.fail_after(ROOM_WAIT_S - 1):  # no waiting for a client that is not there
+        for request in requests:
+            await ops.op_put_result(request, Responder())
+            peak = max(peak, early.used_bytes)
+    assert peak <= 2 * MIB and early.used_bytes == 0
+    assert early.size(KEY) is None and early.held_back == 0
+    assert ops.payloads.get_bytes(KEY, RESULT) == blob
+    with pytest.raises(EarlyResultError, match="no client took"):
+        await early.take(KEY, 0, MIB)
+
+
+async def test_a_push_ahead_of_its_client_waits_for_it_within_the_cap(tmp_path: Path) -> None:
+    """A client that takes ranges but lags behind the push holds the push back: the
+    result's untaken ranges never pass its cap, and the client gets every byte early."""
+    ops, early = capped_ops(tmp_path, 2 * MIB)
+    blob, requests = pushed(MIB + MIB // 4)  # five ranges
+    got: list[bytes] = []
+    peak = 0
+    pushed_all = False
+
+    async def lagging_client() -> None:
+        """Takes the first range at once, then one more each time the push waits."""
+        offset, seen = 0, 0
+        while offset < len(blob):
+            while offset and early.held_back == seen and not pushed_all:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.001)
+            seen = early.held_back
+            request = {"task_id": str(TaskId(*KEY)), "offset": offset, "length": MIB}
+            answer = await ops.op_get_result({**request, "early": True}, Responder())
+            got.append(bytes(answer["data"]))
+            offset += len(answer["data"])
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await ops.op_put_result(requests[0], Responder())  # the push starts
+            nursery.start_soon(lagging_client)
+            for request in requests[1:]:
+                await ops.op_put_result(request, Responder())
+                peak = max(peak, early.used_bytes)
+            pushed_all = True
+    assert b"".join(got) == blob
+    assert peak <= 2 * MIB and early.held_back >= 2
+    assert early.used_bytes == 0 and early.budget.used_bytes == 0
+
+
+async def test_a_client_that_stops_taking_drops_the_early_path(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client that took a range and then stopped holds the push back ``ROOM_WAIT_S``
+    at most: then its early path fails, its ranges' memory goes, and the push ends."""
+    ops, early = capped_ops(tmp_path, 2 * MIB)
+    blob, requests = pushed(MIB + MIB // 4)
+    await ops.op_put_result(requests[0], Responder())
+    answer = await ops.op_get_result(
+        {"task_id": str(TaskId(*KEY)), "offset": 0, "length": MIB, "early": True}, Responder()
+    )
+    assert len(answer["data"]) == MIB
+    started = trio.current_time()
+    for request in requests[1:]:
+        await ops.op_put_result(request, Responder())
+    assert trio.current_time() - started == pytest.approx(ROOM_WAIT_S)
+    assert early.size(KEY) is None and early.used_bytes == 0
+    assert ops.payloads.get_bytes(KEY, RESULT) == blob
