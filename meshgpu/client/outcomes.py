@@ -245,8 +245,13 @@ class OutcomeStreams:
                 return
             logger.info("%s: result not fetched early (%s); fetching it", task_id, early.error)
         try:
+            attempt = message.get("attempt")
             outputs = await fetch_result(
-                link.rpc, task_id, int(message["result_bytes"]), self.chunk_bytes
+                link.rpc,
+                task_id,
+                int(message["result_bytes"]),
+                self.chunk_bytes,
+                attempt=attempt if isinstance(attempt, int) else None,
             )
         except RequestFailedError as error:
             logger.info("%s: result not fetched (%s); asking again", task_id, error)
@@ -298,13 +303,23 @@ class OutcomeStreams:
 
 
 async def fetch_result(
-    rpc: RpcConnection, task_id: str, size: int, chunk: int, *, early: bool = False
+    rpc: RpcConnection,
+    task_id: str,
+    size: int,
+    chunk: int,
+    *,
+    early: bool = False,
+    attempt: int | None = None,
 ) -> dict[str, np.ndarray]:
     """A result of ``size`` bytes from the entry peer in ranges (a window of them in
     flight: transfers.pull), each copied straight into the result's arrays as it comes
     (blobs.TensorReceiver: one copy of each array in memory, no scratch file). With
-    ``early``: while it is stored on the entry (early_results.py)."""
-    extra = {"early": True} if early else {}
+    ``early``: while it is stored on the entry (early_results.py). With ``attempt`` (the
+    one the task's ``done`` names): that attempt's bytes only, whichever holders the
+    ranges come from (core/tasks/result_push.py, ``serves_result``)."""
+    extra: dict[str, Any] = {"early": True} if early else {}
+    if attempt is not None:
+        extra["attempt"] = attempt
 
     async def call(offset: int, length: int) -> dict[str, Any]:
         return await rpc.call(

@@ -536,7 +536,9 @@ class DataPlane(ResultPlane):
                             # stalled the node past its peers' suspicion timeout.
                             self.payloads.release.empty(tensors)
                             del tensors
-                            result = await self._result_source(effect.task_id, outputs)
+                            result = await self._result_source(
+                                effect.task_id, outputs, effect.attempt
+                            )
                             del outputs
                 finally:
                     self._fetching.discard(key)

@@ -53,14 +53,22 @@ class ResultStore(Protocol):
     async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None: ...
 
     async def result_head(
-        self, task_id: TaskId, holders: Iterable[NodeId]
+        self, task_id: TaskId, holders: Iterable[NodeId], attempt: int | None = None
     ) -> tuple[Buffer | None, int]: ...
 
     async def result_range(
-        self, task_id: TaskId, holders: Iterable[NodeId], offset: int, length: int
+        self,
+        task_id: TaskId,
+        holders: Iterable[NodeId],
+        offset: int,
+        length: int,
+        *,
+        attempt: int | None = None,
     ) -> tuple[Buffer, int]: ...
 
-    async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes: ...
+    async def obtain_result(
+        self, task_id: TaskId, holders: Iterable[NodeId], attempt: int | None = None
+    ) -> bytes: ...
 
 
 class ClientHandlers:
@@ -324,7 +332,11 @@ class ClientHandlers:
         results: list[dict[str, Any]] | None = None
         if group["state"] == "done":
             try:
-                blob = await self.results.obtain_result(resolved.task_id, resolved.result_holders)
+                blob = await self.results.obtain_result(
+                    resolved.task_id,
+                    resolved.result_holders,
+                    self.status.attempt_of(resolved.task_id),
+                )
                 results = group_result_from_bytes(blob)
             except MeshError as error:
                 group["state"] = "unavailable"
@@ -343,14 +355,15 @@ class ClientHandlers:
         }
         if resolved.state is Resolution.DONE and include:
             try:
+                attempt = self.status.attempt_of(resolved.task_id)
                 blob, size = await self.results.result_head(
-                    resolved.task_id, resolved.result_holders
+                    resolved.task_id, resolved.result_holders, attempt
                 )
                 if blob is None:
                     # Larger than one range: the client fetches it with get_result,
                     # or delivers what it fetched early of the same attempt.
                     message["result_bytes"] = size
-                    message["attempt"] = self.status.attempt_of(resolved.task_id)
+                    message["attempt"] = attempt
                 else:
                     tensors_from_bytes(blob)  # never hand a client a corrupt result
                     message["outputs"] = unpack(blob)

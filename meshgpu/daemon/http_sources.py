@@ -72,7 +72,9 @@ class Transfers(Protocol):
 
     async def obtain_model(self, digest: str, sources: Iterable[NodeId]) -> None: ...
 
-    async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes: ...
+    async def obtain_result(
+        self, task_id: TaskId, holders: Iterable[NodeId], attempt: int | None = None
+    ) -> bytes: ...
 
 
 class PeerCalls(Protocol):
@@ -311,7 +313,8 @@ class DaemonHttpSources:
         if message["outputs"] is not None:
             outputs = decode_tensors(message["outputs"])
         else:  # larger than one range: fetched whole from a result holder
-            blob = await self.transfers.obtain_result(task_id, resolved.result_holders)
+            attempt = message.get("attempt")  # the attempt done names: its bytes only
+            blob = await self.transfers.obtain_result(task_id, resolved.result_holders, attempt)
             outputs = tensors_from_bytes(blob)
         return InferOutcome(outputs, message["worker"], str(task_id))
 

@@ -30,13 +30,14 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from meshgpu.core.tasks.result_push import takes_result
 from meshgpu.daemon.background_release import SHARED as SHARED_RELEASE
 from meshgpu.daemon.background_release import BackgroundRelease
 from meshgpu.daemon.blobs import BlobWriter
@@ -190,6 +191,8 @@ def parse_task_file_stem(stem: str) -> tuple[str, ...]:
 
 _INPUTS = "inputs"
 _RESULT = "result"
+_RESULT_ATTEMPT = "result-attempt"
+"""The file beside a result's that says which attempt's result it is."""
 
 
 class PayloadStore:
@@ -208,6 +211,10 @@ class PayloadStore:
         directory.mkdir(parents=True, exist_ok=True)
         for leftover in directory.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
+        self._result_attempts: dict[Any, int] = {}
+        """Which attempt's result of each task this node holds or is installing, as
+        read from its file or claimed since (core/tasks/result_push.py,
+        ``takes_result``)."""
 
     def _path(self, task_id: Any, kind: str) -> Path:
         return self.directory / f"{task_file_stem(task_id)}.{kind}"
@@ -263,6 +270,66 @@ class PayloadStore:
         except OSError as error:
             scratch.unlink(missing_ok=True)
             raise storage_error(error, f"storing {kind} of task {task_id}") from None
+
+    def result_attempt(self, task_id: Any) -> int | None:
+        """The attempt whose result of task ``task_id`` this node holds or is
+        installing; None when it holds none, or one of an unknown attempt (a small
+        result after a restart: it is read whole from one holder, never mixed)."""
+        attempt = self._result_attempts.get(task_id)
+        if attempt is None:  # not claimed since the start: its file says, if any
+            try:
+                attempt = int(self._path(task_id, _RESULT_ATTEMPT).read_text())
+            except (OSError, ValueError):
+                return None  # not remembered: a node that holds no result asks too
+            self._result_attempts[task_id] = attempt
+        return attempt
+
+    def claim_result(self, task_id: Any, attempt: int | None) -> Callable[[], None]:
+        """Invoked on the event loop right before attempt ``attempt``'s result of task
+        ``task_id`` is installed here: record it as this node's result of the task,
+        and return what undoes that if the install fails. Raises StorageError when this
+        node keeps another attempt's result (a result once installed is never replaced
+        by another attempt's bytes)."""
+        self.check_result_attempt(task_id, attempt)
+        before = self.result_attempt(task_id)
+        if attempt is not None:
+            self._result_attempts[task_id] = attempt
+
+        def undo() -> None:
+            if before is None:
+                self._result_attempts.pop(task_id, None)
+                self._path(task_id, _RESULT_ATTEMPT).unlink(missing_ok=True)
+
+        return undo
+
+    def check_result_attempt(self, task_id: Any, attempt: int | None) -> None:
+        """Raise StorageError if this node would refuse attempt ``attempt``'s result of
+        task ``task_id`` (it keeps another attempt's: ``claim_result``)."""
+        installed = self.result_attempt(task_id)
+        if not takes_result(installed, attempt):
+            raise StorageError(
+                f"this node keeps attempt {installed}'s result of task {task_id}; attempt "
+                f"{attempt}'s is not installed over it"
+            )
+
+    def install_result(self, scratch: Path, task_id: Any, attempt: int | None) -> None:
+        """:meth:`install` a result claimed by :meth:`claim_result`, with the file that
+        says its attempt written and synced first (in a worker thread): a crash between
+        the two leaves a record of an attempt whose result is not there yet, which
+        ``takes_result`` lets the same attempt's push complete."""
+        if attempt is not None:
+            record = self._path(task_id, _RESULT_ATTEMPT)
+            record_scratch = record.with_name(f"{record.name}.{secrets.token_hex(4)}.tmp")
+            try:
+                with open(record_scratch, "w") as handle:
+                    handle.write(str(attempt))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(record_scratch, record)
+            except OSError as error:
+                record_scratch.unlink(missing_ok=True)
+                raise storage_error(error, f"storing the result of task {task_id}") from None
+        self.install(scratch, task_id, _RESULT)
 
     def size(self, task_id: Any, kind: str) -> int | None:
         """The payload's size in bytes, or None if this node has no copy."""
@@ -383,8 +450,12 @@ class PayloadStore:
         if self.journal is not None:
             kinds = [kind] if kind is not None else [_INPUTS, _RESULT]
             self.journal.write([], [inline_key(task_id, k) for k in kinds])
+        if kind in (None, _RESULT):
+            self._result_attempts.pop(task_id, None)
         if kind is not None:
             self.release.unlink(self._path(task_id, kind))
+            if kind == _RESULT:
+                self._path(task_id, _RESULT_ATTEMPT).unlink(missing_ok=True)
             return
         stem = task_file_stem(task_id)
         for path in self.directory.glob(f"{stem}.*"):

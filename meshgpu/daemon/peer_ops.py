@@ -23,6 +23,7 @@ import trio
 
 from meshgpu.core import effects as fx
 from meshgpu.core.tasks import TaskId
+from meshgpu.core.tasks.result_push import serves_result
 from meshgpu.core.types import NodeId
 from meshgpu.daemon.api import Handler, Message, Responder, request_field
 from meshgpu.daemon.blobs import BlobWriter, TensorReceiver, read_layout
@@ -159,16 +160,27 @@ class PeerOps:
     async def op_put_result(self, request: Message, responder: Responder) -> Message:
         """A worker stores a task's result here: whole (``data``), or in ranges
         (``offset``, ``data``, ``more``; the last with ``sha256``), checked before it is
-        installed. Answered once the result is on disk."""
+        installed. Answered once the result is on disk. A node keeps one attempt's
+        result per task, the first it installed: another attempt's is refused
+        (core/tasks/result_push.py, ``takes_result``)."""
         task_id = _task_id(request.get("task_id"))
         data = request_field(request, "data", (bytes, memoryview))
+        key, sent_attempt = task_key(task_id), request.get("attempt")
+        claimed = sent_attempt if isinstance(sent_attempt, int) else None
         if "offset" not in request:
             check_result_bytes(data)  # refuse garbage before it reaches the disk
-            await self.results.store(task_key(task_id), RESULT, data, wait=True)
+            undo = self.payloads.claim_result(key, claimed)
+            try:
+                await self.results.store(key, RESULT, data, wait=True)
+            except BaseException:
+                undo()
+                raise
             return {"stored": True}
-        slot = (responder.peer, "result", str(task_id), request.get("attempt"))
-        key, offset, sent_attempt = task_key(task_id), request["offset"], request.get("attempt")
-        attempt = sent_attempt if isinstance(sent_attempt, int) else -1
+        slot = (responder.peer, "result", str(task_id), sent_attempt)
+        offset = request["offset"]
+        if offset == 0:  # another attempt's result is here: refused before any is written
+            self.payloads.check_result_attempt(key, claimed)
+        attempt = claimed if claimed is not None else -1
         early = self.early if task_id.origin == self.node_id and attempt >= 0 else None
         size = request.get("size")
         if early is not None and offset == 0 and isinstance(size, int) and size > len(data):
@@ -184,10 +196,15 @@ class PeerOps:
 
             def check_and_install() -> None:  # the install syncs the directory: off the loop
                 check_result_file(path)
-                self.payloads.install(path, key, RESULT)
+                self.payloads.install_result(path, key, claimed)
 
             try:
-                await trio.to_thread.run_sync(check_and_install)
+                undo = self.payloads.claim_result(key, claimed)  # on the loop: one at a time
+                try:
+                    await trio.to_thread.run_sync(check_and_install)
+                except BaseException:
+                    undo()
+                    raise
             finally:
                 path.unlink(missing_ok=True)
         except BaseException as error:
@@ -377,9 +394,15 @@ class PeerOps:
         with its ``size``. With ``relay`` (a client) a result this node does not keep is
         fetched from a result holder, one range at a time. With ``early`` (a client told
         the result is ``storing``) a range of a result being stored here is answered as
-        it arrives (early_results.py)."""
+        it arrives (early_results.py). With ``attempt`` (the attempt the task's ``done``
+        names) only that attempt's bytes are answered: a range of a result this node
+        holds of another attempt is fetched from a holder of that one (``relay``), or
+        refused."""
         task_id = _task_id(request.get("task_id"))
         offset, length = request.get("offset"), request.get("length", self.results.chunk)
+        asked = request.get("attempt")
+        if asked is not None and not isinstance(asked, int):
+            raise DecodeError(f"'attempt' is an attempt's number, got {asked!r}")
         if request.get("early") and self.early is not None and isinstance(offset, int):
             if not (isinstance(length, int) and offset >= 0 and length > 0):
                 raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
@@ -388,9 +411,12 @@ class PeerOps:
             )
             if early is not None:
                 return {"data": early[0], "size": early[1]}
-        answer = await self._range(request, task_key(task_id), RESULT)
-        if answer is not None:
-            return answer
+        key = task_key(task_id)
+        installed = self.payloads.result_attempt(key)
+        if serves_result(installed, asked):
+            answer = await self._range(request, key, RESULT)
+            if answer is not None:
+                return answer
         if request.get("relay") and "offset" in request:
             chunk = self.results.chunk
             length = request.get("length", chunk)
@@ -399,8 +425,14 @@ class PeerOps:
                 self._result_holders(task_id),
                 request_field(request, "offset", int),
                 min(length, chunk) if isinstance(length, int) and length > 0 else chunk,
+                attempt=asked,
             )
             return {"data": data, "size": size}
+        if not serves_result(installed, asked):
+            raise StorageError(
+                f"node {self.node_id} keeps attempt {installed}'s result of {task_id}, "
+                f"not attempt {asked}'s"
+            )
         raise StorageError(f"result of {task_id} is not on node {self.node_id}")
 
     def _result_holders(self, task_id: TaskId) -> tuple[str, ...]:

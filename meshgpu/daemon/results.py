@@ -33,6 +33,7 @@ from meshgpu.core.tasks.result_push import (
     owes_own_copy,
     retry_delay,
     round_targets,
+    serves_result,
 )
 from meshgpu.core.types import NodeId
 from meshgpu.daemon.auth.envelope import Buffer
@@ -102,7 +103,9 @@ class ResultPlane:
             raise MeshError(f"no address known for {node_id}")
         return self.peers.dedicated(info.address, timeout=TRANSFER_TIMEOUT)
 
-    async def _result_source(self, task_id: TaskId, outputs: dict[str, Any]) -> ResultSource:
+    async def _result_source(
+        self, task_id: TaskId, outputs: dict[str, Any], attempt: int
+    ) -> ResultSource:
         """The result of a run, ready to push: a small one as bytes; a large one is read
         from the outputs' memory while it spills to this node's payload store (the
         worker's own copy; ``_push_result`` runs the spill beside the pushes, and the
@@ -111,7 +114,7 @@ class ResultPlane:
         blob = TensorBlob(outputs)
         if blob.size <= self.chunk:
             return ResultSource.of_bytes(canonical_tensor_bytes(outputs))
-        spill = _ResultSpill(blob, self.payloads, task_key(task_id), task_id)
+        spill = _ResultSpill(blob, self.payloads, task_key(task_id), task_id, attempt)
 
         async def read(offset: int, length: int) -> Buffer:
             if offset + length >= blob.size:  # the last range goes with the digest
@@ -136,7 +139,13 @@ class ResultPlane:
             try:
                 if node_id == me:
                     if result.data is not None:
-                        await self.store(task_key(task_id), RESULT, result.data, wait=True)
+                        # A copy of another attempt's result here stays (takes_result).
+                        undo = self.payloads.claim_result(task_key(task_id), attempt)
+                        try:
+                            await self.store(task_key(task_id), RESULT, result.data, wait=True)
+                        except BaseException:
+                            undo()
+                            raise
                     elif not await result.kept_here():
                         return
                 elif result.data is not None and result.size <= self.chunk:
@@ -231,21 +240,25 @@ class ResultPlane:
         return set() if entry is None else set(entry.holders)
 
     async def result_head(
-        self, task_id: TaskId, holders: Iterable[NodeId]
+        self, task_id: TaskId, holders: Iterable[NodeId], attempt: int | None = None
     ) -> tuple[Buffer | None, int]:
         """The result of ``task_id`` if it fits one range, and its size in bytes (None and
         the size for a larger one, which the client fetches in ranges: ``get_result``)."""
-        data, size = await self.result_range(task_id, holders, 0, self.chunk)
+        data, size = await self.result_range(task_id, holders, 0, self.chunk, attempt=attempt)
         return (data if len(data) >= size else None), size
 
-    async def obtain_result(self, task_id: TaskId, holders: Iterable[NodeId]) -> bytes:
+    async def obtain_result(
+        self, task_id: TaskId, holders: Iterable[NodeId], attempt: int | None = None
+    ) -> bytes:
         """The whole result blob of ``task_id`` in memory, range by range: a task group's
         result (its members' outputs go to the client one by one, each small)."""
-        data, size = await self.result_range(task_id, holders, 0, self.chunk)
+        data, size = await self.result_range(task_id, holders, 0, self.chunk, attempt=attempt)
         parts = [data]
         received = len(data)
         while received < size:
-            data, total = await self.result_range(task_id, holders, received, self.chunk)
+            data, total = await self.result_range(
+                task_id, holders, received, self.chunk, attempt=attempt
+            )
             if total != size or not data:
                 raise MeshError(f"result of {task_id} changed size while it was read")
             parts.append(data)
@@ -253,16 +266,25 @@ class ResultPlane:
         return b"".join(parts)
 
     async def result_range(
-        self, task_id: TaskId, holders: Iterable[NodeId], offset: int, length: int
+        self,
+        task_id: TaskId,
+        holders: Iterable[NodeId],
+        offset: int,
+        length: int,
+        *,
+        attempt: int | None = None,
     ) -> tuple[Buffer, int]:
         """Bytes ``offset`` to ``offset + length`` of the result of ``task_id`` and its
         total size, from our store or any live result holder (a range a peer sent is a
-        view of the frame it came in, not a copy)."""
+        view of the frame it came in, not a copy); with ``attempt``, of that attempt's
+        result only (a holder of another attempt's refuses: result_push.serves_result),
+        so ranges read from several holders are one attempt's bytes."""
         payloads, key = self.payloads, task_key(task_id)
-        local = payloads.get_memory(key, RESULT)
+        here = serves_result(payloads.result_attempt(key), attempt)
+        local = payloads.get_memory(key, RESULT) if here else None
         if local is not None:
             return local[offset : offset + length], len(local)
-        if payloads.has(key, RESULT):
+        if here and payloads.has(key, RESULT):
 
             def read() -> tuple[bytes | None, int | None]:
                 return payloads.read_range(key, RESULT, offset, length), payloads.size(key, RESULT)
@@ -275,8 +297,14 @@ class ResultPlane:
             if node_id == self.node_id:
                 continue
             try:
+                asked = {} if attempt is None else {"attempt": attempt}
                 reply = await self._request(
-                    node_id, "get_result", task_id=str(task_id), offset=offset, length=length
+                    node_id,
+                    "get_result",
+                    task_id=str(task_id),
+                    offset=offset,
+                    length=length,
+                    **asked,
                 )
                 return range_answer(reply, offset)
             except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
@@ -316,11 +344,14 @@ class _ResultSpill:
     back from it. Its sha256, computed as it is written, is the digest every push sends
     with its last range."""
 
-    def __init__(self, blob: TensorBlob, payloads: PayloadStore, key: Any, task_id: TaskId):
+    def __init__(
+        self, blob: TensorBlob, payloads: PayloadStore, key: Any, task_id: TaskId, attempt: int
+    ) -> None:
         self._blob = blob
         self._payloads = payloads
         self._key = key
         self._task_id = task_id
+        self._attempt = attempt
         self._done = trio.Event()
         self._stored = False
         self._sha256: str | None = None
@@ -337,20 +368,26 @@ class _ResultSpill:
             self._done.set()
 
     async def keep(self) -> None:
-        """Write the copy and install it (once; a failure to is logged, and the result is
-        then pushed from memory only)."""
+        """Write the copy and install it (once; a failure to, or another attempt's
+        result kept here, is logged, and the result is then pushed from memory only)."""
         if self._stored:
             return
-        payloads, key, blob = self._payloads, self._key, self._blob
+        payloads, key, blob, attempt = self._payloads, self._key, self._blob, self._attempt
         scratch = payloads.scratch(key, RESULT)
 
         def write_and_install() -> str:  # the install syncs the directory: off the loop
             digest = blob.write_to(scratch)
-            payloads.install(scratch, key, RESULT)
+            payloads.install_result(scratch, key, attempt)
             return digest
 
         try:
-            self._sha256 = await trio.to_thread.run_sync(write_and_install)
+            undo = payloads.claim_result(key, attempt)
+            try:
+                self._sha256 = await trio.to_thread.run_sync(write_and_install)
+            except BaseException:
+                undo()
+                scratch.unlink(missing_ok=True)
+                raise
             self._stored = True
         except MeshError as error:
             logger.warning(

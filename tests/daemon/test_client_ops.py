@@ -49,18 +49,20 @@ class Results:
     async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None:
         self.stored[key] = data
 
-    async def result_head(self, task_id: TaskId, holders: Any) -> tuple[bytes | None, int]:
+    async def result_head(
+        self, task_id: TaskId, holders: Any, attempt: int | None = None
+    ) -> tuple[bytes | None, int]:
         if task_id not in self.held:
             raise MeshError(f"result of {task_id} unavailable: no live result holder")
         return self.held[task_id], len(self.held[task_id])
 
     async def result_range(
-        self, task_id: TaskId, holders: Any, offset: int, length: int
+        self, task_id: TaskId, holders: Any, offset: int, length: int, *, attempt: Any = None
     ) -> tuple[bytes, int]:
         data = self.held[task_id]
         return data[offset : offset + length], len(data)
 
-    async def obtain_result(self, task_id: TaskId, holders: Any) -> bytes:
+    async def obtain_result(self, task_id: TaskId, holders: Any, attempt: Any = None) -> bytes:
         return self.held[task_id]
 
 

@@ -8,6 +8,19 @@ result, it then goes to further live members one at a time (any node may hold a 
 the core unions ``result_holders``). The worker keeps a copy of its own only while
 fewer than ``RESULT_COPIES`` other live holders take one. Up to ``PUSH_ROUNDS`` rounds,
 ``retry_delay`` apart; a result no node took fails the attempt.
+
+Execution is at-least-once: after a false suspicion two attempts of one task may run and
+push at once, and a nondeterministic model gives them different bytes. A holder keeps
+one attempt's result per task, the first it installed (``takes_result``): another
+attempt's push is refused, never installed over it, so the holders an attempt's report
+names keep that attempt's bytes for as long as they keep a result of the task. Whoever
+reads a result names the attempt the task's ``done`` names, and a holder serves only
+that attempt's bytes (``serves_result``): a result assembled from ranges of several
+holders is one attempt's, and the one ``done`` refers to. Rejected: the newest attempt
+replacing an older one (the holders of the attempt ``done`` already named could all end
+up with the newer attempt's bytes, and the result ``done`` names would be gone); a
+result kept per attempt (every attempt's copy on every holder's disk, and a key that
+every reader, sweep and delete would have to enumerate).
 """
 
 from __future__ import annotations
@@ -79,3 +92,18 @@ def kept(stored: Collection[NodeId], me: NodeId, others_live: bool) -> bool:
     confirmed it, or the worker keeps its own copy and no other live member could take
     one (losing the worker would lose the result of a task marked done)."""
     return not needs_another_holder(stored, me) or (bool(stored) and not others_live)
+
+
+def takes_result(installed: int | None, pushed: int | None) -> bool:
+    """Whether a holder installs attempt ``pushed``'s result of a task of which it
+    holds attempt ``installed``'s (None: none, or one of an unknown attempt, a copy
+    written before attempts were recorded): a result once installed is never replaced
+    by another attempt's bytes; the same attempt's push again (a round that retried)
+    replaces it with the same bytes."""
+    return installed is None or installed == pushed
+
+
+def serves_result(installed: int | None, asked: int | None) -> bool:
+    """Whether a holder of attempt ``installed``'s result answers a read of attempt
+    ``asked``'s (None: a reader that names none, or a copy of an unknown attempt)."""
+    return asked is None or installed is None or installed == asked

@@ -11,6 +11,8 @@ from meshgpu.core.tasks.result_push import (
     owes_own_copy,
     retry_delay,
     round_targets,
+    serves_result,
+    takes_result,
 )
 
 
@@ -53,3 +55,15 @@ def test_rounds_wait_longer_each_time() -> None:
     delays = [retry_delay(n) for n in range(PUSH_ROUNDS)]
     assert delays[0] == 0.0
     assert delays == sorted(delays) and len(set(delays)) == PUSH_ROUNDS
+
+
+def test_a_holder_keeps_the_first_attempt_it_installed() -> None:
+    assert takes_result(None, 2)
+    assert takes_result(2, 2)  # the same push again: the same bytes
+    assert not takes_result(1, 2)  # a newer attempt never replaces it
+    assert not takes_result(2, 1)  # nor an older one
+
+
+def test_a_holder_serves_only_the_attempt_a_reader_names() -> None:
+    assert serves_result(1, 1) and serves_result(1, None) and serves_result(None, 3)
+    assert not serves_result(1, 2)

@@ -1,0 +1,137 @@
+"""Two attempts of one task (at-least-once execution: a re-run after a false suspicion)
+with different bytes (a nondeterministic model) race to the holders: each holder keeps
+the first attempt it installed, whole, and a reader that names the attempt ``done``
+names gets exactly that attempt's bytes, whichever holders its ranges come from
+(core/tasks/result_push.py, ``takes_result`` and ``serves_result``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from meshgpu.core.tasks import TaskId
+from meshgpu.daemon.modelstore import ModelStore
+from meshgpu.daemon.payloads import PayloadStore, canonical_tensor_bytes
+from meshgpu.daemon.peer_ops import PeerOps
+from meshgpu.daemon.results import RESULT, task_key
+from meshgpu.errors import MeshError, StorageError
+from tests.daemon.fakes import FakePeers, data_plane
+from tests.daemon.test_client_ops import Responder, Results
+
+TASK = TaskId("o", 3)
+RANGE = 16 << 10
+
+
+def attempt_bytes(value: float) -> bytes:
+    """An attempt's result: same size, other bytes (a nondeterministic model)."""
+    return canonical_tensor_bytes({"y": np.full(25_000, value, dtype=np.float32)})
+
+
+def push_requests(attempt: int, blob: bytes) -> list[dict[str, Any]]:
+    """The put_result ranges of one attempt's push (transfers.push's shape)."""
+    requests = []
+    for offset in range(0, len(blob), RANGE):
+        data = blob[offset : offset + RANGE]
+        more = offset + len(data) < len(blob)
+        request: dict[str, Any] = {
+            "task_id": str(TASK),
+            "attempt": attempt,
+            "offset": offset,
+            "data": data,
+            "more": more,
+            "size": len(blob),
+        }
+        if not more:
+            request["sha256"] = hashlib.sha256(blob).hexdigest()
+        requests.append(request)
+    return requests
+
+
+def holder(tmp_path: Path, name: str) -> PeerOps:
+    return PeerOps(
+        name,
+        payloads=PayloadStore(tmp_path / name / "payloads"),
+        models=ModelStore(tmp_path / name / "models", 1 << 30),
+        results=Results(),
+        resolved=lambda task_id: None,
+        task_entry=lambda task_id: None,
+    )
+
+
+async def push(ops: PeerOps, requests: list[dict[str, Any]], worker: str) -> None:
+    for request in requests:
+        await ops.op_put_result(request, Responder(peer=worker))
+
+
+async def test_two_attempts_racing_to_the_holders_leave_each_one_attempts_bytes(
+    tmp_path: Path,
+) -> None:
+    first, second = attempt_bytes(1.0), attempt_bytes(2.0)
+    ones, twos = push_requests(1, first), push_requests(2, second)
+    h1, h2 = holder(tmp_path, "h1"), holder(tmp_path, "h2")
+    # On h1 the two pushes interleave range by range and attempt 1 ends first; on h2
+    # attempt 2 is installed before attempt 1's push starts.
+    for one, two in zip(ones[:-1], twos[:-1], strict=True):
+        await h1.op_put_result(one, Responder(peer="w1"))
+        await h1.op_put_result(two, Responder(peer="w2"))
+    assert await h1.op_put_result(ones[-1], Responder(peer="w1")) == {"stored": True}
+    with pytest.raises(StorageError, match="keeps attempt 1"):
+        await h1.op_put_result(twos[-1], Responder(peer="w2"))
+    await push(h2, twos, "w2")
+    with pytest.raises(StorageError, match="keeps attempt 2"):
+        await push(h2, ones, "w1")  # refused at its first range: nothing written
+    key = task_key(TASK)
+    assert h1.payloads.get_bytes(key, RESULT) == first
+    assert h2.payloads.get_bytes(key, RESULT) == second
+    # The record of which attempt each holds survives a restart.
+    assert PayloadStore(tmp_path / "h1" / "payloads").result_attempt(key) == 1
+    assert PayloadStore(tmp_path / "h2" / "payloads").result_attempt(key) == 2
+
+    # The entry relays a client's ranges of the attempt done names (1). h2, asked first,
+    # holds attempt 2's bytes, then goes away after one range: every range comes from
+    # a holder of attempt 1, never a mix of the two.
+    asked: list[str] = []
+
+    async def answer(node: str, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        asked.append(node)
+        if node == "h2" and asked.count("h2") > 1:
+            raise OSError("h2 went away")
+        request = {**fields, "task_id": str(TASK)}
+        return await {"h1": h1, "h2": h2}[node].op_get_result(request, Responder())
+
+    entry = data_plane(
+        tmp_path / "entry", node_id="e", live=["e", "h1", "h2"], peers=FakePeers(answer)
+    )
+    entry.plane.max_frame_bytes = 4 * RANGE
+    assert await entry.plane.obtain_result(TASK, ("h2", "h1"), attempt=1) == first
+    assert asked[0] == "h2" and asked.count("h1") > 1
+    with pytest.raises(MeshError, match="keeps attempt 1's result"):
+        await entry.plane.obtain_result(TASK, ("h1",), attempt=2)
+
+
+@pytest.mark.parametrize("large", [False, True])
+async def test_a_holders_own_copy_is_not_replaced_by_another_attempts(
+    tmp_path: Path, large: bool
+) -> None:
+    """A worker that holds attempt 1's result (it was a holder) and runs attempt 2 keeps
+    attempt 1's copy: its own copy of attempt 2 (stored whole, or spilled beside the
+    pushes) is not written over it."""
+    fakes = data_plane(tmp_path, node_id="o", live=["o"])
+    if large:
+        fakes.plane.max_frame_bytes = 4 * RANGE
+    first = attempt_bytes(1.0)
+    ops = holder(tmp_path, "o")
+    ops.payloads = fakes.payloads
+    await push(ops, push_requests(1, first), "w1")
+    outputs = {"y": np.full(25_000, 2.0, dtype=np.float32)}
+    result = await fakes.plane._result_source(TASK, outputs, 2)
+    with trio.fail_after(30):
+        holders, problems = await fakes.plane._push_result(TASK, 2, result, ["o"])
+    assert holders == ()
+    assert all("keeps attempt 1's result" in problem for problem in problems)
+    assert fakes.payloads.get_bytes(task_key(TASK), RESULT) == first
