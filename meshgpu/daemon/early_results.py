@@ -26,8 +26,8 @@ error) and the client fetches the result after ``done`` as before.
 The memory is bounded twice. Per result: at most ``max_result_bytes`` (``MAX_RESULT_BYTES``)
 of its ranges are kept and not yet taken. A range that would go past that waits (the
 push to this node is held back, as its window of ranges in flight waits for the
-answers) while the client takes ranges, up to ``ROOM_WAIT_S``; a result whose client
-took nothing yet when it is reached, or whose client stopped taking, no longer waits:
+answers) while the client takes ranges, up to ``ROOM_WAIT_S`` per range; a result whose
+client took nothing yet when it is reached, or whose client is too slow, no longer waits:
 its early path fails (the ranges waiting for it are answered with an error, its memory
 goes) and the push goes on, and the client reads the stored copy once its task is done.
 Per node: every range kept counts against the node's budget of tensors kept in memory,
@@ -65,8 +65,9 @@ MAX_RESULT_BYTES = 256 << 20
 is a window of ranges behind the push: ``transfers.WINDOW`` ranges of at most
 ``blobs.CHUNK_BYTES``)."""
 ROOM_WAIT_S = 5.0
-"""How long a range of a result at its ``max_result_bytes`` waits for its client to take
-ranges before the result's early path fails."""
+"""How long a range of a result at its ``max_result_bytes`` waits, in all, for its client
+to take ranges before the result's early path fails (a sixth of the worker's timeout of
+one request, ``results.TRANSFER_TIMEOUT``: the holder's copy never fails for it)."""
 
 ReadRange = Callable[[int, int], Awaitable[Buffer]]
 
@@ -211,27 +212,28 @@ class EarlyResults:
         """Invoked by the put_result op before it writes range ``offset`` (``length``
         bytes) of attempt ``attempt``: wait until keeping it leaves at most
         ``max_result_bytes`` of the result's ranges untaken, while its client takes
-        ranges (``ROOM_WAIT_S`` at most without one taken); fail the early path
-        instead when the client took nothing yet or stopped taking. Returns at once
-        when there is no such early result: the push is never held back for
-        nothing."""
-        while True:
-            early = self._results.get(key)
-            if early is None or early.attempt != attempt or early.failed is not None:
-                return
-            if offset + length - early.taken <= self.max_result_bytes:
-                return
-            if early.taken == 0:
-                self._fail(early, "no client took its ranges while the push went on")
-                return
-            self.held_back += 1
-            moved = early.moved
-            with trio.move_on_after(ROOM_WAIT_S) as waited:
-                await moved.wait()
-            if waited.cancelled_caught:
-                why = f"its client took no range for {ROOM_WAIT_S:.0f} s"
-                self._fail(early, why)
-                return
+        ranges, ``ROOM_WAIT_S`` at most (well within the push's timeout of a request);
+        fail the early path instead when the client took nothing yet or did not make
+        room in time. Returns at once when there is no such early result: the push is
+        never held back for nothing."""
+        held = False
+        with trio.move_on_after(ROOM_WAIT_S):
+            while True:
+                early = self._results.get(key)
+                if early is None or early.attempt != attempt or early.failed is not None:
+                    return
+                if offset + length - early.taken <= self.max_result_bytes:
+                    return
+                if early.taken == 0:
+                    self._fail(early, "no client took its ranges while the push went on")
+                    return
+                if not held:
+                    held = True
+                    self.held_back += 1
+                await early.moved.wait()
+        early = self._results.get(key)
+        if early is not None and early.attempt == attempt and early.failed is None:
+            self._fail(early, f"its client made no room for {ROOM_WAIT_S:.0f} s")
 
     def finish(self, key: Any, attempt: int, stored: bool, why: str = "", *, now: float) -> None:
         """The push of attempt ``attempt`` ended: this node's copy checked out and is
