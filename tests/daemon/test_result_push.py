@@ -187,7 +187,7 @@ async def test_a_large_result_is_pushed_from_memory_while_the_workers_copy_is_wr
 
     monkeypatch.setattr(TensorBlob, "write_to", held_write_to)
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
-    result = await fakes.plane._result_source(TASK, outputs)
+    result = await fakes.plane._result_source(TASK, outputs, 1)
     # One holder other than the worker: the worker keeps a copy of its own.
     holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o"])
     assert holders == ("o", "w") and not problems
@@ -207,7 +207,7 @@ async def test_a_worker_no_holder_of_a_task_with_two_live_holders_keeps_no_copy(
     peers = Peers(taking={"o", "h"})
     fakes.plane.peers = peers  # type: ignore[assignment]
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
-    result = await fakes.plane._result_source(TASK, outputs)
+    result = await fakes.plane._result_source(TASK, outputs, 1)
     holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
     assert holders == ("h", "o") and not problems
     assert not fakes.payloads.has(("o", 7), RESULT)
@@ -223,7 +223,7 @@ async def test_a_worker_that_is_one_of_three_holders_keeps_its_copy(tmp_path: Pa
     peers = Peers(taking={"o", "h"})
     fakes.plane.peers = peers  # type: ignore[assignment]
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
-    result = await fakes.plane._result_source(TASK, outputs)
+    result = await fakes.plane._result_source(TASK, outputs, 1)
     holders, problems = await fakes.plane._push_result(TASK, 1, result, ["w", "o", "h"])
     assert holders == ("h", "o", "w") and not problems
     assert fakes.payloads.has(("o", 7), RESULT)
@@ -238,7 +238,7 @@ async def test_a_worker_that_skipped_its_copy_writes_it_when_a_holder_refuses(
     peers = Peers(taking={"o"})
     fakes.plane.peers = peers  # type: ignore[assignment]
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
-    result = await fakes.plane._result_source(TASK, outputs)
+    result = await fakes.plane._result_source(TASK, outputs, 1)
     holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
     assert holders == ("o", "w")
     assert [problem.split(":")[0] for problem in problems] == ["h"]
@@ -258,7 +258,7 @@ async def test_a_result_the_worker_cannot_keep_is_still_pushed_with_its_digest(
 
     monkeypatch.setattr(TensorBlob, "write_to", full_disk)
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
-    result = await fakes.plane._result_source(TASK, outputs)
+    result = await fakes.plane._result_source(TASK, outputs, 1)
     holders, _ = await fakes.plane._push_result(TASK, 1, result, ["o"])
     assert holders == ("o",)  # not the worker: its copy was never stored
     assert not fakes.payloads.has(("o", 7), RESULT)
