@@ -30,7 +30,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -284,27 +284,28 @@ class PayloadStore:
             self._result_attempts[task_id] = attempt
         return attempt
 
-    def claim_result(self, task_id: Any, attempt: int | None) -> Callable[[], None]:
-        """Invoked on the event loop right before attempt ``attempt``'s result of task
-        ``task_id`` is installed here: record it as this node's result of the task,
-        and return what undoes that if the install fails. Raises StorageError when this
+    @contextlib.contextmanager
+    def claiming_result(self, task_id: Any, attempt: int | None) -> Iterator[None]:
+        """Entered on the event loop right before attempt ``attempt``'s result of task
+        ``task_id`` is installed here (the install inside): record it as this node's
+        result of the task, undone if the install raises. Raises StorageError when this
         node keeps another attempt's result (a result once installed is never replaced
         by another attempt's bytes)."""
         self.check_result_attempt(task_id, attempt)
         before = self.result_attempt(task_id)
         if attempt is not None:
             self._result_attempts[task_id] = attempt
-
-        def undo() -> None:
+        try:
+            yield
+        except BaseException:
             if before is None:
                 self._result_attempts.pop(task_id, None)
                 self._path(task_id, _RESULT_ATTEMPT).unlink(missing_ok=True)
-
-        return undo
+            raise
 
     def check_result_attempt(self, task_id: Any, attempt: int | None) -> None:
         """Raise StorageError if this node would refuse attempt ``attempt``'s result of
-        task ``task_id`` (it keeps another attempt's: ``claim_result``)."""
+        task ``task_id`` (it keeps another attempt's: ``claiming_result``)."""
         installed = self.result_attempt(task_id)
         if not takes_result(installed, attempt):
             raise StorageError(
@@ -313,7 +314,7 @@ class PayloadStore:
             )
 
     def install_result(self, scratch: Path, task_id: Any, attempt: int | None) -> None:
-        """:meth:`install` a result claimed by :meth:`claim_result`, with the file that
+        """:meth:`install` a result claimed by :meth:`claiming_result`, with the file that
         says its attempt written and synced first (in a worker thread): a crash between
         the two leaves a record of an attempt whose result is not there yet, which
         ``takes_result`` lets the same attempt's push complete."""

@@ -169,12 +169,8 @@ class PeerOps:
         claimed = sent_attempt if isinstance(sent_attempt, int) else None
         if "offset" not in request:
             check_result_bytes(data)  # refuse garbage before it reaches the disk
-            undo = self.payloads.claim_result(key, claimed)
-            try:
+            with self.payloads.claiming_result(key, claimed):
                 await self.results.store(key, RESULT, data, wait=True)
-            except BaseException:
-                undo()
-                raise
             return {"stored": True}
         slot = (responder.peer, "result", str(task_id), sent_attempt)
         offset = request["offset"]
@@ -199,12 +195,8 @@ class PeerOps:
                 self.payloads.install_result(path, key, claimed)
 
             try:
-                undo = self.payloads.claim_result(key, claimed)  # on the loop: one at a time
-                try:
+                with self.payloads.claiming_result(key, claimed):  # on the loop: one at a time
                     await trio.to_thread.run_sync(check_and_install)
-                except BaseException:
-                    undo()
-                    raise
             finally:
                 path.unlink(missing_ok=True)
         except BaseException as error:

@@ -140,12 +140,8 @@ class ResultPlane:
                 if node_id == me:
                     if result.data is not None:
                         # A copy of another attempt's result here stays (takes_result).
-                        undo = self.payloads.claim_result(task_key(task_id), attempt)
-                        try:
+                        with self.payloads.claiming_result(task_key(task_id), attempt):
                             await self.store(task_key(task_id), RESULT, result.data, wait=True)
-                        except BaseException:
-                            undo()
-                            raise
                     elif not await result.kept_here():
                         return
                 elif result.data is not None and result.size <= self.chunk:
@@ -381,13 +377,8 @@ class _ResultSpill:
             return digest
 
         try:
-            undo = payloads.claim_result(key, attempt)
-            try:
+            with payloads.claiming_result(key, attempt):
                 self._sha256 = await trio.to_thread.run_sync(write_and_install)
-            except BaseException:
-                undo()
-                scratch.unlink(missing_ok=True)
-                raise
             self._stored = True
         except MeshError as error:
             logger.warning(
