@@ -219,8 +219,13 @@ class OutcomeStreams:
         ``early`` for the task's ``done`` (``_fetch_large`` delivers it then)."""
         try:
             with early.scope:
-                early.outputs = await fetch_result(
-                    link.rpc, task_id, early.size, self.chunk_bytes, early=True
+                early.outputs = await fetch_result(  # its attempt's bytes only
+                    link.rpc,
+                    task_id,
+                    early.size,
+                    self.chunk_bytes,
+                    early=True,
+                    attempt=early.attempt,
                 )
             if early.scope.cancelled_caught:
                 early.error = "stopped"

@@ -248,15 +248,23 @@ class EarlyResults:
         else:
             self._fail(early, why or "the push of the result failed")
 
-    async def take(self, key: Any, offset: int, length: int) -> tuple[Buffer, int] | None:
+    async def take(
+        self, key: Any, offset: int, length: int, attempt: int | None = None
+    ) -> tuple[Buffer, int] | None:
         """Up to ``length`` bytes of early result ``key`` from ``offset`` and its size,
         once they arrived (the range that reaches the end once this node's copy is
         installed); None when there is no early result ``key`` (the caller reads the
-        stored copy). Raises EarlyResultError when it failed, went, or did not move for
-        ``RANGE_WAIT_S``."""
+        stored copy). Raises EarlyResultError when it failed, went, did not move for
+        ``RANGE_WAIT_S``, or is the push of another attempt than ``attempt`` (the one
+        the client is fetching: a range of another attempt's bytes would be assembled
+        with its own)."""
         early = self._results.get(key)
         if early is None:
             return None
+        if attempt is not None and early.attempt != attempt:
+            raise EarlyResultError(
+                f"the early result is attempt {early.attempt}'s, not attempt {attempt}'s"
+            )
         while True:
             if early.failed is not None:
                 raise EarlyResultError(f"the early result failed: {early.failed}")

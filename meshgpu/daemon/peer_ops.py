@@ -399,7 +399,7 @@ class PeerOps:
             if not (isinstance(length, int) and offset >= 0 and length > 0):
                 raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
             early = await self.early.take(
-                task_key(task_id), offset, min(length, self.results.chunk)
+                task_key(task_id), offset, min(length, self.results.chunk), asked
             )
             if early is not None:
                 return {"data": early[0], "size": early[1]}

@@ -60,6 +60,8 @@ class FakeMesh:
         """Large results being stored, by task: announced to a ``results`` stream that
         asks ``early``, and served by ``get_result``."""
         self.result_calls: list[tuple[str, int, bool]] = []
+        self.asked_attempts: list[int | None] = []
+        """The attempt every ``get_result`` named (None: none)."""
         self.attempts: dict[str, int] = {}
         """The attempt whose result is being stored, by task (when a test names one)."""
         """(task, offset, early) of every ``get_result``."""
@@ -174,6 +176,7 @@ class FakePeer:
         async def get_result(request: dict[str, Any], responder: Responder) -> dict[str, Any]:
             task_id, offset = request["task_id"], request["offset"]
             mesh.result_calls.append((task_id, offset, bool(request.get("early"))))
+            mesh.asked_attempts.append(request.get("attempt"))
             blob = mesh.storing[task_id]
             return {"data": blob[offset : offset + request["length"]], "size": len(blob)}
 
@@ -272,6 +275,8 @@ async def test_an_older_attempts_early_result_is_not_delivered_for_a_newer_one(
             while len(mesh.result_calls) < -(-len(first) // client.chunk_bytes):
                 await trio.sleep(0.01)
         await trio.testing.wait_all_tasks_blocked()
+        # Each early range named its attempt: the entry answers none of another's.
+        assert set(mesh.asked_attempts) == {1}
         y = np.arange(200_000, dtype=np.float32)
         mesh.store_early(handle.task_id, y, attempt=2)
         mesh.release_large(handle.task_id)

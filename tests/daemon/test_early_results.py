@@ -286,3 +286,36 @@ async def test_a_client_that_stops_taking_drops_the_early_path(
     assert trio.current_time() - started == pytest.approx(ROOM_WAIT_S)
     assert early.size(KEY) is None and early.used_bytes == 0
     assert ops.payloads.get_bytes(KEY, RESULT) == blob
+
+
+async def test_a_clients_early_fetch_of_one_attempt_never_gets_anothers_ranges(
+    tmp_path: Path,
+) -> None:
+    """The client fetches attempt 1's result early, naming it; attempt 2's push (another
+    run of a nondeterministic model: the same size, other bytes) starts on the origin
+    midway. The client's next range is refused (it fetches after ``done`` instead),
+    never answered with attempt 2's bytes, which it would assemble with attempt 1's and
+    deliver if ``done`` names attempt 1."""
+    ops, _ = origin_ops(tmp_path)
+    first, ones = pushed(3 * MIB // 4 + 1000)
+    twos = [{**request, "attempt": 2} for request in pushed(3 * MIB // 4 + 1000)[1]]
+    second = canonical_tensor_bytes({"y": np.full(3 * MIB // 4 + 1000, 7.0, np.float32)})
+    for request in twos:
+        offset = request["offset"]
+        request["data"] = second[offset : offset + len(request["data"])]
+        if "sha256" in request:
+            request["sha256"] = hashlib.sha256(second).hexdigest()
+
+    def client_range(offset: int) -> dict[str, Any]:
+        task = str(TaskId(*KEY))
+        return {"task_id": task, "offset": offset, "length": MIB, "early": True, "attempt": 1}
+
+    with trio.fail_after(10):
+        await ops.op_put_result(ones[0], Responder(peer="w1"))
+        await ops.op_put_result(ones[1], Responder(peer="w1"))
+        answer = await ops.op_get_result(client_range(0), Responder())
+        assert bytes(answer["data"]) == first[:MIB]
+        await ops.op_put_result(twos[0], Responder(peer="w2"))  # attempt 2's push starts
+        await ops.op_put_result(twos[1], Responder(peer="w2"))
+        with pytest.raises(EarlyResultError, match="attempt 2"):
+            await ops.op_get_result(client_range(MIB), Responder())
