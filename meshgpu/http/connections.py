@@ -18,6 +18,13 @@ long as it likes). :class:`ConnectionLimits` adds what the TCP API has
   or of the end of its last request (nginx's ``client_header_timeout``, Apache's
   ``mod_reqtimeout``): ``http_header_timeouts``.
 
+A new connection's first request goes to hypercorn only once its head is whole and its
+body has come (whole, or its first :data:`BODY_AT_GATE` bytes; :func:`judge_request_head`),
+as nginx buffers a request before it calls its upstream: a request whose declared body
+never comes (a lying ``Content-Length``) costs no hypercorn task, only the gate's look
+and a 400 when its client gives up (reset at the head deadline if it does not), and a
+``Content-Length`` over the app's ``max_body_bytes`` gets its 413 at the gate.
+
 Refused connections are decided on the address ``accept`` returns and reset there and
 then (``SO_LINGER`` 0: an RST, not a FIN), before a stream, a TLS session or a task
 exists for them, as the TCP API does (daemon/api.py): the daemon keeps no socket in
@@ -96,8 +103,11 @@ class ConnectionLimits:
         max_connections: int,
         max_connections_per_client: int,
         header_timeout_s: float,
+        max_body_bytes: int = 64 << 20,
     ) -> None:
         self.counters = counters
+        self.max_body_bytes = max_body_bytes
+        """Request bodies longer are refused at the gate (the app's own limit)."""
         self.max_connections = max_connections
         self.max_connections_per_client = max_connections_per_client
         self.header_timeout_s = header_timeout_s
@@ -246,40 +256,117 @@ _TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQR
 _LONGEST_METHOD = 32
 _HEAD_ENDS = (b"\n\r\n", b"\n\n")
 """What ends a request's head (h11 takes a bare LF as a line's end too)."""
+BODY_AT_GATE = 16 * 1024
+"""Bytes of a request's body the gate waits for (or the whole body, if shorter) before
+it admits the request: well inside the receive window a new connection starts with, so
+a body longer than this is admitted while the peer can still send."""
 
 
-def judge_request_head(limit: int) -> Callable[[bytes, bool], tuple[Verdict, str]]:
+def judge_request_head(
+    limit: int, max_body_bytes: int = 64 << 20
+) -> Callable[[bytes, bool], tuple[Verdict, str]]:
     """The gate's judge of a plain-HTTP connection's first bytes: admitted once the
-    first request's head is whole (hypercorn then parses it, from the first byte);
-    refused at once when its first bytes cannot begin a request line (a method token,
-    then a space), or when ``limit`` bytes hold no whole head (hypercorn's
-    ``h11_max_incomplete_size``)."""
+    first request's head is whole (hypercorn then parses it, from the first byte) and
+    its body has come, whole or its first :data:`BODY_AT_GATE` bytes; refused at once
+    when its first bytes cannot begin a request line (a method token, then a space),
+    when ``limit`` bytes hold no whole head (hypercorn's ``h11_max_incomplete_size``),
+    or when its ``Content-Length`` is over ``max_body_bytes`` (a 413, what the app would
+    answer). A request whose peer closes before its body came is refused (a 400), one
+    whose body is still missing at the gate's deadline is reset. The gate must peek
+    ``limit + BODY_AT_GATE`` bytes. Refusals say their status first (``"413 ..."``,
+    :func:`_refuse_request`)."""
 
     def judge(peeked: bytes, closed: bool) -> tuple[Verdict, str]:
         space = peeked.find(b" ", 0, _LONGEST_METHOD + 1)
         method = peeked[: space if space >= 0 else _LONGEST_METHOD + 1]
         if space == 0 or len(method) > _LONGEST_METHOD or method.translate(None, _TOKEN):
-            return Verdict.REFUSE, "not an HTTP request line"
-        if any(end in peeked for end in _HEAD_ENDS):
-            return Verdict.ADMIT, ""
-        if len(peeked) >= limit:
-            return Verdict.REFUSE, f"a request head longer than {limit} bytes"
-        return Verdict.WAIT, "closed before its request head was whole"
+            return Verdict.REFUSE, "400 not an HTTP request line"
+        ends = [at + len(end) for end in _HEAD_ENDS if (at := peeked.find(end, 0, limit)) >= 0]
+        if not ends:
+            if len(peeked) >= limit:
+                return Verdict.REFUSE, f"400 a request head longer than {limit} bytes"
+            return Verdict.WAIT, "400 closed before its request head was whole"
+        head_end = min(ends)
+        return _judge_body(peeked[:head_end], memoryview(peeked)[head_end:], max_body_bytes)
 
     return judge
 
 
+def _judge_body(head: bytes, body: memoryview, max_body_bytes: int) -> tuple[Verdict, str]:
+    """Whether a whole request head's body has come (RFC 9112, 6: a ``Content-Length``
+    or a chunked ``Transfer-Encoding``; neither, no body). Where the head is one h11
+    refuses (two lengths, a length that is not a number), or the client waits for a
+    ``100 Continue`` before it sends its body, the request is admitted: hypercorn answers
+    it as it would have."""
+    lengths: list[bytes] = []
+    chunked = expects_continue = False
+    for line in head.split(b"\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        name = name.strip().lower()
+        if name == b"content-length":
+            lengths.append(value.strip())
+        elif name == b"transfer-encoding":
+            chunked = True
+        elif name == b"expect":
+            expects_continue = value.strip().lower() == b"100-continue"
+    if expects_continue:
+        return Verdict.ADMIT, ""
+    if chunked:
+        if len(body) >= BODY_AT_GATE or _chunked_body_whole(body):
+            return Verdict.ADMIT, ""
+        return Verdict.WAIT, "400 closed before its chunked body was whole"
+    if len(lengths) != 1 or not lengths[0].isdigit():
+        return Verdict.ADMIT, ""
+    length = int(lengths[0])
+    if length > max_body_bytes:
+        return Verdict.REFUSE, (
+            f"413 the body is {length} bytes, more than this node accepts ({max_body_bytes})"
+        )
+    if len(body) >= min(length, BODY_AT_GATE):
+        return Verdict.ADMIT, ""
+    return Verdict.WAIT, f"400 closed after {len(body)} of its body's {length} bytes"
+
+
+def _chunked_body_whole(body: memoryview) -> bool:
+    """Whether ``body`` holds a whole chunked body (RFC 9112, 7.1: chunks of a hex size,
+    a last chunk of size 0, trailer lines, an empty line); True too where it cannot be
+    read as one (h11 refuses it)."""
+    data = body.tobytes()
+    at = 0
+    while True:
+        line_end = data.find(b"\r\n", at)
+        if line_end < 0:
+            return False
+        try:
+            size = int(data[at:line_end].split(b";", 1)[0], 16)
+        except ValueError:
+            return True
+        if size == 0:
+            return data.startswith(b"\r\n", line_end + 2) or data.find(b"\r\n\r\n", line_end) >= 0
+        at = line_end + 2 + size + 2
+        if at > len(data):
+            return False
+
+
 def _refuse_request(sock: socket.socket, address: Any, peeked: bytes, why: str) -> None:
-    """Tell a refused plain-HTTP connection why, in one non-blocking send (a 400 and
-    ``Connection: close``, as hypercorn answers a request h11 cannot parse)."""
-    body = f"{why}\n".encode()
+    """Tell a refused plain-HTTP connection why, in one non-blocking send (the status
+    the judge put first, 400 or 413, and ``Connection: close``, as hypercorn answers a
+    request h11 cannot parse)."""
+    status, _, message = why.partition(" ")
+    body = f"{message}\n".encode()
     head = (
-        b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Bad Request')}\r\n".encode()
+        + b"content-type: text/plain; charset=utf-8\r\n"
         b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n"
     )
     with contextlib.suppress(OSError):
         sock.send(head + body)
-    linger_zero(sock, False)  # a FIN: the 400 is not lost to a reset
+    linger_zero(sock, False)  # a FIN: the answer is not lost to a reset
+
+
+_REASONS = {"400": "Bad Request", "413": "Content Too Large"}
 
 
 def _peer_of(address: Any) -> Peer | None:
@@ -398,8 +485,8 @@ async def serve(
 
             if any(tls is None for _, tls in listeners):
                 limits.gate = FirstBytesGate(
-                    judge_request_head(config.h11_max_incomplete_size),
-                    peek_bytes=config.h11_max_incomplete_size,
+                    judge_request_head(config.h11_max_incomplete_size, limits.max_body_bytes),
+                    peek_bytes=config.h11_max_incomplete_size + BODY_AT_GATE,
                     timeout_s=limits.header_timeout_s,
                     # hypercorn closes a connection that sends nothing for its
                     # keep-alive timeout (5 s) before the head deadline would

@@ -112,6 +112,7 @@ class HttpServer:
             max_connections=settings.max_connections,
             max_connections_per_client=settings.max_connections_per_client,
             header_timeout_s=settings.header_timeout_s,
+            max_body_bytes=settings.max_body_bytes,
         )
         """The connection bounds; its counters are ``http_*`` (the daemon's, if given)."""
         self.background = background

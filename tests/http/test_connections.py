@@ -7,6 +7,7 @@ all of 127.0.0.0/8 to loopback) so that the real client, 127.0.0.1, is told apar
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import time
 from typing import Any
@@ -22,11 +23,13 @@ HOSTILE = "127.0.0.2"
 
 
 class Served:
-    """An HttpServer with a two-route app: ``/`` answers at once, ``/wait`` when released."""
+    """An HttpServer with a three-route app: ``/`` answers at once, ``/wait`` when
+    released, ``/echo`` with the length of the body it read."""
 
     def __init__(self, **limits: Any) -> None:
         self.release = trio.Event()
         self.counters: dict[str, int] = {}
+        self.requests = 0
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if scope["type"] == "lifespan":
@@ -34,10 +37,22 @@ class Served:
                     await send({"type": "lifespan.startup.complete"})
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+            self.requests += 1
+            answer = b"served"
+            headers = []
             if scope["path"] == "/wait":
                 await self.release.wait()
-            await send({"type": "http.response.start", "status": 200, "headers": []})
-            await send({"type": "http.response.body", "body": b"served"})
+            elif scope["path"] == "/echo":
+                size = 0
+                while True:
+                    message = await receive()
+                    size += len(message.get("body", b""))
+                    if not message.get("more_body"):
+                        break
+                answer = f"read {size}".encode()
+                headers = [(b"content-length", str(len(answer)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": answer})
 
         self.server = HttpServer(
             app, "127.0.0.1", HttpSettings(port=0, **limits), counters=self.counters
@@ -262,4 +277,118 @@ async def test_a_loop_stall_after_admission_does_not_reset_a_whole_head(
     for _ in range(3):
         answer = await trio.to_thread.run_sync(_exchange_blocking, served.address)
         assert answer == b"HTTP/1.1 200 ", answer
+    served.server.stop()
+
+
+async def read_answer(stream: trio.abc.Stream, ending: bytes) -> bytes:
+    """What the server sends until ``ending`` has come (an answer's last bytes)."""
+    answer = b""
+    with trio.fail_after(30):
+        while ending not in answer:
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"closed after {answer!r}"
+            answer += chunk
+    return answer
+
+
+async def test_a_body_that_never_comes_and_one_over_the_limit_are_refused_at_the_gate(
+    nursery: trio.Nursery,
+) -> None:
+    served = Served(header_timeout_s=1, max_body_bytes=100_000)
+    await nursery.start(served.server.run)
+    # a lying Content-Length, then the client says it is done: a 400, the app never called
+    lying = await trio.open_tcp_stream(*served.address, local_address=HOSTILE)
+    await lying.send_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n{")
+    await lying.send_eof()
+    answer = await read_answer(lying, b"bytes\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"closed after 1 of its body's 50000 bytes" in answer
+    # a length over the node's limit: a 413 before the body is sent
+    too_large = await trio.open_tcp_stream(*served.address, local_address=HOSTILE)
+    await too_large.send_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100001\r\n\r\n")
+    answer = await read_answer(too_large, b")\n")
+    assert answer.startswith(b"HTTP/1.1 413 Content Too Large\r\n")
+    assert b"connection: close" in answer
+    # a lying Content-Length held open: reset at the head deadline
+    held = await trio.open_tcp_stream(*served.address, local_address=HOSTILE)
+    await held.send_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n{")
+    with trio.fail_after(30):
+        assert await how_closed(held) == "reset"
+    assert served.requests == 0
+    assert served.counters["http_bad_requests"] == 2
+    assert served.counters["http_header_timeouts"] == 1
+    for stream in (lying, too_large, held):
+        await stream.aclose()
+    served.server.stop()
+
+
+async def test_bodies_that_come_late_in_pieces_chunked_or_after_a_continue_are_served(
+    nursery: trio.Nursery,
+) -> None:
+    served = Served(header_timeout_s=10)
+    await nursery.start(served.server.run)
+    stream = await trio.open_tcp_stream(*served.address)
+    # the head, then the body in two pieces
+    await stream.send_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+    await trio.sleep(0.2)
+    await stream.send_all(b"01234")
+    await trio.sleep(0.2)
+    await stream.send_all(b"56789")
+    assert (await read_answer(stream, b"read 10")).startswith(b"HTTP/1.1 200")
+    # keep-alive: a chunked body next on the same connection, its last chunk late
+    await stream.send_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    await trio.sleep(0.2)
+    await stream.send_all(b"3\r\nabc\r\n0\r\n\r\n")
+    assert (await read_answer(stream, b"read 8")).startswith(b"HTTP/1.1 200")
+    await stream.aclose()
+    # a first request chunked, with trailers, its chunks late
+    chunked = await trio.open_tcp_stream(*served.address)
+    await chunked.send_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n"
+    )
+    await trio.sleep(0.2)
+    await chunked.send_all(b"0\r\nX-Trailer: y\r\n\r\n")
+    assert (await read_answer(chunked, b"read 4")).startswith(b"HTTP/1.1 200")
+    await chunked.aclose()
+    # Expect: 100-continue: the body comes only after hypercorn's 100
+    expecting = await trio.open_tcp_stream(*served.address)
+    await expecting.send_all(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
+    assert (await read_answer(expecting, b"\r\n\r\n")).startswith(b"HTTP/1.1 100")
+    await expecting.send_all(b"abc")
+    assert b"read 3" in await read_answer(expecting, b"read 3")
+    await expecting.aclose()
+    # a body far longer than what the gate waits for, its first bytes late
+    large = await trio.open_tcp_stream(*served.address)
+    size = 4 << 20
+    await large.send_all(
+        f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
+    )
+    await trio.sleep(0.2)
+    await large.send_all(b"x" * size)
+    assert (await read_answer(large, f"read {size}".encode())).startswith(b"HTTP/1.1 200")
+    await large.aclose()
+    assert served.counters.get("http_bad_requests", 0) == 0
+    served.server.stop()
+
+
+async def test_curl_posts_are_served(nursery: trio.Nursery, tmp_path: Any) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("no curl on this machine")
+    served = Served()
+    await nursery.start(served.server.run)
+    body = tmp_path / "body"
+    body.write_bytes(b"y" * (3 << 20))  # curl sends Expect: 100-continue for large bodies
+    url = f"http://127.0.0.1:{served.address[1]}/echo"
+    for extra in ([], ["-H", "Transfer-Encoding: chunked"]):
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [curl, "-sS", "--data-binary", f"@{body}", *extra, url, url],
+                capture_stdout=True,
+            )
+        assert done.stdout == f"read {3 << 20}".encode() * 2  # two requests, one connection
     served.server.stop()
