@@ -5,7 +5,11 @@ Each wakeup of :func:`accept_forever` takes every connection the kernel holds (u
 :data:`ACCEPT_BURST`) with plain non-blocking ``accept`` calls, and decides on the address
 ``accept`` returns: a refused connection is reset there and then (``SO_LINGER`` 0: an
 RST, and no socket left in ``TIME_WAIT`` on this side), before a stream, a TLS session
-or a task exists for it. trio's own ``accept`` takes two trips through the scheduler
+or a task exists for it. The listening socket itself lingers 0, and an accepted socket
+is born with its listener's ``SO_LINGER`` (Linux and the BSDs copy it), so a reset is one
+``close``: most connections of a flood are refused or reset unread, and a handler that
+keeps one turns the linger off when it has something to say (:func:`linger_zero`).
+trio's own ``accept`` takes two trips through the scheduler
 per connection; under a flood of reconnects (hundreds a second to each daemon of a mesh
 that shares a core) those trips, not the refusals, were most of what the flood cost.
 How many to take is read from the listening socket's queue (``TCP_INFO``,
@@ -65,10 +69,13 @@ async def accept_forever(
     """Accept connections on ``listening`` forever: ``admit(address)`` decides (a refused
     connection is reset at once), ``admitted(socket, address)`` takes the others, as
     non-blocking stdlib sockets (it must not block: start a task, or hand the socket to
-    a :class:`~meshgpu.first_bytes.FirstBytesGate`)."""
+    a :class:`~meshgpu.first_bytes.FirstBytesGate`); both are born lingering 0 (an RST
+    when closed), and ``admitted`` turns that off where a connection is to end with a
+    FIN."""
     raw = socket.socket(fileno=os.dup(listening.fileno()))  # the same listening socket
     try:
         raw.setblocking(False)
+        linger_zero(raw)  # inherited by every accepted socket
         while True:
             await trio.lowlevel.wait_readable(listening)
             for _ in range(min(queued(raw), ACCEPT_BURST)):
@@ -83,7 +90,7 @@ async def accept_forever(
                     await trio.sleep(0.1)
                     break
                 if not admit(address):
-                    reset(sock)
+                    sock.close()  # an RST: it lingers 0 from the listener
                     continue
                 sock.setblocking(False)
                 admitted(sock, address)

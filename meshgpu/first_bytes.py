@@ -28,6 +28,9 @@ A peer that closes or resets before sending anything is closed quietly (``gone``
 socket is looked at once when it is held, before any wait: a real client usually sends
 its first request right after connecting, and goes to its handler in the same step.
 
+The sockets held linger 0 (:func:`meshgpu.accepting.accept_forever`'s are born so), so
+the gate's ``close`` of one is an RST, and a ``refused`` hook that answers turns that off.
+
 Sockets that leave without being admitted never cost a task, a stream or a timer: one
 wakeup of the gate's task takes every socket that became readable since the last, and
 one deadline (the oldest's: the timeout is the same for all) stands for all of them.
@@ -46,8 +49,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-
-from meshgpu.accepting import reset
 
 
 class Verdict(enum.Enum):
@@ -146,7 +147,7 @@ class FirstBytesGate:
             while order:
                 held = order.popleft()
                 if self._forget(held):
-                    reset(held.sock)
+                    held.sock.close()
                     self._released(held.address, "evicted")
                     return True
         return False
@@ -169,7 +170,7 @@ class FirstBytesGate:
             self._waiting = None
             for held in list(self._held.values()):
                 self._forget(held)
-                reset(held.sock)
+                held.sock.close()
             self._epoll.close()
 
     def _oldest_deadline(self) -> float:
@@ -195,22 +196,25 @@ class FirstBytesGate:
                 self._spoken.append(held)
                 continue
             self._forget(held)
-            reset(held.sock)
+            held.sock.close()
             self._released(held.address, "silent" if self.silent_timeout_s else "timed_out")
         spoken = self._spoken
         while spoken and spoken[0].deadline <= now:
             held = spoken.popleft()
             if self._forget(held):
-                reset(held.sock)
+                held.sock.close()
                 self._released(held.address, "timed_out")
 
-    def _forget(self, held: _Held) -> bool:
-        """Take ``held`` out of the set; False if it had left already."""
+    def _forget(self, held: _Held, closing: bool = True) -> bool:
+        """Take ``held`` out of the set; False if it had left already. A socket about to
+        be closed (``closing``) leaves the epoll set with its ``close``, without an
+        ``epoll_ctl`` of its own."""
         if self._held.get(held.fd) is not held:
             return False
         del self._held[held.fd]
-        with contextlib.suppress(OSError, ValueError):
-            self._epoll.unregister(held.fd)
+        if not closing:
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(held.fd)
         return True
 
     def _look(self, held: _Held, events: int) -> bool:
@@ -230,7 +234,7 @@ class FirstBytesGate:
             if not closed:
                 return False  # nothing yet
             self._forget(held)
-            reset(sock)
+            sock.close()
             self._released(held.address, "gone")
             return True
         verdict, why = self.judge(peeked, closed)
@@ -239,7 +243,7 @@ class FirstBytesGate:
                 held.spoke = True
                 return False
             verdict, why = Verdict.REFUSE, why or "closed before its first bytes were whole"
-        self._forget(held)
+        self._forget(held, closing=verdict is not Verdict.ADMIT)
         if verdict is Verdict.ADMIT:
             self._admitted(sock, held.address)
             return True

@@ -60,8 +60,8 @@ from typing import Any
 
 import trio
 
-from meshgpu.accepting import accept_forever, reset
-from meshgpu.daemon.auth import Authenticator, Channel
+from meshgpu.accepting import accept_forever, linger_zero, reset
+from meshgpu.daemon.auth import Authenticator, Channel, Sealer
 from meshgpu.daemon.auth.handshake import MAGIC
 from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES, LENGTH, FrameStream, pack
 from meshgpu.errors import (
@@ -170,6 +170,9 @@ class ApiServer:
         """Called after a connection was dropped for an unreadable frame."""
         self._gate: FirstBytesGate | None = None
         """New connections until their first frame begins (:meth:`serve_listeners`)."""
+        self._refusals: Sealer | None = None
+        """The one sending session of every refusal at the gate (see
+        :meth:`_refuse_first_bytes`)."""
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -251,7 +254,7 @@ class ApiServer:
                 timeout_s=min(self.handshake_timeout_s, self.idle_timeout_s),
                 admitted=lambda sock, address: nursery.start_soon(
                     self._serve_admitted,
-                    trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
+                    _spoken_stream(sock),
                     _client_of(address),
                     True,
                 ),
@@ -308,13 +311,19 @@ class ApiServer:
         client = _client_of(address)
         if self._may_warn(client):
             logger.warning("dropping connection from %s: %s", _peer_of(address), why)
-        sealer = self.authenticator.new_session(Channel.FRAME)
-        try:
-            body = sealer.seal(pack({"ok": False, "error": why, "kind": _error_kind(why)}))
-        finally:
-            self.authenticator.end_session(sealer)
+        # One session seals every refusal at the gate (a new counter each), not a fresh
+        # random session per stranger: the session's random bytes were a getrandom call
+        # per refusal. A peer that is refused twice sees two counters of one session,
+        # each new to its replay window, as it would from one connection's frames. The
+        # sealed bytes are never reused: a peer refused twice the same way (a client
+        # retrying a frame over the limit) would see the second as a replay, and a
+        # cached refusal would go stale after max_clock_skew.
+        if self._refusals is None:
+            self._refusals = self.authenticator.new_session(Channel.FRAME)
+        body = self._refusals.seal(pack({"ok": False, "error": why, "kind": _error_kind(why)}))
         with contextlib.suppress(OSError):
             sock.send(LENGTH.pack(len(body)) + body)
+        linger_zero(sock, False)  # a FIN: the refusal is not lost to a reset
 
     def _release_held(self, address: Any, outcome: str) -> None:
         """A connection left the gate other than admitted (``outcome``, FirstBytesGate)."""
@@ -485,6 +494,13 @@ async def _try_refuse(frames: FrameStream, lock: trio.Lock, error: IncompatibleP
                 await frames.send_refusal(error)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+
+
+def _spoken_stream(sock: socket.socket) -> trio.SocketStream:
+    """The stream of a connection the gate admitted: it spoke, so it ends with a FIN (it
+    lingers 0 from the listener until now)."""
+    linger_zero(sock, False)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
 def _client_of(address: Any) -> str:

@@ -414,15 +414,14 @@ async def _accept_forever(
 ) -> None:
     """:func:`meshgpu.accepting.accept_forever` with the limits' admission; an admitted
     plain-HTTP connection waits at the limits' gate for its first request head
-    (:func:`serve`), a TLS one goes to its handler at once; either lingers 0 until it
-    is answered (:class:`_Server`)."""
+    (:func:`serve`), a TLS one goes to its handler at once; either lingers 0 (from the
+    listener) until it is answered (:class:`_Server`)."""
 
     def admit(address: Any) -> bool:
         peer = _peer_of(address)
         return limits.admit(peer[0] if peer else "")
 
     def admitted(sock: socket.socket, address: Any) -> None:
-        linger_zero(sock)
         if tls is None and limits.gate is not None:
             limits.hold(sock, address)
             return
