@@ -318,18 +318,8 @@ class PayloadStore:
         says its attempt written and synced first (in a worker thread): a crash between
         the two leaves a record of an attempt whose result is not there yet, which
         ``takes_result`` lets the same attempt's push complete."""
-        if attempt is not None:
-            record = self._path(task_id, _RESULT_ATTEMPT)
-            record_scratch = record.with_name(f"{record.name}.{secrets.token_hex(4)}.tmp")
-            try:
-                with open(record_scratch, "w") as handle:
-                    handle.write(str(attempt))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(record_scratch, record)
-            except OSError as error:
-                record_scratch.unlink(missing_ok=True)
-                raise storage_error(error, f"storing the result of task {task_id}") from None
+        if attempt is not None:  # synced with the result's by the install's directory sync
+            self.put_bytes(task_id, _RESULT_ATTEMPT, str(attempt).encode())
         self.install(scratch, task_id, _RESULT)
 
     def size(self, task_id: Any, kind: str) -> int | None:

@@ -22,6 +22,7 @@ from meshgpu.daemon.results import RESULT, task_key
 from tests.daemon.test_client_ops import Responder, Results
 
 KEY = ("n1", 4)
+TASK = TaskId(*KEY)
 MIB = 1 << 20
 
 
@@ -113,16 +114,18 @@ async def test_an_early_result_nobody_takes_goes_after_keep_s() -> None:
     assert await early.take(KEY, 0, MIB) is None  # the caller reads the stored copy
 
 
-def pushed(size_floats: int) -> tuple[bytes, list[dict[str, Any]]]:
-    """A result's bytes and the ``put_result`` requests of a push in 1 MiB ranges."""
-    blob = canonical_tensor_bytes({"y": np.arange(size_floats, dtype=np.float32)})
+def push_requests(
+    blob: bytes, *, task: TaskId = TASK, attempt: int = 1, range_bytes: int = MIB
+) -> list[dict[str, Any]]:
+    """The ``put_result`` requests of one attempt's push of ``blob`` (transfers.push's
+    shape)."""
     requests = []
-    for offset in range(0, len(blob), MIB):
-        data = blob[offset : offset + MIB]
+    for offset in range(0, len(blob), range_bytes):
+        data = blob[offset : offset + range_bytes]
         more = offset + len(data) < len(blob)
         request: dict[str, Any] = {
-            "task_id": str(TaskId(*KEY)),
-            "attempt": 1,
+            "task_id": str(task),
+            "attempt": attempt,
             "offset": offset,
             "data": data,
             "more": more,
@@ -131,7 +134,13 @@ def pushed(size_floats: int) -> tuple[bytes, list[dict[str, Any]]]:
         if not more:
             request["sha256"] = hashlib.sha256(blob).hexdigest()
         requests.append(request)
-    return blob, requests
+    return requests
+
+
+def pushed(size_floats: int) -> tuple[bytes, list[dict[str, Any]]]:
+    """A result's bytes and the ``put_result`` requests of a push in 1 MiB ranges."""
+    blob = canonical_tensor_bytes({"y": np.arange(size_floats, dtype=np.float32)})
+    return blob, push_requests(blob)
 
 
 def origin_ops(tmp_path: Path) -> tuple[PeerOps, PayloadStore]:
@@ -298,13 +307,8 @@ async def test_a_clients_early_fetch_of_one_attempt_never_gets_anothers_ranges(
     deliver if ``done`` names attempt 1."""
     ops, _ = origin_ops(tmp_path)
     first, ones = pushed(3 * MIB // 4 + 1000)
-    twos = [{**request, "attempt": 2} for request in pushed(3 * MIB // 4 + 1000)[1]]
     second = canonical_tensor_bytes({"y": np.full(3 * MIB // 4 + 1000, 7.0, np.float32)})
-    for request in twos:
-        offset = request["offset"]
-        request["data"] = second[offset : offset + len(request["data"])]
-        if "sha256" in request:
-            request["sha256"] = hashlib.sha256(second).hexdigest()
+    twos = push_requests(second, attempt=2)
 
     def client_range(offset: int) -> dict[str, Any]:
         task = str(TaskId(*KEY))

@@ -6,7 +6,6 @@ names gets exactly that attempt's bytes, whichever holders its ranges come from
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from meshgpu.daemon.results import RESULT, task_key
 from meshgpu.errors import MeshError, StorageError
 from tests.daemon.fakes import FakePeers, data_plane
 from tests.daemon.test_client_ops import Responder, Results
+from tests.daemon.test_early_results import push_requests as early_push_requests
 
 TASK = TaskId("o", 3)
 RANGE = 16 << 10
@@ -34,22 +34,7 @@ def attempt_bytes(value: float) -> bytes:
 
 def push_requests(attempt: int, blob: bytes) -> list[dict[str, Any]]:
     """The put_result ranges of one attempt's push (transfers.push's shape)."""
-    requests = []
-    for offset in range(0, len(blob), RANGE):
-        data = blob[offset : offset + RANGE]
-        more = offset + len(data) < len(blob)
-        request: dict[str, Any] = {
-            "task_id": str(TASK),
-            "attempt": attempt,
-            "offset": offset,
-            "data": data,
-            "more": more,
-            "size": len(blob),
-        }
-        if not more:
-            request["sha256"] = hashlib.sha256(blob).hexdigest()
-        requests.append(request)
-    return requests
+    return early_push_requests(blob, task=TASK, attempt=attempt, range_bytes=RANGE)
 
 
 def holder(tmp_path: Path, name: str) -> PeerOps:
