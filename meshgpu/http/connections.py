@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -329,6 +330,10 @@ def _judge_body(head: bytes, body: memoryview, max_body_bytes: int) -> tuple[Ver
     return Verdict.WAIT, f"400 closed after {len(body)} of its body's {length} bytes"
 
 
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,20}")
+"""A chunk's size as h11 reads it (``h11._abnf.chunk_size``): hex digits only."""
+
+
 def _chunked_body_whole(body: memoryview) -> bool:
     """Whether ``body`` holds a whole chunked body (RFC 9112, 7.1: chunks of a hex size,
     a last chunk of size 0, trailer lines, an empty line); True too where it cannot be
@@ -339,10 +344,12 @@ def _chunked_body_whole(body: memoryview) -> bool:
         line_end = data.find(b"\r\n", at)
         if line_end < 0:
             return False
-        try:
-            size = int(data[at:line_end].split(b";", 1)[0], 16)
-        except ValueError:
+        size_text = data[at:line_end].split(b";", 1)[0].rstrip(b" \t")
+        if not _CHUNK_SIZE.fullmatch(size_text):
+            # Not h11's chunk size. int() took "-6" too, which moved ``at`` back to
+            # where it was: the gate spun on the event loop for ever.
             return True
+        size = int(size_text, 16)
         if size == 0:
             return data.startswith(b"\r\n", line_end + 2) or data.find(b"\r\n\r\n", line_end) >= 0
         at = line_end + 2 + size + 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import time
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 import trio
 
+from meshgpu.first_bytes import Verdict
+from meshgpu.http.connections import judge_request_head
 from meshgpu.http.server import HttpServer
 from meshgpu.http.settings import HttpSettings
 from tests.connection_probes import attempt, closed_by_server, closed_soon, how_closed
@@ -392,3 +395,23 @@ async def test_curl_posts_are_served(nursery: trio.Nursery, tmp_path: Any) -> No
             )
         assert done.stdout == f"read {3 << 20}".encode() * 2  # two requests, one connection
     served.server.stop()
+
+
+@pytest.mark.parametrize("size_line", [b"-6", b" -6", b"+4", b"1_0", b"zz"])
+def test_a_chunk_size_h11_would_refuse_is_admitted_to_hypercorn_at_once(size_line: bytes) -> None:
+    """The gate reads a chunked first body on the event loop: a size that is no run of hex
+    digits is h11's to refuse (admitted), never one the gate's reading loops on ("-6"
+    moved its place back to where it was, and the daemon spun for ever)."""
+    judge = judge_request_head(16384)
+    head = b"POST /v2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def stuck(signum: int, frame: Any) -> None:
+        raise TimeoutError("the gate's judge did not return")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.setitimer(signal.ITIMER_REAL, 2.0)
+    try:
+        assert judge(head + size_line + b"\r\n", False) == (Verdict.ADMIT, "")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
