@@ -48,7 +48,7 @@ def parse_task_ref(text: Any) -> TaskId | MemberId:
         raise DecodeError("task ids are strings like 'n-1a2b3c4d/42' or 'n-1a2b3c4d/42:3'")
     head, colon, index = text.rpartition(":")
     try:
-        if colon and "/" in head and index.isdigit():
+        if colon and "/" in head and _is_index(index):
             return MemberId(TaskId.parse(head), int(index))
         return TaskId.parse(text)
     except MeshError as error:
@@ -58,7 +58,13 @@ def parse_task_ref(text: Any) -> TaskId | MemberId:
 def group_of(text: str) -> str | None:
     """The group id of a member id (``"n-1/42:3"`` -> ``"n-1/42"``), None for a plain id."""
     head, colon, index = text.rpartition(":")
-    return head if colon and "/" in head and index.isdigit() else None
+    return head if colon and "/" in head and _is_index(index) else None
+
+
+def _is_index(text: str) -> bool:
+    """Whether a member id's ``:`` part is an index: ASCII digits (``str.isdigit`` takes
+    ``"²"`` too, which ``int`` refuses: a ValueError answered as an internal error)."""
+    return text.isascii() and text.isdigit()
 
 
 def signature(tensors: Mapping[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], str], ...]:

@@ -31,7 +31,8 @@ def test_member_ids_parse_back_and_plain_ids_keep_working() -> None:
     assert parse_task_ref(str(member)) == member
     assert parse_task_ref("n-1/42") == TaskId("n-1", 42)
     assert group_of("n-1/42:3") == "n-1/42" and group_of("n-1/42") is None
-    for bad in ["n-1/x:3", "42:3", ":3", "n-1/42:", 5, "n-1/42:-1"]:
+    assert group_of("n-1/42:\u00b2") is None  # "²" is a digit to isdigit, not to int
+    for bad in ["n-1/x:3", "42:3", ":3", "n-1/42:", 5, "n-1/42:-1", "n-1/42:\u00b2"]:
         with pytest.raises(DecodeError):
             parse_task_ref(bad)
 
