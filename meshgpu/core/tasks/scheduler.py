@@ -31,6 +31,7 @@ from meshgpu.core.tasks.spec import Priority, TaskId, TaskSpec
 from meshgpu.core.tasks.strategies import (
     STRATEGIES,
     SelectionContext,
+    Strategy,
     WorkerView,
     capable,
     preferred,
@@ -96,6 +97,7 @@ def plan_round(
         # A spec is validated where it is submitted; a name this node does not know
         # (a newer peer) falls back to the mesh default rather than stalling the queue.
         strategy = STRATEGIES.get(name) or strategy_named(default_strategy)
+        deferred = dict(context.deferred)
         choice: NodeId | None = None
         prefer = task.spec.requirements.prefer
         if prefer:
@@ -104,23 +106,23 @@ def plan_round(
             liked = [v for v in allowed if preferred(v, task.spec.requirements)]
             if task.avoid is not None:
                 others = [v for v in liked if v.node_id != task.avoid]
-                choice = strategy(task.spec, others, context)
+                choice = _offer(strategy, task.spec, others, context, deferred)
             if choice is None and liked:
-                choice = strategy(task.spec, liked, context)
+                choice = _offer(strategy, task.spec, liked, context, deferred)
         if choice is None and not prefer and task.holders and large_inputs(task.spec):
             # Locality: a holder reads the inputs where they lie; another worker would
             # pull them whole first.
             local = [v for v in allowed if v.node_id in task.holders and v.node_id != task.avoid]
             origin = [v for v in local if v.node_id == task.task_id.origin]
             if origin:
-                choice = strategy(task.spec, origin, context)
+                choice = _offer(strategy, task.spec, origin, context, deferred)
             if choice is None and local:
-                choice = strategy(task.spec, local, context)
+                choice = _offer(strategy, task.spec, local, context, deferred)
         if choice is None and task.avoid is not None:
             others = [v for v in allowed if v.node_id != task.avoid]
-            choice = strategy(task.spec, others, context)
+            choice = _offer(strategy, task.spec, others, context, deferred)
         if choice is None:
-            choice = strategy(task.spec, allowed, context)
+            choice = _offer(strategy, task.spec, allowed, context, deferred)
         if choice is None:
             for v in views.values():
                 if capable(v, task.spec.requirements):
@@ -133,3 +135,22 @@ def plan_round(
         context.rotation = order.index(choice) + 1
         assignments.append(Assignment(task.task_id, choice))
     return assignments
+
+
+def _offer(
+    strategy: Strategy,
+    spec: TaskSpec,
+    among: Sequence[WorkerView],
+    context: SelectionContext,
+    deferred: dict[NodeId, int],
+) -> NodeId | None:
+    """Offer a task to ``among``. A task is offered to several sets of workers in turn
+    (the preferred ones, its holders, all but the one it failed on, all); each offer
+    starts from the round's waits as they were before the task (``deferred``), so only
+    the last offer's wait counts: an adaptive strategy that chose to wait for a busy
+    worker on an earlier offer would otherwise count the one task as waiting twice (or
+    as waiting for a worker although a later offer placed it elsewhere)."""
+    if context.deferred != deferred:
+        context.deferred.clear()
+        context.deferred.update(deferred)
+    return strategy(spec, among, context)

@@ -241,3 +241,20 @@ def test_retry_avoids_the_failed_worker_when_it_can() -> None:
     assert plan[0].worker == "b"
     plan = plan_round([task], [worker("a")], "round_robin", SelectionContext())
     assert plan[0].worker == "a"
+
+
+def test_a_task_offered_twice_counts_as_waiting_once() -> None:
+    """A retried task is offered to the workers but the one it failed on, then to all:
+    an adaptive strategy that chose to wait for a busy fast worker both times counts the
+    task once among that worker's waiting tasks, as a task offered once does."""
+    learned = LatencyModel(alpha=0.5)
+    for _ in range(3):
+        learned.observe_success("fast", "model-a", 0.1)
+        learned.observe_success("slow", "model-a", 1.0)
+    workers = [worker("fast", in_flight=2), worker("slow"), worker("x", in_flight=2)]
+    retried = QueuedTask(tid(1), TaskSpec("model-a", "in", strategy="adaptive"), avoid="x")
+    fresh = QueuedTask(tid(2), TaskSpec("model-a", "in", strategy="adaptive"))
+    for task in (retried, fresh):
+        ctx = SelectionContext(learned=learned)
+        assert plan_round([task], workers, "adaptive", ctx) == []  # waits for "fast"
+        assert ctx.deferred == {"fast": 1}
