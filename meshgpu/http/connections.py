@@ -75,6 +75,10 @@ from meshgpu.accepting import accept_forever, linger_zero
 from meshgpu.first_bytes import FirstBytesGate, Verdict
 
 Peer = tuple[str, int]
+STALL_GRACE_S = 1.0
+"""Seconds of running loop a header timeout waits before it closes a connection: a
+keep-alive connection whose next head came during a stall of the loop (a worker thread
+holding the GIL) longer than the timeout was closed unanswered (a slow head gains this)."""
 AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
@@ -200,6 +204,13 @@ class ConnectionLimits:
                 while connection.requests == seen:
                     await connection.changed.wait()
             timed = True
+            if connection.requests == seen:
+                # A loop stall past the timeout wakes this deadline in the step that
+                # wakes hypercorn for a head that came meanwhile: judged again after a
+                # grace of running loop, in which what was ready had its turn.
+                with trio.move_on_after(STALL_GRACE_S):
+                    while connection.requests == seen:
+                        await connection.changed.wait()
             if connection.requests == seen:
                 self._count("http_header_timeouts")
                 connection.scope.cancel()

@@ -415,3 +415,45 @@ def test_a_chunk_size_h11_would_refuse_is_admitted_to_hypercorn_at_once(size_lin
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _two_requests_blocking(address: tuple[str, int], stall: Any) -> list[bytes]:
+    """Two requests on one keep-alive connection from a thread, ``stall()`` called on
+    the loop's thread between them: each answer's first line, or b"" if closed."""
+    lines = []
+    with socket.create_connection(address, timeout=30) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"0\r\n\r\n"):  # the chunked body's end
+            answer += client.recv(4096)
+        lines.append(answer.split(b"\r\n")[0])
+        trio.from_thread.run_sync(stall)
+        time.sleep(0.1)  # the next head comes while the loop is held
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        try:
+            lines.append(client.recv(4096).split(b"\r\n")[0])
+        except ConnectionResetError:
+            lines.append(b"RESET")
+    return lines
+
+
+@pytest.mark.parametrize("steps", [3, 4, 5])
+async def test_a_loop_stall_does_not_close_a_keep_alive_connection_whose_next_head_came(
+    nursery: trio.Nursery, steps: int
+) -> None:
+    """The header timeout of a keep-alive connection's next head passed during a stall
+    of the loop in which that head arrived; it closed the connection unanswered."""
+    served = Served(header_timeout_s=0.3)
+    await nursery.start(served.server.run)
+
+    async def hold_the_loop() -> None:
+        for _ in range(steps):
+            await trio.sleep(0)
+        time.sleep(0.6)
+
+    for _ in range(4):
+        lines = await trio.to_thread.run_sync(
+            _two_requests_blocking, served.address, lambda: nursery.start_soon(hold_the_loop)
+        )
+        assert lines == [b"HTTP/1.1 200 ", b"HTTP/1.1 200 "], lines
+    served.server.stop()
