@@ -83,6 +83,8 @@ class NodeContext:
         driver that delivers it to a node in the same process (the simulator): the
         receiver then skips decoding. Off in the daemon, whose datagrams cross a socket."""
         self.member_listeners: list[Callable[[MemberInfo, MemberInfo | None], None]] = []
+        self.members_joined_listeners: list[Callable[[list[MemberInfo]], None]] = []
+        """Each member listener's batch form (:meth:`members_joined`), in the same order."""
         self.on_broadcast: Callable[[], None] = lambda: None
         """Called when an update is queued (membership schedules a gossip round)."""
 
@@ -206,6 +208,14 @@ class NodeContext:
         for listener in self.member_listeners:
             listener(info, previous)
 
+    def members_joined(self, infos: list[MemberInfo]) -> None:
+        """Tell every component that members new to this node joined, alive, in this
+        order (a push-pull part's): ``member_changed(info, None)`` of each, one listener
+        at a time (listeners keep their own state, so the order across listeners is
+        free; within one listener it is the members')."""
+        for listener in self.members_joined_listeners:
+            listener(infos)
+
 
 class Component:
     """Base class of node components: override what you need; defaults do nothing."""
@@ -241,6 +251,13 @@ class Component:
 
     def on_member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
         """This node's view of a member changed (``previous`` is None for a new member)."""
+
+    def on_members_joined(self, infos: list[MemberInfo]) -> None:
+        """Members new to this node joined, alive, in this order (a push-pull part's):
+        ``on_member_changed(info, None)`` of each unless a component has a cheaper way."""
+        on_member_changed = self.on_member_changed
+        for info in infos:
+            on_member_changed(info, None)
 
     def anti_entropy_updates(self) -> list[Message]:
         """Updates describing this component's whole replicated state, sent with each

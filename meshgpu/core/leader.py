@@ -104,6 +104,18 @@ class Leadership(Component):
         elif not live and node_id == self.leader:
             self._recompute()
 
+    def on_members_joined(self, infos: list[MemberInfo]) -> None:
+        # on_member_changed(info, None) of each: a new alive member (never this node)
+        # leads if its key is the highest yet.
+        self.unsettled = True
+        view = self.view
+        for info in infos:
+            node_id = info.node_id
+            key = (leader_score(view, node_id), node_id)
+            if self._leader_key is None or key > self._leader_key:
+                self._leader_key = key
+                self.leader = node_id
+
     def settle(self, now: float) -> None:
         """After any change: if our view's leader is not alive to us, move to the next view
         at once (bounded: we ourselves are always alive to us unless we left)."""

@@ -214,6 +214,9 @@ class LoadGossip(Component):
             self._loads.pop(info.node_id, None)
             self.context.update_queue.discard(("load", info.node_id))
 
+    def on_members_joined(self, infos: list[MemberInfo]) -> None:
+        pass  # on_member_changed does nothing for a live member
+
     def forget(self, node_id: NodeId) -> None:
         """A member was forgotten entirely."""
         self._loads.pop(node_id, None)

@@ -105,6 +105,7 @@ class Node:
         self._message_owner: dict[type[Message], Component] = {}
         self._update_owner: dict[type[Message], Component] = {}
         self.context.member_listeners.append(self._member_changed)
+        self.context.members_joined_listeners.append(self._members_joined)
         for component in (self.swim, self.load_gossip, self.leadership):
             self.add_component(component)
         self.tasks = TaskComponent(self.context, NodeMeshView(self), config.tasks, now)
@@ -135,6 +136,7 @@ class Node:
             if type(component).on_member_changed is not Component.on_member_changed:
                 # (the default does nothing: not called for each member change)
                 self.context.member_listeners.append(component.on_member_changed)
+                self.context.members_joined_listeners.append(component.on_members_joined)
             self.swim.anti_entropy_source.append(component)
 
     # --- the contract ------------------------------------------------------------------------
@@ -255,6 +257,15 @@ class Node:
             )
         )
 
+    def _members_joined(self, infos: list[MemberInfo]) -> None:
+        emit = self.context.effects.append
+        for info in infos:
+            emit(
+                new_member_changed(
+                    info.node_id, info.address, info.state, info.incarnation, info.reason
+                )
+            )
+
     def _on_datagram(self, event: DatagramReceived, now: float) -> None:
         counters = self.counters
         try:  # (no dict.get call per datagram; the key exists after the first one)
@@ -312,6 +323,7 @@ class Node:
         update_owner = self._update_owner
         members = self.table.members
         me = self.node_id
+        joins: dict[NodeId, Alive] = {}
         for update in piggyback:
             kind = type(update)
             if kind is Alive:
@@ -320,14 +332,22 @@ class Node:
                 # Nearly every update of a forming mesh is one (each reaches every node
                 # about lambda*log(n) times).
                 alive: Alive = update  # type: ignore[assignment]
-                info = members.get(alive.node_id)
-                if (
-                    info is not None
-                    and alive.incarnation <= info.incarnation
-                    and alive.node_id != me
-                ):
+                node_id = alive.node_id
+                info = members.get(node_id)
+                if info is None:
+                    if node_id != me and node_id not in joins:
+                        # A member new to us: merged with the next ones in one pass
+                        # (Swim.on_joins), before any other update is handled.
+                        joins[node_id] = alive
+                        continue
+                elif alive.incarnation <= info.incarnation and node_id != me:
                     continue
+            if joins:
+                self.swim.on_joins(envelope, list(joins.values()), now)
+                joins = {}
             handler = update_owner.get(kind)
             if handler is not None:
                 handler.on_update(envelope, update, source, now)
+        if joins:
+            self.swim.on_joins(envelope, list(joins.values()), now)
         owner.on_message(envelope, body, source, now)

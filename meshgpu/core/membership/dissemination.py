@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 
 from meshgpu.core.component import NodeContext
 from meshgpu.core.membership.state import GONE_STATES, LIVE_STATES, SUSPECT, MemberInfo
-from meshgpu.core.membership.table import MemberTable
+from meshgpu.core.membership.table import MemberTable, push_pull_reason
 from meshgpu.core.membership.wire import (
     PUSH_PULL_RECORD_BUDGET,
+    Alive,
     AntiEntropy,
     Dead,
     Gossip,
@@ -33,6 +34,7 @@ from meshgpu.core.membership.wire import (
     Suspect,
     encode_push_pull,
     encode_records,
+    new_alive,
 )
 from meshgpu.core.messages import Envelope, Message, encode_item
 from meshgpu.core.timers import Timers
@@ -202,6 +204,7 @@ class Dissemination:
         members = table.members
         me = table.node_id
         sender = envelope.sender
+        joined: dict[NodeId, Alive] = {}
         for record in message.members:
             # apply_record's first test without the call: an alive record at or below the
             # incarnation we hold changes nothing. Nearly every record is one, and the
@@ -209,13 +212,24 @@ class Dissemination:
             # push-pull period, which grows only as log n).
             if record.state == "alive":
                 info = members.get(record.node_id)
-                if (
-                    info is not None
-                    and record.incarnation <= info.incarnation
-                    and record.node_id != me
-                ):
+                if info is None:
+                    if record.node_id != me and record.node_id not in joined:
+                        # A member new to us: merged with the others of the part in one
+                        # pass (add_members), in their order. (A second record about it
+                        # in the same part, from a peer that is not this code, is merged
+                        # after the first, as before.)
+                        joined[record.node_id] = new_alive(
+                            record.node_id, record.address, record.incarnation
+                        )
+                        continue
+                elif record.incarnation <= info.incarnation and record.node_id != me:
                     continue
+            if joined:
+                table.add_members(list(joined.values()), push_pull_reason(sender), now)
+                joined = {}
             apply_record(record, sender, now)
+        if joined:
+            table.add_members(list(joined.values()), push_pull_reason(sender), now)
         if not message.reply and message.part == 0:
             extra: list[Message] = []
             for component in self.anti_entropy_source:

@@ -116,6 +116,20 @@ class Prober:
         # member each node learns (a million as a 1,000-node mesh forms).
         order.insert(low + self._randbelow(end - low + 1), node_id)
 
+    def new_members(self, node_ids: list[NodeId]) -> None:
+        """Invoked by the table for members new to it, in the order they joined:
+        :meth:`new_member` of each (the same draws, in the same order), in one call."""
+        in_round = self._in_round
+        order = self._probe_order
+        randbelow = self._randbelow
+        for node_id in node_ids:
+            if node_id in in_round:
+                continue
+            in_round.add(node_id)
+            end = len(order)
+            low = min(self._probe_index, end)
+            order.insert(low + randbelow(end - low + 1), node_id)
+
     def _next_target(self) -> NodeId | None:
         """The member to probe this period: a suspect out of turn, but never two periods
         in a row, so the round robin still reaches every member within twice SWIM's

@@ -115,6 +115,9 @@ class Swim(Component):
     def new_member(self, node_id: NodeId) -> None:
         self.prober.new_member(node_id)
 
+    def new_members(self, node_ids: list[NodeId]) -> None:
+        self.prober.new_members(node_ids)
+
     def hearsay(self, node_id: NodeId) -> None:
         self.dissemination.tell_accused(node_id)
 
@@ -180,6 +183,12 @@ class Swim(Component):
                 self.dissemination.answer_accuser(source)
         elif isinstance(update, Left):
             table.apply_left(update, now, "left the mesh")
+
+    def on_joins(self, envelope: Envelope, joins: list[Alive], now: float) -> None:
+        """Invoked by the node with the piggybacked joins of members new to us, in the
+        order they came (consecutive updates of one datagram): ``on_update`` of each,
+        merged in one pass (:meth:`MemberTable.add_members`)."""
+        self.table.add_members(joins, gossip_reason(envelope.sender), now)
 
     def observe_sender(self, envelope: Envelope, source: Address, now: float) -> None:
         """Invoked by the node with the header of a datagram from a known member.

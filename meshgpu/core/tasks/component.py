@@ -193,6 +193,11 @@ class TaskComponent(Component):
             self.sync.on_want(message, source)
         self._finish(now)
 
+    def on_members_joined(self, infos: list[MemberInfo]) -> None:
+        # on_member_changed(info, None) of each: the same for every live member.
+        if infos and len(self.table) and self.queue:
+            self.schedule_at = min(self.schedule_at, self.context.now)
+
     def on_member_changed(self, info: MemberInfo, previous: MemberInfo | None) -> None:
         now = self.context.now
         if not len(self.table):
