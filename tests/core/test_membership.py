@@ -35,6 +35,9 @@ class Hearsay:
     def new_member(self, node_id: str) -> None:
         pass
 
+    def new_members(self, node_ids: list[str]) -> None:
+        pass
+
     def gone(self, node_id: str) -> None:
         pass
 
