@@ -397,11 +397,16 @@ def member_count(group: Any) -> int:
 
 def whole_number(value: Any, what: str, low: int, high: int | None = None) -> int:
     """An integer option from ``low`` (to ``high``), a ConfigError naming ``what``
-    otherwise: ``int()`` cut 2.5 to 2 and took ``True`` as 1 on the quiet."""
-    try:
-        number = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        number = None
+    otherwise: ``int()`` cut 2.5 to 2 and took ``True`` as 1 on the quiet. A float
+    with a whole value (``min_memory=4e9``) is the integer it names."""
+    number: int | None
+    if isinstance(value, float) and value.is_integer():
+        number = int(value)
+    else:
+        try:
+            number = None if isinstance(value, bool) else operator.index(value)
+        except TypeError:
+            number = None
     if number is None or number < low or (high is not None and number > high):
         span = f"from {low} to {high}" if high is not None else f">= {low}"
         raise ConfigError(f"{what}, an integer {span}, got {value!r}")

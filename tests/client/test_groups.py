@@ -215,3 +215,10 @@ def test_counts_of_a_submission_are_integers(option: str, value: Any) -> None:
         submit_fields(ModelBlob.of(b"model"), "normal", deadline_s=None, device_type=None,
                       fp16=False, **fields)  # fmt: skip
     assert submit_fields(ModelBlob.of(b"m"), "normal", 3, None, None, 7, False)["replicas"] == 3
+
+
+def test_a_float_with_a_whole_value_is_the_integer_it_names() -> None:
+    """``min_memory=4e9`` is 4 GB, as a user writes it; only a fraction is refused."""
+    fields = submit_fields(ModelBlob.of(b"m"), "normal", 2.0, None, None, 4e9, False)
+    assert fields["min_memory"] == 4_000_000_000 and type(fields["min_memory"]) is int
+    assert fields["replicas"] == 2 and type(fields["replicas"]) is int
