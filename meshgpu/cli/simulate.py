@@ -81,8 +81,9 @@ def simulate(
     except MeshError as error:
         click.echo(f"meshgpu simulate: {error}", err=True)
         sys.exit(EXIT_ERROR)
-    except OSError as error:  # the trace file, mid-run (a full disk)
-        click.echo(f"meshgpu simulate: cannot write {trace_path}: {error.strerror}", err=True)
+    except OSError as error:  # the trace file mid-run (a full disk), or a replay's fork
+        where = f"cannot write {trace_path}" if trace_path is not None else "system error"
+        click.echo(f"meshgpu simulate: {where}: {error.strerror or error}", err=True)
         sys.exit(EXIT_ERROR)
     data = report.as_dict()
     if as_json:

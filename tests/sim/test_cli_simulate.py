@@ -121,3 +121,18 @@ def test_human_summary_names_the_invariants() -> None:
     assert code == 0
     for word in ("trace_sha256", "false deaths", "convergence", "no_regression", "leader"):
         assert word in output
+
+
+def test_a_system_error_of_the_replay_is_not_reported_as_the_trace_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replay's failed fork, with no ``--trace``, printed ``cannot write None: ...``."""
+
+    def no_fork(*_: object) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr("meshgpu.sim.report.check_determinism", no_fork)
+    code, output = simulate(str(SIMULATIONS / "steady-10.toml"), "--check-determinism")
+    assert code == 2
+    last = output.strip().splitlines()[-1]
+    assert last == "meshgpu simulate: system error: Resource temporarily unavailable"
