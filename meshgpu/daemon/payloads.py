@@ -211,6 +211,8 @@ class PayloadStore:
         directory.mkdir(parents=True, exist_ok=True)
         for leftover in directory.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
+        self._installing: dict[Any, tuple[int | None, int]] = {}
+        """Task -> (attempt, count) of result installs under way here."""
         self._result_attempts: dict[Any, int] = {}
         """Which attempt's result of each task this node holds or is installing, as
         read from its file or claimed since (core/tasks/result_push.py,
@@ -288,20 +290,37 @@ class PayloadStore:
     def claiming_result(self, task_id: Any, attempt: int | None) -> Iterator[None]:
         """Entered on the event loop right before attempt ``attempt``'s result of task
         ``task_id`` is installed here (the install inside): record it as this node's
-        result of the task, undone if the install raises. Raises StorageError when this
-        node keeps another attempt's result (a result once installed is never replaced
-        by another attempt's bytes)."""
+        result of the task, put back as it was if the install raises. Raises
+        StorageError when this node keeps a newer attempt's result (an older attempt's
+        bytes never replace it), or while another attempt's install of the task is under
+        way here (two renames in flight would leave whichever landed last; the pusher
+        tries again in its next round)."""
         self.check_result_attempt(task_id, attempt)
+        busy = self._installing.get(task_id)
+        if busy is not None and busy[0] != attempt:
+            raise StorageError(
+                f"this node is installing attempt {busy[0]}'s result of task {task_id}; "
+                f"attempt {attempt}'s waits for it"
+            )
         before = self.result_attempt(task_id)
         if attempt is not None:
             self._result_attempts[task_id] = attempt
+        self._installing[task_id] = (attempt, 1 + (busy[1] if busy else 0))
         try:
             yield
         except BaseException:
             if before is None:
                 self._result_attempts.pop(task_id, None)
                 self._path(task_id, _RESULT_ATTEMPT).unlink(missing_ok=True)
+            elif before != attempt:
+                self._result_attempts[task_id] = before
+                with contextlib.suppress(StorageError):  # its file, as its bytes say
+                    self.put_bytes(task_id, _RESULT_ATTEMPT, str(before).encode())
             raise
+        finally:
+            current = self._installing.pop(task_id, None)
+            if current is not None and current[1] > 1:  # the same attempt's, again
+                self._installing[task_id] = (current[0], current[1] - 1)
 
     def check_result_attempt(self, task_id: Any, attempt: int | None) -> None:
         """Raise StorageError if this node would refuse attempt ``attempt``'s result of
@@ -310,7 +329,7 @@ class PayloadStore:
         if not takes_result(installed, attempt):
             raise StorageError(
                 f"this node keeps attempt {installed}'s result of task {task_id}; attempt "
-                f"{attempt}'s is not installed over it"
+                f"{attempt}'s is older and not installed over it"
             )
 
     def install_result(self, scratch: Path, task_id: Any, attempt: int | None) -> None:

@@ -10,17 +10,20 @@ fewer than ``RESULT_COPIES`` other live holders take one. Up to ``PUSH_ROUNDS`` 
 ``retry_delay`` apart; a result no node took fails the attempt.
 
 Execution is at-least-once: after a false suspicion two attempts of one task may run and
-push at once, and a nondeterministic model gives them different bytes. A holder keeps
-one attempt's result per task, the first it installed (``takes_result``): another
-attempt's push is refused, never installed over it, so the holders an attempt's report
-names keep that attempt's bytes for as long as they keep a result of the task. Whoever
-reads a result names the attempt the task's ``done`` names, and a holder serves only
-that attempt's bytes (``serves_result``): a result assembled from ranges of several
-holders is one attempt's, and the one ``done`` refers to. Rejected: the newest attempt
-replacing an older one (the holders of the attempt ``done`` already named could all end
-up with the newer attempt's bytes, and the result ``done`` names would be gone); a
-result kept per attempt (every attempt's copy on every holder's disk, and a key that
-every reader, sweep and delete would have to enumerate).
+push at once, and a nondeterministic model gives them different bytes; and an attempt
+whose result the holders installed may never be recorded ``done`` (the leader died with
+the report), so the task runs again. A holder keeps one attempt's result per task, the
+newest it was pushed (``takes_result``): an older attempt's push is refused, a newer
+one's is installed over it, whole (an install is one rename). A reader names the attempt
+the task's ``done`` names, and a holder serves that attempt's bytes or a newer one's
+(``serves_result``): a newer attempt's copy is a whole result of the task too. Rejected:
+the first installed attempt kept for good (an attempt whose report was lost left every
+holder refusing every later attempt, and the task failed after its retries: the leader
+killed mid-stream did it); a result kept per attempt (every attempt's copy on every
+holder's disk, and a key that every reader, sweep and delete would have to enumerate).
+Left: a reader that assembles ranges from holders of different attempts (two attempts
+racing, or a newer one installed mid-read) can get a mix; the fix is for a refused or
+superseded attempt to adopt the installed one's result (docs/daemon.md).
 """
 
 from __future__ import annotations
@@ -97,13 +100,14 @@ def kept(stored: Collection[NodeId], me: NodeId, others_live: bool) -> bool:
 def takes_result(installed: int | None, pushed: int | None) -> bool:
     """Whether a holder installs attempt ``pushed``'s result of a task of which it
     holds attempt ``installed``'s (None: none, or one of an unknown attempt, a copy
-    written before attempts were recorded): a result once installed is never replaced
-    by another attempt's bytes; the same attempt's push again (a round that retried)
-    replaces it with the same bytes."""
-    return installed is None or installed == pushed
+    written before attempts were recorded): the same or a newer attempt's result is
+    installed (the same push again has the same bytes); an older one's never replaces
+    a newer one's."""
+    return installed is None or pushed is None or pushed >= installed
 
 
 def serves_result(installed: int | None, asked: int | None) -> bool:
     """Whether a holder of attempt ``installed``'s result answers a read of attempt
-    ``asked``'s (None: a reader that names none, or a copy of an unknown attempt)."""
-    return asked is None or installed is None or installed == asked
+    ``asked``'s (None: a reader that names none, or a copy of an unknown attempt): the
+    attempt asked for or a newer one's, never an older attempt's."""
+    return asked is None or installed is None or installed >= asked

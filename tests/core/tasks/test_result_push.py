@@ -57,13 +57,16 @@ def test_rounds_wait_longer_each_time() -> None:
     assert delays == sorted(delays) and len(set(delays)) == PUSH_ROUNDS
 
 
-def test_a_holder_keeps_the_first_attempt_it_installed() -> None:
+def test_a_holder_keeps_the_newest_attempt_it_was_pushed() -> None:
     assert takes_result(None, 2)
     assert takes_result(2, 2)  # the same push again: the same bytes
-    assert not takes_result(1, 2)  # a newer attempt never replaces it
-    assert not takes_result(2, 1)  # nor an older one
+    # A newer attempt replaces it: the older one's report may never have been recorded
+    # (the leader died with it), and keeping it for good failed every later attempt.
+    assert takes_result(1, 2)
+    assert not takes_result(2, 1)  # an older one never replaces a newer one
 
 
-def test_a_holder_serves_only_the_attempt_a_reader_names() -> None:
+def test_a_holder_serves_the_attempt_a_reader_names_or_a_newer_one() -> None:
     assert serves_result(1, 1) and serves_result(1, None) and serves_result(None, 3)
+    assert serves_result(2, 1)  # a newer attempt's copy is a whole result of the task
     assert not serves_result(1, 2)
