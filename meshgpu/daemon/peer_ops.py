@@ -161,7 +161,7 @@ class PeerOps:
         """A worker stores a task's result here: whole (``data``), or in ranges
         (``offset``, ``data``, ``more``; the last with ``sha256``), checked before it is
         installed. Answered once the result is on disk. A node keeps one attempt's
-        result per task, the first it installed: another attempt's is refused
+        result per task, the newest it was pushed: an older attempt's is refused
         (core/tasks/result_push.py, ``takes_result``)."""
         task_id = _task_id(request.get("task_id"))
         data = request_field(request, "data", (bytes, memoryview))
