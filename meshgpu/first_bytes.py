@@ -19,7 +19,8 @@ handler later reads the same bytes) and asks a ``judge`` for a :class:`Verdict`:
 * ``ADMIT``: the greeting is well-formed so far: the socket leaves the set and goes to
   its handler, which reads it from the first byte;
 * ``REFUSE``: not this port's protocol: a ``refused`` hook may tell the peer why (one
-  non-blocking send), the bytes that arrived are read and the socket is closed;
+  non-blocking send), the bytes that arrived are read and the socket is closed (or the
+  hook keeps it: the HTTP port's lingering close);
 * ``WAIT``: too few bytes to say; the socket stays until more arrive, its peer closes
   it (a truncated greeting: refused), or ``timeout_s`` after it was held (it is reset:
   ``timed_out``).
@@ -87,7 +88,8 @@ class FirstBytesGate:
 
     ``admitted(sock, address)`` takes an admitted socket (it must not block: start a
     task); ``refused(sock, address, peeked, why)`` may send the peer a last word before
-    the gate closes it; ``released(address, outcome)`` is called for every socket that
+    the gate closes it, or keep the socket (it returns True: the gate neither reads nor
+    closes it); ``released(address, outcome)`` is called for every socket that
     leaves other than admitted, ``outcome`` one of ``refused``, ``timed_out``, ``silent``
     (reset at ``silent_timeout_s`` having sent nothing: a shorter deadline for those,
     where the owner has one), ``gone`` and ``evicted`` (the owner's counters and
@@ -101,7 +103,7 @@ class FirstBytesGate:
         timeout_s: float,
         silent_timeout_s: float | None = None,
         admitted: Callable[[socket.socket, Any], None],
-        refused: Callable[[socket.socket, Any, bytes, str], None],
+        refused: Callable[[socket.socket, Any, bytes, str], bool | None],
         released: Callable[[Any, str], None],
     ) -> None:
         self.judge = judge
@@ -247,9 +249,12 @@ class FirstBytesGate:
         if verdict is Verdict.ADMIT:
             self._admitted(sock, held.address)
             return True
-        self._refused(sock, held.address, peeked, why)
-        with contextlib.suppress(OSError):
-            sock.recv(_DRAIN_BYTES)
-        sock.close()
+        if self._refused(sock, held.address, peeked, why):
+            with contextlib.suppress(OSError, ValueError):
+                self._epoll.unregister(held.fd)  # the hook keeps it open
+        else:
+            with contextlib.suppress(OSError):
+                sock.recv(_DRAIN_BYTES)
+            sock.close()
         self._released(held.address, "refused")
         return True

@@ -118,14 +118,19 @@ class ConnectionLimits:
         self.header_timeout_s = header_timeout_s
         self._connections: dict[Peer, _Connection] = {}
         self._per_client: Counter[str] = Counter()
+        self._starting = 0
+        """Connections admitted whose :meth:`handle` has not begun (a task started, not
+        yet run): open, and in their address's budget."""
         self.gate: FirstBytesGate | None = None
         """New plain-HTTP connections until their first request head is whole
         (:func:`serve` builds it)."""
 
     @property
     def open_connections(self) -> int:
-        """Connections open, those still at the gate included."""
-        return len(self._connections) + (len(self.gate) if self.gate is not None else 0)
+        """Connections open, those still at the gate and those whose handler is about
+        to begin included."""
+        gated = len(self.gate) if self.gate is not None else 0
+        return len(self._connections) + self._starting + gated
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -163,25 +168,37 @@ class ConnectionLimits:
             return False
         return True
 
+    def starting(self, address: Any, budgeted: bool) -> None:
+        """Invoked as an admitted connection's handler task is started (by the accept
+        loop for TLS, by the gate once a first head is whole; ``budgeted``: in its
+        address's budget since :meth:`hold`): it counts as open from then until
+        :meth:`handle` ends. Counted only from :meth:`handle`'s start, the connections
+        admitted in one step were not, and the port went past ``max_connections`` (and
+        an address past its share) by as many."""
+        self._starting += 1
+        if not budgeted:
+            peer = _peer_of(address)
+            self._per_client[peer[0] if peer else ""] += 1
+
     async def handle(
         self,
         stream: trio.abc.Stream,
         serve_one: Callable[[trio.abc.Stream], Awaitable[None]],
         peer: Peer | None,
-        counted: bool = False,
+        head_whole: bool = False,
     ) -> None:
-        """Serve one admitted connection from ``peer`` with ``serve_one`` inside the
-        bounds (``counted``: it comes from the gate, in its address's budget already)."""
+        """Serve one connection from ``peer``, counted since :meth:`starting`, with
+        ``serve_one`` inside the bounds (``head_whole``: it comes from the gate, which
+        saw its first request head whole)."""
+        self._starting -= 1
         client = peer[0] if peer else ""
         connection = _Connection(trio.CancelScope(), client, trio.current_time())
         key: Peer = peer or ("", id(connection))
         self._connections[key] = connection
-        if not counted:
-            self._per_client[client] += 1
         try:
             with connection.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._header_deadline, connection, counted)
+                    nursery.start_soon(self._header_deadline, connection, head_whole)
                     await serve_one(stream)
                     nursery.cancel_scope.cancel()
         finally:
@@ -368,6 +385,52 @@ def _chunked_body_whole(body: memoryview) -> bool:
             return False
 
 
+LINGER_S = 10.0
+"""Seconds a refused connection's unread bytes are read and dropped after its answer
+(nginx's ``lingering_time``, 30 s): a client still sending a body the gate refused (a
+``Content-Length`` over the limit, whose client sends the body before it reads) reads
+its 413 instead of a reset."""
+MAX_LINGERING = 16
+"""Refused connections lingering at once; past this one is closed at once (its client,
+if still sending, sees a reset)."""
+
+
+class _Refusals:
+    """The gate's ``refused`` hook: the answer, then a lingering close (RFC 9112, 9.6:
+    a server that closes while its client still sends may lose its answer to the
+    reset that the unread bytes cause). The answer goes out with a FIN after it (the
+    write side is shut), then what the client still sends is read and dropped until
+    it closes, for :data:`LINGER_S` at most, by at most :data:`MAX_LINGERING` tasks.
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.lingering = 0
+
+    def refuse(self, sock: socket.socket, address: Any, peeked: bytes, why: str) -> bool:
+        """The answer; True if ``sock`` lingers (the gate leaves it to this)."""
+        _refuse_request(sock, address, peeked, why)
+        if self.lingering >= MAX_LINGERING:
+            return False
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False  # gone already
+        self.lingering += 1
+        self.nursery.start_soon(self._linger, sock)
+        return True
+
+    async def _linger(self, sock: socket.socket) -> None:
+        lingering = trio.socket.from_stdlib_socket(sock)
+        try:
+            with trio.move_on_after(LINGER_S), contextlib.suppress(OSError):
+                while await lingering.recv(1 << 16):
+                    pass
+        finally:
+            self.lingering -= 1
+            lingering.close()
+
+
 def _refuse_request(sock: socket.socket, address: Any, peeked: bytes, why: str) -> None:
     """Tell a refused plain-HTTP connection why, in one non-blocking send (the status
     the judge put first, 400 or 413, and ``Connection: close``, as hypercorn answers a
@@ -446,6 +509,7 @@ async def _accept_forever(
         stream: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         if tls is not None:
             stream = trio.SSLStream(stream, tls, server_side=True, https_compatible=True)
+        limits.starting(address, budgeted=False)
         nursery.start_soon(handler, stream, _peer_of(address))
 
     await accept_forever(listener.socket, admit, admitted)
@@ -490,15 +554,20 @@ async def serve(
                     urls.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
 
             async def one(
-                stream: trio.abc.Stream, peer: Peer | None, counted: bool = False
+                stream: trio.abc.Stream, peer: Peer | None, head_whole: bool = False
             ) -> None:
                 connection_state = ConnectionState(state.copy())
                 await limits.handle(
                     stream,
                     lambda s: _Server(wrapped, config, context, connection_state, s),  # type: ignore[arg-type]
                     peer,
-                    counted,
+                    head_whole,
                 )
+
+            def admitted(sock: socket.socket, address: Any) -> None:
+                limits.starting(address, budgeted=True)
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                server_nursery.start_soon(one, stream, _peer_of(address), True)
 
             if any(tls is None for _, tls in listeners):
                 limits.gate = FirstBytesGate(
@@ -508,13 +577,8 @@ async def serve(
                     # hypercorn closes a connection that sends nothing for its
                     # keep-alive timeout (5 s) before the head deadline would
                     silent_timeout_s=config.keep_alive_timeout,
-                    admitted=lambda sock, address: server_nursery.start_soon(
-                        one,
-                        trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
-                        _peer_of(address),
-                        True,
-                    ),
-                    refused=_refuse_request,
+                    admitted=admitted,
+                    refused=_Refusals(server_nursery).refuse,
                     released=limits.released,
                 )
                 server_nursery.start_soon(limits.gate.run)

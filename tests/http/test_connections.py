@@ -463,3 +463,134 @@ async def test_a_loop_stall_does_not_close_a_keep_alive_connection_whose_next_he
         )
         assert lines == [b"HTTP/1.1 200 ", b"HTTP/1.1 200 "], lines
     served.server.stop()
+
+
+def _stream_a_body_blocking(address: tuple[str, int], size: int) -> bytes:
+    """A POST whose whole body is sent before the answer is read (as http.client and
+    urllib send one): the answer's first line, or what went wrong."""
+    with socket.create_connection(address, timeout=30) as client:
+        try:
+            client.sendall(
+                f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
+            )
+            chunk = b"x" * (1 << 20)
+            for _ in range(size >> 20):
+                client.sendall(chunk)
+            return client.recv(4096).split(b"\r\n")[0]
+        except OSError as error:
+            return repr(error).encode()
+
+
+async def test_a_client_still_sending_a_body_refused_at_the_gate_reads_its_413(
+    nursery: trio.Nursery,
+) -> None:
+    """The gate read 64 KiB of a refused request and closed: the rest of a 50 MB body
+    that its client was still sending made the close a reset, and the client (one that
+    sends its body before it reads) met ECONNRESET instead of its 413."""
+    served = Served(max_body_bytes=100_000)
+    await nursery.start(served.server.run)
+    for _ in range(2):
+        answer = await trio.to_thread.run_sync(_stream_a_body_blocking, served.address, 50 << 20)
+        assert answer == b"HTTP/1.1 413 Content Too Large", answer
+    assert served.requests == 0
+    served.server.stop()
+
+
+async def test_a_connection_admitted_by_the_gate_counts_before_its_handler_starts(
+    nursery: trio.Nursery,
+) -> None:
+    """Between the gate's admission and the start of its handler's task a connection
+    was counted nowhere: the connections admitted in one step took the port past
+    ``max_connections`` (and an address past its share) by as many."""
+    served = Served(max_connections=1)
+    await nursery.start(served.server.run)
+    limits = served.server.limits
+    gate = limits.gate
+    assert gate is not None
+    admit = gate._admitted
+    seen: list[tuple[int, bool]] = []
+
+    def admitted(sock: socket.socket, address: Any) -> None:
+        admit(sock, address)
+        seen.append((limits.open_connections, limits.admit("127.0.0.3")))
+
+    gate._admitted = admitted
+    assert (await get(served.address)).startswith(b"HTTP/1.1 200 ")
+    assert seen == [(1, False)]
+    assert served.counters["http_connections_refused"] == 1
+    served.server.stop()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _tls_exchange_blocking(address: tuple[str, int], cert: Any, stall: Any) -> list[bytes]:
+    """Two requests on one TLS keep-alive connection from a thread, ``stall()`` called
+    on the loop's thread before each: each answer's first line, or RESET."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cert))
+    lines = []
+    with socket.create_connection(address, timeout=30) as raw:
+        trio.from_thread.run_sync(stall)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as client:
+            for last in (False, True):
+                if last:
+                    trio.from_thread.run_sync(stall)
+                    time.sleep(0.1)  # the next head comes while the loop is held
+                client.sendall(
+                    b"GET /echo HTTP/1.1\r\nHost: x\r\n"
+                    + (b"Connection: close\r\n" if last else b"")
+                    + b"\r\n"
+                )
+                try:
+                    answer = b""
+                    while not answer.endswith(b"read 0"):
+                        chunk = client.recv(4096)
+                        if not chunk:
+                            break
+                        answer += chunk
+                    lines.append(answer.split(b"\r\n")[0])
+                except (ConnectionResetError, ssl.SSLError):
+                    lines.append(b"RESET")
+    return lines
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5])
+async def test_a_loop_stall_does_not_reset_a_tls_connection_whose_head_came(
+    nursery: trio.Nursery, certificate: tuple[Any, Any], steps: int
+) -> None:
+    """A TLS connection skips the gate: its first head is timed by its handler alone,
+    and both its heads are judged again after a stall, as a plain one's are."""
+    cert, key = certificate
+    served = Served(header_timeout_s=0.3, tls_cert=cert, tls_key=key)
+    await nursery.start(served.server.run)
+
+    async def hold_the_loop() -> None:
+        for _ in range(steps):
+            await trio.sleep(0)
+        time.sleep(0.6)
+
+    for _ in range(3):
+        lines = await trio.to_thread.run_sync(
+            _tls_exchange_blocking,
+            served.address,
+            cert,
+            lambda: nursery.start_soon(hold_the_loop),
+        )
+        assert lines == [b"HTTP/1.1 200 ", b"HTTP/1.1 200 "], lines
+    served.server.stop()
