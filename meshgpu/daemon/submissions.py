@@ -110,13 +110,25 @@ def group_label(labels: Sequence[str | None]) -> str | None:
     return short[:LABEL_MAX]
 
 
+def _whole_field(request: Message, name: str, default: int, what: str) -> int:
+    """A submit request's integer field (``default`` where absent), as the client and
+    the HTTP port check it: ``int()`` cut 2.7 to 2 and took ``True`` as 1 on the quiet.
+    A float with a whole value (``4e9``) is the integer it names."""
+    value = request.get(name, default)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise DecodeError(f"submit has a malformed field: {name} is {what}, an integer, got {value!r}")
+
+
 def _requirements(request: Message) -> DeviceRequirements:
     """The task's device requirements from a submit request's fields."""
     device_type = request.get("device_type")
     try:
         return DeviceRequirements(
             device_type=None if device_type is None else str(device_type),
-            min_memory=int(request.get("min_memory", 0)),
+            min_memory=_whole_field(request, "min_memory", 0, "a device's bytes"),
             fp16=bool(request.get("fp16", False)),
             require=parse_labels(request.get("require") or [], "required label"),
             prefer=parse_labels(request.get("prefer") or [], "preferred label"),
@@ -505,7 +517,7 @@ class Submissions:
                 priority=Priority.parse(str(request.get("priority", "normal"))),
                 requirements=_requirements(request),
                 deadline_s=None if deadline is None else float(deadline),
-                replicas=int(request.get("replicas", 2)),
+                replicas=_whole_field(request, "replicas", 2, "the nodes that journal a task"),
             )
         except (TypeError, ValueError) as error:
             raise DecodeError(f"submit has a malformed field: {error}") from None

@@ -392,3 +392,25 @@ async def test_a_submit_of_relayed_inputs_names_the_nodes_that_hold_copies(
     by_digest = {submit.spec.input_digest: submit for submit in (relayed, plain)}
     assert by_digest[digest].copies_at == ("n2",)
     assert by_digest[other].copies_at == ()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("replicas", 2.7), ("replicas", True), ("replicas", "3"), ("min_memory", 2.5e9 + 0.5)],
+)
+async def test_an_integer_field_that_is_not_a_whole_number_is_refused(
+    tmp_path: Path, autojump_clock, field: str, value: Any
+) -> None:
+    """The raw TCP API took ``replicas: 2.7`` as 2 (``int()``) where the client and the
+    HTTP port refuse it; a whole float (``4e9``) is the integer it names."""
+    m = mesh(tmp_path)
+    with pytest.raises(DecodeError, match=f"{field} is .*an integer, got {value!r}"):
+        await m.submissions.submit(request(**{field: value}))
+    assert list(m.fed) == []
+    m.state["busy"] = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answered, m)
+        await m.submissions.submit(request(replicas=3.0, min_memory=4e3))
+    (submit,) = m.fed
+    assert isinstance(submit, SubmitTask)
+    assert (submit.spec.replicas, submit.spec.requirements.min_memory) == (3, 4000)
