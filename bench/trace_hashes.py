@@ -58,6 +58,15 @@ def key_for(name: str, duration_s: float) -> str:
     return f"{name}@{duration_s:g}"
 
 
+def status(recording: bool, expected: str | None, trace_sha256: str) -> str:
+    """How a scenario's hash compares with the reference (or that it is being recorded)."""
+    if recording:
+        return "recorded"
+    if expected is None:
+        return "missing"
+    return "same" if expected == trace_sha256 else "DIFFERENT"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], help="scenario name (repeatable)")
@@ -67,21 +76,14 @@ def main() -> int:
     args = parser.parse_args()
 
     names = args.only or sorted(path.stem for path in SCENARIOS.glob("*.toml"))
-    reference: dict[str, str] = (
-        json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {}
-    )
+    reference: dict[str, str] = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {}
     results = []
     for name in names:
         result = run_one(name, args.full)
         key = key_for(name, result["duration_s"])
         expected = reference.get(key)
         result["expected"] = expected
-        result["status"] = (
-            "recorded" if args.record
-            else "missing" if expected is None
-            else "same" if expected == result["trace_sha256"]
-            else "DIFFERENT"
-        )
+        result["status"] = status(args.record, expected, result["trace_sha256"])
         if args.record:
             reference[key] = result["trace_sha256"]
         results.append(result)
