@@ -70,8 +70,13 @@ def model_inputs(blob: ModelBlob) -> ModelInputs:
 def check_input_names(model: ModelInputs, given: Iterable[str], model_name: str) -> None:
     """Refuse (InputError) ``--input`` names the model does not have, and required
     inputs left out."""
+    from meshgpu.inference.model import defaulted_input_message
+
     given = list(given)
     known = ", ".join(model.names) or "none"
+    defaulted = [name for name in given if name in model.names and name not in model.required]
+    if defaulted:
+        raise InputError(f"model {model_name}: {defaulted_input_message(defaulted)}")
     unknown = [name for name in given if name not in model.names]
     if unknown:
         raise InputError(

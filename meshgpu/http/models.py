@@ -44,18 +44,20 @@ class ModelInfo:
     outputs: list[dict[str, Any]]
     spec: Any
     """``meshgpu.inference.model.InputSpec``: checks feeds with the client's messages."""
+    defaulted: frozenset[str] = frozenset()
+    """Graph inputs with a default value (``meshgpu.inference.model.defaulted_inputs``)."""
 
     def check_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
         """The feeds, checked as the client library checks them (an InputError says why)."""
         from meshgpu.inference.model import validate_feeds
 
-        return validate_feeds(self.spec, feeds)
+        return validate_feeds(self.spec, feeds, self.defaulted)
 
 
 def read_model_info(path: Path) -> ModelInfo:
     import onnx
 
-    from meshgpu.inference.model import graph_inputs
+    from meshgpu.inference.model import defaulted_inputs, graph_inputs
 
     proto = onnx.load(str(path), load_external_data=False)
     weights = {init.name for init in proto.graph.initializer}
@@ -63,4 +65,5 @@ def read_model_info(path: Path) -> ModelInfo:
         inputs=[_tensor(v) for v in proto.graph.input if v.name not in weights],
         outputs=[_tensor(v) for v in proto.graph.output],
         spec=graph_inputs(proto),
+        defaulted=defaulted_inputs(proto),
     )

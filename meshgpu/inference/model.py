@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,11 @@ class LoadedModel:
     def outputs(self) -> list[str]:
         """The names of the model's outputs, in graph order."""
         return [output.name for output in self.proto.graph.output]
+
+    @property
+    def defaulted_inputs(self) -> frozenset[str]:
+        """Graph inputs that are initializers too (:func:`defaulted_inputs`)."""
+        return defaulted_inputs(self.proto)
 
 
 def _describe_source(model: object) -> str:
@@ -228,6 +233,26 @@ def graph_inputs(proto: onnx.ModelProto) -> InputSpec:
     return spec
 
 
+def defaulted_inputs(proto: onnx.ModelProto) -> frozenset[str]:
+    """Graph inputs that are initializers too: inputs with a default value in ONNX (IR 4
+    on; before IR 4 every weight was listed so), which onnxruntime lets a feed override
+    and meshgpu runs as fixed weights (:func:`defaulted_input_message`)."""
+    initialized = {tensor.name for tensor in proto.graph.initializer}
+    return frozenset(value.name for value in proto.graph.input if value.name in initialized)
+
+
+def defaulted_input_message(names: Collection[str]) -> str:
+    """Why a feed for an input with a default value (:func:`defaulted_inputs`) is
+    refused: it was "unknown input", which named a graph input the model has."""
+    listed = ", ".join(repr(name) for name in sorted(names))
+    return (
+        f"input(s) {listed} have a default value in this model (an initializer that is "
+        "also a graph input); meshgpu runs initializers as the model's fixed weights and "
+        "takes no feed for them: leave them out to run with the defaults, or export the "
+        "model with them as plain inputs (no initializer) to feed them"
+    )
+
+
 def format_shape(shape: Shape) -> str:
     """``[N, 64]`` style, with ``?`` for an unknown dimension."""
     return "[" + ", ".join("?" if dim is None else str(dim) for dim in shape) + "]"
@@ -245,18 +270,23 @@ class _Lazy:
         return format(self._make(), spec)
 
 
-def validate_feeds(spec: InputSpec, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def validate_feeds(
+    spec: InputSpec, feeds: Mapping[str, Any], defaulted: Collection[str] = ()
+) -> dict[str, np.ndarray]:
     """Check ``feeds`` against the model's inputs; return them as contiguous arrays.
 
     Every input must be fed, with a numpy array of exactly the declared dtype (no silent
     casts: a float64 array fed to a float32 model is a mistake worth hearing about), the
     declared rank, the fixed sizes, and the same size for a symbolic dimension wherever it
-    appears. Unknown feed names are errors too. Raises :class:`InputError` naming the input
-    with the expected and the received shape or dtype.
+    appears. Unknown feed names are errors too, feeds for the ``defaulted`` inputs
+    (:func:`defaulted_inputs`) with their own message. Raises :class:`InputError` naming
+    the input with the expected and the received shape or dtype.
     """
     if not isinstance(feeds, Mapping):
         raise InputError(f"feeds must be a dict of input name -> numpy array, not {type(feeds)}")
     unknown = sorted(set(feeds) - set(spec))
+    if overriding := [name for name in unknown if name in defaulted]:
+        raise InputError(defaulted_input_message(overriding))
     if unknown:
         raise InputError(f"unknown input(s) {unknown}; the model's inputs are {sorted(spec)}")
     symbols: dict[str, tuple[int, str]] = {}

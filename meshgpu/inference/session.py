@@ -114,6 +114,7 @@ class Session:
         (``"backend='auto'"``, ``"allow_fallback=True"``), or None: the error is raised."""
         self._switch_lock = threading.Lock()
         self.inputs: InputSpec = model.inputs
+        self._defaulted = model.defaulted_inputs
         self.outputs: list[str] = model.outputs
         self.last_run_seconds = 0.0
         self._accepted: set[tuple[tuple[str, tuple[int, ...], np.dtype[Any]], ...]] = set()
@@ -142,7 +143,7 @@ class Session:
                 for name, array in feeds.items()
             }
         else:
-            checked = validate_feeds(self.inputs, feeds)
+            checked = validate_feeds(self.inputs, feeds, self._defaulted)
             feed_bytes = sum(array.nbytes for array in checked.values())
             if feed_bytes > self.device.global_memory_bytes:
                 raise DeviceError(

@@ -124,6 +124,34 @@ def test_an_unknown_input_name_lists_the_models_inputs(pair: tuple[Path, Path]) 
     assert code == 1 and "no input named 'c'" in output and "a, b" in output
 
 
+def defaulted_input_model(path: Path) -> Path:
+    """``y = x + bias``, ``bias`` a graph input that is an initializer too (a default)."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "bias"], ["y"])],
+        "defaulted",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        initializer=[numpy_helper.from_array(np.ones(3, np.float32), "bias")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_feed_for_an_input_with_a_default_says_what_the_input_is(tmp_path: Path) -> None:
+    """Such a feed passed the check (the name is the model's) and each worker failed the
+    task with "unknown input(s) ['bias']; the model's inputs are ['x']"."""
+    model = defaulted_input_model(tmp_path / "defaulted.onnx")
+    x, bias = tmp_path / "x.npy", tmp_path / "bias.npy"
+    np.save(x, np.zeros((2, 3), np.float32))
+    np.save(bias, np.zeros(3, np.float32))
+    code, output = submit(str(model), "-i", f"x={x}", "-i", f"bias={bias}")
+    assert code == 1 and "'bias' have a default value in this model" in output, output
+    assert "fixed weights" in " ".join(output.split())
+
+
 def test_a_missing_input_is_named(pair: tuple[Path, Path]) -> None:
     model, sample = pair
     code, output = submit(str(model), "-i", f"a={sample}")

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
 from meshgpu import inference
@@ -66,6 +68,28 @@ def test_bad_feeds_name_the_input(
         trapped_digits.run(feeds)
     for fragment in fragments:
         assert fragment in str(raised.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_feed_for_an_input_with_a_default_says_what_the_input_is(backend: str) -> None:
+    """An initializer listed among the graph inputs (a default value, which onnxruntime
+    lets a feed override) was an "unknown input" of a model that lists it as an input."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["x", "bias"], ["y"])],
+        "defaulted",
+        [
+            onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3]),
+            onnx.helper.make_tensor_value_info("bias", onnx.TensorProto.FLOAT, [3]),
+        ],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+        initializer=[onnx.numpy_helper.from_array(np.ones(3, np.float32), "bias")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    session = inference.load(model.SerializeToString(), backend=backend)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(session.run({"x": x})["y"], x + 1)
+    with pytest.raises(InputError, match="'bias' have a default value in this model"):
+        session.run({"x": x, "bias": np.zeros(3, np.float32)})
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
