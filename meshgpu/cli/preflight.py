@@ -14,9 +14,10 @@ readable header and holds the bytes its header promises; the output directory ca
 created. Files are memory-mapped, so
 checking 200 large files reads 200 headers, not their contents.
 
-Not checked here: shapes and dtypes against the model. The engine's message already
-names the expected dtype and shape (``expected float32 [batch, 16], got float32 [3,
-15]``), and a local check would duplicate its handling of symbolic dimensions.
+Checked too: each file's dtype and shape (from its header) against the model's inputs,
+by the engine's own check (``meshgpu.inference.model.check_feed_headers``, the same code
+and messages as ``validate_feeds``, symbolic dimensions included): a float64 file
+for a float32 input is one error naming the file, not one failed task per file.
 Rejected: loading every array up front (the client streams inputs so that a directory
 larger than memory can be submitted).
 """
@@ -41,6 +42,9 @@ class ModelInputs:
 
     names: tuple[str, ...]
     required: tuple[str, ...]
+    spec: Any = None
+    """The required inputs' shapes and dtypes (``meshgpu.inference.model.InputSpec``);
+    None where the model has inputs meshgpu cannot feed (the mesh says so)."""
 
 
 def model_inputs(blob: ModelBlob) -> ModelInputs:
@@ -62,9 +66,15 @@ def model_inputs(blob: ModelBlob) -> ModelInputs:
             "to the mesh; embed them first: onnx.save_model(onnx.load(PATH), NEW_PATH) "
             "(up to 2 GB)"
         )
+    from meshgpu.inference.model import graph_inputs
+
     constants = {init.name for init in proto.graph.initializer}
     names = tuple(value.name for value in proto.graph.input)
-    return ModelInputs(names, tuple(name for name in names if name not in constants))
+    try:
+        spec = graph_inputs(proto)
+    except ModelError:
+        spec = None
+    return ModelInputs(names, tuple(name for name in names if name not in constants), spec)
 
 
 def check_input_names(model: ModelInputs, given: Iterable[str], model_name: str) -> None:
@@ -91,17 +101,28 @@ def check_input_names(model: ModelInputs, given: Iterable[str], model_name: str)
         )
 
 
-def check_npy_files(tasks: Iterable[TaskInputs]) -> None:
+def check_npy_files(tasks: Iterable[TaskInputs], model: ModelInputs | None = None) -> None:
     """Every file of every task gives its input a numeric array
-    (:func:`meshgpu.client.inputs.check_input_file`: headers only)."""
+    (:func:`meshgpu.client.inputs.check_input_file`: headers only), of the dtype and
+    shape ``model`` declares for it (the engine's own check, on the headers: an
+    InputError naming the task's files)."""
     from meshgpu.client.inputs import check_input_file
+    from meshgpu.inference.model import check_feed_headers
 
-    seen: set[tuple[Path, str]] = set()
+    headers: dict[tuple[Path, str], Any] = {}
     for task in tasks:
         for name, path in task.paths.items():
-            if (path, name) not in seen:
-                seen.add((path, name))
-                check_input_file(path, name)
+            if (path, name) not in headers:
+                headers[path, name] = check_input_file(path, name)
+        if model is None or model.spec is None:
+            continue
+        try:
+            check_feed_headers(
+                model.spec, {name: headers[path, name] for name, path in task.paths.items()}
+            )
+        except InputError as error:
+            files = ", ".join(str(path) for path in task.paths.values())
+            raise InputError(f"{files}: {error}") from None
 
 
 def prepare_output_dir(path: Path) -> None:

@@ -181,7 +181,7 @@ def submit(
         specs = [parse_input_spec(spec, default_name) for spec in input_specs]
         check_input_names(inputs, [name for name, _ in specs], blob.name)
         tasks = expand_inputs(specs)
-        check_npy_files(tasks)  # before anything is sent: see meshgpu.cli.preflight
+        check_npy_files(tasks, inputs)  # before anything is sent: see meshgpu.cli.preflight
         max_task_bytes = resolve_max_task_bytes(max_task_bytes, os.environ)
         check_task_sizes(tasks, max_task_bytes)
         if not no_wait:

@@ -92,20 +92,22 @@ def expand_path(pattern: str) -> list[Path]:
     return files
 
 
-def check_input_file(path: Path, name: str) -> None:
+def check_input_file(path: Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
     """Refuse (ConfigError naming ``path`` and the input) a file that will not give a
-    numeric array for input ``name``; reads headers only (see the module docstring)."""
+    numeric array for input ``name``; reads headers only (see the module docstring).
+    Returns the array's shape and dtype."""
     kind = _file_kind(path, name)
     if kind == "npz":
         with _open_npz(path, name) as archive:
             member = _npz_member(archive, path, name)
             with archive.open(member) as handle:
-                dtype = _npy_header_dtype(handle, path, name, within=member)
+                shape, dtype = _npy_header(handle, path, name, within=member)
     else:
         with open(path, "rb") as handle:
-            dtype = _npy_header_dtype(handle, path, name)
+            shape, dtype = _npy_header(handle, path, name)
         _read_npy(path, name, mmap=True)  # the header against the file's size
     _check_dtype(dtype, path, name)
+    return shape, dtype
 
 
 def load_input(path: Path, name: str) -> np.ndarray:
@@ -196,20 +198,20 @@ def _npz_member(archive: zipfile.ZipFile, path: Path, name: str) -> str:
     )
 
 
-def _npy_header_dtype(
+def _npy_header(
     handle: IO[bytes], path: Path, name: str, within: str | None = None
-) -> np.dtype:
+) -> tuple[tuple[int, ...], np.dtype]:
     import numpy as np
 
     try:
         version = np.lib.format.read_magic(handle)
         if version == (1, 0):
-            _, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
         else:
-            _, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
     except (OSError, ValueError, EOFError) as error:
         raise _unreadable(path, name, error, within) from None
-    return dtype
+    return tuple(shape), dtype
 
 
 def _read_npy(path: Path, name: str, mmap: bool) -> np.ndarray:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import onnx
@@ -284,55 +284,91 @@ def validate_feeds(
     """
     if not isinstance(feeds, Mapping):
         raise InputError(f"feeds must be a dict of input name -> numpy array, not {type(feeds)}")
+    _check_names(spec, feeds, defaulted)
+    symbols: dict[str, tuple[int, str]] = {}
+    checked: dict[str, np.ndarray] = {}
+    for name, (shape, dtype) in spec.items():
+        array = feeds[name] if name in feeds else _missing(name, shape, dtype, feeds)
+        if not isinstance(array, np.ndarray):
+            raise InputError(
+                f"input {name!r}: expected a numpy array ({dtype} {format_shape(shape)}), got "
+                f"{type(array).__name__}; convert with numpy.asarray(value, dtype='{dtype}')"
+            )
+        _check_feed(name, shape, dtype, array.shape, array.dtype, symbols)
+        # Not np.ascontiguousarray: it turns a rank-0 array into shape (1,).
+        checked[name] = np.asarray(array, order="C")
+    return checked
+
+
+def check_feed_headers(
+    spec: InputSpec,
+    headers: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]],
+    defaulted: Collection[str] = (),
+) -> None:
+    """:func:`validate_feeds` for feeds known by their shape and dtype alone (``.npy``
+    headers: ``meshgpu submit`` checks its files before it sends them), with the same
+    messages."""
+    _check_names(spec, headers, defaulted)
+    symbols: dict[str, tuple[int, str]] = {}
+    for name, (shape, dtype) in spec.items():
+        got_shape, got_dtype = (
+            headers[name] if name in headers else _missing(name, shape, dtype, headers)
+        )
+        _check_feed(name, shape, dtype, got_shape, got_dtype, symbols)
+
+
+def _check_names(spec: InputSpec, feeds: Mapping[str, Any], defaulted: Collection[str]) -> None:
     unknown = sorted(set(feeds) - set(spec))
     if overriding := [name for name in unknown if name in defaulted]:
         raise InputError(defaulted_input_message(overriding))
     if unknown:
         raise InputError(f"unknown input(s) {unknown}; the model's inputs are {sorted(spec)}")
-    symbols: dict[str, tuple[int, str]] = {}
-    checked: dict[str, np.ndarray] = {}
-    for name, (shape, dtype) in spec.items():
-        if name not in feeds:
+
+
+def _missing(name: str, shape: Shape, dtype: np.dtype[Any], feeds: Mapping[str, Any]) -> NoReturn:
+    raise InputError(
+        f"missing input {name!r}: expected {dtype} {format_shape(shape)}; got feeds "
+        f"for {sorted(feeds)}"
+    )
+
+
+def _check_feed(
+    name: str,
+    shape: Shape,
+    dtype: np.dtype[Any],
+    got_shape: tuple[int, ...],
+    got_dtype: np.dtype[Any],
+    symbols: dict[str, tuple[int, str]],
+) -> None:
+    """One feed's dtype, rank and sizes against its input's (``symbols``: the sizes of
+    the symbolic dimensions met so far, and the input that set each)."""
+    # The messages are built only on the way out: this runs for every run.
+    expected = _Lazy(lambda: f"{dtype} {format_shape(shape)}")
+    got = _Lazy(lambda: f"{got_dtype} {list(got_shape)}")
+    if got_dtype != dtype:
+        raise InputError(
+            f"input {name!r} has dtype {got_dtype}, expected {dtype} "
+            f"(expected {expected}, got {got}); cast it with .astype('{dtype}')"
+        )
+    if len(got_shape) != len(shape):
+        raise InputError(
+            f"input {name!r} has rank {len(got_shape)}, expected {len(shape)} "
+            f"(expected {expected}, got {got})"
+        )
+    for axis, (want, size) in enumerate(zip(shape, got_shape, strict=True)):
+        if isinstance(want, int) and want != size:
             raise InputError(
-                f"missing input {name!r}: expected {dtype} {format_shape(shape)}; got feeds "
-                f"for {sorted(feeds)}"
-            )
-        array = feeds[name]
-        # The messages are built only on the way out: this runs for every run.
-        expected = _Lazy(lambda shape=shape, dtype=dtype: f"{dtype} {format_shape(shape)}")
-        got = _Lazy(lambda array=array: f"{array.dtype} {list(array.shape)}")
-        if not isinstance(array, np.ndarray):
-            raise InputError(
-                f"input {name!r}: expected a numpy array ({expected}), got "
-                f"{type(array).__name__}; convert with numpy.asarray(value, dtype='{dtype}')"
-            )
-        if array.dtype != dtype:
-            raise InputError(
-                f"input {name!r} has dtype {array.dtype}, expected {dtype} "
-                f"(expected {expected}, got {got}); cast it with .astype('{dtype}')"
-            )
-        if array.ndim != len(shape):
-            raise InputError(
-                f"input {name!r} has rank {array.ndim}, expected {len(shape)} "
+                f"input {name!r} has size {size} on axis {axis}, expected {want} "
                 f"(expected {expected}, got {got})"
             )
-        for axis, (want, size) in enumerate(zip(shape, array.shape, strict=True)):
-            if isinstance(want, int) and want != size:
+        if isinstance(want, str):
+            bound = symbols.setdefault(want, (size, name))
+            if bound[0] != size:
                 raise InputError(
-                    f"input {name!r} has size {size} on axis {axis}, expected {want} "
-                    f"(expected {expected}, got {got})"
+                    f"input {name!r} has {want}={size} on axis {axis}, but input "
+                    f"{bound[1]!r} has {want}={bound[0]}; a symbolic dimension must "
+                    f"agree across inputs (expected {expected}, got {got})"
                 )
-            if isinstance(want, str):
-                bound = symbols.setdefault(want, (size, name))
-                if bound[0] != size:
-                    raise InputError(
-                        f"input {name!r} has {want}={size} on axis {axis}, but input "
-                        f"{bound[1]!r} has {want}={bound[0]}; a symbolic dimension must "
-                        f"agree across inputs (expected {expected}, got {got})"
-                    )
-        # Not np.ascontiguousarray: it turns a rank-0 array into shape (1,).
-        checked[name] = np.asarray(array, order="C")
-    return checked
 
 
 def initializer_bytes(proto: onnx.ModelProto) -> int:

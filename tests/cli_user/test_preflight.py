@@ -152,6 +152,45 @@ def test_a_feed_for_an_input_with_a_default_says_what_the_input_is(tmp_path: Pat
     assert "fixed weights" in " ".join(output.split())
 
 
+@pytest.mark.parametrize(
+    ("array", "fragment"),
+    [
+        (np.zeros((1, 64)), "has dtype float64, expected float32"),
+        (np.zeros((1, 63), np.float32), "has size 63 on axis 1, expected 64"),
+        (np.zeros(64, np.float32), "has rank 1, expected 2"),
+    ],
+)
+def test_a_file_of_the_wrong_dtype_or_shape_is_named_before_sending(
+    tmp_path: Path, array: np.ndarray, fragment: str
+) -> None:
+    """Found by the mesh (the peer here is a closed port), one failed task per file."""
+    np.save(tmp_path / "good.npy", np.zeros((1, 64), np.float32))
+    np.save(tmp_path / "bad.npy", array)
+    code, output = submit("digits", "-i", f"pixels={tmp_path}")
+    output = " ".join(output.split())
+    assert code == 1 and f"bad.npy: input 'pixels' {fragment}" in output, output
+
+
+def test_inputs_that_disagree_on_a_symbolic_dimension_are_named(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["s"])],
+        "batch",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 3]),
+        ],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = tmp_path / "batch.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    np.save(tmp_path / "a.npy", np.zeros((2, 3), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((5, 3), np.float32))
+    code, output = submit(
+        str(model), "-i", f"a={tmp_path / 'a.npy'}", "-i", f"b={tmp_path / 'b.npy'}"
+    )
+    assert code == 1 and "has N=5 on axis 0, but input 'a' has N=2" in " ".join(output.split())
+
+
 def test_a_missing_input_is_named(pair: tuple[Path, Path]) -> None:
     model, sample = pair
     code, output = submit(str(model), "-i", f"a={sample}")
