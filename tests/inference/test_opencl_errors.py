@@ -70,6 +70,18 @@ def test_non_device_input_types_name_their_consumer(device) -> None:
         OpenCLSession(model, device=device)
 
 
+def test_an_input_read_twice_is_named_once() -> None:
+    """``Mul(x, x)`` of float16 said "input 'x' is float16, input 'x' is float16"."""
+    model = make_model(
+        [helper.make_node("Mul", ["half", "half"], ["y"], name="square")],
+        {"half": np.arange(4, dtype=np.float16)},
+        ["y"],
+    )
+    assert unsupported_operators(model) == [
+        ("Mul", 17, "square; input 'half' is float16, which is not a device type")
+    ]
+
+
 def test_float_only_operators_name_the_type_they_refuse(device) -> None:
     model = make_model(
         [helper.make_node("Softmax", ["ids"], ["y"], name="soft")],

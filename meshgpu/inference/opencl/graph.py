@@ -265,7 +265,7 @@ def unsupported_operators(model: onnx.ModelProto) -> list[tuple[str, int, str]]:
     found: list[tuple[str, int, str]] = []
     non_device = _non_device_inputs(model)
     for index, node in enumerate(model.graph.node):
-        typed = [name for name in node.input if name in non_device]
+        typed = list(dict.fromkeys(name for name in node.input if name in non_device))
         if not _is_supported(node, opset) or typed:
             domain_opset = opset
             if node.domain not in ("", "ai.onnx"):
