@@ -366,8 +366,11 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         return list((await self._call("tasks", **fields))["tasks"])
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Any other API op (docs/client-api.md), retried on another peer if the link breaks."""
-        return await self._call(op, **fields)
+        """Any other API op (docs/client-api.md), retried on another peer if the link
+        breaks: the answer's fields, less the request id the protocol matched it by
+        (``status --json`` printed it as the status's ``"id"``)."""
+        answer = await self._call(op, **fields)
+        return {name: value for name, value in answer.items() if name != "id"}
 
     # --- requests over the current link ----------------------------------------------
 

@@ -40,3 +40,22 @@ def test_keyring_list_json_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     outcome = CliRunner().invoke(main, ["keyring", "list", "--json"])
     assert outcome.exit_code == 0, outcome.output
     assert one_document(outcome.stdout) == answer
+
+
+def test_status_json_holds_the_status_without_the_request_id(tmp_path: Any) -> None:
+    """``status --json`` and ``keyring list --json`` printed the API's request id as
+    ``"id"`` among the status's fields."""
+    from tests.cli_user.test_collect import cli, serve_and_run
+
+    outcomes = serve_and_run(
+        tmp_path,
+        lambda peer: [cli(*command, "--json", "--peer", peer) for command in COMMANDS],
+    )
+    for command, outcome in zip(COMMANDS, outcomes, strict=True):
+        assert outcome.exit_code == 0, outcome.output
+        document = one_document(outcome.stdout)
+        assert "id" not in document, (command, sorted(document))
+    assert one_document(outcomes[0].stdout)["node"]["node_id"] == "solo"
+
+
+COMMANDS = [("status",), ("keyring", "list")]
