@@ -118,7 +118,7 @@ def run(
         )
         results = session.run(feeds)
     except MeshError as error:
-        raise click.ClickException(f"{type(error).__name__}: {error}") from error
+        raise click.ClickException(f"{type(error).__name__}: {_as_flags(str(error))}") from error
     if output is not None:
         try:
             np.savez(output, **results)  # type: ignore[arg-type]
@@ -268,6 +268,20 @@ def _probe_cell(backend: str, verdict: Any) -> str:
     if backend != "opencl":
         return "reference"
     return f"{verdict.probe_ms:.0f} ms" + (" (cached)" if verdict.cached else "")
+
+
+_API_ADVICE = {
+    "backend='onnxruntime'": "--backend onnxruntime",
+    "allow_fallback=True": "--allow-fallback",
+}
+"""The Python API's words in the library's advice (``use allow_fallback=True or
+backend='onnxruntime'``), as this command's flags."""
+
+
+def _as_flags(message: str) -> str:
+    for words, flag in _API_ADVICE.items():
+        message = message.replace(words, flag)
+    return message
 
 
 __all__ = ["devices", "run"]

@@ -59,3 +59,23 @@ def test_a_malformed_placement_label_is_a_usage_error_before_anything_is_sent(
                      f"b={tmp_path / 'in'}", option, "gpu", "--peer", "127.0.0.1:9")  # fmt: skip
         assert result.exit_code == 2, result.output
         assert f"Invalid value for '{option}': bad label 'gpu': expected KEY=VALUE" in result.output
+
+
+def test_run_advises_its_own_flags_not_the_python_api(tmp_path: Path) -> None:
+    """``meshgpu run --backend opencl`` on an operator the executor lacks advised
+    ``backend='onnxruntime' or allow_fallback=True``, the Python API's words."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Hardmax", ["x"], ["y"])],
+        "hardmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+    )
+    model = tmp_path / "hardmax.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), model)
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    outcome = cli("run", str(model), "-i", f"x={tmp_path / 'x.npy'}", "--backend", "opencl")
+    assert outcome.exit_code == 1
+    assert "--backend onnxruntime or --allow-fallback" in outcome.output, outcome.output
