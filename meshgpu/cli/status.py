@@ -198,6 +198,9 @@ def tasks(
     if as_json:
         click.echo(json.dumps(rows))
         return
+    if not rows:  # an empty table's frame read as a failure to list
+        click.echo(f"no {state} tasks in the table" if state else "no tasks in the table")
+        return
     from rich.console import Console
     from rich.table import Table
 

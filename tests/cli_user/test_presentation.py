@@ -159,3 +159,15 @@ def test_status_says_when_the_peer_is_leaving(monkeypatch: pytest.MonkeyPatch) -
     assert "LEAVING" in outcome.stdout
     answer["node"]["leaving"] = False
     assert "LEAVING" not in CliRunner().invoke(main, ["status"]).stdout
+
+
+@pytest.mark.parametrize(("state", "line"), [(None, "no tasks"), ("failed", "no failed tasks")])
+def test_an_empty_task_list_says_so(
+    monkeypatch: pytest.MonkeyPatch, state: str | None, line: str
+) -> None:
+    """``tasks --state failed`` with none printed a table's empty frame."""
+    from meshgpu.cli import status as status_module
+
+    monkeypatch.setattr(status_module, "_ask", lambda *args, **kwargs: {"tasks": []})
+    outcome = CliRunner().invoke(main, ["tasks", *(["--state", state] if state else [])])
+    assert outcome.exit_code == 0 and outcome.stdout == f"{line} in the table\n", outcome.output
