@@ -7,7 +7,9 @@ message names the daemon's cache path instead of the file the user gave. A ``.np
 file that cannot be read used to surface as a traceback from inside the client's
 submission loop, after part of the submission had been sent.
 
-Checked: the model parses as ONNX and keeps no weights in external data files (only the
+Checked: the model parses as ONNX, passes the engine's structural check (the ONNX
+checker, strict shape inference: ``meshgpu.inference.model.check_model``, on the graph
+without its weights) and keeps no weights in external data files (only the
 ``.onnx`` file is sent); every ``--input`` name is one of the model's inputs and every
 input without a default (an initializer) is given; every ``.npy`` file has a
 readable header and holds the bytes its header promises; the output directory can be
@@ -66,8 +68,11 @@ def model_inputs(blob: ModelBlob) -> ModelInputs:
             "to the mesh; embed them first: onnx.save_model(onnx.load(PATH), NEW_PATH) "
             "(up to 2 GB)"
         )
-    from meshgpu.inference.model import graph_inputs
+    from meshgpu.inference.model import check_model, graph_inputs, skeleton
 
+    # The engine's check (the weights left out): failed by the mesh, it named the
+    # daemon's cache path of the model, not the user's file.
+    check_model(skeleton(proto), blob.name)
     constants = {init.name for init in proto.graph.initializer}
     names = tuple(value.name for value in proto.graph.input)
     try:

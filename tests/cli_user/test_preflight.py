@@ -191,6 +191,23 @@ def test_inputs_that_disagree_on_a_symbolic_dimension_are_named(tmp_path: Path) 
     assert code == 1 and "has N=5 on axis 0, but input 'a' has N=2" in " ".join(output.split())
 
 
+def test_a_model_the_checker_refuses_is_named_by_its_file_before_sending(tmp_path: Path) -> None:
+    """Refused by each worker, such a model's message named the daemon's cache path
+    (``/data/models/<sha256>.onnx fails the ONNX checker``), not the user's file."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "undefined"], ["y"])],
+        "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = tmp_path / "broken.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    np.save(tmp_path / "x.npy", np.zeros(2, np.float32))
+    code, output = submit(str(model), "-i", f"x={tmp_path / 'x.npy'}")
+    output = " ".join(output.split())
+    assert code == 1 and "model broken.onnx fails the ONNX checker" in output, output
+
+
 def test_a_missing_input_is_named(pair: tuple[Path, Path]) -> None:
     model, sample = pair
     code, output = submit(str(model), "-i", f"a={sample}")
