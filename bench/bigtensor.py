@@ -138,6 +138,21 @@ def minor_faults(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
+def disk_io(pid: int | str) -> tuple[int, int]:
+    """Bytes the process made the kernel read from and write to a disk so far
+    (``/proc/PID/io``'s ``read_bytes`` and ``write_bytes``: the storage layer's, so a read
+    served by the page cache counts nothing, a page written once counts once; 0 where
+    the kernel keeps no I/O accounting)."""
+    fields = {}
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields[key] = int(value)
+    except OSError:
+        return 0, 0
+    return fields.get("read_bytes", 0), fields.get("write_bytes", 0)
+
+
 def reset_peak(pid: int) -> None:
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
@@ -165,13 +180,18 @@ async def client_run(peer: str, scenario: str, rows: int, model_path: Path) -> d
             inputs["repeats"] = np.array([rows, 1], np.int64)
         started = time.perf_counter()
         cpu = time.process_time()
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        faults = usage.ru_minflt
+        read, written = disk_io("self")
         handle = await client.submit(model, inputs)
         submitted = time.perf_counter() - started
         outputs = await handle.result(600)
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        faults = after.ru_minflt - faults
+        system = after.ru_stime - usage.ru_stime
+        read_after, written_after = disk_io("self")
         y = outputs["y"]
         if scenario == "input":
             correct = y.shape == (rows,) and all(
@@ -189,7 +209,10 @@ async def client_run(peer: str, scenario: str, rows: int, model_path: Path) -> d
         "seconds": seconds,
         "submit_s": submitted,
         "cpu_s": cpu,
+        "system_cpu_s": system,
         "minor_faults": faults,
+        "disk_read_mib": (read_after - read) / 2**20,
+        "disk_write_mib": (written_after - written) / 2**20,
         "correct": bool(correct),
         "idle": idle,
         "peak": peak,
@@ -238,6 +261,7 @@ def scenario(
     cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     system = {name: cpu_split(pid)[1] for name, pid in pids.items()}
     faults = {name: minor_faults(pid) for name, pid in pids.items()}
+    disk = {name: disk_io(pid) for name, pid in pids.items()}
     spies = [] if profile is None else start_spies(profile, name, {**pids, "client": client.pid})
     out, _ = client.communicate(timeout=900)
     profiles = stop_spies(spies)
@@ -249,12 +273,17 @@ def scenario(
     cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
     system = {name: cpu_split(pid)[1] - system[name] for name, pid in pids.items()}
     faults = {name: minor_faults(pid) - faults[name] for name, pid in pids.items()}
+    disk = {
+        name: tuple(now - then for now, then in zip(disk_io(pid), disk[name], strict=True))
+        for name, pid in pids.items()
+    }
     tensor = rows * WIDTH * 4
     processes = {
         name: {"idle_mib": idle[name] / 2**20, "peak_mib": peaks[name] / 2**20,
                "peak_over_idle_per_tensor": (peaks[name] - idle[name]) / tensor,
                "cpu_s": cpu[name], "system_cpu_s": system[name],
-               "minor_faults": faults[name]}
+               "minor_faults": faults[name],
+               "disk_read_mib": disk[name][0] / 2**20, "disk_write_mib": disk[name][1] / 2**20}
         for name in pids
     }  # fmt: skip
     processes["client"] = {
@@ -262,7 +291,10 @@ def scenario(
         "peak_mib": result["peak"] / 2**20,
         "peak_over_idle_per_tensor": (result["peak"] - result["idle"]) / tensor,
         "cpu_s": result["cpu_s"],
+        "system_cpu_s": result["system_cpu_s"],
         "minor_faults": result["minor_faults"],
+        "disk_read_mib": result["disk_read_mib"],
+        "disk_write_mib": result["disk_write_mib"],
     }
     return {
         "scenario": name,
@@ -380,6 +412,13 @@ def main() -> None:
     parser.add_argument(
         "--scenarios", default="input,result", help="which to run (input, result or both)"
     )
+    parser.add_argument(
+        "--data-dir-root",
+        type=Path,
+        help="put the daemons' data directories under this folder (e.g. a tmpfs such as "
+        "/dev/shm, to see the CPU's bound apart from the disk's: a diagnostic, not the "
+        "figure); the bench's scratch folder when left out",
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--peer", help=argparse.SUPPRESS)
     parser.add_argument("--wait-alive", help=argparse.SUPPRESS)
@@ -394,19 +433,28 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         return
 
-    with tempfile.TemporaryDirectory(prefix="meshgpu-bigtensor-") as scratch:
-        root = Path(scratch)
-        before = machine(root)
+    with contextlib.ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshgpu-bigtensor-")))
+        meshes = root
+        if args.data_dir_root is not None:
+            args.data_dir_root.mkdir(parents=True, exist_ok=True)
+            meshes = Path(
+                stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="meshgpu-bigtensor-", dir=args.data_dir_root)
+                )
+            )
+        before = machine(meshes)
         if args.baseline is None:
             runs = one_mesh(
-                root / "mesh", args.mib, root, None, args.scenarios.split(","), args.profile
+                meshes / "mesh", args.mib, root, None, args.scenarios.split(","), args.profile
             )
             report = {"bench": "bigtensor", "mib": args.mib, "machine": before, "runs": runs}
         else:
             report = compare(
                 root, args.mib, args.baseline.resolve(), args.rounds, before,
-                args.scenarios.split(","),
+                args.scenarios.split(","), meshes,
             )  # fmt: skip
+        report["data_dir_root"] = str(meshes)
     if not args.json:
         print(
             f"machine: {before['cores']} cores, load {before['load_average_1m']:.1f}, sha256 "
@@ -470,14 +518,16 @@ def compare(
     rounds: int,
     machine_now: dict[str, float],
     scenarios: list[str] | tuple[str, ...] = ("input", "result"),
+    meshes: Path | None = None,
 ) -> dict[str, Any]:
-    """This checkout and ``baseline`` alternately, ``rounds`` times each; medians."""
+    """This checkout and ``baseline`` alternately, ``rounds`` times each; medians
+    (``meshes``: where the daemons' data directories go, ``root`` when None)."""
     import statistics
 
     runs: dict[str, list[list[dict[str, Any]]]] = {"this": [], "baseline": []}
     for number in range(rounds):
         for label, path in (("baseline", baseline), ("this", None)):
-            directory = root / f"{label}-{number}"
+            directory = (meshes or root) / f"{label}-{number}"
             runs[label].append(one_mesh(directory, mib, root, path, scenarios))
     summary = {}
     for name in scenarios:
@@ -539,7 +589,7 @@ def table(runs: list[dict[str, Any]]) -> str:
     lines = [
         f"{'scenario':9} {'tensor':>8} {'seconds':>8} {'MB/s':>7} {'correct':>8}  "
         f"{'process':8} {'role':20} {'idle MiB':>9} {'peak MiB':>9} {'(peak-idle)/tensor':>19} "
-        f"{'CPU s':>6}"
+        f"{'CPU s':>6} {'sys s':>6} {'disk w MiB':>10} {'disk r MiB':>10} {'faults k':>8}"
     ]
     for run in runs:
         first = True
@@ -561,7 +611,10 @@ def table(runs: list[dict[str, Any]]) -> str:
             lines.append(
                 f"{head}  {name:8} {','.join(roles) or '-':20} {process['idle_mib']:>9.0f} "
                 f"{process['peak_mib']:>9.0f} {process['peak_over_idle_per_tensor']:>19.2f} "
-                f"{process['cpu_s']:>6.2f}"
+                f"{process['cpu_s']:>6.2f} {process.get('system_cpu_s', 0.0):>6.2f} "
+                f"{process.get('disk_write_mib', 0.0):>10.0f} "
+                f"{process.get('disk_read_mib', 0.0):>10.0f} "
+                f"{process['minor_faults'] / 1000:>8.0f}"
             )
     return "\n".join(lines)
 
