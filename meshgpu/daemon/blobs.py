@@ -155,33 +155,48 @@ class TensorBlob:
         if buffer:
             yield bytes(buffer)
 
-    def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes from ``offset`` (fewer at the end): a range to send."""
-        out = bytearray()
+    def read(self, offset: int, length: int) -> bytearray:
+        """``length`` bytes from ``offset`` (fewer at the end): a range to send, copied
+        once into a buffer of its own (numpy's copy, without the GIL: call it in a worker
+        thread, :func:`~meshgpu.daemon.transfers.read_blob`, for a range of 16 MiB)."""
+        from meshgpu.daemon.framing import unfilled_bytearray
+
+        length = max(0, min(length, self.size - offset))
+        out = unfilled_bytearray(length)
+        target = memoryview(out)
+        filled = 0
         start = 0
         for piece in self.pieces:
             end = start + len(piece)
             if end > offset and start < offset + length:
                 low = max(offset - start, 0)
-                out += memoryview(piece)[low : low + length - len(out)]
+                part = memoryview(piece).cast("B")[low : low + length - filled]
+                copy_without_gil(target[filled : filled + len(part)], part)
+                filled += len(part)
             start = end
-            if len(out) >= length:
+            if filled >= length:
                 break
-        return bytes(out)
+        return out
 
-    def view(self, offset: int, length: int) -> bytes | memoryview:
-        """:meth:`read`, but a range inside one array is a view of its memory (no copy:
-        an upload sends it from there)."""
+    def range_view(self, offset: int, length: int) -> memoryview | None:
+        """The range as a view of the array's memory (no copy: a push or an upload sends
+        it from there), or None when it spans two pieces (a header and the data after
+        it: the first range of every payload), which :meth:`read` copies."""
         length = max(0, min(length, self.size - offset))
         start = 0
         for piece in self.pieces:
             end = start + len(piece)
             if start <= offset and offset + length <= end:
-                return memoryview(piece)[offset - start : offset - start + length]
+                return memoryview(piece).cast("B")[offset - start : offset - start + length]
             if end > offset:
                 break
             start = end
-        return self.read(offset, length)
+        return None
+
+    def view(self, offset: int, length: int) -> bytearray | memoryview:
+        """:meth:`range_view`, or :meth:`read` where the range spans two pieces."""
+        view = self.range_view(offset, length)
+        return self.read(offset, length) if view is None else view
 
     def write_to(self, path: Path) -> str:
         """Write the bytes to ``path`` (fsynced: directly where the filesystem allows,

@@ -39,7 +39,7 @@ from meshgpu.core.types import NodeId
 from meshgpu.daemon.auth.envelope import Buffer
 from meshgpu.daemon.blobs import TensorBlob, chunk_bytes
 from meshgpu.daemon.payloads import canonical_tensor_bytes
-from meshgpu.daemon.transfers import PutCall, ResultSource, range_answer
+from meshgpu.daemon.transfers import PutCall, ResultSource, range_answer, read_blob
 from meshgpu.daemon.transfers import push as push_ranges
 from meshgpu.errors import MeshError
 
@@ -119,7 +119,7 @@ class ResultPlane:
         async def read(offset: int, length: int) -> Buffer:
             if offset + length >= blob.size:  # the last range goes with the digest
                 await spill.wait()
-            return blob.view(offset, length)
+            return await read_blob(blob, offset, length)
 
         return ResultSource(blob.size, spill.sha256, read, stored_here=False, spill=spill)
 

@@ -350,8 +350,20 @@ class ResultSource:
         return self.stored_here
 
 
+async def read_blob(blob: TensorBlob, offset: int, length: int) -> Buffer:
+    """A range of ``blob`` to send: a view of the array it lies in, or, for a range
+    that spans a header and data (the first of each payload), a copy made in a worker
+    thread: 16 MiB copied on the event loop held a daemon's loop (and its answers to
+    probes) for the copy, twice per result push before (a join into a ``bytearray``,
+    then ``bytes`` of it)."""
+    view = blob.range_view(offset, length)
+    if view is not None:
+        return view
+    return await trio.to_thread.run_sync(blob.read, offset, length)
+
+
 def memory_reader(blob: TensorBlob) -> ReadRange:
     async def read(offset: int, length: int) -> Buffer:
-        return blob.view(offset, length)
+        return await read_blob(blob, offset, length)
 
     return read

@@ -80,6 +80,21 @@ def test_streamed_bytes_equal_the_canonical_bytes_and_digest() -> None:
     assert blob.digest() == hashlib.sha256(whole).hexdigest()
     for offset, length in [(0, 1), (27, 5000), (len(whole) - 3, 10), (len(whole), 4)]:
         assert blob.read(offset, length) == whole[offset : offset + length]
+        assert blob.view(offset, length) == whole[offset : offset + length]
+
+
+def test_a_range_inside_one_array_is_a_view_and_one_across_a_header_is_copied() -> None:
+    array = np.arange(4096, dtype=np.float32)
+    blob = TensorBlob({"x": array})
+    whole = canonical_tensor_bytes({"x": array})
+    header = blob.size - array.nbytes
+    inside = blob.range_view(header + 8, 1000)
+    assert isinstance(inside, memoryview) and inside == whole[header + 8 : header + 1008]
+    inside_array = np.frombuffer(inside, np.uint8)
+    assert np.shares_memory(inside_array, array)  # sent from the array's memory, no copy
+    assert blob.range_view(0, 1000) is None  # the header and the data after it
+    copied = blob.read(0, 1000)
+    assert isinstance(copied, bytearray) and copied == whole[:1000]
 
 
 def test_a_file_is_read_back_from_its_layout(tmp_path: Path) -> None:
