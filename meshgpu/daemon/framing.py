@@ -79,6 +79,64 @@ CPU s a GiB received, on the event loop and with the GIL held, for bytes overwri
 once."""
 
 
+SPARE_FRAMES = 6
+"""Buffers of large frames a stream keeps for the next ones once nothing refers to them
+(:class:`FramePool`): the four ranges of a transfer's window in flight, and the ones
+its receiver still copies from."""
+
+
+class FramePool:
+    """The buffers a stream's large frames are read into, used again once nothing
+    refers to them: a range is handed on as a view of its frame (``unpack``), copied
+    out of it by whoever takes it (a file, an array) in a worker thread, and dropped.
+    A buffer still referred to (by a view, through the ``memoryview`` that holds it) is
+    never handed out again; one is free when the pool's own references are its only
+    ones (CPython's reference count: the list, the loop's name and the call's
+    argument). Each fresh buffer of 16 MiB costs 4,096 page faults to fill where the
+    C library gave it fresh pages (a client's heap returns freed frames to the system:
+    70-100 k faults a GiB received, about 0.3-0.4 system CPU s, measured in
+    ``bench/bigtensor.py``'s client). A daemon's heap keeps them already
+    (:func:`keep_frame_memory`); the pool holds at most ``SPARE_FRAMES`` per stream,
+    given back when the stream closes or when a frame too small for them arrives after
+    ``idle_s`` without a large one."""
+
+    def __init__(self, spare: int = SPARE_FRAMES, idle_s: float = 2.0) -> None:
+        self._buffers: list[bytearray] = []
+        self._spare = spare
+        self._idle_s = idle_s
+        self._last_large = 0.0
+
+    def buffer(self, count: int, now: float) -> memoryview:
+        """A buffer of ``count`` bytes, not set to anything, to read a frame into."""
+        import sys
+
+        self._last_large = now
+        for buffer in self._buffers:
+            # References: the list, ``buffer`` and getrefcount's argument; a memoryview
+            # of it (held by a view of a range still in use) adds one.
+            if count <= len(buffer) <= 2 * count and sys.getrefcount(buffer) <= 3:
+                return memoryview(buffer)[:count]
+        fresh = unfilled_bytearray(count)
+        if len(self._buffers) < self._spare:
+            self._buffers.append(fresh)
+        elif free := [b for b in self._buffers if sys.getrefcount(b) <= 3]:
+            self._buffers.remove(free[0])  # a smaller one nothing uses: give it back
+            self._buffers.append(fresh)
+        return memoryview(fresh)[:count]
+
+    def idle(self, now: float) -> None:
+        """A small frame arrived: give the buffers back after ``idle_s`` without a large
+        one (a stream that moved a GiB once keeps no 100 MiB for its life)."""
+        if self._buffers and now - self._last_large > self._idle_s:
+            self._buffers.clear()
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+
 def keep_frame_memory() -> bool:
     """Have glibc's heap keep the memory of freed large frames for the next ones (invoked
     once, as a daemon process starts). A large frame is read into a buffer of its size
@@ -201,6 +259,8 @@ class FrameStream:
         self._sealer.key_id = key_id
         self._answering = answering
         self._buffer = bytearray()
+        self.frames = FramePool()
+        """The buffers large frames are read into (used again once free)."""
         self._source: tuple[str, int] | None = None
         socket = getattr(stream, "socket", None)
         self._socket: trio.socket.SocketType | None = socket
@@ -284,9 +344,11 @@ class FrameStream:
         if length > _RECEIVE_CHUNK or not self.header_seen.is_set():
             await self._check_magic(length)
         if length > _RECEIVE_CHUNK and self._socket is not None:
-            body: bytes | bytearray | None = await self._receive_into(length)
+            body: bytes | bytearray | memoryview | None = await self._receive_into(length)
         else:
             body = await self._receive_exactly(length, at_boundary=False)
+            if len(self.frames):
+                self.frames.idle(trio.current_time())
         assert body is not None
         envelope = self.authenticator.open(body, Channel.FRAME, self._source, as_view=True)
         key_id = envelope.key_id
@@ -333,14 +395,16 @@ class FrameStream:
 
     async def aclose(self) -> None:
         self.authenticator.end_session(self._sealer)
+        self.frames.clear()
         await self.stream.aclose()
 
-    async def _receive_into(self, count: int) -> bytearray:
+    async def _receive_into(self, count: int) -> memoryview:
         """A large frame's body read straight into one buffer of its size (``recv_into``:
-        the kernel's copy is the only one; pieces joined afterwards cost two more)."""
+        the kernel's copy is the only one; pieces joined afterwards cost two more), a
+        buffer of an earlier frame when nothing refers to it any more (``frames``)."""
         assert self._socket is not None
-        body = unfilled_bytearray(count)  # every byte is written below, or it raises
-        view = memoryview(body)
+        # Every byte is written below, or it raises.
+        body = view = self.frames.buffer(count, trio.current_time())
         have = min(len(self._buffer), count)
         view[:have] = self._buffer[:have]
         del self._buffer[:have]

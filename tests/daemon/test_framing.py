@@ -237,3 +237,59 @@ def test_a_large_frames_buffer_is_a_bytearray_not_zero_filled_first() -> None:
     assert isinstance(buffer, bytearray) and len(buffer) == 1 << 20
     buffer[:3] = b"abc"
     assert bytes(buffer[:3]) == b"abc"
+
+
+def test_a_frame_buffer_is_used_again_only_once_nothing_refers_to_it() -> None:
+    """framing.FramePool: a free buffer serves the next large frame (no fresh pages);
+    one a view of a range still refers to is never handed out again."""
+    from meshgpu.daemon.framing import FramePool
+
+    pool = FramePool(spare=2, idle_s=5.0)
+    first = pool.buffer(1000, now=0.0)
+    first[:4] = b"keep"
+    kept = first[:4].toreadonly()  # a range handed on, still in use
+    del first
+    second = pool.buffer(1000, now=0.1)
+    second[:4] = b"next"
+    assert bytes(kept) == b"keep"  # not overwritten: a buffer of its own
+    del second
+    third = pool.buffer(900, now=0.2)  # the free one, cut to the frame's size
+    assert len(third) == 900 and len(pool) == 2
+    del third, kept
+    pool.idle(now=1.0)
+    assert len(pool) == 2  # large frames came lately: kept
+    pool.idle(now=5.3)
+    assert len(pool) == 0
+
+
+@pytest.mark.parametrize("key", [KEY, None], ids=["keyed", "open"])
+async def test_large_frames_read_into_reused_buffers_keep_their_bytes(
+    key: MeshKey | None,
+) -> None:
+    """Ranges received into the stream's reused buffers: each range a receiver still
+    holds keeps its own bytes while later frames arrive (a real socket: recv_into)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    left_stream = await trio.testing.open_stream_to_socket_listener(listeners[0])
+    right_stream = await listeners[0].accept()
+    left = FrameStream(left_stream, Authenticator(key, "left"))
+    right = FrameStream(right_stream, Authenticator(key, "right"))
+    payloads = [bytes([n]) * (1 << 20) for n in range(12)]
+    held = []
+    async with trio.open_nursery() as nursery:
+
+        async def send_all() -> None:
+            for n, payload in enumerate(payloads):
+                await left.send({"offset": n, "data": payload})
+
+        nursery.start_soon(send_all)
+        for n in range(len(payloads)):
+            received = await right.receive()
+            if n % 3 == 0:
+                held.append(received["data"])  # kept while later frames arrive
+            else:
+                assert received["data"] == payloads[n]
+    assert [bytes(data) for data in held] == payloads[::3]
+    assert len(right.frames) <= 6
+    await left.aclose()
+    await right.aclose()
+    await listeners[0].aclose()

@@ -364,7 +364,7 @@ class Authenticator:
     @overload
     def open(
         self,
-        data: bytes | bytearray,
+        data: bytes | bytearray | memoryview,
         channel: Channel,
         source: tuple[str, int] | None = None,
         *,
@@ -374,7 +374,7 @@ class Authenticator:
     @overload
     def open(
         self,
-        data: bytes | bytearray,
+        data: bytes | bytearray | memoryview,
         channel: Channel,
         source: tuple[str, int] | None = None,
         *,
@@ -383,7 +383,7 @@ class Authenticator:
 
     def open(
         self,
-        data: bytes | bytearray,
+        data: bytes | bytearray | memoryview,
         channel: Channel,
         source: tuple[str, int] | None = None,
         *,
@@ -496,14 +496,16 @@ class Authenticator:
         )
 
     @staticmethod
-    def _label(data: bytes | bytearray, mesh_length_at: int, source: tuple[str, int] | None) -> str:
+    def _label(
+        data: bytes | bytearray | memoryview, mesh_length_at: int, source: tuple[str, int] | None
+    ) -> str:
         """The sender named in clear (an open envelope), else the source address."""
         clear_sender = bytes(data[_FIXED_SIZE:mesh_length_at]).decode(errors="replace")
         return clear_sender or _where(source)
 
     def _check_mesh(
         self,
-        data: bytes | bytearray,
+        data: bytes | bytearray | memoryview,
         mesh_length_at: int,
         key_id_at: int,
         channel: Channel,
@@ -528,7 +530,7 @@ class Authenticator:
     def _unknown_key(
         self,
         key_id: bytes,
-        data: bytes | bytearray,
+        data: bytes | bytearray | memoryview,
         mesh_length_at: int,
         channel: Channel,
         source: tuple[str, int] | None,
@@ -574,7 +576,7 @@ class Authenticator:
 
     def _refused_by_peer(
         self,
-        data: bytes | bytearray,
+        data: bytes | bytearray | memoryview,
         version: int,
         mesh_length_at: int,
         source: tuple[str, int] | None,

@@ -50,7 +50,7 @@ def refusal(channel: Channel, mesh_named: bytes, text: str) -> bytes:
     return b"".join((fixed, mesh_named, text.encode()[:MAX_REFUSAL_TEXT]))
 
 
-def read_refusal(data: bytes | bytearray, mesh_length_at: int) -> tuple[str, str]:
+def read_refusal(data: bytes | bytearray | memoryview, mesh_length_at: int) -> tuple[str, str]:
     """(the refusing node's mesh, its reason) from a refusal envelope."""
     mesh_at = mesh_length_at + 1
     text_at = mesh_at + data[mesh_length_at]
