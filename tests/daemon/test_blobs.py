@@ -287,3 +287,21 @@ def test_a_filesystem_without_direct_io_is_written_buffered(
     data = np.random.default_rng(5).bytes((1 << 20) + 5)
     _, path = _write_durably(tmp_path, data, 300_000)
     assert path.read_bytes() == data
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_a_large_fresh_array_is_a_private_mapping_not_shared_memory() -> None:
+    """blobs.fresh_array: a private anonymous mapping (Python's anonymous mmap is shared
+    memory by default, whose faults and unmapping cost twice as much)."""
+    from meshgpu.daemon.blobs import SMALL_PAGES_BYTES, fresh_array
+
+    array = fresh_array((SMALL_PAGES_BYTES // 4,), np.dtype(np.float32))
+    address = array.ctypes.data
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, permissions = line.split()[:2]
+        low, high = (int(part, 16) for part in span.split("-"))
+        if low <= address < high:
+            assert permissions == "rw-p", line
+            break
+    else:
+        raise AssertionError("the array's mapping is not in /proc/self/maps")

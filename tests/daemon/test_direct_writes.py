@@ -156,7 +156,7 @@ def test_a_staging_buffer_that_cannot_be_had_leaves_no_descriptor_open(
         closed.append(descriptor)
         real_close(descriptor)
 
-    def no_memory(*args: Any) -> Any:
+    def no_memory(*args: Any, **options: Any) -> Any:
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
     (tmp_path / "p").touch()
