@@ -54,6 +54,7 @@ refused connection, then a FIN) cost the daemon more per flooded connection.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import socket
@@ -434,12 +435,14 @@ class _Refusals:
 def _refuse_request(sock: socket.socket, address: Any, peeked: bytes, why: str) -> None:
     """Tell a refused plain-HTTP connection why, in one non-blocking send (the status
     the judge put first, 400 or 413, and ``Connection: close``, as hypercorn answers a
-    request h11 cannot parse)."""
+    request h11 cannot parse), in the app's error shape (``{"error": ...}``, the Open
+    Inference Protocol's): a client refused at the gate read text where the same 413
+    from the app, after an ``Expect: 100-continue``, was JSON."""
     status, _, message = why.partition(" ")
-    body = f"{message}\n".encode()
+    body = json.dumps({"error": message}).encode()
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Bad Request')}\r\n".encode()
-        + b"content-type: text/plain; charset=utf-8\r\n"
+        + b"content-type: application/json\r\n"
         b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n"
     )
     with contextlib.suppress(OSError):
