@@ -397,12 +397,13 @@ if still sending, sees a reset)."""
 
 
 class _Refusals:
-    """The gate's ``refused`` hook: the answer, then a lingering close (RFC 9112, 9.6:
-    a server that closes while its client still sends may lose its answer to the
-    reset that the unread bytes cause). The answer goes out with a FIN after it (the
-    write side is shut), then what the client still sends is read and dropped until
-    it closes, for :data:`LINGER_S` at most, by at most :data:`MAX_LINGERING` tasks.
-    """
+    """The gate's ``refused`` hook: the answer, then for a 413 a lingering close (RFC
+    9112, 9.6: a server that closes while its client still sends may lose its answer
+    to the reset that the unread bytes cause). The answer goes out with a FIN after it
+    (the write side is shut), then what the client still sends is read and dropped
+    until it closes, for :data:`LINGER_S` at most, by at most :data:`MAX_LINGERING`
+    tasks. A 400 is closed at once, as before: its client sent garbage, or closed
+    already (a truncated body), and a barrage of them must cost no task."""
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
@@ -411,8 +412,8 @@ class _Refusals:
     def refuse(self, sock: socket.socket, address: Any, peeked: bytes, why: str) -> bool:
         """The answer; True if ``sock`` lingers (the gate leaves it to this)."""
         _refuse_request(sock, address, peeked, why)
-        if self.lingering >= MAX_LINGERING:
-            return False
+        if not why.startswith("413") or self.lingering >= MAX_LINGERING:
+            return False  # a 400's client is not sending a body still (or not HTTP)
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
