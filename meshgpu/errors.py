@@ -13,6 +13,11 @@ from __future__ import annotations
 class MeshError(Exception):
     """Base class of every error meshgpu raises deliberately."""
 
+    def answer_fields(self) -> dict[str, int | str]:
+        """Fields an error answer of the TCP API carries beside its message, for a peer
+        that acts on them (never parsed out of the text); none by default."""
+        return {}
+
 
 class ConfigError(MeshError):
     """A configuration value or scenario file is invalid."""
@@ -92,6 +97,22 @@ class StorageError(MeshError):
     """The daemon's data dir (journal, payloads, model cache) could not be read or written."""
 
 
+class OtherAttemptKept(StorageError):
+    """A node refused an attempt's result of a task, or a read of it: it keeps another
+    attempt's result, whole (core/tasks/result_push.py: a newer one's where a push was
+    refused, an older one's where a read was). ``kept_attempt`` says which, in the
+    error answer too (``answer_fields``): a refused worker reports that attempt's result
+    instead of its own, a reader that finds no other copy reads that one
+    (docs/daemon.md, "One attempt's result per holder")."""
+
+    def __init__(self, message: str, kept_attempt: int) -> None:
+        super().__init__(message)
+        self.kept_attempt = kept_attempt
+
+    def answer_fields(self) -> dict[str, int | str]:
+        return {"kept_attempt": self.kept_attempt}
+
+
 class DiskFullError(StorageError):
     """A write to the data dir failed because the disk is full (ENOSPC/EDQUOT)."""
 
@@ -129,11 +150,15 @@ class KeyringError(MeshError):
 
 
 class RequestFailedError(ClientError):
-    """A peer answered a request with an error; ``kind`` names the error class it raised."""
+    """A peer answered a request with an error; ``kind`` names the error class it raised,
+    ``fields`` what else its answer carried (``MeshError.answer_fields``)."""
 
-    def __init__(self, message: str, kind: str = "MeshError") -> None:
+    def __init__(
+        self, message: str, kind: str = "MeshError", fields: dict[str, object] | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
+        self.fields = fields or {}
 
 
 class TaskFailedError(TaskError):

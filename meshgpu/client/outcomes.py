@@ -307,6 +307,20 @@ class OutcomeStreams:
         self._work.fire()
 
 
+READ_RESTARTS = 3
+"""How often a fetch in ranges starts again when a range names another attempt than the
+first one did (a newer attempt installed on a holder mid-read, holders that keep
+different attempts); then it fails, and the task is asked for again."""
+
+
+class _AttemptChanged(MeshError):
+    """A range of a result named another attempt than the first range of the fetch."""
+
+    def __init__(self, task_id: str, pinned: int | None, named: int | None) -> None:
+        super().__init__(f"result of {task_id}: attempt {named}'s range in attempt {pinned}'s")
+        self.named = named
+
+
 async def fetch_result(
     rpc: RpcConnection,
     task_id: str,
@@ -320,21 +334,67 @@ async def fetch_result(
     flight: transfers.pull), each copied straight into the result's arrays as it comes
     (blobs.TensorReceiver: one copy of each array in memory, no scratch file). With
     ``early``: while it is stored on the entry (early_results.py). With ``attempt`` (the
-    one the task's ``done`` names): that attempt's bytes only, whichever holders the
-    ranges come from (core/tasks/result_push.py, ``serves_result``)."""
+    one the task's ``done`` names): that attempt's bytes or a newer one's
+    (core/tasks/result_push.py, ``serves_result``). Every range answer names the attempt
+    whose bytes it holds; the fetch asks for the one the first answer named, and starts
+    again for the attempt a later answer names if it differs (``READ_RESTARTS`` times;
+    an early fetch fails at once and is fetched again after ``done``): a result is
+    never assembled from two attempts' bytes."""
+    announced = size
+    for _ in range(0 if early else READ_RESTARTS + 1):
+        try:
+            return await _fetch_one_attempt(
+                rpc, task_id, announced, chunk, early=False, attempt=attempt
+            )
+        except _AttemptChanged as changed:
+            logger.info("%s; fetching it again", changed)
+            attempt, announced = changed.named, -1  # another attempt's size may differ
+    if early:
+        return await _fetch_one_attempt(rpc, task_id, size, chunk, early=True, attempt=attempt)
+    raise RequestFailedError(
+        f"the result of {task_id} changed attempts {READ_RESTARTS + 1} times while it was fetched",
+        kind="ResultAttemptChanged",
+    )
+
+
+async def _fetch_one_attempt(
+    rpc: RpcConnection,
+    task_id: str,
+    size: int,
+    chunk: int,
+    *,
+    early: bool,
+    attempt: int | None,
+) -> dict[str, np.ndarray]:
+    """One try of :func:`fetch_result`: raises _AttemptChanged when a range names
+    another attempt than the first (``size`` -1: any size)."""
     extra: dict[str, Any] = {"early": True} if early else {}
-    if attempt is not None:
-        extra["attempt"] = attempt
+    pinned: list[int | None] = []
+    """The attempt the first range's answer named."""
 
     async def call(offset: int, length: int) -> dict[str, Any]:
-        return await rpc.call(
-            "get_result", task_id=task_id, offset=offset, length=length, relay=True, **extra
+        asked = pinned[0] if pinned else attempt
+        reply = await rpc.call(
+            "get_result",
+            task_id=task_id,
+            offset=offset,
+            length=length,
+            relay=True,
+            **extra,
+            **({} if asked is None else {"attempt": asked}),
         )
+        named = reply.get("attempt")
+        named = named if isinstance(named, int) else None
+        if not pinned:
+            pinned.append(named)
+        elif named != pinned[0]:
+            raise _AttemptChanged(task_id, pinned[0], named)
+        return reply
 
     data, receiver = await pull(call, chunk, TensorReceiver)
     if receiver is None:
         assert data is not None
         return {name: array.copy() for name, array in tensors_from_bytes(data).items()}
-    if receiver.size != size:
+    if size >= 0 and receiver.size != size:
         raise DecodeError(f"result of {task_id} was announced as {size} bytes, got {receiver.size}")
     return receiver.tensors()

@@ -122,7 +122,10 @@ class TaskFinished:
 
     For ``ok`` the driver has already pushed the result to the nodes in ``result_holders``
     (those that confirmed storing it). ``run_s`` is the measured execution time, used for
-    the worker's published latency estimate.
+    the worker's published latency estimate. ``result_attempt``: the attempt whose result
+    ``result_holders`` keep when it is not ``attempt`` (they refused this attempt's
+    result for a newer attempt's, which the worker adopts: the task's DONE names that
+    attempt, so a reader is never sent to holders of none); None for ``attempt``'s.
     """
 
     task_id: TaskId
@@ -131,6 +134,7 @@ class TaskFinished:
     reason: str = ""
     result_holders: tuple[NodeId, ...] = ()
     run_s: float = 0.0
+    result_attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

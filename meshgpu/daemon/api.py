@@ -451,7 +451,12 @@ class ApiServer:
             result = await handler(request, responder)
             response: Message = {**result, "ok": True, "more": False}
         except MeshError as error:
-            response = {"ok": False, "error": str(error), "kind": type(error).__name__}
+            response = {
+                **error.answer_fields(),
+                "ok": False,
+                "error": str(error),
+                "kind": type(error).__name__,
+            }
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the peer went away mid-stream
         except Exception as error:

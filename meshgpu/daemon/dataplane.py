@@ -106,7 +106,7 @@ class DataPlane(ResultPlane):
         task_entry: TaskLookup,
         feed: Callable[[Event], None],
         count: Callable[[str], None],
-        write_payload: Callable[[Any, str, bytes], int | None],
+        write_payload: Callable[[Any, str, bytes, int | None], int | None],
         durable: Callable[[int], Awaitable[None]],
         leaving: Callable[[], bool],
     ) -> None:
@@ -452,7 +452,7 @@ class DataPlane(ResultPlane):
         ``wait`` this returns once synced, without it a later record's sync covers it, as
         the holder's first task record does for fetched inputs), larger ones in a file,
         fsynced before this returns."""
-        seq = self._write_payload(key, kind, data)
+        seq = self._write_payload(key, kind, data, None)
         if seq is None:
             await trio.to_thread.run_sync(self.payloads.put_bytes, key, kind, data)
         elif wait:
@@ -502,6 +502,9 @@ class DataPlane(ResultPlane):
         spec = effect.spec
         outcome, reason, run_s = "transient_error", "cancelled", 0.0
         holders: tuple[NodeId, ...] = ()
+        kept_attempt = effect.attempt
+        """The attempt whose result ``holders`` keep: a newer one's, adopted, when they
+        refused this one's (ResultPlane._push_result)."""
         try:
             with scope:
                 # Cancellable (CancelTask) while fetching and while waiting for a slot
@@ -544,7 +547,7 @@ class DataPlane(ResultPlane):
                     self._fetching.discard(key)
                     if fetched is not None:
                         fetched.discard()
-                holders, problems = await self._push_result(
+                holders, problems, kept_attempt = await self._push_result(
                     effect.task_id, effect.attempt, result, effect.holders
                 )
                 if holders:
@@ -581,6 +584,7 @@ class DataPlane(ResultPlane):
                 reason=reason,
                 result_holders=tuple(holders),
                 run_s=run_s,
+                result_attempt=kept_attempt if kept_attempt != effect.attempt else None,
             )
         )
 

@@ -50,7 +50,7 @@ class ResultStore(Protocol):
     @property
     def chunk(self) -> int: ...
 
-    async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None: ...
+    async def store_result(self, key: Any, data: bytes, attempt: int | None) -> None: ...
 
     async def result_head(
         self, task_id: TaskId, holders: Iterable[NodeId], attempt: int | None = None
@@ -64,7 +64,7 @@ class ResultStore(Protocol):
         length: int,
         *,
         attempt: int | None = None,
-    ) -> tuple[Buffer, int]: ...
+    ) -> tuple[Buffer, int, int | None]: ...
 
     async def obtain_result(
         self, task_id: TaskId, holders: Iterable[NodeId], attempt: int | None = None

@@ -30,6 +30,7 @@ import contextlib
 import os
 import re
 import secrets
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from meshgpu.daemon.background_release import SHARED as SHARED_RELEASE
 from meshgpu.daemon.background_release import BackgroundRelease
 from meshgpu.daemon.blobs import BlobWriter
 from meshgpu.daemon.journal import Journal, fsync_directory, storage_error
-from meshgpu.errors import DecodeError, StorageError
+from meshgpu.errors import DecodeError, OtherAttemptKept, StorageError
 from meshgpu.tensor_types import dtype_of_tag, dtype_tag, tensor_bytes, tensor_from_bytes
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
@@ -214,9 +215,14 @@ class PayloadStore:
         self._installing: dict[Any, tuple[int | None, int]] = {}
         """Task -> (attempt, count) of result installs under way here."""
         self._result_attempts: dict[Any, int] = {}
-        """Which attempt's result of each task this node holds or is installing, as
-        read from its file or claimed since (core/tasks/result_push.py,
-        ``takes_result``)."""
+        """Which attempt's result of each task is installed here, as read from its
+        record or installed since (core/tasks/result_push.py, ``takes_result``)."""
+        self._result_lock = threading.Lock()
+        """Held around a result's rename with the update of its attempt, and around a
+        reader's open of the file with the look-up of its attempt: a range is always
+        named by the attempt of the bytes it holds (``read_result_range``)."""
+        for record in directory.glob(f"*.{_RESULT_ATTEMPT}"):
+            self._settle_attempt_record(record)
 
     def _path(self, task_id: Any, kind: str) -> Path:
         return self.directory / f"{task_file_stem(task_id)}.{kind}"
@@ -274,72 +280,190 @@ class PayloadStore:
             raise storage_error(error, f"storing {kind} of task {task_id}") from None
 
     def result_attempt(self, task_id: Any) -> int | None:
-        """The attempt whose result of task ``task_id`` this node holds or is
-        installing; None when it holds none, or one of an unknown attempt (a small
-        result after a restart: it is read whole from one holder, never mixed)."""
+        """The attempt whose result of task ``task_id`` is installed here; None when
+        this node holds none, or one of an unknown attempt (a copy written before
+        attempts were recorded)."""
         attempt = self._result_attempts.get(task_id)
-        if attempt is None:  # not claimed since the start: its file says, if any
-            try:
-                attempt = int(self._path(task_id, _RESULT_ATTEMPT).read_text())
-            except (OSError, ValueError):
-                return None  # not remembered: a node that holds no result asks too
+        if attempt is not None:
+            return attempt
+        inline = self._inline_result(task_id)
+        if inline is not None:
+            return inline[1]
+        attempt = self._recorded_attempt(task_id)
+        if attempt is not None:  # not installed since the start: its record says
             self._result_attempts[task_id] = attempt
         return attempt
+
+    def _recorded_attempt(self, task_id: Any, inode: int | None = None) -> int | None:
+        """The attempt the record beside the result file names for the file there now
+        (its lines are ``attempt inode``, the claim first, the result it replaces next:
+        a crash between the record's write and the result's rename leaves the previous
+        file, named by the second line); None without a file or a matching line.
+        ``inode``: of a file a reader opened (else the one there now)."""
+        try:
+            if inode is None:
+                inode = self._path(task_id, _RESULT).stat().st_ino
+            lines = self._path(task_id, _RESULT_ATTEMPT).read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            parts = line.split()
+            if len(parts) == 2 and parts[0].isdigit() and parts[1] == str(inode):
+                return int(parts[0])
+        return None
+
+    def _settle_attempt_record(self, record: Path) -> None:
+        """At start: a record with no result file beside it (a crash before a first
+        install's rename, or one mid-delete) goes; one whose first line does not name
+        the file there (a crash before a later install's rename) keeps the line that
+        does, or goes when none does."""
+        stem = record.name.removesuffix(f".{_RESULT_ATTEMPT}")
+        key = parse_task_file_stem(stem)
+        attempt = self._recorded_attempt(key)
+        try:
+            if attempt is None:
+                record.unlink(missing_ok=True)
+                return
+            inode = self._path(key, _RESULT).stat().st_ino
+            if not record.read_text().startswith(f"{attempt} {inode}\n"):
+                self._write_attempt_record(key, f"{attempt} {inode}\n")
+        except (OSError, StorageError):
+            return  # read again when asked; a leftover record names no file's inode
 
     @contextlib.contextmanager
     def claiming_result(self, task_id: Any, attempt: int | None) -> Iterator[None]:
         """Entered on the event loop right before attempt ``attempt``'s result of task
-        ``task_id`` is installed here (the install inside): record it as this node's
-        result of the task, put back as it was if the install raises. Raises
-        StorageError when this node keeps a newer attempt's result (an older attempt's
-        bytes never replace it), or while another attempt's install of the task is under
-        way here (two renames in flight would leave whichever landed last; the pusher
-        tries again in its next round)."""
+        ``task_id`` is installed here (the install inside: :meth:`install_result`,
+        :meth:`store_small_result`). Raises OtherAttemptKept when this node keeps a newer
+        attempt's result (an older attempt's bytes never replace it), and StorageError
+        while another attempt's install of the task is under way here (two renames in
+        flight would leave whichever landed last; the pusher tries again in its next
+        round)."""
         self.check_result_attempt(task_id, attempt)
         busy = self._installing.get(task_id)
-        if busy is not None and busy[0] != attempt:
-            raise StorageError(
-                f"this node is installing attempt {busy[0]}'s result of task {task_id}; "
-                f"attempt {attempt}'s waits for it"
-            )
-        before = self.result_attempt(task_id)
-        if attempt is not None:
-            self._result_attempts[task_id] = attempt
         self._installing[task_id] = (attempt, 1 + (busy[1] if busy else 0))
         try:
             yield
-        except BaseException:
-            if before is None:
-                self._result_attempts.pop(task_id, None)
-                self._path(task_id, _RESULT_ATTEMPT).unlink(missing_ok=True)
-            elif before != attempt:
-                self._result_attempts[task_id] = before
-                with contextlib.suppress(StorageError):  # its file, as its bytes say
-                    self.put_bytes(task_id, _RESULT_ATTEMPT, str(before).encode())
-            raise
         finally:
             current = self._installing.pop(task_id, None)
             if current is not None and current[1] > 1:  # the same attempt's, again
                 self._installing[task_id] = (current[0], current[1] - 1)
 
     def check_result_attempt(self, task_id: Any, attempt: int | None) -> None:
-        """Raise StorageError if this node would refuse attempt ``attempt``'s result of
-        task ``task_id`` (it keeps another attempt's: ``claiming_result``)."""
+        """Raise if this node would refuse attempt ``attempt``'s result of task
+        ``task_id``: OtherAttemptKept (with the attempt it keeps) when a newer attempt's
+        is installed, StorageError while another attempt's install is under way."""
+        busy = self._installing.get(task_id)
+        if busy is not None and busy[0] != attempt:
+            raise StorageError(
+                f"this node is installing attempt {busy[0]}'s result of task {task_id}; "
+                f"attempt {attempt}'s waits for it"
+            )
         installed = self.result_attempt(task_id)
         if not takes_result(installed, attempt):
-            raise StorageError(
+            assert installed is not None
+            raise OtherAttemptKept(
                 f"this node keeps attempt {installed}'s result of task {task_id}; attempt "
-                f"{attempt}'s is older and not installed over it"
+                f"{attempt}'s is older and not installed over it",
+                installed,
             )
 
-    def install_result(self, scratch: Path, task_id: Any, attempt: int | None) -> None:
-        """:meth:`install` a result claimed by :meth:`claiming_result`, with the file that
-        says its attempt written and synced first (in a worker thread): a crash between
-        the two leaves a record of an attempt whose result is not there yet, which
-        ``takes_result`` lets the same attempt's push complete."""
-        if attempt is not None:  # synced with the result's by the install's directory sync
-            self.put_bytes(task_id, _RESULT_ATTEMPT, str(attempt).encode())
-        self.install(scratch, task_id, _RESULT)
+    def _write_attempt_record(self, task_id: Any, text: str) -> None:
+        self.put_bytes(task_id, _RESULT_ATTEMPT, text.encode())
+
+    def install_result(
+        self, scratch: Path, task_id: Any, attempt: int | None, *, sync_directory: bool = True
+    ) -> None:
+        """:meth:`install` a result claimed by :meth:`claiming_result` (in a worker
+        thread): the record of its attempt, naming the scratch file's inode (a rename
+        keeps it), is written and synced first, with the file it replaces on its second
+        line, so that after a crash at any point the record names the attempt of the
+        file that is there (:meth:`_recorded_attempt`). The rename and the attempt
+        readers are told are one step (``_result_lock``). ``sync_directory=False``: a
+        small result, whose rename the journal's next fsync carries (:meth:`put_bytes`)."""
+        path = self._path(task_id, _RESULT)
+        previous = self.result_attempt(task_id)
+        try:
+            lines = f"{attempt} {os.stat(scratch).st_ino}\n" if attempt is not None else ""
+            if previous is not None:  # a crash before the rename leaves this file
+                with contextlib.suppress(FileNotFoundError):
+                    lines += f"{previous} {path.stat().st_ino}\n"
+            if attempt is None:  # a copy of no known attempt: no record names it
+                self._path(task_id, _RESULT_ATTEMPT).unlink(missing_ok=True)
+            else:
+                self._write_attempt_record(task_id, lines)
+            with self._result_lock:
+                os.replace(scratch, path)
+                if attempt is None:
+                    self._result_attempts.pop(task_id, None)
+                else:
+                    self._result_attempts[task_id] = attempt
+            if sync_directory:
+                fsync_directory(self.directory)
+        except StorageError:  # the record's write
+            scratch.unlink(missing_ok=True)
+            raise
+        except OSError as error:
+            scratch.unlink(missing_ok=True)
+            raise storage_error(error, f"storing the result of task {task_id}") from None
+
+    def store_small_result(self, task_id: Any, data: bytes, attempt: int | None) -> None:
+        """A result of one range as a file, durably, with its attempt's record (in a
+        worker thread; claimed by :meth:`claiming_result`)."""
+        scratch = self.scratch(task_id, _RESULT)
+        try:
+            with open(scratch, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            scratch.unlink(missing_ok=True)
+            raise storage_error(error, f"storing the result of task {task_id}") from None
+        self.install_result(scratch, task_id, attempt, sync_directory=False)
+
+    def _inline_result(self, task_id: Any) -> tuple[bytes, int | None] | None:
+        """A result kept in the journal and its attempt (None for one written before
+        attempts were recorded with it)."""
+        if self.journal is None:
+            return None
+        value = self.journal.get(inline_key(task_id, _RESULT))
+        if isinstance(value, bytes):
+            return value, None
+        if (
+            isinstance(value, list)
+            and len(value) == 2
+            and isinstance(value[0], bytes)
+            and (value[1] is None or isinstance(value[1], int))
+        ):
+            return value[0], value[1]
+        return None
+
+    def read_result_range(
+        self, task_id: Any, offset: int, length: int
+    ) -> tuple[bytes, int, int | None] | None:
+        """``length`` bytes of the result from ``offset``, its size and the attempt whose
+        bytes they are; None if this node holds no result of the task. The attempt is
+        looked up with the file opened (``_result_lock``), so a result installed over
+        it meanwhile never lends its attempt to the older bytes (a reader that pins
+        one attempt across ranges and holders relies on it)."""
+        inline = self._inline_result(task_id)
+        if inline is not None:
+            data, attempt = inline
+            return data[offset : offset + length], len(data), attempt
+        try:
+            with self._result_lock:
+                handle = open(self._path(task_id, _RESULT), "rb")  # noqa: SIM115
+                attempt = self._result_attempts.get(task_id)
+                if attempt is None:  # not installed since the start: its record says
+                    attempt = self._recorded_attempt(task_id, os.fstat(handle.fileno()).st_ino)
+            with handle:
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(offset)
+                return handle.read(length), size, attempt
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise StorageError(f"cannot read the result of task {task_id}: {error}") from None
 
     def size(self, task_id: Any, kind: str) -> int | None:
         """The payload's size in bytes, or None if this node has no copy."""
@@ -368,19 +492,40 @@ class PayloadStore:
         except OSError as error:
             raise StorageError(f"cannot read {kind} of task {task_id}: {error}") from None
 
-    def put_inline(self, task_id: Any, kind: str, data: bytes) -> int | None:
+    def put_inline(
+        self, task_id: Any, kind: str, data: bytes, attempt: int | None = None
+    ) -> int | None:
         """Append a small payload to the journal without syncing; returns the journal
         sequence number that must be synced before the payload may be relied upon, or
         None when it is too large (store it with :meth:`put_bytes` instead). Cheap enough
-        for the event loop (a write to the page cache)."""
+        for the event loop (a write to the page cache). A result goes with its
+        ``attempt`` in the same record (``[data, attempt]``): replayed together, so its
+        attempt survives a restart as a result file's record does (claimed by
+        :meth:`claiming_result`)."""
         if self.journal is None or len(data) > INLINE_MAX_BYTES:
             return None
-        return self.journal.write([(inline_key(task_id, kind), bytes(data))])
+        if kind != _RESULT:
+            return self.journal.write([(inline_key(task_id, kind), bytes(data))])
+        seq = self.journal.write([(inline_key(task_id, kind), [bytes(data), attempt])])
+        if attempt is None:
+            self._result_attempts.pop(task_id, None)
+        else:
+            self._result_attempts[task_id] = attempt
+        return seq
+
+    def drop_inline_result(self, task_id: Any) -> None:
+        """Forget a result kept in the journal (a result file of the task was installed
+        since, which readers must find instead)."""
+        if self.journal is not None:
+            self.journal.write([], [inline_key(task_id, _RESULT)])
 
     def get_memory(self, task_id: Any, kind: str) -> bytes | None:
         """An inline payload, from memory (no disk access: fine on the event loop)."""
         if self.journal is None:
             return None
+        if kind == _RESULT:
+            inline = self._inline_result(task_id)
+            return None if inline is None else inline[0]
         value = self.journal.get(inline_key(task_id, kind))
         return value if isinstance(value, bytes) else None
 

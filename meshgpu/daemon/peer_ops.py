@@ -32,7 +32,7 @@ from meshgpu.daemon.modelstore import check_digest
 from meshgpu.daemon.payloads import check_result_bytes
 from meshgpu.daemon.results import RESULT, task_key
 from meshgpu.daemon.submissions import MAX_BATCH
-from meshgpu.errors import DecodeError, MeshError, StorageError
+from meshgpu.errors import DecodeError, MeshError, OtherAttemptKept, StorageError
 
 if TYPE_CHECKING:
     from meshgpu.daemon.early_results import EarlyResults
@@ -161,16 +161,16 @@ class PeerOps:
         """A worker stores a task's result here: whole (``data``), or in ranges
         (``offset``, ``data``, ``more``; the last with ``sha256``), checked before it is
         installed. Answered once the result is on disk. A node keeps one attempt's
-        result per task, the newest it was pushed: an older attempt's is refused
-        (core/tasks/result_push.py, ``takes_result``)."""
+        result per task, the newest it was pushed: an older attempt's is refused with the
+        attempt kept here (``kept_attempt``: core/tasks/result_push.py, ``takes_result``),
+        whose result its worker then reports instead of its own."""
         task_id = _task_id(request.get("task_id"))
         data = request_field(request, "data", (bytes, memoryview))
         key, sent_attempt = task_key(task_id), request.get("attempt")
         claimed = sent_attempt if isinstance(sent_attempt, int) else None
         if "offset" not in request:
             check_result_bytes(data)  # refuse garbage before it reaches the disk
-            with self.payloads.claiming_result(key, claimed):
-                await self.results.store(key, RESULT, data, wait=True)
+            await self.results.store_result(key, bytes(data), claimed)
             return {"stored": True}
         slot = (responder.peer, "result", str(task_id), sent_attempt)
         offset = request["offset"]
@@ -398,34 +398,67 @@ class PeerOps:
         if request.get("early") and self.early is not None and isinstance(offset, int):
             if not (isinstance(length, int) and offset >= 0 and length > 0):
                 raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
+            named = asked if asked is not None else self.early.attempt(task_key(task_id))
             early = await self.early.take(
                 task_key(task_id), offset, min(length, self.results.chunk), asked
             )
-            if early is not None:
-                return {"data": early[0], "size": early[1]}
+            if early is not None:  # a range of the push of the attempt asked for
+                return {"data": early[0], "size": early[1], "attempt": named}
         key = task_key(task_id)
         installed = self.payloads.result_attempt(key)
         if serves_result(installed, asked):
-            answer = await self._range(request, key, RESULT)
+            answer = await self._result_range(request, key)
             if answer is not None:
                 return answer
         if request.get("relay") and "offset" in request:
             chunk = self.results.chunk
             length = request.get("length", chunk)
-            data, size = await self.results.result_range(
+            data, size, named = await self.results.result_range(
                 task_id,
                 self._result_holders(task_id),
                 request_field(request, "offset", int),
                 min(length, chunk) if isinstance(length, int) and length > 0 else chunk,
                 attempt=asked,
             )
-            return {"data": data, "size": size}
-        if not serves_result(installed, asked):
-            raise StorageError(
+            return {"data": data, "size": size, "attempt": named}
+        if installed is not None and not serves_result(installed, asked):
+            raise OtherAttemptKept(
                 f"node {self.node_id} keeps attempt {installed}'s result of {task_id}, "
-                f"not attempt {asked}'s"
+                f"not attempt {asked}'s",
+                installed,
             )
         raise StorageError(f"result of {task_id} is not on node {self.node_id}")
+
+    async def _result_range(self, request: Message, key: Any) -> Message | None:
+        """The range of the result kept here that a request asks for (as ``_range``),
+        with the attempt whose bytes it holds (``attempt``: a reader of several ranges
+        pins it, and starts again when a range names another); None if none is here."""
+        payloads, chunk = self.payloads, self.results.chunk
+        offset = request.get("offset")
+        length = request.get("length", chunk)
+        if offset is not None and not (
+            isinstance(offset, int) and isinstance(length, int) and offset >= 0 and length > 0
+        ):
+            raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
+        start, length = offset or 0, min(length, chunk)
+
+        def read() -> tuple[bytes, int, int | None] | None:
+            found = payloads.read_result_range(key, start, length)
+            if found is not None and offset is None and found[1] > chunk:
+                raise DecodeError(
+                    f"the result payload is {found[1]} bytes, more than one frame carries: "
+                    "ask for it in ranges ('offset' and 'length')"
+                )
+            return found
+
+        if payloads.get_memory(key, RESULT) is not None:  # in the journal: no thread hop
+            found = read()
+        else:
+            found = await trio.to_thread.run_sync(read)
+        if found is None:
+            return None
+        data, size, attempt = found
+        return {"data": data, "size": size, "attempt": attempt}
 
     def _result_holders(self, task_id: TaskId) -> tuple[str, ...]:
         resolved = self._resolved(task_id)

@@ -41,7 +41,7 @@ from meshgpu.daemon.blobs import TensorBlob, chunk_bytes
 from meshgpu.daemon.payloads import canonical_tensor_bytes
 from meshgpu.daemon.transfers import PutCall, ResultSource, range_answer, read_blob
 from meshgpu.daemon.transfers import push as push_ranges
-from meshgpu.errors import MeshError
+from meshgpu.errors import MeshError, OtherAttemptKept, RequestFailedError
 
 if TYPE_CHECKING:
     from meshgpu.daemon.early_results import EarlyResults
@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("meshgpu.daemon")
 
 RESULT = "result"
+READ_RESTARTS = 3
+"""How often a reader of a result in ranges starts again when a range names another
+attempt than the ones before it (a newer attempt installed mid-read, holders that keep
+different attempts); then the read fails, and the client collects later."""
 TRANSFER_TIMEOUT = 30.0
 """The longest one request of a transfer between nodes may take."""
 
@@ -80,6 +84,8 @@ class ResultPlane:
     max_frame_bytes: int
     _task_entry: TaskLookup
     _count: Callable[[str], None]
+    _write_payload: Callable[[Any, str, bytes, int | None], int | None]
+    _durable: Callable[[int], Awaitable[None]]
 
     @property
     def chunk(self) -> int:
@@ -94,6 +100,20 @@ class ResultPlane:
 
     async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None:
         raise NotImplementedError
+
+    async def store_result(self, key: Any, data: bytes, attempt: int | None) -> None:
+        """Keep attempt ``attempt``'s result of one range here, durably, with its attempt:
+        in the journal when small, else in a file with its record (PayloadStore). Raises
+        OtherAttemptKept when a newer attempt's result is kept here (takes_result)."""
+        payloads = self.payloads
+        with payloads.claiming_result(key, attempt):
+            seq = self._write_payload(key, RESULT, data, attempt)
+            if seq is not None:
+                await self._durable(seq)
+                return
+            await trio.to_thread.run_sync(payloads.store_small_result, key, data, attempt)
+            if payloads.get_memory(key, RESULT) is not None:  # a smaller attempt's, before
+                payloads.drop_inline_result(key)
 
     def transfer_link(self, node_id: NodeId) -> AbstractAsyncContextManager[PutCall]:
         """Requests to ``node_id`` on a connection of their own, for the ranges of one
@@ -125,24 +145,49 @@ class ResultPlane:
 
     async def _push_result(
         self, task_id: TaskId, attempt: int, result: ResultSource, holders: Iterable[NodeId]
-    ) -> tuple[tuple[NodeId, ...], list[str]]:
-        """Store the result on every live holder; returns those that confirmed, and why
-        the others did not. Storing is part of finishing the task: while no node other
-        than this one confirmed, the result goes to further live members, one at a time,
-        and the whole round is tried ``PUSH_ROUNDS`` times before the task fails
-        (core/tasks/result_push.py decides whom and when)."""
+    ) -> tuple[tuple[NodeId, ...], list[str], int]:
+        """Store the result on every live holder; returns the nodes that keep the
+        task's result, why the others did not, and which attempt's result those keep.
+        Storing is part of finishing the task: while no node other than this one
+        confirmed, the result goes to further live members, one at a time, and the whole
+        round is tried ``PUSH_ROUNDS`` times before the task fails
+        (core/tasks/result_push.py decides whom and when). A node that refuses because
+        it keeps a newer attempt's result (``kept_attempt`` of its answer) has the task's
+        result too: the attempt adopts the newest such one, and returns the nodes that
+        keep it and that attempt (its ``done`` then names an attempt its holders keep;
+        the nodes that took this attempt's copy keep an older one, which no reader of the
+        newer one is served)."""
         stored: list[NodeId] = []
         problems: list[str] = []
+        newer: dict[NodeId, int] = {}
+        """Nodes that keep a newer attempt's result, and which (counted as ``stored``)."""
         me = self.node_id
+
+        def refused(node_id: NodeId, error: Exception) -> bool:
+            kept = (
+                error.kept_attempt
+                if isinstance(error, OtherAttemptKept)
+                else error.fields.get("kept_attempt")
+                if isinstance(error, RequestFailedError)
+                else None
+            )
+            if not isinstance(kept, int) or kept <= attempt:
+                return False
+            newer[node_id] = kept
+            stored.append(node_id)
+            return True
 
         async def push(node_id: NodeId) -> None:
             try:
                 if node_id == me:
                     if result.data is not None:
                         # A copy of another attempt's result here stays (takes_result).
-                        with self.payloads.claiming_result(task_key(task_id), attempt):
-                            await self.store(task_key(task_id), RESULT, result.data, wait=True)
+                        await self.store_result(task_key(task_id), result.data, attempt)
                     elif not await result.kept_here():
+                        kept = result.spill.kept_attempt if result.spill is not None else None
+                        if kept is not None and kept > attempt:
+                            newer[me] = kept
+                            stored.append(me)
                         return
                 elif result.data is not None and result.size <= self.chunk:
                     await self._request(
@@ -166,6 +211,9 @@ class ResultPlane:
                 stored.append(node_id)
             except (MeshError, OSError, trio.TooSlowError) as error:
                 problems.append(f"{node_id}: {error or type(error).__name__}")
+                if isinstance(error, MeshError) and refused(node_id, error):
+                    logger.info("%s keeps a newer attempt's result of %s", node_id, task_id)
+                    return
                 logger.warning("could not store result of %s on %s: %s", task_id, node_id, error)
 
         holders = tuple(holders)
@@ -184,8 +232,14 @@ class ResultPlane:
             raise
         if early:
             why = "this node's copy of the result was not kept"
-            self.early.finish(key, attempt, me in stored, why, now=trio.current_time())
-        return tuple(sorted(stored)), problems
+            mine = me in stored and me not in newer
+            self.early.finish(key, attempt, mine, why, now=trio.current_time())
+        if not newer:
+            return tuple(sorted(stored)), problems, attempt
+        adopted = max(newer.values())
+        self._count("result_attempts_adopted")
+        keepers = tuple(sorted(node for node, kept in newer.items() if kept == adopted))
+        return keepers, problems, adopted
 
     async def _push_rounds(
         self,
@@ -240,26 +294,41 @@ class ResultPlane:
     ) -> tuple[Buffer | None, int]:
         """The result of ``task_id`` if it fits one range, and its size in bytes (None and
         the size for a larger one, which the client fetches in ranges: ``get_result``)."""
-        data, size = await self.result_range(task_id, holders, 0, self.chunk, attempt=attempt)
+        data, size, _ = await self.result_range(task_id, holders, 0, self.chunk, attempt=attempt)
         return (data if len(data) >= size else None), size
 
     async def obtain_result(
         self, task_id: TaskId, holders: Iterable[NodeId], attempt: int | None = None
     ) -> bytes:
         """The whole result blob of ``task_id`` in memory, range by range: a task group's
-        result (its members' outputs go to the client one by one, each small)."""
-        data, size = await self.result_range(task_id, holders, 0, self.chunk, attempt=attempt)
-        parts = [data]
-        received = len(data)
-        while received < size:
-            data, total = await self.result_range(
-                task_id, holders, received, self.chunk, attempt=attempt
+        result (its members' outputs go to the client one by one, each small), the HTTP
+        surface's. Every range is one attempt's: the first range names the attempt the
+        others are asked for, and a range of another attempt starts the read again
+        (``READ_RESTARTS`` times)."""
+        holders = tuple(holders)
+        for _ in range(READ_RESTARTS + 1):
+            data, size, pinned = await self.result_range(
+                task_id, holders, 0, self.chunk, attempt=attempt
             )
-            if total != size or not data:
-                raise MeshError(f"result of {task_id} changed size while it was read")
-            parts.append(data)
-            received += len(data)
-        return b"".join(parts)
+            parts = [data]
+            received = len(data)
+            while received < size:
+                data, total, named = await self.result_range(
+                    task_id, holders, received, self.chunk, attempt=pinned
+                )
+                if named != pinned:
+                    break
+                if total != size or not data:
+                    raise MeshError(f"result of {task_id} changed size while it was read")
+                parts.append(data)
+                received += len(data)
+            else:
+                return b"".join(parts)
+            attempt = named  # a newer attempt was installed, or holders keep others
+        raise MeshError(
+            f"result of {task_id} unavailable: its holders' attempts kept changing while "
+            "it was read"
+        )
 
     async def result_range(
         self,
@@ -269,45 +338,77 @@ class ResultPlane:
         length: int,
         *,
         attempt: int | None = None,
-    ) -> tuple[Buffer, int]:
-        """Bytes ``offset`` to ``offset + length`` of the result of ``task_id`` and its
-        total size, from our store or any live result holder (a range a peer sent is a
-        view of the frame it came in, not a copy); with ``attempt``, of that attempt's
-        result only (a holder of another attempt's refuses: result_push.serves_result),
-        so ranges read from several holders are one attempt's bytes."""
+    ) -> tuple[Buffer, int, int | None]:
+        """Bytes ``offset`` to ``offset + length`` of the result of ``task_id``, its total
+        size and the attempt whose bytes they are (None: unknown), from our store or any
+        live result holder (a range a peer sent is a view of the frame it came in, not a
+        copy). With ``attempt``: that attempt's result or a newer one's
+        (result_push.serves_result); only when no live holder keeps one, the newest older
+        attempt's any holder keeps (a whole result of the task too: nothing accepted is
+        lost when the holders of the attempt ``done`` names died, docs/daemon.md). A
+        reader of several ranges pins the attempt the first one names
+        (``obtain_result``, the client's fetch)."""
         payloads, key = self.payloads, task_key(task_id)
-        here = serves_result(payloads.result_attempt(key), attempt)
-        local = payloads.get_memory(key, RESULT) if here else None
-        if local is not None:
-            return local[offset : offset + length], len(local)
-        if here and payloads.has(key, RESULT):
-
-            def read() -> tuple[bytes | None, int | None]:
-                return payloads.read_range(key, RESULT, offset, length), payloads.size(key, RESULT)
-
-            data, size = await trio.to_thread.run_sync(read)
-            if data is not None and size is not None:
-                return data, size
-        errors = []
+        installed = payloads.result_attempt(key)
+        if serves_result(installed, attempt):
+            local = await self._local_range(key, offset, length)
+            if local is not None:
+                return local
+        errors: list[str] = []
+        older: dict[NodeId, int] = {}
+        """Live holders that keep an older attempt's result than the one asked for."""
         for node_id in self._live(holders):
             if node_id == self.node_id:
                 continue
             try:
-                asked = {} if attempt is None else {"attempt": attempt}
-                reply = await self._request(
-                    node_id,
-                    "get_result",
-                    task_id=str(task_id),
-                    offset=offset,
-                    length=length,
-                    **asked,
-                )
-                return range_answer(reply, offset)
+                return await self._remote_range(task_id, node_id, offset, length, attempt)
             except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
                 errors.append(f"{node_id}: {error or type(error).__name__}")
+                if isinstance(error, RequestFailedError):  # keeps an older attempt's?
+                    kept = error.fields.get("kept_attempt")
+                    if isinstance(kept, int):
+                        older[node_id] = kept
+        if attempt is not None:
+            if installed is not None and installed < attempt:
+                older[self.node_id] = installed
+            for node_id in sorted(older, key=lambda node: -older[node]):
+                kept = older[node_id]
+                try:
+                    if node_id == self.node_id:
+                        local = await self._local_range(key, offset, length)
+                        if local is not None and local[2] == kept:
+                            return local
+                        continue
+                    return await self._remote_range(task_id, node_id, offset, length, kept)
+                except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
+                    errors.append(f"{node_id}: {error or type(error).__name__}")
         raise MeshError(
             f"result of {task_id} unavailable: " + ("; ".join(errors) or "no live result holder")
         )
+
+    async def _local_range(
+        self, key: Any, offset: int, length: int
+    ) -> tuple[Buffer, int, int | None] | None:
+        """A range of the result kept here, its size and attempt; None if none is here."""
+        payloads = self.payloads
+        if payloads.get_memory(key, RESULT) is not None:  # in the journal: no thread hop
+            return payloads.read_result_range(key, offset, length)
+        if not payloads.has(key, RESULT):
+            return None
+        return await trio.to_thread.run_sync(payloads.read_result_range, key, offset, length)
+
+    async def _remote_range(
+        self, task_id: TaskId, node_id: NodeId, offset: int, length: int, attempt: int | None
+    ) -> tuple[Buffer, int, int | None]:
+        """A range of the result a holder keeps, its size and attempt (the holder names
+        it; None from one that does not know it)."""
+        asked = {} if attempt is None else {"attempt": attempt}
+        reply = await self._request(
+            node_id, "get_result", task_id=str(task_id), offset=offset, length=length, **asked
+        )
+        data, size = range_answer(reply, offset)
+        named = reply.get("attempt")
+        return data, size, named if isinstance(named, int) else None
 
     async def sweep_results(self, interval: float = 30.0) -> None:
         """Delete result copies this node keeps without being a holder (the worker's
@@ -351,6 +452,12 @@ class _ResultSpill:
         self._done = trio.Event()
         self._stored = False
         self._sha256: str | None = None
+        self._kept_attempt: int | None = None
+
+    @property
+    def kept_attempt(self) -> int | None:
+        """The newer attempt whose result this node keeps, when the copy was refused."""
+        return self._kept_attempt
 
     async def run(self, write: bool = True) -> None:
         """Compute the digest, and with ``write`` keep the copy (the digest comes from
@@ -381,6 +488,8 @@ class _ResultSpill:
                 self._sha256 = await trio.to_thread.run_sync(write_and_install)
             self._stored = True
         except MeshError as error:
+            if isinstance(error, OtherAttemptKept):
+                self._kept_attempt = error.kept_attempt
             logger.warning(
                 "could not keep the result of %s here (%s); sending it from memory",
                 self._task_id,

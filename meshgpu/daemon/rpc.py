@@ -32,6 +32,9 @@ from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES, FrameStream
 from meshgpu.errors import ClientError, DecodeError, RemoteProtocolError, RequestFailedError
 
 Message = dict[str, Any]
+_ANSWER_KEYS = frozenset({"id", "ok", "more", "error", "kind"})
+"""The keys every answer has; an error answer's others are its fields
+(``RequestFailedError.fields``)."""
 
 
 class RpcConnection:
@@ -80,6 +83,11 @@ class RpcConnection:
                         raise RequestFailedError(
                             f"{self.peer}: {response.get('error', 'request failed')}",
                             kind=str(response.get("kind", "MeshError")),
+                            fields={
+                                name: value
+                                for name, value in response.items()
+                                if name not in _ANSWER_KEYS
+                            },
                         )
                     yield response
                     if not response.get("more", False):

@@ -655,12 +655,15 @@ class Daemon:
         """Wait until journal record ``seq`` (and everything written before it) is synced."""
         await self.commit.durable(seq)
 
-    def write_payload(self, key: Any, kind: str, data: bytes) -> int | None:
+    def write_payload(
+        self, key: Any, kind: str, data: bytes, attempt: int | None = None
+    ) -> int | None:
         """Store a small payload in the journal (no fsync); a full disk stops the node
         like a failed ``Persist`` (acknowledging what is not on disk would break the
-        contract). Returns the sequence number to wait for, or None if too large."""
+        contract). Returns the sequence number to wait for, or None if too large. A
+        result's ``attempt`` goes in its record (PayloadStore.put_inline)."""
         try:
-            seq = self.payloads.put_inline(key, kind, data)
+            seq = self.payloads.put_inline(key, kind, data, attempt)
         except StorageError as error:
             self.storage_failed(error)
             raise

@@ -321,6 +321,11 @@ class Spill(Protocol):
     def sha256(self) -> str:
         """The result's digest, once :meth:`wait` returned."""
 
+    @property
+    def kept_attempt(self) -> int | None:
+        """Once :meth:`wait` returned False: the newer attempt whose result this node
+        keeps instead (the copy was refused for it), else None."""
+
 
 @dataclass(frozen=True)
 class ResultSource:

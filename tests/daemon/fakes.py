@@ -159,7 +159,7 @@ def data_plane(
         task_entry=entries.get,
         feed=fed,
         count=counted.append,
-        write_payload=lambda key, kind, data: None,
+        write_payload=lambda key, kind, data, attempt: None,
         durable=durable,
         leaving=lambda: leaving[0],
     )

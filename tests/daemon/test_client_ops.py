@@ -46,7 +46,7 @@ class Results:
     stored: dict[Any, bytes] = field(default_factory=dict)
     chunk: int = 1 << 20
 
-    async def store(self, key: Any, kind: str, data: bytes, *, wait: bool) -> None:
+    async def store_result(self, key: Any, data: bytes, attempt: int | None) -> None:
         self.stored[key] = data
 
     async def result_head(
@@ -58,9 +58,9 @@ class Results:
 
     async def result_range(
         self, task_id: TaskId, holders: Any, offset: int, length: int, *, attempt: Any = None
-    ) -> tuple[bytes, int]:
+    ) -> tuple[bytes, int, int | None]:
         data = self.held[task_id]
-        return data[offset : offset + length], len(data)
+        return data[offset : offset + length], len(data), attempt
 
     async def obtain_result(self, task_id: TaskId, holders: Any, attempt: Any = None) -> bytes:
         return self.held[task_id]

@@ -70,8 +70,8 @@ async def test_a_run_reports_ok_with_its_result_kept_here(lone: Plane, clock) ->
     await lone.plane.wait_idle()
     (event,) = finished(lone)
     assert event.outcome == "ok" and event.result_holders == ("w",)
-    data, size = await lone.plane.result_range(TASK, (), 0, 1 << 20)
-    assert size == len(data)
+    data, size, attempt = await lone.plane.result_range(TASK, (), 0, 1 << 20)
+    assert size == len(data) and attempt == event.attempt
     np.testing.assert_array_equal(tensors_from_bytes(data)["y"], np.arange(4) * 2)
     assert lone.plane.completed == 1 and not lone.plane.running
 

@@ -70,7 +70,7 @@ def large_result() -> ResultSource:
 
 async def test_a_result_no_node_takes_fails_the_attempt_with_the_reasons(autojump_clock) -> None:
     peers = Peers(taking=set())
-    holders, problems = await plane(peers, ["w", "o", "h", "x"])._push_result(
+    holders, problems, _ = await plane(peers, ["w", "o", "h", "x"])._push_result(
         TASK, 1, large_result(), ["o", "h"]
     )
     assert holders == ()
@@ -82,7 +82,7 @@ async def test_a_result_no_node_takes_fails_the_attempt_with_the_reasons(autojum
 
 async def test_a_result_no_holder_takes_goes_to_another_live_member(autojump_clock) -> None:
     peers = Peers(taking={"x"})
-    holders, _ = await plane(peers, ["w", "o", "h", "x"])._push_result(
+    holders, _, _ = await plane(peers, ["w", "o", "h", "x"])._push_result(
         TASK, 1, large_result(), ["o", "h"]
     )
     assert holders == ("x",)
@@ -104,7 +104,7 @@ async def test_a_result_no_holder_takes_goes_to_another_live_member(autojump_clo
 async def test_a_holder_that_takes_it_is_enough(autojump_clock) -> None:
     peers = Peers(taking={"h"})
     started = trio.current_time()
-    holders, problems = await plane(peers, ["w", "o", "h", "x"])._push_result(
+    holders, problems, _ = await plane(peers, ["w", "o", "h", "x"])._push_result(
         TASK, 1, large_result(), ["o", "h"]
     )
     assert holders == ("h",)
@@ -136,7 +136,9 @@ async def test_the_workers_own_copy_alone_is_retried_for_another(autojump_clock)
     peers = LatePeers(taking={"o", "h", "x"}, refusals=3)
     blob = TensorBlob({"y": np.arange(4, dtype=np.float32)})
     result = ResultSource(blob.size, blob.digest(), memory_reader(blob), stored_here=True)
-    holders, _ = await plane(peers, ["w", "o", "h", "x"])._push_result(TASK, 1, result, ["o", "h"])
+    holders, _, _ = await plane(peers, ["w", "o", "h", "x"])._push_result(
+        TASK, 1, result, ["o", "h"]
+    )
     assert "w" in holders
     assert set(holders) - {"w"}, holders
 
@@ -146,7 +148,7 @@ async def test_a_lone_worker_keeps_its_own_copy(autojump_clock) -> None:
     blob = TensorBlob({"y": np.arange(4, dtype=np.float32)})
     result = ResultSource(blob.size, blob.digest(), memory_reader(blob), stored_here=True)
     started = trio.current_time()
-    holders, _ = await plane(peers, ["w"])._push_result(TASK, 1, result, [])
+    holders, _, _ = await plane(peers, ["w"])._push_result(TASK, 1, result, [])
     assert holders == ("w",)
     assert trio.current_time() == started  # nobody else to wait for
 
@@ -189,7 +191,7 @@ async def test_a_large_result_is_pushed_from_memory_while_the_workers_copy_is_wr
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
     result = await fakes.plane._result_source(TASK, outputs, 1)
     # One holder other than the worker: the worker keeps a copy of its own.
-    holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o"])
+    holders, problems, _ = await fakes.plane._push_result(TASK, 1, result, ["o"])
     assert holders == ("o", "w") and not problems
     assert peers.stored_at_first_range and not any(peers.stored_at_first_range)
     digest = TensorBlob(outputs).digest()
@@ -208,7 +210,7 @@ async def test_a_worker_no_holder_of_a_task_with_two_live_holders_keeps_no_copy(
     fakes.plane.peers = peers  # type: ignore[assignment]
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
     result = await fakes.plane._result_source(TASK, outputs, 1)
-    holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
+    holders, problems, _ = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
     assert holders == ("h", "o") and not problems
     assert not fakes.payloads.has(("o", 7), RESULT)
     lasts = [fields for _, fields in peers.calls if not fields["more"]]
@@ -224,7 +226,7 @@ async def test_a_worker_that_is_one_of_three_holders_keeps_its_copy(tmp_path: Pa
     fakes.plane.peers = peers  # type: ignore[assignment]
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
     result = await fakes.plane._result_source(TASK, outputs, 1)
-    holders, problems = await fakes.plane._push_result(TASK, 1, result, ["w", "o", "h"])
+    holders, problems, _ = await fakes.plane._push_result(TASK, 1, result, ["w", "o", "h"])
     assert holders == ("h", "o", "w") and not problems
     assert fakes.payloads.has(("o", 7), RESULT)
 
@@ -239,7 +241,7 @@ async def test_a_worker_that_skipped_its_copy_writes_it_when_a_holder_refuses(
     fakes.plane.peers = peers  # type: ignore[assignment]
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
     result = await fakes.plane._result_source(TASK, outputs, 1)
-    holders, problems = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
+    holders, problems, _ = await fakes.plane._push_result(TASK, 1, result, ["o", "h"])
     assert holders == ("o", "w")
     assert [problem.split(":")[0] for problem in problems] == ["h"]
     assert fakes.payloads.has(("o", 7), RESULT)
@@ -259,7 +261,7 @@ async def test_a_result_the_worker_cannot_keep_is_still_pushed_with_its_digest(
     monkeypatch.setattr(TensorBlob, "write_to", full_disk)
     outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
     result = await fakes.plane._result_source(TASK, outputs, 1)
-    holders, _ = await fakes.plane._push_result(TASK, 1, result, ["o"])
+    holders, _, _ = await fakes.plane._push_result(TASK, 1, result, ["o"])
     assert holders == ("o",)  # not the worker: its copy was never stored
     assert not fakes.payloads.has(("o", 7), RESULT)
     lasts = [fields for _, fields in peers.calls if not fields["more"]]

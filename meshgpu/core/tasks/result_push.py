@@ -21,9 +21,10 @@ the first installed attempt kept for good (an attempt whose report was lost left
 holder refusing every later attempt, and the task failed after its retries: the leader
 killed mid-stream did it); a result kept per attempt (every attempt's copy on every
 holder's disk, and a key that every reader, sweep and delete would have to enumerate).
-Left: a reader that assembles ranges from holders of different attempts (two attempts
-racing, or a newer one installed mid-read) can get a mix; the fix is for a refused or
-superseded attempt to adopt the installed one's result (docs/daemon.md).
+A refused attempt adopts the newer result it was refused for (its report names that
+attempt and the nodes keeping it), and a reader of several ranges pins the attempt the
+first range names and starts again when a later one names another (docs/daemon.md,
+"One attempt's result per holder").
 """
 
 from __future__ import annotations

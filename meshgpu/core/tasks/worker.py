@@ -58,9 +58,12 @@ class Worker:
                     tid, now, result_holders=holders if current.phase is Phase.DONE else frozenset()
                 )
                 return
-            if current.phase is Phase.ASSIGNED and current.attempt == event.attempt:
+            # A result adopted from a newer attempt (its holders refused this one's) is
+            # that attempt's: DONE names the attempt the holders keep.
+            kept = event.attempt if event.result_attempt is None else event.result_attempt
+            if current.phase is Phase.ASSIGNED and current.attempt == kept:
                 view = current.view
-            done = st.complete(current, event.attempt, view, tasks.node_id)
+            done = st.complete(current, kept, view, tasks.node_id)
             tasks.update(tid, now, state=done, result_holders=holders)
             return
         if current.terminal:

@@ -167,6 +167,31 @@ def test_two_successful_runs_resolve_once() -> None:
     assert len(effects(h, TaskResolved)) == 1
 
 
+def test_a_report_of_an_adopted_result_is_done_for_the_attempt_its_holders_keep() -> None:
+    """Attempt 1's holders refused its result for attempt 2's (installed there, its
+    report lost): the worker of attempt 1 reports ok with those holders and
+    ``result_attempt`` 2, and the task's DONE names attempt 2, which they keep."""
+    h = settled(3)
+    task_id = submit(h, "n000", SPEC)
+    first = run_assigned(h, task_id, "transient_error", "device lost")
+    second = None
+    for _ in range(40):
+        runs = [e for _, n, e in h.log if isinstance(e, RunTask) and e.attempt == 2]
+        if runs:
+            second = runs[0]
+            break
+        h.run_until(h.now + 0.05)
+    assert second is not None
+    h.deliver_event(first, TaskFinished(task_id, 1, "ok", "", second.holders, result_attempt=2))
+    h.run_until(h.now + 0.5)
+    (resolved,) = effects(h, TaskResolved)
+    assert resolved.state is Resolution.DONE
+    entries = [node.tasks.table.get(task_id) for node in h.nodes.values()]
+    states = [entry.state for entry in entries if entry is not None]
+    assert h.nodes["n000"].tasks.table.get(task_id) is not None
+    assert states and all(s.phase is Phase.DONE and s.attempt == 2 for s in states)
+
+
 def test_unknown_strategy_is_rejected() -> None:
     h = settled(2)
     h.deliver_event("n000", SubmitTask("bad", TaskSpec("m", "i", strategy="fastest")))
