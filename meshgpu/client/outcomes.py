@@ -373,7 +373,7 @@ async def _fetch_one_attempt(
     """The attempt the first range's answer named."""
 
     async def call(offset: int, length: int) -> dict[str, Any]:
-        asked = pinned[0] if pinned else attempt
+        asked = pinned[0] if pinned and pinned[0] is not None else attempt
         reply = await rpc.call(
             "get_result",
             task_id=task_id,

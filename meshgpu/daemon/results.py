@@ -314,7 +314,11 @@ class ResultPlane:
             received = len(data)
             while received < size:
                 data, total, named = await self.result_range(
-                    task_id, holders, received, self.chunk, attempt=pinned
+                    task_id,
+                    holders,
+                    received,
+                    self.chunk,
+                    attempt=attempt if pinned is None else pinned,
                 )
                 if named != pinned:
                     break
