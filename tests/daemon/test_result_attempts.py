@@ -64,6 +64,11 @@ def wire(nodes: dict[str, PeerOps], before: Answer | None = None) -> Answer:
         if before is not None:
             await before(node, op, fields)
         handler = nodes[node].table()[op]
+        # Buffers travel as msgpack's bin: a bytearray or a view arrives as bytes.
+        fields = {
+            name: bytes(value) if isinstance(value, bytearray | memoryview) else value
+            for name, value in fields.items()
+        }
         try:
             return await handler(fields, Responder(peer="w"))
         except MeshError as error:
