@@ -33,7 +33,7 @@ STATE_FILE = "daemon.json"
 @click.option("--bind", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
-    type=int,
+    type=click.IntRange(0, 65535),
     default=7946,
     show_default=True,
     help="UDP gossip and TCP API port (0: any free port).",

@@ -182,7 +182,13 @@ def status(peer: str | None, key_file: Path | None, as_json: bool) -> None:
 @connection_options
 @click.option("--state", type=click.Choice(TASK_STATES), help="Only tasks in this state.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list.")
-@click.option("--limit", type=int, default=50, show_default=True, help="Rows shown (not JSON).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Rows shown, the newest (not JSON); 0 shows every row.",
+)
 def tasks(
     peer: str | None, key_file: Path | None, state: str | None, as_json: bool, limit: int
 ) -> None:
