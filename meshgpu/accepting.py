@@ -2,20 +2,21 @@
 (daemon/api.py) and the HTTP port (http/connections.py) run in front of their handlers.
 
 Each wakeup of :func:`accept_forever` takes every connection the kernel holds (up to
-:data:`ACCEPT_BURST`) with plain non-blocking ``accept`` calls, and decides on the address
-``accept`` returns: a refused connection is reset there and then (``SO_LINGER`` 0: an
-RST, and no socket left in ``TIME_WAIT`` on this side), before a stream, a TLS session
-or a task exists for it. The listening socket itself lingers 0, and an accepted socket
-is born with its listener's ``SO_LINGER`` (Linux and the BSDs copy it), so a reset is one
-``close``: most connections of a flood are refused or reset unread, and a handler that
-keeps one turns the linger off when it has something to say (:func:`linger_zero`).
-trio's own ``accept`` takes two trips through the scheduler
-per connection; under a flood of reconnects (hundreds a second to each daemon of a mesh
-that shares a core) those trips, not the refusals, were most of what the flood cost.
-How many to take is read from the listening socket's queue (``TCP_INFO``,
-:func:`queued`), not found by an ``accept`` that fails: on the bench machine a failing
-``accept`` costs 30-60 us (the kernel builds and frees a socket and a file for it), the
-read 5 us (docs/reliability.md, "Where a wakeup's cost goes").
+:data:`ACCEPT_BURST`, :func:`accept_queued`) with plain non-blocking ``accept`` calls,
+and decides on the address ``accept`` returns: a refused connection is reset there and
+then (``SO_LINGER`` 0: an RST, and no socket left in ``TIME_WAIT`` on this side), by its
+file descriptor, before a socket object, a stream, a TLS session or a task exists for
+it. The listening socket itself lingers 0, and an accepted socket is born with its
+listener's ``SO_LINGER`` (Linux and the BSDs copy it), so a reset is one ``close``: most
+connections of a flood are refused or reset unread, and a handler that keeps one turns
+the linger off when it has something to say (:func:`linger_zero`). trio's own
+``accept`` takes two trips through the scheduler per connection; under a flood of
+reconnects (hundreds a second to each daemon of a mesh that shares a core) those trips,
+not the refusals, were most of what the flood cost. How many to take is read from the
+listening socket's queue (``TCP_INFO``, :func:`queued`), not found by an ``accept`` that
+fails: on the bench machine a failing ``accept`` costs 30-60 us (the kernel builds and
+frees a socket and a file for it), the read 5 us (docs/reliability.md, "Where a
+wakeup's cost goes").
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUF
 """``accept`` errors that pass (trio.serve_listeners' list): wait a moment, go on."""
 
 
+class _Fileno(Protocol):
+    def fileno(self) -> int: ...
+
+
 class _Socket(Protocol):
     def setsockopt(self, level: int, option: int, value: bytes, /) -> None: ...
     def close(self) -> None: ...
@@ -61,41 +66,73 @@ def reset(sock: _Socket) -> None:
     sock.close()
 
 
+def listening_copy(listening: _Fileno) -> socket.socket:
+    """A non-blocking stdlib socket on ``listening``'s file (a ``dup``: the copy's
+    registrations and options are the listener's own), lingering 0 so that every
+    socket accepted from it is born so."""
+    raw = socket.socket(fileno=os.dup(listening.fileno()))
+    try:
+        raw.setblocking(False)
+        linger_zero(raw)
+    except BaseException:
+        raw.close()
+        raise
+    return raw
+
+
 async def accept_forever(
     listening: trio.socket.SocketType,
     admit: Callable[[Any], bool],
     admitted: Callable[[socket.socket, Any], None],
 ) -> None:
-    """Accept connections on ``listening`` forever: ``admit(address)`` decides (a refused
-    connection is reset at once), ``admitted(socket, address)`` takes the others, as
-    non-blocking stdlib sockets (it must not block: start a task, or hand the socket to
-    a :class:`~meshgpu.first_bytes.FirstBytesGate`); both are born lingering 0 (an RST
-    when closed), and ``admitted`` turns that off where a connection is to end with a
-    FIN."""
-    raw = socket.socket(fileno=os.dup(listening.fileno()))  # the same listening socket
+    """Accept connections on ``listening`` forever (:func:`accept_queued` each time it
+    is readable; a moment's pause when ``accept`` ran out of file descriptors)."""
+    raw = listening_copy(listening)
     try:
-        raw.setblocking(False)
-        linger_zero(raw)  # inherited by every accepted socket
         while True:
             await trio.lowlevel.wait_readable(listening)
-            for _ in range(min(queued(raw), ACCEPT_BURST)):
-                try:
-                    sock, address = raw.accept()
-                except BlockingIOError:
-                    break
-                except OSError as error:  # out of file descriptors or buffers
-                    if error.errno not in ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    logger.warning("accept failed (%s); retrying in 0.1 s", error)
-                    await trio.sleep(0.1)
-                    break
-                if not admit(address):
-                    sock.close()  # an RST: it lingers 0 from the listener
-                    continue
-                sock.setblocking(False)
-                admitted(sock, address)
+            if not accept_queued(raw, admit, admitted):
+                await trio.sleep(0.1)
     finally:
         raw.close()
+
+
+def accept_queued(
+    raw: socket.socket,
+    admit: Callable[[Any], bool],
+    admitted: Callable[[socket.socket, Any], None],
+) -> bool:
+    """Accept what ``raw``'s queue holds (up to :data:`ACCEPT_BURST`). ``admit(address)``
+    decides; a refused connection is closed by its file descriptor, before a socket
+    object exists for it (an RST: it lingers 0 from the listener); ``admitted(socket,
+    address)`` takes the others as non-blocking stdlib sockets (it must not block: start
+    a task, or hold it at a :class:`~meshgpu.first_bytes.FirstBytesGate`) and turns the
+    linger off where a connection is to end with a FIN. False when ``accept`` failed for
+    want of file descriptors or buffers (logged; the caller waits a moment before the
+    next burst); other errors are raised. Invoked by :func:`accept_forever` each time
+    the listening socket is readable.
+
+    ``socket.accept`` builds a socket object for every connection, and building one on a
+    file descriptor asks the kernel for its address (``getsockname``): a syscall and an
+    object for each connection of a flood that is refused unread."""
+    accept = raw._accept  # type: ignore[attr-defined]  # socket.accept's own first step
+    for _ in range(min(queued(raw), ACCEPT_BURST)):
+        try:
+            fd, address = accept()
+        except BlockingIOError:
+            break
+        except OSError as error:  # out of file descriptors or buffers
+            if error.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise
+            logger.warning("accept failed (%s); retrying in 0.1 s", error)
+            return False
+        if not admit(address):
+            os.close(fd)
+            continue
+        sock = socket.socket(raw.family, raw.type, raw.proto, fileno=fd)
+        sock.setblocking(False)
+        admitted(sock, address)
+    return True
 
 
 _TCP_INFO_BYTES = 28

@@ -71,6 +71,9 @@ _EXPIRY_SLACK_S = 0.1
 _DRAIN_BYTES = 64 * 1024
 """Bytes read from a refused socket before it is closed (with unread bytes left the
 kernel resets it instead of closing it: a 64 MiB lie is reset, a short one closed)."""
+_DRAIN = memoryview(bytearray(_DRAIN_BYTES))
+"""Where they are read to and dropped (one buffer for every refusal, not a new
+64 KiB ``bytes`` each)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -254,7 +257,7 @@ class FirstBytesGate:
                 self._epoll.unregister(held.fd)  # the hook keeps it open
         else:
             with contextlib.suppress(OSError):
-                sock.recv(_DRAIN_BYTES)
+                sock.recv_into(_DRAIN)
             sock.close()
         self._released(held.address, "refused")
         return True
