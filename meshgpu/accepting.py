@@ -89,9 +89,12 @@ async def accept_forever(
     is readable; a moment's pause when ``accept`` ran out of file descriptors)."""
     raw = listening_copy(listening)
     try:
+        fd = listening.fileno()
+        # read once: each ``socket`` property converts to an enum in Python
+        shape = (raw.family, raw.type, raw.proto)
         while True:
-            await trio.lowlevel.wait_readable(listening)
-            if not accept_queued(raw, admit, admitted):
+            await trio.lowlevel.wait_readable(fd)
+            if not accept_queued(raw, admit, admitted, shape):
                 await trio.sleep(0.1)
     finally:
         raw.close()
@@ -101,6 +104,7 @@ def accept_queued(
     raw: socket.socket,
     admit: Callable[[Any], bool],
     admitted: Callable[[socket.socket, Any], None],
+    shape: tuple[int, int, int] | None = None,
 ) -> bool:
     """Accept what ``raw``'s queue holds (up to :data:`ACCEPT_BURST`). ``admit(address)``
     decides; a refused connection is closed by its file descriptor, before a socket
@@ -110,7 +114,8 @@ def accept_queued(
     linger off where a connection is to end with a FIN. False when ``accept`` failed for
     want of file descriptors or buffers (logged; the caller waits a moment before the
     next burst); other errors are raised. Invoked by :func:`accept_forever` each time
-    the listening socket is readable.
+    the listening socket is readable; ``shape`` is ``raw``'s family, type and protocol,
+    where the caller has read them already.
 
     ``socket.accept`` builds a socket object for every connection, and building one on a
     file descriptor asks the kernel for its address (``getsockname``): a syscall and an
@@ -129,7 +134,9 @@ def accept_queued(
         if not admit(address):
             os.close(fd)
             continue
-        sock = socket.socket(raw.family, raw.type, raw.proto, fileno=fd)
+        if shape is None:
+            shape = (raw.family, raw.type, raw.proto)
+        sock = socket.socket(*shape, fileno=fd)
         sock.setblocking(False)
         admitted(sock, address)
     return True
@@ -143,9 +150,9 @@ listening socket, the length of its accept queue."""
 
 def queued(listening: socket.socket) -> int:
     """Connections waiting in ``listening``'s accept queue (:data:`ACCEPT_BURST` where
-    the socket cannot say: not TCP)."""
-    if listening.family not in (socket.AF_INET, socket.AF_INET6):
-        return ACCEPT_BURST
+    the socket cannot say: not TCP, whose sockets refuse the option). Invoked once per
+    wakeup of an accept loop: it reads no ``socket`` property (each converts to an enum
+    in Python)."""
     try:
         info = listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
     except OSError:
