@@ -1,7 +1,9 @@
 """Model metadata for the protocol, read from the ONNX graph: each input and output with
 its datatype and shape (``-1`` for a symbolic or unknown dimension), platform
 ``onnx_onnxv1``. Initializers listed among a graph's inputs (older exporters do that) are
-weights, not inputs, and are left out."""
+weights, not inputs, and are left out. An output declared without a type or shape (which
+onnxruntime runs) is described as ONNX shape inference finds it; one whose rank even
+inference cannot find is ``[-1]``, the protocol having no notation for an unknown rank."""
 
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ def _tensor(value: Any) -> dict[str, Any]:
     dims = [
         d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in kind.shape.dim
     ]
+    if not kind.HasField("shape"):
+        dims = [-1]  # rank unknown: an empty shape would say "a scalar"
     return {
         "name": value.name,
         "datatype": ONNX_DATATYPES.get(kind.elem_type, f"ONNX_{kind.elem_type}"),
@@ -54,6 +58,30 @@ class ModelInfo:
         return validate_feeds(self.spec, feeds, self.defaulted)
 
 
+def _typed_outputs(proto: Any) -> list[Any]:
+    """The graph's outputs, those declared without a type or shape completed by shape
+    inference (on the model's skeleton: its large weights are not copied)."""
+    import onnx
+
+    from meshgpu.inference.model import skeleton, untyped_output
+
+    outputs = list(proto.graph.output)
+    if not any(untyped_output(value) for value in outputs):
+        return outputs
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton(proto))
+    except (onnx.shape_inference.InferenceError, RuntimeError):
+        return outputs  # the model was checked when added; described as declared
+    known = {value.name: value for value in [*inferred.graph.value_info, *inferred.graph.output]}
+    completed = []
+    for value in outputs:
+        found = known.get(value.name)
+        if untyped_output(value) and found is not None and found.type.WhichOneof("value"):
+            value = found
+        completed.append(value)
+    return completed
+
+
 def read_model_info(path: Path) -> ModelInfo:
     import onnx
 
@@ -63,7 +91,7 @@ def read_model_info(path: Path) -> ModelInfo:
     weights = {init.name for init in proto.graph.initializer}
     return ModelInfo(
         inputs=[_tensor(v) for v in proto.graph.input if v.name not in weights],
-        outputs=[_tensor(v) for v in proto.graph.output],
+        outputs=[_tensor(v) for v in _typed_outputs(proto)],
         spec=graph_inputs(proto),
         defaulted=defaulted_inputs(proto),
     )

@@ -182,15 +182,6 @@ def check_model(proto: onnx.ModelProto, source: str) -> None:
             f"model {source} keeps weights in external data files; "
             "embed them (onnx.save_model(..., save_as_external_data=False)) first"
         )
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "invalid"
-        raise ModelError(f"model {source} fails the ONNX checker: {first_line}") from error
-    try:
-        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError) as error:
-        raise ModelError(f"model {source} has inconsistent types or shapes: {error}") from error
     produced = {name for node in proto.graph.node for name in node.output}
     produced |= {value.name for value in proto.graph.input}
     produced |= {tensor.name for tensor in proto.graph.initializer}
@@ -200,6 +191,41 @@ def check_model(proto: onnx.ModelProto, source: str) -> None:
             f"model {source} declares outputs {missing} that no node produces "
             "(the file is probably truncated)"
         )
+    proto = _without_untyped_outputs(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "invalid"
+        raise ModelError(f"model {source} fails the ONNX checker: {first_line}") from error
+    try:
+        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as error:
+        raise ModelError(f"model {source} has inconsistent types or shapes: {error}") from error
+
+
+def untyped_output(value: onnx.ValueInfoProto) -> bool:
+    """True for a graph output declared without a type, or a tensor one without an element
+    type or a shape: the ONNX checker requires both, onnxruntime infers them, and many
+    exporters leave them out for outputs whose shape depends on the data."""
+    kind = value.type.WhichOneof("value")
+    if kind is None:
+        return True
+    tensor = value.type.tensor_type
+    return kind == "tensor_type" and (not tensor.elem_type or not tensor.HasField("shape"))
+
+
+def _without_untyped_outputs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` (a copy, when needed) without its :func:`untyped_output` outputs,
+    for the checker and strict shape inference, which still check the nodes producing them;
+    :func:`check_model` has checked that some node produces each one."""
+    if not any(untyped_output(value) for value in proto.graph.output):
+        return proto
+    light = onnx.ModelProto()
+    light.CopyFrom(proto)
+    typed = [value for value in proto.graph.output if not untyped_output(value)]
+    del light.graph.output[:]
+    light.graph.output.extend(typed)
+    return light
 
 
 def _dims(value: onnx.ValueInfoProto) -> Shape:
