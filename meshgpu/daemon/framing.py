@@ -91,36 +91,57 @@ class FramePool:
     out of it by whoever takes it (a file, an array) in a worker thread, and dropped.
     A buffer still referred to (by a view, through the ``memoryview`` that holds it) is
     never handed out again; one is free when the pool's own references are its only
-    ones (CPython's reference count: the list, the loop's name and the call's
-    argument). Each fresh buffer of 16 MiB costs 4,096 page faults to fill where the
-    C library gave it fresh pages (a client's heap returns freed frames to the system:
-    70-100 k faults a GiB received, about 0.3-0.4 system CPU s, measured in
-    ``bench/bigtensor.py``'s client). A daemon's heap keeps them already
-    (:func:`keep_frame_memory`); the pool holds at most ``SPARE_FRAMES`` per stream,
-    given back when the stream closes or when a frame too small for them arrives after
-    ``idle_s`` without a large one."""
+    ones (CPython's reference count, against what the same read gives a buffer
+    nothing else refers to on this interpreter). Each fresh buffer of 16 MiB costs
+    4,096 page faults to fill where the C library gave it fresh pages (a client's heap
+    returns freed frames to the system: 70-100 k faults a GiB received, about 0.3-0.4
+    system CPU s, measured in ``bench/bigtensor.py``'s client). A daemon's heap keeps
+    them already (:func:`keep_frame_memory`); the pool holds at most ``SPARE_FRAMES`` per
+    stream, given back when the stream closes or when a frame too small for them
+    arrives after ``idle_s`` without a large one."""
 
     def __init__(self, spare: int = SPARE_FRAMES, idle_s: float = 2.0) -> None:
         self._buffers: list[bytearray] = []
         self._spare = spare
         self._idle_s = idle_s
         self._last_large = 0.0
+        self._free_count: int | None = None
+        """What :meth:`_counts` reads for a buffer nothing else refers to, measured on
+        this interpreter (:meth:`_free_references`)."""
+
+    def _counts(self) -> list[int]:
+        """Each buffer's reference count, read while no name of the caller refers to any."""
+        import sys
+
+        return [sys.getrefcount(buffer) for buffer in self._buffers]
+
+    def _free_references(self) -> int:
+        """The count :meth:`_counts` reads for a free buffer, measured once on a probe by
+        the same code: the references the read itself adds are the interpreter's own
+        (3 on CPython 3.11-3.13: the list, the comprehension's name and getrefcount's
+        argument; 3.14 borrows stack references and reads fewer). A fixed 3 read a
+        buffer a view still refers to as free wherever a read adds one fewer, and the
+        next frame overwrote that range."""
+        if self._free_count is None:
+            probe = FramePool.__new__(FramePool)
+            probe._buffers = [bytearray(1)]
+            self._free_count = probe._counts()[0]
+        return self._free_count
 
     def buffer(self, count: int, now: float) -> memoryview:
         """A buffer of ``count`` bytes, not set to anything, to read a frame into."""
-        import sys
-
         self._last_large = now
-        for buffer in self._buffers:
-            # References: the list, ``buffer`` and getrefcount's argument; a memoryview
-            # of it (held by a view of a range still in use) adds one.
-            if count <= len(buffer) <= 2 * count and sys.getrefcount(buffer) <= 3:
-                return memoryview(buffer)[:count]
+        free = self._free_references()
+        # A memoryview of a buffer (held by a view of a range still in use) adds one.
+        counts = self._counts()
+        for at, references in enumerate(counts):
+            if references <= free and count <= len(self._buffers[at]) <= 2 * count:
+                return memoryview(self._buffers[at])[:count]
         fresh = unfilled_bytearray(count)
         if len(self._buffers) < self._spare:
             self._buffers.append(fresh)
-        elif free := [b for b in self._buffers if sys.getrefcount(b) <= 3]:
-            self._buffers.remove(free[0])  # a smaller one nothing uses: give it back
+        elif unused := [at for at, references in enumerate(counts) if references <= free]:
+            del self._buffers[unused[0]]  # a smaller one nothing uses: give it back
             self._buffers.append(fresh)
         return memoryview(fresh)[:count]
 

@@ -293,3 +293,32 @@ async def test_large_frames_read_into_reused_buffers_keep_their_bytes(
     await left.aclose()
     await right.aclose()
     await listeners[0].aclose()
+
+
+def test_a_buffer_a_view_refers_to_is_not_reused_where_the_interpreter_counts_fewer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """framing.FramePool judges a buffer free by its reference count, whose reading
+    adds references of the interpreter's own (CPython 3.14 borrows stack references:
+    fewer than 3.11's). With every count read lower than 3.11's, as there, a buffer a
+    range's view still refers to is not handed out again (a fixed threshold of 3 read
+    it as free, and the next frame overwrote the range)."""
+    import sys
+
+    from meshgpu.daemon.framing import FramePool
+
+    real = sys.getrefcount
+    monkeypatch.setattr(sys, "getrefcount", lambda thing: real(thing) - 10)
+    pool = FramePool(spare=2, idle_s=5.0)
+    first = pool.buffer(1000, now=0.0)
+    first[:4] = b"keep"
+    kept = first[:4].toreadonly()  # a range handed on, still in use
+    del first
+    second = pool.buffer(1000, now=0.1)
+    second[:4] = b"next"
+    assert bytes(kept) == b"keep"
+    del second
+    third = pool.buffer(1000, now=0.2)  # the free one is used again
+    assert len(pool) == 2
+    third[:4] = b"last"
+    assert bytes(kept) == b"keep"
