@@ -217,7 +217,7 @@ class BatchedSubmission:
             name = label if label is None or isinstance(label, str) else label[index]
             labels[index] = name
             try:
-                prepared = prepare_inputs(inputs, self.max_task_bytes, self.chunk_bytes)
+                prepared = prepare_inputs(inputs, self.max_task_bytes, self.chunk_bytes, blob)
                 if name is not None:
                     check_label(name)
             except MeshError as error:
@@ -458,11 +458,14 @@ def encode_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
     return encode_tensors(checked_arrays(inputs))
 
 
-def checked_arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def checked_arrays(
+    inputs: Mapping[str, Any], model: ModelBlob | None = None
+) -> dict[str, np.ndarray]:
     """A task's inputs as named arrays the mesh carries: numeric ones, bfloat16
     (``ml_dtypes``), and string tensors (numpy ``str``/``bytes`` arrays and object arrays
     of them become object arrays of ``str``, as onnxruntime takes them); a ConfigError
-    for anything else."""
+    for anything else, and for a Python list or number whose numpy dtype is not the one
+    ``model`` declares for that input (:func:`untyped_value_message`)."""
     if not isinstance(inputs, Mapping) or not inputs:
         raise ConfigError("inputs must be a non-empty mapping of input name to array")
     arrays = {}
@@ -479,17 +482,36 @@ def checked_arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
             raise ConfigError(
                 f"input {name!r} has dtype {array.dtype}; use a numeric, bfloat16 or string array"
             )
+        elif model is not None and not isinstance(value, np.ndarray | np.generic):
+            # numpy chose the dtype (float64 for a list of floats), not the caller
+            declared = model.input_dtypes().get(name)
+            if declared is not None and declared != array.dtype:
+                raise ConfigError(untyped_value_message(name, value, array.dtype, declared))
         arrays[name] = array
     return arrays
 
 
+def untyped_value_message(
+    name: str, value: Any, got: np.dtype[Any], declared: np.dtype[Any]
+) -> str:
+    """Why a Python list or number fed as an input is refused before it is sent: numpy
+    made it ``got`` and the model declares ``declared``; the worker would refuse it after
+    the upload and a wait in the queue, and the client does not cast silently (a float64
+    array fed to a float32 model is refused the same way, meshgpu.inference.model)."""
+    return (
+        f"input {name!r} is a Python {type(value).__name__}, which numpy makes {got}, and "
+        f"the model declares {declared}: pass numpy.asarray(value, dtype='{declared}')"
+    )
+
+
 def prepare_inputs(
-    inputs: Mapping[str, Any], max_task_bytes: int, chunk: int
+    inputs: Mapping[str, Any], max_task_bytes: int, chunk: int, model: ModelBlob | None = None
 ) -> dict[str, Any] | TensorBlob:
     """A task's inputs ready to send: their encoded map when they fit one request, else a
     :class:`TensorBlob` to upload in ranges first. Refused (a ConfigError naming both
-    sizes) when larger than ``max_task_bytes``, before anything is sent."""
-    arrays = checked_arrays(inputs)
+    sizes) when larger than ``max_task_bytes``, before anything is sent, and as
+    :func:`checked_arrays` says against ``model``."""
+    arrays = checked_arrays(inputs, model)
     size = tensor_nbytes(arrays)
     if size > max_task_bytes:
         raise ConfigError(

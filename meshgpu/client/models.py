@@ -4,7 +4,10 @@ Models are content-addressed in the mesh: a submission names the model by digest
 the client uploads the bytes only to a peer that says (``has_model``) it lacks them.
 The client does not parse or check the model; the worker does, and a malformed model
 fails its tasks permanently with the inference engine's message as the reason. That
-keeps the client light (no onnx import) and the rule in one place.
+keeps the client light (no onnx import) and the rule in one place. The one exception is
+the inputs' declared dtypes, read from the protobuf wire format without decoding the
+model (``meshgpu.client.input_types``), so a Python list numpy makes float64 is refused
+before it is sent.
 """
 
 from __future__ import annotations
@@ -103,3 +106,11 @@ class ModelBlob:
         if not data:
             raise ConfigError(f"model {name} is empty")
         return cls(data, hashlib.sha256(data).hexdigest(), name)
+
+    def input_dtypes(self) -> dict[str, Any]:
+        """Input name -> numpy dtype the model declares for its numeric feeds, read from
+        the bytes without decoding the model, once per digest
+        (:mod:`meshgpu.client.input_types`); empty when unreadable."""
+        from meshgpu.client.input_types import declared_input_dtypes
+
+        return declared_input_dtypes(self.data, self.digest)

@@ -252,7 +252,7 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         if not direct or not watch:
             fields["direct"] = False
         fields["submission"] = new_submission_id()  # the same on every resend
-        prepared = prepare_inputs(inputs, self.max_task_bytes, self.chunk_bytes)
+        prepared = prepare_inputs(inputs, self.max_task_bytes, self.chunk_bytes, blob)
         if isinstance(prepared, TensorBlob):  # larger than a request: uploaded in ranges
             reply = await self._submit_request(
                 blob, "submit", upload=prepared, **{**fields, "direct": False}
