@@ -98,7 +98,14 @@ def load_model(model: str | os.PathLike[str] | bytes | onnx.ModelProto) -> Loade
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
-                raise ModelError(f"model file {source} does not exist") from None
+                hint = ""
+                if os.sep not in source and "." not in source:  # a bare word: a name?
+                    hint = (
+                        f"; shipped models: {', '.join(sorted(SHIPPED_MODELS))}; a catalog "
+                        "name (`meshgpu models list`) is run over HTTP, POST "
+                        "/v2/models/NAME/infer, and here by its .onnx file"
+                    )
+                raise ModelError(f"model file {source} does not exist{hint}") from None
             except OSError as error:
                 raise ModelError(f"cannot read model file {source}: {error}") from error
         else:

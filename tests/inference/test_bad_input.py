@@ -151,6 +151,11 @@ def test_a_kernel_refusing_the_computed_values_is_a_model_error() -> None:
 def test_missing_file_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         inference.load(tmp_path / "absent.onnx")
+    # a bare word may be a catalog name (`meshgpu run mymodel`): say where those run
+    with pytest.raises(ModelError, match="shipped models: digits; a catalog name"):
+        inference.load("no-such-catalog-name")
+    with pytest.raises(ModelError, match=r"absent\.onnx does not exist$"):
+        inference.load(tmp_path / "absent.onnx")
 
 
 def test_unsupported_operator_names_op_opset_and_node(monkeypatch: pytest.MonkeyPatch) -> None:
