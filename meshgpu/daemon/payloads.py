@@ -215,8 +215,9 @@ class PayloadStore:
         self._installing: dict[Any, tuple[int | None, int]] = {}
         """Task -> (attempt, count) of result installs under way here."""
         self._result_attempts: dict[Any, int] = {}
-        """Which attempt's result of each task is installed here, as read from its
-        record or installed since (core/tasks/result_push.py, ``takes_result``)."""
+        """Which attempt's result of each task is installed here as a file, as read from
+        its record or installed since (core/tasks/result_push.py, ``takes_result``); a
+        result in the journal names its attempt in its own record (``_inline_result``)."""
         self._result_lock = threading.Lock()
         """Held around a result's rename with the update of its attempt, and around a
         reader's open of the file with the look-up of its attempt: a range is always
@@ -507,10 +508,10 @@ class PayloadStore:
         if kind != _RESULT:
             return self.journal.write([(inline_key(task_id, kind), bytes(data))])
         seq = self.journal.write([(inline_key(task_id, kind), [bytes(data), attempt])])
-        if attempt is None:
-            self._result_attempts.pop(task_id, None)
-        else:
-            self._result_attempts[task_id] = attempt
+        # Its attempt is read from its record (result_attempt); the map names files'
+        # attempts only: a reader thread that missed this record and opened an older
+        # attempt's file names its bytes by the file's attempt (read_result_range).
+        self._result_attempts.pop(task_id, None)
         return seq
 
     def drop_inline_result(self, task_id: Any) -> None:

@@ -382,3 +382,31 @@ def test_a_record_left_by_a_crash_is_settled_at_start(tmp_path: Path) -> None:
         len(attempt_bytes(1.0)),
         1,
     )
+
+
+def test_a_file_read_as_a_newer_small_result_is_journaled_is_named_by_its_own_attempt(
+    tmp_path: Path,
+) -> None:
+    """A reader thread found no result in the journal and opened the file, attempt 1's;
+    meanwhile, on the event loop, attempt 2's smaller result went into the journal. The
+    range read from the file is named attempt 1 (its record), not attempt 2: a reader
+    pins the attempt a range names, and attempt 2's bytes are not these."""
+    from meshgpu.daemon.journal import Journal
+
+    key = task_key(TASK)
+    store = PayloadStore(tmp_path / "p", Journal.open(tmp_path / "journal"))
+    store.store_small_result(key, attempt_bytes(1.0), 1)
+    tiny = canonical_tensor_bytes({"y": np.full(3, 2.0, dtype=np.float32)})
+    journaled = store._inline_result
+
+    def looked_before_the_journal_write(task_id: Any) -> Any:
+        store._inline_result = journaled  # type: ignore[method-assign]
+        store.put_inline(key, RESULT, tiny, 2)  # the event loop, meanwhile
+        return None
+
+    store._inline_result = looked_before_the_journal_write  # type: ignore[method-assign]
+    data, size, attempt = store.read_result_range(key, 0, 1 << 20)  # type: ignore[misc]
+    assert (data, size) == (attempt_bytes(1.0), len(attempt_bytes(1.0)))
+    assert attempt == 1
+    assert store.result_attempt(key) == 2
+    assert store.read_result_range(key, 0, 1 << 20) == (tiny, len(tiny), 2)
