@@ -5,9 +5,9 @@ the client uploads the bytes only to a peer that says (``has_model``) it lacks t
 The client does not parse or check the model; the worker does, and a malformed model
 fails its tasks permanently with the inference engine's message as the reason. That
 keeps the client light (no onnx import) and the rule in one place. The one exception is
-the inputs' declared dtypes, read from the protobuf wire format without decoding the
-model (``meshgpu.client.input_types``), so a Python list numpy makes float64 is refused
-before it is sent.
+the inputs' declared dtypes, read with onnx once per model and only when a Python list
+or number is fed (``meshgpu.client.input_types``), so a list numpy makes float64 is
+refused before it is sent.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A Python list fed to a model input of another dtype is refused by the client, before
-anything is sent, with what to pass instead; the declared dtypes come from the model's
-protobuf wire format, read once per model."""
+anything is sent, with what to pass instead; the declared dtypes are the engine's reading
+of the model's feeds, read once per model."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def ir3_model() -> bytes:
 
 
 @pytest.mark.parametrize("make", ["digits", "ir3", "strings", "bfloat16"])
-def test_the_wire_reader_agrees_with_onnx(tmp_path: Path, make: str) -> None:
+def test_the_declared_types_are_the_engines_numeric_feeds(tmp_path: Path, make: str) -> None:
     if make == "digits":
         data = DIGITS.data
     elif make == "ir3":
@@ -55,7 +55,7 @@ def test_the_wire_reader_agrees_with_onnx(tmp_path: Path, make: str) -> None:
     wanted = {
         name: dtype
         for name, (_, dtype) in graph_inputs(onnx.load_from_string(data)).items()
-        if dtype in input_types.ELEMENT_DTYPES.values()
+        if dtype in input_types.NUMERIC_DTYPES
     }
     assert input_types.declared_input_dtypes(data, f"test-{make}") == wanted
     assert input_types.declared_input_dtypes(b"not onnx at all", "test-junk") == {}
