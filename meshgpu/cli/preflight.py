@@ -118,7 +118,10 @@ def check_npy_files(tasks: Iterable[TaskInputs], model: ModelInputs | None = Non
     for task in tasks:
         for name, path in task.paths.items():
             if (path, name) not in headers:
-                headers[path, name] = check_input_file(path, name)
+                shape, dtype = check_input_file(path, name)
+                # The elements are sent little-endian whatever the file's order
+                # (tensor_types.tensor_bytes): a ">f4" file feeds a float32 input.
+                headers[path, name] = (shape, dtype.newbyteorder("<"))
         if model is None or model.spec is None:
             continue
         try:

@@ -222,6 +222,19 @@ def test_a_good_submission_passes_the_check_and_reaches_the_network(
     assert code == 1 and "no meshgpu daemon answered" in output
 
 
+def test_a_big_endian_file_of_the_models_dtype_passes_the_check(
+    pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A ``>f4`` file for a float32 input is float32: its elements are sent
+    little-endian (tensor_types.tensor_bytes) and the worker takes them; the check of
+    the headers refused it as "dtype >f4, expected float32"."""
+    model, _ = pair
+    big = tmp_path / "big.npy"
+    np.save(big, np.zeros((2, 3), np.dtype(">f4")))
+    code, output = submit(str(model), "-i", f"a={big}", "-i", f"b={big}")
+    assert code == 1 and "no meshgpu daemon answered" in output, output
+
+
 def test_the_mesh_error_inside_nested_groups_is_found() -> None:
     error = ConfigError("cannot read x.npy")
     group = BaseExceptionGroup("outer", [BaseExceptionGroup("inner", [error])])
