@@ -293,7 +293,16 @@ class ResultPlane:
         self, task_id: TaskId, holders: Iterable[NodeId], attempt: int | None = None
     ) -> tuple[Buffer | None, int]:
         """The result of ``task_id`` if it fits one range, and its size in bytes (None and
-        the size for a larger one, which the client fetches in ranges: ``get_result``)."""
+        the size for a larger one, which the client fetches in ranges: ``get_result``).
+        A larger one kept here is not read (its size is its file's): its first range,
+        read to learn the size and dropped, was 16-25 MiB read back from the disk (its
+        copy is written directly, so not in the page cache) before every large result's
+        ``done`` went to its client."""
+        payloads, key = self.payloads, task_key(task_id)
+        if serves_result(payloads.result_attempt(key), attempt):
+            size = await trio.to_thread.run_sync(payloads.size, key, RESULT)
+            if size is not None and size > self.chunk:
+                return None, size
         data, size, _ = await self.result_range(task_id, holders, 0, self.chunk, attempt=attempt)
         return (data if len(data) >= size else None), size
 

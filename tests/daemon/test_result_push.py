@@ -266,3 +266,23 @@ async def test_a_result_the_worker_cannot_keep_is_still_pushed_with_its_digest(
     assert not fakes.payloads.has(("o", 7), RESULT)
     lasts = [fields for _, fields in peers.calls if not fields["more"]]
     assert [fields["sha256"] for fields in lasts] == [TensorBlob(outputs).digest()]
+
+
+async def test_a_large_result_kept_here_is_announced_by_its_size_without_reading_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """results.result_head: a result larger than a range on this node's disk is announced
+    by its file's size; none of it is read back (a large result's ``done``)."""
+    fakes = data_plane(tmp_path, live=["w", "o", "h"])
+    fakes.plane.peers = Peers(taking={"o", "h"})  # type: ignore[assignment]
+    outputs = {"y": np.arange(1 << 19, dtype=np.float32)}
+    result = await fakes.plane._result_source(TASK, outputs, 1)
+    holders, _, _ = await fakes.plane._push_result(TASK, 1, result, ["w", "o", "h"])
+    assert "w" in holders and fakes.payloads.has(("o", 7), RESULT)
+
+    def no_reading(*args: Any) -> bytes:
+        raise AssertionError("the result was read to learn its size")
+
+    monkeypatch.setattr(fakes.payloads, "read_range", no_reading)
+    data, size = await fakes.plane.result_head(TASK, ["w"], 1)
+    assert data is None and size == TensorBlob(outputs).size
