@@ -96,9 +96,10 @@ class FramePool:
     4,096 page faults to fill where the C library gave it fresh pages (a client's heap
     returns freed frames to the system: 70-100 k faults a GiB received, about 0.3-0.4
     system CPU s, measured in ``bench/bigtensor.py``'s client). A daemon's heap keeps
-    them already (:func:`keep_frame_memory`); the pool holds at most ``SPARE_FRAMES`` per
-    stream, given back when the stream closes or when a frame too small for them
-    arrives after ``idle_s`` without a large one."""
+    them already (:func:`keep_frame_memory`); the pool holds at most ``spare``
+    (``SPARE_FRAMES``) per stream, given back when the stream closes or when a frame too
+    small for them arrives after ``idle_s`` without a large one; with ``spare`` 0 every
+    large frame gets a buffer of its own, as before."""
 
     def __init__(self, spare: int = SPARE_FRAMES, idle_s: float = 2.0) -> None:
         self._buffers: list[bytearray] = []
@@ -280,8 +281,12 @@ class FrameStream:
         self._sealer.key_id = key_id
         self._answering = answering
         self._buffer = bytearray()
-        self.frames = FramePool()
-        """The buffers large frames are read into (used again once free)."""
+        self.frames = FramePool(spare=0 if answering else SPARE_FRAMES)
+        """The buffers large frames are read into, used again once free on the requesting
+        side (a client's connection, a daemon's to its peers). The answering side (the
+        API server) keeps none: whoever connects may send large frames before they are
+        refused, and buffers kept per connection would outlast them; a daemon's heap
+        keeps freed frames' memory instead (:func:`keep_frame_memory`)."""
         self._source: tuple[str, int] | None = None
         socket = getattr(stream, "socket", None)
         self._socket: trio.socket.SocketType | None = socket

@@ -289,7 +289,7 @@ async def test_large_frames_read_into_reused_buffers_keep_their_bytes(
             else:
                 assert received["data"] == payloads[n]
     assert [bytes(data) for data in held] == payloads[::3]
-    assert len(right.frames) <= 6
+    assert 0 < len(right.frames) <= 6
     await left.aclose()
     await right.aclose()
     await listeners[0].aclose()
@@ -322,3 +322,13 @@ def test_a_buffer_a_view_refers_to_is_not_reused_where_the_interpreter_counts_fe
     assert len(pool) == 2
     third[:4] = b"last"
     assert bytes(kept) == b"keep"
+
+
+def test_the_answering_side_keeps_no_frame_buffers() -> None:
+    """An API server's stream (``answering``): a peer that sends large frames before it
+    is refused leaves no buffers behind in the connection."""
+    left_stream, _ = trio.testing.memory_stream_pair()
+    server = FrameStream(left_stream, Authenticator(KEY, "server"), answering=True)
+    first = server.frames.buffer(1000, now=0.0)
+    del first
+    assert len(server.frames) == 0
