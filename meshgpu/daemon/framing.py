@@ -226,7 +226,14 @@ def unpack(data: bytes | bytearray | memoryview) -> Any:
             return message
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as error:
+    # TypeError: a map whose key is a map or an array (unhashable), as a peer may send
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as error:
         raise DecodeError(f"frame is not a msgpack message: {error}") from None
 
 

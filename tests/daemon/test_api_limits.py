@@ -249,3 +249,29 @@ async def test_refused_connections_and_silent_strangers_are_reset_and_a_client_t
     for stream in (first, second, third, spoke):
         if stream is not None:
             await stream.aclose()
+
+
+async def test_a_frame_whose_map_has_a_map_for_a_key_is_refused_and_the_server_goes_on(
+    nursery: trio.Nursery,
+) -> None:
+    """``{{1: 2}: 1}``: msgpack's decoder raises TypeError (an unhashable key) where
+    other garbage raises ValueError; it escaped framing.unpack, and one 9-byte frame from
+    whoever may send one (anyone, on a mesh without a key) ended the API server."""
+    from meshgpu.daemon.auth.envelope import Channel
+    from meshgpu.daemon.framing import LENGTH, unpack
+
+    served = Served(max_connections=64, idle_timeout_s=3600)
+    await nursery.start(served.run)
+    sealer = Authenticator(None, "stranger").new_session(Channel.FRAME)
+    body = sealer.seal(b"\x81\x81\x01\x02\x01")
+    stream = await trio.open_tcp_stream(*served.address)
+    await stream.send_all(LENGTH.pack(len(body)) + body)
+    answer = b""
+    with trio.move_on_after(5):
+        while chunk := await stream.receive_some(4096):
+            answer += chunk
+    refusal = unpack(Authenticator(None, "me").open(answer[LENGTH.size :], Channel.FRAME).payload)
+    assert refusal["kind"] == "DecodeError" and "unhashable" in refusal["error"], refusal
+    await stream.aclose()
+    async with open_rpc(served.address, Authenticator(None, "client")) as rpc:
+        assert (await rpc.call("ping"))["pong"]
