@@ -113,12 +113,12 @@ def group_label(labels: Sequence[str | None]) -> str | None:
 def _whole_field(request: Message, name: str, default: int, what: str) -> int:
     """A submit request's integer field (``default`` where absent), as the client and
     the HTTP port check it: ``int()`` cut 2.7 to 2 and took ``True`` as 1 on the quiet.
-    A float with a whole value (``4e9``) is the integer it names."""
+    A float with a whole value (``4e9``) is the integer it names, within what msgpack
+    carries (``1e30`` is not: the task's spec could be neither journaled nor sent)."""
     value = request.get(name, default)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    whole = int(value) if isinstance(value, float) and value.is_integer() else value
+    if isinstance(whole, int) and not isinstance(whole, bool) and -(2**63) <= whole < 2**63:
+        return whole
     raise DecodeError(f"submit has a malformed field: {name} is {what}, an integer, got {value!r}")
 
 

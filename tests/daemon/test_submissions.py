@@ -414,3 +414,18 @@ async def test_an_integer_field_that_is_not_a_whole_number_is_refused(
     (submit,) = m.fed
     assert isinstance(submit, SubmitTask)
     assert (submit.spec.replicas, submit.spec.requirements.min_memory) == (3, 4000)
+
+
+@pytest.mark.parametrize(("field", "value"), [("replicas", 1e30), ("min_memory", 2.0**64)])
+async def test_a_whole_number_past_what_msgpack_carries_is_refused(
+    tmp_path: Path, autojump_clock, field: str, value: float
+) -> None:
+    """``replicas: 1e30`` is a whole number, but no msgpack integer: the task's spec
+    could not be journaled (the Persist failed, OverflowError) nor sent to a peer."""
+    import re
+
+    m = mesh(tmp_path)
+    with pytest.raises(DecodeError, match=f"{field} is .*got {re.escape(repr(value))}"):
+        with trio.move_on_after(5):
+            await m.submissions.submit(request(**{field: value}))
+    assert list(m.fed) == []
