@@ -103,7 +103,7 @@ def test_take_follows_the_item_by_item_rule(
             rule.discard(("member", a))
         else:
             assert queue.take(a, limit, b) == rule.take(a, limit, b)
-        assert state(queue._buckets, queue.queued) == state(rule.buckets, rule.queued)
+        assert state(queue.buckets(), queue.queued) == state(rule.buckets, rule.queued)
 
 
 def test_a_run_that_fits_is_taken_whole_and_moved_on_in_order() -> None:
@@ -111,8 +111,8 @@ def test_a_run_that_fits_is_taken_whole_and_moved_on_in_order() -> None:
     for number in range(30):
         queue.enqueue(number, bytes([number]) * 20)
     assert queue.take(1400, limit=3, max_items=24) == [bytes([n]) * 20 for n in range(24)]
-    assert list(queue._buckets[1]) == list(range(24))
-    assert list(queue._buckets[0]) == list(range(24, 30))
+    assert list(queue.buckets()[1]) == list(range(24))
+    assert list(queue.buckets()[0]) == list(range(24, 30))
     # the six left at 0 transmissions come first, then 18 of those sent once
     assert queue.take(1400, limit=3, max_items=24) == [
         bytes([n]) * 20 for n in [*range(24, 30), *range(18)]

@@ -85,7 +85,7 @@ def state(node: Node, effects: list[Any]) -> dict[str, Any]:
         "probe_order": list(prober._probe_order),
         "in_round": set(prober._in_round),
         "rng": node.context.rng.getstate(),
-        "queue": [dict(bucket) for bucket in queue._buckets],
+        "queue": queue.buckets(),
         "queued": set(queue.queued),
         "counters": dict(node.counters),
         "counter_order": list(node.counters),
