@@ -119,12 +119,18 @@ class EarlyResult:
             return None
         return piece[offset - start : offset - start + length]
 
-    def release_through(self, end: int) -> int:
-        """Drop the kept ranges that end at or before ``end`` (taken); their bytes."""
+    def release(self, start: int, end: int) -> int:
+        """Drop the kept ranges that lie within ``start`` to ``end`` (taken); their bytes.
+        Only those: a client's ranges in flight may be asked for in any order (its
+        window's requests go out as its tasks are scheduled), and dropping every range
+        that ends before ``end`` dropped a range still to be taken, whose request then
+        failed the early path ("taken already or never kept") and the client read the
+        whole result back from the entry's disk after ``done``."""
         freed = 0
-        while self._starts and self._starts[0] + len(self._pieces[0]) <= end:
-            freed += len(self._pieces[0])
-            del self._starts[0], self._pieces[0]
+        at = bisect.bisect_left(self._starts, start)
+        while at < len(self._starts) and self._starts[at] + len(self._pieces[at]) <= end:
+            freed += len(self._pieces[at])
+            del self._starts[at], self._pieces[at]
         self.kept -= freed
         return freed
 
@@ -277,7 +283,7 @@ class EarlyResults:
                     raise EarlyResultError(f"bytes {offset}.. were taken already or never kept")
                 end = offset + len(data)
                 if end < early.size or early.stored:
-                    self._taken(key, early, end)
+                    self._taken(key, early, offset, end)
                     self.served += 1
                     return data, early.size
             moved = early.moved
@@ -291,11 +297,13 @@ class EarlyResults:
             return await early.source(offset, min(length, early.size - offset))
         return early.piece(offset, length)
 
-    def _taken(self, key: Any, early: EarlyResult, end: int) -> None:
+    def _taken(self, key: Any, early: EarlyResult, start: int, end: int) -> None:
         early.taken = max(early.taken, end)
-        self._give(early.release_through(end))
+        self._give(early.release(start, end))
         early.wake()  # a push held back for room may go on
-        if early.taken >= early.size and self._results.get(key) is early:
+        # Done once the end was taken and no range is left (one asked out of order may
+        # still come for its kept range).
+        if early.taken >= early.size and not early.kept and self._results.get(key) is early:
             del self._results[key]
 
     def _fail(self, early: EarlyResult, why: str) -> None:

@@ -323,3 +323,21 @@ async def test_a_clients_early_fetch_of_one_attempt_never_gets_anothers_ranges(
         await ops.op_put_result(twos[1], Responder(peer="w2"))
         with pytest.raises(EarlyResultError, match="attempt 2"):
             await ops.op_get_result(client_range(MIB), Responder())
+
+
+async def test_a_range_taken_out_of_order_leaves_the_ranges_before_it() -> None:
+    """A client's window of ranges may be asked for in any order: taking a later range
+    drops that range only, and the one before it is still answered from memory."""
+    early = EarlyResults(budget_bytes=8 * MIB)
+    early.start(KEY, 1, 3 * MIB, 0.0)
+    for offset, fill in ((0, b"a"), (MIB, b"b"), (2 * MIB, b"c")):
+        early.add(KEY, 1, offset, fill * MIB, 0.0)
+    early.finish(KEY, 1, True, now=0.0)
+    later = await early.take(KEY, MIB, MIB)
+    assert later is not None and bytes(later[0][:1]) == b"b"
+    last = await early.take(KEY, 2 * MIB, MIB)
+    assert last is not None and bytes(last[0][:1]) == b"c"
+    assert KEY in early  # the first range is still to be taken
+    first = await early.take(KEY, 0, MIB)
+    assert first is not None and bytes(first[0][:1]) == b"a"
+    assert KEY not in early and early.used_bytes == 0
