@@ -94,6 +94,8 @@ class EarlyResult:
         """Bytes answered to the client."""
         self._starts: list[int] = []
         self._pieces: list[Buffer] = []
+        self._spans: list[list[tuple[int, int]]] = []
+        """Of each kept range, the spans of it taken (merged, in order)."""
         self.kept = 0
         """Bytes of ranges kept and not yet taken."""
         self.moved = trio.Event()
@@ -105,6 +107,7 @@ class EarlyResult:
     def keep(self, offset: int, data: Buffer) -> None:
         self._starts.append(offset)
         self._pieces.append(data)
+        self._spans.append([])
         self.kept += len(data)
         self.received = offset + len(data)
 
@@ -120,17 +123,33 @@ class EarlyResult:
         return piece[offset - start : offset - start + length]
 
     def release(self, start: int, end: int) -> int:
-        """Drop the kept ranges that lie within ``start`` to ``end`` (taken); their bytes.
-        Only those: a client's ranges in flight may be asked for in any order (its
-        window's requests go out as its tasks are scheduled), and dropping every range
-        that ends before ``end`` dropped a range still to be taken, whose request then
-        failed the early path ("taken already or never kept") and the client read the
-        whole result back from the entry's disk after ``done``."""
+        """Count bytes ``start`` to ``end`` taken; returns how many were not before, and
+        drops a kept range once all of it was taken. By bytes, not by ranges: a client's
+        ranges may be smaller than the pushed ones (a smaller frame limit), and a kept
+        range counted only once a request covered all of it was never freed, so the
+        early path failed on the result's cap or the node's budget. Nothing else goes:
+        a client's ranges in flight may be asked for in any order (its window's requests
+        go out as its tasks are scheduled), and dropping every range that ends before
+        ``end`` dropped a range still to be taken, whose request then failed the early
+        path ("taken already or never kept") and the client read the whole result back
+        from the entry's disk after ``done``."""
         freed = 0
-        at = bisect.bisect_left(self._starts, start)
-        while at < len(self._starts) and self._starts[at] + len(self._pieces[at]) <= end:
-            freed += len(self._pieces[at])
-            del self._starts[at], self._pieces[at]
+        at = max(bisect.bisect_right(self._starts, start) - 1, 0)
+        while at < len(self._starts) and self._starts[at] < end:
+            first, length = self._starts[at], len(self._pieces[at])
+            low, high = max(start, first) - first, min(end, first + length) - first
+            if low >= high:
+                at += 1
+                continue
+            spans = self._spans[at]
+            before = sum(b - a for a, b in spans)
+            spans[:] = _merged([*spans, (low, high)])
+            taken = sum(b - a for a, b in spans)
+            freed += taken - before
+            if taken >= length:
+                del self._starts[at], self._pieces[at], self._spans[at]
+            else:
+                at += 1
         self.kept -= freed
         return freed
 
@@ -138,8 +157,20 @@ class EarlyResult:
         freed = self.kept
         self._starts.clear()
         self._pieces.clear()
+        self._spans.clear()
         self.kept = 0
         return freed
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``spans`` in order, those that overlap or touch made one."""
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(spans):
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+        else:
+            merged.append((low, high))
+    return merged
 
 
 class EarlyResults:

@@ -341,3 +341,28 @@ async def test_a_range_taken_out_of_order_leaves_the_ranges_before_it() -> None:
     first = await early.take(KEY, 0, MIB)
     assert first is not None and bytes(first[0][:1]) == b"a"
     assert KEY not in early and early.used_bytes == 0
+
+
+async def test_ranges_smaller_than_the_pushed_ones_free_what_they_took() -> None:
+    """A client whose ranges are smaller than the pushed ones (a smaller frame limit)
+    frees the bytes it took, in any order: the push goes on within the node's budget and
+    the result's cap, and every range is still answered from memory."""
+    early = EarlyResults(budget_bytes=4 * MIB, max_result_bytes=4 * MIB)
+    early.start(KEY, 1, 6 * MIB, 0.0)
+    for offset, fill in ((0, b"a"), (2 * MIB, b"b")):
+        early.add(KEY, 1, offset, fill * (2 * MIB), 0.0)
+    half = MIB // 2
+    for offset in (MIB, MIB, 0):  # out of order, and one range asked for twice
+        taken = await early.take(KEY, offset, MIB)
+        assert taken is not None and bytes(taken[0][:1]) == b"a"
+    assert early.used_bytes == 2 * MIB  # the first pushed range, taken whole, went
+    taken = await early.take(KEY, 2 * MIB + half, half)
+    assert taken is not None and bytes(taken[0][:1]) == b"b"
+    assert early.used_bytes == 2 * MIB - half
+    early.add(KEY, 1, 4 * MIB, b"c" * (2 * MIB), 0.0)  # room for it: not failed
+    early.finish(KEY, 1, True, now=0.0)
+    for offset in (2 * MIB, 3 * MIB, 4 * MIB, 5 * MIB):
+        length = half if offset == 2 * MIB else MIB
+        taken = await early.take(KEY, offset, length)
+        assert taken is not None and len(taken[0]) == length
+    assert KEY not in early and early.used_bytes == 0
