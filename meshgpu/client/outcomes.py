@@ -339,7 +339,8 @@ async def fetch_result(
     whose bytes it holds; the fetch asks for the one the first answer named, and starts
     again for the attempt a later answer names if it differs (``READ_RESTARTS`` times;
     an early fetch fails at once and is fetched again after ``done``): a result is
-    never assembled from two attempts' bytes."""
+    never assembled from two attempts' bytes. ``size`` is held against the ranges only
+    when they name ``attempt``: another attempt's outputs may be of another size."""
     announced = size
     for _ in range(0 if early else READ_RESTARTS + 1):
         try:
@@ -395,6 +396,9 @@ async def _fetch_one_attempt(
     if receiver is None:
         assert data is not None
         return {name: array.copy() for name, array in tensors_from_bytes(data).items()}
-    if size >= 0 and receiver.size != size:
+    # The size announced is that of the attempt ``done`` named (or of the one the entry
+    # served at ``done``): ranges of another attempt (a newer one installed since, whose
+    # outputs may be of another size) are held to their own size alone, as pull does.
+    if size >= 0 and pinned[0] == attempt and receiver.size != size:
         raise DecodeError(f"result of {task_id} was announced as {size} bytes, got {receiver.size}")
     return receiver.tensors()
