@@ -218,6 +218,10 @@ class PayloadStore:
         """Which attempt's result of each task is installed here as a file, as read from
         its record or installed since (core/tasks/result_push.py, ``takes_result``); a
         result in the journal names its attempt in its own record (``_inline_result``)."""
+        self._unsynced: set[Any] = set()
+        """Tasks whose result file was installed without the directory's fsync (a small
+        result's: ``install_result``); a refusal naming its attempt syncs it first
+        (:meth:`sync_result`)."""
         self._result_lock = threading.Lock()
         """Held around a result's rename with the update of its attempt, and around a
         reader's open of the file with the look-up of its attempt: a range is always
@@ -399,14 +403,35 @@ class PayloadStore:
                     self._result_attempts.pop(task_id, None)
                 else:
                     self._result_attempts[task_id] = attempt
+                self._unsynced.add(task_id)
             if sync_directory:
-                fsync_directory(self.directory)
+                self._sync_directory()
         except StorageError:  # the record's write
             scratch.unlink(missing_ok=True)
             raise
         except OSError as error:
             scratch.unlink(missing_ok=True)
             raise storage_error(error, f"storing the result of task {task_id}") from None
+
+    def sync_result(self, task_id: Any) -> None:
+        """Make the install of task ``task_id``'s result durable if it is not yet (in a
+        worker thread): before a refusal names its attempt (``kept_attempt``), which the
+        refused worker adopts, reporting this node as keeping it. Its record and file
+        were synced, but their renames ride on the directory's fsync: a crash before it
+        could lose the result a refusal already said was kept here."""
+        if task_id in self._unsynced:
+            try:
+                self._sync_directory()
+            except OSError as error:
+                raise storage_error(error, f"syncing the result of task {task_id}") from None
+
+    def _sync_directory(self) -> None:
+        """fsync the directory: every result installed before it is durable."""
+        with self._result_lock:
+            renamed = set(self._unsynced)
+        fsync_directory(self.directory)
+        with self._result_lock:
+            self._unsynced -= renamed
 
     def store_small_result(self, task_id: Any, data: bytes, attempt: int | None) -> None:
         """A result of one range as a file, durably, with its attempt's record (in a
@@ -608,6 +633,8 @@ class PayloadStore:
             self.journal.write([], [inline_key(task_id, k) for k in kinds])
         if kind in (None, _RESULT):
             self._result_attempts.pop(task_id, None)
+            with self._result_lock:
+                self._unsynced.discard(task_id)
         if kind is not None:
             self.release.unlink(self._path(task_id, kind))
             if kind == _RESULT:

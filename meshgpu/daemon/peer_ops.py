@@ -163,7 +163,16 @@ class PeerOps:
         installed. Answered once the result is on disk. A node keeps one attempt's
         result per task, the newest it was pushed: an older attempt's is refused with the
         attempt kept here (``kept_attempt``: core/tasks/result_push.py, ``takes_result``),
-        whose result its worker then reports instead of its own."""
+        whose result its worker then reports instead of its own: the refusal waits for
+        the kept result's install to be durable (PayloadStore.sync_result)."""
+        try:
+            return await self._put_result(request, responder)
+        except OtherAttemptKept:
+            key = task_key(_task_id(request.get("task_id")))
+            await trio.to_thread.run_sync(self.payloads.sync_result, key)
+            raise
+
+    async def _put_result(self, request: Message, responder: Responder) -> Message:
         task_id = _task_id(request.get("task_id"))
         data = request_field(request, "data", (bytes, memoryview))
         key, sent_attempt = task_key(task_id), request.get("attempt")

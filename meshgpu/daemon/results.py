@@ -15,6 +15,7 @@ back for clients (a mixin of :class:`~meshgpu.daemon.dataplane.DataPlane`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -104,16 +105,22 @@ class ResultPlane:
     async def store_result(self, key: Any, data: bytes, attempt: int | None) -> None:
         """Keep attempt ``attempt``'s result of one range here, durably, with its attempt:
         in the journal when small, else in a file with its record (PayloadStore). Raises
-        OtherAttemptKept when a newer attempt's result is kept here (takes_result)."""
+        OtherAttemptKept when a newer attempt's result is kept here (takes_result), once
+        that one's install is durable (PayloadStore.sync_result: the refused attempt
+        adopts it)."""
         payloads = self.payloads
-        with payloads.claiming_result(key, attempt):
-            seq = self._write_payload(key, RESULT, data, attempt)
-            if seq is not None:
-                await self._durable(seq)
-                return
-            await trio.to_thread.run_sync(payloads.store_small_result, key, data, attempt)
-            if payloads.get_memory(key, RESULT) is not None:  # a smaller attempt's, before
-                payloads.drop_inline_result(key)
+        try:
+            with payloads.claiming_result(key, attempt):
+                seq = self._write_payload(key, RESULT, data, attempt)
+                if seq is not None:
+                    await self._durable(seq)
+                    return
+                await trio.to_thread.run_sync(payloads.store_small_result, key, data, attempt)
+                if payloads.get_memory(key, RESULT) is not None:  # a smaller attempt's
+                    payloads.drop_inline_result(key)
+        except OtherAttemptKept:
+            await trio.to_thread.run_sync(payloads.sync_result, key)
+            raise
 
     def transfer_link(self, node_id: NodeId) -> AbstractAsyncContextManager[PutCall]:
         """Requests to ``node_id`` on a connection of their own, for the ranges of one
@@ -501,8 +508,10 @@ class _ResultSpill:
                 self._sha256 = await trio.to_thread.run_sync(write_and_install)
             self._stored = True
         except MeshError as error:
-            if isinstance(error, OtherAttemptKept):
-                self._kept_attempt = error.kept_attempt
+            if isinstance(error, OtherAttemptKept):  # adopted once its install is durable
+                with contextlib.suppress(MeshError):
+                    await trio.to_thread.run_sync(payloads.sync_result, key)
+                    self._kept_attempt = error.kept_attempt
             logger.warning(
                 "could not keep the result of %s here (%s); sending it from memory",
                 self._task_id,

@@ -410,3 +410,36 @@ def test_a_file_read_as_a_newer_small_result_is_journaled_is_named_by_its_own_at
     assert attempt == 1
     assert store.result_attempt(key) == 2
     assert store.read_result_range(key, 0, 1 << 20) == (tiny, len(tiny), 2)
+
+
+async def test_a_refusal_names_only_a_result_whose_install_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result of one range is installed without the directory's fsync (its rename
+    rides on the next one); a refusal naming its attempt, which the refused worker
+    adopts and reports this node as keeping, syncs the directory first: a crash right
+    after the refusal cannot lose the result it said was kept."""
+    import meshgpu.daemon.payloads as payloads_module
+
+    synced: list[Path] = []
+    real = payloads_module.fsync_directory
+
+    def fsync_directory(directory: Path) -> None:
+        synced.append(directory)
+        real(directory)
+
+    monkeypatch.setattr(payloads_module, "fsync_directory", fsync_directory)
+    h1 = holder(tmp_path, "h1")
+    whole = {"task_id": str(TASK), "data": attempt_bytes(2.0), "attempt": 2}
+    await h1.op_put_result(whole, Responder(peer="w"))
+    assert synced == []  # stored, its rename not yet synced
+    with pytest.raises(OtherAttemptKept):
+        await h1.op_put_result({**whole, "attempt": 1}, Responder(peer="w"))
+    assert len(synced) == 1
+    with pytest.raises(OtherAttemptKept):  # durable already: no second sync
+        await h1.op_put_result({**whole, "attempt": 1}, Responder(peer="w"))
+    assert len(synced) == 1
+    await h1.op_put_result({**whole, "data": attempt_bytes(3.0), "attempt": 3}, Responder())
+    with pytest.raises(OtherAttemptKept):  # a push in ranges, refused at its first
+        await h1.op_put_result(push_requests(1, attempt_bytes(1.0))[0], Responder(peer="w"))
+    assert len(synced) == 2
