@@ -192,6 +192,42 @@ def test_a_report_of_an_adopted_result_is_done_for_the_attempt_its_holders_keep(
     assert states and all(s.phase is Phase.DONE and s.attempt == 2 for s in states)
 
 
+def newest_run(h: MeshHarness, task_id: TaskId, attempt: int) -> tuple[NodeId, RunTask]:
+    for _ in range(80):
+        runs = [(n, e) for _, n, e in h.log if isinstance(e, RunTask) and e.attempt == attempt]
+        if runs:
+            return runs[0]
+        h.run_until(h.now + 0.05)
+    raise AssertionError(f"attempt {attempt} of {task_id} was never run")
+
+
+def test_an_adopted_older_attempts_done_and_the_newer_attempts_report_agree() -> None:
+    """Attempt 2's result is on its holders but its report was lost (failed here), and
+    attempt 3 is assigned when attempt 1's worker, refused by those holders, reports the
+    adopted attempt 2; attempt 3's worker reports its own result at the same time, on
+    another node. Every replica ends in one DONE, with both reports' holders, and the
+    task resolves once: neither report is lost, nor the task."""
+    h = settled(4)
+    task_id = submit(h, "n000", SPEC)
+    first = run_assigned(h, task_id, "transient_error", "device lost")
+    second_worker, second = newest_run(h, task_id, 2)
+    h.deliver_event(second_worker, TaskFinished(task_id, 2, "transient_error", "report lost"))
+    third_worker, third = newest_run(h, task_id, 3)
+    assert third_worker != first  # two nodes report at once
+    h.deliver_event(first, TaskFinished(task_id, 1, "ok", "", second.holders, result_attempt=2))
+    h.deliver_event(third_worker, TaskFinished(task_id, 3, "ok", "", third.holders))
+    h.run_until(h.now + 1.0)
+    (resolved,) = effects(h, TaskResolved)
+    assert resolved.state is Resolution.DONE
+    entries = [node.tasks.table.get(task_id) for node in h.nodes.values()]
+    present = [entry for entry in entries if entry is not None]
+    assert present and len({entry.state for entry in present}) == 1
+    state = present[0].state
+    assert state.phase is Phase.DONE and state.attempt in (2, 3)
+    for entry in present:
+        assert set(second.holders) | set(third.holders) <= set(entry.result_holders)
+
+
 def test_unknown_strategy_is_rejected() -> None:
     h = settled(2)
     h.deliver_event("n000", SubmitTask("bad", TaskSpec("m", "i", strategy="fastest")))
