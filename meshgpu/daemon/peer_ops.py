@@ -55,6 +55,18 @@ def _task_id(text: Any) -> TaskId:
     return TaskId.parse(text)
 
 
+def requested_range(request: Message, chunk: int) -> tuple[int | None, int]:
+    """The ``offset`` (None when the request names none: the whole payload) and the
+    ``length``, at most ``chunk``, of a range a request asks for."""
+    offset = request.get("offset")
+    length = request.get("length", chunk)
+    if offset is not None and not (
+        isinstance(offset, int) and isinstance(length, int) and offset >= 0 and length > 0
+    ):
+        raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
+    return offset, min(length, chunk)
+
+
 class PeerOps:
     """The data plane's ops of one daemon, and the uploads in ranges being received."""
 
@@ -119,16 +131,11 @@ class PeerOps:
         """The range of a stored payload a request asks for (``offset``, ``length``; the
         whole payload without them, if it fits a range), or None if it is not here."""
         payloads, chunk = self.payloads, self.results.chunk
-        offset = request.get("offset")
-        length = request.get("length", chunk)
-        if offset is not None and not (
-            isinstance(offset, int) and isinstance(length, int) and offset >= 0 and length > 0
-        ):
-            raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
+        offset, length = requested_range(request, chunk)
         data = payloads.get_memory(key, kind)
         if data is not None:
             start = offset or 0
-            return {"data": data[start : start + min(length, chunk)], "size": len(data)}
+            return {"data": data[start : start + length], "size": len(data)}
 
         def read() -> tuple[bytes | None, int | None]:
             size = payloads.size(key, kind)
@@ -139,7 +146,7 @@ class PeerOps:
                     f"the {kind} payload is {size} bytes, more than one frame carries: ask "
                     "for it in ranges ('offset' and 'length')"
                 )
-            return payloads.read_range(key, kind, offset or 0, min(length, chunk)), size
+            return payloads.read_range(key, kind, offset or 0, length), size
 
         data, size = await trio.to_thread.run_sync(read)
         if data is None:
@@ -443,13 +450,8 @@ class PeerOps:
         with the attempt whose bytes it holds (``attempt``: a reader of several ranges
         pins it, and starts again when a range names another); None if none is here."""
         payloads, chunk = self.payloads, self.results.chunk
-        offset = request.get("offset")
-        length = request.get("length", chunk)
-        if offset is not None and not (
-            isinstance(offset, int) and isinstance(length, int) and offset >= 0 and length > 0
-        ):
-            raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
-        start, length = offset or 0, min(length, chunk)
+        offset, length = requested_range(request, chunk)
+        start = offset or 0
 
         def read() -> tuple[bytes, int, int | None] | None:
             found = payloads.read_result_range(key, start, length)
