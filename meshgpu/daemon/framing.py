@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import select
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -97,9 +98,12 @@ class FramePool:
     returns freed frames to the system: 70-100 k faults a GiB received, about 0.3-0.4
     system CPU s, measured in ``bench/bigtensor.py``'s client). A daemon's heap keeps
     them already (:func:`keep_frame_memory`); the pool holds at most ``spare``
-    (``SPARE_FRAMES``) per stream, given back when the stream closes or when a frame too
-    small for them arrives after ``idle_s`` without a large one; with ``spare`` 0 every
-    large frame gets a buffer of its own, as before."""
+    (``SPARE_FRAMES``) per stream, given back when the stream closes or once ``idle_s``
+    passed without a large frame: when a small frame arrives then, or when nothing has
+    (``FrameStream.receive`` waits for the next frame at most until :attr:`idle_at`; a
+    daemon's pooled link to a peer, never closed while the peer lives, kept the buffers
+    of the last large ranges it carried for as long as it stayed quiet); with ``spare``
+    0 every large frame gets a buffer of its own, as before."""
 
     def __init__(self, spare: int = SPARE_FRAMES, idle_s: float = 2.0) -> None:
         self._buffers: list[bytearray] = []
@@ -151,6 +155,11 @@ class FramePool:
         one (a stream that moved a GiB once keeps no 100 MiB for its life)."""
         if self._buffers and now - self._last_large > self._idle_s:
             self._buffers.clear()
+
+    @property
+    def idle_at(self) -> float:
+        """When the buffers are given back unless a large frame comes first."""
+        return self._last_large + self._idle_s
 
     def clear(self) -> None:
         self._buffers.clear()
@@ -360,6 +369,8 @@ class FrameStream:
 
     async def receive(self) -> Any | None:
         """The next message, or None when the peer closed cleanly between frames."""
+        if len(self.frames) and not self._buffer:
+            await self._release_frames_when_idle()
         header = await self._receive_exactly(LENGTH.size, at_boundary=True)
         if header is None:
             return None
@@ -396,6 +407,22 @@ class FrameStream:
                 f"sender changed mid-connection from {self.peer_sender} to {envelope.sender}"
             )
         return unpack(envelope.payload)
+
+    async def _release_frames_when_idle(self) -> None:
+        """Wait for the next frame's first bytes until the frame buffers' idle time is
+        up (:attr:`FramePool.idle_at`), then give the buffers back: a connection that
+        stays quiet after large frames (a requesting side with nothing in flight) keeps
+        none. Nothing is read here, so the wait may end anywhere; a socket that has
+        bytes waiting already costs one ``poll`` and no step of the loop."""
+        assert self._socket is not None  # only a socket's stream fills the pool
+        ready = select.poll()
+        ready.register(self._socket.fileno(), select.POLLIN)
+        if ready.poll(0):
+            return
+        with trio.move_on_at(self.frames.idle_at) as waiting:
+            await trio.lowlevel.wait_readable(self._socket)
+        if waiting.cancelled_caught:
+            self.frames.clear()
 
     async def _check_magic(self, length: int) -> None:
         """Read the start of a frame's envelope and refuse it unless it has the magic

@@ -120,6 +120,11 @@ class ConnectionLimits:
         self._connections: dict[Peer, _Connection] = {}
         self._per_client: Counter[str] = Counter()
         self._starting = 0
+        self._lingering: dict[int, tuple[str, trio.CancelScope]] = {}
+        """Refused connections still read and dropped after their 413 (:class:`_Refusals`),
+        oldest first, by a token of each: their client's address and the drain's scope.
+        Each counts in its address's share and in ``max_connections``, and is the first
+        closed to make room."""
         """Connections admitted whose :meth:`handle` has not begun (a task started, not
         yet run): open, and in their address's budget."""
         self.gate: FirstBytesGate | None = None
@@ -131,7 +136,28 @@ class ConnectionLimits:
         """Connections open, those still at the gate and those whose handler is about
         to begin included."""
         gated = len(self.gate) if self.gate is not None else 0
-        return len(self._connections) + self._starting + gated
+        return len(self._connections) + self._starting + gated + len(self._lingering)
+
+    def lingering(self, client: str | None = None) -> int:
+        """Refused connections lingering (``client``: from that address)."""
+        if client is None:
+            return len(self._lingering)
+        return sum(1 for owner, _ in self._lingering.values() if owner == client)
+
+    def begin_lingering(self, client: str, scope: trio.CancelScope) -> int:
+        """A refused connection from ``client`` lingers (still in its address's share,
+        where the gate counted it): a token for :meth:`end_lingering`."""
+        token = id(scope)
+        self._lingering[token] = (client, scope)
+        self._per_client[client] += 1
+        return token
+
+    def end_lingering(self, token: int) -> None:
+        entry = self._lingering.pop(token, None)
+        if entry is not None:
+            self._per_client[entry[0]] -= 1
+            if self._per_client[entry[0]] <= 0:
+                del self._per_client[entry[0]]
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -262,6 +288,12 @@ class ConnectionLimits:
             self._count("http_bad_requests")
 
     def _make_room(self) -> bool:
+        if self._lingering:
+            token, (_, scope) = next(iter(self._lingering.items()))
+            scope.cancel()
+            self.end_lingering(token)
+            self._count("http_lingering_evicted")
+            return True
         if self.gate is not None and self.gate.evict_oldest():
             return True
         idle = [c for c in self._connections.items() if c[1].in_flight == 0]
@@ -394,6 +426,14 @@ its 413 instead of a reset."""
 MAX_LINGERING = 16
 """Refused connections lingering at once; past this one is closed at once (its client,
 if still sending, sees a reset)."""
+MAX_LINGERING_PER_CLIENT = 2
+"""Refused connections lingering at once from one address: one client streaming bodies
+over the limit on many connections kept all :data:`MAX_LINGERING` busy for
+:data:`LINGER_S` each."""
+LINGER_MAX_BYTES = 128 << 20
+"""Most bytes a lingering connection is read for: its declared body (and the head the
+gate saw), up to this; past them it is closed (a reset, if its client still sends). A
+client streaming at whatever rate it likes was read for the whole :data:`LINGER_S`."""
 
 
 class _Refusals:
@@ -401,36 +441,61 @@ class _Refusals:
     9112, 9.6: a server that closes while its client still sends may lose its answer
     to the reset that the unread bytes cause). The answer goes out with a FIN after it
     (the write side is shut), then what the client still sends is read and dropped
-    until it closes, for :data:`LINGER_S` at most, by at most :data:`MAX_LINGERING`
-    tasks. A 400 is closed at once, as before: its client sent garbage, or closed
-    already (a truncated body), and a barrage of them must cost no task."""
+    until it closes, for :data:`LINGER_S` at most, its declared body's bytes at most
+    (:data:`LINGER_MAX_BYTES` at most), by at most :data:`MAX_LINGERING` tasks,
+    :data:`MAX_LINGERING_PER_CLIENT` of them for one address. A lingering connection
+    counts in its address's share and in ``max_connections`` (the first closed to make
+    room: ``ConnectionLimits``). A 400 is closed at once, as before: its client sent
+    garbage, or closed already (a truncated body), and a barrage of them must cost no
+    task."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, limits: ConnectionLimits) -> None:
         self.nursery = nursery
-        self.lingering = 0
+        self.limits = limits
 
     def refuse(self, sock: socket.socket, address: Any, peeked: bytes, why: str) -> bool:
         """The answer; True if ``sock`` lingers (the gate leaves it to this)."""
         _refuse_request(sock, address, peeked, why)
-        if not why.startswith("413") or self.lingering >= MAX_LINGERING:
+        peer = _peer_of(address)
+        client = peer[0] if peer else ""
+        if (
+            not why.startswith("413")
+            or self.limits.lingering() >= MAX_LINGERING
+            or self.limits.lingering(client) >= MAX_LINGERING_PER_CLIENT
+        ):
             return False  # a 400's client is not sending a body still (or not HTTP)
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             return False  # gone already
-        self.lingering += 1
-        self.nursery.start_soon(self._linger, sock)
+        scope = trio.CancelScope(deadline=trio.current_time() + LINGER_S)
+        token = self.limits.begin_lingering(client, scope)
+        budget = min(len(peeked) + _declared_length(peeked), LINGER_MAX_BYTES)
+        self.nursery.start_soon(self._linger, sock, scope, token, budget)
         return True
 
-    async def _linger(self, sock: socket.socket) -> None:
+    async def _linger(
+        self, sock: socket.socket, scope: trio.CancelScope, token: int, budget: int
+    ) -> None:
         lingering = trio.socket.from_stdlib_socket(sock)
         try:
-            with trio.move_on_after(LINGER_S), contextlib.suppress(OSError):
-                while await lingering.recv(1 << 16):
-                    pass
+            with scope, contextlib.suppress(OSError):
+                while budget > 0 and (read := len(await lingering.recv(1 << 16))):
+                    budget -= read
         finally:
-            self.lingering -= 1
+            self.limits.end_lingering(token)
             lingering.close()
+
+
+def _declared_length(peeked: bytes) -> int:
+    """The ``Content-Length`` of the request head at the start of ``peeked`` (0 without
+    one that reads as a number)."""
+    head = peeked.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    for line in head.split(b"\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return int(value.strip())
+    return 0
 
 
 def _refuse_request(sock: socket.socket, address: Any, peeked: bytes, why: str) -> None:
@@ -582,7 +647,7 @@ async def serve(
                     # keep-alive timeout (5 s) before the head deadline would
                     silent_timeout_s=config.keep_alive_timeout,
                     admitted=admitted,
-                    refused=_Refusals(server_nursery).refuse,
+                    refused=_Refusals(server_nursery, limits).refuse,
                     released=limits.released,
                 )
                 server_nursery.start_soon(limits.gate.run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 import trio
@@ -332,3 +333,43 @@ def test_the_answering_side_keeps_no_frame_buffers() -> None:
     first = server.frames.buffer(1000, now=0.0)
     del first
     assert len(server.frames) == 0
+
+
+async def test_a_quiet_connection_gives_its_frame_buffers_back() -> None:
+    """A requesting side that received large frames and then nothing (a daemon's pooled
+    link to a peer after the last ranges of a transfer; the link is never closed while
+    the peer lives) kept their buffers until a small frame came: up to 6 x 16 MiB per
+    peer, for as long as the link stayed quiet. They are given back once the pool's
+    idle time passed, with the reader still waiting for the next frame, and a frame
+    after that is read whole."""
+    from meshgpu.daemon.framing import FramePool
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    left_stream = await trio.testing.open_stream_to_socket_listener(listeners[0])
+    right_stream = await listeners[0].accept()
+    left = FrameStream(left_stream, Authenticator(KEY, "left"))
+    right = FrameStream(right_stream, Authenticator(KEY, "right"))
+    right.frames = FramePool(idle_s=0.2)
+    received: list[Any] = []
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def receive_all() -> None:
+                while (message := await right.receive()) is not None:
+                    received.append(message)
+
+            nursery.start_soon(receive_all)
+            for n in range(3):
+                await left.send({"offset": n, "data": bytes([n]) * (1 << 20)})
+            while len(received) < 3:
+                await trio.sleep(0.01)
+            assert len(right.frames) >= 1
+            with trio.fail_after(10):
+                while len(right.frames):
+                    await trio.sleep(0.05)
+            assert len(received) == 3  # still waiting: nothing came, the buffers went
+            await left.send({"offset": 3, "data": b"\x03" * (1 << 20)})
+            await left.aclose()
+    assert received[3]["offset"] == 3 and received[3]["data"] == b"\x03" * (1 << 20)
+    await right.aclose()
+    await listeners[0].aclose()

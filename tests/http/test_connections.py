@@ -597,3 +597,63 @@ async def test_a_loop_stall_does_not_reset_a_tls_connection_whose_head_came(
         )
         assert lines == [b"HTTP/1.1 200 ", b"HTTP/1.1 200 "], lines
     served.server.stop()
+
+
+def _trickle_blocking(address: tuple[str, int], declared: int, stop: Any) -> str:
+    """A POST declaring ``declared`` body bytes from 127.0.0.2, then 4 KiB at a time
+    until ``stop()``, whether or not it was declared: how the connection ended."""
+    with socket.create_connection(address, timeout=30, source_address=(HOSTILE, 0)) as client:
+        try:
+            client.sendall(
+                f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n".encode()
+            )
+            while not stop():
+                client.sendall(b"x" * 4096)
+                time.sleep(0.005)
+            return "still open"
+        except OSError:
+            return "reset"
+
+
+async def test_one_address_cannot_keep_every_lingering_close_busy(nursery: trio.Nursery) -> None:
+    """A refused 413 lingers (its client reads the answer), but one address trickling
+    bodies over the limit on many connections kept all 16 lingering drains busy for
+    their 10 s, outside the port's and the address's counts: at most 2 linger per
+    address, and they count in its share."""
+    served = Served(max_body_bytes=1000, max_connections_per_client=8)
+    await nursery.start(served.server.run)
+    limits = served.server.limits
+    done = False
+    async with trio.open_nursery() as clients:
+        for _ in range(6):
+            clients.start_soon(
+                trio.to_thread.run_sync, _trickle_blocking, served.address, 10 << 20, lambda: done
+            )
+        with trio.fail_after(30):
+            while served.counters.get("http_bad_requests", 0) < 6:
+                await trio.sleep(0.05)
+        assert limits.lingering(HOSTILE) == 2
+        assert limits._per_client[HOSTILE] == 2  # the lingering ones hold their share
+        assert limits.open_connections == 2
+        done = True
+    assert (await get(served.address)).startswith(b"HTTP/1.1 200")
+    served.server.stop()
+
+
+async def test_a_lingering_close_reads_no_more_than_the_declared_body(
+    nursery: trio.Nursery,
+) -> None:
+    """A lingering 413 was read for its whole 10 s at whatever rate its client sent: it
+    now ends once the declared body (and the head) have been read."""
+    served = Served(max_body_bytes=1000)
+    await nursery.start(served.server.run)
+    limits = served.server.limits
+    start = trio.current_time()
+    deadline = time.monotonic() + 30
+    ended = await trio.to_thread.run_sync(
+        _trickle_blocking, served.address, 64 << 10, lambda: time.monotonic() > deadline
+    )
+    assert ended == "reset"  # closed while its client still sent past its declared body
+    assert trio.current_time() - start < 5
+    assert limits.lingering() == 0
+    served.server.stop()
