@@ -331,16 +331,22 @@ class BatchedSubmission:
         """A batch as single ``submit`` requests, for a daemon from before
         ``submit_batch`` (a lab upgrading its machines one at a time)."""
         answers: list[dict[str, Any]] = [{} for _ in chunk]
+        failed: list[MeshError] = []
 
         async def one(position: int, task: dict[str, Any]) -> None:
             try:
                 answers[position] = await self._submit_request(blob, "submit", **task, **fields)
             except RequestFailedError as error:
                 answers[position] = {"error": str(error), "kind": error.kind}
+            except MeshError as error:  # the client closed, no daemon: the batch's error
+                failed.append(error)
+                nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
             for position, (_, task) in enumerate(chunk):
                 nursery.start_soon(one, position, task)
+        if failed:  # raised as the one request of submit_batch raises it, not in a group
+            raise failed[0]
         return answers
 
 
