@@ -240,20 +240,27 @@ def test_a_large_frames_buffer_is_a_bytearray_not_zero_filled_first() -> None:
     assert bytes(buffer[:3]) == b"abc"
 
 
+def _a_range_kept_over_the_next_frame(pool: Any) -> memoryview:
+    """A large frame whose range is handed on (still in use), then the next large frame
+    written: the range keeps its bytes (not overwritten: a buffer of its own). Returns the
+    kept range."""
+    first = pool.buffer(1000, now=0.0)
+    first[:4] = b"keep"
+    kept: memoryview = first[:4].toreadonly()
+    del first
+    second = pool.buffer(1000, now=0.1)
+    second[:4] = b"next"
+    assert bytes(kept) == b"keep"
+    return kept
+
+
 def test_a_frame_buffer_is_used_again_only_once_nothing_refers_to_it() -> None:
     """framing.FramePool: a free buffer serves the next large frame (no fresh pages);
     one a view of a range still refers to is never handed out again."""
     from meshgpu.daemon.framing import FramePool
 
     pool = FramePool(spare=2, idle_s=5.0)
-    first = pool.buffer(1000, now=0.0)
-    first[:4] = b"keep"
-    kept = first[:4].toreadonly()  # a range handed on, still in use
-    del first
-    second = pool.buffer(1000, now=0.1)
-    second[:4] = b"next"
-    assert bytes(kept) == b"keep"  # not overwritten: a buffer of its own
-    del second
+    kept = _a_range_kept_over_the_next_frame(pool)
     third = pool.buffer(900, now=0.2)  # the free one, cut to the frame's size
     assert len(third) == 900 and len(pool) == 2
     del third, kept
@@ -311,14 +318,7 @@ def test_a_buffer_a_view_refers_to_is_not_reused_where_the_interpreter_counts_fe
     real = sys.getrefcount
     monkeypatch.setattr(sys, "getrefcount", lambda thing: real(thing) - 10)
     pool = FramePool(spare=2, idle_s=5.0)
-    first = pool.buffer(1000, now=0.0)
-    first[:4] = b"keep"
-    kept = first[:4].toreadonly()  # a range handed on, still in use
-    del first
-    second = pool.buffer(1000, now=0.1)
-    second[:4] = b"next"
-    assert bytes(kept) == b"keep"
-    del second
+    kept = _a_range_kept_over_the_next_frame(pool)
     third = pool.buffer(1000, now=0.2)  # the free one is used again
     assert len(pool) == 2
     third[:4] = b"last"

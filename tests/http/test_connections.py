@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -524,13 +525,10 @@ async def test_a_connection_admitted_by_the_gate_counts_before_its_handler_start
     served.server.stop()
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the openssl command."""
     import subprocess
 
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
-    folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -539,6 +537,13 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def _tls_exchange_blocking(address: tuple[str, int], cert: Any, stall: Any) -> list[bytes]:

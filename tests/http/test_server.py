@@ -27,6 +27,7 @@ from meshgpu.errors import MeshError, TaskError
 from meshgpu.http.app import DeadlineExceeded, FailedForGood, Unavailable
 from meshgpu.http.settings import HttpSettings
 from tests.daemon.test_runtime import MODELS, settings
+from tests.http.test_connections import self_signed_certificate
 
 PIXELS = np.load(MODELS / "digits_test.npz")["pixels"][:4]
 
@@ -494,15 +495,8 @@ async def test_the_dashboard_is_served_from_the_package_and_streams_state(node: 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 async def test_tls_serves_https(tmp_path: Path) -> None:
     import ssl
-    import subprocess
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed_certificate(tmp_path)
     http = HttpSettings(port=0, tls_cert=cert, tls_key=key)
     config = dataclasses.replace(settings(tmp_path / "solo"), http=http)
     async with trio.open_nursery() as nursery:
