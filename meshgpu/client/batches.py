@@ -29,6 +29,8 @@ stops (Ctrl-C, a ``break``), is in mapping.py; the group size and the window are
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import operator
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -439,6 +441,22 @@ def whole_number(value: Any, what: str, low: int, high: int | None = None) -> in
     return number
 
 
+def deadline_seconds(value: Any) -> float:
+    """A ``deadline_s=`` option: seconds after submission, a positive finite number,
+    refused here with a ConfigError (as ``--deadline`` is by click) rather than sent:
+    the entry node answered a negative one or NaN with a RequestFailedError prefixed by
+    its address, and took infinity, ``True`` (1 s) and ``"5"`` as given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"deadline_s is a number of seconds, not {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(
+            f"deadline_s is the seconds a task may take from its submission, a positive "
+            f"finite number, got {value!r}"
+        )
+    return seconds
+
+
 def submit_fields(
     blob: ModelBlob,
     priority: str,
@@ -461,7 +479,7 @@ def submit_fields(
         "fp16": bool(fp16),
     }
     if deadline_s is not None:
-        fields["deadline_s"] = float(deadline_s)
+        fields["deadline_s"] = deadline_seconds(deadline_s)
     if device_type is not None:
         fields["device_type"] = device_type
     for name, labels in (("require", require), ("prefer", prefer)):
