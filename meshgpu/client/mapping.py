@@ -54,6 +54,7 @@ from meshgpu.client.batches import (
     check_label,
     choose_group,
     member_count,
+    submit_fields,
     whole_number,
 )
 from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome, client_not_open
@@ -64,6 +65,19 @@ STOP_GRACE_S = 0.5
 """How long a stopping map waits for the answers of submissions already sent: the ids
 of tasks the mesh accepted are known only from those answers (an acknowledgement takes
 milliseconds on a LAN, a few hundred on a loaded one)."""
+
+SUBMIT_OPTIONS: dict[str, Any] = {
+    "priority": "normal",
+    "replicas": 2,
+    "deadline_s": None,
+    "device_type": None,
+    "min_memory": 0,
+    "fp16": False,
+    "require": None,
+    "prefer": None,
+}
+"""The submission options a map passes on to ``submit_many`` for every task, with the
+defaults they have there (``submit_fields`` checks them when the map starts)."""
 
 Label = str | Callable[[int], str | None] | None
 """A map's ``label``: one for every task, or a function of the input's index."""
@@ -233,6 +247,16 @@ class MapSubmission:
         if isinstance(label, str):
             check_label(label)
         blob = ModelBlob.of(model)
+        # Checked here, in the caller's loop: a keyword submit_many does not take (a typo,
+        # deadline= for deadline_s=) raised TypeError in the client's nursery, which closed
+        # the client and raised an exception group from close().
+        for name in options:
+            if name not in SUBMIT_OPTIONS:
+                raise TypeError(
+                    f"map() got an unexpected keyword argument {name!r}; its submission "
+                    f"options are {', '.join(SUBMIT_OPTIONS)}"
+                )
+        submit_fields(blob, **{**SUBMIT_OPTIONS, **options})
         send, receive = trio.open_memory_channel[Completed](math.inf)
         feeding = trio.CancelScope()
         produced = trio.Event()

@@ -615,3 +615,26 @@ async def test_an_http_port_given_as_the_peer_is_named_as_such(nursery: trio.Nur
     with pytest.raises(ClientError, match=r"answers in HTTP: it is a daemon's HTTP port"):
         async with AsyncClient(f"127.0.0.1:{port}", environ={}, connect_timeout=2):
             pass
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"deadline": 5}, TypeError, "unexpected keyword argument 'deadline'.* deadline_s"),
+        ({"acknowledge": False}, TypeError, "unexpected keyword argument 'acknowledge'"),
+        ({"replicas": 0}, ConfigError, "replicas is"),
+        ({"deadline_s": -1}, ConfigError, "deadline_s is"),
+    ],
+)
+async def test_a_map_option_submit_many_does_not_take_is_refused_and_the_client_serves(
+    fake_mesh, options, error, match
+) -> None:
+    """An unknown keyword raised TypeError in the client's nursery: the client closed,
+    the loop got trio.Cancelled and close() an exception group."""
+    _, peers = fake_mesh
+    async with AsyncClient(f"127.0.0.1:{peers[0].port}", environ={}) as client:
+        with trio.fail_after(5), pytest.raises(error, match=match):
+            async for _ in client.map(MODEL, [{"x": np.ones(1, np.float32)}], **options):
+                pass
+        handle = await client.submit(MODEL, {"x": np.ones(1, np.float32)})
+        assert handle.task_id

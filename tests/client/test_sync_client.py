@@ -217,3 +217,15 @@ def test_a_map_names_only_the_tasks_it_left_not_those_of_a_map_beside_it(fake_pe
     assert caplog.text.count("not collected") == 1, caplog.text
     assert f"map stopped: {left} accepted task(s)" in caplog.text
     assert sorted(item.index for item in items) == list(range(10))
+
+
+def test_a_map_keyword_typo_is_a_type_error_and_the_client_still_closes_cleanly(
+    fake_peer,
+) -> None:
+    _, peer = fake_peer
+    client = Client(f"127.0.0.1:{peer.port}", environ={})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'priorty'"):
+        list(client.map(fakes.MODEL, [{"x": np.ones(1, np.float32)}], priorty="high"))
+    handle = client.submit(fakes.MODEL, {"x": np.ones(1, np.float32)})  # still usable
+    assert float(handle.result(timeout=10)["y"][0]) == 2.0
+    client.close()
