@@ -14,10 +14,13 @@ Calls are thread-safe: any thread may call any method; they all run on the one l
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -85,6 +88,11 @@ class Client:
     >>> with meshgpu.Client() as client:                       # doctest: +SKIP
     ...     handle = client.submit("digits", {"pixels": batch})
     ...     handle.result(timeout=30)["probabilities"]
+
+    Creating one connects: a ClientError then, not at the first call, when no daemon
+    answers (a constructor that succeeds has a peer; ``client.peer`` names it). A client
+    never closed is closed at interpreter exit, so the mesh hears that the results it
+    received were collected (otherwise they stayed in every holder's table).
     """
 
     def __init__(self, peer: Any = None, key_file: Any = None, **options: Any) -> None:
@@ -99,6 +107,10 @@ class Client:
         if self._error is not None:
             self._thread.join()
             raise self._error
+        # Its own callable (atexit.unregister drops every registration equal to it),
+        # holding the client weakly.
+        self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
 
     def _loop(self) -> None:
         async def main() -> None:
@@ -252,6 +264,7 @@ class Client:
 
     def close(self) -> None:
         """Send outstanding acknowledgements, close the connection, stop the loop."""
+        atexit.unregister(self._at_exit)
         if self._stop is not None and self._token is not None and self._thread.is_alive():
             with contextlib.suppress(trio.RunFinishedError):  # already stopped
                 trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
@@ -265,6 +278,19 @@ class Client:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _close_at_exit(client: weakref.ref[Client]) -> None:
+    """Close a client its program left open, at interpreter exit (before the daemon
+    thread of its loop is stopped mid-way): the acknowledgements of the results it
+    handed out are sent, within its ``flush_timeout``."""
+    alive = client()
+    if alive is None:
+        return
+    try:
+        alive.close()
+    except Exception as error:  # exiting anyway: say why the close failed
+        logger.warning("closing the meshgpu client at exit: %s", error)
 
 
 async def _swallow(function: Callable[[], Awaitable[None]]) -> None:

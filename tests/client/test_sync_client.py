@@ -4,9 +4,12 @@ and a clean close after a failed map (fake peers in a server thread)."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +232,23 @@ def test_a_map_keyword_typo_is_a_type_error_and_the_client_still_closes_cleanly(
     handle = client.submit(fakes.MODEL, {"x": np.ones(1, np.float32)})  # still usable
     assert float(handle.result(timeout=10)["y"][0]) == 2.0
     client.close()
+
+
+def test_a_client_left_open_at_exit_still_acknowledges_its_results(fake_peer) -> None:
+    """Without close(), the interpreter stopped the client's daemon thread before the
+    acknowledger sent ``collected``: the result stayed in the mesh for ever."""
+    mesh, peer = fake_peer
+    script = (
+        "import numpy as np, meshgpu\n"
+        f"MODEL = {fakes.MODEL!r}\n"
+        f"client = meshgpu.Client('127.0.0.1:{peer.port}', environ={{}})\n"
+        "handle = client.submit(MODEL, {'x': np.ones(1, np.float32)}, direct=False)\n"
+        "assert float(handle.result(timeout=10)['y'][0]) == 2.0\n"
+        "print(handle.task_id)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == mesh.collected
