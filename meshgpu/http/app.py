@@ -274,6 +274,14 @@ def build_app(
             feeds = info.check_feeds(parsed.inputs)
         except InputError as error:
             raise HttpError(400, str(error)) from None
+        if parsed.outputs is not None:  # before the run, which it would waste
+            known = [tensor["name"] for tensor in info.outputs]
+            for name in parsed.outputs:
+                if name not in known:
+                    raise HttpError(
+                        400,
+                        f"unknown output {name!r}; the model's outputs are {', '.join(known)}",
+                    )
         first = next(iter(feeds.values()))
         batch = int(first.shape[0]) if first.ndim else 1
         stats.started(model.name, model.version)

@@ -407,6 +407,22 @@ async def test_metrics_parse_with_triton_names(node: Daemon) -> None:
     ]
 
 
+async def test_an_unknown_requested_output_is_refused_before_anything_runs(
+    node: Daemon,
+) -> None:
+    """It was answered 400 after the task had run, and counted a successful request."""
+    body = json.loads(infer_body(PIXELS[:1]))
+    body["outputs"] = [{"name": "probabilities"}, {"name": "logits"}]
+    status, _, answer = await acall(
+        node, "POST", "/v2/models/digits/infer", json.dumps(body).encode()
+    )
+    assert status == 400
+    error = json.loads(answer)["error"]
+    assert error == "unknown output 'logits'; the model's outputs are probabilities"
+    _, _, metrics = await acall(node, "GET", "/metrics")
+    assert 'nv_inference_request_success_total{model="digits"' not in metrics.decode()
+
+
 async def test_repository_index_load_unload(node: Daemon) -> None:
     status, _, body = await acall(node, "POST", "/v2/repository/index", b"{}")
     assert status == 200
