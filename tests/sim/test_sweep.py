@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import csv
 import io
+import signal
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from click.testing import CliRunner
 
 from meshgpu.cli import main
 from meshgpu.errors import ConfigError
-from meshgpu.sim.sweep import load_sweep, run_sweep
+from meshgpu.sim.sweep import load_sweep, run_sweep, runs
 from meshgpu.sim.sweep.tables import t_quantile_975
 
 BASE = """
@@ -259,3 +261,32 @@ def test_a_sweep_of_seeds_alone_names_each_run_by_its_seed(tmp_path: Path) -> No
     )
     assert result.exit_code == 0, result.output
     assert "1/1 (seed 3: ok;" in result.output  # was "(, seed 3: ok;"
+
+
+def test_workers_are_started_ignoring_ctrl_c_from_their_first_instruction(
+    spec_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers' initializer ignores SIGINT only once Python has started and imported
+    meshgpu (seconds on a loaded machine): a Ctrl-C then printed each worker's 'Fatal
+    Python error: init_import_site' and its traceback. Started while the parent ignores
+    it, they inherit SIG_IGN through exec; the parent's handler is back afterwards."""
+    seen: list[Any] = []
+
+    class Pool:
+        def __init__(self, jobs: int, initializer: Any) -> None:
+            seen.append(signal.getsignal(signal.SIGINT))
+
+        def __enter__(self) -> Pool:
+            return self
+
+        def __exit__(self, *exc_info: Any) -> None:
+            pass
+
+        def imap_unordered(self, function: Any, tasks: Any) -> Any:
+            return iter(())
+
+    monkeypatch.setattr(runs, "get_context", lambda method: SimpleNamespace(Pool=Pool))
+    before = signal.getsignal(signal.SIGINT)
+    runs._run_in_workers(load_sweep(spec_path), [], 2, lambda record: None)
+    assert seen == [signal.SIG_IGN]
+    assert signal.getsignal(signal.SIGINT) is before

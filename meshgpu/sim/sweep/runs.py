@@ -18,11 +18,13 @@ number of workers and the order they finish in change nothing in the tables.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -153,10 +155,30 @@ def _run_in_workers(
 ) -> None:
     tasks = [(point, seed, spec.scenario_path) for point, seed in pending]
     # Leaving the with block (normally, or on Ctrl-C in this process) terminates the
-    # workers; they ignore SIGINT themselves so that only the parent reports it.
-    with get_context("spawn").Pool(jobs, initializer=_ignore_interrupt) as pool:
+    # workers; they ignore SIGINT so that only the parent reports it. From their first
+    # instruction: spawned while the parent ignores it, they inherit SIG_IGN through
+    # exec. The initializer alone left the seconds a loaded machine takes to start
+    # Python and import meshgpu, where a Ctrl-C printed each worker's 'Fatal Python
+    # error: init_import_site' and 30 lines of traceback under the parent's message.
+    with _interrupts_ignored():
+        pool = get_context("spawn").Pool(jobs, initializer=_ignore_interrupt)
+    with pool:
         for record in pool.imap_unordered(_run_task, tasks):
             store(record)
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process meanwhile (when it is the main thread, the only one
+    that may set handlers), so that the processes started meanwhile inherit it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _run_task(task: tuple[Point, int, str]) -> dict[str, Any]:
