@@ -240,6 +240,7 @@ def scenario(
     root: Path,
     environ: dict[str, str] | None = None,
     profile: Path | None = None,
+    perf: Path | None = None,
 ) -> dict[str, Any]:
     rows = mib * (1 << 20) // (WIDTH * 4)
     model = root / f"{name}.onnx"
@@ -262,9 +263,12 @@ def scenario(
     system = {name: cpu_split(pid)[1] for name, pid in pids.items()}
     faults = {name: minor_faults(pid) for name, pid in pids.items()}
     disk = {name: disk_io(pid) for name, pid in pids.items()}
-    spies = [] if profile is None else start_spies(profile, name, {**pids, "client": client.pid})
+    watched = {**pids, "client": client.pid}
+    spies = [] if profile is None else start_spies(profile, name, watched)
+    perfs = [] if perf is None else start_perf(perf, name, watched)
     out, _ = client.communicate(timeout=900)
     profiles = stop_spies(spies)
+    stop_perf(perfs)
     dead = dead_daemons(mesh)
     if dead:
         raise SystemExit(f"scenario {name}: " + "; ".join(dead))
@@ -350,6 +354,53 @@ def start_spies(directory: Path, scenario: str, pids: dict[str, int]) -> list[An
     return spies
 
 
+STAT_EVENTS = ",".join(
+    ["page-faults", "context-switches"]
+    + [
+        f"syscalls:sys_enter_{call}"
+        for call in ("recvfrom", "sendto", "sendmsg", "epoll_wait", "futex", "madvise", "pwrite64",
+                     "write", "mmap", "munmap")
+    ]
+)  # fmt: skip
+"""What ``perf stat`` counts per process beside ``--perf``'s samples."""
+
+
+def start_perf(directory: Path, scenario: str, pids: dict[str, int]) -> list[Any]:
+    """One ``perf record -g`` per process (kernel and native stacks, every thread),
+    writing ``directory/<scenario>-<process>.data`` for ``perf report -i``, and one
+    ``perf stat`` of ``STAT_EVENTS`` into ``<scenario>-<process>.stat``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    recorders = []
+    for name, pid in pids.items():
+        out = directory / f"{scenario}-{name}.data"
+        process = subprocess.Popen(
+            ["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        recorders.append(process)
+        counts = subprocess.Popen(
+            ["perf", "stat", "-e", STAT_EVENTS, "-p", str(pid), "-o",
+             str(directory / f"{scenario}-{name}.stat")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        recorders.append(counts)
+    time.sleep(0.5)  # perf attaches before the client's submit matters
+    return recorders
+
+
+def stop_perf(recorders: list[Any]) -> None:
+    import signal
+
+    for process in recorders:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    for process in recorders:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def stop_spies(spies: list[Any]) -> dict[str, Any]:
     """Stop the samplers; per process, its samples and the top functions by self and by
     total samples (a function counted once per stack)."""
@@ -410,6 +461,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each with --baseline")
     parser.add_argument("--profile", type=Path, help="py-spy every process into this folder")
     parser.add_argument(
+        "--perf", type=Path, help="perf record -g every process into this folder (perf report -i)"
+    )
+    parser.add_argument(
         "--scenarios", default="input,result", help="which to run (input, result or both)"
     )
     parser.add_argument(
@@ -446,8 +500,9 @@ def main() -> None:
         before = machine(meshes)
         if args.baseline is None:
             runs = one_mesh(
-                meshes / "mesh", args.mib, root, None, args.scenarios.split(","), args.profile
-            )
+                meshes / "mesh", args.mib, root, None, args.scenarios.split(","), args.profile,
+                args.perf,
+            )  # fmt: skip
             report = {"bench": "bigtensor", "mib": args.mib, "machine": before, "runs": runs}
         else:
             report = compare(
@@ -477,6 +532,7 @@ def one_mesh(
     pythonpath: Path | None,
     scenarios: list[str] | tuple[str, ...] = ("input", "result"),
     profile: Path | None = None,
+    perf: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Both scenarios on a fresh 3-daemon mesh running the meshgpu on ``pythonpath``
     (this checkout's when None)."""
@@ -502,7 +558,7 @@ def one_mesh(
                  "--rows", str(len(mesh.nodes))],
                 env=environ, check=True,
             )  # fmt: skip
-            return [scenario(mesh, name, mib, root, environ, profile) for name in scenarios]
+            return [scenario(mesh, name, mib, root, environ, profile, perf) for name in scenarios]
     finally:
         os.chdir(saved_cwd)
         if saved is None:

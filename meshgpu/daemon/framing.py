@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import select
+import socket as stdlib_socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +60,60 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_MAX = 32 << 20
 """glibc's largest ``M_MMAP_THRESHOLD`` on 64-bit: a frame up to it comes from the heap."""
+
+
+THREAD_MOVE_BYTES = 1 << 20
+"""A frame's piece at least this large is sent, and a large frame's body received, by a
+worker thread while the bytes flow (:func:`_move_while_flowing`)."""
+_STALL_S = 0.02
+"""A thread that waited this long for the socket hands the rest back to trio."""
+_THREAD_BUDGET_S = 0.5
+"""At most this long in one thread call (a cancelled transfer waits at most this)."""
+_SOCKET_THREADS = trio.lowlevel.RunVar[trio.CapacityLimiter]("socket_threads")
+SOCKET_THREADS = 8
+"""Threads of a process that move large frames at a time (a limiter of their own, so
+that transfers never take the threads the disk writes and runs wait for); a frame that
+finds none free is moved by trio's loop."""
+
+
+def _socket_threads() -> trio.CapacityLimiter:
+    try:
+        return _SOCKET_THREADS.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(SOCKET_THREADS)
+        _SOCKET_THREADS.set(limiter)
+        return limiter
+
+
+def _move_while_flowing(descriptor: int, view: memoryview, receive: bool) -> tuple[int, bool]:
+    """Send ``view`` to, or receive it from, a stream socket in a worker thread, in C's
+    loop (the GIL released in each call) for as long as the bytes flow: returns the
+    bytes moved and whether the peer closed (receiving), once all moved, the socket had
+    no room or no bytes for ``_STALL_S``, or ``_THREAD_BUDGET_S`` passed; trio's loop
+    waits for the socket and moves the rest. The socket is used through a descriptor of
+    its own (``dup``): one closed meanwhile by the event loop is never confused with
+    another file given its number. trio's own loop costs a scheduler step of Python per
+    partial ``send``/``recv_into`` (a few hundred KiB each on loopback): a 1 GiB frame
+    stream took 0.62-0.71 CPU s to send and 0.50-0.55 to receive that way, 0.37-0.48
+    and 0.39-0.44 this way (two processes on the project's VM, load 3-8)."""
+    started = time.monotonic()
+    moved = 0
+    with stdlib_socket.socket(fileno=os.dup(descriptor)) as sock:
+        sock.settimeout(_STALL_S)  # O_NONBLOCK, as trio already set it on the shared file
+        while moved < len(view):
+            try:
+                if receive:
+                    count = sock.recv_into(view[moved:])
+                    if not count:
+                        return moved, True
+                else:
+                    count = sock.send(view[moved:])
+            except TimeoutError:
+                break
+            moved += count
+            if time.monotonic() - started > _THREAD_BUDGET_S:
+                break
+    return moved, False
 
 
 def _bytearray_maker() -> Callable[[int], bytearray]:
@@ -334,11 +391,40 @@ class FrameStream:
                 if head:
                     await self.stream.send_all(b"".join(head))
                     head = []
-                await self.stream.send_all(piece)
+                if self._socket is not None and len(piece) >= THREAD_MOVE_BYTES:
+                    await self._send_large(memoryview(piece).cast("B"))
+                else:
+                    await self.stream.send_all(piece)
             else:
                 head.append(piece)
         if head:
             await self.stream.send_all(b"".join(head))
+
+    async def _send_large(self, view: memoryview) -> None:
+        """A large piece of a frame sent by a worker thread while the socket takes it
+        (:func:`_move_while_flowing`), by trio's loop while it does not (a slow or
+        stalled reader holds no thread). Errors are the stream's (``send_all``'s)."""
+        assert self._socket is not None
+        sent = 0
+        limiter = _socket_threads()
+        while sent < len(view):
+            if limiter.available_tokens:
+                try:
+                    moved, _ = await trio.to_thread.run_sync(
+                        _move_while_flowing, self._socket.fileno(), view[sent:], False,
+                        limiter=limiter,
+                    )  # fmt: skip
+                except OSError as error:
+                    if self._socket.fileno() == -1:
+                        raise trio.ClosedResourceError("the stream was closed") from None
+                    raise trio.BrokenResourceError(error) from error
+                sent += moved
+                if sent == len(view):
+                    return
+            try:
+                sent += await self._socket.send(view[sent:])
+            except OSError as error:
+                raise trio.BrokenResourceError(error) from error
 
     async def send_many(self, messages: list[Any]) -> None:
         """Several frames in one write (each still a frame of its own on the wire)."""
@@ -468,7 +554,23 @@ class FrameStream:
         have = min(len(self._buffer), count)
         view[:have] = self._buffer[:have]
         del self._buffer[:have]
+        limiter = _socket_threads()
         while have < count:
+            if count >= THREAD_MOVE_BYTES and limiter.available_tokens:
+                # While the bytes flow a worker thread reads them (one C loop, not a
+                # step of trio's per read); trio's read below waits when they stop.
+                try:
+                    moved, closed = await trio.to_thread.run_sync(
+                        _move_while_flowing, self._socket.fileno(), view[have:], True,
+                        limiter=limiter,
+                    )  # fmt: skip
+                except OSError as error:
+                    raise DecodeError(f"connection broken: {error}") from None
+                have += moved
+                if closed:
+                    raise DecodeError(f"connection closed mid-frame ({have} of {count} bytes read)")
+                if have == count:
+                    break
             try:
                 received = await self._socket.recv_into(view[have:])
             except (OSError, trio.BrokenResourceError) as error:

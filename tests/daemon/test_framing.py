@@ -373,3 +373,75 @@ async def test_a_quiet_connection_gives_its_frame_buffers_back() -> None:
     assert received[3]["offset"] == 3 and received[3]["data"] == b"\x03" * (1 << 20)
     await right.aclose()
     await listeners[0].aclose()
+
+
+async def _socket_pair() -> tuple[Any, FrameStream, FrameStream]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    left_stream = await trio.testing.open_stream_to_socket_listener(listeners[0])
+    right_stream = await listeners[0].accept()
+    return (
+        listeners[0],
+        FrameStream(left_stream, Authenticator(None, "left")),
+        FrameStream(right_stream, Authenticator(None, "right")),
+    )
+
+
+async def test_a_large_frame_to_a_reader_that_stalls_arrives_whole() -> None:
+    """A large frame is moved by a worker thread while the bytes flow and by trio's loop
+    while they do not: a reader that takes nothing for a while (the sender's thread
+    finds no room, the receiver's no bytes) still gets every byte in order."""
+    listener, left, right = await _socket_pair()
+    payloads = [bytes([n]) * (9 << 20) for n in range(3)]
+    received: list[bytes] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+
+            async def send_all() -> None:
+                for n, payload in enumerate(payloads):
+                    await left.send({"offset": n, "data": payload})
+
+            nursery.start_soon(send_all)
+            await trio.sleep(0.3)  # the sender's thread stalls on a full socket
+            for _ in payloads:
+                received.append(bytes((await right.receive())["data"]))
+                await trio.sleep(0.1)
+    assert received == payloads
+    await left.aclose()
+    await right.aclose()
+    await listener.aclose()
+
+
+async def test_a_large_send_to_a_reader_that_never_reads_is_cancelled_promptly() -> None:
+    """A send waiting for a peer that reads nothing holds no thread and is cancelled at
+    once: the thread hands the rest to trio's loop once the socket has no room."""
+    listener, left, right = await _socket_pair()
+    with trio.fail_after(10):
+        with trio.move_on_after(0.5) as waited:
+            await left.send({"offset": 0, "data": b"\x01" * (48 << 20)})
+    assert waited.cancelled_caught
+    await left.aclose()
+    await right.aclose()
+    await listener.aclose()
+
+
+async def test_a_peer_that_closes_mid_frame_is_a_decode_error() -> None:
+    """A large frame cut short by its sender's close is a DecodeError, whichever of the
+    thread and trio's loop was reading when the connection ended."""
+    listener, left, right = await _socket_pair()
+    body = b"\x00" * (8 << 20)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def send_part_and_close() -> None:
+                pieces = left._sealer.seal_pieces(
+                    [b"\x81\xa4data\xc6" + struct.pack("!I", len(body)), body]
+                )
+                size = sum(len(piece) for piece in pieces)
+                await left.stream.send_all(struct.pack("!I", size) + b"".join(pieces)[: 3 << 20])
+                await left.aclose()
+
+            nursery.start_soon(send_part_and_close)
+            with pytest.raises(DecodeError, match="closed mid-frame"):
+                await right.receive()
+    await right.aclose()
+    await listener.aclose()
