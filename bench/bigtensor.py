@@ -33,6 +33,12 @@ prints each process's top functions by samples, self and total: the per-stage pr
 A sample is a stack of a thread that was not idle: time in a write the kernel throttles
 counts, and so does waiting for a core on a loaded machine. ``--scenarios input`` runs
 one of the two.
+
+``--perf DIR`` records every process of a scenario with ``perf record -g`` (kernel and
+native stacks of every thread, 499 Hz) into ``DIR/<scenario>-<process>.data`` and counts
+its page faults and socket, ``madvise`` and write calls with ``perf stat`` into
+``<scenario>-<process>.stat``: where the system CPU goes (page faults, socket copies,
+the file system), which py-spy does not see.
 """
 
 from __future__ import annotations
