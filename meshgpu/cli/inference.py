@@ -12,9 +12,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from meshgpu.inference.session import Session
 
 BACKENDS = ("auto", "opencl", "onnxruntime")
 PREVIEW_VALUES = 10
@@ -107,15 +110,30 @@ def run(
         raise click.BadParameter(
             f"directory {os.path.dirname(output)!r} does not exist", param_hint="'--output'"
         )
-    names = model_input_names(model) if any("=" not in pair for pair in inputs) else []
+
+    def load() -> Session:
+        try:
+            return inference.load(
+                model,
+                backend=backend,  # type: ignore[arg-type]
+                device=device,
+                allow_fallback=allow_fallback,
+            )
+        except MeshError as error:
+            message = f"{type(error).__name__}: {_as_flags(str(error))}"
+            raise click.ClickException(message) from error
+
+    session: Session | None = None
+    bare = any("=" not in pair for pair in inputs)
+    names = model_input_names(model) if bare else []
+    if bare and not names:
+        # No input names: the model is no readable ONNX file, and its load says why; a
+        # bare input was refused as 'not NAME=FILE.npy' instead.
+        session = load()
     feeds = _parse_inputs(inputs, names[0] if len(names) == 1 else None)
+    if session is None:
+        session = load()
     try:
-        session = inference.load(
-            model,
-            backend=backend,  # type: ignore[arg-type]
-            device=device,
-            allow_fallback=allow_fallback,
-        )
         results = session.run(feeds)
     except MeshError as error:
         raise click.ClickException(f"{type(error).__name__}: {_as_flags(str(error))}") from error

@@ -153,3 +153,19 @@ def test_cli_run_reports_errors_without_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     result = CliRunner().invoke(main, ["run", "digits", "--input", "pixels"])
     assert result.exit_code == 2 and "NAME=FILE.npy" in result.output
+
+
+@pytest.mark.parametrize("content", [b"not onnx at all", None])
+def test_cli_run_of_an_unreadable_model_with_a_bare_input_names_the_model(
+    tmp_path: Path, content: bytes | None
+) -> None:
+    """It said "'x.npy' is not NAME=FILE.npy", the input's syntax, for a model that is no
+    ONNX file or no file at all; with NAME= the same run named the model's problem."""
+    model = tmp_path / "model.onnx"
+    if content is not None:
+        model.write_bytes(content)
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.zeros(3, np.float32))
+    result = CliRunner().invoke(main, ["run", str(model), "-i", str(sample)])
+    assert result.exit_code == 1, result.output
+    assert "ModelError" in result.output and "NAME=FILE" not in result.output
