@@ -180,7 +180,9 @@ def _render_run(summary: dict[str, Any], results: dict[str, Any]) -> None:
     table = Table("output", "shape", "dtype", "min", "max", "first values / argmax")
     for name, value in results.items():
         flat = value.reshape(-1)
-        if value.ndim == 2 and value.shape[1] > 1 and value.dtype.kind == "f":
+        if not flat.size:  # a zero-size output: "argmax" with nothing after it before
+            preview = "(empty)"
+        elif value.ndim == 2 and value.shape[1] > 1 and value.dtype.kind == "f":
             preview = "argmax " + " ".join(str(i) for i in value.argmax(axis=1)[:PREVIEW_VALUES])
         else:
             preview = " ".join(_number(v) for v in flat[:PREVIEW_VALUES].tolist())

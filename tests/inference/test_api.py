@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper
 
 from meshgpu import inference
 from meshgpu.cli import main
@@ -169,3 +171,23 @@ def test_cli_run_of_an_unreadable_model_with_a_bare_input_names_the_model(
     result = CliRunner().invoke(main, ["run", str(model), "-i", str(sample)])
     assert result.exit_code == 1, result.output
     assert "ModelError" in result.output and "NAME=FILE" not in result.output
+
+
+def test_cli_run_table_shows_a_zero_size_output_as_empty(tmp_path: Path) -> None:
+    """A (0, 4) output's preview read "argmax" with nothing after it."""
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["y"])],
+        "neg",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])],
+    )
+    model = tmp_path / "neg.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.zeros((0, 4), np.float32))
+    result = CliRunner().invoke(
+        main, ["run", str(model), "-i", str(sample), "--backend", "onnxruntime"]
+    )
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "[0, 4]" in line)
+    assert "(empty)" in row and "argmax" not in row
