@@ -142,7 +142,8 @@ def submit(
     as_json: bool,
     timeout: float | None,
 ) -> None:
-    """Run MODEL (an .onnx file, or `digits` for the shipped example) on the mesh.
+    """Run MODEL (an .onnx file, `digits` for the shipped example, or a model of the
+    mesh's catalog by name: `meshgpu models add NAME FILE`) on the mesh.
 
     \b
     Examples:
@@ -171,11 +172,10 @@ def submit(
     from meshgpu.client.batches import resolve_max_task_bytes
     from meshgpu.client.inputs import expand_inputs, parse_input_spec
     from meshgpu.client.mapping import STOP_GRACE_S
-    from meshgpu.client.models import ModelBlob
     from meshgpu.errors import InferenceError, MeshError
 
     try:
-        blob = ModelBlob.of(model)  # an unreadable model is reported before the inputs
+        blob = _model_blob(model, peer, key_file)  # reported before the inputs
         inputs = model_inputs(blob)
         default_name = inputs.required[0] if len(inputs.required) == 1 else None
         specs = [parse_input_spec(spec, default_name) for spec in input_specs]
@@ -243,6 +243,41 @@ def submit(
         sys.exit(EXIT_INTERRUPTED)
     if failed:
         sys.exit(1)
+
+
+def _model_blob(model: str, peer: str | None, key_file: Path | None) -> Any:
+    """MODEL's bytes: a file, a shipped model, or else a name of the mesh's catalog
+    (``meshgpu models add``), fetched from the peer. A bare name that is neither was
+    said to be no file with a pointer to the HTTP port, even after ``models add NAME``."""
+    import trio
+
+    from meshgpu.client import AsyncClient
+    from meshgpu.client.models import SHIPPED, ModelBlob
+    from meshgpu.errors import ConfigError, MeshError
+
+    try:
+        return ModelBlob.of(model)
+    except ConfigError as not_a_file:
+        if "/" in model or os.sep in model or Path(model).exists():
+            raise
+
+        async def fetch() -> Any:
+            async with AsyncClient(peer, key_file) as client:
+                return await client.catalog_model(model)
+
+        shipped = ", ".join(sorted(SHIPPED))
+        try:
+            return trio.run(fetch)
+        except ConfigError as error:  # no such catalog model, or not on the peer yet
+            raise ConfigError(
+                f"no model file {model!r}, and {error}; shipped models: {shipped}"
+            ) from None
+        except MeshError as error:  # no daemon to ask: say so, and what it would be
+            raise ConfigError(
+                f"no model file {model!r}, and no daemon answered to look the name up in "
+                f"the mesh's catalog ({str(error).splitlines()[0]}); shipped models: "
+                f"{shipped}"
+            ) from not_a_file
 
 
 def _load(paths: dict[str, Path]) -> dict[str, Any]:

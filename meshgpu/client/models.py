@@ -76,12 +76,12 @@ class ModelBlob:
                 shipped = ", ".join(sorted(SHIPPED))
                 hint = ""
                 if "/" not in str(model):
-                    # A bare word may be a catalog name (`meshgpu models add NAME`),
-                    # which only the HTTP port resolves.
+                    # A bare word may be a catalog name (`meshgpu models add NAME`):
+                    # `meshgpu submit NAME` and the HTTP port resolve those, and the
+                    # client fetches one with catalog_model.
                     hint = (
-                        f"; shipped models: {shipped}; a catalog name (`meshgpu models "
-                        "list`) is run over HTTP, POST /v2/models/NAME/infer, and here by "
-                        "its .onnx file"
+                        f"; shipped models: {shipped}; a model of the mesh's catalog "
+                        "(`meshgpu models list`) is client.catalog_model(NAME) here"
                     )
                 raise ConfigError(
                     f"cannot read model {str(model)!r}: {error.strerror}{hint}"

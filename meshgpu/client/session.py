@@ -25,6 +25,7 @@ which would need a change to the task table's spec.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -364,6 +365,42 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         """The entry peer's task table rows, optionally only those in ``state``."""
         fields = {} if state is None else {"state": state}
         return list((await self._call("tasks", **fields))["tasks"])
+
+    async def catalog_model(self, name: str) -> ModelBlob:
+        """The mesh catalog's model ``name`` (``meshgpu models add``), to submit like a
+        file: its bytes as the peer holds them, checked against the catalog's sha256.
+        A ConfigError names the catalog's models when ``name`` is none of them, and says
+        so when the peer does not hold the bytes yet (a node fetches a catalog model
+        when it first runs it)."""
+        models = list((await self._call("catalog"))["models"])
+        entry = next((model for model in models if model.get("name") == name), None)
+        if entry is None:
+            names = ", ".join(str(model.get("name")) for model in models) or "none"
+            raise ConfigError(f"the mesh's catalog has no model {name!r} (its models: {names})")
+        digest = str(entry["digest"])
+        while True:
+            link = await self._current_link()
+            data = bytearray()
+            try:
+                async for answer in link.rpc.stream("get_model", digest=digest):
+                    data += answer["data"]
+                break
+            except RequestFailedError as error:
+                raise ConfigError(
+                    f"catalog model {name!r} ({digest[:12]}) is not on {link.node_id} yet "
+                    f"({error}); run it once over HTTP (POST /v2/models/{name}/infer) or "
+                    "give its .onnx file"
+                ) from None
+            except ClientError as error:
+                link.fail(str(error))
+        blob = ModelBlob(bytes(data), hashlib.sha256(data).hexdigest(), name)
+        if blob.digest != digest:
+            raise ConfigError(
+                f"catalog model {name!r}: {link.node_id} sent bytes of sha256 "
+                f"{blob.digest[:12]}, not the catalog's {digest[:12]}"
+            )
+        link.models.add(digest)  # the peer has it: no has_model to ask
+        return blob
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
         """Any other API op (docs/client-api.md), retried on another peer if the link

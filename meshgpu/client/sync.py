@@ -28,6 +28,7 @@ import trio
 
 from meshgpu.client.handles import AsyncTaskHandle, Completed, Outcome, Outputs, wait_seconds
 from meshgpu.client.mapping import STOP_GRACE_S, MapInterrupted, MapRun, stopped_map_message
+from meshgpu.client.models import ModelBlob
 from meshgpu.client.session import AsyncClient
 from meshgpu.errors import ClientError, MeshError
 
@@ -141,6 +142,10 @@ class Client:
             return await self._async.submit(model, inputs, **options)
 
         return TaskHandle(self, self._run(submit))
+
+    def catalog_model(self, name: str) -> ModelBlob:
+        """The mesh catalog's model ``name``, to submit like a file."""
+        return self._run(self._async.catalog_model, name)
 
     def submit_many(
         self, model: Any, many_inputs: Iterable[Mapping[str, Any]], **options: Any

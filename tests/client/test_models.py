@@ -56,12 +56,12 @@ def test_a_file_changed_within_the_racy_window_is_not_cached(tmp_path: Path, mon
     assert models._READ == {}
 
 
-def test_a_bare_name_that_is_no_file_points_to_the_catalogs_http_endpoint(
+def test_a_bare_name_that_is_no_file_points_to_the_catalog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    # `meshgpu models add resnet ...` then `meshgpu submit resnet ...` read as a file
-    with pytest.raises(ConfigError, match=r"shipped models: digits; a catalog name .*/v2/models/"):
+    # `meshgpu models add resnet ...` then `client.submit("resnet", ...)` read as a file
+    with pytest.raises(ConfigError, match=r"shipped models: digits; .*catalog_model\(NAME\)"):
         ModelBlob.of("resnet")
     with pytest.raises(ConfigError) as refused:
         ModelBlob.of("models/resnet.onnx")
