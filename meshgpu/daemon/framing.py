@@ -90,15 +90,16 @@ def _move_while_flowing(descriptor: int, view: memoryview, receive: bool) -> tup
     loop (the GIL released in each call) for as long as the bytes flow: returns the
     bytes moved and whether the peer closed (receiving), once all moved, the socket had
     no room or no bytes for ``_STALL_S``, or ``_THREAD_BUDGET_S`` passed; trio's loop
-    waits for the socket and moves the rest. The socket is used through a descriptor of
-    its own (``dup``): one closed meanwhile by the event loop is never confused with
-    another file given its number. trio's own loop costs a scheduler step of Python per
-    partial ``send``/``recv_into`` (a few hundred KiB each on loopback): a 1 GiB frame
-    stream took 0.62-0.71 CPU s to send and 0.50-0.55 to receive that way, 0.37-0.48
-    and 0.39-0.44 this way (two processes on the project's VM, load 3-8)."""
+    waits for the socket and moves the rest. ``descriptor`` is the caller's own
+    (:meth:`FrameStream._move_in_thread`), left open. trio's own loop costs a scheduler
+    step of Python per partial ``send``/``recv_into`` (a few hundred KiB each on
+    loopback): a 1 GiB frame stream took 0.62-0.71 CPU s to send and 0.50-0.55 to
+    receive that way, 0.37-0.48 and 0.39-0.44 this way (two processes on the project's
+    VM, load 3-8)."""
     started = time.monotonic()
     moved = 0
-    with stdlib_socket.socket(fileno=os.dup(descriptor)) as sock:
+    sock = stdlib_socket.socket(fileno=descriptor)
+    try:
         sock.settimeout(_STALL_S)  # O_NONBLOCK, as trio already set it on the shared file
         while moved < len(view):
             try:
@@ -113,6 +114,8 @@ def _move_while_flowing(descriptor: int, view: memoryview, receive: bool) -> tup
             moved += count
             if time.monotonic() - started > _THREAD_BUDGET_S:
                 break
+    finally:
+        sock.detach()  # the caller closes the descriptor
     return moved, False
 
 
@@ -410,10 +413,7 @@ class FrameStream:
         while sent < len(view):
             if limiter.available_tokens:
                 try:
-                    moved, _ = await trio.to_thread.run_sync(
-                        _move_while_flowing, self._socket.fileno(), view[sent:], False,
-                        limiter=limiter,
-                    )  # fmt: skip
+                    moved, _ = await self._move_in_thread(view[sent:], False, limiter)
                 except OSError as error:
                     if self._socket.fileno() == -1:
                         raise trio.ClosedResourceError("the stream was closed") from None
@@ -425,6 +425,23 @@ class FrameStream:
                 sent += await self._socket.send(view[sent:])
             except OSError as error:
                 raise trio.BrokenResourceError(error) from error
+
+    async def _move_in_thread(
+        self, view: memoryview, receive: bool, limiter: trio.CapacityLimiter
+    ) -> tuple[int, bool]:
+        """:func:`_move_while_flowing` on a descriptor of the socket's own, duplicated
+        here before the thread starts (trio runs other tasks while it takes a thread,
+        and a loaded machine starts the thread late): a task that closes the stream
+        meanwhile, and a connection opened since with the freed number, never gets this
+        frame's bytes, nor gives it its own. Raises OSError when the socket is closed."""
+        assert self._socket is not None
+        descriptor = os.dup(self._socket.fileno())
+        try:
+            return await trio.to_thread.run_sync(
+                _move_while_flowing, descriptor, view, receive, limiter=limiter
+            )
+        finally:
+            os.close(descriptor)
 
     async def send_many(self, messages: list[Any]) -> None:
         """Several frames in one write (each still a frame of its own on the wire)."""
@@ -560,10 +577,7 @@ class FrameStream:
                 # While the bytes flow a worker thread reads them (one C loop, not a
                 # step of trio's per read); trio's read below waits when they stop.
                 try:
-                    moved, closed = await trio.to_thread.run_sync(
-                        _move_while_flowing, self._socket.fileno(), view[have:], True,
-                        limiter=limiter,
-                    )  # fmt: skip
+                    moved, closed = await self._move_in_thread(view[have:], True, limiter)
                 except OSError as error:
                     raise DecodeError(f"connection broken: {error}") from None
                 have += moved

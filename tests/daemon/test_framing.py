@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import threading
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from meshgpu.daemon import framing
 from meshgpu.daemon.auth import Authenticator, MeshKey
 from meshgpu.daemon.framing import FrameStream, pack, unpack
 from meshgpu.errors import AuthenticationError, DecodeError, FrameTooLargeError
@@ -444,4 +447,102 @@ async def test_a_peer_that_closes_mid_frame_is_a_decode_error() -> None:
             with pytest.raises(DecodeError, match="closed mid-frame"):
                 await right.receive()
     await right.aclose()
+    await listener.aclose()
+
+
+async def test_a_stream_closed_before_its_thread_starts_sends_nothing_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large send's worker thread may start after other tasks ran (trio checkpoints
+    while it takes a thread; a loaded machine starts it late): a task that closed the
+    stream meanwhile, and a connection opened since that took its descriptor's number,
+    never get the frame's bytes: the thread moves them on the socket it was given."""
+
+    listener, left, right = await _socket_pair()
+    assert left._socket is not None
+    number = left._socket.fileno()
+    started, proceed = threading.Event(), threading.Event()
+    move = framing._move_while_flowing
+
+    def late_move(descriptor: int, view: memoryview, receive: bool) -> tuple[int, bool]:
+        started.set()
+        proceed.wait(10)
+        return move(descriptor, view, receive)
+
+    monkeypatch.setattr(framing, "_move_while_flowing", late_move)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def send_large() -> None:
+                with pytest.raises((trio.ClosedResourceError, trio.BrokenResourceError)):
+                    await left.send({"offset": 0, "data": b"\x07" * (4 << 20)})
+
+            nursery.start_soon(send_large)
+            while not started.is_set():
+                await trio.sleep(0.01)
+            await left.stream.aclose()  # its descriptor's number is free now
+            other = await trio.testing.open_stream_to_socket_listener(listener)
+            if other.socket.fileno() != number:
+                proceed.set()
+                pytest.skip("the new connection took another descriptor number")
+            other_end = await listener.accept()
+            proceed.set()
+        leaked = b""
+        with trio.move_on_after(0.5):
+            leaked = await other_end.receive_some(1 << 16)
+    assert leaked == b""
+    for stream in (other, other_end, right):
+        await stream.aclose()
+    await listener.aclose()
+
+
+async def test_a_stream_closed_before_its_receiving_thread_starts_reads_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The receiving side likewise: a thread that starts after its stream was closed,
+    and its number given to a new connection, never reads that connection's bytes."""
+
+    listener, left, right = await _socket_pair()
+    assert right._socket is not None
+    number = right._socket.fileno()
+    started, proceed = threading.Event(), threading.Event()
+    move = framing._move_while_flowing
+
+    def late_move(descriptor: int, view: memoryview, receive: bool) -> tuple[int, bool]:
+        started.set()
+        proceed.wait(10)
+        return move(descriptor, view, receive)
+
+    monkeypatch.setattr(framing, "_move_while_flowing", late_move)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def receive_large() -> None:
+                with contextlib.suppress(DecodeError):
+                    await right.receive()  # whole, or cut short: either is fine here
+
+            async def send_large() -> None:
+                with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                    await left.send({"offset": 0, "data": b"\x07" * (4 << 20)})
+
+            nursery.start_soon(receive_large)
+            nursery.start_soon(send_large)
+            while not started.is_set():
+                await trio.sleep(0.01)
+            await right.stream.aclose()
+            other = await trio.testing.open_stream_to_socket_listener(listener)
+            if other.socket.fileno() != number:
+                proceed.set()
+                pytest.skip("the new connection took another descriptor number")
+            other_end = await listener.accept()
+            await other_end.send_all(b"\x09" * 1000)
+            await trio.sleep(0.1)
+            proceed.set()
+            await left.aclose()
+        unread = b""
+        with trio.move_on_after(0.5):
+            unread = await other.receive_some(1 << 16)
+    assert unread == b"\x09" * 1000
+    for stream in (other, other_end):
+        await stream.aclose()
     await listener.aclose()
