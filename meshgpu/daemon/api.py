@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -123,6 +124,9 @@ arrive whole (a slow link)."""
 FIRST_BYTES = LENGTH.size + len(MAGIC)
 """Bytes of a new connection judged at the gate: a frame's length and its envelope's magic."""
 WARNING_INTERVAL_S = 10.0
+ANSWERED_REFUSALS_PER_S = 4
+"""Refused greetings from one address told why (a sealed frame) per second at most; the
+others are reset unanswered (``api_refusals_unanswered``)."""
 """Seconds between two warnings about unreadable frames from one address."""
 
 
@@ -166,6 +170,8 @@ class ApiServer:
         self._connections: set[_Connection] = set()
         self._per_client: Counter[str] = Counter()
         self._warned: dict[str, float] = {}
+        self._answered: dict[str, tuple[int, int]] = {}
+        """Per address: the second of its last answered refusal and the answers in it."""
         self.on_reject: Callable[[], None] | None = None
         """Called after a connection was dropped for an unreadable frame."""
         self._gate: FirstBytesGate | None = None
@@ -205,6 +211,22 @@ class ApiServer:
         if len(self._warned) > 1024:
             self._warned.clear()
         self._warned[client] = now
+        return True
+
+    def _may_answer(self, client: str) -> bool:
+        """Whether a greeting refused from ``client`` is told why (at most
+        :data:`ANSWERED_REFUSALS_PER_S` a second per address; the seal and the send are
+        most of what a refused greeting costs). A tool that speaks the wrong protocol
+        to the port is told why on its first tries; a flood of garbage is reset."""
+        second = int(time.monotonic())
+        began, answered = self._answered.get(client, (second, 0))
+        if began != second:
+            answered = 0
+        if answered >= ANSWERED_REFUSALS_PER_S:
+            return False
+        if len(self._answered) > 1024:
+            self._answered.clear()
+        self._answered[client] = (second, answered + 1)
         return True
 
     def _forget(self, connection: _Connection) -> None:
@@ -311,6 +333,11 @@ class ApiServer:
         client = _client_of(address)
         if self._may_warn(client):
             logger.warning("dropping connection from %s: %s", _peer_of(address), why)
+        if not self._may_answer(client):
+            # Past the address's answers of this second: reset unanswered (it lingers 0
+            # from the listener), without sealing and sending a frame nobody reads.
+            self._count("api_refusals_unanswered")
+            return
         # One session seals every refusal at the gate (a new counter each), not a fresh
         # random session per stranger: the session's random bytes were a getrandom call
         # per refusal. A peer that is refused twice sees two counters of one session,

@@ -10,6 +10,7 @@ must be told apart from them (Linux routes all of 127.0.0.0/8 to loopback)."""
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import trio
@@ -275,3 +276,44 @@ async def test_a_frame_whose_map_has_a_map_for_a_key_is_refused_and_the_server_g
     await stream.aclose()
     async with open_rpc(served.address, Authenticator(None, "client")) as rpc:
         assert (await rpc.call("ping"))["pong"]
+
+
+async def test_one_address_is_told_why_its_greetings_are_refused_a_few_times_a_second(
+    nursery: trio.Nursery,
+) -> None:
+    # Garbage greetings from one address: the first ANSWERED_REFUSALS_PER_S of a second
+    # get the sealed refusal (a FIN after it), the others are reset unanswered; another
+    # address is still told why, and every one is counted.
+    from meshgpu.daemon.api import ANSWERED_REFUSALS_PER_S
+    from meshgpu.daemon.auth.envelope import Channel
+    from meshgpu.daemon.framing import LENGTH, unpack
+
+    served = Served(max_connections=64, idle_timeout_s=3600)
+    await nursery.start(served.run)
+    tries = ANSWERED_REFUSALS_PER_S + 6
+
+    async def refused(source: str | None) -> str:
+        stream = await trio.open_tcp_stream(*served.address, local_address=source)
+        await stream.send_all(b"\x00\x00\x00\x10" + b"not an envelope!")
+        answer = b""
+        try:
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some(4096):
+                    answer += chunk
+        except trio.BrokenResourceError:
+            return "reset"
+        finally:
+            await stream.aclose()
+        refusal = unpack(
+            Authenticator(None, "me").open(answer[LENGTH.size :], Channel.FRAME).payload
+        )
+        assert "bad magic" in refusal["error"], refusal
+        return "answered"
+
+    await trio.sleep(1.0 - time.monotonic() % 1.0)  # the server's seconds begin now
+    outcomes = [await refused(HOSTILE) for _ in range(tries)]
+    assert "reset" in outcomes, outcomes
+    assert outcomes[:ANSWERED_REFUSALS_PER_S] == ["answered"] * ANSWERED_REFUSALS_PER_S
+    assert await refused(None) == "answered"  # 127.0.0.1 has its own answers
+    assert served.counters["frames_rejected"] == tries + 1
+    assert served.counters.get("api_refusals_unanswered", 0) == outcomes.count("reset")
