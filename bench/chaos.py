@@ -535,6 +535,7 @@ HTTP_LYING = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 10
 HTTP_SLOW = b"GET /v2/health/ready HTTP/1.1\r\n" + b"X-Slow: y\r\n" * 20 + b"\r\n"
 DROP_COUNTERS = (
     "frames_rejected",
+    "api_refusals_unanswered",
     "datagrams_rejected",
     "datagrams_dropped_early",
     "datagrams_dropped_in_kernel",

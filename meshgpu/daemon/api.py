@@ -24,7 +24,9 @@ Connections are bounded, as Consul bounds its RPC port (``rpc_max_conns_per_clie
   ``handshake_timeout_s`` or it is reset (``api_handshake_timeouts``): silent and
   trickling strangers go in seconds, not after the idle timeout; until it has, it waits
   at a :class:`~meshgpu.first_bytes.FirstBytesGate` with no stream and no task (a
-  length over the limit or a bad magic is refused there, ``frames_rejected``);
+  length over the limit or a bad magic is refused there, ``frames_rejected``, and told
+  why in a sealed frame at most ``ANSWERED_REFUSALS_PER_S`` times a second per address,
+  reset unanswered past that, ``api_refusals_unanswered``);
 * one with no request in flight and no complete frame for ``idle_timeout_s`` is closed
   (``api_idle_closed``; a frame sent one byte at a time does not count as activity
   until it is whole);
@@ -326,7 +328,8 @@ class ApiServer:
     ) -> None:
         """A connection whose first bytes are not a meshgpu frame: counted, warned about
         (once per address per interval) and told why in one frame, as a connection
-        whose frame fails later is (:meth:`_serve`)."""
+        whose frame fails later is (:meth:`_serve`), or past its address's answers of
+        the second (:meth:`_may_answer`) reset unanswered."""
         self._count("frames_rejected")
         if self.on_reject is not None:
             self.on_reject()
