@@ -450,17 +450,11 @@ async def test_a_peer_that_closes_mid_frame_is_a_decode_error() -> None:
     await listener.aclose()
 
 
-async def test_a_stream_closed_before_its_thread_starts_sends_nothing_elsewhere(
+def _start_threads_late(
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A large send's worker thread may start after other tasks ran (trio checkpoints
-    while it takes a thread; a loaded machine starts it late): a task that closed the
-    stream meanwhile, and a connection opened since that took its descriptor's number,
-    never get the frame's bytes: the thread moves them on the socket it was given."""
-
-    listener, left, right = await _socket_pair()
-    assert left._socket is not None
-    number = left._socket.fileno()
+) -> tuple[threading.Event, threading.Event]:
+    """Large frames' worker threads that start late (a loaded machine): each sets the
+    first event, then moves nothing until the second is set."""
     started, proceed = threading.Event(), threading.Event()
     move = framing._move_while_flowing
 
@@ -470,6 +464,33 @@ async def test_a_stream_closed_before_its_thread_starts_sends_nothing_elsewhere(
         return move(descriptor, view, receive)
 
     monkeypatch.setattr(framing, "_move_while_flowing", late_move)
+    return started, proceed
+
+
+async def _take_number(
+    closing: FrameStream, number: int, listener: Any, proceed: threading.Event
+) -> tuple[Any, Any]:
+    """Close ``closing`` and open a connection whose descriptor takes its ``number``
+    (both ends); skips the test when the system gives it another."""
+    await closing.stream.aclose()
+    other = await trio.testing.open_stream_to_socket_listener(listener)
+    if other.socket.fileno() != number:
+        proceed.set()
+        pytest.skip("the new connection took another descriptor number")
+    return other, await listener.accept()
+
+
+async def test_a_stream_closed_before_its_thread_starts_sends_nothing_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large send's worker thread may start after other tasks ran (trio checkpoints
+    while it takes a thread; a loaded machine starts it late): a task that closed the
+    stream meanwhile, and a connection opened since that took its descriptor's number,
+    never get the frame's bytes: the thread moves them on the socket it was given."""
+    listener, left, right = await _socket_pair()
+    assert left._socket is not None
+    number = left._socket.fileno()
+    started, proceed = _start_threads_late(monkeypatch)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
 
@@ -480,12 +501,7 @@ async def test_a_stream_closed_before_its_thread_starts_sends_nothing_elsewhere(
             nursery.start_soon(send_large)
             while not started.is_set():
                 await trio.sleep(0.01)
-            await left.stream.aclose()  # its descriptor's number is free now
-            other = await trio.testing.open_stream_to_socket_listener(listener)
-            if other.socket.fileno() != number:
-                proceed.set()
-                pytest.skip("the new connection took another descriptor number")
-            other_end = await listener.accept()
+            other, other_end = await _take_number(left, number, listener, proceed)
             proceed.set()
         leaked = b""
         with trio.move_on_after(0.5):
@@ -501,19 +517,10 @@ async def test_a_stream_closed_before_its_receiving_thread_starts_reads_nothing_
 ) -> None:
     """The receiving side likewise: a thread that starts after its stream was closed,
     and its number given to a new connection, never reads that connection's bytes."""
-
     listener, left, right = await _socket_pair()
     assert right._socket is not None
     number = right._socket.fileno()
-    started, proceed = threading.Event(), threading.Event()
-    move = framing._move_while_flowing
-
-    def late_move(descriptor: int, view: memoryview, receive: bool) -> tuple[int, bool]:
-        started.set()
-        proceed.wait(10)
-        return move(descriptor, view, receive)
-
-    monkeypatch.setattr(framing, "_move_while_flowing", late_move)
+    started, proceed = _start_threads_late(monkeypatch)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
 
@@ -529,12 +536,7 @@ async def test_a_stream_closed_before_its_receiving_thread_starts_reads_nothing_
             nursery.start_soon(send_large)
             while not started.is_set():
                 await trio.sleep(0.01)
-            await right.stream.aclose()
-            other = await trio.testing.open_stream_to_socket_listener(listener)
-            if other.socket.fileno() != number:
-                proceed.set()
-                pytest.skip("the new connection took another descriptor number")
-            other_end = await listener.accept()
+            other, other_end = await _take_number(right, number, listener, proceed)
             await other_end.send_all(b"\x09" * 1000)
             await trio.sleep(0.1)
             proceed.set()
