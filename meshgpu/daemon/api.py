@@ -126,10 +126,10 @@ arrive whole (a slow link)."""
 FIRST_BYTES = LENGTH.size + len(MAGIC)
 """Bytes of a new connection judged at the gate: a frame's length and its envelope's magic."""
 WARNING_INTERVAL_S = 10.0
+"""Seconds between two warnings about unreadable frames from one address."""
 ANSWERED_REFUSALS_PER_S = 4
 """Refused greetings from one address told why (a sealed frame) per second at most; the
 others are reset unanswered (``api_refusals_unanswered``)."""
-"""Seconds between two warnings about unreadable frames from one address."""
 
 
 @dataclass(eq=False)
