@@ -213,7 +213,13 @@ def submit(
         if mesh_error is None:
             raise
         raise click.ClickException(str(mesh_error)) from None
-    left = [row for row in report["tasks"] if row.get("state") in LEFT_IN_MESH]
+    # By id: a row --timeout stopped before its task was sent has none (a KeyError
+    # traceback from the ids file and the stdout list).
+    left = [
+        row
+        for row in report["tasks"]
+        if row.get("state") in LEFT_IN_MESH and row.get("task_id") is not None
+    ]
     if as_json:
         click.echo(json.dumps(report, indent=None))
     if ids_file is not None:

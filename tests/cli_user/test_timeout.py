@@ -1,0 +1,36 @@
+"""``meshgpu submit --timeout`` that stops before every task was sent: the tasks never
+sent have no id, and listing the ones left in the mesh raised KeyError('task_id')."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from click.testing import Result
+
+from tests.cli_user.test_collect import cli, serve_and_run
+from tests.cli_user.test_preflight import two_input_model
+
+
+def test_a_timeout_before_every_task_was_sent_lists_only_the_tasks_sent(tmp_path: Path) -> None:
+    model = two_input_model(tmp_path / "pair.onnx")
+    (tmp_path / "a").mkdir()
+    for n in range(70):  # more than map's window of 64: the last ones wait to be sent
+        np.save(tmp_path / "a" / f"t{n:02d}.npy", np.ones((2, 3), np.float32))
+    np.save(tmp_path / "b.npy", np.ones((2, 3), np.float32))
+    ids = tmp_path / "ids.txt"
+
+    def scenario(peer: str) -> list[Result]:
+        args = ["submit", str(model), "-i", f"a={tmp_path / 'a'}", "-i", f"b={tmp_path / 'b.npy'}"]
+        args += ["--timeout", "1", "--replicas", "1", "-o", str(tmp_path / "out")]
+        return [
+            cli(*args, "--ids", str(ids), "--peer", peer),
+            cli(*args, "--peer", peer),
+        ]
+
+    for result in serve_and_run(tmp_path, scenario, device="synthetic:5000"):
+        assert result.exit_code == 1, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = ids.read_text().splitlines()
+    assert len(lines) <= 64
+    assert all(line.split("\t")[0].count("/") == 1 for line in lines)
