@@ -25,6 +25,7 @@ not per message; newline-delimited JSON cannot carry tensors without base64.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import select
@@ -433,9 +434,17 @@ class FrameStream:
         here before the thread starts (trio runs other tasks while it takes a thread,
         and a loaded machine starts the thread late): a task that closes the stream
         meanwhile, and a connection opened since with the freed number, never gets this
-        frame's bytes, nor gives it its own. Raises OSError when the socket is closed."""
+        frame's bytes, nor gives it its own. Raises OSError when the socket is closed;
+        moves nothing when the process has no descriptor to spare (trio's loop does)."""
         assert self._socket is not None
-        descriptor = os.dup(self._socket.fileno())
+        try:
+            descriptor = os.dup(self._socket.fileno())
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE):
+                # At the open-file limit (a flood of connections): this is no broken
+                # connection, as the error was taken for; trio's loop moves the bytes.
+                return 0, False
+            raise
         try:
             return await trio.to_thread.run_sync(
                 _move_while_flowing, descriptor, view, receive, limiter=limiter

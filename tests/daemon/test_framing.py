@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import struct
 import threading
 from typing import Any
@@ -547,4 +548,27 @@ async def test_a_stream_closed_before_its_receiving_thread_starts_reads_nothing_
     assert unread == b"\x09" * 1000
     for stream in (other, other_end):
         await stream.aclose()
+    await listener.aclose()
+
+
+async def test_large_frames_move_through_trio_when_no_descriptor_is_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process at its open-file limit (a flood of connections) cannot duplicate a
+    socket for a worker thread: its large frames go through trio's loop instead of
+    breaking the connection as if the peer had failed."""
+    listener, left, right = await _socket_pair()
+
+    def no_descriptor(descriptor: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(framing.os, "dup", no_descriptor)
+    payload = b"\x05" * (4 << 20)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(left.send, {"offset": 0, "data": payload})
+            message = await right.receive()
+    assert bytes(message["data"]) == payload
+    await left.aclose()
+    await right.aclose()
     await listener.aclose()
