@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import struct
 import threading
 from typing import Any
@@ -468,17 +469,17 @@ def _start_threads_late(
     return started, proceed
 
 
-async def _take_number(
-    closing: FrameStream, number: int, listener: Any, proceed: threading.Event
-) -> tuple[Any, Any]:
-    """Close ``closing`` and open a connection whose descriptor takes its ``number``
-    (both ends); skips the test when the system gives it another."""
+async def _take_number(closing: FrameStream, number: int, listener: Any) -> list[Any]:
+    """Close ``closing`` and open a connection that ``number`` names: its two ends, and
+    a descriptor to close after them where ``number`` was made for it (``dup2``: a lower
+    number was free, which the next file opened takes first)."""
     await closing.stream.aclose()
     other = await trio.testing.open_stream_to_socket_listener(listener)
+    borrowed = []
     if other.socket.fileno() != number:
-        proceed.set()
-        pytest.skip("the new connection took another descriptor number")
-    return other, await listener.accept()
+        os.dup2(other.socket.fileno(), number)
+        borrowed.append(number)
+    return [other, await listener.accept(), *borrowed]
 
 
 async def test_a_stream_closed_before_its_thread_starts_sends_nothing_elsewhere(
@@ -502,7 +503,7 @@ async def test_a_stream_closed_before_its_thread_starts_sends_nothing_elsewhere(
             nursery.start_soon(send_large)
             while not started.is_set():
                 await trio.sleep(0.01)
-            other, other_end = await _take_number(left, number, listener, proceed)
+            other, other_end, *extra = await _take_number(left, number, listener)
             proceed.set()
         leaked = b""
         with trio.move_on_after(0.5):
@@ -510,6 +511,8 @@ async def test_a_stream_closed_before_its_thread_starts_sends_nothing_elsewhere(
     assert leaked == b""
     for stream in (other, other_end, right):
         await stream.aclose()
+    for descriptor in extra:
+        os.close(descriptor)
     await listener.aclose()
 
 
@@ -537,7 +540,7 @@ async def test_a_stream_closed_before_its_receiving_thread_starts_reads_nothing_
             nursery.start_soon(send_large)
             while not started.is_set():
                 await trio.sleep(0.01)
-            other, other_end = await _take_number(right, number, listener, proceed)
+            other, other_end, *extra = await _take_number(right, number, listener)
             await other_end.send_all(b"\x09" * 1000)
             await trio.sleep(0.1)
             proceed.set()
@@ -548,6 +551,8 @@ async def test_a_stream_closed_before_its_receiving_thread_starts_reads_nothing_
     assert unread == b"\x09" * 1000
     for stream in (other, other_end):
         await stream.aclose()
+    for descriptor in extra:
+        os.close(descriptor)
     await listener.aclose()
 
 
