@@ -95,6 +95,23 @@ def pack(
     return packed
 
 
+MEMBER_RESULT = "member-result"
+"""The payload kind of one member's outputs spilled by the entry node: a member whose
+outputs are larger than a range is answered as a large result is (``result_bytes``), and
+fetched with ``get_result`` on its member id in ranges of this file."""
+
+
+def member_result_key(member: MemberId, attempt: int | None) -> tuple[str, int, int, int]:
+    """The payload key of a member's spilled outputs, of the group's attempt ``attempt``
+    (-1: none named): a newer attempt's outputs never answer a range of an older one's."""
+    return (
+        member.group.origin,
+        member.group.sequence,
+        member.index,
+        -1 if attempt is None else attempt,
+    )
+
+
 def member_answers(
     group: dict[str, Any],
     results: list[dict[str, Any]] | None,

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgpack
 import trio
 
 from meshgpu.core import effects as fx
@@ -25,7 +26,13 @@ from meshgpu.core.types import NodeId
 from meshgpu.daemon.api import Handler, Message, Responder, request_field, request_seconds
 from meshgpu.daemon.auth.envelope import Buffer
 from meshgpu.daemon.framing import unpack
-from meshgpu.daemon.groups import MemberId, member_answers, parse_task_ref
+from meshgpu.daemon.groups import (
+    MEMBER_RESULT,
+    MemberId,
+    member_answers,
+    member_result_key,
+    parse_task_ref,
+)
 from meshgpu.daemon.modelstore import ModelWriter, check_digest
 from meshgpu.daemon.payloads import (
     group_result_from_bytes,
@@ -114,6 +121,9 @@ class ClientHandlers:
         self._uploads: dict[tuple[str | None, str], ModelWriter] = {}
         self._collected_members: dict[TaskId, set[int]] = {}
         """Member indices named in ``collected`` per group not yet collected whole."""
+        self._spilled: dict[TaskId, set[tuple[str, int, int, int]]] = {}
+        """Members' outputs stored here for ranged fetches (``_spill_if_large``), per
+        group, dropped when the group is collected."""
         self.submissions = submissions
 
     def table(self) -> dict[str, Handler]:
@@ -330,18 +340,46 @@ class ClientHandlers:
         once (even without ``include``: a member may have failed alone in it)."""
         group = await self.outcome(resolved, include=False)
         results: list[dict[str, Any]] | None = None
+        attempt = self.status.attempt_of(resolved.task_id)
         if group["state"] == "done":
             try:
                 blob = await self.results.obtain_result(
-                    resolved.task_id,
-                    resolved.result_holders,
-                    self.status.attempt_of(resolved.task_id),
+                    resolved.task_id, resolved.result_holders, attempt
                 )
                 results = group_result_from_bytes(blob)
+                del blob
             except MeshError as error:
                 group["state"] = "unavailable"
                 group["reason"] = f"done, but the result cannot be fetched now: {error}"
-        return member_answers(group, results, members, include)
+        answers = member_answers(group, results, members, include)
+        for member, answer in zip(members, answers, strict=True):
+            if answer.get("outputs") is not None:
+                await self._spill_if_large(member, answer, attempt)
+        return answers
+
+    async def _spill_if_large(self, member: MemberId, answer: Message, attempt: int | None) -> None:
+        """A member whose outputs are larger than a range is answered as a large result
+        is: its outputs are stored here (``MEMBER_RESULT``) and the answer names their
+        size (``result_bytes``) and ``attempt``; the client fetches them with
+        ``get_result`` on the member id, in ranges (peer_ops.py). A ``results`` frame
+        then never carries more than a range of any member's outputs."""
+        encoded = answer["outputs"]
+        ordered = {name: encoded[name] for name in sorted(encoded)}
+        if sum(len(tensor.get("data", b"")) for tensor in ordered.values()) <= self.results.chunk:
+            return
+        data = msgpack.packb(ordered, use_bin_type=True)
+        key = member_result_key(member, attempt)
+        try:
+            await trio.to_thread.run_sync(self.payloads.put_bytes, key, MEMBER_RESULT, data)
+        except MeshError as error:
+            answer.update(
+                state="unavailable",
+                outputs=None,
+                reason=f"done, but the result cannot be fetched now: {error}",
+            )
+            return
+        self._spilled.setdefault(member.group, set()).add(key)
+        answer.update(outputs=None, result_bytes=len(data), attempt=attempt)
 
     async def outcome(self, resolved: fx.TaskResolved, include: bool) -> Message:
         """The answer for one resolved task: its state, reason and worker, and with
@@ -391,6 +429,8 @@ class ClientHandlers:
                 return
             ref = ref.group
         self._collected_members.pop(ref, None)
+        for key in self._spilled.pop(ref, ()):
+            self.payloads.release.unlink(self.payloads.path(key, MEMBER_RESULT))
         self.resolved.pop(ref, None)
         self._feed(ResultCollected(ref))
 

@@ -28,6 +28,7 @@ from meshgpu.core.types import NodeId
 from meshgpu.daemon.api import Handler, Message, Responder, request_field
 from meshgpu.daemon.blobs import BlobWriter, TensorReceiver, read_layout
 from meshgpu.daemon.dataplane import INPUTS, MODEL_CHUNK_BYTES
+from meshgpu.daemon.groups import MEMBER_RESULT, MemberId, member_result_key, parse_task_ref
 from meshgpu.daemon.modelstore import check_digest
 from meshgpu.daemon.payloads import check_result_bytes
 from meshgpu.daemon.results import RESULT, task_key
@@ -406,11 +407,14 @@ class PeerOps:
         names) only that attempt's bytes are answered: a range of a result this node
         holds of another attempt is fetched from a holder of that one (``relay``), or
         refused."""
-        task_id = _task_id(request.get("task_id"))
+        ref = parse_task_ref(request.get("task_id"))
         offset, length = request.get("offset"), request.get("length", self.results.chunk)
         asked = request.get("attempt")
         if asked is not None and not isinstance(asked, int):
             raise DecodeError(f"'attempt' is an attempt's number, got {asked!r}")
+        if isinstance(ref, MemberId):
+            return await self._member_range(ref, request, asked)
+        task_id = ref
         if request.get("early") and self.early is not None and isinstance(offset, int):
             if not (isinstance(length, int) and offset >= 0 and length > 0):
                 raise DecodeError("'offset' and 'length' are a range: integers, >= 0 and > 0")
@@ -444,6 +448,23 @@ class PeerOps:
                 installed,
             )
         raise StorageError(f"result of {task_id} is not on node {self.node_id}")
+
+    async def _member_range(
+        self, member: MemberId, request: Message, attempt: int | None
+    ) -> Message:
+        """A range of a member's outputs that a ``results`` answer on this node announced
+        as large (handlers.py, ``_spill_if_large``), of the group's attempt ``attempt``.
+        Not here (another node answered, or the group was collected): StorageError, and
+        the client asks for the member again."""
+        offset, length = requested_range(request, self.results.chunk)
+        key = member_result_key(member, attempt)
+        size = self.payloads.size(key, MEMBER_RESULT)
+        data = await trio.to_thread.run_sync(
+            self.payloads.read_range, key, MEMBER_RESULT, offset or 0, length
+        )
+        if size is None or data is None:
+            raise StorageError(f"outputs of {member} are not on node {self.node_id}")
+        return {"data": data, "size": size, "attempt": attempt}
 
     async def _result_range(self, request: Message, key: Any) -> Message | None:
         """The range of the result kept here that a request asks for (as ``_range``),
