@@ -143,6 +143,37 @@ async def test_a_task_group_whose_result_spans_several_ranges(small_frames: Loca
             np.testing.assert_allclose(outputs["y"], expected, rtol=1e-4, atol=1e-4)
 
 
+async def test_a_task_group_whose_members_outputs_are_each_larger_than_a_frame(
+    small_frames: LocalMesh,
+) -> None:
+    """Small inputs, large outputs: four members of 2 MiB outputs each (1 MiB frames),
+    through ``map`` with ``group`` forced and through ``submit_many``. Every member's
+    bytes arrive; nothing is left failed or undelivered."""
+    model = wide_model(512)
+    rng = np.random.default_rng(8)
+    inputs = [{"x": rng.standard_normal((1024, 16)).astype(np.float32)} for _ in range(4)]
+    expected = [expected_wide(model, feeds["x"]) for feeds in inputs]
+    assert expected[0].nbytes == 2 << 20
+    async with client(small_frames, 1) as mesh_client:
+        seen: dict[int, np.ndarray] = {}
+        with trio.fail_after(WAIT_S):
+            async for item in mesh_client.map(model, inputs, window=4, group=4):
+                assert item.index not in seen, "delivered twice"
+                seen[item.index] = item.outputs["y"]
+        assert sorted(seen) == [0, 1, 2, 3]
+        for index, outputs in seen.items():
+            np.testing.assert_allclose(outputs, expected[index], rtol=1e-4, atol=1e-4)
+        handles = await mesh_client.submit_many(model, inputs, group=4)
+        for handle, want in zip(handles, expected, strict=True):
+            assert not isinstance(handle, Exception), handle
+            with trio.fail_after(WAIT_S):
+                outputs = await handle.result(WAIT_S)
+            np.testing.assert_allclose(outputs["y"], want, rtol=1e-4, atol=1e-4)
+        await trio.sleep(1.0)
+        for row in (await rows(mesh_client)).values():
+            assert row["state"] == "done", row
+
+
 async def test_a_failed_results_request_does_not_mark_results_collected(
     small_frames: LocalMesh,
 ) -> None:
@@ -283,34 +314,3 @@ def test_the_entry_node_killed_after_or_while_it_relays_an_upload_loses_nothing(
 
     with LocalMesh(tmp_path, 3, prefix="rl", extra_args=("--config", str(config))) as mesh:
         trio.run(run, mesh)
-
-
-async def test_a_task_group_whose_members_outputs_are_each_larger_than_a_frame(
-    small_frames: LocalMesh,
-) -> None:
-    """Small inputs, large outputs: four members of 2 MiB outputs each (1 MiB frames),
-    through ``map`` with ``group`` forced and through ``submit_many``. Every member's
-    bytes arrive; nothing is left failed or undelivered."""
-    model = wide_model(512)
-    rng = np.random.default_rng(8)
-    inputs = [{"x": rng.standard_normal((1024, 16)).astype(np.float32)} for _ in range(4)]
-    expected = [expected_wide(model, feeds["x"]) for feeds in inputs]
-    assert expected[0].nbytes == 2 << 20
-    async with client(small_frames, 1) as mesh_client:
-        seen: dict[int, np.ndarray] = {}
-        with trio.fail_after(WAIT_S):
-            async for item in mesh_client.map(model, inputs, window=4, group=4):
-                assert item.index not in seen, "delivered twice"
-                seen[item.index] = item.outputs["y"]
-        assert sorted(seen) == [0, 1, 2, 3]
-        for index, outputs in seen.items():
-            np.testing.assert_allclose(outputs, expected[index], rtol=1e-4, atol=1e-4)
-        handles = await mesh_client.submit_many(model, inputs, group=4)
-        for handle, want in zip(handles, expected, strict=True):
-            assert not isinstance(handle, Exception), handle
-            with trio.fail_after(WAIT_S):
-                outputs = await handle.result(WAIT_S)
-            np.testing.assert_allclose(outputs["y"], want, rtol=1e-4, atol=1e-4)
-        await trio.sleep(1.0)
-        for row in (await rows(mesh_client)).values():
-            assert row["state"] == "done", row
