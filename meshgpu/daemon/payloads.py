@@ -42,6 +42,7 @@ from meshgpu.core.tasks.result_push import takes_result
 from meshgpu.daemon.background_release import SHARED as SHARED_RELEASE
 from meshgpu.daemon.background_release import BackgroundRelease
 from meshgpu.daemon.blobs import BlobWriter
+from meshgpu.daemon.groups import MEMBER_RESULT
 from meshgpu.daemon.journal import Journal, fsync_directory, storage_error
 from meshgpu.errors import DecodeError, OtherAttemptKept, StorageError
 from meshgpu.tensor_types import dtype_of_tag, dtype_tag, tensor_bytes, tensor_from_bytes
@@ -212,6 +213,12 @@ class PayloadStore:
         directory.mkdir(parents=True, exist_ok=True)
         for leftover in directory.glob("*.tmp"):
             leftover.unlink(missing_ok=True)
+        for spilled in directory.glob(f"*.{MEMBER_RESULT}"):
+            # A cache of the entry's, tracked only in memory (handlers.py, ``_spilled``)
+            # and dropped when its group is collected: one left by a previous run would
+            # never be. A client still fetching it gets StorageError and asks for the
+            # member again, which stores it anew from the group's result on its holders.
+            self.release.unlink(spilled)
         self._installing: dict[Any, tuple[int | None, int]] = {}
         """Task -> (attempt, count) of result installs under way here."""
         self._result_attempts: dict[Any, int] = {}

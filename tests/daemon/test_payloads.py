@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from meshgpu.core.tasks import TaskId
 from meshgpu.daemon.framing import pack, unpack
+from meshgpu.daemon.groups import MEMBER_RESULT, MemberId, member_result_key
 from meshgpu.daemon.payloads import PayloadStore, decode_tensors, encode_tensors, task_file_stem
 from meshgpu.errors import DecodeError
 
@@ -155,6 +157,25 @@ def test_a_half_finished_upload_left_by_a_crash_is_removed_at_start(tmp_path: Pa
     assert not writer.path.exists()
     assert not list(tmp_path.glob("*.tmp"))
     assert store.get_bytes("d" * 64, "inputs") == b"installed"
+
+
+def test_member_outputs_left_by_a_previous_run_are_removed_at_start(tmp_path: Path) -> None:
+    """A member's outputs the entry stored for ranged fetches are dropped only when its
+    group is collected, which a restart forgets: the next start removes every one (a
+    client still fetching asks for the member again, and the entry stores it anew) and
+    keeps the other payloads."""
+    store = PayloadStore(tmp_path)
+    member = MemberId(TaskId("n-a1", 7), 2)
+    store.put_bytes(member_result_key(member, 1), MEMBER_RESULT, b"m" * 4096)
+    store.put_bytes(member_result_key(member, None), MEMBER_RESULT, b"o" * 4096)
+    store.put_bytes(("n-a1", 7), "result", b"r" * 4096)
+    store.put_bytes("d" * 64, "inputs", b"i" * 4096)
+    reopened = PayloadStore(tmp_path)
+    reopened.release.wait_idle(10)
+    assert not list(tmp_path.glob(f"*.{MEMBER_RESULT}*"))
+    assert reopened.size(member_result_key(member, 1), MEMBER_RESULT) is None
+    assert reopened.get_bytes(("n-a1", 7), "result") == b"r" * 4096
+    assert reopened.get_bytes("d" * 64, "inputs") == b"i" * 4096
 
 
 def test_install_syncs_the_directory_after_the_rename(
