@@ -35,11 +35,9 @@ from meshgpu.core.messages import (
     decode_items,
     decode_message,
     encode_body,
-    encode_head,
     encode_item,
     encode_shared_item,
     envelope_prefix,
-    finish_datagram,
     new_envelope,
 )
 from meshgpu.core.types import Address, NodeId
@@ -117,19 +115,20 @@ class NodeContext:
             counters["datagrams_sent"] = 1
         member_queue = self.member_queue
         update_queue = self.update_queue
+        # The header kept since our incarnation or view last moved: msgpack writes an
+        # array as its header and then each element, so a datagram is this prefix, the
+        # body's bytes and the piggyback array (encode_bare's and finish_datagram's bytes).
+        incarnation = self.incarnation
+        view = self.view
+        if incarnation != self._prefix_incarnation or view != self._prefix_view:
+            self._prefix = envelope_prefix(self.node_id, incarnation, view)
+            self._prefix_incarnation = incarnation
+            self._prefix_view = view
+        encoded = encode_body(body) if encoded_body is None else encoded_body
         if not extra_items and (
             not piggyback or (not member_queue.queued and not update_queue.queued)
         ):
-            # Fast path (most pings and acks in a quiet mesh): nothing to piggyback. The
-            # bytes of encode_bare, from the header kept since our incarnation or view last
-            # moved: only the body is packed.
-            incarnation = self.incarnation
-            view = self.view
-            if incarnation != self._prefix_incarnation or view != self._prefix_view:
-                self._prefix = envelope_prefix(self.node_id, incarnation, view)
-                self._prefix_incarnation = incarnation
-                self._prefix_view = view
-            encoded = encode_body(body) if encoded_body is None else encoded_body
+            # Fast path (most pings and acks in a quiet mesh): nothing to piggyback.
             effect = new_send_datagram(
                 address,
                 self._prefix + encoded + EMPTY_PIGGYBACK,
@@ -138,34 +137,41 @@ class NodeContext:
             self.effects.append(effect)
             return effect
         config = self.config
-        if encoded_body is None:
-            head = encode_head(self.node_id, self.incarnation, self.view, body)
-        else:
-            # encode_head's bytes: a 5-element array of the prefix's four and the body
-            prefix = envelope_prefix(self.node_id, self.incarnation, self.view)
-            head = b"\x95" + prefix[1:] + encoded_body
-        budget = config.max_datagram_bytes - len(head) - 3
+        # (the head encode_head would give is the prefix grown to 5 elements and the body)
+        budget = config.max_datagram_bytes - len(self._prefix) - len(encoded) - 3
         max_items = config.max_piggyback_updates
-        items = list(extra_items)
-        for item in items:
-            budget -= len(item)
+        items: list[bytes] = []
+        if extra_items:
+            items = list(extra_items)
+            budget -= sum(map(len, items))
         size = self.cluster_size
         if self._limit_size != size:
             self._limit_size = size
             self._limit = config.retransmit_limit(size)
         limit = self._limit
         if len(items) < max_items and budget > 8:
-            if member_queue:
+            # (a take may return its queue's own list: items is never changed in place)
+            if member_queue.queued:
                 taken = member_queue.take(budget, limit, max_items - len(items))
-                items.extend(taken)
-                for item in taken:
-                    budget -= len(item)
-            if update_queue and len(items) < max_items and budget > 8:
-                items.extend(update_queue.take(budget, limit, max_items - len(items)))
+                if taken:
+                    budget -= sum(map(len, taken))
+                    items = items + taken if items else taken
+            if update_queue.queued and len(items) < max_items and budget > 8:
+                taken = update_queue.take(budget, limit, max_items - len(items))
+                if taken:
+                    items = items + taken if items else taken
+        count = len(items)
         effect = new_send_datagram(
             address,
-            finish_datagram(head, items),
-            self._decoded(body, items, None) if self.keep_decoded else None,
+            b"".join(
+                [
+                    self._prefix,
+                    encoded,
+                    bytes((0x90 | count,)) if count <= 15 else b"\xdc" + count.to_bytes(2, "big"),
+                    *items,
+                ]
+            ),
+            self._decoded(body, items, encoded) if self.keep_decoded else None,
         )
         self.effects.append(effect)
         return effect
