@@ -415,6 +415,13 @@ class _Sending:
                         advance=1,
                         note=f"[red]{failures} failed[/red]" if failures else "",
                     )
+        for stem in self.client.unanswered_labels:  # cut off, and not settled
+            row = by_stem.get(str(stem))
+            if row is not None and "state" not in row:
+                row.update(
+                    state="unanswered" if self.stop.requested else "timeout",
+                    error="cut off before the mesh answered: it may have accepted it",
+                )
         for task_id, stem in self.client.uncollected():
             row = by_stem.get(str(stem))
             if row is None or "state" in row:

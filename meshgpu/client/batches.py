@@ -132,7 +132,12 @@ class BatchedSubmission:
     chunk_bytes: int
 
     async def _submit_request(
-        self, blob: ModelBlob, op: str, upload: TensorBlob | None = None, **fields: Any
+        self,
+        blob: ModelBlob,
+        op: str,
+        upload: TensorBlob | None = None,
+        sent_on: list[Any] | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -185,6 +190,8 @@ class BatchedSubmission:
         label: str | Sequence[str | None] | None = None,
         acknowledge: bool = True,
         watch: bool = True,
+        submissions: Sequence[str] | None = None,
+        sent_on: list[Any] | None = None,
     ) -> list[AsyncTaskHandle | MeshError]:
         """Submit many tasks of one model with the same options in as few requests as
         possible (``submit_batch``, up to ``BATCH_MAX`` tasks each): the mesh journals
@@ -202,7 +209,10 @@ class BatchedSubmission:
         :meth:`collected`, once it has stored it (``map`` does, when its consumer
         takes the item); until then the mesh keeps the result. ``watch=False``: only
         submit, as :meth:`submit` with ``watch=False`` (``meshgpu submit --no-wait``):
-        the handles never resolve here; the results wait for a later ``attach``."""
+        the handles never resolve here; the results wait for a later ``attach``.
+        ``submissions``: the tasks' submission ids, one per input (new ones by default),
+        and ``sent_on``: a list to which each link a request went out on is appended, so
+        that a caller who cuts this off can ask that peer what it accepted (``map``)."""
         group = member_count(group)
         blob = ModelBlob.of(model)
         fields = submit_fields(
@@ -214,6 +224,12 @@ class BatchedSubmission:
         labels: dict[int, str | None] = {}
         encoded: list[tuple[int, dict[str, Any]]] = []
         large: list[tuple[int, TensorBlob]] = []
+        many_inputs = list(many_inputs)
+        ids = (
+            list(submissions)
+            if submissions is not None
+            else [new_submission_id() for _ in many_inputs]
+        )
         for index, inputs in enumerate(many_inputs):
             answers.append(None)
             name = label if label is None or isinstance(label, str) else label[index]
@@ -228,18 +244,18 @@ class BatchedSubmission:
             if isinstance(prepared, TensorBlob):
                 large.append((index, prepared))
             else:
-                task: dict[str, Any] = {"inputs": prepared, "submission": new_submission_id()}
+                task: dict[str, Any] = {"inputs": prepared, "submission": ids[index]}
                 if name is not None:
                     task["label"] = name
                 encoded.append((index, task))
         for index, tensors in large:  # each uploaded in ranges, then submitted alone
             try:
                 alone = {key: value for key, value in fields.items() if key != "group"}
-                alone["submission"] = new_submission_id()
+                alone["submission"] = ids[index]
                 if labels[index] is not None:
                     alone["label"] = labels[index]
                 reply = await self._submit_request(
-                    blob, "submit", upload=tensors, **alone, direct=False
+                    blob, "submit", upload=tensors, sent_on=sent_on, **alone, direct=False
                 )
                 answers[index] = self._new_handle(reply, labels[index], watch, acknowledge)
             except MeshError as error:
@@ -251,7 +267,7 @@ class BatchedSubmission:
             chunk = pending.pop(0)
             try:
                 reply = await self._submit_request(
-                    blob, "submit_batch", tasks=[task for _, task in chunk], **fields
+                    blob, "submit_batch", sent_on=sent_on, tasks=[t for _, t in chunk], **fields
                 )
             except RequestFailedError as error:
                 if "unknown op 'submit_batch'" not in str(error):

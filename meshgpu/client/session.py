@@ -148,6 +148,8 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         self.unanswered = 0
         """Submissions a stopped ``map`` cut off unanswered: the mesh may have accepted
         them (their ids are unknown; ``meshgpu tasks`` shows their labels)."""
+        self.unanswered_labels: list[str | None] = []
+        """The labels of those ``unanswered`` submissions, one per task."""
         self.flush_timeout = 2.0
         """Longest ``async with`` waits at its end to send outstanding acknowledgements
         (an interrupted command lowers it: Ctrl-C must stop within a second)."""
@@ -274,12 +276,18 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
         return handle
 
     async def _submit_request(
-        self, blob: ModelBlob, op: str, upload: TensorBlob | None = None, **fields: Any
+        self,
+        blob: ModelBlob,
+        op: str,
+        upload: TensorBlob | None = None,
+        sent_on: list[Any] | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
         """One ``submit``/``submit_batch`` request, retried on another peer when the link
         breaks, the peer leaves or its disk is full, and after re-uploading an evicted
         model. ``upload``: inputs too large for the request, uploaded in ranges to the
-        peer first (again on each retry) and named by their digest."""
+        peer first (again on each retry) and named by their digest. ``sent_on``: each
+        link the request goes out on is appended to it."""
         full: list[str] = []
         uploads_left = 3
         while True:
@@ -291,6 +299,8 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
                         upload, self.chunk_bytes, replicas=int(fields.get("replicas", 2))
                     )
                 async with self._submit_slots:
+                    if sent_on is not None:
+                        sent_on.append(link)
                     return await link.rpc.call(op, **fields)
             except RequestFailedError as error:
                 if "leaving the mesh" in str(error):

@@ -81,6 +81,10 @@ class Coalescer:
     def running(self) -> bool:
         return self._nursery is not None
 
+    def knows(self, submission: str) -> bool:
+        """Whether ``submission`` came here (answered or still waiting in a lane)."""
+        return submission in self._remembered
+
     async def submit(
         self,
         lane: Lane,

@@ -39,8 +39,8 @@ from meshgpu.daemon.payloads import (
     tensors_from_bytes,
 )
 from meshgpu.daemon.results import task_key
-from meshgpu.daemon.submissions import Submissions
-from meshgpu.errors import MeshError, TaskError
+from meshgpu.daemon.submissions import MAX_BATCH, Submissions
+from meshgpu.errors import DecodeError, MeshError, TaskError
 
 if TYPE_CHECKING:
     from meshgpu.daemon.catalog import ModelCatalog
@@ -261,6 +261,16 @@ class ClientHandlers:
     async def op_submit_batch(self, request: Message, responder: Responder) -> Message:
         """Many tasks in one request (submissions.py)."""
         return await self.submissions.submit_batch(request)
+
+    async def op_settle_submissions(self, request: Message, responder: Responder) -> Message:
+        """What became of submissions a client cut off unanswered (submissions.py)."""
+        ids = request_field(request, "submissions", list)
+        if len(ids) > MAX_BATCH or not all(isinstance(i, str) for i in ids):
+            raise DecodeError(f"'submissions' is a list of at most {MAX_BATCH} id strings")
+        wait_s = request.get("wait_s", 0.0)
+        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float):
+            raise DecodeError(f"'wait_s' is a number of seconds, got {wait_s!r}")
+        return await self.submissions.settle(ids, float(wait_s))
 
     async def op_results(self, request: Message, responder: Responder) -> Message:
         """Stream one response per task id as each is resolved (done or failed). A member

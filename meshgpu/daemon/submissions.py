@@ -50,6 +50,8 @@ SUBMISSION_ID_MAX = 128
 REMEMBERED_SUBMISSIONS = 65536
 """Submission ids an entry node remembers (the oldest are forgotten first): enough for a
 client's resends after a broken link, which come within seconds of the first try."""
+SETTLE_WAIT_MAX_S = 5.0
+"""Longest a ``settle_submissions`` request waits for submissions still replicating."""
 
 
 @dataclass
@@ -200,6 +202,11 @@ class Submissions:
         self._pending: dict[str, _Pending] = {}
         self._remembered: OrderedDict[str, _Pending] = OrderedDict()
         """What answers each submission id fed to the core (bounded, oldest first)."""
+        self._tasks_of: OrderedDict[str, tuple[_Pending, int, int]] = OrderedDict()
+        """Per task's submission id (a group member's too): what answers it, its place in
+        its group and the group's member count (1: an ordinary task), for ``settle``."""
+        self._withdrawn: OrderedDict[str, None] = OrderedDict()
+        """Submission ids ``settle`` found unknown: refused if they arrive later."""
         self.resends = 0
         """Resent submissions answered with the first one's task id."""
         self.submitted = 0
@@ -233,6 +240,7 @@ class Submissions:
         (direct.py)."""
         self.check_submittable(request)
         submission = submission_of(request)
+        self._refuse_withdrawn(submission)
         if "inputs" not in request and "input_digest" in request:
             pending = await self._enqueue_uploaded(request, submission)
             return await self._acknowledged(pending)
@@ -429,12 +437,66 @@ class Submissions:
         self._count("submissions_resent")
         return first
 
-    def _remember(self, submission: str | None, pending: _Pending) -> None:
+    def _remember(self, submission: str | None, pending: _Pending, members: int = 1) -> None:
         if submission is None:
             return
         self._remembered[submission] = pending
         while len(self._remembered) > REMEMBERED_SUBMISSIONS:
             self._remembered.popitem(last=False)
+        parts = submission.split("+") if members > 1 else [submission]
+        if len(parts) == members:
+            for position, part in enumerate(parts):
+                self._tasks_of[part] = (pending, position, members)
+            while len(self._tasks_of) > REMEMBERED_SUBMISSIONS:
+                self._tasks_of.popitem(last=False)
+
+    def _refuse_withdrawn(self, submission: str | None) -> None:
+        """Refuse a submission ``settle`` already told its client was never accepted."""
+        if submission is None or not self._withdrawn:
+            return
+        if any(part in self._withdrawn for part in submission.split("+")):
+            raise TaskError(
+                "the client gave this submission up (cut off before it arrived); not submitted"
+            )
+
+    async def settle(self, submissions: Sequence[str], wait_s: float) -> Message:
+        """What became of submissions whose request a client cut off before the answer
+        (its ``--timeout`` or Ctrl-C): per id, in order, ``{task_id}`` (a group member's
+        also ``group`` and ``members``) if accepted, ``{error}`` if refused, ``{pending:
+        true}`` if still replicating after ``wait_s``, or ``{withdrawn: true}`` if this
+        node never saw it: it is then refused should the cut-off request still arrive,
+        so that every answer but ``pending`` is final."""
+        for submission in submissions:
+            if submission not in self._tasks_of and not self.coalescer.knows(submission):
+                self._withdrawn[submission] = None
+                while len(self._withdrawn) > REMEMBERED_SUBMISSIONS:
+                    self._withdrawn.popitem(last=False)
+        with trio.move_on_after(min(max(wait_s, 0.0), SETTLE_WAIT_MAX_S)):
+            for submission in submissions:
+                known = self._tasks_of.get(submission)
+                if known is not None:
+                    await known[0].done.wait()
+        answers: list[Message] = []
+        for submission in submissions:
+            known = self._tasks_of.get(submission)
+            if known is None:
+                withdrawn = submission in self._withdrawn
+                answers.append({"withdrawn": True} if withdrawn else {"pending": True})
+                continue
+            pending, position, members = known
+            answer = pending.answer
+            if answer is None:
+                answers.append({"pending": True})
+            elif isinstance(answer, fx.TaskRejected):
+                answers.append({"error": f"task refused: {answer.reason}"})
+            elif members == 1:
+                answers.append({"task_id": str(answer.task_id)})
+            else:
+                member = MemberId(answer.task_id, position)
+                answers.append(
+                    {"task_id": str(member), "group": str(answer.task_id), "members": members}
+                )
+        return {"results": answers}
 
     async def _store_and_feed(
         self,
@@ -452,6 +514,7 @@ class Submissions:
         first = self._resent(submission, input_digest)
         if first is not None:
             return first, input_digest
+        self._refuse_withdrawn(submission)
         spec = self._spec(request, tensors, input_digest)
         if members != 1 or label is not None:
             spec = dataclasses.replace(spec, members=members, label=label)
@@ -463,9 +526,14 @@ class Submissions:
         except BaseException:
             self._release(input_digest)
             raise
+        try:
+            self._refuse_withdrawn(submission)  # settled while the inputs were stored
+        except TaskError:
+            self._release(input_digest)
+            raise
         client_ref = f"c{next(self._refs)}"
         pending = self._pending[client_ref] = _Pending(client_ref, input_digest)
-        self._remember(submission, pending)
+        self._remember(submission, pending, members)
         self._feed(SubmitTask(client_ref, spec))
         return pending, input_digest
 
@@ -482,6 +550,7 @@ class Submissions:
         first = self._resent(submission, input_digest)
         if first is not None:
             return first
+        self._refuse_withdrawn(submission)
         self.inputs.submitting[input_digest] += 1  # held from here: no await before
         try:
             path = self.payloads.path(input_digest, INPUTS)
@@ -490,6 +559,7 @@ class Submissions:
                 raise TaskError("a task needs at least one input tensor")
             shapes = {slot.name: slot.shape for slot in slots}
             spec = self._spec(request, shapes, input_digest)
+            self._refuse_withdrawn(submission)  # settled while the layout was read
         except BaseException:
             self._release(input_digest)
             raise

@@ -3,10 +3,16 @@ sent have no id, and listing the ones left in the mesh raised KeyError('task_id'
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import trio
 from click.testing import Result
+
+from meshgpu.daemon.api import Message
+from meshgpu.daemon.submissions import Submissions
 
 from tests.cli_user.test_collect import cli, serve_and_run
 from tests.cli_user.test_preflight import two_input_model
@@ -34,3 +40,39 @@ def test_a_timeout_before_every_task_was_sent_lists_only_the_tasks_sent(tmp_path
     lines = ids.read_text().splitlines()
     assert len(lines) <= 64
     assert all(line.split("\t")[0].count("/") == 1 for line in lines)
+
+
+def test_a_timeout_that_cuts_off_an_accepted_batch_lists_its_tasks_by_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry node accepts the batch but answers after ``--timeout`` and the stopping
+    map's grace (a 16 MiB batch on a loaded machine): the tasks were reported as "not
+    submitted" and the ids file stayed empty, though the mesh ran them. The map settles
+    the cut-off request with the peer (``settle_submissions``) and lists them by id."""
+    model = two_input_model(tmp_path / "pair.onnx")
+    (tmp_path / "a").mkdir()
+    for n in range(6):
+        np.save(tmp_path / "a" / f"t{n}.npy", np.ones((2, 3), np.float32))
+    np.save(tmp_path / "b.npy", np.ones((2, 3), np.float32))
+    ids = tmp_path / "ids.txt"
+    submit_batch = Submissions.submit_batch
+
+    async def slow_answer(self: Submissions, request: Message) -> Message:
+        answer = await submit_batch(self, request)  # accepted: in the table
+        await trio.sleep(4)
+        return answer
+
+    monkeypatch.setattr(Submissions, "submit_batch", slow_answer)
+
+    def scenario(peer: str) -> list[Result]:
+        args = ["submit", str(model), "-i", f"a={tmp_path / 'a'}", "-i", f"b={tmp_path / 'b.npy'}"]
+        args += ["--timeout", "1", "--replicas", "1", "-o", str(tmp_path / "out")]
+        return [cli(*args, "--ids", str(ids), "--peer", peer, "--json")]
+
+    (result,) = serve_and_run(tmp_path, scenario, device="synthetic:5000")
+    assert result.exit_code == 1, result.output
+    rows = json.loads(result.stdout.splitlines()[-1])["tasks"]
+    assert {row["state"] for row in rows} == {"timeout"}, rows
+    listed = ids.read_text().splitlines()
+    assert sorted(line.split("\t")[1] for line in listed) == [f"t{n}" for n in range(6)]
+    assert all(line.split("\t")[0].count("/") == 1 for line in listed)

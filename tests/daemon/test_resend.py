@@ -50,3 +50,29 @@ async def test_a_resent_batch_is_answered_with_its_first_task_ids(tmp_path: Path
         assert status["counters"]["daemon"]["submissions_resent"] == 4
     finally:
         node.stop()
+
+
+async def test_settle_names_accepted_submissions_and_withdraws_unknown_ones(
+    tmp_path: Path,
+) -> None:
+    """A client that cut off a batch before its answer asks what became of each task:
+    accepted ones by task id (a group member's too), unknown ones withdrawn, so that the
+    cut-off request, should it still arrive, submits none of them."""
+    node = start_node(tmp_path / "n0", "--name", "n0")
+    try:
+        await call(node, None, "put_model", digest=DIGEST, data=MODEL)
+        options = {"model_digest": DIGEST, "replicas": 1}
+        sent = await call(node, None, "submit_batch", tasks=[task(1.0, "a")], **options)
+        grouped = [task(float(i), f"g{i}") for i in range(2)]
+        members = await call(node, None, "submit_batch", tasks=grouped, group=2, **options)
+        asked = ["a", "g1", "late", "g0"]
+        settled = (await call(node, None, "settle_submissions", submissions=asked))["results"]
+        assert settled[0] == {"task_id": sent["results"][0]["task_id"]}
+        assert settled[1]["task_id"] == members["results"][1]["task_id"]
+        assert settled[3]["task_id"] == members["results"][0]["task_id"]
+        assert settled[2] == {"withdrawn": True}
+        late = await call(node, None, "submit_batch", tasks=[task(2.0, "late")], **options)
+        assert "gave this submission up" in late["results"][0]["error"]
+        assert len((await call(node, None, "tasks"))["tasks"]) == 2  # a task and a group
+    finally:
+        node.stop()
