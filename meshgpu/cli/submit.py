@@ -444,7 +444,7 @@ class _Sending:
         neither runs them directly (a direct run's result lives only in the submit's answer)
         nor collects their results itself; a later ``meshgpu collect`` does. Ctrl-C lets the
         batch on the wire be answered (its ids are printed), then stops."""
-        from meshgpu.client.batches import BATCH_MAX
+        from meshgpu.client.batches import BATCH_MAX, new_submission_id
         from meshgpu.errors import MeshError
 
         for start in range(0, len(self.tasks), BATCH_MAX):
@@ -453,6 +453,8 @@ class _Sending:
             chunk = self.tasks[start : start + BATCH_MAX]
             inputs = [_load(task.paths) for task in chunk]
             answers = None
+            submissions = [new_submission_id() for _ in chunk]
+            sent_on: list[Any] = []
             with self.stop.sending():
                 try:
                     answers = await self.client.submit_many(
@@ -460,13 +462,14 @@ class _Sending:
                         inputs,
                         watch=False,
                         label=[task.stem for task in chunk],
+                        submissions=submissions,
+                        sent_on=sent_on,
                         **self.options,
                     )
                 except MeshError as error:
                     answers = [error] * len(chunk)
             if answers is None:  # cut off by Ctrl-C before the mesh answered
-                for row in self.rows[start : start + len(chunk)]:
-                    row.update(state="unanswered", error="cut off before the mesh answered")
+                await self._settle(self.rows[start : start + len(chunk)], submissions, sent_on)
                 continue
             for row, answer in zip(self.rows[start : start + len(chunk)], answers, strict=True):
                 if isinstance(answer, MeshError):
@@ -474,6 +477,28 @@ class _Sending:
                 else:
                     row.update(task_id=answer.task_id, copies=answer.copies, state="submitted")
             self.progress.advance(self.bar, len(chunk))
+
+    async def _settle(
+        self, rows: list[dict[str, Any]], submissions: list[str], sent_on: list[Any]
+    ) -> None:
+        """Ask the peer which tasks of a batch cut off by Ctrl-C it accepted (listed by
+        id like the others); those it never saw were not submitted (``client.settle``)."""
+        import trio
+
+        from meshgpu.client.mapping import SETTLE_S
+
+        settled: list[Any] = [None] * len(rows)
+        try:  # a second Ctrl-C cuts this off too: then every row is unanswered
+            with trio.move_on_after(SETTLE_S):
+                settled = await self.client.settle(submissions, sent_on)
+        finally:
+            for row, answer in zip(rows, settled, strict=True):
+                if answer is None:
+                    row.update(state="unanswered", error="cut off before the mesh answered")
+                elif answer.get("task_id"):
+                    row.update(task_id=str(answer["task_id"]), state="submitted")
+                else:
+                    row.update(state="not submitted")
 
 
 def _log_to(console: Any) -> None:

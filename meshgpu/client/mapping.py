@@ -166,6 +166,7 @@ class MapSubmission:
     unanswered: int
     unanswered_labels: list[str | None]
     _abandoned: dict[str, str | None]
+    _handles: dict[str, AsyncTaskHandle]
 
     # Defined by the mixins before this one in AsyncClient's bases (batches.py,
     # outcomes.py); named here for the type checker only, so the signatures live once.
@@ -240,42 +241,62 @@ class MapSubmission:
         finally:
             self._consumer_stopped(run)
 
+    async def settle(
+        self, submissions: list[str], sent_on: list[Any]
+    ) -> list[dict[str, Any] | None]:
+        """What became of the tasks of one ``submit_many`` request cut off before its
+        answer (``submissions``: their ids; ``sent_on``: the links it went out on, as
+        ``submit_many`` filled it), asked of the peer it went to (``settle_submissions``):
+        per task ``{"task_id": ...}`` if accepted, ``{"withdrawn": True}`` or ``{"error":
+        ...}`` if not submitted (never sent, never seen, refused), None if that cannot be
+        told (still replicating, sent on several links, the link gone, an older daemon):
+        the mesh may have accepted it. Bounded by the caller's time."""
+        if not sent_on:
+            return [{"withdrawn": True} for _ in submissions]  # never sent
+        link = sent_on[-1]
+        # Sent on several links: an earlier peer may hold it as well. Broken: the peer
+        # cannot be asked (a new link goes to whichever peer answers).
+        if len({id(sent) for sent in sent_on}) > 1 or not link.rpc.usable:
+            return [None for _ in submissions]
+        try:
+            reply = await link.rpc.call(
+                "settle_submissions", submissions=submissions, wait_s=SETTLE_WAIT_S
+            )
+            results = list(reply["results"])
+        except (MeshError, KeyError, TypeError):  # a daemon without the op, a broken link
+            return [None for _ in submissions]
+        if len(results) != len(submissions):
+            return [None for _ in submissions]
+        return [
+            answer
+            if isinstance(answer, dict)
+            and (answer.get("task_id") or answer.get("withdrawn") or answer.get("error"))
+            else None
+            for answer in results
+        ]
+
     async def _settle(self, run: MapRun) -> None:
-        """Ask the peer each cut-off request went to which of its tasks it accepted
-        (module docstring): those are abandoned with their ids (``run.settled``), those it
-        never saw were not submitted, and the rest count as ``unanswered``."""
+        """Settle each request the stop cut off (:meth:`settle`): the tasks accepted are
+        abandoned with their ids (``run.settled``), those never seen were not submitted,
+        and the rest count as ``unanswered``, as does all that ``SETTLE_S`` left."""
         cut, run.cut_off = run.cut_off, []
         with trio.move_on_after(SETTLE_S):
-            for index, request in enumerate(cut):
-                if not request.sent_on:
-                    continue  # never sent: not submitted
-                link = request.sent_on[-1]
-                # Sent on several links: an earlier peer may hold it as well. Broken: the
-                # peer cannot be asked (a new link goes to whichever peer answers).
-                if len({id(sent) for sent in request.sent_on}) > 1 or not link.rpc.usable:
-                    self._unsettled(run, request)
-                    continue
-                try:
-                    reply = await link.rpc.call(
-                        "settle_submissions", submissions=request.submissions, wait_s=SETTLE_WAIT_S
-                    )
-                    results = list(reply["results"])
-                except (MeshError, KeyError, TypeError):  # a daemon without the op, a broken link
-                    self._unsettled(run, request)
-                    continue
-                for label, answer in zip(request.labels, results, strict=True):
-                    if isinstance(answer, dict) and answer.get("task_id") is not None:
-                        task_id = str(answer["task_id"])
-                        run.settled.append((task_id, label))
-                        self._abandoned[task_id] = label
-                    elif not (
-                        isinstance(answer, dict)
-                        and (answer.get("withdrawn") or answer.get("error"))
-                    ):
+            while cut:
+                request = cut[0]
+                answers = await self.settle(request.submissions, request.sent_on)
+                cut.pop(0)
+                for label, answer in zip(request.labels, answers, strict=True):
+                    if answer is None:
                         run.unanswered += 1
                         run.unanswered_labels.append(label)
-                cut[index] = _CutOff([], [], [])  # settled
-        for request in cut:  # left when SETTLE_S ran out
+                    elif answer.get("task_id"):
+                        task_id = str(answer["task_id"])
+                        run.settled.append((task_id, label))
+                        handle = self._handles.get(task_id)  # an earlier request's answer
+                        if handle is not None:
+                            self._abandon([handle])
+                        self._abandoned[task_id] = label
+        for request in cut:
             if request.sent_on:
                 self._unsettled(run, request)
 

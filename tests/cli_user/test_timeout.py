@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import trio
 from click.testing import Result
 
+from meshgpu.client import AsyncClient
+from meshgpu.client.batches import new_submission_id
 from meshgpu.daemon.api import Message
 from meshgpu.daemon.submissions import Submissions
-
 from tests.cli_user.test_collect import cli, serve_and_run
 from tests.cli_user.test_preflight import two_input_model
 
@@ -76,3 +78,38 @@ def test_a_timeout_that_cuts_off_an_accepted_batch_lists_its_tasks_by_id(
     listed = ids.read_text().splitlines()
     assert sorted(line.split("\t")[1] for line in listed) == [f"t{n}" for n in range(6)]
     assert all(line.split("\t")[0].count("/") == 1 for line in listed)
+
+
+def test_settle_names_what_a_cut_off_submit_many_left_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``client.settle`` (what ``submit --no-wait`` asks after a Ctrl-C cut its batch
+    off): the tasks of a request answered late by id, a request never sent as withdrawn."""
+    model = two_input_model(tmp_path / "pair.onnx")
+    submit_batch = Submissions.submit_batch
+
+    async def slow_answer(self: Submissions, request: Message) -> Message:
+        answer = await submit_batch(self, request)
+        await trio.sleep(3)
+        return answer
+
+    monkeypatch.setattr(Submissions, "submit_batch", slow_answer)
+    inputs = [{"a": np.ones((2, 3), np.float32), "b": np.ones((2, 3), np.float32)}] * 3
+
+    def scenario(peer: str) -> list[Any]:
+        async def run() -> list[Any]:
+            async with AsyncClient(peer, environ={}) as client:
+                ids, sent_on = [new_submission_id() for _ in inputs], []
+                with trio.move_on_after(1):
+                    await client.submit_many(
+                        model, inputs, watch=False, submissions=ids, sent_on=sent_on, replicas=1
+                    )
+                accepted = await client.settle(ids, sent_on)
+                never_sent = await client.settle(["x"], [])
+                return [*accepted, *never_sent]
+
+        return trio.run(run)
+
+    answers = serve_and_run(tmp_path, scenario, device="synthetic:5000")
+    assert all(answer["task_id"].count("/") == 1 for answer in answers[:3]), answers
+    assert answers[3] == {"withdrawn": True}
