@@ -74,11 +74,13 @@ STOP_GRACE_S = 0.5
 of tasks the mesh accepted are known only from those answers (an acknowledgement takes
 milliseconds on a LAN, a few hundred on a loaded one)."""
 
-SETTLE_S = 1.5
+SETTLE_S = 0.4
 """Longest a stopping map spends asking the peers which of its cut-off submissions they
 accepted (``settle_submissions``), of which up to ``SETTLE_WAIT_S`` waiting there for
-tasks still being replicated."""
-SETTLE_WAIT_S = 1.0
+tasks still being replicated. With ``STOP_GRACE_S`` it keeps a Ctrl-C's stop under a
+second (the promise of ``meshgpu submit``): a settle answers in milliseconds when the
+peer has the request; what is still replicating then is counted ``unanswered``."""
+SETTLE_WAIT_S = 0.25
 
 SUBMIT_OPTIONS: dict[str, Any] = {
     "priority": "normal",
