@@ -456,15 +456,10 @@ class PeerOps:
         as large (handlers.py, ``_spill_if_large``), of the group's attempt ``attempt``.
         Not here (another node answered, or the group was collected): StorageError, and
         the client asks for the member again."""
-        offset, length = requested_range(request, self.results.chunk)
-        key = member_result_key(member, attempt)
-        size = self.payloads.size(key, MEMBER_RESULT)
-        data = await trio.to_thread.run_sync(
-            self.payloads.read_range, key, MEMBER_RESULT, offset or 0, length
-        )
-        if size is None or data is None:
+        answer = await self._range(request, member_result_key(member, attempt), MEMBER_RESULT)
+        if answer is None:
             raise StorageError(f"outputs of {member} are not on node {self.node_id}")
-        return {"data": data, "size": size, "attempt": attempt}
+        return {**answer, "attempt": attempt}
 
     async def _result_range(self, request: Message, key: Any) -> Message | None:
         """The range of the result kept here that a request asks for (as ``_range``),
