@@ -191,3 +191,38 @@ def test_cli_run_table_shows_a_zero_size_output_as_empty(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if "[0, 4]" in line)
     assert "(empty)" in row and "argmax" not in row
+
+
+@pytest.mark.parametrize("elements", [4, 4096])
+def test_a_model_with_external_data_is_refused_by_name_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, elements: int
+) -> None:
+    """A weight of 1,024 elements or more in an external data file slipped past the check
+    (the check reads a skeleton of the model, large weights made inputs): the run then
+    worked only with the current directory holding the data file, and elsewhere failed
+    with onnxruntime's "escapes working directory" or "is not regular file"."""
+    weights = onnx.numpy_helper.from_array(np.ones(elements, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [elements])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [elements])],
+        [weights],
+    )
+    (tmp_path / "models").mkdir()
+    model = tmp_path / "models" / "external.onnx"
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        model,
+        save_as_external_data=True,
+        location="external.onnx.data",
+        size_threshold=0,
+    )
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.ones(elements, np.float32))
+    monkeypatch.chdir(tmp_path)
+    for spec in (f"x={sample}", str(sample)):
+        result = CliRunner().invoke(main, ["run", str(model), "-i", spec])
+        assert result.exit_code == 1, result.output
+        assert "ModelError" in result.output and "external data" in result.output
+        assert "NAME=FILE" not in result.output
