@@ -326,6 +326,15 @@ def _probe(device: DeviceInfo) -> DeviceVerdict:
     """Build, run and check the probe model on ``device`` (never raises)."""
     global probes_built
     probes_built += 1
+    # Said before the work: a first `meshgpu join` printed nothing for a minute and a
+    # half (three daemons probing at once on two loaded cores) and looked hung.
+    logger.info(
+        "probing OpenCL device %s (%s): building its kernels, up to a minute or more on a "
+        "first start (the verdict is cached in %s; later starts skip this)",
+        device.id,
+        device.name,
+        cache_path(),
+    )
     started = time.perf_counter()
     problem = _problem(device)
     elapsed_ms = round((time.perf_counter() - started) * 1000, 1)

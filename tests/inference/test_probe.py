@@ -309,3 +309,26 @@ def test_an_interrupted_probe_is_not_counted_as_a_crash(
     with pytest.raises(KeyboardInterrupt):
         probe.verdict(OPENCL[0])
     assert probe.cache_key(OPENCL[0]) not in json.loads(own_cache.read_text(encoding="utf-8"))
+
+
+def test_a_probe_says_it_is_building_before_it_builds(
+    own_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cold probe builds kernels for a minute or more on a loaded machine; `meshgpu join`
+    printed nothing meanwhile and looked hung. The line comes before the work, naming
+    the cache that makes later starts skip it; a cached verdict says nothing."""
+    said_before: list[bool] = []
+
+    def problem(device: object) -> None:
+        said_before.append(any("probing OpenCL" in r.getMessage() for r in caplog.records))
+
+    monkeypatch.setattr(probe, "_problem", problem)
+    caplog.set_level("INFO", logger="meshgpu.inference")
+    assert probe.verdict(OPENCL[0]).usable
+    assert said_before == [True]
+    line = next(r.getMessage() for r in caplog.records if "probing OpenCL" in r.getMessage())
+    assert OPENCL[0].id in line and str(own_cache) in line
+    probe.forget()
+    caplog.clear()
+    assert probe.verdict(OPENCL[0]).cached
+    assert not any("probing OpenCL" in r.getMessage() for r in caplog.records)
