@@ -59,6 +59,14 @@ class NodeSelector:
                     )
         if self.count is not None and self.count < 1:
             raise ConfigError(f"{where}.count must be >= 1, got {self.count}")
+        # A count over the nodes named ran as "all of them", and a crash of every node
+        # was then reported as detection "not checked: every crash hit an unsettled mesh".
+        named = len(self.expand(node_count)) + self.uses_leader()
+        if self.count is not None and self.count > named:
+            raise ConfigError(
+                f"{where}.count is {self.count}, but the selector names {named} of the "
+                f"scenario's {node_count} nodes; lower count or name more nodes"
+            )
 
     def uses_leader(self) -> bool:
         return "leader" in self.items

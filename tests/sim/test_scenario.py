@@ -186,6 +186,9 @@ def test_unknown_keys_are_config_errors_naming_the_key(text: str, key: str) -> N
         ('kind = "partition"\nat_s = 1', "exactly one of 'groups' or 'fractions'"),
         ('kind = "network"\nat_s = 1', "changes no link parameter"),
         ('kind = "crash"\nat_s = "soon"\nnodes = [1]', "must be a number"),
+        # ran as a crash of all three, reported as "every crash hit an unsettled mesh"
+        ('kind = "crash"\nat_s = 1\nnodes = "all"\ncount = 5', "count is 5, but the selector"),
+        ('kind = "slow"\nat_s = 1\nnodes = ["0..2"]\ncount = 3\ndelay_s = 1', "names 2 of"),
     ],
 )
 def test_bad_faults_say_what_is_wrong(fault: str, message: str) -> None:
