@@ -100,6 +100,9 @@ class AsyncTaskHandle:
         self.copies = copies
         self.replicas = replicas
         self.deferred = deferred
+        self.attached = False
+        """Made by ``attach`` from an id alone: the mesh never acknowledged it to this
+        client, so it may hold no such task."""
         self.label: str | None = None
         self.acknowledged = False
         """A deferred outcome already passed to ``collected``."""
@@ -169,6 +172,16 @@ class AsyncTaskHandle:
                 f"the client closed before task {self.task_id} had a result; it goes on in "
                 "the mesh: collect it with attach(task_id) on an open client, or with "
                 f"`meshgpu collect {self.task_id}`"
+            )
+        if self._outcome is None and self.attached:
+            # An attached id this client never saw acknowledged: "it goes on in the
+            # mesh" was said of a mistyped id too, which never has a result.
+            raise ResultTimeoutError(
+                f"task {self.task_id} has no result after {timeout} s; the mesh never "
+                "acknowledged it to this client, so it may hold no such task: "
+                "client.tasks() (or `meshgpu tasks`) lists the ids a peer's table holds; "
+                "a mistyped id, one of another mesh or a result collected before never "
+                "comes"
             )
         if self._outcome is None:
             raise ResultTimeoutError(

@@ -363,7 +363,9 @@ class AsyncClient(BatchedSubmission, OutcomeStreams, MapSubmission):
             handle.resolve(Outcome(task_id, "failed", None, error=error))
             self._handles[task_id] = handle
             return handle
-        return self._track(AsyncTaskHandle(task_id, deferred=not acknowledge))
+        handle = AsyncTaskHandle(task_id, deferred=not acknowledge)
+        handle.attached = True
+        return self._track(handle)
 
     async def status(self) -> dict[str, Any]:
         """The entry peer's ``status`` (members, leader, view, queue, counters)."""

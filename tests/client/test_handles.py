@@ -31,3 +31,16 @@ async def test_a_timeout_that_is_not_seconds_is_refused_naming_it() -> None:
         await handle.result(timeout=0)
     handle.resolve(Outcome("n-1/2", "done", "w-1", outputs={}))
     assert await handle.result(timeout=np.float32(0.5)) == {}
+
+
+async def test_a_timeout_says_an_attached_id_may_be_unknown_to_the_mesh() -> None:
+    """``client.attach("zz/1").result(timeout=3)`` said "it goes on in the mesh" of an id
+    no table held; only a task the mesh acknowledged to this client is known to."""
+    attached = AsyncTaskHandle("zz/1")
+    attached.attached = True  # as AsyncClient.attach makes it
+    with pytest.raises(ResultTimeoutError, match="may hold no such task") as raised:
+        await attached.result(timeout=0)
+    assert "goes on in the mesh" not in str(raised.value)
+    submitted = AsyncTaskHandle("n-1/3", copies=2, replicas=2)
+    with pytest.raises(ResultTimeoutError, match="it goes on in the mesh"):
+        await submitted.result(timeout=0)
