@@ -32,12 +32,15 @@ def _format_bytes(count: int) -> str:
     return f"{count} B"
 
 
-def _parse_inputs(pairs: tuple[str, ...], default_name: str | None = None) -> dict[str, Any]:
+def _parse_inputs(
+    pairs: tuple[str, ...], default_name: str | None = None, names: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """``NAME=FILE`` pairs (``.npy``, or ``.npz``: the array named NAME, else its only
     one) -> arrays; raises click.BadParameter naming the bad pair.
 
     A bare ``FILE.npy`` feeds ``default_name`` (the model's only input), as in
-    ``meshgpu submit``: the same ``--input`` that works there must work here."""
+    ``meshgpu submit``: the same ``--input`` that works there must work here. ``names``:
+    the model's inputs, named when a bare file cannot say which it feeds."""
     from meshgpu.client.inputs import load_input
     from meshgpu.errors import ConfigError
 
@@ -52,6 +55,15 @@ def _parse_inputs(pairs: tuple[str, ...], default_name: str | None = None) -> di
                     param_hint="--input",
                 )
             name, path = default_name, pair
+        elif (not separator or not name or not path) and len(names) > 1:
+            # It said only "is not NAME=FILE.npy" to a user with one .npz of every input.
+            first = names[0]
+            raise click.BadParameter(
+                f"{pair!r} is not NAME=FILE.npy; the model has inputs {', '.join(names)}: "
+                f"give each as NAME=FILE (one .npz holding them all serves every NAME: "
+                f"-i {first}={pair} -i {names[1]}={pair} ...)",
+                param_hint="--input",
+            )
         elif not separator or not name or not path:
             raise click.BadParameter(f"{pair!r} is not NAME=FILE.npy", param_hint="--input")
         if name in feeds:
@@ -130,7 +142,7 @@ def run(
         # No input names: the model is no readable ONNX file, and its load says why; a
         # bare input was refused as 'not NAME=FILE.npy' instead.
         session = load()
-    feeds = _parse_inputs(inputs, names[0] if len(names) == 1 else None)
+    feeds = _parse_inputs(inputs, names[0] if len(names) == 1 else None, tuple(names))
     if session is None:
         session = load()
     try:

@@ -226,3 +226,16 @@ def test_a_model_with_external_data_is_refused_by_name_from_any_directory(
         assert result.exit_code == 1, result.output
         assert "ModelError" in result.output and "external data" in result.output
         assert "NAME=FILE" not in result.output
+
+
+def test_cli_run_names_a_models_inputs_for_a_bare_file_it_cannot_place(tmp_path: Path) -> None:
+    """`meshgpu run two_inputs.onnx -i both.npz` said only "is not NAME=FILE.npy"."""
+    model = tmp_path / "two.onnx"
+    onnx.save(two_input_model(), model)
+    names = [value.name for value in two_input_model().graph.input]
+    both = tmp_path / "both.npz"
+    np.savez(both, **{name: np.zeros(1, np.float32) for name in names})
+    result = CliRunner().invoke(main, ["run", str(model), "-i", str(both)])
+    assert result.exit_code == 2, result.output
+    assert all(name in result.output for name in names)
+    assert f"-i {names[0]}=" in result.output.replace("\n", " ")
