@@ -536,6 +536,7 @@ HTTP_SLOW = b"GET /v2/health/ready HTTP/1.1\r\n" + b"X-Slow: y\r\n" * 20 + b"\r\
 DROP_COUNTERS = (
     "frames_rejected",
     "api_refusals_unanswered",
+    "http_refusals_unanswered",
     "datagrams_rejected",
     "datagrams_dropped_early",
     "datagrams_dropped_in_kernel",

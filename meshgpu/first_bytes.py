@@ -19,8 +19,10 @@ handler later reads the same bytes) and asks a ``judge`` for a :class:`Verdict`:
 * ``ADMIT``: the greeting is well-formed so far: the socket leaves the set and goes to
   its handler, which reads it from the first byte;
 * ``REFUSE``: not this port's protocol: a ``refused`` hook may tell the peer why (one
-  non-blocking send), the bytes that arrived are read and the socket is closed (or the
-  hook keeps it: the HTTP port's lingering close);
+  non-blocking send; then the bytes that arrived are read and the socket is closed,
+  :attr:`Refused.ANSWERED`), or not (it is closed at once: an RST,
+  :attr:`Refused.RESET`), or keep the socket (the HTTP port's lingering close,
+  :attr:`Refused.KEPT`);
 * ``WAIT``: too few bytes to say; the socket stays until more arrive, its peer closes
   it (a truncated greeting: refused), or ``timeout_s`` after it was held (it is reset:
   ``timed_out``).
@@ -60,6 +62,54 @@ class Verdict(enum.Enum):
     REFUSE = "refuse"
 
 
+class Refused(enum.Enum):
+    """What a ``refused`` hook did with a refused socket (the gate acts on it)."""
+
+    ANSWERED = "answered"
+    """It told the peer why and turned the linger off: the gate reads what is left of
+    the greeting (so that the close is a FIN after the answer, not an RST) and closes."""
+    RESET = "reset"
+    """It said nothing: the gate closes the socket at once (it lingers 0 from the
+    listener: an RST, whatever is unread; no read to drain it)."""
+    KEPT = "kept"
+    """It keeps the socket open: the gate neither reads nor closes it."""
+
+
+class AnswerBudget:
+    """At most ``per_s`` refusals a second told why per address: the refusals a port
+    answers (a sealed frame, a 400) cost most of what a refused greeting costs, paid for
+    every greeting of a flood whose sender reads nothing; past the budget a refusal is
+    reset unanswered. A tool that speaks the wrong protocol to the port is still told
+    why on its first tries.
+
+    An address's second begins with its first answer in it. At most ``max_addresses``
+    are remembered, the one refused longest ago forgotten first: a flood from many
+    addresses forgets the quiet ones, not the one that floods (emptying the whole table
+    at the bound gave every address its answers back at once)."""
+
+    def __init__(self, per_s: int, max_addresses: int = 1024) -> None:
+        self.per_s = per_s
+        self.max_addresses = max_addresses
+        self._seconds: dict[str, tuple[float, int]] = {}
+        """Per address: when its second began and the answers in it (the one refused
+        longest ago first)."""
+
+    def may_answer(self, client: str, now: float) -> bool:
+        """Whether a refusal of ``client``'s greeting at ``now`` (trio's clock) is told
+        why; it counts as one of the second's answers if so."""
+        seconds = self._seconds
+        began, answered = seconds.pop(client, (now, 0))
+        if now - began >= 1.0:
+            began, answered = now, 0
+        if answered >= self.per_s:
+            seconds[client] = (began, answered)
+            return False
+        seconds[client] = (began, answered + 1)
+        if len(seconds) > self.max_addresses:
+            del seconds[next(iter(seconds))]
+        return True
+
+
 Judge = Callable[[bytes, bool], tuple[Verdict, str]]
 """``judge(peeked, closed)``: the verdict on the bytes so far (``closed``: the peer has
 sent all it will) and, for a refusal, why (a message for the log and the peer)."""
@@ -91,8 +141,8 @@ class FirstBytesGate:
 
     ``admitted(sock, address)`` takes an admitted socket (it must not block: start a
     task); ``refused(sock, address, peeked, why)`` may send the peer a last word before
-    the gate closes it, or keep the socket (it returns True: the gate neither reads nor
-    closes it); ``released(address, outcome)`` is called for every socket that
+    the gate closes it, or keep the socket (it says which, :class:`Refused`);
+    ``released(address, outcome)`` is called for every socket that
     leaves other than admitted, ``outcome`` one of ``refused``, ``timed_out``, ``silent``
     (reset at ``silent_timeout_s`` having sent nothing: a shorter deadline for those,
     where the owner has one), ``gone`` and ``evicted`` (the owner's counters and
@@ -106,7 +156,7 @@ class FirstBytesGate:
         timeout_s: float,
         silent_timeout_s: float | None = None,
         admitted: Callable[[socket.socket, Any], None],
-        refused: Callable[[socket.socket, Any, bytes, str], bool | None],
+        refused: Callable[[socket.socket, Any, bytes, str], Refused],
         released: Callable[[Any, str], None],
     ) -> None:
         self.judge = judge
@@ -252,12 +302,14 @@ class FirstBytesGate:
         if verdict is Verdict.ADMIT:
             self._admitted(sock, held.address)
             return True
-        if self._refused(sock, held.address, peeked, why):
+        refusal = self._refused(sock, held.address, peeked, why)
+        if refusal is Refused.KEPT:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(held.fd)  # the hook keeps it open
         else:
-            with contextlib.suppress(OSError):
-                sock.recv_into(_DRAIN)
+            if refusal is Refused.ANSWERED:
+                with contextlib.suppress(OSError):
+                    sock.recv_into(_DRAIN)
             sock.close()
         self._released(held.address, "refused")
         return True

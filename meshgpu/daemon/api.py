@@ -55,7 +55,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -74,7 +73,7 @@ from meshgpu.errors import (
     MeshError,
     RemoteProtocolError,
 )
-from meshgpu.first_bytes import FirstBytesGate, Verdict
+from meshgpu.first_bytes import AnswerBudget, FirstBytesGate, Refused, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +171,8 @@ class ApiServer:
         self._connections: set[_Connection] = set()
         self._per_client: Counter[str] = Counter()
         self._warned: dict[str, float] = {}
-        self._answered: dict[str, tuple[int, int]] = {}
-        """Per address: the second of its last answered refusal and the answers in it."""
+        self._answers = AnswerBudget(ANSWERED_REFUSALS_PER_S)
+        """Refused greetings told why, per address and second."""
         self.on_reject: Callable[[], None] | None = None
         """Called after a connection was dropped for an unreadable frame."""
         self._gate: FirstBytesGate | None = None
@@ -213,22 +212,6 @@ class ApiServer:
         if len(self._warned) > 1024:
             self._warned.clear()
         self._warned[client] = now
-        return True
-
-    def _may_answer(self, client: str) -> bool:
-        """Whether a greeting refused from ``client`` is told why (at most
-        :data:`ANSWERED_REFUSALS_PER_S` a second per address; the seal and the send are
-        most of what a refused greeting costs). A tool that speaks the wrong protocol
-        to the port is told why on its first tries; a flood of garbage is reset."""
-        second = int(time.monotonic())
-        began, answered = self._answered.get(client, (second, 0))
-        if began != second:
-            answered = 0
-        if answered >= ANSWERED_REFUSALS_PER_S:
-            return False
-        if len(self._answered) > 1024:
-            self._answered.clear()
-        self._answered[client] = (second, answered + 1)
         return True
 
     def _forget(self, connection: _Connection) -> None:
@@ -325,22 +308,25 @@ class ApiServer:
 
     def _refuse_first_bytes(
         self, sock: socket.socket, address: Any, peeked: bytes, why: str
-    ) -> None:
+    ) -> Refused:
         """A connection whose first bytes are not a meshgpu frame: counted, warned about
         (once per address per interval) and told why in one frame, as a connection
         whose frame fails later is (:meth:`_serve`), or past its address's answers of
-        the second (:meth:`_may_answer`) reset unanswered."""
+        the second (:data:`ANSWERED_REFUSALS_PER_S`) reset unanswered: the seal and the
+        send are most of what a refused greeting costs. A tool that speaks the wrong
+        protocol to the port is told why on its first tries; a flood of garbage is
+        reset."""
         self._count("frames_rejected")
         if self.on_reject is not None:
             self.on_reject()
         client = _client_of(address)
         if self._may_warn(client):
             logger.warning("dropping connection from %s: %s", _peer_of(address), why)
-        if not self._may_answer(client):
+        if not self._answers.may_answer(client, trio.current_time()):
             # Past the address's answers of this second: reset unanswered (it lingers 0
             # from the listener), without sealing and sending a frame nobody reads.
             self._count("api_refusals_unanswered")
-            return
+            return Refused.RESET
         # One session seals every refusal at the gate (a new counter each), not a fresh
         # random session per stranger: the session's random bytes were a getrandom call
         # per refusal. A peer that is refused twice sees two counters of one session,
@@ -354,6 +340,7 @@ class ApiServer:
         with contextlib.suppress(OSError):
             sock.send(LENGTH.pack(len(body)) + body)
         linger_zero(sock, False)  # a FIN: the refusal is not lost to a reset
+        return Refused.ANSWERED
 
     def _release_held(self, address: Any, outcome: str) -> None:
         """A connection left the gate other than admitted (``outcome``, FirstBytesGate)."""

@@ -73,7 +73,7 @@ from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from meshgpu.accepting import accept_forever, linger_zero
-from meshgpu.first_bytes import FirstBytesGate, Verdict
+from meshgpu.first_bytes import AnswerBudget, FirstBytesGate, Refused, Verdict
 
 Peer = tuple[str, int]
 STALL_GRACE_S = 1.0
@@ -430,6 +430,11 @@ MAX_LINGERING_PER_CLIENT = 2
 """Refused connections lingering at once from one address: one client streaming bodies
 over the limit on many connections kept all :data:`MAX_LINGERING` busy for
 :data:`LINGER_S` each."""
+ANSWERED_400_PER_S = 4
+"""400s answered per address and second at most; past them a bad request is reset
+unanswered (``http_refusals_unanswered``). Without API tokens every client of the port
+is 127.0.0.1: a tool that floods it with garbage costs the others their 400s for that
+second, not their connections."""
 LINGER_MAX_BYTES = 128 << 20
 """Most bytes a lingering connection is read for: its declared body (and the head the
 gate saw), up to this; past them it is closed (a reset, if its client still sends). A
@@ -447,32 +452,42 @@ class _Refusals:
     counts in its address's share and in ``max_connections`` (the first closed to make
     room: ``ConnectionLimits``). A 400 is closed at once, as before: its client sent
     garbage, or closed already (a truncated body), and a barrage of them must cost no
-    task."""
+    task; past :data:`ANSWERED_400_PER_S` a second from one address it is reset
+    unanswered (``http_refusals_unanswered``), as the TCP API resets a flood of bad
+    greetings (daemon/api.py). A 413 is always answered (a real client's body over the
+    limit)."""
 
     def __init__(self, nursery: trio.Nursery, limits: ConnectionLimits) -> None:
         self.nursery = nursery
         self.limits = limits
+        self.answers = AnswerBudget(ANSWERED_400_PER_S)
 
-    def refuse(self, sock: socket.socket, address: Any, peeked: bytes, why: str) -> bool:
-        """The answer; True if ``sock`` lingers (the gate leaves it to this)."""
-        _refuse_request(sock, address, peeked, why)
+    def refuse(self, sock: socket.socket, address: Any, peeked: bytes, why: str) -> Refused:
+        """The answer, if any; :attr:`Refused.KEPT` if ``sock`` lingers (the gate
+        leaves it to this)."""
         peer = _peer_of(address)
         client = peer[0] if peer else ""
+        too_large = why.startswith("413")
+        if not too_large and not self.answers.may_answer(client, trio.current_time()):
+            # it lingers 0 from the listener: the gate's close is an RST, unread
+            self.limits._count("http_refusals_unanswered")
+            return Refused.RESET
+        _refuse_request(sock, address, peeked, why)
         if (
-            not why.startswith("413")
+            not too_large
             or self.limits.lingering() >= MAX_LINGERING
             or self.limits.lingering(client) >= MAX_LINGERING_PER_CLIENT
         ):
-            return False  # a 400's client is not sending a body still (or not HTTP)
+            return Refused.ANSWERED  # a 400's client is not sending a body still
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
-            return False  # gone already
+            return Refused.ANSWERED  # gone already
         scope = trio.CancelScope(deadline=trio.current_time() + LINGER_S)
         token = self.limits.begin_lingering(client, scope)
         budget = min(len(peeked) + _declared_length(peeked), LINGER_MAX_BYTES)
         self.nursery.start_soon(self._linger, sock, scope, token, budget)
-        return True
+        return Refused.KEPT
 
     async def _linger(
         self, sock: socket.socket, scope: trio.CancelScope, token: int, budget: int

@@ -250,6 +250,44 @@ async def test_a_stranger_closed_by_the_keep_alive_timeout_is_reset_and_garbage_
     served.server.stop()
 
 
+async def test_one_address_gets_a_few_400s_a_second_and_the_rest_are_reset(
+    nursery: trio.Nursery,
+) -> None:
+    # Garbage from one address: the first ANSWERED_400_PER_S of a second are answered
+    # (a 400, then a FIN), the rest reset unanswered; another address is still answered,
+    # and every one is counted.
+    from meshgpu.http.connections import ANSWERED_400_PER_S
+
+    served = Served(header_timeout_s=30)
+    await nursery.start(served.server.run)
+    tries = ANSWERED_400_PER_S + 6
+
+    async def refused(source: str | None) -> str:
+        stream = await trio.open_tcp_stream(*served.address, local_address=source)
+        await stream.send_all(b"\x01\x02 not a request\r\n\r\n")
+        answer = b""
+        try:
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some(4096):
+                    answer += chunk
+        except trio.BrokenResourceError as error:
+            assert isinstance(error.__cause__, ConnectionResetError), error
+            assert not answer
+            return "reset"
+        finally:
+            await stream.aclose()
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+        return "answered"
+
+    outcomes = [await refused(HOSTILE) for _ in range(tries)]
+    assert outcomes[:ANSWERED_400_PER_S] == ["answered"] * ANSWERED_400_PER_S
+    assert "reset" in outcomes, outcomes
+    assert await refused(None) == "answered"  # 127.0.0.1 has its own answers
+    assert served.counters["http_bad_requests"] == tries + 1
+    assert served.counters.get("http_refusals_unanswered", 0) == outcomes.count("reset")
+    served.server.stop()
+
+
 def _exchange_blocking(address: tuple[str, int]) -> bytes:
     """One request from a thread (the daemon's loop is held meanwhile): the answer's
     first line, or RESET."""
