@@ -93,6 +93,12 @@ class DigestMismatchError(RemoteProtocolError):
     """Bytes fetched from a peer do not hash to the sha256 digest they were asked for."""
 
 
+class InputsUnavailableError(MeshError):
+    """No holder of a task's inputs served them: none was live, or each one tried failed.
+    A worker reports it as ``inputs_unavailable``: the task waits for a holder rather
+    than counting a failed attempt (docs/task-queue.md, "Waiting for the inputs")."""
+
+
 class StorageError(MeshError):
     """The daemon's data dir (journal, payloads, model cache) could not be read or written."""
 

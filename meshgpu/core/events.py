@@ -75,12 +75,17 @@ class LoadChanged:
 # The core moves only task metadata; the driver moves tensors, models and results over its
 # own TCP data plane (design.md "Data plane") and reports back with these events.
 
-TaskOutcome = Literal["ok", "transient_error", "permanent_error", "handed_back"]
+TaskOutcome = Literal[
+    "ok", "transient_error", "permanent_error", "handed_back", "inputs_unavailable"
+]
 """How an attempt ended, as the worker's driver saw it: ``ok`` (result stored on at least
-one holder), ``transient_error`` (device error, out of memory, inputs unreachable: retried
-elsewhere), ``permanent_error`` (bad model, bad input shape: failed at once, no retry) or
+one holder), ``transient_error`` (device error, out of memory: retried elsewhere),
+``permanent_error`` (bad model, bad input shape: failed at once, no retry),
 ``handed_back`` (the node is leaving gracefully and gave the attempt up: assigned again
-elsewhere without counting against the task's retry limit)."""
+elsewhere without counting against the task's retry limit) or ``inputs_unavailable``
+(no holder served the inputs, so the attempt never ran: the task waits for a holder,
+without counting against its retry limit, up to ``TaskConfig.input_wait_s``;
+docs/task-queue.md, "Waiting for the inputs")."""
 
 
 @dataclass(frozen=True, slots=True)

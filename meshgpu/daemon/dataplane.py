@@ -61,7 +61,12 @@ from meshgpu.daemon.transfers import (
     pull,
 )
 from meshgpu.daemon.warm_inputs import WarmInputs
-from meshgpu.errors import DigestMismatchError, MeshError, PermanentTaskError
+from meshgpu.errors import (
+    DigestMismatchError,
+    InputsUnavailableError,
+    MeshError,
+    PermanentTaskError,
+)
 
 if TYPE_CHECKING:
     from meshgpu.daemon.auth import Authenticator
@@ -353,7 +358,7 @@ class DataPlane(ResultPlane):
                 return Fetched(data=bytes(data))
             except (MeshError, OSError, KeyError, TypeError, trio.TooSlowError) as error:
                 errors.append(f"{node_id}: {error or type(error).__name__}")
-        raise MeshError(
+        raise InputsUnavailableError(
             f"inputs {digest[:12]} unavailable: " + ("; ".join(errors) or "no live holder")
         )
 
@@ -561,7 +566,10 @@ class DataPlane(ResultPlane):
             if scope.cancelled_caught:
                 return  # CancelTask: the attempt no longer matters
         except Exception as error:  # every failure of a run is reported, never raised
-            outcome = "permanent_error" if is_permanent(error) else "transient_error"
+            if isinstance(error, InputsUnavailableError):
+                outcome = "inputs_unavailable"  # never ran: the task waits for a holder
+            else:
+                outcome = "permanent_error" if is_permanent(error) else "transient_error"
             reason = f"{type(error).__name__}: {error}"
             if not isinstance(error, MeshError | OSError):
                 logger.exception("unexpected error running %s", effect.task_id)

@@ -640,7 +640,7 @@ class TaskDriver(Observer):
                 sim.inject(index, TaskStarted(job.task_id, job.attempt), sim.now)
             digest = job.spec.input_digest
             if self._source(sim, index, job.holders, digest) is None:
-                self._finish_later(sim, job, delay, "transient_error",
+                self._finish_later(sim, job, delay, "inputs_unavailable",
                                    "inputs unreachable on every holder", 0.0)  # fmt: skip
             elif digest in self.bad_digests:
                 self._finish_later(sim, job, delay + service, "permanent_error",
@@ -664,7 +664,7 @@ class TaskDriver(Observer):
         digest = spec.input_digest
         source = self._source(sim, index, job.holders, digest)
         if source is None:
-            self._finish_later(sim, job, self.settings.data_latency_s, "transient_error",
+            self._finish_later(sim, job, self.settings.data_latency_s, "inputs_unavailable",
                                "inputs unreachable on every holder", 0.0)  # fmt: skip
             return
         delay = self._transfer_s(model)

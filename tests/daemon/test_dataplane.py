@@ -108,8 +108,14 @@ async def test_a_failed_run_is_reported_not_raised(lone: Plane, clock) -> None:
     assert lone.plane.failed == 1
 
 
-async def test_a_run_whose_inputs_nobody_has_fails_transiently(tmp_path: Path, clock) -> None:
-    fakes = data_plane(tmp_path, live=["w", "o"])
+@pytest.mark.parametrize(("live", "why"), [(["w", "o"], "o:"), (["w"], "no live holder")])
+async def test_a_run_whose_inputs_no_holder_serves_reports_them_unavailable(
+    tmp_path: Path, clock, live: list[str], why: str
+) -> None:
+    """Not a failed attempt (``transient_error``) but ``inputs_unavailable``: the task
+    waits for a holder (a restarting one is not live for a while) instead of spending its
+    retry budget (docs/task-queue.md, "Waiting for the inputs")."""
+    fakes = data_plane(tmp_path, live=live)
     fakes.models.put(MODEL, MODEL_DIGEST)
     async with trio.open_nursery() as nursery:
         await nursery.start(fakes.plane.run)
@@ -117,8 +123,8 @@ async def test_a_run_whose_inputs_nobody_has_fails_transiently(tmp_path: Path, c
         await fakes.plane.wait_idle()
         nursery.cancel_scope.cancel()
     (event,) = finished(fakes)
-    assert event.outcome == "transient_error"
-    assert "unavailable" in event.reason and "o:" in event.reason
+    assert event.outcome == "inputs_unavailable"
+    assert "unavailable" in event.reason and why in event.reason
     assert fakes.executor.runs == 0
 
 

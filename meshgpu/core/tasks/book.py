@@ -40,6 +40,12 @@ class TaskFacts:
     """When a RETRYING task may be assigned again (its back-off passed)."""
     orphaned_at: float | None = None
     """Since when the task is ASSIGNED to a worker that is no longer live."""
+    inputs_wanted_since: float | None = None
+    """Since when the task waits for its inputs (no live holder seen as leader, or a
+    worker reported them unavailable), until a run of it ends otherwise."""
+    input_waits: int = 0
+    """Workers' reports of the inputs unavailable since ``inputs_wanted_since`` (the
+    back-off before the next attempt grows with them)."""
     assigned_seen: dict[int, float] = field(default_factory=dict)
     """Attempt -> when this node first saw it assigned (the adaptive model's timing)."""
 

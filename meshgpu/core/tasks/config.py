@@ -43,6 +43,12 @@ class TaskConfig:
     """An assignment older than this (since this node first saw it) counts as a failed
     attempt and is retried elsewhere."""
 
+    input_wait_s: float = 120.0
+    """How long a task may wait for its inputs while no holder can serve them (every
+    holder declared dead or left, as a restarting daemon is for a while, or workers
+    reporting them unreachable) before it fails with "inputs unavailable". Such a wait is
+    not an attempt: the retry policy's budget is for runs that failed."""
+
     gc_delay_s: float = 5.0
     """How long a delivered, terminal entry is kept (so the delivered mark spreads) before
     it becomes a tombstone."""
@@ -98,6 +104,7 @@ class TaskConfig:
             "sync_interval_s",
             "tick_interval_s",
             "assignment_timeout_s",
+            "input_wait_s",
             "breaker_open_s",
             "unclaimed_keep_s",
         ):

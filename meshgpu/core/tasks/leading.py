@@ -19,8 +19,11 @@ an entry is left alone (not assigned, timed out, repaired, nor counted against i
 slots) until a holder confirmed it (``TaskComponent.is_current``; ``sync.py``).
 
 4. assignment: queued tasks that are acknowledged (held by ``replicas`` nodes, or by
-   every live node when fewer exist) and whose retry back-off has passed go through
-   :func:`~meshgpu.core.tasks.scheduler.plan_round` with a view of every live worker;
+   every live node when fewer exist), whose retry back-off has passed and one of whose
+   holders is live go through :func:`~meshgpu.core.tasks.scheduler.plan_round` with a
+   view of every live worker. A task none of whose holders is live waits for one
+   (assigning it would only have its worker find no inputs), and fails once it waited
+   ``input_wait_s`` for its inputs (docs/task-queue.md, "Waiting for the inputs");
 5. with work stealing on: steal requests for tasks queued, not started, on busy workers
    while a capable worker sits idle (:mod:`~meshgpu.core.tasks.stealing`).
 """
@@ -36,6 +39,7 @@ from meshgpu.core.tasks.spec import DeviceRequirements, Priority, TaskId
 from meshgpu.core.tasks.state import Phase
 from meshgpu.core.tasks.stealing import AssignedTask, plan_steals
 from meshgpu.core.tasks.strategies import WorkerView
+from meshgpu.core.tasks.table import TaskEntry
 from meshgpu.core.types import NodeId
 
 if TYPE_CHECKING:
@@ -243,6 +247,7 @@ class Leading:
         queued: list[QueuedTask] = []
         ready_since: dict[TaskId, float] = {}
         next_retry = float("inf")
+        waited_out: list[TaskId] = []
         for tid in tasks.queue:
             entry = tasks.table.get(tid)
             if entry is None or entry.state.terminal:
@@ -266,10 +271,55 @@ class Leading:
                     tasks.queue.remove(tid)
                     continue
                 since = book.orphaned_at(tid, since)
+            if self._waits_for_inputs(entry, now, live, waited_out):
+                continue
             queued.append(QueuedTask(tid, entry.spec, avoid=state.worker, holders=entry.holders))
             ready_since[tid] = since
         tasks.schedule_at = min(tasks.schedule_at, next_retry)
+        for tid in waited_out:
+            self._fail_for_inputs(tid, now, live)
         return queued, ready_since
+
+    def _waits_for_inputs(
+        self, entry: TaskEntry, now: float, live: set[NodeId], waited_out: list[TaskId]
+    ) -> bool:
+        """Whether the queued ``entry`` must wait for its inputs rather than be assigned: none
+        of its holders is live (a restarting daemon is declared dead until it is seen
+        again), or a worker found none that served them and ``input_wait_s`` has passed
+        since the wait began (then it joins ``waited_out``, to fail)."""
+        facts = self.component.book.get(entry.task_id)
+        no_holder = entry.holders.isdisjoint(live)
+        if facts is None:
+            return no_holder
+        since = facts.inputs_wanted_since
+        if since is None:
+            if not no_holder:
+                return False
+            since = facts.inputs_wanted_since = now
+        if now - since >= self.component.config.input_wait_s:
+            waited_out.append(entry.task_id)
+            return True
+        return no_holder
+
+    def _fail_for_inputs(self, tid: TaskId, now: float, live: set[NodeId]) -> None:
+        """``tid`` waited ``input_wait_s`` for a holder to serve its inputs: it fails, and
+        the reason says what became of each holder (or what the last worker found)."""
+        tasks = self.component
+        entry = tasks.table.get(tid)
+        if entry is None or entry.state.terminal:
+            return
+        waited = f"inputs unavailable for {tasks.config.input_wait_s:g} s"
+        if entry.holders.isdisjoint(live):
+            members = tasks.mesh.members()
+            gone = ", ".join(
+                f"{h} {members[h].state.value if h in members else 'unknown'}"
+                for h in sorted(entry.holders)
+            )
+            reason = f"{waited}: no holder of them is live ({gone})"
+        else:
+            reason = f"{waited}: {entry.state.reason or 'no holder served them'}"
+        tasks.context.count("tasks_inputs_unavailable")
+        tasks.set_state(tid, st.fail(entry.state, reason, count_failure=False), now)
 
     def _worker_views(self, now: float, live: set[NodeId]) -> list[WorkerView]:
         tasks = self.component

@@ -62,8 +62,8 @@ def observe_outcome(
         return
     if state.worker is None or state.phase not in (Phase.DONE, Phase.RETRYING):
         return
-    if st.is_hand_back(state):
-        return  # a graceful leave: not a failure of the worker
+    if st.is_hand_back(state) or st.is_input_wait(state):
+        return  # a graceful leave, or inputs no holder served: not a failure of the worker
     started = tasks.book.assigned_at(after.task_id, state.attempt)
     elapsed = None if started is None else now - started
     if state.phase is Phase.DONE:
@@ -86,7 +86,8 @@ def requeue(tasks: TaskComponent, entry: TaskEntry, now: float) -> None:
     if state.terminal:
         tasks.queue.forget(tid)
         book.open.discard(tid)
-        facts.retry_at = facts.orphaned_at = None
+        facts.retry_at = facts.orphaned_at = facts.inputs_wanted_since = None
+        facts.input_waits = 0
         facts.assigned_seen.clear()
         return
     book.open.add(tid)
@@ -95,12 +96,23 @@ def requeue(tasks: TaskComponent, entry: TaskEntry, now: float) -> None:
         facts.retry_at = None
         if state.worker in tasks.mesh.live_members():
             tasks.queue.remove(tid)
-            return
+            return  # a wait for the inputs goes on: this attempt tells whether it ended
         facts.orphaned_at = now
+        facts.inputs_wanted_since, facts.input_waits = None, 0  # the worker died: anew
     elif state.phase is Phase.RETRYING:
-        if st.is_hand_back(state):
-            facts.retry_at = now  # nothing failed: no back-off
+        if st.is_input_wait(state):
+            # The attempt never ran: the wait goes on, bounded by time (leading.py), and
+            # the next attempt backs off by the task's policy as the waits add up, so a
+            # holder that refuses connections for a moment is not asked in a tight loop.
+            if facts.inputs_wanted_since is None:
+                facts.inputs_wanted_since = now
+            facts.input_waits += 1
+            facts.retry_at = now + entry.spec.retry.delay(facts.input_waits, tasks.rng)
         else:
-            facts.retry_at = now + entry.spec.retry.delay(state.failures, tasks.rng)
+            facts.inputs_wanted_since, facts.input_waits = None, 0  # a run ended otherwise
+            if st.is_hand_back(state):
+                facts.retry_at = now  # nothing failed: no back-off
+            else:
+                facts.retry_at = now + entry.spec.retry.delay(state.failures, tasks.rng)
     tasks.queue.push(tid, entry.spec.priority)
     tasks.schedule_at = min(tasks.schedule_at, now)

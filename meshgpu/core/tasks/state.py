@@ -81,6 +81,7 @@ class Cause(enum.Enum):
     LOSE_RESULT = "lose_result"  # DONE, undelivered, and every result holder is dead
     HAND_BACK = "hand_back"  # the worker leaves gracefully and gives the attempt back
     STEAL = "steal"  # the worker hands an attempt it has not started to an idle thief
+    WAIT_FOR_INPUTS = "wait_for_inputs"  # no holder served the inputs: the attempt never ran
 
 
 TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
@@ -91,6 +92,7 @@ TRANSITIONS: dict[tuple[Phase, Cause], Phase] = {
     (Phase.RETRYING, Cause.COMPLETE): Phase.DONE,  # a superseded attempt still finished
     (Phase.ASSIGNED, Cause.RETRY): Phase.RETRYING,
     (Phase.ASSIGNED, Cause.HAND_BACK): Phase.RETRYING,  # no failure counted
+    (Phase.ASSIGNED, Cause.WAIT_FOR_INPUTS): Phase.RETRYING,  # no failure counted
     (Phase.ASSIGNED, Cause.STEAL): Phase.ASSIGNED,  # made by the worker itself, unstarted
     (Phase.PENDING, Cause.FAIL): Phase.FAILED,  # e.g. no worker can ever meet the spec
     (Phase.ASSIGNED, Cause.FAIL): Phase.FAILED,
@@ -236,6 +238,33 @@ def hand_back(current: TaskState, reason: str = "") -> TaskState:
 def is_hand_back(state: TaskState) -> bool:
     """Whether ``state`` is a RETRYING made by :func:`hand_back`."""
     return state.phase is Phase.RETRYING and state.reason.startswith(HANDED_BACK)
+
+
+WAITING_FOR_INPUTS = "waiting for inputs"
+"""Prefix of the reason of a RETRYING state made by :func:`wait_for_inputs` (the attempt
+never ran: not a failure of the task or of its worker)."""
+
+
+def wait_for_inputs(current: TaskState, reason: str) -> TaskState:
+    """No holder served the current attempt's inputs, so it never ran: the task waits for
+    a holder to serve them again, its retry budget untouched (``failures`` stays). A
+    holder that is restarting, paused or cut off for a moment is no fault of the task;
+    how long it may wait is the leader's to bound (``leading.py``, ``input_wait_s``)."""
+    new = TaskState(
+        Phase.RETRYING,
+        current.attempt,
+        current.view,
+        current.worker,
+        current.failures,
+        f"{WAITING_FOR_INPUTS}: {reason}" if reason else WAITING_FOR_INPUTS,
+        current.epoch,
+    )
+    return _checked(current, Cause.WAIT_FOR_INPUTS, new)
+
+
+def is_input_wait(state: TaskState) -> bool:
+    """Whether ``state`` is a RETRYING made by :func:`wait_for_inputs`."""
+    return state.phase is Phase.RETRYING and state.reason.startswith(WAITING_FOR_INPUTS)
 
 
 STOLEN_FROM = "stolen from"

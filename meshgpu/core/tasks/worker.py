@@ -80,6 +80,15 @@ class Worker:
                 tasks.context.count("tasks_handed_back")
                 tasks.update(tid, now, state=st.hand_back(current, event.reason))
             return
+        if event.outcome == "inputs_unavailable":
+            # The attempt never ran: not a failure of the task (its retry budget) nor of
+            # the worker. The leader assigns it again once a holder can serve the inputs,
+            # and fails it after ``input_wait_s`` if none can (leading.py).
+            if mine:
+                tasks.context.count("tasks_waiting_for_inputs")
+                reason = event.reason or "no holder served the inputs"
+                tasks.update(tid, now, state=st.wait_for_inputs(current, reason))
+            return
         if event.outcome == "permanent_error":
             tasks.update(tid, now, state=st.fail(current, event.reason or "permanent error"))
             return
