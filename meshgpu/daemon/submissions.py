@@ -200,11 +200,13 @@ class Submissions:
         self._leaving = leaving
         self._refs = itertools.count(1)
         self._pending: dict[str, _Pending] = {}
-        self._remembered: OrderedDict[str, _Pending] = OrderedDict()
-        """What answers each submission id fed to the core (bounded, oldest first)."""
         self._tasks_of: OrderedDict[str, tuple[_Pending, int, int]] = OrderedDict()
         """Per task's submission id (a group member's too): what answers it, its place in
-        its group and the group's member count (1: an ordinary task), for ``settle``."""
+        its group and the group's member count (1: an ordinary task). ``settle`` reads
+        it, and ``_resent`` for an ordinary task's id (bounded, oldest first)."""
+        self._groups: OrderedDict[str, _Pending] = OrderedDict()
+        """What answers each group's whole submission id (its members' ids joined by
+        ``+``), for ``_resent`` (bounded, oldest first)."""
         self._withdrawn: OrderedDict[str, None] = OrderedDict()
         """Submission ids ``settle`` found unknown: refused if they arrive later."""
         self.resends = 0
@@ -425,9 +427,12 @@ class Submissions:
         None; an id sent again with other inputs is refused."""
         if submission is None:
             return None
-        first = self._remembered.get(submission)
+        first = self._groups.get(submission)
         if first is None:
-            return None
+            known = self._tasks_of.get(submission)
+            if known is None or known[2] != 1:
+                return None  # unknown, or a group member's id: not the id it was sent with
+            first = known[0]
         if first.input_digest != input_digest:
             raise DecodeError(
                 f"submission id {submission!r} was sent before with other inputs; "
@@ -438,11 +443,15 @@ class Submissions:
         return first
 
     def _remember(self, submission: str | None, pending: _Pending, members: int = 1) -> None:
+        """Remember what answers ``submission`` (a resend gets it; ``settle`` finds each
+        task's): an ordinary task's id once, in ``_tasks_of``; a group's whole id in
+        ``_groups`` and each member's in ``_tasks_of``."""
         if submission is None:
             return
-        self._remembered[submission] = pending
-        while len(self._remembered) > REMEMBERED_SUBMISSIONS:
-            self._remembered.popitem(last=False)
+        if members > 1:
+            self._groups[submission] = pending
+            while len(self._groups) > REMEMBERED_SUBMISSIONS:
+                self._groups.popitem(last=False)
         parts = submission.split("+") if members > 1 else [submission]
         if len(parts) == members:
             for position, part in enumerate(parts):

@@ -339,6 +339,37 @@ async def test_a_resend_gets_the_first_answer_and_other_inputs_are_refused(
         await m.submissions.submit(request(x=X + 1, submission="s-1"))
 
 
+async def test_one_record_answers_resends_and_settles_a_group_members_id_alone_is_new(
+    tmp_path: Path, autojump_clock
+) -> None:
+    """A task's submission id is remembered once (``_tasks_of``): a resend of an ordinary
+    task and of a group (its members' ids joined) get their first answers, ``settle``
+    finds both, and a group member's id sent alone is a task of its own, not a resend of
+    the group (nor refused as the group's id with other inputs)."""
+    m = mesh(tmp_path)
+    m.state["busy"] = True
+    members = [{"inputs": encode_tensors({"x": X + i}), "submission": f"g{i}"} for i in range(2)]
+    batch = {"model_digest": DIGEST, "tasks": members, "group": 2}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answered, m)
+        first = await m.submissions.submit(request(submission="s-1"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answered, m, 2, TaskId("n1", 2))
+        group = await m.submissions.submit_batch(batch)
+    assert await m.submissions.submit(request(submission="s-1")) == first
+    assert await m.submissions.submit_batch(batch) == group
+    assert len(m.fed) == 2 and m.submissions.resends == 2
+    settled = await m.submissions.settle(["s-1", "g1"], 0.0)
+    assert settled["results"] == [
+        {"task_id": "n1/1"},
+        {"task_id": group["results"][1]["task_id"], "group": "n1/2", "members": 2},
+    ]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(answered, m, 3, TaskId("n1", 3))
+        alone = await m.submissions.submit(request(x=X + 1, submission="g1"))
+    assert alone["task_id"] == "n1/3" and len(m.fed) == 3
+
+
 async def test_an_unanswered_submission_times_out_and_keeps_its_hold(
     tmp_path: Path, autojump_clock
 ) -> None:
