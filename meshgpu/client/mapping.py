@@ -38,6 +38,7 @@ would cost a wake-up of the trio thread per burst while the consumer waits.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import (
     AsyncGenerator,
@@ -57,6 +58,7 @@ from meshgpu.client.batches import (
     BATCH_MAX,
     GATHER_S,
     PROBE_MAX_S,
+    BatchedSubmission,
     _Window,
     check_label,
     choose_group,
@@ -83,17 +85,14 @@ peer has the request; what is still replicating then is counted ``unanswered``."
 SETTLE_WAIT_S = 0.25
 
 SUBMIT_OPTIONS: dict[str, Any] = {
-    "priority": "normal",
-    "replicas": 2,
-    "deadline_s": None,
-    "device_type": None,
-    "min_memory": 0,
-    "fp16": False,
-    "require": None,
-    "prefer": None,
+    name: parameter.default
+    for name, parameter in inspect.signature(BatchedSubmission.submit_many).parameters.items()
+    if name in inspect.signature(submit_fields).parameters
 }
-"""The submission options a map passes on to ``submit_many`` for every task, with the
-defaults they have there (``submit_fields`` checks them when the map starts)."""
+"""The submission options a map passes on to ``submit_many`` for every task (those that
+become request fields, ``submit_fields``'s), with their defaults read from
+``submit_many``'s signature, their one source (``submit_fields`` checks them when the
+map starts)."""
 
 Label = str | Callable[[int], str | None] | None
 """A map's ``label``: one for every task, or a function of the input's index."""

@@ -4,6 +4,7 @@ some bad values it took as given."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import trio
 
 from meshgpu.client import AsyncClient
 from meshgpu.client.batches import deadline_seconds, submit_fields
+from meshgpu.client.mapping import SUBMIT_OPTIONS
 from meshgpu.client.models import ModelBlob
 from meshgpu.errors import ConfigError
 
@@ -52,3 +54,21 @@ def test_submit_refuses_a_bad_deadline_before_it_needs_a_connection(call: str) -
 
     with pytest.raises(ConfigError, match="deadline_s is the seconds a task may take"):
         trio.run(main)
+
+
+def test_a_maps_options_are_submit_manys_with_its_defaults() -> None:
+    """map() passes on every option that becomes a request field, with the default
+    submit_many gives it: one source, so a new option or a changed default reaches
+    both."""
+    many = inspect.signature(AsyncClient.submit_many).parameters
+    fields = [name for name in inspect.signature(submit_fields).parameters if name != "blob"]
+    assert list(SUBMIT_OPTIONS) == fields
+    assert {name: many[name].default for name in fields} == SUBMIT_OPTIONS
+    blob = ModelBlob.of(b"m")
+    assert submit_fields(blob, **SUBMIT_OPTIONS) == {
+        "model_digest": blob.digest,
+        "priority": "normal",
+        "replicas": 2,
+        "min_memory": 0,
+        "fp16": False,
+    }
