@@ -33,7 +33,7 @@ from meshgpu.http.dashboard import Dashboard, asset
 from meshgpu.http.metrics import InferenceStats
 from meshgpu.http.models import PLATFORM, CatalogModel, ModelInfo
 from meshgpu.http.tokens import TokenTable, allows
-from meshgpu.http.v2 import ProtocolError, encode_response, parse_request
+from meshgpu.http.v2 import InferRequest, ProtocolError, encode_response, parse_request
 from meshgpu.tensor_types import payload_nbytes
 
 logger = logging.getLogger("meshgpu.http")
@@ -240,9 +240,12 @@ def build_app(
             {"name": model.name, "ready": is_ready}, status_code=200 if is_ready else 503
         )
 
-    @endpoint("infer")
-    async def infer(request: Request) -> Response:
-        model = model_of(request)
+    async def checked_request(
+        request: Request, model: CatalogModel
+    ) -> tuple[InferRequest, dict[str, Any]]:
+        """The parsed infer request and its checked feeds, or the error that refuses it
+        before anything runs (a bad request, 400; ``infer`` counts it as a failed request
+        for ``OTHER`` reasons, as Triton counts a request it fails before the model)."""
         header = request.headers.get(HEADER_LENGTH)
         try:
             header_length = None if header is None else int(header)
@@ -282,23 +285,41 @@ def build_app(
                         400,
                         f"unknown output {name!r}; the model's outputs are {', '.join(known)}",
                     )
+        return parsed, feeds
+
+    @endpoint("infer")
+    async def infer(request: Request) -> Response:
+        model = model_of(request)
+        try:
+            parsed, feeds = await checked_request(request, model)
+        except HttpError:
+            stats.refused(model.name, model.version)  # refused before the run: counted
+            raise
         first = next(iter(feeds.values()))
         batch = int(first.shape[0]) if first.ndim else 1
         stats.started(model.name, model.version)
         started = time.perf_counter()
         ok = False
+        reason = "OTHER"  # why it failed (metrics.FAILURE_REASONS), when it does
         outcome: InferOutcome | None = None
         try:
             outcome = await sources.infer(model, feeds, parsed.placement, parsed.deadline_s)
             ok = True
         except Unavailable as error:
+            reason = "REJECTED"
             raise HttpError(503, str(error)) from None
         except (InputError, FailedForGood) as error:
+            reason = "BACKEND"
             raise HttpError(400, str(error)) from None
         except DeadlineExceeded as error:
+            reason = "REJECTED"
             raise HttpError(504, str(error)) from None
         except MeshError as error:
+            reason = "BACKEND"
             raise HttpError(500, str(error)) from None
+        except trio.Cancelled:
+            reason = "CANCELED"
+            raise
         finally:
             if dashboard is not None:
                 dashboard.infer_done(
@@ -315,6 +336,7 @@ def build_app(
                 batch=batch,
                 total_s=time.perf_counter() - started,
                 compute_s=outcome.compute_s if outcome is not None else None,
+                reason=reason,
             )
         encode = functools.partial(
             encode_response,

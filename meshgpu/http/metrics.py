@@ -5,8 +5,9 @@ process, as in tests, never share numbers). Two custom collectors read their num
 scrape time, so nothing is copied on the hot path:
 
 - :class:`InferenceStats` counts the protocol's infer requests under Triton's names,
-  labelled ``model`` and ``version`` (``nv_inference_request_success`` ...). The two
-  counts of work, ``nv_inference_exec_count`` (device runs) and ``nv_inference_count``
+  labelled ``model`` and ``version`` (``nv_inference_request_success`` ...), failures
+  also by Triton's ``reason`` (``FAILURE_REASONS``), refusals before the run included.
+  The two counts of work, ``nv_inference_exec_count`` (device runs) and ``nv_inference_count``
   (rows of the first dimension they ran), are this node's executor's, as Triton counts
   its own model executions: with dynamic batching one run answers several requests,
   so their ratio is the average batch (a request may also run on another node: the
@@ -22,7 +23,7 @@ the group commit (durability.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -41,10 +42,19 @@ def fsync_histogram(registry: CollectorRegistry) -> Histogram:
     )
 
 
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+"""The ``reason`` label of ``nv_inference_request_failure``, Triton's four: ``REJECTED``
+(no node could take the request now, 503, or its deadline passed first, 504: what
+Triton's scheduler rejects), ``CANCELED`` (the client went away before the answer),
+``BACKEND`` (the model's run failed: its input refused where it ran, 400, or a failure
+of the run, 500) and ``OTHER`` (a bad request refused before anything ran, 400). Every
+model shows all four, as Triton does, so a rate over one reason starts from zero."""
+
+
 @dataclass
 class _ModelStats:
     success: int = 0
-    failure: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
     inferences: int = 0
     executions: int = 0
     request_us: int = 0
@@ -74,6 +84,11 @@ class InferenceStats(Collector):
     def started(self, model: str, version: str) -> None:
         self._of(model, version).pending += 1
 
+    def refused(self, model: str, version: str) -> None:
+        """A request was refused before it ran (a bad request, answered 400): a failure
+        for ``OTHER`` reasons, never pending."""
+        self._of(model, version).failures["OTHER"] += 1
+
     def finished(
         self,
         model: str,
@@ -83,14 +98,16 @@ class InferenceStats(Collector):
         batch: int,
         total_s: float,
         compute_s: float | None,
+        reason: str = "OTHER",
     ) -> None:
         """One request ended. ``compute_s``: the run on the worker when known (a direct
         run); the rest of ``total_s`` is the queue (table, transfers). A request whose run
-        time is not known counts in the request duration only."""
+        time is not known counts in the request duration only. ``reason``: why it failed
+        (one of ``FAILURE_REASONS``) when not ``ok``."""
         stats = self._of(model, version)
         stats.pending -= 1
         if not ok:
-            stats.failure += 1
+            stats.failures[reason] += 1
             return
         stats.success += 1
         stats.inferences += batch
@@ -105,9 +122,6 @@ class InferenceStats(Collector):
         families: dict[str, Metric] = {
             "success": CounterMetricFamily(
                 "nv_inference_request_success", "Successful inference requests.", labels=labels
-            ),
-            "failure": CounterMetricFamily(
-                "nv_inference_request_failure", "Failed inference requests.", labels=labels
             ),
             "inferences": CounterMetricFamily(
                 "nv_inference_count",
@@ -133,6 +147,11 @@ class InferenceStats(Collector):
                 labels=labels,
             ),
         }
+        failure = CounterMetricFamily(
+            "nv_inference_request_failure",
+            "Failed inference requests, by reason.",
+            labels=[*labels, "reason"],
+        )
         pending = GaugeMetricFamily(
             "nv_inference_pending_request_count",
             "Inference requests received and not answered yet.",
@@ -144,11 +163,14 @@ class InferenceStats(Collector):
                 if runs is not None and attribute in ("executions", "inferences"):
                     continue
                 family.add_metric([model, version], getattr(stats, attribute))  # type: ignore[attr-defined]
+            for reason, count in stats.failures.items():
+                failure.add_metric([model, version, reason], count)
             pending.add_metric([model, version], stats.pending)
         for (model, version), (executions, inferences) in sorted((runs or {}).items()):
             families["executions"].add_metric([model, version], executions)  # type: ignore[attr-defined]
             families["inferences"].add_metric([model, version], inferences)  # type: ignore[attr-defined]
         yield from families.values()
+        yield failure
         yield pending
 
 

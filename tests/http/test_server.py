@@ -399,6 +399,14 @@ async def test_metrics_parse_with_triton_names(node: Daemon) -> None:
     assert samples[("nv_inference_exec_count_total", labels)] == 2
     assert samples[("nv_inference_request_duration_us_total", labels)] > 0
     assert samples[("nv_inference_pending_request_count", labels)] == 0
+    # the bad request, refused before it ran, is a failure as Triton counts one
+    failures = {
+        reason: samples[
+            ("nv_inference_request_failure_total", (*labels[:1], ("reason", reason), *labels[1:]))
+        ]
+        for reason in ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+    }
+    assert failures == {"REJECTED": 0, "CANCELED": 0, "BACKEND": 0, "OTHER": 1}
     assert samples[("meshgpu_members", (("state", "alive"),))] == 1
     assert ("meshgpu_journal_fsync_seconds_count", ()) in samples
     status, targets = await get_json(node, "/metrics/targets")
@@ -420,7 +428,10 @@ async def test_an_unknown_requested_output_is_refused_before_anything_runs(
     error = json.loads(answer)["error"]
     assert error == "unknown output 'logits'; the model's outputs are probabilities"
     _, _, metrics = await acall(node, "GET", "/metrics")
-    assert 'nv_inference_request_success_total{model="digits"' not in metrics.decode()
+    succeeded = 'nv_inference_request_success_total{model="digits",version="1"} 0.0'
+    assert succeeded in metrics.decode()
+    failed = 'nv_inference_request_failure_total{model="digits",reason="OTHER",version="1"} 1.0'
+    assert failed in metrics.decode()
 
 
 async def test_repository_index_load_unload(node: Daemon) -> None:
