@@ -416,16 +416,39 @@ class FrameStream:
                 try:
                     moved, _ = await self._move_in_thread(view[sent:], False, limiter)
                 except OSError as error:
-                    if self._socket.fileno() == -1:
-                        raise trio.ClosedResourceError("the stream was closed") from None
-                    raise trio.BrokenResourceError(error) from error
+                    raise self._send_error(error) from error
+                self._check_open()  # closed while the thread moved bytes on its own copy
                 sent += moved
                 if sent == len(view):
                     return
             try:
                 sent += await self._socket.send(view[sent:])
             except OSError as error:
-                raise trio.BrokenResourceError(error) from error
+                raise self._send_error(error) from error
+
+    def _closed(self, error: OSError | None = None) -> bool:
+        """Whether this side closed the stream (``error``: what its socket raised), as
+        trio's own ``SocketStream`` tells it: the socket has no descriptor any more, or
+        the error is EBADF or ENOTSOCK."""
+        assert self._socket is not None
+        return self._socket.fileno() == -1 or (
+            error is not None and error.errno in (errno.EBADF, errno.ENOTSOCK)
+        )
+
+    def _check_open(self) -> None:
+        """Raise ``trio.ClosedResourceError`` if this side closed the stream: a large
+        frame's thread moves bytes on a descriptor of its own (``_move_in_thread``), so
+        a close meanwhile is noticed only here."""
+        if self._closed():
+            raise trio.ClosedResourceError("the stream was closed")
+
+    def _send_error(self, error: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+        """What a large send raises for ``error``: ``ClosedResourceError`` when this side
+        closed the stream, ``BrokenResourceError`` otherwise, as ``send_all`` raises them
+        (a small frame, or a large one on trio's loop, fails like either)."""
+        if self._closed(error):
+            return trio.ClosedResourceError("the stream was closed")
+        return trio.BrokenResourceError(error)
 
     async def _move_in_thread(
         self, view: memoryview, receive: bool, limiter: trio.CapacityLimiter
@@ -588,7 +611,10 @@ class FrameStream:
                 try:
                     moved, closed = await self._move_in_thread(view[have:], True, limiter)
                 except OSError as error:
+                    if self._closed(error):
+                        raise trio.ClosedResourceError("the stream was closed") from None
                     raise DecodeError(f"connection broken: {error}") from None
+                self._check_open()  # closed while the thread read on its own copy
                 have += moved
                 if closed:
                     raise DecodeError(f"connection closed mid-frame ({have} of {count} bytes read)")
@@ -596,7 +622,11 @@ class FrameStream:
                     break
             try:
                 received = await self._socket.recv_into(view[have:])
-            except (OSError, trio.BrokenResourceError) as error:
+            except OSError as error:
+                if self._closed(error):
+                    raise trio.ClosedResourceError("the stream was closed") from None
+                raise DecodeError(f"connection broken: {error}") from None
+            except trio.BrokenResourceError as error:
                 raise DecodeError(f"connection broken: {error}") from None
             if not received:
                 raise DecodeError(f"connection closed mid-frame ({have} of {count} bytes read)")

@@ -516,6 +516,58 @@ async def test_a_stream_closed_before_its_thread_starts_sends_nothing_elsewhere(
     await listener.aclose()
 
 
+async def test_a_large_send_on_a_stream_closed_meanwhile_is_a_closed_resource_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As trio's ``send_all`` says of a stream this side closed: the thread moved the
+    bytes on a copy of the descriptor, and the rest went to a socket with none (EBADF),
+    which was reported as a broken connection (``BrokenResourceError``)."""
+    listener, left, right = await _socket_pair()
+    started, proceed = _start_threads_late(monkeypatch)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def send_large() -> None:
+                with pytest.raises(trio.ClosedResourceError):  # the peer reads nothing
+                    await left.send({"offset": 0, "data": b"\x07" * (48 << 20)})
+
+            nursery.start_soon(send_large)
+            while not started.is_set():
+                await trio.sleep(0.01)
+            await left.stream.aclose()
+            proceed.set()
+    await right.aclose()
+    await listener.aclose()
+
+
+async def test_a_large_receive_on_a_stream_closed_meanwhile_is_a_closed_resource_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The receiving side likewise (it was a DecodeError, "connection broken")."""
+    listener, left, right = await _socket_pair()
+    started, proceed = _start_threads_late(monkeypatch)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def receive_large() -> None:
+                with pytest.raises(trio.ClosedResourceError):
+                    await right.receive()
+
+            async def send_large() -> None:
+                with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                    await left.send({"offset": 0, "data": b"\x07" * (4 << 20)})
+
+            nursery.start_soon(receive_large)
+            nursery.start_soon(send_large)
+            while not started.is_set():
+                await trio.sleep(0.01)
+            await right.stream.aclose()
+            proceed.set()
+            await trio.sleep(0.2)
+            await left.aclose()
+    await listener.aclose()
+
+
 async def test_a_stream_closed_before_its_receiving_thread_starts_reads_nothing_else(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -529,8 +581,8 @@ async def test_a_stream_closed_before_its_receiving_thread_starts_reads_nothing_
         async with trio.open_nursery() as nursery:
 
             async def receive_large() -> None:
-                with contextlib.suppress(DecodeError):
-                    await right.receive()  # whole, or cut short: either is fine here
+                with contextlib.suppress(DecodeError, trio.ClosedResourceError):
+                    await right.receive()  # cut short, or closed: either is fine here
 
             async def send_large() -> None:
                 with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
