@@ -6,6 +6,7 @@ one test keeps the real 64 MiB limit with an 82 MB result, the size that was los
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -205,22 +206,42 @@ async def test_a_holder_killed_while_the_result_is_pushed_loses_nothing(
 ) -> None:
     """SIGKILL a holder (not the entry node, not the worker) while the worker pushes the
     result to it in ranges: the task still ends done with every byte, from the copies
-    that exist, and the worker says which push failed."""
+    that exist, and the worker says which push failed.
+
+    The holder is stopped (SIGSTOP) before the look that decides the kill: a push that
+    completed between a look and the kill left no failure to report (the holder answers
+    "stored" only after it removed its scratch file, so a scratch file seen while it is
+    stopped is a push that cannot succeed). The logs are read once the task is done in
+    the table: the worker logs a failed push before it reports the run, where the client
+    may have the result earlier (an entry node serves the ranges as they arrive)."""
     model = wide_model(4096)
     x = np.random.default_rng(4).standard_normal((3000, 16)).astype(np.float32)  # 49 MB out
     _entry, *others = small_frames.nodes
     killed: list[str] = []
 
+    def receiving(node: LocalNode) -> bool:
+        return bool(list((node.data_dir / "payloads").glob("*.result.*.tmp")))
+
     async def kill_a_receiving_holder(mesh_client: AsyncClient, task_id: str) -> None:
         while not killed:
             row = (await rows(mesh_client)).get(task_id) or {}
             for node in others:
-                receiving = list((node.data_dir / "payloads").glob("*.result.*.tmp"))
-                if row.get("worker") not in (None, node.name) and receiving:
+                if row.get("worker") in (None, node.name) or not receiving(node):
+                    continue
+                assert node.process is not None
+                node.process.send_signal(signal.SIGSTOP)
+                if receiving(node):
                     node.kill()
                     killed.append(node.name)
                     return
+                node.process.send_signal(signal.SIGCONT)  # its push ended: look again
             await trio.sleep(0.002)
+
+    async def pushed(mesh_client: AsyncClient, task_id: str) -> None:
+        """Until the task is done in the table (or collected: done before that)."""
+        with trio.fail_after(WAIT_S):
+            while (await rows(mesh_client)).get(task_id, {}).get("state") not in (None, "done"):
+                await trio.sleep(0.05)
 
     try:
         async with client(small_frames) as mesh_client:
@@ -233,6 +254,7 @@ async def test_a_holder_killed_while_the_result_is_pushed_loses_nothing(
                 expected = expected_wide(model, x)
                 np.testing.assert_allclose(outputs["y"], expected, rtol=1e-4, atol=1e-4)
                 if killed:
+                    await pushed(mesh_client, handle.task_id)
                     break
         assert killed, "no holder but the entry node received a result"
         logs = "".join(node.log.read_text(errors="replace") for node in small_frames.nodes)
