@@ -516,6 +516,31 @@ async def test_a_stream_closed_before_its_thread_starts_sends_nothing_elsewhere(
     await listener.aclose()
 
 
+async def _large_frame_under_way(
+    nursery: trio.Nursery,
+    left: FrameStream,
+    right: FrameStream,
+    started: threading.Event,
+    receiving: contextlib.AbstractContextManager[Any],
+) -> None:
+    """Send a 4 MiB frame from ``left`` to ``right`` in tasks of ``nursery`` (the receive
+    inside ``receiving``, the send ignoring a closed or broken stream), once a worker
+    thread has started."""
+
+    async def receive_large() -> None:
+        with receiving:
+            await right.receive()
+
+    async def send_large() -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await left.send({"offset": 0, "data": b"\x07" * (4 << 20)})
+
+    nursery.start_soon(receive_large)
+    nursery.start_soon(send_large)
+    while not started.is_set():
+        await trio.sleep(0.01)
+
+
 async def test_a_large_send_on_a_stream_closed_meanwhile_is_a_closed_resource_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -548,19 +573,8 @@ async def test_a_large_receive_on_a_stream_closed_meanwhile_is_a_closed_resource
     started, proceed = _start_threads_late(monkeypatch)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-
-            async def receive_large() -> None:
-                with pytest.raises(trio.ClosedResourceError):
-                    await right.receive()
-
-            async def send_large() -> None:
-                with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                    await left.send({"offset": 0, "data": b"\x07" * (4 << 20)})
-
-            nursery.start_soon(receive_large)
-            nursery.start_soon(send_large)
-            while not started.is_set():
-                await trio.sleep(0.01)
+            closed = pytest.raises(trio.ClosedResourceError)
+            await _large_frame_under_way(nursery, left, right, started, closed)
             await right.stream.aclose()
             proceed.set()
             await trio.sleep(0.2)
@@ -579,19 +593,9 @@ async def test_a_stream_closed_before_its_receiving_thread_starts_reads_nothing_
     started, proceed = _start_threads_late(monkeypatch)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-
-            async def receive_large() -> None:
-                with contextlib.suppress(DecodeError, trio.ClosedResourceError):
-                    await right.receive()  # cut short, or closed: either is fine here
-
-            async def send_large() -> None:
-                with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                    await left.send({"offset": 0, "data": b"\x07" * (4 << 20)})
-
-            nursery.start_soon(receive_large)
-            nursery.start_soon(send_large)
-            while not started.is_set():
-                await trio.sleep(0.01)
+            # cut short, or closed: either is fine here
+            ended = contextlib.suppress(DecodeError, trio.ClosedResourceError)
+            await _large_frame_under_way(nursery, left, right, started, ended)
             other, other_end, *extra = await _take_number(right, number, listener)
             await other_end.send_all(b"\x09" * 1000)
             await trio.sleep(0.1)

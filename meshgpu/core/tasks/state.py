@@ -223,16 +223,22 @@ def hand_back(current: TaskState, reason: str = "") -> TaskState:
     task waits for its next attempt like a retry, but nothing failed: its retry budget is
     untouched (``failures`` stays)."""
     text = f"{HANDED_BACK} by {current.worker}" + (f": {reason}" if reason else "")
+    return _uncounted_retry(current, Cause.HAND_BACK, text)
+
+
+def _uncounted_retry(current: TaskState, cause: Cause, reason: str) -> TaskState:
+    """ASSIGNED(n) -> RETRYING(n) for ``cause`` with ``failures`` unchanged: the attempt
+    ends without a failure of the task (``hand_back``, ``wait_for_inputs``)."""
     new = TaskState(
         Phase.RETRYING,
         current.attempt,
         current.view,
         current.worker,
         current.failures,
-        text,
+        reason,
         current.epoch,
     )
-    return _checked(current, Cause.HAND_BACK, new)
+    return _checked(current, cause, new)
 
 
 def is_hand_back(state: TaskState) -> bool:
@@ -250,16 +256,8 @@ def wait_for_inputs(current: TaskState, reason: str) -> TaskState:
     a holder to serve them again, its retry budget untouched (``failures`` stays). A
     holder that is restarting, paused or cut off for a moment is no fault of the task;
     how long it may wait is the leader's to bound (``leading.py``, ``input_wait_s``)."""
-    new = TaskState(
-        Phase.RETRYING,
-        current.attempt,
-        current.view,
-        current.worker,
-        current.failures,
-        f"{WAITING_FOR_INPUTS}: {reason}" if reason else WAITING_FOR_INPUTS,
-        current.epoch,
-    )
-    return _checked(current, Cause.WAIT_FOR_INPUTS, new)
+    text = f"{WAITING_FOR_INPUTS}: {reason}" if reason else WAITING_FOR_INPUTS
+    return _uncounted_retry(current, Cause.WAIT_FOR_INPUTS, text)
 
 
 def is_input_wait(state: TaskState) -> bool:
