@@ -214,6 +214,11 @@ class TaskComponent(Component):
                 facts = book.get(tid)
                 if facts is not None and facts.orphaned_at is None:
                     facts.orphaned_at = now
+                    # Its run tells nothing of the inputs now: a wait for them that this
+                    # attempt was to end begins anew (requeue does so when the state
+                    # changes; here it does not), else the wait's old clock fails the
+                    # task as it is queued again, its holders live.
+                    facts.inputs_wanted_since, facts.input_waits = None, 0
         self.orphans.adopt_gone_origins(now)
         self.replication.member_gone(info.node_id)
         self.repair_at = min(self.repair_at, now)

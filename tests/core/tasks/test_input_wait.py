@@ -136,3 +136,35 @@ def test_live_holders_that_serve_nothing_are_asked_with_back_off_then_the_task_f
     assert leader is not None
     breakers = h.nodes[leader].tasks.breakers
     assert all(breakers[node].admits(h.now) for node, _ in ran)
+
+
+def test_a_worker_dying_mid_run_after_a_wait_for_inputs_is_retried_not_failed() -> None:
+    """A wait for the inputs ends with the run that found them: its worker dying later
+    (declared dead while the task is ASSIGNED to it) starts no failure for the inputs.
+    The wait's clock once survived that death, and the task failed "inputs unavailable"
+    the moment it was queued again, though its holders were live all along."""
+    h = harness(input_wait_s=3.0)
+    task_id = submit(h, "n001", SPEC)
+    ran: set[tuple[NodeId, int]] = set()
+    running: NodeId | None = None
+    end = h.now + 2.0
+    while running is None and h.now < end:
+        h.run_until(h.now + 0.05)
+        for _, node, effect in list(h.log):
+            if not isinstance(effect, RunTask) or (node, effect.attempt) in ran:
+                continue
+            ran.add((node, effect.attempt))
+            if len(ran) == 1:  # the first run finds no holder serving: a wait begins
+                refused = TaskFinished(
+                    task_id, effect.attempt, "inputs_unavailable", "n001: connection refused"
+                )
+                h.deliver_event(node, refused)
+            else:  # the next one finds them, and runs longer than the wait's bound
+                running = node
+    assert running is not None, ran
+    h.run_until(h.now + 4.0)
+    h.crash(running)
+    play_runs(h, task_id, 6.0, ran)
+    entry = h.nodes["n001"].tasks.table.get(task_id)
+    assert entry is not None and entry.state.phase is Phase.DONE, entry.state
+    assert entry.state.failures == 0
