@@ -286,12 +286,19 @@ class Leading:
         """Whether the queued ``entry`` must wait for its inputs rather than be assigned: none
         of its holders is live (a restarting daemon is declared dead until it is seen
         again), or a worker found none that served them and ``input_wait_s`` has passed
-        since the wait began (then it joins ``waited_out``, to fail)."""
+        since the wait began (then it joins ``waited_out``, to fail). A wait no worker
+        reported ends when a holder is live again."""
         facts = self.component.book.get(entry.task_id)
         no_holder = entry.holders.isdisjoint(live)
         if facts is None:
             return no_holder
         since = facts.inputs_wanted_since
+        if not no_holder and facts.input_waits == 0:
+            # No worker reported the inputs unavailable: a wait begun because no holder
+            # was live ends when one is. What keeps the task queued now (a backlog, no
+            # capable worker) is no fault of its inputs.
+            facts.inputs_wanted_since = None
+            return False
         if since is None:
             if not no_holder:
                 return False

@@ -15,6 +15,7 @@ from meshgpu.core.effects import Persist, RunTask, TaskResolved
 from meshgpu.core.events import JournalReplayed, PeerDiscovered, TaskFinished
 from meshgpu.core.tasks import Phase, Resolution, TaskId, TaskSpec
 from meshgpu.core.tasks.config import TaskConfig
+from meshgpu.core.tasks.spec import DeviceRequirements
 from meshgpu.core.types import NodeId
 from tests.core.harness import MeshHarness
 from tests.core.tasks.test_component import effects, submit
@@ -168,3 +169,28 @@ def test_a_worker_dying_mid_run_after_a_wait_for_inputs_is_retried_not_failed() 
     entry = h.nodes["n001"].tasks.table.get(task_id)
     assert entry is not None and entry.state.phase is Phase.DONE, entry.state
     assert entry.state.failures == 0
+
+
+def test_holders_back_end_the_wait_of_a_task_still_queued_for_a_worker() -> None:
+    """A wait begun because no holder was live ends when one is again: a task that then
+    waits for a worker (none can take it yet: here none has the memory it asks for; in a
+    mesh, a backlog) is not failed for inputs its holders serve. The wait's clock once
+    ran on, and the task failed "inputs unavailable ...: no holder served them" though no
+    run had been tried and its holders had been live for seconds."""
+    h = harness(input_wait_s=3.0)
+    big = TaskSpec("model-a", "input-1", requirements=DeviceRequirements(min_memory=1 << 60))
+    task_id = submit(h, "n001", big)
+    holders = crash_holders(h, task_id)
+    h.run_until(h.now + 2.5)  # declared dead: the leader's wait has begun
+    survivor = next(n for n in h.live())
+    for number, holder in enumerate(holders):  # back, each with its journal
+        records = tuple(e.record for _, n, e in h.log if n == holder and isinstance(e, Persist))
+        h.add_node(holder, incarnation=10 + number)
+        h.deliver_event(holder, JournalReplayed(records))
+        h.deliver_event(holder, PeerDiscovered(h.nodes[survivor].address, survivor))
+    h.run_until(h.now + 6.0)
+    resolved = [e for e in effects(h, TaskResolved) if e.task_id == task_id]
+    assert not resolved, resolved
+    entry = h.nodes[holders[0]].tasks.table.get(task_id)
+    assert entry is not None and entry.state.phase is Phase.PENDING, entry
+    assert not [e for e in effects(h, RunTask) if e.task_id == task_id]
