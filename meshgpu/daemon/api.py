@@ -66,7 +66,9 @@ from meshgpu.accepting import accept_forever, linger_zero, reset
 from meshgpu.daemon.auth import Authenticator, Channel, Sealer
 from meshgpu.daemon.auth.handshake import MAGIC
 from meshgpu.daemon.framing import DEFAULT_MAX_FRAME_BYTES, LENGTH, FrameStream, pack
+from meshgpu.daemon.key_drops import KeyDrops
 from meshgpu.errors import (
+    AuthenticationError,
     DecodeError,
     FrameTooLargeError,
     IncompatiblePeerError,
@@ -173,6 +175,9 @@ class ApiServer:
         self._warned: dict[str, float] = {}
         self._answers = AnswerBudget(ANSWERED_REFUSALS_PER_S)
         """Refused greetings told why, per address and second."""
+        self._key_drops = KeyDrops(trio.current_time)
+        """Connections dropped for a wrong mesh key: written about once per address, then
+        summed up every 10 minutes (a neighbouring mesh retries every 12-15 s forever)."""
         self.on_reject: Callable[[], None] | None = None
         """Called after a connection was dropped for an unreadable frame."""
         self._gate: FirstBytesGate | None = None
@@ -415,7 +420,9 @@ class ApiServer:
                     self._count("frames_rejected")
                     if self.on_reject is not None:
                         self.on_reject()
-                    if self._may_warn(connection.client):
+                    if isinstance(error, AuthenticationError) and error.reason == "bad_tag":
+                        self._key_drops.dropped(connection.client, _peer(stream), error)
+                    elif self._may_warn(connection.client):
                         logger.warning("dropping connection from %s: %s", _peer(stream), error)
                     if isinstance(error, IncompatiblePeerError):
                         if error.reason != "refused_by_peer":
